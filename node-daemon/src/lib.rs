@@ -1,0 +1,5 @@
+//! The edge node daemon: who the node is, what it has, and its session with the orchestrator.
+#![forbid(unsafe_code)]
+
+pub mod capabilities;
+pub mod config;

@@ -1,0 +1,139 @@
+//! Length-prefixed frames.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of postcard. A length above
+//! [`MAX_FRAME_LEN`] is rejected before any byte of the body is buffered.
+
+use alloc::vec::Vec;
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The largest frame body either side accepts, in bytes.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Bytes in the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// Why bytes from a peer could not be turned into a message. Every variant is the peer's fault:
+/// the connection that carried them is closed with this as the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The length prefix announced more than [`MAX_FRAME_LEN`] bytes.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The body is not a valid message: a bad tag, a field over its bound, invalid UTF-8.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// The body held a whole message followed by bytes that belong to none.
+    #[error("{0} unexpected bytes after the message")]
+    TrailingBytes(usize),
+}
+
+/// Encodes `msg` as one frame: length prefix and body.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let prefix = alloc::vec![0u8; PREFIX_LEN];
+    // Invariant: our types serialize into a Vec without error; bounds are checked on decode,
+    // and every value we hold already fits its bound.
+    let mut out = postcard::to_extend(msg, prefix).expect("wire types always serialize");
+    let body_len = out.len() - PREFIX_LEN;
+    debug_assert!(body_len <= MAX_FRAME_LEN, "we never build a frame we would refuse");
+    out[..PREFIX_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
+    out
+}
+
+/// Decodes one frame body (without its prefix). The whole body must be one message.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    if body.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(malformed)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(msg)
+}
+
+/// Reads a length prefix; `Err` if it announces more than the limit.
+pub fn body_len(prefix: [u8; PREFIX_LEN]) -> Result<usize, DecodeError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(len)
+}
+
+fn malformed(e: postcard::Error) -> DecodeError {
+    use postcard::Error as E;
+    DecodeError::Malformed(match e {
+        E::DeserializeUnexpectedEnd => "message ends early",
+        E::DeserializeBadVarint => "bad varint",
+        E::DeserializeBadBool => "bad bool",
+        E::DeserializeBadChar => "bad char",
+        E::DeserializeBadUtf8 => "invalid utf-8",
+        E::DeserializeBadOption => "bad option tag",
+        E::DeserializeBadEnum => "bad enum tag",
+        E::DeserializeBadEncoding => "bad encoding",
+        E::DeserializeBadCrc => "bad crc",
+        E::SerdeDeCustom => "unknown variant or field over its bound",
+        _ => "undecodable",
+    })
+}
+
+/// Splits a byte stream into frames without doing any I/O: push what arrived, pull frames out.
+///
+/// It never buffers more than one prefix plus [`MAX_FRAME_LEN`] bytes: an oversized prefix is an
+/// error as soon as its four bytes are in.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes received from the peer.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame body, `Ok(None)` if more bytes are needed.
+    pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+        let Some(prefix) = self.buf.first_chunk::<PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let len = body_len(*prefix)?;
+        if self.buf.len() < PREFIX_LEN + len {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(PREFIX_LEN + len);
+        let mut frame = core::mem::replace(&mut self.buf, rest);
+        frame.drain(..PREFIX_LEN);
+        Ok(Some(frame))
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
+        match self.next_body()? {
+            Some(body) => decode(&body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Call when the stream ended: an error if it ended inside a frame.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Truncated)
+        }
+    }
+}

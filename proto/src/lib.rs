@@ -1,0 +1,40 @@
+//! The wire protocol between edge nodes and the orchestrator.
+//!
+//! Everything a peer can send is a bounded type: strings and lists are `heapless` with a fixed
+//! capacity and byte blobs are [`Blob`]s that check their length before they allocate, so an
+//! oversized field is a [`DecodeError`], never an allocation the peer chose. Messages travel as
+//! length-prefixed frames ([`frame`]) of at most [`MAX_FRAME_LEN`] bytes, encoded with postcard.
+//!
+//! postcard has no field names: the order of fields and variants *is* the format. Change it only by
+//! appending, and pin every message with a golden-bytes test (`tests/golden.rs`).
+//!
+//! This crate is `no_std` + `alloc` and does no I/O: it is shared by the node, the orchestrator
+//! and the simulation, and may one day run on a microcontroller.
+#![no_std]
+
+extern crate alloc;
+
+pub mod frame;
+mod msg;
+
+pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode};
+pub use msg::*;
+
+/// The ALPN identifier of the protocol family. Within it, [`Hello::versions`] and
+/// [`Welcome::version`] negotiate the exact message set.
+pub const ALPN: &[u8] = b"edge/1";
+
+/// Protocol versions this build speaks, newest first.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+
+/// The server name every orchestrator certificate carries and every node verifies. Nodes pin
+/// the orchestrator's CA, so the name does not depend on the address a node dials.
+pub const ORCHESTRATOR_SERVER_NAME: &str = "orchestrator.edge";
+
+/// Picks the highest version both sides speak.
+pub fn negotiate_version(offered: &[u16]) -> Option<u16> {
+    SUPPORTED_VERSIONS
+        .iter()
+        .copied()
+        .find(|v| offered.contains(v))
+}

@@ -1,0 +1,326 @@
+//! The messages. Field and variant order is the wire format: append only.
+
+use alloc::vec::Vec;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+/// A string of at most `N` bytes; longer on the wire is a decode error.
+pub type Text<const N: usize> = heapless::String<N>;
+/// A list of at most `N` items; longer on the wire is a decode error.
+pub type List<T, const N: usize> = heapless::Vec<T, N>;
+
+/// Copies `s` into a [`Text`], cutting it at the last character boundary that fits.
+/// For values we report (a CPU model, a hostname), where a shortened value beats none.
+pub fn text<const N: usize>(s: &str) -> Text<N> {
+    let mut end = s.len().min(N);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = Text::new();
+    // Invariant: `end <= N`, so this fits.
+    let _ = out.push_str(&s[..end]);
+    out
+}
+
+/// Bytes of at most `N` length, for DER blobs. The length is checked before allocation.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Blob<const N: usize>(Vec<u8>);
+
+impl<const N: usize> Blob<N> {
+    /// `None` if `bytes` is longer than `N`.
+    pub fn new(bytes: Vec<u8>) -> Option<Self> {
+        (bytes.len() <= N).then_some(Self(bytes))
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl<const N: usize> fmt::Debug for Blob<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.0.len())
+    }
+}
+
+impl<const N: usize> Serialize for Blob<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for Blob<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const N: usize>;
+        impl<'de, const N: usize> serde::de::Visitor<'de> for V<N> {
+            type Value = Blob<N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "at most {N} bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob<N>, E> {
+                if v.len() > N {
+                    return Err(E::invalid_length(v.len(), &self));
+                }
+                Ok(Blob(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V::<N>)
+    }
+}
+
+/// A DER certificate or CSR. Ours are ~500 bytes; 8 KiB leaves room for any sane chain member.
+pub type Der = Blob<8192>;
+
+/// A node's identity: 16 random bytes chosen by the orchestrator at enrollment and written into
+/// the node's certificate. Shown as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub [u8; 16]);
+
+impl NodeId {
+    /// Parses 32 hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+/// What the node wants from this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Intent {
+    /// First contact: redeem a join token for a certificate. The connection has no client
+    /// certificate.
+    Enroll,
+    /// A session of an enrolled node, authenticated by its client certificate.
+    Session,
+}
+
+/// The first frame a node sends on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the node speaks.
+    pub versions: List<u16, 8>,
+    pub intent: Intent,
+    /// The id the node believes it has. For a session it must equal the id in its certificate;
+    /// the orchestrator trusts only the certificate and rejects a mismatch.
+    pub node_id: Option<NodeId>,
+    /// Software and version, e.g. `edge-node/0.1.0`.
+    pub agent: Text<64>,
+}
+
+/// A join request: token, CSR and what the node is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The join token, `ID.SECRET`.
+    pub token: Text<64>,
+    /// The node's name, unique in the fleet.
+    pub name: Text<63>,
+    /// A PKCS#10 request for the node's own key; the private key never leaves the node.
+    pub csr_der: Der,
+    pub capabilities: Capabilities,
+}
+
+/// Node to orchestrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeMsg {
+    Hello(Hello),
+    Enroll(EnrollRequest),
+    /// What the node is; sent after every `Welcome` and whenever it changes.
+    Capabilities(Capabilities),
+    /// Live load, every status interval.
+    Status(Status),
+}
+
+/// The orchestrator accepted a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The negotiated version.
+    pub version: u16,
+    /// The id taken from the node's certificate.
+    pub node_id: NodeId,
+}
+
+/// The node's certificate, issued for its CSR.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub node_id: NodeId,
+    pub cert_der: Der,
+    /// The CA that signs the orchestrator's and every node's certificate.
+    pub ca_der: Der,
+}
+
+/// Why the orchestrator refused. Sent before it closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectCode {
+    /// No common protocol version.
+    UnsupportedVersion,
+    /// The join token does not exist or its secret is wrong.
+    BadToken,
+    TokenExpired,
+    /// The token's uses are all spent.
+    TokenSpent,
+    /// Another node already has this name.
+    NameTaken,
+    /// The message claims a node id other than the certificate's.
+    IdentityMismatch,
+    /// The certificate names a node the orchestrator does not know (deleted, or another fleet).
+    UnknownNode,
+    /// Enrollment needs a connection without a client certificate, a session needs one.
+    WrongIntent,
+    /// A frame that does not decode, or a message out of order.
+    Malformed,
+    /// The CSR is not a valid, self-signed PKCS#10 request.
+    BadCsr,
+    /// The orchestrator failed; try again later.
+    Internal,
+    /// The first frame did not arrive in time.
+    Timeout,
+}
+
+impl RejectCode {
+    /// Whether trying again unchanged can succeed.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::Internal | Self::Timeout)
+    }
+
+    /// A stable snake_case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::BadToken => "bad_token",
+            Self::TokenExpired => "token_expired",
+            Self::TokenSpent => "token_spent",
+            Self::NameTaken => "name_taken",
+            Self::IdentityMismatch => "identity_mismatch",
+            Self::UnknownNode => "unknown_node",
+            Self::WrongIntent => "wrong_intent",
+            Self::Malformed => "malformed",
+            Self::BadCsr => "bad_csr",
+            Self::Internal => "internal",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    pub code: RejectCode,
+    pub message: Text<256>,
+}
+
+/// Orchestrator to node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrchMsg {
+    Welcome(Welcome),
+    Enrolled(Enrolled),
+    Reject(Reject),
+}
+
+/// A device that can speed up or feed a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AcceleratorKind {
+    Gpu,
+    /// NPU or TPU: a neural-network accelerator.
+    Npu,
+    /// A video codec or camera device.
+    Video,
+    Gpio,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accelerator {
+    pub kind: AcceleratorKind,
+    /// What the system calls it, e.g. `Hailo-8`, `v3d`, `gpiochip0`.
+    pub name: Text<64>,
+    /// Where it is, e.g. `/dev/dri/renderD128`.
+    pub path: Text<96>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub key: Text<63>,
+    pub value: Text<63>,
+}
+
+/// Where the node is, in WGS84 degrees and metres above sea level.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+    pub alt_m: Option<f64>,
+}
+
+impl Location {
+    /// Whether the coordinates are on the globe.
+    pub fn is_valid(&self) -> bool {
+        (-90.0..=90.0).contains(&self.lat)
+            && (-180.0..=180.0).contains(&self.lon)
+            && self.alt_m.is_none_or(f64::is_finite)
+    }
+}
+
+/// What a node is: sent at enrollment, after every `Welcome`, and when it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// `x86_64`, `aarch64`, `arm`, ...
+    pub arch: Text<16>,
+    /// `linux`.
+    pub os: Text<32>,
+    /// Distribution and release, e.g. `Debian GNU/Linux 12 (bookworm)`.
+    pub os_version: Text<64>,
+    pub kernel: Text<64>,
+    pub hostname: Text<64>,
+    pub cpus: u16,
+    pub cpu_model: Text<96>,
+    pub memory_bytes: u64,
+    /// Size of the filesystem that holds the node's data dir.
+    pub disk_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub accelerators: List<Accelerator, 16>,
+    /// The board model where the firmware names it, e.g. `Raspberry Pi Zero 2 W Rev 1.0`.
+    pub board: Option<Text<96>>,
+    pub labels: List<Label, 32>,
+    pub location: Option<Location>,
+}
+
+/// Live load, sent every status interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// CPU busy over the last interval, 0.0 to 100.0 for the whole machine.
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub uptime_secs: u64,
+}

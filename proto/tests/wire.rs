@@ -1,0 +1,280 @@
+//! The wire format, pinned: golden bytes for every message, round trips for generated values,
+//! and hostile input that must decode to an error, never a panic or a peer-sized allocation.
+
+use edge_proto::*;
+use proptest::prelude::*;
+
+fn caps() -> Capabilities {
+    Capabilities {
+        arch: text("aarch64"),
+        os: text("linux"),
+        os_version: text("Debian 12"),
+        kernel: text("6.6.51"),
+        hostname: text("pi"),
+        cpus: 4,
+        cpu_model: text("Cortex-A53"),
+        memory_bytes: 512 << 20,
+        disk_bytes: 32 << 30,
+        disk_free_bytes: 16 << 30,
+        accelerators: List::from_iter([Accelerator {
+            kind: AcceleratorKind::Gpio,
+            name: text("gpiochip0"),
+            path: text("/dev/gpiochip0"),
+        }]),
+        board: Some(text("Raspberry Pi Zero 2 W Rev 1.0")),
+        labels: List::from_iter([Label {
+            key: text("site"),
+            value: text("berlin"),
+        }]),
+        location: Some(Location {
+            lat: 52.52,
+            lon: 13.405,
+            alt_m: None,
+        }),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Changing any of these strings changes the wire format: append new fields and variants instead,
+/// or bump the protocol version.
+#[test]
+fn golden_bytes() {
+    let id = NodeId([0xab; 16]);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            encode(&NodeMsg::Hello(Hello {
+                versions: List::from_iter([1]),
+                intent: Intent::Session,
+                node_id: Some(id),
+                agent: text("edge-node/0.1.0"),
+            })),
+            "000000250001010101abababababababababababababababab0f656467652d6e6f64652f302e312e30",
+        ),
+        (
+            encode(&NodeMsg::Enroll(EnrollRequest {
+                token: text("abcdef.0123456789abcdef0123456789abcdef"),
+                name: text("n1"),
+                csr_der: Der::new(vec![0x30, 0x03, 1, 2, 3]).expect("fits"),
+                capabilities: caps(),
+            })),
+            "000000c901276162636465662e3031323334353637383961626364656630313233343536373839616263646566026e310530030102030761617263683634056c696e75780944656269616e20313206362e362e3531027069040a436f727465782d413533808080800280808080800180808080400103096770696f63686970300e2f6465762f6770696f6368697030011d526173706265727279205069205a65726f203220572052657620312e30010473697465066265726c696e01c3f5285c8f424a408fc2f5285ccf2a4000",
+        ),
+        (
+            encode(&NodeMsg::Status(Status {
+                cpu_percent: 12.5,
+                memory_used_bytes: 1000,
+                disk_free_bytes: 2000,
+                uptime_secs: 3600,
+            })),
+            "0000000b0300004841e807d00f901c",
+        ),
+        (
+            encode(&OrchMsg::Welcome(Welcome {
+                version: 1,
+                node_id: id,
+            })),
+            "000000120001abababababababababababababababab",
+        ),
+        (
+            encode(&OrchMsg::Reject(Reject {
+                code: RejectCode::TokenExpired,
+                message: text("token abcdef expired"),
+            })),
+            "00000017020214746f6b656e206162636465662065787069726564",
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(hex(&bytes), want);
+    }
+}
+
+fn arb_text<const N: usize>() -> impl Strategy<Value = Text<N>> {
+    proptest::collection::vec(any::<char>(), 0..N).prop_map(|chars| {
+        let s: String = chars.into_iter().collect();
+        text::<N>(&s)
+    })
+}
+
+fn arb_caps() -> impl Strategy<Value = Capabilities> {
+    (
+        (arb_text::<16>(), arb_text::<64>(), any::<u16>(), any::<u64>()),
+        proptest::collection::vec((arb_text::<63>(), arb_text::<63>()), 0..32),
+        proptest::option::of((-90.0..=90.0f64, -180.0..=180.0f64)),
+        proptest::collection::vec(arb_text::<64>(), 0..16),
+    )
+        .prop_map(|((arch, host, cpus, mem), labels, loc, accels)| Capabilities {
+            arch,
+            os: text("linux"),
+            os_version: Text::new(),
+            kernel: Text::new(),
+            hostname: host,
+            cpus,
+            cpu_model: Text::new(),
+            memory_bytes: mem,
+            disk_bytes: mem / 2,
+            disk_free_bytes: mem / 3,
+            accelerators: accels
+                .into_iter()
+                .map(|name| Accelerator {
+                    kind: AcceleratorKind::Npu,
+                    path: text(&name),
+                    name,
+                })
+                .collect(),
+            board: None,
+            labels: labels
+                .into_iter()
+                .map(|(key, value)| Label { key, value })
+                .collect(),
+            location: loc.map(|(lat, lon)| Location {
+                lat,
+                lon,
+                alt_m: Some(34.0),
+            }),
+        })
+}
+
+fn arb_node_msg() -> impl Strategy<Value = NodeMsg> {
+    prop_oneof![
+        (proptest::collection::vec(any::<u16>(), 0..8), any::<Option<[u8; 16]>>(), arb_text::<64>())
+            .prop_map(|(versions, id, agent)| NodeMsg::Hello(Hello {
+                versions: versions.into_iter().collect(),
+                intent: if id.is_some() { Intent::Session } else { Intent::Enroll },
+                node_id: id.map(NodeId),
+                agent,
+            })),
+        (arb_text::<64>(), arb_text::<63>(), proptest::collection::vec(any::<u8>(), 0..2048), arb_caps())
+            .prop_map(|(token, name, csr, capabilities)| NodeMsg::Enroll(EnrollRequest {
+                token,
+                name,
+                csr_der: Der::new(csr).expect("under the bound"),
+                capabilities,
+            })),
+        arb_caps().prop_map(NodeMsg::Capabilities),
+        (0.0..=100.0f32, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, m, d, u)| {
+            NodeMsg::Status(Status {
+                cpu_percent: c,
+                memory_used_bytes: m,
+                disk_free_bytes: d,
+                uptime_secs: u,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn node_messages_round_trip(msg in arb_node_msg()) {
+        let frame = encode(&msg);
+        prop_assert!(frame.len() - 4 <= MAX_FRAME_LEN);
+        let mut dec = FrameDecoder::new();
+        // Arrive in two pieces, as bytes off a stream do.
+        let cut = frame.len() / 2;
+        dec.push(&frame[..cut]);
+        dec.push(&frame[cut..]);
+        let back: NodeMsg = dec.next()?.expect("a whole frame was pushed");
+        prop_assert_eq!(back, msg);
+        prop_assert!(dec.finish().is_ok());
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<NodeMsg>(&bytes);
+        let _ = decode::<OrchMsg>(&bytes);
+        let mut dec = FrameDecoder::new();
+        dec.push(&bytes);
+        while let Ok(Some(_)) = dec.next::<NodeMsg>() {}
+    }
+}
+
+#[test]
+fn huge_length_prefix_is_refused_before_buffering() {
+    let mut dec = FrameDecoder::new();
+    dec.push(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        dec.next::<NodeMsg>(),
+        Err(DecodeError::TooLarge {
+            len: u32::MAX as usize,
+            max: MAX_FRAME_LEN
+        })
+    );
+}
+
+#[test]
+fn truncated_frame_is_an_error_at_end_of_stream() {
+    let frame = encode(&OrchMsg::Welcome(Welcome {
+        version: 1,
+        node_id: NodeId([1; 16]),
+    }));
+    let mut dec = FrameDecoder::new();
+    dec.push(&frame[..frame.len() - 1]);
+    assert_eq!(dec.next::<OrchMsg>(), Ok(None));
+    assert_eq!(dec.finish(), Err(DecodeError::Truncated));
+    // A body cut short inside the message, with an honest prefix, is malformed.
+    let body = &frame[4..frame.len() - 1];
+    assert!(matches!(decode::<OrchMsg>(body), Err(DecodeError::Malformed(_))));
+}
+
+#[test]
+fn unknown_variant_is_malformed() {
+    assert_eq!(
+        decode::<NodeMsg>(&[9]),
+        Err(DecodeError::Malformed("unknown variant or field over its bound"))
+    );
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let mut frame = encode(&NodeMsg::Status(Status {
+        cpu_percent: 1.0,
+        memory_used_bytes: 1,
+        disk_free_bytes: 1,
+        uptime_secs: 1,
+    }));
+    frame.push(0);
+    assert_eq!(decode::<NodeMsg>(&frame[4..]), Err(DecodeError::TrailingBytes(1)));
+}
+
+#[test]
+fn oversized_fields_are_decode_errors() {
+    // A Hello whose agent string claims 65 bytes (the bound is 64): variant 0, one version,
+    // intent, no node id, then the string.
+    let mut body = vec![0u8, 1, 1, 0, 0, 65];
+    body.extend([b'a'; 65]);
+    assert_eq!(
+        decode::<NodeMsg>(&body),
+        Err(DecodeError::Malformed("unknown variant or field over its bound"))
+    );
+    // Nine versions where eight fit.
+    let body = [0u8, 9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
+    assert!(matches!(decode::<NodeMsg>(&body), Err(DecodeError::Malformed(_))));
+    // A CSR blob that claims far more than its bound must not allocate what it claims.
+    let mut body = vec![1u8, 0, 0];
+    body.extend([0xff, 0xff, 0xff, 0xff, 0x0f]); // varint length u32::MAX
+    assert!(matches!(decode::<NodeMsg>(&body), Err(DecodeError::Malformed(_))));
+}
+
+#[test]
+fn node_id_text_round_trips() {
+    let id = NodeId([0x0f, 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0xff]);
+    let s = id.to_string();
+    assert_eq!(s, "0fa0010203040506070809...".replace("...", "0a0b0c0dff"));
+    assert_eq!(NodeId::parse(&s), Some(id));
+    assert_eq!(NodeId::parse("zz"), None);
+    assert_eq!(NodeId::parse(&"g".repeat(32)), None);
+}
+
+#[test]
+fn versions_negotiate_to_the_highest_common() {
+    assert_eq!(negotiate_version(&[1, 7]), Some(1));
+    assert_eq!(negotiate_version(&[2, 3]), None);
+}
+
+#[test]
+fn text_cuts_at_a_char_boundary() {
+    let t: Text<4> = text("añbc");
+    assert_eq!(t.as_str(), "añb");
+}
