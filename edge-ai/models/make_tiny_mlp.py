@@ -6,8 +6,18 @@ Writes, next to this script:
                           shape [1, 8] float32, output "y" of shape [1, 1] float32
   tiny-mlp.expected.json  fixed inputs and the outputs numpy computes for them
 
+and two variants with the same weights that differ only in the declared input
+shape, to test how edge-ai treats the batch dimension:
+  tiny-mlp.symbolic-batch.onnx  input ["batch", 8]: loads, batch fixed to 1
+  tiny-mlp.batch4.onnx          input [4, 8]: refused, edge-ai runs one row
+
+and two malformed copies on which tract's ONNX parser panics, so edge-ai must
+refuse them before tract sees them (not valid ONNX: the checker is not run):
+  tiny-mlp.undefined-output.onnx       a graph output no node produces
+  tiny-mlp.raw-string-initializer.onnx a string tensor stored as raw bytes
+
 The weights come from a fixed seed, so running the script again rewrites
-byte-identical files. Regenerate both files together, never by hand:
+byte-identical files. Regenerate them all together, never by hand:
 
     pip install onnx numpy
     python3 edge-ai/models/make_tiny_mlp.py
@@ -46,7 +56,7 @@ def make_weights(rng):
     return w1, b1, w2, b2
 
 
-def make_model(w1, b1, w2, b2):
+def make_model(w1, b1, w2, b2, batch=1):
     nodes = [
         helper.make_node("Gemm", ["x", "w1", "b1"], ["h_pre"], name="fc1", transB=1),
         helper.make_node("Relu", ["h_pre"], ["h"], name="relu1"),
@@ -61,8 +71,8 @@ def make_model(w1, b1, w2, b2):
     graph = helper.make_graph(
         nodes,
         "tiny_mlp",
-        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, INPUT_LEN])],
-        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, OUTPUT_LEN])],
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, INPUT_LEN])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, OUTPUT_LEN])],
         initializer=initializers,
     )
     model = helper.make_model(
@@ -73,6 +83,26 @@ def make_model(w1, b1, w2, b2):
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def make_malformed(model):
+    """Copies of `model` that tract panics on, each broken in one way."""
+    undefined_output = onnx.ModelProto()
+    undefined_output.CopyFrom(model)
+    undefined_output.graph.output[0].name = "never_computed"
+
+    raw_string = onnx.ModelProto()
+    raw_string.CopyFrom(model)
+    tensor = raw_string.graph.initializer.add()
+    tensor.name = "label"
+    tensor.data_type = TensorProto.STRING
+    tensor.dims.append(1)
+    tensor.raw_data = b"cat"
+
+    return {
+        "tiny-mlp.undefined-output.onnx": undefined_output,
+        "tiny-mlp.raw-string-initializer.onnx": raw_string,
+    }
 
 
 def forward(x, w1, b1, w2, b2):
@@ -98,6 +128,11 @@ def main():
     w1, b1, w2, b2 = make_weights(rng)
     model = make_model(w1, b1, w2, b2)
     MODEL_PATH.write_bytes(model.SerializeToString())
+    for batch, name in [("batch", "tiny-mlp.symbolic-batch.onnx"), (4, "tiny-mlp.batch4.onnx")]:
+        variant = make_model(w1, b1, w2, b2, batch=batch)
+        (HERE / name).write_bytes(variant.SerializeToString())
+    for name, malformed in make_malformed(model).items():
+        (HERE / name).write_bytes(malformed.SerializeToString())
 
     # The graph and the numpy function must agree, or the expected outputs test nothing.
     reference = ReferenceEvaluator(model)
@@ -117,7 +152,8 @@ def main():
         "cases": cases,
     }
     EXPECTED_PATH.write_text(json.dumps(expected, indent=2) + "\n")
-    print(f"wrote {MODEL_PATH} ({MODEL_PATH.stat().st_size} bytes) and {EXPECTED_PATH}")
+    for path in sorted(HERE.glob("tiny-mlp*")):
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

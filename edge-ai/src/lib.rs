@@ -13,8 +13,16 @@
 //! - **Inference is a pure function of model and input.** A [`Model`] is immutable once loaded;
 //!   every [`Model::run`] starts from fresh state, so calls do not influence each other and a
 //!   `Model` can be shared between threads.
-//! - **Hostile input is an error, not a panic.** Files larger than [`MAX_MODEL_BYTES`] are refused
-//!   before parsing, and anything tract cannot parse or optimise becomes [`ModelError::Invalid`].
+//! - **A bad model file is an error, not a panic.** Files larger than [`MAX_MODEL_BYTES`] are
+//!   refused before parsing, and anything tract cannot parse or optimise becomes
+//!   [`ModelError::Invalid`]. tract itself is not hardened against hostile files: its ONNX
+//!   parser panics on some malformed graphs, and release builds abort on panic. The cases known
+//!   to us are refused before tract sees them (see `precheck.rs`); others may remain, and a
+//!   crafted model can still ask for large allocations while it is optimised. Load only models
+//!   from a source the node trusts.
+//!
+//! Inference runs on the caller's thread and blocks it: async callers with large models should
+//! use a blocking-task pool.
 //!
 //! # Supported models
 //!
@@ -25,6 +33,8 @@
 //! [tract]: https://github.com/sonos/tract
 
 #![forbid(unsafe_code)]
+
+mod precheck;
 
 use std::fmt;
 use std::io::Read as _;
@@ -151,16 +161,8 @@ impl Model {
 
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_read(&mut &*bytes).map_err(invalid)?;
-        // Protobuf has no end marker, so a file cut at a field boundary still decodes. The
-        // operator set comes last in files written by the `onnx` package, and without it tract
-        // would guess the operators' semantics; ONNX requires it, so require it here.
-        let declares_onnx_opset = proto.opset_import.iter().any(|import| {
-            (import.domain.is_empty() || import.domain == "ai.onnx") && import.version > 0
-        });
-        if !declares_onnx_opset {
-            return Err(ModelError::Invalid(
-                "the model declares no ONNX operator set version (opset_import)".to_owned(),
-            ));
+        if let Some(refusal) = precheck::refusal(&proto) {
+            return Err(ModelError::Invalid(refusal));
         }
         // Translating from a decoded proto gives tract no model directory, so tensors stored in
         // external files are refused rather than read.

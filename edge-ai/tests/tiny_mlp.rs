@@ -183,6 +183,45 @@ fn model_is_shareable_between_threads() {
 }
 
 #[test]
+fn symbolic_batch_dimension_is_fixed_to_one() {
+    let model = Model::load(&models_dir().join("tiny-mlp.symbolic-batch.onnx"))
+        .expect("a [batch, 8] input loads");
+    assert_eq!((model.input_len(), model.output_len()), (8, 1));
+    for case in expected().cases {
+        let got = model.run(&case.input).expect("a correct-length input runs");
+        assert!((got[0] - case.output[0]).abs() <= TOLERANCE);
+    }
+}
+
+#[test]
+fn numeric_batch_dimension_other_than_one_is_invalid() {
+    match Model::load(&models_dir().join("tiny-mlp.batch4.onnx")) {
+        Err(ModelError::Invalid(message)) => assert!(message.contains("[1, N]"), "{message}"),
+        other => panic!("a [4, 8] input: expected Invalid, got {other:?}"),
+    }
+}
+
+/// Files on which tract's ONNX parser panics; `precheck` must refuse them first.
+#[test]
+fn files_that_panic_tract_are_invalid() {
+    for (name, reason) in [
+        (
+            "tiny-mlp.undefined-output.onnx",
+            "no input, initializer or node defines",
+        ),
+        (
+            "tiny-mlp.raw-string-initializer.onnx",
+            "strings as raw bytes",
+        ),
+    ] {
+        match Model::load(&models_dir().join(name)) {
+            Err(ModelError::Invalid(message)) => assert!(message.contains(reason), "{message}"),
+            other => panic!("{name}: expected Invalid, got {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn empty_file_is_invalid() {
     let file = TempFile::with_contents("empty", &[]);
     let error = Model::load(&file.0).expect_err("an empty file is no model");
