@@ -164,7 +164,7 @@ pub struct StatusSampler {
 
 impl StatusSampler {
     /// Starts sampling. CPU usage is measured from here: the first [`sample`](Self::sample)
-    /// covers the time since `new`.
+    /// covers the time since `new` (since boot if taken within 200 ms of it, see `sample`).
     pub fn new(data_dir: &Path) -> Result<Self, SamplerError> {
         let mut system = System::new()?;
         system.refresh_cpu_usage();
@@ -830,10 +830,10 @@ mod tests {
         assert!(caps.disk_free_bytes <= caps.disk_bytes);
         assert!(!caps.kernel.is_empty());
         // What we build decodes on the other side: every field is within its wire bound.
-        let frame = edge_proto::encode(&edge_proto::NodeMsg::Capabilities(caps.clone()));
+        let frame = edge_proto::encode(&edge_proto::NodeMsg::Capabilities(Box::new(caps.clone())));
         let body = frame.get(4..).expect("a frame has a 4-byte length prefix");
         let decoded: edge_proto::NodeMsg = edge_proto::decode(body).expect("decodes");
-        assert_eq!(decoded, edge_proto::NodeMsg::Capabilities(caps));
+        assert_eq!(decoded, edge_proto::NodeMsg::Capabilities(Box::new(caps)));
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub struct Config {
     location: Option<GeoPoint>,
     status_interval: Duration,
     orchestrator: OrchestratorAddress,
+    local_address: Option<IpAddr>,
     join: Option<JoinSettings>,
 }
 
@@ -209,6 +210,11 @@ impl Config {
 
     pub fn orchestrator(&self) -> &OrchestratorAddress {
         &self.orchestrator
+    }
+
+    /// The local IP to dial the orchestrator from, if the file names one.
+    pub fn local_address(&self) -> Option<IpAddr> {
+        self.local_address
     }
 
     /// The join settings, if the file has them. Needed only before the node has an identity.
@@ -335,6 +341,8 @@ struct RawLocation {
 #[serde(deny_unknown_fields)]
 struct RawOrchestrator {
     address: String,
+    /// The local IP to dial from; for hosts with several uplinks, or several nodes on one host.
+    local_address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +362,15 @@ impl RawConfig {
         let status_interval = validate_status_interval(self.status_interval_secs)?;
         let orchestrator = parse_address(&self.orchestrator.address)
             .map_err(|reason| ConfigError::invalid("orchestrator.address", reason))?;
+        let local_address = self
+            .orchestrator
+            .local_address
+            .map(|a| {
+                a.parse::<IpAddr>().map_err(|_| {
+                    ConfigError::invalid("orchestrator.local_address", "expected an IP address")
+                })
+            })
+            .transpose()?;
         let join = self.join.map(validate_join).transpose()?;
         Ok(Config {
             name,
@@ -362,6 +379,7 @@ impl RawConfig {
             location,
             status_interval,
             orchestrator,
+            local_address,
             join,
         })
     }
@@ -608,9 +626,9 @@ fn parse_address(s: &str) -> Result<OrchestratorAddress, String> {
     }
     if let Some((scheme, _)) = s.split_once("://") {
         return Err(format!(
-            "{} has a scheme; drop {}:// and write host:port, {EXAMPLE}",
+            "{} has a scheme; drop {} and write host:port, {EXAMPLE}",
             shown(s),
-            shown(scheme)
+            shown(&format!("{scheme}://"))
         ));
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
@@ -1115,6 +1133,16 @@ address = "10.0.0.1:7443"
             "orchestrator.address",
         );
         assert!(reason.contains("port 0"), "{reason}");
+        let reason = invalid_field(
+            &example_with(line, r#"address = "quic://orchestrator.example.net:7443""#),
+            "orchestrator.address",
+        );
+        assert!(reason.contains(r#"drop "quic://""#), "{reason}");
+        let reason = invalid_field(
+            &example_with(line, r#"address = "2001:db8::1:7443""#),
+            "orchestrator.address",
+        );
+        assert!(reason.contains("brackets"), "{reason}");
         let long = format!("address = \"{}.example:7443\"", "a".repeat(10_000));
         let reason = invalid_field(&example_with(line, &long), "orchestrator.address");
         assert!(reason.len() < 200, "{reason}");

@@ -3,3 +3,8 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod daemon;
+pub mod identity;
+pub mod logging;
+pub mod session;
+pub mod tls;

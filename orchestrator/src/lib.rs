@@ -1,1 +1,14 @@
+//! The orchestrator: the fleet's CA and enrollment, the QUIC server nodes keep a session with,
+//! the node registry, and the operator API.
+#![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
+pub mod fleet;
+pub mod logging;
+pub mod metrics;
+pub mod pki;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod tokens;

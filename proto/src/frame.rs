@@ -121,7 +121,7 @@ impl FrameDecoder {
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
+    pub fn next_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
         match self.next_body()? {
             Some(body) => decode(&body).map(Some),
             None => Ok(None),

@@ -10,12 +10,14 @@
 //!
 //! This crate is `no_std` + `alloc` and does no I/O: it is shared by the node, the orchestrator
 //! and the simulation, and may one day run on a microcontroller.
-#![no_std]
+#![cfg_attr(not(feature = "quic"), no_std)]
 
 extern crate alloc;
 
 pub mod frame;
 mod msg;
+#[cfg(feature = "quic")]
+pub mod quic;
 
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode};
 pub use msg::*;

@@ -1,5 +1,6 @@
 //! The messages. Field and variant order is the wire format: append only.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 use serde::{Deserialize, Serialize};
@@ -149,9 +150,10 @@ pub struct EnrollRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeMsg {
     Hello(Hello),
-    Enroll(EnrollRequest),
+    /// Boxed to keep the enum small; a box encodes as what it holds.
+    Enroll(Box<EnrollRequest>),
     /// What the node is; sent after every `Welcome` and whenever it changes.
-    Capabilities(Capabilities),
+    Capabilities(Box<Capabilities>),
     /// Live load, every status interval.
     Status(Status),
 }
@@ -240,6 +242,10 @@ pub struct Reject {
 }
 
 /// Orchestrator to node.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a reject is sent once, just before closing; boxing it buys nothing"
+)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OrchMsg {
     Welcome(Welcome),

@@ -54,12 +54,12 @@ fn golden_bytes() {
             "000000250001010101abababababababababababababababab0f656467652d6e6f64652f302e312e30",
         ),
         (
-            encode(&NodeMsg::Enroll(EnrollRequest {
+            encode(&NodeMsg::Enroll(Box::new(EnrollRequest {
                 token: text("abcdef.0123456789abcdef0123456789abcdef"),
                 name: text("n1"),
                 csr_der: Der::new(vec![0x30, 0x03, 1, 2, 3]).expect("fits"),
                 capabilities: caps(),
-            })),
+            }))),
             "000000c901276162636465662e3031323334353637383961626364656630313233343536373839616263646566026e310530030102030761617263683634056c696e75780944656269616e20313206362e362e3531027069040a436f727465782d413533808080800280808080800180808080400103096770696f63686970300e2f6465762f6770696f6368697030011d526173706265727279205069205a65726f203220572052657620312e30010473697465066265726c696e01c3f5285c8f424a408fc2f5285ccf2a4000",
         ),
         (
@@ -147,13 +147,13 @@ fn arb_node_msg() -> impl Strategy<Value = NodeMsg> {
                 agent,
             })),
         (arb_text::<64>(), arb_text::<63>(), proptest::collection::vec(any::<u8>(), 0..2048), arb_caps())
-            .prop_map(|(token, name, csr, capabilities)| NodeMsg::Enroll(EnrollRequest {
+            .prop_map(|(token, name, csr, capabilities)| NodeMsg::Enroll(Box::new(EnrollRequest {
                 token,
                 name,
                 csr_der: Der::new(csr).expect("under the bound"),
                 capabilities,
-            })),
-        arb_caps().prop_map(NodeMsg::Capabilities),
+            }))),
+        arb_caps().prop_map(|c| NodeMsg::Capabilities(Box::new(c))),
         (0.0..=100.0f32, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, m, d, u)| {
             NodeMsg::Status(Status {
                 cpu_percent: c,
@@ -175,7 +175,7 @@ proptest! {
         let cut = frame.len() / 2;
         dec.push(&frame[..cut]);
         dec.push(&frame[cut..]);
-        let back: NodeMsg = dec.next()?.expect("a whole frame was pushed");
+        let back: NodeMsg = dec.next_msg()?.expect("a whole frame was pushed");
         prop_assert_eq!(back, msg);
         prop_assert!(dec.finish().is_ok());
     }
@@ -186,7 +186,7 @@ proptest! {
         let _ = decode::<OrchMsg>(&bytes);
         let mut dec = FrameDecoder::new();
         dec.push(&bytes);
-        while let Ok(Some(_)) = dec.next::<NodeMsg>() {}
+        while let Ok(Some(_)) = dec.next_msg::<NodeMsg>() {}
     }
 }
 
@@ -195,7 +195,7 @@ fn huge_length_prefix_is_refused_before_buffering() {
     let mut dec = FrameDecoder::new();
     dec.push(&u32::MAX.to_be_bytes());
     assert_eq!(
-        dec.next::<NodeMsg>(),
+        dec.next_msg::<NodeMsg>(),
         Err(DecodeError::TooLarge {
             len: u32::MAX as usize,
             max: MAX_FRAME_LEN
@@ -211,7 +211,7 @@ fn truncated_frame_is_an_error_at_end_of_stream() {
     }));
     let mut dec = FrameDecoder::new();
     dec.push(&frame[..frame.len() - 1]);
-    assert_eq!(dec.next::<OrchMsg>(), Ok(None));
+    assert_eq!(dec.next_msg::<OrchMsg>(), Ok(None));
     assert_eq!(dec.finish(), Err(DecodeError::Truncated));
     // A body cut short inside the message, with an honest prefix, is malformed.
     let body = &frame[4..frame.len() - 1];

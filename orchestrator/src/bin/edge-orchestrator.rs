@@ -1,1 +1,82 @@
-fn main() {}
+//! `edge-orchestrator`: the fleet's control plane.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orchestrator::app::Orchestrator;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "edge-orchestrator", version, about = "Edge fleet orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve nodes over QUIC and operators over HTTP.
+    Serve {
+        /// Where the CA, tokens and registry live. Created on first start.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The QUIC address nodes dial.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        quic_listen: SocketAddr,
+        /// The operator API address.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        api_listen: SocketAddr,
+    },
+    /// Start an orchestrator and three local nodes, and show what to try.
+    Demo {
+        /// The operator API address of the demo.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        api_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    orchestrator::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edge-orchestrator: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-orchestrator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            quic_listen,
+            api_listen,
+        } => {
+            let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen)
+                .await
+                .context("starting the orchestrator")?;
+            eprintln!(
+                "edge-orchestrator: nodes dial {}, operators use http://{}\n\
+                 admin API token written to {} (CA {})",
+                orch.quic_addr,
+                orch.api_addr,
+                orch.admin_token_path.display(),
+                orch.shared.ca.hash()
+            );
+            orchestrator::demo::shutdown_signal().await;
+            orch.shutdown().await;
+            Ok(())
+        }
+        Command::Demo { api_listen } => orchestrator::demo::run(api_listen).await,
+    }
+}

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     for piece in rest.chunks(step) {
         dec.push(piece);
         loop {
-            match dec.next::<NodeMsg>() {
+            match dec.next_msg::<NodeMsg>() {
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => break,
             }

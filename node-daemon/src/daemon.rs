@@ -1,0 +1,325 @@
+//! The daemon: a thin tokio shell around [`NodeSession`]. It dials, moves frames, stores the
+//! identity, samples load and refreshes capabilities; every decision is the session's.
+
+use crate::capabilities::{self, StatusSampler};
+use crate::config::{Config, Host};
+use crate::identity::{IdentityDir, IdentityError};
+use crate::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
+use crate::tls::{self, PIN_MISMATCH};
+use edge_proto::quic::{ReadError, read_frame, write_msg};
+use edge_proto::{Der, Intent, OrchMsg, RejectCode, decode, text};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot create data dir {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(std::io::Error),
+    /// The orchestrator or the configuration says stop; see the message for what to fix.
+    #[error(transparent)]
+    Fatal(#[from] Fatal),
+}
+
+/// Events from the connection tasks, tagged with the attempt they belong to so that news from
+/// an old connection is never mistaken for the current one.
+enum Event {
+    Connected(u64, quinn::Connection, quinn::SendStream, quinn::RecvStream),
+    ConnectFailed(u64, ConnectFailure),
+    Msg(u64, OrchMsg),
+    Closed(u64, String),
+}
+
+/// Runs the node until `shutdown` completes or the session gives up.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let data_dir = config.data_dir().to_owned();
+    std::fs::create_dir_all(&data_dir).map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
+    let ids = IdentityDir::new(&data_dir);
+    let identity = ids.load()?;
+    let mut session_tls = identity.as_ref().map(tls::session_config).transpose()?;
+    let join = match (&identity, config.join()) {
+        (None, Some(j)) => {
+            let key = ids.key_pair()?;
+            let csr = IdentityDir::csr(&key, config.name())?;
+            Some((
+                Join {
+                    token: text(j.token.as_str()),
+                    name: config.name_wire(),
+                    csr_der: Der::new(csr).ok_or(Fatal::Untrusted("CSR too large".into()))?,
+                },
+                tls::enroll_config(*j.ca_hash.as_bytes())?,
+            ))
+        }
+        _ => None,
+    };
+    let (join, enroll_tls) = join.unzip();
+    match &identity {
+        Some(id) => info!(node = %id.node_id, name = config.name(), "starting with stored identity"),
+        None => info!(name = config.name(), "not enrolled yet; enrolling"),
+    }
+
+    let labels = config.labels_wire();
+    let location = config.location_wire();
+    let caps_now = {
+        let data_dir = data_dir.clone();
+        move || capabilities::collect(&data_dir, labels.clone(), location)
+    };
+    let mut sampler = StatusSampler::new(&data_dir).ok();
+    let mut session = NodeSession::new(
+        identity.as_ref().map(|i| i.node_id),
+        join,
+        caps_now(),
+        config.status_interval(),
+        BackoffPolicy::default(),
+        fastrand::u64(..),
+        Instant::now(),
+    );
+    drop(identity);
+
+    let endpoint = client_endpoint(&config)?;
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let mut attempt = 0u64;
+    let mut current: Option<(quinn::Connection, quinn::SendStream)> = None;
+    let mut caps_tick = tokio::time::interval(config.status_interval());
+    caps_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+
+    loop {
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Connect(intent) => {
+                    attempt += 1;
+                    let tls = match intent {
+                        Intent::Enroll => enroll_tls.clone(),
+                        Intent::Session => session_tls.clone(),
+                    };
+                    let Some(tls) = tls else {
+                        // Invariant: the session asks for a session only once it has an
+                        // identity, and to enroll only when it has join settings.
+                        return Err(Fatal::NoJoinSettings.into());
+                    };
+                    tokio::spawn(dial(
+                        endpoint.clone(),
+                        config.orchestrator().host().clone(),
+                        config.orchestrator().port(),
+                        tls,
+                        attempt,
+                        tx.clone(),
+                    ));
+                }
+                Action::Send(msg) => {
+                    if let Some((_, send)) = current.as_mut()
+                        && let Err(e) = write_msg(send, &msg).await
+                    {
+                        debug!(error = %e, "send failed");
+                    }
+                }
+                Action::SaveIdentity(enrolled) => {
+                    let saved = ids
+                        .save(
+                            enrolled.node_id,
+                            enrolled.cert_der.as_slice(),
+                            enrolled.ca_der.as_slice(),
+                        )
+                        .and_then(|()| ids.load());
+                    match saved {
+                        Ok(Some(identity)) => {
+                            session_tls = Some(tls::session_config(&identity)?);
+                            info!(node = %identity.node_id, "enrolled; identity stored");
+                            session.handle_identity_saved(identity.node_id, Instant::now());
+                        }
+                        Ok(None) | Err(_) => {
+                            warn!("could not store the identity; will enroll again");
+                            session.handle_identity_save_failed(Instant::now());
+                        }
+                    }
+                }
+                Action::Disconnect => {
+                    if let Some((conn, _)) = current.take() {
+                        conn.close(0u32.into(), b"");
+                    }
+                }
+                Action::SampleStatus => {
+                    if let Some(s) = sampler.as_mut() {
+                        session.handle_status(s.sample());
+                    }
+                }
+                Action::Fatal(why) => {
+                    warn!(error = %why, "giving up");
+                    endpoint.close(0u32.into(), b"");
+                    return Err(why.into());
+                }
+            }
+        }
+
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            () = &mut shutdown => {
+                info!("shutting down");
+                if let Some((conn, _)) = current.take() {
+                    conn.close(0u32.into(), b"node shutting down");
+                }
+                endpoint.wait_idle().await;
+                return Ok(());
+            }
+            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+            _ = caps_tick.tick() => {
+                let caps = tokio::task::spawn_blocking(caps_now.clone()).await;
+                if let Ok(caps) = caps {
+                    session.handle_capabilities(caps);
+                }
+            }
+            Some(event) = rx.recv() => match event {
+                Event::Connected(n, conn, send, recv) if n == attempt => {
+                    tokio::spawn(read_loop(conn.clone(), recv, n, tx.clone()));
+                    current = Some((conn, send));
+                    session.handle_connected(Instant::now());
+                }
+                Event::ConnectFailed(n, failure) if n == attempt => {
+                    match &failure {
+                        ConnectFailure::Transient(why) => debug!(reason = %why, "connect failed"),
+                        ConnectFailure::Untrusted(why) => warn!(reason = %why, "orchestrator not trusted"),
+                    }
+                    session.handle_connect_failed(failure, Instant::now());
+                }
+                Event::Msg(n, msg) if n == attempt => {
+                    if let OrchMsg::Reject(r) = &msg {
+                        warn!(code = %r.code, message = %r.message, "orchestrator rejected us");
+                    }
+                    session.handle_msg(msg, Instant::now());
+                }
+                Event::Closed(n, why) if n == attempt => {
+                    if session.is_established() {
+                        info!(reason = %why, "disconnected from orchestrator");
+                    }
+                    current = None;
+                    session.handle_disconnected(Instant::now());
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+fn client_endpoint(config: &Config) -> Result<quinn::Endpoint, DaemonError> {
+    let local = config.local_address().unwrap_or(match config.orchestrator().host() {
+        Host::Ip(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    });
+    quinn::Endpoint::client(SocketAddr::new(local, 0)).map_err(DaemonError::Socket)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn dial(
+    endpoint: quinn::Endpoint,
+    host: Host,
+    port: u16,
+    tls: quinn::ClientConfig,
+    attempt: u64,
+    tx: mpsc::Sender<Event>,
+) {
+    let event = match connect(&endpoint, &host, port, tls).await {
+        Ok((conn, send, recv)) => Event::Connected(attempt, conn, send, recv),
+        Err(failure) => Event::ConnectFailed(attempt, failure),
+    };
+    let _ = tx.send(event).await;
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    host: &Host,
+    port: u16,
+    tls: quinn::ClientConfig,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ConnectFailure> {
+    let addr = resolve(host, port).await?;
+    let connecting = endpoint
+        .connect_with(tls, addr, tls::server_name())
+        .map_err(|e| ConnectFailure::Transient(e.to_string()))?;
+    let conn = connecting.await.map_err(classify)?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ConnectFailure::Transient(e.to_string()))?;
+    Ok((conn, send, recv))
+}
+
+fn classify(e: quinn::ConnectionError) -> ConnectFailure {
+    let text = e.to_string();
+    if text.contains(PIN_MISMATCH) || text.contains("invalid peer certificate") {
+        ConnectFailure::Untrusted(text)
+    } else {
+        ConnectFailure::Transient(text)
+    }
+}
+
+async fn resolve(host: &Host, port: u16) -> Result<SocketAddr, ConnectFailure> {
+    match host {
+        Host::Ip(ip) => Ok(SocketAddr::new(*ip, port)),
+        Host::Dns(name) => tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map_err(|e| ConnectFailure::Transient(format!("resolving {name}: {e}")))?
+            .next()
+            .ok_or_else(|| ConnectFailure::Transient(format!("{name} has no address"))),
+    }
+}
+
+/// Reads the orchestrator's frames until the stream or the connection ends, then reports why.
+async fn read_loop(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    attempt: u64,
+    tx: mpsc::Sender<Event>,
+) {
+    let why = loop {
+        match read_frame(&mut recv).await {
+            Ok(Some(body)) => match decode::<OrchMsg>(&body) {
+                Ok(msg) => {
+                    if tx.send(Event::Msg(attempt, msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => break format!("orchestrator sent a bad frame: {e}"),
+            },
+            Ok(None) => break close_reason(&conn.closed().await),
+            Err(ReadError::Decode(e)) => break format!("orchestrator sent a bad frame: {e}"),
+            Err(ReadError::Stream(_)) => break close_reason(&conn.closed().await),
+        }
+    };
+    conn.close(0u32.into(), b"");
+    let _ = tx.send(Event::Closed(attempt, why)).await;
+}
+
+fn close_reason(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let code = c.error_code.into_inner();
+            let reason = String::from_utf8_lossy(&c.reason);
+            match code.checked_sub(1).and_then(reject_code_from_index) {
+                Some(rc) => format!("closed by orchestrator ({rc}): {reason}"),
+                None => format!("closed by orchestrator: {reason}"),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn reject_code_from_index(i: u64) -> Option<RejectCode> {
+    let encoded = [i as u8];
+    (i < 64).then(|| decode::<RejectCode>(&encoded).ok()).flatten()
+}
+

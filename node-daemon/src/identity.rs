@@ -1,0 +1,251 @@
+//! The node's identity on disk: its private key, its certificate, the fleet CA and its id.
+//!
+//! Layout under `DATA_DIR/identity/` (directory 0700):
+//! - `node.key`: the private key (0600). Made on first start; it never leaves the node.
+//! - `node.crt`, `ca.crt`: PEM, written when enrollment succeeds.
+//! - `node.id`: 32 hex digits.
+//!
+//! Every file is written to a temporary name, synced and renamed, and `node.id` is written
+//! last: a node killed mid-write either has a whole identity or none, never half of one.
+
+use edge_proto::NodeId;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why the identity could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but does not hold what it should: damaged, or edited by hand.
+    #[error("{}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("generating the node key: {0}")]
+    Key(rcgen::Error),
+}
+
+/// An enrolled node's credentials.
+#[derive(Debug)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub cert: CertificateDer<'static>,
+    pub ca: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Where the identity lives.
+#[derive(Debug, Clone)]
+pub struct IdentityDir {
+    dir: PathBuf,
+}
+
+impl IdentityDir {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("identity"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The stored identity, `None` if the node has not enrolled yet.
+    pub fn load(&self) -> Result<Option<Identity>, IdentityError> {
+        let id_path = self.path("node.id");
+        let Some(id_text) = read_optional(&id_path)? else {
+            return Ok(None);
+        };
+        let node_id = NodeId::parse(id_text.trim()).ok_or_else(|| IdentityError::Corrupt {
+            path: id_path,
+            reason: "not 32 hex digits".into(),
+        })?;
+        let cert = read_cert(&self.path("node.crt"))?;
+        let ca = read_cert(&self.path("ca.crt"))?;
+        let key_path = self.path("node.key");
+        let key_pem = read_required(&key_path)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+            IdentityError::Corrupt {
+                path: key_path,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Some(Identity {
+            node_id,
+            cert,
+            ca,
+            key,
+        }))
+    }
+
+    /// The node's key pair, made and stored on first use. Reusing it across enrollment
+    /// attempts keeps one key per node.
+    pub fn key_pair(&self) -> Result<KeyPair, IdentityError> {
+        let path = self.path("node.key");
+        if let Some(pem) = read_optional(&path)? {
+            return KeyPair::from_pem(&pem).map_err(|e| IdentityError::Corrupt {
+                path,
+                reason: e.to_string(),
+            });
+        }
+        let key = KeyPair::generate().map_err(IdentityError::Key)?;
+        self.write(&path, key.serialize_pem().as_bytes(), 0o600)?;
+        Ok(key)
+    }
+
+    /// A certificate signing request for `key`. The orchestrator ignores the subject and
+    /// writes the node id it assigns; the name here only helps a human reading the CSR.
+    pub fn csr(key: &KeyPair, name: &str) -> Result<Vec<u8>, IdentityError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        let csr = params.serialize_request(key).map_err(IdentityError::Key)?;
+        Ok(csr.der().to_vec())
+    }
+
+    /// Stores what enrollment returned. `node.id` goes last: it marks the identity complete.
+    pub fn save(
+        &self,
+        node_id: NodeId,
+        cert_der: &[u8],
+        ca_der: &[u8],
+    ) -> Result<(), IdentityError> {
+        self.write(&self.path("node.crt"), pem("CERTIFICATE", cert_der).as_bytes(), 0o644)?;
+        self.write(&self.path("ca.crt"), pem("CERTIFICATE", ca_der).as_bytes(), 0o644)?;
+        self.write(&self.path("node.id"), format!("{node_id}\n").as_bytes(), 0o644)
+    }
+
+    /// Removes the identity, so the next start enrolls again. Keeps the key.
+    pub fn forget(&self) -> Result<(), IdentityError> {
+        for name in ["node.id", "node.crt", "ca.crt"] {
+            let path = self.path(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(IdentityError::Io { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+        let io = |source| IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(io)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        let tmp = path.with_extension("tmp");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)?;
+        // Make the rename itself durable.
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, IdentityError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn read_required(path: &Path) -> Result<String, IdentityError> {
+    read_optional(path)?.ok_or_else(|| IdentityError::Corrupt {
+        path: path.to_owned(),
+        reason: "missing, but node.id says the node is enrolled".into(),
+    })
+}
+
+fn read_cert(path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
+    let text = read_required(path)?;
+    CertificateDer::from_pem_slice(text.as_bytes()).map_err(|e| IdentityError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "edge-identity-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn identity_round_trips_and_key_is_private() {
+        let data = temp_dir("rt");
+        let dir = IdentityDir::new(&data);
+        assert!(dir.load().expect("load").is_none());
+        let key = dir.key_pair().expect("key");
+        let again = dir.key_pair().expect("key");
+        assert_eq!(key.serialize_der(), again.serialize_der(), "one key per node");
+        let mode = fs::metadata(data.join("identity/node.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let cert = rcgen::CertificateParams::new(vec!["x".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let id = NodeId([3; 16]);
+        dir.save(id, cert.der(), cert.der()).expect("save");
+        let loaded = dir.load().expect("load").expect("enrolled");
+        assert_eq!(loaded.node_id, id);
+        assert_eq!(loaded.cert.as_ref(), cert.der().as_ref());
+        dir.forget().expect("forget");
+        assert!(dir.load().expect("load").is_none());
+        let _ = fs::remove_dir_all(data);
+    }
+
+    #[test]
+    fn damaged_files_are_clear_errors() {
+        let data = temp_dir("bad");
+        let dir = IdentityDir::new(&data);
+        fs::create_dir_all(data.join("identity")).expect("dir");
+        fs::write(data.join("identity/node.id"), "not an id").expect("write");
+        assert!(matches!(dir.load(), Err(IdentityError::Corrupt { .. })));
+        fs::write(data.join("identity/node.id"), "ab".repeat(16)).expect("write");
+        let err = dir.load().expect_err("no certificate");
+        assert!(err.to_string().contains("node.crt"), "{err}");
+        fs::write(data.join("identity/node.key"), "garbage").expect("write");
+        assert!(matches!(dir.key_pair(), Err(IdentityError::Corrupt { .. })));
+        let _ = fs::remove_dir_all(data);
+    }
+}

@@ -1,0 +1,526 @@
+//! The node's side of its link to the orchestrator, as a state machine without I/O.
+//!
+//! It decides when to dial and with which intent (enroll or session), what to say, when to
+//! report status, and how long to back off after a failure (exponential, full jitter, so that a
+//! fleet reconnecting after an orchestrator restart does not arrive all at once). It never
+//! reads the clock, never touches a socket or a file, and draws randomness only from the seeded
+//! generator it was given: `tests/` runs a thousand of these deterministically.
+//!
+//! Inputs are the `handle_*` methods; outputs are [`Action`]s from [`NodeSession::poll_action`]
+//! and the next deadline from [`NodeSession::poll_timeout`].
+
+use crate::capabilities::same_identity;
+use edge_proto::{
+    Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg, OrchMsg,
+    Reject, RejectCode, Status, Text, text,
+};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How long to wait for the orchestrator's answer to a hello.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Backoff between connection attempts: `random(0 ..= min(MAX, BASE * 2^attempt))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the join settings give for a first start.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub token: Text<64>,
+    pub name: Text<63>,
+    /// A CSR for the node's own key.
+    pub csr_der: Der,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Dial the orchestrator: without a client certificate to enroll, with it for a session.
+    /// Answer with `handle_connected` or `handle_connect_failed`.
+    Connect(Intent),
+    /// Send on the current connection.
+    Send(NodeMsg),
+    /// Store the identity enrollment returned, then call `handle_identity_saved`.
+    SaveIdentity(Enrolled),
+    /// Close the current connection.
+    Disconnect,
+    /// Sample live load and answer with `handle_status`.
+    SampleStatus,
+    /// Give up: retrying unchanged cannot succeed. The operator must act.
+    Fatal(Fatal),
+}
+
+/// Why the node stopped trying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// The orchestrator refused us for a reason that retrying will not change.
+    #[error("orchestrator rejected the node ({code}): {message}")]
+    Rejected { code: RejectCode, message: String },
+    /// Not enrolled, and no join settings to enroll with.
+    #[error("the node is not enrolled and its config has no [join] section")]
+    NoJoinSettings,
+    /// The server is not the one the node trusts (wrong CA hash or wrong address).
+    #[error("{0}")]
+    Untrusted(String),
+}
+
+/// Why a dial failed, as the shell classifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Unreachable, timed out, refused: try again later.
+    Transient(String),
+    /// The server's certificate does not chain to the CA we pin.
+    Untrusted(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Waiting until `until` before dialing.
+    Backoff { until: Instant },
+    Dialing,
+    AwaitAnswer { deadline: Instant },
+    /// Enrollment returned an identity; the shell is storing it.
+    Saving,
+    Established { next_status: Instant },
+    Stopped,
+}
+
+/// The node's link state.
+#[derive(Debug)]
+pub struct NodeSession {
+    node_id: Option<NodeId>,
+    join: Option<Join>,
+    agent: Text<64>,
+    status_interval: Duration,
+    backoff: BackoffPolicy,
+    attempt: u32,
+    rng: fastrand::Rng,
+    caps: Capabilities,
+    /// What the orchestrator has from us on this connection.
+    caps_sent: Option<Capabilities>,
+    state: State,
+    actions: VecDeque<Action>,
+}
+
+impl NodeSession {
+    /// A node that dials at once. `node_id` is `Some` if it is enrolled.
+    pub fn new(
+        node_id: Option<NodeId>,
+        join: Option<Join>,
+        caps: Capabilities,
+        status_interval: Duration,
+        backoff: BackoffPolicy,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let mut s = Self {
+            node_id,
+            join,
+            agent: text(concat!("edge-node/", env!("CARGO_PKG_VERSION"))),
+            status_interval,
+            backoff,
+            attempt: 0,
+            rng: fastrand::Rng::with_seed(seed),
+            caps,
+            caps_sent: None,
+            state: State::Backoff { until: now },
+            actions: VecDeque::new(),
+        };
+        if s.node_id.is_none() && s.join.is_none() {
+            s.stop(Fatal::NoJoinSettings);
+        }
+        s
+    }
+
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.node_id
+    }
+
+    /// Whether a session is up.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established { .. })
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.state == State::Stopped
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When `handle_timeout` is due next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Backoff { until } => Some(until),
+            State::AwaitAnswer { deadline } => Some(deadline),
+            State::Established { next_status } => Some(next_status),
+            State::Dialing | State::Saving | State::Stopped => None,
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Backoff { until } if now >= until => {
+                self.state = State::Dialing;
+                let intent = if self.node_id.is_some() {
+                    Intent::Session
+                } else {
+                    Intent::Enroll
+                };
+                self.actions.push_back(Action::Connect(intent));
+            }
+            State::AwaitAnswer { deadline } if now >= deadline => {
+                self.actions.push_back(Action::Disconnect);
+                self.retry_later(now);
+            }
+            State::Established { next_status } if now >= next_status => {
+                self.state = State::Established {
+                    next_status: now + self.status_interval,
+                };
+                self.actions.push_back(Action::SampleStatus);
+            }
+            _ => {}
+        }
+    }
+
+    /// The dial succeeded and a stream is open: say hello (and ask to enroll).
+    pub fn handle_connected(&mut self, now: Instant) {
+        if self.state != State::Dialing {
+            return;
+        }
+        let intent = if self.node_id.is_some() {
+            Intent::Session
+        } else {
+            Intent::Enroll
+        };
+        self.send(NodeMsg::Hello(Hello {
+            versions: List::from_iter(edge_proto::SUPPORTED_VERSIONS.iter().copied()),
+            intent,
+            node_id: self.node_id,
+            agent: self.agent.clone(),
+        }));
+        if intent == Intent::Enroll
+            && let Some(join) = &self.join
+        {
+            let req = EnrollRequest {
+                token: join.token.clone(),
+                name: join.name.clone(),
+                csr_der: join.csr_der.clone(),
+                capabilities: self.caps.clone(),
+            };
+            self.send(NodeMsg::Enroll(Box::new(req)));
+        }
+        self.state = State::AwaitAnswer {
+            deadline: now + ANSWER_TIMEOUT,
+        };
+    }
+
+    pub fn handle_connect_failed(&mut self, failure: ConnectFailure, now: Instant) {
+        if self.state != State::Dialing {
+            return;
+        }
+        match failure {
+            ConnectFailure::Transient(_) => self.retry_later(now),
+            ConnectFailure::Untrusted(why) => self.stop(Fatal::Untrusted(why)),
+        }
+    }
+
+    /// The connection ended, for whatever reason.
+    pub fn handle_disconnected(&mut self, now: Instant) {
+        match self.state {
+            State::Dialing | State::AwaitAnswer { .. } | State::Established { .. } => {
+                self.retry_later(now)
+            }
+            State::Backoff { .. } | State::Saving | State::Stopped => {}
+        }
+    }
+
+    /// A message from the orchestrator.
+    pub fn handle_msg(&mut self, msg: OrchMsg, now: Instant) {
+        match (self.state, msg) {
+            (State::AwaitAnswer { .. }, OrchMsg::Welcome(w)) if self.node_id == Some(w.node_id) => {
+                self.attempt = 0;
+                self.caps_sent = None;
+                self.state = State::Established { next_status: now };
+                self.send_caps_if_changed();
+                // Report load at once, then every interval.
+                self.handle_timeout(now);
+            }
+            (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
+                self.state = State::Saving;
+                self.actions.push_back(Action::SaveIdentity(e));
+            }
+            (_, OrchMsg::Reject(Reject { code, message })) => {
+                self.actions.push_back(Action::Disconnect);
+                if code.retryable() {
+                    self.retry_later(now);
+                } else {
+                    self.stop(Fatal::Rejected {
+                        code,
+                        message: message.to_string(),
+                    });
+                }
+            }
+            // Anything else is the orchestrator breaking protocol: drop the link and retry.
+            _ => {
+                self.actions.push_back(Action::Disconnect);
+                self.retry_later(now);
+            }
+        }
+    }
+
+    /// The identity from enrollment is stored: dial again, now with the certificate.
+    pub fn handle_identity_saved(&mut self, node_id: NodeId, now: Instant) {
+        if self.state == State::Saving {
+            self.node_id = Some(node_id);
+            self.actions.push_back(Action::Disconnect);
+            self.attempt = 0;
+            self.state = State::Backoff { until: now };
+        }
+    }
+
+    /// Storing the identity failed (disk full?). Try the whole enrollment again later.
+    pub fn handle_identity_save_failed(&mut self, now: Instant) {
+        if self.state == State::Saving {
+            self.actions.push_back(Action::Disconnect);
+            self.retry_later(now);
+        }
+    }
+
+    /// Live load, answering [`Action::SampleStatus`].
+    pub fn handle_status(&mut self, status: Status) {
+        if self.is_established() {
+            self.send(NodeMsg::Status(status));
+        }
+    }
+
+    /// The node's capabilities now. Sent if they changed in a way the orchestrator cares about.
+    pub fn handle_capabilities(&mut self, caps: Capabilities) {
+        self.caps = caps;
+        if self.is_established() {
+            self.send_caps_if_changed();
+        }
+    }
+
+    fn send_caps_if_changed(&mut self) {
+        if self
+            .caps_sent
+            .as_ref()
+            .is_some_and(|sent| same_identity(sent, &self.caps))
+        {
+            return;
+        }
+        self.caps_sent = Some(self.caps.clone());
+        self.send(NodeMsg::Capabilities(Box::new(self.caps.clone())));
+    }
+
+    fn send(&mut self, msg: NodeMsg) {
+        self.actions.push_back(Action::Send(msg));
+    }
+
+    fn retry_later(&mut self, now: Instant) {
+        let ceiling = self
+            .backoff
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.backoff.max);
+        let delay = Duration::from_nanos(self.rng.u64(0..=ceiling.as_nanos() as u64));
+        self.attempt = self.attempt.saturating_add(1);
+        self.state = State::Backoff { until: now + delay };
+    }
+
+    fn stop(&mut self, why: Fatal) {
+        self.state = State::Stopped;
+        self.actions.push_back(Action::Fatal(why));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::Welcome;
+
+    fn caps() -> Capabilities {
+        Capabilities {
+            arch: text("x86_64"),
+            os: text("linux"),
+            os_version: Text::new(),
+            kernel: Text::new(),
+            hostname: text("h"),
+            cpus: 2,
+            cpu_model: Text::new(),
+            memory_bytes: 1,
+            disk_bytes: 1,
+            disk_free_bytes: 1,
+            accelerators: List::new(),
+            board: None,
+            labels: List::new(),
+            location: None,
+        }
+    }
+
+    fn drain(s: &mut NodeSession) -> Vec<Action> {
+        std::iter::from_fn(|| s.poll_action()).collect()
+    }
+
+    fn enrolled(seed: u64, now: Instant) -> NodeSession {
+        NodeSession::new(
+            Some(NodeId([1; 16])),
+            None,
+            caps(),
+            Duration::from_secs(10),
+            BackoffPolicy::default(),
+            seed,
+            now,
+        )
+    }
+
+    #[test]
+    fn a_session_says_hello_then_reports_caps_and_status_every_interval() {
+        let t0 = Instant::now();
+        let mut s = enrolled(1, t0);
+        s.handle_timeout(t0);
+        assert_eq!(drain(&mut s), vec![Action::Connect(Intent::Session)]);
+        s.handle_connected(t0);
+        let hello = drain(&mut s);
+        assert!(matches!(&hello[..], [Action::Send(NodeMsg::Hello(h))] if h.node_id == Some(NodeId([1; 16]))));
+        s.handle_msg(
+            OrchMsg::Welcome(Welcome {
+                version: 1,
+                node_id: NodeId([1; 16]),
+            }),
+            t0,
+        );
+        let acts = drain(&mut s);
+        assert!(matches!(acts[0], Action::Send(NodeMsg::Capabilities(_))));
+        assert_eq!(acts[1], Action::SampleStatus);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        // Unchanged capabilities are not sent again; changed ones are.
+        s.handle_capabilities(caps());
+        assert!(drain(&mut s).is_empty());
+        let mut more = caps();
+        more.memory_bytes = 2;
+        s.handle_capabilities(more);
+        assert!(matches!(&drain(&mut s)[..], [Action::Send(NodeMsg::Capabilities(_))]));
+    }
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_resets_on_welcome() {
+        let t0 = Instant::now();
+        let mut s = enrolled(42, t0);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            s.handle_timeout(now);
+            drain(&mut s);
+            s.handle_connect_failed(ConnectFailure::Transient("refused".into()), now);
+            let next = s.poll_timeout().expect("backing off");
+            delays.push(next - now);
+            now = next;
+        }
+        let policy = BackoffPolicy::default();
+        for (i, d) in delays.iter().enumerate() {
+            let ceiling = policy.base.saturating_mul(1 << i).min(policy.max);
+            assert!(*d <= ceiling, "attempt {i}: {d:?} over {ceiling:?}");
+        }
+        // Jitter: not every delay sits at its ceiling.
+        assert!(delays.iter().enumerate().any(|(i, d)| *d < policy.base * (1 << i.min(6)) / 2));
+        assert!(delays[8..].iter().all(|d| *d <= policy.max));
+    }
+
+    #[test]
+    fn a_fatal_reject_stops_the_node_and_a_retryable_one_does_not() {
+        let t0 = Instant::now();
+        let mut s = enrolled(3, t0);
+        s.handle_timeout(t0);
+        s.handle_connected(t0);
+        drain(&mut s);
+        s.handle_msg(
+            OrchMsg::Reject(Reject {
+                code: RejectCode::Internal,
+                message: text("busy"),
+            }),
+            t0,
+        );
+        assert!(!s.is_stopped());
+        assert_eq!(drain(&mut s), vec![Action::Disconnect]);
+        let t1 = s.poll_timeout().expect("retrying");
+        s.handle_timeout(t1);
+        s.handle_connected(t1);
+        drain(&mut s);
+        s.handle_msg(
+            OrchMsg::Reject(Reject {
+                code: RejectCode::UnknownNode,
+                message: text("deleted"),
+            }),
+            t1,
+        );
+        assert!(s.is_stopped());
+        assert_eq!(s.poll_timeout(), None);
+        let acts = drain(&mut s);
+        assert!(matches!(&acts[1], Action::Fatal(Fatal::Rejected { code: RejectCode::UnknownNode, .. })));
+    }
+
+    #[test]
+    fn enrollment_saves_the_identity_then_dials_a_session() {
+        let t0 = Instant::now();
+        let join = Join {
+            token: text("abcdef.0123456789abcdef0123456789abcdef"),
+            name: text("n1"),
+            csr_der: Der::new(vec![1, 2, 3]).expect("fits"),
+        };
+        let mut s = NodeSession::new(
+            None,
+            Some(join),
+            caps(),
+            Duration::from_secs(10),
+            BackoffPolicy::default(),
+            5,
+            t0,
+        );
+        s.handle_timeout(t0);
+        assert_eq!(drain(&mut s), vec![Action::Connect(Intent::Enroll)]);
+        s.handle_connected(t0);
+        let acts = drain(&mut s);
+        assert!(matches!(&acts[..], [Action::Send(NodeMsg::Hello(_)), Action::Send(NodeMsg::Enroll(_))]));
+        let enrolled = Enrolled {
+            node_id: NodeId([9; 16]),
+            cert_der: Der::new(vec![1]).expect("fits"),
+            ca_der: Der::new(vec![2]).expect("fits"),
+        };
+        s.handle_msg(OrchMsg::Enrolled(enrolled.clone()), t0);
+        assert_eq!(drain(&mut s), vec![Action::SaveIdentity(enrolled)]);
+        s.handle_identity_saved(NodeId([9; 16]), t0);
+        assert_eq!(drain(&mut s), vec![Action::Disconnect]);
+        s.handle_timeout(t0);
+        assert_eq!(drain(&mut s), vec![Action::Connect(Intent::Session)]);
+    }
+
+    #[test]
+    fn no_identity_and_no_join_is_fatal_at_once() {
+        let s = &mut NodeSession::new(
+            None,
+            None,
+            caps(),
+            Duration::from_secs(10),
+            BackoffPolicy::default(),
+            0,
+            Instant::now(),
+        );
+        assert_eq!(drain(s), vec![Action::Fatal(Fatal::NoJoinSettings)]);
+    }
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics, and the operator-facing events that bump them.
+//!
+//! An [`Event`] emits its log line and its metric together, so the two never drift.
+
+use crate::session::Event;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeStatus {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    pub direction: &'static str,
+}
+
+/// Every metric the orchestrator exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    registry: Registry,
+    pub nodes: Family<NodeStatus, Gauge>,
+    pub sessions_active: Gauge,
+    pub sessions_opened: Counter,
+    pub session_rejections: Family<Reason, Counter>,
+    pub frames: Family<Direction, Counter>,
+    pub enrollments: Counter,
+    pub enrollment_failures: Family<Reason, Counter>,
+    pub handshake_failures: Family<Reason, Counter>,
+    pub api_requests: Family<Reason, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self::default();
+        let r = &mut m.registry;
+        r.register("edge_nodes", "Registered nodes by status", m.nodes.clone());
+        r.register(
+            "edge_sessions_active",
+            "Node sessions open now",
+            m.sessions_active.clone(),
+        );
+        r.register(
+            "edge_sessions_opened",
+            "Node sessions opened",
+            m.sessions_opened.clone(),
+        );
+        r.register(
+            "edge_session_rejections",
+            "Node sessions refused, by reason",
+            m.session_rejections.clone(),
+        );
+        r.register(
+            "edge_frames",
+            "Protocol frames, by direction",
+            m.frames.clone(),
+        );
+        r.register(
+            "edge_enrollments",
+            "Nodes enrolled",
+            m.enrollments.clone(),
+        );
+        r.register(
+            "edge_enrollment_failures",
+            "Enrollments refused, by reason",
+            m.enrollment_failures.clone(),
+        );
+        r.register(
+            "edge_handshake_failures",
+            "QUIC/TLS handshakes that failed, by reason",
+            m.handshake_failures.clone(),
+        );
+        r.register(
+            "edge_api_requests",
+            "Operator API requests, by outcome",
+            m.api_requests.clone(),
+        );
+        m
+    }
+
+    /// Sets the node gauges; called just before a scrape.
+    pub fn set_node_counts(&self, online: usize, offline: usize) {
+        self.nodes
+            .get_or_create(&NodeStatus { status: "online" })
+            .set(online as i64);
+        self.nodes
+            .get_or_create(&NodeStatus { status: "offline" })
+            .set(offline as i64);
+    }
+
+    pub fn frame(&self, direction: &'static str) {
+        self.frames.get_or_create(&Direction { direction }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Invariant: writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Logs `event` and counts it.
+    pub fn emit(&self, event: &Event) {
+        match event {
+            Event::Enrolled { node, name } => {
+                self.enrollments.inc();
+                info!(node = %node, name = %name, "node enrolled");
+            }
+            Event::EnrollmentRejected { code, detail } => {
+                self.enrollment_failures
+                    .get_or_create(&Reason {
+                        reason: code.as_str().to_owned(),
+                    })
+                    .inc();
+                warn!(reason = %code, detail = %detail, "enrollment rejected");
+            }
+            Event::SessionOpened { node, version } => {
+                self.sessions_opened.inc();
+                self.sessions_active.inc();
+                info!(node = %node, version, "node online");
+            }
+            Event::SessionRejected { node, code, detail } => {
+                self.session_rejections
+                    .get_or_create(&Reason {
+                        reason: code.as_str().to_owned(),
+                    })
+                    .inc();
+                match node {
+                    Some(node) => {
+                        warn!(node = %node, reason = %code, detail = %detail, "session rejected")
+                    }
+                    None => warn!(reason = %code, detail = %detail, "session rejected"),
+                }
+            }
+            Event::SessionClosed { node } => {
+                self.sessions_active.dec();
+                info!(node = %node, "node offline");
+            }
+            Event::CapabilitiesChanged { node } => {
+                info!(node = %node, "node capabilities changed");
+            }
+        }
+    }
+
+    /// A connection that never got as far as a session: bad certificate, wrong CA, timeout.
+    pub fn handshake_failed(&self, reason: &str, remote: std::net::SocketAddr) {
+        self.handshake_failures
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        warn!(%remote, reason, "handshake failed");
+    }
+}

@@ -1,0 +1,241 @@
+//! The fleet's certificate authority.
+//!
+//! The orchestrator makes its own CA on first start. It signs the orchestrator's server
+//! certificate (for the fixed name [`ORCHESTRATOR_SERVER_NAME`], since nodes pin the CA rather
+//! than trust a DNS name) and every node's client certificate, whose common name is the node id.
+//! Nodes pin the CA by [`Ca::hash`]: sha256 over the CA certificate's DER, as `sha256:HEX`.
+//!
+//! This module does no I/O: the caller stores the PEM it hands out.
+
+use edge_proto::{NodeId, ORCHESTRATOR_SERVER_NAME};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
+use std::time::{Duration, SystemTime};
+
+/// How long a node certificate is valid.
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long the CA is valid.
+const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
+
+/// Why the CA could not be made, loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// The stored CA does not parse: the data dir is damaged or from something else.
+    #[error("stored CA is unusable: {0}")]
+    BadStoredCa(rcgen::Error),
+    /// The node's CSR is not a valid self-signed PKCS#10 request. The peer's fault.
+    #[error("bad certificate signing request: {0}")]
+    BadCsr(rcgen::Error),
+    /// Signing failed. Ours.
+    #[error("signing failed: {0}")]
+    Signing(rcgen::Error),
+}
+
+/// The CA: its certificate and the key that signs with it.
+#[derive(Debug)]
+pub struct Ca {
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// A new CA with a fresh P-256 key.
+    pub fn generate(now: SystemTime) -> Result<Self, PkiError> {
+        let key = KeyPair::generate().map_err(PkiError::Signing)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn("edge fleet CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + CA_VALIDITY).into();
+        let cert = params.self_signed(&key).map_err(PkiError::Signing)?;
+        Ok(Self {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA stored with [`Ca::cert_pem`] and [`Ca::key_pem`].
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(PkiError::BadStoredCa)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(PkiError::BadStoredCa)?;
+        let der = pem_body(cert_pem).ok_or(PkiError::BadStoredCa(
+            rcgen::Error::CouldNotParseCertificate,
+        ))?;
+        Ok(Self {
+            cert_der: CertificateDer::from(der),
+            cert_pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// What a node pins: `sha256:` and the hex sha256 of the CA certificate's DER.
+    pub fn hash(&self) -> String {
+        ca_hash(&self.cert_der)
+    }
+
+    /// A fresh server certificate for [`ORCHESTRATOR_SERVER_NAME`], signed by this CA.
+    /// Returns the chain (leaf, then CA) and the leaf's key.
+    pub fn issue_server_cert(
+        &self,
+        now: SystemTime,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>), PkiError> {
+        let key = KeyPair::generate().map_err(PkiError::Signing)?;
+        let mut params = CertificateParams::new(vec![ORCHESTRATOR_SERVER_NAME.to_owned()])
+            .map_err(PkiError::Signing)?;
+        params.distinguished_name = dn(ORCHESTRATOR_SERVER_NAME);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + NODE_CERT_VALIDITY).into();
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(PkiError::Signing)?;
+        let key_der = PrivatePkcs8KeyDer::from(key.serialize_der());
+        Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
+    }
+
+    /// Signs a node's CSR. Only the public key is taken from the request: the subject is the
+    /// node id we chose and the usage is client authentication, whatever the request asked for.
+    pub fn sign_node_csr(
+        &self,
+        csr_der: &[u8],
+        node_id: NodeId,
+        now: SystemTime,
+    ) -> Result<CertificateDer<'static>, PkiError> {
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
+            csr_der,
+        ))
+        .map_err(PkiError::BadCsr)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&node_id.to_string());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + NODE_CERT_VALIDITY).into();
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(PkiError::Signing)?;
+        Ok(cert.der().clone())
+    }
+}
+
+/// The pin of a CA certificate: `sha256:` and 64 hex digits.
+pub fn ca_hash(cert_der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    format!("sha256:{}", hex(digest.as_ref()))
+}
+
+/// The node id in a node certificate's common name. `None` if the certificate does not parse or
+/// names no node: the TLS layer has already checked that our CA signed it.
+pub fn node_id_from_cert(cert_der: &[u8]) -> Option<NodeId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    NodeId::parse(cn)
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn pem_body(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr_for(key: &KeyPair) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        // A hostile node asks to be someone else and a CA: both must be ignored.
+        params.distinguished_name = dn("ffffffffffffffffffffffffffffffff");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .serialize_request(key)
+            .expect("csr")
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn node_certificate_names_the_id_we_chose_not_the_one_asked_for() {
+        let now = SystemTime::now();
+        let ca = Ca::generate(now).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let id = NodeId([7; 16]);
+        let cert = ca.sign_node_csr(&csr_for(&key), id, now).expect("sign");
+        assert_eq!(node_id_from_cert(&cert), Some(id));
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).expect("parse");
+        assert!(!parsed.is_ca());
+        assert_eq!(
+            parsed.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+    }
+
+    #[test]
+    fn ca_survives_a_pem_round_trip() {
+        let now = SystemTime::now();
+        let ca = Ca::generate(now).expect("ca");
+        let back = Ca::from_pem(ca.cert_pem(), &ca.key_pem()).expect("load");
+        assert_eq!(back.hash(), ca.hash());
+        assert!(ca.hash().starts_with("sha256:") && ca.hash().len() == 7 + 64);
+        // A certificate signed after the reload still chains to the same CA.
+        let key = KeyPair::generate().expect("key");
+        let cert = back
+            .sign_node_csr(&csr_for(&key), NodeId([1; 16]), now)
+            .expect("sign");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).expect("parse");
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("parse");
+        assert_eq!(parsed.issuer(), ca_parsed.subject());
+    }
+
+    #[test]
+    fn garbage_csr_and_garbage_ca_are_errors() {
+        let now = SystemTime::now();
+        let ca = Ca::generate(now).expect("ca");
+        for bad in [&[][..], &[0x30, 0x82, 0xff, 0xff][..], &[0u8; 300][..]] {
+            assert!(matches!(
+                ca.sign_node_csr(bad, NodeId([1; 16]), now),
+                Err(PkiError::BadCsr(_))
+            ));
+        }
+        assert!(Ca::from_pem("not pem", "not pem").is_err());
+        assert_eq!(node_id_from_cert(b"junk"), None);
+    }
+}

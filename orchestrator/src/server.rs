@@ -1,0 +1,376 @@
+//! The QUIC server: a thin shell that moves frames between sockets and [`ServerSession`]s and
+//! carries out their actions. All decisions live in `session` and `fleet`.
+
+use crate::fleet::{Change, Fleet, SessionId};
+use crate::metrics::Metrics;
+use crate::pki::{Ca, PkiError, node_id_from_cert};
+use crate::session::{Action, Ctx, ServerSession, unix_secs};
+use crate::store::{Store, StoreError};
+use crate::tokens::{self, TokenRecord};
+use edge_proto::quic::{ReadError, read_frame, transport, write_msg};
+use edge_proto::{ALPN, NodeId, RejectCode};
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+use tracing::{debug, warn};
+
+const META_CA_CERT: &str = "ca.crt";
+const META_CA_KEY: &str = "ca.key";
+/// How long a closing connection waits for the peer to read its last frames.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why the orchestrator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("binding the QUIC socket: {0}")]
+    Bind(std::io::Error),
+}
+
+/// Everything the QUIC server and the API share.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub ca: Ca,
+    pub metrics: Metrics,
+    fleet: Mutex<Fleet>,
+    connections: Mutex<HashMap<SessionId, quinn::Connection>>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("ca", &self.ca.hash()).finish()
+    }
+}
+
+impl Shared {
+    /// Loads the CA and the registry from `store`, making a CA on first start.
+    pub fn open(store: Arc<dyn Store>) -> Result<Arc<Self>, StartError> {
+        let ca = match (store.meta(META_CA_CERT)?, store.meta(META_CA_KEY)?) {
+            (Some(cert), Some(key)) => Ca::from_pem(
+                &String::from_utf8_lossy(&cert),
+                &String::from_utf8_lossy(&key),
+            )?,
+            _ => {
+                let ca = Ca::generate(SystemTime::now())?;
+                store.put_meta(META_CA_KEY, ca.key_pem().as_bytes())?;
+                store.put_meta(META_CA_CERT, ca.cert_pem().as_bytes())?;
+                tracing::info!(ca_hash = %ca.hash(), "created the fleet CA");
+                ca
+            }
+        };
+        let fleet = Fleet::new(store.tokens()?, store.nodes()?);
+        let metrics = Metrics::new();
+        let (online, offline) = fleet.counts();
+        metrics.set_node_counts(online, offline);
+        Ok(Arc::new(Self {
+            store,
+            ca,
+            metrics,
+            fleet: Mutex::new(fleet),
+            connections: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// The registry. Never hold the guard across an await.
+    pub fn fleet(&self) -> MutexGuard<'_, Fleet> {
+        // A panic while holding the lock leaves the registry as consistent as the last
+        // completed call; carry on rather than take the whole server down.
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<SessionId, quinn::Connection>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes and stores a join token; returns the token text (shown once) and its record.
+    pub fn create_token(
+        &self,
+        ttl_secs: u64,
+        uses: u32,
+        description: String,
+    ) -> Result<(String, TokenRecord), StoreError> {
+        let rng = ring::rand::SystemRandom::new();
+        let mut fill = |buf: &mut [u8]| {
+            // The OS RNG failing is not something to recover from.
+            ring::rand::SecureRandom::fill(&rng, buf).expect("the OS random source works");
+        };
+        let now = unix_secs(SystemTime::now());
+        let (text, record) = tokens::create(&mut fill, now, ttl_secs, uses, description);
+        self.store.put_token(&record)?;
+        self.fleet().add_token(record.clone());
+        Ok((text, record))
+    }
+
+    /// Forgets a node and closes its session. `Ok(false)` if there was no such node.
+    pub fn delete_node(&self, id: NodeId) -> Result<bool, StoreError> {
+        let Some((change, session)) = self.fleet().delete_node(id) else {
+            return Ok(false);
+        };
+        self.persist(&change)?;
+        if let Some(session) = session {
+            self.close_session(session, RejectCode::UnknownNode, "node deleted");
+        }
+        Ok(true)
+    }
+
+    fn persist(&self, change: &Change) -> Result<(), StoreError> {
+        match change {
+            Change::Token(t) => self.store.put_token(t),
+            Change::Node(n) => self.store.put_node(n),
+            Change::NodeDeleted(id) => self.store.delete_node(*id),
+        }
+    }
+
+    fn close_session(&self, session: SessionId, code: RejectCode, reason: &str) {
+        if let Some(conn) = self.conns().remove(&session) {
+            conn.close(close_code(Some(code)), reason.as_bytes());
+        }
+    }
+
+    /// A QUIC server configuration: our certificate chain, client certificates optional
+    /// (enrollment has none) but verified against our CA when present.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, StartError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.ca.cert_der().clone())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+        let (chain, key) = self.ca.issue_server_cert(SystemTime::now())?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| StartError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key.into())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport(false)));
+        Ok(config)
+    }
+
+    /// Binds the QUIC endpoint on an already-bound UDP socket.
+    pub fn endpoint(&self, socket: std::net::UdpSocket) -> Result<quinn::Endpoint, StartError> {
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| StartError::Tls("no async runtime".into()))?;
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(self.server_config()?),
+            socket,
+            runtime,
+        )
+        .map_err(StartError::Bind)
+    }
+}
+
+/// The QUIC application close code for a reject: 0 for a normal close, else the code's
+/// position plus one.
+pub fn close_code(code: Option<RejectCode>) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code.map_or(0, |c| c as u32 + 1))
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => run_connection(conn, shared).await,
+                Err(e) => shared
+                    .metrics
+                    .handshake_failed(&handshake_reason(&e), remote),
+            }
+        });
+    }
+}
+
+fn handshake_reason(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::TransportError(t) => format!("tls: {}", t.reason),
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            format!("peer closed: {}", String::from_utf8_lossy(&c.reason))
+        }
+        quinn::ConnectionError::TimedOut => "timeout".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The node id in the peer's certificate; `Ok(None)` if it presented none.
+fn peer_node_id(conn: &quinn::Connection) -> Result<Option<NodeId>, ()> {
+    let Some(identity) = conn.peer_identity() else {
+        return Ok(None);
+    };
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| ())?;
+    match certs.first() {
+        None => Ok(None),
+        Some(leaf) => node_id_from_cert(leaf).map(Some).ok_or(()),
+    }
+}
+
+async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
+    let remote = conn.remote_address();
+    let Ok(peer) = peer_node_id(&conn) else {
+        shared
+            .metrics
+            .handshake_failed("certificate names no node", remote);
+        conn.close(close_code(Some(RejectCode::UnknownNode)), b"certificate names no node");
+        return;
+    };
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let mut session = ServerSession::new(id, peer, Instant::now());
+    shared.conns().insert(id, conn.clone());
+    let mut stream = None;
+    loop {
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            accepted = conn.accept_bi(), if stream.is_none() => match accepted {
+                Ok(pair) => stream = Some(pair),
+                Err(e) => { debug!(%remote, error = %e, "connection ended"); break; }
+            },
+            frame = read_next(&mut stream), if stream.is_some() => match frame {
+                Ok(Some(body)) => {
+                    shared.metrics.frame("rx");
+                    with_ctx(&shared, |ctx| session.handle_frame(&body, ctx));
+                }
+                Ok(None) => break,
+                Err(ReadError::Decode(e)) => session.handle_decode_error(e),
+                Err(ReadError::Stream(e)) => { debug!(%remote, error = %e, "stream ended"); break; }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+        }
+        let done = match stream.as_mut() {
+            Some((send, _)) => flush_actions(&mut session, &shared, &conn, send).await,
+            None => session.is_closed(),
+        };
+        if done {
+            break;
+        }
+    }
+    with_ctx(&shared, |ctx| session.handle_closed(ctx));
+    while let Some(action) = session.poll_action() {
+        match action {
+            Action::Persist(change) => persist_or_log(&shared, &change),
+            Action::Event(e) => shared.metrics.emit(&e),
+            _ => {}
+        }
+    }
+    shared.conns().remove(&id);
+    // Let the close frame and any final message go out before the connection is dropped.
+    conn.close(close_code(None), b"");
+}
+
+async fn read_next(
+    stream: &mut Option<(quinn::SendStream, quinn::RecvStream)>,
+) -> Result<Option<Vec<u8>>, ReadError> {
+    match stream {
+        Some((_, recv)) => read_frame(recv).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn with_ctx(shared: &Shared, f: impl FnOnce(&mut Ctx<'_>)) {
+    let mut fleet = shared.fleet();
+    let mut ctx = Ctx {
+        fleet: &mut fleet,
+        ca: &shared.ca,
+        wall: SystemTime::now(),
+        fresh_id: NodeId(random_id()),
+    };
+    f(&mut ctx);
+}
+
+fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+        .expect("the OS random source works");
+    id
+}
+
+fn persist_or_log(shared: &Shared, change: &Change) {
+    if let Err(error) = shared.persist(change) {
+        warn!(%error, "could not persist a registry change");
+    }
+}
+
+/// Carries out the session's actions. Returns whether the connection is finished.
+async fn flush_actions(
+    session: &mut ServerSession,
+    shared: &Shared,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+) -> bool {
+    while let Some(action) = session.poll_action() {
+        match action {
+            Action::Persist(change) => {
+                if let Err(error) = shared.persist(&change) {
+                    // Never send what we could not store: the node would hold a certificate
+                    // we do not know.
+                    warn!(%error, "store failed; closing the connection");
+                    let _ = write_msg(
+                        send,
+                        &edge_proto::OrchMsg::Reject(edge_proto::Reject {
+                            code: RejectCode::Internal,
+                            message: edge_proto::text("orchestrator storage failed; retry later"),
+                        }),
+                    )
+                    .await;
+                    let _ = send.finish();
+                    conn.close(close_code(Some(RejectCode::Internal)), b"storage failed");
+                    return true;
+                }
+            }
+            Action::Send(msg) => {
+                shared.metrics.frame("tx");
+                if write_msg(send, &msg).await.is_err() {
+                    return true;
+                }
+            }
+            Action::Close(code, reason) => {
+                let _ = send.finish();
+                // Give the peer a moment to read our last frames before the close discards
+                // them. It learns the code and reason from the close frame either way.
+                let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+                conn.close(close_code(code), reason.as_bytes());
+                return true;
+            }
+            Action::CloseReplaced(old) => {
+                shared.close_session(old, RejectCode::IdentityMismatch, "replaced by a newer session");
+            }
+            Action::Event(e) => shared.metrics.emit(&e),
+        }
+    }
+    session.is_closed()
+}
+
+/// Where the server listens, for callers that bound port 0.
+pub fn local_addr(endpoint: &quinn::Endpoint) -> Option<SocketAddr> {
+    endpoint.local_addr().ok()
+}

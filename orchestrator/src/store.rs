@@ -1,0 +1,191 @@
+//! Durable state behind one trait: the CA, join tokens and the node registry.
+//!
+//! [`SledStore`] keeps them on the orchestrator's disk; [`MemStore`] is for the simulation and
+//! unit tests. A distributed backend will implement the same trait. Records are JSON so an
+//! operator can read a dump, and every write that a peer will rely on is flushed before it
+//! returns: a node must never hold a certificate the orchestrator forgot.
+//!
+//! Only this module touches sled.
+
+use crate::fleet::NodeRecord;
+use crate::tokens::TokenRecord;
+use edge_proto::NodeId;
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Why the store failed. Never the peer's fault; the operation may be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A stored record does not decode: written by something else, or damaged.
+    #[error("stored record {key:?} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// What the orchestrator keeps across restarts.
+pub trait Store: Send + Sync + 'static {
+    /// A small named value: the CA certificate and key, the API signing secret.
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    fn delete_node(&self, id: NodeId) -> Result<(), StoreError>;
+}
+
+/// The store on local disk.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    tokens: sled::Tree,
+    nodes: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. The directory is made private to this user: it
+    /// holds the CA key.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        restrict(dir, 0o700)?;
+        let db = sled::Config::new()
+            .path(dir)
+            // Our records are small and few; the default 1 GiB cache only invites growth.
+            .cache_capacity(8 << 20)
+            .open()
+            .map_err(backend)?;
+        for entry in std::fs::read_dir(dir).map_err(backend)? {
+            let path = entry.map_err(backend)?.path();
+            if path.is_file() {
+                restrict(&path, 0o600)?;
+            }
+        }
+        Ok(Self {
+            meta: db.open_tree("meta").map_err(backend)?,
+            tokens: db.open_tree("tokens").map_err(backend)?,
+            nodes: db.open_tree("nodes").map_err(backend)?,
+            db,
+        })
+    }
+
+    fn put_json<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(backend)?;
+        tree.insert(key, bytes).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn scan_json<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv.map_err(backend)?;
+            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+impl Store for SledStore {
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(key, value).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        scan_json(&self.tokens)
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.put_json(&self.tokens, token.id.as_bytes(), token)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        scan_json(&self.nodes)
+    }
+
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.put_json(&self.nodes, &node.id.0, node)
+    }
+
+    fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
+        self.nodes.remove(id.0).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// A store in memory, for simulations and unit tests.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemInner {
+    meta: BTreeMap<String, Vec<u8>>,
+    tokens: BTreeMap<String, TokenRecord>,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+}
+
+impl MemStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        // A panic while holding this lock already failed the test that caused it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().meta.get(key).cloned())
+    }
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.lock().meta.insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        Ok(self.lock().tokens.values().cloned().collect())
+    }
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.lock().tokens.insert(token.id.clone(), token.clone());
+        Ok(())
+    }
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(self.lock().nodes.values().cloned().collect())
+    }
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.lock().nodes.insert(node.id, node.clone());
+        Ok(())
+    }
+    fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
+        self.lock().nodes.remove(&id);
+        Ok(())
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(backend)
+}
