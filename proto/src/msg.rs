@@ -207,7 +207,7 @@ pub enum RejectCode {
 impl RejectCode {
     /// Whether trying again unchanged can succeed.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::Internal | Self::Timeout)
+        matches!(self, Self::Internal | Self::Timeout | Self::Malformed)
     }
 
     /// A stable snake_case name for logs and metrics.
