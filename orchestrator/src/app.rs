@@ -83,15 +83,16 @@ impl Orchestrator {
         Self::start(data_dir, udp, tcp).await
     }
 
-    /// Closes every node connection and stops serving.
+    /// Closes every node connection and stops serving. The UDP socket and the store are
+    /// released once the last connection task has finished, shortly after this returns.
     pub async fn shutdown(self) {
         self.endpoint
             .close(crate::server::close_code(None), b"orchestrator shutting down");
-        for task in &self.tasks {
+        self.shared.forget_connections();
+        for task in self.tasks {
             task.abort();
+            let _ = task.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        // Let the store flush and release its lock before a restart opens it again.
-        drop(self.shared);
     }
 }

@@ -80,7 +80,8 @@ async fn run_in(dir: &Path, api_listen: SocketAddr) -> anyhow::Result<()> {
         if online == NODES.len() {
             break;
         }
-        for (name, child) in &mut children {
+        for (name, child) in children.iter_mut() {
+            let name = *name;
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "node {name} exited ({status}); see {}",

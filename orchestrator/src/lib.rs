@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod auth;
+pub mod demo;
 pub mod fleet;
 pub mod logging;
 pub mod metrics;

@@ -123,6 +123,11 @@ impl Shared {
         Ok(true)
     }
 
+    /// Drops every connection handle, so that a closed endpoint can release its socket.
+    pub fn forget_connections(&self) {
+        self.conns().clear();
+    }
+
     fn persist(&self, change: &Change) -> Result<(), StoreError> {
         match change {
             Change::Token(t) => self.store.put_token(t),

@@ -1,1 +1,222 @@
+//! The cluster harness: a real orchestrator and real node daemons on loopback, a UDP relay that
+//! can cut or count a node's link, and polling with a deadline.
+//!
+//! Everything binds port 0; nothing sleeps to wait for something.
+#![forbid(unsafe_code)]
 
+pub mod relay;
+
+use node_daemon::config::Config;
+use node_daemon::daemon::DaemonError;
+use orchestrator::app::Orchestrator;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Polls `check` every 20 ms until it is true or `within` has passed. Returns whether it held,
+/// and when it first did.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`eventually`] for async checks.
+pub async fn eventually_async<F: Future<Output = bool>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long tests wait for things that take milliseconds when all is well. Generous, since
+/// CI machines are slow and shared; it is a bound on a hang, not a performance figure.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// An orchestrator in this process, on 127.0.0.1 port 0, with its own data dir.
+#[derive(Debug)]
+pub struct TestOrchestrator {
+    pub orch: Orchestrator,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestOrchestrator {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let orch = start_at(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+        Self { orch, dir }
+    }
+
+    /// Stops it and starts it again on the same data dir and QUIC port.
+    pub async fn restart(self) -> Self {
+        let quic = self.orch.quic_addr;
+        self.orch.shutdown().await;
+        let orch = start_at(self.dir.path(), quic).await;
+        Self {
+            orch,
+            dir: self.dir,
+        }
+    }
+
+    pub fn ca_hash(&self) -> String {
+        self.orch.shared.ca.hash()
+    }
+
+    /// A join token with `uses` uses, valid for an hour.
+    pub fn token(&self, uses: u32) -> String {
+        self.orch
+            .shared
+            .create_token(3600, uses, "test".into())
+            .expect("token")
+            .0
+    }
+
+    pub fn online(&self, name: &str) -> bool {
+        let fleet = self.orch.shared.fleet();
+        fleet.find(name).is_some_and(|n| fleet.is_online(n.id))
+    }
+
+    pub fn known(&self, name: &str) -> bool {
+        self.orch.shared.fleet().find(name).is_some()
+    }
+
+    /// A metric's value from the Prometheus text, 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.orch
+            .shared
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Starts an orchestrator. After a restart the old one's socket and store lock are released
+/// by tasks that finish just after shutdown, so binding is retried until [`PATIENCE`] runs out.
+async fn start_at(dir: &Path, quic: SocketAddr) -> Orchestrator {
+    let start = Instant::now();
+    loop {
+        let attempt = async {
+            let udp = std::net::UdpSocket::bind(quic).map_err(|e| e.to_string())?;
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
+            Orchestrator::start(dir, udp, tcp)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(orch) => return orch,
+            Err(e) if start.elapsed() > PATIENCE => panic!("orchestrator did not start: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A node config for tests. `orchestrator` is what the node dials (the orchestrator or a relay).
+pub fn node_config(
+    name: &str,
+    data_dir: &Path,
+    orchestrator: SocketAddr,
+    join: Option<(&str, &str)>,
+    extra: &str,
+) -> Config {
+    let join = join
+        .map(|(token, ca)| format!("[join]\ntoken = \"{token}\"\nca_hash = \"{ca}\"\n"))
+        .unwrap_or_default();
+    let toml = format!(
+        "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\nstatus_interval_secs = 1\n{extra}\n\
+         [orchestrator]\naddress = \"{orchestrator}\"\n{join}",
+        data_dir.display()
+    );
+    Config::from_toml(&toml).expect("test config is valid")
+}
+
+/// A node daemon running in this process.
+#[derive(Debug)]
+pub struct TestNode {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), DaemonError>>,
+    pub data_dir: PathBuf,
+}
+
+impl TestNode {
+    pub fn spawn(config: Config) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let data_dir = config.data_dir().to_owned();
+        let task = tokio::spawn(node_daemon::daemon::run(config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+            data_dir,
+        }
+    }
+
+    /// Asks the node to shut down and returns how it ended.
+    pub async fn stop(mut self) -> Result<(), DaemonError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("node task does not panic")
+    }
+
+    /// Waits for the node to stop on its own (a fatal error), up to [`PATIENCE`].
+    pub async fn exited(mut self) -> Result<(), DaemonError> {
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("the node gave up within the deadline")
+            .expect("node task does not panic")
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where the workspace's binaries are, building them first if a test runs alone.
+pub fn binary(name: &str) -> PathBuf {
+    // tests/target/debug/deps/<test-binary> -> target/debug/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "orchestrator", "-p", "node-daemon", "--bins"])
+            .status()
+            .expect("cargo build runs");
+        assert!(status.success(), "building the binaries");
+    }
+    path
+}
