@@ -20,15 +20,21 @@ use tokio::task::JoinHandle;
 /// and when it first did.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
+    let mut poll = poll_interval();
     loop {
+        poll.tick().await;
         if check() {
             return Some(start.elapsed());
         }
         if start.elapsed() > within {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Ticks every 20 ms, the first tick at once.
+fn poll_interval() -> tokio::time::Interval {
+    tokio::time::interval(Duration::from_millis(20))
 }
 
 /// Like [`eventually`] for async checks.
@@ -37,14 +43,15 @@ pub async fn eventually_async<F: Future<Output = bool>>(
     mut check: impl FnMut() -> F,
 ) -> Option<Duration> {
     let start = Instant::now();
+    let mut poll = poll_interval();
     loop {
+        poll.tick().await;
         if check().await {
             return Some(start.elapsed());
         }
         if start.elapsed() > within {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -115,7 +122,9 @@ impl TestOrchestrator {
 /// by tasks that finish just after shutdown, so binding is retried until [`PATIENCE`] runs out.
 async fn start_at(dir: &Path, quic: SocketAddr) -> Orchestrator {
     let start = Instant::now();
+    let mut poll = poll_interval();
     loop {
+        poll.tick().await;
         let attempt = async {
             let udp = std::net::UdpSocket::bind(quic).map_err(|e| e.to_string())?;
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -128,7 +137,7 @@ async fn start_at(dir: &Path, quic: SocketAddr) -> Orchestrator {
         match attempt.await {
             Ok(orch) => return orch,
             Err(e) if start.elapsed() > PATIENCE => panic!("orchestrator did not start: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => {}
         }
     }
 }
