@@ -63,7 +63,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let (join, enroll_tls) = join.unzip();
     match &identity {
-        Some(id) => info!(node = %id.node_id, name = config.name(), "starting with stored identity"),
+        Some(id) => {
+            info!(node = %id.node_id, name = config.name(), "starting with stored identity")
+        }
         None => info!(name = config.name(), "not enrolled yet; enrolling"),
     }
 
@@ -211,10 +213,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 fn client_endpoint(config: &Config) -> Result<quinn::Endpoint, DaemonError> {
-    let local = config.local_address().unwrap_or(match config.orchestrator().host() {
-        Host::Ip(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    });
+    let local = config
+        .local_address()
+        .unwrap_or(match config.orchestrator().host() {
+            Host::Ip(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
     quinn::Endpoint::client(SocketAddr::new(local, 0)).map_err(DaemonError::Socket)
 }
 
@@ -320,6 +324,7 @@ fn close_reason(e: &quinn::ConnectionError) -> String {
 
 fn reject_code_from_index(i: u64) -> Option<RejectCode> {
     let encoded = [i as u8];
-    (i < 64).then(|| decode::<RejectCode>(&encoded).ok()).flatten()
+    (i < 64)
+        .then(|| decode::<RejectCode>(&encoded).ok())
+        .flatten()
 }
-

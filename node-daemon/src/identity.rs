@@ -120,9 +120,21 @@ impl IdentityDir {
         cert_der: &[u8],
         ca_der: &[u8],
     ) -> Result<(), IdentityError> {
-        self.write(&self.path("node.crt"), pem("CERTIFICATE", cert_der).as_bytes(), 0o644)?;
-        self.write(&self.path("ca.crt"), pem("CERTIFICATE", ca_der).as_bytes(), 0o644)?;
-        self.write(&self.path("node.id"), format!("{node_id}\n").as_bytes(), 0o644)
+        self.write(
+            &self.path("node.crt"),
+            pem("CERTIFICATE", cert_der).as_bytes(),
+            0o644,
+        )?;
+        self.write(
+            &self.path("ca.crt"),
+            pem("CERTIFICATE", ca_der).as_bytes(),
+            0o644,
+        )?;
+        self.write(
+            &self.path("node.id"),
+            format!("{node_id}\n").as_bytes(),
+            0o644,
+        )
     }
 
     /// Removes the identity, so the next start enrolls again. Keeps the key.
@@ -214,7 +226,11 @@ mod tests {
         assert!(dir.load().expect("load").is_none());
         let key = dir.key_pair().expect("key");
         let again = dir.key_pair().expect("key");
-        assert_eq!(key.serialize_der(), again.serialize_der(), "one key per node");
+        assert_eq!(
+            key.serialize_der(),
+            again.serialize_der(),
+            "one key per node"
+        );
         let mode = fs::metadata(data.join("identity/node.key"))
             .expect("key file")
             .permissions()

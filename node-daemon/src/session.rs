@@ -89,12 +89,18 @@ pub enum ConnectFailure {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     /// Waiting until `until` before dialing.
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
     Dialing,
-    AwaitAnswer { deadline: Instant },
+    AwaitAnswer {
+        deadline: Instant,
+    },
     /// Enrollment returned an identity; the shell is storing it.
     Saving,
-    Established { next_status: Instant },
+    Established {
+        next_status: Instant,
+    },
     Stopped,
 }
 
@@ -397,7 +403,9 @@ mod tests {
         assert_eq!(drain(&mut s), vec![Action::Connect(Intent::Session)]);
         s.handle_connected(t0);
         let hello = drain(&mut s);
-        assert!(matches!(&hello[..], [Action::Send(NodeMsg::Hello(h))] if h.node_id == Some(NodeId([1; 16]))));
+        assert!(
+            matches!(&hello[..], [Action::Send(NodeMsg::Hello(h))] if h.node_id == Some(NodeId([1; 16])))
+        );
         s.handle_msg(
             OrchMsg::Welcome(Welcome {
                 version: 1,
@@ -415,7 +423,10 @@ mod tests {
         let mut more = caps();
         more.memory_bytes = 2;
         s.handle_capabilities(more);
-        assert!(matches!(&drain(&mut s)[..], [Action::Send(NodeMsg::Capabilities(_))]));
+        assert!(matches!(
+            &drain(&mut s)[..],
+            [Action::Send(NodeMsg::Capabilities(_))]
+        ));
     }
 
     #[test]
@@ -438,7 +449,12 @@ mod tests {
             assert!(*d <= ceiling, "attempt {i}: {d:?} over {ceiling:?}");
         }
         // Jitter: not every delay sits at its ceiling.
-        assert!(delays.iter().enumerate().any(|(i, d)| *d < policy.base * (1 << i.min(6)) / 2));
+        assert!(
+            delays
+                .iter()
+                .enumerate()
+                .any(|(i, d)| *d < policy.base * (1 << i.min(6)) / 2)
+        );
         assert!(delays[8..].iter().all(|d| *d <= policy.max));
     }
 
@@ -472,7 +488,13 @@ mod tests {
         assert!(s.is_stopped());
         assert_eq!(s.poll_timeout(), None);
         let acts = drain(&mut s);
-        assert!(matches!(&acts[1], Action::Fatal(Fatal::Rejected { code: RejectCode::UnknownNode, .. })));
+        assert!(matches!(
+            &acts[1],
+            Action::Fatal(Fatal::Rejected {
+                code: RejectCode::UnknownNode,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -496,7 +518,13 @@ mod tests {
         assert_eq!(drain(&mut s), vec![Action::Connect(Intent::Enroll)]);
         s.handle_connected(t0);
         let acts = drain(&mut s);
-        assert!(matches!(&acts[..], [Action::Send(NodeMsg::Hello(_)), Action::Send(NodeMsg::Enroll(_))]));
+        assert!(matches!(
+            &acts[..],
+            [
+                Action::Send(NodeMsg::Hello(_)),
+                Action::Send(NodeMsg::Enroll(_))
+            ]
+        ));
         let enrolled = Enrolled {
             node_id: NodeId([9; 16]),
             cert_der: Der::new(vec![1]).expect("fits"),

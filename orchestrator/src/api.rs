@@ -15,7 +15,7 @@ use crate::server::Shared;
 use crate::session::unix_secs;
 use crate::tokens::TokenRecord;
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -195,10 +195,29 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// Counts the request, and turns any error response that is not already JSON (axum's own
-/// 405, a path that does not decode, ...) into an [`ErrorBody`], keeping its headers.
+/// Reads the whole body (at most [`MAX_BODY_BYTES`]) before anything looks at the request.
+/// A handler may refuse a request without reading its body (a bad token, say); had the body not
+/// been read, the connection would close with unread data and the client, still sending, could
+/// see a reset instead of our answer.
+async fn buffer_body(request: Request) -> Result<Request, ApiError> {
+    let declared_len = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(body, declared_len).await?;
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// Around every request: reads the body first (see [`buffer_body`]), counts the request, and
+/// turns any error response that is not already JSON (axum's own 405, a path that does not
+/// decode, ...) into an [`ErrorBody`], keeping its headers (`Allow`).
 async fn finish(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    let response = match buffer_body(request).await {
+        Ok(request) => next.run(request).await,
+        Err(e) => e.into_response(),
+    };
     let status = response.status();
     state
         .shared
@@ -260,8 +279,8 @@ impl Access for Admin {
     const ROLE: Role = Role::Admin;
 }
 
-/// The verified claims of a caller with at least `A::ROLE`. Extracted before the body, so an
-/// unauthenticated caller learns nothing about what a valid body looks like.
+/// The verified claims of a caller with at least `A::ROLE`. Extracted before the body is
+/// decoded, so a caller without the role learns nothing about what a valid body looks like.
 #[derive(Debug)]
 struct Authed<A>(Claims, PhantomData<A>);
 
@@ -310,14 +329,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "expected content-type application/json, got {ct}"
             )));
         }
-        let known_len = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if known_len.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(ApiError::TooLarge);
-        }
+        // The body was read and bounded by `finish`.
         let bytes = Bytes::from_request(request, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge
@@ -341,6 +353,57 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         };
         decode_json(text).map(Self).map_err(ApiError::BadRequest)
     }
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`]. A body over that is refused, but the rest of
+/// it is read and dropped (within limits), so a client still sending sees our 413 rather than
+/// a reset connection.
+async fn read_body(mut body: Body, declared_len: Option<u64>) -> Result<Vec<u8>, ApiError> {
+    let limit = MAX_BODY_BYTES as u64;
+    if let Some(len) = declared_len
+        && len > limit
+    {
+        if len <= DRAIN_MAX_BYTES {
+            drain(&mut body).await;
+        }
+        return Err(ApiError::TooLarge);
+    }
+    let mut buf = Vec::new();
+    while let Some(frame) = next_frame(&mut body).await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if let Some(data) = frame {
+            if (buf.len() + data.len()) as u64 > limit {
+                drain(&mut body).await;
+                return Err(ApiError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// How much of a too-large body is read and dropped, and for how long at most.
+const DRAIN_MAX_BYTES: u64 = 1 << 20;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
+
+async fn drain(body: &mut Body) {
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+        let mut seen = 0u64;
+        while seen <= DRAIN_MAX_BYTES {
+            match next_frame(body).await {
+                Some(Ok(data)) => seen += data.map_or(0, |d| d.len() as u64),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// The next frame's data (`None` for a trailers frame); `None` at the end.
+async fn next_frame(body: &mut Body) -> Option<Result<Option<Bytes>, axum::Error>> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx))
+        .await
+        .map(|frame| frame.map(|f| f.into_data().ok()))
 }
 
 /// Decodes `bytes`, naming the path of the field at fault: `uses: invalid type: ...`.
@@ -697,16 +760,8 @@ async fn create_token(
     ))
 }
 
-async fn list_tokens(
-    _: Authed<Admin>,
-    State(state): State<ApiState>,
-) -> Json<Vec<TokenView>> {
-    let mut tokens: Vec<TokenView> = state
-        .shared
-        .fleet()
-        .tokens()
-        .map(TokenView::from)
-        .collect();
+async fn list_tokens(_: Authed<Admin>, State(state): State<ApiState>) -> Json<Vec<TokenView>> {
+    let mut tokens: Vec<TokenView> = state.shared.fleet().tokens().map(TokenView::from).collect();
     tokens.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     Json(tokens)
 }
@@ -896,7 +951,16 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(3600));
         assert_eq!(parse_duration("7d"), Ok(604_800));
         assert_eq!(parse_duration("120"), Ok(120));
-        for bad in ["", "h", "banana", "1x", "1.5h", "-1h", "1h30m", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "h",
+            "banana",
+            "1x",
+            "1.5h",
+            "-1h",
+            "1h30m",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

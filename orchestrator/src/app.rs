@@ -3,7 +3,7 @@
 //! harness all start it the same way.
 
 use crate::api;
-use crate::auth::{ApiAuth, Role, write_admin_token};
+use crate::auth::{ADMIN_TOKEN_TTL, ApiAuth, Role, write_admin_token};
 use crate::server::{Shared, StartError, serve};
 use crate::store::SledStore;
 use std::net::SocketAddr;
@@ -11,9 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-
-/// How long the admin token written at start-up is valid.
-pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A running orchestrator.
 #[derive(Debug)]
@@ -86,8 +83,10 @@ impl Orchestrator {
     /// Closes every node connection and stops serving. The UDP socket and the store are
     /// released once the last connection task has finished, shortly after this returns.
     pub async fn shutdown(self) {
-        self.endpoint
-            .close(crate::server::close_code(None), b"orchestrator shutting down");
+        self.endpoint.close(
+            crate::server::close_code(None),
+            b"orchestrator shutting down",
+        );
         self.shared.forget_connections();
         for task in self.tasks {
             task.abort();

@@ -132,7 +132,10 @@ pub async fn stop_child(child: &mut Child) {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -143,7 +146,14 @@ async fn find_node_binary() -> anyhow::Result<PathBuf> {
     let beside = exe.with_file_name("edge-node");
     if let Ok(cargo) = std::env::var("CARGO") {
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "node-daemon", "--bin", "edge-node"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "node-daemon",
+            "--bin",
+            "edge-node",
+        ]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }

@@ -76,7 +76,7 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Token(TokenRecord),
-    Node(NodeRecord),
+    Node(Box<NodeRecord>),
     NodeDeleted(NodeId),
 }
 
@@ -179,7 +179,10 @@ impl Fleet {
         self.tokens.insert(record.id.clone(), record.clone());
         self.names.insert(node.name.clone(), id);
         self.nodes.insert(id, node.clone());
-        Ok((cert, vec![Change::Token(record), Change::Node(node)]))
+        Ok((
+            cert,
+            vec![Change::Token(record), Change::Node(Box::new(node))],
+        ))
     }
 
     /// A node with a valid certificate opened a session. Returns the session it replaces, which
@@ -209,7 +212,7 @@ impl Fleet {
         self.sessions.remove(&id);
         let node = self.nodes.get_mut(&id)?;
         node.last_seen_unix = now_unix;
-        Some(Change::Node(node.clone()))
+        Some(Change::Node(Box::new(node.clone())))
     }
 
     /// New capabilities from a node. A change is returned for persisting only when the node is
@@ -231,7 +234,7 @@ impl Fleet {
             ..info.clone()
         } != node.info;
         node.info = info;
-        Ok(changed.then(|| Change::Node(node.clone())))
+        Ok(changed.then(|| Change::Node(Box::new(node.clone()))))
     }
 
     /// A status report. Kept in memory only: it is stale within one interval anyway.

@@ -65,11 +65,7 @@ impl Metrics {
             "Protocol frames, by direction",
             m.frames.clone(),
         );
-        r.register(
-            "edge_enrollments",
-            "Nodes enrolled",
-            m.enrollments.clone(),
-        );
+        r.register("edge_enrollments", "Nodes enrolled", m.enrollments.clone());
         r.register(
             "edge_enrollment_failures",
             "Enrollments refused, by reason",

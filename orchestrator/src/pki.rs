@@ -123,10 +123,9 @@ impl Ca {
         node_id: NodeId,
         now: SystemTime,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
-            csr_der,
-        ))
-        .map_err(PkiError::BadCsr)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&node_id.to_string());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -185,11 +184,7 @@ mod tests {
         // A hostile node asks to be someone else and a CA: both must be ignored.
         params.distinguished_name = dn("ffffffffffffffffffffffffffffffff");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .serialize_request(key)
-            .expect("csr")
-            .der()
-            .to_vec()
+        params.serialize_request(key).expect("csr").der().to_vec()
     }
 
     #[test]

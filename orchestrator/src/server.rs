@@ -47,7 +47,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("ca", &self.ca.hash()).finish()
+        f.debug_struct("Shared")
+            .field("ca", &self.ca.hash())
+            .finish()
     }
 }
 
@@ -174,8 +176,8 @@ impl Shared {
 
     /// Binds the QUIC endpoint on an already-bound UDP socket.
     pub fn endpoint(&self, socket: std::net::UdpSocket) -> Result<quinn::Endpoint, StartError> {
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| StartError::Tls("no async runtime".into()))?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| StartError::Tls("no async runtime".into()))?;
         quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(self.server_config()?),
@@ -239,7 +241,10 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         shared
             .metrics
             .handshake_failed("certificate names no node", remote);
-        conn.close(close_code(Some(RejectCode::UnknownNode)), b"certificate names no node");
+        conn.close(
+            close_code(Some(RejectCode::UnknownNode)),
+            b"certificate names no node",
+        );
         return;
     };
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
@@ -367,7 +372,11 @@ async fn flush_actions(
                 return true;
             }
             Action::CloseReplaced(old) => {
-                shared.close_session(old, RejectCode::IdentityMismatch, "replaced by a newer session");
+                shared.close_session(
+                    old,
+                    RejectCode::IdentityMismatch,
+                    "replaced by a newer session",
+                );
             }
             Action::Event(e) => shared.metrics.emit(&e),
         }

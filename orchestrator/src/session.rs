@@ -86,12 +86,18 @@ pub fn unix_secs(t: SystemTime) -> u64 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    AwaitHello { deadline: Instant },
+    AwaitHello {
+        deadline: Instant,
+    },
     /// An enrollment connection said hello; the request comes next.
     AwaitEnroll,
-    Established { node: NodeId },
+    Established {
+        node: NodeId,
+    },
     /// Rejected and waiting for the caller to report the close; no more input is taken.
-    Closing { node: Option<NodeId> },
+    Closing {
+        node: Option<NodeId>,
+    },
     Closed,
 }
 
@@ -197,11 +203,10 @@ impl ServerSession {
     pub fn handle_closed(&mut self, ctx: &mut Ctx<'_>) {
         if let State::Established { node } | State::Closing { node: Some(node) } = self.state
             && self.peer == Some(node)
+            && let Some(change) = ctx.fleet.close_session(node, self.id, ctx.now_unix())
         {
-            if let Some(change) = ctx.fleet.close_session(node, self.id, ctx.now_unix()) {
-                self.actions.push_back(Action::Persist(change));
-                self.event(Event::SessionClosed { node });
-            }
+            self.actions.push_back(Action::Persist(change));
+            self.event(Event::SessionClosed { node });
         }
         self.state = State::Closed;
     }
@@ -234,10 +239,11 @@ impl ServerSession {
                             self.actions.push_back(Action::CloseReplaced(old));
                         }
                         self.state = State::Established { node: cert_id };
-                        self.actions.push_back(Action::Send(OrchMsg::Welcome(Welcome {
-                            version,
-                            node_id: cert_id,
-                        })));
+                        self.actions
+                            .push_back(Action::Send(OrchMsg::Welcome(Welcome {
+                                version,
+                                node_id: cert_id,
+                            })));
                         self.event(Event::SessionOpened {
                             node: cert_id,
                             version,
@@ -286,11 +292,12 @@ impl ServerSession {
                 };
                 self.actions
                     .extend(changes.into_iter().map(Action::Persist));
-                self.actions.push_back(Action::Send(OrchMsg::Enrolled(Enrolled {
-                    node_id: ctx.fresh_id,
-                    cert_der,
-                    ca_der,
-                })));
+                self.actions
+                    .push_back(Action::Send(OrchMsg::Enrolled(Enrolled {
+                        node_id: ctx.fresh_id,
+                        cert_der,
+                        ca_der,
+                    })));
                 self.event(Event::Enrolled {
                     node: ctx.fresh_id,
                     name: req.name.to_string(),
@@ -325,9 +332,7 @@ impl ServerSession {
         self.actions.push_back(Action::Close(Some(code), detail));
         // An established session that is rejected later is still registered until the caller
         // reports the close.
-        self.state = State::Closing {
-            node: self.node(),
-        };
+        self.state = State::Closing { node: self.node() };
     }
 
     fn event(&mut self, e: Event) {

@@ -37,7 +37,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // and every value we hold already fits its bound.
     let mut out = postcard::to_extend(msg, prefix).expect("wire types always serialize");
     let body_len = out.len() - PREFIX_LEN;
-    debug_assert!(body_len <= MAX_FRAME_LEN, "we never build a frame we would refuse");
+    debug_assert!(
+        body_len <= MAX_FRAME_LEN,
+        "we never build a frame we would refuse"
+    );
     out[..PREFIX_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
     out
 }

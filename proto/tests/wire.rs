@@ -100,59 +100,81 @@ fn arb_text<const N: usize>() -> impl Strategy<Value = Text<N>> {
 
 fn arb_caps() -> impl Strategy<Value = Capabilities> {
     (
-        (arb_text::<16>(), arb_text::<64>(), any::<u16>(), any::<u64>()),
+        (
+            arb_text::<16>(),
+            arb_text::<64>(),
+            any::<u16>(),
+            any::<u64>(),
+        ),
         proptest::collection::vec((arb_text::<63>(), arb_text::<63>()), 0..32),
         proptest::option::of((-90.0..=90.0f64, -180.0..=180.0f64)),
         proptest::collection::vec(arb_text::<64>(), 0..16),
     )
-        .prop_map(|((arch, host, cpus, mem), labels, loc, accels)| Capabilities {
-            arch,
-            os: text("linux"),
-            os_version: Text::new(),
-            kernel: Text::new(),
-            hostname: host,
-            cpus,
-            cpu_model: Text::new(),
-            memory_bytes: mem,
-            disk_bytes: mem / 2,
-            disk_free_bytes: mem / 3,
-            accelerators: accels
-                .into_iter()
-                .map(|name| Accelerator {
-                    kind: AcceleratorKind::Npu,
-                    path: text(&name),
-                    name,
-                })
-                .collect(),
-            board: None,
-            labels: labels
-                .into_iter()
-                .map(|(key, value)| Label { key, value })
-                .collect(),
-            location: loc.map(|(lat, lon)| Location {
-                lat,
-                lon,
-                alt_m: Some(34.0),
-            }),
-        })
+        .prop_map(
+            |((arch, host, cpus, mem), labels, loc, accels)| Capabilities {
+                arch,
+                os: text("linux"),
+                os_version: Text::new(),
+                kernel: Text::new(),
+                hostname: host,
+                cpus,
+                cpu_model: Text::new(),
+                memory_bytes: mem,
+                disk_bytes: mem / 2,
+                disk_free_bytes: mem / 3,
+                accelerators: accels
+                    .into_iter()
+                    .map(|name| Accelerator {
+                        kind: AcceleratorKind::Npu,
+                        path: text(&name),
+                        name,
+                    })
+                    .collect(),
+                board: None,
+                labels: labels
+                    .into_iter()
+                    .map(|(key, value)| Label { key, value })
+                    .collect(),
+                location: loc.map(|(lat, lon)| Location {
+                    lat,
+                    lon,
+                    alt_m: Some(34.0),
+                }),
+            },
+        )
 }
 
 fn arb_node_msg() -> impl Strategy<Value = NodeMsg> {
     prop_oneof![
-        (proptest::collection::vec(any::<u16>(), 0..8), any::<Option<[u8; 16]>>(), arb_text::<64>())
+        (
+            proptest::collection::vec(any::<u16>(), 0..8),
+            any::<Option<[u8; 16]>>(),
+            arb_text::<64>()
+        )
             .prop_map(|(versions, id, agent)| NodeMsg::Hello(Hello {
                 versions: versions.into_iter().collect(),
-                intent: if id.is_some() { Intent::Session } else { Intent::Enroll },
+                intent: if id.is_some() {
+                    Intent::Session
+                } else {
+                    Intent::Enroll
+                },
                 node_id: id.map(NodeId),
                 agent,
             })),
-        (arb_text::<64>(), arb_text::<63>(), proptest::collection::vec(any::<u8>(), 0..2048), arb_caps())
-            .prop_map(|(token, name, csr, capabilities)| NodeMsg::Enroll(Box::new(EnrollRequest {
-                token,
-                name,
-                csr_der: Der::new(csr).expect("under the bound"),
-                capabilities,
-            }))),
+        (
+            arb_text::<64>(),
+            arb_text::<63>(),
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            arb_caps()
+        )
+            .prop_map(|(token, name, csr, capabilities)| NodeMsg::Enroll(Box::new(
+                EnrollRequest {
+                    token,
+                    name,
+                    csr_der: Der::new(csr).expect("under the bound"),
+                    capabilities,
+                }
+            ))),
         arb_caps().prop_map(|c| NodeMsg::Capabilities(Box::new(c))),
         (0.0..=100.0f32, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, m, d, u)| {
             NodeMsg::Status(Status {
@@ -215,14 +237,19 @@ fn truncated_frame_is_an_error_at_end_of_stream() {
     assert_eq!(dec.finish(), Err(DecodeError::Truncated));
     // A body cut short inside the message, with an honest prefix, is malformed.
     let body = &frame[4..frame.len() - 1];
-    assert!(matches!(decode::<OrchMsg>(body), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode::<OrchMsg>(body),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
 fn unknown_variant_is_malformed() {
     assert_eq!(
         decode::<NodeMsg>(&[9]),
-        Err(DecodeError::Malformed("unknown variant or field over its bound"))
+        Err(DecodeError::Malformed(
+            "unknown variant or field over its bound"
+        ))
     );
 }
 
@@ -235,7 +262,10 @@ fn trailing_bytes_are_refused() {
         uptime_secs: 1,
     }));
     frame.push(0);
-    assert_eq!(decode::<NodeMsg>(&frame[4..]), Err(DecodeError::TrailingBytes(1)));
+    assert_eq!(
+        decode::<NodeMsg>(&frame[4..]),
+        Err(DecodeError::TrailingBytes(1))
+    );
 }
 
 #[test]
@@ -246,15 +276,23 @@ fn oversized_fields_are_decode_errors() {
     body.extend([b'a'; 65]);
     assert_eq!(
         decode::<NodeMsg>(&body),
-        Err(DecodeError::Malformed("unknown variant or field over its bound"))
+        Err(DecodeError::Malformed(
+            "unknown variant or field over its bound"
+        ))
     );
     // Nine versions where eight fit.
     let body = [0u8, 9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
-    assert!(matches!(decode::<NodeMsg>(&body), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode::<NodeMsg>(&body),
+        Err(DecodeError::Malformed(_))
+    ));
     // A CSR blob that claims far more than its bound must not allocate what it claims.
     let mut body = vec![1u8, 0, 0];
     body.extend([0xff, 0xff, 0xff, 0xff, 0x0f]); // varint length u32::MAX
-    assert!(matches!(decode::<NodeMsg>(&body), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode::<NodeMsg>(&body),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]

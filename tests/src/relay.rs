@@ -94,7 +94,12 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, link: Arc<Link>) {
     }
 }
 
-async fn back(upstream: Arc<UdpSocket>, front: Arc<UdpSocket>, client: SocketAddr, link: Arc<Link>) {
+async fn back(
+    upstream: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    link: Arc<Link>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, _)) = upstream.recv_from(&mut buf).await else {

@@ -59,7 +59,12 @@ fn start_orchestrator(data: &Path) -> (Proc, String, String) {
     let mut child = Command::new(binary("edge-orchestrator"))
         .args(["serve", "--data-dir"])
         .arg(data)
-        .args(["--quic-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .args([
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
         .env("EDGE_LOG", "warn")
         .stderr(Stdio::piped())
         .spawn()
@@ -72,7 +77,9 @@ fn start_orchestrator(data: &Path) -> (Proc, String, String) {
         }
     });
     let banner = loop {
-        let line = rx.recv_timeout(PATIENCE).expect("the orchestrator says where it listens");
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("the orchestrator says where it listens");
         if line.contains("nodes dial") {
             break line;
         }
@@ -100,11 +107,17 @@ async fn an_operator_runs_a_node_with_the_binaries() {
     let (mut orch, quic, api) = start_orchestrator(&orch_dir);
 
     let token_path = orch_dir.join("admin.token");
-    let mode = std::fs::metadata(&token_path).expect("admin.token").permissions().mode();
+    let mode = std::fs::metadata(&token_path)
+        .expect("admin.token")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the admin credential is private");
     let ctl = Edgectl {
         api,
-        token: std::fs::read_to_string(&token_path).expect("token").trim().to_owned(),
+        token: std::fs::read_to_string(&token_path)
+            .expect("token")
+            .trim()
+            .to_owned(),
     };
 
     let join = ctl.json(&["token", "create", "--ttl", "1h", "--uses", "1"]);
@@ -138,11 +151,17 @@ async fn an_operator_runs_a_node_with_the_binaries() {
     };
     let mut node = spawn_node();
     let online = || ctl.status_of("e2e-1").as_deref() == Some("online");
-    assert!(eventually(PATIENCE, online).await.is_some(), "the node came online");
+    assert!(
+        eventually(PATIENCE, online).await.is_some(),
+        "the node came online"
+    );
 
     let table = ctl.run(&["nodes"]);
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("e2e-1") && table.contains("online"), "{table}");
+    assert!(
+        table.contains("e2e-1") && table.contains("online"),
+        "{table}"
+    );
     let nodes = ctl.json(&["nodes"]);
     let me = &nodes.as_array().expect("array")[0];
     assert_eq!(me["name"], "e2e-1");
@@ -154,7 +173,10 @@ async fn an_operator_runs_a_node_with_the_binaries() {
     node.0.kill().expect("SIGKILL");
     let _ = node.0.wait();
     let offline = || ctl.status_of("e2e-1").as_deref() == Some("offline");
-    assert!(eventually(PATIENCE, offline).await.is_some(), "shown offline after SIGKILL");
+    assert!(
+        eventually(PATIENCE, offline).await.is_some(),
+        "shown offline after SIGKILL"
+    );
 
     // Restarted, it comes back with its stored identity (the token is spent).
     node = spawn_node();
@@ -170,7 +192,10 @@ async fn an_operator_runs_a_node_with_the_binaries() {
     })
     .await;
     let status = status.expect("orchestrator exited");
-    assert!(status.success(), "orchestrator exits cleanly on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "orchestrator exits cleanly on SIGTERM: {status}"
+    );
 }
 
 #[test]

@@ -39,35 +39,61 @@ async fn a_node_enrolls_reports_itself_and_restarts_with_its_stored_identity() {
         "labels = { site = \"berlin\" }\nlocation = { lat = 52.52, lon = 13.405, alt_m = 34.0 }",
     );
     let node = TestNode::spawn(config.clone());
-    assert!(eventually(PATIENCE, || orch.online("shop-1")).await.is_some());
+    assert!(
+        eventually(PATIENCE, || orch.online("shop-1"))
+            .await
+            .is_some()
+    );
     let (id, record) = {
         let fleet = orch.orch.shared.fleet();
         let n = fleet.find("shop-1").expect("registered");
         (n.id, n.clone())
     };
     assert_eq!(record.info.arch, std::env::consts::ARCH);
-    assert_eq!(record.info.labels.get("site").map(String::as_str), Some("berlin"));
+    assert_eq!(
+        record.info.labels.get("site").map(String::as_str),
+        Some("berlin")
+    );
     let loc = record.info.location.expect("location reported");
     assert_eq!((loc.lat, loc.lon, loc.alt_m), (52.52, 13.405, Some(34.0)));
     assert!(record.info.cpus >= 1 && record.info.memory_bytes > 0);
     // Live load arrives with the status messages.
     assert!(
-        eventually(PATIENCE, || orch.orch.shared.fleet().node(id).is_some_and(|n| n.load.is_some()))
-            .await
-            .is_some()
+        eventually(PATIENCE, || orch
+            .orch
+            .shared
+            .fleet()
+            .node(id)
+            .is_some_and(|n| n.load.is_some()))
+        .await
+        .is_some()
     );
     // The private key never left the node: the orchestrator stored no key for it.
-    let stored = IdentityDir::new(data.path()).load().expect("load").expect("enrolled");
+    let stored = IdentityDir::new(data.path())
+        .load()
+        .expect("load")
+        .expect("enrolled");
     assert_eq!(stored.node_id, id);
 
     node.stop().await.expect("clean stop");
-    assert!(eventually(PATIENCE, || !orch.online("shop-1")).await.is_some());
+    assert!(
+        eventually(PATIENCE, || !orch.online("shop-1"))
+            .await
+            .is_some()
+    );
     // The token had one use, spent at enrollment: coming back works only through the stored
     // identity.
     let node = TestNode::spawn(config);
-    assert!(eventually(PATIENCE, || orch.online("shop-1")).await.is_some());
+    assert!(
+        eventually(PATIENCE, || orch.online("shop-1"))
+            .await
+            .is_some()
+    );
     assert_eq!(orch.orch.shared.fleet().nodes().count(), 1);
-    assert_eq!(orch.orch.shared.fleet().find("shop-1").map(|n| n.id), Some(id));
+    assert_eq!(
+        orch.orch.shared.fleet().find("shop-1").map(|n| n.id),
+        Some(id)
+    );
     node.stop().await.expect("clean stop");
 }
 
@@ -80,19 +106,51 @@ async fn bad_tokens_are_refused_with_a_reason_on_both_sides() {
 
     // Unknown token.
     let wrong = "abcdef.0123456789abcdef0123456789abcdef";
-    let node = TestNode::spawn(node_config("n-wrong", dirs[0].path(), addr, Some((wrong, &ca)), ""));
+    let node = TestNode::spawn(node_config(
+        "n-wrong",
+        dirs[0].path(),
+        addr,
+        Some((wrong, &ca)),
+        "",
+    ));
     assert_eq!(rejected(node.exited().await), RejectCode::BadToken);
 
     // Expired: valid for zero seconds.
-    let (expired, _) = orch.orch.shared.create_token(0, 1, String::new()).expect("token");
-    let node = TestNode::spawn(node_config("n-old", dirs[1].path(), addr, Some((&expired, &ca)), ""));
+    let (expired, _) = orch
+        .orch
+        .shared
+        .create_token(0, 1, String::new())
+        .expect("token");
+    let node = TestNode::spawn(node_config(
+        "n-old",
+        dirs[1].path(),
+        addr,
+        Some((&expired, &ca)),
+        "",
+    ));
     assert_eq!(rejected(node.exited().await), RejectCode::TokenExpired);
 
     // Spent: one use, two nodes.
     let once = orch.token(1);
-    let first = TestNode::spawn(node_config("n-first", dirs[2].path(), addr, Some((&once, &ca)), ""));
-    assert!(eventually(PATIENCE, || orch.online("n-first")).await.is_some());
-    let second = TestNode::spawn(node_config("n-second", dirs[3].path(), addr, Some((&once, &ca)), ""));
+    let first = TestNode::spawn(node_config(
+        "n-first",
+        dirs[2].path(),
+        addr,
+        Some((&once, &ca)),
+        "",
+    ));
+    assert!(
+        eventually(PATIENCE, || orch.online("n-first"))
+            .await
+            .is_some()
+    );
+    let second = TestNode::spawn(node_config(
+        "n-second",
+        dirs[3].path(),
+        addr,
+        Some((&once, &ca)),
+        "",
+    ));
     assert_eq!(rejected(second.exited().await), RejectCode::TokenSpent);
     assert!(!orch.known("n-second"));
 
@@ -134,7 +192,15 @@ async fn a_wrong_ca_hash_stops_the_node_before_it_sends_the_token() {
         .await
         .is_some()
     );
-    assert_eq!(orch.orch.shared.fleet().tokens().next().map(|t| t.uses_left), Some(1));
+    assert_eq!(
+        orch.orch
+            .shared
+            .fleet()
+            .tokens()
+            .next()
+            .map(|t| t.uses_left),
+        Some(1)
+    );
 }
 
 /// A raw client: opens the control stream, sends `bytes`, and returns what the orchestrator
@@ -194,7 +260,13 @@ async fn hostile_frames_close_that_connection_only() {
     // A healthy node keeps its session through all of it.
     let token = orch.token(1);
     let data = tempfile::tempdir().expect("tmp");
-    let good = TestNode::spawn(node_config("good", data.path(), addr, Some((&token, &orch.ca_hash())), ""));
+    let good = TestNode::spawn(node_config(
+        "good",
+        data.path(),
+        addr,
+        Some((&token, &orch.ca_hash())),
+        "",
+    ));
     assert!(eventually(PATIENCE, || orch.online("good")).await.is_some());
 
     let mut random = vec![0u8; 4];
@@ -209,17 +281,25 @@ async fn hostile_frames_close_that_connection_only() {
         ("huge length prefix", u32::MAX.to_be_bytes().to_vec(), false),
         ("truncated frame", truncated, true),
         ("unknown variant", unknown_variant, false),
-        ("status before hello", edge_proto::encode(&NodeMsg::Status(edge_proto::Status {
-            cpu_percent: 1.0,
-            memory_used_bytes: 1,
-            disk_free_bytes: 1,
-            uptime_secs: 1,
-        })), false),
+        (
+            "status before hello",
+            edge_proto::encode(&NodeMsg::Status(edge_proto::Status {
+                cpu_percent: 1.0,
+                memory_used_bytes: 1,
+                disk_free_bytes: 1,
+                uptime_secs: 1,
+            })),
+            false,
+        ),
     ];
     for (what, bytes, finish) in cases {
         let (answers, code) = raw_exchange(addr, tls(), &bytes, finish).await;
         assert_eq!(code, Some(malformed), "{what}: closed as malformed");
-        assert_eq!(reject_code(&answers).unwrap_or(RejectCode::Malformed), RejectCode::Malformed, "{what}");
+        assert_eq!(
+            reject_code(&answers).unwrap_or(RejectCode::Malformed),
+            RejectCode::Malformed,
+            "{what}"
+        );
     }
     // A session without a client certificate is the wrong intent.
     let (answers, _) = raw_exchange(addr, tls(), &hello(Intent::Session, None), false).await;
@@ -247,20 +327,56 @@ async fn a_node_claiming_another_nodes_id_is_refused() {
     let orch = TestOrchestrator::start().await;
     let token = orch.token(2);
     let ca = orch.ca_hash();
-    let (a_dir, b_dir) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
-    let a = TestNode::spawn(node_config("node-a", a_dir.path(), orch.orch.quic_addr, Some((&token, &ca)), ""));
-    let b = TestNode::spawn(node_config("node-b", b_dir.path(), orch.orch.quic_addr, Some((&token, &ca)), ""));
-    assert!(eventually(PATIENCE, || orch.online("node-a") && orch.online("node-b")).await.is_some());
+    let (a_dir, b_dir) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let a = TestNode::spawn(node_config(
+        "node-a",
+        a_dir.path(),
+        orch.orch.quic_addr,
+        Some((&token, &ca)),
+        "",
+    ));
+    let b = TestNode::spawn(node_config(
+        "node-b",
+        b_dir.path(),
+        orch.orch.quic_addr,
+        Some((&token, &ca)),
+        "",
+    ));
+    assert!(
+        eventually(PATIENCE, || orch.online("node-a") && orch.online("node-b"))
+            .await
+            .is_some()
+    );
     a.stop().await.expect("stop");
-    let b_id = orch.orch.shared.fleet().find("node-b").map(|n| n.id).expect("b");
+    let b_id = orch
+        .orch
+        .shared
+        .fleet()
+        .find("node-b")
+        .map(|n| n.id)
+        .expect("b");
 
     // Node A's certificate, claiming to be B.
-    let a_identity = IdentityDir::new(a_dir.path()).load().expect("load").expect("enrolled");
+    let a_identity = IdentityDir::new(a_dir.path())
+        .load()
+        .expect("load")
+        .expect("enrolled");
     let tls = node_daemon::tls::session_config(&a_identity).expect("tls");
-    let (answers, _) =
-        raw_exchange(orch.orch.quic_addr, tls, &hello(Intent::Session, Some(b_id)), false).await;
+    let (answers, _) = raw_exchange(
+        orch.orch.quic_addr,
+        tls,
+        &hello(Intent::Session, Some(b_id)),
+        false,
+    )
+    .await;
     assert_eq!(reject_code(&answers), Some(RejectCode::IdentityMismatch));
-    assert!(!orch.online("node-a"), "the impostor got no session as anyone");
+    assert!(
+        !orch.online("node-a"),
+        "the impostor got no session as anyone"
+    );
     assert!(orch.online("node-b"), "the real B is untouched");
     assert_eq!(
         orch.metric("edge_session_rejections_total{reason=\"identity_mismatch\"}"),
@@ -275,15 +391,33 @@ async fn a_cut_link_shows_offline_and_the_node_comes_back_when_it_heals() {
     let relay = Relay::start(orch.orch.quic_addr).await;
     let token = orch.token(1);
     let data = tempfile::tempdir().expect("tmp");
-    let node = TestNode::spawn(node_config("remote", data.path(), relay.addr, Some((&token, &orch.ca_hash())), ""));
-    assert!(eventually(PATIENCE, || orch.online("remote")).await.is_some());
+    let node = TestNode::spawn(node_config(
+        "remote",
+        data.path(),
+        relay.addr,
+        Some((&token, &orch.ca_hash())),
+        "",
+    ));
+    assert!(
+        eventually(PATIENCE, || orch.online("remote"))
+            .await
+            .is_some()
+    );
 
     relay.link.cut();
     let took = eventually(PATIENCE, || !orch.online("remote")).await;
     assert!(took.is_some(), "the orchestrator noticed the cut link");
     relay.link.heal();
-    assert!(eventually(PATIENCE, || orch.online("remote")).await.is_some(), "back online");
-    assert!(node.is_running(), "the node rode out the cut without giving up");
+    assert!(
+        eventually(PATIENCE, || orch.online("remote"))
+            .await
+            .is_some(),
+        "back online"
+    );
+    assert!(
+        node.is_running(),
+        "the node rode out the cut without giving up"
+    );
     node.stop().await.expect("clean stop");
 }
 
@@ -296,29 +430,58 @@ async fn nodes_reconnect_by_themselves_after_an_orchestrator_restart() {
     let nodes: Vec<_> = ["r-1", "r-2"]
         .iter()
         .zip(&dirs)
-        .map(|(name, d)| TestNode::spawn(node_config(name, d.path(), orch.orch.quic_addr, Some((&token, &ca)), "")))
+        .map(|(name, d)| {
+            TestNode::spawn(node_config(
+                name,
+                d.path(),
+                orch.orch.quic_addr,
+                Some((&token, &ca)),
+                "",
+            ))
+        })
         .collect();
-    assert!(eventually(PATIENCE, || orch.online("r-1") && orch.online("r-2")).await.is_some());
+    assert!(
+        eventually(PATIENCE, || orch.online("r-1") && orch.online("r-2"))
+            .await
+            .is_some()
+    );
     let ids: Vec<NodeId> = {
         let fleet = orch.orch.shared.fleet();
-        ["r-1", "r-2"].iter().filter_map(|n| fleet.find(n).map(|r| r.id)).collect()
+        ["r-1", "r-2"]
+            .iter()
+            .filter_map(|n| fleet.find(n).map(|r| r.id))
+            .collect()
     };
 
     let orch = orch.restart().await;
     assert_eq!(orch.ca_hash(), ca, "the CA survived the restart");
-    assert_eq!(orch.orch.shared.fleet().nodes().count(), 2, "the registry survived");
     assert_eq!(
-        orch.orch.shared.fleet().tokens().next().map(|t| t.uses_left),
+        orch.orch.shared.fleet().nodes().count(),
+        2,
+        "the registry survived"
+    );
+    assert_eq!(
+        orch.orch
+            .shared
+            .fleet()
+            .tokens()
+            .next()
+            .map(|t| t.uses_left),
         Some(0),
         "spent token uses survived"
     );
     assert!(
-        eventually(PATIENCE * 2, || orch.online("r-1") && orch.online("r-2")).await.is_some(),
+        eventually(PATIENCE * 2, || orch.online("r-1") && orch.online("r-2"))
+            .await
+            .is_some(),
         "both nodes reconnected without help"
     );
     let after: Vec<NodeId> = {
         let fleet = orch.orch.shared.fleet();
-        ["r-1", "r-2"].iter().filter_map(|n| fleet.find(n).map(|r| r.id)).collect()
+        ["r-1", "r-2"]
+            .iter()
+            .filter_map(|n| fleet.find(n).map(|r| r.id))
+            .collect()
     };
     assert_eq!(ids, after, "same identities");
     for n in nodes {
@@ -331,9 +494,21 @@ async fn a_deleted_node_is_refused_at_its_next_connect() {
     let orch = TestOrchestrator::start().await;
     let token = orch.token(1);
     let data = tempfile::tempdir().expect("tmp");
-    let node = TestNode::spawn(node_config("gone", data.path(), orch.orch.quic_addr, Some((&token, &orch.ca_hash())), ""));
+    let node = TestNode::spawn(node_config(
+        "gone",
+        data.path(),
+        orch.orch.quic_addr,
+        Some((&token, &orch.ca_hash())),
+        "",
+    ));
     assert!(eventually(PATIENCE, || orch.online("gone")).await.is_some());
-    let id = orch.orch.shared.fleet().find("gone").map(|n| n.id).expect("known");
+    let id = orch
+        .orch
+        .shared
+        .fleet()
+        .find("gone")
+        .map(|n| n.id)
+        .expect("known");
     assert!(orch.orch.shared.delete_node(id).expect("delete"));
     assert_eq!(rejected(node.exited().await), RejectCode::UnknownNode);
 }

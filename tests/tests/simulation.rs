@@ -23,7 +23,11 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 fn caps(i: usize) -> Capabilities {
     Capabilities {
-        arch: text(if i % 3 == 0 { "aarch64" } else { "x86_64" }),
+        arch: text(if i.is_multiple_of(3) {
+            "aarch64"
+        } else {
+            "x86_64"
+        }),
         os: text("linux"),
         os_version: Text::new(),
         kernel: Text::new(),
@@ -119,7 +123,8 @@ impl Sim {
         let ca = Ca::generate(wall0).expect("ca");
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut fill = |b: &mut [u8]| rng.fill(b);
-        let (token, record) = tokens::create(&mut fill, 1_800_000_000, 3600, n as u32, "sim".into());
+        let (token, record) =
+            tokens::create(&mut fill, 1_800_000_000, 3600, n as u32, "sim".into());
         let store = MemStore::default();
         store.put_token(&record).expect("mem store");
         let fleet = Fleet::new(store.tokens().expect("mem"), Vec::new());
@@ -213,7 +218,8 @@ impl Sim {
                 }
             }
             while let Some(id) = self.dirty_conns.pop_first() {
-                while let Some(action) = self.conns.get_mut(&id).and_then(|c| c.server.poll_action())
+                while let Some(action) =
+                    self.conns.get_mut(&id).and_then(|c| c.server.poll_action())
                 {
                     self.server_action(id, action);
                 }
@@ -238,7 +244,8 @@ impl Sim {
         match action {
             node::Action::Connect(intent) => {
                 self.connects.push((self.elapsed(), i));
-                self.trace.push(format!("{:?} n{i} dial {intent:?}", self.elapsed()));
+                self.trace
+                    .push(format!("{:?} n{i} dial {intent:?}", self.elapsed()));
                 if self.partitioned(i) {
                     let seq = self.seq();
                     self.link_events
@@ -310,7 +317,10 @@ impl Sim {
                 self.deliver_later(conn, Delivery::ToNode(encode(&msg)[4..].to_vec()))
             }
             server::Action::Close(code, reason) => {
-                self.trace.push(format!("{:?} c{conn} close {code:?} {reason}", self.elapsed()));
+                self.trace.push(format!(
+                    "{:?} c{conn} close {code:?} {reason}",
+                    self.elapsed()
+                ));
                 self.deliver_later(conn, Delivery::ServerClosed);
                 self.server_closed(conn);
             }
@@ -355,7 +365,12 @@ impl Sim {
                 .filter(|_| n.conn.is_some())
                 .map(|t| t + IDLE_TIMEOUT)
         });
-        timers.into_iter().chain(queue).chain(dials).chain(deaths).min()
+        timers
+            .into_iter()
+            .chain(queue)
+            .chain(dials)
+            .chain(deaths)
+            .min()
     }
 
     /// Runs until `until`, event by event.
@@ -480,7 +495,8 @@ impl Sim {
         for i in 0..self.nodes.len() {
             if self.nodes[i].conn.take().is_some() {
                 let seq = self.seq();
-                self.link_events.insert((dead_at, seq), (i, LinkEvent::Dies));
+                self.link_events
+                    .insert((dead_at, seq), (i, LinkEvent::Dies));
             }
         }
     }
@@ -498,7 +514,6 @@ impl Sim {
         self.nodes.iter().all(|n| n.session.is_established())
     }
 }
-
 
 fn run_scenario(seed: u64, n: usize) -> Sim {
     let mut sim = Sim::new(seed, n);
@@ -529,7 +544,11 @@ fn run_scenario(seed: u64, n: usize) -> Sim {
     sim.settle(Duration::from_secs(15));
     sim.heal();
     sim.settle(Duration::from_secs(120));
-    assert_eq!(sim.online(), n, "every node back online after the partition heals");
+    assert_eq!(
+        sim.online(),
+        n,
+        "every node back online after the partition heals"
+    );
     assert!(sim.all_established());
 
     // The orchestrator restarts; nodes come back by themselves, spread out.
@@ -538,7 +557,11 @@ fn run_scenario(seed: u64, n: usize) -> Sim {
     assert_eq!(sim.online(), 0);
     sim.settle(Duration::from_secs(120));
     assert_eq!(sim.online(), n, "every node back online after a restart");
-    assert_eq!(sim.fleet.nodes().count(), n, "the registry survived the restart");
+    assert_eq!(
+        sim.fleet.nodes().count(),
+        n,
+        "the registry survived the restart"
+    );
     let mut per_window: HashMap<u128, usize> = HashMap::new();
     for (t, _) in sim.connects.iter().filter(|(t, _)| *t > restart_at) {
         *per_window.entry(t.as_millis() / 50).or_default() += 1;
@@ -563,7 +586,10 @@ fn the_same_seed_gives_the_same_run() {
     // Node ids come from the seeded rng, so whole traces match line for line.
     assert_eq!(a.trace, b.trace);
     let c = run_scenario(100, 50);
-    assert_ne!(a.trace, c.trace, "a different seed explores a different run");
+    assert_ne!(
+        a.trace, c.trace,
+        "a different seed explores a different run"
+    );
 }
 
 #[test]

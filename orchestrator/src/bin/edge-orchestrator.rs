@@ -39,7 +39,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     orchestrator::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("edge-orchestrator: starting the async runtime: {e}");

@@ -1,1 +1,682 @@
-fn main() {}
+//! `edgectl`: the operator's command line for the orchestrator's HTTP API.
+//!
+//! A thin client: every command is one or two API calls, and `--json` prints the API's JSON as
+//! it came (indented). Errors print `edgectl: <the API's message>` and exit 1.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use orchestrator::api::{CreateTokenRequest, ErrorBody, NodeView, TokenCreated, TokenView};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgectl",
+    version,
+    about = "Manage an edge fleet through the orchestrator's API"
+)]
+struct Cli {
+    /// The orchestrator's operator API.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGE_API",
+        default_value = "http://127.0.0.1:7480"
+    )]
+    api: String,
+    /// An API bearer token; `edge-orchestrator serve` writes an admin one to DATA_DIR/admin.token.
+    #[arg(long, global = true, env = "EDGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table or summary.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the nodes.
+    Nodes {
+        /// Only nodes with this status.
+        #[arg(long)]
+        status: Option<StatusArg>,
+    },
+    /// Show one node in detail.
+    Node {
+        /// The node's name or id.
+        name: String,
+    },
+    /// Join tokens for new nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusArg {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print the `[join]` settings for a node's config.
+    Create {
+        /// How long it is valid: 90s, 15m, 1h, 7d (at most 30d). The API's default is 1h.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many nodes may join with it (1 to 10000). The API's default is 1.
+        #[arg(long)]
+        uses: Option<u32>,
+        /// A note for `token list`, e.g. where the node goes.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List join tokens (never their secrets).
+    List,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// The API answered with an error; the message is its own.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    /// `--api` is not an `http://` URL.
+    #[error("--api {0:?} is not a URL like http://127.0.0.1:7480 (the operator API is plain HTTP)")]
+    BadUrl(String),
+    /// Nothing answered at the API address.
+    #[error(
+        "cannot reach the orchestrator API at {api}: {reason} (is `edge-orchestrator serve` running? set --api or EDGE_API)"
+    )]
+    Unreachable { api: String, reason: String },
+    /// The request could not be made or the answer read.
+    #[error("talking to the orchestrator API at {api}: {reason}")]
+    Transport { api: String, reason: String },
+    /// The API answered something we do not understand.
+    #[error("unexpected answer from {api}: {reason}")]
+    BadResponse { api: String, reason: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`edgectl nodes | head`) is not an error worth reporting.
+            let _ = stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let mut message = e.to_string();
+            if matches!(e, CliError::Api { status: 401, .. }) && cli.token.is_none() {
+                message.push_str(
+                    " (pass --token or set EDGE_TOKEN; the orchestrator writes an admin token to DATA_DIR/admin.token)",
+                );
+            }
+            eprintln!("edgectl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command; returns what to print.
+fn run(cli: &Cli) -> Result<String, CliError> {
+    if !cli.api.starts_with("http://") {
+        return Err(CliError::BadUrl(cli.api.clone()));
+    }
+    let client = Client::new(&cli.api, cli.token.as_deref());
+    match &cli.command {
+        Command::Nodes { status } => {
+            let path = match status {
+                None => "/v1/nodes".to_owned(),
+                Some(StatusArg::Online) => "/v1/nodes?status=online".to_owned(),
+                Some(StatusArg::Offline) => "/v1/nodes?status=offline".to_owned(),
+            };
+            let body = client.get(&path)?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let nodes: Vec<NodeView> = client.parse(&body)?;
+            Ok(nodes_table(&nodes, unix_now()))
+        }
+        Command::Node { name } => {
+            let body = client.get(&format!("/v1/nodes/{}", percent_encode(name)))?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let node: NodeView = client.parse(&body)?;
+            Ok(node_summary(&node, unix_now()))
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    ttl,
+                    uses,
+                    description,
+                },
+        } => {
+            let request = CreateTokenRequest {
+                ttl: ttl.clone(),
+                ttl_secs: None,
+                uses: *uses,
+                description: description.clone(),
+            };
+            let body = client.post("/v1/tokens", &request)?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let created: TokenCreated = client.parse(&body)?;
+            Ok(token_created(&created))
+        }
+        Command::Token {
+            command: TokenCommand::List,
+        } => {
+            let body = client.get("/v1/tokens")?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let tokens: Vec<TokenView> = client.parse(&body)?;
+            Ok(tokens_table(&tokens, unix_now()))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP client
+
+struct Client {
+    agent: ureq::Agent,
+    api: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(api: &str, token: Option<&str>) -> Self {
+        let config = ureq::Agent::config_builder()
+            // Error statuses carry the API's JSON error body; we read it ourselves.
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build();
+        Self {
+            agent: config.into(),
+            api: api.trim_end_matches('/').to_owned(),
+            token: token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    fn get(&self, path: &str) -> Result<String, CliError> {
+        let mut request = self.agent.get(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        self.finish(request.call())
+    }
+
+    fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<String, CliError> {
+        let mut request = self.agent.post(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        self.finish(request.send_json(body))
+    }
+
+    /// The body of a successful response, or the API's error.
+    fn finish(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<String, CliError> {
+        let mut response = result.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.transport_error(e))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => e.message,
+            Err(_) => format!(
+                "HTTP {status} without an API error body; is {} the orchestrator API?",
+                self.api
+            ),
+        };
+        Err(CliError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    fn transport_error(&self, e: ureq::Error) -> CliError {
+        let api = self.api.clone();
+        match e {
+            ureq::Error::Io(io) => CliError::Unreachable {
+                api,
+                reason: match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                    std::io::ErrorKind::TimedOut => "timed out".into(),
+                    _ => io.to_string(),
+                },
+            },
+            ureq::Error::ConnectionFailed => CliError::Unreachable {
+                api,
+                reason: "connection failed".into(),
+            },
+            ureq::Error::HostNotFound => CliError::Unreachable {
+                api,
+                reason: "host not found".into(),
+            },
+            ureq::Error::Timeout(t) => CliError::Unreachable {
+                api,
+                reason: format!("timed out ({t})"),
+            },
+            ureq::Error::BadUri(uri) => CliError::Transport {
+                api,
+                reason: format!("not a usable URL: {uri}"),
+            },
+            other => CliError::Transport {
+                api,
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, body: &str) -> Result<T, CliError> {
+        serde_json::from_str(body).map_err(|e| CliError::BadResponse {
+            api: self.api.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The API's JSON, indented, in the API's own key order.
+    fn reindent(&self, body: &str) -> Result<String, CliError> {
+        self.parse::<serde_json::Value>(body)?;
+        Ok(indent_json(body))
+    }
+}
+
+/// Indents JSON text (known to be valid) by two spaces, keeping key order and string contents.
+fn indent_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = json.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                if let Some(&close) = chars.peek()
+                    && (close == '}' || close == ']')
+                {
+                    // Empty: `{}` or `[]` on one line.
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Escapes a path segment (a node name or id never needs it, but a typo might).
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn nodes_table(nodes: &[NodeView], now: u64) -> String {
+    let mut rows = vec![
+        [
+            "NAME",
+            "STATUS",
+            "ARCH",
+            "CPUS",
+            "MEMORY",
+            "LOCATION",
+            "LAST SEEN",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for n in nodes {
+        rows.push(vec![
+            n.name.clone(),
+            n.status.clone(),
+            n.arch.clone(),
+            n.cpus.to_string(),
+            human_bytes(n.memory_bytes),
+            n.location
+                .map_or_else(|| "-".to_owned(), |l| format!("{:.3},{:.3}", l.lat, l.lon)),
+            ago(now.saturating_sub(n.last_seen_unix)),
+        ]);
+    }
+    let mut out = table(&rows);
+    if nodes.is_empty() {
+        out.push_str("(no nodes yet: `edgectl token create` makes a join token for one)\n");
+    }
+    out
+}
+
+fn node_summary(n: &NodeView, now: u64) -> String {
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "{:<14}{value}", format!("{key}:"));
+    };
+    line("Name", n.name.clone());
+    line("ID", n.id.clone());
+    line(
+        "Status",
+        format!(
+            "{}, last seen {} ({})",
+            n.status,
+            ago(now.saturating_sub(n.last_seen_unix)),
+            n.last_seen
+        ),
+    );
+    line("Enrolled", n.enrolled_at.clone());
+    line("Hostname", n.hostname.clone());
+    line("Arch", n.arch.clone());
+    line(
+        "OS",
+        if n.os_version.is_empty() {
+            format!("{} (kernel {})", n.os, n.kernel)
+        } else {
+            format!("{} ({}, kernel {})", n.os_version, n.os, n.kernel)
+        },
+    );
+    line("Board", n.board.clone().unwrap_or_else(|| "-".into()));
+    line(
+        "CPU",
+        if n.cpu_model.is_empty() {
+            format!("{} cores", n.cpus)
+        } else {
+            format!("{} x {}", n.cpus, n.cpu_model)
+        },
+    );
+    line("Memory", human_bytes(n.memory_bytes));
+    line(
+        "Disk",
+        format!(
+            "{} ({} free)",
+            human_bytes(n.disk_bytes),
+            human_bytes(n.disk_free_bytes)
+        ),
+    );
+    line(
+        "Location",
+        match n.location {
+            None => "-".into(),
+            Some(l) => match l.alt_m {
+                Some(alt) => format!("{:.3},{:.3} ({alt:.0} m)", l.lat, l.lon),
+                None => format!("{:.3},{:.3}", l.lat, l.lon),
+            },
+        },
+    );
+    line(
+        "Labels",
+        if n.labels.is_empty() {
+            "-".into()
+        } else {
+            n.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    if n.accelerators.is_empty() {
+        line("Accelerators", "-".into());
+    } else {
+        for (i, a) in n.accelerators.iter().enumerate() {
+            let key = if i == 0 { "Accelerators" } else { "" };
+            let text = format!("{} {} ({})", a.kind, a.name, a.path);
+            if key.is_empty() {
+                let _ = writeln!(out, "{:<14}{text}", "");
+            } else {
+                let _ = writeln!(out, "{:<14}{text}", format!("{key}:"));
+            }
+        }
+    }
+    let load = match n.load {
+        None => "- (no status report yet)".to_owned(),
+        Some(l) => format!(
+            "cpu {:.1}%, memory {} used, disk {} free, up {}",
+            l.cpu_percent,
+            human_bytes(l.memory_used_bytes),
+            human_bytes(l.disk_free_bytes),
+            duration(l.uptime_secs)
+        ),
+    };
+    let _ = writeln!(out, "{:<14}{load}", "Load:");
+    out
+}
+
+fn token_created(t: &TokenCreated) -> String {
+    let uses = if t.uses == 1 {
+        "1 use".to_owned()
+    } else {
+        format!("{} uses", t.uses)
+    };
+    format!(
+        "Join token: {token}\n\
+         CA hash:    {ca_hash}\n\
+         Expires:    {expires} ({uses})\n\
+         \n\
+         The token is shown only now. Put this in the node's config file (it is used on the\n\
+         node's first start only):\n\
+         \n\
+         [join]\n\
+         token = {token_toml}\n\
+         ca_hash = {ca_toml}\n",
+        token = t.token,
+        ca_hash = t.ca_hash,
+        expires = t.expires_at,
+        token_toml = toml_string(&t.token),
+        ca_toml = toml_string(&t.ca_hash),
+    )
+}
+
+fn tokens_table(tokens: &[TokenView], now: u64) -> String {
+    let mut rows = vec![
+        ["ID", "USES LEFT", "EXPIRES", "DESCRIPTION"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for t in tokens {
+        let expires = if t.expires_unix <= now {
+            "expired".to_owned()
+        } else {
+            format!("in {}", duration(t.expires_unix - now))
+        };
+        rows.push(vec![
+            t.id.clone(),
+            t.uses_left.to_string(),
+            expires,
+            t.description.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `3.8 GiB`: binary units, one decimal.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `3s ago`, `5m ago`, `2h ago`, `4d ago`.
+fn ago(secs: u64) -> String {
+    let text = match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    };
+    format!("{text} ago")
+}
+
+/// `45s`, `12m 3s`, `4h 12m`, `3d 4h`.
+fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h {}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d {}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_indented_in_order() {
+        let text =
+            r#"{"token":"a.b","ca_hash":"sha256:x","n":[1,{"k":"v, \"q\": {x}"}],"e":{},"f":[]}"#;
+        let pretty = indent_json(text);
+        let reparsed: serde_json::Value = serde_json::from_str(&pretty).expect("valid");
+        let original: serde_json::Value = serde_json::from_str(text).expect("valid");
+        assert_eq!(reparsed, original);
+        assert!(
+            pretty.starts_with("{\n  \"token\": \"a.b\",\n  \"ca_hash\""),
+            "{pretty}"
+        );
+        assert!(pretty.contains("\"e\": {},"), "{pretty}");
+    }
+
+    #[test]
+    fn humane_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4_080_218_931), "3.8 GiB");
+        assert_eq!(human_bytes(512 << 20), "512.0 MiB");
+        assert_eq!(ago(3), "3s ago");
+        assert_eq!(ago(3600 * 5 + 1), "5h ago");
+        assert_eq!(duration(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+    }
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(percent_encode("shop-1"), "shop-1");
+        assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
+    }
+}
