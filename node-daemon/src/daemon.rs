@@ -313,7 +313,7 @@ fn close_reason(e: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::ApplicationClosed(c) => {
             let code = c.error_code.into_inner();
             let reason = String::from_utf8_lossy(&c.reason);
-            match code.checked_sub(1).and_then(reject_code_from_index) {
+            match RejectCode::from_close_code(code) {
                 Some(rc) => format!("closed by orchestrator ({rc}): {reason}"),
                 None => format!("closed by orchestrator: {reason}"),
             }
@@ -322,9 +322,3 @@ fn close_reason(e: &quinn::ConnectionError) -> String {
     }
 }
 
-fn reject_code_from_index(i: u64) -> Option<RejectCode> {
-    let encoded = [i as u8];
-    (i < 64)
-        .then(|| decode::<RejectCode>(&encoded).ok())
-        .flatten()
-}

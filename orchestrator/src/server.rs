@@ -191,7 +191,7 @@ impl Shared {
 /// The QUIC application close code for a reject: 0 for a normal close, else the code's
 /// position plus one.
 pub fn close_code(code: Option<RejectCode>) -> quinn::VarInt {
-    quinn::VarInt::from_u32(code.map_or(0, |c| c as u32 + 1))
+    quinn::VarInt::from_u32(code.map_or(0, RejectCode::close_code))
 }
 
 /// Accepts connections until the endpoint is closed.

@@ -210,6 +210,34 @@ impl RejectCode {
         matches!(self, Self::Internal | Self::Timeout | Self::Malformed)
     }
 
+    /// Every code, in wire order.
+    pub const ALL: [RejectCode; 12] = [
+        Self::UnsupportedVersion,
+        Self::BadToken,
+        Self::TokenExpired,
+        Self::TokenSpent,
+        Self::NameTaken,
+        Self::IdentityMismatch,
+        Self::UnknownNode,
+        Self::WrongIntent,
+        Self::Malformed,
+        Self::BadCsr,
+        Self::Internal,
+        Self::Timeout,
+    ];
+
+    /// The QUIC application close code that carries this reject: its position plus one, since
+    /// 0 is a normal close.
+    pub fn close_code(self) -> u32 {
+        self as u32 + 1
+    }
+
+    /// The reject a close code carries, `None` for a normal close or a code we do not know.
+    pub fn from_close_code(code: u64) -> Option<Self> {
+        let index = usize::try_from(code.checked_sub(1)?).ok()?;
+        Self::ALL.get(index).copied()
+    }
+
     /// A stable snake_case name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -316,3 +316,15 @@ fn text_cuts_at_a_char_boundary() {
     let t: Text<4> = text("añbc");
     assert_eq!(t.as_str(), "añb");
 }
+
+#[test]
+fn reject_codes_round_trip_through_close_codes() {
+    for (i, code) in RejectCode::ALL.iter().enumerate() {
+        assert_eq!(*code as usize, i, "ALL is in wire order");
+        assert_eq!(RejectCode::from_close_code(code.close_code().into()), Some(*code));
+        // The wire tag is the same position.
+        assert_eq!(encode(code)[4..], [i as u8]);
+    }
+    assert_eq!(RejectCode::from_close_code(0), None);
+    assert_eq!(RejectCode::from_close_code(u64::MAX), None);
+}

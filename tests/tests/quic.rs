@@ -255,7 +255,7 @@ async fn hostile_frames_close_that_connection_only() {
     let orch = TestOrchestrator::start().await;
     let addr = orch.orch.quic_addr;
     let tls = || node_daemon::tls::enroll_config(pin(&orch.ca_hash())).expect("tls");
-    let malformed = u64::from(RejectCode::Malformed as u32 + 1);
+    let malformed = u64::from(RejectCode::Malformed.close_code());
 
     // A healthy node keeps its session through all of it.
     let token = orch.token(1);
