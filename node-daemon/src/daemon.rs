@@ -321,4 +321,3 @@ fn close_reason(e: &quinn::ConnectionError) -> String {
         other => other.to_string(),
     }
 }
-

@@ -7,4 +7,5 @@ pub mod daemon;
 pub mod identity;
 pub mod logging;
 pub mod session;
+pub mod supervisor;
 pub mod tls;

@@ -1,0 +1,467 @@
+//! The workload supervisor: runs the workloads the orchestrator admits to this node as real
+//! processes, keeps them within their limits, restarts them by policy, probes their health,
+//! keeps their logs, and brings them back after the daemon itself restarts.
+//!
+//! # Shape
+//! - [`restart`]: [`Lifecycle`](restart::Lifecycle), each instance's state machine (restart
+//!   policy, backoff with full jitter, crash loops, health thresholds, stop grace). Sans-IO:
+//!   `now` in, actions out, seeded randomness.
+//! - `instance`: the tokio task per workload that carries out the lifecycle's actions.
+//! - `process`: the spawn gate, signals, `/proc`. `cgroup`: [`LimitsBackend`] (cgroup v2, v1,
+//!   rlimit). `logs`: rotating files, tail, follow. `health`: the checks. `store`: spec and
+//!   pid records on disk. [`spec`]: [`WorkloadSpec`] and validation.
+//!
+//! # Daemon restarts: restart, never adopt
+//! Every workload's spec is stored (`DATA_DIR/workloads/NAME/spec.json`, written atomically)
+//! before it is started. When the daemon comes back, [`Supervisor::recover`] ends whatever a
+//! previous daemon left running (everything in the workload's control group; without cgroups
+//! the recorded process group, only if `/proc/PID/stat` still shows the recorded start time,
+//! so a reused pid is never hit) and starts the stored workloads afresh, within a couple of
+//! seconds. It does not adopt the old processes: a process we did not spawn is not our child,
+//! so we cannot wait for it, cannot learn its exit status, and never get its output (its
+//! pipes died with the old daemon). Adopting would mean polling `/proc` and guessing; a
+//! clean restart keeps exactly one owner of every process, whose exit is always observed.
+//!
+//! # Invariants
+//! - Never a thread per workload, never an unbounded buffer: one task per workload and one
+//!   per running process's output; log tail, follow channel, status feed are all bounded.
+//! - Never signals a process outside what it started: its own process groups (verified by
+//!   start time after a crash) and its own control groups under the configured parent.
+//! - A stopped or restarted instance leaves nothing running: its process group and its
+//!   control group are empty before the next instance starts or `remove` returns.
+//! - A workload's process never runs outside its limits: it is held at the spawn gate
+//!   until it is in its control group (see `process`).
+//! - Decisions live in `restart`; this module and the shells around it only move data.
+
+pub mod cgroup;
+mod health;
+mod instance;
+mod logs;
+mod process;
+pub mod restart;
+pub mod spec;
+mod store;
+
+pub use cgroup::{LimitsBackend, LimitsError};
+pub use logs::LogLimits;
+pub use restart::RestartTuning;
+pub use spec::{HealthCheck, HealthProbe, Resources, RestartPolicy, SpecError, WorkloadSpec};
+pub use store::StoreError;
+
+use instance::{Command, InstanceCtx, Reporter};
+use logs::LogSink;
+use process::RunAs;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use store::Store;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{info, warn};
+
+/// How long a previous daemon's leftovers get between SIGTERM and SIGKILL: short, because
+/// the workloads must be running again within two seconds of the daemon's return.
+const LEFTOVER_GRACE: Duration = Duration::from_millis(500);
+/// Status changes a subscriber may be behind before it loses some.
+const EVENTS_CAPACITY: usize = 256;
+
+/// Where a workload instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Accepted, not started yet.
+    Pending,
+    /// Its artifact is being fetched. Reported by the daemon, which fetches before it calls
+    /// [`Supervisor::apply`]; the supervisor never enters this state itself.
+    Downloading,
+    /// Being started, or started and not yet passing its health check.
+    Starting,
+    /// Alive (and healthy, if it has a probe).
+    Running,
+    /// Alive but failing its health check.
+    Unhealthy,
+    /// Exited; waiting before the next start. The message says why and for how long
+    /// (`crash loop` when it restarts too often).
+    Backoff,
+    /// Exited unsuccessfully and its policy says not to restart.
+    Failed,
+    /// Stopped on request, or exited successfully with a policy that does not restart it.
+    Stopped,
+}
+
+/// One workload instance as the node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub version: String,
+    pub state: State,
+    /// Restarts since this version was applied (or since the daemon started).
+    pub restarts: u32,
+    /// The running process, if any.
+    pub pid: Option<u32>,
+    /// The last exit: the exit status, or 128 + the signal number.
+    pub exit_code: Option<i32>,
+    /// Why it is in this state, for a person.
+    pub message: String,
+}
+
+impl InstanceStatus {
+    fn pending(spec: &WorkloadSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            state: State::Pending,
+            restarts: 0,
+            pid: None,
+            exit_code: None,
+            message: "pending".into(),
+        }
+    }
+}
+
+/// Knobs for the supervisor as a whole; the defaults are the production values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupervisorOptions {
+    /// The control group all workloads go under (`edge-node/NAME`). Two daemons on one host
+    /// need two parents: [`Supervisor::recover`] ends everything under its own.
+    pub cgroup_parent: String,
+    pub restart: RestartTuning,
+    pub logs: LogLimits,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        Self {
+            cgroup_parent: "edge-node".into(),
+            restart: RestartTuning::default(),
+            logs: LogLimits::default(),
+        }
+    }
+}
+
+/// Why a supervisor operation failed. Nothing about running workloads changed unless the
+/// variant says so.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// Reading or writing the data directory failed; for `apply`, the workload was not
+    /// started or changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The spec is not acceptable; `field` names the part to fix.
+    #[error("invalid workload spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+    /// The spec names a user this node cannot run it as (unknown, or the daemon is not root).
+    #[error("user {user}: {reason}")]
+    User { user: String, reason: String },
+    /// The options are not usable (e.g. an unsafe `cgroup_parent`).
+    #[error("supervisor options: {0}")]
+    Options(String),
+}
+
+/// The workload supervisor. Cheap to clone: every clone drives the same workloads.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    limits: LimitsBackend,
+    options: SupervisorOptions,
+    workloads: Mutex<BTreeMap<String, Handle>>,
+    events: broadcast::Sender<InstanceStatus>,
+    /// Serializes `apply`, `remove`, `recover` and `shutdown`.
+    ops: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    spec: WorkloadSpec,
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+    reporter: Reporter,
+    logs: Arc<LogSink>,
+}
+
+impl Supervisor {
+    /// A supervisor keeping its state under `data_dir`, with the default options. Starts
+    /// nothing: call [`recover`](Self::recover) to bring back stored workloads.
+    pub async fn open(data_dir: &Path, limits: LimitsBackend) -> Result<Self, SupervisorError> {
+        Self::open_with(data_dir, limits, SupervisorOptions::default()).await
+    }
+
+    pub async fn open_with(
+        data_dir: &Path,
+        limits: LimitsBackend,
+        options: SupervisorOptions,
+    ) -> Result<Self, SupervisorError> {
+        let parent_ok = !options.cgroup_parent.is_empty()
+            && options
+                .cgroup_parent
+                .split('/')
+                .all(|part| spec::validate_name(part).is_ok());
+        if !parent_ok {
+            return Err(SupervisorError::Options(format!(
+                "cgroup_parent {:?}: use names of [a-z0-9._-] separated by '/'",
+                options.cgroup_parent
+            )));
+        }
+        let store = Store::open(data_dir)?;
+        // Cgroups the kernel has but this daemon cannot use (a container's own cgroup with
+        // processes in it, a read-only mount): limit by rlimit, and say so, rather than fail
+        // every workload on a node nobody will visit.
+        let limits = match limits.prepare_parent(&options.cgroup_parent) {
+            Ok(()) => limits,
+            Err(error) => {
+                warn!(backend = limits.name(), %error, "control groups unusable; limiting workloads with rlimits");
+                LimitsBackend::Rlimit
+            }
+        };
+        info!(limits = limits.name(), data_dir = %data_dir.display(), "workload supervisor open");
+        let (events, _) = broadcast::channel(EVENTS_CAPACITY);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                limits,
+                options,
+                workloads: Mutex::new(BTreeMap::new()),
+                events,
+                ops: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// How this supervisor limits workloads, for the node to report. `Rlimit` if the backend
+    /// it was opened with turned out unusable.
+    pub fn limits(&self) -> &LimitsBackend {
+        &self.inner.limits
+    }
+
+    fn workloads(&self) -> MutexGuard<'_, BTreeMap<String, Handle>> {
+        // The map stays consistent across a panic elsewhere: every change is one insert/remove.
+        self.inner
+            .workloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends whatever a previous daemon left running and starts every stored workload again.
+    /// Returns the names started. A stored spec that cannot be read is logged and left on
+    /// disk for a person; it does not stop the others.
+    pub async fn recover(&self) -> Result<Vec<String>, SupervisorError> {
+        let _ops = self.inner.ops.lock().await;
+        let inner = &self.inner;
+        let parent = &inner.options.cgroup_parent;
+        let running: BTreeSet<String> = self.workloads().keys().cloned().collect();
+        let stored = inner.store.names()?;
+        let mut suspects: BTreeSet<String> = stored.iter().cloned().collect();
+        suspects.extend(inner.limits.existing_groups(parent));
+        suspects.retain(|n| !running.contains(n));
+
+        let mut sweeps = JoinSet::new();
+        for name in &suspects {
+            let group = inner.limits.existing(parent, name);
+            let pgid = match inner.store.load_record(name) {
+                Ok(Some(r)) => process::stat(r.pid)
+                    .filter(|s| s.start_ticks == r.start_ticks && s.pgrp == r.pid)
+                    .map(|_| r.pid),
+                Ok(None) => None,
+                Err(error) => {
+                    warn!(workload = %name, %error, "unreadable instance record");
+                    None
+                }
+            };
+            if group.is_none() && pgid.is_none() {
+                continue;
+            }
+            let name = name.clone();
+            sweeps.spawn(async move {
+                let left = process::members(pgid, group.as_ref());
+                if !left.is_empty() {
+                    info!(workload = %name, pids = ?left, "ending what the previous daemon left running");
+                }
+                let survivors = process::sweep(pgid, group.as_ref(), LEFTOVER_GRACE).await;
+                if !survivors.is_empty() {
+                    warn!(workload = %name, ?survivors, "leftover processes survived SIGKILL");
+                }
+                if let Some(g) = group
+                    && let Err(error) = g.remove()
+                {
+                    warn!(workload = %name, %error, "cannot remove a leftover control group");
+                }
+            });
+        }
+        while sweeps.join_next().await.is_some() {}
+
+        let mut started = Vec::new();
+        for name in stored.iter().filter(|n| !running.contains(*n)) {
+            if let Err(error) = inner.store.clear_record(name) {
+                warn!(workload = %name, %error, "cannot clear the instance record");
+            }
+            let spec = match inner.store.load_spec(name) {
+                Ok(Some(spec)) => spec,
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(workload = %name, %error, "stored workload not recovered");
+                    continue;
+                }
+            };
+            let run_as = match resolve(&spec) {
+                Ok(r) => r,
+                Err(error) => {
+                    warn!(workload = %name, %error, "stored workload not recovered");
+                    continue;
+                }
+            };
+            self.start_task(spec, run_as);
+            started.push(name.clone());
+        }
+        info!(workloads = ?started, "recovered stored workloads");
+        Ok(started)
+    }
+
+    /// Runs `spec`: starts it if new, replaces the running instance (gracefully) if the spec
+    /// changed, does nothing if it is the same. The spec is stored first, so it survives a
+    /// daemon restart.
+    pub async fn apply(&self, spec: WorkloadSpec) -> Result<(), SupervisorError> {
+        spec.validate()?;
+        let run_as = resolve(&spec)?;
+        let _ops = self.inner.ops.lock().await;
+        let existing = self
+            .workloads()
+            .get(&spec.name)
+            .map(|h| (h.spec == spec, h.commands.clone()));
+        match existing {
+            Some((true, _)) => Ok(()),
+            Some((false, commands)) => {
+                self.inner.store.save_spec(&spec)?;
+                let replace = Command::Replace(Box::new(spec.clone()), run_as);
+                if commands.send(replace).await.is_ok() {
+                    if let Some(h) = self.workloads().get_mut(&spec.name) {
+                        h.spec = spec;
+                    }
+                } else {
+                    // The task is gone (it can only have panicked): start afresh.
+                    self.start_task(spec, run_as);
+                }
+                Ok(())
+            }
+            None => {
+                self.inner.store.save_spec(&spec)?;
+                self.start_task(spec, run_as);
+                Ok(())
+            }
+        }
+    }
+
+    fn start_task(&self, spec: WorkloadSpec, run_as: Option<RunAs>) {
+        let inner = &self.inner;
+        let reporter = Reporter {
+            status: Arc::new(Mutex::new(InstanceStatus::pending(&spec))),
+            events: inner.events.clone(),
+        };
+        let _ = inner.events.send(InstanceStatus::pending(&spec));
+        let logs = Arc::new(LogSink::open(
+            &inner.store.logs_dir(&spec.name),
+            inner.options.logs,
+        ));
+        let (commands, receiver) = mpsc::channel(4);
+        let ctx = InstanceCtx {
+            store: inner.store.clone(),
+            limits: inner.limits.clone(),
+            cgroup_parent: inner.options.cgroup_parent.clone(),
+            tuning: inner.options.restart,
+            logs: logs.clone(),
+            reporter: reporter.clone(),
+        };
+        let task = tokio::spawn(instance::run(ctx, spec.clone(), run_as, receiver));
+        let name = spec.name.clone();
+        let handle = Handle {
+            spec,
+            commands,
+            task,
+            reporter,
+            logs,
+        };
+        if let Some(old) = self.workloads().insert(name, handle) {
+            old.task.abort();
+        }
+    }
+
+    /// Stops the workload (SIGTERM, SIGKILL after its grace period, nothing left behind) and
+    /// forgets it: spec, records and logs. Removing an unknown workload is not an error.
+    pub async fn remove(&self, name: &str) -> Result<(), SupervisorError> {
+        spec::validate_name(name)?;
+        let _ops = self.inner.ops.lock().await;
+        let handle = self.workloads().remove(name);
+        if let Some(h) = handle {
+            stop(h).await;
+        }
+        self.inner.store.remove(name)?;
+        Ok(())
+    }
+
+    pub fn status(&self, name: &str) -> Option<InstanceStatus> {
+        self.workloads().get(name).map(|h| h.reporter.snapshot())
+    }
+
+    pub fn statuses(&self) -> Vec<InstanceStatus> {
+        self.workloads()
+            .values()
+            .map(|h| h.reporter.snapshot())
+            .collect()
+    }
+
+    /// Every status change of every workload, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<InstanceStatus> {
+        self.inner.events.subscribe()
+    }
+
+    /// The last `lines` lines the workload printed (stdout and stderr interleaved).
+    pub fn log_tail(&self, name: &str, lines: usize) -> Vec<String> {
+        self.workloads()
+            .get(name)
+            .map(|h| h.logs.tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// The workload's output lines as they are printed, from now on.
+    pub fn follow_logs(&self, name: &str) -> Option<broadcast::Receiver<String>> {
+        self.workloads().get(name).map(|h| h.logs.subscribe())
+    }
+
+    /// Stops every workload gracefully, all at once, and returns when none is left. Their
+    /// specs stay stored: the next [`recover`](Self::recover) starts them again.
+    pub async fn shutdown(&self) {
+        let _ops = self.inner.ops.lock().await;
+        let handles: Vec<Handle> = std::mem::take(&mut *self.workloads())
+            .into_values()
+            .collect();
+        for h in &handles {
+            let _ = h.commands.send(Command::Stop).await;
+        }
+        for h in handles {
+            let _ = h.task.await;
+        }
+        info!("all workloads stopped");
+    }
+}
+
+async fn stop(h: Handle) {
+    // A closed channel means the task already ended.
+    let _ = h.commands.send(Command::Stop).await;
+    let _ = h.task.await;
+}
+
+fn resolve(spec: &WorkloadSpec) -> Result<Option<RunAs>, SupervisorError> {
+    match &spec.user {
+        None => Ok(None),
+        Some(user) => process::resolve_user(user).map_err(|reason| SupervisorError::User {
+            user: user.clone(),
+            reason,
+        }),
+    }
+}
