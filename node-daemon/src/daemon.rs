@@ -5,9 +5,10 @@ use crate::capabilities::{self, StatusSampler};
 use crate::config::{Config, Host};
 use crate::identity::{IdentityDir, IdentityError};
 use crate::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
+use crate::supervisor::LimitsBackend;
 use crate::tls::{self, PIN_MISMATCH};
 use edge_proto::quic::{ReadError, read_frame, write_msg};
-use edge_proto::{Der, Intent, OrchMsg, RejectCode, decode, text};
+use edge_proto::{Der, Intent, OrchMsg, RejectCode, RuntimeInfo, decode, text};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
@@ -84,7 +85,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         BackoffPolicy::default(),
         fastrand::u64(..),
         Instant::now(),
-    );
+    )
+    .with_runtime(RuntimeInfo {
+        limits: LimitsBackend::detect().kind(),
+    });
     drop(identity);
 
     let endpoint = client_endpoint(&config)?;
@@ -155,6 +159,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         session.handle_status(s.sample());
                     }
                 }
+                Action::Assign(a) => {
+                    // Workloads arrive with the supervisor's wiring; until then say no.
+                    warn!(workload = %a.workload, "workload assignments are not supported by this build");
+                }
+                Action::Unassign(u) => debug!(workload = %u.workload, "unassign ignored"),
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
                     endpoint.close(0u32.into(), b"");

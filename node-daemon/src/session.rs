@@ -11,8 +11,8 @@
 
 use crate::capabilities::same_identity;
 use edge_proto::{
-    Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg, OrchMsg,
-    Reject, RejectCode, Status, Text, text,
+    Assignment, Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg,
+    OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, text,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -61,6 +61,10 @@ pub enum Action {
     SampleStatus,
     /// Give up: retrying unchanged cannot succeed. The operator must act.
     Fatal(Fatal),
+    /// The orchestrator wants this workload here.
+    Assign(Box<Assignment>),
+    /// The orchestrator no longer wants this workload here.
+    Unassign(Unassign),
 }
 
 /// Why the node stopped trying.
@@ -117,6 +121,8 @@ pub struct NodeSession {
     caps: Capabilities,
     /// What the orchestrator has from us on this connection.
     caps_sent: Option<Capabilities>,
+    /// How this node enforces workload limits, reported after every welcome.
+    runtime: Option<RuntimeInfo>,
     state: State,
     actions: VecDeque<Action>,
 }
@@ -142,6 +148,7 @@ impl NodeSession {
             rng: fastrand::Rng::with_seed(seed),
             caps,
             caps_sent: None,
+            runtime: None,
             state: State::Backoff { until: now },
             actions: VecDeque::new(),
         };
@@ -149,6 +156,12 @@ impl NodeSession {
             s.stop(Fatal::NoJoinSettings);
         }
         s
+    }
+
+    /// Reports how the node enforces workload limits after every welcome.
+    pub fn with_runtime(mut self, runtime: RuntimeInfo) -> Self {
+        self.runtime = Some(runtime);
+        self
     }
 
     pub fn node_id(&self) -> Option<NodeId> {
@@ -263,8 +276,17 @@ impl NodeSession {
                 self.caps_sent = None;
                 self.state = State::Established { next_status: now };
                 self.send_caps_if_changed();
+                if let Some(runtime) = self.runtime {
+                    self.send(NodeMsg::Runtime(runtime));
+                }
                 // Report load at once, then every interval.
                 self.handle_timeout(now);
+            }
+            (State::Established { .. }, OrchMsg::Assign(a)) => {
+                self.actions.push_back(Action::Assign(a));
+            }
+            (State::Established { .. }, OrchMsg::Unassign(u)) => {
+                self.actions.push_back(Action::Unassign(u));
             }
             (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
                 self.state = State::Saving;
@@ -427,6 +449,34 @@ mod tests {
             &drain(&mut s)[..],
             [Action::Send(NodeMsg::Capabilities(_))]
         ));
+    }
+
+    #[test]
+    fn runtime_follows_every_welcome_and_assignments_reach_the_shell() {
+        let t0 = Instant::now();
+        let mut s = enrolled(2, t0).with_runtime(RuntimeInfo {
+            limits: edge_proto::LimitsKind::CgroupV2,
+        });
+        s.handle_timeout(t0);
+        s.handle_connected(t0);
+        drain(&mut s);
+        s.handle_msg(
+            OrchMsg::Welcome(Welcome {
+                version: 1,
+                node_id: NodeId([1; 16]),
+            }),
+            t0,
+        );
+        let acts = drain(&mut s);
+        assert!(acts.contains(&Action::Send(NodeMsg::Runtime(RuntimeInfo {
+            limits: edge_proto::LimitsKind::CgroupV2
+        }))));
+        let unassign = Unassign {
+            workload: text("hello"),
+        };
+        s.handle_msg(OrchMsg::Unassign(unassign.clone()), t0);
+        assert_eq!(drain(&mut s), vec![Action::Unassign(unassign)]);
+        assert!(s.is_established(), "workload messages keep the session");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! timer here, decides when a silent node is gone.
 
 use crate::tokens::{self, TokenError, TokenRecord};
-use edge_proto::{Capabilities, NodeId, RejectCode, Status};
+use edge_proto::{Capabilities, LimitsKind, NodeId, RejectCode, RuntimeInfo, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -31,6 +31,9 @@ pub struct NodeInfo {
     pub board: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub location: Option<GeoPoint>,
+    /// How the node enforces workload limits: `cgroup-v2`, `cgroup-v1` or `rlimit`.
+    #[serde(default)]
+    pub limits: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,13 +231,34 @@ impl Fleet {
         }
         let node = self.nodes.get_mut(&id).ok_or(RejectCode::UnknownNode)?;
         node.last_seen_unix = now_unix;
-        let info = NodeInfo::from(caps);
+        let info = NodeInfo {
+            limits: node.info.limits.clone(),
+            ..NodeInfo::from(caps)
+        };
         let changed = NodeInfo {
             disk_free_bytes: node.info.disk_free_bytes,
             ..info.clone()
         } != node.info;
         node.info = info;
         Ok(changed.then(|| Change::Node(Box::new(node.clone()))))
+    }
+
+    /// How the node enforces limits. A change is returned for persisting.
+    pub fn update_runtime(&mut self, id: NodeId, info: RuntimeInfo) -> Option<Change> {
+        let node = self.nodes.get_mut(&id)?;
+        let limits = Some(
+            match info.limits {
+                LimitsKind::CgroupV2 => "cgroup-v2",
+                LimitsKind::CgroupV1 => "cgroup-v1",
+                LimitsKind::Rlimit => "rlimit",
+            }
+            .to_owned(),
+        );
+        if node.info.limits == limits {
+            return None;
+        }
+        node.info.limits = limits;
+        Some(Change::Node(Box::new(node.clone())))
     }
 
     /// A status report. Kept in memory only: it is stale within one interval anyway.
@@ -339,6 +363,7 @@ impl From<&Capabilities> for NodeInfo {
                 lon: l.lon,
                 alt_m: l.alt_m,
             }),
+            limits: None,
         }
     }
 }

@@ -379,6 +379,13 @@ async fn flush_actions(
                 );
             }
             Action::Event(e) => shared.metrics.emit(&e),
+            // Nothing assigns workloads yet; a report is only logged.
+            Action::Admission(node, reply) => {
+                debug!(node = %node, workload = %reply.workload, "admission reply")
+            }
+            Action::WorkloadReport(node, report) => {
+                debug!(node = %node, workload = %report.workload, state = ?report.state, "workload report")
+            }
         }
     }
     session.is_closed()

@@ -10,8 +10,8 @@
 use crate::fleet::{Change, EnrollError, Fleet, SessionId};
 use crate::pki::Ca;
 use edge_proto::{
-    Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg, Reject, RejectCode,
-    Welcome, decode, negotiate_version, text,
+    AdmissionReply, Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg, Reject,
+    RejectCode, Welcome, WorkloadReport, decode, negotiate_version, text,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +31,10 @@ pub enum Action {
     CloseReplaced(SessionId),
     /// Report something an operator would want to see: a log line and a metric.
     Event(Event),
+    /// The node answered an assignment.
+    Admission(NodeId, AdmissionReply),
+    /// A workload instance on the node changed state.
+    WorkloadReport(NodeId, WorkloadReport),
 }
 
 /// Operator-facing outcomes of a connection. See `events` for the log lines and metrics.
@@ -184,6 +188,17 @@ impl ServerSession {
             }
             (State::Established { node }, NodeMsg::Status(status)) => {
                 ctx.fleet.update_status(node, &status, ctx.now_unix());
+            }
+            (State::Established { node }, NodeMsg::Runtime(info)) => {
+                if let Some(change) = ctx.fleet.update_runtime(node, info) {
+                    self.actions.push_back(Action::Persist(change));
+                }
+            }
+            (State::Established { node }, NodeMsg::Admission(reply)) => {
+                self.actions.push_back(Action::Admission(node, reply));
+            }
+            (State::Established { node }, NodeMsg::Workload(report)) => {
+                self.actions.push_back(Action::WorkloadReport(node, report));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,
@@ -346,5 +361,8 @@ fn kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::Enroll(_) => "enroll",
         NodeMsg::Capabilities(_) => "capabilities",
         NodeMsg::Status(_) => "status",
+        NodeMsg::Runtime(_) => "runtime",
+        NodeMsg::Admission(_) => "admission",
+        NodeMsg::Workload(_) => "workload report",
     }
 }

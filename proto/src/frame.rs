@@ -30,19 +30,28 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
-/// Encodes `msg` as one frame: length prefix and body.
+/// Encodes `msg` as one frame: length prefix and body. For messages whose bounds keep them
+/// within a frame; anything sized by operator input goes through [`try_encode`].
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Invariant: the caller sends a message whose field bounds keep it under the limit.
+    try_encode(msg).expect("a bounded message fits one frame")
+}
+
+/// Encodes `msg` as one frame, or says how large it would have been if over the limit. For
+/// messages whose size depends on what an operator wrote (an assignment's arguments).
+pub fn try_encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, DecodeError> {
     let prefix = alloc::vec![0u8; PREFIX_LEN];
-    // Invariant: our types serialize into a Vec without error; bounds are checked on decode,
-    // and every value we hold already fits its bound.
+    // Invariant: as in `encode`.
     let mut out = postcard::to_extend(msg, prefix).expect("wire types always serialize");
     let body_len = out.len() - PREFIX_LEN;
-    debug_assert!(
-        body_len <= MAX_FRAME_LEN,
-        "we never build a frame we would refuse"
-    );
+    if body_len > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            len: body_len,
+            max: MAX_FRAME_LEN,
+        });
+    }
     out[..PREFIX_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
-    out
+    Ok(out)
 }
 
 /// Decodes one frame body (without its prefix). The whole body must be one message.

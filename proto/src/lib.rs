@@ -14,12 +14,14 @@
 
 extern crate alloc;
 
+mod bounded;
 pub mod frame;
 mod msg;
 #[cfg(feature = "quic")]
 pub mod quic;
 
-pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode};
+pub use bounded::{Seq, Str};
+pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;
 
 /// The ALPN identifier of the protocol family. Within it, [`Hello::versions`] and

@@ -1,5 +1,6 @@
 //! The messages. Field and variant order is the wire format: append only.
 
+use crate::bounded::{Seq, Str};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
@@ -156,6 +157,12 @@ pub enum NodeMsg {
     Capabilities(Box<Capabilities>),
     /// Live load, every status interval.
     Status(Status),
+    /// How the node enforces workload limits; sent after every `Welcome`.
+    Runtime(RuntimeInfo),
+    /// The answer to an [`OrchMsg::Assign`].
+    Admission(AdmissionReply),
+    /// A workload instance changed state.
+    Workload(WorkloadReport),
 }
 
 /// The orchestrator accepted a session.
@@ -279,6 +286,10 @@ pub enum OrchMsg {
     Welcome(Welcome),
     Enrolled(Enrolled),
     Reject(Reject),
+    /// Run this workload here (or replace the running one with this spec).
+    Assign(Box<Assignment>),
+    /// Stop this workload and forget it.
+    Unassign(Unassign),
 }
 
 /// A device that can speed up or feed a workload.
@@ -357,4 +368,109 @@ pub struct Status {
     pub memory_used_bytes: u64,
     pub disk_free_bytes: u64,
     pub uptime_secs: u64,
+}
+
+/// How a node enforces workload limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitsKind {
+    /// cgroup v2: memory and CPU.
+    CgroupV2,
+    /// cgroup v1: memory and CPU.
+    CgroupV1,
+    /// Address-space rlimit only: memory, no CPU limit.
+    Rlimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub limits: LimitsKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthCheck {
+    Http {
+        port: u16,
+        path: Str<1024>,
+    },
+    Tcp {
+        port: u16,
+    },
+    Exec {
+        command: Str<255>,
+        args: Seq<Str<1024>, 16>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthProbe {
+    pub check: HealthCheck,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    pub success_threshold: u8,
+    pub failure_threshold: u8,
+}
+
+/// A workload the orchestrator wants on this node: the whole desired state for that name.
+/// The encoded message must fit one frame; the orchestrator checks before it sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub workload: Text<63>,
+    pub version: Text<64>,
+    /// Grows with every change of the workload; reports name the generation they describe.
+    pub generation: u64,
+    /// sha256 of the executable.
+    pub artifact: [u8; 32],
+    pub artifact_size: u64,
+    pub args: Seq<Str<4096>, 64>,
+    pub env: Seq<(Str<128>, Str<4096>), 64>,
+    pub working_dir: Option<Str<1024>>,
+    pub cpu_millis: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub disk_bytes: Option<u64>,
+    pub restart: RestartPolicy,
+    pub health: Option<HealthProbe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unassign {
+    pub workload: Text<63>,
+}
+
+/// The node's own check of an assignment against its actual free memory and disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionReply {
+    pub workload: Text<63>,
+    pub generation: u64,
+    /// `None` if admitted, else why not.
+    pub rejected: Option<Text<256>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadState {
+    Pending,
+    Downloading,
+    Starting,
+    Running,
+    Unhealthy,
+    Backoff,
+    Failed,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadReport {
+    pub workload: Text<63>,
+    pub generation: u64,
+    pub state: WorkloadState,
+    pub restarts: u32,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub message: Text<256>,
 }

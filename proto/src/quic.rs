@@ -5,7 +5,7 @@
 //! orchestrator notices a dead process or a cut link. Per node that costs one small packet each
 //! way per [`KEEP_ALIVE`] while nothing else is said.
 
-use crate::frame::{DecodeError, PREFIX_LEN, body_len, encode};
+use crate::frame::{DecodeError, PREFIX_LEN, body_len, try_encode};
 use alloc::vec::Vec;
 use core::time::Duration;
 use serde::Serialize;
@@ -44,12 +44,24 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>,
     Ok(Some(body))
 }
 
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The message does not fit a frame: ours to fix, nothing was sent.
+    #[error(transparent)]
+    TooLarge(#[from] DecodeError),
+    #[error("stream: {0}")]
+    Stream(#[from] quinn::WriteError),
+}
+
 /// Writes one message as a frame.
 pub async fn write_msg<T: Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
-) -> Result<(), quinn::WriteError> {
-    send.write_all(&encode(msg)).await
+) -> Result<(), WriteError> {
+    let frame = try_encode(msg)?;
+    send.write_all(&frame).await?;
+    Ok(())
 }
 
 /// Transport settings for both ends: idle timeout, keep-alive (the caller decides who sends it)

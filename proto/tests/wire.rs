@@ -321,10 +321,129 @@ fn text_cuts_at_a_char_boundary() {
 fn reject_codes_round_trip_through_close_codes() {
     for (i, code) in RejectCode::ALL.iter().enumerate() {
         assert_eq!(*code as usize, i, "ALL is in wire order");
-        assert_eq!(RejectCode::from_close_code(code.close_code().into()), Some(*code));
+        assert_eq!(
+            RejectCode::from_close_code(code.close_code().into()),
+            Some(*code)
+        );
         // The wire tag is the same position.
         assert_eq!(encode(code)[4..], [i as u8]);
     }
     assert_eq!(RejectCode::from_close_code(0), None);
     assert_eq!(RejectCode::from_close_code(u64::MAX), None);
+}
+
+fn assignment() -> Assignment {
+    Assignment {
+        workload: text("hello"),
+        version: text("1.0.0"),
+        generation: 3,
+        artifact: [0x11; 32],
+        artifact_size: 5 << 20,
+        args: Seq::new(vec![
+            Str::new("--port").expect("fits"),
+            Str::new("8080").expect("fits"),
+        ])
+        .expect("fits"),
+        env: Seq::new(vec![(
+            Str::new("GREETING").expect("fits"),
+            Str::new("hi").expect("fits"),
+        )])
+        .expect("fits"),
+        working_dir: None,
+        cpu_millis: Some(250),
+        memory_bytes: Some(32 << 20),
+        disk_bytes: None,
+        restart: RestartPolicy::Always,
+        health: Some(HealthProbe {
+            check: HealthCheck::Http {
+                port: 8080,
+                path: Str::new("/healthz").expect("fits"),
+            },
+            interval_secs: 5,
+            timeout_secs: 2,
+            success_threshold: 1,
+            failure_threshold: 3,
+        }),
+    }
+}
+
+/// The workload messages, pinned like the rest.
+#[test]
+fn golden_bytes_of_workload_messages() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            encode(&OrchMsg::Assign(Box::new(assignment()))),
+            "00000068030568656c6c6f05312e302e300311111111111111111111111111111111111111111111111111111111111111118080c00202062d2d706f7274043830383001084752454554494e470268690001fa01018080801000000100903f082f6865616c74687a05020103",
+        ),
+        (
+            encode(&NodeMsg::Workload(WorkloadReport {
+                workload: text("hello"),
+                generation: 3,
+                state: WorkloadState::Running,
+                restarts: 1,
+                pid: Some(4242),
+                exit_code: None,
+                message: Text::new(),
+            })),
+            "0000000f060568656c6c6f0303010192210000",
+        ),
+        (
+            encode(&NodeMsg::Admission(AdmissionReply {
+                workload: text("hello"),
+                generation: 3,
+                rejected: Some(text("needs 32 MiB, 20 MiB free")),
+            })),
+            "00000023050568656c6c6f0301196e65656473203332204d69422c203230204d69422066726565",
+        ),
+        (
+            encode(&NodeMsg::Runtime(RuntimeInfo {
+                limits: LimitsKind::CgroupV1,
+            })),
+            "000000020401",
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(hex(&bytes), want);
+    }
+}
+
+#[test]
+fn assignments_round_trip_and_oversized_ones_are_refused() {
+    let a = OrchMsg::Assign(Box::new(assignment()));
+    let frame = encode(&a);
+    assert_eq!(decode::<OrchMsg>(&frame[4..]), Ok(a));
+    // Sixty-four 4 KiB arguments are within every field bound but not within one frame:
+    // try_encode says so instead of building a frame the peer would refuse.
+    let mut big = assignment();
+    big.args = Seq::new(vec![Str::new("x".repeat(4096)).expect("fits"); 64]).expect("fits");
+    assert!(matches!(
+        try_encode(&OrchMsg::Assign(Box::new(big))),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn bounded_heap_fields_refuse_before_allocating() {
+    assert!(Str::<4>::new("abcde").is_none());
+    assert!(Seq::<u8, 2>::new(vec![1, 2, 3]).is_none());
+    // A Seq<u8, 2> announcing u32::MAX items.
+    let body = [0xff, 0xff, 0xff, 0xff, 0x0f];
+    assert!(matches!(
+        decode::<Seq<u8, 2>>(&body),
+        Err(DecodeError::Malformed(_))
+    ));
+    // Three items where two fit.
+    assert!(decode::<Seq<u8, 2>>(&[3, 1, 2, 3]).is_err());
+    assert_eq!(
+        decode::<Seq<u8, 2>>(&[2, 1, 2]).map(Seq::into_vec),
+        Ok(vec![1, 2])
+    );
+    // A string one byte over its bound.
+    let mut body = vec![5u8];
+    body.extend(b"abcde");
+    assert!(decode::<Str<4>>(&body).is_err());
+    assert_eq!(
+        decode::<Str<5>>(&body).map(|s| s.into_string()),
+        Ok("abcde".to_owned())
+    );
 }

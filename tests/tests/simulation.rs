@@ -299,6 +299,7 @@ impl Sim {
                 });
             }
             node::Action::Fatal(f) => panic!("node {i} gave up: {f}"),
+            node::Action::Assign(_) | node::Action::Unassign(_) => {}
         }
     }
 
@@ -326,6 +327,7 @@ impl Sim {
             }
             server::Action::CloseReplaced(old) => self.server_closed(old),
             server::Action::Event(e) => self.trace.push(format!("{:?} {e:?}", self.elapsed())),
+            server::Action::Admission(..) | server::Action::WorkloadReport(..) => {}
         }
     }
 

@@ -41,6 +41,15 @@ pub enum LimitsBackend {
 }
 
 impl LimitsBackend {
+    /// The kind the node reports to the orchestrator.
+    pub fn kind(&self) -> edge_proto::LimitsKind {
+        match self {
+            Self::CgroupV2 { .. } => edge_proto::LimitsKind::CgroupV2,
+            Self::CgroupV1 { .. } => edge_proto::LimitsKind::CgroupV1,
+            Self::Rlimit => edge_proto::LimitsKind::Rlimit,
+        }
+    }
+
     /// What this system offers at `/sys/fs/cgroup`, and may be used by this process.
     pub fn detect() -> Self {
         Self::detect_at(Path::new("/sys/fs/cgroup"))
