@@ -474,3 +474,28 @@ pub struct WorkloadReport {
     pub exit_code: Option<i32>,
     pub message: Text<256>,
 }
+
+/// The first frame on every stream a node opens after the control stream: what it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamOpen {
+    /// Send me this artifact from `offset` on.
+    Artifact(ArtifactRequest),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRequest {
+    /// sha256 of the whole artifact.
+    pub digest: [u8; 32],
+    /// Bytes the node already has; the transfer resumes here.
+    pub offset: u64,
+}
+
+/// The orchestrator's answer on an artifact stream. After `Sending`, the rest of the stream is
+/// the artifact's bytes from `offset` to `size`, then the stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArtifactReply {
+    Sending { size: u64, offset: u64 },
+    NotFound,
+    /// The offset is past the end.
+    BadOffset { size: u64 },
+}

@@ -447,3 +447,20 @@ fn bounded_heap_fields_refuse_before_allocating() {
         Ok("abcde".to_owned())
     );
 }
+
+#[test]
+fn golden_bytes_of_artifact_streams() {
+    let open = encode(&StreamOpen::Artifact(ArtifactRequest {
+        digest: [0x22; 32],
+        offset: 1 << 20,
+    }));
+    assert_eq!(
+        hex(&open),
+        format!("00000024{}{}{}", "00", "22".repeat(32), "808040")
+    );
+    let reply = encode(&ArtifactReply::Sending {
+        size: 5 << 20,
+        offset: 1 << 20,
+    });
+    assert_eq!(hex(&reply), "00000008008080c002808040");
+}
