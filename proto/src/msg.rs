@@ -277,10 +277,6 @@ pub struct Reject {
 }
 
 /// Orchestrator to node.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a reject is sent once, just before closing; boxing it buys nothing"
-)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OrchMsg {
     Welcome(Welcome),
