@@ -195,10 +195,10 @@ impl ServerSession {
                 }
             }
             (State::Established { node }, NodeMsg::Admission(reply)) => {
-                self.actions.push_back(Action::Admission(node, reply));
+                self.actions.push_back(Action::Admission(node, *reply));
             }
             (State::Established { node }, NodeMsg::Workload(report)) => {
-                self.actions.push_back(Action::WorkloadReport(node, report));
+                self.actions.push_back(Action::WorkloadReport(node, *report));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,

@@ -160,9 +160,9 @@ pub enum NodeMsg {
     /// How the node enforces workload limits; sent after every `Welcome`.
     Runtime(RuntimeInfo),
     /// The answer to an [`OrchMsg::Assign`].
-    Admission(AdmissionReply),
+    Admission(Box<AdmissionReply>),
     /// A workload instance changed state.
-    Workload(WorkloadReport),
+    Workload(Box<WorkloadReport>),
 }
 
 /// The orchestrator accepted a session.

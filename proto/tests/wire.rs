@@ -376,7 +376,7 @@ fn golden_bytes_of_workload_messages() {
             "00000068030568656c6c6f05312e302e300311111111111111111111111111111111111111111111111111111111111111118080c00202062d2d706f7274043830383001084752454554494e470268690001fa01018080801000000100903f082f6865616c74687a05020103",
         ),
         (
-            encode(&NodeMsg::Workload(WorkloadReport {
+            encode(&NodeMsg::Workload(Box::new(WorkloadReport {
                 workload: text("hello"),
                 generation: 3,
                 state: WorkloadState::Running,
@@ -384,15 +384,15 @@ fn golden_bytes_of_workload_messages() {
                 pid: Some(4242),
                 exit_code: None,
                 message: Text::new(),
-            })),
+            }))),
             "0000000f060568656c6c6f0303010192210000",
         ),
         (
-            encode(&NodeMsg::Admission(AdmissionReply {
+            encode(&NodeMsg::Admission(Box::new(AdmissionReply {
                 workload: text("hello"),
                 generation: 3,
                 rejected: Some(text("needs 32 MiB, 20 MiB free")),
-            })),
+            }))),
             "00000023050568656c6c6f0301196e65656473203332204d69422c203230204d69422066726565",
         ),
         (
