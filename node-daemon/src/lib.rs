@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod artifacts;
 pub mod capabilities;
 pub mod config;
 pub mod daemon;

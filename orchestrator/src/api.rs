@@ -54,19 +54,33 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens"),
     ("POST", "/v1/api-tokens"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/artifacts"),
+    ("POST", "/v1/artifacts"),
 ];
 
 /// The OpenAPI 3.0 document served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 #[derive(Debug, Clone)]
-struct ApiState {
-    shared: Arc<Shared>,
-    auth: Arc<ApiAuth>,
+pub(crate) struct ApiState {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) auth: Arc<ApiAuth>,
 }
 
-/// The operator API's routes over `shared`, checking bearer tokens with `auth`.
+/// The operator API's routes over `shared`, checking bearer tokens with `auth`. Without an
+/// artifact store, `/v1/artifacts` answers 503: servers use [`router_with_artifacts`].
 pub fn router(shared: Arc<Shared>, auth: Arc<ApiAuth>) -> axum::Router {
+    router_with_artifacts(shared, auth, None)
+}
+
+/// [`router`], with `/v1/artifacts` served from `artifacts`.
+pub fn router_with_artifacts(
+    shared: Arc<Shared>,
+    auth: Arc<ApiAuth>,
+    artifacts: Option<Arc<crate::artifacts::ArtifactStore>>,
+) -> axum::Router {
+    // Merged after the layers below: uploads stream past the 64 KiB body buffer.
+    let artifact_routes = crate::api_artifacts::router(shared.clone(), auth.clone(), artifacts);
     let state = ApiState { shared, auth };
     axum::Router::new()
         .route("/healthz", get(healthz))
@@ -80,6 +94,7 @@ pub fn router(shared: Arc<Shared>, auth: Arc<ApiAuth>) -> axum::Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), finish))
         .with_state(state)
+        .merge(artifact_routes)
 }
 
 /// Serves `router` on an already-bound listener until the listener fails.
@@ -183,7 +198,7 @@ fn error_code(status: StatusCode) -> &'static str {
     }
 }
 
-fn error_response(status: StatusCode, message: String) -> Response {
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
     let body = ErrorBody {
         error: error_code(status).to_owned(),
         message,
@@ -191,7 +206,7 @@ fn error_response(status: StatusCode, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
@@ -265,11 +280,11 @@ async fn not_found(request: Request) -> ApiError {
 // Extractors
 
 /// Which role a handler needs.
-trait Access {
+pub(crate) trait Access {
     const ROLE: Role;
 }
 #[derive(Debug)]
-struct Viewer;
+pub(crate) struct Viewer;
 #[derive(Debug)]
 struct Admin;
 impl Access for Viewer {
@@ -282,7 +297,7 @@ impl Access for Admin {
 /// The verified claims of a caller with at least `A::ROLE`. Extracted before the body is
 /// decoded, so a caller without the role learns nothing about what a valid body looks like.
 #[derive(Debug)]
-struct Authed<A>(Claims, PhantomData<A>);
+pub(crate) struct Authed<A>(pub(crate) Claims, PhantomData<A>);
 
 impl<A: Access> FromRequestParts<ApiState> for Authed<A> {
     type Rejection = ApiError;
@@ -383,10 +398,10 @@ async fn read_body(mut body: Body, declared_len: Option<u64>) -> Result<Vec<u8>,
 }
 
 /// How much of a too-large body is read and dropped, and for how long at most.
-const DRAIN_MAX_BYTES: u64 = 1 << 20;
+pub(crate) const DRAIN_MAX_BYTES: u64 = 1 << 20;
 const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
 
-async fn drain(body: &mut Body) {
+pub(crate) async fn drain(body: &mut Body) {
     let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
         let mut seen = 0u64;
         while seen <= DRAIN_MAX_BYTES {
@@ -400,7 +415,7 @@ async fn drain(body: &mut Body) {
 }
 
 /// The next frame's data (`None` for a trailers frame); `None` at the end.
-async fn next_frame(body: &mut Body) -> Option<Result<Option<Bytes>, axum::Error>> {
+pub(crate) async fn next_frame(body: &mut Body) -> Option<Result<Option<Bytes>, axum::Error>> {
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx))
         .await
         .map(|frame| frame.map(|f| f.into_data().ok()))
@@ -426,7 +441,7 @@ fn describe_json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Stri
 }
 
 /// `application/json`, with or without parameters, or any `+json` type.
-fn is_json_type(content_type: &str) -> bool {
+pub(crate) fn is_json_type(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_artifacts;
 pub mod app;
+pub mod artifacts;
 pub mod auth;
 pub mod demo;
 pub mod fleet;

@@ -5,8 +5,11 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator::api::{CreateTokenRequest, ErrorBody, NodeView, TokenCreated, TokenView};
+use orchestrator::api_artifacts::{ARTIFACT_CONTENT_TYPE, ArtifactView};
+use orchestrator::artifacts::{sha256_reader, to_hex};
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -53,6 +56,22 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Workload executables, stored by the orchestrator and fetched by nodes.
+    Artifact {
+        #[command(subcommand)]
+        command: ArtifactCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArtifactCommand {
+    /// Upload an executable and print its digest, for a workload spec's `artifact`.
+    Push {
+        /// The executable (for the nodes' architecture).
+        path: PathBuf,
+    },
+    /// List the stored artifacts.
+    List,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -96,6 +115,9 @@ enum CliError {
     /// The request could not be made or the answer read.
     #[error("talking to the orchestrator API at {api}: {reason}")]
     Transport { api: String, reason: String },
+    /// A local file could not be read.
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
     /// The API answered something we do not understand.
     #[error("unexpected answer from {api}: {reason}")]
     BadResponse { api: String, reason: String },
@@ -184,6 +206,26 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             let tokens: Vec<TokenView> = client.parse(&body)?;
             Ok(tokens_table(&tokens, unix_now()))
         }
+        Command::Artifact {
+            command: ArtifactCommand::Push { path },
+        } => {
+            let body = client.push_artifact(path)?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let artifact: ArtifactView = client.parse(&body)?;
+            Ok(artifact_pushed(&artifact))
+        }
+        Command::Artifact {
+            command: ArtifactCommand::List,
+        } => {
+            let body = client.get("/v1/artifacts")?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let artifacts: Vec<ArtifactView> = client.parse(&body)?;
+            Ok(artifacts_table(&artifacts))
+        }
     }
 }
 
@@ -228,6 +270,34 @@ impl Client {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
         self.finish(request.send_json(body))
+    }
+
+    /// Uploads the file at `path` with its sha256 (hashed here first), so the orchestrator
+    /// stores exactly the bytes on this disk or nothing.
+    fn push_artifact(&self, path: &std::path::Path) -> Result<String, CliError> {
+        let file_error = |e: std::io::Error| CliError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let (digest, _) =
+            sha256_reader(std::fs::File::open(path).map_err(file_error)?).map_err(file_error)?;
+        let file = std::fs::File::open(path).map_err(file_error)?;
+        let mut request = self
+            .agent
+            .post(self.url(&format!("/v1/artifacts?sha256={}", to_hex(&digest))))
+            .content_type(ARTIFACT_CONTENT_TYPE);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        // An artifact may be hundreds of MiB over a slow link: no deadline for the whole call,
+        // only for connecting and for the answer once the body is sent.
+        let request = request
+            .config()
+            .timeout_global(None)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .build();
+        self.finish(request.send(file))
     }
 
     /// The body of a successful response, or the API's error.
@@ -567,6 +637,32 @@ fn token_created(t: &TokenCreated) -> String {
         token_toml = toml_string(&t.token),
         ca_toml = toml_string(&t.ca_hash),
     )
+}
+
+fn artifact_pushed(a: &ArtifactView) -> String {
+    format!(
+        "Digest: {digest}\n\
+         Size:   {size} bytes ({human})\n\
+         \n\
+         Name it in a workload spec:\n\
+         artifact = {digest_toml}\n",
+        digest = a.digest,
+        size = a.size,
+        human = human_bytes(a.size),
+        digest_toml = toml_string(&a.digest),
+    )
+}
+
+fn artifacts_table(artifacts: &[ArtifactView]) -> String {
+    let mut rows = vec![["DIGEST", "SIZE"].map(str::to_owned).to_vec()];
+    for a in artifacts {
+        rows.push(vec![a.digest.clone(), human_bytes(a.size)]);
+    }
+    let mut out = table(&rows);
+    if artifacts.is_empty() {
+        out.push_str("(no artifacts yet: `edgectl artifact push PATH` uploads one)\n");
+    }
+    out
 }
 
 fn tokens_table(tokens: &[TokenView], now: u64) -> String {
