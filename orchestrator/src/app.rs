@@ -3,6 +3,7 @@
 //! harness all start it the same way.
 
 use crate::api;
+use crate::artifacts::ArtifactStore;
 use crate::auth::{ADMIN_TOKEN_TTL, ApiAuth, Role, write_admin_token};
 use crate::server::{Shared, StartError, serve};
 use crate::store::SledStore;
@@ -45,7 +46,9 @@ impl Orchestrator {
         let endpoint = shared.endpoint(quic_socket)?;
         let quic_addr = endpoint.local_addr().map_err(StartError::Bind)?;
         let api_addr = api_listener.local_addr().map_err(StartError::Bind)?;
-        let router = api::router(shared.clone(), auth.clone());
+        let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Bind)?);
+        let _ = shared.artifacts.set(artifacts.clone());
+        let router = api::router_with_artifacts(shared.clone(), auth.clone(), Some(artifacts));
         let tasks = vec![
             tokio::spawn(serve(endpoint.clone(), shared.clone())),
             tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The QUIC server: a thin shell that moves frames between sockets and [`ServerSession`]s and
 //! carries out their actions. All decisions live in `session` and `fleet`.
 
+use crate::artifacts::{ArtifactStore, ServeError, Served, serve_artifact_stream};
 use crate::fleet::{Change, Fleet, SessionId};
 use crate::metrics::Metrics;
 use crate::pki::{Ca, PkiError, node_id_from_cert};
@@ -8,12 +9,12 @@ use crate::session::{Action, Ctx, ServerSession, unix_secs};
 use crate::store::{Store, StoreError};
 use crate::tokens::{self, TokenRecord};
 use edge_proto::quic::{ReadError, read_frame, transport, write_msg};
-use edge_proto::{ALPN, NodeId, RejectCode};
+use edge_proto::{ALPN, DecodeError, NodeId, RejectCode, StreamOpen, decode};
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 use tracing::{debug, warn};
 
@@ -43,6 +44,8 @@ pub struct Shared {
     fleet: Mutex<Fleet>,
     connections: Mutex<HashMap<SessionId, quinn::Connection>>,
     next_session: AtomicU64,
+    /// Where nodes fetch artifacts from; set once at start.
+    pub artifacts: OnceLock<Arc<ArtifactStore>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -80,6 +83,7 @@ impl Shared {
             fleet: Mutex::new(fleet),
             connections: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            artifacts: OnceLock::new(),
         }))
     }
 
@@ -254,8 +258,17 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     loop {
         let deadline = session.poll_timeout();
         tokio::select! {
-            accepted = conn.accept_bi(), if stream.is_none() => match accepted {
-                Ok(pair) => stream = Some(pair),
+            accepted = conn.accept_bi() => match accepted {
+                Ok(pair) if stream.is_none() => stream = Some(pair),
+                // Later streams carry artifacts, and only for an authenticated session.
+                Ok((send, recv)) => match (session.node(), peer) {
+                    (Some(node), Some(_)) => {
+                        tokio::spawn(serve_stream(shared.clone(), node, send, recv));
+                    }
+                    _ => session.handle_decode_error(DecodeError::Malformed(
+                        "a second stream before the session is established",
+                    )),
+                },
                 Err(e) => { debug!(%remote, error = %e, "connection ended"); break; }
             },
             frame = read_next(&mut stream), if stream.is_some() => match frame {
@@ -288,6 +301,47 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     shared.conns().remove(&id);
     // Let the close frame and any final message go out before the connection is dropped.
     conn.close(close_code(None), b"");
+}
+
+/// How long a new stream may take to say what it is for.
+const STREAM_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A stream a node opened besides its control stream: today, always an artifact fetch.
+async fn serve_stream(
+    shared: Arc<Shared>,
+    node: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let open = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, read_frame(&mut recv)).await {
+        Ok(Ok(Some(body))) => decode::<StreamOpen>(&body).map_err(ReadError::Decode),
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            debug!(node = %node, "stream said nothing in time");
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    };
+    let req = match open {
+        Ok(StreamOpen::Artifact(req)) => req,
+        Err(error) => {
+            warn!(node = %node, %error, "undecodable stream header");
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    };
+    let Some(store) = shared.artifacts.get() else {
+        let _ = write_msg(&mut send, &edge_proto::ArtifactReply::NotFound).await;
+        let _ = send.finish();
+        return;
+    };
+    match serve_artifact_stream(store, req, &mut send).await {
+        Ok(Served::Sent { bytes }) => debug!(node = %node, bytes, "artifact sent"),
+        Ok(other) => debug!(node = %node, outcome = ?other, "artifact not sent"),
+        Err(ServeError::Local(error)) => warn!(node = %node, %error, "reading an artifact failed"),
+        Err(error) => debug!(node = %node, %error, "artifact transfer ended early"),
+    }
 }
 
 async fn read_next(
@@ -359,8 +413,9 @@ async fn flush_actions(
             }
             Action::Send(msg) => {
                 shared.metrics.frame("tx");
-                if write_msg(send, &msg).await.is_err() {
-                    return true;
+                if let Err(error) = write_msg(send, &msg).await {
+                    // The peer stopped reading; a close that follows still carries the code.
+                    debug!(%error, "send failed");
                 }
             }
             Action::Close(code, reason) => {

@@ -512,3 +512,97 @@ async fn a_deleted_node_is_refused_at_its_next_connect() {
     assert!(orch.orch.shared.delete_node(id).expect("delete"));
     assert_eq!(rejected(node.exited().await), RejectCode::UnknownNode);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_node_fetches_an_artifact_on_its_own_stream() {
+    let orch = TestOrchestrator::start().await;
+    let token = orch.token(1);
+    let data = tempfile::tempdir().expect("tmp");
+    let node = TestNode::spawn(node_config(
+        "fetcher",
+        data.path(),
+        orch.orch.quic_addr,
+        Some((&token, &orch.ca_hash())),
+        "",
+    ));
+    assert!(
+        eventually(PATIENCE, || orch.online("fetcher"))
+            .await
+            .is_some()
+    );
+    node.stop().await.expect("stop");
+
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let store = orch.orch.shared.artifacts.get().expect("artifact store");
+    let stored = store.put(&payload[..], None).await.expect("put");
+
+    // The node's own certificate, a session, then a fetch on a second stream.
+    let identity = IdentityDir::new(data.path())
+        .load()
+        .expect("load")
+        .expect("enrolled");
+    let tls = node_daemon::tls::session_config(&identity).expect("tls");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let conn = endpoint
+        .connect_with(
+            tls,
+            orch.orch.quic_addr,
+            edge_proto::ORCHESTRATOR_SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    send.write_all(&hello(Intent::Session, Some(identity.node_id)))
+        .await
+        .expect("hello");
+    let welcome = read_frame(&mut recv).await.expect("read").expect("a frame");
+    assert!(matches!(
+        decode::<OrchMsg>(&welcome),
+        Ok(OrchMsg::Welcome(_))
+    ));
+
+    let cache = node_daemon::artifacts::ArtifactCache::open(data.path()).expect("cache");
+    let path = cache
+        .fetch(&conn, stored.digest, stored.size)
+        .await
+        .expect("fetched");
+    assert_eq!(std::fs::read(&path).expect("read"), payload);
+    endpoint.close(0u32.into(), b"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_not_served_without_a_session() {
+    let orch = TestOrchestrator::start().await;
+    let tls = node_daemon::tls::enroll_config(pin(&orch.ca_hash())).expect("tls");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let conn = endpoint
+        .connect_with(
+            tls,
+            orch.orch.quic_addr,
+            edge_proto::ORCHESTRATOR_SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut control, _) = conn.open_bi().await.expect("control");
+    control
+        .write_all(&hello(Intent::Enroll, None))
+        .await
+        .expect("hello");
+    let (mut second, _) = conn.open_bi().await.expect("second stream");
+    let _ = second
+        .write_all(&edge_proto::encode(&edge_proto::StreamOpen::Artifact(
+            edge_proto::ArtifactRequest {
+                digest: [0; 32],
+                offset: 0,
+            },
+        )))
+        .await;
+    let code = match conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+        _ => None,
+    };
+    assert_eq!(code, Some(u64::from(RejectCode::Malformed.close_code())));
+    endpoint.close(0u32.into(), b"");
+}
