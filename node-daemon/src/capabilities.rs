@@ -176,6 +176,19 @@ impl StatusSampler {
         })
     }
 
+    /// Memory and disk right now, for admission. Refreshes only what it reads.
+    pub fn measure(&mut self) -> crate::admission::Measured {
+        self.system
+            .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        self.disks
+            .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
+        crate::admission::Measured {
+            memory_total: self.system.total_memory(),
+            memory_available: self.system.available_memory(),
+            disk_free: disk_space(&self.disks, &self.data_dir).free_bytes,
+        }
+    }
+
     /// The load now. `cpu_percent` is the whole machine's busy time since the previous sample,
     /// 0 to 100. sysinfo ignores CPU refreshes less than 200 ms apart, so samples taken closer
     /// than that repeat the previous figure; at a status interval of a second or more this

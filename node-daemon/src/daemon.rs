@@ -7,12 +7,14 @@ use crate::identity::{IdentityDir, IdentityError};
 use crate::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
 use crate::supervisor::LimitsBackend;
 use crate::tls::{self, PIN_MISMATCH};
+use crate::workloads::Workloads;
+use edge_proto::NodeMsg;
 use edge_proto::quic::{ReadError, read_frame, write_msg};
 use edge_proto::{Der, Intent, OrchMsg, RejectCode, RuntimeInfo, decode, text};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 /// Why the daemon stopped.
@@ -29,6 +31,8 @@ pub enum DaemonError {
     /// The orchestrator or the configuration says stop; see the message for what to fix.
     #[error(transparent)]
     Fatal(#[from] Fatal),
+    #[error("workloads: {0}")]
+    Workloads(#[from] crate::workloads::StartError),
 }
 
 /// Events from the connection tasks, tagged with the attempt they belong to so that news from
@@ -77,6 +81,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         move || capabilities::collect(&data_dir, labels.clone(), location)
     };
     let mut sampler = StatusSampler::new(&data_dir).ok();
+    let limits = LimitsBackend::detect();
+    let limits_kind = limits.kind();
+    let (conn_tx, conn_rx) = watch::channel::<Option<quinn::Connection>>(None);
+    let (out_tx, mut out_rx) = mpsc::channel::<NodeMsg>(256);
+    let workloads = Workloads::start(&data_dir, config.name(), limits, conn_rx, out_tx).await?;
     let mut session = NodeSession::new(
         identity.as_ref().map(|i| i.node_id),
         join,
@@ -87,7 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Instant::now(),
     )
     .with_runtime(RuntimeInfo {
-        limits: LimitsBackend::detect().kind(),
+        limits: limits_kind,
     });
     drop(identity);
 
@@ -122,13 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         tx.clone(),
                     ));
                 }
-                Action::Send(msg) => {
-                    if let Some((_, send)) = current.as_mut()
-                        && let Err(e) = write_msg(send, &msg).await
-                    {
-                        debug!(error = %e, "send failed");
-                    }
-                }
+                Action::Send(msg) => send_now(&mut current, &msg).await,
                 Action::SaveIdentity(enrolled) => {
                     let saved = ids
                         .save(
@@ -160,10 +163,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     }
                 }
                 Action::Assign(a) => {
-                    // Workloads arrive with the supervisor's wiring; until then say no.
-                    warn!(workload = %a.workload, "workload assignments are not supported by this build");
+                    let reply = match sampler.as_mut() {
+                        Some(s) => workloads.assign(*a, s.measure()),
+                        None => edge_proto::AdmissionReply {
+                            workload: a.workload.clone(),
+                            generation: a.generation,
+                            rejected: Some(text("the node cannot measure its memory")),
+                        },
+                    };
+                    send_now(&mut current, &NodeMsg::Admission(Box::new(reply))).await;
                 }
-                Action::Unassign(u) => debug!(workload = %u.workload, "unassign ignored"),
+                Action::Unassign(u) => {
+                    let workloads = workloads.clone();
+                    tokio::spawn(async move { workloads.unassign(u.workload.as_str()).await });
+                }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
                     endpoint.close(0u32.into(), b"");
@@ -176,6 +189,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::select! {
             () = &mut shutdown => {
                 info!("shutting down");
+                workloads.shutdown().await;
                 if let Some((conn, _)) = current.take() {
                     conn.close(0u32.into(), b"node shutting down");
                 }
@@ -189,9 +203,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     session.handle_capabilities(caps);
                 }
             }
+            Some(msg) = out_rx.recv() => {
+                // Reports while offline are dropped: the full state goes out after the
+                // next welcome.
+                if session.is_established() {
+                    send_now(&mut current, &msg).await;
+                }
+            }
             Some(event) = rx.recv() => match event {
                 Event::Connected(n, conn, send, recv) if n == attempt => {
                     tokio::spawn(read_loop(conn.clone(), recv, n, tx.clone()));
+                    let _ = conn_tx.send(Some(conn.clone()));
                     current = Some((conn, send));
                     session.handle_connected(Instant::now());
                 }
@@ -206,18 +228,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     if let OrchMsg::Reject(r) = &msg {
                         warn!(code = %r.code, message = %r.message, "orchestrator rejected us");
                     }
+                    let was_established = session.is_established();
                     session.handle_msg(msg, Instant::now());
+                    if !was_established && session.is_established() {
+                        for report in workloads.reports() {
+                            send_now(&mut current, &report).await;
+                        }
+                    }
                 }
                 Event::Closed(n, why) if n == attempt => {
                     if session.is_established() {
                         info!(reason = %why, "disconnected from orchestrator");
                     }
                     current = None;
+                    let _ = conn_tx.send(None);
                     session.handle_disconnected(Instant::now());
                 }
                 _ => {}
             },
         }
+    }
+}
+
+/// Writes `msg` on the current control stream, if there is one.
+async fn send_now(current: &mut Option<(quinn::Connection, quinn::SendStream)>, msg: &NodeMsg) {
+    if let Some((_, send)) = current.as_mut()
+        && let Err(e) = write_msg(send, msg).await
+    {
+        debug!(error = %e, "send failed");
     }
 }
 

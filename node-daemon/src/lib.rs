@@ -11,3 +11,4 @@ pub mod logging;
 pub mod session;
 pub mod supervisor;
 pub mod tls;
+pub mod workloads;

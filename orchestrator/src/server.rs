@@ -9,17 +9,22 @@ use crate::session::{Action, Ctx, ServerSession, unix_secs};
 use crate::store::{Store, StoreError};
 use crate::tokens::{self, TokenRecord};
 use edge_proto::quic::{ReadError, read_frame, transport, write_msg};
-use edge_proto::{ALPN, DecodeError, NodeId, RejectCode, StreamOpen, decode};
+use edge_proto::{
+    ALPN, DecodeError, NodeId, OrchMsg, RejectCode, StreamOpen, WorkloadReport, decode,
+};
 use rustls::pki_types::CertificateDer;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 const META_CA_CERT: &str = "ca.crt";
 const META_CA_KEY: &str = "ca.key";
+/// Messages queued for one node before `send_to` says no.
+const OUTBOX_DEPTH: usize = 64;
 /// How long a closing connection waits for the peer to read its last frames.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -46,6 +51,17 @@ pub struct Shared {
     next_session: AtomicU64,
     /// Where nodes fetch artifacts from; set once at start.
     pub artifacts: OnceLock<Arc<ArtifactStore>>,
+    /// Messages for each node's live session.
+    outboxes: Mutex<HashMap<NodeId, (SessionId, mpsc::Sender<OrchMsg>)>>,
+    /// The last report of every workload instance, by (workload, node).
+    reports: Mutex<BTreeMap<(String, NodeId), InstanceReport>>,
+}
+
+/// What a node last said about one workload instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceReport {
+    pub report: WorkloadReport,
+    pub at_unix: u64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -84,6 +100,8 @@ impl Shared {
             connections: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             artifacts: OnceLock::new(),
+            outboxes: Mutex::new(HashMap::new()),
+            reports: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -127,6 +145,47 @@ impl Shared {
             self.close_session(session, RejectCode::UnknownNode, "node deleted");
         }
         Ok(true)
+    }
+
+    /// Queues `msg` for `node`'s live session. `false` if the node has no session now.
+    pub fn send_to(&self, node: NodeId, msg: OrchMsg) -> bool {
+        let outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+        outboxes
+            .get(&node)
+            .is_some_and(|(_, tx)| tx.try_send(msg).is_ok())
+    }
+
+    /// The last report of every instance of `workload`, by node.
+    pub fn instance_reports(&self, workload: &str) -> Vec<(NodeId, InstanceReport)> {
+        let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports
+            .iter()
+            .filter(|((w, _), _)| w == workload)
+            .map(|((_, node), r)| (*node, r.clone()))
+            .collect()
+    }
+
+    fn record_report(&self, node: NodeId, report: WorkloadReport) {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports.insert(
+            (report.workload.to_string(), node),
+            InstanceReport {
+                report,
+                at_unix: unix_secs(SystemTime::now()),
+            },
+        );
+    }
+
+    fn set_outbox(&self, node: NodeId, session: SessionId, tx: mpsc::Sender<OrchMsg>) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+        outboxes.insert(node, (session, tx));
+    }
+
+    fn clear_outbox(&self, node: NodeId, session: SessionId) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+        if outboxes.get(&node).is_some_and(|(s, _)| *s == session) {
+            outboxes.remove(&node);
+        }
     }
 
     /// Drops every connection handle, so that a closed endpoint can release its socket.
@@ -255,9 +314,24 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let mut session = ServerSession::new(id, peer, Instant::now());
     shared.conns().insert(id, conn.clone());
     let mut stream = None;
+    // Messages from elsewhere in the orchestrator for this node, once its session is up.
+    let (outbox_tx, mut outbox) = mpsc::channel::<OrchMsg>(OUTBOX_DEPTH);
+    let mut outbox_tx = Some(outbox_tx);
     loop {
+        if let (Some(node), Some(tx)) = (session.node(), outbox_tx.as_ref()) {
+            shared.set_outbox(node, id, tx.clone());
+            outbox_tx = None;
+        }
         let deadline = session.poll_timeout();
         tokio::select! {
+            Some(msg) = outbox.recv(), if outbox_tx.is_none() => {
+                if let Some((send, _)) = stream.as_mut() {
+                    shared.metrics.frame("tx");
+                    if let Err(error) = write_msg(send, &msg).await {
+                        warn!(%remote, %error, "could not send to the node");
+                    }
+                }
+            }
             accepted = conn.accept_bi() => match accepted {
                 Ok(pair) if stream.is_none() => stream = Some(pair),
                 // Later streams carry artifacts, and only for an authenticated session.
@@ -299,6 +373,9 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         }
     }
     shared.conns().remove(&id);
+    if let Some(node) = peer {
+        shared.clear_outbox(node, id);
+    }
     // Let the close frame and any final message go out before the connection is dropped.
     conn.close(close_code(None), b"");
 }
@@ -439,7 +516,8 @@ async fn flush_actions(
                 debug!(node = %node, workload = %reply.workload, "admission reply")
             }
             Action::WorkloadReport(node, report) => {
-                debug!(node = %node, workload = %report.workload, state = ?report.state, "workload report")
+                debug!(node = %node, workload = %report.workload, state = ?report.state, "workload report");
+                shared.record_report(node, report);
             }
         }
     }

@@ -1,0 +1,307 @@
+//! The node's workload agent: turns the orchestrator's assignments into running processes.
+//!
+//! An assignment is admitted (or refused) against the node's own measurements, its artifact is
+//! fetched over the current connection (resuming after a cut, retried with backoff, verified
+//! before use), and the supervisor runs it. Every state change goes back to the orchestrator as
+//! a report; after a reconnect the node re-sends the state of everything it runs, so status is
+//! never minutes late.
+//!
+//! It owns no socket: the daemon hands it the current connection and carries its messages.
+
+use crate::admission::{Admission, Measured, Request, Reserve};
+use crate::artifacts::{ArtifactCache, FetchError};
+use crate::supervisor::{
+    self, HealthCheck, HealthProbe, InstanceStatus, LimitsBackend, Resources, State, Supervisor,
+    SupervisorError, SupervisorOptions, WorkloadSpec,
+};
+use edge_proto::{AdmissionReply, Assignment, NodeMsg, WorkloadReport, WorkloadState, text};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// Fetch retries back off from here, doubling, to [`FETCH_RETRY_MAX`].
+const FETCH_RETRY_BASE: Duration = Duration::from_millis(500);
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct Book {
+    admission: Admission,
+    /// The generation of each workload's latest assignment: reports name it.
+    generations: HashMap<String, u64>,
+}
+
+/// The agent. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Workloads {
+    supervisor: Supervisor,
+    cache: Arc<ArtifactCache>,
+    book: Arc<Mutex<Book>>,
+    conn: watch::Receiver<Option<quinn::Connection>>,
+    out: mpsc::Sender<NodeMsg>,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("artifact cache: {0}")]
+    Cache(std::io::Error),
+}
+
+impl Workloads {
+    /// Opens the supervisor (restarting what ran before the daemon stopped) and the artifact
+    /// cache. `out` carries reports to the orchestrator; `conn` is the current connection.
+    pub async fn start(
+        data_dir: &Path,
+        node_name: &str,
+        limits: LimitsBackend,
+        conn: watch::Receiver<Option<quinn::Connection>>,
+        out: mpsc::Sender<NodeMsg>,
+    ) -> Result<Self, StartError> {
+        let options = SupervisorOptions {
+            // One parent per node, so nodes sharing a host never stop each other's workloads.
+            cgroup_parent: format!("edge-node-{node_name}"),
+            ..SupervisorOptions::default()
+        };
+        let supervisor = Supervisor::open_with(data_dir, limits, options).await?;
+        let cache = Arc::new(ArtifactCache::open(data_dir).map_err(StartError::Cache)?);
+        let agent = Self {
+            supervisor,
+            cache,
+            book: Arc::new(Mutex::new(Book {
+                admission: Admission::new(Reserve::default()),
+                generations: HashMap::new(),
+            })),
+            conn,
+            out,
+        };
+        let restarted = agent.supervisor.recover().await?;
+        if !restarted.is_empty() {
+            info!(workloads = ?restarted, "restarted workloads from before the daemon stopped");
+        }
+        tokio::spawn(agent.clone().forward_reports());
+        Ok(agent)
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides on an assignment. If admitted, the download and start go on in the background.
+    pub fn assign(&self, a: Assignment, now: Measured) -> AdmissionReply {
+        let name = a.workload.to_string();
+        let request = Request {
+            memory_bytes: a.memory_bytes.unwrap_or(0),
+            disk_bytes: a.disk_bytes.unwrap_or(0),
+            download_bytes: self.cache.missing_bytes(&a.artifact, a.artifact_size),
+        };
+        let verdict = {
+            let mut book = self.book();
+            let verdict = book.admission.admit(&name, request, now);
+            if verdict.is_ok() {
+                book.generations.insert(name.clone(), a.generation);
+            }
+            verdict
+        };
+        let reply = AdmissionReply {
+            workload: a.workload.clone(),
+            generation: a.generation,
+            rejected: verdict.as_ref().err().map(|r| text(&r.to_string())),
+        };
+        match verdict {
+            Ok(()) => {
+                info!(workload = %name, generation = a.generation, "admitted");
+                tokio::spawn(self.clone().fetch_and_run(a));
+            }
+            Err(why) => warn!(workload = %name, reason = %why, "refused"),
+        }
+        reply
+    }
+
+    /// Stops a workload and frees its reservation.
+    pub async fn unassign(&self, name: &str) {
+        if let Err(error) = self.supervisor.remove(name).await {
+            warn!(workload = name, %error, "could not remove");
+        }
+        let mut book = self.book();
+        book.admission.release(name);
+        book.generations.remove(name);
+    }
+
+    /// The state of every workload, to send after a reconnect.
+    pub fn reports(&self) -> Vec<NodeMsg> {
+        self.supervisor
+            .statuses()
+            .into_iter()
+            .map(|s| self.report(&s))
+            .collect()
+    }
+
+    /// Stops every workload (the daemon is exiting); the next start restarts them.
+    pub async fn shutdown(&self) {
+        self.supervisor.shutdown().await;
+    }
+
+    fn report(&self, s: &InstanceStatus) -> NodeMsg {
+        let generation = self.book().generations.get(&s.name).copied().unwrap_or(0);
+        NodeMsg::Workload(Box::new(WorkloadReport {
+            workload: text(&s.name),
+            generation,
+            state: wire_state(s.state),
+            restarts: s.restarts,
+            pid: s.pid,
+            exit_code: s.exit_code,
+            message: text(&s.message),
+        }))
+    }
+
+    async fn forward_reports(self) {
+        let mut changes = self.supervisor.subscribe();
+        loop {
+            match changes.recv().await {
+                Ok(status) => {
+                    if status.state == State::Running {
+                        self.book().admission.started(&status.name);
+                    }
+                    if self.out.send(self.report(&status)).await.is_err() {
+                        return;
+                    }
+                }
+                // Missed some: the latest state of everything is what matters.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    for report in self.reports() {
+                        let _ = self.out.send(report).await;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn fetch_and_run(self, a: Assignment) {
+        let name = a.workload.to_string();
+        self.send_state(&a, WorkloadState::Downloading, "").await;
+        let mut delay = FETCH_RETRY_BASE;
+        let path = loop {
+            let Some(conn) = self.wait_for_connection().await else {
+                return;
+            };
+            match self.cache.fetch(&conn, a.artifact, a.artifact_size).await {
+                Ok(path) => break path,
+                Err(e) if e.retryable() => {
+                    warn!(workload = %name, error = %e, retry_in = ?delay, "artifact fetch failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(FETCH_RETRY_MAX);
+                }
+                Err(e) => return self.fail(&a, &e).await,
+            }
+        };
+        if !self.is_current(&a) {
+            return;
+        }
+        match self.supervisor.apply(spec_for(&a, &path)).await {
+            Ok(()) => info!(workload = %name, "started"),
+            Err(error) => {
+                warn!(workload = %name, %error, "could not start");
+                self.send_state(&a, WorkloadState::Failed, &error.to_string())
+                    .await;
+            }
+        }
+    }
+
+    /// Whether `a` is still the latest assignment of its workload.
+    fn is_current(&self, a: &Assignment) -> bool {
+        self.book().generations.get(a.workload.as_str()) == Some(&a.generation)
+    }
+
+    async fn fail(&self, a: &Assignment, e: &FetchError) {
+        warn!(workload = %a.workload, error = %e, "artifact cannot be fetched");
+        self.send_state(a, WorkloadState::Failed, &e.to_string())
+            .await;
+    }
+
+    async fn send_state(&self, a: &Assignment, state: WorkloadState, message: &str) {
+        let _ = self
+            .out
+            .send(NodeMsg::Workload(Box::new(WorkloadReport {
+                workload: a.workload.clone(),
+                generation: a.generation,
+                state,
+                restarts: 0,
+                pid: None,
+                exit_code: None,
+                message: text(message),
+            })))
+            .await;
+    }
+
+    async fn wait_for_connection(&self) -> Option<quinn::Connection> {
+        let mut conn = self.conn.clone();
+        loop {
+            if let Some(c) = conn.borrow_and_update().clone() {
+                return Some(c);
+            }
+            conn.changed().await.ok()?;
+        }
+    }
+}
+
+fn wire_state(s: State) -> WorkloadState {
+    match s {
+        State::Pending => WorkloadState::Pending,
+        State::Downloading => WorkloadState::Downloading,
+        State::Starting => WorkloadState::Starting,
+        State::Running => WorkloadState::Running,
+        State::Unhealthy => WorkloadState::Unhealthy,
+        State::Backoff => WorkloadState::Backoff,
+        State::Failed => WorkloadState::Failed,
+        State::Stopped => WorkloadState::Stopped,
+    }
+}
+
+/// What the supervisor runs for an assignment: the verified artifact as the command.
+fn spec_for(a: &Assignment, artifact: &Path) -> WorkloadSpec {
+    let mut spec = WorkloadSpec::new(a.workload.as_str(), a.version.as_str(), artifact);
+    spec.args = a.args.as_slice().iter().map(|s| s.to_string()).collect();
+    spec.env = a
+        .env
+        .as_slice()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec.working_dir = a.working_dir.as_ref().map(|d| d.as_str().into());
+    spec.resources = Resources {
+        cpu_millis: a.cpu_millis,
+        memory_bytes: a.memory_bytes,
+    };
+    spec.restart = match a.restart {
+        edge_proto::RestartPolicy::Always => supervisor::RestartPolicy::Always,
+        edge_proto::RestartPolicy::OnFailure => supervisor::RestartPolicy::OnFailure,
+        edge_proto::RestartPolicy::Never => supervisor::RestartPolicy::Never,
+    };
+    spec.health = a.health.as_ref().map(|h| {
+        let check = match &h.check {
+            edge_proto::HealthCheck::Http { port, path } => HealthCheck::Http {
+                port: *port,
+                path: path.to_string(),
+            },
+            edge_proto::HealthCheck::Tcp { port } => HealthCheck::Tcp { port: *port },
+            edge_proto::HealthCheck::Exec { command, args } => HealthCheck::Exec {
+                command: command.as_str().into(),
+                args: args.as_slice().iter().map(|s| s.to_string()).collect(),
+            },
+        };
+        HealthProbe {
+            interval_ms: u64::from(h.interval_secs) * 1000,
+            timeout_ms: u64::from(h.timeout_secs) * 1000,
+            success_threshold: u32::from(h.success_threshold),
+            failure_threshold: u32::from(h.failure_threshold),
+            ..HealthProbe::new(check)
+        }
+    });
+    spec
+}
