@@ -198,7 +198,8 @@ impl ServerSession {
                 self.actions.push_back(Action::Admission(node, *reply));
             }
             (State::Established { node }, NodeMsg::Workload(report)) => {
-                self.actions.push_back(Action::WorkloadReport(node, *report));
+                self.actions
+                    .push_back(Action::WorkloadReport(node, *report));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,

@@ -490,8 +490,13 @@ pub struct ArtifactRequest {
 /// the artifact's bytes from `offset` to `size`, then the stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ArtifactReply {
-    Sending { size: u64, offset: u64 },
+    Sending {
+        size: u64,
+        offset: u64,
+    },
     NotFound,
     /// The offset is past the end.
-    BadOffset { size: u64 },
+    BadOffset {
+        size: u64,
+    },
 }
