@@ -1,0 +1,590 @@
+//! `fleet-sim`: a fleet of simulated nodes against a separately running orchestrator.
+//!
+//! Each simulated node has its own UDP socket on a loopback address (127.0.1.x, `--per-address`
+//! nodes per address), enrolls with the real protocol (`Hello{Enroll}` + `EnrollRequest`, one
+//! shared key pair and CSR: the orchestrator signs one certificate per node id), then opens a
+//! session with the certificate it got (`Hello{Session}` -> `Welcome` -> `Capabilities` ->
+//! `Status` every `--status-interval-secs`) and holds it for `--hold-secs`. QUIC keep-alives
+//! and the idle timeout are the node daemon's own (`node_daemon::tls`). Capabilities are fixed:
+//! a simulated node samples nothing.
+//!
+//! It reports what the orchestrator process (`--orchestrator-pid`) pays for the fleet: resident
+//! memory before and after, per connected node, and CPU while holding. A benchmark: it prints
+//! figures and never fails on one.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use edge_benches::{fixtures, procfs, stats};
+use edge_proto::quic::{read_frame, write_msg};
+use edge_proto::{Intent, NodeId, NodeMsg, OrchMsg, decode};
+use node_daemon::identity::{Identity, IdentityDir};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet-sim",
+    about = "Simulated nodes holding real QUIC sessions"
+)]
+struct Args {
+    /// The orchestrator's QUIC address.
+    #[arg(long)]
+    orchestrator: SocketAddr,
+    /// A join token with at least `--nodes` uses.
+    #[arg(long)]
+    token: String,
+    /// The orchestrator's CA hash, `sha256:` and 64 hex digits.
+    #[arg(long)]
+    ca_hash: String,
+    /// How many nodes.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Nodes per loopback source address (127.0.1.1, 127.0.1.2, ...).
+    #[arg(long, default_value_t = 200)]
+    per_address: usize,
+    /// Seconds between status reports of each node.
+    #[arg(long, default_value_t = 10)]
+    status_interval_secs: u64,
+    /// How long to hold the sessions once the fleet is connected.
+    #[arg(long, default_value_t = 30)]
+    hold_secs: u64,
+    /// Nodes enrolling or opening a session at the same time.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// The orchestrator's process id, to read its memory and CPU from /proc.
+    #[arg(long)]
+    orchestrator_pid: Option<u32>,
+    /// Node names are PREFIX-0, PREFIX-1, ...; unique per run by default.
+    #[arg(long)]
+    name_prefix: Option<String>,
+}
+
+/// A dial that took this long most likely lost a packet and waited for a retransmit: quinn's
+/// first probe timeout with its initial RTT estimate of 333 ms is about a second.
+const SLOW: Duration = Duration::from_millis(900);
+
+/// What one node's way into the fleet took.
+#[derive(Debug)]
+struct Joined {
+    enroll: Duration,
+    session: Duration,
+}
+
+/// Counters shared by the node tasks.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Sessions up now.
+    live: AtomicUsize,
+    /// Sessions that ended while the fleet was meant to hold them.
+    dropped: AtomicUsize,
+    /// Why those sessions ended, as quinn words it, and how often.
+    drop_reasons: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    status_sent: AtomicU64,
+}
+
+/// The same credentials for every simulated node, bar the certificate.
+struct Kit {
+    orchestrator: SocketAddr,
+    token: String,
+    enroll_tls: quinn::ClientConfig,
+    key_pkcs8: Vec<u8>,
+    csr: Vec<u8>,
+    status_interval: Duration,
+}
+
+fn parse_ca_hash(s: &str) -> anyhow::Result<[u8; 32]> {
+    let hex = s
+        .strip_prefix("sha256:")
+        .context("--ca-hash must start with sha256:")?;
+    if hex.len() != 64 {
+        bail!("--ca-hash needs 64 hex digits after sha256:");
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("--ca-hash is not hex")?;
+    }
+    Ok(out)
+}
+
+/// The loopback address of node `i`: 127.0.1.1 for the first `per_address` nodes, then .2, ...
+fn source_address(i: usize, per_address: usize) -> IpAddr {
+    let k = i / per_address.max(1);
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        1 + (k / 254) as u8,
+        1 + (k % 254) as u8,
+    ))
+}
+
+async fn read_answer(recv: &mut quinn::RecvStream) -> anyhow::Result<OrchMsg> {
+    let body = read_frame(recv)
+        .await?
+        .context("the orchestrator finished the stream without answering")?;
+    Ok(decode(&body)?)
+}
+
+/// Enrolls with the real protocol; returns the node id and the certificate.
+async fn enroll(
+    endpoint: &quinn::Endpoint,
+    kit: &Kit,
+    name: &str,
+) -> anyhow::Result<(NodeId, Vec<u8>, Vec<u8>)> {
+    let conn = endpoint
+        .connect_with(
+            kit.enroll_tls.clone(),
+            kit.orchestrator,
+            node_daemon::tls::server_name(),
+        )?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_msg(&mut send, &fixtures::hello(Intent::Enroll, None)).await?;
+    let req = fixtures::enroll_request(&kit.token, name, kit.csr.clone())
+        .context("the CSR fits a Der")?;
+    write_msg(&mut send, &NodeMsg::Enroll(Box::new(req))).await?;
+    let answer = read_answer(&mut recv).await;
+    conn.close(0u32.into(), b"enrolled");
+    match answer? {
+        OrchMsg::Enrolled(e) => Ok((e.node_id, e.cert_der.into_vec(), e.ca_der.into_vec())),
+        OrchMsg::Reject(r) => bail!("enrollment rejected ({}): {}", r.code, r.message),
+        other => bail!("unexpected answer to enrollment: {other:?}"),
+    }
+}
+
+/// Opens a session with the issued certificate, says hello and reports capabilities and a
+/// first status, as the node daemon does right after `Welcome`.
+async fn open_session(
+    endpoint: &quinn::Endpoint,
+    kit: &Kit,
+    name: &str,
+    node_id: NodeId,
+    cert: Vec<u8>,
+    ca: Vec<u8>,
+) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let identity = Identity {
+        node_id,
+        cert: CertificateDer::from(cert),
+        ca: CertificateDer::from(ca),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kit.key_pkcs8.clone())),
+    };
+    let tls = node_daemon::tls::session_config(&identity)?;
+    let conn = endpoint
+        .connect_with(tls, kit.orchestrator, node_daemon::tls::server_name())?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_msg(&mut send, &fixtures::hello(Intent::Session, Some(node_id))).await?;
+    match read_answer(&mut recv).await? {
+        OrchMsg::Welcome(w) if w.node_id == node_id => {}
+        OrchMsg::Reject(r) => bail!("session rejected ({}): {}", r.code, r.message),
+        other => bail!("unexpected answer to hello: {other:?}"),
+    }
+    let caps = fixtures::capabilities(name);
+    write_msg(&mut send, &NodeMsg::Capabilities(Box::new(caps))).await?;
+    write_msg(&mut send, &NodeMsg::Status(fixtures::status(0))).await?;
+    Ok((conn, send, recv))
+}
+
+/// Retries a step a few times, as a node would after a transient failure.
+async fn with_retries<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    mut step: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let mut last = None;
+    for attempt in 0..3u32 {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one simulated node's whole life; a struct would only rename the arguments"
+)]
+async fn run_node(
+    i: usize,
+    name: String,
+    source: IpAddr,
+    kit: Arc<Kit>,
+    gate: Arc<Semaphore>,
+    counters: Arc<Counters>,
+    joined: mpsc::UnboundedSender<anyhow::Result<Joined>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let started = async {
+        let _permit = gate.acquire().await.context("gate closed")?;
+        let endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0))
+            .with_context(|| format!("binding a UDP socket on {source}"))?;
+        let t0 = Instant::now();
+        let (node_id, cert, ca) = with_retries(|| enroll(&endpoint, &kit, &name))
+            .await
+            .with_context(|| format!("node {i} enrolling"))?;
+        let enrolled = t0.elapsed();
+        let t1 = Instant::now();
+        let session = with_retries(|| {
+            open_session(&endpoint, &kit, &name, node_id, cert.clone(), ca.clone())
+        })
+        .await
+        .with_context(|| format!("node {i} opening its session"))?;
+        anyhow::Ok((
+            endpoint,
+            session,
+            Joined {
+                enroll: enrolled,
+                session: t1.elapsed(),
+            },
+        ))
+    }
+    .await;
+    let (endpoint, (conn, mut send, _recv)) = match started {
+        Ok((endpoint, session, times)) => {
+            counters.live.fetch_add(1, Ordering::SeqCst);
+            counters.status_sent.fetch_add(1, Ordering::Relaxed);
+            let _ = joined.send(Ok(times));
+            (endpoint, session)
+        }
+        Err(e) => {
+            let _ = joined.send(Err(e));
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + kit.status_interval,
+        kit.status_interval,
+    );
+    let boot = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let status = NodeMsg::Status(fixtures::status(boot.elapsed().as_secs()));
+                if write_msg(&mut send, &status).await.is_ok() {
+                    counters.status_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            why = conn.closed() => {
+                counters.live.fetch_sub(1, Ordering::SeqCst);
+                counters.dropped.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut reasons) = counters.drop_reasons.lock() {
+                    *reasons.entry(why.to_string()).or_default() += 1;
+                }
+                return;
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    counters.live.fetch_sub(1, Ordering::SeqCst);
+    conn.close(0u32.into(), b"fleet-sim done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+fn mib(kib: i64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn read_memory(pid: Option<u32>) -> Option<procfs::Memory> {
+    pid.and_then(|p| procfs::memory(Some(p)).ok())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pin = parse_ca_hash(&args.ca_hash)?;
+    let prefix = args
+        .name_prefix
+        .clone()
+        .unwrap_or_else(|| format!("sim{}", std::process::id()));
+    let key = rcgen::KeyPair::generate().context("generating the shared key pair")?;
+    let csr = IdentityDir::csr(&key, &prefix).context("making the shared CSR")?;
+    let kit = Arc::new(Kit {
+        orchestrator: args.orchestrator,
+        token: args.token.clone(),
+        enroll_tls: node_daemon::tls::enroll_config(pin)?,
+        key_pkcs8: key.serialize_der(),
+        csr,
+        status_interval: Duration::from_secs(args.status_interval_secs.max(1)),
+    });
+    let pid = args.orchestrator_pid;
+    let ticks_per_sec = procfs::clock_ticks_per_sec() as f64;
+    let addresses = args.nodes.div_ceil(args.per_address.max(1));
+    println!(
+        "fleet-sim: {} nodes from {} loopback addresses ({} per address, from {}), \
+         {} at a time, status every {} s, hold {} s, orchestrator {}",
+        args.nodes,
+        addresses,
+        args.per_address,
+        source_address(0, args.per_address),
+        args.concurrency,
+        kit.status_interval.as_secs(),
+        args.hold_secs,
+        args.orchestrator
+    );
+
+    let udp_start = procfs::udp_counters();
+    let before = read_memory(pid);
+    let cpu_connect_start = pid.and_then(|p| procfs::cpu_ticks(Some(p)).ok());
+    let counters = Arc::new(Counters::default());
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let (joined_tx, mut joined_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let t_fleet = Instant::now();
+    for i in 0..args.nodes {
+        tasks.spawn(run_node(
+            i,
+            format!("{prefix}-{i}"),
+            source_address(i, args.per_address),
+            kit.clone(),
+            gate.clone(),
+            counters.clone(),
+            joined_tx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    drop(joined_tx);
+    let (mut enroll_times, mut session_times, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    while enroll_times.len() + errors.len() < args.nodes {
+        match joined_rx.recv().await {
+            Some(Ok(j)) => {
+                enroll_times.push(j.enroll);
+                session_times.push(j.session);
+            }
+            Some(Err(e)) => errors.push(format!("{e:#}")),
+            None => break,
+        }
+    }
+    let connect_took = t_fleet.elapsed();
+    let cpu_connect_end = pid.and_then(|p| procfs::cpu_ticks(Some(p)).ok());
+    let udp_connected = procfs::udp_counters();
+    let established = enroll_times.len();
+    println!(
+        "connected: {established} of {} sessions in {:.1} s ({} failed)",
+        args.nodes,
+        connect_took.as_secs_f64(),
+        errors.len()
+    );
+    for e in errors.iter().take(5) {
+        println!("  failure: {e}");
+    }
+
+    // Let the last sessions' first frames land before reading the memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_connect = read_memory(pid);
+    let hold = Duration::from_secs(args.hold_secs);
+    let cpu_hold_start = pid.and_then(|p| procfs::cpu_ticks(Some(p)).ok());
+    let self_cpu_start = procfs::cpu_ticks(None).ok();
+    let status_start = counters.status_sent.load(Ordering::Relaxed);
+    let t_hold = Instant::now();
+    let mut peak_rss_kib = after_connect.map_or(0, |m| m.rss_kib);
+    // The orchestrator's RSS every 10 s of the hold: flat, or still growing?
+    let mut trajectory: Vec<String> = after_connect
+        .map(|m| format!("0 s {:.1}", m.rss_mib()))
+        .into_iter()
+        .collect();
+    let mut next_mark = 10;
+    while t_hold.elapsed() < hold {
+        tokio::time::sleep(Duration::from_secs(1).min(hold.saturating_sub(t_hold.elapsed()))).await;
+        if let Some(m) = read_memory(pid) {
+            peak_rss_kib = peak_rss_kib.max(m.rss_kib);
+            if t_hold.elapsed().as_secs() >= next_mark {
+                trajectory.push(format!("{next_mark} s {:.1}", m.rss_mib()));
+                next_mark += 10;
+            }
+        }
+    }
+    let held = t_hold.elapsed();
+    let cpu_hold_end = pid.and_then(|p| procfs::cpu_ticks(Some(p)).ok());
+    let self_cpu_end = procfs::cpu_ticks(None).ok();
+    let status_sent = counters.status_sent.load(Ordering::Relaxed) - status_start;
+    let after_hold = read_memory(pid);
+    let udp_held = procfs::udp_counters();
+    // Per socket, over the socket's life: read while the simulated nodes' sockets are open.
+    let orch_addr = args.orchestrator;
+    let orch_socket_drops = procfs::udp_socket_drops(|ip, port| {
+        IpAddr::V4(ip) == orch_addr.ip() && port == orch_addr.port()
+    });
+    let sim_socket_drops = procfs::udp_socket_drops(|ip, _| ip.octets()[..3] == [127, 0, 1]);
+    let live = counters.live.load(Ordering::SeqCst);
+    let dropped = counters.dropped.load(Ordering::SeqCst);
+    let drop_reasons = counters
+        .drop_reasons
+        .lock()
+        .map(|r| {
+            r.iter()
+                .map(|(why, n)| format!("{n} x {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    let self_mem = procfs::memory(None).ok();
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+
+    let p50 = stats::percentile(&enroll_times, 50.0);
+    let p99 = stats::percentile(&enroll_times, 99.0);
+    let s50 = stats::percentile(&session_times, 50.0);
+    let s99 = stats::percentile(&session_times, 99.0);
+    println!();
+    println!("sessions established        {established} / {}", args.nodes);
+    println!(
+        "sessions live after hold    {live} ({dropped} dropped while holding {:.0} s)",
+        held.as_secs_f64()
+    );
+    if dropped > 0 {
+        println!("  why they ended: {drop_reasons}");
+    }
+    println!(
+        "enrollment (dial to Enrolled, {} at a time)  p50 {}  p99 {}",
+        args.concurrency,
+        stats::ms(p50),
+        stats::ms(p99)
+    );
+    println!(
+        "session open (dial to Welcome + caps)        p50 {}  p99 {}",
+        stats::ms(s50),
+        stats::ms(s99)
+    );
+    let slow = |times: &[Duration]| times.iter().filter(|t| **t >= SLOW).count();
+    println!(
+        "took >= {} ms (the signature of a lost handshake packet and quinn's retransmit timer): \
+         {} enrollments, {} session opens",
+        SLOW.as_millis(),
+        slow(&enroll_times),
+        slow(&session_times)
+    );
+    let drops = |a: &std::collections::HashMap<String, u64>,
+                 b: &std::collections::HashMap<String, u64>| {
+        let d = |k: &str| {
+            b.get(k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(a.get(k).copied().unwrap_or(0))
+        };
+        (d("RcvbufErrors"), d("InDatagrams"))
+    };
+    let (connect_drops, connect_in) = drops(&udp_start, &udp_connected);
+    let (hold_drops, hold_in) = drops(&udp_connected, &udp_held);
+    println!(
+        "UDP datagrams dropped for a full receive buffer (kernel-wide, /proc/net/snmp \
+         RcvbufErrors): {connect_drops} of {connect_in} received while connecting, \
+         {hold_drops} of {hold_in} while holding; by socket: the orchestrator's {orch_socket_drops}, \
+         the simulated nodes' {sim_socket_drops}"
+    );
+    println!("metric fleet.udp_drops_orchestrator_socket {orch_socket_drops}");
+    println!("metric fleet.udp_rcvbuf_drops_connect {connect_drops}");
+    println!("metric fleet.udp_rcvbuf_drops_hold {hold_drops}");
+    println!(
+        "status frames sent while holding: {status_sent} ({:.1}/s)",
+        status_sent as f64 / held.as_secs_f64()
+    );
+    println!("metric fleet.nodes {}", args.nodes);
+    println!("metric fleet.established {established}");
+    println!("metric fleet.live_after_hold {live}");
+    println!("metric fleet.dropped {dropped}");
+    println!(
+        "metric fleet.connect_secs {:.2}",
+        connect_took.as_secs_f64()
+    );
+    for (k, v) in [
+        ("enroll_p50_ms", p50),
+        ("enroll_p99_ms", p99),
+        ("session_p50_ms", s50),
+        ("session_p99_ms", s99),
+    ] {
+        if let Some(v) = v {
+            println!("metric fleet.{k} {:.1}", v.as_secs_f64() * 1e3);
+        }
+    }
+    if let (Some(b), Some(a), Some(h)) = (before, after_connect, after_hold) {
+        let per_node_kib = (h.rss_kib as i64 - b.rss_kib as i64) as f64 / established.max(1) as f64;
+        println!(
+            "orchestrator RSS  before {:.1} MiB (HWM {:.1})  connected {:.1} MiB (HWM {:.1})  \
+             after hold {:.1} MiB (HWM {:.1}), peak seen {:.1} MiB",
+            b.rss_mib(),
+            b.hwm_mib(),
+            a.rss_mib(),
+            a.hwm_mib(),
+            h.rss_mib(),
+            h.hwm_mib(),
+            mib(peak_rss_kib as i64)
+        );
+        println!(
+            "orchestrator RSS during the hold (MiB): {}",
+            trajectory.join(", ")
+        );
+        println!(
+            "orchestrator RSS per connected node, after the hold  {:.1} KiB  (10,000 nodes at this rate: \
+             {:.0} MiB; goal < 1 GiB)",
+            per_node_kib,
+            b.rss_mib() + per_node_kib * 10_000.0 / 1024.0
+        );
+        println!("metric fleet.orch_rss_before_mib {:.1}", b.rss_mib());
+        println!("metric fleet.orch_hwm_before_mib {:.1}", b.hwm_mib());
+        println!("metric fleet.orch_rss_connected_mib {:.1}", a.rss_mib());
+        println!("metric fleet.orch_hwm_connected_mib {:.1}", a.hwm_mib());
+        println!("metric fleet.orch_rss_after_hold_mib {:.1}", h.rss_mib());
+        println!("metric fleet.orch_hwm_after_hold_mib {:.1}", h.hwm_mib());
+        println!("metric fleet.orch_rss_per_node_kib {per_node_kib:.1}");
+    }
+    if let (Some(s), Some(e)) = (cpu_hold_start, cpu_hold_end) {
+        let cores = (e - s) as f64 / ticks_per_sec / held.as_secs_f64();
+        println!(
+            "orchestrator CPU while holding  {:.3} of one core ({:.1} us CPU per node per \
+             second; 10,000 nodes at this rate: {:.2} cores; goal < 1)",
+            cores,
+            cores * 1e6 / established.max(1) as f64,
+            cores * 10_000.0 / established.max(1) as f64
+        );
+        println!("metric fleet.orch_cpu_hold_cores {cores:.4}");
+    }
+    if let (Some(s), Some(e)) = (cpu_connect_start, cpu_connect_end) {
+        let secs = (e - s) as f64 / ticks_per_sec;
+        println!(
+            "orchestrator CPU while the fleet connected  {secs:.2} s ({:.2} ms per node)",
+            secs * 1e3 / established.max(1) as f64
+        );
+        println!("metric fleet.orch_cpu_connect_secs {secs:.2}");
+    }
+    if let (Some(s), Some(e), Some(m)) = (self_cpu_start, self_cpu_end, self_mem) {
+        let cores = (e - s) as f64 / ticks_per_sec / held.as_secs_f64();
+        println!(
+            "fleet-sim itself while holding  {cores:.3} of one core, RSS {:.1} MiB \
+             (HWM {:.1}): it shares the box with the orchestrator",
+            m.rss_mib(),
+            m.hwm_mib()
+        );
+        println!("metric fleet.sim_cpu_hold_cores {cores:.4}");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet-sim: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-sim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
