@@ -14,7 +14,6 @@ use edge_proto::{
 };
 use rustls::pki_types::CertificateDer;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
@@ -522,9 +521,4 @@ async fn flush_actions(
         }
     }
     session.is_closed()
-}
-
-/// Where the server listens, for callers that bound port 0.
-pub fn local_addr(endpoint: &quinn::Endpoint) -> Option<SocketAddr> {
-    endpoint.local_addr().ok()
 }

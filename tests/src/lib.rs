@@ -9,7 +9,6 @@ pub mod relay;
 use node_daemon::config::Config;
 use node_daemon::daemon::DaemonError;
 use orchestrator::app::Orchestrator;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -35,24 +34,6 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Op
 /// Ticks every 20 ms, the first tick at once.
 fn poll_interval() -> tokio::time::Interval {
     tokio::time::interval(Duration::from_millis(20))
-}
-
-/// Like [`eventually`] for async checks.
-pub async fn eventually_async<F: Future<Output = bool>>(
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) -> Option<Duration> {
-    let start = Instant::now();
-    let mut poll = poll_interval();
-    loop {
-        poll.tick().await;
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-    }
 }
 
 /// How long tests wait for things that take milliseconds when all is well. Generous, since
