@@ -237,7 +237,13 @@ impl Shared {
     }
 
     /// Binds the QUIC endpoint on an already-bound UDP socket.
+    ///
+    /// The socket's receive buffer is raised first: when thousands of nodes reconnect at once
+    /// the stock 208 KiB overflows and handshakes stall on retransmit timers. Measured with
+    /// 10,000 simulated nodes: 77k datagrams dropped and a 1.5 s p99 enrollment with the stock
+    /// buffer, none dropped and 119 ms with this one (benches/RESULTS.md).
     pub fn endpoint(&self, socket: std::net::UdpSocket) -> Result<quinn::Endpoint, StartError> {
+        raise_recv_buffer(&socket);
         let runtime =
             quinn::default_runtime().ok_or_else(|| StartError::Tls("no async runtime".into()))?;
         quinn::Endpoint::new(
@@ -247,6 +253,20 @@ impl Shared {
             runtime,
         )
         .map_err(StartError::Bind)
+    }
+}
+
+/// What the QUIC socket asks for; Linux caps it at `net.core.rmem_max`.
+const QUIC_RECV_BUFFER_BYTES: usize = 4 << 20;
+
+fn raise_recv_buffer(socket: &std::net::UdpSocket) {
+    let raised = quinn::udp::UdpSocketState::new(socket.into()).and_then(|state| {
+        state.set_recv_buffer_size(socket.into(), QUIC_RECV_BUFFER_BYTES)?;
+        state.recv_buffer_size(socket.into())
+    });
+    match raised {
+        Ok(bytes) => debug!(bytes, "QUIC socket receive buffer"),
+        Err(error) => warn!(%error, "could not raise the QUIC socket's receive buffer"),
     }
 }
 
