@@ -101,10 +101,13 @@ fn malformed(e: postcard::Error) -> DecodeError {
 /// Splits a byte stream into frames without doing any I/O: push what arrived, pull frames out.
 ///
 /// It never buffers more than one prefix plus [`MAX_FRAME_LEN`] bytes: an oversized prefix is an
-/// error as soon as its four bytes are in.
+/// error as soon as its four bytes are in. Consumed bytes are skipped by an offset and dropped
+/// in bulk, so a frame is not copied on its way out.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Where the unconsumed bytes start.
+    start: usize,
 }
 
 impl FrameDecoder {
@@ -114,35 +117,47 @@ impl FrameDecoder {
 
     /// Appends bytes received from the peer.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The span of the next complete frame body, `Ok(None)` if more bytes are needed.
+    fn next_span(&mut self) -> Result<Option<(usize, usize)>, DecodeError> {
+        let pending = &self.buf[self.start..];
+        let Some(prefix) = pending.first_chunk::<PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let len = body_len(*prefix)?;
+        if pending.len() < PREFIX_LEN + len {
+            return Ok(None);
+        }
+        let body_start = self.start + PREFIX_LEN;
+        self.start = body_start + len;
+        Ok(Some((body_start, self.start)))
     }
 
     /// The next complete frame body, `Ok(None)` if more bytes are needed.
     pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
-        let Some(prefix) = self.buf.first_chunk::<PREFIX_LEN>() else {
-            return Ok(None);
-        };
-        let len = body_len(*prefix)?;
-        if self.buf.len() < PREFIX_LEN + len {
-            return Ok(None);
-        }
-        let rest = self.buf.split_off(PREFIX_LEN + len);
-        let mut frame = core::mem::replace(&mut self.buf, rest);
-        frame.drain(..PREFIX_LEN);
-        Ok(Some(frame))
+        Ok(self.next_span()?.map(|(a, b)| self.buf[a..b].to_vec()))
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed.
     pub fn next_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
-        match self.next_body()? {
-            Some(body) => decode(&body).map(Some),
+        match self.next_span()? {
+            Some((a, b)) => decode(&self.buf[a..b]).map(Some),
             None => Ok(None),
         }
     }
 
     /// Call when the stream ended: an error if it ended inside a frame.
     pub fn finish(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
+        if self.start == self.buf.len() {
             Ok(())
         } else {
             Err(DecodeError::Truncated)

@@ -464,3 +464,28 @@ fn golden_bytes_of_artifact_streams() {
     });
     assert_eq!(hex(&reply), "00000008008080c002808040");
 }
+
+#[test]
+fn a_stream_of_frames_in_odd_pieces_decodes_in_order() {
+    let frames: Vec<Vec<u8>> = (0..500u64)
+        .map(|i| {
+            encode(&NodeMsg::Status(Status {
+                cpu_percent: 1.0,
+                memory_used_bytes: i,
+                disk_free_bytes: i * 2,
+                uptime_secs: i * 3,
+            }))
+        })
+        .collect();
+    let stream: Vec<u8> = frames.concat();
+    let mut dec = FrameDecoder::new();
+    let mut seen = Vec::new();
+    for piece in stream.chunks(7) {
+        dec.push(piece);
+        while let Some(NodeMsg::Status(s)) = dec.next_msg::<NodeMsg>().expect("valid") {
+            seen.push(s.memory_used_bytes);
+        }
+    }
+    assert_eq!(seen, (0..500).collect::<Vec<_>>());
+    assert!(dec.finish().is_ok());
+}
