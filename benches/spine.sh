@@ -344,7 +344,7 @@ fi
     \`target/release/edge-node run --config C\`, \`edgectl nodes --json\` to wait for online; for
     timings the API polled with \`curl\` as fast as it answers (\`GET /v1/nodes/NAME\`, a few ms
     per poll); \`/proc/PID/status\`, \`/proc/PID/smaps_rollup\`; \`kill -9\`
-  - (d): \`$LIVENESS_CMD\`; \`$FLEET_CMD_1\`$GOAL_TEXT, each against its own \`serve\` process
+  - (d): \`$LIVENESS_CMD\`; \`$FLEET_CMD_1\`$GOAL_TEXT; each run starts a fresh orchestrator process
   - (e): \`$CODEC_CMD\`
 
 ## Summary
