@@ -386,7 +386,11 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     with_ctx(&shared, |ctx| session.handle_closed(ctx));
     while let Some(action) = session.poll_action() {
         match action {
-            Action::Persist(change) => persist_or_log(&shared, &change),
+            Action::Persist(change) => {
+                if let Err(error) = persist_off_runtime(&shared, change).await {
+                    warn!(%error, "could not persist a registry change");
+                }
+            }
             Action::Event(e) => shared.metrics.emit(&e),
             _ => {}
         }
@@ -474,23 +478,26 @@ fn random_id() -> [u8; 16] {
     id
 }
 
-fn persist_or_log(shared: &Shared, change: &Change) {
-    if let Err(error) = shared.persist(change) {
-        warn!(%error, "could not persist a registry change");
-    }
+/// Writes a registry change on the blocking pool: a store write ends in an fsync, which must
+/// not stall the tasks that drain the QUIC socket.
+async fn persist_off_runtime(shared: &Arc<Shared>, change: Change) -> Result<(), StoreError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || shared.persist(&change))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Backend(format!("store task failed: {e}"))))
 }
 
 /// Carries out the session's actions. Returns whether the connection is finished.
 async fn flush_actions(
     session: &mut ServerSession,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
 ) -> bool {
     while let Some(action) = session.poll_action() {
         match action {
             Action::Persist(change) => {
-                if let Err(error) = shared.persist(&change) {
+                if let Err(error) = persist_off_runtime(shared, change).await {
                     // Never send what we could not store: the node would hold a certificate
                     // we do not know.
                     warn!(%error, "store failed; closing the connection");
