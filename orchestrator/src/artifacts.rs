@@ -35,15 +35,8 @@ const TEMP_PREFIX: &str = ".upload-";
 
 /// 64 lowercase hex digits.
 pub fn to_hex(digest: &Digest) -> String {
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
+    crate::pki::hex(digest)
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Parses exactly 64 hex digits, either case.
 pub fn from_hex(text: &str) -> Option<Digest> {

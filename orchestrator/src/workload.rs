@@ -392,30 +392,13 @@ impl ArtifactDigest {
 
     /// Parses `sha256:` followed by 64 lowercase hex digits.
     pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix("sha256:")?.as_bytes();
-        if hex.len() != 64 {
-            return None;
-        }
-        let digit = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        let mut out = [0u8; 32];
-        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            *o = digit(pair[0])? << 4 | digit(pair[1])?;
-        }
-        Some(Self(out))
+        crate::artifacts::parse_digest(s).map(Self)
     }
 }
 
 impl fmt::Display for ArtifactDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&crate::artifacts::format_digest(&self.0))
     }
 }
 
