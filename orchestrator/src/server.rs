@@ -154,6 +154,15 @@ impl Shared {
             .is_some_and(|(_, tx)| tx.try_send(msg).is_ok())
     }
 
+    /// The connection of `node`'s live session, to open streams on (logs).
+    pub fn connection(&self, node: NodeId) -> Option<quinn::Connection> {
+        let session = {
+            let outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+            outboxes.get(&node).map(|(s, _)| *s)?
+        };
+        self.conns().get(&session).cloned()
+    }
+
     /// The last report of every instance of `workload`, by node.
     pub fn instance_reports(&self, workload: &str) -> Vec<(NodeId, InstanceReport)> {
         let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
