@@ -2,13 +2,13 @@
 //!
 //! A [`Scheduler`] keeps a snapshot of the candidate nodes ([`NodeView`]s: what each node is,
 //! what it has, what is already taken, which instances it runs) and places workloads on it one
-//! after another. Placing filters the nodes (online, not cordoned, architecture, labels,
-//! devices, distance to `near`, free ports, free CPU, memory and disk), scores the survivors
-//! (spread first: fewer instances of this workload; then most free CPU and memory after
-//! placing; then, when the spec has `near`, closeness), picks the best with ties broken by node
-//! id, and binds: the snapshot's allocation and instance counts are updated at once, so the
-//! next instance and the next workload see them. What cannot be placed comes back with one
-//! [`NodeReject`] per node saying why, for `edgectl workloads NAME`.
+//! after another. Placing filters the nodes (no instance of this workload yet, online, not
+//! cordoned, architecture, labels, devices, distance to `near`, free ports, free CPU, memory
+//! and disk), scores the survivors (most free CPU and memory after placing; then, when the
+//! spec has `near`, closeness), picks the best with ties broken by node id, and binds: the snapshot's allocation and instance counts are updated at once, so the
+//! next instance and the next workload see them. Spread is total: a workload's instances never
+//! share a node, since they would share its ports and its data directory. What cannot be
+//! placed comes back with one [`NodeReject`] per node saying why, for `edgectl workloads NAME`.
 //!
 //! Placing a replicated workload is `O(words + matches + k log matches)` for `k` instances:
 //! static constraints are answered by bitsets indexed by architecture, label and device, and
@@ -124,6 +124,8 @@ impl NodeView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum RejectReason {
+    /// The node already runs an instance of this workload: instances never share a node.
+    AlreadyRuns,
     NotOnline,
     Cordoned,
     /// The node refused this workload's admission (see [`Scheduler::reject`]).
@@ -167,6 +169,7 @@ pub enum RejectReason {
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::AlreadyRuns => f.write_str("already runs one"),
             Self::NotOnline => f.write_str("not online"),
             Self::Cordoned => f.write_str("cordoned"),
             Self::Refused => f.write_str("refused the admission"),
@@ -340,7 +343,6 @@ impl Bitset {
 /// A feasible node for the next instance. Greater is better.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
-    count: u32,
     score: f64,
     id: NodeId,
     slot: usize,
@@ -351,9 +353,7 @@ impl Candidate {
     /// this runs once per candidate node.
     #[inline(always)]
     fn better_than(&self, other: &Self) -> bool {
-        self.count < other.count
-            || (self.count == other.count
-                && (self.score > other.score || (self.score == other.score && self.id < other.id)))
+        self.score > other.score || (self.score == other.score && self.id < other.id)
     }
 }
 
@@ -369,7 +369,8 @@ fn candidate(
     target: Option<&Target>,
 ) -> Option<Candidate> {
     let h = &hot[slot];
-    if !h.present {
+    // A workload's instances never share a node: they would share its ports and data.
+    if !h.present || h.count > 0 {
         return None;
     }
     let free = h.free;
@@ -391,7 +392,6 @@ fn candidate(
         None => None,
     };
     Some(Candidate {
-        count: h.count,
         score: score(h, want, proximity),
         id: h.id,
         slot,
@@ -408,10 +408,8 @@ struct Want {
 
 impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .count
-            .cmp(&self.count)
-            .then_with(|| self.score.total_cmp(&other.score))
+        self.score
+            .total_cmp(&other.score)
             .then_with(|| other.id.cmp(&self.id))
     }
 }
@@ -854,7 +852,6 @@ impl Scheduler {
                             continue;
                         };
                         out.bound.push(id);
-                        heap.extend(candidate(hot, nodes, best.slot, &want, ports, target));
                     }
                     *candidates = heap.into_vec();
                 }
@@ -907,7 +904,15 @@ impl Scheduler {
                 continue;
             }
             let refused = ws.is_some_and(|ws| ws.refused.get(slot));
-            if let Some(reason) = why_not(node, &self.hot[slot], refused, spec, target.as_ref()) {
+            let runs_one = instances > 0;
+            if let Some(reason) = why_not(
+                node,
+                &self.hot[slot],
+                runs_one,
+                refused,
+                spec,
+                target.as_ref(),
+            ) {
                 rejects.push(NodeReject {
                     node: node.id,
                     name: node.name.clone(),
@@ -924,12 +929,11 @@ impl Scheduler {
     pub fn why_not(&self, spec: &WorkloadSpec, node: NodeId) -> Option<RejectReason> {
         let slot = *self.by_id.get(&node)?;
         let n = self.nodes[slot].as_ref()?;
-        let refused = self
-            .workloads
-            .get(spec.name())
-            .is_some_and(|ws| ws.refused.get(slot));
+        let ws = self.workloads.get(spec.name());
+        let refused = ws.is_some_and(|ws| ws.refused.get(slot));
+        let runs_one = ws.is_some_and(|ws| ws.on.contains_key(&slot));
         let target = spec.requirements().near.map(Target::new);
-        why_not(n, &self.hot[slot], refused, spec, target.as_ref())
+        why_not(n, &self.hot[slot], runs_one, refused, spec, target.as_ref())
     }
 
     /// One instance of `spec` on `node` is gone (stopped, deleted, or lost with its node):
@@ -1144,11 +1148,15 @@ impl Iterator for SetBits<'_> {
 fn why_not(
     node: &Node,
     hot: &Hot,
+    runs_one: bool,
     refused: bool,
     spec: &WorkloadSpec,
     target: Option<&Target>,
 ) -> Option<RejectReason> {
     let req = spec.requirements();
+    if runs_one {
+        return Some(RejectReason::AlreadyRuns);
+    }
     if !node.online {
         return Some(RejectReason::NotOnline);
     }
@@ -1330,26 +1338,16 @@ mod tests {
     }
 
     #[test]
-    fn candidates_order_spread_then_score_then_id() {
+    fn candidates_order_by_score_then_id() {
         let id = |b| NodeId([b; 16]);
-        let c = |count, score, b| Candidate {
-            count,
+        let c = |score, b| Candidate {
             score,
             id: id(b),
             slot: 0,
         };
-        assert!(c(0, 0.1, 9) > c(1, 0.9, 1), "fewer instances first");
-        assert!(c(0, 0.9, 9) > c(0, 0.1, 1), "then the higher score");
-        assert!(c(0, 0.5, 1) > c(0, 0.5, 2), "then the lower id");
-        let all = [
-            c(0, 0.0, 1),
-            c(0, 0.0, 2),
-            c(0, 0.5, 1),
-            c(0, 1.0, 3),
-            c(1, 0.0, 1),
-            c(1, 0.7, 0),
-            c(2, 0.7, 0),
-        ];
+        assert!(c(0.9, 9) > c(0.1, 1), "the higher score first");
+        assert!(c(0.5, 1) > c(0.5, 2), "then the lower id");
+        let all = [c(0.0, 1), c(0.0, 2), c(0.5, 1), c(1.0, 3), c(0.7, 0)];
         for a in &all {
             for b in &all {
                 assert_eq!(a.better_than(b), a > b, "{a:?} vs {b:?}");

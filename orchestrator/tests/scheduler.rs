@@ -103,14 +103,20 @@ fn replicas_spread_one_per_node() {
             })
         );
     }
-    // Six more than nodes: two each, and a second placement of the same spec adds nothing.
+    // More replicas than nodes: instances never share a node, and each says so.
     let more = spec(json!({"replicas": 6}));
     let out = s.place(&more);
-    assert_eq!((out.wanted, out.bound.len()), (3, 3));
-    assert!((0..3).all(|i| s.instances_of("web", id(i)) == 2));
-    let out = s.place(&more);
+    assert_eq!((out.wanted, out.bound.len()), (3, 0));
+    assert!(
+        out.rejects
+            .iter()
+            .all(|r| r.reason == RejectReason::AlreadyRuns)
+    );
+    assert_eq!(out.rejects.len(), 3);
+    assert_eq!(s.instances("web"), 3);
+    // A second placement of a complete workload adds nothing.
+    let out = s.place(&spec(json!({"replicas": 3})));
     assert_eq!(out, Outcome::default());
-    assert_eq!(s.instances("web"), 6);
 }
 
 #[test]
@@ -167,13 +173,7 @@ fn near_prefers_the_closer_node_and_excludes_the_far_one() {
     assert_eq!(out.bound.len(), 2);
     let why = reasons(&out);
     assert_eq!(why.len(), 4, "every node explained: {why:?}");
-    assert!(matches!(
-        why[&id(0)],
-        RejectReason::Cpu {
-            free: 500,
-            want: 3000
-        }
-    ));
+    assert_eq!(why[&id(0)], RejectReason::AlreadyRuns);
     assert!(matches!(why[&id(2)], RejectReason::TooFar { .. }));
 }
 
@@ -253,12 +253,9 @@ fn every_reason_is_reported() {
             want: 10 * MIB
         }
     );
-    // The node that took one cannot take the second: same port.
-    assert_eq!(why[&id(11)], RejectReason::Port { port: 8080 });
-    assert_eq!(
-        s.why_not(&w, id(11)),
-        Some(RejectReason::Port { port: 8080 })
-    );
+    // The node that took one cannot take the second: instances never share a node.
+    assert_eq!(why[&id(11)], RejectReason::AlreadyRuns);
+    assert_eq!(s.why_not(&w, id(11)), Some(RejectReason::AlreadyRuns));
     assert_eq!(s.why_not(&w, id(99)), None, "unknown node");
 
     let shown = serde_json::to_value(&out.rejects[0]).expect("serializes");
@@ -305,16 +302,16 @@ fn a_refused_admission_goes_to_the_next_best_node() {
 
 #[test]
 fn release_and_remove_workload_free_what_was_taken() {
-    let mut s = Scheduler::new((0..2).map(node));
-    let w = spec(json!({"replicas": 4, "ports": []}));
+    let mut s = Scheduler::new((0..3).map(node));
+    let w = spec(json!({"replicas": 3, "ports": []}));
     let out = s.place(&w);
-    assert_eq!(out.bound.len(), 4);
+    assert_eq!(out.bound.len(), 3);
     assert!(s.release(&w, id(0)));
-    assert_eq!(s.instances_of("web", id(0)), 1);
-    assert_eq!(s.allocated(id(0)).map(|r| r.cpu_millis), Some(500));
+    assert_eq!(s.instances_of("web", id(0)), 0);
+    assert_eq!(s.allocated(id(0)).map(|r| r.cpu_millis), Some(0));
     assert_eq!(s.place(&w).bound, [id(0)], "the missing replica comes back");
     let freed = s.remove_workload(&w);
-    let mut expected = vec![(id(0), 2), (id(1), 2)];
+    let mut expected = vec![(id(0), 1), (id(1), 1), (id(2), 1)];
     expected.sort();
     assert_eq!(freed, expected);
     assert_eq!(s.allocated(id(0)), Some(Resources::default()));
@@ -377,7 +374,14 @@ fn node_state_changes_are_seen() {
     assert!(!s.remove_node(id(0)));
     assert_eq!(s.len(), 1);
     assert_eq!(s.instances("web"), 1, "the removed node's instance is gone");
-    assert_eq!(s.place(&w).bound, [id(1)]);
+    let out = s.place(&w);
+    assert_eq!(
+        (out.wanted, out.bound.len()),
+        (1, 0),
+        "node-1 runs one already"
+    );
+    s.upsert_node(node(2));
+    assert_eq!(s.place(&w).bound, [id(2)]);
 }
 
 #[test]
@@ -403,13 +407,14 @@ fn a_node_over_its_capacity_takes_only_what_it_has_none_of_left_to_give() {
 
 #[test]
 fn a_refusal_moves_one_instance_not_all_of_them() {
-    let mut s = Scheduler::new([node(0)]);
-    let w = spec(json!({"replicas": 3}));
-    assert_eq!(s.place(&w).bound, [id(0); 3]);
+    let mut s = Scheduler::new([node(0), node(1)]);
+    let w = spec(json!({"replicas": 2}));
+    assert_eq!(s.place(&w).bound.len(), 2);
     let out = s.reject(&w, id(0));
-    assert_eq!(out.unplaced(), 1, "the only node refused");
-    assert_eq!(s.instances_of("web", id(0)), 2, "the other two stay");
-    assert_eq!(s.allocated(id(0)).map(|r| r.cpu_millis), Some(1000));
+    assert_eq!(out.unplaced(), 1, "no third node to move to");
+    assert_eq!(s.instances_of("web", id(1)), 1, "the other one stays");
+    assert_eq!(s.allocated(id(1)).map(|r| r.cpu_millis), Some(500));
+    assert_eq!(s.allocated(id(0)).map(|r| r.cpu_millis), Some(0));
 }
 
 #[test]
@@ -469,15 +474,20 @@ fn from_record_reads_the_registry() {
 
 #[test]
 fn outcome_json_shape() {
-    let mut s = Scheduler::new([node(0)]);
+    let mut busy = node(0);
+    busy.ports_in_use = vec![80];
+    let mut s = Scheduler::new([busy, node(1)]);
     let out = s.place(&spec(json!({"replicas": 2, "ports": [80]})));
     let v = serde_json::to_value(&out).expect("serializes");
     assert_eq!(
         v,
         json!({
             "wanted": 2,
-            "bound": [id(0).to_string()],
-            "rejects": [{"node": id(0).to_string(), "name": "node-0", "reason": "port", "port": 80}]
+            "bound": [id(1).to_string()],
+            "rejects": [
+                {"node": id(0).to_string(), "name": "node-0", "reason": "port", "port": 80},
+                {"node": id(1).to_string(), "name": "node-1", "reason": "already_runs"}
+            ]
         })
     );
 }
@@ -648,7 +658,8 @@ fn meets_requirements(n: &NodeView, w: &WorkloadSpec) -> bool {
 fn fits(n: &NodeView, w: &WorkloadSpec) -> bool {
     let want = w.resources();
     let free = |cap: u64, used: u64| cap.saturating_sub(used);
-    want.cpu_millis <= free(n.capacity.cpu_millis, n.allocated.cpu_millis)
+    n.instances_of(w.name()) == 0
+        && want.cpu_millis <= free(n.capacity.cpu_millis, n.allocated.cpu_millis)
         && want.memory_bytes <= free(n.capacity.memory_bytes, n.allocated.memory_bytes)
         && want.disk_bytes <= free(n.capacity.disk_bytes, n.allocated.disk_bytes)
         && w.ports().iter().all(|p| !n.ports_in_use.contains(p))
@@ -659,6 +670,7 @@ fn reason_holds(n: &NodeView, w: &WorkloadSpec, r: &RejectReason) -> bool {
     let req = w.requirements();
     let want = w.resources();
     match r {
+        RejectReason::AlreadyRuns => n.instances_of(w.name()) > 0,
         RejectReason::NotOnline => !n.online,
         RejectReason::Cordoned => n.cordoned,
         RejectReason::Refused => false,
@@ -763,10 +775,10 @@ proptest! {
 
             match w.placement() {
                 Placement::Replicas(n) => {
-                    // Spread: enough feasible nodes means no node gets two.
+                    // Instances never share a node, and enough feasible nodes take them all.
+                    prop_assert!(placed.values().all(|c| *c == 1), "{:?}", placed);
                     if feasible >= n as usize {
                         prop_assert!(out.is_complete());
-                        prop_assert!(placed.values().all(|c| *c == 1), "{:?}", placed);
                     }
                     if out.is_complete() {
                         prop_assert!(out.rejects.is_empty());
