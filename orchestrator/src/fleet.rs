@@ -73,6 +73,9 @@ pub struct NodeRecord {
     pub info: NodeInfo,
     #[serde(default)]
     pub load: Option<NodeLoad>,
+    /// The operator asked for no new instances here.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 /// A record the caller must write to the store.
@@ -178,6 +181,7 @@ impl Fleet {
             last_seen_unix: now_unix,
             info: NodeInfo::from(caps),
             load: None,
+            cordoned: false,
         };
         self.tokens.insert(record.id.clone(), record.clone());
         self.names.insert(node.name.clone(), id);
@@ -282,6 +286,14 @@ impl Fleet {
         let node = self.nodes.remove(&id)?;
         self.names.remove(&node.name);
         Some((Change::NodeDeleted(id), self.sessions.remove(&id)))
+    }
+
+    /// Cordons or uncordons a node. Returns the record to persist; `None` if there is no such
+    /// node.
+    pub fn set_cordoned(&mut self, id: NodeId, cordoned: bool) -> Option<Change> {
+        let node = self.nodes.get_mut(&id)?;
+        node.cordoned = cordoned;
+        Some(Change::Node(Box::new(node.clone())))
     }
 
     pub fn is_online(&self, id: NodeId) -> bool {

@@ -1,0 +1,543 @@
+//! Deployments: the workloads the operator asked for, and which node holds each instance.
+//!
+//! [`Deployments`] owns the [`Scheduler`] snapshot and keeps it in step with the registry
+//! (nodes coming, going, cordoned, drained, deleted) and with the nodes' answers (a refused
+//! admission moves the instance to the next best node). Every input returns [`Effect`]s: the
+//! records to persist and the messages to send, in order. The caller persists before it sends,
+//! so a node never runs an assignment the orchestrator could forget.
+//!
+//! An offline node keeps its instances: an edge node runs on through a cut link, and moving
+//! its work elsewhere would double it when the link returns. Only a drain, a deletion or a
+//! refusal moves an instance.
+//!
+//! **Invariants.** Pure: no I/O, no clock, no randomness. Every instance the scheduler has
+//! bound belongs to exactly one deployment's `nodes`, and the reverse. A node is sent an
+//! `Assign` for every instance it holds whenever its session opens, and an `Unassign` for
+//! anything it reports that it does not hold.
+
+use crate::fleet::NodeRecord;
+use crate::scheduler::{NodeReject, NodeView, Outcome, RejectReason, Resources, Scheduler};
+use crate::workload::{HealthCheck, Probe, RestartPolicy, SpecError, WorkloadSpec};
+use edge_proto::{
+    AdmissionReply, Assignment, HealthProbe, OrchMsg, Seq, Str, Unassign, WorkloadReport, text,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Something the caller must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Write this deployment to the store before sending what follows.
+    Persist(DeploymentRecord),
+    /// Remove this deployment from the store.
+    Forget(String),
+    /// Send this to the node's live session, if it has one; it is sent again when the node
+    /// next connects.
+    Send(edge_proto::NodeId, OrchMsg),
+}
+
+/// A deployment as stored: the spec as its JSON, and where its instances are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub spec: serde_json::Value,
+    pub generation: u64,
+    pub artifact_size: u64,
+    /// Node ids (hex) holding an instance.
+    pub nodes: Vec<String>,
+}
+
+impl DeploymentRecord {
+    pub fn name(&self) -> Option<&str> {
+        self.spec.get("name").and_then(|n| n.as_str())
+    }
+}
+
+/// Where an instance stands with its node, from the orchestrator's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Assigned; the node has not answered yet.
+    Pending,
+    /// The node admitted it.
+    Admitted,
+}
+
+#[derive(Debug, Clone)]
+struct Deployment {
+    spec: WorkloadSpec,
+    generation: u64,
+    artifact_size: u64,
+    /// The message every holder gets; built once per generation.
+    assignment: Assignment,
+    nodes: BTreeMap<edge_proto::NodeId, Admission>,
+    /// Nodes that refused this generation, with the reason they gave.
+    refusals: BTreeMap<edge_proto::NodeId, String>,
+}
+
+/// One deployment as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeploymentView {
+    pub name: String,
+    pub version: String,
+    pub generation: u64,
+    pub spec: serde_json::Value,
+    /// How many instances are wanted: replicas, or for a per-node workload the matching nodes.
+    pub wanted: u32,
+    /// Nodes holding an instance, by id, with whether they admitted it.
+    #[serde(skip)]
+    pub nodes: Vec<(edge_proto::NodeId, Admission)>,
+    /// Nodes that refused the admission, with the reason they gave.
+    #[serde(skip)]
+    pub refusals: Vec<(edge_proto::NodeId, String)>,
+    /// Why the nodes that hold no instance cannot take one (empty when complete).
+    pub unplaced_reasons: Vec<NodeReject>,
+}
+
+/// Every deployment and the scheduler snapshot they are placed on.
+#[derive(Debug, Default)]
+pub struct Deployments {
+    scheduler: Scheduler,
+    deployments: BTreeMap<String, Deployment>,
+    /// What the registry says of each node, to rebuild its view after changes.
+    nodes: BTreeMap<edge_proto::NodeId, NodeRecord>,
+}
+
+/// A stored record that cannot be loaded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("stored deployment {name:?}: {reason}")]
+pub struct LoadError {
+    pub name: String,
+    pub reason: String,
+}
+
+impl Deployments {
+    /// The deployments as stored, on the registry's nodes (`online` says which have a
+    /// session). Sends nothing: each node gets its assignments when its session opens.
+    pub fn load(
+        records: Vec<DeploymentRecord>,
+        nodes: impl IntoIterator<Item = (NodeRecord, bool)>,
+    ) -> Result<Self, LoadError> {
+        let mut me = Self::default();
+        let mut online = BTreeMap::new();
+        for (record, up) in nodes {
+            online.insert(record.id, up);
+            me.nodes.insert(record.id, record);
+        }
+        for record in records {
+            let name = record.name().unwrap_or("?").to_owned();
+            let bad = |reason: String| LoadError {
+                name: name.clone(),
+                reason,
+            };
+            let bytes = serde_json::to_vec(&record.spec).map_err(|e| bad(e.to_string()))?;
+            let spec = WorkloadSpec::from_json(&bytes).map_err(|e| bad(e.to_string()))?;
+            let assignment = assignment(&spec, record.generation, record.artifact_size)
+                .map_err(|e| bad(e.to_string()))?;
+            let mut held = BTreeMap::new();
+            for id in &record.nodes {
+                let id = edge_proto::NodeId::parse(id).ok_or_else(|| bad(format!("node {id}")))?;
+                // A node deleted since is dropped here; the next reconcile replaces it.
+                if me.nodes.contains_key(&id) {
+                    held.insert(id, Admission::Pending);
+                }
+            }
+            me.deployments.insert(
+                spec.name().to_owned(),
+                Deployment {
+                    spec,
+                    generation: record.generation,
+                    artifact_size: record.artifact_size,
+                    assignment,
+                    nodes: held,
+                    refusals: BTreeMap::new(),
+                },
+            );
+        }
+        let views: Vec<NodeView> = me
+            .nodes
+            .values()
+            .map(|r| me.view(r, online.get(&r.id).copied().unwrap_or(false)))
+            .collect();
+        me.scheduler = Scheduler::new(views);
+        Ok(me)
+    }
+
+    /// Creates or replaces a deployment and places what it is missing. Applying the spec a
+    /// deployment already has changes nothing and sends nothing. A valid spec whose assignment
+    /// would not fit the wire is refused with the field at fault.
+    pub fn apply(
+        &mut self,
+        spec: WorkloadSpec,
+        artifact_size: u64,
+    ) -> Result<(Outcome, Vec<Effect>), SpecError> {
+        let name = spec.name().to_owned();
+        let mut effects = Vec::new();
+        let generation = match self.deployments.get(&name) {
+            Some(d) if d.spec == spec && d.artifact_size == artifact_size => {
+                return Ok((Outcome::default(), effects));
+            }
+            Some(d) => d.generation + 1,
+            None => 1,
+        };
+        let new_assignment = assignment(&spec, generation, artifact_size)?;
+        // The old instances are released and the new spec placed from scratch: the placement
+        // is deterministic, so a change that still fits stays where it was.
+        let before: Vec<edge_proto::NodeId> = match self.deployments.remove(&name) {
+            Some(old) => {
+                self.scheduler.remove_workload(&old.spec);
+                old.nodes.into_keys().collect()
+            }
+            None => Vec::new(),
+        };
+        self.scheduler.forget_refusals(&name);
+        let outcome = self.scheduler.place(&spec);
+        let nodes: BTreeMap<_, _> = outcome
+            .bound
+            .iter()
+            .map(|id| (*id, Admission::Pending))
+            .collect();
+        let deployment = Deployment {
+            spec,
+            generation,
+            artifact_size,
+            assignment: new_assignment,
+            nodes,
+            refusals: BTreeMap::new(),
+        };
+        effects.push(Effect::Persist(record(&deployment)));
+        for id in before {
+            if !deployment.nodes.contains_key(&id) {
+                effects.push(unassign(id, &name));
+            }
+        }
+        for id in deployment.nodes.keys() {
+            effects.push(assign(*id, &deployment));
+        }
+        self.deployments.insert(name, deployment);
+        Ok((outcome, effects))
+    }
+
+    /// Removes a deployment and stops its instances. `None` if there is no such deployment.
+    pub fn delete(&mut self, name: &str) -> Option<Vec<Effect>> {
+        let d = self.deployments.remove(name)?;
+        self.scheduler.remove_workload(&d.spec);
+        let mut effects = vec![Effect::Forget(name.to_owned())];
+        effects.extend(d.nodes.keys().map(|id| unassign(*id, name)));
+        Some(effects)
+    }
+
+    /// A node's session opened (or the node enrolled): it gets every assignment it holds, and
+    /// what was waiting for room is placed again.
+    pub fn node_up(&mut self, record: NodeRecord) -> Vec<Effect> {
+        let id = record.id;
+        let view = self.view(&record, true);
+        self.nodes.insert(id, record);
+        self.scheduler.upsert_node(view);
+        let mut effects: Vec<Effect> = self
+            .deployments
+            .values()
+            .filter(|d| d.nodes.contains_key(&id))
+            .map(|d| assign(id, d))
+            .collect();
+        effects.extend(self.reconcile());
+        effects
+    }
+
+    /// A node's session ended. Its instances stay where they are.
+    pub fn node_down(&mut self, id: edge_proto::NodeId) {
+        self.scheduler.set_online(id, false);
+    }
+
+    /// The registry's record of a node changed (capabilities, cordon).
+    pub fn node_changed(&mut self, record: NodeRecord, online: bool) -> Vec<Effect> {
+        let view = self.view(&record, online);
+        self.nodes.insert(record.id, record);
+        self.scheduler.upsert_node(view);
+        self.reconcile()
+    }
+
+    /// The node was deleted: its instances go elsewhere.
+    pub fn node_removed(&mut self, id: edge_proto::NodeId) -> Vec<Effect> {
+        self.nodes.remove(&id);
+        self.scheduler.remove_node(id);
+        let mut effects = Vec::new();
+        for d in self.deployments.values_mut() {
+            d.refusals.remove(&id);
+            if d.nodes.remove(&id).is_some() {
+                effects.push(Effect::Persist(record(d)));
+            }
+        }
+        effects.extend(self.reconcile());
+        effects
+    }
+
+    /// Moves every instance off a node (which the caller has cordoned, so none comes back).
+    pub fn drain(&mut self, id: edge_proto::NodeId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for d in self.deployments.values_mut() {
+            if d.nodes.remove(&id).is_some() {
+                self.scheduler.release(&d.spec, id);
+                effects.push(Effect::Persist(record(d)));
+                effects.push(unassign(id, d.spec.name()));
+            }
+        }
+        effects.extend(self.reconcile());
+        effects
+    }
+
+    /// A node answered an assignment. A refusal of the current generation moves the instance
+    /// to the next best node.
+    pub fn admission(&mut self, node: edge_proto::NodeId, reply: &AdmissionReply) -> Vec<Effect> {
+        let Some(d) = self.deployments.get_mut(reply.workload.as_str()) else {
+            return Vec::new();
+        };
+        if reply.generation != d.generation || !d.nodes.contains_key(&node) {
+            return Vec::new();
+        }
+        let Some(reason) = &reply.rejected else {
+            d.nodes.insert(node, Admission::Admitted);
+            return Vec::new();
+        };
+        d.nodes.remove(&node);
+        d.refusals.insert(node, reason.to_string());
+        let outcome = self.scheduler.reject(&d.spec, node);
+        let mut effects = Vec::new();
+        for id in &outcome.bound {
+            d.nodes.insert(*id, Admission::Pending);
+        }
+        effects.push(Effect::Persist(record(d)));
+        effects.extend(outcome.bound.iter().map(|id| assign(*id, d)));
+        effects
+    }
+
+    /// A node reported a workload. One it does not hold (deleted or moved while the node was
+    /// away) is stopped.
+    pub fn report(&self, node: edge_proto::NodeId, report: &WorkloadReport) -> Vec<Effect> {
+        let held = self
+            .deployments
+            .get(report.workload.as_str())
+            .is_some_and(|d| d.nodes.contains_key(&node));
+        if held || report.state == edge_proto::WorkloadState::Stopped {
+            Vec::new()
+        } else {
+            vec![unassign(node, report.workload.as_str())]
+        }
+    }
+
+    /// Places what every incomplete deployment is missing.
+    pub fn reconcile(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for d in self.deployments.values_mut() {
+            let outcome = self.scheduler.place(&d.spec);
+            if outcome.bound.is_empty() {
+                continue;
+            }
+            for id in &outcome.bound {
+                d.nodes.insert(*id, Admission::Pending);
+            }
+            effects.push(Effect::Persist(record(d)));
+            effects.extend(outcome.bound.iter().map(|id| assign(*id, d)));
+        }
+        effects
+    }
+
+    /// Every deployment, by name.
+    pub fn list(&self) -> Vec<DeploymentView> {
+        self.deployments.values().map(|d| self.show(d)).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<DeploymentView> {
+        self.deployments.get(name).map(|d| self.show(d))
+    }
+
+    /// The workloads a node holds, by name.
+    pub fn held_by(&self, node: edge_proto::NodeId) -> Vec<String> {
+        self.deployments
+            .values()
+            .filter(|d| d.nodes.contains_key(&node))
+            .map(|d| d.spec.name().to_owned())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.deployments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deployments.is_empty()
+    }
+
+    fn show(&self, d: &Deployment) -> DeploymentView {
+        let held = u32::try_from(d.nodes.len()).unwrap_or(u32::MAX);
+        let rejects = self.scheduler.explain(&d.spec);
+        let wanted = match d.spec.placement() {
+            crate::workload::Placement::Replicas(n) => n,
+            // Every node holding one, plus every node without one that matches (those the
+            // scheduler explains with a capacity reason, not a mismatch).
+            crate::workload::Placement::PerNode => {
+                held + u32::try_from(rejects.iter().filter(|r| fits_but_full(&r.reason)).count())
+                    .unwrap_or(u32::MAX)
+            }
+        };
+        let complete = held >= wanted;
+        DeploymentView {
+            name: d.spec.name().to_owned(),
+            version: d.spec.version().to_owned(),
+            generation: d.generation,
+            spec: serde_json::to_value(&d.spec).unwrap_or_default(),
+            wanted,
+            nodes: d.nodes.iter().map(|(id, a)| (*id, *a)).collect(),
+            refusals: d.refusals.iter().map(|(id, r)| (*id, r.clone())).collect(),
+            unplaced_reasons: if complete { Vec::new() } else { rejects },
+        }
+    }
+
+    /// A registry record as the scheduler sees it, with what this node holds.
+    fn view(&self, record: &NodeRecord, online: bool) -> NodeView {
+        let mut view = NodeView::from_record(record, online);
+        view.cordoned = record.cordoned;
+        for d in self.deployments.values() {
+            if d.nodes.contains_key(&record.id) {
+                let want = d.spec.resources();
+                view.allocated = Resources {
+                    cpu_millis: view.allocated.cpu_millis + want.cpu_millis,
+                    memory_bytes: view.allocated.memory_bytes + want.memory_bytes,
+                    disk_bytes: view.allocated.disk_bytes + want.disk_bytes,
+                };
+                view.instances.insert(d.spec.name().to_owned(), 1);
+                view.ports_in_use.extend_from_slice(d.spec.ports());
+            }
+        }
+        view
+    }
+}
+
+/// A reason that a matching node gives when it is only short of room (or offline, cordoned,
+/// refused): it would count for a per-node workload.
+fn fits_but_full(reason: &RejectReason) -> bool {
+    matches!(
+        reason,
+        RejectReason::NotOnline
+            | RejectReason::Cordoned
+            | RejectReason::Refused
+            | RejectReason::Port { .. }
+            | RejectReason::Cpu { .. }
+            | RejectReason::Memory { .. }
+            | RejectReason::Disk { .. }
+    )
+}
+
+fn record(d: &Deployment) -> DeploymentRecord {
+    DeploymentRecord {
+        spec: serde_json::to_value(&d.spec).unwrap_or_default(),
+        generation: d.generation,
+        artifact_size: d.artifact_size,
+        nodes: d.nodes.keys().map(ToString::to_string).collect(),
+    }
+}
+
+fn assign(node: edge_proto::NodeId, d: &Deployment) -> Effect {
+    Effect::Send(node, OrchMsg::Assign(Box::new(d.assignment.clone())))
+}
+
+fn unassign(node: edge_proto::NodeId, name: &str) -> Effect {
+    Effect::Send(
+        node,
+        OrchMsg::Unassign(Unassign {
+            workload: text(name),
+        }),
+    )
+}
+
+/// The message a node gets for `spec`. The spec's own bounds are mostly the wire's; where the
+/// wire is tighter, or the whole would not fit one frame, the error names the field.
+pub fn assignment(
+    spec: &WorkloadSpec,
+    generation: u64,
+    artifact_size: u64,
+) -> Result<Assignment, SpecError> {
+    let invalid = |field: &str, reason: &str| SpecError::Invalid {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if spec.command().is_some() {
+        return Err(invalid(
+            "command",
+            "not supported yet: the artifact itself is the executable",
+        ));
+    }
+    let args = spec
+        .args()
+        .iter()
+        .map(|a| Str::new(a.as_str()))
+        .collect::<Option<Vec<_>>>()
+        .and_then(Seq::new)
+        .ok_or_else(|| invalid("args", "too many or too long"))?;
+    let env = spec
+        .env()
+        .iter()
+        .map(|(k, v)| Some((Str::new(k.as_str())?, Str::new(v.as_str())?)))
+        .collect::<Option<Vec<_>>>()
+        .and_then(Seq::new)
+        .ok_or_else(|| invalid("env", "a name over 128 bytes or a value over 4096"))?;
+    let working_dir = match spec.working_dir() {
+        Some(d) => Some(Str::new(d).ok_or_else(|| invalid("working_dir", "over 1024 bytes"))?),
+        None => None,
+    };
+    let health = match spec.health() {
+        Some(h) => Some(health(h).ok_or_else(|| invalid("health", "probe too long"))?),
+        None => None,
+    };
+    let resources = spec.resources();
+    let a = Assignment {
+        workload: text(spec.name()),
+        version: text(spec.version()),
+        generation,
+        artifact: *spec.artifact().as_bytes(),
+        artifact_size,
+        args,
+        env,
+        working_dir,
+        cpu_millis: Some(u32::try_from(resources.cpu_millis).unwrap_or(u32::MAX)),
+        memory_bytes: Some(resources.memory_bytes),
+        disk_bytes: (resources.disk_bytes > 0).then_some(resources.disk_bytes),
+        restart: match spec.restart() {
+            RestartPolicy::Always => edge_proto::RestartPolicy::Always,
+            RestartPolicy::OnFailure => edge_proto::RestartPolicy::OnFailure,
+            RestartPolicy::Never => edge_proto::RestartPolicy::Never,
+        },
+        health,
+    };
+    if edge_proto::try_encode(&OrchMsg::Assign(Box::new(a.clone()))).is_err() {
+        return Err(invalid(
+            "args",
+            "args, env and health together exceed one 64 KiB frame",
+        ));
+    }
+    Ok(a)
+}
+
+fn health(h: &HealthCheck) -> Option<HealthProbe> {
+    let check = match &h.probe {
+        Probe::Http { port, path } => edge_proto::HealthCheck::Http {
+            port: *port,
+            path: Str::new(path.as_str())?,
+        },
+        Probe::Tcp { port } => edge_proto::HealthCheck::Tcp { port: *port },
+        Probe::Exec { command, args } => edge_proto::HealthCheck::Exec {
+            command: Str::new(command.as_str())?,
+            args: Seq::new(
+                args.iter()
+                    .map(|a| Str::new(a.as_str()))
+                    .collect::<Option<Vec<_>>>()?,
+            )?,
+        },
+    };
+    Some(HealthProbe {
+        check,
+        interval_secs: h.interval_secs,
+        timeout_secs: h.timeout_secs,
+        success_threshold: u8::try_from(h.success_threshold).ok()?,
+        failure_threshold: u8::try_from(h.failure_threshold).ok()?,
+    })
+}

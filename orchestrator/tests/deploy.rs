@@ -1,0 +1,390 @@
+//! The deployments controller: placements become assignments, refusals move instances,
+//! sessions get their assignments again, drains and deletions move or stop instances, and
+//! everything it persists loads back to the same state.
+
+use edge_proto::{AdmissionReply, NodeId, OrchMsg, WorkloadReport, WorkloadState, text};
+use orchestrator::deploy::{Admission, DeploymentRecord, Deployments, Effect, assignment};
+use orchestrator::fleet::NodeRecord;
+use orchestrator::scheduler::RejectReason;
+use orchestrator::workload::WorkloadSpec;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn id(i: u8) -> NodeId {
+    NodeId([i; 16])
+}
+
+fn node(i: u8) -> NodeRecord {
+    let stored = json!({
+        "id": id(i).to_string(),
+        "name": format!("node-{i}"),
+        "enrolled_unix": 0,
+        "last_seen_unix": 0,
+        "info": {
+            "arch": "x86_64", "os": "linux", "os_version": "", "kernel": "", "hostname": "",
+            "cpus": 2, "cpu_model": "",
+            "memory_bytes": 2 * GIB, "disk_bytes": 32 * GIB, "disk_free_bytes": 16 * GIB,
+            "accelerators": [], "board": null,
+            "labels": {"site": if i % 2 == 0 { "berlin" } else { "paris" }},
+            "location": null
+        }
+    });
+    serde_json::from_str(&stored.to_string()).expect("a node record")
+}
+
+fn spec(extra: Value) -> WorkloadSpec {
+    let mut v = json!({
+        "name": "web",
+        "version": "1",
+        "artifact": DIGEST,
+        "resources": {"cpu_millis": 500, "memory_bytes": 256 * MIB}
+    });
+    for (k, x) in extra.as_object().expect("an object") {
+        v[k] = x.clone();
+    }
+    WorkloadSpec::from_json(&serde_json::to_vec(&v).expect("json")).expect("a valid spec")
+}
+
+/// A controller over nodes 0..n, all online.
+fn fleet(n: u8) -> Deployments {
+    Deployments::load(Vec::new(), (0..n).map(|i| (node(i), true))).expect("loads")
+}
+
+fn assigned_to(effects: &[Effect]) -> BTreeSet<NodeId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(id, OrchMsg::Assign(_)) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn unassigned_from(effects: &[Effect]) -> BTreeSet<NodeId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(id, OrchMsg::Unassign(_)) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn holders(d: &Deployments, name: &str) -> BTreeSet<NodeId> {
+    d.get(name)
+        .expect("deployed")
+        .nodes
+        .iter()
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+fn records(effects: &[Effect]) -> Vec<DeploymentRecord> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reply(name: &str, generation: u64, rejected: Option<&str>) -> AdmissionReply {
+    AdmissionReply {
+        workload: text(name),
+        generation,
+        rejected: rejected.map(text),
+    }
+}
+
+#[test]
+fn a_deploy_persists_then_assigns_and_a_repeat_changes_nothing() {
+    let mut d = fleet(4);
+    let (outcome, effects) = d
+        .apply(spec(json!({"replicas": 3})), 1000)
+        .expect("deploys");
+    assert_eq!(outcome.bound.len(), 3);
+    assert!(
+        matches!(effects.first(), Some(Effect::Persist(_))),
+        "persisted before anything is sent: {effects:?}"
+    );
+    let to = assigned_to(&effects);
+    assert_eq!(to.len(), 3);
+    assert_eq!(to, holders(&d, "web"));
+    let Some(Effect::Send(_, OrchMsg::Assign(a))) = effects.get(1) else {
+        panic!("an assignment: {effects:?}");
+    };
+    assert_eq!((a.workload.as_str(), a.generation), ("web", 1));
+    assert_eq!(a.artifact_size, 1000);
+    assert_eq!(a.memory_bytes, Some(256 * MIB));
+
+    let (_, again) = d
+        .apply(spec(json!({"replicas": 3})), 1000)
+        .expect("deploys");
+    assert!(again.is_empty(), "the same spec again does nothing");
+    let view = d.get("web").expect("deployed");
+    assert_eq!((view.generation, view.wanted), (1, 3));
+    assert!(view.unplaced_reasons.is_empty());
+}
+
+#[test]
+fn a_refusal_moves_the_instance_and_the_reason_is_kept() {
+    let mut d = fleet(3);
+    let (_, effects) = d.apply(spec(json!({"replicas": 2})), 0).expect("deploys");
+    let first: Vec<NodeId> = assigned_to(&effects).into_iter().collect();
+    let spare = (0..3)
+        .map(id)
+        .find(|n| !first.contains(n))
+        .expect("one spare");
+
+    // A reply to an older generation is ignored.
+    assert!(
+        d.admission(first[0], &reply("web", 0, Some("old")))
+            .is_empty()
+    );
+    assert!(
+        d.admission(first[1], &reply("web", 1, None)).is_empty(),
+        "an admission needs nothing done"
+    );
+    let effects = d.admission(first[0], &reply("web", 1, Some("memory: 10 free")));
+    assert_eq!(assigned_to(&effects), BTreeSet::from([spare]));
+    assert_eq!(records(&effects).len(), 1, "the move is persisted");
+    let view = d.get("web").expect("deployed");
+    assert_eq!(
+        view.nodes,
+        {
+            let mut v = vec![(first[1], Admission::Admitted), (spare, Admission::Pending)];
+            v.sort();
+            v
+        },
+        "the admitted one stays, the spare is pending"
+    );
+    assert_eq!(view.refusals, [(first[0], "memory: 10 free".to_owned())]);
+
+    // Nowhere left to go: the instance is unplaced and the refusal is the reason.
+    let effects = d.admission(spare, &reply("web", 1, Some("disk")));
+    assert!(assigned_to(&effects).is_empty());
+    let view = d.get("web").expect("deployed");
+    assert_eq!(view.nodes.len(), 1);
+    assert!(
+        view.unplaced_reasons
+            .iter()
+            .any(|r| r.node == spare && r.reason == RejectReason::Refused)
+    );
+}
+
+#[test]
+fn offline_nodes_keep_their_instances_and_get_them_again_on_reconnect() {
+    let mut d = fleet(2);
+    d.apply(spec(json!({"placement": "per-node"})), 0)
+        .expect("deploys");
+    d.node_down(id(0));
+    assert_eq!(
+        holders(&d, "web").len(),
+        2,
+        "nothing moves while a node is away"
+    );
+    let effects = d.node_up(node(0));
+    assert_eq!(assigned_to(&effects), BTreeSet::from([id(0)]));
+    assert!(records(&effects).is_empty(), "nothing changed to persist");
+}
+
+#[test]
+fn a_new_node_gets_what_was_waiting_for_room() {
+    let mut d = fleet(1);
+    let (outcome, _) = d.apply(spec(json!({"replicas": 2})), 0).expect("deploys");
+    assert_eq!(outcome.unplaced(), 1);
+    let waiting = d.get("web").expect("deployed");
+    assert_eq!(waiting.unplaced_reasons.len(), 1);
+    assert_eq!(
+        waiting.unplaced_reasons[0].reason,
+        RejectReason::AlreadyRuns
+    );
+    let effects = d.node_up(node(1));
+    assert_eq!(assigned_to(&effects), BTreeSet::from([id(1)]));
+    assert!(d.get("web").expect("deployed").unplaced_reasons.is_empty());
+}
+
+#[test]
+fn drain_moves_instances_and_cordon_keeps_them_away() {
+    let mut d = fleet(3);
+    d.apply(spec(json!({"replicas": 2})), 0).expect("deploys");
+    let victim = *holders(&d, "web").iter().next().expect("a holder");
+    let mut cordoned = node(victim.0[0]);
+    cordoned.cordoned = true;
+    let effects = d.node_changed(cordoned, true);
+    assert!(effects.is_empty(), "cordoning alone moves nothing");
+    let effects = d.drain(victim);
+    assert_eq!(unassigned_from(&effects), BTreeSet::from([victim]));
+    assert_eq!(assigned_to(&effects).len(), 1);
+    assert!(!assigned_to(&effects).contains(&victim));
+    assert!(!holders(&d, "web").contains(&victim));
+    assert_eq!(holders(&d, "web").len(), 2);
+    assert!(d.held_by(victim).is_empty());
+}
+
+#[test]
+fn delete_forgets_and_stops_everywhere() {
+    let mut d = fleet(3);
+    d.apply(spec(json!({"replicas": 3})), 0).expect("deploys");
+    let effects = d.delete("web").expect("existed");
+    assert_eq!(effects[0], Effect::Forget("web".into()));
+    assert_eq!(unassigned_from(&effects).len(), 3);
+    assert!(d.get("web").is_none());
+    assert!(d.delete("web").is_none());
+    // Room is free again.
+    let (outcome, _) = d
+        .apply(spec(json!({"name": "other", "replicas": 3})), 0)
+        .expect("deploys");
+    assert!(outcome.is_complete());
+}
+
+#[test]
+fn a_report_of_something_the_node_does_not_hold_stops_it() {
+    let mut d = fleet(2);
+    d.apply(spec(json!({"replicas": 1})), 0).expect("deploys");
+    let holder = *holders(&d, "web").iter().next().expect("a holder");
+    let other = if holder == id(0) { id(1) } else { id(0) };
+    let report = |name: &str, state| WorkloadReport {
+        workload: text(name),
+        generation: 1,
+        state,
+        restarts: 0,
+        pid: Some(7),
+        exit_code: None,
+        message: text(""),
+    };
+    assert!(
+        d.report(holder, &report("web", WorkloadState::Running))
+            .is_empty()
+    );
+    assert_eq!(
+        unassigned_from(&d.report(other, &report("web", WorkloadState::Running))),
+        BTreeSet::from([other])
+    );
+    assert_eq!(
+        unassigned_from(&d.report(holder, &report("gone", WorkloadState::Running))),
+        BTreeSet::from([holder])
+    );
+    assert!(
+        d.report(holder, &report("gone", WorkloadState::Stopped))
+            .is_empty(),
+        "already stopped"
+    );
+}
+
+#[test]
+fn a_changed_spec_is_a_new_generation_on_the_nodes_that_fit_it() {
+    let mut d = fleet(4);
+    d.apply(spec(json!({"replicas": 4})), 0).expect("deploys");
+    let (_, effects) = d
+        .apply(
+            spec(json!({"version": "2", "replicas": 4, "requirements": {"labels": {"site": "berlin"}}})),
+            0,
+        )
+        .expect("deploys");
+    let berlin = BTreeSet::from([id(0), id(2)]);
+    assert_eq!(assigned_to(&effects), berlin);
+    assert_eq!(unassigned_from(&effects), BTreeSet::from([id(1), id(3)]));
+    let view = d.get("web").expect("deployed");
+    assert_eq!((view.generation, view.version.as_str()), (2, "2"));
+    assert_eq!(holders(&d, "web"), berlin);
+    assert_eq!(
+        view.unplaced_reasons.len(),
+        4,
+        "two short, every node says why"
+    );
+}
+
+#[test]
+fn a_deleted_node_s_instances_go_elsewhere() {
+    let mut d = fleet(3);
+    d.apply(spec(json!({"replicas": 2})), 0).expect("deploys");
+    let gone = *holders(&d, "web").iter().next().expect("a holder");
+    let effects = d.node_removed(gone);
+    assert_eq!(assigned_to(&effects).len(), 1);
+    assert!(!holders(&d, "web").contains(&gone));
+    assert_eq!(holders(&d, "web").len(), 2);
+}
+
+#[test]
+fn what_is_persisted_loads_back_the_same() {
+    let mut d = fleet(3);
+    let mut stored = std::collections::BTreeMap::new();
+    let mut keep = |effects: Vec<Effect>| {
+        for e in effects {
+            match e {
+                Effect::Persist(r) => {
+                    stored.insert(r.name().expect("named").to_owned(), r);
+                }
+                Effect::Forget(name) => {
+                    stored.remove(&name);
+                }
+                Effect::Send(..) => {}
+            }
+        }
+    };
+    keep(d.apply(spec(json!({"replicas": 2})), 5).expect("deploys").1);
+    keep(
+        d.apply(
+            spec(json!({"name": "edge", "placement": "per-node",
+                        "health": {"http": {"port": 8080, "path": "/healthz"}},
+                        "env": {"A": "b"}, "args": ["--x"], "ports": [8080]})),
+            7,
+        )
+        .expect("deploys")
+        .1,
+    );
+    keep(d.apply(spec(json!({"name": "tmp"})), 0).expect("deploys").1);
+    keep(d.delete("tmp").expect("existed"));
+    let loaded = Deployments::load(
+        stored.into_values().collect(),
+        (0..3).map(|i| (node(i), false)),
+    )
+    .expect("loads");
+    let shown = |d: &Deployments| {
+        d.list()
+            .into_iter()
+            .map(|v| {
+                let nodes: Vec<NodeId> = v.nodes.iter().map(|(id, _)| *id).collect();
+                (v.name, v.generation, v.spec, nodes)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shown(&loaded), shown(&d));
+    assert_eq!(loaded.len(), 2);
+}
+
+#[test]
+fn a_damaged_record_is_a_load_error_naming_it() {
+    let bad = DeploymentRecord {
+        spec: json!({"name": "broken", "version": "1"}),
+        generation: 1,
+        artifact_size: 0,
+        nodes: Vec::new(),
+    };
+    let err = Deployments::load(vec![bad], [(node(0), true)]).expect_err("refused");
+    assert_eq!(err.name, "broken");
+    assert!(err.reason.contains("artifact"), "{err}");
+}
+
+#[test]
+fn what_the_wire_cannot_carry_is_a_spec_error_with_its_field() {
+    let with_command = spec(json!({"command": "run.sh"}));
+    let err = assignment(&with_command, 1, 0).expect_err("refused");
+    assert_eq!(err.field(), Some("command"));
+    let long_name = "A".repeat(200);
+    let err = assignment(&spec(json!({"env": {long_name: "x"}})), 1, 0).expect_err("refused");
+    assert_eq!(err.field(), Some("env"));
+    // 64 args of 4 KiB are each within the spec's bounds, but not one frame.
+    let args: Vec<String> = (0..64).map(|_| "x".repeat(4000)).collect();
+    let err = assignment(&spec(json!({"args": args})), 1, 0).expect_err("refused");
+    assert_eq!(err.field(), Some("args"));
+    let mut d = fleet(1);
+    assert!(d.apply(with_command, 0).is_err());
+    assert!(d.is_empty(), "a refused spec leaves nothing behind");
+}
