@@ -5,6 +5,7 @@ use crate::capabilities::{self, StatusSampler};
 use crate::config::{Config, Host};
 use crate::identity::{IdentityDir, IdentityError};
 use crate::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
+use crate::streams;
 use crate::supervisor::LimitsBackend;
 use crate::tls::{self, PIN_MISMATCH};
 use crate::workloads::Workloads;
@@ -231,6 +232,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     let was_established = session.is_established();
                     session.handle_msg(msg, Instant::now());
                     if !was_established && session.is_established() {
+                        // The orchestrator opens streams (logs) only on an established
+                        // session; the task ends with the connection.
+                        if let Some((conn, _)) = &current {
+                            tokio::spawn(streams::serve(
+                                conn.clone(),
+                                workloads.supervisor().clone(),
+                            ));
+                        }
                         for report in workloads.reports() {
                             send_now(&mut current, &report).await;
                         }

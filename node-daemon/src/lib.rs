@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod identity;
 pub mod logging;
 pub mod session;
+pub mod streams;
 pub mod supervisor;
 pub mod tls;
 pub mod workloads;

@@ -141,6 +141,11 @@ impl Workloads {
             .collect()
     }
 
+    /// The supervisor that runs the workloads, for reading their logs.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
     /// Stops every workload (the daemon is exiting); the next start restarts them.
     pub async fn shutdown(&self) {
         self.supervisor.shutdown().await;

@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Something the caller must do, in order.
+// Effects live only until the caller carries them out; boxing the message would cost an
+// allocation per send for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Write this deployment to the store before sending what follows.

@@ -1,7 +1,9 @@
 //! The messages. Field and variant order is the wire format: append only.
 
 use crate::bounded::{Seq, Str};
+use crate::frame::MAX_FRAME_LEN;
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use serde::{Deserialize, Serialize};
@@ -14,13 +16,9 @@ pub type List<T, const N: usize> = heapless::Vec<T, N>;
 /// Copies `s` into a [`Text`], cutting it at the last character boundary that fits.
 /// For values we report (a CPU model, a hostname), where a shortened value beats none.
 pub fn text<const N: usize>(s: &str) -> Text<N> {
-    let mut end = s.len().min(N);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
     let mut out = Text::new();
-    // Invariant: `end <= N`, so this fits.
-    let _ = out.push_str(&s[..end]);
+    // Invariant: `char_floor` is at most `N`, so this fits.
+    let _ = out.push_str(&s[..char_floor(s, N)]);
     out
 }
 
@@ -499,4 +497,105 @@ pub enum ArtifactReply {
     BadOffset {
         size: u64,
     },
+}
+
+/// The first frame on every stream the orchestrator opens on a node's connection: what it is
+/// for. Streams the node opens start with a [`StreamOpen`] instead; the direction is in the
+/// type, as with [`NodeMsg`] and [`OrchMsg`], so neither side can be asked for what only the
+/// other serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrchStreamOpen {
+    /// Send me this workload's log.
+    Logs(LogsRequest),
+}
+
+/// What the orchestrator wants of a workload's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub workload: Text<63>,
+    /// How many of the latest lines to send first. The node keeps a bounded tail in memory
+    /// and sends at most what it has.
+    pub tail_lines: u32,
+    /// After the tail, keep sending lines as the workload prints them, until the orchestrator
+    /// stops reading, the connection ends or the workload is removed.
+    pub follow: bool,
+}
+
+/// The node's first frame on a logs stream. After `Streaming` come [`LogLines`] frames until
+/// the node finishes the stream; after `NotFound` the stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogsReply {
+    Streaming,
+    /// The node runs no workload by that name.
+    NotFound,
+}
+
+/// Lines of a workload's output, oldest first, without their newlines. stdout and stderr are
+/// interleaved as the node read them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogLines {
+    pub lines: Seq<Str<{ LogLines::MAX_LINE_BYTES }>, { LogLines::MAX_LINES }>,
+}
+
+impl LogLines {
+    /// The longest line on the wire; a longer one is cut to this, at a character boundary.
+    pub const MAX_LINE_BYTES: usize = 4096;
+    /// The most lines in one frame. The frame limit usually binds first: 256 full-length
+    /// lines would be 1 MiB.
+    pub const MAX_LINES: usize = 256;
+
+    /// Packs `lines` into as few frames' worth as fit, in order: each result has at most
+    /// [`MAX_LINES`](Self::MAX_LINES) lines and encodes within [`MAX_FRAME_LEN`]. A line over
+    /// [`MAX_LINE_BYTES`](Self::MAX_LINE_BYTES) is cut to fit.
+    pub fn pack(lines: impl IntoIterator<Item = String>) -> Vec<LogLines> {
+        // The count prefix of a list of at most 256 items is at most 2 bytes.
+        const COUNT_PREFIX: usize = varint_len(LogLines::MAX_LINES);
+        let mut out = Vec::new();
+        let mut batch: Vec<Str<{ Self::MAX_LINE_BYTES }>> = Vec::new();
+        let mut size = COUNT_PREFIX;
+        for mut line in lines {
+            line.truncate(char_floor(&line, Self::MAX_LINE_BYTES));
+            let cost = varint_len(line.len()) + line.len();
+            if batch.len() == Self::MAX_LINES || size + cost > MAX_FRAME_LEN {
+                out.push(Self::from_batch(core::mem::take(&mut batch)));
+                size = COUNT_PREFIX;
+            }
+            size += cost;
+            // Invariant: cut to MAX_LINE_BYTES above, so this is always `Some`.
+            if let Some(line) = Str::new(line) {
+                batch.push(line);
+            }
+        }
+        if !batch.is_empty() {
+            out.push(Self::from_batch(batch));
+        }
+        out
+    }
+
+    fn from_batch(batch: Vec<Str<{ Self::MAX_LINE_BYTES }>>) -> Self {
+        Self {
+            // Invariant: `pack` starts a new batch before one passes MAX_LINES.
+            lines: Seq::new(batch).unwrap_or_default(),
+        }
+    }
+}
+
+/// The largest index `<= max` that is a character boundary of `s`.
+fn char_floor(s: &str, max: usize) -> usize {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// Bytes of postcard's varint encoding of `n`.
+const fn varint_len(n: usize) -> usize {
+    let mut len = 1;
+    let mut rest = n >> 7;
+    while rest > 0 {
+        len += 1;
+        rest >>= 7;
+    }
+    len
 }

@@ -489,3 +489,132 @@ fn a_stream_of_frames_in_odd_pieces_decodes_in_order() {
     assert_eq!(seen, (0..500).collect::<Vec<_>>());
     assert!(dec.finish().is_ok());
 }
+
+#[test]
+fn golden_bytes_of_logs_streams() {
+    let open = encode(&OrchStreamOpen::Logs(LogsRequest {
+        workload: text("hello"),
+        tail_lines: 100,
+        follow: true,
+    }));
+    assert_eq!(hex(&open), "00000009000568656c6c6f6401");
+    assert_eq!(hex(&encode(&LogsReply::Streaming)), "0000000100");
+    assert_eq!(hex(&encode(&LogsReply::NotFound)), "0000000101");
+    let lines = encode(&LogLines {
+        lines: Seq::new(vec![
+            Str::new("a").expect("fits"),
+            Str::new("bc").expect("fits"),
+        ])
+        .expect("fits"),
+    });
+    assert_eq!(hex(&lines), "00000006020161026263");
+}
+
+#[test]
+fn logs_requests_round_trip() {
+    for follow in [false, true] {
+        let open = OrchStreamOpen::Logs(LogsRequest {
+            workload: text("a-workload-name-of-some-length"),
+            tail_lines: u32::MAX,
+            follow,
+        });
+        let frame = encode(&open);
+        assert_eq!(decode::<OrchStreamOpen>(&frame[4..]), Ok(open));
+    }
+    for reply in [LogsReply::Streaming, LogsReply::NotFound] {
+        assert_eq!(decode::<LogsReply>(&encode(&reply)[4..]), Ok(reply));
+    }
+}
+
+#[test]
+fn log_lines_over_their_bounds_are_refused() {
+    // 257 empty lines where 256 fit.
+    let mut body = vec![0x81, 0x02];
+    body.extend([0u8; 257]);
+    assert!(matches!(
+        decode::<LogLines>(&body),
+        Err(DecodeError::Malformed(_))
+    ));
+    // One line a byte over 4096: varint 4097, then the bytes.
+    let mut body = vec![1u8, 0x81, 0x20];
+    body.extend([b'x'; 4097]);
+    assert!(matches!(
+        decode::<LogLines>(&body),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn packed_log_lines_fit_frames_even_at_their_largest() {
+    // 256 lines of the longest kind are 1 MiB: they need several frames.
+    let lines = vec!["x".repeat(LogLines::MAX_LINE_BYTES); LogLines::MAX_LINES];
+    let packed = LogLines::pack(lines.clone());
+    assert!(packed.len() > 1);
+    let mut back = Vec::new();
+    for frame in &packed {
+        let bytes = try_encode(frame).expect("each packed frame fits");
+        // Full: one more line of this size would not have fitted.
+        assert!(
+            bytes.len() - 4 + LogLines::MAX_LINE_BYTES + 2 > MAX_FRAME_LEN
+                || frame == packed.last().expect("some")
+        );
+        let decoded: LogLines = decode(&bytes[4..]).expect("decodes");
+        back.extend(decoded.lines.into_vec().into_iter().map(Str::into_string));
+    }
+    assert_eq!(back, lines);
+    // Many short lines are capped by the line count, not the size.
+    let packed = LogLines::pack((0..600).map(|i| i.to_string()));
+    let counts: Vec<usize> = packed.iter().map(|l| l.lines.as_slice().len()).collect();
+    assert_eq!(counts, [256, 256, 88]);
+    assert!(LogLines::pack(Vec::new()).is_empty());
+}
+
+#[test]
+fn packing_cuts_long_lines_at_a_character_boundary() {
+    // 4095 ASCII bytes then a 2-byte character straddling the bound.
+    let line = format!("{}ñ and more", "x".repeat(LogLines::MAX_LINE_BYTES - 1));
+    let packed = LogLines::pack([line, "next".to_owned()]);
+    let lines: Vec<&str> = packed[0].lines.as_slice().iter().map(Str::as_str).collect();
+    assert_eq!(
+        lines,
+        ["x".repeat(LogLines::MAX_LINE_BYTES - 1).as_str(), "next"]
+    );
+}
+
+proptest! {
+    #[test]
+    fn packed_log_lines_round_trip_in_order(
+        lines in proptest::collection::vec(
+            proptest::collection::vec(any::<char>(), 0..1500).prop_map(String::from_iter),
+            0..400,
+        )
+    ) {
+        let packed = LogLines::pack(lines.clone());
+        let mut back = Vec::new();
+        for frame in &packed {
+            let bytes = try_encode(frame).expect("each packed frame fits");
+            prop_assert!(!frame.lines.as_slice().is_empty());
+            let decoded: LogLines = decode(&bytes[4..]).expect("decodes");
+            prop_assert_eq!(&decoded, frame);
+            back.extend(decoded.lines.into_vec().into_iter().map(Str::into_string));
+        }
+        let want: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                let mut end = l.len().min(LogLines::MAX_LINE_BYTES);
+                while !l.is_char_boundary(end) {
+                    end -= 1;
+                }
+                l[..end].to_owned()
+            })
+            .collect();
+        prop_assert_eq!(back, want);
+    }
+
+    #[test]
+    fn random_bytes_never_panic_logs_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<OrchStreamOpen>(&bytes);
+        let _ = decode::<LogsReply>(&bytes);
+        let _ = decode::<LogLines>(&bytes);
+    }
+}

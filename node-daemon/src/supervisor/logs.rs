@@ -97,6 +97,15 @@ impl LogSink {
         self.follow.subscribe()
     }
 
+    /// The last `n` lines and a feed of every line after them: none lost between the two,
+    /// none in both. `push` sends and appends under the same lock this holds to subscribe.
+    pub fn tail_and_subscribe(&self, n: usize) -> (Vec<String>, broadcast::Receiver<String>) {
+        let state = self.lock();
+        let skip = state.tail.len().saturating_sub(n);
+        let tail = state.tail.iter().skip(skip).cloned().collect();
+        (tail, self.follow.subscribe())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
         // A panic while holding the lock leaves at worst a partial tail: keep going.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -326,6 +335,18 @@ mod tests {
         assert_eq!(sink.tail(1), ["l4"]);
         sink.push(vec!["0123456789".into()]);
         assert_eq!(sink.tail(10), ["0123456789"]);
+    }
+
+    #[test]
+    fn tail_and_feed_meet_without_a_gap_or_an_overlap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = LogSink::open(dir.path(), LogLimits::default());
+        sink.push(vec!["a".into(), "b".into()]);
+        let (tail, mut feed) = sink.tail_and_subscribe(10);
+        sink.push(vec!["c".into()]);
+        assert_eq!(tail, ["a", "b"]);
+        assert_eq!(feed.try_recv().ok().as_deref(), Some("c"));
+        assert!(feed.try_recv().is_err());
     }
 
     #[test]

@@ -433,6 +433,19 @@ impl Supervisor {
         self.workloads().get(name).map(|h| h.logs.subscribe())
     }
 
+    /// The last `lines` lines and a feed of every line printed after them, with nothing
+    /// lost or repeated in between; `None` if there is no such workload. The feed ends when
+    /// the workload is removed.
+    pub fn log_tail_and_follow(
+        &self,
+        name: &str,
+        lines: usize,
+    ) -> Option<(Vec<String>, broadcast::Receiver<String>)> {
+        self.workloads()
+            .get(name)
+            .map(|h| h.logs.tail_and_subscribe(lines))
+    }
+
     /// Stops every workload gracefully, all at once, and returns when none is left. Their
     /// specs stay stored: the next [`recover`](Self::recover) starts them again.
     pub async fn shutdown(&self) {
