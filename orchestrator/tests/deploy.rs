@@ -29,7 +29,7 @@ fn node(i: u8) -> NodeRecord {
             "cpus": 2, "cpu_model": "",
             "memory_bytes": 2 * GIB, "disk_bytes": 32 * GIB, "disk_free_bytes": 16 * GIB,
             "accelerators": [], "board": null,
-            "labels": {"site": if i % 2 == 0 { "berlin" } else { "paris" }},
+            "labels": {"site": if i.is_multiple_of(2) { "berlin" } else { "paris" }},
             "location": null
         }
     });
