@@ -140,6 +140,19 @@ impl Admission {
         Ok(())
     }
 
+    /// Reserves a workload that is already running (the daemon restarted and found it),
+    /// without checking: refusing it now would kill a running workload to make room it
+    /// already has. Its limits count against the budget from here on.
+    pub fn adopt(&mut self, workload: &str, request: Request) {
+        self.admitted.insert(
+            workload.to_owned(),
+            Reservation {
+                request,
+                started: true,
+            },
+        );
+    }
+
     /// The workload is running: its memory and disk now show in the measurements, so it no
     /// longer counts as pending. Its limits still count against the budget.
     pub fn started(&mut self, workload: &str) {
@@ -161,6 +174,22 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adopted_workload_is_kept_and_counts_against_the_budget() {
+        let mut a = Admission::new(Reserve::default());
+        // Already running with more than is free now: kept, not refused.
+        a.adopt("running", mem(400));
+        assert!(a.is_admitted("running"));
+        let full = Measured {
+            memory_available: 10 * MIB,
+            ..pi()
+        };
+        assert!(matches!(
+            a.admit("next", mem(100), full),
+            Err(Rejection::MemoryBudget { committed, .. }) if committed == 400 * MIB
+        ));
+    }
 
     const MIB: u64 = 1 << 20;
 

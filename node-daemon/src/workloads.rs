@@ -99,9 +99,29 @@ impl Workloads {
             disk_bytes: a.disk_bytes.unwrap_or(0),
             download_bytes: self.cache.missing_bytes(&a.artifact, a.artifact_size),
         };
+        let running = self.supervisor.status(&name).is_some();
         let verdict = {
             let mut book = self.book();
-            let verdict = book.admission.admit(&name, request, now);
+            let known = book.generations.get(&name).copied();
+            if running && known == Some(a.generation) {
+                // Sent again after a reconnect: nothing to do but say where it stands.
+                drop(book);
+                if let Some(status) = self.supervisor.status(&name) {
+                    let _ = self.out.try_send(self.report(&status));
+                }
+                return AdmissionReply {
+                    workload: a.workload.clone(),
+                    generation: a.generation,
+                    rejected: None,
+                };
+            }
+            let verdict = if running && known.is_none() {
+                // Found running when the daemon started: keep it, whatever is free now.
+                book.admission.adopt(&name, request);
+                Ok(())
+            } else {
+                book.admission.admit(&name, request, now)
+            };
             if verdict.is_ok() {
                 book.generations.insert(name.clone(), a.generation);
             }
@@ -189,7 +209,9 @@ impl Workloads {
 
     async fn fetch_and_run(self, a: Assignment) {
         let name = a.workload.to_string();
-        self.send_state(&a, WorkloadState::Downloading, "").await;
+        if self.cache.missing_bytes(&a.artifact, a.artifact_size) > 0 {
+            self.send_state(&a, WorkloadState::Downloading, "").await;
+        }
         let mut delay = FETCH_RETRY_BASE;
         let path = loop {
             let Some(conn) = self.wait_for_connection().await else {
@@ -209,7 +231,14 @@ impl Workloads {
             return;
         }
         match self.supervisor.apply(spec_for(&a, &path)).await {
-            Ok(()) => info!(workload = %name, "started"),
+            Ok(()) => {
+                info!(workload = %name, generation = a.generation, "applied");
+                // An unchanged spec changes no state, so say the current one: the report
+                // names this generation now.
+                if let Some(status) = self.supervisor.status(&name) {
+                    let _ = self.out.send(self.report(&status)).await;
+                }
+            }
             Err(error) => {
                 warn!(workload = %name, %error, "could not start");
                 self.send_state(&a, WorkloadState::Failed, &error.to_string())

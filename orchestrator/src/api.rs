@@ -56,6 +56,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/artifacts"),
     ("POST", "/v1/artifacts"),
+    ("GET", "/v1/workloads"),
+    ("POST", "/v1/workloads"),
+    ("GET", "/v1/workloads/{name}"),
+    ("DELETE", "/v1/workloads/{name}"),
+    ("POST", "/v1/nodes/{name_or_id}/cordon"),
+    ("POST", "/v1/nodes/{name_or_id}/uncordon"),
+    ("POST", "/v1/nodes/{name_or_id}/drain"),
 ];
 
 /// The OpenAPI 3.0 document served at `/v1/openapi.json`.
@@ -90,6 +97,7 @@ pub fn router_with_artifacts(
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/api-tokens", axum::routing::post(create_api_token))
         .route("/v1/openapi.json", get(openapi))
+        .merge(crate::api_workloads::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), finish))
@@ -483,6 +491,9 @@ pub struct NodeView {
     /// RFC 3339, UTC.
     pub enrolled_at: String,
     pub load: Option<LoadView>,
+    /// No new instances are placed here.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 /// The node's last status report.
@@ -524,6 +535,7 @@ impl NodeView {
                 disk_free_bytes: l.disk_free_bytes,
                 uptime_secs: l.uptime_secs,
             }),
+            cordoned: node.cordoned,
         }
     }
 }

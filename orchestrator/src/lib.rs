@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod api_artifacts;
+pub mod api_workloads;
 pub mod app;
 pub mod artifacts;
 pub mod auth;

@@ -1,12 +1,19 @@
 //! The QUIC server: a thin shell that moves frames between sockets and [`ServerSession`]s and
-//! carries out their actions. All decisions live in `session` and `fleet`.
+//! carries out their actions. All decisions live in `session`, `fleet` and `deploy`.
+//!
+//! Deployment effects are carried out by one committer thread, in the order the controller
+//! decided them: it takes every batch queued since its last write, stores them with one flush,
+//! then sends their messages. So a node never gets an assignment before it is durable, and
+//! many concurrent deploys share one fsync.
 
 use crate::artifacts::{ArtifactStore, ServeError, Served, serve_artifact_stream};
-use crate::fleet::{Change, Fleet, SessionId};
+use crate::deploy::{Deployments, Effect};
+use crate::fleet::{Change, Fleet, NodeRecord, SessionId};
 use crate::metrics::Metrics;
 use crate::pki::{Ca, PkiError, node_id_from_cert};
+use crate::session::Event;
 use crate::session::{Action, Ctx, ServerSession, unix_secs};
-use crate::store::{Store, StoreError};
+use crate::store::{DeploymentWrite, Store, StoreError};
 use crate::tokens::{self, TokenRecord};
 use edge_proto::quic::{ReadError, read_frame, transport, write_msg};
 use edge_proto::{
@@ -23,7 +30,7 @@ use tracing::{debug, warn};
 const META_CA_CERT: &str = "ca.crt";
 const META_CA_KEY: &str = "ca.key";
 /// Messages queued for one node before `send_to` says no.
-const OUTBOX_DEPTH: usize = 64;
+const OUTBOX_DEPTH: usize = 1024;
 /// How long a closing connection waits for the peer to read its last frames.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -51,9 +58,123 @@ pub struct Shared {
     /// Where nodes fetch artifacts from; set once at start.
     pub artifacts: OnceLock<Arc<ArtifactStore>>,
     /// Messages for each node's live session.
-    outboxes: Mutex<HashMap<NodeId, (SessionId, mpsc::Sender<OrchMsg>)>>,
+    outboxes: Arc<Outboxes>,
     /// The last report of every workload instance, by (workload, node).
     reports: Mutex<BTreeMap<(String, NodeId), InstanceReport>>,
+    deployments: Mutex<Deployments>,
+    committer: Committer,
+}
+
+type Outboxes = Mutex<HashMap<NodeId, (SessionId, mpsc::Sender<OrchMsg>)>>;
+
+fn send_via(outboxes: &Outboxes, node: NodeId, msg: OrchMsg) -> bool {
+    let outboxes = outboxes.lock().unwrap_or_else(|e| e.into_inner());
+    outboxes
+        .get(&node)
+        .is_some_and(|(_, tx)| tx.try_send(msg).is_ok())
+}
+
+/// When the effects of one deployment change are durable and sent.
+#[derive(Debug)]
+pub struct Committed(Option<tokio::sync::oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Committed {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Backend("the committer stopped".into()))),
+        }
+    }
+}
+
+struct Batch {
+    effects: Vec<Effect>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The thread that stores and sends deployment effects in order. Dropping it finishes what
+/// is queued and joins the thread, so the store is closed when the server is.
+struct Committer {
+    tx: Option<std::sync::mpsc::Sender<Batch>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// At most this many batches share one flush.
+const MAX_BATCHES_PER_FLUSH: usize = 4096;
+
+impl Committer {
+    fn start(store: Arc<dyn Store>, outboxes: Arc<Outboxes>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Batch>();
+        let thread = std::thread::Builder::new()
+            .name("deploy-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batches = vec![first];
+                    while batches.len() < MAX_BATCHES_PER_FLUSH {
+                        match rx.try_recv() {
+                            Ok(b) => batches.push(b),
+                            Err(_) => break,
+                        }
+                    }
+                    let writes: Vec<DeploymentWrite<'_>> = batches
+                        .iter()
+                        .flat_map(|b| &b.effects)
+                        .filter_map(|e| match e {
+                            Effect::Persist(r) => Some(DeploymentWrite::Put(r)),
+                            Effect::Forget(name) => Some(DeploymentWrite::Delete(name)),
+                            Effect::Send(..) => None,
+                        })
+                        .collect();
+                    let result = if writes.is_empty() {
+                        Ok(())
+                    } else {
+                        store.write_deployments(&writes)
+                    };
+                    drop(writes);
+                    match &result {
+                        Ok(()) => {
+                            for e in batches.iter_mut().flat_map(|b| b.effects.drain(..)) {
+                                if let Effect::Send(node, msg) = e {
+                                    send_via(&outboxes, node, msg);
+                                }
+                            }
+                        }
+                        // Nothing is sent that was not stored.
+                        Err(error) => warn!(%error, "could not store deployments"),
+                    }
+                    for b in batches {
+                        let _ = b.done.send(result.clone());
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn submit(&self, effects: Vec<Effect>) -> Committed {
+        if effects.is_empty() {
+            return Committed(None);
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if let Some(tx) = &self.tx {
+            // The thread lives as long as `self`; if it died, `rx` reports it.
+            let _ = tx.send(Batch { effects, done });
+        }
+        Committed(Some(rx))
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What a node last said about one workload instance.
@@ -87,7 +208,19 @@ impl Shared {
                 ca
             }
         };
-        let fleet = Fleet::new(store.tokens()?, store.nodes()?);
+        let nodes = store.nodes()?;
+        let deployments = Deployments::load(
+            store.deployments()?,
+            nodes.iter().map(|n| (n.clone(), false)),
+        )
+        .map_err(|e| StoreError::Corrupt {
+            key: e.name.clone(),
+            reason: e.reason.clone(),
+        })?;
+        let fleet = Fleet::new(store.tokens()?, nodes);
+        let outboxes = Arc::new(Outboxes::default());
+        let committer = Committer::start(store.clone(), outboxes.clone())
+            .map_err(|e| StoreError::Backend(format!("starting the committer: {e}")))?;
         let metrics = Metrics::new();
         let (online, offline) = fleet.counts();
         metrics.set_node_counts(online, offline);
@@ -99,8 +232,10 @@ impl Shared {
             connections: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             artifacts: OnceLock::new(),
-            outboxes: Mutex::new(HashMap::new()),
+            outboxes,
             reports: Mutex::new(BTreeMap::new()),
+            deployments: Mutex::new(deployments),
+            committer,
         }))
     }
 
@@ -134,7 +269,8 @@ impl Shared {
         Ok((text, record))
     }
 
-    /// Forgets a node and closes its session. `Ok(false)` if there was no such node.
+    /// Forgets a node and closes its session; its instances go elsewhere. `Ok(false)` if
+    /// there was no such node.
     pub fn delete_node(&self, id: NodeId) -> Result<bool, StoreError> {
         let Some((change, session)) = self.fleet().delete_node(id) else {
             return Ok(false);
@@ -143,15 +279,72 @@ impl Shared {
         if let Some(session) = session {
             self.close_session(session, RejectCode::UnknownNode, "node deleted");
         }
+        self.deploy(|d| ((), d.node_removed(id)));
         Ok(true)
+    }
+
+    /// Cordons or uncordons a node; with `drain`, also moves its instances elsewhere.
+    /// `Ok(None)` if there is no such node.
+    pub fn cordon(
+        &self,
+        id: NodeId,
+        cordoned: bool,
+        drain: bool,
+    ) -> Result<Option<Committed>, StoreError> {
+        let (change, online) = {
+            let mut fleet = self.fleet();
+            let Some(change) = fleet.set_cordoned(id, cordoned) else {
+                return Ok(None);
+            };
+            (change, fleet.is_online(id))
+        };
+        self.persist(&change)?;
+        let Change::Node(record) = change else {
+            return Ok(None);
+        };
+        let ((), committed) = self.deploy(|d| {
+            let mut effects = d.node_changed(*record, online);
+            if drain {
+                effects.extend(d.drain(id));
+            }
+            ((), effects)
+        });
+        Ok(Some(committed))
+    }
+
+    /// The deployments. Never hold the guard across an await; change them through
+    /// [`Shared::deploy`] so that their effects are carried out.
+    pub fn deployments(&self) -> MutexGuard<'_, Deployments> {
+        self.deployments.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the deployments and queues the effects it returns while still holding the
+    /// lock, so that effects are stored and sent in the order they were decided.
+    pub fn deploy<R>(
+        &self,
+        f: impl FnOnce(&mut Deployments) -> (R, Vec<Effect>),
+    ) -> (R, Committed) {
+        let mut deployments = self.deployments();
+        let (r, effects) = f(&mut deployments);
+        let committed = self.committer.submit(effects);
+        (r, committed)
     }
 
     /// Queues `msg` for `node`'s live session. `false` if the node has no session now.
     pub fn send_to(&self, node: NodeId, msg: OrchMsg) -> bool {
-        let outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
-        outboxes
-            .get(&node)
-            .is_some_and(|(_, tx)| tx.try_send(msg).is_ok())
+        send_via(&self.outboxes, node, msg)
+    }
+
+    fn node_record(&self, node: NodeId) -> Option<(NodeRecord, bool)> {
+        let fleet = self.fleet();
+        fleet.node(node).map(|r| (r.clone(), fleet.is_online(node)))
+    }
+
+    /// A node's session is ready for messages: it gets its assignments again.
+    fn node_up(&self, node: NodeId) {
+        if let Some((record, _)) = self.node_record(node) {
+            self.deploy(|d| ((), d.node_up(record)));
+        }
     }
 
     /// The connection of `node`'s live session, to open streams on (logs).
@@ -171,6 +364,12 @@ impl Shared {
             .filter(|((w, _), _)| w == workload)
             .map(|((_, node), r)| (*node, r.clone()))
             .collect()
+    }
+
+    /// Drops the reports of a deleted workload.
+    pub fn forget_reports(&self, workload: &str) {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports.retain(|(w, _), _| w != workload);
     }
 
     fn record_report(&self, node: NodeId, report: WorkloadReport) {
@@ -349,6 +548,7 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         if let (Some(node), Some(tx)) = (session.node(), outbox_tx.as_ref()) {
             shared.set_outbox(node, id, tx.clone());
             outbox_tx = None;
+            shared.node_up(node);
         }
         let deadline = session.poll_timeout();
         tokio::select! {
@@ -407,6 +607,9 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     shared.conns().remove(&id);
     if let Some(node) = peer {
         shared.clear_outbox(node, id);
+        if !shared.fleet().is_online(node) {
+            shared.deployments().node_down(node);
+        }
     }
     // Let the close frame and any final message go out before the connection is dropped.
     conn.close(close_code(None), b"");
@@ -545,13 +748,21 @@ async fn flush_actions(
                     "replaced by a newer session",
                 );
             }
-            Action::Event(e) => shared.metrics.emit(&e),
-            // Nothing assigns workloads yet; a report is only logged.
+            Action::Event(e) => {
+                shared.metrics.emit(&e);
+                if let Event::CapabilitiesChanged { node } = e
+                    && let Some((record, online)) = shared.node_record(node)
+                {
+                    shared.deploy(|d| ((), d.node_changed(record, online)));
+                }
+            }
             Action::Admission(node, reply) => {
-                debug!(node = %node, workload = %reply.workload, "admission reply")
+                debug!(node = %node, workload = %reply.workload, rejected = ?reply.rejected, "admission reply");
+                shared.deploy(|d| ((), d.admission(node, &reply)));
             }
             Action::WorkloadReport(node, report) => {
                 debug!(node = %node, workload = %report.workload, state = ?report.state, "workload report");
+                shared.deploy(|d| ((), d.report(node, &report)));
                 shared.record_report(node, report);
             }
         }

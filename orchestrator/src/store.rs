@@ -1,4 +1,4 @@
-//! Durable state behind one trait: the CA, join tokens and the node registry.
+//! Durable state behind one trait: the CA, join tokens, the node registry and the deployments.
 //!
 //! [`SledStore`] keeps them on the orchestrator's disk; [`MemStore`] is for the simulation and
 //! unit tests. A distributed backend will implement the same trait. Records are JSON so an
@@ -7,6 +7,7 @@
 //!
 //! Only this module touches sled.
 
+use crate::deploy::DeploymentRecord;
 use crate::fleet::NodeRecord;
 use crate::tokens::TokenRecord;
 use edge_proto::NodeId;
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Why the store failed. Never the peer's fault; the operation may be retried.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend: {0}")]
     Backend(String),
@@ -37,6 +38,17 @@ pub trait Store: Send + Sync + 'static {
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
     fn delete_node(&self, id: NodeId) -> Result<(), StoreError>;
+
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Applies the writes in order and makes them durable together: one flush for the batch.
+    fn write_deployments(&self, writes: &[DeploymentWrite<'_>]) -> Result<(), StoreError>;
+}
+
+/// One change to the stored deployments.
+#[derive(Debug, Clone, Copy)]
+pub enum DeploymentWrite<'a> {
+    Put(&'a DeploymentRecord),
+    Delete(&'a str),
 }
 
 /// The store on local disk.
@@ -46,6 +58,7 @@ pub struct SledStore {
     meta: sled::Tree,
     tokens: sled::Tree,
     nodes: sled::Tree,
+    deployments: sled::Tree,
 }
 
 impl SledStore {
@@ -70,6 +83,7 @@ impl SledStore {
             meta: db.open_tree("meta").map_err(backend)?,
             tokens: db.open_tree("tokens").map_err(backend)?,
             nodes: db.open_tree("nodes").map_err(backend)?,
+            deployments: db.open_tree("deployments").map_err(backend)?,
             db,
         })
     }
@@ -131,6 +145,27 @@ impl Store for SledStore {
         self.db.flush().map_err(backend)?;
         Ok(())
     }
+
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        scan_json(&self.deployments)
+    }
+
+    fn write_deployments(&self, writes: &[DeploymentWrite<'_>]) -> Result<(), StoreError> {
+        for write in writes {
+            match write {
+                DeploymentWrite::Put(d) => {
+                    let bytes = serde_json::to_vec(d).map_err(backend)?;
+                    let name = d.name().unwrap_or_default();
+                    self.deployments.insert(name, bytes).map_err(backend)?;
+                }
+                DeploymentWrite::Delete(name) => {
+                    self.deployments.remove(name).map_err(backend)?;
+                }
+            }
+        }
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
 }
 
 /// A store in memory, for simulations and unit tests.
@@ -144,6 +179,7 @@ struct MemInner {
     meta: BTreeMap<String, Vec<u8>>,
     tokens: BTreeMap<String, TokenRecord>,
     nodes: BTreeMap<NodeId, NodeRecord>,
+    deployments: BTreeMap<String, DeploymentRecord>,
 }
 
 impl MemStore {
@@ -177,6 +213,24 @@ impl Store for MemStore {
     }
     fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
         self.lock().nodes.remove(&id);
+        Ok(())
+    }
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        Ok(self.lock().deployments.values().cloned().collect())
+    }
+    fn write_deployments(&self, writes: &[DeploymentWrite<'_>]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for write in writes {
+            match write {
+                DeploymentWrite::Put(d) => {
+                    let name = d.name().unwrap_or_default().to_owned();
+                    inner.deployments.insert(name, (*d).clone());
+                }
+                DeploymentWrite::Delete(name) => {
+                    inner.deployments.remove(*name);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -508,6 +508,7 @@ fn nodes_are_listed_found_and_deleted() {
         "last_seen_unix",
         "enrolled_at",
         "load",
+        "cordoned",
     ]
     .into_iter()
     .collect();

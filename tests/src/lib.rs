@@ -87,6 +87,22 @@ impl TestOrchestrator {
         self.orch.shared.fleet().find(name).is_some()
     }
 
+    /// Calls the operator API as admin. Returns the status and the JSON body (`Null` when
+    /// there is none).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("http://{}{path}", self.orch.api_addr);
+        let token = self.orch.admin_token.clone();
+        let method = method.to_owned();
+        tokio::task::spawn_blocking(move || api_call(&method, &url, &token, body))
+            .await
+            .expect("the API call finished")
+    }
+
     /// A metric's value from the Prometheus text, 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
         self.orch
@@ -209,4 +225,42 @@ pub fn binary(name: &str) -> PathBuf {
         assert!(status.success(), "building the binaries");
     }
     path
+}
+
+fn api_call(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(PATIENCE))
+        .build()
+        .into();
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"));
+    let response = match body {
+        Some(json) => agent.run(
+            request
+                .header("content-type", "application/json")
+                .body(json.to_string().into_bytes())
+                .expect("a request"),
+        ),
+        None => agent.run(request.body(ureq::SendBody::none()).expect("a request")),
+    };
+    let mut response = response.expect("the API answers");
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .expect("a readable body");
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    (status, json)
 }

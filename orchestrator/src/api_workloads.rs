@@ -1,0 +1,355 @@
+//! `/v1/workloads` and the node actions that move them: deploy, list, show, delete, logs,
+//! cordon, uncordon, drain.
+//!
+//! `POST /v1/workloads` (role operator) takes a workload spec as JSON, refuses an invalid one
+//! with 400 naming the field, and answers once the deployment and its assignments are stored:
+//! 201 for a new workload, 200 for a changed or unchanged one. The views say, per node, what
+//! the node last reported, and for every node without an instance, why not.
+//!
+//! A thin shell: decisions are `deploy`'s, effects go through `Shared::deploy`.
+
+use crate::api::{
+    Access, ApiError, ApiState, Authed, NodeView, Viewer, internal, is_json_type, rfc3339,
+};
+use crate::auth::Role;
+use crate::deploy::{Admission, DeploymentView};
+use crate::server::Shared;
+use crate::workload::{SpecError, WorkloadSpec};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use edge_proto::{NodeId, WorkloadState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Deploying, deleting and moving workloads needs this role.
+#[derive(Debug)]
+pub(crate) struct Operator;
+impl Access for Operator {
+    const ROLE: Role = Role::Operator;
+}
+
+pub(crate) fn routes() -> axum::Router<ApiState> {
+    axum::Router::new()
+        .route("/v1/workloads", get(list).post(deploy))
+        .route("/v1/workloads/{name}", get(show).delete(delete))
+        .route("/v1/nodes/{name_or_id}/cordon", post(cordon))
+        .route("/v1/nodes/{name_or_id}/uncordon", post(uncordon))
+        .route("/v1/nodes/{name_or_id}/drain", post(drain))
+}
+
+/// A workload as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadView {
+    pub name: String,
+    pub version: String,
+    /// Grows with every change of the spec.
+    pub generation: u64,
+    /// `replicas` or `per-node`.
+    pub placement: String,
+    /// Instances wanted: the replicas, or for per-node the nodes that match.
+    pub wanted: u32,
+    /// Instances whose node reports them running.
+    pub running: u32,
+    pub instances: Vec<InstanceView>,
+    /// Nodes that refused the admission, with their reason.
+    pub refusals: Vec<RefusalView>,
+    /// When fewer instances are placed than wanted: why each node without one has none.
+    pub unplaced: Vec<UnplacedView>,
+    pub spec: serde_json::Value,
+}
+
+/// One instance: where it is and what its node last said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// The node's name.
+    pub node: String,
+    pub node_id: String,
+    /// `pending` (assigned, not yet answered), `admitted`, then what the node reports:
+    /// `downloading`, `starting`, `running`, `unhealthy`, `backoff`, `failed`, `stopped`.
+    pub state: String,
+    pub restarts: u32,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub message: String,
+    /// The spec generation the state describes.
+    pub generation: u64,
+    /// When the node last reported (RFC 3339), if it has.
+    pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusalView {
+    pub node: String,
+    pub node_id: String,
+    pub reason: String,
+}
+
+/// Why a node has no instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnplacedView {
+    pub node: String,
+    pub node_id: String,
+    /// For a person, e.g. `memory: 1048576 bytes free, 33554432 wanted`.
+    pub reason: String,
+    /// The same as data: `{"reason": "memory", "free": .., "want": ..}`.
+    pub detail: serde_json::Value,
+}
+
+/// The lowercase name of a reported state.
+pub fn state_name(state: WorkloadState) -> &'static str {
+    match state {
+        WorkloadState::Pending => "pending",
+        WorkloadState::Downloading => "downloading",
+        WorkloadState::Starting => "starting",
+        WorkloadState::Running => "running",
+        WorkloadState::Unhealthy => "unhealthy",
+        WorkloadState::Backoff => "backoff",
+        WorkloadState::Failed => "failed",
+        WorkloadState::Stopped => "stopped",
+    }
+}
+
+fn view(shared: &Shared, d: DeploymentView) -> WorkloadView {
+    let reports: BTreeMap<NodeId, _> = shared.instance_reports(&d.name).into_iter().collect();
+    let names: BTreeMap<NodeId, String> = {
+        let fleet = shared.fleet();
+        d.nodes
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(d.refusals.iter().map(|(id, _)| *id))
+            .filter_map(|id| fleet.node(id).map(|n| (id, n.name.clone())))
+            .collect()
+    };
+    let name_of = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+    let instances: Vec<InstanceView> = d
+        .nodes
+        .iter()
+        .map(|(id, admission)| {
+            let pending = match admission {
+                Admission::Pending => "pending",
+                Admission::Admitted => "admitted",
+            };
+            match reports.get(id) {
+                Some(r) => InstanceView {
+                    node: name_of(id),
+                    node_id: id.to_string(),
+                    state: state_name(r.report.state).to_owned(),
+                    restarts: r.report.restarts,
+                    pid: r.report.pid,
+                    exit_code: r.report.exit_code,
+                    message: r.report.message.to_string(),
+                    generation: r.report.generation,
+                    updated_at: Some(rfc3339(r.at_unix)),
+                },
+                None => InstanceView {
+                    node: name_of(id),
+                    node_id: id.to_string(),
+                    state: pending.to_owned(),
+                    restarts: 0,
+                    pid: None,
+                    exit_code: None,
+                    message: String::new(),
+                    generation: d.generation,
+                    updated_at: None,
+                },
+            }
+        })
+        .collect();
+    let running = instances.iter().filter(|i| i.state == "running").count();
+    let placement = match d.spec.get("placement").and_then(|p| p.as_str()) {
+        Some(p) => p.to_owned(),
+        None => "replicas".to_owned(),
+    };
+    WorkloadView {
+        name: d.name,
+        version: d.version,
+        generation: d.generation,
+        placement,
+        wanted: d.wanted,
+        running: u32::try_from(running).unwrap_or(u32::MAX),
+        instances,
+        refusals: d
+            .refusals
+            .iter()
+            .map(|(id, reason)| RefusalView {
+                node: name_of(id),
+                node_id: id.to_string(),
+                reason: reason.clone(),
+            })
+            .collect(),
+        unplaced: d
+            .unplaced_reasons
+            .iter()
+            .map(|r| UnplacedView {
+                node: r.name.clone(),
+                node_id: r.node.to_string(),
+                reason: r.reason.to_string(),
+                detail: serde_json::to_value(&r.reason).unwrap_or_default(),
+            })
+            .collect(),
+        spec: d.spec,
+    }
+}
+
+fn no_such_workload(name: &str) -> ApiError {
+    ApiError::NotFound(format!("no workload named {name:?}"))
+}
+
+async fn list(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<WorkloadView>>, ApiError> {
+    let all = state.shared.deployments().list();
+    Ok(Json(
+        all.into_iter().map(|d| view(&state.shared, d)).collect(),
+    ))
+}
+
+async fn show(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<WorkloadView>, ApiError> {
+    let d = state
+        .shared
+        .deployments()
+        .get(&name)
+        .ok_or_else(|| no_such_workload(&name))?;
+    Ok(Json(view(&state.shared, d)))
+}
+
+/// The message for a spec error: `field: reason`, as [`SpecError`] displays it.
+fn bad_spec(e: SpecError) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+async fn deploy(
+    _: Authed<Operator>,
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
+    match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        Some(Ok(ct)) if is_json_type(ct) => {}
+        Some(Ok(ct)) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "expected content-type application/json, got {ct}"
+            )));
+        }
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected content-type application/json".into(),
+            ));
+        }
+    }
+    let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
+    let digest = *spec.artifact().as_bytes();
+    let store = state
+        .shared
+        .artifacts
+        .get()
+        .ok_or_else(|| internal("no artifact store"))?;
+    let Some(size) = store.size(&digest).await.map_err(internal)? else {
+        return Err(ApiError::BadRequest(format!(
+            "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",
+            crate::artifacts::format_digest(&digest)
+        )));
+    };
+    let name = spec.name().to_owned();
+    let (created, committed) = state.shared.deploy(|d| {
+        let created = d.get(&name).is_none();
+        match d.apply(spec, size) {
+            Ok((_, effects)) => (Ok(created), effects),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    });
+    let created = created.map_err(bad_spec)?;
+    committed.wait().await.map_err(internal)?;
+    let shown = state
+        .shared
+        .deployments()
+        .get(&name)
+        .ok_or_else(|| no_such_workload(&name))?;
+    if created {
+        tracing::info!(workload = %name, "workload deployed");
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view(&state.shared, shown))))
+}
+
+async fn delete(
+    _: Authed<Operator>,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (found, committed) = state.shared.deploy(|d| match d.delete(&name) {
+        Some(effects) => (true, effects),
+        None => (false, Vec::new()),
+    });
+    if !found {
+        return Err(no_such_workload(&name));
+    }
+    committed.wait().await.map_err(internal)?;
+    state.shared.forget_reports(&name);
+    tracing::info!(workload = %name, "workload deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn cordon(
+    a: Authed<Operator>,
+    s: State<ApiState>,
+    p: Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    set_cordon(a, s, p, true, false).await
+}
+
+async fn uncordon(
+    a: Authed<Operator>,
+    s: State<ApiState>,
+    p: Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    set_cordon(a, s, p, false, false).await
+}
+
+async fn drain(
+    a: Authed<Operator>,
+    s: State<ApiState>,
+    p: Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    set_cordon(a, s, p, true, true).await
+}
+
+async fn set_cordon(
+    _: Authed<Operator>,
+    State(state): State<ApiState>,
+    Path(name_or_id): Path<String>,
+    cordoned: bool,
+    drain: bool,
+) -> Result<Json<NodeView>, ApiError> {
+    let no_such_node = || ApiError::NotFound(format!("no node named or with id {name_or_id:?}"));
+    let id = state
+        .shared
+        .fleet()
+        .find(&name_or_id)
+        .map(|n| n.id)
+        .ok_or_else(no_such_node)?;
+    let shared = state.shared.clone();
+    // The registry write flushes to disk; keep it off the async workers.
+    let committed = tokio::task::spawn_blocking(move || shared.cordon(id, cordoned, drain))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?
+        .ok_or_else(no_such_node)?;
+    committed.wait().await.map_err(internal)?;
+    tracing::info!(node = %id, cordoned, drain, "node cordon changed by the API");
+    let fleet = state.shared.fleet();
+    let node = fleet.node(id).ok_or_else(no_such_node)?;
+    Ok(Json(NodeView::new(node, fleet.is_online(id))))
+}
