@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/workloads"),
     ("GET", "/v1/workloads/{name}"),
     ("DELETE", "/v1/workloads/{name}"),
+    ("GET", "/v1/workloads/{name}/logs"),
     ("POST", "/v1/nodes/{name_or_id}/cordon"),
     ("POST", "/v1/nodes/{name_or_id}/uncordon"),
     ("POST", "/v1/nodes/{name_or_id}/drain"),
@@ -129,7 +130,7 @@ pub async fn serve_until(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `too_large`, `unsupported_media_type`, `internal`.
+    /// `method_not_allowed`, `too_large`, `unsupported_media_type`, `internal`, `unavailable`.
     pub error: String,
     /// What went wrong, for a person; names the field for a bad request.
     pub message: String,
@@ -159,6 +160,9 @@ pub enum ApiError {
     /// Our fault (storage, a panicked task); the request may be retried. 500.
     #[error("internal error: {0}")]
     Internal(String),
+    /// What the request needs is out of reach now (a node is offline); retry later. 503.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -171,6 +175,7 @@ impl ApiError {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -201,6 +206,7 @@ fn error_code(status: StatusCode) -> &'static str {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         s if s.is_server_error() => "internal",
         _ => "error",
     }

@@ -6,6 +6,10 @@
 //! 201 for a new workload, 200 for a changed or unchanged one. The views say, per node, what
 //! the node last reported, and for every node without an instance, why not.
 //!
+//! `GET /v1/workloads/NAME/logs` streams the log as `text/plain`, read from each node over its
+//! QUIC connection: the last `tail` lines, then with `follow=true` each new line until the
+//! client goes away. From several nodes, each line starts with the node's name.
+//!
 //! A thin shell: decisions are `deploy`'s, effects go through `Shared::deploy`.
 
 use crate::api::{
@@ -17,8 +21,9 @@ use crate::server::Shared;
 use crate::workload::{SpecError, WorkloadSpec};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edge_proto::{NodeId, WorkloadState};
 use serde::{Deserialize, Serialize};
@@ -35,6 +40,7 @@ pub(crate) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
         .route("/v1/workloads", get(list).post(deploy))
         .route("/v1/workloads/{name}", get(show).delete(delete))
+        .route("/v1/workloads/{name}/logs", get(logs))
         .route("/v1/nodes/{name_or_id}/cordon", post(cordon))
         .route("/v1/nodes/{name_or_id}/uncordon", post(uncordon))
         .route("/v1/nodes/{name_or_id}/drain", post(drain))
@@ -352,4 +358,153 @@ async fn set_cordon(
     let fleet = state.shared.fleet();
     let node = fleet.node(id).ok_or_else(no_such_node)?;
     Ok(Json(NodeView::new(node, fleet.is_online(id))))
+}
+
+/// Lines a log request sends first when it does not say.
+pub const DEFAULT_TAIL_LINES: u32 = 100;
+/// The most lines a log request may ask for first; the node keeps fewer anyway.
+pub const MAX_TAIL_LINES: u32 = 10_000;
+
+/// `GET /v1/workloads/NAME/logs` query parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    node: Option<String>,
+    tail: Option<u32>,
+    follow: Option<bool>,
+}
+
+/// Log text as it arrives; ends when every node's stream has.
+struct LogBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for LogBody {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|line| line.map(Ok))
+    }
+}
+
+async fn logs(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let tail = query.tail.unwrap_or(DEFAULT_TAIL_LINES);
+    if tail > MAX_TAIL_LINES {
+        return Err(ApiError::BadRequest(format!(
+            "tail: at most {MAX_TAIL_LINES} lines, got {tail}"
+        )));
+    }
+    let follow = query.follow.unwrap_or(false);
+    let holders: Vec<NodeId> = state
+        .shared
+        .deployments()
+        .get(&name)
+        .ok_or_else(|| no_such_workload(&name))?
+        .nodes
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    let targets: Vec<(NodeId, String)> = {
+        let fleet = state.shared.fleet();
+        let named = |id: &NodeId| fleet.node(*id).map(|n| (*id, n.name.clone()));
+        match &query.node {
+            None => holders.iter().filter_map(named).collect(),
+            Some(wanted) => {
+                let node = fleet.find(wanted).ok_or_else(|| {
+                    ApiError::NotFound(format!("no node named or with id {wanted:?}"))
+                })?;
+                if !holders.contains(&node.id) {
+                    return Err(ApiError::NotFound(format!(
+                        "node {} has no instance of {name}",
+                        node.name
+                    )));
+                }
+                vec![(node.id, node.name.clone())]
+            }
+        }
+    };
+    if targets.is_empty() {
+        return Err(ApiError::NotFound(format!("{name} has no instances")));
+    }
+    let prefixed = targets.len() > 1;
+    let mut streams = Vec::with_capacity(targets.len());
+    for (id, node) in targets {
+        let opened = match state.shared.connection(id) {
+            None => Err("offline".to_owned()),
+            Some(conn) => {
+                let req = edge_proto::LogsRequest {
+                    workload: edge_proto::text(&name),
+                    tail_lines: tail,
+                    follow,
+                };
+                crate::logs::open_logs(&conn, req)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match opened {
+            Ok(stream) => streams.push((node, Ok(stream))),
+            // One node: its failure is the answer. Several: the others still speak.
+            Err(why) if !prefixed => {
+                return Err(ApiError::Unavailable(format!("node {node}: {why}")));
+            }
+            Err(why) => streams.push((node, Err(why))),
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    for (node, stream) in streams {
+        let tx = tx.clone();
+        let prefix = if prefixed {
+            format!("{node} | ")
+        } else {
+            String::new()
+        };
+        tokio::spawn(async move {
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(why) => {
+                    let _ = tx.send(Bytes::from(format!("{prefix}# {why}\n"))).await;
+                    return;
+                }
+            };
+            loop {
+                match stream.next().await {
+                    Ok(Some(lines)) => {
+                        let mut chunk = String::new();
+                        for line in lines {
+                            chunk.push_str(&prefix);
+                            chunk.push_str(&line);
+                            chunk.push('\n');
+                        }
+                        // The client went away: dropping the stream stops the node.
+                        if tx.send(Bytes::from(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(error) => {
+                        let _ = tx
+                            .send(Bytes::from(format!(
+                                "{prefix}# log stream ended: {error}\n"
+                            )))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        axum::body::Body::from_stream(LogBody(rx)),
+    )
+        .into_response())
 }

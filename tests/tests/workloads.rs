@@ -167,6 +167,28 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
     let (_, list) = orch.api("GET", "/v1/workloads", None).await;
     assert_eq!(list[0]["running"], 2, "{list}");
 
+    // The log, from the node over QUIC: one node plain, all nodes prefixed.
+    let (status, log) = orch
+        .api("GET", "/v1/workloads/hello/logs?node=berlin-2&tail=10", None)
+        .await;
+    assert_eq!((status, log.as_str()), (200, Some("hello from the test\n")));
+    let (status, log) = orch.api("GET", "/v1/workloads/hello/logs", None).await;
+    assert_eq!(status, 200);
+    let mut lines: Vec<&str> = log.as_str().unwrap_or_default().lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["berlin-1 | hello from the test", "berlin-2 | hello from the test"]
+    );
+    let (status, body) = orch
+        .api("GET", "/v1/workloads/hello/logs?node=paris-1", None)
+        .await;
+    assert_eq!(status, 404, "paris-1 runs none: {body}");
+    let (status, _) = orch
+        .api("GET", "/v1/workloads/hello/logs?tail=-1", None)
+        .await;
+    assert_eq!(status, 400);
+
     // The orchestrator restarts: the deployment is still there and nothing is restarted.
     orch = orch.restart().await;
     for (name, _) in sites {
