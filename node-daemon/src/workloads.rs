@@ -41,6 +41,7 @@ pub struct Workloads {
     book: Arc<Mutex<Book>>,
     conn: watch::Receiver<Option<quinn::Connection>>,
     out: mpsc::Sender<NodeMsg>,
+    node_name: Arc<str>,
 }
 
 /// Why the agent could not start.
@@ -78,6 +79,7 @@ impl Workloads {
             })),
             conn,
             out,
+            node_name: node_name.into(),
         };
         let restarted = agent.supervisor.recover().await?;
         if !restarted.is_empty() {
@@ -230,7 +232,11 @@ impl Workloads {
         if !self.is_current(&a) {
             return;
         }
-        match self.supervisor.apply(spec_for(&a, &path)).await {
+        match self
+            .supervisor
+            .apply(spec_for(&a, &path, &self.node_name))
+            .await
+        {
             Ok(()) => {
                 info!(workload = %name, generation = a.generation, "applied");
                 // An unchanged spec changes no state, so say the current one: the report
@@ -297,8 +303,9 @@ fn wire_state(s: State) -> WorkloadState {
     }
 }
 
-/// What the supervisor runs for an assignment: the verified artifact as the command.
-fn spec_for(a: &Assignment, artifact: &Path) -> WorkloadSpec {
+/// What the supervisor runs for an assignment: the verified artifact as the command, with
+/// `EDGE_NODE_NAME` and `EDGE_WORKLOAD` in its environment unless the spec sets them.
+fn spec_for(a: &Assignment, artifact: &Path, node_name: &str) -> WorkloadSpec {
     let mut spec = WorkloadSpec::new(a.workload.as_str(), a.version.as_str(), artifact);
     spec.args = a.args.as_slice().iter().map(|s| s.to_string()).collect();
     spec.env = a
@@ -307,6 +314,12 @@ fn spec_for(a: &Assignment, artifact: &Path) -> WorkloadSpec {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    spec.env
+        .entry("EDGE_NODE_NAME".into())
+        .or_insert_with(|| node_name.into());
+    spec.env
+        .entry("EDGE_WORKLOAD".into())
+        .or_insert_with(|| a.workload.to_string());
     spec.working_dir = a.working_dir.as_ref().map(|d| d.as_str().into());
     spec.resources = Resources {
         cpu_millis: a.cpu_millis,

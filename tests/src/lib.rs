@@ -207,24 +207,31 @@ impl Drop for TestNode {
     }
 }
 
-/// Where the workspace's binaries are, building them first if a test runs alone.
+/// Where the workspace's binaries are. They are built (once per test process) first, so a
+/// test run on its own never runs a stale binary; after `cargo test --workspace` that build
+/// has nothing to do.
 pub fn binary(name: &str) -> PathBuf {
-    // tests/target/debug/deps/<test-binary> -> target/debug/<name>
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let path = dir.join(name);
-    if !path.exists() {
+    BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "orchestrator", "-p", "node-daemon", "--bins"])
-            .status()
-            .expect("cargo build runs");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--bins"]);
+        for package in ["orchestrator", "node-daemon", "edge-hello"] {
+            build.args(["-p", package]);
+        }
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo build runs");
         assert!(status.success(), "building the binaries");
-    }
-    path
+    });
+    dir.join(name)
 }
 
 fn api_call(

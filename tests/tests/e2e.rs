@@ -1,6 +1,7 @@
 //! End to end through the built binaries, as an operator would: start `edge-orchestrator serve`,
 //! make a join token with `edgectl`, start `edge-node` with a config file, watch it with
-//! `edgectl`, kill it with SIGKILL, bring it back.
+//! `edgectl`, kill it with SIGKILL, bring it back; push the sample service, deploy it, reach it,
+//! read its log and delete it.
 
 use edge_tests::{PATIENCE, binary, eventually};
 use std::io::{BufRead, BufReader};
@@ -224,4 +225,160 @@ fn nix_term(child: &Child) {
         .status()
         .expect("kill runs");
     assert!(status.success());
+}
+
+/// Writes a node config joining with `join` (from `edgectl token create --json`) and starts
+/// `edge-node` on it.
+fn start_node(dir: &Path, name: &str, site: &str, quic: &str, join: &serde_json::Value) -> Proc {
+    let node_dir = dir.join(name);
+    std::fs::create_dir_all(&node_dir).expect("node dir");
+    let config = node_dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\n\
+             labels = {{ site = \"{site}\" }}\n\
+             [orchestrator]\naddress = \"{quic}\"\n\
+             [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n",
+            node_dir.join("data").display(),
+            join["token"].as_str().expect("token"),
+            join["ca_hash"].as_str().expect("ca_hash"),
+        ),
+    )
+    .expect("write config");
+    Proc(
+        Command::new(binary("edge-node"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("EDGE_LOG", "warn")
+            .spawn()
+            .expect("node starts"),
+    )
+}
+
+/// `GET /` on the sample service; `None` if nothing answers.
+fn hello(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_deploys_the_sample_service_with_the_binaries() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let orch_dir = dir.path().join("orchestrator");
+    let (_orch, quic, api) = start_orchestrator(&orch_dir);
+    let ctl = Edgectl {
+        api,
+        token: std::fs::read_to_string(orch_dir.join("admin.token"))
+            .expect("token")
+            .trim()
+            .to_owned(),
+    };
+    let join = ctl.json(&["token", "create", "--uses", "2"]);
+    let _lab = start_node(dir.path(), "lab-1", "lab", &quic, &join);
+    let _shop = start_node(dir.path(), "shop-1", "shop", &quic, &join);
+    for name in ["lab-1", "shop-1"] {
+        assert!(
+            eventually(PATIENCE, || ctl.status_of(name).as_deref()
+                == Some("online"))
+            .await
+            .is_some(),
+            "{name} online"
+        );
+    }
+
+    let pushed = ctl.json(&[
+        "artifact",
+        "push",
+        binary("edge-hello").to_str().expect("utf-8"),
+    ]);
+    let digest = pushed["digest"].as_str().expect("digest");
+    let spec = dir.path().join("hello.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"hello\"\nversion = \"1.0.0\"\nartifact = \"{digest}\"\n\
+             args = [\"--port\", \"0\", \"--bind\", \"127.0.0.1\"]\n\
+             env = {{ GREETING = \"hi\" }}\nreplicas = 1\n\
+             [resources]\ncpu_millis = 100\nmemory_bytes = 33554432\n\
+             [requirements]\nlabels = {{ site = \"lab\" }}\n"
+        ),
+    )
+    .expect("write spec");
+
+    // A mistake in the file names its field, and nothing is deployed.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"hello\"\nversion = \"1\"\nartifact = \"sha256:00\"\n\
+         [resources]\ncpu_millis = 100\nmemory_bytes = 33554432\n",
+    )
+    .expect("write");
+    let out = ctl.run(&["deploy", "-f", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("artifact"), "{err}");
+
+    let out = ctl.run(&["deploy", "-f", spec.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 of 1 instances placed on lab-1"), "{said}");
+
+    let running = || {
+        let w = ctl.json(&["workloads", "hello"]);
+        w["instances"][0]["state"] == "running"
+    };
+    assert!(eventually(PATIENCE, running).await.is_some(), "running");
+    let w = ctl.json(&["workloads", "hello"]);
+    assert_eq!(w["instances"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        w["instances"][0]["node"], "lab-1",
+        "only where the label matches"
+    );
+    let table = String::from_utf8_lossy(&ctl.run(&["workloads"]).stdout).into_owned();
+    assert!(
+        table.contains("hello") && table.contains("1.0.0"),
+        "{table}"
+    );
+
+    // Its log says where it listens; the service answers there, from its node.
+    let mut port = None;
+    eventually(PATIENCE, || {
+        let log = String::from_utf8_lossy(&ctl.run(&["logs", "hello", "--node", "lab-1"]).stdout)
+            .into_owned();
+        port = log
+            .split("listening on 127.0.0.1:")
+            .nth(1)
+            .and_then(|p| p.split_whitespace().next()?.parse::<u16>().ok());
+        port.is_some()
+    })
+    .await;
+    let port = port.expect("the log names the port");
+    assert_eq!(hello(port).as_deref(), Some("hi from lab-1\n"));
+
+    // Deleted: the service stops answering.
+    let out = ctl.run(&["delete", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(PATIENCE, || hello(port).is_none())
+            .await
+            .is_some(),
+        "stopped on delete"
+    );
+    let out = ctl.run(&["workloads", "hello"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no workload named"));
 }

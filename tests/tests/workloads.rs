@@ -169,7 +169,11 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
 
     // The log, from the node over QUIC: one node plain, all nodes prefixed.
     let (status, log) = orch
-        .api("GET", "/v1/workloads/hello/logs?node=berlin-2&tail=10", None)
+        .api(
+            "GET",
+            "/v1/workloads/hello/logs?node=berlin-2&tail=10",
+            None,
+        )
         .await;
     assert_eq!((status, log.as_str()), (200, Some("hello from the test\n")));
     let (status, log) = orch.api("GET", "/v1/workloads/hello/logs", None).await;
@@ -178,7 +182,10 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
     lines.sort_unstable();
     assert_eq!(
         lines,
-        ["berlin-1 | hello from the test", "berlin-2 | hello from the test"]
+        [
+            "berlin-1 | hello from the test",
+            "berlin-2 | hello from the test"
+        ]
     );
     let (status, body) = orch
         .api("GET", "/v1/workloads/hello/logs?node=paris-1", None)

@@ -6,7 +6,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator::api::{CreateTokenRequest, ErrorBody, NodeView, TokenCreated, TokenView};
 use orchestrator::api_artifacts::{ARTIFACT_CONTENT_TYPE, ArtifactView};
+use orchestrator::api_workloads::WorkloadView;
 use orchestrator::artifacts::{sha256_reader, to_hex};
+use orchestrator::workload::WorkloadSpec;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -60,6 +62,52 @@ enum Command {
     Artifact {
         #[command(subcommand)]
         command: ArtifactCommand,
+    },
+    /// Deploy a workload from a spec file (TOML), or change a deployed one.
+    Deploy {
+        /// The spec: name, version, artifact, args, env, replicas or placement, resources,
+        /// requirements, restart, health.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List the workloads, or show one with the state of each instance and why any is missing.
+    Workloads {
+        /// A workload to show in detail.
+        name: Option<String>,
+    },
+    /// Delete a workload and stop its instances everywhere.
+    Delete {
+        /// The workload's name.
+        name: String,
+    },
+    /// Print a workload's log, read from its nodes.
+    Logs {
+        /// The workload's name.
+        name: String,
+        /// Only this node (name or id); otherwise every node, each line prefixed by its name.
+        #[arg(long)]
+        node: Option<String>,
+        /// Keep printing new lines until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many of the latest lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Place no new instances on a node.
+    Cordon {
+        /// The node's name or id.
+        node: String,
+    },
+    /// Let the scheduler use a cordoned node again.
+    Uncordon {
+        /// The node's name or id.
+        node: String,
+    },
+    /// Cordon a node and move its instances to other nodes.
+    Drain {
+        /// The node's name or id.
+        node: String,
     },
 }
 
@@ -121,6 +169,9 @@ enum CliError {
     /// The API answered something we do not understand.
     #[error("unexpected answer from {api}: {reason}")]
     BadResponse { api: String, reason: String },
+    /// The spec file is not a valid workload spec; the message names the field.
+    #[error("{path}: {reason}")]
+    Spec { path: String, reason: String },
 }
 
 fn main() -> ExitCode {
@@ -226,7 +277,91 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             let artifacts: Vec<ArtifactView> = client.parse(&body)?;
             Ok(artifacts_table(&artifacts))
         }
+        Command::Deploy { file } => {
+            let path = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|e| CliError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            // Checked here first, so a mistake names the field before anything is sent.
+            let spec = WorkloadSpec::from_toml(&text).map_err(|e| CliError::Spec {
+                path,
+                reason: e.to_string(),
+            })?;
+            let body = client.post("/v1/workloads", &spec)?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let w: WorkloadView = client.parse(&body)?;
+            Ok(deployed(&w))
+        }
+        Command::Workloads { name: None } => {
+            let body = client.get("/v1/workloads")?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let all: Vec<WorkloadView> = client.parse(&body)?;
+            Ok(workloads_table(&all))
+        }
+        Command::Workloads { name: Some(name) } => {
+            let body = client.get(&format!("/v1/workloads/{}", percent_encode(name)))?;
+            if cli.json {
+                return client.reindent(&body);
+            }
+            let w: WorkloadView = client.parse(&body)?;
+            Ok(workload_summary(&w))
+        }
+        Command::Delete { name } => {
+            client.delete(&format!("/v1/workloads/{}", percent_encode(name)))?;
+            Ok(if cli.json {
+                format!(
+                    "{{\"deleted\": {}}}\n",
+                    serde_json::Value::from(name.as_str())
+                )
+            } else {
+                format!("deleted {name}; its instances stop as their nodes hear of it\n")
+            })
+        }
+        Command::Logs {
+            name,
+            node,
+            follow,
+            tail,
+        } => {
+            let mut path = format!(
+                "/v1/workloads/{}/logs?tail={tail}&follow={follow}",
+                percent_encode(name)
+            );
+            if let Some(node) = node {
+                let _ = write!(path, "&node={}", percent_encode(node));
+            }
+            client.stream(&path, &mut std::io::stdout().lock())?;
+            Ok(String::new())
+        }
+        Command::Cordon { node } => node_action(cli, &client, node, "cordon"),
+        Command::Uncordon { node } => node_action(cli, &client, node, "uncordon"),
+        Command::Drain { node } => node_action(cli, &client, node, "drain"),
     }
+}
+
+/// `cordon`, `uncordon` or `drain` a node.
+fn node_action(cli: &Cli, client: &Client, node: &str, action: &str) -> Result<String, CliError> {
+    let body = client.post(
+        &format!("/v1/nodes/{}/{action}", percent_encode(node)),
+        &serde_json::json!({}),
+    )?;
+    if cli.json {
+        return client.reindent(&body);
+    }
+    let n: NodeView = client.parse(&body)?;
+    Ok(match action {
+        "drain" => format!(
+            "{} cordoned and drained: its instances move to other nodes\n",
+            n.name
+        ),
+        "cordon" => format!("{} cordoned: no new instances go there\n", n.name),
+        _ => format!("{} uncordoned\n", n.name),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,6 +405,48 @@ impl Client {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
         self.finish(request.send_json(body))
+    }
+
+    fn delete(&self, path: &str) -> Result<String, CliError> {
+        let mut request = self.agent.delete(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        self.finish(request.call())
+    }
+
+    /// Copies a streamed answer to `out` as it arrives: no deadline once it has started.
+    fn stream(&self, path: &str, out: &mut impl std::io::Write) -> Result<(), CliError> {
+        let mut request = self.agent.get(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .config()
+            .timeout_global(None)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            .build();
+        let mut response = request.call().map_err(|e| self.transport_error(e))?;
+        if !response.status().is_success() {
+            return self.finish(Ok(response)).map(drop);
+        }
+        let mut reader = response.body_mut().as_reader();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n =
+                std::io::Read::read(&mut reader, &mut buf).map_err(|e| CliError::Transport {
+                    api: self.api.clone(),
+                    reason: e.to_string(),
+                })?;
+            if n == 0 {
+                return Ok(());
+            }
+            // A closed pipe (`edgectl logs x | head`) ends the stream quietly.
+            if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
     }
 
     /// Uploads the file at `path` with its sha256 (hashed here first), so the orchestrator
@@ -651,6 +828,102 @@ fn artifact_pushed(a: &ArtifactView) -> String {
         human = human_bytes(a.size),
         digest_toml = toml_string(&a.digest),
     )
+}
+
+fn deployed(w: &WorkloadView) -> String {
+    let mut out = format!(
+        "deployed {} {} (generation {}): {} of {} instances placed",
+        w.name,
+        w.version,
+        w.generation,
+        w.instances.len(),
+        w.wanted
+    );
+    if !w.instances.is_empty() {
+        let nodes: Vec<&str> = w.instances.iter().map(|i| i.node.as_str()).collect();
+        let _ = write!(out, " on {}", nodes.join(", "));
+    }
+    out.push('\n');
+    out.push_str(&unplaced(w));
+    let _ = writeln!(out, "watch it with `edgectl workloads {}`", w.name);
+    out
+}
+
+/// Why the missing instances have no node, one line per node.
+fn unplaced(w: &WorkloadView) -> String {
+    let mut out = String::new();
+    if w.unplaced.is_empty() && w.refusals.is_empty() {
+        return out;
+    }
+    let missing = w
+        .wanted
+        .saturating_sub(u32::try_from(w.instances.len()).unwrap_or(u32::MAX));
+    if missing > 0 {
+        let _ = writeln!(out, "{missing} not placed:");
+    }
+    for r in &w.refusals {
+        let _ = writeln!(out, "  {}: refused: {}", r.node, r.reason);
+    }
+    for u in &w.unplaced {
+        let _ = writeln!(out, "  {}: {}", u.node, u.reason);
+    }
+    out
+}
+
+fn workloads_table(all: &[WorkloadView]) -> String {
+    let mut rows = vec![
+        [
+            "NAME",
+            "VERSION",
+            "PLACEMENT",
+            "WANTED",
+            "PLACED",
+            "RUNNING",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for w in all {
+        rows.push(vec![
+            w.name.clone(),
+            w.version.clone(),
+            w.placement.clone(),
+            w.wanted.to_string(),
+            w.instances.len().to_string(),
+            w.running.to_string(),
+        ]);
+    }
+    let mut out = table(&rows);
+    if all.is_empty() {
+        out.push_str("(no workloads yet: `edgectl deploy -f FILE` deploys one)\n");
+    }
+    out
+}
+
+fn workload_summary(w: &WorkloadView) -> String {
+    let mut out = format!(
+        "{} {} (generation {}): {} of {} running\n",
+        w.name, w.version, w.generation, w.running, w.wanted
+    );
+    if !w.instances.is_empty() {
+        let mut rows = vec![
+            ["NODE", "STATE", "RESTARTS", "PID", "MESSAGE"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for i in &w.instances {
+            rows.push(vec![
+                i.node.clone(),
+                i.state.clone(),
+                i.restarts.to_string(),
+                i.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                i.message.clone(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out.push_str(&unplaced(w));
+    out
 }
 
 fn artifacts_table(artifacts: &[ArtifactView]) -> String {
