@@ -86,7 +86,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let limits_kind = limits.kind();
     let (conn_tx, conn_rx) = watch::channel::<Option<quinn::Connection>>(None);
     let (out_tx, mut out_rx) = mpsc::channel::<NodeMsg>(256);
-    let workloads = Workloads::start(&data_dir, config.name(), limits, conn_rx, out_tx).await?;
+    let workloads = Workloads::start(
+        &data_dir,
+        config.name(),
+        config.local_address(),
+        limits,
+        conn_rx,
+        out_tx,
+    )
+    .await?;
     let mut session = NodeSession::new(
         identity.as_ref().map(|i| i.node_id),
         join,

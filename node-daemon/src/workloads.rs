@@ -41,7 +41,8 @@ pub struct Workloads {
     book: Arc<Mutex<Book>>,
     conn: watch::Receiver<Option<quinn::Connection>>,
     out: mpsc::Sender<NodeMsg>,
-    node_name: Arc<str>,
+    /// What every workload finds in its environment about the node.
+    node_env: Arc<[(String, String)]>,
 }
 
 /// Why the agent could not start.
@@ -59,6 +60,7 @@ impl Workloads {
     pub async fn start(
         data_dir: &Path,
         node_name: &str,
+        node_address: Option<std::net::IpAddr>,
         limits: LimitsBackend,
         conn: watch::Receiver<Option<quinn::Connection>>,
         out: mpsc::Sender<NodeMsg>,
@@ -79,7 +81,7 @@ impl Workloads {
             })),
             conn,
             out,
-            node_name: node_name.into(),
+            node_env: node_env(node_name, node_address).into(),
         };
         let restarted = agent.supervisor.recover().await?;
         if !restarted.is_empty() {
@@ -234,7 +236,7 @@ impl Workloads {
         }
         match self
             .supervisor
-            .apply(spec_for(&a, &path, &self.node_name))
+            .apply(spec_for(&a, &path, &self.node_env))
             .await
         {
             Ok(()) => {
@@ -303,9 +305,19 @@ fn wire_state(s: State) -> WorkloadState {
     }
 }
 
-/// What the supervisor runs for an assignment: the verified artifact as the command, with
-/// `EDGE_NODE_NAME` and `EDGE_WORKLOAD` in its environment unless the spec sets them.
-fn spec_for(a: &Assignment, artifact: &Path, node_name: &str) -> WorkloadSpec {
+/// `EDGE_NODE_NAME`, and `EDGE_NODE_ADDRESS` when the node has a configured local address:
+/// where a service on this node should listen to be reached at the node's address.
+fn node_env(name: &str, address: Option<std::net::IpAddr>) -> Vec<(String, String)> {
+    let mut env = vec![("EDGE_NODE_NAME".to_owned(), name.to_owned())];
+    if let Some(ip) = address {
+        env.push(("EDGE_NODE_ADDRESS".to_owned(), ip.to_string()));
+    }
+    env
+}
+
+/// What the supervisor runs for an assignment: the verified artifact as the command, with the
+/// node's environment ([`node_env`]) and `EDGE_WORKLOAD`, unless the spec sets them.
+fn spec_for(a: &Assignment, artifact: &Path, node_env: &[(String, String)]) -> WorkloadSpec {
     let mut spec = WorkloadSpec::new(a.workload.as_str(), a.version.as_str(), artifact);
     spec.args = a.args.as_slice().iter().map(|s| s.to_string()).collect();
     spec.env = a
@@ -314,9 +326,9 @@ fn spec_for(a: &Assignment, artifact: &Path, node_name: &str) -> WorkloadSpec {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    spec.env
-        .entry("EDGE_NODE_NAME".into())
-        .or_insert_with(|| node_name.into());
+    for (k, v) in node_env {
+        spec.env.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     spec.env
         .entry("EDGE_WORKLOAD".into())
         .or_insert_with(|| a.workload.to_string());

@@ -130,7 +130,7 @@ fn view(shared: &Shared, d: DeploymentView) -> WorkloadView {
             .collect()
     };
     let name_of = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.to_string());
-    let instances: Vec<InstanceView> = d
+    let mut instances: Vec<InstanceView> = d
         .nodes
         .iter()
         .map(|(id, admission)| {
@@ -164,6 +164,7 @@ fn view(shared: &Shared, d: DeploymentView) -> WorkloadView {
             }
         })
         .collect();
+    instances.sort_by(|a, b| a.node.cmp(&b.node));
     let running = instances.iter().filter(|i| i.state == "running").count();
     let placement = match d.spec.get("placement").and_then(|p| p.as_str()) {
         Some(p) => p.to_owned(),

@@ -1,5 +1,6 @@
 //! `edge-orchestrator demo`: an orchestrator and three real `edge-node` processes on loopback
-//! addresses, each somewhere else in Europe, enrolled with a fresh token.
+//! addresses, each somewhere else in Europe, enrolled with a fresh token, running the
+//! `edge-hello` sample service on every node.
 //!
 //! Everything lives in a temporary directory that is removed on exit; Ctrl-C stops the nodes
 //! (SIGTERM, then SIGKILL after a grace period) and the orchestrator, leaving no process behind.
@@ -29,7 +30,8 @@ pub async fn run(api_listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 async fn run_in(dir: &Path, api_listen: SocketAddr) -> anyhow::Result<()> {
-    let node_bin = find_node_binary().await?;
+    let node_bin = find_binary("edge-node", "node-daemon").await?;
+    let hello_bin = find_binary("edge-hello", "edge-hello").await?;
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").context("binding QUIC")?;
     let tcp = match tokio::net::TcpListener::bind(api_listen).await {
         Ok(l) => l,
@@ -95,24 +97,61 @@ async fn run_in(dir: &Path, api_listen: SocketAddr) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    let online_ms = started.elapsed().as_millis();
+
+    let deployed = Instant::now();
+    let spec_path = deploy_hello(&orch, &hello_bin, dir).await?;
+    loop {
+        let running = orch
+            .shared
+            .instance_reports("hello")
+            .iter()
+            .filter(|(_, r)| r.report.state == edge_proto::WorkloadState::Running)
+            .count();
+        if running == NODES.len() {
+            break;
+        }
+        if deployed.elapsed() > ONLINE_DEADLINE {
+            bail!(
+                "the sample workload did not start within {ONLINE_DEADLINE:?}; see the node logs in {}",
+                dir.join("nodes").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let urls: String = NODES
+        .iter()
+        .map(|(name, _, _, _, local)| {
+            format!("\x20 curl http://{local}:{HELLO_PORT}/          # {name}\n")
+        })
+        .collect();
+
     let api = format!("http://{}", orch.api_addr);
     println!(
         "\nThe demo fleet is up: an orchestrator and {n} nodes, online in {ms} ms.\n\n\
          API:          {api}\n\
          Admin token:  {token}\n\
          Node logs:    {logs}\n\n\
+         The sample workload `hello` (edge-hello, spec in {spec}) runs on every node,\n\
+         started {hello_ms} ms after the deploy:\n\
+         {urls}\n\
          Try, in another terminal:\n\
          \x20 export EDGE_API={api}\n\
          \x20 export EDGE_TOKEN={token}\n\
          \x20 edgectl nodes                      # the three nodes, where they are, their status\n\
          \x20 edgectl node berlin-1              # one node in detail\n\
+         \x20 edgectl workloads hello            # where it runs, its state, restarts, pid\n\
+         \x20 edgectl logs hello --follow        # its log, streamed from the nodes\n\
+         \x20 edgectl drain paris-1              # move work off a node\n\
          \x20 edgectl token create --ttl 1h      # a join token for a node of your own\n\
          \x20 curl -H \"Authorization: Bearer $EDGE_TOKEN\" $EDGE_API/v1/nodes\n\
          \x20 curl $EDGE_API/metrics\n\n\
          (edgectl is in target/debug/ when run from the source tree: cargo run --bin edgectl -- nodes)\n\
          Press Ctrl-C to stop everything.",
         n = NODES.len(),
-        ms = started.elapsed().as_millis(),
+        ms = online_ms,
+        spec = spec_path.display(),
+        hello_ms = deployed.elapsed().as_millis(),
         token = orch.admin_token,
         logs = dir.join("nodes").display(),
     );
@@ -140,33 +179,66 @@ pub async fn stop_child(child: &mut Child) {
     }
 }
 
-/// `edge-node` beside this executable; from a source tree (`cargo run`), build it first.
-async fn find_node_binary() -> anyhow::Result<PathBuf> {
+/// The port the sample service listens on, on each node's own address.
+const HELLO_PORT: u16 = 8080;
+
+/// Pushes `edge-hello` into the artifact store and deploys it on every demo node. Returns
+/// where the spec was written, for the operator to change and deploy again.
+async fn deploy_hello(
+    orch: &Orchestrator,
+    hello_bin: &Path,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let store = orch.shared.artifacts.get().context("no artifact store")?;
+    let file = tokio::fs::File::open(hello_bin)
+        .await
+        .with_context(|| format!("reading {}", hello_bin.display()))?;
+    let stored = store.put(file, None).await.context("storing edge-hello")?;
+    let spec = format!(
+        "# The demo's sample service; change it and run `edgectl deploy -f` on this file.\n\
+         name = \"hello\"\nversion = \"1.0.0\"\nartifact = \"{digest}\"\n\
+         args = [\"--port\", \"{HELLO_PORT}\"]\nenv = {{ GREETING = \"hello\" }}\n\
+         placement = \"per-node\"\n\
+         [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n\
+         [requirements]\nlabels = {{ demo = \"true\" }}\n",
+        digest = crate::artifacts::format_digest(&stored.digest),
+    );
+    let path = dir.join("hello.toml");
+    std::fs::write(&path, &spec)?;
+    let spec = crate::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
+    let (placed, committed) = orch.shared.deploy(|d| match d.apply(spec, stored.size) {
+        Ok((_, effects)) => (Ok(()), effects),
+        Err(e) => (Err(e), Vec::new()),
+    });
+    placed.context("deploying the sample")?;
+    committed.wait().await.context("storing the deployment")?;
+    Ok(path)
+}
+
+/// A workspace binary beside this executable; from a source tree (`cargo run`), build it
+/// first.
+async fn find_binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let beside = exe.with_file_name("edge-node");
+    let beside = exe.with_file_name(name);
     if let Ok(cargo) = std::env::var("CARGO") {
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "node-daemon",
-            "--bin",
-            "edge-node",
-        ]);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
-        let status = cmd.status().await.context("building edge-node")?;
+        let status = cmd
+            .status()
+            .await
+            .with_context(|| format!("building {name}"))?;
         if !status.success() {
-            bail!("building edge-node failed");
+            bail!("building {name} failed");
         }
     }
     if beside.exists() {
         Ok(beside)
     } else {
         bail!(
-            "edge-node not found at {}; build it with `cargo build -p node-daemon`",
+            "{name} not found at {}; build it with `cargo build -p {package}`",
             beside.display()
         )
     }

@@ -44,11 +44,12 @@ const STACK_BYTES: usize = 128 * 1024;
 const USAGE: &str = "usage: edge-hello --port PORT [--bind ADDR]
 
   --port PORT   TCP port to listen on; 0 picks a free one (printed on start)
-  --bind ADDR   IP address to listen on (default 0.0.0.0)
+  --bind ADDR   IP address to listen on (default $EDGE_NODE_ADDRESS, else 0.0.0.0)
 
 environment:
   GREETING        the greeting (default \"hello\")
   EDGE_NODE_NAME  the node's name, shown instead of the host name when set
+  EDGE_NODE_ADDRESS  the default for --bind (set by edge-node when it has a local address)
 ";
 
 /// What the command line asks for.
@@ -66,7 +67,12 @@ enum Command {
 }
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
-    let mut bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    // On an edge node, the node's own address when it has one, so that several nodes on one
+    // host (the demo) can each serve the same port.
+    let mut bind = std::env::var("EDGE_NODE_ADDRESS")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let mut port = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
