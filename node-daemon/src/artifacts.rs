@@ -45,7 +45,7 @@ pub fn to_hex(digest: &Digest) -> String {
 }
 
 /// The digest a cache file name stands for: `<64 lowercase hex>`, nothing else.
-fn from_hex(name: &str) -> Option<Digest> {
+pub fn from_hex(name: &str) -> Option<Digest> {
     let bytes = name.as_bytes();
     if bytes.len() != 64 || bytes.iter().any(u8::is_ascii_uppercase) {
         return None;

@@ -31,6 +31,8 @@ struct Book {
     admission: Admission,
     /// The generation of each workload's latest assignment: reports name it.
     generations: HashMap<String, u64>,
+    /// The artifact of each workload's latest assignment: kept by the cache's collection.
+    artifacts: HashMap<String, crate::artifacts::Digest>,
 }
 
 /// The agent. Cheap to clone.
@@ -78,6 +80,7 @@ impl Workloads {
             book: Arc::new(Mutex::new(Book {
                 admission: Admission::new(Reserve::default()),
                 generations: HashMap::new(),
+                artifacts: HashMap::new(),
             })),
             conn,
             out,
@@ -128,6 +131,7 @@ impl Workloads {
             };
             if verdict.is_ok() {
                 book.generations.insert(name.clone(), a.generation);
+                book.artifacts.insert(name.clone(), a.artifact);
             }
             verdict
         };
@@ -151,9 +155,37 @@ impl Workloads {
         if let Err(error) = self.supervisor.remove(name).await {
             warn!(workload = name, %error, "could not remove");
         }
-        let mut book = self.book();
-        book.admission.release(name);
-        book.generations.remove(name);
+        {
+            let mut book = self.book();
+            book.admission.release(name);
+            book.generations.remove(name);
+            book.artifacts.remove(name);
+        }
+        self.collect_garbage().await;
+    }
+
+    /// Deletes cached artifacts that no workload uses: neither one the supervisor runs nor
+    /// one an admitted assignment is about to.
+    async fn collect_garbage(&self) {
+        let mut keep: std::collections::HashSet<crate::artifacts::Digest> =
+            self.book().artifacts.values().copied().collect();
+        for command in self.supervisor.commands() {
+            if command.parent() == Some(self.cache.dir())
+                && let Some(digest) = command
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(crate::artifacts::from_hex)
+            {
+                keep.insert(digest);
+            }
+        }
+        match self.cache.gc(&keep).await {
+            Ok(report) if report.freed_bytes > 0 => {
+                info!(freed_bytes = report.freed_bytes, "removed unused artifacts");
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "could not collect unused artifacts"),
+        }
     }
 
     /// The state of every workload, to send after a reconnect.
@@ -241,6 +273,8 @@ impl Workloads {
         {
             Ok(()) => {
                 info!(workload = %name, generation = a.generation, "applied");
+                // A new version may leave the old one's artifact unused.
+                self.collect_garbage().await;
                 // An unchanged spec changes no state, so say the current one: the report
                 // names this generation now.
                 if let Some(status) = self.supervisor.status(&name) {

@@ -166,6 +166,13 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
     );
     let (_, list) = orch.api("GET", "/v1/workloads", None).await;
     assert_eq!(list[0]["running"], 2, "{list}");
+    let cached = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("artifacts"))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(cached(dirs[0].path()), 1, "berlin-1 fetched the artifact");
+    assert_eq!(cached(dirs[1].path()), 0, "paris-1 never needed it");
 
     // The log, from the node over QUIC: one node plain, all nodes prefixed.
     let (status, log) = orch
@@ -270,6 +277,15 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
         assert!(
             eventually(PATIENCE, || !alive(*pid)).await.is_some(),
             "stopped on delete"
+        );
+    }
+    // Nothing needs the artifact any more: every node's cache lets it go.
+    for dir in &dirs {
+        assert!(
+            eventually(PATIENCE, || cached(dir.path()) == 0)
+                .await
+                .is_some(),
+            "the unused artifact is collected"
         );
     }
     let (status, body): (u16, Value) = orch.api("GET", "/v1/workloads/hello", None).await;

@@ -408,6 +408,14 @@ impl Supervisor {
         self.workloads().get(name).map(|h| h.reporter.snapshot())
     }
 
+    /// The executable of every workload it runs.
+    pub fn commands(&self) -> Vec<std::path::PathBuf> {
+        self.workloads()
+            .values()
+            .map(|h| h.spec.command.clone())
+            .collect()
+    }
+
     pub fn statuses(&self) -> Vec<InstanceStatus> {
         self.workloads()
             .values()
