@@ -253,12 +253,13 @@ async fn deploy(
         }
     }
     let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
+    // What the wire cannot carry is the spec's fault too: say so before anything else.
+    crate::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
     let digest = *spec.artifact().as_bytes();
-    let store = state
-        .shared
-        .artifacts
-        .get()
-        .ok_or_else(|| internal("no artifact store"))?;
+    let store =
+        state.shared.artifacts.get().ok_or_else(|| {
+            ApiError::Unavailable("this orchestrator has no artifact store".into())
+        })?;
     let Some(size) = store.size(&digest).await.map_err(internal)? else {
         return Err(ApiError::BadRequest(format!(
             "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",

@@ -959,3 +959,135 @@ fn the_admin_token_file_and_the_secret_survive_a_restart() {
     let path = auth::write_admin_token(dir.path(), &fresh).expect("rewrite");
     assert_eq!(std::fs::read_to_string(path).expect("read").trim(), fresh);
 }
+
+#[test]
+fn workload_routes_refuse_bad_input_with_the_field_and_lose_nothing() {
+    let s = start();
+    let operator = s.auth.issue("ops", Role::Operator, Duration::from_secs(60));
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let valid = format!(
+        r#"{{"name": "web", "version": "1", "artifact": "{digest}",
+            "resources": {{"cpu_millis": 100, "memory_bytes": 16777216}}}}"#
+    );
+
+    // Roles: a viewer reads, only an operator deploys, drains or deletes.
+    s.post_json("/v1/workloads", Some(&s.viewer), &valid)
+        .error(403, "forbidden");
+    s.send(
+        "DELETE",
+        "/v1/workloads/web",
+        Some(&s.viewer),
+        None,
+        Payload::None,
+    )
+    .error(403, "forbidden");
+    s.post_json("/v1/nodes/x/drain", Some(&s.viewer), "{}")
+        .error(403, "forbidden");
+    s.post_json("/v1/workloads", None, &valid)
+        .error(401, "unauthorized");
+
+    // Bodies: each refusal names what is wrong.
+    let bad = |body: &str| s.post_json("/v1/workloads", Some(&operator), body);
+    assert!(bad("{").error(400, "bad_request").contains("line 1"));
+    assert!(bad("[]").error(400, "bad_request").len() > 3);
+    let msg = bad(&valid.replace("\"web\"", "\"Web Server\"")).error(400, "bad_request");
+    assert!(msg.starts_with("name"), "{msg}");
+    let msg = bad(&valid.replace("16777216", "-1")).error(400, "bad_request");
+    assert!(msg.starts_with("resources.memory_bytes"), "{msg}");
+    let msg = bad(&valid.replace("\"version\"", "\"versoin\"")).error(400, "bad_request");
+    assert!(msg.contains("versoin"), "{msg}");
+    let msg = bad(&valid.replace(
+        "\"name\": \"web\",",
+        "\"name\": \"web\", \"command\": \"run\",",
+    ))
+    .error(400, "bad_request");
+    assert!(msg.starts_with("command"), "{msg}");
+    let msg = bad(&valid.replace(
+        "\"version\": \"1\",",
+        "\"version\": \"1\", \"args\": [\"a\\u0000b\"],",
+    ))
+    .error(400, "bad_request");
+    assert!(msg.starts_with("args[0]"), "{msg}");
+    // Oversized and mistyped bodies.
+    let huge = format!(
+        r#"{{"name": "web", "args": ["{}"]}}"#,
+        "x".repeat(api::MAX_BODY_BYTES)
+    );
+    bad(&huge).error(413, "too_large");
+    s.send(
+        "POST",
+        "/v1/workloads",
+        Some(&operator),
+        Some("text/plain"),
+        Payload::Bytes(valid.clone().into_bytes()),
+    )
+    .error(415, "unsupported_media_type");
+    s.send(
+        "POST",
+        "/v1/workloads",
+        Some(&operator),
+        None,
+        Payload::Bytes(valid.clone().into_bytes()),
+    )
+    .error(415, "unsupported_media_type");
+
+    // Nothing was deployed by any of that.
+    let list = s.get("/v1/workloads", Some(&s.viewer));
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json(), serde_json::json!([]));
+    assert!(s.shared.deployments().is_empty());
+
+    // Unknown names and nodes, and hostile paths and queries.
+    s.get("/v1/workloads/web", Some(&s.viewer))
+        .error(404, "not_found");
+    s.get("/v1/workloads/..%2F..%2Fetc", Some(&s.viewer))
+        .error(404, "not_found");
+    s.send(
+        "DELETE",
+        "/v1/workloads/web",
+        Some(&operator),
+        None,
+        Payload::None,
+    )
+    .error(404, "not_found");
+    s.get("/v1/workloads/web/logs", Some(&s.viewer))
+        .error(404, "not_found");
+    s.get("/v1/workloads/web/logs?tail=99999999", Some(&s.viewer))
+        .error(400, "bad_request");
+    s.get("/v1/workloads/web/logs?follow=maybe", Some(&s.viewer))
+        .error(400, "bad_request");
+    s.get("/v1/workloads/web/logs?colour=red", Some(&s.viewer))
+        .error(400, "bad_request");
+    s.post_json("/v1/nodes/nobody/cordon", Some(&operator), "{}")
+        .error(404, "not_found");
+}
+
+#[test]
+fn a_node_is_cordoned_and_uncordoned_and_it_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start_with(Arc::new(SledStore::open(dir.path()).expect("store")));
+    let operator = s.auth.issue("ops", Role::Operator, Duration::from_secs(60));
+    s.enroll("berlin-1", NodeId([1; 16]), &pi_caps());
+    let r = s.post_json("/v1/nodes/berlin-1/cordon", Some(&operator), "{}");
+    assert_eq!(
+        (r.status, &r.json()["cordoned"]),
+        (200, &serde_json::json!(true))
+    );
+    assert_eq!(
+        s.get("/v1/nodes/berlin-1", Some(&s.viewer)).json()["cordoned"],
+        true
+    );
+    drop(s);
+    let s = start_with(Arc::new(SledStore::open(dir.path()).expect("reopen")));
+    let operator = s.auth.issue("ops", Role::Operator, Duration::from_secs(60));
+    assert_eq!(
+        s.get("/v1/nodes/berlin-1", Some(&s.viewer)).json()["cordoned"],
+        true,
+        "a cordon is stored"
+    );
+    let r = s.post_json("/v1/nodes/berlin-1/uncordon", Some(&operator), "{}");
+    assert_eq!(
+        (r.status, &r.json()["cordoned"]),
+        (200, &serde_json::json!(false))
+    );
+}
