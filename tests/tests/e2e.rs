@@ -122,34 +122,21 @@ async fn an_operator_runs_a_node_with_the_binaries() {
     };
 
     let join = ctl.json(&["token", "create", "--ttl", "1h", "--uses", "1"]);
-    let token = join["token"].as_str().expect("token");
-    let ca_hash = join["ca_hash"].as_str().expect("ca_hash");
-    assert!(ca_hash.starts_with("sha256:"));
+    assert!(join["token"].is_string());
+    assert!(
+        join["ca_hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:"))
+    );
 
-    let node_dir = dir.path().join("node");
-    std::fs::create_dir_all(&node_dir).expect("node dir");
-    let config = node_dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 1\nname = \"e2e-1\"\ndata_dir = \"{}\"\n\
-             labels = {{ site = \"lab\" }}\nlocation = {{ lat = 48.1, lon = 11.6 }}\n\
-             [orchestrator]\naddress = \"{quic}\"\n\
-             [join]\ntoken = \"{token}\"\nca_hash = \"{ca_hash}\"\n",
-            node_dir.join("data").display()
-        ),
-    )
-    .expect("write config");
-    let spawn_node = || {
-        Proc(
-            Command::new(binary("edge-node"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("EDGE_LOG", "warn")
-                .spawn()
-                .expect("node starts"),
-        )
-    };
+    let config = node_config(
+        dir.path(),
+        "e2e-1",
+        "labels = { site = \"lab\" }\nlocation = { lat = 48.1, lon = 11.6 }",
+        &quic,
+        &join,
+    );
+    let spawn_node = || run_node(&config);
     let mut node = spawn_node();
     let online = || ctl.status_of("e2e-1").as_deref() == Some("online");
     assert!(
@@ -227,17 +214,22 @@ fn nix_term(child: &Child) {
     assert!(status.success());
 }
 
-/// Writes a node config joining with `join` (from `edgectl token create --json`) and starts
-/// `edge-node` on it.
-fn start_node(dir: &Path, name: &str, site: &str, quic: &str, join: &serde_json::Value) -> Proc {
+/// Writes the config file of a node `name` under `dir`, joining with `join` (from `edgectl
+/// token create --json`), with `extra` TOML at the top level.
+fn node_config(
+    dir: &Path,
+    name: &str,
+    extra: &str,
+    quic: &str,
+    join: &serde_json::Value,
+) -> std::path::PathBuf {
     let node_dir = dir.join(name);
     std::fs::create_dir_all(&node_dir).expect("node dir");
     let config = node_dir.join("node.toml");
     std::fs::write(
         &config,
         format!(
-            "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\n\
-             labels = {{ site = \"{site}\" }}\n\
+            "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\n{extra}\n\
              [orchestrator]\naddress = \"{quic}\"\n\
              [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n",
             node_dir.join("data").display(),
@@ -246,10 +238,15 @@ fn start_node(dir: &Path, name: &str, site: &str, quic: &str, join: &serde_json:
         ),
     )
     .expect("write config");
+    config
+}
+
+/// `edge-node run --config CONFIG`.
+fn run_node(config: &Path) -> Proc {
     Proc(
         Command::new(binary("edge-node"))
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .env("EDGE_LOG", "warn")
             .spawn()
             .expect("node starts"),
@@ -280,8 +277,20 @@ async fn an_operator_deploys_the_sample_service_with_the_binaries() {
             .to_owned(),
     };
     let join = ctl.json(&["token", "create", "--uses", "2"]);
-    let _lab = start_node(dir.path(), "lab-1", "lab", &quic, &join);
-    let _shop = start_node(dir.path(), "shop-1", "shop", &quic, &join);
+    let _lab = run_node(&node_config(
+        dir.path(),
+        "lab-1",
+        "labels = { site = \"lab\" }",
+        &quic,
+        &join,
+    ));
+    let _shop = run_node(&node_config(
+        dir.path(),
+        "shop-1",
+        "labels = { site = \"shop\" }",
+        &quic,
+        &join,
+    ));
     for name in ["lab-1", "shop-1"] {
         assert!(
             eventually(PATIENCE, || ctl.status_of(name).as_deref()
