@@ -267,22 +267,33 @@ async fn deploy(
         )));
     };
     let name = spec.name().to_owned();
-    let (created, committed) = state.shared.deploy(|d| {
+    let (applied, committed) = state.shared.deploy(|d| {
         let created = d.get(&name).is_none();
         match d.apply(spec, size) {
-            Ok((_, effects)) => (Ok(created), effects),
+            Ok((outcome, effects)) => {
+                let changed = !effects.is_empty();
+                (Ok((created, changed, outcome)), effects)
+            }
             Err(e) => (Err(e), Vec::new()),
         }
     });
-    let created = created.map_err(bad_spec)?;
+    let (created, changed, outcome) = applied.map_err(bad_spec)?;
     committed.wait().await.map_err(internal)?;
     let shown = state
         .shared
         .deployments()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?;
-    if created {
-        tracing::info!(workload = %name, "workload deployed");
+    if changed {
+        state
+            .shared
+            .metrics
+            .workload(&crate::metrics::WorkloadEvent::Deployed {
+                workload: &name,
+                generation: shown.generation,
+                placed: outcome.bound.len(),
+                wanted: shown.wanted,
+            });
     }
     let status = if created {
         StatusCode::CREATED
@@ -306,7 +317,10 @@ async fn delete(
     }
     committed.wait().await.map_err(internal)?;
     state.shared.forget_reports(&name);
-    tracing::info!(workload = %name, "workload deleted");
+    state
+        .shared
+        .metrics
+        .workload(&crate::metrics::WorkloadEvent::Deleted { workload: &name });
     Ok(StatusCode::NO_CONTENT)
 }
 

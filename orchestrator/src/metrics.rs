@@ -21,6 +21,40 @@ pub struct NodeStatus {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// Operator-facing outcomes of deploying and running workloads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkloadEvent<'a> {
+    /// A spec was deployed or changed: `placed` of `wanted` instances found a node.
+    Deployed {
+        workload: &'a str,
+        generation: u64,
+        placed: usize,
+        wanted: u32,
+    },
+    Deleted {
+        workload: &'a str,
+    },
+    /// A node refused an assignment; the instance goes to the next best node.
+    AdmissionRefused {
+        node: edge_proto::NodeId,
+        workload: &'a str,
+        reason: &'a str,
+    },
+    /// A node reports an instance in a new state.
+    InstanceState {
+        node: edge_proto::NodeId,
+        workload: &'a str,
+        state: &'static str,
+        restarts: u32,
+        message: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Direction {
     pub direction: &'static str,
 }
@@ -38,6 +72,9 @@ pub struct Metrics {
     pub enrollment_failures: Family<Reason, Counter>,
     pub handshake_failures: Family<Reason, Counter>,
     pub api_requests: Family<Reason, Counter>,
+    pub workload_deploys: Counter,
+    pub admission_refusals: Counter,
+    pub instance_transitions: Family<StateLabel, Counter>,
 }
 
 impl Metrics {
@@ -81,7 +118,63 @@ impl Metrics {
             "Operator API requests, by outcome",
             m.api_requests.clone(),
         );
+        r.register(
+            "edge_workload_deploys",
+            "Workload specs deployed or changed",
+            m.workload_deploys.clone(),
+        );
+        r.register(
+            "edge_admission_refusals",
+            "Assignments a node refused",
+            m.admission_refusals.clone(),
+        );
+        r.register(
+            "edge_instance_transitions",
+            "Workload instances entering a state, as their nodes report",
+            m.instance_transitions.clone(),
+        );
         m
+    }
+
+    /// Logs a workload event and counts it.
+    pub fn workload(&self, event: &WorkloadEvent<'_>) {
+        match event {
+            WorkloadEvent::Deployed {
+                workload,
+                generation,
+                placed,
+                wanted,
+            } => {
+                self.workload_deploys.inc();
+                info!(workload, generation, placed, wanted, "workload deployed");
+            }
+            WorkloadEvent::Deleted { workload } => info!(workload, "workload deleted"),
+            WorkloadEvent::AdmissionRefused {
+                node,
+                workload,
+                reason,
+            } => {
+                self.admission_refusals.inc();
+                warn!(node = %node, workload, reason, "admission refused");
+            }
+            WorkloadEvent::InstanceState {
+                node,
+                workload,
+                state,
+                restarts,
+                message,
+            } => {
+                self.instance_transitions
+                    .get_or_create(&StateLabel { state })
+                    .inc();
+                match *state {
+                    "failed" | "backoff" | "unhealthy" => {
+                        warn!(node = %node, workload, state, restarts, message, "workload instance")
+                    }
+                    _ => info!(node = %node, workload, state, restarts, "workload instance"),
+                }
+            }
+        }
     }
 
     /// Sets the node gauges; called just before a scrape.

@@ -374,6 +374,20 @@ impl Shared {
 
     fn record_report(&self, node: NodeId, report: WorkloadReport) {
         let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (report.workload.to_string(), node);
+        if reports
+            .get(&key)
+            .is_none_or(|old| old.report.state != report.state)
+        {
+            self.metrics
+                .workload(&crate::metrics::WorkloadEvent::InstanceState {
+                    node,
+                    workload: report.workload.as_str(),
+                    state: crate::api_workloads::state_name(report.state),
+                    restarts: report.restarts,
+                    message: report.message.as_str(),
+                });
+        }
         reports.insert(
             (report.workload.to_string(), node),
             InstanceReport {
@@ -757,7 +771,15 @@ async fn flush_actions(
                 }
             }
             Action::Admission(node, reply) => {
-                debug!(node = %node, workload = %reply.workload, rejected = ?reply.rejected, "admission reply");
+                if let Some(reason) = &reply.rejected {
+                    shared
+                        .metrics
+                        .workload(&crate::metrics::WorkloadEvent::AdmissionRefused {
+                            node,
+                            workload: reply.workload.as_str(),
+                            reason: reason.as_str(),
+                        });
+                }
                 shared.deploy(|d| ((), d.admission(node, &reply)));
             }
             Action::WorkloadReport(node, report) => {

@@ -166,6 +166,9 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
     );
     let (_, list) = orch.api("GET", "/v1/workloads", None).await;
     assert_eq!(list[0]["running"], 2, "{list}");
+    // The same events an operator sees in the log are counted.
+    assert_eq!(orch.metric("edge_workload_deploys_total"), 1.0);
+    assert!(orch.metric("edge_instance_transitions_total{state=\"running\"}") >= 2.0);
     let cached = |dir: &std::path::Path| {
         std::fs::read_dir(dir.join("artifacts"))
             .map(|entries| entries.count())
