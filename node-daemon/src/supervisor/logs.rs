@@ -57,7 +57,6 @@ pub struct LogSink {
     dir: PathBuf,
     limits: LogLimits,
     state: Mutex<SinkState>,
-    follow: broadcast::Sender<String>,
 }
 
 #[derive(Debug, Default)]
@@ -68,17 +67,32 @@ struct SinkState {
     file_len: u64,
     /// The last write failed; warn once until one works again.
     failing: bool,
+    /// The followers' channel, made by the first follower and dropped once the last is
+    /// gone: its buffer is most of what a workload costs the daemon, and most workloads are
+    /// never followed.
+    follow: Option<broadcast::Sender<String>>,
+}
+
+impl SinkState {
+    fn subscribe(&mut self) -> broadcast::Receiver<String> {
+        match &self.follow {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(FOLLOW_CAPACITY);
+                self.follow = Some(tx);
+                rx
+            }
+        }
+    }
 }
 
 impl LogSink {
     /// A sink writing under `dir` (created if needed).
     pub fn open(dir: &Path, limits: LogLimits) -> Self {
-        let (follow, _) = broadcast::channel(FOLLOW_CAPACITY);
         Self {
             dir: dir.to_owned(),
             limits,
             state: Mutex::new(SinkState::default()),
-            follow,
         }
     }
 
@@ -94,16 +108,16 @@ impl LogSink {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.follow.subscribe()
+        self.lock().subscribe()
     }
 
     /// The last `n` lines and a feed of every line after them: none lost between the two,
     /// none in both. `push` sends and appends under the same lock this holds to subscribe.
     pub fn tail_and_subscribe(&self, n: usize) -> (Vec<String>, broadcast::Receiver<String>) {
-        let state = self.lock();
+        let mut state = self.lock();
         let skip = state.tail.len().saturating_sub(n);
         let tail = state.tail.iter().skip(skip).cloned().collect();
-        (tail, self.follow.subscribe())
+        (tail, state.subscribe())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
@@ -127,9 +141,18 @@ impl LogSink {
                 state.file = None;
             }
         }
+        if state
+            .follow
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            state.follow = None;
+        }
         for line in lines {
-            // No receivers is fine: nobody follows.
-            let _ = self.follow.send(line.clone());
+            if let Some(tx) = &state.follow {
+                // A follower that left since the check above is fine too.
+                let _ = tx.send(line.clone());
+            }
             state.tail_bytes += line.len();
             state.tail.push_back(line);
             while state.tail.len() > self.limits.tail_lines
@@ -347,6 +370,32 @@ mod tests {
         assert_eq!(tail, ["a", "b"]);
         assert_eq!(feed.try_recv().ok().as_deref(), Some("c"));
         assert!(feed.try_recv().is_err());
+    }
+
+    #[test]
+    fn followers_come_and_go_and_each_gets_what_follows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = LogSink::open(dir.path(), LogLimits::default());
+        sink.push(vec!["nobody follows".into()]);
+        assert!(
+            sink.lock().follow.is_none(),
+            "no channel until someone follows"
+        );
+        let mut first = sink.subscribe();
+        let mut second = sink.subscribe();
+        sink.push(vec!["1".into()]);
+        assert_eq!(first.try_recv().ok().as_deref(), Some("1"));
+        assert_eq!(second.try_recv().ok().as_deref(), Some("1"));
+        drop((first, second));
+        sink.push(vec!["2".into()]);
+        assert!(
+            sink.lock().follow.is_none(),
+            "freed once the last follower left"
+        );
+        let mut again = sink.subscribe();
+        sink.push(vec!["3".into()]);
+        assert_eq!(again.try_recv().ok().as_deref(), Some("3"));
+        assert_eq!(sink.tail(10), ["nobody follows", "1", "2", "3"]);
     }
 
     #[test]
