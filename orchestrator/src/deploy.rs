@@ -17,7 +17,7 @@
 
 use crate::fleet::NodeRecord;
 use crate::scheduler::{NodeReject, NodeView, Outcome, RejectReason, Resources, Scheduler};
-use crate::workload::{HealthCheck, Probe, RestartPolicy, SpecError, WorkloadSpec};
+use crate::workload::{HealthCheck, Placement, Probe, RestartPolicy, SpecError, WorkloadSpec};
 use edge_proto::{
     AdmissionReply, Assignment, HealthProbe, OrchMsg, Seq, Str, Unassign, WorkloadReport, text,
 };
@@ -331,6 +331,12 @@ impl Deployments {
     pub fn reconcile(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         for d in self.deployments.values_mut() {
+            // The common case after a reconnect: nothing missing, nothing to ask.
+            if let Placement::Replicas(n) = d.spec.placement()
+                && d.nodes.len() >= n as usize
+            {
+                continue;
+            }
             let outcome = self.scheduler.place(&d.spec);
             if outcome.bound.is_empty() {
                 continue;
@@ -372,14 +378,19 @@ impl Deployments {
 
     fn show(&self, d: &Deployment) -> DeploymentView {
         let held = u32::try_from(d.nodes.len()).unwrap_or(u32::MAX);
-        let rejects = self.scheduler.explain(&d.spec);
-        let wanted = match d.spec.placement() {
-            crate::workload::Placement::Replicas(n) => n,
+        // Explaining looks at every node: only when something is missing.
+        let (wanted, rejects) = match d.spec.placement() {
+            Placement::Replicas(n) if held >= n => (n, Vec::new()),
+            Placement::Replicas(n) => (n, self.scheduler.explain(&d.spec)),
             // Every node holding one, plus every node without one that matches (those the
             // scheduler explains with a capacity reason, not a mismatch).
-            crate::workload::Placement::PerNode => {
-                held + u32::try_from(rejects.iter().filter(|r| fits_but_full(&r.reason)).count())
-                    .unwrap_or(u32::MAX)
+            Placement::PerNode => {
+                let rejects = self.scheduler.explain(&d.spec);
+                let short = rejects.iter().filter(|r| fits_but_full(&r.reason)).count();
+                (
+                    held.saturating_add(u32::try_from(short).unwrap_or(u32::MAX)),
+                    rejects,
+                )
             }
         };
         let complete = held >= wanted;
