@@ -183,8 +183,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     send_now(&mut current, &NodeMsg::Admission(Box::new(reply))).await;
                 }
                 Action::Unassign(u) => {
-                    let workloads = workloads.clone();
-                    tokio::spawn(async move { workloads.unassign(u.workload.as_str()).await });
+                    tokio::spawn(workloads.unassign(u.workload.as_str()));
                 }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");

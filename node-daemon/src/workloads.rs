@@ -33,6 +33,19 @@ struct Book {
     generations: HashMap<String, u64>,
     /// The artifact of each workload's latest assignment: kept by the cache's collection.
     artifacts: HashMap<String, crate::artifacts::Digest>,
+    /// Counts assignments and unassignments in the order they arrive; `last_op` holds the
+    /// count of each workload's latest. A stop that is overtaken by a newer assignment of
+    /// the same name (delete, then deploy again at once) must not stop the new one.
+    ops: u64,
+    last_op: HashMap<String, u64>,
+}
+
+impl Book {
+    fn op(&mut self, name: &str) -> u64 {
+        self.ops += 1;
+        self.last_op.insert(name.to_owned(), self.ops);
+        self.ops
+    }
 }
 
 /// The agent. Cheap to clone.
@@ -43,6 +56,9 @@ pub struct Workloads {
     book: Arc<Mutex<Book>>,
     conn: watch::Receiver<Option<quinn::Connection>>,
     out: mpsc::Sender<NodeMsg>,
+    /// Fetch-and-start holds it shared, garbage collection alone: an artifact found in the
+    /// cache is never collected before the workload that found it runs.
+    cache_use: Arc<tokio::sync::RwLock<()>>,
     /// What every workload finds in its environment about the node.
     node_env: Arc<[(String, String)]>,
 }
@@ -81,7 +97,10 @@ impl Workloads {
                 admission: Admission::new(Reserve::default()),
                 generations: HashMap::new(),
                 artifacts: HashMap::new(),
+                ops: 0,
+                last_op: HashMap::new(),
             })),
+            cache_use: Arc::new(tokio::sync::RwLock::new(())),
             conn,
             out,
             node_env: node_env(node_name, node_address).into(),
@@ -109,6 +128,7 @@ impl Workloads {
         let running = self.supervisor.status(&name).is_some();
         let verdict = {
             let mut book = self.book();
+            book.op(&name);
             let known = book.generations.get(&name).copied();
             if running && known == Some(a.generation) {
                 // Sent again after a reconnect: nothing to do but say where it stands.
@@ -150,23 +170,34 @@ impl Workloads {
         reply
     }
 
-    /// Stops a workload and frees its reservation.
-    pub async fn unassign(&self, name: &str) {
-        if let Err(error) = self.supervisor.remove(name).await {
-            warn!(workload = name, %error, "could not remove");
-        }
-        {
+    /// Forgets a workload and frees its reservation at once, in the order the messages came;
+    /// the returned future stops it (which takes up to its grace period) unless a newer
+    /// assignment of the same name has arrived by then.
+    pub fn unassign(&self, name: &str) -> impl Future<Output = ()> + Send + 'static {
+        let op = {
             let mut book = self.book();
             book.admission.release(name);
             book.generations.remove(name);
             book.artifacts.remove(name);
+            book.op(name)
+        };
+        let (agent, name) = (self.clone(), name.to_owned());
+        async move {
+            // Checked and called without an await between: a newer assignment's start queues
+            // behind this removal in the supervisor, or this removal is skipped.
+            if agent.book().last_op.get(&name) == Some(&op)
+                && let Err(error) = agent.supervisor.remove(&name).await
+            {
+                warn!(workload = %name, %error, "could not remove");
+            }
+            agent.collect_garbage().await;
         }
-        self.collect_garbage().await;
     }
 
     /// Deletes cached artifacts that no workload uses: neither one the supervisor runs nor
     /// one an admitted assignment is about to.
     async fn collect_garbage(&self) {
+        let _alone = self.cache_use.write().await;
         let mut keep: std::collections::HashSet<crate::artifacts::Digest> =
             self.book().artifacts.values().copied().collect();
         for command in self.supervisor.commands() {
@@ -245,6 +276,7 @@ impl Workloads {
 
     async fn fetch_and_run(self, a: Assignment) {
         let name = a.workload.to_string();
+        let in_use = self.cache_use.clone().read_owned().await;
         if self.cache.missing_bytes(&a.artifact, a.artifact_size) > 0 {
             self.send_state(&a, WorkloadState::Downloading, "").await;
         }
@@ -273,7 +305,9 @@ impl Workloads {
         {
             Ok(()) => {
                 info!(workload = %name, generation = a.generation, "applied");
-                // A new version may leave the old one's artifact unused.
+                // Running now: the supervisor's own spec keeps its artifact from here on. A
+                // new version may leave the old one's artifact unused.
+                drop(in_use);
                 self.collect_garbage().await;
                 // An unchanged spec changes no state, so say the current one: the report
                 // names this generation now.

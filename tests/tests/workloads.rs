@@ -271,7 +271,18 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
     // Uncordoned: it comes back.
     let (status, _) = orch.api("POST", "/v1/nodes/berlin-2/uncordon", None).await;
     assert_eq!(status, 200);
-    let back = wait_running(&orch, "hello", "back on berlin-2", |m| m.len() == 2).await;
+    wait_running(&orch, "hello", "back on berlin-2", |m| m.len() == 2).await;
+
+    // Deleted and deployed again at once: the new instances run, whatever order the nodes
+    // see the stop and the start in, and the cached artifact is not collected under them.
+    let (status, _) = orch.api("DELETE", "/v1/workloads/hello", None).await;
+    assert_eq!(status, 204);
+    let (status, body) = orch.api("POST", "/v1/workloads", Some(spec.clone())).await;
+    assert_eq!(status, 201, "{body}");
+    let back = wait_running(&orch, "hello", "running after a quick redeploy", |m| {
+        m.len() == 2 && m.values().all(|p| alive(*p))
+    })
+    .await;
 
     // Deleted: stopped everywhere, and gone from the API.
     let (status, _) = orch.api("DELETE", "/v1/workloads/hello", None).await;
