@@ -476,7 +476,27 @@ async fn the_real_cgroup_holds_the_limits_and_the_process() {
         assert!(!dir.exists(), "{} not removed", dir.display());
     }
     assert!(!fx.data.path().join("workloads/limited").exists());
-    fx.finish().await;
+    // A daemon that stops leaves no control group behind, not even its parent.
+    fx.sup
+        .apply(fx.spec("kept", "exec sleep 600"))
+        .await
+        .expect("apply");
+    wait_for(&fx.sup, "kept", "Running", |s| s.state == State::Running).await;
+    fx.sup.shutdown().await;
+    let parent = &fx.options.cgroup_parent;
+    let parents: Vec<PathBuf> = match &fx.limits {
+        LimitsBackend::CgroupV2 { root } => vec![root.join(parent)],
+        LimitsBackend::CgroupV1 { root } => {
+            vec![
+                root.join("memory").join(parent),
+                root.join("cpu").join(parent),
+            ]
+        }
+        LimitsBackend::Rlimit => Vec::new(),
+    };
+    for dir in parents {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
 }
 
 #[tokio::test]

@@ -141,6 +141,23 @@ impl LimitsBackend {
         }
     }
 
+    /// Removes `parent` if no group is left in it (the daemon is stopping and has stopped its
+    /// workloads). One still in use, or already gone, is left as it is.
+    pub(crate) fn remove_parent(&self, parent: &str) {
+        let dirs = match self {
+            Self::CgroupV2 { root } => vec![root.join(parent)],
+            Self::CgroupV1 { root } => vec![
+                root.join("memory").join(parent),
+                root.join("cpu").join(parent),
+            ],
+            Self::Rlimit => Vec::new(),
+        };
+        for dir in dirs {
+            // rmdir on a cgroup fails while it has children or processes: that is the check.
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
     /// Creates `parent` and hands the controllers down to it: checks that this backend is
     /// usable here before any workload depends on it.
     pub(crate) fn prepare_parent(&self, parent: &str) -> Result<(), LimitsError> {

@@ -467,6 +467,9 @@ impl Supervisor {
         for h in handles {
             let _ = h.task.await;
         }
+        self.inner
+            .limits
+            .remove_parent(&self.inner.options.cgroup_parent);
         info!("all workloads stopped");
     }
 }
