@@ -76,6 +76,10 @@ pub struct NodeRecord {
     /// The operator asked for no new instances here.
     #[serde(default)]
     pub cordoned: bool,
+    /// The registry's revision when this version was made: a store never replaces a record
+    /// with an older one, whatever order concurrent writes land in.
+    #[serde(default)]
+    pub rev: u64,
 }
 
 /// A record the caller must write to the store.
@@ -122,12 +126,20 @@ pub struct Fleet {
     names: HashMap<String, NodeId>,
     tokens: BTreeMap<String, TokenRecord>,
     sessions: HashMap<NodeId, SessionId>,
+    /// Grows with every change; stamped on the record the change carries.
+    rev: u64,
 }
 
 impl Fleet {
     /// The registry as it was stored. Every node starts offline.
     pub fn new(tokens: Vec<TokenRecord>, nodes: Vec<NodeRecord>) -> Self {
         let mut fleet = Self::default();
+        fleet.rev = tokens
+            .iter()
+            .map(|t| t.rev)
+            .chain(nodes.iter().map(|n| n.rev))
+            .max()
+            .unwrap_or(0);
         for t in tokens {
             fleet.tokens.insert(t.id.clone(), t);
         }
@@ -138,9 +150,23 @@ impl Fleet {
         fleet
     }
 
-    pub fn add_token(&mut self, token: TokenRecord) -> Change {
+    pub fn add_token(&mut self, mut token: TokenRecord) -> Change {
+        token.rev = self.stamp();
         self.tokens.insert(token.id.clone(), token.clone());
         Change::Token(token)
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.rev += 1;
+        self.rev
+    }
+
+    /// The node's record, stamped with a new revision, to persist.
+    fn node_change(&mut self, id: NodeId) -> Option<Change> {
+        let rev = self.stamp();
+        let node = self.nodes.get_mut(&id)?;
+        node.rev = rev;
+        Some(Change::Node(Box::new(node.clone())))
     }
 
     pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
@@ -174,6 +200,7 @@ impl Fleet {
             return Err(EnrollError::Internal("node id collision".into()));
         }
         let cert = sign(id)?;
+        record.rev = self.stamp();
         let node = NodeRecord {
             id,
             name: name.to_owned(),
@@ -182,6 +209,7 @@ impl Fleet {
             info: NodeInfo::from(caps),
             load: None,
             cordoned: false,
+            rev: self.stamp(),
         };
         self.tokens.insert(record.id.clone(), record.clone());
         self.names.insert(node.name.clone(), id);
@@ -217,9 +245,8 @@ impl Fleet {
             return None;
         }
         self.sessions.remove(&id);
-        let node = self.nodes.get_mut(&id)?;
-        node.last_seen_unix = now_unix;
-        Some(Change::Node(Box::new(node.clone())))
+        self.nodes.get_mut(&id)?.last_seen_unix = now_unix;
+        self.node_change(id)
     }
 
     /// New capabilities from a node. A change is returned for persisting only when the node is
@@ -244,7 +271,7 @@ impl Fleet {
             ..info.clone()
         } != node.info;
         node.info = info;
-        Ok(changed.then(|| Change::Node(Box::new(node.clone()))))
+        Ok(if changed { self.node_change(id) } else { None })
     }
 
     /// How the node enforces limits. A change is returned for persisting.
@@ -262,7 +289,7 @@ impl Fleet {
             return None;
         }
         node.info.limits = limits;
-        Some(Change::Node(Box::new(node.clone())))
+        self.node_change(id)
     }
 
     /// A status report. Kept in memory only: it is stale within one interval anyway.
@@ -291,9 +318,8 @@ impl Fleet {
     /// Cordons or uncordons a node. Returns the record to persist; `None` if there is no such
     /// node.
     pub fn set_cordoned(&mut self, id: NodeId, cordoned: bool) -> Option<Change> {
-        let node = self.nodes.get_mut(&id)?;
-        node.cordoned = cordoned;
-        Some(Change::Node(Box::new(node.clone())))
+        self.nodes.get_mut(&id)?.cordoned = cordoned;
+        self.node_change(id)
     }
 
     pub fn is_online(&self, id: NodeId) -> bool {

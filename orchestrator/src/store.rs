@@ -5,6 +5,9 @@
 //! operator can read a dump, and every write that a peer will rely on is flushed before it
 //! returns: a node must never hold a certificate the orchestrator forgot.
 //!
+//! Registry records carry a revision (`rev`): a write never replaces a stored record with an
+//! older one, so concurrent writes of the same token or node may land in any order.
+//!
 //! Only this module touches sled.
 
 use crate::deploy::DeploymentRecord;
@@ -88,17 +91,33 @@ impl SledStore {
         })
     }
 
-    fn put_json<T: Serialize>(
+    /// Writes `value` under `key` unless the stored record has a newer `rev`, then flushes.
+    fn put_newer<T: Serialize>(
         &self,
         tree: &sled::Tree,
         key: &[u8],
         value: &T,
+        rev: u64,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(backend)?;
-        tree.insert(key, bytes).map_err(backend)?;
+        tree.fetch_and_update(key, |old| match old {
+            Some(old) if stored_rev(old) > rev => Some(old.to_vec()),
+            _ => Some(bytes.clone()),
+        })
+        .map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
     }
+}
+
+/// The `rev` of a stored registry record; 0 for one written before revisions existed.
+fn stored_rev(bytes: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Rev {
+        #[serde(default)]
+        rev: u64,
+    }
+    serde_json::from_slice::<Rev>(bytes).map_or(0, |r| r.rev)
 }
 
 fn scan_json<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
@@ -129,7 +148,7 @@ impl Store for SledStore {
     }
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.put_json(&self.tokens, token.id.as_bytes(), token)
+        self.put_newer(&self.tokens, token.id.as_bytes(), token, token.rev)
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
@@ -137,7 +156,7 @@ impl Store for SledStore {
     }
 
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.put_json(&self.nodes, &node.id.0, node)
+        self.put_newer(&self.nodes, &node.id.0, node, node.rev)
     }
 
     fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
@@ -201,14 +220,24 @@ impl Store for MemStore {
         Ok(self.lock().tokens.values().cloned().collect())
     }
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.lock().tokens.insert(token.id.clone(), token.clone());
+        let mut inner = self.lock();
+        if inner
+            .tokens
+            .get(&token.id)
+            .is_none_or(|t| t.rev <= token.rev)
+        {
+            inner.tokens.insert(token.id.clone(), token.clone());
+        }
         Ok(())
     }
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         Ok(self.lock().nodes.values().cloned().collect())
     }
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.lock().nodes.insert(node.id, node.clone());
+        let mut inner = self.lock();
+        if inner.nodes.get(&node.id).is_none_or(|n| n.rev <= node.rev) {
+            inner.nodes.insert(node.id, node.clone());
+        }
         Ok(())
     }
     fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
@@ -242,4 +271,40 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(uses_left: u32, rev: u64) -> TokenRecord {
+        TokenRecord {
+            id: "abcdef".into(),
+            secret_sha256: String::new(),
+            created_unix: 0,
+            expires_unix: 10,
+            uses_left,
+            description: String::new(),
+            rev,
+        }
+    }
+
+    /// Two enrollments spend a token's uses one after the other; their writes may land in
+    /// either order, and the store keeps the later version.
+    #[test]
+    fn an_older_record_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sled = SledStore::open(dir.path()).expect("open");
+        let mem = MemStore::default();
+        for store in [&sled as &dyn Store, &mem] {
+            store.put_token(&token(0, 7)).expect("put");
+            store.put_token(&token(1, 6)).expect("put");
+            assert_eq!(store.tokens().expect("read")[0].uses_left, 0);
+            store.put_token(&token(5, 9)).expect("put");
+            assert_eq!(store.tokens().expect("read")[0].uses_left, 5);
+        }
+        drop(sled);
+        let reopened = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.tokens().expect("read")[0].rev, 9);
+    }
 }

@@ -20,6 +20,9 @@ pub struct TokenRecord {
     pub expires_unix: u64,
     pub uses_left: u32,
     pub description: String,
+    /// The registry's revision when this version was made (see `NodeRecord::rev`).
+    #[serde(default)]
+    pub rev: u64,
 }
 
 /// Why a token was not accepted. Each maps to a wire [`edge_proto::RejectCode`].
@@ -65,6 +68,7 @@ pub fn create(
         uses_left: uses,
         description,
         id: id.clone(),
+        rev: 0,
     };
     (format!("{id}.{secret}"), record)
 }
