@@ -133,13 +133,15 @@ pub struct Fleet {
 impl Fleet {
     /// The registry as it was stored. Every node starts offline.
     pub fn new(tokens: Vec<TokenRecord>, nodes: Vec<NodeRecord>) -> Self {
-        let mut fleet = Self::default();
-        fleet.rev = tokens
-            .iter()
-            .map(|t| t.rev)
-            .chain(nodes.iter().map(|n| n.rev))
-            .max()
-            .unwrap_or(0);
+        let mut fleet = Self {
+            rev: tokens
+                .iter()
+                .map(|t| t.rev)
+                .chain(nodes.iter().map(|n| n.rev))
+                .max()
+                .unwrap_or(0),
+            ..Self::default()
+        };
         for t in tokens {
             fleet.tokens.insert(t.id.clone(), t);
         }
