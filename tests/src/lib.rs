@@ -208,8 +208,10 @@ impl Drop for TestNode {
 }
 
 /// Where the workspace's binaries are. They are built (once per test process) first, so a
-/// test run on its own never runs a stale binary; after `cargo test --workspace` that build
-/// has nothing to do.
+/// test run on its own never runs a stale binary. The build is `cargo test --workspace
+/// --no-run`: the same selection, and so the same unified features, as the README's test
+/// command, after which it has nothing to do (a plain `cargo build -p ...` would unify
+/// features differently and rebuild half the dependency tree).
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
@@ -221,10 +223,7 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--bins"]);
-        for package in ["orchestrator", "node-daemon", "edge-hello"] {
-            build.args(["-p", package]);
-        }
+        build.args(["test", "--workspace", "--no-run"]);
         if dir.ends_with("release") {
             build.arg("--release");
         }
