@@ -2,17 +2,15 @@
 //! sessions get their assignments again, drains and deletions move or stop instances, and
 //! everything it persists loads back to the same state.
 
+mod common;
+
+use common::{GIB, MIB, spec};
 use edge_proto::{AdmissionReply, NodeId, OrchMsg, WorkloadReport, WorkloadState, text};
 use orchestrator::deploy::{Admission, DeploymentRecord, Deployments, Effect, assignment};
 use orchestrator::fleet::NodeRecord;
 use orchestrator::scheduler::RejectReason;
-use orchestrator::workload::WorkloadSpec;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeSet;
-
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 fn id(i: u8) -> NodeId {
     NodeId([i; 16])
@@ -34,19 +32,6 @@ fn node(i: u8) -> NodeRecord {
         }
     });
     serde_json::from_str(&stored.to_string()).expect("a node record")
-}
-
-fn spec(extra: Value) -> WorkloadSpec {
-    let mut v = json!({
-        "name": "web",
-        "version": "1",
-        "artifact": DIGEST,
-        "resources": {"cpu_millis": 500, "memory_bytes": 256 * MIB}
-    });
-    for (k, x) in extra.as_object().expect("an object") {
-        v[k] = x.clone();
-    }
-    WorkloadSpec::from_json(&serde_json::to_vec(&v).expect("json")).expect("a valid spec")
 }
 
 /// A controller over nodes 0..n, all online.

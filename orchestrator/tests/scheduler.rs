@@ -2,6 +2,9 @@
 //! every requirement, replicas spread, a partial placement says why for every node, and the
 //! same input gives the same placement. Examples first, then properties over generated fleets.
 
+mod common;
+
+use common::{DIGEST, GIB, MIB, spec};
 use std::collections::{BTreeMap, BTreeSet};
 
 use edge_proto::NodeId;
@@ -10,11 +13,7 @@ use orchestrator::scheduler::{
 };
 use orchestrator::workload::{Placement, WorkloadSpec};
 use proptest::prelude::*;
-use serde_json::{Value, json};
-
-const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
+use serde_json::json;
 
 const BERLIN: LatLon = LatLon {
     lat: 52.52,
@@ -58,20 +57,6 @@ fn node(i: u32) -> NodeView {
         instances: BTreeMap::new(),
         ports_in_use: Vec::new(),
     }
-}
-
-fn spec(extra: Value) -> WorkloadSpec {
-    let mut v = json!({
-        "name": "web",
-        "version": "1",
-        "artifact": DIGEST,
-        "resources": {"cpu_millis": 500, "memory_bytes": 256 * MIB}
-    });
-    for (k, x) in extra.as_object().expect("an object") {
-        v[k] = x.clone();
-    }
-    let bytes = serde_json::to_vec(&v).expect("serializable");
-    WorkloadSpec::from_json(&bytes).unwrap_or_else(|e| panic!("test spec {v}: {e}"))
 }
 
 fn reasons(out: &Outcome) -> BTreeMap<NodeId, RejectReason> {
