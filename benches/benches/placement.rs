@@ -27,6 +27,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use edge_benches::fleet::SITES;
 use edge_benches::stats::median_f64;
 use edge_proto::NodeId;
 use orchestrator::scheduler::{LatLon, NodeView, Resources, Scheduler, haversine_km};
@@ -37,21 +38,6 @@ const NODES: u32 = 1000;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-/// Sites: a `site` label and the centre its nodes are scattered around.
-const SITES: [(&str, f64, f64); 12] = [
-    ("berlin", 52.52, 13.40),
-    ("paris", 48.86, 2.35),
-    ("rome", 41.90, 12.50),
-    ("madrid", 40.42, -3.70),
-    ("vienna", 48.21, 16.37),
-    ("warsaw", 52.23, 21.01),
-    ("oslo", 59.91, 10.75),
-    ("lisbon", 38.72, -9.14),
-    ("prague", 50.08, 14.44),
-    ("dublin", 53.35, -6.26),
-    ("helsinki", 60.17, 24.94),
-    ("athens", 37.98, 23.73),
-];
 /// Workloads the fleet already runs, so a node's instance map is not empty.
 const EXISTING: usize = 20;
 /// Rounds of the side-by-side pass, and the time of each measurement in a round.

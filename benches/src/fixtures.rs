@@ -37,28 +37,37 @@ pub fn capabilities(hostname: &str) -> Capabilities {
         memory_bytes: 8 * 1024 * 1024 * 1024,
         disk_bytes: 64_000_000_000,
         disk_free_bytes: 41_234_567_890,
-        accelerators: accelerators
-            .iter()
-            .map(|(kind, name, path)| Accelerator {
-                kind: *kind,
-                name: text(name),
-                path: text(path),
-            })
-            .collect(),
+        accelerators: accelerators_of(&accelerators),
         board: Some(text("Raspberry Pi 5 Model B Rev 1.0")),
-        labels: labels
-            .iter()
-            .map(|(k, v)| Label {
-                key: text(k),
-                value: text(v),
-            })
-            .collect(),
+        labels: labels_of(&labels),
         location: Some(Location {
             lat: 52.520_008,
             lon: 13.404_954,
             alt_m: Some(34.0),
         }),
     }
+}
+
+/// The wire form of `(kind, name, device path)` triples.
+pub fn accelerators_of(list: &[(AcceleratorKind, &str, &str)]) -> List<Accelerator, 16> {
+    list.iter()
+        .map(|(kind, name, path)| Accelerator {
+            kind: *kind,
+            name: text(name),
+            path: text(path),
+        })
+        .collect()
+}
+
+/// The wire form of `(key, value)` labels.
+pub fn labels_of(pairs: &[(&str, &str)]) -> List<Label, 32> {
+    pairs
+        .iter()
+        .map(|(k, v)| Label {
+            key: text(k),
+            value: text(v),
+        })
+        .collect()
 }
 
 /// Live load, as sent every status interval.

@@ -1,4 +1,5 @@
-//! What another process costs, read from `/proc`: resident memory and CPU time.
+//! What another process costs, read from `/proc`: resident memory and CPU time; and which
+//! filesystem a directory is on.
 
 use std::path::PathBuf;
 
@@ -110,4 +111,19 @@ pub fn udp_socket_drops(select: impl Fn(std::net::Ipv4Addr, u16) -> bool) -> u64
             select(ip, port).then_some(drops)
         })
         .sum()
+}
+
+/// The filesystem holding `path`, from `/proc/mounts`: the longest mount point above it.
+pub fn filesystem_of(path: &std::path::Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && path.starts_with(f[1]))
+                .then(|| (f[1].len(), format!("{} on {}", f[2], f[0])))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, fs)| fs)
 }

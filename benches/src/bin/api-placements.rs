@@ -6,9 +6,9 @@
 //! on a multi-thread tokio runtime of its own with one worker per core, over a sled store in a
 //! real on-disk directory. A fleet of `--nodes` simulated nodes, on a one-thread runtime of
 //! their own, enrolls and holds real QUIC sessions from many loopback addresses, as
-//! `fleet-sim` does (its enrollment and session code, repeated here because each node reports
-//! its own capabilities): architectures, `site` and `tier` labels, accelerators, CPUs and
-//! memory vary by node, so requirements filter. The nodes read and count the `Assign` messages
+//! `fleet-sim` does (the same `edge_benches::sim` code), but each node reports capabilities of
+//! its own: architectures, `site` and `tier` labels, accelerators, CPUs and memory vary by
+//! node, so requirements filter. The nodes read and count the `Assign` messages
 //! they get and never answer them, so every instance stays pending.
 //!
 //! `--clients` OS threads, each with one keep-alive HTTP connection (ureq), POST `--workloads`
@@ -38,21 +38,17 @@
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
-use edge_benches::procfs;
+use edge_benches::fleet::SITES;
 use edge_benches::stats::{self, median_f64, percentile};
+use edge_benches::{fixtures, in_process, pause, procfs, sim};
 use edge_proto::quic::{read_frame, write_msg};
-use edge_proto::{
-    Accelerator, AcceleratorKind, Capabilities, Der, EnrollRequest, Intent, Label, Location,
-    NodeId, NodeMsg, OrchMsg, decode, text,
-};
-use node_daemon::identity::{Identity, IdentityDir};
+use edge_proto::{AcceleratorKind, Capabilities, Location, NodeMsg, OrchMsg, decode, text};
 use orchestrator::app::Orchestrator;
 use orchestrator::scheduler::{NodeView, Scheduler};
 use orchestrator::workload::WorkloadSpec;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -71,22 +67,6 @@ const MIB: u64 = 1 << 20;
 /// The names of the orchestrator runtime's worker threads start with this.
 const WORKER_PREFIX: &str = "orch-rt-w";
 const GIB: u64 = 1 << 30;
-
-/// Sites: the `site` label and the point its nodes report.
-const SITES: [(&str, f64, f64); 12] = [
-    ("berlin", 52.52, 13.40),
-    ("paris", 48.86, 2.35),
-    ("rome", 41.90, 12.50),
-    ("madrid", 40.42, -3.70),
-    ("vienna", 48.21, 16.37),
-    ("warsaw", 52.23, 21.01),
-    ("oslo", 59.91, 10.75),
-    ("lisbon", 38.72, -9.14),
-    ("prague", 50.08, 14.44),
-    ("dublin", 53.35, -6.26),
-    ("helsinki", 60.17, 24.94),
-    ("athens", 37.98, 23.73),
-];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -121,15 +101,6 @@ struct Args {
     /// Interval of the committer's syscall samples, in microseconds.
     #[arg(long, default_value_t = 1000)]
     sample_us: u64,
-}
-
-/// Waits between two samples of a thread's state in `/proc`, which sends no notification.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "sampling /proc at a fixed interval is the measurement"
-)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
 }
 
 // ---- the simulated fleet ---------------------------------------------------------------------
@@ -186,37 +157,15 @@ fn capabilities(i: usize, hostname: &str) -> Capabilities {
         memory_bytes: memory,
         disk_bytes: 64 * GIB,
         disk_free_bytes: 32 * GIB,
-        accelerators: accelerators
-            .iter()
-            .map(|(kind, name, path)| Accelerator {
-                kind: *kind,
-                name: text(name),
-                path: text(path),
-            })
-            .collect(),
+        accelerators: fixtures::accelerators_of(accelerators),
         board: None,
-        labels: [("site", site), ("tier", tier)]
-            .iter()
-            .map(|(k, v)| Label {
-                key: text(k),
-                value: text(v),
-            })
-            .collect(),
+        labels: fixtures::labels_of(&[("site", site), ("tier", tier)]),
         location: Some(Location {
             lat: lat + jitter(24),
             lon: lon + jitter(40),
             alt_m: None,
         }),
     }
-}
-
-/// The same credentials for every simulated node, bar the certificate.
-struct Kit {
-    orchestrator: SocketAddr,
-    token: String,
-    enroll_tls: quinn::ClientConfig,
-    key_pkcs8: Vec<u8>,
-    csr: Vec<u8>,
 }
 
 /// Counters shared by the simulated nodes.
@@ -227,119 +176,12 @@ struct FleetCounters {
     unassigns: AtomicU64,
 }
 
-fn source_address(i: usize, per_address: usize) -> IpAddr {
-    let k = i / per_address.max(1);
-    IpAddr::V4(Ipv4Addr::new(
-        127,
-        0,
-        1 + (k / 254) as u8,
-        1 + (k % 254) as u8,
-    ))
-}
-
-async fn read_answer(recv: &mut quinn::RecvStream) -> anyhow::Result<OrchMsg> {
-    let body = read_frame(recv)
-        .await?
-        .context("the orchestrator finished the stream without answering")?;
-    Ok(decode(&body)?)
-}
-
-async fn enroll(
-    endpoint: &quinn::Endpoint,
-    kit: &Kit,
-    name: &str,
-    caps: &Capabilities,
-) -> anyhow::Result<(NodeId, Vec<u8>, Vec<u8>)> {
-    let conn = endpoint
-        .connect_with(
-            kit.enroll_tls.clone(),
-            kit.orchestrator,
-            node_daemon::tls::server_name(),
-        )?
-        .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    write_msg(
-        &mut send,
-        &edge_benches::fixtures::hello(Intent::Enroll, None),
-    )
-    .await?;
-    let req = EnrollRequest {
-        token: text(&kit.token),
-        name: text(name),
-        csr_der: Der::new(kit.csr.clone()).context("the CSR fits a Der")?,
-        capabilities: caps.clone(),
-    };
-    write_msg(&mut send, &NodeMsg::Enroll(Box::new(req))).await?;
-    let answer = read_answer(&mut recv).await;
-    conn.close(0u32.into(), b"enrolled");
-    match answer? {
-        OrchMsg::Enrolled(e) => Ok((e.node_id, e.cert_der.into_vec(), e.ca_der.into_vec())),
-        OrchMsg::Reject(r) => bail!("enrollment rejected ({}): {}", r.code, r.message),
-        other => bail!("unexpected answer to enrollment: {other:?}"),
-    }
-}
-
-async fn open_session(
-    endpoint: &quinn::Endpoint,
-    kit: &Kit,
-    node_id: NodeId,
-    cert: Vec<u8>,
-    ca: Vec<u8>,
-    caps: &Capabilities,
-) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-    let identity = Identity {
-        node_id,
-        cert: CertificateDer::from(cert),
-        ca: CertificateDer::from(ca),
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kit.key_pkcs8.clone())),
-    };
-    let tls = node_daemon::tls::session_config(&identity)?;
-    let conn = endpoint
-        .connect_with(tls, kit.orchestrator, node_daemon::tls::server_name())?
-        .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    write_msg(
-        &mut send,
-        &edge_benches::fixtures::hello(Intent::Session, Some(node_id)),
-    )
-    .await?;
-    match read_answer(&mut recv).await? {
-        OrchMsg::Welcome(w) if w.node_id == node_id => {}
-        OrchMsg::Reject(r) => bail!("session rejected ({}): {}", r.code, r.message),
-        other => bail!("unexpected answer to hello: {other:?}"),
-    }
-    write_msg(&mut send, &NodeMsg::Capabilities(Box::new(caps.clone()))).await?;
-    write_msg(
-        &mut send,
-        &NodeMsg::Status(edge_benches::fixtures::status(0)),
-    )
-    .await?;
-    Ok((conn, send, recv))
-}
-
-/// Retries a step a few times, as a node would after a transient failure.
-async fn with_retries<T, F: std::future::Future<Output = anyhow::Result<T>>>(
-    mut step: impl FnMut() -> F,
-) -> anyhow::Result<T> {
-    let mut last = None;
-    for attempt in 0..3u32 {
-        match step().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
-}
-
 /// One simulated node: enrolls, opens its session, then reads what the orchestrator sends
 /// (counting assignments) and sends a status every 10 s until told to stop.
 async fn sim_node(
     i: usize,
     source: IpAddr,
-    kit: Arc<Kit>,
+    kit: Arc<sim::Kit>,
     gate: Arc<Semaphore>,
     counters: Arc<FleetCounters>,
     joined: mpsc::UnboundedSender<anyhow::Result<()>>,
@@ -347,26 +189,19 @@ async fn sim_node(
 ) {
     let name = format!("sim{}-{i}", std::process::id());
     let caps = capabilities(i, &name);
-    let started = async {
-        let _permit = gate.acquire().await.context("gate closed")?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0))
-            .with_context(|| format!("binding a UDP socket on {source}"))?;
-        let (node_id, cert, ca) = with_retries(|| enroll(&endpoint, &kit, &name, &caps))
-            .await
-            .with_context(|| format!("node {i} enrolling"))?;
-        let session = with_retries(|| {
-            open_session(&endpoint, &kit, node_id, cert.clone(), ca.clone(), &caps)
-        })
-        .await
-        .with_context(|| format!("node {i} opening its session"))?;
-        anyhow::Ok((endpoint, session))
-    }
-    .await;
-    let (endpoint, (conn, mut send, mut recv)) = match started {
-        Ok(s) => {
+    let started = sim::join(i, &name, source, &kit, &gate, &caps).await;
+    let (
+        endpoint,
+        sim::Session {
+            conn,
+            mut send,
+            mut recv,
+        },
+    ) = match started {
+        Ok(node) => {
             counters.live.fetch_add(1, Ordering::SeqCst);
             let _ = joined.send(Ok(()));
-            s
+            (node.endpoint, node.session)
         }
         Err(e) => {
             let _ = joined.send(Err(e));
@@ -391,7 +226,7 @@ async fn sim_node(
                 _ => break,
             },
             _ = tick.tick() => {
-                let status = edge_benches::fixtures::status(boot.elapsed().as_secs());
+                let status = fixtures::status(boot.elapsed().as_secs());
                 let _ = write_msg(&mut send, &NodeMsg::Status(status)).await;
             }
             _ = stop.changed() => break,
@@ -420,15 +255,7 @@ fn start_fleet(
         .create_token(3600, u32::try_from(args.nodes)?, "api-placements".into())?
         .0;
     let pin = pin_of(&orch.shared.ca.hash())?;
-    let key = rcgen::KeyPair::generate().context("generating the shared key pair")?;
-    let csr = IdentityDir::csr(&key, "sim").context("making the shared CSR")?;
-    let kit = Arc::new(Kit {
-        orchestrator: orch.quic_addr,
-        token,
-        enroll_tls: node_daemon::tls::enroll_config(pin)?,
-        key_pkcs8: key.serialize_der(),
-        csr,
-    });
+    let kit = Arc::new(sim::Kit::new(orch.quic_addr, token, pin, "sim")?);
     let counters = Arc::new(FleetCounters::default());
     let gate = Arc::new(Semaphore::new(args.enroll_concurrency.max(1)));
     let (joined_tx, mut joined_rx) = mpsc::unbounded_channel();
@@ -438,7 +265,7 @@ fn start_fleet(
         tasks.spawn_on(
             sim_node(
                 i,
-                source_address(i, args.per_address),
+                sim::source_address(i, args.per_address),
                 kit.clone(),
                 gate.clone(),
                 counters.clone(),
@@ -963,21 +790,6 @@ fn core_slice(
 
 // ---- the run ---------------------------------------------------------------------------------
 
-/// The filesystem holding `path`, from `/proc/mounts`: the longest mount point above it.
-fn filesystem_of(path: &Path) -> String {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && path.starts_with(f[1]))
-                .then(|| (f[1].len(), format!("{} on {}", f[2], f[0])))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map_or_else(|| "unknown".into(), |(_, fs)| fs)
-}
-
 fn dir_bytes(path: &Path) -> u64 {
     std::fs::read_dir(path).map_or(0, |entries| {
         entries
@@ -1028,11 +840,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .thread_name("sim-rt")
         .enable_all()
         .build()?;
-    let orch = orch_rt.block_on(async {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        anyhow::Ok(Orchestrator::start(&data_dir, udp, tcp).await?)
-    })?;
+    let orch = orch_rt.block_on(in_process::start_orchestrator(&data_dir))?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     println!(
         "api-placements: orchestrator in this process on a multi-thread runtime of its own \
@@ -1041,7 +849,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
          connection each) in {} slices",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         data_dir.display(),
-        filesystem_of(&data_dir),
+        procfs::filesystem_of(&data_dir),
         args.nodes,
         args.nodes.div_ceil(args.per_address.max(1)),
         args.workloads,
@@ -1081,12 +889,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         count(&|v| v.devices.iter().any(|d| d == "video")),
     );
 
-    let store = orch
-        .shared
-        .artifacts
-        .get()
-        .cloned()
-        .context("the orchestrator has no artifact store")?;
+    let store = in_process::artifact_store(&orch)?;
     let stored = orch_rt.block_on(store.put(&b"#!/bin/sh\nexec sleep 600\n"[..], None))?;
     let digest = orchestrator::artifacts::format_digest(&stored.digest);
     let run_id = format!("w{}", std::process::id());

@@ -33,6 +33,7 @@
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use edge_benches::stats::{self, percentile};
+use edge_benches::{in_process, pause};
 use edge_proto::{NodeId, WorkloadState};
 use node_daemon::config::Config;
 use orchestrator::app::Orchestrator;
@@ -86,16 +87,6 @@ struct Args {
     warmup: usize,
 }
 
-/// Waits between two looks at something that sends no notification: a report in the
-/// orchestrator's memory, a process's `/proc` entry.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "polling /proc and the report table at a fixed resolution is the measurement"
-)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
-}
-
 /// The operator API over one keep-alive connection, as `edgectl` would use it.
 struct Api {
     agent: ureq::Agent,
@@ -146,21 +137,6 @@ fn read(mut response: ureq::http::Response<ureq::Body>) -> anyhow::Result<(u16, 
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     Ok((status, json))
-}
-
-/// The filesystem holding `path`, from `/proc/mounts`: the longest mount point above it.
-fn filesystem_of(path: &Path) -> String {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && path.starts_with(f[1]))
-                .then(|| (f[1].len(), format!("{} on {}", f[2], f[0])))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map_or_else(|| "unknown".into(), |(_, fs)| fs)
 }
 
 /// A node daemon on its own thread and current-thread runtime, as `edge-node run` has it.
@@ -762,17 +738,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let floor_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let orch = orch_rt.block_on(async {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        anyhow::Ok(Orchestrator::start(&dir.path().join("orch"), udp, tcp).await?)
-    })?;
-    let store = orch
-        .shared
-        .artifacts
-        .get()
-        .cloned()
-        .context("the orchestrator has no artifact store")?;
+    let orch = orch_rt.block_on(in_process::start_orchestrator(&dir.path().join("orch")))?;
+    let store = in_process::artifact_store(&orch)?;
     let token = orch
         .shared
         .create_token(3600, u32::try_from(args.nodes)?, "deploy-latency".into())?
@@ -887,7 +854,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "this disk ({}), a small file written, fsynced, renamed and its directory fsynced: p50 {} \
          p90 {} (30 samples; the node's supervisor does this before starting a workload)",
-        filesystem_of(dir.path()),
+        edge_benches::procfs::filesystem_of(dir.path()),
         stats::ms(percentile(&durable, 50.0)),
         stats::ms(percentile(&durable, 90.0))
     );

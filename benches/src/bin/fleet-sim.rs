@@ -14,12 +14,10 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use edge_benches::{fixtures, procfs, stats};
-use edge_proto::quic::{read_frame, write_msg};
-use edge_proto::{Intent, NodeId, NodeMsg, OrchMsg, decode};
-use node_daemon::identity::{Identity, IdentityDir};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use edge_benches::{fixtures, procfs, sim, stats};
+use edge_proto::NodeMsg;
+use edge_proto::quic::write_msg;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -86,16 +84,6 @@ struct Counters {
     status_sent: AtomicU64,
 }
 
-/// The same credentials for every simulated node, bar the certificate.
-struct Kit {
-    orchestrator: SocketAddr,
-    token: String,
-    enroll_tls: quinn::ClientConfig,
-    key_pkcs8: Vec<u8>,
-    csr: Vec<u8>,
-    status_interval: Duration,
-}
-
 fn parse_ca_hash(s: &str) -> anyhow::Result<[u8; 32]> {
     let hex = s
         .strip_prefix("sha256:")
@@ -110,101 +98,6 @@ fn parse_ca_hash(s: &str) -> anyhow::Result<[u8; 32]> {
     Ok(out)
 }
 
-/// The loopback address of node `i`: 127.0.1.1 for the first `per_address` nodes, then .2, ...
-fn source_address(i: usize, per_address: usize) -> IpAddr {
-    let k = i / per_address.max(1);
-    IpAddr::V4(Ipv4Addr::new(
-        127,
-        0,
-        1 + (k / 254) as u8,
-        1 + (k % 254) as u8,
-    ))
-}
-
-async fn read_answer(recv: &mut quinn::RecvStream) -> anyhow::Result<OrchMsg> {
-    let body = read_frame(recv)
-        .await?
-        .context("the orchestrator finished the stream without answering")?;
-    Ok(decode(&body)?)
-}
-
-/// Enrolls with the real protocol; returns the node id and the certificate.
-async fn enroll(
-    endpoint: &quinn::Endpoint,
-    kit: &Kit,
-    name: &str,
-) -> anyhow::Result<(NodeId, Vec<u8>, Vec<u8>)> {
-    let conn = endpoint
-        .connect_with(
-            kit.enroll_tls.clone(),
-            kit.orchestrator,
-            node_daemon::tls::server_name(),
-        )?
-        .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    write_msg(&mut send, &fixtures::hello(Intent::Enroll, None)).await?;
-    let req = fixtures::enroll_request(&kit.token, name, kit.csr.clone())
-        .context("the CSR fits a Der")?;
-    write_msg(&mut send, &NodeMsg::Enroll(Box::new(req))).await?;
-    let answer = read_answer(&mut recv).await;
-    conn.close(0u32.into(), b"enrolled");
-    match answer? {
-        OrchMsg::Enrolled(e) => Ok((e.node_id, e.cert_der.into_vec(), e.ca_der.into_vec())),
-        OrchMsg::Reject(r) => bail!("enrollment rejected ({}): {}", r.code, r.message),
-        other => bail!("unexpected answer to enrollment: {other:?}"),
-    }
-}
-
-/// Opens a session with the issued certificate, says hello and reports capabilities and a
-/// first status, as the node daemon does right after `Welcome`.
-async fn open_session(
-    endpoint: &quinn::Endpoint,
-    kit: &Kit,
-    name: &str,
-    node_id: NodeId,
-    cert: Vec<u8>,
-    ca: Vec<u8>,
-) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-    let identity = Identity {
-        node_id,
-        cert: CertificateDer::from(cert),
-        ca: CertificateDer::from(ca),
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kit.key_pkcs8.clone())),
-    };
-    let tls = node_daemon::tls::session_config(&identity)?;
-    let conn = endpoint
-        .connect_with(tls, kit.orchestrator, node_daemon::tls::server_name())?
-        .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    write_msg(&mut send, &fixtures::hello(Intent::Session, Some(node_id))).await?;
-    match read_answer(&mut recv).await? {
-        OrchMsg::Welcome(w) if w.node_id == node_id => {}
-        OrchMsg::Reject(r) => bail!("session rejected ({}): {}", r.code, r.message),
-        other => bail!("unexpected answer to hello: {other:?}"),
-    }
-    let caps = fixtures::capabilities(name);
-    write_msg(&mut send, &NodeMsg::Capabilities(Box::new(caps))).await?;
-    write_msg(&mut send, &NodeMsg::Status(fixtures::status(0))).await?;
-    Ok((conn, send, recv))
-}
-
-/// Retries a step a few times, as a node would after a transient failure.
-async fn with_retries<T, F: std::future::Future<Output = anyhow::Result<T>>>(
-    mut step: impl FnMut() -> F,
-) -> anyhow::Result<T> {
-    let mut last = None;
-    for attempt in 0..3u32 {
-        match step().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
-}
-
 #[expect(
     clippy::too_many_arguments,
     reason = "one simulated node's whole life; a struct would only rename the arguments"
@@ -213,43 +106,33 @@ async fn run_node(
     i: usize,
     name: String,
     source: IpAddr,
-    kit: Arc<Kit>,
+    kit: Arc<sim::Kit>,
+    status_interval: Duration,
     gate: Arc<Semaphore>,
     counters: Arc<Counters>,
     joined: mpsc::UnboundedSender<anyhow::Result<Joined>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let started = async {
-        let _permit = gate.acquire().await.context("gate closed")?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0))
-            .with_context(|| format!("binding a UDP socket on {source}"))?;
-        let t0 = Instant::now();
-        let (node_id, cert, ca) = with_retries(|| enroll(&endpoint, &kit, &name))
-            .await
-            .with_context(|| format!("node {i} enrolling"))?;
-        let enrolled = t0.elapsed();
-        let t1 = Instant::now();
-        let session = with_retries(|| {
-            open_session(&endpoint, &kit, &name, node_id, cert.clone(), ca.clone())
-        })
-        .await
-        .with_context(|| format!("node {i} opening its session"))?;
-        anyhow::Ok((
-            endpoint,
-            session,
-            Joined {
-                enroll: enrolled,
-                session: t1.elapsed(),
-            },
-        ))
-    }
-    .await;
-    let (endpoint, (conn, mut send, _recv)) = match started {
-        Ok((endpoint, session, times)) => {
+    let caps = fixtures::capabilities(&name);
+    let started = sim::join(i, &name, source, &kit, &gate, &caps).await;
+    // The receive half is kept, unread, for the session's life: dropping it would tell the
+    // orchestrator to stop sending on the stream.
+    let (
+        endpoint,
+        sim::Session {
+            conn,
+            mut send,
+            recv: _recv,
+        },
+    ) = match started {
+        Ok(node) => {
             counters.live.fetch_add(1, Ordering::SeqCst);
             counters.status_sent.fetch_add(1, Ordering::Relaxed);
-            let _ = joined.send(Ok(times));
-            (endpoint, session)
+            let _ = joined.send(Ok(Joined {
+                enroll: node.enroll,
+                session: node.session_open,
+            }));
+            (node.endpoint, node.session)
         }
         Err(e) => {
             let _ = joined.send(Err(e));
@@ -257,8 +140,8 @@ async fn run_node(
         }
     };
     let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + kit.status_interval,
-        kit.status_interval,
+        tokio::time::Instant::now() + status_interval,
+        status_interval,
     );
     let boot = Instant::now();
     loop {
@@ -300,16 +183,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .name_prefix
         .clone()
         .unwrap_or_else(|| format!("sim{}", std::process::id()));
-    let key = rcgen::KeyPair::generate().context("generating the shared key pair")?;
-    let csr = IdentityDir::csr(&key, &prefix).context("making the shared CSR")?;
-    let kit = Arc::new(Kit {
-        orchestrator: args.orchestrator,
-        token: args.token.clone(),
-        enroll_tls: node_daemon::tls::enroll_config(pin)?,
-        key_pkcs8: key.serialize_der(),
-        csr,
-        status_interval: Duration::from_secs(args.status_interval_secs.max(1)),
-    });
+    let kit = Arc::new(sim::Kit::new(
+        args.orchestrator,
+        args.token.clone(),
+        pin,
+        &prefix,
+    )?);
+    let status_interval = Duration::from_secs(args.status_interval_secs.max(1));
     let pid = args.orchestrator_pid;
     let ticks_per_sec = procfs::clock_ticks_per_sec() as f64;
     let addresses = args.nodes.div_ceil(args.per_address.max(1));
@@ -319,9 +199,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.nodes,
         addresses,
         args.per_address,
-        source_address(0, args.per_address),
+        sim::source_address(0, args.per_address),
         args.concurrency,
-        kit.status_interval.as_secs(),
+        status_interval.as_secs(),
         args.hold_secs,
         args.orchestrator
     );
@@ -339,8 +219,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tasks.spawn(run_node(
             i,
             format!("{prefix}-{i}"),
-            source_address(i, args.per_address),
+            sim::source_address(i, args.per_address),
             kit.clone(),
+            status_interval,
             gate.clone(),
             counters.clone(),
             joined_tx.clone(),
