@@ -299,10 +299,16 @@ pub(crate) trait Access {
 }
 #[derive(Debug)]
 pub(crate) struct Viewer;
+/// Changing workloads and artifacts.
+#[derive(Debug)]
+pub(crate) struct Operator;
 #[derive(Debug)]
 struct Admin;
 impl Access for Viewer {
     const ROLE: Role = Role::Viewer;
+}
+impl Access for Operator {
+    const ROLE: Role = Role::Operator;
 }
 impl Access for Admin {
     const ROLE: Role = Role::Admin;
@@ -341,23 +347,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let content_type = match request.headers().get(header::CONTENT_TYPE) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| {
-                        ApiError::UnsupportedMediaType("content-type is not readable".into())
-                    })?
-                    .to_owned(),
-            ),
-        };
-        if let Some(ct) = &content_type
-            && !is_json_type(ct)
-        {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "expected content-type application/json, got {ct}"
-            )));
-        }
+        let content_type = json_content_type(request.headers())?;
         // The body was read and bounded by `finish`.
         let bytes = Bytes::from_request(request, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -374,14 +364,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             }
             b"{}"
         } else if content_type.is_none() {
-            return Err(ApiError::UnsupportedMediaType(
-                "expected content-type application/json".into(),
-            ));
+            return Err(no_json_content_type());
         } else {
             &bytes
         };
         decode_json(text).map(Self).map_err(ApiError::BadRequest)
     }
+}
+
+/// The request's content type if it has one and it is JSON; 415 if it is something else.
+pub(crate) fn json_content_type(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let ct = v
+        .to_str()
+        .map_err(|_| ApiError::UnsupportedMediaType("content-type is not readable".into()))?;
+    if !is_json_type(ct) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "expected content-type application/json, got {ct}"
+        )));
+    }
+    Ok(Some(ct.to_owned()))
+}
+
+/// A body that must be JSON came without a content type.
+pub(crate) fn no_json_content_type() -> ApiError {
+    ApiError::UnsupportedMediaType("expected content-type application/json".into())
 }
 
 /// Reads a body of at most [`MAX_BODY_BYTES`]. A body over that is refused, but the rest of
@@ -713,7 +724,7 @@ async fn get_node(
     Ok(Json(NodeView::new(node, fleet.is_online(node.id))))
 }
 
-fn no_such_node(name_or_id: &str) -> ApiError {
+pub(crate) fn no_such_node(name_or_id: &str) -> ApiError {
     ApiError::NotFound(format!("no node named or with id {name_or_id:?}"))
 }
 

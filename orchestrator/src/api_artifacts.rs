@@ -11,9 +11,9 @@
 //! into the API's JSON error shape. It never holds an upload in memory and never touches the
 //! artifact files except through [`ArtifactStore`].
 
-use crate::api::{self, Access, ApiError, ApiState, Authed, Viewer};
+use crate::api::{self, Access, ApiError, ApiState, Authed, Operator, Viewer};
 use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, format_digest, from_hex};
-use crate::auth::{ApiAuth, Role};
+use crate::auth::ApiAuth;
 use crate::metrics::Reason;
 use crate::server::Shared;
 use axum::Json;
@@ -46,13 +46,6 @@ impl ArtifactView {
             size,
         }
     }
-}
-
-/// Pushing artifacts needs this role.
-#[derive(Debug)]
-struct Operator;
-impl Access for Operator {
-    const ROLE: Role = Role::Operator;
 }
 
 #[derive(Debug, Clone)]

@@ -13,9 +13,9 @@
 //! A thin shell: decisions are `deploy`'s, effects go through `Shared::deploy`.
 
 use crate::api::{
-    Access, ApiError, ApiState, Authed, NodeView, Viewer, internal, is_json_type, rfc3339,
+    ApiError, ApiState, Authed, NodeView, Operator, Viewer, internal, json_content_type,
+    no_json_content_type, no_such_node, rfc3339,
 };
-use crate::auth::Role;
 use crate::deploy::{Admission, DeploymentView};
 use crate::server::Shared;
 use crate::workload::{SpecError, WorkloadSpec};
@@ -28,13 +28,6 @@ use axum::routing::{get, post};
 use edge_proto::{NodeId, WorkloadState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// Deploying, deleting and moving workloads needs this role.
-#[derive(Debug)]
-pub(crate) struct Operator;
-impl Access for Operator {
-    const ROLE: Role = Role::Operator;
-}
 
 pub(crate) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
@@ -239,19 +232,7 @@ async fn deploy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
-    match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
-        Some(Ok(ct)) if is_json_type(ct) => {}
-        Some(Ok(ct)) => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "expected content-type application/json, got {ct}"
-            )));
-        }
-        _ => {
-            return Err(ApiError::UnsupportedMediaType(
-                "expected content-type application/json".into(),
-            ));
-        }
-    }
+    json_content_type(&headers)?.ok_or_else(no_json_content_type)?;
     let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
     // What the wire cannot carry is the spec's fault too: say so before anything else.
     crate::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
@@ -355,7 +336,7 @@ async fn set_cordon(
     cordoned: bool,
     drain: bool,
 ) -> Result<Json<NodeView>, ApiError> {
-    let no_such_node = || ApiError::NotFound(format!("no node named or with id {name_or_id:?}"));
+    let no_such_node = || no_such_node(&name_or_id);
     let id = state
         .shared
         .fleet()
@@ -433,9 +414,7 @@ async fn logs(
         match &query.node {
             None => holders.iter().filter_map(named).collect(),
             Some(wanted) => {
-                let node = fleet.find(wanted).ok_or_else(|| {
-                    ApiError::NotFound(format!("no node named or with id {wanted:?}"))
-                })?;
+                let node = fleet.find(wanted).ok_or_else(|| no_such_node(wanted))?;
                 if !holders.contains(&node.id) {
                     return Err(ApiError::NotFound(format!(
                         "node {} has no instance of {name}",
