@@ -359,9 +359,10 @@ impl Shared {
     /// The last report of every instance of `workload`, by node.
     pub fn instance_reports(&self, workload: &str) -> Vec<(NodeId, InstanceReport)> {
         let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        // Keyed by workload first: its reports are one range, not a scan of every report.
+        let (first, last) = (NodeId([0; 16]), NodeId([u8::MAX; 16]));
         reports
-            .iter()
-            .filter(|((w, _), _)| w == workload)
+            .range((workload.to_owned(), first)..=(workload.to_owned(), last))
             .map(|((_, node), r)| (*node, r.clone()))
             .collect()
     }
