@@ -117,6 +117,19 @@ impl Fixture {
         }
     }
 
+    /// The node's parent groups, one per hierarchy.
+    fn cgroup_parents(&self) -> Vec<PathBuf> {
+        let parent = &self.options.cgroup_parent;
+        match &self.limits {
+            LimitsBackend::CgroupV2 { root } => vec![root.join(parent)],
+            LimitsBackend::CgroupV1 { root } => vec![
+                root.join("memory").join(parent),
+                root.join("cpu").join(parent),
+            ],
+            LimitsBackend::Rlimit => Vec::new(),
+        }
+    }
+
     async fn finish(self) {
         self.sup.shutdown().await;
         // Dropping removes the (now empty) parent groups.
@@ -126,15 +139,7 @@ impl Fixture {
 impl Drop for Fixture {
     /// Whatever happened in the test, leave no process and no control group behind.
     fn drop(&mut self) {
-        let parent = &self.options.cgroup_parent;
-        let parents: Vec<PathBuf> = match &self.limits {
-            LimitsBackend::CgroupV2 { root } => vec![root.join(parent)],
-            LimitsBackend::CgroupV1 { root } => vec![
-                root.join("memory").join(parent),
-                root.join("cpu").join(parent),
-            ],
-            LimitsBackend::Rlimit => Vec::new(),
-        };
+        let parents = self.cgroup_parents();
         // Only a real cgroupfs lists live pids; a fake tree's may have been reused.
         for dir in parents.iter().filter(|d| d.starts_with("/sys/fs/cgroup")) {
             for group in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -483,17 +488,7 @@ async fn the_real_cgroup_holds_the_limits_and_the_process() {
         .expect("apply");
     wait_for(&fx.sup, "kept", "Running", |s| s.state == State::Running).await;
     fx.sup.shutdown().await;
-    let parent = &fx.options.cgroup_parent;
-    let parents: Vec<PathBuf> = match &fx.limits {
-        LimitsBackend::CgroupV2 { root } => vec![root.join(parent)],
-        LimitsBackend::CgroupV1 { root } => {
-            vec![
-                root.join("memory").join(parent),
-                root.join("cpu").join(parent),
-            ]
-        }
-        LimitsBackend::Rlimit => Vec::new(),
-    };
+    let parents = fx.cgroup_parents();
     for dir in parents {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
