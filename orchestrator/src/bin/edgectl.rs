@@ -212,19 +212,15 @@ fn run(cli: &Cli) -> Result<String, CliError> {
                 Some(StatusArg::Offline) => "/v1/nodes?status=offline".to_owned(),
             };
             let body = client.get(&path)?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let nodes: Vec<NodeView> = client.parse(&body)?;
-            Ok(nodes_table(&nodes, unix_now()))
+            client.show(cli.json, &body, |nodes: &Vec<NodeView>| {
+                nodes_table(nodes, unix_now())
+            })
         }
         Command::Node { name } => {
             let body = client.get(&format!("/v1/nodes/{}", percent_encode(name)))?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let node: NodeView = client.parse(&body)?;
-            Ok(node_summary(&node, unix_now()))
+            client.show(cli.json, &body, |node: &NodeView| {
+                node_summary(node, unix_now())
+            })
         }
         Command::Token {
             command:
@@ -241,41 +237,29 @@ fn run(cli: &Cli) -> Result<String, CliError> {
                 description: description.clone(),
             };
             let body = client.post("/v1/tokens", &request)?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let created: TokenCreated = client.parse(&body)?;
-            Ok(token_created(&created))
+            client.show(cli.json, &body, token_created)
         }
         Command::Token {
             command: TokenCommand::List,
         } => {
             let body = client.get("/v1/tokens")?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let tokens: Vec<TokenView> = client.parse(&body)?;
-            Ok(tokens_table(&tokens, unix_now()))
+            client.show(cli.json, &body, |tokens: &Vec<TokenView>| {
+                tokens_table(tokens, unix_now())
+            })
         }
         Command::Artifact {
             command: ArtifactCommand::Push { path },
         } => {
             let body = client.push_artifact(path)?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let artifact: ArtifactView = client.parse(&body)?;
-            Ok(artifact_pushed(&artifact))
+            client.show(cli.json, &body, artifact_pushed)
         }
         Command::Artifact {
             command: ArtifactCommand::List,
         } => {
             let body = client.get("/v1/artifacts")?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let artifacts: Vec<ArtifactView> = client.parse(&body)?;
-            Ok(artifacts_table(&artifacts))
+            client.show(cli.json, &body, |artifacts: &Vec<ArtifactView>| {
+                artifacts_table(artifacts)
+            })
         }
         Command::Deploy { file } => {
             let path = file.display().to_string();
@@ -289,27 +273,17 @@ fn run(cli: &Cli) -> Result<String, CliError> {
                 reason: e.to_string(),
             })?;
             let body = client.post("/v1/workloads", &spec)?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let w: WorkloadView = client.parse(&body)?;
-            Ok(deployed(&w))
+            client.show(cli.json, &body, deployed)
         }
         Command::Workloads { name: None } => {
             let body = client.get("/v1/workloads")?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let all: Vec<WorkloadView> = client.parse(&body)?;
-            Ok(workloads_table(&all))
+            client.show(cli.json, &body, |all: &Vec<WorkloadView>| {
+                workloads_table(all)
+            })
         }
         Command::Workloads { name: Some(name) } => {
             let body = client.get(&format!("/v1/workloads/{}", percent_encode(name)))?;
-            if cli.json {
-                return client.reindent(&body);
-            }
-            let w: WorkloadView = client.parse(&body)?;
-            Ok(workload_summary(&w))
+            client.show(cli.json, &body, workload_summary)
         }
         Command::Delete { name } => {
             client.delete(&format!("/v1/workloads/{}", percent_encode(name)))?;
@@ -350,11 +324,7 @@ fn node_action(cli: &Cli, client: &Client, node: &str, action: &str) -> Result<S
         &format!("/v1/nodes/{}/{action}", percent_encode(node)),
         &serde_json::json!({}),
     )?;
-    if cli.json {
-        return client.reindent(&body);
-    }
-    let n: NodeView = client.parse(&body)?;
-    Ok(match action {
+    client.show(cli.json, &body, |n: &NodeView| match action {
         "drain" => format!(
             "{} cordoned and drained: its instances move to other nodes\n",
             n.name
@@ -543,6 +513,19 @@ impl Client {
             api: self.api.clone(),
             reason: e.to_string(),
         })
+    }
+
+    /// With `--json`, the API's JSON as it came (indented); otherwise `render` of it.
+    fn show<T: serde::de::DeserializeOwned>(
+        &self,
+        json: bool,
+        body: &str,
+        render: impl FnOnce(&T) -> String,
+    ) -> Result<String, CliError> {
+        if json {
+            return self.reindent(body);
+        }
+        Ok(render(&self.parse(body)?))
     }
 
     /// The API's JSON, indented, in the API's own key order.
