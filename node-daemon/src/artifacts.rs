@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// sha256 of an artifact's bytes.
-pub type Digest = [u8; 32];
+pub use edge_proto::digest::{Digest, to_hex};
+use edge_proto::digest::{from_lower_hex, sha256_reader};
 
 /// How long a transfer may go without a byte before it counts as stalled. QUIC's idle timeout
 /// catches a dead link within seconds; this catches a live orchestrator that stopped sending.
@@ -32,32 +32,6 @@ const CHUNK_BYTES: usize = 64 * 1024;
 const PART_SUFFIX: &str = ".part";
 /// Mode of a verified artifact: the supervisor runs it, nobody edits it.
 const EXECUTABLE_MODE: u32 = 0o755;
-
-/// 64 lowercase hex digits: the file name of an artifact.
-pub fn to_hex(digest: &Digest) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
-}
-
-/// The digest a cache file name stands for: `<64 lowercase hex>`, nothing else.
-pub fn from_hex(name: &str) -> Option<Digest> {
-    let bytes = name.as_bytes();
-    if bytes.len() != 64 || bytes.iter().any(u8::is_ascii_uppercase) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = char::from(pair[0]).to_digit(16)?;
-        let lo = char::from(pair[1]).to_digit(16)?;
-        *o = u8::try_from(hi << 4 | lo).ok()?;
-    }
-    Some(out)
-}
 
 /// Who is at fault for a failed fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,9 +335,10 @@ impl ArtifactCache {
     /// its digest. Otherwise deletes it.
     async fn commit(&self, digest: Digest, size: u64, part: &Path) -> Result<PathBuf, FetchError> {
         let path = part.to_owned();
-        let (actual, len) = tokio::task::spawn_blocking(move || sha256_file(&path))
-            .await
-            .map_err(io::Error::other)??;
+        let (actual, len) =
+            tokio::task::spawn_blocking(move || sha256_reader(std::fs::File::open(&path)?))
+                .await
+                .map_err(io::Error::other)??;
         if len != size || actual != digest {
             remove_if_exists(part).await?;
             return Err(FetchError::HashMismatch {
@@ -390,8 +365,8 @@ impl ArtifactCache {
                 continue;
             };
             let (digest, is_part) = match name.strip_suffix(PART_SUFFIX) {
-                Some(stem) => (from_hex(stem), true),
-                None => (from_hex(name), false),
+                Some(stem) => (from_lower_hex(stem), true),
+                None => (from_lower_hex(name), false),
             };
             let Some(digest) = digest else {
                 continue;
@@ -434,28 +409,6 @@ impl ArtifactCache {
     }
 }
 
-/// sha256 and length of a file, read in [`CHUNK_BYTES`] pieces. Blocking.
-fn sha256_file(path: &Path) -> io::Result<(Digest, u64)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut len = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        context.update(&buf[..n]);
-        len += n as u64;
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(context.finish().as_ref());
-    Ok((out, len))
-}
-
 /// Deletes `path`; false if it was not there.
 async fn remove_if_exists(path: &Path) -> io::Result<bool> {
     match tokio::fs::remove_file(path).await {
@@ -476,16 +429,6 @@ async fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_lowercase_hex_digests() {
-        let d: Digest = core::array::from_fn(|i| i as u8 * 7);
-        let name = to_hex(&d);
-        assert_eq!(from_hex(&name), Some(d));
-        assert_eq!(from_hex(&name.to_uppercase()), None);
-        assert_eq!(from_hex(&name[1..]), None);
-        assert_eq!(from_hex(&format!("{}.part", &name[..59])), None);
-    }
 
     #[test]
     fn errors_say_who_failed_and_whether_to_retry() {

@@ -205,7 +205,7 @@ impl Workloads {
                 && let Some(digest) = command
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .and_then(crate::artifacts::from_hex)
+                    .and_then(edge_proto::digest::from_lower_hex)
             {
                 keep.insert(digest);
             }

@@ -16,8 +16,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
+use edge_proto::digest::from_lower_hex;
 /// sha256 of an artifact's bytes.
-pub type Digest = [u8; 32];
+pub use edge_proto::digest::{Digest, from_hex, sha256_reader, to_hex};
 
 /// How a digest is written for people and in the API: `sha256:` then 64 lowercase hex digits.
 pub const DIGEST_PREFIX: &str = "sha256:";
@@ -33,27 +34,6 @@ const SUBDIR: &str = "artifacts/sha256";
 /// Temporary upload files start with this; no digest name does.
 const TEMP_PREFIX: &str = ".upload-";
 
-/// 64 lowercase hex digits.
-pub fn to_hex(digest: &Digest) -> String {
-    crate::pki::hex(digest)
-}
-
-/// Parses exactly 64 hex digits, either case.
-pub fn from_hex(text: &str) -> Option<Digest> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = char::from(pair[0]).to_digit(16)?;
-        let lo = char::from(pair[1]).to_digit(16)?;
-        // Invariant: two hex digits make at most 255.
-        *o = u8::try_from(hi << 4 | lo).ok()?;
-    }
-    Some(out)
-}
-
 /// `sha256:` and 64 lowercase hex digits.
 pub fn format_digest(digest: &Digest) -> String {
     format!("{DIGEST_PREFIX}{}", to_hex(digest))
@@ -61,11 +41,7 @@ pub fn format_digest(digest: &Digest) -> String {
 
 /// Parses `sha256:` followed by 64 lowercase hex digits (the form [`format_digest`] writes).
 pub fn parse_digest(text: &str) -> Option<Digest> {
-    let hex = text.strip_prefix(DIGEST_PREFIX)?;
-    if hex.bytes().any(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    from_hex(hex)
+    from_lower_hex(text.strip_prefix(DIGEST_PREFIX)?)
 }
 
 /// sha256 of `bytes`.
@@ -73,26 +49,6 @@ pub fn sha256(bytes: &[u8]) -> Digest {
     let mut out = [0u8; 32];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
     out
-}
-
-/// sha256 and length of everything `reader` yields, read in [`CHUNK_BYTES`] pieces.
-pub fn sha256_reader(mut reader: impl std::io::Read) -> io::Result<(Digest, u64)> {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut len = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        context.update(&buf[..n]);
-        len += n as u64;
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(context.finish().as_ref());
-    Ok((out, len))
 }
 
 /// One stored artifact.
@@ -514,11 +470,9 @@ mod tests {
             "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert_eq!(parse_digest(&text), Some(d));
-        assert_eq!(from_hex(&to_hex(&d).to_uppercase()), Some(d));
         assert_eq!(parse_digest(&text.to_uppercase()), None);
         assert_eq!(parse_digest(&text[7..]), None);
         assert_eq!(parse_digest(&text[..70]), None);
         assert_eq!(parse_digest(&format!("{}g", &text[..70])), None);
-        assert_eq!(from_hex("é"), None);
     }
 }

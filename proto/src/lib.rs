@@ -15,6 +15,7 @@
 extern crate alloc;
 
 mod bounded;
+pub mod digest;
 pub mod frame;
 mod msg;
 #[cfg(feature = "quic")]
