@@ -247,10 +247,17 @@ async fn finish(State(state): State<ApiState>, request: Request, next: Next) -> 
         Ok(request) => next.run(request).await,
         Err(e) => e.into_response(),
     };
+    count_and_json(&state.shared.metrics, response).await
+}
+
+/// Counts a finished request by status, and turns an error response that is not already JSON
+/// into an [`ErrorBody`] carrying its text (or the status's reason), keeping its headers.
+pub(crate) async fn count_and_json(
+    metrics: &crate::metrics::Metrics,
+    response: Response,
+) -> Response {
     let status = response.status();
-    state
-        .shared
-        .metrics
+    metrics
         .api_requests
         .get_or_create(&Reason {
             reason: status.as_str().to_owned(),

@@ -14,13 +14,12 @@
 use crate::api::{self, Access, ApiError, ApiState, Authed, Operator, Viewer};
 use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, format_digest, from_hex};
 use crate::auth::ApiAuth;
-use crate::metrics::Reason;
 use crate::server::Shared;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -95,36 +94,7 @@ pub fn router(
 /// API's [`api::ErrorBody`], keeping its headers (`Allow`).
 async fn finish(State(state): State<ArtifactsState>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    let status = response.status();
-    state
-        .api
-        .shared
-        .metrics
-        .api_requests
-        .get_or_create(&Reason {
-            reason: status.as_str().to_owned(),
-        })
-        .inc();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(api::is_json_type);
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
-    let message = status
-        .canonical_reason()
-        .unwrap_or("request failed")
-        .to_lowercase();
-    let fresh = api::error_response(status, message);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(parts, fresh.into_body())
+    api::count_and_json(&state.api.shared.metrics, response).await
 }
 
 fn unavailable() -> Response {
