@@ -56,8 +56,7 @@ impl DeploymentRecord {
 }
 
 /// Where an instance stands with its node, from the orchestrator's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Admission {
     /// Assigned; the node has not answered yet.
     Pending,
@@ -77,8 +76,8 @@ struct Deployment {
     refusals: BTreeMap<edge_proto::NodeId, String>,
 }
 
-/// One deployment as the operator sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One deployment as the operator sees it; the API turns it into its JSON view.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentView {
     pub name: String,
     pub version: String,
@@ -87,10 +86,8 @@ pub struct DeploymentView {
     /// How many instances are wanted: replicas, or for a per-node workload the matching nodes.
     pub wanted: u32,
     /// Nodes holding an instance, by id, with whether they admitted it.
-    #[serde(skip)]
     pub nodes: Vec<(edge_proto::NodeId, Admission)>,
     /// Nodes that refused the admission, with the reason they gave.
-    #[serde(skip)]
     pub refusals: Vec<(edge_proto::NodeId, String)>,
     /// Why the nodes that hold no instance cannot take one (empty when complete).
     pub unplaced_reasons: Vec<NodeReject>,
