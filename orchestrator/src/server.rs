@@ -67,6 +67,8 @@ pub struct Shared {
 
 type Outboxes = Mutex<HashMap<NodeId, (SessionId, mpsc::Sender<OrchMsg>)>>;
 
+/// Queues `msg` for `node`'s live session. `false` if the node has no session now: it gets
+/// its assignments again when it next connects.
 fn send_via(outboxes: &Outboxes, node: NodeId, msg: OrchMsg) -> bool {
     let outboxes = outboxes.lock().unwrap_or_else(|e| e.into_inner());
     outboxes
@@ -328,11 +330,6 @@ impl Shared {
         let (r, effects) = f(&mut deployments);
         let committed = self.committer.submit(effects);
         (r, committed)
-    }
-
-    /// Queues `msg` for `node`'s live session. `false` if the node has no session now.
-    pub fn send_to(&self, node: NodeId, msg: OrchMsg) -> bool {
-        send_via(&self.outboxes, node, msg)
     }
 
     fn node_record(&self, node: NodeId) -> Option<(NodeRecord, bool)> {
