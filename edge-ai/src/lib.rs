@@ -55,6 +55,12 @@ use tract_onnx::tract_hir::internal::DimLike as _;
 /// 1 KiB) and far below what would strain a node's memory.
 pub const MAX_MODEL_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The model a node loads when nothing else is configured: the tiny MLP in `models/` (8 inputs,
+/// one output; see `models/make_tiny_mlp.py`). Shipping it inside the binary means every node
+/// starts with a working model and the same load path as a trained one, so its cost in size,
+/// memory and start time is measured from the first build.
+pub const BUILTIN_MODEL: &[u8] = include_bytes!("../models/tiny-mlp.onnx");
+
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -7,22 +7,35 @@
 //! without truncation. Every validation error names the field path, e.g. `location.lat` or
 //! `labels."bad key"`, and never echoes the join token's secret.
 //!
+//! A packaged node's file leaves out what differs per device (name, orchestrator, join token,
+//! location, labels): the join file the operator drops on the boot partition supplies those.
+//! [`ConfigFile`] is the file as validated, possibly incomplete; [`ConfigFile::complete`] fills
+//! its gaps from a [`JoinFile`] and gives the [`Config`] the daemon runs with. Where both set a
+//! value, the config file wins: it is the one an operator edits on purpose.
+//!
 //! This module never touches the network: the orchestrator address is checked for shape only
 //! and resolved by whoever dials it. It reads the one file it is given and writes nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::admission::Reserve;
 use edge_proto::{Label, List, Location, Text, text};
 use serde::Deserialize;
 
 /// The largest config file we parse. Real files are well under 1 KiB; the limit keeps a wrong
 /// path (a log, a disk image) from being read into memory on a 512 MB node.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+/// The largest join file we parse. A real one is a few hundred bytes.
+pub const MAX_JOIN_FILE_BYTES: usize = 16 * 1024;
+
+/// The most places `join_file` may list.
+const MAX_JOIN_FILE_PATHS: usize = 8;
 
 /// Config file format versions this build understands.
 pub const SUPPORTED_CONFIG_VERSIONS: &[i64] = &[1];
@@ -59,6 +72,9 @@ pub enum ConfigError {
     /// The file is larger than [`MAX_CONFIG_BYTES`]; refused before parsing.
     #[error("config is larger than {max_bytes} bytes; is this the right file?")]
     TooLarge { max_bytes: usize },
+    /// The file is not UTF-8 text (a join file saved as UTF-16 by an editor, or a binary file).
+    #[error("not UTF-8 text: {0}")]
+    NotText(&'static str),
     /// The file is not valid TOML, or a field is missing, unknown or of the wrong type.
     /// The message carries the line and column.
     #[error("invalid config: {0}")]
@@ -90,6 +106,45 @@ pub struct Config {
     orchestrator: OrchestratorAddress,
     local_address: Option<IpAddr>,
     join: Option<JoinSettings>,
+    status_listen: Option<SocketAddr>,
+    reserve: Reserve,
+}
+
+/// A validated config file that may lack what a join file provides. Built only by
+/// [`ConfigFile::load`] or [`ConfigFile::from_toml`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigFile {
+    name: Option<String>,
+    data_dir: PathBuf,
+    labels: Option<BTreeMap<String, String>>,
+    location: Option<GeoPoint>,
+    status_interval: Duration,
+    orchestrator: Option<OrchestratorAddress>,
+    local_address: Option<IpAddr>,
+    join: Option<JoinSettings>,
+    join_files: Vec<PathBuf>,
+    status_listen: Option<SocketAddr>,
+    reserve: Reserve,
+}
+
+/// The join file an operator writes onto the boot partition (FAT, so editable from any PC):
+/// everything a freshly flashed node needs to enroll.
+///
+/// ```toml
+/// orchestrator = "orchestrator.example.net:7443"
+/// token = "abcdef.0123456789abcdef0123456789abcdef"
+/// ca_hash = "sha256:..."
+/// name = "shop-berlin-1"                      # optional: else the config file's
+/// location = { lat = 52.52, lon = 13.405 }    # optional
+/// labels = { site = "berlin" }                # optional
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinFile {
+    pub orchestrator: OrchestratorAddress,
+    pub join: JoinSettings,
+    pub name: Option<String>,
+    pub location: Option<GeoPoint>,
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// Where the node is, in WGS84 degrees and metres above sea level. Always finite and on the
@@ -134,46 +189,15 @@ pub struct JoinToken(String);
 pub struct CaHash([u8; 32]);
 
 impl Config {
-    /// Reads and validates the config file at `path`. Refuses files over [`MAX_CONFIG_BYTES`]
-    /// without reading them whole.
+    /// Reads and validates a complete config file at `path`: one that names the node and
+    /// the orchestrator itself.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let io_err = |source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        if len > MAX_CONFIG_BYTES as u64 {
-            return Err(ConfigError::TooLarge {
-                max_bytes: MAX_CONFIG_BYTES,
-            });
-        }
-        // The size from metadata can be wrong (a pipe, a file under /proc, a file still being
-        // written), so the read itself is bounded too: one byte over the limit is enough to know.
-        let mut contents = String::new();
-        file.take(MAX_CONFIG_BYTES as u64 + 1)
-            .read_to_string(&mut contents)
-            .map_err(io_err)?;
-        Self::from_toml(&contents)
+        ConfigFile::load(path)?.complete(None)
     }
 
-    /// Parses and validates a config from TOML text.
+    /// Parses and validates a complete config from TOML text.
     pub fn from_toml(contents: &str) -> Result<Self, ConfigError> {
-        if contents.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge {
-                max_bytes: MAX_CONFIG_BYTES,
-            });
-        }
-        // Check the version before the strict parse, so that a file written for a newer format
-        // says "unsupported version" rather than "unknown field".
-        if let Ok(VersionProbe {
-            version: Some(version),
-        }) = toml::from_str::<VersionProbe>(contents)
-        {
-            check_version(version)?;
-        }
-        let raw: RawConfig = toml::from_str(contents)?;
-        raw.validate()
+        ConfigFile::from_toml(contents)?.complete(None)
     }
 
     /// The node's name, unique in the fleet: 1 to 63 of `[a-z0-9-]`, not starting or ending
@@ -222,6 +246,16 @@ impl Config {
         self.join.as_ref()
     }
 
+    /// The local status endpoint's address, if any.
+    pub fn status_listen(&self) -> Option<SocketAddr> {
+        self.status_listen
+    }
+
+    /// What the node keeps for the system and itself when it admits workloads.
+    pub fn reserve(&self) -> Reserve {
+        self.reserve
+    }
+
     /// The labels as the wire carries them, sorted by key.
     pub fn labels_wire(&self) -> List<Label, 32> {
         let mut out = List::new();
@@ -245,6 +279,169 @@ impl Config {
             alt_m: p.alt_m,
         })
     }
+}
+
+impl ConfigFile {
+    /// Reads and validates the config file at `path`. Refuses files over [`MAX_CONFIG_BYTES`]
+    /// without reading them whole.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let contents = read_bounded(path, MAX_CONFIG_BYTES)?;
+        let contents = String::from_utf8(contents).map_err(|_| ConfigError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+        })?;
+        Self::from_toml(&contents)
+    }
+
+    /// Parses and validates a config file from TOML text.
+    pub fn from_toml(contents: &str) -> Result<Self, ConfigError> {
+        if contents.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                max_bytes: MAX_CONFIG_BYTES,
+            });
+        }
+        // Check the version before the strict parse, so that a file written for a newer format
+        // says "unsupported version" rather than "unknown field".
+        if let Ok(VersionProbe {
+            version: Some(version),
+        }) = toml::from_str::<VersionProbe>(contents)
+        {
+            check_version(version)?;
+        }
+        let raw: RawConfig = toml::from_str(contents)?;
+        raw.validate()
+    }
+
+    /// Where the node keeps its identity and state.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where to look for a join file, in order; empty when the file does not use one.
+    pub fn join_files(&self) -> &[PathBuf] {
+        &self.join_files
+    }
+
+    /// The local status endpoint's address, if the file sets `status_listen`.
+    pub fn status_listen(&self) -> Option<SocketAddr> {
+        self.status_listen
+    }
+
+    /// The node's name as far as the file alone knows it.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The config the daemon runs with: this file, its gaps filled from `join` (the join file,
+    /// if any). Fails naming the first value neither provides.
+    pub fn complete(&self, join: Option<&JoinFile>) -> Result<Config, ConfigError> {
+        let missing = |field: &str| {
+            ConfigError::invalid(
+                field,
+                if self.join_files.is_empty() {
+                    "is not set".to_string()
+                } else {
+                    "is not set here, and no join file provided it".to_string()
+                },
+            )
+        };
+        let name = self
+            .name
+            .clone()
+            .or_else(|| join.and_then(|j| j.name.clone()))
+            .ok_or_else(|| missing("name"))?;
+        let orchestrator = self
+            .orchestrator
+            .clone()
+            .or_else(|| join.map(|j| j.orchestrator.clone()))
+            .ok_or_else(|| missing("orchestrator.address"))?;
+        Ok(Config {
+            name,
+            data_dir: self.data_dir.clone(),
+            labels: self
+                .labels
+                .clone()
+                .or_else(|| join.and_then(|j| j.labels.clone()))
+                .unwrap_or_default(),
+            location: self.location.or_else(|| join.and_then(|j| j.location)),
+            status_interval: self.status_interval,
+            orchestrator,
+            local_address: self.local_address,
+            join: self.join.clone().or_else(|| join.map(|j| j.join.clone())),
+            status_listen: self.status_listen,
+            reserve: self.reserve,
+        })
+    }
+}
+
+impl JoinFile {
+    /// Parses a join file as an operator's PC may have saved it: UTF-8 with or without a byte
+    /// order mark, LF or CRLF line ends. UTF-16 (what some editors write) is refused with a
+    /// message saying so.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.len() > MAX_JOIN_FILE_BYTES {
+            return Err(ConfigError::TooLarge {
+                max_bytes: MAX_JOIN_FILE_BYTES,
+            });
+        }
+        if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+            return Err(ConfigError::NotText(
+                "the file is UTF-16; save it as UTF-8 (plain text)",
+            ));
+        }
+        let bytes = bytes
+            .strip_prefix(b"\xef\xbb\xbf".as_slice())
+            .unwrap_or(bytes);
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| ConfigError::NotText("save the file as UTF-8 (plain text)"))?;
+        if let Ok(VersionProbe {
+            version: Some(version),
+        }) = toml::from_str::<VersionProbe>(text)
+        {
+            check_version(version)?;
+        }
+        let raw: RawJoinFile = toml::from_str(text)?;
+        let orchestrator = parse_address(&raw.orchestrator)
+            .map_err(|reason| ConfigError::invalid("orchestrator", reason))?;
+        let join = validate_join(
+            RawJoin {
+                token: raw.token,
+                ca_hash: raw.ca_hash,
+            },
+            "",
+        )?;
+        Ok(Self {
+            orchestrator,
+            join,
+            name: raw.name.map(validate_name).transpose()?,
+            location: raw.location.map(validate_location).transpose()?,
+            labels: raw.labels.map(validate_labels).transpose()?,
+        })
+    }
+}
+
+/// Reads at most `max` bytes of `path`, refusing a larger file; from its metadata when
+/// possible, so a wrong path (a log, a disk image) is never read whole.
+pub(crate) fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, ConfigError> {
+    let io_err = |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    if len > max as u64 {
+        return Err(ConfigError::TooLarge { max_bytes: max });
+    }
+    // The size from metadata can be wrong (a pipe, a file under /proc, a file still being
+    // written), so the read itself is bounded too: one byte over the limit is enough to know.
+    let mut contents = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut contents)
+        .map_err(io_err)?;
+    if contents.len() > max {
+        return Err(ConfigError::TooLarge { max_bytes: max });
+    }
+    Ok(contents)
 }
 
 impl OrchestratorAddress {
@@ -319,14 +516,39 @@ struct VersionProbe {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     version: i64,
-    name: String,
+    name: Option<String>,
     data_dir: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
+    labels: Option<BTreeMap<String, String>>,
     location: Option<RawLocation>,
     status_interval_secs: Option<i64>,
-    orchestrator: RawOrchestrator,
+    orchestrator: Option<RawOrchestrator>,
     join: Option<RawJoin>,
+    /// Where a join file may be, in order of preference.
+    join_file: Option<Vec<String>>,
+    /// `IP:port` of the local status endpoint.
+    status_listen: Option<String>,
+    reserve: Option<RawReserve>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReserve {
+    memory_bytes: Option<i64>,
+    disk_bytes: Option<i64>,
+}
+
+/// The join file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJoinFile {
+    #[allow(dead_code)] // checked by the version probe
+    version: Option<i64>,
+    orchestrator: String,
+    token: String,
+    ca_hash: String,
+    name: Option<String>,
+    location: Option<RawLocation>,
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -340,7 +562,8 @@ struct RawLocation {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOrchestrator {
-    address: String,
+    /// Optional only because a join file may provide it.
+    address: Option<String>,
     /// The local IP to dial from; for hosts with several uplinks, or several nodes on one host.
     local_address: Option<String>,
 }
@@ -353,26 +576,44 @@ struct RawJoin {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self) -> Result<ConfigFile, ConfigError> {
         check_version(self.version)?;
-        let name = validate_name(self.name)?;
+        let name = self.name.map(validate_name).transpose()?;
         let data_dir = validate_data_dir(self.data_dir)?;
-        let labels = validate_labels(self.labels)?;
+        let labels = self.labels.map(validate_labels).transpose()?;
         let location = self.location.map(validate_location).transpose()?;
         let status_interval = validate_status_interval(self.status_interval_secs)?;
-        let orchestrator = parse_address(&self.orchestrator.address)
-            .map_err(|reason| ConfigError::invalid("orchestrator.address", reason))?;
-        let local_address = self
+        let (address, local_address) = self
             .orchestrator
-            .local_address
+            .map_or((None, None), |o| (o.address, o.local_address));
+        let orchestrator = address
+            .map(|a| {
+                parse_address(&a)
+                    .map_err(|reason| ConfigError::invalid("orchestrator.address", reason))
+            })
+            .transpose()?;
+        let local_address = local_address
             .map(|a| {
                 a.parse::<IpAddr>().map_err(|_| {
                     ConfigError::invalid("orchestrator.local_address", "expected an IP address")
                 })
             })
             .transpose()?;
-        let join = self.join.map(validate_join).transpose()?;
-        Ok(Config {
+        let join = self.join.map(|j| validate_join(j, "join.")).transpose()?;
+        let join_files = validate_join_files(self.join_file.unwrap_or_default())?;
+        let status_listen = self
+            .status_listen
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    ConfigError::invalid(
+                        "status_listen",
+                        format!("{} is not IP:port, e.g. 127.0.0.1:7450", shown(&a)),
+                    )
+                })
+            })
+            .transpose()?;
+        let reserve = validate_reserve(self.reserve)?;
+        Ok(ConfigFile {
             name,
             data_dir,
             labels,
@@ -381,8 +622,61 @@ impl RawConfig {
             orchestrator,
             local_address,
             join,
+            join_files,
+            status_listen,
+            reserve,
         })
     }
+}
+
+fn validate_join_files(paths: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
+    if paths.len() > MAX_JOIN_FILE_PATHS {
+        return Err(ConfigError::invalid(
+            "join_file",
+            format!(
+                "{} paths; at most {MAX_JOIN_FILE_PATHS} are allowed",
+                paths.len()
+            ),
+        ));
+    }
+    paths
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = format!("join_file[{i}]");
+            if !p.starts_with('/') {
+                return Err(ConfigError::invalid(field, "must be an absolute path"));
+            }
+            if p.contains('\0') {
+                return Err(ConfigError::invalid(
+                    field,
+                    "must not contain a NUL character",
+                ));
+            }
+            Ok(PathBuf::from(p))
+        })
+        .collect()
+}
+
+fn validate_reserve(raw: Option<RawReserve>) -> Result<Reserve, ConfigError> {
+    let default = Reserve::default();
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let bytes = |field: &str, v: Option<i64>, default: u64| match v {
+        None => Ok(default),
+        Some(v) => u64::try_from(v).map_err(|_| {
+            ConfigError::invalid(field, format!("{v} is negative; expected a size in bytes"))
+        }),
+    };
+    Ok(Reserve {
+        memory_bytes: bytes(
+            "reserve.memory_bytes",
+            raw.memory_bytes,
+            default.memory_bytes,
+        )?,
+        disk_bytes: bytes("reserve.disk_bytes", raw.disk_bytes, default.disk_bytes)?,
+    })
 }
 
 fn check_version(version: i64) -> Result<(), ConfigError> {
@@ -562,21 +856,25 @@ fn validate_status_interval(secs: Option<i64>) -> Result<Duration, ConfigError> 
     Ok(Duration::from_secs(secs.unsigned_abs()))
 }
 
-fn validate_join(raw: RawJoin) -> Result<JoinSettings, ConfigError> {
-    let token = parse_join_token(raw.token)?;
+/// `prefix` is where the fields sit: `join.` in the config file, nothing in a join file.
+fn validate_join(raw: RawJoin, prefix: &str) -> Result<JoinSettings, ConfigError> {
+    let token = parse_join_token(raw.token, prefix)?;
     let ca_hash = parse_ca_hash(&raw.ca_hash).ok_or_else(|| {
-        ConfigError::invalid("join.ca_hash", "expected sha256: followed by 64 hex digits")
+        ConfigError::invalid(
+            format!("{prefix}ca_hash"),
+            "expected sha256: followed by 64 hex digits",
+        )
     })?;
     Ok(JoinSettings { token, ca_hash })
 }
 
 /// Checks the token's shape. The reasons never include the token: it is a secret.
-fn parse_join_token(token: String) -> Result<JoinToken, ConfigError> {
+fn parse_join_token(token: String, prefix: &str) -> Result<JoinToken, ConfigError> {
     const ID_LEN: usize = 6;
     const SECRET_LEN: usize = 32;
     let invalid = |reason: &str| {
         ConfigError::invalid(
-            "join.token",
+            format!("{prefix}token"),
             format!(
                 "{reason}; expected ID.SECRET, {ID_LEN} and {SECRET_LEN} lowercase letters or digits (as printed by `edgectl token create`)"
             ),
@@ -1384,5 +1682,158 @@ address = "10.0.0.1:7443"
         }
         out.push('"');
         out
+    }
+
+    /// A packaged config: the device-specific values come from a join file.
+    const PACKAGED: &str = r#"
+version = 1
+data_dir = "/var/lib/edge-node"
+join_file = ["/boot/firmware/edge-join.toml", "/boot/edge-join.toml"]
+status_listen = "127.0.0.1:7450"
+[reserve]
+memory_bytes = 100663296
+"#;
+
+    const JOIN: &str = r#"
+orchestrator = "orch.example.net:7443"
+token = "abcdef.0123456789abcdef0123456789abcdef"
+ca_hash = "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+name = "pi-7"
+location = { lat = 48.1, lon = 11.6 }
+labels = { site = "munich" }
+"#;
+
+    #[test]
+    fn packaged_config_is_completed_by_the_join_file() {
+        let file = ConfigFile::from_toml(PACKAGED).expect("valid");
+        assert_eq!(file.join_files().len(), 2);
+        assert_eq!(
+            file.status_listen(),
+            Some("127.0.0.1:7450".parse().expect("addr"))
+        );
+        let err = file.complete(None).expect_err("no name yet").to_string();
+        assert_eq!(err, "name: is not set here, and no join file provided it");
+
+        let join = JoinFile::from_bytes(JOIN.as_bytes()).expect("valid join file");
+        let c = file.complete(Some(&join)).expect("complete");
+        assert_eq!(c.name(), "pi-7");
+        assert_eq!(c.orchestrator().to_string(), "orch.example.net:7443");
+        assert_eq!(c.labels()["site"], "munich");
+        assert_eq!(c.location().map(|l| l.lat), Some(48.1));
+        assert_eq!(c.join().map(|j| j.token.id()), Some("abcdef"));
+        assert_eq!(c.reserve().memory_bytes, 100_663_296);
+        assert_eq!(
+            c.reserve().disk_bytes,
+            Reserve::default().disk_bytes,
+            "unset fields keep their default"
+        );
+    }
+
+    #[test]
+    fn the_config_file_wins_over_the_join_file() {
+        let join = JoinFile::from_bytes(JOIN.as_bytes()).expect("valid join file");
+        let c = ConfigFile::from_toml(EXAMPLE)
+            .expect("valid")
+            .complete(Some(&join))
+            .expect("complete");
+        assert_eq!(c.name(), "shop-berlin-1");
+        assert_eq!(c.labels()["site"], "berlin");
+        assert_eq!(
+            c.orchestrator().to_string(),
+            "orchestrator.example.net:7443"
+        );
+    }
+
+    #[test]
+    fn a_complete_config_without_a_join_file_says_what_is_missing() {
+        let no_name = EXAMPLE.replace("name = \"shop-berlin-1\"\n", "");
+        assert_eq!(invalid_field(&no_name, "name"), "is not set");
+        let no_address = EXAMPLE.replace("address = \"orchestrator.example.net:7443\"\n", "");
+        assert_eq!(
+            invalid_field(&no_address, "orchestrator.address"),
+            "is not set"
+        );
+    }
+
+    #[test]
+    fn bad_provisioning_fields() {
+        let field = |toml: &str| match ConfigFile::from_toml(toml) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        let with = |from: &str, to: &str| {
+            assert!(PACKAGED.contains(from));
+            PACKAGED.replacen(from, to, 1)
+        };
+        assert_eq!(
+            field(&with("\"/boot/edge-join.toml\"", "\"boot/edge-join.toml\"")),
+            "join_file[1]"
+        );
+        assert_eq!(
+            field(&with("\"/boot/edge-join.toml\"", "\"/boot/\\u0000\"")),
+            "join_file[1]"
+        );
+        let many = format!("join_file = [{}]", ["\"/a\""; 9].join(", "));
+        assert_eq!(
+            field(&with(
+                "join_file = [\"/boot/firmware/edge-join.toml\", \"/boot/edge-join.toml\"]",
+                &many
+            )),
+            "join_file"
+        );
+        assert_eq!(
+            field(&with("127.0.0.1:7450", "localhost:7450")),
+            "status_listen"
+        );
+        assert_eq!(
+            field(&with("memory_bytes = 100663296", "memory_bytes = -1")),
+            "reserve.memory_bytes"
+        );
+        assert!(matches!(
+            ConfigFile::from_toml(&with("memory_bytes", "memroy_bytes")),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn join_file_errors_name_the_field_and_keep_the_secret() {
+        let bad = |from: &str, to: &str| {
+            assert!(JOIN.contains(from));
+            match JoinFile::from_bytes(JOIN.replacen(from, to, 1).as_bytes()) {
+                Err(ConfigError::Invalid { field, reason }) => {
+                    assert!(!reason.contains("0123456789abcdef0123"), "{reason}");
+                    field
+                }
+                other => panic!("expected Invalid, got {other:?}"),
+            }
+        };
+        assert_eq!(bad("abcdef.0123", "abcdef_0123"), "token");
+        assert_eq!(bad("sha256:0011", "sha256:zz11"), "ca_hash");
+        assert_eq!(
+            bad("orch.example.net:7443", "orch.example.net"),
+            "orchestrator"
+        );
+        assert_eq!(bad("pi-7", "-pi-7"), "name");
+        assert_eq!(bad("lat = 48.1", "lat = nan"), "location.lat");
+        assert_eq!(bad("site = ", "\"s i t e\" = "), "labels.\"s i t e\"");
+        assert!(matches!(
+            JoinFile::from_bytes(b"token = \"x\""),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            JoinFile::from_bytes(format!("version = 9\n{JOIN}").as_bytes()),
+            Err(ConfigError::Invalid { field, .. }) if field == "version"
+        ));
+        assert!(matches!(
+            JoinFile::from_bytes(&vec![b'#'; MAX_JOIN_FILE_BYTES + 1]),
+            Err(ConfigError::TooLarge { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_join_files_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = JoinFile::from_bytes(&bytes);
+        }
     }
 }

@@ -5,6 +5,7 @@ use crate::capabilities::{self, StatusSampler};
 use crate::config::{Config, Host};
 use crate::identity::{IdentityDir, IdentityError};
 use crate::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
+use crate::status::{State, StatusBoard};
 use crate::streams;
 use crate::supervisor::LimitsBackend;
 use crate::tls::{self, PIN_MISMATCH};
@@ -47,6 +48,15 @@ enum Event {
 
 /// Runs the node until `shutdown` completes or the session gives up.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    run_with(config, StatusBoard::new(), shutdown).await
+}
+
+/// As [`run`], keeping `board` up to date with the link's state.
+pub async fn run_with(
+    config: Config,
+    board: StatusBoard,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let data_dir = config.data_dir().to_owned();
     std::fs::create_dir_all(&data_dir).map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
     let ids = IdentityDir::new(&data_dir);
@@ -68,11 +78,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ => None,
     };
     let (join, enroll_tls) = join.unzip();
+    let orchestrator = config.orchestrator().to_string();
+    board.update(|s| {
+        s.name = Some(config.name().to_owned());
+        s.node_id = identity.as_ref().map(|id| id.node_id.to_string());
+        s.orchestrator = Some(orchestrator.clone());
+    });
     match &identity {
         Some(id) => {
-            info!(node = %id.node_id, name = config.name(), "starting with stored identity")
+            info!(node = %id.node_id, name = config.name(), "starting with stored identity");
+            board.set(State::Connecting, format!("connecting to {orchestrator}"));
         }
-        None => info!(name = config.name(), "not enrolled yet; enrolling"),
+        None => {
+            info!(name = config.name(), "not enrolled yet; enrolling");
+            board.set(State::Enrolling, format!("enrolling with {orchestrator}"));
+        }
     }
 
     let labels = config.labels_wire();
@@ -90,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &data_dir,
         config.name(),
         config.local_address(),
+        config.reserve(),
         limits,
         conn_rx,
         out_tx,
@@ -153,6 +174,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         Ok(Some(identity)) => {
                             session_tls = Some(tls::session_config(&identity)?);
                             info!(node = %identity.node_id, "enrolled; identity stored");
+                            board.update(|s| s.node_id = Some(identity.node_id.to_string()));
                             session.handle_identity_saved(identity.node_id, Instant::now());
                         }
                         Ok(None) | Err(_) => {
@@ -187,6 +209,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
+                    board.set(State::Failed, why.to_string());
                     endpoint.close(0u32.into(), b"");
                     return Err(why.into());
                 }
@@ -226,10 +249,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     session.handle_connected(Instant::now());
                 }
                 Event::ConnectFailed(n, failure) if n == attempt => {
-                    match &failure {
-                        ConnectFailure::Transient(why) => debug!(reason = %why, "connect failed"),
-                        ConnectFailure::Untrusted(why) => warn!(reason = %why, "orchestrator not trusted"),
-                    }
+                    let why = match &failure {
+                        ConnectFailure::Transient(why) => {
+                            debug!(reason = %why, "connect failed");
+                            why
+                        }
+                        ConnectFailure::Untrusted(why) => {
+                            warn!(reason = %why, "orchestrator not trusted");
+                            why
+                        }
+                    };
+                    let state = board.get().state;
+                    let state = if state == State::Enrolling { state } else { State::Offline };
+                    board.set(state, format!("cannot reach {orchestrator}: {why}"));
                     session.handle_connect_failed(failure, Instant::now());
                 }
                 Event::Msg(n, msg) if n == attempt => {
@@ -239,6 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     let was_established = session.is_established();
                     session.handle_msg(msg, Instant::now());
                     if !was_established && session.is_established() {
+                        board.set(State::Online, format!("connected to {orchestrator}"));
                         // The orchestrator opens streams (logs) only on an established
                         // session; the task ends with the connection.
                         if let Some((conn, _)) = &current {
@@ -255,6 +288,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 Event::Closed(n, why) if n == attempt => {
                     if session.is_established() {
                         info!(reason = %why, "disconnected from orchestrator");
+                        board.set(State::Offline, format!("disconnected: {why}"));
                     }
                     current = None;
                     let _ = conn_tx.send(None);

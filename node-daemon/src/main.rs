@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use node_daemon::config::Config;
+use node_daemon::config::ConfigFile;
+use node_daemon::notify::Notifier;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,18 +44,27 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            println!("{config:#?}");
+            let file = ConfigFile::load(&config)?;
+            match file.complete(None) {
+                Ok(config) => println!("{config:#?}"),
+                // Valid, with the rest to come from a join file on first start.
+                Err(_) if !file.join_files().is_empty() => println!("{file:#?}"),
+                Err(e) => return Err(e.into()),
+            }
             Ok(())
         }
         Command::Run { config } => {
-            let config = Config::load(&config)?;
+            let config = ConfigFile::load(&config)?;
             // One worker thread: the node is I/O-bound and runs on 512 MB boards.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(node_daemon::daemon::run(config, shutdown_signal()))?;
+            runtime.block_on(node_daemon::service::run(
+                config,
+                Notifier::from_env(),
+                shutdown_signal(),
+            ))?;
             Ok(())
         }
     }

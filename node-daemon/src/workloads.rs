@@ -79,6 +79,7 @@ impl Workloads {
         data_dir: &Path,
         node_name: &str,
         node_address: Option<std::net::IpAddr>,
+        reserve: Reserve,
         limits: LimitsBackend,
         conn: watch::Receiver<Option<quinn::Connection>>,
         out: mpsc::Sender<NodeMsg>,
@@ -94,7 +95,7 @@ impl Workloads {
             supervisor,
             cache,
             book: Arc::new(Mutex::new(Book {
-                admission: Admission::new(Reserve::default()),
+                admission: Admission::new(reserve),
                 generations: HashMap::new(),
                 artifacts: HashMap::new(),
                 ops: 0,
