@@ -1,10 +1,10 @@
 //! Resource limits and process tracking: cgroup v2, cgroup v1, or rlimits where the kernel
 //! offers neither (or the daemon may not use them).
 //!
-//! Every workload instance gets its own control group, `PARENT/WORKLOAD` (the parent is
-//! `edge-node` unless configured), created before the process may run and removed once it
-//! is gone. The group is also how the supervisor finds everything an instance started,
-//! including processes that left its process group: a stop kills the whole group.
+//! Every workload instance gets its own control group, `PARENT/WORKLOAD` under the backend's
+//! root (the parent is `edge-node` unless configured), created before the process may run and
+//! removed once it is gone. The group is also how the supervisor finds everything an instance
+//! started, including processes that left its process group: a stop kills the whole group.
 //!
 //! - v2 (Raspberry Pi OS Bookworm, current distributions): one hierarchy; controllers are
 //!   enabled through `cgroup.subtree_control` of each ancestor; `memory.max`, `cpu.max`
@@ -18,16 +18,54 @@
 //!   need a generous limit. There is no CPU rate limit without cgroups: a `cpu_millis` is
 //!   reported as not enforced.
 //!
-//! This module never signals or waits for a process; it only reads and writes cgroupfs.
+//! # The v2 root under systemd
+//! A systemd service with `Delegate=yes` owns only its own cgroup; everything outside it is
+//! systemd's, which moves and trims groups it did not make. So on v2 the backend's root is the
+//! daemon's own group, read from the `0::` line of `/proc/self/cgroup`:
+//!
+//! ```text
+//! /sys/fs/cgroup/system.slice/edge-node.service/   root: +cpu +memory in its subtree_control
+//! ├── daemon/                                      the daemon itself
+//! └── edge-node/                                   PARENT
+//!     └── WORKLOAD/                                memory.max, cpu.max, the workload
+//! ```
+//!
+//! A v2 group other than the hierarchy root can hand controllers to its children only while
+//! no process sits in it directly, so detection first moves the daemon into `daemon/` (a
+//! daemon already there, after a re-exec or with systemd's `DelegateSubgroup=daemon`, uses the
+//! parent). The group is taken only if the daemon may write its `cgroup.subtree_control` and
+//! `cgroup.procs` and is the only process in it: root can write any group, and a daemon
+//! started by hand from a login shell must not take over the session's scope. That daemon, or
+//! one at the hierarchy root (a container with its own cgroup namespace), puts its groups at
+//! the hierarchy root as `PARENT/WORKLOAD`, if it may write there. The unit's own limits
+//! (`MemoryMax=`, `CPUQuota=`) bound the daemon and its workloads together.
+//!
+//! v1 is unchanged under systemd: `Delegate=yes` leaves root free to write the per-controller
+//! hierarchies, and the groups stay at `memory/PARENT/WORKLOAD` and `cpu/PARENT/WORKLOAD`.
+//!
+//! This module never signals or waits for a process; it only reads and writes cgroupfs (and
+//! reads `/proc/self/cgroup`).
 
 use super::spec::Resources;
 use nix::unistd::{AccessFlags, access};
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use tracing::{info, warn};
 
 /// The CFS period used for CPU quotas, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The leaf the daemon moves itself into when its own v2 group is the root, so that group
+/// holds no process directly and may hand controllers down. An own group of this name is
+/// taken for that leaf: systemd unit names always carry a suffix (`.service`, `.scope`), so
+/// no unit's group is called this.
+pub const DAEMON_LEAF: &str = "daemon";
+
+/// `/proc/self/cgroup` is a line per hierarchy; anything longer is not the kernel's.
+const MAX_SELF_CGROUP: usize = 16 * 1024;
+/// `PATH_MAX`: the kernel cannot name a longer cgroup.
+const MAX_CGROUP_PATH: usize = 4096;
 
 /// How this node limits and tracks workloads. The node reports [`LimitsBackend::name`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,25 +88,45 @@ impl LimitsBackend {
         }
     }
 
-    /// What this system offers at `/sys/fs/cgroup`, and may be used by this process.
+    /// What this system offers at `/sys/fs/cgroup`, and may be used by this process. On v2
+    /// inside a delegated group (a systemd service with `Delegate=yes`), this moves the daemon
+    /// into that group's `daemon` leaf: see the module documentation.
     pub fn detect() -> Self {
-        Self::detect_at(Path::new("/sys/fs/cgroup"))
+        let self_cgroup = read_bounded(Path::new("/proc/self/cgroup"), MAX_SELF_CGROUP + 1)
+            .unwrap_or_else(|error| {
+                warn!(%error, "cannot read /proc/self/cgroup");
+                Vec::new()
+            });
+        Self::detect_from(Path::new("/sys/fs/cgroup"), &self_cgroup)
     }
 
-    /// As [`detect`](Self::detect), for a cgroupfs mounted at `root` (tests pass a fake tree).
-    ///
-    /// v2 needs `cgroup.controllers` at the root and a writable `cgroup.subtree_control`; v1
-    /// needs a writable `memory` hierarchy (hybrid systems, with an empty v2 hierarchy beside
-    /// the v1 controllers, are v1). Anything else, including a daemon that is not allowed to
-    /// write there, is `Rlimit`.
+    /// As [`detect`](Self::detect), for a cgroupfs mounted at `root` (tests pass a fake tree)
+    /// and a daemon at the root of the v2 hierarchy.
     pub fn detect_at(root: &Path) -> Self {
+        Self::detect_from(root, b"0::/\n")
+    }
+
+    /// As [`detect`](Self::detect), for a cgroupfs mounted at `root` and `self_cgroup`, the
+    /// contents of this process's `/proc/self/cgroup`.
+    ///
+    /// v2 needs `cgroup.controllers` at the root, and then either a delegated group of our own
+    /// (which becomes the root, with the daemon moved into its leaf) or a writable
+    /// `cgroup.subtree_control` at the root. Contents of `self_cgroup` that do not name a
+    /// group under `root` plainly (no `0::` line, `.` or `..` components, not UTF-8, too long)
+    /// are logged and leave only the hierarchy root. v1 needs a writable `memory` hierarchy
+    /// (hybrid systems, with an empty v2 hierarchy beside the v1 controllers, are v1).
+    /// Anything else, including a daemon that is not allowed to write there, is `Rlimit`.
+    pub fn detect_from(root: &Path, self_cgroup: &[u8]) -> Self {
         let writable = |p: &Path| access(p, AccessFlags::W_OK).is_ok();
-        if root.join("cgroup.controllers").is_file()
-            && writable(&root.join("cgroup.subtree_control"))
-        {
-            return Self::CgroupV2 {
-                root: root.to_owned(),
-            };
+        if root.join("cgroup.controllers").is_file() {
+            if let Some(group) = delegated_group(root, self_cgroup) {
+                return Self::CgroupV2 { root: group };
+            }
+            if writable(&root.join("cgroup.subtree_control")) {
+                return Self::CgroupV2 {
+                    root: root.to_owned(),
+                };
+            }
         }
         let memory = root.join("memory");
         if memory.join("cgroup.procs").is_file() && writable(&memory) {
@@ -319,6 +377,116 @@ pub fn parse_oom_kills(text: &str) -> Option<u64> {
             None
         }
     })
+}
+
+/// The delegated v2 group this daemon should use as its root, with the daemon already moved
+/// into its leaf; `None` to use the hierarchy root (or nothing).
+fn delegated_group(root: &Path, self_cgroup: &[u8]) -> Option<PathBuf> {
+    let own = match own_v2_group(self_cgroup) {
+        Ok(own) => own,
+        Err(reason) => {
+            warn!(
+                reason,
+                "cannot tell this daemon's own control group; not using it"
+            );
+            return None;
+        }
+    };
+    let delegated = match own.split_last() {
+        Some((&DAEMON_LEAF, parent)) => parent,
+        _ => &own[..],
+    };
+    if delegated.is_empty() {
+        return None;
+    }
+    // Only plain components (checked by `own_v2_group`), so this stays under `root`.
+    let group: PathBuf = delegated.iter().fold(root.to_owned(), |dir, c| dir.join(c));
+    if let Err(reason) = check_delegated(&group) {
+        info!(group = %group.display(), reason, "own control group not used");
+        return None;
+    }
+    let leaf = group.join(DAEMON_LEAF);
+    // Writing a pid to the cgroup.procs of the group it is already in is a no-op, so a
+    // daemon that is already in its leaf passes through here unchanged.
+    let moved = mkdir(&leaf)
+        .and_then(|()| write(&leaf.join("cgroup.procs"), &std::process::id().to_string()));
+    match moved {
+        Ok(()) => {
+            info!(group = %group.display(), "using the delegated control group");
+            Some(group)
+        }
+        Err(error) => {
+            warn!(%error, "cannot move the daemon into its own leaf group; not using it");
+            None
+        }
+    }
+}
+
+/// Why `group` is not ours to use as the root, if it is not.
+fn check_delegated(group: &Path) -> Result<(), &'static str> {
+    let writable = |name: &str| access(&group.join(name), AccessFlags::W_OK).is_ok();
+    if !group.join("cgroup.controllers").is_file() {
+        return Err("not a v2 control group");
+    }
+    if !writable("cgroup.subtree_control") || !writable("cgroup.procs") {
+        return Err("not delegated: cgroup.subtree_control or cgroup.procs is not writable");
+    }
+    let procs = fs::read_to_string(group.join("cgroup.procs"))
+        .map_err(|_| "cgroup.procs is not readable")?;
+    let me = std::process::id().to_string();
+    // Another process in it would keep the controllers from being enabled once we left, and
+    // means the group is not the daemon's alone (a login session's scope).
+    if procs.split_whitespace().any(|pid| pid != me) {
+        return Err("other processes are in it");
+    }
+    Ok(())
+}
+
+/// The components of this process's v2 group below the hierarchy root (none at the root),
+/// from the contents of `/proc/self/cgroup`. Only plain names pass, so joining them to the
+/// root never leaves it.
+fn own_v2_group(self_cgroup: &[u8]) -> Result<Vec<&str>, &'static str> {
+    if self_cgroup.len() > MAX_SELF_CGROUP {
+        return Err("/proc/self/cgroup is too long");
+    }
+    let mut lines = self_cgroup
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"0::"));
+    let path = lines.next().ok_or("no `0::` line in /proc/self/cgroup")?;
+    if lines.next().is_some() {
+        return Err("more than one `0::` line in /proc/self/cgroup");
+    }
+    if path.len() > MAX_CGROUP_PATH {
+        return Err("the cgroup path is too long");
+    }
+    let path = std::str::from_utf8(path).map_err(|_| "the cgroup path is not UTF-8")?;
+    // The kernel's mark for a group removed while we are in it.
+    if path.ends_with(" (deleted)") {
+        return Err("the group has been removed");
+    }
+    let relative = path
+        .strip_prefix('/')
+        .ok_or("the cgroup path is not absolute")?;
+    if relative.is_empty() {
+        return Ok(Vec::new());
+    }
+    relative
+        .split('/')
+        .map(|part| match part {
+            "" | "." | ".." => Err("the cgroup path has an empty, `.` or `..` component"),
+            _ if part.contains('\0') => Err("the cgroup path has a NUL byte"),
+            _ => Ok(part),
+        })
+        .collect()
+}
+
+/// At most `limit` bytes of `path`.
+fn read_bounded(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(u64::try_from(limit).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn write(path: &Path, value: &str) -> Result<(), LimitsError> {
@@ -611,5 +779,227 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    const SERVICE: &str = "system.slice/edge-node.service";
+
+    fn me() -> String {
+        std::process::id().to_string()
+    }
+
+    /// A v2 group at `dir` (not the hierarchy root) holding `procs`, that we may write.
+    fn fake_group(dir: &Path, procs: &str) {
+        fs::create_dir_all(dir).expect("mkdir");
+        fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").expect("write");
+        fs::write(dir.join("cgroup.subtree_control"), "").expect("write");
+        fs::write(dir.join("cgroup.procs"), procs).expect("write");
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn a_delegated_service_group_becomes_the_root() {
+        let root = fake_v2("cpuset cpu io memory hugetlb pids rdma misc\n");
+        let service = root.path().join(SERVICE);
+        fake_group(&service, &format!("{}\n", me()));
+        let self_cgroup = format!("1:name=systemd:/{SERVICE}\n0::/{SERVICE}\n");
+
+        let backend = LimitsBackend::detect_from(root.path(), self_cgroup.as_bytes());
+        assert_eq!(
+            backend,
+            LimitsBackend::CgroupV2 {
+                root: service.clone()
+            }
+        );
+        assert_eq!(backend.kind(), edge_proto::LimitsKind::CgroupV2);
+        assert_eq!(backend.name(), "cgroup-v2");
+        assert_eq!(read(&service.join("daemon/cgroup.procs")), me());
+        // Detection only moves the daemon; controllers come after, once the group is empty.
+        assert_eq!(read(&service.join("cgroup.subtree_control")), "");
+
+        backend.prepare_parent("edge-node").expect("prepare_parent");
+        assert_eq!(
+            read(&service.join("cgroup.subtree_control")),
+            "+cpu +memory"
+        );
+        assert_eq!(
+            read(&service.join("edge-node/cgroup.subtree_control")),
+            "+cpu +memory"
+        );
+        let res = Resources {
+            cpu_millis: Some(250),
+            memory_bytes: Some(32 << 20),
+        };
+        let p = backend.prepare("edge-node", "w", &res).expect("prepare");
+        assert!(p.group.is_some() && p.notes.is_empty(), "{p:?}");
+        let group = service.join("edge-node/w");
+        assert_eq!(read(&group.join("memory.max")), "33554432");
+        assert_eq!(read(&group.join("cpu.max")), "25000 100000");
+        assert_eq!(backend.group_dirs("edge-node", "w"), vec![group]);
+        assert_eq!(backend.existing_groups("edge-node"), vec!["w".to_owned()]);
+        // Outside the service's group is systemd's: nothing there is touched.
+        assert_eq!(read(&root.path().join("cgroup.subtree_control")), "");
+        assert!(!root.path().join("edge-node").exists());
+    }
+
+    #[test]
+    fn a_daemon_already_in_its_leaf_uses_the_parent() {
+        let root = fake_v2("cpu memory\n");
+        let service = root.path().join(SERVICE);
+        fake_group(&service, &me());
+        let first = LimitsBackend::detect_from(root.path(), format!("0::/{SERVICE}\n").as_bytes());
+
+        // As the kernel would show it once the daemon has moved, or after a re-exec.
+        fs::write(service.join("cgroup.procs"), "").expect("write");
+        fs::write(service.join("daemon/cgroup.controllers"), "cpu memory\n").expect("write");
+        let again =
+            LimitsBackend::detect_from(root.path(), format!("0::/{SERVICE}/daemon\n").as_bytes());
+        assert_eq!(first, again);
+        assert_eq!(
+            again,
+            LimitsBackend::CgroupV2 {
+                root: service.clone()
+            }
+        );
+        assert_eq!(read(&service.join("daemon/cgroup.procs")), me());
+        assert!(!service.join("daemon/daemon").exists());
+    }
+
+    #[test]
+    fn a_daemon_at_the_hierarchy_root_keeps_the_root_layout() {
+        let root = fake_v2("cpu memory\n");
+        fs::write(root.path().join("cgroup.procs"), me()).expect("write");
+        let expected = LimitsBackend::CgroupV2 {
+            root: root.path().to_owned(),
+        };
+        assert_eq!(LimitsBackend::detect_from(root.path(), b"0::/\n"), expected);
+        // A leaf directly under the hierarchy root names no delegated group.
+        assert_eq!(
+            LimitsBackend::detect_from(root.path(), b"0::/daemon"),
+            expected
+        );
+        assert!(!root.path().join("daemon").exists());
+        expected
+            .prepare("edge-node", "w", &Resources::default())
+            .expect("prepare");
+        assert!(root.path().join("edge-node/w/cpu.max").is_file());
+    }
+
+    #[test]
+    fn a_group_that_is_not_ours_alone_is_left_to_its_owner() {
+        let root = fake_v2("cpu memory\n");
+        let at_root = LimitsBackend::CgroupV2 {
+            root: root.path().to_owned(),
+        };
+        // A login session's scope: root may write it, but the shell and sudo are in it too.
+        let scope = root
+            .path()
+            .join("user.slice/user-1000.slice/session-3.scope");
+        fake_group(&scope, &format!("812\n901\n{}\n", me()));
+        let line = b"0::/user.slice/user-1000.slice/session-3.scope\n";
+        assert_eq!(LimitsBackend::detect_from(root.path(), line), at_root);
+        assert!(!scope.join("daemon").exists());
+
+        // A service without Delegate=yes, run as a user who may not write its group (a
+        // missing file is unwritable even for root).
+        let service = root.path().join(SERVICE);
+        fake_group(&service, &me());
+        fs::remove_file(service.join("cgroup.subtree_control")).expect("rm");
+        let line = format!("0::/{SERVICE}\n");
+        assert_eq!(
+            LimitsBackend::detect_from(root.path(), line.as_bytes()),
+            at_root
+        );
+        assert!(!service.join("daemon").exists());
+
+        // Neither that group nor the hierarchy root is writable: rlimits.
+        fs::remove_file(root.path().join("cgroup.subtree_control")).expect("rm");
+        assert_eq!(
+            LimitsBackend::detect_from(root.path(), line.as_bytes()),
+            LimitsBackend::Rlimit
+        );
+        assert!(!service.join("daemon").exists());
+    }
+
+    #[test]
+    fn v1_ignores_the_v2_line() {
+        let v1 = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(v1.path().join("memory")).expect("mkdir");
+        fs::write(v1.path().join("memory/cgroup.procs"), "").expect("write");
+        let line = format!("4:memory:/{SERVICE}\n0::/{SERVICE}\n");
+        assert_eq!(
+            LimitsBackend::detect_from(v1.path(), line.as_bytes()),
+            LimitsBackend::CgroupV1 {
+                root: v1.path().to_owned()
+            }
+        );
+        assert!(!v1.path().join(SERVICE).exists());
+    }
+
+    #[test]
+    fn a_hostile_proc_self_cgroup_never_leads_outside_the_root() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let root = base.path().join("cgroupfs");
+        fs::create_dir(&root).expect("mkdir");
+        fs::write(root.join("cgroup.controllers"), "cpu memory\n").expect("write");
+        fs::write(root.join("cgroup.subtree_control"), "").expect("write");
+        // Both would pass as delegated groups if a path reached them.
+        let service = root.join(SERVICE);
+        fake_group(&service, &me());
+        let outside = base.path().join("outside");
+        fake_group(&outside, &me());
+
+        let long = format!("0::/{}{SERVICE}\n", "a/".repeat(MAX_CGROUP_PATH / 2));
+        let huge = format!("{}0::/{SERVICE}\n", "1:cpu:/\n".repeat(MAX_SELF_CGROUP / 8));
+        let hostile: Vec<&[u8]> = vec![
+            b"",
+            b"1:name=systemd:/system.slice/edge-node.service\n",
+            b"0::/../outside\n",
+            b"0::/system.slice/../../outside\n",
+            b"0::/system.slice/edge-node.service/../../../outside\n",
+            b"0::../outside\n",
+            b"0::outside\n",
+            b"0::/system.slice/./edge-node.service\n",
+            b"0::/system.slice//edge-node.service\n",
+            b"0::/system.slice/edge-node.service/\n",
+            b"0::/system.slice/edge-node.service (deleted)\n",
+            b"0::/system.slice/edge-node\xff.service\n",
+            b"0::/system.slice/edge-node.service\0/../../outside\n",
+            b"0::/../outside\n0::/system.slice/edge-node.service\n",
+            long.as_bytes(),
+            huge.as_bytes(),
+        ];
+        for self_cgroup in hostile {
+            let shown: String = String::from_utf8_lossy(self_cgroup)
+                .chars()
+                .take(80)
+                .collect();
+            assert_eq!(
+                LimitsBackend::detect_from(&root, self_cgroup),
+                LimitsBackend::CgroupV2 { root: root.clone() },
+                "{shown:?}"
+            );
+            assert!(!outside.join("daemon").exists(), "{shown:?}");
+            assert!(!service.join("daemon").exists(), "{shown:?}");
+        }
+        let mut left: Vec<_> = fs::read_dir(base.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["cgroupfs", "outside"]);
+    }
+
+    #[test]
+    fn own_group_components() {
+        assert_eq!(own_v2_group(b"0::/\n"), Ok(vec![]));
+        assert_eq!(
+            own_v2_group(b"2:cpu:/x\n0::/system.slice/edge-node.service"),
+            Ok(vec!["system.slice", "edge-node.service"])
+        );
+        assert!(own_v2_group(b"10::/x\n").is_err());
+        assert!(own_v2_group(b"0::/a/../b\n").is_err());
     }
 }
