@@ -44,7 +44,10 @@ impl Notifier {
             let addr = address(name)
                 .inspect_err(|e| debug!(socket = name, error = %e, "NOTIFY_SOCKET unusable"))
                 .ok()?;
+            // Non-blocking: a receiver that stops reading (its queue full) must cost us a
+            // dropped notification, never a stuck runtime.
             let sock = UnixDatagram::unbound()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
                 .inspect_err(|e| debug!(error = %e, "cannot open a notify socket"))
                 .ok()?;
             Some((sock, addr))
@@ -152,6 +155,16 @@ mod tests {
         assert_eq!(recv(&sock), "WATCHDOG=1");
         assert_eq!(recv(&sock), "STOPPING=1");
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn a_receiver_that_never_reads_never_blocks_us() {
+        let (_dir, _sock, name) = listener();
+        let n = Notifier::new(Some(&name), Some(1_000));
+        // Far more than a Unix datagram queue holds (net.unix.max_dgram_qlen, 512 by default).
+        for _ in 0..5_000 {
+            n.watchdog();
+        }
     }
 
     #[test]

@@ -15,13 +15,14 @@ use crate::daemon::{self, DaemonError};
 use crate::identity::IdentityDir;
 use crate::notify::Notifier;
 use crate::provision::{ProvisionError, Provisioner};
-use crate::status::{self, State, StatusBoard};
+use crate::status::{self, State, Status, StatusBoard};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 /// How often a node waiting for its join file looks again.
@@ -62,7 +63,8 @@ pub async fn run(
     }
     let _model = load_model(&board);
     let notifier = Arc::new(notifier);
-    tokio::spawn(tell_systemd(notifier.clone(), board.clone()));
+    // Subscribed here, not in the task: the task first runs after the state has changed.
+    tokio::spawn(tell_systemd(notifier.clone(), board.subscribe()));
     notifier.ready();
 
     tokio::pin!(shutdown);
@@ -135,8 +137,8 @@ async fn settings(
             && message != reported
         {
             match state {
-                State::WaitingForJoinFile => warn!(%message, "not enrolled"),
-                _ => error!(%message, "join file refused"),
+                State::WaitingForJoinFile => warn!(reason = %message, "not enrolled"),
+                _ => error!(reason = %message, "join file refused"),
             }
             board.set(state, message.clone());
             reported = message;
@@ -191,8 +193,8 @@ fn enrolled(data_dir: &Path) -> bool {
 
 /// Mirrors the status into `systemctl status` and keeps systemd's watchdog fed. The watchdog
 /// runs on the daemon's own runtime, so a stuck runtime stops the keep-alives.
-async fn tell_systemd(notifier: Arc<Notifier>, board: StatusBoard) {
-    let mut changes = board.subscribe();
+async fn tell_systemd(notifier: Arc<Notifier>, mut changes: watch::Receiver<Status>) {
+    changes.mark_changed();
     let mut keepalive = notifier.watchdog_interval().map(tokio::time::interval);
     loop {
         tokio::select! {
