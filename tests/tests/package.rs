@@ -1,0 +1,275 @@
+//! The node daemon's Debian package, as `cross/package.sh` makes it: built from the host's
+//! debug binary under the x86_64-gateway profile (amd64), so that no cross toolchain is
+//! needed, and checked the way an installing user meets it: control fields, file list,
+//! conffiles, the default config and the systemd unit. `--lint` makes the script itself run
+//! lintian and `systemd-analyze verify`; it exits non-zero when either objects.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_owned()
+}
+
+/// Runs `bash cross/package.sh ARGS` from the workspace root.
+fn package_sh<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new("bash")
+        .arg(workspace().join("cross/package.sh"))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("bash runs")
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn stdout_of(command: &mut Command) -> String {
+    let out = command.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A line-level TOML check, enough for the flat file the package installs: every line is
+/// blank, a comment, a `[table]` header or a `key = value` pair with a bare key.
+fn assert_plain_toml(text: &str) {
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header.split(']').next().unwrap_or_default();
+            assert!(
+                header.contains(']') && !name.is_empty(),
+                "line {}: bad table header {line:?}",
+                n + 1
+            );
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("line {}: neither a table nor key = value: {line:?}", n + 1));
+        let key = key.trim();
+        assert!(
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "line {}: bad key {key:?}",
+            n + 1
+        );
+        assert!(!value.trim().is_empty(), "line {}: no value", n + 1);
+    }
+}
+
+#[test]
+fn x86_64_gateway_package_installs_the_daemon_its_config_and_a_hardened_unit() {
+    let binary = edge_tests::binary("edge-node");
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = package_sh([
+        OsStr::new("x86_64-gateway"),
+        OsStr::new("--binary"),
+        binary.as_os_str(),
+        OsStr::new("--out"),
+        out.path().as_os_str(),
+        OsStr::new("--lint"),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "package.sh --lint failed (lintian or systemd-analyze verify objected):\n{stderr}"
+    );
+
+    let debs: Vec<PathBuf> = std::fs::read_dir(out.path())
+        .expect("out dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension() == Some(OsStr::new("deb")))
+        .collect();
+    assert_eq!(
+        debs.len(),
+        1,
+        "one .deb in {}: {debs:?}",
+        out.path().display()
+    );
+    let deb = &debs[0];
+    let name = deb.file_name().and_then(OsStr::to_str).expect("a name");
+    assert!(
+        name.starts_with("edge-node_") && name.ends_with("-1_amd64.deb"),
+        "{name}"
+    );
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        printed.lines().last().map(Path::new),
+        Some(deb.as_path()),
+        "the script prints the package's path last"
+    );
+
+    let field = |f: &str| {
+        stdout_of(Command::new("dpkg-deb").arg("-f").arg(deb).arg(f))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("Package"), "edge-node");
+    assert_eq!(field("Architecture"), "amd64");
+    let version = field("Version");
+    assert!(
+        version.ends_with("-1") && version.starts_with(|c: char| c.is_ascii_digit()),
+        "version {version:?}"
+    );
+    assert_eq!(name, format!("edge-node_{version}_amd64.deb"));
+
+    let listing = stdout_of(Command::new("dpkg-deb").arg("-c").arg(deb));
+    for path in [
+        "./usr/bin/edge-node",
+        "./etc/edge-node/node.toml",
+        "./lib/systemd/system/edge-node.service",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!(" {path}"))),
+            "{path} not in the package:\n{listing}"
+        );
+    }
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rwxr-xr-x root/root") && l.ends_with(" ./usr/bin/edge-node")),
+        "/usr/bin/edge-node is root's and 0755:\n{listing}"
+    );
+
+    let control = out.path().join("control");
+    stdout_of(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&control));
+    let conffiles = read(&control.join("conffiles"));
+    assert!(
+        conffiles.lines().any(|l| l == "/etc/edge-node/node.toml"),
+        "conffiles: {conffiles:?}"
+    );
+
+    let root = out.path().join("root");
+    stdout_of(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root));
+    // The config's schema is the daemon's business (and its own tests'); here: the profile's
+    // [config] table arrived as a file of its own.
+    let config = read(&root.join("etc/edge-node/node.toml"));
+    assert_plain_toml(&config);
+    assert!(
+        config
+            .lines()
+            .any(|l| l.trim() == r#"data_dir = "/var/lib/edge-node""#),
+        "{config}"
+    );
+    assert!(
+        config.lines().any(|l| l.starts_with("[reserve]")),
+        "[config.reserve] became [reserve]:\n{config}"
+    );
+    assert!(
+        !config
+            .lines()
+            .any(|l| l.trim_start().starts_with("[config")),
+        "no [config...] table is left:\n{config}"
+    );
+
+    let unit = read(&root.join("lib/systemd/system/edge-node.service"));
+    for directive in [
+        "Type=notify",
+        "Delegate=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.trim() == directive),
+            "{directive} missing"
+        );
+    }
+    assert!(
+        unit.lines().any(|l| l.starts_with("WatchdogSec=")),
+        "WatchdogSec missing"
+    );
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecStart=/usr/bin/edge-node run --config /etc/edge-node/node.toml"),
+        "ExecStart runs the packaged binary with the packaged config"
+    );
+}
+
+#[test]
+fn an_unknown_profile_is_refused_by_name() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = package_sh([
+        OsStr::new("no-such-board"),
+        OsStr::new("--out"),
+        out.path().as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "an unknown profile is an error");
+    assert!(stderr.contains("no-such-board"), "{stderr}");
+    assert!(
+        std::fs::read_dir(out.path())
+            .expect("out dir")
+            .next()
+            .is_none(),
+        "nothing was written"
+    );
+}
+
+#[test]
+fn a_binary_for_another_architecture_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // An ELF64 little-endian header, type EXEC, machine EM_AARCH64 (183), and nothing else:
+    // all the script reads before it refuses.
+    let mut header = [0u8; 64];
+    header[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    header[16] = 2;
+    header[18] = 183;
+    header[20] = 1;
+    let fake = dir.path().join("edge-node");
+    std::fs::write(&fake, header).expect("write the fake binary");
+    let out = dir.path().join("out");
+
+    let run = package_sh([
+        OsStr::new("x86_64-gateway"),
+        OsStr::new("--binary"),
+        fake.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "an aarch64 binary in an amd64 package"
+    );
+    assert!(
+        stderr.contains("aarch64") && stderr.contains("amd64"),
+        "the message names both architectures: {stderr}"
+    );
+    assert!(!out.exists(), "no package was made");
+}
+
+#[test]
+fn a_missing_binary_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("edge-node");
+    let run = package_sh([
+        OsStr::new("pi-zero-2w"),
+        OsStr::new("--binary"),
+        missing.as_os_str(),
+        OsStr::new("--out"),
+        dir.path().as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "a missing binary is an error");
+    assert!(stderr.contains(&*missing.to_string_lossy()), "{stderr}");
+}
