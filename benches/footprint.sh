@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# footprint.sh: the node's idle memory per board profile, on x86_64, against its budget in
+# targets/PROFILE.toml, with the same daemon built without the model runtime (`ai` off) run
+# beside it as the anchor. Each node is provisioned the way a board is: the profile's packaged
+# config plus a join file, then enrolled; RSS is read 10 s after it is online.
+# It also prints the stripped size of every profile's binary that has been built.
+#
+# Usage: benches/footprint.sh              (builds first: x86_64 musl with and without `ai`)
+#        SKIP_BUILD=1 IDLE_WAIT_SECS=10 benches/footprint.sh
+# A benchmark, not a test: it prints figures and never fails on one.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+IDLE_WAIT_SECS="${IDLE_WAIT_SECS:-10}"
+WORK="$(mktemp -d /tmp/edge-footprint.XXXXXX)"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { printf '[footprint %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+key() { sed -n "s/^$2 *= *\"\{0,1\}\([^\"#]*\)\"\{0,1\}.*/\1/p" "$1" | head -1 | sed 's/ *$//'; }
+budget() { awk -v k="$2" '/^\[/ { t = $0 } t == "[budget]" && $1 == k { print $3 }' "$1"; }
+kib_of() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+mib() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1048576 }'; }
+
+MUSL="$TARGET_DIR/x86_64-unknown-linux-musl/release/edge-node"
+mkdir -p "$WORK/bin"
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release -p orchestrator --bin edge-orchestrator --bin edgectl
+  bash cross/build.sh x86_64-unknown-linux-musl --release -p node-daemon --bin edge-node \
+    --no-default-features
+  cp "$MUSL" "$WORK/bin/edge-node-no-ai"
+  bash cross/build.sh x86_64-gateway
+else
+  cp "$MUSL" "$WORK/bin/edge-node-no-ai"
+fi
+cp "$MUSL" "$WORK/bin/edge-node-ai"
+BIN="$TARGET_DIR/release"
+
+echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(uname -sr)"
+echo "command: benches/footprint.sh (IDLE_WAIT_SECS=$IDLE_WAIT_SECS)"
+
+# --- the orchestrator -------------------------------------------------------------------------
+"$BIN/edge-orchestrator" serve --data-dir "$WORK/orch" --quic-listen 127.0.0.1:0 \
+  --api-listen 127.0.0.1:0 2>"$WORK/orch.log" &
+PIDS+=($!)
+for _ in $(seq 200); do grep -q 'nodes dial' "$WORK/orch.log" && break; sleep 0.05; done
+line="$(grep -m1 'nodes dial' "$WORK/orch.log")"
+QUIC="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\1/p' <<<"$line")"
+API="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\2/p' <<<"$line")"
+ADMIN="$(cat "$WORK/orch/admin.token")"
+edgectl() { "$BIN/edgectl" --api "$API" --token "$ADMIN" "$@"; }
+
+# packaged_config PROFILE DIR: the profile's [config] as the package installs it, with the
+# paths moved under DIR and the status endpoint on port 0.
+packaged_config() {
+  awk '/^\[/ { inside = ($0 == "[config]" || $0 ~ /^\[config\./) ; if (inside) { sub(/^\[config\.?/, "["); if ($0 == "[]") next } }
+       inside' "$1" |
+    sed -e "s|^data_dir = .*|data_dir = \"$2/data\"|" \
+      -e "s|^join_file = .*|join_file = [\"$2/boot/edge-join.toml\"]|" \
+      -e "s|^status_listen = .*|status_listen = \"127.0.0.1:0\"|"
+}
+
+# idle NAME PROFILE BINARY: provisions and enrolls a node, prints "RSS_KIB HWM_KIB".
+idle() {
+  local name="$1" profile="$2" binary="$3" dir="$WORK/$1" out token ca pid
+  mkdir -p "$dir/boot"
+  packaged_config "$profile" "$dir" >"$dir/node.toml"
+  out="$(edgectl --json token create --uses 1 --ttl 1h)"
+  token="$(jq -r .token <<<"$out")" ca="$(jq -r .ca_hash <<<"$out")"
+  printf 'orchestrator = "%s"\ntoken = "%s"\nca_hash = "%s"\nname = "%s"\n' \
+    "$QUIC" "$token" "$ca" "$name" >"$dir/boot/edge-join.toml"
+  EDGE_LOG=warn "$binary" run --config "$dir/node.toml" 2>"$dir/node.log" &
+  pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 600); do
+    edgectl --json nodes 2>/dev/null | jq -e --arg n "$name" \
+      '.[] | select(.name == $n and .status == "online")' >/dev/null && break
+    sleep 0.1
+  done
+  sleep "$IDLE_WAIT_SECS"
+  echo "$(kib_of "$pid" VmRSS) $(kib_of "$pid" VmHWM)"
+  kill -TERM "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+
+echo
+echo "| profile (x86_64 musl build, its packaged config and a join file) | idle VmRSS | VmHWM | budget (rss_bytes) | anchor: same, without \`ai\` | ratio |"
+echo "|---|---|---|---|---|---|"
+for profile in targets/*.toml; do
+  name="$(basename "$profile" .toml)"
+  read -r rss hwm < <(idle "$name" "$profile" "$WORK/bin/edge-node-ai")
+  read -r rss0 _ < <(idle "$name-no-ai" "$profile" "$WORK/bin/edge-node-no-ai")
+  want="$(budget "$profile" rss_bytes)"
+  echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib "$want") MiB | $(mib $((rss0 * 1024))) MiB | $(awk -v a="$rss" -v b="$rss0" 'BEGIN { printf "%.2f", a / b }') |"
+done
+
+echo
+echo "| profile | triple | stripped edge-node | budget (binary_bytes) |"
+echo "|---|---|---|---|"
+for profile in targets/*.toml; do
+  triple="$(key "$profile" triple)"
+  bin="$TARGET_DIR/${triple%.2.*}/release/edge-node"
+  size="not built"
+  [ -f "$bin" ] && size="$(stat -c %s "$bin") B ($(mib "$(stat -c %s "$bin")") MiB)"
+  echo "| $(basename "$profile" .toml) | $triple | $size | $(budget "$profile" binary_bytes) B |"
+done
