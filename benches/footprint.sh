@@ -7,6 +7,7 @@
 #
 # Usage: benches/footprint.sh              (builds first: x86_64 musl with and without `ai`)
 #        SKIP_BUILD=1 IDLE_WAIT_SECS=10 benches/footprint.sh
+#        SKIP_BUILD=1 NODE_AI=PATH NODE_NO_AI=PATH benches/footprint.sh   (binaries built elsewhere)
 # A benchmark, not a test: it prints figures and never fails on one.
 set -euo pipefail
 
@@ -38,10 +39,11 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     --no-default-features
   cp "$MUSL" "$WORK/bin/edge-node-no-ai"
   bash cross/build.sh x86_64-gateway
-else
-  cp "$MUSL" "$WORK/bin/edge-node-no-ai"
 fi
-cp "$MUSL" "$WORK/bin/edge-node-ai"
+cp "${NODE_NO_AI:-$WORK/bin/edge-node-no-ai}" "$WORK/bin/edge-node-no-ai" 2>/dev/null ||
+  cp "$MUSL" "$WORK/bin/edge-node-no-ai"
+cp "${NODE_AI:-$MUSL}" "$WORK/bin/edge-node-ai"
+echo "nodes: $(file -b "$WORK/bin/edge-node-ai" | cut -d, -f1-2) (ai), $(stat -c %s "$WORK/bin/edge-node-ai") B; without ai $(stat -c %s "$WORK/bin/edge-node-no-ai") B"
 BIN="$TARGET_DIR/release"
 
 echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(uname -sr)"

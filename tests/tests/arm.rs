@@ -1,0 +1,444 @@
+//! The ARM builds, as far as an x86_64 machine can tell: for each board profile, the release
+//! binaries from `cross/build.sh PROFILE`, their C library checked by `cross/check-abi.sh`, and
+//! then the real cross-built `edge-node` under qemu-user (the profile's `qemu` line) enrolling
+//! with a real orchestrator, reporting its architecture, and running the cross-built sample
+//! service, which answers over HTTP, until SIGTERM stops both.
+//!
+//! The builds use the `smoke` cargo profile: the code and features the boards get, compiled
+//! for build time instead of size (no LTO), so two cold cross builds fit in CI; a second run
+//! finds them built. Size and the release link are measured by `benches/footprint.sh`. The scripts install what is missing (qemu-user-static and its
+//! binfmt_misc registration, cross linkers, cargo-zigbuild), which needs root and network.
+
+use edge_tests::{PATIENCE, TestOrchestrator, eventually};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long to wait for what the emulated node does. Under qemu-user every instruction is
+/// translated, tens of times slower than native, and CI runners are shared: a bound on a hang.
+const EMULATED: Duration = Duration::from_secs(PATIENCE.as_secs() * 4);
+
+/// The glibc the gnu profiles promise (Raspberry Pi OS Bullseye).
+const MAX_GLIBC: &str = "2.31";
+
+/// One build at a time: two cargo runs would fight over the cores and the target dir, two
+/// apt-get runs over the dpkg lock.
+static BUILDING: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
+
+/// What a test needs of a board profile (targets/NAME.toml).
+#[derive(Debug)]
+struct Profile {
+    name: &'static str,
+    /// `triple` without its `.2.NN` glibc suffix: the directory cargo writes to.
+    triple: String,
+    /// The emulator and its arguments, e.g. `qemu-arm-static -cpu cortex-a7`.
+    qemu: Vec<String>,
+}
+
+impl Profile {
+    /// Reads the top-level keys line by line, as the scripts do.
+    fn load(name: &'static str) -> Self {
+        let path = root().join("targets").join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).expect("the profile exists");
+        let value = |key: &str| {
+            text.lines()
+                .take_while(|l| !l.trim_start().starts_with('['))
+                .find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == key).then(|| {
+                        let v = v.split('#').next().unwrap_or_default().trim();
+                        v.trim_matches('"').to_owned()
+                    })
+                })
+                .unwrap_or_else(|| panic!("{} has no {key}", path.display()))
+        };
+        let triple = value("triple");
+        let triple = triple
+            .split_once('.')
+            .map_or(triple.as_str(), |(t, _)| t)
+            .to_owned();
+        let qemu = value("qemu")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        Self { name, triple, qemu }
+    }
+
+    fn binary(&self, name: &str) -> PathBuf {
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map_or_else(|| root().join("target"), |d| root().join(d));
+        target_dir.join(&self.triple).join(CARGO_PROFILE).join(name)
+    }
+
+    /// Where qemu finds the loader and libc of a dynamically linked gnu binary: what Debian's
+    /// libc6-*-cross packages install (cross/build.sh installs them).
+    fn loader_prefix(&self) -> Option<String> {
+        let (arch, rest) = self.triple.split_once('-')?;
+        let env = rest.rsplit('-').next()?;
+        if !env.starts_with("gnu") {
+            return None;
+        }
+        let arch = if arch.starts_with("armv7") {
+            "arm"
+        } else {
+            arch
+        };
+        Some(format!("/usr/{arch}-linux-{env}"))
+    }
+}
+
+/// The cargo profile of the cross builds (see the module doc).
+const CARGO_PROFILE: &str = "smoke";
+
+/// Runs one of the scripts in cross/, its output shown as it goes; returns its stdout.
+fn script(args: &[&str]) -> String {
+    script_with(args, &[])
+}
+
+fn script_with(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new("bash")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "bash {args:?}: {}\n{stdout}",
+        out.status
+    );
+    stdout
+}
+
+/// Sets up qemu, builds the profile and checks what came out. Blocking, and serialized.
+fn build(profile: &Profile) {
+    let _one_at_a_time = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    script(&["cross/qemu.sh", "setup"]);
+    script_with(
+        &["cross/build.sh", profile.name],
+        &[("EDGE_CARGO_PROFILE", CARGO_PROFILE)],
+    );
+    let node = profile.binary("edge-node");
+    let hello = profile.binary("edge-hello");
+    let said = script(&[
+        "cross/check-abi.sh",
+        node.to_str().expect("utf-8"),
+        MAX_GLIBC,
+    ]);
+    assert!(said.lines().any(|l| l.starts_with("ok:")), "{said}");
+    // The node runs ARM workloads through binfmt_misc, which knows no loader path.
+    let said = script(&["cross/check-abi.sh", hello.to_str().expect("utf-8")]);
+    assert!(said.contains("statically linked"), "{said}");
+}
+
+/// The emulated node process. Dropped early (a failed assertion), it leaves nothing running:
+/// the node is killed, and so is every workload group it was seen to start, since a node killed
+/// without warning leaves its workloads running by design.
+struct Node {
+    child: Child,
+    log: PathBuf,
+    groups: Vec<u32>,
+}
+
+impl Node {
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
+    /// The end of the node's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!("{what}\n--- node log ---\n{}", self.log_tail())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pgid in &self.groups {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited: only its parent's bookkeeping is left.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+}
+
+/// Polls the orchestrator's API with `check` until it gives a value or `within` has passed;
+/// a node that exits meanwhile fails at once.
+async fn poll<T>(
+    orch: &TestOrchestrator,
+    node: &mut Node,
+    what: &str,
+    path: &str,
+    within: Duration,
+    check: impl Fn(u16, &Value) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let (status, body) = orch.api("GET", path, None).await;
+        if let Some(found) = check(status, &body) {
+            return found;
+        }
+        if let Some(exit) = node.exited() {
+            node.fail(&format!("{what}: the node exited ({exit}) first"));
+        }
+        if tokio::time::Instant::now() > deadline {
+            node.fail(&format!(
+                "{what}: not within {within:?}; {path} says {body:#}"
+            ));
+        }
+    }
+}
+
+/// The memory limit to give the sample, which runs inside qemu: qemu's own memory counts. A
+/// node without writable cgroups limits address space instead (RLIMIT_AS), and qemu reserves
+/// far more than it uses: a 128 MiB translation buffer, and for a 32-bit guest the whole 4 GiB
+/// guest address space up front.
+async fn sample_memory(orch: &TestOrchestrator, node: &Node, name: &str, arch: &str) -> u64 {
+    let limits = || {
+        let fleet = orch.orch.shared.fleet();
+        fleet.find(name).and_then(|n| n.info.limits.clone())
+    };
+    // Reported once the session is up, a moment after the node shows online.
+    if eventually(EMULATED, || limits().is_some()).await.is_none() {
+        node.fail("the node never said how it limits workloads");
+    }
+    match (limits().as_deref(), arch) {
+        (Some("rlimit"), "arm") => 4608 << 20,
+        (Some("rlimit"), _) => 512 << 20,
+        _ => 128 << 20,
+    }
+}
+
+/// Pushes an executable as an artifact through the API, as `edgectl artifact push` does.
+async fn push_artifact(orch: &TestOrchestrator, path: &Path) -> String {
+    let url = format!("http://{}/v1/artifacts", orch.orch.api_addr);
+    let token = orch.orch.admin_token.clone();
+    let body = std::fs::read(path).expect("the artifact");
+    let (status, reply) = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(PATIENCE))
+            .build()
+            .into();
+        let mut response = agent
+            .post(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/octet-stream")
+            .send(&body[..])
+            .expect("the API answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("a body");
+        (status, text)
+    })
+    .await
+    .expect("the push finished");
+    assert!(status == 201 || status == 200, "push: {status} {reply}");
+    let reply: Value = serde_json::from_str(&reply).expect("JSON");
+    reply["digest"].as_str().expect("a digest").to_owned()
+}
+
+/// `GET /` on `addr`; `None` if nothing answers.
+async fn http_get(addr: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.ok()?;
+    reply.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
+/// Builds the board profile `profile_name`, runs its node under qemu on the loopback address
+/// `address` (one per test, so that nodes never clash), and runs the sample service on it.
+async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address: &str) {
+    let profile = Profile::load(profile_name);
+    let built = tokio::task::spawn_blocking(move || {
+        build(&profile);
+        profile
+    });
+    let profile = built
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+
+    let orch = TestOrchestrator::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let name = format!("{profile_name}-qemu");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\nstatus_interval_secs = 1\n\
+             labels = {{ board = \"{profile_name}\" }}\n\
+             [orchestrator]\naddress = \"{}\"\nlocal_address = \"{address}\"\n\
+             [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n",
+            dir.path().join("data").display(),
+            orch.orch.quic_addr,
+            orch.token(1),
+            orch.ca_hash(),
+        ),
+    )
+    .expect("write the config");
+
+    let mut qemu = Command::new(&profile.qemu[0]);
+    qemu.args(&profile.qemu[1..]);
+    if let Some(prefix) = profile.loader_prefix() {
+        qemu.args(["-L", &prefix]);
+    }
+    let log = dir.path().join("node.log");
+    let child = qemu
+        .arg(profile.binary("edge-node"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("EDGE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("the log file"))
+        .spawn()
+        .expect("qemu starts");
+    let mut node = Node {
+        child,
+        log,
+        groups: Vec::new(),
+    };
+
+    // It enrolls and says what it is.
+    let mut exit = None;
+    eventually(EMULATED, || {
+        exit = node.exited();
+        exit.is_some() || orch.online(&name)
+    })
+    .await;
+    if !orch.online(&name) {
+        node.fail(&format!("the node did not come online (exit: {exit:?})"));
+    }
+    let (status, me) = orch.api("GET", &format!("/v1/nodes/{name}"), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["arch"], arch, "{me:#}");
+    assert_eq!(me["status"], "online", "{me:#}");
+
+    // It runs the cross-built sample, placed there by architecture.
+    let digest = push_artifact(&orch, &profile.binary("edge-hello")).await;
+    let memory = sample_memory(&orch, &node, &name, arch).await;
+    let spec = json!({
+        "name": "hello",
+        "version": "1.0.0",
+        "artifact": digest,
+        "args": ["--port", "0"],
+        "env": {"GREETING": "hi"},
+        "replicas": 1,
+        "resources": {"cpu_millis": 200, "memory_bytes": memory},
+        "requirements": {"arch": [arch]}
+    });
+    let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let pid = poll(
+        &orch,
+        &mut node,
+        "the sample running",
+        "/v1/workloads/hello",
+        EMULATED,
+        |_, w| {
+            let i = &w["instances"][0];
+            (i["state"] == "running" && i["node"] == name.as_str())
+                .then(|| u32::try_from(i["pid"].as_u64()?).ok())
+                .flatten()
+        },
+    )
+    .await;
+    // Its process group is its pid: the supervisor starts each instance in its own.
+    node.groups.push(pid);
+
+    // It listens on the node's own address (EDGE_NODE_ADDRESS), on the port its log names.
+    let listening = format!("edge-hello listening on {address}:");
+    let port = poll(
+        &orch,
+        &mut node,
+        "the sample's log",
+        &format!("/v1/workloads/hello/logs?node={name}"),
+        EMULATED,
+        |status, log| {
+            let log = log.as_str().filter(|_| status == 200)?;
+            log.split(listening.as_str())
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u16>()
+                .ok()
+        },
+    )
+    .await;
+    // Straight to the sample: the node has no HTTP proxy for its workloads yet. Once it has,
+    // ask through the proxy as well.
+    let sample = format!("{address}:{port}");
+    assert_eq!(
+        http_get(&sample).await.as_deref(),
+        Some(format!("hi from {name}\n").as_str()),
+        "the sample answers from the ARM node"
+    );
+
+    // SIGTERM: the node stops its workloads and exits cleanly, leaving nothing behind.
+    let status = Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let mut exit = None;
+    eventually(EMULATED, || {
+        exit = node.exited();
+        exit.is_some()
+    })
+    .await;
+    match exit {
+        Some(status) if status.success() => {}
+        Some(status) => node.fail(&format!("the node exited with {status} on SIGTERM")),
+        None => node.fail("the node did not exit on SIGTERM"),
+    }
+    assert!(
+        eventually(PATIENCE, || !alive(pid)).await.is_some(),
+        "the sample (pid {pid}) outlived its node"
+    );
+    // Gone, so the guard must not signal the group: its number may be reused.
+    node.groups.clear();
+    assert_eq!(http_get(&sample).await, None, "nothing answers any more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pi_zero_2w_node_runs_the_sample_under_qemu() {
+    a_board_runs_the_sample("pi-zero-2w", "aarch64", "127.0.0.64").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_armv7_gateway_node_runs_the_sample_under_qemu() {
+    a_board_runs_the_sample("armv7-gateway", "arm", "127.0.0.32").await;
+}
