@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Generate the tiny test model shipped with edge-ai and its expected outputs.
+"""Generate the test models shipped with edge-ai and their expected outputs.
 
 Writes, next to this script:
   tiny-mlp.onnx           an 8 -> 16 -> 1 MLP (Gemm, Relu, Gemm), input "x" of
-                          shape [1, 8] float32, output "y" of shape [1, 1] float32
+                          shape [1, 8] float32, output "y" of shape [1, 1] float32;
+                          also the model built into every node
   tiny-mlp.expected.json  fixed inputs and the outputs numpy computes for them
 
 and two variants with the same weights that differ only in the declared input
@@ -11,23 +12,41 @@ shape, to test how edge-ai treats the batch dimension:
   tiny-mlp.symbolic-batch.onnx  input ["batch", 8]: loads, batch fixed to 1
   tiny-mlp.batch4.onnx          input [4, 8]: refused, edge-ai runs one row
 
-and two malformed copies on which tract's ONNX parser panics, so edge-ai must
-refuse them before tract sees them (not valid ONNX: the checker is not run):
+and two malformed copies that crashed tract's ONNX parser when edge-ai used it,
+which edge-ai must refuse (not valid ONNX: the checker is not run):
   tiny-mlp.undefined-output.onnx       a graph output no node produces
   tiny-mlp.raw-string-initializer.onnx a string tensor stored as raw bytes
 
-The weights come from a fixed seed, so running the script again rewrites
+and, for the operators edge-ai supports (edge-ai/tests/ops.rs):
+  ops.onnx                 input "x" [1, 6], output "y" [1, 4]: one graph using
+                           every supported operator (Gemm, MatMul, Add, Sub, Mul,
+                           Div, Relu, Sigmoid, Tanh, Softmax, Identity, Constant)
+                           with the attributes and broadcasts edge-ai must honour
+  ops.expected.json        fixed inputs and the outputs onnx's reference
+                           evaluator computes for ops.onnx (numpy agrees)
+  ops.opset11.onnx         input [1, 4], output [1, 3] under opset 11: Gemm
+                           without C, then Softmax without an axis (default 1)
+  ops.opset11.expected.json  the same for ops.opset11.onnx
+
+and two valid models that edge-ai must refuse:
+  unsupported-conv.onnx    a Conv node, an operator edge-ai does not implement
+  external-data.onnx       an initializer stored in "weights.bin" next to the
+                           model; the file is deliberately not written, and
+                           edge-ai never reads files other than the model
+
+The weights come from fixed seeds, so running the script again rewrites
 byte-identical files. Regenerate them all together, never by hand:
 
     pip install onnx numpy
     python3 edge-ai/models/make_tiny_mlp.py
 
-The Rust tests (edge-ai/tests/tiny_mlp.rs) load the .onnx with tract and check
-it against the numpy outputs in the .json.
+The Rust tests (edge-ai/tests/tiny_mlp.rs and edge-ai/tests/ops.rs) load the
+.onnx files with edge-ai and check them against the outputs in the .json files.
 """
 
 import json
 import pathlib
+import tempfile
 
 import numpy as np
 import onnx
@@ -45,6 +64,17 @@ IR_VERSION = 8
 HERE = pathlib.Path(__file__).resolve().parent
 MODEL_PATH = HERE / "tiny-mlp.onnx"
 EXPECTED_PATH = HERE / "tiny-mlp.expected.json"
+
+# The operator models draw from their own seeds, so adding them left the tiny MLP's
+# weights and inputs, drawn from SEED, unchanged.
+OPS_SEED = 20250301
+OPS_INPUT_LEN = 6
+OPS_HIDDEN_LEN = 8
+OPS_MIXED_LEN = 6
+OPS_OUTPUT_LEN = 4
+OPSET11_SEED = 20250302
+OPSET11_INPUT_LEN = 4
+OPSET11_OUTPUT_LEN = 3
 
 
 def make_weights(rng):
@@ -123,7 +153,7 @@ def make_inputs(rng):
     return fixed + drawn
 
 
-def main():
+def write_tiny_mlp():
     rng = np.random.default_rng(SEED)
     w1, b1, w2, b2 = make_weights(rng)
     model = make_model(w1, b1, w2, b2)
@@ -143,17 +173,268 @@ def main():
         np.testing.assert_allclose(y_onnx.reshape(-1), y, rtol=0, atol=1e-6)
         # float(np.float32) is exact in a float64, and json writes it so it reads back exactly.
         cases.append({"input": [float(v) for v in x], "output": [float(v) for v in y]})
+    write_expected(EXPECTED_PATH, MODEL_PATH.name, SEED, INPUT_LEN, OUTPUT_LEN, cases)
+
+
+def write_expected(path, model_name, seed, input_len, output_len, cases):
     expected = {
-        "model": MODEL_PATH.name,
+        "model": model_name,
         "generator": "make_tiny_mlp.py",
-        "seed": SEED,
-        "input_len": INPUT_LEN,
-        "output_len": OUTPUT_LEN,
+        "seed": seed,
+        "input_len": input_len,
+        "output_len": output_len,
         "cases": cases,
     }
-    EXPECTED_PATH.write_text(json.dumps(expected, indent=2) + "\n")
-    for path in sorted(HERE.glob("tiny-mlp*")):
-        print(f"wrote {path} ({path.stat().st_size} bytes)")
+    path.write_text(json.dumps(expected, indent=2) + "\n")
+
+
+def finish_model(graph, opset=OPSET):
+    """`graph` as a model with edge-ai's usual opset and IR version, checked by onnx."""
+    model = helper.make_model(
+        graph,
+        producer_name="edge-ai/models/make_tiny_mlp.py",
+        opset_imports=[helper.make_opsetid("", opset)],
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def make_ops_weights(rng):
+    h, m, k = OPS_HIDDEN_LEN, OPS_MIXED_LEN, OPS_OUTPUT_LEN
+    return {
+        # Gemm with transB=1: [out, in].
+        "fc1_w": rng.normal(0.0, 0.5, size=(h, OPS_INPUT_LEN)).astype(np.float32),
+        "fc1_b": rng.normal(0.0, 0.1, size=(h,)).astype(np.float32),
+        "add_bias": rng.normal(0.0, 0.1, size=(h,)).astype(np.float32),
+        # A scalar (rank 0) initializer.
+        "mul_scale": np.array(1.5, dtype=np.float32),
+        # Kept away from zero, so Div does not amplify rounding.
+        "div_by": rng.uniform(0.5, 2.0, size=(1, h)).astype(np.float32),
+        # MatMul: [in, out].
+        "mm_w": rng.normal(0.0, 0.5, size=(h, m)).astype(np.float32),
+        # Gemm with transB=0: [in, out].
+        "fc2_w": rng.normal(0.0, 0.5, size=(m, k)).astype(np.float32),
+    }
+
+
+# The value of the Constant node, subtracted from on the left so that Sub broadcasts its
+# first operand.
+OPS_SHIFT = np.array([[0.25]], dtype=np.float32)
+
+
+def make_ops_model(weights):
+    """Every supported operator at least once, with the attributes and broadcasts that matter.
+
+    x[1,6] -> Gemm(alpha, beta, transB=1, C[8]) -> Relu -> Add [8] -> Sub(Constant [1,1] - .)
+    -> Mul scalar -> Div [1,8] -> MatMul [8,6] = z; u = Sigmoid(z) + Tanh(z) * Softmax(z, axis=1)
+    -> Gemm(transB=0, no C) [6,4] = g; y = Identity(g + Softmax(g)), default axis.
+    """
+    nodes = [
+        helper.make_node(
+            "Gemm",
+            ["x", "fc1_w", "fc1_b"],
+            ["fc1_out"],
+            name="fc1",
+            alpha=0.75,
+            beta=1.5,
+            transA=0,
+            transB=1,
+        ),
+        helper.make_node("Relu", ["fc1_out"], ["relu_out"], name="relu"),
+        helper.make_node("Add", ["relu_out", "add_bias"], ["add_out"], name="add"),
+        helper.make_node(
+            "Constant",
+            [],
+            ["shift"],
+            name="shift",
+            value=numpy_helper.from_array(OPS_SHIFT, "shift_value"),
+        ),
+        helper.make_node("Sub", ["shift", "add_out"], ["sub_out"], name="sub"),
+        helper.make_node("Mul", ["sub_out", "mul_scale"], ["mul_out"], name="mul"),
+        helper.make_node("Div", ["mul_out", "div_by"], ["div_out"], name="div"),
+        helper.make_node("MatMul", ["div_out", "mm_w"], ["z"], name="matmul"),
+        helper.make_node("Sigmoid", ["z"], ["z_sigmoid"], name="sigmoid"),
+        helper.make_node("Tanh", ["z"], ["z_tanh"], name="tanh"),
+        helper.make_node("Softmax", ["z"], ["z_softmax"], name="softmax_axis1", axis=1),
+        helper.make_node("Mul", ["z_tanh", "z_softmax"], ["z_mixed"], name="mix_mul"),
+        helper.make_node("Add", ["z_sigmoid", "z_mixed"], ["u"], name="mix_add"),
+        helper.make_node("Gemm", ["u", "fc2_w"], ["g"], name="fc2"),
+        helper.make_node("Softmax", ["g"], ["g_softmax"], name="softmax_default"),
+        helper.make_node("Add", ["g", "g_softmax"], ["y_pre"], name="out_add"),
+        helper.make_node("Identity", ["y_pre"], ["y"], name="identity"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ops",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, OPS_INPUT_LEN])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, OPS_OUTPUT_LEN])],
+        initializer=[numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    return finish_model(graph)
+
+
+def softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def ops_forward(x, w):
+    """make_ops_model in numpy, float32 all the way."""
+    f = np.float32
+    h = f(0.75) * (x @ w["fc1_w"].T) + f(1.5) * w["fc1_b"]
+    h = np.maximum(h, f(0.0)) + w["add_bias"]
+    h = (OPS_SHIFT - h) * w["mul_scale"] / w["div_by"]
+    z = h @ w["mm_w"]
+    u = 1.0 / (1.0 + np.exp(-z)) + np.tanh(z) * softmax(z, axis=1)
+    g = u.astype(np.float32) @ w["fc2_w"]
+    return (g + softmax(g, axis=-1)).astype(np.float32)
+
+
+def make_opset11_model(w):
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["g"], name="fc", transB=1),
+        # No axis: opset 11's default is 1, not opset 13's -1 (the same axis for [1, N]).
+        helper.make_node("Softmax", ["g"], ["y"], name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ops_opset11",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, OPSET11_INPUT_LEN])],
+        outputs=[
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, OPSET11_OUTPUT_LEN])
+        ],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    return finish_model(graph, opset=11)
+
+
+def make_row_inputs(rng, n):
+    fixed = [
+        np.zeros(n, dtype=np.float32),
+        np.ones(n, dtype=np.float32),
+        -np.ones(n, dtype=np.float32),
+        np.linspace(-1.0, 1.0, n, dtype=np.float32),
+        # Large enough to push Sigmoid and Tanh into saturation and Softmax towards one-hot.
+        np.linspace(8.0, -6.0, n, dtype=np.float32),
+    ]
+    drawn = [rng.uniform(-2.0, 2.0, size=n).astype(np.float32) for _ in range(3)]
+    return fixed + drawn
+
+
+def reference_cases(model, inputs, forward_fn):
+    """The reference evaluator's outputs for `inputs`, checked against `forward_fn` (numpy)."""
+    reference = ReferenceEvaluator(model)
+    cases = []
+    for x in inputs:
+        row = x.reshape(1, -1)
+        (y_onnx,) = reference.run(None, {"x": row})
+        np.testing.assert_allclose(y_onnx, forward_fn(row), rtol=1e-6, atol=1e-6)
+        cases.append(
+            {"input": [float(v) for v in x], "output": [float(v) for v in y_onnx.reshape(-1)]}
+        )
+    return cases
+
+
+def make_unsupported_conv_model():
+    """A valid model whose only operator edge-ai lacks is Conv, with a [1, 4] input."""
+    nodes = [
+        # Add broadcasts [1, 4] against [1, 1, 4] into Conv's [batch, channels, length].
+        helper.make_node("Add", ["x", "zeros"], ["x3"], name="to_ncl"),
+        helper.make_node("Conv", ["x3", "kernel"], ["y"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "unsupported_conv",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2])],
+        initializer=[
+            numpy_helper.from_array(np.zeros((1, 1, 4), dtype=np.float32), "zeros"),
+            numpy_helper.from_array(
+                np.arange(6, dtype=np.float32).reshape(2, 1, 3) / 6, "kernel"
+            ),
+        ],
+    )
+    return finish_model(graph)
+
+
+EXTERNAL_WEIGHTS = "weights.bin"
+
+
+def make_external_data_model():
+    """A valid model whose MatMul weights live in EXTERNAL_WEIGHTS, a file not shipped."""
+    w = np.arange(8, dtype=np.float32).reshape(4, 2)
+    tensor = numpy_helper.from_array(w, "w")
+    raw = tensor.raw_data
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in [("location", EXTERNAL_WEIGHTS), ("offset", "0"), ("length", str(len(raw)))]:
+        entry = tensor.external_data.add()
+        entry.key = key
+        entry.value = value
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")],
+        "external_data",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        initializer=[tensor],
+    )
+    model = helper.make_model(
+        graph,
+        producer_name="edge-ai/models/make_tiny_mlp.py",
+        opset_imports=[helper.make_opsetid("", OPSET)],
+    )
+    model.ir_version = IR_VERSION
+    # The checker reads external data from the model's directory: check the model next to the
+    # weights in a scratch directory, so the shipped file is valid ONNX missing only its weights.
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = pathlib.Path(scratch)
+        (scratch / EXTERNAL_WEIGHTS).write_bytes(raw)
+        (scratch / "model.onnx").write_bytes(model.SerializeToString())
+        onnx.checker.check_model(str(scratch / "model.onnx"), full_check=True)
+    return model
+
+
+def write_ops_models():
+    rng = np.random.default_rng(OPS_SEED)
+    weights = make_ops_weights(rng)
+    model = make_ops_model(weights)
+    (HERE / "ops.onnx").write_bytes(model.SerializeToString())
+    cases = reference_cases(
+        model, make_row_inputs(rng, OPS_INPUT_LEN), lambda x: ops_forward(x, weights)
+    )
+    write_expected(
+        HERE / "ops.expected.json", "ops.onnx", OPS_SEED, OPS_INPUT_LEN, OPS_OUTPUT_LEN, cases
+    )
+
+    rng = np.random.default_rng(OPSET11_SEED)
+    w = rng.normal(0.0, 0.5, size=(OPSET11_OUTPUT_LEN, OPSET11_INPUT_LEN)).astype(np.float32)
+    model = make_opset11_model(w)
+    (HERE / "ops.opset11.onnx").write_bytes(model.SerializeToString())
+    cases = reference_cases(
+        model,
+        make_row_inputs(rng, OPSET11_INPUT_LEN),
+        lambda x: softmax(x @ w.T, axis=1).astype(np.float32),
+    )
+    write_expected(
+        HERE / "ops.opset11.expected.json",
+        "ops.opset11.onnx",
+        OPSET11_SEED,
+        OPSET11_INPUT_LEN,
+        OPSET11_OUTPUT_LEN,
+        cases,
+    )
+
+    (HERE / "unsupported-conv.onnx").write_bytes(make_unsupported_conv_model().SerializeToString())
+    (HERE / "external-data.onnx").write_bytes(make_external_data_model().SerializeToString())
+
+
+def main():
+    write_tiny_mlp()
+    write_ops_models()
+    for pattern in ["tiny-mlp*", "ops*", "unsupported-*", "external-data*"]:
+        for path in sorted(HERE.glob(pattern)):
+            print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

@@ -14,17 +14,23 @@
 //!   every [`Model::run`] starts from fresh state, so calls do not influence each other and a
 //!   `Model` can be shared between threads.
 //! - **A bad model file is an error, not a panic.** Files larger than [`MAX_MODEL_BYTES`] are
-//!   refused before parsing, and anything tract cannot parse or optimise becomes
-//!   [`ModelError::Invalid`]. tract itself is not hardened against hostile files: its ONNX
-//!   parser panics on some malformed graphs, and release builds abort on panic. The cases known
-//!   to us are refused before tract sees them (see `precheck.rs`); others may remain, and a
-//!   crafted model can still ask for large allocations while it is optimised. Load only models
-//!   from a source the node trusts.
+//!   refused before parsing. The file is decoded by this crate (`proto.rs`), with every length
+//!   checked and the number of decoded items capped, then translated node by node into a tract
+//!   graph (`onnx.rs`); anything malformed, unsupported or inconsistent becomes
+//!   [`ModelError::Invalid`] naming the node or field. tract only ever sees a graph built
+//!   through its typed API. A model of up to 1024 nodes may still ask for large tensors while it
+//!   is optimised: load only models from a source the node trusts.
 //!
 //! Inference runs on the caller's thread and blocks it: async callers with large models should
 //! use a blocking-task pool.
 //!
 //! # Supported models
+//!
+//! ONNX files (operator set 7 and later) built from the operators routing and placement models
+//! are made of: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Sigmoid, Tanh, Softmax, Identity and
+//! Constant, with `f32` weights stored in the file. Any other operator is refused by name. This
+//! is what keeps tract's ONNX front end and its hundreds of operators out of the node binary
+//! (about 5 MB on aarch64; see `benches/RESULTS.md`).
 //!
 //! One `f32` input of shape `[1, N]` (the batch dimension may be declared as `1` or left
 //! symbolic; it is fixed to 1 at load time) and one `f32` output whose shape is fully known
@@ -34,19 +40,17 @@
 
 #![forbid(unsafe_code)]
 
-mod precheck;
+mod onnx;
+mod proto;
 
 use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tract_onnx::prelude::{
-    DatumType, Framework as _, InferenceFact, InferenceModel, InferenceModelExt as _,
-    IntoRunnable as _, IntoTValue as _, Tensor, TractError, TypedRunnableModel, tvec,
+use tract_core::prelude::{
+    DatumType, IntoRunnable as _, IntoTValue as _, Tensor, TractError, TypedRunnableModel, tvec,
 };
-use tract_onnx::tract_hir::infer::GenericFactoid;
-use tract_onnx::tract_hir::internal::DimLike as _;
 
 /// The largest model file, in bytes, that [`Model::load`] and [`Model::from_bytes`] accept.
 ///
@@ -86,8 +90,8 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
-    /// The bytes are not a model this crate can run: not valid ONNX, an operator tract does not
-    /// support, a graph that does not type-check, or not one `[1, N]` `f32` input and one `f32`
+    /// The bytes are not a model this crate can run: not valid ONNX, an operator outside the
+    /// supported set, a graph that does not type-check, or not one `[1, N]` `f32` input and one `f32`
     /// output. Loading the same bytes again fails the same way.
     #[error("invalid model: {0}")]
     Invalid(String),
@@ -165,22 +169,12 @@ impl Model {
         }
         let invalid = |error: TractError| ModelError::Invalid(format!("{error:#}"));
 
-        let onnx = tract_onnx::onnx();
-        let proto = onnx.proto_model_for_read(&mut &*bytes).map_err(invalid)?;
-        if let Some(refusal) = precheck::refusal(&proto) {
-            return Err(ModelError::Invalid(refusal));
-        }
-        // Translating from a decoded proto gives tract no model directory, so tensors stored in
-        // external files are refused rather than read.
-        let model = onnx.model_for_proto_model(&proto).map_err(invalid)?;
-        let input_len = single_row_input_len(&model)?;
-        let model = model
-            .with_input_fact(
-                0,
-                InferenceFact::dt_shape(DatumType::F32, tvec![1, input_len]),
-            )
-            .and_then(|model| model.into_optimized())
-            .map_err(invalid)?;
+        let proto = proto::decode_model(bytes).map_err(|error| {
+            ModelError::Invalid(format!("not an ONNX model edge-ai reads: {error}"))
+        })?;
+        let onnx::Translated { model, input_len } =
+            onnx::translate(&proto).map_err(ModelError::Invalid)?;
+        let model = model.into_optimized().map_err(invalid)?;
 
         let output = model.output_fact(0).map_err(invalid)?;
         if output.datum_type != DatumType::F32 {
@@ -260,50 +254,5 @@ impl Model {
         }
         out.extend_from_slice(values);
         Ok(())
-    }
-}
-
-/// Checks that `model` has one input and one output, and that the input is a single row of
-/// `f32`: returns `N` for an input declared as `[1, N]` or `[batch, N]`.
-fn single_row_input_len(model: &InferenceModel) -> Result<usize, ModelError> {
-    let invalid = |error: TractError| ModelError::Invalid(format!("{error:#}"));
-    let inputs = model.input_outlets().map_err(invalid)?.len();
-    let outputs = model.output_outlets().map_err(invalid)?.len();
-    if inputs != 1 || outputs != 1 {
-        return Err(ModelError::Invalid(format!(
-            "expected 1 input and 1 output, the model has {inputs} and {outputs}"
-        )));
-    }
-
-    let fact = model.input_fact(0).map_err(invalid)?;
-    if let GenericFactoid::Only(datum_type) = fact.datum_type
-        && datum_type != DatumType::F32
-    {
-        return Err(ModelError::Invalid(format!(
-            "input must be f32, the model's is {datum_type:?}"
-        )));
-    }
-    let shape_error = || {
-        ModelError::Invalid(format!(
-            "input must have shape [1, N], the model's is {:?}",
-            fact.shape
-        ))
-    };
-    if fact.shape.rank() != GenericFactoid::Only(2) {
-        return Err(shape_error());
-    }
-    // A symbolic batch dimension is fixed to 1 below; a numeric one other than 1 means the model
-    // was built for batches, which `run` does not pass.
-    match fact.shape.dim(0) {
-        Some(GenericFactoid::Any) => {}
-        Some(GenericFactoid::Only(dim)) if dim.to_usize().map_or(true, |batch| batch == 1) => {}
-        _ => return Err(shape_error()),
-    }
-    match fact.shape.dim(1) {
-        Some(GenericFactoid::Only(dim)) => match dim.to_usize() {
-            Ok(len) if len > 0 => Ok(len),
-            _ => Err(shape_error()),
-        },
-        _ => Err(shape_error()),
     }
 }

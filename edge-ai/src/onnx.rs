@@ -1,0 +1,550 @@
+//! Translation of a decoded ONNX graph into a tract-core graph.
+//!
+//! edge-ai runs the operators small dense models are made of ([`OPERATORS`]) and refuses any
+//! other by name. Every node is checked as it is wired: an input that nothing defines, an output
+//! defined twice, a wrong attribute or shapes that do not fit are errors naming the node, never
+//! panics. Nodes must come in graph order (ONNX requires it), so a cycle cannot be expressed.
+
+use std::collections::HashMap;
+
+use tract_core::internal::*;
+use tract_core::ops::change_axes::{wire_rank_broadcast, wire_with_rank_broadcast};
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::nn::{Softmax, SoftmaxKind};
+
+use crate::proto::{self, Dim, FLOAT};
+
+/// The operators edge-ai runs, from the default ONNX domain.
+pub(crate) const OPERATORS: &str = "Gemm, MatMul, Add, Sub, Mul, Div, Relu, Sigmoid, Tanh, \
+                                    Softmax, Identity, Constant";
+
+/// The oldest ONNX operator set whose semantics for [`OPERATORS`] this translation follows.
+const MIN_OPSET: i64 = 7;
+
+/// The most nodes a model may have. Routing and placement models have tens; the cap bounds the
+/// work a file can ask of the optimiser.
+pub(crate) const MAX_NODES: usize = 1024;
+
+/// The graph's single input, `[1, N]` `f32`, and the tract graph computing its single output.
+pub(crate) struct Translated {
+    pub(crate) model: TypedModel,
+    pub(crate) input_len: usize,
+}
+
+/// Builds the tract graph for `proto`.
+pub(crate) fn translate(proto: &proto::Model) -> Result<Translated, String> {
+    // Protobuf has no end marker, so a file cut at a field boundary still decodes. The operator
+    // set comes last in files written by the `onnx` package, and the operators' meaning depends
+    // on it, so it is required.
+    let opset = proto
+        .opsets
+        .iter()
+        .filter(|(domain, _)| domain.is_empty() || domain == "ai.onnx")
+        .map(|(_, version)| *version)
+        .max()
+        .filter(|version| *version > 0)
+        .ok_or("the model declares no ONNX operator set version (opset_import)")?;
+    if opset < MIN_OPSET {
+        return Err(format!(
+            "the model uses ONNX operator set {opset}; edge-ai runs {MIN_OPSET} and later"
+        ));
+    }
+    let graph = proto.graph.as_ref().ok_or("the model has no graph")?;
+    if graph.nodes.len() > MAX_NODES {
+        return Err(format!(
+            "the model has {} nodes; edge-ai runs models of at most {MAX_NODES}",
+            graph.nodes.len()
+        ));
+    }
+
+    let mut builder = Builder {
+        model: TypedModel::default(),
+        values: HashMap::new(),
+        opset,
+    };
+    for tensor in &graph.initializers {
+        let value = float_tensor(tensor, &format!("initializer {:?}", tensor.name))?;
+        let outlet = builder
+            .model
+            .add_const(format!("init.{}", tensor.name), value)
+            .map_err(|error| format!("initializer {:?}: {error:#}", tensor.name))?;
+        builder.define(&tensor.name, outlet)?;
+    }
+
+    // Since IR version 4, initializers need not be listed as inputs; when they are, they are
+    // constants, not something the caller feeds.
+    let inputs: Vec<&proto::ValueInfo> = graph
+        .inputs
+        .iter()
+        .filter(|input| !builder.values.contains_key(&input.name))
+        .collect();
+    if inputs.len() != 1 || graph.outputs.len() != 1 {
+        return Err(format!(
+            "expected 1 input and 1 output, the model has {} and {}",
+            inputs.len(),
+            graph.outputs.len()
+        ));
+    }
+    let input_len = single_row_input_len(inputs[0])?;
+    let source = builder
+        .model
+        .add_source(
+            format!("input.{}", inputs[0].name),
+            f32::fact([1, input_len]),
+        )
+        .map_err(|error| format!("{error:#}"))?;
+    builder.define(&inputs[0].name, source)?;
+
+    for (index, node) in graph.nodes.iter().enumerate() {
+        builder.node(index, node)?;
+    }
+
+    let output = &graph.outputs[0];
+    if let Some(elem_type) = output.elem_type
+        && elem_type != FLOAT
+    {
+        return Err(format!(
+            "output must be f32, the model's is {}",
+            proto::data_type_name(elem_type)
+        ));
+    }
+    let outlet = *builder.values.get(&output.name).ok_or_else(|| {
+        format!(
+            "the graph output {:?} is a value no input, initializer or node defines",
+            output.name
+        )
+    })?;
+    builder
+        .model
+        .select_output_outlets(&[outlet])
+        .map_err(|error| format!("{error:#}"))?;
+    Ok(Translated {
+        model: builder.model,
+        input_len,
+    })
+}
+
+/// Checks that the input is a single row of `f32`, `[1, N]` or `[batch, N]`, and returns `N`.
+fn single_row_input_len(input: &proto::ValueInfo) -> Result<usize, String> {
+    if let Some(elem_type) = input.elem_type
+        && elem_type != FLOAT
+    {
+        return Err(format!(
+            "input must be f32, the model's is {}",
+            proto::data_type_name(elem_type)
+        ));
+    }
+    let shape_error = || {
+        let shape = input.shape.as_ref().map_or_else(
+            || "undeclared".to_owned(),
+            |dims| {
+                let dims: Vec<String> = dims.iter().map(Dim::to_string).collect();
+                format!("[{}]", dims.join(", "))
+            },
+        );
+        format!("input must have shape [1, N], the model's is {shape}")
+    };
+    let [batch, len] = input.shape.as_deref().ok_or_else(shape_error)? else {
+        return Err(shape_error());
+    };
+    // A symbolic batch dimension is fixed to 1; a numeric one other than 1 means the model was
+    // built for batches, which `run` does not pass.
+    if matches!(batch, Dim::Value(batch) if *batch != 1) {
+        return Err(shape_error());
+    }
+    match len {
+        Dim::Value(len) if *len > 0 => usize::try_from(*len).map_err(|_| shape_error()),
+        _ => Err(shape_error()),
+    }
+}
+
+/// Converts a float `TensorProto` into a tract tensor, checking its size against its data.
+fn float_tensor(tensor: &proto::TensorProto, what: &str) -> Result<Tensor, String> {
+    if tensor.data_type != FLOAT {
+        return Err(format!(
+            "{what} holds {} values; edge-ai runs float (f32) tensors only",
+            proto::data_type_name(tensor.data_type)
+        ));
+    }
+    let mut shape = Vec::with_capacity(tensor.dims.len());
+    let mut len = 1usize;
+    for &dim in &tensor.dims {
+        let dim =
+            usize::try_from(dim).map_err(|_| format!("{what} has a negative dimension ({dim})"))?;
+        len = len
+            .checked_mul(dim)
+            .filter(|len| *len <= usize::try_from(crate::MAX_MODEL_BYTES).unwrap_or(usize::MAX))
+            .ok_or_else(|| format!("{what} declares more elements than any model file holds"))?;
+        shape.push(dim);
+    }
+    let values: Vec<f32> = match &tensor.raw_data {
+        Some(raw) => {
+            if tensor.has_other_data || !tensor.float_data.is_empty() {
+                return Err(format!("{what} has both raw_data and typed data"));
+            }
+            if raw.len() != len * 4 {
+                return Err(format!(
+                    "{what} has shape {shape:?} ({len} floats) but {} bytes of raw_data",
+                    raw.len()
+                ));
+            }
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        }
+        None => {
+            if tensor.has_other_data {
+                return Err(format!(
+                    "{what} keeps its floats in a field other than float_data"
+                ));
+            }
+            if tensor.float_data.len() != len {
+                return Err(format!(
+                    "{what} has shape {shape:?} ({len} floats) but {} values",
+                    tensor.float_data.len()
+                ));
+            }
+            tensor.float_data.clone()
+        }
+    };
+    Tensor::from_shape(&shape, &values).map_err(|error| format!("{what}: {error:#}"))
+}
+
+struct Builder {
+    model: TypedModel,
+    /// ONNX value name to the tract outlet that computes it.
+    values: HashMap<String, OutletId>,
+    opset: i64,
+}
+
+impl Builder {
+    fn define(&mut self, name: &str, outlet: OutletId) -> Result<(), String> {
+        if name.is_empty() {
+            return Err("a value has an empty name".to_owned());
+        }
+        if self.values.insert(name.to_owned(), outlet).is_some() {
+            return Err(format!("value {name:?} is defined twice"));
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, index: usize, node: &proto::Node) -> Result<(), String> {
+        let label = if node.name.is_empty() {
+            format!("node {index} ({})", node.op_type)
+        } else {
+            format!("node {:?} ({})", node.name, node.op_type)
+        };
+        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+            return Err(format!(
+                "{label} is from operator domain {:?}; edge-ai runs the default ONNX domain",
+                node.domain
+            ));
+        }
+        let outputs: Vec<&String> = node
+            .outputs
+            .iter()
+            .filter(|name| !name.is_empty())
+            .collect();
+        let [output] = outputs[..] else {
+            return Err(format!(
+                "{label} has {} outputs; edge-ai runs operators with one",
+                outputs.len()
+            ));
+        };
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for name in &node.inputs {
+            // An empty name stands for an optional input left out.
+            if name.is_empty() {
+                inputs.push(None);
+                continue;
+            }
+            let outlet = self.values.get(name).ok_or_else(|| {
+                format!(
+                    "{label} uses {name:?}, which no input, initializer or earlier node defines"
+                )
+            })?;
+            inputs.push(Some(*outlet));
+        }
+        let prefix = format!("{index}.{}", node.op_type);
+        let outlet = self
+            .wire(&prefix, node, &inputs)
+            .map_err(|error| format!("{label}: {error:#}"))?;
+        self.define(output, outlet)
+    }
+
+    fn wire(
+        &mut self,
+        name: &str,
+        node: &proto::Node,
+        inputs: &[Option<OutletId>],
+    ) -> TractResult<OutletId> {
+        let input = |index: usize| -> TractResult<OutletId> {
+            inputs
+                .get(index)
+                .copied()
+                .flatten()
+                .ok_or_else(|| format_err!("input {index} is missing"))
+        };
+        let arity = |expected: usize| -> TractResult<()> {
+            ensure!(
+                inputs.len() == expected,
+                "takes {expected} inputs, the node has {}",
+                inputs.len()
+            );
+            Ok(())
+        };
+        let model = &mut self.model;
+        let outlet = match node.op_type.as_str() {
+            "Identity" => {
+                arity(1)?;
+                input(0)?
+            }
+            "Constant" => {
+                arity(0)?;
+                let value = constant_value(node)?;
+                model.add_const(name, value)?
+            }
+            "Add" | "Sub" | "Mul" | "Div" => {
+                arity(2)?;
+                let op = match node.op_type.as_str() {
+                    "Add" => tract_core::ops::math::add(),
+                    "Sub" => tract_core::ops::math::sub(),
+                    "Mul" => tract_core::ops::math::mul(),
+                    _ => tract_core::ops::math::div(),
+                };
+                wire_with_rank_broadcast(name, model, op, &[input(0)?, input(1)?])?[0]
+            }
+            "Relu" => {
+                arity(1)?;
+                let x = input(0)?;
+                let rank = model.outlet_fact(x)?.rank();
+                let zero = model.add_const(
+                    format!("{name}.zero"),
+                    tensor0(0f32).broadcast_into_rank(rank)?,
+                )?;
+                model.wire_node(name, tract_core::ops::math::max(), &[x, zero])?[0]
+            }
+            "Sigmoid" => {
+                arity(1)?;
+                model.wire_node(name, tract_core::ops::nn::sigmoid(), &[input(0)?])?[0]
+            }
+            "Tanh" => {
+                arity(1)?;
+                model.wire_node(name, tract_core::ops::math::tanh(), &[input(0)?])?[0]
+            }
+            "Softmax" => {
+                arity(1)?;
+                let x = input(0)?;
+                let rank = model.outlet_fact(x)?.rank();
+                // Opset 13 made the default the last axis; before, inputs were flattened to 2D
+                // at `axis` (default 1), which is the same thing when `axis` is the last axis.
+                let default_axis = if self.opset >= 13 { -1 } else { 1 };
+                let axis = int_attribute(node, "axis")?.unwrap_or(default_axis);
+                let axis = normalize_axis(axis, rank)?;
+                ensure!(
+                    self.opset >= 13 || axis + 1 == rank,
+                    "before operator set 13, Softmax over axis {axis} of a rank {rank} input \
+                     flattens it; edge-ai runs Softmax over the last axis only"
+                );
+                let op = Softmax {
+                    axes: tvec![axis],
+                    quant_output_dt: None,
+                    kind: SoftmaxKind::Softmax,
+                };
+                model.wire_node(name, op, &[x])?[0]
+            }
+            "MatMul" => {
+                arity(2)?;
+                let (a, b) = (input(0)?, input(1)?);
+                let ranks = (model.outlet_fact(a)?.rank(), model.outlet_fact(b)?.rank());
+                ensure!(
+                    ranks.0 >= 2 && ranks.1 >= 2,
+                    "inputs have ranks {} and {}; edge-ai runs MatMul on ranks 2 and above",
+                    ranks.0,
+                    ranks.1
+                );
+                let wires = wire_rank_broadcast(name, model, &[a, b])?;
+                let axes =
+                    AxesMapping::for_numpy_matmul(ranks.0.max(ranks.1), false, false, false)?;
+                model.wire_node(name, EinSum::new(axes, DatumType::F32), &wires)?[0]
+            }
+            "Gemm" => self.gemm(name, node, inputs)?,
+            other => bail!("operator {other} is not supported; edge-ai runs {OPERATORS}"),
+        };
+        Ok(outlet)
+    }
+
+    /// `Y = alpha * A' B' + beta * C`, with `A'` and `B'` optionally transposed.
+    fn gemm(
+        &mut self,
+        name: &str,
+        node: &proto::Node,
+        inputs: &[Option<OutletId>],
+    ) -> TractResult<OutletId> {
+        ensure!(
+            inputs.len() == 2 || inputs.len() == 3,
+            "takes 2 or 3 inputs, the node has {}",
+            inputs.len()
+        );
+        let (Some(a), Some(b)) = (inputs[0], inputs[1]) else {
+            bail!("inputs A and B are required");
+        };
+        let c = inputs.get(2).copied().flatten();
+        let alpha = float_attribute(node, "alpha")?.unwrap_or(1.0);
+        let beta = float_attribute(node, "beta")?.unwrap_or(1.0);
+        let trans_a = int_attribute(node, "transA")?.unwrap_or(0) != 0;
+        let trans_b = int_attribute(node, "transB")?.unwrap_or(0) != 0;
+        let model = &mut self.model;
+        for (input, outlet) in [("A", a), ("B", b)] {
+            let rank = model.outlet_fact(outlet)?.rank();
+            ensure!(
+                rank == 2,
+                "input {input} has rank {rank}, Gemm takes matrices"
+            );
+        }
+
+        let axes = AxesMapping::for_numpy_matmul(2, trans_a, trans_b, false)?;
+        let mut wire = model.wire_node(
+            format!("{name}.ab"),
+            EinSum::new(axes, DatumType::F32),
+            &[a, b],
+        )?[0];
+        if alpha != 1.0 {
+            let alpha = model.add_const(
+                format!("{name}.alpha"),
+                tensor0(alpha).broadcast_into_rank(2)?,
+            )?;
+            wire = model.wire_node(
+                format!("{name}.alpha_ab"),
+                tract_core::ops::math::mul(),
+                &[alpha, wire],
+            )?[0];
+        }
+        if let Some(mut c) = c
+            && beta != 0.0
+        {
+            if beta != 1.0 {
+                let beta = model.add_const(
+                    format!("{name}.beta"),
+                    tensor0(beta).broadcast_into_rank(model.outlet_fact(c)?.rank())?,
+                )?;
+                c = model.wire_node(
+                    format!("{name}.beta_c"),
+                    tract_core::ops::math::mul(),
+                    &[beta, c],
+                )?[0];
+            }
+            wire =
+                wire_with_rank_broadcast(name, model, tract_core::ops::math::add(), &[wire, c])?[0];
+        }
+        Ok(wire)
+    }
+}
+
+fn attribute<'n>(node: &'n proto::Node, name: &str) -> Option<&'n proto::Attribute> {
+    node.attributes
+        .iter()
+        .find(|attribute| attribute.name == name)
+}
+
+fn int_attribute(node: &proto::Node, name: &str) -> TractResult<Option<i64>> {
+    match attribute(node, name) {
+        None => Ok(None),
+        Some(attribute) => match attribute.i {
+            Some(value) => Ok(Some(value)),
+            None => bail!("attribute {name} must be an integer"),
+        },
+    }
+}
+
+fn float_attribute(node: &proto::Node, name: &str) -> TractResult<Option<f32>> {
+    match attribute(node, name) {
+        None => Ok(None),
+        Some(attribute) => match attribute.f {
+            Some(value) => Ok(Some(value)),
+            None => bail!("attribute {name} must be a float"),
+        },
+    }
+}
+
+/// The value of a `Constant` node: a float tensor, or one float or a list of them.
+fn constant_value(node: &proto::Node) -> TractResult<Tensor> {
+    let [attribute] = &node.attributes[..] else {
+        bail!("a Constant takes exactly one attribute");
+    };
+    match attribute.name.as_str() {
+        "value" => {
+            let tensor = attribute
+                .t
+                .as_ref()
+                .ok_or_else(|| format_err!("attribute value must be a tensor"))?;
+            float_tensor(tensor, "attribute value").map_err(|message| format_err!("{message}"))
+        }
+        "value_float" => {
+            let value = attribute
+                .f
+                .ok_or_else(|| format_err!("attribute value_float must be a float"))?;
+            Ok(tensor0(value))
+        }
+        "value_floats" => Ok(tensor1(&attribute.floats)),
+        other => {
+            bail!("a Constant with attribute {other} is not supported; edge-ai runs float ones")
+        }
+    }
+}
+
+/// Turns a possibly negative ONNX axis into an index below `rank`.
+fn normalize_axis(axis: i64, rank: usize) -> TractResult<usize> {
+    let signed_rank = i64::try_from(rank)?;
+    let normalized = if axis < 0 { axis + signed_rank } else { axis };
+    ensure!(
+        (0..signed_rank).contains(&normalized),
+        "axis {axis} is out of range for a rank {rank} input"
+    );
+    Ok(usize::try_from(normalized)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axes_count_from_the_end_when_negative() {
+        assert_eq!(normalize_axis(-1, 2).expect("accepted"), 1);
+        assert_eq!(normalize_axis(0, 2).expect("accepted"), 0);
+        assert!(normalize_axis(2, 2).is_err());
+        assert!(normalize_axis(-3, 2).is_err());
+        assert!(normalize_axis(i64::MIN, 2).is_err());
+        assert!(normalize_axis(i64::MAX, 2).is_err());
+    }
+
+    fn float_proto(dims: Vec<i64>, floats: Vec<f32>) -> proto::TensorProto {
+        proto::TensorProto {
+            name: "w".to_owned(),
+            dims,
+            data_type: FLOAT,
+            float_data: floats,
+            ..proto::TensorProto::default()
+        }
+    }
+
+    #[test]
+    fn tensor_sizes_must_match_their_data() {
+        assert!(float_tensor(&float_proto(vec![2, 2], vec![1.0; 4]), "w").is_ok());
+        let short = float_tensor(&float_proto(vec![2, 2], vec![1.0; 3]), "w").expect_err("refused");
+        assert!(short.contains("4 floats"), "{short}");
+        let negative = float_tensor(&float_proto(vec![-1, 2], vec![]), "w").expect_err("refused");
+        assert!(negative.contains("negative"), "{negative}");
+        let huge =
+            float_tensor(&float_proto(vec![1 << 40, 1 << 40], vec![]), "w").expect_err("refused");
+        assert!(huge.contains("more elements"), "{huge}");
+        let mut raw = float_proto(vec![2], vec![]);
+        raw.raw_data = Some(vec![0; 7]);
+        let odd = float_tensor(&raw, "w").expect_err("refused");
+        assert!(odd.contains("7 bytes"), "{odd}");
+        let mut ints = float_proto(vec![1], vec![]);
+        ints.data_type = 7;
+        let typed = float_tensor(&ints, "w").expect_err("refused");
+        assert!(typed.contains("INT64"), "{typed}");
+    }
+}
