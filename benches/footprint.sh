@@ -40,8 +40,12 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cp "$MUSL" "$WORK/bin/edge-node-no-ai"
   bash cross/build.sh x86_64-gateway
 fi
-cp "${NODE_NO_AI:-$WORK/bin/edge-node-no-ai}" "$WORK/bin/edge-node-no-ai" 2>/dev/null ||
+# The anchor: a binary named by NODE_NO_AI, else the one just built, else whatever was built last.
+if [ -n "${NODE_NO_AI:-}" ]; then
+  cp "$NODE_NO_AI" "$WORK/bin/edge-node-no-ai"
+elif [ ! -e "$WORK/bin/edge-node-no-ai" ]; then
   cp "$MUSL" "$WORK/bin/edge-node-no-ai"
+fi
 cp "${NODE_AI:-$MUSL}" "$WORK/bin/edge-node-ai"
 echo "nodes: $(file -b "$WORK/bin/edge-node-ai" | cut -d, -f1-2) (ai), $(stat -c %s "$WORK/bin/edge-node-ai") B; without ai $(stat -c %s "$WORK/bin/edge-node-no-ai") B"
 BIN="$TARGET_DIR/release"
