@@ -8,6 +8,7 @@
 # Usage: benches/footprint.sh              (builds first: x86_64 musl with and without `ai`)
 #        SKIP_BUILD=1 IDLE_WAIT_SECS=10 benches/footprint.sh
 #        SKIP_BUILD=1 NODE_AI=PATH NODE_NO_AI=PATH benches/footprint.sh   (binaries built elsewhere)
+#        PROFILES="targets/pi-zero-2w.toml" benches/footprint.sh         (some profiles only)
 # A benchmark, not a test: it prints figures and never fails on one.
 set -euo pipefail
 
@@ -86,11 +87,21 @@ idle() {
   EDGE_LOG=warn "$binary" run --config "$dir/node.toml" 2>"$dir/node.log" &
   pid=$!
   PIDS+=("$pid")
+  local online=0
   for _ in $(seq 600); do
-    edgectl --json nodes 2>/dev/null | jq -e --arg n "$name" \
-      '.[] | select(.name == $n and .status == "online")' >/dev/null && break
+    if edgectl --json nodes 2>/dev/null | jq -e --arg n "$name" \
+      '.[] | select(.name == $n and .status == "online")' >/dev/null; then
+      online=1
+      break
+    fi
     sleep 0.1
   done
+  # A node that never enrolled idles in far less memory: its figure would be meaningless.
+  if [ "$online" != 1 ]; then
+    log "$name did not come online; its log:"
+    tail -5 "$dir/node.log" >&2
+    exit 1
+  fi
   sleep "$IDLE_WAIT_SECS"
   echo "$(kib_of "$pid" VmRSS) $(kib_of "$pid" VmHWM)"
   kill -TERM "$pid"
@@ -100,8 +111,9 @@ idle() {
 echo
 echo "| profile (x86_64 musl build, its packaged config and a join file) | idle VmRSS | VmHWM | budget (rss_bytes) | anchor: same, without \`ai\` | ratio |"
 echo "|---|---|---|---|---|---|"
-for profile in targets/*.toml; do
+for profile in ${PROFILES:-targets/*.toml}; do
   name="$(basename "$profile" .toml)"
+  name="${name//_/-}" # node names take no underscores
   read -r rss hwm < <(idle "$name" "$profile" "$WORK/bin/edge-node-ai")
   read -r rss0 _ < <(idle "$name-no-ai" "$profile" "$WORK/bin/edge-node-no-ai")
   want="$(budget "$profile" rss_bytes)"
