@@ -30,7 +30,7 @@
 //! are made of: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Sigmoid, Tanh, Softmax, Identity and
 //! Constant, with `f32` weights stored in the file. Any other operator is refused by name. This
 //! is what keeps tract's ONNX front end and its hundreds of operators out of the node binary
-//! (about 5 MB on aarch64; see `benches/RESULTS.md`).
+//! (4.3 MB of the aarch64 binary; see `benches/RESULTS.md`).
 //!
 //! One `f32` input of shape `[1, N]` (the batch dimension may be declared as `1` or left
 //! symbolic; it is fixed to 1 at load time) and one `f32` output whose shape is fully known
