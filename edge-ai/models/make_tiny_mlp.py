@@ -105,14 +105,7 @@ def make_model(w1, b1, w2, b2, batch=1):
         outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, OUTPUT_LEN])],
         initializer=initializers,
     )
-    model = helper.make_model(
-        graph,
-        producer_name="edge-ai/models/make_tiny_mlp.py",
-        opset_imports=[helper.make_opsetid("", OPSET)],
-    )
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return finish_model(graph)
 
 
 def make_malformed(model):

@@ -10,38 +10,13 @@
 
 use std::path::{Path, PathBuf};
 
+mod support;
+
 use edge_ai::{Model, ModelError};
-use serde::Deserialize;
-
-/// How far edge-ai's float32 result may be from the reference evaluator's, absolute for values
-/// up to 1 and relative above.
-const TOLERANCE: f32 = 1e-5;
-
-#[derive(Debug, Deserialize)]
-struct Expected {
-    input_len: usize,
-    output_len: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    input: Vec<f32>,
-    output: Vec<f32>,
-}
-
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
-}
+use support::{close, expected, models_dir};
 
 fn load(name: &str) -> Result<Model, ModelError> {
     Model::load(&models_dir().join(name))
-}
-
-fn expected(name: &str) -> Expected {
-    let json = std::fs::read_to_string(models_dir().join(name))
-        .unwrap_or_else(|error| panic!("{name} ships with the crate: {error}"));
-    serde_json::from_str(&json).unwrap_or_else(|error| panic!("{name} is valid: {error}"))
 }
 
 /// Loads `model`, checks its lengths against `expected` and every case's output.
@@ -57,7 +32,7 @@ fn assert_matches_reference(model: &str, expected: &str) {
         assert_eq!(got.len(), case.output.len(), "case {i}: output length");
         for (j, (got, want)) in got.iter().zip(&case.output).enumerate() {
             assert!(
-                (got - want).abs() <= TOLERANCE * want.abs().max(1.0),
+                close(*got, *want),
                 "case {i}, output {j}: input {:?}: edge-ai gave {got}, the reference {want}",
                 case.input
             );

@@ -3,31 +3,13 @@
 //! `models/tiny-mlp.onnx` and `models/tiny-mlp.expected.json` are written together by
 //! `models/make_tiny_mlp.py`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod support;
+
 use edge_ai::{MAX_MODEL_BYTES, Model, ModelError};
-use serde::Deserialize;
-
-/// How far tract's float32 result may be from numpy's.
-const TOLERANCE: f32 = 1e-5;
-
-#[derive(Debug, Deserialize)]
-struct Expected {
-    input_len: usize,
-    output_len: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    input: Vec<f32>,
-    output: Vec<f32>,
-}
-
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
-}
+use support::{Expected, models_dir};
 
 fn model_path() -> PathBuf {
     models_dir().join("tiny-mlp.onnx")
@@ -42,9 +24,7 @@ fn tiny_mlp() -> Model {
 }
 
 fn expected() -> Expected {
-    let json = std::fs::read_to_string(models_dir().join("tiny-mlp.expected.json"))
-        .expect("tiny-mlp.expected.json ships with the crate");
-    serde_json::from_str(&json).expect("tiny-mlp.expected.json is valid")
+    support::expected("tiny-mlp.expected.json")
 }
 
 /// A file in the system temp dir, with a name no other test or test run uses, removed on drop.
@@ -106,7 +86,7 @@ fn shipped_model_matches_numpy_on_every_case() {
         assert_eq!(got.len(), case.output.len(), "case {i}: output length");
         for (got, want) in got.iter().zip(&case.output) {
             assert!(
-                (got - want).abs() <= TOLERANCE,
+                support::close(*got, *want),
                 "case {i}: input {:?}: tract gave {got}, numpy {want}",
                 case.input
             );
@@ -177,7 +157,7 @@ fn model_is_shareable_between_threads() {
             .collect();
         for run in runs {
             let got = run.join().expect("no panic").expect("runs");
-            assert!((got[0] - case.output[0]).abs() <= TOLERANCE);
+            assert!(support::close(got[0], case.output[0]));
         }
     });
 }
@@ -189,7 +169,7 @@ fn symbolic_batch_dimension_is_fixed_to_one() {
     assert_eq!((model.input_len(), model.output_len()), (8, 1));
     for case in expected().cases {
         let got = model.run(&case.input).expect("a correct-length input runs");
-        assert!((got[0] - case.output[0]).abs() <= TOLERANCE);
+        assert!(support::close(got[0], case.output[0]));
     }
 }
 

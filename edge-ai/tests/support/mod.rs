@@ -1,0 +1,44 @@
+//! What the model tests share: where the models live and how their expected outputs are stored.
+//!
+//! Each `models/*.expected.json` is written by `models/make_tiny_mlp.py` with its model.
+
+// Each test file compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// How far edge-ai's float32 result may be from the reference: absolute for values up to 1,
+/// relative above.
+pub const TOLERANCE: f32 = 1e-5;
+
+/// A model's input and output lengths and fixed inputs with the outputs the reference computed.
+#[derive(Debug, Deserialize)]
+pub struct Expected {
+    pub input_len: usize,
+    pub output_len: usize,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    pub input: Vec<f32>,
+    pub output: Vec<f32>,
+}
+
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// Reads `models/NAME`, an `.expected.json` file.
+pub fn expected(name: &str) -> Expected {
+    let json = std::fs::read_to_string(models_dir().join(name))
+        .unwrap_or_else(|error| panic!("{name} ships with the crate: {error}"));
+    serde_json::from_str(&json).unwrap_or_else(|error| panic!("{name} is valid: {error}"))
+}
+
+/// Whether `got` is within [`TOLERANCE`] of `want`.
+pub fn close(got: f32, want: f32) -> bool {
+    (got - want).abs() <= TOLERANCE * want.abs().max(1.0)
+}
