@@ -2,7 +2,8 @@
 # footprint.sh: the node's idle memory per board profile, on x86_64, against its budget in
 # targets/PROFILE.toml, with the same daemon built without the model runtime (`ai` off) run
 # beside it as the anchor. Each node is provisioned the way a board is: the profile's packaged
-# config plus a join file, then enrolled; RSS is read 10 s after it is online.
+# config plus a join file, then enrolled; RSS is read 10 s after it is online, and again after
+# a restart with its stored identity (the figure the goal is about).
 # It also prints the stripped size of every profile's binary that has been built.
 #
 # Usage: benches/footprint.sh              (builds first: x86_64 musl with and without `ai`)
@@ -75,49 +76,73 @@ packaged_config() {
       -e "s|^status_listen = .*|status_listen = \"127.0.0.1:0\"|"
 }
 
-# idle NAME PROFILE BINARY: provisions and enrolls a node, prints "RSS_KIB HWM_KIB".
+# wait_status NAME STATUS: waits until the orchestrator reports node NAME with STATUS.
+wait_status() {
+  for _ in $(seq 600); do
+    edgectl --json nodes 2>/dev/null | jq -e --arg n "$1" --arg s "$2" \
+      '.[] | select(.name == $n and .status == $s)' >/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# start_node DIR BINARY: starts a node on DIR/node.toml, sets NODE_PID.
+start_node() {
+  EDGE_LOG=warn "$2" run --config "$1/node.toml" 2>>"$1/node.log" &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+}
+
+# idle NAME PROFILE BINARY: provisions a node, lets it enroll and idle, then restarts it with
+# its stored identity and lets it idle again. Prints "RSS HWM RSS_FIRST_BOOT" in KiB, the
+# first two for the restarted node: the state a node spends its life in.
 idle() {
-  local name="$1" profile="$2" binary="$3" dir="$WORK/$1" out token ca pid
+  local name="$1" profile="$2" binary="$3" dir="$WORK/$1" out token ca first
   mkdir -p "$dir/boot"
   packaged_config "$profile" "$dir" >"$dir/node.toml"
   out="$(edgectl --json token create --uses 1 --ttl 1h)"
   token="$(jq -r .token <<<"$out")" ca="$(jq -r .ca_hash <<<"$out")"
   printf 'orchestrator = "%s"\ntoken = "%s"\nca_hash = "%s"\nname = "%s"\n' \
     "$QUIC" "$token" "$ca" "$name" >"$dir/boot/edge-join.toml"
-  EDGE_LOG=warn "$binary" run --config "$dir/node.toml" 2>"$dir/node.log" &
-  pid=$!
-  PIDS+=("$pid")
-  local online=0
-  for _ in $(seq 600); do
-    if edgectl --json nodes 2>/dev/null | jq -e --arg n "$name" \
-      '.[] | select(.name == $n and .status == "online")' >/dev/null; then
-      online=1
-      break
-    fi
-    sleep 0.1
-  done
+  start_node "$dir" "$binary"
   # A node that never enrolled idles in far less memory: its figure would be meaningless.
-  if [ "$online" != 1 ]; then
+  if ! wait_status "$name" online; then
     log "$name did not come online; its log:"
     tail -5 "$dir/node.log" >&2
+    kill -TERM "$NODE_PID"
     exit 1
   fi
   sleep "$IDLE_WAIT_SECS"
-  echo "$(kib_of "$pid" VmRSS) $(kib_of "$pid" VmHWM)"
-  kill -TERM "$pid"
-  wait "$pid" 2>/dev/null || true
+  first="$(kib_of "$NODE_PID" VmRSS)"
+  kill -TERM "$NODE_PID"
+  wait "$NODE_PID" 2>/dev/null || true
+  wait_status "$name" offline || { log "$name still online after it stopped"; exit 1; }
+
+  start_node "$dir" "$binary"
+  if ! wait_status "$name" online; then
+    log "$name did not come back online; its log:"
+    tail -5 "$dir/node.log" >&2
+    kill -TERM "$NODE_PID"
+    exit 1
+  fi
+  sleep "$IDLE_WAIT_SECS"
+  echo "$(kib_of "$NODE_PID" VmRSS) $(kib_of "$NODE_PID" VmHWM) $first"
+  kill -TERM "$NODE_PID"
+  wait "$NODE_PID" 2>/dev/null || true
 }
 
 echo
-echo "| profile (x86_64 musl build, its packaged config and a join file) | idle VmRSS | VmHWM | budget (rss_bytes) | anchor: same, without \`ai\` | ratio |"
-echo "|---|---|---|---|---|---|"
+echo "| profile (x86_64 musl build, its packaged config and a join file) | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot | budget (rss_bytes) | anchor: same, without \`ai\`, restarted | ratio |"
+echo "|---|---|---|---|---|---|---|"
 for profile in ${PROFILES:-targets/*.toml}; do
   name="$(basename "$profile" .toml)"
   name="${name//_/-}" # node names take no underscores
-  read -r rss hwm < <(idle "$name" "$profile" "$WORK/bin/edge-node-ai")
-  read -r rss0 _ < <(idle "$name-no-ai" "$profile" "$WORK/bin/edge-node-no-ai")
+  read -r rss hwm first < <(idle "$name" "$profile" "$WORK/bin/edge-node-ai")
+  read -r rss0 _ _ < <(idle "$name-no-ai" "$profile" "$WORK/bin/edge-node-no-ai")
+  # idle runs in a subshell: a failure there leaves the figures empty.
+  [ -n "${rss:-}" ] && [ -n "${rss0:-}" ] || exit 1
   want="$(budget "$profile" rss_bytes)"
-  echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib "$want") MiB | $(mib $((rss0 * 1024))) MiB | $(awk -v a="$rss" -v b="$rss0" 'BEGIN { printf "%.2f", a / b }') |"
+  echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib $((first * 1024))) MiB | $(mib "$want") MiB | $(mib $((rss0 * 1024))) MiB | $(awk -v a="$rss" -v b="$rss0" 'BEGIN { printf "%.2f", a / b }') |"
 done
 
 echo
