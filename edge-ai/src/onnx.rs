@@ -177,7 +177,8 @@ fn float_tensor(tensor: &proto::TensorProto, what: &str) -> Result<Tensor, Strin
             .ok_or_else(|| format!("{what} declares more elements than any model file holds"))?;
         shape.push(dim);
     }
-    let values: Vec<f32> = match &tensor.raw_data {
+    let decoded: Vec<f32>;
+    let values: &[f32] = match &tensor.raw_data {
         Some(raw) => {
             if tensor.has_other_data || !tensor.float_data.is_empty() {
                 return Err(format!("{what} has both raw_data and typed data"));
@@ -188,9 +189,11 @@ fn float_tensor(tensor: &proto::TensorProto, what: &str) -> Result<Tensor, Strin
                     raw.len()
                 ));
             }
-            raw.chunks_exact(4)
+            decoded = raw
+                .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
+                .collect();
+            &decoded
         }
         None => {
             if tensor.has_other_data {
@@ -204,10 +207,10 @@ fn float_tensor(tensor: &proto::TensorProto, what: &str) -> Result<Tensor, Strin
                     tensor.float_data.len()
                 ));
             }
-            tensor.float_data.clone()
+            &tensor.float_data
         }
     };
-    Tensor::from_shape(&shape, &values).map_err(|error| format!("{what}: {error:#}"))
+    Tensor::from_shape(&shape, values).map_err(|error| format!("{what}: {error:#}"))
 }
 
 struct Builder {
@@ -317,11 +320,7 @@ impl Builder {
             "Relu" => {
                 arity(1)?;
                 let x = input(0)?;
-                let rank = model.outlet_fact(x)?.rank();
-                let zero = model.add_const(
-                    format!("{name}.zero"),
-                    tensor0(0f32).broadcast_into_rank(rank)?,
-                )?;
+                let zero = scalar_like(model, &format!("{name}.zero"), 0.0, x)?;
                 model.wire_node(name, tract_core::ops::math::max(), &[x, zero])?[0]
             }
             "Sigmoid" => {
@@ -410,29 +409,13 @@ impl Builder {
             &[a, b],
         )?[0];
         if alpha != 1.0 {
-            let alpha = model.add_const(
-                format!("{name}.alpha"),
-                tensor0(alpha).broadcast_into_rank(2)?,
-            )?;
-            wire = model.wire_node(
-                format!("{name}.alpha_ab"),
-                tract_core::ops::math::mul(),
-                &[alpha, wire],
-            )?[0];
+            wire = scaled(model, &format!("{name}.alpha"), alpha, wire)?;
         }
         if let Some(mut c) = c
             && beta != 0.0
         {
             if beta != 1.0 {
-                let beta = model.add_const(
-                    format!("{name}.beta"),
-                    tensor0(beta).broadcast_into_rank(model.outlet_fact(c)?.rank())?,
-                )?;
-                c = model.wire_node(
-                    format!("{name}.beta_c"),
-                    tract_core::ops::math::mul(),
-                    &[beta, c],
-                )?[0];
+                c = scaled(model, &format!("{name}.beta"), beta, c)?;
             }
             wire =
                 wire_with_rank_broadcast(name, model, tract_core::ops::math::add(), &[wire, c])?[0];
@@ -441,30 +424,59 @@ impl Builder {
     }
 }
 
-fn attribute<'n>(node: &'n proto::Node, name: &str) -> Option<&'n proto::Attribute> {
-    node.attributes
+/// A constant `value` with as many (unit) axes as `like`, so that it broadcasts against it.
+fn scalar_like(
+    model: &mut TypedModel,
+    name: &str,
+    value: f32,
+    like: OutletId,
+) -> TractResult<OutletId> {
+    let rank = model.outlet_fact(like)?.rank();
+    model.add_const(name, tensor0(value).broadcast_into_rank(rank)?)
+}
+
+/// `wire` multiplied by `factor`.
+fn scaled(
+    model: &mut TypedModel,
+    name: &str,
+    factor: f32,
+    wire: OutletId,
+) -> TractResult<OutletId> {
+    let factor = scalar_like(model, name, factor, wire)?;
+    Ok(model.wire_node(
+        format!("{name}.mul"),
+        tract_core::ops::math::mul(),
+        &[factor, wire],
+    )?[0])
+}
+
+/// The attribute `name` of `node`, if present, read with `get`; `kind` names what `get` reads,
+/// for the error when the attribute holds something else.
+fn attribute<T>(
+    node: &proto::Node,
+    name: &str,
+    kind: &str,
+    get: impl Fn(&proto::Attribute) -> Option<T>,
+) -> TractResult<Option<T>> {
+    match node
+        .attributes
         .iter()
         .find(|attribute| attribute.name == name)
+    {
+        None => Ok(None),
+        Some(attribute) => match get(attribute) {
+            Some(value) => Ok(Some(value)),
+            None => bail!("attribute {name} must be {kind}"),
+        },
+    }
 }
 
 fn int_attribute(node: &proto::Node, name: &str) -> TractResult<Option<i64>> {
-    match attribute(node, name) {
-        None => Ok(None),
-        Some(attribute) => match attribute.i {
-            Some(value) => Ok(Some(value)),
-            None => bail!("attribute {name} must be an integer"),
-        },
-    }
+    attribute(node, name, "an integer", |attribute| attribute.i)
 }
 
 fn float_attribute(node: &proto::Node, name: &str) -> TractResult<Option<f32>> {
-    match attribute(node, name) {
-        None => Ok(None),
-        Some(attribute) => match attribute.f {
-            Some(value) => Ok(Some(value)),
-            None => bail!("attribute {name} must be a float"),
-        },
-    }
+    attribute(node, name, "a float", |attribute| attribute.f)
 }
 
 /// The value of a `Constant` node: a float tensor, or one float or a list of them.
