@@ -36,6 +36,25 @@ fn poll_interval() -> tokio::time::Interval {
     tokio::time::interval(Duration::from_millis(20))
 }
 
+/// Whether process `pid` is alive. A zombie has exited: only its parent's bookkeeping is left.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+}
+
+/// `GET /` on `addr` (`host:port`), as a user's client would ask a service: the body, or
+/// `None` if nothing answers within [`PATIENCE`].
+pub fn http_get_root(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
 /// How long tests wait for things that take milliseconds when all is well. Generous, since
 /// CI machines are slow and shared; it is a bound on a hang, not a performance figure.
 pub const PATIENCE: Duration = Duration::from_secs(30);

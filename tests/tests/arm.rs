@@ -9,13 +9,12 @@
 //! finds them built. Size and the release link are measured by `benches/footprint.sh`. The scripts install what is missing (qemu-user-static and its
 //! binfmt_misc registration, cross linkers, cargo-zigbuild), which needs root and network.
 
-use edge_tests::{PATIENCE, TestOrchestrator, eventually};
+use edge_tests::{PATIENCE, TestOrchestrator, alive, eventually, http_get_root};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long to wait for what the emulated node does. Under qemu-user every instruction is
 /// translated, tens of times slower than native, and CI runners are shared: a bound on a hang.
@@ -186,12 +185,6 @@ impl Drop for Node {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie has exited: only its parent's bookkeeping is left.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
-}
-
 /// Polls the orchestrator's API with `check` until it gives a value or `within` has passed;
 /// a node that exits meanwhile fails at once.
 async fn poll<T>(
@@ -267,17 +260,6 @@ async fn push_artifact(orch: &TestOrchestrator, path: &Path) -> String {
     assert!(status == 201 || status == 200, "push: {status} {reply}");
     let reply: Value = serde_json::from_str(&reply).expect("JSON");
     reply["digest"].as_str().expect("a digest").to_owned()
-}
-
-/// `GET /` on `addr`; `None` if nothing answers.
-async fn http_get(addr: &str) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).await.ok()?;
-    reply.split("\r\n\r\n").nth(1).map(str::to_owned)
 }
 
 /// Builds the board profile `profile_name`, runs its node under qemu on the loopback address
@@ -402,7 +384,7 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
     // ask through the proxy as well.
     let sample = format!("{address}:{port}");
     assert_eq!(
-        http_get(&sample).await.as_deref(),
+        http_get_root(&sample).as_deref(),
         Some(format!("hi from {name}\n").as_str()),
         "the sample answers from the ARM node"
     );
@@ -430,7 +412,7 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
     );
     // Gone, so the guard must not signal the group: its number may be reused.
     node.groups.clear();
-    assert_eq!(http_get(&sample).await, None, "nothing answers any more");
+    assert_eq!(http_get_root(&sample), None, "nothing answers any more");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! `edgectl`, kill it with SIGKILL, bring it back; push the sample service, deploy it, reach it,
 //! read its log and delete it.
 
-use edge_tests::{PATIENCE, binary, eventually};
+use edge_tests::{PATIENCE, binary, eventually, http_get_root};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -255,13 +255,7 @@ fn run_node(config: &Path) -> Proc {
 
 /// `GET /` on the sample service; `None` if nothing answers.
 fn hello(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    reply.split("\r\n\r\n").nth(1).map(str::to_owned)
+    http_get_root(&format!("127.0.0.1:{port}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

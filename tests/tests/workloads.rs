@@ -4,15 +4,9 @@
 //! restart, running again after a node daemon restart, moved off a drained node, and stopped
 //! everywhere on delete.
 
-use edge_tests::{PATIENCE, TestNode, TestOrchestrator, eventually, node_config};
+use edge_tests::{PATIENCE, TestNode, TestOrchestrator, alive, eventually, node_config};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-
-fn alive(pid: u32) -> bool {
-    // A zombie has exited: only its parent's bookkeeping is left.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
-}
 
 /// The pid of every running instance of `name`, by node name.
 async fn running(orch: &TestOrchestrator, name: &str) -> BTreeMap<String, u32> {
