@@ -30,7 +30,6 @@ trap 'exit 130' INT TERM
 log() { printf '[footprint %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 key() { sed -n "s/^$2 *= *\"\{0,1\}\([^\"#]*\)\"\{0,1\}.*/\1/p" "$1" | head -1 | sed 's/ *$//'; }
 budget() { awk -v k="$2" '/^\[/ { t = $0 } t == "[budget]" && $1 == k { print $3 }' "$1"; }
-kib_of() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1048576 }'; }
 
 MUSL="$TARGET_DIR/x86_64-unknown-linux-musl/release/edge-node"
@@ -56,14 +55,9 @@ echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); CPU: $(grep -m
 echo "command: benches/footprint.sh (IDLE_WAIT_SECS=$IDLE_WAIT_SECS)"
 
 # --- the orchestrator -------------------------------------------------------------------------
-"$BIN/edge-orchestrator" serve --data-dir "$WORK/orch" --quic-listen 127.0.0.1:0 \
-  --api-listen 127.0.0.1:0 2>"$WORK/orch.log" &
-PIDS+=($!)
-for _ in $(seq 200); do grep -q 'nodes dial' "$WORK/orch.log" && break; sleep 0.05; done
-line="$(grep -m1 'nodes dial' "$WORK/orch.log")"
-QUIC="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\1/p' <<<"$line")"
-API="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\2/p' <<<"$line")"
-ADMIN="$(cat "$WORK/orch/admin.token")"
+# start_orchestrator, create_token, kib_of
+source "$ROOT/benches/lib.sh"
+start_orchestrator "$WORK/orch"
 edgectl() { "$BIN/edgectl" --api "$API" --token "$ADMIN" "$@"; }
 
 # packaged_config PROFILE DIR: the profile's [config] as the package installs it, with the
@@ -97,13 +91,12 @@ start_node() {
 # its stored identity and lets it idle again. Prints "RSS HWM RSS_FIRST_BOOT" in KiB, the
 # first two for the restarted node: the state a node spends its life in.
 idle() {
-  local name="$1" profile="$2" binary="$3" dir="$WORK/$1" out token ca first
+  local name="$1" profile="$2" binary="$3" dir="$WORK/$1" first
   mkdir -p "$dir/boot"
   packaged_config "$profile" "$dir" >"$dir/node.toml"
-  out="$(edgectl --json token create --uses 1 --ttl 1h)"
-  token="$(jq -r .token <<<"$out")" ca="$(jq -r .ca_hash <<<"$out")"
+  create_token 1 footprint
   printf 'orchestrator = "%s"\ntoken = "%s"\nca_hash = "%s"\nname = "%s"\n' \
-    "$QUIC" "$token" "$ca" "$name" >"$dir/boot/edge-join.toml"
+    "$QUIC" "$TOKEN" "$CA_HASH" "$name" >"$dir/boot/edge-join.toml"
   start_node "$dir" "$binary"
   # A node that never enrolled idles in far less memory: its figure would be meaningless.
   if ! wait_status "$name" online; then

@@ -61,9 +61,6 @@ median() { # median of the numbers given as arguments
   printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
     if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-kib_of() { # kib_of PID FIELD -> the field of /proc/PID/status in KiB
-  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
-}
 mib() { awk -v k="$1" 'BEGIN { printf "%.2f", k / 1024 }'; }
 metric() { # metric FILE KEY -> the value of a `metric KEY VALUE` line
   awk -v k="$2" '$1 == "metric" && $2 == k { print $3 }' "$1" | tail -1
@@ -75,36 +72,8 @@ verdict() { # verdict VALUE GOAL -> met / MISSED (value <= goal)
 
 # --- orchestrator and nodes ------------------------------------------------------------------
 
-ORCH_PID="" QUIC="" API="" ADMIN="" TOKEN="" CA_HASH=""
-
-start_orchestrator() { # start_orchestrator DIR [tuned]: sets ORCH_PID QUIC API ADMIN
-  local dir="$1" i line serve=("$BIN/edge-orchestrator" serve)
-  [ "${2:-}" = tuned ] && serve=("$BIN/orchestrator-tuned")
-  mkdir -p "$dir"
-  "${serve[@]}" --data-dir "$dir/data" \
-    --quic-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 2>"$dir/orchestrator.log" &
-  ORCH_PID=$!
-  PIDS+=("$ORCH_PID")
-  for i in $(seq 200); do
-    line="$(grep -m1 'nodes dial' "$dir/orchestrator.log" || true)"
-    [ -n "$line" ] && break
-    kill -0 "$ORCH_PID" 2>/dev/null || { cat "$dir/orchestrator.log" >&2; exit 1; }
-    sleep 0.05
-  done
-  [ -n "$line" ] || { log "orchestrator did not start"; cat "$dir/orchestrator.log" >&2; exit 1; }
-  QUIC="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\1/p' <<<"$line")"
-  API="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\2/p' <<<"$line")"
-  ADMIN="$(cat "$dir/data/admin.token")"
-  log "orchestrator $ORCH_PID: QUIC $QUIC, API $API"
-}
-
-create_token() { # create_token USES: sets TOKEN CA_HASH
-  local out
-  out="$("$BIN/edgectl" --api "$API" --token "$ADMIN" --json token create --uses "$1" --ttl 1h \
-    --description spine)"
-  TOKEN="$(jq -r .token <<<"$out")"
-  CA_HASH="$(jq -r .ca_hash <<<"$out")"
-}
+# start_orchestrator, create_token, kib_of
+source "$ROOT/benches/lib.sh"
 
 write_node_config() { # write_node_config NAME DIR -> path of the config
   mkdir -p "$2"
@@ -172,7 +141,7 @@ log "machine: $NPROC x $CPU_MODEL, $KERNEL, commit $COMMIT$DIRTY"
 # --- (a) idle RSS of an enrolled node ---------------------------------------------------------
 
 start_orchestrator "$WORK/spine"
-create_token $((ROUNDS + 1))
+create_token $((ROUNDS + 1)) spine
 cfg="$(write_node_config idle-0 "$WORK/spine/idle-0")"
 start_node "$cfg" "$WORK/spine/idle-0/node.log"
 IDLE_PID="$NODE_PID"
@@ -230,7 +199,7 @@ log "$LIVENESS_CMD"
 
 run_fleet() { # run_fleet NODES OUT [tuned]: a fresh orchestrator process and fleet-sim against it
   start_orchestrator "$WORK/fleet-$1-${3:-stock}" "${3:-}"
-  create_token "$1"
+  create_token "$1" spine
   FLEET_CMD="ulimit -n \$(ulimit -Hn); target/release/fleet-sim --orchestrator ADDR --token T \
 --ca-hash H --nodes $1 --per-address 200 --hold-secs $HOLD_SECS --status-interval-secs 10 \
 --orchestrator-pid PID"

@@ -1,0 +1,37 @@
+# lib.sh: what the benchmark scripts share. Source it after defining BIN (the directory with
+# edge-orchestrator and edgectl), PIDS (an array the caller's exit trap stops) and log().
+
+kib_of() { # kib_of PID FIELD -> the field of /proc/PID/status in KiB
+  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+
+ORCH_PID="" QUIC="" API="" ADMIN="" TOKEN="" CA_HASH=""
+
+start_orchestrator() { # start_orchestrator DIR [tuned]: sets ORCH_PID QUIC API ADMIN
+  local dir="$1" i line serve=("$BIN/edge-orchestrator" serve)
+  [ "${2:-}" = tuned ] && serve=("$BIN/orchestrator-tuned")
+  mkdir -p "$dir"
+  "${serve[@]}" --data-dir "$dir/data" \
+    --quic-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 2>"$dir/orchestrator.log" &
+  ORCH_PID=$!
+  PIDS+=("$ORCH_PID")
+  for i in $(seq 200); do
+    line="$(grep -m1 'nodes dial' "$dir/orchestrator.log" || true)"
+    [ -n "$line" ] && break
+    kill -0 "$ORCH_PID" 2>/dev/null || { cat "$dir/orchestrator.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  [ -n "$line" ] || { log "orchestrator did not start"; cat "$dir/orchestrator.log" >&2; exit 1; }
+  QUIC="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\1/p' <<<"$line")"
+  API="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\2/p' <<<"$line")"
+  ADMIN="$(cat "$dir/data/admin.token")"
+  log "orchestrator $ORCH_PID: QUIC $QUIC, API $API"
+}
+
+create_token() { # create_token USES DESCRIPTION: sets TOKEN CA_HASH
+  local out
+  out="$("$BIN/edgectl" --api "$API" --token "$ADMIN" --json token create --uses "$1" --ttl 1h \
+    --description "$2")"
+  TOKEN="$(jq -r .token <<<"$out")"
+  CA_HASH="$(jq -r .ca_hash <<<"$out")"
+}
