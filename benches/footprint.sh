@@ -80,9 +80,12 @@ wait_status() {
   return 1
 }
 
-# start_node DIR BINARY: starts a node on DIR/node.toml, sets NODE_PID.
+# start_node DIR BINARY: starts a node on DIR/node.toml, sets NODE_PID. With the bare
+# environment systemd gives a service: a RUST_BACKTRACE inherited from a developer's shell
+# makes every error the model optimiser raises and handles walk the stack, which pages in
+# the unwind tables (~0.7 MiB).
 start_node() {
-  EDGE_LOG=warn "$2" run --config "$1/node.toml" 2>>"$1/node.log" &
+  env -i PATH="$PATH" EDGE_LOG=warn "$2" run --config "$1/node.toml" 2>>"$1/node.log" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
 }
