@@ -21,6 +21,10 @@
 # so the node is never rebuilt for the sample's flags. Given cargo arguments instead, one
 # `cargo build` runs with exactly those (no profile features added).
 #
+# Links go through cross/link-gcc.sh: Rust's lld, with the functions a running node executes
+# laid out together (cross/hot-functions.txt). TRIPLE.2.NN builds are linked by zig and keep
+# the default layout.
+#
 # EDGE_CARGO_PROFILE picks the cargo profile of the default builds (default `release`, what
 # boards get; the ARM smoke test uses `smoke`, the same code compiled for speed).
 #
@@ -115,11 +119,13 @@ upper="$(echo "$RUST_TARGET" | tr 'a-z-' 'A-Z_')"
 lower="$(echo "$RUST_TARGET" | tr '-' '_')"
 GCC_ENV=()
 LOADER_PREFIX=""
-# Rust links x86_64 musl binaries as static PIE: they relocate themselves at start. Packed
-# relative relocations (DT_RELR, musl >= 1.2.4, binutils >= 2.38) shrink that table from
-# ~430 KB to ~4 KB, which also stops every start from reading it into memory. (aarch64 musl
-# binaries are linked at a fixed address and carry no such table.)
-RELR="CARGO_TARGET_${upper}_RUSTFLAGS=-C link-arg=-Wl,-z,pack-relative-relocs"
+# v0 symbol names spell out which instance of a generic function a symbol is, so that the
+# layout list (cross/link-gcc.sh) names the instances a node runs rather than every instance
+# of the generic. The binaries are stripped: names cost nothing at run time.
+RUSTFLAGS_TARGET=(-C symbol-mangling-version=v0)
+# The C compiler that drives the link: rustc calls cross/link-gcc.sh, which runs it with Rust's
+# lld and lays out together the functions a running node executes.
+LINK_CC=cc
 case "$RUST_TARGET" in
   x86_64-unknown-linux-gnu)
     # libc.a, for the static sample.
@@ -127,29 +133,39 @@ case "$RUST_TARGET" in
     ;;
   x86_64-unknown-linux-musl)
     apt_install musl-tools
-    GCC_ENV=("CC_${lower}=musl-gcc" "$RELR")
+    GCC_ENV=("CC_${lower}=musl-gcc")
+    # Rust links x86_64 musl binaries as static PIE: they relocate themselves at start. Packed
+    # relative relocations (DT_RELR, musl >= 1.2.4, lld or binutils >= 2.38) shrink that table from
+    # ~430 KB to ~4 KB, which also stops every start from reading it into memory. (aarch64 musl
+    # binaries are linked at a fixed address and carry no such table.)
+    RUSTFLAGS_TARGET+=(-C "link-arg=-Wl,-z,pack-relative-relocs")
     ;;
   aarch64-unknown-linux-gnu)
     # libc6-arm64-cross: the loader and libc that qemu runs a dynamic binary with (-L).
     apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross libc6-arm64-cross
-    GCC_ENV=("CARGO_TARGET_${upper}_LINKER=aarch64-linux-gnu-gcc" "CC_${lower}=aarch64-linux-gnu-gcc")
+    LINK_CC=aarch64-linux-gnu-gcc
+    GCC_ENV=("CC_${lower}=aarch64-linux-gnu-gcc")
     LOADER_PREFIX=/usr/aarch64-linux-gnu
     ;;
   aarch64-unknown-linux-musl)
     # Rust's musl targets bring their own libc and start files: the gnu cross gcc only
     # compiles ring's C and drives the link.
     apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-    GCC_ENV=("CARGO_TARGET_${upper}_LINKER=aarch64-linux-gnu-gcc" "CC_${lower}=aarch64-linux-gnu-gcc")
+    LINK_CC=aarch64-linux-gnu-gcc
+    GCC_ENV=("CC_${lower}=aarch64-linux-gnu-gcc")
     ;;
   armv7-unknown-linux-gnueabihf)
     apt_install gcc-arm-linux-gnueabihf libc6-dev-armhf-cross libc6-armhf-cross
-    GCC_ENV=("CARGO_TARGET_${upper}_LINKER=arm-linux-gnueabihf-gcc" "CC_${lower}=arm-linux-gnueabihf-gcc")
+    LINK_CC=arm-linux-gnueabihf-gcc
+    GCC_ENV=("CC_${lower}=arm-linux-gnueabihf-gcc")
     LOADER_PREFIX=/usr/arm-linux-gnueabihf
     ;;
   *)
     die "unknown target $TARGET"
     ;;
 esac
+GCC_ENV+=("CARGO_TARGET_${upper}_LINKER=$ROOT/cross/link-gcc.sh" "EDGE_LINK_CC=$LINK_CC"
+  "CARGO_TARGET_${upper}_RUSTFLAGS=${RUSTFLAGS_TARGET[*]}")
 
 ensure_zigbuild() {
   if command -v cargo-zigbuild >/dev/null 2>&1; then
@@ -191,7 +207,18 @@ cargo_node() {
   if [ -n "$GLIBC" ]; then
     cargo zigbuild --target "$TARGET" "$@"
   else
+    # cargo does not know that the link reads cross/hot-functions.txt: when the list changed
+    # since the last build into OUT, the node is built again.
+    local stamp="$OUT/.hot-functions" layout profile
+    layout="$(cksum <"$ROOT/cross/hot-functions.txt")"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$layout" ]; then
+      profile="$(basename "$OUT")"
+      [ "$profile" = debug ] && profile=dev
+      cargo clean -q -p node-daemon --target "$RUST_TARGET" --profile "$profile"
+    fi
     env ${GCC_ENV[@]+"${GCC_ENV[@]}"} cargo build --target "$RUST_TARGET" "$@"
+    mkdir -p "$OUT"
+    echo "$layout" >"$stamp"
   fi
 }
 
