@@ -17,17 +17,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 IDLE_WAIT_SECS="${IDLE_WAIT_SECS:-10}"
-WORK="$(mktemp -d /tmp/edge-footprint.XXXXXX)"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-log() { printf '[footprint %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+work_dir footprint
 key() { sed -n "s/^$2 *= *\"\{0,1\}\([^\"#]*\)\"\{0,1\}.*/\1/p" "$1" | head -1 | sed 's/ *$//'; }
 budget() { awk -v k="$2" '/^\[/ { t = $0 } t == "[budget]" && $1 == k { print $3 }' "$1"; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1048576 }'; }
@@ -55,10 +47,7 @@ echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); CPU: $(grep -m
 echo "command: benches/footprint.sh (IDLE_WAIT_SECS=$IDLE_WAIT_SECS)"
 
 # --- the orchestrator -------------------------------------------------------------------------
-# start_orchestrator, create_token, kib_of
-source "$ROOT/benches/lib.sh"
 start_orchestrator "$WORK/orch"
-edgectl() { "$BIN/edgectl" --api "$API" --token "$ADMIN" "$@"; }
 
 # packaged_config PROFILE DIR: the profile's [config] as the package installs it, with the
 # paths moved under DIR and the status endpoint on port 0.
@@ -68,16 +57,6 @@ packaged_config() {
     sed -e "s|^data_dir = .*|data_dir = \"$2/data\"|" \
       -e "s|^join_file = .*|join_file = [\"$2/boot/edge-join.toml\"]|" \
       -e "s|^status_listen = .*|status_listen = \"127.0.0.1:0\"|"
-}
-
-# wait_status NAME STATUS: waits until the orchestrator reports node NAME with STATUS.
-wait_status() {
-  for _ in $(seq 600); do
-    edgectl --json nodes 2>/dev/null | jq -e --arg n "$1" --arg s "$2" \
-      '.[] | select(.name == $n and .status == $s)' >/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
 }
 
 # start_node DIR BINARY: starts a node on DIR/node.toml, sets NODE_PID. With the bare
@@ -98,11 +77,10 @@ idle() {
   mkdir -p "$dir/boot"
   packaged_config "$profile" "$dir" >"$dir/node.toml"
   create_token 1 footprint
-  printf 'orchestrator = "%s"\ntoken = "%s"\nca_hash = "%s"\nname = "%s"\n' \
-    "$QUIC" "$TOKEN" "$CA_HASH" "$name" >"$dir/boot/edge-join.toml"
+  write_join "$dir/boot/edge-join.toml" "$name"
   start_node "$dir" "$binary"
   # A node that never enrolled idles in far less memory: its figure would be meaningless.
-  if ! wait_status "$name" online; then
+  if ! wait_node "$name" online; then
     log "$name did not come online; its log:"
     tail -5 "$dir/node.log" >&2
     kill -TERM "$NODE_PID"
@@ -112,10 +90,10 @@ idle() {
   first="$(kib_of "$NODE_PID" VmRSS)"
   kill -TERM "$NODE_PID"
   wait "$NODE_PID" 2>/dev/null || true
-  wait_status "$name" offline || { log "$name still online after it stopped"; exit 1; }
+  wait_node "$name" offline || { log "$name still online after it stopped"; exit 1; }
 
   start_node "$dir" "$binary"
-  if ! wait_status "$name" online; then
+  if ! wait_node "$name" online; then
     log "$name did not come back online; its log:"
     tail -5 "$dir/node.log" >&2
     kill -TERM "$NODE_PID"

@@ -1,5 +1,23 @@
-# lib.sh: what the benchmark scripts share. Source it after defining BIN (the directory with
-# edge-orchestrator and edgectl), PIDS (an array the caller's exit trap stops) and log().
+# lib.sh: what the benchmark scripts share. The orchestrator functions need BIN (the directory
+# with edge-orchestrator and edgectl), PIDS (an array the caller's exit trap stops) and log();
+# scripts without their own can take them from work_dir.
+
+# work_dir NAME: a temp dir WORK, removed on exit after the processes in PIDS are stopped, and
+# log(), which prefixes its lines with NAME and the time.
+work_dir() {
+  WORK="$(mktemp -d "/tmp/edge-$1.XXXXXX")"
+  PIDS=()
+  LOG_NAME="$1"
+  trap work_dir_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+work_dir_cleanup() {
+  local pid
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+log() { printf '[%s %s] %s\n' "$LOG_NAME" "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 kib_of() { # kib_of PID FIELD -> the field of /proc/PID/status in KiB
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
@@ -34,4 +52,19 @@ create_token() { # create_token USES DESCRIPTION: sets TOKEN CA_HASH
     --description "$2")"
   TOKEN="$(jq -r .token <<<"$out")"
   CA_HASH="$(jq -r .ca_hash <<<"$out")"
+}
+
+write_join() { # write_join FILE NAME: a join file for node NAME with the token create_token made
+  printf 'orchestrator = "%s"\ntoken = "%s"\nca_hash = "%s"\nname = "%s"\n' \
+    "$QUIC" "$TOKEN" "$CA_HASH" "$2" >"$1"
+}
+
+wait_node() { # wait_node NAME STATUS: within 2 minutes the orchestrator reports NAME with STATUS
+  for _ in $(seq 1200); do
+    "$BIN/edgectl" --api "$API" --token "$ADMIN" --json nodes 2>/dev/null |
+      jq -e --arg n "$1" --arg s "$2" '.[] | select(.name == $n and .status == $s)' \
+        >/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
 }

@@ -17,17 +17,9 @@ cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 IDLE_WAIT_SECS="${IDLE_WAIT_SECS:-12}"
 OUT="$ROOT/cross/hot-functions.txt"
-WORK="$(mktemp -d /tmp/edge-hot.XXXXXX)"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-log() { printf '[hot-functions %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+work_dir hot-functions
 
 # shellcheck source=cross/apt.sh
 source "$ROOT/cross/apt.sh"
@@ -44,11 +36,8 @@ fi
 [ -x "$NODE" ] || { log "no node binary at $NODE"; exit 1; }
 BIN="$TARGET_DIR/release"
 
-# shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
 start_orchestrator "$WORK/orch"
 create_token 1 hot-functions
-edgectl() { "$BIN/edgectl" --api "$API" --token "$ADMIN" "$@"; }
 
 node="$WORK/node"
 mkdir -p "$node/boot"
@@ -59,15 +48,10 @@ join_file = ["$node/boot/edge-join.toml"]
 status_listen = "127.0.0.1:0"
 status_interval_secs = 10
 EOF
-printf 'orchestrator = "%s"\ntoken = "%s"\nca_hash = "%s"\nname = "hot"\n' \
-  "$QUIC" "$TOKEN" "$CA_HASH" >"$node/boot/edge-join.toml"
+write_join "$node/boot/edge-join.toml" hot
 
-wait_status() { # wait_status STATUS: the node "hot" reported with STATUS, within 2 minutes
-  for _ in $(seq 1200); do
-    edgectl --json nodes 2>/dev/null | jq -e --arg s "$1" \
-      '.[] | select(.name == "hot" and .status == $s)' >/dev/null && return 0
-    sleep 0.1
-  done
+wait_status() { # wait_status STATUS: the node "hot" reported with STATUS, or the run stops
+  wait_node hot "$1" && return 0
   log "the node did not become $1; its log:"
   tail -5 "$node/log" >&2
   exit 1
