@@ -5,14 +5,15 @@
 # name ends in -gcc so that rustc passes it what it passes a gcc.
 #
 # Why: the kernel maps a binary's code in 64 KiB windows around each page it faults on. The
-# functions a node runs at start and at idle are a tenth of its code, but spread over all of
-# it, so nearly all of it ended up resident. Packed together, they need a few windows.
+# functions a node runs at start and at idle are about a quarter of its code, but the default
+# link spreads them over all of it, so nearly all of it ended up resident. Packed together,
+# they need a few windows (benches/RESULTS.md, "What cut the idle memory").
 #
 # The list names functions by their demangled names without what changes from one build to
 # the next: the hash that ends a legacy Rust symbol and the crate disambiguators of a v0 one
-# (`c++filt -i`). At link time the function symbols of the objects being
-# linked are matched against it, and lld gets their exact names (--symbol-ordering-file). A
-# name that matches nothing costs nothing: a stale list only lays out less.
+# (`c++filt -i`). At link time the function symbols of the objects being linked are matched
+# against it, and lld gets their exact names (--symbol-ordering-file). A name that matches
+# nothing costs nothing: a stale list only lays out less.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -21,7 +22,7 @@ list="${EDGE_HOT_FUNCTIONS:-$here/hot-functions.txt}"
 sysroot="$(rustc --print sysroot)"
 gcc_ld="$sysroot/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
 [ -x "$gcc_ld/ld.lld" ] || {
-  echo "cross/link-gcc.sh: no ld.lld under $sysroot/lib/rustlib (rustup component rust-std?)" >&2
+  echo "cross/link-gcc.sh: no ld.lld under $sysroot/lib/rustlib (rustup toolchains ship it)" >&2
   exit 2
 }
 
