@@ -80,25 +80,15 @@ idle() {
   write_join "$dir/boot/edge-join.toml" "$name"
   start_node "$dir" "$binary"
   # A node that never enrolled idles in far less memory: its figure would be meaningless.
-  if ! wait_node "$name" online; then
-    log "$name did not come online; its log:"
-    tail -5 "$dir/node.log" >&2
-    kill -TERM "$NODE_PID"
-    exit 1
-  fi
+  expect_node "$name" online "$dir/node.log"
   sleep "$IDLE_WAIT_SECS"
   first="$(kib_of "$NODE_PID" VmRSS)"
   kill -TERM "$NODE_PID"
   wait "$NODE_PID" 2>/dev/null || true
-  wait_node "$name" offline || { log "$name still online after it stopped"; exit 1; }
+  expect_node "$name" offline "$dir/node.log"
 
   start_node "$dir" "$binary"
-  if ! wait_node "$name" online; then
-    log "$name did not come back online; its log:"
-    tail -5 "$dir/node.log" >&2
-    kill -TERM "$NODE_PID"
-    exit 1
-  fi
+  expect_node "$name" online "$dir/node.log"
   sleep "$IDLE_WAIT_SECS"
   echo "$(kib_of "$NODE_PID" VmRSS) $(kib_of "$NODE_PID" VmHWM) $first"
   kill -TERM "$NODE_PID"

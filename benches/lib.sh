@@ -68,3 +68,13 @@ wait_node() { # wait_node NAME STATUS: within 2 minutes the orchestrator reports
   done
   return 1
 }
+
+# expect_node NAME STATUS LOG: wait_node, or show the end of the node's LOG, stop the processes
+# in PIDS and exit. Also from a subshell, whose PIDS the caller's exit trap does not see.
+expect_node() {
+  wait_node "$1" "$2" && return 0
+  log "$1 did not become $2; its log:"
+  tail -5 "$3" >&2
+  work_dir_cleanup
+  exit 1
+}

@@ -50,28 +50,22 @@ status_interval_secs = 10
 EOF
 write_join "$node/boot/edge-join.toml" hot
 
-wait_status() { # wait_status STATUS: the node "hot" reported with STATUS, or the run stops
-  wait_node hot "$1" && return 0
-  log "the node did not become $1; its log:"
-  tail -5 "$node/log" >&2
-  exit 1
-}
-
 # run_node PHASE: runs the node under callgrind until it is online, dumps what ran so far,
 # lets it idle, then stops it. Leaves WORK/PHASE.start and WORK/PHASE.idle.
 run_node() {
   local pid
   # The bare environment of a service (see benches/footprint.sh on RUST_BACKTRACE).
-  env -i PATH="$PATH" EDGE_LOG=warn valgrind --tool=callgrind --demangle=no --show-below-main=yes --callgrind-out-file="$WORK/$1.%p" \
+  env -i PATH="$PATH" EDGE_LOG=warn valgrind --tool=callgrind --demangle=no \
+    --show-below-main=yes --callgrind-out-file="$WORK/$1.%p" \
     "$NODE" run --config "$node/node.toml" 2>>"$node/log" &
   pid=$!
   PIDS+=("$pid")
-  wait_status online
+  expect_node hot online "$node/log"
   callgrind_control --dump "$pid" >/dev/null
   sleep "$IDLE_WAIT_SECS"
   kill -TERM "$pid"
   wait "$pid" || true
-  wait_status offline
+  expect_node hot offline "$node/log"
   mv "$WORK/$1.$pid.1" "$WORK/$1.start"
   mv "$WORK/$1.$pid" "$WORK/$1.idle"
 }
