@@ -8,6 +8,9 @@
 //! postcard has no field names: the order of fields and variants *is* the format. Change it only by
 //! appending, and pin every message with a golden-bytes test (`tests/golden.rs`).
 //!
+//! [`field`] holds what both ends need to check operator input the same way: field paths and
+//! errors, and the rules for names, labels and coordinates, bounded by the wire types above.
+//!
 //! This crate is `no_std` + `alloc` and does no I/O: it is shared by the node, the orchestrator
 //! and the simulation, and may one day run on a microcontroller.
 #![cfg_attr(not(feature = "quic"), no_std)]
@@ -16,6 +19,7 @@ extern crate alloc;
 
 mod bounded;
 pub mod digest;
+pub mod field;
 pub mod frame;
 mod msg;
 #[cfg(feature = "quic")]

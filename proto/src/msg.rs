@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 /// A string of at most `N` bytes; longer on the wire is a decode error.
 pub type Text<const N: usize> = heapless::String<N>;
+
+/// The longest node or workload name on the wire, in bytes: a DNS label. The rules in
+/// [`crate::field`] keep names ASCII, so this is also their length in characters.
+pub const MAX_NAME_LEN: usize = 63;
 /// A list of at most `N` items; longer on the wire is a decode error.
 pub type List<T, const N: usize> = heapless::Vec<T, N>;
 
@@ -139,7 +143,7 @@ pub struct EnrollRequest {
     /// The join token, `ID.SECRET`.
     pub token: Text<64>,
     /// The node's name, unique in the fleet.
-    pub name: Text<63>,
+    pub name: Text<MAX_NAME_LEN>,
     /// A PKCS#10 request for the node's own key; the private key never leaves the node.
     pub csr_der: Der,
     pub capabilities: Capabilities,
@@ -309,8 +313,16 @@ pub struct Accelerator {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Label {
-    pub key: Text<63>,
-    pub value: Text<63>,
+    pub key: Text<{ Label::MAX_KEY_LEN }>,
+    pub value: Text<{ Label::MAX_VALUE_BYTES }>,
+}
+
+impl Label {
+    /// The longest key, in bytes. Keys are ASCII ([`crate::field::check_label_key`]), so this
+    /// is also their length in characters.
+    pub const MAX_KEY_LEN: usize = 63;
+    /// The longest value, in bytes.
+    pub const MAX_VALUE_BYTES: usize = 63;
 }
 
 /// Where the node is, in WGS84 degrees and metres above sea level.
@@ -322,10 +334,15 @@ pub struct Location {
 }
 
 impl Location {
+    /// The bound of `lat`, in degrees either side of the equator.
+    pub const MAX_LAT: f64 = 90.0;
+    /// The bound of `lon`, in degrees either side of the prime meridian.
+    pub const MAX_LON: f64 = 180.0;
+
     /// Whether the coordinates are on the globe.
     pub fn is_valid(&self) -> bool {
-        (-90.0..=90.0).contains(&self.lat)
-            && (-180.0..=180.0).contains(&self.lon)
+        (-Self::MAX_LAT..=Self::MAX_LAT).contains(&self.lat)
+            && (-Self::MAX_LON..=Self::MAX_LON).contains(&self.lon)
             && self.alt_m.is_none_or(f64::is_finite)
     }
 }
@@ -350,8 +367,13 @@ pub struct Capabilities {
     pub accelerators: List<Accelerator, 16>,
     /// The board model where the firmware names it, e.g. `Raspberry Pi Zero 2 W Rev 1.0`.
     pub board: Option<Text<96>>,
-    pub labels: List<Label, 32>,
+    pub labels: List<Label, { Capabilities::MAX_LABELS }>,
     pub location: Option<Location>,
+}
+
+impl Capabilities {
+    /// The most labels a node carries.
+    pub const MAX_LABELS: usize = 32;
 }
 
 /// Live load, sent every status interval.
@@ -415,7 +437,7 @@ pub struct HealthProbe {
 /// The encoded message must fit one frame; the orchestrator checks before it sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
-    pub workload: Text<63>,
+    pub workload: Text<MAX_NAME_LEN>,
     pub version: Text<64>,
     /// Grows with every change of the workload; reports name the generation they describe.
     pub generation: u64,
@@ -434,13 +456,13 @@ pub struct Assignment {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unassign {
-    pub workload: Text<63>,
+    pub workload: Text<MAX_NAME_LEN>,
 }
 
 /// The node's own check of an assignment against its actual free memory and disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdmissionReply {
-    pub workload: Text<63>,
+    pub workload: Text<MAX_NAME_LEN>,
     pub generation: u64,
     /// `None` if admitted, else why not.
     pub rejected: Option<Text<256>>,
@@ -460,7 +482,7 @@ pub enum WorkloadState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadReport {
-    pub workload: Text<63>,
+    pub workload: Text<MAX_NAME_LEN>,
     pub generation: u64,
     pub state: WorkloadState,
     pub restarts: u32,
@@ -512,7 +534,7 @@ pub enum OrchStreamOpen {
 /// What the orchestrator wants of a workload's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsRequest {
-    pub workload: Text<63>,
+    pub workload: Text<MAX_NAME_LEN>,
     /// How many of the latest lines to send first. The node keeps a bounded tail in memory
     /// and sends at most what it has.
     pub tail_lines: u32,
