@@ -23,6 +23,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use edge_proto::{Accelerator, AcceleratorKind, Capabilities, Label, List, Location, Status, text};
+pub use node_core::session::same_identity;
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, System};
 
 /// The wire bound of `Capabilities::accelerators`.
@@ -106,43 +107,6 @@ pub fn collect_from(
     }
 }
 
-/// Whether `a` and `b` describe the same node, ignoring `disk_free_bytes` (which changes with
-/// every write and is reported in [`Status`]). The caller re-sends capabilities when this is
-/// false.
-pub fn same_identity(a: &Capabilities, b: &Capabilities) -> bool {
-    // Destructured without `..`, so a field appended to `Capabilities` fails to compile here
-    // until someone decides whether it is identity or live load.
-    let Capabilities {
-        arch,
-        os,
-        os_version,
-        kernel,
-        hostname,
-        cpus,
-        cpu_model,
-        memory_bytes,
-        disk_bytes,
-        disk_free_bytes: _,
-        accelerators,
-        board,
-        labels,
-        location,
-    } = a;
-    *arch == b.arch
-        && *os == b.os
-        && *os_version == b.os_version
-        && *kernel == b.kernel
-        && *hostname == b.hostname
-        && *cpus == b.cpus
-        && *cpu_model == b.cpu_model
-        && *memory_bytes == b.memory_bytes
-        && *disk_bytes == b.disk_bytes
-        && *accelerators == b.accelerators
-        && *board == b.board
-        && *labels == b.labels
-        && *location == b.location
-}
-
 /// Why a [`StatusSampler`] could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
@@ -177,12 +141,12 @@ impl StatusSampler {
     }
 
     /// Memory and disk right now, for admission. Refreshes only what it reads.
-    pub fn measure(&mut self) -> crate::admission::Measured {
+    pub fn measure(&mut self) -> node_core::admission::Measured {
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         self.disks
             .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
-        crate::admission::Measured {
+        node_core::admission::Measured {
             memory_total: self.system.total_memory(),
             memory_available: self.system.available_memory(),
             disk_free: disk_space(&self.disks, &self.data_dir).free_bytes,

@@ -23,8 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::admission::Reserve;
 use edge_proto::{Label, List, Location, Text, text};
+use node_core::admission::Reserve;
 use serde::Deserialize;
 
 /// The largest config file we parse. Real files are well under 1 KiB; the limit keeps a wrong

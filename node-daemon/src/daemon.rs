@@ -4,7 +4,6 @@
 use crate::capabilities::{self, StatusSampler};
 use crate::config::{Config, Host};
 use crate::identity::{IdentityDir, IdentityError};
-use crate::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
 use crate::status::{State, StatusBoard};
 use crate::streams;
 use crate::supervisor::LimitsBackend;
@@ -13,6 +12,7 @@ use crate::workloads::Workloads;
 use edge_proto::NodeMsg;
 use edge_proto::quic::{ReadError, read_frame, write_msg};
 use edge_proto::{Der, Intent, OrchMsg, RejectCode, RuntimeInfo, decode, text};
+use node_core::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;

@@ -1,7 +1,6 @@
 //! The edge node daemon: who the node is, what it has, and its session with the orchestrator.
 #![forbid(unsafe_code)]
 
-pub mod admission;
 pub mod artifacts;
 pub mod capabilities;
 pub mod config;
@@ -11,7 +10,6 @@ pub mod logging;
 pub mod notify;
 pub mod provision;
 pub mod service;
-pub mod session;
 pub mod status;
 pub mod streams;
 pub mod supervisor;

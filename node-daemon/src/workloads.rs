@@ -8,13 +8,13 @@
 //!
 //! It owns no socket: the daemon hands it the current connection and carries its messages.
 
-use crate::admission::{Admission, Measured, Request, Reserve};
 use crate::artifacts::{ArtifactCache, FetchError};
 use crate::supervisor::{
     self, HealthCheck, HealthProbe, InstanceStatus, LimitsBackend, Resources, State, Supervisor,
     SupervisorError, SupervisorOptions, WorkloadSpec,
 };
 use edge_proto::{AdmissionReply, Assignment, NodeMsg, WorkloadReport, WorkloadState, text};
+use node_core::admission::{Admission, Measured, Request, Reserve};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -5,9 +5,9 @@ use edge_proto::quic::read_frame;
 use edge_proto::{Hello, Intent, List, NodeId, NodeMsg, OrchMsg, RejectCode, decode, text};
 use edge_tests::relay::Relay;
 use edge_tests::{PATIENCE, TestNode, TestOrchestrator, eventually, node_config};
+use node_core::session::Fatal;
 use node_daemon::daemon::DaemonError;
 use node_daemon::identity::IdentityDir;
-use node_daemon::session::Fatal;
 use std::net::SocketAddr;
 
 fn pin(ca_hash: &str) -> [u8; 32] {

@@ -9,7 +9,7 @@
 
 use edge_proto::quic::IDLE_TIMEOUT;
 use edge_proto::{Capabilities, Der, Intent, List, NodeId, OrchMsg, Text, encode, text};
-use node_daemon::session::{self as node, BackoffPolicy, ConnectFailure, Join, NodeSession};
+use node_core::session::{self as node, BackoffPolicy, ConnectFailure, Join, NodeSession};
 use orchestrator::fleet::Fleet;
 use orchestrator::pki::{Ca, node_id_from_cert};
 use orchestrator::session::{self as server, Ctx, ServerSession};

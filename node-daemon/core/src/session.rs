@@ -9,7 +9,6 @@
 //! Inputs are the `handle_*` methods; outputs are [`Action`]s from [`NodeSession::poll_action`]
 //! and the next deadline from [`NodeSession::poll_timeout`].
 
-use crate::capabilities::same_identity;
 use edge_proto::{
     Assignment, Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg,
     OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, text,
@@ -375,6 +374,43 @@ impl NodeSession {
         self.state = State::Stopped;
         self.actions.push_back(Action::Fatal(why));
     }
+}
+
+/// Whether `a` and `b` describe the same node, ignoring `disk_free_bytes` (which changes with
+/// every write and is reported in [`Status`]). The caller re-sends capabilities when this is
+/// false.
+pub fn same_identity(a: &Capabilities, b: &Capabilities) -> bool {
+    // Destructured without `..`, so a field appended to `Capabilities` fails to compile here
+    // until someone decides whether it is identity or live load.
+    let Capabilities {
+        arch,
+        os,
+        os_version,
+        kernel,
+        hostname,
+        cpus,
+        cpu_model,
+        memory_bytes,
+        disk_bytes,
+        disk_free_bytes: _,
+        accelerators,
+        board,
+        labels,
+        location,
+    } = a;
+    *arch == b.arch
+        && *os == b.os
+        && *os_version == b.os_version
+        && *kernel == b.kernel
+        && *hostname == b.hostname
+        && *cpus == b.cpus
+        && *cpu_model == b.cpu_model
+        && *memory_bytes == b.memory_bytes
+        && *disk_bytes == b.disk_bytes
+        && *accelerators == b.accelerators
+        && *board == b.board
+        && *labels == b.labels
+        && *location == b.location
 }
 
 #[cfg(test)]

@@ -1,0 +1,17 @@
+//! The edge node's decisions, without I/O: what the `node-daemon` shell asks before it acts.
+//!
+//! - [`session`]: [`NodeSession`](session::NodeSession), the node's link to the orchestrator as
+//!   a state machine: when to dial and with which intent, what to say, when to report, how long
+//!   to back off.
+//! - [`admission`]: the node's own check of an assignment against what it measures.
+//!
+//! **Invariant.** Nothing here does I/O or reads the clock: the crate depends on no runtime,
+//! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper; `tests/tidy.rs`
+//! checks the dependency tree), time comes in as `now` arguments, and randomness from the
+//! seeds and draws the caller passes. That is what lets the simulation in `tests/` run a
+//! thousand nodes on a virtual clock, and every test here run minutes of protocol time in
+//! microseconds.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod session;
