@@ -4,6 +4,10 @@
 //!   a state machine: when to dial and with which intent, what to say, when to report, how long
 //!   to back off.
 //! - [`admission`]: the node's own check of an assignment against what it measures.
+//! - [`restart`]: [`Lifecycle`](restart::Lifecycle), one workload instance's restart policy:
+//!   when to spawn, probe, signal and restart, backoff and crash loops.
+//! - [`spec`]: [`WorkloadSpec`](spec::WorkloadSpec), a workload as the node runs it (and
+//!   stores it), and its validation.
 //!
 //! **Invariant.** Nothing here does I/O or reads the clock: the crate depends on no runtime,
 //! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper; `tests/tidy.rs`
@@ -14,4 +18,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod restart;
 pub mod session;
+pub mod spec;

@@ -49,7 +49,10 @@ fn no_io_crate_in_the_dependency_tree() {
                 .any(|c| name == c || name.starts_with(&format!("{c}-")))
         })
         .collect();
-    assert!(io.is_empty(), "node-core depends on I/O crates {io:?}:\n{tree}");
+    assert!(
+        io.is_empty(),
+        "node-core depends on I/O crates {io:?}:\n{tree}"
+    );
 }
 
 #[test]

@@ -38,13 +38,12 @@ mod health;
 mod instance;
 mod logs;
 mod process;
-pub mod restart;
-pub mod spec;
+pub use node_core::{restart, spec};
 mod store;
 
 pub use cgroup::{LimitsBackend, LimitsError};
 pub use logs::LogLimits;
-pub use restart::RestartTuning;
+pub use restart::{RestartTuning, State};
 pub use spec::{HealthCheck, HealthProbe, Resources, RestartPolicy, SpecError, WorkloadSpec};
 pub use store::StoreError;
 
@@ -66,30 +65,6 @@ use tracing::{info, warn};
 const LEFTOVER_GRACE: Duration = Duration::from_millis(500);
 /// Status changes a subscriber may be behind before it loses some.
 const EVENTS_CAPACITY: usize = 256;
-
-/// Where a workload instance is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Accepted, not started yet.
-    Pending,
-    /// Its artifact is being fetched. Reported by the daemon, which fetches before it calls
-    /// [`Supervisor::apply`]; the supervisor never enters this state itself.
-    Downloading,
-    /// Being started, or started and not yet passing its health check.
-    Starting,
-    /// Alive (and healthy, if it has a probe).
-    Running,
-    /// Alive but failing its health check.
-    Unhealthy,
-    /// Exited; waiting before the next start. The message says why and for how long
-    /// (`crash loop` when it restarts too often).
-    Backoff,
-    /// Exited unsuccessfully and its policy says not to restart.
-    Failed,
-    /// Stopped on request, or exited successfully with a policy that does not restart it.
-    Stopped,
-}
 
 /// One workload instance as the node reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,10 +15,34 @@
 //! It never reads the clock, never touches a process, a file or a socket, and draws randomness
 //! only from the seed it is given: its tests run minutes of restarts in microseconds.
 
-use super::State;
-use super::spec::{HealthProbe, RestartPolicy};
+use crate::spec::{HealthProbe, RestartPolicy};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+/// Where a workload instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Accepted, not started yet.
+    Pending,
+    /// Its artifact is being fetched. Reported by the daemon, which fetches before it hands
+    /// the workload to the supervisor; a [`Lifecycle`] never enters this state itself.
+    Downloading,
+    /// Being started, or started and not yet passing its health check.
+    Starting,
+    /// Alive (and healthy, if it has a probe).
+    Running,
+    /// Alive but failing its health check.
+    Unhealthy,
+    /// Exited; waiting before the next start. The message says why and for how long
+    /// (`crash loop` when it restarts too often).
+    Backoff,
+    /// Exited unsuccessfully and its policy says not to restart.
+    Failed,
+    /// Stopped on request, or exited successfully with a policy that does not restart it.
+    Stopped,
+}
 
 /// How restarts are paced. The defaults suit a node that must recover on its own for weeks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,7 +557,7 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::spec::HealthCheck;
+    use crate::spec::HealthCheck;
 
     const GRACE: Duration = Duration::from_secs(10);
 
