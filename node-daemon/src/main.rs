@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use node_daemon::config::ConfigFile;
+use node_daemon::config::{ConfigFile, FromFile};
 use node_daemon::notify::Notifier;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,6 +4,8 @@
 //!   a state machine: when to dial and with which intent, what to say, when to report, how long
 //!   to back off.
 //! - [`admission`]: the node's own check of an assignment against what it measures.
+//! - [`config`]: the config file and the join file, parsed and validated from text; every
+//!   error names its field.
 //! - [`restart`]: [`Lifecycle`](restart::Lifecycle), one workload instance's restart policy:
 //!   when to spawn, probe, signal and restart, backoff and crash loops.
 //! - [`spec`]: [`WorkloadSpec`](spec::WorkloadSpec), a workload as the node runs it (and
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod config;
 pub mod restart;
 pub mod session;
 pub mod spec;

@@ -1,0 +1,79 @@
+//! The files as written: serde structs that mirror them, before any value is checked.
+//!
+//! Unknown fields are an error at every level, so a typo never silently falls back to a
+//! default. Numbers are read wide (`i64`) so that a negative or huge value gets a validation
+//! error naming the field rather than a type error.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Only the version, ignoring everything else: checked before the strict parse, so that a file
+/// written for a newer format says "unsupported version" rather than "unknown field".
+#[derive(Deserialize)]
+pub(super) struct VersionProbe {
+    pub version: Option<i64>,
+}
+
+/// The config file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub version: i64,
+    pub name: Option<String>,
+    pub data_dir: String,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub location: Option<RawLocation>,
+    pub status_interval_secs: Option<i64>,
+    pub orchestrator: Option<RawOrchestrator>,
+    pub join: Option<RawJoin>,
+    /// Where a join file may be, in order of preference.
+    pub join_file: Option<Vec<String>>,
+    /// `IP:port` of the local status endpoint.
+    pub status_listen: Option<String>,
+    pub reserve: Option<RawReserve>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReserve {
+    pub memory_bytes: Option<i64>,
+    pub disk_bytes: Option<i64>,
+}
+
+/// The join file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJoinFile {
+    #[allow(dead_code)] // checked by the version probe
+    pub version: Option<i64>,
+    pub orchestrator: String,
+    pub token: String,
+    pub ca_hash: String,
+    pub name: Option<String>,
+    pub location: Option<RawLocation>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLocation {
+    pub lat: f64,
+    pub lon: f64,
+    pub alt_m: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOrchestrator {
+    /// Optional only because a join file may provide it.
+    pub address: Option<String>,
+    /// The local IP to dial from; for hosts with several uplinks, or several nodes on one host.
+    pub local_address: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJoin {
+    pub token: String,
+    pub ca_hash: String,
+}

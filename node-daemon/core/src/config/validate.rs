@@ -1,0 +1,186 @@
+//! From the file as written to the file as the node uses it: one check per part, each naming
+//! its field. Names, labels and coordinates follow the fleet-wide rules of
+//! [`edge_proto::field`], so what passes here reaches the orchestrator whole.
+
+use super::error::{ConfigError, invalid};
+use super::join::validate_join;
+use super::raw::{RawConfig, RawLocation, RawReserve};
+use super::{
+    ConfigFile, DEFAULT_STATUS_INTERVAL, GeoPoint, OrchestratorAddress, SUPPORTED_CONFIG_VERSIONS,
+};
+use crate::admission::Reserve;
+use edge_proto::field::{self, FieldPath, shown};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The most places `join_file` may list.
+const MAX_JOIN_FILE_PATHS: usize = 8;
+
+/// Bounds of `status_interval_secs`.
+const STATUS_INTERVAL_SECS: RangeInclusive<i64> = 1..=3600;
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<ConfigFile, ConfigError> {
+        check_version(self.version)?;
+        let name = self.name.map(validate_name).transpose()?;
+        let data_dir = validate_data_dir(self.data_dir)?;
+        let labels = self.labels.map(validate_labels).transpose()?;
+        let location = self.location.map(validate_location).transpose()?;
+        let status_interval = validate_status_interval(self.status_interval_secs)?;
+        let (address, local_address) = self
+            .orchestrator
+            .map_or((None, None), |o| (o.address, o.local_address));
+        let orchestrator = address
+            .map(|a| {
+                OrchestratorAddress::parse(&a)
+                    .map_err(|reason| invalid("orchestrator.address", reason))
+            })
+            .transpose()?;
+        let local_address = local_address
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| invalid("orchestrator.local_address", "expected an IP address"))
+            })
+            .transpose()?;
+        let join = self
+            .join
+            .map(|j| validate_join(j, &FieldPath::new("join")))
+            .transpose()?;
+        let join_files = validate_join_files(self.join_file.unwrap_or_default())?;
+        let status_listen = self
+            .status_listen
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "status_listen",
+                        format!("{} is not IP:port, e.g. 127.0.0.1:7450", shown(&a)),
+                    )
+                })
+            })
+            .transpose()?;
+        let reserve = validate_reserve(self.reserve)?;
+        Ok(ConfigFile {
+            name,
+            data_dir,
+            labels,
+            location,
+            status_interval,
+            orchestrator,
+            local_address,
+            join,
+            join_files,
+            status_listen,
+            reserve,
+        })
+    }
+}
+
+pub(super) fn check_version(version: i64) -> Result<(), ConfigError> {
+    if SUPPORTED_CONFIG_VERSIONS.contains(&version) {
+        return Ok(());
+    }
+    let supported: Vec<String> = SUPPORTED_CONFIG_VERSIONS
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Err(invalid(
+        "version",
+        format!(
+            "{version} is not supported; this edge-node reads version {}",
+            supported.join(", ")
+        ),
+    ))
+}
+
+pub(super) fn validate_name(name: String) -> Result<String, ConfigError> {
+    field::check_name(&FieldPath::new("name"), &name)?;
+    Ok(name)
+}
+
+pub(super) fn validate_labels(
+    labels: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    field::check_labels(&FieldPath::new("labels"), labels.iter())?;
+    Ok(labels)
+}
+
+pub(super) fn validate_location(raw: RawLocation) -> Result<GeoPoint, ConfigError> {
+    let at = FieldPath::new("location");
+    let lat = field::check_latitude(&at.field("lat"), raw.lat)?;
+    let lon = field::check_longitude(&at.field("lon"), raw.lon)?;
+    let alt_m = raw
+        .alt_m
+        .map(|alt| field::check_finite(&at.field("alt_m"), alt))
+        .transpose()?;
+    Ok(GeoPoint { lat, lon, alt_m })
+}
+
+fn validate_data_dir(dir: String) -> Result<PathBuf, ConfigError> {
+    if dir.is_empty() {
+        return Err(invalid("data_dir", "must not be empty"));
+    }
+    // TOML strings may hold `\u0000`; no file system accepts it.
+    if dir.contains('\0') {
+        return Err(invalid("data_dir", "must not contain a NUL character"));
+    }
+    Ok(PathBuf::from(dir))
+}
+
+fn validate_status_interval(secs: Option<i64>) -> Result<Duration, ConfigError> {
+    let Some(secs) = secs else {
+        return Ok(DEFAULT_STATUS_INTERVAL);
+    };
+    if !STATUS_INTERVAL_SECS.contains(&secs) {
+        return Err(invalid(
+            "status_interval_secs",
+            format!(
+                "{secs} is out of range {}..={}",
+                STATUS_INTERVAL_SECS.start(),
+                STATUS_INTERVAL_SECS.end()
+            ),
+        ));
+    }
+    // In range 1..=3600, so non-negative.
+    Ok(Duration::from_secs(secs.unsigned_abs()))
+}
+
+fn validate_join_files(paths: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
+    let at = FieldPath::new("join_file");
+    field::check_count(&at, paths.len(), MAX_JOIN_FILE_PATHS, "paths")?;
+    paths
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if !p.starts_with('/') {
+                return Err(invalid(at.index(i), "must be an absolute path"));
+            }
+            if p.contains('\0') {
+                return Err(invalid(at.index(i), "must not contain a NUL character"));
+            }
+            Ok(PathBuf::from(p))
+        })
+        .collect()
+}
+
+fn validate_reserve(raw: Option<RawReserve>) -> Result<Reserve, ConfigError> {
+    let default = Reserve::default();
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let bytes = |field: &str, v: Option<i64>, default: u64| match v {
+        None => Ok(default),
+        Some(v) => u64::try_from(v)
+            .map_err(|_| invalid(field, format!("{v} is negative; expected a size in bytes"))),
+    };
+    Ok(Reserve {
+        memory_bytes: bytes(
+            "reserve.memory_bytes",
+            raw.memory_bytes,
+            default.memory_bytes,
+        )?,
+        disk_bytes: bytes("reserve.disk_bytes", raw.disk_bytes, default.disk_bytes)?,
+    })
+}
