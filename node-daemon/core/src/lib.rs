@@ -8,6 +8,8 @@
 //!   error names its field.
 //! - [`restart`]: [`Lifecycle`](restart::Lifecycle), one workload instance's restart policy:
 //!   when to spawn, probe, signal and restart, backoff and crash loops.
+//! - [`backoff`]: exponential backoff with full jitter, for the session's dials and the
+//!   restart policy alike; the caller draws the randomness.
 //! - [`spec`]: [`WorkloadSpec`](spec::WorkloadSpec), a workload as the node runs it (and
 //!   stores it), and its validation.
 //!
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod backoff;
 pub mod config;
 pub mod restart;
 pub mod session;

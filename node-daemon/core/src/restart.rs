@@ -6,8 +6,8 @@
 //! [`Lifecycle::poll_action`] and the next deadline from [`Lifecycle::poll_timeout`]. The
 //! supervisor's tokio task around it spawns, signals and probes; every decision is made here.
 //!
-//! Backoff between restarts is exponential with full jitter, `random(0 ..= min(cap, base *
-//! 2^attempt))`, so workloads that fail together (a missing network, a full disk) do not restart
+//! Backoff between restarts is exponential with full jitter ([`crate::backoff`]),
+//! `random(0 ..= min(cap, base * 2^attempt))`, so workloads that fail together (a missing network, a full disk) do not restart
 //! in lockstep. It starts again from `base` once an instance has run healthily for
 //! `reset_after`. `crash_restarts` restarts within `crash_window` is a crash loop: the instance
 //! is reported as `Backoff` with "crash loop" and waits `crash_delay/2 ..= crash_delay`.
@@ -15,6 +15,7 @@
 //! It never reads the clock, never touches a process, a file or a socket, and draws randomness
 //! only from the seed it is given: its tests run minutes of restarts in microseconds.
 
+use crate::backoff::{Backoff, BackoffPolicy, jitter};
 use crate::spec::{HealthProbe, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -205,8 +206,8 @@ pub struct Lifecycle {
     rng: fastrand::Rng,
     phase: Phase,
     report: Report,
-    /// Exponent of the next backoff.
-    attempt: u32,
+    /// Between restarts outside a crash loop; reset by a healthy run of `reset_after`.
+    backoff: Backoff,
     /// When recent restarts were decided, oldest first; at most `crash_restarts` long.
     recent: VecDeque<Instant>,
     /// Since when the instance has been healthy (running, and passing its probe if it has one).
@@ -240,7 +241,10 @@ impl Lifecycle {
                 exit_code: None,
                 message: String::new(),
             },
-            attempt: 0,
+            backoff: Backoff::new(BackoffPolicy {
+                base: tuning.backoff_base,
+                max: tuning.backoff_cap,
+            }),
             recent: VecDeque::new(),
             healthy_since: None,
             unhealthy_since: None,
@@ -499,7 +503,7 @@ impl Lifecycle {
             .healthy_since
             .is_some_and(|since| now.saturating_duration_since(since) >= t.reset_after)
         {
-            self.attempt = 0;
+            self.backoff.reset();
         }
         self.healthy_since = None;
         self.unhealthy_since = None;
@@ -522,7 +526,7 @@ impl Lifecycle {
             // A fresh window after the long wait: it gets `crash_restarts` more tries.
             self.recent.clear();
             let half = t.crash_delay / 2;
-            let delay = half + self.jitter(t.crash_delay - half);
+            let delay = half + jitter(t.crash_delay - half, self.rng.u64(..));
             let message = format!(
                 "crash loop: {n} restarts within {} s ({why}); next attempt in {} ms",
                 t.crash_window.as_secs(),
@@ -530,13 +534,7 @@ impl Lifecycle {
             );
             (delay, message)
         } else {
-            let ceiling = t
-                .backoff_base
-                .checked_mul(1u32 << self.attempt.min(31))
-                .unwrap_or(t.backoff_cap)
-                .min(t.backoff_cap);
-            self.attempt = self.attempt.saturating_add(1).min(32);
-            let delay = self.jitter(ceiling);
+            let delay = self.backoff.next_delay(self.rng.u64(..));
             (
                 delay,
                 format!("{why}; restarting in {} ms", delay.as_millis()),
@@ -545,12 +543,6 @@ impl Lifecycle {
         self.phase = Phase::Waiting { until: now + delay };
         self.report.state = State::Backoff;
         self.report.message = message;
-    }
-
-    /// Uniform in `0 ..= max`, at millisecond resolution.
-    fn jitter(&mut self, max: Duration) -> Duration {
-        let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(self.rng.u64(0..=ms))
     }
 }
 

@@ -9,6 +9,8 @@
 //! Inputs are the `handle_*` methods; outputs are [`Action`]s from [`NodeSession::poll_action`]
 //! and the next deadline from [`NodeSession::poll_timeout`].
 
+use crate::backoff::Backoff;
+pub use crate::backoff::BackoffPolicy;
 use edge_proto::{
     Assignment, Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg,
     OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, text,
@@ -18,22 +20,6 @@ use std::time::{Duration, Instant};
 
 /// How long to wait for the orchestrator's answer to a hello.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Backoff between connection attempts: `random(0 ..= min(MAX, BASE * 2^attempt))`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackoffPolicy {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for BackoffPolicy {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(250),
-            max: Duration::from_secs(30),
-        }
-    }
-}
 
 /// What the join settings give for a first start.
 #[derive(Debug, Clone)]
@@ -114,8 +100,8 @@ pub struct NodeSession {
     join: Option<Join>,
     agent: Text<64>,
     status_interval: Duration,
-    backoff: BackoffPolicy,
-    attempt: u32,
+    /// Between dial attempts; reset by every welcome.
+    backoff: Backoff,
     rng: fastrand::Rng,
     caps: Capabilities,
     /// What the orchestrator has from us on this connection.
@@ -142,8 +128,7 @@ impl NodeSession {
             join,
             agent: text(concat!("edge-node/", env!("CARGO_PKG_VERSION"))),
             status_interval,
-            backoff,
-            attempt: 0,
+            backoff: Backoff::new(backoff),
             rng: fastrand::Rng::with_seed(seed),
             caps,
             caps_sent: None,
@@ -271,7 +256,7 @@ impl NodeSession {
     pub fn handle_msg(&mut self, msg: OrchMsg, now: Instant) {
         match (self.state, msg) {
             (State::AwaitAnswer { .. }, OrchMsg::Welcome(w)) if self.node_id == Some(w.node_id) => {
-                self.attempt = 0;
+                self.backoff.reset();
                 self.caps_sent = None;
                 self.state = State::Established { next_status: now };
                 self.send_caps_if_changed();
@@ -315,7 +300,7 @@ impl NodeSession {
         if self.state == State::Saving {
             self.node_id = Some(node_id);
             self.actions.push_back(Action::Disconnect);
-            self.attempt = 0;
+            self.backoff.reset();
             self.state = State::Backoff { until: now };
         }
     }
@@ -360,13 +345,7 @@ impl NodeSession {
     }
 
     fn retry_later(&mut self, now: Instant) {
-        let ceiling = self
-            .backoff
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.backoff.max);
-        let delay = Duration::from_nanos(self.rng.u64(0..=ceiling.as_nanos() as u64));
-        self.attempt = self.attempt.saturating_add(1);
+        let delay = self.backoff.next_delay(self.rng.u64(..));
         self.state = State::Backoff { until: now + delay };
     }
 
@@ -542,6 +521,29 @@ mod tests {
                 .any(|(i, d)| *d < policy.base * (1 << i.min(6)) / 2)
         );
         assert!(delays[8..].iter().all(|d| *d <= policy.max));
+
+        // A welcome resets it: the next drop waits at most `base` again.
+        let mut after_welcome = Vec::new();
+        for _ in 0..8 {
+            s.handle_timeout(now);
+            s.handle_connected(now);
+            s.handle_msg(
+                OrchMsg::Welcome(Welcome {
+                    version: 1,
+                    node_id: NodeId([1; 16]),
+                }),
+                now,
+            );
+            drain(&mut s);
+            s.handle_disconnected(now);
+            let next = s.poll_timeout().expect("backing off");
+            after_welcome.push(next - now);
+            now = next;
+        }
+        assert!(
+            after_welcome.iter().all(|d| *d <= policy.base),
+            "{after_welcome:?}"
+        );
     }
 
     #[test]
