@@ -5,6 +5,7 @@
 //! whose leaf that certificate signed, for [`ORCHESTRATOR_SERVER_NAME`]. After enrollment the
 //! node trusts exactly the stored CA and presents its own certificate.
 
+use edge_proto::digest::sha256;
 use edge_proto::{ALPN, ORCHESTRATOR_SERVER_NAME};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -19,14 +20,6 @@ use crate::identity::Identity;
 #[derive(Debug, thiserror::Error)]
 #[error("TLS setup: {0}")]
 pub struct TlsError(String);
-
-/// sha256 of a DER certificate.
-pub fn cert_sha256(der: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
 
 /// Trusts the server chain only if it carries the CA with the pinned hash and that CA signed
 /// the leaf.
@@ -56,7 +49,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let Some(ca) = intermediates
             .iter()
-            .find(|c| cert_sha256(c.as_ref()) == self.pin)
+            .find(|c| sha256(c.as_ref()) == self.pin)
         else {
             return Err(rustls::Error::General(PIN_MISMATCH.into()));
         };

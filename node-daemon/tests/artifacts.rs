@@ -2,6 +2,7 @@
 //! certificate for `orchestrator.edge`, on 127.0.0.1 port 0. The stand-in speaks the artifact
 //! protocol and can cut a transfer, reset it, or corrupt the bytes.
 
+use edge_proto::digest::sha256;
 use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{ArtifactReply, StreamOpen, decode};
 use node_daemon::artifacts::{ArtifactCache, Digest, Fault, FetchError, to_hex};
@@ -22,12 +23,6 @@ enum Serve {
     ResetAfter(usize),
     /// Every byte, with one of them flipped.
     Corrupt,
-}
-
-fn sha256(bytes: &[u8]) -> Digest {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    out
 }
 
 /// A shell script that prints `hi`, padded well past a few QUIC packets and read chunks.

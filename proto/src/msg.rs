@@ -83,28 +83,15 @@ pub type Der = Blob<8192>;
 pub struct NodeId(pub [u8; 16]);
 
 impl NodeId {
-    /// Parses 32 hex digits.
+    /// Parses 32 hex digits, either case.
     pub fn parse(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        if b.len() != 32 {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
-        Some(Self(out))
+        crate::digest::decode_hex(s).map(Self)
     }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        fmt::Display::fmt(&crate::digest::Hex(&self.0), f)
     }
 }
 

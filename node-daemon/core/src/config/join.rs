@@ -9,6 +9,7 @@ use super::error::{ConfigError, invalid};
 use super::raw::{RawJoin, RawJoinFile, VersionProbe};
 use super::validate::{check_version, validate_labels, validate_location, validate_name};
 use super::{GeoPoint, MAX_JOIN_FILE_BYTES};
+use edge_proto::digest::{self, Hex, SHA256_PREFIX};
 use edge_proto::field::FieldPath;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -121,11 +122,7 @@ impl CaHash {
 
 impl fmt::Display for CaHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        write!(f, "{SHA256_PREFIX}{}", Hex(&self.0))
     }
 }
 
@@ -176,17 +173,8 @@ fn parse_join_token(token: String, path: &FieldPath) -> Result<JoinToken, Config
     Ok(JoinToken(token))
 }
 
+/// `sha256:` and 64 hex digits of either case, as `edgectl token create` prints it or a
+/// person copies it.
 fn parse_ca_hash(s: &str) -> Option<CaHash> {
-    let hex = s.strip_prefix("sha256:")?.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let hi = char::from(pair[0]).to_digit(16)?;
-        let lo = char::from(pair[1]).to_digit(16)?;
-        // Both digits are < 16, so this fits in a byte.
-        *byte = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(CaHash(out))
+    digest::from_prefixed(s).map(CaHash)
 }
