@@ -959,7 +959,7 @@ async fn bad_specs_are_refused_with_the_field() {
     let mut spec = fx.spec("ok", "exit 0");
     spec.name = "../etc".into();
     match fx.sup.apply(spec).await {
-        Err(SupervisorError::InvalidSpec(e)) => assert_eq!(e.field, "name"),
+        Err(SupervisorError::InvalidSpec(e)) => assert_eq!(e.path(), "name"),
         other => panic!("{other:?}"),
     }
     let mut spec = fx.spec("ok", "exit 0");

@@ -8,6 +8,7 @@
 //! This module never does I/O; [`WorkloadSpec::validate`] checks only what can be checked
 //! from the spec itself.
 
+use edge_proto::field::{FieldError, FieldPath};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -95,18 +96,24 @@ impl WorkloadSpec {
         }
         for (i, arg) in self.args.iter().enumerate() {
             if arg.contains('\0') {
-                return Err(SpecError::new(format!("args[{i}]"), "contains a NUL byte"));
+                return Err(SpecError::new(
+                    FieldPath::new("args").index(i),
+                    "contains a NUL byte",
+                ));
             }
         }
         for (key, value) in &self.env {
             if key.is_empty() || key.contains(['=', '\0']) {
                 return Err(SpecError::new(
-                    format!("env.{key}"),
+                    FieldPath::new("env").key(key),
                     "a variable name must be non-empty, without '=' or NUL",
                 ));
             }
             if value.contains('\0') {
-                return Err(SpecError::new(format!("env.{key}"), "contains a NUL byte"));
+                return Err(SpecError::new(
+                    FieldPath::new("env").key(key),
+                    "contains a NUL byte",
+                ));
             }
         }
         if let Some(dir) = &self.working_dir
@@ -304,23 +311,9 @@ pub enum HealthCheck {
     },
 }
 
-/// A spec field that is not acceptable, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct SpecError {
-    /// The field's path in the spec, e.g. `resources.memory_bytes`.
-    pub field: String,
-    pub reason: String,
-}
-
-impl SpecError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
+/// A spec field that is not acceptable, and why: the fleet's one field error, whose path names
+/// the field, e.g. `resources.memory_bytes` or `env."A=B"`.
+pub type SpecError = FieldError;
 
 #[cfg(test)]
 mod tests {
@@ -349,7 +342,7 @@ mod tests {
             let mut s = spec();
             s.name = bad.into();
             assert_eq!(
-                s.validate().map_err(|e| e.field),
+                s.validate().map_err(|e| e.path().to_string()),
                 Err("name".into()),
                 "{bad:?}"
             );
@@ -363,12 +356,15 @@ mod tests {
     fn errors_name_the_field() {
         let mut s = spec();
         s.env.insert("A=B".into(), "x".into());
-        assert_eq!(s.validate().map_err(|e| e.field), Err("env.A=B".into()));
+        assert_eq!(
+            s.validate().map_err(|e| e.path().to_string()),
+            Err(r#"env."A=B""#.into())
+        );
 
         let mut s = spec();
         s.resources.memory_bytes = Some(1000);
         assert_eq!(
-            s.validate().map_err(|e| e.field),
+            s.validate().map_err(|e| e.path().to_string()),
             Err("resources.memory_bytes".into())
         );
 
@@ -378,7 +374,7 @@ mod tests {
             path: "/x HTTP/1.1\r\nHost: evil".into(),
         }));
         assert_eq!(
-            s.validate().map_err(|e| e.field),
+            s.validate().map_err(|e| e.path().to_string()),
             Err("health.check.http.path".into())
         );
     }
