@@ -1,5 +1,6 @@
 //! The node's artifact cache: workload executables fetched from the orchestrator over QUIC,
-//! verified by sha256, kept under `data_dir/artifacts/<64 hex>` until no workload needs them.
+//! verified by sha256, kept under `data_dir/artifacts/<64 hex>` (a directory only the node's
+//! user may enter) until no workload needs them.
 //!
 //! A download goes to `<hex>.part`, appended from where an earlier, cut attempt stopped (the
 //! request carries that offset). Only when the whole file is on disk and synced is it hashed;
@@ -152,7 +153,7 @@ impl ArtifactCache {
     /// The cache under `data_dir/artifacts`, created if missing.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("artifacts");
-        std::fs::create_dir_all(&dir)?;
+        crate::private_fs::own_dir(&dir)?;
         Ok(Self {
             dir,
             fetching: Mutex::new(HashMap::new()),
@@ -301,8 +302,14 @@ impl ArtifactCache {
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(crate::private_fs::FILE_MODE)
             .open(part)
             .await?;
+        // One an older node left may be readable by all.
+        file.set_permissions(std::fs::Permissions::from_mode(
+            crate::private_fs::FILE_MODE,
+        ))
+        .await?;
         let mut buf = vec![0u8; CHUNK_BYTES];
         let outcome = loop {
             let n = match tokio::time::timeout(STALL_TIMEOUT, recv.read(&mut buf)).await {

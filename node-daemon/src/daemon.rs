@@ -58,7 +58,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let data_dir = config.data_dir().to_owned();
-    std::fs::create_dir_all(&data_dir).map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
+    crate::private_fs::create_dir_all(&data_dir)
+        .map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
     let ids = IdentityDir::new(&data_dir);
     let identity = ids.load()?;
     let mut session_tls = identity.as_ref().map(tls::session_config).transpose()?;

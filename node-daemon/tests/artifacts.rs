@@ -257,6 +257,10 @@ async fn a_cut_transfer_leaves_a_part_and_the_next_fetch_resumes_from_it() {
         other => panic!("expected a cut at 100000, got {other:?}"),
     }
     assert_eq!(part_len(&cache, &digest), Some(100_000));
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let part = cache.dir().join(format!("{}.part", to_hex(&digest)));
+    assert_eq!(mode(&part), 0o600, "a download is the node's alone");
+    assert_eq!(mode(cache.dir()), 0o700);
     assert_eq!(cache.path(&digest), None);
     assert_eq!(cache.missing_bytes(&digest, size), size - 100_000);
 
