@@ -379,7 +379,10 @@ fn wire_state(s: State) -> WorkloadState {
 fn node_env(name: &str, address: Option<std::net::IpAddr>) -> Vec<(String, String)> {
     let mut env = vec![("EDGE_NODE_NAME".to_owned(), name.to_owned())];
     if let Some(ip) = address {
-        env.push(("EDGE_NODE_ADDRESS".to_owned(), ip.to_string()));
+        env.push((
+            supervisor::spec::NODE_ADDRESS_ENV.to_owned(),
+            ip.to_string(),
+        ));
     }
     env
 }

@@ -788,9 +788,18 @@ async fn log_files_rotate_at_the_size_limit() {
     fx.finish().await;
 }
 
-/// A tiny HTTP server for the probe: 200 while `healthy`, else 500. Records request lines.
+/// A tiny HTTP server for the probe on 127.0.0.1: 200 while `healthy`, else 500. Records
+/// request lines.
 async fn health_server(healthy: Arc<AtomicBool>) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    health_server_on("127.0.0.1", healthy).await
+}
+
+/// [`health_server`] listening on `ip` only.
+async fn health_server_on(
+    ip: &str,
+    healthy: Arc<AtomicBool>,
+) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = requests.clone();
@@ -864,6 +873,44 @@ async fn an_http_probe_flips_running_and_unhealthy() {
     let lines = requests.lock().expect("lock").clone();
     assert!(
         lines.iter().all(|l| l == "GET /healthz HTTP/1.1"),
+        "{lines:?}"
+    );
+    fx.finish().await;
+}
+
+/// A workload told to listen on the node's address (`EDGE_NODE_ADDRESS`, from the node's
+/// `local_address`) binds that address only: its probes must go there, not to 127.0.0.1.
+#[tokio::test]
+async fn probes_go_to_the_address_the_workload_is_told_to_listen_on() {
+    let fx = Fixture::new("node-address").await;
+    // The services: one HTTP, one plain TCP, each on 127.0.0.3 and nowhere else.
+    let (http_port, requests) =
+        health_server_on("127.0.0.3", Arc::new(AtomicBool::new(true))).await;
+    let tcp = TcpListener::bind("127.0.0.3:0").await.expect("bind");
+    let tcp_port = tcp.local_addr().expect("addr").port();
+    for (name, check) in [
+        (
+            "web",
+            HealthCheck::Http {
+                port: http_port,
+                path: "/healthz".into(),
+            },
+        ),
+        ("svc", HealthCheck::Tcp { port: tcp_port }),
+    ] {
+        let mut spec = fx.spec(name, "while :; do sleep 0.05; done");
+        spec.env
+            .insert("EDGE_NODE_ADDRESS".into(), "127.0.0.3".into());
+        spec.health = Some(probe(check));
+        fx.sup.apply(spec).await.expect("apply");
+    }
+    for name in ["web", "svc"] {
+        let s = wait_for(&fx.sup, name, "Running", |s| s.state == State::Running).await;
+        assert_eq!(s.restarts, 0, "{name}: {}", s.message);
+    }
+    let lines = requests.lock().expect("lock").clone();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l == "GET /healthz HTTP/1.1"),
         "{lines:?}"
     );
     fx.finish().await;
