@@ -79,10 +79,15 @@ pub enum FetchError {
     /// bytes). Peer; any tainted `.part` is deleted; retry with backoff.
     #[error("artifact protocol: {0}")]
     Protocol(String),
-    /// This node's disk failed (full, read-only). Local; retry with backoff, likely in vain
-    /// until space is freed.
+    /// This node's disk failed (read-only, I/O error). Local; retry with backoff.
     #[error("artifact cache: {0}")]
     Local(#[from] io::Error),
+    /// The artifact does not fit on the node's disk: `need` bytes were still to be written
+    /// and `free` are free (after the disk filled up mid-transfer, what is free once the
+    /// `.part` file is deleted). Local; not retryable: fetching again fails the same way, so
+    /// the node refuses the assignment and the orchestrator places the instance elsewhere.
+    #[error("not enough disk for the artifact: {need} B to write, {free} B free")]
+    NoSpace { need: u64, free: u64 },
 }
 
 impl FetchError {
@@ -96,13 +101,16 @@ impl FetchError {
             | Self::SizeMismatch { .. }
             | Self::HashMismatch { .. }
             | Self::Protocol(_) => Fault::Peer,
-            Self::Local(_) => Fault::Local,
+            Self::Local(_) | Self::NoSpace { .. } => Fault::Local,
         }
     }
 
     /// Whether fetching again, unchanged, can succeed.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::NotFound | Self::SizeMismatch { .. })
+        !matches!(
+            self,
+            Self::NotFound | Self::SizeMismatch { .. } | Self::NoSpace { .. }
+        )
     }
 }
 
@@ -231,7 +239,26 @@ impl ArtifactCache {
             have = 0;
         }
         if have < size {
-            self.download(conn, digest, size, have, &part).await?;
+            let need = size - have;
+            if let Some(space) = crate::capabilities::disk_space(&self.dir)
+                && need > space.free_bytes
+            {
+                // It cannot fit: what it has only takes room from what can.
+                remove_if_exists(&part).await?;
+                return Err(FetchError::NoSpace {
+                    need,
+                    free: space.free_bytes.saturating_add(have),
+                });
+            }
+            match self.download(conn, digest, size, have, &part).await {
+                Err(FetchError::Local(e)) if is_disk_full(&e) => {
+                    remove_if_exists(&part).await?;
+                    let free = crate::capabilities::disk_space(&self.dir)
+                        .map_or(0, |space| space.free_bytes);
+                    return Err(FetchError::NoSpace { need, free });
+                }
+                other => other?,
+            }
         }
         self.commit(digest, size, &part).await
     }
@@ -416,6 +443,14 @@ impl ArtifactCache {
     }
 }
 
+/// Whether `e` says the disk (or the user's quota on it) is full.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Deletes `path`; false if it was not there.
 async fn remove_if_exists(path: &Path) -> io::Result<bool> {
     match tokio::fs::remove_file(path).await {
@@ -448,7 +483,12 @@ mod tests {
             actual: [1; 32],
         };
         assert_eq!((bad.fault(), bad.retryable()), (Fault::Peer, true));
-        let disk = FetchError::Local(io::Error::other("full"));
+        let disk = FetchError::Local(io::Error::other("read-only"));
         assert_eq!(disk.fault(), Fault::Local);
+        let full = FetchError::NoSpace { need: 2, free: 1 };
+        assert_eq!((full.fault(), full.retryable()), (Fault::Local, false));
+        assert!(is_disk_full(&io::Error::from_raw_os_error(28)), "ENOSPC");
+        assert!(is_disk_full(&io::Error::from_raw_os_error(122)), "EDQUOT");
+        assert!(!is_disk_full(&io::Error::from_raw_os_error(30)), "EROFS");
     }
 }

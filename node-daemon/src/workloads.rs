@@ -2,7 +2,8 @@
 //!
 //! An assignment is admitted (or refused) against the node's own measurements, its artifact is
 //! fetched over the current connection (resuming after a cut, retried with backoff, verified
-//! before use), and the supervisor runs it. Every state change goes back to the orchestrator as
+//! before use; refused after all if it turns out not to fit the disk), and the supervisor runs
+//! it. Every state change goes back to the orchestrator as
 //! a report; after a reconnect the node re-sends the state of everything it runs, so status is
 //! never minutes late.
 //!
@@ -288,6 +289,11 @@ impl Workloads {
             };
             match self.cache.fetch(&conn, a.artifact, a.artifact_size).await {
                 Ok(path) => break path,
+                Err(e @ FetchError::NoSpace { .. }) => {
+                    // Releases the artifact for collection: nothing will use it here.
+                    drop(in_use);
+                    return self.refuse(&a, &e).await;
+                }
                 Err(e) if e.retryable() => {
                     warn!(workload = %name, error = %e, retry_in = ?delay, "artifact fetch failed");
                     tokio::time::sleep(delay).await;
@@ -327,6 +333,26 @@ impl Workloads {
     /// Whether `a` is still the latest assignment of its workload.
     fn is_current(&self, a: &Assignment) -> bool {
         self.book().generations.get(a.workload.as_str()) == Some(&a.generation)
+    }
+
+    /// Refuses `a` after admitting it: its artifact cannot fit on this disk after all (it
+    /// filled since admission measured it). Said to the orchestrator as admission says it,
+    /// so the instance goes to another node, and forgotten here as an unassignment would be.
+    /// A newer assignment of the workload has superseded `a` if it is no longer current:
+    /// then nothing is said or forgotten.
+    async fn refuse(&self, a: &Assignment, why: &FetchError) {
+        if !self.is_current(a) {
+            return;
+        }
+        warn!(workload = %a.workload, generation = a.generation, reason = %why, "refused after admission");
+        let reply = AdmissionReply {
+            workload: a.workload.clone(),
+            generation: a.generation,
+            rejected: Some(text(&why.to_string())),
+        };
+        let forget = self.unassign(a.workload.as_str());
+        let _ = self.out.send(NodeMsg::Admission(Box::new(reply))).await;
+        forget.await;
     }
 
     async fn fail(&self, a: &Assignment, e: &FetchError) {
