@@ -210,6 +210,16 @@ pub async fn run_with(
                 }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
+                    if let Fatal::Rejected {
+                        code: RejectCode::UnknownNode,
+                        ..
+                    } = &why
+                    {
+                        // Deleted: the orchestrator has placed this node's instances elsewhere
+                        // already, and nobody would supervise them after this returns.
+                        warn!("the orchestrator no longer knows this node; stopping its workloads");
+                        workloads.forget_all().await;
+                    }
                     board.set(State::Failed, why.to_string());
                     endpoint.close(0u32.into(), b"");
                     return Err(why.into());

@@ -240,6 +240,24 @@ impl Workloads {
         self.supervisor.shutdown().await;
     }
 
+    /// Stops every workload and forgets it (spec, logs, reservation, artifact), as if each
+    /// had been unassigned: for a node the orchestrator no longer knows, which has placed
+    /// them elsewhere already. Nothing is left to restart on the next start.
+    pub async fn forget_all(&self) {
+        let mut names: std::collections::BTreeSet<String> =
+            self.book().generations.keys().cloned().collect();
+        names.extend(self.supervisor.statuses().into_iter().map(|s| s.name));
+        // All at once: each takes up to its grace period.
+        let mut stops = tokio::task::JoinSet::new();
+        for name in &names {
+            stops.spawn(self.unassign(name));
+        }
+        while stops.join_next().await.is_some() {}
+        if !names.is_empty() {
+            info!(workloads = ?names, "stopped and forgot every workload");
+        }
+    }
+
     fn report(&self, s: &InstanceStatus) -> NodeMsg {
         let generation = self.book().generations.get(&s.name).copied().unwrap_or(0);
         NodeMsg::Workload(Box::new(WorkloadReport {
