@@ -49,8 +49,8 @@ pub fn collect(
 
 /// [`collect`] with the files (`etc/os-release`, `proc/cpuinfo`, the device tree, `dev`,
 /// `sys/class`) read under `root` instead of `/`. Values read through sysinfo (kernel, hostname,
-/// CPU count and model, memory, disk) still describe the running machine; `proc/cpuinfo` under
-/// `root` is only the fallback when sysinfo has no CPU model or count.
+/// CPU count and model, memory) and statvfs (disk) still describe the running machine;
+/// `proc/cpuinfo` under `root` is only the fallback when sysinfo has no CPU model or count.
 pub fn collect_from(
     root: &Path,
     data_dir: &Path,
@@ -559,7 +559,7 @@ mod tests {
     }
 
     /// A data dir on a real disk (the crate's source tree), not yet existing, so the nearest
-    /// ancestor is measured. (The temp dir may be a tmpfs, which sysinfo does not list.)
+    /// ancestor is measured.
     fn real_data_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("does-not-exist/edge-node")
     }
