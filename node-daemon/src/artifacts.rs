@@ -1,5 +1,6 @@
 //! The node's artifact cache: workload executables fetched from the orchestrator over QUIC,
-//! verified by sha256, kept under `data_dir/artifacts/<64 hex>` until no workload needs them.
+//! verified by sha256, kept under `data_dir/artifacts/<64 hex>` (a directory only the node's
+//! user may enter) until no workload needs them.
 //!
 //! A download goes to `<hex>.part`, appended from where an earlier, cut attempt stopped (the
 //! request carries that offset). Only when the whole file is on disk and synced is it hashed;
@@ -78,10 +79,15 @@ pub enum FetchError {
     /// bytes). Peer; any tainted `.part` is deleted; retry with backoff.
     #[error("artifact protocol: {0}")]
     Protocol(String),
-    /// This node's disk failed (full, read-only). Local; retry with backoff, likely in vain
-    /// until space is freed.
+    /// This node's disk failed (read-only, I/O error). Local; retry with backoff.
     #[error("artifact cache: {0}")]
     Local(#[from] io::Error),
+    /// The artifact does not fit on the node's disk: `need` bytes were still to be written
+    /// and `free` are free (after the disk filled up mid-transfer, what is free once the
+    /// `.part` file is deleted). Local; not retryable: fetching again fails the same way, so
+    /// the node refuses the assignment and the orchestrator places the instance elsewhere.
+    #[error("not enough disk for the artifact: {need} B to write, {free} B free")]
+    NoSpace { need: u64, free: u64 },
 }
 
 impl FetchError {
@@ -95,13 +101,16 @@ impl FetchError {
             | Self::SizeMismatch { .. }
             | Self::HashMismatch { .. }
             | Self::Protocol(_) => Fault::Peer,
-            Self::Local(_) => Fault::Local,
+            Self::Local(_) | Self::NoSpace { .. } => Fault::Local,
         }
     }
 
     /// Whether fetching again, unchanged, can succeed.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::NotFound | Self::SizeMismatch { .. })
+        !matches!(
+            self,
+            Self::NotFound | Self::SizeMismatch { .. } | Self::NoSpace { .. }
+        )
     }
 }
 
@@ -152,7 +161,7 @@ impl ArtifactCache {
     /// The cache under `data_dir/artifacts`, created if missing.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("artifacts");
-        std::fs::create_dir_all(&dir)?;
+        crate::private_fs::own_dir(&dir)?;
         Ok(Self {
             dir,
             fetching: Mutex::new(HashMap::new()),
@@ -230,7 +239,26 @@ impl ArtifactCache {
             have = 0;
         }
         if have < size {
-            self.download(conn, digest, size, have, &part).await?;
+            let need = size - have;
+            if let Some(space) = crate::capabilities::disk_space(&self.dir)
+                && need > space.free_bytes
+            {
+                // It cannot fit: what it has only takes room from what can.
+                remove_if_exists(&part).await?;
+                return Err(FetchError::NoSpace {
+                    need,
+                    free: space.free_bytes.saturating_add(have),
+                });
+            }
+            match self.download(conn, digest, size, have, &part).await {
+                Err(FetchError::Local(e)) if is_disk_full(&e) => {
+                    remove_if_exists(&part).await?;
+                    let free = crate::capabilities::disk_space(&self.dir)
+                        .map_or(0, |space| space.free_bytes);
+                    return Err(FetchError::NoSpace { need, free });
+                }
+                other => other?,
+            }
         }
         self.commit(digest, size, &part).await
     }
@@ -301,8 +329,14 @@ impl ArtifactCache {
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(crate::private_fs::FILE_MODE)
             .open(part)
             .await?;
+        // One an older node left may be readable by all.
+        file.set_permissions(std::fs::Permissions::from_mode(
+            crate::private_fs::FILE_MODE,
+        ))
+        .await?;
         let mut buf = vec![0u8; CHUNK_BYTES];
         let outcome = loop {
             let n = match tokio::time::timeout(STALL_TIMEOUT, recv.read(&mut buf)).await {
@@ -409,6 +443,14 @@ impl ArtifactCache {
     }
 }
 
+/// Whether `e` says the disk (or the user's quota on it) is full.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Deletes `path`; false if it was not there.
 async fn remove_if_exists(path: &Path) -> io::Result<bool> {
     match tokio::fs::remove_file(path).await {
@@ -441,7 +483,12 @@ mod tests {
             actual: [1; 32],
         };
         assert_eq!((bad.fault(), bad.retryable()), (Fault::Peer, true));
-        let disk = FetchError::Local(io::Error::other("full"));
+        let disk = FetchError::Local(io::Error::other("read-only"));
         assert_eq!(disk.fault(), Fault::Local);
+        let full = FetchError::NoSpace { need: 2, free: 1 };
+        assert_eq!((full.fault(), full.retryable()), (Fault::Local, false));
+        assert!(is_disk_full(&io::Error::from_raw_os_error(28)), "ENOSPC");
+        assert!(is_disk_full(&io::Error::from_raw_os_error(122)), "EDQUOT");
+        assert!(!is_disk_full(&io::Error::from_raw_os_error(30)), "EROFS");
     }
 }

@@ -3,9 +3,13 @@
 //! [`collect`] describes the machine once: architecture, OS, CPUs, memory, the filesystem that
 //! holds the data dir, the board, and the accelerators under `/dev`. Files are read relative to a
 //! root directory ([`collect_from`]) so tests can point it at a fake tree; values that come from
-//! syscalls through `sysinfo` (kernel, hostname, CPUs, memory, disks) always describe the running
-//! machine. Missing or unreadable files give an empty or `None` field, never an error: a node
-//! reports what it can find.
+//! syscalls (kernel, hostname, CPUs and memory through `sysinfo`, the disk through `statvfs`)
+//! always describe the running machine. Missing or unreadable files give an empty or `None`
+//! field, never an error: a node reports what it can find.
+//!
+//! The disk is the filesystem that holds the data dir, asked directly ([`disk_space`]): not
+//! looked up in a list of mounts, which leaves out tmpfs and network mounts and would
+//! measure a data dir on one of those as the filesystem below it.
 //!
 //! [`StatusSampler`] is the cheap periodic part. It refreshes CPU usage, memory and the data
 //! dir's filesystem only, never the process list: on a 512 MB Pi the process table alone would
@@ -24,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use edge_proto::{Accelerator, AcceleratorKind, Capabilities, Label, List, Location, Status, text};
 pub use node_core::session::same_identity;
-use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, System};
+use sysinfo::{CpuRefreshKind, MemoryRefreshKind, System};
 
 /// The wire bound of `Capabilities::accelerators`.
 const MAX_ACCELERATORS: usize = 16;
@@ -46,8 +50,8 @@ pub fn collect(
 
 /// [`collect`] with the files (`etc/os-release`, `proc/cpuinfo`, the device tree, `dev`,
 /// `sys/class`) read under `root` instead of `/`. Values read through sysinfo (kernel, hostname,
-/// CPU count and model, memory, disk) still describe the running machine; `proc/cpuinfo` under
-/// `root` is only the fallback when sysinfo has no CPU model or count.
+/// CPU count and model, memory) and statvfs (disk) still describe the running machine;
+/// `proc/cpuinfo` under `root` is only the fallback when sysinfo has no CPU model or count.
 pub fn collect_from(
     root: &Path,
     data_dir: &Path,
@@ -85,9 +89,7 @@ pub fn collect_from(
         .or_else(|| cpu_model_from_cpuinfo(&cpuinfo))
         .unwrap_or_else(|| "unknown".to_owned());
 
-    let disk = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage())
-        .map(|disks| disk_space(&disks, data_dir))
-        .unwrap_or_default();
+    let disk = disk_space(data_dir).unwrap_or_default();
 
     Capabilities {
         arch: text(std::env::consts::ARCH),
@@ -110,19 +112,16 @@ pub fn collect_from(
 /// Why a [`StatusSampler`] could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
-    /// sysinfo cannot read CPU, memory or disk counters on this platform. Retrying will not
-    /// help.
+    /// sysinfo cannot read CPU or memory counters on this platform. Retrying will not help.
     #[error("system statistics are unavailable on this platform: {0}")]
     Unavailable(#[from] sysinfo::Error),
 }
 
 /// Samples the node's live load for [`Status`]. Holds a sysinfo `System` that is only ever
-/// refreshed for CPU usage and RAM, and the list of mounted filesystems for the data dir's free
-/// space.
+/// refreshed for CPU usage and RAM; the data dir's free space is one `statvfs` per sample.
 #[derive(Debug)]
 pub struct StatusSampler {
     system: System,
-    disks: Disks,
     data_dir: PathBuf,
 }
 
@@ -132,10 +131,8 @@ impl StatusSampler {
     pub fn new(data_dir: &Path) -> Result<Self, SamplerError> {
         let mut system = System::new()?;
         system.refresh_cpu_usage();
-        let disks = Disks::new()?;
         Ok(Self {
             system,
-            disks,
             data_dir: data_dir.to_owned(),
         })
     }
@@ -144,12 +141,10 @@ impl StatusSampler {
     pub fn measure(&mut self) -> node_core::admission::Measured {
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        self.disks
-            .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
         node_core::admission::Measured {
             memory_total: self.system.total_memory(),
             memory_available: self.system.available_memory(),
-            disk_free: disk_space(&self.disks, &self.data_dir).free_bytes,
+            disk_free: disk_space(&self.data_dir).unwrap_or_default().free_bytes,
         }
     }
 
@@ -161,10 +156,6 @@ impl StatusSampler {
         self.system.refresh_cpu_usage();
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        // Re-read the mount list each time (a few lines of /proc/mounts and one statvfs per
-        // real filesystem), so a disk mounted after start is seen.
-        self.disks
-            .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
         let cpu = self.system.global_cpu_usage();
         Status {
             cpu_percent: if cpu.is_finite() {
@@ -173,49 +164,42 @@ impl StatusSampler {
                 0.0
             },
             memory_used_bytes: self.system.used_memory(),
-            disk_free_bytes: disk_space(&self.disks, &self.data_dir).free_bytes,
+            disk_free_bytes: disk_space(&self.data_dir).unwrap_or_default().free_bytes,
             uptime_secs: System::uptime().unwrap_or(0),
         }
     }
 }
 
-/// Size and free space (for unprivileged users) of one filesystem; zero when unknown.
+/// Size and free space (for unprivileged users) of one filesystem.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct DiskSpace {
-    total_bytes: u64,
-    free_bytes: u64,
+pub struct DiskSpace {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
 }
 
-/// The space of the filesystem holding `dir` (or its nearest existing ancestor). Zero if no
-/// listed filesystem holds it: sysinfo leaves out tmpfs and network mounts by default.
-fn disk_space(disks: &Disks, dir: &Path) -> DiskSpace {
-    let Some(dir) = nearest_existing_canonical(dir) else {
-        return DiskSpace::default();
-    };
-    filesystem_of(disks.iter().map(sysinfo::Disk::mount_point), &dir)
-        .and_then(|i| disks.get(i))
-        .map_or_else(DiskSpace::default, |disk| DiskSpace {
-            total_bytes: disk.total_space(),
-            free_bytes: disk.available_space(),
-        })
+/// The space of the filesystem holding `dir`, or its nearest existing ancestor if `dir` is
+/// not there yet, from `statvfs` on that directory itself. `None` if not even an ancestor can
+/// be asked.
+pub fn disk_space(dir: &Path) -> Option<DiskSpace> {
+    let dir = nearest_existing_canonical(dir)?;
+    let stat = nix::sys::statvfs::statvfs(&dir).ok()?;
+    // The counters' width differs by target (32 bits on some ARM C libraries).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, available, block_size) = (
+        u64::from(stat.blocks()),
+        u64::from(stat.blocks_available()),
+        u64::from(stat.fragment_size()),
+    );
+    Some(DiskSpace {
+        total_bytes: blocks.saturating_mul(block_size),
+        free_bytes: available.saturating_mul(block_size),
+    })
 }
 
 /// `path` made absolute and canonical, or else its nearest ancestor that exists.
 fn nearest_existing_canonical(path: &Path) -> Option<PathBuf> {
     let absolute = std::path::absolute(path).ok()?;
     absolute.ancestors().find_map(|p| p.canonicalize().ok())
-}
-
-/// The index of the mount point that holds `path`: the longest one that is a prefix of it,
-/// compared by whole components (`/data` does not hold `/data2`). Of equal mount points the
-/// last wins, as the last mount over a directory is the one visible (the order of
-/// /proc/mounts).
-fn filesystem_of<'a>(mount_points: impl Iterator<Item = &'a Path>, path: &Path) -> Option<usize> {
-    mount_points
-        .enumerate()
-        .filter(|(_, mount)| path.starts_with(mount))
-        .max_by_key(|(_, mount)| mount.components().count())
-        .map(|(i, _)| i)
 }
 
 /// `PRETTY_NAME` from os-release (`etc/os-release`, else `usr/lib/os-release`), or else `NAME`
@@ -539,7 +523,7 @@ mod tests {
     }
 
     /// A data dir on a real disk (the crate's source tree), not yet existing, so the nearest
-    /// ancestor is measured. (The temp dir may be a tmpfs, which sysinfo does not list.)
+    /// ancestor is measured.
     fn real_data_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("does-not-exist/edge-node")
     }
@@ -814,10 +798,10 @@ mod tests {
     }
 
     #[test]
-    fn collect_for_temp_dir_does_not_fail() {
-        // The brief asks for disk_bytes > 0 here; on hosts where /tmp is a tmpfs sysinfo does
-        // not list it, so only "no panic, free <= total" holds everywhere.
+    fn the_temp_dir_is_measured_whatever_its_filesystem() {
+        // Often a tmpfs, which no list of "real" disks includes: asked directly, it has a size.
         let caps = collect(&std::env::temp_dir(), no_labels(), None);
+        assert!(caps.disk_bytes > 0);
         assert!(caps.disk_free_bytes <= caps.disk_bytes);
     }
 
@@ -856,35 +840,6 @@ mod tests {
         let mut e = a.clone();
         e.disk_bytes = e.disk_bytes.wrapping_add(1);
         assert!(!same_identity(&a, &e));
-    }
-
-    #[test]
-    fn filesystem_is_longest_mount_prefix() {
-        let mounts = [
-            Path::new("/"),
-            Path::new("/var"),
-            Path::new("/var/lib/edge"),
-            Path::new("/boot/firmware"),
-        ];
-        let of = |p: &str| filesystem_of(mounts.iter().copied(), Path::new(p));
-        assert_eq!(
-            of("/var/lib/edge-node"),
-            Some(1),
-            "/var/lib/edge is not a prefix"
-        );
-        assert_eq!(of("/var/lib/edge/x"), Some(2));
-        assert_eq!(of("/var/lib/edge"), Some(2));
-        assert_eq!(of("/home/pi"), Some(0));
-        assert_eq!(
-            filesystem_of([Path::new("/data")].into_iter(), Path::new("/x")),
-            None
-        );
-        // A directory mounted over twice: the later mount is the visible one.
-        let stacked = [Path::new("/"), Path::new("/data"), Path::new("/data")];
-        assert_eq!(
-            filesystem_of(stacked.iter().copied(), Path::new("/data/edge")),
-            Some(2)
-        );
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! The daemon: a thin tokio shell around [`NodeSession`]. It dials, moves frames, stores the
 //! identity, samples load and refreshes capabilities; every decision is the session's.
+//!
+//! It also says what the session decided, where an operator looks: every attempt that ends
+//! without a session (unreachable, refused, no answer, closed) is a warning that names the
+//! address dialed, why, and how long the session backs off before the next one. The backoff
+//! grows to 30 s, so a node pointed at the wrong address says so at most twice a minute once
+//! it has been failing for a while.
 
 use crate::capabilities::{self, StatusSampler};
 use crate::config::{Config, Host};
@@ -12,10 +18,12 @@ use crate::workloads::Workloads;
 use edge_proto::NodeMsg;
 use edge_proto::quic::{ReadError, read_frame, write_msg};
 use edge_proto::{Der, Intent, OrchMsg, RejectCode, RuntimeInfo, decode, text};
-use node_core::session::{Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession};
+use node_core::session::{
+    ANSWER_TIMEOUT, Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession,
+};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -58,7 +66,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let data_dir = config.data_dir().to_owned();
-    std::fs::create_dir_all(&data_dir).map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
+    crate::private_fs::create_dir_all(&data_dir)
+        .map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
     let ids = IdentityDir::new(&data_dir);
     let identity = ids.load()?;
     let mut session_tls = identity.as_ref().map(tls::session_config).transpose()?;
@@ -209,6 +218,16 @@ pub async fn run_with(
                 }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
+                    if let Fatal::Rejected {
+                        code: RejectCode::UnknownNode,
+                        ..
+                    } = &why
+                    {
+                        // Deleted: the orchestrator has placed this node's instances elsewhere
+                        // already, and nobody would supervise them after this returns.
+                        warn!("the orchestrator no longer knows this node; stopping its workloads");
+                        workloads.forget_all().await;
+                    }
                     board.set(State::Failed, why.to_string());
                     endpoint.close(0u32.into(), b"");
                     return Err(why.into());
@@ -227,7 +246,20 @@ pub async fn run_with(
                 endpoint.wait_idle().await;
                 return Ok(());
             }
-            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+            () = sleep_until(deadline) => {
+                // Connected and not established: waiting for the hello's answer.
+                let awaiting_answer = current.is_some() && !session.is_established();
+                let now = Instant::now();
+                session.handle_timeout(now);
+                if awaiting_answer && let Some(delay) = backoff(&session, now) {
+                    warn!(
+                        orchestrator = %orchestrator,
+                        error = %format!("no answer within {}s", ANSWER_TIMEOUT.as_secs()),
+                        retry_in = ?delay,
+                        "cannot reach the orchestrator"
+                    );
+                }
+            }
             _ = caps_tick.tick() => {
                 let caps = tokio::task::spawn_blocking(caps_now.clone()).await;
                 if let Ok(caps) = caps {
@@ -249,27 +281,42 @@ pub async fn run_with(
                     session.handle_connected(Instant::now());
                 }
                 Event::ConnectFailed(n, failure) if n == attempt => {
-                    let why = match &failure {
-                        ConnectFailure::Transient(why) => {
-                            debug!(reason = %why, "connect failed");
-                            why
-                        }
-                        ConnectFailure::Untrusted(why) => {
-                            warn!(reason = %why, "orchestrator not trusted");
-                            why
-                        }
+                    let (why, trusted) = match &failure {
+                        ConnectFailure::Transient(why) => (why.clone(), true),
+                        ConnectFailure::Untrusted(why) => (why.clone(), false),
                     };
                     let state = board.get().state;
                     let state = if state == State::Enrolling { state } else { State::Offline };
                     board.set(state, format!("cannot reach {orchestrator}: {why}"));
-                    session.handle_connect_failed(failure, Instant::now());
+                    let now = Instant::now();
+                    session.handle_connect_failed(failure, now);
+                    if !trusted {
+                        warn!(orchestrator = %orchestrator, reason = %why, "orchestrator not trusted");
+                    } else if let Some(delay) = backoff(&session, now) {
+                        warn!(
+                            orchestrator = %orchestrator,
+                            error = %why,
+                            retry_in = ?delay,
+                            "cannot reach the orchestrator"
+                        );
+                    }
                 }
                 Event::Msg(n, msg) if n == attempt => {
-                    if let OrchMsg::Reject(r) = &msg {
-                        warn!(code = %r.code, message = %r.message, "orchestrator rejected us");
-                    }
+                    let reject = match &msg {
+                        OrchMsg::Reject(r) => Some((r.code, r.message.clone())),
+                        _ => None,
+                    };
                     let was_established = session.is_established();
-                    session.handle_msg(msg, Instant::now());
+                    let now = Instant::now();
+                    session.handle_msg(msg, now);
+                    if let Some((code, message)) = reject {
+                        match backoff(&session, now) {
+                            Some(delay) => warn!(orchestrator = %orchestrator, %code, %message,
+                                retry_in = ?delay, "orchestrator rejected us"),
+                            None => warn!(orchestrator = %orchestrator, %code, %message,
+                                "orchestrator rejected us"),
+                        }
+                    }
                     if !was_established && session.is_established() {
                         board.set(State::Online, format!("connected to {orchestrator}"));
                         // The orchestrator opens streams (logs) only on an established
@@ -286,18 +333,46 @@ pub async fn run_with(
                     }
                 }
                 Event::Closed(n, why) if n == attempt => {
-                    if session.is_established() {
+                    let was_established = session.is_established();
+                    if was_established {
                         info!(reason = %why, "disconnected from orchestrator");
                         board.set(State::Offline, format!("disconnected: {why}"));
                     }
                     current = None;
                     let _ = conn_tx.send(None);
-                    session.handle_disconnected(Instant::now());
+                    let now = Instant::now();
+                    let before = session.poll_timeout();
+                    session.handle_disconnected(now);
+                    // Closed while saying hello. (After enrollment the session closes the
+                    // link itself and dials again at once: no new deadline, nothing to say.)
+                    if !was_established
+                        && session.poll_timeout() != before
+                        && let Some(delay) = backoff(&session, now)
+                    {
+                        warn!(
+                            orchestrator = %orchestrator,
+                            error = %why,
+                            retry_in = ?delay,
+                            "cannot reach the orchestrator"
+                        );
+                    }
                 }
                 _ => {}
             },
         }
     }
+}
+
+/// How long the session waits before it dials again, to the millisecond; `None` unless it is
+/// backing off.
+fn backoff(session: &NodeSession, now: Instant) -> Option<Duration> {
+    if session.is_established() || session.is_stopped() {
+        return None;
+    }
+    let wait = session.poll_timeout()?.saturating_duration_since(now);
+    Some(Duration::from_millis(
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    ))
 }
 
 /// Writes `msg` on the current control stream, if there is one.

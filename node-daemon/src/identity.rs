@@ -2,19 +2,19 @@
 //!
 //! Layout under `DATA_DIR/identity/` (directory 0700):
 //! - `node.key`: the private key (0600). Made on first start; it never leaves the node.
-//! - `node.crt`, `ca.crt`: PEM, written when enrollment succeeds.
-//! - `node.id`: 32 hex digits.
+//! - `node.crt`, `ca.crt`: PEM, written when enrollment succeeds (0600).
+//! - `node.id`: 32 hex digits (0600).
 //!
 //! Every file is written to a temporary name, synced and renamed, and `node.id` is written
 //! last: a node killed mid-write either has a whole identity or none, never half of one.
 
+use crate::private_fs;
 use edge_proto::NodeId;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why the identity could not be read or written.
@@ -98,7 +98,7 @@ impl IdentityDir {
             });
         }
         let key = KeyPair::generate().map_err(IdentityError::Key)?;
-        self.write(&path, key.serialize_pem().as_bytes(), 0o600)?;
+        self.write(&path, key.serialize_pem().as_bytes())?;
         Ok(key)
     }
 
@@ -123,18 +123,9 @@ impl IdentityDir {
         self.write(
             &self.path("node.crt"),
             pem("CERTIFICATE", cert_der).as_bytes(),
-            0o644,
         )?;
-        self.write(
-            &self.path("ca.crt"),
-            pem("CERTIFICATE", ca_der).as_bytes(),
-            0o644,
-        )?;
-        self.write(
-            &self.path("node.id"),
-            format!("{node_id}\n").as_bytes(),
-            0o644,
-        )
+        self.write(&self.path("ca.crt"), pem("CERTIFICATE", ca_der).as_bytes())?;
+        self.write(&self.path("node.id"), format!("{node_id}\n").as_bytes())
     }
 
     /// Removes the identity, so the next start enrolls again. Keeps the key.
@@ -150,21 +141,22 @@ impl IdentityDir {
         Ok(())
     }
 
-    fn write(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    /// Writes `path` atomically, readable by the node's user only.
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
         let io = |source| IdentityError::Io {
             path: path.to_owned(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(io)?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        private_fs::own_dir(&self.dir).map_err(io)?;
         let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io)?;
+        let mut f = private_fs::open(
+            &tmp,
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, path).map_err(io)?;
@@ -208,6 +200,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -231,17 +224,24 @@ mod tests {
             again.serialize_der(),
             "one key per node"
         );
-        let mode = fs::metadata(data.join("identity/node.key"))
-            .expect("key file")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |name: &str| {
+            fs::metadata(data.join("identity").join(name))
+                .expect(name)
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("node.key"), 0o600);
         let cert = rcgen::CertificateParams::new(vec!["x".into()])
             .expect("params")
             .self_signed(&key)
             .expect("cert");
         let id = NodeId([3; 16]);
         dir.save(id, cert.der(), cert.der()).expect("save");
+        for name in ["node.crt", "ca.crt", "node.id"] {
+            assert_eq!(mode(name), 0o600, "{name} is the node's alone");
+        }
+        assert_eq!(mode(""), 0o700, "the identity directory");
         let loaded = dir.load().expect("load").expect("enrolled");
         assert_eq!(loaded.node_id, id);
         assert_eq!(loaded.cert.as_ref(), cert.der().as_ref());

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod identity;
 pub mod logging;
 pub mod notify;
+pub mod private_fs;
 pub mod provision;
 pub mod service;
 pub mod status;

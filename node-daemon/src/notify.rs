@@ -7,6 +7,7 @@
 //! dropped: a notification is never worth stopping the node for.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::debug;
 
@@ -18,6 +19,8 @@ const MAX_STATUS_BYTES: usize = 200;
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
+    /// Notifications that could not be sent (the receiver's queue full, systemd gone).
+    dropped: AtomicU64,
 }
 
 impl Notifier {
@@ -55,7 +58,11 @@ impl Notifier {
         let watchdog = watchdog_usec
             .filter(|&us| us > 0)
             .map(Duration::from_micros);
-        Self { target, watchdog }
+        Self {
+            target,
+            watchdog,
+            dropped: AtomicU64::new(0),
+        }
     }
 
     /// A notifier that sends nothing.
@@ -99,10 +106,16 @@ impl Notifier {
         self.send("STOPPING=1");
     }
 
+    /// How many notifications could not be sent so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     fn send(&self, message: &str) {
         if let Some((sock, addr)) = &self.target
             && let Err(e) = sock.send_to_addr(message.as_bytes(), addr)
         {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             debug!(error = %e, "sd_notify failed");
         }
     }
@@ -159,12 +172,41 @@ mod tests {
 
     #[test]
     fn a_receiver_that_never_reads_never_blocks_us() {
-        let (_dir, _sock, name) = listener();
-        let n = Notifier::new(Some(&name), Some(1_000));
+        let (_dir, sock, name) = listener();
+        let n = std::sync::Arc::new(Notifier::new(Some(&name), Some(1_000)));
         // Far more than a Unix datagram queue holds (net.unix.max_dgram_qlen, 512 by default).
-        for _ in 0..5_000 {
-            n.watchdog();
+        let queue: u64 = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+            .ok()
+            .and_then(|q| q.trim().parse().ok())
+            .unwrap_or(512);
+        let sent = 10 * queue.max(512);
+        // On a thread of its own, so that a send that blocks fails this test instead of
+        // hanging it.
+        let (done, finished) = std::sync::mpsc::channel();
+        let sender = n.clone();
+        std::thread::spawn(move || {
+            for _ in 0..sent {
+                sender.watchdog();
+            }
+            let _ = done.send(sender.dropped());
+        });
+        let dropped = finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every send returns while nobody reads");
+        sock.set_nonblocking(true).expect("non-blocking");
+        let mut buf = [0u8; 64];
+        let mut delivered = 0;
+        while sock.recv(&mut buf).is_ok() {
+            delivered += 1;
         }
+        assert!(dropped > 0, "the queue filled up: {delivered} delivered");
+        assert!(delivered > 0);
+        assert_eq!(delivered + dropped, sent, "each one delivered or counted");
+        // Read again, the receiver gets what follows.
+        sock.set_nonblocking(false).expect("blocking");
+        n.ready();
+        assert_eq!(recv(&sock), "READY=1");
+        assert_eq!(n.dropped(), dropped);
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //! error names the file and the field. This module reads and writes only join files.
 
 use crate::config::{ConfigError, JoinFile, MAX_JOIN_FILE_BYTES, read_bounded};
+use crate::private_fs;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The copy of the join file in the data dir.
@@ -126,18 +126,17 @@ impl Provisioner {
                 source,
             }
         };
-        fs::create_dir_all(&self.data_dir).map_err(io("create", &self.data_dir))?;
-        fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))
-            .map_err(io("protect", &self.data_dir))?;
+        private_fs::own_dir(&self.data_dir).map_err(io("create", &self.data_dir))?;
         let path = self.stored_path();
         let tmp = path.with_extension("tmp");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("write", &tmp))?;
+        let mut file = private_fs::open(
+            &tmp,
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .map_err(io("write", &tmp))?;
         file.write_all(bytes).map_err(io("write", &tmp))?;
         file.sync_all().map_err(io("sync", &tmp))?;
         fs::rename(&tmp, &path).map_err(io("rename", &path))?;
@@ -159,6 +158,7 @@ fn sync_dir(dir: Option<&Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     const CA: &str = "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 

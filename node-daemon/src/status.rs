@@ -260,15 +260,15 @@ mod tests {
         assert_eq!(body(&got)["error"], "method_not_allowed");
 
         let got = raw(addr, b"\x00\x01garbage\r\n\r\n").await;
-        assert!(got.is_empty() || got.starts_with("HTTP/1.1 400"), "{got}");
+        assert!(got.starts_with("HTTP/1.1 400"), "{got:?}");
 
         let mut huge = b"GET /status HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
         huge.extend(b"\r\n\r\n");
         let got = raw(addr, &huge).await;
         assert!(
-            got.is_empty() || got.starts_with("HTTP/1.1 431") || got.starts_with("HTTP/1.1 400"),
-            "oversized headers are refused: {got}"
+            got.starts_with("HTTP/1.1 431"),
+            "oversized headers are refused: {got:?}"
         );
 
         let got = raw(addr, b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n").await;

@@ -2,7 +2,8 @@
 //!
 //! An assignment is admitted (or refused) against the node's own measurements, its artifact is
 //! fetched over the current connection (resuming after a cut, retried with backoff, verified
-//! before use), and the supervisor runs it. Every state change goes back to the orchestrator as
+//! before use; refused after all if it turns out not to fit the disk), and the supervisor runs
+//! it. Every state change goes back to the orchestrator as
 //! a report; after a reconnect the node re-sends the state of everything it runs, so status is
 //! never minutes late.
 //!
@@ -239,6 +240,24 @@ impl Workloads {
         self.supervisor.shutdown().await;
     }
 
+    /// Stops every workload and forgets it (spec, logs, reservation, artifact), as if each
+    /// had been unassigned: for a node the orchestrator no longer knows, which has placed
+    /// them elsewhere already. Nothing is left to restart on the next start.
+    pub async fn forget_all(&self) {
+        let mut names: std::collections::BTreeSet<String> =
+            self.book().generations.keys().cloned().collect();
+        names.extend(self.supervisor.statuses().into_iter().map(|s| s.name));
+        // All at once: each takes up to its grace period.
+        let mut stops = tokio::task::JoinSet::new();
+        for name in &names {
+            stops.spawn(self.unassign(name));
+        }
+        while stops.join_next().await.is_some() {}
+        if !names.is_empty() {
+            info!(workloads = ?names, "stopped and forgot every workload");
+        }
+    }
+
     fn report(&self, s: &InstanceStatus) -> NodeMsg {
         let generation = self.book().generations.get(&s.name).copied().unwrap_or(0);
         NodeMsg::Workload(Box::new(WorkloadReport {
@@ -288,6 +307,11 @@ impl Workloads {
             };
             match self.cache.fetch(&conn, a.artifact, a.artifact_size).await {
                 Ok(path) => break path,
+                Err(e @ FetchError::NoSpace { .. }) => {
+                    // Releases the artifact for collection: nothing will use it here.
+                    drop(in_use);
+                    return self.refuse(&a, &e).await;
+                }
                 Err(e) if e.retryable() => {
                     warn!(workload = %name, error = %e, retry_in = ?delay, "artifact fetch failed");
                     tokio::time::sleep(delay).await;
@@ -327,6 +351,26 @@ impl Workloads {
     /// Whether `a` is still the latest assignment of its workload.
     fn is_current(&self, a: &Assignment) -> bool {
         self.book().generations.get(a.workload.as_str()) == Some(&a.generation)
+    }
+
+    /// Refuses `a` after admitting it: its artifact cannot fit on this disk after all (it
+    /// filled since admission measured it). Said to the orchestrator as admission says it,
+    /// so the instance goes to another node, and forgotten here as an unassignment would be.
+    /// A newer assignment of the workload has superseded `a` if it is no longer current:
+    /// then nothing is said or forgotten.
+    async fn refuse(&self, a: &Assignment, why: &FetchError) {
+        if !self.is_current(a) {
+            return;
+        }
+        warn!(workload = %a.workload, generation = a.generation, reason = %why, "refused after admission");
+        let reply = AdmissionReply {
+            workload: a.workload.clone(),
+            generation: a.generation,
+            rejected: Some(text(&why.to_string())),
+        };
+        let forget = self.unassign(a.workload.as_str());
+        let _ = self.out.send(NodeMsg::Admission(Box::new(reply))).await;
+        forget.await;
     }
 
     async fn fail(&self, a: &Assignment, e: &FetchError) {
@@ -379,7 +423,10 @@ fn wire_state(s: State) -> WorkloadState {
 fn node_env(name: &str, address: Option<std::net::IpAddr>) -> Vec<(String, String)> {
     let mut env = vec![("EDGE_NODE_NAME".to_owned(), name.to_owned())];
     if let Some(ip) = address {
-        env.push(("EDGE_NODE_ADDRESS".to_owned(), ip.to_string()));
+        env.push((
+            supervisor::spec::NODE_ADDRESS_ENV.to_owned(),
+            ip.to_string(),
+        ));
     }
     env
 }

@@ -1,6 +1,9 @@
 //! The node's artifact cache against a tiny orchestrator stand-in over real QUIC, with a real
 //! certificate for `orchestrator.edge`, on 127.0.0.1 port 0. The stand-in speaks the artifact
-//! protocol and can cut a transfer, reset it, or corrupt the bytes.
+//! protocol and can cut a transfer, reset it, corrupt the bytes, or fill the node's disk.
+//!
+//! A full disk is a real one: a small tmpfs mounted for the test (tests run as root here and
+//! in CI; without root those tests fail and say why).
 
 use edge_proto::digest::sha256;
 use edge_proto::quic::{read_frame, write_msg};
@@ -8,11 +11,12 @@ use edge_proto::{ArtifactReply, StreamOpen, decode};
 use node_daemon::artifacts::{ArtifactCache, Digest, Fault, FetchError, to_hex};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// How the stand-in answers one stream.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 enum Serve {
     /// Every byte from the offset on, then the end of the stream.
     #[default]
@@ -23,6 +27,9 @@ enum Serve {
     ResetAfter(usize),
     /// Every byte, with one of them flipped.
     Corrupt,
+    /// Before replying, writes `filler` to leave only `leave_bytes` free on its filesystem
+    /// (something else on the node took the space); then every byte, as far as they go.
+    FillFirst { filler: PathBuf, leave_bytes: u64 },
 }
 
 /// A shell script that prints `hi`, padded well past a few QUIC packets and read chunks.
@@ -143,6 +150,15 @@ async fn serve(
         let _ = send.stopped().await;
         return;
     };
+    if let Serve::FillFirst {
+        filler,
+        leave_bytes,
+    } = &how
+    {
+        let free = free_bytes(filler.parent().expect("a directory"));
+        let fill = usize::try_from(free.saturating_sub(*leave_bytes)).expect("fits");
+        std::fs::write(filler, vec![0u8; fill]).expect("fill the disk");
+    }
     let size = bytes.len() as u64;
     let Some(rest) = usize::try_from(req.offset)
         .ok()
@@ -177,6 +193,10 @@ async fn serve(
             let middle = rest.len() / 2;
             rest[middle] ^= 0xff;
             send.write_all(&rest).await.expect("bytes");
+        }
+        // The node stops reading when its disk is full.
+        Serve::FillFirst { .. } => {
+            let _ = send.write_all(&rest).await;
         }
     }
     let _ = send.finish();
@@ -252,6 +272,10 @@ async fn a_cut_transfer_leaves_a_part_and_the_next_fetch_resumes_from_it() {
         other => panic!("expected a cut at 100000, got {other:?}"),
     }
     assert_eq!(part_len(&cache, &digest), Some(100_000));
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let part = cache.dir().join(format!("{}.part", to_hex(&digest)));
+    assert_eq!(mode(&part), 0o600, "a download is the node's alone");
+    assert_eq!(mode(cache.dir()), 0o700);
     assert_eq!(cache.path(&digest), None);
     assert_eq!(cache.missing_bytes(&digest, size), size - 100_000);
 
@@ -392,4 +416,205 @@ async fn gc_keeps_what_is_referenced_and_deletes_the_rest() {
     let report = cache.gc(&HashSet::new()).await.expect("gc");
     assert_eq!(report.artifacts, vec![da]);
     assert_eq!(files(cache.dir()), vec!["notes.txt".to_owned()]);
+}
+
+/// Free bytes (for an unprivileged user) on the filesystem holding `dir`, from statvfs.
+fn free_bytes(dir: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(dir).expect("statvfs");
+    stat.blocks_available() * stat.fragment_size()
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory: the kind of filesystem an operator puts
+/// a data dir on, and one the list of mounts in /proc/mounts-based tools leaves out.
+/// Unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Self {
+        let dir = tempfile::tempdir().expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "mounting a {mib} MiB tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A data dir on a small tmpfs is measured as that tmpfs, not as the filesystem it is
+/// mounted on, by the capabilities the orchestrator schedules with and by the measurements
+/// admission uses.
+#[test]
+fn free_disk_is_measured_on_the_data_dirs_own_filesystem() {
+    let tmpfs = Tmpfs::mount(24);
+    // Not created yet: the filesystem that will hold it is measured.
+    let data = tmpfs.path().join("edge-node");
+    let caps = node_daemon::capabilities::collect(&data, Default::default(), None);
+    assert_eq!(caps.disk_bytes, 24 * MIB);
+    assert_eq!(caps.disk_free_bytes, 24 * MIB);
+
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("taken"), vec![0u8; (4 * MIB) as usize]).expect("write");
+    let mut sampler = node_daemon::capabilities::StatusSampler::new(&data).expect("sampler");
+    assert_eq!(sampler.measure().disk_free, 20 * MIB);
+    assert_eq!(sampler.sample().disk_free_bytes, 20 * MIB);
+}
+
+#[tokio::test]
+async fn an_artifact_larger_than_the_free_disk_is_refused_before_any_transfer() {
+    let tmpfs = Tmpfs::mount(24);
+    let big = vec![b'x'; (40 * MIB) as usize];
+    let (digest, size) = (sha256(&big), big.len() as u64);
+    let orch = Orchestrator::start(&[&big]).await;
+    let cache = ArtifactCache::open(tmpfs.path()).expect("cache");
+    match cache.fetch(&orch.conn, digest, size).await {
+        Err(e @ FetchError::NoSpace { need, free }) => {
+            assert_eq!((need, free), (size, 24 * MIB));
+            assert_eq!((e.fault(), e.retryable()), (Fault::Local, false));
+        }
+        other => panic!("expected no space, got {other:?}"),
+    }
+    assert!(orch.offsets().is_empty(), "nothing was requested");
+    assert!(files(cache.dir()).is_empty(), "{:?}", files(cache.dir()));
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_during_the_transfer_is_refused_and_freed() {
+    let tmpfs = Tmpfs::mount(24);
+    let artifact = vec![b'y'; (8 * MIB) as usize];
+    let (digest, size) = (sha256(&artifact), artifact.len() as u64);
+    let orch = Orchestrator::start(&[&artifact]).await;
+    let cache = ArtifactCache::open(tmpfs.path()).expect("cache");
+    let filler = tmpfs.path().join("filler");
+    // It fits when the fetch starts; then something else takes all but 1 MiB.
+    orch.then(Serve::FillFirst {
+        filler: filler.clone(),
+        leave_bytes: MIB,
+    });
+    match cache.fetch(&orch.conn, digest, size).await {
+        Err(e @ FetchError::NoSpace { need, .. }) => {
+            assert_eq!(need, size);
+            assert!(!e.retryable());
+        }
+        other => panic!("expected no space, got {other:?}"),
+    }
+    assert!(
+        files(cache.dir()).is_empty(),
+        "the part is deleted: {:?}",
+        files(cache.dir())
+    );
+    assert!(
+        free_bytes(tmpfs.path()) >= MIB,
+        "and its space is free again"
+    );
+
+    // Once there is room, the same artifact fetches.
+    std::fs::remove_file(&filler).expect("free the disk");
+    let path = cache
+        .fetch(&orch.conn, digest, size)
+        .await
+        .expect("fits now");
+    assert_eq!(std::fs::read(path).expect("read"), artifact);
+}
+
+/// Admission passed on a measurement taken before the disk filled; the fetch finds the
+/// artifact cannot fit. The node refuses the assignment, as admission would have, so the
+/// orchestrator places the instance elsewhere; it does not retry the download forever.
+#[tokio::test]
+async fn an_assignment_whose_artifact_cannot_fit_is_refused_to_the_orchestrator() {
+    use edge_proto::{Assignment, NodeMsg, RestartPolicy, text};
+    use node_core::admission::{Measured, Reserve};
+    use node_daemon::supervisor::LimitsBackend;
+    use node_daemon::workloads::Workloads;
+
+    let tmpfs = Tmpfs::mount(24);
+    let big = vec![b'z'; (40 * MIB) as usize];
+    let orch = Orchestrator::start(&[&big]).await;
+    let (_conn_tx, conn_rx) = tokio::sync::watch::channel(Some(orch.conn.clone()));
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    let agent = Workloads::start(
+        &tmpfs.path().join("edge-node"),
+        "small",
+        None,
+        Reserve {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+        LimitsBackend::Rlimit,
+        conn_rx,
+        out_tx,
+    )
+    .await
+    .expect("start");
+    let assignment = Assignment {
+        workload: text("big"),
+        version: text("1"),
+        generation: 3,
+        artifact: sha256(&big),
+        artifact_size: big.len() as u64,
+        args: Default::default(),
+        env: Default::default(),
+        working_dir: None,
+        cpu_millis: None,
+        memory_bytes: None,
+        disk_bytes: None,
+        restart: RestartPolicy::Never,
+        health: None,
+    };
+    let earlier = Measured {
+        memory_total: 1 << 40,
+        memory_available: 1 << 40,
+        disk_free: 1 << 40,
+    };
+    let reply = agent.assign(assignment.clone(), earlier);
+    assert_eq!(reply.rejected, None, "admitted on the earlier measurement");
+
+    let refusal = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match out_rx.recv().await.expect("the agent reports") {
+                NodeMsg::Admission(a) => return a,
+                NodeMsg::Workload(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a refusal within the deadline");
+    assert_eq!((refusal.workload.as_str(), refusal.generation), ("big", 3));
+    let reason = refusal.rejected.expect("refused").to_string();
+    assert!(reason.contains("disk"), "{reason}");
+    assert!(orch.offsets().is_empty(), "no download was tried");
+    assert!(agent.supervisor().status("big").is_none());
+
+    // Forgotten: the same assignment is decided afresh, and the node's true measurement now
+    // refuses it at admission.
+    let now = Measured {
+        disk_free: free_bytes(tmpfs.path()),
+        ..earlier
+    };
+    let again = agent.assign(assignment, now);
+    assert!(again.rejected.is_some(), "{again:?}");
+    agent.shutdown().await;
 }

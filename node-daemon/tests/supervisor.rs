@@ -583,13 +583,7 @@ async fn sigterm_reaches_a_script_that_traps_it() {
     .await;
     let mut events = fx.sup.subscribe();
 
-    let started = Instant::now();
     fx.sup.remove("polite").await.expect("remove");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}: the trap should end it at once",
-        started.elapsed()
-    );
     let got: Vec<String> = std::iter::from_fn(|| lines.try_recv().ok()).collect();
     assert!(got.contains(&"got TERM".to_owned()), "{got:?}");
     let last = drain(&mut events).pop().expect("a final status");
@@ -625,11 +619,11 @@ async fn a_script_ignoring_sigterm_is_killed_after_the_grace_period() {
     let started = Instant::now();
     fx.sup.remove("stubborn").await.expect("remove");
     let took = started.elapsed();
+    // A lower bound only: timers never fire early, so this cannot fail on a slow machine.
     assert!(
         took >= Duration::from_millis(400),
         "killed before the grace period: {took:?}"
     );
-    assert!(took < Duration::from_secs(5), "{took:?}");
     let last = drain(&mut events).pop().expect("a final status");
     assert_eq!(last.state, State::Stopped);
     assert!(last.message.contains("SIGKILL"), "{}", last.message);
@@ -788,9 +782,18 @@ async fn log_files_rotate_at_the_size_limit() {
     fx.finish().await;
 }
 
-/// A tiny HTTP server for the probe: 200 while `healthy`, else 500. Records request lines.
+/// A tiny HTTP server for the probe on 127.0.0.1: 200 while `healthy`, else 500. Records
+/// request lines.
 async fn health_server(healthy: Arc<AtomicBool>) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    health_server_on("127.0.0.1", healthy).await
+}
+
+/// [`health_server`] listening on `ip` only.
+async fn health_server_on(
+    ip: &str,
+    healthy: Arc<AtomicBool>,
+) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = requests.clone();
@@ -864,6 +867,44 @@ async fn an_http_probe_flips_running_and_unhealthy() {
     let lines = requests.lock().expect("lock").clone();
     assert!(
         lines.iter().all(|l| l == "GET /healthz HTTP/1.1"),
+        "{lines:?}"
+    );
+    fx.finish().await;
+}
+
+/// A workload told to listen on the node's address (`EDGE_NODE_ADDRESS`, from the node's
+/// `local_address`) binds that address only: its probes must go there, not to 127.0.0.1.
+#[tokio::test]
+async fn probes_go_to_the_address_the_workload_is_told_to_listen_on() {
+    let fx = Fixture::new("node-address").await;
+    // The services: one HTTP, one plain TCP, each on 127.0.0.3 and nowhere else.
+    let (http_port, requests) =
+        health_server_on("127.0.0.3", Arc::new(AtomicBool::new(true))).await;
+    let tcp = TcpListener::bind("127.0.0.3:0").await.expect("bind");
+    let tcp_port = tcp.local_addr().expect("addr").port();
+    for (name, check) in [
+        (
+            "web",
+            HealthCheck::Http {
+                port: http_port,
+                path: "/healthz".into(),
+            },
+        ),
+        ("svc", HealthCheck::Tcp { port: tcp_port }),
+    ] {
+        let mut spec = fx.spec(name, "while :; do sleep 0.05; done");
+        spec.env
+            .insert("EDGE_NODE_ADDRESS".into(), "127.0.0.3".into());
+        spec.health = Some(probe(check));
+        fx.sup.apply(spec).await.expect("apply");
+    }
+    for name in ["web", "svc"] {
+        let s = wait_for(&fx.sup, name, "Running", |s| s.state == State::Running).await;
+        assert_eq!(s.restarts, 0, "{name}: {}", s.message);
+    }
+    let lines = requests.lock().expect("lock").clone();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l == "GET /healthz HTTP/1.1"),
         "{lines:?}"
     );
     fx.finish().await;
@@ -1022,13 +1063,10 @@ async fn runs_as_the_named_user() {
     fx.finish().await;
 }
 
-/// Not a test on its own: when [`HELPER_ENV`] is set, this process is the daemon that will
-/// be killed with SIGKILL by `recovers_after_a_daemon_crash`.
-#[tokio::test]
-async fn crash_helper() {
-    let Ok(data_dir) = std::env::var(HELPER_ENV) else {
-        return;
-    };
+/// The daemon that crashes, played by a copy of this test binary running the very test that
+/// started it, with [`HELPER_ENV`] set to the data dir: it runs one workload, says so, and
+/// waits to be killed with SIGKILL.
+async fn play_the_daemon_that_crashes(data_dir: String) -> ! {
     let parent = std::env::var("EDGE_SUPERVISOR_CRASH_PARENT").expect("parent");
     let limits = match std::env::var("EDGE_SUPERVISOR_CRASH_LIMITS").as_deref() {
         Ok("rlimit") => LimitsBackend::Rlimit,
@@ -1047,15 +1085,22 @@ async fn crash_helper() {
     sup.apply(spec).await.expect("apply");
     let s = wait_for(&sup, "survivor", "Running", |s| s.state == State::Running).await;
     println!("HELPER-READY {}", pid_of(&s));
-    std::future::pending::<()>().await;
+    std::future::pending().await
 }
 
-async fn crash_and_recover(test: &str, limits: LimitsBackend, limits_env: &str) {
-    let fx = Fixture::with(test, limits, |_| {}).await;
+/// A daemon (a child process, see [`play_the_daemon_that_crashes`]) runs a workload and is
+/// killed with SIGKILL; a new supervisor on its data dir ends the old instance and starts the
+/// workload again. `test` is the name of the calling test, which the child runs; `tag` names
+/// its control groups.
+async fn crash_and_recover(test: &str, tag: &str, limits: LimitsBackend, limits_env: &str) {
+    if let Ok(data_dir) = std::env::var(HELPER_ENV) {
+        play_the_daemon_that_crashes(data_dir).await;
+    }
+    let fx = Fixture::with(tag, limits, |_| {}).await;
     // Silent after its first line: its stdout pipe dies with the daemon.
     let script = fx.script("survivor.sh", "echo up; while :; do sleep 0.05; done");
     let mut helper = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "crash_helper", "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(HELPER_ENV, fx.data.path())
         .env("EDGE_SUPERVISOR_CRASH_PARENT", &fx.options.cgroup_parent)
         .env("EDGE_SUPERVISOR_CRASH_LIMITS", limits_env)
@@ -1067,7 +1112,7 @@ async fn crash_and_recover(test: &str, limits: LimitsBackend, limits_env: &str) 
     let mut out = BufReader::new(helper.stdout.take().expect("stdout")).lines();
     let old_pid: i32 = tokio::time::timeout(DEADLINE, async {
         while let Some(line) = out.next_line().await.expect("read helper") {
-            // libtest prints "test crash_helper ... " first, on the same line.
+            // libtest prints "test NAME ... " first, on the same line.
             if let Some(pid) = line.split("HELPER-READY ").nth(1) {
                 return pid.trim().parse().expect("pid");
             }
@@ -1084,18 +1129,12 @@ async fn crash_and_recover(test: &str, limits: LimitsBackend, limits_env: &str) 
         "the workload should outlive the crashed daemon"
     );
 
-    // The daemon comes back.
-    let back = Instant::now();
+    // The daemon comes back. (How soon is measured by benches/workloads.sh, not here.)
     let sup = Supervisor::open_with(fx.data.path(), fx.limits.clone(), fx.options.clone())
         .await
         .expect("reopen");
     assert_eq!(sup.recover().await.expect("recover"), ["survivor"]);
     let s = wait_for(&sup, "survivor", "Running", |s| s.state == State::Running).await;
-    let took = back.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "running again after {took:?}"
-    );
     assert_ne!(pid_of(&s), old_pid);
     assert!(
         !alive(old_pid),
@@ -1116,11 +1155,23 @@ async fn crash_and_recover(test: &str, limits: LimitsBackend, limits_env: &str) 
 
 #[tokio::test]
 async fn recovers_after_a_daemon_crash() {
-    crash_and_recover("crash", LimitsBackend::detect(), "detect").await;
+    crash_and_recover(
+        "recovers_after_a_daemon_crash",
+        "crash",
+        LimitsBackend::detect(),
+        "detect",
+    )
+    .await;
 }
 
 /// Without cgroups the previous instance is found through its pid record and start time.
 #[tokio::test]
 async fn recovers_after_a_daemon_crash_without_cgroups() {
-    crash_and_recover("crash-rlimit", LimitsBackend::Rlimit, "rlimit").await;
+    crash_and_recover(
+        "recovers_after_a_daemon_crash_without_cgroups",
+        "crash-rlimit",
+        LimitsBackend::Rlimit,
+        "rlimit",
+    )
+    .await;
 }

@@ -11,6 +11,7 @@
 use edge_proto::field::{FieldError, FieldPath};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use std::time::Duration;
 pub const MAX_NAME_LEN: usize = 63;
 /// The smallest memory limit accepted. Below this a process cannot even exec a shell.
 pub const MIN_MEMORY_BYTES: u64 = 1 << 20;
+/// The variable that tells a workload which address to listen on (the node's
+/// `local_address`), in its environment when the node has one.
+pub const NODE_ADDRESS_ENV: &str = "EDGE_NODE_ADDRESS";
 
 /// One workload as the node runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +82,18 @@ impl WorkloadSpec {
 
     pub fn stop_grace(&self) -> Duration {
         Duration::from_millis(self.stop_grace_ms)
+    }
+
+    /// Where network health checks connect: the address the workload is told to listen on
+    /// ([`NODE_ADDRESS_ENV`] in its environment), else 127.0.0.1. A service told to listen on
+    /// the node's address listens there only, and would fail every probe of loopback. An
+    /// unspecified address (`0.0.0.0`, `::`) listens on loopback too, so loopback it is.
+    pub fn probe_address(&self) -> IpAddr {
+        match self.env.get(NODE_ADDRESS_ENV).map(|a| a.trim().parse()) {
+            Some(Ok(IpAddr::V6(ip))) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            Some(Ok(ip)) if !ip.is_unspecified() => ip,
+            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
     }
 
     /// Checks everything that can be checked without looking at the system. The error
@@ -295,7 +311,7 @@ impl HealthProbe {
     }
 }
 
-/// The check a probe makes. Network checks go to 127.0.0.1.
+/// The check a probe makes. Network checks go to [`WorkloadSpec::probe_address`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheck {
@@ -321,6 +337,27 @@ mod tests {
 
     fn spec() -> WorkloadSpec {
         WorkloadSpec::new("hello", "1.0.0", "/bin/true")
+    }
+
+    #[test]
+    fn probes_go_where_the_workload_is_told_to_listen() {
+        let told = |address: Option<&str>| {
+            let mut s = spec();
+            if let Some(a) = address {
+                s.env.insert(NODE_ADDRESS_ENV.into(), a.into());
+            }
+            s.probe_address().to_string()
+        };
+        assert_eq!(told(None), "127.0.0.1");
+        assert_eq!(told(Some("192.0.2.10")), "192.0.2.10");
+        assert_eq!(told(Some("2001:db8::7")), "2001:db8::7");
+        assert_eq!(
+            told(Some("0.0.0.0")),
+            "127.0.0.1",
+            "everywhere includes loopback"
+        );
+        assert_eq!(told(Some("::")), "::1");
+        assert_eq!(told(Some("not an address")), "127.0.0.1");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Health checks: one attempt of an HTTP GET, a TCP connect or a command, bounded by a
-//! timeout. Network checks go to 127.0.0.1 only.
+//! timeout. Network checks go to the one address they are given: where the workload was told
+//! to listen ([`WorkloadSpec::probe_address`](super::spec::WorkloadSpec::probe_address)).
 //!
 //! The HTTP check is a minimal HTTP/1.1 GET written by hand: it needs a status line and
 //! nothing else, and a full client would cost the node more than the check is worth. It
@@ -13,7 +14,7 @@ use super::spec::HealthCheck;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,9 +31,9 @@ pub enum ProbeError {
     #[error("no answer within {} ms", .0.as_millis())]
     Timeout(Duration),
     /// The connection was refused or broke.
-    #[error("port {port}: {source}")]
+    #[error("{addr}: {source}")]
     Connect {
-        port: u16,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -50,21 +51,25 @@ pub enum ProbeError {
     Exit(String),
 }
 
-/// Runs `check` once.
+/// Runs `check` once; a network check connects to `address`.
 pub async fn probe(
     check: HealthCheck,
+    address: IpAddr,
     timeout: Duration,
     env: BTreeMap<String, String>,
     run_as: Option<RunAs>,
 ) -> Result<(), ProbeError> {
     match check {
-        HealthCheck::Http { port, path } => within(timeout, http_get(port, &path)).await,
+        HealthCheck::Http { port, path } => {
+            within(timeout, http_get(SocketAddr::new(address, port), &path)).await
+        }
         HealthCheck::Tcp { port } => {
+            let addr = SocketAddr::new(address, port);
             within(timeout, async {
-                TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                TcpStream::connect(addr)
                     .await
                     .map(drop)
-                    .map_err(|source| ProbeError::Connect { port, source })
+                    .map_err(|source| ProbeError::Connect { addr, source })
             })
             .await
         }
@@ -109,13 +114,12 @@ async fn within(
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-async fn http_get(port: u16, path: &str) -> Result<(), ProbeError> {
-    let io = |source| ProbeError::Connect { port, source };
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .map_err(io)?;
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
+    let io = |source| ProbeError::Connect { addr, source };
+    let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+    // `SocketAddr` writes an IPv6 address in brackets, as a Host header wants it.
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: edge-node-probe\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: edge-node-probe\r\n\
          Accept: */*\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
@@ -175,6 +179,7 @@ mod tests {
         drop(listener);
         let r = probe(
             HealthCheck::Tcp { port },
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             Duration::from_secs(1),
             BTreeMap::new(),
             None,

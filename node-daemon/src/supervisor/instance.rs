@@ -161,6 +161,7 @@ async fn run_spec(
                         let timeout = Duration::from_millis(h.timeout_ms);
                         probe = Some(Box::pin(health::probe(
                             h.check.clone(),
+                            spec.probe_address(),
                             timeout,
                             spec.env.clone(),
                             run_as,

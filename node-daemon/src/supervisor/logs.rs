@@ -3,7 +3,8 @@
 //! stdout and stderr are read in chunks by one task per running instance, split into lines
 //! (a line longer than `line_max_bytes` is cut into several) and appended to
 //! `workloads/NAME/logs/current.log`. When the file would pass `file_max_bytes` it becomes
-//! `current.log.1` (the older ones shift up, `files_kept` are kept). The last lines are also
+//! `current.log.1` (the older ones shift up, `files_kept` are kept); the directory is 0700 and
+//! the files 0600, since a workload may print what it should not. The last lines are also
 //! kept in memory (bounded by `tail_lines` and `tail_bytes`) and sent to followers on a
 //! bounded broadcast channel; a follower that falls behind loses lines, never the workload.
 //!
@@ -12,6 +13,7 @@
 //! disk loses log lines, never stops or slows the workload. This module never decides anything
 //! about the process.
 
+use crate::private_fs;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -188,11 +190,11 @@ impl LogSink {
 
     fn ensure_open(&self, state: &mut SinkState) -> io::Result<()> {
         if state.file.is_none() {
-            fs::create_dir_all(&self.dir)?;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.current_path())?;
+            private_fs::own_dir(&self.dir)?;
+            let file = private_fs::open(
+                &self.current_path(),
+                OpenOptions::new().create(true).append(true),
+            )?;
             state.file_len = file.metadata()?.len();
             state.file = Some(file);
         }

@@ -4,11 +4,15 @@
 //!   can find (and end) it even without cgroups;
 //! - `logs/`: see `logs`.
 //!
+//! Directories are 0700 and files 0600 (see [`crate::private_fs`]): a spec's `env` is where a
+//! workload's secrets end up.
+//!
 //! Files are written to a temporary name, fsynced and renamed, and the directory fsynced: a
 //! crash or a full disk leaves the old file or the new one, never half of one. Files are
 //! read with a size bound. This module never starts or signals a process.
 
 use super::spec::{WorkloadSpec, validate_name};
+use crate::private_fs;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -54,7 +58,7 @@ pub struct Store {
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let root = data_dir.join("workloads");
-        fs::create_dir_all(&root).map_err(|source| StoreError::Io {
+        private_fs::own_dir(&root).map_err(|source| StoreError::Io {
             path: root.clone(),
             source,
         })?;
@@ -148,9 +152,16 @@ impl Store {
             source,
         };
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| io(io::Error::other(e)))?;
-        fs::create_dir_all(&dir).map_err(io)?;
+        private_fs::own_dir(&dir).map_err(io)?;
         let tmp = dir.join(format!(".{file}.tmp"));
-        let mut f = fs::File::create(&tmp).map_err(io)?;
+        let mut f = private_fs::open(
+            &tmp,
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
