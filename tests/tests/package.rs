@@ -350,3 +350,30 @@ fn the_exposure_is_read_from_the_report() {
     assert_eq!(overall_exposure(report), Some(3.1));
     assert_eq!(overall_exposure("nothing here"), None);
 }
+
+#[test]
+fn without_apt_the_scripts_name_the_packages_and_what_is_missing() {
+    // A PATH with bash alone: no apt-get, no dpkg, as on a distribution that is not Debian's.
+    let bin = tempfile::tempdir().expect("temp dir");
+    let bash = ["/bin/bash", "/usr/bin/bash"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("bash is installed");
+    std::os::unix::fs::symlink(bash, bin.path().join("bash")).expect("symlink");
+    let out = Command::new(bash)
+        .arg("-c")
+        .arg("set -e; source cross/apt.sh; apt_install lintian; echo installed")
+        .env("PATH", bin.path())
+        .current_dir(workspace())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a script goes no further: {stdout}");
+    assert!(!stdout.contains("installed"), "{stdout}");
+    assert!(
+        stderr.contains("lintian") && stderr.contains("no apt-get"),
+        "the message names the package and the missing piece: {stderr}"
+    );
+}
