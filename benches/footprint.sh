@@ -10,6 +10,10 @@
 #        SKIP_BUILD=1 IDLE_WAIT_SECS=10 benches/footprint.sh
 #        SKIP_BUILD=1 NODE_AI=PATH NODE_NO_AI=PATH benches/footprint.sh   (binaries built elsewhere)
 #        PROFILES="targets/pi-zero-2w.toml" benches/footprint.sh         (some profiles only)
+#        PLAIN=1 benches/footprint.sh     (also the node from a plain `cargo build --release`)
+# PLAIN=1 adds the same code built the way cargo builds it without cross/build.sh (the host's
+# glibc, dynamically linked, the default link layout), run with the x86_64-gateway profile's
+# config: what a node built by hand idles at. NODE_PLAIN=PATH names such a binary instead.
 # A benchmark, not a test: it prints figures and never fails on one.
 set -euo pipefail
 
@@ -26,8 +30,12 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1048576 }'; }
 
 MUSL="$TARGET_DIR/x86_64-unknown-linux-musl/release/edge-node"
 mkdir -p "$WORK/bin"
+PLAIN="${PLAIN:-0}"
+[ -z "${NODE_PLAIN:-}" ] || PLAIN=1
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release -p orchestrator --bin edge-orchestrator --bin edgectl
+  plain_args=()
+  [ "$PLAIN" != 1 ] || [ -n "${NODE_PLAIN:-}" ] || plain_args=(-p node-daemon --bin edge-node)
+  cargo build --release -p orchestrator --bin edge-orchestrator --bin edgectl ${plain_args[@]+"${plain_args[@]}"}
   bash cross/build.sh x86_64-unknown-linux-musl --release -p node-daemon --bin edge-node \
     --no-default-features
   cp "$MUSL" "$WORK/bin/edge-node-no-ai"
@@ -44,7 +52,10 @@ echo "nodes: $(file -b "$WORK/bin/edge-node-ai" | cut -d, -f1-2) (ai), $(stat -c
 BIN="$TARGET_DIR/release"
 
 echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(uname -sr)"
-echo "command: benches/footprint.sh (IDLE_WAIT_SECS=$IDLE_WAIT_SECS)"
+settings="IDLE_WAIT_SECS=$IDLE_WAIT_SECS"
+[ -z "${PROFILES:-}" ] || settings+=" PROFILES=\"$PROFILES\""
+[ "$PLAIN" != 1 ] || settings+=" PLAIN=1"
+echo "command: benches/footprint.sh ($settings)"
 
 # --- the orchestrator -------------------------------------------------------------------------
 start_orchestrator "$WORK/orch"
@@ -106,8 +117,24 @@ for profile in ${PROFILES:-targets/*.toml}; do
   # idle runs in a subshell: a failure there leaves the figures empty.
   [ -n "${rss:-}" ] && [ -n "${rss0:-}" ] || exit 1
   want="$(budget "$profile" rss_bytes)"
+  [ "$name" != x86-64-gateway ] || gateway_rss="$rss"
   echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib $((first * 1024))) MiB | $(mib "$want") MiB | $(mib $((rss0 * 1024))) MiB | $(awk -v a="$rss" -v b="$rss0" 'BEGIN { printf "%.2f", a / b }') |"
 done
+
+if [ "$PLAIN" = 1 ]; then
+  cp "${NODE_PLAIN:-$TARGET_DIR/release/edge-node}" "$WORK/bin/edge-node-plain"
+  # The cross build's figure from the table above, or measured now if its profile was left out.
+  [ -n "${gateway_rss:-}" ] ||
+    read -r gateway_rss _ _ < <(idle cross-build targets/x86_64-gateway.toml "$WORK/bin/edge-node-ai")
+  read -r rss hwm first < <(idle plain-build targets/x86_64-gateway.toml "$WORK/bin/edge-node-plain")
+  [ -n "${rss:-}" ] && [ -n "${gateway_rss:-}" ] || exit 1
+  linking() { file -b "$1" | grep -o 'statically linked\|dynamically linked\|static-pie linked' | head -1; }
+  echo
+  echo "| build of the same code, x86_64-gateway's config | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot |"
+  echo "|---|---|---|---|"
+  echo "| \`cross/build.sh x86_64-gateway\`: musl, $(linking "$WORK/bin/edge-node-ai"), laid out | $(mib $((gateway_rss * 1024))) MiB | (table above) | |"
+  echo "| plain \`cargo build --release\`: host libc, $(linking "$WORK/bin/edge-node-plain"), default layout | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib $((first * 1024))) MiB |"
+fi
 
 echo
 echo "| profile | triple | stripped edge-node | budget (binary_bytes) |"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lib.sh: what the benchmark scripts share. The orchestrator functions need BIN (the directory
 # with edge-orchestrator and edgectl), PIDS (an array the caller's exit trap stops) and log();
 # scripts without their own can take them from work_dir.
@@ -26,14 +27,14 @@ kib_of() { # kib_of PID FIELD -> the field of /proc/PID/status in KiB
 ORCH_PID="" QUIC="" API="" ADMIN="" TOKEN="" CA_HASH=""
 
 start_orchestrator() { # start_orchestrator DIR [tuned]: sets ORCH_PID QUIC API ADMIN
-  local dir="$1" i line serve=("$BIN/edge-orchestrator" serve)
+  local dir="$1" line serve=("$BIN/edge-orchestrator" serve)
   [ "${2:-}" = tuned ] && serve=("$BIN/orchestrator-tuned")
   mkdir -p "$dir"
   "${serve[@]}" --data-dir "$dir/data" \
     --quic-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 2>"$dir/orchestrator.log" &
   ORCH_PID=$!
   PIDS+=("$ORCH_PID")
-  for i in $(seq 200); do
+  for _ in $(seq 200); do
     line="$(grep -m1 'nodes dial' "$dir/orchestrator.log" || true)"
     [ -n "$line" ] && break
     kill -0 "$ORCH_PID" 2>/dev/null || { cat "$dir/orchestrator.log" >&2; exit 1; }

@@ -190,15 +190,23 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNAL
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
       apt_install python3-venv
     fi
-    python3 -m venv "$venv"
-    "$venv/bin/python3" -m pip install -q cargo-zigbuild
+    python3 -m venv "$venv" || die "python3 could not make a virtual environment in $venv"
+    "$venv/bin/python3" -m pip install -q cargo-zigbuild ||
+      die "pip could not install cargo-zigbuild from PyPI into $venv (no network to PyPI?)"
   fi
   # cargo-zigbuild finds zig through `python3 -m ziglang`: the venv's python must come first.
   PATH="$venv/bin:$PATH"
   command -v cargo-zigbuild >/dev/null 2>&1 || die "cargo-zigbuild did not install"
 }
 
-rustup target list --installed | grep -qx "$RUST_TARGET" || rustup target add "$RUST_TARGET"
+# The target's standard library, wherever the toolchain came from; only rustup can add one.
+if [ ! -d "$(rustc --print sysroot)/lib/rustlib/$RUST_TARGET/lib" ]; then
+  command -v rustup >/dev/null 2>&1 ||
+    die "needs the Rust standard library for $RUST_TARGET, which only rustup can add: install Rust with rustup (README.md, Prerequisites)"
+  say "adding the Rust target $RUST_TARGET"
+  rustup target add "$RUST_TARGET" >&2 ||
+    die "rustup could not add the target $RUST_TARGET (no network to the Rust distribution server?)"
+fi
 [ -z "$GLIBC" ] || ensure_zigbuild
 
 # Runs cargo for the node: zigbuild when a glibc version is asked for, else plain cargo with

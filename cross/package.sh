@@ -7,8 +7,8 @@
 #   --binary PATH  the edge-node to package; default target/TRIPLE/release/edge-node, where
 #                  cross/build.sh puts it (TRIPLE without a glibc suffix such as .2.31)
 #   --out DIR      where edge-node_VERSION-1_ARCH.deb goes; default target/debian
-#   --lint         then check it: lintian on the package (installed if missing), and
-#                  systemd-analyze verify on its unit; fails on a lintian error or a unit
+#   --lint         then check it: lintian on the package, and systemd-analyze verify on
+#                  its unit (each installed if missing); fails on a lintian error or a unit
 #                  warning
 # Prints the path of the .deb on stdout.
 #
@@ -461,6 +461,7 @@ echo "$ME: $deb ($(stat -c %s "$deb") bytes; Depends: ${depends:-none})" >&2
 # --- Checks.
 if [ "$lint" = yes ]; then
   command -v lintian >/dev/null || apt_install lintian
+  command -v systemd-analyze >/dev/null || apt_install systemd
   failed=no
 
   # lintian exits non-zero on errors; its warnings and notes are printed for a human.

@@ -6,8 +6,12 @@
 //!
 //! The builds use the `smoke` cargo profile: the code and features the boards get, compiled
 //! for build time instead of size (no LTO), so two cold cross builds fit in CI; a second run
-//! finds them built. Size and the release link are measured by `benches/footprint.sh`. The scripts install what is missing (qemu-user-static and its
-//! binfmt_misc registration, cross linkers, cargo-zigbuild), which needs root and network.
+//! finds them built. Size and the release link are measured by `benches/footprint.sh`.
+//!
+//! The scripts install what is missing (qemu-user-static and its binfmt_misc registration,
+//! the Rust targets, cross linkers, cargo-zigbuild), which takes Debian or Ubuntu, root or
+//! passwordless sudo, and the network: README.md, "Prerequisites", lists it all. Without one
+//! of those the test fails with the script's message naming what is missing; it never skips.
 
 use edge_tests::{PATIENCE, TestOrchestrator, alive, eventually, http_get_root};
 use serde_json::{Value, json};

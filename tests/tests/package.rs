@@ -2,7 +2,9 @@
 //! debug binary under the x86_64-gateway profile (amd64), so that no cross toolchain is
 //! needed, and checked the way an installing user meets it: control fields, file list,
 //! conffiles, the default config and the systemd unit. `--lint` makes the script itself run
-//! lintian and `systemd-analyze verify`; it exits non-zero when either objects.
+//! lintian and `systemd-analyze verify`; it exits non-zero when either objects. The unit's
+//! sandbox is held to the exposure `systemd-analyze security` gave it when it was last
+//! tightened.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -272,4 +274,106 @@ fn a_missing_binary_is_refused() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "a missing binary is an error");
     assert!(stderr.contains(&*missing.to_string_lossy()), "{stderr}");
+}
+
+/// The exposure `systemd-analyze security` gives the unit, as recorded in benches/RESULTS.md
+/// and in the unit's own comment. It was 5.0 (MEDIUM) before the system call filter, UMask=,
+/// ProtectProc= and the device policy; a change that raises it must say why there.
+const UNIT_EXPOSURE_AT_MOST: f64 = 3.1;
+
+/// The path of `systemd-analyze`, installed (Debian package `systemd`) through the project's
+/// own apt helper when this machine lacks it, as `cross/package.sh --lint` does.
+fn systemd_analyze() -> PathBuf {
+    let install = Command::new("bash")
+        .arg("-c")
+        .arg(
+            r#"source cross/apt.sh && { command -v systemd-analyze >/dev/null || apt_install systemd; } && command -v systemd-analyze"#,
+        )
+        .current_dir(workspace())
+        .output()
+        .expect("bash runs");
+    assert!(
+        install.status.success(),
+        "systemd-analyze is missing and could not be installed:\n{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let path = String::from_utf8(install.stdout).expect("UTF-8 path");
+    PathBuf::from(path.trim())
+}
+
+/// The figure in `→ Overall exposure level for edge-node.service: 3.1 OK 🙂`.
+fn overall_exposure(report: &str) -> Option<f64> {
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level for edge-node.service:"))?;
+    let (_, rest) = line.split_once("edge-node.service:")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn the_unit_is_exposed_no_more_than_recorded() {
+    let analyze = systemd_analyze();
+    let unit = workspace().join("targets/edge-node.service");
+    // --offline (systemd 250 and later) scores the file itself: no systemd needs to run here,
+    // and no unit needs to be installed.
+    let out = Command::new(&analyze)
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&unit)
+        .env("SYSTEMD_COLORS", "0")
+        .output()
+        .expect("systemd-analyze runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} security --offline=yes failed (it needs systemd 250 or newer):\n{stderr}",
+        analyze.display()
+    );
+    let exposure = overall_exposure(&report)
+        .unwrap_or_else(|| panic!("no overall exposure in the report:\n{report}\n{stderr}"));
+    assert!(
+        exposure <= UNIT_EXPOSURE_AT_MOST,
+        "edge-node.service is exposed {exposure}, more than the recorded {UNIT_EXPOSURE_AT_MOST}:\n{report}"
+    );
+    // Every setting the score counts was understood: a misspelt or unknown value is ignored
+    // with a warning, and would leave the unit less confined than it reads.
+    assert!(
+        !stderr.contains("edge-node.service:"),
+        "systemd-analyze objected to the unit:\n{stderr}"
+    );
+}
+
+#[test]
+fn the_exposure_is_read_from_the_report() {
+    let report = "✗ UMask=  Files created by service are world-readable by default  0.1\n\n\
+                  → Overall exposure level for edge-node.service: 3.1 OK 🙂\n";
+    assert_eq!(overall_exposure(report), Some(3.1));
+    assert_eq!(overall_exposure("nothing here"), None);
+}
+
+#[test]
+fn without_apt_the_scripts_name_the_packages_and_what_is_missing() {
+    // A PATH with bash alone: no apt-get, no dpkg, as on a distribution that is not Debian's.
+    let bin = tempfile::tempdir().expect("temp dir");
+    let bash = ["/bin/bash", "/usr/bin/bash"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("bash is installed");
+    std::os::unix::fs::symlink(bash, bin.path().join("bash")).expect("symlink");
+    let out = Command::new(bash)
+        .arg("-c")
+        .arg("set -e; source cross/apt.sh; apt_install lintian; echo installed")
+        .env("PATH", bin.path())
+        .current_dir(workspace())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a script goes no further: {stdout}");
+    assert!(!stdout.contains("installed"), "{stdout}");
+    assert!(
+        stderr.contains("lintian") && stderr.contains("no apt-get"),
+        "the message names the package and the missing piece: {stderr}"
+    );
 }
