@@ -2,9 +2,15 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use node_daemon::config::{ConfigFile, FromFile};
+use node_daemon::config::{
+    Config, ConfigFile, FromFile, GeoPoint, JoinSettings, OrchestratorAddress,
+};
 use node_daemon::notify::Notifier;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -22,7 +28,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Check a config file and print what the node would use.
+    /// Check a config file and print a summary of what the node would use.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
@@ -35,20 +41,52 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edge-node: {e:#}");
+            // A closed stderr loses the message; it must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "edge-node: {}", Chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line, `what: why: why`, each cause written once. Most of
+/// the node's errors already quote their cause in their own message (`cannot read config
+/// file F: No such file or directory`) and also return it as their source, so a cause the
+/// text so far already ends with is left out.
+struct Chain<'a>(&'a anyhow::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        for cause in self.0.chain() {
+            let cause = cause.to_string();
+            if text.is_empty() {
+                text = cause;
+            } else if !text.ends_with(&cause) {
+                text.push_str(": ");
+                text.push_str(&cause);
+            }
+        }
+        // A TOML parse error ends with a newline of its own.
+        f.write_str(text.trim_end())
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::CheckConfig { config } => {
-            let file = ConfigFile::load(&config)?;
+        Command::CheckConfig { config: path } => {
+            let file = ConfigFile::load(&path)?;
+            // `check-config | head` is no reason to panic.
+            let print = |summary: Summary| {
+                let _ = write!(
+                    std::io::stdout().lock(),
+                    "{} is valid.\n{summary}",
+                    path.display()
+                );
+            };
             match file.complete(None) {
-                Ok(config) => println!("{config:#?}"),
+                Ok(config) => print(Summary::of_config(&config)),
                 // Valid, with the rest to come from a join file on first start.
-                Err(_) if !file.join_files().is_empty() => println!("{file:#?}"),
+                Err(_) if !file.join_files().is_empty() => print(Summary::of_file(&file)),
                 Err(e) => return Err(e.into()),
             }
             Ok(())
@@ -67,6 +105,109 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ))?;
             Ok(())
         }
+    }
+}
+
+/// What `check-config` tells the operator: what the node will use, without the join token's
+/// secret. A value the file leaves to a join file says so.
+struct Summary<'a> {
+    name: Option<&'a str>,
+    orchestrator: Option<&'a OrchestratorAddress>,
+    local_address: Option<IpAddr>,
+    data_dir: &'a Path,
+    labels: Option<&'a BTreeMap<String, String>>,
+    location: Option<GeoPoint>,
+    status_listen: Option<SocketAddr>,
+    join: Option<&'a JoinSettings>,
+    join_files: &'a [PathBuf],
+}
+
+impl<'a> Summary<'a> {
+    fn of_config(c: &'a Config) -> Self {
+        Self {
+            name: Some(c.name()),
+            orchestrator: Some(c.orchestrator()),
+            local_address: c.local_address(),
+            data_dir: c.data_dir(),
+            labels: Some(c.labels()),
+            location: c.location(),
+            status_listen: c.status_listen(),
+            join: c.join(),
+            join_files: &[],
+        }
+    }
+
+    fn of_file(f: &'a ConfigFile) -> Self {
+        Self {
+            name: f.name(),
+            orchestrator: f.orchestrator(),
+            local_address: f.local_address(),
+            data_dir: f.data_dir(),
+            labels: f.labels(),
+            location: f.location(),
+            status_listen: f.status_listen(),
+            join: f.join(),
+            join_files: f.join_files(),
+        }
+    }
+}
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only an incomplete file has join files to fill its gaps.
+        let unset = if self.join_files.is_empty() {
+            "none"
+        } else {
+            "from the join file"
+        };
+        let line = |f: &mut fmt::Formatter<'_>, key: &str, value: &dyn fmt::Display| {
+            writeln!(f, "  {key:<14} {value}")
+        };
+        line(f, "name", &self.name.unwrap_or(unset))?;
+        match self.orchestrator {
+            Some(o) => line(f, "orchestrator", o)?,
+            None => line(f, "orchestrator", &unset)?,
+        }
+        if let Some(ip) = self.local_address {
+            line(f, "local_address", &ip)?;
+        }
+        line(f, "data_dir", &self.data_dir.display())?;
+        match self.labels {
+            Some(labels) if !labels.is_empty() => {
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                line(f, "labels", &labels.join(", "))?;
+            }
+            Some(_) => line(f, "labels", &"none")?,
+            None => line(f, "labels", &unset)?,
+        }
+        match self.location {
+            Some(GeoPoint { lat, lon, alt_m }) => {
+                let alt = alt_m.map(|m| format!(", {m} m")).unwrap_or_default();
+                line(f, "location", &format_args!("{lat}, {lon}{alt}"))?;
+            }
+            None => line(f, "location", &unset)?,
+        }
+        if let Some(addr) = self.status_listen {
+            line(f, "status_listen", &addr)?;
+        }
+        match self.join {
+            Some(j) => line(
+                f,
+                "join",
+                &format_args!("present (token {}.***, CA {})", j.token.id(), j.ca_hash),
+            )?,
+            None if self.join_files.is_empty() => line(f, "join", &"absent")?,
+            None => line(f, "join", &unset)?,
+        }
+        if !self.join_files.is_empty() {
+            let files: Vec<String> = self
+                .join_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            line(f, "join_file", &files.join(", "))?;
+        }
+        Ok(())
     }
 }
 

@@ -1,8 +1,8 @@
 //! The node's workload agent: turns the orchestrator's assignments into running processes.
 //!
 //! An assignment is admitted (or refused) against the node's own measurements, its artifact is
-//! fetched over the current connection (resuming after a cut, retried with backoff, verified
-//! before use; refused after all if it turns out not to fit the disk), and the supervisor runs
+//! fetched over the current connection (resuming after a cut, retried with full-jitter backoff,
+//! verified before use; refused after all if it turns out not to fit the disk), and the supervisor runs
 //! it. Every state change goes back to the orchestrator as
 //! a report; after a reconnect the node re-sends the state of everything it runs, so status is
 //! never minutes late.
@@ -16,6 +16,7 @@ use crate::supervisor::{
 };
 use edge_proto::{AdmissionReply, Assignment, NodeMsg, WorkloadReport, WorkloadState, text};
 use node_core::admission::{Admission, Measured, Request, Reserve};
+use node_core::backoff::{Backoff, BackoffPolicy};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,9 +24,38 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-/// Fetch retries back off from here, doubling, to [`FETCH_RETRY_MAX`].
-const FETCH_RETRY_BASE: Duration = Duration::from_millis(500);
-const FETCH_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How a failed artifact fetch backs off: at most 500 ms, doubling to at most 60 s.
+const FETCH_RETRY: BackoffPolicy = BackoffPolicy {
+    base: Duration::from_millis(500),
+    max: Duration::from_secs(60),
+};
+
+/// The waits between the attempts of one artifact fetch: [`node_core::backoff`]'s full jitter,
+/// so the nodes that lost the orchestrator together do not all ask again at once. The caller
+/// gives the random draw. A new fetch starts from [`FETCH_RETRY`]'s base, and so does the
+/// wait after an attempt that stored bytes before it failed: the transfer works and resumes
+/// from there, so there is no reason to wait long.
+#[derive(Debug)]
+struct FetchRetry {
+    backoff: Backoff,
+}
+
+impl FetchRetry {
+    fn new() -> Self {
+        Self {
+            backoff: Backoff::new(FETCH_RETRY),
+        }
+    }
+
+    /// A retryable failure: the wait before the next attempt, from `draw`, a uniformly random
+    /// `u64`. `progressed`: the attempt stored some of the artifact before it failed.
+    fn failed(&mut self, progressed: bool, draw: u64) -> Duration {
+        if progressed {
+            self.backoff.reset();
+        }
+        self.backoff.next_delay(draw)
+    }
+}
 
 #[derive(Debug, Default)]
 struct Book {
@@ -300,11 +330,12 @@ impl Workloads {
         if self.cache.missing_bytes(&a.artifact, a.artifact_size) > 0 {
             self.send_state(&a, WorkloadState::Downloading, "").await;
         }
-        let mut delay = FETCH_RETRY_BASE;
+        let mut retry = FetchRetry::new();
         let path = loop {
             let Some(conn) = self.wait_for_connection().await else {
                 return;
             };
+            let missing = self.cache.missing_bytes(&a.artifact, a.artifact_size);
             match self.cache.fetch(&conn, a.artifact, a.artifact_size).await {
                 Ok(path) => break path,
                 Err(e @ FetchError::NoSpace { .. }) => {
@@ -313,9 +344,11 @@ impl Workloads {
                     return self.refuse(&a, &e).await;
                 }
                 Err(e) if e.retryable() => {
+                    let progressed =
+                        self.cache.missing_bytes(&a.artifact, a.artifact_size) < missing;
+                    let delay = retry.failed(progressed, fastrand::u64(..));
                     warn!(workload = %name, error = %e, retry_in = ?delay, "artifact fetch failed");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(FETCH_RETRY_MAX);
                 }
                 Err(e) => return self.fail(&a, &e).await,
             }
@@ -479,4 +512,76 @@ fn spec_for(a: &Assignment, artifact: &Path, node_env: &[(String, String)]) -> W
         }
     });
     spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// The waits of `failures` failures in a row without progress, each from `draw`.
+    fn waits(retry: &mut FetchRetry, failures: usize, draw: u64) -> Vec<Duration> {
+        (0..failures).map(|_| retry.failed(false, draw)).collect()
+    }
+
+    #[test]
+    fn the_longest_waits_double_from_half_a_second_to_a_minute() {
+        let mut retry = FetchRetry::new();
+        assert_eq!(
+            waits(&mut retry, 10, u64::MAX),
+            [
+                SECOND / 2,
+                SECOND,
+                2 * SECOND,
+                4 * SECOND,
+                8 * SECOND,
+                16 * SECOND,
+                32 * SECOND,
+                60 * SECOND,
+                60 * SECOND,
+                60 * SECOND,
+            ]
+        );
+    }
+
+    #[test]
+    fn each_wait_is_drawn_from_zero_to_its_ceiling() {
+        // Full jitter: the lowest draw retries at once, a middle one waits half the ceiling.
+        assert_eq!(waits(&mut FetchRetry::new(), 10, 0), [Duration::ZERO; 10]);
+        let halves = waits(&mut FetchRetry::new(), 4, 1 << 63);
+        for (wait, ceiling) in halves
+            .iter()
+            .zip([SECOND / 2, SECOND, 2 * SECOND, 4 * SECOND])
+        {
+            assert!(
+                wait.abs_diff(ceiling / 2) <= Duration::from_nanos(1),
+                "{wait:?} of {ceiling:?}"
+            );
+        }
+        // And the draws a fleet makes spread over that whole span.
+        let mut rng = fastrand::Rng::with_seed(3);
+        let spread: Vec<Duration> = (0..1000)
+            .map(|_| {
+                let mut retry = FetchRetry::new();
+                waits(&mut retry, 3, 0);
+                retry.failed(false, rng.u64(..))
+            })
+            .collect();
+        assert!(spread.iter().all(|w| *w <= 4 * SECOND));
+        assert!(spread.iter().any(|w| *w < SECOND), "{spread:?}");
+        assert!(spread.iter().any(|w| *w > 3 * SECOND), "{spread:?}");
+    }
+
+    #[test]
+    fn a_failure_after_progress_starts_the_waits_over() {
+        let mut retry = FetchRetry::new();
+        waits(&mut retry, 5, u64::MAX);
+        assert_eq!(retry.failed(false, u64::MAX), 16 * SECOND);
+        // Some bytes landed before the cut: resume soon, and grow again from there.
+        assert_eq!(retry.failed(true, u64::MAX), SECOND / 2);
+        assert_eq!(retry.failed(false, u64::MAX), SECOND);
+        // A new fetch starts from the base whatever the last one went through.
+        assert_eq!(FetchRetry::new().failed(false, u64::MAX), SECOND / 2);
+    }
 }

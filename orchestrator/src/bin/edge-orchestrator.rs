@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orchestrator::app::Orchestrator;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,19 @@ enum Command {
         /// The operator API address of the demo.
         #[arg(long, default_value = "127.0.0.1:7480")]
         api_listen: SocketAddr,
+        /// Where the demo keeps everything: a directory it creates and removes on exit.
+        /// Default: one under the system's temporary directory.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// The edge-node binary to run, instead of building or finding it.
+        #[arg(long)]
+        node_bin: Option<PathBuf>,
+        /// The edge-hello binary to deploy, instead of building or finding it.
+        #[arg(long)]
+        hello_bin: Option<PathBuf>,
+        /// The port the sample service listens on, on each node's address.
+        #[arg(long, default_value_t = orchestrator::demo::DEFAULT_HELLO_PORT)]
+        hello_port: u16,
     },
 }
 
@@ -52,7 +66,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edge-orchestrator: {e:#}");
+            // Not eprintln: a closed stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "edge-orchestrator: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -80,6 +95,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             orch.shutdown().await;
             Ok(())
         }
-        Command::Demo { api_listen } => orchestrator::demo::run(api_listen).await,
+        Command::Demo {
+            api_listen,
+            work_dir,
+            node_bin,
+            hello_bin,
+            hello_port,
+        } => {
+            orchestrator::demo::run(orchestrator::demo::Options {
+                api_listen,
+                work_dir,
+                node_bin,
+                hello_bin,
+                hello_port,
+            })
+            .await
+        }
     }
 }

@@ -227,6 +227,31 @@ impl ConfigFile {
         self.name.as_deref()
     }
 
+    /// The orchestrator, if the file names it.
+    pub fn orchestrator(&self) -> Option<&OrchestratorAddress> {
+        self.orchestrator.as_ref()
+    }
+
+    /// The labels, if the file sets them.
+    pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.labels.as_ref()
+    }
+
+    /// The location, if the file sets it.
+    pub fn location(&self) -> Option<GeoPoint> {
+        self.location
+    }
+
+    /// The local IP to dial the orchestrator from, if the file names one.
+    pub fn local_address(&self) -> Option<IpAddr> {
+        self.local_address
+    }
+
+    /// The `[join]` table, if the file has one.
+    pub fn join(&self) -> Option<&JoinSettings> {
+        self.join.as_ref()
+    }
+
     /// The config the daemon runs with: this file, its gaps filled from `join` (the join file,
     /// if any). Fails naming the first value neither provides.
     pub fn complete(&self, join: Option<&JoinFile>) -> Result<Config, ConfigError> {
