@@ -9,11 +9,8 @@
 //! The views and request bodies are public so `edgectl` speaks the same types.
 
 use crate::auth::{self, ApiAuth, AuthError, Claims, Role};
-use crate::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
 use crate::metrics::Reason;
 use crate::server::Shared;
-use crate::session::unix_secs;
-use crate::tokens::TokenRecord;
 use axum::Json;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -22,6 +19,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
+use orchestrator_core::session::unix_secs;
+use orchestrator_core::tokens::TokenRecord;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -12,7 +12,7 @@
 //! artifact files except through [`ArtifactStore`].
 
 use crate::api::{self, Access, ApiError, ApiState, Authed, Operator, Viewer};
-use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, format_digest, from_hex};
+use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, from_hex};
 use crate::auth::ApiAuth;
 use crate::server::Shared;
 use axum::Json;
@@ -23,6 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use orchestrator_core::digest::format_digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;

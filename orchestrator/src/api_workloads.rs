@@ -16,16 +16,16 @@ use crate::api::{
     ApiError, ApiState, Authed, NodeView, Operator, Viewer, internal, json_content_type,
     no_json_content_type, no_such_node, rfc3339,
 };
-use crate::deploy::{Admission, DeploymentView};
 use crate::server::Shared;
-use crate::workload::{SpecError, WorkloadSpec};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use edge_proto::{NodeId, WorkloadState};
+use edge_proto::NodeId;
+use orchestrator_core::deploy::{Admission, DeploymentView, state_name};
+use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -95,20 +95,6 @@ pub struct UnplacedView {
     pub reason: String,
     /// The same as data: `{"reason": "memory", "free": .., "want": ..}`.
     pub detail: serde_json::Value,
-}
-
-/// The lowercase name of a reported state.
-pub fn state_name(state: WorkloadState) -> &'static str {
-    match state {
-        WorkloadState::Pending => "pending",
-        WorkloadState::Downloading => "downloading",
-        WorkloadState::Starting => "starting",
-        WorkloadState::Running => "running",
-        WorkloadState::Unhealthy => "unhealthy",
-        WorkloadState::Backoff => "backoff",
-        WorkloadState::Failed => "failed",
-        WorkloadState::Stopped => "stopped",
-    }
 }
 
 fn view(shared: &Shared, d: DeploymentView) -> WorkloadView {
@@ -235,7 +221,7 @@ async fn deploy(
     json_content_type(&headers)?.ok_or_else(no_json_content_type)?;
     let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
     // What the wire cannot carry is the spec's fault too: say so before anything else.
-    crate::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
+    orchestrator_core::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
     let digest = *spec.artifact().as_bytes();
     let store =
         state.shared.artifacts.get().ok_or_else(|| {
@@ -244,7 +230,7 @@ async fn deploy(
     let Some(size) = store.size(&digest).await.map_err(internal)? else {
         return Err(ApiError::BadRequest(format!(
             "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",
-            crate::artifacts::format_digest(&digest)
+            orchestrator_core::digest::format_digest(&digest)
         )));
     };
     let name = spec.name().to_owned();

@@ -201,11 +201,12 @@ async fn deploy_hello(
          placement = \"per-node\"\n\
          [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n\
          [requirements]\nlabels = {{ demo = \"true\" }}\n",
-        digest = crate::artifacts::format_digest(&stored.digest),
+        digest = orchestrator_core::digest::format_digest(&stored.digest),
     );
     let path = dir.join("hello.toml");
     std::fs::write(&path, &spec)?;
-    let spec = crate::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
+    let spec =
+        orchestrator_core::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
     let (placed, committed) = orch.shared.deploy(|d| match d.apply(spec, stored.size) {
         Ok((_, effects)) => (Ok(()), effects),
         Err(e) => (Err(e), Vec::new()),

@@ -7,18 +7,18 @@
 //! many concurrent deploys share one fsync.
 
 use crate::artifacts::{ArtifactStore, ServeError, Served, serve_artifact_stream};
-use crate::deploy::{Deployments, Effect};
-use crate::fleet::{Change, Fleet, NodeRecord, SessionId};
 use crate::metrics::Metrics;
 use crate::pki::{Ca, PkiError, node_id_from_cert};
-use crate::session::Event;
-use crate::session::{Action, Ctx, ServerSession, unix_secs};
-use crate::store::{DeploymentWrite, Store, StoreError};
-use crate::tokens::{self, TokenRecord};
 use edge_proto::quic::{ReadError, read_frame, transport, write_msg};
 use edge_proto::{
     ALPN, DecodeError, NodeId, OrchMsg, RejectCode, StreamOpen, WorkloadReport, decode,
 };
+use orchestrator_core::deploy::{Deployments, Effect};
+use orchestrator_core::fleet::{Change, Fleet, NodeRecord, SessionId};
+use orchestrator_core::session::Event;
+use orchestrator_core::session::{Action, Ctx, ServerSession, unix_secs};
+use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
+use orchestrator_core::tokens::{self, TokenRecord};
 use rustls::pki_types::CertificateDer;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -381,7 +381,7 @@ impl Shared {
                 .workload(&crate::metrics::WorkloadEvent::InstanceState {
                     node,
                     workload: report.workload.as_str(),
-                    state: crate::api_workloads::state_name(report.state),
+                    state: orchestrator_core::deploy::state_name(report.state),
                     restarts: report.restarts,
                     message: report.message.as_str(),
                 });

@@ -6,7 +6,8 @@ use edge_proto::{
 use orchestrator::api;
 use orchestrator::auth::{self, ApiAuth, Role};
 use orchestrator::server::Shared;
-use orchestrator::store::{MemStore, SledStore, Store};
+use orchestrator::store::SledStore;
+use orchestrator_core::store::{MemStore, Store};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -5,12 +5,12 @@ use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{ArtifactReply, ArtifactRequest, StreamOpen, decode};
 use orchestrator::api;
 use orchestrator::artifacts::{
-    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, format_digest, parse_digest,
-    serve_artifact_stream, sha256, to_hex,
+    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, serve_artifact_stream, sha256, to_hex,
 };
 use orchestrator::auth::{ApiAuth, Role};
 use orchestrator::server::Shared;
-use orchestrator::store::MemStore;
+use orchestrator_core::digest::{format_digest, parse_digest};
+use orchestrator_core::store::MemStore;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;

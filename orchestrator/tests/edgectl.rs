@@ -4,7 +4,7 @@ use edge_proto::{Capabilities, Label, Location, NodeId, text};
 use orchestrator::api;
 use orchestrator::auth::{ApiAuth, Role};
 use orchestrator::server::Shared;
-use orchestrator::store::MemStore;
+use orchestrator_core::store::MemStore;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

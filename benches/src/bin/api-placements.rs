@@ -44,8 +44,8 @@ use edge_benches::{fixtures, in_process, pause, procfs, sim};
 use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{AcceleratorKind, Capabilities, Location, NodeMsg, OrchMsg, decode, text};
 use orchestrator::app::Orchestrator;
-use orchestrator::scheduler::{NodeView, Scheduler};
-use orchestrator::workload::WorkloadSpec;
+use orchestrator_core::scheduler::{NodeView, Scheduler};
+use orchestrator_core::workload::WorkloadSpec;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -891,7 +891,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let store = in_process::artifact_store(&orch)?;
     let stored = orch_rt.block_on(store.put(&b"#!/bin/sh\nexec sleep 600\n"[..], None))?;
-    let digest = orchestrator::artifacts::format_digest(&stored.digest);
+    let digest = orchestrator_core::digest::format_digest(&stored.digest);
     let run_id = format!("w{}", std::process::id());
     let mut bodies = Vec::with_capacity(args.workloads);
     let mut specs = Vec::with_capacity(args.workloads);

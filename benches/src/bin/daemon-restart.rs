@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use edge_benches::stats::{median, ms, percentile};
 use edge_tests::TestOrchestrator;
-use orchestrator::workload::WorkloadSpec;
+use orchestrator_core::workload::WorkloadSpec;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -204,7 +204,7 @@ fn main() -> anyhow::Result<()> {
 
     let store = orch.orch.shared.artifacts.get().context("artifact store")?;
     let stored = rt.block_on(store.put(SCRIPT, None))?;
-    let digest = orchestrator::artifacts::format_digest(&stored.digest);
+    let digest = orchestrator_core::digest::format_digest(&stored.digest);
     let names: Vec<String> = (0..args.workloads).map(|i| format!("w-{i}")).collect();
     for name in &names {
         let spec = serde_json::json!({

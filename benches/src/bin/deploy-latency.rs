@@ -37,7 +37,8 @@ use edge_benches::{in_process, pause};
 use edge_proto::{NodeId, WorkloadState};
 use node_daemon::config::Config;
 use orchestrator::app::Orchestrator;
-use orchestrator::artifacts::{ArtifactStore, format_digest};
+use orchestrator::artifacts::ArtifactStore;
+use orchestrator_core::digest::format_digest;
 use serde_json::{Value, json};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -843,7 +844,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         },
         |b, digest, path| {
             std::fs::remove_file(path)?;
-            if let Some(d) = orchestrator::artifacts::parse_digest(digest) {
+            if let Some(d) = orchestrator_core::digest::parse_digest(digest) {
                 b.orch_rt.block_on(b.store.delete(&d))?;
             }
             Ok(())

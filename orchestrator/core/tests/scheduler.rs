@@ -8,10 +8,10 @@ use common::{DIGEST, GIB, MIB, spec};
 use std::collections::{BTreeMap, BTreeSet};
 
 use edge_proto::NodeId;
-use orchestrator::scheduler::{
+use orchestrator_core::scheduler::{
     LatLon, NodeView, Outcome, RejectReason, Resources, Scheduler, haversine_km,
 };
-use orchestrator::workload::{Placement, WorkloadSpec};
+use orchestrator_core::workload::{Placement, WorkloadSpec};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -416,7 +416,7 @@ fn instances_on_offline_nodes_still_count() {
 
 #[test]
 fn from_record_reads_the_registry() {
-    use orchestrator::fleet::NodeRecord;
+    use orchestrator_core::fleet::NodeRecord;
     // Built from its stored JSON so that fields others add to the registry do not break this.
     // (From text: `fleet::hex_id` borrows the id's string, which a `Value` cannot lend.)
     let stored = json!({
