@@ -10,8 +10,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod api_artifacts;
-pub mod api_workloads;
 pub mod app;
 pub mod artifacts;
 pub mod auth;

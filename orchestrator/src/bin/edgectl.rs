@@ -4,9 +4,11 @@
 //! it came (indented). Errors print `edgectl: <the API's message>` and exit 1.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use orchestrator::api::{CreateTokenRequest, ErrorBody, NodeView, TokenCreated, TokenView};
-use orchestrator::api_artifacts::{ARTIFACT_CONTENT_TYPE, ArtifactView};
-use orchestrator::api_workloads::WorkloadView;
+use orchestrator::api::error::ErrorBody;
+use orchestrator::api::views::{
+    ARTIFACT_CONTENT_TYPE, ArtifactView, CreateTokenRequest, NodeView, TokenCreated, TokenView,
+    WorkloadView,
+};
 use orchestrator::artifacts::{sha256_reader, to_hex};
 use orchestrator_core::workload::WorkloadSpec;
 use std::fmt::Write as _;

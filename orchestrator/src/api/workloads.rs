@@ -1,5 +1,4 @@
-//! `/v1/workloads` and the node actions that move them: deploy, list, show, delete, logs,
-//! cordon, uncordon, drain.
+//! `/v1/workloads`: deploy, list, show, delete, logs.
 //!
 //! `POST /v1/workloads` (role operator) takes a workload spec as JSON, refuses an invalid one
 //! with 400 naming the field, and answers once the deployment and its assignments are stored:
@@ -10,90 +9,35 @@
 //! QUIC connection: the last `tail` lines, then with `follow=true` each new line until the
 //! client goes away. From several nodes, each line starts with the node's name.
 //!
-//! A thin shell: decisions are the core's `deploy`, effects go through `Deployer::deploy`.
+//! A thin shell: decisions are the core's `deploy`, effects go through the [`Deployer`].
+//!
+//! [`Deployer`]: crate::deployer::Deployer
 
-use crate::api::{
-    ApiError, ApiState, Authed, NodeView, Operator, Viewer, internal, json_content_type,
-    no_json_content_type, no_such_node, rfc3339,
-};
+use crate::metrics::WorkloadEvent;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use edge_proto::NodeId;
 use orchestrator_core::deploy::{Admission, DeploymentView, state_name};
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
-pub(crate) fn routes() -> axum::Router<ApiState> {
+use super::ApiState;
+use super::error::{ApiError, internal};
+use super::extract::{Authed, Operator, Viewer, json_content_type, no_json_content_type};
+use super::nodes::no_such_node;
+use super::time::rfc3339;
+use super::views::{InstanceView, RefusalView, UnplacedView, WorkloadView};
+
+pub(super) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
         .route("/v1/workloads", get(list).post(deploy))
         .route("/v1/workloads/{name}", get(show).delete(delete))
         .route("/v1/workloads/{name}/logs", get(logs))
-        .route("/v1/nodes/{name_or_id}/cordon", post(cordon))
-        .route("/v1/nodes/{name_or_id}/uncordon", post(uncordon))
-        .route("/v1/nodes/{name_or_id}/drain", post(drain))
-}
-
-/// A workload as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkloadView {
-    pub name: String,
-    pub version: String,
-    /// Grows with every change of the spec.
-    pub generation: u64,
-    /// `replicas` or `per-node`.
-    pub placement: String,
-    /// Instances wanted: the replicas, or for per-node the nodes that match.
-    pub wanted: u32,
-    /// Instances whose node reports them running.
-    pub running: u32,
-    pub instances: Vec<InstanceView>,
-    /// Nodes that refused the admission, with their reason.
-    pub refusals: Vec<RefusalView>,
-    /// When fewer instances are placed than wanted: why each node without one has none.
-    pub unplaced: Vec<UnplacedView>,
-    pub spec: serde_json::Value,
-}
-
-/// One instance: where it is and what its node last said.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceView {
-    /// The node's name.
-    pub node: String,
-    pub node_id: String,
-    /// `pending` (assigned, not yet answered), `admitted`, then what the node reports:
-    /// `downloading`, `starting`, `running`, `unhealthy`, `backoff`, `failed`, `stopped`.
-    pub state: String,
-    pub restarts: u32,
-    pub pid: Option<u32>,
-    pub exit_code: Option<i32>,
-    pub message: String,
-    /// The spec generation the state describes.
-    pub generation: u64,
-    /// When the node last reported (RFC 3339), if it has.
-    pub updated_at: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RefusalView {
-    pub node: String,
-    pub node_id: String,
-    pub reason: String,
-}
-
-/// Why a node has no instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UnplacedView {
-    pub node: String,
-    pub node_id: String,
-    /// For a person, e.g. `memory: 1048576 bytes free, 33554432 wanted`.
-    pub reason: String,
-    /// The same as data: `{"reason": "memory", "free": .., "want": ..}`.
-    pub detail: serde_json::Value,
 }
 
 /// A deployment as the API shows it, with what its nodes last reported.
@@ -250,14 +194,12 @@ async fn deploy(
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?;
     if changed {
-        state
-            .metrics
-            .workload(&crate::metrics::WorkloadEvent::Deployed {
-                workload: &name,
-                generation: shown.generation,
-                placed: outcome.bound.len(),
-                wanted: shown.wanted,
-            });
+        state.metrics.workload(&WorkloadEvent::Deployed {
+            workload: &name,
+            generation: shown.generation,
+            placed: outcome.bound.len(),
+            wanted: shown.wanted,
+        });
     }
     let status = if created {
         StatusCode::CREATED
@@ -283,62 +225,8 @@ async fn delete(
     state.reports.forget(&name);
     state
         .metrics
-        .workload(&crate::metrics::WorkloadEvent::Deleted { workload: &name });
+        .workload(&WorkloadEvent::Deleted { workload: &name });
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn cordon(
-    a: Authed<Operator>,
-    s: State<ApiState>,
-    p: Path<String>,
-) -> Result<Json<NodeView>, ApiError> {
-    set_cordon(a, s, p, true, false).await
-}
-
-async fn uncordon(
-    a: Authed<Operator>,
-    s: State<ApiState>,
-    p: Path<String>,
-) -> Result<Json<NodeView>, ApiError> {
-    set_cordon(a, s, p, false, false).await
-}
-
-async fn drain(
-    a: Authed<Operator>,
-    s: State<ApiState>,
-    p: Path<String>,
-) -> Result<Json<NodeView>, ApiError> {
-    set_cordon(a, s, p, true, true).await
-}
-
-async fn set_cordon(
-    _: Authed<Operator>,
-    State(state): State<ApiState>,
-    Path(name_or_id): Path<String>,
-    cordoned: bool,
-    drain: bool,
-) -> Result<Json<NodeView>, ApiError> {
-    let no_such_node = || no_such_node(&name_or_id);
-    let id = state
-        .registry
-        .fleet()
-        .find(&name_or_id)
-        .map(|n| n.id)
-        .ok_or_else(no_such_node)?;
-    let (registry, deployments) = (state.registry.clone(), state.deployments.clone());
-    // The registry write flushes to disk; keep it off the async workers.
-    let committed = tokio::task::spawn_blocking(move || {
-        crate::node_admin::set_cordon(&registry, &deployments, id, cordoned, drain)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)?
-    .ok_or_else(no_such_node)?;
-    committed.wait().await.map_err(internal)?;
-    tracing::info!(node = %id, cordoned, drain, "node cordon changed by the API");
-    let fleet = state.registry.fleet();
-    let node = fleet.node(id).ok_or_else(no_such_node)?;
-    Ok(Json(NodeView::new(node, fleet.is_online(id))))
 }
 
 /// Lines a log request sends first when it does not say.

@@ -11,7 +11,6 @@
 //! into the API's JSON error shape. It never holds an upload in memory and never touches the
 //! artifact files except through [`ArtifactStore`].
 
-use crate::api::{self, ApiError, ApiState, Authed, Operator, Viewer};
 use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, from_hex};
 use axum::Json;
 use axum::body::Body;
@@ -21,34 +20,18 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use orchestrator_core::digest::format_digest;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The content type an upload must carry.
-pub const ARTIFACT_CONTENT_TYPE: &str = "application/octet-stream";
+use super::ApiState;
+use super::body::{DRAIN_MAX_BYTES, drain, next_frame};
+use super::error::{ApiError, count_and_json, error_response, internal};
+use super::extract::{Authed, Operator, Viewer};
+use super::views::{ARTIFACT_CONTENT_TYPE, ArtifactView};
 
-/// An artifact as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactView {
-    /// `sha256:` and 64 lowercase hex digits: what a workload's `artifact` names.
-    pub digest: String,
-    pub size: u64,
-}
-
-impl ArtifactView {
-    fn new(digest: &Digest, size: u64) -> Self {
-        Self {
-            digest: format_digest(digest),
-            size,
-        }
-    }
-}
-
-/// The artifact routes over `state.artifacts`. [`api::router`] merges them into the operator
+/// The artifact routes over `state.artifacts`. [`super::router`] merges them into the operator
 /// API.
-pub fn router(state: ApiState) -> axum::Router {
+pub(super) fn router(state: ApiState) -> axum::Router {
     // Only extractors read this limit (the upload streams its body itself and stops at the
     // store's limit), but it keeps the API's 64 KiB from ever applying to an artifact.
     let limit = state
@@ -65,21 +48,21 @@ pub fn router(state: ApiState) -> axum::Router {
 }
 
 /// Counts the request and turns an error response that is not JSON (axum's 405) into the
-/// API's [`api::ErrorBody`], keeping its headers (`Allow`).
+/// API's [`super::error::ErrorBody`], keeping its headers (`Allow`).
 async fn finish(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    api::count_and_json(&state.metrics, response).await
+    count_and_json(&state.metrics, response).await
 }
 
 fn unavailable() -> Response {
-    api::error_response(
+    error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "this orchestrator has no artifact store".into(),
     )
 }
 
 fn too_large(max_bytes: u64) -> Response {
-    api::error_response(
+    error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the artifact is over the limit of {max_bytes} bytes"),
     )
@@ -179,7 +162,7 @@ async fn receive(
     body: &mut Body,
 ) -> Result<Stored, Refused> {
     let mut upload = store.begin(expected).await?;
-    while let Some(frame) = api::next_frame(body).await {
+    while let Some(frame) = next_frame(body).await {
         // `None` is a trailers frame: nothing we use.
         if let Some(data) = frame.map_err(Refused::Body)? {
             upload.write(&data).await?;
@@ -197,19 +180,19 @@ async fn push(State(state): State<ApiState>, request: Request) -> Response {
     let (mut parts, mut body) = request.into_parts();
     // A refusal is answered only after reading (a bounded amount of) what the client is still
     // sending: closing on unread data would show it a reset instead of our answer.
-    let drain_limit = declared_len.is_none_or(|len| len <= api::DRAIN_MAX_BYTES);
+    let drain_limit = declared_len.is_none_or(|len| len <= DRAIN_MAX_BYTES);
     let admitted = match admit(&state, &mut parts, declared_len).await {
         Ok(admitted) => admitted,
         Err(response) => {
             if drain_limit {
-                api::drain(&mut body).await;
+                drain(&mut body).await;
             }
             return response;
         }
     };
     match receive(&admitted.store, admitted.expected, &mut body).await {
         Ok(stored) => {
-            let digest = format_digest(&stored.digest);
+            let digest = orchestrator_core::digest::format_digest(&stored.digest);
             tracing::info!(
                 %digest,
                 size = stored.size,
@@ -228,7 +211,7 @@ async fn push(State(state): State<ApiState>, request: Request) -> Response {
             ApiError::BadRequest(format!("reading the body: {e}")).into_response()
         }
         Err(Refused::Put(e)) => {
-            api::drain(&mut body).await;
+            drain(&mut body).await;
             match e {
                 PutError::TooLarge { max_bytes } => too_large(max_bytes),
                 PutError::DigestMismatch { .. } => {
@@ -237,7 +220,7 @@ async fn push(State(state): State<ApiState>, request: Request) -> Response {
                 PutError::Source(e) => {
                     ApiError::BadRequest(format!("reading the body: {e}")).into_response()
                 }
-                PutError::Io(e) => api::internal(e).into_response(),
+                PutError::Io(e) => internal(e).into_response(),
             }
         }
     }
@@ -251,7 +234,7 @@ async fn list(
     let artifacts = store
         .list()
         .await
-        .map_err(|e| api::internal(e).into_response())?;
+        .map_err(|e| internal(e).into_response())?;
     Ok(Json(
         artifacts
             .iter()
