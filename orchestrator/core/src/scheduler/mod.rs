@@ -327,6 +327,7 @@ struct Scratch {
 struct Bitset(Vec<u64>);
 
 impl Bitset {
+    #[inline]
     fn set(&mut self, i: usize) {
         let w = i / 64;
         if w >= self.0.len() {
@@ -335,16 +336,19 @@ impl Bitset {
         self.0[w] |= 1 << (i % 64);
     }
 
+    #[inline]
     fn clear(&mut self, i: usize) {
         if let Some(word) = self.0.get_mut(i / 64) {
             *word &= !(1 << (i % 64));
         }
     }
 
+    #[inline]
     fn get(&self, i: usize) -> bool {
         self.word(i / 64) & (1 << (i % 64)) != 0
     }
 
+    #[inline]
     fn word(&self, w: usize) -> u64 {
         self.0.get(w).copied().unwrap_or(0)
     }
@@ -456,6 +460,7 @@ struct Target {
 }
 
 impl Target {
+    #[inline]
     fn new(near: Near) -> Self {
         let angle = near.radius_km / EARTH_RADIUS_KM;
         let unit = unit_vector(LatLon {
@@ -502,6 +507,7 @@ impl Target {
     }
 }
 
+#[inline]
 fn unit_vector(p: LatLon) -> [f64; 3] {
     let (phi, lambda) = (p.lat.to_radians(), p.lon.to_radians());
     [
@@ -511,6 +517,7 @@ fn unit_vector(p: LatLon) -> [f64; 3] {
     ]
 }
 
+#[inline]
 fn valid_location(p: LatLon) -> bool {
     p.lat.is_finite()
         && p.lon.is_finite()
@@ -518,11 +525,13 @@ fn valid_location(p: LatLon) -> bool {
         && (-180.0..=180.0).contains(&p.lon)
 }
 
+#[inline]
 fn free(capacity: Resources, allocated: Resources) -> Resources {
     sub(capacity, allocated)
 }
 
 impl Hot {
+    #[inline]
     fn set_free(&mut self, free: Resources) {
         self.free = free;
         self.free_fraction =
@@ -530,6 +539,7 @@ impl Hot {
     }
 }
 
+#[inline]
 fn add(a: Resources, b: Resources) -> Resources {
     Resources {
         cpu_millis: a.cpu_millis.saturating_add(b.cpu_millis),
@@ -538,6 +548,7 @@ fn add(a: Resources, b: Resources) -> Resources {
     }
 }
 
+#[inline]
 fn sub(a: Resources, b: Resources) -> Resources {
     Resources {
         cpu_millis: a.cpu_millis.saturating_sub(b.cpu_millis),
@@ -546,6 +557,7 @@ fn sub(a: Resources, b: Resources) -> Resources {
     }
 }
 
+#[inline]
 fn times(r: Resources, n: u32) -> Resources {
     let n = u64::from(n);
     Resources {
@@ -555,6 +567,7 @@ fn times(r: Resources, n: u32) -> Resources {
     }
 }
 
+#[inline]
 fn inverse(capacity: u64) -> f64 {
     if capacity == 0 {
         0.0
@@ -563,6 +576,7 @@ fn inverse(capacity: u64) -> f64 {
     }
 }
 
+#[inline]
 fn bind(hot: &mut Hot, node: &mut Node, want: Resources, ports: &[u16]) {
     node.allocated = add(node.allocated, want);
     hot.set_free(free(node.capacity, node.allocated));
@@ -592,6 +606,9 @@ impl Scheduler {
     }
 }
 
+// Generic over the score, these methods are compiled in each crate that calls them, not in
+// this one: the small helpers they call (and the spec's accessors) are `#[inline]` so that a
+// caller's copy of `place` inlines them as this crate's own would.
 impl<S: Score> Scheduler<S> {
     /// A snapshot of these nodes, ranked by `score`. A node listed twice keeps its last view.
     pub fn with_score(score: S, nodes: impl IntoIterator<Item = NodeView>) -> Self {
@@ -1021,6 +1038,7 @@ impl<S: Score> Scheduler<S> {
         freed
     }
 
+    #[inline]
     fn workload_mut(&mut self, name: &str) -> &mut WorkloadState {
         self.workloads.entry(name.to_owned()).or_default()
     }
@@ -1088,6 +1106,7 @@ impl Index {
 
     /// Fills `mask` with the slots that are eligible, have not refused this workload, and
     /// match its architecture, labels and devices.
+    #[inline]
     fn static_mask(
         &self,
         slots: usize,

@@ -261,64 +261,77 @@ impl WorkloadSpec {
 
     /// The workload's name, unique in the fleet: a DNS label (1 to 63 of `[a-z0-9-]`, not
     /// starting or ending with `-`).
+    #[inline]
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// 1 to 64 printable ASCII characters, no spaces.
+    #[inline]
     pub fn version(&self) -> &str {
         &self.version
     }
 
+    #[inline]
     pub fn artifact(&self) -> ArtifactDigest {
         self.artifact
     }
 
     /// The file to run inside the artifact's directory: a plain file name (no `/`). `None`
     /// means the artifact itself is the executable.
+    #[inline]
     pub fn command(&self) -> Option<&str> {
         self.command.as_deref()
     }
 
     /// At most [`MAX_ARGS`], each at most [`MAX_ARG_BYTES`], no NUL.
+    #[inline]
     pub fn args(&self) -> &[String] {
         &self.args
     }
 
     /// Names match `[A-Za-z_][A-Za-z0-9_]*`; values have no NUL.
+    #[inline]
     pub fn env(&self) -> &BTreeMap<String, String> {
         &self.env
     }
 
     /// An absolute path, if given.
+    #[inline]
     pub fn working_dir(&self) -> Option<&str> {
         self.working_dir.as_deref()
     }
 
     /// TCP ports the workload listens on: 1 to 65535, unique, in the order given. Two
     /// instances that share a port cannot share a node.
+    #[inline]
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }
 
+    #[inline]
     pub fn placement(&self) -> Placement {
         self.placement
     }
 
     /// What one instance needs. `cpu_millis` within [`CPU_MILLIS`], `memory_bytes` within
     /// [`MEMORY_BYTES`], `disk_bytes` within [`DISK_BYTES`].
+    #[inline]
     pub fn resources(&self) -> Resources {
         self.resources
     }
 
+    #[inline]
     pub fn requirements(&self) -> &Requirements {
         &self.requirements
     }
 
+    #[inline]
     pub fn restart(&self) -> RestartPolicy {
         self.restart
     }
 
+    #[inline]
     pub fn health(&self) -> Option<&HealthCheck> {
         self.health.as_ref()
     }
@@ -359,6 +372,7 @@ impl Serialize for WorkloadSpec {
 }
 
 impl ArtifactDigest {
+    #[inline]
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
