@@ -155,7 +155,8 @@ impl Orchestrator {
                 }
             }),
         ];
-        tracing::info!(%quic_addr, %api_addr, ca_hash = %handles.registry.ca().hash(), "orchestrator ready");
+        let ca_hash = handles.registry.ca().hash();
+        tracing::info!(%quic_addr, %api_addr, %ca_hash, "orchestrator ready");
         let Handles {
             registry,
             deployments,
