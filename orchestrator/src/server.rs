@@ -9,7 +9,7 @@
 use crate::artifacts::{ArtifactStore, ServeError, Served, serve_artifact_stream};
 use crate::deployer::Deployer;
 use crate::links::{NodeLinks, OUTBOX_DEPTH, close_code};
-use crate::metrics::{Metrics, WorkloadEvent};
+use crate::metrics::{HandshakeFailure, Metrics, WorkloadEvent};
 use crate::pki::{Ca, PkiError, node_id_from_cert};
 use crate::registry::Registry;
 use crate::reports::Reports;
@@ -121,22 +121,26 @@ pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => run_connection(conn, server).await,
-                Err(e) => server
-                    .metrics
-                    .handshake_failed(&handshake_reason(&e), remote),
+                Err(e) => {
+                    let (failure, detail) = handshake_failure(&e);
+                    server.metrics.handshake_failed(failure, &detail, remote);
+                }
             }
         });
     }
 }
 
-fn handshake_reason(e: &quinn::ConnectionError) -> String {
+/// What kind of failure a handshake error is (a metric label from a fixed set), and its
+/// detail for the log: the TLS alert or the peer's close reason is the peer's own text.
+fn handshake_failure(e: &quinn::ConnectionError) -> (HandshakeFailure, String) {
     match e {
-        quinn::ConnectionError::TransportError(t) => format!("tls: {}", t.reason),
-        quinn::ConnectionError::ConnectionClosed(c) => {
-            format!("peer closed: {}", String::from_utf8_lossy(&c.reason))
-        }
-        quinn::ConnectionError::TimedOut => "timeout".into(),
-        other => other.to_string(),
+        quinn::ConnectionError::TransportError(t) => (HandshakeFailure::Tls, t.reason.clone()),
+        quinn::ConnectionError::ConnectionClosed(c) => (
+            HandshakeFailure::PeerClosed,
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        quinn::ConnectionError::TimedOut => (HandshakeFailure::Timeout, String::new()),
+        other => (HandshakeFailure::Other, other.to_string()),
     }
 }
 
@@ -157,9 +161,11 @@ fn peer_node_id(conn: &quinn::Connection) -> Result<Option<NodeId>, ()> {
 async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     let remote = conn.remote_address();
     let Ok(peer) = peer_node_id(&conn) else {
-        server
-            .metrics
-            .handshake_failed("certificate names no node", remote);
+        server.metrics.handshake_failed(
+            HandshakeFailure::NoNodeInCertificate,
+            "certificate names no node",
+            remote,
+        );
         conn.close(
             close_code(Some(RejectCode::UnknownNode)),
             b"certificate names no node",
