@@ -266,7 +266,7 @@ impl Demo {
                 .context("starting the orchestrator")?,
         );
         let (token, _) = orch
-            .shared
+            .registry
             .create_token(600, NODES.len() as u32, "demo".into())
             .context("creating a join token")?;
 
@@ -281,7 +281,7 @@ impl Demo {
                  [join]\ntoken = \"{token}\"\nca_hash = \"{ca}\"\n",
                 data = node_dir.join("data").display(),
                 quic = orch.quic_addr,
-                ca = orch.shared.ca.hash(),
+                ca = orch.registry.ca().hash(),
             );
             let config_path = node_dir.join("node.toml");
             std::fs::write(&config_path, config)?;
@@ -302,7 +302,7 @@ impl Demo {
         say("waiting for the nodes to enroll and come online...");
         let started = Instant::now();
         loop {
-            let (online, _) = orch.shared.fleet().counts();
+            let (online, _) = orch.registry.fleet().counts();
             if online == NODES.len() {
                 break;
             }
@@ -330,8 +330,8 @@ impl Demo {
         let spec_path = deploy_hello(orch, &bins.hello, &dir, hello_port).await?;
         loop {
             let running = orch
-                .shared
-                .instance_reports("hello")
+                .reports
+                .of("hello")
                 .iter()
                 .filter(|(_, r)| r.report.state == edge_proto::WorkloadState::Running)
                 .count();
@@ -459,7 +459,7 @@ async fn deploy_hello(
     dir: &Path,
     port: u16,
 ) -> anyhow::Result<PathBuf> {
-    let store = orch.shared.artifacts.get().context("no artifact store")?;
+    let store = &orch.artifacts;
     let file = tokio::fs::File::open(hello_bin)
         .await
         .with_context(|| format!("reading {}", hello_bin.display()))?;
@@ -471,15 +471,18 @@ async fn deploy_hello(
          placement = \"per-node\"\n\
          [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n\
          [requirements]\nlabels = {{ demo = \"true\" }}\n",
-        digest = crate::artifacts::format_digest(&stored.digest),
+        digest = orchestrator_core::digest::format_digest(&stored.digest),
     );
     let path = dir.join("hello.toml");
     std::fs::write(&path, &spec)?;
-    let spec = crate::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
-    let (placed, committed) = orch.shared.deploy(|d| match d.apply(spec, stored.size) {
-        Ok((_, effects)) => (Ok(()), effects),
-        Err(e) => (Err(e), Vec::new()),
-    });
+    let spec =
+        orchestrator_core::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
+    let (placed, committed) = orch
+        .deployments
+        .deploy(|d| match d.apply(spec, stored.size) {
+            Ok((_, effects)) => (Ok(()), effects),
+            Err(e) => (Err(e), Vec::new()),
+        });
     placed.context("deploying the sample")?;
     committed.wait().await.context("storing the deployment")?;
     Ok(path)

@@ -2,7 +2,7 @@
 //!
 //! An [`Event`] emits its log line and its metric together, so the two never drift.
 
-use crate::session::Event;
+use orchestrator_core::session::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,6 +14,40 @@ use tracing::{info, warn};
 pub struct Reason {
     pub reason: String,
 }
+
+/// A label whose value comes from a fixed set in this crate, never from a peer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FixedReason {
+    pub reason: &'static str,
+}
+
+/// Why a connection never became a session: the `reason` of `edge_handshake_failures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The TLS handshake failed (a bad or unknown certificate, a wrong CA).
+    Tls,
+    /// The peer closed the connection during the handshake.
+    PeerClosed,
+    Timeout,
+    /// The client certificate does not name a node.
+    NoNodeInCertificate,
+    Other,
+}
+
+impl HandshakeFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::PeerClosed => "peer_closed",
+            Self::Timeout => "timeout",
+            Self::NoNodeInCertificate => "no_node_in_certificate",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// How much of a peer's text a log line carries.
+const MAX_DETAIL_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeStatus {
@@ -70,7 +104,7 @@ pub struct Metrics {
     pub frames: Family<Direction, Counter>,
     pub enrollments: Counter,
     pub enrollment_failures: Family<Reason, Counter>,
-    pub handshake_failures: Family<Reason, Counter>,
+    pub handshake_failures: Family<FixedReason, Counter>,
     pub api_requests: Family<Reason, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
@@ -243,12 +277,42 @@ impl Metrics {
     }
 
     /// A connection that never got as far as a session: bad certificate, wrong CA, timeout.
-    pub fn handshake_failed(&self, reason: &str, remote: std::net::SocketAddr) {
+    /// `detail` may be the peer's own text: it goes to the log, cut short, never to a label.
+    pub fn handshake_failed(
+        &self,
+        failure: HandshakeFailure,
+        detail: &str,
+        remote: std::net::SocketAddr,
+    ) {
+        let reason = failure.as_str();
         self.handshake_failures
-            .get_or_create(&Reason {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&FixedReason { reason })
             .inc();
-        warn!(%remote, reason, "handshake failed");
+        let detail: String = detail.chars().take(MAX_DETAIL_CHARS).collect();
+        warn!(%remote, reason, detail = %detail.escape_debug(), "handshake failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_text_never_becomes_a_handshake_label() {
+        let metrics = Metrics::new();
+        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        for i in 0..50 {
+            let peer_text = format!("closed by peer {i}");
+            metrics.handshake_failed(HandshakeFailure::PeerClosed, &peer_text, remote);
+        }
+        let text = metrics.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("edge_handshake_failures_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            ["edge_handshake_failures_total{reason=\"peer_closed\"} 50"]
+        );
     }
 }

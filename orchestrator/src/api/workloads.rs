@@ -1,5 +1,4 @@
-//! `/v1/workloads` and the node actions that move them: deploy, list, show, delete, logs,
-//! cordon, uncordon, drain.
+//! `/v1/workloads`: deploy, list, show, delete, logs.
 //!
 //! `POST /v1/workloads` (role operator) takes a workload spec as JSON, refuses an invalid one
 //! with 400 naming the field, and answers once the deployment and its assignments are stored:
@@ -10,111 +9,42 @@
 //! QUIC connection: the last `tail` lines, then with `follow=true` each new line until the
 //! client goes away. From several nodes, each line starts with the node's name.
 //!
-//! A thin shell: decisions are `deploy`'s, effects go through `Shared::deploy`.
+//! A thin shell: decisions are the core's `deploy`, effects go through the [`Deployer`].
+//!
+//! [`Deployer`]: crate::deployer::Deployer
 
-use crate::api::{
-    ApiError, ApiState, Authed, NodeView, Operator, Viewer, internal, json_content_type,
-    no_json_content_type, no_such_node, rfc3339,
-};
-use crate::deploy::{Admission, DeploymentView};
-use crate::server::Shared;
-use crate::workload::{SpecError, WorkloadSpec};
+use crate::metrics::WorkloadEvent;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use edge_proto::{NodeId, WorkloadState};
-use serde::{Deserialize, Serialize};
+use axum::routing::get;
+use edge_proto::NodeId;
+use orchestrator_core::deploy::{Admission, DeploymentView, state_name};
+use orchestrator_core::workload::{SpecError, WorkloadSpec};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
-pub(crate) fn routes() -> axum::Router<ApiState> {
+use super::ApiState;
+use super::error::{ApiError, internal};
+use super::extract::{Authed, Operator, Viewer, json_content_type, no_json_content_type};
+use super::nodes::no_such_node;
+use super::time::rfc3339;
+use super::views::{InstanceView, RefusalView, UnplacedView, WorkloadView};
+
+pub(super) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
         .route("/v1/workloads", get(list).post(deploy))
         .route("/v1/workloads/{name}", get(show).delete(delete))
         .route("/v1/workloads/{name}/logs", get(logs))
-        .route("/v1/nodes/{name_or_id}/cordon", post(cordon))
-        .route("/v1/nodes/{name_or_id}/uncordon", post(uncordon))
-        .route("/v1/nodes/{name_or_id}/drain", post(drain))
 }
 
-/// A workload as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkloadView {
-    pub name: String,
-    pub version: String,
-    /// Grows with every change of the spec.
-    pub generation: u64,
-    /// `replicas` or `per-node`.
-    pub placement: String,
-    /// Instances wanted: the replicas, or for per-node the nodes that match.
-    pub wanted: u32,
-    /// Instances whose node reports them running.
-    pub running: u32,
-    pub instances: Vec<InstanceView>,
-    /// Nodes that refused the admission, with their reason.
-    pub refusals: Vec<RefusalView>,
-    /// When fewer instances are placed than wanted: why each node without one has none.
-    pub unplaced: Vec<UnplacedView>,
-    pub spec: serde_json::Value,
-}
-
-/// One instance: where it is and what its node last said.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceView {
-    /// The node's name.
-    pub node: String,
-    pub node_id: String,
-    /// `pending` (assigned, not yet answered), `admitted`, then what the node reports:
-    /// `downloading`, `starting`, `running`, `unhealthy`, `backoff`, `failed`, `stopped`.
-    pub state: String,
-    pub restarts: u32,
-    pub pid: Option<u32>,
-    pub exit_code: Option<i32>,
-    pub message: String,
-    /// The spec generation the state describes.
-    pub generation: u64,
-    /// When the node last reported (RFC 3339), if it has.
-    pub updated_at: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RefusalView {
-    pub node: String,
-    pub node_id: String,
-    pub reason: String,
-}
-
-/// Why a node has no instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UnplacedView {
-    pub node: String,
-    pub node_id: String,
-    /// For a person, e.g. `memory: 1048576 bytes free, 33554432 wanted`.
-    pub reason: String,
-    /// The same as data: `{"reason": "memory", "free": .., "want": ..}`.
-    pub detail: serde_json::Value,
-}
-
-/// The lowercase name of a reported state.
-pub fn state_name(state: WorkloadState) -> &'static str {
-    match state {
-        WorkloadState::Pending => "pending",
-        WorkloadState::Downloading => "downloading",
-        WorkloadState::Starting => "starting",
-        WorkloadState::Running => "running",
-        WorkloadState::Unhealthy => "unhealthy",
-        WorkloadState::Backoff => "backoff",
-        WorkloadState::Failed => "failed",
-        WorkloadState::Stopped => "stopped",
-    }
-}
-
-fn view(shared: &Shared, d: DeploymentView) -> WorkloadView {
-    let reports: BTreeMap<NodeId, _> = shared.instance_reports(&d.name).into_iter().collect();
+/// A deployment as the API shows it, with what its nodes last reported.
+fn view(state: &ApiState, d: DeploymentView) -> WorkloadView {
+    let reports: BTreeMap<NodeId, _> = state.reports.of(&d.name).into_iter().collect();
     let names: BTreeMap<NodeId, String> = {
-        let fleet = shared.fleet();
+        let fleet = state.registry.fleet();
         d.nodes
             .iter()
             .map(|(id, _)| *id)
@@ -202,10 +132,8 @@ async fn list(
     _: Authed<Viewer>,
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<WorkloadView>>, ApiError> {
-    let all = state.shared.deployments().list();
-    Ok(Json(
-        all.into_iter().map(|d| view(&state.shared, d)).collect(),
-    ))
+    let all = state.deployments.lock().list();
+    Ok(Json(all.into_iter().map(|d| view(&state, d)).collect()))
 }
 
 async fn show(
@@ -214,11 +142,11 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<WorkloadView>, ApiError> {
     let d = state
-        .shared
-        .deployments()
+        .deployments
+        .lock()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?;
-    Ok(Json(view(&state.shared, d)))
+    Ok(Json(view(&state, d)))
 }
 
 /// The message for a spec error: `field: reason`, as [`SpecError`] displays it.
@@ -235,20 +163,20 @@ async fn deploy(
     json_content_type(&headers)?.ok_or_else(no_json_content_type)?;
     let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
     // What the wire cannot carry is the spec's fault too: say so before anything else.
-    crate::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
+    orchestrator_core::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
     let digest = *spec.artifact().as_bytes();
-    let store =
-        state.shared.artifacts.get().ok_or_else(|| {
-            ApiError::Unavailable("this orchestrator has no artifact store".into())
-        })?;
+    let store = state
+        .artifacts
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this orchestrator has no artifact store".into()))?;
     let Some(size) = store.size(&digest).await.map_err(internal)? else {
         return Err(ApiError::BadRequest(format!(
             "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",
-            crate::artifacts::format_digest(&digest)
+            orchestrator_core::digest::format_digest(&digest)
         )));
     };
     let name = spec.name().to_owned();
-    let (applied, committed) = state.shared.deploy(|d| {
+    let (applied, committed) = state.deployments.deploy(|d| {
         let created = d.get(&name).is_none();
         match d.apply(spec, size) {
             Ok((outcome, effects)) => {
@@ -261,27 +189,24 @@ async fn deploy(
     let (created, changed, outcome) = applied.map_err(bad_spec)?;
     committed.wait().await.map_err(internal)?;
     let shown = state
-        .shared
-        .deployments()
+        .deployments
+        .lock()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?;
     if changed {
-        state
-            .shared
-            .metrics
-            .workload(&crate::metrics::WorkloadEvent::Deployed {
-                workload: &name,
-                generation: shown.generation,
-                placed: outcome.bound.len(),
-                wanted: shown.wanted,
-            });
+        state.metrics.workload(&WorkloadEvent::Deployed {
+            workload: &name,
+            generation: shown.generation,
+            placed: outcome.bound.len(),
+            wanted: shown.wanted,
+        });
     }
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&state.shared, shown))))
+    Ok((status, Json(view(&state, shown))))
 }
 
 async fn delete(
@@ -289,7 +214,7 @@ async fn delete(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (found, committed) = state.shared.deploy(|d| match d.delete(&name) {
+    let (found, committed) = state.deployments.deploy(|d| match d.delete(&name) {
         Some(effects) => (true, effects),
         None => (false, Vec::new()),
     });
@@ -297,64 +222,11 @@ async fn delete(
         return Err(no_such_workload(&name));
     }
     committed.wait().await.map_err(internal)?;
-    state.shared.forget_reports(&name);
+    state.reports.forget(&name);
     state
-        .shared
         .metrics
-        .workload(&crate::metrics::WorkloadEvent::Deleted { workload: &name });
+        .workload(&WorkloadEvent::Deleted { workload: &name });
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn cordon(
-    a: Authed<Operator>,
-    s: State<ApiState>,
-    p: Path<String>,
-) -> Result<Json<NodeView>, ApiError> {
-    set_cordon(a, s, p, true, false).await
-}
-
-async fn uncordon(
-    a: Authed<Operator>,
-    s: State<ApiState>,
-    p: Path<String>,
-) -> Result<Json<NodeView>, ApiError> {
-    set_cordon(a, s, p, false, false).await
-}
-
-async fn drain(
-    a: Authed<Operator>,
-    s: State<ApiState>,
-    p: Path<String>,
-) -> Result<Json<NodeView>, ApiError> {
-    set_cordon(a, s, p, true, true).await
-}
-
-async fn set_cordon(
-    _: Authed<Operator>,
-    State(state): State<ApiState>,
-    Path(name_or_id): Path<String>,
-    cordoned: bool,
-    drain: bool,
-) -> Result<Json<NodeView>, ApiError> {
-    let no_such_node = || no_such_node(&name_or_id);
-    let id = state
-        .shared
-        .fleet()
-        .find(&name_or_id)
-        .map(|n| n.id)
-        .ok_or_else(no_such_node)?;
-    let shared = state.shared.clone();
-    // The registry write flushes to disk; keep it off the async workers.
-    let committed = tokio::task::spawn_blocking(move || shared.cordon(id, cordoned, drain))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?
-        .ok_or_else(no_such_node)?;
-    committed.wait().await.map_err(internal)?;
-    tracing::info!(node = %id, cordoned, drain, "node cordon changed by the API");
-    let fleet = state.shared.fleet();
-    let node = fleet.node(id).ok_or_else(no_such_node)?;
-    Ok(Json(NodeView::new(node, fleet.is_online(id))))
 }
 
 /// Lines a log request sends first when it does not say.
@@ -400,8 +272,8 @@ async fn logs(
     }
     let follow = query.follow.unwrap_or(false);
     let holders: Vec<NodeId> = state
-        .shared
-        .deployments()
+        .deployments
+        .lock()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?
         .nodes
@@ -409,7 +281,7 @@ async fn logs(
         .map(|(id, _)| *id)
         .collect();
     let targets: Vec<(NodeId, String)> = {
-        let fleet = state.shared.fleet();
+        let fleet = state.registry.fleet();
         let named = |id: &NodeId| fleet.node(*id).map(|n| (*id, n.name.clone()));
         match &query.node {
             None => holders.iter().filter_map(named).collect(),
@@ -431,7 +303,7 @@ async fn logs(
     let prefixed = targets.len() > 1;
     let mut streams = Vec::with_capacity(targets.len());
     for (id, node) in targets {
-        let opened = match state.shared.connection(id) {
+        let opened = match state.links.connection(id) {
             None => Err("offline".to_owned()),
             Some(conn) => {
                 let req = edge_proto::LogsRequest {

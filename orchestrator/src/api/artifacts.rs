@@ -11,10 +11,7 @@
 //! into the API's JSON error shape. It never holds an upload in memory and never touches the
 //! artifact files except through [`ArtifactStore`].
 
-use crate::api::{self, Access, ApiError, ApiState, Authed, Operator, Viewer};
-use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, format_digest, from_hex};
-use crate::auth::ApiAuth;
-use crate::server::Shared;
+use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, from_hex};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
@@ -23,64 +20,24 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The content type an upload must carry.
-pub const ARTIFACT_CONTENT_TYPE: &str = "application/octet-stream";
+use super::ApiState;
+use super::body::{DRAIN_MAX_BYTES, drain, next_frame};
+use super::error::{ApiError, count_and_json, error_response, internal};
+use super::extract::{Authed, Operator, Viewer};
+use super::views::{ARTIFACT_CONTENT_TYPE, ArtifactView};
 
-/// An artifact as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactView {
-    /// `sha256:` and 64 lowercase hex digits: what a workload's `artifact` names.
-    pub digest: String,
-    pub size: u64,
-}
-
-impl ArtifactView {
-    fn new(digest: &Digest, size: u64) -> Self {
-        Self {
-            digest: format_digest(digest),
-            size,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct ArtifactsState {
-    api: ApiState,
-    /// `None` when the orchestrator was built without one: every call answers 503.
-    store: Option<Arc<ArtifactStore>>,
-}
-
-impl<A: Access> FromRequestParts<ArtifactsState> for Authed<A> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &ArtifactsState,
-    ) -> Result<Self, ApiError> {
-        Authed::<A>::from_request_parts(parts, &state.api).await
-    }
-}
-
-/// The artifact routes over `store`, checking bearer tokens with `auth` and counting requests
-/// in `shared`'s metrics. [`api::router_with_artifacts`] merges them into the operator API.
-pub fn router(
-    shared: Arc<Shared>,
-    auth: Arc<ApiAuth>,
-    store: Option<Arc<ArtifactStore>>,
-) -> axum::Router {
+/// The artifact routes over `state.artifacts`. [`super::router`] merges them into the operator
+/// API.
+pub(super) fn router(state: ApiState) -> axum::Router {
     // Only extractors read this limit (the upload streams its body itself and stops at the
     // store's limit), but it keeps the API's 64 KiB from ever applying to an artifact.
-    let limit = store
+    let limit = state
+        .artifacts
         .as_ref()
         .map_or(0, |s| usize::try_from(s.max_bytes()).unwrap_or(usize::MAX));
-    let state = ArtifactsState {
-        api: ApiState { shared, auth },
-        store,
-    };
     axum::Router::new()
         .route(
             "/v1/artifacts",
@@ -91,21 +48,21 @@ pub fn router(
 }
 
 /// Counts the request and turns an error response that is not JSON (axum's 405) into the
-/// API's [`api::ErrorBody`], keeping its headers (`Allow`).
-async fn finish(State(state): State<ArtifactsState>, request: Request, next: Next) -> Response {
+/// API's [`super::error::ErrorBody`], keeping its headers (`Allow`).
+async fn finish(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    api::count_and_json(&state.api.shared.metrics, response).await
+    count_and_json(&state.metrics, response).await
 }
 
 fn unavailable() -> Response {
-    api::error_response(
+    error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "this orchestrator has no artifact store".into(),
     )
 }
 
 fn too_large(max_bytes: u64) -> Response {
-    api::error_response(
+    error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the artifact is over the limit of {max_bytes} bytes"),
     )
@@ -121,15 +78,15 @@ struct Admitted {
 /// Everything checked before a byte of the body is read: role, store, content type, query,
 /// declared length.
 async fn admit(
-    state: &ArtifactsState,
+    state: &ApiState,
     parts: &mut Parts,
     declared_len: Option<u64>,
 ) -> Result<Admitted, Response> {
-    let caller = Authed::<Operator>::from_request_parts(parts, &state.api)
+    let caller = Authed::<Operator>::from_request_parts(parts, state)
         .await
         .map_err(IntoResponse::into_response)?
         .0;
-    let store = state.store.clone().ok_or_else(unavailable)?;
+    let store = state.artifacts.clone().ok_or_else(unavailable)?;
     match parts.headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => {
             return Err(ApiError::UnsupportedMediaType(format!(
@@ -205,7 +162,7 @@ async fn receive(
     body: &mut Body,
 ) -> Result<Stored, Refused> {
     let mut upload = store.begin(expected).await?;
-    while let Some(frame) = api::next_frame(body).await {
+    while let Some(frame) = next_frame(body).await {
         // `None` is a trailers frame: nothing we use.
         if let Some(data) = frame.map_err(Refused::Body)? {
             upload.write(&data).await?;
@@ -214,7 +171,7 @@ async fn receive(
     Ok(upload.finish().await?)
 }
 
-async fn push(State(state): State<ArtifactsState>, request: Request) -> Response {
+async fn push(State(state): State<ApiState>, request: Request) -> Response {
     let declared_len = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -223,19 +180,19 @@ async fn push(State(state): State<ArtifactsState>, request: Request) -> Response
     let (mut parts, mut body) = request.into_parts();
     // A refusal is answered only after reading (a bounded amount of) what the client is still
     // sending: closing on unread data would show it a reset instead of our answer.
-    let drain_limit = declared_len.is_none_or(|len| len <= api::DRAIN_MAX_BYTES);
+    let drain_limit = declared_len.is_none_or(|len| len <= DRAIN_MAX_BYTES);
     let admitted = match admit(&state, &mut parts, declared_len).await {
         Ok(admitted) => admitted,
         Err(response) => {
             if drain_limit {
-                api::drain(&mut body).await;
+                drain(&mut body).await;
             }
             return response;
         }
     };
     match receive(&admitted.store, admitted.expected, &mut body).await {
         Ok(stored) => {
-            let digest = format_digest(&stored.digest);
+            let digest = orchestrator_core::digest::format_digest(&stored.digest);
             tracing::info!(
                 %digest,
                 size = stored.size,
@@ -254,7 +211,7 @@ async fn push(State(state): State<ArtifactsState>, request: Request) -> Response
             ApiError::BadRequest(format!("reading the body: {e}")).into_response()
         }
         Err(Refused::Put(e)) => {
-            api::drain(&mut body).await;
+            drain(&mut body).await;
             match e {
                 PutError::TooLarge { max_bytes } => too_large(max_bytes),
                 PutError::DigestMismatch { .. } => {
@@ -263,7 +220,7 @@ async fn push(State(state): State<ArtifactsState>, request: Request) -> Response
                 PutError::Source(e) => {
                     ApiError::BadRequest(format!("reading the body: {e}")).into_response()
                 }
-                PutError::Io(e) => api::internal(e).into_response(),
+                PutError::Io(e) => internal(e).into_response(),
             }
         }
     }
@@ -271,13 +228,13 @@ async fn push(State(state): State<ArtifactsState>, request: Request) -> Response
 
 async fn list(
     _: Authed<Viewer>,
-    State(state): State<ArtifactsState>,
+    State(state): State<ApiState>,
 ) -> Result<Json<Vec<ArtifactView>>, Response> {
-    let store = state.store.ok_or_else(unavailable)?;
+    let store = state.artifacts.ok_or_else(unavailable)?;
     let artifacts = store
         .list()
         .await
-        .map_err(|e| api::internal(e).into_response())?;
+        .map_err(|e| internal(e).into_response())?;
     Ok(Json(
         artifacts
             .iter()

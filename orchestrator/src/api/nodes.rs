@@ -1,0 +1,175 @@
+//! `/v1/nodes`: list, show and delete nodes, and cordon, uncordon or drain one.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use std::collections::BTreeMap;
+
+use super::ApiState;
+use super::error::{ApiError, internal};
+use super::extract::{Admin, Authed, Operator, Viewer};
+use super::views::NodeView;
+use crate::node_admin;
+
+pub(super) fn routes() -> axum::Router<ApiState> {
+    axum::Router::new()
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{name_or_id}", get(get_node).delete(delete_node))
+        .route("/v1/nodes/{name_or_id}/cordon", post(cordon))
+        .route("/v1/nodes/{name_or_id}/uncordon", post(uncordon))
+        .route("/v1/nodes/{name_or_id}/drain", post(drain))
+}
+
+/// Which nodes `GET /v1/nodes` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusFilter {
+    Online,
+    Offline,
+}
+
+fn parse_node_query(query: &BTreeMap<String, String>) -> Result<Option<StatusFilter>, ApiError> {
+    let mut filter = None;
+    for (key, value) in query {
+        match key.as_str() {
+            "status" => {
+                filter = Some(match value.as_str() {
+                    "online" => StatusFilter::Online,
+                    "offline" => StatusFilter::Offline,
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "status: {other:?} is not a status; use online or offline"
+                        )));
+                    }
+                });
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "{other}: unknown query parameter; the only one is status"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+async fn list_nodes(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let filter = parse_node_query(&query)?;
+    let mut nodes: Vec<NodeView> = {
+        let fleet = state.registry.fleet();
+        fleet
+            .nodes()
+            .map(|n| (n, fleet.is_online(n.id)))
+            .filter(|(_, online)| match filter {
+                None => true,
+                Some(StatusFilter::Online) => *online,
+                Some(StatusFilter::Offline) => !*online,
+            })
+            .map(|(n, online)| NodeView::new(n, online))
+            .collect()
+    };
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(nodes))
+}
+
+async fn get_node(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+    Path(name_or_id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    let fleet = state.registry.fleet();
+    let node = fleet
+        .find(&name_or_id)
+        .ok_or_else(|| no_such_node(&name_or_id))?;
+    Ok(Json(NodeView::new(node, fleet.is_online(node.id))))
+}
+
+pub(super) fn no_such_node(name_or_id: &str) -> ApiError {
+    ApiError::NotFound(format!("no node named or with id {name_or_id:?}"))
+}
+
+async fn delete_node(
+    _: Authed<Admin>,
+    State(state): State<ApiState>,
+    Path(name_or_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = state
+        .registry
+        .fleet()
+        .find(&name_or_id)
+        .map(|n| n.id)
+        .ok_or_else(|| no_such_node(&name_or_id))?;
+    // The store flushes to disk; keep that off the async workers.
+    let deleted = tokio::task::spawn_blocking(move || {
+        node_admin::delete_node(&state.registry, &state.links, &state.deployments, id)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    if deleted {
+        tracing::info!(node = %id, name = %name_or_id, "node deleted by the API");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        // Deleted by a concurrent request between the lookup and now.
+        Err(no_such_node(&name_or_id))
+    }
+}
+
+async fn cordon(
+    a: Authed<Operator>,
+    s: State<ApiState>,
+    p: Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    set_cordon(a, s, p, true, false).await
+}
+
+async fn uncordon(
+    a: Authed<Operator>,
+    s: State<ApiState>,
+    p: Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    set_cordon(a, s, p, false, false).await
+}
+
+async fn drain(
+    a: Authed<Operator>,
+    s: State<ApiState>,
+    p: Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    set_cordon(a, s, p, true, true).await
+}
+
+async fn set_cordon(
+    _: Authed<Operator>,
+    State(state): State<ApiState>,
+    Path(name_or_id): Path<String>,
+    cordoned: bool,
+    drain: bool,
+) -> Result<Json<NodeView>, ApiError> {
+    let no_such_node = || no_such_node(&name_or_id);
+    let id = state
+        .registry
+        .fleet()
+        .find(&name_or_id)
+        .map(|n| n.id)
+        .ok_or_else(no_such_node)?;
+    let (registry, deployments) = (state.registry.clone(), state.deployments.clone());
+    // The registry write flushes to disk; keep it off the async workers.
+    let committed = tokio::task::spawn_blocking(move || {
+        node_admin::set_cordon(&registry, &deployments, id, cordoned, drain)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?
+    .ok_or_else(no_such_node)?;
+    committed.wait().await.map_err(internal)?;
+    tracing::info!(node = %id, cordoned, drain, "node cordon changed by the API");
+    let fleet = state.registry.fleet();
+    let node = fleet.node(id).ok_or_else(no_such_node)?;
+    Ok(Json(NodeView::new(node, fleet.is_online(id))))
+}

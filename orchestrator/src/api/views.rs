@@ -1,0 +1,246 @@
+//! What the API shows and takes: the JSON views and request bodies. Public, so that `edgectl`
+//! speaks the same types.
+
+use crate::auth::Role;
+use edge_proto::digest::Digest;
+use orchestrator_core::digest::format_digest;
+use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
+use orchestrator_core::tokens::TokenRecord;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::time::rfc3339;
+
+/// A node as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// 32 hex digits, from the node's certificate.
+    pub id: String,
+    pub name: String,
+    pub arch: String,
+    pub os: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub hostname: String,
+    pub cpus: u16,
+    pub cpu_model: String,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub accelerators: Vec<AcceleratorInfo>,
+    pub board: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub location: Option<GeoPoint>,
+    /// `online` or `offline`.
+    pub status: String,
+    /// RFC 3339, UTC.
+    pub last_seen: String,
+    pub last_seen_unix: u64,
+    /// RFC 3339, UTC.
+    pub enrolled_at: String,
+    pub load: Option<LoadView>,
+    /// No new instances are placed here.
+    #[serde(default)]
+    pub cordoned: bool,
+}
+
+/// The node's last status report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadView {
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub uptime_secs: u64,
+}
+
+impl NodeView {
+    pub fn new(node: &NodeRecord, online: bool) -> Self {
+        let info = &node.info;
+        Self {
+            id: node.id.to_string(),
+            name: node.name.clone(),
+            arch: info.arch.clone(),
+            os: info.os.clone(),
+            os_version: info.os_version.clone(),
+            kernel: info.kernel.clone(),
+            hostname: info.hostname.clone(),
+            cpus: info.cpus,
+            cpu_model: info.cpu_model.clone(),
+            memory_bytes: info.memory_bytes,
+            disk_bytes: info.disk_bytes,
+            disk_free_bytes: info.disk_free_bytes,
+            accelerators: info.accelerators.clone(),
+            board: info.board.clone(),
+            labels: info.labels.clone(),
+            location: info.location,
+            status: if online { "online" } else { "offline" }.to_owned(),
+            last_seen: rfc3339(node.last_seen_unix),
+            last_seen_unix: node.last_seen_unix,
+            enrolled_at: rfc3339(node.enrolled_unix),
+            load: node.load.map(|l| LoadView {
+                cpu_percent: l.cpu_percent,
+                memory_used_bytes: l.memory_used_bytes,
+                disk_free_bytes: l.disk_free_bytes,
+                uptime_secs: l.uptime_secs,
+            }),
+            cordoned: node.cordoned,
+        }
+    }
+}
+
+/// `POST /v1/tokens`: a join token for nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// A duration such as `90s`, `15m`, `1h`, `7d`. Default 1h, at most 30d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// The same in seconds; give one of `ttl` and `ttl_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// How many nodes may join with it: 1 to 10000, default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A join token, as created. The token text is shown only here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// `ID.SECRET`, for the node's `[join] token`.
+    pub token: String,
+    /// `sha256:...` of the fleet CA, for the node's `[join] ca_hash`.
+    pub ca_hash: String,
+    pub id: String,
+    pub expires_at: String,
+    pub expires_unix: u64,
+    pub uses: u32,
+    pub description: String,
+}
+
+/// A join token as listed: never the secret nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub description: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub expires_unix: u64,
+    pub uses_left: u32,
+}
+
+impl From<&TokenRecord> for TokenView {
+    fn from(t: &TokenRecord) -> Self {
+        Self {
+            id: t.id.clone(),
+            description: t.description.clone(),
+            created_at: rfc3339(t.created_unix),
+            expires_at: rfc3339(t.expires_unix),
+            expires_unix: t.expires_unix,
+            uses_left: t.uses_left,
+        }
+    }
+}
+
+/// `POST /v1/api-tokens`: an API token with a role no higher than the caller's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiTokenRequest {
+    pub role: Role,
+    /// Who it is for, e.g. `ci` or `grafana`: 1 to 64 printable characters.
+    pub subject: String,
+    /// A duration such as `24h`; default 24h, at most 365d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenCreated {
+    /// The bearer token (a JWT).
+    pub token: String,
+    pub role: Role,
+    pub subject: String,
+    pub expires_at: String,
+    pub expires_unix: u64,
+}
+
+/// A workload as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadView {
+    pub name: String,
+    pub version: String,
+    /// Grows with every change of the spec.
+    pub generation: u64,
+    /// `replicas` or `per-node`.
+    pub placement: String,
+    /// Instances wanted: the replicas, or for per-node the nodes that match.
+    pub wanted: u32,
+    /// Instances whose node reports them running.
+    pub running: u32,
+    pub instances: Vec<InstanceView>,
+    /// Nodes that refused the admission, with their reason.
+    pub refusals: Vec<RefusalView>,
+    /// When fewer instances are placed than wanted: why each node without one has none.
+    pub unplaced: Vec<UnplacedView>,
+    pub spec: serde_json::Value,
+}
+
+/// One instance: where it is and what its node last said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// The node's name.
+    pub node: String,
+    pub node_id: String,
+    /// `pending` (assigned, not yet answered), `admitted`, then what the node reports:
+    /// `downloading`, `starting`, `running`, `unhealthy`, `backoff`, `failed`, `stopped`.
+    pub state: String,
+    pub restarts: u32,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub message: String,
+    /// The spec generation the state describes.
+    pub generation: u64,
+    /// When the node last reported (RFC 3339), if it has.
+    pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusalView {
+    pub node: String,
+    pub node_id: String,
+    pub reason: String,
+}
+
+/// Why a node has no instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnplacedView {
+    pub node: String,
+    pub node_id: String,
+    /// For a person, e.g. `memory: 1048576 bytes free, 33554432 wanted`.
+    pub reason: String,
+    /// The same as data: `{"reason": "memory", "free": .., "want": ..}`.
+    pub detail: serde_json::Value,
+}
+
+/// The content type an upload must carry.
+pub const ARTIFACT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// An artifact as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactView {
+    /// `sha256:` and 64 lowercase hex digits: what a workload's `artifact` names.
+    pub digest: String,
+    pub size: u64,
+}
+
+impl ArtifactView {
+    pub fn new(digest: &Digest, size: u64) -> Self {
+        Self {
+            digest: format_digest(digest),
+            size,
+        }
+    }
+}

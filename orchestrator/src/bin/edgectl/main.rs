@@ -1,0 +1,345 @@
+//! `edgectl`: the operator's command line for the orchestrator's HTTP API.
+//!
+//! A thin client: every command is one or two API calls, and `--json` prints the API's JSON as
+//! it came (indented). Errors print `edgectl: <the API's message>` and exit 1.
+//!
+//! This file is the command line; `client` speaks HTTP to the API; `render` turns its JSON
+//! views into tables and summaries.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use orchestrator::api::views::{
+    ArtifactView, CreateTokenRequest, NodeView, TokenView, WorkloadView,
+};
+use orchestrator_core::workload::WorkloadSpec;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod client;
+mod render;
+
+use client::{Client, percent_encode};
+use render::{
+    artifact_pushed, artifacts_table, deployed, node_summary, nodes_table, token_created,
+    tokens_table, unix_now, workload_summary, workloads_table,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgectl",
+    version,
+    about = "Manage an edge fleet through the orchestrator's API"
+)]
+struct Cli {
+    /// The orchestrator's operator API.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGE_API",
+        default_value = "http://127.0.0.1:7480"
+    )]
+    api: String,
+    /// An API bearer token; `edge-orchestrator serve` writes an admin one to DATA_DIR/admin.token.
+    #[arg(long, global = true, env = "EDGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table or summary.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the nodes.
+    Nodes {
+        /// Only nodes with this status.
+        #[arg(long)]
+        status: Option<StatusArg>,
+    },
+    /// Show one node in detail.
+    Node {
+        /// The node's name or id.
+        name: String,
+    },
+    /// Join tokens for new nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Workload executables, stored by the orchestrator and fetched by nodes.
+    Artifact {
+        #[command(subcommand)]
+        command: ArtifactCommand,
+    },
+    /// Deploy a workload from a spec file (TOML), or change a deployed one.
+    Deploy {
+        /// The spec: name, version, artifact, args, env, replicas or placement, resources,
+        /// requirements, restart, health.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List the workloads, or show one with the state of each instance and why any is missing.
+    Workloads {
+        /// A workload to show in detail.
+        name: Option<String>,
+    },
+    /// Delete a workload and stop its instances everywhere.
+    Delete {
+        /// The workload's name.
+        name: String,
+    },
+    /// Print a workload's log, read from its nodes.
+    Logs {
+        /// The workload's name.
+        name: String,
+        /// Only this node (name or id); otherwise every node, each line prefixed by its name.
+        #[arg(long)]
+        node: Option<String>,
+        /// Keep printing new lines until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many of the latest lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Place no new instances on a node.
+    Cordon {
+        /// The node's name or id.
+        node: String,
+    },
+    /// Let the scheduler use a cordoned node again.
+    Uncordon {
+        /// The node's name or id.
+        node: String,
+    },
+    /// Cordon a node and move its instances to other nodes.
+    Drain {
+        /// The node's name or id.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArtifactCommand {
+    /// Upload an executable and print its digest, for a workload spec's `artifact`.
+    Push {
+        /// The executable (for the nodes' architecture).
+        path: PathBuf,
+    },
+    /// List the stored artifacts.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusArg {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print the `[join]` settings for a node's config.
+    Create {
+        /// How long it is valid: 90s, 15m, 1h, 7d (at most 30d). The API's default is 1h.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many nodes may join with it (1 to 10000). The API's default is 1.
+        #[arg(long)]
+        uses: Option<u32>,
+        /// A note for `token list`, e.g. where the node goes.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List join tokens (never their secrets).
+    List,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The API answered with an error; the message is its own.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    /// `--api` is not an `http://` URL.
+    #[error("--api {0:?} is not a URL like http://127.0.0.1:7480 (the operator API is plain HTTP)")]
+    BadUrl(String),
+    /// Nothing answered at the API address.
+    #[error(
+        "cannot reach the orchestrator API at {api}: {reason} (is `edge-orchestrator serve` running? set --api or EDGE_API)"
+    )]
+    Unreachable { api: String, reason: String },
+    /// The request could not be made or the answer read.
+    #[error("talking to the orchestrator API at {api}: {reason}")]
+    Transport { api: String, reason: String },
+    /// A local file could not be read.
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    /// The API answered something we do not understand.
+    #[error("unexpected answer from {api}: {reason}")]
+    BadResponse { api: String, reason: String },
+    /// The spec file is not a valid workload spec; the message names the field.
+    #[error("{path}: {reason}")]
+    Spec { path: String, reason: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`edgectl nodes | head`) is not an error worth reporting.
+            let _ = stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let mut message = e.to_string();
+            if matches!(e, CliError::Api { status: 401, .. }) && cli.token.is_none() {
+                message.push_str(
+                    " (pass --token or set EDGE_TOKEN; the orchestrator writes an admin token to DATA_DIR/admin.token)",
+                );
+            }
+            eprintln!("edgectl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command; returns what to print.
+fn run(cli: &Cli) -> Result<String, CliError> {
+    if !cli.api.starts_with("http://") {
+        return Err(CliError::BadUrl(cli.api.clone()));
+    }
+    let client = Client::new(&cli.api, cli.token.as_deref());
+    match &cli.command {
+        Command::Nodes { status } => {
+            let path = match status {
+                None => "/v1/nodes".to_owned(),
+                Some(StatusArg::Online) => "/v1/nodes?status=online".to_owned(),
+                Some(StatusArg::Offline) => "/v1/nodes?status=offline".to_owned(),
+            };
+            let body = client.get(&path)?;
+            client.show(cli.json, &body, |nodes: &Vec<NodeView>| {
+                nodes_table(nodes, unix_now())
+            })
+        }
+        Command::Node { name } => {
+            let body = client.get(&format!("/v1/nodes/{}", percent_encode(name)))?;
+            client.show(cli.json, &body, |node: &NodeView| {
+                node_summary(node, unix_now())
+            })
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    ttl,
+                    uses,
+                    description,
+                },
+        } => {
+            let request = CreateTokenRequest {
+                ttl: ttl.clone(),
+                ttl_secs: None,
+                uses: *uses,
+                description: description.clone(),
+            };
+            let body = client.post("/v1/tokens", &request)?;
+            client.show(cli.json, &body, token_created)
+        }
+        Command::Token {
+            command: TokenCommand::List,
+        } => {
+            let body = client.get("/v1/tokens")?;
+            client.show(cli.json, &body, |tokens: &Vec<TokenView>| {
+                tokens_table(tokens, unix_now())
+            })
+        }
+        Command::Artifact {
+            command: ArtifactCommand::Push { path },
+        } => {
+            let body = client.push_artifact(path)?;
+            client.show(cli.json, &body, artifact_pushed)
+        }
+        Command::Artifact {
+            command: ArtifactCommand::List,
+        } => {
+            let body = client.get("/v1/artifacts")?;
+            client.show(cli.json, &body, |artifacts: &Vec<ArtifactView>| {
+                artifacts_table(artifacts)
+            })
+        }
+        Command::Deploy { file } => {
+            let path = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|e| CliError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            // Checked here first, so a mistake names the field before anything is sent.
+            let spec = WorkloadSpec::from_toml(&text).map_err(|e| CliError::Spec {
+                path,
+                reason: e.to_string(),
+            })?;
+            let body = client.post("/v1/workloads", &spec)?;
+            client.show(cli.json, &body, deployed)
+        }
+        Command::Workloads { name: None } => {
+            let body = client.get("/v1/workloads")?;
+            client.show(cli.json, &body, |all: &Vec<WorkloadView>| {
+                workloads_table(all)
+            })
+        }
+        Command::Workloads { name: Some(name) } => {
+            let body = client.get(&format!("/v1/workloads/{}", percent_encode(name)))?;
+            client.show(cli.json, &body, workload_summary)
+        }
+        Command::Delete { name } => {
+            client.delete(&format!("/v1/workloads/{}", percent_encode(name)))?;
+            Ok(if cli.json {
+                format!(
+                    "{{\"deleted\": {}}}\n",
+                    serde_json::Value::from(name.as_str())
+                )
+            } else {
+                format!("deleted {name}; its instances stop as their nodes hear of it\n")
+            })
+        }
+        Command::Logs {
+            name,
+            node,
+            follow,
+            tail,
+        } => {
+            let mut path = format!(
+                "/v1/workloads/{}/logs?tail={tail}&follow={follow}",
+                percent_encode(name)
+            );
+            if let Some(node) = node {
+                let _ = write!(path, "&node={}", percent_encode(node));
+            }
+            client.stream(&path, &mut std::io::stdout().lock())?;
+            Ok(String::new())
+        }
+        Command::Cordon { node } => node_action(cli, &client, node, "cordon"),
+        Command::Uncordon { node } => node_action(cli, &client, node, "uncordon"),
+        Command::Drain { node } => node_action(cli, &client, node, "drain"),
+    }
+}
+
+/// `cordon`, `uncordon` or `drain` a node.
+fn node_action(cli: &Cli, client: &Client, node: &str, action: &str) -> Result<String, CliError> {
+    let body = client.post(
+        &format!("/v1/nodes/{}/{action}", percent_encode(node)),
+        &serde_json::json!({}),
+    )?;
+    client.show(cli.json, &body, |n: &NodeView| match action {
+        "drain" => format!(
+            "{} cordoned and drained: its instances move to other nodes\n",
+            n.name
+        ),
+        "cordon" => format!("{} cordoned: no new instances go there\n", n.name),
+        _ => format!("{} uncordoned\n", n.name),
+    })
+}

@@ -1,0 +1,405 @@
+//! Tables and summaries of the API's views, for people; `--json` bypasses all of this.
+
+use orchestrator::api::views::{ArtifactView, NodeView, TokenCreated, TokenView, WorkloadView};
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+/// Now, in seconds since the Unix epoch: what "ago" and "expires in" count from.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) fn nodes_table(nodes: &[NodeView], now: u64) -> String {
+    let mut rows = vec![
+        [
+            "NAME",
+            "STATUS",
+            "ARCH",
+            "CPUS",
+            "MEMORY",
+            "LOCATION",
+            "LAST SEEN",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for n in nodes {
+        rows.push(vec![
+            n.name.clone(),
+            n.status.clone(),
+            n.arch.clone(),
+            n.cpus.to_string(),
+            human_bytes(n.memory_bytes),
+            n.location
+                .map_or_else(|| "-".to_owned(), |l| format!("{:.3},{:.3}", l.lat, l.lon)),
+            ago(now.saturating_sub(n.last_seen_unix)),
+        ]);
+    }
+    let mut out = table(&rows);
+    if nodes.is_empty() {
+        out.push_str("(no nodes yet: `edgectl token create` makes a join token for one)\n");
+    }
+    out
+}
+
+pub(crate) fn node_summary(n: &NodeView, now: u64) -> String {
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "{:<14}{value}", format!("{key}:"));
+    };
+    line("Name", n.name.clone());
+    line("ID", n.id.clone());
+    line(
+        "Status",
+        format!(
+            "{}, last seen {} ({})",
+            n.status,
+            ago(now.saturating_sub(n.last_seen_unix)),
+            n.last_seen
+        ),
+    );
+    line("Enrolled", n.enrolled_at.clone());
+    line("Hostname", n.hostname.clone());
+    line("Arch", n.arch.clone());
+    line(
+        "OS",
+        if n.os_version.is_empty() {
+            format!("{} (kernel {})", n.os, n.kernel)
+        } else {
+            format!("{} ({}, kernel {})", n.os_version, n.os, n.kernel)
+        },
+    );
+    line("Board", n.board.clone().unwrap_or_else(|| "-".into()));
+    line(
+        "CPU",
+        if n.cpu_model.is_empty() {
+            format!("{} cores", n.cpus)
+        } else {
+            format!("{} x {}", n.cpus, n.cpu_model)
+        },
+    );
+    line("Memory", human_bytes(n.memory_bytes));
+    line(
+        "Disk",
+        format!(
+            "{} ({} free)",
+            human_bytes(n.disk_bytes),
+            human_bytes(n.disk_free_bytes)
+        ),
+    );
+    line(
+        "Location",
+        match n.location {
+            None => "-".into(),
+            Some(l) => match l.alt_m {
+                Some(alt) => format!("{:.3},{:.3} ({alt:.0} m)", l.lat, l.lon),
+                None => format!("{:.3},{:.3}", l.lat, l.lon),
+            },
+        },
+    );
+    line(
+        "Labels",
+        if n.labels.is_empty() {
+            "-".into()
+        } else {
+            n.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    if n.accelerators.is_empty() {
+        line("Accelerators", "-".into());
+    } else {
+        for (i, a) in n.accelerators.iter().enumerate() {
+            let key = if i == 0 { "Accelerators" } else { "" };
+            let text = format!("{} {} ({})", a.kind, a.name, a.path);
+            if key.is_empty() {
+                let _ = writeln!(out, "{:<14}{text}", "");
+            } else {
+                let _ = writeln!(out, "{:<14}{text}", format!("{key}:"));
+            }
+        }
+    }
+    let load = match n.load {
+        None => "- (no status report yet)".to_owned(),
+        Some(l) => format!(
+            "cpu {:.1}%, memory {} used, disk {} free, up {}",
+            l.cpu_percent,
+            human_bytes(l.memory_used_bytes),
+            human_bytes(l.disk_free_bytes),
+            duration(l.uptime_secs)
+        ),
+    };
+    let _ = writeln!(out, "{:<14}{load}", "Load:");
+    out
+}
+
+pub(crate) fn token_created(t: &TokenCreated) -> String {
+    let uses = if t.uses == 1 {
+        "1 use".to_owned()
+    } else {
+        format!("{} uses", t.uses)
+    };
+    format!(
+        "Join token: {token}\n\
+         CA hash:    {ca_hash}\n\
+         Expires:    {expires} ({uses})\n\
+         \n\
+         The token is shown only now. Put this in the node's config file (it is used on the\n\
+         node's first start only):\n\
+         \n\
+         [join]\n\
+         token = {token_toml}\n\
+         ca_hash = {ca_toml}\n",
+        token = t.token,
+        ca_hash = t.ca_hash,
+        expires = t.expires_at,
+        token_toml = toml_string(&t.token),
+        ca_toml = toml_string(&t.ca_hash),
+    )
+}
+
+pub(crate) fn artifact_pushed(a: &ArtifactView) -> String {
+    format!(
+        "Digest: {digest}\n\
+         Size:   {size} bytes ({human})\n\
+         \n\
+         Name it in a workload spec:\n\
+         artifact = {digest_toml}\n",
+        digest = a.digest,
+        size = a.size,
+        human = human_bytes(a.size),
+        digest_toml = toml_string(&a.digest),
+    )
+}
+
+pub(crate) fn deployed(w: &WorkloadView) -> String {
+    let mut out = format!(
+        "deployed {} {} (generation {}): {} of {} instances placed",
+        w.name,
+        w.version,
+        w.generation,
+        w.instances.len(),
+        w.wanted
+    );
+    if !w.instances.is_empty() {
+        let nodes: Vec<&str> = w.instances.iter().map(|i| i.node.as_str()).collect();
+        let _ = write!(out, " on {}", nodes.join(", "));
+    }
+    out.push('\n');
+    out.push_str(&unplaced(w));
+    let _ = writeln!(out, "watch it with `edgectl workloads {}`", w.name);
+    out
+}
+
+/// Why the missing instances have no node, one line per node.
+fn unplaced(w: &WorkloadView) -> String {
+    let mut out = String::new();
+    if w.unplaced.is_empty() && w.refusals.is_empty() {
+        return out;
+    }
+    let missing = w
+        .wanted
+        .saturating_sub(u32::try_from(w.instances.len()).unwrap_or(u32::MAX));
+    if missing > 0 {
+        let _ = writeln!(out, "{missing} not placed:");
+    }
+    for r in &w.refusals {
+        let _ = writeln!(out, "  {}: refused: {}", r.node, r.reason);
+    }
+    for u in &w.unplaced {
+        let _ = writeln!(out, "  {}: {}", u.node, u.reason);
+    }
+    out
+}
+
+pub(crate) fn workloads_table(all: &[WorkloadView]) -> String {
+    let mut rows = vec![
+        [
+            "NAME",
+            "VERSION",
+            "PLACEMENT",
+            "WANTED",
+            "PLACED",
+            "RUNNING",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for w in all {
+        rows.push(vec![
+            w.name.clone(),
+            w.version.clone(),
+            w.placement.clone(),
+            w.wanted.to_string(),
+            w.instances.len().to_string(),
+            w.running.to_string(),
+        ]);
+    }
+    let mut out = table(&rows);
+    if all.is_empty() {
+        out.push_str("(no workloads yet: `edgectl deploy -f FILE` deploys one)\n");
+    }
+    out
+}
+
+pub(crate) fn workload_summary(w: &WorkloadView) -> String {
+    let mut out = format!(
+        "{} {} (generation {}): {} of {} running\n",
+        w.name, w.version, w.generation, w.running, w.wanted
+    );
+    if !w.instances.is_empty() {
+        let mut rows = vec![
+            ["NODE", "STATE", "RESTARTS", "PID", "MESSAGE"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for i in &w.instances {
+            rows.push(vec![
+                i.node.clone(),
+                i.state.clone(),
+                i.restarts.to_string(),
+                i.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                i.message.clone(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out.push_str(&unplaced(w));
+    out
+}
+
+pub(crate) fn artifacts_table(artifacts: &[ArtifactView]) -> String {
+    let mut rows = vec![["DIGEST", "SIZE"].map(str::to_owned).to_vec()];
+    for a in artifacts {
+        rows.push(vec![a.digest.clone(), human_bytes(a.size)]);
+    }
+    let mut out = table(&rows);
+    if artifacts.is_empty() {
+        out.push_str("(no artifacts yet: `edgectl artifact push PATH` uploads one)\n");
+    }
+    out
+}
+
+pub(crate) fn tokens_table(tokens: &[TokenView], now: u64) -> String {
+    let mut rows = vec![
+        ["ID", "USES LEFT", "EXPIRES", "DESCRIPTION"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for t in tokens {
+        let expires = if t.expires_unix <= now {
+            "expired".to_owned()
+        } else {
+            format!("in {}", duration(t.expires_unix - now))
+        };
+        rows.push(vec![
+            t.id.clone(),
+            t.uses_left.to_string(),
+            expires,
+            t.description.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `3.8 GiB`: binary units, one decimal.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `3s ago`, `5m ago`, `2h ago`, `4d ago`.
+fn ago(secs: u64) -> String {
+    let text = match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    };
+    format!("{text} ago")
+}
+
+/// `45s`, `12m 3s`, `4h 12m`, `3d 4h`.
+fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h {}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d {}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn humane_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4_080_218_931), "3.8 GiB");
+        assert_eq!(human_bytes(512 << 20), "512.0 MiB");
+        assert_eq!(ago(3), "3s ago");
+        assert_eq!(ago(3600 * 5 + 1), "5h ago");
+        assert_eq!(duration(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+    }
+}
