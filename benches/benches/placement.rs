@@ -1,4 +1,4 @@
-//! The scheduler core (`orchestrator::scheduler::Scheduler`) against its anchor, side by side:
+//! The scheduler core (`orchestrator_core::scheduler::Scheduler`) against its anchor, side by side:
 //! placements per second on a snapshot of 1,000 nodes, for workloads with constraints.
 //!
 //! The anchor is `NaiveScheduler` below: what kube-scheduler's default profile does for each
@@ -30,8 +30,8 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use edge_benches::fleet::SITES;
 use edge_benches::stats::median_f64;
 use edge_proto::NodeId;
-use orchestrator::scheduler::{LatLon, NodeView, Resources, Scheduler, haversine_km};
-use orchestrator::workload::{Placement, WorkloadSpec};
+use orchestrator_core::scheduler::{LatLon, NodeView, Resources, Scheduler, haversine_km};
+use orchestrator_core::workload::{Placement, WorkloadSpec};
 use serde_json::{Value, json};
 
 const NODES: u32 = 1000;

@@ -1,7 +1,6 @@
 //! The orchestrator inside a tool's own process, started as `edge-orchestrator serve` starts
 //! it, on loopback ports the OS picks, so that a run never collides with another.
 
-use anyhow::Context;
 use orchestrator::app::Orchestrator;
 use orchestrator::artifacts::ArtifactStore;
 use std::path::Path;
@@ -17,9 +16,5 @@ pub async fn start_orchestrator(dir: &Path) -> anyhow::Result<Orchestrator> {
 
 /// The orchestrator's artifact store, what `POST /v1/artifacts` puts into.
 pub fn artifact_store(orch: &Orchestrator) -> anyhow::Result<Arc<ArtifactStore>> {
-    orch.shared
-        .artifacts
-        .get()
-        .cloned()
-        .context("the orchestrator has no artifact store")
+    Ok(orch.artifacts.clone())
 }

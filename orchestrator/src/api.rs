@@ -1,19 +1,22 @@
 //! The operator API: JSON over HTTP, versioned under `/v1`, plus `/healthz` and `/metrics`.
 //!
-//! A thin shell over [`Shared`]: handlers check the caller's role, validate the request and
-//! turn registry state into the JSON views below. It never changes the registry except through
-//! `Shared`'s methods, which persist what they change. Every error is JSON
+//! A thin shell over the orchestrator's handles ([`ApiState`]): handlers check the caller's
+//! role, validate the request and turn the registry's and the deployments' state into the JSON
+//! views below. It changes nothing except through those handles, which persist what they
+//! change. Every error is JSON
 //! `{"error": CODE, "message": TEXT}` (see [`ErrorBody`]); every request is counted in
 //! `edge_api_requests` by status code.
 //!
 //! The views and request bodies are public so `edgectl` speaks the same types.
 
+use crate::artifacts::ArtifactStore;
 use crate::auth::{self, ApiAuth, AuthError, Claims, Role};
-use crate::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
+use crate::deployer::Deployer;
+use crate::links::NodeLinks;
+use crate::metrics::Metrics;
 use crate::metrics::Reason;
-use crate::server::Shared;
-use crate::session::unix_secs;
-use crate::tokens::TokenRecord;
+use crate::registry::Registry;
+use crate::reports::Reports;
 use axum::Json;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -22,6 +25,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
+use orchestrator_core::session::unix_secs;
+use orchestrator_core::tokens::TokenRecord;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,27 +75,26 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The OpenAPI 3.0 document served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
+/// What the API works with: handles it shares with the QUIC server, and its own token
+/// authority.
 #[derive(Debug, Clone)]
-pub(crate) struct ApiState {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) auth: Arc<ApiAuth>,
+pub struct ApiState {
+    pub registry: Arc<Registry>,
+    pub deployments: Arc<Deployer>,
+    /// To reach a node: its log streams, and closing a deleted node's session.
+    pub links: Arc<NodeLinks>,
+    pub reports: Arc<Reports>,
+    pub metrics: Arc<Metrics>,
+    /// `None` when the orchestrator has no artifact store: `/v1/artifacts` answers 503 and a
+    /// deploy cannot check its artifact.
+    pub artifacts: Option<Arc<ArtifactStore>>,
+    pub auth: Arc<ApiAuth>,
 }
 
-/// The operator API's routes over `shared`, checking bearer tokens with `auth`. Without an
-/// artifact store, `/v1/artifacts` answers 503: servers use [`router_with_artifacts`].
-pub fn router(shared: Arc<Shared>, auth: Arc<ApiAuth>) -> axum::Router {
-    router_with_artifacts(shared, auth, None)
-}
-
-/// [`router`], with `/v1/artifacts` served from `artifacts`.
-pub fn router_with_artifacts(
-    shared: Arc<Shared>,
-    auth: Arc<ApiAuth>,
-    artifacts: Option<Arc<crate::artifacts::ArtifactStore>>,
-) -> axum::Router {
+/// The operator API's routes over `state`.
+pub fn router(state: ApiState) -> axum::Router {
     // Merged after the layers below: uploads stream past the 64 KiB body buffer.
-    let artifact_routes = crate::api_artifacts::router(shared.clone(), auth.clone(), artifacts);
-    let state = ApiState { shared, auth };
+    let artifact_routes = crate::api_artifacts::router(state.clone());
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -247,15 +252,12 @@ async fn finish(State(state): State<ApiState>, request: Request, next: Next) -> 
         Ok(request) => next.run(request).await,
         Err(e) => e.into_response(),
     };
-    count_and_json(&state.shared.metrics, response).await
+    count_and_json(&state.metrics, response).await
 }
 
 /// Counts a finished request by status, and turns an error response that is not already JSON
 /// into an [`ErrorBody`] carrying its text (or the status's reason), keeping its headers.
-pub(crate) async fn count_and_json(
-    metrics: &crate::metrics::Metrics,
-    response: Response,
-) -> Response {
+pub(crate) async fn count_and_json(metrics: &Metrics, response: Response) -> Response {
     let status = response.status();
     metrics
         .api_requests
@@ -651,14 +653,14 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let (online, offline) = state.shared.fleet().counts();
-    state.shared.metrics.set_node_counts(online, offline);
+    let (online, offline) = state.registry.fleet().counts();
+    state.metrics.set_node_counts(online, offline);
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        state.shared.metrics.encode(),
+        state.metrics.encode(),
     )
         .into_response()
 }
@@ -703,7 +705,7 @@ async fn list_nodes(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let filter = parse_node_query(&query)?;
     let mut nodes: Vec<NodeView> = {
-        let fleet = state.shared.fleet();
+        let fleet = state.registry.fleet();
         fleet
             .nodes()
             .map(|n| (n, fleet.is_online(n.id)))
@@ -724,7 +726,7 @@ async fn get_node(
     State(state): State<ApiState>,
     Path(name_or_id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
-    let fleet = state.shared.fleet();
+    let fleet = state.registry.fleet();
     let node = fleet
         .find(&name_or_id)
         .ok_or_else(|| no_such_node(&name_or_id))?;
@@ -741,17 +743,18 @@ async fn delete_node(
     Path(name_or_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = state
-        .shared
+        .registry
         .fleet()
         .find(&name_or_id)
         .map(|n| n.id)
         .ok_or_else(|| no_such_node(&name_or_id))?;
-    let shared = state.shared.clone();
     // The store flushes to disk; keep that off the async workers.
-    let deleted = tokio::task::spawn_blocking(move || shared.delete_node(id))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    let deleted = tokio::task::spawn_blocking(move || {
+        crate::node_admin::delete_node(&state.registry, &state.links, &state.deployments, id)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
     if deleted {
         tracing::info!(node = %id, name = %name_or_id, "node deleted by the API");
         Ok(StatusCode::NO_CONTENT)
@@ -790,9 +793,9 @@ async fn create_token(
             "description: control characters are not allowed".into(),
         ));
     }
-    let shared = state.shared.clone();
+    let registry = state.registry.clone();
     let (token, record) =
-        tokio::task::spawn_blocking(move || shared.create_token(ttl_secs, uses, description))
+        tokio::task::spawn_blocking(move || registry.create_token(ttl_secs, uses, description))
             .await
             .map_err(internal)?
             .map_err(internal)?;
@@ -801,7 +804,7 @@ async fn create_token(
         StatusCode::CREATED,
         Json(TokenCreated {
             token,
-            ca_hash: state.shared.ca.hash(),
+            ca_hash: state.registry.ca().hash(),
             id: record.id,
             expires_at: rfc3339(record.expires_unix),
             expires_unix: record.expires_unix,
@@ -812,7 +815,12 @@ async fn create_token(
 }
 
 async fn list_tokens(_: Authed<Admin>, State(state): State<ApiState>) -> Json<Vec<TokenView>> {
-    let mut tokens: Vec<TokenView> = state.shared.fleet().tokens().map(TokenView::from).collect();
+    let mut tokens: Vec<TokenView> = state
+        .registry
+        .fleet()
+        .tokens()
+        .map(TokenView::from)
+        .collect();
     tokens.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     Json(tokens)
 }

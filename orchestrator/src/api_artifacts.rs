@@ -11,10 +11,8 @@
 //! into the API's JSON error shape. It never holds an upload in memory and never touches the
 //! artifact files except through [`ArtifactStore`].
 
-use crate::api::{self, Access, ApiError, ApiState, Authed, Operator, Viewer};
-use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, format_digest, from_hex};
-use crate::auth::ApiAuth;
-use crate::server::Shared;
+use crate::api::{self, ApiError, ApiState, Authed, Operator, Viewer};
+use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, from_hex};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
@@ -23,6 +21,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use orchestrator_core::digest::format_digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,40 +46,15 @@ impl ArtifactView {
     }
 }
 
-#[derive(Debug, Clone)]
-struct ArtifactsState {
-    api: ApiState,
-    /// `None` when the orchestrator was built without one: every call answers 503.
-    store: Option<Arc<ArtifactStore>>,
-}
-
-impl<A: Access> FromRequestParts<ArtifactsState> for Authed<A> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &ArtifactsState,
-    ) -> Result<Self, ApiError> {
-        Authed::<A>::from_request_parts(parts, &state.api).await
-    }
-}
-
-/// The artifact routes over `store`, checking bearer tokens with `auth` and counting requests
-/// in `shared`'s metrics. [`api::router_with_artifacts`] merges them into the operator API.
-pub fn router(
-    shared: Arc<Shared>,
-    auth: Arc<ApiAuth>,
-    store: Option<Arc<ArtifactStore>>,
-) -> axum::Router {
+/// The artifact routes over `state.artifacts`. [`api::router`] merges them into the operator
+/// API.
+pub fn router(state: ApiState) -> axum::Router {
     // Only extractors read this limit (the upload streams its body itself and stops at the
     // store's limit), but it keeps the API's 64 KiB from ever applying to an artifact.
-    let limit = store
+    let limit = state
+        .artifacts
         .as_ref()
         .map_or(0, |s| usize::try_from(s.max_bytes()).unwrap_or(usize::MAX));
-    let state = ArtifactsState {
-        api: ApiState { shared, auth },
-        store,
-    };
     axum::Router::new()
         .route(
             "/v1/artifacts",
@@ -92,9 +66,9 @@ pub fn router(
 
 /// Counts the request and turns an error response that is not JSON (axum's 405) into the
 /// API's [`api::ErrorBody`], keeping its headers (`Allow`).
-async fn finish(State(state): State<ArtifactsState>, request: Request, next: Next) -> Response {
+async fn finish(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    api::count_and_json(&state.api.shared.metrics, response).await
+    api::count_and_json(&state.metrics, response).await
 }
 
 fn unavailable() -> Response {
@@ -121,15 +95,15 @@ struct Admitted {
 /// Everything checked before a byte of the body is read: role, store, content type, query,
 /// declared length.
 async fn admit(
-    state: &ArtifactsState,
+    state: &ApiState,
     parts: &mut Parts,
     declared_len: Option<u64>,
 ) -> Result<Admitted, Response> {
-    let caller = Authed::<Operator>::from_request_parts(parts, &state.api)
+    let caller = Authed::<Operator>::from_request_parts(parts, state)
         .await
         .map_err(IntoResponse::into_response)?
         .0;
-    let store = state.store.clone().ok_or_else(unavailable)?;
+    let store = state.artifacts.clone().ok_or_else(unavailable)?;
     match parts.headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => {
             return Err(ApiError::UnsupportedMediaType(format!(
@@ -214,7 +188,7 @@ async fn receive(
     Ok(upload.finish().await?)
 }
 
-async fn push(State(state): State<ArtifactsState>, request: Request) -> Response {
+async fn push(State(state): State<ApiState>, request: Request) -> Response {
     let declared_len = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -271,9 +245,9 @@ async fn push(State(state): State<ArtifactsState>, request: Request) -> Response
 
 async fn list(
     _: Authed<Viewer>,
-    State(state): State<ArtifactsState>,
+    State(state): State<ApiState>,
 ) -> Result<Json<Vec<ArtifactView>>, Response> {
-    let store = state.store.ok_or_else(unavailable)?;
+    let store = state.artifacts.ok_or_else(unavailable)?;
     let artifacts = store
         .list()
         .await

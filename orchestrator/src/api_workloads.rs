@@ -10,22 +10,21 @@
 //! QUIC connection: the last `tail` lines, then with `follow=true` each new line until the
 //! client goes away. From several nodes, each line starts with the node's name.
 //!
-//! A thin shell: decisions are `deploy`'s, effects go through `Shared::deploy`.
+//! A thin shell: decisions are the core's `deploy`, effects go through `Deployer::deploy`.
 
 use crate::api::{
     ApiError, ApiState, Authed, NodeView, Operator, Viewer, internal, json_content_type,
     no_json_content_type, no_such_node, rfc3339,
 };
-use crate::deploy::{Admission, DeploymentView};
-use crate::server::Shared;
-use crate::workload::{SpecError, WorkloadSpec};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use edge_proto::{NodeId, WorkloadState};
+use edge_proto::NodeId;
+use orchestrator_core::deploy::{Admission, DeploymentView, state_name};
+use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -97,24 +96,11 @@ pub struct UnplacedView {
     pub detail: serde_json::Value,
 }
 
-/// The lowercase name of a reported state.
-pub fn state_name(state: WorkloadState) -> &'static str {
-    match state {
-        WorkloadState::Pending => "pending",
-        WorkloadState::Downloading => "downloading",
-        WorkloadState::Starting => "starting",
-        WorkloadState::Running => "running",
-        WorkloadState::Unhealthy => "unhealthy",
-        WorkloadState::Backoff => "backoff",
-        WorkloadState::Failed => "failed",
-        WorkloadState::Stopped => "stopped",
-    }
-}
-
-fn view(shared: &Shared, d: DeploymentView) -> WorkloadView {
-    let reports: BTreeMap<NodeId, _> = shared.instance_reports(&d.name).into_iter().collect();
+/// A deployment as the API shows it, with what its nodes last reported.
+fn view(state: &ApiState, d: DeploymentView) -> WorkloadView {
+    let reports: BTreeMap<NodeId, _> = state.reports.of(&d.name).into_iter().collect();
     let names: BTreeMap<NodeId, String> = {
-        let fleet = shared.fleet();
+        let fleet = state.registry.fleet();
         d.nodes
             .iter()
             .map(|(id, _)| *id)
@@ -202,10 +188,8 @@ async fn list(
     _: Authed<Viewer>,
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<WorkloadView>>, ApiError> {
-    let all = state.shared.deployments().list();
-    Ok(Json(
-        all.into_iter().map(|d| view(&state.shared, d)).collect(),
-    ))
+    let all = state.deployments.lock().list();
+    Ok(Json(all.into_iter().map(|d| view(&state, d)).collect()))
 }
 
 async fn show(
@@ -214,11 +198,11 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<WorkloadView>, ApiError> {
     let d = state
-        .shared
-        .deployments()
+        .deployments
+        .lock()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?;
-    Ok(Json(view(&state.shared, d)))
+    Ok(Json(view(&state, d)))
 }
 
 /// The message for a spec error: `field: reason`, as [`SpecError`] displays it.
@@ -235,20 +219,20 @@ async fn deploy(
     json_content_type(&headers)?.ok_or_else(no_json_content_type)?;
     let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
     // What the wire cannot carry is the spec's fault too: say so before anything else.
-    crate::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
+    orchestrator_core::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
     let digest = *spec.artifact().as_bytes();
-    let store =
-        state.shared.artifacts.get().ok_or_else(|| {
-            ApiError::Unavailable("this orchestrator has no artifact store".into())
-        })?;
+    let store = state
+        .artifacts
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this orchestrator has no artifact store".into()))?;
     let Some(size) = store.size(&digest).await.map_err(internal)? else {
         return Err(ApiError::BadRequest(format!(
             "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",
-            crate::artifacts::format_digest(&digest)
+            orchestrator_core::digest::format_digest(&digest)
         )));
     };
     let name = spec.name().to_owned();
-    let (applied, committed) = state.shared.deploy(|d| {
+    let (applied, committed) = state.deployments.deploy(|d| {
         let created = d.get(&name).is_none();
         match d.apply(spec, size) {
             Ok((outcome, effects)) => {
@@ -261,13 +245,12 @@ async fn deploy(
     let (created, changed, outcome) = applied.map_err(bad_spec)?;
     committed.wait().await.map_err(internal)?;
     let shown = state
-        .shared
-        .deployments()
+        .deployments
+        .lock()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?;
     if changed {
         state
-            .shared
             .metrics
             .workload(&crate::metrics::WorkloadEvent::Deployed {
                 workload: &name,
@@ -281,7 +264,7 @@ async fn deploy(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&state.shared, shown))))
+    Ok((status, Json(view(&state, shown))))
 }
 
 async fn delete(
@@ -289,7 +272,7 @@ async fn delete(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (found, committed) = state.shared.deploy(|d| match d.delete(&name) {
+    let (found, committed) = state.deployments.deploy(|d| match d.delete(&name) {
         Some(effects) => (true, effects),
         None => (false, Vec::new()),
     });
@@ -297,9 +280,8 @@ async fn delete(
         return Err(no_such_workload(&name));
     }
     committed.wait().await.map_err(internal)?;
-    state.shared.forget_reports(&name);
+    state.reports.forget(&name);
     state
-        .shared
         .metrics
         .workload(&crate::metrics::WorkloadEvent::Deleted { workload: &name });
     Ok(StatusCode::NO_CONTENT)
@@ -338,21 +320,23 @@ async fn set_cordon(
 ) -> Result<Json<NodeView>, ApiError> {
     let no_such_node = || no_such_node(&name_or_id);
     let id = state
-        .shared
+        .registry
         .fleet()
         .find(&name_or_id)
         .map(|n| n.id)
         .ok_or_else(no_such_node)?;
-    let shared = state.shared.clone();
+    let (registry, deployments) = (state.registry.clone(), state.deployments.clone());
     // The registry write flushes to disk; keep it off the async workers.
-    let committed = tokio::task::spawn_blocking(move || shared.cordon(id, cordoned, drain))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?
-        .ok_or_else(no_such_node)?;
+    let committed = tokio::task::spawn_blocking(move || {
+        crate::node_admin::set_cordon(&registry, &deployments, id, cordoned, drain)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?
+    .ok_or_else(no_such_node)?;
     committed.wait().await.map_err(internal)?;
     tracing::info!(node = %id, cordoned, drain, "node cordon changed by the API");
-    let fleet = state.shared.fleet();
+    let fleet = state.registry.fleet();
     let node = fleet.node(id).ok_or_else(no_such_node)?;
     Ok(Json(NodeView::new(node, fleet.is_online(id))))
 }
@@ -400,8 +384,8 @@ async fn logs(
     }
     let follow = query.follow.unwrap_or(false);
     let holders: Vec<NodeId> = state
-        .shared
-        .deployments()
+        .deployments
+        .lock()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?
         .nodes
@@ -409,7 +393,7 @@ async fn logs(
         .map(|(id, _)| *id)
         .collect();
     let targets: Vec<(NodeId, String)> = {
-        let fleet = state.shared.fleet();
+        let fleet = state.registry.fleet();
         let named = |id: &NodeId| fleet.node(*id).map(|n| (*id, n.name.clone()));
         match &query.node {
             None => holders.iter().filter_map(named).collect(),
@@ -431,7 +415,7 @@ async fn logs(
     let prefixed = targets.len() > 1;
     let mut streams = Vec::with_capacity(targets.len());
     for (id, node) in targets {
-        let opened = match state.shared.connection(id) {
+        let opened = match state.links.connection(id) {
             None => Err("offline".to_owned()),
             Some(conn) => {
                 let req = edge_proto::LogsRequest {

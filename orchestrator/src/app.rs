@@ -1,22 +1,109 @@
 //! A whole orchestrator in one value: store, CA, QUIC server and operator API, started on
 //! already-bound sockets and stopped cleanly. `edge-orchestrator serve`, the demo and the test
 //! harness all start it the same way.
+//!
+//! This is where the handles are made and handed out: [`Handles::open`] opens the registry
+//! and the deployments from the store; the QUIC server ([`Server`]) and the API
+//! ([`ApiState`]) each take the ones they need.
 
-use crate::api;
+use crate::api::{self, ApiState};
 use crate::artifacts::ArtifactStore;
 use crate::auth::{ADMIN_TOKEN_TTL, ApiAuth, Role, write_admin_token};
-use crate::server::{Shared, StartError, serve};
+use crate::deployer::Deployer;
+use crate::links::{NodeLinks, close_code};
+use crate::metrics::Metrics;
+use crate::registry::{self, Registry};
+use crate::reports::Reports;
+use crate::server::{self, EndpointError, Server, serve};
 use crate::store::SledStore;
+use edge_proto::NodeId;
+use orchestrator_core::store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// Why the orchestrator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] registry::OpenError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The data dir, the admin token file or an API socket.
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+/// The orchestrator's state opened from its store, as the handles its parts share.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub registry: Arc<Registry>,
+    pub deployments: Arc<Deployer>,
+    pub links: Arc<NodeLinks>,
+    pub reports: Arc<Reports>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Handles {
+    /// Loads the CA, the registry and the deployments from `store` (making the CA on first
+    /// start) and starts the deployments' committer.
+    pub fn open(store: Arc<dyn Store>) -> Result<Self, StartError> {
+        let registry = Arc::new(Registry::open(store.clone())?);
+        let links = Arc::new(NodeLinks::default());
+        let nodes: Vec<_> = registry.fleet().nodes().cloned().collect();
+        let deployments = Arc::new(Deployer::open(store, nodes, links.clone())?);
+        let metrics = Arc::new(Metrics::new());
+        let (online, offline) = registry.fleet().counts();
+        metrics.set_node_counts(online, offline);
+        Ok(Self {
+            registry,
+            deployments,
+            links,
+            reports: Arc::new(Reports::default()),
+            metrics,
+        })
+    }
+
+    /// What the QUIC server takes.
+    pub fn server(&self, artifacts: Option<Arc<ArtifactStore>>) -> Server {
+        Server {
+            registry: self.registry.clone(),
+            deployments: self.deployments.clone(),
+            links: self.links.clone(),
+            reports: self.reports.clone(),
+            metrics: self.metrics.clone(),
+            artifacts,
+        }
+    }
+
+    /// What the operator API takes.
+    pub fn api(&self, auth: Arc<ApiAuth>, artifacts: Option<Arc<ArtifactStore>>) -> ApiState {
+        ApiState {
+            registry: self.registry.clone(),
+            deployments: self.deployments.clone(),
+            links: self.links.clone(),
+            reports: self.reports.clone(),
+            metrics: self.metrics.clone(),
+            artifacts,
+            auth,
+        }
+    }
+}
+
 /// A running orchestrator.
-#[derive(Debug)]
 pub struct Orchestrator {
-    pub shared: Arc<Shared>,
+    /// Where the registry and the deployments are kept.
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub deployments: Arc<Deployer>,
+    pub links: Arc<NodeLinks>,
+    pub reports: Arc<Reports>,
+    pub metrics: Arc<Metrics>,
+    pub artifacts: Arc<ArtifactStore>,
     pub auth: Arc<ApiAuth>,
     pub quic_addr: SocketAddr,
     pub api_addr: SocketAddr,
@@ -25,6 +112,16 @@ pub struct Orchestrator {
     pub admin_token_path: PathBuf,
     endpoint: quinn::Endpoint,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("quic_addr", &self.quic_addr)
+            .field("api_addr", &self.api_addr)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Orchestrator {
@@ -36,30 +133,44 @@ impl Orchestrator {
         api_listener: tokio::net::TcpListener,
     ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        std::fs::create_dir_all(data_dir).map_err(StartError::Bind)?;
-        let store = SledStore::open(&data_dir.join("state"))?;
-        let shared = Shared::open(Arc::new(store))?;
-        let auth = Arc::new(ApiAuth::load_or_create(shared.store.as_ref())?);
+        std::fs::create_dir_all(data_dir).map_err(StartError::Io)?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("state"))?);
+        let handles = Handles::open(store.clone())?;
+        let auth = Arc::new(ApiAuth::load_or_create(store.as_ref())?);
         let admin_token = auth.issue("admin", Role::Admin, ADMIN_TOKEN_TTL);
-        let admin_token_path =
-            write_admin_token(data_dir, &admin_token).map_err(StartError::Bind)?;
-        let endpoint = shared.endpoint(quic_socket)?;
-        let quic_addr = endpoint.local_addr().map_err(StartError::Bind)?;
-        let api_addr = api_listener.local_addr().map_err(StartError::Bind)?;
-        let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Bind)?);
-        let _ = shared.artifacts.set(artifacts.clone());
-        let router = api::router_with_artifacts(shared.clone(), auth.clone(), Some(artifacts));
+        let admin_token_path = write_admin_token(data_dir, &admin_token).map_err(StartError::Io)?;
+        let endpoint = server::endpoint(handles.registry.ca(), quic_socket)?;
+        let quic_addr = endpoint
+            .local_addr()
+            .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
+        let api_addr = api_listener.local_addr().map_err(StartError::Io)?;
+        let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Io)?);
+        let router = api::router(handles.api(auth.clone(), Some(artifacts.clone())));
+        let server = Arc::new(handles.server(Some(artifacts.clone())));
         let tasks = vec![
-            tokio::spawn(serve(endpoint.clone(), shared.clone())),
+            tokio::spawn(serve(endpoint.clone(), server)),
             tokio::spawn(async move {
                 if let Err(error) = api::serve(api_listener, router).await {
                     tracing::error!(%error, "operator API stopped");
                 }
             }),
         ];
-        tracing::info!(%quic_addr, %api_addr, ca_hash = %shared.ca.hash(), "orchestrator ready");
+        tracing::info!(%quic_addr, %api_addr, ca_hash = %handles.registry.ca().hash(), "orchestrator ready");
+        let Handles {
+            registry,
+            deployments,
+            links,
+            reports,
+            metrics,
+        } = handles;
         Ok(Self {
-            shared,
+            store,
+            registry,
+            deployments,
+            links,
+            reports,
+            metrics,
+            artifacts,
             auth,
             quic_addr,
             api_addr,
@@ -76,21 +187,26 @@ impl Orchestrator {
         quic_listen: SocketAddr,
         api_listen: SocketAddr,
     ) -> Result<Self, StartError> {
-        let udp = std::net::UdpSocket::bind(quic_listen).map_err(StartError::Bind)?;
+        let udp = std::net::UdpSocket::bind(quic_listen)
+            .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
         let tcp = tokio::net::TcpListener::bind(api_listen)
             .await
-            .map_err(StartError::Bind)?;
+            .map_err(StartError::Io)?;
         Self::start(data_dir, udp, tcp).await
+    }
+
+    /// Forgets a node and closes its session; its instances go elsewhere. `Ok(false)` if
+    /// there was no such node. Blocking: it writes to the store.
+    pub fn delete_node(&self, id: NodeId) -> Result<bool, StoreError> {
+        crate::node_admin::delete_node(&self.registry, &self.links, &self.deployments, id)
     }
 
     /// Closes every node connection and stops serving. The UDP socket and the store are
     /// released once the last connection task has finished, shortly after this returns.
     pub async fn shutdown(self) {
-        self.endpoint.close(
-            crate::server::close_code(None),
-            b"orchestrator shutting down",
-        );
-        self.shared.forget_connections();
+        self.endpoint
+            .close(close_code(None), b"orchestrator shutting down");
+        self.links.forget_connections();
         for task in self.tasks {
             task.abort();
             let _ = task.await;

@@ -16,12 +16,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
-use edge_proto::digest::from_lower_hex;
 /// sha256 of an artifact's bytes.
 pub use edge_proto::digest::{Digest, from_hex, sha256_reader, to_hex};
+use orchestrator_core::digest::format_digest;
 
-/// How a digest is written for people and in the API: `sha256:` then 64 lowercase hex digits.
-pub const DIGEST_PREFIX: &str = "sha256:";
 /// The default largest artifact: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// How much of an artifact is read from disk and written to a stream at a time.
@@ -33,16 +31,6 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 const SUBDIR: &str = "artifacts/sha256";
 /// Temporary upload files start with this; no digest name does.
 const TEMP_PREFIX: &str = ".upload-";
-
-/// `sha256:` and 64 lowercase hex digits.
-pub fn format_digest(digest: &Digest) -> String {
-    format!("{DIGEST_PREFIX}{}", to_hex(digest))
-}
-
-/// Parses `sha256:` followed by 64 lowercase hex digits (the form [`format_digest`] writes).
-pub fn parse_digest(text: &str) -> Option<Digest> {
-    from_lower_hex(text.strip_prefix(DIGEST_PREFIX)?)
-}
 
 /// sha256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> Digest {
@@ -455,24 +443,4 @@ pub async fn serve_artifact_stream(
     }
     send.finish()?;
     Ok(Served::Sent { bytes: sent })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_round_trip_through_text() {
-        let d = sha256(b"hello");
-        let text = format_digest(&d);
-        assert_eq!(
-            text,
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        assert_eq!(parse_digest(&text), Some(d));
-        assert_eq!(parse_digest(&text.to_uppercase()), None);
-        assert_eq!(parse_digest(&text[7..]), None);
-        assert_eq!(parse_digest(&text[..70]), None);
-        assert_eq!(parse_digest(&format!("{}g", &text[..70])), None);
-    }
 }

@@ -6,9 +6,9 @@
 //! reads the clock except in the convenience wrappers [`ApiAuth::issue`] and
 //! [`ApiAuth::verify`]; the `_at` variants take `now`.
 
-use crate::store::{Store, StoreError};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use orchestrator_core::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Write};
@@ -221,7 +221,7 @@ fn unix_secs(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemStore;
+    use orchestrator_core::store::MemStore;
 
     #[test]
     fn a_token_round_trips_and_expires() {

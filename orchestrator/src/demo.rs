@@ -43,7 +43,7 @@ async fn run_in(dir: &Path, api_listen: SocketAddr) -> anyhow::Result<()> {
         .await
         .context("starting the orchestrator")?;
     let (token, _) = orch
-        .shared
+        .registry
         .create_token(600, NODES.len() as u32, "demo".into())
         .context("creating a join token")?;
 
@@ -59,7 +59,7 @@ async fn run_in(dir: &Path, api_listen: SocketAddr) -> anyhow::Result<()> {
              [join]\ntoken = \"{token}\"\nca_hash = \"{ca}\"\n",
             data = node_dir.join("data").display(),
             quic = orch.quic_addr,
-            ca = orch.shared.ca.hash(),
+            ca = orch.registry.ca().hash(),
         );
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config)?;
@@ -78,7 +78,7 @@ async fn run_in(dir: &Path, api_listen: SocketAddr) -> anyhow::Result<()> {
 
     let started = Instant::now();
     loop {
-        let (online, _) = orch.shared.fleet().counts();
+        let (online, _) = orch.registry.fleet().counts();
         if online == NODES.len() {
             break;
         }
@@ -103,8 +103,8 @@ async fn run_in(dir: &Path, api_listen: SocketAddr) -> anyhow::Result<()> {
     let spec_path = deploy_hello(&orch, &hello_bin, dir).await?;
     loop {
         let running = orch
-            .shared
-            .instance_reports("hello")
+            .reports
+            .of("hello")
             .iter()
             .filter(|(_, r)| r.report.state == edge_proto::WorkloadState::Running)
             .count();
@@ -189,7 +189,7 @@ async fn deploy_hello(
     hello_bin: &Path,
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let store = orch.shared.artifacts.get().context("no artifact store")?;
+    let store = &orch.artifacts;
     let file = tokio::fs::File::open(hello_bin)
         .await
         .with_context(|| format!("reading {}", hello_bin.display()))?;
@@ -201,15 +201,18 @@ async fn deploy_hello(
          placement = \"per-node\"\n\
          [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n\
          [requirements]\nlabels = {{ demo = \"true\" }}\n",
-        digest = crate::artifacts::format_digest(&stored.digest),
+        digest = orchestrator_core::digest::format_digest(&stored.digest),
     );
     let path = dir.join("hello.toml");
     std::fs::write(&path, &spec)?;
-    let spec = crate::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
-    let (placed, committed) = orch.shared.deploy(|d| match d.apply(spec, stored.size) {
-        Ok((_, effects)) => (Ok(()), effects),
-        Err(e) => (Err(e), Vec::new()),
-    });
+    let spec =
+        orchestrator_core::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
+    let (placed, committed) = orch
+        .deployments
+        .deploy(|d| match d.apply(spec, stored.size) {
+            Ok((_, effects)) => (Ok(()), effects),
+            Err(e) => (Err(e), Vec::new()),
+        });
     placed.context("deploying the sample")?;
     committed.wait().await.context("storing the deployment")?;
     Ok(path)

@@ -1,5 +1,12 @@
-//! The orchestrator: the fleet's CA and enrollment, the QUIC server nodes keep a session with,
-//! the node registry, and the operator API.
+//! The orchestrator's shells around `orchestrator-core`: the fleet's CA, the QUIC server nodes
+//! keep a session with, the operator API, the sled store, and `edge-orchestrator` and
+//! `edgectl`.
+//!
+//! The shells share narrow handles, each owned by the module that keeps it: [`registry`]
+//! (nodes, tokens, the CA), [`deployer`] (the deployments and their committer), [`links`]
+//! (live connections and session outboxes), [`reports`] (what nodes last said about their
+//! instances) and the artifact store ([`artifacts`]). [`app`] makes them and hands each
+//! shell the ones it needs; the API never imports the QUIC server, nor the server the API.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -8,16 +15,16 @@ pub mod api_workloads;
 pub mod app;
 pub mod artifacts;
 pub mod auth;
+pub mod clock;
 pub mod demo;
-pub mod deploy;
-pub mod fleet;
+pub mod deployer;
+pub mod links;
 pub mod logging;
 pub mod logs;
 pub mod metrics;
+pub mod node_admin;
 pub mod pki;
-pub mod scheduler;
+pub mod registry;
+pub mod reports;
 pub mod server;
-pub mod session;
 pub mod store;
-pub mod tokens;
-pub mod workload;

@@ -2,7 +2,7 @@
 //!
 //! An [`Event`] emits its log line and its metric together, so the two never drift.
 
-use crate::session::Event;
+use orchestrator_core::session::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

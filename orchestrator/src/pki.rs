@@ -8,6 +8,7 @@
 //! This module does no I/O: the caller stores the PEM it hands out.
 
 use edge_proto::{NodeId, ORCHESTRATOR_SERVER_NAME};
+use orchestrator_core::session::{NodeSigner, SignError};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -160,6 +161,27 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// The CA signs enrollments for the core's session machine.
+impl NodeSigner for Ca {
+    fn sign_node_csr(
+        &self,
+        csr_der: &[u8],
+        node: NodeId,
+        wall: SystemTime,
+    ) -> Result<Vec<u8>, SignError> {
+        Ca::sign_node_csr(self, csr_der, node, wall)
+            .map(|cert| cert.to_vec())
+            .map_err(|e| match e {
+                PkiError::BadCsr(_) => SignError::BadCsr(e.to_string()),
+                other => SignError::Internal(other.to_string()),
+            })
+    }
+
+    fn ca_der(&self) -> &[u8] {
+        self.cert_der.as_ref()
+    }
 }
 
 fn dn(common_name: &str) -> DistinguishedName {

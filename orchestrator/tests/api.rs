@@ -4,9 +4,10 @@ use edge_proto::{
     Accelerator, AcceleratorKind, Capabilities, Label, Location, NodeId, Status, text,
 };
 use orchestrator::api;
+use orchestrator::app::Handles;
 use orchestrator::auth::{self, ApiAuth, Role};
-use orchestrator::server::Shared;
-use orchestrator::store::{MemStore, SledStore, Store};
+use orchestrator::store::SledStore;
+use orchestrator_core::store::{MemStore, Store};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use ureq::http::{Method, Request};
 struct Server {
     // Dropping the runtime stops the server.
     _rt: tokio::runtime::Runtime,
-    shared: Arc<Shared>,
+    handles: Handles,
     auth: Arc<ApiAuth>,
     base: String,
     admin: String,
@@ -33,8 +34,8 @@ fn start() -> Server {
 }
 
 fn start_with(store: Arc<dyn Store>) -> Server {
-    let shared = Shared::open(store).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(shared.store.as_ref()).expect("API secret"));
+    let handles = Handles::open(store.clone()).expect("open the state");
+    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -44,7 +45,7 @@ fn start_with(store: Arc<dyn Store>) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let router = api::router(shared.clone(), auth.clone());
+    let router = api::router(handles.api(auth.clone(), None));
     rt.spawn(api::serve(listener, router));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -55,7 +56,7 @@ fn start_with(store: Arc<dyn Store>) -> Server {
         admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
         viewer: auth.issue("dash", Role::Viewer, Duration::from_secs(3600)),
         _rt: rt,
-        shared,
+        handles,
         auth,
         base: format!("http://{addr}"),
         agent,
@@ -174,10 +175,12 @@ impl Server {
     /// Enrolls a node straight into the registry (there is no QUIC here).
     fn enroll(&self, name: &str, id: NodeId, caps: &Capabilities) {
         let (token, _) = self
-            .shared
+            .handles
+            .registry
             .create_token(600, 1, "test".into())
             .expect("join token");
-        self.shared
+        self.handles
+            .registry
             .fleet()
             .enroll(&token, name, caps, id, unix_now(), |_| Ok(()))
             .expect("enroll");
@@ -364,7 +367,7 @@ fn roles_limit_what_a_token_may_do() {
     assert_eq!(s.get("/v1/nodes", Some(&operator)).status, 200);
     s.get("/v1/tokens", Some(&operator)).error(403, "forbidden");
     assert!(
-        s.shared.fleet().find("berlin-1").is_some(),
+        s.handles.registry.fleet().find("berlin-1").is_some(),
         "nothing was deleted"
     );
 }
@@ -382,8 +385,8 @@ fn admin_creates_a_join_token_a_node_can_redeem() {
     let v = r.json();
     let token = v["token"].as_str().expect("token").to_owned();
     let id = v["id"].as_str().expect("id").to_owned();
-    assert_eq!(v["ca_hash"], s.shared.ca.hash());
-    assert!(s.shared.ca.hash().starts_with("sha256:"));
+    assert_eq!(v["ca_hash"], s.handles.registry.ca().hash());
+    assert!(s.handles.registry.ca().hash().starts_with("sha256:"));
     assert!(token.starts_with(&format!("{id}.")), "{token}");
     assert_eq!(v["uses"], 3);
     assert_eq!(v["description"], "shop berlin");
@@ -394,14 +397,16 @@ fn admin_creates_a_join_token_a_node_can_redeem() {
     ));
 
     let record = s
-        .shared
+        .handles
+        .registry
         .fleet()
         .tokens()
         .find(|t| t.id == id)
         .cloned()
         .expect("the token is in the registry");
     assert_eq!(record.uses_left, 3);
-    s.shared
+    s.handles
+        .registry
         .fleet()
         .enroll(
             &token,
@@ -459,7 +464,7 @@ fn nodes_are_listed_found_and_deleted() {
     let pi = NodeId([0xab; 16]);
     s.enroll("zurich-1", NodeId([2; 16]), &bare_caps());
     s.enroll("berlin-1", pi, &pi_caps());
-    s.shared.fleet().update_status(
+    s.handles.registry.fleet().update_status(
         pi,
         &Status {
             cpu_percent: 12.5,
@@ -771,7 +776,7 @@ fn hostile_bodies_get_a_clear_json_error() {
     assert_eq!(r.status, 201, "{r:?}");
 
     // None of that made a token, except the two that were fine.
-    assert_eq!(s.shared.fleet().tokens().count(), 2);
+    assert_eq!(s.handles.registry.fleet().tokens().count(), 2);
 
     // The API token route gets the same treatment.
     let m = s
@@ -1035,7 +1040,7 @@ fn workload_routes_refuse_bad_input_with_the_field_and_lose_nothing() {
     let list = s.get("/v1/workloads", Some(&s.viewer));
     assert_eq!(list.status, 200);
     assert_eq!(list.json(), serde_json::json!([]));
-    assert!(s.shared.deployments().is_empty());
+    assert!(s.handles.deployments.lock().is_empty());
 
     // Unknown names and nodes, and hostile paths and queries.
     s.get("/v1/workloads/web", Some(&s.viewer))

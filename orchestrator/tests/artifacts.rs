@@ -4,13 +4,13 @@
 use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{ArtifactReply, ArtifactRequest, StreamOpen, decode};
 use orchestrator::api;
+use orchestrator::app::Handles;
 use orchestrator::artifacts::{
-    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, format_digest, parse_digest,
-    serve_artifact_stream, sha256, to_hex,
+    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, serve_artifact_stream, sha256, to_hex,
 };
 use orchestrator::auth::{ApiAuth, Role};
-use orchestrator::server::Shared;
-use orchestrator::store::MemStore;
+use orchestrator_core::digest::{format_digest, parse_digest};
+use orchestrator_core::store::MemStore;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -354,7 +354,7 @@ struct Server {
     // Dropping the runtime stops the server.
     _rt: tokio::runtime::Runtime,
     _data: tempfile::TempDir,
-    shared: Arc<Shared>,
+    handles: Handles,
     base: String,
     admin: String,
     operator: String,
@@ -364,8 +364,9 @@ struct Server {
 
 fn start(with_store: bool) -> Server {
     let data = tempfile::tempdir().expect("tmp");
-    let shared = Shared::open(Arc::new(MemStore::default())).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(shared.store.as_ref()).expect("API secret"));
+    let store = Arc::new(MemStore::default());
+    let handles = Handles::open(store.clone()).expect("open the state");
+    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
     let store = with_store.then(|| {
         Arc::new(ArtifactStore::open_with_limit(data.path(), LIMIT).expect("artifact store"))
     });
@@ -378,12 +379,12 @@ fn start(with_store: bool) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let router = api::router_with_artifacts(shared.clone(), auth.clone(), store);
+    let router = api::router(handles.api(auth.clone(), store));
     rt.spawn(api::serve(listener, router));
     Server {
         _rt: rt,
         _data: data,
-        shared,
+        handles,
         base: format!("http://{addr}"),
         admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
         operator: auth.issue("ci", Role::Operator, Duration::from_secs(3600)),
@@ -543,12 +544,12 @@ fn pushing_over_http_stores_the_bytes_under_their_digest() {
     assert_eq!(listed, want);
     // Counted like every other request.
     assert!(
-        s.shared
+        s.handles
             .metrics
             .encode()
             .contains("edge_api_requests_total{reason=\"201\"}"),
         "{}",
-        s.shared.metrics.encode()
+        s.handles.metrics.encode()
     );
 }
 

@@ -2,9 +2,9 @@
 
 use edge_proto::{Capabilities, Label, Location, NodeId, text};
 use orchestrator::api;
+use orchestrator::app::Handles;
 use orchestrator::auth::{ApiAuth, Role};
-use orchestrator::server::Shared;
-use orchestrator::store::MemStore;
+use orchestrator_core::store::MemStore;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,14 +12,15 @@ use std::time::{Duration, SystemTime};
 struct Server {
     // Dropping the runtime stops the server.
     _rt: tokio::runtime::Runtime,
-    shared: Arc<Shared>,
+    handles: Handles,
     base: String,
     admin: String,
 }
 
 fn start() -> Server {
-    let shared = Shared::open(Arc::new(MemStore::default())).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(shared.store.as_ref()).expect("API secret"));
+    let store = Arc::new(MemStore::default());
+    let handles = Handles::open(store.clone()).expect("open the state");
+    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -31,11 +32,11 @@ fn start() -> Server {
     let addr = listener.local_addr().expect("local addr");
     rt.spawn(api::serve(
         listener,
-        api::router(shared.clone(), auth.clone()),
+        api::router(handles.api(auth.clone(), None)),
     ));
     Server {
         _rt: rt,
-        shared,
+        handles,
         base: format!("http://{addr}"),
         admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
     }
@@ -57,7 +58,8 @@ impl Server {
 
     fn enroll_berlin(&self) {
         let (token, _) = self
-            .shared
+            .handles
+            .registry
             .create_token(600, 1, "test".into())
             .expect("join token");
         let caps = Capabilities {
@@ -89,7 +91,8 @@ impl Server {
             .duration_since(SystemTime::UNIX_EPOCH)
             .expect("after 1970")
             .as_secs();
-        self.shared
+        self.handles
+            .registry
             .fleet()
             .enroll(&token, "berlin-1", &caps, NodeId([7; 16]), now, |_| Ok(()))
             .expect("enroll");
@@ -125,14 +128,14 @@ fn token_create_json_prints_the_token_and_ca_hash() {
     let out = stdout(&o);
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
     let token = v["token"].as_str().expect("token");
-    assert_eq!(v["ca_hash"], s.shared.ca.hash());
+    assert_eq!(v["ca_hash"], s.handles.registry.ca().hash());
     assert_eq!(v["uses"], 2);
     assert!(
         out.trim_start().starts_with("{\n  \"token\": "),
         "the API's key order: {out}"
     );
     let id = token.split_once('.').expect("ID.SECRET").0;
-    assert!(s.shared.fleet().tokens().any(|t| t.id == id));
+    assert!(s.handles.registry.fleet().tokens().any(|t| t.id == id));
 }
 
 #[test]
@@ -147,10 +150,14 @@ fn token_create_prints_a_join_snippet_that_is_valid_toml() {
     let snippet = &out[out.find("[join]").expect("a [join] section")..];
     let parsed: toml::Table = toml::from_str(snippet).expect("valid TOML");
     let join = parsed["join"].as_table().expect("join table");
-    assert_eq!(join["ca_hash"].as_str(), Some(s.shared.ca.hash().as_str()));
+    assert_eq!(
+        join["ca_hash"].as_str(),
+        Some(s.handles.registry.ca().hash().as_str())
+    );
     let token = join["token"].as_str().expect("token");
     let record = s
-        .shared
+        .handles
+        .registry
         .fleet()
         .tokens()
         .find(|t| token.starts_with(&format!("{}.", t.id)))

@@ -85,25 +85,25 @@ impl TestOrchestrator {
     }
 
     pub fn ca_hash(&self) -> String {
-        self.orch.shared.ca.hash()
+        self.orch.registry.ca().hash()
     }
 
     /// A join token with `uses` uses, valid for an hour.
     pub fn token(&self, uses: u32) -> String {
         self.orch
-            .shared
+            .registry
             .create_token(3600, uses, "test".into())
             .expect("token")
             .0
     }
 
     pub fn online(&self, name: &str) -> bool {
-        let fleet = self.orch.shared.fleet();
+        let fleet = self.orch.registry.fleet();
         fleet.find(name).is_some_and(|n| fleet.is_online(n.id))
     }
 
     pub fn known(&self, name: &str) -> bool {
-        self.orch.shared.fleet().find(name).is_some()
+        self.orch.registry.fleet().find(name).is_some()
     }
 
     /// Calls the operator API as admin. Returns the status and the JSON body (`Null` when
@@ -125,7 +125,6 @@ impl TestOrchestrator {
     /// A metric's value from the Prometheus text, 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
         self.orch
-            .shared
             .metrics
             .encode()
             .lines()

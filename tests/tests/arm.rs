@@ -224,7 +224,7 @@ async fn poll<T>(
 /// guest address space up front.
 async fn sample_memory(orch: &TestOrchestrator, node: &Node, name: &str, arch: &str) -> u64 {
     let limits = || {
-        let fleet = orch.orch.shared.fleet();
+        let fleet = orch.orch.registry.fleet();
         fleet.find(name).and_then(|n| n.info.limits.clone())
     };
     // Reported once the session is up, a moment after the node shows online.

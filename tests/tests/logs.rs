@@ -47,7 +47,7 @@ impl Cluster {
         );
         let id = orch
             .orch
-            .shared
+            .registry
             .fleet()
             .find(name)
             .map(|n| n.id)
@@ -65,7 +65,7 @@ impl Cluster {
     fn conn(&self) -> quinn::Connection {
         self.orch
             .orch
-            .shared
+            .links
             .connection(self.id)
             .expect("the node has a live session")
     }
@@ -73,7 +73,7 @@ impl Cluster {
     /// Deploys [`PRINTER`] as `workload` through the operator API; it waits for
     /// `signals/go` before its fourth line.
     async fn run_printer(&self, workload: &str, signals: &Path) {
-        let store = self.orch.orch.shared.artifacts.get().expect("store");
+        let store = &self.orch.orch.artifacts;
         let stored = store.put(PRINTER, None).await.expect("put");
         let digest: String = stored.digest.iter().map(|b| format!("{b:02x}")).collect();
         let spec = json!({
@@ -101,8 +101,8 @@ impl Cluster {
     fn running_pid(&self, workload: &str) -> Option<u32> {
         self.orch
             .orch
-            .shared
-            .instance_reports(workload)
+            .reports
+            .of(workload)
             .into_iter()
             .find_map(|(_, r)| {
                 (r.report.state == WorkloadState::Running)

@@ -43,7 +43,7 @@ async fn a_deleted_node_stops_its_workloads() {
     );
 
     let hello = std::fs::read(binary("edge-hello")).expect("the sample service");
-    let store = orch.orch.shared.artifacts.get().expect("store");
+    let store = &orch.orch.artifacts;
     let stored = store.put(&hello[..], None).await.expect("put");
     let digest: String = stored.digest.iter().map(|b| format!("{b:02x}")).collect();
     // A free port on the node's address; edge-hello listens on EDGE_NODE_ADDRESS only.

@@ -45,7 +45,7 @@ async fn a_node_enrolls_reports_itself_and_restarts_with_its_stored_identity() {
             .is_some()
     );
     let (id, record) = {
-        let fleet = orch.orch.shared.fleet();
+        let fleet = orch.orch.registry.fleet();
         let n = fleet.find("shop-1").expect("registered");
         (n.id, n.clone())
     };
@@ -61,7 +61,7 @@ async fn a_node_enrolls_reports_itself_and_restarts_with_its_stored_identity() {
     assert!(
         eventually(PATIENCE, || orch
             .orch
-            .shared
+            .registry
             .fleet()
             .node(id)
             .is_some_and(|n| n.load.is_some()))
@@ -89,9 +89,9 @@ async fn a_node_enrolls_reports_itself_and_restarts_with_its_stored_identity() {
             .await
             .is_some()
     );
-    assert_eq!(orch.orch.shared.fleet().nodes().count(), 1);
+    assert_eq!(orch.orch.registry.fleet().nodes().count(), 1);
     assert_eq!(
-        orch.orch.shared.fleet().find("shop-1").map(|n| n.id),
+        orch.orch.registry.fleet().find("shop-1").map(|n| n.id),
         Some(id)
     );
     node.stop().await.expect("clean stop");
@@ -118,7 +118,7 @@ async fn bad_tokens_are_refused_with_a_reason_on_both_sides() {
     // Expired: valid for zero seconds.
     let (expired, _) = orch
         .orch
-        .shared
+        .registry
         .create_token(0, 1, String::new())
         .expect("token");
     let node = TestNode::spawn(node_config(
@@ -185,7 +185,6 @@ async fn a_wrong_ca_hash_stops_the_node_before_it_sends_the_token() {
     assert!(
         eventually(PATIENCE, || orch
             .orch
-            .shared
             .metrics
             .encode()
             .contains("edge_handshake_failures_total{"))
@@ -194,7 +193,7 @@ async fn a_wrong_ca_hash_stops_the_node_before_it_sends_the_token() {
     );
     assert_eq!(
         orch.orch
-            .shared
+            .registry
             .fleet()
             .tokens()
             .next()
@@ -353,7 +352,7 @@ async fn a_node_claiming_another_nodes_id_is_refused() {
     a.stop().await.expect("stop");
     let b_id = orch
         .orch
-        .shared
+        .registry
         .fleet()
         .find("node-b")
         .map(|n| n.id)
@@ -446,7 +445,7 @@ async fn nodes_reconnect_by_themselves_after_an_orchestrator_restart() {
             .is_some()
     );
     let ids: Vec<NodeId> = {
-        let fleet = orch.orch.shared.fleet();
+        let fleet = orch.orch.registry.fleet();
         ["r-1", "r-2"]
             .iter()
             .filter_map(|n| fleet.find(n).map(|r| r.id))
@@ -456,13 +455,13 @@ async fn nodes_reconnect_by_themselves_after_an_orchestrator_restart() {
     let orch = orch.restart().await;
     assert_eq!(orch.ca_hash(), ca, "the CA survived the restart");
     assert_eq!(
-        orch.orch.shared.fleet().nodes().count(),
+        orch.orch.registry.fleet().nodes().count(),
         2,
         "the registry survived"
     );
     assert_eq!(
         orch.orch
-            .shared
+            .registry
             .fleet()
             .tokens()
             .next()
@@ -477,7 +476,7 @@ async fn nodes_reconnect_by_themselves_after_an_orchestrator_restart() {
         "both nodes reconnected without help"
     );
     let after: Vec<NodeId> = {
-        let fleet = orch.orch.shared.fleet();
+        let fleet = orch.orch.registry.fleet();
         ["r-1", "r-2"]
             .iter()
             .filter_map(|n| fleet.find(n).map(|r| r.id))
@@ -504,12 +503,12 @@ async fn a_deleted_node_is_refused_at_its_next_connect() {
     assert!(eventually(PATIENCE, || orch.online("gone")).await.is_some());
     let id = orch
         .orch
-        .shared
+        .registry
         .fleet()
         .find("gone")
         .map(|n| n.id)
         .expect("known");
-    assert!(orch.orch.shared.delete_node(id).expect("delete"));
+    assert!(orch.orch.delete_node(id).expect("delete"));
     assert_eq!(rejected(node.exited().await), RejectCode::UnknownNode);
 }
 
@@ -533,7 +532,7 @@ async fn an_enrolled_node_fetches_an_artifact_on_its_own_stream() {
     node.stop().await.expect("stop");
 
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let store = orch.orch.shared.artifacts.get().expect("artifact store");
+    let store = &orch.orch.artifacts;
     let stored = store.put(&payload[..], None).await.expect("put");
 
     // The node's own certificate, a session, then a fetch on a second stream.

@@ -10,11 +10,11 @@
 use edge_proto::quic::IDLE_TIMEOUT;
 use edge_proto::{Capabilities, Der, Intent, List, NodeId, OrchMsg, Text, encode, text};
 use node_core::session::{self as node, BackoffPolicy, ConnectFailure, Join, NodeSession};
-use orchestrator::fleet::Fleet;
 use orchestrator::pki::{Ca, node_id_from_cert};
-use orchestrator::session::{self as server, Ctx, ServerSession};
-use orchestrator::store::{MemStore, Store};
-use orchestrator::tokens;
+use orchestrator_core::fleet::Fleet;
+use orchestrator_core::session::{self as server, Ctx, ServerSession};
+use orchestrator_core::store::{MemStore, Store};
+use orchestrator_core::tokens;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -306,7 +306,7 @@ impl Sim {
     fn server_action(&mut self, conn: u64, action: server::Action) {
         match action {
             server::Action::Persist(change) => {
-                use orchestrator::fleet::Change;
+                use orchestrator_core::fleet::Change;
                 match change {
                     Change::Token(t) => self.store.put_token(&t),
                     Change::Node(n) => self.store.put_node(&n),

@@ -93,7 +93,7 @@ async fn deployed_workloads_run_where_they_match_and_follow_the_operator() {
     }
 
     let script = b"#!/bin/sh\necho \"hello from $GREETING\"\nexec sleep 600\n";
-    let store = orch.orch.shared.artifacts.get().expect("store");
+    let store = &orch.orch.artifacts;
     let stored = store.put(&script[..], None).await.expect("put");
     let digest = format!(
         "sha256:{}",

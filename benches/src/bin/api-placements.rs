@@ -44,8 +44,8 @@ use edge_benches::{fixtures, in_process, pause, procfs, sim};
 use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{AcceleratorKind, Capabilities, Location, NodeMsg, OrchMsg, decode, text};
 use orchestrator::app::Orchestrator;
-use orchestrator::scheduler::{NodeView, Scheduler};
-use orchestrator::workload::WorkloadSpec;
+use orchestrator_core::scheduler::{NodeView, Scheduler};
+use orchestrator_core::workload::WorkloadSpec;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -251,10 +251,10 @@ fn start_fleet(
     args: &Args,
 ) -> anyhow::Result<Fleet> {
     let token = orch
-        .shared
+        .registry
         .create_token(3600, u32::try_from(args.nodes)?, "api-placements".into())?
         .0;
-    let pin = pin_of(&orch.shared.ca.hash())?;
+    let pin = pin_of(&orch.registry.ca().hash())?;
     let kit = Arc::new(sim::Kit::new(orch.quic_addr, token, pin, "sim")?);
     let counters = Arc::new(FleetCounters::default());
     let gate = Arc::new(Semaphore::new(args.enroll_concurrency.max(1)));
@@ -859,7 +859,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let fleet = start_fleet(&sim_rt, &orch, args)?;
-    while orch.shared.fleet().counts().0 < args.nodes {
+    while orch.registry.fleet().counts().0 < args.nodes {
         if t0.elapsed() > WAIT {
             bail!("the fleet did not come online");
         }
@@ -867,7 +867,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     // Let the last sessions' capabilities and first status land.
     pause(Duration::from_secs(2));
-    let records: Vec<_> = orch.shared.fleet().nodes().cloned().collect();
+    let records: Vec<_> = orch.registry.fleet().nodes().cloned().collect();
     let views: Vec<NodeView> = records
         .iter()
         .map(|r| NodeView::from_record(r, true))
@@ -876,7 +876,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "fleet: {} of {} online after {:.1} s; as the scheduler sees it: arch aarch64 {}, x86_64 \
          {}, arm {}; {} sites; tier=core {}; npu {}, gpu {}, video {}",
-        orch.shared.fleet().counts().0,
+        orch.registry.fleet().counts().0,
         args.nodes,
         t0.elapsed().as_secs_f64(),
         count(&|v| v.arch == "aarch64"),
@@ -891,7 +891,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let store = in_process::artifact_store(&orch)?;
     let stored = orch_rt.block_on(store.put(&b"#!/bin/sh\nexec sleep 600\n"[..], None))?;
-    let digest = orchestrator::artifacts::format_digest(&stored.digest);
+    let digest = orchestrator_core::digest::format_digest(&stored.digest);
     let run_id = format!("w{}", std::process::id());
     let mut bodies = Vec::with_capacity(args.workloads);
     let mut specs = Vec::with_capacity(args.workloads);
@@ -1172,7 +1172,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     );
 
     // Every answered deployment must be in the store, with its instances.
-    let stored = orch.shared.store.deployments()?;
+    let stored = orch.store.deployments()?;
     let ours: Vec<_> = stored
         .iter()
         .filter(|d| d.name().is_some_and(|n| n.starts_with(&run_id)))

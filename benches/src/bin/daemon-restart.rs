@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use edge_benches::stats::{median, ms, percentile};
 use edge_tests::TestOrchestrator;
-use orchestrator::workload::WorkloadSpec;
+use orchestrator_core::workload::WorkloadSpec;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -151,14 +151,10 @@ impl Drop for Node {
 /// Every workload reported running by a process in `pids`.
 fn reported(orch: &TestOrchestrator, names: &[String], pids: &BTreeSet<u32>) -> bool {
     names.iter().all(|name| {
-        orch.orch
-            .shared
-            .instance_reports(name)
-            .iter()
-            .any(|(_, r)| {
-                r.report.state == edge_proto::WorkloadState::Running
-                    && r.report.pid.is_some_and(|p| pids.contains(&p))
-            })
+        orch.orch.reports.of(name).iter().any(|(_, r)| {
+            r.report.state == edge_proto::WorkloadState::Running
+                && r.report.pid.is_some_and(|p| pids.contains(&p))
+        })
     })
 }
 
@@ -202,9 +198,9 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     until(start, "the node online", || orch.online("restart-1"))?;
 
-    let store = orch.orch.shared.artifacts.get().context("artifact store")?;
+    let store = &orch.orch.artifacts;
     let stored = rt.block_on(store.put(SCRIPT, None))?;
-    let digest = orchestrator::artifacts::format_digest(&stored.digest);
+    let digest = orchestrator_core::digest::format_digest(&stored.digest);
     let names: Vec<String> = (0..args.workloads).map(|i| format!("w-{i}")).collect();
     for name in &names {
         let spec = serde_json::json!({
@@ -214,7 +210,7 @@ fn main() -> anyhow::Result<()> {
         let spec = WorkloadSpec::from_json(&serde_json::to_vec(&spec)?)?;
         let (ok, committed) = orch
             .orch
-            .shared
+            .deployments
             .deploy(|d| match d.apply(spec, stored.size) {
                 Ok((_, e)) => (Ok(()), e),
                 Err(e) => (Err(e), Vec::new()),

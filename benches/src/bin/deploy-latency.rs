@@ -37,7 +37,8 @@ use edge_benches::{in_process, pause};
 use edge_proto::{NodeId, WorkloadState};
 use node_daemon::config::Config;
 use orchestrator::app::Orchestrator;
-use orchestrator::artifacts::{ArtifactStore, format_digest};
+use orchestrator::artifacts::ArtifactStore;
+use orchestrator_core::digest::format_digest;
 use serde_json::{Value, json};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -216,7 +217,7 @@ struct Seen {
 
 fn look(orch: &Orchestrator, name: &str) -> Seen {
     let mut seen = Seen::default();
-    for (node, r) in orch.shared.instance_reports(name) {
+    for (node, r) in orch.reports.of(name) {
         seen.any = true;
         match (r.report.state, r.report.pid) {
             (WorkloadState::Running, Some(pid)) => seen.running = Some((node, pid)),
@@ -344,8 +345,8 @@ impl Bench {
                     pause(Duration::from_millis(200));
                     let reports: Vec<String> = self
                         .orch
-                        .shared
-                        .instance_reports(name)
+                        .reports
+                        .of(name)
                         .iter()
                         .map(|(_, r)| format!("{:?}", r.report))
                         .collect();
@@ -690,7 +691,7 @@ fn node_config(name: &str, dir: &Path, orch: &Orchestrator, token: &str) -> anyh
          [orchestrator]\naddress = \"{}\"\n[join]\ntoken = \"{token}\"\nca_hash = \"{}\"\n",
         dir.display(),
         orch.quic_addr,
-        orch.shared.ca.hash()
+        orch.registry.ca().hash()
     ))
     .context("node config")
 }
@@ -722,7 +723,7 @@ fn remove_node_cgroups(prefix: &str) {
 }
 
 fn online(orch: &Orchestrator, name: &str) -> bool {
-    let fleet = orch.shared.fleet();
+    let fleet = orch.registry.fleet();
     fleet.find(name).is_some_and(|n| fleet.is_online(n.id))
 }
 
@@ -741,7 +742,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let orch = orch_rt.block_on(in_process::start_orchestrator(&dir.path().join("orch")))?;
     let store = in_process::artifact_store(&orch)?;
     let token = orch
-        .shared
+        .registry
         .create_token(3600, u32::try_from(args.nodes)?, "deploy-latency".into())?
         .0;
     let prefix = format!("dl{}", std::process::id());
@@ -798,8 +799,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let pids = loop {
         let pids: Vec<u32> = b
             .orch
-            .shared
-            .instance_reports(warm)
+            .reports
+            .of(warm)
             .iter()
             .filter(|(_, r)| r.report.state == WorkloadState::Running)
             .filter_map(|(_, r)| r.report.pid)
@@ -843,7 +844,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         },
         |b, digest, path| {
             std::fs::remove_file(path)?;
-            if let Some(d) = orchestrator::artifacts::parse_digest(digest) {
+            if let Some(d) = orchestrator_core::digest::parse_digest(digest) {
                 b.orch_rt.block_on(b.store.delete(&d))?;
             }
             Ok(())

@@ -74,7 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 orch.quic_addr,
                 orch.api_addr,
                 orch.admin_token_path.display(),
-                orch.shared.ca.hash()
+                orch.registry.ca().hash()
             );
             orchestrator::demo::shutdown_signal().await;
             orch.shutdown().await;

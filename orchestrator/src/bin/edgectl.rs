@@ -8,7 +8,7 @@ use orchestrator::api::{CreateTokenRequest, ErrorBody, NodeView, TokenCreated, T
 use orchestrator::api_artifacts::{ARTIFACT_CONTENT_TYPE, ArtifactView};
 use orchestrator::api_workloads::WorkloadView;
 use orchestrator::artifacts::{sha256_reader, to_hex};
-use orchestrator::workload::WorkloadSpec;
+use orchestrator_core::workload::WorkloadSpec;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;

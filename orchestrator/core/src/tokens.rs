@@ -118,8 +118,15 @@ fn random_word(rng: &mut dyn FnMut(&mut [u8]), len: usize) -> String {
         .collect()
 }
 
+/// Lowercase hex of sha256 of `bytes`.
 fn sha256_hex(bytes: &[u8]) -> String {
-    crate::pki::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().fold(String::new(), |mut s, b| {
+        // Writing into a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@
 //! sending, so that a node never holds a certificate the orchestrator has not stored.
 //!
 //! It never reads the clock and never touches a socket; `tests/` drives it over a simulated
-//! link exactly as `server` drives it over QUIC.
+//! link exactly as the orchestrator's QUIC server drives it. Certificates are signed by a
+//! [`NodeSigner`] the caller provides (the shell's CA), so no certificate library is linked
+//! here either.
 
 use crate::fleet::{Change, EnrollError, Fleet, SessionId};
-use crate::pki::Ca;
 use edge_proto::{
     AdmissionReply, Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg, Reject,
     RejectCode, Welcome, WorkloadReport, decode, negotiate_version, text,
@@ -65,12 +66,39 @@ pub enum Event {
     },
 }
 
+/// Issues node certificates: the fleet CA, which lives in the shell (it links the certificate
+/// library). Only the CSR's public key may be used; the subject is the node id given.
+pub trait NodeSigner: std::fmt::Debug {
+    /// Signs `csr_der` (PKCS#10, DER) for `node`, valid from about `wall`. Returns the
+    /// certificate's DER.
+    fn sign_node_csr(
+        &self,
+        csr_der: &[u8],
+        node: NodeId,
+        wall: SystemTime,
+    ) -> Result<Vec<u8>, SignError>;
+
+    /// The CA certificate's DER, sent to the node with its own certificate.
+    fn ca_der(&self) -> &[u8];
+}
+
+/// Why a node certificate was not issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The CSR does not parse or is not self-signed: the peer's fault.
+    #[error("bad certificate signing request: {0}")]
+    BadCsr(String),
+    /// Signing failed on our side.
+    #[error("signing failed: {0}")]
+    Internal(String),
+}
+
 /// What a session needs from its surroundings for one input.
 #[derive(Debug)]
 pub struct Ctx<'a> {
     pub fleet: &'a mut Fleet,
-    pub ca: &'a Ca,
-    /// Wall-clock time, for records and certificates.
+    pub ca: &'a dyn NodeSigner,
+    /// Wall-clock time, for records and certificates. The caller reads the clock.
     pub wall: SystemTime,
     /// A fresh random id, used if this input enrolls a node.
     pub fresh_id: NodeId,
@@ -82,6 +110,8 @@ impl Ctx<'_> {
     }
 }
 
+/// Seconds since the Unix epoch of a wall time the caller read (0 before 1970). A
+/// conversion, not a clock read.
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -294,15 +324,15 @@ impl ServerSession {
             |id| {
                 ca.sign_node_csr(req.csr_der.as_slice(), id, wall)
                     .map_err(|e| match e {
-                        crate::pki::PkiError::BadCsr(_) => EnrollError::BadCsr(e.to_string()),
-                        other => EnrollError::Internal(other.to_string()),
+                        SignError::BadCsr(_) => EnrollError::BadCsr(e.to_string()),
+                        SignError::Internal(_) => EnrollError::Internal(e.to_string()),
                     })
             },
         );
         match result {
             Ok((cert, changes)) => {
                 let (Some(cert_der), Some(ca_der)) =
-                    (Der::new(cert.to_vec()), Der::new(ca.cert_der().to_vec()))
+                    (Der::new(cert), Der::new(ca.ca_der().to_vec()))
                 else {
                     return self.reject(RejectCode::Internal, "certificate too large".into());
                 };

@@ -2,7 +2,7 @@
 //! the value just past it with the field's path, and no input (malformed, mistyped, unknown,
 //! oversized or hostile) does anything but return an error.
 
-use orchestrator::workload::{
+use orchestrator_core::workload::{
     Arch, DeviceKind, DeviceRequirement, MAX_SPEC_BYTES, Placement, Probe, RestartPolicy,
     SpecError, WorkloadSpec,
 };

@@ -8,10 +8,11 @@ use common::{DIGEST, GIB, MIB, spec};
 use std::collections::{BTreeMap, BTreeSet};
 
 use edge_proto::NodeId;
-use orchestrator::scheduler::{
-    LatLon, NodeView, Outcome, RejectReason, Resources, Scheduler, haversine_km,
+use orchestrator_core::scheduler::{
+    Fit, LatLon, LeastAllocated, NodeView, Outcome, RejectReason, Resources, Scheduler, Score,
+    haversine_km,
 };
-use orchestrator::workload::{Placement, WorkloadSpec};
+use orchestrator_core::workload::{Placement, WorkloadSpec};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -416,7 +417,7 @@ fn instances_on_offline_nodes_still_count() {
 
 #[test]
 fn from_record_reads_the_registry() {
-    use orchestrator::fleet::NodeRecord;
+    use orchestrator_core::fleet::NodeRecord;
     // Built from its stored JSON so that fields others add to the registry do not break this.
     // (From text: `fleet::hex_id` borrows the id's string, which a `Value` cannot lend.)
     let stored = json!({
@@ -475,6 +476,141 @@ fn outcome_json_shape() {
             ]
         })
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The score.
+
+/// Packs instances onto the fullest node that still fits: the opposite of the default.
+#[derive(Debug)]
+struct MostAllocated;
+
+impl Score for MostAllocated {
+    fn score(&self, fit: &Fit<'_>) -> f64 {
+        -fit.free_share_after()
+    }
+}
+
+/// What a [`Recorder`] saw of one fit, and what the default score made of it.
+#[derive(Debug, Clone)]
+struct Seen {
+    node: NodeId,
+    free: Resources,
+    want: Resources,
+    free_share_after: f64,
+    proximity: Option<f64>,
+    default_score: f64,
+}
+
+/// Remembers every fit it was asked about, and ranks like the default.
+#[derive(Debug, Default)]
+struct Recorder(std::cell::RefCell<Vec<Seen>>);
+
+impl Score for Recorder {
+    fn score(&self, fit: &Fit<'_>) -> f64 {
+        let default_score = LeastAllocated.score(fit);
+        self.0.borrow_mut().push(Seen {
+            node: fit.node(),
+            free: fit.free(),
+            want: fit.want(),
+            free_share_after: fit.free_share_after(),
+            proximity: fit.proximity(),
+            default_score,
+        });
+        default_score
+    }
+}
+
+#[test]
+fn another_score_changes_the_choice_but_never_what_fits() {
+    // Node 0 has half its CPU and memory taken; node 1 is empty; node 2 is too full to fit.
+    let mut half = node(0);
+    half.allocated = Resources {
+        cpu_millis: 2000,
+        memory_bytes: 2 * GIB,
+        disk_bytes: 0,
+    };
+    let mut full = node(2);
+    full.allocated = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 4 * GIB,
+        disk_bytes: 0,
+    };
+    let fleet = [half, node(1), full];
+    let w = spec(json!({}));
+
+    let mut spread = Scheduler::new(fleet.clone());
+    assert_eq!(spread.place(&w).bound, [id(1)], "the default spreads");
+    let mut packed = Scheduler::with_score(MostAllocated, fleet.clone());
+    assert_eq!(packed.place(&w).bound, [id(0)], "this one packs");
+
+    // Asked for more than fits, a score still binds only where the instance fits.
+    let mut packed = Scheduler::with_score(MostAllocated, fleet);
+    let out = packed.place(&spec(json!({"replicas": 3})));
+    assert_eq!(
+        out.bound.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([id(0), id(1)])
+    );
+    assert!(matches!(
+        reasons(&out).get(&id(2)),
+        Some(RejectReason::Memory { .. })
+    ));
+}
+
+#[test]
+fn the_default_score_is_least_allocated_then_closeness() {
+    // Berlin is busier but at the centre; Potsdam (~26 km away) is empty.
+    let mut berlin = node(0);
+    berlin.location = Some(BERLIN);
+    berlin.allocated = Resources {
+        cpu_millis: 1000,
+        memory_bytes: GIB,
+        disk_bytes: 0,
+    };
+    let mut potsdam = node(1);
+    potsdam.location = Some(POTSDAM);
+    let near = |radius_km: f64| {
+        spec(
+            json!({"requirements": {"near": {"lat": BERLIN.lat, "lon": BERLIN.lon, "radius_km": radius_km}}}),
+        )
+    };
+    // Within 50 km, Potsdam is half-way to the edge: closeness outweighs load.
+    let mut s = Scheduler::new([berlin.clone(), potsdam.clone()]);
+    assert_eq!(s.place(&near(50.0)).bound, [id(0)]);
+    // Within 5000 km both are about as close: the emptier node wins.
+    let mut s = Scheduler::new([berlin.clone(), potsdam.clone()]);
+    assert_eq!(s.place(&near(5000.0)).bound, [id(1)]);
+    // And the score is what LeastAllocated says it is, for both nodes.
+    let w = near(50.0);
+    let free_share = |n: &NodeView| {
+        let want = w.resources();
+        0.5 * ((n.capacity.cpu_millis - n.allocated.cpu_millis - want.cpu_millis) as f64
+            / n.capacity.cpu_millis as f64
+            + (n.capacity.memory_bytes - n.allocated.memory_bytes - want.memory_bytes) as f64
+                / n.capacity.memory_bytes as f64)
+    };
+    let recorder = Recorder::default();
+    let mut s = Scheduler::with_score(recorder, [berlin.clone(), potsdam.clone()]);
+    s.place(&w);
+    let seen = s.score().0.borrow().clone();
+    assert_eq!(seen.len(), 2, "one fit per feasible node: {seen:?}");
+    for fit in seen {
+        let view = if fit.node == id(0) { &berlin } else { &potsdam };
+        assert_eq!(fit.want, w.resources());
+        assert_eq!(
+            fit.free.cpu_millis,
+            view.capacity.cpu_millis - view.allocated.cpu_millis
+        );
+        let share = fit.free_share_after;
+        assert!((share - free_share(view)).abs() < 1e-12, "{fit:?}");
+        let p = fit.proximity.expect("the spec has near");
+        let km = view
+            .location
+            .map(|l| haversine_km(l, BERLIN))
+            .expect("located");
+        assert!((p - (1.0 - km / 50.0)).abs() < 0.01, "{p} at {km} km");
+        assert_eq!(fit.default_score, 0.5 * share + 0.5 * p);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! What several test files of this crate build their workloads from.
 
-use orchestrator::workload::WorkloadSpec;
+use orchestrator_core::workload::WorkloadSpec;
 use serde_json::{Value, json};
 
 pub const MIB: u64 = 1 << 20;

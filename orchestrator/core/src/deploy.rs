@@ -102,6 +102,22 @@ pub struct Deployments {
     nodes: BTreeMap<edge_proto::NodeId, NodeRecord>,
 }
 
+/// The lowercase name of a state a node reports for an instance, as the API shows it and as
+/// the `edge_instance_transitions` metric labels it.
+pub fn state_name(state: edge_proto::WorkloadState) -> &'static str {
+    use edge_proto::WorkloadState as S;
+    match state {
+        S::Pending => "pending",
+        S::Downloading => "downloading",
+        S::Starting => "starting",
+        S::Running => "running",
+        S::Unhealthy => "unhealthy",
+        S::Backoff => "backoff",
+        S::Failed => "failed",
+        S::Stopped => "stopped",
+    }
+}
+
 /// A stored record that cannot be loaded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("stored deployment {name:?}: {reason}")]

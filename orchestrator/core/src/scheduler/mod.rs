@@ -4,22 +4,26 @@
 //! what it has, what is already taken, which instances it runs) and places workloads on it one
 //! after another. Placing filters the nodes (no instance of this workload yet, online, not
 //! cordoned, architecture, labels, devices, distance to `near`, free ports, free CPU, memory
-//! and disk), scores the survivors (most free CPU and memory after placing; then, when the
-//! spec has `near`, closeness), picks the best with ties broken by node id, and binds: the snapshot's allocation and instance counts are updated at once, so the
-//! next instance and the next workload see them. Spread is total: a workload's instances never
-//! share a node, since they would share its ports and its data directory. What cannot be
-//! placed comes back with one [`NodeReject`] per node saying why, for `edgectl workloads NAME`.
+//! and disk), scores the survivors with its [`Score`] (by default [`LeastAllocated`]: most
+//! free CPU and memory after placing; then, when the spec has `near`, closeness), picks the
+//! best with ties broken by node id, and binds: the snapshot's allocation and instance counts
+//! are updated at once, so the next instance and the next workload see them. Spread is total:
+//! a workload's instances never share a node, since they would share its ports and its data
+//! directory. What cannot be placed comes back with one [`NodeReject`] per node saying why,
+//! for `edgectl workloads NAME`.
 //!
 //! Placing a replicated workload is `O(words + matches + k log matches)` for `k` instances:
 //! static constraints are answered by bitsets indexed by architecture, label and device, and
 //! the per-call buffers are kept between calls, so the success path allocates only the list
 //! of nodes it returns.
 //!
-//! **Invariants.** Pure: no I/O, no clock, no randomness; the same snapshot and the same spec
-//! give the same placement, whatever order the nodes were added in. A bind never takes a
-//! node's CPU, memory or disk past its capacity, and every node it picks satisfies every
-//! requirement of the spec. It never talks to nodes: the caller sends the admissions and
-//! reports a refusal with [`Scheduler::reject`], which tries the next best node.
+//! **Invariants.** Pure: no I/O, no clock, no randomness; the same snapshot, spec and score
+//! give the same placement, whatever order the nodes were added in. A score only ranks the
+//! nodes that pass every filter: it can never place an instance where it does not fit. A bind
+//! never takes a node's CPU, memory or disk past its capacity, and every node it picks
+//! satisfies every requirement of the spec. It never talks to nodes: the caller sends the
+//! admissions and reports a refusal with [`Scheduler::reject`], which tries the next best
+//! node.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -32,6 +36,10 @@ use crate::fleet::NodeRecord;
 use crate::workload::{Arch, Near, Placement, WorkloadSpec};
 
 pub use crate::workload::Resources;
+
+mod score;
+
+pub use score::{Fit, LeastAllocated, Score};
 
 /// The mean Earth radius (IUGG), in kilometres.
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
@@ -228,9 +236,10 @@ fn hex_ids<S: Serializer>(ids: &[NodeId], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(ids.iter().map(ToString::to_string))
 }
 
-/// Places workloads on a snapshot of the fleet. See the module docs.
+/// Places workloads on a snapshot of the fleet, ranking the candidates with `S`. See the
+/// module docs.
 #[derive(Debug, Clone, Default)]
-pub struct Scheduler {
+pub struct Scheduler<S = LeastAllocated> {
     /// By slot; `None` for a removed node whose slot waits in `free_slots`.
     nodes: Vec<Option<Node>>,
     /// By slot, beside `nodes`: what the placement loop reads for every candidate.
@@ -240,6 +249,7 @@ pub struct Scheduler {
     index: Index,
     workloads: HashMap<String, WorkloadState>,
     scratch: Scratch,
+    score: S,
 }
 
 /// Which slots have which static attribute: one bitset per architecture, label and device.
@@ -360,7 +370,8 @@ impl Candidate {
 /// The dynamic checks (free resources, ports, distance) and the score of one more instance
 /// on `slot`, which passed the static ones.
 #[inline(always)]
-fn candidate(
+fn candidate<S: Score>(
+    score: &S,
     hot: &[Hot],
     nodes: &[Option<Node>],
     slot: usize,
@@ -392,7 +403,11 @@ fn candidate(
         None => None,
     };
     Some(Candidate {
-        score: score(h, want, proximity),
+        score: score.score(&Fit {
+            node: h,
+            want,
+            proximity,
+        }),
         id: h.id,
         slot,
     })
@@ -515,18 +530,6 @@ impl Hot {
     }
 }
 
-/// Higher is better: the mean free fraction of CPU and memory once the instance is placed,
-/// averaged with closeness to the target when there is one. Always finite.
-#[inline(always)]
-fn score(node: &Hot, want: &Want, proximity: Option<f64>) -> f64 {
-    let least_allocated =
-        0.5 * (node.free_fraction - want.cpu * node.inv_cpu - want.memory * node.inv_memory);
-    match proximity {
-        Some(p) => 0.5 * least_allocated + 0.5 * p,
-        None => least_allocated,
-    }
-}
-
 fn add(a: Resources, b: Resources) -> Resources {
     Resources {
         cpu_millis: a.cpu_millis.saturating_add(b.cpu_millis),
@@ -582,13 +585,35 @@ fn unbind(hot: &mut Hot, node: &mut Node, resources: Resources, ports: &[u16], i
 }
 
 impl Scheduler {
-    /// A snapshot of these nodes. A node listed twice keeps its last view.
+    /// A snapshot of these nodes, ranked by [`LeastAllocated`]. A node listed twice keeps its
+    /// last view.
     pub fn new(nodes: impl IntoIterator<Item = NodeView>) -> Self {
-        let mut s = Self::default();
+        Self::with_score(LeastAllocated, nodes)
+    }
+}
+
+impl<S: Score> Scheduler<S> {
+    /// A snapshot of these nodes, ranked by `score`. A node listed twice keeps its last view.
+    pub fn with_score(score: S, nodes: impl IntoIterator<Item = NodeView>) -> Self {
+        let mut s = Self {
+            nodes: Vec::new(),
+            hot: Vec::new(),
+            free_slots: Vec::new(),
+            by_id: HashMap::new(),
+            index: Index::default(),
+            workloads: HashMap::new(),
+            scratch: Scratch::default(),
+            score,
+        };
         for n in nodes {
             s.upsert_node(n);
         }
         s
+    }
+
+    /// What ranks the candidates.
+    pub fn score(&self) -> &S {
+        &self.score
     }
 
     /// Adds a node, or replaces everything the snapshot knows about it (its allocation and
@@ -791,8 +816,10 @@ impl Scheduler {
             hot,
             workloads,
             index,
+            score,
             ..
         } = self;
+        let score = &*score;
         let Some(ws) = workloads.get_mut(spec.name()) else {
             // Inserted above.
             self.scratch = scratch;
@@ -827,7 +854,7 @@ impl Scheduler {
                 if k == 1 {
                     let mut best: Option<Candidate> = None;
                     for slot in set_bits(&scratch.mask) {
-                        if let Some(c) = candidate(hot, nodes, slot, &want, ports, target)
+                        if let Some(c) = candidate(score, hot, nodes, slot, &want, ports, target)
                             && best.as_ref().is_none_or(|b| c.better_than(b))
                         {
                             best = Some(c);
@@ -842,7 +869,7 @@ impl Scheduler {
                     let candidates = &mut scratch.candidates;
                     candidates.clear();
                     for slot in set_bits(&scratch.mask) {
-                        candidates.extend(candidate(hot, nodes, slot, &want, ports, target));
+                        candidates.extend(candidate(score, hot, nodes, slot, &want, ports, target));
                     }
                     out.bound.reserve(k as usize);
                     let mut heap = BinaryHeap::from(std::mem::take(candidates));
@@ -868,7 +895,7 @@ impl Scheduler {
                         continue;
                     }
                     wanted += 1;
-                    if candidate(hot, nodes, slot, &want, ports, target).is_some()
+                    if candidate(score, hot, nodes, slot, &want, ports, target).is_some()
                         && let Some(id) = bind_at(slot, hot, nodes, ws)
                     {
                         out.bound.push(id);

@@ -6,9 +6,9 @@ mod common;
 
 use common::{GIB, MIB, spec};
 use edge_proto::{AdmissionReply, NodeId, OrchMsg, WorkloadReport, WorkloadState, text};
-use orchestrator::deploy::{Admission, DeploymentRecord, Deployments, Effect, assignment};
-use orchestrator::fleet::NodeRecord;
-use orchestrator::scheduler::RejectReason;
+use orchestrator_core::deploy::{Admission, DeploymentRecord, Deployments, Effect, assignment};
+use orchestrator_core::fleet::NodeRecord;
+use orchestrator_core::scheduler::RejectReason;
 use serde_json::json;
 use std::collections::BTreeSet;
 

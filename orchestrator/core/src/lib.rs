@@ -1,0 +1,33 @@
+//! The orchestrator's decisions, without I/O: what `edge-orchestrator` decides, apart from
+//! how it moves bytes. As quinn-proto is to quinn, this crate is to the `orchestrator` crate's
+//! shells (the QUIC server, the operator API, the sled store), which depend on it and never
+//! the reverse.
+//!
+//! - [`fleet`]: the registry of nodes, join tokens and live sessions; returns the records to
+//!   persist.
+//! - [`tokens`]: join tokens `ID.SECRET`; only sha256 of the secret is kept.
+//! - [`session`]: `ServerSession`, one node connection's state machine.
+//! - [`workload`]: the workload spec, parsed and validated; every error names its field.
+//! - [`scheduler`]: filter, score and bind, with the score behind the [`scheduler::Score`]
+//!   trait.
+//! - [`deploy`]: the deployments controller: specs in, placements and messages out.
+//! - [`store`]: the [`store::Store`] trait the shells implement, the records it keeps, and
+//!   [`store::MemStore`] for simulations and tests.
+//! - [`digest`]: artifact digests as operators write them (`sha256:HEX`).
+//!
+//! **Invariants.** No I/O: this crate depends on none of tokio, quinn, sled, axum, hyper, mio
+//! or socket2, directly or through another crate (`cargo tree -p orchestrator-core -e normal`
+//! shows it), so nothing here can open a socket or a file. No clock: time comes in as an
+//! argument (`now`, `now_unix`, `wall`); `Instant::now` and `SystemTime::now` are banned
+//! outside tests by this crate's `clippy.toml`, and `tests/purity.rs` checks both rules.
+//! No randomness except what the caller hands in (a random id, a fill function).
+#![forbid(unsafe_code)]
+
+pub mod deploy;
+pub mod digest;
+pub mod fleet;
+pub mod scheduler;
+pub mod session;
+pub mod store;
+pub mod tokens;
+pub mod workload;

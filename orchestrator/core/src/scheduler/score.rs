@@ -1,0 +1,94 @@
+//! How the scheduler ranks the nodes that can take an instance: a [`Score`] sees one
+//! feasible node at a time as a [`Fit`] and returns a number, higher is better.
+//! [`LeastAllocated`] is the default; a learned model can provide another.
+//!
+//! A score runs once per feasible node per instance placed, inside the placement loop: it
+//! must be cheap, pure and deterministic, and it is called through a generic parameter, never
+//! a trait object, so the default costs nothing over a plain function.
+
+use std::fmt;
+
+use edge_proto::NodeId;
+
+use super::{Hot, Resources, Want};
+
+/// One node that can take one more instance (it passed every filter), as a [`Score`] sees it.
+#[derive(Clone, Copy)]
+pub struct Fit<'a> {
+    pub(super) node: &'a Hot,
+    pub(super) want: &'a Want,
+    pub(super) proximity: Option<f64>,
+}
+
+impl Fit<'_> {
+    /// The candidate node.
+    #[inline(always)]
+    pub fn node(&self) -> NodeId {
+        self.node.id
+    }
+
+    /// What the node has free before this instance: its capacity less what is allocated.
+    #[inline(always)]
+    pub fn free(&self) -> Resources {
+        self.node.free
+    }
+
+    /// What one instance asks for.
+    #[inline(always)]
+    pub fn want(&self) -> Resources {
+        self.want.resources
+    }
+
+    /// The mean of the node's free CPU and free memory fractions once the instance is placed:
+    /// 1 for an empty node and an instance that asks for nothing, 0 for a node it fills. A
+    /// resource the node has none of counts as 0.
+    #[inline(always)]
+    pub fn free_share_after(&self) -> f64 {
+        let (node, want) = (self.node, self.want);
+        0.5 * (node.free_fraction - want.cpu * node.inv_cpu - want.memory * node.inv_memory)
+    }
+
+    /// Closeness to the spec's `near` point in `[0, 1]`, 1 at the centre and 0 at the edge of
+    /// the radius; `None` when the spec has no `near`.
+    #[inline(always)]
+    pub fn proximity(&self) -> Option<f64> {
+        self.proximity
+    }
+}
+
+impl fmt::Debug for Fit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fit")
+            .field("node", &self.node())
+            .field("free", &self.free())
+            .field("want", &self.want())
+            .field("proximity", &self.proximity)
+            .finish()
+    }
+}
+
+/// Ranks feasible nodes for one instance: the scheduler binds the highest score, ties going to
+/// the lower node id.
+///
+/// The score must be finite and depend only on the [`Fit`] (no clock, no randomness, no
+/// state that changes between calls), or placements stop being reproducible.
+pub trait Score: fmt::Debug {
+    fn score(&self, fit: &Fit<'_>) -> f64;
+}
+
+/// The default score: the most free CPU and memory after placing
+/// ([`Fit::free_share_after`]), averaged with closeness when the spec has `near`. Spreads
+/// load, and prefers the closest node among equally loaded ones. Always finite.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeastAllocated;
+
+impl Score for LeastAllocated {
+    #[inline(always)]
+    fn score(&self, fit: &Fit<'_>) -> f64 {
+        let least_allocated = fit.free_share_after();
+        match fit.proximity() {
+            Some(p) => 0.5 * least_allocated + 0.5 * p,
+            None => least_allocated,
+        }
+    }
+}

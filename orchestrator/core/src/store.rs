@@ -1,0 +1,156 @@
+//! Durable state behind one trait: the CA, join tokens, the node registry and the deployments.
+//!
+//! The shell's `SledStore` keeps them on the orchestrator's disk; [`MemStore`] is for the
+//! simulation and unit tests. A distributed backend will implement the same trait. Every
+//! write that a peer will rely on must be durable before it returns: a node must never hold a
+//! certificate the orchestrator forgot.
+//!
+//! Registry records carry a revision (`rev`): a write never replaces a stored record with an
+//! older one, so concurrent writes of the same token or node may land in any order.
+
+use crate::deploy::DeploymentRecord;
+use crate::fleet::NodeRecord;
+use crate::tokens::TokenRecord;
+use edge_proto::NodeId;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Why the store failed. Never the peer's fault; the operation may be retried.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A stored record does not decode: written by something else, or damaged.
+    #[error("stored record {key:?} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// What the orchestrator keeps across restarts.
+pub trait Store: Send + Sync + 'static {
+    /// A small named value: the CA certificate and key, the API signing secret.
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    fn delete_node(&self, id: NodeId) -> Result<(), StoreError>;
+
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Applies the writes in order and makes them durable together: one flush for the batch.
+    fn write_deployments(&self, writes: &[DeploymentWrite<'_>]) -> Result<(), StoreError>;
+}
+
+/// One change to the stored deployments.
+#[derive(Debug, Clone, Copy)]
+pub enum DeploymentWrite<'a> {
+    Put(&'a DeploymentRecord),
+    Delete(&'a str),
+}
+
+/// A store in memory, for simulations and unit tests.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemInner {
+    meta: BTreeMap<String, Vec<u8>>,
+    tokens: BTreeMap<String, TokenRecord>,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    deployments: BTreeMap<String, DeploymentRecord>,
+}
+
+impl MemStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        // A panic while holding this lock already failed the test that caused it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().meta.get(key).cloned())
+    }
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.lock().meta.insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        Ok(self.lock().tokens.values().cloned().collect())
+    }
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .tokens
+            .get(&token.id)
+            .is_none_or(|t| t.rev <= token.rev)
+        {
+            inner.tokens.insert(token.id.clone(), token.clone());
+        }
+        Ok(())
+    }
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(self.lock().nodes.values().cloned().collect())
+    }
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.nodes.get(&node.id).is_none_or(|n| n.rev <= node.rev) {
+            inner.nodes.insert(node.id, node.clone());
+        }
+        Ok(())
+    }
+    fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
+        self.lock().nodes.remove(&id);
+        Ok(())
+    }
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        Ok(self.lock().deployments.values().cloned().collect())
+    }
+    fn write_deployments(&self, writes: &[DeploymentWrite<'_>]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for write in writes {
+            match write {
+                DeploymentWrite::Put(d) => {
+                    let name = d.name().unwrap_or_default().to_owned();
+                    inner.deployments.insert(name, (*d).clone());
+                }
+                DeploymentWrite::Delete(name) => {
+                    inner.deployments.remove(*name);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(uses_left: u32, rev: u64) -> TokenRecord {
+        TokenRecord {
+            id: "abcdef".into(),
+            secret_sha256: String::new(),
+            created_unix: 0,
+            expires_unix: 10,
+            uses_left,
+            description: String::new(),
+            rev,
+        }
+    }
+
+    /// Writes of one record may land in any order; the store keeps the later version.
+    #[test]
+    fn an_older_record_never_replaces_a_newer_one() {
+        let store = MemStore::default();
+        store.put_token(&token(0, 7)).expect("put");
+        store.put_token(&token(1, 6)).expect("put");
+        assert_eq!(store.tokens().expect("read")[0].uses_left, 0);
+        store.put_token(&token(5, 9)).expect("put");
+        assert_eq!(store.tokens().expect("read")[0].uses_left, 5);
+    }
+}

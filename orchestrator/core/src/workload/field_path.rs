@@ -1,0 +1,156 @@
+//! Error text: the path of the field at fault (`resources.memory_bytes`, `args[3]`,
+//! `env."BAD NAME"`), and the user's strings as a message may quote them.
+
+use super::SpecError;
+
+/// How much of a user's string an error message may quote.
+const SHOWN_CHARS: usize = 40;
+/// How long a parser's message may be once it is part of ours.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+impl SpecError {
+    /// A field that is missing, unknown, of the wrong type or out of bounds.
+    pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The path of a map entry: `env.GREETING`, or `env."BAD NAME"` when the key is not a bare
+/// TOML key.
+pub(super) fn key_path(parent: &str, key: &str) -> String {
+    if is_bare_key(key) {
+        format!("{parent}.{key}")
+    } else {
+        format!("{parent}.{}", shown(key))
+    }
+}
+
+fn is_bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= SHOWN_CHARS
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A user's string as an error message may quote it: Debug-escaped (so newlines and NULs are
+/// visible and cannot forge a log line) and cut after [`SHOWN_CHARS`] characters.
+pub(super) fn shown(s: &str) -> String {
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(SHOWN_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}…")
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// A parser's message, cut to about [`MAX_MESSAGE_CHARS`]. serde quotes whole strings in
+/// "invalid type: string \"...\", expected i64": the user's string is cut, what was
+/// expected is kept.
+pub(super) fn clip(message: &str) -> String {
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        return message.to_owned();
+    }
+    match message.rfind(", expected ") {
+        Some(i) => format!(
+            "{}{}",
+            cut(&message[..i], SHOWN_CHARS * 2),
+            cut(&message[i..], MAX_MESSAGE_CHARS)
+        ),
+        None => cut(message, MAX_MESSAGE_CHARS),
+    }
+}
+
+fn cut(s: &str, max_chars: usize) -> String {
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(max_chars).collect();
+    if chars.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
+    }
+}
+
+/// An error from deserializing, at `path`. serde reports a missing field at the struct that
+/// lacks it; we name the field itself, so `resources` + "missing field `cpu_millis`" becomes
+/// `resources.cpu_millis: missing`.
+pub(super) fn field_error(path: &serde_path_to_error::Path, message: &str) -> SpecError {
+    let mut field = String::new();
+    for segment in path {
+        use serde_path_to_error::Segment;
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                field = if field.is_empty() {
+                    if is_bare_key(key) {
+                        key.clone()
+                    } else {
+                        shown(key)
+                    }
+                } else {
+                    key_path(&field, key)
+                }
+            }
+            Segment::Enum { .. } => {}
+            Segment::Unknown => field.push_str(if field.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    let named = |prefix: &str| -> Option<(String, String)> {
+        let rest = message.strip_prefix(prefix)?;
+        let (key, tail) = rest.split_once('`')?;
+        let path = if field.is_empty() {
+            if is_bare_key(key) {
+                key.to_owned()
+            } else {
+                shown(key)
+            }
+        } else {
+            key_path(&field, key)
+        };
+        Some((path, tail.to_owned()))
+    };
+    if let Some((path, tail)) = named("missing field `") {
+        return SpecError::invalid(path, format!("missing{tail}"));
+    }
+    if let Some((path, tail)) = named("unknown field `") {
+        // serde_path_to_error has already stepped into the unknown key.
+        let path = if field.is_empty() { path } else { field };
+        let tail = tail.trim_start_matches(',').trim_start();
+        let reason = if tail.is_empty() {
+            "unknown field".to_owned()
+        } else {
+            format!("unknown field; {tail}")
+        };
+        return SpecError::invalid(path, reason);
+    }
+    SpecError::invalid(field, message)
+}
+
+/// A TOML error as one line: `line L, column C: message`.
+pub(super) fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let message = clip(e.message().trim());
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}

@@ -1,0 +1,502 @@
+//! Workload specs: what an operator asks the fleet to run (`edgectl deploy -f FILE` as TOML,
+//! `POST /v1/workloads` as JSON), parsed and validated into [`WorkloadSpec`].
+//!
+//! Both formats are read into the same raw serde structs, which mirror the file and refuse
+//! unknown fields at every level (a typo must never fall back to a default silently). The raw
+//! structs are then validated into the domain types below, whose values are all known to be
+//! good: a [`WorkloadSpec`] can only be built by [`WorkloadSpec::from_toml`] or
+//! [`WorkloadSpec::from_json`]. Every error names the field's path, e.g.
+//! `resources.memory_bytes: must be at least 1 MiB` or `env."BAD NAME": ...`, so the API can
+//! answer 400 with it and `edgectl` can print it as is.
+//!
+//! A spec serializes (`serde::Serialize`) to JSON in one stable shape for the API and for
+//! storage: every key is always present (absent optional values are `null`), and that JSON
+//! parses back with [`WorkloadSpec::from_json`] into an equal spec.
+//!
+//! This module never does I/O and never panics on input: text over [`MAX_SPEC_BYTES`] is
+//! refused before parsing, and no error quotes more than a few dozen characters of what the
+//! user sent, so a hostile 200 KiB string never ends up in a log line or a response.
+//!
+//! Here are the spec's types and accessors; `validate` reads the text into raw structs and
+//! checks them field by field; `field_path` builds the field paths and quotes the user's
+//! strings for error messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
+
+mod field_path;
+mod validate;
+
+/// The largest spec we parse, TOML or JSON. Real specs are well under 4 KiB.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+/// Bounds of `replicas`.
+pub const REPLICAS: RangeInclusive<i64> = 1..=10_000;
+/// Bounds of `resources.cpu_millis`: a thousandth of a CPU up to a thousand CPUs.
+pub const CPU_MILLIS: RangeInclusive<i64> = 1..=1_000_000;
+/// Bounds of `resources.memory_bytes`: 1 MiB to 1 TiB.
+pub const MEMORY_BYTES: RangeInclusive<i64> = MIB..=TIB;
+/// Bounds of `resources.disk_bytes` (optional, 0 when not given): up to 16 TiB.
+pub const DISK_BYTES: RangeInclusive<i64> = 0..=16 * TIB;
+/// Bounds of `health.interval_secs` and `health.timeout_secs`.
+pub const HEALTH_SECS: RangeInclusive<i64> = 1..=3600;
+/// Bounds of `health.failure_threshold` and `health.success_threshold`.
+pub const HEALTH_THRESHOLD: RangeInclusive<i64> = 1..=100;
+/// Half the Earth's equatorial circumference: any point is within this of any other.
+pub const MAX_RADIUS_KM: f64 = 20_037.0;
+
+/// The most arguments (`args`, `health.exec.args`) and the longest one.
+pub const MAX_ARGS: usize = 64;
+pub const MAX_ARG_BYTES: usize = 4096;
+/// The most environment variables, the longest name and the longest value.
+pub const MAX_ENV: usize = 64;
+pub const MAX_ENV_NAME_BYTES: usize = 255;
+pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+/// The most ports a workload may declare.
+pub const MAX_PORTS: usize = 64;
+/// The most labels a requirement (and a node) may carry, and the longest key and value: the
+/// bounds the node's config and the wire use.
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+pub const MAX_LABEL_VALUE_BYTES: usize = 63;
+/// The most device requirements (a node reports at most 16 accelerators) and the longest
+/// device path (the wire's bound).
+pub const MAX_DEVICES: usize = 16;
+pub const MAX_DEVICE_PATH_BYTES: usize = 96;
+/// The longest `version`.
+pub const MAX_VERSION_LEN: usize = 64;
+/// The longest workload name: a DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+/// The longest file name (`command`), and the longest path (`working_dir`, `health.exec.command`).
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+pub const MAX_PATH_BYTES: usize = 4096;
+/// The longest HTTP health-check path.
+pub const MAX_HTTP_PATH_BYTES: usize = 1024;
+
+const MIB: i64 = 1024 * 1024;
+const TIB: i64 = 1024 * 1024 * 1024 * 1024;
+
+/// Health-check defaults when `[health]` leaves a value out.
+const DEFAULT_INTERVAL_SECS: u32 = 10;
+const DEFAULT_TIMEOUT_SECS: u32 = 2;
+const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+
+/// Why a spec was refused. None of these is worth retrying unchanged: the user has to fix the
+/// spec. The API answers all of them with 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The text is larger than [`MAX_SPEC_BYTES`]; refused before parsing.
+    #[error("spec is {bytes} bytes; at most {max_bytes} are allowed")]
+    TooLarge { bytes: usize, max_bytes: usize },
+    /// The text is not TOML (or JSON) at all. The message carries the line and column.
+    #[error("{message}")]
+    Syntax { message: String },
+    /// A field is missing, unknown, of the wrong type or out of bounds. `field` is its path,
+    /// e.g. `resources.memory_bytes`, `args[3]` or `env."BAD NAME"`; empty for the document
+    /// itself.
+    #[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
+    Invalid { field: String, reason: String },
+}
+
+impl SpecError {
+    /// The path of the field at fault, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { field, .. } if !field.is_empty() => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// A validated workload spec. Built only by [`WorkloadSpec::from_toml`] and
+/// [`WorkloadSpec::from_json`], so every value in it is within the bounds documented on its
+/// accessor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadSpec {
+    name: String,
+    version: String,
+    artifact: ArtifactDigest,
+    command: Option<String>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    working_dir: Option<String>,
+    ports: Vec<u16>,
+    placement: Placement,
+    resources: Resources,
+    requirements: Requirements,
+    restart: RestartPolicy,
+    health: Option<HealthCheck>,
+}
+
+/// The executable, content-addressed: `sha256:` and 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArtifactDigest([u8; 32]);
+
+/// How many instances run, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// This many instances, 1 to 10,000, spread over the nodes that match.
+    Replicas(u32),
+    /// One instance on every node that matches.
+    PerNode,
+}
+
+/// An amount of node resources: what a workload asks for, what a node has, what is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Resources {
+    /// Thousandths of a CPU.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+/// What a node must be or have to run the workload. Empty means any node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Requirements {
+    /// One of these architectures; empty means any. Sorted, no duplicates.
+    pub arch: Vec<Arch>,
+    /// Every one of these labels, with this value.
+    pub labels: BTreeMap<String, String>,
+    /// Every one of these devices. No duplicates, in the order given.
+    pub devices: Vec<DeviceRequirement>,
+    /// Within this distance of a point.
+    pub near: Option<Near>,
+}
+
+/// A CPU architecture, named as Rust's `std::env::consts::ARCH` (and so the node) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Arch {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    #[serde(rename = "aarch64")]
+    Aarch64,
+    #[serde(rename = "arm")]
+    Arm,
+    #[serde(rename = "riscv64")]
+    Riscv64,
+}
+
+/// A device the node must have.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeviceRequirement {
+    /// Any accelerator of this kind.
+    Kind(DeviceKind),
+    /// This device node, e.g. `/dev/video0`: an absolute path under `/dev/`.
+    Path(String),
+}
+
+/// An accelerator kind, as the node reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeviceKind {
+    Gpu,
+    Npu,
+    Video,
+    Gpio,
+}
+
+/// "Within `radius_km` of (`lat`, `lon`)", great-circle distance. Coordinates are WGS84
+/// degrees, finite and on the globe; the radius is in `(0, MAX_RADIUS_KM]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Near {
+    pub lat: f64,
+    pub lon: f64,
+    pub radius_km: f64,
+}
+
+/// When the node restarts an exited instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Whatever the exit status. The default.
+    #[default]
+    Always,
+    /// Only after a non-zero exit status or a signal.
+    OnFailure,
+    Never,
+}
+
+/// How the node checks an instance is healthy. `timeout_secs < interval_secs`, both within
+/// [`HEALTH_SECS`]; thresholds within [`HEALTH_THRESHOLD`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    /// Consecutive failures before the instance counts as unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive successes before an unhealthy instance counts as healthy again.
+    pub success_threshold: u32,
+}
+
+/// One health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// `GET http://127.0.0.1:{port}{path}` answers 2xx or 3xx.
+    Http { port: u16, path: String },
+    /// A TCP connection to `127.0.0.1:{port}` is accepted.
+    Tcp { port: u16 },
+    /// The command exits with status 0.
+    Exec { command: String, args: Vec<String> },
+}
+
+impl WorkloadSpec {
+    /// Parses and validates a spec written as TOML (`edgectl deploy -f FILE`).
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        validate::from_toml(text)
+    }
+
+    /// Parses and validates a spec sent as JSON (`POST /v1/workloads`), or stored: the JSON
+    /// this type serializes to parses back into an equal spec.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
+        validate::from_json(bytes)
+    }
+
+    /// The workload's name, unique in the fleet: a DNS label (1 to 63 of `[a-z0-9-]`, not
+    /// starting or ending with `-`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// 1 to 64 printable ASCII characters, no spaces.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn artifact(&self) -> ArtifactDigest {
+        self.artifact
+    }
+
+    /// The file to run inside the artifact's directory: a plain file name (no `/`). `None`
+    /// means the artifact itself is the executable.
+    pub fn command(&self) -> Option<&str> {
+        self.command.as_deref()
+    }
+
+    /// At most [`MAX_ARGS`], each at most [`MAX_ARG_BYTES`], no NUL.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Names match `[A-Za-z_][A-Za-z0-9_]*`; values have no NUL.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    /// An absolute path, if given.
+    pub fn working_dir(&self) -> Option<&str> {
+        self.working_dir.as_deref()
+    }
+
+    /// TCP ports the workload listens on: 1 to 65535, unique, in the order given. Two
+    /// instances that share a port cannot share a node.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// What one instance needs. `cpu_millis` within [`CPU_MILLIS`], `memory_bytes` within
+    /// [`MEMORY_BYTES`], `disk_bytes` within [`DISK_BYTES`].
+    pub fn resources(&self) -> Resources {
+        self.resources
+    }
+
+    pub fn requirements(&self) -> &Requirements {
+        &self.requirements
+    }
+
+    pub fn restart(&self) -> RestartPolicy {
+        self.restart
+    }
+
+    pub fn health(&self) -> Option<&HealthCheck> {
+        self.health.as_ref()
+    }
+}
+
+impl Serialize for WorkloadSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Restart {
+            policy: RestartPolicy,
+        }
+        let (replicas, placement) = match self.placement {
+            Placement::Replicas(n) => (Some(n), None),
+            Placement::PerNode => (None, Some("per-node")),
+        };
+        let mut st = s.serialize_struct("WorkloadSpec", 14)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("artifact", &self.artifact)?;
+        st.serialize_field("command", &self.command)?;
+        st.serialize_field("args", &self.args)?;
+        st.serialize_field("env", &self.env)?;
+        st.serialize_field("working_dir", &self.working_dir)?;
+        st.serialize_field("ports", &self.ports)?;
+        st.serialize_field("replicas", &replicas)?;
+        st.serialize_field("placement", &placement)?;
+        st.serialize_field("resources", &self.resources)?;
+        st.serialize_field("requirements", &self.requirements)?;
+        st.serialize_field(
+            "restart",
+            &Restart {
+                policy: self.restart,
+            },
+        )?;
+        st.serialize_field("health", &self.health)?;
+        st.end()
+    }
+}
+
+impl ArtifactDigest {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Parses `sha256:` followed by 64 lowercase hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        crate::digest::parse_digest(s).map(Self)
+    }
+}
+
+impl fmt::Display for ArtifactDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::digest::format_digest(&self.0))
+    }
+}
+
+impl fmt::Debug for ArtifactDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArtifactDigest({self})")
+    }
+}
+
+impl Serialize for ArtifactDigest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::X86_64, Arch::Aarch64, Arch::Arm, Arch::Riscv64];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Aarch64 => "aarch64",
+            Self::Arm => "arm",
+            Self::Riscv64 => "riscv64",
+        }
+    }
+
+    /// The architecture a node reports, if it is one we know.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DeviceKind {
+    pub const ALL: [DeviceKind; 4] = [Self::Gpu, Self::Npu, Self::Video, Self::Gpio];
+
+    /// The name the node reports for accelerators of this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gpu => "gpu",
+            Self::Npu => "npu",
+            Self::Video => "video",
+            Self::Gpio => "gpio",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl DeviceRequirement {
+    /// The kind's name or the path: what a node lists among its devices when it has it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Kind(k) => k.as_str(),
+            Self::Path(p) => p,
+        }
+    }
+}
+
+impl fmt::Display for DeviceRequirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for DeviceRequirement {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::OnFailure => "on-failure",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl Serialize for RestartPolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for HealthCheck {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Http<'a> {
+            port: u16,
+            path: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Tcp {
+            port: u16,
+        }
+        #[derive(Serialize)]
+        struct Exec<'a> {
+            command: &'a str,
+            args: &'a [String],
+        }
+        let (mut http, mut tcp, mut exec) = (None, None, None);
+        match &self.probe {
+            Probe::Http { port, path } => http = Some(Http { port: *port, path }),
+            Probe::Tcp { port } => tcp = Some(Tcp { port: *port }),
+            Probe::Exec { command, args } => exec = Some(Exec { command, args }),
+        }
+        let mut st = s.serialize_struct("HealthCheck", 7)?;
+        st.serialize_field("http", &http)?;
+        st.serialize_field("tcp", &tcp)?;
+        st.serialize_field("exec", &exec)?;
+        st.serialize_field("interval_secs", &self.interval_secs)?;
+        st.serialize_field("timeout_secs", &self.timeout_secs)?;
+        st.serialize_field("failure_threshold", &self.failure_threshold)?;
+        st.serialize_field("success_threshold", &self.success_threshold)?;
+        st.end()
+    }
+}

@@ -1,0 +1,106 @@
+//! The node links handle: each live connection, and each established session's outbox.
+//!
+//! The QUIC server registers a connection when it accepts one and an outbox once the session
+//! is established, and removes both when the connection ends. Others reach a node only
+//! through here: the deployments committer queues messages, the API opens log streams on a
+//! node's connection and closes a deleted node's session. Nothing here decides anything.
+
+use edge_proto::{NodeId, OrchMsg, RejectCode};
+use orchestrator_core::fleet::SessionId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+/// Messages queued for one node before [`NodeLinks::send`] says no.
+pub const OUTBOX_DEPTH: usize = 1024;
+
+/// The QUIC application close code for a reject: 0 for a normal close, else the code's
+/// position plus one.
+pub fn close_code(code: Option<RejectCode>) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code.map_or(0, RejectCode::close_code))
+}
+
+/// Live connections and session outboxes.
+#[derive(Debug)]
+pub struct NodeLinks {
+    next_session: AtomicU64,
+    connections: Mutex<HashMap<SessionId, quinn::Connection>>,
+    /// The outbox of each node's established session.
+    outboxes: Mutex<HashMap<NodeId, (SessionId, mpsc::Sender<OrchMsg>)>>,
+}
+
+impl Default for NodeLinks {
+    fn default() -> Self {
+        Self {
+            next_session: AtomicU64::new(1),
+            connections: Mutex::new(HashMap::new()),
+            outboxes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl NodeLinks {
+    /// An id for a new connection, unique for the life of the process.
+    pub fn next_session(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<SessionId, quinn::Connection>> {
+        // The maps stay consistent whatever panicked while holding the lock.
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn outboxes(&self) -> MutexGuard<'_, HashMap<NodeId, (SessionId, mpsc::Sender<OrchMsg>)>> {
+        self.outboxes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection was accepted.
+    pub fn add_connection(&self, session: SessionId, conn: quinn::Connection) {
+        self.conns().insert(session, conn);
+    }
+
+    /// The connection's task is done with it.
+    pub fn remove_connection(&self, session: SessionId) {
+        self.conns().remove(&session);
+    }
+
+    /// Closes a session's connection with a reject code, if it is still open.
+    pub fn close_session(&self, session: SessionId, code: RejectCode, reason: &str) {
+        if let Some(conn) = self.conns().remove(&session) {
+            conn.close(close_code(Some(code)), reason.as_bytes());
+        }
+    }
+
+    /// Drops every connection handle, so that a closed endpoint can release its socket.
+    pub fn forget_connections(&self) {
+        self.conns().clear();
+    }
+
+    /// `node`'s session is established: messages for it go to `tx`.
+    pub fn set_outbox(&self, node: NodeId, session: SessionId, tx: mpsc::Sender<OrchMsg>) {
+        self.outboxes().insert(node, (session, tx));
+    }
+
+    /// `session` ended: its outbox goes, unless a newer session of the node replaced it.
+    pub fn clear_outbox(&self, node: NodeId, session: SessionId) {
+        let mut outboxes = self.outboxes();
+        if outboxes.get(&node).is_some_and(|(s, _)| *s == session) {
+            outboxes.remove(&node);
+        }
+    }
+
+    /// Queues `msg` for `node`'s live session. `false` if the node has no session now (it
+    /// gets its assignments again when it next connects) or its outbox is full.
+    pub fn send(&self, node: NodeId, msg: OrchMsg) -> bool {
+        self.outboxes()
+            .get(&node)
+            .is_some_and(|(_, tx)| tx.try_send(msg).is_ok())
+    }
+
+    /// The connection of `node`'s live session, to open streams on (logs).
+    pub fn connection(&self, node: NodeId) -> Option<quinn::Connection> {
+        let session = self.outboxes().get(&node).map(|(s, _)| *s)?;
+        self.conns().get(&session).cloned()
+    }
+}
