@@ -1,7 +1,12 @@
 //! Prometheus metrics, and the operator-facing events that bump them.
 //!
 //! An [`Event`] emits its log line and its metric together, so the two never drift.
+//!
+//! Every label value comes from a fixed set (`&'static str`): each distinct value is a series
+//! held for the life of the process, so nothing a peer sends (a close reason, a TLS alert's
+//! text, a name) ever becomes one. Such text goes to the log line, escaped and cut.
 
+use edge_proto::field::shown_max;
 use orchestrator_core::session::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,10 +15,63 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
+/// The operator API's request counter, by status code (the API's own).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: String,
 }
+
+/// Why a session, an enrollment or a handshake failed: always one of a fixed set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Why a connection never got as far as a session, as `edge_handshake_failures` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeFailure {
+    /// The peer stopped answering during the handshake.
+    Timeout,
+    /// Our TLS refused the peer (a certificate our CA did not sign, no common ALPN, ...).
+    Tls,
+    /// The peer's TLS refused us (typically a node whose `ca_hash` pins another CA).
+    PeerRefusedTls,
+    /// The peer closed the connection during the handshake for another reason.
+    PeerClosed,
+    /// The peer broke the QUIC protocol.
+    Transport,
+    /// The peer reset the connection: it has restarted.
+    Reset,
+    /// No QUIC version in common.
+    VersionMismatch,
+    /// We closed it (shutting down).
+    LocallyClosed,
+    /// No connection id left for it.
+    CidsExhausted,
+    /// The client certificate is valid but names no node.
+    NoNodeInCertificate,
+}
+
+impl HandshakeFailure {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Tls => "tls",
+            Self::PeerRefusedTls => "peer_refused_tls",
+            Self::PeerClosed => "peer_closed",
+            Self::Transport => "transport",
+            Self::Reset => "reset",
+            Self::VersionMismatch => "version_mismatch",
+            Self::LocallyClosed => "locally_closed",
+            Self::CidsExhausted => "cids_exhausted",
+            Self::NoNodeInCertificate => "no_node_in_certificate",
+        }
+    }
+}
+
+/// How much of a peer's free text a log line quotes.
+pub const PEER_TEXT_MAX_CHARS: usize = 128;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeStatus {
@@ -66,11 +124,11 @@ pub struct Metrics {
     pub nodes: Family<NodeStatus, Gauge>,
     pub sessions_active: Gauge,
     pub sessions_opened: Counter,
-    pub session_rejections: Family<Reason, Counter>,
+    pub session_rejections: Family<ReasonLabel, Counter>,
     pub frames: Family<Direction, Counter>,
     pub enrollments: Counter,
-    pub enrollment_failures: Family<Reason, Counter>,
-    pub handshake_failures: Family<Reason, Counter>,
+    pub enrollment_failures: Family<ReasonLabel, Counter>,
+    pub handshake_failures: Family<ReasonLabel, Counter>,
     pub api_requests: Family<Reason, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
@@ -208,11 +266,12 @@ impl Metrics {
             }
             Event::EnrollmentRejected { code, detail } => {
                 self.enrollment_failures
-                    .get_or_create(&Reason {
-                        reason: code.as_str().to_owned(),
+                    .get_or_create(&ReasonLabel {
+                        reason: code.as_str(),
                     })
                     .inc();
-                warn!(reason = %code, detail = %detail, "enrollment rejected");
+                let detail = shown_max(detail, PEER_TEXT_MAX_CHARS);
+                warn!(reason = %code, %detail, "enrollment rejected");
             }
             Event::SessionOpened { node, version } => {
                 self.sessions_opened.inc();
@@ -221,15 +280,14 @@ impl Metrics {
             }
             Event::SessionRejected { node, code, detail } => {
                 self.session_rejections
-                    .get_or_create(&Reason {
-                        reason: code.as_str().to_owned(),
+                    .get_or_create(&ReasonLabel {
+                        reason: code.as_str(),
                     })
                     .inc();
+                let detail = shown_max(detail, PEER_TEXT_MAX_CHARS);
                 match node {
-                    Some(node) => {
-                        warn!(node = %node, reason = %code, detail = %detail, "session rejected")
-                    }
-                    None => warn!(reason = %code, detail = %detail, "session rejected"),
+                    Some(node) => warn!(node = %node, reason = %code, %detail, "session rejected"),
+                    None => warn!(reason = %code, %detail, "session rejected"),
                 }
             }
             Event::SessionClosed { node } => {
@@ -243,12 +301,18 @@ impl Metrics {
     }
 
     /// A connection that never got as far as a session: bad certificate, wrong CA, timeout.
-    pub fn handshake_failed(&self, reason: &str, remote: std::net::SocketAddr) {
+    /// `detail` is what the peer or TLS said: logged, escaped and cut, never a label.
+    pub fn handshake_failed(
+        &self,
+        reason: HandshakeFailure,
+        detail: &str,
+        remote: std::net::SocketAddr,
+    ) {
+        let reason = reason.as_str();
         self.handshake_failures
-            .get_or_create(&Reason {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&ReasonLabel { reason })
             .inc();
-        warn!(%remote, reason, "handshake failed");
+        let detail = shown_max(detail, PEER_TEXT_MAX_CHARS);
+        warn!(%remote, reason, %detail, "handshake failed");
     }
 }

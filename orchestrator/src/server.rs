@@ -9,7 +9,7 @@
 use crate::artifacts::{ArtifactStore, ServeError, Served, serve_artifact_stream};
 use crate::deployer::Deployer;
 use crate::links::{NodeLinks, OUTBOX_DEPTH, close_code};
-use crate::metrics::{Metrics, WorkloadEvent};
+use crate::metrics::{HandshakeFailure, Metrics, WorkloadEvent};
 use crate::pki::{Ca, PkiError, node_id_from_cert};
 use crate::registry::Registry;
 use crate::reports::Reports;
@@ -121,23 +121,33 @@ pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => run_connection(conn, server).await,
-                Err(e) => server
-                    .metrics
-                    .handshake_failed(&handshake_reason(&e), remote),
+                Err(e) => {
+                    let (reason, detail) = handshake_failure(&e);
+                    server.metrics.handshake_failed(reason, &detail, remote);
+                }
             }
         });
     }
 }
 
-fn handshake_reason(e: &quinn::ConnectionError) -> String {
-    match e {
-        quinn::ConnectionError::TransportError(t) => format!("tls: {}", t.reason),
-        quinn::ConnectionError::ConnectionClosed(c) => {
-            format!("peer closed: {}", String::from_utf8_lossy(&c.reason))
-        }
-        quinn::ConnectionError::TimedOut => "timeout".into(),
-        other => other.to_string(),
-    }
+/// Why a handshake failed, as a fixed label, and what the peer or TLS said about it (free
+/// text the peer may have chosen: for the log only).
+fn handshake_failure(e: &quinn::ConnectionError) -> (HandshakeFailure, String) {
+    use quinn::ConnectionError as E;
+    // TLS alerts travel as the QUIC error codes 0x100-0x1ff.
+    let is_tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    let reason = match e {
+        E::TransportError(t) if is_tls(t.code) => HandshakeFailure::Tls,
+        E::TransportError(_) => HandshakeFailure::Transport,
+        E::ConnectionClosed(c) if is_tls(c.error_code) => HandshakeFailure::PeerRefusedTls,
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) => HandshakeFailure::PeerClosed,
+        E::TimedOut => HandshakeFailure::Timeout,
+        E::Reset => HandshakeFailure::Reset,
+        E::VersionMismatch => HandshakeFailure::VersionMismatch,
+        E::LocallyClosed => HandshakeFailure::LocallyClosed,
+        E::CidsExhausted => HandshakeFailure::CidsExhausted,
+    };
+    (reason, e.to_string())
 }
 
 /// The node id in the peer's certificate; `Ok(None)` if it presented none.
@@ -157,9 +167,11 @@ fn peer_node_id(conn: &quinn::Connection) -> Result<Option<NodeId>, ()> {
 async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     let remote = conn.remote_address();
     let Ok(peer) = peer_node_id(&conn) else {
-        server
-            .metrics
-            .handshake_failed("certificate names no node", remote);
+        server.metrics.handshake_failed(
+            HandshakeFailure::NoNodeInCertificate,
+            "certificate names no node",
+            remote,
+        );
         conn.close(
             close_code(Some(RejectCode::UnknownNode)),
             b"certificate names no node",

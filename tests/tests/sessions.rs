@@ -1,0 +1,250 @@
+//! Sessions against hostile and unusual peers over real QUIC, on 127.0.0.1 port 0: what a
+//! stranger can make of the metrics, frames that trickle in while the orchestrator talks,
+//! a node's identity on two machines at once, and session churn.
+
+use edge_tests::{PATIENCE, TestOrchestrator, eventually};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::sync::Arc;
+
+/// A client whose TLS refuses every server with `reason`: QUIC carries that text to the
+/// server in the CONNECTION_CLOSE that aborts the handshake.
+#[derive(Debug)]
+struct RefuseWith(String);
+
+impl ServerCertVerifier for RefuseWith {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn refusing_client(reason: &str) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RefuseWith(reason.to_owned())))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![edge_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
+/// Whether `line` is one a Prometheus text exposition may hold: a comment, or a series name,
+/// optional labels of the form `key="value"` with escaped values, and a number.
+fn exposition_line(line: &str) -> bool {
+    if line.is_empty() {
+        return false;
+    }
+    if let Some(comment) = line.strip_prefix("# ") {
+        return comment == "EOF"
+            || ["HELP ", "TYPE ", "UNIT "]
+                .iter()
+                .any(|kind| comment.starts_with(kind));
+    }
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let name = &line[..name_end];
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    let mut rest = &line[name_end..];
+    if let Some(labels) = rest.strip_prefix('{') {
+        let Some(end) = labels_end(labels) else {
+            return false;
+        };
+        rest = &labels[end + 1..];
+    }
+    let Some(value) = rest.strip_prefix(' ') else {
+        return false;
+    };
+    name_ok && (value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value))
+}
+
+/// Where `key="value"(,key="value")*}` ends in `labels` (the index of its `}`), if it is that.
+fn labels_end(labels: &str) -> Option<usize> {
+    let mut chars = labels.char_indices().peekable();
+    loop {
+        let mut key_len = 0;
+        while chars
+            .peek()
+            .is_some_and(|(_, c)| c.is_ascii_alphanumeric() || *c == '_')
+        {
+            chars.next();
+            key_len += 1;
+        }
+        if key_len == 0 || chars.next()?.1 != '=' || chars.next()?.1 != '"' {
+            return None;
+        }
+        loop {
+            match chars.next()?.1 {
+                '\\' if !matches!(chars.next()?.1, '\\' | '"' | 'n') => return None,
+                '"' => break,
+                _ => {}
+            }
+        }
+        match chars.next()? {
+            (_, ',') => {}
+            (i, '}') => return Some(i),
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn the_exposition_check_tells_good_lines_from_bad() {
+    for good in [
+        "# HELP edge_nodes Registered nodes by status.",
+        "# TYPE edge_nodes gauge",
+        "# EOF",
+        "edge_nodes{status=\"online\"} 2",
+        "edge_frames_total{direction=\"rx\",x=\"a\\\"b\\\\c\\n\"} 17",
+        "edge_sessions_active 0",
+    ] {
+        assert!(exposition_line(good), "{good}");
+    }
+    for bad in [
+        "",
+        "edge_handshake_failures_total{reason=\"peer closed: x",
+        "\"} 1",
+        "edge_nodes{status=\"online\"} 9999 junk",
+        "edge nodes 1",
+        "edge_x{reason=\"a\"b\"} 1",
+        "edge_x{=\"a\"} 1",
+        "} 1",
+    ] {
+        assert!(!exposition_line(bad), "{bad:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_handshake_close_reasons_never_reach_the_metrics() {
+    let orch = TestOrchestrator::start().await;
+    let addr = orch.orch.quic_addr;
+    let injected = "edge_nodes{status=\"online\"} 9999";
+    let mut reasons: Vec<String> = (0..150).map(|i| format!("crafted reason {i}")).collect();
+    reasons.extend([
+        format!("x\"}} 1\n{injected}\n# a comment"),
+        "a\nb\r\nc".to_owned(),
+        "quote \" backslash \\ brace } {".to_owned(),
+        format!("\n{injected}\n"),
+        "\u{0}\u{1b}[31mred".to_owned(),
+        "é".repeat(600),
+    ]);
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    for batch in reasons.chunks(16) {
+        let attempts = batch.iter().map(|reason| {
+            let connecting = endpoint
+                .connect_with(
+                    refusing_client(reason),
+                    addr,
+                    edge_proto::ORCHESTRATOR_SERVER_NAME,
+                )
+                .expect("connect");
+            async move { connecting.await.is_err() }
+        });
+        for refused in futures_join(attempts).await {
+            assert!(refused, "our client refuses every server");
+        }
+    }
+    let failures = || {
+        orch.orch
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("edge_handshake_failures_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let broken = || {
+        orch.orch
+            .metrics
+            .encode()
+            .lines()
+            .any(|l| !exposition_line(l))
+    };
+    // Every aborted handshake is counted (or the exposition broke, which the checks below
+    // report).
+    let want = reasons.len() as f64;
+    assert!(
+        eventually(PATIENCE, || failures() >= want || broken())
+            .await
+            .is_some(),
+        "every aborted handshake is counted: {} of {want}",
+        failures()
+    );
+
+    // The exposition as a scrape gets it.
+    let (status, body) = orch.api("GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("metrics are text");
+    let bad: Vec<&str> = text.lines().filter(|l| !exposition_line(l)).collect();
+    assert!(bad.is_empty(), "lines a scraper cannot parse: {bad:?}");
+    assert!(
+        !text.lines().any(|l| l == injected),
+        "an injected sample: {text}"
+    );
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("edge_handshake_failures_total{"))
+        .collect();
+    assert!(
+        !series.is_empty() && series.len() <= 10,
+        "handshake failures fall into a few fixed reasons: {series:?}"
+    );
+    assert!(
+        series
+            .iter()
+            .all(|s| s.starts_with("edge_handshake_failures_total{reason=\"peer_refused_tls\"}")),
+        "{series:?}"
+    );
+    endpoint.close(0u32.into(), b"");
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("the attempt finished"));
+    }
+    out
+}
