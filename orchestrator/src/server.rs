@@ -181,7 +181,10 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     let id = server.links.next_session();
     let mut session = ServerSession::new(id, peer, Instant::now());
     server.links.add_connection(id, conn.clone());
-    let mut stream = None;
+    // The control stream: we write on `control`; its frames arrive on `inbound`, read by a
+    // task of its own (see `read_frames`).
+    let mut control: Option<quinn::SendStream> = None;
+    let mut inbound: Option<mpsc::Receiver<Result<Vec<u8>, ReadError>>> = None;
     // Messages from elsewhere in the orchestrator for this node, once its session is up.
     let (outbox_tx, mut outbox) = mpsc::channel::<OrchMsg>(OUTBOX_DEPTH);
     let mut outbox_tx = Some(outbox_tx);
@@ -192,9 +195,11 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             node_up(&server, node);
         }
         let deadline = session.poll_timeout();
+        // Every branch here is cancel-safe: whichever loses is dropped without losing data.
+        // Writes happen in the arms' bodies, never in a branch future.
         tokio::select! {
             Some(msg) = outbox.recv(), if outbox_tx.is_none() => {
-                if let Some((send, _)) = stream.as_mut() {
+                if let Some(send) = control.as_mut() {
                     server.metrics.frame("tx");
                     if let Err(error) = write_msg(send, &msg).await {
                         warn!(%remote, %error, "could not send to the node");
@@ -202,7 +207,10 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
                 }
             }
             accepted = conn.accept_bi() => match accepted {
-                Ok(pair) if stream.is_none() => stream = Some(pair),
+                Ok((send, recv)) if control.is_none() => {
+                    inbound = Some(read_frames(recv));
+                    control = Some(send);
+                }
                 // Later streams carry artifacts, and only for an authenticated session.
                 Ok((send, recv)) => match (session.node(), peer) {
                     (Some(node), Some(_)) => {
@@ -214,19 +222,23 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
                 },
                 Err(e) => { debug!(%remote, error = %e, "connection ended"); break; }
             },
-            frame = read_next(&mut stream), if stream.is_some() => match frame {
-                Ok(Some(body)) => {
+            frame = next_frame(&mut inbound), if inbound.is_some() => match frame {
+                Some(Ok(body)) => {
                     server.metrics.frame("rx");
                     with_ctx(&server, |ctx| session.handle_frame(&body, ctx));
                 }
-                Ok(None) => break,
-                Err(ReadError::Decode(e)) => session.handle_decode_error(e),
-                Err(ReadError::Stream(e)) => { debug!(%remote, error = %e, "stream ended"); break; }
+                // The node finished the stream between frames.
+                None => break,
+                Some(Err(ReadError::Decode(e))) => session.handle_decode_error(e),
+                Some(Err(ReadError::Stream(e))) => {
+                    debug!(%remote, error = %e, "stream ended");
+                    break;
+                }
             },
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
-        let done = match stream.as_mut() {
-            Some((send, _)) => flush_actions(&mut session, &server, &conn, send).await,
+        let done = match control.as_mut() {
+            Some(send) => flush_actions(&mut session, &server, &conn, send).await,
             None => session.is_closed(),
         };
         if done {
@@ -304,11 +316,42 @@ fn node_up(server: &Server, node: NodeId) {
     }
 }
 
-async fn read_next(
-    stream: &mut Option<(quinn::SendStream, quinn::RecvStream)>,
-) -> Result<Option<Vec<u8>>, ReadError> {
-    match stream {
-        Some((_, recv)) => read_frame(recv).await,
+/// Frames from the control stream: how many may wait for the connection loop before
+/// the reader stops reading (and QUIC flow control holds the node back).
+const INBOUND_DEPTH: usize = 4;
+
+/// Reads the control stream's frames in a task of its own and hands them over in order; the
+/// channel closes after the stream ends or fails (the failure is the last item).
+///
+/// `read_frame` is not cancel-safe: dropped while a frame is half read, it loses those bytes
+/// and every later frame is read from the wrong offset. The connection loop races reading
+/// against its outbox, so it must not read itself; a channel's `recv` is cancel-safe.
+fn read_frames(mut recv: quinn::RecvStream) -> mpsc::Receiver<Result<Vec<u8>, ReadError>> {
+    let (tx, rx) = mpsc::channel(INBOUND_DEPTH);
+    tokio::spawn(async move {
+        loop {
+            let item = match read_frame(&mut recv).await {
+                Ok(Some(body)) => Ok(body),
+                // Finished between frames: the channel closing says so.
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            // A send fails only when the connection loop is gone: nobody wants the rest.
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next frame from the control stream's reader; `None` once it has nothing more.
+async fn next_frame(
+    inbound: &mut Option<mpsc::Receiver<Result<Vec<u8>, ReadError>>>,
+) -> Option<Result<Vec<u8>, ReadError>> {
+    match inbound {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

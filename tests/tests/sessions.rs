@@ -2,11 +2,17 @@
 //! stranger can make of the metrics, frames that trickle in while the orchestrator talks,
 //! a node's identity on two machines at once, and session churn.
 
-use edge_tests::{PATIENCE, TestOrchestrator, eventually};
+use edge_proto::quic::read_frame;
+use edge_proto::{
+    Hello, Intent, List, NodeMsg, OrchMsg, Unassign, WorkloadReport, WorkloadState, decode, text,
+};
+use edge_tests::{PATIENCE, TestNode, TestOrchestrator, eventually, node_config};
+use node_daemon::identity::{Identity, IdentityDir};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A client whose TLS refuses every server with `reason`: QUIC carries that text to the
 /// server in the CONNECTION_CLOSE that aborts the handshake.
@@ -247,4 +253,155 @@ where
         out.push(h.await.expect("the attempt finished"));
     }
     out
+}
+
+/// Enrolls a node named `name` through a real daemon, stops it, and returns its identity.
+async fn enrolled_identity(orch: &TestOrchestrator, name: &str) -> (Identity, tempfile::TempDir) {
+    let data = tempfile::tempdir().expect("tmp");
+    let token = orch.token(1);
+    let node = TestNode::spawn(node_config(
+        name,
+        data.path(),
+        orch.orch.quic_addr,
+        Some((&token, &orch.ca_hash())),
+        "",
+    ));
+    assert!(eventually(PATIENCE, || orch.online(name)).await.is_some());
+    node.stop().await.expect("clean stop");
+    assert!(eventually(PATIENCE, || !orch.online(name)).await.is_some());
+    let identity = IdentityDir::new(data.path())
+        .load()
+        .expect("load")
+        .expect("enrolled");
+    (identity, data)
+}
+
+/// A session opened by hand with a node's identity: hello sent, welcome read.
+async fn raw_session(
+    orch: &TestOrchestrator,
+    identity: &Identity,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let tls = node_daemon::tls::session_config(identity).expect("tls");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    let conn = endpoint
+        .connect_with(
+            tls,
+            orch.orch.quic_addr,
+            edge_proto::ORCHESTRATOR_SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let hello = NodeMsg::Hello(Hello {
+        versions: List::from_iter([1]),
+        intent: Intent::Session,
+        node_id: Some(identity.node_id),
+        agent: text("trickle/1"),
+    });
+    send.write_all(&edge_proto::encode(&hello))
+        .await
+        .expect("hello");
+    let welcome = read_frame(&mut recv).await.expect("read").expect("a frame");
+    assert!(matches!(
+        decode::<OrchMsg>(&welcome),
+        Ok(OrchMsg::Welcome(_))
+    ));
+    (endpoint, conn, send, recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_trickle_in_byte_by_byte_survive_a_burst_the_other_way() {
+    let orch = TestOrchestrator::start().await;
+    let (identity, _data) = enrolled_identity(&orch, "trickle").await;
+    let node = identity.node_id;
+    let (endpoint, conn, mut send, mut recv) = raw_session(&orch, &identity).await;
+    assert!(
+        eventually(PATIENCE, || orch.orch.links.connection(node).is_some())
+            .await
+            .is_some(),
+        "the session's outbox is registered"
+    );
+
+    // Everything the orchestrator sends is read, so it is never held up by flow control.
+    let received = Arc::new(AtomicUsize::new(0));
+    let reader = tokio::spawn({
+        let received = received.clone();
+        async move {
+            while let Ok(Some(body)) = read_frame(&mut recv).await {
+                assert!(
+                    decode::<OrchMsg>(&body).is_ok(),
+                    "orchestrator frames decode"
+                );
+                received.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    // Reports of workloads the orchestrator never placed here: each one processed is kept
+    // and answered with an Unassign. Every byte goes out on its own, and after each one a
+    // message for the node is queued: the orchestrator sends while a frame is half read.
+    const REPORTS: usize = 40;
+    let mut queued = 0;
+    for i in 0..REPORTS {
+        let frame = edge_proto::encode(&NodeMsg::Workload(Box::new(WorkloadReport {
+            workload: text(&format!("w-{i}")),
+            generation: 1,
+            state: WorkloadState::Running,
+            restarts: 0,
+            pid: Some(100 + i as u32),
+            exit_code: None,
+            message: text("trickled in"),
+        })));
+        for (j, byte) in frame.into_iter().enumerate() {
+            let sent = conn.stats().udp_tx.datagrams;
+            send.write_all(&[byte]).await.expect("the session stays up");
+            let msg = OrchMsg::Unassign(Unassign {
+                workload: text(&format!("burst-{i}-{j}")),
+            });
+            queued += usize::from(orch.orch.links.send(node, msg));
+            // Until a datagram has left since: the frame goes out a byte or so at a time.
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while conn.stats().udp_tx.datagrams == sent && std::time::Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    assert!(queued > 0, "messages reached the outbox");
+
+    let all_reported = || {
+        (0..REPORTS).all(|i| {
+            orch.orch
+                .reports
+                .of(&format!("w-{i}"))
+                .iter()
+                .any(|(n, r)| *n == node && r.report.pid == Some(100 + i as u32))
+        })
+    };
+    assert!(
+        eventually(PATIENCE, all_reported).await.is_some(),
+        "every frame was processed"
+    );
+    assert!(
+        eventually(PATIENCE, || received.load(Ordering::SeqCst)
+            >= queued + REPORTS)
+        .await
+        .is_some(),
+        "every message reached the node: {} of {}",
+        received.load(Ordering::SeqCst),
+        queued + REPORTS
+    );
+    assert!(conn.close_reason().is_none(), "the session stayed up");
+    assert!(orch.online("trickle"));
+    assert_eq!(
+        orch.metric("edge_session_rejections_total{reason=\"malformed\"}"),
+        0.0
+    );
+    conn.close(0u32.into(), b"");
+    let _ = reader.await;
+    endpoint.close(0u32.into(), b"");
 }
