@@ -117,6 +117,20 @@ pub struct Direction {
     pub direction: &'static str,
 }
 
+/// One established session in `edge_sessions_active`: counted when made, uncounted when
+/// dropped. The connection that holds it drops it when it ends, however it ends (closed by
+/// either side, replaced, refused, its node deleted), so the gauge is exactly the sessions
+/// alive.
+#[derive(Debug)]
+#[must_use = "the session is uncounted as soon as this is dropped"]
+pub struct ActiveSession(Gauge);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric the orchestrator exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -235,6 +249,12 @@ impl Metrics {
         }
     }
 
+    /// Counts an established session in `edge_sessions_active` until the guard is dropped.
+    pub fn session_active(&self) -> ActiveSession {
+        self.sessions_active.inc();
+        ActiveSession(self.sessions_active.clone())
+    }
+
     /// Sets the node gauges; called just before a scrape.
     pub fn set_node_counts(&self, online: usize, offline: usize) {
         self.nodes
@@ -275,7 +295,6 @@ impl Metrics {
             }
             Event::SessionOpened { node, version } => {
                 self.sessions_opened.inc();
-                self.sessions_active.inc();
                 info!(node = %node, version, "node online");
             }
             Event::SessionRejected { node, code, detail } => {
@@ -291,7 +310,6 @@ impl Metrics {
                 }
             }
             Event::SessionClosed { node } => {
-                self.sessions_active.dec();
                 info!(node = %node, "node offline");
             }
             Event::CapabilitiesChanged { node } => {

@@ -188,10 +188,13 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     // Messages from elsewhere in the orchestrator for this node, once its session is up.
     let (outbox_tx, mut outbox) = mpsc::channel::<OrchMsg>(OUTBOX_DEPTH);
     let mut outbox_tx = Some(outbox_tx);
+    // In `edge_sessions_active` from the session's start to this task's end.
+    let mut active = None;
     loop {
         if let (Some(node), Some(tx)) = (session.node(), outbox_tx.as_ref()) {
             server.links.set_outbox(node, id, tx.clone());
             outbox_tx = None;
+            active = Some(server.metrics.session_active());
             node_up(&server, node);
         }
         let deadline = session.poll_timeout();
@@ -257,6 +260,7 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             _ => {}
         }
     }
+    drop(active);
     server.links.remove_connection(id);
     if let Some(node) = peer {
         server.links.clear_outbox(node, id);

@@ -6,6 +6,7 @@ use edge_proto::quic::read_frame;
 use edge_proto::{
     Hello, Intent, List, NodeMsg, OrchMsg, Unassign, WorkloadReport, WorkloadState, decode, text,
 };
+use edge_tests::relay::Relay;
 use edge_tests::{PATIENCE, TestNode, TestOrchestrator, eventually, node_config};
 use node_daemon::identity::{Identity, IdentityDir};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -404,4 +405,98 @@ async fn frames_that_trickle_in_byte_by_byte_survive_a_burst_the_other_way() {
     conn.close(0u32.into(), b"");
     let _ = reader.await;
     endpoint.close(0u32.into(), b"");
+}
+
+/// The sessions the registry holds now: one per online node.
+fn live_sessions(orch: &TestOrchestrator) -> f64 {
+    orch.orch.registry.fleet().counts().0 as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_sessions_gauge_counts_live_sessions_through_churn() {
+    let orch = TestOrchestrator::start().await;
+    let token = orch.token(2);
+    let ca = orch.ca_hash();
+    let active = || orch.metric("edge_sessions_active");
+
+    // Replacements: a node whose link was cut comes back by another path before the
+    // orchestrator has given up on its old connection, three times over.
+    let moving = tempfile::tempdir().expect("tmp");
+    let mut relays = Vec::new();
+    let mut node = None;
+    for round in 1..=4 {
+        let relay = Relay::start(orch.orch.quic_addr).await;
+        let spawned = TestNode::spawn(node_config(
+            "moving",
+            moving.path(),
+            relay.addr,
+            Some((&token, &ca)),
+            "",
+        ));
+        assert!(
+            eventually(PATIENCE, || orch.metric("edge_sessions_opened_total")
+                == round as f64)
+            .await
+            .is_some(),
+            "session {round} opened"
+        );
+        if round < 4 {
+            // Cut first: the node's goodbye never arrives, its session is left behind.
+            relay.link.cut();
+            spawned.stop().await.expect("clean stop");
+        } else {
+            node = Some(spawned);
+        }
+        relays.push(relay);
+    }
+
+    // A deletion: the node's live session is closed by the orchestrator.
+    let doomed = tempfile::tempdir().expect("tmp");
+    let gone = TestNode::spawn(node_config(
+        "doomed",
+        doomed.path(),
+        orch.orch.quic_addr,
+        Some((&token, &ca)),
+        "",
+    ));
+    assert!(
+        eventually(PATIENCE, || orch.online("doomed"))
+            .await
+            .is_some()
+    );
+    let id = orch
+        .orch
+        .registry
+        .fleet()
+        .find("doomed")
+        .map(|n| n.id)
+        .expect("known");
+    assert!(orch.orch.delete_node(id).expect("delete"));
+    assert!(gone.exited().await.is_err(), "the deleted node gives up");
+
+    assert!(
+        eventually(PATIENCE, || active() == live_sessions(&orch))
+            .await
+            .is_some(),
+        "edge_sessions_active is {} with {} sessions live",
+        active(),
+        live_sessions(&orch)
+    );
+    assert_eq!(
+        live_sessions(&orch),
+        1.0,
+        "only the moving node's last session"
+    );
+
+    node.expect("the last round's node")
+        .stop()
+        .await
+        .expect("clean stop");
+    assert!(
+        eventually(PATIENCE, || active() == 0.0 && live_sessions(&orch) == 0.0)
+            .await
+            .is_some(),
+        "edge_sessions_active is {} with no session live",
+        active()
+    );
 }
