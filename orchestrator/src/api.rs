@@ -25,7 +25,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
+use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, IdentityConflict, NodeRecord};
 use orchestrator_core::session::unix_secs;
 use orchestrator_core::tokens::TokenRecord;
 use serde::de::DeserializeOwned;
@@ -520,6 +520,41 @@ pub struct NodeView {
     /// No new instances are placed here.
     #[serde(default)]
     pub cordoned: bool,
+    /// Another machine presents this node's identity; absent when none did lately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictView>,
+}
+
+/// Another machine presented this node's identity while the node's session was live (a
+/// cloned SD card or data dir), and its sessions were refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictView {
+    /// RFC 3339, UTC: the first and the last session refused.
+    pub first_seen: String,
+    pub last_seen: String,
+    pub last_seen_unix: u64,
+    /// Sessions refused so far.
+    pub refused: u64,
+    /// Where the last refused session came from.
+    pub remote: Option<String>,
+    /// What to do about it.
+    pub message: String,
+}
+
+impl From<&IdentityConflict> for ConflictView {
+    fn from(c: &IdentityConflict) -> Self {
+        Self {
+            first_seen: rfc3339(c.first_unix),
+            last_seen: rfc3339(c.last_unix),
+            last_seen_unix: c.last_unix,
+            refused: c.refused,
+            remote: c.remote.map(|r| r.to_string()),
+            message: "another machine presents this node's identity and is refused while this \
+                      node's session is live; one of them is a copy: enroll the copy again \
+                      (delete its identity/ and give it a new join token)"
+                .into(),
+        }
+    }
 }
 
 /// The node's last status report.
@@ -562,7 +597,14 @@ impl NodeView {
                 uptime_secs: l.uptime_secs,
             }),
             cordoned: node.cordoned,
+            conflict: None,
         }
+    }
+
+    /// The view with the node's identity conflict, if there is one.
+    pub fn with_conflict(mut self, conflict: Option<&IdentityConflict>) -> Self {
+        self.conflict = conflict.map(ConflictView::from);
+        self
     }
 }
 
@@ -704,6 +746,7 @@ async fn list_nodes(
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let filter = parse_node_query(&query)?;
+    let now = crate::clock::now_unix();
     let mut nodes: Vec<NodeView> = {
         let fleet = state.registry.fleet();
         fleet
@@ -714,7 +757,7 @@ async fn list_nodes(
                 Some(StatusFilter::Online) => *online,
                 Some(StatusFilter::Offline) => !*online,
             })
-            .map(|(n, online)| NodeView::new(n, online))
+            .map(|(n, online)| NodeView::new(n, online).with_conflict(fleet.conflict(n.id, now)))
             .collect()
     };
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -730,7 +773,10 @@ async fn get_node(
     let node = fleet
         .find(&name_or_id)
         .ok_or_else(|| no_such_node(&name_or_id))?;
-    Ok(Json(NodeView::new(node, fleet.is_online(node.id))))
+    let conflict = fleet.conflict(node.id, crate::clock::now_unix());
+    Ok(Json(
+        NodeView::new(node, fleet.is_online(node.id)).with_conflict(conflict),
+    ))
 }
 
 pub(crate) fn no_such_node(name_or_id: &str) -> ApiError {

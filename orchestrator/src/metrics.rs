@@ -143,6 +143,7 @@ pub struct Metrics {
     pub enrollments: Counter,
     pub enrollment_failures: Family<ReasonLabel, Counter>,
     pub handshake_failures: Family<ReasonLabel, Counter>,
+    pub identity_conflicts: Counter,
     pub api_requests: Family<Reason, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
@@ -184,6 +185,11 @@ impl Metrics {
             "edge_handshake_failures",
             "QUIC/TLS handshakes that failed, by reason",
             m.handshake_failures.clone(),
+        );
+        r.register(
+            "edge_identity_conflicts",
+            "Sessions refused because the node's identity is live on another machine",
+            m.identity_conflicts.clone(),
         );
         r.register(
             "edge_api_requests",
@@ -314,6 +320,30 @@ impl Metrics {
             }
             Event::CapabilitiesChanged { node } => {
                 info!(node = %node, "node capabilities changed");
+            }
+            Event::IdentityConflict {
+                node,
+                remote,
+                refused,
+            } => {
+                self.identity_conflicts.inc();
+                self.session_rejections
+                    .get_or_create(&ReasonLabel {
+                        reason: edge_proto::RejectCode::IdentityConflict.as_str(),
+                    })
+                    .inc();
+                let remote = remote.map(|r| r.to_string()).unwrap_or_default();
+                warn!(
+                    node = %node,
+                    %remote,
+                    refused,
+                    "identity conflict: another machine presents this node's identity while its \
+                     session is live; refused it (enroll the copy again: delete its identity/ \
+                     and give it a new join token)"
+                );
+            }
+            Event::SessionReplaced { node, old } => {
+                info!(node = %node, old = ?old, "node reconnected; its old connection was dead");
             }
         }
     }

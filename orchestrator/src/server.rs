@@ -13,10 +13,10 @@ use crate::metrics::{HandshakeFailure, Metrics, WorkloadEvent};
 use crate::pki::{Ca, PkiError, node_id_from_cert};
 use crate::registry::Registry;
 use crate::reports::Reports;
-use edge_proto::quic::{ReadError, read_frame, transport, write_msg};
+use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, transport, write_msg};
 use edge_proto::{ALPN, DecodeError, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
-use orchestrator_core::fleet::Change;
-use orchestrator_core::session::{Action, Ctx, Event, ServerSession};
+use orchestrator_core::fleet::{Change, SessionId};
+use orchestrator_core::session::{Action, Ctx, Event, LIVENESS_WINDOW, Liveness, ServerSession};
 use orchestrator_core::store::StoreError;
 use rustls::pki_types::CertificateDer;
 use std::sync::Arc;
@@ -179,8 +179,10 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
         return;
     };
     let id = server.links.next_session();
-    let mut session = ServerSession::new(id, peer, Instant::now());
+    let mut session = ServerSession::new(id, peer, Instant::now()).with_remote(remote);
     server.links.add_connection(id, conn.clone());
+    // What the watch on another connection of the same node found (see `liveness`).
+    let (liveness_tx, mut liveness_rx) = mpsc::channel::<(SessionId, Liveness)>(1);
     // The control stream: we write on `control`; its frames arrive on `inbound`, read by a
     // task of its own (see `read_frames`).
     let mut control: Option<quinn::SendStream> = None;
@@ -238,10 +240,13 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
                     break;
                 }
             },
+            Some((watched, liveness)) = liveness_rx.recv() => {
+                with_ctx(&server, |ctx| session.handle_liveness(watched, liveness, ctx));
+            }
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
         let done = match control.as_mut() {
-            Some(send) => flush_actions(&mut session, &server, &conn, send).await,
+            Some(send) => flush_actions(&mut session, &server, &conn, send, &liveness_tx).await,
             None => session.is_closed(),
         };
         if done {
@@ -270,6 +275,40 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     }
     // Let the close frame and any final message go out before the connection is dropped.
     conn.close(close_code(None), b"");
+}
+
+/// How often a watched connection's received-datagram count is read.
+const LIVENESS_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+// The session machine's window must let a live node's keep-alive through, with one lost.
+const _: () = assert!(LIVENESS_WINDOW.as_millis() >= 2 * KEEP_ALIVE.as_millis());
+
+/// Whether the peer of `conn` (another connection of the node that is saying hello) is still
+/// there: any datagram from it within `window` says it is. A live node sends at least a
+/// keep-alive every `KEEP_ALIVE`; a node that rebooted or moved to another link sends
+/// nothing more on its old connection, even before its idle timeout closes it.
+async fn liveness(conn: Option<quinn::Connection>, window: std::time::Duration) -> Liveness {
+    let Some(conn) = conn else {
+        return Liveness::Gone;
+    };
+    let heard = conn.stats().udp_rx.datagrams;
+    let deadline = tokio::time::Instant::now() + window;
+    let mut poll = tokio::time::interval(LIVENESS_POLL);
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            _ = &mut closed => return Liveness::Gone,
+            now = poll.tick() => {
+                if conn.stats().udp_rx.datagrams > heard {
+                    return Liveness::Live;
+                }
+                if now >= deadline {
+                    return Liveness::Silent;
+                }
+            }
+        }
+    }
 }
 
 /// How long a new stream may take to say what it is for.
@@ -400,6 +439,7 @@ async fn flush_actions(
     server: &Server,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
+    liveness_tx: &mpsc::Sender<(SessionId, Liveness)>,
 ) -> bool {
     while let Some(action) = session.poll_action() {
         match action {
@@ -442,6 +482,18 @@ async fn flush_actions(
                     RejectCode::IdentityMismatch,
                     "replaced by a newer session",
                 );
+            }
+            Action::CheckLiveness {
+                session: watched,
+                window,
+            } => {
+                let other = server.links.connection_of(watched);
+                let tx = liveness_tx.clone();
+                tokio::spawn(async move {
+                    let found = liveness(other, window).await;
+                    // The connection asking may have ended meanwhile: then nobody waits.
+                    let _ = tx.send((watched, found)).await;
+                });
             }
             Action::Event(e) => {
                 server.metrics.emit(&e);

@@ -7,8 +7,9 @@ use edge_proto::{
     Hello, Intent, List, NodeMsg, OrchMsg, Unassign, WorkloadReport, WorkloadState, decode, text,
 };
 use edge_tests::relay::Relay;
-use edge_tests::{PATIENCE, TestNode, TestOrchestrator, eventually, node_config};
+use edge_tests::{PATIENCE, TestNode, TestOrchestrator, copy_identity, eventually, node_config};
 use node_daemon::identity::{Identity, IdentityDir};
+use node_daemon::status::State;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -474,6 +475,24 @@ async fn the_active_sessions_gauge_counts_live_sessions_through_churn() {
     assert!(orch.orch.delete_node(id).expect("delete"));
     assert!(gone.exited().await.is_err(), "the deleted node gives up");
 
+    // A copy of the moving node's identity on another machine: refused while its session
+    // is live.
+    let copy = tempfile::tempdir().expect("tmp");
+    copy_identity(moving.path(), copy.path());
+    let (clone, board) = TestNode::spawn_with_board(node_config(
+        "moving",
+        copy.path(),
+        orch.orch.quic_addr,
+        None,
+        "",
+    ));
+    assert!(
+        eventually(PATIENCE, || board.get().state == State::IdentityConflict)
+            .await
+            .is_some(),
+        "the copy is refused"
+    );
+
     assert!(
         eventually(PATIENCE, || active() == live_sessions(&orch))
             .await
@@ -488,6 +507,7 @@ async fn the_active_sessions_gauge_counts_live_sessions_through_churn() {
         "only the moving node's last session"
     );
 
+    clone.stop().await.expect("clean stop");
     node.expect("the last round's node")
         .stop()
         .await
@@ -499,4 +519,121 @@ async fn the_active_sessions_gauge_counts_live_sessions_through_churn() {
         "edge_sessions_active is {} with no session live",
         active()
     );
+}
+
+/// The session the registry holds for `name`.
+fn session_of(orch: &TestOrchestrator, name: &str) -> Option<u64> {
+    let fleet = orch.orch.registry.fleet();
+    fleet.find(name).and_then(|n| fleet.session_of(n.id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_identity_is_refused_and_the_real_node_keeps_its_session() {
+    let orch = TestOrchestrator::start().await;
+    let token = orch.token(1);
+    let ca = orch.ca_hash();
+    // The real node, behind a relay so that its link can be cut later.
+    let relay = Relay::start(orch.orch.quic_addr).await;
+    let real_dir = tempfile::tempdir().expect("tmp");
+    let config =
+        |dir: &std::path::Path, to| node_config("shop-1", dir, to, Some((&token, &ca)), "");
+    let real = TestNode::spawn(config(real_dir.path(), relay.addr));
+    assert!(
+        eventually(PATIENCE, || orch.online("shop-1"))
+            .await
+            .is_some()
+    );
+    let real_session = session_of(&orch, "shop-1").expect("a session");
+
+    // Its SD card, cloned into a second machine: the same config and identity/.
+    let clone_dir = tempfile::tempdir().expect("tmp");
+    copy_identity(real_dir.path(), clone_dir.path());
+    let (clone, board) = TestNode::spawn_with_board(config(clone_dir.path(), orch.orch.quic_addr));
+    let flips = Arc::new(AtomicUsize::new(0));
+    let conflicted = eventually(PATIENCE, || {
+        // The real node never drops offline meanwhile.
+        if !orch.online("shop-1") {
+            flips.fetch_add(1, Ordering::SeqCst);
+        }
+        board.get().state == State::IdentityConflict
+    })
+    .await;
+    assert!(
+        conflicted.is_some(),
+        "the clone is refused: {:?}",
+        board.get()
+    );
+    assert_eq!(
+        flips.load(Ordering::SeqCst),
+        0,
+        "the real node stayed online"
+    );
+    assert_eq!(
+        session_of(&orch, "shop-1"),
+        Some(real_session),
+        "the real node kept its session"
+    );
+    assert_eq!(orch.metric("edge_sessions_opened_total"), 1.0);
+    assert_eq!(orch.metric("edge_identity_conflicts_total"), 1.0);
+    assert_eq!(
+        orch.metric("edge_session_rejections_total{reason=\"identity_conflict\"}"),
+        1.0
+    );
+
+    // The clone says why on its status endpoint, what to do, and that it waits minutes.
+    let status = board.get();
+    let identity = clone_dir.path().join("identity");
+    assert!(
+        status.message.contains(&identity.display().to_string())
+            && status.message.contains("join token"),
+        "{}",
+        status.message
+    );
+    let retry_secs: u64 = status
+        .message
+        .rsplit("trying again in ")
+        .next()
+        .and_then(|t| t.strip_suffix('s'))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a retry time in {:?}", status.message));
+    assert!(
+        retry_secs >= node_core::session::CONFLICT_RETRY_MIN.as_secs() - 1,
+        "the clone backs off for minutes: {retry_secs}s"
+    );
+    assert!(clone.is_running(), "the clone waits; it does not give up");
+
+    // The operator sees the conflict on the node, which is online.
+    let (status, node) = orch.api("GET", "/v1/nodes/shop-1", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(node["status"], "online");
+    assert_eq!(node["conflict"]["refused"], 1, "{node}");
+    assert!(node["conflict"]["remote"].is_string(), "{node}");
+    assert!(
+        node["conflict"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("enroll the copy again")),
+        "{node}"
+    );
+    let (_, nodes) = orch.api("GET", "/v1/nodes", None).await;
+    assert_eq!(nodes[0]["conflict"]["refused"], 1, "{nodes}");
+
+    // The real node reboots: its link goes (its goodbye never arrives) and it comes back on
+    // another path before the orchestrator has given up on the old connection. That is no
+    // copy: it gets its session back.
+    relay.link.cut();
+    real.stop().await.expect("clean stop");
+    let back = TestNode::spawn(config(real_dir.path(), orch.orch.quic_addr));
+    assert!(
+        eventually(PATIENCE, || orch.metric("edge_sessions_opened_total")
+            == 2.0)
+        .await
+        .is_some(),
+        "the rebooted node is let in"
+    );
+    assert_ne!(session_of(&orch, "shop-1"), Some(real_session));
+    assert!(orch.online("shop-1"));
+    assert_eq!(orch.metric("edge_identity_conflicts_total"), 1.0);
+
+    clone.stop().await.expect("clean stop");
+    back.stop().await.expect("clean stop");
 }

@@ -326,6 +326,21 @@ impl Sim {
                 self.server_closed(conn);
             }
             server::Action::CloseReplaced(old) => self.server_closed(old),
+            server::Action::CheckLiveness { session, .. } => {
+                // The simulated link knows at once what watching for the window would show:
+                // whether that connection's node still uses it across a working link.
+                let liveness = match self.conns.get(&session) {
+                    Some(c) if c.alive => {
+                        if self.nodes[c.node].conn == Some(session) && !self.partitioned(c.node) {
+                            server::Liveness::Live
+                        } else {
+                            server::Liveness::Silent
+                        }
+                    }
+                    _ => server::Liveness::Gone,
+                };
+                self.ctx_call(conn, |s, ctx| s.handle_liveness(session, liveness, ctx));
+            }
             server::Action::Event(e) => self.trace.push(format!("{:?} {e:?}", self.elapsed())),
             server::Action::Admission(..) | server::Action::WorkloadReport(..) => {}
         }
