@@ -277,34 +277,48 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     conn.close(close_code(None), b"");
 }
 
-/// How often a watched connection's received-datagram count is read.
-const LIVENESS_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// A liveness probe: one byte in a QUIC datagram, which the node's QUIC stack acknowledges.
+/// Nothing reads it (`edge_proto::quic::transport` keeps the buffer it lands in small).
+const PROBE: &[u8] = &[0];
+/// Probes go out at least this far apart, and at least two of the connection's round trips.
+const PROBE_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// Probes in a row that go unanswered before the peer counts as gone. A live peer
+/// acknowledges each within a round trip and its ack delay; several cover a lost one.
+const PROBES_UNANSWERED: u32 = 5;
 
-// The session machine's window must let a live node's keep-alive through, with one lost.
+// Without probes (a peer that takes no datagrams), the window alone must let a live node's
+// keep-alive through, with one lost.
 const _: () = assert!(LIVENESS_WINDOW.as_millis() >= 2 * KEEP_ALIVE.as_millis());
 
 /// Whether the peer of `conn` (another connection of the node that is saying hello) is still
-/// there: any datagram from it within `window` says it is. A live node sends at least a
-/// keep-alive every `KEEP_ALIVE`; a node that rebooted or moved to another link sends
-/// nothing more on its old connection, even before its idle timeout closes it.
+/// there. It probes: a datagram every probe interval, which a live peer acknowledges at once.
+/// Anything received from the peer says it is alive; [`PROBES_UNANSWERED`] probes without an
+/// answer, or `window` without a packet (a live node sends a keep-alive every `KEEP_ALIVE`
+/// even if it takes no probes), say it is gone. A node that crashed, rebooted or moved to
+/// another link answers nothing on its old connection, even before the idle timeout
+/// closes it, so its new connection waits a fraction of a second, not seconds.
 async fn liveness(conn: Option<quinn::Connection>, window: std::time::Duration) -> Liveness {
     let Some(conn) = conn else {
         return Liveness::Gone;
     };
     let heard = conn.stats().udp_rx.datagrams;
     let deadline = tokio::time::Instant::now() + window;
-    let mut poll = tokio::time::interval(LIVENESS_POLL);
+    let mut probes = tokio::time::interval((conn.rtt() * 2).max(PROBE_INTERVAL_MIN));
+    let mut unanswered = 0;
     let closed = conn.closed();
     tokio::pin!(closed);
     loop {
         tokio::select! {
             _ = &mut closed => return Liveness::Gone,
-            now = poll.tick() => {
+            now = probes.tick() => {
                 if conn.stats().udp_rx.datagrams > heard {
                     return Liveness::Live;
                 }
-                if now >= deadline {
+                if now >= deadline || unanswered >= PROBES_UNANSWERED {
                     return Liveness::Silent;
+                }
+                if conn.send_datagram(PROBE.into()).is_ok() {
+                    unanswered += 1;
                 }
             }
         }

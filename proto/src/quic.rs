@@ -87,5 +87,11 @@ pub fn transport(keep_alive: bool) -> quinn::TransportConfig {
     t.stream_receive_window((256u32 * 1024).into());
     t.receive_window((512u32 * 1024).into());
     t.send_window(512 * 1024);
+    // The only datagrams are the orchestrator's liveness probes, one byte each, acknowledged
+    // by QUIC and never read: keep the few that wait small (older ones are dropped).
+    t.datagram_receive_buffer_size(Some(PROBE_BUFFER_BYTES));
     t
 }
+
+/// What a connection keeps of datagrams nobody reads.
+const PROBE_BUFFER_BYTES: usize = 1024;

@@ -10,10 +10,10 @@
 //! One identity, one session. A node whose session is live and that dials again is either
 //! the same machine coming back (rebooted, or on a new link, its old connection dead but not
 //! yet timed out) or another machine with a copy of its identity (a cloned SD card). The
-//! session tells them apart by the old connection: the caller watches it for
-//! [`LIVENESS_WINDOW`] ([`Action::CheckLiveness`]); if the node behind it still sends
-//! packets, the newcomer is the copy and is refused with [`RejectCode::IdentityConflict`];
-//! if it is silent or closed, the newcomer replaces it. Certificates are signed by a
+//! session tells them apart by the old connection: the caller watches it for at most
+//! [`LIVENESS_WINDOW`] ([`Action::CheckLiveness`]); if the node behind it still answers,
+//! the newcomer is the copy and is refused with [`RejectCode::IdentityConflict`]; if it is
+//! silent or closed, the newcomer replaces it. Certificates are signed by a
 //! [`NodeSigner`] the caller provides (the shell's CA), so no certificate library is linked
 //! here either.
 
@@ -30,9 +30,11 @@ use std::time::{Duration, Instant, SystemTime};
 /// How long a new connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long to watch a node's established connection before deciding it is dead: twice the
-/// interval at which a live node sends at least a keep-alive (`edge_proto::quic::KEEP_ALIVE`,
-/// 1 s), so a live one is heard within it even if one keep-alive is lost.
+/// The longest a watch of a node's established connection may take before it counts as
+/// gone: twice the interval at which a live node sends at least a keep-alive
+/// (`edge_proto::quic::KEEP_ALIVE`, 1 s), so a live one is heard within it even if one
+/// keep-alive is lost. The caller may decide sooner: the server probes the connection, which
+/// a live peer answers within a round trip, and gives up after a few unanswered probes.
 pub const LIVENESS_WINDOW: Duration = Duration::from_secs(2);
 
 /// What the caller found when it watched an established connection
