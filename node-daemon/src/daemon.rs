@@ -382,7 +382,8 @@ fn identity_conflict(
     format!(
         "{orchestrator} refused this node: another machine is connected with the same \
          identity. One of the two is a copy (a cloned SD card or data dir): enroll the copy \
-         again (stop edge-node there, delete {} and give it a new join token){retry}",
+         again (stop edge-node there, delete {} and give it a new join token and a name \
+         of its own){retry}",
         data_dir.join("identity").display()
     )
 }

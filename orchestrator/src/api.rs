@@ -551,7 +551,7 @@ impl From<&IdentityConflict> for ConflictView {
             remote: c.remote.map(|r| r.to_string()),
             message: "another machine presents this node's identity and is refused while this \
                       node's session is live; one of them is a copy: enroll the copy again \
-                      (delete its identity/ and give it a new join token)"
+                      (delete its identity/ and give it a new join token and name)"
                 .into(),
         }
     }

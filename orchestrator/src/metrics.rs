@@ -339,7 +339,7 @@ impl Metrics {
                     refused,
                     "identity conflict: another machine presents this node's identity while its \
                      session is live; refused it (enroll the copy again: delete its identity/ \
-                     and give it a new join token)"
+                     and give it a new join token and name)"
                 );
             }
             Event::SessionReplaced { node, old } => {

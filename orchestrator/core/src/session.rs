@@ -448,7 +448,7 @@ impl ServerSession {
             code,
             format!(
                 "node {node} is connected from another machine; if this one is a copy of it, \
-                 enroll it again: delete its identity/ and give it a new join token"
+                 enroll it again: delete its identity/, give it a new join token and name"
             ),
             Event::IdentityConflict {
                 node,
