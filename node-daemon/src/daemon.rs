@@ -310,11 +310,17 @@ pub async fn run_with(
                     let now = Instant::now();
                     session.handle_msg(msg, now);
                     if let Some((code, message)) = reject {
-                        match backoff(&session, now) {
+                        let delay = backoff(&session, now);
+                        match delay {
                             Some(delay) => warn!(orchestrator = %orchestrator, %code, %message,
                                 retry_in = ?delay, "orchestrator rejected us"),
                             None => warn!(orchestrator = %orchestrator, %code, %message,
                                 "orchestrator rejected us"),
+                        }
+                        if code == RejectCode::IdentityConflict {
+                            let why = identity_conflict(&orchestrator, &data_dir, delay);
+                            warn!(orchestrator = %orchestrator, "{why}");
+                            board.set(State::IdentityConflict, why);
                         }
                     }
                     if !was_established && session.is_established() {
@@ -361,6 +367,25 @@ pub async fn run_with(
             },
         }
     }
+}
+
+/// What the node says, on its status endpoint and in its log, when the orchestrator refused
+/// it because another machine holds a live session with its identity.
+fn identity_conflict(
+    orchestrator: &str,
+    data_dir: &std::path::Path,
+    retry_in: Option<Duration>,
+) -> String {
+    let retry = retry_in.map_or_else(String::new, |d| {
+        format!("; trying again in {}s", d.as_secs())
+    });
+    format!(
+        "{orchestrator} refused this node: another machine is connected with the same \
+         identity. One of the two is a copy (a cloned SD card or data dir): enroll the copy \
+         again (stop edge-node there, delete {} and give it a new join token and a name \
+         of its own){retry}",
+        data_dir.join("identity").display()
+    )
 }
 
 /// How long the session waits before it dials again, to the millisecond; `None` unless it is

@@ -39,6 +39,10 @@ pub enum State {
     Offline,
     /// The orchestrator refused the node, or it does not trust it; waits for a new join file.
     Failed,
+    /// Another machine is connected with this node's identity (a copied SD card or data
+    /// dir), so the orchestrator refused this one; it tries again every few minutes. `message`
+    /// says how to enroll a copy again.
+    IdentityConflict,
     Stopping,
 }
 

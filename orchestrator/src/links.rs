@@ -65,6 +65,11 @@ impl NodeLinks {
         self.conns().remove(&session);
     }
 
+    /// A connection by its session id, while its task holds it.
+    pub fn connection_of(&self, session: SessionId) -> Option<quinn::Connection> {
+        self.conns().get(&session).cloned()
+    }
+
     /// Closes a session's connection with a reject code, if it is still open.
     pub fn close_session(&self, session: SessionId, code: RejectCode, reason: &str) {
         if let Some(conn) = self.conns().remove(&session) {

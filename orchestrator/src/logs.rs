@@ -104,7 +104,9 @@ pub struct LogStream {
 impl LogStream {
     /// The next lines, oldest first; `None` once the node has sent everything (the tail
     /// without follow, or a followed workload was removed). Waits as long as the workload
-    /// prints nothing: bound it with a timeout if that matters to the caller.
+    /// prints nothing: bound it with a timeout if that matters to the caller, and drop the
+    /// stream when it fires. Not cancel-safe: a call dropped while a frame is half read loses
+    /// it, and the stream is out of step from then on.
     pub async fn next(&mut self) -> Result<Option<Vec<String>>, LogsError> {
         let lines = match read_frame(&mut self.recv).await {
             Ok(None) => return Ok(None),

@@ -1,7 +1,12 @@
 //! Prometheus metrics, and the operator-facing events that bump them.
 //!
 //! An [`Event`] emits its log line and its metric together, so the two never drift.
+//!
+//! Every label value comes from a fixed set (`&'static str`): each distinct value is a series
+//! held for the life of the process, so nothing a peer sends (a close reason, a TLS alert's
+//! text, a name) ever becomes one. Such text goes to the log line, escaped and cut.
 
+use edge_proto::field::shown_max;
 use orchestrator_core::session::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,44 +15,63 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
+/// The operator API's request counter, by status code (the API's own).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: String,
 }
 
-/// A label whose value comes from a fixed set in this crate, never from a peer.
+/// Why a session, an enrollment or a handshake failed: always one of a fixed set.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FixedReason {
+pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
-/// Why a connection never became a session: the `reason` of `edge_handshake_failures`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a connection never got as far as a session, as `edge_handshake_failures` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HandshakeFailure {
-    /// The TLS handshake failed (a bad or unknown certificate, a wrong CA).
-    Tls,
-    /// The peer closed the connection during the handshake.
-    PeerClosed,
+    /// The peer stopped answering during the handshake.
     Timeout,
-    /// The client certificate does not name a node.
+    /// Our TLS refused the peer (a certificate our CA did not sign, no common ALPN, ...).
+    Tls,
+    /// The peer's TLS refused us (typically a node whose `ca_hash` pins another CA).
+    PeerRefusedTls,
+    /// The peer closed the connection during the handshake for another reason.
+    PeerClosed,
+    /// The peer broke the QUIC protocol.
+    Transport,
+    /// The peer reset the connection: it has restarted.
+    Reset,
+    /// No QUIC version in common.
+    VersionMismatch,
+    /// We closed it (shutting down).
+    LocallyClosed,
+    /// No connection id left for it.
+    CidsExhausted,
+    /// The client certificate is valid but names no node.
     NoNodeInCertificate,
-    Other,
 }
 
 impl HandshakeFailure {
+    /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Tls => "tls",
-            Self::PeerClosed => "peer_closed",
             Self::Timeout => "timeout",
+            Self::Tls => "tls",
+            Self::PeerRefusedTls => "peer_refused_tls",
+            Self::PeerClosed => "peer_closed",
+            Self::Transport => "transport",
+            Self::Reset => "reset",
+            Self::VersionMismatch => "version_mismatch",
+            Self::LocallyClosed => "locally_closed",
+            Self::CidsExhausted => "cids_exhausted",
             Self::NoNodeInCertificate => "no_node_in_certificate",
-            Self::Other => "other",
         }
     }
 }
 
-/// How much of a peer's text a log line carries.
-const MAX_DETAIL_CHARS: usize = 200;
+/// How much of a peer's free text a log line quotes.
+pub const PEER_TEXT_MAX_CHARS: usize = 128;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeStatus {
@@ -93,6 +117,20 @@ pub struct Direction {
     pub direction: &'static str,
 }
 
+/// One established session in `edge_sessions_active`: counted when made, uncounted when
+/// dropped. The connection that holds it drops it when it ends, however it ends (closed by
+/// either side, replaced, refused, its node deleted), so the gauge is exactly the sessions
+/// alive.
+#[derive(Debug)]
+#[must_use = "the session is uncounted as soon as this is dropped"]
+pub struct ActiveSession(Gauge);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric the orchestrator exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -100,11 +138,12 @@ pub struct Metrics {
     pub nodes: Family<NodeStatus, Gauge>,
     pub sessions_active: Gauge,
     pub sessions_opened: Counter,
-    pub session_rejections: Family<Reason, Counter>,
+    pub session_rejections: Family<ReasonLabel, Counter>,
     pub frames: Family<Direction, Counter>,
     pub enrollments: Counter,
-    pub enrollment_failures: Family<Reason, Counter>,
-    pub handshake_failures: Family<FixedReason, Counter>,
+    pub enrollment_failures: Family<ReasonLabel, Counter>,
+    pub handshake_failures: Family<ReasonLabel, Counter>,
+    pub identity_conflicts: Counter,
     pub api_requests: Family<Reason, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
@@ -146,6 +185,11 @@ impl Metrics {
             "edge_handshake_failures",
             "QUIC/TLS handshakes that failed, by reason",
             m.handshake_failures.clone(),
+        );
+        r.register(
+            "edge_identity_conflicts",
+            "Sessions refused because the node's identity is live on another machine",
+            m.identity_conflicts.clone(),
         );
         r.register(
             "edge_api_requests",
@@ -211,6 +255,12 @@ impl Metrics {
         }
     }
 
+    /// Counts an established session in `edge_sessions_active` until the guard is dropped.
+    pub fn session_active(&self) -> ActiveSession {
+        self.sessions_active.inc();
+        ActiveSession(self.sessions_active.clone())
+    }
+
     /// Sets the node gauges; called just before a scrape.
     pub fn set_node_counts(&self, online: usize, offline: usize) {
         self.nodes
@@ -242,77 +292,75 @@ impl Metrics {
             }
             Event::EnrollmentRejected { code, detail } => {
                 self.enrollment_failures
-                    .get_or_create(&Reason {
-                        reason: code.as_str().to_owned(),
+                    .get_or_create(&ReasonLabel {
+                        reason: code.as_str(),
                     })
                     .inc();
-                warn!(reason = %code, detail = %detail, "enrollment rejected");
+                let detail = shown_max(detail, PEER_TEXT_MAX_CHARS);
+                warn!(reason = %code, %detail, "enrollment rejected");
             }
             Event::SessionOpened { node, version } => {
                 self.sessions_opened.inc();
-                self.sessions_active.inc();
                 info!(node = %node, version, "node online");
             }
             Event::SessionRejected { node, code, detail } => {
                 self.session_rejections
-                    .get_or_create(&Reason {
-                        reason: code.as_str().to_owned(),
+                    .get_or_create(&ReasonLabel {
+                        reason: code.as_str(),
                     })
                     .inc();
+                let detail = shown_max(detail, PEER_TEXT_MAX_CHARS);
                 match node {
-                    Some(node) => {
-                        warn!(node = %node, reason = %code, detail = %detail, "session rejected")
-                    }
-                    None => warn!(reason = %code, detail = %detail, "session rejected"),
+                    Some(node) => warn!(node = %node, reason = %code, %detail, "session rejected"),
+                    None => warn!(reason = %code, %detail, "session rejected"),
                 }
             }
             Event::SessionClosed { node } => {
-                self.sessions_active.dec();
                 info!(node = %node, "node offline");
             }
             Event::CapabilitiesChanged { node } => {
                 info!(node = %node, "node capabilities changed");
             }
+            Event::IdentityConflict {
+                node,
+                remote,
+                refused,
+            } => {
+                self.identity_conflicts.inc();
+                self.session_rejections
+                    .get_or_create(&ReasonLabel {
+                        reason: edge_proto::RejectCode::IdentityConflict.as_str(),
+                    })
+                    .inc();
+                let remote = remote.map(|r| r.to_string()).unwrap_or_default();
+                warn!(
+                    node = %node,
+                    %remote,
+                    refused,
+                    "identity conflict: another machine presents this node's identity while its \
+                     session is live; refused it (enroll the copy again: delete its identity/ \
+                     and give it a new join token and name)"
+                );
+            }
+            Event::SessionReplaced { node, old } => {
+                info!(node = %node, old = ?old, "node reconnected; its old connection was dead");
+            }
         }
     }
 
     /// A connection that never got as far as a session: bad certificate, wrong CA, timeout.
-    /// `detail` may be the peer's own text: it goes to the log, cut short, never to a label.
+    /// `detail` is what the peer or TLS said: logged, escaped and cut, never a label.
     pub fn handshake_failed(
         &self,
-        failure: HandshakeFailure,
+        reason: HandshakeFailure,
         detail: &str,
         remote: std::net::SocketAddr,
     ) {
-        let reason = failure.as_str();
+        let reason = reason.as_str();
         self.handshake_failures
-            .get_or_create(&FixedReason { reason })
+            .get_or_create(&ReasonLabel { reason })
             .inc();
-        let detail: String = detail.chars().take(MAX_DETAIL_CHARS).collect();
-        warn!(%remote, reason, detail = %detail.escape_debug(), "handshake failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_peers_text_never_becomes_a_handshake_label() {
-        let metrics = Metrics::new();
-        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-        for i in 0..50 {
-            let peer_text = format!("closed by peer {i}");
-            metrics.handshake_failed(HandshakeFailure::PeerClosed, &peer_text, remote);
-        }
-        let text = metrics.encode();
-        let series: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("edge_handshake_failures_total{"))
-            .collect();
-        assert_eq!(
-            series,
-            ["edge_handshake_failures_total{reason=\"peer_closed\"} 50"]
-        );
+        let detail = shown_max(detail, PEER_TEXT_MAX_CHARS);
+        warn!(%remote, reason, %detail, "handshake failed");
     }
 }

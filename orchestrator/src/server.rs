@@ -13,10 +13,10 @@ use crate::metrics::{HandshakeFailure, Metrics, WorkloadEvent};
 use crate::pki::{Ca, PkiError, node_id_from_cert};
 use crate::registry::Registry;
 use crate::reports::Reports;
-use edge_proto::quic::{ReadError, read_frame, transport, write_msg};
+use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, transport, write_msg};
 use edge_proto::{ALPN, DecodeError, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
-use orchestrator_core::fleet::Change;
-use orchestrator_core::session::{Action, Ctx, Event, ServerSession};
+use orchestrator_core::fleet::{Change, SessionId};
+use orchestrator_core::session::{Action, Ctx, Event, LIVENESS_WINDOW, Liveness, ServerSession};
 use orchestrator_core::store::StoreError;
 use rustls::pki_types::CertificateDer;
 use std::sync::Arc;
@@ -122,26 +122,32 @@ pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
             match incoming.await {
                 Ok(conn) => run_connection(conn, server).await,
                 Err(e) => {
-                    let (failure, detail) = handshake_failure(&e);
-                    server.metrics.handshake_failed(failure, &detail, remote);
+                    let (reason, detail) = handshake_failure(&e);
+                    server.metrics.handshake_failed(reason, &detail, remote);
                 }
             }
         });
     }
 }
 
-/// What kind of failure a handshake error is (a metric label from a fixed set), and its
-/// detail for the log: the TLS alert or the peer's close reason is the peer's own text.
+/// Why a handshake failed, as a fixed label, and what the peer or TLS said about it (free
+/// text the peer may have chosen: for the log only).
 fn handshake_failure(e: &quinn::ConnectionError) -> (HandshakeFailure, String) {
-    match e {
-        quinn::ConnectionError::TransportError(t) => (HandshakeFailure::Tls, t.reason.clone()),
-        quinn::ConnectionError::ConnectionClosed(c) => (
-            HandshakeFailure::PeerClosed,
-            String::from_utf8_lossy(&c.reason).into_owned(),
-        ),
-        quinn::ConnectionError::TimedOut => (HandshakeFailure::Timeout, String::new()),
-        other => (HandshakeFailure::Other, other.to_string()),
-    }
+    use quinn::ConnectionError as E;
+    // TLS alerts travel as the QUIC error codes 0x100-0x1ff.
+    let is_tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    let reason = match e {
+        E::TransportError(t) if is_tls(t.code) => HandshakeFailure::Tls,
+        E::TransportError(_) => HandshakeFailure::Transport,
+        E::ConnectionClosed(c) if is_tls(c.error_code) => HandshakeFailure::PeerRefusedTls,
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) => HandshakeFailure::PeerClosed,
+        E::TimedOut => HandshakeFailure::Timeout,
+        E::Reset => HandshakeFailure::Reset,
+        E::VersionMismatch => HandshakeFailure::VersionMismatch,
+        E::LocallyClosed => HandshakeFailure::LocallyClosed,
+        E::CidsExhausted => HandshakeFailure::CidsExhausted,
+    };
+    (reason, e.to_string())
 }
 
 /// The node id in the peer's certificate; `Ok(None)` if it presented none.
@@ -173,22 +179,32 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
         return;
     };
     let id = server.links.next_session();
-    let mut session = ServerSession::new(id, peer, Instant::now());
+    let mut session = ServerSession::new(id, peer, Instant::now()).with_remote(remote);
     server.links.add_connection(id, conn.clone());
-    let mut stream = None;
+    // What the watch on another connection of the same node found (see `liveness`).
+    let (liveness_tx, mut liveness_rx) = mpsc::channel::<(SessionId, Liveness)>(1);
+    // The control stream: we write on `control`; its frames arrive on `inbound`, read by a
+    // task of its own (see `read_frames`).
+    let mut control: Option<quinn::SendStream> = None;
+    let mut inbound: Option<mpsc::Receiver<Result<Vec<u8>, ReadError>>> = None;
     // Messages from elsewhere in the orchestrator for this node, once its session is up.
     let (outbox_tx, mut outbox) = mpsc::channel::<OrchMsg>(OUTBOX_DEPTH);
     let mut outbox_tx = Some(outbox_tx);
+    // In `edge_sessions_active` from the session's start to this task's end.
+    let mut active = None;
     loop {
         if let (Some(node), Some(tx)) = (session.node(), outbox_tx.as_ref()) {
             server.links.set_outbox(node, id, tx.clone());
             outbox_tx = None;
+            active = Some(server.metrics.session_active());
             node_up(&server, node);
         }
         let deadline = session.poll_timeout();
+        // Every branch here is cancel-safe: whichever loses is dropped without losing data.
+        // Writes happen in the arms' bodies, never in a branch future.
         tokio::select! {
             Some(msg) = outbox.recv(), if outbox_tx.is_none() => {
-                if let Some((send, _)) = stream.as_mut() {
+                if let Some(send) = control.as_mut() {
                     server.metrics.frame("tx");
                     if let Err(error) = write_msg(send, &msg).await {
                         warn!(%remote, %error, "could not send to the node");
@@ -196,7 +212,10 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
                 }
             }
             accepted = conn.accept_bi() => match accepted {
-                Ok(pair) if stream.is_none() => stream = Some(pair),
+                Ok((send, recv)) if control.is_none() => {
+                    inbound = Some(read_frames(recv));
+                    control = Some(send);
+                }
                 // Later streams carry artifacts, and only for an authenticated session.
                 Ok((send, recv)) => match (session.node(), peer) {
                     (Some(node), Some(_)) => {
@@ -208,19 +227,26 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
                 },
                 Err(e) => { debug!(%remote, error = %e, "connection ended"); break; }
             },
-            frame = read_next(&mut stream), if stream.is_some() => match frame {
-                Ok(Some(body)) => {
+            frame = next_frame(&mut inbound), if inbound.is_some() => match frame {
+                Some(Ok(body)) => {
                     server.metrics.frame("rx");
                     with_ctx(&server, |ctx| session.handle_frame(&body, ctx));
                 }
-                Ok(None) => break,
-                Err(ReadError::Decode(e)) => session.handle_decode_error(e),
-                Err(ReadError::Stream(e)) => { debug!(%remote, error = %e, "stream ended"); break; }
+                // The node finished the stream between frames.
+                None => break,
+                Some(Err(ReadError::Decode(e))) => session.handle_decode_error(e),
+                Some(Err(ReadError::Stream(e))) => {
+                    debug!(%remote, error = %e, "stream ended");
+                    break;
+                }
             },
+            Some((watched, liveness)) = liveness_rx.recv() => {
+                with_ctx(&server, |ctx| session.handle_liveness(watched, liveness, ctx));
+            }
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
         }
-        let done = match stream.as_mut() {
-            Some((send, _)) => flush_actions(&mut session, &server, &conn, send).await,
+        let done = match control.as_mut() {
+            Some(send) => flush_actions(&mut session, &server, &conn, send, &liveness_tx).await,
             None => session.is_closed(),
         };
         if done {
@@ -239,6 +265,7 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             _ => {}
         }
     }
+    drop(active);
     server.links.remove_connection(id);
     if let Some(node) = peer {
         server.links.clear_outbox(node, id);
@@ -248,6 +275,54 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     }
     // Let the close frame and any final message go out before the connection is dropped.
     conn.close(close_code(None), b"");
+}
+
+/// A liveness probe: one byte in a QUIC datagram, which the node's QUIC stack acknowledges.
+/// Nothing reads it (`edge_proto::quic::transport` keeps the buffer it lands in small).
+const PROBE: &[u8] = &[0];
+/// Probes go out at least this far apart, and at least two of the connection's round trips.
+const PROBE_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// Probes in a row that go unanswered before the peer counts as gone. A live peer
+/// acknowledges each within a round trip and its ack delay; several cover a lost one.
+const PROBES_UNANSWERED: u32 = 5;
+
+// Without probes (a peer that takes no datagrams), the window alone must let a live node's
+// keep-alive through, with one lost.
+const _: () = assert!(LIVENESS_WINDOW.as_millis() >= 2 * KEEP_ALIVE.as_millis());
+
+/// Whether the peer of `conn` (another connection of the node that is saying hello) is still
+/// there. It probes: a datagram every probe interval, which a live peer acknowledges at once.
+/// Anything received from the peer says it is alive; [`PROBES_UNANSWERED`] probes without an
+/// answer, or `window` without a packet (a live node sends a keep-alive every `KEEP_ALIVE`
+/// even if it takes no probes), say it is gone. A node that crashed, rebooted or moved to
+/// another link answers nothing on its old connection, even before the idle timeout
+/// closes it, so its new connection waits a fraction of a second, not seconds.
+async fn liveness(conn: Option<quinn::Connection>, window: std::time::Duration) -> Liveness {
+    let Some(conn) = conn else {
+        return Liveness::Gone;
+    };
+    let heard = conn.stats().udp_rx.datagrams;
+    let deadline = tokio::time::Instant::now() + window;
+    let mut probes = tokio::time::interval((conn.rtt() * 2).max(PROBE_INTERVAL_MIN));
+    let mut unanswered = 0;
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            _ = &mut closed => return Liveness::Gone,
+            now = probes.tick() => {
+                if conn.stats().udp_rx.datagrams > heard {
+                    return Liveness::Live;
+                }
+                if now >= deadline || unanswered >= PROBES_UNANSWERED {
+                    return Liveness::Silent;
+                }
+                if conn.send_datagram(PROBE.into()).is_ok() {
+                    unanswered += 1;
+                }
+            }
+        }
+    }
 }
 
 /// How long a new stream may take to say what it is for.
@@ -298,11 +373,42 @@ fn node_up(server: &Server, node: NodeId) {
     }
 }
 
-async fn read_next(
-    stream: &mut Option<(quinn::SendStream, quinn::RecvStream)>,
-) -> Result<Option<Vec<u8>>, ReadError> {
-    match stream {
-        Some((_, recv)) => read_frame(recv).await,
+/// Frames from the control stream: how many may wait for the connection loop before
+/// the reader stops reading (and QUIC flow control holds the node back).
+const INBOUND_DEPTH: usize = 4;
+
+/// Reads the control stream's frames in a task of its own and hands them over in order; the
+/// channel closes after the stream ends or fails (the failure is the last item).
+///
+/// `read_frame` is not cancel-safe: dropped while a frame is half read, it loses those bytes
+/// and every later frame is read from the wrong offset. The connection loop races reading
+/// against its outbox, so it must not read itself; a channel's `recv` is cancel-safe.
+fn read_frames(mut recv: quinn::RecvStream) -> mpsc::Receiver<Result<Vec<u8>, ReadError>> {
+    let (tx, rx) = mpsc::channel(INBOUND_DEPTH);
+    tokio::spawn(async move {
+        loop {
+            let item = match read_frame(&mut recv).await {
+                Ok(Some(body)) => Ok(body),
+                // Finished between frames: the channel closing says so.
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            // A send fails only when the connection loop is gone: nobody wants the rest.
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next frame from the control stream's reader; `None` once it has nothing more.
+async fn next_frame(
+    inbound: &mut Option<mpsc::Receiver<Result<Vec<u8>, ReadError>>>,
+) -> Option<Result<Vec<u8>, ReadError>> {
+    match inbound {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -347,6 +453,7 @@ async fn flush_actions(
     server: &Server,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
+    liveness_tx: &mpsc::Sender<(SessionId, Liveness)>,
 ) -> bool {
     while let Some(action) = session.poll_action() {
         match action {
@@ -389,6 +496,18 @@ async fn flush_actions(
                     RejectCode::IdentityMismatch,
                     "replaced by a newer session",
                 );
+            }
+            Action::CheckLiveness {
+                session: watched,
+                window,
+            } => {
+                let other = server.links.connection_of(watched);
+                let tx = liveness_tx.clone();
+                tokio::spawn(async move {
+                    let found = liveness(other, window).await;
+                    // The connection asking may have ended meanwhile: then nobody waits.
+                    let _ = tx.send((watched, found)).await;
+                });
             }
             Action::Event(e) => {
                 server.metrics.emit(&e);

@@ -198,16 +198,23 @@ pub enum RejectCode {
     Internal,
     /// The first frame did not arrive in time.
     Timeout,
+    /// Another connection holds a live session as this node: its identity is on two machines
+    /// (a copied SD card or data dir). Retrying can succeed once the other one is gone, so
+    /// the node retries, but only minutes later; the clone must be enrolled again.
+    IdentityConflict,
 }
 
 impl RejectCode {
     /// Whether trying again unchanged can succeed.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::Internal | Self::Timeout | Self::Malformed)
+        matches!(
+            self,
+            Self::Internal | Self::Timeout | Self::Malformed | Self::IdentityConflict
+        )
     }
 
     /// Every code, in wire order.
-    pub const ALL: [RejectCode; 12] = [
+    pub const ALL: [RejectCode; 13] = [
         Self::UnsupportedVersion,
         Self::BadToken,
         Self::TokenExpired,
@@ -220,6 +227,7 @@ impl RejectCode {
         Self::BadCsr,
         Self::Internal,
         Self::Timeout,
+        Self::IdentityConflict,
     ];
 
     /// The QUIC application close code that carries this reject: its position plus one, since
@@ -249,6 +257,7 @@ impl RejectCode {
             Self::BadCsr => "bad_csr",
             Self::Internal => "internal",
             Self::Timeout => "timeout",
+            Self::IdentityConflict => "identity_conflict",
         }
     }
 }

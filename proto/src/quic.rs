@@ -28,6 +28,11 @@ pub enum ReadError {
 }
 
 /// Reads one frame body. `Ok(None)` when the peer finished the stream between frames.
+///
+/// Not cancel-safe: dropped while a frame is half read (a losing `select!` branch, a
+/// timeout), the bytes it has taken are lost and the stream is out of step from then on. A
+/// loop that waits on other things too reads in a task of its own that feeds a channel; a
+/// timeout around it must abandon the stream.
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, ReadError> {
     let mut prefix = [0u8; PREFIX_LEN];
     match recv.read_exact(&mut prefix).await {
@@ -55,6 +60,9 @@ pub enum WriteError {
 }
 
 /// Writes one message as a frame.
+///
+/// Not cancel-safe either: dropped midway, it leaves half a frame on the stream. Write in a
+/// `select!` arm's body, never in a branch future.
 pub async fn write_msg<T: Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
@@ -79,5 +87,11 @@ pub fn transport(keep_alive: bool) -> quinn::TransportConfig {
     t.stream_receive_window((256u32 * 1024).into());
     t.receive_window((512u32 * 1024).into());
     t.send_window(512 * 1024);
+    // The only datagrams are the orchestrator's liveness probes, one byte each, acknowledged
+    // by QUIC and never read: keep the few that wait small (older ones are dropped).
+    t.datagram_receive_buffer_size(Some(PROBE_BUFFER_BYTES));
     t
 }
+
+/// What a connection keeps of datagrams nobody reads.
+const PROBE_BUFFER_BYTES: usize = 1024;

@@ -85,6 +85,13 @@ fn golden_bytes() {
             })),
             "00000017020214746f6b656e206162636465662065787069726564",
         ),
+        (
+            encode(&OrchMsg::Reject(Reject {
+                code: RejectCode::IdentityConflict,
+                message: text("identity in use"),
+            })),
+            "00000012020c0f6964656e7469747920696e20757365",
+        ),
     ];
     for (bytes, want) in cases {
         assert_eq!(hex(&bytes), want);

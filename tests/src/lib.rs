@@ -8,6 +8,7 @@ pub mod relay;
 
 use node_daemon::config::Config;
 use node_daemon::daemon::DaemonError;
+use node_daemon::status::StatusBoard;
 use orchestrator::app::Orchestrator;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,16 @@ pub fn node_config(
     Config::from_toml(&toml).expect("test config is valid")
 }
 
+/// Copies a node's `identity/` from one data dir to another, as cloning its SD card would.
+pub fn copy_identity(from: &Path, to: &Path) {
+    let (src, dst) = (from.join("identity"), to.join("identity"));
+    std::fs::create_dir_all(&dst).expect("identity dir");
+    for entry in std::fs::read_dir(&src).expect("an enrolled node's identity") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).expect("copy");
+    }
+}
+
 /// A node daemon running in this process.
 #[derive(Debug)]
 pub struct TestNode {
@@ -186,16 +197,27 @@ pub struct TestNode {
 
 impl TestNode {
     pub fn spawn(config: Config) -> Self {
+        Self::spawn_with_board(config).0
+    }
+
+    /// Spawns the node, and returns the board its status endpoint would show.
+    pub fn spawn_with_board(config: Config) -> (Self, StatusBoard) {
         let (stop, stopped) = oneshot::channel::<()>();
         let data_dir = config.data_dir().to_owned();
-        let task = tokio::spawn(node_daemon::daemon::run(config, async move {
-            let _ = stopped.await;
-        }));
-        Self {
+        let board = StatusBoard::new();
+        let task = tokio::spawn(node_daemon::daemon::run_with(
+            config,
+            board.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let node = Self {
             stop: Some(stop),
             task,
             data_dir,
-        }
+        };
+        (node, board)
     }
 
     /// Asks the node to shut down and returns how it ended.

@@ -326,6 +326,21 @@ impl Sim {
                 self.server_closed(conn);
             }
             server::Action::CloseReplaced(old) => self.server_closed(old),
+            server::Action::CheckLiveness { session, .. } => {
+                // The simulated link knows at once what watching for the window would show:
+                // whether that connection's node still uses it across a working link.
+                let liveness = match self.conns.get(&session) {
+                    Some(c) if c.alive => {
+                        if self.nodes[c.node].conn == Some(session) && !self.partitioned(c.node) {
+                            server::Liveness::Live
+                        } else {
+                            server::Liveness::Silent
+                        }
+                    }
+                    _ => server::Liveness::Gone,
+                };
+                self.ctx_call(conn, |s, ctx| s.handle_liveness(session, liveness, ctx));
+            }
             server::Action::Event(e) => self.trace.push(format!("{:?} {e:?}", self.elapsed())),
             server::Action::Admission(..) | server::Action::WorkloadReport(..) => {}
         }
@@ -515,6 +530,31 @@ impl Sim {
     fn all_established(&self) -> bool {
         self.nodes.iter().all(|n| n.session.is_established())
     }
+
+    /// Another machine starts with a copy of node `i`'s identity (a cloned SD card). Returns
+    /// the copy's index.
+    fn clone_node(&mut self, i: usize) -> usize {
+        let id = self.nodes[i].cert_id.expect("an enrolled node");
+        let seed = self.rng.u64(..);
+        self.nodes.push(SimNode {
+            session: NodeSession::new(
+                Some(id),
+                None,
+                caps(i),
+                STATUS_INTERVAL,
+                BackoffPolicy::default(),
+                seed,
+                self.now,
+            ),
+            conn: None,
+            cert_id: Some(id),
+            partitioned_since: None,
+        });
+        self.node_due.push(None);
+        let copy = self.nodes.len() - 1;
+        self.dirty_nodes.insert(copy);
+        copy
+    }
 }
 
 fn run_scenario(seed: u64, n: usize) -> Sim {
@@ -611,4 +651,45 @@ fn a_hostile_frame_closes_only_that_connection() {
     // And node 0 reconnects on its own.
     sim.settle(Duration::from_secs(30));
     assert!(sim.fleet.is_online(id0));
+}
+
+#[test]
+fn a_cloned_identity_is_refused_for_half_an_hour_without_disturbing_the_original() {
+    let mut sim = Sim::new(11, 3);
+    sim.settle(Duration::from_secs(30));
+    assert_eq!(sim.online(), 3);
+    let original = sim.nodes[0].conn.expect("connected");
+    let copy = sim.clone_node(0);
+    let dials = |sim: &Sim| sim.connects.iter().filter(|(_, i)| *i == copy).count();
+    let conflicts = |sim: &Sim| {
+        sim.trace
+            .iter()
+            .filter(|l| l.contains("IdentityConflict {"))
+            .count()
+    };
+    let start = sim.connects.len();
+    for _ in 0..(30 * 60) {
+        sim.settle(Duration::from_secs(1));
+        assert_eq!(
+            sim.nodes[0].conn,
+            Some(original),
+            "the original keeps its connection"
+        );
+        assert!(sim.nodes[0].session.is_established());
+        assert!(!sim.nodes[copy].session.is_established());
+        assert_eq!(sim.online(), 3);
+    }
+    // The copy asks again every 5 to 10 minutes: a handful of times in half an hour, each
+    // one refused, instead of flapping.
+    let (asked, refused) = (dials(&sim), conflicts(&sim));
+    assert!((3..=7).contains(&asked), "{asked} dials");
+    assert_eq!(refused, asked, "every dial of the copy was refused");
+    assert_eq!(
+        sim.connects[start..]
+            .iter()
+            .filter(|(_, i)| *i != copy)
+            .count(),
+        0,
+        "nobody else had to reconnect"
+    );
 }

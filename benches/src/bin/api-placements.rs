@@ -211,10 +211,13 @@ async fn sim_node(
     let period = Duration::from_secs(10);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let boot = Instant::now();
-    loop {
-        tokio::select! {
-            frame = read_frame(&mut recv) => match frame {
-                Ok(Some(body)) => match decode::<OrchMsg>(&body) {
+    // Reading is a task of its own: `read_frame` is not cancel-safe, and racing it against
+    // the status tick would drop a half-read frame and read the rest of the stream out of step.
+    let mut reader = tokio::spawn({
+        let counters = counters.clone();
+        async move {
+            while let Ok(Some(body)) = read_frame(&mut recv).await {
+                match decode::<OrchMsg>(&body) {
                     Ok(OrchMsg::Assign(_)) => {
                         counters.assigns.fetch_add(1, Ordering::Relaxed);
                     }
@@ -222,9 +225,13 @@ async fn sim_node(
                         counters.unassigns.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {}
-                },
-                _ => break,
-            },
+                }
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            _ = &mut reader => break,
             _ = tick.tick() => {
                 let status = fixtures::status(boot.elapsed().as_secs());
                 let _ = write_msg(&mut send, &NodeMsg::Status(status)).await;
@@ -232,6 +239,7 @@ async fn sim_node(
             _ = stop.changed() => break,
         }
     }
+    reader.abort();
     counters.live.fetch_sub(1, Ordering::SeqCst);
     conn.close(0u32.into(), b"api-placements done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

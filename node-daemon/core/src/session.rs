@@ -21,6 +21,15 @@ use std::time::{Duration, Instant};
 /// How long to wait for the orchestrator's answer to a hello.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// After the orchestrator refuses us because another machine holds a live session with our
+/// identity ([`RejectCode::IdentityConflict`]), the node waits at least this long before it
+/// dials again, plus up to [`CONFLICT_RETRY_JITTER`] at random. Minutes: the other machine
+/// does not go away by itself, a copy asking every second is load for nothing, and the
+/// jitter keeps two copies refused together from coming back together.
+pub const CONFLICT_RETRY_MIN: Duration = Duration::from_secs(5 * 60);
+/// The random part of the wait after an identity conflict.
+pub const CONFLICT_RETRY_JITTER: Duration = Duration::from_secs(5 * 60);
+
 /// What the join settings give for a first start.
 #[derive(Debug, Clone)]
 pub struct Join {
@@ -278,7 +287,12 @@ impl NodeSession {
             }
             (_, OrchMsg::Reject(Reject { code, message })) => {
                 self.actions.push_back(Action::Disconnect);
-                if code.retryable() {
+                if code == RejectCode::IdentityConflict {
+                    let jitter = self.rng.u64(..=millis(CONFLICT_RETRY_JITTER));
+                    self.state = State::Backoff {
+                        until: now + CONFLICT_RETRY_MIN + Duration::from_millis(jitter),
+                    };
+                } else if code.retryable() {
                     self.retry_later(now);
                 } else {
                     self.stop(Fatal::Rejected {
@@ -353,6 +367,10 @@ impl NodeSession {
         self.state = State::Stopped;
         self.actions.push_back(Action::Fatal(why));
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether `a` and `b` describe the same node, ignoring `disk_free_bytes` (which changes with
@@ -583,6 +601,45 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn an_identity_conflict_waits_minutes_with_jitter_and_then_tries_again() {
+        let t0 = Instant::now();
+        let mut waits = Vec::new();
+        for seed in 0..8 {
+            let mut s = enrolled(seed, t0);
+            s.handle_timeout(t0);
+            s.handle_connected(t0);
+            drain(&mut s);
+            s.handle_msg(
+                OrchMsg::Reject(Reject {
+                    code: RejectCode::IdentityConflict,
+                    message: text("connected from another machine"),
+                }),
+                t0,
+            );
+            assert_eq!(drain(&mut s), vec![Action::Disconnect]);
+            assert!(
+                !s.is_stopped(),
+                "a conflict is not fatal: the other may go away"
+            );
+            let retry = s.poll_timeout().expect("waiting to retry");
+            let wait = retry - t0;
+            assert!(
+                wait >= CONFLICT_RETRY_MIN && wait <= CONFLICT_RETRY_MIN + CONFLICT_RETRY_JITTER,
+                "{wait:?}"
+            );
+            waits.push(wait);
+            // Nothing happens before the wait is over; then it dials again.
+            s.handle_timeout(retry - Duration::from_millis(1));
+            assert!(drain(&mut s).is_empty());
+            s.handle_timeout(retry);
+            assert_eq!(drain(&mut s), vec![Action::Connect(Intent::Session)]);
+        }
+        waits.sort();
+        waits.dedup();
+        assert!(waits.len() > 1, "jittered: {waits:?}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use crate::tokens::{self, TokenError, TokenRecord};
 use edge_proto::{Capabilities, LimitsKind, NodeId, RejectCode, RuntimeInfo, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+// An address is data: `core::net` has no sockets (`std::net` is what the core must not use).
+use core::net::SocketAddr;
 
 /// Identifies one connection for the lifetime of the process.
 pub type SessionId = u64;
@@ -82,6 +84,25 @@ pub struct NodeRecord {
     pub rev: u64,
 }
 
+/// Another machine presented a node's identity while the node's session was live, and was
+/// refused: one identity on two machines, as a copied SD card or data dir makes. Kept in
+/// memory only: a clone keeps trying, so a conflict that goes on shows again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConflict {
+    /// When the first and the last session were refused.
+    pub first_unix: u64,
+    pub last_unix: u64,
+    /// Sessions refused since the first.
+    pub refused: u64,
+    /// Where the last refused session came from, if the caller said.
+    pub remote: Option<SocketAddr>,
+}
+
+/// How long a conflict is shown after the last session refused for it. A refused node tries
+/// again every 5 to 10 minutes, so a conflict that goes on stays in view; one whose copy was
+/// enrolled again (or switched off) leaves it after this.
+pub const CONFLICT_SHOWN_SECS: u64 = 3600;
+
 /// A record the caller must write to the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -126,6 +147,7 @@ pub struct Fleet {
     names: HashMap<String, NodeId>,
     tokens: BTreeMap<String, TokenRecord>,
     sessions: HashMap<NodeId, SessionId>,
+    conflicts: HashMap<NodeId, IdentityConflict>,
     /// Grows with every change; stamped on the record the change carries.
     rev: u64,
 }
@@ -222,8 +244,14 @@ impl Fleet {
         ))
     }
 
+    /// The node's live session, if it has one.
+    pub fn session_of(&self, id: NodeId) -> Option<SessionId> {
+        self.sessions.get(&id).copied()
+    }
+
     /// A node with a valid certificate opened a session. Returns the session it replaces, which
-    /// the caller must close: one process per identity.
+    /// the caller must close: one process per identity. The caller decides first whether the
+    /// node's live session, if any, may be replaced (see `session`).
     pub fn open_session(
         &mut self,
         id: NodeId,
@@ -249,6 +277,42 @@ impl Fleet {
         self.sessions.remove(&id);
         self.nodes.get_mut(&id)?.last_seen_unix = now_unix;
         self.node_change(id)
+    }
+
+    /// A session of `id` was refused because its live session is another machine's. Returns
+    /// the conflict as it stands now; `None` if there is no such node.
+    pub fn record_conflict(
+        &mut self,
+        id: NodeId,
+        now_unix: u64,
+        remote: Option<SocketAddr>,
+    ) -> Option<&IdentityConflict> {
+        if !self.nodes.contains_key(&id) {
+            return None;
+        }
+        let conflict = self
+            .conflicts
+            .entry(id)
+            .and_modify(|c| {
+                c.last_unix = now_unix;
+                c.refused += 1;
+                c.remote = remote;
+            })
+            .or_insert(IdentityConflict {
+                first_unix: now_unix,
+                last_unix: now_unix,
+                refused: 1,
+                remote,
+            });
+        Some(conflict)
+    }
+
+    /// The node's identity conflict, if a session was refused for one within
+    /// [`CONFLICT_SHOWN_SECS`] of `now_unix`.
+    pub fn conflict(&self, id: NodeId, now_unix: u64) -> Option<&IdentityConflict> {
+        self.conflicts
+            .get(&id)
+            .filter(|c| now_unix.saturating_sub(c.last_unix) <= CONFLICT_SHOWN_SECS)
     }
 
     /// New capabilities from a node. A change is returned for persisting only when the node is
@@ -314,6 +378,7 @@ impl Fleet {
     pub fn delete_node(&mut self, id: NodeId) -> Option<(Change, Option<SessionId>)> {
         let node = self.nodes.remove(&id)?;
         self.names.remove(&node.name);
+        self.conflicts.remove(&id);
         Some((Change::NodeDeleted(id), self.sessions.remove(&id)))
     }
 

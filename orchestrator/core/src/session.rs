@@ -5,7 +5,15 @@
 //! sending, so that a node never holds a certificate the orchestrator has not stored.
 //!
 //! It never reads the clock and never touches a socket; `tests/` drives it over a simulated
-//! link exactly as the orchestrator's QUIC server drives it. Certificates are signed by a
+//! link exactly as the orchestrator's QUIC server drives it.
+//!
+//! One identity, one session. A node whose session is live and that dials again is either
+//! the same machine coming back (rebooted, or on a new link, its old connection dead but not
+//! yet timed out) or another machine with a copy of its identity (a cloned SD card). The
+//! session tells them apart by the old connection: the caller watches it for at most
+//! [`LIVENESS_WINDOW`] ([`Action::CheckLiveness`]); if the node behind it still answers,
+//! the newcomer is the copy and is refused with [`RejectCode::IdentityConflict`]; if it is
+//! silent or closed, the newcomer replaces it. Certificates are signed by a
 //! [`NodeSigner`] the caller provides (the shell's CA), so no certificate library is linked
 //! here either.
 
@@ -15,10 +23,31 @@ use edge_proto::{
     RejectCode, Welcome, WorkloadReport, decode, negotiate_version, text,
 };
 use std::collections::VecDeque;
+// An address is data: `core::net` has no sockets (`std::net` is what the core must not use).
+use core::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a new connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a watch of a node's established connection may take before it counts as
+/// gone: twice the interval at which a live node sends at least a keep-alive
+/// (`edge_proto::quic::KEEP_ALIVE`, 1 s), so a live one is heard within it even if one
+/// keep-alive is lost. The caller may decide sooner: the server probes the connection, which
+/// a live peer answers within a round trip, and gives up after a few unanswered probes.
+pub const LIVENESS_WINDOW: Duration = Duration::from_secs(2);
+
+/// What the caller found when it watched an established connection
+/// ([`Action::CheckLiveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// A packet came from its peer within the window: the node behind it is alive.
+    Live,
+    /// Nothing came within the window: the node went away without closing it.
+    Silent,
+    /// The connection is closed or gone.
+    Gone,
+}
 
 /// What the caller must do, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +59,13 @@ pub enum Action {
     Close(Option<RejectCode>, String),
     /// Close an older connection of the same node: this one replaced it.
     CloseReplaced(SessionId),
+    /// Watch `session`'s connection for up to `window` and answer with
+    /// [`ServerSession::handle_liveness`]: whether its peer is still there decides between
+    /// this connection and that one.
+    CheckLiveness {
+        session: SessionId,
+        window: Duration,
+    },
     /// Report something an operator would want to see: a log line and a metric.
     Event(Event),
     /// The node answered an assignment.
@@ -63,6 +99,20 @@ pub enum Event {
     },
     CapabilitiesChanged {
         node: NodeId,
+    },
+    /// Another connection presented the identity of a node whose session is live and was
+    /// refused: the identity is on two machines.
+    IdentityConflict {
+        node: NodeId,
+        /// Where the refused connection came from.
+        remote: Option<SocketAddr>,
+        /// Sessions refused for this conflict so far.
+        refused: u64,
+    },
+    /// A node's new connection replaced its old one, which was `old` (silent or gone).
+    SessionReplaced {
+        node: NodeId,
+        old: Liveness,
     },
 }
 
@@ -125,6 +175,13 @@ enum State {
     },
     /// An enrollment connection said hello; the request comes next.
     AwaitEnroll,
+    /// A session's hello for a node that has a live session on `established`; the caller
+    /// is watching that connection.
+    AwaitLiveness {
+        node: NodeId,
+        version: u16,
+        established: SessionId,
+    },
     Established {
         node: NodeId,
     },
@@ -141,6 +198,8 @@ pub struct ServerSession {
     id: SessionId,
     /// The node id in the client certificate, `None` for an enrollment connection.
     peer: Option<NodeId>,
+    /// Where the connection comes from, if the caller said: for logs and conflicts.
+    remote: Option<SocketAddr>,
     state: State,
     actions: VecDeque<Action>,
 }
@@ -150,11 +209,18 @@ impl ServerSession {
         Self {
             id,
             peer,
+            remote: None,
             state: State::AwaitHello {
                 deadline: now + HELLO_TIMEOUT,
             },
             actions: VecDeque::new(),
         }
+    }
+
+    /// Where the connection comes from, for logs and the conflicts the registry shows.
+    pub fn with_remote(mut self, remote: SocketAddr) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     pub fn id(&self) -> SessionId {
@@ -279,26 +345,17 @@ impl ServerSession {
                         format!("certificate is node {cert_id}, hello claims {claimed}"),
                     );
                 }
-                match ctx.fleet.open_session(cert_id, self.id, ctx.now_unix()) {
-                    Ok(replaced) => {
-                        if let Some(old) = replaced {
-                            self.actions.push_back(Action::CloseReplaced(old));
-                        }
-                        self.state = State::Established { node: cert_id };
-                        self.actions
-                            .push_back(Action::Send(OrchMsg::Welcome(Welcome {
-                                version,
-                                node_id: cert_id,
-                            })));
-                        self.event(Event::SessionOpened {
-                            node: cert_id,
-                            version,
-                        });
-                    }
-                    Err(code) => self.reject(
-                        code,
+                if ctx.fleet.node(cert_id).is_none() {
+                    return self.reject(
+                        RejectCode::UnknownNode,
                         format!("node {cert_id} is not registered here; enroll again"),
-                    ),
+                    );
+                }
+                match ctx.fleet.session_of(cert_id) {
+                    Some(established) if established != self.id => {
+                        self.check_liveness(cert_id, version, established)
+                    }
+                    _ => self.open(cert_id, version, ctx),
                 }
             }
             (Intent::Enroll, Some(_)) => self.reject(
@@ -310,6 +367,95 @@ impl ServerSession {
                 "a session needs a client certificate; enroll first".into(),
             ),
         }
+    }
+
+    /// What the caller found on the connection of the node's established session, answering
+    /// [`Action::CheckLiveness`]. A live one keeps the session and this connection is
+    /// refused as a copy of the node; a silent or gone one is replaced by this one.
+    pub fn handle_liveness(&mut self, session: SessionId, liveness: Liveness, ctx: &mut Ctx<'_>) {
+        let State::AwaitLiveness {
+            node,
+            version,
+            established,
+        } = self.state
+        else {
+            return;
+        };
+        if session != established {
+            return;
+        }
+        match ctx.fleet.session_of(node) {
+            // It ended while we watched.
+            None => self.open(node, version, ctx),
+            // Yet another connection replaced it meanwhile: that one is the one to watch.
+            Some(current) if current != established => self.check_liveness(node, version, current),
+            Some(_) => match liveness {
+                Liveness::Live => self.refuse_copy(node, ctx),
+                Liveness::Silent | Liveness::Gone => {
+                    self.event(Event::SessionReplaced {
+                        node,
+                        old: liveness,
+                    });
+                    self.open(node, version, ctx);
+                }
+            },
+        }
+    }
+
+    fn check_liveness(&mut self, node: NodeId, version: u16, established: SessionId) {
+        self.state = State::AwaitLiveness {
+            node,
+            version,
+            established,
+        };
+        self.actions.push_back(Action::CheckLiveness {
+            session: established,
+            window: LIVENESS_WINDOW,
+        });
+    }
+
+    /// Opens the node's session on this connection, replacing any other.
+    fn open(&mut self, node: NodeId, version: u16, ctx: &mut Ctx<'_>) {
+        match ctx.fleet.open_session(node, self.id, ctx.now_unix()) {
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    self.actions.push_back(Action::CloseReplaced(old));
+                }
+                self.state = State::Established { node };
+                self.actions
+                    .push_back(Action::Send(OrchMsg::Welcome(Welcome {
+                        version,
+                        node_id: node,
+                    })));
+                self.event(Event::SessionOpened { node, version });
+            }
+            Err(code) => self.reject(
+                code,
+                format!("node {node} is not registered here; enroll again"),
+            ),
+        }
+    }
+
+    /// The node's live session is another machine's: this one is a copy of it, or it is.
+    fn refuse_copy(&mut self, node: NodeId, ctx: &mut Ctx<'_>) {
+        let now = ctx.now_unix();
+        let refused = ctx
+            .fleet
+            .record_conflict(node, now, self.remote)
+            .map_or(1, |c| c.refused);
+        let code = RejectCode::IdentityConflict;
+        self.close_with(
+            code,
+            format!(
+                "node {node} is connected from another machine; if this one is a copy of it, \
+                 enroll it again: delete its identity/, give it a new join token and name"
+            ),
+            Event::IdentityConflict {
+                node,
+                remote: self.remote,
+                refused,
+            },
+        );
     }
 
     fn on_enroll(&mut self, req: EnrollRequest, ctx: &mut Ctx<'_>) {
@@ -358,12 +504,7 @@ impl ServerSession {
     }
 
     fn reject(&mut self, code: RejectCode, detail: String) {
-        let enrolling = self.peer.is_none();
-        self.actions.push_back(Action::Send(OrchMsg::Reject(Reject {
-            code,
-            message: text(&detail),
-        })));
-        self.event(if enrolling {
+        let event = if self.peer.is_none() {
             Event::EnrollmentRejected {
                 code,
                 detail: detail.clone(),
@@ -374,7 +515,17 @@ impl ServerSession {
                 code,
                 detail: detail.clone(),
             }
-        });
+        };
+        self.close_with(code, detail, event);
+    }
+
+    /// Tells the peer why, reports `event`, and closes.
+    fn close_with(&mut self, code: RejectCode, detail: String, event: Event) {
+        self.actions.push_back(Action::Send(OrchMsg::Reject(Reject {
+            code,
+            message: text(&detail),
+        })));
+        self.event(event);
         self.actions.push_back(Action::Close(Some(code), detail));
         // An established session that is rejected later is still registered until the caller
         // reports the close.

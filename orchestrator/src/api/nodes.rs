@@ -60,6 +60,7 @@ async fn list_nodes(
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let filter = parse_node_query(&query)?;
+    let now = crate::clock::now_unix();
     let mut nodes: Vec<NodeView> = {
         let fleet = state.registry.fleet();
         fleet
@@ -70,7 +71,7 @@ async fn list_nodes(
                 Some(StatusFilter::Online) => *online,
                 Some(StatusFilter::Offline) => !*online,
             })
-            .map(|(n, online)| NodeView::new(n, online))
+            .map(|(n, online)| NodeView::new(n, online).with_conflict(fleet.conflict(n.id, now)))
             .collect()
     };
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -86,7 +87,10 @@ async fn get_node(
     let node = fleet
         .find(&name_or_id)
         .ok_or_else(|| no_such_node(&name_or_id))?;
-    Ok(Json(NodeView::new(node, fleet.is_online(node.id))))
+    let conflict = fleet.conflict(node.id, crate::clock::now_unix());
+    Ok(Json(
+        NodeView::new(node, fleet.is_online(node.id)).with_conflict(conflict),
+    ))
 }
 
 pub(super) fn no_such_node(name_or_id: &str) -> ApiError {

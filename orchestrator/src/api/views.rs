@@ -4,7 +4,7 @@
 use crate::auth::Role;
 use edge_proto::digest::Digest;
 use orchestrator_core::digest::format_digest;
-use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
+use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, IdentityConflict, NodeRecord};
 use orchestrator_core::tokens::TokenRecord;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +42,41 @@ pub struct NodeView {
     /// No new instances are placed here.
     #[serde(default)]
     pub cordoned: bool,
+    /// Another machine presents this node's identity; absent when none did lately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictView>,
+}
+
+/// Another machine presented this node's identity while the node's session was live (a
+/// cloned SD card or data dir), and its sessions were refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictView {
+    /// RFC 3339, UTC: the first and the last session refused.
+    pub first_seen: String,
+    pub last_seen: String,
+    pub last_seen_unix: u64,
+    /// Sessions refused so far.
+    pub refused: u64,
+    /// Where the last refused session came from.
+    pub remote: Option<String>,
+    /// What to do about it.
+    pub message: String,
+}
+
+impl From<&IdentityConflict> for ConflictView {
+    fn from(c: &IdentityConflict) -> Self {
+        Self {
+            first_seen: rfc3339(c.first_unix),
+            last_seen: rfc3339(c.last_unix),
+            last_seen_unix: c.last_unix,
+            refused: c.refused,
+            remote: c.remote.map(|r| r.to_string()),
+            message: "another machine presents this node's identity and is refused while this \
+                      node's session is live; one of them is a copy: enroll the copy again \
+                      (delete its identity/ and give it a new join token and name)"
+                .into(),
+        }
+    }
 }
 
 /// The node's last status report.
@@ -84,7 +119,14 @@ impl NodeView {
                 uptime_secs: l.uptime_secs,
             }),
             cordoned: node.cordoned,
+            conflict: None,
         }
+    }
+
+    /// The view with the node's identity conflict, if there is one.
+    pub fn with_conflict(mut self, conflict: Option<&IdentityConflict>) -> Self {
+        self.conflict = conflict.map(ConflictView::from);
+        self
     }
 }
 

@@ -56,7 +56,10 @@ pub(crate) fn nodes_table(nodes: &[NodeView], now: u64) -> String {
     for n in nodes {
         rows.push(vec![
             n.name.clone(),
-            n.status.clone(),
+            match &n.conflict {
+                Some(_) => format!("{} (identity conflict)", n.status),
+                None => n.status.clone(),
+            },
             n.arch.clone(),
             n.cpus.to_string(),
             human_bytes(n.memory_bytes),
@@ -88,6 +91,17 @@ pub(crate) fn node_summary(n: &NodeView, now: u64) -> String {
             n.last_seen
         ),
     );
+    if let Some(c) = &n.conflict {
+        let from = c.remote.as_deref().unwrap_or("elsewhere");
+        let ago_text = ago(now.saturating_sub(c.last_seen_unix));
+        line(
+            "Conflict",
+            format!(
+                "{} sessions from {from} refused, the last {ago_text}: {}",
+                c.refused, c.message
+            ),
+        );
+    }
     line("Enrolled", n.enrolled_at.clone());
     line("Hostname", n.hostname.clone());
     line("Arch", n.arch.clone());
