@@ -2,6 +2,7 @@
 //! checks drifts. Each rule is a function over plain inputs (a dependency graph, a source
 //! text, a manifest) that returns what breaks it; one test per rule feeds it this workspace,
 //! and `rules_catch` feeds each a small bad input, so that none passes by finding nothing.
+//! Another test holds that section of ARCHITECTURE.md to the rules checked here.
 //!
 //! Nothing is built: the dependency graph comes from `cargo metadata`, resolved for this
 //! machine's platform, and the rest from reading files.
@@ -29,13 +30,13 @@ struct Rule {
 
 const CORES_DO_NO_IO: Rule = Rule {
     number: 1,
-    says: "the core crates depend on nothing that does I/O",
+    says: "the cores depend on nothing that does I/O",
     fix: "Put the code that needs it in a shell crate, and hand the core its results. \
           edge-proto's `quic` feature links quinn: the cores use edge-proto without it.",
 };
 const PURE_CODE_READS_NO_CLOCK: Rule = Rule {
     number: 2,
-    says: "the core crates read no clock and touch no file, process or socket outside tests",
+    says: "the cores read no clock and touch no file, process or socket outside tests",
     fix: "Take `now` (or the wall time) as an argument, and leave files, processes and \
           sockets to the shell.",
 };
@@ -62,6 +63,15 @@ const NO_UNSAFE_CODE: Rule = Rule {
     fix: "Give the crate's Cargo.toml `[lints] workspace = true`, and keep \
           `unsafe_code = \"forbid\"` in the root Cargo.toml's `[workspace.lints.rust]`.",
 };
+
+const RULES: [&Rule; 6] = [
+    &CORES_DO_NO_IO,
+    &PURE_CODE_READS_NO_CLOCK,
+    &SLED_ONLY_IN_THE_STORE,
+    &TRACT_ONLY_IN_EDGE_AI,
+    &EVERY_WIRE_VARIANT_HAS_GOLDEN_BYTES,
+    &NO_UNSAFE_CODE,
+];
 
 /// Fails naming the rule and every place that breaks it.
 fn holds(rule: &Rule, broken: &[String]) {
@@ -341,6 +351,41 @@ fn relative(path: &Path) -> String {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The rules in ARCHITECTURE.md's "Rules checked by tests", as (number, what it says): each
+/// item `N. **What it says.**` of that section.
+fn listed_rules(architecture_md: &str) -> Vec<(u8, String)> {
+    let section = architecture_md
+        .split("\n### ")
+        .find(|s| s.starts_with("Rules checked by tests\n"))
+        .unwrap_or_default();
+    section
+        .lines()
+        .filter_map(|line| {
+            let (number, rest) = line.split_once(". **")?;
+            let (says, _) = rest.split_once(".**")?;
+            Some((number.parse().ok()?, says.to_owned()))
+        })
+        .collect()
+}
+
+/// ARCHITECTURE.md lists the rules checked here, in the words and numbers the failures use.
+#[test]
+fn architecture_md_lists_the_rules_checked_here() {
+    let listed = listed_rules(&read(&root().join("ARCHITECTURE.md")));
+    let checked: Vec<(u8, String)> = RULES
+        .iter()
+        .map(|rule| {
+            let mut says = rule.says.to_owned();
+            says[..1].make_ascii_uppercase();
+            (rule.number, says)
+        })
+        .collect();
+    assert_eq!(
+        listed, checked,
+        "ARCHITECTURE.md's \"Rules checked by tests\" (left) and RULES here (right) differ"
+    );
 }
 
 #[test]
@@ -802,6 +847,19 @@ mod rules_catch {
         assert_eq!(
             unsafe_not_forbidden(strict, &members[..1]),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_rule_missing_from_architecture_md() {
+        let md = "# A\n### Rules checked by tests\nIntro.\n1. **The cores do no I/O.** More.\n   \
+                  Wrapped.\n3. **Sled stays put.** Text.\n### Next\n4. **Not a rule here.**\n";
+        assert_eq!(
+            listed_rules(md),
+            [
+                (1, "The cores do no I/O".to_owned()),
+                (3, "Sled stays put".to_owned())
+            ]
         );
     }
 
