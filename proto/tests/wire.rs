@@ -625,3 +625,78 @@ proptest! {
         let _ = decode::<LogLines>(&bytes);
     }
 }
+
+/// The variants the messages above do not carry, pinned too: a unit variant is its index
+/// alone, the others their index and then their fields.
+#[test]
+fn golden_bytes_of_every_other_variant() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            // The tail of the `Enroll` above: the same capabilities.
+            encode(&NodeMsg::Capabilities(Box::new(caps()))),
+            "00000098020761617263683634056c696e75780944656269616e20313206362e362e3531027069040a436f727465782d413533808080800280808080800180808080400103096770696f63686970300e2f6465762f6770696f6368697030011d526173706265727279205069205a65726f203220572052657620312e30010473697465066265726c696e01c3f5285c8f424a408fc2f5285ccf2a4000",
+        ),
+        (
+            encode(&OrchMsg::Enrolled(Enrolled {
+                node_id: NodeId([0xab; 16]),
+                cert_der: Der::new(vec![0x30, 0x01, 0x01]).expect("fits"),
+                ca_der: Der::new(vec![0x30, 0x00]).expect("fits"),
+            })),
+            "0000001801abababababababababababababababab03300101023000",
+        ),
+        (
+            encode(&OrchMsg::Unassign(Unassign {
+                workload: text("hello"),
+            })),
+            "00000007040568656c6c6f",
+        ),
+        (encode(&HealthCheck::Tcp { port: 8080 }), "0000000301903f"),
+        (
+            encode(&HealthCheck::Exec {
+                command: Str::new("/bin/check").expect("fits"),
+                args: Seq::new(vec![Str::new("-q").expect("fits")]).expect("fits"),
+            }),
+            "00000010020a2f62696e2f636865636b01022d71",
+        ),
+        (
+            encode(&ArtifactReply::BadOffset { size: 10 }),
+            "00000002020a",
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(hex(&bytes), want);
+    }
+    let units: Vec<(Vec<u8>, u8)> = vec![
+        (encode(&Intent::Enroll), 0),
+        (encode(&RejectCode::UnsupportedVersion), 0),
+        (encode(&RejectCode::BadToken), 1),
+        (encode(&RejectCode::TokenSpent), 3),
+        (encode(&RejectCode::NameTaken), 4),
+        (encode(&RejectCode::IdentityMismatch), 5),
+        (encode(&RejectCode::UnknownNode), 6),
+        (encode(&RejectCode::WrongIntent), 7),
+        (encode(&RejectCode::Malformed), 8),
+        (encode(&RejectCode::BadCsr), 9),
+        (encode(&RejectCode::Internal), 10),
+        (encode(&RejectCode::Timeout), 11),
+        (encode(&AcceleratorKind::Gpu), 0),
+        (encode(&AcceleratorKind::Npu), 1),
+        (encode(&AcceleratorKind::Video), 2),
+        (encode(&AcceleratorKind::Other), 4),
+        (encode(&LimitsKind::CgroupV2), 0),
+        (encode(&LimitsKind::Rlimit), 2),
+        (encode(&RestartPolicy::OnFailure), 1),
+        (encode(&RestartPolicy::Never), 2),
+        (encode(&WorkloadState::Pending), 0),
+        (encode(&WorkloadState::Downloading), 1),
+        (encode(&WorkloadState::Starting), 2),
+        (encode(&WorkloadState::Unhealthy), 4),
+        (encode(&WorkloadState::Backoff), 5),
+        (encode(&WorkloadState::Failed), 6),
+        (encode(&WorkloadState::Stopped), 7),
+        (encode(&ArtifactReply::NotFound), 1),
+    ];
+    for (bytes, tag) in units {
+        assert_eq!(hex(&bytes), format!("00000001{tag:02x}"));
+    }
+}

@@ -14,11 +14,11 @@
 //!   stores it), and its validation.
 //!
 //! **Invariant.** Nothing here does I/O or reads the clock: the crate depends on no runtime,
-//! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper; `tests/tidy.rs`
-//! checks the dependency tree), time comes in as `now` arguments, and randomness from the
-//! seeds and draws the caller passes. That is what lets the simulation in `tests/` run a
-//! thousand nodes on a virtual clock, and every test here run minutes of protocol time in
-//! microseconds.
+//! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper), time comes in as
+//! `now` arguments, and randomness from the seeds and draws the caller passes. The
+//! workspace's `tests/tests/tidy.rs` checks the first two, and this crate's `clippy.toml`
+//! bans clock reads. That is what lets the simulation in `tests/` run a thousand nodes on a
+//! virtual clock, and every test here run minutes of protocol time in microseconds.
 #![forbid(unsafe_code)]
 
 pub mod admission;

@@ -19,7 +19,8 @@
 //! or socket2, directly or through another crate (`cargo tree -p orchestrator-core -e normal`
 //! shows it), so nothing here can open a socket or a file. No clock: time comes in as an
 //! argument (`now`, `now_unix`, `wall`); `Instant::now` and `SystemTime::now` are banned
-//! outside tests by this crate's `clippy.toml`, and `tests/purity.rs` checks both rules.
+//! outside tests by this crate's `clippy.toml`, and the workspace's `tests/tests/tidy.rs`
+//! checks both rules.
 //! No randomness except what the caller hands in (a random id, a fill function).
 #![forbid(unsafe_code)]
 
