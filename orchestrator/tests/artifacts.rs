@@ -1,15 +1,17 @@
 //! The artifact store on a real disk, its QUIC side over real QUIC with a real certificate, the
 //! `/v1/artifacts` API over real HTTP on 127.0.0.1:0, and the real `edgectl artifact` commands.
 
+use edge_proto::digest::{
+    from_lower_prefixed as parse_digest, sha256, to_hex, to_prefixed as format_digest,
+};
 use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{ArtifactReply, ArtifactRequest, StreamOpen, decode};
 use orchestrator::api;
 use orchestrator::app::Handles;
 use orchestrator::artifacts::{
-    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, serve_artifact_stream, sha256, to_hex,
+    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, serve_artifact_stream,
 };
 use orchestrator::auth::{ApiAuth, Role};
-use orchestrator_core::digest::{format_digest, parse_digest};
 use orchestrator_core::store::MemStore;
 use serde_json::Value;
 use std::net::SocketAddr;

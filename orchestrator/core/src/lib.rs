@@ -13,7 +13,6 @@
 //! - [`deploy`]: the deployments controller: specs in, placements and messages out.
 //! - [`store`]: the [`store::Store`] trait the shells implement, the records it keeps, and
 //!   [`store::MemStore`] for simulations and tests.
-//! - [`digest`]: artifact digests as operators write them (`sha256:HEX`).
 //!
 //! **Invariants.** No I/O: this crate depends on none of tokio, quinn, sled, axum, hyper, mio
 //! or socket2, directly or through another crate (`cargo tree -p orchestrator-core -e normal`
@@ -24,7 +23,6 @@
 #![forbid(unsafe_code)]
 
 pub mod deploy;
-pub mod digest;
 pub mod fleet;
 pub mod scheduler;
 pub mod session;

@@ -2,8 +2,7 @@
 //! speaks the same types.
 
 use crate::auth::Role;
-use edge_proto::digest::Digest;
-use orchestrator_core::digest::format_digest;
+use edge_proto::digest::{Digest, to_prefixed};
 use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
 use orchestrator_core::tokens::TokenRecord;
 use serde::{Deserialize, Serialize};
@@ -239,7 +238,7 @@ pub struct ArtifactView {
 impl ArtifactView {
     pub fn new(digest: &Digest, size: u64) -> Self {
         Self {
-            digest: format_digest(digest),
+            digest: to_prefixed(digest),
             size,
         }
     }

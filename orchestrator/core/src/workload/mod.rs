@@ -379,13 +379,14 @@ impl ArtifactDigest {
 
     /// Parses `sha256:` followed by 64 lowercase hex digits.
     pub fn parse(s: &str) -> Option<Self> {
-        crate::digest::parse_digest(s).map(Self)
+        edge_proto::digest::from_lower_prefixed(s).map(Self)
     }
 }
 
 impl fmt::Display for ArtifactDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::digest::format_digest(&self.0))
+        use edge_proto::digest::{Hex, SHA256_PREFIX};
+        write!(f, "{SHA256_PREFIX}{}", Hex(&self.0))
     }
 }
 
