@@ -3,6 +3,8 @@
 //! shells (the QUIC server, the operator API, the sled store), which depend on it and never
 //! the reverse.
 //!
+//! - [`access`]: who may use the operator API: roles, the API tokens on record, the rules
+//!   for issuing, checking and revoking them, and keeping or replacing the admin token.
 //! - [`fleet`]: the registry of nodes, join tokens and live sessions; returns the records to
 //!   persist.
 //! - [`tokens`]: join tokens `ID.SECRET`; only sha256 of the secret is kept.
@@ -22,6 +24,7 @@
 //! No randomness except what the caller hands in (a random id, a fill function).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod deploy;
 pub mod fleet;
 pub mod scheduler;
