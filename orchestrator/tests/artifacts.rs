@@ -368,7 +368,7 @@ fn start(with_store: bool) -> Server {
     let data = tempfile::tempdir().expect("tmp");
     let store = Arc::new(MemStore::default());
     let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
+    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
     let store = with_store.then(|| {
         Arc::new(ArtifactStore::open_with_limit(data.path(), LIMIT).expect("artifact store"))
     });
@@ -388,9 +388,18 @@ fn start(with_store: bool) -> Server {
         _data: data,
         handles,
         base: format!("http://{addr}"),
-        admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
-        operator: auth.issue("ci", Role::Operator, Duration::from_secs(3600)),
-        viewer: auth.issue("dash", Role::Viewer, Duration::from_secs(3600)),
+        admin: auth
+            .issue("admin", Role::Admin, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
+        operator: auth
+            .issue("ci", Role::Operator, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
+        viewer: auth
+            .issue("dash", Role::Viewer, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
         agent: ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))

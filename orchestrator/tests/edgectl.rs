@@ -20,7 +20,7 @@ struct Server {
 fn start() -> Server {
     let store = Arc::new(MemStore::default());
     let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
+    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -38,7 +38,10 @@ fn start() -> Server {
         _rt: rt,
         handles,
         base: format!("http://{addr}"),
-        admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
+        admin: auth
+            .issue("admin", Role::Admin, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
     }
 }
 
@@ -300,4 +303,93 @@ fn an_unreachable_api_is_named_in_the_error() {
         "{err}"
     );
     assert!(err.contains("connection refused"), "{err}");
+}
+
+#[test]
+fn api_tokens_are_issued_listed_and_revoked() {
+    let s = start();
+    let o = s.edgectl(
+        Some(&s.admin),
+        &[
+            "api-token",
+            "create",
+            "--role",
+            "operator",
+            "--subject",
+            "ci",
+            "--ttl",
+            "2h",
+            "--json",
+        ],
+    );
+    assert_ok(&o);
+    let created: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let token = created["token"].as_str().expect("token").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["role"], "operator");
+    assert_ok(&s.edgectl(Some(&token), &["nodes"]));
+
+    let o = s.edgectl(Some(&s.admin), &["api-token", "list"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .expect("header")
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["ID", "ROLE", "SUBJECT", "STATE", "EXPIRES", "ISSUED BY"]
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} listed in:\n{out}"));
+    for cell in ["operator", "ci", "active", "admin"] {
+        assert!(row.contains(cell), "{cell:?} missing in {row:?}");
+    }
+    // Two hours from its issue, counted down from now.
+    assert!(
+        row.contains("in 2h 0m") || row.contains("in 1h 59m"),
+        "{row:?}"
+    );
+    assert!(!out.contains(&token), "the list never shows a token's text");
+    assert!(
+        !out.contains(&s.admin),
+        "the list never shows a token's text"
+    );
+
+    let o = s.edgectl(Some(&s.admin), &["api-token", "revoke", &id]);
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with(&format!("revoked API token {id}")));
+    let o = s.edgectl(Some(&token), &["nodes"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).trim(), "edgectl: bearer token was revoked");
+    let o = s.edgectl(Some(&s.admin), &["api-token", "list", "--json"]);
+    assert_ok(&o);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let entry = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .expect("still listed");
+    assert_eq!(entry["state"], "revoked");
+
+    let o = s.edgectl(Some(&s.admin), &["api-token", "revoke", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("edgectl: no API token"),
+        "{}",
+        stderr(&o)
+    );
+    // clap knows the roles the API issues: admin is not one.
+    let o = s.edgectl(
+        Some(&s.admin),
+        &["api-token", "create", "--role", "admin", "--subject", "x"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::Role;
 use edge_proto::digest::{Digest, to_prefixed};
+use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, NodeRecord};
 use orchestrator_core::tokens::TokenRecord;
 use serde::{Deserialize, Serialize};
@@ -142,7 +143,8 @@ impl From<&TokenRecord> for TokenView {
     }
 }
 
-/// `POST /v1/api-tokens`: an API token with a role no higher than the caller's.
+/// `POST /v1/api-tokens`: a `viewer` or `operator` token; admin tokens are not issued through
+/// the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
@@ -156,14 +158,54 @@ pub struct CreateApiTokenRequest {
     pub ttl_secs: Option<u64>,
 }
 
+/// An API token, as issued. The token text is shown only here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiTokenCreated {
     /// The bearer token (a JWT).
     pub token: String,
+    /// Its id, for `DELETE /v1/api-tokens/{id}`.
+    pub id: String,
     pub role: Role,
     pub subject: String,
     pub expires_at: String,
     pub expires_unix: u64,
+}
+
+/// An API token as listed: never its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenView {
+    /// The token's `jti`.
+    pub id: String,
+    pub role: Role,
+    pub subject: String,
+    /// Who issued it: an admin's subject, or `edge-orchestrator` for the admin token.
+    pub issued_by: String,
+    /// RFC 3339, UTC.
+    pub issued_at: String,
+    pub issued_unix: u64,
+    pub expires_at: String,
+    pub expires_unix: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+}
+
+impl ApiTokenView {
+    pub fn new(r: &ApiTokenRecord, now_unix: u64) -> Self {
+        Self {
+            id: r.id.clone(),
+            role: r.role,
+            subject: r.subject.clone(),
+            issued_by: r.issued_by.clone(),
+            issued_at: rfc3339(r.issued_unix),
+            issued_unix: r.issued_unix,
+            expires_at: rfc3339(r.expires_unix),
+            expires_unix: r.expires_unix,
+            revoked_at: r.revoked_unix.map(rfc3339),
+            state: r.state(now_unix).as_str().to_owned(),
+        }
+    }
 }
 
 /// A workload as the API shows it.

@@ -8,8 +8,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator::api::views::{
-    ArtifactView, CreateTokenRequest, NodeView, TokenView, WorkloadView,
+    ApiTokenView, ArtifactView, CreateApiTokenRequest, CreateTokenRequest, NodeView, TokenView,
+    WorkloadView,
 };
+use orchestrator::auth::Role;
 use orchestrator_core::workload::WorkloadSpec;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -21,8 +23,8 @@ mod render;
 
 use client::{Client, percent_encode};
 use render::{
-    artifact_pushed, artifacts_table, deployed, node_summary, nodes_table, token_created,
-    tokens_table, unix_now, workload_summary, workloads_table,
+    api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, node_summary,
+    nodes_table, token_created, tokens_table, unix_now, workload_summary, workloads_table,
 };
 
 #[derive(Debug, Parser)]
@@ -67,6 +69,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The operator API's own tokens: issue, list and revoke them (admin only).
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
     },
     /// Workload executables, stored by the orchestrator and fetched by nodes.
     Artifact {
@@ -154,6 +161,46 @@ enum TokenCommand {
     },
     /// List join tokens (never their secrets).
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiTokenCommand {
+    /// Issue a viewer or operator token and print it; it is shown only now. (The admin token
+    /// is DATA_DIR/admin.token; `edge-orchestrator serve --rotate-admin-token` replaces it.)
+    Create {
+        /// What it may do: viewer reads, operator also deploys and drains.
+        #[arg(long)]
+        role: RoleArg,
+        /// Who it is for, e.g. ci or grafana.
+        #[arg(long)]
+        subject: String,
+        /// How long it is valid: 90s, 15m, 24h, 7d (at most 365d). The API's default is 24h.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List the API tokens: id, role, subject, state and expiry (never the token text).
+    List,
+    /// Revoke a token by its id: it is refused from its next request on.
+    Revoke {
+        /// The token's id, from `api-token list`.
+        id: String,
+    },
+}
+
+/// The roles the API issues tokens for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Operator,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::Operator => Role::Operator,
+        }
+    }
 }
 
 /// Why a command failed.
@@ -255,6 +302,39 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             let body = client.get("/v1/tokens")?;
             client.show(cli.json, &body, |tokens: &Vec<TokenView>| {
                 tokens_table(tokens, unix_now())
+            })
+        }
+        Command::ApiToken {
+            command: ApiTokenCommand::Create { role, subject, ttl },
+        } => {
+            let request = CreateApiTokenRequest {
+                role: (*role).into(),
+                subject: subject.clone(),
+                ttl: ttl.clone(),
+                ttl_secs: None,
+            };
+            let body = client.post("/v1/api-tokens", &request)?;
+            client.show(cli.json, &body, api_token_created)
+        }
+        Command::ApiToken {
+            command: ApiTokenCommand::List,
+        } => {
+            let body = client.get("/v1/api-tokens")?;
+            client.show(cli.json, &body, |tokens: &Vec<ApiTokenView>| {
+                api_tokens_table(tokens, unix_now())
+            })
+        }
+        Command::ApiToken {
+            command: ApiTokenCommand::Revoke { id },
+        } => {
+            client.delete(&format!("/v1/api-tokens/{}", percent_encode(id)))?;
+            Ok(if cli.json {
+                format!(
+                    "{{\"revoked\": {}}}\n",
+                    serde_json::Value::from(id.as_str())
+                )
+            } else {
+                format!("revoked API token {id}: it is refused from its next request on\n")
             })
         }
         Command::Artifact {

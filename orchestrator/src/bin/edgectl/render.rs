@@ -1,6 +1,8 @@
 //! Tables and summaries of the API's views, for people; `--json` bypasses all of this.
 
-use orchestrator::api::views::{ArtifactView, NodeView, TokenCreated, TokenView, WorkloadView};
+use orchestrator::api::views::{
+    ApiTokenCreated, ApiTokenView, ArtifactView, NodeView, TokenCreated, TokenView, WorkloadView,
+};
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
@@ -330,6 +332,48 @@ pub(crate) fn tokens_table(tokens: &[TokenView], now: u64) -> String {
             t.uses_left.to_string(),
             expires,
             t.description.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+pub(crate) fn api_token_created(t: &ApiTokenCreated) -> String {
+    format!(
+        "API token: {token}\n\
+         ID:        {id}\n\
+         Role:      {role}\n\
+         Subject:   {subject}\n\
+         Expires:   {expires}\n\
+         \n\
+         The token is shown only now. Use it as `--token` or EDGE_TOKEN; revoke it with\n\
+         `edgectl api-token revoke {id}`.\n",
+        token = t.token,
+        id = t.id,
+        role = t.role,
+        subject = t.subject,
+        expires = t.expires_at,
+    )
+}
+
+pub(crate) fn api_tokens_table(tokens: &[ApiTokenView], now: u64) -> String {
+    let mut rows = vec![
+        ["ID", "ROLE", "SUBJECT", "STATE", "EXPIRES", "ISSUED BY"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for t in tokens {
+        let expires = if t.expires_unix <= now {
+            t.expires_at.clone()
+        } else {
+            format!("in {}", duration(t.expires_unix - now))
+        };
+        rows.push(vec![
+            t.id.clone(),
+            t.role.to_string(),
+            t.subject.clone(),
+            t.state.clone(),
+            expires,
+            t.issued_by.clone(),
         ]);
     }
     table(&rows)
