@@ -16,7 +16,8 @@
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use orchestrator_core::access::{
-    self, AdminTokenPlan, ApiTokenRecord, ApiTokens, IssueError, Issuer, Refused, Revocation,
+    self, Actor, AdminTokenPlan, ApiTokenRecord, ApiTokens, IssueError, Refused, Revocation,
+    RevokeError,
 };
 use orchestrator_core::store::{MemStore, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,18 @@ pub enum IssueFailed {
     #[error(transparent)]
     Refused(#[from] IssueError),
     /// The record could not be stored; nothing was issued. May be retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a token was not revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeFailed {
+    /// No such token (404), or one the caller may not revoke (403).
+    #[error(transparent)]
+    Refused(#[from] RevokeError),
+    /// The revocation is in effect but could not be stored; it may not survive a restart.
+    /// Retry.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -171,14 +184,14 @@ impl ApiAuth {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Issued, IssueFailed> {
-        self.issue_as(Issuer::Orchestrator, sub, role, now, ttl)
+        self.issue_as(Actor::Orchestrator, sub, role, now, ttl)
     }
 
     /// A token a caller of the API asked for: the core's rules decide whether `issuer` may
     /// have it. Blocking: the record is stored before the token exists.
     pub fn issue_as(
         &self,
-        issuer: Issuer<'_>,
+        issuer: Actor<'_>,
         sub: &str,
         role: Role,
         now: SystemTime,
@@ -234,16 +247,20 @@ impl ApiAuth {
             })
     }
 
-    /// Revokes the token with id `id` as of `now`, in effect at once and stored before this
-    /// returns. `Ok(None)` if there is no such token. Blocking.
-    pub fn revoke(&self, id: &str, now: SystemTime) -> Result<Option<ApiTokenRecord>, StoreError> {
-        let revocation = self.tokens().revoke(id, unix_secs(now));
+    /// Revokes the token with id `id` as of `now`, if `by` may: in effect at once, and
+    /// stored before this returns. Blocking.
+    pub fn revoke(
+        &self,
+        by: Actor<'_>,
+        id: &str,
+        now: SystemTime,
+    ) -> Result<ApiTokenRecord, RevokeFailed> {
+        let revocation = self.tokens().revoke(id, unix_secs(now), by)?;
         match revocation {
-            None => Ok(None),
-            Some(Revocation::Already(record)) => Ok(Some(record)),
-            Some(Revocation::Revoked(record)) => {
+            Revocation::Already(record) => Ok(record),
+            Revocation::Revoked(record) => {
                 self.store.put_api_token(&record)?;
-                Ok(Some(record))
+                Ok(record)
             }
         }
     }
@@ -260,6 +277,8 @@ pub enum AdminTokenError {
     #[error("issuing the admin token: {0}")]
     Issue(#[from] IssueFailed),
     #[error("revoking the old admin token: {0}")]
+    Revoke(#[from] RevokeFailed),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{}: {source}", path.display())]
     File {
@@ -301,7 +320,7 @@ pub fn admin_token_at_start(
     // file, or a revoked one that the next start replaces.
     let issued = auth.issue_at(access::ADMIN_SUBJECT, Role::Admin, now, ADMIN_TOKEN_TTL)?;
     for id in &revoke {
-        auth.revoke(id, now)?;
+        auth.revoke(Actor::Orchestrator, id, now)?;
     }
     tracing::info!(
         token_id = %issued.record.id,
@@ -457,14 +476,16 @@ mod tests {
         let token = issue(&auth, "ci", Role::Operator, SystemTime::now(), 600);
         let id = auth.verify(&token).expect("good").jti;
         let record = auth
-            .revoke(&id, SystemTime::now())
-            .expect("stored")
-            .expect("on record");
+            .revoke(Actor::Orchestrator, &id, SystemTime::now())
+            .expect("on record, and stored");
         assert!(record.revoked_unix.is_some());
         assert_eq!(auth.verify(&token), Err(Refused::Revoked.into()));
         let again = ApiAuth::load_or_create(store).expect("load");
         assert_eq!(again.verify(&token), Err(Refused::Revoked.into()));
-        assert_eq!(again.revoke("nope", SystemTime::now()).expect("ok"), None);
+        assert!(matches!(
+            again.revoke(Actor::Orchestrator, "nope", SystemTime::now()),
+            Err(RevokeFailed::Refused(RevokeError::Unknown))
+        ));
     }
 
     #[test]

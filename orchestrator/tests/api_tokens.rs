@@ -223,6 +223,26 @@ fn a_revoked_token_is_refused_at_once_and_after_a_restart() {
         None,
     );
     assert_eq!(r.status, 403, "{r:?}");
+    // Not the admin token, though: that would leave no admin until a restart.
+    let listed = get(&base, "/v1/api-tokens", &admin).json();
+    let admin_id = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|t| t["role"] == "admin")
+        .and_then(|t| t["id"].as_str())
+        .expect("the admin token is listed")
+        .to_owned();
+    let r = call(
+        &base,
+        "DELETE",
+        &format!("/v1/api-tokens/{admin_id}"),
+        &admin,
+        None,
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.message().contains("--rotate-admin-token"), "{r:?}");
+    assert_eq!(get(&base, "/v1/nodes", &admin).status, 200);
     life.stop();
 
     let life = Life::start(dir.path());

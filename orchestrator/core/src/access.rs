@@ -7,8 +7,10 @@
 //! revoked, so revoking one takes effect on the next request and lasts across restarts.
 //!
 //! Rules, decided here and nowhere else:
-//! - Through the API, an admin issues `viewer` and `operator` tokens only ([`Issuer::Api`]).
-//!   The one admin token is the orchestrator's own, written to `DATA_DIR/admin.token`.
+//! - Through the API, an admin issues `viewer` and `operator` tokens only ([`Actor::Api`]),
+//!   and revokes any token but the admin token. The one admin token is the orchestrator's
+//!   own, written to `DATA_DIR/admin.token`; revoking it through the API would leave no admin
+//!   until a restart, so it is replaced instead (`serve --rotate-admin-token`).
 //! - At start the orchestrator keeps the admin token in that file while it is on record,
 //!   unrevoked and good for at least [`ADMIN_TOKEN_RENEW_SECS`]; otherwise (no file, a token
 //!   not on record, revoked, expiring) it issues a new one and revokes every other admin
@@ -127,10 +129,11 @@ pub enum Refused {
     Expired,
 }
 
-/// Who asks for a token.
+/// Who asks for a token or a revocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Issuer<'a> {
-    /// A caller of the API with this role and subject: may hand out lesser roles only.
+pub enum Actor<'a> {
+    /// A caller of the API with this role and subject: may hand out lesser roles only, and
+    /// revoke any token but an admin token.
     Api { role: Role, subject: &'a str },
     /// The orchestrator itself: its admin token, and tokens tools and tests make directly.
     Orchestrator,
@@ -146,6 +149,20 @@ pub enum IssueError {
     /// requester's fault; retry with a fresh id.
     #[error("token id {0} is taken")]
     IdTaken(String),
+}
+
+/// Why a revocation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    /// No token with this id is on record. 404.
+    #[error("no API token with this id")]
+    Unknown,
+    /// An admin token, asked through the API. 403: replace it instead.
+    #[error(
+        "the admin token is not revoked through the API, which would leave no admin until a \
+         restart; replace it with `edge-orchestrator serve --rotate-admin-token`"
+    )]
+    AdminToken,
 }
 
 /// What to do about the admin token when the orchestrator starts.
@@ -188,12 +205,12 @@ impl ApiTokens {
         id: String,
         role: Role,
         subject: &str,
-        issuer: Issuer<'_>,
+        issuer: Actor<'_>,
         now_unix: u64,
         ttl_secs: u64,
     ) -> Result<ApiTokenRecord, IssueError> {
         let issued_by = match issuer {
-            Issuer::Api {
+            Actor::Api {
                 role: caller,
                 subject: by,
             } => {
@@ -214,7 +231,7 @@ impl ApiTokens {
                 }
                 by
             }
-            Issuer::Orchestrator => ORCHESTRATOR_ISSUER,
+            Actor::Orchestrator => ORCHESTRATOR_ISSUER,
         };
         check_subject(&FieldPath::new("subject"), subject)?;
         if self.by_id.contains_key(&id) {
@@ -246,15 +263,23 @@ impl ApiTokens {
         }
     }
 
-    /// Revokes the token `id` as of `now_unix`; `None` if there is no such token. The change
-    /// is in effect at once; the shell persists what [`Revocation::Revoked`] carries.
-    pub fn revoke(&mut self, id: &str, now_unix: u64) -> Option<Revocation> {
-        let record = self.by_id.get_mut(id)?;
+    /// Revokes the token `id` as of `now_unix`, if `by` may. The change is in effect at once;
+    /// the shell persists what [`Revocation::Revoked`] carries.
+    pub fn revoke(
+        &mut self,
+        id: &str,
+        now_unix: u64,
+        by: Actor<'_>,
+    ) -> Result<Revocation, RevokeError> {
+        let record = self.by_id.get_mut(id).ok_or(RevokeError::Unknown)?;
+        if record.role == Role::Admin && matches!(by, Actor::Api { .. }) {
+            return Err(RevokeError::AdminToken);
+        }
         if record.revoked_unix.is_some() {
-            return Some(Revocation::Already(record.clone()));
+            return Ok(Revocation::Already(record.clone()));
         }
         record.revoked_unix = Some(now_unix);
-        Some(Revocation::Revoked(record.clone()))
+        Ok(Revocation::Revoked(record.clone()))
     }
 
     pub fn get(&self, id: &str) -> Option<&ApiTokenRecord> {
@@ -313,7 +338,7 @@ mod tests {
 
     fn issued(tokens: &mut ApiTokens, n: u8, role: Role, ttl: u64) -> ApiTokenRecord {
         let r = tokens
-            .prepare(id(n), role, "s", Issuer::Orchestrator, NOW, ttl)
+            .prepare(id(n), role, "s", Actor::Orchestrator, NOW, ttl)
             .expect("issue");
         tokens.insert(r.clone());
         r
@@ -327,7 +352,7 @@ mod tests {
     #[test]
     fn through_the_api_an_admin_issues_lesser_roles_only() {
         let tokens = ApiTokens::default();
-        let admin = Issuer::Api {
+        let admin = Actor::Api {
             role: Role::Admin,
             subject: "admin",
         };
@@ -341,15 +366,22 @@ mod tests {
         let e = tokens
             .prepare(id(1), Role::Admin, "ci", admin, NOW, 60)
             .expect_err("no admin tokens through the API");
-        assert!(e.to_string().starts_with("role: admin tokens are not issued"), "{e}");
-        let viewer = Issuer::Api {
+        assert!(
+            e.to_string()
+                .starts_with("role: admin tokens are not issued"),
+            "{e}"
+        );
+        let viewer = Actor::Api {
             role: Role::Viewer,
             subject: "dash",
         };
         let e = tokens
             .prepare(id(1), Role::Operator, "ci", viewer, NOW, 60)
             .expect_err("no higher role than the caller's");
-        assert_eq!(e.to_string(), "role: a viewer token cannot issue operator tokens");
+        assert_eq!(
+            e.to_string(),
+            "role: a viewer token cannot issue operator tokens"
+        );
         for bad in ["", "a\nb", &"x".repeat(65)] {
             let e = tokens
                 .prepare(id(1), Role::Viewer, bad, admin, NOW, 60)
@@ -369,21 +401,39 @@ mod tests {
         assert_eq!(tokens.check(&r.id, NOW + 60), Err(Refused::Expired));
         assert_eq!(tokens.check(&id(9), NOW), Err(Refused::Unknown));
         assert_eq!(tokens.check("", NOW), Err(Refused::Unknown));
-        let Some(Revocation::Revoked(revoked)) = tokens.revoke(&r.id, NOW + 1) else {
+        let admin = Actor::Api {
+            role: Role::Admin,
+            subject: "admin",
+        };
+        let Ok(Revocation::Revoked(revoked)) = tokens.revoke(&r.id, NOW + 1, admin) else {
             panic!("revoked now");
         };
         assert_eq!(revoked.revoked_unix, Some(NOW + 1));
         assert_eq!(tokens.check(&r.id, NOW + 2), Err(Refused::Revoked));
         assert!(matches!(
-            tokens.revoke(&r.id, NOW + 5),
-            Some(Revocation::Already(r)) if r.revoked_unix == Some(NOW + 1)
+            tokens.revoke(&r.id, NOW + 5, admin),
+            Ok(Revocation::Already(r)) if r.revoked_unix == Some(NOW + 1)
         ));
-        assert_eq!(tokens.revoke(&id(9), NOW), None);
+        assert_eq!(tokens.revoke(&id(9), NOW, admin), Err(RevokeError::Unknown));
+        // The admin token is replaced, not revoked, through the API; the orchestrator may.
+        let admin_token = issued(&mut tokens, 3, Role::Admin, 60);
+        assert_eq!(
+            tokens.revoke(&admin_token.id, NOW, admin),
+            Err(RevokeError::AdminToken)
+        );
+        assert_eq!(
+            tokens.check(&admin_token.id, NOW).map(|r| r.role),
+            Ok(Role::Admin)
+        );
+        assert!(matches!(
+            tokens.revoke(&admin_token.id, NOW, Actor::Orchestrator),
+            Ok(Revocation::Revoked(_))
+        ));
         // What the store kept is what the registry knows after a restart.
         let again = ApiTokens::new(tokens.iter().cloned());
         assert_eq!(again.check(&r.id, NOW + 2), Err(Refused::Revoked));
         assert_eq!(
-            again.prepare(r.id.clone(), Role::Viewer, "s", Issuer::Orchestrator, NOW, 1),
+            again.prepare(r.id.clone(), Role::Viewer, "s", Actor::Orchestrator, NOW, 1),
             Err(IssueError::IdTaken(r.id))
         );
     }
@@ -411,10 +461,13 @@ mod tests {
         assert_eq!(tokens.admin_token_plan(Some(&id(7)), NOW), replace);
         // Close to its expiry.
         let late = admin.expires_unix - ADMIN_TOKEN_RENEW_SECS;
-        assert_eq!(tokens.admin_token_plan(Some(&admin.id), late - 1), AdminTokenPlan::Keep);
+        assert_eq!(
+            tokens.admin_token_plan(Some(&admin.id), late - 1),
+            AdminTokenPlan::Keep
+        );
         assert_eq!(tokens.admin_token_plan(Some(&admin.id), late + 1), replace);
         // Revoked: replaced, and nothing left to revoke.
-        tokens.revoke(&admin.id, NOW);
+        let _ = tokens.revoke(&admin.id, NOW, Actor::Orchestrator);
         assert_eq!(
             tokens.admin_token_plan(Some(&admin.id), NOW),
             AdminTokenPlan::Issue { revoke: vec![] }

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
-use orchestrator_core::access::{IssueError, Issuer};
+use orchestrator_core::access::{Actor, IssueError, RevokeError};
 use std::time::{Duration, SystemTime};
 
 use super::ApiState;
@@ -17,7 +17,7 @@ use super::views::{
     ApiTokenCreated, ApiTokenView, CreateApiTokenRequest, CreateTokenRequest, TokenCreated,
     TokenView,
 };
-use crate::auth::IssueFailed;
+use crate::auth::{IssueFailed, RevokeFailed};
 
 pub(super) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
@@ -115,7 +115,7 @@ async fn create_api_token(
     let (role, subject) = (request.role, request.subject);
     // The record is stored (flushed) before the token exists: off the async workers.
     let issued = tokio::task::spawn_blocking(move || {
-        let issuer = Issuer::Api {
+        let issuer = Actor::Api {
             role: caller.role,
             subject: &caller.sub,
         };
@@ -176,26 +176,37 @@ async fn revoke_api_token(
 ) -> Result<StatusCode, ApiError> {
     let auth = state.auth.clone();
     let wanted = id.clone();
+    let caller = authed.0;
     // The revocation is in effect at once and stored before the answer: off the workers.
-    let revoked = tokio::task::spawn_blocking(move || auth.revoke(&wanted, SystemTime::now()))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
-    match revoked {
-        Some(record) => {
+    let record = tokio::task::spawn_blocking(move || {
+        let by = Actor::Api {
+            role: caller.role,
+            subject: &caller.sub,
+        };
+        auth.revoke(by, &wanted, SystemTime::now())
+            .map(|record| (record, caller.sub.clone()))
+    })
+    .await
+    .map_err(internal)?;
+    match record {
+        Ok((record, by)) => {
             tracing::info!(
                 token_id = %record.id,
                 subject = %record.subject,
                 role = %record.role,
-                by = %authed.0.sub,
+                %by,
                 "API token revoked"
             );
             Ok(StatusCode::NO_CONTENT)
         }
-        None => Err(ApiError::NotFound(format!(
+        Err(RevokeFailed::Refused(RevokeError::Unknown)) => Err(ApiError::NotFound(format!(
             "no API token with id {}",
             edge_proto::field::shown(&id)
         ))),
+        Err(RevokeFailed::Refused(e @ RevokeError::AdminToken)) => {
+            Err(ApiError::Refused(e.to_string()))
+        }
+        Err(e @ RevokeFailed::Store(_)) => Err(internal(e)),
     }
 }
 
