@@ -1133,3 +1133,84 @@ fn a_node_is_cordoned_and_uncordoned_and_it_survives_a_restart() {
         (200, &serde_json::json!(false))
     );
 }
+
+/// Four requests the OpenAPI document used to allow and the server refused (or, for
+/// `ttl_secs: null`, took): now both refuse them, the server with 400 naming the field.
+#[test]
+fn the_server_and_its_document_refuse_the_same_requests() {
+    let s = start();
+    let doc: Value = serde_json::from_str(api::OPENAPI_JSON).expect("the document is JSON");
+    let schema = |name: &str| &doc["components"]["schemas"][name];
+
+    // `ttl_secs: null`: not nullable in the document, and refused rather than read as absent.
+    for (path, body) in [
+        ("/v1/tokens", r#"{"ttl_secs": null}"#),
+        (
+            "/v1/api-tokens",
+            r#"{"role": "viewer", "subject": "ci", "ttl_secs": null}"#,
+        ),
+        ("/v1/tokens", r#"{"ttl": null}"#),
+        ("/v1/tokens", r#"{"uses": null}"#),
+    ] {
+        let m = s
+            .post_json(path, Some(&s.admin), body)
+            .error(400, "bad_request");
+        assert!(m.contains("null"), "{path} {body}: {m}");
+    }
+    for name in ["CreateToken", "CreateApiToken"] {
+        let ttl_secs = &schema(name)["properties"]["ttl_secs"];
+        assert_eq!(ttl_secs["type"], "integer");
+        assert!(ttl_secs.get("nullable").is_none(), "{name}: {ttl_secs}");
+    }
+
+    // `ttl: "0"`: the pattern wants at least one second.
+    let m = s
+        .post_json("/v1/tokens", Some(&s.admin), r#"{"ttl": "0"}"#)
+        .error(400, "bad_request");
+    assert_eq!(m, "ttl: must be positive");
+    let pattern = schema("CreateToken")["properties"]["ttl"]["pattern"]
+        .as_str()
+        .expect("a pattern");
+    let pattern = regex::Regex::new(pattern).expect("compiles");
+    assert!(
+        !pattern.is_match("0") && pattern.is_match("1h"),
+        "{pattern}"
+    );
+
+    // `ttl` with `ttl_secs`: the document says not both.
+    let m = s
+        .post_json(
+            "/v1/tokens",
+            Some(&s.admin),
+            r#"{"ttl": "1h", "ttl_secs": 3600}"#,
+        )
+        .error(400, "bad_request");
+    assert!(m.contains("not both"), "{m}");
+    for name in ["CreateToken", "CreateApiToken"] {
+        assert_eq!(
+            schema(name)["not"],
+            serde_json::json!({"required": ["ttl", "ttl_secs"]}),
+            "{name}"
+        );
+    }
+
+    // An empty workload version: at least one character.
+    let operator = s
+        .auth
+        .issue("ops", Role::Operator, Duration::from_secs(60))
+        .expect("issue")
+        .token;
+    let spec = format!(
+        r#"{{"name": "web", "version": "", "artifact": "sha256:{}",
+            "resources": {{"cpu_millis": 100, "memory_bytes": 16777216}}}}"#,
+        "ab".repeat(32)
+    );
+    let m = s
+        .post_json("/v1/workloads", Some(&operator), &spec)
+        .error(400, "bad_request");
+    assert_eq!(m, "version: must not be empty");
+    assert_eq!(
+        schema("WorkloadSpec")["properties"]["version"]["minLength"],
+        1
+    );
+}

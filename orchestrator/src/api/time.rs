@@ -37,10 +37,15 @@ pub(super) fn ttl_from(
     Ok(secs)
 }
 
-/// Parses `90s`, `15m`, `1h`, `7d` (or plain seconds) into seconds.
+/// Parses `90s`, `15m`, `1h`, `7d` (or plain seconds) into seconds: digits, then at most one
+/// unit, nothing else (no spaces), as the OpenAPI document's pattern says.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a duration; use a number with s, m, h or d, e.g. 1h");
-    let text = text.trim();
+    let bad = || {
+        format!(
+            "{} is not a duration; use a number with s, m, h or d, e.g. 1h",
+            edge_proto::field::shown(text)
+        )
+    };
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
         None => (text, "s"),
@@ -112,6 +117,9 @@ mod tests {
             "-1h",
             "1h30m",
             "99999999999999999999d",
+            " 1h",
+            "1h ",
+            "1 h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }

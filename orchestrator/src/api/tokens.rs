@@ -215,3 +215,70 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `ttl` pattern of a request schema in the OpenAPI document.
+    fn ttl_pattern(schema: &str) -> regex::Regex {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::super::OPENAPI_JSON).expect("the document is JSON");
+        let pattern = doc["components"]["schemas"][schema]["properties"]["ttl"]["pattern"]
+            .as_str()
+            .expect("a ttl pattern");
+        regex::Regex::new(pattern).expect("the pattern compiles")
+    }
+
+    /// Durations around every bound: each unit's limit, zero, leading zeros, overflow, and
+    /// what is not a duration at all.
+    fn durations(max_secs: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        for (unit, secs) in [("", 1), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)] {
+            let limit = max_secs / secs;
+            let numbers = (0..=1000)
+                .chain(limit.saturating_sub(1000)..=limit + 1000)
+                .chain([limit * 10, u64::MAX / secs, u64::MAX]);
+            for n in numbers {
+                out.push(format!("{n}{unit}"));
+                out.push(format!("00{n}{unit}"));
+            }
+            out.push(format!("99999999999999999999{unit}"));
+        }
+        for odd in [
+            "", "s", "h", "0", "00", "1x", "1hs", "1.5h", "-1h", "+1h", " 1h", "1h ", "1 h", "1H",
+            "1h30m", "１h", "٣h",
+        ] {
+            out.push(odd.to_owned());
+        }
+        out
+    }
+
+    /// The document's `ttl` patterns accept exactly the durations the server takes.
+    #[test]
+    fn ttl_patterns_are_the_servers_bounds() {
+        for (schema, default, max) in [
+            (
+                "CreateToken",
+                JOIN_TOKEN_DEFAULT_TTL_SECS,
+                JOIN_TOKEN_MAX_TTL_SECS,
+            ),
+            (
+                "CreateApiToken",
+                API_TOKEN_DEFAULT_TTL_SECS,
+                API_TOKEN_MAX_TTL_SECS,
+            ),
+        ] {
+            let pattern = ttl_pattern(schema);
+            for ttl in durations(max) {
+                let server = ttl_from(Some(&ttl), None, default, max).is_ok();
+                assert_eq!(
+                    pattern.is_match(&ttl),
+                    server,
+                    "{schema}.ttl {ttl:?}: the document says {}, the server {server}",
+                    pattern.is_match(&ttl)
+                );
+            }
+        }
+    }
+}

@@ -88,20 +88,47 @@ impl NodeView {
     }
 }
 
+/// An optional field that, when present, must hold a value: `null` is refused, as the
+/// OpenAPI document says (these fields are not `nullable`). Absent is `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// `POST /v1/tokens`: a join token for nodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// A duration such as `90s`, `15m`, `1h`, `7d`. Default 1h, at most 30d.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<String>,
     /// The same in seconds; give one of `ttl` and `ttl_secs`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_secs: Option<u64>,
     /// How many nodes may join with it: 1 to 10000, default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub uses: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// At most 200 characters, none of them a control character.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub description: Option<String>,
 }
 
@@ -152,9 +179,18 @@ pub struct CreateApiTokenRequest {
     /// Who it is for, e.g. `ci` or `grafana`: 1 to 64 printable characters.
     pub subject: String,
     /// A duration such as `24h`; default 24h, at most 365d.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The same in seconds; give one of `ttl` and `ttl_secs`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_secs: Option<u64>,
 }
 
