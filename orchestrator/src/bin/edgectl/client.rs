@@ -183,7 +183,7 @@ impl Client {
         }
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self, body: &str) -> Result<T, CliError> {
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self, body: &str) -> Result<T, CliError> {
         serde_json::from_str(body).map_err(|e| CliError::BadResponse {
             api: self.api.clone(),
             reason: e.to_string(),

@@ -23,8 +23,9 @@ mod render;
 
 use client::{Client, percent_encode};
 use render::{
-    api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, node_summary,
-    nodes_table, token_created, tokens_table, unix_now, workload_summary, workloads_table,
+    api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, drained,
+    node_summary, nodes_table, token_created, tokens_table, unix_now, workload_summary,
+    workloads_table,
 };
 
 #[derive(Debug, Parser)]
@@ -121,7 +122,8 @@ enum Command {
         /// The node's name or id.
         node: String,
     },
-    /// Cordon a node and move its instances to other nodes.
+    /// Cordon a node and take its instances off it: those of a replicated workload move to
+    /// other nodes that fit, those of a per-node workload stop.
     Drain {
         /// The node's name or id.
         node: String,
@@ -404,21 +406,34 @@ fn run(cli: &Cli) -> Result<String, CliError> {
         }
         Command::Cordon { node } => node_action(cli, &client, node, "cordon"),
         Command::Uncordon { node } => node_action(cli, &client, node, "uncordon"),
-        Command::Drain { node } => node_action(cli, &client, node, "drain"),
+        Command::Drain { node } => drain(cli, &client, node),
     }
 }
 
-/// `cordon`, `uncordon` or `drain` a node.
+/// `drain` a node, and say what became of each instance it ran: the workloads before and
+/// after show where a replicated one went (or why it found no node) and that a per-node one
+/// stopped.
+fn drain(cli: &Cli, client: &Client, node: &str) -> Result<String, CliError> {
+    let before: Vec<WorkloadView> = client.parse(&client.get("/v1/workloads")?)?;
+    let body = client.post(
+        &format!("/v1/nodes/{}/drain", percent_encode(node)),
+        &serde_json::json!({}),
+    )?;
+    if cli.json {
+        return client.show(cli.json, &body, |_: &serde_json::Value| String::new());
+    }
+    let drained_node: NodeView = client.parse(&body)?;
+    let after: Vec<WorkloadView> = client.parse(&client.get("/v1/workloads")?)?;
+    Ok(drained(&drained_node, &before, &after))
+}
+
+/// `cordon` or `uncordon` a node.
 fn node_action(cli: &Cli, client: &Client, node: &str, action: &str) -> Result<String, CliError> {
     let body = client.post(
         &format!("/v1/nodes/{}/{action}", percent_encode(node)),
         &serde_json::json!({}),
     )?;
     client.show(cli.json, &body, |n: &NodeView| match action {
-        "drain" => format!(
-            "{} cordoned and drained: its instances move to other nodes\n",
-            n.name
-        ),
         "cordon" => format!("{} cordoned: no new instances go there\n", n.name),
         _ => format!("{} uncordoned\n", n.name),
     })
