@@ -570,3 +570,38 @@ fn cordons_show_and_drain_says_what_moves_and_what_stops() {
         stdout(&o)
     );
 }
+
+/// Completion scripts come from the command line's own definition, so they know every
+/// command; the bash one is valid bash.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let s = start();
+    for (shell, marker) in [
+        ("bash", "_edgectl()"),
+        ("zsh", "#compdef edgectl"),
+        ("fish", "complete -c edgectl"),
+    ] {
+        // No API is needed.
+        let o = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+            .args(["--api", "not-a-url", "completions", shell])
+            .output()
+            .expect("run edgectl");
+        assert_ok(&o);
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["api-token", "drain", "deploy", "completions"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("edgectl.bash");
+    std::fs::write(&path, stdout(&s.edgectl(None, &["completions", "bash"]))).expect("write");
+    let o = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("run bash");
+    assert_ok(&o);
+    let o = s.edgectl(None, &["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -6,7 +6,7 @@
 //! This file is the command line; `client` speaks HTTP to the API; `render` turns its JSON
 //! views into tables and summaries.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use orchestrator::api::views::{
     ApiTokenView, ArtifactView, CreateApiTokenRequest, CreateTokenRequest, NodeView, TokenView,
     WorkloadView,
@@ -117,6 +117,12 @@ enum Command {
         /// The node's name or id.
         node: String,
     },
+    /// Print a completion script for a shell, e.g.
+    /// `edgectl completions bash > /etc/bash_completion.d/edgectl`.
+    Completions {
+        /// The shell.
+        shell: ShellArg,
+    },
     /// Let the scheduler use a cordoned node again.
     Uncordon {
         /// The node's name or id.
@@ -189,6 +195,14 @@ enum ApiTokenCommand {
     },
 }
 
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 /// The roles the API issues tokens for.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RoleArg {
@@ -259,6 +273,9 @@ fn main() -> ExitCode {
 
 /// Runs the command; returns what to print.
 fn run(cli: &Cli) -> Result<String, CliError> {
+    if let Command::Completions { shell } = cli.command {
+        return Ok(completions(shell));
+    }
     if !cli.api.starts_with("http://") {
         return Err(CliError::BadUrl(cli.api.clone()));
     }
@@ -404,10 +421,24 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             client.stream(&path, &mut std::io::stdout().lock())?;
             Ok(String::new())
         }
+        // Answered above, without the API.
+        Command::Completions { shell } => Ok(completions(*shell)),
         Command::Cordon { node } => node_action(cli, &client, node, "cordon"),
         Command::Uncordon { node } => node_action(cli, &client, node, "uncordon"),
         Command::Drain { node } => drain(cli, &client, node),
     }
+}
+
+/// The completion script for `shell`, from the same definition that parses the command line.
+fn completions(shell: ShellArg) -> String {
+    let shell = match shell {
+        ShellArg::Bash => clap_complete::Shell::Bash,
+        ShellArg::Zsh => clap_complete::Shell::Zsh,
+        ShellArg::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "edgectl", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
 }
 
 /// `drain` a node, and say what became of each instance it ran: the workloads before and
