@@ -8,7 +8,7 @@
 
 use crate::api::{self, ApiState};
 use crate::artifacts::ArtifactStore;
-use crate::auth::{ADMIN_TOKEN_TTL, ApiAuth, Role, write_admin_token};
+use crate::auth::{AdminTokenError, ApiAuth, admin_token_at_start};
 use crate::deployer::Deployer;
 use crate::links::{NodeLinks, close_code};
 use crate::metrics::Metrics;
@@ -33,6 +33,9 @@ pub enum StartError {
     Registry(#[from] registry::OpenError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// The admin token could not be kept or issued, or its file written.
+    #[error(transparent)]
+    AdminToken(#[from] AdminTokenError),
     /// The data dir, the admin token file or an API socket.
     #[error("{0}")]
     Io(std::io::Error),
@@ -107,7 +110,7 @@ pub struct Orchestrator {
     pub auth: Arc<ApiAuth>,
     pub quic_addr: SocketAddr,
     pub api_addr: SocketAddr,
-    /// An admin API token, also written to `admin_token_path`.
+    /// The admin API token, kept across restarts, in `admin_token_path`.
     pub admin_token: String,
     pub admin_token_path: PathBuf,
     endpoint: quinn::Endpoint,
@@ -136,9 +139,8 @@ impl Orchestrator {
         std::fs::create_dir_all(data_dir).map_err(StartError::Io)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("state"))?);
         let handles = Handles::open(store.clone())?;
-        let auth = Arc::new(ApiAuth::load_or_create(store.as_ref())?);
-        let admin_token = auth.issue("admin", Role::Admin, ADMIN_TOKEN_TTL);
-        let admin_token_path = write_admin_token(data_dir, &admin_token).map_err(StartError::Io)?;
+        let auth = Arc::new(ApiAuth::load_or_create(store.clone())?);
+        let (admin_token, admin_token_path) = admin_token_at_start(&auth, data_dir)?;
         let endpoint = server::endpoint(handles.registry.ca(), quic_socket)?;
         let quic_addr = endpoint
             .local_addr()

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 /// sha256 of an artifact's bytes.
-pub use edge_proto::digest::{Digest, from_hex, sha256_reader, to_hex};
-use orchestrator_core::digest::format_digest;
+pub use edge_proto::digest::Digest;
+use edge_proto::digest::{from_hex, to_hex, to_prefixed};
 
 /// The default largest artifact: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -31,13 +31,6 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 const SUBDIR: &str = "artifacts/sha256";
 /// Temporary upload files start with this; no digest name does.
 const TEMP_PREFIX: &str = ".upload-";
-
-/// sha256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> Digest {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    out
-}
 
 /// One stored artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,8 +58,8 @@ pub enum PutError {
     /// transfer's); retrying the same upload may succeed.
     #[error(
         "the bytes hash to {}, not the expected {}",
-        format_digest(actual),
-        format_digest(expected)
+        to_prefixed(actual),
+        to_prefixed(expected)
     )]
     DigestMismatch { expected: Digest, actual: Digest },
     /// Reading the upload failed: the uploader or the connection. Retryable.

@@ -471,7 +471,7 @@ async fn deploy_hello(
          placement = \"per-node\"\n\
          [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n\
          [requirements]\nlabels = {{ demo = \"true\" }}\n",
-        digest = orchestrator_core::digest::format_digest(&stored.digest),
+        digest = edge_proto::digest::to_prefixed(&stored.digest),
     );
     let path = dir.join("hello.toml");
     std::fs::write(&path, &spec)?;

@@ -142,8 +142,7 @@ impl Ca {
 
 /// The pin of a CA certificate: `sha256:` and 64 hex digits.
 pub fn ca_hash(cert_der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
-    format!("sha256:{}", hex(digest.as_ref()))
+    edge_proto::digest::to_prefixed(&edge_proto::digest::sha256(cert_der))
 }
 
 /// The node id in a node certificate's common name. `None` if the certificate does not parse or
@@ -152,15 +151,6 @@ pub fn node_id_from_cert(cert_der: &[u8]) -> Option<NodeId> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
     NodeId::parse(cn)
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The CA signs enrollments for the core's session machine.

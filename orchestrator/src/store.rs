@@ -1,5 +1,5 @@
-//! [`SledStore`]: the core's [`Store`] on the orchestrator's disk (the CA, join tokens, the
-//! node registry and the deployments). Records are JSON so an operator can read a dump, and
+//! [`SledStore`]: the core's [`Store`] on the orchestrator's disk (the CA, join tokens, API
+//! tokens, the node registry and the deployments). Records are JSON so an operator can read a dump, and
 //! every write that a peer will rely on is flushed before it returns: a node must never hold a
 //! certificate the orchestrator forgot.
 //!
@@ -9,6 +9,7 @@
 //! Only this module touches sled.
 
 use edge_proto::NodeId;
+use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::deploy::DeploymentRecord;
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
@@ -22,6 +23,7 @@ pub struct SledStore {
     db: sled::Db,
     meta: sled::Tree,
     tokens: sled::Tree,
+    api_tokens: sled::Tree,
     nodes: sled::Tree,
     deployments: sled::Tree,
 }
@@ -47,6 +49,7 @@ impl SledStore {
         Ok(Self {
             meta: db.open_tree("meta").map_err(backend)?,
             tokens: db.open_tree("tokens").map_err(backend)?,
+            api_tokens: db.open_tree("api_tokens").map_err(backend)?,
             nodes: db.open_tree("nodes").map_err(backend)?,
             deployments: db.open_tree("deployments").map_err(backend)?,
             db,
@@ -111,6 +114,19 @@ impl Store for SledStore {
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.put_newer(&self.tokens, token.id.as_bytes(), token, token.rev)
+    }
+
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        scan_json(&self.api_tokens)
+    }
+
+    fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(token).map_err(backend)?;
+        self.api_tokens
+            .insert(token.id.as_bytes(), bytes)
+            .map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {

@@ -35,7 +35,7 @@ fn start() -> Server {
 
 fn start_with(store: Arc<dyn Store>) -> Server {
     let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
+    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -53,8 +53,14 @@ fn start_with(store: Arc<dyn Store>) -> Server {
         .build()
         .into();
     Server {
-        admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
-        viewer: auth.issue("dash", Role::Viewer, Duration::from_secs(3600)),
+        admin: auth
+            .issue("admin", Role::Admin, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
+        viewer: auth
+            .issue("dash", Role::Viewer, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
         _rt: rt,
         handles,
         auth,
@@ -306,18 +312,25 @@ fn v1_needs_a_valid_bearer_token() {
         .error(401, "unauthorized");
     assert!(m.contains("malformed"), "{m}");
 
-    let expired = s.auth.issue_at(
-        "old",
-        Role::Admin,
-        SystemTime::now() - Duration::from_secs(7200),
-        Duration::from_secs(3600),
-    );
+    let expired = s
+        .auth
+        .issue_at(
+            "old",
+            Role::Admin,
+            SystemTime::now() - Duration::from_secs(7200),
+            Duration::from_secs(3600),
+        )
+        .expect("issue")
+        .token;
     let m = s
         .get("/v1/nodes", Some(&expired))
         .error(401, "unauthorized");
     assert!(m.contains("expired"), "{m}");
 
-    let foreign = ApiAuth::from_secret(&[9; 32]).issue("x", Role::Admin, Duration::from_secs(60));
+    let foreign = ApiAuth::from_secret(&[9; 32])
+        .issue("x", Role::Admin, Duration::from_secs(60))
+        .expect("issue")
+        .token;
     let m = s
         .get("/v1/nodes", Some(&foreign))
         .error(401, "unauthorized");
@@ -363,7 +376,11 @@ fn roles_limit_what_a_token_may_do() {
     s.post_json("/v1/tokens", viewer, r#"{"uses": "x"}"#)
         .error(403, "forbidden");
 
-    let operator = s.auth.issue("ops", Role::Operator, Duration::from_secs(60));
+    let operator = s
+        .auth
+        .issue("ops", Role::Operator, Duration::from_secs(60))
+        .expect("issue")
+        .token;
     assert_eq!(s.get("/v1/nodes", Some(&operator)).status, 200);
     s.get("/v1/tokens", Some(&operator)).error(403, "forbidden");
     assert!(
@@ -942,7 +959,11 @@ fn the_admin_token_file_and_the_secret_survive_a_restart() {
     let state = dir.path().join("state");
     let (token, join_id) = {
         let s = start_with(Arc::new(SledStore::open(&state).expect("sled")));
-        let token = s.auth.issue("admin", Role::Admin, auth::ADMIN_TOKEN_TTL);
+        let token = s
+            .auth
+            .issue("admin", Role::Admin, auth::ADMIN_TOKEN_TTL)
+            .expect("issue")
+            .token;
         let path = auth::write_admin_token(dir.path(), &token).expect("write the token");
         assert_eq!(path, dir.path().join(auth::ADMIN_TOKEN_FILE));
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
@@ -960,7 +981,11 @@ fn the_admin_token_file_and_the_secret_survive_a_restart() {
     assert_eq!(r.status, 200, "the old admin token still works: {r:?}");
     assert_eq!(r.json()[0]["id"], join_id.as_str());
     // A second write replaces the token whole.
-    let fresh = s.auth.issue("admin", Role::Admin, auth::ADMIN_TOKEN_TTL);
+    let fresh = s
+        .auth
+        .issue("admin", Role::Admin, auth::ADMIN_TOKEN_TTL)
+        .expect("issue")
+        .token;
     let path = auth::write_admin_token(dir.path(), &fresh).expect("rewrite");
     assert_eq!(std::fs::read_to_string(path).expect("read").trim(), fresh);
 }
@@ -968,7 +993,11 @@ fn the_admin_token_file_and_the_secret_survive_a_restart() {
 #[test]
 fn workload_routes_refuse_bad_input_with_the_field_and_lose_nothing() {
     let s = start();
-    let operator = s.auth.issue("ops", Role::Operator, Duration::from_secs(60));
+    let operator = s
+        .auth
+        .issue("ops", Role::Operator, Duration::from_secs(60))
+        .expect("issue")
+        .token;
     let digest = format!("sha256:{}", "ab".repeat(32));
     let valid = format!(
         r#"{{"name": "web", "version": "1", "artifact": "{digest}",
@@ -1071,7 +1100,11 @@ fn workload_routes_refuse_bad_input_with_the_field_and_lose_nothing() {
 fn a_node_is_cordoned_and_uncordoned_and_it_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tmp");
     let s = start_with(Arc::new(SledStore::open(dir.path()).expect("store")));
-    let operator = s.auth.issue("ops", Role::Operator, Duration::from_secs(60));
+    let operator = s
+        .auth
+        .issue("ops", Role::Operator, Duration::from_secs(60))
+        .expect("issue")
+        .token;
     s.enroll("berlin-1", NodeId([1; 16]), &pi_caps());
     let r = s.post_json("/v1/nodes/berlin-1/cordon", Some(&operator), "{}");
     assert_eq!(
@@ -1084,7 +1117,11 @@ fn a_node_is_cordoned_and_uncordoned_and_it_survives_a_restart() {
     );
     drop(s);
     let s = start_with(Arc::new(SledStore::open(dir.path()).expect("reopen")));
-    let operator = s.auth.issue("ops", Role::Operator, Duration::from_secs(60));
+    let operator = s
+        .auth
+        .issue("ops", Role::Operator, Duration::from_secs(60))
+        .expect("issue")
+        .token;
     assert_eq!(
         s.get("/v1/nodes/berlin-1", Some(&s.viewer)).json()["cordoned"],
         true,
@@ -1094,5 +1131,86 @@ fn a_node_is_cordoned_and_uncordoned_and_it_survives_a_restart() {
     assert_eq!(
         (r.status, &r.json()["cordoned"]),
         (200, &serde_json::json!(false))
+    );
+}
+
+/// Four requests the OpenAPI document used to allow and the server refused (or, for
+/// `ttl_secs: null`, took): now both refuse them, the server with 400 naming the field.
+#[test]
+fn the_server_and_its_document_refuse_the_same_requests() {
+    let s = start();
+    let doc: Value = serde_json::from_str(api::OPENAPI_JSON).expect("the document is JSON");
+    let schema = |name: &str| &doc["components"]["schemas"][name];
+
+    // `ttl_secs: null`: not nullable in the document, and refused rather than read as absent.
+    for (path, body) in [
+        ("/v1/tokens", r#"{"ttl_secs": null}"#),
+        (
+            "/v1/api-tokens",
+            r#"{"role": "viewer", "subject": "ci", "ttl_secs": null}"#,
+        ),
+        ("/v1/tokens", r#"{"ttl": null}"#),
+        ("/v1/tokens", r#"{"uses": null}"#),
+    ] {
+        let m = s
+            .post_json(path, Some(&s.admin), body)
+            .error(400, "bad_request");
+        assert!(m.contains("null"), "{path} {body}: {m}");
+    }
+    for name in ["CreateToken", "CreateApiToken"] {
+        let ttl_secs = &schema(name)["properties"]["ttl_secs"];
+        assert_eq!(ttl_secs["type"], "integer");
+        assert!(ttl_secs.get("nullable").is_none(), "{name}: {ttl_secs}");
+    }
+
+    // `ttl: "0"`: the pattern wants at least one second.
+    let m = s
+        .post_json("/v1/tokens", Some(&s.admin), r#"{"ttl": "0"}"#)
+        .error(400, "bad_request");
+    assert_eq!(m, "ttl: must be positive");
+    let pattern = schema("CreateToken")["properties"]["ttl"]["pattern"]
+        .as_str()
+        .expect("a pattern");
+    let pattern = regex::Regex::new(pattern).expect("compiles");
+    assert!(
+        !pattern.is_match("0") && pattern.is_match("1h"),
+        "{pattern}"
+    );
+
+    // `ttl` with `ttl_secs`: the document says not both.
+    let m = s
+        .post_json(
+            "/v1/tokens",
+            Some(&s.admin),
+            r#"{"ttl": "1h", "ttl_secs": 3600}"#,
+        )
+        .error(400, "bad_request");
+    assert!(m.contains("not both"), "{m}");
+    for name in ["CreateToken", "CreateApiToken"] {
+        assert_eq!(
+            schema(name)["not"],
+            serde_json::json!({"required": ["ttl", "ttl_secs"]}),
+            "{name}"
+        );
+    }
+
+    // An empty workload version: at least one character.
+    let operator = s
+        .auth
+        .issue("ops", Role::Operator, Duration::from_secs(60))
+        .expect("issue")
+        .token;
+    let spec = format!(
+        r#"{{"name": "web", "version": "", "artifact": "sha256:{}",
+            "resources": {{"cpu_millis": 100, "memory_bytes": 16777216}}}}"#,
+        "ab".repeat(32)
+    );
+    let m = s
+        .post_json("/v1/workloads", Some(&operator), &spec)
+        .error(400, "bad_request");
+    assert_eq!(m, "version: must not be empty");
+    assert_eq!(
+        schema("WorkloadSpec")["properties"]["version"]["minLength"],
+        1
     );
 }

@@ -1,15 +1,17 @@
 //! The artifact store on a real disk, its QUIC side over real QUIC with a real certificate, the
 //! `/v1/artifacts` API over real HTTP on 127.0.0.1:0, and the real `edgectl artifact` commands.
 
+use edge_proto::digest::{
+    from_lower_prefixed as parse_digest, sha256, to_hex, to_prefixed as format_digest,
+};
 use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{ArtifactReply, ArtifactRequest, StreamOpen, decode};
 use orchestrator::api;
 use orchestrator::app::Handles;
 use orchestrator::artifacts::{
-    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, serve_artifact_stream, sha256, to_hex,
+    ArtifactInfo, ArtifactStore, OpenError, PutError, Served, serve_artifact_stream,
 };
 use orchestrator::auth::{ApiAuth, Role};
-use orchestrator_core::digest::{format_digest, parse_digest};
 use orchestrator_core::store::MemStore;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -366,7 +368,7 @@ fn start(with_store: bool) -> Server {
     let data = tempfile::tempdir().expect("tmp");
     let store = Arc::new(MemStore::default());
     let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
+    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
     let store = with_store.then(|| {
         Arc::new(ArtifactStore::open_with_limit(data.path(), LIMIT).expect("artifact store"))
     });
@@ -386,9 +388,18 @@ fn start(with_store: bool) -> Server {
         _data: data,
         handles,
         base: format!("http://{addr}"),
-        admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
-        operator: auth.issue("ci", Role::Operator, Duration::from_secs(3600)),
-        viewer: auth.issue("dash", Role::Viewer, Duration::from_secs(3600)),
+        admin: auth
+            .issue("admin", Role::Admin, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
+        operator: auth
+            .issue("ci", Role::Operator, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
+        viewer: auth
+            .issue("dash", Role::Viewer, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
         agent: ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))

@@ -3,6 +3,7 @@
 use edge_proto::{Capabilities, Label, Location, NodeId, text};
 use orchestrator::api;
 use orchestrator::app::Handles;
+use orchestrator::artifacts::ArtifactStore;
 use orchestrator::auth::{ApiAuth, Role};
 use orchestrator_core::store::MemStore;
 use std::process::{Command, Output};
@@ -15,12 +16,23 @@ struct Server {
     handles: Handles,
     base: String,
     admin: String,
+    /// The artifact store's directory, when there is one.
+    _artifacts: Option<tempfile::TempDir>,
 }
 
 fn start() -> Server {
+    start_with(None)
+}
+
+/// A server with an artifact store, so that workloads can be deployed.
+fn start_with_artifacts() -> Server {
+    start_with(Some(tempfile::tempdir().expect("temp dir")))
+}
+
+fn start_with(artifacts: Option<tempfile::TempDir>) -> Server {
     let store = Arc::new(MemStore::default());
     let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.as_ref()).expect("API secret"));
+    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -30,15 +42,22 @@ fn start() -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
+    let artifact_store = artifacts
+        .as_ref()
+        .map(|dir| Arc::new(ArtifactStore::open(dir.path()).expect("artifact store")));
     rt.spawn(api::serve(
         listener,
-        api::router(handles.api(auth.clone(), None)),
+        api::router(handles.api(auth.clone(), artifact_store)),
     ));
     Server {
         _rt: rt,
         handles,
         base: format!("http://{addr}"),
-        admin: auth.issue("admin", Role::Admin, Duration::from_secs(3600)),
+        _artifacts: artifacts,
+        admin: auth
+            .issue("admin", Role::Admin, Duration::from_secs(3600))
+            .expect("issue")
+            .token,
     }
 }
 
@@ -54,6 +73,47 @@ impl Server {
             cmd.arg("--token").arg(t);
         }
         cmd.args(args).output().expect("run edgectl")
+    }
+
+    /// Enrolls a node and opens a session for it, as if it had connected: online, so that the
+    /// scheduler places instances there.
+    fn enroll_online(&self, name: &str, id: NodeId) {
+        let (token, _) = self
+            .handles
+            .registry
+            .create_token(600, 1, "test".into())
+            .expect("join token");
+        let caps = Capabilities {
+            arch: text("x86_64"),
+            os: text("linux"),
+            os_version: text("Ubuntu 24.04"),
+            kernel: text("6.8.0"),
+            hostname: text(name),
+            cpus: 4,
+            cpu_model: text(""),
+            memory_bytes: 8 << 30,
+            disk_bytes: 64 << 30,
+            disk_free_bytes: 32 << 30,
+            accelerators: Default::default(),
+            board: None,
+            labels: Default::default(),
+            location: None,
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let record = {
+            let mut fleet = self.handles.registry.fleet();
+            fleet
+                .enroll(&token, name, &caps, id, now, |_| Ok(()))
+                .expect("enroll");
+            fleet
+                .open_session(id, u64::from(id.0[0]), now)
+                .expect("session");
+            fleet.node(id).cloned().expect("enrolled")
+        };
+        self.handles.deployments.deploy(|d| ((), d.node_up(record)));
     }
 
     fn enroll_berlin(&self) {
@@ -300,4 +360,248 @@ fn an_unreachable_api_is_named_in_the_error() {
         "{err}"
     );
     assert!(err.contains("connection refused"), "{err}");
+}
+
+#[test]
+fn api_tokens_are_issued_listed_and_revoked() {
+    let s = start();
+    let o = s.edgectl(
+        Some(&s.admin),
+        &[
+            "api-token",
+            "create",
+            "--role",
+            "operator",
+            "--subject",
+            "ci",
+            "--ttl",
+            "2h",
+            "--json",
+        ],
+    );
+    assert_ok(&o);
+    let created: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let token = created["token"].as_str().expect("token").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["role"], "operator");
+    assert_ok(&s.edgectl(Some(&token), &["nodes"]));
+
+    let o = s.edgectl(Some(&s.admin), &["api-token", "list"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .expect("header")
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["ID", "ROLE", "SUBJECT", "STATE", "EXPIRES", "ISSUED BY"]
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} listed in:\n{out}"));
+    for cell in ["operator", "ci", "active", "admin"] {
+        assert!(row.contains(cell), "{cell:?} missing in {row:?}");
+    }
+    // Two hours from its issue, counted down from now.
+    assert!(
+        row.contains("in 2h 0m") || row.contains("in 1h 59m"),
+        "{row:?}"
+    );
+    assert!(!out.contains(&token), "the list never shows a token's text");
+    assert!(
+        !out.contains(&s.admin),
+        "the list never shows a token's text"
+    );
+
+    let o = s.edgectl(Some(&s.admin), &["api-token", "revoke", &id]);
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with(&format!("revoked API token {id}")));
+    let o = s.edgectl(Some(&token), &["nodes"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).trim(), "edgectl: bearer token was revoked");
+    let o = s.edgectl(Some(&s.admin), &["api-token", "list", "--json"]);
+    assert_ok(&o);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let entry = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .expect("still listed");
+    assert_eq!(entry["state"], "revoked");
+
+    let o = s.edgectl(Some(&s.admin), &["api-token", "revoke", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("edgectl: no API token"),
+        "{}",
+        stderr(&o)
+    );
+    // clap knows the roles the API issues: admin is not one.
+    let o = s.edgectl(
+        Some(&s.admin),
+        &["api-token", "create", "--role", "admin", "--subject", "x"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// A node's cordon shows in `nodes` and `node`, and `drain` says what became of each
+/// instance: a replicated workload's moves to another node, or finds none and says why; a
+/// per-node workload's stops.
+#[test]
+fn cordons_show_and_drain_says_what_moves_and_what_stops() {
+    let s = start_with_artifacts();
+    for (name, n) in [("alpha", 1u8), ("bravo", 2), ("charlie", 3)] {
+        s.enroll_online(name, NodeId([n; 16]));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = dir.path().join("web");
+    std::fs::write(&exe, b"#!/bin/sh\nexec sleep 1000\n").expect("write");
+    let o = s.edgectl(Some(&s.admin), &["artifact", "push", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "a path is needed");
+    let o = s.edgectl(
+        Some(&s.admin),
+        &["artifact", "push", exe.to_str().expect("utf-8"), "--json"],
+    );
+    assert_ok(&o);
+    let pushed: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let digest = pushed["digest"].as_str().expect("digest");
+    for (name, placement) in [
+        ("web", "replicas = 2"),
+        ("agent", "placement = \"per-node\""),
+    ] {
+        let spec = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "name = \"{name}\"\nversion = \"1\"\nartifact = \"{digest}\"\n{placement}\n\
+                 [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n"
+            ),
+        )
+        .expect("write the spec");
+        assert_ok(&s.edgectl(
+            Some(&s.admin),
+            &["deploy", "-f", spec.to_str().expect("utf-8")],
+        ));
+    }
+    let web = |s: &Server| -> Vec<String> {
+        let o = s.edgectl(Some(&s.admin), &["workloads", "web", "--json"]);
+        assert_ok(&o);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+        v["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|i| i["node"].as_str().expect("node").to_owned())
+            .collect()
+    };
+    let holders = web(&s);
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    let spare = ["alpha", "bravo", "charlie"]
+        .into_iter()
+        .find(|n| !holders.iter().any(|h| h == n))
+        .expect("one node without web");
+
+    // The first drain: web moves to the spare node, agent stops there.
+    let victim = holders[0].clone();
+    let o = s.edgectl(Some(&s.admin), &["drain", &victim]);
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{victim} cordoned and drained:\n  \
+             agent: stopped there (a per-node workload runs on the uncordoned nodes that match)\n  \
+             web: moves to {spare}\n"
+        )
+    );
+    // The cordon shows.
+    let o = s.edgectl(Some(&s.admin), &["nodes"]);
+    assert_ok(&o);
+    let row = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with(&victim))
+        .map(str::to_owned)
+        .expect("the node is listed");
+    assert!(row.contains("online,cordoned"), "{row:?}");
+    let o = s.edgectl(Some(&s.admin), &["node", &victim]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("Status:       online, cordoned, last seen"),
+        "{}",
+        stdout(&o)
+    );
+
+    // The second drain: the one node left runs web already, so web has nowhere to go.
+    let second = holders[1].clone();
+    let o = s.edgectl(Some(&s.admin), &["drain", &second]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(&format!(
+            "{second} cordoned and drained:\n  \
+             agent: stopped there (a per-node workload runs on the uncordoned nodes that match)\n  \
+             web: stopped there; no other node can take it:\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("    {victim}: cordoned")), "{out}");
+
+    // A node without instances: nothing to move, and it says so.
+    let o = s.edgectl(Some(&s.admin), &["drain", &victim]);
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!("{victim} cordoned and drained: it ran no instances; no new ones go there\n")
+    );
+    let o = s.edgectl(Some(&s.admin), &["uncordon", &victim]);
+    assert_ok(&o);
+    let o = s.edgectl(Some(&s.admin), &["nodes"]);
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with(&victim) && !l.contains("cordoned")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// Completion scripts come from the command line's own definition, so they know every
+/// command; the bash one is valid bash.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let s = start();
+    for (shell, marker) in [
+        ("bash", "_edgectl()"),
+        ("zsh", "#compdef edgectl"),
+        ("fish", "complete -c edgectl"),
+    ] {
+        // No API is needed.
+        let o = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+            .args(["--api", "not-a-url", "completions", shell])
+            .output()
+            .expect("run edgectl");
+        assert_ok(&o);
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["api-token", "drain", "deploy", "completions"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("edgectl.bash");
+    std::fs::write(&path, stdout(&s.edgectl(None, &["completions", "bash"]))).expect("write");
+    let o = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("run bash");
+    assert_ok(&o);
+    let o = s.edgectl(None, &["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

@@ -899,7 +899,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     let store = in_process::artifact_store(&orch)?;
     let stored = orch_rt.block_on(store.put(&b"#!/bin/sh\nexec sleep 600\n"[..], None))?;
-    let digest = orchestrator_core::digest::format_digest(&stored.digest);
+    let digest = edge_proto::digest::to_prefixed(&stored.digest);
     let run_id = format!("w{}", std::process::id());
     let mut bodies = Vec::with_capacity(args.workloads);
     let mut specs = Vec::with_capacity(args.workloads);

@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<()> {
 
     let store = &orch.orch.artifacts;
     let stored = rt.block_on(store.put(SCRIPT, None))?;
-    let digest = orchestrator_core::digest::format_digest(&stored.digest);
+    let digest = edge_proto::digest::to_prefixed(&stored.digest);
     let names: Vec<String> = (0..args.workloads).map(|i| format!("w-{i}")).collect();
     for name in &names {
         let spec = serde_json::json!({

@@ -34,11 +34,11 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use edge_benches::stats::{self, percentile};
 use edge_benches::{in_process, pause};
+use edge_proto::digest::to_prefixed;
 use edge_proto::{NodeId, WorkloadState};
 use node_daemon::config::Config;
 use orchestrator::app::Orchestrator;
 use orchestrator::artifacts::ArtifactStore;
-use orchestrator_core::digest::format_digest;
 use serde_json::{Value, json};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -276,7 +276,7 @@ impl Bench {
             .orch_rt
             .block_on(self.store.put(bytes, None))
             .context("putting the artifact")?;
-        Ok(format_digest(&stored.digest))
+        Ok(to_prefixed(&stored.digest))
     }
 
     fn look_again(&self, last: &mut Instant) {
@@ -844,7 +844,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         },
         |b, digest, path| {
             std::fs::remove_file(path)?;
-            if let Some(d) = orchestrator_core::digest::parse_digest(digest) {
+            if let Some(d) = edge_proto::digest::from_lower_prefixed(digest) {
                 b.orch_rt.block_on(b.store.delete(&d))?;
             }
             Ok(())

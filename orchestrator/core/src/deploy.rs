@@ -483,10 +483,7 @@ pub fn assignment(
     generation: u64,
     artifact_size: u64,
 ) -> Result<Assignment, SpecError> {
-    let invalid = |field: &str, reason: &str| SpecError::Invalid {
-        field: field.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let invalid = |field: &str, reason: &str| SpecError::invalid(field, reason);
     if spec.command().is_some() {
         return Err(invalid(
             "command",

@@ -3,6 +3,8 @@
 //! shells (the QUIC server, the operator API, the sled store), which depend on it and never
 //! the reverse.
 //!
+//! - [`access`]: who may use the operator API: roles, the API tokens on record, the rules
+//!   for issuing, checking and revoking them, and keeping or replacing the admin token.
 //! - [`fleet`]: the registry of nodes, join tokens and live sessions; returns the records to
 //!   persist.
 //! - [`tokens`]: join tokens `ID.SECRET`; only sha256 of the secret is kept.
@@ -13,7 +15,6 @@
 //! - [`deploy`]: the deployments controller: specs in, placements and messages out.
 //! - [`store`]: the [`store::Store`] trait the shells implement, the records it keeps, and
 //!   [`store::MemStore`] for simulations and tests.
-//! - [`digest`]: artifact digests as operators write them (`sha256:HEX`).
 //!
 //! **Invariants.** No I/O: this crate depends on none of tokio, quinn, sled, axum, hyper, mio
 //! or socket2, directly or through another crate (`cargo tree -p orchestrator-core -e normal`
@@ -24,8 +25,8 @@
 //! No randomness except what the caller hands in (a random id, a fill function).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod deploy;
-pub mod digest;
 pub mod fleet;
 pub mod scheduler;
 pub mod session;

@@ -1,4 +1,5 @@
-//! Durable state behind one trait: the CA, join tokens, the node registry and the deployments.
+//! Durable state behind one trait: the CA, join tokens, API tokens, the node registry and the
+//! deployments.
 //!
 //! The shell's `SledStore` keeps them on the orchestrator's disk; [`MemStore`] is for the
 //! simulation and unit tests. A distributed backend will implement the same trait. Every
@@ -8,6 +9,7 @@
 //! Registry records carry a revision (`rev`): a write never replaces a stored record with an
 //! older one, so concurrent writes of the same token or node may land in any order.
 
+use crate::access::ApiTokenRecord;
 use crate::deploy::DeploymentRecord;
 use crate::fleet::NodeRecord;
 use crate::tokens::TokenRecord;
@@ -33,6 +35,11 @@ pub trait Store: Send + Sync + 'static {
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// The operator API's tokens on record (never their text). A write replaces the record
+    /// with the same id and is durable when it returns: a revocation must survive a crash.
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError>;
+    fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
@@ -60,6 +67,7 @@ pub struct MemStore {
 struct MemInner {
     meta: BTreeMap<String, Vec<u8>>,
     tokens: BTreeMap<String, TokenRecord>,
+    api_tokens: BTreeMap<String, ApiTokenRecord>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     deployments: BTreeMap<String, DeploymentRecord>,
 }
@@ -91,6 +99,15 @@ impl Store for MemStore {
         {
             inner.tokens.insert(token.id.clone(), token.clone());
         }
+        Ok(())
+    }
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        Ok(self.lock().api_tokens.values().cloned().collect())
+    }
+    fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        self.lock()
+            .api_tokens
+            .insert(token.id.clone(), token.clone());
         Ok(())
     }
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {

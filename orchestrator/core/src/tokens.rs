@@ -120,13 +120,7 @@ fn random_word(rng: &mut dyn FnMut(&mut [u8]), len: usize) -> String {
 
 /// Lowercase hex of sha256 of `bytes`.
 fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest.as_ref().iter().fold(String::new(), |mut s, b| {
-        // Writing into a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    edge_proto::digest::encode_hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 #[cfg(test)]

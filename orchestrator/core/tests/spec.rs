@@ -751,17 +751,17 @@ fn near_bounds() {
     refuses(
         near(91.0, 0.0, 1.0),
         "requirements.near.lat",
-        "91 out of range -90..=90",
+        "91 is out of range -90..=90",
     );
     refuses(
         near(-90.5, 0.0, 1.0),
         "requirements.near.lat",
-        "-90.5 out of range -90..=90",
+        "-90.5 is out of range -90..=90",
     );
     refuses(
         near(0.0, 180.1, 1.0),
         "requirements.near.lon",
-        "180.1 out of range -180..=180",
+        "180.1 is out of range -180..=180",
     );
     refuses(
         near(0.0, 0.0, 0.0),

@@ -11,7 +11,7 @@
 //! into the API's JSON error shape. It never holds an upload in memory and never touches the
 //! artifact files except through [`ArtifactStore`].
 
-use crate::artifacts::{ArtifactStore, Digest, PutError, Stored, from_hex};
+use crate::artifacts::{ArtifactStore, Digest, PutError, Stored};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
@@ -20,6 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use edge_proto::digest::from_hex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -134,7 +135,9 @@ fn expected_digest(parts: &Parts) -> Result<Option<Digest>, ApiError> {
                 "{key}: unknown query parameter; the only one is sha256"
             )));
         }
-        let hex = value.strip_prefix("sha256:").unwrap_or(&value);
+        let hex = value
+            .strip_prefix(edge_proto::digest::SHA256_PREFIX)
+            .unwrap_or(&value);
         expected = Some(from_hex(hex).ok_or_else(|| {
             ApiError::BadRequest(format!("sha256: {value:?} is not 64 hex digits"))
         })?);
@@ -192,7 +195,7 @@ async fn push(State(state): State<ApiState>, request: Request) -> Response {
     };
     match receive(&admitted.store, admitted.expected, &mut body).await {
         Ok(stored) => {
-            let digest = orchestrator_core::digest::format_digest(&stored.digest);
+            let digest = edge_proto::digest::to_prefixed(&stored.digest);
             tracing::info!(
                 %digest,
                 size = stored.size,

@@ -34,6 +34,10 @@ pub enum ApiError {
     /// The token is good but its role is too low. 403.
     #[error("this needs the {need} role; the token has {have}")]
     Forbidden { need: Role, have: Role },
+    /// The token's role is enough, but what it asks is not done through the API; the
+    /// message says what to do instead. 403.
+    #[error("{0}")]
+    Refused(String),
     /// No such node or route. 404.
     #[error("{0}")]
     NotFound(String),
@@ -56,7 +60,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::Refused(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

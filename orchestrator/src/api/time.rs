@@ -2,6 +2,7 @@
 //! them (RFC 3339, UTC).
 
 use super::error::ApiError;
+use time::format_description::well_known::Rfc3339;
 
 /// The lifetime a request asks for: `ttl` (a duration) or `ttl_secs`, else `default`; between
 /// 1 second and `max`.
@@ -36,10 +37,15 @@ pub(super) fn ttl_from(
     Ok(secs)
 }
 
-/// Parses `90s`, `15m`, `1h`, `7d` (or plain seconds) into seconds.
+/// Parses `90s`, `15m`, `1h`, `7d` (or plain seconds) into seconds: digits, then at most one
+/// unit, nothing else (no spaces), as the OpenAPI document's pattern says.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a duration; use a number with s, m, h or d, e.g. 1h");
-    let text = text.trim();
+    let bad = || {
+        format!(
+            "{} is not a duration; use a number with s, m, h or d, e.g. 1h",
+            edge_proto::field::shown(text)
+        )
+    };
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
         None => (text, "s"),
@@ -61,32 +67,18 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         .ok_or_else(bad)
 }
 
-/// Unix seconds as RFC 3339 UTC, e.g. `2026-11-25T22:30:09Z`.
-pub fn rfc3339(unix: u64) -> String {
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
+/// The latest instant RFC 3339 can write: its years have four digits.
+const LAST_RFC3339_UNIX: i64 = 253_402_300_799;
 
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`,
-/// for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+/// Unix seconds as RFC 3339 UTC, e.g. `2026-11-25T22:30:09Z`. A time past the year 9999,
+/// which RFC 3339 cannot write, shows as its last second.
+pub fn rfc3339(unix: u64) -> String {
+    let secs = i64::try_from(unix).map_or(LAST_RFC3339_UNIX, |s| s.min(LAST_RFC3339_UNIX));
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        // Invariant: every second from 1970 to the end of 9999 formats.
+        .unwrap_or_else(|| "9999-12-31T23:59:59Z".to_owned())
 }
 
 #[cfg(test)]
@@ -103,26 +95,10 @@ mod tests {
     }
 
     #[test]
-    fn dates_agree_with_a_day_by_day_walk() {
-        let mut ymd = (1970u64, 1u64, 1u64);
-        for days in 0..200_000u64 {
-            assert_eq!(civil_from_days(days), ymd, "day {days}");
-            let (y, m, d) = ymd;
-            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = match m {
-                2 if leap => 29,
-                2 => 28,
-                4 | 6 | 9 | 11 => 30,
-                _ => 31,
-            };
-            ymd = if d < len {
-                (y, m, d + 1)
-            } else if m < 12 {
-                (y, m + 1, 1)
-            } else {
-                (y + 1, 1, 1)
-            };
-        }
+    fn dates_past_what_rfc3339_writes_show_its_last_second() {
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_800), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]
@@ -141,6 +117,9 @@ mod tests {
             "-1h",
             "1h30m",
             "99999999999999999999d",
+            " 1h",
+            "1h ",
+            "1 h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }

@@ -2,8 +2,8 @@
 //! speaks the same types.
 
 use crate::auth::Role;
-use edge_proto::digest::Digest;
-use orchestrator_core::digest::format_digest;
+use edge_proto::digest::{Digest, to_prefixed};
+use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::fleet::{AcceleratorInfo, GeoPoint, IdentityConflict, NodeRecord};
 use orchestrator_core::tokens::TokenRecord;
 use serde::{Deserialize, Serialize};
@@ -130,20 +130,47 @@ impl NodeView {
     }
 }
 
+/// An optional field that, when present, must hold a value: `null` is refused, as the
+/// OpenAPI document says (these fields are not `nullable`). Absent is `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// `POST /v1/tokens`: a join token for nodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// A duration such as `90s`, `15m`, `1h`, `7d`. Default 1h, at most 30d.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<String>,
     /// The same in seconds; give one of `ttl` and `ttl_secs`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_secs: Option<u64>,
     /// How many nodes may join with it: 1 to 10000, default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub uses: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// At most 200 characters, none of them a control character.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub description: Option<String>,
 }
 
@@ -185,7 +212,8 @@ impl From<&TokenRecord> for TokenView {
     }
 }
 
-/// `POST /v1/api-tokens`: an API token with a role no higher than the caller's.
+/// `POST /v1/api-tokens`: a `viewer` or `operator` token; admin tokens are not issued through
+/// the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
@@ -193,20 +221,69 @@ pub struct CreateApiTokenRequest {
     /// Who it is for, e.g. `ci` or `grafana`: 1 to 64 printable characters.
     pub subject: String,
     /// A duration such as `24h`; default 24h, at most 365d.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The same in seconds; give one of `ttl` and `ttl_secs`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_secs: Option<u64>,
 }
 
+/// An API token, as issued. The token text is shown only here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiTokenCreated {
     /// The bearer token (a JWT).
     pub token: String,
+    /// Its id, for `DELETE /v1/api-tokens/{id}`.
+    pub id: String,
     pub role: Role,
     pub subject: String,
     pub expires_at: String,
     pub expires_unix: u64,
+}
+
+/// An API token as listed: never its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenView {
+    /// The token's `jti`.
+    pub id: String,
+    pub role: Role,
+    pub subject: String,
+    /// Who issued it: an admin's subject, or `edge-orchestrator` for the admin token.
+    pub issued_by: String,
+    /// RFC 3339, UTC.
+    pub issued_at: String,
+    pub issued_unix: u64,
+    pub expires_at: String,
+    pub expires_unix: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+}
+
+impl ApiTokenView {
+    pub fn new(r: &ApiTokenRecord, now_unix: u64) -> Self {
+        Self {
+            id: r.id.clone(),
+            role: r.role,
+            subject: r.subject.clone(),
+            issued_by: r.issued_by.clone(),
+            issued_at: rfc3339(r.issued_unix),
+            issued_unix: r.issued_unix,
+            expires_at: rfc3339(r.expires_unix),
+            expires_unix: r.expires_unix,
+            revoked_at: r.revoked_unix.map(rfc3339),
+            state: r.state(now_unix).as_str().to_owned(),
+        }
+    }
 }
 
 /// A workload as the API shows it.
@@ -281,7 +358,7 @@ pub struct ArtifactView {
 impl ArtifactView {
     pub fn new(digest: &Digest, size: u64) -> Self {
         Self {
-            digest: format_digest(digest),
+            digest: to_prefixed(digest),
             size,
         }
     }

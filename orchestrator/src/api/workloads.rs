@@ -172,7 +172,7 @@ async fn deploy(
     let Some(size) = store.size(&digest).await.map_err(internal)? else {
         return Err(ApiError::BadRequest(format!(
             "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",
-            orchestrator_core::digest::format_digest(&digest)
+            edge_proto::digest::to_prefixed(&digest)
         )));
     };
     let name = spec.name().to_owned();

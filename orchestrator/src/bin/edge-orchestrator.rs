@@ -28,6 +28,10 @@ enum Command {
         /// The operator API address.
         #[arg(long, default_value = "127.0.0.1:7480")]
         api_listen: SocketAddr,
+        /// Replace the admin API token: issue a new one into DATA_DIR/admin.token and revoke
+        /// the old. Without it the token in that file is kept while it is good.
+        #[arg(long)]
+        rotate_admin_token: bool,
     },
     /// Start an orchestrator and three local nodes, and show what to try.
     Demo {
@@ -79,7 +83,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             quic_listen,
             api_listen,
+            rotate_admin_token,
         } => {
+            if rotate_admin_token {
+                // Without the file, the start issues a new admin token and revokes the others.
+                let path = data_dir.join(orchestrator::auth::ADMIN_TOKEN_FILE);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("removing {}", path.display()));
+                    }
+                }
+            }
             let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen)
                 .await
                 .context("starting the orchestrator")?;

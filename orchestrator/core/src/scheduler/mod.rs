@@ -233,7 +233,7 @@ impl Outcome {
 }
 
 fn hex_ids<S: Serializer>(ids: &[NodeId], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(ids.iter().map(ToString::to_string))
+    s.collect_seq(ids.iter().map(|id| edge_proto::digest::encode_hex(&id.0)))
 }
 
 /// Places workloads on a snapshot of the fleet, ranking the candidates with `S`. See the

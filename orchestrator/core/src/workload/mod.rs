@@ -18,8 +18,10 @@
 //! user sent, so a hostile 200 KiB string never ends up in a log line or a response.
 //!
 //! Here are the spec's types and accessors; `validate` reads the text into raw structs and
-//! checks them field by field; `field_path` builds the field paths and quotes the user's
-//! strings for error messages.
+//! checks them field by field; `parse_error` turns the parsers' errors into field errors.
+//! Field paths, the quoting of the user's strings, and the rules for names, labels and
+//! coordinates are `edge_proto::field`'s, shared with the node's config: a name or label
+//! that passes here fits the wire whole.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,8 +30,10 @@ use std::ops::RangeInclusive;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
-mod field_path;
+mod parse_error;
 mod validate;
+
+use edge_proto::field::{FieldError, FieldPath};
 
 /// The largest spec we parse, TOML or JSON. Real specs are well under 4 KiB.
 pub const MAX_SPEC_BYTES: usize = 256 * 1024;
@@ -60,17 +64,15 @@ pub const MAX_ENV_VALUE_BYTES: usize = 4096;
 pub const MAX_PORTS: usize = 64;
 /// The most labels a requirement (and a node) may carry, and the longest key and value: the
 /// bounds the node's config and the wire use.
-pub const MAX_LABELS: usize = 32;
-pub const MAX_LABEL_KEY_LEN: usize = 63;
-pub const MAX_LABEL_VALUE_BYTES: usize = 63;
+pub use edge_proto::field::{MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_BYTES, MAX_LABELS};
 /// The most device requirements (a node reports at most 16 accelerators) and the longest
 /// device path (the wire's bound).
 pub const MAX_DEVICES: usize = 16;
 pub const MAX_DEVICE_PATH_BYTES: usize = 96;
 /// The longest `version`.
 pub const MAX_VERSION_LEN: usize = 64;
-/// The longest workload name: a DNS label.
-pub const MAX_NAME_LEN: usize = 63;
+/// The longest workload name: a DNS label, as long as the wire's workload names.
+pub use edge_proto::field::MAX_NAME_LEN;
 /// The longest file name (`command`), and the longest path (`working_dir`, `health.exec.command`).
 pub const MAX_FILE_NAME_BYTES: usize = 255;
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -96,20 +98,25 @@ pub enum SpecError {
     /// The text is not TOML (or JSON) at all. The message carries the line and column.
     #[error("{message}")]
     Syntax { message: String },
-    /// A field is missing, unknown, of the wrong type or out of bounds. `field` is its path,
-    /// e.g. `resources.memory_bytes`, `args[3]` or `env."BAD NAME"`; empty for the document
-    /// itself.
-    #[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
-    Invalid { field: String, reason: String },
+    /// A field is missing, unknown, of the wrong type or out of bounds. The error's path is
+    /// the field's, e.g. `resources.memory_bytes`, `args[3]` or `env."BAD NAME"`; the root
+    /// for the document itself.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
 }
 
 impl SpecError {
     /// The path of the field at fault, when there is one.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Self::Invalid { field, .. } if !field.is_empty() => Some(field),
+            Self::Invalid(e) if !e.path().is_root() => Some(e.path().as_str()),
             _ => None,
         }
+    }
+
+    /// A field that is missing, unknown, of the wrong type or out of bounds.
+    pub(crate) fn invalid(path: impl Into<FieldPath>, reason: impl Into<String>) -> Self {
+        Self::Invalid(FieldError::new(path, reason))
     }
 }
 
@@ -379,13 +386,14 @@ impl ArtifactDigest {
 
     /// Parses `sha256:` followed by 64 lowercase hex digits.
     pub fn parse(s: &str) -> Option<Self> {
-        crate::digest::parse_digest(s).map(Self)
+        edge_proto::digest::from_lower_prefixed(s).map(Self)
     }
 }
 
 impl fmt::Display for ArtifactDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::digest::format_digest(&self.0))
+        use edge_proto::digest::{Hex, SHA256_PREFIX};
+        write!(f, "{SHA256_PREFIX}{}", Hex(&self.0))
     }
 }
 

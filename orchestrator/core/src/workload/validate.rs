@@ -9,7 +9,9 @@ use std::ops::RangeInclusive;
 
 use serde::Deserialize;
 
-use super::field_path::{clip, field_error, key_path, shown, toml_message};
+use edge_proto::field::{self, FieldPath, shown};
+
+use super::parse_error::{clip, field_error, toml_message};
 use super::*;
 
 /// Parses and validates TOML text (see [`WorkloadSpec::from_toml`]).
@@ -186,13 +188,13 @@ impl RawSpec {
         })?;
         let command = self
             .command
-            .map(|c| validate_file_name("command", c))
+            .map(|c| validate_file_name(&FieldPath::new("command"), c))
             .transpose()?;
-        let args = validate_args("args", self.args)?;
+        let args = validate_args(&FieldPath::new("args"), self.args)?;
         let env = validate_env(self.env)?;
         let working_dir = self
             .working_dir
-            .map(|d| validate_absolute_path("working_dir", d))
+            .map(|d| validate_absolute_path(&FieldPath::new("working_dir"), d))
             .transpose()?;
         let ports = validate_ports(&self.ports)?;
         let placement = validate_placement(self.replicas, self.placement)?;
@@ -230,32 +232,7 @@ fn check_size(bytes: usize) -> Result<(), SpecError> {
 }
 
 fn validate_name(name: String) -> Result<String, SpecError> {
-    let invalid = |reason: String| SpecError::invalid("name", reason);
-    if name.is_empty() {
-        return Err(invalid("must not be empty".into()));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(invalid(format!(
-            "{} contains {c:?}; use lowercase letters, digits and '-'",
-            shown(&name)
-        )));
-    }
-    // ASCII only from here on, so bytes are characters.
-    if name.len() > MAX_NAME_LEN {
-        return Err(invalid(format!(
-            "is {} characters long; at most {MAX_NAME_LEN} are allowed",
-            name.len()
-        )));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err(invalid(format!(
-            "{} must not start or end with '-'",
-            shown(&name)
-        )));
-    }
+    field::check_name(&FieldPath::new("name"), &name)?;
     Ok(name)
 }
 
@@ -280,8 +257,8 @@ fn validate_version(version: String) -> Result<String, SpecError> {
 }
 
 /// A plain file name: no `/`, no NUL, not `.` or `..`.
-fn validate_file_name(field: &str, name: String) -> Result<String, SpecError> {
-    let invalid = |reason: String| SpecError::invalid(field, reason);
+fn validate_file_name(field: &FieldPath, name: String) -> Result<String, SpecError> {
+    let invalid = |reason: String| SpecError::invalid(field.clone(), reason);
     if name.is_empty() {
         return Err(invalid("must not be empty".into()));
     }
@@ -303,8 +280,8 @@ fn validate_file_name(field: &str, name: String) -> Result<String, SpecError> {
     Ok(name)
 }
 
-fn validate_absolute_path(field: &str, path: String) -> Result<String, SpecError> {
-    let invalid = |reason: String| SpecError::invalid(field, reason);
+fn validate_absolute_path(field: &FieldPath, path: String) -> Result<String, SpecError> {
+    let invalid = |reason: String| SpecError::invalid(field.clone(), reason);
     if path.len() > MAX_PATH_BYTES {
         return Err(invalid(format!(
             "is {} bytes long; at most {MAX_PATH_BYTES} are allowed",
@@ -323,17 +300,12 @@ fn validate_absolute_path(field: &str, path: String) -> Result<String, SpecError
     Ok(path)
 }
 
-fn validate_args(field: &str, args: Vec<String>) -> Result<Vec<String>, SpecError> {
-    if args.len() > MAX_ARGS {
-        return Err(SpecError::invalid(
-            field,
-            format!("{} arguments; at most {MAX_ARGS} are allowed", args.len()),
-        ));
-    }
+fn validate_args(field: &FieldPath, args: Vec<String>) -> Result<Vec<String>, SpecError> {
+    field::check_count(field, args.len(), MAX_ARGS, "arguments")?;
     for (i, arg) in args.iter().enumerate() {
         if arg.len() > MAX_ARG_BYTES {
             return Err(SpecError::invalid(
-                format!("{field}[{i}]"),
+                field.index(i),
                 format!(
                     "is {} bytes long; at most {MAX_ARG_BYTES} are allowed",
                     arg.len()
@@ -342,7 +314,7 @@ fn validate_args(field: &str, args: Vec<String>) -> Result<Vec<String>, SpecErro
         }
         if arg.contains('\0') {
             return Err(SpecError::invalid(
-                format!("{field}[{i}]"),
+                field.index(i),
                 "must not contain a NUL character",
             ));
         }
@@ -351,14 +323,9 @@ fn validate_args(field: &str, args: Vec<String>) -> Result<Vec<String>, SpecErro
 }
 
 fn validate_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, SpecError> {
-    if env.len() > MAX_ENV {
-        return Err(SpecError::invalid(
-            "env",
-            format!("{} variables; at most {MAX_ENV} are allowed", env.len()),
-        ));
-    }
+    field::check_count(&FieldPath::new("env"), env.len(), MAX_ENV, "variables")?;
     for (name, value) in &env {
-        let field = || key_path("env", name);
+        let field = || FieldPath::new("env").key(name);
         if name.is_empty() {
             return Err(SpecError::invalid(field(), "the name must not be empty"));
         }
@@ -401,30 +368,23 @@ fn validate_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String
 }
 
 fn validate_ports(ports: &[i64]) -> Result<Vec<u16>, SpecError> {
-    if ports.len() > MAX_PORTS {
-        return Err(SpecError::invalid(
-            "ports",
-            format!("{} ports; at most {MAX_PORTS} are allowed", ports.len()),
-        ));
-    }
+    field::check_count(&FieldPath::new("ports"), ports.len(), MAX_PORTS, "ports")?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(ports.len());
     for (i, &p) in ports.iter().enumerate() {
-        let port = port(&format!("ports[{i}]"), p)?;
+        let field = FieldPath::new("ports").index(i);
+        let port = port(&field, p)?;
         if !seen.insert(port) {
-            return Err(SpecError::invalid(
-                format!("ports[{i}]"),
-                format!("{port} is listed twice"),
-            ));
+            return Err(SpecError::invalid(field, format!("{port} is listed twice")));
         }
         out.push(port);
     }
     Ok(out)
 }
 
-fn port(field: &str, v: i64) -> Result<u16, SpecError> {
+fn port(field: &FieldPath, v: i64) -> Result<u16, SpecError> {
     u16::try_from(int_in(field, v, &(1..=65535))?)
-        .map_err(|_| SpecError::invalid(field, format!("{v} out of range 1..=65535")))
+        .map_err(|_| SpecError::invalid(field.clone(), format!("{v} out of range 1..=65535")))
 }
 
 fn validate_placement(
@@ -438,7 +398,7 @@ fn validate_placement(
         )),
         (None, None) => Ok(Placement::Replicas(1)),
         (Some(n), None) => {
-            let n = int_in("replicas", n, &REPLICAS)?;
+            let n = int_in(&FieldPath::new("replicas"), n, &REPLICAS)?;
             // REPLICAS fits in u32.
             Ok(Placement::Replicas(u32::try_from(n).unwrap_or(u32::MAX)))
         }
@@ -454,7 +414,11 @@ fn validate_placement(
 }
 
 fn validate_resources(raw: &RawResources) -> Result<Resources, SpecError> {
-    let cpu_millis = int_in("resources.cpu_millis", raw.cpu_millis, &CPU_MILLIS)?;
+    let cpu_millis = int_in(
+        &FieldPath::new("resources.cpu_millis"),
+        raw.cpu_millis,
+        &CPU_MILLIS,
+    )?;
     let memory_bytes = raw.memory_bytes;
     if memory_bytes < *MEMORY_BYTES.start() {
         return Err(SpecError::invalid(
@@ -469,7 +433,7 @@ fn validate_resources(raw: &RawResources) -> Result<Resources, SpecError> {
         ));
     }
     let disk_bytes = int_in(
-        "resources.disk_bytes",
+        &FieldPath::new("resources.disk_bytes"),
         raw.disk_bytes.unwrap_or(0),
         &DISK_BYTES,
     )?;
@@ -484,10 +448,10 @@ fn validate_resources(raw: &RawResources) -> Result<Resources, SpecError> {
 fn validate_requirements(raw: RawRequirements) -> Result<Requirements, SpecError> {
     let mut arch = Vec::with_capacity(raw.arch.len());
     for (i, a) in raw.arch.iter().enumerate() {
-        let field = format!("requirements.arch[{i}]");
+        let field = FieldPath::new("requirements.arch").index(i);
         let parsed = Arch::parse(a).ok_or_else(|| {
             SpecError::invalid(
-                &field,
+                field.clone(),
                 format!(
                     "{} is not an architecture we know; use x86_64, aarch64, arm or riscv64",
                     shown(a)
@@ -501,22 +465,19 @@ fn validate_requirements(raw: RawRequirements) -> Result<Requirements, SpecError
     }
     arch.sort_unstable();
     let labels = validate_labels(raw.labels)?;
-    if raw.devices.len() > MAX_DEVICES {
-        return Err(SpecError::invalid(
-            "requirements.devices",
-            format!(
-                "{} devices; at most {MAX_DEVICES} are allowed",
-                raw.devices.len()
-            ),
-        ));
-    }
+    field::check_count(
+        &FieldPath::new("requirements.devices"),
+        raw.devices.len(),
+        MAX_DEVICES,
+        "devices",
+    )?;
     let mut devices: Vec<DeviceRequirement> = Vec::with_capacity(raw.devices.len());
     for (i, d) in raw.devices.into_iter().enumerate() {
-        let field = format!("requirements.devices[{i}]");
+        let field = FieldPath::new("requirements.devices").index(i);
         let device = validate_device(&field, d)?;
         if devices.contains(&device) {
             return Err(SpecError::invalid(
-                field,
+                field.clone(),
                 format!("{device} is listed twice"),
             ));
         }
@@ -531,11 +492,11 @@ fn validate_requirements(raw: RawRequirements) -> Result<Requirements, SpecError
     })
 }
 
-fn validate_device(field: &str, d: String) -> Result<DeviceRequirement, SpecError> {
+fn validate_device(field: &FieldPath, d: String) -> Result<DeviceRequirement, SpecError> {
     if let Some(kind) = DeviceKind::parse(&d) {
         return Ok(DeviceRequirement::Kind(kind));
     }
-    let invalid = |reason: String| SpecError::invalid(field, reason);
+    let invalid = |reason: String| SpecError::invalid(field.clone(), reason);
     if !d.starts_with("/dev/") {
         return Err(invalid(format!(
             "{} is neither an accelerator kind (gpu, npu, video, gpio) nor a path under /dev/",
@@ -564,19 +525,14 @@ fn validate_device(field: &str, d: String) -> Result<DeviceRequirement, SpecErro
 }
 
 fn validate_near(raw: RawNear) -> Result<Near, SpecError> {
-    let lat = coordinate("requirements.near.lat", raw.lat, 90.0)?;
-    let lon = coordinate("requirements.near.lon", raw.lon, 180.0)?;
-    let r = raw.radius_km;
-    let field = "requirements.near.radius_km";
-    if !r.is_finite() {
-        return Err(SpecError::invalid(
-            field,
-            format!("{r} is not a finite number"),
-        ));
-    }
+    let at = FieldPath::new("requirements.near");
+    let lat = field::check_latitude(&at.field("lat"), raw.lat)?;
+    let lon = field::check_longitude(&at.field("lon"), raw.lon)?;
+    let radius = at.field("radius_km");
+    let r = field::check_finite(&radius, raw.radius_km)?;
     if r <= 0.0 || r > MAX_RADIUS_KM {
         return Err(SpecError::invalid(
-            field,
+            radius,
             format!("{r} out of range; must be above 0 and at most {MAX_RADIUS_KM}"),
         ));
     }
@@ -587,72 +543,10 @@ fn validate_near(raw: RawNear) -> Result<Near, SpecError> {
     })
 }
 
-fn coordinate(field: &str, v: f64, bound: f64) -> Result<f64, SpecError> {
-    if !v.is_finite() {
-        return Err(SpecError::invalid(
-            field,
-            format!("{v} is not a finite number"),
-        ));
-    }
-    if !(-bound..=bound).contains(&v) {
-        return Err(SpecError::invalid(
-            field,
-            format!("{v} out of range -{bound}..={bound}"),
-        ));
-    }
-    Ok(v)
-}
-
 fn validate_labels(
     labels: BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, SpecError> {
-    const FIELD: &str = "requirements.labels";
-    if labels.len() > MAX_LABELS {
-        return Err(SpecError::invalid(
-            FIELD,
-            format!("{} labels; at most {MAX_LABELS} are allowed", labels.len()),
-        ));
-    }
-    for (key, value) in &labels {
-        let field = || key_path(FIELD, key);
-        if key.is_empty() {
-            return Err(SpecError::invalid(field(), "the key must not be empty"));
-        }
-        if let Some(c) = key
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
-        {
-            return Err(SpecError::invalid(
-                field(),
-                format!("the key contains {c:?}; use letters, digits and . _ / -"),
-            ));
-        }
-        // ASCII only from here on, so bytes are characters.
-        if key.len() > MAX_LABEL_KEY_LEN {
-            return Err(SpecError::invalid(
-                field(),
-                format!(
-                    "the key is {} characters long; at most {MAX_LABEL_KEY_LEN} are allowed",
-                    key.len()
-                ),
-            ));
-        }
-        if value.len() > MAX_LABEL_VALUE_BYTES {
-            return Err(SpecError::invalid(
-                field(),
-                format!(
-                    "the value is {} bytes long; at most {MAX_LABEL_VALUE_BYTES} are allowed",
-                    value.len()
-                ),
-            ));
-        }
-        if let Some(c) = value.chars().find(|c| c.is_control()) {
-            return Err(SpecError::invalid(
-                field(),
-                format!("the value contains the control character {c:?}"),
-            ));
-        }
-    }
+    field::check_labels(&FieldPath::new("requirements.labels"), labels.iter())?;
     Ok(labels)
 }
 
@@ -677,18 +571,18 @@ fn validate_restart(raw: Option<RawRestart>) -> Result<RestartPolicy, SpecError>
 fn validate_health(raw: RawHealth) -> Result<HealthCheck, SpecError> {
     let probe = match (raw.http, raw.tcp, raw.exec) {
         (Some(Table(http)), None, None) => {
-            let port = port("health.http.port", http.port)?;
+            let port = port(&FieldPath::new("health.http.port"), http.port)?;
             let path = http.path.unwrap_or_else(|| "/".to_owned());
-            let field = "health.http.path";
+            let field = FieldPath::new("health.http.path");
             if !path.starts_with('/') {
                 return Err(SpecError::invalid(
-                    field,
+                    field.clone(),
                     format!("{} must start with '/'", shown(&path)),
                 ));
             }
             if path.len() > MAX_HTTP_PATH_BYTES {
                 return Err(SpecError::invalid(
-                    field,
+                    field.clone(),
                     format!(
                         "is {} bytes long; at most {MAX_HTTP_PATH_BYTES} are allowed",
                         path.len()
@@ -697,22 +591,22 @@ fn validate_health(raw: RawHealth) -> Result<HealthCheck, SpecError> {
             }
             if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
                 return Err(SpecError::invalid(
-                    field,
+                    field.clone(),
                     format!("{} contains {c:?}; percent-encode it", shown(&path)),
                 ));
             }
             Probe::Http { port, path }
         }
         (None, Some(Table(tcp)), None) => Probe::Tcp {
-            port: port("health.tcp.port", tcp.port)?,
+            port: port(&FieldPath::new("health.tcp.port"), tcp.port)?,
         },
         (None, None, Some(Table(exec))) => {
             let command = if exec.command.starts_with('/') {
-                validate_absolute_path("health.exec.command", exec.command)?
+                validate_absolute_path(&FieldPath::new("health.exec.command"), exec.command)?
             } else {
-                validate_file_name("health.exec.command", exec.command)?
+                validate_file_name(&FieldPath::new("health.exec.command"), exec.command)?
             };
-            let args = validate_args("health.exec.args", exec.args)?;
+            let args = validate_args(&FieldPath::new("health.exec.args"), exec.args)?;
             Probe::Exec { command, args }
         }
         _ => {
@@ -725,13 +619,18 @@ fn validate_health(raw: RawHealth) -> Result<HealthCheck, SpecError> {
     let secs = |field: &str, v: Option<i64>, default: u32| -> Result<u32, SpecError> {
         match v {
             None => Ok(default),
-            Some(v) => Ok(u32::try_from(int_in(field, v, &HEALTH_SECS)?).unwrap_or(u32::MAX)),
+            Some(v) => Ok(
+                u32::try_from(int_in(&FieldPath::new(field), v, &HEALTH_SECS)?).unwrap_or(u32::MAX),
+            ),
         }
     };
     let threshold = |field: &str, v: Option<i64>, default: u32| -> Result<u32, SpecError> {
         match v {
             None => Ok(default),
-            Some(v) => Ok(u32::try_from(int_in(field, v, &HEALTH_THRESHOLD)?).unwrap_or(u32::MAX)),
+            Some(v) => Ok(
+                u32::try_from(int_in(&FieldPath::new(field), v, &HEALTH_THRESHOLD)?)
+                    .unwrap_or(u32::MAX),
+            ),
         }
     };
     let interval_secs = secs(
@@ -774,12 +673,12 @@ fn validate_health(raw: RawHealth) -> Result<HealthCheck, SpecError> {
     })
 }
 
-fn int_in(field: &str, v: i64, range: &RangeInclusive<i64>) -> Result<i64, SpecError> {
+fn int_in(field: &FieldPath, v: i64, range: &RangeInclusive<i64>) -> Result<i64, SpecError> {
     if range.contains(&v) {
         Ok(v)
     } else {
         Err(SpecError::invalid(
-            field,
+            field.clone(),
             format!("{v} out of range {}..={}", range.start(), range.end()),
         ))
     }

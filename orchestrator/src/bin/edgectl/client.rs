@@ -2,9 +2,9 @@
 //! [`CliError`], and `--json` output indented as the API sent it.
 
 use crate::CliError;
+use edge_proto::digest::{sha256_reader, to_hex};
 use orchestrator::api::error::ErrorBody;
 use orchestrator::api::views::ARTIFACT_CONTENT_TYPE;
-use orchestrator::artifacts::{sha256_reader, to_hex};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -183,7 +183,7 @@ impl Client {
         }
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self, body: &str) -> Result<T, CliError> {
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self, body: &str) -> Result<T, CliError> {
         serde_json::from_str(body).map_err(|e| CliError::BadResponse {
             api: self.api.clone(),
             reason: e.to_string(),

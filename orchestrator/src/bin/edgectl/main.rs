@@ -6,10 +6,12 @@
 //! This file is the command line; `client` speaks HTTP to the API; `render` turns its JSON
 //! views into tables and summaries.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use orchestrator::api::views::{
-    ArtifactView, CreateTokenRequest, NodeView, TokenView, WorkloadView,
+    ApiTokenView, ArtifactView, CreateApiTokenRequest, CreateTokenRequest, NodeView, TokenView,
+    WorkloadView,
 };
+use orchestrator::auth::Role;
 use orchestrator_core::workload::WorkloadSpec;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -21,8 +23,9 @@ mod render;
 
 use client::{Client, percent_encode};
 use render::{
-    artifact_pushed, artifacts_table, deployed, node_summary, nodes_table, token_created,
-    tokens_table, unix_now, workload_summary, workloads_table,
+    api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, drained,
+    node_summary, nodes_table, token_created, tokens_table, unix_now, workload_summary,
+    workloads_table,
 };
 
 #[derive(Debug, Parser)]
@@ -68,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The operator API's own tokens: issue, list and revoke them (admin only).
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
     /// Workload executables, stored by the orchestrator and fetched by nodes.
     Artifact {
         #[command(subcommand)]
@@ -109,12 +117,19 @@ enum Command {
         /// The node's name or id.
         node: String,
     },
+    /// Print a completion script for a shell, e.g.
+    /// `edgectl completions bash > /etc/bash_completion.d/edgectl`.
+    Completions {
+        /// The shell.
+        shell: ShellArg,
+    },
     /// Let the scheduler use a cordoned node again.
     Uncordon {
         /// The node's name or id.
         node: String,
     },
-    /// Cordon a node and move its instances to other nodes.
+    /// Cordon a node and take its instances off it: those of a replicated workload move to
+    /// other nodes that fit, those of a per-node workload stop.
     Drain {
         /// The node's name or id.
         node: String,
@@ -154,6 +169,54 @@ enum TokenCommand {
     },
     /// List join tokens (never their secrets).
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiTokenCommand {
+    /// Issue a viewer or operator token and print it; it is shown only now. (The admin token
+    /// is DATA_DIR/admin.token; `edge-orchestrator serve --rotate-admin-token` replaces it.)
+    Create {
+        /// What it may do: viewer reads, operator also deploys and drains.
+        #[arg(long)]
+        role: RoleArg,
+        /// Who it is for, e.g. ci or grafana.
+        #[arg(long)]
+        subject: String,
+        /// How long it is valid: 90s, 15m, 24h, 7d (at most 365d). The API's default is 24h.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List the API tokens: id, role, subject, state and expiry (never the token text).
+    List,
+    /// Revoke a token by its id: it is refused from its next request on.
+    Revoke {
+        /// The token's id, from `api-token list`.
+        id: String,
+    },
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The roles the API issues tokens for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Operator,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::Operator => Role::Operator,
+        }
+    }
 }
 
 /// Why a command failed.
@@ -210,6 +273,9 @@ fn main() -> ExitCode {
 
 /// Runs the command; returns what to print.
 fn run(cli: &Cli) -> Result<String, CliError> {
+    if let Command::Completions { shell } = cli.command {
+        return Ok(completions(shell));
+    }
     if !cli.api.starts_with("http://") {
         return Err(CliError::BadUrl(cli.api.clone()));
     }
@@ -255,6 +321,39 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             let body = client.get("/v1/tokens")?;
             client.show(cli.json, &body, |tokens: &Vec<TokenView>| {
                 tokens_table(tokens, unix_now())
+            })
+        }
+        Command::ApiToken {
+            command: ApiTokenCommand::Create { role, subject, ttl },
+        } => {
+            let request = CreateApiTokenRequest {
+                role: (*role).into(),
+                subject: subject.clone(),
+                ttl: ttl.clone(),
+                ttl_secs: None,
+            };
+            let body = client.post("/v1/api-tokens", &request)?;
+            client.show(cli.json, &body, api_token_created)
+        }
+        Command::ApiToken {
+            command: ApiTokenCommand::List,
+        } => {
+            let body = client.get("/v1/api-tokens")?;
+            client.show(cli.json, &body, |tokens: &Vec<ApiTokenView>| {
+                api_tokens_table(tokens, unix_now())
+            })
+        }
+        Command::ApiToken {
+            command: ApiTokenCommand::Revoke { id },
+        } => {
+            client.delete(&format!("/v1/api-tokens/{}", percent_encode(id)))?;
+            Ok(if cli.json {
+                format!(
+                    "{{\"revoked\": {}}}\n",
+                    serde_json::Value::from(id.as_str())
+                )
+            } else {
+                format!("revoked API token {id}: it is refused from its next request on\n")
             })
         }
         Command::Artifact {
@@ -322,23 +421,50 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             client.stream(&path, &mut std::io::stdout().lock())?;
             Ok(String::new())
         }
+        // Answered above, without the API.
+        Command::Completions { shell } => Ok(completions(*shell)),
         Command::Cordon { node } => node_action(cli, &client, node, "cordon"),
         Command::Uncordon { node } => node_action(cli, &client, node, "uncordon"),
-        Command::Drain { node } => node_action(cli, &client, node, "drain"),
+        Command::Drain { node } => drain(cli, &client, node),
     }
 }
 
-/// `cordon`, `uncordon` or `drain` a node.
+/// The completion script for `shell`, from the same definition that parses the command line.
+fn completions(shell: ShellArg) -> String {
+    let shell = match shell {
+        ShellArg::Bash => clap_complete::Shell::Bash,
+        ShellArg::Zsh => clap_complete::Shell::Zsh,
+        ShellArg::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "edgectl", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
+}
+
+/// `drain` a node, and say what became of each instance it ran: the workloads before and
+/// after show where a replicated one went (or why it found no node) and that a per-node one
+/// stopped.
+fn drain(cli: &Cli, client: &Client, node: &str) -> Result<String, CliError> {
+    let before: Vec<WorkloadView> = client.parse(&client.get("/v1/workloads")?)?;
+    let body = client.post(
+        &format!("/v1/nodes/{}/drain", percent_encode(node)),
+        &serde_json::json!({}),
+    )?;
+    if cli.json {
+        return client.show(cli.json, &body, |_: &serde_json::Value| String::new());
+    }
+    let drained_node: NodeView = client.parse(&body)?;
+    let after: Vec<WorkloadView> = client.parse(&client.get("/v1/workloads")?)?;
+    Ok(drained(&drained_node, &before, &after))
+}
+
+/// `cordon` or `uncordon` a node.
 fn node_action(cli: &Cli, client: &Client, node: &str, action: &str) -> Result<String, CliError> {
     let body = client.post(
         &format!("/v1/nodes/{}/{action}", percent_encode(node)),
         &serde_json::json!({}),
     )?;
     client.show(cli.json, &body, |n: &NodeView| match action {
-        "drain" => format!(
-            "{} cordoned and drained: its instances move to other nodes\n",
-            n.name
-        ),
         "cordon" => format!("{} cordoned: no new instances go there\n", n.name),
         _ => format!("{} uncordoned\n", n.name),
     })

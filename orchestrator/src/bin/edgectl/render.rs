@@ -1,6 +1,8 @@
 //! Tables and summaries of the API's views, for people; `--json` bypasses all of this.
 
-use orchestrator::api::views::{ArtifactView, NodeView, TokenCreated, TokenView, WorkloadView};
+use orchestrator::api::views::{
+    ApiTokenCreated, ApiTokenView, ArtifactView, NodeView, TokenCreated, TokenView, WorkloadView,
+};
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
@@ -56,10 +58,7 @@ pub(crate) fn nodes_table(nodes: &[NodeView], now: u64) -> String {
     for n in nodes {
         rows.push(vec![
             n.name.clone(),
-            match &n.conflict {
-                Some(_) => format!("{} (identity conflict)", n.status),
-                None => n.status.clone(),
-            },
+            status(n),
             n.arch.clone(),
             n.cpus.to_string(),
             human_bytes(n.memory_bytes),
@@ -75,6 +74,68 @@ pub(crate) fn nodes_table(nodes: &[NodeView], now: u64) -> String {
     out
 }
 
+/// `online` or `offline`, and `,cordoned` when no new instances go there.
+fn status(n: &NodeView) -> String {
+    let mut s = n.status.clone();
+    if n.cordoned {
+        s.push_str(",cordoned");
+    }
+    if n.conflict.is_some() {
+        s.push_str(" (identity conflict)");
+    }
+    s
+}
+
+/// What a drain did to each workload that had an instance on `node`, from the workloads just
+/// before and just after it: a replicated one moved to other nodes, or found none (and why);
+/// a per-node one stopped there, since it runs only on uncordoned nodes.
+pub(crate) fn drained(node: &NodeView, before: &[WorkloadView], after: &[WorkloadView]) -> String {
+    let on_node = |w: &WorkloadView| w.instances.iter().any(|i| i.node_id == node.id);
+    let held: Vec<&WorkloadView> = before.iter().filter(|w| on_node(w)).collect();
+    if held.is_empty() {
+        return format!(
+            "{} cordoned and drained: it ran no instances; no new ones go there\n",
+            node.name
+        );
+    }
+    let mut out = format!("{} cordoned and drained:\n", node.name);
+    for was in held {
+        let Some(now) = after.iter().find(|w| w.name == was.name) else {
+            let _ = writeln!(out, "  {}: deleted meanwhile", was.name);
+            continue;
+        };
+        if now.placement == "per-node" {
+            let _ = writeln!(
+                out,
+                "  {}: stopped there (a per-node workload runs on the uncordoned nodes that match)",
+                now.name
+            );
+            continue;
+        }
+        let moved_to: Vec<&str> = now
+            .instances
+            .iter()
+            .filter(|i| i.node_id != node.id)
+            .filter(|i| !was.instances.iter().any(|old| old.node_id == i.node_id))
+            .map(|i| i.node.as_str())
+            .collect();
+        if moved_to.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {}: stopped there; no other node can take it{}",
+                now.name,
+                if now.unplaced.is_empty() { "" } else { ":" }
+            );
+            for u in &now.unplaced {
+                let _ = writeln!(out, "    {}: {}", u.node, u.reason);
+            }
+        } else {
+            let _ = writeln!(out, "  {}: moves to {}", now.name, moved_to.join(", "));
+        }
+    }
+    out
+}
+
 pub(crate) fn node_summary(n: &NodeView, now: u64) -> String {
     let mut out = String::new();
     let mut line = |key: &str, value: String| {
@@ -86,7 +147,7 @@ pub(crate) fn node_summary(n: &NodeView, now: u64) -> String {
         "Status",
         format!(
             "{}, last seen {} ({})",
-            n.status,
+            status(n).replace(',', ", "),
             ago(now.saturating_sub(n.last_seen_unix)),
             n.last_seen
         ),
@@ -344,6 +405,48 @@ pub(crate) fn tokens_table(tokens: &[TokenView], now: u64) -> String {
             t.uses_left.to_string(),
             expires,
             t.description.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+pub(crate) fn api_token_created(t: &ApiTokenCreated) -> String {
+    format!(
+        "API token: {token}\n\
+         ID:        {id}\n\
+         Role:      {role}\n\
+         Subject:   {subject}\n\
+         Expires:   {expires}\n\
+         \n\
+         The token is shown only now. Use it as `--token` or EDGE_TOKEN; revoke it with\n\
+         `edgectl api-token revoke {id}`.\n",
+        token = t.token,
+        id = t.id,
+        role = t.role,
+        subject = t.subject,
+        expires = t.expires_at,
+    )
+}
+
+pub(crate) fn api_tokens_table(tokens: &[ApiTokenView], now: u64) -> String {
+    let mut rows = vec![
+        ["ID", "ROLE", "SUBJECT", "STATE", "EXPIRES", "ISSUED BY"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for t in tokens {
+        let expires = if t.expires_unix <= now {
+            t.expires_at.clone()
+        } else {
+            format!("in {}", duration(t.expires_unix - now))
+        };
+        rows.push(vec![
+            t.id.clone(),
+            t.role.to_string(),
+            t.subject.clone(),
+            t.state.clone(),
+            expires,
+            t.issued_by.clone(),
         ]);
     }
     table(&rows)

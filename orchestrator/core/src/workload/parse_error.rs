@@ -1,52 +1,14 @@
-//! Error text: the path of the field at fault (`resources.memory_bytes`, `args[3]`,
-//! `env."BAD NAME"`), and the user's strings as a message may quote them.
+//! Errors from the parsers, with the path of the field at fault: serde's path becomes a
+//! [`FieldPath`] (`resources.memory_bytes`, `args[3]`, `env."BAD NAME"`), a TOML error one
+//! line with its line and column, and any parser's message is cut to a bounded length. The
+//! paths, the quoting of the user's strings and the rules are `edge_proto::field`'s.
+
+use edge_proto::field::{FieldPath, SHOWN_CHARS};
 
 use super::SpecError;
 
-/// How much of a user's string an error message may quote.
-const SHOWN_CHARS: usize = 40;
 /// How long a parser's message may be once it is part of ours.
 const MAX_MESSAGE_CHARS: usize = 300;
-
-impl SpecError {
-    /// A field that is missing, unknown, of the wrong type or out of bounds.
-    pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-/// The path of a map entry: `env.GREETING`, or `env."BAD NAME"` when the key is not a bare
-/// TOML key.
-pub(super) fn key_path(parent: &str, key: &str) -> String {
-    if is_bare_key(key) {
-        format!("{parent}.{key}")
-    } else {
-        format!("{parent}.{}", shown(key))
-    }
-}
-
-fn is_bare_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= SHOWN_CHARS
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// A user's string as an error message may quote it: Debug-escaped (so newlines and NULs are
-/// visible and cannot forge a log line) and cut after [`SHOWN_CHARS`] characters.
-pub(super) fn shown(s: &str) -> String {
-    let mut chars = s.chars();
-    let head: String = chars.by_ref().take(SHOWN_CHARS).collect();
-    if chars.next().is_some() {
-        format!("{head:?}…")
-    } else {
-        format!("{head:?}")
-    }
-}
 
 /// A parser's message, cut to about [`MAX_MESSAGE_CHARS`]. serde quotes whole strings in
 /// "invalid type: string \"...\", expected i64": the user's string is cut, what was
@@ -79,46 +41,27 @@ fn cut(s: &str, max_chars: usize) -> String {
 /// lacks it; we name the field itself, so `resources` + "missing field `cpu_millis`" becomes
 /// `resources.cpu_millis: missing`.
 pub(super) fn field_error(path: &serde_path_to_error::Path, message: &str) -> SpecError {
-    let mut field = String::new();
+    use serde_path_to_error::Segment;
+    let mut field = FieldPath::root();
     for segment in path {
-        use serde_path_to_error::Segment;
-        match segment {
-            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
-            Segment::Map { key } => {
-                field = if field.is_empty() {
-                    if is_bare_key(key) {
-                        key.clone()
-                    } else {
-                        shown(key)
-                    }
-                } else {
-                    key_path(&field, key)
-                }
-            }
-            Segment::Enum { .. } => {}
-            Segment::Unknown => field.push_str(if field.is_empty() { "?" } else { ".?" }),
-        }
+        field = match segment {
+            Segment::Seq { index } => field.index(*index),
+            Segment::Map { key } => field.key(key),
+            Segment::Enum { .. } => field,
+            Segment::Unknown => field.field("?"),
+        };
     }
-    let named = |prefix: &str| -> Option<(String, String)> {
+    let named = |prefix: &str| -> Option<(FieldPath, String)> {
         let rest = message.strip_prefix(prefix)?;
         let (key, tail) = rest.split_once('`')?;
-        let path = if field.is_empty() {
-            if is_bare_key(key) {
-                key.to_owned()
-            } else {
-                shown(key)
-            }
-        } else {
-            key_path(&field, key)
-        };
-        Some((path, tail.to_owned()))
+        Some((field.key(key), tail.to_owned()))
     };
     if let Some((path, tail)) = named("missing field `") {
         return SpecError::invalid(path, format!("missing{tail}"));
     }
     if let Some((path, tail)) = named("unknown field `") {
         // serde_path_to_error has already stepped into the unknown key.
-        let path = if field.is_empty() { path } else { field };
+        let path = if field.is_root() { path } else { field };
         let tail = tail.trim_start_matches(',').trim_start();
         let reason = if tail.is_empty() {
             "unknown field".to_owned()
