@@ -1,7 +1,13 @@
 //! Prometheus metrics, and the operator-facing events that bump them.
 //!
-//! An [`Event`] emits its log line and its metric together, so the two never drift.
+//! An [`Event`] emits its log line and its metric together, so the two never drift. Every
+//! series of a label from a fixed set exists from the start, at 0, so a dashboard or an alert
+//! sees a family before its first event. [`Metrics::encode`] writes the text format 0.0.4
+//! that `/metrics` serves by default; [`Metrics::encode_as`] also writes OpenMetrics, for a
+//! scraper that asks for it (see [`edge_shell::exposition`]).
 
+use edge_proto::RejectCode;
+use edge_shell::exposition::{self, Format};
 use orchestrator_core::session::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +41,15 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    /// Every failure, each a series of `edge_handshake_failures`.
+    pub const ALL: [HandshakeFailure; 5] = [
+        Self::Tls,
+        Self::PeerClosed,
+        Self::Timeout,
+        Self::NoNodeInCertificate,
+        Self::Other,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tls => "tls",
@@ -58,6 +73,53 @@ pub struct NodeStatus {
 pub struct StateLabel {
     pub state: &'static str,
 }
+
+/// The `code` of `edge_api_requests`: an answer's status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    pub code: &'static str,
+}
+
+/// The statuses the operator API answers with, each its own `code`.
+const API_STATUSES: [&str; 14] = [
+    "200", "201", "204", "400", "401", "403", "404", "405", "413", "414", "415", "431", "500",
+    "503",
+];
+/// Any other status is counted under its class.
+const API_STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// The `code` a status is counted under.
+pub fn api_code(status: u16) -> &'static str {
+    let exact = status.to_string();
+    if let Some(code) = API_STATUSES.iter().find(|c| **c == exact) {
+        return code;
+    }
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        500..=599 => "5xx",
+        _ => "4xx",
+    }
+}
+
+/// The states an instance reports, as `edge_instance_transitions` names them.
+fn instance_states() -> [&'static str; 8] {
+    use edge_proto::WorkloadState as S;
+    [
+        S::Pending,
+        S::Downloading,
+        S::Starting,
+        S::Running,
+        S::Unhealthy,
+        S::Backoff,
+        S::Failed,
+        S::Stopped,
+    ]
+    .map(orchestrator_core::deploy::state_name)
+}
+
+/// The directions of `edge_frames`.
+const DIRECTIONS: [&str; 2] = ["rx", "tx"];
 
 /// Operator-facing outcomes of deploying and running workloads.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +167,7 @@ pub struct Metrics {
     pub enrollments: Counter,
     pub enrollment_failures: Family<Reason, Counter>,
     pub handshake_failures: Family<FixedReason, Counter>,
-    pub api_requests: Family<Reason, Counter>,
+    pub api_requests: Family<Code, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
     pub instance_transitions: Family<StateLabel, Counter>,
@@ -149,7 +211,7 @@ impl Metrics {
         );
         r.register(
             "edge_api_requests",
-            "Operator API requests, by outcome",
+            "Operator API requests, by the status of the answer",
             m.api_requests.clone(),
         );
         r.register(
@@ -167,7 +229,47 @@ impl Metrics {
             "Workload instances entering a state, as their nodes report",
             m.instance_transitions.clone(),
         );
+        m.initialise_series();
         m
+    }
+
+    /// Creates every series of every label from a fixed set, at 0.
+    fn initialise_series(&self) {
+        for status in ["online", "offline"] {
+            self.nodes.get_or_create(&NodeStatus { status }).set(0);
+        }
+        for code in RejectCode::ALL {
+            let reason = Reason {
+                reason: code.as_str().to_owned(),
+            };
+            self.session_rejections.get_or_create(&reason).inc_by(0);
+            self.enrollment_failures.get_or_create(&reason).inc_by(0);
+        }
+        for failure in HandshakeFailure::ALL {
+            let reason = failure.as_str();
+            self.handshake_failures
+                .get_or_create(&FixedReason { reason })
+                .inc_by(0);
+        }
+        for direction in DIRECTIONS {
+            self.frames
+                .get_or_create(&Direction { direction })
+                .inc_by(0);
+        }
+        for code in API_STATUSES.into_iter().chain(API_STATUS_CLASSES) {
+            self.api_requests.get_or_create(&Code { code }).inc_by(0);
+        }
+        for state in instance_states() {
+            self.instance_transitions
+                .get_or_create(&StateLabel { state })
+                .inc_by(0);
+        }
+    }
+
+    /// Counts an operator API answer with `status`.
+    pub fn api_request(&self, status: u16) {
+        let code = api_code(status);
+        self.api_requests.get_or_create(&Code { code }).inc();
     }
 
     /// Logs a workload event and counts it.
@@ -225,12 +327,14 @@ impl Metrics {
         self.frames.get_or_create(&Direction { direction }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, format 0.0.4.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Invariant: writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.encode_as(Format::Text004)
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        exposition::encode(&self.registry, format)
     }
 
     /// Logs `event` and counts it.
@@ -310,9 +414,33 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("edge_handshake_failures_total{"))
             .collect();
-        assert_eq!(
-            series,
-            ["edge_handshake_failures_total{reason=\"peer_closed\"} 50"]
+        // The fixed set, each at 0 from the start, and nothing else.
+        assert_eq!(series.len(), HandshakeFailure::ALL.len(), "{text}");
+        assert!(
+            series.contains(&"edge_handshake_failures_total{reason=\"peer_closed\"} 50"),
+            "{text}"
+        );
+        assert!(series.contains(&"edge_handshake_failures_total{reason=\"tls\"} 0"));
+    }
+
+    #[test]
+    fn api_answers_are_counted_by_a_fixed_code() {
+        assert_eq!(api_code(200), "200");
+        assert_eq!(api_code(431), "431");
+        assert_eq!(api_code(418), "4xx");
+        assert_eq!(api_code(502), "5xx");
+        assert_eq!(api_code(302), "3xx");
+        let metrics = Metrics::new();
+        metrics.api_request(404);
+        metrics.api_request(409);
+        let text = metrics.encode();
+        assert!(
+            text.contains("\nedge_api_requests_total{code=\"404\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nedge_api_requests_total{code=\"4xx\"} 1\n"),
+            "{text}"
         );
     }
 }

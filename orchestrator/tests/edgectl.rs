@@ -30,10 +30,7 @@ fn start() -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    rt.spawn(api::serve(
-        listener,
-        api::router(handles.api(auth.clone(), None)),
-    ));
+    rt.spawn(api::serve(listener, handles.api(auth.clone(), None)));
     Server {
         _rt: rt,
         handles,
