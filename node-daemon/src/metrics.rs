@@ -192,7 +192,8 @@ pub enum NodeEvent<'a> {
         error: &'a str,
         retry_in: Option<Duration>,
     },
-    /// The orchestrator refused us, with its code and its message.
+    /// The orchestrator refused us, with its code and its message: counted as a rejection
+    /// and as a dial that ended without a session.
     Rejected {
         orchestrator: &'a str,
         code: RejectCode,
@@ -201,13 +202,17 @@ pub enum NodeEvent<'a> {
     },
     /// Enrolled: the identity the orchestrator issued is stored.
     Enrolled { node: edge_proto::NodeId },
-    /// An assignment this node refused, before or after admitting it.
+    /// An assignment this node refused: at once, or (`after_admission`, with its generation)
+    /// when its artifact turned out not to fit after all.
     AdmissionRefused {
         workload: &'a str,
         reason: &'static str,
         detail: &'a str,
+        after_admission: Option<u64>,
     },
-    /// An artifact fetch attempt ended; `bytes` arrived during it.
+    /// An artifact fetch attempt ended; `bytes` of it arrived and were kept. A failure is
+    /// logged here when it is retried (`retry_in`) or final; one that makes the node refuse
+    /// the assignment (`no_space`) is logged as that refusal.
     ArtifactFetched {
         workload: &'a str,
         bytes: u64,
@@ -396,6 +401,8 @@ impl NodeMetrics {
             } => {
                 let reason = code.as_str();
                 m.rejections.get_or_create(&ReasonLabel { reason }).inc();
+                let reason = DialFailure::Rejected.as_str();
+                m.dial_failures.get_or_create(&ReasonLabel { reason }).inc();
                 match retry_in {
                     Some(delay) => warn!(orchestrator, %code, message,
                         retry_in = ?delay, "orchestrator rejected us"),
@@ -410,11 +417,16 @@ impl NodeMetrics {
                 workload,
                 reason,
                 detail,
+                after_admission,
             } => {
                 m.admission_refusals
                     .get_or_create(&ReasonLabel { reason })
                     .inc();
-                warn!(workload, reason = %detail, "refused");
+                match after_admission {
+                    None => warn!(workload, reason = %detail, "refused"),
+                    Some(generation) => warn!(workload, generation, reason = %detail,
+                        "refused after admission"),
+                }
             }
             NodeEvent::ArtifactFetched {
                 workload,
@@ -435,6 +447,7 @@ impl NodeMetrics {
                         match retry_in {
                             Some(delay) => warn!(workload, error = %e, retry_in = ?delay,
                                 "artifact fetch failed"),
+                            None if matches!(e, FetchError::NoSpace { .. }) => {}
                             None => warn!(workload, error = %e, "artifact cannot be fetched"),
                         }
                     }
