@@ -10,6 +10,7 @@
 use crate::capabilities::{self, StatusSampler};
 use crate::config::{Config, Host};
 use crate::identity::{IdentityDir, IdentityError};
+use crate::metrics::{DialFailure, NodeEvent};
 use crate::status::{State, StatusBoard};
 use crate::streams;
 use crate::supervisor::LimitsBackend;
@@ -66,6 +67,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let data_dir = config.data_dir().to_owned();
+    let metrics = board.metrics().clone();
     crate::private_fs::create_dir_all(&data_dir)
         .map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
     let ids = IdentityDir::new(&data_dir);
@@ -123,6 +125,7 @@ pub async fn run_with(
         limits,
         conn_rx,
         out_tx,
+        metrics.clone(),
     )
     .await?;
     let mut session = NodeSession::new(
@@ -182,7 +185,9 @@ pub async fn run_with(
                     match saved {
                         Ok(Some(identity)) => {
                             session_tls = Some(tls::session_config(&identity)?);
-                            info!(node = %identity.node_id, "enrolled; identity stored");
+                            metrics.emit(&NodeEvent::Enrolled {
+                                node: identity.node_id,
+                            });
                             board.update(|s| s.node_id = Some(identity.node_id.to_string()));
                             session.handle_identity_saved(identity.node_id, Instant::now());
                         }
@@ -251,13 +256,13 @@ pub async fn run_with(
                 let awaiting_answer = current.is_some() && !session.is_established();
                 let now = Instant::now();
                 session.handle_timeout(now);
-                if awaiting_answer && let Some(delay) = backoff(&session, now) {
-                    warn!(
-                        orchestrator = %orchestrator,
-                        error = %format!("no answer within {}s", ANSWER_TIMEOUT.as_secs()),
-                        retry_in = ?delay,
-                        "cannot reach the orchestrator"
-                    );
+                if awaiting_answer {
+                    metrics.emit(&NodeEvent::DialFailed {
+                        orchestrator: &orchestrator,
+                        failure: DialFailure::NoAnswer,
+                        error: &format!("no answer within {}s", ANSWER_TIMEOUT.as_secs()),
+                        retry_in: backoff(&session, now),
+                    });
                 }
             }
             _ = caps_tick.tick() => {
@@ -290,16 +295,16 @@ pub async fn run_with(
                     board.set(state, format!("cannot reach {orchestrator}: {why}"));
                     let now = Instant::now();
                     session.handle_connect_failed(failure, now);
-                    if !trusted {
-                        warn!(orchestrator = %orchestrator, reason = %why, "orchestrator not trusted");
-                    } else if let Some(delay) = backoff(&session, now) {
-                        warn!(
-                            orchestrator = %orchestrator,
-                            error = %why,
-                            retry_in = ?delay,
-                            "cannot reach the orchestrator"
-                        );
-                    }
+                    metrics.emit(&NodeEvent::DialFailed {
+                        orchestrator: &orchestrator,
+                        failure: if trusted {
+                            DialFailure::Unreachable
+                        } else {
+                            DialFailure::Untrusted
+                        },
+                        error: &why,
+                        retry_in: backoff(&session, now),
+                    });
                 }
                 Event::Msg(n, msg) if n == attempt => {
                     let reject = match &msg {
@@ -311,12 +316,12 @@ pub async fn run_with(
                     session.handle_msg(msg, now);
                     if let Some((code, message)) = reject {
                         let delay = backoff(&session, now);
-                        match delay {
-                            Some(delay) => warn!(orchestrator = %orchestrator, %code, %message,
-                                retry_in = ?delay, "orchestrator rejected us"),
-                            None => warn!(orchestrator = %orchestrator, %code, %message,
-                                "orchestrator rejected us"),
-                        }
+                        metrics.emit(&NodeEvent::Rejected {
+                            orchestrator: &orchestrator,
+                            code,
+                            message: &message,
+                            retry_in: delay,
+                        });
                         if code == RejectCode::IdentityConflict {
                             let why = identity_conflict(&orchestrator, &data_dir, delay);
                             warn!(orchestrator = %orchestrator, "{why}");
@@ -351,16 +356,13 @@ pub async fn run_with(
                     session.handle_disconnected(now);
                     // Closed while saying hello. (After enrollment the session closes the
                     // link itself and dials again at once: no new deadline, nothing to say.)
-                    if !was_established
-                        && session.poll_timeout() != before
-                        && let Some(delay) = backoff(&session, now)
-                    {
-                        warn!(
-                            orchestrator = %orchestrator,
-                            error = %why,
-                            retry_in = ?delay,
-                            "cannot reach the orchestrator"
-                        );
+                    if !was_established && session.poll_timeout() != before {
+                        metrics.emit(&NodeEvent::DialFailed {
+                            orchestrator: &orchestrator,
+                            failure: DialFailure::Closed,
+                            error: &why,
+                            retry_in: backoff(&session, now),
+                        });
                     }
                 }
                 _ => {}

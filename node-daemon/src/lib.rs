@@ -6,7 +6,7 @@ pub mod capabilities;
 pub mod config;
 pub mod daemon;
 pub mod identity;
-pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod private_fs;
 pub mod provision;

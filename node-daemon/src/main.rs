@@ -37,7 +37,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    node_daemon::logging::init();
+    edge_shell::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

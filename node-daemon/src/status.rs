@@ -1,11 +1,16 @@
-//! What the node is doing, for the people and tools on the device: `GET /status` (JSON) and
-//! `GET /healthz` on `status_listen`, loopback by default. It answers from the first second,
-//! before the node has enrolled, so a node waiting for its join file or refused by the
-//! orchestrator says why here, not only in the journal.
+//! What the node is doing, for the people and tools on the device: `GET /status` (JSON),
+//! `GET /metrics` (Prometheus) and `GET /healthz` on `status_listen`, loopback by default. It
+//! answers from the first second, before the node has enrolled, so a node waiting for its
+//! join file or refused by the orchestrator says why here, not only in the journal.
 //!
-//! Read-only: no request changes anything. Requests are bounded (8 KiB of headers, 10 s to
-//! send them, 16 connections at once); anything but `GET` of a known path gets a JSON error.
+//! Read-only: no request changes anything. Served by [`edge_shell::http::Server`] within
+//! [`LIMITS`] (8 KiB of headers, 10 s to send them, 16 connections at once, a slow client
+//! closed to make room for another); anything but `GET` of a known path gets a JSON error,
+//! and so does a head the HTTP layer refuses.
 
+use crate::metrics::NodeMetrics;
+use edge_shell::exposition::Format;
+use edge_shell::http::{Limits, Server};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -14,15 +19,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tracing::debug;
+use tokio::sync::watch;
 
-/// The most connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 16;
-/// Header bytes a request may send.
-const MAX_HEADER_BYTES: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How the status listener is bounded.
+pub const LIMITS: Limits = Limits {
+    max_connections: 16,
+    header_timeout: Duration::from_secs(10),
+    max_header_bytes: 8 * 1024,
+};
 
 /// The node's state as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,9 +67,13 @@ pub struct Status {
     pub arch: &'static str,
 }
 
-/// The shared, current [`Status`]. Cheap to clone; every clone sees every update.
+/// The shared, current [`Status`], and the node's metrics. Cheap to clone; every clone sees
+/// every update.
 #[derive(Debug, Clone)]
-pub struct StatusBoard(Arc<watch::Sender<Status>>);
+pub struct StatusBoard {
+    status: Arc<watch::Sender<Status>>,
+    metrics: NodeMetrics,
+}
 
 impl Default for StatusBoard {
     fn default() -> Self {
@@ -86,70 +94,64 @@ impl StatusBoard {
             version: env!("CARGO_PKG_VERSION"),
             arch: std::env::consts::ARCH,
         });
-        Self(Arc::new(tx))
+        Self {
+            status: Arc::new(tx),
+            metrics: NodeMetrics::new(),
+        }
     }
 
-    /// Sets the state and its message.
+    /// Sets the state and its message; a new state is counted in
+    /// `edge_node_state_changes`.
     pub fn set(&self, state: State, message: impl Into<String>) {
         let message = message.into();
-        self.0.send_if_modified(|s| {
-            let changed = s.state != state || s.message != message;
+        let mut entered = false;
+        self.status.send_if_modified(|s| {
+            entered = s.state != state;
+            let changed = entered || s.message != message;
             s.state = state;
             s.message = message;
             changed
         });
+        if entered {
+            self.metrics.state_changed(state);
+        }
     }
 
     /// Changes other fields.
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
-        self.0.send_modify(f);
+        self.status.send_modify(f);
     }
 
     pub fn get(&self) -> Status {
-        self.0.borrow().clone()
+        self.status.borrow().clone()
     }
 
     /// A receiver that wakes on every change.
     pub fn subscribe(&self) -> watch::Receiver<Status> {
-        self.0.subscribe()
+        self.status.subscribe()
+    }
+
+    /// The node's metrics, which `/metrics` serves.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
     }
 }
 
-/// Serves `/status` and `/healthz` on `listener` until the task is dropped.
+/// Serves `/status`, `/metrics` and `/healthz` on `listener` within [`LIMITS`] until the task
+/// is dropped.
 pub async fn serve(listener: TcpListener, board: StatusBoard) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: back off a little rather than spin.
-                debug!(error = %e, "status endpoint accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    serve_with(listener, board, LIMITS).await;
+}
+
+/// As [`serve`], within `limits`.
+pub async fn serve_with(listener: TcpListener, board: StatusBoard, limits: Limits) {
+    let service = hyper::service::service_fn(move |req| {
         let board = board.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let board = board.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &board)) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                debug!(%peer, error = %e, "status request failed");
-            }
-            drop(permit);
-        });
-    }
+        async move { Ok::<_, Infallible>(answer(&req, &board)) }
+    });
+    Server::new(limits)
+        .serve(listener, service, std::future::pending())
+        .await;
 }
 
 fn answer(req: &Request<Incoming>, board: &StatusBoard) -> Response<Full<Bytes>> {
@@ -158,7 +160,21 @@ fn answer(req: &Request<Incoming>, board: &StatusBoard) -> Response<Full<Bytes>>
         (&Method::GET | &Method::HEAD, "/healthz") => {
             json(StatusCode::OK, &serde_json::json!({"ok": true}))
         }
-        (_, "/status" | "/healthz") => error(
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let mut response =
+                Response::new(Full::new(Bytes::from(board.metrics().encode(format))));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(format.content_type()),
+            );
+            response
+        }
+        (_, "/status" | "/healthz" | "/metrics") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "only GET is served",
@@ -166,7 +182,7 @@ fn answer(req: &Request<Incoming>, board: &StatusBoard) -> Response<Full<Bytes>>
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "the node serves /status and /healthz",
+            "the node serves /status, /metrics and /healthz",
         ),
     }
 }
@@ -265,6 +281,8 @@ mod tests {
 
         let got = raw(addr, b"\x00\x01garbage\r\n\r\n").await;
         assert!(got.starts_with("HTTP/1.1 400"), "{got:?}");
+        assert!(got.contains("content-type: application/json"), "{got:?}");
+        assert_eq!(body(&got)["error"], "bad_request");
 
         let mut huge = b"GET /status HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
@@ -274,8 +292,84 @@ mod tests {
             got.starts_with("HTTP/1.1 431"),
             "oversized headers are refused: {got:?}"
         );
+        assert_eq!(body(&got)["error"], "headers_too_large");
 
         let got = raw(addr, b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert!(got.starts_with("HTTP/1.1 200"), "still serving: {got}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_in_the_format_asked_for() {
+        let (addr, board, _task) = server().await;
+        board.set(State::Online, "connected");
+        let got = raw(addr, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(
+            got.contains("content-type: text/plain; version=0.0.4"),
+            "{got}"
+        );
+        assert!(
+            got.contains("\nedge_node_state_changes_total{state=\"online\"} 1\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("# TYPE edge_node_state_changes_total counter\n"),
+            "{got}"
+        );
+        assert!(!got.contains("# EOF"), "{got}");
+        let got = raw(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nhost: x\r\naccept: application/openmetrics-text\r\n\r\n",
+        )
+        .await;
+        assert!(
+            got.contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{got}"
+        );
+        assert!(got.ends_with("# EOF\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_line_is_dropped_at_the_header_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits {
+            header_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let _task = tokio::spawn(serve_with(listener, StatusBoard::new(), limits));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET /sta").await.expect("write");
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(PATIENCE, conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "still open after the deadline: {read:?}"
+        );
+    }
+
+    /// A bound on waiting for what takes milliseconds when all is well.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn status_is_answered_under_a_slowloris_attack() {
+        let (addr, _board, _task) = server().await;
+        let mut attackers = Vec::new();
+        for _ in 0..250 {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            conn.write_all(b"GET /status HTTP/1.1\r\nx-slow: ")
+                .await
+                .expect("write");
+            attackers.push(conn);
+        }
+        for _ in 0..3 {
+            let got = tokio::time::timeout(
+                PATIENCE,
+                raw(addr, b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n"),
+            )
+            .await
+            .expect("answered within the deadline");
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! It owns no socket: the daemon hands it the current connection and carries its messages.
 
 use crate::artifacts::{ArtifactCache, FetchError};
+use crate::metrics::{NodeEvent, NodeMetrics};
 use crate::supervisor::{
     self, HealthCheck, HealthProbe, InstanceStatus, LimitsBackend, Resources, State, Supervisor,
     SupervisorError, SupervisorOptions, WorkloadSpec,
@@ -92,6 +93,7 @@ pub struct Workloads {
     cache_use: Arc<tokio::sync::RwLock<()>>,
     /// What every workload finds in its environment about the node.
     node_env: Arc<[(String, String)]>,
+    metrics: NodeMetrics,
 }
 
 /// Why the agent could not start.
@@ -105,7 +107,9 @@ pub enum StartError {
 
 impl Workloads {
     /// Opens the supervisor (restarting what ran before the daemon stopped) and the artifact
-    /// cache. `out` carries reports to the orchestrator; `conn` is the current connection.
+    /// cache. `out` carries reports to the orchestrator; `conn` is the current connection;
+    /// what happens is counted in `metrics`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         data_dir: &Path,
         node_name: &str,
@@ -114,13 +118,15 @@ impl Workloads {
         limits: LimitsBackend,
         conn: watch::Receiver<Option<quinn::Connection>>,
         out: mpsc::Sender<NodeMsg>,
+        metrics: NodeMetrics,
     ) -> Result<Self, StartError> {
         let options = SupervisorOptions {
             // One parent per node, so nodes sharing a host never stop each other's workloads.
             cgroup_parent: format!("edge-node-{node_name}"),
             ..SupervisorOptions::default()
         };
-        let supervisor = Supervisor::open_with(data_dir, limits, options).await?;
+        let supervisor =
+            Supervisor::open_observed(data_dir, limits, options, metrics.clone()).await?;
         let cache = Arc::new(ArtifactCache::open(data_dir).map_err(StartError::Cache)?);
         let agent = Self {
             supervisor,
@@ -136,6 +142,7 @@ impl Workloads {
             conn,
             out,
             node_env: node_env(node_name, node_address).into(),
+            metrics,
         };
         let restarted = agent.supervisor.recover().await?;
         if !restarted.is_empty() {
@@ -197,7 +204,12 @@ impl Workloads {
                 info!(workload = %name, generation = a.generation, "admitted");
                 tokio::spawn(self.clone().fetch_and_run(a));
             }
-            Err(why) => warn!(workload = %name, reason = %why, "refused"),
+            Err(why) => self.metrics.emit(&NodeEvent::AdmissionRefused {
+                workload: &name,
+                reason: NodeMetrics::refusal_reason(&why),
+                detail: &why.to_string(),
+                after_admission: None,
+            }),
         }
         reply
     }
@@ -336,21 +348,30 @@ impl Workloads {
                 return;
             };
             let missing = self.cache.missing_bytes(&a.artifact, a.artifact_size);
-            match self.cache.fetch(&conn, a.artifact, a.artifact_size).await {
+            let fetched = self.cache.fetch(&conn, a.artifact, a.artifact_size).await;
+            let kept =
+                missing.saturating_sub(self.cache.missing_bytes(&a.artifact, a.artifact_size));
+            let retry_in = match &fetched {
+                Err(e) if e.retryable() => Some(retry.failed(kept > 0, fastrand::u64(..))),
+                _ => None,
+            };
+            self.metrics.emit(&NodeEvent::ArtifactFetched {
+                workload: &name,
+                bytes: kept,
+                failure: fetched.as_ref().err(),
+                retry_in,
+            });
+            match fetched {
                 Ok(path) => break path,
                 Err(e @ FetchError::NoSpace { .. }) => {
                     // Releases the artifact for collection: nothing will use it here.
                     drop(in_use);
                     return self.refuse(&a, &e).await;
                 }
-                Err(e) if e.retryable() => {
-                    let progressed =
-                        self.cache.missing_bytes(&a.artifact, a.artifact_size) < missing;
-                    let delay = retry.failed(progressed, fastrand::u64(..));
-                    warn!(workload = %name, error = %e, retry_in = ?delay, "artifact fetch failed");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return self.fail(&a, &e).await,
+                Err(e) => match retry_in {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return self.fail(&a, &e).await,
+                },
             }
         };
         if !self.is_current(&a) {
@@ -395,7 +416,12 @@ impl Workloads {
         if !self.is_current(a) {
             return;
         }
-        warn!(workload = %a.workload, generation = a.generation, reason = %why, "refused after admission");
+        self.metrics.emit(&NodeEvent::AdmissionRefused {
+            workload: a.workload.as_str(),
+            reason: "no_space",
+            detail: &why.to_string(),
+            after_admission: Some(a.generation),
+        });
         let reply = AdmissionReply {
             workload: a.workload.clone(),
             generation: a.generation,
@@ -406,8 +432,8 @@ impl Workloads {
         forget.await;
     }
 
+    /// Reports `a` failed: its artifact cannot be fetched (logged when it was counted).
     async fn fail(&self, a: &Assignment, e: &FetchError) {
-        warn!(workload = %a.workload, error = %e, "artifact cannot be fetched");
         self.send_state(a, WorkloadState::Failed, &e.to_string())
             .await;
     }

@@ -554,6 +554,7 @@ async fn an_assignment_whose_artifact_cannot_fit_is_refused_to_the_orchestrator(
     let orch = Orchestrator::start(&[&big]).await;
     let (_conn_tx, conn_rx) = tokio::sync::watch::channel(Some(orch.conn.clone()));
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    let metrics = node_daemon::metrics::NodeMetrics::new();
     let agent = Workloads::start(
         &tmpfs.path().join("edge-node"),
         "small",
@@ -565,6 +566,7 @@ async fn an_assignment_whose_artifact_cannot_fit_is_refused_to_the_orchestrator(
         LimitsBackend::Rlimit,
         conn_rx,
         out_tx,
+        metrics.clone(),
     )
     .await
     .expect("start");
@@ -616,5 +618,14 @@ async fn an_assignment_whose_artifact_cannot_fit_is_refused_to_the_orchestrator(
     };
     let again = agent.assign(assignment, now);
     assert!(again.rejected.is_some(), "{again:?}");
+    // Both refusals are counted, each by its own reason.
+    let text = metrics.encode(edge_shell::exposition::Format::Text004);
+    for series in [
+        r#"edge_node_admission_refusals_total{reason="no_space"} 1"#,
+        r#"edge_node_admission_refusals_total{reason="disk"} 1"#,
+        r#"edge_node_artifact_fetch_failures_total{reason="no_space"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series}:\n{text}");
+    }
     agent.shutdown().await;
 }

@@ -147,15 +147,11 @@ impl Orchestrator {
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
         let api_addr = api_listener.local_addr().map_err(StartError::Io)?;
         let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Io)?);
-        let router = api::router(handles.api(auth.clone(), Some(artifacts.clone())));
+        let api_state = handles.api(auth.clone(), Some(artifacts.clone()));
         let server = Arc::new(handles.server(Some(artifacts.clone())));
         let tasks = vec![
             tokio::spawn(serve(endpoint.clone(), server)),
-            tokio::spawn(async move {
-                if let Err(error) = api::serve(api_listener, router).await {
-                    tracing::error!(%error, "operator API stopped");
-                }
-            }),
+            tokio::spawn(api::serve(api_listener, api_state)),
         ];
         let ca_hash = handles.registry.ca().hash();
         tracing::info!(%quic_addr, %api_addr, %ca_hash, "orchestrator ready");

@@ -477,14 +477,10 @@ async fn deploy_hello(
     std::fs::write(&path, &spec)?;
     let spec =
         orchestrator_core::workload::WorkloadSpec::from_toml(&spec).context("the demo spec")?;
-    let (placed, committed) = orch
-        .deployments
-        .deploy(|d| match d.apply(spec, stored.size) {
-            Ok((_, effects)) => (Ok(()), effects),
-            Err(e) => (Err(e), Vec::new()),
-        });
-    placed.context("deploying the sample")?;
-    committed.wait().await.context("storing the deployment")?;
+    orch.deployments
+        .apply(spec, stored.size, &orch.metrics)
+        .await
+        .context("deploying the sample")?;
     Ok(path)
 }
 

@@ -5,12 +5,15 @@
 //! it takes every batch queued since its last write, stores them with one flush, then sends
 //! their messages through [`NodeLinks`]. So a node never gets an assignment before it is
 //! durable, and many concurrent deploys share one fsync. The API and the QUIC server change
-//! deployments only through [`Deployer::deploy`].
+//! deployments only through [`Deployer::deploy`]; a spec is deployed, from the API or the
+//! demo, only through [`Deployer::apply`], which also says so ([`WorkloadEvent::Deployed`]).
 
 use crate::links::NodeLinks;
+use crate::metrics::{Metrics, WorkloadEvent};
 use orchestrator_core::deploy::{Deployments, Effect};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
+use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::warn;
 
@@ -65,6 +68,67 @@ impl Deployer {
         let committed = self.committer.submit(effects);
         (r, committed)
     }
+
+    /// Deploys `spec` (its artifact is `artifact_size` bytes), waits until what that decided
+    /// is stored and sent, then logs and counts the deploy in `metrics` if it changed
+    /// anything.
+    pub async fn apply(
+        &self,
+        spec: WorkloadSpec,
+        artifact_size: u64,
+        metrics: &Metrics,
+    ) -> Result<Applied, ApplyError> {
+        let name = spec.name().to_owned();
+        let (applied, committed) = self.deploy(|d| {
+            let created = d.get(&name).is_none();
+            match d.apply(spec, artifact_size) {
+                Ok((outcome, effects)) => {
+                    let applied = Applied {
+                        created,
+                        changed: !effects.is_empty(),
+                        placed: outcome.bound.len(),
+                    };
+                    (Ok(applied), effects)
+                }
+                Err(e) => (Err(e), Vec::new()),
+            }
+        });
+        let applied = applied?;
+        committed.wait().await?;
+        if applied.changed
+            && let Some(shown) = self.lock().get(&name)
+        {
+            metrics.workload(&WorkloadEvent::Deployed {
+                workload: &name,
+                generation: shown.generation,
+                placed: applied.placed,
+                wanted: shown.wanted,
+            });
+        }
+        Ok(applied)
+    }
+}
+
+/// What [`Deployer::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// There was no workload of that name.
+    pub created: bool,
+    /// The spec differed from the one deployed (always, when created).
+    pub changed: bool,
+    /// Instances that found a node.
+    pub placed: usize,
+}
+
+/// Why [`Deployer::apply`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The spec cannot be deployed as it is (the wire cannot carry it, say); nothing changed.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Storing the deployment failed; the caller may retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// When the effects of one deployment change are durable and sent.

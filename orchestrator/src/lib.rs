@@ -17,7 +17,6 @@ pub mod clock;
 pub mod demo;
 pub mod deployer;
 pub mod links;
-pub mod logging;
 pub mod logs;
 pub mod metrics;
 pub mod node_admin;

@@ -4,9 +4,15 @@
 //!
 //! Every label value comes from a fixed set (`&'static str`): each distinct value is a series
 //! held for the life of the process, so nothing a peer sends (a close reason, a TLS alert's
-//! text, a name) ever becomes one. Such text goes to the log line, escaped and cut.
+//! text, a name) ever becomes one. Such text goes to the log line, escaped and cut. Every
+//! series of a fixed set exists from the start, at 0, so a dashboard or an alert sees a family
+//! before its first event. [`Metrics::encode`] writes the text format 0.0.4 that `/metrics`
+//! serves by default; [`Metrics::encode_as`] also writes OpenMetrics, for a scraper that asks
+//! for it (see [`edge_shell::exposition`]).
 
+use edge_proto::RejectCode;
 use edge_proto::field::shown_max;
+use edge_shell::exposition::{self, Format};
 use orchestrator_core::session::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,12 +20,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
-
-/// The operator API's request counter, by status code (the API's own).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Reason {
-    pub reason: String,
-}
 
 /// Why a session, an enrollment or a handshake failed: always one of a fixed set.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +53,20 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    /// Every failure, each a series of `edge_handshake_failures`.
+    pub const ALL: [HandshakeFailure; 10] = [
+        Self::Timeout,
+        Self::Tls,
+        Self::PeerRefusedTls,
+        Self::PeerClosed,
+        Self::Transport,
+        Self::Reset,
+        Self::VersionMismatch,
+        Self::LocallyClosed,
+        Self::CidsExhausted,
+        Self::NoNodeInCertificate,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,6 +96,53 @@ pub struct NodeStatus {
 pub struct StateLabel {
     pub state: &'static str,
 }
+
+/// The `code` of `edge_api_requests`: an answer's status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    pub code: &'static str,
+}
+
+/// The statuses the operator API answers with, each its own `code`.
+const API_STATUSES: [&str; 14] = [
+    "200", "201", "204", "400", "401", "403", "404", "405", "413", "414", "415", "431", "500",
+    "503",
+];
+/// Any other status is counted under its class.
+const API_STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// The `code` a status is counted under.
+pub fn api_code(status: u16) -> &'static str {
+    let exact = status.to_string();
+    if let Some(code) = API_STATUSES.iter().find(|c| **c == exact) {
+        return code;
+    }
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        500..=599 => "5xx",
+        _ => "4xx",
+    }
+}
+
+/// The states an instance reports, as `edge_instance_transitions` names them.
+fn instance_states() -> [&'static str; 8] {
+    use edge_proto::WorkloadState as S;
+    [
+        S::Pending,
+        S::Downloading,
+        S::Starting,
+        S::Running,
+        S::Unhealthy,
+        S::Backoff,
+        S::Failed,
+        S::Stopped,
+    ]
+    .map(orchestrator_core::deploy::state_name)
+}
+
+/// The directions of `edge_frames`.
+const DIRECTIONS: [&str; 2] = ["rx", "tx"];
 
 /// Operator-facing outcomes of deploying and running workloads.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +205,7 @@ pub struct Metrics {
     pub enrollment_failures: Family<ReasonLabel, Counter>,
     pub handshake_failures: Family<ReasonLabel, Counter>,
     pub identity_conflicts: Counter,
-    pub api_requests: Family<Reason, Counter>,
+    pub api_requests: Family<Code, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
     pub instance_transitions: Family<StateLabel, Counter>,
@@ -193,7 +254,7 @@ impl Metrics {
         );
         r.register(
             "edge_api_requests",
-            "Operator API requests, by outcome",
+            "Operator API requests, by the status of the answer",
             m.api_requests.clone(),
         );
         r.register(
@@ -211,7 +272,47 @@ impl Metrics {
             "Workload instances entering a state, as their nodes report",
             m.instance_transitions.clone(),
         );
+        m.initialise_series();
         m
+    }
+
+    /// Creates every series of every label from a fixed set, at 0.
+    fn initialise_series(&self) {
+        for status in ["online", "offline"] {
+            self.nodes.get_or_create(&NodeStatus { status }).set(0);
+        }
+        for code in RejectCode::ALL {
+            let reason = ReasonLabel {
+                reason: code.as_str(),
+            };
+            self.session_rejections.get_or_create(&reason).inc_by(0);
+            self.enrollment_failures.get_or_create(&reason).inc_by(0);
+        }
+        for failure in HandshakeFailure::ALL {
+            let reason = failure.as_str();
+            self.handshake_failures
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(0);
+        }
+        for direction in DIRECTIONS {
+            self.frames
+                .get_or_create(&Direction { direction })
+                .inc_by(0);
+        }
+        for code in API_STATUSES.into_iter().chain(API_STATUS_CLASSES) {
+            self.api_requests.get_or_create(&Code { code }).inc_by(0);
+        }
+        for state in instance_states() {
+            self.instance_transitions
+                .get_or_create(&StateLabel { state })
+                .inc_by(0);
+        }
+    }
+
+    /// Counts an operator API answer with `status`.
+    pub fn api_request(&self, status: u16) {
+        let code = api_code(status);
+        self.api_requests.get_or_create(&Code { code }).inc();
     }
 
     /// Logs a workload event and counts it.
@@ -275,12 +376,14 @@ impl Metrics {
         self.frames.get_or_create(&Direction { direction }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, format 0.0.4.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Invariant: writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.encode_as(Format::Text004)
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        exposition::encode(&self.registry, format)
     }
 
     /// Logs `event` and counts it.
@@ -362,5 +465,53 @@ impl Metrics {
             .inc();
         let detail = shown_max(detail, PEER_TEXT_MAX_CHARS);
         warn!(%remote, reason, %detail, "handshake failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_text_never_becomes_a_handshake_label() {
+        let metrics = Metrics::new();
+        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        for i in 0..50 {
+            let peer_text = format!("closed by peer {i}");
+            metrics.handshake_failed(HandshakeFailure::PeerClosed, &peer_text, remote);
+        }
+        let text = metrics.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("edge_handshake_failures_total{"))
+            .collect();
+        // The fixed set, each at 0 from the start, and nothing else.
+        assert_eq!(series.len(), HandshakeFailure::ALL.len(), "{text}");
+        assert!(
+            series.contains(&"edge_handshake_failures_total{reason=\"peer_closed\"} 50"),
+            "{text}"
+        );
+        assert!(series.contains(&"edge_handshake_failures_total{reason=\"tls\"} 0"));
+    }
+
+    #[test]
+    fn api_answers_are_counted_by_a_fixed_code() {
+        assert_eq!(api_code(200), "200");
+        assert_eq!(api_code(431), "431");
+        assert_eq!(api_code(418), "4xx");
+        assert_eq!(api_code(502), "5xx");
+        assert_eq!(api_code(302), "3xx");
+        let metrics = Metrics::new();
+        metrics.api_request(404);
+        metrics.api_request(409);
+        let text = metrics.encode();
+        assert!(
+            text.contains("\nedge_api_requests_total{code=\"404\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nedge_api_requests_total{code=\"4xx\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -45,8 +45,7 @@ fn start_with(store: Arc<dyn Store>) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let router = api::router(handles.api(auth.clone(), None));
-    rt.spawn(api::serve(listener, router));
+    rt.spawn(api::serve(listener, handles.api(auth.clone(), None)));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(20)))
@@ -288,7 +287,7 @@ fn healthz_and_metrics_need_no_token() {
     assert!(r.body.contains(r#"edge_nodes{status="online"} 0"#));
     // The two requests before this one were counted.
     assert!(
-        r.body.contains(r#"edge_api_requests_total{reason="200"}"#),
+        r.body.contains(r#"edge_api_requests_total{code="200"}"#),
         "{}",
         r.body
     );
@@ -846,11 +845,11 @@ fn unknown_routes_and_methods_get_json_errors() {
 
     let metrics = s.get("/metrics", None).body;
     assert!(
-        metrics.contains(r#"edge_api_requests_total{reason="404"} 2"#),
+        metrics.contains(r#"edge_api_requests_total{code="404"} 2"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"edge_api_requests_total{reason="405"} 2"#),
+        metrics.contains(r#"edge_api_requests_total{code="405"} 2"#),
         "{metrics}"
     );
 }

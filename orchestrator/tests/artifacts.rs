@@ -381,8 +381,7 @@ fn start(with_store: bool) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let router = api::router(handles.api(auth.clone(), store));
-    rt.spawn(api::serve(listener, router));
+    rt.spawn(api::serve(listener, handles.api(auth.clone(), store)));
     Server {
         _rt: rt,
         _data: data,
@@ -558,7 +557,7 @@ fn pushing_over_http_stores_the_bytes_under_their_digest() {
         s.handles
             .metrics
             .encode()
-            .contains("edge_api_requests_total{reason=\"201\"}"),
+            .contains("edge_api_requests_total{code=\"201\"}"),
         "{}",
         s.handles.metrics.encode()
     );

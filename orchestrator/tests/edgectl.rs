@@ -47,7 +47,7 @@ fn start_with(artifacts: Option<tempfile::TempDir>) -> Server {
         .map(|dir| Arc::new(ArtifactStore::open(dir.path()).expect("artifact store")));
     rt.spawn(api::serve(
         listener,
-        api::router(handles.api(auth.clone(), artifact_store)),
+        handles.api(auth.clone(), artifact_store),
     ));
     Server {
         _rt: rt,

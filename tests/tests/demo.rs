@@ -44,7 +44,8 @@ struct Demo {
     work_dir: PathBuf,
     /// Holds stdout; dropping it (by sending on it) closes the pipe's read end.
     close_stdout: mpsc::Sender<()>,
-    up: mpsc::Receiver<Result<(), String>>,
+    /// The banner once it is up, or all of stdout if the demo ended first.
+    up: mpsc::Receiver<Result<String, String>>,
     stderr: mpsc::Receiver<String>,
     _tmp: tempfile::TempDir,
 }
@@ -85,7 +86,7 @@ impl Demo {
                     Ok(_) => seen.push_str(&line),
                 }
             };
-            let _ = up_tx.send(if found { Ok(()) } else { Err(seen) });
+            let _ = up_tx.send(if found { Ok(seen) } else { Err(seen) });
             // Keep reading as a live `tee` would, until told to go away.
             let _ = close.recv();
             drop(lines);
@@ -107,11 +108,12 @@ impl Demo {
         }
     }
 
-    /// Waits for the banner that says the fleet is up and the sample runs on every node.
-    fn wait_up(&mut self) {
+    /// Waits for the banner that says the fleet is up and the sample runs on every node, and
+    /// returns it.
+    fn wait_up(&mut self) -> String {
         // The demo's own deadlines (nodes online, then the sample running) come first.
         match self.up.recv_timeout(PATIENCE * 4) {
-            Ok(Ok(())) => {}
+            Ok(Ok(banner)) => banner,
             Ok(Err(stdout)) => panic!(
                 "the demo ended before it was up: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
                 self.child.try_wait(),
@@ -232,12 +234,49 @@ async fn assert_clean_exit(demo: &mut Demo) {
     assert!(gone.is_some(), "left running: {left:#?}");
 }
 
+/// The API URL the banner gives.
+fn api_url(banner: &str) -> String {
+    banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API:"))
+        .map(|url| url.trim().to_owned())
+        .unwrap_or_else(|| panic!("the banner names the API: {banner}"))
+}
+
+/// What the demo did shows in its orchestrator's metrics: three nodes enrolled and online,
+/// and the sample deployed once, as `curl $EDGE_API/metrics` (which the banner suggests)
+/// shows it.
+async fn assert_metrics_tell_what_happened(banner: &str) {
+    let url = format!("{}/metrics", api_url(banner));
+    let text = tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .expect("/metrics answers")
+            .body_mut()
+            .read_to_string()
+            .expect("a text body")
+    })
+    .await
+    .expect("the scrape finished");
+    for series in [
+        "edge_workload_deploys_total 1",
+        "edge_enrollments_total 3",
+        "edge_nodes{status=\"online\"} 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "no `{series}` in:\n{text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_with_its_reader_gone_stops_everything_and_removes_the_work_dir() {
     let _one = ONE_DEMO.lock().await;
     let mut demo = Demo::start();
-    demo.wait_up();
+    let banner = demo.wait_up();
     assert_fleet_runs(&demo);
+    assert_metrics_tell_what_happened(&banner).await;
     // `tee` dies of the same Ctrl-C: whatever the demo says from here on finds no reader.
     demo.close_stdout();
     demo.signal("INT");

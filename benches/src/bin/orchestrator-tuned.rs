@@ -54,7 +54,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    orchestrator::logging::init();
+    edge_shell::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

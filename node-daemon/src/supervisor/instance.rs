@@ -18,6 +18,7 @@ use super::restart::{Action, Exit, Lifecycle, RestartTuning};
 use super::spec::WorkloadSpec;
 use super::store::{InstanceRecord, Store};
 use super::{InstanceStatus, State};
+use crate::metrics::{ExitReason, NodeMetrics, RestartReason, Running};
 use nix::sys::signal::Signal;
 use std::future::Future;
 use std::pin::Pin;
@@ -84,6 +85,7 @@ pub struct InstanceCtx {
     pub tuning: RestartTuning,
     pub logs: Arc<LogSink>,
     pub reporter: Reporter,
+    pub metrics: NodeMetrics,
 }
 
 /// A running process and what belongs to it.
@@ -97,6 +99,8 @@ struct Live {
     pump: JoinHandle<()>,
     /// Limits that could not be enforced, for the status message.
     notes: Vec<String>,
+    /// Counts it as running until it is gone.
+    running: Option<Running>,
 }
 
 enum Next {
@@ -142,17 +146,21 @@ async fn run_spec(
     let mut live: Option<Live> = None;
     let mut probe: Option<Probe> = None;
     let mut next: Option<Next> = None;
+    // How the last process of this spec ended: a start after it is a restart.
+    let mut last_end: Option<RestartReason> = None;
     machine.start(Instant::now());
     loop {
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::Spawn => match start(ctx, spec, run_as).await {
-                    Ok(l) => {
+                    Ok(mut l) => {
+                        l.running = Some(ctx.metrics.instance_started(last_end.take()));
                         live = Some(l);
                         machine.handle_spawned(Instant::now());
                     }
                     Err(reason) => {
                         warn!(workload = %spec.name, %reason, "cannot start the workload");
+                        last_end = Some(RestartReason::SpawnFailed);
                         machine.handle_spawn_failed(Instant::now(), &reason);
                     }
                 },
@@ -202,6 +210,9 @@ async fn run_spec(
                 probe = None;
                 if let Some(l) = live.take() {
                     let exit = finish(ctx, spec, l, status).await;
+                    let reason = exit_reason(&exit, next.is_some(), machine.report().state);
+                    ctx.metrics.instance_exited(reason);
+                    last_end = Some(RestartReason::Exit(reason));
                     machine.handle_exit(Instant::now(), exit);
                 }
             }
@@ -211,6 +222,24 @@ async fn run_spec(
                 machine.handle_probe(Instant::now(), result.map_err(|e| e.to_string()));
             }
         }
+    }
+}
+
+/// Why a process ended, as the metrics count it: `stopping`, we were told to stop it; in
+/// `state` when it ended (unhealthy: the lifecycle ended it for its health).
+fn exit_reason(exit: &Exit, stopping: bool, state: State) -> ExitReason {
+    if stopping {
+        ExitReason::Stopped
+    } else if state == State::Unhealthy {
+        ExitReason::Unhealthy
+    } else if exit.oom_killed {
+        ExitReason::OomKilled
+    } else if exit.signal.is_some() {
+        ExitReason::Signalled
+    } else if exit.code == Some(0) {
+        ExitReason::Exited
+    } else {
+        ExitReason::Failed
     }
 }
 
@@ -333,6 +362,7 @@ async fn start(
         oom_before,
         pump,
         notes: prepared.notes,
+        running: None,
     })
 }
 

@@ -47,6 +47,7 @@ pub use restart::{RestartTuning, State};
 pub use spec::{HealthCheck, HealthProbe, Resources, RestartPolicy, SpecError, WorkloadSpec};
 pub use store::StoreError;
 
+use crate::metrics::NodeMetrics;
 use instance::{Command, InstanceCtx, Reporter};
 use logs::LogSink;
 use process::RunAs;
@@ -148,6 +149,8 @@ struct Inner {
     options: SupervisorOptions,
     workloads: Mutex<BTreeMap<String, Handle>>,
     events: broadcast::Sender<InstanceStatus>,
+    /// Where process starts, exits and restarts are counted.
+    metrics: NodeMetrics,
     /// Serializes `apply`, `remove`, `recover` and `shutdown`.
     ops: tokio::sync::Mutex<()>,
 }
@@ -172,6 +175,17 @@ impl Supervisor {
         data_dir: &Path,
         limits: LimitsBackend,
         options: SupervisorOptions,
+    ) -> Result<Self, SupervisorError> {
+        Self::open_observed(data_dir, limits, options, NodeMetrics::new()).await
+    }
+
+    /// As [`open_with`](Self::open_with), counting process starts, exits and restarts in
+    /// `metrics`.
+    pub async fn open_observed(
+        data_dir: &Path,
+        limits: LimitsBackend,
+        options: SupervisorOptions,
+        metrics: NodeMetrics,
     ) -> Result<Self, SupervisorError> {
         let parent_ok = !options.cgroup_parent.is_empty()
             && options
@@ -204,6 +218,7 @@ impl Supervisor {
                 options,
                 workloads: Mutex::new(BTreeMap::new()),
                 events,
+                metrics,
                 ops: tokio::sync::Mutex::new(()),
             }),
         })
@@ -351,6 +366,7 @@ impl Supervisor {
             tuning: inner.options.restart,
             logs: logs.clone(),
             reporter: reporter.clone(),
+            metrics: inner.metrics.clone(),
         };
         let task = tokio::spawn(instance::run(ctx, spec.clone(), run_as, receiver));
         let name = spec.name.clone();

@@ -3,7 +3,7 @@
 //! counts it and gives any other error response that shape.
 
 use crate::auth::{AuthError, Role};
-use crate::metrics::{Metrics, Reason};
+use crate::metrics::Metrics;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,8 @@ use super::extract::is_json_type;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `too_large`, `unsupported_media_type`, `internal`, `unavailable`.
+    /// `method_not_allowed`, `too_large`, `unsupported_media_type`, `internal`, `unavailable`;
+    /// and from the HTTP layer ([`edge_shell::http`]), `headers_too_large` and `uri_too_long`.
     pub error: String,
     /// What went wrong, for a person; names the field for a bad request.
     pub message: String,
@@ -116,16 +117,11 @@ pub fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// Counts a finished request by status, and turns an error response that is not already JSON
+/// Counts a finished request by status (`edge_api_requests{code}`), and turns an error response that is not already JSON
 /// into an [`ErrorBody`] carrying its text (or the status's reason), keeping its headers.
 pub(super) async fn count_and_json(metrics: &Metrics, response: Response) -> Response {
     let status = response.status();
-    metrics
-        .api_requests
-        .get_or_create(&Reason {
-            reason: status.as_str().to_owned(),
-        })
-        .inc();
+    metrics.api_request(status.as_u16());
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

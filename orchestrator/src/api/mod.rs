@@ -6,6 +6,11 @@
 //! what they change. Every error is JSON `{"error": CODE, "message": TEXT}` (see
 //! [`error::ErrorBody`]); every request is counted in `edge_api_requests` by status code.
 //!
+//! It is served by [`edge_shell::http::Server`] within [`LIMITS`]: a request head has 10 s
+//! and 16 KiB, one request per connection, and a slow client is closed to make room for
+//! another before any request being served is. A head the HTTP layer refuses gets the same
+//! JSON error (`bad_request`, `headers_too_large`) and is counted like any other answer.
+//!
 //! - `nodes`, `tokens`, `workloads`, `artifacts`: the routes and their handlers.
 //! - [`error`]: the error type and the JSON error shape; `extract`: the role and JSON body
 //!   extractors; `body`: reading bodies within bounds; [`views`]: what the API shows and
@@ -21,12 +26,16 @@ use crate::reports::Reports;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use edge_shell::exposition::Format;
+pub use edge_shell::http::Limits;
+use edge_shell::http::Server;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod artifacts;
 mod body;
@@ -43,6 +52,14 @@ use extract::{Authed, Viewer};
 
 /// Largest request body accepted (an artifact upload streams past it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How the API's listener is bounded. Log streams that follow hold a connection each, so
+/// the cap is well above what operators and dashboards use at once.
+pub const LIMITS: Limits = Limits {
+    max_connections: 256,
+    header_timeout: Duration::from_secs(10),
+    max_header_bytes: 16 * 1024,
+};
 
 /// Every route the router serves, as (method, path). `openapi.json` documents exactly these;
 /// a test checks both directions.
@@ -107,21 +124,29 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(artifact_routes)
 }
 
-/// Serves `router` on an already-bound listener until the listener fails.
-pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+/// Serves the API over `state` on an already-bound listener, within [`LIMITS`].
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
+    serve_with(listener, state, LIMITS, std::future::pending()).await;
 }
 
-/// Like [`serve`], but stops accepting when `shutdown` completes and returns once in-flight
-/// requests are done.
-pub async fn serve_until(
+/// Serves the API over `state` on `listener` within `limits` until `shutdown` completes,
+/// then returns once the requests being served are answered.
+pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    state: ApiState,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let metrics = state.metrics.clone();
+    let router = router(state);
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let mut router = router.clone();
+        async move { tower_service::Service::call(&mut router, request).await }
+    });
+    Server::new(limits)
+        .on_refused(move |status| metrics.api_request(status.as_u16()))
+        .serve(listener, service, shutdown)
+        .await;
 }
 
 /// Around every request: reads the body first (see [`body::buffer_body`]), counts the
@@ -143,15 +168,18 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+/// The text format 0.0.4, or OpenMetrics for a scraper that asks for it.
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let (online, offline) = state.registry.fleet().counts();
     state.metrics.set_node_counts(online, offline);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static(format.content_type()),
         )],
-        state.metrics.encode(),
+        state.metrics.encode_as(format),
     )
         .into_response()
 }

@@ -13,6 +13,7 @@
 //!
 //! [`Deployer`]: crate::deployer::Deployer
 
+use crate::deployer::ApplyError;
 use crate::metrics::WorkloadEvent;
 use axum::Json;
 use axum::body::Bytes;
@@ -176,31 +177,20 @@ async fn deploy(
         )));
     };
     let name = spec.name().to_owned();
-    let (applied, committed) = state.deployments.deploy(|d| {
-        let created = d.get(&name).is_none();
-        match d.apply(spec, size) {
-            Ok((outcome, effects)) => {
-                let changed = !effects.is_empty();
-                (Ok((created, changed, outcome)), effects)
-            }
-            Err(e) => (Err(e), Vec::new()),
-        }
-    });
-    let (created, changed, outcome) = applied.map_err(bad_spec)?;
-    committed.wait().await.map_err(internal)?;
+    let applied = state
+        .deployments
+        .apply(spec, size, &state.metrics)
+        .await
+        .map_err(|e| match e {
+            ApplyError::Spec(e) => bad_spec(e),
+            ApplyError::Store(e) => internal(e),
+        })?;
     let shown = state
         .deployments
         .lock()
         .get(&name)
         .ok_or_else(|| no_such_workload(&name))?;
-    if changed {
-        state.metrics.workload(&WorkloadEvent::Deployed {
-            workload: &name,
-            generation: shown.generation,
-            placed: outcome.bound.len(),
-            wanted: shown.wanted,
-        });
-    }
+    let created = applied.created;
     let status = if created {
         StatusCode::CREATED
     } else {

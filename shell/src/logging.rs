@@ -1,8 +1,10 @@
-//! Log setup: `EDGE_LOG` sets the filter (default `info`), `EDGE_LOG_FORMAT=json` switches to
-//! one JSON object per line.
+//! Log setup for both binaries: `EDGE_LOG` sets the filter (default `info`),
+//! `EDGE_LOG_FORMAT=json` switches to one JSON object per line. Logs go to stderr, so that a
+//! command's stdout stays its result.
 
 use tracing_subscriber::EnvFilter;
 
+/// Installs the process's subscriber. Call once, first thing in `main`.
 pub fn init() {
     let filter = EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
