@@ -14,7 +14,6 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why the identity could not be read or written.
@@ -147,23 +146,7 @@ impl IdentityDir {
             path: path.to_owned(),
             source,
         };
-        private_fs::own_dir(&self.dir).map_err(io)?;
-        let tmp = path.with_extension("tmp");
-        let mut f = private_fs::open(
-            &tmp,
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-        )
-        .map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, path).map_err(io)?;
-        // Make the rename itself durable.
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        private_fs::write_atomic(path, bytes).map_err(io)
     }
 }
 

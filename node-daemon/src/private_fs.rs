@@ -4,10 +4,11 @@
 //!
 //! Modes are set explicitly after creation rather than left to the process umask: a umask of
 //! 0 would make them readable (and writable) by everyone, a strict one unusable by the node.
-//! This module only creates directories and opens files; it never reads or removes anything.
+//! This module only creates directories, opens files and replaces them whole; it never reads
+//! or removes anything.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -55,6 +56,33 @@ pub fn open(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     Ok(file)
 }
 
+/// Replaces `path` with `bytes` atomically, 0600 in a 0700 directory: written to a hidden
+/// temporary file beside it, synced, then renamed over it, so a crash leaves the old file or
+/// the new one, never half of either. The rename is made durable as far as the file system
+/// allows (FAT and some others refuse to sync a directory; the data is synced already).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a path to a file",
+        ));
+    };
+    own_dir(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let mut file = open(
+        &tmp,
+        OpenOptions::new().write(true).create(true).truncate(true),
+    )?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +116,23 @@ mod tests {
         let new = theirs.join("new.log");
         open(&new, OpenOptions::new().create(true).append(true)).expect("create");
         assert_eq!(mode(&new), FILE_MODE);
+    }
+
+    #[test]
+    fn a_file_is_replaced_whole_and_private() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join("state/spec.json");
+        write_atomic(&path, b"first").expect("write");
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).expect("chmod");
+        write_atomic(&path, b"second").expect("replace");
+        assert_eq!(fs::read(&path).expect("read"), b"second");
+        assert_eq!(mode(&path), FILE_MODE);
+        assert_eq!(mode(path.parent().expect("dir")), DIR_MODE);
+        let left: Vec<_> = fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, ["spec.json"], "no temporary file is left behind");
+        assert!(write_atomic(Path::new("/"), b"x").is_err());
     }
 }

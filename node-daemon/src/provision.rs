@@ -13,7 +13,6 @@
 use crate::config::{ConfigError, JoinFile, MAX_JOIN_FILE_BYTES, read_bounded};
 use crate::private_fs;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The copy of the join file in the data dir.
@@ -126,22 +125,8 @@ impl Provisioner {
                 source,
             }
         };
-        private_fs::own_dir(&self.data_dir).map_err(io("create", &self.data_dir))?;
         let path = self.stored_path();
-        let tmp = path.with_extension("tmp");
-        let mut file = private_fs::open(
-            &tmp,
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-        )
-        .map_err(io("write", &tmp))?;
-        file.write_all(bytes).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-        sync_dir(Some(&self.data_dir));
-        Ok(())
+        private_fs::write_atomic(&path, bytes).map_err(io("write", &path))
     }
 }
 

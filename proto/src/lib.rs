@@ -6,7 +6,7 @@
 //! length-prefixed frames ([`frame`]) of at most [`MAX_FRAME_LEN`] bytes, encoded with postcard.
 //!
 //! postcard has no field names: the order of fields and variants *is* the format. Change it only by
-//! appending, and pin every message with a golden-bytes test (`tests/golden.rs`).
+//! appending, and pin every message with a golden-bytes test (`tests/wire.rs`).
 //!
 //! [`field`] holds what both ends need to check operator input the same way: field paths and
 //! errors, and the rules for names, labels and coordinates, bounded by the wire types above.

@@ -242,7 +242,9 @@ async fn crafted_handshake_close_reasons_never_reach_the_metrics() {
         .collect();
     assert_eq!(
         counted,
-        [format!("edge_handshake_failures_total{{reason=\"peer_refused_tls\"}} {want}")],
+        [format!(
+            "edge_handshake_failures_total{{reason=\"peer_refused_tls\"}} {want}"
+        )],
         "{series:?}"
     );
     endpoint.close(0u32.into(), b"");

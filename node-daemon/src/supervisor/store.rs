@@ -16,7 +16,7 @@ use crate::private_fs;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 const SPEC: &str = "spec.json";
@@ -152,22 +152,7 @@ impl Store {
             source,
         };
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| io(io::Error::other(e)))?;
-        private_fs::own_dir(&dir).map_err(io)?;
-        let tmp = dir.join(format!(".{file}.tmp"));
-        let mut f = private_fs::open(
-            &tmp,
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-        )
-        .map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io)?;
-        // Make the rename itself durable.
-        fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)
+        private_fs::write_atomic(&path, &bytes).map_err(io)
     }
 }
 
