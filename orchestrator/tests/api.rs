@@ -3,6 +3,9 @@
 use edge_proto::{
     Accelerator, AcceleratorKind, Capabilities, Label, Location, NodeId, Status, text,
 };
+mod common;
+
+use common::Api;
 use orchestrator::api;
 use orchestrator::app::Handles;
 use orchestrator::auth::{self, ApiAuth, Role};
@@ -19,8 +22,8 @@ use ureq::http::{Method, Request};
 
 /// A running API server with an admin and a viewer token.
 struct Server {
-    // Dropping the runtime stops the server.
-    _rt: tokio::runtime::Runtime,
+    // Dropping it stops the server.
+    _api: Api,
     handles: Handles,
     auth: Arc<ApiAuth>,
     base: String,
@@ -34,37 +37,15 @@ fn start() -> Server {
 }
 
 fn start_with(store: Arc<dyn Store>) -> Server {
-    let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    rt.spawn(api::serve(listener, handles.api(auth.clone(), None)));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into();
+    let api = Api::start(store, None, api::LIMITS);
     Server {
-        admin: auth
-            .issue("admin", Role::Admin, Duration::from_secs(3600))
-            .expect("issue")
-            .token,
-        viewer: auth
-            .issue("dash", Role::Viewer, Duration::from_secs(3600))
-            .expect("issue")
-            .token,
-        _rt: rt,
-        handles,
-        auth,
-        base: format!("http://{addr}"),
-        agent,
+        admin: api.token("admin", Role::Admin),
+        viewer: api.token("dash", Role::Viewer),
+        handles: api.handles.clone(),
+        auth: api.auth.clone(),
+        base: api.base(),
+        agent: common::agent(),
+        _api: api,
     }
 }
 

@@ -6,19 +6,21 @@ use edge_proto::digest::{
 };
 use edge_proto::quic::{read_frame, write_msg};
 use edge_proto::{ArtifactReply, ArtifactRequest, StreamOpen, decode};
+mod common;
+
+use common::Api;
 use orchestrator::api;
 use orchestrator::app::Handles;
 use orchestrator::artifacts::{
     ArtifactInfo, ArtifactStore, OpenError, PutError, Served, serve_artifact_stream,
 };
-use orchestrator::auth::{ApiAuth, Role};
+use orchestrator::auth::Role;
 use orchestrator_core::store::MemStore;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use ureq::SendBody;
 use ureq::http::{Method, Request};
@@ -353,8 +355,8 @@ async fn artifacts_are_served_over_quic_from_an_offset() {
 const LIMIT: u64 = 200_000;
 
 struct Server {
-    // Dropping the runtime stops the server.
-    _rt: tokio::runtime::Runtime,
+    // Dropping it stops the server.
+    _api: Api,
     _data: tempfile::TempDir,
     handles: Handles,
     base: String,
@@ -366,44 +368,19 @@ struct Server {
 
 fn start(with_store: bool) -> Server {
     let data = tempfile::tempdir().expect("tmp");
-    let store = Arc::new(MemStore::default());
-    let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
     let store = with_store.then(|| {
         Arc::new(ArtifactStore::open_with_limit(data.path(), LIMIT).expect("artifact store"))
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    rt.spawn(api::serve(listener, handles.api(auth.clone(), store)));
+    let api = Api::start(Arc::new(MemStore::default()), store, api::LIMITS);
     Server {
-        _rt: rt,
         _data: data,
-        handles,
-        base: format!("http://{addr}"),
-        admin: auth
-            .issue("admin", Role::Admin, Duration::from_secs(3600))
-            .expect("issue")
-            .token,
-        operator: auth
-            .issue("ci", Role::Operator, Duration::from_secs(3600))
-            .expect("issue")
-            .token,
-        viewer: auth
-            .issue("dash", Role::Viewer, Duration::from_secs(3600))
-            .expect("issue")
-            .token,
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .into(),
+        handles: api.handles.clone(),
+        base: api.base(),
+        admin: api.token("admin", Role::Admin),
+        operator: api.token("ci", Role::Operator),
+        viewer: api.token("dash", Role::Viewer),
+        agent: common::agent(),
+        _api: api,
     }
 }
 

@@ -1,18 +1,21 @@
 //! The real `edgectl` binary against a real API server on 127.0.0.1:0.
 
 use edge_proto::{Capabilities, Label, Location, NodeId, text};
+mod common;
+
+use common::Api;
 use orchestrator::api;
 use orchestrator::app::Handles;
 use orchestrator::artifacts::ArtifactStore;
-use orchestrator::auth::{ApiAuth, Role};
+use orchestrator::auth::Role;
 use orchestrator_core::store::MemStore;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 struct Server {
-    // Dropping the runtime stops the server.
-    _rt: tokio::runtime::Runtime,
+    // Dropping it stops the server.
+    _api: Api,
     handles: Handles,
     base: String,
     admin: String,
@@ -30,34 +33,16 @@ fn start_with_artifacts() -> Server {
 }
 
 fn start_with(artifacts: Option<tempfile::TempDir>) -> Server {
-    let store = Arc::new(MemStore::default());
-    let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
     let artifact_store = artifacts
         .as_ref()
         .map(|dir| Arc::new(ArtifactStore::open(dir.path()).expect("artifact store")));
-    rt.spawn(api::serve(
-        listener,
-        handles.api(auth.clone(), artifact_store),
-    ));
+    let api = Api::start(Arc::new(MemStore::default()), artifact_store, api::LIMITS);
     Server {
-        _rt: rt,
-        handles,
-        base: format!("http://{addr}"),
+        handles: api.handles.clone(),
+        base: api.base(),
         _artifacts: artifacts,
-        admin: auth
-            .issue("admin", Role::Admin, Duration::from_secs(3600))
-            .expect("issue")
-            .token,
+        admin: api.token("admin", Role::Admin),
+        _api: api,
     }
 }
 

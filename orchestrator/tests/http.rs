@@ -1,10 +1,11 @@
 //! The operator API's listener and its `/metrics`, over real sockets on 127.0.0.1:0: slow
 //! and hostile clients, the HTTP layer's own refusals, and what a scraper reads.
 
+mod common;
+
+use common::Api;
 use orchestrator::api::{self, LIMITS};
-use orchestrator::app::Handles;
-use orchestrator::auth::ApiAuth;
-use orchestrator_core::store::{MemStore, Store};
+use orchestrator_core::store::MemStore;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -14,32 +15,8 @@ use std::time::Duration;
 /// figure.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// An API server on its own runtime (dropping it stops the server).
-struct Api {
-    _rt: tokio::runtime::Runtime,
-    addr: SocketAddr,
-}
-
 fn start(limits: api::Limits) -> Api {
-    let store: Arc<dyn Store> = Arc::new(MemStore::default());
-    let handles = Handles::open(store.clone()).expect("open the state");
-    let auth = Arc::new(ApiAuth::load_or_create(store.clone()).expect("API secret"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    rt.spawn(api::serve_with(
-        listener,
-        handles.api(auth, None),
-        limits,
-        std::future::pending(),
-    ));
-    Api { _rt: rt, addr }
+    Api::start(Arc::new(MemStore::default()), None, limits)
 }
 
 /// Sends `request` on a new connection and reads the whole answer (one request per
