@@ -154,8 +154,9 @@ mod tests {
     fn registry() -> Registry {
         let mut r = Registry::default();
         let frames: Family<Outcome, Counter> = Family::default();
+        // One series: a family's series come out in hash order, and this test compares
+        // whole texts.
         frames.get_or_create(&Outcome { outcome: "ok" }).inc_by(3);
-        frames.get_or_create(&Outcome { outcome: "bad" }).inc_by(0);
         r.register("edge_frames", "Frames, by outcome", frames);
         let running: Gauge = Gauge::default();
         running.set(2);
@@ -181,7 +182,6 @@ mod tests {
 # HELP edge_frames_total Frames, by outcome.
 # TYPE edge_frames_total counter
 edge_frames_total{outcome=\"ok\"} 3
-edge_frames_total{outcome=\"bad\"} 0
 # HELP edge_running Workloads \"running\" now.
 # TYPE edge_running gauge
 edge_running 2
