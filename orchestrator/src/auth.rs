@@ -19,6 +19,7 @@ use orchestrator_core::access::{
     self, Actor, AdminTokenPlan, ApiTokenRecord, ApiTokens, IssueError, Refused, Revocation,
     RevokeError,
 };
+use orchestrator_core::session::unix_secs;
 use orchestrator_core::store::{MemStore, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -290,7 +291,7 @@ pub enum AdminTokenError {
 
 /// The admin token at start: the one in `DATA_DIR/admin.token` while it is on record, not
 /// revoked and good for a while yet; otherwise a new one, with every other admin token
-/// revoked. Either way the file is (re)written with mode 0600. Returns the token and the
+/// revoked. Either way the file ends up with mode 0600. Returns the token and the
 /// file's path. Blocking.
 pub fn admin_token_at_start(
     auth: &ApiAuth,
@@ -308,8 +309,12 @@ pub fn admin_token_at_start(
         .tokens()
         .admin_token_plan(claims.as_ref().map(|c| c.jti.as_str()), unix_secs(now));
     let revoke = match (plan, in_file) {
+        // `Keep` names the token the file holds, so there is one. The file stays; only its
+        // mode is made right, in case someone loosened it.
         (AdminTokenPlan::Keep, Some(token)) => {
-            write_admin_token(data_dir, &token).map_err(file_error)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(file_error)?;
             return Ok((token, path));
         }
         (AdminTokenPlan::Keep, None) => Vec::new(),
@@ -400,12 +405,6 @@ pub fn write_admin_token(data_dir: &Path, token: &str) -> io::Result<PathBuf> {
     // Make the rename itself durable.
     std::fs::File::open(data_dir)?.sync_all()?;
     Ok(path)
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

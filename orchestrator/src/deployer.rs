@@ -10,7 +10,7 @@
 
 use crate::links::NodeLinks;
 use crate::metrics::{Metrics, WorkloadEvent};
-use orchestrator_core::deploy::{Deployments, Effect};
+use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
@@ -79,38 +79,38 @@ impl Deployer {
         metrics: &Metrics,
     ) -> Result<Applied, ApplyError> {
         let name = spec.name().to_owned();
-        let (applied, committed) = self.deploy(|d| {
-            let created = d.get(&name).is_none();
+        let (outcome, committed) = self.deploy(|d| {
+            let created = !d.contains(&name);
             match d.apply(spec, artifact_size) {
                 Ok((outcome, effects)) => {
-                    let applied = Applied {
-                        created,
-                        changed: !effects.is_empty(),
-                        placed: outcome.bound.len(),
-                    };
-                    (Ok(applied), effects)
+                    let changed = !effects.is_empty();
+                    (Ok((created, changed, outcome.bound.len())), effects)
                 }
                 Err(e) => (Err(e), Vec::new()),
             }
         });
-        let applied = applied?;
+        let (created, changed, placed) = outcome?;
         committed.wait().await?;
-        if applied.changed
-            && let Some(shown) = self.lock().get(&name)
-        {
+        let shown = self.lock().get(&name);
+        if changed && let Some(shown) = &shown {
             metrics.workload(&WorkloadEvent::Deployed {
                 workload: &name,
                 generation: shown.generation,
-                placed: applied.placed,
+                placed,
                 wanted: shown.wanted,
             });
         }
-        Ok(applied)
+        Ok(Applied {
+            created,
+            changed,
+            placed,
+            shown,
+        })
     }
 }
 
 /// What [`Deployer::apply`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     /// There was no workload of that name.
     pub created: bool,
@@ -118,6 +118,8 @@ pub struct Applied {
     pub changed: bool,
     /// Instances that found a node.
     pub placed: usize,
+    /// The workload as deployed, once stored and sent; `None` if it was deleted meanwhile.
+    pub shown: Option<DeploymentView>,
 }
 
 /// Why [`Deployer::apply`] failed.

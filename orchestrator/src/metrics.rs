@@ -113,8 +113,7 @@ const API_STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// The `code` a status is counted under.
 pub fn api_code(status: u16) -> &'static str {
-    let exact = status.to_string();
-    if let Some(code) = API_STATUSES.iter().find(|c| **c == exact) {
+    if let Some(code) = API_STATUSES.iter().find(|c| c.parse() == Ok(status)) {
         return code;
     }
     match status {

@@ -282,10 +282,6 @@ impl ApiTokens {
         Ok(Revocation::Revoked(record.clone()))
     }
 
-    pub fn get(&self, id: &str) -> Option<&ApiTokenRecord> {
-        self.by_id.get(id)
-    }
-
     /// Every token on record, by id.
     pub fn iter(&self) -> impl Iterator<Item = &ApiTokenRecord> {
         self.by_id.values()

@@ -368,6 +368,11 @@ impl Deployments {
         self.deployments.values().map(|d| self.show(d)).collect()
     }
 
+    /// Whether a workload of that name is deployed.
+    pub fn contains(&self, name: &str) -> bool {
+        self.deployments.contains_key(name)
+    }
+
     pub fn get(&self, name: &str) -> Option<DeploymentView> {
         self.deployments.get(name).map(|d| self.show(d))
     }

@@ -158,7 +158,7 @@ async fn list_api_tokens(
     _: Authed<Admin>,
     State(state): State<ApiState>,
 ) -> Json<Vec<ApiTokenView>> {
-    let now = unix_now();
+    let now = crate::clock::now_unix();
     let mut tokens: Vec<ApiTokenView> = state
         .auth
         .records()
@@ -208,12 +208,6 @@ async fn revoke_api_token(
         }
         Err(e @ RevokeFailed::Store(_)) => Err(internal(e)),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

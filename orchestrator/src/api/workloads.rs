@@ -185,13 +185,8 @@ async fn deploy(
             ApplyError::Spec(e) => bad_spec(e),
             ApplyError::Store(e) => internal(e),
         })?;
-    let shown = state
-        .deployments
-        .lock()
-        .get(&name)
-        .ok_or_else(|| no_such_workload(&name))?;
-    let created = applied.created;
-    let status = if created {
+    let shown = applied.shown.ok_or_else(|| no_such_workload(&name))?;
+    let status = if applied.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK

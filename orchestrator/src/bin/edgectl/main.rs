@@ -12,6 +12,7 @@ use orchestrator::api::views::{
     WorkloadView,
 };
 use orchestrator::auth::Role;
+use orchestrator::clock::now_unix;
 use orchestrator_core::workload::WorkloadSpec;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -24,8 +25,7 @@ mod render;
 use client::{Client, percent_encode};
 use render::{
     api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, drained,
-    node_summary, nodes_table, token_created, tokens_table, unix_now, workload_summary,
-    workloads_table,
+    node_summary, nodes_table, token_created, tokens_table, workload_summary, workloads_table,
 };
 
 #[derive(Debug, Parser)]
@@ -289,13 +289,13 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             };
             let body = client.get(&path)?;
             client.show(cli.json, &body, |nodes: &Vec<NodeView>| {
-                nodes_table(nodes, unix_now())
+                nodes_table(nodes, now_unix())
             })
         }
         Command::Node { name } => {
             let body = client.get(&format!("/v1/nodes/{}", percent_encode(name)))?;
             client.show(cli.json, &body, |node: &NodeView| {
-                node_summary(node, unix_now())
+                node_summary(node, now_unix())
             })
         }
         Command::Token {
@@ -320,7 +320,7 @@ fn run(cli: &Cli) -> Result<String, CliError> {
         } => {
             let body = client.get("/v1/tokens")?;
             client.show(cli.json, &body, |tokens: &Vec<TokenView>| {
-                tokens_table(tokens, unix_now())
+                tokens_table(tokens, now_unix())
             })
         }
         Command::ApiToken {
@@ -340,7 +340,7 @@ fn run(cli: &Cli) -> Result<String, CliError> {
         } => {
             let body = client.get("/v1/api-tokens")?;
             client.show(cli.json, &body, |tokens: &Vec<ApiTokenView>| {
-                api_tokens_table(tokens, unix_now())
+                api_tokens_table(tokens, now_unix())
             })
         }
         Command::ApiToken {

@@ -4,15 +4,6 @@ use orchestrator::api::views::{
     ApiTokenCreated, ApiTokenView, ArtifactView, NodeView, TokenCreated, TokenView, WorkloadView,
 };
 use std::fmt::Write as _;
-use std::time::SystemTime;
-
-/// Now, in seconds since the Unix epoch: what "ago" and "expires in" count from.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Columns padded to their widest cell; the last column is not padded.
 fn table(rows: &[Vec<String>]) -> String {
