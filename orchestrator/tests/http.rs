@@ -90,6 +90,18 @@ fn health_checks_are_answered_under_a_slowloris_attack() {
     drop(attackers);
 }
 
+#[test]
+fn a_trickled_body_is_answered_408_at_the_deadline() {
+    let api = start(LIMITS);
+    let mut conn = TcpStream::connect(api.addr).expect("connect");
+    conn.write_all(b"POST /v1/tokens HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 65536\r\n\r\n{")
+        .expect("write");
+    conn.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out);
+    json_error(&String::from_utf8_lossy(&out), "408", "timeout");
+}
+
 fn json_error(answer: &str, status: &str, code: &str) {
     assert!(
         answer.starts_with(&format!("HTTP/1.1 {status}")),

@@ -113,7 +113,6 @@ impl Server {
         http.timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout)
             .max_header_size(self.limits.max_header_bytes)
-            .max_buf_size(self.limits.max_header_bytes)
             .keep_alive(false);
         tokio::pin!(shutdown);
         'accept: loop {
@@ -150,9 +149,16 @@ impl Server {
             let io = hyper_util::rt::TokioIo::new(Guarded::new(stream, state.clone(), refusal));
             let service = service.clone();
             let reached = state.clone();
+            // A connection closed to make room just as its head came in is not served: its
+            // request never starts, rather than being cut off part way.
             let service = hyper::service::service_fn(move |request| {
-                reached.served();
-                service.call(request)
+                let call = reached.served().then(|| service.call(request));
+                async move {
+                    match call {
+                        Some(call) => call.await.map_err(io::Error::other),
+                        None => Err(io::Error::other("closed to make room")),
+                    }
+                }
             });
             let connection = http.serve_connection(io, service);
             let slot = SlotGuard {
@@ -187,12 +193,12 @@ const SERVED: u8 = 1;
 const EVICTED: u8 = 2;
 
 impl ConnState {
-    /// The request reached the service. Loses to an eviction that came first: that
-    /// connection is being closed anyway.
-    fn served(&self) {
-        let _ = self
-            .0
-            .compare_exchange(WAITING, SERVED, Ordering::AcqRel, Ordering::Acquire);
+    /// The request reached the service: whether it is to be served. Loses to an eviction
+    /// that came first: that connection is being closed anyway.
+    fn served(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, SERVED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     fn is_served(&self) -> bool {

@@ -1,7 +1,8 @@
 //! Request bodies read within bounds: the main router reads every body (at most
 //! [`MAX_BODY_BYTES`]) before a handler looks at the request, and a refused body is still
 //! read and dropped, within limits, so a client that is still sending sees the answer rather
-//! than a reset connection.
+//! than a reset connection. A body has [`BODY_TIMEOUT`] to arrive: its connection holds one
+//! of the listener's slots, which a client that trickles a body in must not keep.
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
@@ -10,6 +11,10 @@ use std::time::Duration;
 
 use super::MAX_BODY_BYTES;
 use super::error::ApiError;
+
+/// How long a client has to send a whole body (at most [`MAX_BODY_BYTES`]) once its head is
+/// in: as long as it has for the head.
+pub(super) const BODY_TIMEOUT: Duration = super::LIMITS.header_timeout;
 
 /// Reads the whole body (at most [`MAX_BODY_BYTES`]) before anything looks at the request.
 /// A handler may refuse a request without reading its body (a bad token, say); had the body not
@@ -22,7 +27,9 @@ pub(super) async fn buffer_body(request: Request) -> Result<Request, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let (parts, body) = request.into_parts();
-    let bytes = read_body(body, declared_len).await?;
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, read_body(body, declared_len))
+        .await
+        .map_err(|_| ApiError::Timeout)??;
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 

@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The body is over [`MAX_BODY_BYTES`]. 413.
     #[error("request body is over the limit of {MAX_BODY_BYTES} bytes")]
     TooLarge,
+    /// The body did not arrive within [`super::body::BODY_TIMEOUT`]. 408.
+    #[error("the request body did not arrive within {} s", super::body::BODY_TIMEOUT.as_secs())]
+    Timeout,
     /// The body is not JSON. 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -64,6 +67,7 @@ impl ApiError {
             Self::Forbidden { .. } | Self::Refused(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -95,6 +99,7 @@ fn error_code(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
