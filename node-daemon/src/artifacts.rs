@@ -326,17 +326,11 @@ impl ArtifactCache {
             }
         }
 
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(crate::private_fs::FILE_MODE)
-            .open(part)
-            .await?;
-        // One an older node left may be readable by all.
-        file.set_permissions(std::fs::Permissions::from_mode(
-            crate::private_fs::FILE_MODE,
-        ))
-        .await?;
+        // 0600, and made so if an older node left it readable by all.
+        let mut file = tokio::fs::File::from_std(crate::private_fs::open(
+            part,
+            std::fs::OpenOptions::new().create(true).append(true),
+        )?);
         let mut buf = vec![0u8; CHUNK_BYTES];
         let outcome = loop {
             let n = match tokio::time::timeout(STALL_TIMEOUT, recv.read(&mut buf)).await {

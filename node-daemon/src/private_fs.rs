@@ -59,7 +59,7 @@ pub fn open(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
 /// Replaces `path` with `bytes` atomically, 0600 in a 0700 directory: written to a hidden
 /// temporary file beside it, synced, then renamed over it, so a crash leaves the old file or
 /// the new one, never half of either. The rename is made durable as far as the file system
-/// allows (FAT and some others refuse to sync a directory; the data is synced already).
+/// allows ([`sync_dir`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
@@ -77,10 +77,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, path)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Best effort: makes a rename or a removal in `dir` durable. FAT and some other file systems
+/// refuse to sync a directory; the data itself is synced already.
+pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -91,7 +91,9 @@ impl Provisioner {
                     source,
                 });
             }
-            sync_dir(path.parent());
+            if let Some(dir) = path.parent() {
+                private_fs::sync_dir(dir);
+            }
             return Ok(Some((path.clone(), join)));
         }
         Ok(None)
@@ -127,16 +129,6 @@ impl Provisioner {
         };
         let path = self.stored_path();
         private_fs::write_atomic(&path, bytes).map_err(io("write", &path))
-    }
-}
-
-/// Best effort: makes a rename or removal in `dir` durable. FAT and some other file systems
-/// refuse to sync a directory; the data itself is synced already.
-fn sync_dir(dir: Option<&Path>) {
-    if let Some(dir) = dir
-        && let Ok(d) = fs::File::open(dir)
-    {
-        let _ = d.sync_all();
     }
 }
 

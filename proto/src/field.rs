@@ -181,10 +181,6 @@ impl FieldError {
     pub fn message(&self) -> &str {
         &self.message
     }
-
-    pub fn into_parts(self) -> (FieldPath, String) {
-        (self.path, self.message)
-    }
 }
 
 impl fmt::Display for FieldError {

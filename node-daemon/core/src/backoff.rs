@@ -55,10 +55,6 @@ impl Backoff {
         }
     }
 
-    pub fn policy(&self) -> BackoffPolicy {
-        self.policy
-    }
-
     /// Failures since the last [`reset`](Self::reset): how many delays were handed out.
     pub fn failures(&self) -> u32 {
         self.failures

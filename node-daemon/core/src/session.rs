@@ -9,8 +9,8 @@
 //! Inputs are the `handle_*` methods; outputs are [`Action`]s from [`NodeSession::poll_action`]
 //! and the next deadline from [`NodeSession::poll_timeout`].
 
-use crate::backoff::Backoff;
 pub use crate::backoff::BackoffPolicy;
+use crate::backoff::{Backoff, jitter};
 use edge_proto::{
     Assignment, Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg,
     OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, text,
@@ -288,10 +288,8 @@ impl NodeSession {
             (_, OrchMsg::Reject(Reject { code, message })) => {
                 self.actions.push_back(Action::Disconnect);
                 if code == RejectCode::IdentityConflict {
-                    let jitter = self.rng.u64(..=millis(CONFLICT_RETRY_JITTER));
-                    self.state = State::Backoff {
-                        until: now + CONFLICT_RETRY_MIN + Duration::from_millis(jitter),
-                    };
+                    let wait = CONFLICT_RETRY_MIN + jitter(CONFLICT_RETRY_JITTER, self.rng.u64(..));
+                    self.state = State::Backoff { until: now + wait };
                 } else if code.retryable() {
                     self.retry_later(now);
                 } else {
@@ -367,10 +365,6 @@ impl NodeSession {
         self.state = State::Stopped;
         self.actions.push_back(Action::Fatal(why));
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether `a` and `b` describe the same node, ignoring `disk_free_bytes` (which changes with

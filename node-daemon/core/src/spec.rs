@@ -15,8 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The longest workload name: it is a directory name and a control group name.
-pub const MAX_NAME_LEN: usize = 63;
+/// The longest workload name, as the wire bounds it: it is also a directory name and a
+/// control group name.
+pub use edge_proto::field::MAX_NAME_LEN;
 /// The smallest memory limit accepted. Below this a process cannot even exec a shell.
 pub const MIN_MEMORY_BYTES: u64 = 1 << 20;
 /// The variable that tells a workload which address to listen on (the node's
