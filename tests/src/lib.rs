@@ -310,3 +310,27 @@ fn api_call(
     };
     (status, json)
 }
+
+/// The path of `command`, installing the Debian `package` that ships it through the project's
+/// own apt helper (`cross/apt.sh`) when this machine lacks it. Fails the test, saying why,
+/// when it cannot.
+pub fn installed(command: &str, package: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace");
+    let script = format!(
+        "source cross/apt.sh && {{ command -v {command} >/dev/null || apt_install {package}; }} && command -v {command}"
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(workspace)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{command} is missing and could not be installed from the Debian package {package}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

@@ -1,11 +1,11 @@
 //! Both binaries' `/metrics` as Prometheus's own `promtool check metrics` reads them: after an
 //! enrollment, a deploy and the traffic they make, so every family has samples. `promtool`
-//! comes from Debian's `prometheus` package through `cross/promtool.sh`; without it this test
+//! comes from Debian's `prometheus` package through `cross/apt.sh`; without it this test
 //! fails, naming what is missing.
 
 use edge_tests::{PATIENCE, binary, eventually};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
@@ -45,27 +45,6 @@ fn line_with(lines: &mpsc::Receiver<String>, needle: &str) -> String {
             return line;
         }
     }
-}
-
-/// Where `promtool` is, installed by the project's own script if need be.
-fn promtool() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cross/promtool.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "cross/promtool.sh could not provide promtool:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        path.lines()
-            .last()
-            .expect("the script prints a path")
-            .trim(),
-    )
 }
 
 /// `promtool check metrics` on `text`: it must pass with nothing to say.
@@ -178,7 +157,7 @@ impl Api {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_binaries_metrics_pass_promtool_after_real_work() {
-    let promtool = promtool();
+    let promtool = edge_tests::installed("promtool", "prometheus");
     let dir = tempfile::tempdir().expect("tmp");
     let orch_dir = dir.path().join("orchestrator");
     let mut serve = Command::new(binary("edge-orchestrator"));

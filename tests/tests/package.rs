@@ -281,26 +281,6 @@ fn a_missing_binary_is_refused() {
 /// ProtectProc= and the device policy; a change that raises it must say why there.
 const UNIT_EXPOSURE_AT_MOST: f64 = 3.1;
 
-/// The path of `systemd-analyze`, installed (Debian package `systemd`) through the project's
-/// own apt helper when this machine lacks it, as `cross/package.sh --lint` does.
-fn systemd_analyze() -> PathBuf {
-    let install = Command::new("bash")
-        .arg("-c")
-        .arg(
-            r#"source cross/apt.sh && { command -v systemd-analyze >/dev/null || apt_install systemd; } && command -v systemd-analyze"#,
-        )
-        .current_dir(workspace())
-        .output()
-        .expect("bash runs");
-    assert!(
-        install.status.success(),
-        "systemd-analyze is missing and could not be installed:\n{}",
-        String::from_utf8_lossy(&install.stderr)
-    );
-    let path = String::from_utf8(install.stdout).expect("UTF-8 path");
-    PathBuf::from(path.trim())
-}
-
 /// The figure in `→ Overall exposure level for edge-node.service: 3.1 OK 🙂`.
 fn overall_exposure(report: &str) -> Option<f64> {
     let line = report
@@ -312,7 +292,7 @@ fn overall_exposure(report: &str) -> Option<f64> {
 
 #[test]
 fn the_unit_is_exposed_no_more_than_recorded() {
-    let analyze = systemd_analyze();
+    let analyze = edge_tests::installed("systemd-analyze", "systemd");
     let unit = workspace().join("targets/edge-node.service");
     // --offline (systemd 250 and later) scores the file itself: no systemd needs to run here,
     // and no unit needs to be installed.
