@@ -253,7 +253,7 @@ pub async fn run_with(
             }
             () = sleep_until(deadline) => {
                 // Connected and not established: waiting for the hello's answer.
-                let awaiting_answer = current.is_some() && !session.is_established();
+                let awaiting_answer = session.is_connecting();
                 let now = Instant::now();
                 session.handle_timeout(now);
                 if awaiting_answer {
@@ -352,11 +352,11 @@ pub async fn run_with(
                     current = None;
                     let _ = conn_tx.send(None);
                     let now = Instant::now();
-                    let before = session.poll_timeout();
-                    session.handle_disconnected(now);
                     // Closed while saying hello. (After enrollment the session closes the
-                    // link itself and dials again at once: no new deadline, nothing to say.)
-                    if !was_established && session.poll_timeout() != before {
+                    // link itself and dials again at once: nothing to say.)
+                    let saying_hello = session.is_connecting();
+                    session.handle_disconnected(now);
+                    if saying_hello {
                         metrics.emit(&NodeEvent::DialFailed {
                             orchestrator: &orchestrator,
                             failure: DialFailure::Closed,
@@ -393,10 +393,7 @@ fn identity_conflict(
 /// How long the session waits before it dials again, to the millisecond; `None` unless it is
 /// backing off.
 fn backoff(session: &NodeSession, now: Instant) -> Option<Duration> {
-    if session.is_established() || session.is_stopped() {
-        return None;
-    }
-    let wait = session.poll_timeout()?.saturating_duration_since(now);
+    let wait = session.retry_at()?.saturating_duration_since(now);
     Some(Duration::from_millis(
         u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
     ))

@@ -170,6 +170,19 @@ impl NodeSession {
         self.state == State::Stopped
     }
 
+    /// Dialing, or connected and waiting for the answer to its hello.
+    pub fn is_connecting(&self) -> bool {
+        matches!(self.state, State::Dialing | State::AwaitAnswer { .. })
+    }
+
+    /// When it dials again, while it is backing off after a failed or refused attempt.
+    pub fn retry_at(&self) -> Option<Instant> {
+        match self.state {
+            State::Backoff { until } => Some(until),
+            _ => None,
+        }
+    }
+
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
@@ -597,6 +610,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_shell_can_tell_saying_hello_from_backing_off() {
+        let t0 = Instant::now();
+        let mut s = enrolled(3, t0);
+        s.handle_timeout(t0);
+        drain(&mut s);
+        assert!(s.is_connecting() && s.retry_at().is_none(), "dialing");
+        s.handle_connected(t0);
+        drain(&mut s);
+        assert!(s.is_connecting() && s.retry_at().is_none(), "saying hello");
+        s.handle_disconnected(t0);
+        assert!(!s.is_connecting(), "closed while saying hello");
+        let retry = s.retry_at().expect("backing off");
+        assert_eq!(s.poll_timeout(), Some(retry));
+        s.handle_timeout(retry);
+        s.handle_connected(retry);
+        s.handle_msg(
+            OrchMsg::Welcome(Welcome {
+                version: 1,
+                node_id: NodeId([1; 16]),
+            }),
+            retry,
+        );
+        drain(&mut s);
+        assert!(s.is_established());
+        assert!(!s.is_connecting() && s.retry_at().is_none(), "online");
     }
 
     #[test]
