@@ -334,3 +334,84 @@ pub fn installed(command: &str, package: &str) -> PathBuf {
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// A child process killed when the test ends, pass or fail.
+#[derive(Debug)]
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` with its stderr read line by line into the returned channel.
+pub fn spawn_reading_stderr(
+    mut command: std::process::Command,
+) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (Proc(child), rx)
+}
+
+/// The first line on `lines` that contains `needle`, within [`PATIENCE`].
+pub fn line_with(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {needle:?} within {PATIENCE:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+/// A real `edge-orchestrator serve` on `data`, listening on ports of its own choosing:
+/// the process, its QUIC address and its API's URL, from the line it prints when ready.
+pub fn start_orchestrator(data: &Path) -> (Proc, String, String) {
+    let mut serve = std::process::Command::new(binary("edge-orchestrator"));
+    serve
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args([
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .env("EDGE_LOG", "warn");
+    let (proc, lines) = spawn_reading_stderr(serve);
+    // "edge-orchestrator: nodes dial 127.0.0.1:P, operators use http://127.0.0.1:Q"
+    let banner = line_with(&lines, "nodes dial");
+    let quic = banner
+        .split("nodes dial ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .expect("the QUIC address")
+        .to_owned();
+    let api = banner
+        .split("operators use ")
+        .nth(1)
+        .map(str::trim)
+        .expect("the API URL")
+        .to_owned();
+    (proc, quic, api)
+}

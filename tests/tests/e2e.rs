@@ -3,22 +3,10 @@
 //! `edgectl`, kill it with SIGKILL, bring it back; push the sample service, deploy it, reach it,
 //! read its log and delete it.
 
-use edge_tests::{PATIENCE, binary, eventually, http_get_root};
-use std::io::{BufRead, BufReader};
+use edge_tests::{PATIENCE, Proc, binary, eventually, http_get_root, start_orchestrator};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-
-/// A child process killed when the test ends, pass or fail.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Child, Command};
 
 struct Edgectl {
     api: String,
@@ -54,51 +42,6 @@ impl Edgectl {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v["status"].as_str().map(str::to_owned)
     }
-}
-
-fn start_orchestrator(data: &Path) -> (Proc, String, String) {
-    let mut child = Command::new(binary("edge-orchestrator"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args([
-            "--quic-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .env("EDGE_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("orchestrator starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let banner = loop {
-        let line = rx
-            .recv_timeout(PATIENCE)
-            .expect("the orchestrator says where it listens");
-        if line.contains("nodes dial") {
-            break line;
-        }
-    };
-    // "edge-orchestrator: nodes dial 127.0.0.1:P, operators use http://127.0.0.1:Q"
-    let quic = banner
-        .split("nodes dial ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .expect("quic address")
-        .to_owned();
-    let api = banner
-        .split("operators use ")
-        .nth(1)
-        .map(str::trim)
-        .expect("api url")
-        .to_owned();
-    (Proc(child), quic, api)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,49 +3,10 @@
 //! comes from Debian's `prometheus` package through `cross/apt.sh`; without it this test
 //! fails, naming what is missing.
 
-use edge_tests::{PATIENCE, binary, eventually};
-use std::io::{BufRead, BufReader, Write};
+use edge_tests::{PATIENCE, binary, eventually, line_with, spawn_reading_stderr};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-
-/// A child process killed when the test ends, pass or fail.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `command` with its stderr read line by line into the returned channel.
-fn spawn_reading_stderr(mut command: Command) -> (Proc, mpsc::Receiver<String>) {
-    let mut child = command
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (Proc(child), rx)
-}
-
-/// The first line on `lines` that contains `needle`, within [`PATIENCE`].
-fn line_with(lines: &mpsc::Receiver<String>, needle: &str) -> String {
-    loop {
-        let line = lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("no line with {needle:?} within {PATIENCE:?}"));
-        if line.contains(needle) {
-            return line;
-        }
-    }
-}
+use std::process::{Command, Stdio};
 
 /// `promtool check metrics` on `text`: it must pass with nothing to say.
 fn assert_promtool_passes(promtool: &Path, what: &str, text: &str) {
@@ -160,33 +121,9 @@ async fn both_binaries_metrics_pass_promtool_after_real_work() {
     let promtool = edge_tests::installed("promtool", "prometheus");
     let dir = tempfile::tempdir().expect("tmp");
     let orch_dir = dir.path().join("orchestrator");
-    let mut serve = Command::new(binary("edge-orchestrator"));
-    serve
-        .args(["serve", "--data-dir"])
-        .arg(&orch_dir)
-        .args([
-            "--quic-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .env("EDGE_LOG", "warn");
-    let (_orch, orch_lines) = spawn_reading_stderr(serve);
-    // "edge-orchestrator: nodes dial 127.0.0.1:P, operators use http://127.0.0.1:Q"
-    let banner = line_with(&orch_lines, "nodes dial");
-    let quic = banner
-        .split("nodes dial ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .expect("the QUIC address")
-        .to_owned();
+    let (_orch, quic, url) = edge_tests::start_orchestrator(&orch_dir);
     let api = Api {
-        url: banner
-            .split("operators use ")
-            .nth(1)
-            .map(str::trim)
-            .expect("the API URL")
-            .to_owned(),
+        url,
         token: std::fs::read_to_string(orch_dir.join("admin.token"))
             .expect("admin.token")
             .trim()

@@ -2,20 +2,8 @@
 //! `edge-node` binary at its default log level, its stderr read as the journal would.
 
 use edge_tests::{PATIENCE, binary};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Instant;
-
-/// Killed when dropped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn a_node_dialing_a_closed_port_warns_where_why_and_when_it_tries_again() {
@@ -37,26 +25,13 @@ fn a_node_dialing_a_closed_port_warns_where_why_and_when_it_tries_again() {
         ),
     )
     .expect("write config");
-    let mut node = Node(
-        Command::new(binary("edge-node"))
-            .args(["run", "--config"])
-            .arg(&config)
-            // The default level, as a packaged node runs.
-            .env_remove("EDGE_LOG")
-            .env_remove("EDGE_LOG_FORMAT")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node starts"),
-    );
-    let (lines, seen) = mpsc::channel();
-    let stderr = node.0.stderr.take().expect("piped stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let mut run = Command::new(binary("edge-node"));
+    run.args(["run", "--config"])
+        .arg(&config)
+        // The default level, as a packaged node runs.
+        .env_remove("EDGE_LOG")
+        .env_remove("EDGE_LOG_FORMAT");
+    let (mut node, seen) = edge_tests::spawn_reading_stderr(run);
 
     // Two failed attempts, each a warning that names the address, the error and the wait.
     let start = Instant::now();
