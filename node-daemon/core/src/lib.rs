@@ -24,6 +24,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod config;
+pub mod proxy;
 pub mod restart;
 pub mod session;
 pub mod spec;
