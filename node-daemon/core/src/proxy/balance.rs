@@ -65,9 +65,9 @@ impl fmt::Display for Strategy {
 
 /// A name that is not one of the [`Strategy`] names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown balance strategy {shown:?}: expected peak-ewma, round-robin or least-requests")]
+#[error("unknown balance strategy {shown}: expected peak-ewma, round-robin or least-requests")]
 pub struct UnknownStrategy {
-    /// What was written, cut to 32 characters.
+    /// What was written, quoted and cut as [`edge_proto::field::shown`] does.
     pub shown: String,
 }
 
@@ -80,7 +80,7 @@ impl FromStr for Strategy {
             .into_iter()
             .find(|strategy| strategy.as_str() == s)
             .ok_or_else(|| UnknownStrategy {
-                shown: s.chars().take(32).collect(),
+                shown: edge_proto::field::shown(s).to_string(),
             })
     }
 }
