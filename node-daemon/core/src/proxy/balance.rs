@@ -265,7 +265,11 @@ impl Choose for PeakEwmaP2c {
                 }
                 let a = nth_available(candidates, a)?;
                 let b = nth_available(candidates, b)?;
-                let cost = |i: usize| candidates.get(i).map_or(f64::INFINITY, |c| c.load.cost(now));
+                let cost = |i: usize| {
+                    candidates
+                        .get(i)
+                        .map_or(f64::INFINITY, |c| c.load.cost(now))
+                };
                 if cost(b).total_cmp(&cost(a)).is_lt() {
                     Some(b)
                 } else {
@@ -355,6 +359,9 @@ fn below(draw: u64, n: usize) -> usize {
 }
 
 #[cfg(test)]
+// One base instant per test from the clock; the code under test sees only what the test adds
+// to it.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use proptest::prelude::{any, prop_assert, proptest};
@@ -394,7 +401,14 @@ mod tests {
 
     #[test]
     fn unknown_strategy_names_are_refused_and_the_message_is_bounded() {
-        for bad in ["", "PEAK-EWMA", "peak_ewma", "round robin", " least-requests", "p2c"] {
+        for bad in [
+            "",
+            "PEAK-EWMA",
+            "peak_ewma",
+            "round robin",
+            " least-requests",
+            "p2c",
+        ] {
             assert!(bad.parse::<Strategy>().is_err(), "{bad:?}");
             assert!(serde_json::from_str::<Strategy>(&format!("{bad:?}")).is_err());
         }
@@ -518,7 +532,10 @@ mod tests {
         let counts = tally(&mut PeakEwmaP2c, &candidates, now, 12_000, 2);
         let fast = counts[1] + counts[3];
         assert!((9_600..10_400).contains(&fast), "{counts:?}");
-        assert!(counts[1] > counts[3], "the faster of the two wins their pairs: {counts:?}");
+        assert!(
+            counts[1] > counts[3],
+            "the faster of the two wins their pairs: {counts:?}"
+        );
     }
 
     #[test]
@@ -550,7 +567,10 @@ mod tests {
             counts[i] += 1;
         }
         assert!(counts[1] > 9_000, "{counts:?}");
-        assert!(counts[0] > 0, "the slow one is still probed now and then: {counts:?}");
+        assert!(
+            counts[0] > 0,
+            "the slow one is still probed now and then: {counts:?}"
+        );
     }
 
     #[test]
@@ -577,7 +597,11 @@ mod tests {
     #[test]
     fn every_strategy_skips_unavailable_candidates_and_handles_none_or_one() {
         let now = Instant::now();
-        let loads = [observed(now, ms(1)), observed(now, ms(500)), observed(now, ms(1))];
+        let loads = [
+            observed(now, ms(1)),
+            observed(now, ms(500)),
+            observed(now, ms(1)),
+        ];
         for strategy in Strategy::ALL {
             let mut chooser = chooser(strategy);
             let mut draws = || 0u64;

@@ -319,6 +319,9 @@ fn slot_of(epoch: u64) -> usize {
 }
 
 #[cfg(test)]
+// One base instant per test from the clock; the code under test sees only what the test adds
+// to it.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use proptest::prelude::{prop_assert, proptest};
@@ -341,7 +344,11 @@ mod tests {
         }
         assert_eq!(b.on_success(t0 + ms(5)), None);
         for i in 0..4 {
-            assert_eq!(b.on_failure(t0 + ms(10 + i)), None, "the count started over");
+            assert_eq!(
+                b.on_failure(t0 + ms(10 + i)),
+                None,
+                "the count started over"
+            );
         }
         assert_eq!(b.on_failure(t0 + ms(20)), Some(BreakerState::Open));
         assert_eq!(b.state(t0 + ms(20)), BreakerState::Open);
@@ -511,7 +518,11 @@ mod tests {
         assert_eq!(b.on_success(t0 + secs(1)), None);
         assert_eq!(b.on_failure(t0 + secs(1)), None);
         assert_eq!(b.state(t0 + secs(1)), BreakerState::Open);
-        assert_eq!(b.state(t0 + secs(5)), BreakerState::HalfOpen, "not extended");
+        assert_eq!(
+            b.state(t0 + secs(5)),
+            BreakerState::HalfOpen,
+            "not extended"
+        );
     }
 
     #[test]

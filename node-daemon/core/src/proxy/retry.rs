@@ -104,6 +104,9 @@ impl RetryBudget {
 }
 
 #[cfg(test)]
+// One base instant per test from the clock; the code under test sees only what the test adds
+// to it.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use proptest::prelude::{any, prop_assert, proptest};

@@ -224,12 +224,10 @@ impl RouteTable {
             };
             route.path_prefix = match route.path_prefix.take() {
                 None => None,
-                Some(prefix) => {
-                    normalize_prefix(&prefix).map_err(|()| RouteError::PathPrefix {
-                        route: shown(&route.name).to_string(),
-                        prefix: shown(&prefix).to_string(),
-                    })?
-                }
+                Some(prefix) => normalize_prefix(&prefix).map_err(|()| RouteError::PathPrefix {
+                    route: shown(&route.name).to_string(),
+                    prefix: shown(&prefix).to_string(),
+                })?,
             };
             match index.entry((route.host.clone(), route.path_prefix.clone())) {
                 Entry::Vacant(slot) => {
@@ -555,7 +553,10 @@ mod tests {
         let shop = table.find(Some("shop.example"), "/cart").expect("route");
         assert_eq!(shop.name, "shop", "the first declaration names it");
         assert_eq!(shop.settings, RouteSettings::default(), "and sets it");
-        assert_eq!(shop.targets, [workload("shop-v1", 90), workload("shop-v2", 10)]);
+        assert_eq!(
+            shop.targets,
+            [workload("shop-v1", 90), workload("shop-v2", 10)]
+        );
 
         let mut rng = fastrand::Rng::with_seed(11);
         let draws = 100_000;
