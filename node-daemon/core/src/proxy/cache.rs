@@ -275,6 +275,28 @@ pub fn lookup_request(key: &CacheKey, method: Method, headers: &HeaderMap) -> re
     parts
 }
 
+/// `headers` without the `max-stale` request directive: the request to judge a stored
+/// response by when its [`StaleRules::allows_max_stale`] is false.
+pub fn without_max_stale(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    let kept: Vec<String> = Directives::of(headers)
+        .0
+        .into_iter()
+        .filter(|(name, _)| name != "max-stale")
+        .map(|(name, value)| match value {
+            Some(value) => format!("{name}={value}"),
+            None => name,
+        })
+        .collect();
+    out.remove(header::CACHE_CONTROL);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+    {
+        out.insert(header::CACHE_CONTROL, value);
+    }
+    out
+}
+
 /// What is kept of a request with the response stored for it: the key's target and host and
 /// the headers the response varies on. Nothing else (credentials, cookies) is kept, on disk
 /// or in memory.
@@ -1454,6 +1476,19 @@ mod tests {
             Some(StaleGrant::WhileRevalidate)
         );
         assert_eq!(grant(&explicit, 11, &none, DOWN, DAY), None);
+    }
+
+    #[test]
+    fn max_stale_is_taken_out_and_the_other_directives_kept() {
+        let req = headers(&[(CACHE_CONTROL, "Max-Stale=30, min-fresh=5"), (HOST, "h")]);
+        let out = without_max_stale(&req);
+        assert_eq!(
+            out.get(CACHE_CONTROL).map(HeaderValue::as_bytes),
+            Some(&b"min-fresh=5"[..])
+        );
+        assert!(out.contains_key(HOST));
+        let only = without_max_stale(&headers(&[(CACHE_CONTROL, "max-stale")]));
+        assert!(!only.contains_key(CACHE_CONTROL));
     }
 
     #[test]
