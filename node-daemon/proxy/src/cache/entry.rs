@@ -1,0 +1,67 @@
+//! One stored response: what the policy decided when it was stored, its head and its body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_cache_semantics::CachePolicy;
+use node_core::proxy::cache::{CacheKey, StaleRules};
+use ring::digest;
+
+/// Which stored response among all: a digest of its key and its variant signature. Also its
+/// file's name on disk, in hex.
+pub(crate) type VariantId = [u8; 32];
+
+/// A stored response. Immutable: an update (a revalidation) stores a new one.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) key: CacheKey,
+    /// The variant signature (`node_core::proxy::cache::vary_signature`).
+    pub(crate) vary: String,
+    pub(crate) policy: CachePolicy,
+    pub(crate) lifetime: Duration,
+    pub(crate) rules: StaleRules,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// What holding an entry costs beyond its body: the policy and bookkeeping, roughly.
+const OVERHEAD_BYTES: u64 = 512;
+
+impl Entry {
+    pub(crate) fn id(&self) -> VariantId {
+        variant_id(&self.key, &self.vary)
+    }
+
+    /// The bytes it holds in memory, as the memory bound counts them: the body, the head
+    /// twice (once kept for stale answers, once in the policy), the key and the signature.
+    pub(crate) fn weight(&self) -> u64 {
+        let head: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let key = self.key.host().len() + self.key.path_and_query().len() + self.vary.len();
+        (self.body.len() as u64)
+            .saturating_add(2 * head as u64)
+            .saturating_add(key as u64)
+            .saturating_add(OVERHEAD_BYTES)
+    }
+}
+
+pub(crate) fn variant_id(key: &CacheKey, vary: &str) -> VariantId {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(key.host().as_bytes());
+    ctx.update(b"\0");
+    ctx.update(key.path_and_query().as_bytes());
+    ctx.update(b"\0");
+    ctx.update(vary.as_bytes());
+    let mut id = [0u8; 32];
+    id.copy_from_slice(ctx.finish().as_ref());
+    id
+}
+
+pub(crate) fn hex(id: &VariantId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
