@@ -1,13 +1,26 @@
 //! The node's caching reverse proxy: the shell around `node_core::proxy`.
 //!
-//! - [`cache`]: the HTTP cache, in memory and on disk, as a layer in front of an origin.
+//! A request comes in on the [`listener`] (HTTP/1.1, keep-alive, bounded), is routed by the
+//! table the node keeps from its workloads' `[[expose]]` and its config's upstreams
+//! ([`proxy`]), goes through the [`cache`] and, on a miss, to a backend chosen, timed and
+//! retried by [`upstream`]. [`metrics`] counts what happened; an access-log line at target
+//! `edge_proxy::access` says it.
 //!
 //! **Invariant.** It decides nothing itself: routes, backend choice, breakers, retries and
 //! cache policy come from `node_core::proxy`; this crate moves bytes, reads the clock and
-//! keeps files.
+//! keeps files. Nothing a client sends becomes a metric label.
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod cache;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod upstream;
+
+pub use listener::{Limits, serve};
+pub use metrics::ProxyMetrics;
+pub use proxy::{Proxy, Routing, Settings};
 
 use bytes::Bytes;
 

@@ -7,8 +7,9 @@
 //! the last observation (`decay`, 10 s by default); and while no response arrives the estimate
 //! decays towards zero, so a backend that was slow once is tried again after a while instead of
 //! being shunned for ever. Its cost is `estimate * (pending + 1)`. A backend never observed
-//! costs a default RTT (1 s, tower's default), decaying from when it was added: it is tried
-//! when the known ones are slower or busier than that, or once it has waited long enough.
+//! costs nothing while nothing is in flight there, so each new backend is measured by its
+//! first request, and a default RTT (1 s, tower's default) for each request in flight there
+//! until its first answer, so a burst does not herd onto it.
 //!
 //! [`Choose`] is the one decision: given the candidates (their load, whether their breaker lets
 //! a request through, how far away they are, whether they run on this node), which one. The
@@ -182,8 +183,15 @@ impl Load {
     }
 
     /// What sending one more request here costs: `estimate * (pending + 1)`, in nanoseconds.
-    /// Always finite and non-negative.
+    /// Always finite and non-negative. A backend with no response yet costs nothing while
+    /// nothing is in flight there, so every new backend gets its first request (with the
+    /// default RTT it would lose every choice to a backend that answered once, however
+    /// slowly, and never be measured); with requests in flight it costs the default RTT
+    /// for each, so a burst does not herd onto a backend nobody has measured.
     pub fn cost(&self, now: Instant) -> f64 {
+        if !self.observed {
+            return nanos(self.config.default_rtt) * f64::from(self.pending);
+        }
         self.estimate_ns(now) * (f64::from(self.pending) + 1.0)
     }
 
@@ -458,14 +466,20 @@ mod tests {
     }
 
     #[test]
-    fn an_untried_backend_costs_the_default_rtt_until_its_first_response() {
+    fn an_untried_backend_is_tried_first_then_costs_the_default_rtt_per_request_in_flight() {
         let t0 = Instant::now();
         let mut load = Load::new(t0);
         assert!(!load.observed());
-        assert_eq!(load.cost(t0), 1e9);
-        // It decays from when the backend was added, so a neglected one is tried eventually.
-        assert!(load.cost(t0 + Duration::from_secs(60)) < 5e6);
+        assert_eq!(
+            load.cost(t0),
+            0.0,
+            "free until something is in flight there"
+        );
         load.start(t0);
+        assert_eq!(load.cost(t0), 1e9);
+        load.start(t0);
+        assert_eq!(load.cost(t0), 2e9, "a burst does not herd onto it");
+        load.cancel();
         load.end(t0 + ms(5), ms(5));
         assert!(load.observed());
         assert_eq!(load.estimate_ns(t0 + ms(5)), 5e6, "the default is replaced");

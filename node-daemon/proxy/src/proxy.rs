@@ -1,0 +1,342 @@
+//! One request's way through the proxy: route, loop guard, forwarding headers, cache,
+//! backends, the answer and its access-log line.
+
+use crate::Body;
+use crate::body;
+use crate::cache::{Cache, CacheOutcome, Origin, RouteCache};
+use crate::listener::Handler;
+use crate::metrics::ProxyMetrics;
+use crate::upstream::{BackendAddr, Forward, Upstreams};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use node_core::proxy::balance::{Choose, chooser};
+use node_core::proxy::cache_status::{CacheName, CacheStatus, Fwd};
+use node_core::proxy::headers::{self, TraceParent, ViaName};
+use node_core::proxy::route::{Route, RouteTable, Target};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+use tracing::info;
+
+/// `Via` entries a request may carry before it is taken for a loop.
+const MAX_HOPS: usize = 8;
+/// The most of a request's path an access-log line keeps.
+const LOGGED_PATH: usize = 256;
+
+/// What the proxy routes by: the table and, for each workload, where its instances listen.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    pub table: RouteTable,
+    /// Running instances of each workload on this node: the address its ports are on.
+    pub local: HashMap<String, Vec<IpAddr>>,
+}
+
+/// A routing table as requests use it: with a backend chooser per route.
+struct Snapshot {
+    routing: Routing,
+    choosers: HashMap<String, Arc<Mutex<Box<dyn Choose + Send>>>>,
+}
+
+impl Snapshot {
+    fn new(routing: Routing) -> Self {
+        let choosers = routing
+            .table
+            .routes()
+            .iter()
+            .map(|r| {
+                let chooser = Arc::new(Mutex::new(chooser(r.settings.balance)));
+                (r.name.clone(), chooser)
+            })
+            .collect();
+        Self { routing, choosers }
+    }
+}
+
+/// The proxy's settings that are not routes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The name this node gives itself in `Via`.
+    pub via: ViaName,
+    /// Its name in `Cache-Status`: the cache's, for the answers the proxy makes itself.
+    pub cache_name: CacheName,
+    /// The largest request body passed on.
+    pub max_body_bytes: u64,
+}
+
+/// The proxy: routes, cache, backends. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    snapshot: RwLock<Arc<Snapshot>>,
+    cache: Cache,
+    upstreams: Arc<Upstreams>,
+    metrics: ProxyMetrics,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, cache: Cache, metrics: ProxyMetrics) -> Self {
+        let upstreams = Arc::new(Upstreams::new(Arc::new(metrics.clone())));
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                snapshot: RwLock::new(Arc::new(Snapshot::new(Routing::default()))),
+                cache,
+                upstreams,
+                metrics,
+            }),
+        }
+    }
+
+    /// Routes by `routing` from the next request on. Requests in flight finish on the table
+    /// they started with.
+    pub fn set_routing(&self, routing: Routing) {
+        let keep = backends_of(&routing);
+        let snapshot = Arc::new(Snapshot::new(routing));
+        *self
+            .inner
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = snapshot;
+        self.inner.upstreams.retain(&keep);
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn serve(self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let host = request_host(&request);
+        let path: String = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .chars()
+            .take(LOGGED_PATH)
+            .collect();
+        let (mut response, route, outcome) = self.route(request, client, host.as_deref()).await;
+        let inner = &self.inner;
+        headers::strip_hop_by_hop(response.headers_mut());
+        headers::add_via(response.headers_mut(), &inner.settings.via);
+        if response.extensions_mut().remove::<Close>().is_some() {
+            // What is left of this request on the connection cannot be trusted to end where
+            // the next request begins.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if outcome == CacheOutcome::Bypass && route.is_none() {
+            // The proxy's own answer: nothing was forwarded or looked up.
+            CacheStatus::forwarded(Fwd::Bypass)
+                .add_to(&inner.settings.cache_name, response.headers_mut());
+        }
+        let elapsed = started.elapsed();
+        inner
+            .metrics
+            .answered(route.as_deref(), response.status(), outcome, elapsed);
+        info!(
+            target: "edge_proxy::access",
+            %client,
+            %method,
+            host = host.as_deref().unwrap_or("-"),
+            path = %path,
+            status = response.status().as_u16(),
+            route = route.as_deref().unwrap_or("-"),
+            cache = outcome.as_str(),
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        );
+        response
+    }
+
+    /// Finds the route and serves the request through it.
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+        host: Option<&str>,
+    ) -> (Response<Body>, Option<String>, CacheOutcome) {
+        let inner = &self.inner;
+        let bypass = CacheOutcome::Bypass;
+        if headers::loop_detected(request.headers(), &inner.settings.via, MAX_HOPS) {
+            let answer = body::text(
+                StatusCode::LOOP_DETECTED,
+                "this request has already passed through this node",
+            );
+            return (answer, None, bypass);
+        }
+        if let Some(length) = content_length(request.headers())
+            && length > inner.settings.max_body_bytes
+        {
+            let mut answer = body::text(StatusCode::PAYLOAD_TOO_LARGE, &self.too_large());
+            answer.extensions_mut().insert(Close);
+            return (answer, None, bypass);
+        }
+        let snapshot = self.snapshot();
+        let path = request.uri().path().to_owned();
+        let Some(route) = snapshot.routing.table.find(host, &path) else {
+            let answer = body::text(StatusCode::NOT_FOUND, "no route for this host and path");
+            return (answer, None, bypass);
+        };
+        let name = route.name.clone();
+        let Some(target) = route.pick(fastrand::u64(..)) else {
+            let answer = body::text(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend");
+            return (answer, Some(name), bypass);
+        };
+        let backends = backends_for(&snapshot.routing, &target.target);
+        let Some(chooser) = snapshot.choosers.get(&route.name) else {
+            let answer = body::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the route has no chooser",
+            );
+            return (answer, Some(name), bypass);
+        };
+        let too_large = Arc::new(AtomicBool::new(false));
+        let request = self.prepare(request, client, host, too_large.clone());
+        let forward: Arc<dyn Origin> = Arc::new(Forward {
+            upstreams: inner.upstreams.clone(),
+            route: route.name.clone(),
+            settings: route.settings.clone(),
+            backends,
+            chooser: chooser.clone(),
+            host: host.and_then(|h| HeaderValue::try_from(h).ok()),
+        });
+        let cache = route_cache(route);
+        let (response, outcome) = inner.cache.serve(request, &cache, &forward).await;
+        if too_large.load(Ordering::Acquire) {
+            let mut answer = body::text(StatusCode::PAYLOAD_TOO_LARGE, &self.too_large());
+            answer.extensions_mut().insert(Close);
+            return (answer, Some(name), outcome);
+        }
+        (response, Some(name), outcome)
+    }
+
+    /// The request as backends see it: hop-by-hop headers gone, `Forwarded`, `Via` and
+    /// `traceparent` added, its body held to the limit.
+    fn too_large(&self) -> String {
+        format!(
+            "the request body is over the limit of {} bytes",
+            self.inner.settings.max_body_bytes
+        )
+    }
+
+    fn prepare(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+        host: Option<&str>,
+        too_large: Arc<AtomicBool>,
+    ) -> Request<Body> {
+        let settings = &self.inner.settings;
+        let (mut parts, incoming) = request.into_parts();
+        let headers = &mut parts.headers;
+        headers::strip_hop_by_hop(headers);
+        headers::add_forwarded(headers, client.ip(), host, "http");
+        headers::add_via(headers, &settings.via);
+        let trace = match headers.get("traceparent").and_then(TraceParent::parse) {
+            Some(parent) => parent.child(fastrand::u64(..)),
+            None => TraceParent::start(fastrand::u64(..), fastrand::u64(..), fastrand::u64(..)),
+        };
+        headers.insert("traceparent", trace.to_header_value());
+        let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
+        let body = Limited::new(incoming, limit)
+            .map_err(move |error| {
+                if error.is::<LengthLimitError>() {
+                    too_large.store(true, Ordering::Release);
+                }
+                error
+            })
+            .boxed_unsync();
+        Request::from_parts(parts, body)
+    }
+}
+
+impl Handler for Proxy {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        Box::pin(self.clone().serve(request, client))
+    }
+}
+
+/// The host a request names: its `Host` header, else its URI's authority.
+fn request_host(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+}
+
+/// Marks one of the proxy's own answers after which the connection closes.
+#[derive(Debug, Clone, Copy)]
+struct Close;
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn route_cache(route: &Route) -> RouteCache {
+    RouteCache {
+        enabled: route.settings.cache,
+        stale_if_offline: route.settings.stale_if_offline,
+    }
+}
+
+/// Where `target` can be served from now.
+fn backends_for(routing: &Routing, target: &Target) -> Vec<BackendAddr> {
+    match target {
+        Target::Workload { workload, port } => routing
+            .local
+            .get(workload)
+            .map(|ips| {
+                ips.iter()
+                    .map(|ip| BackendAddr::Local(SocketAddr::new(*ip, *port)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Target::Origin(origin) => vec![BackendAddr::Origin(origin.clone())],
+    }
+}
+
+/// Every backend `routing` can send to.
+fn backends_of(routing: &Routing) -> Vec<BackendAddr> {
+    routing
+        .table
+        .routes()
+        .iter()
+        .flat_map(|r| r.targets.iter())
+        .flat_map(|t| backends_for(routing, &t.target))
+        .collect()
+}

@@ -1,0 +1,384 @@
+//! Sending a request to a route's backends: the choice among them, their circuit breakers,
+//! timeouts, retries under the route's budget, pooled connections.
+//!
+//! Every decision comes from `node_core::proxy` (`balance`, `breaker`, `retry`); this module
+//! keeps their state between requests, reads the clock and moves the bytes. A backend's load
+//! and breaker outlive route changes: they are kept by address, so a route table pushed while
+//! requests are in flight neither forgets what it learned nor loses those requests.
+
+use crate::body;
+use crate::cache::{Origin, OriginError};
+use crate::{Body, BodyError};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use node_core::proxy::balance::{Candidate, Choose, Load};
+use node_core::proxy::breaker::{Breaker, BreakerConfig, BreakerState};
+use node_core::proxy::retry::{RetryBudget, may_retry};
+use node_core::proxy::route::{Origin as OriginAddr, RouteSettings};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// How long a connection to a backend may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Idle pooled connections kept per backend.
+const POOL_PER_HOST: usize = 64;
+
+/// Where a backend is: an address (a local instance, a peer) or an origin by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendAddr {
+    /// An instance of a workload, on this node.
+    Local(SocketAddr),
+    /// A static origin from the node's config.
+    Origin(OriginAddr),
+}
+
+impl BackendAddr {
+    fn authority(&self) -> String {
+        match self {
+            Self::Local(addr) => addr.to_string(),
+            Self::Origin(origin) => origin.authority(),
+        }
+    }
+
+    /// Whether this backend is on this node.
+    fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
+    }
+}
+
+/// What a backend has taught us: its load and its breaker.
+#[derive(Debug)]
+struct BackendState {
+    load: Load,
+    breaker: Breaker,
+}
+
+/// Counts the proxy keeps about its backends, for the metrics.
+pub trait UpstreamEvents: Send + Sync {
+    /// A request was sent again after a failure.
+    fn retried(&self, route: &str);
+    /// A backend's breaker opened.
+    fn breaker_opened(&self, route: &str);
+}
+
+/// The backends of every route, the client that reaches them, and their retry budgets.
+pub struct Upstreams {
+    client: Client<HttpConnector, Body>,
+    state: Mutex<HashMap<BackendAddr, BackendState>>,
+    budgets: Mutex<HashMap<String, RetryBudget>>,
+    breaker: BreakerConfig,
+    events: Arc<dyn UpstreamEvents>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams").finish_non_exhaustive()
+    }
+}
+
+impl Upstreams {
+    pub fn new(events: Arc<dyn UpstreamEvents>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_PER_HOST)
+            .build(connector);
+        Self {
+            client,
+            state: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            breaker: BreakerConfig::default(),
+            events,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, HashMap<BackendAddr, BackendState>> {
+        // Each change is a whole update of one backend's counters.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the backends not in `keep`: instances that stopped, peers that left.
+    pub fn retain(&self, keep: &[BackendAddr]) {
+        self.state().retain(|addr, _| keep.contains(addr));
+    }
+
+    /// Breakers by state, for the status endpoint and the metrics.
+    pub fn breakers_open(&self) -> usize {
+        let now = Instant::now();
+        self.state()
+            .values()
+            .filter(|b| b.breaker.state(now) != BreakerState::Closed)
+            .count()
+    }
+}
+
+/// One request's way to its backends, as the cache sees an origin.
+pub struct Forward {
+    pub upstreams: Arc<Upstreams>,
+    pub route: String,
+    pub settings: RouteSettings,
+    pub backends: Vec<BackendAddr>,
+    pub chooser: Arc<Mutex<Box<dyn Choose + Send>>>,
+    /// The `Host` a backend sees: the client's for instances, the origin's for origins.
+    pub host: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("route", &self.route)
+            .field("backends", &self.backends)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Origin for Forward {
+    fn fetch(
+        &self,
+        request: Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, OriginError>> + Send + '_>> {
+        Box::pin(self.send(request))
+    }
+}
+
+/// One attempt on a backend, from its start to its answer's head. Its load and breaker
+/// hear how it ended, and hear it once, even when the request is dropped half way (the
+/// client went away): a pending count that never came down would shut a backend out for
+/// good, and a half-open probe never reported would keep its breaker half-open.
+struct InFlight<'a> {
+    forward: &'a Forward,
+    addr: &'a BackendAddr,
+    started: Instant,
+    ended: bool,
+}
+
+impl InFlight<'_> {
+    fn end(mut self, ok: bool) {
+        self.ended = true;
+        let now = Instant::now();
+        let upstreams = &self.forward.upstreams;
+        let mut state = upstreams.state();
+        let Some(b) = state.get_mut(self.addr) else {
+            return;
+        };
+        b.load.end(now, now.saturating_duration_since(self.started));
+        let change = if ok {
+            b.breaker.on_success(now)
+        } else {
+            b.breaker.on_failure(now)
+        };
+        drop(state);
+        if change == Some(BreakerState::Open) {
+            upstreams.events.breaker_opened(&self.forward.route);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut state = self.forward.upstreams.state();
+        if let Some(b) = state.get_mut(self.addr) {
+            b.load.cancel();
+            b.breaker.on_cancel();
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Answered(Response<Body>),
+    Failed(OriginError),
+}
+
+impl Forward {
+    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, OriginError> {
+        let (parts, body) = request.into_parts();
+        // A request without a body can be sent again; one with a body is on its way once sent.
+        let replayable = hyper::body::Body::is_end_stream(&body);
+        let mut body = Some(body);
+        let now = Instant::now();
+        self.budget(|b| b.deposit(now));
+        let mut attempt = 0u32;
+        loop {
+            let Some(backend) = self.choose() else {
+                return Err(OriginError::Unreachable);
+            };
+            let body = match body.take() {
+                Some(body) => body,
+                None => body::empty(),
+            };
+            let outcome = self.attempt(&parts, body, &backend).await;
+            let retry = match &outcome {
+                Attempt::Answered(response) => {
+                    // A backend that answers 502-504 is as good as down for this request.
+                    matches!(response.status().as_u16(), 502..=504)
+                }
+                Attempt::Failed(_) => true,
+            };
+            attempt += 1;
+            if retry
+                && replayable
+                && may_retry(&parts.method, attempt, self.settings.retries)
+                && self.budget(|b| b.withdraw(Instant::now()))
+            {
+                self.upstreams.events.retried(&self.route);
+                debug!(route = %self.route, attempt, "retrying on another backend");
+                continue;
+            }
+            return match outcome {
+                Attempt::Answered(response) => Ok(response),
+                Attempt::Failed(error) => Err(error),
+            };
+        }
+    }
+
+    fn budget<T>(&self, f: impl FnOnce(&mut RetryBudget) -> T) -> T {
+        let mut budgets = self
+            .upstreams
+            .budgets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let budget = budgets
+            .entry(self.route.clone())
+            .or_insert_with(RetryBudget::default);
+        f(budget)
+    }
+
+    /// The backend for the next attempt, marked as started, if any is available.
+    fn choose(&self) -> Option<BackendAddr> {
+        let now = Instant::now();
+        let mut state = self.upstreams.state();
+        for addr in &self.backends {
+            state.entry(addr.clone()).or_insert_with(|| BackendState {
+                load: Load::new(now),
+                breaker: Breaker::new(self.upstreams.breaker),
+            });
+        }
+        let available: Vec<bool> = self
+            .backends
+            .iter()
+            .map(|addr| state.get_mut(addr).is_some_and(|b| b.breaker.allow(now)))
+            .collect();
+        let candidates: Vec<Candidate<'_>> = self
+            .backends
+            .iter()
+            .zip(&available)
+            .filter_map(|(addr, available)| {
+                let b = state.get(addr)?;
+                Some(Candidate {
+                    load: &b.load,
+                    available: *available,
+                    distance_km: None,
+                    local: addr.is_local(),
+                })
+            })
+            .collect();
+        let mut draw = || fastrand::u64(..);
+        let chosen = self
+            .chooser
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .choose(&candidates, now, &mut draw)?;
+        drop(candidates);
+        let addr = self.backends.get(chosen)?.clone();
+        if let Some(b) = state.get_mut(&addr) {
+            b.load.start(now);
+        }
+        Some(addr)
+    }
+
+    async fn attempt(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        addr: &BackendAddr,
+    ) -> Attempt {
+        let in_flight = InFlight {
+            forward: self,
+            addr,
+            started: Instant::now(),
+            ended: false,
+        };
+        let request = match self.request(parts, body, addr) {
+            Ok(request) => request,
+            Err(error) => {
+                in_flight.end(false);
+                return Attempt::Failed(error);
+            }
+        };
+        let sent = tokio::time::timeout(
+            self.settings.timeout,
+            self.upstreams.client.request(request),
+        );
+        match sent.await {
+            Ok(Ok(response)) => {
+                in_flight.end(!matches!(response.status().as_u16(), 502..=504));
+                Attempt::Answered(response.map(|b| b.map_err(BodyError::from).boxed_unsync()))
+            }
+            Ok(Err(error)) => {
+                debug!(route = %self.route, backend = %addr.authority(), %error, "backend failed");
+                in_flight.end(false);
+                Attempt::Failed(OriginError::Unreachable)
+            }
+            Err(_) => {
+                in_flight.end(false);
+                Attempt::Failed(OriginError::Timeout)
+            }
+        }
+    }
+
+    /// The request as `addr` is sent it: its URI made absolute for the client.
+    fn request(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        addr: &BackendAddr,
+    ) -> Result<Request<Body>, OriginError> {
+        let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path = match addr {
+            BackendAddr::Origin(origin) => origin.target_path(path),
+            BackendAddr::Local(_) => path.to_owned(),
+        };
+        let authority = Authority::try_from(addr.authority())
+            .map_err(|e| OriginError::Other(format!("backend address: {e}")))?;
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| OriginError::Other(format!("backend URI: {e}")))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = http::Version::HTTP_11;
+        *request.headers_mut() = parts.headers.clone();
+        match (&self.host, addr) {
+            (Some(host), BackendAddr::Local(_)) => {
+                request.headers_mut().insert(header::HOST, host.clone());
+            }
+            (_, BackendAddr::Origin(origin)) => {
+                if let Ok(host) = HeaderValue::try_from(origin.authority()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
+            (None, BackendAddr::Local(_)) => {}
+        }
+        Ok(request)
+    }
+}
