@@ -509,7 +509,7 @@ async fn request_max_stale_accepts_a_stale_response_within_it() {
     h.get("/r").await;
     h.advance(20);
     let stale = h.get_with("/r", &[("cache-control", "max-stale=30")]).await;
-    assert_eq!(stale.outcome, CacheOutcome::Hit);
+    assert_eq!(stale.outcome, CacheOutcome::Stale);
     assert_eq!(stale.cache_status(), "edge-node; hit; ttl=-10");
     assert_eq!(h.origin.count("/r"), 1);
     h.get_with("/r", &[("cache-control", "max-stale=5")]).await;

@@ -20,6 +20,9 @@
 //!   client as it comes (what was read, then the rest) and is not stored.
 //! - **`stale-while-revalidate`** answers at once and revalidates in a task of its own,
 //!   which is why [`Cache::serve`] takes the origin as an `Arc`.
+//! - **A client's own conditional request** (`If-None-Match`, `If-Modified-Since`) that a
+//!   stored response answers gets that response whole: the cache does not make `304`s of
+//!   its own. On a miss the condition goes to the origin, whose `304` passes through.
 //! - **When the origin fails** and nothing may be served stale: 502 when it is unreachable
 //!   (or failed otherwise), 504 when it timed out, with a short text body. `only-if-cached`
 //!   with nothing usable stored: 504.
@@ -116,7 +119,7 @@ pub enum CacheOutcome {
     /// response (also a request that waited for another's trip to the origin).
     Miss,
     /// From a stale stored response (while revalidating, on an error, while the origin is
-    /// down).
+    /// down, or within the request's `max-stale`).
     Stale,
     /// From a stored response the origin confirmed with a `304`.
     Revalidated,
@@ -487,8 +490,14 @@ impl Cache {
         } else {
             body::full(entry.body.clone())
         };
+        // Fresh for this request, stale by the clock: the client's max-stale allowed it.
+        let outcome = if entry.policy.is_stale(now) {
+            CacheOutcome::Stale
+        } else {
+            CacheOutcome::Hit
+        };
         let (status, outcome) = match waited {
-            None => (CacheStatus::hit(ttl), CacheOutcome::Hit),
+            None => (CacheStatus::hit(ttl), outcome),
             Some(fwd) => (
                 CacheStatus {
                     fwd: Some(fwd),
