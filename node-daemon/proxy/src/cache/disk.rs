@@ -377,3 +377,135 @@ fn plain_file(path: &Path) -> Result<(), Corrupt> {
         Err(Corrupt::Foreign)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+    use node_core::proxy::cache::admit;
+
+    fn entry(path: &str, body: &'static [u8]) -> Entry {
+        let key = CacheKey::new("example.com", path).expect("key");
+        let mut response = HeaderMap::new();
+        response.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        response.insert(
+            "x-odd",
+            HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+        );
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let admitted = admit(
+            &key,
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &response,
+            now,
+        )
+        .expect("storable");
+        Entry {
+            key,
+            vary: admitted.vary,
+            policy: admitted.policy,
+            lifetime: admitted.lifetime,
+            rules: admitted.rules,
+            status: StatusCode::OK,
+            headers: admitted.headers,
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn a_stored_response_reads_back_as_written() {
+        let original = entry("/a", b"body bytes");
+        let bytes = encode(&original).expect("encode");
+        let read = decode(&original.id(), bytes).expect("decode");
+        assert_eq!(read.key, original.key);
+        assert_eq!(read.body, original.body);
+        assert_eq!(read.headers, original.headers);
+        assert_eq!(read.lifetime, original.lifetime);
+        assert_eq!(read.rules, original.rules);
+    }
+
+    #[test]
+    fn every_damaged_or_foreign_content_is_refused() {
+        let original = entry("/a", b"body bytes");
+        let id = original.id();
+        let good = encode(&original).expect("encode");
+
+        let mut flipped = good.clone();
+        let at = flipped.len() - DIGEST_LEN - 1;
+        flipped[at] ^= 1;
+        assert!(matches!(decode(&id, flipped), Err(Corrupt::Checksum)));
+
+        for cut in [0, 3, HEADER_LEN, good.len() / 2, good.len() - 1] {
+            assert!(decode(&id, good[..cut].to_vec()).is_err(), "cut at {cut}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode(&id, longer).is_err());
+
+        let mut magic = good.clone();
+        magic[0] = b'X';
+        assert!(matches!(decode(&id, magic), Err(Corrupt::Foreign)));
+
+        let mut huge_meta = good.clone();
+        huge_meta[MAGIC.len()..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&id, huge_meta), Err(Corrupt::Length)));
+
+        // A whole, valid file under another response's name.
+        let other = entry("/b", b"other").id();
+        assert!(matches!(decode(&other, good.clone()), Err(Corrupt::Name)));
+
+        let mut junk_meta = MAGIC.to_vec();
+        junk_meta.extend_from_slice(&4u32.to_le_bytes());
+        junk_meta.extend_from_slice(b"{{{{");
+        junk_meta.extend_from_slice(&[0; DIGEST_LEN]);
+        assert!(matches!(decode(&id, junk_meta), Err(Corrupt::Meta(_))));
+    }
+
+    #[test]
+    fn names_are_lower_case_hex_of_the_right_length_only() {
+        let id = entry("/a", b"").id();
+        assert_eq!(parse_hex(&hex(&id)), Some(id));
+        assert_eq!(parse_hex(&hex(&id).to_uppercase()), None);
+        assert_eq!(parse_hex(&hex(&id)[1..]), None);
+        assert_eq!(parse_hex(&format!("{}zz", &hex(&id)[2..])), None);
+        assert_eq!(parse_hex("é".repeat(32).as_str()), None);
+    }
+
+    #[test]
+    fn a_link_in_the_directory_is_removed_and_its_target_left_alone() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let target = root.path().join("elsewhere");
+        std::fs::write(&target, "keep me").expect("write");
+        let dir = Dir::prepare(&root.path().join("cache")).expect("prepare");
+        let original = entry("/a", b"x");
+        let link = root.path().join("cache").join(hex(&original.id()));
+        std::os::unix::fs::symlink(&target, &link).expect("link");
+        assert!(dir.read(&original.id(), 1 << 20).is_err());
+        assert!(dir.scan(1 << 20).expect("scan").is_empty());
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "the link is gone"
+        );
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep me");
+    }
+
+    #[test]
+    fn a_file_over_the_size_bound_is_not_read() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = Dir::prepare(root.path()).expect("prepare");
+        let original = entry("/a", b"0123456789");
+        let bytes = encode(&original).expect("encode");
+        let temp = dir.write_temp(&original.id(), &bytes).expect("write");
+        dir.commit(&temp, &original.id()).expect("commit");
+        let len = bytes.len() as u64;
+        assert!(dir.read(&original.id(), len).is_ok());
+        assert!(matches!(
+            dir.read(&original.id(), len - 1),
+            Err(Corrupt::Length)
+        ));
+        assert_eq!(dir.scan(len).expect("scan").len(), 1);
+        assert!(dir.scan(len - 1).expect("scan").is_empty());
+    }
+}

@@ -20,6 +20,9 @@
 //!   client as it comes (what was read, then the rest) and is not stored.
 //! - **`stale-while-revalidate`** answers at once and revalidates in a task of its own,
 //!   which is why [`Cache::serve`] takes the origin as an `Arc`.
+//! - **A client's own conditional request** (`If-None-Match`, `If-Modified-Since`) that a
+//!   stored response answers gets that response whole: the cache does not make `304`s of
+//!   its own. On a miss the condition goes to the origin, whose `304` passes through.
 //! - **When the origin fails** and nothing may be served stale: 502 when it is unreachable
 //!   (or failed otherwise), 504 when it timed out, with a short text body. `only-if-cached`
 //!   with nothing usable stored: 504.
@@ -116,7 +119,7 @@ pub enum CacheOutcome {
     /// response (also a request that waited for another's trip to the origin).
     Miss,
     /// From a stale stored response (while revalidating, on an error, while the origin is
-    /// down).
+    /// down, or within the request's `max-stale`).
     Stale,
     /// From a stored response the origin confirmed with a `304`.
     Revalidated,
@@ -487,8 +490,14 @@ impl Cache {
         } else {
             body::full(entry.body.clone())
         };
+        // Fresh for this request, stale by the clock: the client's max-stale allowed it.
+        let outcome = if entry.policy.is_stale(now) {
+            CacheOutcome::Stale
+        } else {
+            CacheOutcome::Hit
+        };
         let (status, outcome) = match waited {
-            None => (CacheStatus::hit(ttl), CacheOutcome::Hit),
+            None => (CacheStatus::hit(ttl), outcome),
             Some(fwd) => (
                 CacheStatus {
                     fwd: Some(fwd),
@@ -566,30 +575,80 @@ impl Cache {
             head_only,
         } = f;
         let method_sent = request.method().clone();
+        let (uri, version) = (request.uri().clone(), request.version());
         let result = origin.fetch(request).await;
         let now = self.inner.clock.now();
         let response = match result {
             Ok(response) => response,
             Err(error) => {
-                drop(flight);
-                let failure = match error {
-                    OriginError::Timeout => OriginFailure::Timeout,
-                    OriginError::Unreachable | OriginError::Other(_) => OriginFailure::Unreachable,
-                };
-                if let Some(entry) = &stale
-                    && let Some(answer) =
-                        stale_on_failure(entry, now, &client, failure, route, head_only)
-                {
-                    return answer;
-                }
-                return failed(&error, fwd, CacheOutcome::Miss);
+                return self.origin_failed(
+                    &error,
+                    stale.as_deref(),
+                    &client,
+                    fwd,
+                    flight,
+                    route,
+                    head_only,
+                    now,
+                );
             }
         };
         if let Some(entry) = &stale {
             if response.status() == StatusCode::NOT_MODIFIED {
-                return self
+                match self
                     .not_modified(&key, entry, &client, response, now, fwd, flight, head_only)
-                    .await;
+                    .await
+                {
+                    Ok(answer) => return answer,
+                    Err((unrelated, flight)) => {
+                        if asks_conditionally(&client) {
+                            // The answer to the client's own condition.
+                            drop(flight);
+                            return Answer {
+                                response: unrelated,
+                                status: CacheStatus::forwarded(fwd),
+                                outcome: CacheOutcome::Miss,
+                            };
+                        }
+                        // A 304 for validators the stored response does not have: ask again
+                        // without any, rather than hand a 304 to a client that asked for none.
+                        let mut again = Request::new(body::empty());
+                        *again.uri_mut() = uri;
+                        *again.version_mut() = version;
+                        *again.headers_mut() = client.clone();
+                        match origin.fetch(again).await {
+                            Ok(fresh) => {
+                                let now = self.inner.clock.now();
+                                let replaces = Some(entry.id());
+                                return self
+                                    .fill(
+                                        key,
+                                        &Method::GET,
+                                        &client,
+                                        fresh,
+                                        now,
+                                        fwd,
+                                        flight,
+                                        replaces,
+                                        head_only,
+                                    )
+                                    .await;
+                            }
+                            Err(error) => {
+                                return self.origin_failed(
+                                    &error,
+                                    Some(entry),
+                                    &client,
+                                    fwd,
+                                    flight,
+                                    route,
+                                    head_only,
+                                    now,
+                                );
+                            }
+                        }
+                    }
+                }
             }
             if let Some(failure) = OriginFailure::of_status(response.status())
                 && let Some(answer) =
@@ -614,6 +673,33 @@ impl Cache {
         .await
     }
 
+    /// The origin gave no answer: the stored response if it may be served stale, else 502
+    /// or 504.
+    #[allow(clippy::too_many_arguments)]
+    fn origin_failed(
+        &self,
+        error: &OriginError,
+        stale: Option<&Entry>,
+        client: &HeaderMap,
+        fwd: Fwd,
+        flight: Option<Flight>,
+        route: &RouteCache,
+        head_only: bool,
+        now: SystemTime,
+    ) -> Answer {
+        drop(flight);
+        let failure = match error {
+            OriginError::Timeout => OriginFailure::Timeout,
+            OriginError::Unreachable | OriginError::Other(_) => OriginFailure::Unreachable,
+        };
+        if let Some(entry) = stale
+            && let Some(answer) = stale_on_failure(entry, now, client, failure, route, head_only)
+        {
+            return answer;
+        }
+        failed(error, fwd, CacheOutcome::Miss)
+    }
+
     /// The origin answered a revalidation with `304`.
     #[allow(clippy::too_many_arguments)]
     async fn not_modified(
@@ -626,7 +712,7 @@ impl Cache {
         fwd: Fwd,
         flight: Option<Flight>,
         head_only: bool,
-    ) -> Answer {
+    ) -> Result<Answer, (Response<Body>, Option<Flight>)> {
         let refreshed = match policy::revalidated(
             &entry.policy,
             key,
@@ -637,15 +723,8 @@ impl Cache {
             now,
         ) {
             Revalidation::NotModified(refreshed) => *refreshed,
-            // A 304 about something else: the answer to the client's own condition.
-            Revalidation::Modified => {
-                drop(flight);
-                return Answer {
-                    response,
-                    status: CacheStatus::forwarded(fwd),
-                    outcome: CacheOutcome::Miss,
-                };
-            }
+            // Not about the stored response: the caller decides.
+            Revalidation::Modified => return Err((response, flight)),
         };
         let updated = Arc::new(Entry {
             key: key.clone(),
@@ -667,7 +746,7 @@ impl Cache {
             ..CacheStatus::default()
         };
         answer.outcome = CacheOutcome::Revalidated;
-        answer
+        Ok(answer)
     }
 
     /// A new response from the origin: stored if the policy admits it and its body fits,
@@ -774,6 +853,11 @@ fn revalidation_request(
     parts.method = revalidation.method;
     parts.headers = revalidation.headers;
     Request::from_parts(parts, body)
+}
+
+/// Whether the client's request carries a validator of its own.
+fn asks_conditionally(client: &HeaderMap) -> bool {
+    client.contains_key(header::IF_NONE_MATCH) || client.contains_key(header::IF_MODIFIED_SINCE)
 }
 
 /// Straight to the origin and back.

@@ -461,3 +461,100 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+    use node_core::proxy::cache::admit;
+    use std::time::{Duration, SystemTime};
+
+    fn entry(path: &str, vary_value: &str, body_len: usize) -> Arc<Entry> {
+        let key = CacheKey::new("example.com", path).expect("key");
+        let mut response = HeaderMap::new();
+        response.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        response.insert("vary", HeaderValue::from_static("x-v"));
+        let mut request = HeaderMap::new();
+        request.insert("x-v", HeaderValue::from_str(vary_value).expect("value"));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let admitted =
+            admit(&key, &Method::GET, &request, StatusCode::OK, &response, now).expect("storable");
+        Arc::new(Entry {
+            key,
+            vary: admitted.vary,
+            policy: admitted.policy,
+            lifetime: admitted.lifetime,
+            rules: admitted.rules,
+            status: StatusCode::OK,
+            headers: admitted.headers,
+            body: Bytes::from(vec![b'x'; body_len]),
+        })
+    }
+
+    #[test]
+    fn the_least_recently_used_entry_leaves_memory_first() {
+        let one = entry("/1", "a", 1000);
+        let store = Store::open(3 * one.weight(), None, 1 << 20).expect("open");
+        for path in ["/1", "/2", "/3"] {
+            assert!(store.insert(entry(path, "a", 1000)));
+        }
+        store.touch(&one.id());
+        assert!(store.insert(entry("/4", "a", 1000)));
+        let key = |p: &str| CacheKey::new("example.com", p).expect("key");
+        assert_eq!(store.candidates(&key("/1")).len(), 1, "used recently, kept");
+        assert!(store.candidates(&key("/2")).is_empty(), "the oldest went");
+        assert_eq!(store.usage().entries, 3);
+        assert!(store.usage().memory_bytes <= 3 * one.weight());
+    }
+
+    #[test]
+    fn an_entry_larger_than_memory_is_not_stored_without_a_disk() {
+        let store = Store::open(100, None, 1 << 20).expect("open");
+        assert!(!store.insert(entry("/big", "a", 1000)));
+        assert_eq!(store.usage(), Usage::default());
+    }
+
+    #[test]
+    fn a_key_keeps_at_most_its_variant_limit() {
+        let store = Store::open(1 << 24, None, 1 << 20).expect("open");
+        for i in 0..MAX_VARIANTS + 5 {
+            assert!(store.insert(entry("/v", &i.to_string(), 10)));
+        }
+        let key = CacheKey::new("example.com", "/v").expect("key");
+        assert_eq!(store.candidates(&key).len(), MAX_VARIANTS);
+        assert_eq!(store.usage().entries, MAX_VARIANTS);
+    }
+
+    #[test]
+    fn the_same_variant_replaces_the_old_and_counts_once() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(1 << 20, Some((root.path(), 1 << 20)), 1 << 20).expect("open");
+        assert!(store.insert(entry("/a", "a", 100)));
+        let first = store.usage();
+        assert!(store.insert(entry("/a", "a", 100)));
+        assert_eq!(store.usage(), first);
+        assert_eq!(std::fs::read_dir(root.path()).expect("dir").count(), 1);
+        let key = CacheKey::new("example.com", "/a").expect("key");
+        assert_eq!(store.remove_key(&key), 1);
+        assert_eq!(store.usage(), Usage::default());
+        assert_eq!(std::fs::read_dir(root.path()).expect("dir").count(), 0);
+    }
+
+    #[test]
+    fn a_disk_file_that_vanished_is_a_miss_and_leaves_the_index() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(0, Some((root.path(), 1 << 20)), 1 << 20).expect("open");
+        let e = entry("/a", "a", 100);
+        assert!(store.insert(Arc::clone(&e)));
+        let key = CacheKey::new("example.com", "/a").expect("key");
+        let Some(Candidate::Disk(id, generation)) = store.candidates(&key).pop() else {
+            panic!("on disk only");
+        };
+        for file in std::fs::read_dir(root.path()).expect("dir") {
+            std::fs::remove_file(file.expect("entry").path()).expect("remove");
+        }
+        assert!(store.load(&id, generation).is_none());
+        assert_eq!(store.usage(), Usage::default());
+    }
+}
