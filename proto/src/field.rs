@@ -378,9 +378,10 @@ fn check_coordinate(path: &FieldPath, v: f64, bound: f64) -> Result<f64, FieldEr
 
 /// A host a route matches: a DNS name (RFC 1123: labels of 1 to 63 letters, digits and `-`,
 /// not starting or ending with `-`, at most [`MAX_HOST_LEN`] bytes in all, the last label not
-/// all digits), or an IPv4 or IPv6 address (the latter bare or in brackets). Names compare
-/// without regard to case, so the name comes back in lower case, and an address in its
-/// canonical form (`::1`, without brackets): what a route compares a request's `Host` with.
+/// all digits; a fully qualified name's final dot is dropped), or an IPv4 or IPv6 address (the
+/// latter bare or in brackets). Names compare without regard to case, so the name comes back
+/// in lower case, and an address in its canonical form (`::1`, without brackets): what a route
+/// compares a request's `Host` with.
 pub fn check_host(path: &FieldPath, host: &str) -> Result<String, FieldError> {
     let invalid = |message: String| FieldError::new(path.clone(), message);
     if host.is_empty() {
@@ -421,8 +422,9 @@ pub fn check_host(path: &FieldPath, host: &str) -> Result<String, FieldError> {
         )));
     }
     // ASCII only from here on, so bytes are characters.
+    let name = host.strip_suffix('.').unwrap_or(host);
     let mut last = "";
-    for label in host.split('.') {
+    for label in name.split('.') {
         if label.is_empty() {
             return Err(invalid(format!(
                 "{} has an empty label; write the name without leading, trailing or double dots",
@@ -450,7 +452,7 @@ pub fn check_host(path: &FieldPath, host: &str) -> Result<String, FieldError> {
             shown(host)
         )));
     }
-    Ok(host.to_ascii_lowercase())
+    Ok(name.to_ascii_lowercase())
 }
 
 /// A path prefix a route matches: starts with `/`, at most [`MAX_PATH_PREFIX_BYTES`], printable
@@ -799,6 +801,7 @@ mod tests {
             "case-insensitive"
         );
         assert_eq!(ok("localhost"), "localhost");
+        assert_eq!(ok("Shop.Example."), "shop.example", "fully qualified");
         assert_eq!(ok("a-1.b2"), "a-1.b2");
         assert_eq!(
             ok("123.example"),
@@ -824,7 +827,8 @@ mod tests {
         bad("a-.com", "starts or ends with '-'");
         bad("a..com", "empty label");
         bad(".a.com", "empty label");
-        bad("a.com.", "empty label");
+        bad("a.com..", "empty label");
+        bad(".", "empty label");
         bad("under_score.com", "'_'");
         bad("*.example.com", "'*'");
         bad("a b", "' '");
