@@ -537,12 +537,120 @@ fn spec_for(a: &Assignment, artifact: &Path, node_env: &[(String, String)]) -> W
             ..HealthProbe::new(check)
         }
     });
+    spec.expose = a
+        .expose
+        .as_slice()
+        .iter()
+        .map(|e| node_core::spec::Expose {
+            port: e.port,
+            host: e.host.as_ref().map(|h| h.to_string()),
+            path_prefix: e.path_prefix.as_ref().map(|p| p.to_string()),
+            weight: e.weight,
+            timeout_secs: e.timeout_secs,
+            retries: e.retries,
+            cache: e.cache,
+            stale_if_offline_secs: e.stale_if_offline_secs,
+            balance: match e.balance {
+                edge_proto::Balance::PeakEwma => node_core::spec::Balance::PeakEwma,
+                edge_proto::Balance::RoundRobin => node_core::spec::Balance::RoundRobin,
+                edge_proto::Balance::LeastRequests => node_core::spec::Balance::LeastRequests,
+            },
+        })
+        .collect();
+    spec.scale_to_zero = a
+        .scale_to_zero_idle_secs
+        .map(|idle_secs| node_core::spec::ScaleToZero { idle_secs });
     spec
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_assignment_s_routes_become_the_spec_s() {
+        let route = |port, host: Option<&str>, path: Option<&str>, balance| edge_proto::Expose {
+            port,
+            host: host.and_then(edge_proto::Str::new),
+            path_prefix: path.and_then(edge_proto::Str::new),
+            weight: 7,
+            timeout_secs: 9,
+            retries: 1,
+            cache: false,
+            stale_if_offline_secs: 0,
+            balance,
+        };
+        let a = Assignment {
+            workload: text("hello"),
+            version: text("1.0.0"),
+            generation: 1,
+            artifact: [0; 32],
+            artifact_size: 0,
+            args: Default::default(),
+            env: Default::default(),
+            working_dir: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            disk_bytes: None,
+            restart: edge_proto::RestartPolicy::Always,
+            health: None,
+            expose: edge_proto::Seq::new(vec![
+                route(
+                    8080,
+                    Some("shop.example"),
+                    Some("/api"),
+                    edge_proto::Balance::RoundRobin,
+                ),
+                route(8081, None, Some("/"), edge_proto::Balance::PeakEwma),
+                route(8082, Some("::1"), None, edge_proto::Balance::LeastRequests),
+            ])
+            .expect("fits"),
+            scale_to_zero_idle_secs: Some(120),
+        };
+        let spec = spec_for(&a, Path::new("/var/lib/edge-node/artifacts/x"), &[]);
+        assert_eq!(spec.validate(), Ok(()));
+        let routes: Vec<_> = spec
+            .expose
+            .iter()
+            .map(|e| {
+                (
+                    e.port,
+                    e.host.as_deref(),
+                    e.path_prefix.as_deref(),
+                    e.balance,
+                )
+            })
+            .collect();
+        use node_core::spec::Balance;
+        assert_eq!(
+            routes,
+            [
+                (
+                    8080,
+                    Some("shop.example"),
+                    Some("/api"),
+                    Balance::RoundRobin
+                ),
+                (8081, None, Some("/"), Balance::PeakEwma),
+                (8082, Some("::1"), None, Balance::LeastRequests),
+            ]
+        );
+        let first = &spec.expose[0];
+        assert_eq!(
+            (first.weight, first.timeout_secs, first.retries, first.cache),
+            (7, 9, 1, false)
+        );
+        assert_eq!(first.stale_if_offline_secs, 0);
+        assert_eq!(spec.scale_to_zero.map(|s| s.idle_secs), Some(120));
+
+        let bare = Assignment {
+            expose: Default::default(),
+            scale_to_zero_idle_secs: None,
+            ..a
+        };
+        let spec = spec_for(&bare, Path::new("/bin/true"), &[]);
+        assert!(spec.expose.is_empty() && spec.scale_to_zero.is_none());
+    }
 
     const SECOND: Duration = Duration::from_secs(1);
 

@@ -584,6 +584,8 @@ async fn an_assignment_whose_artifact_cannot_fit_is_refused_to_the_orchestrator(
         disk_bytes: None,
         restart: RestartPolicy::Never,
         health: None,
+        expose: Default::default(),
+        scale_to_zero_idle_secs: None,
     };
     let earlier = Measured {
         memory_total: 1 << 40,

@@ -8,6 +8,7 @@ mod common;
 use common::Api;
 use orchestrator::api;
 use orchestrator::app::Handles;
+use orchestrator::artifacts::ArtifactStore;
 use orchestrator::auth::{self, ApiAuth, Role};
 use orchestrator::store::SledStore;
 use orchestrator_core::store::{MemStore, Store};
@@ -37,7 +38,10 @@ fn start() -> Server {
 }
 
 fn start_with(store: Arc<dyn Store>) -> Server {
-    let api = Api::start(store, None, api::LIMITS);
+    server(Api::start(store, None, api::LIMITS))
+}
+
+fn server(api: Api) -> Server {
     Server {
         admin: api.token("admin", Role::Admin),
         viewer: api.token("dash", Role::Viewer),
@@ -1193,4 +1197,233 @@ fn the_server_and_its_document_refuse_the_same_requests() {
         schema("WorkloadSpec")["properties"]["version"]["minLength"],
         1
     );
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// A workload's routes and scale to zero: deployed, shown in every view as the OpenAPI
+/// document describes them, and a bad value refused with 400 naming its field while the
+/// deployed workload stays as it was.
+#[test]
+fn workloads_show_their_routes_and_bad_routes_are_refused_by_field() {
+    let artifacts = tempfile::tempdir().expect("tmp");
+    let store = ArtifactStore::open(artifacts.path()).expect("artifact store");
+    let s = server(Api::start(
+        Arc::new(MemStore::default()),
+        Some(Arc::new(store)),
+        api::LIMITS,
+    ));
+    let operator = s
+        .auth
+        .issue("ops", Role::Operator, Duration::from_secs(60))
+        .expect("issue")
+        .token;
+    let pushed = s.send(
+        "POST",
+        "/v1/artifacts",
+        Some(&operator),
+        Some("application/octet-stream"),
+        Payload::Bytes(b"#!/bin/sh\nexec sleep 1000\n".to_vec()),
+    );
+    assert_eq!(pushed.status, 201, "{pushed:?}");
+    let digest = pushed.json()["digest"].as_str().expect("digest").to_owned();
+    let spec = |extra: Value| {
+        let mut v = serde_json::json!({
+            "name": "shop", "version": "1", "artifact": digest,
+            "resources": {"cpu_millis": 100, "memory_bytes": 16777216}
+        });
+        if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            v.extend(extra);
+        }
+        v.to_string()
+    };
+    let good = spec(serde_json::json!({
+        "expose": [
+            {"port": 8080, "host": "Shop.Example.COM", "path_prefix": "/api", "weight": 10,
+             "balance": "round-robin"},
+            {"port": 8081, "path_prefix": "/"}
+        ],
+        "scale_to_zero": {"idle_secs": 300}
+    }));
+    let deployed = s.post_json("/v1/workloads", Some(&operator), &good);
+    assert_eq!(deployed.status, 201, "{deployed:?}");
+    let want_expose = serde_json::json!([
+        {"port": 8080, "host": "shop.example.com", "path_prefix": "/api", "weight": 10,
+         "timeout_secs": 30, "retries": 2, "cache": true, "stale_if_offline_secs": 86400,
+         "balance": "round-robin"},
+        {"port": 8081, "host": null, "path_prefix": "/", "weight": 100,
+         "timeout_secs": 30, "retries": 2, "cache": true, "stale_if_offline_secs": 86400,
+         "balance": "peak-ewma"}
+    ]);
+    let shown = [
+        deployed.json()["spec"].clone(),
+        s.get("/v1/workloads/shop", Some(&s.viewer)).json()["spec"].clone(),
+        s.get("/v1/workloads", Some(&s.viewer)).json()[0]["spec"].clone(),
+    ];
+    for spec in &shown {
+        assert_eq!(spec["expose"], want_expose);
+        assert_eq!(spec["scale_to_zero"], serde_json::json!({"idle_secs": 300}));
+        assert_eq!(spec["ports"], serde_json::json!([8080, 8081]));
+    }
+
+    // The document names exactly the keys the views show, and every shown value is within
+    // its bounds and patterns.
+    let doc: Value = serde_json::from_str(api::OPENAPI_JSON).expect("the document is JSON");
+    let schema = &doc["components"]["schemas"]["WorkloadSpec"];
+    assert_eq!(keys(&schema["properties"]), keys(&shown[0]));
+    let route = &schema["properties"]["expose"]["items"];
+    assert_eq!(route["additionalProperties"], false);
+    assert_eq!(schema["properties"]["expose"]["maxItems"], 16);
+    for shown_route in shown[0]["expose"].as_array().expect("routes") {
+        assert_eq!(keys(&route["properties"]), keys(shown_route));
+        for (key, value) in shown_route.as_object().expect("a route") {
+            let rule = &route["properties"][key];
+            if let Some(n) = value.as_i64() {
+                assert!(
+                    rule["minimum"].as_i64() <= Some(n) && Some(n) <= rule["maximum"].as_i64(),
+                    "{key}: {n} {rule}"
+                );
+            }
+            if let (Some(text), Some(pattern)) = (value.as_str(), rule["pattern"].as_str()) {
+                let re = regex::Regex::new(pattern).expect("the pattern compiles");
+                assert!(re.is_match(text), "{key}: {text:?} against {pattern}");
+            }
+        }
+    }
+    let idle = &schema["properties"]["scale_to_zero"];
+    assert_eq!(keys(&idle["properties"]), keys(&shown[0]["scale_to_zero"]));
+    assert_eq!(
+        (
+            &idle["properties"]["idle_secs"]["minimum"],
+            &idle["properties"]["idle_secs"]["maximum"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(86400))
+    );
+    // The patterns never refuse what the server takes.
+    let host = regex::Regex::new(
+        route["properties"]["host"]["pattern"]
+            .as_str()
+            .expect("a pattern"),
+    )
+    .expect("compiles");
+    for h in [
+        "shop.example",
+        "Shop.Example.",
+        "10.0.0.1",
+        "2001:db8::1",
+        "[::1]",
+        "::ffff:192.0.2.1",
+        "a-1.b",
+    ] {
+        assert!(host.is_match(h), "{h}");
+        let r = s.post_json(
+            "/v1/workloads",
+            Some(&operator),
+            &spec(serde_json::json!({"name": "probe", "expose": [{"port": 1, "host": h}]})),
+        );
+        assert!(r.status == 201 || r.status == 200, "{h}: {r:?}");
+    }
+    let path = regex::Regex::new(
+        route["properties"]["path_prefix"]["pattern"]
+            .as_str()
+            .expect("a pattern"),
+    )
+    .expect("compiles");
+    for p in [
+        "/",
+        "/api/v1/",
+        "/a%20b",
+        "/~u/x-y_z",
+        "/a..b/.c",
+        "/!$&'()*+,;=:@",
+    ] {
+        assert!(path.is_match(p), "{p}");
+        let r = s.post_json(
+            "/v1/workloads",
+            Some(&operator),
+            &spec(serde_json::json!({"name": "probe", "expose": [{"port": 1, "path_prefix": p}]})),
+        );
+        assert!(r.status == 201 || r.status == 200, "{p}: {r:?}");
+    }
+    for p in ["api", "/a b", "/a?b", "/a#b", "/caf\u{e9}", "/a%zz"] {
+        assert!(!path.is_match(p), "{p}");
+    }
+
+    // Bad routes: 400 naming the field, and the workload as it was.
+    let route_of = |r: Value| spec(serde_json::json!({"expose": [r]}));
+    let cases = [
+        (
+            route_of(serde_json::json!({"port": 0, "path_prefix": "/"})),
+            "expose[0].port",
+        ),
+        (
+            route_of(serde_json::json!({"port": 1, "host": "bad_host"})),
+            "expose[0].host",
+        ),
+        (
+            route_of(serde_json::json!({"port": 1, "host": "x".repeat(10_000)})),
+            "expose[0].host",
+        ),
+        (
+            route_of(serde_json::json!({"port": 1, "path_prefix": "/a/../b"})),
+            "expose[0].path_prefix",
+        ),
+        (route_of(serde_json::json!({"port": 1})), "expose[0]"),
+        (
+            route_of(serde_json::json!({"port": 1, "path_prefix": "/", "weight": 1001})),
+            "expose[0].weight",
+        ),
+        (
+            route_of(serde_json::json!({"port": 1, "path_prefix": "/", "balance": "random"})),
+            "expose[0].balance",
+        ),
+        (
+            route_of(serde_json::json!({"port": 1, "path_prefix": "/", "colour": 1})),
+            "expose[0].colour",
+        ),
+        (
+            spec(serde_json::json!({"expose": [
+                {"port": 1, "path_prefix": "/"}, {"port": 2, "path_prefix": "/a"},
+                {"port": 3, "path_prefix": "/a/b"}, {"port": 4, "path_prefix": "/a"}
+            ]})),
+            "expose[3]",
+        ),
+        (
+            spec(
+                serde_json::json!({"expose": (0..17).map(|i| serde_json::json!({"port": i + 1, "path_prefix": format!("/{i}")})).collect::<Vec<_>>()}),
+            ),
+            "expose",
+        ),
+        (spec(serde_json::json!({"expose": null})), "expose"),
+        (
+            spec(serde_json::json!({"scale_to_zero": {"idle_secs": 60}})),
+            "scale_to_zero",
+        ),
+        (
+            spec(
+                serde_json::json!({"expose": [{"port": 1, "path_prefix": "/"}], "scale_to_zero": {"idle_secs": 0}}),
+            ),
+            "scale_to_zero.idle_secs",
+        ),
+    ];
+    for (body, field) in cases {
+        let m = s
+            .post_json("/v1/workloads", Some(&operator), &body)
+            .error(400, "bad_request");
+        assert!(m.starts_with(&format!("{field}: ")), "{field}: {m}");
+        assert!(m.len() < 400, "{m}");
+    }
+    let after = s.get("/v1/workloads/shop", Some(&s.viewer)).json();
+    assert_eq!(after["generation"], deployed.json()["generation"]);
+    assert_eq!(after["spec"], shown[0], "nothing was lost");
 }

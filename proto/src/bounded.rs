@@ -68,8 +68,15 @@ impl<'de, const N: usize> Deserialize<'de> for Str<N> {
 }
 
 /// A list of at most `N` items.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Seq<T, const N: usize>(Vec<T>);
+
+// By hand: an empty list needs no `T: Default`.
+impl<T, const N: usize> Default for Seq<T, N> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
 
 impl<T, const N: usize> Seq<T, N> {
     /// `None` if there are more than `N` items.

@@ -448,6 +448,56 @@ pub struct Assignment {
     pub disk_bytes: Option<u64>,
     pub restart: RestartPolicy,
     pub health: Option<HealthProbe>,
+    /// The routes the node's proxy sends to this workload's instance.
+    pub expose: Seq<Expose, { Assignment::MAX_EXPOSE }>,
+    /// Stop the instance after this long without a request through the proxy, and start it
+    /// again on the next one. `None`: it runs all the time.
+    pub scale_to_zero_idle_secs: Option<u32>,
+}
+
+impl Assignment {
+    /// The most routes one workload exposes.
+    pub const MAX_EXPOSE: usize = 16;
+}
+
+/// One route of the node's proxy to a workload's port: requests for `host` (any host when
+/// `None`) whose path starts with `path_prefix` (any path when `None`; never both `None`)
+/// go to the instance on this node at `port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expose {
+    pub port: u16,
+    /// A DNS name in lower case, or an IP address in its canonical form.
+    pub host: Option<Str<{ Expose::MAX_HOST_LEN }>>,
+    pub path_prefix: Option<Str<{ Expose::MAX_PATH_PREFIX_BYTES }>>,
+    /// This route's share of requests among the workloads that expose the same host and
+    /// path prefix (a canary split), 0 to 1000.
+    pub weight: u16,
+    /// How long one attempt may take, to the answer's head.
+    pub timeout_secs: u32,
+    /// How many times a failed idempotent request is tried again.
+    pub retries: u8,
+    /// Whether answers may be cached.
+    pub cache: bool,
+    /// How long a cached answer may be served stale while the instance cannot answer; 0: never.
+    pub stale_if_offline_secs: u32,
+    pub balance: Balance,
+}
+
+impl Expose {
+    /// The longest host name (RFC 1123), in bytes.
+    pub const MAX_HOST_LEN: usize = 253;
+    /// The longest path prefix, in bytes.
+    pub const MAX_PATH_PREFIX_BYTES: usize = 1024;
+}
+
+/// How the proxy picks among the backends of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Balance {
+    /// Two random choices, the one with the lower peak-EWMA latency wins.
+    PeakEwma,
+    RoundRobin,
+    /// The backend with the fewest requests in flight.
+    LeastRequests,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -371,6 +371,32 @@ fn assignment() -> Assignment {
             success_threshold: 1,
             failure_threshold: 3,
         }),
+        expose: Seq::new(vec![
+            Expose {
+                port: 8080,
+                host: Some(Str::new("shop.example").expect("fits")),
+                path_prefix: Some(Str::new("/api").expect("fits")),
+                weight: 100,
+                timeout_secs: 30,
+                retries: 2,
+                cache: true,
+                stale_if_offline_secs: 86_400,
+                balance: Balance::PeakEwma,
+            },
+            Expose {
+                port: 8081,
+                host: None,
+                path_prefix: Some(Str::new("/").expect("fits")),
+                weight: 0,
+                timeout_secs: 1,
+                retries: 0,
+                cache: false,
+                stale_if_offline_secs: 0,
+                balance: Balance::RoundRobin,
+            },
+        ])
+        .expect("fits"),
+        scale_to_zero_idle_secs: Some(300),
     }
 }
 
@@ -380,7 +406,15 @@ fn golden_bytes_of_workload_messages() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
             encode(&OrchMsg::Assign(Box::new(assignment()))),
-            "00000068030568656c6c6f05312e302e300311111111111111111111111111111111111111111111111111111111111111118080c00202062d2d706f7274043830383001084752454554494e470268690001fa01018080801000000100903f082f6865616c74687a05020103",
+            concat!(
+                "00000096030568656c6c6f05312e302e30031111111111111111111111111111111111111111111111",
+                "1111111111111111118080c00202062d2d706f7274043830383001084752454554494e470268690001",
+                "fa01018080801000000100903f082f6865616c74687a05020103",
+                // expose: two routes, then scale_to_zero_idle_secs = Some(300).
+                "02903f010c73686f702e6578616d706c6501042f617069641e020180a30500",
+                "913f0001012f000100000001",
+                "01ac02",
+            ),
         ),
         (
             encode(&NodeMsg::Workload(Box::new(WorkloadReport {
@@ -426,6 +460,78 @@ fn assignments_round_trip_and_oversized_ones_are_refused() {
     assert!(matches!(
         try_encode(&OrchMsg::Assign(Box::new(big))),
         Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn routes_over_their_bounds_are_refused() {
+    let frame = encode(&OrchMsg::Assign(Box::new(assignment())));
+    let body = &frame[4..];
+    // The first route's host is "shop.example" (12 bytes): make it claim 254, one over the
+    // bound, followed by that many bytes.
+    let at = body
+        .windows(13)
+        .position(|w| w == b"\x0cshop.example")
+        .expect("the host is in the message");
+    let mut long = body[..at].to_vec();
+    long.extend([0xfe, 0x01]); // varint 254
+    long.extend([b'h'; 254]);
+    long.extend(&body[at + 13..]);
+    assert!(matches!(
+        decode::<OrchMsg>(&long),
+        Err(DecodeError::Malformed(_))
+    ));
+    let mut fits = body[..at].to_vec();
+    fits.extend([0xfd, 0x01]); // varint 253
+    fits.extend([b'h'; 253]);
+    fits.extend(&body[at + 13..]);
+    assert!(
+        decode::<OrchMsg>(&fits).is_ok(),
+        "253 bytes is the bound itself"
+    );
+
+    // Seventeen routes where sixteen fit: an assignment without routes ends in their count
+    // (0) and no scale to zero (0); the count and the routes are spliced in there.
+    let mut bare = assignment();
+    bare.expose = Seq::default();
+    bare.scale_to_zero_idle_secs = None;
+    let bare = encode(&OrchMsg::Assign(Box::new(bare)));
+    let head = &bare[4..bare.len() - 2];
+    let route = encode(&assignment().expose.as_slice()[1]);
+    let with_routes = |n: u8| {
+        let mut body = head.to_vec();
+        body.push(n);
+        for _ in 0..n {
+            body.extend(&route[4..]);
+        }
+        body.push(0);
+        body
+    };
+    let sixteen = u8::try_from(Assignment::MAX_EXPOSE).expect("small");
+    match decode::<OrchMsg>(&with_routes(sixteen)) {
+        Ok(OrchMsg::Assign(a)) => assert_eq!(a.expose.as_slice().len(), Assignment::MAX_EXPOSE),
+        other => panic!("sixteen routes fit: {other:?}"),
+    }
+    assert!(matches!(
+        decode::<OrchMsg>(&with_routes(sixteen + 1)),
+        Err(DecodeError::Malformed(_))
+    ));
+    // A path prefix one byte over its bound.
+    let prefix_of = |len: u16, varint: &[u8]| {
+        let mut body = vec![0x90, 0x3f, 0, 1]; // port 8080, no host, a prefix
+        body.extend(varint);
+        body.extend(vec![b'/'; usize::from(len)]);
+        body.extend([0x64, 0x1e, 2, 1, 0, 0]);
+        body
+    };
+    let at_bound = decode::<Expose>(&prefix_of(1024, &[0x80, 0x08])).expect("1024 bytes fit");
+    assert_eq!(
+        at_bound.path_prefix.map(|p| p.as_str().len()),
+        Some(Expose::MAX_PATH_PREFIX_BYTES)
+    );
+    assert!(matches!(
+        decode::<Expose>(&prefix_of(1025, &[0x81, 0x08])),
+        Err(DecodeError::Malformed(_))
     ));
 }
 
@@ -695,6 +801,9 @@ fn golden_bytes_of_every_other_variant() {
         (encode(&WorkloadState::Failed), 6),
         (encode(&WorkloadState::Stopped), 7),
         (encode(&ArtifactReply::NotFound), 1),
+        (encode(&Balance::PeakEwma), 0),
+        (encode(&Balance::RoundRobin), 1),
+        (encode(&Balance::LeastRequests), 2),
     ];
     for (bytes, tag) in units {
         assert_eq!(hex(&bytes), format!("00000001{tag:02x}"));

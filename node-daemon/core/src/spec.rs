@@ -8,7 +8,11 @@
 //! This module never does I/O; [`WorkloadSpec::validate`] checks only what can be checked
 //! from the spec itself.
 
-use edge_proto::field::{FieldError, FieldPath};
+use edge_proto::field::{
+    self, DEFAULT_ROUTE_RETRIES, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_ROUTE_WEIGHT,
+    DEFAULT_STALE_IF_OFFLINE_SECS, FieldError, FieldPath, MAX_EXPOSE, ROUTE_RETRIES,
+    ROUTE_TIMEOUT_SECS, ROUTE_WEIGHT, SCALE_TO_ZERO_IDLE_SECS, STALE_IF_OFFLINE_SECS, shown,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -53,6 +57,14 @@ pub struct WorkloadSpec {
     /// How long a stopping process has between SIGTERM and SIGKILL.
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
+    /// The routes the node's proxy sends to this workload, in the order the operator gave
+    /// them.
+    #[serde(default)]
+    pub expose: Vec<Expose>,
+    /// Stop the workload when idle and start it on the next request through the proxy.
+    /// `None`: it runs all the time.
+    #[serde(default)]
+    pub scale_to_zero: Option<ScaleToZero>,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -78,6 +90,8 @@ impl WorkloadSpec {
             restart: RestartPolicy::default(),
             health: None,
             stop_grace_ms: default_stop_grace_ms(),
+            expose: Vec::new(),
+            scale_to_zero: None,
         }
     }
 
@@ -157,7 +171,214 @@ impl WorkloadSpec {
         if let Some(health) = &self.health {
             health.validate()?;
         }
+        self.validate_routes()
+    }
+
+    fn validate_routes(&self) -> Result<(), SpecError> {
+        let list = FieldPath::new("expose");
+        field::check_count(&list, self.expose.len(), MAX_EXPOSE, "routes")?;
+        for (i, route) in self.expose.iter().enumerate() {
+            let at = list.index(i);
+            route.validate(&at)?;
+            if let Some(j) = self.expose[..i]
+                .iter()
+                .position(|e| e.host == route.host && e.path_prefix == route.path_prefix)
+            {
+                return Err(SpecError::new(
+                    at,
+                    format!("matches the same host and path_prefix as expose[{j}]"),
+                ));
+            }
+        }
+        if let Some(scale) = self.scale_to_zero {
+            let idle = FieldPath::new("scale_to_zero.idle_secs");
+            check_in(&idle, scale.idle_secs, &SCALE_TO_ZERO_IDLE_SECS)?;
+            if self.expose.is_empty() {
+                return Err(SpecError::new(
+                    "scale_to_zero",
+                    "needs at least one route in expose: only a request through the proxy \
+                     starts a workload scaled to zero",
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// One route of the node's proxy to the workload: requests for `host` (any host when `None`)
+/// whose path starts with `path_prefix` (any path when `None`; never both `None`) go to the
+/// workload on this node at `port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expose {
+    pub port: u16,
+    /// A DNS name in lower case, or an IP address in its canonical form (`::1`, no brackets):
+    /// what [`edge_proto::field::check_host`] returns.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// As [`edge_proto::field::check_path_prefix`] wants it.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// This route's share among the workloads that expose the same host and path prefix (a
+    /// canary split), 0 to 1000.
+    #[serde(default = "default_weight")]
+    pub weight: u16,
+    /// How long one attempt may take, to the answer's head: 1 to 3600.
+    #[serde(default = "default_route_timeout_secs")]
+    pub timeout_secs: u32,
+    /// How many times a failed idempotent request is tried again: 0 to 10.
+    #[serde(default = "default_route_retries")]
+    pub retries: u8,
+    /// Whether answers may be cached.
+    #[serde(default = "yes")]
+    pub cache: bool,
+    /// How long a cached answer may be served stale while the workload cannot answer; 0:
+    /// never.
+    #[serde(default = "default_stale_if_offline_secs")]
+    pub stale_if_offline_secs: u32,
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+fn default_weight() -> u16 {
+    DEFAULT_ROUTE_WEIGHT
+}
+fn default_route_timeout_secs() -> u32 {
+    DEFAULT_ROUTE_TIMEOUT_SECS
+}
+fn default_route_retries() -> u8 {
+    DEFAULT_ROUTE_RETRIES
+}
+fn yes() -> bool {
+    true
+}
+fn default_stale_if_offline_secs() -> u32 {
+    DEFAULT_STALE_IF_OFFLINE_SECS
+}
+
+impl Expose {
+    /// A route to `port` with the default settings and nothing to match yet: set `host`,
+    /// `path_prefix` or both.
+    pub fn new(port: u16) -> Self {
+        Self {
+            port,
+            host: None,
+            path_prefix: None,
+            weight: default_weight(),
+            timeout_secs: default_route_timeout_secs(),
+            retries: default_route_retries(),
+            cache: yes(),
+            stale_if_offline_secs: default_stale_if_offline_secs(),
+            balance: Balance::default(),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.into())
+    }
+
+    /// How long a cached answer may be served stale; `None` when never.
+    pub fn stale_if_offline(&self) -> Option<Duration> {
+        (self.stale_if_offline_secs > 0)
+            .then(|| Duration::from_secs(self.stale_if_offline_secs.into()))
+    }
+
+    fn validate(&self, at: &FieldPath) -> Result<(), SpecError> {
+        if self.port == 0 {
+            return Err(SpecError::new(at.field("port"), "must not be 0"));
+        }
+        if let Some(host) = &self.host {
+            let path = at.field("host");
+            let canonical = field::check_host(&path, host)?;
+            if &canonical != host {
+                return Err(SpecError::new(
+                    path,
+                    format!(
+                        "{} is not in its canonical form {}",
+                        shown(host),
+                        shown(&canonical)
+                    ),
+                ));
+            }
+        }
+        if let Some(prefix) = &self.path_prefix {
+            field::check_path_prefix(&at.field("path_prefix"), prefix)?;
+        }
+        if self.host.is_none() && self.path_prefix.is_none() {
+            return Err(SpecError::new(
+                at.clone(),
+                "needs a host, a path_prefix or both: what the route matches",
+            ));
+        }
+        check_in(&at.field("weight"), self.weight, &ROUTE_WEIGHT)?;
+        check_in(
+            &at.field("timeout_secs"),
+            self.timeout_secs,
+            &ROUTE_TIMEOUT_SECS,
+        )?;
+        check_in(&at.field("retries"), self.retries, &ROUTE_RETRIES)?;
+        check_in(
+            &at.field("stale_if_offline_secs"),
+            self.stale_if_offline_secs,
+            &STALE_IF_OFFLINE_SECS,
+        )
+    }
+}
+
+/// `v` is within `range`, or an error at `path` naming both.
+fn check_in(
+    path: &FieldPath,
+    v: impl Into<i64>,
+    range: &std::ops::RangeInclusive<i64>,
+) -> Result<(), SpecError> {
+    let v = v.into();
+    if range.contains(&v) {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        path.clone(),
+        format!("{v} is out of range {}..={}", range.start(), range.end()),
+    ))
+}
+
+/// How the proxy picks among the backends of a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Two random choices, the one with the lower peak-EWMA latency wins.
+    #[default]
+    PeakEwma,
+    RoundRobin,
+    /// The backend with the fewest requests in flight.
+    LeastRequests,
+}
+
+impl Balance {
+    pub const ALL: [Balance; 3] = [Self::PeakEwma, Self::RoundRobin, Self::LeastRequests];
+
+    /// The name operators write: `peak-ewma`, `round-robin`, `least-requests`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PeakEwma => "peak-ewma",
+            Self::RoundRobin => "round-robin",
+            Self::LeastRequests => "least-requests",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+/// Stop the workload after `idle_secs` (1 to 86400) without a request through the proxy,
+/// and start it again on the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleToZero {
+    pub idle_secs: u32,
+}
+
+impl ScaleToZero {
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_secs.into())
     }
 }
 
@@ -422,6 +643,147 @@ mod tests {
         let json = r#"{"name":"a","version":"1","command":"/bin/true"}"#;
         let s: WorkloadSpec = serde_json::from_str(json).expect("minimal spec");
         assert_eq!(s, WorkloadSpec::new("a", "1", "/bin/true"));
+        // A whole spec.json as a node wrote it before routes existed.
+        let json = r#"{"name":"hello","version":"1.0.0",
+            "command":"/var/lib/edge-node/artifacts/0123","args":["--port","8080"],
+            "env":{"EDGE_WORKLOAD":"hello","GREETING":"hi"},"working_dir":null,"user":null,
+            "resources":{"cpu_millis":250,"memory_bytes":33554432},"restart":"always",
+            "health":{"check":{"http":{"port":8080,"path":"/healthz"}},"interval_ms":5000,
+            "timeout_ms":2000,"success_threshold":1,"failure_threshold":3,
+            "initial_delay_ms":0,"unhealthy_restart_ms":30000},"stop_grace_ms":10000}"#;
+        let s: WorkloadSpec = serde_json::from_str(json).expect("an older spec.json");
+        assert!(s.expose.is_empty());
+        assert_eq!(s.scale_to_zero, None);
+        assert_eq!(s.validate(), Ok(()));
+        // A route stored with only what has no default takes the defaults.
+        let json = r#"{"name":"a","version":"1","command":"/bin/true",
+            "expose":[{"port":8080,"path_prefix":"/"}]}"#;
+        let s: WorkloadSpec = serde_json::from_str(json).expect("a sparse route");
+        let mut want = Expose::new(8080);
+        want.path_prefix = Some("/".into());
+        assert_eq!(s.expose, [want]);
+    }
+
+    fn route(host: Option<&str>, path_prefix: Option<&str>) -> Expose {
+        Expose {
+            host: host.map(Into::into),
+            path_prefix: path_prefix.map(Into::into),
+            ..Expose::new(8080)
+        }
+    }
+
+    #[test]
+    fn routes_are_checked_like_the_orchestrator_checks_them() {
+        let field_of = |s: &WorkloadSpec| s.validate().map_err(|e| e.path().to_string());
+        let mut s = spec();
+        s.expose = vec![
+            route(Some("shop.example"), Some("/api")),
+            route(None, Some("/")),
+            route(Some("2001:db8::1"), None),
+        ];
+        s.scale_to_zero = Some(ScaleToZero { idle_secs: 300 });
+        assert_eq!(s.validate(), Ok(()));
+        let good = s;
+
+        let bad = |change: &dyn Fn(&mut WorkloadSpec), field: &str| {
+            let mut s = good.clone();
+            change(&mut s);
+            assert_eq!(field_of(&s), Err(field.to_owned()));
+        };
+        bad(&|s| s.expose[1].port = 0, "expose[1].port");
+        bad(&|s| s.expose[1].path_prefix = None, "expose[1]");
+        bad(
+            &|s| s.expose[0].host = Some("Shop.Example".into()),
+            "expose[0].host",
+        );
+        bad(
+            &|s| s.expose[2].host = Some("[2001:db8::1]".into()),
+            "expose[2].host",
+        );
+        bad(&|s| s.expose[0].host = Some("a b".into()), "expose[0].host");
+        bad(
+            &|s| s.expose[0].host = Some("x".repeat(10_000)),
+            "expose[0].host",
+        );
+        bad(
+            &|s| s.expose[0].path_prefix = Some("/a/../b".into()),
+            "expose[0].path_prefix",
+        );
+        bad(
+            &|s| s.expose[0].path_prefix = Some("/a\0".into()),
+            "expose[0].path_prefix",
+        );
+        bad(&|s| s.expose[0].weight = 1001, "expose[0].weight");
+        bad(&|s| s.expose[0].timeout_secs = 0, "expose[0].timeout_secs");
+        bad(
+            &|s| s.expose[0].timeout_secs = 3601,
+            "expose[0].timeout_secs",
+        );
+        bad(&|s| s.expose[0].retries = 11, "expose[0].retries");
+        bad(
+            &|s| s.expose[0].stale_if_offline_secs = u32::MAX,
+            "expose[0].stale_if_offline_secs",
+        );
+        bad(
+            &|s| s.expose[2] = route(Some("shop.example"), Some("/api")),
+            "expose[2]",
+        );
+        bad(&|s| s.expose = vec![route(None, Some("/")); 17], "expose");
+        bad(
+            &|s| s.scale_to_zero = Some(ScaleToZero { idle_secs: 0 }),
+            "scale_to_zero.idle_secs",
+        );
+        bad(
+            &|s| s.scale_to_zero = Some(ScaleToZero { idle_secs: 86_401 }),
+            "scale_to_zero.idle_secs",
+        );
+        bad(&|s| s.expose.clear(), "scale_to_zero");
+        let sixteen: Vec<Expose> = (0..16)
+            .map(|i| route(None, Some(&format!("/r{i}"))))
+            .collect();
+        let mut s = good.clone();
+        s.expose = sixteen;
+        assert_eq!(s.validate(), Ok(()));
+        let mut s = good.clone();
+        s.scale_to_zero = None;
+        s.expose.clear();
+        assert_eq!(
+            s.validate(),
+            Ok(()),
+            "no routes, no scale to zero: as before"
+        );
+    }
+
+    #[test]
+    fn routes_store_with_the_names_operators_write() {
+        let mut s = spec();
+        let mut r = route(Some("shop.example"), None);
+        r.balance = Balance::LeastRequests;
+        s.expose = vec![r];
+        s.scale_to_zero = Some(ScaleToZero { idle_secs: 60 });
+        let json = serde_json::to_string(&s).expect("serializes");
+        assert!(json.contains(r#""balance":"least-requests""#), "{json}");
+        assert!(
+            json.contains(r#""scale_to_zero":{"idle_secs":60}"#),
+            "{json}"
+        );
+        let back: WorkloadSpec = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back, s);
+        for b in Balance::ALL {
+            assert_eq!(Balance::parse(b.as_str()), Some(b));
+            assert_eq!(
+                serde_json::to_string(&b).expect("serializes"),
+                format!("\"{}\"", b.as_str())
+            );
+        }
+        assert_eq!(
+            route(None, Some("/")).stale_if_offline(),
+            Some(Duration::from_secs(86_400))
+        );
+        let mut off = route(None, Some("/"));
+        off.stale_if_offline_secs = 0;
+        assert_eq!(off.stale_if_offline(), None);
+        assert_eq!(off.timeout(), Duration::from_secs(30));
     }
 
     #[test]

@@ -17,7 +17,9 @@
 
 use crate::fleet::NodeRecord;
 use crate::scheduler::{NodeReject, NodeView, Outcome, RejectReason, Resources, Scheduler};
-use crate::workload::{HealthCheck, Placement, Probe, RestartPolicy, SpecError, WorkloadSpec};
+use crate::workload::{
+    Balance, Expose, HealthCheck, Placement, Probe, RestartPolicy, SpecError, WorkloadSpec,
+};
 use edge_proto::{
     AdmissionReply, Assignment, HealthProbe, OrchMsg, Seq, Str, Unassign, WorkloadReport, text,
 };
@@ -517,6 +519,18 @@ pub fn assignment(
         Some(h) => Some(health(h).ok_or_else(|| invalid("health", "probe too long"))?),
         None => None,
     };
+    let expose = spec
+        .expose()
+        .iter()
+        .map(expose)
+        .collect::<Option<Vec<_>>>()
+        .and_then(Seq::new)
+        .ok_or_else(|| {
+            invalid(
+                "expose",
+                "too many routes, or a host or path prefix too long",
+            )
+        })?;
     let resources = spec.resources();
     let a = Assignment {
         workload: text(spec.name()),
@@ -536,14 +550,42 @@ pub fn assignment(
             RestartPolicy::Never => edge_proto::RestartPolicy::Never,
         },
         health,
+        expose,
+        scale_to_zero_idle_secs: spec.scale_to_zero().map(|s| s.idle_secs),
     };
     if edge_proto::try_encode(&OrchMsg::Assign(Box::new(a.clone()))).is_err() {
         return Err(invalid(
             "args",
-            "args, env and health together exceed one 64 KiB frame",
+            "args, env, health and expose together exceed one 64 KiB frame",
         ));
     }
     Ok(a)
+}
+
+/// A route as the wire carries it; `None` if a value is over the wire's bound, which the
+/// spec's validation rules out.
+fn expose(e: &Expose) -> Option<edge_proto::Expose> {
+    Some(edge_proto::Expose {
+        port: e.port,
+        host: match e.host.as_deref() {
+            Some(h) => Some(Str::new(h)?),
+            None => None,
+        },
+        path_prefix: match e.path_prefix.as_deref() {
+            Some(p) => Some(Str::new(p)?),
+            None => None,
+        },
+        weight: e.weight,
+        timeout_secs: e.timeout_secs,
+        retries: e.retries,
+        cache: e.cache,
+        stale_if_offline_secs: e.stale_if_offline_secs,
+        balance: match e.balance {
+            Balance::PeakEwma => edge_proto::Balance::PeakEwma,
+            Balance::RoundRobin => edge_proto::Balance::RoundRobin,
+            Balance::LeastRequests => edge_proto::Balance::LeastRequests,
+        },
+    })
 }
 
 fn health(h: &HealthCheck) -> Option<HealthProbe> {

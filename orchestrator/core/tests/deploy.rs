@@ -358,6 +358,96 @@ fn a_damaged_record_is_a_load_error_naming_it() {
 }
 
 #[test]
+fn routes_and_scale_to_zero_reach_the_node_as_written() {
+    let web = spec(json!({
+        "expose": [
+            {"port": 8080, "host": "Shop.Example", "path_prefix": "/api", "weight": 5,
+             "timeout_secs": 9, "retries": 1, "cache": false, "stale_if_offline_secs": 60,
+             "balance": "round-robin"},
+            {"port": 8081, "path_prefix": "/"},
+            {"port": 8082, "host": "[2001:DB8::1]", "balance": "least-requests"},
+        ],
+        "scale_to_zero": {"idle_secs": 600}
+    }));
+    let a = assignment(&web, 1, 0).expect("fits the wire");
+    let routes: Vec<_> = a
+        .expose
+        .as_slice()
+        .iter()
+        .map(|e| {
+            (
+                e.port,
+                e.host.as_ref().map(|h| h.as_str().to_owned()),
+                e.path_prefix.as_ref().map(|p| p.as_str().to_owned()),
+                e.weight,
+                e.timeout_secs,
+                e.retries,
+                e.cache,
+                e.stale_if_offline_secs,
+                e.balance,
+            )
+        })
+        .collect();
+    use edge_proto::Balance::*;
+    assert_eq!(
+        routes,
+        [
+            (
+                8080,
+                Some("shop.example".into()),
+                Some("/api".into()),
+                5,
+                9,
+                1,
+                false,
+                60,
+                RoundRobin
+            ),
+            (
+                8081,
+                None,
+                Some("/".into()),
+                100,
+                30,
+                2,
+                true,
+                86_400,
+                PeakEwma
+            ),
+            (
+                8082,
+                Some("2001:db8::1".into()),
+                None,
+                100,
+                30,
+                2,
+                true,
+                86_400,
+                LeastRequests
+            ),
+        ]
+    );
+    assert_eq!(a.scale_to_zero_idle_secs, Some(600));
+    let plain = assignment(&spec(json!({})), 1, 0).expect("fits");
+    assert!(plain.expose.as_slice().is_empty());
+    assert_eq!(plain.scale_to_zero_idle_secs, None);
+
+    // Sixteen routes of the longest host and prefix fit one frame.
+    let host = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    let routes: Vec<_> = (0..16)
+        .map(|i| json!({"port": 8000 + i, "host": host, "path_prefix": format!("/{i:x}{}", "p".repeat(1021))}))
+        .collect();
+    let a = assignment(&spec(json!({"expose": routes})), 1, 0).expect("sixteen full routes fit");
+    assert_eq!(a.expose.as_slice().len(), 16);
+}
+
+#[test]
 fn what_the_wire_cannot_carry_is_a_spec_error_with_its_field() {
     let with_command = spec(json!({"command": "run.sh"}));
     let err = assignment(&with_command, 1, 0).expect_err("refused");

@@ -3,7 +3,7 @@
 //! oversized or hostile) does anything but return an error.
 
 use orchestrator_core::workload::{
-    Arch, DeviceKind, DeviceRequirement, MAX_SPEC_BYTES, Placement, Probe, RestartPolicy,
+    Arch, Balance, DeviceKind, DeviceRequirement, MAX_SPEC_BYTES, Placement, Probe, RestartPolicy,
     SpecError, WorkloadSpec,
 };
 use proptest::prelude::*;
@@ -67,6 +67,21 @@ interval_secs = 5
 timeout_secs = 2
 failure_threshold = 3
 success_threshold = 1
+[[expose]]
+port = 8080
+host = "Shop.Example.com"
+path_prefix = "/api"
+weight = 10
+timeout_secs = 5
+retries = 0
+cache = false
+stale_if_offline_secs = 0
+balance = "least-requests"
+[[expose]]
+port = 9090
+path_prefix = "/"
+[scale_to_zero]
+idle_secs = 300
 "#
     )
 }
@@ -220,7 +235,6 @@ fn every_field_parses() {
     let spec = WorkloadSpec::from_toml(&full_example()).expect("full example");
     assert_eq!(spec.command(), Some("hello"));
     assert_eq!(spec.working_dir(), Some("/tmp"));
-    assert_eq!(spec.ports(), [8080]);
     assert_eq!(spec.resources().disk_bytes, 10_485_760);
     assert_eq!(
         spec.requirements().devices,
@@ -230,6 +244,56 @@ fn every_field_parses() {
         ]
     );
     assert_eq!(spec.restart(), RestartPolicy::OnFailure);
+    let [api, root] = spec.expose() else {
+        panic!("two routes: {:?}", spec.expose());
+    };
+    assert_eq!(api.port, 8080);
+    assert_eq!(api.host.as_deref(), Some("shop.example.com"), "lower-cased");
+    assert_eq!(api.path_prefix.as_deref(), Some("/api"));
+    assert_eq!(
+        (api.weight, api.timeout_secs, api.retries, api.cache),
+        (10, 5, 0, false)
+    );
+    assert_eq!(api.stale_if_offline_secs, 0);
+    assert_eq!(api.balance, Balance::LeastRequests);
+    assert_eq!((root.port, root.host.as_deref()), (9090, None));
+    assert_eq!(spec.ports(), [8080, 9090], "an exposed port is listened on");
+    assert_eq!(spec.scale_to_zero().map(|s| s.idle_secs), Some(300));
+}
+
+#[test]
+fn a_route_takes_the_defaults_it_leaves_out() {
+    let spec = json_ok(&with(
+        "expose",
+        json!([{"port": 8080, "host": "a.example"}]),
+    ));
+    let [route] = spec.expose() else {
+        panic!("one route: {:?}", spec.expose());
+    };
+    assert_eq!(route.path_prefix, None);
+    assert_eq!(route.weight, 100);
+    assert_eq!(route.timeout_secs, 30);
+    assert_eq!(route.retries, 2);
+    assert!(route.cache);
+    assert_eq!(route.stale_if_offline_secs, 86_400);
+    assert_eq!(route.balance, Balance::PeakEwma);
+    assert_eq!(spec.scale_to_zero(), None);
+    assert_eq!(spec.ports(), [8080]);
+    // Listed ports keep their order; an exposed one already listed is not added twice.
+    let mut v = with("ports", json!([9000, 8080]));
+    set(
+        &mut v,
+        "expose",
+        json!([{"port": 8080, "path_prefix": "/"}, {"port": 7000, "path_prefix": "/b"}]),
+    );
+    assert_eq!(json_ok(&v).ports(), [9000, 8080, 7000]);
+    // Per-node placement may scale to zero: each node's instance on its own traffic.
+    let mut v = with("placement", json!("per-node"));
+    set(&mut v, "expose", json!([{"port": 80, "path_prefix": "/"}]));
+    set(&mut v, "scale_to_zero", json!({"idle_secs": 60}));
+    let spec = json_ok(&v);
+    assert_eq!(spec.placement(), Placement::PerNode);
+    assert_eq!(spec.scale_to_zero().map(|s| s.idle_secs), Some(60));
 }
 
 #[test]
@@ -242,6 +306,7 @@ fn defaults_of_a_minimal_spec() {
     let req = spec.requirements();
     assert!(req.arch.is_empty() && req.labels.is_empty() && req.devices.is_empty());
     assert!(req.near.is_none());
+    assert!(spec.expose().is_empty() && spec.scale_to_zero().is_none());
     assert_eq!(json_ok(&base()), spec, "TOML and JSON read the same");
 }
 
@@ -347,6 +412,55 @@ fn the_edges_of_every_bound_are_accepted() {
         json!({"tcp": {"port": 1}, "interval_secs": 2, "timeout_secs": 1,
                "failure_threshold": 1, "success_threshold": 1}),
     ));
+    let route = |extra: Value| {
+        let mut r = json!({"port": 1, "path_prefix": "/"});
+        if let (Some(r), Value::Object(extra)) = (r.as_object_mut(), extra) {
+            r.extend(extra);
+        }
+        with("expose", json!([r]))
+    };
+    json_ok(&route(json!({"port": 65535})));
+    for (key, low, high) in [
+        ("weight", 0, 1000),
+        ("timeout_secs", 1, 3600),
+        ("retries", 0, 10),
+        ("stale_if_offline_secs", 0, 365 * 86_400),
+    ] {
+        json_ok(&route(json!({ key: low })));
+        json_ok(&route(json!({ key: high })));
+    }
+    for balance in ["peak-ewma", "round-robin", "least-requests"] {
+        json_ok(&route(json!({ "balance": balance })));
+    }
+    let longest_host = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    json_ok(&route(json!({ "host": longest_host })));
+    json_ok(&route(
+        json!({ "path_prefix": format!("/{}", "p".repeat(1023)) }),
+    ));
+    for host in [
+        "192.0.2.1",
+        "2001:db8::1",
+        "[::1]",
+        "localhost",
+        "a-1.b-2.example",
+    ] {
+        json_ok(&route(json!({ "host": host })));
+    }
+    let sixteen: Vec<Value> = (0..16)
+        .map(|i| json!({"port": 8000 + i, "path_prefix": format!("/r{i}")}))
+        .collect();
+    json_ok(&with("expose", json!(sixteen)));
+    for idle in [1, 86_400] {
+        let mut v = route(json!({}));
+        set(&mut v, "scale_to_zero", json!({ "idle_secs": idle }));
+        json_ok(&v);
+    }
 }
 
 #[test]
@@ -361,7 +475,7 @@ fn the_json_shape_is_stable_and_parses_back() {
         "args": ["--port", "8080"],
         "env": {"GREETING": "hi"},
         "working_dir": "/tmp",
-        "ports": [8080],
+        "ports": [8080, 9090],
         "replicas": 2,
         "placement": null,
         "resources": {"cpu_millis": 250, "memory_bytes": 33554432, "disk_bytes": 10485760},
@@ -380,7 +494,32 @@ fn the_json_shape_is_stable_and_parses_back() {
             "timeout_secs": 2,
             "failure_threshold": 3,
             "success_threshold": 1
-        }
+        },
+        "expose": [
+            {
+                "port": 8080,
+                "host": "shop.example.com",
+                "path_prefix": "/api",
+                "weight": 10,
+                "timeout_secs": 5,
+                "retries": 0,
+                "cache": false,
+                "stale_if_offline_secs": 0,
+                "balance": "least-requests"
+            },
+            {
+                "port": 9090,
+                "host": null,
+                "path_prefix": "/",
+                "weight": 100,
+                "timeout_secs": 30,
+                "retries": 2,
+                "cache": true,
+                "stale_if_offline_secs": 86400,
+                "balance": "peak-ewma"
+            }
+        ],
+        "scale_to_zero": {"idle_secs": 300}
     });
     assert_eq!(value, expected);
 
@@ -394,6 +533,10 @@ fn the_json_shape_is_stable_and_parses_back() {
             json!({"exec": {"command": "c", "args": ["a"]}}),
         )),
         json_ok(&with("health", json!({"tcp": {"port": 9}}))),
+        json_ok(&with(
+            "expose",
+            json!([{"port": 1, "host": "[2001:DB8::1]"}, {"port": 2, "host": "A.example", "path_prefix": "/x"}]),
+        )),
     ] {
         let bytes = serde_json::to_vec(&spec).expect("serializes");
         let back = WorkloadSpec::from_json(&bytes).expect("our own JSON parses");
@@ -403,6 +546,8 @@ fn the_json_shape_is_stable_and_parses_back() {
     assert_eq!(minimal["command"], Value::Null, "absent values are null");
     assert_eq!(minimal["health"], Value::Null);
     assert_eq!(minimal["requirements"]["near"], Value::Null);
+    assert_eq!(minimal["expose"], json!([]));
+    assert_eq!(minimal["scale_to_zero"], Value::Null);
     assert_eq!(minimal["replicas"], json!(1));
     let per_node =
         serde_json::to_value(json_ok(&with("placement", json!("per-node")))).expect("serializes");
@@ -939,6 +1084,201 @@ fn health_bounds() {
 // Malformed, mistyped, unknown.
 
 #[test]
+fn expose_bounds() {
+    let route = |fields: Value| with("expose", json!([fields]));
+    let on = |extra: Value| {
+        let mut r = json!({"port": 8080, "path_prefix": "/"});
+        if let (Some(r), Value::Object(extra)) = (r.as_object_mut(), extra) {
+            r.extend(extra);
+        }
+        route(r)
+    };
+    refuses(
+        route(json!({"path_prefix": "/"})),
+        "expose[0].port",
+        "missing",
+    );
+    refuses(
+        on(json!({"port": 0})),
+        "expose[0].port",
+        "out of range 1..=65535",
+    );
+    refuses(on(json!({"port": 65536})), "expose[0].port", "out of range");
+    refuses(on(json!({"port": -1})), "expose[0].port", "out of range");
+    refuses(on(json!({"port": "80"})), "expose[0].port", "invalid type");
+    refuses(
+        route(json!({"port": 80})),
+        "expose[0]",
+        "give host, path_prefix or both",
+    );
+    for (key, past) in [
+        ("weight", json!(-1)),
+        ("weight", json!(1001)),
+        ("timeout_secs", json!(0)),
+        ("timeout_secs", json!(3601)),
+        ("retries", json!(-1)),
+        ("retries", json!(11)),
+        ("stale_if_offline_secs", json!(-1)),
+        ("stale_if_offline_secs", json!(365 * 86_400 + 1)),
+        ("weight", json!(i64::MAX)),
+    ] {
+        refuses(
+            on(json!({ key: past })),
+            &format!("expose[0].{key}"),
+            "out of range",
+        );
+    }
+    refuses(
+        on(json!({"cache": "yes"})),
+        "expose[0].cache",
+        "invalid type",
+    );
+    refuses(
+        on(json!({"balance": "random"})),
+        "expose[0].balance",
+        "peak-ewma",
+    );
+    refuses(
+        on(json!({"balance": "Peak-EWMA"})),
+        "expose[0].balance",
+        "not a balance",
+    );
+    refuses(
+        on(json!({"balance": 1})),
+        "expose[0].balance",
+        "invalid type",
+    );
+    refuses(on(json!({"path": "/"})), "expose[0].path", "unknown field");
+    refuses(
+        on(json!({"host": ""})),
+        "expose[0].host",
+        "must not be empty",
+    );
+    refuses(
+        on(json!({"host": "shop.example.com:80"})),
+        "expose[0].host",
+        "no port",
+    );
+    refuses(on(json!({"host": "bad_host"})), "expose[0].host", "'_'");
+    refuses(
+        on(json!({"host": "x".repeat(254)})),
+        "expose[0].host",
+        "at most 253",
+    );
+    refuses(
+        on(json!({"host": "a".repeat(64)})),
+        "expose[0].host",
+        "at most 63",
+    );
+    refuses(
+        on(json!({"host": "evil\nINFO forged"})),
+        "expose[0].host",
+        "\\n",
+    );
+    refuses(on(json!({"host": "nul\u{0}"})), "expose[0].host", "\\0");
+    refuses(on(json!({"host": "caf\u{e9}.de"})), "expose[0].host", "'é'");
+    refuses(
+        on(json!({"path_prefix": "api"})),
+        "expose[0].path_prefix",
+        "start with '/'",
+    );
+    refuses(
+        on(json!({"path_prefix": format!("/{}", "p".repeat(1024))})),
+        "expose[0].path_prefix",
+        "at most 1024",
+    );
+    refuses(
+        on(json!({"path_prefix": "/a b"})),
+        "expose[0].path_prefix",
+        "whitespace",
+    );
+    refuses(
+        on(json!({"path_prefix": "/a?b"})),
+        "expose[0].path_prefix",
+        "query",
+    );
+    refuses(
+        on(json!({"path_prefix": "/a/../b"})),
+        "expose[0].path_prefix",
+        "segment",
+    );
+    refuses(
+        on(json!({"path_prefix": "/\u{0}"})),
+        "expose[0].path_prefix",
+        "control",
+    );
+    let same = json!([
+        {"port": 1, "host": "a.example", "path_prefix": "/x"},
+        {"port": 2, "host": "b.example"},
+        {"port": 3, "host": "A.EXAMPLE", "path_prefix": "/x"},
+    ]);
+    refuses(
+        with("expose", same),
+        "expose[2]",
+        "same host and path_prefix as expose[0]",
+    );
+    let seventeen: Vec<Value> = (0..17)
+        .map(|i| json!({"port": 8000 + i, "path_prefix": format!("/r{i}")}))
+        .collect();
+    refuses(
+        with("expose", json!(seventeen)),
+        "expose",
+        "17 routes; at most 16",
+    );
+    refuses(with("expose", json!({"port": 1})), "expose", "invalid type");
+    refuses(with("expose", json!([1])), "expose[0]", "invalid type");
+
+    refuses(
+        with("scale_to_zero", json!({"idle_secs": 60})),
+        "scale_to_zero",
+        "needs at least one [[expose]]",
+    );
+    for idle in [0, 86_401, -5] {
+        let mut v = on(json!({}));
+        set(&mut v, "scale_to_zero", json!({ "idle_secs": idle }));
+        refuses(v, "scale_to_zero.idle_secs", "out of range 1..=86400");
+    }
+    let mut v = on(json!({}));
+    set(&mut v, "scale_to_zero", json!({}));
+    refuses(v, "scale_to_zero.idle_secs", "missing");
+    let mut v = on(json!({}));
+    set(&mut v, "scale_to_zero", json!({"idle_secs": 5, "min": 1}));
+    refuses(v, "scale_to_zero.min", "unknown field");
+    let mut v = on(json!({}));
+    set(&mut v, "scale_to_zero", json!(true));
+    refuses(v, "scale_to_zero", "invalid type");
+
+    // The ports bound counts the exposed ones too, so the stored spec parses back.
+    let mut v = with("ports", json!((1..=64).collect::<Vec<u16>>()));
+    set(&mut v, "expose", json!([{"port": 65, "path_prefix": "/"}]));
+    refuses(v, "ports", "65 ports with those of [[expose]]; at most 64");
+    let mut v = with("ports", json!((1..=64).collect::<Vec<u16>>()));
+    set(&mut v, "expose", json!([{"port": 64, "path_prefix": "/"}]));
+    json_ok(&v);
+
+    // In TOML, the path names the table of the array.
+    let text = format!(
+        "{}[[expose]]\nport = 80\nhost = \"a.example\"\n[[expose]]\nport = 81\npath_prefix = \"/a/../b\"\n",
+        base_toml()
+    );
+    assert_field(&toml_err(&text), "expose[1].path_prefix", "segment");
+    let text = format!(
+        "{}[[expose]]\nport = 80\nhost = \"a.example\"\ncolour = 1\n",
+        base_toml()
+    );
+    assert_field(&toml_err(&text), "expose[0].colour", "unknown field");
+    // As PRODUCT.md writes it: inline, among the top-level keys.
+    let text = format!(
+        "name = \"hello\"\nversion = \"1.0.0\"\nartifact = \"{DIGEST}\"\n\
+         scale_to_zero = {{ idle_secs = 30 }}\n\
+         [resources]\ncpu_millis = 250\nmemory_bytes = 33554432\n\
+         [[expose]]\nport = 80\nhost = \"a.example\"\n"
+    );
+    let spec = WorkloadSpec::from_toml(&text).expect("inline scale_to_zero");
+    assert_eq!(spec.scale_to_zero().map(|s| s.idle_secs), Some(30));
+}
+
+#[test]
 fn missing_top_level_fields_are_named() {
     for field in ["name", "version", "artifact", "resources"] {
         refuses(without(field), field, "missing");
@@ -1204,6 +1544,11 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just("health".to_owned()),
         Just("http".to_owned()),
         Just("port".to_owned()),
+        Just("expose".to_owned()),
+        Just("host".to_owned()),
+        Just("path_prefix".to_owned()),
+        Just("scale_to_zero".to_owned()),
+        Just("idle_secs".to_owned()),
         ".{0,12}",
     ];
     let leaf = prop_oneof![
@@ -1246,6 +1591,7 @@ proptest! {
             Just("requirements.arch"), Just("requirements.labels"), Just("requirements.devices"),
             Just("requirements.near"), Just("requirements.near.lat"), Just("restart.policy"),
             Just("health"), Just("health.http"), Just("health.interval_secs"),
+            Just("expose"), Just("scale_to_zero"),
         ],
         value in arb_json(),
     ) {
@@ -1254,6 +1600,56 @@ proptest! {
         match WorkloadSpec::from_json(&bytes) {
             Ok(spec) => {
                 // Whatever is accepted serializes to JSON that parses back the same.
+                let again = serde_json::to_vec(&spec).expect("serializes");
+                prop_assert_eq!(WorkloadSpec::from_json(&again).expect("round trip"), spec);
+            }
+            Err(e) => assert_sane(&e),
+        }
+    }
+
+    /// Routes built from plausible and hostile parts: whatever is accepted keeps its bounds
+    /// and parses back the same from its own JSON.
+    #[test]
+    fn routes_that_pass_keep_their_bounds_and_round_trip(
+        routes in prop::collection::vec(
+            (
+                0i64..70_000,
+                prop::option::of(prop_oneof![
+                    Just("Shop.Example".to_owned()),
+                    Just("[::1]".to_owned()),
+                    Just("10.0.0.1".to_owned()),
+                    "[a-zA-Z0-9.:_-]{0,20}",
+                    ".{0,20}",
+                ]),
+                prop::option::of(prop_oneof![Just("/".to_owned()), "/[a-z0-9/.%?#]{0,20}", ".{0,20}"]),
+                prop::option::of(-5i64..1100),
+                prop::option::of(prop_oneof![Just("round-robin"), Just("peak-ewma"), Just("nope")]),
+            ),
+            0..20,
+        ),
+        idle in prop::option::of(-1i64..90_000),
+    ) {
+        let routes: Vec<Value> = routes
+            .into_iter()
+            .map(|(port, host, path_prefix, weight, balance)| {
+                json!({"port": port, "host": host, "path_prefix": path_prefix,
+                       "weight": weight, "balance": balance})
+            })
+            .collect();
+        let mut v = with("expose", json!(routes));
+        if let Some(idle) = idle {
+            set(&mut v, "scale_to_zero", json!({"idle_secs": idle}));
+        }
+        let bytes = serde_json::to_vec(&v).expect("serializable");
+        match WorkloadSpec::from_json(&bytes) {
+            Ok(spec) => {
+                prop_assert!(spec.expose().len() <= 16);
+                for e in spec.expose() {
+                    prop_assert!(e.host.is_some() || e.path_prefix.is_some());
+                    prop_assert!(e.weight <= 1000);
+                    prop_assert!(spec.ports().contains(&e.port));
+                }
+                prop_assert!(spec.scale_to_zero().is_none() || !spec.expose().is_empty());
                 let again = serde_json::to_vec(&spec).expect("serializes");
                 prop_assert_eq!(WorkloadSpec::from_json(&again).expect("round trip"), spec);
             }

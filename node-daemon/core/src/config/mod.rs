@@ -17,12 +17,14 @@
 //!
 //! One concern a file: `raw` (the serde structs), `validate` (one check per field), `join`
 //! (the join settings and the join file), `address` (the orchestrator's `host:port`, checked
-//! for shape only and resolved by whoever dials it), `error`. Nothing here touches a file, the
-//! network or the clock.
+//! for shape only and resolved by whoever dials it), `proxy` (the `[proxy]` table: the caching
+//! proxy's listener, limits, cache sizes and static upstreams; none without the table),
+//! `error`. Nothing here touches a file, the network or the clock.
 
 mod address;
 mod error;
 mod join;
+mod proxy;
 mod raw;
 mod validate;
 
@@ -31,8 +33,14 @@ mod tests;
 
 pub use address::{Host, OrchestratorAddress};
 pub use edge_proto::field::MAX_LABELS;
+pub use edge_proto::field::OriginUrl;
 pub use error::ConfigError;
 pub use join::{CaHash, JoinFile, JoinSettings, JoinToken};
+pub use proxy::{
+    DEFAULT_CACHE_DISK_BYTES, DEFAULT_CACHE_MAX_OBJECT_BYTES, DEFAULT_CACHE_MEMORY_BYTES,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, MAX_UPSTREAMS,
+    ProxyCache, ProxyConfig, Upstream,
+};
 
 use crate::admission::Reserve;
 use edge_proto::{Capabilities, Label, List, Location, MAX_NAME_LEN, Text, text};
@@ -70,6 +78,7 @@ pub struct Config {
     join: Option<JoinSettings>,
     status_listen: Option<SocketAddr>,
     reserve: Reserve,
+    proxy: Option<ProxyConfig>,
 }
 
 /// A validated config file that may lack what a join file provides. Built only by
@@ -87,6 +96,7 @@ pub struct ConfigFile {
     join_files: Vec<PathBuf>,
     status_listen: Option<SocketAddr>,
     reserve: Reserve,
+    proxy: Option<ProxyConfig>,
 }
 
 /// Where the node is, in WGS84 degrees and metres above sea level. Always finite and on the
@@ -159,6 +169,11 @@ impl Config {
     /// What the node keeps for the system and itself when it admits workloads.
     pub fn reserve(&self) -> Reserve {
         self.reserve
+    }
+
+    /// The caching proxy's settings; `None` (no `[proxy]` table): no proxy runs.
+    pub fn proxy(&self) -> Option<&ProxyConfig> {
+        self.proxy.as_ref()
     }
 
     /// The labels as the wire carries them, sorted by key.
@@ -252,6 +267,11 @@ impl ConfigFile {
         self.join.as_ref()
     }
 
+    /// The caching proxy's settings; `None` (no `[proxy]` table): no proxy runs.
+    pub fn proxy(&self) -> Option<&ProxyConfig> {
+        self.proxy.as_ref()
+    }
+
     /// The config the daemon runs with: this file, its gaps filled from `join` (the join file,
     /// if any). Fails naming the first value neither provides.
     pub fn complete(&self, join: Option<&JoinFile>) -> Result<Config, ConfigError> {
@@ -290,6 +310,7 @@ impl ConfigFile {
             join: self.join.clone().or_else(|| join.map(|j| j.join.clone())),
             status_listen: self.status_listen,
             reserve: self.reserve,
+            proxy: self.proxy.clone(),
         })
     }
 }

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     /// `IP:port` of the local status endpoint.
     pub status_listen: Option<String>,
     pub reserve: Option<RawReserve>,
+    pub proxy: Option<RawProxy>,
 }
 
 #[derive(Deserialize)]
@@ -76,4 +77,40 @@ pub(super) struct RawOrchestrator {
 pub(super) struct RawJoin {
     pub token: String,
     pub ca_hash: String,
+}
+
+/// The `[proxy]` table: the node's caching reverse proxy. No table, no proxy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    /// `IP:port` to serve on.
+    pub listen: String,
+    pub stale_if_offline_secs: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub header_timeout_secs: Option<i64>,
+    pub max_body_bytes: Option<i64>,
+    pub cache: Option<RawProxyCache>,
+    pub upstream: Option<Vec<RawUpstream>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyCache {
+    pub memory_bytes: Option<i64>,
+    pub disk_bytes: Option<i64>,
+    pub max_object_bytes: Option<i64>,
+}
+
+/// One `[[proxy.upstream]]`: a static origin and what it serves.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub origin: String,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub timeout_secs: Option<i64>,
+    pub retries: Option<i64>,
+    pub cache: Option<bool>,
+    pub stale_if_offline_secs: Option<i64>,
+    pub balance: Option<String>,
 }

@@ -4,6 +4,7 @@
 
 use super::error::{ConfigError, invalid};
 use super::join::validate_join;
+use super::proxy::validate_proxy;
 use super::raw::{RawConfig, RawLocation, RawReserve};
 use super::{
     ConfigFile, DEFAULT_STATUS_INTERVAL, GeoPoint, OrchestratorAddress, SUPPORTED_CONFIG_VERSIONS,
@@ -62,6 +63,10 @@ impl RawConfig {
             })
             .transpose()?;
         let reserve = validate_reserve(self.reserve)?;
+        let proxy = self
+            .proxy
+            .map(|p| validate_proxy(p, status_listen))
+            .transpose()?;
         Ok(ConfigFile {
             name,
             data_dir,
@@ -74,6 +79,7 @@ impl RawConfig {
             join_files,
             status_listen,
             reserve,
+            proxy,
         })
     }
 }

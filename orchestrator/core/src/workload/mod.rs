@@ -78,6 +78,13 @@ pub const MAX_FILE_NAME_BYTES: usize = 255;
 pub const MAX_PATH_BYTES: usize = 4096;
 /// The longest HTTP health-check path.
 pub const MAX_HTTP_PATH_BYTES: usize = 1024;
+/// The most `[[expose]]` routes, and the bounds and defaults of their settings: the rules the
+/// node's `[[proxy.upstream]]` follows too, bounded by the wire.
+pub use edge_proto::field::{
+    DEFAULT_ROUTE_RETRIES, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_ROUTE_WEIGHT,
+    DEFAULT_STALE_IF_OFFLINE_SECS, MAX_EXPOSE, MAX_HOST_LEN, MAX_PATH_PREFIX_BYTES, ROUTE_RETRIES,
+    ROUTE_TIMEOUT_SECS, ROUTE_WEIGHT, SCALE_TO_ZERO_IDLE_SECS, STALE_IF_OFFLINE_SECS,
+};
 
 const MIB: i64 = 1024 * 1024;
 const TIB: i64 = 1024 * 1024 * 1024 * 1024;
@@ -138,6 +145,8 @@ pub struct WorkloadSpec {
     requirements: Requirements,
     restart: RestartPolicy,
     health: Option<HealthCheck>,
+    expose: Vec<Expose>,
+    scale_to_zero: Option<ScaleToZero>,
 }
 
 /// The executable, content-addressed: `sha256:` and 64 lowercase hex digits.
@@ -254,6 +263,53 @@ pub enum Probe {
     Exec { command: String, args: Vec<String> },
 }
 
+/// One route of the node's proxy to the workload (`[[expose]]`): requests for `host` whose
+/// path starts with `path_prefix` go to the instance on that node, at `port`. At least one of
+/// `host` and `path_prefix` is set, and no two routes of a workload match the same pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Expose {
+    /// 1 to 65535; also one of [`WorkloadSpec::ports`].
+    pub port: u16,
+    /// A DNS name in lower case, or an IP address in its canonical form
+    /// ([`edge_proto::field::check_host`]). `None`: any host.
+    pub host: Option<String>,
+    /// As [`edge_proto::field::check_path_prefix`] wants it. `None`: any path.
+    pub path_prefix: Option<String>,
+    /// This route's share among the workloads that expose the same host and path prefix (a
+    /// canary split), within [`ROUTE_WEIGHT`]; 0 takes none while others remain.
+    pub weight: u16,
+    /// How long one attempt may take, within [`ROUTE_TIMEOUT_SECS`].
+    pub timeout_secs: u32,
+    /// How many times a failed idempotent request is tried again, within [`ROUTE_RETRIES`].
+    pub retries: u8,
+    /// Whether the node's proxy may cache the answers.
+    pub cache: bool,
+    /// How long a cached answer may be served stale while the instance cannot answer, within
+    /// [`STALE_IF_OFFLINE_SECS`]; 0: never.
+    pub stale_if_offline_secs: u32,
+    pub balance: Balance,
+}
+
+/// How the node's proxy picks among a route's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Two random choices, the one with the lower peak-EWMA latency wins. The default.
+    #[default]
+    PeakEwma,
+    RoundRobin,
+    /// The backend with the fewest requests in flight.
+    LeastRequests,
+}
+
+/// Stop an instance that has had no request through the node's proxy for `idle_secs`
+/// (within [`SCALE_TO_ZERO_IDLE_SECS`]), and start it again on the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ScaleToZero {
+    pub idle_secs: u32,
+}
+
 impl WorkloadSpec {
     /// Parses and validates a spec written as TOML (`edgectl deploy -f FILE`).
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
@@ -309,8 +365,9 @@ impl WorkloadSpec {
         self.working_dir.as_deref()
     }
 
-    /// TCP ports the workload listens on: 1 to 65535, unique, in the order given. Two
-    /// instances that share a port cannot share a node.
+    /// TCP ports the workload listens on: 1 to 65535, unique, at most [`MAX_PORTS`]: those
+    /// given, in order, then every [`expose`](Self::expose) port not among them. Two instances
+    /// that share a port cannot share a node.
     #[inline]
     pub fn ports(&self) -> &[u16] {
         &self.ports
@@ -342,6 +399,22 @@ impl WorkloadSpec {
     pub fn health(&self) -> Option<&HealthCheck> {
         self.health.as_ref()
     }
+
+    /// The routes the node's proxy sends to the workload: at most [`MAX_EXPOSE`], in the
+    /// order given.
+    #[inline]
+    pub fn expose(&self) -> &[Expose] {
+        &self.expose
+    }
+
+    /// Whether each instance stops when idle and starts on demand. Only with at least one
+    /// [`expose`](Self::expose) route, since only a request through the proxy starts it again.
+    /// Per-node placement may scale to zero too: each node's instance stops and starts on its
+    /// own traffic.
+    #[inline]
+    pub fn scale_to_zero(&self) -> Option<ScaleToZero> {
+        self.scale_to_zero
+    }
 }
 
 impl Serialize for WorkloadSpec {
@@ -354,7 +427,7 @@ impl Serialize for WorkloadSpec {
             Placement::Replicas(n) => (Some(n), None),
             Placement::PerNode => (None, Some("per-node")),
         };
-        let mut st = s.serialize_struct("WorkloadSpec", 14)?;
+        let mut st = s.serialize_struct("WorkloadSpec", 16)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("version", &self.version)?;
         st.serialize_field("artifact", &self.artifact)?;
@@ -374,7 +447,38 @@ impl Serialize for WorkloadSpec {
             },
         )?;
         st.serialize_field("health", &self.health)?;
+        st.serialize_field("expose", &self.expose)?;
+        st.serialize_field("scale_to_zero", &self.scale_to_zero)?;
         st.end()
+    }
+}
+
+impl Balance {
+    pub const ALL: [Balance; 3] = [Self::PeakEwma, Self::RoundRobin, Self::LeastRequests];
+
+    /// The name a spec writes: `peak-ewma`, `round-robin`, `least-requests`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PeakEwma => "peak-ewma",
+            Self::RoundRobin => "round-robin",
+            Self::LeastRequests => "least-requests",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Balance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

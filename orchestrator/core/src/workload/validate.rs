@@ -93,6 +93,38 @@ struct RawSpec {
     restart: Option<Table<RawRestart>>,
     #[serde(default)]
     health: Option<Table<RawHealth>>,
+    #[serde(default)]
+    expose: Vec<Table<RawExpose>>,
+    #[serde(default)]
+    scale_to_zero: Option<Table<RawScaleToZero>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpose {
+    port: i64,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    weight: Option<i64>,
+    #[serde(default)]
+    timeout_secs: Option<i64>,
+    #[serde(default)]
+    retries: Option<i64>,
+    #[serde(default)]
+    cache: Option<bool>,
+    #[serde(default)]
+    stale_if_offline_secs: Option<i64>,
+    #[serde(default)]
+    balance: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScaleToZero {
+    idle_secs: i64,
 }
 
 #[derive(Deserialize)]
@@ -196,7 +228,12 @@ impl RawSpec {
             .working_dir
             .map(|d| validate_absolute_path(&FieldPath::new("working_dir"), d))
             .transpose()?;
-        let ports = validate_ports(&self.ports)?;
+        let expose = validate_expose(self.expose.into_iter().map(|t| t.0).collect())?;
+        let ports = validate_ports(&self.ports, &expose)?;
+        let scale_to_zero = self
+            .scale_to_zero
+            .map(|t| validate_scale_to_zero(&t.0, &expose))
+            .transpose()?;
         let placement = validate_placement(self.replicas, self.placement)?;
         let resources = validate_resources(&self.resources.0)?;
         let requirements =
@@ -217,6 +254,8 @@ impl RawSpec {
             requirements,
             restart,
             health,
+            expose,
+            scale_to_zero,
         })
     }
 }
@@ -367,19 +406,140 @@ fn validate_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String
     Ok(env)
 }
 
-fn validate_ports(ports: &[i64]) -> Result<Vec<u16>, SpecError> {
-    field::check_count(&FieldPath::new("ports"), ports.len(), MAX_PORTS, "ports")?;
+/// The ports given, then those of `expose` not among them: an exposed port is one the
+/// workload listens on, and two instances that listen on one port cannot share a node. The
+/// bound counts both, so the spec as stored (which lists them all) parses back.
+fn validate_ports(ports: &[i64], expose: &[Expose]) -> Result<Vec<u16>, SpecError> {
+    let at = FieldPath::new("ports");
+    field::check_count(&at, ports.len(), MAX_PORTS, "ports")?;
     let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(ports.len());
+    let mut out = Vec::with_capacity(ports.len() + expose.len());
     for (i, &p) in ports.iter().enumerate() {
-        let field = FieldPath::new("ports").index(i);
+        let field = at.index(i);
         let port = port(&field, p)?;
         if !seen.insert(port) {
             return Err(SpecError::invalid(field, format!("{port} is listed twice")));
         }
         out.push(port);
     }
+    out.extend(
+        expose
+            .iter()
+            .filter_map(|e| seen.insert(e.port).then_some(e.port)),
+    );
+    if out.len() > MAX_PORTS {
+        return Err(SpecError::invalid(
+            at,
+            format!(
+                "{} ports with those of [[expose]]; at most {MAX_PORTS} are allowed",
+                out.len()
+            ),
+        ));
+    }
     Ok(out)
+}
+
+fn validate_expose(raw: Vec<RawExpose>) -> Result<Vec<Expose>, SpecError> {
+    let list = FieldPath::new("expose");
+    field::check_count(&list, raw.len(), MAX_EXPOSE, "routes")?;
+    let mut out: Vec<Expose> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = list.index(i);
+        let port = port(&at.field("port"), r.port)?;
+        let host = r
+            .host
+            .map(|h| field::check_host(&at.field("host"), &h))
+            .transpose()?;
+        let path_prefix = r
+            .path_prefix
+            .map(|p| field::check_path_prefix(&at.field("path_prefix"), &p).map(|()| p))
+            .transpose()?;
+        if host.is_none() && path_prefix.is_none() {
+            return Err(SpecError::invalid(
+                at,
+                "give host, path_prefix or both: what the route matches",
+            ));
+        }
+        if let Some(j) = out
+            .iter()
+            .position(|e| e.host == host && e.path_prefix == path_prefix)
+        {
+            return Err(SpecError::invalid(
+                at,
+                format!("matches the same host and path_prefix as expose[{j}]"),
+            ));
+        }
+        let weight = opt_int(&at.field("weight"), r.weight, &ROUTE_WEIGHT)?
+            .map_or(DEFAULT_ROUTE_WEIGHT, |v| {
+                u16::try_from(v).unwrap_or(u16::MAX)
+            });
+        let timeout_secs = opt_int(
+            &at.field("timeout_secs"),
+            r.timeout_secs,
+            &ROUTE_TIMEOUT_SECS,
+        )?
+        .map_or(DEFAULT_ROUTE_TIMEOUT_SECS, |v| {
+            u32::try_from(v).unwrap_or(u32::MAX)
+        });
+        let retries = opt_int(&at.field("retries"), r.retries, &ROUTE_RETRIES)?
+            .map_or(DEFAULT_ROUTE_RETRIES, |v| {
+                u8::try_from(v).unwrap_or(u8::MAX)
+            });
+        let stale_if_offline_secs = opt_int(
+            &at.field("stale_if_offline_secs"),
+            r.stale_if_offline_secs,
+            &STALE_IF_OFFLINE_SECS,
+        )?
+        .map_or(DEFAULT_STALE_IF_OFFLINE_SECS, |v| {
+            u32::try_from(v).unwrap_or(u32::MAX)
+        });
+        let balance = match r.balance {
+            None => Balance::default(),
+            Some(b) => Balance::parse(&b).ok_or_else(|| {
+                SpecError::invalid(
+                    at.field("balance"),
+                    format!(
+                        "{} is not a balance; use peak-ewma, round-robin or least-requests",
+                        shown(&b)
+                    ),
+                )
+            })?,
+        };
+        out.push(Expose {
+            port,
+            host,
+            path_prefix,
+            weight,
+            timeout_secs,
+            retries,
+            cache: r.cache.unwrap_or(true),
+            stale_if_offline_secs,
+            balance,
+        });
+    }
+    Ok(out)
+}
+
+fn validate_scale_to_zero(
+    raw: &RawScaleToZero,
+    expose: &[Expose],
+) -> Result<ScaleToZero, SpecError> {
+    let idle_secs = int_in(
+        &FieldPath::new("scale_to_zero.idle_secs"),
+        raw.idle_secs,
+        &SCALE_TO_ZERO_IDLE_SECS,
+    )?;
+    if expose.is_empty() {
+        return Err(SpecError::invalid(
+            "scale_to_zero",
+            "needs at least one [[expose]]: only a request through the node's proxy starts a \
+             workload scaled to zero",
+        ));
+    }
+    Ok(ScaleToZero {
+        // Within SCALE_TO_ZERO_IDLE_SECS, so it fits.
+        idle_secs: u32::try_from(idle_secs).unwrap_or(u32::MAX),
+    })
 }
 
 fn port(field: &FieldPath, v: i64) -> Result<u16, SpecError> {
@@ -671,6 +831,15 @@ fn validate_health(raw: RawHealth) -> Result<HealthCheck, SpecError> {
             DEFAULT_SUCCESS_THRESHOLD,
         )?,
     })
+}
+
+/// An optional value within `range`. The ranges callers give fit the types they convert to.
+fn opt_int(
+    field: &FieldPath,
+    v: Option<i64>,
+    range: &RangeInclusive<i64>,
+) -> Result<Option<i64>, SpecError> {
+    v.map(|v| int_in(field, v, range)).transpose()
 }
 
 fn int_in(field: &FieldPath, v: i64, range: &RangeInclusive<i64>) -> Result<i64, SpecError> {

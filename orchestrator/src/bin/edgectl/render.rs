@@ -363,7 +363,54 @@ pub(crate) fn workload_summary(w: &WorkloadView) -> String {
         }
         out.push_str(&table(&rows));
     }
+    out.push_str(&routes(&w.spec));
     out.push_str(&unplaced(w));
+    out
+}
+
+/// The routes each node's proxy sends to the workload, and whether it scales to zero, from
+/// the spec as the API shows it. Nothing for a workload without either.
+fn routes(spec: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let routes = spec
+        .get("expose")
+        .and_then(serde_json::Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    if !routes.is_empty() {
+        let mut rows = vec![
+            ["ROUTE", "PORT", "WEIGHT", "CACHE", "BALANCE"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for r in routes {
+            let host = match r["host"].as_str() {
+                None => "*".to_owned(),
+                Some(ip6) if ip6.contains(':') => format!("[{ip6}]"),
+                Some(name) => name.to_owned(),
+            };
+            let path = r["path_prefix"].as_str().unwrap_or_default();
+            let cache = match (r["cache"].as_bool(), r["stale_if_offline_secs"].as_u64()) {
+                (Some(false), _) => "no".to_owned(),
+                (_, Some(0) | None) => "yes, never stale".to_owned(),
+                (_, Some(secs)) => format!("yes, stale up to {}", duration(secs)),
+            };
+            rows.push(vec![
+                format!("{host}{path}"),
+                r["port"].to_string(),
+                r["weight"].to_string(),
+                cache,
+                r["balance"].as_str().unwrap_or("-").to_owned(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    if let Some(idle) = spec["scale_to_zero"]["idle_secs"].as_u64() {
+        let _ = writeln!(
+            out,
+            "scales to zero after {} without a request",
+            duration(idle)
+        );
+    }
     out
 }
 
@@ -509,5 +556,38 @@ mod tests {
         assert_eq!(ago(3), "3s ago");
         assert_eq!(ago(3600 * 5 + 1), "5h ago");
         assert_eq!(duration(3 * 86_400 + 4 * 3600 + 5), "3d 4h");
+    }
+
+    #[test]
+    fn routes_and_scale_to_zero_show_under_the_instances() {
+        let spec = serde_json::json!({
+            "expose": [
+                {"port": 8080, "host": "shop.example.com", "path_prefix": "/api", "weight": 10,
+                 "timeout_secs": 30, "retries": 2, "cache": true, "stale_if_offline_secs": 86400,
+                 "balance": "round-robin"},
+                {"port": 8081, "host": null, "path_prefix": "/", "weight": 100,
+                 "timeout_secs": 30, "retries": 2, "cache": false, "stale_if_offline_secs": 0,
+                 "balance": "peak-ewma"},
+                {"port": 8082, "host": "2001:db8::1", "path_prefix": null, "weight": 0,
+                 "timeout_secs": 30, "retries": 2, "cache": true, "stale_if_offline_secs": 0,
+                 "balance": "least-requests"}
+            ],
+            "scale_to_zero": {"idle_secs": 300}
+        });
+        assert_eq!(
+            routes(&spec),
+            "ROUTE                 PORT  WEIGHT  CACHE                   BALANCE\n\
+             shop.example.com/api  8080  10      yes, stale up to 1d 0h  round-robin\n\
+             */                    8081  100     no                      peak-ewma\n\
+             [2001:db8::1]         8082  0       yes, never stale        least-requests\n\
+             scales to zero after 5m 0s without a request\n"
+        );
+        let none = serde_json::json!({"expose": [], "scale_to_zero": null});
+        assert_eq!(routes(&none), "");
+        assert_eq!(
+            routes(&serde_json::json!({})),
+            "",
+            "a spec from before routes"
+        );
     }
 }

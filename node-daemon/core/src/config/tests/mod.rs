@@ -7,6 +7,7 @@ mod address;
 mod fields;
 mod join;
 mod parse;
+mod proxy;
 
 const EXAMPLE: &str = r#"
 version = 1
