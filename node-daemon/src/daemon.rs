@@ -44,6 +44,8 @@ pub enum DaemonError {
     Fatal(#[from] Fatal),
     #[error("workloads: {0}")]
     Workloads(#[from] crate::workloads::StartError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 /// Events from the connection tasks, tagged with the attempt they belong to so that news from
@@ -128,6 +130,21 @@ pub async fn run_with(
         metrics.clone(),
     )
     .await?;
+    let _proxy = match config.proxy() {
+        Some(proxy) => {
+            let proxy = crate::proxy::NodeProxy::start(
+                proxy,
+                config.name(),
+                &data_dir,
+                workloads.supervisor().clone(),
+                metrics.proxy(),
+            )
+            .await?;
+            board.update(|s| s.proxy = Some(proxy.local_addr().to_string()));
+            Some(proxy)
+        }
+        None => None,
+    };
     let mut session = NodeSession::new(
         identity.as_ref().map(|i| i.node_id),
         join,

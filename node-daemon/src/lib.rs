@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod notify;
 pub mod private_fs;
 pub mod provision;
+pub mod proxy;
 pub mod service;
 pub mod status;
 pub mod streams;

@@ -241,6 +241,7 @@ struct Inner {
     instance_exits: Family<ReasonLabel, Counter>,
     instance_restarts: Family<ReasonLabel, Counter>,
     workloads_running: Gauge,
+    proxy: edge_proxy::ProxyMetrics,
 }
 
 impl Default for NodeMetrics {
@@ -265,6 +266,7 @@ impl NodeMetrics {
             instance_exits: Family::default(),
             instance_restarts: Family::default(),
             workloads_running: Gauge::default(),
+            proxy: edge_proxy::ProxyMetrics::default(),
         };
         let r = &mut inner.registry;
         r.register(
@@ -327,6 +329,7 @@ impl NodeMetrics {
             "Workload processes running now",
             inner.workloads_running.clone(),
         );
+        inner.proxy.register(&mut inner.registry);
         let metrics = Self(Arc::new(inner));
         metrics.initialise_series();
         metrics
@@ -365,6 +368,11 @@ impl NodeMetrics {
     }
 
     /// The exposition in `format`.
+    /// The proxy's families, counted into this registry.
+    pub fn proxy(&self) -> edge_proxy::ProxyMetrics {
+        self.0.proxy.clone()
+    }
+
     pub fn encode(&self, format: Format) -> String {
         exposition::encode(&self.0.registry, format)
     }

@@ -63,6 +63,8 @@ pub struct Status {
     pub join_file: Option<String>,
     /// The model the node loaded (`ai` builds).
     pub model: Option<String>,
+    /// Where the proxy listens, when the config has a `[proxy]` table.
+    pub proxy: Option<String>,
     pub version: &'static str,
     pub arch: &'static str,
 }
@@ -91,6 +93,7 @@ impl StatusBoard {
             orchestrator: None,
             join_file: None,
             model: None,
+            proxy: None,
             version: env!("CARGO_PKG_VERSION"),
             arch: std::env::consts::ARCH,
         });

@@ -256,7 +256,7 @@ impl Forward {
             .unwrap_or_else(PoisonError::into_inner);
         let budget = budgets
             .entry(self.route.clone())
-            .or_insert_with(RetryBudget::default);
+            .or_default();
         f(budget)
     }
 

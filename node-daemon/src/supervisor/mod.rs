@@ -414,6 +414,14 @@ impl Supervisor {
             .collect()
     }
 
+    /// Every workload's spec with its status now: what the proxy routes to.
+    pub fn served(&self) -> Vec<(WorkloadSpec, InstanceStatus)> {
+        self.workloads()
+            .values()
+            .map(|h| (h.spec.clone(), h.reporter.snapshot()))
+            .collect()
+    }
+
     /// Every status change of every workload, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<InstanceStatus> {
         self.inner.events.subscribe()
