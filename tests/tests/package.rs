@@ -207,6 +207,89 @@ fn x86_64_gateway_package_installs_the_daemon_its_config_and_a_hardened_unit() {
     );
 }
 
+/// A profile's `[config]` as `cross/package.sh` installs it: the table's lines, with
+/// `[config.X]` headers become `[X]` and `[[config.X]]` ones `[[X]]`.
+fn packaged_config(profile: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in profile.lines() {
+        let header = line.trim_start();
+        if header.starts_with('[') {
+            let name = header.trim_start_matches('[');
+            inside = name.starts_with("config]") || name.starts_with("config.");
+            if inside && name.starts_with("config.") {
+                let brackets = &header[..header.len() - name.len()];
+                out.push_str(&format!("{brackets}{}\n", &name["config.".len()..]));
+            }
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_board_s_config_is_one_the_node_takes_with_a_proxy_on_port_80() {
+    let mut profiles: Vec<PathBuf> = std::fs::read_dir(workspace().join("targets"))
+        .expect("targets/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension() == Some(OsStr::new("toml")))
+        .collect();
+    profiles.sort();
+    assert_eq!(profiles.len(), 4, "{profiles:?}");
+    for path in profiles {
+        let text = read(&path);
+        let config = packaged_config(&text);
+        assert_plain_toml(&config);
+        let file = node_core::config::ConfigFile::from_toml(&config)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{config}", path.display()));
+        let proxy = file
+            .proxy()
+            .unwrap_or_else(|| panic!("{} has no [config.proxy]", path.display()));
+        assert_eq!(
+            proxy.listen(),
+            "0.0.0.0:80".parse().expect("an address"),
+            "{}",
+            path.display()
+        );
+        let cache = proxy.cache();
+        let profile: toml::Table = text.parse().expect("the profile is TOML");
+        let budget = |key: &str| {
+            profile["budget"][key]
+                .as_integer()
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or_else(|| panic!("{}: budget.{key}", path.display()))
+        };
+        assert!(
+            cache.disk_bytes <= budget("disk_bytes") / 2,
+            "{}: a {} B disk cache leaves the artifacts less than half the data dir's budget",
+            path.display(),
+            cache.disk_bytes
+        );
+        assert!(
+            cache.memory_bytes > 0 && cache.disk_bytes > 0,
+            "{}: both stores are on",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_packaged_config_keeps_every_table() {
+    let profile = "triple = \"x\"\n[budget]\nrss_bytes = 1\n[config]\nversion = 1\n\
+                   [config.reserve]\nmemory_bytes = 2\n[config.proxy]\nlisten = \"0.0.0.0:80\"\n\
+                   [config.proxy.cache]\nmemory_bytes = 3\n[[config.proxy.upstream]]\n\
+                   origin = \"http://a\"\n[other]\nx = 1\n";
+    assert_eq!(
+        packaged_config(profile),
+        "version = 1\n[reserve]\nmemory_bytes = 2\n[proxy]\nlisten = \"0.0.0.0:80\"\n\
+         [proxy.cache]\nmemory_bytes = 3\n[[proxy.upstream]]\norigin = \"http://a\"\n"
+    );
+}
+
 #[test]
 fn an_unknown_profile_is_refused_by_name() {
     let out = tempfile::tempdir().expect("temp dir");
