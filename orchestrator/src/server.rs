@@ -538,6 +538,8 @@ async fn flush_actions(
                     .reports
                     .record(node, report, crate::clock::now_unix(), &server.metrics);
             }
+            // Routes to peers are not distributed yet.
+            Action::ProxyAdvert(..) => {}
         }
     }
     session.is_closed()
