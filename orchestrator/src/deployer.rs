@@ -18,7 +18,7 @@
 
 use crate::links::NodeLinks;
 use crate::metrics::{Metrics, WorkloadEvent};
-use edge_proto::{NodeId, OrchMsg, ProxyAdvert, WorkloadReport};
+use edge_proto::{NodeId, OrchMsg, ProxyAdvert, WorkloadReport, WorkloadState};
 use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::routes::{self, RouteBook};
@@ -129,11 +129,18 @@ impl Deployer {
         .1
     }
 
-    /// A node reported an instance's state.
+    /// A node reported an instance's state. An instance the node does not hold (deleted
+    /// or moved while it was away) is being stopped: peers never route to it.
     pub fn report(&self, node: NodeId, report: &WorkloadReport) -> Committed {
         self.decide(|d, book| {
             let mut effects = d.report(node, report);
-            let routes = book.instance_state(node, report.workload.as_str(), report.state);
+            let workload = report.workload.as_str();
+            let state = if d.held_by(node).iter().any(|w| w == workload) {
+                report.state
+            } else {
+                WorkloadState::Stopped
+            };
+            let routes = book.instance_state(node, workload, state);
             effects.extend(broadcast(book, routes));
             ((), effects)
         })

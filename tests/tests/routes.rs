@@ -248,6 +248,15 @@ async fn a_session_learns_where_an_exposed_workload_runs_and_when_that_changes()
         }]
     );
 
+    // A node that reports an instance it does not hold is told to stop it, and is never
+    // listed meanwhile.
+    v.report("shop", generation, WorkloadState::Running).await;
+    v.next("an unassign of shop", |m| match m {
+        OrchMsg::Unassign(u) if u.workload.as_str() == "shop" => Some(()),
+        _ => None,
+    })
+    .await;
+
     // The instance stops: no instance left to route to, the routes stay.
     w1.report("shop", generation, WorkloadState::Stopped).await;
     let r = v.routes("shop").await;
