@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -99,6 +99,7 @@ impl NodeProxy {
         let cache_on = sizes.enabled();
         let upstreams = upstream_routes(config);
         let events = supervisor.subscribe();
+        let members = supervisor.watch_members();
         proxy.set_routing(routing(&upstreams, &supervisor.served(), cache_on));
         let (stop, stopped) = oneshot::channel::<()>();
         let serve = tokio::spawn(edge_proxy::serve(listener, limits, proxy.clone(), async {
@@ -109,6 +110,7 @@ impl NodeProxy {
             supervisor,
             upstreams,
             events,
+            members,
             cache_on,
         ));
         info!(%addr, "proxy listening");
@@ -141,18 +143,27 @@ impl Drop for NodeProxy {
     }
 }
 
-/// Rebuilds the routing on every change of what the supervisor runs.
+/// Rebuilds the routing on every change of what the supervisor runs: a workload added or
+/// removed, an instance changing state. Both waits are cancel-safe: losing the race loses
+/// nothing but a wake-up, and the routing is rebuilt from the supervisor's state, not from
+/// the event.
 async fn follow(
     proxy: Proxy,
     supervisor: Supervisor,
     upstreams: Vec<Route>,
     mut events: broadcast::Receiver<InstanceStatus>,
+    mut members: watch::Receiver<u64>,
     cache_on: bool,
 ) {
     loop {
-        match events.recv().await {
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return,
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            changed = members.changed() => if changed.is_err() {
+                return;
+            },
         }
         proxy.set_routing(routing(&upstreams, &supervisor.served(), cache_on));
     }

@@ -37,6 +37,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The port the sample service listens on, on each node's own address, unless told otherwise.
 pub const DEFAULT_HELLO_PORT: u16 = 8080;
+/// The port each node's proxy listens on, on the node's own address, unless told otherwise.
+pub const DEFAULT_PROXY_PORT: u16 = 8000;
 
 /// What `edge-orchestrator demo` was asked for.
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ pub struct Options {
     pub hello_bin: Option<PathBuf>,
     /// The port `edge-hello` listens on, on each node's address.
     pub hello_port: u16,
+    /// The port each node's proxy listens on, on its address.
+    pub proxy_port: u16,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -71,7 +75,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         nodes: Vec::new(),
     };
     let started = tokio::select! {
-        up = demo.start(&bins, options.api_listen, options.hello_port) => Some(up),
+        up = demo.start(&bins, options.api_listen, options.hello_port, options.proxy_port) => Some(up),
         why = stop.requested() => {
             say(format_args!("\n{why}: stopping the demo before it was up..."));
             None
@@ -246,6 +250,7 @@ impl Demo {
         bins: &Binaries,
         api_listen: SocketAddr,
         hello_port: u16,
+        proxy_port: u16,
     ) -> anyhow::Result<String> {
         let dir = self.dir.clone();
         say(format_args!(
@@ -278,7 +283,9 @@ impl Demo {
                  labels = {{ site = \"{site}\", demo = \"true\" }}\n\
                  location = {{ lat = {lat}, lon = {lon} }}\nstatus_interval_secs = 5\n\
                  [orchestrator]\naddress = \"{quic}\"\nlocal_address = \"{local}\"\n\
-                 [join]\ntoken = \"{token}\"\nca_hash = \"{ca}\"\n",
+                 [join]\ntoken = \"{token}\"\nca_hash = \"{ca}\"\n\
+                 [proxy]\nlisten = \"{local}:{proxy_port}\"\n\
+                 [proxy.cache]\nmemory_bytes = 4194304\ndisk_bytes = 16777216\n",
                 data = node_dir.join("data").display(),
                 quic = orch.quic_addr,
                 ca = orch.registry.ca().hash(),
@@ -349,7 +356,9 @@ impl Demo {
         let urls: String = NODES
             .iter()
             .map(|(name, _, _, _, local)| {
-                format!("\x20 curl http://{local}:{hello_port}/          # {name}\n")
+                format!(
+                    "\x20 curl http://{local}:{proxy_port}/          # {name}, through its proxy\n"
+                )
             })
             .collect();
         let edgectl = match &bins.edgectl {
@@ -368,7 +377,8 @@ impl Demo {
              Node logs:    {logs}\n\
              Work dir:     {dir} (removed on exit)\n\n\
              The sample workload `hello` (edge-hello, spec in {spec}) runs on every node,\n\
-             started {hello_ms} ms after the deploy:\n\
+             started {hello_ms} ms after the deploy, and each node's proxy routes to it\n\
+             (its own port is {hello_port}; `curl -i` shows the proxy's Cache-Status):\n\
              {urls}\n\
              Try, in another terminal:\n\
              \x20 export EDGE_API={api}\n\
@@ -470,7 +480,9 @@ async fn deploy_hello(
          args = [\"--port\", \"{port}\"]\nenv = {{ GREETING = \"hello\" }}\n\
          placement = \"per-node\"\n\
          [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n\
-         [requirements]\nlabels = {{ demo = \"true\" }}\n",
+         [requirements]\nlabels = {{ demo = \"true\" }}\n\
+         # Each node's proxy sends every request to the instance on its node.\n\
+         [[expose]]\nport = {port}\npath_prefix = \"/\"\n",
         digest = edge_proto::digest::to_prefixed(&stored.digest),
     );
     let path = dir.join("hello.toml");

@@ -4,6 +4,7 @@
 //! Everything binds port 0; nothing sleeps to wait for something.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod relay;
 
 use node_daemon::config::Config;

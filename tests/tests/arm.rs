@@ -288,7 +288,8 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
             "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\nstatus_interval_secs = 1\n\
              labels = {{ board = \"{profile_name}\" }}\n\
              [orchestrator]\naddress = \"{}\"\nlocal_address = \"{address}\"\n\
-             [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n",
+             [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n\
+             [proxy]\nlisten = \"{address}:0\"\n",
             dir.path().join("data").display(),
             orch.orch.quic_addr,
             orch.token(1),
@@ -335,16 +336,22 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
 
     // It runs the cross-built sample, placed there by architecture.
     let digest = push_artifact(&orch, &profile.binary("edge-hello")).await;
+    // A port free on the node's address now, for the sample and its route.
+    let port = std::net::TcpListener::bind((address, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let memory = sample_memory(&orch, &node, &name, arch).await;
     let spec = json!({
         "name": "hello",
         "version": "1.0.0",
         "artifact": digest,
-        "args": ["--port", "0"],
+        "args": ["--port", port.to_string()],
         "env": {"GREETING": "hi"},
         "replicas": 1,
         "resources": {"cpu_millis": 200, "memory_bytes": memory},
-        "requirements": {"arch": [arch]}
+        "requirements": {"arch": [arch]},
+        "expose": [{"port": port, "path_prefix": "/"}]
     });
     let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
     assert_eq!(status, 201, "{body}");
@@ -365,33 +372,40 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
     // Its process group is its pid: the supervisor starts each instance in its own.
     node.groups.push(pid);
 
-    // It listens on the node's own address (EDGE_NODE_ADDRESS), on the port its log names.
-    let listening = format!("edge-hello listening on {address}:");
-    let port = poll(
-        &orch,
-        &mut node,
-        "the sample's log",
-        &format!("/v1/workloads/hello/logs?node={name}"),
-        EMULATED,
-        |status, log| {
-            let log = log.as_str().filter(|_| status == 200)?;
-            log.split(listening.as_str())
+    // It listens on the node's own address (EDGE_NODE_ADDRESS), and the node's proxy routes
+    // to it; the proxy's address is in the node's log.
+    let sample = format!("{address}:{port}");
+    let greeting = format!("hi from {name}\n");
+    let answered = eventually(EMULATED, || {
+        http_get_root(&sample).as_deref() == Some(greeting.as_str())
+    })
+    .await;
+    if answered.is_none() {
+        node.fail("the sample does not answer on its port");
+    }
+    let proxy = std::fs::read_to_string(&node.log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("proxy listening"))
+        .and_then(|l| {
+            l.split("addr=")
                 .nth(1)?
                 .split_whitespace()
-                .next()?
-                .parse::<u16>()
-                .ok()
-        },
-    )
+                .next()
+                .map(str::to_owned)
+        });
+    let Some(proxy) = proxy else {
+        node.fail("the node's log does not say where its proxy listens");
+    };
+    let routed = eventually(EMULATED, || {
+        http_get_root(&proxy).as_deref() == Some(greeting.as_str())
+    })
     .await;
-    // Straight to the sample: the node has no HTTP proxy for its workloads yet. Once it has,
-    // ask through the proxy as well.
-    let sample = format!("{address}:{port}");
-    assert_eq!(
-        http_get_root(&sample).as_deref(),
-        Some(format!("hi from {name}\n").as_str()),
-        "the sample answers from the ARM node"
-    );
+    if routed.is_none() {
+        node.fail(&format!(
+            "the sample does not answer through the proxy at {proxy}"
+        ));
+    }
 
     // SIGTERM: the node stops its workloads and exits cleanly, leaving nothing behind.
     let status = Command::new("kill")

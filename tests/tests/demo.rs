@@ -5,7 +5,7 @@
 //! The demo runs the binaries the test suite builds anyway (`--node-bin`, `--hello-bin`), so
 //! it builds nothing of its own.
 
-use edge_tests::{PATIENCE, alive, binary, eventually};
+use edge_tests::{PATIENCE, alive, binary, eventually, http_get_root};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -22,8 +22,8 @@ const UP: &str = "Press Ctrl-C to stop everything.";
 static ONE_DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A port the system gave out on the first node address and that is free on the others, for
-/// the sample service: two demos (these tests) must not share one.
-fn hello_port() -> u16 {
+/// the sample service or the proxies: two demos (these tests) must not share one.
+fn free_on_every_node() -> u16 {
     loop {
         let first =
             std::net::TcpListener::bind((NODE_ADDRESSES[0], 0)).expect("bind a loopback address");
@@ -54,6 +54,10 @@ impl Demo {
     fn start() -> Self {
         let tmp = tempfile::tempdir().expect("tmp");
         let work_dir = tmp.path().join("demo");
+        let hello_port = free_on_every_node();
+        let proxy_port = std::iter::repeat_with(free_on_every_node)
+            .find(|p| *p != hello_port)
+            .expect("another port");
         let mut child = Command::new(binary("edge-orchestrator"))
             .args(["demo", "--api-listen", "127.0.0.1:0", "--work-dir"])
             .arg(&work_dir)
@@ -61,7 +65,8 @@ impl Demo {
             .arg(binary("edge-node"))
             .arg("--hello-bin")
             .arg(binary("edge-hello"))
-            .args(["--hello-port", &hello_port().to_string()])
+            .args(["--hello-port", &hello_port.to_string()])
+            .args(["--proxy-port", &proxy_port.to_string()])
             // Not from a source tree as far as it can tell: it must not run cargo.
             .env_remove("CARGO")
             .env("EDGE_LOG", "warn")
@@ -234,6 +239,31 @@ async fn assert_clean_exit(demo: &mut Demo) {
     assert!(gone.is_some(), "left running: {left:#?}");
 }
 
+/// The sample answers through each node's proxy, at the URLs the banner gives.
+fn assert_the_proxies_answer(banner: &str) {
+    let urls: Vec<(&str, &str)> = banner
+        .lines()
+        .filter(|l| l.contains("through its proxy"))
+        .filter_map(|l| {
+            let url = l.split("curl http://").nth(1)?.split('/').next()?;
+            let node = l.split("# ").nth(1)?.split(',').next()?;
+            Some((url, node))
+        })
+        .collect();
+    assert_eq!(
+        urls.len(),
+        NODE_ADDRESSES.len(),
+        "a proxy URL per node: {banner}"
+    );
+    for (addr, node) in urls {
+        assert_eq!(
+            http_get_root(addr).as_deref(),
+            Some(format!("hello from {node}\n").as_str()),
+            "through {addr}"
+        );
+    }
+}
+
 /// The API URL the banner gives.
 fn api_url(banner: &str) -> String {
     banner
@@ -277,6 +307,7 @@ async fn ctrl_c_with_its_reader_gone_stops_everything_and_removes_the_work_dir()
     let banner = demo.wait_up();
     assert_fleet_runs(&demo);
     assert_metrics_tell_what_happened(&banner).await;
+    assert_the_proxies_answer(&banner);
     // `tee` dies of the same Ctrl-C: whatever the demo says from here on finds no reader.
     demo.close_stdout();
     demo.signal("INT");

@@ -3,46 +3,10 @@
 //! `edgectl`, kill it with SIGKILL, bring it back; push the sample service, deploy it, reach it,
 //! read its log and delete it.
 
-use edge_tests::{PATIENCE, Proc, binary, eventually, http_get_root, start_orchestrator};
+use edge_tests::cli::{Edgectl, node_config, run_node};
+use edge_tests::{PATIENCE, binary, eventually, http_get_root, start_orchestrator};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Child, Command};
-
-struct Edgectl {
-    api: String,
-    token: String,
-}
-
-impl Edgectl {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(binary("edgectl"))
-            .args(["--api", &self.api, "--token", &self.token])
-            .args(args)
-            .output()
-            .expect("edgectl runs")
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.run(&all);
-        assert!(
-            out.status.success(),
-            "edgectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("edgectl --json prints JSON")
-    }
-
-    fn status_of(&self, name: &str) -> Option<String> {
-        let out = self.run(&["node", name, "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["status"].as_str().map(str::to_owned)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_runs_a_node_with_the_binaries() {
@@ -155,45 +119,6 @@ fn nix_term(child: &Child) {
         .status()
         .expect("kill runs");
     assert!(status.success());
-}
-
-/// Writes the config file of a node `name` under `dir`, joining with `join` (from `edgectl
-/// token create --json`), with `extra` TOML at the top level.
-fn node_config(
-    dir: &Path,
-    name: &str,
-    extra: &str,
-    quic: &str,
-    join: &serde_json::Value,
-) -> std::path::PathBuf {
-    let node_dir = dir.join(name);
-    std::fs::create_dir_all(&node_dir).expect("node dir");
-    let config = node_dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\n{extra}\n\
-             [orchestrator]\naddress = \"{quic}\"\n\
-             [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n",
-            node_dir.join("data").display(),
-            join["token"].as_str().expect("token"),
-            join["ca_hash"].as_str().expect("ca_hash"),
-        ),
-    )
-    .expect("write config");
-    config
-}
-
-/// `edge-node run --config CONFIG`.
-fn run_node(config: &Path) -> Proc {
-    Proc(
-        Command::new(binary("edge-node"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("EDGE_LOG", "warn")
-            .spawn()
-            .expect("node starts"),
-    )
 }
 
 /// `GET /` on the sample service; `None` if nothing answers.

@@ -254,9 +254,7 @@ impl Forward {
             .budgets
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let budget = budgets
-            .entry(self.route.clone())
-            .or_default();
+        let budget = budgets.entry(self.route.clone()).or_default();
         f(budget)
     }
 

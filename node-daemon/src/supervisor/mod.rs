@@ -57,7 +57,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use store::Store;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
@@ -149,6 +149,8 @@ struct Inner {
     options: SupervisorOptions,
     workloads: Mutex<BTreeMap<String, Handle>>,
     events: broadcast::Sender<InstanceStatus>,
+    /// Bumped whenever a workload is added or removed; status changes go to `events`.
+    members: watch::Sender<u64>,
     /// Where process starts, exits and restarts are counted.
     metrics: NodeMetrics,
     /// Serializes `apply`, `remove`, `recover` and `shutdown`.
@@ -211,6 +213,7 @@ impl Supervisor {
         };
         info!(limits = limits.name(), data_dir = %data_dir.display(), "workload supervisor open");
         let (events, _) = broadcast::channel(EVENTS_CAPACITY);
+        let (members, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -218,6 +221,7 @@ impl Supervisor {
                 options,
                 workloads: Mutex::new(BTreeMap::new()),
                 events,
+                members,
                 metrics,
                 ops: tokio::sync::Mutex::new(()),
             }),
@@ -380,6 +384,7 @@ impl Supervisor {
         if let Some(old) = self.workloads().insert(name, handle) {
             old.task.abort();
         }
+        self.inner.members.send_modify(|n| *n += 1);
     }
 
     /// Stops the workload (SIGTERM, SIGKILL after its grace period, nothing left behind) and
@@ -388,6 +393,9 @@ impl Supervisor {
         spec::validate_name(name)?;
         let _ops = self.inner.ops.lock().await;
         let handle = self.workloads().remove(name);
+        if handle.is_some() {
+            self.inner.members.send_modify(|n| *n += 1);
+        }
         if let Some(h) = handle {
             stop(h).await;
         }
@@ -420,6 +428,12 @@ impl Supervisor {
             .values()
             .map(|h| (h.spec.clone(), h.reporter.snapshot()))
             .collect()
+    }
+
+    /// Told whenever a workload is added or removed (its status changes go to
+    /// [`subscribe`](Self::subscribe)).
+    pub fn watch_members(&self) -> watch::Receiver<u64> {
+        self.inner.members.subscribe()
     }
 
     /// Every status change of every workload, from now on.

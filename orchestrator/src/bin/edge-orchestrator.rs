@@ -51,6 +51,9 @@ enum Command {
         /// The port the sample service listens on, on each node's address.
         #[arg(long, default_value_t = orchestrator::demo::DEFAULT_HELLO_PORT)]
         hello_port: u16,
+        /// The port each node's proxy listens on, on the node's address.
+        #[arg(long, default_value_t = orchestrator::demo::DEFAULT_PROXY_PORT)]
+        proxy_port: u16,
     },
 }
 
@@ -117,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_bin,
             hello_bin,
             hello_port,
+            proxy_port,
         } => {
             orchestrator::demo::run(orchestrator::demo::Options {
                 api_listen,
@@ -124,6 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node_bin,
                 hello_bin,
                 hello_port,
+                proxy_port,
             })
             .await
         }
