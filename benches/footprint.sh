@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # footprint.sh: the node's idle memory per board profile, on x86_64, against its budget in
-# targets/PROFILE.toml, with the same daemon built without the model runtime (`ai` off) run
-# beside it as the anchor. Each node is provisioned the way a board is: the profile's packaged
-# config plus a join file, then enrolled; RSS is read 10 s after it is online, and again after
-# a restart with its stored identity (the figure the goal is about).
+# targets/PROFILE.toml. Each node is provisioned the way a board is: the profile's packaged
+# config plus a join file and a `[proxy]` table (listening on loopback, the cache at its
+# defaults: 8 MiB in memory, 256 MiB on disk), then enrolled; RSS is read 10 s after it is
+# online, and again after a restart with its stored identity (the figure the goal is about).
+# Two anchors run beside it: the same binary without the `[proxy]` table (what the proxy
+# costs), and the same daemon built without the model runtime (`ai` off), with the proxy.
 # It also prints the stripped size of every profile's binary that has been built.
 #
 # Usage: benches/footprint.sh              (builds first: x86_64 musl with and without `ai`)
@@ -60,14 +62,28 @@ echo "command: benches/footprint.sh ($settings)"
 # --- the orchestrator -------------------------------------------------------------------------
 start_orchestrator "$WORK/orch"
 
-# packaged_config PROFILE DIR: the profile's [config] as the package installs it, with the
-# paths moved under DIR and the status endpoint on port 0.
+# packaged_config PROFILE DIR PROXY: the profile's [config] as the package installs it, with
+# the paths moved under DIR and the status endpoint on port 0; with PROXY=proxy, a [proxy]
+# table that sets only where it listens.
 packaged_config() {
   awk '/^\[/ { inside = ($0 == "[config]" || $0 ~ /^\[config\./) ; if (inside) { sub(/^\[config\.?/, "["); if ($0 == "[]") next } }
        inside' "$1" |
     sed -e "s|^data_dir = .*|data_dir = \"$2/data\"|" \
       -e "s|^join_file = .*|join_file = [\"$2/boot/edge-join.toml\"]|" \
       -e "s|^status_listen = .*|status_listen = \"127.0.0.1:0\"|"
+  [ "$3" != proxy ] || printf '\n[proxy]\nlisten = "127.0.0.1:0"\n'
+}
+
+# listening PID: the loopback TCP ports PID listens on (the status endpoint, and the proxy when
+# the config has one), read from /proc so that nothing is asked of the node.
+listening() {
+  local inodes
+  inodes="$(for fd in /proc/"$1"/fd/*; do readlink "$fd"; done 2>/dev/null |
+    sed -n 's/^socket:\[\([0-9]*\)\]$/\1/p')"
+  awk 'FNR > 1 && $4 == "0A" { split($2, a, ":"); print $10, a[2] }' "/proc/$1/net/tcp" |
+    while read -r inode port; do
+      grep -qx "$inode" <<<"$inodes" && printf '%d ' "0x$port"
+    done
 }
 
 # start_node DIR BINARY: starts a node on DIR/node.toml, sets NODE_PID. With the bare
@@ -80,13 +96,14 @@ start_node() {
   PIDS+=("$NODE_PID")
 }
 
-# idle NAME PROFILE BINARY: provisions a node, lets it enroll and idle, then restarts it with
-# its stored identity and lets it idle again. Prints "RSS HWM RSS_FIRST_BOOT" in KiB, the
+# idle NAME PROFILE BINARY PROXY: provisions a node (with a [proxy] table when PROXY=proxy),
+# lets it enroll and idle, then restarts it with its stored identity and lets it idle again.
+# Prints "RSS HWM RSS_FIRST_BOOT PORTS" (KiB, and how many TCP ports it listens on), the
 # first two for the restarted node: the state a node spends its life in.
 idle() {
-  local name="$1" profile="$2" binary="$3" dir="$WORK/$1" first
+  local name="$1" profile="$2" binary="$3" dir="$WORK/$1" first ports
   mkdir -p "$dir/boot"
-  packaged_config "$profile" "$dir" >"$dir/node.toml"
+  packaged_config "$profile" "$dir" "$4" >"$dir/node.toml"
   create_token 1 footprint
   write_join "$dir/boot/edge-join.toml" "$name"
   start_node "$dir" "$binary"
@@ -101,32 +118,35 @@ idle() {
   start_node "$dir" "$binary"
   expect_node "$name" online "$dir/node.log"
   sleep "$IDLE_WAIT_SECS"
-  echo "$(kib_of "$NODE_PID" VmRSS) $(kib_of "$NODE_PID" VmHWM) $first"
+  ports="$(listening "$NODE_PID" | wc -w)"
+  echo "$(kib_of "$NODE_PID" VmRSS) $(kib_of "$NODE_PID" VmHWM) $first $ports"
   kill -TERM "$NODE_PID"
   wait "$NODE_PID" 2>/dev/null || true
 }
 
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "| profile (x86_64 musl build, its packaged config and a join file) | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot | budget (rss_bytes) | anchor: same, without \`ai\`, restarted | ratio |"
-echo "|---|---|---|---|---|---|---|"
+echo "| profile (x86_64 musl build, its packaged config, a join file and \`[proxy]\`) | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot | listening ports | budget (rss_bytes) | anchor: same binary, no \`[proxy]\` | ratio | anchor: without \`ai\`, with \`[proxy]\` | ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for profile in ${PROFILES:-targets/*.toml}; do
   name="$(basename "$profile" .toml)"
   name="${name//_/-}" # node names take no underscores
-  read -r rss hwm first < <(idle "$name" "$profile" "$WORK/bin/edge-node-ai")
-  read -r rss0 _ _ < <(idle "$name-no-ai" "$profile" "$WORK/bin/edge-node-no-ai")
+  read -r rss hwm first ports < <(idle "$name" "$profile" "$WORK/bin/edge-node-ai" proxy)
+  read -r rssp _ _ portsp < <(idle "$name-no-proxy" "$profile" "$WORK/bin/edge-node-ai" none)
+  read -r rss0 _ _ _ < <(idle "$name-no-ai" "$profile" "$WORK/bin/edge-node-no-ai" proxy)
   # idle runs in a subshell: a failure there leaves the figures empty.
-  [ -n "${rss:-}" ] && [ -n "${rss0:-}" ] || exit 1
+  [ -n "${rss:-}" ] && [ -n "${rssp:-}" ] && [ -n "${rss0:-}" ] || exit 1
   want="$(budget "$profile" rss_bytes)"
   [ "$name" != x86-64-gateway ] || gateway_rss="$rss"
-  echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib $((first * 1024))) MiB | $(mib "$want") MiB | $(mib $((rss0 * 1024))) MiB | $(awk -v a="$rss" -v b="$rss0" 'BEGIN { printf "%.2f", a / b }') |"
+  echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib $((first * 1024))) MiB | $ports (without \`[proxy]\`: $portsp) | $(mib "$want") MiB | $(mib $((rssp * 1024))) MiB | $(ratio "$rss" "$rssp") | $(mib $((rss0 * 1024))) MiB | $(ratio "$rss" "$rss0") |"
 done
 
 if [ "$PLAIN" = 1 ]; then
   cp "${NODE_PLAIN:-$TARGET_DIR/release/edge-node}" "$WORK/bin/edge-node-plain"
   # The cross build's figure from the table above, or measured now if its profile was left out.
   [ -n "${gateway_rss:-}" ] ||
-    read -r gateway_rss _ _ < <(idle cross-build targets/x86_64-gateway.toml "$WORK/bin/edge-node-ai")
-  read -r rss hwm first < <(idle plain-build targets/x86_64-gateway.toml "$WORK/bin/edge-node-plain")
+    read -r gateway_rss _ _ _ < <(idle cross-build targets/x86_64-gateway.toml "$WORK/bin/edge-node-ai" proxy)
+  read -r rss hwm first _ < <(idle plain-build targets/x86_64-gateway.toml "$WORK/bin/edge-node-plain" proxy)
   [ -n "${rss:-}" ] && [ -n "${gateway_rss:-}" ] || exit 1
   linking() { file -b "$1" | grep -o 'statically linked\|dynamically linked\|static-pie linked' | head -1; }
   echo
