@@ -118,28 +118,10 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// A proxy that reaches instances here and origins, not peers.
+    /// A proxy that reaches instances here and origins; peers once it has
+    /// [`set_peer_tls`](Self::set_peer_tls).
     pub fn new(settings: Settings, cache: Cache, metrics: ProxyMetrics) -> Self {
-        Self::build(settings, cache, metrics, None)
-    }
-
-    /// A proxy that reaches peers too, as the node `peer_tls` holds the identity of.
-    pub fn with_peers(
-        settings: Settings,
-        cache: Cache,
-        metrics: ProxyMetrics,
-        peer_tls: &PeerTls,
-    ) -> Self {
-        Self::build(settings, cache, metrics, Some(peer_tls))
-    }
-
-    fn build(
-        settings: Settings,
-        cache: Cache,
-        metrics: ProxyMetrics,
-        peer_tls: Option<&PeerTls>,
-    ) -> Self {
-        let upstreams = Arc::new(Upstreams::new(Arc::new(metrics.clone()), peer_tls));
+        let upstreams = Arc::new(Upstreams::new(Arc::new(metrics.clone())));
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -174,6 +156,24 @@ impl Proxy {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// A proxy that reaches peers too, as the node `peer_tls` holds the identity of.
+    pub fn with_peers(
+        settings: Settings,
+        cache: Cache,
+        metrics: ProxyMetrics,
+        peer_tls: &PeerTls,
+    ) -> Self {
+        let proxy = Self::new(settings, cache, metrics);
+        proxy.set_peer_tls(peer_tls);
+        proxy
+    }
+
+    /// Reaches peers from the next connection on, as the node `peer_tls` holds the identity
+    /// of: a node gets its certificate when it enrolls, after its proxy started.
+    pub fn set_peer_tls(&self, peer_tls: &PeerTls) {
+        self.inner.upstreams.set_peer_tls(peer_tls);
     }
 
     /// The handler for the peer listener: the same proxy, serving only what runs here.

@@ -117,24 +117,22 @@ impl Backend {
 }
 
 /// How the proxy opens a connection to a backend: plain TCP for instances here and origins,
-/// TCP then TLS as this node for peers (`https://NODE@ADDR`). Without [`PeerTls`], a peer
-/// cannot be reached and says so.
+/// TCP then TLS as this node for peers (`https://NODE@ADDR`). Until it has [`PeerTls`] (a node
+/// that has not enrolled yet has no certificate), a peer cannot be reached and says so.
 #[derive(Clone)]
 pub struct Connector {
     tcp: HttpConnector,
-    tls: Option<TlsConnector>,
+    tls: Arc<std::sync::RwLock<Option<TlsConnector>>>,
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connector")
-            .field("peers", &self.tls.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("Connector").finish_non_exhaustive()
     }
 }
 
 impl Connector {
-    fn new(tls: Option<&PeerTls>) -> Self {
+    fn new() -> Self {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -142,8 +140,20 @@ impl Connector {
         tcp.enforce_http(false);
         Self {
             tcp,
-            tls: tls.map(PeerTls::connector),
+            tls: Arc::default(),
         }
+    }
+
+    fn set_tls(&self, tls: &PeerTls) {
+        // A whole value replaced at once: consistent across a panic elsewhere.
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = Some(tls.connector());
+    }
+
+    fn tls(&self) -> Option<TlsConnector> {
+        self.tls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -161,7 +171,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mut tcp = self.tcp.clone();
-        let tls = self.tls.clone();
+        let tls = self.tls();
         Box::pin(async move {
             let peer = uri.scheme() == Some(&Scheme::HTTPS);
             // Checked before connecting: a peer that cannot be verified is not dialled.
@@ -264,6 +274,7 @@ pub trait UpstreamEvents: Send + Sync {
 /// The backends of every route, the client that reaches them, and their retry budgets.
 pub struct Upstreams {
     client: Client<Connector, Body>,
+    connector: Connector,
     state: Mutex<HashMap<BackendAddr, BackendState>>,
     budgets: Mutex<HashMap<String, RetryBudget>>,
     breaker: BreakerConfig,
@@ -277,21 +288,27 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
-    /// Backends here and origins; peers only with `peer_tls`, the node's TLS for them.
-    pub fn new(events: Arc<dyn UpstreamEvents>, peer_tls: Option<&PeerTls>) -> Self {
-        let connector = Connector::new(peer_tls);
+    /// Backends here and origins; peers once [`set_peer_tls`](Self::set_peer_tls) is called.
+    pub fn new(events: Arc<dyn UpstreamEvents>) -> Self {
+        let connector = Connector::new();
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(POOL_PER_HOST)
-            .build(connector);
+            .build(connector.clone());
         Self {
             client,
+            connector,
             state: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             breaker: BreakerConfig::default(),
             events,
         }
+    }
+
+    /// Reaches peers from now on as the node `tls` holds the identity of.
+    pub fn set_peer_tls(&self, tls: &PeerTls) {
+        self.connector.set_tls(tls);
     }
 
     fn state(&self) -> MutexGuard<'_, HashMap<BackendAddr, BackendState>> {
