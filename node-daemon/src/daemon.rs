@@ -238,6 +238,9 @@ pub async fn run_with(
                 Action::Unassign(u) => {
                     tokio::spawn(workloads.unassign(u.workload.as_str()));
                 }
+                // Peer routes are not used yet: the proxy routes to local instances and
+                // origins only.
+                Action::Routes(_) | Action::Unroute(_) => {}
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
                     if let Fatal::Rejected {

@@ -7,11 +7,21 @@
 //! durable, and many concurrent deploys share one fsync. The API and the QUIC server change
 //! deployments only through [`Deployer::deploy`]; a spec is deployed, from the API or the
 //! demo, only through [`Deployer::apply`], which also says so ([`WorkloadEvent::Deployed`]).
+//!
+//! The deployer also keeps the core's [`RouteBook`], which tells every online node where each
+//! exposed workload runs. It is fed here and only here: with every deployment a change
+//! stores or forgets (so no caller of [`Deployer::deploy`] can forget it), and with what the
+//! QUIC server learns of sessions, adverts, instance states and locations. Its messages join
+//! the same queue after the effects that caused them, so a node gets its assignments before
+//! the routes of a session, and every route message in the order it was decided. Nothing of
+//! it is stored: it is derived, and nodes say everything it needs again with each session.
 
 use crate::links::NodeLinks;
 use crate::metrics::{Metrics, WorkloadEvent};
+use edge_proto::{NodeId, OrchMsg, ProxyAdvert, WorkloadReport, WorkloadState};
 use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
 use orchestrator_core::fleet::NodeRecord;
+use orchestrator_core::routes::{self, RouteBook};
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +34,9 @@ const MAX_BATCHES_PER_FLUSH: usize = 4096;
 #[derive(Debug)]
 pub struct Deployer {
     deployments: Mutex<Deployments>,
+    /// Locked only while `deployments` is, after it: one order for both locks, and route
+    /// messages queued in the order they were decided.
+    routes: Mutex<RouteBook>,
     committer: Committer,
 }
 
@@ -41,10 +54,16 @@ impl Deployer {
                     key: e.name,
                     reason: e.reason,
                 })?;
+        // Every node is offline: nobody is told anything until a session opens.
+        let mut routes = RouteBook::new();
+        for a in deployments.assignments() {
+            routes.workload_changed(a);
+        }
         let committer = Committer::start(store, links)
             .map_err(|e| StoreError::Backend(format!("starting the committer: {e}")))?;
         Ok(Self {
             deployments: Mutex::new(deployments),
+            routes: Mutex::new(routes),
             committer,
         })
     }
@@ -63,8 +82,110 @@ impl Deployer {
         &self,
         f: impl FnOnce(&mut Deployments) -> (R, Vec<Effect>),
     ) -> (R, Committed) {
+        self.decide(|d, _| f(d))
+    }
+
+    /// A node's session is ready for messages: it gets every assignment it holds, then the
+    /// routes of every exposed workload.
+    pub fn node_up(&self, record: NodeRecord) -> Committed {
+        let id = record.id;
+        let location = routes::location(&record);
+        self.decide(|d, book| {
+            let mut effects = d.node_up(record);
+            let routes = book.node_online(id, location);
+            effects.extend(broadcast(book, routes));
+            // The node forgets its peer routes when a session opens; this is all of them.
+            effects.extend(book.snapshot().into_iter().map(|m| Effect::Send(id, m)));
+            ((), effects)
+        })
+        .1
+    }
+
+    /// A session of `node` ended. If `offline` still says so, the node has no other
+    /// session: it is marked offline and peers stop routing to it. Asked under the
+    /// deployments lock, which [`Deployer::node_up`] takes too, so a session that opened
+    /// meanwhile is never marked offline after its `node_up`.
+    pub fn node_down(&self, node: NodeId, offline: impl FnOnce() -> bool) {
+        self.decide(|d, book| {
+            if !offline() {
+                return ((), Vec::new());
+            }
+            d.node_down(node);
+            let routes = book.node_offline(node);
+            ((), broadcast(book, routes))
+        });
+    }
+
+    /// The registry's record of a node changed (capabilities, cordon, location).
+    pub fn node_changed(&self, record: NodeRecord, online: bool) -> Committed {
+        let id = record.id;
+        let location = routes::location(&record);
+        self.decide(|d, book| {
+            let mut effects = d.node_changed(record, online);
+            let routes = book.node_moved(id, location);
+            effects.extend(broadcast(book, routes));
+            ((), effects)
+        })
+        .1
+    }
+
+    /// A node reported an instance's state. An instance the node does not hold (deleted
+    /// or moved while it was away) is being stopped: peers never route to it.
+    pub fn report(&self, node: NodeId, report: &WorkloadReport) -> Committed {
+        self.decide(|d, book| {
+            let mut effects = d.report(node, report);
+            let workload = report.workload.as_str();
+            let state = if d.held_by(node).iter().any(|w| w == workload) {
+                report.state
+            } else {
+                WorkloadState::Stopped
+            };
+            let routes = book.instance_state(node, workload, state);
+            effects.extend(broadcast(book, routes));
+            ((), effects)
+        })
+        .1
+    }
+
+    /// A node said where peers reach its proxy.
+    pub fn proxy_advert(&self, node: NodeId, advert: ProxyAdvert) -> Committed {
+        self.decide(|_, book| {
+            let routes = book.proxy_advert(node, advert);
+            ((), broadcast(book, routes))
+        })
+        .1
+    }
+
+    fn book(&self) -> MutexGuard<'_, RouteBook> {
+        // Each RouteBook call completes or panics before its messages are queued, and a
+        // refresh replaces whole entries: a poisoned lock holds a consistent book.
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the deployments and the route book under both locks, feeds the book
+    /// every deployment the effects store or forget, and queues all of it in that order.
+    fn decide<R>(
+        &self,
+        f: impl FnOnce(&mut Deployments, &mut RouteBook) -> (R, Vec<Effect>),
+    ) -> (R, Committed) {
         let mut deployments = self.lock();
-        let (r, effects) = f(&mut deployments);
+        let mut book = self.book();
+        let (r, mut effects) = f(&mut deployments, &mut book);
+        let changed: Vec<String> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Persist(record) => record.name().map(str::to_owned),
+                Effect::Forget(name) => Some(name.clone()),
+                Effect::Send(..) => None,
+            })
+            .collect();
+        for name in changed {
+            let routes = match deployments.assignment_of(&name) {
+                Some(a) => book.workload_changed(a),
+                None => book.workload_deleted(&name),
+            };
+            effects.extend(broadcast(&book, routes));
+        }
         let committed = self.committer.submit(effects);
         (r, committed)
     }
@@ -107,6 +228,13 @@ impl Deployer {
             shown,
         })
     }
+}
+
+/// Each route message, to every online node.
+fn broadcast(book: &RouteBook, msgs: Vec<OrchMsg>) -> Vec<Effect> {
+    msgs.into_iter()
+        .flat_map(|m| book.online().map(move |node| Effect::Send(node, m.clone())))
+        .collect()
 }
 
 /// What [`Deployer::apply`] did.

@@ -3,9 +3,9 @@
 //! `edgectl`.
 //!
 //! The shells share narrow handles, each owned by the module that keeps it: [`registry`]
-//! (nodes, tokens, the CA), [`deployer`] (the deployments and their committer), [`links`]
-//! (live connections and session outboxes), [`reports`] (what nodes last said about their
-//! instances) and the artifact store ([`artifacts`]). [`app`] makes them and hands each
+//! (nodes, tokens, the CA), [`deployer`] (the deployments, routes to peers, the committer),
+//! [`links`] (live connections and session outboxes), [`reports`] (what nodes last said about
+//! their instances) and the artifact store ([`artifacts`]). [`app`] makes them and hands each
 //! shell the ones it needs; the API never imports the QUIC server, nor the server the API.
 #![forbid(unsafe_code)]
 

@@ -269,9 +269,9 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     server.links.remove_connection(id);
     if let Some(node) = peer {
         server.links.clear_outbox(node, id);
-        if !server.registry.fleet().is_online(node) {
-            server.deployments.lock().node_down(node);
-        }
+        server
+            .deployments
+            .node_down(node, || !server.registry.fleet().is_online(node));
     }
     // Let the close frame and any final message go out before the connection is dropped.
     conn.close(close_code(None), b"");
@@ -366,10 +366,11 @@ async fn serve_stream(
     }
 }
 
-/// A node's session is ready for messages: it gets its assignments again.
+/// A node's session is ready for messages: it gets its assignments again, then the routes
+/// of every exposed workload.
 fn node_up(server: &Server, node: NodeId) {
     if let Some((record, _)) = server.registry.node(node) {
-        server.deployments.deploy(|d| ((), d.node_up(record)));
+        server.deployments.node_up(record);
     }
 }
 
@@ -514,9 +515,7 @@ async fn flush_actions(
                 if let Event::CapabilitiesChanged { node } = e
                     && let Some((record, online)) = server.registry.node(node)
                 {
-                    server
-                        .deployments
-                        .deploy(|d| ((), d.node_changed(record, online)));
+                    server.deployments.node_changed(record, online);
                 }
             }
             Action::Admission(node, reply) => {
@@ -533,10 +532,14 @@ async fn flush_actions(
             }
             Action::WorkloadReport(node, report) => {
                 debug!(node = %node, workload = %report.workload, state = ?report.state, "workload report");
-                server.deployments.deploy(|d| ((), d.report(node, &report)));
+                server.deployments.report(node, &report);
                 server
                     .reports
                     .record(node, report, crate::clock::now_unix(), &server.metrics);
+            }
+            Action::ProxyAdvert(node, advert) => {
+                debug!(node = %node, peer = ?advert.peer, "proxy advert");
+                server.deployments.proxy_advert(node, advert);
             }
         }
     }

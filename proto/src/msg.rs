@@ -152,6 +152,8 @@ pub enum NodeMsg {
     Admission(Box<AdmissionReply>),
     /// A workload instance changed state.
     Workload(Box<WorkloadReport>),
+    /// Where peers reach this node's proxy; sent after every `Welcome` and when it changes.
+    Proxy(ProxyAdvert),
 }
 
 /// The orchestrator accepted a session.
@@ -284,6 +286,10 @@ pub enum OrchMsg {
     Assign(Box<Assignment>),
     /// Stop this workload and forget it.
     Unassign(Unassign),
+    /// Where an exposed workload runs in the fleet: replaces what the node knew of it.
+    Routes(Box<WorkloadRoutes>),
+    /// The workload is no longer exposed (deleted, or its spec has no routes any more).
+    Unroute(Unroute),
 }
 
 /// A device that can speed up or feed a workload.
@@ -646,6 +652,104 @@ impl LogLines {
             lines: Seq::new(batch).unwrap_or_default(),
         }
     }
+}
+
+/// Where peers reach a node's proxy over TLS, as the node advertises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyAdvert {
+    /// `None`: the node has no peer listener, so no other node can route to it.
+    pub peer: Option<PeerAddr>,
+}
+
+/// An IP address and port a peer dials. Its own type, not `SocketAddr`, so that the wire
+/// never depends on how a platform's socket types serialize; [`From`] converts both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerAddr {
+    pub ip: IpBytes,
+    pub port: u16,
+}
+
+/// An IP address in network byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IpBytes {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl From<core::net::IpAddr> for IpBytes {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(v4) => Self::V4(v4.octets()),
+            core::net::IpAddr::V6(v6) => Self::V6(v6.octets()),
+        }
+    }
+}
+
+impl From<IpBytes> for core::net::IpAddr {
+    fn from(ip: IpBytes) -> Self {
+        match ip {
+            IpBytes::V4(b) => core::net::Ipv4Addr::from(b).into(),
+            IpBytes::V6(b) => core::net::Ipv6Addr::from(b).into(),
+        }
+    }
+}
+
+/// An IPv6 scope id and flow label do not cross the wire: a peer in another host's
+/// link-local scope could not use them.
+impl From<core::net::SocketAddr> for PeerAddr {
+    fn from(addr: core::net::SocketAddr) -> Self {
+        Self {
+            ip: addr.ip().into(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl From<PeerAddr> for core::net::SocketAddr {
+    fn from(addr: PeerAddr) -> Self {
+        Self::new(addr.ip.into(), addr.port)
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&core::net::SocketAddr::from(*self), f)
+    }
+}
+
+/// Everything a node needs to route to one exposed workload on other nodes. Replaces what
+/// the node knew of that workload. Its bounds keep the largest one within a frame (about
+/// 25 KiB: sixteen routes of the longest host and prefix, 64 instances), which a test pins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRoutes {
+    pub workload: Text<MAX_NAME_LEN>,
+    /// The workload's generation these routes belong to.
+    pub generation: u64,
+    /// The workload's routes, as its assignment carries them.
+    pub expose: Seq<Expose, { Assignment::MAX_EXPOSE }>,
+    /// The instances that serve: `Running` on an online node that advertised a peer
+    /// address. A node skips the one that is itself.
+    pub instances: Seq<PeerInstance, { WorkloadRoutes::MAX_INSTANCES }>,
+}
+
+impl WorkloadRoutes {
+    /// The most instances one routes message lists.
+    pub const MAX_INSTANCES: usize = 64;
+}
+
+/// One instance of a workload, as another node reaches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInstance {
+    pub node: NodeId,
+    /// The node's peer listener, from its [`ProxyAdvert`].
+    pub peer: PeerAddr,
+    /// Where the node is, from its capabilities; `None` if it did not say.
+    pub location: Option<Location>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unroute {
+    pub workload: Text<MAX_NAME_LEN>,
 }
 
 /// The largest index `<= max` that is a character boundary of `s`.

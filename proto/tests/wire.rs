@@ -809,3 +809,241 @@ fn golden_bytes_of_every_other_variant() {
         assert_eq!(hex(&bytes), format!("00000001{tag:02x}"));
     }
 }
+
+fn routes() -> WorkloadRoutes {
+    WorkloadRoutes {
+        workload: text("hello"),
+        generation: 3,
+        expose: Seq::new(vec![assignment().expose.as_slice()[1].clone()]).expect("fits"),
+        instances: Seq::new(vec![
+            PeerInstance {
+                node: NodeId([0xab; 16]),
+                peer: PeerAddr {
+                    ip: IpBytes::V4([10, 0, 0, 7]),
+                    port: 8443,
+                },
+                location: Some(Location {
+                    lat: 52.52,
+                    lon: 13.405,
+                    alt_m: None,
+                }),
+            },
+            PeerInstance {
+                node: NodeId([0xcd; 16]),
+                peer: PeerAddr {
+                    ip: IpBytes::V6(core::net::Ipv6Addr::LOCALHOST.octets()),
+                    port: 443,
+                },
+                location: None,
+            },
+        ])
+        .expect("fits"),
+    }
+}
+
+/// The messages of peer routing, pinned like the rest.
+#[test]
+fn golden_bytes_of_peer_routing() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            encode(&NodeMsg::Proxy(ProxyAdvert {
+                peer: Some(PeerAddr {
+                    ip: IpBytes::V4([192, 168, 1, 20]),
+                    port: 8443,
+                }),
+            })),
+            "00000009070100c0a80114fb41",
+        ),
+        (
+            encode(&NodeMsg::Proxy(ProxyAdvert { peer: None })),
+            "000000020700",
+        ),
+        (
+            encode(&OrchMsg::Routes(Box::new(routes()))),
+            "00000063050568656c6c6f0301913f0001012f00010000000102abababababababababababababababab000a000007fb4101c3f5285c8f424a408fc2f5285ccf2a4000cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0100000000000000000000000000000001bb0300",
+        ),
+        (
+            encode(&OrchMsg::Unroute(Unroute {
+                workload: text("hello"),
+            })),
+            "00000007060568656c6c6f",
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(hex(&bytes), want);
+    }
+}
+
+#[test]
+fn peer_addresses_convert_to_and_from_socket_addresses() {
+    use std::net::SocketAddr;
+    for text in [
+        "192.168.1.20:8443",
+        "[::1]:443",
+        "[2001:db8::7]:65535",
+        "0.0.0.0:0",
+    ] {
+        let addr: SocketAddr = text.parse().expect("a socket address");
+        let peer = PeerAddr::from(addr);
+        assert_eq!(SocketAddr::from(peer), addr);
+        assert_eq!(peer.to_string(), text);
+    }
+    // A scope id has no meaning on another host: it does not cross the wire.
+    let scoped: SocketAddr = "[fe80::1%3]:8443".parse().expect("a scoped address");
+    assert_eq!(
+        SocketAddr::from(PeerAddr::from(scoped)).to_string(),
+        "[fe80::1]:8443"
+    );
+}
+
+/// The largest routes message the bounds allow: sixteen routes with the longest host and
+/// path prefix, 64 instances with IPv6 addresses and locations.
+fn largest_routes() -> WorkloadRoutes {
+    let route = Expose {
+        port: u16::MAX,
+        host: Some(Str::new("h".repeat(Expose::MAX_HOST_LEN)).expect("fits")),
+        path_prefix: Some(Str::new("/".repeat(Expose::MAX_PATH_PREFIX_BYTES)).expect("fits")),
+        weight: u16::MAX,
+        timeout_secs: u32::MAX,
+        retries: u8::MAX,
+        cache: true,
+        stale_if_offline_secs: u32::MAX,
+        balance: Balance::LeastRequests,
+    };
+    let instance = PeerInstance {
+        node: NodeId([0xff; 16]),
+        peer: PeerAddr {
+            ip: IpBytes::V6([0xff; 16]),
+            port: u16::MAX,
+        },
+        location: Some(Location {
+            lat: -89.999_999,
+            lon: 179.999_999,
+            alt_m: Some(8848.86),
+        }),
+    };
+    WorkloadRoutes {
+        workload: text(&"w".repeat(MAX_NAME_LEN)),
+        generation: u64::MAX,
+        expose: Seq::new(vec![route; Assignment::MAX_EXPOSE]).expect("fits"),
+        instances: Seq::new(vec![instance; WorkloadRoutes::MAX_INSTANCES]).expect("fits"),
+    }
+}
+
+#[test]
+fn the_largest_routes_message_fits_one_frame_and_round_trips() {
+    for msg in [
+        OrchMsg::Routes(Box::new(largest_routes())),
+        OrchMsg::Routes(Box::new(routes())),
+        OrchMsg::Unroute(Unroute {
+            workload: text(&"w".repeat(MAX_NAME_LEN)),
+        }),
+    ] {
+        let frame = try_encode(&msg).expect("the bounds keep it within a frame");
+        assert!(frame.len() - 4 <= MAX_FRAME_LEN);
+        assert_eq!(decode::<OrchMsg>(&frame[4..]), Ok(msg));
+    }
+    for advert in [
+        ProxyAdvert { peer: None },
+        ProxyAdvert {
+            peer: Some(PeerAddr {
+                ip: IpBytes::V6([0xff; 16]),
+                port: u16::MAX,
+            }),
+        },
+    ] {
+        let msg = NodeMsg::Proxy(advert);
+        assert_eq!(decode::<NodeMsg>(&encode(&msg)[4..]), Ok(msg));
+    }
+}
+
+#[test]
+fn routes_over_their_bounds_or_malformed_are_refused() {
+    let malformed = |body: &[u8]| {
+        assert!(
+            matches!(decode::<OrchMsg>(body), Err(DecodeError::Malformed(_))),
+            "{} decoded",
+            hex(body)
+        );
+    };
+    // Sixty-five instances where sixty-four fit: the body of a routes message without
+    // instances ends in their count (0), where the count and the instances are spliced in.
+    let mut bare = routes();
+    bare.instances = Seq::default();
+    let bare = encode(&OrchMsg::Routes(Box::new(bare)));
+    let head = &bare[4..bare.len() - 1];
+    let one = encode(&routes().instances.as_slice()[1]);
+    let with_instances = |n: u8| {
+        let mut body = head.to_vec();
+        body.push(n);
+        for _ in 0..n {
+            body.extend(&one[4..]);
+        }
+        body
+    };
+    let most = u8::try_from(WorkloadRoutes::MAX_INSTANCES).expect("small");
+    match decode::<OrchMsg>(&with_instances(most)) {
+        Ok(OrchMsg::Routes(r)) => {
+            assert_eq!(r.instances.as_slice().len(), WorkloadRoutes::MAX_INSTANCES)
+        }
+        other => panic!("64 instances fit: {other:?}"),
+    }
+    malformed(&with_instances(most + 1));
+    // A count that claims far more than the bound allocates nothing it claims.
+    let mut body = head.to_vec();
+    body.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+    malformed(&body);
+    // An address family that does not exist (tag 2), and an IPv4 address cut short.
+    let mut body = with_instances(1);
+    let family = head.len() + 1 + 16;
+    assert_eq!(body[family], 1, "the instance's address is IPv6");
+    body[family] = 2;
+    malformed(&body);
+    let mut short = head.to_vec();
+    short.push(1);
+    short.extend([0xcd; 16]);
+    short.extend([0, 127, 0]);
+    malformed(&short);
+    // Seventeen routes where sixteen fit.
+    let mut many = largest_routes();
+    many.instances = Seq::default();
+    let frame = encode(&OrchMsg::Routes(Box::new(many)));
+    let body = &frame[4..];
+    let count_at = 1 + 1 + MAX_NAME_LEN + 10;
+    assert_eq!(usize::from(body[count_at]), Assignment::MAX_EXPOSE);
+    let route_len = (body.len() - count_at - 2) / Assignment::MAX_EXPOSE;
+    let mut seventeen = body[..count_at].to_vec();
+    seventeen.push(17);
+    seventeen.extend(&body[count_at + 1..body.len() - 1]);
+    seventeen.extend(&body[count_at + 1..count_at + 1 + route_len]);
+    seventeen.push(0);
+    malformed(&seventeen);
+    // A workload name one byte over its bound in an unroute.
+    let mut body = vec![6u8, 64];
+    body.extend([b'w'; 64]);
+    malformed(&body);
+    // A port that overflows u16 in an advert.
+    malformed_node(&[7, 1, 0, 127, 0, 0, 1, 0xff, 0xff, 0x04]);
+}
+
+fn malformed_node(body: &[u8]) {
+    assert!(matches!(
+        decode::<NodeMsg>(body),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic_routing_decoders(
+        tail in proptest::collection::vec(any::<u8>(), 0..512),
+        tag in 5u8..=6,
+    ) {
+        let mut body = vec![tag];
+        body.extend(&tail);
+        let _ = decode::<OrchMsg>(&body);
+        let mut body = vec![7u8];
+        body.extend(&tail);
+        let _ = decode::<NodeMsg>(&body);
+    }
+}

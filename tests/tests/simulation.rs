@@ -299,7 +299,10 @@ impl Sim {
                 });
             }
             node::Action::Fatal(f) => panic!("node {i} gave up: {f}"),
-            node::Action::Assign(_) | node::Action::Unassign(_) => {}
+            node::Action::Assign(_)
+            | node::Action::Unassign(_)
+            | node::Action::Routes(_)
+            | node::Action::Unroute(_) => {}
         }
     }
 
@@ -342,7 +345,9 @@ impl Sim {
                 self.ctx_call(conn, |s, ctx| s.handle_liveness(session, liveness, ctx));
             }
             server::Action::Event(e) => self.trace.push(format!("{:?} {e:?}", self.elapsed())),
-            server::Action::Admission(..) | server::Action::WorkloadReport(..) => {}
+            server::Action::Admission(..)
+            | server::Action::WorkloadReport(..)
+            | server::Action::ProxyAdvert(..) => {}
         }
     }
 

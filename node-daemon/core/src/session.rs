@@ -13,7 +13,8 @@ pub use crate::backoff::BackoffPolicy;
 use crate::backoff::{Backoff, jitter};
 use edge_proto::{
     Assignment, Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg,
-    OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, text,
+    OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, Unroute, WorkloadRoutes,
+    text,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -59,6 +60,10 @@ pub enum Action {
     Assign(Box<Assignment>),
     /// The orchestrator no longer wants this workload here.
     Unassign(Unassign),
+    /// Where an exposed workload runs on other nodes: replaces what the proxy knew of it.
+    Routes(Box<WorkloadRoutes>),
+    /// The workload is no longer exposed: forget its peer routes.
+    Unroute(Unroute),
 }
 
 /// Why the node stopped trying.
@@ -294,6 +299,12 @@ impl NodeSession {
             (State::Established { .. }, OrchMsg::Unassign(u)) => {
                 self.actions.push_back(Action::Unassign(u));
             }
+            (State::Established { .. }, OrchMsg::Routes(r)) => {
+                self.actions.push_back(Action::Routes(r));
+            }
+            (State::Established { .. }, OrchMsg::Unroute(u)) => {
+                self.actions.push_back(Action::Unroute(u));
+            }
             (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
                 self.state = State::Saving;
                 self.actions.push_back(Action::SaveIdentity(e));
@@ -518,6 +529,19 @@ mod tests {
         };
         s.handle_msg(OrchMsg::Unassign(unassign.clone()), t0);
         assert_eq!(drain(&mut s), vec![Action::Unassign(unassign)]);
+        let routes = Box::new(WorkloadRoutes {
+            workload: text("hello"),
+            generation: 1,
+            expose: edge_proto::Seq::default(),
+            instances: edge_proto::Seq::default(),
+        });
+        s.handle_msg(OrchMsg::Routes(routes.clone()), t0);
+        assert_eq!(drain(&mut s), vec![Action::Routes(routes)]);
+        let unroute = Unroute {
+            workload: text("hello"),
+        };
+        s.handle_msg(OrchMsg::Unroute(unroute.clone()), t0);
+        assert_eq!(drain(&mut s), vec![Action::Unroute(unroute)]);
         assert!(s.is_established(), "workload messages keep the session");
     }
 

@@ -379,6 +379,16 @@ impl Deployments {
         self.deployments.get(name).map(|d| self.show(d))
     }
 
+    /// The assignment every holder of `name` gets, as of its current generation.
+    pub fn assignment_of(&self, name: &str) -> Option<&Assignment> {
+        self.deployments.get(name).map(|d| &d.assignment)
+    }
+
+    /// Every deployment's current assignment, by name.
+    pub fn assignments(&self) -> impl Iterator<Item = &Assignment> {
+        self.deployments.values().map(|d| &d.assignment)
+    }
+
     /// The workloads a node holds, by name.
     pub fn held_by(&self, node: edge_proto::NodeId) -> Vec<String> {
         self.deployments

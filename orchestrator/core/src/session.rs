@@ -19,8 +19,8 @@
 
 use crate::fleet::{Change, EnrollError, Fleet, SessionId};
 use edge_proto::{
-    AdmissionReply, Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg, Reject,
-    RejectCode, Welcome, WorkloadReport, decode, negotiate_version, text,
+    AdmissionReply, Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg,
+    ProxyAdvert, Reject, RejectCode, Welcome, WorkloadReport, decode, negotiate_version, text,
 };
 use std::collections::VecDeque;
 // An address is data: `core::net` has no sockets (`std::net` is what the core must not use).
@@ -72,6 +72,8 @@ pub enum Action {
     Admission(NodeId, AdmissionReply),
     /// A workload instance on the node changed state.
     WorkloadReport(NodeId, WorkloadReport),
+    /// The node said where peers reach its proxy (or that they cannot).
+    ProxyAdvert(NodeId, ProxyAdvert),
 }
 
 /// Operator-facing outcomes of a connection. See `events` for the log lines and metrics.
@@ -296,6 +298,9 @@ impl ServerSession {
             (State::Established { node }, NodeMsg::Workload(report)) => {
                 self.actions
                     .push_back(Action::WorkloadReport(node, *report));
+            }
+            (State::Established { node }, NodeMsg::Proxy(advert)) => {
+                self.actions.push_back(Action::ProxyAdvert(node, advert));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,
@@ -546,5 +551,6 @@ fn kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::Runtime(_) => "runtime",
         NodeMsg::Admission(_) => "admission",
         NodeMsg::Workload(_) => "workload report",
+        NodeMsg::Proxy(_) => "proxy advert",
     }
 }
