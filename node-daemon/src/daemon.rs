@@ -8,9 +8,10 @@
 //! it has been failing for a while.
 
 use crate::capabilities::{self, StatusSampler};
-use crate::config::{Config, Host};
-use crate::identity::{IdentityDir, IdentityError};
+use crate::config::{Config, Host, advertised_peer_addr};
+use crate::identity::{Identity, IdentityDir, IdentityError};
 use crate::metrics::{DialFailure, NodeEvent};
+use crate::proxy::NodeProxy;
 use crate::status::{State, StatusBoard};
 use crate::streams;
 use crate::supervisor::LimitsBackend;
@@ -18,7 +19,9 @@ use crate::tls::{self, PIN_MISMATCH};
 use crate::workloads::Workloads;
 use edge_proto::NodeMsg;
 use edge_proto::quic::{ReadError, read_frame, write_msg};
-use edge_proto::{Der, Intent, OrchMsg, RejectCode, RuntimeInfo, decode, text};
+use edge_proto::{
+    Der, Intent, OrchMsg, PeerAddr, ProxyAdvert, RejectCode, RuntimeInfo, decode, text,
+};
 use node_core::session::{
     ANSWER_TIMEOUT, Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession,
 };
@@ -130,14 +133,15 @@ pub async fn run_with(
         metrics.clone(),
     )
     .await?;
-    let _proxy = match config.proxy() {
+    let mut proxy = match config.proxy() {
         Some(proxy) => {
-            let proxy = crate::proxy::NodeProxy::start(
+            let proxy = NodeProxy::start(
                 proxy,
                 config.name(),
                 &data_dir,
                 workloads.supervisor().clone(),
                 metrics.proxy(),
+                config.location_wire(),
             )
             .await?;
             board.update(|s| s.proxy = Some(proxy.local_addr().to_string()));
@@ -145,6 +149,9 @@ pub async fn run_with(
         }
         None => None,
     };
+    if let (Some(proxy), Some(identity)) = (proxy.as_mut(), identity.as_ref()) {
+        serve_peers(proxy, identity, &config).await?;
+    }
     let mut session = NodeSession::new(
         identity.as_ref().map(|i| i.node_id),
         join,
@@ -202,6 +209,9 @@ pub async fn run_with(
                     match saved {
                         Ok(Some(identity)) => {
                             session_tls = Some(tls::session_config(&identity)?);
+                            if let Some(proxy) = proxy.as_mut() {
+                                serve_peers(proxy, &identity, &config).await?;
+                            }
                             metrics.emit(&NodeEvent::Enrolled {
                                 node: identity.node_id,
                             });
@@ -238,9 +248,16 @@ pub async fn run_with(
                 Action::Unassign(u) => {
                     tokio::spawn(workloads.unassign(u.workload.as_str()));
                 }
-                // Peer routes are not used yet: the proxy routes to local instances and
-                // origins only.
-                Action::Routes(_) | Action::Unroute(_) => {}
+                Action::Routes(routes) => {
+                    if let Some(proxy) = &proxy {
+                        proxy.routes(&routes);
+                    }
+                }
+                Action::Unroute(u) => {
+                    if let Some(proxy) = &proxy {
+                        proxy.unroute(u.workload.as_str());
+                    }
+                }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
                     if let Fatal::Rejected {
@@ -350,6 +367,13 @@ pub async fn run_with(
                     }
                     if !was_established && session.is_established() {
                         board.set(State::Online, format!("connected to {orchestrator}"));
+                        // The orchestrator sends every workload's peer routes after the
+                        // welcome; what this node knew may be stale by now.
+                        if let Some(proxy) = &proxy {
+                            proxy.forget_peers();
+                        }
+                        let advert = advert(proxy.as_ref(), &config);
+                        send_now(&mut current, &NodeMsg::Proxy(advert)).await;
                         // The orchestrator opens streams (logs) only on an established
                         // session; the task ends with the connection.
                         if let Some((conn, _)) = &current {
@@ -388,6 +412,35 @@ pub async fn run_with(
                 _ => {}
             },
         }
+    }
+}
+
+/// Serves and reaches peers as `identity`, if the config asks for a peer listener.
+async fn serve_peers(
+    proxy: &mut NodeProxy,
+    identity: &Identity,
+    config: &Config,
+) -> Result<(), DaemonError> {
+    let tls = tls::peer_tls(identity)?;
+    if let Some(bound) = proxy.serve_peers(&tls, identity.node_id).await?
+        && advertised_peer_addr(bound, config.local_address()).is_none()
+    {
+        warn!(
+            %bound,
+            "peers can reach this node only if told where: set orchestrator.local_address, \
+             or give proxy.peer_listen an address of its own"
+        );
+    }
+    Ok(())
+}
+
+/// Where peers reach this node's proxy, as the orchestrator is told after every welcome.
+fn advert(proxy: Option<&NodeProxy>, config: &Config) -> ProxyAdvert {
+    ProxyAdvert {
+        peer: proxy
+            .and_then(NodeProxy::peer_addr)
+            .and_then(|bound| advertised_peer_addr(bound, config.local_address()))
+            .map(PeerAddr::from),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Before enrollment the node knows only the CA's hash from its join settings, so
 //! [`PinnedCaVerifier`] accepts a server whose chain contains a certificate with that hash and
 //! whose leaf that certificate signed, for [`ORCHESTRATOR_SERVER_NAME`]. After enrollment the
-//! node trusts exactly the stored CA and presents its own certificate.
+//! node trusts exactly the stored CA and presents its own certificate: to the orchestrator,
+//! and to the other nodes its proxy serves and reaches ([`peer_tls`]).
 
 use edge_proto::digest::sha256;
 use edge_proto::{ALPN, ORCHESTRATOR_SERVER_NAME};
@@ -137,6 +138,17 @@ pub fn session_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsErr
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(|e| TlsError(e.to_string()))?;
     finish(tls)
+}
+
+/// For the proxy's peers: served and reached as this node, with the stored CA as the only
+/// root (`edge_proxy::peer_tls` says what each side checks).
+pub fn peer_tls(identity: &Identity) -> Result<edge_proxy::PeerTls, TlsError> {
+    edge_proxy::PeerTls::new(
+        identity.ca.clone(),
+        vec![identity.cert.clone()],
+        identity.key.clone_key(),
+    )
+    .map_err(|e| TlsError(e.to_string()))
 }
 
 /// The name every orchestrator certificate is verified against.

@@ -15,12 +15,14 @@ pub mod body;
 pub mod cache;
 pub mod listener;
 pub mod metrics;
+pub mod peer_tls;
 pub mod proxy;
 pub mod upstream;
 
-pub use listener::{Limits, serve};
+pub use listener::{Limits, serve, serve_tls};
 pub use metrics::ProxyMetrics;
-pub use proxy::{Proxy, Routing, Settings};
+pub use peer_tls::PeerTls;
+pub use proxy::{FromPeers, Peer, Proxy, Routing, Settings};
 
 use bytes::Bytes;
 

@@ -13,6 +13,12 @@
 //!   newcomer is answered `503` with `Retry-After` and closed, a clear refusal rather than a
 //!   hang in the backlog.
 //!
+//! - **TLS** ([`serve_tls`], the peer listener): the handshake, client certificate included,
+//!   must end within [`Limits::header_timeout`] too, and a connection in its handshake is as
+//!   idle as one that has not sent a head: the first to close for room. At the cap with every
+//!   slot busy, the newcomer is closed without a word (a plain `503` would be noise to a TLS
+//!   client).
+//!
 //! It knows nothing of routes or caches: it hands each request to the service with the
 //! client's address.
 
@@ -27,6 +33,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 /// The bounds of the proxy's listener.
@@ -72,6 +79,28 @@ pub async fn serve<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(listener, limits, None, handler, shutdown).await;
+}
+
+/// As [`serve`], over TLS: each connection is `acceptor`'s handshake first, within
+/// [`Limits::header_timeout`].
+pub async fn serve_tls<H: Handler>(
+    listener: TcpListener,
+    limits: Limits,
+    acceptor: TlsAcceptor,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, limits, Some(acceptor), handler, shutdown).await;
+}
+
+async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Slots::new(limits.max_connections.max(1)));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
@@ -95,7 +124,9 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         if !slots.make_room() {
-            tokio::spawn(refuse(stream));
+            if tls.is_none() {
+                tokio::spawn(refuse(stream));
+            }
             continue;
         }
         let (id, conn, evicted) = slots.open();
@@ -115,25 +146,66 @@ pub async fn serve<H: Handler>(
                 }
             }
         });
-        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let slot = SlotGuard {
             slots: slots.clone(),
             id,
         };
+        let http = http.clone();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
-            tokio::select! {
-                served = connection => {
-                    if let Err(error) = served {
-                        debug!(%client, %error, "proxy connection ended");
+            let mut evicted = evicted;
+            let Some(acceptor) = tls else {
+                drive(&http, stream, service, evicted, client).await;
+                return;
+            };
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        debug!(%client, %error, "TLS handshake failed");
+                        return;
                     }
+                    Err(_) => {
+                        debug!(%client, "no TLS handshake in time");
+                        return;
+                    }
+                },
+                _ = &mut evicted => {
+                    debug!(%client, "closed a connection in its handshake to make room");
+                    return;
                 }
-                _ = evicted => debug!(%client, "closed an idle connection to make room"),
-            }
+            };
+            drive(&http, stream, service, evicted, client).await;
         });
     }
     drop(listener);
     slots.drain().await;
+}
+
+/// Serves one connection's requests until it ends or is closed for room.
+async fn drive<I, S>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    evicted: oneshot::Receiver<()>,
+    client: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::select! {
+        served = connection => {
+            if let Err(error) = served {
+                debug!(%client, %error, "proxy connection ended");
+            }
+        }
+        _ = evicted => debug!(%client, "closed an idle connection to make room"),
+    }
 }
 
 async fn refuse(mut stream: TcpStream) {

@@ -1,12 +1,19 @@
 //! One request's way through the proxy: route, loop guard, forwarding headers, cache,
 //! backends, the answer and its access-log line.
+//!
+//! A workload's request goes to its instances here, else to the same workload on the nearest
+//! peer nodes, else to the route's origins (`node_core::proxy::tiers`). A request that came
+//! from a peer ([`FromPeers`]) is served by the instances here only: the peer has already
+//! chosen this node, and passing it on could bounce it around the fleet.
 
 use crate::Body;
 use crate::body;
 use crate::cache::{Cache, CacheOutcome, Origin, RouteCache};
 use crate::listener::Handler;
 use crate::metrics::ProxyMetrics;
-use crate::upstream::{BackendAddr, Forward, Upstreams};
+use crate::peer_tls::PeerTls;
+use crate::upstream::{Backend, BackendAddr, Forward, Upstreams};
+use edge_proto::NodeId;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -14,6 +21,7 @@ use node_core::proxy::balance::{Choose, chooser};
 use node_core::proxy::cache_status::{CacheName, CacheStatus, Fwd};
 use node_core::proxy::headers::{self, TraceParent, ViaName};
 use node_core::proxy::route::{Route, RouteTable, Target};
+use node_core::proxy::tiers;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +42,25 @@ pub struct Routing {
     pub table: RouteTable,
     /// Running instances of each workload on this node: the address its ports are on.
     pub local: HashMap<String, Vec<IpAddr>>,
+    /// Instances of each workload on other nodes, reached at their peer listeners.
+    pub peers: HashMap<String, Vec<Peer>>,
+}
+
+/// An instance of a workload on another node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub node: NodeId,
+    /// Its node's peer listener.
+    pub addr: SocketAddr,
+    /// How far its node is from this one, if both locations are known.
+    pub distance_km: Option<f64>,
+}
+
+/// Where a request came in: from a client, or from a peer node that chose this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    Client,
+    Peer,
 }
 
 /// A routing table as requests use it: with a backend chooser per route.
@@ -91,6 +118,8 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
+    /// A proxy that reaches instances here and origins; peers once it has
+    /// [`set_peer_tls`](Self::set_peer_tls).
     pub fn new(settings: Settings, cache: Cache, metrics: ProxyMetrics) -> Self {
         let upstreams = Arc::new(Upstreams::new(Arc::new(metrics.clone())));
         Self {
@@ -129,7 +158,35 @@ impl Proxy {
             .clone()
     }
 
-    async fn serve(self, request: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    /// A proxy that reaches peers too, as the node `peer_tls` holds the identity of.
+    pub fn with_peers(
+        settings: Settings,
+        cache: Cache,
+        metrics: ProxyMetrics,
+        peer_tls: &PeerTls,
+    ) -> Self {
+        let proxy = Self::new(settings, cache, metrics);
+        proxy.set_peer_tls(peer_tls);
+        proxy
+    }
+
+    /// Reaches peers from the next connection on, as the node `peer_tls` holds the identity
+    /// of: a node gets its certificate when it enrolls, after its proxy started.
+    pub fn set_peer_tls(&self, peer_tls: &PeerTls) {
+        self.inner.upstreams.set_peer_tls(peer_tls);
+    }
+
+    /// The handler for the peer listener: the same proxy, serving only what runs here.
+    pub fn from_peers(&self) -> FromPeers {
+        FromPeers(self.clone())
+    }
+
+    async fn serve(
+        self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+        arrival: Arrival,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let host = request_host(&request);
@@ -140,7 +197,8 @@ impl Proxy {
             .chars()
             .take(LOGGED_PATH)
             .collect();
-        let (mut response, route, outcome) = self.route(request, client, host.as_deref()).await;
+        let (mut response, route, outcome) =
+            self.route(request, client, host.as_deref(), arrival).await;
         let inner = &self.inner;
         headers::strip_hop_by_hop(response.headers_mut());
         headers::add_via(response.headers_mut(), &inner.settings.via);
@@ -163,6 +221,7 @@ impl Proxy {
         info!(
             target: "edge_proxy::access",
             %client,
+            peer = arrival == Arrival::Peer,
             %method,
             host = host.as_deref().unwrap_or("-"),
             path = %path,
@@ -180,6 +239,7 @@ impl Proxy {
         request: Request<Incoming>,
         client: SocketAddr,
         host: Option<&str>,
+        arrival: Arrival,
     ) -> (Response<Body>, Option<String>, CacheOutcome) {
         let inner = &self.inner;
         let bypass = CacheOutcome::Bypass;
@@ -204,11 +264,11 @@ impl Proxy {
             return (answer, None, bypass);
         };
         let name = route.name.clone();
-        let Some(target) = route.pick(fastrand::u64(..)) else {
+        let Some(target) = tiers::pick(route, fastrand::u64(..)) else {
             let answer = body::text(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend");
             return (answer, Some(name), bypass);
         };
-        let backends = backends_for(&snapshot.routing, &target.target);
+        let backends = backends_for(&snapshot.routing, route, &target.target, arrival);
         let Some(chooser) = snapshot.choosers.get(&route.name) else {
             let answer = body::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -282,7 +342,22 @@ impl Handler for Proxy {
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
-        Box::pin(self.clone().serve(request, client))
+        Box::pin(self.clone().serve(request, client, Arrival::Client))
+    }
+}
+
+/// The proxy as the peer listener serves it: requests other nodes sent here, answered by the
+/// instances on this node only ([`Proxy::from_peers`]).
+#[derive(Clone, Debug)]
+pub struct FromPeers(Proxy);
+
+impl Handler for FromPeers {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        Box::pin(self.0.clone().serve(request, client, Arrival::Peer))
     }
 }
 
@@ -314,20 +389,29 @@ fn route_cache(route: &Route) -> RouteCache {
     }
 }
 
-/// Where `target` can be served from now.
-fn backends_for(routing: &Routing, target: &Target) -> Vec<BackendAddr> {
-    match target {
-        Target::Workload { workload, port } => routing
-            .local
-            .get(workload)
-            .map(|ips| {
-                ips.iter()
-                    .map(|ip| BackendAddr::Local(SocketAddr::new(*ip, *port)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        Target::Origin(origin) => vec![BackendAddr::Origin(origin.clone())],
+/// Where `target` of `route` can be served from now. A workload: its instances here, and
+/// unless the request came from a peer, its instances on peers and the route's origins (the
+/// tiers are chosen per attempt, by availability). An origin: itself.
+fn backends_for(
+    routing: &Routing,
+    route: &Route,
+    target: &Target,
+    arrival: Arrival,
+) -> Vec<Backend> {
+    let (workload, port) = match target {
+        Target::Workload { workload, port } => (workload, *port),
+        Target::Origin(origin) => return vec![Backend::origin(origin.clone())],
+    };
+    let local = routing.local.get(workload).into_iter().flatten();
+    let mut backends: Vec<Backend> = local
+        .map(|ip| Backend::local(SocketAddr::new(*ip, port)))
+        .collect();
+    if arrival == Arrival::Client {
+        let peers = routing.peers.get(workload).into_iter().flatten();
+        backends.extend(peers.map(|p| Backend::peer(p.addr, p.node, p.distance_km)));
+        backends.extend(tiers::fallback(route).cloned().map(Backend::origin));
     }
+    backends
 }
 
 /// Every backend `routing` can send to.
@@ -336,7 +420,8 @@ fn backends_of(routing: &Routing) -> Vec<BackendAddr> {
         .table
         .routes()
         .iter()
-        .flat_map(|r| r.targets.iter())
-        .flat_map(|t| backends_for(routing, &t.target))
+        .flat_map(|r| r.targets.iter().map(move |t| (r, t)))
+        .flat_map(|(r, t)| backends_for(routing, r, &t.target, Arrival::Client))
+        .map(|b| b.addr)
         .collect()
 }

@@ -1,32 +1,46 @@
 //! Sending a request to a route's backends: the choice among them, their circuit breakers,
 //! timeouts, retries under the route's budget, pooled connections.
 //!
-//! Every decision comes from `node_core::proxy` (`balance`, `breaker`, `retry`); this module
-//! keeps their state between requests, reads the clock and moves the bytes. A backend's load
-//! and breaker outlive route changes: they are kept by address, so a route table pushed while
-//! requests are in flight neither forgets what it learned nor loses those requests.
+//! Every decision comes from `node_core::proxy` (`balance`, `breaker`, `retry`, `tiers`); this
+//! module keeps their state between requests, reads the clock and moves the bytes. A backend's
+//! load and breaker outlive route changes: they are kept by address, so a route table pushed
+//! while requests are in flight neither forgets what it learned nor loses those requests.
+//!
+//! A backend is an instance here or an origin (plain HTTP), or an instance on a peer node,
+//! reached over mutual TLS ([`crate::peer_tls`]) by [`Connector`]. The peer's node id rides in
+//! the URI's user part (`https://ID@ADDR/...`, never sent: HTTP/1 sends the path alone), which
+//! the client's pool keys its connections by, so a connection verified for one node is never
+//! handed to a request for another that took over its address.
 
 use crate::body;
 use crate::cache::{Origin, OriginError};
+use crate::peer_tls::{self, PeerTls};
 use crate::{Body, BodyError};
+use edge_proto::NodeId;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
 use node_core::proxy::balance::{Candidate, Choose, Load};
 use node_core::proxy::breaker::{Breaker, BreakerConfig, BreakerState};
 use node_core::proxy::retry::{RetryBudget, may_retry};
 use node_core::proxy::route::{Origin as OriginAddr, RouteSettings};
+use node_core::proxy::tiers::{self, Place};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tracing::debug;
 
-/// How long a connection to a backend may take to open.
+/// How long a connection to a backend may take to open, and a peer's TLS handshake after it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -38,14 +52,19 @@ const POOL_PER_HOST: usize = 64;
 pub enum BackendAddr {
     /// An instance of a workload, on this node.
     Local(SocketAddr),
+    /// The same workload on another node: its peer listener, and the node that must answer
+    /// there (its certificate's id).
+    Peer { addr: SocketAddr, node: NodeId },
     /// A static origin from the node's config.
     Origin(OriginAddr),
 }
 
 impl BackendAddr {
+    /// Where the request goes, as its URI's authority says it.
     fn authority(&self) -> String {
         match self {
             Self::Local(addr) => addr.to_string(),
+            Self::Peer { addr, node } => format!("{node}@{addr}"),
             Self::Origin(origin) => origin.authority(),
         }
     }
@@ -53,6 +72,187 @@ impl BackendAddr {
     /// Whether this backend is on this node.
     fn is_local(&self) -> bool {
         matches!(self, Self::Local(_))
+    }
+}
+
+/// A backend of one request, and where it is as the choice of tier sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub addr: BackendAddr,
+    pub place: Place,
+}
+
+impl Backend {
+    /// An instance on this node.
+    pub fn local(addr: SocketAddr) -> Self {
+        Self {
+            addr: BackendAddr::Local(addr),
+            place: Place::Local,
+        }
+    }
+
+    /// An instance on `node`, `distance_km` away if known.
+    pub fn peer(addr: SocketAddr, node: NodeId, distance_km: Option<f64>) -> Self {
+        Self {
+            addr: BackendAddr::Peer { addr, node },
+            place: Place::Peer { distance_km },
+        }
+    }
+
+    /// An origin outside the fleet.
+    pub fn origin(origin: OriginAddr) -> Self {
+        Self {
+            addr: BackendAddr::Origin(origin),
+            place: Place::Origin,
+        }
+    }
+
+    fn distance_km(&self) -> Option<f64> {
+        match self.place {
+            Place::Peer { distance_km } => distance_km,
+            Place::Local => Some(0.0),
+            Place::Origin => None,
+        }
+    }
+}
+
+/// How the proxy opens a connection to a backend: plain TCP for instances here and origins,
+/// TCP then TLS as this node for peers (`https://NODE@ADDR`). Until it has [`PeerTls`] (a node
+/// that has not enrolled yet has no certificate), a peer cannot be reached and says so.
+#[derive(Clone)]
+pub struct Connector {
+    tcp: HttpConnector,
+    tls: Arc<std::sync::RwLock<Option<TlsConnector>>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    fn new() -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // `https` URIs reach it too: it opens their TCP connection, the TLS is ours.
+        tcp.enforce_http(false);
+        Self {
+            tcp,
+            tls: Arc::default(),
+        }
+    }
+
+    fn set_tls(&self, tls: &PeerTls) {
+        // A whole value replaced at once: consistent across a panic elsewhere.
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = Some(tls.connector());
+    }
+
+    fn tls(&self) -> Option<TlsConnector> {
+        self.tls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Why a connection to a backend failed.
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.tcp, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut tcp = self.tcp.clone();
+        let tls = self.tls();
+        Box::pin(async move {
+            let peer = uri.scheme() == Some(&Scheme::HTTPS);
+            // Checked before connecting: a peer that cannot be verified is not dialled.
+            let name = if peer {
+                let node = uri
+                    .authority()
+                    .and_then(|a| a.as_str().split_once('@'))
+                    .and_then(|(node, _)| NodeId::parse(node))
+                    .ok_or("a peer's URI names no node")?;
+                Some(peer_tls::server_name(node).ok_or("no TLS name for the node")?)
+            } else {
+                None
+            };
+            let stream = tcp.call(uri).await?;
+            let Some(name) = name else {
+                return Ok(Conn::Plain(stream));
+            };
+            let tls = tls.ok_or("this node has no identity to reach peers with")?;
+            let handshake = tls.connect(name, stream.into_inner());
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                .await
+                .map_err(|_| "the peer's TLS handshake timed out")??;
+            Ok(Conn::Tls(Box::new(TokioIo::new(stream))))
+        })
+    }
+}
+
+/// A connection to a backend: plain, or TLS to a peer.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TokioIo<TcpStream>),
+    /// Boxed: a TLS session is a kilobyte, a plain stream a few words.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Plain(stream) => stream.connected(),
+            Self::Tls(stream) => stream.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -73,7 +273,8 @@ pub trait UpstreamEvents: Send + Sync {
 
 /// The backends of every route, the client that reaches them, and their retry budgets.
 pub struct Upstreams {
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
+    connector: Connector,
     state: Mutex<HashMap<BackendAddr, BackendState>>,
     budgets: Mutex<HashMap<String, RetryBudget>>,
     breaker: BreakerConfig,
@@ -87,22 +288,27 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
+    /// Backends here and origins; peers once [`set_peer_tls`](Self::set_peer_tls) is called.
     pub fn new(events: Arc<dyn UpstreamEvents>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let connector = Connector::new();
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(POOL_PER_HOST)
-            .build(connector);
+            .build(connector.clone());
         Self {
             client,
+            connector,
             state: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             breaker: BreakerConfig::default(),
             events,
         }
+    }
+
+    /// Reaches peers from now on as the node `tls` holds the identity of.
+    pub fn set_peer_tls(&self, tls: &PeerTls) {
+        self.connector.set_tls(tls);
     }
 
     fn state(&self) -> MutexGuard<'_, HashMap<BackendAddr, BackendState>> {
@@ -130,7 +336,8 @@ pub struct Forward {
     pub upstreams: Arc<Upstreams>,
     pub route: String,
     pub settings: RouteSettings,
-    pub backends: Vec<BackendAddr>,
+    /// Where the request may go, in any order: the tiers are chosen by their places.
+    pub backends: Vec<Backend>,
     pub chooser: Arc<Mutex<Box<dyn Choose + Send>>>,
     /// The `Host` a backend sees: the client's for instances, the origin's for origins.
     pub host: Option<HeaderValue>,
@@ -258,47 +465,68 @@ impl Forward {
         f(budget)
     }
 
-    /// The backend for the next attempt, marked as started, if any is available.
+    /// The backend for the next attempt, marked as started, if any is available: of the
+    /// first tier with an available backend ([`tiers::eligible`]), the one the route's
+    /// strategy chooses.
     fn choose(&self) -> Option<BackendAddr> {
         let now = Instant::now();
         let mut state = self.upstreams.state();
-        for addr in &self.backends {
-            state.entry(addr.clone()).or_insert_with(|| BackendState {
-                load: Load::new(now),
-                breaker: Breaker::new(self.upstreams.breaker),
-            });
+        for backend in &self.backends {
+            state
+                .entry(backend.addr.clone())
+                .or_insert_with(|| BackendState {
+                    load: Load::new(now),
+                    breaker: Breaker::new(self.upstreams.breaker),
+                });
         }
-        let available: Vec<bool> = self
+        let places: Vec<Place> = self.backends.iter().map(|b| b.place).collect();
+        // Whether each breaker would let a request through, asked without taking a half-open
+        // probe slot: only the chosen backend takes one, below.
+        let mut available: Vec<bool> = self
             .backends
             .iter()
-            .map(|addr| state.get_mut(addr).is_some_and(|b| b.breaker.allow(now)))
-            .collect();
-        let candidates: Vec<Candidate<'_>> = self
-            .backends
-            .iter()
-            .zip(&available)
-            .filter_map(|(addr, available)| {
-                let b = state.get(addr)?;
-                Some(Candidate {
-                    load: &b.load,
-                    available: *available,
-                    distance_km: None,
-                    local: addr.is_local(),
-                })
+            .map(|b| {
+                state
+                    .get(&b.addr)
+                    .is_some_and(|s| s.breaker.state(now) != BreakerState::Open)
             })
             .collect();
         let mut draw = || fastrand::u64(..);
-        let chosen = self
-            .chooser
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .choose(&candidates, now, &mut draw)?;
-        drop(candidates);
-        let addr = self.backends.get(chosen)?.clone();
-        if let Some(b) = state.get_mut(&addr) {
-            b.load.start(now);
+        // Each round either returns or shuts one more backend out: at most one per backend.
+        for _ in 0..=self.backends.len() {
+            let eligible = tiers::eligible(&places, &available);
+            let candidates: Vec<Candidate<'_>> = self
+                .backends
+                .iter()
+                .zip(&eligible)
+                .filter_map(|(backend, eligible)| {
+                    let b = state.get(&backend.addr)?;
+                    Some(Candidate {
+                        load: &b.load,
+                        available: *eligible,
+                        distance_km: backend.distance_km(),
+                        local: backend.addr.is_local(),
+                    })
+                })
+                .collect();
+            let chosen = self
+                .chooser
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .choose(&candidates, now, &mut draw)?;
+            drop(candidates);
+            let addr = self.backends.get(chosen)?.addr.clone();
+            let b = state.get_mut(&addr)?;
+            if b.breaker.allow(now) {
+                b.load.start(now);
+                return Some(addr);
+            }
+            // Half-open with every probe slot taken: not this one, this time.
+            if let Some(a) = available.get_mut(chosen) {
+                *a = false;
+            }
         }
-        Some(addr)
+        None
     }
 
     async fn attempt(
@@ -351,12 +579,16 @@ impl Forward {
         let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let path = match addr {
             BackendAddr::Origin(origin) => origin.target_path(path),
-            BackendAddr::Local(_) => path.to_owned(),
+            BackendAddr::Local(_) | BackendAddr::Peer { .. } => path.to_owned(),
         };
         let authority = Authority::try_from(addr.authority())
             .map_err(|e| OriginError::Other(format!("backend address: {e}")))?;
+        let scheme = match addr {
+            BackendAddr::Peer { .. } => Scheme::HTTPS,
+            BackendAddr::Local(_) | BackendAddr::Origin(_) => Scheme::HTTP,
+        };
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(scheme)
             .authority(authority)
             .path_and_query(path)
             .build()
@@ -366,8 +598,9 @@ impl Forward {
         *request.uri_mut() = uri;
         *request.version_mut() = http::Version::HTTP_11;
         *request.headers_mut() = parts.headers.clone();
+        // A peer routes by the client's host as this node did.
         match (&self.host, addr) {
-            (Some(host), BackendAddr::Local(_)) => {
+            (Some(host), BackendAddr::Local(_) | BackendAddr::Peer { .. }) => {
                 request.headers_mut().insert(header::HOST, host.clone());
             }
             (_, BackendAddr::Origin(origin)) => {
@@ -375,7 +608,7 @@ impl Forward {
                     request.headers_mut().insert(header::HOST, host);
                 }
             }
-            (None, BackendAddr::Local(_)) => {}
+            (None, BackendAddr::Local(_) | BackendAddr::Peer { .. }) => {}
         }
         Ok(request)
     }

@@ -39,7 +39,7 @@ pub use join::{CaHash, JoinFile, JoinSettings, JoinToken};
 pub use proxy::{
     DEFAULT_CACHE_DISK_BYTES, DEFAULT_CACHE_MAX_OBJECT_BYTES, DEFAULT_CACHE_MEMORY_BYTES,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, MAX_UPSTREAMS,
-    ProxyCache, ProxyConfig, Upstream,
+    ProxyCache, ProxyConfig, Upstream, advertised_peer_addr,
 };
 
 use crate::admission::Reserve;

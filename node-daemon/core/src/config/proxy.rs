@@ -5,6 +5,7 @@
 //! ```toml
 //! [proxy]
 //! listen = "0.0.0.0:80"
+//! peer_listen = "0.0.0.0:8443"      # other nodes reach this node's workloads here (mTLS)
 //! stale_if_offline_secs = 86400      # serve a cached answer this long while its origin is down
 //! [proxy.cache]
 //! memory_bytes = 8388608
@@ -17,6 +18,12 @@
 //! Hosts, path prefixes, origin URLs and the bounds of a route's settings are
 //! [`edge_proto::field`]'s, the rules a workload's `[[expose]]` follows too. A workload's
 //! routes come with its assignment, not from here.
+//!
+//! `peer_listen` is where other nodes of the fleet send requests for the workloads this node
+//! runs, over TLS with the fleet's node certificates; without it the node neither serves
+//! peers nor tells the orchestrator it could. Peers are told the address
+//! [`advertised_peer_addr`] gives: `peer_listen` itself, or, for an unspecified IP
+//! (`0.0.0.0`, `::`), `orchestrator.local_address`; with neither, no address is advertised.
 
 use super::error::{ConfigError, invalid};
 use super::raw::{RawProxy, RawProxyCache, RawUpstream};
@@ -25,7 +32,7 @@ use edge_proto::field::{
     self, DEFAULT_ROUTE_RETRIES, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_STALE_IF_OFFLINE_SECS,
     FieldPath, OriginUrl, ROUTE_RETRIES, ROUTE_TIMEOUT_SECS, STALE_IF_OFFLINE_SECS, shown,
 };
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -54,6 +61,7 @@ const CACHE_MAX_OBJECT_BYTES: RangeInclusive<i64> = 1..=1 << 40;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     listen: SocketAddr,
+    peer_listen: Option<SocketAddr>,
     stale_if_offline_secs: u32,
     max_connections: u32,
     header_timeout: Duration,
@@ -100,6 +108,13 @@ impl ProxyConfig {
     /// Where the proxy serves. Port 0 (tests) takes any free port.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// Where other nodes reach this node's workloads over mutual TLS; `None`: no peer
+    /// listener, and no address advertised. Never the port of `listen` or `status_listen`
+    /// on an overlapping address. Port 0 (tests) takes any free port.
+    pub fn peer_listen(&self) -> Option<SocketAddr> {
+        self.peer_listen
     }
 
     /// How long a cached answer may be served stale while its origin is down, unless an
@@ -153,11 +168,42 @@ impl Upstream {
     }
 }
 
+/// Where peers are told to reach this node's peer listener, bound at `bound`: `bound` itself,
+/// or for an unspecified IP (`0.0.0.0`, `::`) the node's `local_address` on `bound`'s port.
+/// `None` when the IP is unspecified and the node has no local address, or when that address
+/// is one `bound` does not listen on (IPv6 behind `0.0.0.0`): advertising an address nobody
+/// answers on would only send peers' requests into a timeout.
+pub fn advertised_peer_addr(
+    bound: SocketAddr,
+    local_address: Option<IpAddr>,
+) -> Option<SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return Some(bound);
+    }
+    let local = local_address.filter(|ip| !ip.is_unspecified())?;
+    let reachable = match bound.ip() {
+        IpAddr::V4(_) => local.is_ipv4(),
+        // A `::` listener takes IPv4 too (dual stack, Linux's default).
+        IpAddr::V6(_) => true,
+    };
+    reachable.then(|| SocketAddr::new(local, bound.port()))
+}
+
+/// Whether two listeners would fight for one socket: the same port on the same address or on
+/// an unspecified one. Port 0 takes a free port, which never clashes.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// The `[proxy]` table as the node uses it. `status_listen` is the status endpoint's address,
-/// which the proxy must not share.
+/// which the proxy must not share; `local_address` is what an unspecified `peer_listen` is
+/// advertised as.
 pub(super) fn validate_proxy(
     raw: RawProxy,
     status_listen: Option<SocketAddr>,
+    local_address: Option<IpAddr>,
 ) -> Result<ProxyConfig, ConfigError> {
     let at = FieldPath::new("proxy");
     let listen_at = at.field("listen");
@@ -168,17 +214,25 @@ pub(super) fn validate_proxy(
         )
     })?;
     if let Some(status) = status_listen
-        && listen.port() != 0
-        && listen.port() == status.port()
-        && (listen.ip() == status.ip()
-            || listen.ip().is_unspecified()
-            || status.ip().is_unspecified())
+        && clash(listen, status)
     {
         return Err(invalid(
             listen_at,
             format!("{listen} is where status_listen ({status}) serves; give each its own port"),
         ));
     }
+    let peer_listen = raw
+        .peer_listen
+        .map(|a| {
+            validate_peer_listen(
+                &at.field("peer_listen"),
+                &a,
+                listen,
+                status_listen,
+                local_address,
+            )
+        })
+        .transpose()?;
     let stale_if_offline_secs = number(
         &at.field("stale_if_offline_secs"),
         raw.stale_if_offline_secs,
@@ -211,6 +265,7 @@ pub(super) fn validate_proxy(
     )?;
     Ok(ProxyConfig {
         listen,
+        peer_listen,
         stale_if_offline_secs,
         max_connections,
         header_timeout: Duration::from_secs(header_timeout_secs),
@@ -218,6 +273,49 @@ pub(super) fn validate_proxy(
         cache,
         upstreams,
     })
+}
+
+fn validate_peer_listen(
+    at: &FieldPath,
+    raw: &str,
+    listen: SocketAddr,
+    status_listen: Option<SocketAddr>,
+    local_address: Option<IpAddr>,
+) -> Result<SocketAddr, ConfigError> {
+    let peer: SocketAddr = raw.parse().map_err(|_| {
+        invalid(
+            at.clone(),
+            format!("{} is not IP:port, e.g. 0.0.0.0:8443", shown(raw)),
+        )
+    })?;
+    if clash(peer, listen) {
+        return Err(invalid(
+            at.clone(),
+            format!("{peer} is where proxy.listen ({listen}) serves; give each its own port"),
+        ));
+    }
+    if let Some(status) = status_listen
+        && clash(peer, status)
+    {
+        return Err(invalid(
+            at.clone(),
+            format!("{peer} is where status_listen ({status}) serves; give each its own port"),
+        ));
+    }
+    if let Some(local) = local_address
+        && peer.ip() == IpAddr::from([0, 0, 0, 0])
+        && local.is_ipv6()
+        && !local.is_unspecified()
+    {
+        return Err(invalid(
+            at.clone(),
+            format!(
+                "{peer} does not listen on orchestrator.local_address ({local}), the address \
+                 peers would be told; listen on [::] or on {local} itself"
+            ),
+        ));
+    }
+    Ok(peer)
 }
 
 fn validate_cache(at: &FieldPath, raw: Option<RawProxyCache>) -> Result<ProxyCache, ConfigError> {

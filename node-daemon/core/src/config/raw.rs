@@ -85,6 +85,8 @@ pub(super) struct RawJoin {
 pub(super) struct RawProxy {
     /// `IP:port` to serve on.
     pub listen: String,
+    /// `IP:port` to serve other nodes on, over mutual TLS.
+    pub peer_listen: Option<String>,
     pub stale_if_offline_secs: Option<i64>,
     pub max_connections: Option<i64>,
     pub header_timeout_secs: Option<i64>,

@@ -65,7 +65,7 @@ impl RawConfig {
         let reserve = validate_reserve(self.reserve)?;
         let proxy = self
             .proxy
-            .map(|p| validate_proxy(p, status_listen))
+            .map(|p| validate_proxy(p, status_listen, local_address))
             .transpose()?;
         Ok(ConfigFile {
             name,

@@ -11,6 +11,8 @@
 //!   choices over peak-EWMA latency by default, round-robin, least requests.
 //! - [`breaker`]: a circuit breaker per backend (consecutive failures or error rate,
 //!   half-open probes).
+//! - [`tiers`]: where a workload's request may go beyond its instances here: the nearest
+//!   peer nodes, then the route's origins; the distance between two places.
 //! - [`retry`]: which requests may be retried, and the retry budget.
 //! - [`headers`]: hop-by-hop removal, `Forwarded`/`X-Forwarded-For`/`Via`, the loop guard,
 //!   W3C `traceparent`.
@@ -26,3 +28,4 @@ pub mod cache_status;
 pub mod headers;
 pub mod retry;
 pub mod route;
+pub mod tiers;

@@ -53,6 +53,7 @@ fn a_listen_address_alone_takes_every_default() {
     );
     assert!(cache.enabled());
     assert!(p.upstreams().is_empty());
+    assert_eq!(p.peer_listen(), None, "no peer listener unless asked for");
 }
 
 #[test]
@@ -355,6 +356,122 @@ fn the_proxy_and_the_status_endpoint_need_ports_of_their_own() {
         Config::from_toml(&with_status(status, listen))
             .unwrap_or_else(|e| panic!("{status} and {listen} do not clash: {e}"));
     }
+}
+
+/// The example with `local_address` for the orchestrator link and a `[proxy]` table that
+/// serves peers on `peer`.
+fn with_peer(local_address: Option<&str>, peer: &str) -> String {
+    let local = local_address
+        .map(|a| format!("local_address = \"{a}\"\n"))
+        .unwrap_or_default();
+    example_with(
+        "address = \"orchestrator.example.net:7443\"",
+        &format!("address = \"orchestrator.example.net:7443\"\n{local}"),
+    ) + &format!("[proxy]\nlisten = \"0.0.0.0:80\"\npeer_listen = \"{peer}\"\n")
+}
+
+#[test]
+fn peers_are_served_where_peer_listen_says() {
+    let c = Config::from_toml(&with_peer(None, "[::]:8443")).expect("valid");
+    let proxy = c.proxy().expect("a [proxy] table");
+    assert_eq!(
+        proxy.peer_listen(),
+        Some("[::]:8443".parse().expect("addr"))
+    );
+    let c = Config::from_toml(&with_peer(Some("10.0.0.7"), "0.0.0.0:0")).expect("valid");
+    assert_eq!(
+        c.proxy().and_then(ProxyConfig::peer_listen),
+        Some("0.0.0.0:0".parse().expect("addr")),
+        "port 0 takes a free port, as tests do"
+    );
+}
+
+#[test]
+fn peers_are_told_the_listener_or_the_local_address_behind_an_unspecified_one() {
+    let addr = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+    let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    assert_eq!(
+        advertised_peer_addr(addr("192.0.2.7:8443"), Some(ip("10.0.0.1"))),
+        Some(addr("192.0.2.7:8443")),
+        "a named address is advertised as it is"
+    );
+    assert_eq!(
+        advertised_peer_addr(addr("0.0.0.0:8443"), Some(ip("10.0.0.1"))),
+        Some(addr("10.0.0.1:8443"))
+    );
+    assert_eq!(
+        advertised_peer_addr(addr("[::]:9000"), Some(ip("2001:db8::5"))),
+        Some(addr("[2001:db8::5]:9000"))
+    );
+    assert_eq!(
+        advertised_peer_addr(addr("[::]:9000"), Some(ip("10.0.0.1"))),
+        Some(addr("10.0.0.1:9000")),
+        "`::` takes IPv4 too"
+    );
+    assert_eq!(advertised_peer_addr(addr("0.0.0.0:8443"), None), None);
+    assert_eq!(
+        advertised_peer_addr(addr("0.0.0.0:8443"), Some(ip("2001:db8::5"))),
+        None,
+        "an IPv4 listener cannot be reached at an IPv6 address"
+    );
+    assert_eq!(
+        advertised_peer_addr(addr("[::]:8443"), Some(ip("::"))),
+        None,
+        "an unspecified local address says nothing"
+    );
+}
+
+#[test]
+fn peer_listen_needs_a_port_of_its_own_and_a_reachable_address() {
+    for (peer, needle) in [
+        ("0.0.0.0:80", "proxy.listen"),
+        ("127.0.0.1:80", "proxy.listen"),
+        ("8443", "not IP:port"),
+        ("peers.example:8443", "not IP:port"),
+        ("0.0.0.0:65536", "not IP:port"),
+        ("", "not IP:port"),
+    ] {
+        let reason = invalid_field(&with_peer(None, peer), "proxy.peer_listen");
+        assert!(reason.contains(needle), "{peer}: {reason}");
+    }
+    let status = example_with(
+        "status_interval_secs = 10",
+        "status_listen = \"127.0.0.1:7450\"",
+    ) + "[proxy]\nlisten = \"0.0.0.0:80\"\npeer_listen = \"0.0.0.0:7450\"\n";
+    let reason = invalid_field(&status, "proxy.peer_listen");
+    assert!(reason.contains("status_listen"), "{reason}");
+    let reason = invalid_field(
+        &with_peer(Some("2001:db8::5"), "0.0.0.0:8443"),
+        "proxy.peer_listen",
+    );
+    assert!(reason.contains("local_address"), "{reason}");
+    for (local, peer) in [
+        (Some("2001:db8::5"), "[::]:8443"),
+        (Some("10.0.0.1"), "0.0.0.0:8443"),
+        (None, "0.0.0.0:8443"),
+        (Some("2001:db8::5"), "192.0.2.7:8443"),
+        (None, "127.0.0.1:0"),
+    ] {
+        Config::from_toml(&with_peer(local, peer))
+            .unwrap_or_else(|e| panic!("{local:?} and {peer} are fine: {e}"));
+    }
+}
+
+#[test]
+fn a_hostile_peer_listen_gets_a_short_error() {
+    for value in [
+        "x".repeat(10 * 1024),
+        "0.0.0.0:8443\\nINFO forged".to_owned(),
+    ] {
+        let reason = invalid_field(&with_peer(None, &value), "proxy.peer_listen");
+        assert!(
+            reason.len() < 300 && !reason.contains('\n'),
+            "{} bytes: {reason}",
+            reason.len()
+        );
+    }
+    let msg = parse_error(&proxy("peer_listen = 8443"));
+    assert!(msg.contains("peer_listen"), "{msg}");
 }
 
 #[test]
