@@ -164,6 +164,7 @@ impl TestProxy {
         proxy.set_routing(Routing {
             table: RouteTable::new(routes).expect("a valid table"),
             local,
+            ..Routing::default()
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -446,6 +447,7 @@ async fn local_instances_are_reached_on_their_exposed_port() {
         )])
         .expect("a table"),
         local: HashMap::new(),
+        ..Routing::default()
     });
     let (status, _, _) = proxy.get("a", "/").await;
     assert_eq!(status, 502);
