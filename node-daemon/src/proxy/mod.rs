@@ -234,7 +234,11 @@ fn routing(
             RouteTable::default()
         }
     };
-    Routing { table, local }
+    Routing {
+        table,
+        local,
+        ..Routing::default()
+    }
 }
 
 fn strategy(balance: Balance) -> Strategy {
