@@ -3,8 +3,9 @@
 //!
 //! The proxy itself is crate `edge-proxy`; this module only feeds it: it binds the listener,
 //! opens the cache under the data dir, and rebuilds the routing whenever a workload changes
-//! state (an instance is a backend while it runs). It never holds a request: a new routing
-//! applies from the next request on.
+//! state (an instance is a backend while it runs). A new routing applies from the next
+//! request on. A workload that scales to zero is woken by a request and put back to sleep
+//! when idle by [`wake`], which also sets every routing.
 
 use crate::supervisor::{InstanceStatus, State, Supervisor, WorkloadSpec};
 use edge_proxy::cache::{Cache, CacheConfig, Clock, DiskConfig};
@@ -22,6 +23,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+mod wake;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,18 +102,18 @@ impl NodeProxy {
         let cache_on = sizes.enabled();
         let upstreams = upstream_routes(config);
         let events = supervisor.subscribe();
-        proxy.set_routing(routing(&upstreams, &supervisor.served(), cache_on));
+        let activator = wake::Activator::new(
+            proxy.clone(),
+            supervisor,
+            Box::new(move |served| routing(&upstreams, served, cache_on)),
+        );
+        activator.refresh();
+        proxy.set_waker(activator.waker());
         let (stop, stopped) = oneshot::channel::<()>();
         let serve = tokio::spawn(edge_proxy::serve(listener, limits, proxy.clone(), async {
             let _ = stopped.await;
         }));
-        let follow = tokio::spawn(follow(
-            proxy.clone(),
-            supervisor,
-            upstreams,
-            events,
-            cache_on,
-        ));
+        let follow = tokio::spawn(follow(activator, events));
         info!(%addr, "proxy listening");
         Ok(Self {
             proxy,
@@ -141,20 +144,15 @@ impl Drop for NodeProxy {
     }
 }
 
-/// Rebuilds the routing on every change of what the supervisor runs.
-async fn follow(
-    proxy: Proxy,
-    supervisor: Supervisor,
-    upstreams: Vec<Route>,
-    mut events: broadcast::Receiver<InstanceStatus>,
-    cache_on: bool,
-) {
+/// Rebuilds the routing on every change of what the supervisor runs. Holds the activator,
+/// which ends with this task.
+async fn follow(activator: wake::Activator, mut events: broadcast::Receiver<InstanceStatus>) {
     loop {
         match events.recv().await {
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
-        proxy.set_routing(routing(&upstreams, &supervisor.served(), cache_on));
+        activator.refresh();
     }
 }
 
