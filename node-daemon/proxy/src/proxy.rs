@@ -5,14 +5,19 @@
 //! peer nodes, else to the route's origins (`node_core::proxy::tiers`). A request that came
 //! from a peer ([`FromPeers`]) is served by the instances here only: the peer has already
 //! chosen this node, and passing it on could bounce it around the fleet.
+//!
+//! A workload that scales to zero is reached through [`Waking`]: on a cache miss it takes an
+//! in-flight token from the workload's [`Activity`], waking it through the [`Waker`] first if
+//! it is dormant, and forwards to the backends of the routing the wake put in place.
 
 use crate::Body;
 use crate::body;
-use crate::cache::{Cache, CacheOutcome, Origin, RouteCache};
+use crate::cache::{Cache, CacheOutcome, Origin, OriginError, RouteCache};
 use crate::listener::Handler;
 use crate::metrics::ProxyMetrics;
 use crate::peer_tls::PeerTls;
 use crate::upstream::{Backend, BackendAddr, Forward, Upstreams};
+use crate::wake::{Activity, InFlight, Waker};
 use edge_proto::NodeId;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -29,12 +34,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 /// `Via` entries a request may carry before it is taken for a loop.
 const MAX_HOPS: usize = 8;
 /// The most of a request's path an access-log line keeps.
 const LOGGED_PATH: usize = 256;
+/// Wakes one request asks for before it gives up: more than one only if the workload went
+/// back to sleep between a wake and the request.
+const MAX_WAKES: usize = 3;
 
 /// What the proxy routes by: the table and, for each workload, where its instances listen.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +52,9 @@ pub struct Routing {
     pub local: HashMap<String, Vec<IpAddr>>,
     /// Instances of each workload on other nodes, reached at their peer listeners.
     pub peers: HashMap<String, Vec<Peer>>,
+    /// The workloads that scale to zero, each with its activity: while that is closed the
+    /// workload is dormant, and a request wakes it before it is forwarded.
+    pub scale_to_zero: HashMap<String, Arc<Activity>>,
 }
 
 /// An instance of a workload on another node.
@@ -63,10 +74,13 @@ enum Arrival {
     Peer,
 }
 
+/// A route's backend chooser, kept across requests.
+type Chooser = Arc<Mutex<Box<dyn Choose + Send>>>;
+
 /// A routing table as requests use it: with a backend chooser per route.
 struct Snapshot {
     routing: Routing,
-    choosers: HashMap<String, Arc<Mutex<Box<dyn Choose + Send>>>>,
+    choosers: HashMap<String, Chooser>,
 }
 
 impl Snapshot {
@@ -107,6 +121,7 @@ struct Inner {
     cache: Cache,
     upstreams: Arc<Upstreams>,
     metrics: ProxyMetrics,
+    waker: RwLock<Option<Arc<dyn Waker>>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -129,8 +144,27 @@ impl Proxy {
                 cache,
                 upstreams,
                 metrics,
+                waker: RwLock::new(None),
             }),
         }
+    }
+
+    /// Starts the workloads that scale to zero from the next request on. Without a waker a
+    /// request for a dormant workload is answered 503.
+    pub fn set_waker(&self, waker: Arc<dyn Waker>) {
+        *self
+            .inner
+            .waker
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(waker);
+    }
+
+    fn waker(&self) -> Option<Arc<dyn Waker>> {
+        self.inner
+            .waker
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Routes by `routing` from the next request on. Requests in flight finish on the table
@@ -268,7 +302,6 @@ impl Proxy {
             let answer = body::text(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend");
             return (answer, Some(name), bypass);
         };
-        let backends = backends_for(&snapshot.routing, route, &target.target, arrival);
         let Some(chooser) = snapshot.choosers.get(&route.name) else {
             let answer = body::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -278,14 +311,23 @@ impl Proxy {
         };
         let too_large = Arc::new(AtomicBool::new(false));
         let request = self.prepare(request, client, host, too_large.clone());
-        let forward: Arc<dyn Origin> = Arc::new(Forward {
-            upstreams: inner.upstreams.clone(),
-            route: route.name.clone(),
-            settings: route.settings.clone(),
-            backends,
-            chooser: chooser.clone(),
-            host: host.and_then(|h| HeaderValue::try_from(h).ok()),
-        });
+        let host = host.and_then(|h| HeaderValue::try_from(h).ok());
+        let forward: Arc<dyn Origin> = match waking(&snapshot.routing, &target.target) {
+            Some((workload, activity)) => Arc::new(Waking {
+                proxy: self.clone(),
+                workload,
+                activity,
+                target: target.target.clone(),
+                route: route.clone(),
+                chooser: chooser.clone(),
+                host,
+                arrival,
+            }),
+            None => {
+                let backends = backends_for(&snapshot.routing, route, &target.target, arrival);
+                Arc::new(self.forward(route, chooser, host, backends))
+            }
+        };
         let cache = route_cache(route);
         let (response, outcome) = inner.cache.serve(request, &cache, &forward).await;
         if too_large.load(Ordering::Acquire) {
@@ -294,6 +336,24 @@ impl Proxy {
             return (answer, Some(name), outcome);
         }
         (response, Some(name), outcome)
+    }
+
+    /// One request's way to `backends` by `route`.
+    fn forward(
+        &self,
+        route: &Route,
+        chooser: &Chooser,
+        host: Option<HeaderValue>,
+        backends: Vec<Backend>,
+    ) -> Forward {
+        Forward {
+            upstreams: self.inner.upstreams.clone(),
+            route: route.name.clone(),
+            settings: route.settings.clone(),
+            backends,
+            chooser: chooser.clone(),
+            host,
+        }
     }
 
     /// The request as backends see it: hop-by-hop headers gone, `Forwarded`, `Via` and
@@ -387,6 +447,98 @@ fn route_cache(route: &Route) -> RouteCache {
         enabled: route.settings.cache,
         stale_if_offline: route.settings.stale_if_offline,
     }
+}
+
+/// The workload `target` names and its activity, if it scales to zero.
+fn waking(routing: &Routing, target: &Target) -> Option<(String, Arc<Activity>)> {
+    let Target::Workload { workload, .. } = target else {
+        return None;
+    };
+    let activity = routing.scale_to_zero.get(workload)?;
+    Some((workload.clone(), activity.clone()))
+}
+
+/// The way to a workload that scales to zero, as the cache sees its origin: only a miss
+/// reaches it, so a fresh stored answer never wakes the workload.
+struct Waking {
+    proxy: Proxy,
+    workload: String,
+    activity: Arc<Activity>,
+    target: Target,
+    route: Route,
+    chooser: Chooser,
+    host: Option<HeaderValue>,
+    arrival: Arrival,
+}
+
+impl Origin for Waking {
+    fn fetch(
+        &self,
+        request: Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, OriginError>> + Send + '_>> {
+        Box::pin(self.send(request))
+    }
+}
+
+impl Waking {
+    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, OriginError> {
+        let in_flight = match self.admit().await {
+            Ok(token) => token,
+            Err(answer) => return Ok(answer),
+        };
+        // Read after the token: the routing a wake set before it opened the activity, or a
+        // newer one.
+        let backends = backends_for(
+            &self.proxy.snapshot().routing,
+            &self.route,
+            &self.target,
+            self.arrival,
+        );
+        let forward = self
+            .proxy
+            .forward(&self.route, &self.chooser, self.host.clone(), backends);
+        let response = forward.fetch(request).await?;
+        // The workload stays up until the answer's body has gone on or been dropped.
+        Ok(response.map(|body| {
+            body.map_frame(move |frame| {
+                let _held = &in_flight;
+                frame
+            })
+            .boxed_unsync()
+        }))
+    }
+
+    /// A token to forward with, after waking the workload if it is dormant; else the 503 to
+    /// answer. Waiting counts against the route's timeout.
+    async fn admit(&self) -> Result<InFlight, Response<Body>> {
+        let deadline = tokio::time::Instant::now() + self.route.settings.timeout;
+        for _ in 0..MAX_WAKES {
+            if let Some(token) = self.activity.enter(Instant::now()) {
+                return Ok(token);
+            }
+            let Some(waker) = self.proxy.waker() else {
+                return Err(unavailable("the workload is scaled to zero"));
+            };
+            match tokio::time::timeout_at(deadline, waker.wake(&self.workload)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!(workload = %self.workload, %error, "cannot wake the workload");
+                    return Err(unavailable("the workload could not be started"));
+                }
+                Err(_) => {
+                    warn!(workload = %self.workload, timeout_ms = u64::try_from(self.route.settings.timeout.as_millis()).unwrap_or(u64::MAX), "the workload was not ready within the route's timeout");
+                    return Err(unavailable("the workload did not start in time"));
+                }
+            }
+        }
+        self.activity
+            .enter(Instant::now())
+            .ok_or_else(|| unavailable("the workload could not be started"))
+    }
+}
+
+fn unavailable(why: &str) -> Response<Body> {
+    body::text(StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
 /// Where `target` of `route` can be served from now. A workload: its instances here, and

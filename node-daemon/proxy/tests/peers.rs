@@ -250,6 +250,7 @@ impl Node {
                     })
                     .collect(),
             )]),
+            ..Routing::default()
         });
     }
 

@@ -446,6 +446,7 @@ async fn local_instances_are_reached_on_their_exposed_port() {
             )],
         )])
         .expect("a table"),
+        local: HashMap::new(),
         ..Routing::default()
     });
     let (status, _, _) = proxy.get("a", "/").await;

@@ -5,7 +5,9 @@
 //! The proxy itself is crate `edge-proxy`; this module only feeds it: it binds the listeners,
 //! opens the cache under the data dir, and rebuilds the routing whenever a workload changes
 //! state (an instance is a backend while it runs) or the peer routes change. It never holds a
-//! request: a new routing applies from the next request on.
+//! request: a new routing applies from the next request on. A workload that scales to zero
+//! is woken by a request and put back to sleep when idle by [`wake`], which also sets every
+//! routing.
 //!
 //! With `peer_listen`, once the node has its identity ([`NodeProxy::serve_peers`]), a second
 //! listener serves other nodes over mutual TLS (`edge_proxy::peer_tls`), bounded as the
@@ -32,6 +34,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+mod wake;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -126,27 +130,27 @@ impl NodeProxy {
         let events = supervisor.subscribe();
         let peers = Arc::new(Mutex::new(PeerRoutes::new(None, here)));
         let peers_changed = Arc::new(Notify::new());
-        proxy.set_routing(routing(
-            &upstreams,
-            &supervisor.served(),
-            &lock(&peers),
-            cache_on,
-        ));
+        let members = supervisor.watch_members();
+        let activator = {
+            let peers = peers.clone();
+            wake::Activator::new(
+                proxy.clone(),
+                supervisor,
+                Box::new(move |served| routing(&upstreams, served, &lock(&peers), cache_on)),
+            )
+        };
+        activator.refresh();
+        proxy.set_waker(activator.waker());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(edge_proxy::serve(listener, limits, proxy.clone(), async {
             let _ = stopped.await;
         }));
-        let members = supervisor.watch_members();
         let follow = tokio::spawn(follow(
-            proxy.clone(),
-            supervisor,
-            upstreams,
+            activator,
             events,
             Follow {
                 members,
-                peers: peers.clone(),
                 changed: peers_changed.clone(),
-                cache_on,
             },
         ));
         info!(%addr, "proxy listening");
@@ -256,20 +260,19 @@ fn lock(peers: &Mutex<PeerRoutes>) -> MutexGuard<'_, PeerRoutes> {
     peers.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the routing task reads besides the supervisor.
+/// What the routing task waits for besides the supervisor's status changes.
 struct Follow {
     /// Bumped when a workload is added or removed.
     members: watch::Receiver<u64>,
-    peers: Arc<Mutex<PeerRoutes>>,
+    /// Told when the peer routes change.
     changed: Arc<Notify>,
-    cache_on: bool,
 }
 
-/// Rebuilds the routing on every change of what the supervisor runs or of the peer routes.
+/// Rebuilds the routing on every change of what the supervisor runs or of the peer routes,
+/// through the activator, which sets every routing. Holds the activator, which ends with
+/// this task.
 async fn follow(
-    proxy: Proxy,
-    supervisor: Supervisor,
-    upstreams: Vec<Route>,
+    activator: wake::Activator,
     mut events: broadcast::Receiver<InstanceStatus>,
     mut from: Follow,
 ) {
@@ -286,13 +289,7 @@ async fn follow(
             },
             () = from.changed.notified() => {}
         }
-        let routing = routing(
-            &upstreams,
-            &supervisor.served(),
-            &lock(&from.peers),
-            from.cache_on,
-        );
-        proxy.set_routing(routing);
+        activator.refresh();
     }
 }
 
@@ -371,6 +368,7 @@ fn routing(
         table,
         local,
         peers: by_peers,
+        ..Routing::default()
     }
 }
 

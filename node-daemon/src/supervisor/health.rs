@@ -6,6 +6,9 @@
 //! nothing else, and a full client would cost the node more than the check is worth. It
 //! reads at most [`MAX_HEAD`] bytes of the answer, whatever the server sends.
 //!
+//! [`listening`] waits for a workload that scales to zero and has no health check to accept
+//! connections on the ports it exposes: the one sign of readiness it gives.
+//!
 //! This module only answers "healthy or not, and why"; thresholds and what follows from them
 //! belong to the lifecycle.
 
@@ -23,6 +26,12 @@ use tokio::process::Command;
 
 /// The most of an HTTP answer read while looking for the status line.
 pub const MAX_HEAD: usize = 1024;
+/// How long one connection attempt of [`listening`] may take.
+const LISTEN_CONNECT: Duration = Duration::from_secs(1);
+/// The first pause between attempts of [`listening`], doubled up to the longest: a service
+/// starting in milliseconds is seen within milliseconds, a slow one costs a few connects.
+const LISTEN_RETRY_FIRST: Duration = Duration::from_millis(5);
+const LISTEN_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// Why a check failed. Shown in the instance's status message.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +114,23 @@ pub async fn probe(
     }
 }
 
+/// Resolves once each of `ports` accepts a TCP connection at `address`, trying again until
+/// then; the caller drops it when the process ends.
+pub async fn listening(address: IpAddr, ports: Vec<u16>) {
+    let mut pause = LISTEN_RETRY_FIRST;
+    for port in ports {
+        let addr = SocketAddr::new(address, port);
+        loop {
+            if let Ok(Ok(_)) = tokio::time::timeout(LISTEN_CONNECT, TcpStream::connect(addr)).await
+            {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LISTEN_RETRY_MAX);
+        }
+    }
+}
+
 async fn within(
     timeout: Duration,
     check: impl Future<Output = Result<(), ProbeError>>,
@@ -170,6 +196,28 @@ mod tests {
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b"HTTP/1.1 2000 OK\r\n"), None);
         assert_eq!(parse_status(b""), None);
+    }
+
+    #[tokio::test]
+    async fn listening_waits_until_every_port_accepts() {
+        let localhost = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let first = tokio::net::TcpListener::bind((localhost, 0))
+            .await
+            .expect("bind");
+        // A port nothing listens on yet: bound, noted, released, bound again later.
+        let second = std::net::TcpListener::bind((localhost, 0)).expect("bind");
+        let second_port = second.local_addr().expect("addr").port();
+        drop(second);
+        let ports = vec![first.local_addr().expect("addr").port(), second_port];
+        let mut wait = Box::pin(listening(localhost, ports));
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut wait).await;
+        assert!(early.is_err(), "ready with one port closed");
+        let _second = tokio::net::TcpListener::bind((localhost, second_port))
+            .await
+            .expect("bind the second port again");
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("ready once both accept");
     }
 
     #[tokio::test]

@@ -9,6 +9,13 @@
 //! group and control group is ended too, the group removed and the pid record cleared, before
 //! the lifecycle hears of the exit: a restarted instance never meets its predecessor's
 //! children. This module makes no decision of its own.
+//!
+//! A workload that scales to zero starts dormant: the task runs no lifecycle and no process,
+//! reports `Stopped` with the message [`DORMANT`], and waits for a wake. Woken, it runs the
+//! lifecycle as any workload until told to sleep, which stops the process gracefully and
+//! leaves it dormant again. It answers each wake once the instance is ready (its health
+//! check passed or, without one, every port it exposes accepts connections), or once it has
+//! ended before that. Readiness is published on a watch for the supervisor to read.
 
 use super::cgroup::{Group, LimitsBackend};
 use super::health::{self, ProbeError};
@@ -17,7 +24,7 @@ use super::process::{self, RunAs};
 use super::restart::{Action, Exit, Lifecycle, RestartTuning};
 use super::spec::WorkloadSpec;
 use super::store::{InstanceRecord, Store};
-use super::{InstanceStatus, State};
+use super::{InstanceStatus, Readiness, ScaleError, State};
 use crate::metrics::{ExitReason, NodeMetrics, RestartReason, Running};
 use nix::sys::signal::Signal;
 use std::future::Future;
@@ -25,7 +32,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -33,6 +40,11 @@ use tracing::{debug, info, warn};
 const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
 /// How long to wait for the output pump to drain after the process is gone.
 const PUMP_DRAIN: Duration = Duration::from_secs(1);
+/// The status message of a dormant workload.
+pub const DORMANT: &str = "scaled to zero";
+
+/// How a wake or a sleep is answered.
+pub type Answer = oneshot::Sender<Result<(), ScaleError>>;
 
 /// What the supervisor asks of a workload's task.
 #[derive(Debug)]
@@ -41,6 +53,10 @@ pub enum Command {
     Replace(Box<WorkloadSpec>, Option<RunAs>),
     /// Stop gracefully and end the task.
     Stop,
+    /// Start the workload if it is dormant; answer once it is ready, or has ended before.
+    Wake(Answer),
+    /// Stop it gracefully and leave it dormant; answer once it is.
+    Sleep(Answer),
 }
 
 /// Publishes a workload's status: the shared snapshot and the change feed.
@@ -86,6 +102,8 @@ pub struct InstanceCtx {
     pub logs: Arc<LogSink>,
     pub reporter: Reporter,
     pub metrics: NodeMetrics,
+    /// Whether the workload is ready for requests, for wakes and the proxy.
+    pub readiness: watch::Sender<Readiness>,
 }
 
 /// A running process and what belongs to it.
@@ -105,10 +123,59 @@ struct Live {
 
 enum Next {
     Replace(Box<WorkloadSpec>, Option<RunAs>),
+    /// Stopped to go dormant.
+    Sleep,
     End,
 }
 
 type Probe = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send>>;
+type Listening = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The wakes and sleeps the task has yet to answer.
+#[derive(Debug, Default)]
+struct Asked {
+    /// Waiting for the instance to be ready.
+    wakes: Vec<Answer>,
+    /// Waiting for it to be dormant.
+    sleeps: Vec<Answer>,
+    /// When a wake found it dormant: the cold start is timed from there.
+    woken_at: Option<Instant>,
+}
+
+impl Asked {
+    fn ready(&mut self, spec: &WorkloadSpec) {
+        if let Some(at) = self.woken_at.take() {
+            let ready_by = if spec.health.is_some() {
+                "health_check"
+            } else {
+                "ports"
+            };
+            info!(
+                workload = %spec.name,
+                version = %spec.version,
+                cold_start_ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                ready_by,
+                "woken from zero: ready"
+            );
+        }
+        for wake in self.wakes.drain(..) {
+            let _ = wake.send(Ok(()));
+        }
+    }
+
+    fn fail_wakes(&mut self, error: &ScaleError) {
+        self.woken_at = None;
+        for wake in self.wakes.drain(..) {
+            let _ = wake.send(Err(error.clone()));
+        }
+    }
+
+    fn answer_sleeps(&mut self, result: &Result<(), ScaleError>) {
+        for sleep in self.sleeps.drain(..) {
+            let _ = sleep.send(result.clone());
+        }
+    }
+}
 
 /// Runs the workload until told to stop.
 pub async fn run(
@@ -118,16 +185,84 @@ pub async fn run(
     mut commands: mpsc::Receiver<Command>,
 ) {
     let (mut spec, mut run_as) = (Box::new(spec), run_as);
+    let mut asked = Asked::default();
+    let mut dormant = spec.scale_to_zero.is_some();
     loop {
-        match run_spec(&ctx, &spec, run_as, &mut commands).await {
+        if dormant {
+            rest(&ctx, &spec);
+            asked.answer_sleeps(&Ok(()));
+            while asked.wakes.is_empty() {
+                match commands.recv().await {
+                    Some(Command::Wake(answer)) => asked.wakes.push(answer),
+                    Some(Command::Sleep(answer)) => {
+                        let _ = answer.send(Ok(()));
+                    }
+                    Some(Command::Replace(new, who)) => {
+                        info!(workload = %new.name, version = %new.version, "replacing the dormant workload");
+                        spec = new;
+                        run_as = who;
+                        if spec.scale_to_zero.is_none() {
+                            break;
+                        }
+                        rest(&ctx, &spec);
+                    }
+                    Some(Command::Stop) | None => return,
+                }
+            }
+            if !asked.wakes.is_empty() {
+                info!(workload = %spec.name, version = %spec.version, "waking from zero");
+                asked.woken_at = Some(Instant::now());
+            }
+            dormant = false;
+        }
+        match run_spec(&ctx, &spec, run_as, &mut commands, &mut asked).await {
             Next::Replace(new, who) => {
                 info!(workload = %new.name, version = %new.version, "replacing the workload");
                 spec = new;
                 run_as = who;
             }
-            Next::End => return,
+            Next::Sleep => {}
+            Next::End => {
+                asked.fail_wakes(&ScaleError::Stopped);
+                asked.answer_sleeps(&Ok(()));
+                return;
+            }
+        }
+        if !asked.sleeps.is_empty() {
+            if spec.scale_to_zero.is_some() {
+                dormant = true;
+            } else {
+                // Replaced meanwhile by a spec that runs all the time.
+                asked.answer_sleeps(&Err(ScaleError::AlwaysOn));
+            }
         }
     }
+}
+
+/// A dormant workload's status: stopped, scaled to zero, nothing running.
+fn rest(ctx: &InstanceCtx, spec: &WorkloadSpec) {
+    ctx.readiness.send_replace(Readiness::Dormant);
+    ctx.reporter.publish(InstanceStatus {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        state: State::Stopped,
+        restarts: 0,
+        pid: None,
+        exit_code: None,
+        message: DORMANT.into(),
+    });
+}
+
+/// The ports whose accepting connections make a workload that scales to zero ready when it
+/// has no health check: every port it exposes. Empty: it is ready once running.
+fn ready_ports(spec: &WorkloadSpec) -> Vec<u16> {
+    if spec.scale_to_zero.is_none() || spec.health.is_some() {
+        return Vec::new();
+    }
+    let mut ports: Vec<u16> = spec.expose.iter().map(|e| e.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 async fn run_spec(
@@ -135,6 +270,7 @@ async fn run_spec(
     spec: &WorkloadSpec,
     run_as: Option<RunAs>,
     commands: &mut mpsc::Receiver<Command>,
+    asked: &mut Asked,
 ) -> Next {
     let mut machine = Lifecycle::new(
         spec.restart,
@@ -148,6 +284,13 @@ async fn run_spec(
     let mut next: Option<Next> = None;
     // How the last process of this spec ended: a start after it is a restart.
     let mut last_end: Option<RestartReason> = None;
+    // Readiness: the ports to find accepting (none: running is ready), the check of them
+    // under way, and whether the current process passed it.
+    let ports = ready_ports(spec);
+    let mut listening: Option<Listening> = None;
+    let mut listened = false;
+    let mut ready = false;
+    ctx.readiness.send_replace(Readiness::Waking);
     machine.start(Instant::now());
     loop {
         while let Some(action) = machine.poll_action() {
@@ -190,6 +333,43 @@ async fn run_spec(
             }
         }
         publish(ctx, spec, &machine, live.as_ref());
+        let report = machine.report();
+        let up = report.state == State::Running && next.is_none();
+        if !up {
+            listening = None;
+            listened = false;
+        }
+        if up && !ports.is_empty() && !listened && listening.is_none() {
+            listening = Some(Box::pin(health::listening(
+                spec.probe_address(),
+                ports.clone(),
+            )));
+        }
+        let now_ready = up && (ports.is_empty() || listened);
+        if now_ready != ready {
+            ready = now_ready;
+            let readiness = if ready {
+                Readiness::Ready
+            } else {
+                Readiness::Waking
+            };
+            ctx.readiness.send_replace(readiness);
+        }
+        if ready {
+            asked.ready(spec);
+        } else if next.is_none()
+            && !asked.wakes.is_empty()
+            && matches!(
+                report.state,
+                State::Backoff | State::Failed | State::Stopped
+            )
+        {
+            // Ended before it was ready: say so now rather than at the caller's deadline.
+            asked.fail_wakes(&ScaleError::Exited {
+                state: report.state,
+                message: report.message.clone(),
+            });
+        }
         if machine.is_done()
             && let Some(n) = next.take()
         {
@@ -198,13 +378,35 @@ async fn run_spec(
 
         let deadline = machine.poll_timeout();
         tokio::select! {
-            command = commands.recv() => {
-                next = Some(match command {
-                    Some(Command::Replace(s, who)) => Next::Replace(s, who),
-                    // The supervisor is gone: nobody will ever stop us otherwise.
-                    Some(Command::Stop) | None => Next::End,
-                });
-                machine.stop(Instant::now());
+            command = commands.recv() => match command {
+                Some(Command::Wake(answer)) => {
+                    if ready {
+                        let _ = answer.send(Ok(()));
+                    } else {
+                        asked.wakes.push(answer);
+                    }
+                }
+                Some(Command::Sleep(answer)) => {
+                    asked.sleeps.push(answer);
+                    // A replacement or an end asked before stands; the sleep follows it.
+                    if next.is_none() {
+                        next = Some(Next::Sleep);
+                    }
+                    machine.stop(Instant::now());
+                }
+                Some(Command::Replace(s, who)) => {
+                    next = Some(Next::Replace(s, who));
+                    machine.stop(Instant::now());
+                }
+                // The supervisor is gone: nobody will ever stop us otherwise.
+                Some(Command::Stop) | None => {
+                    next = Some(Next::End);
+                    machine.stop(Instant::now());
+                }
+            },
+            () = poll_listening(&mut listening) => {
+                listening = None;
+                listened = true;
             }
             status = wait(&mut live) => {
                 probe = None;
@@ -273,6 +475,13 @@ async fn wait(live: &mut Option<Live>) -> std::io::Result<std::process::ExitStat
 async fn poll_probe(probe: &mut Option<Probe>) -> Result<(), ProbeError> {
     match probe {
         Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_listening(listening: &mut Option<Listening>) {
+    match listening {
+        Some(l) => l.await,
         None => std::future::pending().await,
     }
 }

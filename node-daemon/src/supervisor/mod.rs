@@ -11,6 +11,15 @@
 //!   rlimit). `logs`: rotating files, tail, follow. `health`: the checks. `store`: spec and
 //!   pid records on disk. [`spec`]: [`WorkloadSpec`] and validation.
 //!
+//! # Scale to zero
+//! A workload whose spec has `scale_to_zero` is stored when applied but not started: it is
+//! *dormant*, reported `Stopped` with the message "scaled to zero". [`Supervisor::wake`]
+//! starts it and resolves once it is ready ([`Readiness::Ready`]); wakes at once start it
+//! once, since its task alone starts processes and answers them all. [`Supervisor::sleep`]
+//! stops it gracefully and leaves it dormant. After a daemon restart it is dormant again
+//! (whatever ran is ended as below, and nothing is started). When to wake and when to sleep
+//! is the proxy's business (`crate::proxy::wake`), not the supervisor's.
+//!
 //! # Daemon restarts: restart, never adopt
 //! Every workload's spec is stored (`DATA_DIR/workloads/NAME/spec.json`, written atomically)
 //! before it is started. When the daemon comes back, [`Supervisor::recover`] ends whatever a
@@ -42,6 +51,7 @@ pub use node_core::{restart, spec};
 mod store;
 
 pub use cgroup::{LimitsBackend, LimitsError};
+pub use instance::DORMANT;
 pub use logs::LogLimits;
 pub use restart::{RestartTuning, State};
 pub use spec::{HealthCheck, HealthProbe, Resources, RestartPolicy, SpecError, WorkloadSpec};
@@ -57,7 +67,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use store::Store;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
@@ -95,6 +105,37 @@ impl InstanceStatus {
             message: "pending".into(),
         }
     }
+}
+
+/// Whether a workload is ready for requests, as [`Supervisor::wake`] waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Scaled to zero: nothing runs and nothing is starting. The next wake starts it.
+    Dormant,
+    /// Starting, restarting, unhealthy or stopping: not ready for requests.
+    Waking,
+    /// Running and ready: its health check passed or, for a workload that scales to zero
+    /// without one, every port it exposes accepts connections. A workload without either is
+    /// ready once running.
+    Ready,
+}
+
+/// Why a workload could not be woken or put to sleep.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScaleError {
+    /// No workload of that name on this node.
+    #[error("no workload named {0} on this node")]
+    Unknown(String),
+    /// A sleep asked of a workload that does not scale to zero.
+    #[error("the workload does not scale to zero")]
+    AlwaysOn,
+    /// It was removed, or the supervisor shut down, before it was ready.
+    #[error("the workload was stopped before it was ready")]
+    Stopped,
+    /// It ended before it was ready: its state and status message then. It stays as it is
+    /// (a `Backoff` restarts); put it to sleep to have the next wake start afresh.
+    #[error("the workload ended before it was ready: {message}")]
+    Exited { state: State, message: String },
 }
 
 /// Knobs for the supervisor as a whole; the defaults are the production values.
@@ -164,6 +205,7 @@ struct Handle {
     task: JoinHandle<()>,
     reporter: Reporter,
     logs: Arc<LogSink>,
+    readiness: watch::Receiver<Readiness>,
 }
 
 impl Supervisor {
@@ -242,9 +284,10 @@ impl Supervisor {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Ends whatever a previous daemon left running and starts every stored workload again.
-    /// Returns the names started. A stored spec that cannot be read is logged and left on
-    /// disk for a person; it does not stop the others.
+    /// Ends whatever a previous daemon left running and starts every stored workload again,
+    /// but for those that scale to zero: they come back dormant. Returns the names started.
+    /// A stored spec that cannot be read is logged and left on disk for a person; it does not
+    /// stop the others.
     pub async fn recover(&self) -> Result<Vec<String>, SupervisorError> {
         let _ops = self.inner.ops.lock().await;
         let inner = &self.inner;
@@ -291,6 +334,7 @@ impl Supervisor {
         while sweeps.join_next().await.is_some() {}
 
         let mut started = Vec::new();
+        let mut dormant = Vec::new();
         for name in stored.iter().filter(|n| !running.contains(*n)) {
             if let Err(error) = inner.store.clear_record(name) {
                 warn!(workload = %name, %error, "cannot clear the instance record");
@@ -310,16 +354,22 @@ impl Supervisor {
                     continue;
                 }
             };
+            let scales_to_zero = spec.scale_to_zero.is_some();
             self.start_task(spec, run_as);
-            started.push(name.clone());
+            if scales_to_zero {
+                dormant.push(name.clone());
+            } else {
+                started.push(name.clone());
+            }
         }
-        info!(workloads = ?started, "recovered stored workloads");
+        info!(workloads = ?started, ?dormant, "recovered stored workloads");
         Ok(started)
     }
 
     /// Runs `spec`: starts it if new, replaces the running instance (gracefully) if the spec
     /// changed, does nothing if it is the same. The spec is stored first, so it survives a
-    /// daemon restart.
+    /// daemon restart. A new workload that scales to zero is not started but left dormant,
+    /// and a dormant one stays dormant under a new spec that scales to zero.
     pub async fn apply(&self, spec: WorkloadSpec) -> Result<(), SupervisorError> {
         spec.validate()?;
         let run_as = resolve(&spec)?;
@@ -363,6 +413,11 @@ impl Supervisor {
             inner.options.logs,
         ));
         let (commands, receiver) = mpsc::channel(4);
+        let (readiness, readiness_rx) = watch::channel(if spec.scale_to_zero.is_some() {
+            Readiness::Dormant
+        } else {
+            Readiness::Waking
+        });
         let ctx = InstanceCtx {
             store: inner.store.clone(),
             limits: inner.limits.clone(),
@@ -371,6 +426,7 @@ impl Supervisor {
             logs: logs.clone(),
             reporter: reporter.clone(),
             metrics: inner.metrics.clone(),
+            readiness,
         };
         let task = tokio::spawn(instance::run(ctx, spec.clone(), run_as, receiver));
         let name = spec.name.clone();
@@ -380,6 +436,7 @@ impl Supervisor {
             task,
             reporter,
             logs,
+            readiness: readiness_rx,
         };
         if let Some(old) = self.workloads().insert(name, handle) {
             old.task.abort();
@@ -401,6 +458,53 @@ impl Supervisor {
         }
         self.inner.store.remove(name)?;
         Ok(())
+    }
+
+    /// Starts a dormant workload and resolves once it is ready ([`Readiness::Ready`]), or
+    /// has ended before that. Wakes at once start it once; a workload already ready answers
+    /// at once, and one that does not scale to zero is only waited for. Dropping the future
+    /// does not stop the start.
+    pub async fn wake(&self, name: &str) -> Result<(), ScaleError> {
+        let commands = self.commands_of(name)?;
+        let (answer, answered) = oneshot::channel();
+        commands
+            .send(Command::Wake(answer))
+            .await
+            .map_err(|_| ScaleError::Stopped)?;
+        answered.await.map_err(|_| ScaleError::Stopped)?
+    }
+
+    /// Stops a workload that scales to zero (SIGTERM, SIGKILL after its grace period) and
+    /// leaves it dormant; resolves once it is. A dormant one answers at once.
+    pub async fn sleep(&self, name: &str) -> Result<(), ScaleError> {
+        let commands = {
+            let workloads = self.workloads();
+            let handle = workloads
+                .get(name)
+                .ok_or_else(|| ScaleError::Unknown(name.to_owned()))?;
+            if handle.spec.scale_to_zero.is_none() {
+                return Err(ScaleError::AlwaysOn);
+            }
+            handle.commands.clone()
+        };
+        let (answer, answered) = oneshot::channel();
+        commands
+            .send(Command::Sleep(answer))
+            .await
+            .map_err(|_| ScaleError::Stopped)?;
+        answered.await.map_err(|_| ScaleError::Stopped)?
+    }
+
+    /// Whether the workload is ready for requests; `None` if there is no such workload.
+    pub fn readiness(&self, name: &str) -> Option<Readiness> {
+        self.workloads().get(name).map(|h| *h.readiness.borrow())
+    }
+
+    fn commands_of(&self, name: &str) -> Result<mpsc::Sender<Command>, ScaleError> {
+        self.workloads()
+            .get(name)
+            .map(|h| h.commands.clone())
+            .ok_or_else(|| ScaleError::Unknown(name.to_owned()))
     }
 
     pub fn status(&self, name: &str) -> Option<InstanceStatus> {
