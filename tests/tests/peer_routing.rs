@@ -123,7 +123,7 @@ async fn a_node_without_the_workload_routes_to_the_nearer_node_that_runs_it() {
         "replicas": 2,
         "resources": {"cpu_millis": 100, "memory_bytes": 32 << 20},
         "requirements": {"labels": {"site": "run"}},
-        "health": {"http": {"port": port, "path": "/healthz"}, "interval_secs": 1, "timeout_secs": 1},
+        "health": {"http": {"port": port, "path": "/healthz"}, "interval_secs": 2, "timeout_secs": 1},
         "expose": [{"port": port, "path_prefix": "/"}]
     });
     let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
