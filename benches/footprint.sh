@@ -82,7 +82,8 @@ listening() {
     sed -n 's/^socket:\[\([0-9]*\)\]$/\1/p')"
   awk 'FNR > 1 && $4 == "0A" { split($2, a, ":"); print $10, a[2] }' "/proc/$1/net/tcp" |
     while read -r inode port; do
-      grep -qx "$inode" <<<"$inodes" && printf '%d ' "0x$port"
+      # An `if`, not `&&`: a last socket that is not the node's must not fail the pipeline.
+      if grep -qx "$inode" <<<"$inodes"; then printf '%d ' "0x$port"; fi
     done
 }
 

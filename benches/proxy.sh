@@ -132,10 +132,12 @@ forget() {
   PIDS=(${keep[@]+"${keep[@]}"})
 }
 
-start_nginx origin
-ORIGIN_PID="$NGINX_PID"
 ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
-wait_http "$ORIGIN/c/1k.bin"
+if part 1 || part 2 || part 3; then
+  start_nginx origin
+  ORIGIN_PID="$NGINX_PID"
+  wait_http "$ORIGIN/c/1k.bin"
+fi
 
 # --- the node -------------------------------------------------------------------------------
 mkdir -p "$WORK/node"
