@@ -224,17 +224,18 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         let host = request_host(&request);
-        let path: String = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .chars()
-            .take(LOGGED_PATH)
-            .collect();
+        let logged = tracing::enabled!(target: "edge_proxy::access", tracing::Level::INFO);
+        let path: Option<String> = logged.then(|| {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            path.chars().take(LOGGED_PATH).collect()
+        });
         let (mut response, route, outcome) =
             self.route(request, client, host.as_deref(), arrival).await;
         let inner = &self.inner;
-        headers::strip_hop_by_hop(response.headers_mut());
+        if outcome != CacheOutcome::Hit {
+            // A hit's head is what the cache stored: without hop-by-hop fields already.
+            headers::strip_hop_by_hop(response.headers_mut());
+        }
         headers::add_via(response.headers_mut(), &inner.settings.via);
         if response.extensions_mut().remove::<Close>().is_some() {
             // What is left of this request on the connection cannot be trusted to end where
@@ -258,7 +259,7 @@ impl Proxy {
             peer = arrival == Arrival::Peer,
             %method,
             host = host.as_deref().unwrap_or("-"),
-            path = %path,
+            path = path.as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
             route = route.as_deref().unwrap_or("-"),
             cache = outcome.as_str(),
@@ -292,12 +293,17 @@ impl Proxy {
             return (answer, None, bypass);
         }
         let snapshot = self.snapshot();
-        let path = request.uri().path().to_owned();
-        let Some(route) = snapshot.routing.table.find(host, &path) else {
+        let Some(route) = snapshot.routing.table.find(host, request.uri().path()) else {
             let answer = body::text(StatusCode::NOT_FOUND, "no route for this host and path");
             return (answer, None, bypass);
         };
         let name = route.name.clone();
+        let cache = route_cache(route);
+        // A fresh answer to a plain request is sent before anything is made for a trip to a
+        // backend; the rest ask the cache again below.
+        if let Some(answer) = inner.cache.quick_hit(&request, &cache) {
+            return (answer, Some(name), CacheOutcome::Hit);
+        }
         let Some(target) = tiers::pick(route, fastrand::u64(..)) else {
             let answer = body::text(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend");
             return (answer, Some(name), bypass);
@@ -328,7 +334,6 @@ impl Proxy {
                 Arc::new(self.forward(route, chooser, host, backends))
             }
         };
-        let cache = route_cache(route);
         let (response, outcome) = inner.cache.serve(request, &cache, &forward).await;
         if too_large.load(Ordering::Acquire) {
             let mut answer = body::text(StatusCode::PAYLOAD_TOO_LARGE, &self.too_large());

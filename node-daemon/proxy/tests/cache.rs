@@ -135,12 +135,31 @@ impl Harness {
         self.clock.advance(Duration::from_secs(secs));
     }
 
+    /// Sends `req` through the cache. Where the quick path answers it too, its answer must
+    /// be the one the policy gives: every test here checks both.
     async fn send(&self, req: Request<Body>) -> Got {
+        let quick = self.quick(&req).await;
         let serve = self.cache.serve(req, &self.route, &self.upstream);
         let (response, outcome) = tokio::time::timeout(DEADLINE, serve)
             .await
             .expect("an answer in time");
-        collect(response, outcome).await
+        let got = collect(response, outcome).await;
+        if let Some(quick) = quick {
+            assert_eq!(got.outcome, CacheOutcome::Hit, "only a hit is quick");
+            assert_eq!(quick.status, got.status);
+            assert_eq!(quick.body, got.body);
+            let mut policy_headers = got.headers.clone();
+            // The policy writes `Date`; a quick answer leaves it to the server.
+            policy_headers.remove("date");
+            assert_eq!(quick.headers, policy_headers);
+        }
+        got
+    }
+
+    /// The quick path's answer to `req`, if it has one.
+    async fn quick(&self, req: &Request<Body>) -> Option<Got> {
+        let response = self.cache.quick_hit(req, &self.route)?;
+        Some(collect(response, CacheOutcome::Hit).await)
     }
 
     async fn get(&self, path: &str) -> Got {
@@ -226,6 +245,49 @@ async fn a_fresh_response_answers_again_without_the_origin() {
     assert_eq!(second.cache_status(), "edge-node; hit; ttl=50");
     assert_eq!(second.header("age"), Some("10"));
     assert_eq!(h.origin.count("/a"), 1);
+}
+
+#[tokio::test]
+async fn a_plain_request_for_a_fresh_response_is_answered_quickly_and_others_by_the_policy() {
+    let h = Harness::new().await;
+    h.origin.set(
+        "/q",
+        Reply::ok("quick").header("cache-control", "max-age=60"),
+    );
+    let plain = || request(Method::GET, "/q", &[]);
+    assert!(h.quick(&plain()).await.is_none(), "nothing stored yet");
+    h.get("/q").await;
+    h.advance(10);
+    let quick = h.quick(&plain()).await.expect("a quick answer");
+    assert_eq!(&quick.body[..], b"quick");
+    assert_eq!(quick.cache_status(), "edge-node; hit; ttl=50");
+    assert_eq!(quick.header("age"), Some("10"));
+    let head = h
+        .quick(&request(Method::HEAD, "/q", &[]))
+        .await
+        .expect("HEAD");
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), Some("5"));
+    for (method, headers) in [
+        (Method::GET, &[("cache-control", "no-cache")][..]),
+        (Method::GET, &[("cache-control", "max-age=5")][..]),
+        (Method::GET, &[("pragma", "no-cache")][..]),
+        (Method::GET, &[("range", "bytes=0-1")][..]),
+        (Method::GET, &[("authorization", "Bearer x")][..]),
+        (Method::POST, &[][..]),
+    ] {
+        let req = request(method.clone(), "/q", headers);
+        assert!(h.quick(&req).await.is_none(), "{method} {headers:?}");
+    }
+    let mut off = h.route.clone();
+    off.enabled = false;
+    assert!(h.cache.quick_hit(&plain(), &off).is_none(), "caching off");
+    h.advance(50);
+    assert!(
+        h.quick(&plain()).await.is_none(),
+        "stale: the policy decides"
+    );
+    assert_eq!(h.origin.count("/q"), 1);
 }
 
 #[tokio::test]

@@ -596,6 +596,99 @@ pub fn ttl_secs(policy: &CachePolicy, lifetime: Duration, now: SystemTime) -> i6
     lifetime.saturating_sub(age)
 }
 
+/// A stored response as a plain request finds it, worked out once so that answering such a
+/// request does not ask the policy to read the stored headers again.
+///
+/// A plain request is a GET or HEAD without `Cache-Control`, `Pragma` or `Authorization`:
+/// nothing in it can change what the policy decides, so a fresh stored response answers it
+/// with the head the policy gave at [`QuickHit::new`]'s `now`, its `Age` counted on from
+/// there. Anything else, and any doubt (a response that varies, the clock going back, an age
+/// past a day, where RFC 9111 warns of heuristic freshness), is left to the policy.
+#[derive(Debug, Clone)]
+pub struct QuickHit {
+    /// When it was worked out, and the response's age then.
+    at: SystemTime,
+    age_at: Duration,
+    lifetime: Duration,
+    status: StatusCode,
+    /// The head the policy answers a plain request with, without `Age` and `Date`: the
+    /// first is added per answer, the second is the server's own.
+    headers: HeaderMap,
+}
+
+/// What a [`QuickHit`] answers a plain request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuickAnswer {
+    /// The `Age` to send, in whole seconds.
+    pub age_secs: u64,
+    /// The RFC 9211 `ttl`, as [`ttl_secs`] counts it: always positive here.
+    pub ttl_secs: i64,
+}
+
+/// The age past which [`QuickHit`] leaves answering to the policy (RFC 9111 section 4.2.2:
+/// a heuristic lifetime over a day warns once the age is past a day).
+const QUICK_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+impl QuickHit {
+    /// The stored response (`policy`, fresh for `lifetime`, stored for `key`) as a plain
+    /// request at `now` finds it; `None` if it is stale then, or varies.
+    pub fn new(
+        policy: &CachePolicy,
+        lifetime: Duration,
+        key: &CacheKey,
+        now: SystemTime,
+    ) -> Option<Self> {
+        let lookup = lookup_request(key, Method::GET, &HeaderMap::new());
+        let http_cache_semantics::BeforeRequest::Fresh(head) = policy.before_request(&lookup, now)
+        else {
+            return None;
+        };
+        let age_at = policy.age(now);
+        if head.headers.contains_key(header::VARY) || age_at >= lifetime {
+            return None;
+        }
+        let mut headers = head.headers;
+        headers.remove(header::AGE);
+        headers.remove(header::DATE);
+        Some(Self {
+            at: now,
+            age_at,
+            lifetime,
+            status: head.status,
+            headers,
+        })
+    }
+
+    /// The answer to a plain request with `request` headers at `now`, if it is plain and the
+    /// response still fresh; `None` sends it to the policy.
+    pub fn answer(&self, request: &HeaderMap, now: SystemTime) -> Option<QuickAnswer> {
+        if request.contains_key(header::CACHE_CONTROL)
+            || request.contains_key(header::PRAGMA)
+            || request.contains_key(header::AUTHORIZATION)
+        {
+            return None;
+        }
+        let age = self.age_at.checked_add(now.duration_since(self.at).ok()?)?;
+        if age >= self.lifetime || age > QUICK_MAX_AGE {
+            return None;
+        }
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Some(QuickAnswer {
+            age_secs: age.as_secs(),
+            ttl_secs: secs(self.lifetime).saturating_sub(secs(age)),
+        })
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The head to answer with, without `Age` and `Date`.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
 /// How long a stored response has been stale at `now` (zero while fresh).
 pub fn staleness(policy: &CachePolicy, lifetime: Duration, now: SystemTime) -> Duration {
     policy.age(now).saturating_sub(lifetime)
@@ -1603,5 +1696,87 @@ mod tests {
             admitted.policy.before_request(&lookup, at(1)),
             http_cache_semantics::BeforeRequest::Fresh(_)
         ));
+    }
+
+    /// The policy's own answer to `request` at `now`: its `Age`, and the head otherwise.
+    fn policy_answer(
+        admitted: &Admitted,
+        request: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<(u64, HeaderMap)> {
+        let lookup = lookup_request(&key("example.com", "/a"), Method::GET, request);
+        match admitted.policy.before_request(&lookup, now) {
+            http_cache_semantics::BeforeRequest::Fresh(mut head) => {
+                let age = head.headers.remove(AGE)?.to_str().ok()?.parse().ok()?;
+                head.headers.remove(DATE);
+                Some((age, head.headers))
+            }
+            http_cache_semantics::BeforeRequest::Stale { .. } => None,
+        }
+    }
+
+    #[test]
+    fn a_quick_hit_answers_plain_requests_as_the_policy_does() {
+        let res = headers(&[
+            (CACHE_CONTROL, "max-age=100"),
+            (AGE, "10"),
+            (ETAG, "\"v1\""),
+            (DATE, "Thu, 01 Jan 2027 00:00:00 GMT"),
+        ]);
+        let admitted = admit_get(&HeaderMap::new(), 200, &res).expect("storable");
+        let k = key("example.com", "/a");
+        let quick = QuickHit::new(&admitted.policy, admitted.lifetime, &k, at(5)).expect("fresh");
+        assert_eq!(quick.status(), StatusCode::OK);
+        assert!(!quick.headers().contains_key(AGE) && !quick.headers().contains_key(DATE));
+        let plain = HeaderMap::new();
+        for secs in [5, 6, 50, 89] {
+            let (age, head) = policy_answer(&admitted, &plain, at(secs)).expect("fresh");
+            let answer = quick.answer(&plain, at(secs)).expect("a quick answer");
+            assert_eq!(answer.age_secs, age, "at {secs}");
+            assert_eq!(
+                answer.ttl_secs,
+                ttl_secs(&admitted.policy, admitted.lifetime, at(secs))
+            );
+            assert_eq!(&head, quick.headers());
+        }
+        // Stale by the clock: the policy decides (revalidation, stale rules).
+        assert!(policy_answer(&admitted, &plain, at(90)).is_none());
+        assert_eq!(quick.answer(&plain, at(90)), None);
+        // The clock went back past when it was worked out.
+        assert_eq!(quick.answer(&plain, at(4)), None);
+    }
+
+    #[test]
+    fn requests_with_directives_or_credentials_and_varying_responses_go_to_the_policy() {
+        let res = headers(&[(CACHE_CONTROL, "max-age=100")]);
+        let admitted = admit_get(&HeaderMap::new(), 200, &res).expect("storable");
+        let k = key("example.com", "/a");
+        let quick = QuickHit::new(&admitted.policy, admitted.lifetime, &k, at(0)).expect("fresh");
+        for request in [
+            headers(&[(CACHE_CONTROL, "max-age=0")]),
+            headers(&[(CACHE_CONTROL, "no-cache")]),
+            headers(&[(header::PRAGMA, "no-cache")]),
+            headers(&[(AUTHORIZATION, "Bearer x")]),
+        ] {
+            assert_eq!(quick.answer(&request, at(1)), None, "{request:?}");
+        }
+        assert!(quick.answer(&headers(&[(COOKIE, "a=b")]), at(1)).is_some());
+
+        let varies = headers(&[(CACHE_CONTROL, "max-age=100"), (VARY, "accept-encoding")]);
+        let admitted = admit_get(&HeaderMap::new(), 200, &varies).expect("storable");
+        assert!(QuickHit::new(&admitted.policy, admitted.lifetime, &k, at(0)).is_none());
+        // Stale when worked out: never quick.
+        let admitted = admit_get(&HeaderMap::new(), 200, &res).expect("storable");
+        assert!(QuickHit::new(&admitted.policy, admitted.lifetime, &k, at(100)).is_none());
+    }
+
+    #[test]
+    fn a_quick_hit_stops_at_a_day_of_age() {
+        let res = headers(&[(CACHE_CONTROL, "max-age=604800")]);
+        let admitted = admit_get(&HeaderMap::new(), 200, &res).expect("storable");
+        let k = key("example.com", "/a");
+        let quick = QuickHit::new(&admitted.policy, admitted.lifetime, &k, at(0)).expect("fresh");
+        assert!(quick.answer(&HeaderMap::new(), at(24 * 3600)).is_some());
+        assert_eq!(quick.answer(&HeaderMap::new(), at(24 * 3600 + 1)), None);
     }
 }

@@ -196,6 +196,13 @@ impl CacheStatus {
     /// Upstream members longer than [`MAX_UPSTREAM_LEN`] in all are dropped.
     pub fn add_to(&self, name: &CacheName, headers: &mut HeaderMap) {
         let ours = self.member(name);
+        if !headers.contains_key(CACHE_STATUS) {
+            // The common case, a cache of our own answer: no copy of the member.
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ours))
+                .unwrap_or(HeaderValue::from_static("-"));
+            headers.insert(CACHE_STATUS, value);
+            return;
+        }
         let mut value: Vec<u8> = Vec::new();
         let upstream: Vec<&[u8]> = headers
             .get_all(CACHE_STATUS)

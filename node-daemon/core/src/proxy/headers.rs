@@ -185,7 +185,11 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
 /// This proxy's name in `Via`: a pseudonym (RFC 9110 §7.6.3), so that the node's address
 /// stays private, and fixed for the node, so that a request that comes back is recognized.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ViaName(String);
+pub struct ViaName {
+    name: String,
+    /// `1.1 <name>`, made once: every request and answer carries it.
+    via: HeaderValue,
+}
 
 /// A `Via` pseudonym that is not a token of at most [`ViaName::MAX_LEN`] characters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,7 +206,7 @@ impl ViaName {
     /// `name`, if it is an RFC 9110 token of 1 to [`MAX_LEN`](Self::MAX_LEN) characters.
     pub fn new(name: &str) -> Result<Self, InvalidViaName> {
         if (1..=Self::MAX_LEN).contains(&name.len()) && name.bytes().all(is_tchar) {
-            Ok(Self(name.to_owned()))
+            Ok(Self::token(name.to_owned()))
         } else {
             Err(InvalidViaName {
                 shown: shown(name).to_string(),
@@ -217,27 +221,32 @@ impl ViaName {
         for byte in id.0.iter().take(4) {
             let _ = write!(name, "{byte:02x}");
         }
-        Self(name)
+        Self::token(name)
+    }
+
+    /// `name`, known to be a token.
+    fn token(name: String) -> Self {
+        // A token after `1.1 `: always a valid field value.
+        let via = HeaderValue::from_str(&format!("1.1 {name}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("1.1 edge"));
+        Self { name, via }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
     }
 }
 
 impl fmt::Display for ViaName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 
 /// Adds `1.1 <name>` to the message's `Via`, as a field line of its own (the same list as
 /// appending to the last one, without copying what is there).
 pub fn add_via(headers: &mut HeaderMap, name: &ViaName) {
-    // A token after `1.1 `: always a valid field value.
-    if let Ok(value) = HeaderValue::from_str(&format!("1.1 {name}")) {
-        headers.append(VIA, value);
-    }
+    headers.append(VIA, name.via.clone());
 }
 
 /// The most `Via` bytes [`loop_detected`] reads; more counts as a loop.
@@ -260,7 +269,7 @@ pub fn loop_detected(headers: &HeaderMap, name: &ViaName, max_hops: usize) -> bo
         }
         for element in via_elements(value.as_bytes()) {
             hops += 1;
-            if hops > max_hops || received_by(element).eq_ignore_ascii_case(name.0.as_bytes()) {
+            if hops > max_hops || received_by(element).eq_ignore_ascii_case(name.name.as_bytes()) {
                 return true;
             }
         }
@@ -446,23 +455,36 @@ impl TraceParent {
 
     /// The header's value, version `00`.
     pub fn to_header_value(&self) -> HeaderValue {
-        let text = self.to_string();
         // Lower-case hex digits and dashes only: always a valid field value.
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_bytes(&self.encode()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// `00-<trace id>-<parent id>-<flags>` in lower-case hex, written without `fmt`: every
+    /// forwarded request carries one.
+    fn encode(&self) -> [u8; 55] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 55];
+        out[0] = b'0';
+        out[1] = b'0';
+        let bytes = self
+            .trace_id
+            .iter()
+            .chain(&self.parent_id)
+            .chain(std::slice::from_ref(&self.flags));
+        // Where each byte's two digits go: after `00-`, then after each dash.
+        let starts = (3..35).step_by(2).chain((36..52).step_by(2)).chain([53]);
+        for (byte, start) in bytes.zip(starts) {
+            out[start] = HEX[usize::from(byte >> 4)];
+            out[start + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        out
     }
 }
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("00-")?;
-        for byte in self.trace_id {
-            write!(f, "{byte:02x}")?;
-        }
-        f.write_char('-')?;
-        for byte in self.parent_id {
-            write!(f, "{byte:02x}")?;
-        }
-        write!(f, "-{:02x}", self.flags)
+        // Hex digits and dashes: always UTF-8.
+        f.write_str(std::str::from_utf8(&self.encode()).unwrap_or_default())
     }
 }
 

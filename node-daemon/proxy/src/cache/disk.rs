@@ -190,6 +190,7 @@ pub(crate) fn decode(id: &VariantId, bytes: Vec<u8>) -> Result<Entry, Corrupt> {
         status,
         headers,
         body,
+        memo: Default::default(),
     })
 }
 
@@ -411,6 +412,7 @@ mod tests {
             status: StatusCode::OK,
             headers: admitted.headers,
             body: Bytes::from_static(body),
+            memo: Default::default(),
         }
     }
 

@@ -1,11 +1,12 @@
 //! One stored response: what the policy decided when it was stored, its head and its body.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_cache_semantics::CachePolicy;
-use node_core::proxy::cache::{CacheKey, StaleRules};
+use node_core::proxy::cache::{CacheKey, QuickHit, StaleRules};
 use ring::digest;
 
 /// Which stored response among all: a digest of its key and its variant signature. Also its
@@ -24,6 +25,14 @@ pub(crate) struct Entry {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    pub(crate) memo: Memo,
+}
+
+/// What is worked out from an entry once, when first asked for.
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    id: OnceLock<VariantId>,
+    quick: OnceLock<Option<QuickHit>>,
 }
 
 /// What holding an entry costs beyond its body: the policy and bookkeeping, roughly.
@@ -31,7 +40,19 @@ const OVERHEAD_BYTES: u64 = 512;
 
 impl Entry {
     pub(crate) fn id(&self) -> VariantId {
-        variant_id(&self.key, &self.vary)
+        *self
+            .memo
+            .id
+            .get_or_init(|| variant_id(&self.key, &self.vary))
+    }
+
+    /// How a plain request finds it (`node_core::proxy::cache::QuickHit`), worked out at the
+    /// first ask's `now`: `None` if it was stale or varied then.
+    pub(crate) fn quick(&self, now: SystemTime) -> Option<&QuickHit> {
+        self.memo
+            .quick
+            .get_or_init(|| QuickHit::new(&self.policy, self.lifetime, &self.key, now))
+            .as_ref()
     }
 
     /// The bytes it holds in memory, as the memory bound counts them: the body, the head

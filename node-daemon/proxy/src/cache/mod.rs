@@ -266,6 +266,38 @@ impl Cache {
         (response, outcome)
     }
 
+    /// The answer to a plain request (see `node_core::proxy::cache::QuickHit`) that a fresh
+    /// response in memory answers, worked out without the policy; `None` for any other
+    /// request, which [`serve`](Self::serve) answers. Only the request's head is read.
+    pub fn quick_hit<B>(&self, req: &Request<B>, route: &RouteCache) -> Option<Response<Body>> {
+        let head_only = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return None,
+        };
+        if !route.enabled || req.headers().contains_key(header::RANGE) {
+            return None;
+        }
+        let key = CacheKey::from_request(req.uri(), req.headers()).ok()?;
+        let entry = self.inner.store.only_in_memory(&key)?;
+        let now = self.inner.clock.now();
+        let quick = entry.quick(now)?;
+        let answer = quick.answer(req.headers(), now)?;
+        self.inner.store.touch(&entry.id());
+        let body = if head_only {
+            body::empty()
+        } else {
+            body::full(entry.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = quick.status();
+        let headers = response.headers_mut();
+        headers.clone_from(quick.headers());
+        headers.insert(header::AGE, HeaderValue::from(answer.age_secs));
+        CacheStatus::hit(answer.ttl_secs).add_to(&self.inner.name, headers);
+        Some(response)
+    }
+
     /// Removes what `target` names; returns how many stored responses went. Blocking: the
     /// files are gone when it returns.
     pub fn purge(&self, target: &Purge) -> usize {
@@ -735,6 +767,7 @@ impl Cache {
             status: refreshed.head.status,
             headers: refreshed.head.headers,
             body: entry.body.clone(),
+            memo: Default::default(),
         });
         self.store(Arc::clone(&updated)).await;
         drop(flight);
@@ -797,6 +830,7 @@ impl Cache {
                     status: head.status,
                     headers: admitted.headers,
                     body: bytes.clone(),
+                    memo: Default::default(),
                 });
                 let stored = self.store(entry).await;
                 drop(flight);

@@ -170,9 +170,25 @@ impl Store {
         found.into_iter().map(|(_, c)| c).collect()
     }
 
-    /// Marks `id` as just used.
+    /// The one stored response for `key`, if there is exactly one and memory holds it: what
+    /// a plain request for a resource that does not vary finds.
+    pub(crate) fn only_in_memory(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let state = self.lock();
+        let [id] = state.keys.get(key)?.as_slice() else {
+            return None;
+        };
+        let memory = state.slots.get(id)?.memory.as_ref()?;
+        Some(Arc::clone(&memory.entry))
+    }
+
+    /// Marks `id` as just used. An entry among the most recently used quarter of each tier
+    /// it is in stays where it is: moving it would change only the order of entries that
+    /// are all far from eviction, and a hot entry would be moved on every request.
     pub(crate) fn touch(&self, id: &VariantId) {
         let mut state = self.lock();
+        if state.recent(id) {
+            return;
+        }
         let tick = state.next_tick();
         let state = &mut *state;
         if let Some(slot) = state.slots.get_mut(id) {
@@ -322,6 +338,27 @@ impl Store {
 }
 
 impl State {
+    /// Whether `id` is among the most recently used quarter of each tier that holds it: at
+    /// most a quarter of a tier's entries were used since it was.
+    fn recent(&self, id: &VariantId) -> bool {
+        let Some(slot) = self.slots.get(id) else {
+            return false;
+        };
+        let near_top = |tick: u64, len: usize| {
+            let since = self.tick.wrapping_sub(tick);
+            since < (len / 4) as u64
+        };
+        let memory = slot
+            .memory
+            .as_ref()
+            .is_none_or(|m| near_top(m.tick, self.memory_lru.len()));
+        let disk = slot
+            .disk
+            .as_ref()
+            .is_none_or(|d| near_top(d.tick, self.disk_lru.len()));
+        memory && disk && (slot.memory.is_some() || slot.disk.is_some())
+    }
+
     fn next_tick(&mut self) -> u64 {
         self.tick = self.tick.wrapping_add(1);
         self.tick
@@ -489,6 +526,7 @@ mod tests {
             status: StatusCode::OK,
             headers: admitted.headers,
             body: Bytes::from(vec![b'x'; body_len]),
+            memo: Default::default(),
         })
     }
 
