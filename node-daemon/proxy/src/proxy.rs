@@ -223,14 +223,14 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
-        let host = request_host(&request);
+        let host_value = request_host(&request);
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
         let logged = tracing::enabled!(target: "edge_proxy::access", tracing::Level::INFO);
         let path: Option<String> = logged.then(|| {
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
             path.chars().take(LOGGED_PATH).collect()
         });
-        let (mut response, route, outcome) =
-            self.route(request, client, host.as_deref(), arrival).await;
+        let (mut response, route, outcome) = self.route(request, client, host, arrival).await;
         let inner = &self.inner;
         if outcome != CacheOutcome::Hit {
             // A hit's head is what the cache stored: without hop-by-hop fields already.
@@ -258,7 +258,7 @@ impl Proxy {
             %client,
             peer = arrival == Arrival::Peer,
             %method,
-            host = host.as_deref().unwrap_or("-"),
+            host = host.unwrap_or("-"),
             path = path.as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
             route = route.as_deref().unwrap_or("-"),
@@ -426,14 +426,18 @@ impl Handler for FromPeers {
     }
 }
 
-/// The host a request names: its `Host` header, else its URI's authority.
-fn request_host(request: &Request<Incoming>) -> Option<String> {
+/// The host a request names: its `Host` header (shared, not copied), else its URI's
+/// authority.
+fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     request
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+        .filter(|h| h.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            let authority = request.uri().authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        })
 }
 
 /// Marks one of the proxy's own answers after which the connection closes.

@@ -147,13 +147,7 @@ impl CacheKey {
     /// with `/`).
     pub fn new(host: &str, path_and_query: &str) -> Result<Self, KeyError> {
         let host = normalise_host(host)?;
-        if path_and_query.len() > MAX_PATH_AND_QUERY_LEN {
-            return Err(KeyError::TooLong);
-        }
-        // The parser would drop a fragment; a key names what was asked for, exactly.
-        if !path_and_query.starts_with('/') || path_and_query.contains('#') {
-            return Err(KeyError::BadTarget);
-        }
+        check_target(path_and_query)?;
         let path_and_query =
             PathAndQuery::try_from(path_and_query).map_err(|_| KeyError::BadTarget)?;
         Ok(Self {
@@ -179,13 +173,17 @@ impl CacheKey {
             // Credentials in the target are not part of what is named.
             return Err(KeyError::BadHost);
         }
-        let path_and_query = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path_and_query = if path_and_query.is_empty() {
-            "/"
-        } else {
-            path_and_query
-        };
-        Self::new(host, path_and_query)
+        match uri.path_and_query() {
+            // Parsed already: checked as a key's, and shared rather than parsed again.
+            Some(parsed) if !parsed.as_str().is_empty() => {
+                check_target(parsed.as_str())?;
+                Ok(Self {
+                    host: normalise_host(host)?,
+                    path_and_query: parsed.clone(),
+                })
+            }
+            _ => Self::new(host, "/"),
+        }
     }
 
     /// The normalised host: lower case, with its port unless that is 80.
@@ -586,6 +584,18 @@ fn freshness_lifetime(
     without_age.headers.remove(header::AGE);
     CachePolicy::new_options(request, &without_age, response_time, policy_options())
         .time_to_live(response_time)
+}
+
+/// Whether `path_and_query` may be a key's: an absolute path, short enough, no fragment.
+fn check_target(path_and_query: &str) -> Result<(), KeyError> {
+    if path_and_query.len() > MAX_PATH_AND_QUERY_LEN {
+        return Err(KeyError::TooLong);
+    }
+    // The parser would drop a fragment; a key names what was asked for, exactly.
+    if !path_and_query.starts_with('/') || path_and_query.contains('#') {
+        return Err(KeyError::BadTarget);
+    }
+    Ok(())
 }
 
 /// The RFC 9211 `ttl` of a stored response at `now`: whole seconds of freshness left,
