@@ -236,7 +236,12 @@ fn normalise_host(raw: &str) -> Result<String, KeyError> {
             "" => None,
             _ => Some(after.strip_prefix(':').ok_or(KeyError::BadHost)?),
         };
-        (format!("[{}]", inside.to_ascii_lowercase()), port)
+        let mut host = String::with_capacity(raw.len());
+        host.push('[');
+        host.push_str(inside);
+        host.push(']');
+        host.make_ascii_lowercase();
+        (host, port)
     } else {
         let (name, port) = match raw.split_once(':') {
             Some((name, port)) => (name, Some(port)),
@@ -246,7 +251,10 @@ fn normalise_host(raw: &str) -> Result<String, KeyError> {
         if name.is_empty() || !name.chars().all(reg_name) {
             return Err(KeyError::BadHost);
         }
-        (name.to_ascii_lowercase(), port)
+        let mut host = String::with_capacity(raw.len());
+        host.push_str(name);
+        host.make_ascii_lowercase();
+        (host, port)
     };
     match port {
         None => Ok(host),
@@ -257,7 +265,13 @@ fn normalise_host(raw: &str) -> Result<String, KeyError> {
             match port.parse::<u16>() {
                 Ok(80) => Ok(host),
                 Ok(0) | Err(_) => Err(KeyError::BadHost),
-                Ok(port) => Ok(format!("{host}:{port}")),
+                Ok(port) => {
+                    // Written again rather than copied: `:080` and `:80` are one port.
+                    let mut host = host;
+                    host.push(':');
+                    host.push_str(itoa::Buffer::new().format(port));
+                    Ok(host)
+                }
             }
         }
     }

@@ -14,8 +14,6 @@
 //! **Never** here: text from a peer in our member. The name is the node's own, checked once
 //! ([`CacheName`]); every other value is a number or a fixed token.
 
-use std::fmt::Write as _;
-
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header's name.
@@ -163,7 +161,8 @@ impl CacheStatus {
 
     /// This cache's member: `name` and the parameters that are set, in RFC 9211's order.
     pub fn member(&self, name: &CacheName) -> String {
-        let mut out = String::new();
+        // Room for the name and the usual parameters: one allocation per answer.
+        let mut out = String::with_capacity(name.as_str().len() + 48);
         write_item(&mut out, name.as_str());
         if self.hit {
             out.push_str("; hit");
@@ -173,10 +172,12 @@ impl CacheStatus {
             out.push_str(fwd.as_str());
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(out, "; fwd-status={status}");
+            out.push_str("; fwd-status=");
+            out.push_str(itoa::Buffer::new().format(status));
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.push_str("; ttl=");
+            out.push_str(itoa::Buffer::new().format(ttl));
         }
         if self.stored {
             out.push_str("; stored");

@@ -278,7 +278,10 @@ impl RouteTable {
     /// does not start with `/` (`*`) only routes without a prefix.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let path = path.split(['?', '#']).next().unwrap_or(path);
+        // Routes by host are checked only when there are some: the host is copied to be
+        // normalised.
         let for_host = host
+            .filter(|_| !self.by_host.is_empty())
             .and_then(normalize_host)
             .and_then(|host| self.by_host.get(&host));
         for_host
