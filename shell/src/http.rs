@@ -23,18 +23,18 @@
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response, StatusCode};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, oneshot};
 use tracing::debug;
+
+use crate::slots::{Slot, Slots};
 
 /// The bounds of a [`Server`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl Server {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let slots = Arc::new(Slots::new(self.limits.max_connections));
+        let slots = Slots::new(self.limits.max_connections);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout)
@@ -132,8 +132,8 @@ impl Server {
             // Room for it: at once, by closing a connection still sending its head, or once a
             // request being served is answered.
             loop {
-                let freed = slots.freed.notified();
-                if slots.make_room() {
+                let freed = slots.freed();
+                if slots.make_room(waiting) {
                     break;
                 }
                 tokio::select! {
@@ -141,7 +141,8 @@ impl Server {
                     () = &mut shutdown => break 'accept,
                 }
             }
-            let (id, state, evicted) = slots.open();
+            let state = Arc::new(ConnState(AtomicU8::new(WAITING)));
+            let (slot, evicted) = slots.open(state.clone());
             let refusal = Refusal {
                 max_header_bytes: self.limits.max_header_bytes,
                 on_refused: self.on_refused.clone(),
@@ -161,10 +162,6 @@ impl Server {
                 }
             });
             let connection = http.serve_connection(io, service);
-            let slot = SlotGuard {
-                slots: slots.clone(),
-                id,
-            };
             tokio::spawn(async move {
                 let _slot = slot;
                 tokio::select! {
@@ -204,7 +201,9 @@ impl ConnState {
     fn is_served(&self) -> bool {
         self.0.load(Ordering::Acquire) == SERVED
     }
+}
 
+impl Slot for ConnState {
     /// Marks it closed for room, if it is still waiting for its head.
     fn evict(&self) -> bool {
         self.0
@@ -213,107 +212,10 @@ impl ConnState {
     }
 }
 
-struct Open {
-    state: Arc<ConnState>,
-    evict: oneshot::Sender<()>,
-}
-
-/// The connections being served, oldest first.
-struct Slots {
-    max: usize,
-    table: Mutex<(u64, BTreeMap<u64, Open>)>,
-    /// Woken when a connection ends.
-    freed: Notify,
-}
-
-impl Slots {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            table: Mutex::new((0, BTreeMap::new())),
-            freed: Notify::new(),
-        }
-    }
-
-    fn table(&self) -> MutexGuard<'_, (u64, BTreeMap<u64, Open>)> {
-        // Every change is one insert or remove: consistent across a panic elsewhere.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether there is room for one more connection, after closing the one waiting longest
-    /// for its request head if the table is full.
-    fn make_room(&self) -> bool {
-        let mut table = self.table();
-        let open = &mut table.1;
-        if open.len() < self.max {
-            return true;
-        }
-        let victim = open
-            .iter()
-            .find(|(_, o)| o.state.evict())
-            .map(|(id, _)| *id);
-        match victim.and_then(|id| open.remove(&id)) {
-            Some(o) => {
-                let _ = o.evict.send(());
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn open(&self) -> (u64, Arc<ConnState>, oneshot::Receiver<()>) {
-        let mut table = self.table();
-        let id = table.0;
-        table.0 += 1;
-        let state = Arc::new(ConnState(AtomicU8::new(WAITING)));
-        let (evict, evicted) = oneshot::channel();
-        table.1.insert(
-            id,
-            Open {
-                state: state.clone(),
-                evict,
-            },
-        );
-        (id, state, evicted)
-    }
-
-    /// Closes every connection still waiting for its head, then waits for the rest to end.
-    async fn drain(&self) {
-        {
-            let mut table = self.table();
-            let waiting: Vec<u64> = table
-                .1
-                .iter()
-                .filter(|(_, o)| o.state.evict())
-                .map(|(id, _)| *id)
-                .collect();
-            for id in waiting {
-                if let Some(o) = table.1.remove(&id) {
-                    let _ = o.evict.send(());
-                }
-            }
-        }
-        loop {
-            let freed = self.freed.notified();
-            if self.table().1.is_empty() {
-                return;
-            }
-            freed.await;
-        }
-    }
-}
-
-/// Frees a connection's slot when its task ends, however it ends.
-struct SlotGuard {
-    slots: Arc<Slots>,
-    id: u64,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.slots.table().1.remove(&self.id);
-        self.slots.freed.notify_one();
-    }
+/// A connection's rank for closing to make room: one still waiting for its head, the oldest
+/// first; never one being served.
+fn waiting(state: &ConnState) -> Option<()> {
+    (state.0.load(Ordering::Acquire) == WAITING).then_some(())
 }
 
 /// How to answer in place of the service.
@@ -487,18 +389,21 @@ mod tests {
     #[test]
     fn a_full_table_makes_room_only_by_closing_a_connection_still_waiting() {
         let slots = Slots::new(2);
-        let (_, first, mut first_evicted) = slots.open();
-        let (_, second, mut second_evicted) = slots.open();
+        let state = || Arc::new(ConnState(AtomicU8::new(WAITING)));
+        let (first, second) = (state(), state());
+        let (_first_slot, mut first_evicted) = slots.open(first.clone());
+        let (_second_slot, mut second_evicted) = slots.open(second.clone());
         first.served();
-        assert!(slots.make_room(), "the second is still waiting");
+        assert!(slots.make_room(waiting), "the second is still waiting");
         assert!(first_evicted.try_recv().is_err(), "a served one stays");
         assert!(second_evicted.try_recv().is_ok());
         assert!(!second.is_served());
         second.served();
         assert!(!second.is_served(), "closed for room before its head came");
 
-        let (_, third, _third_evicted) = slots.open();
+        let third = state();
+        let (_third_slot, _third_evicted) = slots.open(third.clone());
         third.served();
-        assert!(!slots.make_room(), "both slots serve requests");
+        assert!(!slots.make_room(waiting), "both slots serve requests");
     }
 }

@@ -22,19 +22,20 @@
 //! It knows nothing of routes or caches: it hands each request to the service with the
 //! client's address.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
+
+use edge_shell::slots::{Slot, Slots};
 
 /// The bounds of the proxy's listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +102,8 @@ async fn serve_with<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Slots::new(limits.max_connections.max(1)));
+    let slots = Slots::new(limits.max_connections);
+    let epoch = Instant::now();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -123,13 +125,14 @@ async fn serve_with<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        if !slots.make_room() {
+        if !slots.make_room(idle_rank) {
             if tls.is_none() {
                 tokio::spawn(refuse(stream));
             }
             continue;
         }
-        let (id, conn, evicted) = slots.open();
+        let conn = Arc::new(Conn::new(epoch));
+        let (slot, evicted) = slots.open(conn.clone());
         let handler = handler.clone();
         let in_service = conn.clone();
         let service = hyper::service::service_fn(move |request| {
@@ -146,10 +149,6 @@ async fn serve_with<H: Handler>(
                 }
             }
         });
-        let slot = SlotGuard {
-            slots: slots.clone(),
-            id,
-        };
         let http = http.clone();
         let tls = tls.clone();
         let handshake_timeout = limits.header_timeout;
@@ -237,6 +236,18 @@ const EVICTED: u8 = 2;
 const SETTLE: Duration = Duration::from_millis(200);
 
 impl Conn {
+    /// A connection that has sent nothing yet; `epoch` is the listener's start.
+    fn new(epoch: Instant) -> Self {
+        let conn = Self {
+            state: AtomicU8::new(IDLE),
+            requests: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            epoch,
+        };
+        conn.idle_since_ms.store(conn.now_ms(), Ordering::Release);
+        conn
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -266,7 +277,9 @@ impl Conn {
         (self.state.load(Ordering::Acquire) == IDLE)
             .then(|| now_ms.saturating_sub(self.idle_since_ms.load(Ordering::Acquire)))
     }
+}
 
+impl Slot for Conn {
     fn evict(&self) -> bool {
         self.state
             .compare_exchange(IDLE, EVICTED, Ordering::AcqRel, Ordering::Acquire)
@@ -274,122 +287,15 @@ impl Conn {
     }
 }
 
-struct Open {
-    conn: Arc<Conn>,
-    evict: oneshot::Sender<()>,
-}
-
-struct Slots {
-    max: usize,
-    epoch: Instant,
-    table: Mutex<(u64, HashMap<u64, Open>)>,
-    freed: Notify,
-}
-
-impl Slots {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            epoch: Instant::now(),
-            table: Mutex::new((0, HashMap::new())),
-            freed: Notify::new(),
-        }
-    }
-
-    fn table(&self) -> MutexGuard<'_, (u64, HashMap<u64, Open>)> {
-        // Every change is one insert or remove: consistent across a panic elsewhere.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether there is room for one more, after closing the connection idle longest if the
-    /// table is full.
-    fn make_room(&self) -> bool {
-        let mut table = self.table();
-        let open = &mut table.1;
-        if open.len() < self.max {
-            return true;
-        }
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let settle = u64::try_from(SETTLE.as_millis()).unwrap_or(u64::MAX);
-        let victim = open
-            .iter()
-            .filter_map(|(id, o)| {
-                let idle = o.conn.idle_for(now_ms)?;
-                let fresh = o.conn.requests.load(Ordering::Acquire) == 0;
-                (fresh || idle >= settle).then_some((*id, idle))
-            })
-            .max_by_key(|(_, idle)| *idle)
-            .map(|(id, _)| id);
-        match victim {
-            Some(id) if open.get(&id).is_some_and(|o| o.conn.evict()) => {
-                if let Some(o) = open.remove(&id) {
-                    let _ = o.evict.send(());
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn open(&self) -> (u64, Arc<Conn>, oneshot::Receiver<()>) {
-        let conn = Arc::new(Conn {
-            state: AtomicU8::new(IDLE),
-            requests: AtomicU64::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            epoch: self.epoch,
-        });
-        conn.idle_since_ms.store(conn.now_ms(), Ordering::Release);
-        let (evict, evicted) = oneshot::channel();
-        let mut table = self.table();
-        let id = table.0;
-        table.0 += 1;
-        table.1.insert(
-            id,
-            Open {
-                conn: conn.clone(),
-                evict,
-            },
-        );
-        (id, conn, evicted)
-    }
-
-    /// Closes every idle connection, then waits for the rest to finish their requests.
-    async fn drain(&self) {
-        {
-            let mut table = self.table();
-            let idle: Vec<u64> = table
-                .1
-                .iter()
-                .filter(|(_, o)| o.conn.evict())
-                .map(|(id, _)| *id)
-                .collect();
-            for id in idle {
-                if let Some(o) = table.1.remove(&id) {
-                    let _ = o.evict.send(());
-                }
-            }
-        }
-        loop {
-            let freed = self.freed.notified();
-            if self.table().1.is_empty() {
-                return;
-            }
-            freed.await;
-        }
-    }
-}
-
-/// Frees a connection's slot when its task ends, however it ends.
-struct SlotGuard {
-    slots: Arc<Slots>,
-    id: u64,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.slots.table().1.remove(&self.id);
-        self.slots.freed.notify_one();
-    }
+/// A connection's rank for closing to make room: how long it has been idle, if it may be
+/// closed (one that has sent no request yet at once, one between requests after
+/// [`SETTLE`]); never one serving a request.
+fn idle_rank(conn: &Conn) -> Option<u64> {
+    let now_ms = conn.now_ms();
+    let idle = conn.idle_for(now_ms)?;
+    let fresh = conn.requests.load(Ordering::Acquire) == 0;
+    let settle = u64::try_from(SETTLE.as_millis()).unwrap_or(u64::MAX);
+    (fresh || idle >= settle).then_some(idle)
 }
 
 #[cfg(test)]
@@ -399,25 +305,35 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_table_closes_the_longest_idle_and_never_a_busy_one() {
         let slots = Slots::new(2);
-        let (_, first, mut first_evicted) = slots.open();
-        let (_, second, mut second_evicted) = slots.open();
+        let epoch = Instant::now();
+        let conn = || Arc::new(Conn::new(epoch));
+        let (first, second) = (conn(), conn());
+        let (_first_slot, mut first_evicted) = slots.open(first.clone());
+        let (_second_slot, mut second_evicted) = slots.open(second.clone());
         assert!(first.start());
-        assert!(slots.make_room(), "the second never sent a head");
+        assert!(slots.make_room(idle_rank), "the second never sent a head");
         assert!(first_evicted.try_recv().is_err(), "a busy one stays");
         assert!(second_evicted.try_recv().is_ok());
         assert!(!second.start(), "closed for room before its head came");
 
-        let (_, third, mut third_evicted) = slots.open();
+        let third = conn();
+        let (_third_slot, mut third_evicted) = slots.open(third.clone());
         assert!(third.start());
-        assert!(!slots.make_room(), "both slots have requests in flight");
+        assert!(
+            !slots.make_room(idle_rank),
+            "both slots have requests in flight"
+        );
 
         third.finish();
         assert!(
-            !slots.make_room(),
+            !slots.make_room(idle_rank),
             "a connection that just answered is left to flush"
         );
         tokio::time::advance(SETTLE * 2).await;
-        assert!(slots.make_room(), "idle between requests long enough");
+        assert!(
+            slots.make_room(idle_rank),
+            "idle between requests long enough"
+        );
         assert!(third_evicted.try_recv().is_ok());
     }
 }
