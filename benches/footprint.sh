@@ -98,7 +98,14 @@ listening() {
 # environment systemd gives a service: a RUST_BACKTRACE inherited from a developer's shell
 # makes every error the model optimiser raises and handles walk the stack, which pages in
 # the unwind tables (~0.7 MiB).
+#
+# The binary's pages are dropped from the page cache first (written back, then dropped), so that
+# the node reads its code in by faulting on it, as a board does after boot. Pages that are in
+# the cache because the file was just copied or built make the same binary idle ~0.6 MiB
+# higher (benches/RESULTS.md, the proxy's part 4).
 start_node() {
+  sync "$2"
+  dd if="$2" iflag=nocache count=0 status=none
   env -i PATH="$PATH" EDGE_LOG=warn "$2" run --config "$1/node.toml" 2>>"$1/node.log" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
