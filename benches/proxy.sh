@@ -545,11 +545,11 @@ EOF
     local out code secs
     out="$(taskset -c 1 curl -s -o "$cold/answer" -w '%{http_code} %{time_total}' "http://127.0.0.1:$COLD_PORT/")"
     read -r code secs <<<"$out"
-    [ "$code" = 200 ] && [ "$(cat "$cold/answer")" = "hi from cold-node" ] || {
+    if [ "$code" != 200 ] || [ "$(cat "$cold/answer")" != "hi from cold-node" ]; then
       log "$1: got $code \"$(head -c 200 "$cold/answer")\" through the proxy; the node's log:"
       tail -5 "$cold/node/node.log" >&2
       exit 1
-    }
+    fi
     echo "$1 ms=$(awk -v s="$secs" 'BEGIN { printf "%.3f", s * 1000 }')" >>"$WORK/results"
   }
   # direct: the floor, the same binary started by hand on core 0 on a port of its own.
