@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # footprint.sh: the node's idle memory per board profile, on x86_64, against its budget in
 # targets/PROFILE.toml. Each node is provisioned the way a board is: the profile's packaged
-# config plus a join file and a `[proxy]` table (listening on loopback, the cache at its
-# defaults: 8 MiB in memory, 256 MiB on disk), then enrolled; RSS is read 10 s after it is
-# online, and again after a restart with its stored identity (the figure the goal is about).
-# Two anchors run beside it: the same binary without the `[proxy]` table (what the proxy
+# config, with its `[proxy]` table (the profile's cache sizes; a table at the defaults, 8 MiB
+# in memory and 256 MiB on disk, for a profile without one) listening on a free loopback port
+# instead of port 80, plus a join file, then enrolled; RSS is read 10 s after it is online,
+# and again after a restart with its stored identity (the figure the goal is about). Two
+# anchors run beside it: the same binary with the `[proxy]` tables left out (what the proxy
 # costs), and the same daemon built without the model runtime (`ai` off), with the proxy.
 # It also prints the stripped size of every profile's binary that has been built.
 #
@@ -63,15 +64,21 @@ echo "command: benches/footprint.sh ($settings)"
 start_orchestrator "$WORK/orch"
 
 # packaged_config PROFILE DIR PROXY: the profile's [config] as the package installs it, with
-# the paths moved under DIR and the status endpoint on port 0; with PROXY=proxy, a [proxy]
-# table that sets only where it listens.
+# the paths moved under DIR and the status endpoint and the proxy on port 0. With PROXY=proxy,
+# the profile's [proxy] tables, or a [proxy] table that sets only where it listens when the
+# profile has none; otherwise no [proxy] table at all.
 packaged_config() {
-  awk '/^\[/ { inside = ($0 == "[config]" || $0 ~ /^\[config\./) ; if (inside) { sub(/^\[config\.?/, "["); if ($0 == "[]") next } }
-       inside' "$1" |
-    sed -e "s|^data_dir = .*|data_dir = \"$2/data\"|" \
-      -e "s|^join_file = .*|join_file = [\"$2/boot/edge-join.toml\"]|" \
-      -e "s|^status_listen = .*|status_listen = \"127.0.0.1:0\"|"
-  [ "$3" != proxy ] || printf '\n[proxy]\nlisten = "127.0.0.1:0"\n'
+  {
+    awk -v proxy="$3" '/^\[/ { inside = ($0 == "[config]" || $0 ~ /^\[config\./) ; if (inside) { sub(/^\[config\.?/, "["); if ($0 == "[]") next }
+                               skip = (proxy != "proxy" && $0 ~ /^\[proxy[].]/) }
+         inside && !skip' "$1"
+    if [ "$3" = proxy ] && ! grep -q '^\[config\.proxy\]' "$1"; then
+      printf '\n[proxy]\nlisten = "127.0.0.1:0"\n'
+    fi
+  } | sed -e "s|^data_dir = .*|data_dir = \"$2/data\"|" \
+    -e "s|^join_file = .*|join_file = [\"$2/boot/edge-join.toml\"]|" \
+    -e "s|^status_listen = .*|status_listen = \"127.0.0.1:0\"|" \
+    -e "s|^listen = .*|listen = \"127.0.0.1:0\"|"
 }
 
 # listening PID: the loopback TCP ports PID listens on (the status endpoint, and the proxy when
@@ -91,7 +98,14 @@ listening() {
 # environment systemd gives a service: a RUST_BACKTRACE inherited from a developer's shell
 # makes every error the model optimiser raises and handles walk the stack, which pages in
 # the unwind tables (~0.7 MiB).
+#
+# The binary's pages are dropped from the page cache first (written back, then dropped), so that
+# the node reads its code in by faulting on it, as a board does after boot. Pages that are in
+# the cache because the file was just copied or built make the same binary idle ~0.6 MiB
+# higher (benches/RESULTS.md, the proxy's part 4).
 start_node() {
+  sync "$2"
+  dd if="$2" iflag=nocache count=0 status=none
   env -i PATH="$PATH" EDGE_LOG=warn "$2" run --config "$1/node.toml" 2>>"$1/node.log" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
@@ -127,7 +141,7 @@ idle() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "| profile (x86_64 musl build, its packaged config, a join file and \`[proxy]\`) | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot | listening ports | budget (rss_bytes) | anchor: same binary, no \`[proxy]\` | ratio | anchor: without \`ai\`, with \`[proxy]\` | ratio |"
+echo "| profile (x86_64 musl build, its packaged config with its \`[proxy]\`, a join file) | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot | listening ports | budget (rss_bytes) | anchor: same binary, no \`[proxy]\` | ratio | anchor: without \`ai\`, with \`[proxy]\` | ratio |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for profile in ${PROFILES:-targets/*.toml}; do
   name="$(basename "$profile" .toml)"

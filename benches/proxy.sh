@@ -7,7 +7,13 @@
 # 3. memory with 1,000 idle client connections (silent, and keep-alive after one request),
 #    against none, and nginx's (master + worker) with the same connections;
 # 4. the node's idle memory with the proxy listening (benches/footprint.sh) and the stripped
-#    aarch64 binary (cross/build.sh pi-zero-2w).
+#    aarch64 binary (cross/build.sh pi-zero-2w);
+# 5. the cold start of a scale-to-zero workload: the sample `edge-hello` deployed through a
+#    real orchestrator with `scale_to_zero` and an `[[expose]]` route, then, each round, one
+#    request through the proxy once it is dormant (the node starts it, waits for its port,
+#    forwards) and one right after (warm), against the direct-spawn floor in the same rounds:
+#    the same binary started by hand and its port polled every millisecond until `GET /` is
+#    answered (benches/proxy/spawn.py). Also the node's own `cold_start_ms` log values.
 #
 # Placement: the node and the nginx cache each run pinned to core 0 (`taskset -c 0`), one at a
 # time answering, and wrk to core 1. The origin (nginx, one worker) is pinned to core 0 too:
@@ -19,13 +25,17 @@
 # (nginx to a file, the node at EDGE_LOG=warn,edge_proxy::access=info to its log file).
 #
 # Usage: benches/proxy.sh                       (builds first: a plain `cargo build --release`
-#                                                node for 1-3, cross/build.sh for 4)
+#                                                node for 1-3 and 5, cross/build.sh for 4, and
+#                                                for 5 the orchestrator, edgectl, edge-hello)
 #        SKIP_BUILD=1 benches/proxy.sh           (binaries built before)
 #        SKIP_BUILD=1 NODE=PATH PARTS="1 2" ROUNDS=3 SECS=5 benches/proxy.sh
-# PARTS picks the parts (default "1 2 3 4"); ROUNDS (5) and SECS (10) are the wrk rounds per
+# PARTS picks the parts (default "1 2 3 4 5"); ROUNDS (5) and SECS (10) are the wrk rounds per
 # figure and their length; CONNS (50) wrk's connections for the hit rounds; IDLE_CONNS (1000)
 # the idle connections of part 3, MEM_ROUNDS (3) its rounds; FOOTPRINT_PROFILES the profiles
-# part 4 runs (default targets/pi-zero-2w.toml).
+# part 4 runs (default targets/pi-zero-2w.toml); COLD_ROUNDS (9) the rounds of part 5 and
+# COLD_IDLE_SECS (1, the least a spec allows) its workload's `scale_to_zero.idle_secs`; part 5
+# takes its orchestrator and edgectl from BIN (default $CARGO_TARGET_DIR/release) and the
+# workload from HELLO (default $CARGO_TARGET_DIR/release/edge-hello).
 # A benchmark, not a test: it prints figures (Markdown tables to paste into benches/RESULTS.md)
 # and never fails on one; it fails only if something does not run at all.
 set -euo pipefail
@@ -33,19 +43,21 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-PARTS="${PARTS:-1 2 3 4}"
+PARTS="${PARTS:-1 2 3 4 5}"
 ROUNDS="${ROUNDS:-5}"
 SECS="${SECS:-10}"
 CONNS="${CONNS:-50}"
 IDLE_CONNS="${IDLE_CONNS:-1000}"
 MEM_ROUNDS="${MEM_ROUNDS:-3}"
+COLD_ROUNDS="${COLD_ROUNDS:-9}"
+COLD_IDLE_SECS="${COLD_IDLE_SECS:-1}"
 ACCESS_LOG="${ACCESS_LOG:-0}"
 HERE="$ROOT/benches/proxy"
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 # shellcheck source=cross/apt.sh
 source "$ROOT/cross/apt.sh"
-apt_install nginx wrk python3 curl
+apt_install nginx wrk python3 curl jq
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if [ "$(nproc)" -lt 2 ]; then
@@ -54,15 +66,23 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 
 NODE="${NODE:-$TARGET_DIR/release/edge-node}"
-if [ "${SKIP_BUILD:-0}" != 1 ] && { part 1 || part 2 || part 3; }; then
+BIN="${BIN:-$TARGET_DIR/release}"
+HELLO="${HELLO:-$TARGET_DIR/release/edge-hello}"
+if [ "${SKIP_BUILD:-0}" != 1 ] && { part 1 || part 2 || part 3 || part 5; }; then
   cargo build --release -p node-daemon --bin edge-node
+fi
+if [ "${SKIP_BUILD:-0}" != 1 ] && part 5; then
+  # Apart from the node: built together, cargo would unify features across the three.
+  cargo build --release -p orchestrator --bin edge-orchestrator --bin edgectl
+  cargo build --release -p edge-hello --bin edge-hello
 fi
 work_dir proxy
 # 1,000 held connections on each side of the loopback, and nginx's worker_rlimit_nofile.
 ulimit -n "$(ulimit -Hn)"
 
 echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(uname -sr)"
-echo "command: benches/proxy.sh (PARTS=\"$PARTS\" ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS IDLE_CONNS=$IDLE_CONNS MEM_ROUNDS=$MEM_ROUNDS ACCESS_LOG=$ACCESS_LOG)"
+echo "command: benches/proxy.sh (PARTS=\"$PARTS\" ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS IDLE_CONNS=$IDLE_CONNS MEM_ROUNDS=$MEM_ROUNDS COLD_ROUNDS=$COLD_ROUNDS COLD_IDLE_SECS=$COLD_IDLE_SECS ACCESS_LOG=$ACCESS_LOG)"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 if part 1 || part 2 || part 3; then
   echo "node: $NODE ($(file -b "$NODE" | cut -d, -f1-2)), $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 fi
@@ -440,4 +460,132 @@ if part 4; then
   else
     echo "no aarch64 build at $aarch64 (run without SKIP_BUILD=1, or cross/build.sh pi-zero-2w)"
   fi
+fi
+
+# --- 5. cold start of a scale-to-zero workload --------------------------------------------------
+# The node, the workload it starts and the directly spawned anchor all run on core 0; curl, the
+# orchestrator and the polling of its API on core 1. The workload is ready by its port (no
+# health check in its spec), so the node's `cold_start_ms` is from the wake to the port
+# accepting; the floor polls its port every millisecond and then asks `GET /`, the same
+# request that goes through the proxy.
+if part 5; then
+  echo
+  echo "## 5. Cold start of a scale-to-zero workload: $COLD_ROUNDS rounds, idle_secs = $COLD_IDLE_SECS"
+  for b in "$NODE" "$BIN/edge-orchestrator" "$BIN/edgectl" "$HELLO"; do
+    [ -x "$b" ] || { log "no binary at $b (build it, or run without SKIP_BUILD=1)"; exit 1; }
+  done
+  echo "node: $NODE, orchestrator and edgectl from $BIN, workload $HELLO ($(stat -c %s "$HELLO") B, $(file -b "$HELLO" | cut -d, -f1-2))"
+  cold="$WORK/cold"
+  mkdir -p "$cold/node"
+  start_orchestrator "$cold/orch"
+  taskset -acp 1 "$ORCH_PID" >/dev/null
+  create_token 1 cold-start
+  write_join "$cold/node/edge-join.toml" cold-node
+  COLD_PORT="$(free_port)"
+  cat >"$cold/node/node.toml" <<EOF
+version = 1
+data_dir = "$cold/node/data"
+join_file = ["$cold/node/edge-join.toml"]
+status_listen = "127.0.0.1:0"
+
+[proxy]
+listen = "127.0.0.1:$COLD_PORT"
+
+[proxy.cache]
+disk_bytes = 0
+EOF
+  "$NODE" check-config --config "$cold/node/node.toml" >/dev/null
+  # The supervisor's info lines carry cold_start_ms.
+  env -i PATH="$PATH" EDGE_LOG="warn,node_daemon::supervisor=info" taskset -c 0 "$NODE" run \
+    --config "$cold/node/node.toml" 2>>"$cold/node/node.log" &
+  COLD_NODE_PID=$!
+  PIDS+=("$COLD_NODE_PID")
+  expect_node cold-node online "$cold/node/node.log"
+
+  ctl() { taskset -c 1 "$BIN/edgectl" --api "$API" --token "$ADMIN" --json "$@"; }
+  digest="$(ctl artifact push "$HELLO" | jq -r .digest)"
+  WPORT="$(free_port)"
+  cat >"$cold/cold.toml" <<EOF
+name = "cold"
+version = "1.0.0"
+artifact = "$digest"
+args = ["--port", "$WPORT", "--bind", "127.0.0.1"]
+env = { GREETING = "hi" }
+replicas = 1
+scale_to_zero = { idle_secs = $COLD_IDLE_SECS }
+
+[resources]
+cpu_millis = 100
+memory_bytes = 33554432
+
+[[expose]]
+port = $WPORT
+path_prefix = "/"
+cache = false
+EOF
+  ctl deploy -f "$cold/cold.toml" >/dev/null
+
+  # wait_dormant: within 60 s the API shows the instance stopped by scale to zero, no process.
+  wait_dormant() {
+    local deadline=$((SECONDS + 60)) now
+    while :; do
+      now="$(taskset -c 1 curl -sf -H "Authorization: Bearer $ADMIN" "$API/v1/workloads/cold" |
+        jq -c '.instances[]? | select(.node == "cold-node") | {state, message, pid}' || true)"
+      [ "$now" = '{"state":"stopped","message":"scaled to zero","pid":null}' ] && return 0
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        log "the workload did not become dormant within 60 s; its instance: $now; the node's log:"
+        tail -5 "$cold/node/node.log" >&2
+        exit 1
+      fi
+      sleep 0.05
+    done
+  }
+  # get KEY: one GET / through the proxy from core 1; appends "KEY ms=.." to WORK/results.
+  get() {
+    local out code secs
+    out="$(taskset -c 1 curl -s -o "$cold/answer" -w '%{http_code} %{time_total}' "http://127.0.0.1:$COLD_PORT/")"
+    read -r code secs <<<"$out"
+    if [ "$code" != 200 ] || [ "$(cat "$cold/answer")" != "hi from cold-node" ]; then
+      log "$1: got $code \"$(head -c 200 "$cold/answer")\" through the proxy; the node's log:"
+      tail -5 "$cold/node/node.log" >&2
+      exit 1
+    fi
+    echo "$1 ms=$(awk -v s="$secs" 'BEGIN { printf "%.3f", s * 1000 }')" >>"$WORK/results"
+  }
+  # direct: the floor, the same binary started by hand on core 0 on a port of its own.
+  direct() {
+    local out
+    out="$(env -i PATH="$PATH" GREETING=hi EDGE_NODE_NAME=cold-node taskset -c 0 \
+      python3 "$HERE/spawn.py" "$DPORT" "$HELLO" --port "$DPORT" --bind 127.0.0.1)"
+    echo "direct $out" >>"$WORK/results"
+  }
+  for round in $(seq "$COLD_ROUNDS"); do
+    DPORT="$(free_port)"
+    if [ $((round % 2)) = 1 ]; then direct; fi
+    wait_dormant
+    get cold
+    get warm
+    if [ $((round % 2)) = 0 ]; then direct; fi
+    alive "$COLD_NODE_PID" node "$cold/node/node.log"
+    log "cold-start round $round of $COLD_ROUNDS done"
+  done
+  sed -n 's/.*woken from zero: ready.*cold_start_ms=\([0-9]*\).*/node ms=\1/p;
+          s/.*cold_start_ms=\([0-9]*\).*woken from zero: ready.*/node ms=\1/p' \
+    "$cold/node/node.log" >>"$WORK/results"
+  ready_by="$(sed -n 's/.*ready_by=\([a-z_"]*\).*/\1/p' "$cold/node/node.log" | sort | uniq -c | tr -s ' ' | paste -sd, -)"
+  cold_ms="$(median cold ms)" direct_ms="$(median direct answer_ms)"
+  echo
+  echo "| GET / of edge-hello (median of $COLD_ROUNDS rounds) | ms |"
+  echo "|---|---|"
+  echo "| cold: through the proxy, the workload dormant (curl time_total) | $cold_ms |"
+  echo "| warm: through the proxy, right after | $(median warm ms) |"
+  echo "| floor: spawned directly, port polled every 1 ms, then GET / answered | $direct_ms |"
+  echo "| floor to the port accepting only | $(median direct listen_ms) |"
+  echo "| ratio cold / floor | $(ratio "$cold_ms" "$direct_ms") |"
+  echo "| the node's \`cold_start_ms\` (wake to ready, ready_by: $ready_by) | $(median node ms) |"
+  echo
+  echo "Per round (ms): cold $(runs cold ms); warm $(runs warm ms); floor $(runs direct answer_ms); floor to listening $(runs direct listen_ms); node cold_start_ms $(runs node ms)"
+  echo "load average after part 5: $(cut -d' ' -f1-3 /proc/loadavg)"
+  stop "$COLD_NODE_PID"
+  stop "$ORCH_PID"
 fi

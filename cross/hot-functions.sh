@@ -5,6 +5,9 @@
 # enrollment) and a restart with its stored identity, and lists every function of the node
 # that ran: first those that run while it idles online (status reports, the QUIC connection,
 # timers), then those that only run to start, enroll or stop.
+# Its node has a `[proxy]` table, as a board's packaged config does (benches/footprint.sh gives
+# its nodes one): without it the proxy's start path (listener, cache stores, routes) would
+# not be in the list, and those pages would stay spread over the binary.
 #
 # Usage: cross/hot-functions.sh                 (builds the node and the orchestrator first)
 #        SKIP_BUILD=1 NODE=PATH cross/hot-functions.sh   (a node binary that has its symbols)
@@ -47,6 +50,16 @@ data_dir = "$node/data"
 join_file = ["$node/boot/edge-join.toml"]
 status_listen = "127.0.0.1:0"
 status_interval_secs = 10
+
+# The proxy's start and idle path: listening, and both cache stores opened (a memory and a
+# disk store, as at the defaults; small, since only the code that runs matters here).
+[proxy]
+listen = "127.0.0.1:0"
+
+[proxy.cache]
+memory_bytes = 1048576
+disk_bytes = 1048576
+max_object_bytes = 1048576
 EOF
 write_join "$node/boot/edge-join.toml" hot
 
