@@ -13,7 +13,9 @@
 #    request through the proxy once it is dormant (the node starts it, waits for its port,
 #    forwards) and one right after (warm), against the direct-spawn floor in the same rounds:
 #    the same binary started by hand and its port polled every millisecond until `GET /` is
-#    answered (benches/proxy/spawn.py). Also the node's own `cold_start_ms` log values.
+#    answered (benches/proxy/spawn.py). Also the node's own `cold_start_ms` log values;
+# 6. instructions per 1 KiB cache hit under valgrind's callgrind, the node's against nginx's:
+#    a figure the machine's load does not move (valgrind is installed if missing).
 #
 # Placement: the node and the nginx cache each run pinned to core 0 (`taskset -c 0`), one at a
 # time answering, and wrk to core 1. The origin (nginx, one worker) is pinned to core 0 too:
@@ -29,7 +31,7 @@
 #                                                for 5 the orchestrator, edgectl, edge-hello)
 #        SKIP_BUILD=1 benches/proxy.sh           (binaries built before)
 #        SKIP_BUILD=1 NODE=PATH PARTS="1 2" ROUNDS=3 SECS=5 benches/proxy.sh
-# PARTS picks the parts (default "1 2 3 4 5"); ROUNDS (5) and SECS (10) are the wrk rounds per
+# PARTS picks the parts (default "1 2 3 4 5 6"); ROUNDS (5) and SECS (10) are the wrk rounds per
 # figure and their length; CONNS (50) wrk's connections for the hit rounds; IDLE_CONNS (1000)
 # the idle connections of part 3, MEM_ROUNDS (3) its rounds; FOOTPRINT_PROFILES the profiles
 # part 4 runs (default targets/pi-zero-2w.toml); COLD_ROUNDS (9) the rounds of part 5 and
@@ -43,7 +45,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-PARTS="${PARTS:-1 2 3 4 5}"
+PARTS="${PARTS:-1 2 3 4 5 6}"
 ROUNDS="${ROUNDS:-5}"
 SECS="${SECS:-10}"
 CONNS="${CONNS:-50}"
@@ -68,7 +70,7 @@ fi
 NODE="${NODE:-$TARGET_DIR/release/edge-node}"
 BIN="${BIN:-$TARGET_DIR/release}"
 HELLO="${HELLO:-$TARGET_DIR/release/edge-hello}"
-if [ "${SKIP_BUILD:-0}" != 1 ] && { part 1 || part 2 || part 3 || part 5; }; then
+if [ "${SKIP_BUILD:-0}" != 1 ] && { part 1 || part 2 || part 3 || part 5 || part 6; }; then
   cargo build --release -p node-daemon --bin edge-node
 fi
 if [ "${SKIP_BUILD:-0}" != 1 ] && part 5; then
@@ -83,7 +85,7 @@ ulimit -n "$(ulimit -Hn)"
 echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(uname -sr)"
 echo "command: benches/proxy.sh (PARTS=\"$PARTS\" ROUNDS=$ROUNDS SECS=$SECS CONNS=$CONNS IDLE_CONNS=$IDLE_CONNS MEM_ROUNDS=$MEM_ROUNDS COLD_ROUNDS=$COLD_ROUNDS COLD_IDLE_SECS=$COLD_IDLE_SECS ACCESS_LOG=$ACCESS_LOG)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-if part 1 || part 2 || part 3; then
+if part 1 || part 2 || part 3 || part 6; then
   echo "node: $NODE ($(file -b "$NODE" | cut -d, -f1-2)), $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 fi
 
@@ -153,7 +155,7 @@ forget() {
 }
 
 ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
-if part 1 || part 2 || part 3; then
+if part 1 || part 2 || part 3 || part 6; then
   start_nginx origin
   ORIGIN_PID="$NGINX_PID"
   wait_http "$ORIGIN/c/1k.bin"
@@ -588,4 +590,59 @@ EOF
   echo "load average after part 5: $(cut -d' ' -f1-3 /proc/loadavg)"
   stop "$COLD_NODE_PID"
   stop "$ORCH_PID"
+fi
+
+# --- 6. instructions per cache hit ----------------------------------------------------------
+# Requests/s on a shared 2-core machine move with whatever else runs; the instructions each
+# proxy executes per hit do not. Each runs alone under callgrind (nginx as one process, master
+# off), with counting off until its cache is filled and warmed up, then SECS s of wrk -c10;
+# what the process executed in user space in that window, divided by the requests wrk counted.
+if part 6; then
+  command -v valgrind >/dev/null 2>&1 || apt_install valgrind
+  echo
+  echo "## 6. Instructions per cache hit, 1 KiB, under callgrind (wrk -t1 -c10 for ${SECS} s, counting only then)"
+  # The proxies of parts 1-2 hand their ports to the ones under valgrind.
+  if part 1 || part 2; then
+    stop "$NODE_PID"
+    stop "$NGINXC_PID"
+  fi
+  sed -e 's/^master_process on;/master_process off;/' "$WORK/nginx-cache.conf" >"$WORK/nginx-cache-cg.conf"
+  # per_hit NAME URL COMMAND...: COMMAND under callgrind; prints "requests instructions".
+  per_hit() {
+    local name="$1" url="$2" pid out requests
+    shift 2
+    # The bare environment of a service, outside valgrind: it would not follow `env`'s exec.
+    env -i PATH="$PATH" EDGE_LOG=warn taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
+      --callgrind-out-file="$WORK/cg-$name.%p" "$@" 2>>"$WORK/cg-$name.log" &
+    pid=$!
+    PIDS+=("$pid")
+    # Everything runs some 50 times slower under valgrind: up to a minute to listen.
+    for _ in $(seq 600); do
+      curl -sf -o /dev/null "$url" && break
+      kill -0 "$pid" 2>/dev/null || { log "$name under valgrind is gone:"; tail -5 "$WORK/cg-$name.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    curl -sf -o /dev/null "$url"
+    taskset -c 1 wrk -t1 -c10 -d2s "$url" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null 2>&1
+    out="$(taskset -c 1 wrk -t1 -c10 -d"${SECS}s" "$url")"
+    callgrind_control -i off "$pid" >/dev/null 2>&1
+    # Written now: what ran in the window. The process need not exit cleanly after it.
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget "$pid"
+    requests="$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' <<<"$out")"
+    echo "$requests $(cat "$WORK/cg-$name".* | awk '/^totals:/ { s += $2 } END { print s + 0 }')"
+  }
+  read -r n_req n_ir < <(per_hit node "$OURS/c/1k.bin" "$NODE" run --config "$WORK/node/node.toml")
+  read -r g_req g_ir < <(per_hit nginx "$NGINX/c/1k.bin" nginx -p "$WORK" \
+    -e "$WORK/nginx-cache-cg.error.log" -c "$WORK/nginx-cache-cg.conf")
+  n_per=$((n_ir / n_req)) g_per=$((g_ir / g_req))
+  echo
+  echo "| 1 KiB hit | requests counted | instructions | per request |"
+  echo "|---|---|---|---|"
+  echo "| edge-node | $n_req | $n_ir | $n_per |"
+  echo "| nginx | $g_req | $g_ir | $g_per |"
+  echo "| ratio edge-node / nginx | | | $(ratio "$n_per" "$g_per") |"
 fi

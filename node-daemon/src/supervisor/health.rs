@@ -29,8 +29,9 @@ pub const MAX_HEAD: usize = 1024;
 /// How long one connection attempt of [`listening`] may take.
 const LISTEN_CONNECT: Duration = Duration::from_secs(1);
 /// The first pause between attempts of [`listening`], doubled up to the longest: a service
-/// starting in milliseconds is seen within milliseconds, a slow one costs a few connects.
-const LISTEN_RETRY_FIRST: Duration = Duration::from_millis(5);
+/// starting in milliseconds is seen within a millisecond or two of it (a request waits on
+/// this when it wakes a workload scaled to zero), a slow one costs a few connects more.
+const LISTEN_RETRY_FIRST: Duration = Duration::from_millis(1);
 const LISTEN_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// Why a check failed. Shown in the instance's status message.
