@@ -23,6 +23,6 @@ pub mod node_admin;
 pub mod pki;
 pub mod registry;
 pub mod reports;
-pub mod traffic;
 pub mod server;
 pub mod store;
+pub mod traffic;

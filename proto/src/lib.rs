@@ -22,9 +22,9 @@ pub mod digest;
 pub mod field;
 pub mod frame;
 mod msg;
-mod traffic;
 #[cfg(feature = "quic")]
 pub mod quic;
+mod traffic;
 
 pub use bounded::{Seq, Str};
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};

@@ -1100,7 +1100,11 @@ fn golden_bytes_of_traffic() {
         hex(&encode(&NodeMsg::Traffic(Box::default()))),
         "00000003080000",
     );
-    assert_eq!(LATENCY_BUCKETS_US.len() + 1, 17, "the node's slots fit the wire's");
+    assert_eq!(
+        LATENCY_BUCKETS_US.len() + 1,
+        17,
+        "the node's slots fit the wire's"
+    );
     const { assert!(LATENCY_BUCKETS_US.len() < TrafficReport::MAX_LATENCY_SLOTS) };
 }
 
@@ -1145,7 +1149,10 @@ fn traffic_over_its_bounds_or_malformed_is_refused() {
     // 33 latency slots where 32 fit: the slots end the entry.
     let mut body33 = body.to_vec();
     let slots_at = body33.len() - 1 - 10 * TrafficReport::MAX_LATENCY_SLOTS;
-    assert_eq!(usize::from(body33[slots_at]), TrafficReport::MAX_LATENCY_SLOTS);
+    assert_eq!(
+        usize::from(body33[slots_at]),
+        TrafficReport::MAX_LATENCY_SLOTS
+    );
     body33[slots_at] += 1;
     body33.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
     malformed_node(&body33);

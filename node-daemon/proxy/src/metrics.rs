@@ -235,7 +235,10 @@ impl ProxyMetrics {
                 return touch(stats);
             }
         }
-        let mut routes = shared.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut routes = shared
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let key = if routes.len() < MAX_ROUTES || routes.contains_key(route) {
             route
         } else {
@@ -259,8 +262,12 @@ impl ProxyMetrics {
         let secs = now.saturating_duration_since(shared.started).as_secs();
         shared.clock_secs.fetch_max(secs, Relaxed);
         let secs = shared.clock_secs.load(Relaxed);
-        let mut routes = shared.routes.write().unwrap_or_else(PoisonError::into_inner);
-        routes.retain(|_, stats| secs - stats.touched_secs.load(Relaxed).min(secs) < idle.as_secs());
+        let mut routes = shared
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        routes
+            .retain(|_, stats| secs - stats.touched_secs.load(Relaxed).min(secs) < idle.as_secs());
     }
 
     /// What every route kept counted, sorted by route.
@@ -292,7 +299,9 @@ impl ProxyMetrics {
 fn snapshot_of(route: &str, stats: &RouteStats) -> RouteSnapshot {
     RouteSnapshot {
         route: route.to_owned(),
-        answers: std::array::from_fn(|c| std::array::from_fn(|o| stats.answers[c][o].load(Relaxed))),
+        answers: std::array::from_fn(|c| {
+            std::array::from_fn(|o| stats.answers[c][o].load(Relaxed))
+        }),
         latency: std::array::from_fn(|i| stats.latency[i].load(Relaxed)),
         latency_sum_nanos: stats.latency_sum_nanos.load(Relaxed),
         retries: stats.retries.load(Relaxed),
@@ -362,12 +371,14 @@ impl Collector for Families {
             let labels = RouteLabel {
                 route: r.route.clone(),
             };
-            family.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                r.latency_sum_nanos as f64 / 1e9,
-                r.latency.iter().sum(),
-                &buckets,
-                None,
-            )?;
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    r.latency_sum_nanos as f64 / 1e9,
+                    r.latency.iter().sum(),
+                    &buckets,
+                    None,
+                )?;
         }
         for (name, help, count) in [
             (
@@ -425,7 +436,12 @@ mod tests {
             CacheOutcome::Miss,
             Duration::from_millis(30),
         );
-        m.answered(None, StatusCode::NOT_FOUND, CacheOutcome::Bypass, Duration::ZERO);
+        m.answered(
+            None,
+            StatusCode::NOT_FOUND,
+            CacheOutcome::Bypass,
+            Duration::ZERO,
+        );
         m.retried("shop");
         m.breaker_opened("shop");
         let out = text(&m);
@@ -449,10 +465,20 @@ mod tests {
     #[test]
     fn recording_for_a_known_route_does_not_grow_the_map() {
         let m = ProxyMetrics::default();
-        m.answered(Some("shop"), StatusCode::OK, CacheOutcome::Miss, Duration::ZERO);
+        m.answered(
+            Some("shop"),
+            StatusCode::OK,
+            CacheOutcome::Miss,
+            Duration::ZERO,
+        );
         let capacity = m.shared.routes.read().expect("lock").capacity();
         for _ in 0..10_000 {
-            m.answered(Some("shop"), StatusCode::OK, CacheOutcome::Hit, Duration::ZERO);
+            m.answered(
+                Some("shop"),
+                StatusCode::OK,
+                CacheOutcome::Hit,
+                Duration::ZERO,
+            );
             m.retried("shop");
         }
         assert_eq!(m.routes(), 1);
@@ -483,10 +509,25 @@ mod tests {
     fn idle_routes_are_forgotten_and_busy_ones_kept() {
         let m = ProxyMetrics::default();
         let start = m.shared.started;
-        m.answered(Some("old"), StatusCode::OK, CacheOutcome::Hit, Duration::ZERO);
-        m.answered(Some("busy"), StatusCode::OK, CacheOutcome::Hit, Duration::ZERO);
+        m.answered(
+            Some("old"),
+            StatusCode::OK,
+            CacheOutcome::Hit,
+            Duration::ZERO,
+        );
+        m.answered(
+            Some("busy"),
+            StatusCode::OK,
+            CacheOutcome::Hit,
+            Duration::ZERO,
+        );
         m.sweep_idle(start + Duration::from_secs(50), Duration::from_secs(100));
-        m.answered(Some("busy"), StatusCode::OK, CacheOutcome::Hit, Duration::ZERO);
+        m.answered(
+            Some("busy"),
+            StatusCode::OK,
+            CacheOutcome::Hit,
+            Duration::ZERO,
+        );
         m.sweep_idle(start + Duration::from_secs(120), Duration::from_secs(100));
         let names: Vec<String> = m.snapshot().into_iter().map(|r| r.route).collect();
         assert_eq!(names, ["busy"]);

@@ -143,6 +143,9 @@ mod tests {
         metrics.retried("shop");
         assert!(traffic.report(Instant::now()).is_some());
         traffic.session_opened();
-        assert!(traffic.report(Instant::now()).is_some(), "a new session hears it again");
+        assert!(
+            traffic.report(Instant::now()).is_some(),
+            "a new session hears it again"
+        );
     }
 }

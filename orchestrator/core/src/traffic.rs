@@ -300,7 +300,10 @@ mod tests {
         assert_eq!((restarted.requests, restarted.hit), (3, 1));
         let node = book.of_node(NODE).expect("kept");
         assert_eq!((node.epoch, node.reported_unix), (8, 120));
-        assert_eq!(node.routes["shop"].requests, 3, "the latest report, not a sum");
+        assert_eq!(
+            node.routes["shop"].requests, 3,
+            "the latest report, not a sum"
+        );
     }
 
     #[test]

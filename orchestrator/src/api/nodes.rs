@@ -89,7 +89,12 @@ async fn get_node(
         .ok_or_else(|| no_such_node(&name_or_id))?;
     let conflict = fleet.conflict(node.id, crate::clock::now_unix());
     let mut view = NodeView::new(node, fleet.is_online(node.id)).with_conflict(conflict);
-    view.proxy = state.reports.traffic.of_node(node.id).as_ref().map(Into::into);
+    view.proxy = state
+        .reports
+        .traffic
+        .of_node(node.id)
+        .as_ref()
+        .map(Into::into);
     Ok(Json(view))
 }
 
