@@ -149,6 +149,9 @@ pub async fn run_with(
         }
         None => None,
     };
+    let mut traffic = proxy
+        .as_ref()
+        .map(|_| crate::proxy::traffic::Traffic::new(metrics.proxy(), fastrand::u64(..)));
     if let (Some(proxy), Some(identity)) = (proxy.as_mut(), identity.as_ref()) {
         serve_peers(proxy, identity, &config).await?;
     }
@@ -232,6 +235,9 @@ pub async fn run_with(
                 Action::SampleStatus => {
                     if let Some(s) = sampler.as_mut() {
                         session.handle_status(s.sample());
+                    }
+                    if let Some(msg) = traffic.as_mut().and_then(|t| t.report(Instant::now())) {
+                        send_now(&mut current, &msg).await;
                     }
                 }
                 Action::Assign(a) => {
@@ -371,6 +377,9 @@ pub async fn run_with(
                         // welcome; what this node knew may be stale by now.
                         if let Some(proxy) = &proxy {
                             proxy.forget_peers();
+                        }
+                        if let Some(traffic) = traffic.as_mut() {
+                            traffic.session_opened();
                         }
                         let advert = advert(proxy.as_ref(), &config);
                         send_now(&mut current, &NodeMsg::Proxy(advert)).await;

@@ -156,6 +156,11 @@ impl Deployer {
         .1
     }
 
+    /// Runs `f` on the route book, for a reader that decides nothing with it.
+    pub fn read_routes<R>(&self, f: impl FnOnce(&RouteBook) -> R) -> R {
+        f(&self.book())
+    }
+
     fn book(&self) -> MutexGuard<'_, RouteBook> {
         // Each RouteBook call completes or panics before its messages are queued, and a
         // refresh replaces whole entries: a poisoned lock holds a consistent book.

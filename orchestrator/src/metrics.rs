@@ -92,6 +92,15 @@ pub struct NodeStatus {
     pub status: &'static str,
 }
 
+/// The `cache` of `edge_fleet_proxy_answers`: a cache outcome, from [`CACHE_OUTCOMES`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabel {
+    pub cache: &'static str,
+}
+
+/// Every `cache` value of `edge_fleet_proxy_answers`.
+pub const CACHE_OUTCOMES: [&str; 5] = ["hit", "miss", "stale", "revalidated", "bypass"];
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
@@ -208,6 +217,8 @@ pub struct Metrics {
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
     pub instance_transitions: Family<StateLabel, Counter>,
+    pub fleet_proxy_answers: Family<CacheLabel, Counter>,
+    pub fleet_proxy_errors: Counter,
 }
 
 impl Metrics {
@@ -271,12 +282,27 @@ impl Metrics {
             "Workload instances entering a state, as their nodes report",
             m.instance_transitions.clone(),
         );
+        r.register(
+            "edge_fleet_proxy_answers",
+            "Answers the nodes' proxies gave for the fleet's routes, by cache outcome, as reported",
+            m.fleet_proxy_answers.clone(),
+        );
+        r.register(
+            "edge_fleet_proxy_errors",
+            "Answers with a 5xx status the nodes' proxies gave for the fleet's routes, as reported",
+            m.fleet_proxy_errors.clone(),
+        );
         m.initialise_series();
         m
     }
 
     /// Creates every series of every label from a fixed set, at 0.
     fn initialise_series(&self) {
+        for cache in CACHE_OUTCOMES {
+            self.fleet_proxy_answers
+                .get_or_create(&CacheLabel { cache })
+                .inc_by(0);
+        }
         for status in ["online", "offline"] {
             self.nodes.get_or_create(&NodeStatus { status }).set(0);
         }

@@ -21,6 +21,8 @@ pub struct InstanceReport {
 pub struct Reports {
     /// By (workload, node): one workload's reports are one range.
     last: Mutex<BTreeMap<(String, NodeId), InstanceReport>>,
+    /// What each node's proxy last reported.
+    pub traffic: crate::traffic::Traffic,
 }
 
 impl Reports {

@@ -541,6 +541,17 @@ async fn flush_actions(
                 debug!(node = %node, peer = ?advert.peer, "proxy advert");
                 server.deployments.proxy_advert(node, advert);
             }
+            Action::Traffic(node, report) => {
+                server.deployments.read_routes(|routes| {
+                    server.reports.traffic.record(
+                        node,
+                        &report,
+                        routes,
+                        crate::clock::now_unix(),
+                        &server.metrics,
+                    )
+                });
+            }
         }
     }
     session.is_closed()

@@ -24,10 +24,12 @@ pub mod frame;
 mod msg;
 #[cfg(feature = "quic")]
 pub mod quic;
+mod traffic;
 
 pub use bounded::{Seq, Str};
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;
+pub use traffic::{LATENCY_BUCKETS_US, RouteTraffic, TrafficReport};
 
 /// The ALPN identifier of the protocol family. Within it, [`Hello::versions`] and
 /// [`Welcome::version`] negotiate the exact message set.

@@ -154,6 +154,8 @@ pub enum NodeMsg {
     Workload(Box<WorkloadReport>),
     /// Where peers reach this node's proxy; sent after every `Welcome` and when it changes.
     Proxy(ProxyAdvert),
+    /// What the node's proxy counted, by route; with the status reports, when it changed.
+    Traffic(Box<crate::TrafficReport>),
 }
 
 /// The orchestrator accepted a session.

@@ -1047,3 +1047,159 @@ proptest! {
         let _ = decode::<NodeMsg>(&body);
     }
 }
+
+fn traffic() -> TrafficReport {
+    TrafficReport {
+        epoch: 0x102,
+        routes: Seq::new(vec![RouteTraffic {
+            route: text("shop"),
+            requests: 10,
+            hit: 4,
+            miss: 5,
+            stale: 1,
+            revalidated: 0,
+            bypass: 0,
+            errors_5xx: 1,
+            retries: 2,
+            breaker_opens: 0,
+            latency: Seq::new(vec![3, 7]).expect("fits"),
+        }])
+        .expect("fits"),
+    }
+}
+
+fn largest_traffic() -> TrafficReport {
+    let name = "r".repeat(MAX_NAME_LEN);
+    let route = RouteTraffic {
+        route: text(&name),
+        requests: u64::MAX,
+        hit: u64::MAX,
+        miss: u64::MAX,
+        stale: u64::MAX,
+        revalidated: u64::MAX,
+        bypass: u64::MAX,
+        errors_5xx: u64::MAX,
+        retries: u64::MAX,
+        breaker_opens: u64::MAX,
+        latency: Seq::new(vec![u64::MAX; TrafficReport::MAX_LATENCY_SLOTS]).expect("fits"),
+    };
+    TrafficReport {
+        epoch: u64::MAX,
+        routes: Seq::new(vec![route; TrafficReport::MAX_ROUTES]).expect("fits"),
+    }
+}
+
+/// The proxy's traffic report, pinned like the rest.
+#[test]
+fn golden_bytes_of_traffic() {
+    assert_eq!(
+        hex(&encode(&NodeMsg::Traffic(Box::new(traffic())))),
+        "00000015088202010473686f700a0405010000010200020307",
+    );
+    assert_eq!(
+        hex(&encode(&NodeMsg::Traffic(Box::default()))),
+        "00000003080000",
+    );
+    assert_eq!(
+        LATENCY_BUCKETS_US.len() + 1,
+        17,
+        "the node's slots fit the wire's"
+    );
+    const { assert!(LATENCY_BUCKETS_US.len() < TrafficReport::MAX_LATENCY_SLOTS) };
+}
+
+#[test]
+fn the_largest_traffic_report_fits_one_frame_and_round_trips() {
+    let msg = NodeMsg::Traffic(Box::new(largest_traffic()));
+    let frame = try_encode(&msg).expect("fits a frame");
+    assert!(frame.len() <= MAX_FRAME_LEN + 4, "{} bytes", frame.len());
+    assert_eq!(decode::<NodeMsg>(&frame[4..]), Ok(msg));
+}
+
+#[test]
+fn traffic_over_its_bounds_or_malformed_is_refused() {
+    // 129 routes where 128 fit: the count is the byte after the tag and the epoch.
+    let mut report = largest_traffic();
+    let one = report.routes.as_slice()[0].clone();
+    report.routes = Seq::new(vec![one; 1]).expect("fits");
+    let frame = encode(&NodeMsg::Traffic(Box::new(report)));
+    let body = &frame[4..];
+    let count_at = 1 + 10;
+    assert_eq!(body[count_at], 1);
+    let entry = &body[count_at + 1..];
+    let with_routes = |n: usize| {
+        let mut out = body[..count_at].to_vec();
+        let mut count = n;
+        while count >= 0x80 {
+            out.push((count as u8 & 0x7f) | 0x80);
+            count >>= 7;
+        }
+        out.push(count as u8);
+        for _ in 0..n {
+            out.extend(entry);
+        }
+        out
+    };
+    assert!(decode::<NodeMsg>(&with_routes(TrafficReport::MAX_ROUTES)).is_ok());
+    malformed_node(&with_routes(TrafficReport::MAX_ROUTES + 1));
+    // A count that claims far more allocates nothing it claims.
+    let mut huge = body[..count_at].to_vec();
+    huge.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+    malformed_node(&huge);
+    // 33 latency slots where 32 fit: the slots end the entry.
+    let mut body33 = body.to_vec();
+    let slots_at = body33.len() - 1 - 10 * TrafficReport::MAX_LATENCY_SLOTS;
+    assert_eq!(
+        usize::from(body33[slots_at]),
+        TrafficReport::MAX_LATENCY_SLOTS
+    );
+    body33[slots_at] += 1;
+    body33.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    malformed_node(&body33);
+    // A route name one byte over its bound.
+    let mut long = vec![8u8, 1, 1, 64];
+    long.extend([b'r'; 64]);
+    long.extend([0; 9]);
+    long.push(0);
+    malformed_node(&long);
+    // Cut short, and a counter that overflows u64.
+    malformed_node(&body[..body.len() - 3]);
+    let mut over = vec![8u8, 1, 1, 1, b's'];
+    over.extend([0xff; 10]);
+    over.push(0x7f);
+    malformed_node(&over);
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic_the_traffic_decoder(
+        tail in proptest::collection::vec(any::<u8>(), 0..1024),
+    ) {
+        let mut body = vec![8u8];
+        body.extend(&tail);
+        let _ = decode::<NodeMsg>(&body);
+    }
+
+    #[test]
+    fn traffic_reports_round_trip(
+        epoch in any::<u64>(),
+        counts in proptest::collection::vec((arb_text::<63>(), any::<u64>(), proptest::collection::vec(any::<u64>(), 0..32)), 0..8),
+    ) {
+        let routes = counts
+            .into_iter()
+            .map(|(route, n, latency)| RouteTraffic {
+                route,
+                requests: n,
+                hit: n / 2,
+                errors_5xx: n / 3,
+                latency: Seq::new(latency).expect("fits"),
+                ..RouteTraffic::default()
+            })
+            .collect();
+        let msg = NodeMsg::Traffic(Box::new(TrafficReport {
+            epoch,
+            routes: Seq::new(routes).expect("fits"),
+        }));
+        prop_assert_eq!(decode::<NodeMsg>(&encode(&msg)[4..]), Ok(msg));
+    }
+}

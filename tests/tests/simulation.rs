@@ -347,7 +347,8 @@ impl Sim {
             server::Action::Event(e) => self.trace.push(format!("{:?} {e:?}", self.elapsed())),
             server::Action::Admission(..)
             | server::Action::WorkloadReport(..)
-            | server::Action::ProxyAdvert(..) => {}
+            | server::Action::ProxyAdvert(..)
+            | server::Action::Traffic(..) => {}
         }
     }
 

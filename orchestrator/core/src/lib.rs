@@ -14,6 +14,8 @@
 //!   trait.
 //! - [`deploy`]: the deployments controller: specs in, placements and messages out.
 //! - [`routes`]: where every exposed workload runs, as the nodes' proxies route to peers.
+//! - [`traffic`]: the nodes' latest proxy traffic reports, cut to the routes the fleet
+//!   serves, and what each adds to the fleet's totals.
 //! - [`store`]: the [`store::Store`] trait the shells implement, the records it keeps, and
 //!   [`store::MemStore`] for simulations and tests.
 //!
@@ -34,4 +36,5 @@ pub mod scheduler;
 pub mod session;
 pub mod store;
 pub mod tokens;
+pub mod traffic;
 pub mod workload;

@@ -74,6 +74,8 @@ pub enum Action {
     WorkloadReport(NodeId, WorkloadReport),
     /// The node said where peers reach its proxy (or that they cannot).
     ProxyAdvert(NodeId, ProxyAdvert),
+    /// What the node's proxy counted, by route.
+    Traffic(NodeId, Box<edge_proto::TrafficReport>),
 }
 
 /// Operator-facing outcomes of a connection. See `events` for the log lines and metrics.
@@ -301,6 +303,9 @@ impl ServerSession {
             }
             (State::Established { node }, NodeMsg::Proxy(advert)) => {
                 self.actions.push_back(Action::ProxyAdvert(node, advert));
+            }
+            (State::Established { node }, NodeMsg::Traffic(report)) => {
+                self.actions.push_back(Action::Traffic(node, report));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,
@@ -552,5 +557,6 @@ fn kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::Admission(_) => "admission",
         NodeMsg::Workload(_) => "workload report",
         NodeMsg::Proxy(_) => "proxy advert",
+        NodeMsg::Traffic(_) => "traffic report",
     }
 }

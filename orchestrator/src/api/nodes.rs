@@ -88,9 +88,14 @@ async fn get_node(
         .find(&name_or_id)
         .ok_or_else(|| no_such_node(&name_or_id))?;
     let conflict = fleet.conflict(node.id, crate::clock::now_unix());
-    Ok(Json(
-        NodeView::new(node, fleet.is_online(node.id)).with_conflict(conflict),
-    ))
+    let mut view = NodeView::new(node, fleet.is_online(node.id)).with_conflict(conflict);
+    view.proxy = state
+        .reports
+        .traffic
+        .of_node(node.id)
+        .as_ref()
+        .map(Into::into);
+    Ok(Json(view))
 }
 
 pub(super) fn no_such_node(name_or_id: &str) -> ApiError {
@@ -108,6 +113,7 @@ async fn delete_node(
         .find(&name_or_id)
         .map(|n| n.id)
         .ok_or_else(|| no_such_node(&name_or_id))?;
+    let reports = state.reports.clone();
     // The store flushes to disk; keep that off the async workers.
     let deleted = tokio::task::spawn_blocking(move || {
         node_admin::delete_node(&state.registry, &state.links, &state.deployments, id)
@@ -116,6 +122,7 @@ async fn delete_node(
     .map_err(internal)?
     .map_err(internal)?;
     if deleted {
+        reports.traffic.forget_node(id);
         tracing::info!(node = %id, name = %name_or_id, "node deleted by the API");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -45,6 +45,9 @@ pub struct NodeView {
     /// Another machine presents this node's identity; absent when none did lately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<ConflictView>,
+    /// What the node's proxy last reported, by route; absent when it has not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyView>,
 }
 
 /// Another machine presented this node's identity while the node's session was live (a
@@ -120,6 +123,7 @@ impl NodeView {
             }),
             cordoned: node.cordoned,
             conflict: None,
+            proxy: None,
         }
     }
 
@@ -305,6 +309,9 @@ pub struct WorkloadView {
     /// When fewer instances are placed than wanted: why each node without one has none.
     pub unplaced: Vec<UnplacedView>,
     pub spec: serde_json::Value,
+    /// Its route's traffic summed over the nodes' proxies; absent until one reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficView>,
 }
 
 /// One instance: where it is and what its node last said.
@@ -360,6 +367,84 @@ impl ArtifactView {
         Self {
             digest: to_prefixed(digest),
             size,
+        }
+    }
+}
+
+/// A node's proxy traffic, as it last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyView {
+    pub routes: Vec<RouteTrafficView>,
+    /// RFC 3339, UTC: when the report came.
+    pub reported_at: String,
+}
+
+/// One route's counters on one node, since its proxy started counting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteTrafficView {
+    pub route: String,
+    #[serde(flatten)]
+    pub traffic: TrafficCountsView,
+}
+
+/// A workload's route, summed over the nodes that reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficView {
+    #[serde(flatten)]
+    pub traffic: TrafficCountsView,
+    /// RFC 3339, UTC: the latest of the reports summed.
+    pub reported_at: String,
+}
+
+/// Answers by cache outcome, 5xx answers, retries, breaker openings, and latency quantiles
+/// (milliseconds, from the proxies' histograms; `null` before any answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficCountsView {
+    pub requests: u64,
+    pub hit: u64,
+    pub miss: u64,
+    pub stale: u64,
+    pub revalidated: u64,
+    /// Past the cache or not storable.
+    pub bypass: u64,
+    pub errors_5xx: u64,
+    pub retries: u64,
+    pub breaker_opens: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl From<&orchestrator_core::traffic::Counts> for TrafficCountsView {
+    fn from(c: &orchestrator_core::traffic::Counts) -> Self {
+        let summary = c.summary();
+        Self {
+            requests: c.requests,
+            hit: c.hit,
+            miss: c.miss,
+            stale: c.stale,
+            revalidated: c.revalidated,
+            bypass: c.bypass,
+            errors_5xx: c.errors_5xx,
+            retries: c.retries,
+            breaker_opens: c.breaker_opens,
+            p50_ms: summary.p50_ms,
+            p99_ms: summary.p99_ms,
+        }
+    }
+}
+
+impl From<&orchestrator_core::traffic::NodeTraffic> for ProxyView {
+    fn from(t: &orchestrator_core::traffic::NodeTraffic) -> Self {
+        Self {
+            routes: t
+                .routes
+                .iter()
+                .map(|(route, counts)| RouteTrafficView {
+                    route: route.clone(),
+                    traffic: counts.into(),
+                })
+                .collect(),
+            reported_at: rfc3339(t.reported_unix),
         }
     }
 }

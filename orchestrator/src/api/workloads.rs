@@ -94,6 +94,15 @@ fn view(state: &ApiState, d: DeploymentView) -> WorkloadView {
         Some(p) => p.to_owned(),
         None => "replicas".to_owned(),
     };
+    let traffic =
+        state
+            .reports
+            .traffic
+            .of_route(&d.name)
+            .map(|(counts, at)| super::views::TrafficView {
+                traffic: (&counts).into(),
+                reported_at: super::time::rfc3339(at),
+            });
     WorkloadView {
         name: d.name,
         version: d.version,
@@ -121,6 +130,7 @@ fn view(state: &ApiState, d: DeploymentView) -> WorkloadView {
                 detail: serde_json::to_value(&r.reason).unwrap_or_default(),
             })
             .collect(),
+        traffic,
         spec: d.spec,
     }
 }

@@ -50,6 +50,7 @@ environment:
   GREETING        the greeting (default \"hello\")
   EDGE_NODE_NAME  the node's name, shown instead of the host name when set
   EDGE_NODE_ADDRESS  the default for --bind (set by edge-node when it has a local address)
+  MAX_AGE_SECS    answer `GET /` with `Cache-Control: max-age=SECS` (default: no such header)
 ";
 
 /// What the command line asks for.
@@ -118,6 +119,8 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, Strin
 struct App {
     /// The body of `GET /`.
     hello: String,
+    /// `Cache-Control: max-age` of `GET /`, from `MAX_AGE_SECS`; none without it.
+    max_age_secs: Option<u32>,
 }
 
 impl App {
@@ -128,6 +131,7 @@ impl App {
             .unwrap_or_else(|| "unknown".into());
         Self {
             hello: format!("{greeting} from {node}\n"),
+            max_age_secs: env_nonempty("MAX_AGE_SECS").and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -383,6 +387,8 @@ struct Answer<'a> {
     body: Cow<'a, str>,
     /// The request was `HEAD`: the same headers, no body.
     head_only: bool,
+    /// Sent as `Cache-Control: max-age`, so a caching proxy may keep the answer.
+    max_age_secs: Option<u32>,
 }
 
 impl Answer<'_> {
@@ -392,6 +398,7 @@ impl Answer<'_> {
             reason: "OK",
             body: Cow::Borrowed(body),
             head_only,
+            max_age_secs: None,
         }
     }
 
@@ -401,6 +408,7 @@ impl Answer<'_> {
             reason,
             body: Cow::Owned(format!("{}\n", reason.to_ascii_lowercase())),
             head_only: false,
+            max_age_secs: None,
         }
     }
 }
@@ -418,7 +426,10 @@ fn answer<'a>(head: &[u8], app: &'a App) -> Answer<'a> {
         _ => return Answer::error(405, "Method Not Allowed"),
     };
     match request.path {
-        "/" => Answer::ok(&app.hello, head_only),
+        "/" => Answer {
+            max_age_secs: app.max_age_secs,
+            ..Answer::ok(&app.hello, head_only)
+        },
         "/healthz" => Answer::ok("ok\n", head_only),
         _ => Answer {
             head_only,
@@ -546,6 +557,9 @@ fn render(answer: &Answer<'_>, now_secs: u64) -> Vec<u8> {
     );
     if answer.status == 405 {
         out.extend_from_slice(b"Allow: GET, HEAD\r\n");
+    }
+    if let Some(secs) = answer.max_age_secs {
+        let _ = write!(out, "Cache-Control: max-age={secs}\r\n");
     }
     out.extend_from_slice(b"\r\n");
     if !answer.head_only {
@@ -720,6 +734,7 @@ mod tests {
     fn routes() {
         let app = App {
             hello: "hi from n\n".into(),
+            max_age_secs: None,
         };
         let status = |head: &str| answer(head.as_bytes(), &app).status;
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
@@ -730,6 +745,12 @@ mod tests {
         assert_eq!(status("nonsense\r\n\r\n"), 400);
         let head = answer(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", &app);
         assert_eq!(head, Answer::ok("hi from n\n", true));
+        let cached = App {
+            max_age_secs: Some(60),
+            ..app
+        };
+        let out = render(&answer(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &cached), 0);
+        assert!(String::from_utf8_lossy(&out).contains("\r\nCache-Control: max-age=60\r\n"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Tables and summaries of the API's views, for people; `--json` bypasses all of this.
 
 use orchestrator::api::views::{
-    ApiTokenCreated, ApiTokenView, ArtifactView, NodeView, TokenCreated, TokenView, WorkloadView,
+    ApiTokenCreated, ApiTokenView, ArtifactView, NodeView, TokenCreated, TokenView,
+    TrafficCountsView, WorkloadView,
 };
 use std::fmt::Write as _;
 
@@ -229,7 +230,39 @@ pub(crate) fn node_summary(n: &NodeView, now: u64) -> String {
         ),
     };
     let _ = writeln!(out, "{:<14}{load}", "Load:");
+    if let Some(p) = &n.proxy {
+        let _ = writeln!(out, "{:<14}reported {}", "Proxy:", p.reported_at);
+        let mut rows = vec![traffic_header("ROUTE")];
+        for r in &p.routes {
+            rows.push(traffic_row(&r.route, &r.traffic));
+        }
+        out.push_str(&table(&rows));
+    }
     out
+}
+
+fn traffic_header(first: &str) -> Vec<String> {
+    [
+        first, "REQUESTS", "HIT", "MISS", "STALE", "REVAL", "5XX", "RETRIES", "P50", "P99",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn traffic_row(first: &str, t: &TrafficCountsView) -> Vec<String> {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}ms"));
+    vec![
+        first.to_owned(),
+        t.requests.to_string(),
+        t.hit.to_string(),
+        t.miss.to_string(),
+        t.stale.to_string(),
+        t.revalidated.to_string(),
+        t.errors_5xx.to_string(),
+        t.retries.to_string(),
+        ms(t.p50_ms),
+        ms(t.p99_ms),
+    ]
 }
 
 pub(crate) fn token_created(t: &TokenCreated) -> String {
@@ -364,6 +397,13 @@ pub(crate) fn workload_summary(w: &WorkloadView) -> String {
         out.push_str(&table(&rows));
     }
     out.push_str(&routes(&w.spec));
+    if let Some(t) = &w.traffic {
+        let rows = [
+            traffic_header("TRAFFIC"),
+            traffic_row("all nodes", &t.traffic),
+        ];
+        out.push_str(&table(&rows));
+    }
     out.push_str(&unplaced(w));
     out
 }
