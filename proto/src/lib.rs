@@ -22,12 +22,14 @@ pub mod digest;
 pub mod field;
 pub mod frame;
 mod msg;
+mod purge;
 #[cfg(feature = "quic")]
 pub mod quic;
 
 pub use bounded::{Seq, Str};
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;
+pub use purge::{PurgeReply, PurgeRequest};
 
 /// The ALPN identifier of the protocol family. Within it, [`Hello::versions`] and
 /// [`Welcome::version`] negotiate the exact message set.
