@@ -13,6 +13,7 @@
 //! - [`scheduler`]: filter, score and bind, with the score behind the [`scheduler::Score`]
 //!   trait.
 //! - [`deploy`]: the deployments controller: specs in, placements and messages out.
+//! - [`purge`]: a cache purge request checked by field, the nodes it targets, its answer.
 //! - [`routes`]: where every exposed workload runs, as the nodes' proxies route to peers.
 //! - [`store`]: the [`store::Store`] trait the shells implement, the records it keeps, and
 //!   [`store::MemStore`] for simulations and tests.
@@ -29,6 +30,7 @@
 pub mod access;
 pub mod deploy;
 pub mod fleet;
+pub mod purge;
 pub mod routes;
 pub mod scheduler;
 pub mod session;
