@@ -1,6 +1,8 @@
-//! Streams the orchestrator opens on the node's connection. Today that is one kind: a
-//! workload's log (`OrchStreamOpen::Logs`), answered with a `LogsReply`, then the last lines
-//! the supervisor kept, then, when asked to follow, every new line as it is printed.
+//! Streams the orchestrator opens on the node's connection: a workload's log
+//! (`OrchStreamOpen::Logs`), answered with a `LogsReply`, then the last lines the supervisor
+//! kept, then, when asked to follow, every new line as it is printed; and a purge of the
+//! proxy's cache (`OrchStreamOpen::Purge`, carried out by [`crate::proxy::purge`]), answered
+//! with one `PurgeReply`.
 //!
 //! Each stream is its own task. A stream that says nothing in time, or says something that is
 //! not a header the node serves, is reset; the connection and every other stream carry on.
@@ -9,6 +11,7 @@
 //! loses lines (and is told how many), never slows the workload or grows the node's memory.
 
 use crate::supervisor::Supervisor;
+use edge_proxy::cache::Cache;
 use edge_proto::quic::{ReadError, WriteError, read_frame, write_msg};
 use edge_proto::{DecodeError, LogLines, LogsReply, LogsRequest, OrchStreamOpen, decode};
 use std::time::Duration;
@@ -66,11 +69,12 @@ enum Served {
 
 /// Accepts the streams the orchestrator opens on `conn` until the connection ends, serving
 /// each in a task of its own.
-pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
+/// `cache` is the proxy's, `None` on a node without `[proxy]`.
+pub async fn serve(conn: quinn::Connection, supervisor: Supervisor, cache: Option<Cache>) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(supervisor.clone(), send, recv));
+                tokio::spawn(serve_stream(supervisor.clone(), cache.clone(), send, recv));
             }
             Err(error) => {
                 debug!(%error, "no more streams from the orchestrator on this connection");
@@ -82,11 +86,22 @@ pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
 
 async fn serve_stream(
     supervisor: Supervisor,
+    cache: Option<Cache>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let req = match read_header(&mut recv).await {
         Ok(OrchStreamOpen::Logs(req)) => req,
+        Ok(OrchStreamOpen::Purge(req)) => {
+            let reply = crate::proxy::purge::purge(cache.as_ref(), req).await;
+            match write_msg(&mut send, &reply).await {
+                Ok(()) => {
+                    let _ = send.finish();
+                }
+                Err(error) => ended(&mut send, &mut recv, None, &StreamError::Write(error)),
+            }
+            return;
+        }
         Err(error) => return ended(&mut send, &mut recv, None, &error),
     };
     let workload = req.workload.clone();

@@ -14,6 +14,7 @@
 //! first, and the proxy reaches peers as this node.
 
 pub mod peers;
+pub mod purge;
 
 use crate::supervisor::{InstanceStatus, State, Supervisor, WorkloadSpec};
 use edge_proto::{Location, NodeId, WorkloadRoutes};
