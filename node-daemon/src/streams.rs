@@ -11,9 +11,9 @@
 //! loses lines (and is told how many), never slows the workload or grows the node's memory.
 
 use crate::supervisor::Supervisor;
-use edge_proxy::cache::Cache;
 use edge_proto::quic::{ReadError, WriteError, read_frame, write_msg};
 use edge_proto::{DecodeError, LogLines, LogsReply, LogsRequest, OrchStreamOpen, decode};
+use edge_proxy::cache::Cache;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{debug, warn};

@@ -46,8 +46,8 @@ impl Server {
             .expect("the server answers");
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().expect("a body");
-        let json = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        let json =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
         (status, json)
     }
 
@@ -58,7 +58,11 @@ impl Server {
     /// Asserts a 400 and returns its message.
     fn refused(&self, body: &str) -> String {
         let (status, json) = self.purge(body);
-        assert_eq!((status, &json["error"]), (400, &json!("bad_request")), "{body}: {json}");
+        assert_eq!(
+            (status, &json["error"]),
+            (400, &json!("bad_request")),
+            "{body}: {json}"
+        );
         json["message"].as_str().expect("a message").to_owned()
     }
 
@@ -113,22 +117,39 @@ fn bad_purges_are_refused_naming_the_field() {
     // No token, a bad one, too low a role.
     let body = br#"{"host": "shop.example", "path": "/menu.json"}"#.to_vec();
     let (status, json) = s.purge_raw(None, body.clone());
-    assert_eq!((status, &json["error"]), (401, &json!("unauthorized")), "{json}");
+    assert_eq!(
+        (status, &json["error"]),
+        (401, &json!("unauthorized")),
+        "{json}"
+    );
     let (status, _) = s.purge_raw(Some("not-a-token"), body.clone());
     assert_eq!(status, 401);
     let viewer = s.api.token("dash", Role::Viewer);
     let (status, json) = s.purge_raw(Some(&viewer), body);
-    assert_eq!((status, &json["error"]), (403, &json!("forbidden")), "{json}");
+    assert_eq!(
+        (status, &json["error"]),
+        (403, &json!("forbidden")),
+        "{json}"
+    );
 
     // Not JSON, or not this shape.
     assert!(s.refused(r#"{"host": "#).starts_with("malformed JSON"));
     assert!(s.refused("[1]").contains("invalid type"));
-    assert!(s.refused(r#"{"path": "/", "host": "a.b", "extra": 1}"#).contains("extra"));
-    assert!(s.refused(r#"{"path": null, "host": "a.b"}"#).starts_with("path: "));
+    assert!(
+        s.refused(r#"{"path": "/", "host": "a.b", "extra": 1}"#)
+            .contains("extra")
+    );
+    assert!(
+        s.refused(r#"{"path": null, "host": "a.b"}"#)
+            .starts_with("path: ")
+    );
 
     // Exactly one of path and path_prefix; a path needs its host.
     let m = s.refused(r#"{"host": "a.b", "path": "/x", "path_prefix": "/"}"#);
-    assert!(m.starts_with("path_prefix: ") && m.contains("not both"), "{m}");
+    assert!(
+        m.starts_with("path_prefix: ") && m.contains("not both"),
+        "{m}"
+    );
     let m = s.refused(r#"{"host": "a.b"}"#);
     assert!(m.starts_with("path: missing"), "{m}");
     let m = s.refused(r#"{"path": "/menu.json"}"#);
@@ -137,15 +158,30 @@ fn bad_purges_are_refused_naming_the_field() {
     // Hosts and paths by the routes' rules.
     let m = s.refused(r#"{"host": "shop example", "path": "/x"}"#);
     assert!(m.starts_with("host: ") && m.contains("shop example"), "{m}");
-    assert!(s.refused(r#"{"host": "-a.b", "path_prefix": "/"}"#).starts_with("host: "));
-    assert!(s.refused(r#"{"host": "a.b", "path": "menu"}"#).starts_with("path: "));
-    assert!(s.refused(r#"{"path_prefix": "img/"}"#).starts_with("path_prefix: "));
-    assert!(s.refused(r#"{"path_prefix": "/a/../b"}"#).starts_with("path_prefix: "));
+    assert!(
+        s.refused(r#"{"host": "-a.b", "path_prefix": "/"}"#)
+            .starts_with("host: ")
+    );
+    assert!(
+        s.refused(r#"{"host": "a.b", "path": "menu"}"#)
+            .starts_with("path: ")
+    );
+    assert!(
+        s.refused(r#"{"path_prefix": "img/"}"#)
+            .starts_with("path_prefix: ")
+    );
+    assert!(
+        s.refused(r#"{"path_prefix": "/a/../b"}"#)
+            .starts_with("path_prefix: ")
+    );
 
     // Where it goes.
     let m = s.refused(r#"{"path_prefix": "/", "node": "n1", "selector": {"site": "x"}}"#);
     assert!(m.starts_with("selector: "), "{m}");
-    assert!(s.refused(r#"{"path_prefix": "/", "selector": {}}"#).starts_with("selector: "));
+    assert!(
+        s.refused(r#"{"path_prefix": "/", "selector": {}}"#)
+            .starts_with("selector: ")
+    );
 
     // Over the body limit.
     let huge = format!(
@@ -153,12 +189,25 @@ fn bad_purges_are_refused_naming_the_field() {
         "x".repeat(api::MAX_BODY_BYTES)
     );
     let (status, json) = s.purge(&huge);
-    assert_eq!((status, &json["error"]), (413, &json!("too_large")), "{json}");
+    assert_eq!(
+        (status, &json["error"]),
+        (413, &json!("too_large")),
+        "{json}"
+    );
 
     // An unknown node.
     let (status, json) = s.purge(r#"{"path_prefix": "/", "node": "nowhere"}"#);
-    assert_eq!((status, &json["error"]), (404, &json!("not_found")), "{json}");
-    assert!(json["message"].as_str().is_some_and(|m| m.contains("nowhere")), "{json}");
+    assert_eq!(
+        (status, &json["error"]),
+        (404, &json!("not_found")),
+        "{json}"
+    );
+    assert!(
+        json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nowhere")),
+        "{json}"
+    );
 }
 
 #[test]
@@ -181,12 +230,18 @@ fn a_purge_reaches_the_node_the_selector_or_the_fleet_and_reports_each() {
         )
     );
     let (status, json) = s.purge(r#"{"path_prefix": "/img/", "selector": {"site": "berlin"}}"#);
-    assert_eq!((status, json), (200, json!({"nodes": [offline("berlin-1")], "purged": 0})));
+    assert_eq!(
+        (status, json),
+        (200, json!({"nodes": [offline("berlin-1")], "purged": 0}))
+    );
     let (status, json) = s.purge(&format!(
         r#"{{"path_prefix": "/img/", "node": "{}"}}"#,
         NodeId([2; 16])
     ));
-    assert_eq!((status, json), (200, json!({"nodes": [offline("paris-1")], "purged": 0})));
+    assert_eq!(
+        (status, json),
+        (200, json!({"nodes": [offline("paris-1")], "purged": 0}))
+    );
     let (status, json) =
         s.purge(r#"{"path_prefix": "/", "selector": {"site": "berlin", "tier": "shop"}}"#);
     assert_eq!((status, json), (200, json!({"nodes": [], "purged": 0})));

@@ -92,7 +92,11 @@ fn cache(proxy: SocketAddr, origin: &Origin, path: &str) {
     assert!(head.contains("; stored"), "{head}");
     let (_, head, _) = get(proxy, "shop.example", path);
     assert!(head.contains("cache-status: edge-1; hit;"), "{head}");
-    assert_eq!(origin.seen(path), before + 1, "the hit never reached the origin");
+    assert_eq!(
+        origin.seen(path),
+        before + 1,
+        "the hit never reached the origin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,9 +136,10 @@ async fn a_purged_response_comes_from_the_origin_again_and_every_node_reports() 
     let bare = run_node(&node_config(dir.path(), "edge-2", "", &quic, &join));
     for name in ["edge-1", "edge-2"] {
         assert!(
-            eventually(PATIENCE, || ctl.status_of(name).as_deref() == Some("online"))
-                .await
-                .is_some(),
+            eventually(PATIENCE, || ctl.status_of(name).as_deref()
+                == Some("online"))
+            .await
+            .is_some(),
             "{name} came online"
         );
     }
@@ -142,10 +147,24 @@ async fn a_purged_response_comes_from_the_origin_again_and_every_node_reports() 
     // One key, on one node: purged, so the next request goes to the origin again.
     cache(proxy, &origin, "/menu.json");
     let out = ctl.run(&[
-        "cache", "purge", "--host", "shop.example", "--path", "/menu.json", "--node", "edge-1",
+        "cache",
+        "purge",
+        "--host",
+        "shop.example",
+        "--path",
+        "/menu.json",
+        "--node",
+        "edge-1",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "edge-1  purged 1 response\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "edge-1  purged 1 response\n"
+    );
     let logged = line_with(&lines, "proxy cache purged");
     assert!(
         logged.contains("purged=1") && logged.contains("kind=\"key\""),
@@ -153,19 +172,42 @@ async fn a_purged_response_comes_from_the_origin_again_and_every_node_reports() 
     );
     let (status, head, _) = get(proxy, "shop.example", "/menu.json");
     assert_eq!(status, 200);
-    assert!(head.contains("cache-status: edge-1; fwd=uri-miss;"), "{head}");
+    assert!(
+        head.contains("cache-status: edge-1; fwd=uri-miss;"),
+        "{head}"
+    );
     assert_eq!(origin.seen("/menu.json"), 2);
     // Purging it again finds nothing.
     let again = ctl.json(&[
-        "cache", "purge", "--host", "shop.example", "--path", "/nothing", "--node", "edge-1",
+        "cache",
+        "purge",
+        "--host",
+        "shop.example",
+        "--path",
+        "/nothing",
+        "--node",
+        "edge-1",
     ]);
-    assert_eq!(again, json!({"nodes": [{"node": "edge-1", "purged": 0}], "purged": 0}));
+    assert_eq!(
+        again,
+        json!({"nodes": [{"node": "edge-1", "purged": 0}], "purged": 0})
+    );
 
     // A prefix, on the nodes a selector picks, as JSON.
     cache(proxy, &origin, "/img/a.png");
     cache(proxy, &origin, "/img/b.png");
-    let purged = ctl.json(&["cache", "purge", "--prefix", "/img/", "--selector", "site=berlin"]);
-    assert_eq!(purged, json!({"nodes": [{"node": "edge-1", "purged": 2}], "purged": 2}));
+    let purged = ctl.json(&[
+        "cache",
+        "purge",
+        "--prefix",
+        "/img/",
+        "--selector",
+        "site=berlin",
+    ]);
+    assert_eq!(
+        purged,
+        json!({"nodes": [{"node": "edge-1", "purged": 2}], "purged": 2})
+    );
     let (_, head, _) = get(proxy, "shop.example", "/img/a.png");
     assert!(head.contains("fwd=uri-miss"), "{head}");
     assert_eq!(origin.seen("/img/a.png"), 2);
@@ -190,9 +232,10 @@ async fn a_purged_response_comes_from_the_origin_again_and_every_node_reports() 
     // Offline: an error of its own, and the call still answers at once.
     drop(bare);
     assert!(
-        eventually(PATIENCE, || ctl.status_of("edge-2").as_deref() == Some("offline"))
-            .await
-            .is_some(),
+        eventually(PATIENCE, || ctl.status_of("edge-2").as_deref()
+            == Some("offline"))
+        .await
+        .is_some(),
         "edge-2 went offline"
     );
     cache(proxy, &origin, "/menu.json");

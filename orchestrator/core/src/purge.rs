@@ -21,19 +21,39 @@ use std::collections::BTreeMap;
 #[serde(deny_unknown_fields)]
 pub struct PurgeBody {
     /// The host the responses were cached for (a DNS name or an IP address, no port).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub host: Option<String>,
     /// One target: a path with its query, as requested (`/menu.json?lang=de`).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub path: Option<String>,
     /// Every target whose path starts with this.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub path_prefix: Option<String>,
     /// Only this node (name or id).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub node: Option<String>,
     /// Only the nodes that carry every one of these labels.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub selector: Option<BTreeMap<String, String>>,
 }
 
@@ -324,15 +344,25 @@ mod tests {
 
     #[test]
     fn a_selector_needs_every_label() {
-        let labels: BTreeMap<String, String> =
-            [("site", "berlin"), ("tier", "shop")].map(|(k, v)| (k.into(), v.into())).into();
+        let labels: BTreeMap<String, String> = [("site", "berlin"), ("tier", "shop")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
         let sel = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
         };
         assert!(selector_matches(&sel(&[("site", "berlin")]), &labels));
-        assert!(selector_matches(&sel(&[("site", "berlin"), ("tier", "shop")]), &labels));
+        assert!(selector_matches(
+            &sel(&[("site", "berlin"), ("tier", "shop")]),
+            &labels
+        ));
         assert!(!selector_matches(&sel(&[("site", "paris")]), &labels));
-        assert!(!selector_matches(&sel(&[("site", "berlin"), ("x", "y")]), &labels));
+        assert!(!selector_matches(
+            &sel(&[("site", "berlin"), ("x", "y")]),
+            &labels
+        ));
     }
 
     #[test]
