@@ -22,6 +22,8 @@ use tracing::{debug, warn};
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The code a refused stream is reset and stopped with.
 const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// The code a purge stream is reset with when the purge itself failed.
+const PURGE_FAILED: quinn::VarInt = quinn::VarInt::from_u32(2);
 /// Lines taken from a follow feed before they are sent. One batch packs into a few frames.
 const FOLLOW_BATCH_LINES: usize = LogLines::MAX_LINES;
 
@@ -93,7 +95,15 @@ async fn serve_stream(
     let req = match read_header(&mut recv).await {
         Ok(OrchStreamOpen::Logs(req)) => req,
         Ok(OrchStreamOpen::Purge(req)) => {
-            let reply = crate::proxy::purge::purge(cache.as_ref(), req).await;
+            let reply = match crate::proxy::purge::purge(cache.as_ref(), req).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    // No answer is better than a wrong one: the orchestrator sees the reset.
+                    warn!(%error, "cache purge failed");
+                    let _ = send.reset(PURGE_FAILED);
+                    return;
+                }
+            };
             match write_msg(&mut send, &reply).await {
                 Ok(()) => {
                     let _ = send.finish();

@@ -7,13 +7,22 @@
 
 use edge_proto::{PurgeReply, PurgeRequest};
 use edge_proxy::cache::{Cache, Purge};
-use tracing::{info, warn};
+use tracing::info;
+
+/// Why a purge has no answer to give.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// The purge panicked on the blocking pool: what it removed is gone, nothing is known of
+    /// the rest. Our bug; the stream is reset, so the orchestrator reports the node failed.
+    #[error("the purge failed: {0}")]
+    Panicked(String),
+}
 
 /// Carries out `req` on `cache` (`None`: the node runs no proxy) and says what came of it.
-pub async fn purge(cache: Option<&Cache>, req: PurgeRequest) -> PurgeReply {
+pub async fn purge(cache: Option<&Cache>, req: PurgeRequest) -> Result<PurgeReply, PurgeError> {
     let Some(cache) = cache.cloned() else {
         info!("cache purge asked of a node without [proxy]: nothing to purge");
-        return PurgeReply::NoCache;
+        return Ok(PurgeReply::NoCache);
     };
     let target = to_cache(req);
     let (kind, host, path) = match &target {
@@ -23,19 +32,13 @@ pub async fn purge(cache: Option<&Cache>, req: PurgeRequest) -> PurgeReply {
         } => ("key", Some(host.clone()), path_and_query.clone()),
         Purge::Prefix { host, path_prefix } => ("prefix", host.clone(), path_prefix.clone()),
     };
-    match tokio::task::spawn_blocking(move || cache.purge(&target)).await {
-        Ok(n) => {
-            info!(purged = n, kind, host = host.as_deref().unwrap_or("*"), %path, "proxy cache purged");
-            PurgeReply::Purged {
-                count: u64::try_from(n).unwrap_or(u64::MAX),
-            }
-        }
-        Err(error) => {
-            // The purge panicked: what it removed is gone, nothing is known of the rest.
-            warn!(%error, kind, %path, "proxy cache purge failed");
-            PurgeReply::Purged { count: 0 }
-        }
-    }
+    let n = tokio::task::spawn_blocking(move || cache.purge(&target))
+        .await
+        .map_err(|e| PurgeError::Panicked(e.to_string()))?;
+    info!(purged = n, kind, host = host.as_deref().unwrap_or("*"), %path, "proxy cache purged");
+    Ok(PurgeReply::Purged {
+        count: u64::try_from(n).unwrap_or(u64::MAX),
+    })
 }
 
 /// The wire's request as the cache names the same thing.
@@ -74,6 +77,6 @@ mod tests {
             host: None,
             path_prefix: Str::new("/").expect("fits"),
         };
-        assert_eq!(purge(None, req).await, PurgeReply::NoCache);
+        assert!(matches!(purge(None, req).await, Ok(PurgeReply::NoCache)));
     }
 }
