@@ -221,7 +221,9 @@ async fn a_purged_response_comes_from_the_origin_again_and_every_node_reports() 
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "edge-1  purged 2 responses\n\
-         edge-2  not purged: the node has no proxy cache (no [proxy] in its config)\n"
+         edge-2  not purged: the node has no proxy cache (no [proxy] in its config)\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("1 of 2 nodes"),
