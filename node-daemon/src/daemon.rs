@@ -383,12 +383,13 @@ pub async fn run_with(
                         }
                         let advert = advert(proxy.as_ref(), &config);
                         send_now(&mut current, &NodeMsg::Proxy(advert)).await;
-                        // The orchestrator opens streams (logs) only on an established
+                        // The orchestrator opens streams (logs, cache purges) only on an established
                         // session; the task ends with the connection.
                         if let Some((conn, _)) = &current {
                             tokio::spawn(streams::serve(
                                 conn.clone(),
                                 workloads.supervisor().clone(),
+                                proxy.as_ref().map(|p| p.proxy().cache().clone()),
                             ));
                         }
                         for report in workloads.reports() {

@@ -1,6 +1,8 @@
-//! Streams the orchestrator opens on the node's connection. Today that is one kind: a
-//! workload's log (`OrchStreamOpen::Logs`), answered with a `LogsReply`, then the last lines
-//! the supervisor kept, then, when asked to follow, every new line as it is printed.
+//! Streams the orchestrator opens on the node's connection: a workload's log
+//! (`OrchStreamOpen::Logs`), answered with a `LogsReply`, then the last lines the supervisor
+//! kept, then, when asked to follow, every new line as it is printed; and a purge of the
+//! proxy's cache (`OrchStreamOpen::Purge`, carried out by [`crate::proxy::purge`]), answered
+//! with one `PurgeReply`.
 //!
 //! Each stream is its own task. A stream that says nothing in time, or says something that is
 //! not a header the node serves, is reset; the connection and every other stream carry on.
@@ -11,6 +13,7 @@
 use crate::supervisor::Supervisor;
 use edge_proto::quic::{ReadError, WriteError, read_frame, write_msg};
 use edge_proto::{DecodeError, LogLines, LogsReply, LogsRequest, OrchStreamOpen, decode};
+use edge_proxy::cache::Cache;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{debug, warn};
@@ -19,6 +22,8 @@ use tracing::{debug, warn};
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The code a refused stream is reset and stopped with.
 const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// The code a purge stream is reset with when the purge itself failed.
+const PURGE_FAILED: quinn::VarInt = quinn::VarInt::from_u32(2);
 /// Lines taken from a follow feed before they are sent. One batch packs into a few frames.
 const FOLLOW_BATCH_LINES: usize = LogLines::MAX_LINES;
 
@@ -66,11 +71,12 @@ enum Served {
 
 /// Accepts the streams the orchestrator opens on `conn` until the connection ends, serving
 /// each in a task of its own.
-pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
+/// `cache` is the proxy's, `None` on a node without `[proxy]`.
+pub async fn serve(conn: quinn::Connection, supervisor: Supervisor, cache: Option<Cache>) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(supervisor.clone(), send, recv));
+                tokio::spawn(serve_stream(supervisor.clone(), cache.clone(), send, recv));
             }
             Err(error) => {
                 debug!(%error, "no more streams from the orchestrator on this connection");
@@ -82,11 +88,30 @@ pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
 
 async fn serve_stream(
     supervisor: Supervisor,
+    cache: Option<Cache>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let req = match read_header(&mut recv).await {
         Ok(OrchStreamOpen::Logs(req)) => req,
+        Ok(OrchStreamOpen::Purge(req)) => {
+            let reply = match crate::proxy::purge::purge(cache.as_ref(), req).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    // No answer is better than a wrong one: the orchestrator sees the reset.
+                    warn!(%error, "cache purge failed");
+                    let _ = send.reset(PURGE_FAILED);
+                    return;
+                }
+            };
+            match write_msg(&mut send, &reply).await {
+                Ok(()) => {
+                    let _ = send.finish();
+                }
+                Err(error) => ended(&mut send, &mut recv, None, &StreamError::Write(error)),
+            }
+            return;
+        }
         Err(error) => return ended(&mut send, &mut recv, None, &error),
     };
     let workload = req.workload.clone();

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod metrics;
 pub mod node_admin;
 pub mod pki;
+pub mod purge;
 pub mod registry;
 pub mod reports;
 pub mod server;

@@ -22,6 +22,7 @@ pub mod digest;
 pub mod field;
 pub mod frame;
 mod msg;
+mod purge;
 #[cfg(feature = "quic")]
 pub mod quic;
 mod traffic;
@@ -29,6 +30,7 @@ mod traffic;
 pub use bounded::{Seq, Str};
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;
+pub use purge::{PurgeReply, PurgeRequest};
 pub use traffic::{LATENCY_BUCKETS_US, RouteTraffic, TrafficReport};
 
 /// The ALPN identifier of the protocol family. Within it, [`Hello::versions`] and

@@ -583,6 +583,9 @@ pub enum ArtifactReply {
 pub enum OrchStreamOpen {
     /// Send me this workload's log.
     Logs(LogsRequest),
+    /// Remove what this names from your proxy's cache; answered by one
+    /// [`PurgeReply`](crate::PurgeReply), then the stream ends.
+    Purge(crate::PurgeRequest),
 }
 
 /// What the orchestrator wants of a workload's log.

@@ -1170,6 +1170,100 @@ fn traffic_over_its_bounds_or_malformed_is_refused() {
     malformed_node(&over);
 }
 
+#[test]
+fn golden_bytes_of_purge_streams() {
+    let key = encode(&OrchStreamOpen::Purge(PurgeRequest::Key {
+        host: Str::new("a.b").expect("fits"),
+        path_and_query: Str::new("/m?x").expect("fits"),
+    }));
+    assert_eq!(hex(&key), "0000000b010003612e62042f6d3f78");
+    let prefix = encode(&OrchStreamOpen::Purge(PurgeRequest::Prefix {
+        host: None,
+        path_prefix: Str::new("/img/").expect("fits"),
+    }));
+    assert_eq!(hex(&prefix), "00000009010100052f696d672f");
+    let on_host = encode(&PurgeRequest::Prefix {
+        host: Some(Str::new("a.b").expect("fits")),
+        path_prefix: Str::new("/").expect("fits"),
+    });
+    assert_eq!(hex(&on_host), "00000008010103612e62012f");
+    assert_eq!(
+        hex(&encode(&PurgeReply::Purged { count: 300 })),
+        "0000000300ac02"
+    );
+    assert_eq!(hex(&encode(&PurgeReply::NoCache)), "0000000101");
+}
+
+#[test]
+fn purge_messages_round_trip() {
+    let longest = PurgeRequest::Key {
+        host: Str::new("h".repeat(Expose::MAX_HOST_LEN)).expect("fits"),
+        path_and_query: Str::new(format!(
+            "/{}",
+            "q".repeat(PurgeRequest::MAX_PATH_AND_QUERY_BYTES - 1)
+        ))
+        .expect("fits"),
+    };
+    for req in [
+        longest,
+        PurgeRequest::Prefix {
+            host: Some(Str::new("[::1]").expect("fits")),
+            path_prefix: Str::new("/img/").expect("fits"),
+        },
+    ] {
+        let open = OrchStreamOpen::Purge(req);
+        let frame = try_encode(&open).expect("the largest purge fits a frame");
+        assert_eq!(decode::<OrchStreamOpen>(&frame[4..]), Ok(open));
+    }
+    for reply in [
+        PurgeReply::Purged { count: 0 },
+        PurgeReply::Purged { count: u64::MAX },
+        PurgeReply::NoCache,
+    ] {
+        assert_eq!(decode::<PurgeReply>(&encode(&reply)[4..]), Ok(reply));
+    }
+}
+
+#[test]
+fn purge_messages_over_their_bounds_or_malformed_are_refused() {
+    let refused = |body: &[u8]| {
+        assert!(
+            matches!(
+                decode::<OrchStreamOpen>(body),
+                Err(DecodeError::Malformed(_))
+            ),
+            "{body:?}"
+        );
+    };
+    // A key's host one byte over 253.
+    let mut body = vec![1u8, 0, 0xfe, 0x01];
+    body.extend([b'h'; 254]);
+    body.extend([1, b'/']);
+    refused(&body);
+    // A key's path and query one byte over 8 KiB: varint 8193.
+    let mut body = vec![1u8, 0, 1, b'h', 0x81, 0x40];
+    body.extend([b'/'; 8193]);
+    refused(&body);
+    // A prefix one byte over 1 KiB: varint 1025.
+    let mut body = vec![1u8, 1, 0, 0x81, 0x08];
+    body.extend([b'/'; 1025]);
+    refused(&body);
+    // An unknown kind of purge, an option tag that is neither 0 nor 1, a cut-off frame.
+    refused(&[1, 2]);
+    refused(&[1, 1, 2, 1, b'/']);
+    refused(&[1, 0, 3, b'a']);
+    // Trailing bytes after a whole reply; an unknown reply.
+    assert!(decode::<PurgeReply>(&[1, 0]).is_err());
+    assert!(decode::<PurgeReply>(&[2]).is_err());
+    // A count that overflows u64.
+    assert!(
+        decode::<PurgeReply>(&[
+            0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f
+        ])
+        .is_err()
+    );
+}
+
 proptest! {
     #[test]
     fn random_bytes_never_panic_the_traffic_decoder(
@@ -1201,5 +1295,13 @@ proptest! {
             routes: Seq::new(routes).expect("fits"),
         }));
         prop_assert_eq!(decode::<NodeMsg>(&encode(&msg)[4..]), Ok(msg));
+    }
+
+    #[test]
+    fn random_bytes_never_panic_purge_decoders(tail in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut body = vec![1u8];
+        body.extend(&tail);
+        let _ = decode::<OrchStreamOpen>(&body);
+        let _ = decode::<PurgeReply>(&tail);
     }
 }

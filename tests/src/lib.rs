@@ -402,6 +402,9 @@ pub fn start_orchestrator(data: &Path) -> (Proc, String, String) {
     let (proc, lines) = spawn_reading_stderr(serve);
     // "edge-orchestrator: nodes dial 127.0.0.1:P, operators use http://127.0.0.1:Q"
     let banner = line_with(&lines, "nodes dial");
+    // Keep reading: once nobody reads its stderr, the orchestrator's next log line fails to
+    // write, and tracing's report of that failure panics whatever task was logging.
+    std::thread::spawn(move || lines.into_iter().for_each(drop));
     let quic = banner
         .split("nodes dial ")
         .nth(1)

@@ -14,6 +14,7 @@
 //! first, and the proxy reaches peers as this node.
 
 pub mod peers;
+pub mod purge;
 pub mod traffic;
 
 use crate::supervisor::{InstanceStatus, State, Supervisor, WorkloadSpec};

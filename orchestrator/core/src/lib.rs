@@ -13,6 +13,7 @@
 //! - [`scheduler`]: filter, score and bind, with the score behind the [`scheduler::Score`]
 //!   trait.
 //! - [`deploy`]: the deployments controller: specs in, placements and messages out.
+//! - [`purge`]: a cache purge request checked by field, the nodes it targets, its answer.
 //! - [`routes`]: where every exposed workload runs, as the nodes' proxies route to peers.
 //! - [`traffic`]: the nodes' latest proxy traffic reports, cut to the routes the fleet
 //!   serves, and what each adds to the fleet's totals.
@@ -31,6 +32,7 @@
 pub mod access;
 pub mod deploy;
 pub mod fleet;
+pub mod purge;
 pub mod routes;
 pub mod scheduler;
 pub mod session;

@@ -11,7 +11,7 @@
 //! another before any request being served is. A head the HTTP layer refuses gets the same
 //! JSON error (`bad_request`, `headers_too_large`) and is counted like any other answer.
 //!
-//! - `nodes`, `tokens`, `workloads`, `artifacts`: the routes and their handlers.
+//! - `nodes`, `tokens`, `workloads`, `artifacts`, `cache` (purging the nodes' proxy caches): the routes and their handlers.
 //! - [`error`]: the error type and the JSON error shape; `extract`: the role and JSON body
 //!   extractors; `body`: reading bodies within bounds; [`views`]: what the API shows and
 //!   takes, public so that `edgectl` speaks the same types; `time`: durations and dates.
@@ -39,6 +39,7 @@ use std::time::Duration;
 
 mod artifacts;
 mod body;
+mod cache;
 pub mod error;
 mod extract;
 mod nodes;
@@ -85,6 +86,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/nodes/{name_or_id}/cordon"),
     ("POST", "/v1/nodes/{name_or_id}/uncordon"),
     ("POST", "/v1/nodes/{name_or_id}/drain"),
+    ("POST", "/v1/cache/purge"),
 ];
 
 /// The OpenAPI 3.0 document served at `/v1/openapi.json`.
@@ -117,6 +119,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(nodes::routes())
         .merge(tokens::routes())
         .merge(workloads::routes())
+        .merge(cache::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), finish))

@@ -19,6 +19,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cache;
 mod client;
 mod render;
 
@@ -111,6 +112,11 @@ enum Command {
         /// How many of the latest lines to print first.
         #[arg(long, default_value_t = 100)]
         tail: u32,
+    },
+    /// The nodes' proxy caches.
+    Cache {
+        #[command(subcommand)]
+        command: cache::CacheCommand,
     },
     /// Place no new instances on a node.
     Cordon {
@@ -245,6 +251,14 @@ pub(crate) enum CliError {
     /// The spec file is not a valid workload spec; the message names the field.
     #[error("{path}: {reason}")]
     Spec { path: String, reason: String },
+    /// The call was answered, but some of the nodes it went to failed; `output` still says
+    /// what each node did.
+    #[error("{failed} of {total} nodes did not do it")]
+    NotEveryNode {
+        output: String,
+        failed: usize,
+        total: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -259,6 +273,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if let CliError::NotEveryNode { output, .. } = &e {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout
+                    .write_all(output.as_bytes())
+                    .and_then(|()| stdout.flush());
+            }
             let mut message = e.to_string();
             if matches!(e, CliError::Api { status: 401, .. }) && cli.token.is_none() {
                 message.push_str(
@@ -423,6 +443,7 @@ fn run(cli: &Cli) -> Result<String, CliError> {
         }
         // Answered above, without the API.
         Command::Completions { shell } => Ok(completions(*shell)),
+        Command::Cache { command } => cache::run(&client, cli.json, command),
         Command::Cordon { node } => node_action(cli, &client, node, "cordon"),
         Command::Uncordon { node } => node_action(cli, &client, node, "uncordon"),
         Command::Drain { node } => drain(cli, &client, node),
