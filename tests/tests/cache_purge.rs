@@ -231,8 +231,13 @@ async fn a_purged_response_comes_from_the_origin_again_and_every_node_reports() 
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Offline: an error of its own, and the call still answers at once.
-    drop(bare);
+    // Offline: an error of its own, and the call still answers at once. The node stops as a
+    // service does (SIGTERM), closing its connection, so the orchestrator knows at once.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &bare.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
     assert!(
         eventually(PATIENCE, || ctl.status_of("edge-2").as_deref()
             == Some("offline"))
