@@ -1,8 +1,10 @@
 //! The operator's tools as a test drives them: `edgectl`, node config files, `edge-node run`.
 
-use crate::{Proc, binary};
+use crate::{Proc, binary, line_with, spawn_reading_stderr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::mpsc::Receiver;
 
 impl Edgectl {
     /// `edgectl` for the orchestrator whose data dir is `orch_dir`, with its admin token.
@@ -92,4 +94,24 @@ pub fn run_node(config: &Path) -> Proc {
             .spawn()
             .expect("node starts"),
     )
+}
+
+/// `edge-node run --config CONFIG` at `EDGE_LOG=info` for a config with a `[proxy]`: the
+/// node, the lines it logs after the proxy's (keep them: the node's stderr is read into
+/// them), and the address its proxy listens on, from its `proxy listening addr=...` line.
+pub fn run_proxy_node(config: &Path) -> (Proc, Receiver<String>, SocketAddr) {
+    let mut run = Command::new(binary("edge-node"));
+    run.args(["run", "--config"])
+        .arg(config)
+        .env("EDGE_LOG", "info");
+    let (node, lines) = spawn_reading_stderr(run);
+    // "... proxy listening addr=127.0.0.1:P"
+    let listening = line_with(&lines, "proxy listening");
+    let proxy: SocketAddr = listening
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the proxy's address in {listening:?}"));
+    (node, lines, proxy)
 }

@@ -3,15 +3,12 @@
 //! reports as JSON; a fleet purge reports a node without a proxy, and then an offline node,
 //! as errors of their own and still purges the node that has a cache.
 
-use edge_tests::cli::{Edgectl, node_config, run_node};
-use edge_tests::{
-    PATIENCE, binary, eventually, line_with, spawn_reading_stderr, start_orchestrator,
-};
+use edge_tests::cli::{Edgectl, node_config, run_node, run_proxy_node};
+use edge_tests::{PATIENCE, eventually, line_with, start_orchestrator};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 /// One answer through the proxy: status, head (lower case) and body.
@@ -119,18 +116,7 @@ async fn a_purged_response_comes_from_the_origin_again_and_every_node_reports() 
         &quic,
         &join,
     );
-    let mut run = Command::new(binary("edge-node"));
-    run.args(["run", "--config"])
-        .arg(&config)
-        .env("EDGE_LOG", "info");
-    let (_node, lines) = spawn_reading_stderr(run);
-    let listening = line_with(&lines, "proxy listening");
-    let proxy: SocketAddr = listening
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the proxy's address in {listening:?}"));
+    let (_node, lines, proxy) = run_proxy_node(&config);
     // A second node, without a proxy.
     let join = ctl.json(&["token", "create", "--uses", "1"]);
     let bare = run_node(&node_config(dir.path(), "edge-2", "", &quic, &join));

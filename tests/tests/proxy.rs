@@ -2,13 +2,10 @@
 //! reached through its node's proxy, a static origin from the node's config is cached and
 //! served stale once it is gone, and a deleted workload's route goes with it.
 
-use edge_tests::cli::{Edgectl, node_config};
-use edge_tests::{
-    PATIENCE, binary, eventually, line_with, spawn_reading_stderr, start_orchestrator,
-};
+use edge_tests::cli::{Edgectl, node_config, run_proxy_node};
+use edge_tests::{PATIENCE, binary, eventually, start_orchestrator};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -101,19 +98,7 @@ async fn a_node_routes_to_its_workloads_and_serves_its_origin_stale_when_it_is_g
         &quic,
         &join,
     );
-    let mut run = Command::new(binary("edge-node"));
-    run.args(["run", "--config"])
-        .arg(&config)
-        .env("EDGE_LOG", "info");
-    let (_node, lines) = spawn_reading_stderr(run);
-    // "... proxy listening addr=127.0.0.1:P"
-    let listening = line_with(&lines, "proxy listening");
-    let proxy: SocketAddr = listening
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the proxy's address in {listening:?}"));
+    let (_node, _lines, proxy) = run_proxy_node(&config);
     assert!(
         eventually(PATIENCE, || ctl.status_of("edge-1").as_deref()
             == Some("online"))

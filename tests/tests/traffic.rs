@@ -2,13 +2,10 @@
 //! through a node's proxy to an exposed workload show up, per route, in the node's view and,
 //! summed, in the workload's.
 
-use edge_tests::cli::{Edgectl, node_config};
-use edge_tests::{
-    PATIENCE, binary, eventually, line_with, spawn_reading_stderr, start_orchestrator,
-};
+use edge_tests::cli::{Edgectl, node_config, run_proxy_node};
+use edge_tests::{PATIENCE, binary, eventually, start_orchestrator};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 
 /// Requests sent once the workload answers through the proxy.
 const N: u64 = 12;
@@ -54,18 +51,7 @@ async fn requests_through_a_nodes_proxy_show_in_the_node_and_workload_views() {
         &quic,
         &join,
     );
-    let mut run = Command::new(binary("edge-node"));
-    run.args(["run", "--config"])
-        .arg(&config)
-        .env("EDGE_LOG", "info");
-    let (_node, lines) = spawn_reading_stderr(run);
-    let listening = line_with(&lines, "proxy listening");
-    let proxy: SocketAddr = listening
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the proxy's address in {listening:?}"));
+    let (_node, _lines, proxy) = run_proxy_node(&config);
     assert!(
         eventually(PATIENCE, || ctl.status_of("edge-1").as_deref()
             == Some("online"))
