@@ -236,7 +236,11 @@ impl Proxy {
             // A hit's head is what the cache stored: without hop-by-hop fields already.
             headers::strip_hop_by_hop(response.headers_mut());
         }
-        headers::add_via(response.headers_mut(), &inner.settings.via);
+        let via = inner.settings.via.header_value();
+        if response.headers().get_all(header::VIA).iter().last() != Some(via) {
+            // A quick hit's head has it already; nothing else can end with this node's own.
+            headers::add_via(response.headers_mut(), &inner.settings.via);
+        }
         if response.extensions_mut().remove::<Close>().is_some() {
             // What is left of this request on the connection cannot be trusted to end where
             // the next request begins.
@@ -301,7 +305,8 @@ impl Proxy {
         let cache = route_cache(route);
         // A fresh answer to a plain request is sent before anything is made for a trip to a
         // backend; the rest ask the cache again below.
-        if let Some(answer) = inner.cache.quick_hit(&request, &cache) {
+        let via = inner.settings.via.header_value();
+        if let Some(answer) = inner.cache.quick_hit(&request, &cache, via) {
             return (answer, Some(name), CacheOutcome::Hit);
         }
         let Some(target) = tiers::pick(route, fastrand::u64(..)) else {

@@ -55,6 +55,11 @@ impl Got {
     }
 }
 
+/// The `Via` a proxy would have its quick hits carry.
+fn via() -> http::HeaderValue {
+    http::HeaderValue::from_static("1.1 edge-test")
+}
+
 fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
     let mut builder = Request::builder()
         .method(method)
@@ -149,16 +154,19 @@ impl Harness {
             assert_eq!(quick.status, got.status);
             assert_eq!(quick.body, got.body);
             let mut policy_headers = got.headers.clone();
-            // The policy writes `Date`; a quick answer leaves it to the server.
+            // The policy writes `Date`; a quick answer leaves it to the server, and carries
+            // the proxy's `Via`, which the proxy adds to every other answer itself.
             policy_headers.remove("date");
-            assert_eq!(quick.headers, policy_headers);
+            let mut quick_headers = quick.headers.clone();
+            assert_eq!(quick_headers.remove("via").as_ref(), Some(&via()));
+            assert_eq!(quick_headers, policy_headers);
         }
         got
     }
 
     /// The quick path's answer to `req`, if it has one.
     async fn quick(&self, req: &Request<Body>) -> Option<Got> {
-        let response = self.cache.quick_hit(req, &self.route)?;
+        let response = self.cache.quick_hit(req, &self.route, &via())?;
         Some(collect(response, CacheOutcome::Hit).await)
     }
 
@@ -281,7 +289,10 @@ async fn a_plain_request_for_a_fresh_response_is_answered_quickly_and_others_by_
     }
     let mut off = h.route.clone();
     off.enabled = false;
-    assert!(h.cache.quick_hit(&plain(), &off).is_none(), "caching off");
+    assert!(
+        h.cache.quick_hit(&plain(), &off, &via()).is_none(),
+        "caching off"
+    );
     h.advance(50);
     assert!(
         h.quick(&plain()).await.is_none(),

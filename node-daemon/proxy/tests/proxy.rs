@@ -31,6 +31,8 @@ struct Backend {
 struct Behaviour {
     status: u16,
     delay: Duration,
+    /// `Cache-Control: max-age` for its answers; without it they are `no-store`.
+    max_age: Option<u32>,
 }
 
 impl Default for Behaviour {
@@ -38,6 +40,7 @@ impl Default for Behaviour {
         Self {
             status: 200,
             delay: Duration::ZERO,
+            max_age: None,
         }
     }
 }
@@ -78,9 +81,13 @@ impl Backend {
                         let mut response = Response::new(Full::new(Bytes::from(text)));
                         *response.status_mut() =
                             StatusCode::from_u16(behaviour.status).expect("a status");
+                        let cache_control = match behaviour.max_age {
+                            Some(secs) => format!("max-age={secs}"),
+                            None => "no-store".to_owned(),
+                        };
                         response
                             .headers_mut()
-                            .insert("cache-control", "no-store".parse().expect("a header"));
+                            .insert("cache-control", cache_control.parse().expect("a header"));
                         response
                             .headers_mut()
                             .insert("connection", "x-secret".parse().expect("a header"));
@@ -354,6 +361,41 @@ async fn forwarding_headers_are_added_and_hop_by_hop_ones_removed() {
         !head.contains("x-secret"),
         "the backend's hop-by-hop header: {head}"
     );
+}
+
+#[tokio::test]
+async fn a_fresh_answer_is_served_again_with_its_age_and_this_nodes_via_once() {
+    let cacheable = Behaviour {
+        max_age: Some(60),
+        ..Behaviour::default()
+    };
+    let web = Backend::start("web", cacheable).await;
+    let proxy = TestProxy::start(
+        vec![route("web", None, Some("/"), vec![(origin(web.addr), 100)])],
+        HashMap::new(),
+    )
+    .await;
+    let (status, head, _) = proxy.get("shop.example", "/page").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("\r\ncache-status: test-node; fwd=uri-miss; ttl=60; stored"),
+        "{head}"
+    );
+    for _ in 0..3 {
+        let (status, head, body) = proxy.get("shop.example", "/page").await;
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(body.lines().next(), Some("web"));
+        assert!(
+            head.contains("\r\ncache-status: test-node; hit; ttl="),
+            "{head}"
+        );
+        assert_eq!(head.matches("\r\nvia: ").count(), 1, "one Via: {head}");
+        assert!(head.contains("\r\nvia: 1.1 test-node"), "{head}");
+        assert!(head.contains("\r\nage: "), "{head}");
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert!(!head.contains("x-secret"), "hop-by-hop: {head}");
+    }
+    assert_eq!(web.hits(), 1, "the hits never reached the backend");
 }
 
 #[tokio::test]

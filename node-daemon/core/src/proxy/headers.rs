@@ -235,6 +235,11 @@ impl ViaName {
     pub fn as_str(&self) -> &str {
         &self.name
     }
+
+    /// `1.1 <name>`: the `Via` element this proxy adds.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.via
+    }
 }
 
 impl fmt::Display for ViaName {

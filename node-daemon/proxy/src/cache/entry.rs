@@ -1,6 +1,6 @@
 //! One stored response: what the policy decided when it was stored, its head and its body.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -33,10 +33,15 @@ pub(crate) struct Entry {
 pub(crate) struct Memo {
     id: OnceLock<VariantId>,
     quick: OnceLock<Option<QuickHit>>,
+    /// The head of the latest quick answer and the age it was made for: answers within the
+    /// same second of age have the same head.
+    quick_head: Mutex<Option<(u64, HeaderMap)>>,
 }
 
 /// What holding an entry costs beyond its body: the policy and bookkeeping, roughly.
 const OVERHEAD_BYTES: u64 = 512;
+/// What a quick answer's head holds beyond the stored head: `Age`, `Cache-Status`, `Via`.
+const QUICK_HEAD_EXTRA_BYTES: u64 = 160;
 
 impl Entry {
     pub(crate) fn id(&self) -> VariantId {
@@ -55,8 +60,27 @@ impl Entry {
             .as_ref()
     }
 
+    /// The head of a quick answer `age_secs` old: the one made for that age last, else
+    /// `make`'s (kept for the next).
+    pub(crate) fn quick_head(&self, age_secs: u64, make: impl FnOnce() -> HeaderMap) -> HeaderMap {
+        let mut held = self
+            .memo
+            .quick_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((age, head)) = &*held
+            && *age == age_secs
+        {
+            return head.clone();
+        }
+        let head = make();
+        *held = Some((age_secs, head.clone()));
+        head
+    }
+
     /// The bytes it holds in memory, as the memory bound counts them: the body, the head
-    /// twice (once kept for stale answers, once in the policy), the key and the signature.
+    /// three times (kept for stale answers, in the policy, and as the latest quick answer's),
+    /// the key and the signature.
     pub(crate) fn weight(&self) -> u64 {
         let head: usize = self
             .headers
@@ -65,9 +89,9 @@ impl Entry {
             .sum();
         let key = self.key.host().len() + self.key.path_and_query().len() + self.vary.len();
         (self.body.len() as u64)
-            .saturating_add(2 * head as u64)
+            .saturating_add(3 * head as u64)
             .saturating_add(key as u64)
-            .saturating_add(OVERHEAD_BYTES)
+            .saturating_add(OVERHEAD_BYTES + QUICK_HEAD_EXTRA_BYTES)
     }
 }
 

@@ -267,9 +267,16 @@ impl Cache {
     }
 
     /// The answer to a plain request (see `node_core::proxy::cache::QuickHit`) that a fresh
-    /// response in memory answers, worked out without the policy; `None` for any other
-    /// request, which [`serve`](Self::serve) answers. Only the request's head is read.
-    pub fn quick_hit<B>(&self, req: &Request<B>, route: &RouteCache) -> Option<Response<Body>> {
+    /// response in memory answers, worked out without the policy, with `via` as its last
+    /// `Via` (the proxy's own, which it adds to every other answer on its way out); `None`
+    /// for any other request, which [`serve`](Self::serve) answers. Only the request's head
+    /// is read.
+    pub fn quick_hit<B>(
+        &self,
+        req: &Request<B>,
+        route: &RouteCache,
+        via: &HeaderValue,
+    ) -> Option<Response<Body>> {
         let head_only = match *req.method() {
             Method::GET => false,
             Method::HEAD => true,
@@ -291,10 +298,16 @@ impl Cache {
         };
         let mut response = Response::new(body);
         *response.status_mut() = quick.status();
-        let headers = response.headers_mut();
-        headers.clone_from(quick.headers());
-        headers.insert(header::AGE, HeaderValue::from(answer.age_secs));
-        CacheStatus::hit(answer.ttl_secs).add_to(&self.inner.name, headers);
+        *response.headers_mut() = entry.quick_head(answer.age_secs, || {
+            let mut headers = HeaderMap::with_capacity(quick.headers().len() + 3);
+            for (name, value) in quick.headers() {
+                headers.append(name, value.clone());
+            }
+            headers.insert(header::AGE, HeaderValue::from(answer.age_secs));
+            CacheStatus::hit(answer.ttl_secs).add_to(&self.inner.name, &mut headers);
+            headers.append(header::VIA, via.clone());
+            headers
+        });
         Some(response)
     }
 
