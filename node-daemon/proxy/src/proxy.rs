@@ -237,7 +237,7 @@ impl Proxy {
             headers::strip_hop_by_hop(response.headers_mut());
         }
         let via = inner.settings.via.header_value();
-        if response.headers().get_all(header::VIA).iter().last() != Some(via) {
+        if response.headers().get_all(header::VIA).iter().next_back() != Some(via) {
             // A quick hit's head has it already; nothing else can end with this node's own.
             headers::add_via(response.headers_mut(), &inner.settings.via);
         }
