@@ -12,6 +12,9 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+// Links the faster `memcpy` in place of musl's own (see edge-memcpy).
+#[cfg(all(target_arch = "x86_64", target_env = "musl"))]
+use edge_memcpy as _;
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Edge node daemon")]

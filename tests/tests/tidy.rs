@@ -59,10 +59,15 @@ const EVERY_WIRE_VARIANT_HAS_GOLDEN_BYTES: Rule = Rule {
 };
 const NO_UNSAFE_CODE: Rule = Rule {
     number: 6,
-    says: "every crate forbids unsafe code through the workspace lints",
+    says: "every crate forbids unsafe code through the workspace lints, but edge-memcpy denies it",
     fix: "Give the crate's Cargo.toml `[lints] workspace = true`, and keep \
-          `unsafe_code = \"forbid\"` in the root Cargo.toml's `[workspace.lints.rust]`.",
+          `unsafe_code = \"forbid\"` in the root Cargo.toml's `[workspace.lints.rust]`; \
+          edge-memcpy (node-daemon/memcpy) alone says `unsafe_code = \"deny\"` itself, so \
+          that each unsafe item in it carries its own `#[allow(unsafe_code)]`.",
 };
+/// The one manifest that may leave the workspace's lints, to deny unsafe code rather than
+/// forbid it: the x86_64 musl `memcpy`, in assembly.
+const UNSAFE_DENIED: &str = "node-daemon/memcpy/Cargo.toml";
 
 const RULES: [&Rule; 6] = [
     &CORES_DO_NO_IO,
@@ -264,7 +269,8 @@ fn variants_without_golden_bytes(sources: &[(String, String)], wire_rs: &str) ->
 }
 
 /// Rule 6: the root manifest forbids unsafe code for the workspace, and every member manifest
-/// (path, text) inherits the workspace's lints.
+/// (path, text) inherits the workspace's lints, but [`UNSAFE_DENIED`], which denies unsafe
+/// code itself.
 fn unsafe_not_forbidden(root: &str, members: &[(String, String)]) -> Vec<String> {
     let mut broken = Vec::new();
     match root.parse::<toml::Table>() {
@@ -286,8 +292,20 @@ fn unsafe_not_forbidden(root: &str, members: &[(String, String)]) -> Vec<String>
     for (path, text) in members {
         match text.parse::<toml::Table>() {
             Ok(manifest) => {
-                let inherits = manifest
-                    .get("lints")
+                let lints = manifest.get("lints");
+                if path == UNSAFE_DENIED {
+                    let level = lints
+                        .and_then(|l| l.get("rust"))
+                        .and_then(|r| r.get("unsafe_code"))
+                        .and_then(toml::Value::as_str);
+                    if level != Some("deny") {
+                        broken.push(format!(
+                            "{path}: [lints.rust] unsafe_code is {level:?}, not \"deny\""
+                        ));
+                    }
+                    continue;
+                }
+                let inherits = lints
                     .and_then(|l| l.get("workspace"))
                     .and_then(toml::Value::as_bool);
                 if inherits != Some(true) {
@@ -840,6 +858,24 @@ mod rules_catch {
         assert_eq!(
             unsafe_not_forbidden(root, &members),
             ["b/Cargo.toml: no `[lints] workspace = true`"]
+        );
+        // The one exception must deny unsafe code itself, and denying it is no exception
+        // for any other crate.
+        let allows = "[package]\nname = \"edge-memcpy\"\n[lints.rust]\nunsafe_code = \"allow\"\n";
+        let denies = allows.replace("allow", "deny");
+        assert_eq!(
+            unsafe_not_forbidden(root, &[(UNSAFE_DENIED.to_owned(), allows.to_owned())]),
+            [format!(
+                "{UNSAFE_DENIED}: [lints.rust] unsafe_code is Some(\"allow\"), not \"deny\""
+            )]
+        );
+        assert_eq!(
+            unsafe_not_forbidden(root, &[(UNSAFE_DENIED.to_owned(), denies.clone())]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            unsafe_not_forbidden(root, &[("c/Cargo.toml".to_owned(), denies)]),
+            ["c/Cargo.toml: no `[lints] workspace = true`"]
         );
         let lax = "[workspace.lints.rust]\nunsafe_code = { level = \"deny\" }\n";
         assert_eq!(unsafe_not_forbidden(lax, &members[..1]).len(), 1);
