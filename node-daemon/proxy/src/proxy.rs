@@ -230,15 +230,18 @@ impl Proxy {
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
             path.chars().take(LOGGED_PATH).collect()
         });
-        let (mut response, route, outcome) = self.route(request, client, host, arrival).await;
+        let Routed {
+            mut response,
+            route,
+            outcome,
+            quick,
+        } = self.route(request, client, host, arrival).await;
         let inner = &self.inner;
         if outcome != CacheOutcome::Hit {
             // A hit's head is what the cache stored: without hop-by-hop fields already.
             headers::strip_hop_by_hop(response.headers_mut());
         }
-        let via = inner.settings.via.header_value();
-        if response.headers().get_all(header::VIA).iter().next_back() != Some(via) {
-            // A quick hit's head has it already; nothing else can end with this node's own.
+        if !quick {
             headers::add_via(response.headers_mut(), &inner.settings.via);
         }
         if response.extensions_mut().remove::<Close>().is_some() {
@@ -279,7 +282,7 @@ impl Proxy {
         client: SocketAddr,
         host: Option<&str>,
         arrival: Arrival,
-    ) -> (Response<Body>, Option<String>, CacheOutcome) {
+    ) -> Routed {
         let inner = &self.inner;
         let bypass = CacheOutcome::Bypass;
         if headers::loop_detected(request.headers(), &inner.settings.via, MAX_HOPS) {
@@ -287,19 +290,19 @@ impl Proxy {
                 StatusCode::LOOP_DETECTED,
                 "this request has already passed through this node",
             );
-            return (answer, None, bypass);
+            return Routed::new(answer, None, bypass);
         }
         if let Some(length) = content_length(request.headers())
             && length > inner.settings.max_body_bytes
         {
             let mut answer = body::text(StatusCode::PAYLOAD_TOO_LARGE, &self.too_large());
             answer.extensions_mut().insert(Close);
-            return (answer, None, bypass);
+            return Routed::new(answer, None, bypass);
         }
         let snapshot = self.snapshot();
         let Some(route) = snapshot.routing.table.find(host, request.uri().path()) else {
             let answer = body::text(StatusCode::NOT_FOUND, "no route for this host and path");
-            return (answer, None, bypass);
+            return Routed::new(answer, None, bypass);
         };
         let name = route.name.clone();
         let cache = route_cache(route);
@@ -307,18 +310,23 @@ impl Proxy {
         // backend; the rest ask the cache again below.
         let via = inner.settings.via.header_value();
         if let Some(answer) = inner.cache.quick_hit(&request, &cache, via) {
-            return (answer, Some(name), CacheOutcome::Hit);
+            return Routed {
+                response: answer,
+                route: Some(name),
+                outcome: CacheOutcome::Hit,
+                quick: true,
+            };
         }
         let Some(target) = tiers::pick(route, fastrand::u64(..)) else {
             let answer = body::text(StatusCode::SERVICE_UNAVAILABLE, "the route has no backend");
-            return (answer, Some(name), bypass);
+            return Routed::new(answer, Some(name), bypass);
         };
         let Some(chooser) = snapshot.choosers.get(&route.name) else {
             let answer = body::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the route has no chooser",
             );
-            return (answer, Some(name), bypass);
+            return Routed::new(answer, Some(name), bypass);
         };
         let too_large = Arc::new(AtomicBool::new(false));
         let request = self.prepare(request, client, host, too_large.clone());
@@ -343,9 +351,9 @@ impl Proxy {
         if too_large.load(Ordering::Acquire) {
             let mut answer = body::text(StatusCode::PAYLOAD_TOO_LARGE, &self.too_large());
             answer.extensions_mut().insert(Close);
-            return (answer, Some(name), outcome);
+            return Routed::new(answer, Some(name), outcome);
         }
-        (response, Some(name), outcome)
+        Routed::new(response, Some(name), outcome)
     }
 
     /// One request's way to `backends` by `route`.
@@ -443,6 +451,28 @@ fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
             let authority = request.uri().authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         })
+}
+
+/// What [`Proxy::route`] made of a request, for [`Proxy::serve`] to finish.
+#[derive(Debug)]
+struct Routed {
+    response: Response<Body>,
+    /// The route's name, when one matched.
+    route: Option<String>,
+    outcome: CacheOutcome,
+    /// Answered by `Cache::quick_hit`, whose head is whole: this node's `Via` is in it.
+    quick: bool,
+}
+
+impl Routed {
+    fn new(response: Response<Body>, route: Option<String>, outcome: CacheOutcome) -> Self {
+        Self {
+            response,
+            route,
+            outcome,
+            quick: false,
+        }
+    }
 }
 
 /// Marks one of the proxy's own answers after which the connection closes.

@@ -381,6 +381,21 @@ async fn a_fresh_answer_is_served_again_with_its_age_and_this_nodes_via_once() {
         head.contains("\r\ncache-status: test-node; fwd=uri-miss; ttl=60; stored"),
         "{head}"
     );
+    assert_eq!(
+        head.matches("\r\nvia: ").count(),
+        1,
+        "one Via on a miss: {head}"
+    );
+    // A request directive takes the hit through the cache policy rather than the quick
+    // path: the same one Via.
+    let answer = proxy
+        .raw(b"GET /page HTTP/1.1\r\nhost: shop.example\r\ncache-control: max-stale=5\r\nconnection: close\r\n\r\n")
+        .await;
+    let (status, head, _) = split(&answer);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("\r\ncache-status: test-node; hit"), "{head}");
+    assert_eq!(head.matches("\r\nvia: ").count(), 1, "one Via: {head}");
+    assert!(head.contains("\r\nvia: 1.1 test-node"), "{head}");
     for _ in 0..3 {
         let (status, head, body) = proxy.get("shop.example", "/page").await;
         assert_eq!(status, 200, "{head}");
