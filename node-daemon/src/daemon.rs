@@ -77,7 +77,11 @@ pub async fn run_with(
         .map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
     let ids = IdentityDir::new(&data_dir);
     let identity = ids.load()?;
-    let mut session_tls = identity.as_ref().map(tls::session_config).transpose()?;
+    let liveness = config.liveness();
+    let session_config = |identity: &Identity| {
+        tls::session_config(identity).map(|c| tls::with_liveness(c, liveness))
+    };
+    let mut session_tls = identity.as_ref().map(session_config).transpose()?;
     let join = match (&identity, config.join()) {
         (None, Some(j)) => {
             let key = ids.key_pair()?;
@@ -88,7 +92,7 @@ pub async fn run_with(
                     name: config.name_wire(),
                     csr_der: Der::new(csr).ok_or(Fatal::Untrusted("CSR too large".into()))?,
                 },
-                tls::enroll_config(*j.ca_hash.as_bytes())?,
+                tls::with_liveness(tls::enroll_config(*j.ca_hash.as_bytes())?, liveness),
             ))
         }
         _ => None,
@@ -211,7 +215,7 @@ pub async fn run_with(
                         .and_then(|()| ids.load());
                     match saved {
                         Ok(Some(identity)) => {
-                            session_tls = Some(tls::session_config(&identity)?);
+                            session_tls = Some(session_config(&identity)?);
                             if let Some(proxy) = proxy.as_mut() {
                                 serve_peers(proxy, &identity, &config).await?;
                             }

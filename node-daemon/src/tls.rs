@@ -7,6 +7,7 @@
 //! and to the other nodes its proxy serves and reaches ([`peer_tls`]).
 
 use edge_proto::digest::sha256;
+use edge_proto::liveness::Liveness;
 use edge_proto::{ALPN, ORCHESTRATOR_SERVER_NAME};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -108,9 +109,17 @@ fn finish(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(edge_proto::quic::transport(true)));
-    Ok(config)
+    Ok(with_liveness(
+        quinn::ClientConfig::new(Arc::new(crypto)),
+        Liveness::FAST,
+    ))
+}
+
+/// `config` keeping its link alive by `liveness` (the node's `liveness`; [`enroll_config`]
+/// and [`session_config`] start from [`Liveness::FAST`]).
+pub fn with_liveness(mut config: quinn::ClientConfig, liveness: Liveness) -> quinn::ClientConfig {
+    config.transport_config(Arc::new(edge_proto::quic::client_transport(liveness)));
+    config
 }
 
 /// For enrollment: no client certificate, the server checked against the pinned CA hash.

@@ -13,7 +13,7 @@ use crate::metrics::{HandshakeFailure, Metrics, WorkloadEvent};
 use crate::pki::{Ca, PkiError, node_id_from_cert};
 use crate::registry::Registry;
 use crate::reports::Reports;
-use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, transport, write_msg};
+use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, server_transport, write_msg};
 use edge_proto::{ALPN, DecodeError, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
 use orchestrator_core::fleet::{Change, SessionId};
 use orchestrator_core::session::{Action, Ctx, Event, LIVENESS_WINDOW, Liveness, ServerSession};
@@ -76,7 +76,7 @@ pub fn server_config(ca: &Ca) -> Result<quinn::ServerConfig, EndpointError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport(false)));
+    config.transport_config(Arc::new(server_transport()));
     Ok(config)
 }
 
@@ -113,18 +113,29 @@ fn raise_recv_buffer(socket: &std::net::UdpSocket) {
     }
 }
 
+/// How long a handshake may take. The idle timeout cannot bound it: the orchestrator
+/// advertises the longest a node may ask for (`edge_proto::liveness::MAX_IDLE_TIMEOUT`), and
+/// until the handshake is done the peer's own is not known.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
     while let Some(incoming) = endpoint.accept().await {
         let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => run_connection(conn, server).await,
-                Err(e) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                Ok(Ok(conn)) => run_connection(conn, server).await,
+                Ok(Err(e)) => {
                     let (reason, detail) = handshake_failure(&e);
                     server.metrics.handshake_failed(reason, &detail, remote);
                 }
+                // Dropping the handshake closes the connection.
+                Err(_) => server.metrics.handshake_failed(
+                    HandshakeFailure::Timeout,
+                    "no handshake within 10 s",
+                    remote,
+                ),
             }
         });
     }
@@ -287,7 +298,9 @@ const PROBE_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis
 const PROBES_UNANSWERED: u32 = 5;
 
 // Without probes (a peer that takes no datagrams), the window alone must let a live node's
-// keep-alive through, with one lost.
+// keep-alive through, with one lost. That holds for the default profile; a node on a slower
+// one (`liveness = "metered"`) is heard through the probes, which every node takes
+// (`edge_proto::quic::client_transport`).
 const _: () = assert!(LIVENESS_WINDOW.as_millis() >= 2 * KEEP_ALIVE.as_millis());
 
 /// Whether the peer of `conn` (another connection of the node that is saying hello) is still

@@ -213,7 +213,7 @@ fn quic(store: ArtifactStore) -> Quic {
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("QUIC TLS"),
     ));
-    server_config.transport_config(Arc::new(edge_proto::quic::transport(false)));
+    server_config.transport_config(Arc::new(edge_proto::quic::server_transport()));
     let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr"))
         .expect("server endpoint");
     let addr = server.local_addr().expect("addr");
@@ -252,7 +252,9 @@ fn quic(store: ArtifactStore) -> Quic {
     let mut client_config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS"),
     ));
-    client_config.transport_config(Arc::new(edge_proto::quic::transport(true)));
+    client_config.transport_config(Arc::new(edge_proto::quic::client_transport(
+        edge_proto::liveness::Liveness::FAST,
+    )));
     let mut client =
         quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
     client.set_default_client_config(client_config);

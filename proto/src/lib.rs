@@ -21,6 +21,7 @@ mod bounded;
 pub mod digest;
 pub mod field;
 pub mod frame;
+pub mod liveness;
 mod msg;
 mod purge;
 #[cfg(feature = "quic")]

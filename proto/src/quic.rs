@@ -1,20 +1,20 @@
 //! Frames over a QUIC stream, and the transport settings both peers use (feature `quic`).
 //!
-//! Liveness rides on QUIC itself: the node sends a keep-alive every [`KEEP_ALIVE`], and either
-//! side drops the connection after [`IDLE_TIMEOUT`] without a packet, which is how the
-//! orchestrator notices a dead process or a cut link. Per node that costs one small packet each
-//! way per [`KEEP_ALIVE`] while nothing else is said.
+//! Liveness rides on QUIC itself (see [`crate::liveness`]): the node sends keep-alives and
+//! advertises its idle timeout, the orchestrator advertises [`MAX_IDLE_TIMEOUT`], and the
+//! connection dies after the smaller, the node's, without a packet.
 
 use crate::frame::{DecodeError, PREFIX_LEN, body_len, try_encode};
+use crate::liveness::{Liveness, MAX_IDLE_TIMEOUT};
 use alloc::vec::Vec;
 use core::time::Duration;
 use serde::Serialize;
 
-/// How often a quiet node proves it is alive.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// How long without a packet before a connection is dead. With one keep-alive a second, three
-/// lost in a row are tolerated and a dead node is noticed within 4 s.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often a quiet node on the default profile proves it is alive.
+pub const KEEP_ALIVE: Duration = Liveness::FAST.keep_alive;
+/// How long without a packet before a default node's connection is dead. With one keep-alive
+/// a second, three lost in a row are tolerated and a dead node is noticed within 4 s.
+pub const IDLE_TIMEOUT: Duration = Liveness::FAST.idle_timeout;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -72,15 +72,32 @@ pub async fn write_msg<T: Serialize>(
     Ok(())
 }
 
-/// Transport settings for both ends: idle timeout, keep-alive (the caller decides who sends it)
-/// and small stream limits, since a node needs one control stream.
-pub fn transport(keep_alive: bool) -> quinn::TransportConfig {
+/// The node's transport: keep-alives and the idle timeout of its `liveness` profile.
+pub fn client_transport(liveness: Liveness) -> quinn::TransportConfig {
+    let mut t = transport(liveness.idle_timeout);
+    t.keep_alive_interval(Some(liveness.keep_alive));
+    t
+}
+
+/// The orchestrator's transport: no keep-alives of its own, and the longest idle timeout a
+/// node may ask for, so that each connection lives by its node's (QUIC takes the smaller).
+/// A handshake is bounded apart from this (the server's `HANDSHAKE_TIMEOUT`).
+pub fn server_transport() -> quinn::TransportConfig {
+    transport(MAX_IDLE_TIMEOUT)
+}
+
+/// Settings for both ends: the idle timeout, and small stream limits, since a node needs one
+/// control stream.
+fn transport(idle_timeout: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    // Invariant: 4 s is far below the varint limit of an idle timeout.
+    // Invariant: profiles are checked to at most MAX_IDLE_TIMEOUT (600 s), far below the
+    // varint limit of an idle timeout.
     t.max_idle_timeout(Some(
-        IDLE_TIMEOUT.try_into().expect("idle timeout fits a varint"),
+        idle_timeout
+            .min(MAX_IDLE_TIMEOUT)
+            .try_into()
+            .expect("idle timeout fits a varint"),
     ));
-    t.keep_alive_interval(keep_alive.then_some(KEEP_ALIVE));
     t.max_concurrent_bidi_streams(4u32.into());
     t.max_concurrent_uni_streams(0u32.into());
     // Control traffic is small: keep per-connection buffers small so thousands of sessions fit.

@@ -420,6 +420,76 @@ async fn a_cut_link_shows_offline_and_the_node_comes_back_when_it_heals() {
     node.stop().await.expect("clean stop");
 }
 
+/// The orchestrator's offline detection follows each node's `liveness`: with both links cut
+/// at once, a node on the default profile (idle timeout 4 s) shows offline while one that
+/// asked for 20 s is still online, and that one goes offline later by itself. Both come back
+/// when their links heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_detection_follows_each_nodes_liveness() {
+    let orch = TestOrchestrator::start().await;
+    let fast_relay = Relay::start(orch.orch.quic_addr).await;
+    let slow_relay = Relay::start(orch.orch.quic_addr).await;
+    let token = orch.token(2);
+    let (fast_dir, slow_dir) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let ca = orch.ca_hash();
+    let join = Some((token.as_str(), ca.as_str()));
+    let fast = TestNode::spawn(node_config(
+        "fast",
+        fast_dir.path(),
+        fast_relay.addr,
+        join,
+        "",
+    ));
+    let slow = TestNode::spawn(node_config(
+        "slow",
+        slow_dir.path(),
+        slow_relay.addr,
+        join,
+        "liveness = { keep_alive_secs = 2, idle_timeout_secs = 20 }",
+    ));
+    for name in ["fast", "slow"] {
+        assert!(
+            eventually(PATIENCE, || orch.online(name)).await.is_some(),
+            "{name} online"
+        );
+    }
+
+    fast_relay.link.cut();
+    slow_relay.link.cut();
+    let cut = std::time::Instant::now();
+    assert!(
+        eventually(PATIENCE, || !orch.online("fast"))
+            .await
+            .is_some(),
+        "the default node shows offline"
+    );
+    assert!(
+        orch.online("slow"),
+        "the node that asked for a 20 s idle timeout is still online {:?} after the cut",
+        cut.elapsed()
+    );
+    assert!(
+        eventually(PATIENCE, || !orch.online("slow"))
+            .await
+            .is_some(),
+        "and shows offline by itself later"
+    );
+
+    fast_relay.link.heal();
+    slow_relay.link.heal();
+    for name in ["fast", "slow"] {
+        assert!(
+            eventually(PATIENCE, || orch.online(name)).await.is_some(),
+            "{name} back online"
+        );
+    }
+    fast.stop().await.expect("clean stop");
+    slow.stop().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_reconnect_by_themselves_after_an_orchestrator_restart() {
     let orch = TestOrchestrator::start().await;

@@ -13,13 +13,14 @@ use node_daemon::status::State;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 /// A client whose TLS refuses every server with `reason`: QUIC carries that text to the
-/// server in the CONNECTION_CLOSE that aborts the handshake.
+/// server in the CONNECTION_CLOSE that aborts the handshake. With a gate, it first blocks
+/// until the gate's sender is dropped: a handshake that stalls halfway.
 #[derive(Debug)]
-struct RefuseWith(String);
+struct RefuseWith(String, Option<Mutex<mpsc::Receiver<()>>>);
 
 impl ServerCertVerifier for RefuseWith {
     fn verify_server_cert(
@@ -30,6 +31,10 @@ impl ServerCertVerifier for RefuseWith {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(gate) = &self.1 {
+            // Blocks the client's own runtime, which has nothing else to do.
+            let _ = gate.lock().map(|gate| gate.recv());
+        }
         Err(rustls::Error::General(self.0.clone()))
     }
 
@@ -59,16 +64,68 @@ impl ServerCertVerifier for RefuseWith {
 }
 
 fn refusing_client(reason: &str) -> quinn::ClientConfig {
+    client_with(RefuseWith(reason.to_owned(), None))
+}
+
+fn client_with(verifier: RefuseWith) -> quinn::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(RefuseWith(reason.to_owned())))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     tls.alpn_protocols = vec![edge_proto::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
     quinn::ClientConfig::new(Arc::new(crypto))
+}
+
+/// A peer that starts a handshake and never finishes it is dropped after the orchestrator's
+/// handshake timeout (10 s), though it asks for no idle timeout at all: the orchestrator
+/// advertises the longest idle timeout a node may ask for (600 s), which alone would hold
+/// the half-open connection that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_finishes_is_dropped() {
+    let orch = TestOrchestrator::start().await;
+    let addr = orch.orch.quic_addr;
+    let (release, gate) = mpsc::channel::<()>();
+    // The stalled verifier blocks its runtime: the client gets one of its own.
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let endpoint =
+                quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+            let mut config = client_with(RefuseWith("stalled".into(), Some(Mutex::new(gate))));
+            let mut transport = quinn::TransportConfig::default();
+            transport.max_idle_timeout(None);
+            config.transport_config(Arc::new(transport));
+            let connecting = endpoint
+                .connect_with(config, addr, edge_proto::ORCHESTRATOR_SERVER_NAME)
+                .expect("connect");
+            connecting.await.is_err()
+        })
+    });
+    let timeouts = || {
+        orch.orch
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("edge_handshake_failures_total{reason=\"timeout\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(PATIENCE, || timeouts() >= 1.0).await.is_some(),
+        "the half-open handshake is dropped and counted as a timeout"
+    );
+    drop(release);
+    let failed = tokio::task::spawn_blocking(move || client.join().expect("client thread"))
+        .await
+        .expect("join");
+    assert!(failed, "the stalled handshake never became a connection");
 }
 
 /// Whether `line` is one a Prometheus text exposition may hold: a comment, or a series name,

@@ -24,6 +24,7 @@
 mod address;
 mod error;
 mod join;
+mod liveness;
 mod proxy;
 mod raw;
 mod validate;
@@ -43,6 +44,7 @@ pub use proxy::{
 };
 
 use crate::admission::Reserve;
+pub use edge_proto::liveness::Liveness;
 use edge_proto::{Capabilities, Label, List, Location, MAX_NAME_LEN, Text, text};
 use raw::{RawConfig, VersionProbe};
 use std::collections::BTreeMap;
@@ -64,6 +66,10 @@ pub const SUPPORTED_CONFIG_VERSIONS: &[i64] = &[1];
 /// The status interval when the file does not set `status_interval_secs`.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The status interval when the file does not set `status_interval_secs` and `liveness`
+/// keeps alive less often than [`DEFAULT_STATUS_INTERVAL`] (as `"metered"` does).
+pub const METERED_STATUS_INTERVAL: Duration = Duration::from_secs(300);
+
 /// A validated node configuration. Built only by [`Config::from_toml`] or
 /// [`ConfigFile::complete`], so every value in it has passed validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +79,7 @@ pub struct Config {
     labels: BTreeMap<String, String>,
     location: Option<GeoPoint>,
     status_interval: Duration,
+    liveness: Liveness,
     orchestrator: OrchestratorAddress,
     local_address: Option<IpAddr>,
     join: Option<JoinSettings>,
@@ -90,6 +97,7 @@ pub struct ConfigFile {
     labels: Option<BTreeMap<String, String>>,
     location: Option<GeoPoint>,
     status_interval: Duration,
+    liveness: Liveness,
     orchestrator: Option<OrchestratorAddress>,
     local_address: Option<IpAddr>,
     join: Option<JoinSettings>,
@@ -145,6 +153,12 @@ impl Config {
     /// How often the node sends its live load.
     pub fn status_interval(&self) -> Duration {
         self.status_interval
+    }
+
+    /// How often the node keeps its link alive and how soon a silent one is dead
+    /// (`liveness`; [`Liveness::FAST`] by default).
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
     }
 
     pub fn orchestrator(&self) -> &OrchestratorAddress {
@@ -305,6 +319,7 @@ impl ConfigFile {
                 .unwrap_or_default(),
             location: self.location.or_else(|| join.and_then(|j| j.location)),
             status_interval: self.status_interval,
+            liveness: self.liveness,
             orchestrator,
             local_address: self.local_address,
             join: self.join.clone().or_else(|| join.map(|j| j.join.clone())),

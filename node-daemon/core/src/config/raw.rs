@@ -24,6 +24,9 @@ pub(super) struct RawConfig {
     pub labels: Option<BTreeMap<String, String>>,
     pub location: Option<RawLocation>,
     pub status_interval_secs: Option<i64>,
+    /// `"fast"`, `"metered"` or a table: checked by hand, so that each wrong shape gets an
+    /// error naming the field.
+    pub liveness: Option<toml::Value>,
     pub orchestrator: Option<RawOrchestrator>,
     pub join: Option<RawJoin>,
     /// Where a join file may be, in order of preference.

@@ -4,13 +4,16 @@
 
 use super::error::{ConfigError, invalid};
 use super::join::validate_join;
+use super::liveness::validate_liveness;
 use super::proxy::validate_proxy;
 use super::raw::{RawConfig, RawLocation, RawReserve};
 use super::{
-    ConfigFile, DEFAULT_STATUS_INTERVAL, GeoPoint, OrchestratorAddress, SUPPORTED_CONFIG_VERSIONS,
+    ConfigFile, DEFAULT_STATUS_INTERVAL, GeoPoint, METERED_STATUS_INTERVAL, OrchestratorAddress,
+    SUPPORTED_CONFIG_VERSIONS,
 };
 use crate::admission::Reserve;
 use edge_proto::field::{self, FieldPath, shown};
+use edge_proto::liveness::Liveness;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -30,7 +33,8 @@ impl RawConfig {
         let data_dir = validate_data_dir(self.data_dir)?;
         let labels = self.labels.map(validate_labels).transpose()?;
         let location = self.location.map(validate_location).transpose()?;
-        let status_interval = validate_status_interval(self.status_interval_secs)?;
+        let liveness = validate_liveness(self.liveness)?;
+        let status_interval = validate_status_interval(self.status_interval_secs, liveness)?;
         let (address, local_address) = self
             .orchestrator
             .map_or((None, None), |o| (o.address, o.local_address));
@@ -73,6 +77,7 @@ impl RawConfig {
             labels,
             location,
             status_interval,
+            liveness,
             orchestrator,
             local_address,
             join,
@@ -135,9 +140,19 @@ fn validate_data_dir(dir: String) -> Result<PathBuf, ConfigError> {
     Ok(PathBuf::from(dir))
 }
 
-fn validate_status_interval(secs: Option<i64>) -> Result<Duration, ConfigError> {
+/// `status_interval_secs`, or its default: [`DEFAULT_STATUS_INTERVAL`], or
+/// [`METERED_STATUS_INTERVAL`] for a node that keeps alive less often than that default (a
+/// node that saves bytes on keep-alives saves them on status reports too).
+fn validate_status_interval(
+    secs: Option<i64>,
+    liveness: Liveness,
+) -> Result<Duration, ConfigError> {
     let Some(secs) = secs else {
-        return Ok(DEFAULT_STATUS_INTERVAL);
+        return Ok(if liveness.keep_alive > DEFAULT_STATUS_INTERVAL {
+            METERED_STATUS_INTERVAL
+        } else {
+            DEFAULT_STATUS_INTERVAL
+        });
     };
     if !STATUS_INTERVAL_SECS.contains(&secs) {
         return Err(invalid(

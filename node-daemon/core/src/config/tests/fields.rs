@@ -303,3 +303,89 @@ fn bad_status_interval() {
         .expect("3600 is the limit, inclusive");
     assert_eq!(c.status_interval(), Duration::from_secs(3600));
 }
+
+#[test]
+fn liveness_profiles() {
+    let line = "status_interval_secs = 10";
+    let c = Config::from_toml(EXAMPLE).expect("valid");
+    assert_eq!(c.liveness(), Liveness::FAST, "the default");
+    let with = |to: &str| Config::from_toml(&example_with(line, to)).expect("valid");
+    assert_eq!(with("liveness = \"fast\"").liveness(), Liveness::FAST);
+    assert_eq!(
+        with("liveness = \"fast\"").status_interval(),
+        DEFAULT_STATUS_INTERVAL
+    );
+    // A metered node reports its status every 5 minutes unless told otherwise.
+    let metered = with("liveness = \"metered\"");
+    assert_eq!(metered.liveness(), Liveness::METERED);
+    assert_eq!(metered.status_interval(), METERED_STATUS_INTERVAL);
+    let told = with("liveness = \"metered\"\nstatus_interval_secs = 30");
+    assert_eq!(told.status_interval(), Duration::from_secs(30));
+    let own = with("liveness = { keep_alive_secs = 5, idle_timeout_secs = 15 }");
+    assert_eq!(
+        own.liveness(),
+        Liveness {
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+        }
+    );
+    assert_eq!(own.status_interval(), DEFAULT_STATUS_INTERVAL);
+    let slow = with("liveness = { keep_alive_secs = 30, idle_timeout_secs = 600 }");
+    assert_eq!(slow.liveness().idle_timeout, Duration::from_secs(600));
+    assert_eq!(slow.status_interval(), METERED_STATUS_INTERVAL);
+}
+
+#[test]
+fn bad_liveness() {
+    let line = "status_interval_secs = 10";
+    let bad = |to: &str, field: &str| invalid_field(&example_with(line, to), field);
+    let why = bad("liveness = \"slow\"", "liveness");
+    assert!(why.contains("\"fast\", \"metered\""), "{why}");
+    assert!(why.contains("\"slow\""), "{why}");
+    bad("liveness = \"\"", "liveness");
+    bad("liveness = \"FAST\"", "liveness");
+    bad(
+        &format!("liveness = \"{}\"", "x".repeat(10_000)),
+        "liveness",
+    );
+    bad("liveness = 60", "liveness");
+    bad("liveness = true", "liveness");
+    bad("liveness = [\"fast\"]", "liveness");
+    let why = bad(
+        "liveness = { keep_alive_secs = 5, idle_timeout_secs = 15, jitter = 1 }",
+        "liveness.jitter",
+    );
+    assert!(why.contains("unknown field"), "{why}");
+    bad(
+        "liveness = { keep_alive_secs = 5, \"a b\" = 1, idle_timeout_secs = 15 }",
+        "liveness.\"a b\"",
+    );
+    let why = bad(
+        "liveness = { keep_alive_secs = 5 }",
+        "liveness.idle_timeout_secs",
+    );
+    assert!(why.contains("missing"), "{why}");
+    bad(
+        "liveness = { idle_timeout_secs = 15 }",
+        "liveness.keep_alive_secs",
+    );
+    bad("liveness = {}", "liveness.keep_alive_secs");
+    for keep_alive in ["0", "-1", "301", "9223372036854775807", "1.5", "\"5\""] {
+        bad(
+            &format!("liveness = {{ keep_alive_secs = {keep_alive}, idle_timeout_secs = 600 }}"),
+            "liveness.keep_alive_secs",
+        );
+    }
+    for idle in ["0", "1", "601", "-9223372036854775808", "nan"] {
+        bad(
+            &format!("liveness = {{ keep_alive_secs = 1, idle_timeout_secs = {idle} }}"),
+            "liveness.idle_timeout_secs",
+        );
+    }
+    // One lost keep-alive must never kill the link.
+    let why = bad(
+        "liveness = { keep_alive_secs = 10, idle_timeout_secs = 19 }",
+        "liveness.idle_timeout_secs",
+    );
+    assert!(why.contains("twice"), "{why}");
+}
