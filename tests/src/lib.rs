@@ -61,6 +61,13 @@ pub fn http_get_root(addr: &str) -> Option<String> {
 /// CI machines are slow and shared; it is a bound on a hang, not a performance figure.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// What is left of a [`TestOrchestrator`] that stopped: its data dir and QUIC address.
+#[derive(Debug)]
+pub struct Stopped {
+    pub dir: tempfile::TempDir,
+    pub quic: SocketAddr,
+}
+
 /// An orchestrator in this process, on 127.0.0.1 port 0, with its own data dir.
 #[derive(Debug)]
 pub struct TestOrchestrator {
@@ -77,12 +84,26 @@ impl TestOrchestrator {
 
     /// Stops it and starts it again on the same data dir and QUIC port.
     pub async fn restart(self) -> Self {
+        Self::resume(self.stop().await).await
+    }
+
+    /// Stops it, keeping what [`resume`](Self::resume) needs to start it again: its data dir
+    /// and QUIC port.
+    pub async fn stop(self) -> Stopped {
         let quic = self.orch.quic_addr;
         self.orch.shutdown().await;
-        let orch = start_at(self.dir.path(), quic).await;
+        Stopped {
+            dir: self.dir,
+            quic,
+        }
+    }
+
+    /// Starts an orchestrator again where one [`stop`](Self::stop)ped.
+    pub async fn resume(stopped: Stopped) -> Self {
+        let orch = start_at(stopped.dir.path(), stopped.quic).await;
         Self {
             orch,
-            dir: self.dir,
+            dir: stopped.dir,
         }
     }
 

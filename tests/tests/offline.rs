@@ -1,0 +1,136 @@
+//! A node without its orchestrator, over real QUIC and real processes: what it stored, it
+//! runs, restarts and reports on its own, and a reconnect changes none of it.
+
+use edge_tests::{PATIENCE, TestNode, TestOrchestrator, alive, eventually, node_config};
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// The pid the workload wrote at its last start.
+fn written_pid(file: &Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Polls until the workload has written a live pid other than `not`; returns it.
+async fn a_new_live_pid(file: &Path, not: Option<u32>, what: &str) -> u32 {
+    let mut found = None;
+    let seen = eventually(PATIENCE, || {
+        found = written_pid(file).filter(|p| Some(*p) != not && alive(*p));
+        found.is_some()
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "{what}: no new live pid (last {:?})",
+        written_pid(file)
+    );
+    found.unwrap_or_default()
+}
+
+/// The one instance of `name` the API shows, once running.
+async fn running_instance(orch: &TestOrchestrator, name: &str) -> Option<Value> {
+    let (status, w) = orch
+        .api("GET", &format!("/v1/workloads/{name}"), None)
+        .await;
+    if status != 200 {
+        return None;
+    }
+    w["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["state"] == "running")
+        .cloned()
+}
+
+/// A reboot with no uplink: the node, started while its orchestrator is down, runs the
+/// workload it stored, restarts it when it dies, and when the orchestrator is back reports
+/// that same process, with the restart counted; the reconnect restarts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_its_orchestrator_runs_and_restarts_what_it_stored() {
+    let orch = TestOrchestrator::start().await;
+    let token = orch.token(1);
+    let node_dir = tempfile::tempdir().expect("tmp");
+    let config = node_config(
+        "alone",
+        node_dir.path(),
+        orch.orch.quic_addr,
+        Some((&token, &orch.ca_hash())),
+        "",
+    );
+    let node = TestNode::spawn(config.clone());
+    assert!(
+        eventually(PATIENCE, || orch.online("alone"))
+            .await
+            .is_some()
+    );
+
+    let pid_file = node_dir.path().join("workload.pid");
+    let script = b"#!/bin/sh\necho $$ > \"$PID_FILE\"\nexec sleep 600\n";
+    let stored = orch
+        .orch
+        .artifacts
+        .put(&script[..], None)
+        .await
+        .expect("put");
+    let digest: String = stored.digest.iter().map(|b| format!("{b:02x}")).collect();
+    let spec = json!({
+        "name": "till",
+        "version": "1.0.0",
+        "artifact": format!("sha256:{digest}"),
+        "env": {"PID_FILE": pid_file.display().to_string()},
+        "resources": {"cpu_millis": 100, "memory_bytes": 32 << 20},
+    });
+    let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let first = a_new_live_pid(&pid_file, None, "deployed").await;
+
+    // Everything stops, as for a power cut: the node's daemon (and with it the workload),
+    // then the orchestrator.
+    node.stop().await.expect("clean stop");
+    assert!(eventually(PATIENCE, || !alive(first)).await.is_some());
+    let stopped = orch.stop().await;
+
+    // The node comes back alone: it runs what it stored without waiting for anyone.
+    let node = TestNode::spawn(config);
+    let second = a_new_live_pid(&pid_file, Some(first), "started with no uplink").await;
+    // The workload dies; the node restarts it, still alone.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &second.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let third = a_new_live_pid(&pid_file, Some(second), "restarted with no uplink").await;
+
+    // The orchestrator is back: it learns of that very process and of the restart, and the
+    // reconnect restarts nothing.
+    let orch = TestOrchestrator::resume(stopped).await;
+    assert!(
+        eventually(PATIENCE, || orch.online("alone"))
+            .await
+            .is_some()
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
+    let reported = loop {
+        poll.tick().await;
+        let instance = running_instance(&orch, "till").await;
+        if let Some(i) = instance.filter(|i| i["pid"].as_u64() == Some(u64::from(third))) {
+            break i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API shows the process the node started alone: {:?}",
+            running_instance(&orch, "till").await
+        );
+    };
+    assert!(
+        reported["restarts"].as_u64() >= Some(1),
+        "the offline restart is counted: {reported}"
+    );
+    assert_eq!(
+        written_pid(&pid_file),
+        Some(third),
+        "not restarted by the reconnect"
+    );
+    assert!(alive(third));
+    node.stop().await.expect("clean stop");
+}
