@@ -12,6 +12,9 @@
 //!   restart policy alike; the caller draws the randomness.
 //! - [`spec`]: [`WorkloadSpec`](spec::WorkloadSpec), a workload as the node runs it (and
 //!   stores it), and its validation.
+//! - [`outbox`]: [`Outbox`](outbox::Outbox), what the orchestrator must still learn: the
+//!   drain order by class, acknowledgements and resends, and what is shed when the disk
+//!   budget is full; [`Pacer`](outbox::Pacer), the uplink's byte budget.
 //!
 //! **Invariant.** Nothing here does I/O or reads the clock: the crate depends on no runtime,
 //! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper), time comes in as
@@ -24,6 +27,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod config;
+pub mod outbox;
 pub mod proxy;
 pub mod restart;
 pub mod session;
