@@ -358,6 +358,9 @@ pub async fn run_with(
                         OrchMsg::Reject(r) => Some((r.code, r.message.clone())),
                         _ => None,
                     };
+                    if let OrchMsg::Welcome(welcome) = &msg {
+                        clock_offset(&board, welcome.time_ms);
+                    }
                     let was_established = session.is_established();
                     let now = Instant::now();
                     session.handle_msg(msg, now);
@@ -479,6 +482,32 @@ fn identity_conflict(
 
 /// How long the session waits before it dials again, to the millisecond; `None` unless it is
 /// backing off.
+/// How far this node's wall clock may be from the orchestrator's before the node says so.
+const CLOCK_TOLERANCE_MS: i64 = 10_000;
+
+/// Learns how far this node's clock is from the orchestrator's, which welcomed it at
+/// `orchestrator_ms`: shown on the status endpoint, and a warning past the tolerance (a board
+/// without a real-time clock boots with the last time it saved).
+fn clock_offset(board: &StatusBoard, orchestrator_ms: u64) {
+    let ours = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let offset_ms = i64::try_from(orchestrator_ms)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(ours);
+    board.update(|s| s.clock_offset_ms = Some(offset_ms));
+    if offset_ms.unsigned_abs() > CLOCK_TOLERANCE_MS.unsigned_abs() {
+        warn!(
+            offset_secs = offset_ms / 1000,
+            "this node's clock is off from the orchestrator's (the offset is the orchestrator's \
+             time minus ours); certificates were checked as of their start, durations use the \
+             monotonic clock"
+        );
+    } else {
+        debug!(offset_ms, "clock offset from the orchestrator");
+    }
+}
+
 fn backoff(session: &NodeSession, now: Instant) -> Option<Duration> {
     let wait = session.retry_at()?.saturating_duration_since(now);
     Some(Duration::from_millis(

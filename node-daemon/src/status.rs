@@ -65,6 +65,9 @@ pub struct Status {
     pub model: Option<String>,
     /// Where the proxy listens, when the config has a `[proxy]` table.
     pub proxy: Option<String>,
+    /// The orchestrator's wall clock minus this node's, in milliseconds, as of the last
+    /// time it welcomed the node; `null` before that.
+    pub clock_offset_ms: Option<i64>,
     pub version: &'static str,
     pub arch: &'static str,
 }
@@ -94,6 +97,7 @@ impl StatusBoard {
             join_file: None,
             model: None,
             proxy: None,
+            clock_offset_ms: None,
             version: env!("CARGO_PKG_VERSION"),
             arch: std::env::consts::ARCH,
         });

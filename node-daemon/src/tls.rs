@@ -1,10 +1,18 @@
 //! The node's TLS: how it trusts the orchestrator and proves who it is.
 //!
 //! Before enrollment the node knows only the CA's hash from its join settings, so
-//! [`PinnedCaVerifier`] accepts a server whose chain contains a certificate with that hash and
-//! whose leaf that certificate signed, for [`ORCHESTRATOR_SERVER_NAME`]. After enrollment the
-//! node trusts exactly the stored CA and presents its own certificate: to the orchestrator,
-//! and to the other nodes its proxy serves and reaches ([`peer_tls`]).
+//! [`OrchestratorVerifier::pinned`] accepts a server whose chain contains a certificate with
+//! that hash and whose leaf that certificate signed, for [`ORCHESTRATOR_SERVER_NAME`]. After
+//! enrollment the node trusts exactly the stored CA ([`OrchestratorVerifier::rooted`]) and
+//! presents its own certificate: to the orchestrator, and to the other nodes its proxy
+//! serves and reaches ([`peer_tls`]).
+//!
+//! **Clocks.** A board without a real-time clock boots with the last time it saved, which
+//! can be months or years behind, and to it the orchestrator's certificate is not valid
+//! yet. Both ways of trusting the orchestrator then check the certificate as of the moment
+//! it became valid instead: the chain, the signatures and the name are checked as ever. A
+//! clock ahead is not forgiven: an expired certificate is refused. The node learns how far
+//! off its clock is when the orchestrator welcomes it (`Welcome::time_ms`).
 
 use edge_proto::digest::sha256;
 use edge_proto::liveness::Liveness;
@@ -13,7 +21,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
 use crate::identity::Identity;
@@ -23,24 +31,85 @@ use crate::identity::Identity;
 #[error("TLS setup: {0}")]
 pub struct TlsError(String);
 
-/// Trusts the server chain only if it carries the CA with the pinned hash and that CA signed
-/// the leaf.
+/// How the node trusts the orchestrator's certificate.
 #[derive(Debug)]
-pub struct PinnedCaVerifier {
-    pin: [u8; 32],
+pub struct OrchestratorVerifier {
+    trust: Trust,
     provider: Arc<CryptoProvider>,
 }
 
-impl PinnedCaVerifier {
-    pub fn new(pin: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
-        Self { pin, provider }
-    }
+#[derive(Debug)]
+enum Trust {
+    /// Before enrollment: the chain must carry the CA with this hash, and it signed the leaf.
+    Pinned([u8; 32]),
+    /// After: the stored CA is the only root.
+    Rooted(Arc<WebPkiServerVerifier>),
 }
 
 /// The message a node shows when the server is not the one its join settings name.
 pub const PIN_MISMATCH: &str = "the orchestrator's CA does not match join.ca_hash";
 
-impl ServerCertVerifier for PinnedCaVerifier {
+impl OrchestratorVerifier {
+    /// Trusts a chain that carries the CA whose SHA-256 is `pin`, and that CA signed the leaf.
+    pub fn pinned(pin: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            trust: Trust::Pinned(pin),
+            provider,
+        }
+    }
+
+    /// Trusts what `ca` signed, and nothing else.
+    pub fn rooted(
+        ca: CertificateDer<'static>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            trust: Trust::Rooted(webpki(ca, &provider).map_err(|e| TlsError(e.to_string()))?),
+            provider,
+        })
+    }
+}
+
+/// A verifier trusting only `ca`.
+fn webpki(
+    ca: CertificateDer<'static>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))
+}
+
+/// Verifies with `verifier` at `now`; a certificate that is only not valid yet, as it is to
+/// a clock behind, is verified again as of its start (see the module docs).
+fn forgiving_a_clock_behind(
+    verifier: &WebPkiServerVerifier,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+    ocsp_response: &[u8],
+    now: UnixTime,
+) -> Result<ServerCertVerified, rustls::Error> {
+    match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+            not_before,
+            ..
+        })) => verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            not_before,
+        ),
+        other => other,
+    }
+}
+
+impl ServerCertVerifier for OrchestratorVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -49,21 +118,23 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(ca) = intermediates
-            .iter()
-            .find(|c| sha256(c.as_ref()) == self.pin)
-        else {
-            return Err(rustls::Error::General(PIN_MISMATCH.into()));
-        };
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone().into_owned())
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        match &self.trust {
+            Trust::Pinned(pin) => {
+                let Some(ca) = intermediates.iter().find(|c| sha256(c.as_ref()) == *pin) else {
+                    return Err(rustls::Error::General(PIN_MISMATCH.into()));
+                };
+                let inner = webpki(ca.clone().into_owned(), &self.provider)?;
+                forgiving_a_clock_behind(&inner, end_entity, &[], server_name, ocsp_response, now)
+            }
+            Trust::Rooted(inner) => forgiving_a_clock_behind(
+                inner,
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+        }
     }
 
     fn verify_tls12_signature(
@@ -129,21 +200,20 @@ pub fn enroll_config(ca_pin: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> 
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(ca_pin, provider)))
+        .with_custom_certificate_verifier(Arc::new(OrchestratorVerifier::pinned(ca_pin, provider)))
         .with_no_client_auth();
     finish(tls)
 }
 
 /// For sessions: the stored CA is the only root, and the node presents its certificate.
 pub fn session_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(identity.ca.clone())
-        .map_err(|e| TlsError(e.to_string()))?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let verifier = OrchestratorVerifier::rooted(identity.ca.clone(), provider.clone())?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(|e| TlsError(e.to_string()))?;
     finish(tls)

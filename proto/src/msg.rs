@@ -165,6 +165,9 @@ pub struct Welcome {
     pub version: u16,
     /// The id taken from the node's certificate.
     pub node_id: NodeId,
+    /// The orchestrator's wall clock as it welcomed the node, in milliseconds since the Unix
+    /// epoch: how a node without a real-time clock learns how far off its own is.
+    pub time_ms: u64,
 }
 
 /// The node's certificate, issued for its CSR.

@@ -75,8 +75,9 @@ fn golden_bytes() {
             encode(&OrchMsg::Welcome(Welcome {
                 version: 1,
                 node_id: id,
+                time_ms: 1_765_000_000_000,
             })),
-            "000000120001abababababababababababababababab",
+            "000000180001abababababababababababababababab80e4ca91af33",
         ),
         (
             encode(&OrchMsg::Reject(Reject {
@@ -237,6 +238,7 @@ fn truncated_frame_is_an_error_at_end_of_stream() {
     let frame = encode(&OrchMsg::Welcome(Welcome {
         version: 1,
         node_id: NodeId([1; 16]),
+        time_ms: 1_765_000_000_000,
     }));
     let mut dec = FrameDecoder::new();
     dec.push(&frame[..frame.len() - 1]);

@@ -485,6 +485,7 @@ mod tests {
             OrchMsg::Welcome(Welcome {
                 version: 1,
                 node_id: NodeId([1; 16]),
+                time_ms: 0,
             }),
             t0,
         );
@@ -517,6 +518,7 @@ mod tests {
             OrchMsg::Welcome(Welcome {
                 version: 1,
                 node_id: NodeId([1; 16]),
+                time_ms: 0,
             }),
             t0,
         );
@@ -582,6 +584,7 @@ mod tests {
                 OrchMsg::Welcome(Welcome {
                     version: 1,
                     node_id: NodeId([1; 16]),
+                    time_ms: 0,
                 }),
                 now,
             );
@@ -656,6 +659,7 @@ mod tests {
             OrchMsg::Welcome(Welcome {
                 version: 1,
                 node_id: NodeId([1; 16]),
+                time_ms: 0,
             }),
             retry,
         );

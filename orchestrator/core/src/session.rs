@@ -172,6 +172,13 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch of a wall time the caller read (0 before 1970).
+pub fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitHello {
@@ -436,6 +443,7 @@ impl ServerSession {
                     .push_back(Action::Send(OrchMsg::Welcome(Welcome {
                         version,
                         node_id: node,
+                        time_ms: unix_millis(ctx.wall),
                     })));
                 self.event(Event::SessionOpened { node, version });
             }

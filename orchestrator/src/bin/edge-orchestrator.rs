@@ -66,7 +66,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("edge-orchestrator: starting the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "edge-orchestrator: starting the async runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -102,14 +105,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen)
                 .await
                 .context("starting the orchestrator")?;
-            eprintln!(
+            // One write, its failure ignored: `eprintln!` writes piece by piece and panics
+            // if the reader of stderr went away between two pieces (a supervisor that read
+            // the first line and stopped).
+            let banner = format!(
                 "edge-orchestrator: nodes dial {}, operators use http://{}\n\
-                 admin API token written to {} (CA {})",
+                 admin API token written to {} (CA {})\n",
                 orch.quic_addr,
                 orch.api_addr,
                 orch.admin_token_path.display(),
                 orch.registry.ca().hash()
             );
+            let _ = std::io::stderr().write_all(banner.as_bytes());
             orchestrator::demo::shutdown_signal().await;
             orch.shutdown().await;
             Ok(())
