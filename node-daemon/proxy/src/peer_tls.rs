@@ -13,16 +13,21 @@
 //!
 //! TLS 1.3 only, as the orchestrator link; ALPN `http/1.1`. A foreign certificate, none, or
 //! another node's: the handshake fails.
+//!
+//! Both checks forgive a clock behind ([`ClockBehind`]), as the orchestrator link does: a
+//! board without a real-time clock may boot years in the past, and to it every certificate
+//! issued since is not valid yet. Such a certificate is checked as of its start; an expired
+//! one is still refused.
 
 use edge_proto::NodeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 use std::sync::Arc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -64,9 +69,11 @@ impl PeerTls {
             .add(ca)
             .map_err(|e| PeerTlsError(format!("the fleet CA: {e}")))?;
         let roots = Arc::new(roots);
-        let clients = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|e| PeerTlsError(e.to_string()))?;
+        let clients: Arc<dyn ClientCertVerifier> = Arc::new(ClockBehind(
+            WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| PeerTlsError(e.to_string()))?,
+        ));
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| PeerTlsError(e.to_string()))?
@@ -124,6 +131,64 @@ pub fn node_of_cert(cert: &CertificateDer<'_>) -> Option<NodeId> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
     NodeId::parse(cn)
+}
+
+/// Checks a node certificate as the verifier it wraps does, except that one that is only not
+/// valid yet, as every recent certificate is to a clock behind, is checked as of its start.
+#[derive(Debug)]
+struct ClockBehind(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for ClockBehind {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.0.verify_client_cert(end_entity, intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+                not_before,
+                ..
+            })) => self
+                .0
+                .verify_client_cert(end_entity, intermediates, not_before),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Verifies a peer's certificate: signed by the fleet CA as a node's (client) certificate,
@@ -218,6 +283,63 @@ mod tests {
         }
         let ip = ServerName::try_from("127.0.0.1").expect("an IP");
         assert_eq!(node_of_name(&ip), None);
+    }
+
+    /// A fleet CA and a node certificate valid through 2026 only.
+    fn cert_of_2026() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, date_time_ymd,
+        };
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "edge fleet CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let mut node = CertificateParams::default();
+        node.distinguished_name
+            .push(DnType::CommonName, NodeId([7; 16]).to_string());
+        node.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        node.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        node.not_before = date_time_ymd(2026, 1, 1);
+        node.not_after = date_time_ymd(2027, 1, 1);
+        let leaf = node.signed_by(&key, &issuer).expect("leaf");
+        (ca_cert.der().clone(), leaf.der().clone())
+    }
+
+    #[test]
+    fn a_clock_behind_is_forgiven_and_one_ahead_is_not() {
+        let (ca, leaf) = cert_of_2026();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).expect("CA");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = ClockBehind(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier"),
+        );
+        let at =
+            |year_secs: u64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(year_secs));
+        // 2023, 2026-06 and 2028, in seconds since the epoch.
+        let (behind, during, ahead) = (1_672_531_200, 1_780_000_000, 1_830_297_600);
+        assert!(verifier.verify_client_cert(&leaf, &[], at(during)).is_ok());
+        assert!(
+            verifier.verify_client_cert(&leaf, &[], at(behind)).is_ok(),
+            "three years behind: checked as of its start"
+        );
+        assert!(matches!(
+            verifier.verify_client_cert(&leaf, &[], at(ahead)),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            ))
+        ));
     }
 
     #[test]
