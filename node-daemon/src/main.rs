@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use node_daemon::config::{
-    Config, ConfigFile, FromFile, GeoPoint, JoinSettings, OrchestratorAddress,
+    Config, ConfigFile, FromFile, GeoPoint, JoinSettings, Liveness, OrchestratorAddress,
 };
 use node_daemon::notify::Notifier;
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 // Links the faster `memcpy` in place of musl's own (see edge-memcpy).
 #[cfg(all(target_arch = "x86_64", target_env = "musl"))]
 use edge_memcpy as _;
@@ -121,6 +122,8 @@ struct Summary<'a> {
     labels: Option<&'a BTreeMap<String, String>>,
     location: Option<GeoPoint>,
     status_listen: Option<SocketAddr>,
+    liveness: Liveness,
+    status_interval: Duration,
     join: Option<&'a JoinSettings>,
     join_files: &'a [PathBuf],
 }
@@ -135,6 +138,8 @@ impl<'a> Summary<'a> {
             labels: Some(c.labels()),
             location: c.location(),
             status_listen: c.status_listen(),
+            liveness: c.liveness(),
+            status_interval: c.status_interval(),
             join: c.join(),
             join_files: &[],
         }
@@ -149,6 +154,8 @@ impl<'a> Summary<'a> {
             labels: f.labels(),
             location: f.location(),
             status_listen: f.status_listen(),
+            liveness: f.liveness(),
+            status_interval: f.status_interval(),
             join: f.join(),
             join_files: f.join_files(),
         }
@@ -193,6 +200,21 @@ impl fmt::Display for Summary<'_> {
         if let Some(addr) = self.status_listen {
             line(f, "status_listen", &addr)?;
         }
+        let profile = match self.liveness {
+            Liveness::FAST => "fast, ",
+            Liveness::METERED => "metered, ",
+            _ => "",
+        };
+        line(
+            f,
+            "liveness",
+            &format_args!(
+                "{profile}keep-alive every {} s, offline after {} s without a packet; status every {} s",
+                self.liveness.keep_alive.as_secs(),
+                self.liveness.idle_timeout.as_secs(),
+                self.status_interval.as_secs()
+            ),
+        )?;
         match self.join {
             Some(j) => line(
                 f,

@@ -114,6 +114,7 @@ fn check_config_summarises_a_complete_file_without_the_secret() {
         "127.0.0.1:7450",
         "present (token abcdef.",
         "sha256:0011",
+        "liveness       fast, keep-alive every 1 s, offline after 4 s without a packet; status every 10 s",
     ] {
         assert!(summary.contains(expected), "{expected:?} in:\n{summary}");
     }
@@ -123,6 +124,38 @@ fn check_config_summarises_a_complete_file_without_the_secret() {
         "{summary}"
     );
     assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn check_config_shows_the_liveness_profile_and_its_status_interval() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("node.toml");
+    for (liveness, expected) in [
+        (
+            "\"metered\"",
+            "metered, keep-alive every 20 s, offline after 60 s without a packet; status every 300 s",
+        ),
+        (
+            "{ keep_alive_secs = 5, idle_timeout_secs = 30 }",
+            "keep-alive every 5 s, offline after 30 s without a packet; status every 10 s",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\nname = \"cell-1\"\ndata_dir = \"/var/lib/edge-node\"\n\
+                 liveness = {liveness}\n[orchestrator]\naddress = \"o.example.net:7443\"\n"
+            ),
+        )
+        .expect("write");
+        let out = edge_node(&["check-config"], &config);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let summary = text(&out.stdout);
+        assert!(
+            summary.contains(&format!("liveness       {expected}")),
+            "{expected:?} in:\n{summary}"
+        );
+    }
 }
 
 #[test]

@@ -242,6 +242,14 @@ impl ConfigFile {
     }
 
     /// Where to look for a join file, in order; empty when the file does not use one.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        self.status_interval
+    }
+
     pub fn join_files(&self) -> &[PathBuf] {
         &self.join_files
     }
