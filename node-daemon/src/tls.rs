@@ -17,11 +17,12 @@
 use edge_proto::digest::sha256;
 use edge_proto::liveness::Liveness;
 use edge_proto::{ALPN, ORCHESTRATOR_SERVER_NAME};
+use edge_proxy::peer_tls::forgiving_a_clock_behind;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
 use crate::identity::Identity;
@@ -84,31 +85,6 @@ fn webpki(
         .map_err(|e| rustls::Error::General(e.to_string()))
 }
 
-/// Verifies with `verifier` at `now`; a certificate that is only not valid yet, as it is to
-/// a clock behind, is verified again as of its start (see the module docs).
-fn forgiving_a_clock_behind(
-    verifier: &WebPkiServerVerifier,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    server_name: &ServerName<'_>,
-    ocsp_response: &[u8],
-    now: UnixTime,
-) -> Result<ServerCertVerified, rustls::Error> {
-    match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
-            not_before,
-            ..
-        })) => verifier.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            not_before,
-        ),
-        other => other,
-    }
-}
-
 impl ServerCertVerifier for OrchestratorVerifier {
     fn verify_server_cert(
         &self,
@@ -124,16 +100,13 @@ impl ServerCertVerifier for OrchestratorVerifier {
                     return Err(rustls::Error::General(PIN_MISMATCH.into()));
                 };
                 let inner = webpki(ca.clone().into_owned(), &self.provider)?;
-                forgiving_a_clock_behind(&inner, end_entity, &[], server_name, ocsp_response, now)
+                forgiving_a_clock_behind(now, |at| {
+                    inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, at)
+                })
             }
-            Trust::Rooted(inner) => forgiving_a_clock_behind(
-                inner,
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ),
+            Trust::Rooted(inner) => forgiving_a_clock_behind(now, |at| {
+                inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, at)
+            }),
         }
     }
 

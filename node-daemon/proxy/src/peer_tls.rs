@@ -133,6 +133,23 @@ pub fn node_of_cert(cert: &CertificateDer<'_>) -> Option<NodeId> {
     NodeId::parse(cn)
 }
 
+/// Runs `verify` at `now` and, if the certificate is only not valid yet (as every recent one
+/// is to a clock behind), again as of its start. The node's one rule for a clock behind: the
+/// peer link's [`ClockBehind`] and the orchestrator link's verifier (`node-daemon`'s `tls`)
+/// both use it.
+pub fn forgiving_a_clock_behind<T>(
+    now: UnixTime,
+    verify: impl Fn(UnixTime) -> Result<T, rustls::Error>,
+) -> Result<T, rustls::Error> {
+    match verify(now) {
+        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+            not_before,
+            ..
+        })) => verify(not_before),
+        other => other,
+    }
+}
+
 /// Checks a node certificate as the verifier it wraps does, except that one that is only not
 /// valid yet, as every recent certificate is to a clock behind, is checked as of its start.
 #[derive(Debug)]
@@ -157,15 +174,9 @@ impl ClientCertVerifier for ClockBehind {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.0.verify_client_cert(end_entity, intermediates, now) {
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
-                not_before,
-                ..
-            })) => self
-                .0
-                .verify_client_cert(end_entity, intermediates, not_before),
-            other => other,
-        }
+        forgiving_a_clock_behind(now, |at| {
+            self.0.verify_client_cert(end_entity, intermediates, at)
+        })
     }
 
     fn verify_tls12_signature(
