@@ -486,8 +486,9 @@ fn identity_conflict(
 const CLOCK_TOLERANCE_MS: i64 = 10_000;
 
 /// Learns how far this node's clock is from the orchestrator's, which welcomed it at
-/// `orchestrator_ms`: shown on the status endpoint, and a warning past the tolerance (a board
-/// without a real-time clock boots with the last time it saved).
+/// `orchestrator_ms`: shown on the status endpoint and in `edge_node_clock_offset_seconds`,
+/// and a warning past the tolerance (a board without a real-time clock boots with the last
+/// time it saved).
 fn clock_offset(board: &StatusBoard, orchestrator_ms: u64) {
     let ours = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
@@ -496,6 +497,7 @@ fn clock_offset(board: &StatusBoard, orchestrator_ms: u64) {
         .unwrap_or(i64::MAX)
         .saturating_sub(ours);
     board.update(|s| s.clock_offset_ms = Some(offset_ms));
+    board.metrics().clock_offset(offset_ms / 1000);
     if offset_ms.unsigned_abs() > CLOCK_TOLERANCE_MS.unsigned_abs() {
         warn!(
             offset_secs = offset_ms / 1000,

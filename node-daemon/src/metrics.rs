@@ -241,6 +241,7 @@ struct Inner {
     instance_exits: Family<ReasonLabel, Counter>,
     instance_restarts: Family<ReasonLabel, Counter>,
     workloads_running: Gauge,
+    clock_offset: Gauge,
     proxy: edge_proxy::ProxyMetrics,
 }
 
@@ -266,6 +267,7 @@ impl NodeMetrics {
             instance_exits: Family::default(),
             instance_restarts: Family::default(),
             workloads_running: Gauge::default(),
+            clock_offset: Gauge::default(),
             proxy: edge_proxy::ProxyMetrics::default(),
         };
         let r = &mut inner.registry;
@@ -329,6 +331,12 @@ impl NodeMetrics {
             "Workload processes running now",
             inner.workloads_running.clone(),
         );
+        r.register(
+            "edge_node_clock_offset_seconds",
+            "The orchestrator's wall clock minus this node's, as of the last time it welcomed \
+             the node (0 before that)",
+            inner.clock_offset.clone(),
+        );
         inner.proxy.register(&mut inner.registry);
         let metrics = Self(Arc::new(inner));
         metrics.initialise_series();
@@ -365,6 +373,12 @@ impl NodeMetrics {
         for reason in RestartReason::all() {
             zero(&m.instance_restarts, reason);
         }
+    }
+
+    /// How far the orchestrator's clock is ahead of this node's, in seconds (negative:
+    /// behind).
+    pub fn clock_offset(&self, secs: i64) {
+        self.0.clock_offset.set(secs);
     }
 
     /// The exposition in `format`.
@@ -559,6 +573,19 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == series), "{series}:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_clock_offset_is_a_gauge_in_seconds() {
+        let metrics = NodeMetrics::new();
+        let text = metrics.encode(Format::Text004);
+        assert!(text.contains("\nedge_node_clock_offset_seconds 0\n"), "{text}");
+        metrics.clock_offset(94_608_000);
+        let text = metrics.encode(Format::Text004);
+        assert!(
+            text.contains("\nedge_node_clock_offset_seconds 94608000\n"),
+            "{text}"
+        );
     }
 
     #[test]
