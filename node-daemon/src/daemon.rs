@@ -268,6 +268,11 @@ pub async fn run_with(
                         proxy.unroute(u.workload.as_str());
                     }
                 }
+                Action::EventsStored(stored) => {
+                    // The node sends no events yet (its outbox comes next), so nothing waits
+                    // for this; an acknowledgement of nothing changes nothing.
+                    debug!(events = stored.seqs.len(), "events stored");
+                }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
                     if let Fatal::Rejected {

@@ -579,7 +579,10 @@ mod tests {
     fn the_clock_offset_is_a_gauge_in_seconds() {
         let metrics = NodeMetrics::new();
         let text = metrics.encode(Format::Text004);
-        assert!(text.contains("\nedge_node_clock_offset_seconds 0\n"), "{text}");
+        assert!(
+            text.contains("\nedge_node_clock_offset_seconds 0\n"),
+            "{text}"
+        );
         metrics.clock_offset(94_608_000);
         let text = metrics.encode(Format::Text004);
         assert!(

@@ -7,6 +7,7 @@
 
 use crate::pki::{Ca, PkiError};
 use edge_proto::NodeId;
+use orchestrator_core::events::EventRecord;
 use orchestrator_core::fleet::{Change, Fleet, NodeRecord};
 use orchestrator_core::store::{Store, StoreError};
 use orchestrator_core::tokens::{self, TokenRecord};
@@ -85,6 +86,16 @@ impl Registry {
     }
 
     /// Writes a registry change to the store. Blocking: it ends in a flush.
+    /// Stores nodes' events (see `orchestrator_core::events`); durable when it returns.
+    pub fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        self.store.put_events(events)
+    }
+
+    /// The stored events of `node` (hex id) or of every node.
+    pub fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
+        self.store.events(node)
+    }
+
     pub fn persist(&self, change: &Change) -> Result<(), StoreError> {
         match change {
             Change::Token(t) => self.store.put_token(t),

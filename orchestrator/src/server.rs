@@ -554,6 +554,32 @@ async fn flush_actions(
                 debug!(node = %node, peer = ?advert.peer, "proxy advert");
                 server.deployments.proxy_advert(node, advert);
             }
+            Action::StoreEvents(node, batch) => {
+                let records = orchestrator_core::events::records(
+                    node,
+                    &batch,
+                    crate::clock::now_unix().saturating_mul(1000),
+                );
+                let registry = server.registry.clone();
+                let stored = tokio::task::spawn_blocking(move || registry.put_events(&records))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(StoreError::Backend(format!("store task failed: {e}")))
+                    });
+                match stored {
+                    Ok(()) => {
+                        let ack = orchestrator_core::events::acknowledgement(&batch);
+                        server.metrics.frame("tx");
+                        if let Err(error) =
+                            write_msg(send, &edge_proto::OrchMsg::EventsStored(Box::new(ack))).await
+                        {
+                            debug!(%error, "send failed");
+                        }
+                    }
+                    // Not acknowledged: the node keeps the events and sends them again.
+                    Err(error) => warn!(node = %node, %error, "could not store a node's events"),
+                }
+            }
             Action::Traffic(node, report) => {
                 server.deployments.read_routes(|routes| {
                     server.reports.traffic.record(

@@ -11,6 +11,7 @@
 use edge_proto::NodeId;
 use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::deploy::DeploymentRecord;
+use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::tokens::TokenRecord;
@@ -26,6 +27,8 @@ pub struct SledStore {
     api_tokens: sled::Tree,
     nodes: sled::Tree,
     deployments: sled::Tree,
+    /// Nodes' events under the node's id (16 bytes) and sequence number (8, big-endian).
+    events: sled::Tree,
 }
 
 impl SledStore {
@@ -52,6 +55,7 @@ impl SledStore {
             api_tokens: db.open_tree("api_tokens").map_err(backend)?,
             nodes: db.open_tree("nodes").map_err(backend)?,
             deployments: db.open_tree("deployments").map_err(backend)?,
+            events: db.open_tree("events").map_err(backend)?,
             db,
         })
     }
@@ -163,6 +167,68 @@ impl Store for SledStore {
         self.db.flush().map_err(backend)?;
         Ok(())
     }
+
+    fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        let mut nodes = std::collections::BTreeSet::new();
+        for event in events {
+            let Some(node) = NodeId::parse(&event.node) else {
+                return Err(StoreError::Backend(format!("no node id: {:?}", event.node)));
+            };
+            let bytes = serde_json::to_vec(event).map_err(backend)?;
+            self.events
+                .insert(event_key(node, event.seq), bytes)
+                .map_err(backend)?;
+            nodes.insert(node);
+        }
+        for node in nodes {
+            let held = self.events.scan_prefix(node.0).keys().count();
+            let over = held.saturating_sub(MAX_EVENTS_PER_NODE);
+            let oldest: Vec<sled::IVec> = self
+                .events
+                .scan_prefix(node.0)
+                .keys()
+                .take(over)
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            for key in oldest {
+                self.events.remove(key).map_err(backend)?;
+            }
+        }
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
+        match node {
+            Some(hex) => {
+                let Some(node) = NodeId::parse(hex) else {
+                    return Ok(Vec::new());
+                };
+                self.events
+                    .scan_prefix(node.0)
+                    .values()
+                    .map(|v| {
+                        serde_json::from_slice(&v.map_err(backend)?).map_err(|e| {
+                            StoreError::Corrupt {
+                                key: format!("events/{hex}"),
+                                reason: e.to_string(),
+                            }
+                        })
+                    })
+                    .collect()
+            }
+            None => scan_json(&self.events),
+        }
+    }
+}
+
+/// An event's key: the node's id, then its sequence number big-endian, so that a node's
+/// events sort by sequence number.
+fn event_key(node: NodeId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&node.0);
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {

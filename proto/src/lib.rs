@@ -19,6 +19,7 @@ extern crate alloc;
 
 mod bounded;
 pub mod digest;
+mod events;
 pub mod field;
 pub mod frame;
 pub mod liveness;
@@ -29,6 +30,7 @@ pub mod quic;
 mod traffic;
 
 pub use bounded::{Seq, Str};
+pub use events::{EventBatch, EventGap, EventKind, EventsStored, NodeEvent};
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;
 pub use purge::{PurgeReply, PurgeRequest};

@@ -156,6 +156,8 @@ pub enum NodeMsg {
     Proxy(ProxyAdvert),
     /// What the node's proxy counted, by route; with the status reports, when it changed.
     Traffic(Box<crate::TrafficReport>),
+    /// Events from the node's outbox, answered by [`OrchMsg::EventsStored`].
+    Events(Box<crate::EventBatch>),
 }
 
 /// The orchestrator accepted a session.
@@ -295,6 +297,9 @@ pub enum OrchMsg {
     Routes(Box<WorkloadRoutes>),
     /// The workload is no longer exposed (deleted, or its spec has no routes any more).
     Unroute(Unroute),
+    /// The orchestrator stored these events: the node may forget them. Boxed to keep the
+    /// enum small.
+    EventsStored(Box<crate::EventsStored>),
 }
 
 /// A device that can speed up or feed a workload.

@@ -255,7 +255,7 @@ fn truncated_frame_is_an_error_at_end_of_stream() {
 #[test]
 fn unknown_variant_is_malformed() {
     assert_eq!(
-        decode::<NodeMsg>(&[9]),
+        decode::<NodeMsg>(&[10]),
         Err(DecodeError::Malformed(
             "unknown variant or field over its bound"
         ))
@@ -1306,4 +1306,78 @@ proptest! {
         let _ = decode::<OrchStreamOpen>(&body);
         let _ = decode::<PurgeReply>(&tail);
     }
+}
+
+fn instance_event(seq: u64) -> NodeEvent {
+    NodeEvent {
+        seq,
+        at_ms: 1_765_000_000_000,
+        kind: EventKind::Instance(WorkloadReport {
+            workload: text("till"),
+            generation: 2,
+            state: WorkloadState::Running,
+            restarts: 1,
+            pid: Some(4242),
+            exit_code: None,
+            message: Text::new(),
+        }),
+    }
+}
+
+/// The outbox's events and their acknowledgement, pinned like the rest.
+#[test]
+fn golden_bytes_of_events() {
+    let batch = EventBatch {
+        events: List::from_iter([instance_event(7)]),
+        gaps: List::from_iter([EventGap {
+            first: 3,
+            last: 5,
+            count: 2,
+            first_at_ms: 1_000,
+            last_at_ms: 2_000,
+        }]),
+    };
+    assert_eq!(
+        hex(&encode(&NodeMsg::Events(Box::new(batch)))),
+        "0000001f09010780e4ca91af33000474696c6c020301019221000001030502e807d00f",
+    );
+    assert_eq!(
+        hex(&encode(&OrchMsg::EventsStored(Box::new(EventsStored {
+            seqs: List::from_iter([7, 9]),
+            gaps_through: 5,
+        })))),
+        "000000050702070905",
+    );
+}
+
+#[test]
+fn the_largest_event_batch_fits_one_frame_and_round_trips() {
+    let mut event = instance_event(u64::MAX);
+    let EventKind::Instance(report) = &mut event.kind;
+    report.workload = text(&"w".repeat(MAX_NAME_LEN));
+    report.message = text(&"m".repeat(256));
+    report.exit_code = Some(i32::MIN);
+    let gap = EventGap {
+        first: u64::MAX,
+        last: u64::MAX,
+        count: u64::MAX,
+        first_at_ms: u64::MAX,
+        last_at_ms: u64::MAX,
+    };
+    let msg = NodeMsg::Events(Box::new(EventBatch {
+        events: List::from_iter(std::iter::repeat_n(event, EventBatch::MAX_EVENTS)),
+        gaps: List::from_iter(std::iter::repeat_n(gap, EventBatch::MAX_GAPS)),
+    }));
+    let frame = try_encode(&msg).expect("fits a frame");
+    assert!(frame.len() <= MAX_FRAME_LEN + 4, "{} bytes", frame.len());
+    assert_eq!(decode::<NodeMsg>(&frame[4..]), Ok(msg));
+    // One event more than a batch holds is refused while decoding.
+    let mut body = frame[4..].to_vec();
+    assert_eq!(
+        body[1],
+        EventBatch::MAX_EVENTS as u8,
+        "the count after the tag"
+    );
+    body[1] += 1;
+    assert!(decode::<NodeMsg>(&body).is_err());
 }

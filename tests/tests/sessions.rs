@@ -4,7 +4,8 @@
 
 use edge_proto::quic::read_frame;
 use edge_proto::{
-    Hello, Intent, List, NodeMsg, OrchMsg, Unassign, WorkloadReport, WorkloadState, decode, text,
+    EventBatch, EventGap, EventKind, Hello, Intent, List, NodeEvent, NodeMsg, OrchMsg, Unassign,
+    WorkloadReport, WorkloadState, decode, text,
 };
 use edge_tests::relay::Relay;
 use edge_tests::{PATIENCE, TestNode, TestOrchestrator, copy_identity, eventually, node_config};
@@ -700,4 +701,79 @@ async fn a_cloned_identity_is_refused_and_the_real_node_keeps_its_session() {
 
     clone.stop().await.expect("clean stop");
     back.stop().await.expect("clean stop");
+}
+
+/// A node's outbox events are stored, then acknowledged; the same batch again (its
+/// acknowledgement lost) is acknowledged again and stored once; the API shows each with the
+/// time it happened on the node, and a gap where the node dropped some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_events_are_acknowledged_once_stored_and_stored_once() {
+    let orch = TestOrchestrator::start().await;
+    let (identity, _data) = enrolled_identity(&orch, "outbox").await;
+    let (_endpoint, _conn, mut send, mut recv) = raw_session(&orch, &identity).await;
+    let batch = EventBatch {
+        events: List::from_iter([NodeEvent {
+            seq: 7,
+            // 2023-11-14T22:13:20Z: weeks before it could be sent.
+            at_ms: 1_700_000_000_000,
+            kind: EventKind::Instance(WorkloadReport {
+                workload: text("till"),
+                generation: 2,
+                state: WorkloadState::Running,
+                restarts: 3,
+                pid: Some(4242),
+                exit_code: None,
+                message: text("restarted while offline"),
+            }),
+        }]),
+        gaps: List::from_iter([EventGap {
+            first: 3,
+            last: 5,
+            count: 2,
+            first_at_ms: 1_699_999_000_000,
+            last_at_ms: 1_699_999_500_000,
+        }]),
+    };
+    for round in 0..2 {
+        send.write_all(&edge_proto::encode(&NodeMsg::Events(Box::new(
+            batch.clone(),
+        ))))
+        .await
+        .expect("send");
+        let stored = loop {
+            let frame = read_frame(&mut recv).await.expect("read").expect("a frame");
+            if let Ok(OrchMsg::EventsStored(stored)) = decode::<OrchMsg>(&frame) {
+                break stored;
+            }
+        };
+        assert_eq!(stored.seqs.as_slice(), [7], "round {round}");
+        assert_eq!(stored.gaps_through, 5, "round {round}");
+    }
+
+    let (status, events) = orch.api("GET", "/v1/events?node=outbox", None).await;
+    assert_eq!(status, 200, "{events}");
+    let events = events.as_array().expect("a list").clone();
+    assert_eq!(events.len(), 2, "stored once: {events:?}");
+    assert_eq!(events[0]["kind"], "gap");
+    assert_eq!(
+        (events[0]["seq"].as_u64(), events[0]["count"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let instance = &events[1];
+    assert_eq!(instance["kind"], "instance");
+    assert_eq!(instance["node"], "outbox");
+    assert_eq!(
+        instance["at"], "2023-11-14T22:13:20Z",
+        "the node's time, not arrival's"
+    );
+    assert_eq!(instance["state"], "running");
+    assert_eq!(instance["restarts"], 3);
+    let (_, later) = orch
+        .api("GET", "/v1/events?node=outbox&since=1700000000000", None)
+        .await;
+    assert_eq!(later.as_array().map(Vec::len), Some(1));
+    let (status, _) = orch.api("GET", "/v1/events?node=nobody", None).await;
+    assert_eq!(status, 404);
+    let (status, body) = orch.api("GET", "/v1/events?since=yesterday", None).await;
+    assert_eq!(status, 400, "{body}");
 }

@@ -302,7 +302,8 @@ impl Sim {
             node::Action::Assign(_)
             | node::Action::Unassign(_)
             | node::Action::Routes(_)
-            | node::Action::Unroute(_) => {}
+            | node::Action::Unroute(_)
+            | node::Action::EventsStored(_) => {}
         }
     }
 
@@ -348,7 +349,8 @@ impl Sim {
             server::Action::Admission(..)
             | server::Action::WorkloadReport(..)
             | server::Action::ProxyAdvert(..)
-            | server::Action::Traffic(..) => {}
+            | server::Action::Traffic(..)
+            | server::Action::StoreEvents(..) => {}
         }
     }
 

@@ -12,9 +12,9 @@
 pub use crate::backoff::BackoffPolicy;
 use crate::backoff::{Backoff, jitter};
 use edge_proto::{
-    Assignment, Capabilities, Der, EnrollRequest, Enrolled, Hello, Intent, List, NodeId, NodeMsg,
-    OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, Unroute, WorkloadRoutes,
-    text,
+    Assignment, Capabilities, Der, EnrollRequest, Enrolled, EventsStored, Hello, Intent, List,
+    NodeId, NodeMsg, OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, Unroute,
+    WorkloadRoutes, text,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -64,6 +64,8 @@ pub enum Action {
     Routes(Box<WorkloadRoutes>),
     /// The workload is no longer exposed: forget its peer routes.
     Unroute(Unroute),
+    /// The orchestrator stored these outbox events: forget them.
+    EventsStored(Box<EventsStored>),
 }
 
 /// Why the node stopped trying.
@@ -304,6 +306,9 @@ impl NodeSession {
             }
             (State::Established { .. }, OrchMsg::Unroute(u)) => {
                 self.actions.push_back(Action::Unroute(u));
+            }
+            (State::Established { .. }, OrchMsg::EventsStored(stored)) => {
+                self.actions.push_back(Action::EventsStored(stored));
             }
             (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
                 self.state = State::Saving;

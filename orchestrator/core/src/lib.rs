@@ -31,6 +31,7 @@
 
 pub mod access;
 pub mod deploy;
+pub mod events;
 pub mod fleet;
 pub mod purge;
 pub mod routes;

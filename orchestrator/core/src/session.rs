@@ -76,6 +76,9 @@ pub enum Action {
     ProxyAdvert(NodeId, ProxyAdvert),
     /// What the node's proxy counted, by route.
     Traffic(NodeId, Box<edge_proto::TrafficReport>),
+    /// Events from the node's outbox: store them, then answer `OrchMsg::EventsStored` with
+    /// what was stored (never before).
+    StoreEvents(NodeId, Box<edge_proto::EventBatch>),
 }
 
 /// Operator-facing outcomes of a connection. See `events` for the log lines and metrics.
@@ -313,6 +316,9 @@ impl ServerSession {
             }
             (State::Established { node }, NodeMsg::Traffic(report)) => {
                 self.actions.push_back(Action::Traffic(node, report));
+            }
+            (State::Established { node }, NodeMsg::Events(batch)) => {
+                self.actions.push_back(Action::StoreEvents(node, batch));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,
@@ -566,5 +572,6 @@ fn kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::Workload(_) => "workload report",
         NodeMsg::Proxy(_) => "proxy advert",
         NodeMsg::Traffic(_) => "traffic report",
+        NodeMsg::Events(_) => "events",
     }
 }

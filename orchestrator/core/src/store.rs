@@ -11,6 +11,7 @@
 
 use crate::access::ApiTokenRecord;
 use crate::deploy::DeploymentRecord;
+use crate::events::{EventRecord, MAX_EVENTS_PER_NODE};
 use crate::fleet::NodeRecord;
 use crate::tokens::TokenRecord;
 use edge_proto::NodeId;
@@ -48,6 +49,14 @@ pub trait Store: Send + Sync + 'static {
     fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
     /// Applies the writes in order and makes them durable together: one flush for the batch.
     fn write_deployments(&self, writes: &[DeploymentWrite<'_>]) -> Result<(), StoreError>;
+
+    /// Stores nodes' events under node and sequence number (the same one again changes
+    /// nothing), durable when it returns, keeping at most
+    /// [`MAX_EVENTS_PER_NODE`](crate::events::MAX_EVENTS_PER_NODE) per node, the lowest
+    /// sequence numbers going first.
+    fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;
+    /// The stored events of `node` (hex id), or of every node.
+    fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError>;
 }
 
 /// One change to the stored deployments.
@@ -70,6 +79,7 @@ struct MemInner {
     api_tokens: BTreeMap<String, ApiTokenRecord>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     deployments: BTreeMap<String, DeploymentRecord>,
+    events: BTreeMap<(String, u64), EventRecord>,
 }
 
 impl MemStore {
@@ -141,6 +151,35 @@ impl Store for MemStore {
             }
         }
         Ok(())
+    }
+    fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for event in events {
+            inner
+                .events
+                .insert((event.node.clone(), event.seq), event.clone());
+            let held: Vec<u64> = inner
+                .events
+                .range((event.node.clone(), 0)..=(event.node.clone(), u64::MAX))
+                .map(|((_, seq), _)| *seq)
+                .collect();
+            for seq in held
+                .iter()
+                .take(held.len().saturating_sub(MAX_EVENTS_PER_NODE))
+            {
+                inner.events.remove(&(event.node.clone(), *seq));
+            }
+        }
+        Ok(())
+    }
+    fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .events
+            .values()
+            .filter(|e| node.is_none_or(|n| e.node == n))
+            .cloned()
+            .collect())
     }
 }
 

@@ -41,6 +41,7 @@ mod artifacts;
 mod body;
 mod cache;
 pub mod error;
+mod events;
 mod extract;
 mod nodes;
 mod time;
@@ -87,6 +88,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/nodes/{name_or_id}/uncordon"),
     ("POST", "/v1/nodes/{name_or_id}/drain"),
     ("POST", "/v1/cache/purge"),
+    ("GET", "/v1/events"),
 ];
 
 /// The OpenAPI 3.0 document served at `/v1/openapi.json`.
@@ -120,6 +122,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(tokens::routes())
         .merge(workloads::routes())
         .merge(cache::routes())
+        .merge(events::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), finish))

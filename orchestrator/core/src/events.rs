@@ -1,0 +1,200 @@
+//! What nodes' outboxes send, as the orchestrator keeps it: each event under its node and
+//! sequence number, with the time it happened on the node's clock and the time it arrived.
+//!
+//! A batch is stored whole, then acknowledged ([`acknowledgement`]); the same batch again (a
+//! lost acknowledgement, a node that restarted before it heard one) lands on the same keys
+//! and changes nothing. A run of events a node dropped (its outbox was full) is kept as a
+//! gap under its first sequence number, which no event of that node carries.
+//!
+//! **Invariant.** No I/O and no clock: the shell stores the records and passes the time in.
+
+use crate::deploy::state_name;
+use edge_proto::{EventBatch, EventKind, EventsStored, List, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// The most events kept per node; the oldest go first.
+pub const MAX_EVENTS_PER_NODE: usize = 10_000;
+/// The most events one query returns.
+pub const MAX_QUERY: usize = 1_000;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The node's id, in hex.
+    pub node: String,
+    /// The node's sequence number (a gap's first).
+    pub seq: u64,
+    /// When it happened, on the node's clock, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// When the orchestrator received it, on its own clock.
+    pub received_ms: u64,
+    pub what: What,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum What {
+    /// A workload instance changed state.
+    Instance {
+        workload: String,
+        generation: u64,
+        state: String,
+        restarts: u32,
+        pid: Option<u32>,
+        exit_code: Option<i32>,
+        message: String,
+    },
+    /// Events the node dropped: sequence numbers `seq..=last`, `count` of them events.
+    Gap {
+        last: u64,
+        count: u64,
+        last_at_ms: u64,
+    },
+}
+
+/// The records to store for `batch` from `node`, received at `received_ms`.
+pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventRecord> {
+    let node = node.to_string();
+    let events = batch.events.iter().map(|e| {
+        let EventKind::Instance(report) = &e.kind;
+        EventRecord {
+            node: node.clone(),
+            seq: e.seq,
+            at_ms: e.at_ms,
+            received_ms,
+            what: What::Instance {
+                workload: report.workload.to_string(),
+                generation: report.generation,
+                state: state_name(report.state).to_owned(),
+                restarts: report.restarts,
+                pid: report.pid,
+                exit_code: report.exit_code,
+                message: report.message.to_string(),
+            },
+        }
+    });
+    let gaps = batch.gaps.iter().map(|g| EventRecord {
+        node: node.clone(),
+        seq: g.first,
+        at_ms: g.first_at_ms,
+        received_ms,
+        what: What::Gap {
+            last: g.last,
+            count: g.count,
+            last_at_ms: g.last_at_ms,
+        },
+    });
+    events.chain(gaps).collect()
+}
+
+/// The acknowledgement of `batch`, once it is stored: every event's sequence number, and the
+/// last gap's end.
+pub fn acknowledgement(batch: &EventBatch) -> EventsStored {
+    EventsStored {
+        seqs: batch
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .collect::<List<u64, { EventBatch::MAX_EVENTS }>>(),
+        gaps_through: batch.gaps.iter().map(|g| g.last).max().unwrap_or(0),
+    }
+}
+
+/// Of `events`, those a query asks for, oldest first by the node's clock (then by node and
+/// sequence number), at most `limit` (and [`MAX_QUERY`]).
+pub fn select(mut events: Vec<EventRecord>, since_ms: u64, limit: usize) -> Vec<EventRecord> {
+    events.retain(|e| e.at_ms >= since_ms);
+    events.sort_by(|a, b| (a.at_ms, &a.node, a.seq).cmp(&(b.at_ms, &b.node, b.seq)));
+    events.truncate(limit.min(MAX_QUERY));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::{EventGap, NodeEvent, WorkloadReport, WorkloadState, text};
+
+    fn batch() -> EventBatch {
+        let event = |seq, at_ms, state| NodeEvent {
+            seq,
+            at_ms,
+            kind: EventKind::Instance(WorkloadReport {
+                workload: text("till"),
+                generation: 2,
+                state,
+                restarts: 1,
+                pid: Some(42),
+                exit_code: None,
+                message: text("started"),
+            }),
+        };
+        EventBatch {
+            events: [
+                event(7, 5_000, WorkloadState::Running),
+                event(9, 1_000, WorkloadState::Failed),
+            ]
+            .into_iter()
+            .collect(),
+            gaps: [EventGap {
+                first: 3,
+                last: 5,
+                count: 2,
+                first_at_ms: 500,
+                last_at_ms: 900,
+            }]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_becomes_records_and_its_acknowledgement_names_what_was_in_it() {
+        let node = NodeId([1; 16]);
+        let records = records(node, &batch(), 9_999);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].node, node.to_string());
+        assert_eq!(
+            (records[0].seq, records[0].at_ms, records[0].received_ms),
+            (7, 5_000, 9_999)
+        );
+        assert!(matches!(&records[0].what, What::Instance { state, .. } if state == "running"));
+        assert_eq!(
+            records[2].what,
+            What::Gap {
+                last: 5,
+                count: 2,
+                last_at_ms: 900
+            }
+        );
+        let ack = acknowledgement(&batch());
+        assert_eq!(ack.seqs.as_slice(), [7, 9]);
+        assert_eq!(ack.gaps_through, 5);
+        let empty = EventBatch {
+            events: List::new(),
+            gaps: List::new(),
+        };
+        assert_eq!(acknowledgement(&empty).gaps_through, 0);
+    }
+
+    #[test]
+    fn a_query_is_oldest_first_from_its_time_and_bounded() {
+        let records = records(NodeId([1; 16]), &batch(), 0);
+        let all = select(records.clone(), 0, 10);
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 9, 7]);
+        let later = select(records.clone(), 1_000, 10);
+        assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), [9, 7]);
+        assert_eq!(select(records, 0, 1).len(), 1);
+    }
+
+    #[test]
+    fn records_read_back_from_their_json() {
+        for record in records(NodeId([2; 16]), &batch(), 1) {
+            let json = serde_json::to_string(&record).expect("json");
+            assert_eq!(
+                serde_json::from_str::<EventRecord>(&json).expect("back"),
+                record
+            );
+        }
+    }
+}

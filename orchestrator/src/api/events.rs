@@ -1,0 +1,187 @@
+//! `GET /v1/events`: what nodes' outboxes reported, oldest first, with the time each thing
+//! happened on its node (however late it arrived). `node` (name or id), `since`
+//! (milliseconds since the Unix epoch, on the nodes' clocks) and `limit` (1 to 1,000).
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use orchestrator_core::events::{EventRecord, MAX_QUERY, What, select};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use super::ApiState;
+use super::error::{ApiError, internal};
+use super::extract::{Authed, Viewer};
+use super::nodes::no_such_node;
+use super::time::rfc3339;
+
+pub(super) fn routes() -> axum::Router<ApiState> {
+    axum::Router::new().route("/v1/events", get(list_events))
+}
+
+/// One event as the API shows it.
+#[derive(Debug, Serialize)]
+struct EventView {
+    /// The node's name, or its id if it is no longer registered.
+    node: String,
+    node_id: String,
+    seq: u64,
+    /// When it happened, on the node's clock.
+    at: String,
+    at_ms: u64,
+    /// When the orchestrator received it.
+    received: String,
+    #[serde(flatten)]
+    what: What,
+}
+
+/// What `GET /v1/events` asks for.
+#[derive(Debug, Default)]
+struct EventQuery {
+    node: Option<String>,
+    since_ms: u64,
+    limit: usize,
+}
+
+fn parse_query(query: &BTreeMap<String, String>) -> Result<EventQuery, ApiError> {
+    let mut parsed = EventQuery {
+        limit: MAX_QUERY,
+        ..EventQuery::default()
+    };
+    for (key, value) in query {
+        match key.as_str() {
+            "node" => parsed.node = Some(value.clone()),
+            "since" => parsed.since_ms = since_ms(value)?,
+            "limit" => {
+                parsed.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_QUERY).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit: {} is not a number from 1 to {MAX_QUERY}",
+                            edge_proto::field::shown(value)
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "{}: unknown query parameter; use node, since or limit",
+                    edge_proto::field::shown(other)
+                )));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// The largest `since` the API takes: what a JSON number holds exactly.
+const MAX_SINCE_MS: u64 = (1 << 53) - 1;
+
+fn since_ms(value: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= MAX_SINCE_MS)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "since: {} is not a time in milliseconds since the Unix epoch",
+                edge_proto::field::shown(value)
+            ))
+        })
+}
+
+async fn list_events(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let query = parse_query(&query)?;
+    let node_id = match &query.node {
+        None => None,
+        Some(name_or_id) => {
+            let fleet = state.registry.fleet();
+            let node = fleet
+                .find(name_or_id)
+                .ok_or_else(|| no_such_node(name_or_id))?;
+            Some(node.id.to_string())
+        }
+    };
+    let registry = state.registry.clone();
+    let stored = tokio::task::spawn_blocking(move || registry.events(node_id.as_deref()))
+        .await
+        .map_err(|e| internal(&e))?
+        .map_err(|e| internal(&e))?;
+    let events = select(stored, query.since_ms, query.limit);
+    let fleet = state.registry.fleet();
+    let names: BTreeMap<String, String> = fleet
+        .nodes()
+        .map(|n| (n.id.to_string(), n.name.clone()))
+        .collect();
+    Ok(Json(events.into_iter().map(|e| view(e, &names)).collect()))
+}
+
+fn view(e: EventRecord, names: &BTreeMap<String, String>) -> EventView {
+    EventView {
+        node: names
+            .get(&e.node)
+            .cloned()
+            .unwrap_or_else(|| e.node.clone()),
+        node_id: e.node,
+        seq: e.seq,
+        at: rfc3339(e.at_ms / 1000),
+        at_ms: e.at_ms,
+        received: rfc3339(e.received_ms / 1000),
+        what: e.what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_query_names_a_node_a_time_and_a_limit() {
+        let q = parse_query(&query(&[("since", "1765000000000")])).expect("ok");
+        assert_eq!(q.since_ms, 1_765_000_000_000);
+        let q = parse_query(&query(&[("node", "shop-1"), ("limit", "5")])).expect("ok");
+        assert_eq!((q.node.as_deref(), q.limit), (Some("shop-1"), 5));
+        assert_eq!(parse_query(&query(&[])).expect("ok").limit, MAX_QUERY);
+        assert_eq!(
+            parse_query(&query(&[("since", "9007199254740991")]))
+                .expect("the largest")
+                .since_ms,
+            MAX_SINCE_MS
+        );
+    }
+
+    #[test]
+    fn bad_queries_say_what_is_wrong() {
+        for (pairs, starts) in [
+            (&[("since", "yesterday")][..], "since:"),
+            (&[("since", "")][..], "since:"),
+            (&[("since", "-1")][..], "since:"),
+            (&[("since", "9007199254740992")][..], "since:"),
+            (&[("since", "99999999999999999999999")][..], "since:"),
+            (&[("limit", "0")][..], "limit:"),
+            (&[("limit", "1001")][..], "limit:"),
+            (&[("limit", "-1")][..], "limit:"),
+            (&[("nodes", "x")][..], "\"nodes\": unknown"),
+        ] {
+            match parse_query(&query(pairs)) {
+                Err(ApiError::BadRequest(message)) => {
+                    assert!(message.starts_with(starts), "{pairs:?}: {message}");
+                }
+                other => panic!("{pairs:?}: {other:?}"),
+            }
+        }
+    }
+}

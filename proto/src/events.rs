@@ -1,0 +1,61 @@
+//! What a node's outbox sends, and the orchestrator's acknowledgement once it stored it.
+//!
+//! Each event carries the sequence number the node gave it and the wall time (on the node's
+//! clock) it happened at, however late it arrives. The orchestrator stores a batch, then
+//! answers [`EventsStored`] with the sequence numbers it holds; a node forgets only those.
+//! Storing an event twice (a batch resent after a lost acknowledgement) changes nothing: the
+//! node and the sequence number are its key.
+
+use crate::msg::{List, WorkloadReport};
+use serde::{Deserialize, Serialize};
+
+/// A batch of events from the node's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: List<NodeEvent, { EventBatch::MAX_EVENTS }>,
+    /// Runs of events the node dropped because its outbox was full, in their place.
+    pub gaps: List<EventGap, { EventBatch::MAX_GAPS }>,
+}
+
+impl EventBatch {
+    /// The most events in one batch: the largest batch (32 instance reports with 256-byte
+    /// messages) stays far under a frame.
+    pub const MAX_EVENTS: usize = 32;
+    pub const MAX_GAPS: usize = 8;
+}
+
+/// One event, as the node recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// The node's sequence number: unique per node, never reused.
+    pub seq: u64,
+    /// When it happened, in milliseconds since the Unix epoch on the node's clock.
+    pub at_ms: u64,
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A workload instance changed state: started, exited, restarted, became unhealthy.
+    Instance(WorkloadReport),
+}
+
+/// Sequence numbers `first..=last`, of which `count` were events the node dropped, between
+/// `first_at_ms` and `last_at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventGap {
+    pub first: u64,
+    pub last: u64,
+    pub count: u64,
+    pub first_at_ms: u64,
+    pub last_at_ms: u64,
+}
+
+/// The orchestrator stored these events and the gaps up to `gaps_through` (a gap's `last`);
+/// the node may forget them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsStored {
+    pub seqs: List<u64, { EventBatch::MAX_EVENTS }>,
+    pub gaps_through: u64,
+}
