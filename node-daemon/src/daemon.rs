@@ -75,6 +75,15 @@ pub async fn run_with(
     let metrics = board.metrics().clone();
     crate::private_fs::create_dir_all(&data_dir)
         .map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
+    // What the orchestrator must still learn. Without it (a disk that refuses) the node
+    // runs on, and what happens while it is offline is lost, as it was before the outbox.
+    let mut outbox = match crate::outbox::EventOutbox::open(&data_dir) {
+        Ok(outbox) => Some(outbox),
+        Err(error) => {
+            warn!(%error, "outbox unavailable: events while offline will be lost");
+            None
+        }
+    };
     let ids = IdentityDir::new(&data_dir);
     let identity = ids.load()?;
     let liveness = config.liveness();
@@ -269,9 +278,10 @@ pub async fn run_with(
                     }
                 }
                 Action::EventsStored(stored) => {
-                    // The node sends no events yet (its outbox comes next), so nothing waits
-                    // for this; an acknowledgement of nothing changes nothing.
-                    debug!(events = stored.seqs.len(), "events stored");
+                    if let Some(outbox) = outbox.as_mut() {
+                        outbox.stored(&stored);
+                    }
+                    send_events(&mut outbox, &mut current, session.is_established()).await;
                 }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
@@ -324,10 +334,14 @@ pub async fn run_with(
                 }
             }
             Some(msg) = out_rx.recv() => {
-                // Reports while offline are dropped: the full state goes out after the
-                // next welcome.
+                // The live report goes now if it can (the full state goes out after the next
+                // welcome anyway); the event of it waits in the outbox until stored.
+                if let Some(outbox) = outbox.as_mut() {
+                    outbox.record(&msg);
+                }
                 if session.is_established() {
                     send_now(&mut current, &msg).await;
+                    send_events(&mut outbox, &mut current, session.is_established()).await;
                 }
             }
             Some(event) = rx.recv() => match event {
@@ -407,6 +421,7 @@ pub async fn run_with(
                         for report in workloads.reports() {
                             send_now(&mut current, &report).await;
                         }
+                        send_events(&mut outbox, &mut current, session.is_established()).await;
                     }
                 }
                 Event::Closed(n, why) if n == attempt => {
@@ -417,6 +432,9 @@ pub async fn run_with(
                     }
                     current = None;
                     let _ = conn_tx.send(None);
+                    if let Some(outbox) = outbox.as_mut() {
+                        outbox.disconnected();
+                    }
                     let now = Instant::now();
                     // Closed while saying hello. (After enrollment the session closes the
                     // link itself and dials again at once: nothing to say.)
@@ -487,6 +505,21 @@ fn identity_conflict(
 
 /// How long the session waits before it dials again, to the millisecond; `None` unless it is
 /// backing off.
+/// Sends the outbox's next batch of events, if one may go: only on an established session
+/// (before the welcome the orchestrator takes nothing else).
+async fn send_events(
+    outbox: &mut Option<crate::outbox::EventOutbox>,
+    current: &mut Option<(quinn::Connection, quinn::SendStream)>,
+    established: bool,
+) {
+    if current.is_none() || !established {
+        return;
+    }
+    if let Some(batch) = outbox.as_mut().and_then(|o| o.next_batch()) {
+        send_now(current, &batch).await;
+    }
+}
+
 /// How far this node's wall clock may be from the orchestrator's before the node says so.
 const CLOCK_TOLERANCE_MS: i64 = 10_000;
 

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod identity;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
 pub mod private_fs;
 pub mod provision;
 pub mod proxy;

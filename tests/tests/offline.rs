@@ -102,6 +102,7 @@ async fn a_node_started_without_its_orchestrator_runs_and_restarts_what_it_store
 
     // The orchestrator is back: it learns of that very process and of the restart, and the
     // reconnect restarts nothing.
+    let back_ms = now_ms();
     let orch = TestOrchestrator::resume(stopped).await;
     assert!(
         eventually(PATIENCE, || orch.online("alone"))
@@ -132,5 +133,38 @@ async fn a_node_started_without_its_orchestrator_runs_and_restarts_what_it_store
         "not restarted by the reconnect"
     );
     assert!(alive(third));
+
+    // And what happened while it was alone reaches the orchestrator from the node's outbox,
+    // each event with the time it happened: the restart's too.
+    let mut events = Vec::new();
+    let seen = eventually(PATIENCE, || {
+        events = offline_events(&orch, back_ms, third);
+        !events.is_empty()
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "the restart made offline is an event: {:?}",
+        offline_events(&orch, u64::MAX, third)
+    );
     node.stop().await.expect("clean stop");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The stored events that say `pid` was running and happened before `before_ms`.
+fn offline_events(orch: &TestOrchestrator, before_ms: u64, pid: u32) -> Vec<Value> {
+    let events = orch.orch.registry.events(None).expect("stored events");
+    events
+        .into_iter()
+        .filter(|e| e.at_ms < before_ms)
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .filter(|e| {
+            e["what"]["state"] == "running" && e["what"]["pid"].as_u64() == Some(u64::from(pid))
+        })
+        .collect()
 }

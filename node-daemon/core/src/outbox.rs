@@ -210,6 +210,11 @@ impl Outbox {
     /// not in flight, events first, then status, then metrics, oldest first within each.
     /// They are in flight from now until acknowledged or [`reconnected`](Self::reconnected).
     pub fn next_batch(&mut self, max_bytes: u64) -> Vec<Record> {
+        self.next_batch_of(max_bytes, usize::MAX)
+    }
+
+    /// [`next_batch`](Self::next_batch), of at most `max_records` records too.
+    pub fn next_batch_of(&mut self, max_bytes: u64, max_records: usize) -> Vec<Record> {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         for class in Class::ALL {
@@ -218,7 +223,8 @@ impl Outbox {
                     continue;
                 }
                 let cost = record.cost();
-                if !batch.is_empty() && bytes + cost > max_bytes {
+                let full = bytes + cost > max_bytes || batch.len() >= max_records;
+                if !batch.is_empty() && full {
                     return self.mark_in_flight(batch);
                 }
                 bytes += cost;

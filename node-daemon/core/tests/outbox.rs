@@ -58,6 +58,13 @@ fn a_batch_holds_its_byte_budget_but_always_one_record() {
     );
     assert_eq!(outbox.next_batch(u64::MAX).len(), 2, "the rest");
     assert!(outbox.next_batch(u64::MAX).is_empty(), "all in flight");
+    outbox.reconnected();
+    assert_eq!(
+        outbox.next_batch_of(u64::MAX, 3).len(),
+        3,
+        "a count bound too"
+    );
+    assert_eq!(outbox.next_batch_of(u64::MAX, 3).len(), 2);
 }
 
 #[test]
