@@ -776,4 +776,35 @@ async fn outbox_events_are_acknowledged_once_stored_and_stored_once() {
     assert_eq!(status, 404);
     let (status, body) = orch.api("GET", "/v1/events?since=yesterday", None).await;
     assert_eq!(status, 400, "{body}");
+
+    // The same through edgectl.
+    let ctl =
+        edge_tests::cli::Edgectl::admin(&format!("http://{}", orch.orch.api_addr), orch.dir.path());
+    let listed = tokio::task::spawn_blocking(move || {
+        let json = ctl.json(&[
+            "events",
+            "--node",
+            "outbox",
+            "--since",
+            "2023-11-14T22:13:20Z",
+        ]);
+        let table = ctl.run(&["events", "--node", "outbox"]);
+        let bad = ctl.run(&["events", "--since", "yesterday"]);
+        (json, table, bad)
+    })
+    .await
+    .expect("edgectl");
+    let (json, table, bad) = listed;
+    assert_eq!(json.as_array().map(Vec::len), Some(1), "{json}");
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("2 events dropped") && table.contains("till"),
+        "{table}"
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--since"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

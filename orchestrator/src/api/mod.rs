@@ -44,7 +44,7 @@ pub mod error;
 mod events;
 mod extract;
 mod nodes;
-mod time;
+pub mod time;
 mod tokens;
 pub mod views;
 mod workloads;

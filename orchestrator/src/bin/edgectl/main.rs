@@ -26,7 +26,8 @@ mod render;
 use client::{Client, percent_encode};
 use render::{
     api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, drained,
-    node_summary, nodes_table, token_created, tokens_table, workload_summary, workloads_table,
+    events_table, node_summary, nodes_table, token_created, tokens_table, workload_summary,
+    workloads_table,
 };
 
 #[derive(Debug, Parser)]
@@ -112,6 +113,20 @@ enum Command {
         /// How many of the latest lines to print first.
         #[arg(long, default_value_t = 100)]
         tail: u32,
+    },
+    /// What nodes reported from their outboxes, oldest first by when it happened on the
+    /// node (also what happened while a node was offline).
+    Events {
+        /// Only this node (name or id).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only what happened since: a duration back from now (`1h`, `7d`) or an RFC 3339
+        /// time (`2026-12-06T14:00:00Z`).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long)]
+        limit: Option<u32>,
     },
     /// The nodes' proxy caches.
     Cache {
@@ -225,12 +240,29 @@ impl From<RoleArg> for Role {
     }
 }
 
+/// `--since` as milliseconds since the Unix epoch: a duration back from `now` (seconds) or
+/// an RFC 3339 time.
+fn since_ms(since: &str, now: u64) -> Result<u64, CliError> {
+    if let Ok(secs) = orchestrator::api::time::parse_duration(since) {
+        return Ok(now.saturating_sub(secs).saturating_mul(1000));
+    }
+    time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|at| u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
+        .ok_or_else(|| CliError::Usage(format!(
+            "--since {since:?} is neither a duration back from now (1h, 7d) nor an RFC 3339 time (2026-12-06T14:00:00Z)"
+        )))
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
     /// The API answered with an error; the message is its own.
     #[error("{message}")]
     Api { status: u16, message: String },
+    /// An argument the command cannot use; the message says which and why.
+    #[error("{0}")]
+    Usage(String),
     /// `--api` is not an `http://` URL.
     #[error("--api {0:?} is not a URL like http://127.0.0.1:7480 (the operator API is plain HTTP)")]
     BadUrl(String),
@@ -310,6 +342,27 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             let body = client.get(&path)?;
             client.show(cli.json, &body, |nodes: &Vec<NodeView>| {
                 nodes_table(nodes, now_unix())
+            })
+        }
+        Command::Events { node, since, limit } => {
+            let mut query = Vec::new();
+            if let Some(node) = node {
+                query.push(format!("node={}", percent_encode(node)));
+            }
+            if let Some(since) = since {
+                query.push(format!("since={}", since_ms(since, now_unix())?));
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            let path = if query.is_empty() {
+                "/v1/events".to_owned()
+            } else {
+                format!("/v1/events?{}", query.join("&"))
+            };
+            let body = client.get(&path)?;
+            client.show(cli.json, &body, |events: &Vec<serde_json::Value>| {
+                events_table(events)
             })
         }
         Command::Node { name } => {
@@ -489,4 +542,23 @@ fn node_action(cli: &Cli, client: &Client, node: &str, action: &str) -> Result<S
         "cordon" => format!("{} cordoned: no new instances go there\n", n.name),
         _ => format!("{} uncordoned\n", n.name),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_duration_back_or_an_rfc3339_time() {
+        let now = 1_765_000_000;
+        assert_eq!(since_ms("1h", now).expect("ok"), (now - 3600) * 1000);
+        assert_eq!(
+            since_ms("2026-12-06T14:00:00Z", now).expect("ok"),
+            1_796_565_600_000
+        );
+        for bad in ["yesterday", "", "1y", "2026-13-01T00:00:00Z"] {
+            let err = since_ms(bad, now).expect_err(bad);
+            assert!(err.to_string().starts_with("--since"), "{err}");
+        }
+    }
 }

@@ -584,9 +584,78 @@ fn duration(secs: u64) -> String {
     }
 }
 
+/// `edgectl events`: one line per event, oldest first.
+pub(crate) fn events_table(events: &[serde_json::Value]) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let mut rows = vec![
+        ["AT", "NODE", "WORKLOAD", "STATE", "RESTARTS", "MESSAGE"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for e in events {
+        if e["kind"] == "gap" {
+            rows.push(vec![
+                text(&e["at"]),
+                text(&e["node"]),
+                "-".to_owned(),
+                "(dropped)".to_owned(),
+                "-".to_owned(),
+                format!(
+                    "{} events dropped, the node's outbox was full (seq {}..{})",
+                    e["count"], e["seq"], e["last"]
+                ),
+            ]);
+            continue;
+        }
+        rows.push(vec![
+            text(&e["at"]),
+            text(&e["node"]),
+            text(&e["workload"]),
+            text(&e["state"]),
+            e["restarts"].to_string(),
+            text(&e["message"]),
+        ]);
+    }
+    let mut out = table(&rows);
+    if events.is_empty() {
+        out.push_str("(no events)\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_show_each_change_and_each_gap_on_a_line() {
+        let events: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[
+              {"node": "shop-1", "node_id": "ab", "seq": 3, "at": "2026-12-01T10:00:00Z",
+               "at_ms": 0, "received": "2026-12-06T10:00:00Z", "kind": "gap", "last": 5,
+               "count": 2, "last_at_ms": 0},
+              {"node": "shop-1", "node_id": "ab", "seq": 7, "at": "2026-12-01T10:00:05Z",
+               "at_ms": 0, "received": "2026-12-06T10:00:00Z", "kind": "instance",
+               "workload": "till", "generation": 2, "state": "running", "restarts": 3,
+               "pid": 42, "exit_code": null, "message": "restarted"}
+            ]"#,
+        )
+        .expect("json");
+        let out = events_table(&events);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[1].contains("2 events dropped") && lines[1].contains("seq 3..5"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("2026-12-01T10:00:05Z")
+                && lines[2].contains("till")
+                && lines[2].contains("running"),
+            "{out}"
+        );
+        assert!(events_table(&[]).contains("(no events)"));
+    }
 
     #[test]
     fn humane_units() {
