@@ -528,9 +528,7 @@ const CLOCK_TOLERANCE_MS: i64 = 10_000;
 /// and a warning past the tolerance (a board without a real-time clock boots with the last
 /// time it saved).
 fn clock_offset(board: &StatusBoard, orchestrator_ms: u64) {
-    let ours = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let ours = i64::try_from(crate::outbox::now_ms()).unwrap_or(i64::MAX);
     let offset_ms = i64::try_from(orchestrator_ms)
         .unwrap_or(i64::MAX)
         .saturating_sub(ours);

@@ -136,8 +136,9 @@ impl EventOutbox {
     }
 }
 
-/// The wall clock in milliseconds since the Unix epoch: an event keeps when it happened.
-fn now_ms() -> u64 {
+/// The wall clock in milliseconds since the Unix epoch: an event keeps when it happened, and
+/// the clock offset is measured against it.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -294,6 +294,11 @@ impl Outbox {
         self.records.is_empty()
     }
 
+    /// The stored record `seq`, if it is still here.
+    pub fn get(&self, seq: u64) -> Option<&Record> {
+        self.records.get(&seq)
+    }
+
     /// The stored records, by sequence number.
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.values()

@@ -182,7 +182,7 @@ impl OutboxStore {
                 seqs: pushed.removed,
             })?;
         }
-        if let Some(record) = outbox.records().find(|r| r.seq == pushed.seq) {
+        if let Some(record) = outbox.get(pushed.seq) {
             self.write(&put(record))?;
         }
         if outbox.shed() != shed_before {
