@@ -146,6 +146,15 @@ pub async fn run_with(
         metrics.clone(),
     )
     .await?;
+    // Dropped with the daemon: the socket stops answering when the node stops.
+    let _ctl = crate::ctl::start(
+        config.ctl(),
+        crate::ctl::Ctl {
+            supervisor: workloads.supervisor().clone(),
+            board: board.clone(),
+            outbox: outbox.clone(),
+        },
+    );
     let mut proxy = match config.proxy() {
         Some(proxy) => {
             let proxy = NodeProxy::start(

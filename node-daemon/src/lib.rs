@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod capabilities;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod identity;
 pub mod metrics;

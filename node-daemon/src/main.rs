@@ -1,10 +1,10 @@
 //! `edge-node`: the node daemon.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use node_daemon::config::{
     Config, ConfigFile, FromFile, GeoPoint, JoinSettings, Liveness, OrchestratorAddress,
 };
+use node_daemon::ctl;
 use node_daemon::notify::Notifier;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,32 +17,112 @@ use std::time::Duration;
 #[cfg(all(target_arch = "x86_64", target_env = "musl"))]
 use edge_memcpy as _;
 
-#[derive(Parser)]
-#[command(name = "edge-node", version, about = "Edge node daemon")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+const USAGE: &str = "\
+Edge node daemon
 
-#[derive(Subcommand)]
+Usage: edge-node run --config FILE
+       edge-node check-config --config FILE
+       edge-node ctl --config FILE [--json] ACTION
+
+  run            enroll on first start, then keep a session with the orchestrator
+  check-config   check a config file and print what the node would use
+  ctl            control the running node over its local socket (works with no uplink):
+                   status | workloads | outbox | logs WORKLOAD [--lines N]
+                   | restart WORKLOAD | stop WORKLOAD
+
+Options:
+  -c, --config FILE   the node's TOML config file
+  -h, --help          print this help
+  -V, --version       print the version
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
 enum Command {
     /// Run the node: enroll on first start, then keep a session with the orchestrator.
     Run {
-        /// The node's TOML config file.
-        #[arg(long, short)]
         config: PathBuf,
     },
     /// Check a config file and print a summary of what the node would use.
     CheckConfig {
-        #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the running node something over its control socket.
+    Ctl {
+        config: PathBuf,
+        request: ctl::Request,
+        json: bool,
+    },
+    Help,
+    Version,
+}
+
+/// Reads the command line. Errors say what was wrong; `main` adds the usage.
+fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_iter(std::iter::once("edge-node".into()).chain(args));
+    let mut command: Option<String> = None;
+    let mut config: Option<PathBuf> = None;
+    let mut json = false;
+    let mut lines: Option<u32> = None;
+    let mut words: Vec<String> = Vec::new();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('c') | Long("config") => config = Some(parser.value()?.into()),
+            Long("json") if command.as_deref() == Some("ctl") => json = true,
+            Long("lines") if command.as_deref() == Some("ctl") => {
+                lines = Some(parser.value()?.parse()?)
+            }
+            Value(value) if command.is_none() => command = Some(value.string()?),
+            Value(value) if command.as_deref() == Some("ctl") && words.len() < 2 => {
+                words.push(value.string()?)
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let Some(command) = command else {
+        return Err("a command is required: run, check-config or ctl".into());
+    };
+    let config = || {
+        config
+            .clone()
+            .ok_or_else(|| lexopt::Error::from("--config FILE is required"))
+    };
+    match command.as_str() {
+        "run" => Ok(Command::Run { config: config()? }),
+        "check-config" => Ok(Command::CheckConfig { config: config()? }),
+        "ctl" => {
+            let request = ctl::Request::from_words(&words, lines).map_err(lexopt::Error::from)?;
+            Ok(Command::Ctl {
+                config: config()?,
+                request,
+                json,
+            })
+        }
+        other => Err(format!("unknown command {other:?}: run, check-config or ctl").into()),
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = match parse(std::env::args_os().skip(1)) {
+        Ok(Command::Help) => {
+            let _ = std::io::stdout().write_all(USAGE.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            let _ = writeln!(std::io::stdout(), "edge-node {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(command) => command,
+        Err(e) => {
+            let _ = write!(std::io::stderr(), "edge-node: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     edge_shell::logging::init();
-    match run(cli) {
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed stderr loses the message; it must not turn the error into a panic.
@@ -75,8 +155,8 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::CheckConfig { config: path } => {
             let file = ConfigFile::load(&path)?;
             // `check-config | head` is no reason to panic.
@@ -95,6 +175,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ctl {
+            config,
+            request,
+            json,
+        } => {
+            let file = ConfigFile::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let answer = runtime.block_on(ctl::call(&file.ctl().socket, &request))?;
+            let text = if json {
+                format!("{answer:#}\n")
+            } else {
+                ctl::render(&request, &answer)
+            };
+            // `ctl logs | head` is no reason to panic.
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            Ok(())
+        }
+        Command::Help | Command::Version => Ok(()),
         Command::Run { config } => {
             let config = ConfigFile::load(&config)?;
             // One worker thread: the node is I/O-bound and runs on 512 MB boards.
@@ -247,6 +348,70 @@ async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Command, String> {
+        parse(args.iter().map(std::ffi::OsString::from)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_command_reads_its_arguments() {
+        assert_eq!(
+            parsed(&["run", "--config", "/etc/edge-node.toml"]),
+            Ok(Command::Run {
+                config: "/etc/edge-node.toml".into()
+            })
+        );
+        assert_eq!(
+            parsed(&["check-config", "-c", "n.toml"]),
+            Ok(Command::CheckConfig {
+                config: "n.toml".into()
+            })
+        );
+        assert_eq!(
+            parsed(&[
+                "ctl",
+                "--config=n.toml",
+                "logs",
+                "till",
+                "--lines",
+                "20",
+                "--json"
+            ]),
+            Ok(Command::Ctl {
+                config: "n.toml".into(),
+                request: ctl::Request::Logs {
+                    workload: "till".into(),
+                    lines: 20
+                },
+                json: true,
+            })
+        );
+        assert_eq!(parsed(&["--help"]), Ok(Command::Help));
+        assert_eq!(parsed(&["run", "-V"]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn a_wrong_command_line_says_what_is_wrong() {
+        for (args, says) in [
+            (&[][..], "a command is required"),
+            (&["run"], "--config FILE is required"),
+            (&["serve", "-c", "x"], "unknown command"),
+            (&["run", "-c", "x", "extra"], "extra"),
+            (&["run", "-c", "x", "--json"], "--json"),
+            (&["ctl", "-c", "x"], "ctl needs an ACTION"),
+            (&["ctl", "-c", "x", "restart"], "needs a WORKLOAD"),
+            (&["ctl", "-c", "x", "logs", "w", "--lines", "many"], "many"),
+            (&["run", "--config"], "--config"),
+        ] {
+            let error = parsed(args).expect_err("refused");
+            assert!(error.contains(says), "{args:?}: {error}");
         }
     }
 }

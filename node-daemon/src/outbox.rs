@@ -5,12 +5,18 @@
 //!
 //! The decisions (order, shedding, acknowledgements) are `node_core::outbox`'s. Writes are
 //! made durable (one `fdatasync`) before anything is sent about them. They run on the
-//! daemon's loop: instance state changes are rare, and each costs one small write.
+//! daemon's loop: instance state changes are rare, and each costs one small write. The
+//! handle is shared with `ctl`, which records local operators' actions and shows the outbox.
 
 use edge_outbox::{OutboxStore, StoreError};
-use edge_proto::{EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeMsg};
+use edge_proto::{
+    EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeMsg, OperatorAction,
+    OperatorVerb, text,
+};
 use node_core::outbox::{Class, Outbox};
+use serde::Serialize;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 use tracing::{info, warn};
 
@@ -19,16 +25,41 @@ pub const BUDGET_BYTES: u64 = 4 << 20;
 /// The most bytes of events in one batch.
 const BATCH_BYTES: u64 = 16 * 1024;
 
-/// The outbox and its log.
+/// The outbox and its log, behind a handle the daemon's loop and `ctl` share.
+#[derive(Debug, Clone)]
+pub struct EventOutbox(Arc<Mutex<Inner>>);
+
 #[derive(Debug)]
-pub struct EventOutbox {
+struct Inner {
     store: OutboxStore,
     outbox: Outbox,
     /// A batch is out and not acknowledged: send no other until it is.
     waiting: bool,
 }
 
+/// What `edge-node ctl outbox` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub events: usize,
+    pub status: usize,
+    pub metrics: usize,
+    pub used_bytes: u64,
+    pub budget_bytes: u64,
+    /// When the oldest record still to send happened (ms since the Unix epoch).
+    pub oldest_at_ms: Option<u64>,
+    pub next_seq: u64,
+    pub metrics_downsampled: u64,
+    pub status_coalesced: u64,
+    pub events_dropped: u64,
+    /// A batch is out, waiting for the orchestrator's acknowledgement.
+    pub in_flight: bool,
+}
+
 impl EventOutbox {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Opens `DATA_DIR/outbox/`, replaying what a previous run left.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let (store, outbox, recovery) = OutboxStore::open(data_dir, BUDGET_BYTES)?;
@@ -39,44 +70,79 @@ impl EventOutbox {
                 "outbox: events still to send"
             );
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Mutex::new(Inner {
             store,
             outbox,
             waiting: false,
-        })
+        }))))
     }
 
     /// Records what `msg` says happened, if it is an event (an instance's state change).
-    pub fn record(&mut self, msg: &NodeMsg) {
+    pub fn record(&self, msg: &NodeMsg) {
         let NodeMsg::Workload(report) = msg else {
             return;
         };
-        let key = report.workload.to_string();
-        let body = match postcard::to_allocvec(&EventKind::Instance((**report).clone())) {
+        self.push(&report.workload, &EventKind::Instance((**report).clone()));
+    }
+
+    /// Records a local operator's action on `workload` (through `edge-node ctl`).
+    pub fn record_operator(&self, verb: OperatorVerb, workload: &str, uid: Option<u32>) {
+        let action = OperatorAction {
+            verb,
+            workload: text(workload),
+            uid,
+        };
+        self.push(workload, &EventKind::Operator(action));
+    }
+
+    fn push(&self, key: &str, kind: &EventKind) {
+        let body = match postcard::to_allocvec(kind) {
             Ok(body) => body,
             Err(error) => {
                 warn!(%error, "outbox: an event that does not encode");
                 return;
             }
         };
-        let pushed = self
+        let inner = &mut *self.lock();
+        let pushed = inner
             .store
-            .push(&mut self.outbox, Class::Event, &key, now_ms(), body)
-            .and_then(|_| self.store.commit());
+            .push(&mut inner.outbox, Class::Event, key, now_ms(), body)
+            .and_then(|_| inner.store.commit());
         if let Err(error) = pushed {
             warn!(%error, "outbox: could not record an event");
         }
     }
 
+    /// What the outbox holds now.
+    pub fn summary(&self) -> Summary {
+        let inner = self.lock();
+        let o = &inner.outbox;
+        let shed = o.shed();
+        Summary {
+            events: o.waiting(Class::Event),
+            status: o.waiting(Class::Status),
+            metrics: o.waiting(Class::Metric),
+            used_bytes: o.used(),
+            budget_bytes: o.budget(),
+            oldest_at_ms: o.records().map(|r| r.at_ms).min(),
+            next_seq: o.next_seq(),
+            metrics_downsampled: shed.metrics_downsampled,
+            status_coalesced: shed.status_coalesced,
+            events_dropped: shed.events_dropped,
+            in_flight: inner.waiting,
+        }
+    }
+
     /// The next batch to send, unless one is out already or nothing waits.
-    pub fn next_batch(&mut self) -> Option<NodeMsg> {
-        if self.waiting {
+    pub fn next_batch(&self) -> Option<NodeMsg> {
+        let inner = &mut *self.lock();
+        if inner.waiting {
             return None;
         }
-        let records = self
+        let records = inner
             .outbox
             .next_batch_of(BATCH_BYTES, EventBatch::MAX_EVENTS);
-        let gaps: Vec<EventGap> = self
+        let gaps: Vec<EventGap> = inner
             .outbox
             .gaps()
             .iter()
@@ -109,7 +175,7 @@ impl EventOutbox {
         if events.is_empty() && gaps.is_empty() {
             return None;
         }
-        self.waiting = true;
+        inner.waiting = true;
         Some(NodeMsg::Events(Box::new(EventBatch {
             events,
             gaps: List::from_iter(gaps),
@@ -117,22 +183,24 @@ impl EventOutbox {
     }
 
     /// The orchestrator stored what `stored` names: forget it.
-    pub fn stored(&mut self, stored: &EventsStored) {
-        self.waiting = false;
-        let done = self
+    pub fn stored(&self, stored: &EventsStored) {
+        let inner = &mut *self.lock();
+        inner.waiting = false;
+        let done = inner
             .store
-            .ack(&mut self.outbox, stored.seqs.iter().copied())
-            .and_then(|()| self.store.ack_gaps(&mut self.outbox, stored.gaps_through))
-            .and_then(|()| self.store.commit_and_compact(&self.outbox));
+            .ack(&mut inner.outbox, stored.seqs.iter().copied())
+            .and_then(|()| inner.store.ack_gaps(&mut inner.outbox, stored.gaps_through))
+            .and_then(|()| inner.store.commit_and_compact(&inner.outbox));
         if let Err(error) = done {
             warn!(%error, "outbox: could not forget acknowledged events");
         }
     }
 
     /// The session ended: what was out and not acknowledged goes again next time.
-    pub fn disconnected(&mut self) {
-        self.waiting = false;
-        self.outbox.reconnected();
+    pub fn disconnected(&self) {
+        let inner = &mut *self.lock();
+        inner.waiting = false;
+        inner.outbox.reconnected();
     }
 }
 

@@ -6,7 +6,7 @@
 //! Storing an event twice (a batch resent after a lost acknowledgement) changes nothing: the
 //! node and the sequence number are its key.
 
-use crate::msg::{List, WorkloadReport};
+use crate::msg::{List, MAX_NAME_LEN, Text, WorkloadReport};
 use serde::{Deserialize, Serialize};
 
 /// A batch of events from the node's outbox.
@@ -36,9 +36,29 @@ pub struct NodeEvent {
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Events are made one at a time and rarely; boxing the report would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum EventKind {
     /// A workload instance changed state: started, exited, restarted, became unhealthy.
     Instance(WorkloadReport),
+    /// A local operator acted through `edge-node ctl`.
+    Operator(OperatorAction),
+}
+
+/// What a local operator did, to which workload, and as which user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorAction {
+    pub verb: OperatorVerb,
+    pub workload: Text<MAX_NAME_LEN>,
+    /// The caller's user id, from the socket's peer credentials.
+    pub uid: Option<u32>,
+}
+
+/// The actions `edge-node ctl` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorVerb {
+    Restart,
+    Stop,
 }
 
 /// Sequence numbers `first..=last`, of which `count` were events the node dropped, between

@@ -30,7 +30,9 @@ pub mod quic;
 mod traffic;
 
 pub use bounded::{Seq, Str};
-pub use events::{EventBatch, EventGap, EventKind, EventsStored, NodeEvent};
+pub use events::{
+    EventBatch, EventGap, EventKind, EventsStored, NodeEvent, OperatorAction, OperatorVerb,
+};
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;
 pub use purge::{PurgeReply, PurgeRequest};

@@ -1350,10 +1350,34 @@ fn golden_bytes_of_events() {
     );
 }
 
+/// A local operator's actions, as the outbox keeps and sends them.
+#[test]
+fn golden_bytes_of_operator_events() {
+    let action = |verb| NodeEvent {
+        seq: 8,
+        at_ms: 1_000,
+        kind: EventKind::Operator(OperatorAction {
+            verb,
+            workload: text("till"),
+            uid: Some(0),
+        }),
+    };
+    let batch = EventBatch {
+        events: List::from_iter([action(OperatorVerb::Restart), action(OperatorVerb::Stop)]),
+        gaps: List::new(),
+    };
+    assert_eq!(
+        hex(&encode(&NodeMsg::Events(Box::new(batch)))),
+        "0000001b090208e80701000474696c6c010008e80701010474696c6c010000",
+    );
+}
+
 #[test]
 fn the_largest_event_batch_fits_one_frame_and_round_trips() {
     let mut event = instance_event(u64::MAX);
-    let EventKind::Instance(report) = &mut event.kind;
+    let EventKind::Instance(report) = &mut event.kind else {
+        panic!("instance_event makes an instance event")
+    };
     report.workload = text(&"w".repeat(MAX_NAME_LEN));
     report.message = text(&"m".repeat(256));
     report.exit_code = Some(i32::MIN);

@@ -42,6 +42,8 @@ const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
 const PUMP_DRAIN: Duration = Duration::from_secs(1);
 /// The status message of a dormant workload.
 pub const DORMANT: &str = "scaled to zero";
+/// The status message of a workload a local operator stopped.
+pub const HELD: &str = "stopped by a local operator";
 
 /// How a wake or a sleep is answered.
 pub type Answer = oneshot::Sender<Result<(), ScaleError>>;
@@ -57,6 +59,8 @@ pub enum Command {
     Wake(Answer),
     /// Stop it gracefully and leave it dormant; answer once it is.
     Sleep(Answer),
+    /// A local operator's stop: as `Sleep`, for any workload, until a restart or a new spec.
+    Hold(Answer),
 }
 
 /// Publishes a workload's status: the shared snapshot and the change feed.
@@ -140,6 +144,8 @@ struct Asked {
     sleeps: Vec<Answer>,
     /// When a wake found it dormant: the cold start is timed from there.
     woken_at: Option<Instant>,
+    /// A local operator stopped it: dormant whether or not it scales to zero.
+    held: bool,
 }
 
 impl Asked {
@@ -189,12 +195,12 @@ pub async fn run(
     let mut dormant = spec.scale_to_zero.is_some();
     loop {
         if dormant {
-            rest(&ctx, &spec);
+            rest(&ctx, &spec, asked.held);
             asked.answer_sleeps(&Ok(()));
             while asked.wakes.is_empty() {
                 match commands.recv().await {
                     Some(Command::Wake(answer)) => asked.wakes.push(answer),
-                    Some(Command::Sleep(answer)) => {
+                    Some(Command::Sleep(answer) | Command::Hold(answer)) => {
                         let _ = answer.send(Ok(()));
                     }
                     Some(Command::Replace(new, who)) => {
@@ -204,7 +210,8 @@ pub async fn run(
                         if spec.scale_to_zero.is_none() {
                             break;
                         }
-                        rest(&ctx, &spec);
+                        asked.held = false;
+                        rest(&ctx, &spec, false);
                     }
                     Some(Command::Stop) | None => return,
                 }
@@ -214,6 +221,7 @@ pub async fn run(
                 asked.woken_at = Some(Instant::now());
             }
             dormant = false;
+            asked.held = false;
         }
         match run_spec(&ctx, &spec, run_as, &mut commands, &mut asked).await {
             Next::Replace(new, who) => {
@@ -229,7 +237,7 @@ pub async fn run(
             }
         }
         if !asked.sleeps.is_empty() {
-            if spec.scale_to_zero.is_some() {
+            if spec.scale_to_zero.is_some() || asked.held {
                 dormant = true;
             } else {
                 // Replaced meanwhile by a spec that runs all the time.
@@ -239,8 +247,9 @@ pub async fn run(
     }
 }
 
-/// A dormant workload's status: stopped, scaled to zero, nothing running.
-fn rest(ctx: &InstanceCtx, spec: &WorkloadSpec) {
+/// A dormant workload's status: stopped, scaled to zero or by a local operator (`held`),
+/// nothing running.
+fn rest(ctx: &InstanceCtx, spec: &WorkloadSpec, held: bool) {
     ctx.readiness.send_replace(Readiness::Dormant);
     ctx.reporter.publish(InstanceStatus {
         name: spec.name.clone(),
@@ -249,7 +258,7 @@ fn rest(ctx: &InstanceCtx, spec: &WorkloadSpec) {
         restarts: 0,
         pid: None,
         exit_code: None,
-        message: DORMANT.into(),
+        message: if held { HELD } else { DORMANT }.into(),
     });
 }
 
@@ -389,6 +398,14 @@ async fn run_spec(
                 Some(Command::Sleep(answer)) => {
                     asked.sleeps.push(answer);
                     // A replacement or an end asked before stands; the sleep follows it.
+                    if next.is_none() {
+                        next = Some(Next::Sleep);
+                    }
+                    machine.stop(Instant::now());
+                }
+                Some(Command::Hold(answer)) => {
+                    asked.sleeps.push(answer);
+                    asked.held = true;
                     if next.is_none() {
                         next = Some(Next::Sleep);
                     }

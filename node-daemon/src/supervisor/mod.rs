@@ -136,6 +136,9 @@ pub enum ScaleError {
     /// (a `Backoff` restarts); put it to sleep to have the next wake start afresh.
     #[error("the workload ended before it was ready: {message}")]
     Exited { state: State, message: String },
+    /// It cannot be run as its spec says any more (its user is gone).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Knobs for the supervisor as a whole; the defaults are the production values.
@@ -490,6 +493,40 @@ impl Supervisor {
         let (answer, answered) = oneshot::channel();
         commands
             .send(Command::Sleep(answer))
+            .await
+            .map_err(|_| ScaleError::Stopped)?;
+        answered.await.map_err(|_| ScaleError::Stopped)?
+    }
+
+    /// A local operator's restart: a running instance is stopped gracefully and started again
+    /// under the same spec, a stopped one is started. Resolves once it is asked, not once it
+    /// runs (its state changes are reported as ever).
+    pub async fn restart(&self, name: &str) -> Result<(), ScaleError> {
+        let spec = {
+            let workloads = self.workloads();
+            let handle = workloads
+                .get(name)
+                .ok_or_else(|| ScaleError::Unknown(name.to_owned()))?;
+            handle.spec.clone()
+        };
+        if spec.scale_to_zero.is_some() && self.readiness(name) == Some(Readiness::Dormant) {
+            return self.wake(name).await;
+        }
+        let run_as = resolve(&spec).map_err(|e| ScaleError::Refused(e.to_string()))?;
+        self.commands_of(name)?
+            .send(Command::Replace(Box::new(spec), run_as))
+            .await
+            .map_err(|_| ScaleError::Stopped)
+    }
+
+    /// A local operator's stop: the instance is stopped gracefully (SIGKILL after its grace
+    /// period) and stays stopped until [`restart`](Self::restart), a new spec, or the
+    /// daemon's next start. Resolves once nothing runs.
+    pub async fn hold(&self, name: &str) -> Result<(), ScaleError> {
+        let commands = self.commands_of(name)?;
+        let (answer, answered) = oneshot::channel();
+        commands
+            .send(Command::Hold(answer))
             .await
             .map_err(|_| ScaleError::Stopped)?;
         answered.await.map_err(|_| ScaleError::Stopped)?

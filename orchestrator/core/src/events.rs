@@ -9,7 +9,7 @@
 //! **Invariant.** No I/O and no clock: the shell stores the records and passes the time in.
 
 use crate::deploy::state_name;
-use edge_proto::{EventBatch, EventKind, EventsStored, List, NodeId};
+use edge_proto::{EventBatch, EventKind, EventsStored, List, NodeId, OperatorVerb};
 use serde::{Deserialize, Serialize};
 
 /// The most events kept per node; the oldest go first.
@@ -45,6 +45,14 @@ pub enum What {
         exit_code: Option<i32>,
         message: String,
     },
+    /// A local operator restarted or stopped a workload through `edge-node ctl`.
+    Operator {
+        /// `restart` or `stop`.
+        action: String,
+        workload: String,
+        /// The operator's user id on the node.
+        uid: Option<u32>,
+    },
     /// Events the node dropped: sequence numbers `seq..=last`, `count` of them events.
     Gap {
         last: u64,
@@ -56,14 +64,13 @@ pub enum What {
 /// The records to store for `batch` from `node`, received at `received_ms`.
 pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventRecord> {
     let node = node.to_string();
-    let events = batch.events.iter().map(|e| {
-        let EventKind::Instance(report) = &e.kind;
-        EventRecord {
-            node: node.clone(),
-            seq: e.seq,
-            at_ms: e.at_ms,
-            received_ms,
-            what: What::Instance {
+    let events = batch.events.iter().map(|e| EventRecord {
+        node: node.clone(),
+        seq: e.seq,
+        at_ms: e.at_ms,
+        received_ms,
+        what: match &e.kind {
+            EventKind::Instance(report) => What::Instance {
                 workload: report.workload.to_string(),
                 generation: report.generation,
                 state: state_name(report.state).to_owned(),
@@ -72,7 +79,16 @@ pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventR
                 exit_code: report.exit_code,
                 message: report.message.to_string(),
             },
-        }
+            EventKind::Operator(action) => What::Operator {
+                action: match action.verb {
+                    OperatorVerb::Restart => "restart",
+                    OperatorVerb::Stop => "stop",
+                }
+                .to_owned(),
+                workload: action.workload.to_string(),
+                uid: action.uid,
+            },
+        },
     });
     let gaps = batch.gaps.iter().map(|g| EventRecord {
         node: node.clone(),

@@ -84,8 +84,23 @@ pub struct Config {
     local_address: Option<IpAddr>,
     join: Option<JoinSettings>,
     status_listen: Option<SocketAddr>,
+    ctl: CtlSettings,
     reserve: Reserve,
     proxy: Option<ProxyConfig>,
+}
+
+/// Where `edge-node ctl` reaches the running node, and who may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlSettings {
+    /// `ctl_socket`, by default `DATA_DIR/ctl.sock`.
+    pub socket: PathBuf,
+    /// `ctl_group`: its members may use the socket too (mode 0660); without it, 0600.
+    pub group: Option<String>,
+}
+
+impl CtlSettings {
+    /// The socket's name in the data dir unless `ctl_socket` says otherwise.
+    pub const SOCKET_NAME: &str = "ctl.sock";
 }
 
 /// A validated config file that may lack what a join file provides. Built only by
@@ -103,6 +118,7 @@ pub struct ConfigFile {
     join: Option<JoinSettings>,
     join_files: Vec<PathBuf>,
     status_listen: Option<SocketAddr>,
+    ctl: CtlSettings,
     reserve: Reserve,
     proxy: Option<ProxyConfig>,
 }
@@ -178,6 +194,11 @@ impl Config {
     /// The local status endpoint's address, if any.
     pub fn status_listen(&self) -> Option<SocketAddr> {
         self.status_listen
+    }
+
+    /// Where `edge-node ctl` reaches the node.
+    pub fn ctl(&self) -> &CtlSettings {
+        &self.ctl
     }
 
     /// What the node keeps for the system and itself when it admits workloads.
@@ -259,6 +280,11 @@ impl ConfigFile {
         self.status_listen
     }
 
+    /// Where `edge-node ctl` reaches the node.
+    pub fn ctl(&self) -> &CtlSettings {
+        &self.ctl
+    }
+
     /// The node's name as far as the file alone knows it.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -332,6 +358,7 @@ impl ConfigFile {
             local_address: self.local_address,
             join: self.join.clone().or_else(|| join.map(|j| j.join.clone())),
             status_listen: self.status_listen,
+            ctl: self.ctl.clone(),
             reserve: self.reserve,
             proxy: self.proxy.clone(),
         })

@@ -33,6 +33,10 @@ pub(super) struct RawConfig {
     pub join_file: Option<Vec<String>>,
     /// `IP:port` of the local status endpoint.
     pub status_listen: Option<String>,
+    /// The path of the local control socket (`edge-node ctl`).
+    pub ctl_socket: Option<String>,
+    /// A group whose members may use the control socket too.
+    pub ctl_group: Option<String>,
     pub reserve: Option<RawReserve>,
     pub proxy: Option<RawProxy>,
 }

@@ -8,8 +8,8 @@ use super::liveness::validate_liveness;
 use super::proxy::validate_proxy;
 use super::raw::{RawConfig, RawLocation, RawReserve};
 use super::{
-    ConfigFile, DEFAULT_STATUS_INTERVAL, GeoPoint, METERED_STATUS_INTERVAL, OrchestratorAddress,
-    SUPPORTED_CONFIG_VERSIONS,
+    ConfigFile, CtlSettings, DEFAULT_STATUS_INTERVAL, GeoPoint, METERED_STATUS_INTERVAL,
+    OrchestratorAddress, SUPPORTED_CONFIG_VERSIONS,
 };
 use crate::admission::Reserve;
 use edge_proto::field::{self, FieldPath, shown};
@@ -66,6 +66,7 @@ impl RawConfig {
                 })
             })
             .transpose()?;
+        let ctl = validate_ctl(self.ctl_socket, self.ctl_group, &data_dir)?;
         let reserve = validate_reserve(self.reserve)?;
         let proxy = self
             .proxy
@@ -83,10 +84,61 @@ impl RawConfig {
             join,
             join_files,
             status_listen,
+            ctl,
             reserve,
             proxy,
         })
     }
+}
+
+/// The longest path a Unix socket address holds (`sun_path`, less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+/// The longest group name `ctl_group` takes.
+const MAX_GROUP_LEN: usize = 32;
+
+fn validate_ctl(
+    socket: Option<String>,
+    group: Option<String>,
+    data_dir: &std::path::Path,
+) -> Result<CtlSettings, ConfigError> {
+    let socket = match socket {
+        None => data_dir.join(CtlSettings::SOCKET_NAME),
+        Some(p) => {
+            if !p.starts_with('/') {
+                return Err(invalid("ctl_socket", "must be an absolute path"));
+            }
+            if p.contains('\0') {
+                return Err(invalid("ctl_socket", "must not contain a NUL character"));
+            }
+            if p.len() > MAX_SOCKET_PATH {
+                return Err(invalid(
+                    "ctl_socket",
+                    format!(
+                        "is {} bytes; a socket path is at most {MAX_SOCKET_PATH}",
+                        p.len()
+                    ),
+                ));
+            }
+            PathBuf::from(p)
+        }
+    };
+    if let Some(g) = &group {
+        let good = !g.is_empty()
+            && g.len() <= MAX_GROUP_LEN
+            && g.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            && !g.starts_with('-');
+        if !good {
+            return Err(invalid(
+                "ctl_group",
+                format!(
+                    "{} is not a group name (1 to {MAX_GROUP_LEN} of a-z, 0-9, _, - and .)",
+                    shown(g)
+                ),
+            ));
+        }
+    }
+    Ok(CtlSettings { socket, group })
 }
 
 pub(super) fn check_version(version: i64) -> Result<(), ConfigError> {
