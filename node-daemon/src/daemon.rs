@@ -77,7 +77,7 @@ pub async fn run_with(
         .map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
     // What the orchestrator must still learn. Without it (a disk that refuses) the node
     // runs on, and what happens while it is offline is lost, as it was before the outbox.
-    let mut outbox = match crate::outbox::EventOutbox::open(&data_dir) {
+    let mut outbox = match crate::outbox::EventOutbox::open(&data_dir, config.outbox().max_bytes) {
         Ok(outbox) => Some(outbox),
         Err(error) => {
             warn!(%error, "outbox unavailable: events while offline will be lost");
@@ -514,8 +514,8 @@ fn identity_conflict(
 
 /// How long the session waits before it dials again, to the millisecond; `None` unless it is
 /// backing off.
-/// Sends the outbox's next batch of events, if one may go: only on an established session
-/// (before the welcome the orchestrator takes nothing else).
+/// Sends the outbox's next batches of events, as many as its window lets go: only on an
+/// established session (before the welcome the orchestrator takes nothing else).
 async fn send_events(
     outbox: &mut Option<crate::outbox::EventOutbox>,
     current: &mut Option<(quinn::Connection, quinn::SendStream)>,
@@ -524,7 +524,7 @@ async fn send_events(
     if current.is_none() || !established {
         return;
     }
-    if let Some(batch) = outbox.as_mut().and_then(|o| o.next_batch()) {
+    while let Some(batch) = outbox.as_mut().and_then(|o| o.next_batch()) {
         send_now(current, &batch).await;
     }
 }

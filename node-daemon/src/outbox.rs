@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 use tracing::{info, warn};
 
-/// The bytes the outbox may hold on disk. (A board profile will set its own.)
-pub const BUDGET_BYTES: u64 = 4 << 20;
 /// The most bytes of events in one batch.
-const BATCH_BYTES: u64 = 16 * 1024;
+const BATCH_BYTES: u64 = 48 * 1024;
+/// Batches out at once, waiting for their acknowledgement: enough to keep the link busy
+/// while the orchestrator stores one, few enough that a lost connection resends little.
+pub const WINDOW: usize = 4;
 
 /// The outbox and its log, behind a handle the daemon's loop and `ctl` share.
 #[derive(Debug, Clone)]
@@ -33,8 +34,8 @@ pub struct EventOutbox(Arc<Mutex<Inner>>);
 struct Inner {
     store: OutboxStore,
     outbox: Outbox,
-    /// A batch is out and not acknowledged: send no other until it is.
-    waiting: bool,
+    /// Batches out and not acknowledged: at most [`WINDOW`].
+    in_flight: usize,
 }
 
 /// What `edge-node ctl outbox` shows.
@@ -51,8 +52,8 @@ pub struct Summary {
     pub metrics_downsampled: u64,
     pub status_coalesced: u64,
     pub events_dropped: u64,
-    /// A batch is out, waiting for the orchestrator's acknowledgement.
-    pub in_flight: bool,
+    /// Batches out, waiting for the orchestrator's acknowledgement.
+    pub batches_in_flight: usize,
 }
 
 impl EventOutbox {
@@ -60,9 +61,9 @@ impl EventOutbox {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens `DATA_DIR/outbox/`, replaying what a previous run left.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let (store, outbox, recovery) = OutboxStore::open(data_dir, BUDGET_BYTES)?;
+    /// Opens `DATA_DIR/outbox/` within `budget_bytes`, replaying what a previous run left.
+    pub fn open(data_dir: &Path, budget_bytes: u64) -> Result<Self, StoreError> {
+        let (store, outbox, recovery) = OutboxStore::open(data_dir, budget_bytes)?;
         if recovery.records > 0 || recovery.torn_bytes > 0 {
             info!(
                 events = recovery.records,
@@ -73,7 +74,7 @@ impl EventOutbox {
         Ok(Self(Arc::new(Mutex::new(Inner {
             store,
             outbox,
-            waiting: false,
+            in_flight: 0,
         }))))
     }
 
@@ -129,24 +130,31 @@ impl EventOutbox {
             metrics_downsampled: shed.metrics_downsampled,
             status_coalesced: shed.status_coalesced,
             events_dropped: shed.events_dropped,
-            in_flight: inner.waiting,
+            batches_in_flight: inner.in_flight,
         }
     }
 
-    /// The next batch to send, unless one is out already or nothing waits.
+    /// The next batch to send, unless [`WINDOW`] batches are out already or nothing waits.
     pub fn next_batch(&self) -> Option<NodeMsg> {
         let inner = &mut *self.lock();
-        if inner.waiting {
+        if inner.in_flight >= WINDOW {
             return None;
         }
         let records = inner
             .outbox
             .next_batch_of(BATCH_BYTES, EventBatch::MAX_EVENTS);
+        // The gaps go with a batch sent while no other is out, so that a window of batches
+        // does not carry them several times.
+        let gap_room = if inner.in_flight == 0 {
+            EventBatch::MAX_GAPS
+        } else {
+            0
+        };
         let gaps: Vec<EventGap> = inner
             .outbox
             .gaps()
             .iter()
-            .take(EventBatch::MAX_GAPS)
+            .take(gap_room)
             .map(|g| EventGap {
                 first: g.first,
                 last: g.last,
@@ -175,22 +183,24 @@ impl EventOutbox {
         if events.is_empty() && gaps.is_empty() {
             return None;
         }
-        inner.waiting = true;
+        inner.in_flight += 1;
         Some(NodeMsg::Events(Box::new(EventBatch {
             events,
             gaps: List::from_iter(gaps),
         })))
     }
 
-    /// The orchestrator stored what `stored` names: forget it.
+    /// The orchestrator stored what `stored` names: forget it. Not synced: should a power
+    /// cut lose the forgetting, the events go again and the orchestrator, which keys them
+    /// by node and sequence number, stores nothing twice.
     pub fn stored(&self, stored: &EventsStored) {
         let inner = &mut *self.lock();
-        inner.waiting = false;
+        inner.in_flight = inner.in_flight.saturating_sub(1);
         let done = inner
             .store
             .ack(&mut inner.outbox, stored.seqs.iter().copied())
             .and_then(|()| inner.store.ack_gaps(&mut inner.outbox, stored.gaps_through))
-            .and_then(|()| inner.store.commit_and_compact(&inner.outbox));
+            .and_then(|()| inner.store.compact_if_due(&inner.outbox));
         if let Err(error) = done {
             warn!(%error, "outbox: could not forget acknowledged events");
         }
@@ -199,7 +209,7 @@ impl EventOutbox {
     /// The session ended: what was out and not acknowledged goes again next time.
     pub fn disconnected(&self) {
         let inner = &mut *self.lock();
-        inner.waiting = false;
+        inner.in_flight = 0;
         inner.outbox.reconnected();
     }
 }

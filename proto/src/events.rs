@@ -18,9 +18,9 @@ pub struct EventBatch {
 }
 
 impl EventBatch {
-    /// The most events in one batch: the largest batch (32 instance reports with 256-byte
-    /// messages) stays far under a frame.
-    pub const MAX_EVENTS: usize = 32;
+    /// The most events in one batch: the largest batch (128 instance reports with 256-byte
+    /// messages and the longest names) still fits a frame.
+    pub const MAX_EVENTS: usize = 128;
     pub const MAX_GAPS: usize = 8;
 }
 

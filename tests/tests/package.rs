@@ -274,6 +274,13 @@ fn every_board_s_config_is_one_the_node_takes_with_a_proxy_on_port_80() {
             "{}: both stores are on",
             path.display()
         );
+        let outbox = file.outbox().max_bytes;
+        assert!(
+            outbox > node_core::config::OutboxSettings::default().max_bytes
+                && outbox <= budget("disk_bytes") / 16,
+            "{}: the board sets an outbox budget of its own, {outbox} B, a sixteenth of its disk at most",
+            path.display()
+        );
     }
 }
 

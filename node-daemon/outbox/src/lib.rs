@@ -219,6 +219,12 @@ impl OutboxStore {
     /// grown well past what `outbox` holds.
     pub fn commit_and_compact(&mut self, outbox: &Outbox) -> Result<(), StoreError> {
         self.commit()?;
+        self.compact_if_due(outbox)
+    }
+
+    /// Rewrites the log if it has grown well past what `outbox` holds; the rewrite is
+    /// synced, whatever came before it in the log too.
+    pub fn compact_if_due(&mut self, outbox: &Outbox) -> Result<(), StoreError> {
         if self.len > COMPACT_FLOOR.max(outbox.used().saturating_mul(COMPACT_RATIO)) {
             self.compact(outbox)?;
         }

@@ -86,7 +86,36 @@ pub struct Config {
     status_listen: Option<SocketAddr>,
     ctl: CtlSettings,
     reserve: Reserve,
+    outbox: OutboxSettings,
     proxy: Option<ProxyConfig>,
+}
+
+/// The `[outbox]` table: how much of the disk what waits for the orchestrator may take, and
+/// how fast it may drain over the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxSettings {
+    /// `max_bytes`: when full, metrics are thinned, then status coalesced, then the oldest
+    /// events dropped (and counted). Default 4 MiB; each board profile sets its own.
+    pub max_bytes: u64,
+    /// `uplink_bytes_per_sec`: the drain's pace on a metered link; unset, as fast as the
+    /// orchestrator acknowledges.
+    pub uplink_bytes_per_sec: Option<u64>,
+}
+
+impl OutboxSettings {
+    /// The bounds of `max_bytes`: 64 KiB to 1 GiB.
+    pub const MAX_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
+    /// The bounds of `uplink_bytes_per_sec`: 1 KiB/s to 1 GiB/s.
+    pub const UPLINK: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 4 << 20,
+            uplink_bytes_per_sec: None,
+        }
+    }
 }
 
 /// Where `edge-node ctl` reaches the running node, and who may.
@@ -120,6 +149,7 @@ pub struct ConfigFile {
     status_listen: Option<SocketAddr>,
     ctl: CtlSettings,
     reserve: Reserve,
+    outbox: OutboxSettings,
     proxy: Option<ProxyConfig>,
 }
 
@@ -204,6 +234,11 @@ impl Config {
     /// What the node keeps for the system and itself when it admits workloads.
     pub fn reserve(&self) -> Reserve {
         self.reserve
+    }
+
+    /// The outbox's disk budget and uplink pace.
+    pub fn outbox(&self) -> OutboxSettings {
+        self.outbox
     }
 
     /// The caching proxy's settings; `None` (no `[proxy]` table): no proxy runs.
@@ -320,6 +355,11 @@ impl ConfigFile {
         self.proxy.as_ref()
     }
 
+    /// The outbox's disk budget and uplink pace.
+    pub fn outbox(&self) -> OutboxSettings {
+        self.outbox
+    }
+
     /// The config the daemon runs with: this file, its gaps filled from `join` (the join file,
     /// if any). Fails naming the first value neither provides.
     pub fn complete(&self, join: Option<&JoinFile>) -> Result<Config, ConfigError> {
@@ -360,6 +400,7 @@ impl ConfigFile {
             status_listen: self.status_listen,
             ctl: self.ctl.clone(),
             reserve: self.reserve,
+            outbox: self.outbox,
             proxy: self.proxy.clone(),
         })
     }

@@ -39,6 +39,14 @@ pub(super) struct RawConfig {
     pub ctl_group: Option<String>,
     pub reserve: Option<RawReserve>,
     pub proxy: Option<RawProxy>,
+    pub outbox: Option<RawOutbox>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbox {
+    pub max_bytes: Option<i64>,
+    pub uplink_bytes_per_sec: Option<i64>,
 }
 
 #[derive(Deserialize)]

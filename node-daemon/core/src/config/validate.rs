@@ -6,10 +6,10 @@ use super::error::{ConfigError, invalid};
 use super::join::validate_join;
 use super::liveness::validate_liveness;
 use super::proxy::validate_proxy;
-use super::raw::{RawConfig, RawLocation, RawReserve};
+use super::raw::{RawConfig, RawLocation, RawOutbox, RawReserve};
 use super::{
     ConfigFile, CtlSettings, DEFAULT_STATUS_INTERVAL, GeoPoint, METERED_STATUS_INTERVAL,
-    OrchestratorAddress, SUPPORTED_CONFIG_VERSIONS,
+    OrchestratorAddress, OutboxSettings, SUPPORTED_CONFIG_VERSIONS,
 };
 use crate::admission::Reserve;
 use edge_proto::field::{self, FieldPath, shown};
@@ -68,6 +68,7 @@ impl RawConfig {
             .transpose()?;
         let ctl = validate_ctl(self.ctl_socket, self.ctl_group, &data_dir)?;
         let reserve = validate_reserve(self.reserve)?;
+        let outbox = validate_outbox(self.outbox)?;
         let proxy = self
             .proxy
             .map(|p| validate_proxy(p, status_listen, local_address))
@@ -86,6 +87,7 @@ impl RawConfig {
             status_listen,
             ctl,
             reserve,
+            outbox,
             proxy,
         })
     }
@@ -236,6 +238,33 @@ fn validate_join_files(paths: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> 
             Ok(PathBuf::from(p))
         })
         .collect()
+}
+
+fn validate_outbox(raw: Option<RawOutbox>) -> Result<OutboxSettings, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(OutboxSettings::default());
+    };
+    let in_range = |field: &str, v: i64, range: std::ops::RangeInclusive<u64>| {
+        u64::try_from(v)
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("{v} is out of range {}..={}", range.start(), range.end()),
+                )
+            })
+    };
+    Ok(OutboxSettings {
+        max_bytes: match raw.max_bytes {
+            None => OutboxSettings::default().max_bytes,
+            Some(v) => in_range("outbox.max_bytes", v, OutboxSettings::MAX_BYTES)?,
+        },
+        uplink_bytes_per_sec: raw
+            .uplink_bytes_per_sec
+            .map(|v| in_range("outbox.uplink_bytes_per_sec", v, OutboxSettings::UPLINK))
+            .transpose()?,
+    })
 }
 
 fn validate_reserve(raw: Option<RawReserve>) -> Result<Reserve, ConfigError> {

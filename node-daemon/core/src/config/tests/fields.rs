@@ -389,3 +389,61 @@ fn bad_liveness() {
     );
     assert!(why.contains("twice"), "{why}");
 }
+
+#[test]
+fn the_outbox_table_sets_the_budget_and_the_uplink_pace() {
+    let c = Config::from_toml(EXAMPLE).expect("valid");
+    assert_eq!(c.outbox(), OutboxSettings::default());
+    assert_eq!(c.outbox().max_bytes, 4 << 20);
+    let with = |table: &str| format!("{EXAMPLE}[outbox]\n{table}\n");
+    let c = Config::from_toml(&with("max_bytes = 16777216\nuplink_bytes_per_sec = 2048"))
+        .expect("valid");
+    assert_eq!(c.outbox().max_bytes, 16 << 20);
+    assert_eq!(c.outbox().uplink_bytes_per_sec, Some(2048));
+    for (table, field) in [
+        ("max_bytes = 1000", "outbox.max_bytes"),
+        ("max_bytes = -1", "outbox.max_bytes"),
+        ("max_bytes = 9223372036854775807", "outbox.max_bytes"),
+        ("uplink_bytes_per_sec = 0", "outbox.uplink_bytes_per_sec"),
+        ("uplink_bytes_per_sec = -5", "outbox.uplink_bytes_per_sec"),
+    ] {
+        let message = invalid_field(&with(table), field);
+        assert!(message.contains("out of range"), "{table}: {message}");
+    }
+    assert!(matches!(
+        Config::from_toml(&with("max_byte = 65536")),
+        Err(ConfigError::Parse(_))
+    ));
+}
+
+#[test]
+fn the_ctl_socket_is_in_the_data_dir_unless_the_file_says() {
+    let c = Config::from_toml(EXAMPLE).expect("valid");
+    assert_eq!(
+        c.ctl().socket,
+        Path::new("/var/lib/edge-node").join(CtlSettings::SOCKET_NAME)
+    );
+    assert_eq!(c.ctl().group, None);
+    let with = |lines: &str| example_with("status_interval_secs = 10", lines);
+    let c = Config::from_toml(&with(
+        "status_interval_secs = 10\nctl_socket = \"/run/edge-node/ctl.sock\"\nctl_group = \"edge\"",
+    ))
+    .expect("valid");
+    assert_eq!(c.ctl().socket, Path::new("/run/edge-node/ctl.sock"));
+    assert_eq!(c.ctl().group.as_deref(), Some("edge"));
+    let long = format!("ctl_socket = \"/{}\"", "s".repeat(200));
+    for (line, field) in [
+        ("ctl_socket = \"run/ctl.sock\"", "ctl_socket"),
+        ("ctl_socket = \"/run/\\u0000\"", "ctl_socket"),
+        (long.as_str(), "ctl_socket"),
+        ("ctl_group = \"\"", "ctl_group"),
+        ("ctl_group = \"-x\"", "ctl_group"),
+        ("ctl_group = \"wheel; rm\"", "ctl_group"),
+        (
+            "ctl_group = \"a-very-long-group-name-beyond-32-chars\"",
+            "ctl_group",
+        ),
+    ] {
+        invalid_field(&with(line), field);
+    }
+}
