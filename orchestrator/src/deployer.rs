@@ -15,20 +15,32 @@
 //! the same queue after the effects that caused them, so a node gets its assignments before
 //! the routes of a session, and every route message in the order it was decided. Nothing of
 //! it is stored: it is derived, and nodes say everything it needs again with each session.
+//!
+//! Time reaches the controller from here: sessions opening and ending carry the wall clock,
+//! and [`Deployer::tick`], which the app calls every [`TICK`], lets it notice that a node has
+//! been away longer than a workload's `max_disconnect_secs` with no message arriving. The
+//! events it decides (a replacement, a reconcile) are stored by the committer in the same
+//! flush as the deployments they explain, before anything is sent.
 
 use crate::links::NodeLinks;
 use crate::metrics::{Metrics, WorkloadEvent};
 use edge_proto::{NodeId, OrchMsg, ProxyAdvert, WorkloadReport, WorkloadState};
 use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
+use orchestrator_core::events::What;
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::routes::{self, RouteBook};
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tracing::warn;
+use std::time::Duration;
+use tracing::{info, warn};
 
 /// At most this many batches share one flush.
 const MAX_BATCHES_PER_FLUSH: usize = 4096;
+
+/// How often [`Deployer::tick`] runs: how late past `max_disconnect_secs` a replacement may
+/// be placed, at most.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// The deployments, and the thread that stores and sends what they decide.
 #[derive(Debug)]
@@ -90,8 +102,10 @@ impl Deployer {
     pub fn node_up(&self, record: NodeRecord) -> Committed {
         let id = record.id;
         let location = routes::location(&record);
+        let now_ms = crate::clock::now_ms();
         self.decide(|d, book| {
-            let mut effects = d.node_up(record);
+            let mut effects = d.node_up(record, now_ms);
+            log_decisions(&effects);
             let routes = book.node_online(id, location);
             effects.extend(broadcast(book, routes));
             // The node forgets its peer routes when a session opens; this is all of them.
@@ -110,10 +124,21 @@ impl Deployer {
             if !offline() {
                 return ((), Vec::new());
             }
-            d.node_down(node);
+            d.node_down(node, crate::clock::now_ms());
             let routes = book.node_offline(node);
             ((), broadcast(book, routes))
         });
+    }
+
+    /// Time passed (`now_ms`, the wall clock): instances of nodes away longer than their
+    /// workload's `max_disconnect_secs` are replaced elsewhere.
+    pub fn tick(&self, now_ms: u64) -> Committed {
+        self.decide(|d, _| {
+            let effects = d.tick(now_ms);
+            log_decisions(&effects);
+            ((), effects)
+        })
+        .1
     }
 
     /// The registry's record of a node changed (capabilities, cordon, location).
@@ -181,7 +206,7 @@ impl Deployer {
             .filter_map(|e| match e {
                 Effect::Persist(record) => record.name().map(str::to_owned),
                 Effect::Forget(name) => Some(name.clone()),
-                Effect::Send(..) => None,
+                Effect::Send(..) | Effect::Record(_) => None,
             })
             .collect();
         for name in changed {
@@ -232,6 +257,42 @@ impl Deployer {
             placed,
             shown,
         })
+    }
+}
+
+/// Logs the replacements and reconciles among `effects` (they are stored as events too).
+fn log_decisions(effects: &[Effect]) {
+    for e in effects {
+        let Effect::Record(record) = e else { continue };
+        match &record.what {
+            What::Replaced {
+                workload,
+                replacement,
+                offline_secs,
+                ..
+            } => info!(
+                node = %record.node,
+                workload = %workload,
+                replacement = %replacement,
+                offline_secs,
+                "instance replaced: its node was away too long"
+            ),
+            What::Reconciled {
+                workload,
+                rule,
+                kept,
+                stopped,
+                ..
+            } => info!(
+                node = %record.node,
+                workload = %workload,
+                rule = %rule,
+                kept = %kept,
+                stopped = stopped.as_deref().unwrap_or("-"),
+                "replaced node returned: one instance kept"
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -314,6 +375,7 @@ impl Committer {
                         .filter_map(|e| match e {
                             Effect::Persist(r) => Some(DeploymentWrite::Put(r)),
                             Effect::Forget(name) => Some(DeploymentWrite::Delete(name)),
+                            Effect::Record(e) => Some(DeploymentWrite::Event(e)),
                             Effect::Send(..) => None,
                         })
                         .collect();
