@@ -314,4 +314,89 @@ mod tests {
         let reopened = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(reopened.tokens().expect("read")[0].rev, 9);
     }
+
+    fn node_event(node: NodeId, seq: u64) -> EventRecord {
+        EventRecord {
+            node: node.to_string(),
+            seq,
+            at_ms: seq,
+            received_ms: seq,
+            origin: Origin::Node,
+            what: orchestrator_core::events::What::Gap {
+                last: seq,
+                count: 1,
+                last_at_ms: seq,
+            },
+        }
+    }
+
+    /// The orchestrator's events about a node are numbered in a series of their own: a node's
+    /// outbox numbers (the same ones again, too) never overwrite them, nor they the node's.
+    #[test]
+    fn orchestrator_events_never_share_a_key_with_a_node_s() {
+        use orchestrator_core::events::{What, orchestrator_event};
+        let dir = tempfile::tempdir().expect("tmp");
+        let sled = SledStore::open(dir.path()).expect("open");
+        let mem = MemStore::default();
+        let node = NodeId([3; 16]);
+        let replaced = orchestrator_event(
+            node,
+            5,
+            What::Replaced {
+                workload: "web".into(),
+                generation: 1,
+                replacement: NodeId([4; 16]).to_string(),
+                replacement_name: "b".into(),
+                offline_secs: 60,
+            },
+        );
+        for store in [&sled as &dyn Store, &mem] {
+            store
+                .put_events(&[node_event(node, 1), node_event(node, 2)])
+                .expect("put");
+            store
+                .write_deployments(&[
+                    DeploymentWrite::Event(&replaced),
+                    DeploymentWrite::Event(&replaced),
+                ])
+                .expect("write");
+            store.put_events(&[node_event(node, 1)]).expect("again");
+            let mut got: Vec<(Origin, u64)> = store
+                .events(Some(&node.to_string()))
+                .expect("read")
+                .iter()
+                .map(|e| (e.origin, e.seq))
+                .collect();
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    (Origin::Node, 1),
+                    (Origin::Node, 2),
+                    (Origin::Orchestrator, 1),
+                    (Origin::Orchestrator, 2)
+                ]
+            );
+            assert_eq!(store.events(None).expect("all").len(), 4);
+            assert!(
+                store
+                    .events(Some(&NodeId([9; 16]).to_string()))
+                    .expect("none")
+                    .is_empty()
+            );
+        }
+        drop(sled);
+        let reopened = SledStore::open(dir.path()).expect("reopen");
+        reopened
+            .write_deployments(&[DeploymentWrite::Event(&replaced)])
+            .expect("write");
+        let last = reopened
+            .events(Some(&node.to_string()))
+            .expect("read")
+            .iter()
+            .filter(|e| e.origin == Origin::Orchestrator)
+            .map(|e| e.seq)
+            .max();
+        assert_eq!(last, Some(3), "numbering goes on after a restart");
+    }
 }
