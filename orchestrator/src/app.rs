@@ -58,8 +58,13 @@ impl Handles {
         let registry = Arc::new(Registry::open(store.clone())?);
         let links = Arc::new(NodeLinks::default());
         let nodes: Vec<_> = registry.fleet().nodes().cloned().collect();
-        let deployments = Arc::new(Deployer::open(store, nodes, links.clone())?);
         let metrics = Arc::new(Metrics::new());
+        let deployments = Arc::new(Deployer::open(
+            store,
+            nodes,
+            links.clone(),
+            metrics.clone(),
+        )?);
         let (online, offline) = registry.fleet().counts();
         metrics.set_node_counts(online, offline);
         Ok(Self {

@@ -33,7 +33,7 @@ use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// At most this many batches share one flush.
 const MAX_BATCHES_PER_FLUSH: usize = 4096;
@@ -50,15 +50,19 @@ pub struct Deployer {
     /// messages queued in the order they were decided.
     routes: Mutex<RouteBook>,
     committer: Committer,
+    /// Where the replacements and reconciles it decides are logged and counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Deployer {
     /// Loads the deployments from `store`, on the registry's `nodes` (all offline), and starts
-    /// the committer, which sends through `links`.
+    /// the committer, which sends through `links`. What it decides on its own (replacements,
+    /// reconciles) is logged and counted in `metrics`.
     pub fn open(
         store: Arc<dyn Store>,
         nodes: impl IntoIterator<Item = NodeRecord>,
         links: Arc<NodeLinks>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let deployments =
             Deployments::load(store.deployments()?, nodes.into_iter().map(|n| (n, false)))
@@ -77,6 +81,7 @@ impl Deployer {
             deployments: Mutex::new(deployments),
             routes: Mutex::new(routes),
             committer,
+            metrics,
         })
     }
 
@@ -105,7 +110,7 @@ impl Deployer {
         let now_ms = crate::clock::now_ms();
         self.decide(|d, book| {
             let mut effects = d.node_up(record, now_ms);
-            log_decisions(&effects);
+            log_decisions(&self.metrics, &effects);
             let routes = book.node_online(id, location);
             effects.extend(broadcast(book, routes));
             // The node forgets its peer routes when a session opens; this is all of them.
@@ -135,7 +140,7 @@ impl Deployer {
     pub fn tick(&self, now_ms: u64) -> Committed {
         self.decide(|d, _| {
             let effects = d.tick(now_ms);
-            log_decisions(&effects);
+            log_decisions(&self.metrics, &effects);
             ((), effects)
         })
         .1
@@ -260,38 +265,42 @@ impl Deployer {
     }
 }
 
-/// Logs the replacements and reconciles among `effects` (they are stored as events too).
-fn log_decisions(effects: &[Effect]) {
+/// Logs and counts the replacements and reconciles among `effects` (they are stored as
+/// events too).
+fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
     for e in effects {
         let Effect::Record(record) = e else { continue };
+        let node = record.node.as_str();
         match &record.what {
             What::Replaced {
                 workload,
                 replacement,
                 offline_secs,
                 ..
-            } => info!(
-                node = %record.node,
-                workload = %workload,
-                replacement = %replacement,
-                offline_secs,
-                "instance replaced: its node was away too long"
-            ),
+            } => metrics.workload(&WorkloadEvent::Replaced {
+                node,
+                workload,
+                replacement,
+                offline_secs: *offline_secs,
+            }),
             What::Reconciled {
                 workload,
                 rule,
                 kept,
                 stopped,
                 ..
-            } => info!(
-                node = %record.node,
-                workload = %workload,
-                rule = %rule,
-                kept = %kept,
-                stopped = stopped.as_deref().unwrap_or("-"),
-                "replaced node returned: one instance kept"
-            ),
-            _ => {}
+            } => metrics.workload(&WorkloadEvent::Reconciled {
+                node,
+                workload,
+                rule,
+                kept: if kept == "original" {
+                    "original"
+                } else {
+                    "replacement"
+                },
+                stopped: stopped.as_deref(),
+            }),
+            What::Instance { .. } | What::Gap { .. } => {}
         }
     }
 }

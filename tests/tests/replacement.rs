@@ -249,6 +249,16 @@ async fn a_node_away_too_long_is_replaced_and_one_instance_survives_its_return()
         2,
         "decided once each: {events:#?}"
     );
+    assert_eq!(orch.metric("edge_instances_replaced_total"), 2.0);
+    for kept in ["original", "replacement"] {
+        assert_eq!(
+            orch.metric(&format!(
+                "edge_replacements_reconciled_total{{kept=\"{kept}\"}}"
+            )),
+            1.0,
+            "{kept}"
+        );
+    }
 
     for node in nodes {
         node.stop().await.expect("clean stop");
