@@ -124,22 +124,60 @@ async fn a_node_away_too_long_is_replaced_and_one_instance_survives_its_return()
         .await
         .expect("put");
     let digest = edge_proto::digest::to_prefixed(&stored.digest);
-    // Two workloads of two replicas on three nodes: at least one node holds both.
-    for (name, rule) in [("till", "keep_original"), ("scale", "keep_replacement")] {
-        let spec = json!({
+    let spec = |name: &str, replicas: u32, secs: u32, rule: &str| {
+        json!({
             "name": name,
             "version": "1.0.0",
             "artifact": digest,
-            "replicas": 2,
-            "max_disconnect_secs": 2,
+            "replicas": replicas,
+            "max_disconnect_secs": secs,
             "reconcile": rule,
             "resources": {"cpu_millis": 100, "memory_bytes": 32 << 20}
-        });
-        let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
-        assert!(status == 200 || status == 201, "{status}: {body}");
-        assert_eq!(body["spec"]["max_disconnect_secs"], 2, "{body}");
+        })
+    };
+    // Bad values are refused naming the field, and nothing is deployed.
+    for (field, value, placement) in [
+        ("max_disconnect_secs", json!(0), false),
+        ("max_disconnect_secs", json!(31_536_001), false),
+        ("max_disconnect_secs", json!(60), true),
+        ("reconcile", json!("keep_both"), false),
+    ] {
+        let mut bad = spec("bad", 1, 60, "keep_original");
+        bad[field] = value;
+        if placement {
+            bad.as_object_mut().expect("an object").remove("replicas");
+            bad["placement"] = json!("per-node");
+        }
+        let (status, body) = orch.api("POST", "/v1/workloads", Some(bad)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(field)),
+            "{body}"
+        );
+    }
+    // Two workloads of two replicas on three nodes: at least one node holds both. A third
+    // on every node would be replaced only after an hour.
+    for (name, replicas, secs, rule) in [
+        ("till", 2, 2, "keep_original"),
+        ("scale", 2, 2, "keep_replacement"),
+        ("steady", 3, 3600, "keep_replacement"),
+    ] {
+        let (status, body) = orch
+            .api(
+                "POST",
+                "/v1/workloads",
+                Some(spec(name, replicas, secs, rule)),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["spec"]["max_disconnect_secs"], secs, "{body}");
         assert_eq!(body["spec"]["reconcile"], rule, "{body}");
     }
+    let (_, listed_all) = orch.api("GET", "/v1/workloads", None).await;
+    assert_eq!(listed_all.as_array().map(Vec::len), Some(3), "{listed_all}");
+    let steady = wait_running(&orch, "steady", "steady everywhere", |m| m.len() == 3).await;
     let till = wait_running(&orch, "till", "till on two nodes", |m| m.len() == 2).await;
     let scale = wait_running(&orch, "scale", "scale on two nodes", |m| m.len() == 2).await;
     let cut = names
@@ -221,6 +259,13 @@ async fn a_node_away_too_long_is_replaced_and_one_instance_survives_its_return()
         "the returning node stopped its instance"
     );
     assert!(alive(till_pid), "and left the one it keeps alone");
+    // Back before its hour passed: the cut node's instance of `steady` saw no change.
+    let steady_after = wait_running(&orch, "steady", "steady back on the cut node", |m| {
+        m.contains_key(&cut)
+    })
+    .await;
+    assert_eq!(steady_after, steady, "same pids, no restarts, same nodes");
+    assert!(alive(steady[&cut].0), "its process was never stopped");
     for name in ["till", "scale"] {
         assert_eq!(listed(&orch, name).await.len(), 2, "{name}: two again");
         let (_, w) = orch
