@@ -253,4 +253,34 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn orchestrator_events_say_so_and_older_records_are_the_node_s() {
+        let event = orchestrator_event(
+            NodeId([3; 16]),
+            77,
+            What::Reconciled {
+                workload: "till".into(),
+                generation: 2,
+                rule: "keep_original".into(),
+                kept: "original".into(),
+                replacement: Some(NodeId([4; 16]).to_string()),
+                stopped: Some(NodeId([4; 16]).to_string()),
+                stopped_name: Some("shop-4".into()),
+            },
+        );
+        let json = serde_json::to_value(&event).expect("json");
+        assert_eq!(json["origin"], "orchestrator");
+        assert_eq!(json["what"]["kind"], "reconciled");
+        assert_eq!(json["what"]["kept"], "original");
+        assert_eq!(
+            serde_json::from_value::<EventRecord>(json).expect("back"),
+            event
+        );
+        let mut old =
+            serde_json::to_value(&records(NodeId([1; 16]), &batch(), 1)[0]).expect("json");
+        old.as_object_mut().expect("object").remove("origin");
+        let old: EventRecord = serde_json::from_value(old).expect("stored before origins");
+        assert_eq!(old.origin, Origin::Node);
+    }
 }

@@ -718,6 +718,33 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_instance_shows_under_the_instances() {
+        let w: WorkloadView = serde_json::from_value(serde_json::json!({
+            "name": "till", "version": "1", "generation": 1, "placement": "replicas",
+            "wanted": 2, "running": 2,
+            "instances": [
+                {"node": "shop-2", "node_id": "b", "state": "running", "restarts": 0,
+                 "pid": 7, "exit_code": null, "message": "", "generation": 1,
+                 "updated_at": null}
+            ],
+            "refusals": [], "unplaced": [],
+            "replaced": [{"node": "shop-1", "node_id": "a", "replacement": "shop-2",
+                          "replacement_id": "b"}],
+            "spec": {}
+        }))
+        .expect("a view");
+        let out = workload_summary(&w);
+        assert!(
+            out.contains("shop-1: away too long, replaced on shop-2"),
+            "{out}"
+        );
+        let mut before: serde_json::Value = serde_json::to_value(&w).expect("json");
+        before.as_object_mut().expect("object").remove("replaced");
+        let old: WorkloadView = serde_json::from_value(before).expect("a server without it");
+        assert!(!workload_summary(&old).contains("away too long"));
+    }
+
+    #[test]
     fn humane_units() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(4_080_218_931), "3.8 GiB");
