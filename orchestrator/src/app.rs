@@ -58,8 +58,13 @@ impl Handles {
         let registry = Arc::new(Registry::open(store.clone())?);
         let links = Arc::new(NodeLinks::default());
         let nodes: Vec<_> = registry.fleet().nodes().cloned().collect();
-        let deployments = Arc::new(Deployer::open(store, nodes, links.clone())?);
         let metrics = Arc::new(Metrics::new());
+        let deployments = Arc::new(Deployer::open(
+            store,
+            nodes,
+            links.clone(),
+            metrics.clone(),
+        )?);
         let (online, offline) = registry.fleet().counts();
         metrics.set_node_counts(online, offline);
         Ok(Self {
@@ -94,6 +99,18 @@ impl Handles {
             artifacts,
             auth,
         }
+    }
+}
+
+/// Hands the wall clock to the deployments every [`crate::deployer::TICK`], so a deadline
+/// (a node away longer than `max_disconnect_secs`) passes with no message arriving.
+async fn tick(deployments: Arc<Deployer>) {
+    let mut every = tokio::time::interval(crate::deployer::TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        // Carried out by the committer in order; nothing here waits on it.
+        drop(deployments.tick(crate::clock::now_ms()));
     }
 }
 
@@ -152,6 +169,7 @@ impl Orchestrator {
         let tasks = vec![
             tokio::spawn(serve(endpoint.clone(), server)),
             tokio::spawn(api::serve(api_listener, api_state)),
+            tokio::spawn(tick(handles.deployments.clone())),
         ];
         let ca_hash = handles.registry.ca().hash();
         tracing::info!(%quic_addr, %api_addr, %ca_hash, "orchestrator ready");

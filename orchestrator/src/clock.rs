@@ -6,3 +6,8 @@ use std::time::SystemTime;
 pub fn now_unix() -> u64 {
     orchestrator_core::session::unix_secs(SystemTime::now())
 }
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> u64 {
+    orchestrator_core::session::unix_millis(SystemTime::now())
+}

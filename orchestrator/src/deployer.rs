@@ -15,20 +15,32 @@
 //! the same queue after the effects that caused them, so a node gets its assignments before
 //! the routes of a session, and every route message in the order it was decided. Nothing of
 //! it is stored: it is derived, and nodes say everything it needs again with each session.
+//!
+//! Time reaches the controller from here: sessions opening and ending carry the wall clock,
+//! and [`Deployer::tick`], which the app calls every [`TICK`], lets it notice that a node has
+//! been away longer than a workload's `max_disconnect_secs` with no message arriving. The
+//! events it decides (a replacement, a reconcile) are stored by the committer in the same
+//! flush as the deployments they explain, before anything is sent.
 
 use crate::links::NodeLinks;
 use crate::metrics::{Metrics, WorkloadEvent};
 use edge_proto::{NodeId, OrchMsg, ProxyAdvert, WorkloadReport, WorkloadState};
 use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
+use orchestrator_core::events::What;
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::routes::{self, RouteBook};
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tracing::warn;
 
 /// At most this many batches share one flush.
 const MAX_BATCHES_PER_FLUSH: usize = 4096;
+
+/// How often [`Deployer::tick`] runs: how late past `max_disconnect_secs` a replacement may
+/// be placed, at most.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// The deployments, and the thread that stores and sends what they decide.
 #[derive(Debug)]
@@ -38,15 +50,19 @@ pub struct Deployer {
     /// messages queued in the order they were decided.
     routes: Mutex<RouteBook>,
     committer: Committer,
+    /// Where the replacements and reconciles it decides are logged and counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Deployer {
     /// Loads the deployments from `store`, on the registry's `nodes` (all offline), and starts
-    /// the committer, which sends through `links`.
+    /// the committer, which sends through `links`. What it decides on its own (replacements,
+    /// reconciles) is logged and counted in `metrics`.
     pub fn open(
         store: Arc<dyn Store>,
         nodes: impl IntoIterator<Item = NodeRecord>,
         links: Arc<NodeLinks>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let deployments =
             Deployments::load(store.deployments()?, nodes.into_iter().map(|n| (n, false)))
@@ -65,6 +81,7 @@ impl Deployer {
             deployments: Mutex::new(deployments),
             routes: Mutex::new(routes),
             committer,
+            metrics,
         })
     }
 
@@ -90,8 +107,10 @@ impl Deployer {
     pub fn node_up(&self, record: NodeRecord) -> Committed {
         let id = record.id;
         let location = routes::location(&record);
+        let now_ms = crate::clock::now_ms();
         self.decide(|d, book| {
-            let mut effects = d.node_up(record);
+            let mut effects = d.node_up(record, now_ms);
+            log_decisions(&self.metrics, &effects);
             let routes = book.node_online(id, location);
             effects.extend(broadcast(book, routes));
             // The node forgets its peer routes when a session opens; this is all of them.
@@ -110,10 +129,21 @@ impl Deployer {
             if !offline() {
                 return ((), Vec::new());
             }
-            d.node_down(node);
+            d.node_down(node, crate::clock::now_ms());
             let routes = book.node_offline(node);
             ((), broadcast(book, routes))
         });
+    }
+
+    /// Time passed (`now_ms`, the wall clock): instances of nodes away longer than their
+    /// workload's `max_disconnect_secs` are replaced elsewhere.
+    pub fn tick(&self, now_ms: u64) -> Committed {
+        self.decide(|d, _| {
+            let effects = d.tick(now_ms);
+            log_decisions(&self.metrics, &effects);
+            ((), effects)
+        })
+        .1
     }
 
     /// The registry's record of a node changed (capabilities, cordon, location).
@@ -181,7 +211,7 @@ impl Deployer {
             .filter_map(|e| match e {
                 Effect::Persist(record) => record.name().map(str::to_owned),
                 Effect::Forget(name) => Some(name.clone()),
-                Effect::Send(..) => None,
+                Effect::Send(..) | Effect::Record(_) => None,
             })
             .collect();
         for name in changed {
@@ -232,6 +262,46 @@ impl Deployer {
             placed,
             shown,
         })
+    }
+}
+
+/// Logs and counts the replacements and reconciles among `effects` (they are stored as
+/// events too).
+fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
+    for e in effects {
+        let Effect::Record(record) = e else { continue };
+        let node = record.node.as_str();
+        match &record.what {
+            What::Replaced {
+                workload,
+                replacement,
+                offline_secs,
+                ..
+            } => metrics.workload(&WorkloadEvent::Replaced {
+                node,
+                workload,
+                replacement,
+                offline_secs: *offline_secs,
+            }),
+            What::Reconciled {
+                workload,
+                rule,
+                kept,
+                stopped,
+                ..
+            } => metrics.workload(&WorkloadEvent::Reconciled {
+                node,
+                workload,
+                rule,
+                kept: if kept == "original" {
+                    "original"
+                } else {
+                    "replacement"
+                },
+                stopped: stopped.as_deref(),
+            }),
+            What::Instance { .. } | What::Operator { .. } | What::Gap { .. } => {}
+        }
     }
 }
 
@@ -314,6 +384,7 @@ impl Committer {
                         .filter_map(|e| match e {
                             Effect::Persist(r) => Some(DeploymentWrite::Put(r)),
                             Effect::Forget(name) => Some(DeploymentWrite::Delete(name)),
+                            Effect::Record(e) => Some(DeploymentWrite::Event(e)),
                             Effect::Send(..) => None,
                         })
                         .collect();

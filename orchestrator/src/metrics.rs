@@ -106,6 +106,15 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// The `kept` of `edge_replacements_reconciled`: which instance survived, from [`KEPT`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeptLabel {
+    pub kept: &'static str,
+}
+
+/// Every `kept` value of `edge_replacements_reconciled`.
+pub const KEPT: [&str; 2] = ["original", "replacement"];
+
 /// The `code` of `edge_api_requests`: an answer's status.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Code {
@@ -171,6 +180,23 @@ pub enum WorkloadEvent<'a> {
         workload: &'a str,
         reason: &'a str,
     },
+    /// A node was away longer than the workload's `max_disconnect_secs`: its instance was
+    /// placed again on `replacement`.
+    Replaced {
+        node: &'a str,
+        workload: &'a str,
+        replacement: &'a str,
+        offline_secs: u64,
+    },
+    /// A replaced node returned and the workload's `reconcile` rule kept one instance
+    /// (`kept`, one of [`KEPT`]); the one on `stopped` was unassigned.
+    Reconciled {
+        node: &'a str,
+        workload: &'a str,
+        rule: &'a str,
+        kept: &'static str,
+        stopped: Option<&'a str>,
+    },
     /// A node reports an instance in a new state.
     InstanceState {
         node: edge_proto::NodeId,
@@ -216,6 +242,8 @@ pub struct Metrics {
     pub api_requests: Family<Code, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
+    pub instances_replaced: Counter,
+    pub replacements_reconciled: Family<KeptLabel, Counter>,
     pub instance_transitions: Family<StateLabel, Counter>,
     pub fleet_proxy_answers: Family<CacheLabel, Counter>,
     pub fleet_proxy_errors: Counter,
@@ -278,6 +306,16 @@ impl Metrics {
             m.admission_refusals.clone(),
         );
         r.register(
+            "edge_instances_replaced",
+            "Instances placed again elsewhere because their node was away longer than max_disconnect_secs",
+            m.instances_replaced.clone(),
+        );
+        r.register(
+            "edge_replacements_reconciled",
+            "Replaced nodes that returned, by which instance the reconcile rule kept",
+            m.replacements_reconciled.clone(),
+        );
+        r.register(
             "edge_instance_transitions",
             "Workload instances entering a state, as their nodes report",
             m.instance_transitions.clone(),
@@ -332,6 +370,11 @@ impl Metrics {
                 .get_or_create(&StateLabel { state })
                 .inc_by(0);
         }
+        for kept in KEPT {
+            self.replacements_reconciled
+                .get_or_create(&KeptLabel { kept })
+                .inc_by(0);
+        }
     }
 
     /// Counts an operator API answer with `status`.
@@ -360,6 +403,40 @@ impl Metrics {
             } => {
                 self.admission_refusals.inc();
                 warn!(node = %node, workload, reason, "admission refused");
+            }
+            WorkloadEvent::Replaced {
+                node,
+                workload,
+                replacement,
+                offline_secs,
+            } => {
+                self.instances_replaced.inc();
+                info!(
+                    node,
+                    workload,
+                    replacement,
+                    offline_secs,
+                    "instance replaced: its node was away too long"
+                );
+            }
+            WorkloadEvent::Reconciled {
+                node,
+                workload,
+                rule,
+                kept,
+                stopped,
+            } => {
+                self.replacements_reconciled
+                    .get_or_create(&KeptLabel { kept })
+                    .inc();
+                info!(
+                    node,
+                    workload,
+                    rule,
+                    kept,
+                    stopped = stopped.unwrap_or("-"),
+                    "replaced node returned: one instance kept"
+                );
             }
             WorkloadEvent::InstanceState {
                 node,

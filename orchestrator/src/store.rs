@@ -11,7 +11,7 @@
 use edge_proto::NodeId;
 use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::deploy::DeploymentRecord;
-use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE};
+use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE, Origin};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::tokens::TokenRecord;
@@ -29,6 +29,9 @@ pub struct SledStore {
     deployments: sled::Tree,
     /// Nodes' events under the node's id (16 bytes) and sequence number (8, big-endian).
     events: sled::Tree,
+    /// The orchestrator's events about a node, keyed the same way in a tree of their own, so
+    /// a node's sequence numbers never meet the ones the store gives these.
+    orchestrator_events: sled::Tree,
 }
 
 impl SledStore {
@@ -56,6 +59,7 @@ impl SledStore {
             nodes: db.open_tree("nodes").map_err(backend)?,
             deployments: db.open_tree("deployments").map_err(backend)?,
             events: db.open_tree("events").map_err(backend)?,
+            orchestrator_events: db.open_tree("orchestrator_events").map_err(backend)?,
             db,
         })
     }
@@ -162,6 +166,7 @@ impl Store for SledStore {
                 DeploymentWrite::Delete(name) => {
                     self.deployments.remove(name).map_err(backend)?;
                 }
+                DeploymentWrite::Event(e) => self.append_orchestrator_event(e)?,
             }
         }
         self.db.flush().map_err(backend)?;
@@ -181,45 +186,79 @@ impl Store for SledStore {
             nodes.insert(node);
         }
         for node in nodes {
-            let held = self.events.scan_prefix(node.0).keys().count();
-            let over = held.saturating_sub(MAX_EVENTS_PER_NODE);
-            let oldest: Vec<sled::IVec> = self
-                .events
-                .scan_prefix(node.0)
-                .keys()
-                .take(over)
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
-            for key in oldest {
-                self.events.remove(key).map_err(backend)?;
-            }
+            trim(&self.events, node)?;
         }
         self.db.flush().map_err(backend)?;
         Ok(())
     }
 
     fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
-        match node {
-            Some(hex) => {
-                let Some(node) = NodeId::parse(hex) else {
-                    return Ok(Vec::new());
-                };
-                self.events
-                    .scan_prefix(node.0)
-                    .values()
-                    .map(|v| {
-                        serde_json::from_slice(&v.map_err(backend)?).map_err(|e| {
+        let mut all = Vec::new();
+        for tree in [&self.events, &self.orchestrator_events] {
+            match node {
+                Some(hex) => {
+                    let Some(node) = NodeId::parse(hex) else {
+                        return Ok(Vec::new());
+                    };
+                    for v in tree.scan_prefix(node.0).values() {
+                        let event = serde_json::from_slice(&v.map_err(backend)?).map_err(|e| {
                             StoreError::Corrupt {
                                 key: format!("events/{hex}"),
                                 reason: e.to_string(),
                             }
-                        })
-                    })
-                    .collect()
+                        })?;
+                        all.push(event);
+                    }
+                }
+                None => all.extend(scan_json::<EventRecord>(tree)?),
             }
-            None => scan_json(&self.events),
         }
+        Ok(all)
     }
+}
+
+impl SledStore {
+    /// Stores an orchestrator's event about its node under the next number of that node's
+    /// series (unflushed: the batch it is part of flushes once).
+    fn append_orchestrator_event(&self, e: &EventRecord) -> Result<(), StoreError> {
+        let Some(node) = NodeId::parse(&e.node) else {
+            return Err(StoreError::Backend(format!("no node id: {:?}", e.node)));
+        };
+        let last = self
+            .orchestrator_events
+            .scan_prefix(node.0)
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(backend)?;
+        let seq = last
+            .and_then(|k| <[u8; 8]>::try_from(k.get(16..)?).ok())
+            .map_or(1, |b| u64::from_be_bytes(b).saturating_add(1));
+        let mut event = e.clone();
+        event.seq = seq;
+        event.origin = Origin::Orchestrator;
+        let bytes = serde_json::to_vec(&event).map_err(backend)?;
+        self.orchestrator_events
+            .insert(event_key(node, seq), bytes)
+            .map_err(backend)?;
+        trim(&self.orchestrator_events, node)
+    }
+}
+
+/// Drops `node`'s oldest events in `tree` beyond [`MAX_EVENTS_PER_NODE`].
+fn trim(tree: &sled::Tree, node: NodeId) -> Result<(), StoreError> {
+    let held = tree.scan_prefix(node.0).keys().count();
+    let over = held.saturating_sub(MAX_EVENTS_PER_NODE);
+    let oldest: Vec<sled::IVec> = tree
+        .scan_prefix(node.0)
+        .keys()
+        .take(over)
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    for key in oldest {
+        tree.remove(key).map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// An event's key: the node's id, then its sequence number big-endian, so that a node's
@@ -274,5 +313,90 @@ mod tests {
         drop(sled);
         let reopened = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(reopened.tokens().expect("read")[0].rev, 9);
+    }
+
+    fn node_event(node: NodeId, seq: u64) -> EventRecord {
+        EventRecord {
+            node: node.to_string(),
+            seq,
+            at_ms: seq,
+            received_ms: seq,
+            origin: Origin::Node,
+            what: orchestrator_core::events::What::Gap {
+                last: seq,
+                count: 1,
+                last_at_ms: seq,
+            },
+        }
+    }
+
+    /// The orchestrator's events about a node are numbered in a series of their own: a node's
+    /// outbox numbers (the same ones again, too) never overwrite them, nor they the node's.
+    #[test]
+    fn orchestrator_events_never_share_a_key_with_a_node_s() {
+        use orchestrator_core::events::{What, orchestrator_event};
+        let dir = tempfile::tempdir().expect("tmp");
+        let sled = SledStore::open(dir.path()).expect("open");
+        let mem = MemStore::default();
+        let node = NodeId([3; 16]);
+        let replaced = orchestrator_event(
+            node,
+            5,
+            What::Replaced {
+                workload: "web".into(),
+                generation: 1,
+                replacement: NodeId([4; 16]).to_string(),
+                replacement_name: "b".into(),
+                offline_secs: 60,
+            },
+        );
+        for store in [&sled as &dyn Store, &mem] {
+            store
+                .put_events(&[node_event(node, 1), node_event(node, 2)])
+                .expect("put");
+            store
+                .write_deployments(&[
+                    DeploymentWrite::Event(&replaced),
+                    DeploymentWrite::Event(&replaced),
+                ])
+                .expect("write");
+            store.put_events(&[node_event(node, 1)]).expect("again");
+            let mut got: Vec<(Origin, u64)> = store
+                .events(Some(&node.to_string()))
+                .expect("read")
+                .iter()
+                .map(|e| (e.origin, e.seq))
+                .collect();
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    (Origin::Node, 1),
+                    (Origin::Node, 2),
+                    (Origin::Orchestrator, 1),
+                    (Origin::Orchestrator, 2)
+                ]
+            );
+            assert_eq!(store.events(None).expect("all").len(), 4);
+            assert!(
+                store
+                    .events(Some(&NodeId([9; 16]).to_string()))
+                    .expect("none")
+                    .is_empty()
+            );
+        }
+        drop(sled);
+        let reopened = SledStore::open(dir.path()).expect("reopen");
+        reopened
+            .write_deployments(&[DeploymentWrite::Event(&replaced)])
+            .expect("write");
+        let last = reopened
+            .events(Some(&node.to_string()))
+            .expect("read")
+            .iter()
+            .filter(|e| e.origin == Origin::Orchestrator)
+            .map(|e| e.seq)
+            .max();
+        assert_eq!(last, Some(3), "numbering goes on after a restart");
     }
 }

@@ -98,7 +98,9 @@ impl Server {
                 .expect("session");
             fleet.node(id).cloned().expect("enrolled")
         };
-        self.handles.deployments.deploy(|d| ((), d.node_up(record)));
+        self.handles
+            .deployments
+            .deploy(|d| ((), d.node_up(record, 0)));
     }
 
     fn enroll_berlin(&self) {

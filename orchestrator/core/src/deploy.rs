@@ -8,23 +8,31 @@
 //!
 //! An offline node keeps its instances: an edge node runs on through a cut link, and moving
 //! its work elsewhere would double it when the link returns. Only a drain, a deletion or a
-//! refusal moves an instance.
+//! refusal moves an instance, and, for a workload with `max_disconnect_secs`, the node's
+//! absence lasting longer than that ([`Deployments::tick`]): a replacement is placed on
+//! another node, and the original is kept on record as replaced (it no longer counts, and
+//! its node reporting it is not told to stop it). When that node's session opens again, the
+//! workload's `reconcile` rule decides which of the two survives, and the other is
+//! unassigned. A node that returns before the deadline sees nothing change.
 //!
-//! **Invariants.** Pure: no I/O, no clock, no randomness. Every instance the scheduler has
+//! **Invariants.** Pure: no I/O, no clock (time comes in as `now_ms`, milliseconds since the
+//! Unix epoch on the orchestrator's clock), no randomness. Every instance the scheduler has
 //! bound belongs to exactly one deployment's `nodes`, and the reverse. A node is sent an
 //! `Assign` for every instance it holds whenever its session opens, and an `Unassign` for
 //! anything it reports that it does not hold.
 
+use crate::events::{What, orchestrator_event};
 use crate::fleet::NodeRecord;
 use crate::scheduler::{NodeReject, NodeView, Outcome, RejectReason, Resources, Scheduler};
 use crate::workload::{
-    Balance, Expose, HealthCheck, Placement, Probe, RestartPolicy, SpecError, WorkloadSpec,
+    Balance, Expose, HealthCheck, Placement, Probe, Reconcile, RestartPolicy, SpecError,
+    WorkloadSpec,
 };
 use edge_proto::{
     AdmissionReply, Assignment, HealthProbe, OrchMsg, Seq, Str, Unassign, WorkloadReport, text,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Something the caller must do, in order.
 // Effects live only until the caller carries them out; boxing the message would cost an
@@ -39,6 +47,9 @@ pub enum Effect {
     /// Send this to the node's live session, if it has one; it is sent again when the node
     /// next connects.
     Send(edge_proto::NodeId, OrchMsg),
+    /// Store this event of the orchestrator's (with the deployments of the same batch) before
+    /// sending what follows.
+    Record(crate::events::EventRecord),
 }
 
 /// A deployment as stored: the spec as its JSON, and where its instances are.
@@ -49,6 +60,17 @@ pub struct DeploymentRecord {
     pub artifact_size: u64,
     /// Node ids (hex) holding an instance.
     pub nodes: Vec<String>,
+    /// Instances on nodes that were away too long, kept on record until their node returns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<ReplacedRecord>,
+}
+
+/// An instance replaced while its node was away: the node (hex id) and the node that got
+/// the replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacedRecord {
+    pub node: String,
+    pub replacement: String,
 }
 
 impl DeploymentRecord {
@@ -76,6 +98,9 @@ struct Deployment {
     nodes: BTreeMap<edge_proto::NodeId, Admission>,
     /// Nodes that refused this generation, with the reason they gave.
     refusals: BTreeMap<edge_proto::NodeId, String>,
+    /// Nodes away too long whose instance was replaced, with the node the replacement went
+    /// to. Not in `nodes`: they do not count, and the scheduler has released them.
+    replaced: BTreeMap<edge_proto::NodeId, edge_proto::NodeId>,
 }
 
 /// One deployment as the operator sees it; the API turns it into its JSON view.
@@ -93,6 +118,9 @@ pub struct DeploymentView {
     pub refusals: Vec<(edge_proto::NodeId, String)>,
     /// Why the nodes that hold no instance cannot take one (empty when complete).
     pub unplaced_reasons: Vec<NodeReject>,
+    /// Instances replaced while their node was away (the node, then the replacement's node),
+    /// kept until their node returns.
+    pub replaced: Vec<(edge_proto::NodeId, edge_proto::NodeId)>,
 }
 
 /// Every deployment and the scheduler snapshot they are placed on.
@@ -102,6 +130,13 @@ pub struct Deployments {
     deployments: BTreeMap<String, Deployment>,
     /// What the registry says of each node, to rebuild its view after changes.
     nodes: BTreeMap<edge_proto::NodeId, NodeRecord>,
+    /// The nodes with a session.
+    online: BTreeSet<edge_proto::NodeId>,
+    /// Since when (ms) each node without a session has been away, as far as this process
+    /// knows: from its session's end, or for a node already away at load, from the first
+    /// tick (the orchestrator cannot tell how long it was away while itself was down, and
+    /// replacing every absent instance after an orchestrator outage would double them).
+    offline_since: BTreeMap<edge_proto::NodeId, u64>,
 }
 
 /// The lowercase name of a state a node reports for an instance, as the API shows it and as
@@ -139,6 +174,9 @@ impl Deployments {
         let mut online = BTreeMap::new();
         for (record, up) in nodes {
             online.insert(record.id, up);
+            if up {
+                me.online.insert(record.id);
+            }
             me.nodes.insert(record.id, record);
         }
         for record in records {
@@ -159,6 +197,16 @@ impl Deployments {
                     held.insert(id, Admission::Pending);
                 }
             }
+            let mut replaced = BTreeMap::new();
+            for r in &record.replaced {
+                let parse = |id: &str| {
+                    edge_proto::NodeId::parse(id).ok_or_else(|| bad(format!("node {id}")))
+                };
+                let (node, replacement) = (parse(&r.node)?, parse(&r.replacement)?);
+                if me.nodes.contains_key(&node) && !held.contains_key(&node) {
+                    replaced.insert(node, replacement);
+                }
+            }
             me.deployments.insert(
                 spec.name().to_owned(),
                 Deployment {
@@ -168,6 +216,7 @@ impl Deployments {
                     assignment,
                     nodes: held,
                     refusals: BTreeMap::new(),
+                    replaced,
                 },
             );
         }
@@ -221,6 +270,9 @@ impl Deployments {
             assignment: new_assignment,
             nodes,
             refusals: BTreeMap::new(),
+            // A new spec starts over: a replaced instance that returns is one the
+            // deployment no longer holds, and is stopped like any other.
+            replaced: BTreeMap::new(),
         };
         effects.push(Effect::Persist(record(&deployment)));
         for id in before {
@@ -244,30 +296,198 @@ impl Deployments {
         Some(effects)
     }
 
-    /// A node's session opened (or the node enrolled): it gets every assignment it holds, and
-    /// what was waiting for room is placed again.
-    pub fn node_up(&mut self, record: NodeRecord) -> Vec<Effect> {
+    /// A node's session opened (or the node enrolled) at `now_ms`: where an instance of it
+    /// was replaced while it was away, the workload's `reconcile` rule keeps one of the two;
+    /// then it gets every assignment it holds (the same generation again, which a node
+    /// running it answers without touching it), and what was waiting for room is placed
+    /// again.
+    pub fn node_up(&mut self, record: NodeRecord, now_ms: u64) -> Vec<Effect> {
         let id = record.id;
+        self.online.insert(id);
+        self.offline_since.remove(&id);
+        let returning: Vec<String> = self
+            .deployments
+            .values()
+            .filter(|d| d.replaced.contains_key(&id))
+            .map(|d| d.spec.name().to_owned())
+            .collect();
+        let mut effects = Vec::new();
+        for name in returning {
+            effects.extend(self.returned(&name, id, now_ms));
+        }
+        // After the rule: the view counts the original again if it was kept.
         let view = self.view(&record, true);
         self.nodes.insert(id, record);
         self.scheduler.upsert_node(view);
-        let mut effects: Vec<Effect> = self
-            .deployments
-            .values()
-            .filter(|d| d.nodes.contains_key(&id))
-            .map(|d| assign(id, d))
-            .collect();
+        effects.extend(
+            self.deployments
+                .values()
+                .filter(|d| d.nodes.contains_key(&id))
+                .map(|d| assign(id, d)),
+        );
         effects.extend(self.reconcile());
         effects
     }
 
-    /// A node's session ended. Its instances stay where they are.
-    pub fn node_down(&mut self, id: edge_proto::NodeId) {
+    /// A node's session ended at `now_ms`. Its instances stay where they are; a workload
+    /// with `max_disconnect_secs` gets a replacement if the node stays away that long.
+    pub fn node_down(&mut self, id: edge_proto::NodeId, now_ms: u64) {
         self.scheduler.set_online(id, false);
+        self.online.remove(&id);
+        self.offline_since.entry(id).or_insert(now_ms);
+    }
+
+    /// Time passed: every instance whose node has been away longer than its workload's
+    /// `max_disconnect_secs` at `now_ms` is replaced on another node that can take it (the
+    /// scheduler's filters, so never the absent node), and the original kept on record as
+    /// replaced. One with nowhere to go stays as it is and is tried again at the next tick.
+    /// The same `now_ms` again changes nothing.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        for id in self.nodes.keys() {
+            if !self.online.contains(id) {
+                self.offline_since.entry(*id).or_insert(now_ms);
+            }
+        }
+        let mut due = Vec::new();
+        for d in self.deployments.values() {
+            let Some(r) = d.spec.replacement() else {
+                continue;
+            };
+            let after_ms = u64::from(r.max_disconnect_secs).saturating_mul(1000);
+            for id in d.nodes.keys() {
+                if let Some(since) = self.offline_since.get(id)
+                    && now_ms.saturating_sub(*since) >= after_ms
+                {
+                    due.push((d.spec.name().to_owned(), *id, now_ms.saturating_sub(*since)));
+                }
+            }
+        }
+        let mut effects = Vec::new();
+        for (name, id, away_ms) in due {
+            effects.extend(self.replace(&name, id, away_ms, now_ms));
+        }
+        effects
+    }
+
+    /// Places a replacement for the instance of `name` on `absent`, if some node can take it.
+    fn replace(
+        &mut self,
+        name: &str,
+        absent: edge_proto::NodeId,
+        away_ms: u64,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        let Some(d) = self.deployments.get_mut(name) else {
+            return Vec::new();
+        };
+        self.scheduler.release(&d.spec, absent);
+        let outcome = self.scheduler.place(&d.spec);
+        let Some(&replacement) = outcome.bound.first() else {
+            // Nowhere to go: the instance stays bound where it is.
+            if let Some(record) = self.nodes.get(&absent) {
+                let view = self.view(record, false);
+                self.scheduler.upsert_node(view);
+            }
+            return Vec::new();
+        };
+        d.nodes.remove(&absent);
+        d.refusals.remove(&absent);
+        d.replaced.insert(absent, replacement);
+        for id in &outcome.bound {
+            d.nodes.insert(*id, Admission::Pending);
+        }
+        let event = orchestrator_event(
+            absent,
+            now_ms,
+            What::Replaced {
+                workload: name.to_owned(),
+                generation: d.generation,
+                replacement: replacement.to_string(),
+                replacement_name: name_of(&self.nodes, replacement),
+                offline_secs: away_ms / 1000,
+            },
+        );
+        let mut effects = vec![Effect::Persist(record(d)), Effect::Record(event)];
+        effects.extend(outcome.bound.iter().map(|id| assign(*id, d)));
+        effects
+    }
+
+    /// The replaced node `original` of `name` returned at `now_ms`: the workload's rule
+    /// keeps one instance, the other is unassigned. The counterpart is the replacement, or
+    /// whatever took its place since (it was itself replaced); with none left, the original
+    /// stays if the workload is short of one, else it goes.
+    fn returned(&mut self, name: &str, original: edge_proto::NodeId, now_ms: u64) -> Vec<Effect> {
+        let Some(d) = self.deployments.get_mut(name) else {
+            return Vec::new();
+        };
+        let Some(first) = d.replaced.remove(&original) else {
+            return Vec::new();
+        };
+        let mut counterpart = Some(first);
+        let mut steps = 0;
+        while let Some(c) = counterpart
+            && !d.nodes.contains_key(&c)
+        {
+            steps += 1;
+            counterpart = d
+                .replaced
+                .get(&c)
+                .copied()
+                .filter(|_| steps <= d.replaced.len());
+        }
+        let rule = d
+            .spec
+            .replacement()
+            .map(|r| r.reconcile)
+            .unwrap_or_default();
+        let short = match d.spec.placement() {
+            Placement::Replicas(n) => d.nodes.len() < n as usize,
+            Placement::PerNode => false,
+        };
+        let stopped = match (rule, counterpart) {
+            (Reconcile::KeepOriginal, Some(c)) => {
+                d.nodes.remove(&c);
+                self.scheduler.release(&d.spec, c);
+                d.nodes.insert(original, Admission::Pending);
+                Some(c)
+            }
+            (Reconcile::KeepReplacement, Some(_)) => Some(original),
+            (_, None) if short => {
+                d.nodes.insert(original, Admission::Pending);
+                None
+            }
+            (_, None) => Some(original),
+        };
+        let kept = if stopped == Some(original) {
+            "replacement"
+        } else {
+            "original"
+        };
+        let event = orchestrator_event(
+            original,
+            now_ms,
+            What::Reconciled {
+                workload: name.to_owned(),
+                generation: d.generation,
+                rule: rule.as_str().to_owned(),
+                kept: kept.to_owned(),
+                replacement: counterpart.map(|c| c.to_string()),
+                stopped: stopped.map(|s| s.to_string()),
+                stopped_name: stopped.map(|s| name_of(&self.nodes, s)),
+            },
+        );
+        let mut effects = vec![Effect::Persist(record(d)), Effect::Record(event)];
+        effects.extend(stopped.map(|s| unassign(s, name)));
+        effects
     }
 
     /// The registry's record of a node changed (capabilities, cordon).
     pub fn node_changed(&mut self, record: NodeRecord, online: bool) -> Vec<Effect> {
+        if online {
+            self.online.insert(record.id);
+        } else {
+            self.online.remove(&record.id);
+        }
         let view = self.view(&record, online);
         self.nodes.insert(record.id, record);
         self.scheduler.upsert_node(view);
@@ -277,11 +497,14 @@ impl Deployments {
     /// The node was deleted: its instances go elsewhere.
     pub fn node_removed(&mut self, id: edge_proto::NodeId) -> Vec<Effect> {
         self.nodes.remove(&id);
+        self.online.remove(&id);
+        self.offline_since.remove(&id);
         self.scheduler.remove_node(id);
         let mut effects = Vec::new();
         for d in self.deployments.values_mut() {
             d.refusals.remove(&id);
-            if d.nodes.remove(&id).is_some() {
+            let replaced = d.replaced.remove(&id).is_some();
+            if d.nodes.remove(&id).is_some() || replaced {
                 effects.push(Effect::Persist(record(d)));
             }
         }
@@ -295,6 +518,9 @@ impl Deployments {
         for d in self.deployments.values_mut() {
             if d.nodes.remove(&id).is_some() {
                 self.scheduler.release(&d.spec, id);
+                effects.push(Effect::Persist(record(d)));
+                effects.push(unassign(id, d.spec.name()));
+            } else if d.replaced.remove(&id).is_some() {
                 effects.push(Effect::Persist(record(d)));
                 effects.push(unassign(id, d.spec.name()));
             }
@@ -329,12 +555,12 @@ impl Deployments {
     }
 
     /// A node reported a workload. One it does not hold (deleted or moved while the node was
-    /// away) is stopped.
+    /// away) is stopped; one replaced while it was away waits for the `reconcile` rule.
     pub fn report(&self, node: edge_proto::NodeId, report: &WorkloadReport) -> Vec<Effect> {
         let held = self
             .deployments
             .get(report.workload.as_str())
-            .is_some_and(|d| d.nodes.contains_key(&node));
+            .is_some_and(|d| d.nodes.contains_key(&node) || d.replaced.contains_key(&node));
         if held || report.state == edge_proto::WorkloadState::Stopped {
             Vec::new()
         } else {
@@ -433,6 +659,7 @@ impl Deployments {
             nodes: d.nodes.iter().map(|(id, a)| (*id, *a)).collect(),
             refusals: d.refusals.iter().map(|(id, r)| (*id, r.clone())).collect(),
             unplaced_reasons: if complete { Vec::new() } else { rejects },
+            replaced: d.replaced.iter().map(|(a, b)| (*a, *b)).collect(),
         }
     }
 
@@ -477,7 +704,22 @@ fn record(d: &Deployment) -> DeploymentRecord {
         generation: d.generation,
         artifact_size: d.artifact_size,
         nodes: d.nodes.keys().map(ToString::to_string).collect(),
+        replaced: d
+            .replaced
+            .iter()
+            .map(|(node, replacement)| ReplacedRecord {
+                node: node.to_string(),
+                replacement: replacement.to_string(),
+            })
+            .collect(),
     }
+}
+
+/// A node's name for an event, or its id if the registry no longer has it.
+fn name_of(nodes: &BTreeMap<edge_proto::NodeId, NodeRecord>, id: edge_proto::NodeId) -> String {
+    nodes
+        .get(&id)
+        .map_or_else(|| id.to_string(), |n| n.name.clone())
 }
 
 fn assign(node: edge_proto::NodeId, d: &Deployment) -> Effect {

@@ -1,5 +1,8 @@
 //! What nodes' outboxes send, as the orchestrator keeps it: each event under its node and
 //! sequence number, with the time it happened on the node's clock and the time it arrived.
+//! Beside them, what the orchestrator itself decided about a node's instances (a replacement
+//! placed, a reconcile when the node returned), under that node in a series of its own
+//! ([`Origin::Orchestrator`]) that the store numbers, so the two never share a key.
 //!
 //! A batch is stored whole, then acknowledged ([`acknowledgement`]); the same batch again (a
 //! lost acknowledgement, a node that restarted before it heard one) lands on the same keys
@@ -28,7 +31,21 @@ pub struct EventRecord {
     pub at_ms: u64,
     /// When the orchestrator received it, on its own clock.
     pub received_ms: u64,
+    /// Who made it; records stored before there were two origins are the node's.
+    #[serde(default)]
+    pub origin: Origin,
     pub what: What,
+}
+
+/// Who made an event, and so whose series of sequence numbers it is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The node's outbox: its own sequence numbers, its own clock.
+    #[default]
+    Node,
+    /// The orchestrator: numbered by the store, on the orchestrator's clock.
+    Orchestrator,
 }
 
 /// What happened.
@@ -59,6 +76,41 @@ pub enum What {
         count: u64,
         last_at_ms: u64,
     },
+    /// The node (the record's) was away longer than the workload's `max_disconnect_secs`:
+    /// its instance is kept on record as replaced, and `replacement` (a node id) runs one.
+    Replaced {
+        workload: String,
+        generation: u64,
+        replacement: String,
+        replacement_name: String,
+        /// How long the node had been away, in seconds.
+        offline_secs: u64,
+    },
+    /// The replaced node (the record's) returned and the workload's `reconcile` rule chose
+    /// which instance survives: `kept` is `original` or `replacement`; `stopped` is the node
+    /// (id) whose instance was unassigned, if any.
+    Reconciled {
+        workload: String,
+        generation: u64,
+        rule: String,
+        kept: String,
+        replacement: Option<String>,
+        stopped: Option<String>,
+        stopped_name: Option<String>,
+    },
+}
+
+/// An event the orchestrator made about `node` at `at_ms` (its own clock). The store gives it
+/// the next number of the orchestrator's series for that node.
+pub fn orchestrator_event(node: NodeId, at_ms: u64, what: What) -> EventRecord {
+    EventRecord {
+        node: node.to_string(),
+        seq: 0,
+        at_ms,
+        received_ms: at_ms,
+        origin: Origin::Orchestrator,
+        what,
+    }
 }
 
 /// The records to store for `batch` from `node`, received at `received_ms`.
@@ -69,6 +121,7 @@ pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventR
         seq: e.seq,
         at_ms: e.at_ms,
         received_ms,
+        origin: Origin::Node,
         what: match &e.kind {
             EventKind::Instance(report) => What::Instance {
                 workload: report.workload.to_string(),
@@ -95,6 +148,7 @@ pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventR
         seq: g.first,
         at_ms: g.first_at_ms,
         received_ms,
+        origin: Origin::Node,
         what: What::Gap {
             last: g.last,
             count: g.count,
@@ -117,11 +171,13 @@ pub fn acknowledgement(batch: &EventBatch) -> EventsStored {
     }
 }
 
-/// Of `events`, those a query asks for, oldest first by the node's clock (then by node and
-/// sequence number), at most `limit` (and [`MAX_QUERY`]).
+/// Of `events`, those a query asks for, oldest first by the clock that made them (then by
+/// node, origin and sequence number), at most `limit` (and [`MAX_QUERY`]).
 pub fn select(mut events: Vec<EventRecord>, since_ms: u64, limit: usize) -> Vec<EventRecord> {
     events.retain(|e| e.at_ms >= since_ms);
-    events.sort_by(|a, b| (a.at_ms, &a.node, a.seq).cmp(&(b.at_ms, &b.node, b.seq)));
+    events.sort_by(|a, b| {
+        (a.at_ms, &a.node, a.origin, a.seq).cmp(&(b.at_ms, &b.node, b.origin, b.seq))
+    });
     events.truncate(limit.min(MAX_QUERY));
     events
 }
@@ -212,5 +268,35 @@ mod tests {
                 record
             );
         }
+    }
+
+    #[test]
+    fn orchestrator_events_say_so_and_older_records_are_the_node_s() {
+        let event = orchestrator_event(
+            NodeId([3; 16]),
+            77,
+            What::Reconciled {
+                workload: "till".into(),
+                generation: 2,
+                rule: "keep_original".into(),
+                kept: "original".into(),
+                replacement: Some(NodeId([4; 16]).to_string()),
+                stopped: Some(NodeId([4; 16]).to_string()),
+                stopped_name: Some("shop-4".into()),
+            },
+        );
+        let json = serde_json::to_value(&event).expect("json");
+        assert_eq!(json["origin"], "orchestrator");
+        assert_eq!(json["what"]["kind"], "reconciled");
+        assert_eq!(json["what"]["kept"], "original");
+        assert_eq!(
+            serde_json::from_value::<EventRecord>(json).expect("back"),
+            event
+        );
+        let mut old =
+            serde_json::to_value(&records(NodeId([1; 16]), &batch(), 1)[0]).expect("json");
+        old.as_object_mut().expect("object").remove("origin");
+        let old: EventRecord = serde_json::from_value(old).expect("stored before origins");
+        assert_eq!(old.origin, Origin::Node);
     }
 }

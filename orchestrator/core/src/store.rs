@@ -11,7 +11,7 @@
 
 use crate::access::ApiTokenRecord;
 use crate::deploy::DeploymentRecord;
-use crate::events::{EventRecord, MAX_EVENTS_PER_NODE};
+use crate::events::{EventRecord, MAX_EVENTS_PER_NODE, Origin};
 use crate::fleet::NodeRecord;
 use crate::tokens::TokenRecord;
 use edge_proto::NodeId;
@@ -48,22 +48,28 @@ pub trait Store: Send + Sync + 'static {
 
     fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
     /// Applies the writes in order and makes them durable together: one flush for the batch.
+    /// An [`DeploymentWrite::Event`] is numbered here, next in its node's
+    /// [`Origin::Orchestrator`] series (its `seq` is ignored), at most
+    /// [`MAX_EVENTS_PER_NODE`](crate::events::MAX_EVENTS_PER_NODE) kept per node.
     fn write_deployments(&self, writes: &[DeploymentWrite<'_>]) -> Result<(), StoreError>;
 
-    /// Stores nodes' events under node and sequence number (the same one again changes
-    /// nothing), durable when it returns, keeping at most
+    /// Stores nodes' outbox events under node and sequence number (the same one again
+    /// changes nothing), durable when it returns, keeping at most
     /// [`MAX_EVENTS_PER_NODE`](crate::events::MAX_EVENTS_PER_NODE) per node, the lowest
-    /// sequence numbers going first.
+    /// sequence numbers going first. The orchestrator's own events are kept apart (see
+    /// [`Store::write_deployments`]): a node's numbers never overwrite them.
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;
-    /// The stored events of `node` (hex id), or of every node.
+    /// The stored events of `node` (hex id), or of every node, of both origins.
     fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError>;
 }
 
-/// One change to the stored deployments.
+/// One change to the stored deployments, or an event the same decision made.
 #[derive(Debug, Clone, Copy)]
 pub enum DeploymentWrite<'a> {
     Put(&'a DeploymentRecord),
     Delete(&'a str),
+    /// An event of [`Origin::Orchestrator`], stored with the deployments it explains.
+    Event(&'a EventRecord),
 }
 
 /// A store in memory, for simulations and unit tests.
@@ -80,6 +86,24 @@ struct MemInner {
     nodes: BTreeMap<NodeId, NodeRecord>,
     deployments: BTreeMap<String, DeploymentRecord>,
     events: BTreeMap<(String, u64), EventRecord>,
+    orchestrator_events: BTreeMap<(String, u64), EventRecord>,
+}
+
+/// Inserts `event` under its node and `seq`, then drops the node's oldest beyond
+/// [`MAX_EVENTS_PER_NODE`].
+fn insert_bounded(map: &mut BTreeMap<(String, u64), EventRecord>, event: EventRecord) {
+    let node = event.node.clone();
+    map.insert((node.clone(), event.seq), event);
+    let held: Vec<u64> = map
+        .range((node.clone(), 0)..=(node.clone(), u64::MAX))
+        .map(|((_, seq), _)| *seq)
+        .collect();
+    for seq in held
+        .iter()
+        .take(held.len().saturating_sub(MAX_EVENTS_PER_NODE))
+    {
+        map.remove(&(node.clone(), *seq));
+    }
 }
 
 impl MemStore {
@@ -148,6 +172,16 @@ impl Store for MemStore {
                 DeploymentWrite::Delete(name) => {
                     inner.deployments.remove(*name);
                 }
+                DeploymentWrite::Event(e) => {
+                    let mut event = (*e).clone();
+                    event.origin = Origin::Orchestrator;
+                    event.seq = inner
+                        .orchestrator_events
+                        .range((e.node.clone(), 0)..=(e.node.clone(), u64::MAX))
+                        .next_back()
+                        .map_or(1, |((_, seq), _)| seq.saturating_add(1));
+                    insert_bounded(&mut inner.orchestrator_events, event);
+                }
             }
         }
         Ok(())
@@ -155,28 +189,16 @@ impl Store for MemStore {
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for event in events {
-            inner
-                .events
-                .insert((event.node.clone(), event.seq), event.clone());
-            let held: Vec<u64> = inner
-                .events
-                .range((event.node.clone(), 0)..=(event.node.clone(), u64::MAX))
-                .map(|((_, seq), _)| *seq)
-                .collect();
-            for seq in held
-                .iter()
-                .take(held.len().saturating_sub(MAX_EVENTS_PER_NODE))
-            {
-                inner.events.remove(&(event.node.clone(), *seq));
-            }
+            insert_bounded(&mut inner.events, event.clone());
         }
         Ok(())
     }
     fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
-        Ok(self
-            .lock()
+        let inner = self.lock();
+        Ok(inner
             .events
             .values()
+            .chain(inner.orchestrator_events.values())
             .filter(|e| node.is_none_or(|n| e.node == n))
             .cloned()
             .collect())

@@ -167,13 +167,13 @@ fn offline_nodes_keep_their_instances_and_get_them_again_on_reconnect() {
     let mut d = fleet(2);
     d.apply(spec(json!({"placement": "per-node"})), 0)
         .expect("deploys");
-    d.node_down(id(0));
+    d.node_down(id(0), 0);
     assert_eq!(
         holders(&d, "web").len(),
         2,
         "nothing moves while a node is away"
     );
-    let effects = d.node_up(node(0));
+    let effects = d.node_up(node(0), 0);
     assert_eq!(assigned_to(&effects), BTreeSet::from([id(0)]));
     assert!(records(&effects).is_empty(), "nothing changed to persist");
 }
@@ -189,7 +189,7 @@ fn a_new_node_gets_what_was_waiting_for_room() {
         waiting.unplaced_reasons[0].reason,
         RejectReason::AlreadyRuns
     );
-    let effects = d.node_up(node(1));
+    let effects = d.node_up(node(1), 0);
     assert_eq!(assigned_to(&effects), BTreeSet::from([id(1)]));
     assert!(d.get("web").expect("deployed").unplaced_reasons.is_empty());
 }
@@ -309,7 +309,7 @@ fn what_is_persisted_loads_back_the_same() {
                 Effect::Forget(name) => {
                     stored.remove(&name);
                 }
-                Effect::Send(..) => {}
+                Effect::Send(..) | Effect::Record(_) => {}
             }
         }
     };
@@ -351,6 +351,7 @@ fn a_damaged_record_is_a_load_error_naming_it() {
         generation: 1,
         artifact_size: 0,
         nodes: Vec::new(),
+        replaced: Vec::new(),
     };
     let err = Deployments::load(vec![bad], [(node(0), true)]).expect_err("refused");
     assert_eq!(err.name, "broken");

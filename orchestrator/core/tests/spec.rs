@@ -519,7 +519,9 @@ fn the_json_shape_is_stable_and_parses_back() {
                 "balance": "peak-ewma"
             }
         ],
-        "scale_to_zero": {"idle_secs": 300}
+        "scale_to_zero": {"idle_secs": 300},
+        "max_disconnect_secs": null,
+        "reconcile": null
     });
     assert_eq!(value, expected);
 

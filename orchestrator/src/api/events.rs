@@ -1,11 +1,13 @@
 //! `GET /v1/events`: what nodes' outboxes reported, oldest first, with the time each thing
-//! happened on its node (however late it arrived). `node` (name or id), `since`
-//! (milliseconds since the Unix epoch, on the nodes' clocks) and `limit` (1 to 1,000).
+//! happened on its node (however late it arrived), and what the orchestrator decided about a
+//! node's instances (`origin: "orchestrator"`: `replaced`, `reconciled`), on its own clock.
+//! `node` (name or id), `since` (milliseconds since the Unix epoch) and `limit` (1 to
+//! 1,000).
 
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::routing::get;
-use orchestrator_core::events::{EventRecord, MAX_QUERY, What, select};
+use orchestrator_core::events::{EventRecord, MAX_QUERY, Origin, What, select};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -25,8 +27,10 @@ struct EventView {
     /// The node's name, or its id if it is no longer registered.
     node: String,
     node_id: String,
+    /// `node` (its outbox) or `orchestrator`; each numbers its own `seq`.
+    origin: Origin,
     seq: u64,
-    /// When it happened, on the node's clock.
+    /// When it happened, on the clock of who made it.
     at: String,
     at_ms: u64,
     /// When the orchestrator received it.
@@ -129,6 +133,7 @@ fn view(e: EventRecord, names: &BTreeMap<String, String>) -> EventView {
             .cloned()
             .unwrap_or_else(|| e.node.clone()),
         node_id: e.node,
+        origin: e.origin,
         seq: e.seq,
         at: rfc3339(e.at_ms / 1000),
         at_ms: e.at_ms,

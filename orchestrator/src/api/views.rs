@@ -308,6 +308,11 @@ pub struct WorkloadView {
     pub refusals: Vec<RefusalView>,
     /// When fewer instances are placed than wanted: why each node without one has none.
     pub unplaced: Vec<UnplacedView>,
+    /// Instances whose node was away longer than `max_disconnect_secs` and that were placed
+    /// again elsewhere, kept on record until their node returns and the workload's
+    /// `reconcile` rule keeps one of the two. Not in `instances`: they do not count.
+    #[serde(default)]
+    pub replaced: Vec<ReplacedView>,
     pub spec: serde_json::Value,
     /// Its route's traffic summed over the nodes' proxies; absent until one reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -338,6 +343,17 @@ pub struct RefusalView {
     pub node: String,
     pub node_id: String,
     pub reason: String,
+}
+
+/// An instance replaced while its node was away.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplacedView {
+    /// The node that was away, by name.
+    pub node: String,
+    pub node_id: String,
+    /// The node the replacement went to.
+    pub replacement: String,
+    pub replacement_id: String,
 }
 
 /// Why a node has no instance.

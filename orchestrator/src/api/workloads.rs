@@ -50,6 +50,7 @@ fn view(state: &ApiState, d: DeploymentView) -> WorkloadView {
             .iter()
             .map(|(id, _)| *id)
             .chain(d.refusals.iter().map(|(id, _)| *id))
+            .chain(d.replaced.iter().flat_map(|(a, b)| [*a, *b]))
             .filter_map(|id| fleet.node(id).map(|n| (id, n.name.clone())))
             .collect()
     };
@@ -128,6 +129,16 @@ fn view(state: &ApiState, d: DeploymentView) -> WorkloadView {
                 node_id: r.node.to_string(),
                 reason: r.reason.to_string(),
                 detail: serde_json::to_value(&r.reason).unwrap_or_default(),
+            })
+            .collect(),
+        replaced: d
+            .replaced
+            .iter()
+            .map(|(node, replacement)| super::views::ReplacedView {
+                node: name_of(node),
+                node_id: node.to_string(),
+                replacement: name_of(replacement),
+                replacement_id: replacement.to_string(),
             })
             .collect(),
         traffic,

@@ -50,6 +50,8 @@ pub const DISK_BYTES: RangeInclusive<i64> = 0..=16 * TIB;
 pub const HEALTH_SECS: RangeInclusive<i64> = 1..=3600;
 /// Bounds of `health.failure_threshold` and `health.success_threshold`.
 pub const HEALTH_THRESHOLD: RangeInclusive<i64> = 1..=100;
+/// Bounds of `max_disconnect_secs`: a second up to a year.
+pub const MAX_DISCONNECT_SECS: RangeInclusive<i64> = 1..=365 * 24 * 3600;
 /// Half the Earth's equatorial circumference: any point is within this of any other.
 pub const MAX_RADIUS_KM: f64 = 20_037.0;
 
@@ -147,6 +149,45 @@ pub struct WorkloadSpec {
     health: Option<HealthCheck>,
     expose: Vec<Expose>,
     scale_to_zero: Option<ScaleToZero>,
+    replacement: Option<Replacement>,
+}
+
+/// What happens to an instance whose node has been away too long (`max_disconnect_secs`),
+/// and which instance stays when that node returns (`reconcile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replacement {
+    /// After this long without a session, the instance is placed on another node; within
+    /// [`MAX_DISCONNECT_SECS`].
+    pub max_disconnect_secs: u32,
+    pub reconcile: Reconcile,
+}
+
+/// Which of two instances survives when a replaced node returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reconcile {
+    /// The instance that ran on through the cut keeps running; the replacement stops. The
+    /// default: the node never loses what it kept running, and its local state stays with it.
+    #[default]
+    KeepOriginal,
+    /// The replacement keeps running; the returning node stops its instance.
+    KeepReplacement,
+}
+
+impl Reconcile {
+    pub const ALL: [Reconcile; 2] = [Self::KeepOriginal, Self::KeepReplacement];
+
+    /// The name a spec writes: `keep_original`, `keep_replacement`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeepOriginal => "keep_original",
+            Self::KeepReplacement => "keep_replacement",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
 }
 
 /// The executable, content-addressed: `sha256:` and 64 lowercase hex digits.
@@ -415,6 +456,14 @@ impl WorkloadSpec {
     pub fn scale_to_zero(&self) -> Option<ScaleToZero> {
         self.scale_to_zero
     }
+
+    /// Whether (and after how long) an instance on a node that is away is placed elsewhere,
+    /// and which one stays when the node returns. `None`: never replaced (only with
+    /// `replicas`: a per-node instance has nowhere else to go).
+    #[inline]
+    pub fn replacement(&self) -> Option<Replacement> {
+        self.replacement
+    }
 }
 
 impl Serialize for WorkloadSpec {
@@ -427,7 +476,7 @@ impl Serialize for WorkloadSpec {
             Placement::Replicas(n) => (Some(n), None),
             Placement::PerNode => (None, Some("per-node")),
         };
-        let mut st = s.serialize_struct("WorkloadSpec", 16)?;
+        let mut st = s.serialize_struct("WorkloadSpec", 18)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("version", &self.version)?;
         st.serialize_field("artifact", &self.artifact)?;
@@ -449,6 +498,11 @@ impl Serialize for WorkloadSpec {
         st.serialize_field("health", &self.health)?;
         st.serialize_field("expose", &self.expose)?;
         st.serialize_field("scale_to_zero", &self.scale_to_zero)?;
+        st.serialize_field(
+            "max_disconnect_secs",
+            &self.replacement.map(|r| r.max_disconnect_secs),
+        )?;
+        st.serialize_field("reconcile", &self.replacement.map(|r| r.reconcile.as_str()))?;
         st.end()
     }
 }

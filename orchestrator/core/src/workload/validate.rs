@@ -97,6 +97,10 @@ struct RawSpec {
     expose: Vec<Table<RawExpose>>,
     #[serde(default)]
     scale_to_zero: Option<Table<RawScaleToZero>>,
+    #[serde(default)]
+    max_disconnect_secs: Option<i64>,
+    #[serde(default)]
+    reconcile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +239,8 @@ impl RawSpec {
             .map(|t| validate_scale_to_zero(&t.0, &expose))
             .transpose()?;
         let placement = validate_placement(self.replicas, self.placement)?;
+        let replacement =
+            validate_replacement(self.max_disconnect_secs, self.reconcile, placement)?;
         let resources = validate_resources(&self.resources.0)?;
         let requirements =
             validate_requirements(self.requirements.map(|t| t.0).unwrap_or_default())?;
@@ -256,6 +262,7 @@ impl RawSpec {
             health,
             expose,
             scale_to_zero,
+            replacement,
         })
     }
 }
@@ -571,6 +578,53 @@ fn validate_placement(
             ),
         )),
     }
+}
+
+/// `max_disconnect_secs` and `reconcile`: the second only with the first (alone it would
+/// decide nothing), and neither with per-node placement, whose instance belongs to its node.
+fn validate_replacement(
+    max_disconnect_secs: Option<i64>,
+    reconcile: Option<String>,
+    placement: Placement,
+) -> Result<Option<Replacement>, SpecError> {
+    let reconcile = match reconcile {
+        None => None,
+        Some(r) => Some(Reconcile::parse(&r).ok_or_else(|| {
+            SpecError::invalid(
+                "reconcile",
+                format!(
+                    "{} is not a rule; use \"keep_original\" or \"keep_replacement\"",
+                    shown(&r)
+                ),
+            )
+        })?),
+    };
+    let Some(secs) = max_disconnect_secs else {
+        if reconcile.is_some() {
+            return Err(SpecError::invalid(
+                "reconcile",
+                "only with max_disconnect_secs: without it nothing is ever replaced",
+            ));
+        }
+        return Ok(None);
+    };
+    let secs = int_in(
+        &FieldPath::new("max_disconnect_secs"),
+        secs,
+        &MAX_DISCONNECT_SECS,
+    )?;
+    if placement == Placement::PerNode {
+        return Err(SpecError::invalid(
+            "max_disconnect_secs",
+            "not with placement = \"per-node\": a per-node instance belongs to its node and \
+             is never placed elsewhere",
+        ));
+    }
+    Ok(Some(Replacement {
+        // Within MAX_DISCONNECT_SECS, so it fits.
+        max_disconnect_secs: u32::try_from(secs).unwrap_or(u32::MAX),
+        reconcile: reconcile.unwrap_or_default(),
+    }))
 }
 
 fn validate_resources(raw: &RawResources) -> Result<Resources, SpecError> {

@@ -396,6 +396,13 @@ pub(crate) fn workload_summary(w: &WorkloadView) -> String {
         }
         out.push_str(&table(&rows));
     }
+    for r in &w.replaced {
+        let _ = writeln!(
+            out,
+            "{}: away too long, replaced on {} (one is kept when it returns)",
+            r.node, r.replacement
+        );
+    }
     out.push_str(&routes(&w.spec));
     if let Some(t) = &w.traffic {
         let rows = [
@@ -607,6 +614,55 @@ pub(crate) fn events_table(events: &[serde_json::Value]) -> String {
             ]);
             continue;
         }
+        if e["kind"] == "replaced" {
+            rows.push(vec![
+                text(&e["at"]),
+                text(&e["node"]),
+                text(&e["workload"]),
+                "(replaced)".to_owned(),
+                "-".to_owned(),
+                format!(
+                    "away {}s: a replacement was placed on {}",
+                    e["offline_secs"],
+                    text(&e["replacement_name"])
+                ),
+            ]);
+            continue;
+        }
+        if e["kind"] == "operator" {
+            let uid = match e["uid"].as_u64() {
+                Some(uid) => format!(" (uid {uid})"),
+                None => String::new(),
+            };
+            rows.push(vec![
+                text(&e["at"]),
+                text(&e["node"]),
+                text(&e["workload"]),
+                format!("({})", text(&e["action"])),
+                "-".to_owned(),
+                format!("a local operator{uid}, through edge-node ctl"),
+            ]);
+            continue;
+        }
+        if e["kind"] == "reconciled" {
+            let stopped = match e["stopped_name"].as_str() {
+                Some(s) => format!(", stopped on {s}"),
+                None => String::new(),
+            };
+            rows.push(vec![
+                text(&e["at"]),
+                text(&e["node"]),
+                text(&e["workload"]),
+                "(reconciled)".to_owned(),
+                "-".to_owned(),
+                format!(
+                    "back: {} kept by {}{stopped}",
+                    text(&e["kept"]),
+                    text(&e["rule"])
+                ),
+            ]);
+            continue;
+        }
         rows.push(vec![
             text(&e["at"]),
             text(&e["node"]),
@@ -637,13 +693,32 @@ mod tests {
               {"node": "shop-1", "node_id": "ab", "seq": 7, "at": "2026-12-01T10:00:05Z",
                "at_ms": 0, "received": "2026-12-06T10:00:00Z", "kind": "instance",
                "workload": "till", "generation": 2, "state": "running", "restarts": 3,
-               "pid": 42, "exit_code": null, "message": "restarted"}
+               "pid": 42, "exit_code": null, "message": "restarted"},
+              {"node": "shop-2", "node_id": "cd", "origin": "orchestrator", "seq": 1,
+               "at": "2026-12-01T10:01:00Z", "at_ms": 0, "received": "2026-12-01T10:01:00Z",
+               "kind": "replaced", "workload": "till", "generation": 2, "replacement": "ef",
+               "replacement_name": "shop-3", "offline_secs": 300},
+              {"node": "shop-2", "node_id": "cd", "origin": "orchestrator", "seq": 2,
+               "at": "2026-12-01T10:09:00Z", "at_ms": 0, "received": "2026-12-01T10:09:00Z",
+               "kind": "reconciled", "workload": "till", "generation": 2,
+               "rule": "keep_original", "kept": "original", "replacement": "ef",
+               "stopped": "ef", "stopped_name": "shop-3"}
             ]"#,
         )
         .expect("json");
         let out = events_table(&events);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(
+            lines[3].contains("(replaced)")
+                && lines[3].contains("away 300s")
+                && lines[3].contains("shop-3"),
+            "{out}"
+        );
+        assert!(
+            lines[4].contains("original kept by keep_original, stopped on shop-3"),
+            "{out}"
+        );
         assert!(
             lines[1].contains("2 events dropped") && lines[1].contains("seq 3..5"),
             "{out}"
@@ -655,6 +730,33 @@ mod tests {
             "{out}"
         );
         assert!(events_table(&[]).contains("(no events)"));
+    }
+
+    #[test]
+    fn a_replaced_instance_shows_under_the_instances() {
+        let w: WorkloadView = serde_json::from_value(serde_json::json!({
+            "name": "till", "version": "1", "generation": 1, "placement": "replicas",
+            "wanted": 2, "running": 2,
+            "instances": [
+                {"node": "shop-2", "node_id": "b", "state": "running", "restarts": 0,
+                 "pid": 7, "exit_code": null, "message": "", "generation": 1,
+                 "updated_at": null}
+            ],
+            "refusals": [], "unplaced": [],
+            "replaced": [{"node": "shop-1", "node_id": "a", "replacement": "shop-2",
+                          "replacement_id": "b"}],
+            "spec": {}
+        }))
+        .expect("a view");
+        let out = workload_summary(&w);
+        assert!(
+            out.contains("shop-1: away too long, replaced on shop-2"),
+            "{out}"
+        );
+        let mut before: serde_json::Value = serde_json::to_value(&w).expect("json");
+        before.as_object_mut().expect("object").remove("replaced");
+        let old: WorkloadView = serde_json::from_value(before).expect("a server without it");
+        assert!(!workload_summary(&old).contains("away too long"));
     }
 
     #[test]
