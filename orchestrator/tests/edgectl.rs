@@ -592,3 +592,87 @@ fn completions_for_bash_zsh_and_fish() {
     let o = s.edgectl(None, &["completions", "tcsh"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// `edgectl events --follow` prints what was there, then each event as it arrives, also one
+/// that happened a week ago on a node that was offline until now.
+#[test]
+fn events_follow_prints_late_arrivals_once() {
+    use orchestrator_core::events::{EventRecord, Origin, What};
+    use std::io::BufRead;
+    let server = start();
+    server.enroll_berlin();
+    let node = NodeId([7; 16]);
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let week_ago = now_ms - 7 * 86_400_000;
+    let event = |seq: u64, workload: &str| EventRecord {
+        node: node.to_string(),
+        seq,
+        at_ms: week_ago + seq,
+        received_ms: now_ms - now_ms % 1000,
+        origin: Origin::Node,
+        what: What::Operator {
+            action: "restart".into(),
+            workload: workload.into(),
+            uid: Some(0),
+        },
+    };
+    server
+        .handles
+        .registry
+        .put_events(&[event(1, "first")])
+        .expect("stored");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .env_remove("EDGE_API")
+        .env_remove("EDGE_TOKEN")
+        .args(["--api", &server.base, "--token", &server.admin])
+        .args(["events", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("edgectl runs");
+    let out = child.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            if lines_tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut wait_for = |needle: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = lines.recv_timeout(std::time::Duration::from_millis(100)) {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+        }
+        panic!("no line with {needle:?}: {seen:?}");
+    };
+    let head = wait_for("first");
+    assert!(head[0].starts_with("AT"), "a header first: {head:?}");
+    // A late arrival, from a week ago.
+    server
+        .handles
+        .registry
+        .put_events(&[event(2, "second")])
+        .expect("stored");
+    let more = wait_for("second");
+    assert!(
+        more.iter().all(|l| !l.contains("first")),
+        "each event once: {more:?}"
+    );
+    assert!(
+        more.last()
+            .is_some_and(|l| l.contains("(restart)") && l.contains("berlin-1")),
+        "{more:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -158,7 +158,10 @@ async fn round(orch: &TestOrchestrator, token: &str, i: usize, n: u64) -> anyhow
     sorted.sort_unstable();
     sorted.dedup();
     if sorted.len() != held.len() || sorted.first() != Some(&(last + 1 - expected)) {
-        bail!("the orchestrator holds {} events, not the last {expected} queued", held.len());
+        bail!(
+            "the orchestrator holds {} events, not the last {expected} queued",
+            held.len()
+        );
     }
     if sorted.last() != Some(&last) || sorted.windows(2).any(|w| w[1] != w[0] + 1) {
         bail!("the orchestrator's newest events have holes");

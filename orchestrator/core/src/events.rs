@@ -182,6 +182,30 @@ pub fn select(mut events: Vec<EventRecord>, since_ms: u64, limit: usize) -> Vec<
     events
 }
 
+/// Of `events`, those that arrived at or after `received_since_ms` (the orchestrator's
+/// clock), in the order they arrived (then as [`select`] orders them), at most `limit` (and
+/// [`MAX_QUERY`]): what a follower polls for, so that an event that arrives late with an old
+/// time is still seen, and one cut off by the limit comes in the next answer.
+pub fn select_arrived(
+    mut events: Vec<EventRecord>,
+    received_since_ms: u64,
+    since_ms: u64,
+    limit: usize,
+) -> Vec<EventRecord> {
+    events.retain(|e| e.received_ms >= received_since_ms && e.at_ms >= since_ms);
+    events.sort_by(|a, b| {
+        (a.received_ms, a.at_ms, &a.node, a.origin, a.seq).cmp(&(
+            b.received_ms,
+            b.at_ms,
+            &b.node,
+            b.origin,
+            b.seq,
+        ))
+    });
+    events.truncate(limit.min(MAX_QUERY));
+    events
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +322,41 @@ mod tests {
         old.as_object_mut().expect("object").remove("origin");
         let old: EventRecord = serde_json::from_value(old).expect("stored before origins");
         assert_eq!(old.origin, Origin::Node);
+    }
+
+    #[test]
+    fn a_follower_sees_events_in_the_order_they_arrived() {
+        let at = |seq, at_ms, received_ms| EventRecord {
+            node: "ab".into(),
+            seq,
+            at_ms,
+            received_ms,
+            origin: Origin::Node,
+            what: What::Gap {
+                last: seq,
+                count: 1,
+                last_at_ms: at_ms,
+            },
+        };
+        // A node offline for a week sends old events late.
+        let events = vec![
+            at(1, 9_000, 10_000),
+            at(2, 1_000, 20_000),
+            at(3, 2_000, 20_000),
+        ];
+        let seqs = |v: Vec<EventRecord>| v.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(select_arrived(events.clone(), 20_000, 0, 10)), [2, 3]);
+        assert_eq!(seqs(select_arrived(events.clone(), 0, 0, 10)), [1, 2, 3]);
+        assert_eq!(
+            seqs(select_arrived(events.clone(), 0, 0, 1)),
+            [1],
+            "the limit cuts the newest arrivals"
+        );
+        assert_eq!(seqs(select_arrived(events.clone(), 0, 1_500, 10)), [1, 3]);
+        assert_eq!(
+            seqs(select(events, 0, 10)),
+            [2, 3, 1],
+            "by the node's clock"
+        );
     }
 }

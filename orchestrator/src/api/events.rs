@@ -2,12 +2,13 @@
 //! happened on its node (however late it arrived), and what the orchestrator decided about a
 //! node's instances (`origin: "orchestrator"`: `replaced`, `reconciled`), on its own clock.
 //! `node` (name or id), `since` (milliseconds since the Unix epoch) and `limit` (1 to
-//! 1,000).
+//! 1,000); `received_since` (milliseconds, the orchestrator's clock) lists what arrived from
+//! then on, in the order it arrived, which is how `edgectl events --follow` polls.
 
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::routing::get;
-use orchestrator_core::events::{EventRecord, MAX_QUERY, Origin, What, select};
+use orchestrator_core::events::{EventRecord, MAX_QUERY, Origin, What, select, select_arrived};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -35,6 +36,7 @@ struct EventView {
     at_ms: u64,
     /// When the orchestrator received it.
     received: String,
+    received_ms: u64,
     #[serde(flatten)]
     what: What,
 }
@@ -44,6 +46,7 @@ struct EventView {
 struct EventQuery {
     node: Option<String>,
     since_ms: u64,
+    received_since_ms: Option<u64>,
     limit: usize,
 }
 
@@ -55,7 +58,8 @@ fn parse_query(query: &BTreeMap<String, String>) -> Result<EventQuery, ApiError>
     for (key, value) in query {
         match key.as_str() {
             "node" => parsed.node = Some(value.clone()),
-            "since" => parsed.since_ms = since_ms(value)?,
+            "since" => parsed.since_ms = since_ms("since", value)?,
+            "received_since" => parsed.received_since_ms = Some(since_ms("received_since", value)?),
             "limit" => {
                 parsed.limit = value
                     .parse::<usize>()
@@ -70,7 +74,7 @@ fn parse_query(query: &BTreeMap<String, String>) -> Result<EventQuery, ApiError>
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "{}: unknown query parameter; use node, since or limit",
+                    "{}: unknown query parameter; use node, since, received_since or limit",
                     edge_proto::field::shown(other)
                 )));
             }
@@ -82,14 +86,14 @@ fn parse_query(query: &BTreeMap<String, String>) -> Result<EventQuery, ApiError>
 /// The largest `since` the API takes: what a JSON number holds exactly.
 const MAX_SINCE_MS: u64 = (1 << 53) - 1;
 
-fn since_ms(value: &str) -> Result<u64, ApiError> {
+fn since_ms(name: &str, value: &str) -> Result<u64, ApiError> {
     value
         .parse::<u64>()
         .ok()
         .filter(|ms| *ms <= MAX_SINCE_MS)
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "since: {} is not a time in milliseconds since the Unix epoch",
+                "{name}: {} is not a time in milliseconds since the Unix epoch",
                 edge_proto::field::shown(value)
             ))
         })
@@ -117,7 +121,10 @@ async fn list_events(
         .await
         .map_err(|e| internal(&e))?
         .map_err(|e| internal(&e))?;
-    let events = select(stored, query.since_ms, query.limit);
+    let events = match query.received_since_ms {
+        Some(received) => select_arrived(stored, received, query.since_ms, query.limit),
+        None => select(stored, query.since_ms, query.limit),
+    };
     let fleet = state.registry.fleet();
     let names: BTreeMap<String, String> = fleet
         .nodes()
@@ -138,6 +145,7 @@ fn view(e: EventRecord, names: &BTreeMap<String, String>) -> EventView {
         at: rfc3339(e.at_ms / 1000),
         at_ms: e.at_ms,
         received: rfc3339(e.received_ms / 1000),
+        received_ms: e.received_ms,
         what: e.what,
     }
 }
@@ -160,6 +168,8 @@ mod tests {
         let q = parse_query(&query(&[("node", "shop-1"), ("limit", "5")])).expect("ok");
         assert_eq!((q.node.as_deref(), q.limit), (Some("shop-1"), 5));
         assert_eq!(parse_query(&query(&[])).expect("ok").limit, MAX_QUERY);
+        let q = parse_query(&query(&[("received_since", "1765000000000")])).expect("ok");
+        assert_eq!(q.received_since_ms, Some(1_765_000_000_000));
         assert_eq!(
             parse_query(&query(&[("since", "9007199254740991")]))
                 .expect("the largest")
@@ -180,6 +190,8 @@ mod tests {
             (&[("limit", "1001")][..], "limit:"),
             (&[("limit", "-1")][..], "limit:"),
             (&[("nodes", "x")][..], "\"nodes\": unknown"),
+            (&[("received_since", "now")][..], "received_since:"),
+            (&[("received_since", "-5")][..], "received_since:"),
         ] {
             match parse_query(&query(pairs)) {
                 Err(ApiError::BadRequest(message)) => {

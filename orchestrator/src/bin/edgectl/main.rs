@@ -127,6 +127,10 @@ enum Command {
         /// At most this many (1 to 1000).
         #[arg(long)]
         limit: Option<u32>,
+        /// Then keep printing events as they arrive (also those that happened long ago on a
+        /// node that was offline), until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// The nodes' proxy caches.
     Cache {
@@ -344,7 +348,12 @@ fn run(cli: &Cli) -> Result<String, CliError> {
                 nodes_table(nodes, now_unix())
             })
         }
-        Command::Events { node, since, limit } => {
+        Command::Events {
+            node,
+            since,
+            limit,
+            follow,
+        } => {
             let mut query = Vec::new();
             if let Some(node) = node {
                 query.push(format!("node={}", percent_encode(node)));
@@ -361,9 +370,15 @@ fn run(cli: &Cli) -> Result<String, CliError> {
                 format!("/v1/events?{}", query.join("&"))
             };
             let body = client.get(&path)?;
-            client.show(cli.json, &body, |events: &Vec<serde_json::Value>| {
+            let shown = client.show(cli.json, &body, |events: &Vec<serde_json::Value>| {
                 events_table(events)
-            })
+            })?;
+            if !*follow {
+                return Ok(shown);
+            }
+            print_now(&shown)?;
+            let first: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+            follow_events(&client, cli.json, node.as_deref(), &first)
         }
         Command::Node { name } => {
             let body = client.get(&format!("/v1/nodes/{}", percent_encode(name)))?;
@@ -500,6 +515,80 @@ fn run(cli: &Cli) -> Result<String, CliError> {
         Command::Cordon { node } => node_action(cli, &client, node, "cordon"),
         Command::Uncordon { node } => node_action(cli, &client, node, "uncordon"),
         Command::Drain { node } => drain(cli, &client, node),
+    }
+}
+
+/// How often `edgectl events --follow` asks for what arrived.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes `text` to stdout at once; a closed pipe ends a follow quietly.
+fn print_now(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(_) => std::process::exit(0),
+    }
+}
+
+/// `edgectl events --follow`: polls for what arrived since the last answer (the
+/// orchestrator's `received_since`, so that events a node sends late, with old times, show
+/// too) and prints each event once, in the order it arrived.
+fn follow_events(
+    client: &Client,
+    json: bool,
+    node: Option<&str>,
+    shown: &[serde_json::Value],
+) -> Result<String, CliError> {
+    let key = |e: &serde_json::Value| {
+        (
+            e["node_id"].as_str().unwrap_or_default().to_owned(),
+            e["origin"].as_str().unwrap_or_default().to_owned(),
+            e["seq"].as_u64().unwrap_or_default(),
+        )
+    };
+    let received = |e: &serde_json::Value| e["received_ms"].as_u64().unwrap_or_default();
+    // Arrival times are the orchestrator's, in whole seconds: ask from a second before the
+    // newest seen, and skip what was printed.
+    let mut cursor = shown
+        .iter()
+        .map(received)
+        .max()
+        .unwrap_or_else(|| now_unix().saturating_sub(60).saturating_mul(1000));
+    let mut seen: std::collections::BTreeMap<_, u64> =
+        shown.iter().map(|e| (key(e), received(e))).collect();
+    loop {
+        std::thread::sleep(FOLLOW_EVERY);
+        let mut path = format!("/v1/events?received_since={}", cursor.saturating_sub(1000));
+        if let Some(node) = node {
+            let _ = write!(path, "&node={}", percent_encode(node));
+        }
+        let body = client.get(&path)?;
+        let events: Vec<serde_json::Value> = client.parse(&body)?;
+        let new: Vec<serde_json::Value> = events
+            .into_iter()
+            .filter(|e| !seen.contains_key(&key(e)))
+            .collect();
+        for e in &new {
+            seen.insert(key(e), received(e));
+            cursor = cursor.max(received(e));
+        }
+        seen.retain(|_, at| *at + 1000 >= cursor);
+        if new.is_empty() {
+            continue;
+        }
+        let text = if json {
+            new.iter().map(|e| format!("{e}\n")).collect()
+        } else {
+            // The rows without the header.
+            let table = events_table(&new);
+            table
+                .split_once('\n')
+                .map_or(String::new(), |(_, rows)| rows.to_owned())
+        };
+        print_now(&text)?;
     }
 }
 
