@@ -78,12 +78,18 @@ impl EventOutbox {
         }))))
     }
 
-    /// Records what `msg` says happened, if it is an event (an instance's state change).
+    /// Records what `msg` says happened, if it is an event (an instance's state change, a
+    /// refused assignment).
     pub fn record(&self, msg: &NodeMsg) {
-        let NodeMsg::Workload(report) = msg else {
-            return;
-        };
-        self.push(&report.workload, &EventKind::Instance((**report).clone()));
+        match msg {
+            NodeMsg::Workload(report) => {
+                self.push(&report.workload, &EventKind::Instance((**report).clone()))
+            }
+            NodeMsg::Admission(reply) if reply.rejected.is_some() => {
+                self.push(&reply.workload, &EventKind::Refused((**reply).clone()))
+            }
+            _ => {}
+        }
     }
 
     /// Records a local operator's action on `workload` (through `edge-node ctl`).
@@ -220,4 +226,96 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::{AdmissionReply, WorkloadReport, WorkloadState};
+
+    fn report(state: WorkloadState) -> NodeMsg {
+        NodeMsg::Workload(Box::new(WorkloadReport {
+            workload: text("till"),
+            generation: 1,
+            state,
+            restarts: 0,
+            pid: Some(7),
+            exit_code: None,
+            message: text(""),
+        }))
+    }
+
+    fn admission(rejected: Option<&str>) -> NodeMsg {
+        NodeMsg::Admission(Box::new(AdmissionReply {
+            workload: text("till"),
+            generation: 2,
+            rejected: rejected.map(text),
+        }))
+    }
+
+    fn kinds(batch: Option<NodeMsg>) -> Vec<EventKind> {
+        match batch {
+            Some(NodeMsg::Events(batch)) => batch.events.iter().map(|e| e.kind.clone()).collect(),
+            other => panic!("a batch of events, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn state_changes_refusals_and_operator_actions_are_events_kept_across_a_restart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let outbox = EventOutbox::open(dir.path(), 1 << 20).expect("opens");
+        outbox.record(&report(WorkloadState::Running));
+        outbox.record(&admission(None));
+        outbox.record(&admission(Some("no room")));
+        outbox.record(&NodeMsg::Runtime(edge_proto::RuntimeInfo {
+            limits: edge_proto::LimitsKind::Rlimit,
+        }));
+        outbox.record_operator(OperatorVerb::Stop, "till", Some(0));
+        assert_eq!(
+            outbox.summary().events,
+            3,
+            "an admitted assignment is no event: {:?}",
+            kinds(outbox.next_batch())
+        );
+        drop(outbox);
+
+        let outbox = EventOutbox::open(dir.path(), 1 << 20).expect("reopens");
+        let sent = kinds(outbox.next_batch());
+        assert!(matches!(sent[0], EventKind::Instance(_)), "{sent:?}");
+        assert!(
+            matches!(&sent[1], EventKind::Refused(r) if r.rejected.as_deref() == Some("no room")),
+            "{sent:?}"
+        );
+        assert!(matches!(sent[2], EventKind::Operator(_)), "{sent:?}");
+        assert_eq!(outbox.summary().batches_in_flight, 1);
+    }
+
+    #[test]
+    fn a_window_of_batches_goes_out_and_an_acknowledgement_frees_a_slot() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let outbox = EventOutbox::open(dir.path(), 16 << 20).expect("opens");
+        let n = EventBatch::MAX_EVENTS * (WINDOW + 1);
+        for _ in 0..n {
+            outbox.record(&report(WorkloadState::Failed));
+        }
+        let mut out = Vec::new();
+        while let Some(NodeMsg::Events(batch)) = outbox.next_batch() {
+            out.push(batch);
+        }
+        assert_eq!(out.len(), WINDOW, "at most {WINDOW} batches out at once");
+        let first = &out[0];
+        outbox.stored(&EventsStored {
+            seqs: first.events.iter().map(|e| e.seq).collect(),
+            gaps_through: 0,
+        });
+        assert!(
+            outbox.next_batch().is_some(),
+            "the acknowledgement made room"
+        );
+        assert_eq!(outbox.summary().events, n - EventBatch::MAX_EVENTS);
+        // A lost connection: everything unacknowledged goes again.
+        outbox.disconnected();
+        assert_eq!(outbox.summary().batches_in_flight, 0);
+        assert!(outbox.next_batch().is_some());
+    }
 }

@@ -300,7 +300,10 @@ fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
                 },
                 stopped: stopped.as_deref(),
             }),
-            What::Instance { .. } | What::Operator { .. } | What::Gap { .. } => {}
+            What::Instance { .. }
+            | What::Operator { .. }
+            | What::Refused { .. }
+            | What::Gap { .. } => {}
         }
     }
 }

@@ -642,7 +642,7 @@ fn events_follow_prints_late_arrivals_once() {
         }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut wait_for = |needle: &str| -> Vec<String> {
+    let wait_for = |needle: &str| -> Vec<String> {
         let mut seen = Vec::new();
         while std::time::Instant::now() < deadline {
             if let Ok(line) = lines.recv_timeout(std::time::Duration::from_millis(100)) {

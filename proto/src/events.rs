@@ -6,7 +6,7 @@
 //! Storing an event twice (a batch resent after a lost acknowledgement) changes nothing: the
 //! node and the sequence number are its key.
 
-use crate::msg::{List, MAX_NAME_LEN, Text, WorkloadReport};
+use crate::msg::{AdmissionReply, List, MAX_NAME_LEN, Text, WorkloadReport};
 use serde::{Deserialize, Serialize};
 
 /// A batch of events from the node's outbox.
@@ -43,6 +43,8 @@ pub enum EventKind {
     Instance(WorkloadReport),
     /// A local operator acted through `edge-node ctl`.
     Operator(OperatorAction),
+    /// The node refused an assignment (`rejected` says why).
+    Refused(AdmissionReply),
 }
 
 /// What a local operator did, to which workload, and as which user.

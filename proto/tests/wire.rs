@@ -1362,13 +1362,26 @@ fn golden_bytes_of_operator_events() {
             uid: Some(0),
         }),
     };
+    let refused = NodeEvent {
+        seq: 9,
+        at_ms: 1_000,
+        kind: EventKind::Refused(AdmissionReply {
+            workload: text("till"),
+            generation: 2,
+            rejected: Some(text("no room")),
+        }),
+    };
     let batch = EventBatch {
-        events: List::from_iter([action(OperatorVerb::Restart), action(OperatorVerb::Stop)]),
+        events: List::from_iter([
+            action(OperatorVerb::Restart),
+            action(OperatorVerb::Stop),
+            refused,
+        ]),
         gaps: List::new(),
     };
     assert_eq!(
         hex(&encode(&NodeMsg::Events(Box::new(batch)))),
-        "0000001b090208e80701000474696c6c010008e80701010474696c6c010000",
+        "0000002e090308e80701000474696c6c010008e80701010474696c6c010009e807020474696c6c0201076e6f20726f6f6d00",
     );
 }
 

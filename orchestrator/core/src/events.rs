@@ -70,6 +70,12 @@ pub enum What {
         /// The operator's user id on the node.
         uid: Option<u32>,
     },
+    /// The node refused an assignment of the workload.
+    Refused {
+        workload: String,
+        generation: u64,
+        reason: String,
+    },
     /// Events the node dropped: sequence numbers `seq..=last`, `count` of them events.
     Gap {
         last: u64,
@@ -140,6 +146,15 @@ pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventR
                 .to_owned(),
                 workload: action.workload.to_string(),
                 uid: action.uid,
+            },
+            EventKind::Refused(reply) => What::Refused {
+                workload: reply.workload.to_string(),
+                generation: reply.generation,
+                reason: reply
+                    .rejected
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             },
         },
     });

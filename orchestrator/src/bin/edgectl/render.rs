@@ -629,6 +629,17 @@ pub(crate) fn events_table(events: &[serde_json::Value]) -> String {
             ]);
             continue;
         }
+        if e["kind"] == "refused" {
+            rows.push(vec![
+                text(&e["at"]),
+                text(&e["node"]),
+                text(&e["workload"]),
+                "(refused)".to_owned(),
+                "-".to_owned(),
+                text(&e["reason"]),
+            ]);
+            continue;
+        }
         if e["kind"] == "operator" {
             let uid = match e["uid"].as_u64() {
                 Some(uid) => format!(" (uid {uid})"),
