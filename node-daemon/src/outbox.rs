@@ -13,7 +13,7 @@ use edge_proto::{
     EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeMsg, OperatorAction,
     OperatorVerb, text,
 };
-use node_core::outbox::{Class, Outbox};
+use node_core::outbox::{Class, Drain, Outbox};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,9 +22,8 @@ use tracing::{info, warn};
 
 /// The most bytes of events in one batch.
 const BATCH_BYTES: u64 = 48 * 1024;
-/// Batches out at once, waiting for their acknowledgement: enough to keep the link busy
-/// while the orchestrator stores one, few enough that a lost connection resends little.
-pub const WINDOW: usize = 4;
+/// Batches out at once, waiting for their acknowledgement.
+pub const WINDOW: usize = Drain::WINDOW;
 
 /// The outbox and its log, behind a handle the daemon's loop and `ctl` share.
 #[derive(Debug, Clone)]
@@ -34,8 +33,7 @@ pub struct EventOutbox(Arc<Mutex<Inner>>);
 struct Inner {
     store: OutboxStore,
     outbox: Outbox,
-    /// Batches out and not acknowledged: at most [`WINDOW`].
-    in_flight: usize,
+    drain: Drain,
 }
 
 /// What `edge-node ctl outbox` shows.
@@ -74,7 +72,7 @@ impl EventOutbox {
         Ok(Self(Arc::new(Mutex::new(Inner {
             store,
             outbox,
-            in_flight: 0,
+            drain: Drain::default(),
         }))))
     }
 
@@ -136,41 +134,28 @@ impl EventOutbox {
             metrics_downsampled: shed.metrics_downsampled,
             status_coalesced: shed.status_coalesced,
             events_dropped: shed.events_dropped,
-            batches_in_flight: inner.in_flight,
+            batches_in_flight: inner.drain.in_flight(),
         }
     }
 
     /// The next batch to send, unless [`WINDOW`] batches are out already or nothing waits.
     pub fn next_batch(&self) -> Option<NodeMsg> {
         let inner = &mut *self.lock();
-        if inner.in_flight >= WINDOW {
-            return None;
-        }
-        let records = inner
-            .outbox
-            .next_batch_of(BATCH_BYTES, EventBatch::MAX_EVENTS);
-        // The gaps go with a batch sent while no other is out, so that a window of batches
-        // does not carry them several times.
-        let gap_room = if inner.in_flight == 0 {
-            EventBatch::MAX_GAPS
-        } else {
-            0
-        };
-        let gaps: Vec<EventGap> = inner
-            .outbox
-            .gaps()
-            .iter()
-            .take(gap_room)
-            .map(|g| EventGap {
-                first: g.first,
-                last: g.last,
-                count: g.count,
-                first_at_ms: g.first_at_ms,
-                last_at_ms: g.last_at_ms,
-            })
-            .collect();
+        let batch = inner.drain.next(
+            &mut inner.outbox,
+            BATCH_BYTES,
+            EventBatch::MAX_EVENTS,
+            EventBatch::MAX_GAPS,
+        )?;
+        let gaps = batch.gaps.iter().map(|g| EventGap {
+            first: g.first,
+            last: g.last,
+            count: g.count,
+            first_at_ms: g.first_at_ms,
+            last_at_ms: g.last_at_ms,
+        });
         let mut events = List::new();
-        for record in records {
+        for record in batch.records {
             match postcard::from_bytes::<EventKind>(&record.body) {
                 // The batch was cut to the wire's bound: every one fits.
                 Ok(kind) => {
@@ -186,10 +171,6 @@ impl EventOutbox {
                 }
             }
         }
-        if events.is_empty() && gaps.is_empty() {
-            return None;
-        }
-        inner.in_flight += 1;
         Some(NodeMsg::Events(Box::new(EventBatch {
             events,
             gaps: List::from_iter(gaps),
@@ -201,7 +182,7 @@ impl EventOutbox {
     /// by node and sequence number, stores nothing twice.
     pub fn stored(&self, stored: &EventsStored) {
         let inner = &mut *self.lock();
-        inner.in_flight = inner.in_flight.saturating_sub(1);
+        inner.drain.acked();
         let done = inner
             .store
             .ack(&mut inner.outbox, stored.seqs.iter().copied())
@@ -215,8 +196,7 @@ impl EventOutbox {
     /// The session ended: what was out and not acknowledged goes again next time.
     pub fn disconnected(&self) {
         let inner = &mut *self.lock();
-        inner.in_flight = 0;
-        inner.outbox.reconnected();
+        inner.drain.disconnected(&mut inner.outbox);
     }
 }
 

@@ -420,6 +420,67 @@ impl Outbox {
     }
 }
 
+/// One connection's drain of an outbox: up to [`Drain::WINDOW`] batches out at once, each
+/// waiting for the orchestrator's acknowledgement, so the link stays busy while the
+/// orchestrator stores one. Gaps go with a batch sent while no other is out, so that a window
+/// does not carry them several times. A lost connection sends everything unacknowledged
+/// again: the orchestrator keys what it stores by node and sequence number, so a batch
+/// stored twice is stored once.
+#[derive(Debug, Clone, Default)]
+pub struct Drain {
+    in_flight: usize,
+}
+
+/// What [`Drain::next`] sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub gaps: Vec<Gap>,
+}
+
+impl Drain {
+    /// Batches out at once.
+    pub const WINDOW: usize = 4;
+
+    /// The next batch (at most `max_bytes` and `max_records` records, `max_gaps` gaps), or
+    /// `None` while the window is full or nothing waits.
+    pub fn next(
+        &mut self,
+        outbox: &mut Outbox,
+        max_bytes: u64,
+        max_records: usize,
+        max_gaps: usize,
+    ) -> Option<Batch> {
+        if self.in_flight >= Self::WINDOW {
+            return None;
+        }
+        let gap_room = if self.in_flight == 0 { max_gaps } else { 0 };
+        let records = outbox.next_batch_of(max_bytes, max_records);
+        let gaps: Vec<Gap> = outbox.gaps().iter().take(gap_room).copied().collect();
+        if records.is_empty() && gaps.is_empty() {
+            return None;
+        }
+        self.in_flight += 1;
+        Some(Batch { records, gaps })
+    }
+
+    /// A batch was acknowledged (the caller acknowledges its records in the outbox).
+    pub fn acked(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// The connection ended: nothing is out any more, and what was goes again.
+    pub fn disconnected(&mut self, outbox: &mut Outbox) {
+        self.in_flight = 0;
+        outbox.reconnected();
+    }
+
+    /// Batches out now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
 /// Spreads the drain over an uplink's byte budget: a token bucket of `bytes_per_sec`, holding
 /// at most one second of it. Time comes in as `now` (any monotonic origin).
 #[derive(Debug, Clone)]
