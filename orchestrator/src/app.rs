@@ -14,9 +14,10 @@ use crate::links::{NodeLinks, close_code};
 use crate::metrics::Metrics;
 use crate::registry::{self, Registry};
 use crate::reports::Reports;
-use crate::server::{self, EndpointError, Server, serve};
+use crate::server::{self, EndpointError, Gate, Server, serve};
 use crate::store::SledStore;
 use edge_proto::NodeId;
+use orchestrator_core::admission::AdmissionPolicy;
 use orchestrator_core::store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,7 @@ impl Handles {
             reports: self.reports.clone(),
             metrics: self.metrics.clone(),
             artifacts,
+            admission: Arc::new(Gate::new(AdmissionPolicy::default())),
         }
     }
 
@@ -129,11 +131,27 @@ impl std::fmt::Debug for Orchestrator {
 
 impl Orchestrator {
     /// Opens the state in `data_dir` (creating the CA on first start) and serves on the given
-    /// sockets.
+    /// sockets, with the default admission pacing.
     pub async fn start(
         data_dir: &Path,
         quic_socket: std::net::UdpSocket,
         api_listener: tokio::net::TcpListener,
+    ) -> Result<Self, StartError> {
+        Self::start_with(
+            data_dir,
+            quic_socket,
+            api_listener,
+            AdmissionPolicy::default(),
+        )
+        .await
+    }
+
+    /// [`Orchestrator::start`], pacing hellos with `admission`.
+    pub async fn start_with(
+        data_dir: &Path,
+        quic_socket: std::net::UdpSocket,
+        api_listener: tokio::net::TcpListener,
+        admission: AdmissionPolicy,
     ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(data_dir).map_err(StartError::Io)?;
@@ -148,7 +166,10 @@ impl Orchestrator {
         let api_addr = api_listener.local_addr().map_err(StartError::Io)?;
         let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Io)?);
         let api_state = handles.api(auth.clone(), Some(artifacts.clone()));
-        let server = Arc::new(handles.server(Some(artifacts.clone())));
+        let server = Arc::new(Server {
+            admission: Arc::new(Gate::new(admission)),
+            ..handles.server(Some(artifacts.clone()))
+        });
         let tasks = vec![
             tokio::spawn(serve(endpoint.clone(), server)),
             tokio::spawn(api::serve(api_listener, api_state)),
@@ -180,18 +201,19 @@ impl Orchestrator {
         })
     }
 
-    /// Binds the given addresses and starts.
+    /// Binds the given addresses and starts, pacing hellos with `admission`.
     pub async fn bind(
         data_dir: &Path,
         quic_listen: SocketAddr,
         api_listen: SocketAddr,
+        admission: AdmissionPolicy,
     ) -> Result<Self, StartError> {
         let udp = std::net::UdpSocket::bind(quic_listen)
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
         let tcp = tokio::net::TcpListener::bind(api_listen)
             .await
             .map_err(StartError::Io)?;
-        Self::start(data_dir, udp, tcp).await
+        Self::start_with(data_dir, udp, tcp, admission).await
     }
 
     /// Forgets a node and closes its session; its instances go elsewhere. `Ok(false)` if

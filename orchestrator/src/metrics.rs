@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Why a session, an enrollment or a handshake failed: always one of a fixed set.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -472,6 +472,23 @@ impl Metrics {
             }
             Event::SessionReplaced { node, old } => {
                 info!(node = %node, old = ?old, "node reconnected; its old connection was dead");
+            }
+            // A storm paces thousands of these: counted, and logged only at debug.
+            Event::Paced {
+                intent,
+                node,
+                retry_after,
+            } => {
+                let reason = ReasonLabel {
+                    reason: edge_proto::RejectCode::Busy.as_str(),
+                };
+                let refused = match intent {
+                    edge_proto::Intent::Session => &self.session_rejections,
+                    edge_proto::Intent::Enroll => &self.enrollment_failures,
+                };
+                refused.get_or_create(&reason).inc();
+                let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+                debug!(node = ?node, ?intent, retry_after_ms, "hello paced: busy");
             }
         }
     }
