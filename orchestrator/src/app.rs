@@ -17,7 +17,7 @@ use crate::reports::Reports;
 use crate::server::{self, EndpointError, Gate, Server, serve};
 use crate::store::SledStore;
 use edge_proto::NodeId;
-use orchestrator_core::admission::AdmissionPolicy;
+use orchestrator_core::pacing::PacingPolicy;
 use orchestrator_core::store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,7 +81,7 @@ impl Handles {
             reports: self.reports.clone(),
             metrics: self.metrics.clone(),
             artifacts,
-            admission: Arc::new(Gate::new(AdmissionPolicy::default())),
+            pacing: Arc::new(Gate::new(PacingPolicy::default())),
         }
     }
 
@@ -131,7 +131,7 @@ impl std::fmt::Debug for Orchestrator {
 
 impl Orchestrator {
     /// Opens the state in `data_dir` (creating the CA on first start) and serves on the given
-    /// sockets, with the default admission pacing.
+    /// sockets, with the default hello pacing.
     pub async fn start(
         data_dir: &Path,
         quic_socket: std::net::UdpSocket,
@@ -141,17 +141,17 @@ impl Orchestrator {
             data_dir,
             quic_socket,
             api_listener,
-            AdmissionPolicy::default(),
+            PacingPolicy::default(),
         )
         .await
     }
 
-    /// [`Orchestrator::start`], pacing hellos with `admission`.
+    /// [`Orchestrator::start`], pacing hellos with `pacing`.
     pub async fn start_with(
         data_dir: &Path,
         quic_socket: std::net::UdpSocket,
         api_listener: tokio::net::TcpListener,
-        admission: AdmissionPolicy,
+        pacing: PacingPolicy,
     ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(data_dir).map_err(StartError::Io)?;
@@ -167,7 +167,7 @@ impl Orchestrator {
         let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Io)?);
         let api_state = handles.api(auth.clone(), Some(artifacts.clone()));
         let server = Arc::new(Server {
-            admission: Arc::new(Gate::new(admission)),
+            pacing: Arc::new(Gate::new(pacing)),
             ..handles.server(Some(artifacts.clone()))
         });
         let tasks = vec![
@@ -201,19 +201,19 @@ impl Orchestrator {
         })
     }
 
-    /// Binds the given addresses and starts, pacing hellos with `admission`.
+    /// Binds the given addresses and starts, pacing hellos with `pacing`.
     pub async fn bind(
         data_dir: &Path,
         quic_listen: SocketAddr,
         api_listen: SocketAddr,
-        admission: AdmissionPolicy,
+        pacing: PacingPolicy,
     ) -> Result<Self, StartError> {
         let udp = std::net::UdpSocket::bind(quic_listen)
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
         let tcp = tokio::net::TcpListener::bind(api_listen)
             .await
             .map_err(StartError::Io)?;
-        Self::start_with(data_dir, udp, tcp, admission).await
+        Self::start_with(data_dir, udp, tcp, pacing).await
     }
 
     /// Forgets a node and closes its session; its instances go elsewhere. `Ok(false)` if

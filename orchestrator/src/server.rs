@@ -15,7 +15,7 @@ use crate::registry::Registry;
 use crate::reports::Reports;
 use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, server_transport, write_msg};
 use edge_proto::{ALPN, DecodeError, Intent, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
-use orchestrator_core::admission::{Admission, AdmissionPolicy, Verdict};
+use orchestrator_core::pacing::{Pacing, PacingPolicy, Verdict};
 use orchestrator_core::fleet::{Change, SessionId};
 use orchestrator_core::session::{Action, Ctx, Event, LIVENESS_WINDOW, Liveness, ServerSession};
 use orchestrator_core::store::StoreError;
@@ -50,16 +50,16 @@ pub struct Server {
     /// Where nodes fetch artifacts from; `None` answers every fetch with `NotFound`.
     pub artifacts: Option<Arc<ArtifactStore>>,
     /// Paces hellos when many nodes reconnect at once.
-    pub admission: Arc<Gate>,
+    pub pacing: Arc<Gate>,
 }
 
-/// The admission gate ([`orchestrator_core::admission`]) shared by the connection tasks.
+/// The hello gate ([`orchestrator_core::pacing`]) shared by the connection tasks.
 #[derive(Debug)]
-pub struct Gate(Mutex<Admission>);
+pub struct Gate(Mutex<Pacing>);
 
 impl Gate {
-    pub fn new(policy: AdmissionPolicy) -> Self {
-        Self(Mutex::new(Admission::new(policy)))
+    pub fn new(policy: PacingPolicy) -> Self {
+        Self(Mutex::new(Pacing::new(policy)))
     }
 
     /// A place for a hello with `intent`, or how long the node must wait for one.
@@ -238,7 +238,7 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     let mut outbox_tx = Some(outbox_tx);
     // In `edge_sessions_active` from the session's start to this task's end.
     let mut active = None;
-    // The admission gate's place for this connection's hello, from the hello until the
+    // The hello gate's place for this connection's hello, from the hello until the
     // session is up and its assignments are queued again.
     let mut admitted: Option<Permit> = None;
     loop {
@@ -283,7 +283,7 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
                     // A hello passes the gate before it costs a registry read or write.
                     let gated = session
                         .hello_intent(&body)
-                        .map(|intent| (intent, server.admission.admit(intent)));
+                        .map(|intent| (intent, server.pacing.admit(intent)));
                     match gated {
                         Some((intent, Err(retry_after))) => session.refuse_busy(intent, retry_after),
                         Some((_, Ok(permit))) => {

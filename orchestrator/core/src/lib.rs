@@ -3,7 +3,7 @@
 //! shells (the QUIC server, the operator API, the sled store), which depend on it and never
 //! the reverse.
 //!
-//! - [`admission`]: the gate that paces hellos when many nodes reconnect at once, and the
+//! - [`pacing`]: the gate that paces hellos when many nodes reconnect at once, and the
 //!   retry-after it gives the ones it turns away.
 //! - [`access`]: who may use the operator API: roles, the API tokens on record, the rules
 //!   for issuing, checking and revoking them, and keeping or replacing the admin token.
@@ -32,7 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod admission;
+pub mod pacing;
 pub mod deploy;
 pub mod events;
 pub mod fleet;

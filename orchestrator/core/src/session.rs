@@ -121,7 +121,7 @@ pub enum Event {
         node: NodeId,
         old: Liveness,
     },
-    /// The admission gate could not take this hello now; the node was told to come back
+    /// The hello gate (`crate::pacing`) could not take this hello now; the node was told to come back
     /// after `retry_after`. Many of these are a reconnect storm being paced, not a fault.
     Paced {
         intent: Intent,
@@ -335,22 +335,29 @@ impl ServerSession {
         }
     }
 
-    /// The intent of `body` if it is this connection's hello, which nothing has answered yet.
-    /// The caller asks its admission gate ([`crate::admission`]) before it hands such a frame
-    /// to [`ServerSession::handle_frame`], so that a hello it cannot take now costs no
-    /// registry read or write. `None` for any other frame, or one that does not decode
-    /// (`handle_frame` refuses that one as usual).
+    /// The intent of `body` if it is this connection's hello, which nothing has answered yet,
+    /// and the intent fits the connection (a session with a client certificate, an
+    /// enrollment without). The caller asks its hello gate ([`crate::pacing`]) before
+    /// it hands such a frame to [`ServerSession::handle_frame`], so that a hello it cannot
+    /// take now costs no registry read or write. `None` for any other frame: one that does
+    /// not decode, or a hello with the wrong intent, which `handle_frame` refuses at no cost
+    /// and which must not spend the tokens of nodes that hold a certificate.
     pub fn hello_intent(&self, body: &[u8]) -> Option<Intent> {
         if !matches!(self.state, State::AwaitHello { .. }) {
             return None;
         }
-        match decode::<NodeMsg>(body) {
-            Ok(NodeMsg::Hello(hello)) => Some(hello.intent),
+        match (decode::<NodeMsg>(body), self.peer) {
+            (Ok(NodeMsg::Hello(hello)), Some(_)) if hello.intent == Intent::Session => {
+                Some(Intent::Session)
+            }
+            (Ok(NodeMsg::Hello(hello)), None) if hello.intent == Intent::Enroll => {
+                Some(Intent::Enroll)
+            }
             _ => None,
         }
     }
 
-    /// The admission gate cannot take this connection's hello now: tell the node to come
+    /// The hello gate cannot take this connection's hello now: tell the node to come
     /// back after `retry_after` ([`OrchMsg::Busy`]), and close with [`RejectCode::Busy`].
     /// Nothing happens once the hello was answered.
     pub fn refuse_busy(&mut self, intent: Intent, retry_after: Duration) {
@@ -645,7 +652,12 @@ mod tests {
         let node = NodeId([7; 16]);
         let mut s = ServerSession::new(1, Some(node), Instant::now());
         assert_eq!(s.hello_intent(&hello(Intent::Session)), Some(Intent::Session));
-        assert_eq!(s.hello_intent(&hello(Intent::Enroll)), Some(Intent::Enroll));
+        // An enrollment hello on a connection with a certificate is refused as such, at no
+        // cost: it is not a hello to gate.
+        assert_eq!(s.hello_intent(&hello(Intent::Enroll)), None);
+        let anonymous = ServerSession::new(2, None, Instant::now());
+        assert_eq!(anonymous.hello_intent(&hello(Intent::Enroll)), Some(Intent::Enroll));
+        assert_eq!(anonymous.hello_intent(&hello(Intent::Session)), None);
         // Not a hello, or not a frame at all: the session refuses it as usual.
         let status = encode(&NodeMsg::Status(edge_proto::Status {
             cpu_percent: 1.0,

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orchestrator::app::Orchestrator;
-use orchestrator_core::admission::AdmissionPolicy;
+use orchestrator_core::pacing::PacingPolicy;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,10 +35,10 @@ enum Command {
         rotate_admin_token: bool,
         /// Sessions admitted per second when many nodes reconnect at once; the rest are told
         /// when to come back. 0 admits every hello at once.
-        #[arg(long, default_value_t = AdmissionPolicy::default().sessions_per_sec)]
+        #[arg(long, default_value_t = PacingPolicy::default().sessions_per_sec)]
         admit_per_sec: u32,
         /// Sessions admitted at once after a quiet spell, before the rate applies.
-        #[arg(long, default_value_t = AdmissionPolicy::default().burst)]
+        #[arg(long, default_value_t = PacingPolicy::default().burst)]
         admit_burst: u32,
     },
     /// Start an orchestrator and three local nodes, and show what to try.
@@ -112,12 +112,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            let admission = AdmissionPolicy {
+            let pacing = PacingPolicy {
                 sessions_per_sec: admit_per_sec,
                 burst: admit_burst,
-                ..AdmissionPolicy::default()
+                ..PacingPolicy::default()
             };
-            let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen, admission)
+            let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen, pacing)
                 .await
                 .context("starting the orchestrator")?;
             // One write, its failure ignored: `eprintln!` writes piece by piece and panics

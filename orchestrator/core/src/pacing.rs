@@ -1,4 +1,4 @@
-//! Admission pacing: how many nodes may say hello at once, and when the rest come back.
+//! Hello pacing: how many nodes may say hello at once, and when the rest come back.
 //!
 //! When thousands of nodes reconnect together (the orchestrator restarted, a region's link
 //! healed), each hello that is let through costs an identity check, a registry write with an
@@ -37,7 +37,7 @@ const MICRO: u64 = 1_000_000;
 
 /// How fast the gate admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdmissionPolicy {
+pub struct PacingPolicy {
     /// Sessions admitted per second, sustained. `0` turns pacing off: every hello is
     /// admitted at once.
     pub sessions_per_sec: u32,
@@ -48,7 +48,7 @@ pub struct AdmissionPolicy {
     pub max_in_progress: u32,
 }
 
-impl Default for AdmissionPolicy {
+impl Default for PacingPolicy {
     /// 500 sessions a second with a burst of 1,000: a fleet of a thousand comes back at once,
     /// ten thousand within about twenty seconds.
     fn default() -> Self {
@@ -60,7 +60,7 @@ impl Default for AdmissionPolicy {
     }
 }
 
-impl AdmissionPolicy {
+impl PacingPolicy {
     /// No pacing: every hello is admitted at once.
     pub fn off() -> Self {
         Self {
@@ -73,7 +73,7 @@ impl AdmissionPolicy {
 /// What the gate says to one hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Go on; call [`Admission::done`] once when the hello is finished (session up, or
+    /// Go on; call [`Pacing::done`] once when the hello is finished (session up, or
     /// connection gone).
     Admit,
     /// Not now: answer with `OrchMsg::Busy` and this wait.
@@ -82,8 +82,8 @@ pub enum Verdict {
 
 /// The gate. See the module docs.
 #[derive(Debug, Clone)]
-pub struct Admission {
-    policy: AdmissionPolicy,
+pub struct Pacing {
+    policy: PacingPolicy,
     /// Session tokens, in millionths.
     tokens: u64,
     /// When the bucket was last refilled; `None` before the first hello.
@@ -93,10 +93,10 @@ pub struct Admission {
     last_slot: Option<Instant>,
 }
 
-impl Admission {
+impl Pacing {
     /// A gate with a full bucket.
-    pub fn new(policy: AdmissionPolicy) -> Self {
-        let policy = AdmissionPolicy {
+    pub fn new(policy: PacingPolicy) -> Self {
+        let policy = PacingPolicy {
             burst: policy.burst.max(1),
             max_in_progress: policy.max_in_progress.max(1),
             ..policy
@@ -110,7 +110,7 @@ impl Admission {
         }
     }
 
-    pub fn policy(&self) -> AdmissionPolicy {
+    pub fn policy(&self) -> PacingPolicy {
         self.policy
     }
 
@@ -188,8 +188,8 @@ impl Admission {
 mod tests {
     use super::*;
 
-    fn policy(per_sec: u32, burst: u32, max_in_progress: u32) -> AdmissionPolicy {
-        AdmissionPolicy {
+    fn policy(per_sec: u32, burst: u32, max_in_progress: u32) -> PacingPolicy {
+        PacingPolicy {
             sessions_per_sec: per_sec,
             burst,
             max_in_progress,
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn the_rate_is_honoured_over_a_simulated_minute() {
         let t0 = Instant::now();
-        let mut gate = Admission::new(policy(50, 100, 1_000));
+        let mut gate = Pacing::new(policy(50, 100, 1_000));
         let mut admitted = 0u64;
         for ms in 0..60_000u64 {
             let now = t0 + Duration::from_millis(ms);
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn a_normal_fleet_is_admitted_at_once_by_default() {
         let now = Instant::now();
-        let mut gate = Admission::new(AdmissionPolicy::default());
+        let mut gate = Pacing::new(PacingPolicy::default());
         for _ in 0..500 {
             assert_eq!(gate.admit(Intent::Session, now), Verdict::Admit);
         }
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn the_later_in_the_queue_the_later_the_hint() {
         let now = Instant::now();
-        let mut gate = Admission::new(policy(10, 5, 1_000));
+        let mut gate = Pacing::new(policy(10, 5, 1_000));
         for _ in 0..5 {
             assert_eq!(gate.admit(Intent::Session, now), Verdict::Admit);
         }
@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn nodes_that_come_back_at_their_hint_are_admitted() {
         let t0 = Instant::now();
-        let mut gate = Admission::new(policy(20, 20, 1_000));
+        let mut gate = Pacing::new(policy(20, 20, 1_000));
         let mut returns: Vec<Instant> = Vec::new();
         for _ in 0..200 {
             match gate.admit(Intent::Session, t0) {
@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn hints_never_pass_the_maximum_and_the_queue_stays_bounded() {
         let now = Instant::now();
-        let mut gate = Admission::new(policy(1, 1, 1_000));
+        let mut gate = Pacing::new(policy(1, 1, 1_000));
         assert_eq!(gate.admit(Intent::Session, now), Verdict::Admit);
         let mut last = Duration::ZERO;
         for _ in 0..1_000_000 {
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn hellos_in_progress_are_capped_and_enrollment_keeps_its_share() {
         let now = Instant::now();
-        let mut gate = Admission::new(policy(1_000, 1_000, 16));
+        let mut gate = Pacing::new(policy(1_000, 1_000, 16));
         // Sessions take 14 of 16 (an eighth, 2, is kept for enrollments).
         for _ in 0..14 {
             assert_eq!(gate.admit(Intent::Session, now), Verdict::Admit);
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn enrollment_is_not_starved_by_a_storm_of_sessions() {
         let t0 = Instant::now();
-        let mut gate = Admission::new(policy(10, 10, 100));
+        let mut gate = Pacing::new(policy(10, 10, 100));
         for ms in (0..10_000u64).step_by(10) {
             let now = t0 + Duration::from_millis(ms);
             for _ in 0..100 {
@@ -344,7 +344,7 @@ mod tests {
     fn hostile_policies_and_inputs() {
         let now = Instant::now();
         // A huge burst and rate: no overflow, everything admitted.
-        let mut gate = Admission::new(policy(u32::MAX, u32::MAX, u32::MAX));
+        let mut gate = Pacing::new(policy(u32::MAX, u32::MAX, u32::MAX));
         for i in 0..10_000u64 {
             assert_eq!(
                 gate.admit(Intent::Session, now + Duration::from_secs(i * 86_400 * 365)),
@@ -352,7 +352,7 @@ mod tests {
             );
         }
         // A zero burst or cap would admit nothing, ever: both count as one.
-        let mut gate = Admission::new(policy(1, 0, 0));
+        let mut gate = Pacing::new(policy(1, 0, 0));
         assert_eq!(gate.policy().burst, 1);
         assert_eq!(gate.policy().max_in_progress, 1);
         assert_eq!(gate.admit(Intent::Session, now), Verdict::Admit);
@@ -363,7 +363,7 @@ mod tests {
         }
         assert_eq!(gate.in_progress(), 0);
         // Time running backwards adds no tokens and does not panic.
-        let mut gate = Admission::new(policy(1, 1, 10));
+        let mut gate = Pacing::new(policy(1, 1, 10));
         let later = now + Duration::from_secs(10);
         assert_eq!(gate.admit(Intent::Session, later), Verdict::Admit);
         gate.done();
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn pacing_off_admits_everything() {
         let now = Instant::now();
-        let mut gate = Admission::new(AdmissionPolicy::off());
+        let mut gate = Pacing::new(PacingPolicy::off());
         for _ in 0..100_000 {
             assert_eq!(gate.admit(Intent::Session, now), Verdict::Admit);
         }
