@@ -137,13 +137,7 @@ impl Orchestrator {
         quic_socket: std::net::UdpSocket,
         api_listener: tokio::net::TcpListener,
     ) -> Result<Self, StartError> {
-        Self::start_with(
-            data_dir,
-            quic_socket,
-            api_listener,
-            PacingPolicy::default(),
-        )
-        .await
+        Self::start_with(data_dir, quic_socket, api_listener, PacingPolicy::default()).await
     }
 
     /// [`Orchestrator::start`], pacing hellos with `pacing`.

@@ -15,8 +15,8 @@ use crate::registry::Registry;
 use crate::reports::Reports;
 use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, server_transport, write_msg};
 use edge_proto::{ALPN, DecodeError, Intent, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
-use orchestrator_core::pacing::{Pacing, PacingPolicy, Verdict};
 use orchestrator_core::fleet::{Change, SessionId};
+use orchestrator_core::pacing::{Pacing, PacingPolicy, Verdict};
 use orchestrator_core::session::{Action, Ctx, Event, LIVENESS_WINDOW, Liveness, ServerSession};
 use orchestrator_core::store::StoreError;
 use rustls::pki_types::CertificateDer;
@@ -81,7 +81,11 @@ struct Permit(Arc<Gate>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.0.lock().unwrap_or_else(PoisonError::into_inner).done();
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .done();
     }
 }
 

@@ -221,11 +221,7 @@ impl RejectCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::Internal
-                | Self::Timeout
-                | Self::Malformed
-                | Self::IdentityConflict
-                | Self::Busy
+            Self::Internal | Self::Timeout | Self::Malformed | Self::IdentityConflict | Self::Busy
         )
     }
 

@@ -7,7 +7,7 @@
 
 use edge_tests::{PATIENCE, TestNode, eventually, node_config};
 use orchestrator::app::Orchestrator;
-use orchestrator_core::pacing::{PacingPolicy, MIN_RETRY_AFTER};
+use orchestrator_core::pacing::{MIN_RETRY_AFTER, PacingPolicy};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,8 @@ async fn relay(target: SocketAddr, dials: Arc<Dials>) -> SocketAddr {
     let known: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
     let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
     {
-        let (front, back, known, client) = (front.clone(), back.clone(), known.clone(), client.clone());
+        let (front, back, known, client) =
+            (front.clone(), back.clone(), known.clone(), client.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             while let Ok((n, from)) = front.recv_from(&mut buf).await {
@@ -190,7 +191,10 @@ async fn a_storm_is_paced_and_every_node_gets_online_without_coming_back_early()
             );
         }
     }
-    assert!(paced as f64 >= busy, "{paced} redials for {busy} Busy answers");
+    assert!(
+        paced as f64 >= busy,
+        "{paced} redials for {busy} Busy answers"
+    );
 
     for node in nodes {
         let _ = node.stop().await;

@@ -643,10 +643,10 @@ async fn storm(
         nodes: live,
         back,
         took,
-        orch_cpu_secs: cpu_start
-            .zip(cpu_end)
+        orch_cpu_secs: cpu_start.zip(cpu_end).map(|(s, e)| (e - s) as f64 / ticks),
+        sim_cpu_secs: self_start
+            .zip(self_end)
             .map(|(s, e)| (e - s) as f64 / ticks),
-        sim_cpu_secs: self_start.zip(self_end).map(|(s, e)| (e - s) as f64 / ticks),
         udp_drops: d("RcvbufErrors"),
         udp_in: d("InDatagrams"),
     }

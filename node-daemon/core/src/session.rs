@@ -801,7 +801,10 @@ mod tests {
             let mut s = paced(seed, t0, 4_000);
             let at = s.poll_timeout().expect("backing off");
             assert!(at >= t0 + hint, "seed {seed} came back early");
-            assert!(at <= t0 + hint + hint / 4, "seed {seed} waited past the jitter");
+            assert!(
+                at <= t0 + hint + hint / 4,
+                "seed {seed} waited past the jitter"
+            );
             // Not a moment sooner.
             s.handle_timeout(at - Duration::from_millis(1));
             assert!(drain(&mut s).is_empty());
@@ -815,7 +818,11 @@ mod tests {
         // Nodes told the same hint spread over the jitter instead of returning together.
         returns.sort();
         returns.dedup();
-        assert!(returns.len() > 190, "{} distinct return times", returns.len());
+        assert!(
+            returns.len() > 190,
+            "{} distinct return times",
+            returns.len()
+        );
     }
 
     #[test]
@@ -855,7 +862,12 @@ mod tests {
             t0,
         );
         drain(&mut s);
-        s.handle_msg(OrchMsg::Busy(edge_proto::Busy { retry_after_ms: 600_000 }), t0);
+        s.handle_msg(
+            OrchMsg::Busy(edge_proto::Busy {
+                retry_after_ms: 600_000,
+            }),
+            t0,
+        );
         assert_eq!(drain(&mut s), vec![Action::Disconnect]);
         // Retried on the ordinary backoff, not after the hint.
         let at = s.poll_timeout().expect("backing off");

@@ -32,10 +32,10 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod pacing;
 pub mod deploy;
 pub mod events;
 pub mod fleet;
+pub mod pacing;
 pub mod purge;
 pub mod routes;
 pub mod scheduler;

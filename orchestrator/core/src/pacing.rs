@@ -335,7 +335,11 @@ mod tests {
                     gate.done();
                 }
             }
-            assert_eq!(gate.admit(Intent::Enroll, now), Verdict::Admit, "at {ms} ms");
+            assert_eq!(
+                gate.admit(Intent::Enroll, now),
+                Verdict::Admit,
+                "at {ms} ms"
+            );
             gate.done();
         }
     }

@@ -651,12 +651,18 @@ mod tests {
     fn a_paced_hello_is_told_when_to_come_back_and_closed() {
         let node = NodeId([7; 16]);
         let mut s = ServerSession::new(1, Some(node), Instant::now());
-        assert_eq!(s.hello_intent(&hello(Intent::Session)), Some(Intent::Session));
+        assert_eq!(
+            s.hello_intent(&hello(Intent::Session)),
+            Some(Intent::Session)
+        );
         // An enrollment hello on a connection with a certificate is refused as such, at no
         // cost: it is not a hello to gate.
         assert_eq!(s.hello_intent(&hello(Intent::Enroll)), None);
         let anonymous = ServerSession::new(2, None, Instant::now());
-        assert_eq!(anonymous.hello_intent(&hello(Intent::Enroll)), Some(Intent::Enroll));
+        assert_eq!(
+            anonymous.hello_intent(&hello(Intent::Enroll)),
+            Some(Intent::Enroll)
+        );
         assert_eq!(anonymous.hello_intent(&hello(Intent::Session)), None);
         // Not a hello, or not a frame at all: the session refuses it as usual.
         let status = encode(&NodeMsg::Status(edge_proto::Status {
