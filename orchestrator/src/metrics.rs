@@ -213,6 +213,7 @@ pub struct Metrics {
     pub enrollment_failures: Family<ReasonLabel, Counter>,
     pub handshake_failures: Family<ReasonLabel, Counter>,
     pub identity_conflicts: Counter,
+    pub handshakes_refused: Counter,
     pub api_requests: Family<Code, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
@@ -261,6 +262,11 @@ impl Metrics {
             "edge_identity_conflicts",
             "Sessions refused because the node's identity is live on another machine",
             m.identity_conflicts.clone(),
+        );
+        r.register(
+            "edge_handshakes_refused",
+            "New connections refused before their handshake: too many handshakes in progress",
+            m.handshakes_refused.clone(),
         );
         r.register(
             "edge_api_requests",
@@ -491,6 +497,13 @@ impl Metrics {
                 debug!(node = ?node, ?intent, retry_after_ms, "hello paced: busy");
             }
         }
+    }
+
+    /// A new connection refused before its handshake (too many in progress). A storm
+    /// refuses thousands: counted, and logged only at debug.
+    pub fn handshake_refused(&self) {
+        self.handshakes_refused.inc();
+        debug!("connection refused: too many handshakes in progress");
     }
 
     /// A connection that never got as far as a session: bad certificate, wrong CA, timeout.

@@ -62,6 +62,12 @@ impl Gate {
         Self(Mutex::new(Pacing::new(policy)))
     }
 
+    /// A place for one more handshake in progress, if the gate has one.
+    fn handshake(self: &Arc<Self>) -> Option<HandshakePermit> {
+        let mut gate = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        gate.handshake().then(|| HandshakePermit(self.clone()))
+    }
+
     /// A place for a hello with `intent`, or how long the node must wait for one.
     fn admit(self: &Arc<Self>, intent: Intent) -> Result<Permit, Duration> {
         // The gate's state is a few numbers that every call leaves whole: a panic elsewhere
@@ -86,6 +92,20 @@ impl Drop for Permit {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .done();
+    }
+}
+
+/// One handshake's place in the gate, given back when dropped.
+#[derive(Debug)]
+struct HandshakePermit(Arc<Gate>);
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handshake_done();
     }
 }
 
@@ -160,10 +180,18 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
     while let Some(incoming) = endpoint.accept().await {
+        // Past the cap, refused before any cryptography: the node backs off and retries.
+        let Some(permit) = server.pacing.handshake() else {
+            server.metrics.handshake_refused();
+            incoming.refuse();
+            continue;
+        };
         let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            drop(permit);
+            match handshake {
                 Ok(Ok(conn)) => run_connection(conn, server).await,
                 Ok(Err(e)) => {
                     let (reason, detail) = handshake_failure(&e);

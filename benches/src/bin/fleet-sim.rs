@@ -85,6 +85,8 @@ struct Returned {
     failed: u32,
     /// Dials made before the hint of the Busy before them ran out: 0 by construction.
     early: u32,
+    /// Why the other attempts failed, as the error's first line says, cut to 60 characters.
+    why: Vec<String>,
 }
 
 /// A uniformly random `u64` from a seed: a simulated node draws its jitter from its index and
@@ -122,6 +124,7 @@ async fn come_back(
         busy: 0,
         failed: 0,
         early: 0,
+        why: Vec::new(),
     };
     let seed = (i as u64) << 20;
     let mut attempt = 0u64;
@@ -153,6 +156,7 @@ async fn come_back(
                 }
                 None => {
                     back.failed += 1;
+                    back.why.push(format!("{e}").chars().take(60).collect());
                     failures += 1;
                     let ceiling = BACKOFF_BASE
                         .saturating_mul(1 << failures.min(7))
@@ -677,15 +681,24 @@ impl Storm {
             stats::ms(pct(100.0))
         );
         println!(
-            "Busy answers {busy} ({paced} nodes paced, at most {most_busy} for one node); other              failed attempts {failed}; dials before the hint ran out {early}"
+            "Busy answers {busy} ({paced} nodes paced, at most {most_busy} for one node); other failed attempts {failed}; dials before the hint ran out {early}"
         );
+        let mut why = std::collections::BTreeMap::<&str, usize>::new();
+        for w in self.back.iter().flat_map(|r| &r.why) {
+            *why.entry(w.as_str()).or_default() += 1;
+        }
+        let mut why: Vec<_> = why.into_iter().collect();
+        why.sort_by(|a, b| b.1.cmp(&a.1));
+        for (w, n) in why.iter().take(4) {
+            println!("  {n} x {w}");
+        }
         println!(
             "UDP datagrams dropped for a full receive buffer: {} of {} received",
             self.udp_drops, self.udp_in
         );
         if let Some(secs) = self.orch_cpu_secs {
             println!(
-                "orchestrator CPU from the drop until the fleet was back  {secs:.2} s                  ({:.2} ms per node)",
+                "orchestrator CPU from the drop until the fleet was back  {secs:.2} s ({:.2} ms per node)",
                 secs * 1e3 / self.nodes.max(1) as f64
             );
             println!("metric storm.orch_cpu_secs {secs:.2}");

@@ -10,7 +10,12 @@
 //! after the previous one's, so the later a node is in the queue, the later it comes back,
 //! and the fleet returns at the rate the gate admits instead of all at the same instant.
 //!
-//! Only hellos pass the gate. A session that is up is never asked again: its status reports,
+//! Before any of that, a connection's QUIC handshake costs milliseconds of CPU, and a storm's
+//! handshakes are what a small orchestrator runs out of first: the gate also caps handshakes
+//! in progress, and a connection past the cap is refused before any cryptography is done for
+//! it (the node retries on its own backoff; a refused handshake cannot carry a hint).
+//!
+//! Only handshakes and hellos pass the gate. A session that is up is never asked again: its status reports,
 //! keep-alives and liveness probes flow whatever the storm. Enrollments do not spend the
 //! sessions' tokens (a new node is rare and an operator is waiting for it) and have a share
 //! of the in-progress cap that sessions cannot take, so a storm of reconnecting nodes cannot
@@ -46,6 +51,11 @@ pub struct PacingPolicy {
     /// Hellos admitted and not yet done, of both intents (at least 1). Sessions may take all
     /// but an eighth of it; that eighth is kept for enrollments.
     pub max_in_progress: u32,
+    /// QUIC handshakes in progress (at least 1). Past it a new connection is refused before
+    /// any cryptography is done for it, and the node retries on its own backoff: a TLS
+    /// handshake costs the orchestrator milliseconds of CPU, so a storm's handshakes, not
+    /// its hellos, are what a small orchestrator runs out of first.
+    pub max_handshakes: u32,
 }
 
 impl Default for PacingPolicy {
@@ -56,12 +66,13 @@ impl Default for PacingPolicy {
             sessions_per_sec: 500,
             burst: 1_000,
             max_in_progress: 1_000,
+            max_handshakes: 256,
         }
     }
 }
 
 impl PacingPolicy {
-    /// No pacing: every hello is admitted at once.
+    /// No pacing: every handshake and every hello is admitted at once.
     pub fn off() -> Self {
         Self {
             sessions_per_sec: 0,
@@ -89,6 +100,7 @@ pub struct Pacing {
     /// When the bucket was last refilled; `None` before the first hello.
     refilled_at: Option<Instant>,
     in_progress: u32,
+    handshakes: u32,
     /// The slot the last turned-away node was given; the next one gets the slot after.
     last_slot: Option<Instant>,
 }
@@ -99,6 +111,7 @@ impl Pacing {
         let policy = PacingPolicy {
             burst: policy.burst.max(1),
             max_in_progress: policy.max_in_progress.max(1),
+            max_handshakes: policy.max_handshakes.max(1),
             ..policy
         };
         Self {
@@ -106,6 +119,7 @@ impl Pacing {
             tokens: u64::from(policy.burst) * MICRO,
             refilled_at: None,
             in_progress: 0,
+            handshakes: 0,
             last_slot: None,
         }
     }
@@ -146,6 +160,26 @@ impl Pacing {
     /// A hello that was admitted is finished: its session is up, or its connection ended.
     pub fn done(&mut self) {
         self.in_progress = self.in_progress.saturating_sub(1);
+    }
+
+    /// Whether a new connection may start its handshake now; if so, call
+    /// [`Pacing::handshake_done`] once when the handshake has ended, however it ended.
+    pub fn handshake(&mut self) -> bool {
+        if self.policy.sessions_per_sec != 0 && self.handshakes >= self.policy.max_handshakes {
+            return false;
+        }
+        self.handshakes = self.handshakes.saturating_add(1);
+        true
+    }
+
+    /// A handshake [`Pacing::handshake`] let start has ended.
+    pub fn handshake_done(&mut self) {
+        self.handshakes = self.handshakes.saturating_sub(1);
+    }
+
+    /// Handshakes in progress.
+    pub fn handshakes(&self) -> u32 {
+        self.handshakes
     }
 
     fn refill(&mut self, now: Instant) {
@@ -193,7 +227,33 @@ mod tests {
             sessions_per_sec: per_sec,
             burst,
             max_in_progress,
+            max_handshakes: 4,
         }
+    }
+
+    #[test]
+    fn handshakes_in_progress_are_capped() {
+        let mut gate = Pacing::new(policy(10, 10, 10));
+        for _ in 0..4 {
+            assert!(gate.handshake());
+        }
+        assert!(!gate.handshake(), "a fifth is refused");
+        gate.handshake_done();
+        assert!(gate.handshake(), "an ended one frees its place");
+        for _ in 0..10 {
+            gate.handshake_done();
+        }
+        assert_eq!(gate.handshakes(), 0, "more ends than starts do not wrap");
+        // A zero cap would refuse every connection: it counts as one.
+        let mut gate = Pacing::new(PacingPolicy {
+            max_handshakes: 0,
+            ..policy(10, 10, 10)
+        });
+        assert!(gate.handshake());
+        assert!(!gate.handshake());
+        // Pacing off: no cap.
+        let mut gate = Pacing::new(PacingPolicy::off());
+        assert!((0..10_000).all(|_| gate.handshake()));
     }
 
     fn busy(v: Verdict) -> Option<Duration> {

@@ -34,7 +34,7 @@ enum Command {
         #[arg(long)]
         rotate_admin_token: bool,
         /// Sessions admitted per second when many nodes reconnect at once; the rest are told
-        /// when to come back. 0 admits every hello at once.
+        /// when to come back. 0 turns pacing off: every handshake and hello is taken at once.
         #[arg(long, default_value_t = PacingPolicy::default().sessions_per_sec)]
         admit_per_sec: u32,
         /// Sessions admitted at once after a quiet spell, before the rate applies.
