@@ -688,7 +688,7 @@ impl Storm {
             *why.entry(w.as_str()).or_default() += 1;
         }
         let mut why: Vec<_> = why.into_iter().collect();
-        why.sort_by(|a, b| b.1.cmp(&a.1));
+        why.sort_by_key(|w| std::cmp::Reverse(w.1));
         for (w, n) in why.iter().take(4) {
             println!("  {n} x {w}");
         }
