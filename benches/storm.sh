@@ -38,7 +38,10 @@ serve() { # serve DIR ADMIT_PER_SEC: sets ORCH_PID QUIC API ADMIN
   done
   [ -n "$line" ] || { log "orchestrator did not start"; cat "$dir/orchestrator.log" >&2; exit 1; }
   QUIC="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\1/p' <<<"$line")"
+  # shellcheck disable=SC2034
   API="$(sed -n 's/.*nodes dial \([^,]*\), operators use \(http:[^ ]*\).*/\2/p' <<<"$line")"
+  # API and ADMIN are read by create_token (lib.sh).
+  # shellcheck disable=SC2034
   ADMIN="$(cat "$dir/data/admin.token")"
 }
 

@@ -4,13 +4,17 @@
 //!
 //! Real QUIC and real node daemons; each node dials through a small relay of this test's own
 //! that notes when the node opens a new QUIC connection (the first Initial packet of it).
+//! Past the cap on handshakes in progress, a connection is refused before its handshake.
 
 use edge_tests::{PATIENCE, TestNode, eventually, node_config};
 use orchestrator::app::Orchestrator;
 use orchestrator_core::pacing::{MIN_RETRY_AFTER, PacingPolicy};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 use tokio::net::UdpSocket;
 
@@ -199,5 +203,143 @@ async fn a_storm_is_paced_and_every_node_gets_online_without_coming_back_early()
     for node in nodes {
         let _ = node.stop().await;
     }
+    orch.shutdown().await;
+}
+
+/// A client TLS that blocks in the server's certificate until its gate's sender is dropped,
+/// then refuses it: a handshake that stalls halfway and then fails.
+#[derive(Debug)]
+struct Stall(Mutex<mpsc::Receiver<()>>);
+
+impl ServerCertVerifier for Stall {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Blocks the client's own runtime, which has nothing else to do.
+        let _ = self.0.lock().map(|gate| gate.recv());
+        Err(rustls::Error::General("stalled".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("stalled".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("stalled".into()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn stalling_client(gate: mpsc::Receiver<()>) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Stall(Mutex::new(gate))))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![edge_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
+/// One handshake in progress at most: while a stalled one holds the place, a node's
+/// connection is refused before its handshake and counted; once the stalled one ends, the
+/// node, retrying on its backoff, gets online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_handshake_cap_are_refused_until_a_place_is_free() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tmp");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind QUIC");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind API");
+    let policy = PacingPolicy {
+        max_handshakes: 1,
+        ..PacingPolicy::default()
+    };
+    let orch = Orchestrator::start_with(dir.path(), udp, tcp, policy)
+        .await
+        .expect("orchestrator starts");
+    let addr = orch.quic_addr;
+
+    let (release, gate) = mpsc::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    // The stalled verifier blocks its runtime: the client gets one of its own.
+    let stalled = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let endpoint =
+                quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+            let connecting = endpoint
+                .connect_with(
+                    stalling_client(gate),
+                    addr,
+                    edge_proto::ORCHESTRATOR_SERVER_NAME,
+                )
+                .expect("connect");
+            let _ = started_tx.send(());
+            connecting.await.is_err()
+        })
+    });
+    started.await.expect("the stalled client dialed");
+
+    let (token, _) = orch
+        .registry
+        .create_token(3600, 1, "cap".into())
+        .expect("token");
+    let node_dir = tempfile::tempdir().expect("tmp");
+    let ca = orch.registry.ca().hash();
+    let node = TestNode::spawn(node_config(
+        "capped",
+        node_dir.path(),
+        addr,
+        Some((&token, &ca)),
+        "",
+    ));
+    let refused = || metric(&orch.metrics.encode(), "edge_handshakes_refused_total");
+    assert!(
+        eventually(PATIENCE, || refused() >= 1.0).await.is_some(),
+        "the node's connection is refused while the stalled handshake holds the place"
+    );
+    let online = || {
+        let fleet = orch.registry.fleet();
+        fleet.find("capped").is_some_and(|n| fleet.is_online(n.id))
+    };
+    assert!(!online(), "refused, so not online yet");
+
+    drop(release);
+    let failed = tokio::task::spawn_blocking(move || stalled.join().expect("client thread"))
+        .await
+        .expect("join");
+    assert!(failed, "the stalled handshake never became a connection");
+    assert!(
+        eventually(PATIENCE * 2, online).await.is_some(),
+        "the node gets online once the place is free"
+    );
+    let _ = node.stop().await;
     orch.shutdown().await;
 }
