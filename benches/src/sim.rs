@@ -142,6 +142,7 @@ pub async fn open_session(
     write_msg(&mut send, &fixtures::hello(Intent::Session, Some(node_id))).await?;
     match read_answer(&mut recv).await? {
         OrchMsg::Welcome(w) if w.node_id == node_id => {}
+        OrchMsg::Busy(b) => return Err(Busy(b.retry_after_ms).into()),
         OrchMsg::Reject(r) => bail!("session rejected ({}): {}", r.code, r.message),
         other => bail!("unexpected answer to hello: {other:?}"),
     }
@@ -149,6 +150,19 @@ pub async fn open_session(
     write_msg(&mut send, &NodeMsg::Status(fixtures::status(0))).await?;
     Ok(Session { conn, send, recv })
 }
+
+/// The orchestrator answered a hello with `OrchMsg::Busy`: come back after this many
+/// milliseconds. An error of [`open_session`], found with `downcast_ref`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy(pub u32);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "orchestrator busy: retry after {} ms", self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
 
 /// Retries a step a few times, as a node would after a transient failure.
 pub async fn with_retries<T, F: std::future::Future<Output = anyhow::Result<T>>>(
@@ -173,6 +187,10 @@ pub async fn with_retries<T, F: std::future::Future<Output = anyhow::Result<T>>>
 pub struct Joined {
     pub endpoint: quinn::Endpoint,
     pub session: Session,
+    /// The identity enrollment issued: what the node dials its sessions with.
+    pub node_id: NodeId,
+    pub cert: Vec<u8>,
+    pub ca: Vec<u8>,
     /// From the first enrollment dial to `Enrolled`, retries included.
     pub enroll: Duration,
     /// From the first session dial to the first status sent, retries included.
@@ -206,6 +224,9 @@ pub async fn join(
     Ok(Joined {
         endpoint,
         session,
+        node_id,
+        cert,
+        ca,
         enroll,
         session_open: t1.elapsed(),
     })

@@ -384,6 +384,8 @@ pub async fn run_with(
                 Event::Msg(n, msg) if n == attempt => {
                     let reject = match &msg {
                         OrchMsg::Reject(r) => Some((r.code, r.message.clone())),
+                        // Paced: logged with the wait the session chose from the hint.
+                        OrchMsg::Busy(_) => Some((RejectCode::Busy, text("busy"))),
                         _ => None,
                     };
                     if let OrchMsg::Welcome(welcome) = &msg {

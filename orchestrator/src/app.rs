@@ -14,9 +14,10 @@ use crate::links::{NodeLinks, close_code};
 use crate::metrics::Metrics;
 use crate::registry::{self, Registry};
 use crate::reports::Reports;
-use crate::server::{self, EndpointError, Server, serve};
+use crate::server::{self, EndpointError, Gate, Server, serve};
 use crate::store::SledStore;
 use edge_proto::NodeId;
+use orchestrator_core::pacing::PacingPolicy;
 use orchestrator_core::store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,7 @@ impl Handles {
             reports: self.reports.clone(),
             metrics: self.metrics.clone(),
             artifacts,
+            pacing: Arc::new(Gate::new(PacingPolicy::default())),
         }
     }
 
@@ -146,11 +148,21 @@ impl std::fmt::Debug for Orchestrator {
 
 impl Orchestrator {
     /// Opens the state in `data_dir` (creating the CA on first start) and serves on the given
-    /// sockets.
+    /// sockets, with the default hello pacing.
     pub async fn start(
         data_dir: &Path,
         quic_socket: std::net::UdpSocket,
         api_listener: tokio::net::TcpListener,
+    ) -> Result<Self, StartError> {
+        Self::start_with(data_dir, quic_socket, api_listener, PacingPolicy::default()).await
+    }
+
+    /// [`Orchestrator::start`], pacing hellos with `pacing`.
+    pub async fn start_with(
+        data_dir: &Path,
+        quic_socket: std::net::UdpSocket,
+        api_listener: tokio::net::TcpListener,
+        pacing: PacingPolicy,
     ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(data_dir).map_err(StartError::Io)?;
@@ -165,7 +177,10 @@ impl Orchestrator {
         let api_addr = api_listener.local_addr().map_err(StartError::Io)?;
         let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Io)?);
         let api_state = handles.api(auth.clone(), Some(artifacts.clone()));
-        let server = Arc::new(handles.server(Some(artifacts.clone())));
+        let server = Arc::new(Server {
+            pacing: Arc::new(Gate::new(pacing)),
+            ..handles.server(Some(artifacts.clone()))
+        });
         let tasks = vec![
             tokio::spawn(serve(endpoint.clone(), server)),
             tokio::spawn(api::serve(api_listener, api_state)),
@@ -198,18 +213,19 @@ impl Orchestrator {
         })
     }
 
-    /// Binds the given addresses and starts.
+    /// Binds the given addresses and starts, pacing hellos with `pacing`.
     pub async fn bind(
         data_dir: &Path,
         quic_listen: SocketAddr,
         api_listen: SocketAddr,
+        pacing: PacingPolicy,
     ) -> Result<Self, StartError> {
         let udp = std::net::UdpSocket::bind(quic_listen)
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
         let tcp = tokio::net::TcpListener::bind(api_listen)
             .await
             .map_err(StartError::Io)?;
-        Self::start(data_dir, udp, tcp).await
+        Self::start_with(data_dir, udp, tcp, pacing).await
     }
 
     /// Forgets a node and closes its session; its instances go elsewhere. `Ok(false)` if

@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Why a session, an enrollment or a handshake failed: always one of a fixed set.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,6 +239,7 @@ pub struct Metrics {
     pub enrollment_failures: Family<ReasonLabel, Counter>,
     pub handshake_failures: Family<ReasonLabel, Counter>,
     pub identity_conflicts: Counter,
+    pub handshakes_refused: Counter,
     pub api_requests: Family<Code, Counter>,
     pub workload_deploys: Counter,
     pub admission_refusals: Counter,
@@ -289,6 +290,11 @@ impl Metrics {
             "edge_identity_conflicts",
             "Sessions refused because the node's identity is live on another machine",
             m.identity_conflicts.clone(),
+        );
+        r.register(
+            "edge_handshakes_refused",
+            "New connections refused before their handshake: too many handshakes in progress",
+            m.handshakes_refused.clone(),
         );
         r.register(
             "edge_api_requests",
@@ -550,7 +556,31 @@ impl Metrics {
             Event::SessionReplaced { node, old } => {
                 info!(node = %node, old = ?old, "node reconnected; its old connection was dead");
             }
+            // A storm paces thousands of these: counted, and logged only at debug.
+            Event::Paced {
+                intent,
+                node,
+                retry_after,
+            } => {
+                let reason = ReasonLabel {
+                    reason: edge_proto::RejectCode::Busy.as_str(),
+                };
+                let refused = match intent {
+                    edge_proto::Intent::Session => &self.session_rejections,
+                    edge_proto::Intent::Enroll => &self.enrollment_failures,
+                };
+                refused.get_or_create(&reason).inc();
+                let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+                debug!(node = ?node, ?intent, retry_after_ms, "hello paced: busy");
+            }
         }
+    }
+
+    /// A new connection refused before its handshake (too many in progress). A storm
+    /// refuses thousands: counted, and logged only at debug.
+    pub fn handshake_refused(&self) {
+        self.handshakes_refused.inc();
+        debug!("connection refused: too many handshakes in progress");
     }
 
     /// A connection that never got as far as a session: bad certificate, wrong CA, timeout.

@@ -14,13 +14,14 @@ use crate::pki::{Ca, PkiError, node_id_from_cert};
 use crate::registry::Registry;
 use crate::reports::Reports;
 use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, server_transport, write_msg};
-use edge_proto::{ALPN, DecodeError, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
+use edge_proto::{ALPN, DecodeError, Intent, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
 use orchestrator_core::fleet::{Change, SessionId};
+use orchestrator_core::pacing::{Pacing, PacingPolicy, Verdict};
 use orchestrator_core::session::{Action, Ctx, Event, LIVENESS_WINDOW, Liveness, ServerSession};
 use orchestrator_core::store::StoreError;
 use rustls::pki_types::CertificateDer;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -48,6 +49,64 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// Where nodes fetch artifacts from; `None` answers every fetch with `NotFound`.
     pub artifacts: Option<Arc<ArtifactStore>>,
+    /// Paces hellos when many nodes reconnect at once.
+    pub pacing: Arc<Gate>,
+}
+
+/// The hello gate ([`orchestrator_core::pacing`]) shared by the connection tasks.
+#[derive(Debug)]
+pub struct Gate(Mutex<Pacing>);
+
+impl Gate {
+    pub fn new(policy: PacingPolicy) -> Self {
+        Self(Mutex::new(Pacing::new(policy)))
+    }
+
+    /// A place for one more handshake in progress, if the gate has one.
+    fn handshake(self: &Arc<Self>) -> Option<HandshakePermit> {
+        let mut gate = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        gate.handshake().then(|| HandshakePermit(self.clone()))
+    }
+
+    /// A place for a hello with `intent`, or how long the node must wait for one.
+    fn admit(self: &Arc<Self>, intent: Intent) -> Result<Permit, Duration> {
+        // The gate's state is a few numbers that every call leaves whole: a panic elsewhere
+        // while the lock was held cannot have broken it.
+        let mut gate = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match gate.admit(intent, Instant::now()) {
+            Verdict::Admit => Ok(Permit(self.clone())),
+            Verdict::Busy { retry_after } => Err(retry_after),
+        }
+    }
+}
+
+/// One admitted hello's place in the gate, given back when dropped: when its session is up,
+/// or when its connection ends, whichever comes first.
+#[derive(Debug)]
+struct Permit(Arc<Gate>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .done();
+    }
+}
+
+/// One handshake's place in the gate, given back when dropped.
+#[derive(Debug)]
+struct HandshakePermit(Arc<Gate>);
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handshake_done();
+    }
 }
 
 /// A QUIC server configuration: our certificate chain, client certificates optional
@@ -121,10 +180,18 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
     while let Some(incoming) = endpoint.accept().await {
+        // Past the cap, refused before any cryptography: the node backs off and retries.
+        let Some(permit) = server.pacing.handshake() else {
+            server.metrics.handshake_refused();
+            incoming.refuse();
+            continue;
+        };
         let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            drop(permit);
+            match handshake {
                 Ok(Ok(conn)) => run_connection(conn, server).await,
                 Ok(Err(e)) => {
                     let (reason, detail) = handshake_failure(&e);
@@ -203,12 +270,16 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     let mut outbox_tx = Some(outbox_tx);
     // In `edge_sessions_active` from the session's start to this task's end.
     let mut active = None;
+    // The hello gate's place for this connection's hello, from the hello until the
+    // session is up and its assignments are queued again.
+    let mut admitted: Option<Permit> = None;
     loop {
         if let (Some(node), Some(tx)) = (session.node(), outbox_tx.as_ref()) {
             server.links.set_outbox(node, id, tx.clone());
             outbox_tx = None;
             active = Some(server.metrics.session_active());
             node_up(&server, node);
+            admitted = None;
         }
         let deadline = session.poll_timeout();
         // Every branch here is cancel-safe: whichever loses is dropped without losing data.
@@ -241,7 +312,18 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             frame = next_frame(&mut inbound), if inbound.is_some() => match frame {
                 Some(Ok(body)) => {
                     server.metrics.frame("rx");
-                    with_ctx(&server, |ctx| session.handle_frame(&body, ctx));
+                    // A hello passes the gate before it costs a registry read or write.
+                    let gated = session
+                        .hello_intent(&body)
+                        .map(|intent| (intent, server.pacing.admit(intent)));
+                    match gated {
+                        Some((intent, Err(retry_after))) => session.refuse_busy(intent, retry_after),
+                        Some((_, Ok(permit))) => {
+                            admitted = Some(permit);
+                            with_ctx(&server, |ctx| session.handle_frame(&body, ctx));
+                        }
+                        None => with_ctx(&server, |ctx| session.handle_frame(&body, ctx)),
+                    }
                 }
                 // The node finished the stream between frames.
                 None => break,
@@ -277,6 +359,7 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
         }
     }
     drop(active);
+    drop(admitted);
     server.links.remove_connection(id);
     if let Some(node) = peer {
         server.links.clear_outbox(node, id);

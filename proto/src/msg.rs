@@ -211,6 +211,9 @@ pub enum RejectCode {
     /// (a copied SD card or data dir). Retrying can succeed once the other one is gone, so
     /// the node retries, but only minutes later; the clone must be enrolled again.
     IdentityConflict,
+    /// Too many nodes are saying hello at once: come back later. The orchestrator sends
+    /// [`OrchMsg::Busy`] with how much later before it closes with this code.
+    Busy,
 }
 
 impl RejectCode {
@@ -218,12 +221,12 @@ impl RejectCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::Internal | Self::Timeout | Self::Malformed | Self::IdentityConflict
+            Self::Internal | Self::Timeout | Self::Malformed | Self::IdentityConflict | Self::Busy
         )
     }
 
     /// Every code, in wire order.
-    pub const ALL: [RejectCode; 13] = [
+    pub const ALL: [RejectCode; 14] = [
         Self::UnsupportedVersion,
         Self::BadToken,
         Self::TokenExpired,
@@ -237,6 +240,7 @@ impl RejectCode {
         Self::Internal,
         Self::Timeout,
         Self::IdentityConflict,
+        Self::Busy,
     ];
 
     /// The QUIC application close code that carries this reject: its position plus one, since
@@ -267,6 +271,7 @@ impl RejectCode {
             Self::Internal => "internal",
             Self::Timeout => "timeout",
             Self::IdentityConflict => "identity_conflict",
+            Self::Busy => "busy",
         }
     }
 }
@@ -300,6 +305,18 @@ pub enum OrchMsg {
     /// The orchestrator stored these events: the node may forget them. Boxed to keep the
     /// enum small.
     EventsStored(Box<crate::EventsStored>),
+    /// The answer to a hello the orchestrator cannot take now (too many nodes are reconnecting
+    /// at once): dial again no sooner than `retry_after_ms`. The connection then closes with
+    /// [`RejectCode::Busy`]'s close code.
+    Busy(Busy),
+}
+
+/// When a node refused with [`OrchMsg::Busy`] may come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Busy {
+    /// Milliseconds from receipt before the node dials again. The orchestrator spreads these
+    /// over the nodes it turns away, so they do not all return at the same instant.
+    pub retry_after_ms: u32,
 }
 
 /// A device that can speed up or feed a workload.

@@ -1385,6 +1385,36 @@ fn golden_bytes_of_operator_events() {
     );
 }
 
+/// The answer to a hello the orchestrator cannot take now, and the code it closes with.
+#[test]
+fn golden_bytes_of_busy() {
+    assert_eq!(
+        hex(&encode(&OrchMsg::Busy(Busy {
+            retry_after_ms: 1_500
+        }))),
+        "0000000308dc0b",
+    );
+    assert_eq!(
+        hex(&encode(&OrchMsg::Busy(Busy {
+            retry_after_ms: u32::MAX
+        }))),
+        "0000000608ffffffff0f",
+    );
+    assert_eq!(hex(&encode(&RejectCode::Busy)), "000000010d");
+    assert_eq!(RejectCode::Busy.close_code(), 14);
+    assert!(RejectCode::Busy.retryable());
+}
+
+#[test]
+fn a_busy_longer_than_a_u32_is_refused() {
+    // A varint of five bytes whose value is past u32::MAX.
+    assert!(decode::<OrchMsg>(&[0x08, 0xff, 0xff, 0xff, 0xff, 0x1f]).is_err());
+    // Cut short.
+    assert!(decode::<OrchMsg>(&[0x08, 0xdc]).is_err());
+    // Trailing bytes after a whole message.
+    assert!(decode::<OrchMsg>(&[0x08, 0x01, 0x00]).is_err());
+}
+
 #[test]
 fn the_largest_event_batch_fits_one_frame_and_round_trips() {
     let mut event = instance_event(u64::MAX);

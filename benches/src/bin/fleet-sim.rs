@@ -11,6 +11,13 @@
 //! It reports what the orchestrator process (`--orchestrator-pid`) pays for the fleet: resident
 //! memory before and after, per connected node, and CPU while holding. A benchmark: it prints
 //! figures and never fails on one.
+//!
+//! With `--storm`, after the hold every node drops its session at the same instant and dials
+//! again as the node daemon does: its first backoff draw (uniform in 0-250 ms) first; after an
+//! `OrchMsg::Busy` the hint plus up to a quarter of it; after any other failure the node's
+//! backoff (250 ms doubling to 30 s, full jitter). It reports each node's time from the drop
+//! to its `Welcome`, the Busy answers, and the orchestrator's CPU seconds until the whole fleet
+//! was back. Run it against `serve --admit-per-sec 0` and the default to see what pacing does.
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -59,6 +66,107 @@ struct Args {
     /// Node names are PREFIX-0, PREFIX-1, ...; unique per run by default.
     #[arg(long)]
     name_prefix: Option<String>,
+    /// After the hold, drop every session at once and reconnect the whole fleet.
+    #[arg(long)]
+    storm: bool,
+    /// How long the fleet may take to come back after the storm's drop.
+    #[arg(long, default_value_t = 300)]
+    storm_timeout_secs: u64,
+}
+
+/// What one node's way back after the storm's drop took.
+#[derive(Debug)]
+struct Returned {
+    /// From the drop to the `Welcome`; `None` if it did not get back within the timeout.
+    took: Option<Duration>,
+    /// `OrchMsg::Busy` answers on the way.
+    busy: u32,
+    /// Other failed attempts (timeouts, refusals, lost handshakes).
+    failed: u32,
+    /// Dials made before the hint of the Busy before them ran out: 0 by construction.
+    early: u32,
+    /// Why the other attempts failed, as the error's first line says, cut to 60 characters.
+    why: Vec<String>,
+}
+
+/// A uniformly random `u64` from a seed: a simulated node draws its jitter from its index and
+/// attempt, so a run is reproducible.
+fn draw(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Uniform in `0 ..= max`, from `draw`.
+fn jitter(max: Duration, draw: u64) -> Duration {
+    let span = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    let scaled = (u128::from(draw) * (u128::from(span) + 1)) >> 64;
+    Duration::from_nanos(u64::try_from(scaled).unwrap_or(span))
+}
+
+/// The node's reconnect backoff: 250 ms doubling to 30 s.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Node `i`'s way back after the drop at `dropped`, as the node daemon's session goes.
+async fn come_back(
+    i: usize,
+    endpoint: &quinn::Endpoint,
+    kit: &sim::Kit,
+    identity: &(edge_proto::NodeId, Vec<u8>, Vec<u8>),
+    caps: &edge_proto::Capabilities,
+    dropped: Instant,
+    timeout: Duration,
+) -> (Option<sim::Session>, Returned) {
+    let mut back = Returned {
+        took: None,
+        busy: 0,
+        failed: 0,
+        early: 0,
+        why: Vec::new(),
+    };
+    let seed = (i as u64) << 20;
+    let mut attempt = 0u64;
+    // The first dial after a lost session waits the backoff's first draw.
+    let mut wait = jitter(BACKOFF_BASE, draw(seed));
+    let mut not_before: Option<Instant> = None;
+    let mut failures = 0u32;
+    loop {
+        tokio::time::sleep(wait).await;
+        if dropped.elapsed() > timeout {
+            return (None, back);
+        }
+        if not_before.is_some_and(|t| Instant::now() < t) {
+            back.early += 1;
+        }
+        attempt += 1;
+        let (node_id, cert, ca) = identity;
+        match sim::open_session(endpoint, kit, *node_id, cert.clone(), ca.clone(), caps).await {
+            Ok(session) => {
+                back.took = Some(dropped.elapsed());
+                return (Some(session), back);
+            }
+            Err(e) => match e.downcast_ref::<sim::Busy>() {
+                Some(sim::Busy(ms)) => {
+                    back.busy += 1;
+                    let hint = Duration::from_millis(u64::from(*ms));
+                    not_before = Some(Instant::now() + hint);
+                    wait = hint + jitter(hint / 4, draw(seed + attempt));
+                }
+                None => {
+                    back.failed += 1;
+                    back.why.push(format!("{e}").chars().take(60).collect());
+                    failures += 1;
+                    let ceiling = BACKOFF_BASE
+                        .saturating_mul(1 << failures.min(7))
+                        .min(BACKOFF_MAX);
+                    not_before = None;
+                    wait = jitter(ceiling, draw(seed + attempt));
+                }
+            },
+        }
+    }
 }
 
 /// A dial that took this long most likely lost a packet and waited for a retransmit: quinn's
@@ -112,6 +220,8 @@ async fn run_node(
     counters: Arc<Counters>,
     joined: mpsc::UnboundedSender<anyhow::Result<Joined>>,
     mut stop: watch::Receiver<bool>,
+    mut storm: watch::Receiver<Option<(Instant, Duration)>>,
+    returned: mpsc::UnboundedSender<Returned>,
 ) {
     let caps = fixtures::capabilities(&name);
     let started = sim::join(i, &name, source, &kit, &gate, &caps).await;
@@ -120,10 +230,11 @@ async fn run_node(
     let (
         endpoint,
         sim::Session {
-            conn,
+            mut conn,
             mut send,
-            recv: _recv,
+            recv: mut _recv,
         },
+        identity,
     ) = match started {
         Ok(node) => {
             counters.live.fetch_add(1, Ordering::SeqCst);
@@ -132,7 +243,11 @@ async fn run_node(
                 enroll: node.enroll,
                 session: node.session_open,
             }));
-            (node.endpoint, node.session)
+            (
+                node.endpoint,
+                node.session,
+                (node.node_id, node.cert, node.ca),
+            )
         }
         Err(e) => {
             let _ = joined.send(Err(e));
@@ -161,6 +276,24 @@ async fn run_node(
                 return;
             }
             _ = stop.changed() => break,
+            Ok(()) = storm.changed() => {
+                let Some((dropped, timeout)) = *storm.borrow_and_update() else { continue };
+                conn.close(0u32.into(), b"storm");
+                let (session, back) =
+                    come_back(i, &endpoint, &kit, &identity, &caps, dropped, timeout).await;
+                let _ = returned.send(back);
+                match session {
+                    Some(s) => {
+                        conn = s.conn;
+                        send = s.send;
+                        _recv = s.recv;
+                    }
+                    None => {
+                        counters.live.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
         }
     }
     counters.live.fetch_sub(1, Ordering::SeqCst);
@@ -213,6 +346,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let (joined_tx, mut joined_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (storm_tx, storm_rx) = watch::channel(None);
+    let (returned_tx, mut returned_rx) = mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
     let t_fleet = Instant::now();
     for i in 0..args.nodes {
@@ -226,9 +361,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             counters.clone(),
             joined_tx.clone(),
             stop_rx.clone(),
+            storm_rx.clone(),
+            returned_tx.clone(),
         ));
     }
     drop(joined_tx);
+    drop(returned_tx);
     let (mut enroll_times, mut session_times, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     while enroll_times.len() + errors.len() < args.nodes {
         match joined_rx.recv().await {
@@ -304,6 +442,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     let self_mem = procfs::memory(None).ok();
+
+    let storm = if args.storm && live > 0 {
+        Some(storm(&args, live, &storm_tx, &mut returned_rx).await)
+    } else {
+        None
+    };
 
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -446,7 +590,137 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         println!("metric fleet.sim_cpu_hold_cores {cores:.4}");
     }
+    if let Some(storm) = storm {
+        storm.print(&args);
+    }
     Ok(())
+}
+
+/// What the storm cost and how the fleet came back.
+#[derive(Debug)]
+struct Storm {
+    nodes: usize,
+    back: Vec<Returned>,
+    /// From the drop until the last node was back (or the timeout).
+    took: Duration,
+    orch_cpu_secs: Option<f64>,
+    sim_cpu_secs: Option<f64>,
+    udp_drops: u64,
+    udp_in: u64,
+}
+
+/// Drops every session at once and waits for the fleet to come back.
+async fn storm(
+    args: &Args,
+    live: usize,
+    storm_tx: &watch::Sender<Option<(Instant, Duration)>>,
+    returned: &mut mpsc::UnboundedReceiver<Returned>,
+) -> Storm {
+    let ticks = procfs::clock_ticks_per_sec() as f64;
+    let pid = args.orchestrator_pid;
+    let udp_start = procfs::udp_counters();
+    let cpu_start = pid.and_then(|p| procfs::cpu_ticks(Some(p)).ok());
+    let self_start = procfs::cpu_ticks(None).ok();
+    let timeout = Duration::from_secs(args.storm_timeout_secs);
+    let dropped = Instant::now();
+    let _ = storm_tx.send(Some((dropped, timeout)));
+    let mut back = Vec::with_capacity(live);
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(30);
+    while back.len() < live {
+        match tokio::time::timeout_at(deadline, returned.recv()).await {
+            Ok(Some(r)) => back.push(r),
+            _ => break,
+        }
+    }
+    let took = dropped.elapsed();
+    let cpu_end = pid.and_then(|p| procfs::cpu_ticks(Some(p)).ok());
+    let self_end = procfs::cpu_ticks(None).ok();
+    let udp_end = procfs::udp_counters();
+    let d = |k: &str| {
+        udp_end
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(udp_start.get(k).copied().unwrap_or(0))
+    };
+    Storm {
+        nodes: live,
+        back,
+        took,
+        orch_cpu_secs: cpu_start.zip(cpu_end).map(|(s, e)| (e - s) as f64 / ticks),
+        sim_cpu_secs: self_start
+            .zip(self_end)
+            .map(|(s, e)| (e - s) as f64 / ticks),
+        udp_drops: d("RcvbufErrors"),
+        udp_in: d("InDatagrams"),
+    }
+}
+
+impl Storm {
+    fn print(&self, args: &Args) {
+        let times: Vec<Duration> = self.back.iter().filter_map(|r| r.took).collect();
+        let busy: u64 = self.back.iter().map(|r| u64::from(r.busy)).sum();
+        let paced = self.back.iter().filter(|r| r.busy > 0).count();
+        let most_busy = self.back.iter().map(|r| r.busy).max().unwrap_or(0);
+        let failed: u64 = self.back.iter().map(|r| u64::from(r.failed)).sum();
+        let early: u64 = self.back.iter().map(|r| u64::from(r.early)).sum();
+        let pct = |p| stats::percentile(&times, p);
+        println!();
+        println!(
+            "storm: {} sessions dropped at once; {} back within {} s, the last after {:.1} s",
+            self.nodes,
+            times.len(),
+            args.storm_timeout_secs,
+            self.took.as_secs_f64()
+        );
+        println!(
+            "time to online (drop to Welcome)  p50 {}  p90 {}  p99 {}  max {}",
+            stats::ms(pct(50.0)),
+            stats::ms(pct(90.0)),
+            stats::ms(pct(99.0)),
+            stats::ms(pct(100.0))
+        );
+        println!(
+            "Busy answers {busy} ({paced} nodes paced, at most {most_busy} for one node); other failed attempts {failed}; dials before the hint ran out {early}"
+        );
+        let mut why = std::collections::BTreeMap::<&str, usize>::new();
+        for w in self.back.iter().flat_map(|r| &r.why) {
+            *why.entry(w.as_str()).or_default() += 1;
+        }
+        let mut why: Vec<_> = why.into_iter().collect();
+        why.sort_by_key(|w| std::cmp::Reverse(w.1));
+        for (w, n) in why.iter().take(4) {
+            println!("  {n} x {w}");
+        }
+        println!(
+            "UDP datagrams dropped for a full receive buffer: {} of {} received",
+            self.udp_drops, self.udp_in
+        );
+        if let Some(secs) = self.orch_cpu_secs {
+            println!(
+                "orchestrator CPU from the drop until the fleet was back  {secs:.2} s ({:.2} ms per node)",
+                secs * 1e3 / self.nodes.max(1) as f64
+            );
+            println!("metric storm.orch_cpu_secs {secs:.2}");
+        }
+        if let Some(secs) = self.sim_cpu_secs {
+            println!(
+                "fleet-sim itself meanwhile  {secs:.2} s CPU: it shares the box with the orchestrator"
+            );
+            println!("metric storm.sim_cpu_secs {secs:.2}");
+        }
+        println!("metric storm.nodes {}", self.nodes);
+        println!("metric storm.back {}", times.len());
+        println!("metric storm.secs {:.2}", self.took.as_secs_f64());
+        println!("metric storm.busy {busy}");
+        println!("metric storm.failed {failed}");
+        println!("metric storm.early {early}");
+        for (k, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
+            if let Some(v) = pct(p) {
+                println!("metric storm.online_{k}_ms {:.1}", v.as_secs_f64() * 1e3);
+            }
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {

@@ -31,6 +31,10 @@ pub const CONFLICT_RETRY_MIN: Duration = Duration::from_secs(5 * 60);
 /// The random part of the wait after an identity conflict.
 pub const CONFLICT_RETRY_JITTER: Duration = Duration::from_secs(5 * 60);
 
+/// The longest a node honours the orchestrator's [`OrchMsg::Busy`] hint (it never asks for
+/// more than five minutes): a wrong hint must not keep a node away for days.
+pub const BUSY_WAIT_MAX: Duration = Duration::from_secs(10 * 60);
+
 /// What the join settings give for a first start.
 #[derive(Debug, Clone)]
 pub struct Join {
@@ -313,6 +317,16 @@ impl NodeSession {
             (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
                 self.state = State::Saving;
                 self.actions.push_back(Action::SaveIdentity(e));
+            }
+            // Too many nodes are saying hello: come back after the hint, never sooner, plus a
+            // partial jitter of up to a quarter of it from the session's seeded draw, so that
+            // nodes given the same hint do not return together. The backoff neither grows
+            // nor resets: being paced is not a failure of the link.
+            (State::AwaitAnswer { .. }, OrchMsg::Busy(busy)) => {
+                self.actions.push_back(Action::Disconnect);
+                let hint = Duration::from_millis(busy.retry_after_ms.into()).min(BUSY_WAIT_MAX);
+                let wait = hint + jitter(hint / 4, self.rng.u64(..));
+                self.state = State::Backoff { until: now + wait };
             }
             (_, OrchMsg::Reject(Reject { code, message })) => {
                 self.actions.push_back(Action::Disconnect);
@@ -765,5 +779,98 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(drain(s), vec![Action::Fatal(Fatal::NoJoinSettings)]);
+    }
+
+    /// Said hello and was told the orchestrator is busy, with `retry_after_ms`.
+    fn paced(seed: u64, t0: Instant, retry_after_ms: u32) -> NodeSession {
+        let mut s = enrolled(seed, t0);
+        s.handle_timeout(t0);
+        s.handle_connected(t0);
+        drain(&mut s);
+        s.handle_msg(OrchMsg::Busy(edge_proto::Busy { retry_after_ms }), t0);
+        assert_eq!(drain(&mut s), vec![Action::Disconnect]);
+        s
+    }
+
+    #[test]
+    fn a_busy_node_comes_back_after_the_hint_never_sooner_and_spread() {
+        let t0 = Instant::now();
+        let hint = Duration::from_millis(4_000);
+        let mut returns = Vec::new();
+        for seed in 0..200 {
+            let mut s = paced(seed, t0, 4_000);
+            let at = s.poll_timeout().expect("backing off");
+            assert!(at >= t0 + hint, "seed {seed} came back early");
+            assert!(
+                at <= t0 + hint + hint / 4,
+                "seed {seed} waited past the jitter"
+            );
+            // Not a moment sooner.
+            s.handle_timeout(at - Duration::from_millis(1));
+            assert!(drain(&mut s).is_empty());
+            // The connection closing after the Busy changes nothing.
+            s.handle_disconnected(at - Duration::from_millis(1));
+            assert_eq!(s.poll_timeout(), Some(at));
+            s.handle_timeout(at);
+            assert_eq!(drain(&mut s), vec![Action::Connect(Intent::Session)]);
+            returns.push(at);
+        }
+        // Nodes told the same hint spread over the jitter instead of returning together.
+        returns.sort();
+        returns.dedup();
+        assert!(
+            returns.len() > 190,
+            "{} distinct return times",
+            returns.len()
+        );
+    }
+
+    #[test]
+    fn being_paced_does_not_grow_the_backoff_and_a_huge_hint_is_capped() {
+        let t0 = Instant::now();
+        let mut s = paced(3, t0, 1_000);
+        assert_eq!(s.backoff.failures(), 0);
+        let at = s.poll_timeout().expect("backing off");
+        s.handle_timeout(at);
+        drain(&mut s);
+        // The next failure backs off from the base, as after a first failure.
+        s.handle_connect_failed(ConnectFailure::Transient("unreachable".into()), at);
+        let retry = s.poll_timeout().expect("backing off");
+        assert!(retry <= at + BackoffPolicy::default().base);
+
+        let s = paced(4, t0, u32::MAX);
+        let at = s.poll_timeout().expect("backing off");
+        assert!(at >= t0 + BUSY_WAIT_MAX && at <= t0 + BUSY_WAIT_MAX + BUSY_WAIT_MAX / 4);
+        // A zero hint is honoured as no wait, not as a stop.
+        let s = paced(5, t0, 0);
+        assert_eq!(s.poll_timeout(), Some(t0));
+        assert!(!s.is_stopped());
+    }
+
+    #[test]
+    fn a_busy_on_an_established_session_is_a_protocol_break() {
+        let t0 = Instant::now();
+        let mut s = enrolled(6, t0);
+        s.handle_timeout(t0);
+        s.handle_connected(t0);
+        s.handle_msg(
+            OrchMsg::Welcome(Welcome {
+                version: 1,
+                node_id: NodeId([1; 16]),
+                time_ms: 0,
+            }),
+            t0,
+        );
+        drain(&mut s);
+        s.handle_msg(
+            OrchMsg::Busy(edge_proto::Busy {
+                retry_after_ms: 600_000,
+            }),
+            t0,
+        );
+        assert_eq!(drain(&mut s), vec![Action::Disconnect]);
+        // Retried on the ordinary backoff, not after the hint.
+        let at = s.poll_timeout().expect("backing off");
+        assert!(at <= t0 + BackoffPolicy::default().base);
     }
 }

@@ -3,6 +3,8 @@
 //! shells (the QUIC server, the operator API, the sled store), which depend on it and never
 //! the reverse.
 //!
+//! - [`pacing`]: the gate that paces hellos when many nodes reconnect at once, and the
+//!   retry-after it gives the ones it turns away.
 //! - [`access`]: who may use the operator API: roles, the API tokens on record, the rules
 //!   for issuing, checking and revoking them, and keeping or replacing the admin token.
 //! - [`fleet`]: the registry of nodes, join tokens and live sessions; returns the records to
@@ -33,6 +35,7 @@ pub mod access;
 pub mod deploy;
 pub mod events;
 pub mod fleet;
+pub mod pacing;
 pub mod purge;
 pub mod routes;
 pub mod scheduler;

@@ -19,7 +19,7 @@
 
 use crate::fleet::{Change, EnrollError, Fleet, SessionId};
 use edge_proto::{
-    AdmissionReply, Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg,
+    AdmissionReply, Busy, Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg,
     ProxyAdvert, Reject, RejectCode, Welcome, WorkloadReport, decode, negotiate_version, text,
 };
 use std::collections::VecDeque;
@@ -120,6 +120,14 @@ pub enum Event {
     SessionReplaced {
         node: NodeId,
         old: Liveness,
+    },
+    /// The hello gate (`crate::pacing`) could not take this hello now; the node was told to come back
+    /// after `retry_after`. Many of these are a reconnect storm being paced, not a fault.
+    Paced {
+        intent: Intent,
+        /// The node id in the certificate, for a session.
+        node: Option<NodeId>,
+        retry_after: Duration,
     },
 }
 
@@ -325,6 +333,50 @@ impl ServerSession {
                 format!("unexpected {} in this state", kind(&other)),
             ),
         }
+    }
+
+    /// The intent of `body` if it is this connection's hello, which nothing has answered yet,
+    /// and the intent fits the connection (a session with a client certificate, an
+    /// enrollment without). The caller asks its hello gate ([`crate::pacing`]) before
+    /// it hands such a frame to [`ServerSession::handle_frame`], so that a hello it cannot
+    /// take now costs no registry read or write. `None` for any other frame: one that does
+    /// not decode, or a hello with the wrong intent, which `handle_frame` refuses at no cost
+    /// and which must not spend the tokens of nodes that hold a certificate.
+    pub fn hello_intent(&self, body: &[u8]) -> Option<Intent> {
+        if !matches!(self.state, State::AwaitHello { .. }) {
+            return None;
+        }
+        match (decode::<NodeMsg>(body), self.peer) {
+            (Ok(NodeMsg::Hello(hello)), Some(_)) if hello.intent == Intent::Session => {
+                Some(Intent::Session)
+            }
+            (Ok(NodeMsg::Hello(hello)), None) if hello.intent == Intent::Enroll => {
+                Some(Intent::Enroll)
+            }
+            _ => None,
+        }
+    }
+
+    /// The hello gate cannot take this connection's hello now: tell the node to come
+    /// back after `retry_after` ([`OrchMsg::Busy`]), and close with [`RejectCode::Busy`].
+    /// Nothing happens once the hello was answered.
+    pub fn refuse_busy(&mut self, intent: Intent, retry_after: Duration) {
+        if !matches!(self.state, State::AwaitHello { .. }) {
+            return;
+        }
+        let retry_after_ms = u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX);
+        self.actions
+            .push_back(Action::Send(OrchMsg::Busy(Busy { retry_after_ms })));
+        self.event(Event::Paced {
+            intent,
+            node: self.peer,
+            retry_after,
+        });
+        self.actions.push_back(Action::Close(
+            Some(RejectCode::Busy),
+            format!("busy: retry after {retry_after_ms} ms"),
+        ));
+        self.state = State::Closing { node: None };
     }
 
     /// The peer's bytes could not be framed (too large, truncated).
@@ -573,5 +625,88 @@ fn kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::Proxy(_) => "proxy advert",
         NodeMsg::Traffic(_) => "traffic report",
         NodeMsg::Events(_) => "events",
+    }
+}
+
+#[cfg(test)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a starting instant for the virtual clock: every later time is computed from it"
+)]
+mod tests {
+    use super::*;
+    use edge_proto::{List, encode};
+
+    fn hello(intent: Intent) -> Vec<u8> {
+        encode(&NodeMsg::Hello(Hello {
+            versions: List::from_iter([1]),
+            intent,
+            node_id: Some(NodeId([7; 16])),
+            agent: text("edge-node/test"),
+        }))[4..]
+            .to_vec()
+    }
+
+    #[test]
+    fn a_paced_hello_is_told_when_to_come_back_and_closed() {
+        let node = NodeId([7; 16]);
+        let mut s = ServerSession::new(1, Some(node), Instant::now());
+        assert_eq!(
+            s.hello_intent(&hello(Intent::Session)),
+            Some(Intent::Session)
+        );
+        // An enrollment hello on a connection with a certificate is refused as such, at no
+        // cost: it is not a hello to gate.
+        assert_eq!(s.hello_intent(&hello(Intent::Enroll)), None);
+        let anonymous = ServerSession::new(2, None, Instant::now());
+        assert_eq!(
+            anonymous.hello_intent(&hello(Intent::Enroll)),
+            Some(Intent::Enroll)
+        );
+        assert_eq!(anonymous.hello_intent(&hello(Intent::Session)), None);
+        // Not a hello, or not a frame at all: the session refuses it as usual.
+        let status = encode(&NodeMsg::Status(edge_proto::Status {
+            cpu_percent: 1.0,
+            memory_used_bytes: 1,
+            disk_free_bytes: 1,
+            uptime_secs: 1,
+        }));
+        assert_eq!(s.hello_intent(&status[4..]), None);
+        assert_eq!(s.hello_intent(&[0xff; 3]), None);
+        assert_eq!(s.hello_intent(&[]), None);
+
+        s.refuse_busy(Intent::Session, Duration::from_millis(1_500));
+        let actions: Vec<Action> = std::iter::from_fn(|| s.poll_action()).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Send(OrchMsg::Busy(Busy {
+                    retry_after_ms: 1_500
+                })),
+                Action::Event(Event::Paced {
+                    intent: Intent::Session,
+                    node: Some(node),
+                    retry_after: Duration::from_millis(1_500),
+                }),
+                Action::Close(Some(RejectCode::Busy), "busy: retry after 1500 ms".into()),
+            ]
+        );
+        assert!(s.is_closed());
+        // Answered once: a later hello is not a hello to gate, and a second refusal is a no-op.
+        assert_eq!(s.hello_intent(&hello(Intent::Session)), None);
+        s.refuse_busy(Intent::Session, Duration::from_secs(1));
+        assert_eq!(s.poll_action(), None);
+    }
+
+    #[test]
+    fn a_wait_past_the_wire_limit_is_cut_not_wrapped() {
+        let mut s = ServerSession::new(1, None, Instant::now());
+        s.refuse_busy(Intent::Enroll, Duration::from_secs(u64::MAX));
+        assert_eq!(
+            s.poll_action(),
+            Some(Action::Send(OrchMsg::Busy(Busy {
+                retry_after_ms: u32::MAX
+            })))
+        );
     }
 }

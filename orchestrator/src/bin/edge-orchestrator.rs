@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orchestrator::app::Orchestrator;
+use orchestrator_core::pacing::PacingPolicy;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,13 @@ enum Command {
         /// the old. Without it the token in that file is kept while it is good.
         #[arg(long)]
         rotate_admin_token: bool,
+        /// Sessions admitted per second when many nodes reconnect at once; the rest are told
+        /// when to come back. 0 turns pacing off: every handshake and hello is taken at once.
+        #[arg(long, default_value_t = PacingPolicy::default().sessions_per_sec)]
+        admit_per_sec: u32,
+        /// Sessions admitted at once after a quiet spell, before the rate applies.
+        #[arg(long, default_value_t = PacingPolicy::default().burst)]
+        admit_burst: u32,
     },
     /// Start an orchestrator and three local nodes, and show what to try.
     Demo {
@@ -90,6 +98,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             quic_listen,
             api_listen,
             rotate_admin_token,
+            admit_per_sec,
+            admit_burst,
         } => {
             if rotate_admin_token {
                 // Without the file, the start issues a new admin token and revokes the others.
@@ -102,7 +112,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen)
+            let pacing = PacingPolicy {
+                sessions_per_sec: admit_per_sec,
+                burst: admit_burst,
+                ..PacingPolicy::default()
+            };
+            let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen, pacing)
                 .await
                 .context("starting the orchestrator")?;
             // One write, its failure ignored: `eprintln!` writes piece by piece and panics
