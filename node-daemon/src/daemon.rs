@@ -77,7 +77,7 @@ pub async fn run_with(
         .map_err(|e| DaemonError::DataDir(data_dir.clone(), e))?;
     // What the orchestrator must still learn. Without it (a disk that refuses) the node
     // runs on, and what happens while it is offline is lost, as it was before the outbox.
-    let mut outbox = match crate::outbox::EventOutbox::open(&data_dir, config.outbox().max_bytes) {
+    let mut outbox = match crate::outbox::EventOutbox::open(&data_dir, config.outbox()) {
         Ok(outbox) => Some(outbox),
         Err(error) => {
             warn!(%error, "outbox unavailable: events while offline will be lost");
@@ -336,6 +336,10 @@ pub async fn run_with(
                     });
                 }
             }
+            // Cancel-safe: a timer. The pace of the uplink let the next batch go.
+            () = paced(outbox.as_ref().and_then(|o| o.paced_until())) => {
+                send_events(&mut outbox, &mut current, session.is_established()).await;
+            }
             _ = caps_tick.tick() => {
                 let caps = tokio::task::spawn_blocking(caps_now.clone()).await;
                 if let Ok(caps) = caps {
@@ -528,6 +532,14 @@ async fn send_events(
     }
     while let Some(batch) = outbox.as_mut().and_then(|o| o.next_batch()) {
         send_now(current, &batch).await;
+    }
+}
+
+/// Resolves at `until`, or never.
+async fn paced(until: Option<std::time::Instant>) {
+    match until {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

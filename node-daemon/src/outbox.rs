@@ -13,11 +13,12 @@ use edge_proto::{
     EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeMsg, OperatorAction,
     OperatorVerb, text,
 };
-use node_core::outbox::{Class, Drain, Outbox};
+use node_core::config::OutboxSettings;
+use node_core::outbox::{Class, Drain, Outbox, Pacer};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tracing::{info, warn};
 
 /// The most bytes of events in one batch.
@@ -34,6 +35,10 @@ struct Inner {
     store: OutboxStore,
     outbox: Outbox,
     drain: Drain,
+    /// `uplink_bytes_per_sec`, and the clock it reads (from the outbox's opening).
+    pacer: Option<(Pacer, Instant)>,
+    /// When the pacer lets the next batch go, while it holds one back.
+    paced_until: Option<Instant>,
 }
 
 /// What `edge-node ctl outbox` shows.
@@ -59,9 +64,10 @@ impl EventOutbox {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens `DATA_DIR/outbox/` within `budget_bytes`, replaying what a previous run left.
-    pub fn open(data_dir: &Path, budget_bytes: u64) -> Result<Self, StoreError> {
-        let (store, outbox, recovery) = OutboxStore::open(data_dir, budget_bytes)?;
+    /// Opens `DATA_DIR/outbox/` within `settings.max_bytes`, replaying what a previous run
+    /// left; the drain keeps to `settings.uplink_bytes_per_sec`, if set.
+    pub fn open(data_dir: &Path, settings: OutboxSettings) -> Result<Self, StoreError> {
+        let (store, outbox, recovery) = OutboxStore::open(data_dir, settings.max_bytes)?;
         if recovery.records > 0 || recovery.torn_bytes > 0 {
             info!(
                 events = recovery.records,
@@ -73,6 +79,10 @@ impl EventOutbox {
             store,
             outbox,
             drain: Drain::default(),
+            pacer: settings
+                .uplink_bytes_per_sec
+                .map(|rate| (Pacer::new(rate), Instant::now())),
+            paced_until: None,
         }))))
     }
 
@@ -141,12 +151,28 @@ impl EventOutbox {
     /// The next batch to send, unless [`WINDOW`] batches are out already or nothing waits.
     pub fn next_batch(&self) -> Option<NodeMsg> {
         let inner = &mut *self.lock();
+        // On a paced uplink a batch is at most what the bucket holds, and waits for it.
+        let mut max_bytes = BATCH_BYTES;
+        if let Some((pacer, origin)) = inner.pacer.as_mut() {
+            let now = origin.elapsed();
+            let wait = pacer.wait(now, BATCH_BYTES);
+            if !wait.is_zero() {
+                inner.paced_until = Some(Instant::now() + wait);
+                return None;
+            }
+            max_bytes = pacer.allowance(now).clamp(1, BATCH_BYTES);
+        }
+        inner.paced_until = None;
         let batch = inner.drain.next(
             &mut inner.outbox,
-            BATCH_BYTES,
+            max_bytes,
             EventBatch::MAX_EVENTS,
             EventBatch::MAX_GAPS,
         )?;
+        if let Some((pacer, origin)) = inner.pacer.as_mut() {
+            let bytes: u64 = batch.records.iter().map(|r| r.cost()).sum();
+            pacer.spent(origin.elapsed(), bytes);
+        }
         let gaps = batch.gaps.iter().map(|g| EventGap {
             first: g.first,
             last: g.last,
@@ -175,6 +201,12 @@ impl EventOutbox {
             events,
             gaps: List::from_iter(gaps),
         })))
+    }
+
+    /// When the uplink's pace lets the next batch go, if it holds one back now: the daemon
+    /// sends then.
+    pub fn paced_until(&self) -> Option<Instant> {
+        self.lock().paced_until
     }
 
     /// The orchestrator stored what `stored` names: forget it. Not synced: should a power
@@ -213,6 +245,13 @@ mod tests {
     use super::*;
     use edge_proto::{AdmissionReply, WorkloadReport, WorkloadState};
 
+    fn budget(max_bytes: u64) -> OutboxSettings {
+        OutboxSettings {
+            max_bytes,
+            uplink_bytes_per_sec: None,
+        }
+    }
+
     fn report(state: WorkloadState) -> NodeMsg {
         NodeMsg::Workload(Box::new(WorkloadReport {
             workload: text("till"),
@@ -243,7 +282,7 @@ mod tests {
     #[test]
     fn state_changes_refusals_and_operator_actions_are_events_kept_across_a_restart() {
         let dir = tempfile::tempdir().expect("tmp");
-        let outbox = EventOutbox::open(dir.path(), 1 << 20).expect("opens");
+        let outbox = EventOutbox::open(dir.path(), budget(1 << 20)).expect("opens");
         outbox.record(&report(WorkloadState::Running));
         outbox.record(&admission(None));
         outbox.record(&admission(Some("no room")));
@@ -259,7 +298,7 @@ mod tests {
         );
         drop(outbox);
 
-        let outbox = EventOutbox::open(dir.path(), 1 << 20).expect("reopens");
+        let outbox = EventOutbox::open(dir.path(), budget(1 << 20)).expect("reopens");
         let sent = kinds(outbox.next_batch());
         assert!(matches!(sent[0], EventKind::Instance(_)), "{sent:?}");
         assert!(
@@ -273,7 +312,7 @@ mod tests {
     #[test]
     fn a_window_of_batches_goes_out_and_an_acknowledgement_frees_a_slot() {
         let dir = tempfile::tempdir().expect("tmp");
-        let outbox = EventOutbox::open(dir.path(), 16 << 20).expect("opens");
+        let outbox = EventOutbox::open(dir.path(), budget(16 << 20)).expect("opens");
         let n = EventBatch::MAX_EVENTS * (WINDOW + 1);
         for _ in 0..n {
             outbox.record(&report(WorkloadState::Failed));
@@ -297,5 +336,29 @@ mod tests {
         outbox.disconnected();
         assert_eq!(outbox.summary().batches_in_flight, 0);
         assert!(outbox.next_batch().is_some());
+    }
+
+    #[test]
+    fn a_paced_uplink_holds_batches_back_and_says_until_when() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let settings = OutboxSettings {
+            max_bytes: 1 << 20,
+            uplink_bytes_per_sec: Some(1024),
+        };
+        let outbox = EventOutbox::open(dir.path(), settings).expect("opens");
+        for _ in 0..100 {
+            outbox.record(&report(WorkloadState::Failed));
+        }
+        let first = kinds(outbox.next_batch());
+        assert!(
+            !first.is_empty() && first.len() < 100,
+            "a second's worth goes: {} events",
+            first.len()
+        );
+        assert_eq!(outbox.paced_until(), None);
+        assert!(outbox.next_batch().is_none(), "the bucket is empty");
+        let until = outbox.paced_until().expect("held back");
+        let wait = until.saturating_duration_since(Instant::now());
+        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(2));
     }
 }

@@ -32,7 +32,7 @@ enum Ev {
     /// A batch reaches the orchestrator on connection `conn`.
     Batch(usize, u64, Box<EventBatch>),
     /// The orchestrator's acknowledgement reaches the node on `conn`.
-    Ack(usize, u64, edge_proto::EventsStored),
+    Ack(usize, u64, Box<edge_proto::EventsStored>),
     /// The node dials (if its link is up and the orchestrator runs).
     Dial(usize),
     /// The node's link goes down for a while.
@@ -259,7 +259,7 @@ impl Sim {
                 self.held[i].extend(records.iter().map(|r| r.seq));
                 let ack = acknowledgement(&batch);
                 let at = self.now + self.latency();
-                self.at(at, Ev::Ack(i, conn, ack));
+                self.at(at, Ev::Ack(i, conn, Box::new(ack)));
             }
             Ev::Ack(i, conn, ack) => {
                 if !self.orchestrator_up || self.nodes[i].conn != Some(conn) {

@@ -560,6 +560,8 @@ fn follow_events(
     let mut seen: std::collections::BTreeMap<_, u64> =
         shown.iter().map(|e| (key(e), received(e))).collect();
     loop {
+        // The pace of a poll, not a wait for something that will happen.
+        #[expect(clippy::disallowed_methods, reason = "the interval between two polls")]
         std::thread::sleep(FOLLOW_EVERY);
         let mut path = format!("/v1/events?received_since={}", cursor.saturating_sub(1000));
         if let Some(node) = node {
