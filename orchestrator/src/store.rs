@@ -32,7 +32,14 @@ pub struct SledStore {
     /// The orchestrator's events about a node, keyed the same way in a tree of their own, so
     /// a node's sequence numbers never meet the ones the store gives these.
     orchestrator_events: sled::Tree,
+    /// How many events of each node `events` holds: counted once per node, then kept as
+    /// events come and go, so that storing a batch costs the batch, not the node's history.
+    held: std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
 }
+
+/// A node's events may run this far past [`MAX_EVENTS_PER_NODE`] before the oldest go, so
+/// that trimming happens once per this many events rather than with every batch.
+const TRIM_SLACK: usize = 1_000;
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`. The directory is made private to this user: it
@@ -60,6 +67,7 @@ impl SledStore {
             deployments: db.open_tree("deployments").map_err(backend)?,
             events: db.open_tree("events").map_err(backend)?,
             orchestrator_events: db.open_tree("orchestrator_events").map_err(backend)?,
+            held: std::sync::Mutex::default(),
             db,
         })
     }
@@ -174,20 +182,31 @@ impl Store for SledStore {
     }
 
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
-        let mut nodes = std::collections::BTreeSet::new();
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for event in events {
             let Some(node) = NodeId::parse(&event.node) else {
                 return Err(StoreError::Backend(format!("no node id: {:?}", event.node)));
             };
+            if !held.contains_key(&node) {
+                held.insert(node, self.events.scan_prefix(node.0).keys().count());
+            }
             let bytes = serde_json::to_vec(event).map_err(backend)?;
-            self.events
+            let before = self
+                .events
                 .insert(event_key(node, event.seq), bytes)
                 .map_err(backend)?;
-            nodes.insert(node);
+            let count = held.entry(node).or_default();
+            if before.is_none() {
+                *count += 1;
+            }
+            if *count > MAX_EVENTS_PER_NODE + TRIM_SLACK {
+                *count -= trim(&self.events, node, *count - MAX_EVENTS_PER_NODE)?;
+            }
         }
-        for node in nodes {
-            trim(&self.events, node)?;
-        }
+        drop(held);
         self.db.flush().map_err(backend)?;
         Ok(())
     }
@@ -241,24 +260,29 @@ impl SledStore {
         self.orchestrator_events
             .insert(event_key(node, seq), bytes)
             .map_err(backend)?;
-        trim(&self.orchestrator_events, node)
+        // Rare (a replacement, a reconcile): counting them each time is cheap enough.
+        let held = self.orchestrator_events.scan_prefix(node.0).keys().count();
+        trim(
+            &self.orchestrator_events,
+            node,
+            held.saturating_sub(MAX_EVENTS_PER_NODE),
+        )
+        .map(drop)
     }
 }
 
-/// Drops `node`'s oldest events in `tree` beyond [`MAX_EVENTS_PER_NODE`].
-fn trim(tree: &sled::Tree, node: NodeId) -> Result<(), StoreError> {
-    let held = tree.scan_prefix(node.0).keys().count();
-    let over = held.saturating_sub(MAX_EVENTS_PER_NODE);
+/// Drops `node`'s `over` oldest events in `tree`; returns how many went.
+fn trim(tree: &sled::Tree, node: NodeId, over: usize) -> Result<usize, StoreError> {
     let oldest: Vec<sled::IVec> = tree
         .scan_prefix(node.0)
         .keys()
         .take(over)
         .collect::<Result<_, _>>()
         .map_err(backend)?;
-    for key in oldest {
+    for key in &oldest {
         tree.remove(key).map_err(backend)?;
     }
-    Ok(())
+    Ok(oldest.len())
 }
 
 /// An event's key: the node's id, then its sequence number big-endian, so that a node's
@@ -328,6 +352,45 @@ mod tests {
                 last_at_ms: seq,
             },
         }
+    }
+
+    /// A node's oldest events go once it has sent well past the most kept, the newest stay,
+    /// each once; a batch sent again adds nothing, and a reopened store counts them afresh.
+    #[test]
+    fn a_node_keeps_its_newest_events_within_the_bound() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let node = NodeId([5; 16]);
+        let held = |store: &SledStore| -> Vec<u64> {
+            store
+                .events(Some(&node.to_string()))
+                .expect("read")
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        let total = MAX_EVENTS_PER_NODE + TRIM_SLACK + 500;
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            let batch: Vec<EventRecord> = (1..=128).map(|seq| node_event(node, seq)).collect();
+            store.put_events(&batch).expect("put");
+            store.put_events(&batch).expect("again");
+            assert_eq!(held(&store).len(), 128, "a batch sent twice is stored once");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let all: Vec<EventRecord> = (1..=total as u64)
+            .map(|seq| node_event(node, seq))
+            .collect();
+        for batch in all.chunks(128) {
+            store.put_events(batch).expect("put");
+        }
+        let seqs = held(&store);
+        assert!(
+            seqs.len() >= MAX_EVENTS_PER_NODE && seqs.len() <= MAX_EVENTS_PER_NODE + TRIM_SLACK,
+            "{} held",
+            seqs.len()
+        );
+        let newest: Vec<u64> = ((total + 1 - seqs.len()) as u64..=total as u64).collect();
+        assert_eq!(seqs, newest, "the newest, in order, each once");
     }
 
     /// The orchestrator's events about a node are numbered in a series of their own: a node's
