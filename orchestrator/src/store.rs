@@ -335,8 +335,24 @@ mod tests {
             assert_eq!(store.tokens().expect("read")[0].uses_left, 5);
         }
         drop(sled);
-        let reopened = SledStore::open(dir.path()).expect("reopen");
+        let reopened = reopen(dir.path());
         assert_eq!(reopened.tokens().expect("read")[0].rev, 9);
+    }
+
+    /// Opens the store again once the previous handle's last background thread has let go
+    /// of sled's file lock (it does so just after the handle is dropped).
+    fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(e) if e.to_string().contains("WouldBlock") => {
+                    assert!(std::time::Instant::now() < deadline, "still locked: {e}");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
     }
 
     fn node_event(node: NodeId, seq: u64) -> EventRecord {
@@ -376,7 +392,7 @@ mod tests {
             store.put_events(&batch).expect("again");
             assert_eq!(held(&store).len(), 128, "a batch sent twice is stored once");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         let all: Vec<EventRecord> = (1..=total as u64)
             .map(|seq| node_event(node, seq))
             .collect();
@@ -449,7 +465,7 @@ mod tests {
             );
         }
         drop(sled);
-        let reopened = SledStore::open(dir.path()).expect("reopen");
+        let reopened = reopen(dir.path());
         reopened
             .write_deployments(&[DeploymentWrite::Event(&replaced)])
             .expect("write");
