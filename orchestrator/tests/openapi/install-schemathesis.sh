@@ -26,6 +26,12 @@ die() {
 # shellcheck source=cross/apt.sh
 source "$ROOT/cross/apt.sh"
 
+# An environment that no longer runs (copied or moved from elsewhere: its scripts name the
+# path it was made at) is made again.
+if [ -f "$VENV/installed" ] && ! "$VENV/bin/st" --version >/dev/null 2>&1; then
+  say "$VENV does not run; making it again"
+  rm -f "$VENV/installed"
+fi
 if [ ! -f "$VENV/installed" ]; then
   say "installing schemathesis $VERSION from PyPI into $VENV"
   command -v python3 >/dev/null 2>&1 || apt_install python3 ||
