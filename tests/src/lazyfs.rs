@@ -3,9 +3,10 @@
 //! It serves a backing directory (the "disk") from memory. What a process writes or
 //! truncates stays in memory, as in a page cache, until the file is `fsync`ed or
 //! `fdatasync`ed: then the file's whole content is written through to the backing file.
-//! [`LazyFs::power_cut`] kills whatever uses the mount and unmounts it without writing
-//! anything back, so the backing directory holds exactly what survived; mounting it again is
-//! the machine coming back.
+//! [`LazyFs::power_cut`] is the power going: from that instant every change fails with
+//! `EIO` and nothing more reaches the backing directory; then whatever uses the mount is
+//! killed and the mount goes without writing anything back, so the backing directory holds
+//! exactly what was synced before the instant. Mounting it again is the machine coming back.
 //!
 //! The model, after LazyFS (which Jepsen uses to test etcd's durability):
 //! - **File data and size** (writes, truncation, `O_TRUNC`) are durable only after an
@@ -33,7 +34,8 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Attributes and entries are not cached by the kernel: every process sees the state now.
@@ -44,12 +46,14 @@ const TTL: Duration = Duration::ZERO;
 pub struct LazyFs {
     mountpoint: PathBuf,
     session: Option<BackgroundSession>,
+    powered: Arc<AtomicBool>,
 }
 
 impl LazyFs {
     /// Mounts the content of `backing` at `mountpoint` (an existing empty directory).
     pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<Self> {
-        let fs = Fs::load(backing)?;
+        let powered = Arc::new(AtomicBool::new(true));
+        let fs = Fs::load(backing, powered.clone())?;
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName("lazyfs".into()),
@@ -59,6 +63,7 @@ impl LazyFs {
         Ok(Self {
             mountpoint: mountpoint.to_owned(),
             session: Some(session),
+            powered,
         })
     }
 
@@ -67,14 +72,17 @@ impl LazyFs {
         &self.mountpoint
     }
 
-    /// The power goes: every process with a file, directory or executable on the mount is
-    /// killed (SIGKILL) and reaped by whoever started it, then the mount goes away with
-    /// everything not yet synced. The backing directory is what the disk kept.
+    /// The power goes: at this instant the disk stops taking anything (every change, a sync
+    /// included, fails with `EIO`); every process with a file, directory or executable on
+    /// the mount is killed (SIGKILL), then the mount goes away with everything not yet
+    /// synced. The backing directory is what the disk kept. Whoever started a killed
+    /// process still reaps it.
     pub fn power_cut(mut self) {
         self.cut();
     }
 
     fn cut(&mut self) {
+        self.powered.store(false, Ordering::SeqCst);
         let Some(session) = self.session.take() else {
             return;
         };
@@ -181,6 +189,8 @@ struct Node {
 #[derive(Debug)]
 struct State {
     backing: PathBuf,
+    /// False from the instant of the power cut.
+    powered: Arc<AtomicBool>,
     nodes: HashMap<u64, Node>,
     next_ino: u64,
     next_fh: u64,
@@ -193,10 +203,11 @@ struct Fs(Mutex<State>);
 const ROOT: u64 = 1;
 
 impl Fs {
-    fn load(backing: &Path) -> io::Result<Self> {
+    fn load(backing: &Path, powered: Arc<AtomicBool>) -> io::Result<Self> {
         let meta = std::fs::metadata(backing)?;
         let mut state = State {
             backing: backing.to_owned(),
+            powered,
             nodes: HashMap::new(),
             next_ino: ROOT + 1,
             next_fh: 1,
@@ -235,6 +246,15 @@ fn node_from(parent: u64, name: OsString, kind: Kind, meta: &std::fs::Metadata) 
 }
 
 impl State {
+    /// Every change checks this first: after the cut the disk takes nothing.
+    fn live(&self) -> Result<(), Errno> {
+        if self.powered.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Errno::EIO)
+        }
+    }
+
     fn load_dir(&mut self, dir_ino: u64, dir: &Path) -> io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -397,6 +417,7 @@ impl State {
         {
             return Err(Errno::EINVAL);
         }
+        self.live()?;
         let ino = self.child(parent, name)?;
         let from = self.backing_path(ino).ok_or(Errno::ENOENT)?;
         let is_dir = matches!(self.nodes.get(&ino).map(|n| &n.kind), Some(Kind::Dir(_)));
@@ -440,6 +461,7 @@ impl State {
 
     /// Writes the file's content through to the backing file: what survives a cut.
     fn sync(&mut self, ino: u64) -> Result<(), Errno> {
+        self.live()?;
         let path = self.backing_path(ino);
         let (data, dirty) = match self.file_mut(ino) {
             Ok(file) => file,
@@ -498,6 +520,7 @@ impl fuser::Filesystem for Fs {
         let mut state = self.state();
         let ino = ino.0;
         let result = (|| {
+            state.live()?;
             let path = state.backing_path(ino);
             if let Some(mode) = mode {
                 if let Some(path) = &path {
@@ -581,6 +604,7 @@ impl fuser::Filesystem for Fs {
     ) {
         let mut state = self.state();
         let result = (|| {
+            state.live()?;
             let mut path = state.backing_path(parent.0).ok_or(Errno::ENOENT)?;
             path.push(name);
             state.child(parent.0, name).err().ok_or(Errno::EEXIST)?;
@@ -600,6 +624,7 @@ impl fuser::Filesystem for Fs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut state = self.state();
         let result = (|| {
+            state.live()?;
             let ino = state.child(parent.0, name)?;
             if matches!(state.nodes.get(&ino).map(|n| &n.kind), Some(Kind::Dir(_))) {
                 return Err(Errno::EISDIR);
@@ -618,6 +643,7 @@ impl fuser::Filesystem for Fs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut state = self.state();
         let result = (|| {
+            state.live()?;
             let ino = state.child(parent.0, name)?;
             match state.nodes.get(&ino).map(|n| &n.kind) {
                 Some(Kind::Dir(children)) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
@@ -645,6 +671,7 @@ impl fuser::Filesystem for Fs {
     ) {
         let mut state = self.state();
         let result = (|| {
+            state.live()?;
             let mut path = state.backing_path(parent.0).ok_or(Errno::ENOENT)?;
             path.push(link_name);
             state
@@ -688,6 +715,10 @@ impl fuser::Filesystem for Fs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mut state = self.state();
+        if flags.0 & O_TRUNC != 0 && state.live().is_err() {
+            reply.error(Errno::EIO);
+            return;
+        }
         if flags.0 & O_TRUNC != 0
             && let Ok((data, dirty)) = state.file_mut(ino.0)
         {
@@ -741,6 +772,7 @@ impl fuser::Filesystem for Fs {
     ) {
         let mut state = self.state();
         let result = (|| {
+            state.live()?;
             let (data, dirty) = state.file_mut(ino.0)?;
             let start = usize::try_from(offset).map_err(|_| Errno::EFBIG)?;
             let end = start.checked_add(bytes.len()).ok_or(Errno::EFBIG)?;
@@ -857,6 +889,7 @@ impl fuser::Filesystem for Fs {
     ) {
         let mut state = self.state();
         let result = match state.child(parent.0, name) {
+            _ if state.live().is_err() => Err(Errno::EIO),
             Ok(_) if flags & O_EXCL != 0 => Err(Errno::EEXIST),
             Ok(ino) => {
                 if flags & O_TRUNC != 0
@@ -905,6 +938,7 @@ fn create_file(
     name: &OsStr,
     mode: u32,
 ) -> Result<FileAttr, Errno> {
+    state.live()?;
     let mut path = state.backing_path(parent).ok_or(Errno::ENOENT)?;
     path.push(name);
     state.child(parent, name).err().ok_or(Errno::EEXIST)?;
