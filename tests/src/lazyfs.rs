@@ -89,26 +89,34 @@ impl LazyFs {
         let deadline = std::time::Instant::now() + crate::PATIENCE;
         loop {
             let holders = holders(&self.mountpoint);
-            if holders.is_empty() {
-                break;
-            }
             for pid in &holders {
                 let _ = std::process::Command::new("kill")
                     .args(["-9", &pid.to_string()])
                     .status();
             }
+            // A process killed but not yet reaped by its parent (a zombie) holds nothing:
+            // the kernel closed its files when it died. One still dying may hold the mount
+            // a moment longer, so the unmount is tried again until it goes through.
+            let unmounted = holders.is_empty()
+                && std::process::Command::new("umount")
+                    .arg(&self.mountpoint)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if unmounted {
+                break;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "processes {holders:?} still hold {}",
+                "{} still busy; holders {holders:?}",
                 self.mountpoint.display()
             );
             // Nobody to wait on: these are others' children. SIGKILL takes effect at once.
             std::thread::yield_now();
         }
-        // A process killed but not yet reaped by its parent (a zombie) holds nothing: the
-        // kernel closed its files when it died, so the unmount goes through.
-        if let Err(e) = session.umount_and_join() {
-            panic!("unmounting {}: {e}", self.mountpoint.display());
+        // Unmounted: the session's thread sees the device go and ends.
+        if let Err(e) = session.join() {
+            panic!("the filesystem of {}: {e}", self.mountpoint.display());
         }
     }
 }
@@ -118,7 +126,17 @@ impl Drop for LazyFs {
         if !std::thread::panicking() {
             self.cut();
         } else if let Some(session) = self.session.take() {
-            // Unmounting may fail while processes still hold it; the test has failed anyway.
+            // The test has failed already: leave no mount behind, whoever holds it.
+            self.powered.store(false, Ordering::SeqCst);
+            for pid in holders(&self.mountpoint) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
             drop(session);
         }
     }
