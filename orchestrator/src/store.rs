@@ -1,7 +1,15 @@
 //! [`SledStore`]: the core's [`Store`] on the orchestrator's disk (the CA, join tokens, API
 //! tokens, the node registry and the deployments). Records are JSON so an operator can read a dump, and
-//! every write that a peer will rely on is flushed before it returns: a node must never hold a
+//! every write that a peer will rely on is durable before it returns: a node must never hold a
 //! certificate the orchestrator forgot.
+//!
+//! Durable means synced, and sled's `flush` alone is not: on Linux it writes its log with
+//! `sync_file_range`, which neither flushes the drive's cache nor records a grown file's
+//! size, and its `sync_all` comes only from a background thread every 500 ms; large items go
+//! to files under `blobs/` that it never syncs, and its `conf` is written unsynced once. So
+//! every write here ends in [`SledStore::durable`]: sled's flush, then one `fdatasync` of its
+//! log and of any blob file not synced yet. One call per write method: a committer batch of
+//! deployment effects pays for one, however many records it holds.
 //!
 //! Registry records carry a revision (`rev`): a write never replaces a stored record with an
 //! older one, so concurrent writes of the same token or node may land in any order.
@@ -16,7 +24,11 @@ use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
 use orchestrator_core::tokens::TokenRecord;
 use serde::{Serialize, de::DeserializeOwned};
-use std::path::Path;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 /// The store on local disk.
 #[derive(Debug)]
@@ -35,6 +47,12 @@ pub struct SledStore {
     /// How many events of each node `events` holds: counted once per node, then kept as
     /// events come and go, so that storing a batch costs the batch, not the node's history.
     held: std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
+    /// sled's log (`DIR/db`), opened again to sync it: sled keeps its own handle private.
+    log: File,
+    /// `DIR/blobs/`, where sled puts items too large for its log, and the blob files synced
+    /// so far (each is written once, under a new name, and later removed).
+    blobs: PathBuf,
+    synced_blobs: Mutex<HashSet<OsString>>,
 }
 
 /// A node's events may run this far past [`MAX_EVENTS_PER_NODE`] before the oldest go, so
@@ -57,9 +75,15 @@ impl SledStore {
             let path = entry.map_err(backend)?.path();
             if path.is_file() {
                 restrict(&path, 0o600)?;
+                // sled wrote `conf` (and may have written `db`) without a sync; once here.
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(backend)?;
             }
         }
-        Ok(Self {
+        sync_dir(dir)?;
+        let log = File::open(dir.join("db")).map_err(backend)?;
+        let store = Self {
             meta: db.open_tree("meta").map_err(backend)?,
             tokens: db.open_tree("tokens").map_err(backend)?,
             api_tokens: db.open_tree("api_tokens").map_err(backend)?,
@@ -69,10 +93,49 @@ impl SledStore {
             orchestrator_events: db.open_tree("orchestrator_events").map_err(backend)?,
             held: std::sync::Mutex::default(),
             db,
-        })
+            log,
+            blobs: dir.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+        };
+        store.durable()?;
+        Ok(store)
     }
 
-    /// Writes `value` under `key` unless the stored record has a newer `rev`, then flushes.
+    /// Makes every write so far durable: sled's flush, then one `fdatasync` of its log, and
+    /// of each blob file sled wrote since the last call (rare: items over a quarter of a
+    /// segment), with the blob directory synced when one was added.
+    fn durable(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        self.log.sync_data().map_err(backend)?;
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut present = HashSet::new();
+        let mut added = false;
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(backend(e)),
+        };
+        for entry in entries {
+            let name = entry.map_err(backend)?.file_name();
+            if !synced.contains(&name) {
+                File::open(self.blobs.join(&name))
+                    .and_then(|f| f.sync_data())
+                    .map_err(backend)?;
+                added = true;
+            }
+            present.insert(name);
+        }
+        if added {
+            sync_dir(&self.blobs)?;
+        }
+        *synced = present;
+        Ok(())
+    }
+
+    /// Writes `value` under `key` unless the stored record has a newer `rev`, durably.
     fn put_newer<T: Serialize>(
         &self,
         tree: &sled::Tree,
@@ -86,7 +149,7 @@ impl SledStore {
             _ => Some(bytes.clone()),
         })
         .map_err(backend)?;
-        self.db.flush().map_err(backend)?;
+        self.durable()?;
         Ok(())
     }
 }
@@ -120,7 +183,7 @@ impl Store for SledStore {
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.meta.insert(key, value).map_err(backend)?;
-        self.db.flush().map_err(backend)?;
+        self.durable()?;
         Ok(())
     }
 
@@ -141,7 +204,7 @@ impl Store for SledStore {
         self.api_tokens
             .insert(token.id.as_bytes(), bytes)
             .map_err(backend)?;
-        self.db.flush().map_err(backend)?;
+        self.durable()?;
         Ok(())
     }
 
@@ -155,7 +218,7 @@ impl Store for SledStore {
 
     fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
         self.nodes.remove(id.0).map_err(backend)?;
-        self.db.flush().map_err(backend)?;
+        self.durable()?;
         Ok(())
     }
 
@@ -177,7 +240,7 @@ impl Store for SledStore {
                 DeploymentWrite::Event(e) => self.append_orchestrator_event(e)?,
             }
         }
-        self.db.flush().map_err(backend)?;
+        self.durable()?;
         Ok(())
     }
 
@@ -207,7 +270,7 @@ impl Store for SledStore {
             }
         }
         drop(held);
-        self.db.flush().map_err(backend)?;
+        self.durable()?;
         Ok(())
     }
 
@@ -296,6 +359,11 @@ fn event_key(node: NodeId, seq: u64) -> [u8; 24] {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// Makes the names in `dir` durable (a new file, a removal).
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(backend)
 }
 
 fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
@@ -477,5 +545,32 @@ mod tests {
             .map(|e| e.seq)
             .max();
         assert_eq!(last, Some(3), "numbering goes on after a restart");
+    }
+
+    /// sled writes an item too large for its log to a file of its own and never syncs it:
+    /// the store syncs each such file once, and forgets it once sled removed it.
+    #[test]
+    fn a_large_item_sled_keeps_in_a_blob_file_is_synced() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SledStore::open(dir.path()).expect("open");
+        let large = vec![b'x'; 300 << 10];
+        store.put_meta("large", &large).expect("put");
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("blobs"))
+            .expect("sled made its blob directory")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(!blobs.is_empty(), "a 300 KiB item is a blob");
+        let synced = store.synced_blobs.lock().expect("lock").clone();
+        assert!(
+            blobs.iter().all(|b| synced.contains(b)),
+            "{blobs:?} {synced:?}"
+        );
+        store.put_meta("large", b"small").expect("put");
+        drop(store);
+        let reopened = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            reopened.meta("large").expect("read").as_deref(),
+            Some(&b"small"[..])
+        );
     }
 }

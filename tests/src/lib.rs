@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod lazyfs;
 pub mod relay;
 
 use node_daemon::config::Config;
