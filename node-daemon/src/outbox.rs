@@ -11,10 +11,11 @@
 use edge_outbox::{OutboxStore, StoreError};
 use edge_proto::{
     EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeMsg, OperatorAction,
-    OperatorVerb, text,
+    OperatorVerb, WorkloadReport, text,
 };
 use node_core::outbox::{Class, Outbox};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -36,6 +37,8 @@ struct Inner {
     outbox: Outbox,
     /// Batches out and not acknowledged: at most [`WINDOW`].
     in_flight: usize,
+    /// The last report recorded of each workload, to tell a change from a repeat.
+    last: BTreeMap<String, WorkloadReport>,
 }
 
 /// What `edge-node ctl outbox` shows.
@@ -75,6 +78,7 @@ impl EventOutbox {
             store,
             outbox,
             in_flight: 0,
+            last: BTreeMap::new(),
         }))))
     }
 
@@ -83,6 +87,17 @@ impl EventOutbox {
         let NodeMsg::Workload(report) = msg else {
             return;
         };
+        // The supervisor says a workload's state again when nothing changed (the same spec
+        // assigned again after every reconnect): that is no event, and recording it would
+        // show a state change that did not happen after every reconnect.
+        {
+            let inner = &mut *self.lock();
+            let key = report.workload.as_str();
+            if inner.last.get(key) == Some(&**report) {
+                return;
+            }
+            inner.last.insert(key.to_owned(), (**report).clone());
+        }
         self.push(&report.workload, &EventKind::Instance((**report).clone()));
     }
 
@@ -220,4 +235,36 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::WorkloadState;
+
+    fn report(pid: u32) -> NodeMsg {
+        NodeMsg::Workload(Box::new(WorkloadReport {
+            workload: text("till"),
+            generation: 1,
+            state: WorkloadState::Running,
+            restarts: 0,
+            pid: Some(pid),
+            exit_code: None,
+            message: text("running"),
+        }))
+    }
+
+    #[test]
+    fn a_report_that_repeats_the_last_is_no_event() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let outbox = EventOutbox::open(dir.path(), 1 << 20).expect("open");
+        outbox.record(&report(7));
+        // Said again after a reconnect: nothing changed.
+        outbox.record(&report(7));
+        assert_eq!(outbox.summary().events, 1);
+        // A new process is a change, and so is the old one again after it.
+        outbox.record(&report(8));
+        outbox.record(&report(7));
+        assert_eq!(outbox.summary().events, 3);
+    }
 }
