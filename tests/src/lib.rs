@@ -444,7 +444,7 @@ pub fn start_orchestrator_on(data: &Path, quic_listen: &str) -> (Proc, String, S
                 Instant::now() < deadline,
                 "the orchestrator did not start on {quic_listen} within {PATIENCE:?}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            // It has exited (its stderr closed): start another at once.
             continue;
         };
         // Keep reading: once nobody reads its stderr, the orchestrator's next log line fails
