@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Nodes in the fleet.
 const NODES: usize = 3;
 /// Cycles of the schedule unless `CHAOS_CYCLES` says otherwise: about a minute of chaos.
-const CYCLES: u32 = 16;
+const CYCLES: u32 = 30;
 /// How long everything gets to settle once healed: a bound on a hang. A node whose link was
 /// cut for long has backed off its dials to several seconds (full jitter, capped at 30 s).
 const SETTLE: Duration = Duration::from_secs(120);
@@ -480,10 +480,18 @@ async fn events_survive_partitions_loss_and_kills_and_reconnects_restart_nothing
                 .all(|o| o["events"] == 0 && o["batches_in_flight"] == 0)
     })
     .await;
-    assert!(
-        drained.is_some(),
-        "every outbox drains once healed: {outboxes:#?}"
-    );
+    if drained.is_none() {
+        for node in &nodes {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            println!(
+                "{}'s log, last lines first:\n{}",
+                node.name,
+                tail.join("\n")
+            );
+        }
+        panic!("every outbox drains once healed (seed {seed}): {outboxes:#?}");
+    }
 
     // Every sequence number each node gave out is stored (or in a gap), once.
     let mut operator_stored = 0u64;
