@@ -252,6 +252,11 @@ pub async fn run_with(
                 Action::Disconnect => {
                     if let Some((conn, _)) = current.take() {
                         conn.close(0u32.into(), b"");
+                        // Its close may arrive after the next dial, and be taken for an old
+                        // connection's: what was out on it goes again from now.
+                        if let Some(outbox) = outbox.as_mut() {
+                            outbox.disconnected();
+                        }
                     }
                 }
                 Action::SampleStatus => {
@@ -261,6 +266,9 @@ pub async fn run_with(
                     if let Some(msg) = traffic.as_mut().and_then(|t| t.report(Instant::now())) {
                         send_now(&mut current, &msg).await;
                     }
+                    // Events wait for a reason to go (a new one, an acknowledgement, a
+                    // welcome); this is one more, so that none waits past an interval.
+                    send_events(&mut outbox, &mut current, session.is_established()).await;
                 }
                 Action::Assign(a) => {
                     let reply = match sampler.as_mut() {

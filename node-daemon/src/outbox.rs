@@ -11,11 +11,12 @@
 use edge_outbox::{OutboxStore, StoreError};
 use edge_proto::{
     EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeMsg, OperatorAction,
-    OperatorVerb, text,
+    OperatorVerb, WorkloadReport, text,
 };
 use node_core::config::OutboxSettings;
 use node_core::outbox::{Class, Drain, Outbox, Pacer};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
@@ -39,6 +40,8 @@ struct Inner {
     pacer: Option<(Pacer, Instant)>,
     /// When the pacer lets the next batch go, while it holds one back.
     paced_until: Option<Instant>,
+    /// The last report recorded of each workload, to tell a change from a repeat.
+    last: BTreeMap<String, WorkloadReport>,
 }
 
 /// What `edge-node ctl outbox` shows.
@@ -83,6 +86,7 @@ impl EventOutbox {
                 .uplink_bytes_per_sec
                 .map(|rate| (Pacer::new(rate), Instant::now())),
             paced_until: None,
+            last: BTreeMap::new(),
         }))))
     }
 
@@ -91,6 +95,17 @@ impl EventOutbox {
     pub fn record(&self, msg: &NodeMsg) {
         match msg {
             NodeMsg::Workload(report) => {
+                // The supervisor says a workload's state again when nothing changed (the
+                // same spec assigned again after every reconnect): that is no event, and
+                // recording it would show a change that did not happen.
+                {
+                    let inner = &mut *self.lock();
+                    let key = report.workload.as_str();
+                    if inner.last.get(key) == Some(&**report) {
+                        return;
+                    }
+                    inner.last.insert(key.to_owned(), (**report).clone());
+                }
                 self.push(&report.workload, &EventKind::Instance((**report).clone()))
             }
             NodeMsg::Admission(reply) if reply.rejected.is_some() => {
@@ -264,6 +279,19 @@ mod tests {
         }))
     }
 
+    /// The `i`th restart of a crash-looping workload: a change each time.
+    fn restarted(i: usize) -> NodeMsg {
+        NodeMsg::Workload(Box::new(WorkloadReport {
+            workload: text("till"),
+            generation: 1,
+            state: WorkloadState::Backoff,
+            restarts: u32::try_from(i).unwrap_or(u32::MAX),
+            pid: None,
+            exit_code: Some(1),
+            message: text("exited with status 1"),
+        }))
+    }
+
     fn admission(rejected: Option<&str>) -> NodeMsg {
         NodeMsg::Admission(Box::new(AdmissionReply {
             workload: text("till"),
@@ -314,8 +342,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let outbox = EventOutbox::open(dir.path(), budget(16 << 20)).expect("opens");
         let n = EventBatch::MAX_EVENTS * (WINDOW + 1);
-        for _ in 0..n {
-            outbox.record(&report(WorkloadState::Failed));
+        for i in 0..n {
+            outbox.record(&restarted(i));
         }
         let mut out = Vec::new();
         while let Some(NodeMsg::Events(batch)) = outbox.next_batch() {
@@ -346,8 +374,8 @@ mod tests {
             uplink_bytes_per_sec: Some(1024),
         };
         let outbox = EventOutbox::open(dir.path(), settings).expect("opens");
-        for _ in 0..100 {
-            outbox.record(&report(WorkloadState::Failed));
+        for i in 0..100 {
+            outbox.record(&restarted(i));
         }
         let first = kinds(outbox.next_batch());
         assert!(
@@ -360,5 +388,30 @@ mod tests {
         let until = outbox.paced_until().expect("held back");
         let wait = until.saturating_duration_since(Instant::now());
         assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_report_that_repeats_the_last_is_no_event() {
+        let running = |pid| {
+            NodeMsg::Workload(Box::new(WorkloadReport {
+                workload: text("till"),
+                generation: 1,
+                state: WorkloadState::Running,
+                restarts: 0,
+                pid: Some(pid),
+                exit_code: None,
+                message: text("running"),
+            }))
+        };
+        let dir = tempfile::tempdir().expect("tmp");
+        let outbox = EventOutbox::open(dir.path(), budget(1 << 20)).expect("open");
+        outbox.record(&running(7));
+        // Said again after a reconnect: nothing changed.
+        outbox.record(&running(7));
+        assert_eq!(outbox.summary().events, 1);
+        // A new process is a change, and so is the old one again after it.
+        outbox.record(&running(8));
+        outbox.record(&running(7));
+        assert_eq!(outbox.summary().events, 3);
     }
 }

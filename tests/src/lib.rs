@@ -410,34 +410,59 @@ pub fn line_with(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Str
 /// A real `edge-orchestrator serve` on `data`, listening on ports of its own choosing:
 /// the process, its QUIC address and its API's URL, from the line it prints when ready.
 pub fn start_orchestrator(data: &Path) -> (Proc, String, String) {
-    let mut serve = std::process::Command::new(binary("edge-orchestrator"));
-    serve
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args([
-            "--quic-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .env("EDGE_LOG", "warn");
-    let (proc, lines) = spawn_reading_stderr(serve);
-    // "edge-orchestrator: nodes dial 127.0.0.1:P, operators use http://127.0.0.1:Q"
-    let banner = line_with(&lines, "nodes dial");
-    // Keep reading: once nobody reads its stderr, the orchestrator's next log line fails to
-    // write, and tracing's report of that failure panics whatever task was logging.
-    std::thread::spawn(move || lines.into_iter().for_each(drop));
-    let quic = banner
-        .split("nodes dial ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .expect("the QUIC address")
-        .to_owned();
-    let api = banner
-        .split("operators use ")
-        .nth(1)
-        .map(str::trim)
-        .expect("the API URL")
-        .to_owned();
-    (proc, quic, api)
+    start_orchestrator_on(data, "127.0.0.1:0")
+}
+
+/// As [`start_orchestrator`], with QUIC on `quic_listen`: give the address a killed one had
+/// to start it again where its nodes (or their relays) dial. A port the dead process held a
+/// moment ago may still be taken, so a start that fails is tried again until [`PATIENCE`]
+/// runs out.
+pub fn start_orchestrator_on(data: &Path, quic_listen: &str) -> (Proc, String, String) {
+    // Built first: the deadline is for the start, not for a build.
+    let exe = binary("edge-orchestrator");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut serve = std::process::Command::new(&exe);
+        serve
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--quic-listen", quic_listen, "--api-listen", "127.0.0.1:0"])
+            .env("EDGE_LOG", "warn");
+        let (proc, lines) = spawn_reading_stderr(serve);
+        // "edge-orchestrator: nodes dial 127.0.0.1:P, operators use http://127.0.0.1:Q"
+        let banner = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("nodes dial") => break Some(line),
+                Ok(_) => {}
+                // It exited (its stderr closed) or the time is up.
+                Err(_) => break None,
+            }
+        };
+        let Some(banner) = banner else {
+            drop(proc);
+            assert!(
+                Instant::now() < deadline,
+                "the orchestrator did not start on {quic_listen} within {PATIENCE:?}"
+            );
+            // It has exited (its stderr closed): start another at once.
+            continue;
+        };
+        // Keep reading: once nobody reads its stderr, the orchestrator's next log line fails
+        // to write, and tracing's report of that failure panics whatever task was logging.
+        std::thread::spawn(move || lines.into_iter().for_each(drop));
+        let quic = banner
+            .split("nodes dial ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .expect("the QUIC address")
+            .to_owned();
+        let api = banner
+            .split("operators use ")
+            .nth(1)
+            .map(str::trim)
+            .expect("the API URL")
+            .to_owned();
+        return (proc, quic, api);
+    }
 }

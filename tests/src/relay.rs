@@ -1,11 +1,13 @@
 //! A UDP relay that stands between nodes and the orchestrator: it can drop everything (a
-//! partition) and counts the bytes it carries each way. We have no netem here; this is our
+//! partition), drop a share of datagrams (a lossy link), hold each datagram a while (a slow
+//! link), and counts the bytes it carries each way. We have no netem here; this is our
 //! network.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -13,6 +15,10 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Default)]
 pub struct Link {
     cut: AtomicBool,
+    /// Percent of datagrams dropped, each way (0: none).
+    loss_percent: AtomicU32,
+    /// How long each datagram is held before it goes on, each way (0: not held).
+    delay_ms: AtomicU64,
     /// Bytes of UDP payload from nodes to the orchestrator, and back.
     pub up_bytes: AtomicU64,
     pub down_bytes: AtomicU64,
@@ -29,6 +35,30 @@ impl Link {
     }
     fn is_cut(&self) -> bool {
         self.cut.load(Ordering::SeqCst)
+    }
+    /// Drops `percent` (at most 100) of the datagrams each way, at random.
+    pub fn lossy(&self, percent: u32) {
+        self.loss_percent.store(percent.min(100), Ordering::SeqCst);
+    }
+    /// Holds every datagram `delay` before passing it on (zero: passes at once).
+    pub fn delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+    /// A clean link again: not cut, nothing dropped, nothing held.
+    pub fn clear(&self) {
+        self.heal();
+        self.lossy(0);
+        self.delay(Duration::ZERO);
+    }
+    /// Whether this datagram goes: the link is up and the loss draw spares it.
+    fn passes(&self) -> bool {
+        let loss = self.loss_percent.load(Ordering::SeqCst);
+        !self.is_cut() && (loss == 0 || fastrand::u32(0..100) >= loss)
+    }
+    fn held(&self) -> Option<Duration> {
+        let ms = self.delay_ms.load(Ordering::SeqCst);
+        (ms > 0).then(|| Duration::from_millis(ms))
     }
     /// (bytes up, bytes down)
     pub fn bytes(&self) -> (u64, u64) {
@@ -73,7 +103,7 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, link: Arc<Link>) {
         let Ok((n, client)) = front.recv_from(&mut buf).await else {
             return;
         };
-        if link.is_cut() {
+        if !link.passes() {
             continue;
         }
         let upstream = match upstreams.get(&client) {
@@ -90,7 +120,7 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, link: Arc<Link>) {
         };
         link.up_bytes.fetch_add(n as u64, Ordering::SeqCst);
         link.up_packets.fetch_add(1, Ordering::SeqCst);
-        let _ = upstream.send_to(&buf[..n], target).await;
+        forward(&link, upstream, buf[..n].to_vec(), target).await;
     }
 }
 
@@ -105,11 +135,27 @@ async fn back(
         let Ok((n, _)) = upstream.recv_from(&mut buf).await else {
             return;
         };
-        if link.is_cut() {
+        if !link.passes() {
             continue;
         }
         link.down_bytes.fetch_add(n as u64, Ordering::SeqCst);
         link.down_packets.fetch_add(1, Ordering::SeqCst);
-        let _ = front.send_to(&buf[..n], client).await;
+        forward(&link, front.clone(), buf[..n].to_vec(), client).await;
+    }
+}
+
+/// Sends `datagram` from `socket` to `to`, at once or after the link's delay (in a task of
+/// its own, so later datagrams are not held behind it).
+async fn forward(link: &Link, socket: Arc<UdpSocket>, datagram: Vec<u8>, to: SocketAddr) {
+    match link.held() {
+        None => {
+            let _ = socket.send_to(&datagram, to).await;
+        }
+        Some(delay) => {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = socket.send_to(&datagram, to).await;
+            });
+        }
     }
 }
