@@ -253,15 +253,14 @@ impl Store for SledStore {
             let Some(node) = NodeId::parse(&event.node) else {
                 return Err(StoreError::Backend(format!("no node id: {:?}", event.node)));
             };
-            if !held.contains_key(&node) {
-                held.insert(node, self.events.scan_prefix(node.0).keys().count());
-            }
             let bytes = serde_json::to_vec(event).map_err(backend)?;
+            let count = held
+                .entry(node)
+                .or_insert_with(|| self.events.scan_prefix(node.0).keys().count());
             let before = self
                 .events
                 .insert(event_key(node, event.seq), bytes)
                 .map_err(backend)?;
-            let count = held.entry(node).or_default();
             if before.is_none() {
                 *count += 1;
             }
