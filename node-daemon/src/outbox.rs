@@ -188,13 +188,7 @@ impl EventOutbox {
             let bytes: u64 = batch.records.iter().map(|r| r.cost()).sum();
             pacer.spent(origin.elapsed(), bytes);
         }
-        let gaps = batch.gaps.iter().map(|g| EventGap {
-            first: g.first,
-            last: g.last,
-            count: g.count,
-            first_at_ms: g.first_at_ms,
-            last_at_ms: g.last_at_ms,
-        });
+        let gaps = batch.gaps.into_iter().map(EventGap::from);
         let mut events = List::new();
         for record in batch.records {
             match postcard::from_bytes::<EventKind>(&record.body) {

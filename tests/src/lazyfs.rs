@@ -41,6 +41,33 @@ use std::time::{Duration, SystemTime};
 /// Attributes and entries are not cached by the kernel: every process sees the state now.
 const TTL: Duration = Duration::ZERO;
 
+/// A disk for a power-cut test: what survives (`backing`) and where it is mounted.
+#[derive(Debug)]
+pub struct Disk {
+    pub backing: tempfile::TempDir,
+    pub mount: tempfile::TempDir,
+}
+
+impl Disk {
+    pub fn new() -> Self {
+        Self {
+            backing: tempfile::tempdir().expect("tmp"),
+            mount: tempfile::tempdir().expect("tmp"),
+        }
+    }
+
+    /// Mounts the disk: the machine (back) on.
+    pub fn power_on(&self) -> LazyFs {
+        LazyFs::mount(self.backing.path(), self.mount.path()).expect("mount")
+    }
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A mounted [`LazyFs`] over a backing directory.
 #[derive(Debug)]
 pub struct LazyFs {
@@ -981,28 +1008,10 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    struct Disk {
-        backing: tempfile::TempDir,
-        mount: tempfile::TempDir,
-    }
-
-    impl Disk {
-        fn new() -> Self {
-            Self {
-                backing: tempfile::tempdir().expect("tmp"),
-                mount: tempfile::tempdir().expect("tmp"),
-            }
-        }
-
-        fn mount(&self) -> LazyFs {
-            LazyFs::mount(self.backing.path(), self.mount.path()).expect("mount")
-        }
-    }
-
     #[test]
     fn a_write_never_synced_is_gone_after_a_cut_and_a_synced_one_stays() {
         let disk = Disk::new();
-        let fs = disk.mount();
+        let fs = disk.power_on();
         let root = fs.path().to_owned();
         let mut synced = std::fs::File::create(root.join("synced")).expect("create");
         synced.write_all(b"kept").expect("write");
@@ -1018,7 +1027,7 @@ mod tests {
         drop(synced);
         fs.power_cut();
 
-        let fs = disk.mount();
+        let fs = disk.power_on();
         assert_eq!(
             std::fs::read(fs.path().join("synced")).expect("read"),
             b"kept"
@@ -1035,7 +1044,7 @@ mod tests {
     fn a_file_renamed_over_another_without_a_sync_comes_back_empty() {
         let disk = Disk::new();
         std::fs::write(disk.backing.path().join("id"), b"old").expect("seed");
-        let fs = disk.mount();
+        let fs = disk.power_on();
         let root = fs.path().to_owned();
         std::fs::write(root.join("id.tmp"), b"new").expect("write");
         std::fs::rename(root.join("id.tmp"), root.join("id")).expect("rename");
@@ -1046,7 +1055,7 @@ mod tests {
         std::fs::rename(root.join("ok.tmp"), root.join("ok")).expect("rename");
         fs.power_cut();
 
-        let fs = disk.mount();
+        let fs = disk.power_on();
         assert_eq!(
             std::fs::read(fs.path().join("id")).expect("read"),
             b"",
@@ -1062,7 +1071,7 @@ mod tests {
         let disk = Disk::new();
         std::fs::write(disk.backing.path().join("log"), b"0123456789").expect("seed");
         std::fs::create_dir(disk.backing.path().join("dir")).expect("seed");
-        let fs = disk.mount();
+        let fs = disk.power_on();
         let root = fs.path().to_owned();
         let log = std::fs::OpenOptions::new()
             .write(true)
@@ -1079,7 +1088,7 @@ mod tests {
         drop(moved);
         fs.power_cut();
 
-        let fs = disk.mount();
+        let fs = disk.power_on();
         let root = fs.path().to_owned();
         assert_eq!(
             std::fs::read(root.join("log")).expect("read"),
@@ -1094,7 +1103,7 @@ mod tests {
         std::fs::remove_file(root.join("dir/b")).expect("unlink");
         fs.power_cut();
 
-        let fs = disk.mount();
+        let fs = disk.power_on();
         let meta = std::fs::metadata(fs.path().join("new")).expect("stat");
         assert!(meta.is_dir());
         assert_eq!(meta.mode() & 0o777, 0o700);
@@ -1105,7 +1114,7 @@ mod tests {
     #[test]
     fn a_cut_kills_the_processes_that_use_the_mount() {
         let disk = Disk::new();
-        let fs = disk.mount();
+        let fs = disk.power_on();
         let mut sleeper = std::process::Command::new("sleep")
             .arg("600")
             .current_dir(fs.path())

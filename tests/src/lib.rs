@@ -77,6 +77,13 @@ pub struct TestOrchestrator {
 }
 
 impl TestOrchestrator {
+    /// Stores `bytes` as an artifact and returns its digest as a spec names it
+    /// (`sha256:...`).
+    pub async fn artifact(&self, bytes: &[u8]) -> String {
+        let stored = self.orch.artifacts.put(bytes, None).await.expect("put");
+        edge_proto::digest::to_prefixed(&stored.digest)
+    }
+
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let orch = start_at(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;

@@ -90,17 +90,11 @@ async fn a_local_operator_controls_a_node_with_no_uplink_and_the_orchestrator_le
 
     let pid_file = node_dir.path().join("workload.pid");
     let script = b"#!/bin/sh\necho $$ > \"$PID_FILE\"\necho \"till up as $$\"\nexec sleep 600\n";
-    let stored = orch
-        .orch
-        .artifacts
-        .put(&script[..], None)
-        .await
-        .expect("put");
-    let digest: String = stored.digest.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = orch.artifact(script).await;
     let spec = json!({
         "name": "till",
         "version": "1.0.0",
-        "artifact": format!("sha256:{digest}"),
+        "artifact": digest,
         "env": {"PID_FILE": pid_file.display().to_string()},
         "resources": {"cpu_millis": 100, "memory_bytes": 32 << 20},
     });

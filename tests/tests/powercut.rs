@@ -10,7 +10,7 @@
 //! outbox (the numbering goes on where it was, so no stored event is overwritten).
 
 use edge_tests::cli::Edgectl;
-use edge_tests::lazyfs::LazyFs;
+use edge_tests::lazyfs::{Disk, LazyFs};
 use edge_tests::{
     PATIENCE, Proc, TestNode, TestOrchestrator, alive, binary, eventually, line_with, node_config,
     spawn_reading_stderr,
@@ -19,25 +19,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// A disk: what survives (`backing`) and where it is mounted.
-struct Disk {
-    backing: tempfile::TempDir,
-    mount: tempfile::TempDir,
-}
-
-impl Disk {
-    fn new() -> Self {
-        Self {
-            backing: tempfile::tempdir().expect("tmp"),
-            mount: tempfile::tempdir().expect("tmp"),
-        }
-    }
-
-    fn power_on(&self) -> LazyFs {
-        LazyFs::mount(self.backing.path(), self.mount.path()).expect("mount")
-    }
-}
 
 /// Polls `check` every 2 ms (a cut should follow what it waits for closely) until it holds,
 /// within [`PATIENCE`].
@@ -407,8 +388,7 @@ async fn what_a_node_committed_survives_a_power_cut() {
     );
     let id = std::fs::read_to_string(data.join("identity/node.id")).expect("node.id");
 
-    let stored = orch.orch.artifacts.put(SLEEPER, None).await.expect("put");
-    let digest = format!("sha256:{}", edge_proto::digest::encode_hex(&stored.digest));
+    let digest = orch.artifact(SLEEPER).await;
     let pid_file = dir.path().join("w.pid");
     let (status, body) = orch
         .api(

@@ -117,13 +117,7 @@ async fn a_node_away_too_long_is_replaced_and_one_instance_survives_its_return()
     }
 
     let script = b"#!/bin/sh\nexec sleep 600\n";
-    let stored = orch
-        .orch
-        .artifacts
-        .put(&script[..], None)
-        .await
-        .expect("put");
-    let digest = edge_proto::digest::to_prefixed(&stored.digest);
+    let digest = orch.artifact(script).await;
     let spec = |name: &str, replicas: u32, secs: u32, rule: &str| {
         json!({
             "name": name,

@@ -105,17 +105,7 @@ fn wire(batch: Batch) -> Box<EventBatch> {
                 kind: postcard::from_bytes(&r.body).expect("our own records decode"),
             })
             .collect::<List<_, { EventBatch::MAX_EVENTS }>>(),
-        gaps: batch
-            .gaps
-            .iter()
-            .map(|g| EventGap {
-                first: g.first,
-                last: g.last,
-                count: g.count,
-                first_at_ms: g.first_at_ms,
-                last_at_ms: g.last_at_ms,
-            })
-            .collect(),
+        gaps: batch.gaps.into_iter().map(EventGap::from).collect(),
     })
 }
 

@@ -85,6 +85,18 @@ pub struct Gap {
     pub last_at_ms: u64,
 }
 
+impl From<Gap> for edge_proto::EventGap {
+    fn from(g: Gap) -> Self {
+        Self {
+            first: g.first,
+            last: g.last,
+            count: g.count,
+            first_at_ms: g.first_at_ms,
+            last_at_ms: g.last_at_ms,
+        }
+    }
+}
+
 /// What was shed to make room, by step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Shed {
