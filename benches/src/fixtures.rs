@@ -87,6 +87,7 @@ pub fn hello(intent: Intent, node_id: Option<NodeId>) -> NodeMsg {
         intent,
         node_id,
         agent: text(concat!("fleet-sim/", env!("CARGO_PKG_VERSION"))),
+        sync: None,
     })
 }
 

@@ -25,6 +25,7 @@ use edge_proto::{
 use node_core::session::{
     ANSWER_TIMEOUT, Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession,
 };
+use node_core::sync::Resync;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -191,6 +192,8 @@ pub async fn run_with(
     });
     drop(identity);
 
+    // Follows the sync after each welcome; events wait until it is over.
+    let mut resync = Resync::default();
     let endpoint = client_endpoint(&config)?;
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut attempt = 0u64;
@@ -250,6 +253,7 @@ pub async fn run_with(
                     }
                 }
                 Action::Disconnect => {
+                    resync.disconnected();
                     if let Some((conn, _)) = current.take() {
                         conn.close(0u32.into(), b"");
                         // Its close may arrive after the next dial, and be taken for an old
@@ -268,9 +272,10 @@ pub async fn run_with(
                     }
                     // Events wait for a reason to go (a new one, an acknowledgement, a
                     // welcome); this is one more, so that none waits past an interval.
-                    send_events(&mut outbox, &mut current, session.is_established()).await;
+                    send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
                 Action::Assign(a) => {
+                    resync.assigned(a.workload.as_str());
                     let reply = match sampler.as_mut() {
                         Some(s) => workloads.assign(*a, s.measure()),
                         None => edge_proto::AdmissionReply {
@@ -283,6 +288,30 @@ pub async fn run_with(
                 }
                 Action::Unassign(u) => {
                     tokio::spawn(workloads.unassign(u.workload.as_str()));
+                }
+                Action::Synced(synced) => {
+                    let held = workloads.held();
+                    let next = outbox.as_ref().map_or(0, |o| o.marks().0);
+                    if let Some(finish) =
+                        resync.finish(&synced, held.iter().map(String::as_str), next)
+                    {
+                        info!(
+                            mode = ?synced.mode,
+                            assigned = synced.assigned,
+                            unassigned = synced.unassigned,
+                            forgotten = finish.forget.len(),
+                            "in sync with the orchestrator"
+                        );
+                        for name in &finish.forget {
+                            tokio::spawn(workloads.unassign(name));
+                        }
+                        if let (Some(through), Some(outbox)) =
+                            (finish.number_after, outbox.as_ref())
+                        {
+                            outbox.number_after(through);
+                        }
+                    }
+                    send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
                 Action::Routes(routes) => {
                     if let Some(proxy) = &proxy {
@@ -298,7 +327,7 @@ pub async fn run_with(
                     if let Some(outbox) = outbox.as_mut() {
                         outbox.stored(&stored);
                     }
-                    send_events(&mut outbox, &mut current, session.is_established()).await;
+                    send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
@@ -346,7 +375,7 @@ pub async fn run_with(
             }
             // Cancel-safe: a timer. The pace of the uplink let the next batch go.
             () = paced(outbox.as_ref().and_then(|o| o.paced_until())) => {
-                send_events(&mut outbox, &mut current, session.is_established()).await;
+                send_events(&mut outbox, &mut current, resync.is_done()).await;
             }
             _ = caps_tick.tick() => {
                 let caps = tokio::task::spawn_blocking(caps_now.clone()).await;
@@ -362,7 +391,7 @@ pub async fn run_with(
                 }
                 if session.is_established() {
                     send_now(&mut current, &msg).await;
-                    send_events(&mut outbox, &mut current, session.is_established()).await;
+                    send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
             }
             Some(event) = rx.recv() => match event {
@@ -370,6 +399,7 @@ pub async fn run_with(
                     tokio::spawn(read_loop(conn.clone(), recv, n, tx.clone()));
                     let _ = conn_tx.send(Some(conn.clone()));
                     current = Some((conn, send));
+                    session.set_sync(sync_state(&workloads, outbox.as_ref()));
                     session.handle_connected(Instant::now());
                 }
                 Event::ConnectFailed(n, failure) if n == attempt => {
@@ -421,6 +451,7 @@ pub async fn run_with(
                         }
                     }
                     if !was_established && session.is_established() {
+                        resync.welcomed();
                         board.set(State::Online, format!("connected to {orchestrator}"));
                         // The orchestrator sends every workload's peer routes after the
                         // welcome; what this node knew may be stale by now.
@@ -444,7 +475,7 @@ pub async fn run_with(
                         for report in workloads.reports() {
                             send_now(&mut current, &report).await;
                         }
-                        send_events(&mut outbox, &mut current, session.is_established()).await;
+                        send_events(&mut outbox, &mut current, resync.is_done()).await;
                     }
                 }
                 Event::Closed(n, why) if n == attempt => {
@@ -455,6 +486,7 @@ pub async fn run_with(
                     }
                     current = None;
                     let _ = conn_tx.send(None);
+                    resync.disconnected();
                     if let Some(outbox) = outbox.as_mut() {
                         outbox.disconnected();
                     }
@@ -530,6 +562,23 @@ fn identity_conflict(
 /// backing off.
 /// Sends the outbox's next batches of events, as many as its window lets go: only on an
 /// established session (before the welcome the orchestrator takes nothing else).
+/// What the hello says the node holds: its admitted workloads, and its outbox's marks.
+fn sync_state(
+    workloads: &Workloads,
+    outbox: Option<&crate::outbox::EventOutbox>,
+) -> edge_proto::SyncState {
+    let (applied, complete) = workloads.applied();
+    let (next, oldest) = outbox.map_or((0, 0), crate::outbox::EventOutbox::marks);
+    node_core::sync::state(
+        applied
+            .iter()
+            .map(|(name, generation)| (name.as_str(), *generation)),
+        complete,
+        next,
+        oldest,
+    )
+}
+
 async fn send_events(
     outbox: &mut Option<crate::outbox::EventOutbox>,
     current: &mut Option<(quinn::Connection, quinn::SendStream)>,

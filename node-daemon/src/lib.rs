@@ -1,6 +1,7 @@
 //! The edge node daemon: who the node is, what it has, and its session with the orchestrator.
 #![forbid(unsafe_code)]
 
+pub mod applied;
 pub mod artifacts;
 pub mod capabilities;
 pub mod config;

@@ -234,6 +234,28 @@ impl EventOutbox {
         }
     }
 
+    /// The sequence number the outbox gives next, and the lowest it still holds: what a
+    /// hello says of it.
+    pub fn marks(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.outbox.next_seq(), inner.outbox.oldest())
+    }
+
+    /// The orchestrator holds this node's sequence numbers up to `through` and the outbox
+    /// would give some of them again (it was lost or reset): it numbers above them.
+    pub fn number_after(&self, through: u64) {
+        let inner = &mut *self.lock();
+        match inner.store.number_after(&mut inner.outbox, through) {
+            Ok(true) => warn!(
+                through,
+                next_seq = inner.outbox.next_seq(),
+                "outbox: numbered behind what the orchestrator holds (lost or reset); moved above it"
+            ),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "outbox: could not renumber"),
+        }
+    }
+
     /// The session ended: what was out and not acknowledged goes again next time.
     pub fn disconnected(&self) {
         let inner = &mut *self.lock();

@@ -9,6 +9,7 @@
 //!
 //! It owns no socket: the daemon hands it the current connection and carries its messages.
 
+use crate::applied::{self, AppliedFile};
 use crate::artifacts::{ArtifactCache, FetchError};
 use crate::metrics::{NodeEvent, NodeMetrics};
 use crate::supervisor::{
@@ -65,6 +66,8 @@ struct Book {
     generations: HashMap<String, u64>,
     /// The artifact of each workload's latest assignment: kept by the cache's collection.
     artifacts: HashMap<String, crate::artifacts::Digest>,
+    /// The limits each admitted workload reserved, to reserve them again after a restart.
+    requests: HashMap<String, Request>,
     /// Counts assignments and unassignments in the order they arrive; `last_op` holds the
     /// count of each workload's latest. A stop that is overtaken by a newer assignment of
     /// the same name (delete, then deploy again at once) must not stop the new one.
@@ -94,6 +97,8 @@ pub struct Workloads {
     /// What every workload finds in its environment about the node.
     node_env: Arc<[(String, String)]>,
     metrics: NodeMetrics,
+    /// What was admitted, kept for the hello after a restart.
+    applied: AppliedFile,
 }
 
 /// Why the agent could not start.
@@ -135,6 +140,7 @@ impl Workloads {
                 admission: Admission::new(reserve),
                 generations: HashMap::new(),
                 artifacts: HashMap::new(),
+                requests: HashMap::new(),
                 ops: 0,
                 last_op: HashMap::new(),
             })),
@@ -143,17 +149,92 @@ impl Workloads {
             out,
             node_env: node_env(node_name, node_address).into(),
             metrics,
+            applied: AppliedFile::new(data_dir),
         };
         let restarted = agent.supervisor.recover().await?;
         if !restarted.is_empty() {
             info!(workloads = ?restarted, "restarted workloads from before the daemon stopped");
         }
+        agent.readmit();
         tokio::spawn(agent.clone().forward_reports());
         Ok(agent)
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes back what was admitted before the daemon stopped, for each workload the
+    /// supervisor runs again: its generation, artifact and reserved limits. What no longer
+    /// runs is dropped from the record.
+    fn readmit(&self) {
+        let stored = self.applied.load();
+        {
+            let mut book = self.book();
+            for (name, entry) in &stored {
+                if self.supervisor.status(name).is_none() {
+                    continue;
+                }
+                let request = Request {
+                    memory_bytes: entry.memory_bytes,
+                    disk_bytes: entry.disk_bytes,
+                    download_bytes: 0,
+                };
+                book.admission.adopt(name, request);
+                book.generations.insert(name.clone(), entry.generation);
+                book.artifacts.insert(name.clone(), entry.artifact);
+                book.requests.insert(name.clone(), request);
+            }
+        }
+        self.store_applied();
+    }
+
+    /// Writes the record of what is admitted.
+    fn store_applied(&self) {
+        self.applied.store(|| {
+            let book = self.book();
+            book.generations
+                .iter()
+                .filter_map(|(name, generation)| {
+                    let artifact = *book.artifacts.get(name)?;
+                    let request = book.requests.get(name).copied().unwrap_or_default();
+                    Some((
+                        name.clone(),
+                        applied::Entry {
+                            generation: *generation,
+                            artifact,
+                            memory_bytes: request.memory_bytes,
+                            disk_bytes: request.disk_bytes,
+                        },
+                    ))
+                })
+                .collect()
+        });
+    }
+
+    /// What the next hello says it holds: each admitted workload at its generation, and
+    /// whether that is everything the supervisor runs.
+    pub fn applied(&self) -> (Vec<(String, u64)>, bool) {
+        let applied: Vec<(String, u64)> = self
+            .book()
+            .generations
+            .iter()
+            .map(|(name, generation)| (name.clone(), *generation))
+            .collect();
+        let complete = self
+            .supervisor
+            .statuses()
+            .iter()
+            .all(|s| applied.iter().any(|(name, _)| *name == s.name));
+        (applied, complete)
+    }
+
+    /// Every workload the node holds: admitted, or run by the supervisor.
+    pub fn held(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.book().generations.keys().cloned().collect();
+        names.extend(self.supervisor.statuses().into_iter().map(|s| s.name));
+        names.into_iter().collect()
     }
 
     /// Decides on an assignment. If admitted, the download and start go on in the background.
@@ -191,9 +272,13 @@ impl Workloads {
             if verdict.is_ok() {
                 book.generations.insert(name.clone(), a.generation);
                 book.artifacts.insert(name.clone(), a.artifact);
+                book.requests.insert(name.clone(), request);
             }
             verdict
         };
+        if verdict.is_ok() {
+            self.store_applied();
+        }
         let reply = AdmissionReply {
             workload: a.workload.clone(),
             generation: a.generation,
@@ -223,8 +308,10 @@ impl Workloads {
             book.admission.release(name);
             book.generations.remove(name);
             book.artifacts.remove(name);
+            book.requests.remove(name);
             book.op(name)
         };
+        self.store_applied();
         let (agent, name) = (self.clone(), name.to_owned());
         async move {
             // Checked and called without an await between: a newer assignment's start queues
@@ -286,9 +373,7 @@ impl Workloads {
     /// had been unassigned: for a node the orchestrator no longer knows, which has placed
     /// them elsewhere already. Nothing is left to restart on the next start.
     pub async fn forget_all(&self) {
-        let mut names: std::collections::BTreeSet<String> =
-            self.book().generations.keys().cloned().collect();
-        names.extend(self.supervisor.statuses().into_iter().map(|s| s.name));
+        let names = self.held();
         // All at once: each takes up to its grace period.
         let mut stops = tokio::task::JoinSet::new();
         for name in &names {

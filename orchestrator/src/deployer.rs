@@ -24,12 +24,13 @@
 
 use crate::links::NodeLinks;
 use crate::metrics::{Metrics, WorkloadEvent};
-use edge_proto::{NodeId, OrchMsg, ProxyAdvert, WorkloadReport, WorkloadState};
+use edge_proto::{NodeId, OrchMsg, ProxyAdvert, SyncState, WorkloadReport, WorkloadState};
 use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
 use orchestrator_core::events::What;
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::routes::{self, RouteBook};
-use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
+use orchestrator_core::store::{DeploymentWrite, Store, StoreError, StoredSeqs};
+use orchestrator_core::sync;
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -102,19 +103,40 @@ impl Deployer {
         self.decide(|d, _| f(d))
     }
 
-    /// A node's session is ready for messages: it gets every assignment it holds, then the
-    /// routes of every exposed workload.
-    pub fn node_up(&self, record: NodeRecord) -> Committed {
+    /// A node's session is ready for messages, and it said `said` at hello: it gets what
+    /// changed of its assignments (or all of them, see [`orchestrator_core::sync`]), then
+    /// the routes of every exposed workload, then the acknowledgements of events it still
+    /// holds that `stored` says are stored, then [`OrchMsg::Synced`] with the highest of
+    /// its sequence numbers stored.
+    pub fn node_up(
+        &self,
+        record: NodeRecord,
+        said: Option<&SyncState>,
+        stored: &StoredSeqs,
+    ) -> Committed {
         let id = record.id;
         let location = routes::location(&record);
         let now_ms = crate::clock::now_ms();
         self.decide(|d, book| {
-            let mut effects = d.node_up(record, now_ms);
+            let (plan, mut effects) = d.node_up(record, said, now_ms);
             log_decisions(&self.metrics, &effects);
+            let unassigned = effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Send(to, OrchMsg::Unassign(_)) if *to == id))
+                .count();
             let routes = book.node_online(id, location);
             effects.extend(broadcast(book, routes));
             // The node forgets its peer routes when a session opens; this is all of them.
             effects.extend(book.snapshot().into_iter().map(|m| Effect::Send(id, m)));
+            if let Some(said) = said {
+                effects.extend(
+                    sync::resent_acks(said, &stored.from)
+                        .into_iter()
+                        .map(|ack| Effect::Send(id, OrchMsg::EventsStored(Box::new(ack)))),
+                );
+            }
+            let synced = sync::synced(&plan, unassigned, stored.highest);
+            effects.push(Effect::Send(id, OrchMsg::Synced(synced)));
             ((), effects)
         })
         .1

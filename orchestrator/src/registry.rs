@@ -9,7 +9,7 @@ use crate::pki::{Ca, PkiError};
 use edge_proto::NodeId;
 use orchestrator_core::events::EventRecord;
 use orchestrator_core::fleet::{Change, Fleet, NodeRecord};
-use orchestrator_core::store::{Store, StoreError};
+use orchestrator_core::store::{Store, StoreError, StoredSeqs};
 use orchestrator_core::tokens::{self, TokenRecord};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -89,6 +89,17 @@ impl Registry {
     /// Stores nodes' events (see `orchestrator_core::events`); durable when it returns.
     pub fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         self.store.put_events(events)
+    }
+
+    /// Which of `node`'s outbox sequence numbers are stored from `from` on (at most
+    /// `limit`), and the highest: for the sync when its session opens.
+    pub fn node_event_seqs(
+        &self,
+        node: NodeId,
+        from: u64,
+        limit: usize,
+    ) -> Result<StoredSeqs, StoreError> {
+        self.store.node_event_seqs(node, from, limit)
     }
 
     /// The stored events of `node` (hex id) or of every node.

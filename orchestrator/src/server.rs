@@ -14,11 +14,13 @@ use crate::pki::{Ca, PkiError, node_id_from_cert};
 use crate::registry::Registry;
 use crate::reports::Reports;
 use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, server_transport, write_msg};
-use edge_proto::{ALPN, DecodeError, Intent, NodeId, OrchMsg, RejectCode, StreamOpen, decode};
+use edge_proto::{
+    ALPN, DecodeError, Intent, NodeId, OrchMsg, RejectCode, StreamOpen, SyncState, decode,
+};
 use orchestrator_core::fleet::{Change, SessionId};
 use orchestrator_core::pacing::{Pacing, PacingPolicy, Verdict};
 use orchestrator_core::session::{Action, Ctx, Event, LIVENESS_WINDOW, Liveness, ServerSession};
-use orchestrator_core::store::StoreError;
+use orchestrator_core::store::{StoreError, StoredSeqs};
 use rustls::pki_types::CertificateDer;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -278,7 +280,7 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             server.links.set_outbox(node, id, tx.clone());
             outbox_tx = None;
             active = Some(server.metrics.session_active());
-            node_up(&server, node);
+            node_up(&server, node, session.take_sync());
             admitted = None;
         }
         let deadline = session.poll_timeout();
@@ -462,12 +464,27 @@ async fn serve_stream(
     }
 }
 
-/// A node's session is ready for messages: it gets its assignments again, then the routes
-/// of every exposed workload.
-fn node_up(server: &Server, node: NodeId) {
-    if let Some((record, _)) = server.registry.node(node) {
-        server.deployments.node_up(record);
-    }
+/// A node's session is ready for messages, and it said `said` at hello: it gets what
+/// changed since (see [`Deployer::node_up`](crate::deployer::Deployer::node_up)), with what
+/// the store holds of its outbox.
+fn node_up(server: &Server, node: NodeId, said: Option<SyncState>) {
+    let Some((record, _)) = server.registry.node(node) else {
+        return;
+    };
+    // A node that said nothing learns only the highest number stored.
+    let (from, limit) = said.as_ref().map_or((u64::MAX, 0), |s| {
+        (s.outbox_oldest, orchestrator_core::sync::MAX_RESENT_ACKS)
+    });
+    let stored = server
+        .registry
+        .node_event_seqs(node, from, limit)
+        .unwrap_or_else(|error| {
+            // Answered without them: the node sends its events again, and storing them
+            // twice changes nothing.
+            warn!(node = %node, %error, "could not read a node's stored events");
+            StoredSeqs::default()
+        });
+    server.deployments.node_up(record, said.as_ref(), &stored);
 }
 
 /// Frames from the control stream: how many may wait for the connection loop before

@@ -21,7 +21,7 @@ use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::deploy::DeploymentRecord;
 use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE, Origin};
 use orchestrator_core::fleet::NodeRecord;
-use orchestrator_core::store::{DeploymentWrite, Store, StoreError};
+use orchestrator_core::store::{DeploymentWrite, Store, StoreError, StoredSeqs};
 use orchestrator_core::tokens::TokenRecord;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::HashSet;
@@ -295,6 +295,39 @@ impl Store for SledStore {
             }
         }
         Ok(all)
+    }
+
+    fn node_event_seqs(
+        &self,
+        node: NodeId,
+        from: u64,
+        limit: usize,
+    ) -> Result<StoredSeqs, StoreError> {
+        let seq_of = |key: sled::IVec| {
+            <[u8; 8]>::try_from(key.get(16..).unwrap_or_default())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    key: format!("events/{node}"),
+                    reason: "a key of the wrong length".into(),
+                })
+        };
+        let mut from_keys = Vec::new();
+        for key in self
+            .events
+            .range(event_key(node, from)..=event_key(node, u64::MAX))
+            .keys()
+            .take(limit)
+        {
+            from_keys.push(seq_of(key.map_err(backend)?)?);
+        }
+        let highest = match self.events.scan_prefix(node.0).keys().next_back() {
+            Some(key) => Some(seq_of(key.map_err(backend)?)?),
+            None => None,
+        };
+        Ok(StoredSeqs {
+            from: from_keys,
+            highest,
+        })
     }
 }
 

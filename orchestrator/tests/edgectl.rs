@@ -100,7 +100,7 @@ impl Server {
         };
         self.handles
             .deployments
-            .deploy(|d| ((), d.node_up(record, 0)));
+            .deploy(|d| ((), d.node_up(record, None, 0).1));
     }
 
     fn enroll_berlin(&self) {

@@ -122,6 +122,38 @@ pub struct Hello {
     pub node_id: Option<NodeId>,
     /// Software and version, e.g. `edge-node/0.1.0`.
     pub agent: Text<64>,
+    /// What an enrolled node has applied and what its outbox holds, so that the orchestrator
+    /// sends only what changed since. `None` (an enrollment, or a node that cannot say):
+    /// the orchestrator answers with a snapshot. Boxed: the list is large.
+    pub sync: Option<Box<SyncState>>,
+}
+
+/// What a node says at hello about the state it has: the workloads it holds, each at the
+/// generation it admitted, and its outbox's sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    pub applied: List<Applied, { SyncState::MAX_APPLIED }>,
+    /// `applied` is everything the node holds. `false` when it holds more than the list
+    /// takes, or runs something whose generation it lost: the orchestrator answers with a
+    /// snapshot.
+    pub complete: bool,
+    /// The sequence number the node's outbox gives next.
+    pub outbox_next: u64,
+    /// The lowest sequence number the outbox still holds unacknowledged (`outbox_next`
+    /// when it holds none).
+    pub outbox_oldest: u64,
+}
+
+impl SyncState {
+    /// The most workloads a hello lists; a node holding more says `complete: false`.
+    pub const MAX_APPLIED: usize = 128;
+}
+
+/// A workload a node holds, at the generation it admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub workload: Text<MAX_NAME_LEN>,
+    pub generation: u64,
 }
 
 /// A join request: token, CSR and what the node is.
@@ -309,6 +341,31 @@ pub enum OrchMsg {
     /// at once): dial again no sooner than `retry_after_ms`. The connection then closes with
     /// [`RejectCode::Busy`]'s close code.
     Busy(Busy),
+    /// The end of the sync that follows a welcome: every `Assign` and `Unassign` the
+    /// node's [`SyncState`] called for, and the acknowledgements of events already stored,
+    /// came before it.
+    Synced(Synced),
+}
+
+/// How the orchestrator answered a node's [`SyncState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    pub mode: SyncMode,
+    /// How many `Assign`s and `Unassign`s the sync sent.
+    pub assigned: u32,
+    pub unassigned: u32,
+    /// The highest sequence number of this node's outbox the orchestrator holds. A node
+    /// whose outbox would number at or below it (it lost its outbox) numbers above it.
+    pub events_through: Option<u64>,
+}
+
+/// Whether a sync sent changes or everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncMode {
+    /// Only what differs from what the node said it applied.
+    Changes,
+    /// Every assignment the node holds: whatever else it runs, it stops.
+    Snapshot,
 }
 
 /// When a node refused with [`OrchMsg::Busy`] may come back.

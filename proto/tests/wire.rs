@@ -50,8 +50,9 @@ fn golden_bytes() {
                 intent: Intent::Session,
                 node_id: Some(id),
                 agent: text("edge-node/0.1.0"),
+                sync: None,
             })),
-            "000000250001010101abababababababababababababababab0f656467652d6e6f64652f302e312e30",
+            "000000260001010101abababababababababababababababab0f656467652d6e6f64652f302e312e3000",
         ),
         (
             encode(&NodeMsg::Enroll(Box::new(EnrollRequest {
@@ -168,6 +169,7 @@ fn arb_node_msg() -> impl Strategy<Value = NodeMsg> {
                 },
                 node_id: id.map(NodeId),
                 agent,
+                sync: None,
             })),
         (
             arb_text::<64>(),
@@ -1446,5 +1448,86 @@ fn the_largest_event_batch_fits_one_frame_and_round_trips() {
         "the count after the tag"
     );
     body[1] += 1;
+    assert!(decode::<NodeMsg>(&body).is_err());
+}
+
+/// The sync at reconnect: what a node says it holds at hello, and the end of the answer.
+#[test]
+fn golden_bytes_of_sync() {
+    let hello = NodeMsg::Hello(Hello {
+        versions: List::from_iter([1]),
+        intent: Intent::Session,
+        node_id: Some(NodeId([0xab; 16])),
+        agent: text("n/1"),
+        sync: Some(Box::new(SyncState {
+            applied: List::from_iter([Applied {
+                workload: text("web"),
+                generation: 3,
+            }]),
+            complete: true,
+            outbox_next: 300,
+            outbox_oldest: 290,
+        })),
+    });
+    assert_eq!(
+        hex(&encode(&hello)),
+        "000000250001010101abababababababababababababababab036e2f310101037765620301ac02a202",
+    );
+    assert_eq!(
+        hex(&encode(&OrchMsg::Synced(Synced {
+            mode: SyncMode::Changes,
+            assigned: 1,
+            unassigned: 2,
+            events_through: Some(299),
+        }))),
+        "000000070900010201ab02",
+    );
+    assert_eq!(
+        hex(&encode(&OrchMsg::Synced(Synced {
+            mode: SyncMode::Snapshot,
+            assigned: 0,
+            unassigned: 0,
+            events_through: None,
+        }))),
+        "000000050901000000",
+    );
+}
+
+#[test]
+fn a_hello_listing_more_workloads_than_it_may_is_refused() {
+    let applied = |n: usize| SyncState {
+        applied: (0..n)
+            .map(|i| Applied {
+                workload: text(&format!("w{i}")),
+                generation: 1,
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .take(SyncState::MAX_APPLIED)
+            .collect(),
+        complete: true,
+        outbox_next: 1,
+        outbox_oldest: 1,
+    };
+    let hello = |sync| {
+        NodeMsg::Hello(Hello {
+            versions: List::from_iter([1]),
+            intent: Intent::Session,
+            node_id: None,
+            agent: text("n/1"),
+            sync: Some(Box::new(sync)),
+        })
+    };
+    // The largest hello fits a frame.
+    let full = encode(&hello(applied(SyncState::MAX_APPLIED)));
+    assert!(full.len() <= edge_proto::MAX_FRAME_LEN, "{}", full.len());
+    // One more entry on the wire (the count bumped by hand) does not decode.
+    let mut body = full[4..].to_vec();
+    let count_at = body
+        .windows(2)
+        .position(|w| w == [0x80, 0x01])
+        .expect("the list's length, 128 as a varint");
+    body[count_at] = 0x81;
+    assert!(decode::<NodeMsg>(&full[4..]).is_ok());
     assert!(decode::<NodeMsg>(&body).is_err());
 }

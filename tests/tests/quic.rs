@@ -239,6 +239,7 @@ fn hello(intent: Intent, node_id: Option<NodeId>) -> Vec<u8> {
         intent,
         node_id,
         agent: text("hostile/1"),
+        sync: None,
     }))
 }
 
@@ -309,6 +310,7 @@ async fn hostile_frames_close_that_connection_only() {
         intent: Intent::Enroll,
         node_id: None,
         agent: text("future/9"),
+        sync: None,
     });
     let (answers, _) = raw_exchange(addr, tls(), &edge_proto::encode(&h), false).await;
     assert_eq!(reject_code(&answers), Some(RejectCode::UnsupportedVersion));

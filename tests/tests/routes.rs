@@ -71,6 +71,7 @@ impl Session {
             intent: Intent::Session,
             node_id: Some(identity.node_id),
             agent: text("routes-test/1"),
+            sync: None,
         });
         send.write_all(&edge_proto::encode(&hello))
             .await

@@ -370,6 +370,7 @@ async fn raw_session(
         intent: Intent::Session,
         node_id: Some(identity.node_id),
         agent: text("trickle/1"),
+        sync: None,
     });
     send.write_all(&edge_proto::encode(&hello))
         .await

@@ -303,7 +303,8 @@ impl Sim {
             | node::Action::Unassign(_)
             | node::Action::Routes(_)
             | node::Action::Unroute(_)
-            | node::Action::EventsStored(_) => {}
+            | node::Action::EventsStored(_)
+            | node::Action::Synced(_) => {}
         }
     }
 

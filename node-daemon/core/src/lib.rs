@@ -32,3 +32,4 @@ pub mod proxy;
 pub mod restart;
 pub mod session;
 pub mod spec;
+pub mod sync;

@@ -298,6 +298,40 @@ impl Outbox {
         self.next_seq
     }
 
+    /// The lowest sequence number still held, a record's or an unacknowledged gap's
+    /// (`next_seq` when nothing is).
+    pub fn oldest(&self) -> u64 {
+        let record = self.records.keys().next().copied();
+        let gap = self.gaps.iter().map(|g| g.first).min();
+        record.into_iter().chain(gap).min().unwrap_or(self.next_seq)
+    }
+
+    /// The orchestrator holds sequence numbers up to `through` already: if this outbox
+    /// would give one of them again (it was lost or reset, but the node's identity was
+    /// not), everything it holds is moved up to start past `through`, in the same order,
+    /// and numbering goes on from there. Returns whether anything moved; nothing may be in
+    /// flight when it does (it is asked before the first batch of a session).
+    pub fn number_after(&mut self, through: u64) -> bool {
+        if self.next_seq > through {
+            return false;
+        }
+        let shift = through + 1 - self.oldest();
+        self.records = core::mem::take(&mut self.records)
+            .into_values()
+            .map(|mut r| {
+                r.seq += shift;
+                (r.seq, r)
+            })
+            .collect();
+        for gap in &mut self.gaps {
+            gap.first += shift;
+            gap.last += shift;
+        }
+        self.in_flight.clear();
+        self.next_seq += shift;
+        true
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

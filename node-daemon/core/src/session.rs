@@ -13,8 +13,8 @@ pub use crate::backoff::BackoffPolicy;
 use crate::backoff::{Backoff, jitter};
 use edge_proto::{
     Assignment, Capabilities, Der, EnrollRequest, Enrolled, EventsStored, Hello, Intent, List,
-    NodeId, NodeMsg, OrchMsg, Reject, RejectCode, RuntimeInfo, Status, Text, Unassign, Unroute,
-    WorkloadRoutes, text,
+    NodeId, NodeMsg, OrchMsg, Reject, RejectCode, RuntimeInfo, Status, SyncState, Synced, Text,
+    Unassign, Unroute, WorkloadRoutes, text,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ pub enum Action {
     Unroute(Unroute),
     /// The orchestrator stored these outbox events: forget them.
     EventsStored(Box<EventsStored>),
+    /// The sync that followed the welcome is over (see [`crate::sync`]).
+    Synced(Synced),
 }
 
 /// Why the node stopped trying.
@@ -130,6 +132,8 @@ pub struct NodeSession {
     runtime: Option<RuntimeInfo>,
     state: State,
     actions: VecDeque<Action>,
+    /// What the next session's hello says about what the node holds.
+    sync: Option<Box<SyncState>>,
 }
 
 impl NodeSession {
@@ -155,6 +159,7 @@ impl NodeSession {
             runtime: None,
             state: State::Backoff { until: now },
             actions: VecDeque::new(),
+            sync: None,
         };
         if s.node_id.is_none() && s.join.is_none() {
             s.stop(Fatal::NoJoinSettings);
@@ -173,6 +178,13 @@ impl NodeSession {
     }
 
     /// Whether a session is up.
+    /// What the hello of the next session says about what the node holds and where its
+    /// outbox stands (see [`crate::sync::state`]). The shell sets it before each dial; a
+    /// session without it gets a snapshot.
+    pub fn set_sync(&mut self, sync: SyncState) {
+        self.sync = Some(Box::new(sync));
+    }
+
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established { .. })
     }
@@ -248,6 +260,10 @@ impl NodeSession {
             intent,
             node_id: self.node_id,
             agent: self.agent.clone(),
+            sync: match intent {
+                Intent::Session => self.sync.clone(),
+                Intent::Enroll => None,
+            },
         }));
         if intent == Intent::Enroll
             && let Some(join) = &self.join
@@ -313,6 +329,9 @@ impl NodeSession {
             }
             (State::Established { .. }, OrchMsg::EventsStored(stored)) => {
                 self.actions.push_back(Action::EventsStored(stored));
+            }
+            (State::Established { .. }, OrchMsg::Synced(synced)) => {
+                self.actions.push_back(Action::Synced(synced));
             }
             (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
                 self.state = State::Saving;

@@ -205,6 +205,17 @@ impl OutboxStore {
         Ok(())
     }
 
+    /// Moves what `outbox` holds to number above `through`, which the orchestrator holds
+    /// already (see `Outbox::number_after`), and rewrites the log to match, synced. Returns
+    /// whether anything moved.
+    pub fn number_after(&mut self, outbox: &mut Outbox, through: u64) -> Result<bool, StoreError> {
+        if !outbox.number_after(through) {
+            return Ok(false);
+        }
+        self.compact(outbox)?;
+        Ok(true)
+    }
+
     /// The orchestrator stored the gaps up to `last`.
     pub fn ack_gaps(&mut self, outbox: &mut Outbox, last: u64) -> Result<(), StoreError> {
         let before = outbox.gaps().len();

@@ -17,9 +17,10 @@
 //!
 //! **Invariants.** Pure: no I/O, no clock (time comes in as `now_ms`, milliseconds since the
 //! Unix epoch on the orchestrator's clock), no randomness. Every instance the scheduler has
-//! bound belongs to exactly one deployment's `nodes`, and the reverse. A node is sent an
-//! `Assign` for every instance it holds whenever its session opens, and an `Unassign` for
-//! anything it reports that it does not hold.
+//! bound belongs to exactly one deployment's `nodes`, and the reverse. Whenever a node's
+//! session opens it is sent an `Assign` for every instance it holds that it did not say it
+//! holds at that generation, and an `Unassign` for anything it said or reports that it
+//! does not hold.
 
 use crate::events::{What, orchestrator_event};
 use crate::fleet::NodeRecord;
@@ -296,12 +297,21 @@ impl Deployments {
         Some(effects)
     }
 
-    /// A node's session opened (or the node enrolled) at `now_ms`: where an instance of it
-    /// was replaced while it was away, the workload's `reconcile` rule keeps one of the two;
-    /// then it gets every assignment it holds (the same generation again, which a node
-    /// running it answers without touching it), and what was waiting for room is placed
-    /// again.
-    pub fn node_up(&mut self, record: NodeRecord, now_ms: u64) -> Vec<Effect> {
+    /// A node's session opened (or the node enrolled) at `now_ms`, and it said `said` at
+    /// hello about what it holds. Where an instance of it was replaced while it was away,
+    /// the workload's `reconcile` rule keeps one of the two; then it gets what differs from
+    /// what it said ([`crate::sync::plan`]: the assignments it lacks or holds at another
+    /// generation, and an unassignment of each workload it holds and should not), or every
+    /// assignment it holds when it said nothing. What was waiting for room is placed again
+    /// before the plan is made, so the plan covers it. An instance the node said it holds
+    /// at the current generation is admitted: the node admitted it before. Returns the plan
+    /// with the effects.
+    pub fn node_up(
+        &mut self,
+        record: NodeRecord,
+        said: Option<&edge_proto::SyncState>,
+        now_ms: u64,
+    ) -> (crate::sync::Plan, Vec<Effect>) {
         let id = record.id;
         self.online.insert(id);
         self.offline_since.remove(&id);
@@ -319,14 +329,41 @@ impl Deployments {
         let view = self.view(&record, true);
         self.nodes.insert(id, record);
         self.scheduler.upsert_node(view);
-        effects.extend(
-            self.deployments
-                .values()
-                .filter(|d| d.nodes.contains_key(&id))
-                .map(|d| assign(id, d)),
-        );
+        // What was waiting for room first: the plan then sees every instance this node
+        // ends up with, and sends none of them twice.
         effects.extend(self.reconcile());
-        effects
+        let held = self
+            .deployments
+            .values()
+            .filter(|d| d.nodes.contains_key(&id))
+            .map(|d| (d.spec.name(), d.generation));
+        let plan = crate::sync::plan(said, held);
+        for name in &plan.current {
+            if let Some(admission) = self
+                .deployments
+                .get_mut(name)
+                .and_then(|d| d.nodes.get_mut(&id))
+            {
+                *admission = Admission::Admitted;
+            }
+        }
+        for name in &plan.assign {
+            if let Some(d) = self.deployments.get(name) {
+                let message = assign(id, d);
+                // Placed just now, or kept by a reconcile rule: sent already.
+                if !effects.contains(&message) {
+                    effects.push(message);
+                }
+            }
+        }
+        for name in &plan.unassign {
+            let message = unassign(id, name);
+            // A reconcile rule may have stopped it already.
+            if !effects.contains(&message) {
+                effects.push(message);
+            }
+        }
+        (plan, effects)
     }
 
     /// A node's session ended at `now_ms`. Its instances stay where they are; a workload

@@ -41,6 +41,7 @@ pub mod routes;
 pub mod scheduler;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod tokens;
 pub mod traffic;
 pub mod workload;

@@ -20,7 +20,8 @@
 use crate::fleet::{Change, EnrollError, Fleet, SessionId};
 use edge_proto::{
     AdmissionReply, Busy, Der, EnrollRequest, Enrolled, Hello, Intent, NodeId, NodeMsg, OrchMsg,
-    ProxyAdvert, Reject, RejectCode, Welcome, WorkloadReport, decode, negotiate_version, text,
+    ProxyAdvert, Reject, RejectCode, SyncState, Welcome, WorkloadReport, decode, negotiate_version,
+    text,
 };
 use std::collections::VecDeque;
 // An address is data: `core::net` has no sockets (`std::net` is what the core must not use).
@@ -224,6 +225,8 @@ pub struct ServerSession {
     remote: Option<SocketAddr>,
     state: State,
     actions: VecDeque<Action>,
+    /// What the node said at hello about what it holds, until the caller takes it.
+    sync: Option<Box<SyncState>>,
 }
 
 impl ServerSession {
@@ -236,6 +239,7 @@ impl ServerSession {
                 deadline: now + HELLO_TIMEOUT,
             },
             actions: VecDeque::new(),
+            sync: None,
         }
     }
 
@@ -250,6 +254,12 @@ impl ServerSession {
     }
 
     /// The node this session belongs to, once established.
+    /// What the node said at hello about what it holds and where its outbox stands, once:
+    /// the caller answers it when the session opens. `None` if it said nothing.
+    pub fn take_sync(&mut self) -> Option<SyncState> {
+        self.sync.take().map(|s| *s)
+    }
+
     pub fn node(&self) -> Option<NodeId> {
         match self.state {
             State::Established { node } => Some(node),
@@ -412,6 +422,7 @@ impl ServerSession {
         match (hello.intent, self.peer) {
             (Intent::Enroll, None) => self.state = State::AwaitEnroll,
             (Intent::Session, Some(cert_id)) => {
+                self.sync = hello.sync;
                 if let Some(claimed) = hello.node_id
                     && claimed != cert_id
                 {
@@ -643,6 +654,7 @@ mod tests {
             intent,
             node_id: Some(NodeId([7; 16])),
             agent: text("edge-node/test"),
+            sync: None,
         }))[4..]
             .to_vec()
     }

@@ -61,6 +61,22 @@ pub trait Store: Send + Sync + 'static {
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;
     /// The stored events of `node` (hex id), or of every node, of both origins.
     fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError>;
+    /// Which of `node`'s outbox sequence numbers the store holds from `from` on (an event's,
+    /// a gap's first), ascending, at most `limit` of them, and the highest it holds: what a
+    /// sync at reconnect asks (see [`crate::sync`]).
+    fn node_event_seqs(
+        &self,
+        node: NodeId,
+        from: u64,
+        limit: usize,
+    ) -> Result<StoredSeqs, StoreError>;
+}
+
+/// The answer of [`Store::node_event_seqs`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredSeqs {
+    pub from: Vec<u64>,
+    pub highest: Option<u64>,
 }
 
 /// One change to the stored deployments, or an event the same decision made.
@@ -202,6 +218,28 @@ impl Store for MemStore {
             .filter(|e| node.is_none_or(|n| e.node == n))
             .cloned()
             .collect())
+    }
+    fn node_event_seqs(
+        &self,
+        node: NodeId,
+        from: u64,
+        limit: usize,
+    ) -> Result<StoredSeqs, StoreError> {
+        let inner = self.lock();
+        let hex = node.to_string();
+        let held = || {
+            inner
+                .events
+                .range((hex.clone(), 0)..=(hex.clone(), u64::MAX))
+        };
+        Ok(StoredSeqs {
+            from: held()
+                .map(|((_, seq), _)| *seq)
+                .filter(|seq| *seq >= from)
+                .take(limit)
+                .collect(),
+            highest: held().next_back().map(|((_, seq), _)| *seq),
+        })
     }
 }
 

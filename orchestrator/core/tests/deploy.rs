@@ -5,7 +5,10 @@
 mod common;
 
 use common::{GIB, MIB, spec};
-use edge_proto::{AdmissionReply, NodeId, OrchMsg, WorkloadReport, WorkloadState, text};
+use edge_proto::{
+    AdmissionReply, Applied, NodeId, OrchMsg, SyncMode, SyncState, WorkloadReport, WorkloadState,
+    text,
+};
 use orchestrator_core::deploy::{Admission, DeploymentRecord, Deployments, Effect, assignment};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::scheduler::RejectReason;
@@ -173,9 +176,71 @@ fn offline_nodes_keep_their_instances_and_get_them_again_on_reconnect() {
         2,
         "nothing moves while a node is away"
     );
-    let effects = d.node_up(node(0), 0);
+    let effects = d.node_up(node(0), None, 0).1;
     assert_eq!(assigned_to(&effects), BTreeSet::from([id(0)]));
     assert!(records(&effects).is_empty(), "nothing changed to persist");
+}
+
+/// What a node says at hello: these workloads at these generations, all it holds.
+fn said(applied: &[(&str, u64)]) -> SyncState {
+    SyncState {
+        applied: applied
+            .iter()
+            .map(|(w, g)| Applied {
+                workload: text(w),
+                generation: *g,
+            })
+            .collect(),
+        complete: true,
+        outbox_next: 1,
+        outbox_oldest: 1,
+    }
+}
+
+#[test]
+fn a_node_that_says_what_it_holds_gets_only_what_changed() {
+    let mut d = fleet(2);
+    d.apply(spec(json!({"placement": "per-node"})), 0)
+        .expect("deploys");
+    d.node_down(id(0), 0);
+    // Back with what it had: nothing to send, and it counts as admitted.
+    let (plan, effects) = d.node_up(node(0), Some(&said(&[("web", 1)])), 0);
+    assert_eq!(plan.mode, SyncMode::Changes);
+    assert!(assigned_to(&effects).is_empty(), "{effects:?}");
+    assert!(unassigned_from(&effects).is_empty(), "{effects:?}");
+    let view = d.get("web").expect("deployed");
+    assert!(view.nodes.contains(&(id(0), Admission::Admitted)));
+    // Again, the same: still nothing (applying a sync twice changes nothing).
+    d.node_down(id(0), 0);
+    let (_, effects) = d.node_up(node(0), Some(&said(&[("web", 1)])), 0);
+    assert!(effects.iter().all(|e| !matches!(e, Effect::Send(..))));
+
+    // A new version and a deletion while it was away.
+    d.node_down(id(0), 0);
+    d.apply(
+        spec(json!({"placement": "per-node", "version": "2.0.0"})),
+        0,
+    )
+    .expect("deploys");
+    let (plan, effects) = d.node_up(node(0), Some(&said(&[("web", 1), ("old", 4)])), 0);
+    assert_eq!(plan.assign, ["web"], "{plan:?} {:?}", d.get("web"));
+    assert_eq!(plan.unassign, ["old"]);
+    let Some(Effect::Send(_, OrchMsg::Assign(a))) = effects
+        .iter()
+        .find(|e| matches!(e, Effect::Send(to, OrchMsg::Assign(_)) if *to == id(0)))
+    else {
+        panic!("an assignment: {effects:?}");
+    };
+    assert_eq!(a.generation, 2);
+    assert_eq!(unassigned_from(&effects), BTreeSet::from([id(0)]));
+
+    // One that cannot say everything gets everything.
+    d.node_down(id(0), 0);
+    let mut partial = said(&[("web", 2)]);
+    partial.complete = false;
+    let (plan, effects) = d.node_up(node(0), Some(&partial), 0);
+    assert_eq!(plan.mode, SyncMode::Snapshot);
+    assert_eq!(assigned_to(&effects), BTreeSet::from([id(0)]));
 }
 
 #[test]
@@ -189,7 +254,7 @@ fn a_new_node_gets_what_was_waiting_for_room() {
         waiting.unplaced_reasons[0].reason,
         RejectReason::AlreadyRuns
     );
-    let effects = d.node_up(node(1), 0);
+    let effects = d.node_up(node(1), None, 0).1;
     assert_eq!(assigned_to(&effects), BTreeSet::from([id(1)]));
     assert!(d.get("web").expect("deployed").unplaced_reasons.is_empty());
 }

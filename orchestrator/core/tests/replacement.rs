@@ -148,7 +148,7 @@ fn a_node_back_before_the_deadline_sees_no_change() {
     let before = d.assignment_of("web").expect("deployed").clone();
     d.node_down(away, T0);
     assert!(d.tick(T0 + 30_000).is_empty());
-    let effects = d.node_up(node(away.0[0]), T0 + 59_000);
+    let effects = d.node_up(node(away.0[0]), None, T0 + 59_000).1;
     // The same assignment, same generation: a node running it leaves the process alone.
     assert_eq!(
         effects,
@@ -171,7 +171,7 @@ fn without_max_disconnect_secs_an_absent_node_keeps_its_instance() {
 fn keep_original_stops_the_replacement_and_leaves_the_original_alone() {
     let (mut d, away, stays, spare) = replaced("keep_original");
     let generation = d.get("web").expect("deployed").generation;
-    let effects = d.node_up(node(away.0[0]), T0 + 90_000);
+    let effects = d.node_up(node(away.0[0]), None, T0 + 90_000).1;
     assert_eq!(sends(&effects, true), BTreeSet::from([spare]));
     assert!(matches!(effects.first(), Some(Effect::Persist(r)) if r.replaced.is_empty()));
     // The original gets the assignment it runs, same generation: untouched.
@@ -200,7 +200,7 @@ fn keep_original_stops_the_replacement_and_leaves_the_original_alone() {
     assert!(d.get("web").expect("deployed").replaced.is_empty());
 
     // The same session opening again decides nothing new.
-    let again = d.node_up(node(away.0[0]), T0 + 91_000);
+    let again = d.node_up(node(away.0[0]), None, T0 + 91_000).1;
     assert!(events(&again).is_empty() && sends(&again, true).is_empty());
     assert!(d.tick(T0 + 200_000).is_empty());
 }
@@ -208,7 +208,7 @@ fn keep_original_stops_the_replacement_and_leaves_the_original_alone() {
 #[test]
 fn keep_replacement_stops_the_original_on_its_node() {
     let (mut d, away, stays, spare) = replaced("keep_replacement");
-    let effects = d.node_up(node(away.0[0]), T0 + 90_000);
+    let effects = d.node_up(node(away.0[0]), None, T0 + 90_000).1;
     assert_eq!(sends(&effects, true), BTreeSet::from([away]));
     assert!(
         !sends(&effects, false).contains(&away),
@@ -219,7 +219,7 @@ fn keep_replacement_stops_the_original_on_its_node() {
     assert!(matches!(what, What::Reconciled { kept, stopped, .. }
         if kept == "replacement" && stopped.as_deref() == Some(away.to_string().as_str())));
     assert_eq!(holders(&d), BTreeSet::from([stays, spare]));
-    let again = d.node_up(node(away.0[0]), T0 + 91_000);
+    let again = d.node_up(node(away.0[0]), None, T0 + 91_000).1;
     assert!(again.is_empty(), "{again:?}");
 }
 
@@ -248,7 +248,7 @@ fn with_nowhere_to_go_the_instance_stays_and_is_tried_at_each_tick() {
     assert!(d.tick(T0 + 20_000).is_empty());
     assert_eq!(holders(&d), BTreeSet::from([id(0), id(1)]));
     // A node that can take it arrives: the next tick places the replacement there.
-    d.node_up(node(2), T0 + 21_000);
+    d.node_up(node(2), None, T0 + 21_000);
     let effects = d.tick(T0 + 22_000);
     assert_eq!(sends(&effects, false), BTreeSet::from([id(2)]));
     assert_eq!(holders(&d), BTreeSet::from([id(1), id(2)]));
@@ -267,9 +267,9 @@ fn what_is_stored_loads_back_and_the_rule_applies_after_a_restart() {
     let nodes = (0..3).map(|i| (node(i), false));
     let mut after = Deployments::load(vec![record], nodes).expect("loads");
     assert_eq!(after.get("web").expect("loaded").replaced, [(away, spare)]);
-    after.node_up(node(stays.0[0]), T0 + 100_000);
-    after.node_up(node(spare.0[0]), T0 + 100_000);
-    let effects = after.node_up(node(away.0[0]), T0 + 100_000);
+    after.node_up(node(stays.0[0]), None, T0 + 100_000);
+    after.node_up(node(spare.0[0]), None, T0 + 100_000);
+    let effects = after.node_up(node(away.0[0]), None, T0 + 100_000).1;
     assert_eq!(sends(&effects, true), BTreeSet::from([spare]));
     assert_eq!(holders(&after), BTreeSet::from([away, stays]));
 }

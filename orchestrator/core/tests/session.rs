@@ -96,6 +96,7 @@ impl World {
             intent: Intent::Session,
             node_id: Some(NODE),
             agent: text("edge-node/test"),
+            sync: None,
         }));
         s.handle_frame(&hello[4..], &mut self.ctx());
         let actions = drain(&mut s);

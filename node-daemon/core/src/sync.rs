@@ -1,0 +1,242 @@
+//! The node's side of the sync when its session opens.
+//!
+//! At hello the node says what it holds, each workload at the generation it admitted, and
+//! where its outbox stands ([`state`]). The orchestrator answers with what changed since:
+//! `Assign`s, `Unassign`s, acknowledgements of events it had already stored, then
+//! [`Synced`]. [`Resync`] follows that answer: in a snapshot (the node could not say
+//! everything it holds) whatever was not assigned is stopped, and when the orchestrator
+//! already holds sequence numbers the outbox would give again (the outbox was lost while
+//! the identity was kept) the outbox numbers above them. Until the sync is over the node
+//! sends no events, so none goes out under a number that is about to move.
+//!
+//! **Invariant.** No I/O and no clock: the shell reads what it holds and carries out
+//! [`Finish`].
+
+use edge_proto::{Applied, List, SyncMode, SyncState, Synced, text};
+use std::collections::BTreeSet;
+
+/// What a hello says: the workloads the node holds with their generations (`applied`;
+/// `complete` is `false` when the node runs something whose generation it does not know),
+/// and its outbox's next and oldest sequence numbers. More workloads than the message takes
+/// make it incomplete too, and the orchestrator then answers with a snapshot.
+pub fn state<'a>(
+    applied: impl IntoIterator<Item = (&'a str, u64)>,
+    complete: bool,
+    outbox_next: u64,
+    outbox_oldest: u64,
+) -> SyncState {
+    let mut list = List::new();
+    let mut complete = complete;
+    for (workload, generation) in applied {
+        let entry = Applied {
+            workload: text(workload),
+            generation,
+        };
+        // A name longer than the wire takes is never one the orchestrator assigned.
+        if entry.workload.len() != workload.len() || list.push(entry).is_err() {
+            complete = false;
+        }
+    }
+    SyncState {
+        applied: list,
+        complete,
+        outbox_next,
+        outbox_oldest: outbox_oldest.min(outbox_next),
+    }
+}
+
+/// One session's sync, from its welcome to [`Synced`].
+#[derive(Debug, Default)]
+pub struct Resync {
+    /// Workloads assigned since the welcome.
+    assigned: BTreeSet<String>,
+    /// Between a welcome and its [`Synced`].
+    open: bool,
+    /// A sync has finished on the current session: events may go.
+    done: bool,
+}
+
+/// What the shell does when the sync is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    /// Workloads to stop and forget: a snapshot did not assign them.
+    pub forget: Vec<String>,
+    /// The orchestrator holds sequence numbers up to this one, and the outbox would give
+    /// some of them again: it must number above it
+    /// ([`Outbox::number_after`](crate::outbox::Outbox::number_after)) before it sends.
+    pub number_after: Option<u64>,
+}
+
+impl Resync {
+    /// A session opened: the sync starts.
+    pub fn welcomed(&mut self) {
+        self.assigned.clear();
+        self.open = true;
+        self.done = false;
+    }
+
+    /// The session ended: nothing may go until the next one's sync is over.
+    pub fn disconnected(&mut self) {
+        self.assigned.clear();
+        self.open = false;
+        self.done = false;
+    }
+
+    /// The orchestrator assigned `workload`.
+    pub fn assigned(&mut self, workload: &str) {
+        if self.open {
+            self.assigned.insert(workload.to_owned());
+        }
+    }
+
+    /// Whether this session's sync is over, so that events may go.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The orchestrator said `synced`; the node holds `held` and its outbox would give
+    /// `outbox_next` next. `None` for a [`Synced`] outside a sync (a second one): nothing
+    /// to do.
+    pub fn finish<'a>(
+        &mut self,
+        synced: &Synced,
+        held: impl IntoIterator<Item = &'a str>,
+        outbox_next: u64,
+    ) -> Option<Finish> {
+        if !self.open {
+            return None;
+        }
+        self.open = false;
+        self.done = true;
+        let forget = match synced.mode {
+            SyncMode::Changes => Vec::new(),
+            SyncMode::Snapshot => held
+                .into_iter()
+                .filter(|w| !self.assigned.contains(*w))
+                .map(str::to_owned)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        self.assigned.clear();
+        let number_after = synced.events_through.filter(|t| *t >= outbox_next);
+        Some(Finish {
+            forget,
+            number_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Class, Outbox};
+
+    fn synced(mode: SyncMode, events_through: Option<u64>) -> Synced {
+        Synced {
+            mode,
+            assigned: 0,
+            unassigned: 0,
+            events_through,
+        }
+    }
+
+    #[test]
+    fn a_hello_lists_what_fits_and_says_when_that_is_not_all() {
+        let s = state([("a", 1), ("b", 2)], true, 10, 4);
+        assert!(s.complete);
+        assert_eq!(s.applied.len(), 2);
+        assert_eq!((s.outbox_next, s.outbox_oldest), (10, 4));
+        let names: Vec<String> = (0..SyncState::MAX_APPLIED + 1)
+            .map(|i| format!("w{i}"))
+            .collect();
+        let s = state(names.iter().map(|n| (n.as_str(), 1)), true, 1, 1);
+        assert!(!s.complete);
+        assert_eq!(s.applied.len(), SyncState::MAX_APPLIED);
+        let long = "x".repeat(64);
+        assert!(!state([(long.as_str(), 1)], true, 1, 1).complete);
+        assert!(!state([], false, 1, 1).complete);
+        // An oldest past the next is never said.
+        assert_eq!(state([], true, 5, 9).outbox_oldest, 5);
+    }
+
+    #[test]
+    fn a_snapshot_stops_what_it_did_not_assign_and_changes_stop_nothing() {
+        let mut r = Resync::default();
+        r.welcomed();
+        assert!(!r.is_done());
+        r.assigned("keep");
+        let f = r
+            .finish(&synced(SyncMode::Snapshot, None), ["keep", "old", "old"], 1)
+            .expect("in a sync");
+        assert_eq!(f.forget, ["old"]);
+        assert!(r.is_done());
+        // The same answer again, outside a sync, does nothing.
+        assert_eq!(
+            r.finish(&synced(SyncMode::Snapshot, None), ["keep"], 1),
+            None
+        );
+        r.welcomed();
+        let f = r
+            .finish(&synced(SyncMode::Changes, None), ["keep", "old"], 1)
+            .expect("in a sync");
+        assert!(f.forget.is_empty());
+    }
+
+    #[test]
+    fn assignments_between_sessions_do_not_count() {
+        let mut r = Resync::default();
+        r.assigned("early");
+        r.welcomed();
+        r.assigned("a");
+        r.disconnected();
+        assert!(!r.is_done());
+        r.welcomed();
+        let f = r
+            .finish(&synced(SyncMode::Snapshot, None), ["early", "a"], 1)
+            .expect("in a sync");
+        assert_eq!(f.forget, ["a", "early"]);
+    }
+
+    #[test]
+    fn an_outbox_behind_what_the_orchestrator_holds_numbers_above_it() {
+        let mut r = Resync::default();
+        r.welcomed();
+        let f = r
+            .finish(&synced(SyncMode::Changes, Some(500)), [], 3)
+            .expect("in a sync");
+        assert_eq!(f.number_after, Some(500));
+        // Ahead of it, or nothing stored: nothing moves.
+        r.welcomed();
+        let f = r
+            .finish(&synced(SyncMode::Changes, Some(500)), [], 501)
+            .expect("in a sync");
+        assert_eq!(f.number_after, None);
+        r.welcomed();
+        let f = r.finish(&synced(SyncMode::Changes, None), [], 1).expect("in a sync");
+        assert_eq!(f.number_after, None);
+    }
+
+    #[test]
+    fn numbering_after_keeps_order_and_never_reuses_a_number() {
+        let mut outbox = Outbox::new(1 << 20, 1);
+        for i in 0..5u8 {
+            outbox.push(Class::Event, "k", 100, vec![i]).expect("fits");
+        }
+        outbox.ack([1, 2]);
+        assert_eq!(outbox.oldest(), 3);
+        assert!(outbox.number_after(500));
+        let seqs: Vec<u64> = outbox.records().map(|r| r.seq).collect();
+        assert_eq!(seqs, [501, 502, 503]);
+        let bodies: Vec<u8> = outbox.records().map(|r| r.body[0]).collect();
+        assert_eq!(bodies, [2, 3, 4]);
+        assert_eq!(outbox.next_seq(), 504);
+        assert_eq!(outbox.push(Class::Event, "k", 1, vec![9]).expect("fits").seq, 504);
+        // Already past it: nothing moves.
+        assert!(!outbox.number_after(500));
+        // An empty outbox just goes on from there.
+        let mut empty = Outbox::new(1 << 20, 1);
+        assert!(empty.number_after(41));
+        assert_eq!(empty.next_seq(), 42);
+    }
+}
