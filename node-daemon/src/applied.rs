@@ -124,7 +124,11 @@ mod tests {
         assert_eq!(file.load(), stored);
         use std::os::unix::fs::PermissionsExt;
         let path = dir.path().join("workloads").join(FILE);
-        let mode = std::fs::metadata(&path).expect("stored").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .expect("stored")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         for bad in [
             &b"{\"web\": {\"generation\": 1}}"[..],

@@ -128,14 +128,14 @@ impl Deployer {
             effects.extend(broadcast(book, routes));
             // The node forgets its peer routes when a session opens; this is all of them.
             effects.extend(book.snapshot().into_iter().map(|m| Effect::Send(id, m)));
-            if let Some(said) = said {
-                effects.extend(
-                    sync::resent_acks(said, &stored.from)
-                        .into_iter()
-                        .map(|ack| Effect::Send(id, OrchMsg::EventsStored(Box::new(ack)))),
-                );
-            }
+            let acks = said.map_or_else(Vec::new, |s| sync::resent_acks(s, &stored.from));
+            let acked = acks.iter().map(|a| a.seqs.len()).sum();
+            effects.extend(
+                acks.into_iter()
+                    .map(|ack| Effect::Send(id, OrchMsg::EventsStored(Box::new(ack)))),
+            );
             let synced = sync::synced(&plan, unassigned, stored.highest);
+            self.metrics.synced(id, &synced, acked);
             effects.push(Effect::Send(id, OrchMsg::Synced(synced)));
             ((), effects)
         })

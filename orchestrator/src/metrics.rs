@@ -115,6 +115,25 @@ pub struct KeptLabel {
 /// Every `kept` value of `edge_replacements_reconciled`.
 pub const KEPT: [&str; 2] = ["original", "replacement"];
 
+/// The `mode` of `edge_syncs`: how a session's sync answered, from [`SYNC_MODES`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
+}
+
+/// Every `mode` of `edge_syncs`.
+pub const SYNC_MODES: [&str; 2] = ["changes", "snapshot"];
+
+/// The `kind` of `edge_sync_messages`, from [`SYNC_MESSAGES`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Every `kind` of `edge_sync_messages`: assignments, unassignments, and acknowledgements
+/// of events already stored, sent again.
+pub const SYNC_MESSAGES: [&str; 3] = ["assign", "unassign", "ack"];
+
 /// The `code` of `edge_api_requests`: an answer's status.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Code {
@@ -248,6 +267,8 @@ pub struct Metrics {
     pub instance_transitions: Family<StateLabel, Counter>,
     pub fleet_proxy_answers: Family<CacheLabel, Counter>,
     pub fleet_proxy_errors: Counter,
+    pub syncs: Family<ModeLabel, Counter>,
+    pub sync_messages: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -322,6 +343,16 @@ impl Metrics {
             m.replacements_reconciled.clone(),
         );
         r.register(
+            "edge_syncs",
+            "Syncs at the start of a node's session, by whether they sent changes or a snapshot",
+            m.syncs.clone(),
+        );
+        r.register(
+            "edge_sync_messages",
+            "Messages the syncs at session start sent, by kind",
+            m.sync_messages.clone(),
+        );
+        r.register(
             "edge_instance_transitions",
             "Workload instances entering a state, as their nodes report",
             m.instance_transitions.clone(),
@@ -381,6 +412,42 @@ impl Metrics {
                 .get_or_create(&KeptLabel { kept })
                 .inc_by(0);
         }
+        for mode in SYNC_MODES {
+            self.syncs.get_or_create(&ModeLabel { mode }).inc_by(0);
+        }
+        for kind in SYNC_MESSAGES {
+            self.sync_messages
+                .get_or_create(&KindLabel { kind })
+                .inc_by(0);
+        }
+    }
+
+    /// Logs and counts the sync that opened `node`'s session: `synced` closed it, after
+    /// `acks` acknowledgements of events already stored.
+    pub fn synced(&self, node: edge_proto::NodeId, synced: &edge_proto::Synced, acks: usize) {
+        let mode = match synced.mode {
+            edge_proto::SyncMode::Changes => SYNC_MODES[0],
+            edge_proto::SyncMode::Snapshot => SYNC_MODES[1],
+        };
+        self.syncs.get_or_create(&ModeLabel { mode }).inc();
+        for (kind, n) in [
+            (SYNC_MESSAGES[0], u64::from(synced.assigned)),
+            (SYNC_MESSAGES[1], u64::from(synced.unassigned)),
+            (SYNC_MESSAGES[2], acks as u64),
+        ] {
+            self.sync_messages
+                .get_or_create(&KindLabel { kind })
+                .inc_by(n);
+        }
+        debug!(
+            node = %node,
+            mode,
+            assigned = synced.assigned,
+            unassigned = synced.unassigned,
+            acks,
+            events_through = ?synced.events_through,
+            "session synced"
+        );
     }
 
     /// Counts an operator API answer with `status`.

@@ -213,7 +213,9 @@ mod tests {
             .expect("in a sync");
         assert_eq!(f.number_after, None);
         r.welcomed();
-        let f = r.finish(&synced(SyncMode::Changes, None), [], 1).expect("in a sync");
+        let f = r
+            .finish(&synced(SyncMode::Changes, None), [], 1)
+            .expect("in a sync");
         assert_eq!(f.number_after, None);
     }
 
@@ -231,7 +233,13 @@ mod tests {
         let bodies: Vec<u8> = outbox.records().map(|r| r.body[0]).collect();
         assert_eq!(bodies, [2, 3, 4]);
         assert_eq!(outbox.next_seq(), 504);
-        assert_eq!(outbox.push(Class::Event, "k", 1, vec![9]).expect("fits").seq, 504);
+        assert_eq!(
+            outbox
+                .push(Class::Event, "k", 1, vec![9])
+                .expect("fits")
+                .seq,
+            504
+        );
         // Already past it: nothing moves.
         assert!(!outbox.number_after(500));
         // An empty outbox just goes on from there.
