@@ -25,6 +25,7 @@ use edge_proto::{
 use node_core::session::{
     ANSWER_TIMEOUT, Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession,
 };
+use node_core::summary::MetricWindow;
 use node_core::sync::Resync;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -194,6 +195,7 @@ pub async fn run_with(
 
     // Follows the sync after each welcome; events wait until it is over.
     let mut resync = Resync::default();
+    let mut load = LoadRecorder::new(config.outbox().metrics_window_secs, outbox.clone());
     let endpoint = client_endpoint(&config)?;
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut attempt = 0u64;
@@ -265,7 +267,9 @@ pub async fn run_with(
                 }
                 Action::SampleStatus => {
                     if let Some(s) = sampler.as_mut() {
-                        session.handle_status(s.sample());
+                        let status = s.sample();
+                        load.sampled(&status, None);
+                        session.handle_status(status);
                     }
                     if let Some(msg) = traffic.as_mut().and_then(|t| t.report(Instant::now())) {
                         send_now(&mut current, &msg).await;
@@ -291,10 +295,7 @@ pub async fn run_with(
                 }
                 Action::Synced(synced) => {
                     let held = workloads.held();
-                    let next = outbox.as_ref().map_or(0, |o| o.marks().0);
-                    if let Some(finish) =
-                        resync.finish(&synced, held.iter().map(String::as_str), next)
-                    {
+                    if let Some(finish) = resync.finish(&synced, held.iter().map(String::as_str)) {
                         info!(
                             mode = ?synced.mode,
                             assigned = synced.assigned,
@@ -305,10 +306,8 @@ pub async fn run_with(
                         for name in &finish.forget {
                             tokio::spawn(workloads.unassign(name));
                         }
-                        if let (Some(through), Some(outbox)) =
-                            (finish.number_after, outbox.as_ref())
-                        {
-                            outbox.number_after(through);
+                        if let Some(outbox) = outbox.as_ref() {
+                            outbox.synced(finish.events_through);
                         }
                     }
                     send_events(&mut outbox, &mut current, resync.is_done()).await;
@@ -378,6 +377,13 @@ pub async fn run_with(
                 send_events(&mut outbox, &mut current, resync.is_done()).await;
             }
             _ = caps_tick.tick() => {
+                // Online, the session samples the load; without a session, this does, for
+                // the outbox.
+                if !session.is_established()
+                    && let Some(s) = sampler.as_mut()
+                {
+                    load.sampled(&s.sample(), outbox.as_ref());
+                }
                 let caps = tokio::task::spawn_blocking(caps_now.clone()).await;
                 if let Ok(caps) = caps {
                     session.handle_capabilities(caps);
@@ -562,20 +568,63 @@ fn identity_conflict(
 /// backing off.
 /// Sends the outbox's next batches of events, as many as its window lets go: only on an
 /// established session (before the welcome the orchestrator takes nothing else).
+/// The node's load, as the outbox keeps it: a summary per window always, and each sample
+/// taken while there is no session.
+struct LoadRecorder {
+    window: MetricWindow,
+    origin: Instant,
+    outbox: Option<crate::outbox::EventOutbox>,
+}
+
+impl LoadRecorder {
+    fn new(window_secs: u64, outbox: Option<crate::outbox::EventOutbox>) -> Self {
+        Self {
+            window: MetricWindow::new(Duration::from_secs(window_secs)),
+            origin: Instant::now(),
+            outbox,
+        }
+    }
+
+    /// A sample of the load; `offline` is the outbox to record it in when there is no
+    /// session.
+    fn sampled(
+        &mut self,
+        status: &edge_proto::Status,
+        offline: Option<&crate::outbox::EventOutbox>,
+    ) {
+        if let Some(outbox) = offline {
+            outbox.record_status(status);
+        }
+        if let (Some(summary), Some(outbox)) = (
+            self.window.add(self.origin.elapsed(), status),
+            self.outbox.as_ref(),
+        ) {
+            outbox.record_metrics(summary);
+        }
+    }
+}
+
 /// What the hello says the node holds: its admitted workloads, and its outbox's marks.
 fn sync_state(
     workloads: &Workloads,
     outbox: Option<&crate::outbox::EventOutbox>,
 ) -> edge_proto::SyncState {
     let (applied, complete) = workloads.applied();
-    let (next, oldest) = outbox.map_or((0, 0), crate::outbox::EventOutbox::marks);
+    // Without an outbox there is nothing to number: nothing to acknowledge either.
+    let marks = outbox.map_or(
+        node_core::sync::OutboxMarks {
+            next: 0,
+            oldest: 0,
+            fresh: true,
+        },
+        crate::outbox::EventOutbox::marks,
+    );
     node_core::sync::state(
         applied
             .iter()
             .map(|(name, generation)| (name.as_str(), *generation)),
         complete,
-        next,
-        oldest,
+        marks,
     )
 }
 

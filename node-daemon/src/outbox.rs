@@ -10,11 +10,12 @@
 
 use edge_outbox::{OutboxStore, StoreError};
 use edge_proto::{
-    EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeMsg, OperatorAction,
-    OperatorVerb, WorkloadReport, text,
+    EventBatch, EventGap, EventKind, EventsStored, List, MetricSummary, NodeEvent, NodeMsg,
+    OperatorAction, OperatorVerb, Status, WorkloadReport, text,
 };
 use node_core::config::OutboxSettings;
 use node_core::outbox::{Class, Drain, Outbox, Pacer};
+use node_core::sync::OutboxMarks;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +27,9 @@ use tracing::{info, warn};
 const BATCH_BYTES: u64 = 48 * 1024;
 /// Batches out at once, waiting for their acknowledgement.
 pub const WINDOW: usize = Drain::WINDOW;
+
+/// The key of the node's own load records: the status class coalesces by key.
+const LOAD_KEY: &str = "node";
 
 /// The outbox and its log, behind a handle the daemon's loop and `ctl` share.
 #[derive(Debug, Clone)]
@@ -125,7 +129,23 @@ impl EventOutbox {
         self.push(workload, &EventKind::Operator(action));
     }
 
+    /// Records the node's load, sampled while it has no session: the status class, of
+    /// which only the newest is kept when the outbox runs short of room.
+    pub fn record_status(&self, status: &Status) {
+        self.push_as(Class::Status, LOAD_KEY, &EventKind::Status(*status));
+    }
+
+    /// Records a window's summary of the node's load: the metrics class, thinned first
+    /// when the outbox runs short of room.
+    pub fn record_metrics(&self, summary: MetricSummary) {
+        self.push_as(Class::Metric, LOAD_KEY, &EventKind::Metrics(summary));
+    }
+
     fn push(&self, key: &str, kind: &EventKind) {
+        self.push_as(Class::Event, key, kind);
+    }
+
+    fn push_as(&self, class: Class, key: &str, kind: &EventKind) {
         let body = match postcard::to_allocvec(kind) {
             Ok(body) => body,
             Err(error) => {
@@ -136,7 +156,7 @@ impl EventOutbox {
         let inner = &mut *self.lock();
         let pushed = inner
             .store
-            .push(&mut inner.outbox, Class::Event, key, now_ms(), body)
+            .push(&mut inner.outbox, class, key, now_ms(), body)
             .and_then(|_| inner.store.commit());
         if let Err(error) = pushed {
             warn!(%error, "outbox: could not record an event");
@@ -234,20 +254,23 @@ impl EventOutbox {
         }
     }
 
-    /// The sequence number the outbox gives next, and the lowest it still holds: what a
-    /// hello says of it.
-    pub fn marks(&self) -> (u64, u64) {
+    /// What a hello says of the outbox.
+    pub fn marks(&self) -> OutboxMarks {
         let inner = self.lock();
-        (inner.outbox.next_seq(), inner.outbox.oldest())
+        OutboxMarks {
+            next: inner.outbox.next_seq(),
+            oldest: inner.outbox.oldest(),
+            fresh: inner.store.is_fresh(),
+        }
     }
 
-    /// The orchestrator holds this node's sequence numbers up to `through` and the outbox
-    /// would give some of them again (it was lost or reset): it numbers above them.
-    pub fn number_after(&self, through: u64) {
+    /// The sync said the orchestrator holds this node's sequence numbers up to `through`:
+    /// where the outbox's own could meet them (it was lost or reset), it numbers above.
+    pub fn synced(&self, through: Option<u64>) {
         let inner = &mut *self.lock();
         match inner.store.number_after(&mut inner.outbox, through) {
             Ok(true) => warn!(
-                through,
+                through = through.unwrap_or_default(),
                 next_seq = inner.outbox.next_seq(),
                 "outbox: numbered behind what the orchestrator holds (lost or reset); moved above it"
             ),
@@ -279,7 +302,7 @@ mod tests {
     fn budget(max_bytes: u64) -> OutboxSettings {
         OutboxSettings {
             max_bytes,
-            uplink_bytes_per_sec: None,
+            ..OutboxSettings::default()
         }
     }
 
@@ -388,6 +411,7 @@ mod tests {
         let settings = OutboxSettings {
             max_bytes: 1 << 20,
             uplink_bytes_per_sec: Some(1024),
+            ..OutboxSettings::default()
         };
         let outbox = EventOutbox::open(dir.path(), settings).expect("opens");
         for i in 0..100 {

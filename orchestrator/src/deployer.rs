@@ -325,6 +325,8 @@ fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
             What::Instance { .. }
             | What::Operator { .. }
             | What::Refused { .. }
+            | What::Status { .. }
+            | What::Metrics { .. }
             | What::Gap { .. } => {}
         }
     }

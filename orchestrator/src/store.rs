@@ -19,7 +19,7 @@
 use edge_proto::NodeId;
 use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::deploy::DeploymentRecord;
-use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE, Origin};
+use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE, MAX_SAMPLES_PER_NODE, Origin};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError, StoredSeqs};
 use orchestrator_core::tokens::TokenRecord;
@@ -47,6 +47,10 @@ pub struct SledStore {
     /// How many events of each node `events` holds: counted once per node, then kept as
     /// events come and go, so that storing a batch costs the batch, not the node's history.
     held: std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
+    /// Nodes' load samples (statuses and metric summaries), keyed like `events` and kept
+    /// apart with a bound of their own, so that weeks of samples never push events out.
+    samples: sled::Tree,
+    held_samples: std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
     /// sled's log (`DIR/db`), opened again to sync it: sled keeps its own handle private.
     log: File,
     /// `DIR/blobs/`, where sled puts items too large for its log, and the blob files synced
@@ -92,6 +96,8 @@ impl SledStore {
             events: db.open_tree("events").map_err(backend)?,
             orchestrator_events: db.open_tree("orchestrator_events").map_err(backend)?,
             held: std::sync::Mutex::default(),
+            samples: db.open_tree("node_samples").map_err(backend)?,
+            held_samples: std::sync::Mutex::default(),
             db,
             log,
             blobs: dir.join("blobs"),
@@ -245,37 +251,38 @@ impl Store for SledStore {
     }
 
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut held, mut held_samples) = (counts(&self.held), counts(&self.held_samples));
         for event in events {
             let Some(node) = NodeId::parse(&event.node) else {
                 return Err(StoreError::Backend(format!("no node id: {:?}", event.node)));
             };
+            let (tree, held, cap) = if event.what.is_sample() {
+                (&self.samples, &mut held_samples, MAX_SAMPLES_PER_NODE)
+            } else {
+                (&self.events, &mut held, MAX_EVENTS_PER_NODE)
+            };
             let bytes = serde_json::to_vec(event).map_err(backend)?;
             let count = held
                 .entry(node)
-                .or_insert_with(|| self.events.scan_prefix(node.0).keys().count());
-            let before = self
-                .events
+                .or_insert_with(|| tree.scan_prefix(node.0).keys().count());
+            let before = tree
                 .insert(event_key(node, event.seq), bytes)
                 .map_err(backend)?;
             if before.is_none() {
                 *count += 1;
             }
-            if *count > MAX_EVENTS_PER_NODE + TRIM_SLACK {
-                *count -= trim(&self.events, node, *count - MAX_EVENTS_PER_NODE)?;
+            if *count > cap + TRIM_SLACK {
+                *count -= trim(tree, node, *count - cap)?;
             }
         }
-        drop(held);
+        drop((held, held_samples));
         self.durable()?;
         Ok(())
     }
 
     fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
         let mut all = Vec::new();
-        for tree in [&self.events, &self.orchestrator_events] {
+        for tree in [&self.events, &self.samples, &self.orchestrator_events] {
             match node {
                 Some(hex) => {
                     let Some(node) = NodeId::parse(hex) else {
@@ -312,18 +319,21 @@ impl Store for SledStore {
                 })
         };
         let mut from_keys = Vec::new();
-        for key in self
-            .events
-            .range(event_key(node, from)..=event_key(node, u64::MAX))
-            .keys()
-            .take(limit)
-        {
-            from_keys.push(seq_of(key.map_err(backend)?)?);
+        let mut highest = None;
+        for tree in [&self.events, &self.samples] {
+            for key in tree
+                .range(event_key(node, from)..=event_key(node, u64::MAX))
+                .keys()
+                .take(limit)
+            {
+                from_keys.push(seq_of(key.map_err(backend)?)?);
+            }
+            if let Some(key) = tree.scan_prefix(node.0).keys().next_back() {
+                highest = highest.max(Some(seq_of(key.map_err(backend)?)?));
+            }
         }
-        let highest = match self.events.scan_prefix(node.0).keys().next_back() {
-            Some(key) => Some(seq_of(key.map_err(backend)?)?),
-            None => None,
-        };
+        from_keys.sort_unstable();
+        from_keys.truncate(limit);
         Ok(StoredSeqs {
             from: from_keys,
             highest,
@@ -364,6 +374,14 @@ impl SledStore {
         )
         .map(drop)
     }
+}
+
+/// A lock on the counts of events per node. A holder that panicked leaves a count off by at
+/// most its batch, which only moves when the oldest are trimmed: taken as it is.
+fn counts(
+    m: &std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<NodeId, usize>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Drops `node`'s `over` oldest events in `tree`; returns how many went.

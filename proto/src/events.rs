@@ -6,7 +6,7 @@
 //! Storing an event twice (a batch resent after a lost acknowledgement) changes nothing: the
 //! node and the sequence number are its key.
 
-use crate::msg::{AdmissionReply, List, MAX_NAME_LEN, Text, WorkloadReport};
+use crate::msg::{AdmissionReply, List, MAX_NAME_LEN, Status, Text, WorkloadReport};
 use serde::{Deserialize, Serialize};
 
 /// A batch of events from the node's outbox.
@@ -45,6 +45,26 @@ pub enum EventKind {
     Operator(OperatorAction),
     /// The node refused an assignment (`rejected` says why).
     Refused(AdmissionReply),
+    /// The node's load while it had no session (live status goes straight to the
+    /// orchestrator otherwise). Of the status class: under pressure only the newest is kept.
+    Status(Status),
+    /// A summary of the node's load over a window that ended at the event's time. Of the
+    /// metrics class: under pressure they are thinned out first.
+    Metrics(MetricSummary),
+}
+
+/// The node's load over `window_secs` up to the event's time, from `samples` status samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricSummary {
+    pub window_secs: u32,
+    pub samples: u32,
+    pub cpu_percent_min: f32,
+    pub cpu_percent_mean: f32,
+    pub cpu_percent_max: f32,
+    pub memory_used_bytes_min: u64,
+    pub memory_used_bytes_mean: u64,
+    pub memory_used_bytes_max: u64,
+    pub disk_free_bytes_min: u64,
 }
 
 /// What a local operator did, to which workload, and as which user.

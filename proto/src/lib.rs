@@ -31,7 +31,8 @@ mod traffic;
 
 pub use bounded::{Seq, Str};
 pub use events::{
-    EventBatch, EventGap, EventKind, EventsStored, NodeEvent, OperatorAction, OperatorVerb,
+    EventBatch, EventGap, EventKind, EventsStored, MetricSummary, NodeEvent, OperatorAction,
+    OperatorVerb,
 };
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;

@@ -142,6 +142,10 @@ pub struct SyncState {
     /// The lowest sequence number the outbox still holds unacknowledged (`outbox_next`
     /// when it holds none).
     pub outbox_oldest: u64,
+    /// The outbox numbers from scratch (its log was made anew, a first start or a lost
+    /// one): its numbers may be ones the orchestrator holds from before, so none of them is
+    /// acknowledged by number at the sync, and [`Synced::events_through`] places it after.
+    pub outbox_fresh: bool,
 }
 
 impl SyncState {

@@ -1467,11 +1467,12 @@ fn golden_bytes_of_sync() {
             complete: true,
             outbox_next: 300,
             outbox_oldest: 290,
+            outbox_fresh: false,
         })),
     });
     assert_eq!(
         hex(&encode(&hello)),
-        "000000250001010101abababababababababababababababab036e2f310101037765620301ac02a202",
+        "000000260001010101abababababababababababababababab036e2f310101037765620301ac02a20200",
     );
     assert_eq!(
         hex(&encode(&OrchMsg::Synced(Synced {
@@ -1508,6 +1509,7 @@ fn a_hello_listing_more_workloads_than_it_may_is_refused() {
         complete: true,
         outbox_next: 1,
         outbox_oldest: 1,
+        outbox_fresh: false,
     };
     let hello = |sync| {
         NodeMsg::Hello(Hello {
@@ -1530,4 +1532,42 @@ fn a_hello_listing_more_workloads_than_it_may_is_refused() {
     body[count_at] = 0x81;
     assert!(decode::<NodeMsg>(&full[4..]).is_ok());
     assert!(decode::<NodeMsg>(&body).is_err());
+}
+
+/// The node's load in the outbox: a status while it had no session, and a window's summary.
+#[test]
+fn golden_bytes_of_status_and_metric_events() {
+    let status = NodeEvent {
+        seq: 10,
+        at_ms: 1_000,
+        kind: EventKind::Status(Status {
+            cpu_percent: 50.0,
+            memory_used_bytes: 1 << 20,
+            disk_free_bytes: 1 << 30,
+            uptime_secs: 60,
+        }),
+    };
+    let metrics = NodeEvent {
+        seq: 11,
+        at_ms: 2_000,
+        kind: EventKind::Metrics(MetricSummary {
+            window_secs: 300,
+            samples: 30,
+            cpu_percent_min: 1.0,
+            cpu_percent_mean: 2.0,
+            cpu_percent_max: 4.0,
+            memory_used_bytes_min: 1,
+            memory_used_bytes_mean: 2,
+            memory_used_bytes_max: 3,
+            disk_free_bytes_min: 4,
+        }),
+    };
+    let batch = EventBatch {
+        events: List::from_iter([status, metrics]),
+        gaps: List::new(),
+    };
+    assert_eq!(
+        hex(&encode(&NodeMsg::Events(Box::new(batch)))),
+        "0000002b09020ae807030000484280804080808080043c0bd00f04ac021e0000803f00000040000080400102030400",
+    );
 }

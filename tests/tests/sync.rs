@@ -206,3 +206,112 @@ impl WhatJson for EventRecord {
         serde_json::to_value(&self.what).unwrap_or_default()
     }
 }
+
+/// What `edge-node ctl outbox` says, through the node's socket.
+async fn outbox_summary(data_dir: &std::path::Path) -> Value {
+    node_daemon::ctl::call(
+        &data_dir.join("ctl.sock"),
+        &node_daemon::ctl::Request::Outbox {},
+    )
+    .await
+    .expect("ctl answers")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A node without its orchestrator keeps its load in the outbox, a status per interval and
+/// a summary per window, and the orchestrator stores them, with the times they were taken,
+/// once the node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_keeps_its_load_and_the_orchestrator_learns_it_on_return() {
+    let orch = TestOrchestrator::start().await;
+    let token = orch.token(1);
+    let node_dir = tempfile::tempdir().expect("tmp");
+    let config = node_config(
+        "away",
+        node_dir.path(),
+        orch.orch.quic_addr,
+        Some((&token, &orch.ca_hash())),
+        "[outbox]\nmetrics_window_secs = 5\n",
+    );
+    let node = TestNode::spawn(config);
+    assert!(eventually(PATIENCE, || orch.online("away")).await.is_some());
+    let stopped = orch.stop().await;
+    let away_ms = now_ms();
+
+    // Away: statuses pile up, and a window's summary.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        poll.tick().await;
+        let summary = outbox_summary(node_dir.path()).await;
+        if summary["status"].as_u64() >= Some(3) && summary["metrics"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no statuses and summary while away: {summary}"
+        );
+    }
+    let back_ms = now_ms();
+
+    let orch = TestOrchestrator::resume(stopped).await;
+    let stored = |kind: &'static str| {
+        orch.orch
+            .registry
+            .events(None)
+            .expect("stored")
+            .into_iter()
+            .filter(move |e| e.what_json()["kind"] == kind)
+    };
+    let offline_statuses = || {
+        stored("status")
+            .filter(|e| (away_ms..back_ms).contains(&e.at_ms))
+            .count()
+    };
+    assert!(
+        eventually(PATIENCE, || offline_statuses() >= 3
+            && stored("metrics").count() >= 1)
+        .await
+        .is_some(),
+        "statuses {} and summaries {} stored",
+        offline_statuses(),
+        stored("metrics").count()
+    );
+    let summary = stored("metrics").next().expect("a summary").what_json();
+    assert_eq!(summary["window_secs"], 5, "{summary}");
+    assert!(summary["samples"].as_u64() >= Some(1), "{summary}");
+    let cpu = &summary["cpu_percent"];
+    assert!(cpu["min"].as_f64() <= cpu["max"].as_f64(), "{summary}");
+    // And the operator sees them.
+    let (status, events) = orch.api("GET", "/v1/events?node=away", None).await;
+    assert_eq!(status, 200, "{events}");
+    let kinds: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"status") && kinds.contains(&"metrics"),
+        "{kinds:?}"
+    );
+    // The outbox lets go of them once stored (and records no status while online).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        poll.tick().await;
+        let summary = outbox_summary(node_dir.path()).await;
+        if summary["status"].as_u64() == Some(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "statuses still held: {summary}"
+        );
+    }
+    node.stop().await.expect("clean stop");
+}

@@ -32,4 +32,5 @@ pub mod proxy;
 pub mod restart;
 pub mod session;
 pub mod spec;
+pub mod summary;
 pub mod sync;

@@ -306,13 +306,16 @@ impl Outbox {
         record.into_iter().chain(gap).min().unwrap_or(self.next_seq)
     }
 
-    /// The orchestrator holds sequence numbers up to `through` already: if this outbox
-    /// would give one of them again (it was lost or reset, but the node's identity was
-    /// not), everything it holds is moved up to start past `through`, in the same order,
-    /// and numbering goes on from there. Returns whether anything moved; nothing may be in
-    /// flight when it does (it is asked before the first batch of a session).
-    pub fn number_after(&mut self, through: u64) -> bool {
-        if self.next_seq > through {
+    /// The orchestrator holds sequence numbers up to `through`. If this outbox would give
+    /// one of them again, everything it holds is moved up to start past `through`, in the
+    /// same order, and numbering goes on from there. A `fresh` outbox (its log made anew,
+    /// while the node's identity is older) may hold such numbers already, and moves if its
+    /// oldest is at or below `through`; any other moves only if its next one is (it was
+    /// reset without knowing). Returns whether anything moved; nothing may be in flight
+    /// when it does (it is asked before the first batch of a session).
+    pub fn number_after(&mut self, through: u64, fresh: bool) -> bool {
+        let lowest = if fresh { self.oldest() } else { self.next_seq };
+        if lowest > through {
             return false;
         }
         let shift = through + 1 - self.oldest();

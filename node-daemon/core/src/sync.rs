@@ -15,15 +15,25 @@
 use edge_proto::{Applied, List, SyncMode, SyncState, Synced, text};
 use std::collections::BTreeSet;
 
+/// Where a node's outbox stands, as a hello says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxMarks {
+    /// The sequence number it gives next.
+    pub next: u64,
+    /// The lowest it still holds.
+    pub oldest: u64,
+    /// It numbers from scratch and has not been placed after what the orchestrator holds.
+    pub fresh: bool,
+}
+
 /// What a hello says: the workloads the node holds with their generations (`applied`;
 /// `complete` is `false` when the node runs something whose generation it does not know),
-/// and its outbox's next and oldest sequence numbers. More workloads than the message takes
-/// make it incomplete too, and the orchestrator then answers with a snapshot.
+/// and its outbox's marks. More workloads than the message takes make it incomplete too,
+/// and the orchestrator then answers with a snapshot.
 pub fn state<'a>(
     applied: impl IntoIterator<Item = (&'a str, u64)>,
     complete: bool,
-    outbox_next: u64,
-    outbox_oldest: u64,
+    outbox: OutboxMarks,
 ) -> SyncState {
     let mut list = List::new();
     let mut complete = complete;
@@ -40,8 +50,9 @@ pub fn state<'a>(
     SyncState {
         applied: list,
         complete,
-        outbox_next,
-        outbox_oldest: outbox_oldest.min(outbox_next),
+        outbox_next: outbox.next,
+        outbox_oldest: outbox.oldest.min(outbox.next),
+        outbox_fresh: outbox.fresh,
     }
 }
 
@@ -61,10 +72,10 @@ pub struct Resync {
 pub struct Finish {
     /// Workloads to stop and forget: a snapshot did not assign them.
     pub forget: Vec<String>,
-    /// The orchestrator holds sequence numbers up to this one, and the outbox would give
-    /// some of them again: it must number above it
+    /// The highest of the node's sequence numbers the orchestrator holds: the outbox moves
+    /// above it where its own could meet them
     /// ([`Outbox::number_after`](crate::outbox::Outbox::number_after)) before it sends.
-    pub number_after: Option<u64>,
+    pub events_through: Option<u64>,
 }
 
 impl Resync {
@@ -94,14 +105,12 @@ impl Resync {
         self.done
     }
 
-    /// The orchestrator said `synced`; the node holds `held` and its outbox would give
-    /// `outbox_next` next. `None` for a [`Synced`] outside a sync (a second one): nothing
-    /// to do.
+    /// The orchestrator said `synced`; the node holds `held`. `None` for a [`Synced`]
+    /// outside a sync (a second one): nothing to do.
     pub fn finish<'a>(
         &mut self,
         synced: &Synced,
         held: impl IntoIterator<Item = &'a str>,
-        outbox_next: u64,
     ) -> Option<Finish> {
         if !self.open {
             return None;
@@ -119,10 +128,9 @@ impl Resync {
                 .collect(),
         };
         self.assigned.clear();
-        let number_after = synced.events_through.filter(|t| *t >= outbox_next);
         Some(Finish {
             forget,
-            number_after,
+            events_through: synced.events_through,
         })
     }
 }
@@ -143,21 +151,26 @@ mod tests {
 
     #[test]
     fn a_hello_lists_what_fits_and_says_when_that_is_not_all() {
-        let s = state([("a", 1), ("b", 2)], true, 10, 4);
+        let marks = |next, oldest| OutboxMarks {
+            next,
+            oldest,
+            fresh: false,
+        };
+        let s = state([("a", 1), ("b", 2)], true, marks(10, 4));
         assert!(s.complete);
         assert_eq!(s.applied.len(), 2);
         assert_eq!((s.outbox_next, s.outbox_oldest), (10, 4));
         let names: Vec<String> = (0..SyncState::MAX_APPLIED + 1)
             .map(|i| format!("w{i}"))
             .collect();
-        let s = state(names.iter().map(|n| (n.as_str(), 1)), true, 1, 1);
+        let s = state(names.iter().map(|n| (n.as_str(), 1)), true, marks(1, 1));
         assert!(!s.complete);
         assert_eq!(s.applied.len(), SyncState::MAX_APPLIED);
         let long = "x".repeat(64);
-        assert!(!state([(long.as_str(), 1)], true, 1, 1).complete);
-        assert!(!state([], false, 1, 1).complete);
+        assert!(!state([(long.as_str(), 1)], true, marks(1, 1)).complete);
+        assert!(!state([], false, marks(1, 1)).complete);
         // An oldest past the next is never said.
-        assert_eq!(state([], true, 5, 9).outbox_oldest, 5);
+        assert_eq!(state([], true, marks(5, 9)).outbox_oldest, 5);
     }
 
     #[test]
@@ -167,18 +180,15 @@ mod tests {
         assert!(!r.is_done());
         r.assigned("keep");
         let f = r
-            .finish(&synced(SyncMode::Snapshot, None), ["keep", "old", "old"], 1)
+            .finish(&synced(SyncMode::Snapshot, None), ["keep", "old", "old"])
             .expect("in a sync");
         assert_eq!(f.forget, ["old"]);
         assert!(r.is_done());
         // The same answer again, outside a sync, does nothing.
-        assert_eq!(
-            r.finish(&synced(SyncMode::Snapshot, None), ["keep"], 1),
-            None
-        );
+        assert_eq!(r.finish(&synced(SyncMode::Snapshot, None), ["keep"]), None);
         r.welcomed();
         let f = r
-            .finish(&synced(SyncMode::Changes, None), ["keep", "old"], 1)
+            .finish(&synced(SyncMode::Changes, None), ["keep", "old"])
             .expect("in a sync");
         assert!(f.forget.is_empty());
     }
@@ -193,30 +203,19 @@ mod tests {
         assert!(!r.is_done());
         r.welcomed();
         let f = r
-            .finish(&synced(SyncMode::Snapshot, None), ["early", "a"], 1)
+            .finish(&synced(SyncMode::Snapshot, None), ["early", "a"])
             .expect("in a sync");
         assert_eq!(f.forget, ["a", "early"]);
     }
 
     #[test]
-    fn an_outbox_behind_what_the_orchestrator_holds_numbers_above_it() {
+    fn the_sync_passes_on_what_the_orchestrator_holds() {
         let mut r = Resync::default();
         r.welcomed();
         let f = r
-            .finish(&synced(SyncMode::Changes, Some(500)), [], 3)
+            .finish(&synced(SyncMode::Changes, Some(500)), [])
             .expect("in a sync");
-        assert_eq!(f.number_after, Some(500));
-        // Ahead of it, or nothing stored: nothing moves.
-        r.welcomed();
-        let f = r
-            .finish(&synced(SyncMode::Changes, Some(500)), [], 501)
-            .expect("in a sync");
-        assert_eq!(f.number_after, None);
-        r.welcomed();
-        let f = r
-            .finish(&synced(SyncMode::Changes, None), [], 1)
-            .expect("in a sync");
-        assert_eq!(f.number_after, None);
+        assert_eq!(f.events_through, Some(500));
     }
 
     #[test]
@@ -227,7 +226,8 @@ mod tests {
         }
         outbox.ack([1, 2]);
         assert_eq!(outbox.oldest(), 3);
-        assert!(outbox.number_after(500));
+        // Reset without knowing: its next number is one the orchestrator holds.
+        assert!(outbox.number_after(500, false));
         let seqs: Vec<u64> = outbox.records().map(|r| r.seq).collect();
         assert_eq!(seqs, [501, 502, 503]);
         let bodies: Vec<u8> = outbox.records().map(|r| r.body[0]).collect();
@@ -240,11 +240,22 @@ mod tests {
                 .seq,
             504
         );
-        // Already past it: nothing moves.
-        assert!(!outbox.number_after(500));
+        // Already past it: nothing moves, fresh or not.
+        assert!(!outbox.number_after(500, false));
+        assert!(!outbox.number_after(500, true));
         // An empty outbox just goes on from there.
         let mut empty = Outbox::new(1 << 20, 1);
-        assert!(empty.number_after(41));
+        assert!(empty.number_after(41, false));
         assert_eq!(empty.next_seq(), 42);
+        // A fresh one that made more than the orchestrator holds still moves: its low
+        // numbers are another life's.
+        let mut fresh = Outbox::new(1 << 20, 1);
+        for i in 0..30u8 {
+            fresh.push(Class::Event, "k", 100, vec![i]).expect("fits");
+        }
+        assert!(!fresh.clone().number_after(19, false), "not fresh: no sign");
+        assert!(fresh.number_after(19, true));
+        assert_eq!(fresh.oldest(), 20);
+        assert_eq!(fresh.next_seq(), 50);
     }
 }

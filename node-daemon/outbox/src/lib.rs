@@ -78,6 +78,9 @@ enum Entry {
         shed: [u64; 3],
         gaps: Vec<[u64; 5]>,
     },
+    /// The numbering has been placed after what the orchestrator holds of this node (see
+    /// [`OutboxStore::is_fresh`]).
+    Anchored,
 }
 
 fn class_byte(class: Class) -> u8 {
@@ -104,6 +107,8 @@ pub struct OutboxStore {
     file: File,
     /// Bytes in the log.
     len: u64,
+    /// The log says its numbering was placed after what the orchestrator holds.
+    anchored: bool,
 }
 
 impl OutboxStore {
@@ -149,6 +154,7 @@ impl OutboxStore {
             dir,
             file,
             len: whole as u64,
+            anchored: replayed.anchored,
         };
         if !removed.is_empty() {
             store.write(&Entry::Gone { seqs: removed })?;
@@ -205,15 +211,32 @@ impl OutboxStore {
         Ok(())
     }
 
-    /// Moves what `outbox` holds to number above `through`, which the orchestrator holds
-    /// already (see `Outbox::number_after`), and rewrites the log to match, synced. Returns
-    /// whether anything moved.
-    pub fn number_after(&mut self, outbox: &mut Outbox, through: u64) -> Result<bool, StoreError> {
-        if !outbox.number_after(through) {
-            return Ok(false);
+    /// Whether this outbox numbers from scratch: its log was made anew (a first start, or
+    /// the old one was lost) and the orchestrator has not yet said what it holds of this
+    /// node. Its low numbers may be ones the orchestrator already holds from before.
+    pub fn is_fresh(&self) -> bool {
+        !self.anchored
+    }
+
+    /// The orchestrator holds this node's sequence numbers up to `through` (`None`: none):
+    /// moves what `outbox` holds above it where they could meet (see
+    /// `Outbox::number_after`), and from then on the outbox is no longer fresh. Durable
+    /// when it returns. Returns whether anything moved.
+    pub fn number_after(
+        &mut self,
+        outbox: &mut Outbox,
+        through: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let fresh = !self.anchored;
+        let moved = through.is_some_and(|t| outbox.number_after(t, fresh));
+        self.anchored = true;
+        if moved {
+            self.compact(outbox)?;
+        } else if fresh {
+            self.write(&Entry::Anchored)?;
+            self.commit()?;
         }
-        self.compact(outbox)?;
-        Ok(true)
+        Ok(moved)
     }
 
     /// The orchestrator stored the gaps up to `last`.
@@ -260,6 +283,9 @@ impl OutboxStore {
         let path = self.dir.join(LOG);
         let mut out = Vec::new();
         frame(&meta(outbox), &mut out);
+        if self.anchored {
+            frame(&Entry::Anchored, &mut out);
+        }
         for record in outbox.records() {
             frame(&put(record), &mut out);
         }
@@ -350,6 +376,7 @@ struct Replayed {
     gaps: Vec<Gap>,
     shed: Shed,
     next_seq: u64,
+    anchored: bool,
 }
 
 /// Replays the whole entries of `bytes`; returns what they hold and where the last whole
@@ -390,6 +417,7 @@ fn replay(bytes: &[u8]) -> (Replayed, usize) {
                     replayed.records.remove(&seq);
                 }
             }
+            Entry::Anchored => replayed.anchored = true,
             Entry::Meta {
                 next_seq,
                 shed,

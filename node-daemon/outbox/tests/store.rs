@@ -230,3 +230,35 @@ fn what_was_shed_and_the_gaps_come_back_too() {
     let (_, again, _) = OutboxStore::open(dir.path(), 200).expect("open");
     assert_eq!(records(&again), after);
 }
+
+#[test]
+fn a_new_log_is_fresh_until_placed_after_what_the_orchestrator_holds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut store, mut outbox, _) = open(dir.path());
+    assert!(store.is_fresh(), "a log made anew numbers from scratch");
+    for body in [b"a", b"b", b"c"] {
+        store
+            .push(&mut outbox, Class::Event, "", 1_000, body.to_vec())
+            .expect("push");
+    }
+    store.commit().expect("commit");
+    // The orchestrator holds numbers up to 2 from a life before this log: all three move.
+    assert!(store.number_after(&mut outbox, Some(2)).expect("moved"));
+    assert!(!store.is_fresh());
+    let seqs: Vec<u64> = records(&outbox).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    drop(store);
+    // Durable: the reopened log is placed, with the new numbers.
+    let (mut store, mut outbox, _) = open(dir.path());
+    assert!(!store.is_fresh());
+    let seqs: Vec<u64> = records(&outbox).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    // Placed now: the same answer again moves nothing.
+    assert!(!store.number_after(&mut outbox, Some(2)).expect("nothing"));
+    // A fresh log the orchestrator knows nothing of is placed as it is.
+    let other = tempfile::tempdir().expect("tmp");
+    let (mut store, mut outbox, _) = open(other.path());
+    assert!(!store.number_after(&mut outbox, None).expect("nothing"));
+    drop(store);
+    assert!(!open(other.path()).0.is_fresh());
+}

@@ -17,11 +17,14 @@ use serde::{Deserialize, Serialize};
 
 /// The most events kept per node; the oldest go first.
 pub const MAX_EVENTS_PER_NODE: usize = 10_000;
+/// The most load samples (statuses, metric summaries) kept per node, apart from its events:
+/// a week of five-minute summaries, with room for statuses.
+pub const MAX_SAMPLES_PER_NODE: usize = 4_000;
 /// The most events one query returns.
 pub const MAX_QUERY: usize = 1_000;
 
 /// One stored event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// The node's id, in hex.
     pub node: String,
@@ -49,7 +52,7 @@ pub enum Origin {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum What {
     /// A workload instance changed state.
@@ -75,6 +78,22 @@ pub enum What {
         workload: String,
         generation: u64,
         reason: String,
+    },
+    /// The node's load while it had no session.
+    Status {
+        cpu_percent: f32,
+        memory_used_bytes: u64,
+        disk_free_bytes: u64,
+        uptime_secs: u64,
+    },
+    /// The node's load over the `window_secs` before the event's time, from `samples`
+    /// samples.
+    Metrics {
+        window_secs: u32,
+        samples: u32,
+        cpu_percent: Spread<f32>,
+        memory_used_bytes: Spread<u64>,
+        disk_free_bytes_min: u64,
     },
     /// Events the node dropped: sequence numbers `seq..=last`, `count` of them events.
     Gap {
@@ -104,6 +123,23 @@ pub enum What {
         stopped: Option<String>,
         stopped_name: Option<String>,
     },
+}
+
+/// The least, mean and most of a measure over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread<T> {
+    pub min: T,
+    pub mean: T,
+    pub max: T,
+}
+
+impl What {
+    /// Whether this is a sample of the node's load (a status or a metric summary) rather
+    /// than something that happened: the store keeps samples apart, so that a node away for
+    /// weeks does not push its events out with them.
+    pub fn is_sample(&self) -> bool {
+        matches!(self, Self::Status { .. } | Self::Metrics { .. })
+    }
 }
 
 /// An event the orchestrator made about `node` at `at_ms` (its own clock). The store gives it
@@ -155,6 +191,27 @@ pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventR
                     .as_ref()
                     .map(ToString::to_string)
                     .unwrap_or_default(),
+            },
+            EventKind::Status(s) => What::Status {
+                cpu_percent: s.cpu_percent.clamp(0.0, 100.0),
+                memory_used_bytes: s.memory_used_bytes,
+                disk_free_bytes: s.disk_free_bytes,
+                uptime_secs: s.uptime_secs,
+            },
+            EventKind::Metrics(m) => What::Metrics {
+                window_secs: m.window_secs,
+                samples: m.samples,
+                cpu_percent: Spread {
+                    min: m.cpu_percent_min.clamp(0.0, 100.0),
+                    mean: m.cpu_percent_mean.clamp(0.0, 100.0),
+                    max: m.cpu_percent_max.clamp(0.0, 100.0),
+                },
+                memory_used_bytes: Spread {
+                    min: m.memory_used_bytes_min,
+                    mean: m.memory_used_bytes_mean,
+                    max: m.memory_used_bytes_max,
+                },
+                disk_free_bytes_min: m.disk_free_bytes_min,
             },
         },
     });

@@ -11,7 +11,7 @@
 
 use crate::access::ApiTokenRecord;
 use crate::deploy::DeploymentRecord;
-use crate::events::{EventRecord, MAX_EVENTS_PER_NODE, Origin};
+use crate::events::{EventRecord, MAX_EVENTS_PER_NODE, MAX_SAMPLES_PER_NODE, Origin};
 use crate::fleet::NodeRecord;
 use crate::tokens::TokenRecord;
 use edge_proto::NodeId;
@@ -102,22 +102,19 @@ struct MemInner {
     nodes: BTreeMap<NodeId, NodeRecord>,
     deployments: BTreeMap<String, DeploymentRecord>,
     events: BTreeMap<(String, u64), EventRecord>,
+    samples: BTreeMap<(String, u64), EventRecord>,
     orchestrator_events: BTreeMap<(String, u64), EventRecord>,
 }
 
-/// Inserts `event` under its node and `seq`, then drops the node's oldest beyond
-/// [`MAX_EVENTS_PER_NODE`].
-fn insert_bounded(map: &mut BTreeMap<(String, u64), EventRecord>, event: EventRecord) {
+/// Inserts `event` under its node and `seq`, then drops the node's oldest beyond `cap`.
+fn insert_bounded(map: &mut BTreeMap<(String, u64), EventRecord>, event: EventRecord, cap: usize) {
     let node = event.node.clone();
     map.insert((node.clone(), event.seq), event);
     let held: Vec<u64> = map
         .range((node.clone(), 0)..=(node.clone(), u64::MAX))
         .map(|((_, seq), _)| *seq)
         .collect();
-    for seq in held
-        .iter()
-        .take(held.len().saturating_sub(MAX_EVENTS_PER_NODE))
-    {
+    for seq in held.iter().take(held.len().saturating_sub(cap)) {
         map.remove(&(node.clone(), *seq));
     }
 }
@@ -196,7 +193,7 @@ impl Store for MemStore {
                         .range((e.node.clone(), 0)..=(e.node.clone(), u64::MAX))
                         .next_back()
                         .map_or(1, |((_, seq), _)| seq.saturating_add(1));
-                    insert_bounded(&mut inner.orchestrator_events, event);
+                    insert_bounded(&mut inner.orchestrator_events, event, MAX_EVENTS_PER_NODE);
                 }
             }
         }
@@ -205,7 +202,11 @@ impl Store for MemStore {
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for event in events {
-            insert_bounded(&mut inner.events, event.clone());
+            if event.what.is_sample() {
+                insert_bounded(&mut inner.samples, event.clone(), MAX_SAMPLES_PER_NODE);
+            } else {
+                insert_bounded(&mut inner.events, event.clone(), MAX_EVENTS_PER_NODE);
+            }
         }
         Ok(())
     }
@@ -214,6 +215,7 @@ impl Store for MemStore {
         Ok(inner
             .events
             .values()
+            .chain(inner.samples.values())
             .chain(inner.orchestrator_events.values())
             .filter(|e| node.is_none_or(|n| e.node == n))
             .cloned()
@@ -227,18 +229,20 @@ impl Store for MemStore {
     ) -> Result<StoredSeqs, StoreError> {
         let inner = self.lock();
         let hex = node.to_string();
+        let range = (hex.clone(), 0)..=(hex, u64::MAX);
         let held = || {
             inner
                 .events
-                .range((hex.clone(), 0)..=(hex.clone(), u64::MAX))
-        };
-        Ok(StoredSeqs {
-            from: held()
+                .range(range.clone())
+                .chain(inner.samples.range(range.clone()))
                 .map(|((_, seq), _)| *seq)
-                .filter(|seq| *seq >= from)
-                .take(limit)
-                .collect(),
-            highest: held().next_back().map(|((_, seq), _)| *seq),
+        };
+        let mut from_seqs: Vec<u64> = held().filter(|seq| *seq >= from).collect();
+        from_seqs.sort_unstable();
+        from_seqs.truncate(limit);
+        Ok(StoredSeqs {
+            from: from_seqs,
+            highest: held().max(),
         })
     }
 }

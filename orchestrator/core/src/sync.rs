@@ -82,8 +82,12 @@ pub fn unacknowledged(said: &SyncState) -> core::ops::Range<u64> {
 /// The acknowledgements to send again: of the node's unacknowledged range, those the store
 /// holds (`stored`, ascending, at most [`MAX_RESENT_ACKS`] are used), in messages of at
 /// most one batch each. Gaps are not acknowledged here: the node sends them again, and
-/// storing one twice changes nothing.
+/// storing one twice changes nothing. A fresh outbox gets none: the numbers stored may be
+/// another life's.
 pub fn resent_acks(said: &SyncState, stored: &[u64]) -> Vec<EventsStored> {
+    if said.outbox_fresh {
+        return Vec::new();
+    }
     let range = unacknowledged(said);
     let seqs: Vec<u64> = stored
         .iter()
@@ -128,6 +132,7 @@ mod tests {
             complete,
             outbox_next: 10,
             outbox_oldest: 4,
+            outbox_fresh: false,
         }
     }
 
@@ -179,6 +184,10 @@ mod tests {
         s.outbox_oldest = 50;
         s.outbox_next = 20;
         assert!(resent_acks(&s, &stored).is_empty());
+        // A fresh outbox's numbers may be another life's: none is acknowledged.
+        let mut fresh = said(&[], true);
+        fresh.outbox_fresh = true;
+        assert!(resent_acks(&fresh, &[4, 5, 9]).is_empty());
     }
 
     #[test]

@@ -194,6 +194,7 @@ fn said(applied: &[(&str, u64)]) -> SyncState {
         complete: true,
         outbox_next: 1,
         outbox_oldest: 1,
+        outbox_fresh: false,
     }
 }
 

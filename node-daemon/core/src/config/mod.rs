@@ -100,9 +100,14 @@ pub struct OutboxSettings {
     /// `uplink_bytes_per_sec`: the drain's pace on a metered link; unset, as fast as the
     /// orchestrator acknowledges.
     pub uplink_bytes_per_sec: Option<u64>,
+    /// `metrics_window_secs`: the window each summary of the node's load covers (the
+    /// outbox's metrics class). Default 300.
+    pub metrics_window_secs: u64,
 }
 
 impl OutboxSettings {
+    /// The bounds of `metrics_window_secs`: five seconds to a day.
+    pub const METRICS_WINDOW: std::ops::RangeInclusive<u64> = 5..=86_400;
     /// The bounds of `max_bytes`: 64 KiB to 1 GiB.
     pub const MAX_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
     /// The bounds of `uplink_bytes_per_sec`: 1 KiB/s to 1 GiB/s.
@@ -114,6 +119,7 @@ impl Default for OutboxSettings {
         Self {
             max_bytes: 4 << 20,
             uplink_bytes_per_sec: None,
+            metrics_window_secs: 300,
         }
     }
 }

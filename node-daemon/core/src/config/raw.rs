@@ -47,6 +47,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawOutbox {
     pub max_bytes: Option<i64>,
     pub uplink_bytes_per_sec: Option<i64>,
+    pub metrics_window_secs: Option<i64>,
 }
 
 #[derive(Deserialize)]

@@ -264,6 +264,14 @@ fn validate_outbox(raw: Option<RawOutbox>) -> Result<OutboxSettings, ConfigError
             .uplink_bytes_per_sec
             .map(|v| in_range("outbox.uplink_bytes_per_sec", v, OutboxSettings::UPLINK))
             .transpose()?,
+        metrics_window_secs: match raw.metrics_window_secs {
+            None => OutboxSettings::default().metrics_window_secs,
+            Some(v) => in_range(
+                "outbox.metrics_window_secs",
+                v,
+                OutboxSettings::METRICS_WINDOW,
+            )?,
+        },
     })
 }
 
