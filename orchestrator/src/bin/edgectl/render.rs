@@ -655,6 +655,45 @@ pub(crate) fn events_table(events: &[serde_json::Value]) -> String {
             ]);
             continue;
         }
+        if e["kind"] == "status" {
+            rows.push(vec![
+                text(&e["at"]),
+                text(&e["node"]),
+                "-".to_owned(),
+                "(load)".to_owned(),
+                "-".to_owned(),
+                format!(
+                    "offline: cpu {:.0}%, memory {}, disk free {}",
+                    e["cpu_percent"].as_f64().unwrap_or(0.0),
+                    human_bytes(e["memory_used_bytes"].as_u64().unwrap_or(0)),
+                    human_bytes(e["disk_free_bytes"].as_u64().unwrap_or(0))
+                ),
+            ]);
+            continue;
+        }
+        if e["kind"] == "metrics" {
+            let cpu = &e["cpu_percent"];
+            let memory = &e["memory_used_bytes"];
+            rows.push(vec![
+                text(&e["at"]),
+                text(&e["node"]),
+                "-".to_owned(),
+                "(metrics)".to_owned(),
+                "-".to_owned(),
+                format!(
+                    "{} over {}: cpu {:.0}/{:.0}/{:.0}%, memory {}/{}/{} (min/mean/max)",
+                    e["samples"],
+                    duration(e["window_secs"].as_u64().unwrap_or(0)),
+                    cpu["min"].as_f64().unwrap_or(0.0),
+                    cpu["mean"].as_f64().unwrap_or(0.0),
+                    cpu["max"].as_f64().unwrap_or(0.0),
+                    human_bytes(memory["min"].as_u64().unwrap_or(0)),
+                    human_bytes(memory["mean"].as_u64().unwrap_or(0)),
+                    human_bytes(memory["max"].as_u64().unwrap_or(0))
+                ),
+            ]);
+            continue;
+        }
         if e["kind"] == "reconciled" {
             let stopped = match e["stopped_name"].as_str() {
                 Some(s) => format!(", stopped on {s}"),
@@ -713,13 +752,31 @@ mod tests {
                "at": "2026-12-01T10:09:00Z", "at_ms": 0, "received": "2026-12-01T10:09:00Z",
                "kind": "reconciled", "workload": "till", "generation": 2,
                "rule": "keep_original", "kept": "original", "replacement": "ef",
-               "stopped": "ef", "stopped_name": "shop-3"}
+               "stopped": "ef", "stopped_name": "shop-3"},
+              {"node": "shop-1", "node_id": "ab", "seq": 8, "at": "2026-12-01T10:10:00Z",
+               "at_ms": 0, "received": "2026-12-06T10:00:00Z", "kind": "status",
+               "cpu_percent": 12.4, "memory_used_bytes": 104857600,
+               "disk_free_bytes": 1073741824, "uptime_secs": 60},
+              {"node": "shop-1", "node_id": "ab", "seq": 9, "at": "2026-12-01T10:15:00Z",
+               "at_ms": 0, "received": "2026-12-06T10:00:00Z", "kind": "metrics",
+               "window_secs": 300, "samples": 30,
+               "cpu_percent": {"min": 1.0, "mean": 5.0, "max": 80.0},
+               "memory_used_bytes": {"min": 1048576, "mean": 2097152, "max": 3145728},
+               "disk_free_bytes_min": 0}
             ]"#,
         )
         .expect("json");
         let out = events_table(&events);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 5, "{out}");
+        assert_eq!(lines.len(), 7, "{out}");
+        assert!(
+            lines[5].contains("(load)") && lines[5].contains("cpu 12%"),
+            "{out}"
+        );
+        assert!(
+            lines[6].contains("30 over 5m 0s") && lines[6].contains("cpu 1/5/80%"),
+            "{out}"
+        );
         assert!(
             lines[3].contains("(replaced)")
                 && lines[3].contains("away 300s")

@@ -396,16 +396,23 @@ fn the_outbox_table_sets_the_budget_and_the_uplink_pace() {
     assert_eq!(c.outbox(), OutboxSettings::default());
     assert_eq!(c.outbox().max_bytes, 4 << 20);
     let with = |table: &str| format!("{EXAMPLE}[outbox]\n{table}\n");
-    let c = Config::from_toml(&with("max_bytes = 16777216\nuplink_bytes_per_sec = 2048"))
-        .expect("valid");
+    assert_eq!(c.outbox().metrics_window_secs, 300);
+    let c = Config::from_toml(&with(
+        "max_bytes = 16777216\nuplink_bytes_per_sec = 2048\nmetrics_window_secs = 60",
+    ))
+    .expect("valid");
     assert_eq!(c.outbox().max_bytes, 16 << 20);
     assert_eq!(c.outbox().uplink_bytes_per_sec, Some(2048));
+    assert_eq!(c.outbox().metrics_window_secs, 60);
     for (table, field) in [
         ("max_bytes = 1000", "outbox.max_bytes"),
         ("max_bytes = -1", "outbox.max_bytes"),
         ("max_bytes = 9223372036854775807", "outbox.max_bytes"),
         ("uplink_bytes_per_sec = 0", "outbox.uplink_bytes_per_sec"),
         ("uplink_bytes_per_sec = -5", "outbox.uplink_bytes_per_sec"),
+        ("metrics_window_secs = 4", "outbox.metrics_window_secs"),
+        ("metrics_window_secs = -300", "outbox.metrics_window_secs"),
+        ("metrics_window_secs = 86401", "outbox.metrics_window_secs"),
     ] {
         let message = invalid_field(&with(table), field);
         assert!(message.contains("out of range"), "{table}: {message}");
