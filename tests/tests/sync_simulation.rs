@@ -1,22 +1,31 @@
 //! A deterministic simulation of outbox sync over a bad link, for days on a virtual clock:
-//! real `node_core::outbox` (`Outbox` and `Drain`, as the daemon drives them), real
-//! `orchestrator_core::events` (the records and the acknowledgement) and the real
-//! `MemStore`, joined by a seeded link model: latency, connections lost at random, partitions
-//! from seconds to days, node crashes (what was not synced is gone: the node keeps what its
-//! outbox committed, and forgetting acknowledged events is not synced) and orchestrator
-//! restarts (every connection lost, the store kept).
+//! real `node_core::outbox` (`Outbox` and `Drain`, as the daemon drives them), the real sync
+//! at each session's start (`node_core::sync` on the node, `orchestrator_core::sync` on the
+//! orchestrator: the hello's outbox marks, acknowledgements of what was already stored, the
+//! highest number stored), real `orchestrator_core::events` (the records and the
+//! acknowledgement) and the real `MemStore`, joined by a seeded link model: latency,
+//! connections lost at random, partitions from seconds to days, node crashes (what was not
+//! synced is gone: the node keeps what its outbox committed, and forgetting acknowledged
+//! events is not synced), lost outboxes (the log gone, the identity kept: numbering starts
+//! again from 1) and orchestrator restarts (every connection lost, the store kept).
 //!
-//! After every acknowledgement the node acts on, every event it acknowledges is in the
-//! orchestrator's store; after every crash, every event the node made is in the store or still
-//! in its outbox. After the link heals for good, everything converges: the outboxes empty,
-//! every event stored once. A failing run prints its seed; `SYNC_SIM_SEED=N` replays it.
+//! Each event carries the number of its making, so that it is known whatever sequence number
+//! it ends up under. After every acknowledgement the node acts on, every event it
+//! acknowledges is in the orchestrator's store; no batch ever lands on a number that holds
+//! another event; after every crash, every event the node made is in the store or still in
+//! its outbox (or was in an outbox that was lost). After the link heals for good, everything
+//! converges: the outboxes empty, every event stored. A failing run prints its seed;
+//! `SYNC_SIM_SEED=N` replays it.
 
 use edge_proto::{
-    EventBatch, EventGap, EventKind, List, NodeEvent, NodeId, WorkloadReport, WorkloadState, text,
+    EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeId, SyncMode, SyncState,
+    Synced, WorkloadReport, WorkloadState, text,
 };
 use node_core::outbox::{Batch, Class, Drain, Outbox};
+use node_core::sync::{OutboxMarks, Resync};
 use orchestrator_core::events::{acknowledgement, records};
 use orchestrator_core::store::{MemStore, Store};
+use orchestrator_core::sync::{MAX_RESENT_ACKS, resent_acks};
 use std::collections::{BTreeMap, BTreeSet};
 
 const NODES: usize = 16;
@@ -32,7 +41,11 @@ enum Ev {
     /// A batch reaches the orchestrator on connection `conn`.
     Batch(usize, u64, Box<EventBatch>),
     /// The orchestrator's acknowledgement reaches the node on `conn`.
-    Ack(usize, u64, Box<edge_proto::EventsStored>),
+    Ack(usize, u64, Box<EventsStored>),
+    /// The node's hello reaches the orchestrator on `conn`.
+    Hello(usize, u64, Box<SyncState>),
+    /// The sync's acknowledgements and its end reach the node on `conn`.
+    Synced(usize, u64, Vec<EventsStored>, Synced),
     /// The node dials (if its link is up and the orchestrator runs).
     Dial(usize),
     /// The node's link goes down for a while.
@@ -45,6 +58,8 @@ enum Ev {
     Flaky(usize, u64),
     /// The node's process dies and starts again.
     Crash(usize),
+    /// The node's outbox log is lost (its identity is kept), and its process starts again.
+    Wipe(usize),
     /// The orchestrator dies, and starts again a while later.
     OrchestratorDown,
     OrchestratorUp,
@@ -60,6 +75,9 @@ struct Node {
     conn: Option<u64>,
     link_up: bool,
     made: u64,
+    /// The outbox's log was made anew and not yet placed after what the orchestrator holds.
+    fresh: bool,
+    resync: Resync,
 }
 
 struct Sim {
@@ -72,12 +90,28 @@ struct Sim {
     store: MemStore,
     orchestrator_up: bool,
     next_conn: u64,
-    /// Events every node's outbox let go of after an acknowledgement.
+    /// Events (by the number of their making) every node's outbox let go of after an
+    /// acknowledgement.
     forgotten: BTreeSet<(usize, u64)>,
-    /// What each node's batches put in the store (the store itself is read at the end).
-    held: Vec<BTreeSet<u64>>,
+    /// Events lost with an outbox, by the number of their making.
+    wiped: BTreeSet<(usize, u64)>,
+    /// What each node's batches put in the store: sequence number to the number of the
+    /// event's making (the store itself is read at the end).
+    held: Vec<BTreeMap<u64, u64>>,
+    /// Acknowledgements a sync sent again for events stored before, and outboxes moved above
+    /// what the orchestrator held: to show the run went through both.
+    resent: u64,
+    moved: u64,
     /// Until when faults are injected; after it, the link only heals.
     faults_until: u64,
+}
+
+/// The number of an event's making, which its body carries.
+fn made_of(body: &[u8]) -> u64 {
+    match postcard::from_bytes::<EventKind>(body) {
+        Ok(EventKind::Instance(report)) => u64::from(report.restarts),
+        other => panic!("not one of ours: {other:?}"),
+    }
 }
 
 fn body(i: u64) -> Vec<u8> {
@@ -126,13 +160,18 @@ impl Sim {
                     conn: None,
                     link_up: true,
                     made: 0,
+                    fresh: true,
+                    resync: Resync::default(),
                 })
                 .collect(),
             store: MemStore::default(),
             orchestrator_up: true,
             next_conn: 1,
             forgotten: BTreeSet::new(),
-            held: vec![BTreeSet::new(); NODES],
+            wiped: BTreeSet::new(),
+            held: vec![BTreeMap::new(); NODES],
+            resent: 0,
+            moved: 0,
             faults_until: 2 * DAY,
         };
         for i in 0..NODES {
@@ -168,13 +207,46 @@ impl Sim {
         )
     }
 
+    /// The events of node `i` the store holds, by the number of their making.
     fn stored(&self, i: usize) -> BTreeSet<u64> {
         let node = self.nodes[i].id.to_string();
         self.store
             .events(Some(&node))
             .expect("mem store")
             .into_iter()
-            .map(|e| e.seq)
+            .map(|e| match e.what {
+                orchestrator_core::events::What::Instance { restarts, .. } => u64::from(restarts),
+                other => self.fail(&format!("not one of ours: {other:?}")),
+            })
+            .collect()
+    }
+
+    /// The node forgets `seqs`, acknowledged: each must be stored, as the same event.
+    fn forget(&mut self, i: usize, seqs: impl IntoIterator<Item = u64>) -> usize {
+        let node = &mut self.nodes[i];
+        let made: BTreeMap<u64, u64> = seqs
+            .into_iter()
+            .filter_map(|seq| Some((seq, made_of(&node.mem.get(seq)?.body))))
+            .collect();
+        let gone = node.mem.ack(made.keys().copied());
+        for seq in &gone {
+            let event = made[seq];
+            if self.held[i].get(seq) != Some(&event) {
+                self.fail(&format!(
+                    "node {i} forgot event {event} (seq {seq}), which is not stored as it"
+                ));
+            }
+            self.forgotten.insert((i, event));
+        }
+        gone.len()
+    }
+
+    /// What node `i`'s outbox holds, by the number of each event's making.
+    fn in_outbox(&self, i: usize) -> BTreeSet<u64> {
+        self.nodes[i]
+            .mem
+            .records()
+            .map(|r| made_of(&r.body))
             .collect()
     }
 
@@ -183,6 +255,10 @@ impl Sim {
         let Some(conn) = self.nodes[i].conn else {
             return;
         };
+        // Nothing goes before the session's sync is over.
+        if !self.nodes[i].resync.is_done() {
+            return;
+        }
         loop {
             let node = &mut self.nodes[i];
             let Some(batch) = node.drain.next(
@@ -201,6 +277,7 @@ impl Sim {
     fn disconnect(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if node.conn.take().is_some() {
+            node.resync.disconnected();
             node.drain.disconnected(&mut node.mem);
             let retry = self.now + self.rng.u64(250..30_000);
             self.at(retry, Ev::Dial(i));
@@ -245,8 +322,21 @@ impl Sim {
                 }
                 let node = self.nodes[i].id;
                 let records = records(node, &batch, self.now);
+                for (record, event) in records.iter().zip(batch.events.iter()) {
+                    let EventKind::Instance(report) = &event.kind else {
+                        self.fail("not one of ours");
+                    };
+                    let made = u64::from(report.restarts);
+                    if let Some(other) = self.held[i].insert(record.seq, made)
+                        && other != made
+                    {
+                        self.fail(&format!(
+                            "node {i}'s event {made} landed on seq {}, which held event {other}",
+                            record.seq
+                        ));
+                    }
+                }
                 self.store.put_events(&records).expect("mem store");
-                self.held[i].extend(records.iter().map(|r| r.seq));
                 let ack = acknowledgement(&batch);
                 let at = self.now + self.latency();
                 self.at(at, Ev::Ack(i, conn, Box::new(ack)));
@@ -255,16 +345,49 @@ impl Sim {
                 if !self.orchestrator_up || self.nodes[i].conn != Some(conn) {
                     return;
                 }
+                self.forget(i, ack.seqs.iter().copied());
                 let node = &mut self.nodes[i];
-                let gone = node.mem.ack(ack.seqs.iter().copied());
                 node.mem.ack_gaps(ack.gaps_through);
                 node.drain.acked();
-                for seq in gone {
-                    if !self.held[i].contains(&seq) {
-                        self.fail(&format!("node {i} forgot event {seq}, which is not stored"));
-                    }
-                    self.forgotten.insert((i, seq));
+                self.pump(i);
+            }
+            Ev::Hello(i, conn, said) => {
+                if !self.orchestrator_up || self.nodes[i].conn != Some(conn) {
+                    return;
                 }
+                let stored = self
+                    .store
+                    .node_event_seqs(self.nodes[i].id, said.outbox_oldest, MAX_RESENT_ACKS)
+                    .expect("mem store");
+                let acks = resent_acks(&said, &stored.from);
+                let synced = Synced {
+                    mode: SyncMode::Changes,
+                    assigned: 0,
+                    unassigned: 0,
+                    events_through: stored.highest,
+                };
+                let at = self.now + self.latency();
+                self.at(at, Ev::Synced(i, conn, acks, synced));
+            }
+            Ev::Synced(i, conn, acks, synced) => {
+                if !self.orchestrator_up || self.nodes[i].conn != Some(conn) {
+                    return;
+                }
+                for ack in acks {
+                    self.resent += self.forget(i, ack.seqs.iter().copied()) as u64;
+                }
+                let node = &mut self.nodes[i];
+                let Some(finish) = node.resync.finish(&synced, []) else {
+                    self.fail("a second end of one sync");
+                };
+                // What the store does: moved and placed, durably.
+                if let Some(through) = finish.events_through
+                    && node.mem.number_after(through, node.fresh)
+                {
+                    self.moved += 1;
+                }
+                node.fresh = false;
+                node.disk = node.mem.clone();
                 self.pump(i);
             }
             Ev::Dial(i) => {
@@ -278,9 +401,22 @@ impl Sim {
                     self.at(retry, Ev::Dial(i));
                     return;
                 }
-                self.nodes[i].conn = Some(self.next_conn);
+                let conn = self.next_conn;
                 self.next_conn += 1;
-                self.pump(i);
+                let node = &mut self.nodes[i];
+                node.conn = Some(conn);
+                node.resync.welcomed();
+                let said = node_core::sync::state(
+                    [],
+                    true,
+                    OutboxMarks {
+                        next: node.mem.next_seq(),
+                        oldest: node.mem.oldest(),
+                        fresh: node.fresh,
+                    },
+                );
+                let at = self.now + self.latency();
+                self.at(at, Ev::Hello(i, conn, Box::new(said)));
             }
             Ev::Partition(i) => {
                 if !faults {
@@ -296,11 +432,12 @@ impl Sim {
                 self.disconnect(i);
                 self.at(self.now + long, Ev::Heal(i));
                 let next = self.now + long + self.rng.u64(MINUTE..DAY);
-                let what = match self.rng.u8(..4) {
-                    0 => Ev::Partition(i),
-                    1 => Ev::Drop(i),
-                    2 => Ev::Flaky(i, next + self.rng.u64(MINUTE..10 * MINUTE)),
-                    _ => Ev::Crash(i),
+                let what = match self.rng.u8(..16) {
+                    0..=3 => Ev::Partition(i),
+                    4..=7 => Ev::Drop(i),
+                    8..=11 => Ev::Flaky(i, next + self.rng.u64(MINUTE..10 * MINUTE)),
+                    12..=14 => Ev::Crash(i),
+                    _ => Ev::Wipe(i),
                 };
                 self.at(next, what);
             }
@@ -338,13 +475,43 @@ impl Sim {
                 node.mem = node.disk.clone();
                 node.mem.reconnected();
                 node.drain = Drain::default();
+                node.resync.disconnected();
                 node.conn = None;
-                let node = &self.nodes[i];
-                for seq in 1..=node.made {
-                    if node.mem.get(seq).is_none() && !self.held[i].contains(&seq) {
-                        self.fail(&format!("node {i} lost event {seq} in a crash"));
+                let kept = self.in_outbox(i);
+                let stored: BTreeSet<u64> = self.held[i].values().copied().collect();
+                for event in 1..=self.nodes[i].made {
+                    if !kept.contains(&event)
+                        && !stored.contains(&event)
+                        && !self.wiped.contains(&(i, event))
+                    {
+                        self.fail(&format!("node {i} lost event {event} in a crash"));
                     }
                 }
+                let back = self.now + self.rng.u64(1_000..MINUTE);
+                self.at(back, Ev::Dial(i));
+                if faults {
+                    let next = self.now + self.rng.u64(MINUTE..DAY);
+                    self.at(next, Ev::Partition(i));
+                }
+            }
+            Ev::Wipe(i) => {
+                // The log is gone: what it held is lost, and numbering starts again.
+                // (The disk may still hold events forgotten since its last commit: those
+                // were stored, and are not lost.)
+                let lost: Vec<u64> = self.nodes[i]
+                    .disk
+                    .records()
+                    .map(|r| made_of(&r.body))
+                    .filter(|e| !self.forgotten.contains(&(i, *e)))
+                    .collect();
+                self.wiped.extend(lost.into_iter().map(|e| (i, e)));
+                let node = &mut self.nodes[i];
+                node.disk = Outbox::new(16 << 20, 1);
+                node.mem = node.disk.clone();
+                node.fresh = true;
+                node.drain = Drain::default();
+                node.resync.disconnected();
+                node.conn = None;
                 let back = self.now + self.rng.u64(1_000..MINUTE);
                 self.at(back, Ev::Dial(i));
                 if faults {
@@ -377,7 +544,17 @@ impl Sim {
     }
 }
 
-fn check(seed: u64) -> (u64, usize) {
+/// What a run did, for the checks across seeds.
+#[derive(Debug, PartialEq, Eq)]
+struct Run {
+    made: u64,
+    forgotten: usize,
+    wiped: usize,
+    resent: u64,
+    moved: u64,
+}
+
+fn check(seed: u64) -> Run {
     let mut sim = Sim::new(seed);
     sim.run();
     // Faults stopped, every link healed, the queue ran dry: everything converged.
@@ -389,16 +566,25 @@ fn check(seed: u64) -> (u64, usize) {
         if !node.mem.is_empty() {
             sim.fail(&format!("node {i} still holds {} events", node.mem.len()));
         }
-        let all: BTreeSet<u64> = (1..=node.made).collect();
+        // Every event is stored, but those lost with an outbox before they were.
+        let lost = |e: &u64| sim.wiped.contains(&(i, *e)) && !stored.contains(e);
+        let all: BTreeSet<u64> = (1..=node.made).filter(|e| !lost(e)).collect();
         if stored != all {
             sim.fail(&format!(
-                "node {i} made {} events; the orchestrator holds {} of them",
+                "node {i} made {} events ({} lost with an outbox); the orchestrator holds {} of them",
                 node.made,
+                node.made as usize - all.len(),
                 stored.intersection(&all).count()
             ));
         }
     }
-    (made, sim.forgotten.len())
+    Run {
+        made,
+        forgotten: sim.forgotten.len(),
+        wiped: sim.wiped.len(),
+        resent: sim.resent,
+        moved: sim.moved,
+    }
 }
 
 #[test]
@@ -407,11 +593,23 @@ fn outbox_sync_loses_nothing_through_days_of_partitions_crashes_and_restarts() {
         Ok(seed) => vec![seed.parse().expect("SYNC_SIM_SEED is a number")],
         Err(_) => (1..=5).collect(),
     };
-    for seed in seeds {
-        let (made, forgotten) = check(seed);
+    let (mut resent, mut moved, mut wiped) = (0, 0, 0);
+    for seed in &seeds {
+        let run = check(*seed);
+        // Every event left its outbox once: acknowledged, or lost with the outbox.
         assert!(
-            made > 0 && forgotten as u64 == made,
-            "seed {seed}: {forgotten} of {made}"
+            run.made > 0 && (run.forgotten + run.wiped) as u64 == run.made,
+            "seed {seed}: {run:?}"
+        );
+        resent += run.resent;
+        moved += run.moved;
+        wiped += run.wiped;
+    }
+    if seeds.len() > 1 {
+        assert!(
+            resent > 0 && moved > 0 && wiped > 0,
+            "the runs went through acknowledgements sent again ({resent}), outboxes moved \
+             above what was stored ({moved}) and lost outboxes ({wiped})"
         );
     }
 }
