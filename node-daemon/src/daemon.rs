@@ -202,6 +202,9 @@ pub async fn run_with(
     let mut current: Option<(quinn::Connection, quinn::SendStream)> = None;
     let mut caps_tick = tokio::time::interval(config.status_interval());
     caps_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The session has the capabilities of the start already: the first tick is an interval
+    // from now, so a node that connects at once records no load as if it were away.
+    caps_tick.reset();
     tokio::pin!(shutdown);
 
     loop {
@@ -377,9 +380,10 @@ pub async fn run_with(
                 send_events(&mut outbox, &mut current, resync.is_done()).await;
             }
             _ = caps_tick.tick() => {
-                // Online, the session samples the load; without a session, this does, for
-                // the outbox.
+                // Online, the session samples the load; an enrolled node without a session
+                // samples it here, for the outbox.
                 if !session.is_established()
+                    && session.node_id().is_some()
                     && let Some(s) = sampler.as_mut()
                 {
                     load.sampled(&s.sample(), outbox.as_ref());

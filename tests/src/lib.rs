@@ -153,6 +153,21 @@ impl TestOrchestrator {
             .expect("the API call finished")
     }
 
+    /// The first instance of workload `name` the API shows running, if any.
+    pub async fn running_instance(&self, name: &str) -> Option<serde_json::Value> {
+        let (status, w) = self
+            .api("GET", &format!("/v1/workloads/{name}"), None)
+            .await;
+        if status != 200 {
+            return None;
+        }
+        w["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["state"] == "running")
+            .cloned()
+    }
+
     /// A metric's value from the Prometheus text, 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
         self.orch
@@ -186,6 +201,13 @@ async fn start_at(dir: &Path, quic: SocketAddr) -> Orchestrator {
             Err(_) => {}
         }
     }
+}
+
+/// The wall clock in milliseconds since the Unix epoch, as events carry it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A node config for tests. `orchestrator` is what the node dials (the orchestrator or a relay).

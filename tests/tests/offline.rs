@@ -1,7 +1,7 @@
 //! A node without its orchestrator, over real QUIC and real processes: what it stored, it
 //! runs, restarts and reports on its own, and a reconnect changes none of it.
 
-use edge_tests::{PATIENCE, TestNode, TestOrchestrator, alive, eventually, node_config};
+use edge_tests::{PATIENCE, TestNode, TestOrchestrator, alive, eventually, node_config, now_ms};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -24,21 +24,6 @@ async fn a_new_live_pid(file: &Path, not: Option<u32>, what: &str) -> u32 {
         written_pid(file)
     );
     found.unwrap_or_default()
-}
-
-/// The one instance of `name` the API shows, once running.
-async fn running_instance(orch: &TestOrchestrator, name: &str) -> Option<Value> {
-    let (status, w) = orch
-        .api("GET", &format!("/v1/workloads/{name}"), None)
-        .await;
-    if status != 200 {
-        return None;
-    }
-    w["instances"]
-        .as_array()?
-        .iter()
-        .find(|i| i["state"] == "running")
-        .cloned()
 }
 
 /// A reboot with no uplink: the node, started while its orchestrator is down, runs the
@@ -107,14 +92,14 @@ async fn a_node_started_without_its_orchestrator_runs_and_restarts_what_it_store
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
     let reported = loop {
         poll.tick().await;
-        let instance = running_instance(&orch, "till").await;
+        let instance = orch.running_instance("till").await;
         if let Some(i) = instance.filter(|i| i["pid"].as_u64() == Some(u64::from(third))) {
             break i;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the API shows the process the node started alone: {:?}",
-            running_instance(&orch, "till").await
+            orch.running_instance("till").await
         );
     };
     assert!(
@@ -142,12 +127,6 @@ async fn a_node_started_without_its_orchestrator_runs_and_restarts_what_it_store
         offline_events(&orch, u64::MAX, third)
     );
     node.stop().await.expect("clean stop");
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The stored events that say `pid` was running and happened before `before_ms`.

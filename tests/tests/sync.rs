@@ -2,24 +2,9 @@
 //! says what it holds and where its outbox stands, and gets only what changed while it was
 //! away; a node that lost its outbox numbers its events above what the orchestrator holds.
 
-use edge_tests::{PATIENCE, TestNode, TestOrchestrator, alive, eventually, node_config};
+use edge_tests::{PATIENCE, TestNode, TestOrchestrator, alive, eventually, node_config, now_ms};
 use orchestrator_core::events::{EventRecord, Origin};
 use serde_json::{Value, json};
-
-/// The running instance of `name`, if the API shows one.
-async fn running(orch: &TestOrchestrator, name: &str) -> Option<Value> {
-    let (status, w) = orch
-        .api("GET", &format!("/v1/workloads/{name}"), None)
-        .await;
-    if status != 200 {
-        return None;
-    }
-    w["instances"]
-        .as_array()?
-        .iter()
-        .find(|i| i["state"] == "running")
-        .cloned()
-}
 
 /// Polls until `name` runs (at `generation`, if given); returns its pid.
 async fn runs(orch: &TestOrchestrator, name: &str, generation: Option<u64>) -> u32 {
@@ -32,7 +17,10 @@ async fn runs(orch: &TestOrchestrator, name: &str, generation: Option<u64>) -> u
             .await;
         let current = generation.is_none_or(|g| w["generation"].as_u64() == Some(g));
         if current
-            && let Some(pid) = running(orch, name).await.and_then(|i| i["pid"].as_u64())
+            && let Some(pid) = orch
+                .running_instance(name)
+                .await
+                .and_then(|i| i["pid"].as_u64())
             && let Ok(pid) = u32::try_from(pid)
             && alive(pid)
         {
@@ -215,12 +203,6 @@ async fn outbox_summary(data_dir: &std::path::Path) -> Value {
     )
     .await
     .expect("ctl answers")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A node without its orchestrator keeps its load in the outbox, a status per interval and
