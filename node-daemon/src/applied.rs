@@ -2,22 +2,22 @@
 //! its next session can say what it holds (see `node_core::sync`) and the orchestrator
 //! sends only what changed, even when the node comes back with no session in between.
 //!
-//! `DATA_DIR/workloads/applied.json`: each admitted workload's generation, artifact and the
-//! limits admission reserved for it. Written whole, atomically (0600 in the 0700
-//! `workloads/` directory), after each admission and unassignment. Read with a size bound;
-//! a missing or damaged file is an empty one: the node then says it cannot list everything
-//! it runs, and gets a snapshot.
+//! `DATA_DIR/workloads/applied`: each admitted workload's generation, artifact and the
+//! limits admission reserved for it, in postcard (the wire's encoding: nothing more to link).
+//! Written whole, atomically (0600 in the 0700 `workloads/` directory), after each
+//! admission and unassignment. Read with a size bound; a missing or damaged file is an
+//! empty one: the orchestrator then assigns those workloads again, which the node takes
+//! without restarting what runs.
 
 use crate::artifacts::Digest;
 use crate::private_fs;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tracing::warn;
 
-const FILE: &str = "applied.json";
+const FILE: &str = "applied";
 /// Far more than the most workloads a node lists: anything bigger is damage.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -25,7 +25,6 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub generation: u64,
-    #[serde(with = "hex_digest")]
     pub artifact: Digest,
     pub memory_bytes: u64,
     pub disk_bytes: u64,
@@ -48,7 +47,7 @@ impl AppliedFile {
     }
 
     /// What was stored; empty if nothing was, or if it cannot be read (logged).
-    pub fn load(&self) -> BTreeMap<String, Entry> {
+    pub fn load(&self) -> Vec<(String, Entry)> {
         let read = std::fs::File::open(&self.path).and_then(|f| {
             let mut bytes = Vec::new();
             f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
@@ -57,16 +56,19 @@ impl AppliedFile {
         match read {
             Ok(bytes) if bytes.len() as u64 > MAX_FILE_BYTES => {
                 warn!(path = %self.path.display(), "applied workloads file too large; ignored");
-                BTreeMap::new()
+                Vec::new()
             }
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
-                warn!(path = %self.path.display(), %error, "applied workloads file unreadable; ignored");
-                BTreeMap::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Ok(bytes) => match postcard::take_from_bytes(&bytes) {
+                Ok((entries, [])) => entries,
+                _ => {
+                    warn!(path = %self.path.display(), "applied workloads file damaged; ignored");
+                    Vec::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(error) => {
                 warn!(path = %self.path.display(), %error, "cannot read the applied workloads");
-                BTreeMap::new()
+                Vec::new()
             }
         }
     }
@@ -74,30 +76,15 @@ impl AppliedFile {
     /// Stores what `take` returns, taken under the write lock so that a later write never
     /// lands before an earlier one. A failure is logged: the next hello may then miss a
     /// workload, and the orchestrator's answer assigns it again.
-    pub fn store(&self, take: impl FnOnce() -> BTreeMap<String, Entry>) {
+    pub fn store(&self, take: impl FnOnce() -> Vec<(String, Entry)>) {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let entries = take();
-        let written = serde_json::to_vec(&entries)
+        let written = postcard::to_allocvec(&entries)
             .map_err(std::io::Error::other)
             .and_then(|bytes| private_fs::write_atomic(&self.path, &bytes));
         if let Err(error) = written {
             warn!(path = %self.path.display(), %error, "cannot store the applied workloads");
         }
-    }
-}
-
-mod hex_digest {
-    use super::Digest;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::artifacts::to_hex(d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-        let hex = <&str>::deserialize(d)?;
-        edge_proto::digest::from_lower_hex(hex)
-            .ok_or_else(|| serde::de::Error::custom("not 64 lowercase hex digits"))
     }
 }
 
@@ -119,7 +106,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary dir");
         let file = AppliedFile::new(dir.path());
         assert!(file.load().is_empty());
-        let stored = BTreeMap::from([("web".to_owned(), entry(3))]);
+        let stored = vec![("web".to_owned(), entry(3))];
         file.store(|| stored.clone());
         assert_eq!(file.load(), stored);
         use std::os::unix::fs::PermissionsExt;
@@ -130,14 +117,13 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
-        for bad in [
-            &b"{\"web\": {\"generation\": 1}}"[..],
-            b"\xff\xfe",
-            b"[]",
-            b"{\"web\": {\"generation\": 1, \"artifact\": \"ZZ\", \"memory_bytes\": 0, \"disk_bytes\": 0}}",
-        ] {
-            std::fs::write(&path, bad).expect("written");
-            assert!(file.load().is_empty(), "{:?}", String::from_utf8_lossy(bad));
+        let mut whole = std::fs::read(&path).expect("stored");
+        let cut = whole[..whole.len() - 1].to_vec();
+        whole.push(0);
+        // Cut short, a trailing byte, a count far past what follows, nothing at all.
+        for bad in [cut, whole, vec![0xff, 0xff, 0xff, 0xff, 0x0f], Vec::new()] {
+            std::fs::write(&path, &bad).expect("written");
+            assert!(file.load().is_empty(), "{bad:?}");
         }
         std::fs::write(&path, vec![b' '; MAX_FILE_BYTES as usize + 1]).expect("written");
         assert!(file.load().is_empty());

@@ -193,22 +193,23 @@ impl Workloads {
     fn store_applied(&self) {
         self.applied.store(|| {
             let book = self.book();
-            book.generations
-                .iter()
-                .filter_map(|(name, generation)| {
-                    let artifact = *book.artifacts.get(name)?;
-                    let request = book.requests.get(name).copied().unwrap_or_default();
-                    Some((
-                        name.clone(),
-                        applied::Entry {
-                            generation: *generation,
-                            artifact,
-                            memory_bytes: request.memory_bytes,
-                            disk_bytes: request.disk_bytes,
-                        },
-                    ))
-                })
-                .collect()
+            let mut entries = Vec::with_capacity(book.generations.len());
+            for (name, generation) in &book.generations {
+                let Some(artifact) = book.artifacts.get(name) else {
+                    continue;
+                };
+                let request = book.requests.get(name).copied().unwrap_or_default();
+                entries.push((
+                    name.clone(),
+                    applied::Entry {
+                        generation: *generation,
+                        artifact: *artifact,
+                        memory_bytes: request.memory_bytes,
+                        disk_bytes: request.disk_bytes,
+                    },
+                ));
+            }
+            entries
         });
     }
 

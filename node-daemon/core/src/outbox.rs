@@ -319,13 +319,13 @@ impl Outbox {
             return false;
         }
         let shift = through + 1 - self.oldest();
-        self.records = core::mem::take(&mut self.records)
-            .into_values()
-            .map(|mut r| {
-                r.seq += shift;
-                (r.seq, r)
-            })
-            .collect();
+        // Inserted one by one, in order: no sort to compile in for a rare move.
+        let mut moved = BTreeMap::new();
+        for (_, mut r) in core::mem::take(&mut self.records) {
+            r.seq += shift;
+            moved.insert(r.seq, r);
+        }
+        self.records = moved;
         for gap in &mut self.gaps {
             gap.first += shift;
             gap.last += shift;
