@@ -127,6 +127,21 @@ impl IdentityDir {
         self.write(&self.path("node.id"), format!("{node_id}\n").as_bytes())
     }
 
+    /// Stores a renewed certificate and the CAs to trust with it (the one that signed it
+    /// first). The CAs go first: a crash between the two writes leaves the old certificate,
+    /// still good, with a trust that covers both. Each file is replaced atomically, so a
+    /// crash never leaves half a certificate.
+    pub fn save_renewed(&self, cert_der: &[u8], trust: &[&[u8]]) -> Result<(), IdentityError> {
+        if !trust.is_empty() {
+            let bundle: String = trust.iter().map(|ca| pem("CERTIFICATE", ca)).collect();
+            self.write(&self.path("ca.crt"), bundle.as_bytes())?;
+        }
+        self.write(
+            &self.path("node.crt"),
+            pem("CERTIFICATE", cert_der).as_bytes(),
+        )
+    }
+
     /// Removes the identity, so the next start enrolls again. Keeps the key.
     pub fn forget(&self) -> Result<(), IdentityError> {
         for name in ["node.id", "node.crt", "ca.crt"] {
@@ -148,6 +163,22 @@ impl IdentityDir {
         };
         private_fs::write_atomic(path, bytes).map_err(io)
     }
+}
+
+/// When `cert_der` is valid, in milliseconds since the Unix epoch; `None` if it does not
+/// parse (it came from our own store, which the orchestrator filled).
+pub fn validity(cert_der: &[u8]) -> Option<node_core::renewal::Validity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let ms = |t: x509_parser::time::ASN1Time| {
+        u64::try_from(t.timestamp())
+            .ok()
+            .map(|s| s.saturating_mul(1000))
+    };
+    let v = cert.validity();
+    Some(node_core::renewal::Validity {
+        not_before_ms: ms(v.not_before)?,
+        not_after_ms: ms(v.not_after)?,
+    })
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, IdentityError> {

@@ -46,6 +46,14 @@ impl Registry {
     /// Loads the CA and the registry from `store`, making a CA on first start. Every node
     /// starts offline.
     pub fn open(store: Arc<dyn Store>) -> Result<Self, OpenError> {
+        Self::open_with(store, crate::pki::NODE_CERT_VALIDITY)
+    }
+
+    /// [`Registry::open`], signing node certificates valid for `node_cert_validity`.
+    pub fn open_with(
+        store: Arc<dyn Store>,
+        node_cert_validity: std::time::Duration,
+    ) -> Result<Self, OpenError> {
         let ca = match (store.meta(META_CA_CERT)?, store.meta(META_CA_KEY)?) {
             (Some(cert), Some(key)) => Ca::from_pem(
                 &String::from_utf8_lossy(&cert),
@@ -59,6 +67,7 @@ impl Registry {
                 ca
             }
         };
+        let ca = ca.with_node_validity(node_cert_validity);
         let fleet = Fleet::new(store.tokens()?, store.nodes()?);
         Ok(Self {
             store,

@@ -15,7 +15,8 @@ use crate::registry::Registry;
 use crate::reports::Reports;
 use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, server_transport, write_msg};
 use edge_proto::{
-    ALPN, DecodeError, Intent, NodeId, OrchMsg, RejectCode, StreamOpen, SyncState, decode,
+    ALPN, DecodeError, Der, Intent, List, NodeId, OrchMsg, RejectCode, RenewRefusal, RenewRefused,
+    Renewed, StreamOpen, SyncState, decode,
 };
 use orchestrator_core::fleet::{Change, SessionId};
 use orchestrator_core::pacing::{Pacing, PacingPolicy, Verdict};
@@ -232,16 +233,61 @@ fn handshake_failure(e: &quinn::ConnectionError) -> (HandshakeFailure, String) {
 
 /// The node id in the peer's certificate; `Ok(None)` if it presented none.
 fn peer_node_id(conn: &quinn::Connection) -> Result<Option<NodeId>, ()> {
-    let Some(identity) = conn.peer_identity() else {
-        return Ok(None);
-    };
-    let certs = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| ())?;
-    match certs.first() {
+    match peer_certificate(conn) {
         None => Ok(None),
-        Some(leaf) => node_id_from_cert(leaf).map(Some).ok_or(()),
+        Some(leaf) => node_id_from_cert(&leaf).map(Some).ok_or(()),
     }
+}
+
+/// The client certificate the peer presented, if it did.
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().cloned()
+}
+
+/// Answers a node's renewal: a certificate for `node` (the session's) if the CSR is for the
+/// key of the certificate this connection was opened with, else the reason why not. The
+/// session goes on either way.
+fn renew(
+    server: &Server,
+    conn: &quinn::Connection,
+    node: NodeId,
+    req: &edge_proto::RenewRequest,
+) -> OrchMsg {
+    let refused = |reason: RenewRefusal, detail: String| {
+        server.metrics.renewal_refused(node, reason, &detail);
+        OrchMsg::RenewRefused(RenewRefused {
+            reason,
+            message: edge_proto::text(&detail),
+        })
+    };
+    let Some(session_cert) = peer_certificate(conn) else {
+        return refused(RenewRefusal::Internal, "no session certificate".into());
+    };
+    let ca = server.registry.ca();
+    let cert = match ca.renew_node_csr(
+        req.csr_der.as_slice(),
+        node,
+        &session_cert,
+        SystemTime::now(),
+    ) {
+        Ok(cert) => cert,
+        Err(error) => return refused(error.refusal(), error.to_string()),
+    };
+    let (Some(cert_der), Some(ca_der)) =
+        (Der::new(cert.to_vec()), Der::new(ca.cert_der().to_vec()))
+    else {
+        return refused(RenewRefusal::Internal, "certificate too large".into());
+    };
+    let not_after = crate::pki::validity(&cert).map_or(0, |(_, after)| after);
+    server.metrics.renewed(node, not_after);
+    OrchMsg::Renewed(Box::new(Renewed {
+        cert_der,
+        trust: List::from_iter([ca_der]),
+    }))
 }
 
 async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
@@ -678,6 +724,13 @@ async fn flush_actions(
                     }
                     // Not acknowledged: the node keeps the events and sends them again.
                     Err(error) => warn!(node = %node, %error, "could not store a node's events"),
+                }
+            }
+            Action::Renew(node, req) => {
+                let answer = renew(server, conn, node, &req);
+                server.metrics.frame("tx");
+                if let Err(error) = write_msg(send, &answer).await {
+                    debug!(%error, "send failed");
                 }
             }
             Action::Traffic(node, report) => {
