@@ -351,9 +351,15 @@ pub async fn run_with(
                 }
                 Action::Renewed(renewed) => {
                     let trust: Vec<&[u8]> = renewed.trust.iter().map(|ca| ca.as_slice()).collect();
-                    let saved = ids
-                        .save_renewed(renewed.cert_der.as_slice(), &trust)
-                        .and_then(|()| ids.load());
+                    let cert = renewed.cert_der.as_slice();
+                    let saved = match ids.certifies_our_key(cert) {
+                        Ok(true) => ids.save_renewed(cert, &trust).and_then(|()| ids.load()),
+                        Ok(false) => {
+                            warn!("the orchestrator sent a certificate for another key; kept ours");
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    };
                     match saved {
                         Ok(Some(identity)) => {
                             // The next dial presents the new certificate; this session and

@@ -191,7 +191,7 @@ impl Orchestrator {
         let handles = Handles::open_with(store.clone(), node_cert_validity)?;
         let auth = Arc::new(ApiAuth::load_or_create(store.clone())?);
         let (admin_token, admin_token_path) = admin_token_at_start(&auth, data_dir)?;
-        let endpoint = server::endpoint(handles.registry.ca(), quic_socket)?;
+        let endpoint = server::endpoint(&handles.registry, quic_socket)?;
         let quic_addr = endpoint
             .local_addr()
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;

@@ -81,9 +81,22 @@ pub struct Ca {
 impl Ca {
     /// A new CA with a fresh P-256 key.
     pub fn generate(now: SystemTime) -> Result<Self, PkiError> {
+        Self::generate_named(now, "edge fleet CA")
+    }
+
+    /// A new CA to rotate to: named after the second it was made, so that its subject (and
+    /// so the issuer of what it signs) differs from the CA it replaces.
+    pub fn generate_successor(now: SystemTime) -> Result<Self, PkiError> {
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self::generate_named(now, &format!("edge fleet CA {secs}"))
+    }
+
+    fn generate_named(now: SystemTime, name: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate().map_err(PkiError::Signing)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn("edge fleet CA");
+        params.distinguished_name = dn(name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -194,6 +207,36 @@ impl Ca {
             return Err(RenewError::KeyMismatch);
         }
         self.sign_node_key(&csr.public_key, node_id, now)
+            .map_err(RenewError::Signing)
+    }
+
+    /// Whether this CA issued `cert_der`, a certificate TLS has already checked against the
+    /// fleet's CAs: its issuer is this CA's subject (CAs of one fleet have subjects of their
+    /// own, see [`Ca::generate_successor`]).
+    pub fn issued(&self, cert_der: &[u8]) -> bool {
+        let (Ok((_, cert)), Ok((_, ca))) = (
+            x509_parser::parse_x509_certificate(cert_der),
+            x509_parser::parse_x509_certificate(&self.cert_der),
+        ) else {
+            return false;
+        };
+        cert.issuer().as_raw() == ca.subject().as_raw()
+    }
+
+    /// A certificate for `node_id` and the key of `session_cert_der` (the certificate its
+    /// session was opened with, whose key TLS has proved): how a CA rotation moves a node
+    /// that is online onto the new CA without waiting for it to ask.
+    pub fn reissue(
+        &self,
+        session_cert_der: &[u8],
+        node_id: NodeId,
+        now: SystemTime,
+    ) -> Result<CertificateDer<'static>, RenewError> {
+        let (_, session) = x509_parser::parse_x509_certificate(session_cert_der)
+            .map_err(|_| RenewError::SessionCertificate)?;
+        let key = rcgen::SubjectPublicKeyInfo::from_der(session.public_key().raw)
+            .map_err(|_| RenewError::SessionCertificate)?;
+        self.sign_node_key(&key, node_id, now)
             .map_err(RenewError::Signing)
     }
 

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 mod artifacts;
 mod body;
+mod ca;
 mod cache;
 pub mod error;
 mod events;
@@ -123,6 +124,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(workloads::routes())
         .merge(cache::routes())
         .merge(events::routes())
+        .merge(ca::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), finish))
