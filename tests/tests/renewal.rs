@@ -394,3 +394,83 @@ async fn renewals_for_another_key_or_name_are_refused_and_the_session_goes_on() 
         2.0
     );
 }
+
+/// A CA rotation with nodes online: each is given a certificate of the new CA over its
+/// session, none reconnects, the server moves to the new CA once all have theirs and drops
+/// the old, and after a restart (the server now presents only the new CA) every node is
+/// back with what it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_moves_online_nodes_without_a_reconnect() {
+    let orch = TestOrchestrator::start().await;
+    let old = orch.orch.registry.ca();
+    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["rot-a", "rot-b"] {
+        let data = tempfile::tempdir().expect("tmp");
+        let token = orch.token(1);
+        nodes.push(TestNode::spawn(edge_tests::node_config(
+            name,
+            data.path(),
+            orch.orch.quic_addr,
+            Some((&token, &orch.ca_hash())),
+            "",
+        )));
+        dirs.push(data);
+        assert!(eventually(PATIENCE, || orch.online(name)).await.is_some());
+    }
+    let opened = orch.metric("edge_sessions_opened_total");
+
+    let (status, body) = orch.api("POST", "/v1/ca/rotate", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ca_hash"], old.hash());
+    // Finished once both nodes hold the new CA's certificates.
+    let mut shown = serde_json::Value::Null;
+    let finished = eventually(PATIENCE, || {
+        shown = orch.orch.registry.rotation().next_ca_hash.into();
+        shown.is_null() && orch.orch.registry.ca().hash() != old.hash()
+    })
+    .await;
+    assert!(finished.is_some(), "the rotation finished: {shown}");
+    let new = orch.orch.registry.ca();
+    let (status, body) = orch.api("GET", "/v1/ca", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ca_hash"], new.hash());
+    assert!(body["next_ca_hash"].is_null(), "{body}");
+
+    for data in &dirs {
+        let mut identity = None;
+        assert!(
+            eventually(PATIENCE, || {
+                identity = IdentityDir::new(data.path()).load().ok().flatten();
+                identity.as_ref().is_some_and(|i| new.issued(&i.cert))
+            })
+            .await
+            .is_some(),
+            "the node stored a certificate of the new CA"
+        );
+        let identity = identity.expect("seen above");
+        assert_eq!(identity.trust[0].as_ref(), new.cert_der().as_ref());
+        assert!(
+            identity
+                .trust
+                .iter()
+                .any(|ca| ca.as_ref() == old.cert_der().as_ref()),
+            "and still trusts the old one, which the server presented until the end"
+        );
+    }
+    // Nobody reconnected: the sessions that were open are the ones still open.
+    assert_eq!(orch.metric("edge_sessions_opened_total"), opened);
+    assert!(orch.online("rot-a") && orch.online("rot-b"));
+
+    // The old CA is gone for good: after a restart the server presents the new one alone,
+    // and both nodes are back with their new certificates.
+    let orch = orch.restart().await;
+    assert_eq!(orch.ca_hash(), new.hash());
+    for name in ["rot-a", "rot-b"] {
+        assert!(
+            eventually(PATIENCE, || orch.online(name)).await.is_some(),
+            "{name} is back on the new CA"
+        );
+    }
+    drop(nodes);
+}

@@ -90,6 +90,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/nodes/{name_or_id}/drain"),
     ("POST", "/v1/cache/purge"),
     ("GET", "/v1/events"),
+    ("GET", "/v1/ca"),
+    ("POST", "/v1/ca/rotate"),
 ];
 
 /// The OpenAPI 3.0 document served at `/v1/openapi.json`.
