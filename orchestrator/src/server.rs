@@ -276,10 +276,10 @@ fn renew(
 ) -> OrchMsg {
     let refused = |reason: RenewRefusal, detail: String| {
         server.metrics.renewal_refused(node, reason, &detail);
-        OrchMsg::RenewRefused(RenewRefused {
+        OrchMsg::RenewRefused(Box::new(RenewRefused {
             reason,
             message: edge_proto::text(&detail),
-        })
+        }))
     };
     let Some(session_cert) = peer_certificate(conn) else {
         return refused(RenewRefusal::Internal, "no session certificate".into());

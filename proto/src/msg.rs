@@ -414,7 +414,7 @@ pub enum OrchMsg {
     /// The answer to a [`NodeMsg::Renew`]: the node's new certificate and the CAs to trust.
     Renewed(Box<Renewed>),
     /// A [`NodeMsg::Renew`] refused; nothing else about the session changes.
-    RenewRefused(RenewRefused),
+    RenewRefused(Box<RenewRefused>),
 }
 
 /// How the orchestrator answered a node's [`SyncState`].

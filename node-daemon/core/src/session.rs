@@ -75,7 +75,7 @@ pub enum Action {
     /// The orchestrator renewed the certificate: store it (see `crate::renewal`).
     Renewed(Box<edge_proto::Renewed>),
     /// The orchestrator refused a renewal; the session goes on.
-    RenewRefused(edge_proto::RenewRefused),
+    RenewRefused(Box<edge_proto::RenewRefused>),
 }
 
 /// Why the node stopped trying.
