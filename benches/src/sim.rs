@@ -131,7 +131,8 @@ pub async fn open_session(
     let identity = Identity {
         node_id,
         cert: CertificateDer::from(cert),
-        ca: CertificateDer::from(ca),
+        ca: CertificateDer::from(ca.clone()),
+        trust: vec![CertificateDer::from(ca)],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kit.key_pkcs8.clone())),
     };
     let tls = node_daemon::tls::session_config(&identity)?;

@@ -22,6 +22,7 @@ use edge_proto::quic::{ReadError, read_frame, write_msg};
 use edge_proto::{
     Der, Intent, OrchMsg, PeerAddr, ProxyAdvert, RejectCode, RuntimeInfo, decode, text,
 };
+use node_core::renewal::Renewal;
 use node_core::session::{
     ANSWER_TIMEOUT, Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession,
 };
@@ -191,6 +192,8 @@ pub async fn run_with(
     .with_runtime(RuntimeInfo {
         limits: limits_kind,
     });
+    // When to renew the certificate: decided by the core, on the orchestrator's clock.
+    let mut renewal = identity.as_ref().and_then(|i| renewal_of(&board, &i.cert));
     drop(identity);
 
     // Follows the sync after each welcome; events wait until it is over.
@@ -208,6 +211,20 @@ pub async fn run_with(
     tokio::pin!(shutdown);
 
     loop {
+        if let Some(r) = renewal.as_mut()
+            && r.poll(Instant::now())
+        {
+            match renew_request(&ids, config.name()) {
+                Ok(msg) => {
+                    info!("asking the orchestrator to renew this node's certificate");
+                    send_now(&mut current, &msg).await;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot make a certificate request; will try again");
+                    r.handle_refused(Instant::now());
+                }
+            }
+        }
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Connect(intent) => {
@@ -249,6 +266,7 @@ pub async fn run_with(
                                 node: identity.node_id,
                             });
                             board.update(|s| s.node_id = Some(identity.node_id.to_string()));
+                            renewal = renewal_of(&board, &identity.cert);
                             session.handle_identity_saved(identity.node_id, Instant::now());
                         }
                         Ok(None) | Err(_) => {
@@ -331,6 +349,56 @@ pub async fn run_with(
                     }
                     send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
+                Action::Renewed(renewed) => {
+                    let trust: Vec<&[u8]> = renewed.trust.iter().map(|ca| ca.as_slice()).collect();
+                    let cert = renewed.cert_der.as_slice();
+                    let saved = match ids.certifies_our_key(cert) {
+                        Ok(true) => ids.save_renewed(cert, &trust).and_then(|()| ids.load()),
+                        Ok(false) => {
+                            warn!("the orchestrator sent a certificate for another key; kept ours");
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match saved {
+                        Ok(Some(identity)) => {
+                            // The next dial presents the new certificate; this session and
+                            // the workloads go on untouched.
+                            session_tls = Some(session_config(&identity)?);
+                            if let Some(proxy) = proxy.as_mut() {
+                                serve_peers(proxy, &identity, &config).await?;
+                            }
+                            let validity = crate::identity::validity(&identity.cert);
+                            board.update(|s| {
+                                s.certificate_not_after_ms = validity.map(|v| v.not_after_ms);
+                            });
+                            match (renewal.as_mut(), validity) {
+                                (Some(r), Some(v)) => r.handle_renewed(v),
+                                _ => renewal = renewal_of(&board, &identity.cert),
+                            }
+                            info!(
+                                not_after_ms = validity.map_or(0, |v| v.not_after_ms),
+                                "certificate renewed; the next connection uses it"
+                            );
+                        }
+                        Ok(None) | Err(_) => {
+                            warn!("could not store the renewed certificate; will ask again");
+                            if let Some(r) = renewal.as_mut() {
+                                r.handle_refused(Instant::now());
+                            }
+                        }
+                    }
+                }
+                Action::RenewRefused(refused) => {
+                    warn!(
+                        reason = %refused.reason,
+                        message = %refused.message,
+                        "the orchestrator refused to renew this node's certificate; will ask again"
+                    );
+                    if let Some(r) = renewal.as_mut() {
+                        r.handle_refused(Instant::now());
+                    }
+                }
                 Action::Fatal(why) => {
                     warn!(error = %why, "giving up");
                     if let Fatal::Rejected {
@@ -375,6 +443,9 @@ pub async fn run_with(
                     });
                 }
             }
+            // Cancel-safe: a timer. The renewal point, or the end of a renewal's wait: the
+            // loop's top asks the core.
+            () = sleep_until(renewal.as_ref().and_then(Renewal::poll_timeout)) => {}
             // Cancel-safe: a timer. The pace of the uplink let the next batch go.
             () = paced(outbox.as_ref().and_then(|o| o.paced_until())) => {
                 send_events(&mut outbox, &mut current, resync.is_done()).await;
@@ -418,8 +489,12 @@ pub async fn run_with(
                         ConnectFailure::Untrusted(why) => (why.clone(), false),
                     };
                     let state = board.get().state;
-                    let state = if state == State::Enrolling { state } else { State::Offline };
-                    board.set(state, format!("cannot reach {orchestrator}: {why}"));
+                    if why.contains(CERTIFICATE_EXPIRED) {
+                        certificate_expired(&board, &orchestrator, &data_dir);
+                    } else {
+                        let state = if state == State::Enrolling { state } else { State::Offline };
+                        board.set(state, format!("cannot reach {orchestrator}: {why}"));
+                    }
                     let now = Instant::now();
                     session.handle_connect_failed(failure, now);
                     metrics.emit(&NodeEvent::DialFailed {
@@ -442,6 +517,9 @@ pub async fn run_with(
                     };
                     if let OrchMsg::Welcome(welcome) = &msg {
                         clock_offset(&board, welcome.time_ms);
+                        if let Some(r) = renewal.as_mut() {
+                            r.handle_welcome(welcome.time_ms, Instant::now());
+                        }
                     }
                     let was_established = session.is_established();
                     let now = Instant::now();
@@ -490,9 +568,14 @@ pub async fn run_with(
                 }
                 Event::Closed(n, why) if n == attempt => {
                     let was_established = session.is_established();
+                    if let Some(r) = renewal.as_mut() {
+                        r.handle_disconnected();
+                    }
                     if was_established {
                         info!(reason = %why, "disconnected from orchestrator");
                         board.set(State::Offline, format!("disconnected: {why}"));
+                    } else if why.contains(CERTIFICATE_EXPIRED) {
+                        certificate_expired(&board, &orchestrator, &data_dir);
                     }
                     current = None;
                     let _ = conn_tx.send(None);
@@ -537,6 +620,59 @@ async fn serve_peers(
         );
     }
     Ok(())
+}
+
+/// The renewal of `cert`, shown on the status board; `None` (never renewed) for a
+/// certificate that does not parse, which the orchestrator would refuse anyway.
+fn renewal_of(board: &StatusBoard, cert: &[u8]) -> Option<Renewal> {
+    let validity = crate::identity::validity(cert);
+    board.update(|s| s.certificate_not_after_ms = validity.map(|v| v.not_after_ms));
+    if validity.is_none() {
+        warn!("the stored certificate does not parse; it will not be renewed");
+    }
+    validity.map(|v| Renewal::new(v, fastrand::u64(..)))
+}
+
+/// A renewal request: a CSR for the key the node already holds (see ARCHITECTURE.md,
+/// "Certificates": the key is kept, so one atomic write of `node.crt` renews).
+fn renew_request(ids: &IdentityDir, name: &str) -> Result<NodeMsg, IdentityError> {
+    let key = ids.key_pair()?;
+    let csr = IdentityDir::csr(&key, name)?;
+    let csr_der = Der::new(csr).ok_or_else(|| IdentityError::Corrupt {
+        path: std::path::PathBuf::from("node.key"),
+        reason: "its certificate request is larger than the wire allows".into(),
+    })?;
+    Ok(NodeMsg::Renew(Box::new(edge_proto::RenewRequest {
+        csr_der,
+    })))
+}
+
+/// What a dial failure or a close says when the orchestrator's TLS refused this node's
+/// certificate as expired ([`refused_as_expired`]).
+const CERTIFICATE_EXPIRED: &str = "the orchestrator refused this node's certificate as expired";
+
+/// Whether `e` is the orchestrator's TLS refusing our certificate as expired: the TLS alert
+/// `certificate_expired`, which QUIC carries as a crypto error code.
+fn refused_as_expired(e: &quinn::ConnectionError) -> bool {
+    let expired =
+        quinn::TransportErrorCode::crypto(rustls::AlertDescription::CertificateExpired.into());
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c) if c.error_code == expired)
+}
+
+/// Says, on the status endpoint and in the log, that the orchestrator refused this node's
+/// certificate as expired, and what to do.
+fn certificate_expired(board: &StatusBoard, orchestrator: &str, data_dir: &std::path::Path) {
+    let why = format!(
+        "{orchestrator} refused this node's certificate as expired: the node was offline past \
+         its end and could not renew it. Enroll the node again: stop edge-node, delete {}, \
+         give it a new join token (a join file or [join]) and start it; its workloads keep \
+         running meanwhile",
+        data_dir.join("identity").display()
+    );
+    if board.get().state != State::CertificateExpired {
+        tracing::error!(orchestrator = %orchestrator, "{why}");
+    }
+    board.set(State::CertificateExpired, why);
 }
 
 /// Where peers reach this node's proxy, as the orchestrator is told after every welcome.
@@ -747,7 +883,9 @@ async fn connect(
 
 fn classify(e: quinn::ConnectionError) -> ConnectFailure {
     let text = e.to_string();
-    if text.contains(PIN_MISMATCH) || text.contains("invalid peer certificate") {
+    if refused_as_expired(&e) {
+        ConnectFailure::Transient(format!("{CERTIFICATE_EXPIRED} ({text})"))
+    } else if text.contains(PIN_MISMATCH) || text.contains("invalid peer certificate") {
         ConnectFailure::Untrusted(text)
     } else {
         ConnectFailure::Transient(text)
@@ -801,6 +939,7 @@ fn close_reason(e: &quinn::ConnectionError) -> String {
                 None => format!("closed by orchestrator: {reason}"),
             }
         }
+        other if refused_as_expired(other) => format!("{CERTIFICATE_EXPIRED} ({other})"),
         other => other.to_string(),
     }
 }

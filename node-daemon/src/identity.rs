@@ -38,6 +38,8 @@ pub struct Identity {
     pub node_id: NodeId,
     pub cert: CertificateDer<'static>,
     pub ca: CertificateDer<'static>,
+    /// Every CA in `ca.crt`, `ca` first: one, or two while the fleet's CA is rotated.
+    pub trust: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
 }
 
@@ -70,6 +72,7 @@ impl IdentityDir {
         })?;
         let cert = read_cert(&self.path("node.crt"))?;
         let ca = read_cert(&self.path("ca.crt"))?;
+        let trust = read_certs(&self.path("ca.crt"))?;
         let key_path = self.path("node.key");
         let key_pem = read_required(&key_path)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
@@ -82,6 +85,7 @@ impl IdentityDir {
             node_id,
             cert,
             ca,
+            trust,
             key,
         }))
     }
@@ -127,6 +131,32 @@ impl IdentityDir {
         self.write(&self.path("node.id"), format!("{node_id}\n").as_bytes())
     }
 
+    /// Stores a renewed certificate and the CAs to trust with it (the one that signed it
+    /// first). The CAs go first: a crash between the two writes leaves the old certificate,
+    /// still good, with a trust that covers both. Each file is replaced atomically, so a
+    /// crash never leaves half a certificate.
+    pub fn save_renewed(&self, cert_der: &[u8], trust: &[&[u8]]) -> Result<(), IdentityError> {
+        if !trust.is_empty() {
+            let bundle: String = trust.iter().map(|ca| pem("CERTIFICATE", ca)).collect();
+            self.write(&self.path("ca.crt"), bundle.as_bytes())?;
+        }
+        self.write(
+            &self.path("node.crt"),
+            pem("CERTIFICATE", cert_der).as_bytes(),
+        )
+    }
+
+    /// Whether `cert_der` certifies the node's own key: a certificate for any other key
+    /// would lock the node out at its next dial, so none is stored.
+    pub fn certifies_our_key(&self, cert_der: &[u8]) -> Result<bool, IdentityError> {
+        let key = self.key_pair()?;
+        Ok(
+            x509_parser::parse_x509_certificate(cert_der).is_ok_and(|(_, cert)| {
+                cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+            }),
+        )
+    }
+
     /// Removes the identity, so the next start enrolls again. Keeps the key.
     pub fn forget(&self) -> Result<(), IdentityError> {
         for name in ["node.id", "node.crt", "ca.crt"] {
@@ -148,6 +178,22 @@ impl IdentityDir {
         };
         private_fs::write_atomic(path, bytes).map_err(io)
     }
+}
+
+/// When `cert_der` is valid, in milliseconds since the Unix epoch; `None` if it does not
+/// parse (it came from our own store, which the orchestrator filled).
+pub fn validity(cert_der: &[u8]) -> Option<node_core::renewal::Validity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let ms = |t: x509_parser::time::ASN1Time| {
+        u64::try_from(t.timestamp())
+            .ok()
+            .map(|s| s.saturating_mul(1000))
+    };
+    let v = cert.validity();
+    Some(node_core::renewal::Validity {
+        not_before_ms: ms(v.not_before)?,
+        not_after_ms: ms(v.not_after)?,
+    })
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, IdentityError> {
@@ -174,6 +220,24 @@ fn read_cert(path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Every certificate in the PEM file at `path`, in order; at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let text = read_required(path)?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(IdentityError::Corrupt {
+            path: path.to_owned(),
+            reason: "no certificate".into(),
+        });
+    }
+    Ok(certs)
 }
 
 fn pem(label: &str, der: &[u8]) -> String {

@@ -169,7 +169,7 @@ const FETCH_FAILURES: [&str; 10] = [
 ];
 
 /// The states the status endpoint reports, as `edge_node_state_changes` names them.
-const STATES: [State; 10] = [
+const STATES: [State; 11] = [
     State::Starting,
     State::WaitingForJoinFile,
     State::JoinFileInvalid,
@@ -180,6 +180,7 @@ const STATES: [State; 10] = [
     State::Failed,
     State::IdentityConflict,
     State::Stopping,
+    State::CertificateExpired,
 ];
 
 /// Operator-facing events of the node: each logs its line and bumps its metric.
@@ -541,6 +542,7 @@ fn state_name(state: State) -> &'static str {
         State::Failed => "failed",
         State::IdentityConflict => "identity_conflict",
         State::Stopping => "stopping",
+        State::CertificateExpired => "certificate_expired",
     }
 }
 

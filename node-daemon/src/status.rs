@@ -48,6 +48,11 @@ pub enum State {
     /// says how to enroll a copy again.
     IdentityConflict,
     Stopping,
+    /// The orchestrator refused the node's certificate as expired: it was offline past the
+    /// certificate's end, so it could not renew. It must enroll again; `message` says how.
+    /// The node keeps running its workloads and dials every few minutes, in case the
+    /// orchestrator's clock was what was wrong.
+    CertificateExpired,
 }
 
 /// The document `/status` returns.
@@ -68,6 +73,9 @@ pub struct Status {
     /// The orchestrator's wall clock minus this node's, in milliseconds, as of the last
     /// time it welcomed the node; `null` before that.
     pub clock_offset_ms: Option<i64>,
+    /// When the node's certificate ends, in milliseconds since the Unix epoch (by the
+    /// certificate; the node renews it two thirds of the way through its life).
+    pub certificate_not_after_ms: Option<u64>,
     pub version: &'static str,
     pub arch: &'static str,
 }
@@ -98,6 +106,7 @@ impl StatusBoard {
             model: None,
             proxy: None,
             clock_offset_ms: None,
+            certificate_not_after_ms: None,
             version: env!("CARGO_PKG_VERSION"),
             arch: std::env::consts::ARCH,
         });

@@ -64,8 +64,17 @@ impl OrchestratorVerifier {
         ca: CertificateDer<'static>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, TlsError> {
+        Self::rooted_in(vec![ca], provider)
+    }
+
+    /// Trusts what any of `cas` signed (two while the fleet's CA is rotated), and nothing
+    /// else.
+    pub fn rooted_in(
+        cas: Vec<CertificateDer<'static>>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
         Ok(Self {
-            trust: Trust::Rooted(webpki(ca, &provider).map_err(|e| TlsError(e.to_string()))?),
+            trust: Trust::Rooted(webpki_in(cas, &provider).map_err(|e| TlsError(e.to_string()))?),
             provider,
         })
     }
@@ -76,10 +85,20 @@ fn webpki(
     ca: CertificateDer<'static>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    webpki_in(vec![ca], provider)
+}
+
+/// A verifier trusting only `cas`.
+fn webpki_in(
+    cas: Vec<CertificateDer<'static>>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(ca)
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    }
     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))
@@ -181,7 +200,7 @@ pub fn enroll_config(ca_pin: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> 
 /// For sessions: the stored CA is the only root, and the node presents its certificate.
 pub fn session_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = OrchestratorVerifier::rooted(identity.ca.clone(), provider.clone())?;
+    let verifier = OrchestratorVerifier::rooted_in(identity.trust.clone(), provider.clone())?;
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
@@ -195,8 +214,8 @@ pub fn session_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsErr
 /// For the proxy's peers: served and reached as this node, with the stored CA as the only
 /// root (`edge_proxy::peer_tls` says what each side checks).
 pub fn peer_tls(identity: &Identity) -> Result<edge_proxy::PeerTls, TlsError> {
-    edge_proxy::PeerTls::new(
-        identity.ca.clone(),
+    edge_proxy::PeerTls::trusting(
+        identity.trust.clone(),
         vec![identity.cert.clone()],
         identity.key.clone_key(),
     )

@@ -56,7 +56,15 @@ impl Handles {
     /// Loads the CA, the registry and the deployments from `store` (making the CA on first
     /// start) and starts the deployments' committer.
     pub fn open(store: Arc<dyn Store>) -> Result<Self, StartError> {
-        let registry = Arc::new(Registry::open(store.clone())?);
+        Self::open_with(store, crate::pki::NODE_CERT_VALIDITY)
+    }
+
+    /// [`Handles::open`], signing node certificates valid for `node_cert_validity`.
+    pub fn open_with(
+        store: Arc<dyn Store>,
+        node_cert_validity: Duration,
+    ) -> Result<Self, StartError> {
+        let registry = Arc::new(Registry::open_with(store.clone(), node_cert_validity)?);
         let links = Arc::new(NodeLinks::default());
         let nodes: Vec<_> = registry.fleet().nodes().cloned().collect();
         let metrics = Arc::new(Metrics::new());
@@ -164,13 +172,26 @@ impl Orchestrator {
         api_listener: tokio::net::TcpListener,
         pacing: PacingPolicy,
     ) -> Result<Self, StartError> {
+        let validity = crate::pki::NODE_CERT_VALIDITY;
+        Self::start_certifying(data_dir, quic_socket, api_listener, pacing, validity).await
+    }
+
+    /// [`Orchestrator::start_with`], signing node certificates valid for
+    /// `node_cert_validity`.
+    pub async fn start_certifying(
+        data_dir: &Path,
+        quic_socket: std::net::UdpSocket,
+        api_listener: tokio::net::TcpListener,
+        pacing: PacingPolicy,
+        node_cert_validity: Duration,
+    ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(data_dir).map_err(StartError::Io)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("state"))?);
-        let handles = Handles::open(store.clone())?;
+        let handles = Handles::open_with(store.clone(), node_cert_validity)?;
         let auth = Arc::new(ApiAuth::load_or_create(store.clone())?);
         let (admin_token, admin_token_path) = admin_token_at_start(&auth, data_dir)?;
-        let endpoint = server::endpoint(handles.registry.ca(), quic_socket)?;
+        let endpoint = server::endpoint(&handles.registry, quic_socket)?;
         let quic_addr = endpoint
             .local_addr()
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
@@ -213,19 +234,21 @@ impl Orchestrator {
         })
     }
 
-    /// Binds the given addresses and starts, pacing hellos with `pacing`.
+    /// Binds the given addresses and starts, pacing hellos with `pacing` and signing node
+    /// certificates valid for `node_cert_validity`.
     pub async fn bind(
         data_dir: &Path,
         quic_listen: SocketAddr,
         api_listen: SocketAddr,
         pacing: PacingPolicy,
+        node_cert_validity: Duration,
     ) -> Result<Self, StartError> {
         let udp = std::net::UdpSocket::bind(quic_listen)
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
         let tcp = tokio::net::TcpListener::bind(api_listen)
             .await
             .map_err(StartError::Io)?;
-        Self::start_with(data_dir, udp, tcp, pacing).await
+        Self::start_certifying(data_dir, udp, tcp, pacing, node_cert_validity).await
     }
 
     /// Forgets a node and closes its session; its instances go elsewhere. `Ok(false)` if

@@ -21,6 +21,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{debug, info, warn};
 
+/// Every reason a renewal is refused, each a series of `edge_certificate_renewal_refusals`.
+const RENEW_REFUSALS: [edge_proto::RenewRefusal; 3] = [
+    edge_proto::RenewRefusal::BadCsr,
+    edge_proto::RenewRefusal::KeyMismatch,
+    edge_proto::RenewRefusal::Internal,
+];
+
 /// Why a session, an enrollment or a handshake failed: always one of a fixed set.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -269,6 +276,8 @@ pub struct Metrics {
     pub fleet_proxy_errors: Counter,
     pub syncs: Family<ModeLabel, Counter>,
     pub sync_messages: Family<KindLabel, Counter>,
+    pub renewals: Counter,
+    pub renewal_refusals: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -367,6 +376,16 @@ impl Metrics {
             "Answers with a 5xx status the nodes' proxies gave for the fleet's routes, as reported",
             m.fleet_proxy_errors.clone(),
         );
+        r.register(
+            "edge_certificate_renewals",
+            "Node certificates renewed over a session",
+            m.renewals.clone(),
+        );
+        r.register(
+            "edge_certificate_renewal_refusals",
+            "Node certificate renewals refused, by reason",
+            m.renewal_refusals.clone(),
+        );
         m.initialise_series();
         m
     }
@@ -405,6 +424,13 @@ impl Metrics {
         for state in instance_states() {
             self.instance_transitions
                 .get_or_create(&StateLabel { state })
+                .inc_by(0);
+        }
+        for refusal in RENEW_REFUSALS {
+            self.renewal_refusals
+                .get_or_create(&ReasonLabel {
+                    reason: refusal.as_str(),
+                })
                 .inc_by(0);
         }
         for kept in KEPT {
@@ -448,6 +474,28 @@ impl Metrics {
             events_through = ?synced.events_through,
             "session synced"
         );
+    }
+
+    /// A node's certificate renewed: its new certificate is good until `not_after_unix`.
+    pub fn renewed(&self, node: edge_proto::NodeId, not_after_unix: i64) {
+        self.renewals.inc();
+        info!(node = %node, not_after_unix, "node certificate renewed");
+    }
+
+    /// A node's renewal refused; `detail` (what the certificate library said about its
+    /// CSR) goes to the log only.
+    pub fn renewal_refused(
+        &self,
+        node: edge_proto::NodeId,
+        reason: edge_proto::RenewRefusal,
+        detail: &str,
+    ) {
+        self.renewal_refusals
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+        warn!(node = %node, %reason, detail = %shown_max(detail, 200), "certificate renewal refused");
     }
 
     /// Counts an operator API answer with `status`.

@@ -15,7 +15,8 @@ use crate::registry::Registry;
 use crate::reports::Reports;
 use edge_proto::quic::{KEEP_ALIVE, ReadError, read_frame, server_transport, write_msg};
 use edge_proto::{
-    ALPN, DecodeError, Intent, NodeId, OrchMsg, RejectCode, StreamOpen, SyncState, decode,
+    ALPN, DecodeError, Der, Intent, NodeId, OrchMsg, RejectCode, RenewRefusal, RenewRefused,
+    Renewed, StreamOpen, SyncState, decode,
 };
 use orchestrator_core::fleet::{Change, SessionId};
 use orchestrator_core::pacing::{Pacing, PacingPolicy, Verdict};
@@ -114,11 +115,22 @@ impl Drop for HandshakePermit {
 /// A QUIC server configuration: our certificate chain, client certificates optional
 /// (enrollment has none) but verified against our CA when present.
 pub fn server_config(ca: &Ca) -> Result<quinn::ServerConfig, EndpointError> {
+    server_config_for(ca, &[ca])
+}
+
+/// As [`server_config`], presenting a certificate of `ca` and taking client certificates of
+/// any of `client_roots` (both CAs during a rotation).
+pub fn server_config_for(
+    ca: &Ca,
+    client_roots: &[&Ca],
+) -> Result<quinn::ServerConfig, EndpointError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ca.cert_der().clone())
-        .map_err(|e| EndpointError::Tls(e.to_string()))?;
+    for root in client_roots {
+        roots
+            .add(root.cert_der().clone())
+            .map_err(|e| EndpointError::Tls(e.to_string()))?;
+    }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -147,17 +159,23 @@ pub fn server_config(ca: &Ca) -> Result<quinn::ServerConfig, EndpointError> {
 /// the stock 208 KiB overflows and handshakes stall on retransmit timers. Measured with
 /// 10,000 simulated nodes: 77k datagrams dropped and a 1.5 s p99 enrollment with the stock
 /// buffer, none dropped and 119 ms with this one (benches/RESULTS.md).
-pub fn endpoint(ca: &Ca, socket: std::net::UdpSocket) -> Result<quinn::Endpoint, EndpointError> {
+pub fn endpoint(
+    registry: &Registry,
+    socket: std::net::UdpSocket,
+) -> Result<quinn::Endpoint, EndpointError> {
     raise_recv_buffer(&socket);
     let runtime =
         quinn::default_runtime().ok_or_else(|| EndpointError::Tls("no async runtime".into()))?;
-    quinn::Endpoint::new(
+    let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server_config(ca)?),
+        Some(registry.server_config()?),
         socket,
         runtime,
     )
-    .map_err(EndpointError::Bind)
+    .map_err(EndpointError::Bind)?;
+    // A CA rotation changes what the server presents and takes.
+    registry.attach_endpoint(endpoint.clone());
+    Ok(endpoint)
 }
 
 /// What the QUIC socket asks for; Linux caps it at `net.core.rmem_max`.
@@ -232,16 +250,110 @@ fn handshake_failure(e: &quinn::ConnectionError) -> (HandshakeFailure, String) {
 
 /// The node id in the peer's certificate; `Ok(None)` if it presented none.
 fn peer_node_id(conn: &quinn::Connection) -> Result<Option<NodeId>, ()> {
-    let Some(identity) = conn.peer_identity() else {
-        return Ok(None);
-    };
-    let certs = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| ())?;
-    match certs.first() {
+    match peer_certificate(conn) {
         None => Ok(None),
-        Some(leaf) => node_id_from_cert(leaf).map(Some).ok_or(()),
+        Some(leaf) => node_id_from_cert(&leaf).map(Some).ok_or(()),
     }
+}
+
+/// The client certificate the peer presented, if it did.
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().cloned()
+}
+
+/// Answers a node's renewal: a certificate for `node` (the session's) if the CSR is for the
+/// key of the certificate this connection was opened with, else the reason why not. The
+/// session goes on either way.
+fn renew(
+    server: &Server,
+    conn: &quinn::Connection,
+    node: NodeId,
+    req: &edge_proto::RenewRequest,
+) -> OrchMsg {
+    let refused = |reason: RenewRefusal, detail: String| {
+        server.metrics.renewal_refused(node, reason, &detail);
+        OrchMsg::RenewRefused(Box::new(RenewRefused {
+            reason,
+            message: edge_proto::text(&detail),
+        }))
+    };
+    let Some(session_cert) = peer_certificate(conn) else {
+        return refused(RenewRefusal::Internal, "no session certificate".into());
+    };
+    let ca = server.registry.signer();
+    let cert = match ca.renew_node_csr(
+        req.csr_der.as_slice(),
+        node,
+        &session_cert,
+        SystemTime::now(),
+    ) {
+        Ok(cert) => cert,
+        Err(error) => return refused(error.refusal(), error.to_string()),
+    };
+    match renewed(&server.registry, &server.metrics, node, &cert) {
+        Some(msg) => msg,
+        None => refused(RenewRefusal::Internal, "certificate too large".into()),
+    }
+}
+
+/// `cert`, just signed for `node`, as the message that hands it over with the CAs to trust;
+/// counted. `None` if it does not fit the wire.
+fn renewed(registry: &Registry, metrics: &Metrics, node: NodeId, cert: &[u8]) -> Option<OrchMsg> {
+    let cert_der = Der::new(cert.to_vec())?;
+    let trust = registry
+        .trust()
+        .into_iter()
+        .map(Der::new)
+        .collect::<Option<Vec<_>>>()?;
+    let not_after = crate::pki::validity(cert).map_or(0, |(_, after)| after);
+    metrics.renewed(node, not_after);
+    Some(OrchMsg::Renewed(Box::new(Renewed {
+        cert_der,
+        trust: trust.into_iter().take(Renewed::MAX_TRUST).collect(),
+    })))
+}
+
+/// During a CA rotation, the certificate that moves `node`, whose session is on `conn`,
+/// onto the new CA: signed for the key its session proved, without waiting for it to ask.
+/// `None` when it needs none (no rotation, or its certificate is the new CA's already: then
+/// it counts as moved).
+pub fn move_to_next_ca(
+    registry: &Arc<Registry>,
+    metrics: &Metrics,
+    conn: &quinn::Connection,
+    node: NodeId,
+) -> Option<OrchMsg> {
+    let cert = peer_certificate(conn)?;
+    if !registry.needs_move(&cert) {
+        if registry.rotation().next_ca_hash.is_some() {
+            mark_moved(registry, node);
+        }
+        return None;
+    }
+    let signer = registry.signer();
+    let issued = match signer.reissue(&cert, node, SystemTime::now()) {
+        Ok(issued) => issued,
+        Err(error) => {
+            warn!(node = %node, %error, "could not move a node onto the new CA");
+            return None;
+        }
+    };
+    renewed(registry, metrics, node, &issued)
+}
+
+/// Records that `node` holds a certificate of the next CA. Off the async workers: it may
+/// write to the store.
+pub fn mark_moved(registry: &Arc<Registry>, node: NodeId) {
+    let registry = registry.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(error) = registry.moved(node) {
+            warn!(node = %node, %error, "could not record a node's move to the new CA");
+        }
+    });
 }
 
 async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
@@ -281,6 +393,16 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             outbox_tx = None;
             active = Some(server.metrics.session_active());
             node_up(&server, node, session.take_sync());
+            // A CA rotation under way: the node gets a certificate of the new CA now.
+            if let (Some(msg), Some(send)) = (
+                move_to_next_ca(&server.registry, &server.metrics, &conn, node),
+                control.as_mut(),
+            ) {
+                server.metrics.frame("tx");
+                if write_msg(send, &msg).await.is_ok() {
+                    mark_moved(&server.registry, node);
+                }
+            }
             admitted = None;
         }
         let deadline = session.poll_timeout();
@@ -535,10 +657,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn with_ctx(server: &Server, f: impl FnOnce(&mut Ctx<'_>)) {
+    let ca = server.registry.ca();
     let mut fleet = server.registry.fleet();
     let mut ctx = Ctx {
         fleet: &mut fleet,
-        ca: server.registry.ca(),
+        ca: &*ca,
         wall: SystemTime::now(),
         fresh_id: NodeId(random_id()),
     };
@@ -678,6 +801,17 @@ async fn flush_actions(
                     }
                     // Not acknowledged: the node keeps the events and sends them again.
                     Err(error) => warn!(node = %node, %error, "could not store a node's events"),
+                }
+            }
+            Action::Renew(node, req) => {
+                let answer = renew(server, conn, node, &req);
+                let signed_by_next = matches!(answer, OrchMsg::Renewed(_))
+                    && server.registry.rotation().next_ca_hash.is_some();
+                server.metrics.frame("tx");
+                match write_msg(send, &answer).await {
+                    Ok(()) if signed_by_next => mark_moved(&server.registry, node),
+                    Ok(()) => {}
+                    Err(error) => debug!(%error, "send failed"),
                 }
             }
             Action::Traffic(node, report) => {

@@ -194,6 +194,68 @@ pub enum NodeMsg {
     Traffic(Box<crate::TrafficReport>),
     /// Events from the node's outbox, answered by [`OrchMsg::EventsStored`].
     Events(Box<crate::EventBatch>),
+    /// A new certificate for the key the session's certificate holds, asked for on an
+    /// established session, answered by [`OrchMsg::Renewed`] or [`OrchMsg::RenewRefused`].
+    /// It names no node: the certificate is for the node the session belongs to.
+    Renew(Box<RenewRequest>),
+}
+
+/// A node's request for a new certificate before its own expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// A PKCS#10 request for the key of the certificate the session was opened with. The
+    /// orchestrator takes only its public key, and refuses one for any other key.
+    pub csr_der: Der,
+}
+
+/// A renewed certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renewed {
+    /// The node's new certificate, for the node id of the session.
+    pub cert_der: Der,
+    /// The CAs the node trusts from now on: the one that signed `cert_der` first, then,
+    /// while the CA is being rotated, the other.
+    pub trust: List<Der, { Renewed::MAX_TRUST }>,
+}
+
+impl Renewed {
+    /// CAs in a trust bundle: the current one and, during a rotation, the other.
+    pub const MAX_TRUST: usize = 2;
+}
+
+/// Why a renewal was refused. The session goes on either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenewRefusal {
+    /// The CSR does not parse, or its signature does not check: the node's fault.
+    BadCsr,
+    /// The CSR is for another key than the session's certificate holds.
+    KeyMismatch,
+    /// The orchestrator failed; ask again later.
+    Internal,
+}
+
+impl RenewRefusal {
+    /// A stable snake_case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadCsr => "bad_csr",
+            Self::KeyMismatch => "key_mismatch",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for RenewRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The answer to a [`NodeMsg::Renew`] the orchestrator would not sign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewRefused {
+    pub reason: RenewRefusal,
+    pub message: Text<256>,
 }
 
 /// The orchestrator accepted a session.
@@ -349,6 +411,10 @@ pub enum OrchMsg {
     /// node's [`SyncState`] called for, and the acknowledgements of events already stored,
     /// came before it.
     Synced(Synced),
+    /// The answer to a [`NodeMsg::Renew`]: the node's new certificate and the CAs to trust.
+    Renewed(Box<Renewed>),
+    /// A [`NodeMsg::Renew`] refused; nothing else about the session changes.
+    RenewRefused(Box<RenewRefused>),
 }
 
 /// How the orchestrator answered a node's [`SyncState`].

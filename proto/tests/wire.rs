@@ -256,8 +256,9 @@ fn truncated_frame_is_an_error_at_end_of_stream() {
 
 #[test]
 fn unknown_variant_is_malformed() {
+    // Far past the last variant, so that appending one does not make it known.
     assert_eq!(
-        decode::<NodeMsg>(&[10]),
+        decode::<NodeMsg>(&[0x7f]),
         Err(DecodeError::Malformed(
             "unknown variant or field over its bound"
         ))
@@ -1570,4 +1571,77 @@ fn golden_bytes_of_status_and_metric_events() {
         hex(&encode(&NodeMsg::Events(Box::new(batch)))),
         "0000002b09020ae807030000484280804080808080043c0bd00f04ac021e0000803f00000040000080400102030400",
     );
+}
+
+/// Certificate renewal on an established session: the request (no node id: the session's
+/// certificate names the node), the new certificate with the CAs to trust, and a refusal.
+#[test]
+fn golden_bytes_of_renewal() {
+    assert_eq!(
+        hex(&encode(&NodeMsg::Renew(Box::new(RenewRequest {
+            csr_der: Der::new(vec![0x30, 0x00]).expect("fits"),
+        })))),
+        "000000040a023000",
+    );
+    assert_eq!(
+        hex(&encode(&OrchMsg::Renewed(Box::new(Renewed {
+            cert_der: Der::new(vec![0x30, 0x01, 0x01]).expect("fits"),
+            trust: List::from_iter([
+                Der::new(vec![0x30, 0x00]).expect("fits"),
+                Der::new(vec![0x31, 0x00]).expect("fits"),
+            ]),
+        })))),
+        "0000000c0a0330010102023000023100",
+    );
+    assert_eq!(
+        hex(&encode(&OrchMsg::RenewRefused(Box::new(RenewRefused {
+            reason: RenewRefusal::KeyMismatch,
+            message: text("other key"),
+        })))),
+        "0000000c0b01096f74686572206b6579",
+    );
+    let reasons: Vec<(Vec<u8>, u8)> = vec![
+        (encode(&RenewRefusal::BadCsr), 0),
+        (encode(&RenewRefusal::KeyMismatch), 1),
+        (encode(&RenewRefusal::Internal), 2),
+    ];
+    for (bytes, index) in reasons {
+        assert_eq!(bytes[4..], [index]);
+    }
+}
+
+#[test]
+fn hostile_renewals_are_decode_errors() {
+    // A CSR one byte longer than a DER blob may be: refused from its length, before any
+    // allocation of that size.
+    let mut body = vec![0x0a];
+    body.extend_from_slice(&[0x81, 0x40]); // varint 8193
+    body.extend(std::iter::repeat_n(0x30, 8193));
+    assert!(decode::<NodeMsg>(&body).is_err());
+    // A length far past the frame, with nothing behind it.
+    assert!(decode::<NodeMsg>(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    // Cut short, and trailing bytes.
+    assert!(decode::<NodeMsg>(&[0x0a, 0x02, 0x30]).is_err());
+    assert!(decode::<NodeMsg>(&[0x0a, 0x01, 0x30, 0x00]).is_err());
+    // Three CAs where a bundle holds two.
+    assert!(
+        decode::<OrchMsg>(&[0x0a, 0x01, 0x30, 0x03, 0x01, 0x30, 0x01, 0x30, 0x01, 0x30]).is_err()
+    );
+    // A refusal reason past the last.
+    assert!(decode::<OrchMsg>(&[0x0b, 0x03, 0x00]).is_err());
+    // The largest renewal fits a frame.
+    let big = NodeMsg::Renew(Box::new(RenewRequest {
+        csr_der: Der::new(vec![0x30; 8192]).expect("fits"),
+    }));
+    let frame = try_encode(&big).expect("fits a frame");
+    assert_eq!(decode::<NodeMsg>(&frame[4..]), Ok(big));
+    let bundle = OrchMsg::Renewed(Box::new(Renewed {
+        cert_der: Der::new(vec![0x30; 8192]).expect("fits"),
+        trust: List::from_iter(std::iter::repeat_n(
+            Der::new(vec![0x30; 8192]).expect("fits"),
+            Renewed::MAX_TRUST,
+        )),
+    }));
+    let frame = try_encode(&bundle).expect("fits a frame");
+    assert_eq!(decode::<OrchMsg>(&frame[4..]), Ok(bundle));
 }

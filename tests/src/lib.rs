@@ -447,6 +447,15 @@ pub fn start_orchestrator(data: &Path) -> (Proc, String, String) {
 /// moment ago may still be taken, so a start that fails is tried again until [`PATIENCE`]
 /// runs out.
 pub fn start_orchestrator_on(data: &Path, quic_listen: &str) -> (Proc, String, String) {
+    start_orchestrator_with(data, quic_listen, &[])
+}
+
+/// As [`start_orchestrator_on`], with more `serve` arguments (`--node-cert-validity-secs`).
+pub fn start_orchestrator_with(
+    data: &Path,
+    quic_listen: &str,
+    args: &[&str],
+) -> (Proc, String, String) {
     // Built first: the deadline is for the start, not for a build.
     let exe = binary("edge-orchestrator");
     let deadline = Instant::now() + PATIENCE;
@@ -456,6 +465,7 @@ pub fn start_orchestrator_on(data: &Path, quic_listen: &str) -> (Proc, String, S
             .args(["serve", "--data-dir"])
             .arg(data)
             .args(["--quic-listen", quic_listen, "--api-listen", "127.0.0.1:0"])
+            .args(args)
             .env("EDGE_LOG", "warn");
         let (proc, lines) = spawn_reading_stderr(serve);
         // "edge-orchestrator: nodes dial 127.0.0.1:P, operators use http://127.0.0.1:Q"

@@ -304,7 +304,9 @@ impl Sim {
             | node::Action::Routes(_)
             | node::Action::Unroute(_)
             | node::Action::EventsStored(_)
-            | node::Action::Synced(_) => {}
+            | node::Action::Synced(_)
+            | node::Action::Renewed(_)
+            | node::Action::RenewRefused(_) => {}
         }
     }
 
@@ -351,7 +353,8 @@ impl Sim {
             | server::Action::WorkloadReport(..)
             | server::Action::ProxyAdvert(..)
             | server::Action::Traffic(..)
-            | server::Action::StoreEvents(..) => {}
+            | server::Action::StoreEvents(..)
+            | server::Action::Renew(..) => {}
         }
     }
 

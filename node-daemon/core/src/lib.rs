@@ -15,6 +15,8 @@
 //! - [`outbox`]: [`Outbox`](outbox::Outbox), what the orchestrator must still learn: the
 //!   drain order by class, acknowledgements and resends, and what is shed when the disk
 //!   budget is full; [`Pacer`](outbox::Pacer), the uplink's byte budget.
+//! - [`renewal`]: [`Renewal`](renewal::Renewal), when the node asks for a new certificate:
+//!   two thirds into its lifetime, by the orchestrator's clock as the welcome said it.
 //!
 //! **Invariant.** Nothing here does I/O or reads the clock: the crate depends on no runtime,
 //! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper), time comes in as
@@ -29,6 +31,7 @@ pub mod backoff;
 pub mod config;
 pub mod outbox;
 pub mod proxy;
+pub mod renewal;
 pub mod restart;
 pub mod session;
 pub mod spec;

@@ -72,6 +72,10 @@ pub enum Action {
     EventsStored(Box<EventsStored>),
     /// The sync that followed the welcome is over (see [`crate::sync`]).
     Synced(Synced),
+    /// The orchestrator renewed the certificate: store it (see `crate::renewal`).
+    Renewed(Box<edge_proto::Renewed>),
+    /// The orchestrator refused a renewal; the session goes on.
+    RenewRefused(Box<edge_proto::RenewRefused>),
 }
 
 /// Why the node stopped trying.
@@ -332,6 +336,12 @@ impl NodeSession {
             }
             (State::Established { .. }, OrchMsg::Synced(synced)) => {
                 self.actions.push_back(Action::Synced(synced));
+            }
+            (State::Established { .. }, OrchMsg::Renewed(renewed)) => {
+                self.actions.push_back(Action::Renewed(renewed));
+            }
+            (State::Established { .. }, OrchMsg::RenewRefused(refused)) => {
+                self.actions.push_back(Action::RenewRefused(refused));
             }
             (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
                 self.state = State::Saving;

@@ -63,11 +63,23 @@ impl PeerTls {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, PeerTlsError> {
+        Self::trusting(vec![ca], chain, key)
+    }
+
+    /// As [`PeerTls::new`], trusting each of `cas`: while the fleet's CA is rotated, peers
+    /// hold certificates of either.
+    pub fn trusting(
+        cas: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, PeerTlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca)
-            .map_err(|e| PeerTlsError(format!("the fleet CA: {e}")))?;
+        for ca in cas {
+            roots
+                .add(ca)
+                .map_err(|e| PeerTlsError(format!("the fleet CA: {e}")))?;
+        }
         let roots = Arc::new(roots);
         let clients: Arc<dyn ClientCertVerifier> = Arc::new(ClockBehind(
             WebPkiClientVerifier::builder_with_provider(roots, provider.clone())

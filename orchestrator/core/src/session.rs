@@ -80,6 +80,11 @@ pub enum Action {
     /// Events from the node's outbox: store them, then answer `OrchMsg::EventsStored` with
     /// what was stored (never before).
     StoreEvents(NodeId, Box<edge_proto::EventBatch>),
+    /// Sign a new certificate for `node`, the node of this session's certificate (never one
+    /// a message names), if the CSR is for the key that certificate holds; answer
+    /// `OrchMsg::Renewed` or `OrchMsg::RenewRefused`. Nothing is stored: the node's record
+    /// is what makes any of its certificates good, and deleting it ends them all.
+    Renew(NodeId, Box<edge_proto::RenewRequest>),
 }
 
 /// Operator-facing outcomes of a connection. See `events` for the log lines and metrics.
@@ -337,6 +342,17 @@ impl ServerSession {
             }
             (State::Established { node }, NodeMsg::Events(batch)) => {
                 self.actions.push_back(Action::StoreEvents(node, batch));
+            }
+            // A node deleted while its session was up is closed by the API; one deleted
+            // between that close and this frame must not get a certificate either.
+            (State::Established { node }, NodeMsg::Renew(req)) => {
+                if ctx.fleet.node(node).is_none() {
+                    return self.reject(
+                        RejectCode::UnknownNode,
+                        format!("node {node} is not registered here; enroll again"),
+                    );
+                }
+                self.actions.push_back(Action::Renew(node, req));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,
@@ -636,6 +652,7 @@ fn kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::Proxy(_) => "proxy advert",
         NodeMsg::Traffic(_) => "traffic report",
         NodeMsg::Events(_) => "events",
+        NodeMsg::Renew(_) => "renewal",
     }
 }
 

@@ -279,3 +279,54 @@ fn a_deleted_node_is_refused_without_a_watch() {
     );
     assert!(s.is_closed());
 }
+
+fn renew_frame(csr: &[u8]) -> Vec<u8> {
+    encode(&NodeMsg::Renew(Box::new(edge_proto::RenewRequest {
+        csr_der: edge_proto::Der::new(csr.to_vec()).expect("fits"),
+    })))[4..]
+        .to_vec()
+}
+
+#[test]
+fn a_renewal_is_for_the_node_of_the_session_and_only_once_established() {
+    let mut w = World::new();
+    let (mut s, _) = w.dial(1, "192.0.2.1:4000");
+    s.handle_frame(&renew_frame(&[0x30, 0x00]), &mut w.ctx());
+    let actions = drain(&mut s);
+    assert!(
+        matches!(&actions[..], [Action::Renew(node, req)] if *node == NODE && req.csr_der.as_slice() == [0x30, 0x00]),
+        "{actions:?}"
+    );
+    assert!(!s.is_closed(), "a renewal leaves the session as it was");
+
+    // Before a hello there is no node to renew for.
+    let mut early = ServerSession::new(2, Some(NODE), some_instant());
+    early.handle_frame(&renew_frame(&[0x30, 0x00]), &mut w.ctx());
+    assert!(
+        drain(&mut early).iter().any(|a| matches!(
+            a,
+            Action::Send(OrchMsg::Reject(r)) if r.code == RejectCode::Malformed
+        )),
+        "a renewal before the session is a protocol error"
+    );
+}
+
+#[test]
+fn a_node_deleted_during_its_session_gets_no_certificate() {
+    let mut w = World::new();
+    let (mut s, _) = w.dial(1, "192.0.2.1:4000");
+    assert!(w.fleet.delete_node(NODE).is_some());
+    s.handle_frame(&renew_frame(&[0x30, 0x00]), &mut w.ctx());
+    let actions = drain(&mut s);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Renew(..))),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Send(OrchMsg::Reject(r)) if r.code == RejectCode::UnknownNode
+        )),
+        "{actions:?}"
+    );
+}

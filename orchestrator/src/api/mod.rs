@@ -39,6 +39,7 @@ use std::time::Duration;
 
 mod artifacts;
 mod body;
+mod ca;
 mod cache;
 pub mod error;
 mod events;
@@ -89,6 +90,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/nodes/{name_or_id}/drain"),
     ("POST", "/v1/cache/purge"),
     ("GET", "/v1/events"),
+    ("GET", "/v1/ca"),
+    ("POST", "/v1/ca/rotate"),
 ];
 
 /// The OpenAPI 3.0 document served at `/v1/openapi.json`.
@@ -123,6 +126,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(workloads::routes())
         .merge(cache::routes())
         .merge(events::routes())
+        .merge(ca::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), finish))

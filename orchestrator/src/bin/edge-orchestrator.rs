@@ -8,6 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "edge-orchestrator", version, about = "Edge fleet orchestrator")]
@@ -40,6 +41,11 @@ enum Command {
         /// Sessions admitted at once after a quiet spell, before the rate applies.
         #[arg(long, default_value_t = PacingPolicy::default().burst)]
         admit_burst: u32,
+        /// How long the node certificates it signs are valid, in seconds (default a year).
+        /// Nodes renew theirs over their session two thirds of the way through.
+        #[arg(long, default_value_t = orchestrator::pki::NODE_CERT_VALIDITY.as_secs(),
+              value_parser = clap::value_parser!(u64).range(10..))]
+        node_cert_validity_secs: u64,
     },
     /// Start an orchestrator and three local nodes, and show what to try.
     Demo {
@@ -100,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rotate_admin_token,
             admit_per_sec,
             admit_burst,
+            node_cert_validity_secs,
         } => {
             if rotate_admin_token {
                 // Without the file, the start issues a new admin token and revokes the others.
@@ -117,9 +124,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 burst: admit_burst,
                 ..PacingPolicy::default()
             };
-            let orch = Orchestrator::bind(&data_dir, quic_listen, api_listen, pacing)
-                .await
-                .context("starting the orchestrator")?;
+            let orch = Orchestrator::bind(
+                &data_dir,
+                quic_listen,
+                api_listen,
+                pacing,
+                Duration::from_secs(node_cert_validity_secs),
+            )
+            .await
+            .context("starting the orchestrator")?;
             // One write, its failure ignored: `eprintln!` writes piece by piece and panics
             // if the reader of stderr went away between two pieces (a supervisor that read
             // the first line and stopped).
