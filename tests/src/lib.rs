@@ -153,6 +153,31 @@ impl TestOrchestrator {
             .expect("the API call finished")
     }
 
+    /// Enrolls a node named `name` through a real daemon, stops it, and returns the identity
+    /// it stored, with its data dir.
+    pub async fn enrolled_identity(
+        &self,
+        name: &str,
+    ) -> (node_daemon::identity::Identity, tempfile::TempDir) {
+        let data = tempfile::tempdir().expect("tmp");
+        let token = self.token(1);
+        let node = TestNode::spawn(node_config(
+            name,
+            data.path(),
+            self.orch.quic_addr,
+            Some((&token, &self.ca_hash())),
+            "",
+        ));
+        assert!(eventually(PATIENCE, || self.online(name)).await.is_some());
+        node.stop().await.expect("clean stop");
+        assert!(eventually(PATIENCE, || !self.online(name)).await.is_some());
+        let identity = node_daemon::identity::IdentityDir::new(data.path())
+            .load()
+            .expect("load")
+            .expect("enrolled");
+        (identity, data)
+    }
+
     /// The first instance of workload `name` the API shows running, if any.
     pub async fn running_instance(&self, name: &str) -> Option<serde_json::Value> {
         let (status, w) = self

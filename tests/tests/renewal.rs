@@ -18,7 +18,7 @@ use edge_tests::{
     start_orchestrator_with,
 };
 use node_core::renewal::Validity;
-use node_daemon::identity::{Identity, IdentityDir, validity};
+use node_daemon::identity::{IdentityDir, validity};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -261,27 +261,6 @@ async fn a_node_off_past_its_certificates_end_is_told_to_enroll_again() {
     assert_ne!(ctl.status_of("lapsed").as_deref(), Some("online"));
 }
 
-/// Enrolls a node named `name` through a real daemon, stops it, and returns its identity.
-async fn enrolled_identity(orch: &TestOrchestrator, name: &str) -> (Identity, tempfile::TempDir) {
-    let data = tempfile::tempdir().expect("tmp");
-    let token = orch.token(1);
-    let node = TestNode::spawn(edge_tests::node_config(
-        name,
-        data.path(),
-        orch.orch.quic_addr,
-        Some((&token, &orch.ca_hash())),
-        "",
-    ));
-    assert!(eventually(PATIENCE, || orch.online(name)).await.is_some());
-    node.stop().await.expect("clean stop");
-    assert!(eventually(PATIENCE, || !orch.online(name)).await.is_some());
-    let identity = IdentityDir::new(data.path())
-        .load()
-        .expect("load")
-        .expect("enrolled");
-    (identity, data)
-}
-
 fn csr(key: &rcgen::KeyPair, common_name: &str) -> Der {
     let mut params = rcgen::CertificateParams::default();
     params
@@ -297,8 +276,8 @@ fn csr(key: &rcgen::KeyPair, common_name: &str) -> Der {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_for_another_key_or_name_are_refused_and_the_session_goes_on() {
     let orch = TestOrchestrator::start().await;
-    let (victim, _victim_dir) = enrolled_identity(&orch, "victim").await;
-    let (thief, thief_dir) = enrolled_identity(&orch, "thief").await;
+    let (victim, _victim_dir) = orch.enrolled_identity("victim").await;
+    let (thief, thief_dir) = orch.enrolled_identity("thief").await;
     let tls = node_daemon::tls::session_config(&thief).expect("tls");
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
     let conn = endpoint

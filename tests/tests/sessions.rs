@@ -9,7 +9,7 @@ use edge_proto::{
 };
 use edge_tests::relay::Relay;
 use edge_tests::{PATIENCE, TestNode, TestOrchestrator, copy_identity, eventually, node_config};
-use node_daemon::identity::{Identity, IdentityDir};
+use node_daemon::identity::Identity;
 use node_daemon::status::State;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -322,27 +322,6 @@ where
     out
 }
 
-/// Enrolls a node named `name` through a real daemon, stops it, and returns its identity.
-async fn enrolled_identity(orch: &TestOrchestrator, name: &str) -> (Identity, tempfile::TempDir) {
-    let data = tempfile::tempdir().expect("tmp");
-    let token = orch.token(1);
-    let node = TestNode::spawn(node_config(
-        name,
-        data.path(),
-        orch.orch.quic_addr,
-        Some((&token, &orch.ca_hash())),
-        "",
-    ));
-    assert!(eventually(PATIENCE, || orch.online(name)).await.is_some());
-    node.stop().await.expect("clean stop");
-    assert!(eventually(PATIENCE, || !orch.online(name)).await.is_some());
-    let identity = IdentityDir::new(data.path())
-        .load()
-        .expect("load")
-        .expect("enrolled");
-    (identity, data)
-}
-
 /// A session opened by hand with a node's identity: hello sent, welcome read.
 async fn raw_session(
     orch: &TestOrchestrator,
@@ -386,7 +365,7 @@ async fn raw_session(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_that_trickle_in_byte_by_byte_survive_a_burst_the_other_way() {
     let orch = TestOrchestrator::start().await;
-    let (identity, _data) = enrolled_identity(&orch, "trickle").await;
+    let (identity, _data) = orch.enrolled_identity("trickle").await;
     let node = identity.node_id;
     let (endpoint, conn, mut send, mut recv) = raw_session(&orch, &identity).await;
     assert!(
@@ -710,7 +689,7 @@ async fn a_cloned_identity_is_refused_and_the_real_node_keeps_its_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_events_are_acknowledged_once_stored_and_stored_once() {
     let orch = TestOrchestrator::start().await;
-    let (identity, _data) = enrolled_identity(&orch, "outbox").await;
+    let (identity, _data) = orch.enrolled_identity("outbox").await;
     let (_endpoint, _conn, mut send, mut recv) = raw_session(&orch, &identity).await;
     let batch = EventBatch {
         events: List::from_iter([NodeEvent {
