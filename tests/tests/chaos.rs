@@ -292,6 +292,26 @@ impl Node {
         }
     }
 
+    /// Waits until the node's supervisor holds `flaky`: from then on it keeps it across its
+    /// own restarts, so a local operator can always find it. (Admitted but not yet started,
+    /// a node killed would have to fetch it again first.)
+    async fn await_flaky(&self) {
+        let holds = || {
+            self.ctl_json(&["workloads"])
+                .and_then(|w| {
+                    w.as_array()
+                        .map(|all| all.iter().any(|i| i["name"] == "flaky"))
+                })
+                .unwrap_or(false)
+        };
+        assert!(
+            eventually(PATIENCE, holds).await.is_some(),
+            "{}: flaky runs; log in {}",
+            self.name,
+            self.log.display()
+        );
+    }
+
     /// A local operator restarts `flaky`; whether the node took the request (and so
     /// recorded it in its outbox).
     fn operator_restart(&self) -> bool {
@@ -397,6 +417,7 @@ async fn events_survive_partitions_loss_and_kills_and_reconnects_restart_nothing
     let mut totals = Totals::default();
     for node in &mut nodes {
         node.await_new_steady().await;
+        node.await_flaky().await;
     }
 
     for (cycle, (step, dwell_ms)) in plan.iter().enumerate() {
