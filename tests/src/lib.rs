@@ -178,6 +178,27 @@ impl TestOrchestrator {
         (identity, data)
     }
 
+    /// A QUIC connection to the orchestrator with `identity`'s certificate, handshake done,
+    /// and the endpoint it lives on: the first step of a session opened by hand.
+    pub async fn dial_session(
+        &self,
+        identity: &node_daemon::identity::Identity,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let tls = node_daemon::tls::session_config(identity).expect("tls");
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        let conn = endpoint
+            .connect_with(
+                tls,
+                self.orch.quic_addr,
+                edge_proto::ORCHESTRATOR_SERVER_NAME,
+            )
+            .expect("connect")
+            .await
+            .expect("handshake");
+        (endpoint, conn)
+    }
+
     /// The first instance of workload `name` the API shows running, if any.
     pub async fn running_instance(&self, name: &str) -> Option<serde_json::Value> {
         let (status, w) = self

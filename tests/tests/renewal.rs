@@ -278,17 +278,7 @@ async fn renewals_for_another_key_or_name_are_refused_and_the_session_goes_on() 
     let orch = TestOrchestrator::start().await;
     let (victim, _victim_dir) = orch.enrolled_identity("victim").await;
     let (thief, thief_dir) = orch.enrolled_identity("thief").await;
-    let tls = node_daemon::tls::session_config(&thief).expect("tls");
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-    let conn = endpoint
-        .connect_with(
-            tls,
-            orch.orch.quic_addr,
-            edge_proto::ORCHESTRATOR_SERVER_NAME,
-        )
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (_endpoint, conn) = orch.dial_session(&thief).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
     let mut say = async |msg: NodeMsg| {
         send.write_all(&edge_proto::encode(&msg))

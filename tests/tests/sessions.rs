@@ -332,17 +332,7 @@ async fn raw_session(
     quinn::SendStream,
     quinn::RecvStream,
 ) {
-    let tls = node_daemon::tls::session_config(identity).expect("tls");
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-    let conn = endpoint
-        .connect_with(
-            tls,
-            orch.orch.quic_addr,
-            edge_proto::ORCHESTRATOR_SERVER_NAME,
-        )
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (endpoint, conn) = orch.dial_session(identity).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
     let hello = NodeMsg::Hello(Hello {
         versions: List::from_iter([1]),
