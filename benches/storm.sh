@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# storm.sh: reconnect storms, side by side with admission pacing off and on. For each fleet
-# size: a fresh `edge-orchestrator serve` (with `--admit-per-sec 0`, then with the default
-# pacing), fleet-sim connects the fleet, holds it HOLD_SECS, drops every session at the same
-# instant and reports each node's time back to a Welcome and the orchestrator's CPU.
+# storm.sh: reconnect storms, side by side with admission pacing off and on, and with TLS
+# session resumption off and on. For each fleet size, pacing and resumption: a fresh
+# `edge-orchestrator serve` (with `--admit-per-sec 0`, then with the default pacing),
+# fleet-sim connects the fleet, holds it HOLD_SECS, drops every session at the same instant
+# and reports each node's time back to a Welcome, the bytes each reconnect took and the
+# orchestrator's CPU. Without resumption (`fleet-sim --no-resumption`) every reconnect is a
+# full handshake; with it, each node resumes with the ticket of its previous session.
 #
 # Usage: benches/storm.sh                       (release binaries in target/release)
-#        BIN=/path/to/release NODES="1000 10000" HOLD_SECS=5 benches/storm.sh
+#        BIN=/path/to/release NODES="1000 10000" HOLD_SECS=5 RESUME="no yes" benches/storm.sh
 #
 # A benchmark, not a test: it prints figures and never fails on one. Every process it starts
 # is stopped on exit; it uses loopback only.
@@ -15,6 +18,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${BIN:-$ROOT/target/release}"
 NODES="${NODES:-1000 10000}"
 HOLD_SECS="${HOLD_SECS:-5}"
+RESUME="${RESUME:-no yes}"
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
 work_dir storm
@@ -48,18 +52,23 @@ serve() { # serve DIR ADMIT_PER_SEC: sets ORCH_PID QUIC API ADMIN
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), commit $(git -C "$ROOT" rev-parse --short HEAD)"
 for n in $NODES; do
   for admit in 0 500; do
-    serve "$WORK/storm-$n-$admit" "$admit"
-    create_token "$n" storm
-    echo
-    echo "## $n nodes, serve --admit-per-sec $admit"
-    echo "fleet-sim --orchestrator ADDR --token T --ca-hash H --nodes $n --per-address 200 --hold-secs $HOLD_SECS --storm --orchestrator-pid PID"
-    (
-      ulimit -n "$(ulimit -Hn)"
-      "$BIN/fleet-sim" --orchestrator "$QUIC" --token "$TOKEN" --ca-hash "$CA_HASH" \
-        --nodes "$n" --per-address 200 --hold-secs "$HOLD_SECS" --storm \
-        --orchestrator-pid "$ORCH_PID"
-    ) | grep -v '^metric fleet\.'
-    kill -TERM "$ORCH_PID" 2>/dev/null || true
-    wait "$ORCH_PID" 2>/dev/null || true
+    for resume in $RESUME; do
+      flag=""
+      [ "$resume" = yes ] || flag="--no-resumption"
+      serve "$WORK/storm-$n-$admit-$resume" "$admit"
+      create_token "$n" storm
+      echo
+      echo "## $n nodes, serve --admit-per-sec $admit, TLS resumption $resume"
+      echo "fleet-sim --orchestrator ADDR --token T --ca-hash H --nodes $n --per-address 200 --hold-secs $HOLD_SECS --storm --orchestrator-pid PID $flag"
+      (
+        ulimit -n "$(ulimit -Hn)"
+        # shellcheck disable=SC2086 # $flag is empty or one word
+        "$BIN/fleet-sim" --orchestrator "$QUIC" --token "$TOKEN" --ca-hash "$CA_HASH" \
+          --nodes "$n" --per-address 200 --hold-secs "$HOLD_SECS" --storm \
+          --orchestrator-pid "$ORCH_PID" $flag
+      ) | grep -v '^metric fleet\.'
+      kill -TERM "$ORCH_PID" 2>/dev/null || true
+      wait "$ORCH_PID" 2>/dev/null || true
+    done
   done
 done

@@ -118,16 +118,15 @@ pub struct Session {
     pub recv: quinn::RecvStream,
 }
 
-/// Opens a session with the issued certificate, says hello and reports `caps` and a first
-/// status, as the node daemon does right after `Welcome`.
-pub async fn open_session(
-    endpoint: &quinn::Endpoint,
+/// The TLS configuration node `node_id` opens its sessions with, from the certificate
+/// enrollment issued it. Keep it from one dial to the next, as the node daemon does, and the
+/// next dial resumes the TLS session; a new one for every dial makes every handshake full.
+pub fn session_tls(
     kit: &Kit,
     node_id: NodeId,
     cert: Vec<u8>,
     ca: Vec<u8>,
-    caps: &Capabilities,
-) -> anyhow::Result<Session> {
+) -> anyhow::Result<quinn::ClientConfig> {
     let identity = Identity {
         node_id,
         cert: CertificateDer::from(cert),
@@ -135,7 +134,18 @@ pub async fn open_session(
         trust: vec![CertificateDer::from(ca)],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kit.key_pkcs8.clone())),
     };
-    let tls = node_daemon::tls::session_config(&identity)?;
+    Ok(node_daemon::tls::session_config(&identity)?)
+}
+
+/// Opens a session with `tls` (from [`session_tls`]), says hello and reports `caps` and a
+/// first status, as the node daemon does right after `Welcome`.
+pub async fn open_session(
+    endpoint: &quinn::Endpoint,
+    kit: &Kit,
+    node_id: NodeId,
+    tls: quinn::ClientConfig,
+    caps: &Capabilities,
+) -> anyhow::Result<Session> {
     let conn = endpoint
         .connect_with(tls, kit.orchestrator, node_daemon::tls::server_name())?
         .await?;
@@ -188,7 +198,9 @@ pub async fn with_retries<T, F: std::future::Future<Output = anyhow::Result<T>>>
 pub struct Joined {
     pub endpoint: quinn::Endpoint,
     pub session: Session,
-    /// The identity enrollment issued: what the node dials its sessions with.
+    /// What the node dials its sessions with, its TLS session tickets included.
+    pub tls: quinn::ClientConfig,
+    /// The identity enrollment issued.
     pub node_id: NodeId,
     pub cert: Vec<u8>,
     pub ca: Vec<u8>,
@@ -218,13 +230,14 @@ pub async fn join(
         .with_context(|| format!("node {i} enrolling"))?;
     let enroll = t0.elapsed();
     let t1 = Instant::now();
-    let session =
-        with_retries(|| open_session(&endpoint, kit, node_id, cert.clone(), ca.clone(), caps))
-            .await
-            .with_context(|| format!("node {i} opening its session"))?;
+    let tls = session_tls(kit, node_id, cert.clone(), ca.clone())?;
+    let session = with_retries(|| open_session(&endpoint, kit, node_id, tls.clone(), caps))
+        .await
+        .with_context(|| format!("node {i} opening its session"))?;
     Ok(Joined {
         endpoint,
         session,
+        tls,
         node_id,
         cert,
         ca,

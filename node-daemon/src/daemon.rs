@@ -90,9 +90,8 @@ pub async fn run_with(
     let ids = IdentityDir::new(&data_dir);
     let identity = ids.load()?;
     let liveness = config.liveness();
-    let session_config = |identity: &Identity| {
-        tls::session_config(identity).map(|c| tls::with_liveness(c, liveness))
-    };
+    // Kept from dial to dial: it holds the TLS session tickets that make a reconnect cheap.
+    let session_config = |identity: &Identity| tls::SessionTls::new(identity, liveness);
     let mut session_tls = identity.as_ref().map(session_config).transpose()?;
     let join = match (&identity, config.join()) {
         (None, Some(j)) => {
@@ -202,6 +201,8 @@ pub async fn run_with(
     let endpoint = client_endpoint(&config)?;
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut attempt = 0u64;
+    // Whether the dial of `attempt` is for a session (else it enrolls).
+    let mut dialing_session = false;
     let mut current: Option<(quinn::Connection, quinn::SendStream)> = None;
     let mut caps_tick = tokio::time::interval(config.status_interval());
     caps_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,8 +232,9 @@ pub async fn run_with(
                     attempt += 1;
                     let tls = match intent {
                         Intent::Enroll => enroll_tls.clone(),
-                        Intent::Session => session_tls.clone(),
+                        Intent::Session => session_tls.as_ref().map(tls::SessionTls::config),
                     };
+                    dialing_session = intent == Intent::Session;
                     let Some(tls) = tls else {
                         // Invariant: the session asks for a session only once it has an
                         // identity, and to enroll only when it has join settings.
@@ -380,6 +382,13 @@ pub async fn run_with(
                                 not_after_ms = validity.map_or(0, |v| v.not_after_ms),
                                 "certificate renewed; the next connection uses it"
                             );
+                            // During a CA rotation, what counts this node as moved.
+                            let stored = NodeMsg::CertificateStored(Box::new(
+                                edge_proto::CertificateStored {
+                                    cert_der: renewed.cert_der.clone(),
+                                },
+                            ));
+                            send_now(&mut current, &stored).await;
                         }
                         Ok(None) | Err(_) => {
                             warn!("could not store the renewed certificate; will ask again");
@@ -477,6 +486,11 @@ pub async fn run_with(
             }
             Some(event) = rx.recv() => match event {
                 Event::Connected(n, conn, send, recv) if n == attempt => {
+                    if let Some(tls) = session_tls.as_mut().filter(|_| dialing_session) {
+                        metrics.emit(&NodeEvent::Connected {
+                            resumed: tls.resumed(),
+                        });
+                    }
                     tokio::spawn(read_loop(conn.clone(), recv, n, tx.clone()));
                     let _ = conn_tx.send(Some(conn.clone()));
                     current = Some((conn, send));
@@ -647,8 +661,9 @@ fn renew_request(ids: &IdentityDir, name: &str) -> Result<NodeMsg, IdentityError
     })))
 }
 
-/// What a dial failure or a close says when the orchestrator's TLS refused this node's
-/// certificate as expired ([`refused_as_expired`]).
+/// What a dial failure or a close says when the orchestrator refused this node's
+/// certificate as expired: in TLS ([`refused_as_expired`]), or, for a resumed TLS session,
+/// with [`RejectCode::CertificateExpired`].
 const CERTIFICATE_EXPIRED: &str = "the orchestrator refused this node's certificate as expired";
 
 /// Whether `e` is the orchestrator's TLS refusing our certificate as expired: the TLS alert
@@ -935,6 +950,8 @@ fn close_reason(e: &quinn::ConnectionError) -> String {
             let code = c.error_code.into_inner();
             let reason = String::from_utf8_lossy(&c.reason);
             match RejectCode::from_close_code(code) {
+                // A resumed TLS session with a certificate that has ended since.
+                Some(RejectCode::CertificateExpired) => format!("{CERTIFICATE_EXPIRED} ({reason})"),
                 Some(rc) => format!("closed by orchestrator ({rc}): {reason}"),
                 None => format!("closed by orchestrator: {reason}"),
             }

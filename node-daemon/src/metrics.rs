@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// One label, whose value comes from a fixed set in this crate.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +29,12 @@ pub struct StateLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+/// How a connection's TLS handshake went: `full` or `resumed`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    pub handshake: &'static str,
 }
 
 /// Why a dial of the orchestrator ended without a session.
@@ -204,6 +210,9 @@ pub enum NodeEvent<'a> {
     },
     /// Enrolled: the identity the orchestrator issued is stored.
     Enrolled { node: edge_proto::NodeId },
+    /// A session's connection is up; `resumed`: with the TLS session of an earlier one (no
+    /// certificate sent or checked either way), else with a full handshake.
+    Connected { resumed: bool },
     /// An assignment this node refused: at once, or (`after_admission`, with its generation)
     /// when its artifact turned out not to fit after all.
     AdmissionRefused {
@@ -234,6 +243,7 @@ struct Inner {
     dial_failures: Family<ReasonLabel, Counter>,
     rejections: Family<ReasonLabel, Counter>,
     enrollments: Counter,
+    connections: Family<HandshakeLabel, Counter>,
     admission_refusals: Family<ReasonLabel, Counter>,
     artifact_fetches: Counter,
     artifact_fetch_failures: Family<ReasonLabel, Counter>,
@@ -260,6 +270,7 @@ impl NodeMetrics {
             dial_failures: Family::default(),
             rejections: Family::default(),
             enrollments: Counter::default(),
+            connections: Family::default(),
             admission_refusals: Family::default(),
             artifact_fetches: Counter::default(),
             artifact_fetch_failures: Family::default(),
@@ -291,6 +302,12 @@ impl NodeMetrics {
             "edge_node_enrollments",
             "Enrollments completed: identity issued and stored",
             inner.enrollments.clone(),
+        );
+        r.register(
+            "edge_node_connections",
+            "Connections of sessions to the orchestrator, by how their TLS handshake went: full, \
+             or resumed from an earlier session (no certificate sent or checked)",
+            inner.connections.clone(),
         );
         r.register(
             "edge_node_admission_refusals",
@@ -361,6 +378,11 @@ impl NodeMetrics {
         }
         for code in RejectCode::ALL {
             zero(&m.rejections, code.as_str());
+        }
+        for handshake in ["full", "resumed"] {
+            m.connections
+                .get_or_create(&HandshakeLabel { handshake })
+                .inc_by(0);
         }
         for reason in REFUSAL_REASONS {
             zero(&m.admission_refusals, reason);
@@ -436,6 +458,13 @@ impl NodeMetrics {
             NodeEvent::Enrolled { node } => {
                 m.enrollments.inc();
                 info!(node = %node, "enrolled; identity stored");
+            }
+            NodeEvent::Connected { resumed } => {
+                let handshake = if *resumed { "resumed" } else { "full" };
+                m.connections
+                    .get_or_create(&HandshakeLabel { handshake })
+                    .inc();
+                debug!(handshake, "connected to the orchestrator");
             }
             NodeEvent::AdmissionRefused {
                 workload,

@@ -24,6 +24,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::identity::Identity;
 
@@ -37,6 +38,20 @@ pub struct TlsError(String);
 pub struct OrchestratorVerifier {
     trust: Trust,
     provider: Arc<CryptoProvider>,
+    checked: FullHandshakes,
+}
+
+/// How many of a configuration's handshakes were full: TLS checks the orchestrator's
+/// certificate in those only, a resumed session checks none. Cheap to clone; clones count
+/// together.
+#[derive(Debug, Clone, Default)]
+pub struct FullHandshakes(Arc<AtomicU64>);
+
+impl FullHandshakes {
+    /// How many so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -56,6 +71,7 @@ impl OrchestratorVerifier {
         Self {
             trust: Trust::Pinned(pin),
             provider,
+            checked: FullHandshakes::default(),
         }
     }
 
@@ -76,7 +92,13 @@ impl OrchestratorVerifier {
         Ok(Self {
             trust: Trust::Rooted(webpki_in(cas, &provider).map_err(|e| TlsError(e.to_string()))?),
             provider,
+            checked: FullHandshakes::default(),
         })
+    }
+
+    /// What counts the certificates this verifier accepts: its full handshakes.
+    pub fn full_handshakes(&self) -> FullHandshakes {
+        self.checked.clone()
     }
 }
 
@@ -113,7 +135,7 @@ impl ServerCertVerifier for OrchestratorVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.trust {
+        let verified = match &self.trust {
             Trust::Pinned(pin) => {
                 let Some(ca) = intermediates.iter().find(|c| sha256(c.as_ref()) == *pin) else {
                     return Err(rustls::Error::General(PIN_MISMATCH.into()));
@@ -126,7 +148,9 @@ impl ServerCertVerifier for OrchestratorVerifier {
             Trust::Rooted(inner) => forgiving_a_clock_behind(now, |at| {
                 inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, at)
             }),
-        }
+        }?;
+        self.checked.0.fetch_add(1, Ordering::Relaxed);
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -198,9 +222,21 @@ pub fn enroll_config(ca_pin: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> 
 }
 
 /// For sessions: the stored CA is the only root, and the node presents its certificate.
+///
+/// Keep it for the next dial: it holds the TLS session tickets the orchestrator sent, so
+/// that dial resumes the session, with no certificate sent, signed or checked either way.
 pub fn session_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsError> {
+    session_config_counted(identity).map(|(config, _)| config)
+}
+
+/// As [`session_config`], with what counts its full handshakes: a dial that adds none
+/// resumed its TLS session.
+pub fn session_config_counted(
+    identity: &Identity,
+) -> Result<(quinn::ClientConfig, FullHandshakes), TlsError> {
     let provider = provider();
     let verifier = OrchestratorVerifier::rooted_in(identity.trust.clone(), provider.clone())?;
+    let full = verifier.full_handshakes();
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
@@ -208,7 +244,43 @@ pub fn session_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsErr
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(|e| TlsError(e.to_string()))?;
-    finish(tls)
+    Ok((finish(tls)?, full))
+}
+
+/// The configuration a node dials its sessions with, kept from one dial to the next so that
+/// the next resumes the TLS session, and which of its connections did.
+#[derive(Debug, Clone)]
+pub struct SessionTls {
+    config: quinn::ClientConfig,
+    full: FullHandshakes,
+    /// Full handshakes counted when [`SessionTls::resumed`] last asked.
+    seen: u64,
+}
+
+impl SessionTls {
+    /// For `identity`, keeping its link alive by `liveness`.
+    pub fn new(identity: &Identity, liveness: Liveness) -> Result<Self, TlsError> {
+        let (config, full) = session_config_counted(identity)?;
+        Ok(Self {
+            config: with_liveness(config, liveness),
+            full,
+            seen: 0,
+        })
+    }
+
+    /// What to dial with.
+    pub fn config(&self) -> quinn::ClientConfig {
+        self.config.clone()
+    }
+
+    /// Whether the connection made since the last call resumed its TLS session: no full
+    /// handshake was counted in between.
+    pub fn resumed(&mut self) -> bool {
+        let full = self.full.count();
+        let resumed = full == self.seen;
+        self.seen = full;
+        resumed
+    }
 }
 
 /// For the proxy's peers: served and reached as this node, with the stored CA as the only

@@ -57,11 +57,13 @@ pub enum HandshakeFailure {
     CidsExhausted,
     /// The client certificate is valid but names no node.
     NoNodeInCertificate,
+    /// A resumed TLS session whose client certificate has ended since it was first shown.
+    CertificateExpired,
 }
 
 impl HandshakeFailure {
     /// Every failure, each a series of `edge_handshake_failures`.
-    pub const ALL: [HandshakeFailure; 10] = [
+    pub const ALL: [HandshakeFailure; 11] = [
         Self::Timeout,
         Self::Tls,
         Self::PeerRefusedTls,
@@ -72,6 +74,7 @@ impl HandshakeFailure {
         Self::LocallyClosed,
         Self::CidsExhausted,
         Self::NoNodeInCertificate,
+        Self::CertificateExpired,
     ];
 
     /// The metric label.
@@ -87,6 +90,7 @@ impl HandshakeFailure {
             Self::LocallyClosed => "locally_closed",
             Self::CidsExhausted => "cids_exhausted",
             Self::NoNodeInCertificate => "no_node_in_certificate",
+            Self::CertificateExpired => "certificate_expired",
         }
     }
 }

@@ -146,6 +146,15 @@ pub fn server_config_for(
         .with_single_cert(chain, key.into())
         .map_err(|e| EndpointError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // A node that comes back resumes its TLS session: no certificate is sent, signed or
+    // verified again, which is most of a handshake's cost (benches/RESULTS.md, "Reconnect
+    // cost"). The tickets are stateless, sealed with a key this config alone holds: the
+    // orchestrator keeps nothing per node, and a new config (a restart, a CA rotation) sends
+    // every node through a full handshake once. A resumed session checks no certificate, so
+    // `run_connection` checks its end itself. No 0-RTT: a hello in early data can be replayed.
+    tls.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| EndpointError::Tls(e.to_string()))?;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -256,6 +265,20 @@ fn peer_node_id(conn: &quinn::Connection) -> Result<Option<NodeId>, ()> {
     }
 }
 
+/// Whether the client certificate of `conn` has ended by `now`. A full handshake never lets
+/// one through (TLS checks it, to the second); a resumed session carries the certificate it
+/// was first opened with and TLS checks nothing, so a ticket could outlive the certificate
+/// by up to its lifetime (12 hours) but for this.
+fn certificate_ended(conn: &quinn::Connection, now: SystemTime) -> bool {
+    let Some(leaf) = peer_certificate(conn) else {
+        return false;
+    };
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    crate::pki::validity(&leaf).is_none_or(|(_, not_after)| not_after < now)
+}
+
 /// The client certificate the peer presented, if it did.
 fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let certs = conn
@@ -345,8 +368,8 @@ pub fn move_to_next_ca(
     renewed(registry, metrics, node, &issued)
 }
 
-/// Records that `node` holds a certificate of the next CA. Off the async workers: it may
-/// write to the store.
+/// Records that `node` holds a certificate of the next CA: it said it stored one, or it
+/// presented one. Off the async workers: it may write to the store.
 pub fn mark_moved(registry: &Arc<Registry>, node: NodeId) {
     let registry = registry.clone();
     tokio::task::spawn_blocking(move || {
@@ -370,6 +393,18 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
         );
         return;
     };
+    if peer.is_some() && certificate_ended(&conn, SystemTime::now()) {
+        server.metrics.handshake_failed(
+            HandshakeFailure::CertificateExpired,
+            "resumed with a certificate that has ended",
+            remote,
+        );
+        conn.close(
+            close_code(Some(RejectCode::CertificateExpired)),
+            b"this node's certificate has ended: enroll again",
+        );
+        return;
+    }
     let id = server.links.next_session();
     let mut session = ServerSession::new(id, peer, Instant::now()).with_remote(remote);
     server.links.add_connection(id, conn.clone());
@@ -394,13 +429,14 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             active = Some(server.metrics.session_active());
             node_up(&server, node, session.take_sync());
             // A CA rotation under way: the node gets a certificate of the new CA now.
+            // It counts as moved once it says it stored the certificate.
             if let (Some(msg), Some(send)) = (
                 move_to_next_ca(&server.registry, &server.metrics, &conn, node),
                 control.as_mut(),
             ) {
                 server.metrics.frame("tx");
-                if write_msg(send, &msg).await.is_ok() {
-                    mark_moved(&server.registry, node);
+                if let Err(error) = write_msg(send, &msg).await {
+                    debug!(%error, "send failed");
                 }
             }
             admitted = None;
@@ -805,13 +841,20 @@ async fn flush_actions(
             }
             Action::Renew(node, req) => {
                 let answer = renew(server, conn, node, &req);
-                let signed_by_next = matches!(answer, OrchMsg::Renewed(_))
-                    && server.registry.rotation().next_ca_hash.is_some();
                 server.metrics.frame("tx");
-                match write_msg(send, &answer).await {
-                    Ok(()) if signed_by_next => mark_moved(&server.registry, node),
-                    Ok(()) => {}
-                    Err(error) => debug!(%error, "send failed"),
+                if let Err(error) = write_msg(send, &answer).await {
+                    debug!(%error, "send failed");
+                }
+            }
+            Action::CertificateStored(node, stored) => {
+                let cert = stored.cert_der.as_slice();
+                // The node's word on what it holds is taken as far as it could only hurt
+                // itself: the certificate must be the new CA's and name this node.
+                if server.registry.rotation().next_ca_hash.is_some()
+                    && !server.registry.needs_move(cert)
+                    && node_id_from_cert(cert) == Some(node)
+                {
+                    mark_moved(&server.registry, node);
                 }
             }
             Action::Traffic(node, report) => {

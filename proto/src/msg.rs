@@ -198,6 +198,17 @@ pub enum NodeMsg {
     /// established session, answered by [`OrchMsg::Renewed`] or [`OrchMsg::RenewRefused`].
     /// It names no node: the certificate is for the node the session belongs to.
     Renew(Box<RenewRequest>),
+    /// The certificate of an [`OrchMsg::Renewed`] is stored: the node dials with it from now
+    /// on. During a CA rotation this is what counts the node as moved to the new CA, so that a
+    /// node whose disk refused the certificate is not locked out when the old CA goes.
+    CertificateStored(Box<CertificateStored>),
+}
+
+/// The certificate a node stored, whole: the orchestrator checks who signed it and whom it
+/// names rather than take the node's word.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateStored {
+    pub cert_der: Der,
 }
 
 /// A node's request for a new certificate before its own expires.
@@ -312,6 +323,10 @@ pub enum RejectCode {
     /// Too many nodes are saying hello at once: come back later. The orchestrator sends
     /// [`OrchMsg::Busy`] with how much later before it closes with this code.
     Busy,
+    /// The node's certificate has ended. A full handshake refuses it in TLS already; this
+    /// is the refusal of a resumed TLS session, which checks no certificate. The node must
+    /// enroll again.
+    CertificateExpired,
 }
 
 impl RejectCode {
@@ -324,7 +339,7 @@ impl RejectCode {
     }
 
     /// Every code, in wire order.
-    pub const ALL: [RejectCode; 14] = [
+    pub const ALL: [RejectCode; 15] = [
         Self::UnsupportedVersion,
         Self::BadToken,
         Self::TokenExpired,
@@ -339,6 +354,7 @@ impl RejectCode {
         Self::Timeout,
         Self::IdentityConflict,
         Self::Busy,
+        Self::CertificateExpired,
     ];
 
     /// The QUIC application close code that carries this reject: its position plus one, since
@@ -370,6 +386,7 @@ impl RejectCode {
             Self::Timeout => "timeout",
             Self::IdentityConflict => "identity_conflict",
             Self::Busy => "busy",
+            Self::CertificateExpired => "certificate_expired",
         }
     }
 }

@@ -1409,6 +1409,16 @@ fn golden_bytes_of_busy() {
 }
 
 #[test]
+fn golden_bytes_of_the_expired_certificate_reject() {
+    assert_eq!(hex(&encode(&RejectCode::CertificateExpired)), "000000010e");
+    assert_eq!(RejectCode::CertificateExpired.close_code(), 15);
+    assert!(
+        !RejectCode::CertificateExpired.retryable(),
+        "the same certificate never works again"
+    );
+}
+
+#[test]
 fn a_busy_longer_than_a_u32_is_refused() {
     // A varint of five bytes whose value is past u32::MAX.
     assert!(decode::<OrchMsg>(&[0x08, 0xff, 0xff, 0xff, 0xff, 0x1f]).is_err());
@@ -1584,6 +1594,14 @@ fn golden_bytes_of_renewal() {
         "000000040a023000",
     );
     assert_eq!(
+        hex(&encode(&NodeMsg::CertificateStored(Box::new(
+            CertificateStored {
+                cert_der: Der::new(vec![0x30, 0x01, 0x01]).expect("fits"),
+            }
+        )))),
+        "000000050b03300101",
+    );
+    assert_eq!(
         hex(&encode(&OrchMsg::Renewed(Box::new(Renewed {
             cert_der: Der::new(vec![0x30, 0x01, 0x01]).expect("fits"),
             trust: List::from_iter([
@@ -1629,6 +1647,12 @@ fn hostile_renewals_are_decode_errors() {
     );
     // A refusal reason past the last.
     assert!(decode::<OrchMsg>(&[0x0b, 0x03, 0x00]).is_err());
+    // A stored certificate longer than a DER blob may be, or cut short.
+    let mut body = vec![0x0b];
+    body.extend_from_slice(&[0x81, 0x40]);
+    body.extend(std::iter::repeat_n(0x30, 8193));
+    assert!(decode::<NodeMsg>(&body).is_err());
+    assert!(decode::<NodeMsg>(&[0x0b, 0x03, 0x30, 0x01]).is_err());
     // The largest renewal fits a frame.
     let big = NodeMsg::Renew(Box::new(RenewRequest {
         csr_der: Der::new(vec![0x30; 8192]).expect("fits"),

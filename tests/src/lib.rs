@@ -185,18 +185,7 @@ impl TestOrchestrator {
         identity: &node_daemon::identity::Identity,
     ) -> (quinn::Endpoint, quinn::Connection) {
         let tls = node_daemon::tls::session_config(identity).expect("tls");
-        let endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-        let conn = endpoint
-            .connect_with(
-                tls,
-                self.orch.quic_addr,
-                edge_proto::ORCHESTRATOR_SERVER_NAME,
-            )
-            .expect("connect")
-            .await
-            .expect("handshake");
-        (endpoint, conn)
+        dial(self.orch.quic_addr, tls).await
     }
 
     /// The first instance of workload `name` the API shows running, if any.
@@ -250,6 +239,46 @@ async fn start_at(dir: &Path, quic: SocketAddr) -> Orchestrator {
 }
 
 /// The wall clock in milliseconds since the Unix epoch, as events carry it.
+/// A QUIC connection to the orchestrator at `addr` with `tls`, handshake done, from a new
+/// endpoint on 127.0.0.1 port 0. A caller that keeps `tls` for its next dial keeps its TLS
+/// session tickets, as the node daemon does.
+pub async fn dial(
+    addr: SocketAddr,
+    tls: quinn::ClientConfig,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    let conn = endpoint
+        .connect_with(tls, addr, edge_proto::ORCHESTRATOR_SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (endpoint, conn)
+}
+
+/// Says hello as `node` on a new control stream of `conn`, and reads the first answer.
+pub async fn hello_as(
+    conn: &quinn::Connection,
+    node: edge_proto::NodeId,
+) -> (quinn::SendStream, quinn::RecvStream, edge_proto::OrchMsg) {
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let hello = edge_proto::NodeMsg::Hello(edge_proto::Hello {
+        versions: edge_proto::List::from_iter([1]),
+        intent: edge_proto::Intent::Session,
+        node_id: Some(node),
+        agent: edge_proto::text("by-hand/1"),
+        sync: None,
+    });
+    send.write_all(&edge_proto::encode(&hello))
+        .await
+        .expect("hello");
+    let answer = edge_proto::quic::read_frame(&mut recv)
+        .await
+        .expect("read")
+        .expect("a frame");
+    let answer = edge_proto::decode(&answer).expect("the answer decodes");
+    (send, recv, answer)
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)

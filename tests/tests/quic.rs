@@ -4,7 +4,7 @@
 use edge_proto::quic::read_frame;
 use edge_proto::{Hello, Intent, List, NodeId, NodeMsg, OrchMsg, RejectCode, decode, text};
 use edge_tests::relay::Relay;
-use edge_tests::{PATIENCE, TestNode, TestOrchestrator, eventually, node_config};
+use edge_tests::{PATIENCE, TestNode, TestOrchestrator, dial, eventually, hello_as, node_config};
 use node_core::session::Fatal;
 use node_daemon::daemon::DaemonError;
 use node_daemon::identity::IdentityDir;
@@ -676,4 +676,46 @@ async fn artifacts_are_not_served_without_a_session() {
     };
     assert_eq!(code, Some(u64::from(RejectCode::Malformed.close_code())));
     endpoint.close(0u32.into(), b"");
+}
+
+/// A node that dials again resumes its TLS session: no certificate is sent, signed or checked
+/// either way, and the session is still the node's own, named by the certificate it was first
+/// opened with. A node that kept nothing (a new process) makes a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dials_again_resumes_its_tls_session() {
+    let orch = TestOrchestrator::start().await;
+    let (identity, _data) = orch.enrolled_identity("returning").await;
+    let session = async |tls: quinn::ClientConfig| {
+        let (endpoint, conn) = dial(orch.orch.quic_addr, tls).await;
+        let (_send, _recv, answer) = hello_as(&conn, identity.node_id).await;
+        match answer {
+            OrchMsg::Welcome(w) => assert_eq!(w.node_id, identity.node_id),
+            other => panic!("welcomed, not {other:?}"),
+        }
+        assert!(orch.online("returning"));
+        conn.close(0u32.into(), b"bye");
+        endpoint.wait_idle().await;
+        assert!(
+            eventually(PATIENCE, || !orch.online("returning"))
+                .await
+                .is_some()
+        );
+    };
+    // One configuration for every dial, as the daemon keeps one: it holds the tickets.
+    let (kept, checked) = node_daemon::tls::session_config_counted(&identity).expect("tls");
+    for _ in 0..3 {
+        session(kept.clone()).await;
+    }
+    assert_eq!(
+        checked.count(),
+        1,
+        "the orchestrator's certificate was checked on the first dial only"
+    );
+    let (fresh, fresh_checked) = node_daemon::tls::session_config_counted(&identity).expect("tls");
+    session(fresh).await;
+    assert_eq!(
+        fresh_checked.count(),
+        1,
+        "a new configuration has no ticket"
+    );
 }

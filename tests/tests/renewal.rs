@@ -10,12 +10,13 @@
 
 use edge_proto::quic::read_frame;
 use edge_proto::{
-    Der, Hello, Intent, List, NodeMsg, OrchMsg, RenewRefusal, RenewRequest, decode, text,
+    Der, Hello, Intent, List, NodeMsg, OrchMsg, RejectCode, RenewRefusal, RenewRequest, decode,
+    text,
 };
 use edge_tests::cli::{Edgectl, node_config, run_node};
 use edge_tests::{
-    PATIENCE, Proc, TestNode, TestOrchestrator, alive, binary, eventually, spawn_reading_stderr,
-    start_orchestrator_with,
+    PATIENCE, Proc, TestNode, TestOrchestrator, alive, binary, dial, eventually, hello_as,
+    spawn_reading_stderr, start_orchestrator_with,
 };
 use node_core::renewal::Validity;
 use node_daemon::identity::{IdentityDir, validity};
@@ -216,8 +217,33 @@ async fn a_node_off_past_its_certificates_end_is_told_to_enroll_again() {
     assert!(online(&ctl, "lapsed", PATIENCE).await);
     let (_, v) = stored_certificate(&data_dir(dir.path(), "lapsed")).expect("enrolled");
     drop(node);
+    // A TLS session opened while the certificate held leaves tickets that resume it later
+    // with no certificate checked: the orchestrator checks its end itself.
+    let identity = IdentityDir::new(&data_dir(dir.path(), "lapsed"))
+        .load()
+        .expect("load")
+        .expect("enrolled");
+    let tls = node_daemon::tls::session_config(&identity).expect("tls");
+    let addr: std::net::SocketAddr = quic.parse().expect("QUIC address");
+    {
+        let (endpoint, conn) = dial(addr, tls.clone()).await;
+        let (_send, _recv, answer) = hello_as(&conn, identity.node_id).await;
+        assert!(matches!(answer, OrchMsg::Welcome(_)), "{answer:?}");
+        conn.close(0u32.into(), b"bye");
+        endpoint.wait_idle().await;
+    }
     // TLS compares whole seconds: a second past the end is past it for certain.
     until_past(v.not_after_ms + 2_000).await;
+    let (_endpoint, resumed) = dial(addr, tls).await;
+    match resumed.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
+            RejectCode::from_close_code(c.error_code.into_inner()),
+            Some(RejectCode::CertificateExpired),
+            "{c:?}"
+        ),
+        other => panic!("closed as expired, not {other:?}"),
+    }
+    assert_ne!(ctl.status_of("lapsed").as_deref(), Some("online"));
 
     let mut run = std::process::Command::new(binary("edge-node"));
     run.args(["run", "--config"])
@@ -442,4 +468,87 @@ async fn a_ca_rotation_moves_online_nodes_without_a_reconnect() {
         );
     }
     drop(nodes);
+}
+
+/// During a CA rotation a node counts as moved only once it says it stored its certificate of
+/// the new CA, and only if what it says it stored is one: a node whose disk refused the
+/// certificate must not be locked out when the old CA goes. Claims of garbage, of its old
+/// certificate or of another node's new one change nothing, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_waits_for_each_node_to_store_its_new_certificate() {
+    let orch = TestOrchestrator::start().await;
+    let (node, node_dir) = orch.enrolled_identity("holdout").await;
+    let (other, _other_dir) = orch.enrolled_identity("bystander").await;
+    let (_endpoint, conn) = orch.dial_session(&node).await;
+    let (mut send, mut recv, answer) = hello_as(&conn, node.node_id).await;
+    assert!(matches!(answer, OrchMsg::Welcome(_)), "{answer:?}");
+
+    let (status, body) = orch.api("POST", "/v1/ca/rotate", None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut next_renewed = async || loop {
+        let body = read_frame(&mut recv).await.expect("read").expect("a frame");
+        if let OrchMsg::Renewed(r) = decode::<OrchMsg>(&body).expect("decodes") {
+            return r;
+        }
+    };
+    // Online, so it is sent a certificate of the new CA at once, unasked.
+    let moved_to = next_renewed().await.cert_der;
+    let next_ca = orch
+        .orch
+        .registry
+        .rotation()
+        .next_ca_hash
+        .expect("rotating");
+
+    let stored = |cert: Der| {
+        edge_proto::encode(&NodeMsg::CertificateStored(Box::new(
+            edge_proto::CertificateStored { cert_der: cert },
+        )))
+    };
+    // The bystander's certificate of the new CA, as a hostile node could have it.
+    let bystanders = orch
+        .orch
+        .registry
+        .signer()
+        .reissue(&other.cert, other.node_id, std::time::SystemTime::now())
+        .expect("reissued");
+    for claim in [
+        Der::new(vec![0x30, 0x82, 0xff, 0xff]).expect("fits"),
+        Der::new(node.cert.to_vec()).expect("fits"),
+        Der::new(bystanders.to_vec()).expect("fits"),
+    ] {
+        send.write_all(&stored(claim)).await.expect("send");
+    }
+    // A renewal after the claims is answered after them: they have been handled.
+    let key = IdentityDir::new(node_dir.path()).key_pair().expect("key");
+    send.write_all(&edge_proto::encode(&NodeMsg::Renew(Box::new(
+        RenewRequest {
+            csr_der: csr(&key, "holdout"),
+        },
+    ))))
+    .await
+    .expect("send");
+    next_renewed().await;
+    let (_, ca) = orch.api("GET", "/v1/ca", None).await;
+    assert_eq!(ca["next_ca_hash"], next_ca, "still rotating: {ca}");
+    assert!(
+        ca["waiting_for"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|n| n == "holdout")),
+        "the holdout is not moved by what it never stored: {ca}"
+    );
+    assert!(conn.close_reason().is_none(), "the session went on");
+
+    // It stores what it was sent and says so: moved. The bystander, offline, still holds
+    // the rotation in its overlap.
+    send.write_all(&stored(moved_to)).await.expect("send");
+    let mut ca = serde_json::Value::Null;
+    let moved = eventually(PATIENCE, || {
+        ca = orch.orch.registry.rotation().waiting_for.into();
+        ca.as_array()
+            .is_some_and(|w| w.iter().all(|n| n != "holdout"))
+    })
+    .await;
+    assert!(moved.is_some(), "moved once stored: {ca}");
+    assert_eq!(ca, serde_json::json!(["bystander"]));
 }

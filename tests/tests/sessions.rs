@@ -4,11 +4,13 @@
 
 use edge_proto::quic::read_frame;
 use edge_proto::{
-    EventBatch, EventGap, EventKind, Hello, Intent, List, NodeEvent, NodeMsg, OrchMsg, Unassign,
-    WorkloadReport, WorkloadState, decode, text,
+    EventBatch, EventGap, EventKind, List, NodeEvent, NodeMsg, OrchMsg, Unassign, WorkloadReport,
+    WorkloadState, decode, text,
 };
 use edge_tests::relay::Relay;
-use edge_tests::{PATIENCE, TestNode, TestOrchestrator, copy_identity, eventually, node_config};
+use edge_tests::{
+    PATIENCE, TestNode, TestOrchestrator, copy_identity, eventually, hello_as, node_config,
+};
 use node_daemon::identity::Identity;
 use node_daemon::status::State;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -289,7 +291,7 @@ async fn crafted_handshake_close_reasons_never_reach_the_metrics() {
         .filter(|l| l.starts_with("edge_handshake_failures_total{"))
         .collect();
     assert!(
-        !series.is_empty() && series.len() <= 10,
+        !series.is_empty() && series.len() <= orchestrator::metrics::HandshakeFailure::ALL.len(),
         "handshake failures fall into a few fixed reasons: {series:?}"
     );
     // Every series of the fixed set is there from the start; only ours has counted.
@@ -333,22 +335,8 @@ async fn raw_session(
     quinn::RecvStream,
 ) {
     let (endpoint, conn) = orch.dial_session(identity).await;
-    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
-    let hello = NodeMsg::Hello(Hello {
-        versions: List::from_iter([1]),
-        intent: Intent::Session,
-        node_id: Some(identity.node_id),
-        agent: text("trickle/1"),
-        sync: None,
-    });
-    send.write_all(&edge_proto::encode(&hello))
-        .await
-        .expect("hello");
-    let welcome = read_frame(&mut recv).await.expect("read").expect("a frame");
-    assert!(matches!(
-        decode::<OrchMsg>(&welcome),
-        Ok(OrchMsg::Welcome(_))
-    ));
+    let (send, recv, welcome) = hello_as(&conn, identity.node_id).await;
+    assert!(matches!(welcome, OrchMsg::Welcome(_)), "{welcome:?}");
     (endpoint, conn, send, recv)
 }
 

@@ -354,7 +354,8 @@ impl Sim {
             | server::Action::ProxyAdvert(..)
             | server::Action::Traffic(..)
             | server::Action::StoreEvents(..)
-            | server::Action::Renew(..) => {}
+            | server::Action::Renew(..)
+            | server::Action::CertificateStored(..) => {}
         }
     }
 

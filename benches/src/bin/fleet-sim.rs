@@ -18,6 +18,9 @@
 //! backoff (250 ms doubling to 30 s, full jitter). It reports each node's time from the drop
 //! to its `Welcome`, the Busy answers, and the orchestrator's CPU seconds until the whole fleet
 //! was back. Run it against `serve --admit-per-sec 0` and the default to see what pacing does.
+//! Each node keeps its TLS configuration from one dial to the next, as the daemon does, so it
+//! resumes its TLS session; `--no-resumption` gives it a new one for every dial (every
+//! handshake full), to see what resumption saves.
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -72,6 +75,10 @@ struct Args {
     /// How long the fleet may take to come back after the storm's drop.
     #[arg(long, default_value_t = 300)]
     storm_timeout_secs: u64,
+    /// In the storm, dial every session with a new TLS configuration: no TLS session is
+    /// resumed, every handshake is full.
+    #[arg(long)]
+    no_resumption: bool,
 }
 
 /// What one node's way back after the storm's drop took.
@@ -87,6 +94,8 @@ struct Returned {
     early: u32,
     /// Why the other attempts failed, as the error's first line says, cut to 60 characters.
     why: Vec<String>,
+    /// UDP payload bytes, both ways, of the connection that came back, up to its `Welcome`.
+    bytes: u64,
 }
 
 /// A uniformly random `u64` from a seed: a simulated node draws its jitter from its index and
@@ -114,7 +123,7 @@ async fn come_back(
     i: usize,
     endpoint: &quinn::Endpoint,
     kit: &sim::Kit,
-    identity: &(edge_proto::NodeId, Vec<u8>, Vec<u8>),
+    identity: &Identity,
     caps: &edge_proto::Capabilities,
     dropped: Instant,
     timeout: Duration,
@@ -125,6 +134,7 @@ async fn come_back(
         failed: 0,
         early: 0,
         why: Vec::new(),
+        bytes: 0,
     };
     let seed = (i as u64) << 20;
     let mut attempt = 0u64;
@@ -141,10 +151,19 @@ async fn come_back(
             back.early += 1;
         }
         attempt += 1;
-        let (node_id, cert, ca) = identity;
-        match sim::open_session(endpoint, kit, *node_id, cert.clone(), ca.clone(), caps).await {
+        let tls = match &identity.fresh {
+            None => Ok(identity.tls.clone()),
+            Some((cert, ca)) => sim::session_tls(kit, identity.node_id, cert.clone(), ca.clone()),
+        };
+        let dialed = match tls {
+            Ok(tls) => sim::open_session(endpoint, kit, identity.node_id, tls, caps).await,
+            Err(e) => Err(e),
+        };
+        match dialed {
             Ok(session) => {
                 back.took = Some(dropped.elapsed());
+                let stats = session.conn.stats();
+                back.bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
                 return (Some(session), back);
             }
             Err(e) => match e.downcast_ref::<sim::Busy>() {
@@ -167,6 +186,16 @@ async fn come_back(
             },
         }
     }
+}
+
+/// How a simulated node dials its sessions again.
+struct Identity {
+    node_id: edge_proto::NodeId,
+    /// Kept from one dial to the next, with its TLS session tickets.
+    tls: quinn::ClientConfig,
+    /// With `--no-resumption`: the certificate and CA to build a new configuration from for
+    /// every dial.
+    fresh: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A dial that took this long most likely lost a packet and waited for a retransmit: quinn's
@@ -222,6 +251,7 @@ async fn run_node(
     mut stop: watch::Receiver<bool>,
     mut storm: watch::Receiver<Option<(Instant, Duration)>>,
     returned: mpsc::UnboundedSender<Returned>,
+    no_resumption: bool,
 ) {
     let caps = fixtures::capabilities(&name);
     let started = sim::join(i, &name, source, &kit, &gate, &caps).await;
@@ -243,11 +273,12 @@ async fn run_node(
                 enroll: node.enroll,
                 session: node.session_open,
             }));
-            (
-                node.endpoint,
-                node.session,
-                (node.node_id, node.cert, node.ca),
-            )
+            let identity = Identity {
+                node_id: node.node_id,
+                tls: node.tls,
+                fresh: no_resumption.then_some((node.cert, node.ca)),
+            };
+            (node.endpoint, node.session, identity)
         }
         Err(e) => {
             let _ = joined.send(Err(e));
@@ -363,6 +394,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             stop_rx.clone(),
             storm_rx.clone(),
             returned_tx.clone(),
+            args.no_resumption,
         ));
     }
     drop(joined_tx);
@@ -692,6 +724,21 @@ impl Storm {
         for (w, n) in why.iter().take(4) {
             println!("  {n} x {w}");
         }
+        let bytes: Vec<u64> = self
+            .back
+            .iter()
+            .filter(|r| r.took.is_some())
+            .map(|r| r.bytes)
+            .collect();
+        let mean_bytes = bytes.iter().sum::<u64>() / (bytes.len().max(1) as u64);
+        println!(
+            "bytes of the connection that came back, both ways, to its Welcome: mean {mean_bytes} ({})",
+            if args.no_resumption {
+                "every handshake full"
+            } else {
+                "TLS sessions resumed where the orchestrator takes the ticket"
+            }
+        );
         println!(
             "UDP datagrams dropped for a full receive buffer: {} of {} received",
             self.udp_drops, self.udp_in
@@ -715,6 +762,7 @@ impl Storm {
         println!("metric storm.busy {busy}");
         println!("metric storm.failed {failed}");
         println!("metric storm.early {early}");
+        println!("metric storm.bytes_per_reconnect {mean_bytes}");
         for (k, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)] {
             if let Some(v) = pct(p) {
                 println!("metric storm.online_{k}_ms {:.1}", v.as_secs_f64() * 1e3);

@@ -85,6 +85,9 @@ pub enum Action {
     /// `OrchMsg::Renewed` or `OrchMsg::RenewRefused`. Nothing is stored: the node's record
     /// is what makes any of its certificates good, and deleting it ends them all.
     Renew(NodeId, Box<edge_proto::RenewRequest>),
+    /// `node` stored the certificate of an `OrchMsg::Renewed`: during a CA rotation, count it
+    /// as moved if that certificate is the new CA's and names it.
+    CertificateStored(NodeId, Box<edge_proto::CertificateStored>),
 }
 
 /// Operator-facing outcomes of a connection. See `events` for the log lines and metrics.
@@ -353,6 +356,10 @@ impl ServerSession {
                     );
                 }
                 self.actions.push_back(Action::Renew(node, req));
+            }
+            (State::Established { node }, NodeMsg::CertificateStored(stored)) => {
+                self.actions
+                    .push_back(Action::CertificateStored(node, stored));
             }
             (_, other) => self.reject(
                 RejectCode::Malformed,
@@ -653,6 +660,7 @@ fn kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::Traffic(_) => "traffic report",
         NodeMsg::Events(_) => "events",
         NodeMsg::Renew(_) => "renewal",
+        NodeMsg::CertificateStored(_) => "certificate stored",
     }
 }
 

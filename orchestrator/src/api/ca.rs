@@ -43,11 +43,11 @@ async fn rotate(
         let Some(conn) = state.links.connection(node) else {
             continue;
         };
-        let moved = crate::server::move_to_next_ca(&state.registry, &state.metrics, &conn, node);
-        if let Some(msg) = moved
-            && state.links.send(node, msg)
+        // It counts as moved once it says it stored the certificate.
+        if let Some(msg) =
+            crate::server::move_to_next_ca(&state.registry, &state.metrics, &conn, node)
         {
-            crate::server::mark_moved(&state.registry, node);
+            state.links.send(node, msg);
         }
     }
     Ok(Json(state.registry.rotation()))
