@@ -31,6 +31,9 @@ async fn rotate(
         .await
         .map_err(internal)?
         .map_err(internal)?;
+    // The answer is the rotation as it started: the moves below may finish it before this
+    // returns, and the caller asked to start one.
+    let started = state.registry.rotation();
     let online: Vec<_> = {
         let fleet = state.registry.fleet();
         fleet
@@ -50,5 +53,5 @@ async fn rotate(
             state.links.send(node, msg);
         }
     }
-    Ok(Json(state.registry.rotation()))
+    Ok(Json(started))
 }
