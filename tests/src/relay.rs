@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Counters and the switch shared with the relay task.
 #[derive(Debug, Default)]
@@ -40,7 +42,9 @@ impl Link {
     pub fn lossy(&self, percent: u32) {
         self.loss_percent.store(percent.min(100), Ordering::SeqCst);
     }
-    /// Holds every datagram `delay` before passing it on (zero: passes at once).
+    /// Holds every datagram `delay` before passing it on (zero: passes at once). Held
+    /// datagrams keep their order, as on a real link: QUIC cannot open a packet that
+    /// overtakes the one carrying its keys, and reordering would cost a retransmit.
     pub fn delay(&self, delay: Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.delay_ms.store(ms, Ordering::SeqCst);
@@ -97,6 +101,7 @@ impl Relay {
 }
 
 async fn run(front: Arc<UdpSocket>, target: SocketAddr, link: Arc<Link>) {
+    let delayed = delay_line();
     let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -120,7 +125,7 @@ async fn run(front: Arc<UdpSocket>, target: SocketAddr, link: Arc<Link>) {
         };
         link.up_bytes.fetch_add(n as u64, Ordering::SeqCst);
         link.up_packets.fetch_add(1, Ordering::SeqCst);
-        forward(&link, upstream, buf[..n].to_vec(), target).await;
+        forward(&link, &delayed, upstream, buf[..n].to_vec(), target).await;
     }
 }
 
@@ -130,6 +135,7 @@ async fn back(
     client: SocketAddr,
     link: Arc<Link>,
 ) {
+    let delayed = delay_line();
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, _)) = upstream.recv_from(&mut buf).await else {
@@ -140,22 +146,41 @@ async fn back(
         }
         link.down_bytes.fetch_add(n as u64, Ordering::SeqCst);
         link.down_packets.fetch_add(1, Ordering::SeqCst);
-        forward(&link, front.clone(), buf[..n].to_vec(), client).await;
+        forward(&link, &delayed, front.clone(), buf[..n].to_vec(), client).await;
     }
 }
 
-/// Sends `datagram` from `socket` to `to`, at once or after the link's delay (in a task of
-/// its own, so later datagrams are not held behind it).
-async fn forward(link: &Link, socket: Arc<UdpSocket>, datagram: Vec<u8>, to: SocketAddr) {
+/// A datagram held until `.0`, then sent from `.1` to `.3`.
+type Held = (Instant, Arc<UdpSocket>, Vec<u8>, SocketAddr);
+
+/// One direction's held datagrams, sent in the order they came, each at its time: a task
+/// that ends when the direction's loop does.
+fn delay_line() -> mpsc::UnboundedSender<Held> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Held>();
+    tokio::spawn(async move {
+        while let Some((at, socket, datagram, to)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            let _ = socket.send_to(&datagram, to).await;
+        }
+    });
+    tx
+}
+
+/// Sends `datagram` from `socket` to `to`, at once or, through `delayed`, after the link's
+/// delay (and never before a datagram held before it, should the delay have shrunk).
+async fn forward(
+    link: &Link,
+    delayed: &mpsc::UnboundedSender<Held>,
+    socket: Arc<UdpSocket>,
+    datagram: Vec<u8>,
+    to: SocketAddr,
+) {
     match link.held() {
         None => {
             let _ = socket.send_to(&datagram, to).await;
         }
         Some(delay) => {
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = socket.send_to(&datagram, to).await;
-            });
+            let _ = delayed.send((Instant::now() + delay, socket, datagram, to));
         }
     }
 }
