@@ -147,8 +147,8 @@ pub fn server_config_for(
         .map_err(|e| EndpointError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // A node that comes back resumes its TLS session: no certificate is sent, signed or
-    // verified again, which is most of a handshake's cost (benches/RESULTS.md, "Reconnect
-    // cost"). The tickets are stateless, sealed with a key this config alone holds: the
+    // verified again, which makes a storm cheaper (benches/RESULTS.md, "Reconnect cost").
+    // The tickets are stateless, sealed with a key this config alone holds: the
     // orchestrator keeps nothing per node, and a new config (a restart, a CA rotation) sends
     // every node through a full handshake once. A resumed session checks no certificate, so
     // `run_connection` checks its end itself. No 0-RTT: a hello in early data can be replayed.
