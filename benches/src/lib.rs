@@ -12,7 +12,35 @@ pub mod procfs;
 pub mod sim;
 pub mod stats;
 
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// A tool's `main`: runs `body` on a multi-threaded runtime (of `worker_threads`, or one per
+/// core) and turns an error into `NAME: error` on stderr and a failing exit code.
+pub fn run_tool(
+    name: &str,
+    worker_threads: Option<usize>,
+    body: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Waits between two looks at something that sends no notification: a thread's or a
 /// process's `/proc` entry, a table in the orchestrator's memory.

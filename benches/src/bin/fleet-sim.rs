@@ -773,21 +773,5 @@ impl Storm {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fleet-sim: starting the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fleet-sim: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    edge_benches::run_tool("fleet-sim", None, run(args))
 }

@@ -317,22 +317,5 @@ async fn detection(
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("liveness-cost: starting the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("liveness-cost: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    edge_benches::run_tool("liveness-cost", Some(2), run(args))
 }

@@ -55,21 +55,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     edge_shell::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("orchestrator-tuned: starting the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("orchestrator-tuned: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    edge_benches::run_tool("orchestrator-tuned", None, run(args))
 }

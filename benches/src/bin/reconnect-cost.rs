@@ -196,21 +196,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("reconnect-cost: starting the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("reconnect-cost: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    edge_benches::run_tool("reconnect-cost", None, run(args))
 }
