@@ -381,29 +381,26 @@ pub fn mark_moved(registry: &Arc<Registry>, node: NodeId) {
 
 async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
     let remote = conn.remote_address();
+    // Refused before any session: counted as a failed handshake, closed with its reject.
+    let refuse = |failure, detail: &str, code, reason: &[u8]| {
+        server.metrics.handshake_failed(failure, detail, remote);
+        conn.close(close_code(Some(code)), reason);
+    };
     let Ok(peer) = peer_node_id(&conn) else {
-        server.metrics.handshake_failed(
+        return refuse(
             HandshakeFailure::NoNodeInCertificate,
             "certificate names no node",
-            remote,
-        );
-        conn.close(
-            close_code(Some(RejectCode::UnknownNode)),
+            RejectCode::UnknownNode,
             b"certificate names no node",
         );
-        return;
     };
     if peer.is_some() && certificate_ended(&conn, SystemTime::now()) {
-        server.metrics.handshake_failed(
+        return refuse(
             HandshakeFailure::CertificateExpired,
             "resumed with a certificate that has ended",
-            remote,
-        );
-        conn.close(
-            close_code(Some(RejectCode::CertificateExpired)),
+            RejectCode::CertificateExpired,
             b"this node's certificate has ended: enroll again",
         );
-        return;
     }
     let id = server.links.next_session();
     let mut session = ServerSession::new(id, peer, Instant::now()).with_remote(remote);

@@ -210,12 +210,7 @@ async fn raw_exchange(
     bytes: &[u8],
     finish: bool,
 ) -> (Vec<OrchMsg>, Option<u64>) {
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let conn = endpoint
-        .connect_with(tls, addr, edge_proto::ORCHESTRATOR_SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (endpoint, conn) = dial(addr, tls).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     send.write_all(bytes).await.expect("write");
     if finish {
