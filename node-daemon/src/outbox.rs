@@ -56,7 +56,8 @@ pub struct Summary {
     pub metrics: usize,
     pub used_bytes: u64,
     pub budget_bytes: u64,
-    /// When the oldest record still to send happened (ms since the Unix epoch).
+    /// When the first record still to send (by sequence number) happened, in ms since the
+    /// Unix epoch.
     pub oldest_at_ms: Option<u64>,
     pub next_seq: u64,
     pub metrics_downsampled: u64,
@@ -174,7 +175,7 @@ impl EventOutbox {
             metrics: o.waiting(Class::Metric),
             used_bytes: o.used(),
             budget_bytes: o.budget(),
-            oldest_at_ms: o.records().map(|r| r.at_ms).min(),
+            oldest_at_ms: o.first().map(|r| r.at_ms),
             next_seq: o.next_seq(),
             metrics_downsampled: shed.metrics_downsampled,
             status_coalesced: shed.status_coalesced,

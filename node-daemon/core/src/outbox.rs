@@ -43,6 +43,10 @@ pub enum Class {
 
 impl Class {
     pub const ALL: [Class; 3] = [Class::Event, Class::Status, Class::Metric];
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// One stored record.
@@ -135,6 +139,9 @@ pub struct Outbox {
     used: u64,
     next_seq: u64,
     records: BTreeMap<u64, Record>,
+    /// How many of `records` are of each class, by [`Class::index`]: asked on every status
+    /// read, which must not walk a queue of 100,000.
+    counts: [usize; 3],
     /// Sent on the current connection and not acknowledged yet.
     in_flight: BTreeSet<u64>,
     gaps: Vec<Gap>,
@@ -153,6 +160,7 @@ impl Outbox {
             used: 0,
             next_seq: next_seq.max(1),
             records: BTreeMap::new(),
+            counts: [0; 3],
             in_flight: BTreeSet::new(),
             gaps: Vec::new(),
             shed: Shed::default(),
@@ -175,7 +183,11 @@ impl Outbox {
         for record in records {
             outbox.next_seq = outbox.next_seq.max(record.seq + 1);
             outbox.used += record.cost();
-            outbox.records.insert(record.seq, record);
+            outbox.counts[record.class.index()] += 1;
+            if let Some(old) = outbox.records.insert(record.seq, record) {
+                outbox.used -= old.cost();
+                outbox.counts[old.class.index()] -= 1;
+            }
         }
         let removed = outbox.make_room(0);
         (outbox, removed)
@@ -205,6 +217,7 @@ impl Outbox {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.used += cost;
+        self.counts[class.index()] += 1;
         self.records.insert(
             seq,
             Record {
@@ -230,6 +243,9 @@ impl Outbox {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         for class in Class::ALL {
+            if self.counts[class.index()] == 0 {
+                continue;
+            }
             for record in self.records.values().filter(|r| r.class == class) {
                 if self.in_flight.contains(&record.seq) {
                     continue;
@@ -259,6 +275,7 @@ impl Outbox {
             self.in_flight.remove(&seq);
             if let Some(record) = self.records.remove(&seq) {
                 self.used -= record.cost();
+                self.counts[record.class.index()] -= 1;
                 gone.push(seq);
             }
         }
@@ -355,7 +372,12 @@ impl Outbox {
 
     /// How many records of `class` wait.
     pub fn waiting(&self, class: Class) -> usize {
-        self.records.values().filter(|r| r.class == class).count()
+        self.counts[class.index()]
+    }
+
+    /// The record that has waited longest: the first by sequence number.
+    pub fn first(&self) -> Option<&Record> {
+        self.records.values().next()
     }
 
     /// Sheds until `incoming` more bytes fit, by the steps of the module docs; returns what
@@ -430,6 +452,7 @@ impl Outbox {
     fn remove(&mut self, seq: u64, removed: &mut Vec<u64>) {
         if let Some(record) = self.records.remove(&seq) {
             self.used -= record.cost();
+            self.counts[record.class.index()] -= 1;
             self.in_flight.remove(&seq);
             removed.push(seq);
         }

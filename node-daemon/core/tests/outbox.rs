@@ -321,6 +321,10 @@ proptest! {
             }
             prop_assert!(outbox.used() <= outbox.budget());
             prop_assert_eq!(outbox.used(), outbox.records().map(Record::cost).sum::<u64>());
+            for class in Class::ALL {
+                let counted = outbox.records().filter(|r| r.class == class).count();
+                prop_assert_eq!(outbox.waiting(class), counted, "{:?} counted as it is held", class);
+            }
             let shed = outbox.shed();
             let given = outbox.next_seq() - 1;
             prop_assert_eq!(
