@@ -190,6 +190,8 @@ pub async fn run_with(
     )
     .with_runtime(RuntimeInfo {
         limits: limits_kind,
+        // Containers come with the `oci` driver's runtime detection.
+        container_runtimes: Default::default(),
     });
     // When to renew the certificate: decided by the core, on the orchestrator's clock.
     let mut renewal = identity.as_ref().and_then(|i| renewal_of(&board, &i.cert));

@@ -142,9 +142,18 @@ fn refusal_reason(why: &Rejection) -> &'static str {
         Rejection::MemoryBudget { .. } => "memory_budget",
         Rejection::MemoryNow { .. } => "memory_now",
         Rejection::Disk { .. } => "disk",
+        Rejection::NoContainerRuntime => "no_container_runtime",
+        Rejection::NoPlatform { .. } => "no_platform",
     }
 }
-const REFUSAL_REASONS: [&str; 4] = ["memory_budget", "memory_now", "disk", "no_space"];
+const REFUSAL_REASONS: [&str; 6] = [
+    "memory_budget",
+    "memory_now",
+    "disk",
+    "no_space",
+    "no_container_runtime",
+    "no_platform",
+];
 
 /// The `reason` of a failed artifact fetch.
 fn fetch_failure(e: &FetchError) -> &'static str {

@@ -17,7 +17,7 @@ use crate::supervisor::{
     SupervisorError, SupervisorOptions, WorkloadSpec,
 };
 use edge_proto::{AdmissionReply, Assignment, NodeMsg, WorkloadReport, WorkloadState, text};
-use node_core::admission::{Admission, Measured, Request, Reserve};
+use node_core::admission::{Admission, Measured, Request, Reserve, container_platform};
 use node_core::backoff::{Backoff, BackoffPolicy};
 use std::collections::HashMap;
 use std::path::Path;
@@ -247,7 +247,15 @@ impl Workloads {
             download_bytes: self.cache.missing_bytes(&a.artifact, a.artifact_size),
         };
         let running = self.supervisor.status(&name).is_some();
-        let verdict = {
+        // A container needs a runtime and its image's platform for this node before
+        // anything else is weighed. This node does not run containers yet.
+        let container = match &a.image {
+            Some(image) => container_platform(image, std::env::consts::ARCH, &[]).map(|_| ()),
+            None => Ok(()),
+        };
+        let verdict = if let Err(why) = container {
+            Err(why)
+        } else {
             let mut book = self.book();
             book.op(&name);
             let known = book.generations.get(&name).copied();
@@ -692,6 +700,7 @@ mod tests {
             ])
             .expect("fits"),
             scale_to_zero_idle_secs: Some(120),
+            image: None,
         };
         let spec = spec_for(&a, Path::new("/var/lib/edge-node/artifacts/x"), &[]);
         assert_eq!(spec.validate(), Ok(()));
@@ -732,6 +741,7 @@ mod tests {
         let bare = Assignment {
             expose: Default::default(),
             scale_to_zero_idle_secs: None,
+            image: None,
             ..a
         };
         let spec = spec_for(&bare, Path::new("/bin/true"), &[]);

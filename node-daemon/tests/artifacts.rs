@@ -588,6 +588,7 @@ async fn an_assignment_whose_artifact_cannot_fit_is_refused_to_the_orchestrator(
         health: None,
         expose: Default::default(),
         scale_to_zero_idle_secs: None,
+        image: None,
     };
     let earlier = Measured {
         memory_total: 1 << 40,

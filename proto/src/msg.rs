@@ -570,9 +570,16 @@ pub enum LimitsKind {
     Rlimit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeInfo {
     pub limits: LimitsKind,
+    /// The OCI runtimes the node can run containers with (`runc`, `crun`), best first; empty:
+    /// no containers here.
+    pub container_runtimes: List<Text<16>, { RuntimeInfo::MAX_RUNTIMES }>,
+}
+
+impl RuntimeInfo {
+    pub const MAX_RUNTIMES: usize = 4;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -630,6 +637,36 @@ pub struct Assignment {
     /// Stop the instance after this long without a request through the proxy, and start it
     /// again on the next one. `None`: it runs all the time.
     pub scale_to_zero_idle_secs: Option<u32>,
+    /// A container (`driver = "oci"`): `artifact` is then the image's digest, and this what
+    /// the orchestrator learnt of each of its platforms when it was pushed. `None`: `artifact`
+    /// is an executable.
+    pub image: Option<Image>,
+}
+
+/// A container image as a node needs it to decide and to fetch: one entry per architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub platforms: Seq<ImagePlatform, { Image::MAX_PLATFORMS }>,
+}
+
+impl Image {
+    /// The most platforms an image carries.
+    pub const MAX_PLATFORMS: usize = 8;
+}
+
+/// One platform of an image: a node whose architecture is `arch` fetches `manifest` (by its
+/// digest, like any artifact), then the config and layers it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlatform {
+    /// The node's name for it: `x86_64`, `aarch64`, `arm`.
+    pub arch: Text<16>,
+    /// sha256 of the platform's manifest.
+    pub manifest: [u8; 32],
+    pub manifest_size: u64,
+    /// The config and the compressed layers: the most the node downloads.
+    pub download_bytes: u64,
+    /// The layers unpacked: the most the node's layer cache grows by.
+    pub unpacked_bytes: u64,
 }
 
 impl Assignment {

@@ -402,6 +402,7 @@ fn assignment() -> Assignment {
         ])
         .expect("fits"),
         scale_to_zero_idle_secs: Some(300),
+        image: None,
     }
 }
 
@@ -412,13 +413,41 @@ fn golden_bytes_of_workload_messages() {
         (
             encode(&OrchMsg::Assign(Box::new(assignment()))),
             concat!(
-                "00000096030568656c6c6f05312e302e30031111111111111111111111111111111111111111111111",
+                "00000097030568656c6c6f05312e302e30031111111111111111111111111111111111111111111111",
                 "1111111111111111118080c00202062d2d706f7274043830383001084752454554494e470268690001",
                 "fa01018080801000000100903f082f6865616c74687a05020103",
                 // expose: two routes, then scale_to_zero_idle_secs = Some(300).
                 "02903f010c73686f702e6578616d706c6501042f617069641e020180a30500",
                 "913f0001012f000100000001",
+                // scale_to_zero_idle_secs = Some(300), then no image.
+                "01ac0200",
+            ),
+        ),
+        (
+            encode(&OrchMsg::Assign(Box::new(Assignment {
+                image: Some(Image {
+                    platforms: Seq::new(vec![ImagePlatform {
+                        arch: text("aarch64"),
+                        manifest: [0x22; 32],
+                        manifest_size: 529,
+                        download_bytes: 1_048_576,
+                        unpacked_bytes: 2_097_152,
+                    }])
+                    .expect("fits"),
+                }),
+                ..assignment()
+            }))),
+            concat!(
+                "000000c9030568656c6c6f05312e302e30031111111111111111111111111111111111111111111111",
+                "1111111111111111118080c00202062d2d706f7274043830383001084752454554494e470268690001",
+                "fa01018080801000000100903f082f6865616c74687a05020103",
+                "02903f010c73686f702e6578616d706c6501042f617069641e020180a30500",
+                "913f0001012f000100000001",
                 "01ac02",
+                // image: one platform, aarch64, its manifest's digest and size, the download
+                // and the unpacked bytes.
+                "010107616172636836342222222222222222222222222222222222222222222222222222222222222222",
+                "910480804080808001",
             ),
         ),
         (
@@ -444,8 +473,10 @@ fn golden_bytes_of_workload_messages() {
         (
             encode(&NodeMsg::Runtime(RuntimeInfo {
                 limits: LimitsKind::CgroupV1,
+                container_runtimes: [text("runc")].into_iter().collect(),
             })),
-            "000000020401",
+            // cgroup v1, then one runtime: runc.
+            "000000080401010472756e63",
         ),
     ];
     for (bytes, want) in cases {
@@ -496,12 +527,13 @@ fn routes_over_their_bounds_are_refused() {
     );
 
     // Seventeen routes where sixteen fit: an assignment without routes ends in their count
-    // (0) and no scale to zero (0); the count and the routes are spliced in there.
+    // (0), no scale to zero (0) and no image (0); the count and the routes are spliced in
+    // there.
     let mut bare = assignment();
     bare.expose = Seq::default();
     bare.scale_to_zero_idle_secs = None;
     let bare = encode(&OrchMsg::Assign(Box::new(bare)));
-    let head = &bare[4..bare.len() - 2];
+    let head = &bare[4..bare.len() - 3];
     let route = encode(&assignment().expose.as_slice()[1]);
     let with_routes = |n: u8| {
         let mut body = head.to_vec();
@@ -509,7 +541,7 @@ fn routes_over_their_bounds_are_refused() {
         for _ in 0..n {
             body.extend(&route[4..]);
         }
-        body.push(0);
+        body.extend([0, 0]);
         body
     };
     let sixteen = u8::try_from(Assignment::MAX_EXPOSE).expect("small");

@@ -62,6 +62,32 @@ pub enum Rejection {
     MemoryNow { want: u64, free: u64 },
     #[error("not enough disk: wants {want} B (incl. download), {free} B free")]
     Disk { want: u64, free: u64 },
+    /// A container, and the node found no OCI runtime (runc or crun) to run it with.
+    #[error("no container runtime on this node: install runc or crun, or name one in the config")]
+    NoContainerRuntime,
+    /// A container whose image has no platform for this node's architecture.
+    #[error("the image has no platform for this node's architecture ({arch})")]
+    NoPlatform { arch: String },
+}
+
+/// The platform of `image` this node runs: its own architecture's, if it has a container
+/// runtime at all. Checked before anything else of a container's assignment.
+pub fn container_platform<'a>(
+    image: &'a edge_proto::Image,
+    arch: &str,
+    runtimes: &[&str],
+) -> Result<&'a edge_proto::ImagePlatform, Rejection> {
+    if runtimes.is_empty() {
+        return Err(Rejection::NoContainerRuntime);
+    }
+    image
+        .platforms
+        .as_slice()
+        .iter()
+        .find(|p| p.arch.as_str() == arch)
+        .ok_or_else(|| Rejection::NoPlatform {
+            arch: arch.chars().take(16).collect(),
+        })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -192,6 +218,34 @@ mod tests {
     }
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_container_needs_a_runtime_and_its_own_platform() {
+        let platform = |arch: &str| edge_proto::ImagePlatform {
+            arch: edge_proto::text(arch),
+            manifest: [7; 32],
+            manifest_size: 400,
+            download_bytes: MIB,
+            unpacked_bytes: 2 * MIB,
+        };
+        let image = edge_proto::Image {
+            platforms: edge_proto::Seq::new(vec![platform("x86_64"), platform("aarch64")])
+                .expect("fits"),
+        };
+        assert_eq!(
+            container_platform(&image, "aarch64", &["runc"]).map(|p| p.arch.as_str()),
+            Ok("aarch64")
+        );
+        assert_eq!(
+            container_platform(&image, "aarch64", &[]),
+            Err(Rejection::NoContainerRuntime)
+        );
+        let err = container_platform(&image, "arm", &["crun"]).expect_err("no arm platform");
+        assert_eq!(
+            err.to_string(),
+            "the image has no platform for this node's architecture (arm)"
+        );
+    }
 
     fn pi() -> Measured {
         Measured {

@@ -313,7 +313,7 @@ impl NodeSession {
                 self.caps_sent = None;
                 self.state = State::Established { next_status: now };
                 self.send_caps_if_changed();
-                if let Some(runtime) = self.runtime {
+                if let Some(runtime) = self.runtime.clone() {
                     self.send(NodeMsg::Runtime(runtime));
                 }
                 // Report load at once, then every interval.
@@ -556,9 +556,11 @@ mod tests {
     #[test]
     fn runtime_follows_every_welcome_and_assignments_reach_the_shell() {
         let t0 = Instant::now();
-        let mut s = enrolled(2, t0).with_runtime(RuntimeInfo {
+        let runtime = RuntimeInfo {
             limits: edge_proto::LimitsKind::CgroupV2,
-        });
+            container_runtimes: [text("crun"), text("runc")].into_iter().collect(),
+        };
+        let mut s = enrolled(2, t0).with_runtime(runtime.clone());
         s.handle_timeout(t0);
         s.handle_connected(t0);
         drain(&mut s);
@@ -571,9 +573,7 @@ mod tests {
             t0,
         );
         let acts = drain(&mut s);
-        assert!(acts.contains(&Action::Send(NodeMsg::Runtime(RuntimeInfo {
-            limits: edge_proto::LimitsKind::CgroupV2
-        }))));
+        assert!(acts.contains(&Action::Send(NodeMsg::Runtime(runtime))));
         let unassign = Unassign {
             workload: text("hello"),
         };

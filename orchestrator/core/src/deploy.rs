@@ -24,9 +24,10 @@
 
 use crate::events::{What, orchestrator_event};
 use crate::fleet::NodeRecord;
+pub use crate::image::{ArtifactFacts, ImageFacts};
 use crate::scheduler::{NodeReject, NodeView, Outcome, RejectReason, Resources, Scheduler};
 use crate::workload::{
-    Balance, Expose, HealthCheck, Placement, Probe, Reconcile, RestartPolicy, SpecError,
+    Balance, Driver, Expose, HealthCheck, Placement, Probe, Reconcile, RestartPolicy, SpecError,
     WorkloadSpec,
 };
 use edge_proto::{
@@ -59,6 +60,9 @@ pub struct DeploymentRecord {
     pub spec: serde_json::Value,
     pub generation: u64,
     pub artifact_size: u64,
+    /// With `driver = "oci"`: the image's platforms as the image store knew them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageFacts>,
     /// Node ids (hex) holding an instance.
     pub nodes: Vec<String>,
     /// Instances on nodes that were away too long, kept on record until their node returns.
@@ -93,7 +97,7 @@ pub enum Admission {
 struct Deployment {
     spec: WorkloadSpec,
     generation: u64,
-    artifact_size: u64,
+    artifact: ArtifactFacts,
     /// The message every holder gets; built once per generation.
     assignment: Assignment,
     nodes: BTreeMap<edge_proto::NodeId, Admission>,
@@ -188,8 +192,16 @@ impl Deployments {
             };
             let bytes = serde_json::to_vec(&record.spec).map_err(|e| bad(e.to_string()))?;
             let spec = WorkloadSpec::from_json(&bytes).map_err(|e| bad(e.to_string()))?;
-            let assignment = assignment(&spec, record.generation, record.artifact_size)
-                .map_err(|e| bad(e.to_string()))?;
+            let artifact = ArtifactFacts {
+                size: record.artifact_size,
+                image: record.image.clone(),
+            };
+            let spec = match &artifact.image {
+                Some(image) => spec.with_image_arch(image.arch()),
+                None => spec,
+            };
+            let assignment =
+                assignment(&spec, record.generation, &artifact).map_err(|e| bad(e.to_string()))?;
             let mut held = BTreeMap::new();
             for id in &record.nodes {
                 let id = edge_proto::NodeId::parse(id).ok_or_else(|| bad(format!("node {id}")))?;
@@ -213,7 +225,7 @@ impl Deployments {
                 Deployment {
                     spec,
                     generation: record.generation,
-                    artifact_size: record.artifact_size,
+                    artifact,
                     assignment,
                     nodes: held,
                     refusals: BTreeMap::new(),
@@ -236,18 +248,23 @@ impl Deployments {
     pub fn apply(
         &mut self,
         spec: WorkloadSpec,
-        artifact_size: u64,
+        artifact: impl Into<ArtifactFacts>,
     ) -> Result<(Outcome, Vec<Effect>), SpecError> {
+        let artifact = artifact.into();
+        let spec = match &artifact.image {
+            Some(image) => spec.with_image_arch(image.arch()),
+            None => spec,
+        };
         let name = spec.name().to_owned();
         let mut effects = Vec::new();
         let generation = match self.deployments.get(&name) {
-            Some(d) if d.spec == spec && d.artifact_size == artifact_size => {
+            Some(d) if d.spec == spec && d.artifact == artifact => {
                 return Ok((Outcome::default(), effects));
             }
             Some(d) => d.generation + 1,
             None => 1,
         };
-        let new_assignment = assignment(&spec, generation, artifact_size)?;
+        let new_assignment = assignment(&spec, generation, &artifact)?;
         // The old instances are released and the new spec placed from scratch: the placement
         // is deterministic, so a change that still fits stays where it was.
         let before: Vec<edge_proto::NodeId> = match self.deployments.remove(&name) {
@@ -267,7 +284,7 @@ impl Deployments {
         let deployment = Deployment {
             spec,
             generation,
-            artifact_size,
+            artifact,
             assignment: new_assignment,
             nodes,
             refusals: BTreeMap::new(),
@@ -739,7 +756,8 @@ fn record(d: &Deployment) -> DeploymentRecord {
     DeploymentRecord {
         spec: serde_json::to_value(&d.spec).unwrap_or_default(),
         generation: d.generation,
-        artifact_size: d.artifact_size,
+        artifact_size: d.artifact.size,
+        image: d.artifact.image.clone(),
         nodes: d.nodes.keys().map(ToString::to_string).collect(),
         replaced: d
             .replaced
@@ -773,13 +791,29 @@ fn unassign(node: edge_proto::NodeId, name: &str) -> Effect {
 }
 
 /// The message a node gets for `spec`. The spec's own bounds are mostly the wire's; where the
-/// wire is tighter, or the whole would not fit one frame, the error names the field.
+/// wire is tighter, or the whole would not fit one frame, the error names the field. A
+/// container's `artifact` must carry the image's platforms: without them a node would take
+/// the image for an executable.
 pub fn assignment(
     spec: &WorkloadSpec,
     generation: u64,
-    artifact_size: u64,
+    artifact: &ArtifactFacts,
 ) -> Result<Assignment, SpecError> {
     let invalid = |field: &str, reason: &str| SpecError::invalid(field, reason);
+    let image = match (spec.driver(), &artifact.image) {
+        (Driver::Exec, _) => None,
+        (Driver::Oci, None) => {
+            return Err(invalid(
+                "image",
+                "not in the image store; push it first (edgectl image push)",
+            ));
+        }
+        (Driver::Oci, Some(image)) => Some(
+            image
+                .to_wire()
+                .ok_or_else(|| invalid("image", "more platforms than a node can be told of"))?,
+        ),
+    };
     if spec.command().is_some() {
         return Err(invalid(
             "command",
@@ -826,7 +860,7 @@ pub fn assignment(
         version: text(spec.version()),
         generation,
         artifact: *spec.artifact().as_bytes(),
-        artifact_size,
+        artifact_size: artifact.size,
         args,
         env,
         working_dir,
@@ -841,6 +875,7 @@ pub fn assignment(
         health,
         expose,
         scale_to_zero_idle_secs: spec.scale_to_zero().map(|s| s.idle_secs),
+        image,
     };
     if edge_proto::try_encode(&OrchMsg::Assign(Box::new(a.clone()))).is_err() {
         return Err(invalid(

@@ -15,6 +15,8 @@
 //! - [`scheduler`]: filter, score and bind, with the score behind the [`scheduler::Score`]
 //!   trait.
 //! - [`deploy`]: the deployments controller: specs in, placements and messages out.
+//! - [`image`]: what the image store knows of a container image: its platforms, for the
+//!   scheduler and the assignment.
 //! - [`purge`]: a cache purge request checked by field, the nodes it targets, its answer.
 //! - [`routes`]: where every exposed workload runs, as the nodes' proxies route to peers.
 //! - [`traffic`]: the nodes' latest proxy traffic reports, cut to the routes the fleet
@@ -35,6 +37,7 @@ pub mod access;
 pub mod deploy;
 pub mod events;
 pub mod fleet;
+pub mod image;
 pub mod pacing;
 pub mod purge;
 pub mod routes;

@@ -324,6 +324,7 @@ mod tests {
             health: None,
             expose: Seq::new(routes.iter().map(|p| route(p)).collect()).expect("few"),
             scale_to_zero_idle_secs: None,
+            image: None,
         }
     }
 

@@ -6,12 +6,14 @@ mod common;
 
 use common::{GIB, MIB, spec};
 use edge_proto::{
-    AdmissionReply, Applied, NodeId, OrchMsg, SyncMode, SyncState, WorkloadReport, WorkloadState,
-    text,
+    AdmissionReply, Applied, Assignment, NodeId, OrchMsg, SyncMode, SyncState, WorkloadReport,
+    WorkloadState, text,
 };
 use orchestrator_core::deploy::{Admission, DeploymentRecord, Deployments, Effect, assignment};
 use orchestrator_core::fleet::NodeRecord;
+use orchestrator_core::image::{ArtifactFacts, ImageFacts, PlatformFacts};
 use orchestrator_core::scheduler::RejectReason;
+use orchestrator_core::workload::{Arch, ArtifactDigest};
 use serde_json::json;
 use std::collections::BTreeSet;
 
@@ -413,9 +415,13 @@ fn what_is_persisted_loads_back_the_same() {
 #[test]
 fn a_damaged_record_is_a_load_error_naming_it() {
     let bad = DeploymentRecord {
-        spec: json!({"name": "broken", "version": "1"}),
+        spec: json!({
+            "name": "broken", "version": "1",
+            "resources": {"cpu_millis": 100, "memory_bytes": 16 << 20}
+        }),
         generation: 1,
         artifact_size: 0,
+        image: None,
         nodes: Vec::new(),
         replaced: Vec::new(),
     };
@@ -436,7 +442,7 @@ fn routes_and_scale_to_zero_reach_the_node_as_written() {
         ],
         "scale_to_zero": {"idle_secs": 600}
     }));
-    let a = assignment(&web, 1, 0).expect("fits the wire");
+    let a = assignment(&web, 1, &0.into()).expect("fits the wire");
     let routes: Vec<_> = a
         .expose
         .as_slice()
@@ -495,7 +501,7 @@ fn routes_and_scale_to_zero_reach_the_node_as_written() {
         ]
     );
     assert_eq!(a.scale_to_zero_idle_secs, Some(600));
-    let plain = assignment(&spec(json!({})), 1, 0).expect("fits");
+    let plain = assignment(&spec(json!({})), 1, &0.into()).expect("fits");
     assert!(plain.expose.as_slice().is_empty());
     assert_eq!(plain.scale_to_zero_idle_secs, None);
 
@@ -510,23 +516,112 @@ fn routes_and_scale_to_zero_reach_the_node_as_written() {
     let routes: Vec<_> = (0..16)
         .map(|i| json!({"port": 8000 + i, "host": host, "path_prefix": format!("/{i:x}{}", "p".repeat(1021))}))
         .collect();
-    let a = assignment(&spec(json!({"expose": routes})), 1, 0).expect("sixteen full routes fit");
+    let a = assignment(&spec(json!({"expose": routes})), 1, &0.into())
+        .expect("sixteen full routes fit");
     assert_eq!(a.expose.as_slice().len(), 16);
 }
 
 #[test]
 fn what_the_wire_cannot_carry_is_a_spec_error_with_its_field() {
     let with_command = spec(json!({"command": "run.sh"}));
-    let err = assignment(&with_command, 1, 0).expect_err("refused");
+    let err = assignment(&with_command, 1, &0.into()).expect_err("refused");
     assert_eq!(err.field(), Some("command"));
     let long_name = "A".repeat(200);
-    let err = assignment(&spec(json!({"env": {long_name: "x"}})), 1, 0).expect_err("refused");
+    let err =
+        assignment(&spec(json!({"env": {long_name: "x"}})), 1, &0.into()).expect_err("refused");
     assert_eq!(err.field(), Some("env"));
     // 64 args of 4 KiB are each within the spec's bounds, but not one frame.
     let args: Vec<String> = (0..64).map(|_| "x".repeat(4000)).collect();
-    let err = assignment(&spec(json!({"args": args})), 1, 0).expect_err("refused");
+    let err = assignment(&spec(json!({"args": args})), 1, &0.into()).expect_err("refused");
     assert_eq!(err.field(), Some("args"));
     let mut d = fleet(1);
     assert!(d.apply(with_command, 0).is_err());
     assert!(d.is_empty(), "a refused spec leaves nothing behind");
+}
+
+fn image_facts(arch: &[Arch]) -> ImageFacts {
+    ImageFacts {
+        platforms: arch
+            .iter()
+            .enumerate()
+            .map(|(i, a)| PlatformFacts {
+                arch: *a,
+                manifest: ArtifactDigest::parse(&format!("sha256:{:064x}", i + 1))
+                    .expect("a digest"),
+                manifest_size: 500 + i as u64,
+                download_bytes: MIB,
+                unpacked_bytes: 3 * MIB,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_container_is_assigned_with_its_image_s_platforms_and_loads_back() {
+    let oci = || spec(json!({"driver": "oci", "image": common::DIGEST, "artifact": null}));
+    let err = assignment(&oci(), 1, &0.into()).expect_err("no image facts");
+    assert_eq!(err.field(), Some("image"));
+    assert!(err.to_string().contains("edgectl image push"), "{err}");
+
+    let mut d = fleet(2);
+    // An image only for aarch64 goes nowhere on x86_64 nodes, and says why.
+    let arm_only = ArtifactFacts {
+        size: 300,
+        image: Some(image_facts(&[Arch::Aarch64])),
+    };
+    let (out, _) = d.apply(oci(), arm_only).expect("valid");
+    assert!(out.bound.is_empty());
+    let view = d.get("web").expect("deployed");
+    assert!(
+        view.unplaced_reasons.iter().all(|r| r.reason
+            == RejectReason::ImageArch {
+                have: "x86_64".into()
+            }),
+        "{:?}",
+        view.unplaced_reasons
+    );
+
+    // The same image with an x86_64 platform too: a new generation, placed, and every node
+    // told of both platforms, to pick its own.
+    let both = ArtifactFacts {
+        size: 300,
+        image: Some(image_facts(&[Arch::Aarch64, Arch::X86_64])),
+    };
+    let (out, effects) = d.apply(oci(), both.clone()).expect("valid");
+    assert_eq!(out.bound.len(), 1);
+    let sent: Vec<&Assignment> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(_, OrchMsg::Assign(a)) => Some(&**a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1);
+    let image = sent[0]
+        .image
+        .as_ref()
+        .expect("a container assignment carries its image");
+    let arches: Vec<&str> = image
+        .platforms
+        .as_slice()
+        .iter()
+        .map(|p| p.arch.as_str())
+        .collect();
+    assert_eq!(arches, ["aarch64", "x86_64"]);
+    assert_eq!(image.platforms.as_slice()[1].manifest_size, 501);
+    assert_eq!(sent[0].artifact_size, 300);
+    assert_eq!(
+        ArtifactDigest::parse(common::DIGEST).map(|d| *d.as_bytes()),
+        Some(sent[0].artifact)
+    );
+    // Applying the same again changes nothing.
+    assert!(d.apply(oci(), both).expect("valid").1.is_empty());
+
+    let stored: Vec<DeploymentRecord> = records(&effects);
+    assert!(
+        stored[0].image.is_some(),
+        "the platforms are stored with the deployment"
+    );
+    let loaded = Deployments::load(stored, (0..2).map(|i| (node(i), true))).expect("loads");
+    assert_eq!(loaded.assignment_of("web"), d.assignment_of("web"));
 }

@@ -12,7 +12,7 @@ use orchestrator_core::scheduler::{
     Fit, LatLon, LeastAllocated, NodeView, Outcome, RejectReason, Resources, Scheduler, Score,
     haversine_km,
 };
-use orchestrator_core::workload::{Placement, WorkloadSpec};
+use orchestrator_core::workload::{Arch, Placement, WorkloadSpec};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -303,6 +303,54 @@ fn release_and_remove_workload_free_what_was_taken() {
     assert_eq!(s.allocated(id(0)), Some(Resources::default()));
     assert_eq!(s.instances("web"), 0);
     assert!(!s.release(&w, id(0)));
+}
+
+#[test]
+fn a_container_goes_only_where_its_image_has_a_platform() {
+    let mut nodes: Vec<NodeView> = (0..4).map(node).collect();
+    nodes[1].arch = "aarch64".into();
+    nodes[2].arch = "arm".into();
+    nodes[3].arch = "riscv64".into();
+    let mut s = Scheduler::new(nodes);
+    let w =
+        spec(json!({"driver": "oci", "image": DIGEST, "artifact": null, "placement": "per-node"}))
+            .with_image_arch(vec![Arch::Aarch64, Arch::X86_64, Arch::Arm]);
+    let out = s.place(&w);
+    assert_eq!(
+        out.wanted, 3,
+        "the three nodes the image has a platform for"
+    );
+    let mut expected = vec![id(0), id(1), id(2)];
+    expected.sort();
+    assert_eq!(out.bound, expected);
+    assert!(out.is_complete());
+    let why: BTreeMap<NodeId, RejectReason> = s
+        .explain(&w)
+        .into_iter()
+        .map(|r| (r.node, r.reason))
+        .collect();
+    assert_eq!(
+        why[&id(3)],
+        RejectReason::ImageArch {
+            have: "riscv64".into()
+        }
+    );
+    assert_eq!(why[&id(3)].to_string(), "the image has no riscv64 platform");
+    // The spec's own arch requirement still applies on top of the image's.
+    let only_arm = spec(json!({
+        "name": "arm-only", "driver": "oci", "image": DIGEST, "artifact": null,
+        "placement": "per-node", "requirements": {"arch": ["arm", "riscv64"]}
+    }))
+    .with_image_arch(vec![Arch::Arm, Arch::X86_64]);
+    let out = s.place(&only_arm);
+    assert_eq!(out.bound, [id(2)]);
+    let why: BTreeMap<NodeId, RejectReason> = s
+        .explain(&only_arm)
+        .into_iter()
+        .map(|r| (r.node, r.reason))
+        .collect();
+    assert!(matches!(why[&id(0)], RejectReason::Arch { .. }));
+    assert!(matches!(why[&id(3)], RejectReason::ImageArch { .. }));
 }
 
 #[test]
@@ -797,6 +845,9 @@ fn reason_holds(n: &NodeView, w: &WorkloadSpec, r: &RejectReason) -> bool {
         RejectReason::Refused => false,
         RejectReason::Arch { have } => {
             *have == n.arch && !req.arch.iter().any(|a| a.as_str() == n.arch)
+        }
+        RejectReason::ImageArch { have } => {
+            *have == n.arch && !w.image_arch().iter().any(|a| a.as_str() == n.arch)
         }
         RejectReason::Label { key } => n.labels.get(key) != req.labels.get(key),
         RejectReason::Device { want } => !n.devices.contains(want),

@@ -3,8 +3,8 @@
 //! oversized or hostile) does anything but return an error.
 
 use orchestrator_core::workload::{
-    Arch, Balance, DeviceKind, DeviceRequirement, MAX_SPEC_BYTES, Placement, Probe, RestartPolicy,
-    SpecError, WorkloadSpec,
+    Arch, Balance, DeviceKind, DeviceRequirement, Driver, MAX_SPEC_BYTES, Placement, Probe,
+    RestartPolicy, SpecError, WorkloadSpec,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -470,7 +470,9 @@ fn the_json_shape_is_stable_and_parses_back() {
     let expected = json!({
         "name": "hello",
         "version": "1.0.0",
+        "driver": "exec",
         "artifact": DIGEST,
+        "image": null,
         "command": "hello",
         "args": ["--port", "8080"],
         "env": {"GREETING": "hi"},
@@ -611,6 +613,61 @@ fn artifact_bounds() {
     ] {
         refuses(with("artifact", json!(bad)), "artifact", "64 lowercase hex");
     }
+}
+
+#[test]
+fn a_container_names_its_image_and_nothing_of_an_executable() {
+    let mut oci = without("artifact");
+    set(&mut oci, "driver", json!("oci"));
+    set(&mut oci, "image", json!(DIGEST));
+    let spec = json_ok(&oci);
+    assert_eq!(spec.driver(), Driver::Oci);
+    assert_eq!(spec.image().map(|d| d.to_string()).as_deref(), Some(DIGEST));
+    let value = serde_json::to_value(&spec).expect("serializes");
+    assert_eq!(
+        (&value["driver"], &value["artifact"], &value["image"]),
+        (&json!("oci"), &Value::Null, &json!(DIGEST))
+    );
+    let back = serde_json::to_vec(&value).expect("serializes");
+    assert_eq!(WorkloadSpec::from_json(&back), Ok(spec));
+
+    // The same in a file.
+    let text = base_toml().replace(
+        &format!("artifact = \"{DIGEST}\""),
+        &format!("driver = \"oci\"\nimage = \"{DIGEST}\""),
+    );
+    assert_eq!(
+        WorkloadSpec::from_toml(&text).map(|s| s.driver()),
+        Ok(Driver::Oci)
+    );
+
+    // An executable is the default, and says so.
+    let exec = json_ok(&base());
+    assert_eq!((exec.driver(), exec.image()), (Driver::Exec, None));
+
+    let mut both = oci.clone();
+    set(&mut both, "artifact", json!(DIGEST));
+    refuses(both, "artifact", "artifact is for driver \"exec\"");
+    refuses(
+        with("image", json!(DIGEST)),
+        "image",
+        "image is for driver \"oci\"",
+    );
+    let mut no_image = oci.clone();
+    no_image.as_object_mut().expect("an object").remove("image");
+    refuses(no_image, "image", "missing");
+    refuses(without("artifact"), "artifact", "missing");
+    let mut bad_image = oci.clone();
+    set(&mut bad_image, "image", json!("busybox:latest"));
+    refuses(bad_image, "image", "64 lowercase hex");
+    refuses(
+        with("driver", json!("docker")),
+        "driver",
+        "\"docker\" is not one of \"exec\", \"oci\"",
+    );
+    let mut with_command = oci;
+    set(&mut with_command, "command", json!("run.sh"));
+    refuses(with_command, "command", "entrypoint");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use edge_proto::NodeId;
 use orchestrator_core::deploy::{Admission, DeploymentView, state_name};
-use orchestrator_core::workload::{SpecError, WorkloadSpec};
+use orchestrator_core::workload::{Driver, SpecError, WorkloadSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -184,8 +184,14 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
     json_content_type(&headers)?.ok_or_else(no_json_content_type)?;
     let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
+    if spec.driver() == Driver::Oci {
+        return Err(ApiError::BadRequest(format!(
+            "image: {} is not in the image store; push it first (edgectl image push)",
+            spec.artifact()
+        )));
+    }
     // What the wire cannot carry is the spec's fault too: say so before anything else.
-    orchestrator_core::deploy::assignment(&spec, 0, 0).map_err(bad_spec)?;
+    orchestrator_core::deploy::assignment(&spec, 0, &0.into()).map_err(bad_spec)?;
     let digest = *spec.artifact().as_bytes();
     let store = state
         .artifacts

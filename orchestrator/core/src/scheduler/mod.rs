@@ -142,6 +142,10 @@ pub enum RejectReason {
     Arch {
         have: String,
     },
+    /// The workload's image has no platform for the node's architecture.
+    ImageArch {
+        have: String,
+    },
     /// The node lacks this label or has another value for it.
     Label {
         key: String,
@@ -182,6 +186,7 @@ impl fmt::Display for RejectReason {
             Self::Cordoned => f.write_str("cordoned"),
             Self::Refused => f.write_str("refused the admission"),
             Self::Arch { have } => write!(f, "architecture {have} is not wanted"),
+            Self::ImageArch { have } => write!(f, "the image has no {have} platform"),
             Self::Label { key } => write!(f, "label {key} missing or different"),
             Self::Device { want } => write!(f, "no device {want}"),
             Self::NoLocation => f.write_str("location unknown"),
@@ -1118,10 +1123,12 @@ impl Index {
         mask.clear();
         mask.extend((0..words).map(|w| self.eligible.word(w) & !refused.word(w)));
         let req = spec.requirements();
-        if !req.arch.is_empty() {
+        for wanted in [&req.arch[..], spec.image_arch()] {
+            if wanted.is_empty() {
+                continue;
+            }
             for (w, m) in mask.iter_mut().enumerate() {
-                let any = req
-                    .arch
+                let any = wanted
                     .iter()
                     .fold(0, |acc, a| acc | self.arch[*a as usize].word(w));
                 *m &= any;
@@ -1214,6 +1221,12 @@ fn why_not(
     }
     if !req.arch.is_empty() && !Arch::parse(&node.arch).is_some_and(|a| req.arch.contains(&a)) {
         return Some(RejectReason::Arch {
+            have: node.arch.clone(),
+        });
+    }
+    let image_arch = spec.image_arch();
+    if !image_arch.is_empty() && !Arch::parse(&node.arch).is_some_and(|a| image_arch.contains(&a)) {
+        return Some(RejectReason::ImageArch {
             have: node.arch.clone(),
         });
     }

@@ -136,7 +136,12 @@ impl SpecError {
 pub struct WorkloadSpec {
     name: String,
     version: String,
+    driver: Driver,
+    /// The executable (`driver = "exec"`) or the image (`driver = "oci"`).
     artifact: ArtifactDigest,
+    /// With `driver = "oci"`: the architectures the image has, from the image store (not the
+    /// spec's text); the scheduler places only on these. Empty until the shell says.
+    image_arch: Vec<Arch>,
     command: Option<String>,
     args: Vec<String>,
     env: BTreeMap<String, String>,
@@ -190,6 +195,33 @@ impl Reconcile {
     }
 }
 
+/// How the node runs the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Driver {
+    /// `artifact` is an executable the node runs as a process. The default.
+    #[default]
+    Exec,
+    /// `image` is an OCI image (`edgectl image push`) the node runs through an OCI runtime
+    /// (runc or crun) as a container.
+    Oci,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 2] = [Self::Exec, Self::Oci];
+
+    /// The name a spec writes: `exec`, `oci`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Oci => "oci",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
 /// The executable, content-addressed: `sha256:` and 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ArtifactDigest([u8; 32]);
@@ -227,7 +259,9 @@ pub struct Requirements {
 }
 
 /// A CPU architecture, named as Rust's `std::env::consts::ARCH` (and so the node) names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub enum Arch {
     #[serde(rename = "x86_64")]
     X86_64,
@@ -376,9 +410,36 @@ impl WorkloadSpec {
         &self.version
     }
 
+    /// What the node fetches first: the executable, or with [`Driver::Oci`] the image.
     #[inline]
     pub fn artifact(&self) -> ArtifactDigest {
         self.artifact
+    }
+
+    #[inline]
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// The image, with [`Driver::Oci`].
+    #[inline]
+    pub fn image(&self) -> Option<ArtifactDigest> {
+        (self.driver == Driver::Oci).then_some(self.artifact)
+    }
+
+    /// The architectures the image has (empty: not known, or not a container). The scheduler
+    /// places an instance only on a node of one of them.
+    #[inline]
+    pub fn image_arch(&self) -> &[Arch] {
+        &self.image_arch
+    }
+
+    /// This spec with the architectures its image has, as the image store knows them.
+    pub fn with_image_arch(mut self, mut arch: Vec<Arch>) -> Self {
+        arch.sort();
+        arch.dedup();
+        self.image_arch = arch;
+        self
     }
 
     /// The file to run inside the artifact's directory: a plain file name (no `/`). `None`
@@ -476,10 +537,16 @@ impl Serialize for WorkloadSpec {
             Placement::Replicas(n) => (Some(n), None),
             Placement::PerNode => (None, Some("per-node")),
         };
-        let mut st = s.serialize_struct("WorkloadSpec", 18)?;
+        let mut st = s.serialize_struct("WorkloadSpec", 20)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("version", &self.version)?;
-        st.serialize_field("artifact", &self.artifact)?;
+        st.serialize_field("driver", self.driver.as_str())?;
+        let (artifact, image) = match self.driver {
+            Driver::Exec => (Some(self.artifact), None),
+            Driver::Oci => (None, Some(self.artifact)),
+        };
+        st.serialize_field("artifact", &artifact)?;
+        st.serialize_field("image", &image)?;
         st.serialize_field("command", &self.command)?;
         st.serialize_field("args", &self.args)?;
         st.serialize_field("env", &self.env)?;
@@ -564,6 +631,13 @@ impl fmt::Debug for ArtifactDigest {
 impl Serialize for ArtifactDigest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ArtifactDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| serde::de::Error::custom("not a sha256: digest"))
     }
 }
 

@@ -71,7 +71,12 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
 struct RawSpec {
     name: String,
     version: String,
-    artifact: String,
+    #[serde(default)]
+    driver: Option<String>,
+    #[serde(default)]
+    artifact: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
     #[serde(default)]
     command: Option<String>,
     #[serde(default)]
@@ -213,15 +218,13 @@ impl RawSpec {
     fn validate(self) -> Result<WorkloadSpec, SpecError> {
         let name = validate_name(self.name)?;
         let version = validate_version(self.version)?;
-        let artifact = ArtifactDigest::parse(&self.artifact).ok_or_else(|| {
-            SpecError::invalid(
-                "artifact",
-                format!(
-                    "{} is not \"sha256:\" followed by 64 lowercase hex digits",
-                    shown(&self.artifact)
-                ),
-            )
-        })?;
+        let (driver, artifact) = validate_driver(self.driver, self.artifact, self.image)?;
+        if driver == Driver::Oci && self.command.is_some() {
+            return Err(SpecError::invalid(
+                "command",
+                "a container runs its image's entrypoint; set args to change its command",
+            ));
+        }
         let command = self
             .command
             .map(|c| validate_file_name(&FieldPath::new("command"), c))
@@ -249,7 +252,9 @@ impl RawSpec {
         Ok(WorkloadSpec {
             name,
             version,
+            driver,
             artifact,
+            image_arch: Vec::new(),
             command,
             args,
             env,
@@ -265,6 +270,57 @@ impl RawSpec {
             replacement,
         })
     }
+}
+
+/// `driver` and the digest it runs: `artifact` for `exec` (the default), `image` for `oci`,
+/// never both.
+fn validate_driver(
+    driver: Option<String>,
+    artifact: Option<String>,
+    image: Option<String>,
+) -> Result<(Driver, ArtifactDigest), SpecError> {
+    let driver = match driver {
+        None => Driver::Exec,
+        Some(d) => Driver::parse(&d).ok_or_else(|| {
+            SpecError::invalid(
+                "driver",
+                format!("{} is not one of \"exec\", \"oci\"", shown(&d)),
+            )
+        })?,
+    };
+    let (field, digest, other) = match driver {
+        Driver::Exec => ("artifact", artifact, image.map(|_| "image")),
+        Driver::Oci => ("image", image, artifact.map(|_| "artifact")),
+    };
+    if let Some(other) = other {
+        return Err(SpecError::invalid(
+            other,
+            format!(
+                "driver \"{}\" runs {field}; {other} is for driver \"{}\"",
+                driver.as_str(),
+                match driver {
+                    Driver::Exec => "oci",
+                    Driver::Oci => "exec",
+                }
+            ),
+        ));
+    }
+    let digest = digest.ok_or_else(|| {
+        SpecError::invalid(
+            field,
+            format!("missing: driver \"{}\" needs one", driver.as_str()),
+        )
+    })?;
+    let parsed = ArtifactDigest::parse(&digest).ok_or_else(|| {
+        SpecError::invalid(
+            field,
+            format!(
+                "{} is not \"sha256:\" followed by 64 lowercase hex digits",
+                shown(&digest)
+            ),
+        )
+    })?;
+    Ok((driver, parsed))
 }
 
 fn check_size(bytes: usize) -> Result<(), SpecError> {
