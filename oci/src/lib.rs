@@ -16,6 +16,7 @@
 
 pub mod archive;
 pub mod digest;
+mod entries;
 pub mod image;
 pub mod layer;
 mod partial;

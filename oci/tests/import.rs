@@ -448,6 +448,21 @@ fn refuses_archive_entries_outside_the_layout() {
 }
 
 #[test]
+fn an_upload_cut_short_is_a_read_error_not_a_lying_blob() {
+    let image = arm64();
+    let tar = Archive::oci(&index_json(vec![image.manifest.descriptor()]))
+        .blobs(image.blobs())
+        .tar();
+    // Cut ten bytes before the end of the last blob's data (then padding and the two
+    // end-of-archive blocks).
+    let last = image.layers[1].bytes.len();
+    let padding = (512 - last % 512) % 512;
+    let cut = &tar[..tar.len() - 1024 - padding - 10];
+    let error = refused(cut, &Limits::default());
+    assert!(matches!(error, ImportError::Read { .. }), "{error}");
+}
+
+#[test]
 fn imports_a_gzipped_archive() {
     let image = arm64();
     let tar = Archive::oci(&index_json(vec![image.manifest.descriptor()]))

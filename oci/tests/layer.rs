@@ -415,6 +415,113 @@ fn an_existing_destination_is_never_overwritten() {
 }
 
 #[test]
+fn pax_records_name_and_own_entries() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions([
+            ("path", &b"pax/named"[..]),
+            ("uid", b"4000000"),
+            ("mtime", b"1700000000.25"),
+        ])
+        .expect("pax records");
+    let mut header = tar::Header::new_ustar();
+    header.set_path("short").expect("a short name");
+    header.set_size(3);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    builder.append(&header, &b"pax"[..]).expect("the entry");
+    let tar = builder.into_inner().expect("finish");
+
+    unpack_into(scratch.path(), &tar, &UnpackOptions::default()).expect("unpacks");
+
+    let named = scratch.path().join("layer/pax/named");
+    assert_eq!(fs::read(&named).expect("the PAX path wins"), b"pax");
+    let meta = fs::metadata(&named).expect("stat");
+    assert_eq!(meta.mtime(), 1_700_000_000);
+    if running_as_root(scratch.path()) {
+        assert_eq!(meta.uid(), 4_000_000);
+    }
+}
+
+#[test]
+fn oversized_or_contradictory_extension_headers_are_refused() {
+    // A GNU long name of 1 MiB: the tar crate would read it whole into memory.
+    let huge_name = LayerTar::new()
+        .raw(
+            b"././@LongLink",
+            EntryType::GNULongName,
+            b"",
+            0o644,
+            &vec![b'a'; 1 << 20],
+        )
+        .file("x", 0o644, b"x")
+        .finish();
+    // A PAX size that differs from the header's: tools would frame the stream differently.
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions([("size", &b"1"[..])])
+        .expect("pax size");
+    let contradicting = LayerTar::new().file("x", 0o644, b"xx").finish();
+    builder.get_mut().extend_from_slice(&contradicting);
+    let contradicting = builder.into_inner().expect("finish");
+    // Two names for one entry.
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions([("path", &b"one"[..])])
+        .expect("pax path");
+    let both = LayerTar::new()
+        .raw(
+            b"././@LongLink",
+            EntryType::GNULongName,
+            b"",
+            0o644,
+            b"two\0",
+        )
+        .file("x", 0o644, b"x")
+        .finish();
+    builder.get_mut().extend_from_slice(&both);
+    let both = builder.into_inner().expect("finish");
+
+    for (name, tar) in [
+        ("huge name", huge_name),
+        ("size", contradicting),
+        ("two names", both),
+    ] {
+        let refused =
+            layer::scan(&tar[..], Compression::Plain, &LayerLimits::default()).expect_err(name);
+        assert!(
+            matches!(&refused, LayerError::Read { source } if source.kind() == io::ErrorKind::InvalidData),
+            "{name}: {refused}"
+        );
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        unpack_into(scratch.path(), &tar, &UnpackOptions::default()).expect_err(name);
+        assert!(listing(scratch.path()).is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn a_layer_cut_inside_a_file_is_refused_not_shortened() {
+    let tar = LayerTar::new().file("a", 0o644, &[1u8; 4096]).finish();
+    let cut = &tar[..512 + 1000];
+    let refused = layer::scan(cut, Compression::Plain, &LayerLimits::default()).expect_err("cut");
+    assert!(matches!(refused, LayerError::Read { .. }), "{refused}");
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let refused = layer::unpack(
+        cut,
+        Compression::Plain,
+        &scratch.path().join("layer"),
+        &UnpackOptions::default(),
+    )
+    .expect_err("cut");
+    assert!(matches!(refused, LayerError::Read { .. }), "{refused}");
+    assert!(listing(scratch.path()).is_empty());
+}
+
+#[test]
 fn a_truncated_layer_is_unreadable() {
     let tar = LayerTar::new().file("a", 0o644, &[1u8; 4096]).finish();
     let refused = layer::scan(

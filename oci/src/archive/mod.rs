@@ -26,6 +26,7 @@ mod legacy;
 mod staging;
 
 use crate::digest::Digest;
+use crate::entries;
 use crate::image::{
     self, Compression, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,
     UnsupportedLayerType, arch_name, media_type,
@@ -181,7 +182,8 @@ pub enum ImportError {
     /// More bytes than `max_staged_bytes`.
     #[error("archive holds more than {limit} bytes of blobs (at {entry:?})")]
     TooLarge { entry: String, limit: u64 },
-    /// An entry path is absolute, climbs with `..`, holds a NUL or is too long.
+    /// An entry's path (or a link's target) is absolute, climbs with `..`, holds a NUL or
+    /// is too long.
     #[error("archive entry {entry:?} has an unsafe path")]
     UnsafePath { entry: String },
     /// An entry that has no place in an image archive: a device, FIFO, unknown type, a
@@ -411,31 +413,22 @@ fn read_archive(
     limits: &Limits,
 ) -> Result<Contents, ImportError> {
     let read = |source| ImportError::Read { source };
-    let mut archive = tar::Archive::new(ungzip(reader).map_err(read)?);
     let mut contents = Contents::default();
     let (mut entries, mut files, mut staged_bytes) = (0u64, 0u64, 0u64);
-    for entry in archive.entries().map_err(read)? {
-        let mut entry = entry.map_err(read)?;
+    let outcome = entries::read(ungzip(reader).map_err(read)?, |entry, data| {
         entries += 1;
         if entries > limits.max_archive_entries {
             return Err(ImportError::TooManyEntries {
                 limit: limits.max_archive_entries,
             });
         }
-        let raw = entry.path_bytes().into_owned();
-        let name = || shown_bytes(&raw);
-        let kind = entry.header().entry_type();
-        if kind == EntryType::XGlobalHeader {
-            continue;
-        }
-        let unexpected = || ImportError::UnexpectedEntry {
-            entry: name(),
-            kind: kind.as_byte(),
-        };
-        let clean = path::clean(&raw).map_err(|_| ImportError::UnsafePath { entry: name() })?;
+        let name = || shown_bytes(&entry.path);
+        let kind = entry.kind;
+        let clean =
+            path::clean(&entry.path).map_err(|_| ImportError::UnsafePath { entry: name() })?;
         let under_blobs = clean.bytes.starts_with(b"blobs/") || clean.bytes == b"blobs";
         match kind {
-            EntryType::Directory if entry.size() == 0 => {}
+            EntryType::Directory if entry.size == 0 => {}
             EntryType::Regular | EntryType::Continuous => {
                 let json_slot = match clean.bytes.as_slice() {
                     b"index.json" => Some(&mut contents.index_json),
@@ -447,14 +440,14 @@ fn read_archive(
                     if slot.is_some() {
                         return Err(ImportError::DuplicateEntry { entry: name() });
                     }
-                    *slot = Some(read_json_entry(&mut entry, &name(), limits)?);
-                    continue;
+                    *slot = Some(read_json_entry(data, entry.size, &name(), limits)?);
+                    return Ok(());
                 }
                 if clean.bytes == b"repositories" {
                     // Docker's tag list; the orchestrator names images itself. Read (and
                     // bounded) like any JSON so that it cannot be a bomb either.
-                    read_json_entry(&mut entry, &name(), limits)?;
-                    continue;
+                    read_json_entry(data, entry.size, &name(), limits)?;
+                    return Ok(());
                 }
                 let expected = if under_blobs {
                     let hex = clean.bytes.strip_prefix(b"blobs/sha256/");
@@ -471,39 +464,51 @@ fn read_archive(
                         limit: limits.max_blobs,
                     });
                 }
-                staged_bytes = staged_bytes.saturating_add(entry.size());
+                staged_bytes = staged_bytes.saturating_add(entry.size);
                 if staged_bytes > limits.max_staged_bytes {
                     return Err(ImportError::TooLarge {
                         entry: name(),
                         limit: limits.max_staged_bytes,
                     });
                 }
-                let (digest, _) = store.stage(&mut entry, expected).map_err(|e| match e {
-                    StageError::Mismatch { actual } => ImportError::BlobDigestMismatch {
-                        entry: name(),
-                        actual,
-                    },
-                    other => stage_error(other),
-                })?;
+                let digest = store
+                    .stage(data, entry.size, expected)
+                    .map_err(|e| match e {
+                        StageError::Mismatch { actual } => ImportError::BlobDigestMismatch {
+                            entry: name(),
+                            actual,
+                        },
+                        other => stage_error(other),
+                    })?;
                 contents.files.insert(clean.bytes, digest);
             }
-            EntryType::Symlink | EntryType::Link if !under_blobs && entry.size() == 0 => {
-                let target = entry.link_name_bytes().unwrap_or_default();
+            EntryType::Symlink | EntryType::Link if !under_blobs && entry.size == 0 => {
+                let target = entry.link.as_deref().unwrap_or_default();
                 let resolved = if kind == EntryType::Symlink {
                     if target.first() == Some(&b'/') {
                         None
                     } else {
-                        path::resolve_relative(clean.parent(), &target)
+                        path::resolve_relative(clean.parent(), target)
                     }
                 } else {
-                    path::clean(&target).ok().map(|t| t.bytes)
+                    path::clean(target).ok().map(|t| t.bytes)
                 };
                 let resolved = resolved.ok_or_else(|| ImportError::UnsafePath { entry: name() })?;
                 contents.aliases.insert(clean.bytes, resolved);
             }
-            _ => return Err(unexpected()),
+            _ => {
+                return Err(ImportError::UnexpectedEntry {
+                    entry: name(),
+                    kind: kind.as_byte(),
+                });
+            }
         }
-    }
+        Ok(())
+    });
+    outcome.map_err(|failure| match failure {
+        entries::Failure::Tar(source) => read(source),
+        entries::Failure::Visit(error) => error,
+    })?;
     Ok(contents)
 }
 
@@ -534,31 +539,33 @@ impl<R: Read> Read for Outer<R> {
 }
 
 fn read_json_entry(
-    entry: &mut dyn ReadSized,
+    data: &mut dyn Read,
+    size: u64,
     name: &str,
     limits: &Limits,
 ) -> Result<Vec<u8>, ImportError> {
-    if entry.size() > limits.max_json_bytes {
+    if size > limits.max_json_bytes {
         return Err(ImportError::JsonTooLarge {
             what: name.to_owned(),
             limit: limits.max_json_bytes,
         });
     }
     let mut bytes = Vec::new();
-    entry
-        .read_to_end(&mut bytes)
+    data.read_to_end(&mut bytes)
         .map_err(|source| ImportError::Read { source })?;
+    if bytes.len() as u64 != size {
+        return Err(truncated(name));
+    }
     Ok(bytes)
 }
 
-/// A tar entry, as far as reading a bounded JSON document needs.
-trait ReadSized: Read {
-    fn size(&self) -> u64;
-}
-
-impl<R: Read> ReadSized for tar::Entry<'_, R> {
-    fn size(&self) -> u64 {
-        tar::Entry::size(self)
+/// The archive ended inside an entry's data.
+fn truncated(name: &str) -> ImportError {
+    ImportError::Read {
+        source: io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("archive ends inside {name:?}"),
+        ),
     }
 }
 
@@ -625,6 +632,9 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Import
 fn stage_error(error: StageError) -> ImportError {
     match error {
         StageError::Read(source) => ImportError::Read { source },
+        StageError::Truncated => ImportError::Read {
+            source: io::Error::new(io::ErrorKind::UnexpectedEof, "archive ends inside a blob"),
+        },
         StageError::Write(path, source) => ImportError::Staging { path, source },
         StageError::Mismatch { actual } => ImportError::BlobDigestMismatch {
             entry: "synthesised document".to_owned(),
@@ -740,14 +750,21 @@ impl<'a> Walk<'a> {
         let Some(arch) = arch_name(&platform) else {
             return Ok(());
         };
+        // The index's word is what the scheduler uses; the config's is what the binaries
+        // are. When both are stated they must agree (an OS the config leaves out is taken
+        // from the index).
+        let mut stated = config.platform();
+        if stated.os.is_empty() {
+            stated.os.clone_from(&platform.os);
+        }
         if descriptor.platform.is_some()
             && !config.architecture.is_empty()
-            && arch_name(&config.platform()) != Some(arch)
+            && arch_name(&stated) != Some(arch)
         {
             return Err(ImportError::PlatformMismatch {
                 manifest: digest,
                 index: shown(&platform.to_string()),
-                config: shown(&config.platform().to_string()),
+                config: shown(&stated.to_string()),
             });
         }
         if let Some(first) = self.platforms.iter().find(|p| p.arch == arch) {
@@ -808,10 +825,6 @@ impl<'a> Walk<'a> {
             }
         })?;
         self.size(layer)?;
-        let too_large = ImportError::ImageTooLarge {
-            arch,
-            limit: self.limits.max_image_unpacked_bytes,
-        };
         let budget = self
             .limits
             .max_image_unpacked_bytes
@@ -851,7 +864,10 @@ impl<'a> Walk<'a> {
             }
         };
         if summary.tar_bytes > budget {
-            return Err(too_large);
+            return Err(ImportError::ImageTooLarge {
+                arch,
+                limit: self.limits.max_image_unpacked_bytes,
+            });
         }
         if summary.diff_id != diff_id {
             return Err(ImportError::DiffIdMismatch {

@@ -21,6 +21,8 @@ pub enum StageError {
     Read(io::Error),
     /// Writing to the staging directory failed.
     Write(PathBuf, io::Error),
+    /// The stream ended before the blob's declared length.
+    Truncated,
     /// The content does not hash to the digest its name promised.
     Mismatch { actual: Digest },
 }
@@ -55,13 +57,14 @@ impl Staging {
         File::open(self.path(digest))
     }
 
-    /// Streams `data` into the staging directory, hashing it; it lands under its digest
-    /// only when that is `expected` (if given). Returns its digest and size.
+    /// Streams `data` (`len` bytes) into the staging directory, hashing it; it lands under
+    /// its digest only when that is `expected` (if given). Returns its digest.
     pub fn stage(
         &mut self,
         data: &mut dyn Read,
+        len: u64,
         expected: Option<Digest>,
-    ) -> Result<(Digest, u64), StageError> {
+    ) -> Result<Digest, StageError> {
         let incoming = self.dir.join(INCOMING);
         let write = |e| StageError::Write(incoming.clone(), e);
         let file = OpenOptions::new()
@@ -81,6 +84,11 @@ impl Staging {
             writer.write_all(&buf[..n]).map_err(write)?;
         }
         let (digest, size, _file) = writer.finish();
+        // A short read is a truncated upload, not a lying blob: say so.
+        if size != len {
+            let _ = fs::remove_file(&incoming);
+            return Err(StageError::Truncated);
+        }
         if expected.is_some_and(|e| e != digest) {
             let _ = fs::remove_file(&incoming);
             return Err(StageError::Mismatch { actual: digest });
@@ -88,13 +96,13 @@ impl Staging {
         let path = self.path(&digest);
         fs::rename(&incoming, &path).map_err(|e| StageError::Write(path, e))?;
         self.blobs.insert(digest, size);
-        Ok((digest, size))
+        Ok(digest)
     }
 
     /// Stages bytes this crate made (a synthesised index or manifest).
     pub fn put(&mut self, bytes: &[u8]) -> Result<Digest, StageError> {
         let mut data = bytes;
-        self.stage(&mut data, None).map(|(digest, _)| digest)
+        self.stage(&mut data, bytes.len() as u64, None)
     }
 
     /// Keeps exactly `keep` and commits: every other blob staged is removed.

@@ -9,10 +9,10 @@
 //! the disk: its verdict depends on the layer's bytes alone.
 
 use super::{LayerError, LayerLimits};
+use crate::entries::Logical;
 use crate::path::{self, CleanPath, PathProblem};
 use crate::shown_bytes;
 use std::collections::BTreeMap;
-use std::io::Read;
 use tar::EntryType;
 
 /// What the layer put at a path so far.
@@ -59,7 +59,7 @@ pub enum Action {
     HardLink { target: Vec<u8> },
     /// A whiteout or opaque marker, kept as an empty file.
     Marker,
-    /// Nothing to create (PAX global headers, aufs metadata).
+    /// Nothing to create (aufs metadata).
     Skip,
 }
 
@@ -116,9 +116,9 @@ impl Checker {
     }
 
     /// Judges the next entry of the layer.
-    pub fn admit<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<Admitted, LayerError> {
-        let raw = entry.path_bytes();
-        let name = || shown_bytes(&raw);
+    pub fn admit(&mut self, entry: &Logical) -> Result<Admitted, LayerError> {
+        let raw = &entry.path;
+        let name = || shown_bytes(raw);
         self.entries += 1;
         if self.entries > self.max_entries {
             return Err(LayerError::TooManyEntries {
@@ -126,19 +126,9 @@ impl Checker {
                 limit: self.max_entries,
             });
         }
-        let header = entry.header();
-        let kind = header.entry_type();
-        if kind == EntryType::XGlobalHeader {
-            // PAX defaults for the whole archive; tar tools treat them as metadata, and
-            // the per-entry fields this crate reads are in each header.
-            return Ok(Admitted {
-                path: Vec::new(),
-                action: Action::Skip,
-                new_parents: Vec::new(),
-                replaces: None,
-            });
-        }
-        let path = path::clean(&raw).map_err(|problem| match problem {
+        let header = &entry.header;
+        let kind = entry.kind;
+        let path = path::clean(raw).map_err(|problem| match problem {
             PathProblem::Absolute => LayerError::AbsolutePath { entry: name() },
             PathProblem::Parent => LayerError::ParentDirectory { entry: name() },
             PathProblem::TooLong => LayerError::PathTooLong { entry: name() },
@@ -157,11 +147,24 @@ impl Checker {
                     )))
                 })
             };
+            // PAX records carry owners and times too large for the header's fields.
+            let uid = match entry.pax_uid {
+                Some(uid) => uid,
+                None => header.uid().map_err(bad)?,
+            };
+            let gid = match entry.pax_gid {
+                Some(gid) => gid,
+                None => header.gid().map_err(bad)?,
+            };
+            let mtime = match entry.pax_mtime {
+                Some(mtime) => mtime,
+                None => header.mtime().map_err(bad)?,
+            };
             Ok(Meta {
                 mode: header.mode().map_err(bad)? & 0o7777,
-                uid: id(header.uid().map_err(bad)?)?,
-                gid: id(header.gid().map_err(bad)?)?,
-                mtime: header.mtime().map_err(bad)?,
+                uid: id(uid)?,
+                gid: id(gid)?,
+                mtime,
             })
         };
 
@@ -175,14 +178,14 @@ impl Checker {
             },
             EntryType::Regular | EntryType::Continuous => Action::File {
                 meta: meta()?,
-                size: entry.size(),
+                size: entry.size,
             },
             EntryType::Symlink => Action::Symlink {
                 meta: meta()?,
-                target: entry.link_name_bytes().unwrap_or_default().into_owned(),
+                target: entry.link.clone().unwrap_or_default(),
             },
             EntryType::Link => Action::HardLink {
-                target: entry.link_name_bytes().unwrap_or_default().into_owned(),
+                target: entry.link.clone().unwrap_or_default(),
             },
             EntryType::Char | EntryType::Block => {
                 return Err(LayerError::Device { entry: name() });

@@ -26,6 +26,7 @@ mod check;
 mod stream;
 
 use crate::digest::Digest;
+use crate::entries::{self, Failure};
 use crate::image::Compression;
 use crate::partial::{PartialDir, PartialError};
 use check::{Action, Admitted, Checker, IMPLICIT_DIR, Meta, Node};
@@ -265,16 +266,14 @@ fn walk<R: Read>(
     let mut meter = Meter::new(reader, compression, limits);
     let mut checker = Checker::new(limits);
     let read = |source| LayerError::Read { source };
-    let mut entries = || -> Result<(), LayerError> {
-        let mut archive = tar::Archive::new(&mut meter);
-        for entry in archive.entries().map_err(read)? {
-            let mut entry = entry.map_err(read)?;
-            let admitted = checker.admit(&entry)?;
-            apply(&admitted, &mut entry)?;
-        }
-        Ok(())
-    };
-    let mut result = entries();
+    let outcome = entries::read(&mut meter, |entry, data| {
+        let admitted = checker.admit(entry)?;
+        apply(&admitted, data)
+    });
+    let mut result = outcome.map_err(|failure| match failure {
+        Failure::Tar(source) => read(source),
+        Failure::Visit(error) => error,
+    });
     if result.is_ok() {
         // What follows the end-of-archive blocks is part of the diff_id too.
         result = io::copy(&mut meter, &mut io::sink())
@@ -414,18 +413,22 @@ impl Tree {
             file.write_all(&buf[..n]).map_err(write)?;
             written += n as u64;
         }
-        debug_assert_eq!(
-            written, size,
-            "the tar reader yields exactly the entry's size"
-        );
+        if written != size {
+            // The tar reader ends an entry's data quietly at the end of the stream.
+            return Err(LayerError::Read {
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "layer ends inside a file"),
+            });
+        }
         if self.as_root {
             // Before the mode: chown clears setuid and setgid.
             std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid)).map_err(write)?;
         }
         file.set_permissions(Permissions::from_mode(meta.mode))
             .map_err(write)?;
-        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime))
-            .map_err(write)?;
+        // A time past what the system can represent is left unset rather than trusted.
+        if let Some(mtime) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(meta.mtime)) {
+            file.set_modified(mtime).map_err(write)?;
+        }
         Ok(())
     }
 
