@@ -317,6 +317,21 @@ fn hostile_layers(outside: &Path) -> Vec<Hostile> {
             refused: |e| matches!(e, LayerError::TooManyEntries { entry, limit: 2 } if entry == "c"),
         },
         Hostile {
+            name: "paths too long together",
+            tar: LayerTar::new()
+                .file(
+                    &format!("{}/{}", "a".repeat(200), "b".repeat(200)),
+                    0o644,
+                    b"",
+                )
+                .finish(),
+            limits: LayerLimits {
+                max_entries: 1,
+                ..LayerLimits::default()
+            },
+            refused: |e| matches!(e, LayerError::PathsTooLong { limit: 256, .. }),
+        },
+        Hostile {
             name: "too many bytes",
             tar: LayerTar::new()
                 .file("big", 0o644, &[7u8; 64 * 1024])

@@ -367,8 +367,9 @@ pub fn import(reader: impl Read, staging: &Path, limits: &Limits) -> Result<Impo
         walk.descriptor(descriptor, 0)?;
     }
     if walk.platforms.is_empty() {
+        let mut seen = BTreeSet::new();
         let mut found = walk.found;
-        found.dedup();
+        found.retain(|platform| seen.insert(platform.clone()));
         found.truncate(MAX_PLATFORMS_SHOWN);
         return Err(ImportError::NoRunnablePlatform { found });
     }

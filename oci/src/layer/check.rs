@@ -89,6 +89,11 @@ fn is_aufs_meta(name: &[u8]) -> bool {
     name.starts_with(AUFS_META_PREFIX) && name != OPAQUE_MARKER
 }
 
+/// Average path length allowed per entry of `max_entries`: real layers average well under
+/// 100 bytes, and a layer of only 4096-byte paths could otherwise make the model a
+/// gigabyte.
+pub const PATH_BYTES_PER_ENTRY: u64 = 256;
+
 /// Setuid and setgid bits.
 const SETID_BITS: u32 = 0o6000;
 
@@ -97,6 +102,9 @@ const SETID_BITS: u32 = 0o6000;
 pub struct Checker {
     model: BTreeMap<Vec<u8>, Node>,
     max_entries: u64,
+    /// Bytes of entry paths seen, bounded so that the model stays small on a small node.
+    path_bytes: u64,
+    max_path_bytes: u64,
     allow_setuid: bool,
     pub entries: u64,
     pub unpacked_bytes: u64,
@@ -108,6 +116,8 @@ impl Checker {
         Self {
             model: BTreeMap::new(),
             max_entries: limits.max_entries,
+            path_bytes: 0,
+            max_path_bytes: limits.max_entries.saturating_mul(PATH_BYTES_PER_ENTRY),
             allow_setuid: limits.allow_setuid,
             entries: 0,
             unpacked_bytes: 0,
@@ -134,6 +144,13 @@ impl Checker {
             PathProblem::TooLong => LayerError::PathTooLong { entry: name() },
             PathProblem::Nul => LayerError::NulInPath { entry: name() },
         })?;
+        self.path_bytes = self.path_bytes.saturating_add(path.bytes.len() as u64);
+        if self.path_bytes > self.max_path_bytes {
+            return Err(LayerError::PathsTooLong {
+                entry: name(),
+                limit: self.max_path_bytes,
+            });
+        }
 
         let meta = || -> Result<Meta, LayerError> {
             let bad = |source| LayerError::Header {

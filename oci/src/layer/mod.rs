@@ -47,7 +47,8 @@ pub struct LayerLimits {
     /// files unpacked never exceed it. Decompression stops at this many bytes.
     pub max_unpacked_bytes: u64,
     /// Entries in the tar stream, counting every header (directories and links too). The
-    /// checker keeps a path per entry in memory, so this also bounds its memory.
+    /// checker keeps a path per entry in memory, so this also bounds its memory: the paths
+    /// together may take 256 bytes per allowed entry (64 MiB by default).
     pub max_entries: u64,
     /// Decompressed bytes per compressed byte, enforced once the stream is past
     /// `ratio_floor_bytes`.
@@ -124,6 +125,9 @@ pub enum LayerError {
     /// More entries than `max_entries`.
     #[error("layer has more than {limit} entries (at {entry:?})")]
     TooManyEntries { entry: String, limit: u64 },
+    /// The entries' paths together are longer than 256 bytes per allowed entry.
+    #[error("layer's paths exceed {limit} bytes together (at {entry:?})")]
+    PathsTooLong { entry: String, limit: u64 },
     /// A header field (mode, owner, time) is not a number or does not fit.
     #[error("entry {entry:?} has a malformed header: {source}")]
     Header {
