@@ -174,11 +174,11 @@ pub enum ImportError {
         source: io::Error,
     },
     /// More entries than `max_archive_entries`.
-    #[error("archive has more than {limit} entries")]
-    TooManyEntries { limit: u64 },
+    #[error("archive has more than {limit} entries (at {entry:?})")]
+    TooManyEntries { entry: String, limit: u64 },
     /// More files than `max_blobs`.
-    #[error("archive has more than {limit} files")]
-    TooManyBlobs { limit: u64 },
+    #[error("archive has more than {limit} files (at {entry:?})")]
+    TooManyBlobs { entry: String, limit: u64 },
     /// More bytes than `max_staged_bytes`.
     #[error("archive holds more than {limit} bytes of blobs (at {entry:?})")]
     TooLarge { entry: String, limit: u64 },
@@ -417,13 +417,14 @@ fn read_archive(
     let mut contents = Contents::default();
     let (mut entries, mut files, mut staged_bytes) = (0u64, 0u64, 0u64);
     let outcome = entries::read(ungzip(reader).map_err(read)?, |entry, data| {
+        let name = || shown_bytes(&entry.path);
         entries += 1;
         if entries > limits.max_archive_entries {
             return Err(ImportError::TooManyEntries {
+                entry: name(),
                 limit: limits.max_archive_entries,
             });
         }
-        let name = || shown_bytes(&entry.path);
         let kind = entry.kind;
         let clean =
             path::clean(&entry.path).map_err(|_| ImportError::UnsafePath { entry: name() })?;
@@ -462,6 +463,7 @@ fn read_archive(
                 files += 1;
                 if files > limits.max_blobs {
                     return Err(ImportError::TooManyBlobs {
+                        entry: name(),
                         limit: limits.max_blobs,
                     });
                 }

@@ -7,7 +7,8 @@
 //! that is absolute or climbs with `..`; a relative symlink whose target, resolved from the
 //! link's directory, climbs above the root; an entry whose path goes through a symlink the
 //! layer created; a hard link to anything but a regular file the layer wrote earlier;
-//! devices and FIFOs; setuid and setgid files unless allowed; unknown entry types; too many
+//! devices and FIFOs; setuid and setgid files unless allowed; unknown entry types and GNU
+//! sparse files; extension headers over 64 KiB or contradicting their entry; too many
 //! entries, too many bytes, or a compressed stream expanding past its ratio.
 //!
 //! Absolute symlinks (`bin/sh -> /bin/busybox`) are normal in real images and kept as they
