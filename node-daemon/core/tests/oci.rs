@@ -4,9 +4,9 @@
 
 use node_core::oci::{
     Arch, CAPABILITIES, ConfigError, ContainerSettings, DEFAULT_PATH, DENIED_SYSCALLS,
-    ImageDefaults, MAX_ARG_BYTES, MAX_ARGS, MAX_EXEC_BYTES, MAX_WRITABLE_PATHS, RuntimeConfig,
-    RuntimeFeatures, SecretsMount, StopSignalError, User, UserError, default_seccomp, resolve_user,
-    runtime_config,
+    ImageDefaults, MAX_ARG_BYTES, MAX_ARGS, MAX_EXEC_BYTES, MAX_NOFILE_HARD, MAX_WRITABLE_PATHS,
+    RuntimeConfig, RuntimeFeatures, SecretsMount, StopSignalError, User, UserError,
+    default_seccomp, resolve_user, runtime_config,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -541,6 +541,27 @@ fn limits_are_absent_unless_set_and_the_cpu_quota_has_the_kernels_floor() {
         .cpu
         .expect("cpu");
     assert_eq!(cpu.quota, 1000, "the kernel refuses a quota under 1 ms");
+}
+
+#[test]
+fn the_open_files_limit_is_the_nodes_to_choose() {
+    let mut s = settings();
+    s.nofile_hard = 20_000;
+    let j = to_json(&config(&image(&["/e"], &[]), &s));
+    assert_eq!(
+        j["process"]["rlimits"],
+        json!([{"type": "RLIMIT_NOFILE", "hard": 20000, "soft": 1024}])
+    );
+    s.nofile_hard = 512;
+    let c = config(&image(&["/e"], &[]), &s);
+    assert_eq!(
+        (c.process.rlimits[0].soft, c.process.rlimits[0].hard),
+        (512, 512)
+    );
+    for bad in [0, MAX_NOFILE_HARD + 1] {
+        s.nofile_hard = bad;
+        assert_eq!(refused(&image(&["/e"], &[]), &s).field(), "nofile_hard");
+    }
 }
 
 #[test]

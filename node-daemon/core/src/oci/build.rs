@@ -46,11 +46,14 @@ const MAX_HOSTNAME_BYTES: usize = 64;
 /// The smallest tmpfs: one page. `size=0` would mean no limit at all.
 const MIN_TMPFS_BYTES: u64 = 4096;
 
-/// Open files: a soft limit of 1024 keeps `select()`-based code safe; the hard limit lets a
-/// service that needs more raise its own (Go and the JVM do so at startup, nginx with
+/// Open files: a soft limit of 1024 keeps `select()`-based code safe; the hard limit
+/// ([`ContainerSettings::nofile_hard`], by default [`DEFAULT_NOFILE_HARD`]) lets a service
+/// that needs more raise its own (Go and the JVM do so at startup, nginx with
 /// `worker_rlimit_nofile`) without a node-wide default of a million.
 pub const NOFILE_SOFT: u64 = 1024;
-pub const NOFILE_HARD: u64 = 65_536;
+pub const DEFAULT_NOFILE_HARD: u64 = 65_536;
+/// The kernel's default `fs.nr_open`: no process may have more open files.
+pub const MAX_NOFILE_HARD: u64 = 1 << 20;
 
 /// The namespaces a container gets its own of, and only these.
 ///
@@ -304,6 +307,12 @@ pub struct ContainerSettings {
     pub writable_paths: Vec<String>,
     /// The size of each tmpfs: `/tmp` and every writable path.
     pub tmpfs_size_bytes: u64,
+    /// The hard limit on open files (the soft one is [`NOFILE_SOFT`], or this when lower).
+    /// The runtime sets it as the daemon's user: raising it above the daemon's own hard
+    /// limit needs `CAP_SYS_RESOURCE` (runc fails with "error setting rlimit type 7:
+    /// operation not permitted"), so a daemon without that capability passes at most its own
+    /// hard limit. From 1 to [`MAX_NOFILE_HARD`].
+    pub nofile_hard: u64,
     /// The node's secrets for this workload, read-only in the container.
     pub secrets: Option<SecretsMount>,
     /// A host file bind-mounted read-only on `/etc/resolv.conf`. The container shares the
@@ -334,6 +343,7 @@ impl ContainerSettings {
             readonly_root: false,
             writable_paths: Vec::new(),
             tmpfs_size_bytes: DEFAULT_TMPFS_BYTES,
+            nofile_hard: DEFAULT_NOFILE_HARD,
             secrets: None,
             resolv_conf: None,
             hosts_file: None,
@@ -399,7 +409,7 @@ pub enum ConfigError {
     /// [`MAX_PATH_BYTES`], or `/` itself (the root cgroup).
     #[error("cgroups_path {path}: {reason}")]
     CgroupsPath { path: String, reason: &'static str },
-    /// `memory_bytes`, `cpu_millis` or `tmpfs_size_bytes` out of range.
+    /// `memory_bytes`, `cpu_millis`, `tmpfs_size_bytes` or `nofile_hard` out of range.
     #[error("{field}: {reason}")]
     Limit { field: &'static str, reason: String },
 }
@@ -462,8 +472,8 @@ pub fn runtime_config(
             },
             rlimits: vec![Rlimit {
                 kind: "RLIMIT_NOFILE".into(),
-                hard: NOFILE_HARD,
-                soft: NOFILE_SOFT,
+                hard: settings.nofile_hard,
+                soft: NOFILE_SOFT.min(settings.nofile_hard),
             }],
             no_new_privileges: true,
         },
@@ -762,6 +772,12 @@ fn resources(settings: &ContainerSettings) -> Result<Resources, ConfigError> {
         return Err(limit(
             "tmpfs_size_bytes",
             format!("must be at least {MIN_TMPFS_BYTES}"),
+        ));
+    }
+    if !(1..=MAX_NOFILE_HARD).contains(&settings.nofile_hard) {
+        return Err(limit(
+            "nofile_hard",
+            format!("must be from 1 to {MAX_NOFILE_HARD}"),
         ));
     }
     Ok(Resources {

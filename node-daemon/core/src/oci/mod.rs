@@ -53,10 +53,10 @@ mod seccomp;
 mod user;
 
 pub use build::{
-    Arch, CAPABILITIES, ConfigError, ContainerSettings, DEFAULT_PATH, DEFAULT_TMPFS_BYTES,
-    ImageDefaults, MAX_ARG_BYTES, MAX_ARGS, MAX_CPU_MILLIS, MAX_ENV, MAX_EXEC_BYTES,
-    MAX_PATH_BYTES, MAX_WRITABLE_PATHS, MIN_CPU_QUOTA_US, NAMESPACES, NOFILE_HARD, NOFILE_SOFT,
-    OCI_VERSION, SecretsMount, StopSignalError, runtime_config,
+    Arch, CAPABILITIES, ConfigError, ContainerSettings, DEFAULT_NOFILE_HARD, DEFAULT_PATH,
+    DEFAULT_TMPFS_BYTES, ImageDefaults, MAX_ARG_BYTES, MAX_ARGS, MAX_CPU_MILLIS, MAX_ENV,
+    MAX_EXEC_BYTES, MAX_NOFILE_HARD, MAX_PATH_BYTES, MAX_WRITABLE_PATHS, MIN_CPU_QUOTA_US,
+    NAMESPACES, NOFILE_SOFT, OCI_VERSION, SecretsMount, StopSignalError, runtime_config,
 };
 pub use features::RuntimeFeatures;
 pub use runtime::{
