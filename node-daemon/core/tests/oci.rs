@@ -439,6 +439,28 @@ fn hostile_passwd_and_group_text_is_skipped_line_by_line() {
     );
 }
 
+#[test]
+fn a_user_in_more_groups_than_the_kernel_allows_is_refused() {
+    let many: String = (1..=70_000u32)
+        .map(|gid| format!("g{gid}:x:{gid}:app\n"))
+        .collect();
+    assert_eq!(
+        resolve_user(Some("app"), PASSWD, &many),
+        Err(UserError::TooManyGroups {
+            name: "\"app\"".into()
+        })
+    );
+    let enough: String = (1..=65_000u32)
+        .map(|gid| format!("g{gid}:x:{gid}:app\n"))
+        .collect();
+    let u = resolve_user(Some("app"), PASSWD, &enough).expect("within NGROUPS_MAX");
+    assert_eq!(
+        u.additional_gids.len(),
+        64_999,
+        "without the primary group 1000"
+    );
+}
+
 proptest! {
     #[test]
     fn resolving_never_panics(user in ".{0,40}", passwd in "[a-z0-9:\n,#+-]{0,200}", group in "[a-z0-9:\n,]{0,200}") {

@@ -36,8 +36,9 @@
 //! perf, keyrings, namespaces, ptrace, the clock. Capabilities already refuse most of these;
 //! the profile is the second wall for the day a kernel bug lets one through. The same list
 //! works on x86_64, aarch64 and 32-bit ARM: runc looks each name up in its libseccomp for the
-//! filter's architectures and skips, with a debug log, a name it does not know at all
-//! (`matchCall` in `libcontainer/seccomp/seccomp_linux.go`), and libseccomp skips an
+//! filter's architectures and skips a name it does not know at all (`matchCall` in
+//! `libcontainer/seccomp/seccomp_linux.go`; runc 1.1.5 with libseccomp 2.5.4 logs
+//! `unknown seccomp syscall "..." ignored` under `--debug` and runs), and libseccomp skips an
 //! architecture that lacks a syscall the others have (`stime` exists on 32-bit x86 and ARM
 //! only). So one profile stays valid across libseccomp versions and kernels.
 //!
