@@ -15,6 +15,9 @@
 //! - [`outbox`]: [`Outbox`](outbox::Outbox), what the orchestrator must still learn: the
 //!   drain order by class, acknowledgements and resends, and what is shed when the disk
 //!   budget is full; [`Pacer`](outbox::Pacer), the uplink's byte budget.
+//! - [`oci`]: a container's OCI runtime `config.json` from its image's config and the
+//!   workload's settings (command, environment, user, mounts, limits, capabilities, seccomp
+//!   profile), and what `runc features` says the runtime can do.
 //! - [`renewal`]: [`Renewal`](renewal::Renewal), when the node asks for a new certificate:
 //!   two thirds into its lifetime, by the orchestrator's clock as the welcome said it.
 //!
@@ -29,6 +32,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod config;
+pub mod oci;
 pub mod outbox;
 pub mod proxy;
 pub mod renewal;
