@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod build;
 pub mod digest;
 mod entries;
 pub mod image;

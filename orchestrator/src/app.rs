@@ -106,6 +106,9 @@ impl Handles {
             links: self.links.clone(),
             reports: self.reports.clone(),
             metrics: self.metrics.clone(),
+            images: artifacts
+                .as_ref()
+                .map(|a| Arc::new(crate::images::ImageStore::new(a.clone()))),
             artifacts,
             auth,
         }

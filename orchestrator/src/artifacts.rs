@@ -31,6 +31,8 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 const SUBDIR: &str = "artifacts/sha256";
 /// Temporary upload files start with this; no digest name does.
 const TEMP_PREFIX: &str = ".upload-";
+/// Staging directories of image pushes start with this (see [`ArtifactStore::staging`]).
+const STAGING_PREFIX: &str = ".image-";
 
 /// One stored artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,9 +106,14 @@ impl ArtifactStore {
         std::fs::create_dir_all(&dir)?;
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TEMP_PREFIX) {
                 tracing::info!(path = %entry.path().display(), "deleting an unfinished upload");
                 std::fs::remove_file(entry.path())?;
+            } else if name.starts_with(STAGING_PREFIX) {
+                tracing::info!(path = %entry.path().display(), "deleting an unfinished image push");
+                std::fs::remove_dir_all(entry.path())?;
             }
         }
         Ok(Self { dir, max_bytes })
@@ -115,6 +122,47 @@ impl ArtifactStore {
     /// The largest artifact this store accepts, in bytes.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// A new, empty directory beside the artifacts (so that a rename moves a file in) for
+    /// one image push to stage its blobs in. What a crash leaves of it, the next
+    /// [`ArtifactStore::open`] deletes.
+    pub fn staging(&self) -> io::Result<PathBuf> {
+        let dir = self
+            .dir
+            .join(format!("{STAGING_PREFIX}{:016x}", fastrand::u64(..)));
+        std::fs::create_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Where the image store keeps its records: beside the artifacts, in the same data dir.
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .map_or_else(|| self.dir.join("images"), |p| p.join("images"))
+    }
+
+    /// Moves `staged`, a file whose bytes the caller hashed to `digest` (an image push's
+    /// checked blob), into the store; false if the store had it already (a layer two images
+    /// share), and then `staged` is deleted. Call [`ArtifactStore::sync`] once after a batch.
+    pub async fn adopt(&self, staged: &Path, digest: &Digest) -> io::Result<bool> {
+        let target = self.file(digest);
+        match tokio::fs::metadata(&target).await {
+            Ok(_) => {
+                tokio::fs::remove_file(staged).await?;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tokio::fs::rename(staged, &target).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the renames of [`ArtifactStore::adopt`] durable.
+    pub async fn sync(&self) -> io::Result<()> {
+        sync_dir(&self.dir).await
     }
 
     fn file(&self, digest: &Digest) -> PathBuf {

@@ -247,19 +247,20 @@ impl Deployer {
         (r, committed)
     }
 
-    /// Deploys `spec` (its artifact is `artifact_size` bytes), waits until what that decided
+    /// Deploys `spec` (with what the stores know of its artifact or image), waits until what that decided
     /// is stored and sent, then logs and counts the deploy in `metrics` if it changed
     /// anything.
     pub async fn apply(
         &self,
         spec: WorkloadSpec,
-        artifact_size: u64,
+        artifact: impl Into<orchestrator_core::deploy::ArtifactFacts>,
         metrics: &Metrics,
     ) -> Result<Applied, ApplyError> {
         let name = spec.name().to_owned();
+        let artifact = artifact.into();
         let (outcome, committed) = self.deploy(|d| {
             let created = !d.contains(&name);
-            match d.apply(spec, artifact_size) {
+            match d.apply(spec, artifact) {
                 Ok((outcome, effects)) => {
                     let changed = !effects.is_empty();
                     (Ok((created, changed, outcome.bound.len())), effects)

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod clock;
 pub mod demo;
 pub mod deployer;
+pub mod images;
 pub mod links;
 pub mod logs;
 pub mod metrics;

@@ -50,7 +50,11 @@ pub(super) fn router(state: ApiState) -> axum::Router {
 
 /// Counts the request and turns an error response that is not JSON (axum's 405) into the
 /// API's [`super::error::ErrorBody`], keeping its headers (`Allow`).
-async fn finish(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+pub(super) async fn finish(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let response = next.run(request).await;
     count_and_json(&state.metrics, response).await
 }

@@ -44,6 +44,7 @@ mod cache;
 pub mod error;
 mod events;
 mod extract;
+mod images;
 mod nodes;
 pub mod time;
 mod tokens;
@@ -80,6 +81,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/artifacts"),
     ("POST", "/v1/artifacts"),
+    ("GET", "/v1/images"),
+    ("POST", "/v1/images"),
+    ("GET", "/v1/images/{digest}"),
     ("GET", "/v1/workloads"),
     ("POST", "/v1/workloads"),
     ("GET", "/v1/workloads/{name}"),
@@ -110,6 +114,8 @@ pub struct ApiState {
     /// `None` when the orchestrator has no artifact store: `/v1/artifacts` answers 503 and a
     /// deploy cannot check its artifact.
     pub artifacts: Option<Arc<ArtifactStore>>,
+    /// Container images, whose blobs live in `artifacts`; `None` with it.
+    pub images: Option<Arc<crate::images::ImageStore>>,
     pub auth: Arc<ApiAuth>,
 }
 
@@ -117,6 +123,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> axum::Router {
     // Merged after the layers below: uploads stream past the 64 KiB body buffer.
     let artifact_routes = artifacts::router(state.clone());
+    let image_routes = images::router(state.clone());
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -132,6 +139,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), finish))
         .with_state(state)
         .merge(artifact_routes)
+        .merge(image_routes)
 }
 
 /// Serves the API over `state` on an already-bound listener, within [`LIMITS`].

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use edge_proto::NodeId;
-use orchestrator_core::deploy::{Admission, DeploymentView, state_name};
+use orchestrator_core::deploy::{Admission, ArtifactFacts, DeploymentView, ImageFacts, state_name};
 use orchestrator_core::workload::{Driver, SpecError, WorkloadSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -184,29 +184,23 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
     json_content_type(&headers)?.ok_or_else(no_json_content_type)?;
     let spec = WorkloadSpec::from_json(&body).map_err(bad_spec)?;
-    if spec.driver() == Driver::Oci {
-        return Err(ApiError::BadRequest(format!(
-            "image: {} is not in the image store; push it first (edgectl image push)",
-            spec.artifact()
-        )));
-    }
-    // What the wire cannot carry is the spec's fault too: say so before anything else.
-    orchestrator_core::deploy::assignment(&spec, 0, &0.into()).map_err(bad_spec)?;
-    let digest = *spec.artifact().as_bytes();
-    let store = state
-        .artifacts
-        .as_ref()
-        .ok_or_else(|| ApiError::Unavailable("this orchestrator has no artifact store".into()))?;
-    let Some(size) = store.size(&digest).await.map_err(internal)? else {
-        return Err(ApiError::BadRequest(format!(
-            "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",
-            edge_proto::digest::to_prefixed(&digest)
-        )));
+    // What the wire cannot carry is the spec's fault too: say so before anything else (an
+    // image's platforms, not known yet, take a few bytes at most).
+    let unknown = ArtifactFacts {
+        size: 0,
+        image: (spec.driver() == Driver::Oci).then(|| ImageFacts {
+            platforms: Vec::new(),
+        }),
+    };
+    orchestrator_core::deploy::assignment(&spec, 0, &unknown).map_err(bad_spec)?;
+    let facts = match spec.driver() {
+        Driver::Exec => artifact_facts(&state, &spec).await?,
+        Driver::Oci => image_facts(&state, &spec).await?,
     };
     let name = spec.name().to_owned();
     let applied = state
         .deployments
-        .apply(spec, size, &state.metrics)
+        .apply(spec, facts, &state.metrics)
         .await
         .map_err(|e| match e {
             ApplyError::Spec(e) => bad_spec(e),
@@ -219,6 +213,41 @@ async fn deploy(
         StatusCode::OK
     };
     Ok((status, Json(view(&state, shown))))
+}
+
+/// The executable's size, from the artifact store.
+async fn artifact_facts(state: &ApiState, spec: &WorkloadSpec) -> Result<ArtifactFacts, ApiError> {
+    let digest = *spec.artifact().as_bytes();
+    let store = state
+        .artifacts
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this orchestrator has no artifact store".into()))?;
+    match store.size(&digest).await.map_err(internal)? {
+        Some(size) => Ok(size.into()),
+        None => Err(ApiError::BadRequest(format!(
+            "artifact: {} is not in the artifact store; push it first (edgectl artifact push)",
+            spec.artifact()
+        ))),
+    }
+}
+
+/// The image's platforms, from the image store.
+async fn image_facts(state: &ApiState, spec: &WorkloadSpec) -> Result<ArtifactFacts, ApiError> {
+    let store = state
+        .images
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this orchestrator has no image store".into()))?;
+    match store
+        .get(spec.artifact().as_bytes())
+        .await
+        .map_err(internal)?
+    {
+        Some(record) => Ok(crate::images::facts(&record)),
+        None => Err(ApiError::BadRequest(format!(
+            "image: {} is not in the image store; push it first (edgectl image push)",
+            spec.artifact()
+        ))),
+    }
 }
 
 async fn delete(

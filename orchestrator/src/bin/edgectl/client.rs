@@ -122,6 +122,30 @@ impl Client {
         self.finish(request.send(file))
     }
 
+    /// Streams an image archive to `POST /v1/images`; the orchestrator checks every blob.
+    pub(crate) fn push_image(&self, path: &std::path::Path) -> Result<String, CliError> {
+        let file = std::fs::File::open(path).map_err(|e| CliError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut request = self
+            .agent
+            .post(self.url("/v1/images"))
+            .content_type("application/x-tar");
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        // As with artifacts: no deadline for the whole upload, and time for the
+        // orchestrator to check the last layer once the body is sent.
+        let request = request
+            .config()
+            .timeout_global(None)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .build();
+        self.finish(request.send(file))
+    }
+
     /// The body of a successful response, or the API's error.
     fn finish(
         &self,

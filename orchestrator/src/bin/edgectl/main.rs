@@ -13,6 +13,7 @@ use orchestrator::api::views::{
 };
 use orchestrator::auth::Role;
 use orchestrator::clock::now_unix;
+use orchestrator::images::ImageRecord;
 use orchestrator_core::workload::WorkloadSpec;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -26,8 +27,8 @@ mod render;
 use client::{Client, percent_encode};
 use render::{
     api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, drained,
-    events_table, node_summary, nodes_table, token_created, tokens_table, workload_summary,
-    workloads_table,
+    events_table, image_pushed, images_table, node_summary, nodes_table, token_created,
+    tokens_table, workload_summary, workloads_table,
 };
 
 #[derive(Debug, Parser)]
@@ -82,6 +83,11 @@ enum Command {
     Artifact {
         #[command(subcommand)]
         command: ArtifactCommand,
+    },
+    /// Container images, stored by the orchestrator and fetched by nodes layer by layer.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
     },
     /// Deploy a workload from a spec file (TOML), or change a deployed one.
     Deploy {
@@ -169,6 +175,18 @@ enum ArtifactCommand {
         path: PathBuf,
     },
     /// List the stored artifacts.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Upload an OCI image archive (docker save, podman save --format oci-archive, skopeo
+    /// copy ... oci-archive:) and print its digest, for a workload spec's `image`.
+    Push {
+        /// The archive: an OCI image layout in a tar.
+        path: PathBuf,
+    },
+    /// List the stored images and the architectures each runs on.
     List,
 }
 
@@ -456,6 +474,20 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             let body = client.get("/v1/artifacts")?;
             client.show(cli.json, &body, |artifacts: &Vec<ArtifactView>| {
                 artifacts_table(artifacts)
+            })
+        }
+        Command::Image {
+            command: ImageCommand::Push { path },
+        } => {
+            let body = client.push_image(path)?;
+            client.show(cli.json, &body, image_pushed)
+        }
+        Command::Image {
+            command: ImageCommand::List,
+        } => {
+            let body = client.get("/v1/images")?;
+            client.show(cli.json, &body, |images: &Vec<ImageRecord>| {
+                images_table(images)
             })
         }
         Command::Deploy { file } => {

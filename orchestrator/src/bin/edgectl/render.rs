@@ -4,6 +4,7 @@ use orchestrator::api::views::{
     ApiTokenCreated, ApiTokenView, ArtifactView, NodeView, TokenCreated, TokenView,
     TrafficCountsView, WorkloadView,
 };
+use orchestrator::images::{ImageRecord, PushedView};
 use std::fmt::Write as _;
 
 /// Columns padded to their widest cell; the last column is not padded.
@@ -302,6 +303,58 @@ pub(crate) fn artifact_pushed(a: &ArtifactView) -> String {
         human = human_bytes(a.size),
         digest_toml = toml_string(&a.digest),
     )
+}
+
+pub(crate) fn image_pushed(p: &PushedView) -> String {
+    let mut out = format!(
+        "Digest:    {digest}\n\
+         Platforms: {platforms}\n\
+         Stored:    {new} new blobs ({new_bytes}); {shared} already stored ({shared_bytes})\n",
+        digest = p.image.digest,
+        platforms = p
+            .image
+            .platforms
+            .iter()
+            .map(|x| format!("{} ({})", x.arch, x.platform))
+            .collect::<Vec<_>>()
+            .join(", "),
+        new = p.blobs_new,
+        new_bytes = human_bytes(p.bytes_new),
+        shared = p.blobs_shared,
+        shared_bytes = human_bytes(p.bytes_shared),
+    );
+    let _ = write!(
+        out,
+        "\nName it in a workload spec:\n\
+         driver = \"oci\"\n\
+         image = {}\n",
+        toml_string(&p.image.digest)
+    );
+    out
+}
+
+pub(crate) fn images_table(images: &[ImageRecord]) -> String {
+    let mut rows = vec![
+        ["DIGEST", "ARCH", "LAYERS", "DOWNLOAD", "UNPACKED"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for i in images {
+        for p in &i.platforms {
+            rows.push(vec![
+                i.digest.clone(),
+                p.arch.clone(),
+                p.layers.len().to_string(),
+                human_bytes(p.download_bytes),
+                human_bytes(p.unpacked_bytes),
+            ]);
+        }
+    }
+    let mut out = table(&rows);
+    if images.is_empty() {
+        out.push_str("(no images yet: `edgectl image push FILE` uploads one)\n");
+    }
+    out
 }
 
 pub(crate) fn deployed(w: &WorkloadView) -> String {
