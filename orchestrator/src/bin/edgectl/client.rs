@@ -104,44 +104,44 @@ impl Client {
         let (digest, _) =
             sha256_reader(std::fs::File::open(path).map_err(file_error)?).map_err(file_error)?;
         let file = std::fs::File::open(path).map_err(file_error)?;
-        let mut request = self
-            .agent
-            .post(self.url(&format!("/v1/artifacts?sha256={}", to_hex(&digest))))
-            .content_type(ARTIFACT_CONTENT_TYPE);
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        // An artifact may be hundreds of MiB over a slow link: no deadline for the whole call,
-        // only for connecting and for the answer once the body is sent.
-        let request = request
-            .config()
-            .timeout_global(None)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .build();
-        self.finish(request.send(file))
+        let url = format!("/v1/artifacts?sha256={}", to_hex(&digest));
+        self.upload(&url, ARTIFACT_CONTENT_TYPE, file, Duration::from_secs(120))
     }
 
-    /// Streams an image archive to `POST /v1/images`; the orchestrator checks every blob.
+    /// Streams an image archive to `POST /v1/images`; the orchestrator checks every blob,
+    /// and may take a while over the last layer once the body is sent.
     pub(crate) fn push_image(&self, path: &std::path::Path) -> Result<String, CliError> {
         let file = std::fs::File::open(path).map_err(|e| CliError::File {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut request = self
-            .agent
-            .post(self.url("/v1/images"))
-            .content_type("application/x-tar");
+        self.upload(
+            "/v1/images",
+            "application/x-tar",
+            file,
+            Duration::from_secs(300),
+        )
+    }
+
+    /// POSTs `file` to `path`. An upload may be hundreds of MiB over a slow link: no
+    /// deadline for the whole call, only for connecting and for the answer once the body is
+    /// sent (`answer_within`).
+    fn upload(
+        &self,
+        path: &str,
+        content_type: &str,
+        file: std::fs::File,
+        answer_within: Duration,
+    ) -> Result<String, CliError> {
+        let mut request = self.agent.post(self.url(path)).content_type(content_type);
         if let Some(token) = &self.token {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
-        // As with artifacts: no deadline for the whole upload, and time for the
-        // orchestrator to check the last layer once the body is sent.
         let request = request
             .config()
             .timeout_global(None)
             .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .timeout_recv_response(Some(answer_within))
             .build();
         self.finish(request.send(file))
     }
