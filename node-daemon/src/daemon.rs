@@ -135,6 +135,7 @@ pub async fn run_with(
     let mut sampler = StatusSampler::new(&data_dir).ok();
     let limits = LimitsBackend::detect();
     let limits_kind = limits.kind();
+    let container_runtimes = crate::oci::runtime::detect(config.containers(), limits_kind).await;
     let (conn_tx, conn_rx) = watch::channel::<Option<quinn::Connection>>(None);
     let (out_tx, mut out_rx) = mpsc::channel::<NodeMsg>(256);
     let workloads = Workloads::start(
@@ -190,8 +191,11 @@ pub async fn run_with(
     )
     .with_runtime(RuntimeInfo {
         limits: limits_kind,
-        // Containers come with the `oci` driver's runtime detection.
-        container_runtimes: Default::default(),
+        container_runtimes: container_runtimes
+            .iter()
+            .take(RuntimeInfo::MAX_RUNTIMES)
+            .map(|r| text(&r.name))
+            .collect(),
     });
     // When to renew the certificate: decided by the core, on the orchestrator's clock.
     let mut renewal = identity.as_ref().and_then(|i| renewal_of(&board, &i.cert));

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod identity;
 pub mod metrics;
 pub mod notify;
+pub mod oci;
 pub mod outbox;
 pub mod private_fs;
 pub mod provision;

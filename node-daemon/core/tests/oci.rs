@@ -1186,3 +1186,9 @@ fn arch_names_are_rusts() {
     assert_eq!(Arch::from_target("arm"), Some(Arch::Arm));
     assert_eq!(Arch::from_target("riscv64"), None);
 }
+
+#[test]
+fn crun_first_on_cgroup_v2_and_runc_first_on_v1_or_hybrid() {
+    assert_eq!(node_core::oci::runtime_preference(true), ["crun", "runc"]);
+    assert_eq!(node_core::oci::runtime_preference(false), ["runc", "crun"]);
+}

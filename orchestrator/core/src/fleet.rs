@@ -36,6 +36,9 @@ pub struct NodeInfo {
     /// How the node enforces workload limits: `cgroup-v2`, `cgroup-v1` or `rlimit`.
     #[serde(default)]
     pub limits: Option<String>,
+    /// The OCI runtimes the node runs containers with (`runc`, `crun`), best first.
+    #[serde(default)]
+    pub container_runtimes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +333,7 @@ impl Fleet {
         node.last_seen_unix = now_unix;
         let info = NodeInfo {
             limits: node.info.limits.clone(),
+            container_runtimes: node.info.container_runtimes.clone(),
             ..NodeInfo::from(caps)
         };
         let changed = NodeInfo {
@@ -340,7 +344,8 @@ impl Fleet {
         Ok(if changed { self.node_change(id) } else { None })
     }
 
-    /// How the node enforces limits. A change is returned for persisting.
+    /// How the node enforces limits and which container runtimes it has. A change is
+    /// returned for persisting.
     pub fn update_runtime(&mut self, id: NodeId, info: RuntimeInfo) -> Option<Change> {
         let node = self.nodes.get_mut(&id)?;
         let limits = Some(
@@ -351,10 +356,16 @@ impl Fleet {
             }
             .to_owned(),
         );
-        if node.info.limits == limits {
+        let runtimes: Vec<String> = info
+            .container_runtimes
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect();
+        if node.info.limits == limits && node.info.container_runtimes == runtimes {
             return None;
         }
         node.info.limits = limits;
+        node.info.container_runtimes = runtimes;
         self.node_change(id)
     }
 
@@ -469,6 +480,7 @@ impl From<&Capabilities> for NodeInfo {
                 alt_m: l.alt_m,
             }),
             limits: None,
+            container_runtimes: Vec::new(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! refused, and the conflict is kept for the operator to see.
 
 use edge_proto::{
-    Capabilities, Hello, Intent, List, NodeId, NodeMsg, OrchMsg, RejectCode, Text, encode, text,
+    Capabilities, Hello, Intent, LimitsKind, List, NodeId, NodeMsg, OrchMsg, RejectCode,
+    RuntimeInfo, Text, encode, text,
 };
 use orchestrator_core::fleet::{CONFLICT_SHOWN_SECS, Fleet, NodeInfo, NodeRecord, SessionId};
 use orchestrator_core::session::{
@@ -329,4 +330,34 @@ fn a_node_deleted_during_its_session_gets_no_certificate() {
         )),
         "{actions:?}"
     );
+}
+
+#[test]
+fn a_node_s_container_runtimes_are_kept_through_its_capability_reports() {
+    let mut fleet = fleet();
+    let runtime = RuntimeInfo {
+        limits: LimitsKind::CgroupV2,
+        container_runtimes: [text("crun"), text("runc")].into_iter().collect(),
+    };
+    assert!(
+        fleet.update_runtime(NODE, runtime.clone()).is_some(),
+        "a change to store"
+    );
+    let info = |f: &Fleet| f.node(NODE).expect("known").info.clone();
+    assert_eq!(info(&fleet).container_runtimes, ["crun", "runc"]);
+    assert_eq!(info(&fleet).limits.as_deref(), Some("cgroup-v2"));
+    assert!(
+        fleet.update_runtime(NODE, runtime).is_none(),
+        "the same again: nothing"
+    );
+    fleet
+        .update_capabilities(NODE, &caps(), T0 + 10)
+        .expect("valid capabilities");
+    assert_eq!(info(&fleet).container_runtimes, ["crun", "runc"]);
+    let none = RuntimeInfo {
+        limits: LimitsKind::CgroupV2,
+        container_runtimes: List::new(),
+    };
+    assert!(fleet.update_runtime(NODE, none).is_some());
+    assert!(info(&fleet).container_runtimes.is_empty());
 }

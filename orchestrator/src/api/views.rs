@@ -42,6 +42,9 @@ pub struct NodeView {
     /// No new instances are placed here.
     #[serde(default)]
     pub cordoned: bool,
+    /// The OCI runtimes the node runs containers with, best first; empty: none.
+    #[serde(default)]
+    pub container_runtimes: Vec<String>,
     /// Another machine presents this node's identity; absent when none did lately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<ConflictView>,
@@ -122,6 +125,7 @@ impl NodeView {
                 uptime_secs: l.uptime_secs,
             }),
             cordoned: node.cordoned,
+            container_runtimes: info.container_runtimes.clone(),
             conflict: None,
             proxy: None,
         }

@@ -88,6 +88,15 @@ pub struct Config {
     reserve: Reserve,
     outbox: OutboxSettings,
     proxy: Option<ProxyConfig>,
+    containers: ContainersConfig,
+}
+
+/// The `[containers]` table: how the node runs `driver = "oci"` workloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainersConfig {
+    /// `runtime`: the OCI runtime's executable (an absolute path). Unset: `crun` or `runc`,
+    /// whichever `PATH` has.
+    pub runtime: Option<PathBuf>,
 }
 
 /// The `[outbox]` table: how much of the disk what waits for the orchestrator may take, and
@@ -157,6 +166,7 @@ pub struct ConfigFile {
     reserve: Reserve,
     outbox: OutboxSettings,
     proxy: Option<ProxyConfig>,
+    containers: ContainersConfig,
 }
 
 /// Where the node is, in WGS84 degrees and metres above sea level. Always finite and on the
@@ -245,6 +255,11 @@ impl Config {
     /// The outbox's disk budget and uplink pace.
     pub fn outbox(&self) -> OutboxSettings {
         self.outbox
+    }
+
+    /// How containers run here.
+    pub fn containers(&self) -> &ContainersConfig {
+        &self.containers
     }
 
     /// The caching proxy's settings; `None` (no `[proxy]` table): no proxy runs.
@@ -356,6 +371,11 @@ impl ConfigFile {
         self.join.as_ref()
     }
 
+    /// How containers run here.
+    pub fn containers(&self) -> &ContainersConfig {
+        &self.containers
+    }
+
     /// The caching proxy's settings; `None` (no `[proxy]` table): no proxy runs.
     pub fn proxy(&self) -> Option<&ProxyConfig> {
         self.proxy.as_ref()
@@ -408,6 +428,7 @@ impl ConfigFile {
             reserve: self.reserve,
             outbox: self.outbox,
             proxy: self.proxy.clone(),
+            containers: self.containers.clone(),
         })
     }
 }

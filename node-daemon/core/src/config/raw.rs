@@ -40,6 +40,13 @@ pub(super) struct RawConfig {
     pub reserve: Option<RawReserve>,
     pub proxy: Option<RawProxy>,
     pub outbox: Option<RawOutbox>,
+    pub containers: Option<RawContainers>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawContainers {
+    pub runtime: Option<String>,
 }
 
 #[derive(Deserialize)]

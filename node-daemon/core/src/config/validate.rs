@@ -6,10 +6,10 @@ use super::error::{ConfigError, invalid};
 use super::join::validate_join;
 use super::liveness::validate_liveness;
 use super::proxy::validate_proxy;
-use super::raw::{RawConfig, RawLocation, RawOutbox, RawReserve};
+use super::raw::{RawConfig, RawContainers, RawLocation, RawOutbox, RawReserve};
 use super::{
-    ConfigFile, CtlSettings, DEFAULT_STATUS_INTERVAL, GeoPoint, METERED_STATUS_INTERVAL,
-    OrchestratorAddress, OutboxSettings, SUPPORTED_CONFIG_VERSIONS,
+    ConfigFile, ContainersConfig, CtlSettings, DEFAULT_STATUS_INTERVAL, GeoPoint,
+    METERED_STATUS_INTERVAL, OrchestratorAddress, OutboxSettings, SUPPORTED_CONFIG_VERSIONS,
 };
 use crate::admission::Reserve;
 use edge_proto::field::{self, FieldPath, shown};
@@ -69,6 +69,7 @@ impl RawConfig {
         let ctl = validate_ctl(self.ctl_socket, self.ctl_group, &data_dir)?;
         let reserve = validate_reserve(self.reserve)?;
         let outbox = validate_outbox(self.outbox)?;
+        let containers = validate_containers(self.containers)?;
         let proxy = self
             .proxy
             .map(|p| validate_proxy(p, status_listen, local_address))
@@ -89,6 +90,7 @@ impl RawConfig {
             reserve,
             outbox,
             proxy,
+            containers,
         })
     }
 }
@@ -238,6 +240,44 @@ fn validate_join_files(paths: Vec<String>) -> Result<Vec<PathBuf>, ConfigError> 
             Ok(PathBuf::from(p))
         })
         .collect()
+}
+
+/// The longest `containers.runtime` path.
+const MAX_RUNTIME_PATH: usize = 4096;
+
+fn validate_containers(raw: Option<RawContainers>) -> Result<ContainersConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(ContainersConfig::default());
+    };
+    let runtime = match raw.runtime {
+        None => None,
+        Some(p) => {
+            let field = "containers.runtime";
+            if !p.starts_with('/') {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{} must be an absolute path, e.g. /usr/sbin/runc",
+                        shown(&p)
+                    ),
+                ));
+            }
+            if p.contains('\0') {
+                return Err(invalid(field, "must not contain a NUL character"));
+            }
+            if p.len() > MAX_RUNTIME_PATH {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "is {} bytes; at most {MAX_RUNTIME_PATH} are allowed",
+                        p.len()
+                    ),
+                ));
+            }
+            Some(PathBuf::from(p))
+        }
+    };
+    Ok(ContainersConfig { runtime })
 }
 
 fn validate_outbox(raw: Option<RawOutbox>) -> Result<OutboxSettings, ConfigError> {

@@ -88,3 +88,14 @@ impl RuntimeFeatures {
             .collect()
     }
 }
+
+/// The runtimes a node looks for on `PATH`, best first. On cgroup v2 `crun` (C, lighter, a
+/// faster start) comes first; on v1 or a hybrid setup `runc`, since crun refuses hybrid
+/// hierarchies.
+pub fn runtime_preference(cgroup_v2: bool) -> [&'static str; 2] {
+    if cgroup_v2 {
+        ["crun", "runc"]
+    } else {
+        ["runc", "crun"]
+    }
+}

@@ -59,7 +59,7 @@ pub use build::{
     MAX_EXEC_BYTES, MAX_NOFILE_HARD, MAX_PATH_BYTES, MAX_WRITABLE_PATHS, MIN_CPU_QUOTA_US,
     NAMESPACES, NOFILE_SOFT, OCI_VERSION, SecretsMount, StopSignalError, runtime_config,
 };
-pub use features::RuntimeFeatures;
+pub use features::{RuntimeFeatures, runtime_preference};
 pub use runtime::{
     Capabilities, Cpu, DeviceRule, Linux, Memory, Mount, Namespace, Process, ProcessUser,
     Resources, Rlimit, Root, RuntimeConfig,

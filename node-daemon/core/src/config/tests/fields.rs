@@ -424,6 +424,36 @@ fn the_outbox_table_sets_the_budget_and_the_uplink_pace() {
 }
 
 #[test]
+fn the_containers_table_names_the_runtime() {
+    let c = Config::from_toml(EXAMPLE).expect("valid");
+    assert_eq!(c.containers().runtime, None, "found on PATH when not named");
+    let with = |table: &str| format!("{EXAMPLE}[containers]\n{table}\n");
+    let c = Config::from_toml(&with("runtime = \"/usr/local/bin/crun\"")).expect("valid");
+    assert_eq!(
+        c.containers().runtime.as_deref(),
+        Some(Path::new("/usr/local/bin/crun"))
+    );
+    let message = invalid_field(&with("runtime = \"runc\""), "containers.runtime");
+    assert!(message.contains("absolute path"), "{message}");
+    let message = invalid_field(
+        &with("runtime = \"/bin/\\u0000runc\""),
+        "containers.runtime",
+    );
+    assert!(message.contains("NUL"), "{message}");
+    let long = format!("runtime = \"/{}\"", "r".repeat(5000));
+    let message = invalid_field(&with(&long), "containers.runtime");
+    assert!(message.contains("at most 4096"), "{message}");
+    assert!(
+        message.len() < 200,
+        "a hostile value is not echoed whole: {message}"
+    );
+    assert!(matches!(
+        Config::from_toml(&with("runtimes = \"/usr/sbin/runc\"")),
+        Err(ConfigError::Parse(_))
+    ));
+}
+
+#[test]
 fn the_ctl_socket_is_in_the_data_dir_unless_the_file_says() {
     let c = Config::from_toml(EXAMPLE).expect("valid");
     assert_eq!(

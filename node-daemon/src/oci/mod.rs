@@ -1,0 +1,5 @@
+//! Containers on the node (`driver = "oci"`): the OCI runtime that runs them
+//! ([`runtime`]). The decisions (the runtime's `config.json`, which runtime is preferred,
+//! what the image's user resolves to) are `node_core::oci`'s; this module finds, reads and
+//! runs things.
+pub mod runtime;

@@ -1,0 +1,154 @@
+//! Which OCI runtimes this node has: the one the config names (`[containers] runtime`), or
+//! `crun` and `runc` as `PATH` finds them, in the order `node_core::oci::runtime_preference`
+//! gives for the node's cgroup mode. Each is asked for its `features` (runtime-spec's
+//! description of what it supports); one too old to answer is kept, without seccomp.
+//!
+//! The node reports the names to the orchestrator (`RuntimeInfo::container_runtimes`). This
+//! module never runs a container.
+
+use edge_proto::LimitsKind;
+use node_core::config::ContainersConfig;
+use node_core::oci::{RuntimeFeatures, runtime_preference};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How long a runtime may take to print its features.
+const FEATURES_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a features document read.
+const MAX_FEATURES_BYTES: usize = 1 << 20;
+
+/// An OCI runtime found on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    /// Its file name (`runc`, `crun`), as the node reports it: at most 16 bytes.
+    pub name: String,
+    pub path: PathBuf,
+    pub features: RuntimeFeatures,
+}
+
+/// The runtimes to run containers with, best first; empty: this node runs none.
+pub async fn detect(config: &ContainersConfig, limits: LimitsKind) -> Vec<Runtime> {
+    let candidates: Vec<PathBuf> = match &config.runtime {
+        Some(path) => {
+            if !is_executable(path) {
+                warn!(path = %path.display(), "containers.runtime is not an executable file: no containers on this node");
+                return Vec::new();
+            }
+            vec![path.clone()]
+        }
+        None => runtime_preference(limits == LimitsKind::CgroupV2)
+            .into_iter()
+            .filter_map(on_path)
+            .collect(),
+    };
+    let mut found = Vec::new();
+    for path in candidates {
+        let features = features(&path).await;
+        let name: String = path
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(16).collect())
+            .unwrap_or_default();
+        info!(runtime = %name, path = %path.display(), seccomp = features.seccomp, "container runtime found");
+        found.push(Runtime {
+            name,
+            path,
+            features,
+        });
+    }
+    found
+}
+
+/// `name` in a directory of `PATH`, if one holds it as an executable file.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// What `path features` says; the defaults (nothing claimed) when it cannot say.
+async fn features(path: &Path) -> RuntimeFeatures {
+    let run = tokio::process::Command::new(path)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(FEATURES_TIMEOUT, run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            let text =
+                String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(MAX_FEATURES_BYTES)]);
+            RuntimeFeatures::parse(&text)
+        }
+        Ok(Ok(out)) => {
+            warn!(path = %path.display(), status = %out.status, "the runtime has no features command: running without seccomp");
+            RuntimeFeatures::default()
+        }
+        Ok(Err(error)) => {
+            warn!(path = %path.display(), %error, "could not run the runtime");
+            RuntimeFeatures::default()
+        }
+        Err(_) => {
+            warn!(path = %path.display(), "the runtime did not print its features in time");
+            RuntimeFeatures::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write a script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    #[tokio::test]
+    async fn the_configured_runtime_is_asked_for_its_features() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let runtime = script(
+            dir.path(),
+            "my-runc",
+            r#"[ "$1" = features ] && echo '{"linux": {"seccomp": {"enabled": true}, "cgroup": {"v1": true}}}'"#,
+        );
+        let config = ContainersConfig {
+            runtime: Some(runtime.clone()),
+        };
+        let found = detect(&config, LimitsKind::CgroupV1).await;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "my-runc");
+        assert_eq!(found[0].path, runtime);
+        assert!(found[0].features.seccomp && found[0].features.cgroup_v1);
+
+        // One too old for `features` is kept, claiming nothing.
+        let old = script(dir.path(), "old-runc", "exit 1");
+        let found = detect(
+            &ContainersConfig { runtime: Some(old) },
+            LimitsKind::CgroupV2,
+        )
+        .await;
+        assert_eq!(found.len(), 1);
+        assert!(!found[0].features.seccomp);
+
+        // A named runtime that is not there: none, not a guess from PATH.
+        let missing = ContainersConfig {
+            runtime: Some(dir.path().join("nowhere")),
+        };
+        assert!(detect(&missing, LimitsKind::CgroupV1).await.is_empty());
+        let not_executable = dir.path().join("data");
+        std::fs::write(&not_executable, "{}").expect("write");
+        let config = ContainersConfig {
+            runtime: Some(not_executable),
+        };
+        assert!(detect(&config, LimitsKind::CgroupV1).await.is_empty());
+    }
+}
