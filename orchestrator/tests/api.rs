@@ -515,6 +515,7 @@ fn nodes_are_listed_found_and_deleted() {
         "enrolled_at",
         "load",
         "cordoned",
+        "container_runtimes",
     ]
     .into_iter()
     .collect();
