@@ -1,5 +1,7 @@
 //! Containers on the node (`driver = "oci"`): the OCI runtime that runs them
-//! ([`runtime`]). The decisions (the runtime's `config.json`, which runtime is preferred,
+//! ([`runtime`]) and the layer cache their root filesystems are assembled from
+//! ([`layers`]). The decisions (the runtime's `config.json`, which runtime is preferred,
 //! what the image's user resolves to) are `node_core::oci`'s; this module finds, reads and
 //! runs things.
+pub mod layers;
 pub mod runtime;
