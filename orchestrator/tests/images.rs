@@ -310,6 +310,46 @@ fn a_container_deploys_only_with_a_pushed_image() {
 }
 
 #[test]
+fn an_image_with_setuid_files_runs_only_where_the_spec_allows_them() {
+    let s = start();
+    let layer = LayerTar::new()
+        .dir("bin/", 0o755)
+        .file("bin/su", 0o4755, b"#!/bin/sh\n")
+        .finish();
+    let (status, pushed) = s.push(PlatformImage::new("amd64", None, vec![layer]).archive());
+    assert_eq!(status, 201, "{pushed}");
+    assert_eq!(pushed["platforms"][0]["has_setuid"], true);
+    let digest = pushed["digest"].as_str().expect("digest");
+    let spec = |allow: bool| {
+        serde_json::to_vec(&json!({
+            "name": "su", "version": "1", "driver": "oci", "image": digest,
+            "allow_setuid": allow,
+            "resources": {"cpu_millis": 100, "memory_bytes": 16 << 20}
+        }))
+        .expect("json")
+    };
+    let deploy = |allow| {
+        s.call(
+            "POST",
+            "/v1/workloads",
+            Some(&s.operator),
+            "application/json",
+            spec(allow),
+        )
+    };
+    let (status, body) = deploy(false);
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().expect("a message");
+    assert!(
+        message.contains("linux/amd64") && message.contains("allow_setuid = true"),
+        "{message}"
+    );
+    let (status, body) = deploy(true);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["spec"]["allow_setuid"], true);
+}
+
+#[test]
 fn edgectl_pushes_an_archive_and_lists_images() {
     let s = start();
     let dir = tempfile::tempdir().expect("tmp");

@@ -647,6 +647,9 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     pub platforms: Seq<ImagePlatform, { Image::MAX_PLATFORMS }>,
+    /// The spec allows setuid and setgid files in the layers; without it a node refuses a
+    /// layer that holds one.
+    pub allow_setuid: bool,
 }
 
 impl Image {

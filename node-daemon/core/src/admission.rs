@@ -231,6 +231,7 @@ mod tests {
         let image = edge_proto::Image {
             platforms: edge_proto::Seq::new(vec![platform("x86_64"), platform("aarch64")])
                 .expect("fits"),
+            allow_setuid: false,
         };
         assert_eq!(
             container_platform(&image, "aarch64", &["runc"]).map(|p| p.arch.as_str()),

@@ -810,7 +810,7 @@ pub fn assignment(
         }
         (Driver::Oci, Some(image)) => Some(
             image
-                .to_wire()
+                .to_wire(spec.allow_setuid())
                 .ok_or_else(|| invalid("image", "more platforms than a node can be told of"))?,
         ),
     };

@@ -54,7 +54,7 @@ impl ImageFacts {
 
     /// The image as an assignment carries it; `None` with more platforms than the wire
     /// holds (the image store refuses those at push).
-    pub fn to_wire(&self) -> Option<edge_proto::Image> {
+    pub fn to_wire(&self, allow_setuid: bool) -> Option<edge_proto::Image> {
         let platforms = self
             .platforms
             .iter()
@@ -68,6 +68,7 @@ impl ImageFacts {
             .collect();
         Some(edge_proto::Image {
             platforms: Seq::new(platforms)?,
+            allow_setuid,
         })
     }
 }

@@ -473,6 +473,7 @@ fn the_json_shape_is_stable_and_parses_back() {
         "driver": "exec",
         "artifact": DIGEST,
         "image": null,
+        "allow_setuid": false,
         "command": "hello",
         "args": ["--port", "8080"],
         "env": {"GREETING": "hi"},
@@ -664,6 +665,15 @@ fn a_container_names_its_image_and_nothing_of_an_executable() {
         with("driver", json!("docker")),
         "driver",
         "\"docker\" is not one of \"exec\", \"oci\"",
+    );
+    let mut setuid = oci.clone();
+    set(&mut setuid, "allow_setuid", json!(true));
+    assert!(json_ok(&setuid).allow_setuid());
+    assert!(!json_ok(&oci).allow_setuid(), "not unless the spec says");
+    refuses(
+        with("allow_setuid", json!(true)),
+        "allow_setuid",
+        "only for driver \"oci\"",
     );
     let mut with_command = oci;
     set(&mut with_command, "command", json!("run.sh"));

@@ -242,7 +242,18 @@ async fn image_facts(state: &ApiState, spec: &WorkloadSpec) -> Result<ArtifactFa
         .await
         .map_err(internal)?
     {
-        Some(record) => Ok(crate::images::facts(&record)),
+        Some(record) => {
+            if !spec.allow_setuid()
+                && let Some(p) = record.platforms.iter().find(|p| p.has_setuid)
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "image: its {} platform holds setuid or setgid files; set allow_setuid = true \
+                     to run it anyway (containers run with no_new_privileges, which keeps them inert)",
+                    p.platform
+                )));
+            }
+            Ok(crate::images::facts(&record))
+        }
         None => Err(ApiError::BadRequest(format!(
             "image: {} is not in the image store; push it first (edgectl image push)",
             spec.artifact()

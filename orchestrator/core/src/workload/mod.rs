@@ -155,6 +155,8 @@ pub struct WorkloadSpec {
     expose: Vec<Expose>,
     scale_to_zero: Option<ScaleToZero>,
     replacement: Option<Replacement>,
+    /// With [`Driver::Oci`]: the image may hold setuid or setgid files.
+    allow_setuid: bool,
 }
 
 /// What happens to an instance whose node has been away too long (`max_disconnect_secs`),
@@ -421,6 +423,14 @@ impl WorkloadSpec {
         self.driver
     }
 
+    /// Whether a container's image may hold setuid or setgid files (`allow_setuid`, only
+    /// with [`Driver::Oci`]). They are inert anyway: containers run with
+    /// `no_new_privileges`; this says the operator has seen them.
+    #[inline]
+    pub fn allow_setuid(&self) -> bool {
+        self.allow_setuid
+    }
+
     /// The image, with [`Driver::Oci`].
     #[inline]
     pub fn image(&self) -> Option<ArtifactDigest> {
@@ -537,7 +547,7 @@ impl Serialize for WorkloadSpec {
             Placement::Replicas(n) => (Some(n), None),
             Placement::PerNode => (None, Some("per-node")),
         };
-        let mut st = s.serialize_struct("WorkloadSpec", 20)?;
+        let mut st = s.serialize_struct("WorkloadSpec", 21)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("version", &self.version)?;
         st.serialize_field("driver", self.driver.as_str())?;
@@ -547,6 +557,7 @@ impl Serialize for WorkloadSpec {
         };
         st.serialize_field("artifact", &artifact)?;
         st.serialize_field("image", &image)?;
+        st.serialize_field("allow_setuid", &self.allow_setuid)?;
         st.serialize_field("command", &self.command)?;
         st.serialize_field("args", &self.args)?;
         st.serialize_field("env", &self.env)?;

@@ -78,6 +78,8 @@ struct RawSpec {
     #[serde(default)]
     image: Option<String>,
     #[serde(default)]
+    allow_setuid: Option<bool>,
+    #[serde(default)]
     command: Option<String>,
     #[serde(default)]
     args: Vec<String>,
@@ -219,6 +221,15 @@ impl RawSpec {
         let name = validate_name(self.name)?;
         let version = validate_version(self.version)?;
         let (driver, artifact) = validate_driver(self.driver, self.artifact, self.image)?;
+        let allow_setuid = match (driver, self.allow_setuid) {
+            (Driver::Exec, Some(true)) => {
+                return Err(SpecError::invalid(
+                    "allow_setuid",
+                    "only for driver \"oci\": an executable's own file modes are the node's",
+                ));
+            }
+            (_, allowed) => allowed.unwrap_or(false),
+        };
         if driver == Driver::Oci && self.command.is_some() {
             return Err(SpecError::invalid(
                 "command",
@@ -255,6 +266,7 @@ impl RawSpec {
             driver,
             artifact,
             image_arch: Vec::new(),
+            allow_setuid,
             command,
             args,
             env,
