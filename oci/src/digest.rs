@@ -58,16 +58,10 @@ impl Digest {
 
     /// The digest whose hex form is `hex` (64 lowercase hex digits), as in a blob's file
     /// name `blobs/sha256/<hex>`; `None` for anything else.
+    /// Uppercase hex is refused: the spec's grammar for sha256 is lowercase, and two
+    /// spellings of one digest would make two names for one blob.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let bytes = hex.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-        }
-        Some(Self(out))
+        edge_proto::digest::from_lower_hex(hex).map(Self)
     }
 
     /// The sha256 of `bytes`.
@@ -77,17 +71,7 @@ impl Digest {
 
     /// The 64 lowercase hex digits, as used for a blob's file name.
     pub fn hex(&self) -> String {
-        Self::hex_of(&self.0)
-    }
-
-    /// Lowercase hex of any bytes.
-    pub(crate) fn hex_of(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len() * 2);
-        for &byte in bytes {
-            out.push(HEX[usize::from(byte >> 4)] as char);
-            out.push(HEX[usize::from(byte & 0xf)] as char);
-        }
-        out
+        edge_proto::digest::to_hex(&self.0)
     }
 
     fn from_ring(digest: ring::digest::Digest) -> Self {
@@ -95,18 +79,6 @@ impl Digest {
         // A SHA256 context always yields 32 bytes.
         out.copy_from_slice(digest.as_ref());
         Self(out)
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Uppercase hex is refused: the spec's grammar for sha256 is lowercase, and two spellings
-/// of one digest would make two names for one blob.
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
     }
 }
 

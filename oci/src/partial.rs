@@ -53,7 +53,7 @@ impl PartialDir {
                 .map_err(|_| PartialError::Io(io::Error::other("no system randomness")))?;
             let mut partial: OsString = name.to_owned();
             partial.push(".partial-");
-            partial.push(crate::digest::Digest::hex_of(&suffix));
+            partial.push(edge_proto::digest::encode_hex(&suffix));
             let path = parent.join(partial);
             match DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
