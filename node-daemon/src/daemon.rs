@@ -135,7 +135,7 @@ pub async fn run_with(
     let mut sampler = StatusSampler::new(&data_dir).ok();
     let limits = LimitsBackend::detect();
     let limits_kind = limits.kind();
-    let container_runtimes = crate::oci::runtime::detect(config.containers(), limits_kind).await;
+    let container_runtimes = crate::oci::runtime::detect(config.containers(), limits_kind);
     let (conn_tx, conn_rx) = watch::channel::<Option<quinn::Connection>>(None);
     let (out_tx, mut out_rx) = mpsc::channel::<NodeMsg>(256);
     let workloads = Workloads::start(

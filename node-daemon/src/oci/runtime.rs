@@ -1,7 +1,9 @@
 //! Which OCI runtimes this node has: the one the config names (`[containers] runtime`), or
 //! `crun` and `runc` as `PATH` finds them, in the order `node_core::oci::runtime_preference`
-//! gives for the node's cgroup mode. Each is asked for its `features` (runtime-spec's
-//! description of what it supports); one too old to answer is kept, without seccomp.
+//! gives for the node's cgroup mode. Finding them only looks at files, so the daemon's start
+//! runs nothing; a runtime is asked for its `features` (runtime-spec's description of what
+//! it supports) when a container is about to run, and one too old to answer runs it without
+//! seccomp.
 //!
 //! The node reports the names to the orchestrator (`RuntimeInfo::container_runtimes`). This
 //! module never runs a container.
@@ -20,16 +22,22 @@ const FEATURES_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_FEATURES_BYTES: usize = 1 << 20;
 
 /// An OCI runtime found on this node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runtime {
     /// Its file name (`runc`, `crun`), as the node reports it: at most 16 bytes.
     pub name: String,
     pub path: PathBuf,
-    pub features: RuntimeFeatures,
+}
+
+impl Runtime {
+    /// What the runtime says it supports; the defaults (nothing claimed) when it cannot say.
+    pub async fn features(&self) -> RuntimeFeatures {
+        features(&self.path).await
+    }
 }
 
 /// The runtimes to run containers with, best first; empty: this node runs none.
-pub async fn detect(config: &ContainersConfig, limits: LimitsKind) -> Vec<Runtime> {
+pub fn detect(config: &ContainersConfig, limits: LimitsKind) -> Vec<Runtime> {
     let candidates: Vec<PathBuf> = match &config.runtime {
         Some(path) => {
             if !is_executable(path) {
@@ -43,21 +51,17 @@ pub async fn detect(config: &ContainersConfig, limits: LimitsKind) -> Vec<Runtim
             .filter_map(on_path)
             .collect(),
     };
-    let mut found = Vec::new();
-    for path in candidates {
-        let features = features(&path).await;
-        let name: String = path
-            .file_name()
-            .map(|n| n.to_string_lossy().chars().take(16).collect())
-            .unwrap_or_default();
-        info!(runtime = %name, path = %path.display(), seccomp = features.seccomp, "container runtime found");
-        found.push(Runtime {
-            name,
-            path,
-            features,
-        });
-    }
-    found
+    candidates
+        .into_iter()
+        .map(|path| {
+            let name: String = path
+                .file_name()
+                .map(|n| n.to_string_lossy().chars().take(16).collect())
+                .unwrap_or_default();
+            info!(runtime = %name, path = %path.display(), "container runtime found");
+            Runtime { name, path }
+        })
+        .collect()
 }
 
 /// `name` in a directory of `PATH`, if one holds it as an executable file.
@@ -123,32 +127,32 @@ mod tests {
         let config = ContainersConfig {
             runtime: Some(runtime.clone()),
         };
-        let found = detect(&config, LimitsKind::CgroupV1).await;
+        let found = detect(&config, LimitsKind::CgroupV1);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].name, "my-runc");
         assert_eq!(found[0].path, runtime);
-        assert!(found[0].features.seccomp && found[0].features.cgroup_v1);
+        let features = found[0].features().await;
+        assert!(features.seccomp && features.cgroup_v1);
 
         // One too old for `features` is kept, claiming nothing.
         let old = script(dir.path(), "old-runc", "exit 1");
         let found = detect(
             &ContainersConfig { runtime: Some(old) },
             LimitsKind::CgroupV2,
-        )
-        .await;
+        );
         assert_eq!(found.len(), 1);
-        assert!(!found[0].features.seccomp);
+        assert!(!found[0].features().await.seccomp);
 
         // A named runtime that is not there: none, not a guess from PATH.
         let missing = ContainersConfig {
             runtime: Some(dir.path().join("nowhere")),
         };
-        assert!(detect(&missing, LimitsKind::CgroupV1).await.is_empty());
+        assert!(detect(&missing, LimitsKind::CgroupV1).is_empty());
         let not_executable = dir.path().join("data");
         std::fs::write(&not_executable, "{}").expect("write");
         let config = ContainersConfig {
             runtime: Some(not_executable),
         };
-        assert!(detect(&config, LimitsKind::CgroupV1).await.is_empty());
+        assert!(detect(&config, LimitsKind::CgroupV1).is_empty());
     }
 }
