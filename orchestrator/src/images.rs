@@ -74,15 +74,9 @@ pub struct LayerRecord {
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
-    pub record: ImageRecord,
     /// False if the store had this image already.
     pub created: bool,
-    /// Blobs (manifests, configs, layers) the store did not have, and their bytes.
-    pub blobs_new: usize,
-    pub bytes_new: u64,
-    /// Blobs the store had already (shared with images pushed before), and their bytes.
-    pub blobs_shared: usize,
-    pub bytes_shared: u64,
+    pub view: PushedView,
 }
 
 /// What a push answers (`POST /v1/images`, `edgectl image push --json`): the image, and
@@ -205,29 +199,23 @@ impl ImageStore {
         }
         self.artifacts.sync().await?;
         let digest = imported.digest;
-        let existing = self.get(&digest.0).await?;
-        let record = match existing.clone() {
-            Some(record) => record,
-            None => record_of(&imported, now_unix),
+        let (record, created) = match self.get(&digest.0).await? {
+            Some(record) => (record, false),
+            None => {
+                let record = record_of(&imported, now_unix);
+                write_record(&self.records, &digest.hex(), &record).await?;
+                (record, true)
+            }
         };
-        if existing.is_none() {
-            write_record(&self.records, &digest.hex(), &record).await?;
-        }
-        tracing::info!(
-            image = %record.digest,
-            platforms = record.platforms.len(),
-            blobs_new,
-            bytes_new,
-            blobs_shared,
-            "image stored"
-        );
         Ok(Pushed {
-            created: existing.is_none(),
-            record,
-            blobs_new,
-            bytes_new,
-            blobs_shared,
-            bytes_shared,
+            created,
+            view: PushedView {
+                image: record,
+                blobs_new,
+                bytes_new,
+                blobs_shared,
+                bytes_shared,
+            },
         })
     }
 
@@ -296,11 +284,6 @@ pub fn facts(record: &ImageRecord) -> ArtifactFacts {
 }
 
 fn record_of(imported: &Imported, now_unix: u64) -> ImageRecord {
-    let size = imported
-        .blobs
-        .iter()
-        .find(|b| b.digest == imported.digest)
-        .map_or(0, |b| b.size);
     let blob_size = |digest: &edge_oci::Digest| {
         imported
             .blobs
@@ -310,7 +293,7 @@ fn record_of(imported: &Imported, now_unix: u64) -> ImageRecord {
     };
     ImageRecord {
         digest: imported.digest.to_string(),
-        size,
+        size: blob_size(&imported.digest),
         media_type: imported.media_type.clone(),
         platforms: imported
             .platforms

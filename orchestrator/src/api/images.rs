@@ -11,7 +11,7 @@
 //! Like `/v1/artifacts`, these routes sit outside the main router's body buffer, and never
 //! hold an archive in memory.
 
-use crate::images::{ImageRecord, ImageStore, PushError, Pushed, PushedView};
+use crate::images::{ImageRecord, ImageStore, PushError};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
@@ -128,13 +128,23 @@ async fn push(State(state): State<ApiState>, request: Request) -> Response {
     };
     match pushed {
         Ok(pushed) => {
-            tracing::info!(image = %pushed.record.digest, created = pushed.created, %by, "image pushed");
+            let v = &pushed.view;
+            tracing::info!(
+                image = %v.image.digest,
+                created = pushed.created,
+                platforms = v.image.platforms.len(),
+                blobs_new = v.blobs_new,
+                bytes_new = v.bytes_new,
+                blobs_shared = v.blobs_shared,
+                %by,
+                "image pushed"
+            );
             let status = if pushed.created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            (status, Json(view(pushed))).into_response()
+            (status, Json(pushed.view)).into_response()
         }
         Err(e) => {
             if !body_failed && declared_len.is_none_or(|len| len <= DRAIN_MAX_BYTES) {
@@ -150,16 +160,6 @@ async fn push(State(state): State<ApiState>, request: Request) -> Response {
                 PushError::Io(e) => internal(e).into_response(),
             }
         }
-    }
-}
-
-fn view(p: Pushed) -> PushedView {
-    PushedView {
-        image: p.record,
-        blobs_new: p.blobs_new,
-        bytes_new: p.bytes_new,
-        blobs_shared: p.blobs_shared,
-        bytes_shared: p.bytes_shared,
     }
 }
 
