@@ -196,10 +196,7 @@ impl Deployments {
                 size: record.artifact_size,
                 image: record.image.clone(),
             };
-            let spec = match &artifact.image {
-                Some(image) => spec.with_image_arch(image.arch()),
-                None => spec,
-            };
+            let spec = artifact.constrain(spec);
             let assignment =
                 assignment(&spec, record.generation, &artifact).map_err(|e| bad(e.to_string()))?;
             let mut held = BTreeMap::new();
@@ -251,10 +248,7 @@ impl Deployments {
         artifact: impl Into<ArtifactFacts>,
     ) -> Result<(Outcome, Vec<Effect>), SpecError> {
         let artifact = artifact.into();
-        let spec = match &artifact.image {
-            Some(image) => spec.with_image_arch(image.arch()),
-            None => spec,
-        };
+        let spec = artifact.constrain(spec);
         let name = spec.name().to_owned();
         let mut effects = Vec::new();
         let generation = match self.deployments.get(&name) {

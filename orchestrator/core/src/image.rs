@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::workload::{Arch, ArtifactDigest};
+use crate::workload::{Arch, ArtifactDigest, WorkloadSpec};
 use edge_proto::{Seq, text};
 
 /// What the stores know of a deployment's artifact: its size, and for an image the
@@ -19,6 +19,16 @@ pub struct ArtifactFacts {
     pub size: u64,
     /// For `driver = "oci"`: the image's platforms.
     pub image: Option<ImageFacts>,
+}
+
+impl ArtifactFacts {
+    /// `spec` placed only where its image has a platform (unchanged for an executable).
+    pub fn constrain(&self, spec: WorkloadSpec) -> WorkloadSpec {
+        match &self.image {
+            Some(image) => spec.with_image_arch(image.arch()),
+            None => spec,
+        }
+    }
 }
 
 impl From<u64> for ArtifactFacts {
