@@ -218,7 +218,14 @@ async fn a_flashed_node_enrolls_from_the_join_file_on_its_boot_partition() {
         !message.contains(&token[7..].to_uppercase()),
         "the secret never shows: {message}"
     );
-    assert!(node.logged("join file refused"), "and the journal says so");
+    // The log line is written before the state changes, but it reaches us through a pipe
+    // read by another thread: wait for it.
+    assert!(
+        eventually(PATIENCE, || node.logged("join file refused"))
+            .await
+            .is_some(),
+        "and the journal says so"
+    );
     assert!(on_boot.exists());
 
     // Fixed: the node enrolls with what the file says, and the secret leaves the partition.
