@@ -144,6 +144,7 @@ pub async fn run_with(
         config.local_address(),
         config.reserve(),
         limits,
+        container_runtimes.clone(),
         conn_rx,
         out_tx,
         metrics.clone(),

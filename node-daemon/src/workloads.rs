@@ -12,6 +12,8 @@
 use crate::applied::{self, AppliedFile};
 use crate::artifacts::{ArtifactCache, FetchError};
 use crate::metrics::{NodeEvent, NodeMetrics};
+use crate::oci::bundle::{self, BlobSource, Containers, PrepareError};
+use crate::oci::runtime::Runtime;
 use crate::supervisor::{
     self, HealthCheck, HealthProbe, InstanceStatus, LimitsBackend, Resources, State, Supervisor,
     SupervisorError, SupervisorOptions, WorkloadSpec,
@@ -99,6 +101,8 @@ pub struct Workloads {
     metrics: NodeMetrics,
     /// What was admitted, kept for the hello after a restart.
     applied: AppliedFile,
+    /// The runtime, layers and bundles of `driver = "oci"` workloads.
+    containers: Containers,
 }
 
 /// Why the agent could not start.
@@ -108,6 +112,8 @@ pub enum StartError {
     Supervisor(#[from] SupervisorError),
     #[error("artifact cache: {0}")]
     Cache(std::io::Error),
+    #[error("container store: {0}")]
+    Containers(std::io::Error),
 }
 
 impl Workloads {
@@ -121,6 +127,7 @@ impl Workloads {
         node_address: Option<std::net::IpAddr>,
         reserve: Reserve,
         limits: LimitsBackend,
+        runtimes: Vec<Runtime>,
         conn: watch::Receiver<Option<quinn::Connection>>,
         out: mpsc::Sender<NodeMsg>,
         metrics: NodeMetrics,
@@ -133,6 +140,7 @@ impl Workloads {
         let supervisor =
             Supervisor::open_observed(data_dir, limits, options, metrics.clone()).await?;
         let cache = Arc::new(ArtifactCache::open(data_dir).map_err(StartError::Cache)?);
+        let containers = Containers::open(data_dir, runtimes).map_err(StartError::Containers)?;
         let agent = Self {
             supervisor,
             cache,
@@ -150,8 +158,21 @@ impl Workloads {
             node_env: node_env(node_name, node_address).into(),
             metrics,
             applied: AppliedFile::new(data_dir),
+            containers,
         };
         let restarted = agent.supervisor.recover().await?;
+        // Containers in the runtime's state that no workload runs any more: a daemon
+        // killed mid-stop, or a workload forgotten while the daemon was down.
+        let held = agent.supervisor.containers();
+        let running = held.iter().map(|c| c.id.clone()).collect();
+        agent.containers.reap(&running).await;
+        let bundles = held.into_iter().map(|c| c.bundle).collect();
+        let containers = agent.containers.clone();
+        match tokio::task::spawn_blocking(move || containers.discard_orphans(&bundles)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "cannot delete unused container bundles"),
+            Err(error) => warn!(%error, "deleting unused container bundles panicked"),
+        }
         if !restarted.is_empty() {
             info!(workloads = ?restarted, "restarted workloads from before the daemon stopped");
         }
@@ -241,17 +262,29 @@ impl Workloads {
     /// Decides on an assignment. If admitted, the download and start go on in the background.
     pub fn assign(&self, a: Assignment, now: Measured) -> AdmissionReply {
         let name = a.workload.to_string();
+        // A container needs a runtime and its image's platform for this node before
+        // anything else is weighed; then its layers, downloaded and unpacked, count as disk.
+        let platform = a.image.as_ref().map(|image| {
+            container_platform(
+                image,
+                std::env::consts::ARCH,
+                &self.containers.runtime_names(),
+            )
+        });
+        let download_bytes = match &platform {
+            Some(Ok(p)) => p.download_bytes.saturating_add(p.unpacked_bytes),
+            Some(Err(_)) => 0,
+            None => self.cache.missing_bytes(&a.artifact, a.artifact_size),
+        };
         let request = Request {
             memory_bytes: a.memory_bytes.unwrap_or(0),
             disk_bytes: a.disk_bytes.unwrap_or(0),
-            download_bytes: self.cache.missing_bytes(&a.artifact, a.artifact_size),
+            download_bytes,
         };
         let running = self.supervisor.status(&name).is_some();
-        // A container needs a runtime and its image's platform for this node before
-        // anything else is weighed. This node does not run containers yet.
-        let container = match &a.image {
-            Some(image) => container_platform(image, std::env::consts::ARCH, &[]).map(|_| ()),
-            None => Ok(()),
+        let container = match platform {
+            Some(Err(why)) => Err(why),
+            _ => Ok(()),
         };
         let verdict = if let Err(why) = container {
             Err(why)
@@ -357,6 +390,13 @@ impl Workloads {
             Ok(_) => {}
             Err(error) => warn!(%error, "could not collect unused artifacts"),
         }
+        let containers = self.containers.clone();
+        match tokio::task::spawn_blocking(move || containers.collect_layers()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(layers)) => info!(layers, "removed unused image layers"),
+            Ok(Err(error)) => warn!(%error, "could not collect unused image layers"),
+            Err(error) => warn!(%error, "collecting image layers panicked"),
+        }
     }
 
     /// The state of every workload, to send after a reconnect.
@@ -433,49 +473,34 @@ impl Workloads {
     async fn fetch_and_run(self, a: Assignment) {
         let name = a.workload.to_string();
         let in_use = self.cache_use.clone().read_owned().await;
-        if self.cache.missing_bytes(&a.artifact, a.artifact_size) > 0 {
-            self.send_state(&a, WorkloadState::Downloading, "").await;
-        }
-        let mut retry = FetchRetry::new();
-        let path = loop {
-            let Some(conn) = self.wait_for_connection().await else {
-                return;
-            };
-            let missing = self.cache.missing_bytes(&a.artifact, a.artifact_size);
-            let fetched = self.cache.fetch(&conn, a.artifact, a.artifact_size).await;
-            let kept =
-                missing.saturating_sub(self.cache.missing_bytes(&a.artifact, a.artifact_size));
-            let retry_in = match &fetched {
-                Err(e) if e.retryable() => Some(retry.failed(kept > 0, fastrand::u64(..))),
-                _ => None,
-            };
-            self.metrics.emit(&NodeEvent::ArtifactFetched {
-                workload: &name,
-                bytes: kept,
-                failure: fetched.as_ref().err(),
-                retry_in,
-            });
-            match fetched {
-                Ok(path) => break path,
-                Err(e @ FetchError::NoSpace { .. }) => {
-                    // Releases the artifact for collection: nothing will use it here.
-                    drop(in_use);
-                    return self.refuse(&a, &e).await;
+        let spec = match &a.image {
+            None => {
+                if self.cache.missing_bytes(&a.artifact, a.artifact_size) > 0 {
+                    self.send_state(&a, WorkloadState::Downloading, "").await;
                 }
-                Err(e) => match retry_in {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => return self.fail(&a, &e).await,
-                },
+                match self.fetch(&a, a.artifact, a.artifact_size).await {
+                    Ok(path) => spec_for(&a, &path, &self.node_env),
+                    Err(e) => return self.fetch_failed(&a, e, in_use).await,
+                }
             }
+            Some(image) => match self.prepare_container(&a, image).await {
+                Ok(spec) => spec,
+                Err(PrepareError::Fetch(e)) => return self.fetch_failed(&a, e, in_use).await,
+                Err(e) => {
+                    warn!(workload = %name, error = %e, "cannot prepare the container");
+                    return self
+                        .send_state(&a, WorkloadState::Failed, &e.to_string())
+                        .await;
+                }
+            },
         };
         if !self.is_current(&a) {
+            if let Some(c) = spec.container {
+                let _ = tokio::task::spawn_blocking(move || bundle::discard(&c)).await;
+            }
             return;
         }
-        match self
-            .supervisor
-            .apply(spec_for(&a, &path, &self.node_env))
-            .await
-        {
+        match self.supervisor.apply(spec).await {
             Ok(()) => {
                 info!(workload = %name, generation = a.generation, "applied");
                 // Running now: the supervisor's own spec keeps its artifact from here on. A
@@ -493,6 +518,103 @@ impl Workloads {
                 self.send_state(&a, WorkloadState::Failed, &error.to_string())
                     .await;
             }
+        }
+    }
+
+    /// The spec that runs `a`'s container, once its image is on the node and its bundle
+    /// written.
+    async fn prepare_container(
+        &self,
+        a: &Assignment,
+        image: &edge_proto::Image,
+    ) -> Result<WorkloadSpec, PrepareError> {
+        let refused = |why: String| PrepareError::Refused(why);
+        let platform = container_platform(
+            image,
+            std::env::consts::ARCH,
+            &self.containers.runtime_names(),
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        let cgroups_path = self
+            .supervisor
+            .container_cgroups_path(a.workload.as_str())
+            .ok_or_else(|| refused("containers need cgroups, and this node has none".into()))?;
+        if self
+            .cache
+            .missing_bytes(&platform.manifest, platform.manifest_size)
+            > 0
+        {
+            self.send_state(a, WorkloadState::Downloading, "").await;
+        }
+        let mut node_env = self.node_env.to_vec();
+        node_env.push(("EDGE_WORKLOAD".into(), a.workload.to_string()));
+        // The exec spec's fields, for the parts a container shares with a process.
+        let base = spec_for(a, Path::new("/"), &[]);
+        let request = bundle::Request {
+            env: base.env.clone().into_iter().collect(),
+            base,
+            generation: a.generation,
+            node_env,
+            manifest: platform.manifest,
+            manifest_size: platform.manifest_size,
+            allow_setuid: image.allow_setuid,
+            cgroups_path,
+        };
+        let source = Blobs { agent: self, a };
+        self.containers.prepare(&source, request).await
+    }
+
+    /// Fetches blob `digest` of `size` bytes for `a` over the current connection, waiting
+    /// for one, and retrying what may succeed when tried again. Every attempt is counted.
+    async fn fetch(
+        &self,
+        a: &Assignment,
+        digest: crate::artifacts::Digest,
+        size: u64,
+    ) -> Result<std::path::PathBuf, FetchError> {
+        let name = a.workload.as_str();
+        let mut retry = FetchRetry::new();
+        loop {
+            let Some(conn) = self.wait_for_connection().await else {
+                return Err(FetchError::Stream("the node is stopping".into()));
+            };
+            let missing = self.cache.missing_bytes(&digest, size);
+            let fetched = self.cache.fetch(&conn, digest, size).await;
+            let kept = missing.saturating_sub(self.cache.missing_bytes(&digest, size));
+            let retry_in = match &fetched {
+                Err(e) if e.retryable() => Some(retry.failed(kept > 0, fastrand::u64(..))),
+                _ => None,
+            };
+            self.metrics.emit(&NodeEvent::ArtifactFetched {
+                workload: name,
+                bytes: kept,
+                failure: fetched.as_ref().err(),
+                retry_in,
+            });
+            match (fetched, retry_in) {
+                (Ok(path), _) => return Ok(path),
+                (Err(FetchError::NoSpace { need, free }), _) => {
+                    return Err(FetchError::NoSpace { need, free });
+                }
+                (Err(_), Some(delay)) => tokio::time::sleep(delay).await,
+                (Err(e), None) => return Err(e),
+            }
+        }
+    }
+
+    /// `a` cannot run because a blob of it could not be fetched: refused if it does not fit
+    /// the disk (releasing what it fetched for collection), failed otherwise.
+    async fn fetch_failed(
+        &self,
+        a: &Assignment,
+        e: FetchError,
+        in_use: tokio::sync::OwnedRwLockReadGuard<()>,
+    ) {
+        if let FetchError::NoSpace { .. } = e {
+            drop(in_use);
+            self.refuse(a, &e).await;
+        } else {
+            self.fail(a, &e).await;
         }
     }
 
@@ -555,6 +677,22 @@ impl Workloads {
             }
             conn.changed().await.ok()?;
         }
+    }
+}
+
+/// The blobs of one assignment's image, fetched as its artifact would be.
+struct Blobs<'a> {
+    agent: &'a Workloads,
+    a: &'a Assignment,
+}
+
+impl BlobSource for Blobs<'_> {
+    fn blob(
+        &self,
+        digest: [u8; 32],
+        size: u64,
+    ) -> impl Future<Output = Result<std::path::PathBuf, FetchError>> + Send {
+        self.agent.fetch(self.a, digest, size)
     }
 }
 

@@ -566,6 +566,7 @@ async fn an_assignment_whose_artifact_cannot_fit_is_refused_to_the_orchestrator(
             disk_bytes: 0,
         },
         LimitsBackend::Rlimit,
+        Vec::new(),
         conn_rx,
         out_tx,
         metrics.clone(),

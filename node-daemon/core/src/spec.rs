@@ -65,6 +65,27 @@ pub struct WorkloadSpec {
     /// `None`: it runs all the time.
     #[serde(default)]
     pub scale_to_zero: Option<ScaleToZero>,
+    /// Runs a container (`driver = "oci"`): `command` is the OCI runtime and `args` its
+    /// `run` command line, in the foreground. `None`: `command` is the workload itself.
+    #[serde(default)]
+    pub container: Option<Container>,
+}
+
+/// What the supervisor needs to know of a container beyond its command line: how to clear
+/// what a killed runtime left in its state, and how to ask the container to stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// The runtime's state directory (its `--root`).
+    pub state_dir: PathBuf,
+    /// The container's id in that state directory.
+    pub id: String,
+    /// The bundle: `config.json` and what it names.
+    pub bundle: PathBuf,
+    /// The container's root filesystem. It and the bundle belong to this container alone:
+    /// they are deleted once it is replaced or removed, never while it may run.
+    pub rootfs: PathBuf,
+    /// The image's stop signal, as a number: the runtime passes it on to the container.
+    pub stop_signal: i32,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -92,6 +113,7 @@ impl WorkloadSpec {
             stop_grace_ms: default_stop_grace_ms(),
             expose: Vec::new(),
             scale_to_zero: None,
+            container: None,
         }
     }
 
@@ -170,6 +192,20 @@ impl WorkloadSpec {
         }
         if let Some(health) = &self.health {
             health.validate()?;
+        }
+        if let Some(c) = &self.container {
+            validate_name(&c.id).map_err(|_| {
+                SpecError::new(
+                    "container.id",
+                    "must be 1 to 63 of [a-z0-9._-], starting with a letter or digit",
+                )
+            })?;
+            if !(1..=64).contains(&c.stop_signal) {
+                return Err(SpecError::new(
+                    "container.stop_signal",
+                    "must be a signal number from 1 to 64",
+                ));
+            }
         }
         self.validate_routes()
     }

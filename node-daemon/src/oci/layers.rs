@@ -72,6 +72,11 @@ impl LayerCache {
         Ok(me)
     }
 
+    /// Where the root filesystems are, one directory per instance.
+    pub fn rootfs_dir(&self) -> &Path {
+        &self.rootfs
+    }
+
     fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
         self.layers.join(diff_id.hex())
     }

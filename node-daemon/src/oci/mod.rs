@@ -3,5 +3,6 @@
 //! ([`layers`]). The decisions (the runtime's `config.json`, which runtime is preferred,
 //! what the image's user resolves to) are `node_core::oci`'s; this module finds, reads and
 //! runs things.
+pub mod bundle;
 pub mod layers;
 pub mod runtime;

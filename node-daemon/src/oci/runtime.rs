@@ -36,8 +36,21 @@ impl Runtime {
     }
 }
 
-/// The runtimes to run containers with, best first; empty: this node runs none.
+/// The runtimes to run containers with, best first; empty: this node runs none. Containers
+/// need cgroups (their limits and how the supervisor finds their processes) and a daemon
+/// that may make namespaces and mounts (`CAP_SYS_ADMIN`); without either, none runs here.
 pub fn detect(config: &ContainersConfig, limits: LimitsKind) -> Vec<Runtime> {
+    if limits == LimitsKind::Rlimit {
+        info!("no cgroups: this node runs no containers");
+        return Vec::new();
+    }
+    if !may_make_containers() {
+        info!(
+            "the daemon lacks CAP_SYS_ADMIN: this node runs no containers (under systemd, \
+             install the containers drop-in)"
+        );
+        return Vec::new();
+    }
     let candidates: Vec<PathBuf> = match &config.runtime {
         Some(path) => {
             if !is_executable(path) {
@@ -62,6 +75,69 @@ pub fn detect(config: &ContainersConfig, limits: LimitsKind) -> Vec<Runtime> {
             Runtime { name, path }
         })
         .collect()
+}
+
+/// `CAP_SYS_ADMIN` (bit 21) in the daemon's effective set, from `/proc/self/status`.
+fn may_make_containers() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0)
+}
+
+/// How long the runtime gets to delete or list containers.
+const STATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deletes container `id` from the runtime's `state_dir`, killing whatever of it still
+/// runs: what a runtime killed with its container leaves behind. One that is not there is
+/// no error. Returns the runtime's complaint otherwise.
+pub async fn delete(runtime: &Path, state_dir: &Path, id: &str) -> Result<(), String> {
+    let run = tokio::process::Command::new(runtime)
+        .arg("--root")
+        .arg(state_dir)
+        .args(["delete", "--force", id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(STATE_TIMEOUT, run).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            if said.contains("does not exist") || said.contains("not found") {
+                Ok(())
+            } else {
+                Err(said.chars().take(512).collect())
+            }
+        }
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer in {STATE_TIMEOUT:?}")),
+    }
+}
+
+/// The ids of the containers in the runtime's `state_dir`; none when it cannot say.
+pub async fn list(runtime: &Path, state_dir: &Path) -> Vec<String> {
+    let run = tokio::process::Command::new(runtime)
+        .arg("--root")
+        .arg(state_dir)
+        .args(["list", "--quiet"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(STATE_TIMEOUT, run).await {
+        Ok(Ok(out)) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .take(4096)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// `name` in a directory of `PATH`, if one holds it as an executable file.

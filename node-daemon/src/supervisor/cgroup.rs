@@ -159,6 +159,26 @@ impl LimitsBackend {
         }
     }
 
+    /// The group an OCI runtime is to put `workload`'s container in, as its `cgroupsPath`
+    /// (absolute, under the hierarchy's mount): `container` below the instance's own group,
+    /// so the instance's limits bound it and the supervisor finds its processes. `None`
+    /// without cgroups, or for a hierarchy not mounted at `/sys/fs/cgroup` (where runtimes
+    /// look).
+    pub fn container_cgroups_path(&self, parent: &str, workload: &str) -> Option<String> {
+        let mount = Path::new("/sys/fs/cgroup");
+        let base = match self {
+            Self::CgroupV2 { root } => root.strip_prefix(mount).ok()?.to_owned(),
+            Self::CgroupV1 { root } if root == mount => PathBuf::new(),
+            Self::CgroupV1 { .. } | Self::Rlimit => return None,
+        };
+        let path = Path::new("/")
+            .join(base)
+            .join(parent)
+            .join(workload)
+            .join("container");
+        path.to_str().map(str::to_owned)
+    }
+
     /// The workload groups that exist under `parent`, by name.
     pub(crate) fn existing_groups(&self, parent: &str) -> Vec<String> {
         let dir = match self {
@@ -296,14 +316,22 @@ impl Group {
 
     /// The processes in the group now. Entries that are not live processes (a fake tree, a
     /// racing exit) are left out.
+    ///
+    /// Groups below it count too: an OCI runtime puts a container in a group of its own
+    /// under the instance's, and everything there belongs to the instance.
     pub fn pids(&self) -> Vec<i32> {
-        let Ok(text) = fs::read_to_string(self.procs.join("cgroup.procs")) else {
-            return Vec::new();
-        };
-        text.lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
-            .filter(|&pid| pid > 0 && super::process::is_alive(pid))
-            .collect()
+        let mut pids = Vec::new();
+        for dir in subtree(&self.procs) {
+            let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
+                continue;
+            };
+            pids.extend(
+                text.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .filter(|&pid| pid > 0 && super::process::is_alive(pid)),
+            );
+        }
+        pids
     }
 
     /// Uses v2's `cgroup.kill` where the kernel has it (5.14+): it kills every process in
@@ -323,8 +351,12 @@ impl Group {
     }
 
     /// Removes the group's directories. Fails while processes remain.
+    ///
+    /// Groups below it (what a runtime killed before it could clean up left) go first,
+    /// deepest first.
     pub fn remove(&self) -> Result<(), LimitsError> {
-        for dir in self.dirs.iter().rev() {
+        let all: Vec<PathBuf> = self.dirs.iter().flat_map(|d| subtree(d)).collect();
+        for dir in all.iter().rev() {
             match fs::remove_dir(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -338,6 +370,29 @@ impl Group {
         }
         Ok(())
     }
+}
+
+/// `dir` and every directory below it, each parent before its children. Cgroupfs has no
+/// links, and a group is at most a few levels deep; a runaway depth is cut at 16.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![(dir.to_owned(), 0)];
+    let mut i = 0;
+    while i < all.len() {
+        let (here, depth) = all[i].clone();
+        i += 1;
+        if depth >= 16 {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(&here) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                all.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    all.into_iter().map(|(d, _)| d).collect()
 }
 
 /// Why a workload's group could not be set up. The instance is not started; its restart

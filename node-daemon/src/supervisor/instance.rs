@@ -25,6 +25,7 @@ use super::restart::{Action, Exit, Lifecycle, RestartTuning};
 use super::spec::WorkloadSpec;
 use super::store::{InstanceRecord, Store};
 use super::{InstanceStatus, Readiness, ScaleError, State};
+use crate::oci::runtime;
 use crate::metrics::{ExitReason, NodeMetrics, RestartReason, Running};
 use nix::sys::signal::Signal;
 use std::future::Future;
@@ -205,6 +206,7 @@ pub async fn run(
                     }
                     Some(Command::Replace(new, who)) => {
                         info!(workload = %new.name, version = %new.version, "replacing the dormant workload");
+                        discard_replaced(&spec, &new).await;
                         spec = new;
                         run_as = who;
                         if spec.scale_to_zero.is_none() {
@@ -226,6 +228,7 @@ pub async fn run(
         match run_spec(&ctx, &spec, run_as, &mut commands, &mut asked).await {
             Next::Replace(new, who) => {
                 info!(workload = %new.name, version = %new.version, "replacing the workload");
+                discard_replaced(&spec, &new).await;
                 spec = new;
                 run_as = who;
             }
@@ -244,6 +247,15 @@ pub async fn run(
                 asked.answer_sleeps(&Err(ScaleError::AlwaysOn));
             }
         }
+    }
+}
+
+/// Deletes the files of `old`'s container, which has stopped, unless `new` runs them too.
+async fn discard_replaced(old: &WorkloadSpec, new: &WorkloadSpec) {
+    if let Some(c) = old.container.clone()
+        && new.container.as_ref().is_none_or(|n| n.bundle != c.bundle)
+    {
+        let _ = tokio::task::spawn_blocking(move || crate::oci::bundle::discard(&c)).await;
     }
 }
 
@@ -332,7 +344,7 @@ async fn run_spec(
                     let signal = if action == Action::Kill {
                         Signal::SIGKILL
                     } else {
-                        Signal::SIGTERM
+                        stop_signal(spec)
                     };
                     if let Some(l) = &live {
                         debug!(workload = %spec.name, ?signal, pgid = l.pgid, "signalling the workload");
@@ -444,6 +456,15 @@ async fn run_spec(
     }
 }
 
+/// The signal that asks the workload to stop: a container's own (its runtime passes it on),
+/// else SIGTERM.
+fn stop_signal(spec: &WorkloadSpec) -> Signal {
+    spec.container
+        .as_ref()
+        .and_then(|c| Signal::try_from(c.stop_signal).ok())
+        .unwrap_or(Signal::SIGTERM)
+}
+
 /// Why a process ended, as the metrics count it: `stopping`, we were told to stop it; in
 /// `state` when it ended (unhealthy: the lifecycle ended it for its health).
 fn exit_reason(exit: &Exit, stopping: bool, state: State) -> ExitReason {
@@ -523,6 +544,13 @@ async fn start(
     for note in &prepared.notes {
         warn!(workload = %spec.name, note = %note, "limit not enforced as asked");
     }
+    // A container of the same id that a killed runtime left in its state would make the
+    // runtime refuse to run this one.
+    if let Some(c) = &spec.container
+        && let Err(error) = runtime::delete(&spec.command, &c.state_dir, &c.id).await
+    {
+        warn!(workload = %spec.name, %error, "cannot delete what a previous container left");
+    }
     // Normally empty. Not so if a crashed daemon's instance is still there and `apply` came
     // before `recover`: two instances must never run side by side.
     if let Some(g) = &prepared.group
@@ -536,7 +564,15 @@ async fn start(
             ));
         }
     }
-    let started = match process::spawn(spec, run_as, prepared.rlimit_as) {
+    // A container's runtime puts the container in a group of its own below the instance's,
+    // and sets up its limits before it runs anything: the runtime itself stays outside, so
+    // its own memory is not charged to the container's limit, and no address-space limit
+    // (which a Go runtime would not survive) applies to it.
+    let (rlimit_as, group_for_gate) = match &spec.container {
+        Some(_) => (None, None),
+        None => (prepared.rlimit_as, prepared.group.as_ref()),
+    };
+    let started = match process::spawn(spec, run_as, rlimit_as) {
         Ok(s) => s,
         Err(e) => {
             if let Some(g) = &prepared.group {
@@ -553,7 +589,7 @@ async fn start(
         stderr,
     } = started;
     let pgid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
-    if let Some(g) = &prepared.group
+    if let Some(g) = group_for_gate
         && let Err(e) = g.add(pid)
     {
         // Never let it run outside its limits: end the gate before it execs anything.
@@ -606,6 +642,13 @@ async fn finish(
             (None, None)
         }
     };
+    // The runtime is gone; what it ran may not be (a runtime killed by SIGKILL takes
+    // nothing with it). Deleting the container ends it and clears the runtime's state.
+    if let Some(c) = &spec.container
+        && let Err(error) = runtime::delete(&spec.command, &c.state_dir, &c.id).await
+    {
+        warn!(workload = %spec.name, %error, "cannot delete the container");
+    }
     let survivors = process::sweep(
         Some(live.pgid),
         live.group.as_ref(),

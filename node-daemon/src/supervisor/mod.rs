@@ -279,6 +279,14 @@ impl Supervisor {
         &self.inner.limits
     }
 
+    /// Where an OCI runtime puts `workload`'s container: see
+    /// [`LimitsBackend::container_cgroups_path`].
+    pub fn container_cgroups_path(&self, workload: &str) -> Option<String> {
+        self.inner
+            .limits
+            .container_cgroups_path(&self.inner.options.cgroup_parent, workload)
+    }
+
     fn workloads(&self) -> MutexGuard<'_, BTreeMap<String, Handle>> {
         // The map stays consistent across a panic elsewhere: every change is one insert/remove.
         self.inner
@@ -457,7 +465,11 @@ impl Supervisor {
             self.inner.members.send_modify(|n| *n += 1);
         }
         if let Some(h) = handle {
+            let container = h.spec.container.clone();
             stop(h).await;
+            if let Some(c) = container {
+                let _ = tokio::task::spawn_blocking(move || crate::oci::bundle::discard(&c)).await;
+            }
         }
         self.inner.store.remove(name)?;
         Ok(())
@@ -553,6 +565,14 @@ impl Supervisor {
         self.workloads()
             .values()
             .map(|h| h.spec.command.clone())
+            .collect()
+    }
+
+    /// The container of every workload that runs one.
+    pub fn containers(&self) -> Vec<spec::Container> {
+        self.workloads()
+            .values()
+            .filter_map(|h| h.spec.container.clone())
             .collect()
     }
 
