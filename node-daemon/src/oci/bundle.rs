@@ -143,9 +143,7 @@ impl Containers {
             .ok_or_else(|| PrepareError::Refused(format!("no containers on {arch_here}")))?;
         let name = request.base.name.clone();
 
-        let path = source
-            .blob(request.manifest, request.manifest_size)
-            .await?;
+        let path = source.blob(request.manifest, request.manifest_size).await?;
         let manifest: Manifest = read_json(&path, request.manifest_size, "manifest")?;
         check_manifest(&manifest)?;
         let path = source
@@ -199,9 +197,8 @@ impl Containers {
             seccomp: runtime.features().await.seccomp_for(arch),
             ..ContainerSettings::new(hostname(&name), request.cgroups_path.clone(), arch)
         };
-        let mut config = runtime_config(&image, &settings, &user).map_err(|e| {
-            PrepareError::Refused(format!("{}: {e}", e.field()))
-        })?;
+        let mut config = runtime_config(&image, &settings, &user)
+            .map_err(|e| PrepareError::Refused(format!("{}: {e}", e.field())))?;
         config.root.path = rootfs.to_string_lossy().into_owned();
         let json = serde_json::to_vec_pretty(&config)
             .map_err(|e| PrepareError::Local(format!("writing config.json: {e}")))?;
@@ -357,6 +354,9 @@ fn run_args(c: &Container) -> Vec<String> {
         "--root".into(),
         c.state_dir.to_string_lossy().into_owned(),
         "run".into(),
+        // The container's group outlives it until the supervisor has read its OOM kills
+        // (cgroup v1 counts them only there) and deletes the container.
+        "--keep".into(),
         "--bundle".into(),
         c.bundle.to_string_lossy().into_owned(),
         c.id.clone(),
@@ -412,8 +412,8 @@ fn read_json<T: serde::de::DeserializeOwned>(
             "the {what} is {size} bytes; at most {MAX_JSON_BLOB} are read"
         )));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| PrepareError::Local(format!("reading the {what}: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| PrepareError::Local(format!("reading the {what}: {e}")))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| PrepareError::Refused(format!("the {what} is not valid: {e}")))
 }

@@ -342,12 +342,26 @@ impl Group {
     }
 
     /// How many processes the OOM killer has killed in this group so far.
+    ///
+    /// v2 counts the kills of the groups below in each ancestor's `memory.events`; v1 counts
+    /// a kill only in the victim's own group, so there the groups below are added up (a
+    /// container's, which its runtime keeps until it is deleted).
     pub fn oom_kills(&self) -> u64 {
-        self.oom
-            .as_ref()
-            .and_then(|p| fs::read_to_string(p).ok())
-            .and_then(|text| parse_oom_kills(&text))
-            .unwrap_or(0)
+        let Some(file) = &self.oom else {
+            return 0;
+        };
+        let read = |p: &Path| {
+            fs::read_to_string(p)
+                .ok()
+                .and_then(|text| parse_oom_kills(&text))
+                .unwrap_or(0)
+        };
+        match (file.file_name(), file.parent()) {
+            (Some(name), Some(dir)) if name == "memory.oom_control" => {
+                subtree(dir).iter().map(|d| read(&d.join(name))).sum()
+            }
+            _ => read(file),
+        }
     }
 
     /// Removes the group's directories. Fails while processes remain.

@@ -25,8 +25,8 @@ use super::restart::{Action, Exit, Lifecycle, RestartTuning};
 use super::spec::WorkloadSpec;
 use super::store::{InstanceRecord, Store};
 use super::{InstanceStatus, Readiness, ScaleError, State};
-use crate::oci::runtime;
 use crate::metrics::{ExitReason, NodeMetrics, RestartReason, Running};
+use crate::oci::runtime;
 use nix::sys::signal::Signal;
 use std::future::Future;
 use std::pin::Pin;
@@ -642,8 +642,11 @@ async fn finish(
             (None, None)
         }
     };
+    // Read before a container's group goes with it.
+    let oom_before_delete = live.group.as_ref().map(Group::oom_kills);
     // The runtime is gone; what it ran may not be (a runtime killed by SIGKILL takes
-    // nothing with it). Deleting the container ends it and clears the runtime's state.
+    // nothing with it, and one that kept the container left its group and state).
+    // Deleting the container ends it and clears the runtime's state.
     if let Some(c) = &spec.container
         && let Err(error) = runtime::delete(&spec.command, &c.state_dir, &c.id).await
     {
@@ -661,7 +664,7 @@ async fn finish(
     let oom_killed = live
         .group
         .as_ref()
-        .is_some_and(|g| g.oom_kills() > live.oom_before);
+        .is_some_and(|g| g.oom_kills().max(oom_before_delete.unwrap_or(0)) > live.oom_before);
     if let Some(g) = &live.group
         && let Err(error) = g.remove()
     {

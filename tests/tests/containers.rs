@@ -1,0 +1,343 @@
+//! Containers (`driver = "oci"`) through the built binaries and a real OCI runtime: an image
+//! built here around Debian's static busybox, pushed with `edgectl image push`, deployed with
+//! `edgectl deploy`, unpacked by the node and run by runc (installed by the project's apt
+//! helper; runc runs on this machine's cgroup v1, where crun refuses the hybrid setup). The
+//! container serves through the node's proxy, its logs reach `edgectl logs`, a crash is
+//! restarted, a memory limit is enforced by the OOM killer, a killed daemon's container is
+//! found and replaced on the next start even with the orchestrator gone, and a delete leaves
+//! nothing of it on the node: no container in the runtime's state, no bundle, no layer.
+
+use edge_oci::build::{LayerTar, PlatformImage};
+use edge_tests::cli::{Edgectl, node_config, run_proxy_node};
+use edge_tests::{PATIENCE, installed, start_orchestrator};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One answer through the proxy: status and body.
+fn get(proxy: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(proxy).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// A port free on 127.0.0.1 now, for a container that must be told where to listen (it
+/// shares the host's network).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Polls `check` every 100 ms until it holds or `PATIENCE` runs out.
+async fn until(what: &str, check: impl FnMut() -> bool) {
+    until_within(PATIENCE, what, check).await;
+}
+
+async fn until_within(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        poll.tick().await;
+        if check() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not seen in time"
+        );
+    }
+}
+
+/// The base layer: busybox with the applets the tests call, and the accounts it runs as.
+fn base_layer() -> Vec<u8> {
+    let busybox = std::fs::read(installed("busybox", "busybox-static")).expect("busybox");
+    let mut tar = LayerTar::new()
+        .dir("bin/", 0o755)
+        .file("bin/busybox", 0o755, &busybox)
+        .dir("etc/", 0o755)
+        .file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/:/bin/sh\nwww:x:1000:1000:www:/www:/bin/sh\n",
+        )
+        .file("etc/group", 0o644, b"root:x:0:\nwww:x:1000:\n")
+        .dir("tmp/", 0o1777);
+    for applet in ["sh", "head", "tr", "httpd", "sleep", "cat"] {
+        tar = tar.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    tar.finish()
+}
+
+fn site_layer(text: &str) -> Vec<u8> {
+    LayerTar::new()
+        .dir("www/", 0o755)
+        .file("www/index.html", 0o644, text.as_bytes())
+        .finish()
+}
+
+/// An amd64 image of `layers` that serves `/www` with busybox's httpd as user `www`.
+fn image(layers: Vec<Vec<u8>>) -> PlatformImage {
+    PlatformImage::with_config(
+        "amd64",
+        None,
+        layers,
+        json!({
+            "Entrypoint": ["/bin/busybox"],
+            "Cmd": ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"],
+            "Env": ["PATH=/bin"],
+            "User": "www",
+            "WorkingDir": "/www"
+        }),
+    )
+}
+
+/// Pushes `image` with `edgectl image push` and returns its digest.
+fn push(ctl: &Edgectl, dir: &Path, image: &PlatformImage) -> String {
+    let file = dir.join(format!("{}.tar", image.manifest.digest.hex()));
+    std::fs::write(&file, image.archive()).expect("write the archive");
+    let pushed = ctl.json(&["image", "push", file.to_str().expect("utf-8")]);
+    pushed["digest"].as_str().expect("a digest").to_owned()
+}
+
+fn deploy(ctl: &Edgectl, dir: &Path, name: &str, toml: &str) {
+    let spec = dir.join(format!("{name}.toml"));
+    std::fs::write(&spec, toml).expect("write spec");
+    let out = ctl.run(&["deploy", "-f", spec.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn instance(ctl: &Edgectl, name: &str) -> Value {
+    let out = ctl.run(&["workloads", name, "--json"]);
+    if !out.status.success() {
+        return Value::Null;
+    }
+    let w: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    w["instances"][0].clone()
+}
+
+/// The container's processes, from the group the runtime put it in below the instance's
+/// (cgroup v1 here, v2 on a Pi).
+fn container_pids(node: &str, workload: &str) -> Vec<i32> {
+    let group = format!("edge-node-{node}/{workload}/container/cgroup.procs");
+    ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(Path::new(root).join(&group)).ok())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The containers runc holds in the node's state directory.
+fn runc_list(runc: &Path, data: &Path) -> Vec<String> {
+    let out = std::process::Command::new(runc)
+        .arg("--root")
+        .arg(data.join("oci/state"))
+        .args(["list", "--quiet"])
+        .output()
+        .expect("runc runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn entries(dir: &PathBuf) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_nothing() {
+    let runc = installed("runc", "runc");
+    let dir = tempfile::tempdir().expect("tmp");
+    let orch_dir = dir.path().join("orchestrator");
+    let (orch, quic, api) = start_orchestrator(&orch_dir);
+    let ctl = Edgectl::admin(&api, &orch_dir);
+    let join = ctl.json(&["token", "create", "--uses", "1"]);
+    let config = node_config(
+        dir.path(),
+        "box-1",
+        &format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[containers]\nruntime = \"{}\"\n",
+            runc.display()
+        ),
+        &quic,
+        &join,
+    );
+    let data = dir.path().join("box-1/data");
+    let (node, lines, proxy) = run_proxy_node(&config);
+
+    let digest = push(
+        &ctl,
+        dir.path(),
+        &image(vec![base_layer(), site_layer("hello from a container\n")]),
+    );
+    let port = free_port();
+    deploy(
+        &ctl,
+        dir.path(),
+        "boxed",
+        &format!(
+            "name = \"boxed\"\nversion = \"1.0.0\"\ndriver = \"oci\"\nimage = \"{digest}\"\n\
+             args = [\"httpd\", \"-f\", \"-v\", \"-p\", \"127.0.0.1:{port}\", \"-h\", \"/www\"]\n\
+             replicas = 1\n\
+             [resources]\ncpu_millis = 200\nmemory_bytes = 33554432\n\
+             [health]\nhttp = {{ port = {port}, path = \"/\" }}\ninterval_secs = 3\n\
+             [[expose]]\nport = {port}\nhost = \"boxed.example\"\n"
+        ),
+    );
+
+    // Served through the node's proxy, by a process in its own pid namespace.
+    let served = edge_tests::eventually(PATIENCE, || {
+        get(proxy, "boxed.example", "/")
+            .is_some_and(|(status, body)| status == 200 && body == "hello from a container\n")
+    })
+    .await;
+    if served.is_none() {
+        let logged: Vec<String> = lines.try_iter().collect();
+        panic!(
+            "the container answers through the proxy: not in time; {}\n{}",
+            instance(&ctl, "boxed"),
+            logged.join("\n")
+        );
+    }
+    let first = instance(&ctl, "boxed");
+    assert_eq!(first["state"], "running", "{first}");
+    assert_eq!(first["restarts"], 0, "{first}");
+    // httpd forks a child per request: wait for the one serving ours to end.
+    until("httpd alone in the container's group", || {
+        container_pids("box-1", "boxed").len() == 1
+    })
+    .await;
+    let pids = container_pids("box-1", "boxed");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).expect("status");
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .expect("NSpid");
+    assert!(
+        nspid.trim_end().ends_with("\t1"),
+        "pid 1 in its namespace: {nspid}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("\t1000\t")),
+        "runs as the image's user: {status}"
+    );
+
+    // Its output reaches the operator.
+    until("httpd's request log in edgectl logs", || {
+        let out = ctl.run(&["logs", "boxed"]);
+        String::from_utf8_lossy(&out.stdout).contains("response:200")
+    })
+    .await;
+
+    // A crash is restarted, as for any process.
+    for pid in &pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    until("restarted after the crash", || {
+        let i = instance(&ctl, "boxed");
+        i["state"] == "running"
+            && i["restarts"] == 1
+            && get(proxy, "boxed.example", "/").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+
+    // A memory limit is the kernel's: a container that outgrows it is OOM-killed and says so.
+    deploy(
+        &ctl,
+        dir.path(),
+        "hog",
+        &format!(
+            "name = \"hog\"\nversion = \"1\"\ndriver = \"oci\"\nimage = \"{digest}\"\n\
+             args = [\"sh\", \"-c\", \"x=$(head -c 67108864 /dev/zero | tr '\\\\000' a); echo survived\"]\n\
+             replicas = 1\n\
+             [resources]\ncpu_millis = 200\nmemory_bytes = 16777216\n\
+             [restart]\npolicy = \"never\"\n"
+        ),
+    );
+    let mut seen = Value::Null;
+    let killed = edge_tests::eventually(PATIENCE, || {
+        seen = instance(&ctl, "hog");
+        seen["state"] == "failed"
+            && seen["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("out of memory"))
+    })
+    .await;
+    assert!(killed.is_some(), "the hog killed for its memory: {seen}");
+    let out = ctl.run(&["delete", "hog"]);
+    assert!(out.status.success());
+    until("the hog's container and bundle gone from the node", || {
+        runc_list(&runc, &data) == ["boxed"] && entries(&data.join("oci/bundles")) == 1
+    })
+    .await;
+
+    // The daemon is killed, and the orchestrator is gone too: the next start finds the
+    // container it left, replaces it, and serves again from what is on disk.
+    drop(lines);
+    drop(node);
+    drop(orch);
+    let (node, lines, proxy) = run_proxy_node(&config);
+    // Straight to the container: the proxy may answer from its cache while it is down.
+    let direct: SocketAddr = ([127, 0, 0, 1], port).into();
+    let again = edge_tests::eventually(PATIENCE, || {
+        get(direct, "boxed.example", "/")
+            .is_some_and(|(status, body)| status == 200 && body == "hello from a container\n")
+    })
+    .await;
+    if again.is_none() {
+        let logged: Vec<String> = lines.try_iter().collect();
+        panic!(
+            "served again after the daemon's restart, offline: not in time\n{}",
+            logged.join("\n")
+        );
+    }
+    until("one container, not two", || {
+        let after = container_pids("box-1", "boxed");
+        after.len() == 1 && !after.contains(&pids[0])
+    })
+    .await;
+    assert_eq!(runc_list(&runc, &data), ["boxed"]);
+
+    // Deleted with the orchestrator back: nothing of it is left on the node.
+    let (_orch, _, api) = edge_tests::start_orchestrator_on(&orch_dir, &quic);
+    let ctl = Edgectl::admin(&api, &orch_dir);
+    // Its reconnect backs off while the orchestrator is away (up to 30 s between tries).
+    until_within(2 * PATIENCE, "the node back online", || {
+        ctl.status_of("box-1").as_deref() == Some("online")
+    })
+    .await;
+    let out = ctl.run(&["delete", "boxed"]);
+    assert!(out.status.success());
+    until("no container, bundle or layer left", || {
+        runc_list(&runc, &data).is_empty()
+            && entries(&data.join("oci/bundles")) == 0
+            && entries(&data.join("oci/rootfs")) == 0
+            && entries(&data.join("oci/layers")) == 0
+    })
+    .await;
+    assert!(get(proxy, "boxed.example", "/").is_some_and(|(status, _)| status == 404));
+    drop((node, lines));
+}
