@@ -8,8 +8,8 @@
 #                  cross/build.sh puts it (TRIPLE without a glibc suffix such as .2.31)
 #   --out DIR      where edge-node_VERSION-1_ARCH.deb goes; default target/debian
 #   --lint         then check it: lintian on the package, and systemd-analyze verify on
-#                  its unit (each installed if missing); fails on a lintian error or a unit
-#                  warning
+#                  its unit, alone and with the containers drop-in (each installed if
+#                  missing); fails on a lintian error or a unit warning
 # Prints the path of the .deb on stdout.
 #
 # The package is put together by hand and built with dpkg-deb: cargo-deb would have to be
@@ -20,6 +20,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ME="cross/package.sh"
 MAINTAINER="Edge Fleet Maintainers <maintainers@edge-fleet.example>"
 UNIT=edge-node.service
+# The drop-in that lets the unit run OCI containers: shipped, not active (see the README,
+# "Container images"), so that a node without containers keeps the tighter sandbox.
+CONTAINERS_DROPIN=edge-node-containers.conf
 
 die() {
   echo "$ME: $*" >&2
@@ -162,7 +165,7 @@ trap 'rm -rf -- "$work"' EXIT
 pkg="$work/pkg"
 umask 022
 install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/etc/edge-node" "$pkg/lib/systemd/system" \
-  "$pkg/usr/share/doc/edge-node"
+  "$pkg/usr/share/doc/edge-node" "$pkg/usr/share/edge-node"
 
 # Reproducible: every date in the package is that of the commit built, unless the caller
 # sets one.
@@ -224,6 +227,9 @@ join_files="$(sed -n 's/^[[:space:]]*join_file[[:space:]]*=[[:space:]]*\[\(.*\)\
 chmod 0644 "$pkg/etc/edge-node/node.toml"
 
 install -m 0644 -- "$ROOT/targets/$UNIT" "$pkg/lib/systemd/system/$UNIT"
+# Under /usr/share, not in /etc/systemd/system/edge-node.service.d/, where it would be active
+# on every node: the administrator copies it there to opt in.
+install -m 0644 -- "$ROOT/targets/$CONTAINERS_DROPIN" "$pkg/usr/share/edge-node/containers.conf"
 
 doc="$pkg/usr/share/doc/edge-node"
 year="$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)"
@@ -482,29 +488,38 @@ if [ "$lint" = yes ]; then
   # looked up there too, so the host's units (sysinit.target, network-online.target...) go in
   # first. An older systemd verifies a copy of the unit whose ExecStart points into the
   # extracted tree instead.
+  # Then once more with the containers drop-in where an administrator puts it, in the unit's
+  # drop-in directory, which verify reads in both cases.
   extracted="$work/root"
   mkdir -p "$extracted/lib/systemd"
-  verify_out="$work/verify.txt"
   if systemd-analyze --help 2>/dev/null | grep -q -- '--root='; then
     for dir in /lib/systemd/system /usr/lib/systemd/system; do
       [ ! -d "$dir" ] || cp -a -- "$dir/." "$extracted/lib/systemd/system/"
     done
     dpkg-deb -x "$deb" "$extracted"
-    systemd-analyze verify --root="$extracted" "$extracted/lib/systemd/system/$UNIT" >"$verify_out" 2>&1 \
-      || failed=yes
+    verify=(systemd-analyze verify --root="$extracted" "$extracted/lib/systemd/system/$UNIT")
+    dropin_dir="$extracted/etc/systemd/system/$UNIT.d"
   else
     dpkg-deb -x "$deb" "$extracted"
     mkdir "$work/unit"
     sed "s|^ExecStart=/usr/bin/edge-node|ExecStart=$extracted/usr/bin/edge-node|" \
       "$extracted/lib/systemd/system/$UNIT" >"$work/unit/$UNIT"
-    systemd-analyze verify "$work/unit/$UNIT" >"$verify_out" 2>&1 || failed=yes
+    verify=(systemd-analyze verify "$work/unit/$UNIT")
+    dropin_dir="$work/unit/$UNIT.d"
   fi
-  if grep -q 'edge-node' "$verify_out"; then
-    sed "s|^|$ME: systemd-analyze verify: |" "$verify_out" >&2
-    failed=yes
-  else
-    echo "$ME: systemd-analyze verify: $UNIT is clean" >&2
-  fi
+  for what in "$UNIT" "$UNIT with containers.conf"; do
+    if [ "$what" != "$UNIT" ]; then
+      install -D -m 0644 -- "$extracted/usr/share/edge-node/containers.conf" "$dropin_dir/containers.conf"
+    fi
+    verify_out="$work/verify.txt"
+    "${verify[@]}" >"$verify_out" 2>&1 || failed=yes
+    if grep -q 'edge-node' "$verify_out"; then
+      sed "s|^|$ME: systemd-analyze verify ($what): |" "$verify_out" >&2
+      failed=yes
+    else
+      echo "$ME: systemd-analyze verify: $what is clean" >&2
+    fi
+  done
 
   [ "$failed" = no ] || die "$deb does not pass its checks"
 fi

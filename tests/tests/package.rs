@@ -4,7 +4,7 @@
 //! conffiles, the default config and the systemd unit. `--lint` makes the script itself run
 //! lintian and `systemd-analyze verify`; it exits non-zero when either objects. The unit's
 //! sandbox is held to the exposure `systemd-analyze security` gave it when it was last
-//! tightened.
+//! tightened, alone and with the drop-in that lets it run containers.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -140,6 +140,7 @@ fn x86_64_gateway_package_installs_the_daemon_its_config_and_a_hardened_unit() {
         "./usr/bin/edge-node",
         "./etc/edge-node/node.toml",
         "./lib/systemd/system/edge-node.service",
+        "./usr/share/edge-node/containers.conf",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(&format!(" {path}"))),
@@ -151,6 +152,18 @@ fn x86_64_gateway_package_installs_the_daemon_its_config_and_a_hardened_unit() {
             .lines()
             .any(|l| l.starts_with("-rwxr-xr-x root/root") && l.ends_with(" ./usr/bin/edge-node")),
         "/usr/bin/edge-node is root's and 0755:\n{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rw-r--r-- root/root")
+                && l.ends_with(" ./usr/share/edge-node/containers.conf")),
+        "the containers drop-in is root's and 0644:\n{listing}"
+    );
+    // Shipped, never active by itself: nothing in the package lands in a drop-in directory.
+    assert!(
+        !listing.lines().any(|l| l.contains(".service.d/")),
+        "no drop-in is installed where systemd reads it:\n{listing}"
     );
 
     let control = out.path().join("control");
@@ -410,6 +423,76 @@ fn the_unit_is_exposed_no_more_than_recorded() {
     assert!(
         !stderr.contains("edge-node.service:"),
         "systemd-analyze objected to the unit:\n{stderr}"
+    );
+}
+
+/// The exposure with `targets/edge-node-containers.conf` in the unit's drop-in directory, as
+/// recorded in benches/RESULTS.md and in the drop-in's own comment: what running containers
+/// costs (mount and namespaces, CAP_SYS_ADMIN and CAP_NET_ADMIN for the runtime, the hostname).
+const UNIT_WITH_CONTAINERS_EXPOSURE_AT_MOST: f64 = 4.1;
+
+#[test]
+fn the_unit_with_the_containers_drop_in_is_exposed_no_more_than_recorded() {
+    let analyze = edge_tests::installed("systemd-analyze", "systemd");
+    // --root: the unit and its drop-in are looked up in a tree laid out as on a node, the unit
+    // where the package puts it and the drop-in where the README has the administrator put it,
+    // so the score is of what systemd would run, drop-in merged, not of a hand-merged copy.
+    let root = tempfile::tempdir().expect("temp dir");
+    let units = root.path().join("lib/systemd/system");
+    let dropins = root.path().join("etc/systemd/system/edge-node.service.d");
+    std::fs::create_dir_all(&units).expect("unit dir");
+    std::fs::create_dir_all(&dropins).expect("drop-in dir");
+    std::fs::copy(
+        workspace().join("targets/edge-node.service"),
+        units.join("edge-node.service"),
+    )
+    .expect("copy the unit");
+    std::fs::copy(
+        workspace().join("targets/edge-node-containers.conf"),
+        dropins.join("containers.conf"),
+    )
+    .expect("copy the drop-in");
+
+    let out = Command::new(&analyze)
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(format!("--root={}", root.path().display()))
+        .arg("edge-node.service")
+        .env("SYSTEMD_COLORS", "0")
+        .output()
+        .expect("systemd-analyze runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} security --offline=yes --root failed (it needs systemd 250 or newer):\n{stderr}",
+        analyze.display()
+    );
+    let exposure = overall_exposure(&report)
+        .unwrap_or_else(|| panic!("no overall exposure in the report:\n{report}\n{stderr}"));
+    assert!(
+        exposure <= UNIT_WITH_CONTAINERS_EXPOSURE_AT_MOST,
+        "edge-node.service with containers.conf is exposed {exposure}, more than the recorded \
+         {UNIT_WITH_CONTAINERS_EXPOSURE_AT_MOST}:\n{report}"
+    );
+    // The drop-in was read: the namespaces it allows show in the report. Without it the score
+    // would be the unit's alone and the bound above would hold for nothing.
+    assert!(
+        exposure > UNIT_EXPOSURE_AT_MOST && report.contains("RestrictNamespaces=~mnt"),
+        "the drop-in was not applied (exposure {exposure}):\n{report}"
+    );
+    // Nor user, network or cgroup namespaces: the drop-in's reset of RestrictNamespaces= is
+    // followed by its allow-list, not left as "no restriction".
+    for namespace in ["user", "net", "cgroup"] {
+        let check = format!("RestrictNamespaces=~{namespace} ");
+        let line = report.lines().find(|l| l.contains(&check));
+        assert!(
+            line.is_some_and(|l| l.starts_with('✓')),
+            "{namespace} namespaces are still refused: {line:?}\n{report}"
+        );
+    }
+    assert!(
+        !stderr.contains("edge-node.service") && !stderr.contains("containers.conf"),
+        "systemd-analyze objected to the unit or the drop-in:\n{stderr}"
     );
 }
 
