@@ -500,6 +500,9 @@ impl NodeMetrics {
                 match failure {
                     None => {
                         m.artifact_fetches.inc();
+                        if *bytes > 0 {
+                            info!(workload, bytes, "artifact fetched");
+                        }
                     }
                     Some(e) => {
                         let reason = fetch_failure(e);

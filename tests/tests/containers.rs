@@ -264,6 +264,53 @@ async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_n
     })
     .await;
 
+    // A second image on the same base: only what differs crosses the link.
+    let other = image(vec![base_layer(), site_layer("another site\n")]);
+    let other_digest = push(&ctl, dir.path(), &other);
+    let other_port = free_port();
+    deploy(
+        &ctl,
+        dir.path(),
+        "other",
+        &format!(
+            "name = \"other\"\nversion = \"1\"\ndriver = \"oci\"\nimage = \"{other_digest}\"\n\
+             args = [\"httpd\", \"-f\", \"-p\", \"127.0.0.1:{other_port}\", \"-h\", \"/www\"]\n\
+             replicas = 1\n[resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n"
+        ),
+    );
+    let other_addr: SocketAddr = ([127, 0, 0, 1], other_port).into();
+    until("the second image serves", || {
+        get(other_addr, "x", "/")
+            .is_some_and(|(status, body)| status == 200 && body == "another site\n")
+    })
+    .await;
+    let fetched: u64 = lines
+        .try_iter()
+        .filter(|l| {
+            l.contains("artifact fetched")
+                && (l.contains("workload=other") || l.contains("workload=\"other\""))
+        })
+        .filter_map(|l| {
+            l.split("bytes=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let sizes = |blobs: &[&edge_oci::build::Blob]| -> u64 {
+        blobs.iter().map(|b| b.bytes.len() as u64).sum()
+    };
+    assert_eq!(
+        fetched,
+        sizes(&[&other.manifest, &other.config, &other.layers[1]]),
+        "the manifest, the config and the site layer; the base layer ({} B) is on the node",
+        other.layers[0].bytes.len()
+    );
+    let out = ctl.run(&["delete", "other"]);
+    assert!(out.status.success());
+
     // A memory limit is the kernel's: a container that outgrows it is OOM-killed and says so.
     deploy(
         &ctl,
