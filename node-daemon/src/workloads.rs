@@ -488,9 +488,11 @@ impl Workloads {
                 Err(PrepareError::Fetch(e)) => return self.fetch_failed(&a, e, in_use).await,
                 Err(e) => {
                     warn!(workload = %name, error = %e, "cannot prepare the container");
-                    return self
-                        .send_state(&a, WorkloadState::Failed, &e.to_string())
+                    self.send_state(&a, WorkloadState::Failed, &e.to_string())
                         .await;
+                    // The layers it unpacked are in no bundle: collected now.
+                    drop(in_use);
+                    return self.collect_garbage().await;
                 }
             },
         };

@@ -161,6 +161,31 @@ impl Containers {
             .map_err(|e| PrepareError::Local(e.to_string()))?
             .map_err(|e| PrepareError::Refused(format!("assembling the root: {e}")))?;
 
+        let written = self
+            .write_bundle(runtime, arch, request, &config, &rootfs, &key, &diff_ids)
+            .await;
+        if written.is_err()
+            && let Err(error) = self.layers.remove_rootfs(&key)
+        {
+            warn!(%error, "cannot delete the root of a container that will not run");
+        }
+        written
+    }
+
+    /// Writes `config.json` for the container of `request` on `rootfs` and returns the spec
+    /// that runs it.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_bundle(
+        &self,
+        runtime: Runtime,
+        arch: Arch,
+        request: Request,
+        config: &ImageConfig,
+        rootfs: &Path,
+        key: &str,
+        diff_ids: &[Digest],
+    ) -> Result<WorkloadSpec, PrepareError> {
+        let name = request.base.name.clone();
         let exec = &config.config;
         let image = ImageDefaults {
             entrypoint: exec.entrypoint.clone().unwrap_or_default(),
@@ -175,8 +200,8 @@ impl Containers {
             .map_err(|e| PrepareError::Refused(e.to_string()))?;
         let user = resolve_user(
             image.user.as_deref(),
-            &read_account_file(&rootfs, "passwd"),
-            &read_account_file(&rootfs, "group"),
+            &read_account_file(rootfs, "passwd"),
+            &read_account_file(rootfs, "group"),
         )
         .map_err(|e| PrepareError::Refused(format!("image User: {e}")))?;
         let base = &request.base;
@@ -202,20 +227,23 @@ impl Containers {
         config.root.path = rootfs.to_string_lossy().into_owned();
         let json = serde_json::to_vec_pretty(&config)
             .map_err(|e| PrepareError::Local(format!("writing config.json: {e}")))?;
-        let bundle = self.bundles.join(&key);
+        let bundle = self.bundles.join(key);
         let listed: String = diff_ids.iter().map(|d| format!("{}\n", d.hex())).collect();
         let write = |bundle: &Path| -> io::Result<()> {
             private_fs::own_dir(bundle)?;
             private_fs::write_atomic(&bundle.join("config.json"), &json)?;
             private_fs::write_atomic(&bundle.join(LAYERS_FILE), listed.as_bytes())
         };
-        write(&bundle).map_err(|e| PrepareError::Local(format!("{}: {e}", bundle.display())))?;
+        if let Err(e) = write(&bundle) {
+            let _ = std::fs::remove_dir_all(&bundle);
+            return Err(PrepareError::Local(format!("{}: {e}", bundle.display())));
+        }
 
         let container = Container {
             state_dir: self.state.clone(),
             id: name.clone(),
             bundle: bundle.clone(),
-            rootfs: rootfs.clone(),
+            rootfs: rootfs.to_owned(),
             stop_signal,
         };
         let mut spec = request.base;
