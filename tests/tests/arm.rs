@@ -2,7 +2,8 @@
 //! binaries from `cross/build.sh PROFILE`, their C library checked by `cross/check-abi.sh`, and
 //! then the real cross-built `edge-node` under qemu-user (the profile's `qemu` line) enrolling
 //! with a real orchestrator, reporting its architecture, and running the cross-built sample
-//! service, which answers over HTTP, until SIGTERM stops both.
+//! service, which answers over HTTP, until SIGTERM stops both. The aarch64 node also runs a
+//! multi-arch container image beside a native x86_64 node, each from its own platform.
 //!
 //! The builds use the `smoke` cargo profile: the code and features the boards get, compiled
 //! for build time instead of size (no LTO), so two cold cross builds fit in CI; a second run
@@ -240,9 +241,19 @@ async fn sample_memory(orch: &TestOrchestrator, node: &Node, name: &str, arch: &
 
 /// Pushes an executable as an artifact through the API, as `edgectl artifact push` does.
 async fn push_artifact(orch: &TestOrchestrator, path: &Path) -> String {
-    let url = format!("http://{}/v1/artifacts", orch.orch.api_addr);
-    let token = orch.orch.admin_token.clone();
     let body = std::fs::read(path).expect("the artifact");
+    push(orch, "/v1/artifacts", "application/octet-stream", body).await
+}
+
+/// POSTs `body` to `path` and returns the digest the store answers with.
+async fn push(
+    orch: &TestOrchestrator,
+    path: &str,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> String {
+    let url = format!("http://{}{path}", orch.orch.api_addr);
+    let token = orch.orch.admin_token.clone();
     let (status, reply) = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -252,7 +263,7 @@ async fn push_artifact(orch: &TestOrchestrator, path: &Path) -> String {
         let mut response = agent
             .post(&url)
             .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/octet-stream")
+            .header("content-type", content_type)
             .send(&body[..])
             .expect("the API answers");
         let status = response.status().as_u16();
@@ -407,6 +418,10 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
         ));
     }
 
+    if arch == "aarch64" {
+        multi_arch_container(&orch, &mut node, &name, address, &profile).await;
+    }
+
     // SIGTERM: the node stops its workloads and exits cleanly, leaving nothing behind.
     let status = Command::new("kill")
         .args(["-TERM", &node.child.id().to_string()])
@@ -441,4 +456,144 @@ async fn a_pi_zero_2w_node_runs_the_sample_under_qemu() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_armv7_gateway_node_runs_the_sample_under_qemu() {
     a_board_runs_the_sample("armv7-gateway", "arm", "127.0.0.32").await;
+}
+
+/// One image for two platforms, deployed on every node: the emulated aarch64 node runs its
+/// arm64 platform (the cross-built sample, statically linked) and a native x86_64 node beside
+/// it runs the amd64 one (busybox serving a page that names its platform), each through runc.
+/// Each answers from its own platform's files on its own address.
+async fn multi_arch_container(
+    orch: &TestOrchestrator,
+    node: &mut Node,
+    name: &str,
+    address: &str,
+    profile: &Profile,
+) {
+    use edge_oci::build::{Archive, Blob, LayerTar, PlatformImage, index_json};
+    let runc = edge_tests::installed("runc", "runc");
+    let busybox =
+        std::fs::read(edge_tests::installed("busybox", "busybox-static")).expect("busybox");
+    let arm64 = LayerTar::new()
+        .dir("bin/", 0o755)
+        .file(
+            "bin/hello",
+            0o755,
+            &std::fs::read(profile.binary("edge-hello")).expect("the sample"),
+        )
+        .finish();
+    let mut amd64 = LayerTar::new()
+        .dir("bin/", 0o755)
+        .file("bin/busybox", 0o755, &busybox)
+        .file(
+            "bin/hello",
+            0o755,
+            b"#!/bin/sh\n# --port P, as the sample takes it\nmkdir -p /tmp/www\n\
+              echo \"$GREETING from $EDGE_NODE_NAME (amd64)\" > /tmp/www/index.html\n\
+              exec httpd -f -p \"$EDGE_NODE_ADDRESS:$2\" -h /tmp/www\n",
+        )
+        .dir("tmp/", 0o1777);
+    for applet in ["sh", "mkdir", "echo", "httpd"] {
+        amd64 = amd64.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let exec = serde_json::json!({"Entrypoint": ["/bin/hello"], "Env": ["PATH=/bin"]});
+    let platforms = [
+        PlatformImage::with_config("arm64", Some("v8"), vec![arm64], exec.clone()),
+        PlatformImage::with_config("amd64", None, vec![amd64.finish()], exec),
+    ];
+    let index = Blob::json(
+        edge_oci::image::media_type::OCI_INDEX,
+        &index_json(vec![
+            platforms[0].manifest.descriptor_for("arm64", Some("v8")),
+            platforms[1].manifest.descriptor_for("amd64", None),
+        ]),
+    );
+    let mut archive = Archive::oci(&index_json(vec![index.descriptor()])).blob(&index);
+    for p in &platforms {
+        archive = archive.blobs(p.blobs());
+    }
+    let digest = push(orch, "/v1/images", "application/x-tar", archive.tar()).await;
+
+    // The native node, on an address of its own.
+    let x86_address = "127.0.0.65";
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = edge_tests::node_config(
+        "x86-peer",
+        dir.path(),
+        orch.orch.quic_addr,
+        Some((&orch.token(1), &orch.ca_hash())),
+        &format!(
+            "local_address = \"{x86_address}\"\n[containers]\nruntime = \"{}\"\n",
+            runc.display()
+        ),
+    );
+    let peer = edge_tests::TestNode::spawn(config);
+    if eventually(PATIENCE, || orch.online("x86-peer"))
+        .await
+        .is_none()
+    {
+        node.fail("the x86_64 node did not come online");
+    }
+
+    let port = std::net::TcpListener::bind((address, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let spec = json!({
+        "name": "boxed",
+        "version": "1.0.0",
+        "driver": "oci",
+        "image": digest,
+        "args": ["--port", port.to_string()],
+        "env": {"GREETING": "hi"},
+        "placement": "per-node",
+        "resources": {"cpu_millis": 200, "memory_bytes": 256u64 << 20},
+    });
+    let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    poll(
+        orch,
+        node,
+        "the container running on both nodes",
+        "/v1/workloads/boxed",
+        EMULATED,
+        |_, w| {
+            let running: Vec<&str> = w["instances"]
+                .as_array()?
+                .iter()
+                .filter(|i| i["state"] == "running")
+                .filter_map(|i| i["node"].as_str())
+                .collect();
+            (running.len() == 2).then_some(())
+        },
+    )
+    .await;
+    for (at, want) in [
+        (format!("{address}:{port}"), format!("hi from {name}\n")),
+        (
+            format!("{x86_address}:{port}"),
+            "hi from x86-peer (amd64)\n".to_owned(),
+        ),
+    ] {
+        let answered = eventually(EMULATED, || {
+            http_get_root(&at).as_deref() == Some(want.as_str())
+        })
+        .await;
+        if answered.is_none() {
+            node.fail(&format!(
+                "{at} does not answer {want:?} (it says {:?})",
+                http_get_root(&at)
+            ));
+        }
+    }
+    let (status, body) = orch.api("DELETE", "/v1/workloads/boxed", None).await;
+    assert_eq!(status, 204, "{body}");
+    let gone = eventually(EMULATED, || {
+        http_get_root(&format!("{address}:{port}")).is_none()
+            && http_get_root(&format!("{x86_address}:{port}")).is_none()
+    })
+    .await;
+    if gone.is_none() {
+        node.fail("the containers outlived their deletion");
+    }
+    peer.stop().await.expect("the x86_64 node stops cleanly");
 }
