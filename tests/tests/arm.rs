@@ -516,16 +516,18 @@ async fn multi_arch_container(
     // The native node, on an address of its own.
     let x86_address = "127.0.0.65";
     let dir = tempfile::tempdir().expect("tmp");
-    let config = edge_tests::node_config(
-        "x86-peer",
-        dir.path(),
+    let config = node_daemon::config::Config::from_toml(&format!(
+        "version = 1\nname = \"x86-peer\"\ndata_dir = \"{}\"\nstatus_interval_secs = 1\n\
+         [containers]\nruntime = \"{}\"\n\
+         [orchestrator]\naddress = \"{}\"\nlocal_address = \"{x86_address}\"\n\
+         [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n",
+        dir.path().display(),
+        runc.display(),
         orch.orch.quic_addr,
-        Some((&orch.token(1), &orch.ca_hash())),
-        &format!(
-            "local_address = \"{x86_address}\"\n[containers]\nruntime = \"{}\"\n",
-            runc.display()
-        ),
-    );
+        orch.token(1),
+        orch.ca_hash(),
+    ))
+    .expect("the x86_64 node's config");
     let peer = edge_tests::TestNode::spawn(config);
     if eventually(PATIENCE, || orch.online("x86-peer"))
         .await
