@@ -462,6 +462,32 @@ pub fn installed(command: &str, package: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// One `GET` on a connection of its own (`Connection: close`): the status, the head in
+/// lower case and the body; `None` if nothing answers in [`PATIENCE`].
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// A port free on 127.0.0.1 now, for a workload that must be told where to listen.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A child process killed when the test ends, pass or fail.
 #[derive(Debug)]
 pub struct Proc(pub std::process::Child);

@@ -8,27 +8,12 @@ use edge_tests::{PATIENCE, eventually, line_with, start_orchestrator};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 /// One answer through the proxy: status, head (lower case) and body.
 fn get(proxy: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(proxy).expect("the proxy accepts");
-    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request sent");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("an answer");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    (status, head.to_ascii_lowercase(), body.to_owned())
+    edge_tests::http_get(proxy, host, path).expect("the proxy answers")
 }
 
 /// An origin that answers every GET with its path, fresh for a minute, and counts the

@@ -9,36 +9,15 @@
 
 use edge_oci::build::{LayerTar, PlatformImage};
 use edge_tests::cli::{Edgectl, node_config, run_proxy_node};
-use edge_tests::{PATIENCE, installed, start_orchestrator};
+use edge_tests::{PATIENCE, free_port, installed, start_orchestrator};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One answer through the proxy: status and body.
-fn get(proxy: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(proxy).ok()?;
-    s.set_read_timeout(Some(PATIENCE)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
-/// A port free on 127.0.0.1 now, for a container that must be told where to listen (it
-/// shares the host's network).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// One answer: status and body.
+fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    edge_tests::http_get(addr, host, path).map(|(status, _, body)| (status, body))
 }
 
 /// Polls `check` every 100 ms until it holds or `PATIENCE` runs out.

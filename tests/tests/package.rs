@@ -393,27 +393,34 @@ fn overall_exposure(report: &str) -> Option<f64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-#[test]
-fn the_unit_is_exposed_no_more_than_recorded() {
+/// `systemd-analyze security --offline=yes ARGS`: its report, its stderr and the overall
+/// exposure in the report. Fails the test when it does not run or gives no figure.
+fn security(args: &[&std::ffi::OsStr]) -> (String, String, f64) {
     let analyze = edge_tests::installed("systemd-analyze", "systemd");
-    let unit = workspace().join("targets/edge-node.service");
-    // --offline (systemd 250 and later) scores the file itself: no systemd needs to run here,
-    // and no unit needs to be installed.
     let out = Command::new(&analyze)
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(&unit)
+        .args(args)
         .env("SYSTEMD_COLORS", "0")
         .output()
         .expect("systemd-analyze runs");
-    let report = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "{} security --offline=yes failed (it needs systemd 250 or newer):\n{stderr}",
+        "{} security --offline=yes {args:?} failed (it needs systemd 250 or newer):\n{stderr}",
         analyze.display()
     );
     let exposure = overall_exposure(&report)
         .unwrap_or_else(|| panic!("no overall exposure in the report:\n{report}\n{stderr}"));
+    (report, stderr, exposure)
+}
+
+#[test]
+fn the_unit_is_exposed_no_more_than_recorded() {
+    // --offline (systemd 250 and later) scores the file itself: no systemd needs to run here,
+    // and no unit needs to be installed.
+    let unit = workspace().join("targets/edge-node.service");
+    let (report, stderr, exposure) = security(&[unit.as_os_str()]);
     assert!(
         exposure <= UNIT_EXPOSURE_AT_MOST,
         "edge-node.service is exposed {exposure}, more than the recorded {UNIT_EXPOSURE_AT_MOST}:\n{report}"
@@ -433,7 +440,6 @@ const UNIT_WITH_CONTAINERS_EXPOSURE_AT_MOST: f64 = 4.1;
 
 #[test]
 fn the_unit_with_the_containers_drop_in_is_exposed_no_more_than_recorded() {
-    let analyze = edge_tests::installed("systemd-analyze", "systemd");
     // --root: the unit and its drop-in are looked up in a tree laid out as on a node, the unit
     // where the package puts it and the drop-in where the README has the administrator put it,
     // so the score is of what systemd would run, drop-in merged, not of a hand-merged copy.
@@ -453,22 +459,11 @@ fn the_unit_with_the_containers_drop_in_is_exposed_no_more_than_recorded() {
     )
     .expect("copy the drop-in");
 
-    let out = Command::new(&analyze)
-        .args(["security", "--offline=yes", "--no-pager"])
-        .arg(format!("--root={}", root.path().display()))
-        .arg("edge-node.service")
-        .env("SYSTEMD_COLORS", "0")
-        .output()
-        .expect("systemd-analyze runs");
-    let report = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} security --offline=yes --root failed (it needs systemd 250 or newer):\n{stderr}",
-        analyze.display()
-    );
-    let exposure = overall_exposure(&report)
-        .unwrap_or_else(|| panic!("no overall exposure in the report:\n{report}\n{stderr}"));
+    let root_arg = format!("--root={}", root.path().display());
+    let (report, stderr, exposure) = security(&[
+        std::ffi::OsStr::new(&root_arg),
+        std::ffi::OsStr::new("edge-node.service"),
+    ]);
     assert!(
         exposure <= UNIT_WITH_CONTAINERS_EXPOSURE_AT_MOST,
         "edge-node.service with containers.conf is exposed {exposure}, more than the recorded \

@@ -3,7 +3,7 @@
 //! served stale once it is gone, and a deleted workload's route goes with it.
 
 use edge_tests::cli::{Edgectl, node_config, run_proxy_node};
-use edge_tests::{PATIENCE, binary, eventually, start_orchestrator};
+use edge_tests::{PATIENCE, binary, eventually, free_port, start_orchestrator};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -11,26 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One answer through the proxy: status, head (lower case) and body.
 fn get(proxy: SocketAddr, host: &str, path: &str) -> Option<(u16, String, String)> {
-    let mut s = TcpStream::connect(proxy).ok()?;
-    s.set_read_timeout(Some(PATIENCE)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, head.to_ascii_lowercase(), body.to_owned()))
-}
-
-/// A port free on 127.0.0.1 now, for a workload that must be told where to listen.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    edge_tests::http_get(proxy, host, path)
 }
 
 /// An origin that answers every request with `body` until `down`: fresh for a minute under

@@ -3,34 +3,15 @@
 //! summed, in the workload's.
 
 use edge_tests::cli::{Edgectl, node_config, run_proxy_node};
-use edge_tests::{PATIENCE, binary, eventually, start_orchestrator};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use edge_tests::{PATIENCE, binary, eventually, free_port, start_orchestrator};
+use std::net::SocketAddr;
 
 /// Requests sent once the workload answers through the proxy.
 const N: u64 = 12;
 
 /// One answer through the proxy: status and head (lower case).
 fn get(proxy: SocketAddr, host: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(proxy).ok()?;
-    s.set_read_timeout(Some(PATIENCE)).ok()?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let (head, _) = answer.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, head.to_ascii_lowercase()))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    edge_tests::http_get(proxy, host, "/").map(|(status, head, _)| (status, head))
 }
 
 fn count(v: &serde_json::Value, key: &str) -> u64 {
