@@ -58,6 +58,9 @@ use tokio::runtime::Runtime;
 
 /// How long to wait for anything that takes a second when all is well; a bound on a hang.
 const WAIT: Duration = Duration::from_secs(90);
+/// More than a workload's stop grace (10 s, not settable through the API): what one delete
+/// may take.
+const STOP_GRACE_BOUND: Duration = Duration::from_secs(12);
 /// The node's name, and the prefix of its cgroups.
 const NODE: &str = "cbench";
 /// Memory per instance is read once the node's `VmRSS` reads the same this many times in a
@@ -132,8 +135,7 @@ fn node_main(config: &Path, status: SocketAddr) -> anyhow::Result<()> {
         let board = node_daemon::status::StatusBoard::new();
         let listener = tokio::net::TcpListener::bind(status).await?;
         tokio::spawn(node_daemon::status::serve(listener, board.clone()));
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         node_daemon::daemon::run_with(config, board, async move {
             term.recv().await;
         })
@@ -201,7 +203,10 @@ impl NodeProcess {
     /// The bytes of the node's `artifact fetched` lines for `workload`.
     fn logged_fetches(&self, workload: &str) -> u64 {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let named = [format!("workload={workload}"), format!("workload=\"{workload}\"")];
+        let named = [
+            format!("workload={workload}"),
+            format!("workload=\"{workload}\""),
+        ];
         text.lines()
             .filter(|l| l.contains("artifact fetched"))
             .filter(|l| l.split_whitespace().any(|t| named.iter().any(|n| n == t)))
@@ -339,11 +344,7 @@ fn image_bytes(image: &PlatformImage) -> u64 {
 /// The exec workload's artifact: `exec /bin/busybox "$@"`, padded to `bytes` with a line of
 /// its own (`marker`), so that it crosses the link as the busybox binary would.
 fn exec_artifact(busybox: &Path, bytes: usize, marker: &str) -> Vec<u8> {
-    let mut s = format!(
-        "#!/bin/sh\nexec {} \"$@\"\n# {marker}\n",
-        busybox.display()
-    )
-    .into_bytes();
+    let mut s = format!("#!/bin/sh\nexec {} \"$@\"\n# {marker}\n", busybox.display()).into_bytes();
     let line = b"# padding to the busybox binary's size: never read, sh exec'd on line 2 ...\n";
     while s.len() + line.len() <= bytes {
         s.extend_from_slice(line);
@@ -363,7 +364,9 @@ fn http_ok(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n").is_err() {
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];
@@ -522,13 +525,7 @@ impl Bench {
     }
 
     /// POSTs the workload without waiting for it.
-    fn post_workload(
-        &self,
-        kind: Kind,
-        name: &str,
-        digest: &str,
-        port: u16,
-    ) -> anyhow::Result<()> {
+    fn post_workload(&self, kind: Kind, name: &str, digest: &str, port: u16) -> anyhow::Result<()> {
         let body = self.spec(kind, name, digest, port)?;
         let (status, answer) = self.api.post("/v1/workloads", "application/json", &body)?;
         if status != 201 {
@@ -623,13 +620,18 @@ impl Bench {
                 bail!("DELETE /v1/workloads/{}: {status}", i.name);
             }
         }
+        // The node stops one workload after another, and a container whose PID 1 ignores
+        // SIGTERM (busybox httpd does: it installs no handler, and PID 1 of a namespace
+        // drops signals it does not handle) is stopped by SIGKILL only after the 10 s
+        // stop grace.
+        let within = WAIT + STOP_GRACE_BOUND * u32::try_from(instances.len())?;
         let t0 = Instant::now();
         while !instances
             .iter()
             .all(|i| gone(i.pid) && !listening(i.port) && container_pids(&i.name).is_empty())
         {
-            if t0.elapsed() > WAIT {
-                bail!("still running {WAIT:?} after the delete");
+            if t0.elapsed() > within {
+                bail!("still running {within:?} after the delete");
             }
             pause(Duration::from_millis(2));
         }
@@ -965,10 +967,7 @@ fn memory_part(b: &Bench, args: &Args) -> anyhow::Result<()> {
          medians, MiB per instance)",
         container.len()
     );
-    println!(
-        "{:<58} {:>10} {:>10}",
-        "per instance", "container", "exec"
-    );
+    println!("{:<58} {:>10} {:>10}", "per instance", "container", "exec");
     let line = |what: &str, f: fn(&Memory) -> f64| {
         println!(
             "{what:<58} {:>10.3} {:>10.3}",
@@ -1006,7 +1005,10 @@ fn memory_part(b: &Bench, args: &Args) -> anyhow::Result<()> {
         ("exec_node_rss", med(&exec, |m| m.node_rss)),
         ("runc_rss", med(&container, |m| m.runtime_rss)),
         ("runc_pss", med(&container, |m| m.runtime_pss)),
-        ("container_workload_pss", med(&container, |m| m.workload_pss)),
+        (
+            "container_workload_pss",
+            med(&container, |m| m.workload_pss),
+        ),
         ("exec_workload_pss", med(&exec, |m| m.workload_pss)),
     ] {
         println!("metric containers.memory.{what}_mib {v:.3}");
@@ -1018,13 +1020,19 @@ fn memory_part(b: &Bench, args: &Args) -> anyhow::Result<()> {
 // Shared base layers.
 
 fn shared_part(b: &Bench) -> anyhow::Result<()> {
-    let base = base_layer(&b.busybox, &format!("shared base of run {}\n", std::process::id()));
+    let base = base_layer(
+        &b.busybox,
+        &format!("shared base of run {}\n", std::process::id()),
+    );
     let a = image(vec![base.clone(), site_layer("site A\n")]);
     let bb = image(vec![base, site_layer("site B, another page\n")]);
     let (da, db) = (b.api.push(&a)?, b.api.push(&bb)?);
     let (sa, ia) = b.deploy(Kind::Container, "shared-a", &da)?;
     let (sb, ib) = b.deploy(Kind::Container, "shared-b", &db)?;
-    let (la, lb) = (b.node.logged_fetches("shared-a"), b.node.logged_fetches("shared-b"));
+    let (la, lb) = (
+        b.node.logged_fetches("shared-a"),
+        b.node.logged_fetches("shared-b"),
+    );
     b.remove(&[ia, ib])?;
     let full_b = image_bytes(&bb);
     println!("\n== 3. bytes fetched for a second image on the same base");
@@ -1096,9 +1104,30 @@ fn binary_like(rng: &mut Rng, len: usize) -> Vec<u8> {
 /// Text like a package's docs, scripts and configs: words from a small vocabulary.
 fn text_like(rng: &mut Rng, len: usize) -> Vec<u8> {
     const WORDS: [&str; 24] = [
-        "the", "node", "config", "return", "error", "value", "if", "else", "function", "data",
-        "file", "path", "0x1f", "{", "}", "=", "license", "copyright", "include", "static",
-        "int", "char", "self", "import",
+        "the",
+        "node",
+        "config",
+        "return",
+        "error",
+        "value",
+        "if",
+        "else",
+        "function",
+        "data",
+        "file",
+        "path",
+        "0x1f",
+        "{",
+        "}",
+        "=",
+        "license",
+        "copyright",
+        "include",
+        "static",
+        "int",
+        "char",
+        "self",
+        "import",
     ];
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {
@@ -1158,9 +1187,16 @@ fn unpack_part(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let _ = std::process::Command::new("sync").status();
     };
     for round in 0..args.unpack_rounds.max(1) {
-        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for ours_now in order {
-            let dest = work.join(format!("out-{round}-{}", if ours_now { "ours" } else { "tar" }));
+            let dest = work.join(format!(
+                "out-{round}-{}",
+                if ours_now { "ours" } else { "tar" }
+            ));
             sync();
             let took = if ours_now {
                 let options = UnpackOptions {
@@ -1282,7 +1318,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while !online(&orch) {
         if t0.elapsed() > WAIT {
-            bail!("the node did not come online; its log: {}", node.log.display());
+            bail!(
+                "the node did not come online; its log: {}",
+                node.log.display()
+            );
         }
         pause(Duration::from_millis(5));
     }
