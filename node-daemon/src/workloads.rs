@@ -373,6 +373,7 @@ impl Workloads {
         let _alone = self.cache_use.write().await;
         let mut keep: std::collections::HashSet<crate::artifacts::Digest> =
             self.book().artifacts.values().copied().collect();
+        keep.extend(self.containers.kept_blobs());
         for command in self.supervisor.commands() {
             if command.parent() == Some(self.cache.dir())
                 && let Some(digest) = command

@@ -213,6 +213,12 @@ async fn a_good_image_becomes_a_bundle_the_runtime_runs() {
         "the runtime has seccomp"
     );
     assert!(c.rootfs.join("bin/serve").is_file());
+    // The artifact cache keeps the image's manifest and config while the bundle is there.
+    let kept = node.containers.kept_blobs();
+    assert!(
+        kept.contains(&image.manifest.digest.0) && kept.contains(&image.config.digest.0),
+        "{kept:?}"
+    );
     for dir in [&c.bundle, &data.join("layers")] {
         let mode = std::fs::metadata(dir).expect("there").permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{}", dir.display());

@@ -27,11 +27,14 @@ use crate::private_fs;
 use crate::supervisor::spec::{Container, HealthCheck, WorkloadSpec};
 use edge_oci::image::{Compression, ImageConfig, Manifest, ManifestKind, is_image_config};
 use edge_oci::{Digest, LayerLimits, arch_name};
-use node_core::oci::{Arch, ContainerSettings, ImageDefaults, resolve_user, runtime_config};
+use node_core::oci::{
+    Arch, ContainerSettings, ImageDefaults, RuntimeFeatures, resolve_user, runtime_config,
+};
 use std::collections::HashSet;
 use std::future::Future;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 /// The largest manifest or image config accepted: real ones are a few KiB.
@@ -40,6 +43,10 @@ pub const MAX_JSON_BLOB: u64 = 4 << 20;
 const MAX_ACCOUNTS_FILE: u64 = 1 << 20;
 /// The file in a bundle that lists the layers its root is made of, one `diff_id` per line.
 const LAYERS_FILE: &str = "layers";
+/// The file in a bundle that names the image's manifest and config blobs, kept in the
+/// artifact cache while the bundle is there: a new version of the workload on the same
+/// image then needs nothing from the orchestrator.
+const BLOBS_FILE: &str = "blobs";
 
 /// Where a container's blobs come from.
 pub trait BlobSource {
@@ -96,6 +103,8 @@ pub struct Containers {
     layers: LayerCache,
     bundles: PathBuf,
     state: PathBuf,
+    /// What the runtime says it supports, asked once: it cannot change while the node runs.
+    features: Arc<tokio::sync::OnceCell<RuntimeFeatures>>,
 }
 
 impl Containers {
@@ -110,6 +119,7 @@ impl Containers {
             layers,
             bundles: oci.join("bundles"),
             state: oci.join("state"),
+            features: Arc::default(),
         };
         for dir in [&me.bundles, &me.state] {
             private_fs::own_dir(dir)?;
@@ -162,7 +172,15 @@ impl Containers {
             .map_err(|e| PrepareError::Refused(format!("assembling the root: {e}")))?;
 
         let written = self
-            .write_bundle(runtime, arch, request, &config, &rootfs, &key, &diff_ids)
+            .write_bundle(
+                runtime,
+                arch,
+                request,
+                (&config, manifest.config.digest),
+                &rootfs,
+                &key,
+                &diff_ids,
+            )
             .await;
         if written.is_err()
             && let Err(error) = self.layers.remove_rootfs(&key)
@@ -180,7 +198,7 @@ impl Containers {
         runtime: Runtime,
         arch: Arch,
         request: Request,
-        config: &ImageConfig,
+        (config, config_digest): (&ImageConfig, Digest),
         rootfs: &Path,
         key: &str,
         diff_ids: &[Digest],
@@ -219,7 +237,11 @@ impl Containers {
             nofile_hard: nofile_hard(),
             resolv_conf: host_file("/etc/resolv.conf"),
             hosts_file: host_file("/etc/hosts"),
-            seccomp: runtime.features().await.seccomp_for(arch),
+            seccomp: self
+                .features
+                .get_or_init(|| runtime.features())
+                .await
+                .seccomp_for(arch),
             ..ContainerSettings::new(hostname(&name), request.cgroups_path.clone(), arch)
         };
         let mut config = runtime_config(&image, &settings, &user)
@@ -229,9 +251,15 @@ impl Containers {
             .map_err(|e| PrepareError::Local(format!("writing config.json: {e}")))?;
         let bundle = self.bundles.join(key);
         let listed: String = diff_ids.iter().map(|d| format!("{}\n", d.hex())).collect();
+        let blobs = format!(
+            "{}\n{}\n",
+            Digest(request.manifest).hex(),
+            config_digest.hex()
+        );
         let write = |bundle: &Path| -> io::Result<()> {
             private_fs::own_dir(bundle)?;
             private_fs::write_atomic(&bundle.join("config.json"), &json)?;
+            private_fs::write_atomic(&bundle.join(BLOBS_FILE), blobs.as_bytes())?;
             private_fs::write_atomic(&bundle.join(LAYERS_FILE), listed.as_bytes())
         };
         if let Err(e) = write(&bundle) {
@@ -349,6 +377,23 @@ impl Containers {
             }
         }
         Ok(())
+    }
+
+    /// The manifest and config blobs of every bundle: the artifact cache keeps them.
+    pub fn kept_blobs(&self) -> Vec<[u8; 32]> {
+        let Ok(entries) = std::fs::read_dir(&self.bundles) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path().join(BLOBS_FILE)).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(Digest::from_hex)
+                    .map(|d| d.0)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Deletes every unpacked layer that no bundle's root is made of. Not while a container
