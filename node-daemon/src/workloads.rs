@@ -160,7 +160,15 @@ impl Workloads {
             applied: AppliedFile::new(data_dir),
             containers,
         };
+        // Subscribed before anything starts: a workload restarted below reports `Running`
+        // within milliseconds, and that change must reach the orchestrator (and the outbox).
+        let changes = agent.supervisor.subscribe();
         let restarted = agent.supervisor.recover().await?;
+        if !restarted.is_empty() {
+            info!(workloads = ?restarted, "restarted workloads from before the daemon stopped");
+        }
+        agent.readmit();
+        tokio::spawn(agent.clone().forward_reports(changes));
         // Containers in the runtime's state that no workload runs any more: a daemon
         // killed mid-stop, or a workload forgotten while the daemon was down.
         let held = agent.supervisor.containers();
@@ -173,11 +181,6 @@ impl Workloads {
             Ok(Err(error)) => warn!(%error, "cannot delete unused container bundles"),
             Err(error) => warn!(%error, "deleting unused container bundles panicked"),
         }
-        if !restarted.is_empty() {
-            info!(workloads = ?restarted, "restarted workloads from before the daemon stopped");
-        }
-        agent.readmit();
-        tokio::spawn(agent.clone().forward_reports());
         Ok(agent)
     }
 
@@ -448,8 +451,7 @@ impl Workloads {
         }))
     }
 
-    async fn forward_reports(self) {
-        let mut changes = self.supervisor.subscribe();
+    async fn forward_reports(self, mut changes: tokio::sync::broadcast::Receiver<InstanceStatus>) {
         loop {
             match changes.recv().await {
                 Ok(status) => {

@@ -346,6 +346,12 @@ impl Containers {
         let Some(runtime) = &self.runtime else {
             return;
         };
+        // The runtime keeps a directory per container: none, nothing to ask it about (and
+        // a node that never ran a container never runs its runtime at start).
+        let held = std::fs::read_dir(&self.state).is_ok_and(|mut d| d.next().is_some());
+        if !held {
+            return;
+        }
         for id in runtime::list(&runtime.path, &self.state).await {
             if keep.contains(&id) {
                 continue;
