@@ -25,19 +25,9 @@ async fn until(what: &str, check: impl FnMut() -> bool) {
     until_within(PATIENCE, what, check).await;
 }
 
-async fn until_within(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut poll = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        poll.tick().await;
-        if check() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not seen in time"
-        );
-    }
+async fn until_within(within: Duration, what: &str, check: impl FnMut() -> bool) {
+    let seen = edge_tests::eventually(within, check).await;
+    assert!(seen.is_some(), "{what}: not seen in time");
 }
 
 /// The base layer: busybox with the applets the tests call, and the accounts it runs as.
