@@ -563,6 +563,7 @@ impl Workloads {
             manifest: platform.manifest,
             manifest_size: platform.manifest_size,
             allow_setuid: image.allow_setuid,
+            read_only_root: image.read_only_root,
             cgroups_path,
         };
         let source = Blobs { agent: self, a };

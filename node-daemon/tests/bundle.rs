@@ -1,18 +1,21 @@
 //! From an image's blobs to a container bundle (`oci::bundle`): what a good image becomes
-//! (the runtime's command line, `config.json`, a read-only root of the image's files), and
-//! each hostile or broken image refused with its reason before anything runs, leaving no
-//! bundle, root or layer behind. The blobs come from a directory standing in for the
-//! orchestrator; the runtime is a script that answers `features`: nothing runs here.
+//! (the runtime's command line, `config.json`, the image's files with a writable layer of
+//! the instance's own, as an overlay or a copy, or read-only when the spec asks), and each
+//! hostile or broken image refused with its reason before anything runs, leaving no bundle,
+//! root or layer behind. The blobs come from a directory standing in for the orchestrator;
+//! the runtime is a script that answers `features`: nothing runs here. The overlay is the
+//! kernel's: these tests run as root, as the node does.
 
 use edge_oci::build::{Blob, EntryType, LayerTar, PlatformImage, manifest_blob};
 use edge_oci::image::media_type;
 use node_daemon::artifacts::FetchError;
 use node_daemon::oci::bundle::{BlobSource, Containers, PrepareError, Request};
+use node_daemon::oci::root;
 use node_daemon::oci::runtime::Runtime;
 use node_daemon::supervisor::{HealthCheck, HealthProbe, WorkloadSpec};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Blobs by digest, as files: what the artifact cache would hand over once verified.
@@ -126,6 +129,7 @@ impl Node {
             manifest: image.manifest.digest.0,
             manifest_size: image.manifest.bytes.len() as u64,
             allow_setuid,
+            read_only_root: false,
             cgroups_path: "/edge-node-n1/web/container".into(),
         }
     }
@@ -135,6 +139,12 @@ impl Node {
         self.containers
             .prepare(&blobs, self.request(image, false))
             .await
+    }
+
+    /// Where the layer cache unpacked `image`'s only layer.
+    fn layer_dir(&self, image: &PlatformImage) -> PathBuf {
+        let diff_id = edge_oci::Digest::of(&image.tars[0]);
+        self.data.path().join("oci/layers").join(diff_id.hex())
     }
 
     fn count(&self, dir: &str) -> usize {
@@ -152,6 +162,16 @@ impl Node {
         self.containers.collect_layers().expect("collects");
         for dir in ["bundles", "rootfs", "layers"] {
             assert_eq!(self.count(dir), 0, "nothing left in oci/{dir}");
+        }
+    }
+}
+
+impl Drop for Node {
+    /// A failed test leaves no overlay mounted under a deleted directory.
+    fn drop(&mut self) {
+        let bundles = self.data.path().join("oci/bundles");
+        for entry in std::fs::read_dir(bundles).into_iter().flatten().flatten() {
+            let _ = root::unmount(&entry.path().join("root"));
         }
     }
 }
@@ -194,8 +214,12 @@ async fn a_good_image_becomes_a_bundle_the_runtime_runs() {
     let config: Value =
         serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).expect("config.json"))
             .expect("JSON");
-    assert_eq!(config["root"]["path"], c.rootfs.to_str().expect("utf-8"));
-    assert_eq!(config["root"]["readonly"], true);
+    let overlay = c.overlay.clone().expect("a writable layer");
+    assert_eq!(
+        config["root"]["path"],
+        overlay.merged.to_str().expect("utf-8")
+    );
+    assert_eq!(config["root"]["readonly"], false);
     assert_eq!(config["process"]["user"]["uid"], 1000);
     assert_eq!(config["process"]["args"], json!(["/bin/serve"]));
     assert_eq!(config["process"]["noNewPrivileges"], true);
@@ -249,6 +273,151 @@ async fn a_good_image_becomes_a_bundle_the_runtime_runs() {
     assert_eq!(node.containers.collect_layers().expect("collects"), 0);
     node_daemon::oci::bundle::discard(&c8);
     assert_eq!(node.containers.collect_layers().expect("collects"), 1);
+}
+
+/// A mounted container root's files as the container sees them.
+fn read(root: &Path, path: &str) -> String {
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn each_instance_writes_to_an_overlay_of_its_own_and_the_image_stays_as_it_was() {
+    let node = Node::new();
+    let image = image(vec![base()]);
+    let c7 = node.prepare(&image).await.expect("prepared");
+    let c7 = c7.container.expect("a container");
+    let overlay = c7.overlay.clone().expect("an overlay on this kernel");
+    assert!(
+        root::is_mounted(&overlay.merged).expect("stat"),
+        "mounted at prepare"
+    );
+    let merged = &overlay.merged;
+    let meta = |p: &Path| std::fs::metadata(p).expect("stat");
+    assert_eq!(
+        meta(merged).mode() & 0o7777,
+        0o755,
+        "the merged root has the image's mode, not the bundle's 0700"
+    );
+
+    // What an nginx or a database does at start: write beside its binaries, change a file
+    // of the image, delete another.
+    std::fs::create_dir_all(merged.join("var/cache/app")).expect("a new directory");
+    std::fs::write(merged.join("var/cache/app/state"), "warm").expect("a new file");
+    std::fs::write(merged.join("etc/passwd"), "changed\n").expect("an image file changed");
+    std::fs::remove_file(merged.join("etc/group")).expect("an image file deleted");
+    assert_eq!(
+        read(&overlay.upper, "var/cache/app/state"),
+        "warm",
+        "in the upper layer"
+    );
+    let layer = node.layer_dir(&image);
+    for untouched in [&c7.rootfs, &layer] {
+        assert!(
+            read(untouched, "etc/passwd").starts_with("root:"),
+            "{}",
+            untouched.display()
+        );
+        assert!(untouched.join("etc/group").is_file());
+        assert!(!untouched.join("var").exists());
+    }
+
+    // The next generation starts from the image, not from what this one wrote.
+    let mut again = node.request(&image, false);
+    again.generation = 8;
+    let blobs = Blobs::of(node.blobs.path(), &image);
+    let c8 = node
+        .containers
+        .prepare(&blobs, again)
+        .await
+        .expect("prepared");
+    let c8 = c8.container.expect("a container");
+    let merged8 = c8.overlay.clone().expect("an overlay").merged;
+    assert!(read(&merged8, "etc/passwd").starts_with("root:"));
+    assert!(!merged8.join("var/cache/app/state").exists());
+
+    // Mounted again where it is gone (a reboot): the writes are still there.
+    root::unmount(merged).expect("unmounts");
+    assert!(!merged.join("var").exists());
+    root::mount(&c7.rootfs, &overlay).expect("mounts again");
+    root::mount(&c7.rootfs, &overlay).expect("twice is once");
+    assert_eq!(read(merged, "var/cache/app/state"), "warm");
+    assert!(!merged.join("etc/group").exists(), "the deletion too");
+
+    node_daemon::oci::bundle::discard(&c7);
+    assert!(
+        !c7.bundle.exists() && !c7.rootfs.exists(),
+        "unmounted, then deleted"
+    );
+    assert!(
+        read(&merged8, "etc/group").starts_with("root:"),
+        "the other stays"
+    );
+    // A daemon stopped with a layer mounted: its next start deletes the orphan bundle.
+    node.containers
+        .discard_orphans(&Default::default())
+        .expect("discards");
+    assert!(!c8.bundle.exists() && !c8.rootfs.exists());
+    assert_eq!(node.containers.collect_layers().expect("collects"), 1);
+}
+
+#[tokio::test]
+async fn without_an_overlay_the_writable_root_is_a_copy_and_read_only_is_the_links_alone() {
+    let node = Node::new();
+    let image = image(vec![base()]);
+    let copying = node.containers.clone().without_overlay();
+    let blobs = Blobs::of(node.blobs.path(), &image);
+    let spec = copying
+        .prepare(&blobs, node.request(&image, false))
+        .await
+        .expect("prepared");
+    let c = spec.container.expect("a container");
+    assert_eq!(c.overlay, None);
+    let config = |c: &node_daemon::supervisor::spec::Container| -> Value {
+        serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).expect("read"))
+            .expect("JSON")
+    };
+    let written = config(&c);
+    assert_eq!(written["root"]["path"], c.rootfs.to_str().expect("utf-8"));
+    assert_eq!(written["root"]["readonly"], false);
+    let layer_file = node.layer_dir(&image).join("etc/passwd");
+    let (copy, original) = (
+        std::fs::metadata(c.rootfs.join("etc/passwd")).expect("stat"),
+        std::fs::metadata(&layer_file).expect("stat"),
+    );
+    assert_ne!(copy.ino(), original.ino(), "a file of its own");
+    std::fs::write(c.rootfs.join("etc/passwd"), "changed\n").expect("writable");
+    assert!(read(layer_file.parent().expect("etc"), "passwd").starts_with("root:"));
+    node_daemon::oci::bundle::discard(&c);
+
+    let mut asked = node.request(&image, false);
+    asked.read_only_root = true;
+    asked.generation = 9;
+    let spec = node
+        .containers
+        .prepare(&blobs, asked)
+        .await
+        .expect("prepared");
+    let c = spec.container.expect("a container");
+    assert_eq!(c.overlay, None, "nothing to write to");
+    let written = config(&c);
+    assert_eq!(written["root"]["path"], c.rootfs.to_str().expect("utf-8"));
+    assert_eq!(written["root"]["readonly"], true);
+    assert!(
+        written["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs"),
+        "a tmpfs on /tmp"
+    );
+    assert_eq!(
+        std::fs::metadata(c.rootfs.join("etc/passwd"))
+            .expect("stat")
+            .ino(),
+        original.ino(),
+        "links to the layer"
+    );
+    node_daemon::oci::bundle::discard(&c);
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ pub use archive::{ImportError, Imported, Limits, import};
 pub use digest::{Digest, DigestError};
 pub use image::{Compression, arch_name};
 pub use layer::{LayerError, LayerLimits, LayerSummary, UnpackOptions, scan, unpack};
-pub use rootfs::{RootfsError, RootfsSummary, assemble};
+pub use rootfs::{Files, RootfsError, RootfsSummary, assemble, assemble_with};
 
 /// Longest peer-supplied text quoted in an error, in characters.
 const SHOWN_CHARS: usize = 200;

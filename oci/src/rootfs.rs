@@ -5,7 +5,9 @@
 //! another filesystem), so an image's root filesystem costs directories and links, and a
 //! layer shared by two images is stored once. The price is that a root filesystem shares
 //! inodes with the cache: it must be mounted read-only (or under an overlay) and never
-//! written in place, or every image using the layer would change.
+//! written in place, or every image using the layer would change. [`Files::Copied`] makes
+//! a root of its own files instead, which may be written: what a kernel without overlayfs
+//! needs for a container's writable layer.
 //!
 //! Assembly never follows a symlink in either tree: it lists directories, reads links as
 //! links, and replaces whatever is at a destination path rather than writing through it. It
@@ -32,7 +34,7 @@ pub struct RootfsSummary {
     /// Regular files placed (hard-linked or copied), counting those a higher layer
     /// replaced.
     pub files: u64,
-    /// Of those, files copied because the layer was on another filesystem.
+    /// Of those, files copied: asked for, or the layer was on another filesystem.
     pub copied: u64,
     /// Directories created.
     pub dirs: u64,
@@ -82,8 +84,29 @@ pub enum RootfsError {
     },
 }
 
-/// Merges unpacked layer directories (lowest first) into `dest`, which must not exist.
+/// How the regular files of the layers reach a root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Files {
+    /// Hard links to the layer's files (copies across filesystems): the root must never
+    /// be written in place.
+    #[default]
+    Linked,
+    /// Copies: the root is its own, and writing it changes no layer.
+    Copied,
+}
+
+/// Merges unpacked layer directories (lowest first) into `dest`, which must not exist, with
+/// hard links to the layers' files.
 pub fn assemble(layers: &[&Path], dest: &Path) -> Result<RootfsSummary, RootfsError> {
+    assemble_with(layers, dest, Files::Linked)
+}
+
+/// [`assemble`], with the regular files placed as `files` says.
+pub fn assemble_with(
+    layers: &[&Path],
+    dest: &Path,
+    files: Files,
+) -> Result<RootfsSummary, RootfsError> {
     let destination = |source| RootfsError::Destination {
         dest: dest.to_owned(),
         source,
@@ -99,6 +122,7 @@ pub fn assemble(layers: &[&Path], dest: &Path) -> Result<RootfsSummary, RootfsEr
     let mut assembly = Assembly {
         root: partial.path().to_owned(),
         as_root,
+        files,
         dirs: BTreeMap::new(),
         summary: RootfsSummary::default(),
     };
@@ -131,6 +155,7 @@ impl From<&Metadata> for DirMeta {
 struct Assembly {
     root: PathBuf,
     as_root: bool,
+    files: Files,
     /// Every directory of the result with the metadata of the top-most layer that has it.
     /// Keyed by path relative to the root; removed with the directory.
     dirs: BTreeMap<PathBuf, DirMeta>,
@@ -236,8 +261,8 @@ impl Assembly {
         Ok(())
     }
 
-    /// Hard-links a layer's file into place; copies it when the layer cache is on another
-    /// filesystem.
+    /// Hard-links a layer's file into place; copies it when asked to or when the layer
+    /// cache is on another filesystem.
     fn place_file(
         &mut self,
         source: &Path,
@@ -248,10 +273,12 @@ impl Assembly {
         let full = self.root.join(path);
         let write = self.write_error(path);
         self.summary.files += 1;
-        match fs::hard_link(source, &full) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {}
-            Err(e) => return Err(write(e)),
+        if self.files == Files::Linked {
+            match fs::hard_link(source, &full) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {}
+                Err(e) => return Err(write(e)),
+            }
         }
         // `source` was just seen to be a regular file in the layer cache, which only the
         // node writes; `create_new` refuses anything already at `full`.

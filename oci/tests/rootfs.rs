@@ -117,6 +117,40 @@ fn a_shared_lower_layer_is_hard_linked_into_every_rootfs() {
 }
 
 #[test]
+fn a_copied_rootfs_is_its_own_and_writing_it_changes_no_layer() {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let base = layer(
+        cache.path(),
+        "base",
+        LayerTar::new()
+            .file("etc/app.conf", 0o640, b"port=80")
+            .symlink("bin/sh", "/bin/busybox"),
+    );
+    let out = cache.path().join("rootfs");
+
+    let summary = rootfs::assemble_with(&[&base], &out, rootfs::Files::Copied).expect("assembles");
+
+    let meta = |p: &Path| fs::symlink_metadata(p).expect("stat");
+    let (copy, original) = (
+        meta(&out.join("etc/app.conf")),
+        meta(&base.join("etc/app.conf")),
+    );
+    assert_ne!(copy.ino(), original.ino(), "a file of its own");
+    assert_eq!(copy.nlink(), 1);
+    assert_eq!(copy.mode() & 0o7777, 0o640, "the layer's mode");
+    assert_eq!((copy.uid(), copy.gid()), (original.uid(), original.gid()));
+    assert_eq!((summary.files, summary.copied), (1, 1));
+    assert!(meta(&out.join("bin/sh")).file_type().is_symlink());
+
+    fs::write(out.join("etc/app.conf"), b"port=8080").expect("the copy is writable");
+    assert_eq!(
+        fs::read(base.join("etc/app.conf")).expect("layer file"),
+        b"port=80",
+        "the layer is untouched"
+    );
+}
+
+#[test]
 fn a_directory_replaces_a_symlink_and_a_symlink_replaces_a_directory() {
     let cache = tempfile::tempdir().expect("cache dir");
     let outside = tempfile::tempdir().expect("outside dir");

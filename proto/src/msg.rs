@@ -650,6 +650,8 @@ pub struct Image {
     /// The spec allows setuid and setgid files in the layers; without it a node refuses a
     /// layer that holds one.
     pub allow_setuid: bool,
+    /// The spec asks for a read-only root: no writable layer.
+    pub read_only_root: bool,
 }
 
 impl Image {

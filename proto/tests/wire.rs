@@ -435,20 +435,21 @@ fn golden_bytes_of_workload_messages() {
                     }])
                     .expect("fits"),
                     allow_setuid: true,
+                    read_only_root: true,
                 }),
                 ..assignment()
             }))),
             concat!(
-                "000000ca030568656c6c6f05312e302e30031111111111111111111111111111111111111111111111",
+                "000000cb030568656c6c6f05312e302e30031111111111111111111111111111111111111111111111",
                 "1111111111111111118080c00202062d2d706f7274043830383001084752454554494e470268690001",
                 "fa01018080801000000100903f082f6865616c74687a05020103",
                 "02903f010c73686f702e6578616d706c6501042f617069641e020180a30500",
                 "913f0001012f000100000001",
                 "01ac02",
                 // image: one platform, aarch64, its manifest's digest and size, the download
-                // and the unpacked bytes; then setuid files allowed.
+                // and the unpacked bytes; then setuid files allowed, and a read-only root.
                 "010107616172636836342222222222222222222222222222222222222222222222222222222222222222",
-                "91048080408080800101",
+                "9104808040808080010101",
             ),
         ),
         (

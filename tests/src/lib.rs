@@ -488,6 +488,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How many mounts this machine has at or below `dir`: a container's writable layer is
+/// one, and none may outlive the container.
+pub fn mounts_under(dir: &Path) -> usize {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .count()
+}
+
 /// A child process killed when the test ends, pass or fail.
 #[derive(Debug)]
 pub struct Proc(pub std::process::Child);

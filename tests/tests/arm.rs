@@ -419,7 +419,7 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
     }
 
     if arch == "aarch64" {
-        multi_arch_container(&orch, &mut node, &name, address, &profile).await;
+        multi_arch_container(&orch, &mut node, &name, address, &profile, dir.path()).await;
     }
 
     // SIGTERM: the node stops its workloads and exits cleanly, leaving nothing behind.
@@ -468,6 +468,7 @@ async fn multi_arch_container(
     name: &str,
     address: &str,
     profile: &Profile,
+    data: &Path,
 ) {
     use edge_oci::build::{Archive, Blob, LayerTar, PlatformImage, index_json};
     let runc = edge_tests::installed("runc", "runc");
@@ -589,9 +590,12 @@ async fn multi_arch_container(
     }
     let (status, body) = orch.api("DELETE", "/v1/workloads/boxed", None).await;
     assert_eq!(status, 204, "{body}");
+    // Stopped, then their writable layers unmounted and deleted.
     let gone = eventually(EMULATED, || {
         http_get_root(&format!("{address}:{port}")).is_none()
             && http_get_root(&format!("{x86_address}:{port}")).is_none()
+            && edge_tests::mounts_under(data) == 0
+            && edge_tests::mounts_under(dir.path()) == 0
     })
     .await;
     if gone.is_none() {

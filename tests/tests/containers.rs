@@ -50,10 +50,13 @@ fn base_layer() -> Vec<u8> {
     tar.finish()
 }
 
+/// The site: its page, and a log of starts that the container appends to (a file of the
+/// image, changed in the instance's writable layer).
 fn site_layer(text: &str) -> Vec<u8> {
     LayerTar::new()
         .dir("www/", 0o755)
         .file("www/index.html", 0o644, text.as_bytes())
+        .file_owned("www/starts.txt", 0o644, 1000, 1000, b"")
         .finish()
 }
 
@@ -165,7 +168,8 @@ async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_n
         "boxed",
         &format!(
             "name = \"boxed\"\nversion = \"1.0.0\"\ndriver = \"oci\"\nimage = \"{digest}\"\n\
-             args = [\"httpd\", \"-f\", \"-v\", \"-p\", \"127.0.0.1:{port}\", \"-h\", \"/www\"]\n\
+             args = [\"sh\", \"-c\", \"echo start >> /www/starts.txt && \
+                      exec httpd -f -v -p 127.0.0.1:{port} -h /www\"]\n\
              replicas = 1\n\
              [resources]\ncpu_millis = 200\nmemory_bytes = 33554432\n\
              [health]\nhttp = {{ port = {port}, path = \"/\" }}\ninterval_secs = 3\n\
@@ -190,6 +194,19 @@ async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_n
     let first = instance(&ctl, "boxed");
     assert_eq!(first["state"], "running", "{first}");
     assert_eq!(first["restarts"], 0, "{first}");
+    // It wrote outside /tmp, into a file of its image: the write is its own.
+    assert_eq!(
+        get(proxy, "boxed.example", "/starts.txt"),
+        Some((200, "start\n".into()))
+    );
+    let layer_copies = |data: &Path| -> Vec<String> {
+        let layers = std::fs::read_dir(data.join("oci/layers")).expect("layer cache");
+        layers
+            .flatten()
+            .filter_map(|l| std::fs::read_to_string(l.path().join("www/starts.txt")).ok())
+            .collect()
+    };
+    assert_eq!(layer_copies(&data), [""], "the image's file is as it was");
     // httpd forks a child per request: wait for the one serving ours to end.
     until("httpd alone in the container's group", || {
         container_pids("box-1", "boxed").len() == 1
@@ -232,6 +249,12 @@ async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_n
             && get(proxy, "boxed.example", "/").is_some_and(|(s, _)| s == 200)
     })
     .await;
+    // A restart keeps the instance's writable layer, as `docker restart` does.
+    let direct: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(
+        get(direct, "boxed.example", "/starts.txt"),
+        Some((200, "start\nstart\n".into()))
+    );
 
     // A second image on the same base: only what differs crosses the link.
     let other = image(vec![base_layer(), site_layer("another site\n")]);
@@ -317,7 +340,6 @@ async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_n
     drop(orch);
     let (node, lines, proxy) = run_proxy_node(&config);
     // Straight to the container: the proxy may answer from its cache while it is down.
-    let direct: SocketAddr = ([127, 0, 0, 1], port).into();
     let again = edge_tests::eventually(PATIENCE, || {
         get(direct, "boxed.example", "/")
             .is_some_and(|(status, body)| status == 200 && body == "hello from a container\n")
@@ -336,6 +358,11 @@ async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_n
     })
     .await;
     assert_eq!(runc_list(&runc, &data), ["boxed"]);
+    assert_eq!(
+        get(direct, "boxed.example", "/starts.txt"),
+        Some((200, "start\nstart\nstart\n".into())),
+        "the same instance, its writes kept across the daemon's restart"
+    );
 
     // Deleted with the orchestrator back: nothing of it is left on the node.
     let (_orch, _, api) = edge_tests::start_orchestrator_on(&orch_dir, &quic);
@@ -347,11 +374,12 @@ async fn a_container_serves_restarts_is_limited_survives_its_daemon_and_leaves_n
     .await;
     let out = ctl.run(&["delete", "boxed"]);
     assert!(out.status.success());
-    until("no container, bundle or layer left", || {
+    until("no container, bundle, mount or layer left", || {
         runc_list(&runc, &data).is_empty()
             && entries(&data.join("oci/bundles")) == 0
             && entries(&data.join("oci/rootfs")) == 0
             && entries(&data.join("oci/layers")) == 0
+            && edge_tests::mounts_under(&data) == 0
     })
     .await;
     assert!(get(proxy, "boxed.example", "/").is_some_and(|(status, _)| status == 404));

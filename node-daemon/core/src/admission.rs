@@ -232,6 +232,7 @@ mod tests {
             platforms: edge_proto::Seq::new(vec![platform("x86_64"), platform("aarch64")])
                 .expect("fits"),
             allow_setuid: false,
+            read_only_root: false,
         };
         assert_eq!(
             container_platform(&image, "aarch64", &["runc"]).map(|p| p.arch.as_str()),

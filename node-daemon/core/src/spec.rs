@@ -16,7 +16,7 @@ use edge_proto::field::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The longest workload name, as the wire bounds it: it is also a directory name and a
@@ -86,6 +86,46 @@ pub struct Container {
     pub rootfs: PathBuf,
     /// The image's stop signal, as a number: the runtime passes it on to the container.
     pub stop_signal: i32,
+    /// The container's writable layer, an overlay on `rootfs` that the supervisor mounts
+    /// before the runtime starts. `None`: the runtime uses `rootfs` itself (read-only, or a
+    /// copy of the image's files the container may write).
+    #[serde(default)]
+    pub overlay: Option<Overlay>,
+}
+
+/// An overlay mount: `rootfs` (the image's files, never written) below, the instance's own
+/// writes in `upper`, the whole seen at `merged`. All three belong to the container's
+/// bundle and go with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// Where the container's writes and whiteouts land.
+    pub upper: PathBuf,
+    /// The overlay's scratch directory, on `upper`'s filesystem.
+    pub work: PathBuf,
+    /// Where the merged tree is mounted: the runtime's root.
+    pub merged: PathBuf,
+}
+
+impl Overlay {
+    /// The mount's options for `lower`. `None` when a path cannot be said in them: overlay
+    /// splits its options at `,` and its lower layers at `:`, and a relative path would
+    /// depend on where the daemon runs.
+    pub fn mount_options(&self, lower: &Path) -> Option<String> {
+        let paths = [lower, &self.upper, &self.work];
+        let plain = |p: &&Path| {
+            p.is_absolute()
+                && p.to_str()
+                    .is_some_and(|s| !s.contains([',', ':', '\\', '\n']))
+        };
+        paths.iter().all(plain).then(|| {
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                self.upper.display(),
+                self.work.display()
+            )
+        })
+    }
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -204,6 +244,14 @@ impl WorkloadSpec {
                 return Err(SpecError::new(
                     "container.stop_signal",
                     "must be a signal number from 1 to 64",
+                ));
+            }
+            if let Some(o) = &c.overlay
+                && (o.mount_options(&c.rootfs).is_none() || !o.merged.is_absolute())
+            {
+                return Err(SpecError::new(
+                    "container.overlay",
+                    "needs absolute paths without ',', ':', '\\' or newlines",
                 ));
             }
         }
@@ -621,6 +669,51 @@ mod tests {
     #[test]
     fn a_plain_spec_is_valid() {
         assert_eq!(spec().validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_overlay_says_its_paths_or_the_spec_is_refused() {
+        let with = |upper: &str| {
+            let mut s = spec();
+            s.container = Some(Container {
+                state_dir: "/var/lib/edge-node/oci/state".into(),
+                id: "hello".into(),
+                bundle: "/var/lib/edge-node/oci/bundles/hello.1".into(),
+                rootfs: "/var/lib/edge-node/oci/rootfs/hello.1".into(),
+                stop_signal: 15,
+                overlay: Some(Overlay {
+                    upper: upper.into(),
+                    work: "/var/lib/edge-node/oci/bundles/hello.1/work".into(),
+                    merged: "/var/lib/edge-node/oci/bundles/hello.1/root".into(),
+                }),
+            });
+            s
+        };
+        let good = with("/var/lib/edge-node/oci/bundles/hello.1/upper");
+        assert_eq!(good.validate(), Ok(()));
+        let c = good.container.as_ref().expect("a container");
+        assert_eq!(
+            c.overlay.as_ref().and_then(|o| o.mount_options(&c.rootfs)),
+            Some(
+                "lowerdir=/var/lib/edge-node/oci/rootfs/hello.1,\
+                 upperdir=/var/lib/edge-node/oci/bundles/hello.1/upper,\
+                 workdir=/var/lib/edge-node/oci/bundles/hello.1/work"
+                    .into()
+            )
+        );
+        for bad in [
+            "relative/upper",
+            "/a,lowerdir=/etc",
+            "/a:/etc",
+            "/a\\b",
+            "/a\nb",
+        ] {
+            assert_eq!(
+                with(bad).validate().map_err(|e| e.path().to_string()),
+                Err("container.overlay".into()),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,18 +15,22 @@
 //! word about an image): a manifest or config that is not what it claims, or a layer that is
 //! hostile, is refused with its reason before anything runs, and nothing of it is kept.
 //!
-//! Root filesystems are hard links to the layer cache's files, so the container's root is
-//! always read-only (a write would reach every container on those layers); `/tmp` is a tmpfs
-//! of its own. A bundle lives as long as a workload's spec names it; [`Containers::collect`]
-//! deletes the others, and the layers no remaining bundle uses.
+//! Root filesystems are hard links to the layer cache's files, never written in place (a
+//! write would reach every container on those layers). A container writes to a layer of
+//! its own: an overlay whose upper directory is in its bundle ([`super::root`]), or, on a
+//! kernel that refuses the overlay, a root of copied files. A spec that asks for a read-only
+//! root gets the links alone, mounted read-only, with a tmpfs on `/tmp`. A bundle lives as
+//! long as a workload's spec names it; [`Containers::discard_orphans`] deletes the others,
+//! and [`Containers::collect_layers`] the layers no remaining bundle uses.
 
 use super::layers::{LayerCache, UnpackError};
+use super::root;
 use super::runtime::{self, Runtime};
 use crate::artifacts::FetchError;
 use crate::private_fs;
-use crate::supervisor::spec::{Container, HealthCheck, WorkloadSpec};
+use crate::supervisor::spec::{Container, HealthCheck, Overlay, WorkloadSpec};
 use edge_oci::image::{Compression, ImageConfig, Manifest, ManifestKind, is_image_config};
-use edge_oci::{Digest, LayerLimits, arch_name};
+use edge_oci::{Digest, Files, LayerLimits, arch_name};
 use node_core::oci::{
     Arch, ContainerSettings, ImageDefaults, RuntimeFeatures, resolve_user, runtime_config,
 };
@@ -47,6 +51,11 @@ const LAYERS_FILE: &str = "layers";
 /// artifact cache while the bundle is there: a new version of the workload on the same
 /// image then needs nothing from the orchestrator.
 const BLOBS_FILE: &str = "blobs";
+/// The directories of a bundle that hold its container's writable layer: what it wrote,
+/// the overlay's scratch space, and where the merged root is mounted.
+const UPPER_DIR: &str = "upper";
+const WORK_DIR: &str = "work";
+const MERGED_DIR: &str = "root";
 
 /// Where a container's blobs come from.
 pub trait BlobSource {
@@ -91,6 +100,8 @@ pub struct Request {
     pub manifest_size: u64,
     /// The spec allows setuid and setgid files in the image.
     pub allow_setuid: bool,
+    /// The spec asks for a read-only root: no writable layer, a tmpfs on `/tmp`.
+    pub read_only_root: bool,
     /// The container's control group, as the runtime names it (`cgroupsPath`).
     pub cgroups_path: String,
 }
@@ -103,8 +114,12 @@ pub struct Containers {
     layers: LayerCache,
     bundles: PathBuf,
     state: PathBuf,
+    /// Where the overlay is tried out.
+    probe: PathBuf,
     /// What the runtime says it supports, asked once: it cannot change while the node runs.
     features: Arc<tokio::sync::OnceCell<RuntimeFeatures>>,
+    /// Whether writable layers are overlays (else copies), found out once.
+    overlay: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Containers {
@@ -119,12 +134,45 @@ impl Containers {
             layers,
             bundles: oci.join("bundles"),
             state: oci.join("state"),
+            probe: oci.join("overlay-probe"),
             features: Arc::default(),
+            overlay: Arc::default(),
         };
         for dir in [&me.bundles, &me.state] {
             private_fs::own_dir(dir)?;
         }
         Ok(me)
+    }
+
+    /// Makes every writable root a copy of the image's files, as on a kernel that refuses
+    /// the overlay.
+    pub fn without_overlay(self) -> Self {
+        Self {
+            overlay: Arc::new(tokio::sync::OnceCell::new_with(Some(false))),
+            ..self
+        }
+    }
+
+    /// Whether writable layers are overlays here; tried the first time it is asked.
+    async fn overlay_works(&self) -> bool {
+        *self
+            .overlay
+            .get_or_init(|| async {
+                let dir = self.probe.clone();
+                let tried = tokio::task::spawn_blocking(move || root::overlay_works(&dir)).await;
+                match tried {
+                    Ok(Ok(())) => true,
+                    Ok(Err(error)) => {
+                        warn!(%error, "overlayfs refused: each container writes to a copy of its image");
+                        false
+                    }
+                    Err(error) => {
+                        warn!(%error, "overlayfs not tried: each container writes to a copy of its image");
+                        false
+                    }
+                }
+            })
+            .await
     }
 
     /// The names of the runtimes found, best first: what admission checks.
@@ -165,8 +213,20 @@ impl Containers {
             .await?;
 
         let key = format!("{name}.{}", request.generation);
+        let bundle = self.bundles.join(&key);
+        let overlay = (!request.read_only_root && self.overlay_works().await).then(|| Overlay {
+            upper: bundle.join(UPPER_DIR),
+            work: bundle.join(WORK_DIR),
+            merged: bundle.join(MERGED_DIR),
+        });
+        // Links are never written; a writable root without an overlay is a copy.
+        let files = if request.read_only_root || overlay.is_some() {
+            Files::Linked
+        } else {
+            Files::Copied
+        };
         let (cache, layers, instance) = (self.layers.clone(), diff_ids.clone(), key.clone());
-        let rootfs = tokio::task::spawn_blocking(move || cache.assemble(&instance, &layers))
+        let rootfs = tokio::task::spawn_blocking(move || cache.assemble(&instance, &layers, files))
             .await
             .map_err(|e| PrepareError::Local(e.to_string()))?
             .map_err(|e| PrepareError::Refused(format!("assembling the root: {e}")))?;
@@ -177,15 +237,14 @@ impl Containers {
                 arch,
                 request,
                 (&config, manifest.config.digest),
-                &rootfs,
-                &key,
+                (&rootfs, overlay),
+                &bundle,
                 &diff_ids,
             )
             .await;
-        if written.is_err()
-            && let Err(error) = self.layers.remove_rootfs(&key)
-        {
-            warn!(%error, "cannot delete the root of a container that will not run");
+        if written.is_err() {
+            let (rootfs, bundle) = (rootfs.clone(), bundle.clone());
+            let _ = tokio::task::spawn_blocking(move || remove_files(&rootfs, &bundle)).await;
         }
         written
     }
@@ -199,8 +258,8 @@ impl Containers {
         arch: Arch,
         request: Request,
         (config, config_digest): (&ImageConfig, Digest),
-        rootfs: &Path,
-        key: &str,
+        (rootfs, overlay): (&Path, Option<Overlay>),
+        bundle: &Path,
         diff_ids: &[Digest],
     ) -> Result<WorkloadSpec, PrepareError> {
         let name = request.base.name.clone();
@@ -233,7 +292,7 @@ impl Containers {
                 .map(|d| d.to_string_lossy().into_owned()),
             memory_bytes: base.resources.memory_bytes,
             cpu_millis: base.resources.cpu_millis,
-            readonly_root: true,
+            readonly_root: request.read_only_root,
             nofile_hard: nofile_hard(),
             resolv_conf: host_file("/etc/resolv.conf"),
             hosts_file: host_file("/etc/hosts"),
@@ -246,33 +305,42 @@ impl Containers {
         };
         let mut config = runtime_config(&image, &settings, &user)
             .map_err(|e| PrepareError::Refused(format!("{}: {e}", e.field())))?;
-        config.root.path = rootfs.to_string_lossy().into_owned();
+        let root = overlay.as_ref().map_or(rootfs, |o| o.merged.as_path());
+        config.root.path = root.to_string_lossy().into_owned();
         let json = serde_json::to_vec_pretty(&config)
             .map_err(|e| PrepareError::Local(format!("writing config.json: {e}")))?;
-        let bundle = self.bundles.join(key);
         let listed: String = diff_ids.iter().map(|d| format!("{}\n", d.hex())).collect();
         let blobs = format!(
             "{}\n{}\n",
             Digest(request.manifest).hex(),
             config_digest.hex()
         );
-        let write = |bundle: &Path| -> io::Result<()> {
-            private_fs::own_dir(bundle)?;
-            private_fs::write_atomic(&bundle.join("config.json"), &json)?;
-            private_fs::write_atomic(&bundle.join(BLOBS_FILE), blobs.as_bytes())?;
-            private_fs::write_atomic(&bundle.join(LAYERS_FILE), listed.as_bytes())
+        let (to_write, lower, layer) = (bundle.to_owned(), rootfs.to_owned(), overlay.clone());
+        let write = move || -> io::Result<()> {
+            private_fs::own_dir(&to_write)?;
+            private_fs::write_atomic(&to_write.join("config.json"), &json)?;
+            private_fs::write_atomic(&to_write.join(BLOBS_FILE), blobs.as_bytes())?;
+            private_fs::write_atomic(&to_write.join(LAYERS_FILE), listed.as_bytes())?;
+            // Mounted now, so that a kernel that takes the probe but not this layer is
+            // found out before anything runs.
+            if let Some(o) = &layer {
+                root::create(&lower, o)?;
+                root::mount(&lower, o)?;
+            }
+            Ok(())
         };
-        if let Err(e) = write(&bundle) {
-            let _ = std::fs::remove_dir_all(&bundle);
-            return Err(PrepareError::Local(format!("{}: {e}", bundle.display())));
-        }
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| PrepareError::Local(e.to_string()))?
+            .map_err(|e| PrepareError::Local(format!("{}: {e}", bundle.display())))?;
 
         let container = Container {
             state_dir: self.state.clone(),
             id: name.clone(),
-            bundle: bundle.clone(),
+            bundle: bundle.to_owned(),
             rootfs: rootfs.to_owned(),
             stop_signal,
+            overlay,
         };
         let mut spec = request.base;
         spec.command = runtime.path.clone();
@@ -372,6 +440,7 @@ impl Containers {
             let bundle = entry?.path();
             if !keep.contains(&bundle) {
                 info!(bundle = %bundle.display(), "deleting a bundle no workload runs");
+                root::unmount(&bundle.join(MERGED_DIR))?;
                 std::fs::remove_dir_all(&bundle)?;
             }
         }
@@ -415,10 +484,21 @@ impl Containers {
     }
 }
 
-/// Deletes `c`'s bundle and root filesystem: it has stopped and nothing will run it again.
-/// Blocking: the root holds a link per file of the image.
+/// Deletes `c`'s bundle, writable layer and root filesystem: it has stopped and nothing
+/// will run it again. Blocking: the root holds a link per file of the image.
 pub fn discard(c: &Container) {
-    for dir in [&c.rootfs, &c.bundle] {
+    remove_files(&c.rootfs, &c.bundle);
+}
+
+/// Unmounts the bundle's writable layer and deletes the bundle and the root below it; none
+/// of it while the layer stays mounted (a delete would walk the merged tree).
+fn remove_files(rootfs: &Path, bundle: &Path) {
+    let merged = bundle.join(MERGED_DIR);
+    if let Err(error) = root::unmount(&merged) {
+        warn!(dir = %merged.display(), %error, "cannot unmount a container's writable layer");
+        return;
+    }
+    for dir in [rootfs, bundle] {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -15,7 +15,7 @@
 //! a node needs; the caller says what to keep.
 
 use crate::private_fs;
-use edge_oci::{Compression, Digest, LayerError, LayerLimits, RootfsError, UnpackOptions};
+use edge_oci::{Compression, Digest, Files, LayerError, LayerLimits, RootfsError, UnpackOptions};
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -118,8 +118,14 @@ impl LayerCache {
     }
 
     /// The root filesystem of `instance` (a workload's name, checked by the node's spec),
-    /// made anew from `layers` (lowest first, each unpacked).
-    pub fn assemble(&self, instance: &str, layers: &[Digest]) -> Result<PathBuf, RootfsError> {
+    /// made anew from `layers` (lowest first, each unpacked), its files linked to the
+    /// layers' or copied as `files` says.
+    pub fn assemble(
+        &self,
+        instance: &str,
+        layers: &[Digest],
+        files: Files,
+    ) -> Result<PathBuf, RootfsError> {
         let dest = self.rootfs.join(instance);
         self.remove_rootfs(instance)
             .map_err(|source| RootfsError::Destination {
@@ -128,7 +134,7 @@ impl LayerCache {
             })?;
         let dirs: Vec<PathBuf> = layers.iter().map(|d| self.layer_dir(d)).collect();
         let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
-        edge_oci::assemble(&refs, &dest)?;
+        edge_oci::assemble_with(&refs, &dest, files)?;
         Ok(dest)
     }
 
@@ -210,9 +216,11 @@ mod tests {
             .expect("unpacks");
 
         let one = cache
-            .assemble("web", &[base_id, app_id])
+            .assemble("web", &[base_id, app_id], Files::Linked)
             .expect("assembles");
-        let two = cache.assemble("api", &[base_id]).expect("assembles");
+        let two = cache
+            .assemble("api", &[base_id], Files::Linked)
+            .expect("assembles");
         assert_eq!(
             std::fs::read(one.join("etc/motd")).expect("from the upper layer"),
             b"welcome"
@@ -229,7 +237,9 @@ mod tests {
         let inode = |p: &Path| std::fs::metadata(p).expect("there").ino();
         assert_eq!(inode(&one.join("bin/hello")), inode(&two.join("bin/hello")));
         // Made anew on the next start of the instance.
-        let again = cache.assemble("web", &[base_id]).expect("assembles");
+        let again = cache
+            .assemble("web", &[base_id], Files::Linked)
+            .expect("assembles");
         assert!(!again.join("etc/motd").exists());
 
         // Only the layers kept stay; a root still linking a collected layer keeps its files.

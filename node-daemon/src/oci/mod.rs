@@ -5,4 +5,5 @@
 //! runs things.
 pub mod bundle;
 pub mod layers;
+pub mod root;
 pub mod runtime;

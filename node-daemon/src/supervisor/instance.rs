@@ -551,6 +551,15 @@ async fn start(
     {
         warn!(workload = %spec.name, %error, "cannot delete what a previous container left");
     }
+    // The writable layer is gone with the mount namespace it was made in (a reboot, a
+    // restarted service): mounted again over the same upper directory, it holds what the
+    // container wrote before.
+    if let Some(c) = &spec.container
+        && let Some(overlay) = &c.overlay
+    {
+        crate::oci::root::mount(&c.rootfs, overlay)
+            .map_err(|e| format!("mounting the container's writable layer: {e}"))?;
+    }
     // Normally empty. Not so if a crashed daemon's instance is still there and `apply` came
     // before `recover`: two instances must never run side by side.
     if let Some(g) = &prepared.group

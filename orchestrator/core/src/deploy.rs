@@ -804,7 +804,7 @@ pub fn assignment(
         }
         (Driver::Oci, Some(image)) => Some(
             image
-                .to_wire(spec.allow_setuid())
+                .to_wire(spec)
                 .ok_or_else(|| invalid("image", "more platforms than a node can be told of"))?,
         ),
     };

@@ -62,9 +62,9 @@ impl ImageFacts {
         self.platforms.iter().map(|p| p.arch).collect()
     }
 
-    /// The image as an assignment carries it; `None` with more platforms than the wire
-    /// holds (the image store refuses those at push).
-    pub fn to_wire(&self, allow_setuid: bool) -> Option<edge_proto::Image> {
+    /// The image as an assignment of `spec` carries it; `None` with more platforms than the
+    /// wire holds (the image store refuses those at push).
+    pub fn to_wire(&self, spec: &crate::workload::WorkloadSpec) -> Option<edge_proto::Image> {
         let platforms = self
             .platforms
             .iter()
@@ -78,7 +78,8 @@ impl ImageFacts {
             .collect();
         Some(edge_proto::Image {
             platforms: Seq::new(platforms)?,
-            allow_setuid,
+            allow_setuid: spec.allow_setuid(),
+            read_only_root: spec.read_only_root(),
         })
     }
 }

@@ -474,6 +474,7 @@ fn the_json_shape_is_stable_and_parses_back() {
         "artifact": DIGEST,
         "image": null,
         "allow_setuid": false,
+        "read_only_root": false,
         "command": "hello",
         "args": ["--port", "8080"],
         "env": {"GREETING": "hi"},
@@ -673,6 +674,15 @@ fn a_container_names_its_image_and_nothing_of_an_executable() {
     refuses(
         with("allow_setuid", json!(true)),
         "allow_setuid",
+        "only for driver \"oci\"",
+    );
+    let mut read_only = oci.clone();
+    set(&mut read_only, "read_only_root", json!(true));
+    assert!(json_ok(&read_only).read_only_root());
+    assert!(!json_ok(&oci).read_only_root(), "writable unless the spec says");
+    refuses(
+        with("read_only_root", json!(true)),
+        "read_only_root",
         "only for driver \"oci\"",
     );
     let mut with_command = oci;

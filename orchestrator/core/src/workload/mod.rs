@@ -157,6 +157,8 @@ pub struct WorkloadSpec {
     replacement: Option<Replacement>,
     /// With [`Driver::Oci`]: the image may hold setuid or setgid files.
     allow_setuid: bool,
+    /// With [`Driver::Oci`]: the container gets no writable layer.
+    read_only_root: bool,
 }
 
 /// What happens to an instance whose node has been away too long (`max_disconnect_secs`),
@@ -431,6 +433,14 @@ impl WorkloadSpec {
         self.allow_setuid
     }
 
+    /// Whether a container's root is read-only (`read_only_root`, only with
+    /// [`Driver::Oci`]): no writable layer, a tmpfs on `/tmp`. Else what it writes lands
+    /// in a layer of its own instance, gone with it.
+    #[inline]
+    pub fn read_only_root(&self) -> bool {
+        self.read_only_root
+    }
+
     /// The image, with [`Driver::Oci`].
     #[inline]
     pub fn image(&self) -> Option<ArtifactDigest> {
@@ -547,7 +557,7 @@ impl Serialize for WorkloadSpec {
             Placement::Replicas(n) => (Some(n), None),
             Placement::PerNode => (None, Some("per-node")),
         };
-        let mut st = s.serialize_struct("WorkloadSpec", 21)?;
+        let mut st = s.serialize_struct("WorkloadSpec", 22)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("version", &self.version)?;
         st.serialize_field("driver", self.driver.as_str())?;
@@ -558,6 +568,7 @@ impl Serialize for WorkloadSpec {
         st.serialize_field("artifact", &artifact)?;
         st.serialize_field("image", &image)?;
         st.serialize_field("allow_setuid", &self.allow_setuid)?;
+        st.serialize_field("read_only_root", &self.read_only_root)?;
         st.serialize_field("command", &self.command)?;
         st.serialize_field("args", &self.args)?;
         st.serialize_field("env", &self.env)?;

@@ -80,6 +80,8 @@ struct RawSpec {
     #[serde(default)]
     allow_setuid: Option<bool>,
     #[serde(default)]
+    read_only_root: Option<bool>,
+    #[serde(default)]
     command: Option<String>,
     #[serde(default)]
     args: Vec<String>,
@@ -230,6 +232,15 @@ impl RawSpec {
             }
             (_, allowed) => allowed.unwrap_or(false),
         };
+        let read_only_root = match (driver, self.read_only_root) {
+            (Driver::Exec, Some(true)) => {
+                return Err(SpecError::invalid(
+                    "read_only_root",
+                    "only for driver \"oci\": an executable runs on the node's own filesystem",
+                ));
+            }
+            (_, asked) => asked.unwrap_or(false),
+        };
         if driver == Driver::Oci && self.command.is_some() {
             return Err(SpecError::invalid(
                 "command",
@@ -267,6 +278,7 @@ impl RawSpec {
             artifact,
             image_arch: Vec::new(),
             allow_setuid,
+            read_only_root,
             command,
             args,
             env,
