@@ -328,6 +328,7 @@ fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
             | What::Refused { .. }
             | What::Status { .. }
             | What::Metrics { .. }
+            | What::Location(_)
             | What::Gap { .. } => {}
         }
     }

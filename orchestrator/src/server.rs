@@ -370,6 +370,26 @@ pub fn move_to_next_ca(
 
 /// Records that `node` holds a certificate of the next CA: it said it stored one, or it
 /// presented one. Off the async workers: it may write to the store.
+/// A node reported where it is: its record follows when the position is its newest, and
+/// so do placement and routing.
+async fn moved(
+    server: &Server,
+    node: NodeId,
+    point: &orchestrator_core::events::TrackPoint,
+    at_ms: u64,
+) {
+    let change = server.registry.fleet().update_position(node, point, at_ms);
+    let Some(change) = change else {
+        return;
+    };
+    if let Err(error) = persist_off_runtime(server, change).await {
+        warn!(node = %node, %error, "could not store a node's position");
+    }
+    if let Some((record, online)) = server.registry.node(node) {
+        server.deployments.node_changed(record, online);
+    }
+}
+
 pub fn mark_moved(registry: &Arc<Registry>, node: NodeId) {
     let registry = registry.clone();
     tokio::task::spawn_blocking(move || {
@@ -816,6 +836,13 @@ async fn flush_actions(
                     &batch,
                     crate::clock::now_unix().saturating_mul(1000),
                 );
+                let newest_position = records
+                    .iter()
+                    .filter_map(|r| match &r.what {
+                        orchestrator_core::events::What::Location(p) => Some((r.at_ms, p.clone())),
+                        _ => None,
+                    })
+                    .max_by_key(|(at_ms, _)| *at_ms);
                 let registry = server.registry.clone();
                 let stored = tokio::task::spawn_blocking(move || registry.put_events(&records))
                     .await
@@ -824,6 +851,9 @@ async fn flush_actions(
                     });
                 match stored {
                     Ok(()) => {
+                        if let Some((at_ms, point)) = newest_position {
+                            moved(server, node, &point, at_ms).await;
+                        }
                         let ack = orchestrator_core::events::acknowledgement(&batch);
                         server.metrics.frame("tx");
                         if let Err(error) =

@@ -509,6 +509,7 @@ fn nodes_are_listed_found_and_deleted() {
         "board",
         "labels",
         "location",
+        "location_fix",
         "status",
         "last_seen",
         "last_seen_unix",
@@ -1427,4 +1428,123 @@ fn workloads_show_their_routes_and_bad_routes_are_refused_by_field() {
     let after = s.get("/v1/workloads/shop", Some(&s.viewer)).json();
     assert_eq!(after["generation"], deployed.json()["generation"]);
     assert_eq!(after["spec"], shown[0], "nothing was lost");
+}
+
+/// A moving node's positions reach its record and its track: the node shows the newest with
+/// its source, fix quality and age, the track lists what was reported oldest first (a late
+/// batch from its time offline in its place), and bad track queries are refused.
+#[test]
+fn a_node_s_track_and_current_fix_are_shown() {
+    use edge_proto::{
+        EventBatch, EventKind, FixQuality, List, LocationReport, LocationSource, NodeEvent,
+    };
+    let s = start();
+    let admin = Some(s.admin.as_str());
+    let van = NodeId([0x5a; 16]);
+    s.enroll("van-1", van, &bare_caps());
+    let now_ms = unix_now() * 1000;
+    let point = |seq: u64, ago_s: u64, lat: f64, quality: FixQuality| NodeEvent {
+        seq,
+        at_ms: now_ms - ago_s * 1000,
+        kind: EventKind::Location(LocationReport {
+            location: Location {
+                lat,
+                lon: 13.4,
+                alt_m: None,
+            },
+            source: LocationSource::Gpsd,
+            quality,
+            accuracy_m: Some(4.0),
+            fix_ms: Some(now_ms - ago_s * 1000),
+        }),
+    };
+    let store = |events: Vec<NodeEvent>| {
+        let batch = EventBatch {
+            events: List::from_iter(events),
+            gaps: List::new(),
+        };
+        let records = orchestrator_core::events::records(van, &batch, now_ms);
+        s.handles.registry.put_events(&records).expect("stored");
+        for r in &records {
+            if let orchestrator_core::events::What::Location(p) = &r.what {
+                s.handles.registry.fleet().update_position(van, p, r.at_ms);
+            }
+        }
+    };
+    store(vec![
+        point(5, 20, 52.50, FixQuality::ThreeD),
+        point(6, 10, 52.51, FixQuality::ThreeD),
+    ]);
+    // Synced late: older than what is held, and one point off the globe.
+    store(vec![
+        point(2, 60, 52.40, FixQuality::TwoD),
+        point(3, 50, 95.0, FixQuality::TwoD),
+    ]);
+
+    let node = s.get("/v1/nodes/van-1", admin).json();
+    assert_eq!(node["location"]["lat"], 52.51, "{node}");
+    let fix = &node["location_fix"];
+    assert_eq!(
+        (fix["source"].as_str(), fix["quality"].as_str()),
+        (Some("gpsd"), Some("3d"))
+    );
+    assert_eq!(fix["accuracy_m"], 4.0);
+    assert!(
+        fix["age_secs"]
+            .as_u64()
+            .is_some_and(|a| (10..=20).contains(&a)),
+        "{fix}"
+    );
+    assert!(is_rfc3339_utc(fix["fix_time"].as_str().expect("a time")));
+
+    let track = s.get("/v1/nodes/van-1/track", admin).json();
+    let lats: Vec<f64> = track["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .filter_map(|p| p["lat"].as_f64())
+        .collect();
+    assert_eq!(
+        lats,
+        [52.40, 52.50, 52.51],
+        "oldest first, the bad point not kept"
+    );
+    assert_eq!(track["points"][0]["quality"], "2d");
+    let newest = s.get("/v1/nodes/van-1/track?limit=1", admin).json();
+    assert_eq!(newest["points"][0]["lat"], 52.51);
+    let since = format!("/v1/nodes/van-1/track?since={}", now_ms - 30_000);
+    assert_eq!(
+        s.get(&since, admin).json()["points"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    // A lost fix: the last position stays in view, unknown to placement.
+    store(vec![point(7, 1, 52.52, FixQuality::None)]);
+    let node = s.get("/v1/nodes/van-1", admin).json();
+    assert_eq!(node["location"]["lat"], 52.52);
+    assert_eq!(node["location_fix"]["quality"], "none");
+    assert_eq!(
+        s.handles
+            .registry
+            .fleet()
+            .find("van-1")
+            .map(|n| n.info.location),
+        Some(None)
+    );
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "since=-1",
+        "since=99999999999999999999",
+        "colour=red",
+    ] {
+        let r = s.get(&format!("/v1/nodes/van-1/track?{bad}"), admin);
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    assert_eq!(s.get("/v1/nodes/nowhere/track", admin).status, 404);
+    assert_eq!(s.get("/v1/nodes/van-1/track", None).status, 401);
 }

@@ -6,7 +6,9 @@
 //! Storing an event twice (a batch resent after a lost acknowledgement) changes nothing: the
 //! node and the sequence number are its key.
 
-use crate::msg::{AdmissionReply, List, MAX_NAME_LEN, Status, Text, WorkloadReport};
+use crate::msg::{
+    AdmissionReply, List, LocationReport, MAX_NAME_LEN, Status, Text, WorkloadReport,
+};
 use serde::{Deserialize, Serialize};
 
 /// A batch of events from the node's outbox.
@@ -51,6 +53,9 @@ pub enum EventKind {
     /// A summary of the node's load over a window that ended at the event's time. Of the
     /// metrics class: under pressure they are thinned out first.
     Metrics(MetricSummary),
+    /// Where the node was at the event's time: a point of its track. Of the status class:
+    /// under pressure only the newest is kept.
+    Location(LocationReport),
 }
 
 /// The node's load over `window_secs` up to the event's time, from `samples` status samples.

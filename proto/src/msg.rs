@@ -520,6 +520,68 @@ impl Location {
     }
 }
 
+/// Where the node is now, as its location source says: a GNSS receiver (through gpsd) or
+/// the fixed point of its config.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LocationReport {
+    /// The fix's position; without a fix, the last one the receiver had (`fix_ms` says how
+    /// old), or the configured point with [`LocationSource::Fixed`].
+    pub location: Location,
+    pub source: LocationSource,
+    pub quality: FixQuality,
+    /// The horizontal error in metres, as the receiver estimates it; `None` when it does not.
+    pub accuracy_m: Option<f32>,
+    /// When the receiver took the fix, in milliseconds since the Unix epoch on its (GNSS)
+    /// clock; `None` for a fixed point.
+    pub fix_ms: Option<u64>,
+}
+
+impl LocationReport {
+    /// Whether the position is on the globe and the accuracy a distance.
+    pub fn is_valid(&self) -> bool {
+        self.location.is_valid() && self.accuracy_m.is_none_or(|a| a.is_finite() && a >= 0.0)
+    }
+}
+
+/// Where a node's location comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LocationSource {
+    /// The config's `location = { lat, lon }`, or its fallback while a receiver has no fix.
+    Fixed,
+    /// A GNSS receiver, through gpsd.
+    Gpsd,
+}
+
+impl LocationSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fixed => "fixed",
+            Self::Gpsd => "gpsd",
+        }
+    }
+}
+
+/// How good a receiver's fix is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FixQuality {
+    /// No fix: the position is an older one, or a fixed point.
+    None,
+    /// Latitude and longitude.
+    TwoD,
+    /// Latitude, longitude and altitude.
+    ThreeD,
+}
+
+impl FixQuality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::TwoD => "2d",
+            Self::ThreeD => "3d",
+        }
+    }
+}
+
 /// What a node is: sent at enrollment, after every `Welcome`, and when it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {

@@ -1617,6 +1617,93 @@ fn golden_bytes_of_status_and_metric_events() {
     );
 }
 
+/// A point of the node's track in the outbox: a 3D fix with its accuracy and the receiver's
+/// time, then a fixed point (no fix, no time). A report off the globe or with a negative
+/// accuracy decodes (the bytes are well formed) and is invalid.
+#[test]
+fn golden_bytes_of_location_events() {
+    let fix = NodeEvent {
+        seq: 12,
+        at_ms: 3_000,
+        kind: EventKind::Location(LocationReport {
+            location: Location {
+                lat: 52.5,
+                lon: 13.25,
+                alt_m: Some(34.0),
+            },
+            source: LocationSource::Gpsd,
+            quality: FixQuality::ThreeD,
+            accuracy_m: Some(4.5),
+            fix_ms: Some(1_796_000_000_000),
+        }),
+    };
+    let fixed = NodeEvent {
+        seq: 13,
+        at_ms: 4_000,
+        kind: EventKind::Location(LocationReport {
+            location: Location {
+                lat: -33.75,
+                lon: 151.0,
+                alt_m: None,
+            },
+            source: LocationSource::Fixed,
+            quality: FixQuality::None,
+            accuracy_m: None,
+            fix_ms: None,
+        }),
+    };
+    let batch = EventBatch {
+        events: List::from_iter([fix, fixed]),
+        gaps: List::new(),
+    };
+    let bytes = encode(&NodeMsg::Events(Box::new(batch)));
+    assert_eq!(
+        hex(&bytes),
+        concat!(
+            "00000047",   // frame length
+            "09020cb817", // Events, two events, seq 12, at 3000 ms
+            // Location: lat, lon, Some(alt), Gpsd, ThreeD, Some(4.5 m), Some(fix time)
+            "050000000000404a400000000000802a40010000000000004140010201000090400180d0c4cfa234",
+            // seq 13 at 4000 ms, Location: lat, lon, no alt, Fixed, no fix, no accuracy or time
+            "0da01f050000000000e040c00000000000e062400000000000",
+            "00", // no gaps
+        )
+    );
+    let NodeMsg::Events(back) = decode::<NodeMsg>(&bytes[4..]).expect("decodes") else {
+        panic!("an event batch");
+    };
+    let EventKind::Location(report) = back.events.as_slice()[0].kind else {
+        panic!("a location");
+    };
+    assert!(report.is_valid());
+    for bad in [
+        LocationReport {
+            location: Location {
+                lat: 91.0,
+                ..report.location
+            },
+            ..report
+        },
+        LocationReport {
+            location: Location {
+                lon: f64::NAN,
+                ..report.location
+            },
+            ..report
+        },
+        LocationReport {
+            accuracy_m: Some(-1.0),
+            ..report
+        },
+        LocationReport {
+            accuracy_m: Some(f32::INFINITY),
+            ..report
+        },
+    ] {
+        assert!(!bad.is_valid(), "{bad:?}");
+    }
+}
+
 /// Certificate renewal on an established session: the request (no node id: the session's
 /// certificate names the node), the new certificate with the CAs to trust, and a refusal.
 #[test]

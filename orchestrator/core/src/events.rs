@@ -12,7 +12,7 @@
 //! **Invariant.** No I/O and no clock: the shell stores the records and passes the time in.
 
 use crate::deploy::state_name;
-use edge_proto::{EventBatch, EventKind, EventsStored, List, NodeId, OperatorVerb};
+use edge_proto::{EventBatch, EventKind, EventsStored, List, LocationReport, NodeId, OperatorVerb};
 use serde::{Deserialize, Serialize};
 
 /// The most events kept per node; the oldest go first.
@@ -95,6 +95,8 @@ pub enum What {
         memory_used_bytes: Spread<u64>,
         disk_free_bytes_min: u64,
     },
+    /// Where the node was at the event's time: a point of its track.
+    Location(TrackPoint),
     /// Events the node dropped: sequence numbers `seq..=last`, `count` of them events.
     Gap {
         last: u64,
@@ -125,6 +127,46 @@ pub enum What {
     },
 }
 
+/// A node's position as its location source reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackPoint {
+    pub lat: f64,
+    pub lon: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_m: Option<f64>,
+    /// `gpsd` or `fixed`.
+    pub source: String,
+    /// The receiver's fix: `3d`, `2d`, or `none` (the position is the last fix's, or a
+    /// fixed point).
+    pub quality: String,
+    /// The receiver's estimate of its horizontal error, in metres.
+    pub accuracy_m: Option<f32>,
+    /// When the receiver took the fix, in milliseconds since the Unix epoch (GNSS time).
+    pub fix_ms: Option<u64>,
+}
+
+impl TrackPoint {
+    /// The point a node reported; `None` for one off the globe or with a meaningless
+    /// accuracy, which is never stored.
+    pub fn from_report(r: &LocationReport) -> Option<Self> {
+        r.is_valid().then(|| Self {
+            lat: r.location.lat,
+            lon: r.location.lon,
+            alt_m: r.location.alt_m,
+            source: r.source.as_str().to_owned(),
+            quality: r.quality.as_str().to_owned(),
+            accuracy_m: r.accuracy_m,
+            fix_ms: r.fix_ms,
+        })
+    }
+
+    /// Whether the position is the node's own now: a fix, or a fixed point. A GNSS node
+    /// without a fix is somewhere it may have left.
+    pub fn is_current(&self) -> bool {
+        self.quality != "none" || self.source == "fixed"
+    }
+}
+
 /// The least, mean and most of a measure over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Spread<T> {
@@ -138,7 +180,10 @@ impl What {
     /// than something that happened: the store keeps samples apart, so that a node away for
     /// weeks does not push its events out with them.
     pub fn is_sample(&self) -> bool {
-        matches!(self, Self::Status { .. } | Self::Metrics { .. })
+        matches!(
+            self,
+            Self::Status { .. } | Self::Metrics { .. } | Self::Location(_)
+        )
     }
 }
 
@@ -158,62 +203,67 @@ pub fn orchestrator_event(node: NodeId, at_ms: u64, what: What) -> EventRecord {
 /// The records to store for `batch` from `node`, received at `received_ms`.
 pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventRecord> {
     let node = node.to_string();
-    let events = batch.events.iter().map(|e| EventRecord {
-        node: node.clone(),
-        seq: e.seq,
-        at_ms: e.at_ms,
-        received_ms,
-        origin: Origin::Node,
-        what: match &e.kind {
-            EventKind::Instance(report) => What::Instance {
-                workload: report.workload.to_string(),
-                generation: report.generation,
-                state: state_name(report.state).to_owned(),
-                restarts: report.restarts,
-                pid: report.pid,
-                exit_code: report.exit_code,
-                message: report.message.to_string(),
-            },
-            EventKind::Operator(action) => What::Operator {
-                action: match action.verb {
-                    OperatorVerb::Restart => "restart",
-                    OperatorVerb::Stop => "stop",
-                }
-                .to_owned(),
-                workload: action.workload.to_string(),
-                uid: action.uid,
-            },
-            EventKind::Refused(reply) => What::Refused {
-                workload: reply.workload.to_string(),
-                generation: reply.generation,
-                reason: reply
-                    .rejected
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            },
-            EventKind::Status(s) => What::Status {
-                cpu_percent: s.cpu_percent.clamp(0.0, 100.0),
-                memory_used_bytes: s.memory_used_bytes,
-                disk_free_bytes: s.disk_free_bytes,
-                uptime_secs: s.uptime_secs,
-            },
-            EventKind::Metrics(m) => What::Metrics {
-                window_secs: m.window_secs,
-                samples: m.samples,
-                cpu_percent: Spread {
-                    min: m.cpu_percent_min.clamp(0.0, 100.0),
-                    mean: m.cpu_percent_mean.clamp(0.0, 100.0),
-                    max: m.cpu_percent_max.clamp(0.0, 100.0),
+    let events = batch.events.iter().filter_map(|e| {
+        Some(EventRecord {
+            node: node.clone(),
+            seq: e.seq,
+            at_ms: e.at_ms,
+            received_ms,
+            origin: Origin::Node,
+            what: match &e.kind {
+                // A point off the globe is dropped (and acknowledged: sending it again would not
+                // make it right).
+                EventKind::Location(report) => What::Location(TrackPoint::from_report(report)?),
+                EventKind::Instance(report) => What::Instance {
+                    workload: report.workload.to_string(),
+                    generation: report.generation,
+                    state: state_name(report.state).to_owned(),
+                    restarts: report.restarts,
+                    pid: report.pid,
+                    exit_code: report.exit_code,
+                    message: report.message.to_string(),
                 },
-                memory_used_bytes: Spread {
-                    min: m.memory_used_bytes_min,
-                    mean: m.memory_used_bytes_mean,
-                    max: m.memory_used_bytes_max,
+                EventKind::Operator(action) => What::Operator {
+                    action: match action.verb {
+                        OperatorVerb::Restart => "restart",
+                        OperatorVerb::Stop => "stop",
+                    }
+                    .to_owned(),
+                    workload: action.workload.to_string(),
+                    uid: action.uid,
                 },
-                disk_free_bytes_min: m.disk_free_bytes_min,
+                EventKind::Refused(reply) => What::Refused {
+                    workload: reply.workload.to_string(),
+                    generation: reply.generation,
+                    reason: reply
+                        .rejected
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                },
+                EventKind::Status(s) => What::Status {
+                    cpu_percent: s.cpu_percent.clamp(0.0, 100.0),
+                    memory_used_bytes: s.memory_used_bytes,
+                    disk_free_bytes: s.disk_free_bytes,
+                    uptime_secs: s.uptime_secs,
+                },
+                EventKind::Metrics(m) => What::Metrics {
+                    window_secs: m.window_secs,
+                    samples: m.samples,
+                    cpu_percent: Spread {
+                        min: m.cpu_percent_min.clamp(0.0, 100.0),
+                        mean: m.cpu_percent_mean.clamp(0.0, 100.0),
+                        max: m.cpu_percent_max.clamp(0.0, 100.0),
+                    },
+                    memory_used_bytes: Spread {
+                        min: m.memory_used_bytes_min,
+                        mean: m.memory_used_bytes_mean,
+                        max: m.memory_used_bytes_max,
+                    },
+                    disk_free_bytes_min: m.disk_free_bytes_min,
+                },
             },
-        },
+        })
     });
     let gaps = batch.gaps.iter().map(|g| EventRecord {
         node: node.clone(),

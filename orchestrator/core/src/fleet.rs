@@ -5,6 +5,7 @@
 //! server does. Online means "has a live session": the QUIC connection's idle timeout, not a
 //! timer here, decides when a silent node is gone.
 
+use crate::events::TrackPoint;
 use crate::tokens::{self, TokenError, TokenRecord};
 use edge_proto::{Capabilities, LimitsKind, NodeId, RejectCode, RuntimeInfo, Status};
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,25 @@ pub struct GeoPoint {
     pub alt_m: Option<f64>,
 }
 
+/// A node's newest reported position, and when (its clock) it was reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub point: TrackPoint,
+    pub at_ms: u64,
+}
+
+impl Position {
+    /// Where placement and routing take the node to be: the point while it is current,
+    /// else unknown.
+    pub fn location(&self) -> Option<GeoPoint> {
+        self.point.is_current().then_some(GeoPoint {
+            lat: self.point.lat,
+            lon: self.point.lon,
+            alt_m: self.point.alt_m,
+        })
+    }
+}
+
 /// Live load from the node's last status message.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NodeLoad {
@@ -81,6 +101,10 @@ pub struct NodeRecord {
     /// The operator asked for no new instances here.
     #[serde(default)]
     pub cordoned: bool,
+    /// The newest position the node reported, with its source and fix; `info.location`
+    /// follows it while it is current (a fix, or a fixed point).
+    #[serde(default)]
+    pub position: Option<Position>,
     /// The registry's revision when this version was made: a store never replaces a record
     /// with an older one, whatever order concurrent writes land in.
     #[serde(default)]
@@ -236,6 +260,7 @@ impl Fleet {
             info: NodeInfo::from(caps),
             load: None,
             cordoned: false,
+            position: None,
             rev: self.stamp(),
         };
         self.tokens.insert(record.id.clone(), record.clone());
@@ -334,6 +359,12 @@ impl Fleet {
         let info = NodeInfo {
             limits: node.info.limits.clone(),
             container_runtimes: node.info.container_runtimes.clone(),
+            // A node that reports positions is where it last said, not where its config's
+            // fallback puts it.
+            location: match &node.position {
+                Some(p) => p.location(),
+                None => NodeInfo::from(caps).location,
+            },
             ..NodeInfo::from(caps)
         };
         let changed = NodeInfo {
@@ -342,6 +373,28 @@ impl Fleet {
         } != node.info;
         node.info = info;
         Ok(if changed { self.node_change(id) } else { None })
+    }
+
+    /// A position from the node's outbox, reported at `at_ms` on its clock. Kept only when
+    /// newer than the one held (a track synced after an outage arrives oldest first, and a
+    /// resent batch again); the change is returned for persisting.
+    pub fn update_position(
+        &mut self,
+        id: NodeId,
+        point: &TrackPoint,
+        at_ms: u64,
+    ) -> Option<Change> {
+        let node = self.nodes.get_mut(&id)?;
+        if node.position.as_ref().is_some_and(|p| p.at_ms >= at_ms) {
+            return None;
+        }
+        let position = Position {
+            point: point.clone(),
+            at_ms,
+        };
+        node.info.location = position.location();
+        node.position = Some(position);
+        self.node_change(id)
     }
 
     /// How the node enforces limits and which container runtimes it has. A change is

@@ -610,7 +610,10 @@ fn a_container_is_assigned_with_its_image_s_platforms_and_loads_back() {
     assert_eq!(arches, ["aarch64", "x86_64"]);
     assert_eq!(image.platforms.as_slice()[1].manifest_size, 501);
     assert!(!image.allow_setuid, "the spec did not allow setuid files");
-    assert!(!image.read_only_root, "a writable layer unless the spec says");
+    assert!(
+        !image.read_only_root,
+        "a writable layer unless the spec says"
+    );
     assert_eq!(sent[0].artifact_size, 300);
     assert_eq!(
         ArtifactDigest::parse(common::DIGEST).map(|d| *d.as_bytes()),

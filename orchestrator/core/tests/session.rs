@@ -60,6 +60,7 @@ fn fleet() -> Fleet {
             info: NodeInfo::from(&caps()),
             load: None,
             cordoned: false,
+            position: None,
             rev: 1,
         }],
     )
@@ -360,4 +361,72 @@ fn a_node_s_container_runtimes_are_kept_through_its_capability_reports() {
     };
     assert!(fleet.update_runtime(NODE, none).is_some());
     assert!(info(&fleet).container_runtimes.is_empty());
+}
+
+/// A moving node's positions, from its outbox: the newest wins whatever order they arrive
+/// in, a fix loss makes the node's location unknown for placement while the record keeps
+/// the last fix, and capabilities (with the config's fallback) do not undo a position.
+#[test]
+fn the_newest_position_is_where_the_node_is_and_a_lost_fix_is_unknown() {
+    use edge_proto::{FixQuality, Location, LocationReport, LocationSource};
+    use orchestrator_core::events::TrackPoint;
+    let mut fleet = fleet();
+    let point = |lat: f64, quality: FixQuality| {
+        TrackPoint::from_report(&LocationReport {
+            location: Location {
+                lat,
+                lon: 13.4,
+                alt_m: None,
+            },
+            source: LocationSource::Gpsd,
+            quality,
+            accuracy_m: Some(3.0),
+            fix_ms: Some(T0 * 1000),
+        })
+        .expect("on the globe")
+    };
+    let record = |fleet: &Fleet| fleet.node(NODE).expect("enrolled").clone();
+
+    assert!(
+        fleet
+            .update_position(NODE, &point(52.5, FixQuality::ThreeD), 2_000)
+            .is_some()
+    );
+    assert_eq!(record(&fleet).info.location.map(|l| l.lat), Some(52.5));
+    assert!(
+        fleet
+            .update_position(NODE, &point(52.4, FixQuality::ThreeD), 1_000)
+            .is_none(),
+        "an older point, synced late, is track only"
+    );
+    assert_eq!(record(&fleet).info.location.map(|l| l.lat), Some(52.5));
+
+    let mut with_fallback = caps();
+    with_fallback.location = Some(Location {
+        lat: 1.0,
+        lon: 1.0,
+        alt_m: None,
+    });
+    fleet
+        .update_capabilities(NODE, &with_fallback, T0 + 1)
+        .expect("valid");
+    assert_eq!(
+        record(&fleet).info.location.map(|l| l.lat),
+        Some(52.5),
+        "the fallback does not move a node that reports positions"
+    );
+
+    assert!(
+        fleet
+            .update_position(NODE, &point(52.6, FixQuality::None), 3_000)
+            .is_some()
+    );
+    let lost = record(&fleet);
+    assert_eq!(lost.info.location, None, "unknown for `near`");
+    let kept = lost.position.expect("the last fix is kept");
+    assert_eq!(
+        (kept.point.lat, kept.point.quality.as_str()),
+        (52.6, "none")
+    );
+    assert_eq!(kept.at_ms, 3_000);
 }

@@ -679,7 +679,10 @@ fn a_container_names_its_image_and_nothing_of_an_executable() {
     let mut read_only = oci.clone();
     set(&mut read_only, "read_only_root", json!(true));
     assert!(json_ok(&read_only).read_only_root());
-    assert!(!json_ok(&oci).read_only_root(), "writable unless the spec says");
+    assert!(
+        !json_ok(&oci).read_only_root(),
+        "writable unless the spec says"
+    );
     refuses(
         with("read_only_root", json!(true)),
         "read_only_root",

@@ -86,7 +86,7 @@ fn parse_query(query: &BTreeMap<String, String>) -> Result<EventQuery, ApiError>
 /// The largest `since` the API takes: what a JSON number holds exactly.
 const MAX_SINCE_MS: u64 = (1 << 53) - 1;
 
-fn since_ms(name: &str, value: &str) -> Result<u64, ApiError> {
+pub(super) fn since_ms(name: &str, value: &str) -> Result<u64, ApiError> {
     value
         .parse::<u64>()
         .ok()

@@ -92,6 +92,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/nodes/{name_or_id}/cordon"),
     ("POST", "/v1/nodes/{name_or_id}/uncordon"),
     ("POST", "/v1/nodes/{name_or_id}/drain"),
+    ("GET", "/v1/nodes/{name_or_id}/track"),
     ("POST", "/v1/cache/purge"),
     ("GET", "/v1/events"),
     ("GET", "/v1/ca"),

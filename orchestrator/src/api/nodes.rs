@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 use super::ApiState;
 use super::error::{ApiError, internal};
 use super::extract::{Admin, Authed, Operator, Viewer};
+use super::time::rfc3339;
 use super::views::NodeView;
 use crate::node_admin;
+use orchestrator_core::events::{MAX_QUERY, TrackPoint, What};
+use serde::Serialize;
 
 pub(super) fn routes() -> axum::Router<ApiState> {
     axum::Router::new()
@@ -19,6 +22,101 @@ pub(super) fn routes() -> axum::Router<ApiState> {
         .route("/v1/nodes/{name_or_id}/cordon", post(cordon))
         .route("/v1/nodes/{name_or_id}/uncordon", post(uncordon))
         .route("/v1/nodes/{name_or_id}/drain", post(drain))
+        .route("/v1/nodes/{name_or_id}/track", get(track))
+}
+
+/// The points of a node's track, oldest first.
+#[derive(Debug, Serialize)]
+struct TrackView {
+    node: String,
+    node_id: String,
+    points: Vec<TrackPointView>,
+}
+
+#[derive(Debug, Serialize)]
+struct TrackPointView {
+    /// When the node reported it, on its clock.
+    at: String,
+    at_ms: u64,
+    #[serde(flatten)]
+    point: TrackPoint,
+}
+
+/// `since` (milliseconds since the Unix epoch, the node's clock) and `limit` (1 to 1,000,
+/// the newest kept).
+fn parse_track_query(query: &BTreeMap<String, String>) -> Result<(u64, usize), ApiError> {
+    let (mut since, mut limit) = (0, MAX_QUERY);
+    for (key, value) in query {
+        match key.as_str() {
+            "since" => since = super::events::since_ms("since", value)?,
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_QUERY).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit: {} is not a number from 1 to {MAX_QUERY}",
+                            edge_proto::field::shown(value)
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "{}: unknown query parameter; use since or limit",
+                    edge_proto::field::shown(other)
+                )));
+            }
+        }
+    }
+    Ok((since, limit))
+}
+
+/// `GET /v1/nodes/{name_or_id}/track`: the positions the node reported, the newest `limit`
+/// since `since`, oldest first (those of its time offline came when it synced).
+async fn track(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+    Path(name_or_id): Path<String>,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TrackView>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (since, limit) = parse_track_query(&query)?;
+    let (id, name) = {
+        let fleet = state.registry.fleet();
+        let node = fleet
+            .find(&name_or_id)
+            .ok_or_else(|| no_such_node(&name_or_id))?;
+        (node.id.to_string(), node.name.clone())
+    };
+    let registry = state.registry.clone();
+    let hex = id.clone();
+    let stored = tokio::task::spawn_blocking(move || registry.events(Some(&hex)))
+        .await
+        .map_err(|e| internal(&e))?
+        .map_err(|e| internal(&e))?;
+    let mut points: Vec<(u64, TrackPoint)> = stored
+        .into_iter()
+        .filter(|e| e.at_ms >= since)
+        .filter_map(|e| match e.what {
+            What::Location(p) => Some((e.at_ms, p)),
+            _ => None,
+        })
+        .collect();
+    points.sort_by_key(|(at_ms, _)| *at_ms);
+    let newest = points.split_off(points.len().saturating_sub(limit));
+    Ok(Json(TrackView {
+        node: name,
+        node_id: id,
+        points: newest
+            .into_iter()
+            .map(|(at_ms, point)| TrackPointView {
+                at: rfc3339(at_ms / 1000),
+                at_ms,
+                point,
+            })
+            .collect(),
+    }))
 }
 
 /// Which nodes `GET /v1/nodes` lists.

@@ -30,7 +30,12 @@ pub struct NodeView {
     pub accelerators: Vec<AcceleratorInfo>,
     pub board: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The newest position the node reported (the last fix while its receiver has none),
+    /// else its config's.
     pub location: Option<GeoPoint>,
+    /// Where `location` comes from and how good and how old it is; absent without one.
+    #[serde(default)]
+    pub location_fix: Option<LocationFixView>,
     /// `online` or `offline`.
     pub status: String,
     /// RFC 3339, UTC.
@@ -85,6 +90,49 @@ impl From<&IdentityConflict> for ConflictView {
     }
 }
 
+/// Where a node's location comes from and how good and how old it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocationFixView {
+    /// `gpsd` or `fixed` (the node's config, or its fallback while a receiver has no fix).
+    pub source: String,
+    /// `3d`, `2d`, or `none`: no fix now, `location` is the last one (`fix_time` says
+    /// when), and placement treats the node's location as unknown.
+    pub quality: String,
+    /// The receiver's estimate of its horizontal error, in metres.
+    pub accuracy_m: Option<f32>,
+    /// RFC 3339, UTC: when the receiver took the fix, on its clock.
+    pub fix_time: Option<String>,
+    /// RFC 3339, UTC: when the node reported it, on its clock.
+    pub reported_at: Option<String>,
+    /// Seconds from the fix (or the report, without one) to now.
+    pub age_secs: Option<u64>,
+}
+
+impl LocationFixView {
+    /// The fix of `node` at `now_unix`: its newest position, or its config's point.
+    pub fn of(node: &NodeRecord, now_unix: u64) -> Option<Self> {
+        let Some(p) = &node.position else {
+            return node.info.location.map(|_| Self {
+                source: "fixed".into(),
+                quality: "none".into(),
+                accuracy_m: None,
+                fix_time: None,
+                reported_at: None,
+                age_secs: None,
+            });
+        };
+        let taken_ms = p.point.fix_ms.unwrap_or(p.at_ms);
+        Some(Self {
+            source: p.point.source.clone(),
+            quality: p.point.quality.clone(),
+            accuracy_m: p.point.accuracy_m,
+            fix_time: p.point.fix_ms.map(|ms| rfc3339(ms / 1000)),
+            reported_at: Some(rfc3339(p.at_ms / 1000)),
+            age_secs: Some(now_unix.saturating_sub(taken_ms / 1000)),
+        })
+    }
+}
+
 /// The node's last status report.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LoadView {
@@ -113,7 +161,16 @@ impl NodeView {
             accelerators: info.accelerators.clone(),
             board: info.board.clone(),
             labels: info.labels.clone(),
-            location: info.location,
+            location: node
+                .position
+                .as_ref()
+                .map(|p| GeoPoint {
+                    lat: p.point.lat,
+                    lon: p.point.lon,
+                    alt_m: p.point.alt_m,
+                })
+                .or(info.location),
+            location_fix: LocationFixView::of(node, crate::clock::now_unix()),
             status: if online { "online" } else { "offline" }.to_owned(),
             last_seen: rfc3339(node.last_seen_unix),
             last_seen_unix: node.last_seen_unix,
