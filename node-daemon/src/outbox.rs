@@ -10,8 +10,8 @@
 
 use edge_outbox::{OutboxStore, StoreError};
 use edge_proto::{
-    EventBatch, EventGap, EventKind, EventsStored, List, MetricSummary, NodeEvent, NodeMsg,
-    OperatorAction, OperatorVerb, Status, WorkloadReport, text,
+    EventBatch, EventGap, EventKind, EventsStored, List, LocationReport, MetricSummary, NodeEvent,
+    NodeMsg, OperatorAction, OperatorVerb, Status, WorkloadReport, text,
 };
 use node_core::config::OutboxSettings;
 use node_core::outbox::{Class, Drain, Outbox, Pacer};
@@ -30,6 +30,8 @@ pub const WINDOW: usize = Drain::WINDOW;
 
 /// The key of the node's own load records: the status class coalesces by key.
 const LOAD_KEY: &str = "node";
+/// The key of the node's track points.
+const LOCATION_KEY: &str = "location";
 
 /// The outbox and its log, behind a handle the daemon's loop and `ctl` share.
 #[derive(Debug, Clone)]
@@ -140,6 +142,12 @@ impl EventOutbox {
     /// when the outbox runs short of room.
     pub fn record_metrics(&self, summary: MetricSummary) {
         self.push_as(Class::Metric, LOAD_KEY, &EventKind::Metrics(summary));
+    }
+
+    /// Records a point of the node's track: the metrics class, so that a full outbox thins
+    /// a long track evenly rather than keeping only its end.
+    pub fn record_location(&self, report: LocationReport) {
+        self.push_as(Class::Metric, LOCATION_KEY, &EventKind::Location(report));
     }
 
     fn push(&self, key: &str, kind: &EventKind) {

@@ -53,8 +53,8 @@ pub enum EventKind {
     /// A summary of the node's load over a window that ended at the event's time. Of the
     /// metrics class: under pressure they are thinned out first.
     Metrics(MetricSummary),
-    /// Where the node was at the event's time: a point of its track. Of the status class:
-    /// under pressure only the newest is kept.
+    /// Where the node was at the event's time: a point of its track. Of the metrics class:
+    /// under pressure a long track is thinned evenly.
     Location(LocationReport),
 }
 
