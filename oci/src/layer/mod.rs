@@ -24,6 +24,7 @@
 //! `DEST.partial-<random>` and renames on success.
 
 mod check;
+mod gzip;
 mod stream;
 
 use crate::digest::Digest;

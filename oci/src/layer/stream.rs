@@ -6,11 +6,11 @@
 //! decompression bomb costs at most the budget, never what it would expand to.
 
 use super::LayerLimits;
+use super::gzip::MultiGzip;
 use crate::digest::{Digest, HashingReader};
 use crate::image::Compression;
-use flate2::read::MultiGzDecoder;
 use std::cell::Cell;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::rc::Rc;
 
 /// Which limit the stream passed.
@@ -41,7 +41,7 @@ enum Decoder<R: Read> {
     // Multi-member: gzip allows members back to back, and tools that compress in parallel
     // (pigz, pgzip in containerd) write them; Go's reader, which registries and Docker use,
     // reads them all.
-    Gzip(MultiGzDecoder<Counted<R>>),
+    Gzip(MultiGzip<BufReader<Counted<R>>>),
 }
 
 impl<R: Read> Read for Decoder<R> {
@@ -74,7 +74,10 @@ impl<R: Read> Meter<R> {
                     inner: reader,
                     count: Rc::clone(&count),
                 };
-                (Decoder::Gzip(MultiGzDecoder::new(counted)), Some(count))
+                (
+                    Decoder::Gzip(MultiGzip::new(BufReader::new(counted))),
+                    Some(count),
+                )
             }
         };
         Self {
