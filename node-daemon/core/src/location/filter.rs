@@ -174,10 +174,10 @@ impl Filter {
 
     /// Whether the node can have got from `from` to `to` in the time between them.
     fn reachable(&self, from: &Seen, to: &Seen) -> bool {
-        let elapsed = to.at.saturating_sub(from.at).max(MIN_INTERVAL);
+        let between = to.at.saturating_sub(from.at).max(MIN_INTERVAL);
         let slack = (from.fix.accuracy_m.unwrap_or(0.0) + to.fix.accuracy_m.unwrap_or(0.0))
             .min(MAX_SLACK_M);
-        distance_m(&from.fix, &to.fix) <= self.policy.max_speed_mps * elapsed.as_secs_f64() + slack
+        distance_m(&from.fix, &to.fix) <= self.policy.max_speed_mps * between.as_secs_f64() + slack
     }
 }
 
