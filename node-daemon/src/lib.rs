@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod identity;
+pub mod location;
 pub mod metrics;
 pub mod notify;
 pub mod oci;

@@ -20,6 +20,9 @@
 //!   profile), and what `runc features` says the runtime can do.
 //! - [`renewal`]: [`Renewal`](renewal::Renewal), when the node asks for a new certificate:
 //!   two thirds into its lifetime, by the orchestrator's clock as the welcome said it.
+//! - [`location`]: where the node is, live: gpsd's JSON lines parsed, implausible fixes
+//!   refused ([`Filter`](location::Filter)), and when a move is worth reporting
+//!   ([`Reporter`](location::Reporter)).
 //!
 //! **Invariant.** Nothing here does I/O or reads the clock: the crate depends on no runtime,
 //! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper), time comes in as
@@ -32,6 +35,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod config;
+pub mod location;
 pub mod oci;
 pub mod outbox;
 pub mod proxy;

@@ -19,12 +19,14 @@
 //! (the join settings and the join file), `address` (the orchestrator's `host:port`, checked
 //! for shape only and resolved by whoever dials it), `proxy` (the `[proxy]` table: the caching
 //! proxy's listener, limits, cache sizes and static upstreams; none without the table),
-//! `error`. Nothing here touches a file, the network or the clock.
+//! `location` (a fixed point or a gpsd receiver, and when to report it), `error`. Nothing
+//! here touches a file, the network or the clock.
 
 mod address;
 mod error;
 mod join;
 mod liveness;
+mod location;
 mod proxy;
 mod raw;
 mod validate;
@@ -37,6 +39,7 @@ pub use edge_proto::field::MAX_LABELS;
 pub use edge_proto::field::OriginUrl;
 pub use error::ConfigError;
 pub use join::{CaHash, JoinFile, JoinSettings, JoinToken};
+pub use location::{DEFAULT_GPSD_ADDRESS, LocationConfig, LocationSource, MAX_GPSD_ADDRESS_BYTES};
 pub use proxy::{
     DEFAULT_CACHE_DISK_BYTES, DEFAULT_CACHE_MAX_OBJECT_BYTES, DEFAULT_CACHE_MEMORY_BYTES,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, MAX_UPSTREAMS,
@@ -77,7 +80,7 @@ pub struct Config {
     name: String,
     data_dir: PathBuf,
     labels: BTreeMap<String, String>,
-    location: Option<GeoPoint>,
+    location: Option<LocationConfig>,
     status_interval: Duration,
     liveness: Liveness,
     orchestrator: OrchestratorAddress,
@@ -154,7 +157,7 @@ pub struct ConfigFile {
     name: Option<String>,
     data_dir: PathBuf,
     labels: Option<BTreeMap<String, String>>,
-    location: Option<GeoPoint>,
+    location: Option<LocationConfig>,
     status_interval: Duration,
     liveness: Liveness,
     orchestrator: Option<OrchestratorAddress>,
@@ -208,8 +211,17 @@ impl Config {
         &self.labels
     }
 
+    /// The fixed location, or a gpsd source's fallback: where the node says it is before a
+    /// receiver knows better. `None`: no location, or a receiver with no fallback.
     pub fn location(&self) -> Option<GeoPoint> {
-        self.location
+        self.location.as_ref().and_then(LocationConfig::point)
+    }
+
+    /// The whole `location`: its source (fixed, or gpsd with a fallback) and when to report
+    /// it. A gpsd source without a fallback of its own has the join file's point, if any;
+    /// a join file's point alone is a fixed location with the default report policy.
+    pub fn location_config(&self) -> Option<&LocationConfig> {
+        self.location.as_ref()
     }
 
     /// How often the node sends its live load.
@@ -284,7 +296,7 @@ impl Config {
 
     /// The location as the wire carries it.
     pub fn location_wire(&self) -> Option<Location> {
-        self.location.map(|p| Location {
+        self.location().map(|p| Location {
             lat: p.lat,
             lon: p.lon,
             alt_m: p.alt_m,
@@ -356,9 +368,14 @@ impl ConfigFile {
         self.labels.as_ref()
     }
 
-    /// The location, if the file sets it.
+    /// The fixed location or a gpsd source's fallback, if the file sets one.
     pub fn location(&self) -> Option<GeoPoint> {
-        self.location
+        self.location.as_ref().and_then(LocationConfig::point)
+    }
+
+    /// The file's `location`, if it has one.
+    pub fn location_config(&self) -> Option<&LocationConfig> {
+        self.location.as_ref()
     }
 
     /// The local IP to dial the orchestrator from, if the file names one.
@@ -417,7 +434,13 @@ impl ConfigFile {
                 .clone()
                 .or_else(|| join.and_then(|j| j.labels.clone()))
                 .unwrap_or_default(),
-            location: self.location.or_else(|| join.and_then(|j| j.location)),
+            location: {
+                let joined = join.and_then(|j| j.location);
+                match &self.location {
+                    Some(location) => Some(location.with_join_point(joined)),
+                    None => joined.map(LocationConfig::fixed),
+                }
+            },
             status_interval: self.status_interval,
             liveness: self.liveness,
             orchestrator,

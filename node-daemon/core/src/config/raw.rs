@@ -22,7 +22,7 @@ pub(super) struct RawConfig {
     pub name: Option<String>,
     pub data_dir: String,
     pub labels: Option<BTreeMap<String, String>>,
-    pub location: Option<RawLocation>,
+    pub location: Option<RawConfigLocation>,
     pub status_interval_secs: Option<i64>,
     /// `"fast"`, `"metered"` or a table: checked by hand, so that each wrong shape gets an
     /// error naming the field.
@@ -78,12 +78,31 @@ pub(super) struct RawJoinFile {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
+/// A join file's `location`: a fixed point only (the receiver, if any, is the config file's).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLocation {
     pub lat: f64,
     pub lon: f64,
     pub alt_m: Option<f64>,
+}
+
+/// The config file's `location`: a fixed point, or `source = "gpsd"` with an optional
+/// fallback point. Which fields go with which source is checked in validation, so that each
+/// mistake names its field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfigLocation {
+    /// `"fixed"` (the default) or `"gpsd"`.
+    pub source: Option<String>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub alt_m: Option<f64>,
+    /// `HOST:PORT` of gpsd.
+    pub gpsd: Option<String>,
+    pub report_distance_m: Option<i64>,
+    pub report_min_secs: Option<i64>,
+    pub report_max_secs: Option<i64>,
 }
 
 #[derive(Deserialize)]

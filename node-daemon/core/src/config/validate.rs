@@ -5,6 +5,7 @@
 use super::error::{ConfigError, invalid};
 use super::join::validate_join;
 use super::liveness::validate_liveness;
+use super::location::validate_location_config;
 use super::proxy::validate_proxy;
 use super::raw::{RawConfig, RawContainers, RawLocation, RawOutbox, RawReserve};
 use super::{
@@ -32,7 +33,7 @@ impl RawConfig {
         let name = self.name.map(validate_name).transpose()?;
         let data_dir = validate_data_dir(self.data_dir)?;
         let labels = self.labels.map(validate_labels).transpose()?;
-        let location = self.location.map(validate_location).transpose()?;
+        let location = self.location.map(validate_location_config).transpose()?;
         let liveness = validate_liveness(self.liveness)?;
         let status_interval = validate_status_interval(self.status_interval_secs, liveness)?;
         let (address, local_address) = self
@@ -174,15 +175,35 @@ pub(super) fn validate_labels(
     Ok(labels)
 }
 
+/// A join file's `location`: a fixed point.
 pub(super) fn validate_location(raw: RawLocation) -> Result<GeoPoint, ConfigError> {
     let at = FieldPath::new("location");
-    let lat = field::check_latitude(&at.field("lat"), raw.lat)?;
-    let lon = field::check_longitude(&at.field("lon"), raw.lon)?;
-    let alt_m = raw
-        .alt_m
+    let point = validate_point(Some(raw.lat), Some(raw.lon), raw.alt_m, &at)?;
+    // Invariant: lat and lon are both given, so there is a point.
+    point.ok_or_else(|| invalid(at.field("lat"), "is not set"))
+}
+
+/// `lat`, `lon` and `alt_m` under `at`: a point, no point (none of them), or the error of
+/// the first that is wrong or missing (lat and lon go together, alt_m only with them).
+pub(super) fn validate_point(
+    lat: Option<f64>,
+    lon: Option<f64>,
+    alt_m: Option<f64>,
+    at: &FieldPath,
+) -> Result<Option<GeoPoint>, ConfigError> {
+    let (lat, lon) = match (lat, lon) {
+        (Some(lat), Some(lon)) => (lat, lon),
+        (None, None) if alt_m.is_none() => return Ok(None),
+        (None, None) => return Err(invalid(at.field("alt_m"), "is set without lat and lon")),
+        (Some(_), None) => return Err(invalid(at.field("lon"), "is not set; lat needs lon")),
+        (None, Some(_)) => return Err(invalid(at.field("lat"), "is not set; lon needs lat")),
+    };
+    let lat = field::check_latitude(&at.field("lat"), lat)?;
+    let lon = field::check_longitude(&at.field("lon"), lon)?;
+    let alt_m = alt_m
         .map(|alt| field::check_finite(&at.field("alt_m"), alt))
         .transpose()?;
-    Ok(GeoPoint { lat, lon, alt_m })
+    Ok(Some(GeoPoint { lat, lon, alt_m }))
 }
 
 fn validate_data_dir(dir: String) -> Result<PathBuf, ConfigError> {

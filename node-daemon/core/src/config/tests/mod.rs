@@ -6,6 +6,7 @@ use super::*;
 mod address;
 mod fields;
 mod join;
+mod location;
 mod parse;
 mod proxy;
 
