@@ -202,6 +202,10 @@ pub async fn run_with(
     let mut renewal = identity.as_ref().and_then(|i| renewal_of(&board, &i.cert));
     drop(identity);
 
+    // Where the node is: a receiver's reports become the node's track in the outbox.
+    let mut location =
+        crate::location::start_for_node(config.location_config(), &board, metrics.location());
+
     // Follows the sync after each welcome; events wait until it is over.
     let mut resync = Resync::default();
     let mut load = LoadRecorder::new(config.outbox().metrics_window_secs, outbox.clone());
@@ -478,6 +482,23 @@ pub async fn run_with(
                 let caps = tokio::task::spawn_blocking(caps_now.clone()).await;
                 if let Ok(caps) = caps {
                     session.handle_capabilities(caps);
+                }
+            }
+            // Cancel-safe: a channel's `recv` (see `next_report`).
+            report = crate::location::next_report(location.as_mut()) => {
+                let wire = report.to_wire();
+                if let Some(proxy) = proxy.as_ref() {
+                    // A receiver without a fix may be anywhere: no peer is nearer than
+                    // another. The config's point (before a first fix) is where it says.
+                    let known = wire.quality != edge_proto::FixQuality::None
+                        || wire.source == edge_proto::LocationSource::Fixed;
+                    proxy.moved(known.then_some(wire.location));
+                }
+                if let Some(outbox) = outbox.as_ref() {
+                    outbox.record_location(wire);
+                }
+                if session.is_established() {
+                    send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
             }
             Some(msg) = out_rx.recv() => {

@@ -263,6 +263,7 @@ struct Inner {
     workloads_running: Gauge,
     clock_offset: Gauge,
     proxy: edge_proxy::ProxyMetrics,
+    location: Arc<crate::location::LocationCounters>,
 }
 
 impl Default for NodeMetrics {
@@ -290,6 +291,7 @@ impl NodeMetrics {
             workloads_running: Gauge::default(),
             clock_offset: Gauge::default(),
             proxy: edge_proxy::ProxyMetrics::default(),
+            location: Arc::default(),
         };
         let r = &mut inner.registry;
         r.register(
@@ -365,6 +367,7 @@ impl NodeMetrics {
             inner.clock_offset.clone(),
         );
         inner.proxy.register(&mut inner.registry);
+        inner.location.register(&mut inner.registry);
         let metrics = Self(Arc::new(inner));
         metrics.initialise_series();
         metrics
@@ -414,6 +417,11 @@ impl NodeMetrics {
     }
 
     /// The exposition in `format`.
+    /// What the location client counts, into this registry.
+    pub fn location(&self) -> Arc<crate::location::LocationCounters> {
+        self.0.location.clone()
+    }
+
     /// The proxy's families, counted into this registry.
     pub fn proxy(&self) -> edge_proxy::ProxyMetrics {
         self.0.proxy.clone()

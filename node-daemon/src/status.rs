@@ -76,8 +76,41 @@ pub struct Status {
     /// When the node's certificate ends, in milliseconds since the Unix epoch (by the
     /// certificate; the node renews it two thirds of the way through its life).
     pub certificate_not_after_ms: Option<u64>,
+    /// Where the node is as of now, from its location source (a gpsd receiver, or the
+    /// config's point); `null` when it does not know.
+    pub location: Option<LocationView>,
     pub version: &'static str,
     pub arch: &'static str,
+}
+
+/// Where the node is, as `/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LocationView {
+    pub lat: f64,
+    pub lon: f64,
+    pub alt_m: Option<f64>,
+    /// `gpsd` or `fixed`.
+    pub source: &'static str,
+    /// `3d`, `2d` or `none` (the last fix's position, or the config's point).
+    pub quality: &'static str,
+    /// The receiver's estimate of its horizontal error, in metres.
+    pub accuracy_m: Option<f64>,
+    /// When the receiver took the fix, in milliseconds since the Unix epoch (its clock).
+    pub fix_ms: Option<u64>,
+}
+
+impl From<&node_core::location::Report> for LocationView {
+    fn from(r: &node_core::location::Report) -> Self {
+        Self {
+            lat: r.fix.lat,
+            lon: r.fix.lon,
+            alt_m: r.fix.alt_m,
+            source: r.source.as_str(),
+            quality: r.fix.quality.as_str(),
+            accuracy_m: r.fix.accuracy_m,
+            fix_ms: r.fix.time_ms,
+        }
+    }
 }
 
 /// The shared, current [`Status`], and the node's metrics. Cheap to clone; every clone sees
@@ -107,6 +140,7 @@ impl StatusBoard {
             proxy: None,
             clock_offset_ms: None,
             certificate_not_after_ms: None,
+            location: None,
             version: env!("CARGO_PKG_VERSION"),
             arch: std::env::consts::ARCH,
         });

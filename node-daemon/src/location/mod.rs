@@ -121,6 +121,16 @@ pub fn spawn(config: &LocationConfig) -> LocationHandle {
 
 /// Starts the client for `config` with `tuning`.
 pub fn spawn_with(config: &LocationConfig, tuning: Tuning) -> LocationHandle {
+    spawn_counted(config, tuning, Arc::new(LocationCounters::new()))
+}
+
+/// Starts the client for `config` with `tuning`, counting into `counters` (the node's,
+/// registered with its other metrics).
+pub fn spawn_counted(
+    config: &LocationConfig,
+    tuning: Tuning,
+    counters: Arc<LocationCounters>,
+) -> LocationHandle {
     let (reporter, link) = match &config.source {
         LocationSource::Fixed(point) => (Reporter::new(config.report, Some(*point)), None),
         LocationSource::Gpsd { address, fallback } => (
@@ -130,7 +140,6 @@ pub fn spawn_with(config: &LocationConfig, tuning: Tuning) -> LocationHandle {
     };
     let (current_tx, current) = watch::channel(reporter.current());
     let (reports_tx, reports) = mpsc::channel(tuning.reports_capacity.max(1));
-    let counters = Arc::new(LocationCounters::new());
     let client = Client {
         origin: Instant::now(),
         filter: Filter::new(tuning.filter),
@@ -414,6 +423,47 @@ async fn dial(address: String, timeout: Duration) -> io::Result<TcpStream> {
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The node's location as the daemon runs it: a gpsd source's client, with its reports for
+/// the outbox (the node's track) and its current location on `/status`. A fixed point
+/// starts nothing: the capabilities carry it, and `/status` shows it from the start.
+pub fn start_for_node(
+    config: Option<&LocationConfig>,
+    board: &crate::status::StatusBoard,
+    counters: Arc<LocationCounters>,
+) -> Option<LocationHandle> {
+    let config = config?;
+    if let LocationSource::Fixed(_) = config.source {
+        let shown = Reporter::new(config.report, config.point()).current();
+        board.update(|s| s.location = shown.as_ref().map(Into::into));
+        return None;
+    }
+    let handle = spawn_counted(config, Tuning::default(), counters);
+    let (mut current, board) = (handle.current.clone(), board.clone());
+    tokio::spawn(async move {
+        loop {
+            let shown = current.borrow_and_update().as_ref().map(Into::into);
+            board.update(|s| s.location = shown);
+            if current.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Some(handle)
+}
+
+/// The next report due, from a node's location client; never, without one. Cancel-safe:
+/// a channel's `recv`.
+pub async fn next_report(handle: Option<&mut LocationHandle>) -> Report {
+    match handle {
+        Some(h) => match h.reports.recv().await {
+            Some(report) => report,
+            // The client ended (it does not unless stopped): nothing more will come.
+            None => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }

@@ -228,6 +228,13 @@ impl NodeProxy {
         self.peers_changed.notify_one();
     }
 
+    /// This node is somewhere else now: peers are ordered by their distance from `here`.
+    pub fn moved(&self, here: Option<Location>) {
+        if lock(&self.peers).set_here(here) {
+            self.peers_changed.notify_one();
+        }
+    }
+
     /// The workload is no longer exposed.
     pub fn unroute(&self, workload: &str) {
         if lock(&self.peers).unroute(workload) {

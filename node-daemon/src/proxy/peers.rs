@@ -41,6 +41,9 @@ pub struct Routed {
     pub expose: Vec<Expose>,
     /// Its instances on other nodes, with their distance from this one.
     pub peers: Vec<Peer>,
+    /// The message it came in: the distances are measured from it again when this node
+    /// moves.
+    source: WorkloadRoutes,
 }
 
 /// The peer routes of every exposed workload, as this node uses them.
@@ -60,6 +63,22 @@ impl PeerRoutes {
             here,
             workloads: HashMap::new(),
         }
+    }
+
+    /// This node moved (a receiver's report): every peer's distance is measured again from
+    /// `here`. Whether anything was known to measure.
+    pub fn set_here(&mut self, here: Option<Location>) -> bool {
+        if self.here == here {
+            return false;
+        }
+        self.here = here;
+        let known: Vec<WorkloadRoutes> =
+            self.workloads.values().map(|r| r.source.clone()).collect();
+        for routes in &known {
+            // Each was accepted before, and nothing it is checked against changed.
+            let _ = self.set(routes);
+        }
+        !known.is_empty()
     }
 
     /// This node's id, once it has one (after enrollment).
@@ -111,7 +130,14 @@ impl PeerRoutes {
                 })
             })
             .collect();
-        self.workloads.insert(workload, Routed { expose, peers });
+        self.workloads.insert(
+            workload,
+            Routed {
+                expose,
+                peers,
+                source: routes.clone(),
+            },
+        );
         Ok(())
     }
 
@@ -240,6 +266,16 @@ mod tests {
         let km = shop.peers[0].distance_km.expect("both places known");
         assert!((20.0..35.0).contains(&km), "{km}");
         assert_eq!(shop.peers[1].distance_km, None);
+
+        // This node drives to Potsdam: the peer there is near now.
+        assert!(book.set_here(Some(at(POTSDAM.0, POTSDAM.1))));
+        let km = book.workloads()["shop"].peers[0]
+            .distance_km
+            .expect("both places known");
+        assert!(km < 0.001, "{km}");
+        assert!(!book.set_here(Some(at(POTSDAM.0, POTSDAM.1))), "no move");
+        assert!(book.set_here(None));
+        assert_eq!(book.workloads()["shop"].peers[0].distance_km, None, "lost");
     }
 
     #[test]

@@ -111,6 +111,33 @@ pub struct Report {
     pub fix: Fix,
 }
 
+impl Report {
+    /// The report as a point of the node's track on the wire.
+    pub fn to_wire(&self) -> edge_proto::LocationReport {
+        let f = &self.fix;
+        edge_proto::LocationReport {
+            location: edge_proto::Location {
+                lat: f.lat,
+                lon: f.lon,
+                alt_m: f.alt_m,
+            },
+            source: match self.source {
+                Source::Fixed => edge_proto::LocationSource::Fixed,
+                Source::Gpsd => edge_proto::LocationSource::Gpsd,
+            },
+            quality: match f.quality {
+                FixQuality::NoFix => edge_proto::FixQuality::None,
+                FixQuality::TwoD => edge_proto::FixQuality::TwoD,
+                FixQuality::ThreeD => edge_proto::FixQuality::ThreeD,
+            },
+            // Metres in an f32: a millimetre's precision up to a thousand kilometres.
+            #[allow(clippy::cast_possible_truncation)]
+            accuracy_m: f.accuracy_m.map(|a| a as f32),
+            fix_ms: f.time_ms,
+        }
+    }
+}
+
 /// The mean radius of the Earth (IUGG), in metres: what [`distance_m`] measures with.
 pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
