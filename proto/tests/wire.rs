@@ -1675,6 +1675,27 @@ fn golden_bytes_of_location_events() {
     let EventKind::Location(report) = back.events.as_slice()[0].kind else {
         panic!("a location");
     };
+    // A 2D fix: the quality is the byte after the source.
+    let two_d = LocationReport {
+        quality: FixQuality::TwoD,
+        ..report
+    };
+    let one = |r: LocationReport| {
+        encode(&NodeMsg::Events(Box::new(EventBatch {
+            events: List::from_iter([NodeEvent {
+                seq: 1,
+                at_ms: 1,
+                kind: EventKind::Location(r),
+            }]),
+            gaps: List::new(),
+        })))
+    };
+    assert_eq!(
+        hex(&one(two_d)),
+        "0000002d090101010500000000\
+         00404a400000000000802a4001000000000000414001010100009040\
+         0180d0c4cfa23400"
+    );
     assert!(report.is_valid());
     for bad in [
         LocationReport {
