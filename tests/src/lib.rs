@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod lazyfs;
+pub mod nmea;
 pub mod relay;
 
 use node_daemon::config::Config;
