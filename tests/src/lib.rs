@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod gpsd;
 pub mod lazyfs;
 pub mod nmea;
 pub mod relay;
