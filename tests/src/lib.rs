@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod gpsd;
 pub mod lazyfs;
+pub mod nmea;
 pub mod relay;
 
 use node_daemon::config::Config;
