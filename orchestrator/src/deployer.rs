@@ -34,7 +34,7 @@ use orchestrator_core::sync;
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// At most this many batches share one flush.
 const MAX_BATCHES_PER_FLUSH: usize = 4096;
@@ -174,6 +174,7 @@ impl Deployer {
         let location = routes::location(&record);
         self.decide(|d, book| {
             let mut effects = d.node_changed(record, online);
+            log_decisions(&self.metrics, &effects);
             let routes = book.node_moved(id, location);
             effects.extend(broadcast(book, routes));
             ((), effects)
@@ -186,6 +187,7 @@ impl Deployer {
     pub fn report(&self, node: NodeId, report: &WorkloadReport) -> Committed {
         self.decide(|d, book| {
             let mut effects = d.report(node, report);
+            log_decisions(&self.metrics, &effects);
             let workload = report.workload.as_str();
             let state = if d.held_by(node).iter().any(|w| w == workload) {
                 report.state
@@ -288,8 +290,8 @@ impl Deployer {
     }
 }
 
-/// Logs and counts the replacements and reconciles among `effects` (they are stored as
-/// events too).
+/// Logs and counts the replacements and reconciles among `effects`, and logs the moves of
+/// instances after their node left a workload's `near` radius (all are stored as events too).
 fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
     for e in effects {
         let Effect::Record(record) = e else { continue };
@@ -323,6 +325,53 @@ fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
                 },
                 stopped: stopped.as_deref(),
             }),
+            What::LeftNear {
+                workload,
+                distance_km,
+                radius_km,
+                outcome,
+                replacement,
+                reason,
+                ..
+            } => info!(
+                node,
+                workload,
+                distance_km,
+                radius_km,
+                outcome,
+                replacement = replacement.as_deref().unwrap_or("-"),
+                reason = reason.as_deref().unwrap_or("-"),
+                "node left the workload's radius"
+            ),
+            What::Following {
+                workload,
+                replacement,
+                ..
+            } => info!(
+                node,
+                workload, replacement, "replacement placed inside the radius"
+            ),
+            What::Followed {
+                workload, from, to, ..
+            } => info!(
+                node,
+                workload,
+                from,
+                to,
+                "instance followed the radius: the replacement runs, the original was unassigned"
+            ),
+            What::BackNear {
+                workload,
+                distance_km,
+                stopped,
+                ..
+            } => info!(
+                node,
+                workload,
+                distance_km,
+                stopped = stopped.as_deref().unwrap_or("-"),
+                "node back inside the workload's radius"
+            ),
             What::Instance { .. }
             | What::Operator { .. }
             | What::Refused { .. }

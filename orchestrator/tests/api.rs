@@ -1199,6 +1199,30 @@ fn the_server_and_its_document_refuse_the_same_requests() {
         schema("WorkloadSpec")["properties"]["version"]["minLength"],
         1
     );
+
+    // `follow_near` without `near`: nothing to follow, and the document says so.
+    let spec = format!(
+        r#"{{"name": "web", "version": "1", "artifact": "sha256:{}",
+            "resources": {{"cpu_millis": 100, "memory_bytes": 16777216}},
+            "requirements": {{"follow_near": true}}}}"#,
+        "ab".repeat(32)
+    );
+    let m = s
+        .post_json("/v1/workloads", Some(&operator), &spec)
+        .error(400, "bad_request");
+    assert!(
+        m.starts_with("requirements.follow_near: only with requirements.near"),
+        "{m}"
+    );
+    let requirements = &schema("WorkloadSpec")["properties"]["requirements"];
+    assert_eq!(
+        requirements["not"]["required"],
+        serde_json::json!(["follow_near"])
+    );
+    assert_eq!(
+        requirements["not"]["not"]["required"],
+        serde_json::json!(["near"])
+    );
 }
 
 /// The keys of a JSON object, sorted.

@@ -15,6 +15,9 @@
 //! workload's `reconcile` rule decides which of the two survives, and the other is
 //! unassigned. A node that returns before the deadline sees nothing change.
 //!
+//! A node that moves out of a workload's `near` radius is told of once, and with
+//! `follow_near` its instance moves to a node inside, make-before-break ([`follow`]).
+//!
 //! **Invariants.** Pure: no I/O, no clock (time comes in as `now_ms`, milliseconds since the
 //! Unix epoch on the orchestrator's clock), no randomness. Every instance the scheduler has
 //! bound belongs to exactly one deployment's `nodes`, and the reverse. Whenever a node's
@@ -35,6 +38,8 @@ use edge_proto::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+mod follow;
 
 /// Something the caller must do, in order.
 // Effects live only until the caller carries them out; boxing the message would cost an
@@ -68,6 +73,19 @@ pub struct DeploymentRecord {
     /// Instances on nodes that were away too long, kept on record until their node returns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<ReplacedRecord>,
+    /// Instances whose node left the workload's `near` radius and was told so, with the node
+    /// a replacement was placed on while that has not reported running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_near: Vec<LeftNearRecord>,
+}
+
+/// An instance whose node (hex id) left its workload's `near` radius; `replacement` (hex id)
+/// takes over once it runs, if one was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftNearRecord {
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
 }
 
 /// An instance replaced while its node was away: the node (hex id) and the node that got
@@ -106,6 +124,10 @@ struct Deployment {
     /// Nodes away too long whose instance was replaced, with the node the replacement went
     /// to. Not in `nodes`: they do not count, and the scheduler has released them.
     replaced: BTreeMap<edge_proto::NodeId, edge_proto::NodeId>,
+    /// Holders whose node left the spec's `near` radius (told once), each with the node a
+    /// replacement is placed on until it runs. Both are in `nodes`; the two count as one
+    /// against `replicas` (see [`follow`]).
+    left_near: BTreeMap<edge_proto::NodeId, Option<edge_proto::NodeId>>,
 }
 
 /// One deployment as the operator sees it; the API turns it into its JSON view.
@@ -126,6 +148,9 @@ pub struct DeploymentView {
     /// Instances replaced while their node was away (the node, then the replacement's node),
     /// kept until their node returns.
     pub replaced: Vec<(edge_proto::NodeId, edge_proto::NodeId)>,
+    /// Holders whose node left the `near` radius, with the node a replacement is placed on
+    /// while it has not reported running (both are in `nodes`, and count as one).
+    pub left_near: Vec<(edge_proto::NodeId, Option<edge_proto::NodeId>)>,
 }
 
 /// Every deployment and the scheduler snapshot they are placed on.
@@ -142,6 +167,10 @@ pub struct Deployments {
     /// tick (the orchestrator cannot tell how long it was away while itself was down, and
     /// replacing every absent instance after an orchestrator outage would double them).
     offline_since: BTreeMap<edge_proto::NodeId, u64>,
+    /// The newest time (ms) the caller handed in (`tick` every second, sessions opening and
+    /// ending): the time of the events decided on inputs that carry none (a node's new
+    /// record, an instance's report).
+    now_ms: u64,
 }
 
 /// The lowercase name of a state a node reports for an instance, as the API shows it and as
@@ -217,6 +246,18 @@ impl Deployments {
                     replaced.insert(node, replacement);
                 }
             }
+            let mut left_near = BTreeMap::new();
+            for l in &record.left_near {
+                let parse = |id: &str| {
+                    edge_proto::NodeId::parse(id).ok_or_else(|| bad(format!("node {id}")))
+                };
+                let node = parse(&l.node)?;
+                let replacement = l.replacement.as_deref().map(parse).transpose()?;
+                if held.contains_key(&node) {
+                    let replacement = replacement.filter(|r| held.contains_key(r) && *r != node);
+                    left_near.insert(node, replacement);
+                }
+            }
             me.deployments.insert(
                 spec.name().to_owned(),
                 Deployment {
@@ -227,6 +268,7 @@ impl Deployments {
                     nodes: held,
                     refusals: BTreeMap::new(),
                     replaced,
+                    left_near,
                 },
             );
         }
@@ -285,6 +327,8 @@ impl Deployments {
             // A new spec starts over: a replaced instance that returns is one the
             // deployment no longer holds, and is stopped like any other.
             replaced: BTreeMap::new(),
+            // Placed from scratch, within the radius: nothing has left it.
+            left_near: BTreeMap::new(),
         };
         effects.push(Effect::Persist(record(&deployment)));
         for id in before {
@@ -324,6 +368,7 @@ impl Deployments {
         now_ms: u64,
     ) -> (crate::sync::Plan, Vec<Effect>) {
         let id = record.id;
+        self.now_ms = self.now_ms.max(now_ms);
         self.online.insert(id);
         self.offline_since.remove(&id);
         let returning: Vec<String> = self
@@ -340,9 +385,13 @@ impl Deployments {
         let view = self.view(&record, true);
         self.nodes.insert(id, record);
         self.scheduler.upsert_node(view);
+        // Where it is now, for what it holds of workloads with `near`: an exit whose event
+        // was lost with an orchestrator crash is told now.
+        effects.extend(self.near_changed(id));
         // What was waiting for room first: the plan then sees every instance this node
         // ends up with, and sends none of them twice.
         effects.extend(self.reconcile());
+        effects.extend(self.follow_waiting());
         let held = self
             .deployments
             .values()
@@ -380,6 +429,7 @@ impl Deployments {
     /// A node's session ended at `now_ms`. Its instances stay where they are; a workload
     /// with `max_disconnect_secs` gets a replacement if the node stays away that long.
     pub fn node_down(&mut self, id: edge_proto::NodeId, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         self.scheduler.set_online(id, false);
         self.online.remove(&id);
         self.offline_since.entry(id).or_insert(now_ms);
@@ -389,8 +439,11 @@ impl Deployments {
     /// `max_disconnect_secs` at `now_ms` is replaced on another node that can take it (the
     /// scheduler's filters, so never the absent node), and the original kept on record as
     /// replaced. One with nowhere to go stays as it is and is tried again at the next tick.
-    /// The same `now_ms` again changes nothing.
+    /// The same `now_ms` again changes nothing. Neither node of a move after a `near` exit
+    /// is replaced: the move ends when its replacement runs, or is given up when its original
+    /// is back inside.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        self.now_ms = self.now_ms.max(now_ms);
         for id in self.nodes.keys() {
             if !self.online.contains(id) {
                 self.offline_since.entry(*id).or_insert(now_ms);
@@ -405,6 +458,7 @@ impl Deployments {
             for id in d.nodes.keys() {
                 if let Some(since) = self.offline_since.get(id)
                     && now_ms.saturating_sub(*since) >= after_ms
+                    && !d.in_move(*id)
                 {
                     due.push((d.spec.name().to_owned(), *id, now_ms.saturating_sub(*since)));
                 }
@@ -429,7 +483,7 @@ impl Deployments {
             return Vec::new();
         };
         self.scheduler.release(&d.spec, absent);
-        let outcome = self.scheduler.place(&d.spec);
+        let outcome = follow::place_missing(&mut self.scheduler, d, 1);
         let Some(&replacement) = outcome.bound.first() else {
             // Nowhere to go: the instance stays bound where it is.
             if let Some(record) = self.nodes.get(&absent) {
@@ -444,6 +498,8 @@ impl Deployments {
         for id in &outcome.bound {
             d.nodes.insert(*id, Admission::Pending);
         }
+        // A move that waited for a node inside the radius is replaced like any instance.
+        d.settle();
         let event = orchestrator_event(
             absent,
             now_ms,
@@ -492,8 +548,16 @@ impl Deployments {
             Placement::Replicas(n) => d.nodes.len() < n as usize,
             Placement::PerNode => false,
         };
+        // The counterpart may be moving after a `near` exit: the original takes its place, so
+        // the replacement it was moving to is not wanted either.
+        let mut surplus = None;
         let stopped = match (rule, counterpart) {
             (Reconcile::KeepOriginal, Some(c)) => {
+                if let Some(Some(r)) = d.left_near.remove(&c) {
+                    d.nodes.remove(&r);
+                    self.scheduler.release(&d.spec, r);
+                    surplus = Some(r);
+                }
                 d.nodes.remove(&c);
                 self.scheduler.release(&d.spec, c);
                 d.nodes.insert(original, Admission::Pending);
@@ -506,6 +570,7 @@ impl Deployments {
             }
             (_, None) => Some(original),
         };
+        d.settle();
         let kept = if stopped == Some(original) {
             "replacement"
         } else {
@@ -526,20 +591,28 @@ impl Deployments {
         );
         let mut effects = vec![Effect::Persist(record(d)), Effect::Record(event)];
         effects.extend(stopped.map(|s| unassign(s, name)));
+        effects.extend(surplus.map(|s| unassign(s, name)));
         effects
     }
 
-    /// The registry's record of a node changed (capabilities, cordon).
+    /// The registry's record of a node changed (capabilities, cordon, location). What was
+    /// waiting for room is placed; what the node holds of workloads with `near` is looked at
+    /// against where it is now ([`follow`]), and moves waiting for a node inside their radius
+    /// are tried again.
     pub fn node_changed(&mut self, record: NodeRecord, online: bool) -> Vec<Effect> {
+        let id = record.id;
         if online {
-            self.online.insert(record.id);
+            self.online.insert(id);
         } else {
-            self.online.remove(&record.id);
+            self.online.remove(&id);
         }
         let view = self.view(&record, online);
-        self.nodes.insert(record.id, record);
+        self.nodes.insert(id, record);
         self.scheduler.upsert_node(view);
-        self.reconcile()
+        let mut effects = self.reconcile();
+        effects.extend(self.near_changed(id));
+        effects.extend(self.follow_waiting());
+        effects
     }
 
     /// The node was deleted: its instances go elsewhere.
@@ -557,6 +630,7 @@ impl Deployments {
             }
         }
         effects.extend(self.reconcile());
+        effects.extend(self.follow_waiting());
         effects
     }
 
@@ -574,6 +648,7 @@ impl Deployments {
             }
         }
         effects.extend(self.reconcile());
+        effects.extend(self.follow_waiting());
         effects
     }
 
@@ -592,6 +667,7 @@ impl Deployments {
         };
         d.nodes.remove(&node);
         d.refusals.insert(node, reason.to_string());
+        let moving = d.moving() > 0;
         let outcome = self.scheduler.reject(&d.spec, node);
         let mut effects = Vec::new();
         for id in &outcome.bound {
@@ -599,17 +675,27 @@ impl Deployments {
         }
         effects.push(Effect::Persist(record(d)));
         effects.extend(outcome.bound.iter().map(|id| assign(*id, d)));
+        if moving {
+            // The scheduler counted a move's two instances as two: what it left missing is
+            // placed now, and a move whose replacement refused waits for another node.
+            effects.extend(fill(&mut self.scheduler, d));
+            effects.extend(self.follow_waiting());
+        }
         effects
     }
 
     /// A node reported a workload. One it does not hold (deleted or moved while the node was
-    /// away) is stopped; one replaced while it was away waits for the `reconcile` rule.
-    pub fn report(&self, node: edge_proto::NodeId, report: &WorkloadReport) -> Vec<Effect> {
+    /// away) is stopped; one replaced while it was away waits for the `reconcile` rule. A
+    /// replacement placed after a `near` exit that reports running ends its move: the
+    /// original is unassigned ([`follow`]).
+    pub fn report(&mut self, node: edge_proto::NodeId, report: &WorkloadReport) -> Vec<Effect> {
         let held = self
             .deployments
             .get(report.workload.as_str())
             .is_some_and(|d| d.nodes.contains_key(&node) || d.replaced.contains_key(&node));
-        if held || report.state == edge_proto::WorkloadState::Stopped {
+        if held {
+            self.follow_report(node, report)
+        } else if report.state == edge_proto::WorkloadState::Stopped {
             Vec::new()
         } else {
             vec![unassign(node, report.workload.as_str())]
@@ -620,21 +706,7 @@ impl Deployments {
     pub fn reconcile(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         for d in self.deployments.values_mut() {
-            // The common case after a reconnect: nothing missing, nothing to ask.
-            if let Placement::Replicas(n) = d.spec.placement()
-                && d.nodes.len() >= n as usize
-            {
-                continue;
-            }
-            let outcome = self.scheduler.place(&d.spec);
-            if outcome.bound.is_empty() {
-                continue;
-            }
-            for id in &outcome.bound {
-                d.nodes.insert(*id, Admission::Pending);
-            }
-            effects.push(Effect::Persist(record(d)));
-            effects.extend(outcome.bound.iter().map(|id| assign(*id, d)));
+            effects.extend(fill(&mut self.scheduler, d));
         }
         effects
     }
@@ -681,7 +753,8 @@ impl Deployments {
     }
 
     fn show(&self, d: &Deployment) -> DeploymentView {
-        let held = u32::try_from(d.nodes.len()).unwrap_or(u32::MAX);
+        // A move's original and replacement are one instance.
+        let held = u32::try_from(d.nodes.len().saturating_sub(d.moving())).unwrap_or(u32::MAX);
         // Explaining looks at every node: only when something is missing.
         let (wanted, rejects) = match d.spec.placement() {
             Placement::Replicas(n) if held >= n => (n, Vec::new()),
@@ -708,6 +781,7 @@ impl Deployments {
             refusals: d.refusals.iter().map(|(id, r)| (*id, r.clone())).collect(),
             unplaced_reasons: if complete { Vec::new() } else { rejects },
             replaced: d.replaced.iter().map(|(a, b)| (*a, *b)).collect(),
+            left_near: d.left_near.iter().map(|(a, b)| (*a, *b)).collect(),
         }
     }
 
@@ -746,6 +820,28 @@ fn fits_but_full(reason: &RejectReason) -> bool {
     )
 }
 
+/// Places what `d` is missing (a move's two instances counted once), after dropping what no
+/// longer holds of its moves.
+fn fill(scheduler: &mut Scheduler, d: &mut Deployment) -> Vec<Effect> {
+    d.settle();
+    // The common case after a reconnect: nothing missing, nothing to ask.
+    if let Placement::Replicas(n) = d.spec.placement()
+        && d.nodes.len() - d.moving() >= n as usize
+    {
+        return Vec::new();
+    }
+    let outcome = follow::place_missing(scheduler, d, 0);
+    if outcome.bound.is_empty() {
+        return Vec::new();
+    }
+    for id in &outcome.bound {
+        d.nodes.insert(*id, Admission::Pending);
+    }
+    let mut effects = vec![Effect::Persist(record(d))];
+    effects.extend(outcome.bound.iter().map(|id| assign(*id, d)));
+    effects
+}
+
 fn record(d: &Deployment) -> DeploymentRecord {
     DeploymentRecord {
         spec: serde_json::to_value(&d.spec).unwrap_or_default(),
@@ -759,6 +855,18 @@ fn record(d: &Deployment) -> DeploymentRecord {
             .map(|(node, replacement)| ReplacedRecord {
                 node: node.to_string(),
                 replacement: replacement.to_string(),
+            })
+            .collect(),
+        // As `settle` leaves it, whatever was changed since: what loads is consistent.
+        left_near: d
+            .left_near
+            .iter()
+            .filter(|(node, _)| d.nodes.contains_key(node))
+            .map(|(node, replacement)| LeftNearRecord {
+                node: node.to_string(),
+                replacement: replacement
+                    .filter(|r| d.nodes.contains_key(r))
+                    .map(|r| r.to_string()),
             })
             .collect(),
     }

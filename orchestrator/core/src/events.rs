@@ -1,7 +1,8 @@
 //! What nodes' outboxes send, as the orchestrator keeps it: each event under its node and
 //! sequence number, with the time it happened on the node's clock and the time it arrived.
 //! Beside them, what the orchestrator itself decided about a node's instances (a replacement
-//! placed, a reconcile when the node returned), under that node in a series of its own
+//! placed, a reconcile when the node returned, the node leaving or re-entering a workload's
+//! `near` radius and the instance following it), under that node in a series of its own
 //! ([`Origin::Orchestrator`]) that the store numbers, so the two never share a key.
 //!
 //! A batch is stored whole, then acknowledged ([`acknowledgement`]); the same batch again (a
@@ -122,6 +123,54 @@ pub enum What {
         rule: String,
         kept: String,
         replacement: Option<String>,
+        stopped: Option<String>,
+        stopped_name: Option<String>,
+    },
+    /// The node (the record's) holds an instance of a workload with `near` and is now
+    /// `distance_km` from its point, beyond `radius_km`. Said once per exit: not again while
+    /// the node stays outside, again after it came back inside ([`What::BackNear`]). `outcome`:
+    /// `stays` (no `follow_near`: the instance runs on), `moving` (a replacement was placed
+    /// on `replacement`; the instance runs until the replacement runs), `waiting` (no node
+    /// inside can take one, `reason` says why; tried again as nodes change) or `stopped`
+    /// (per-node with `follow_near`: the node no longer matches and its instance was
+    /// unassigned; or the node held a replacement not yet running, given up and placed
+    /// again).
+    LeftNear {
+        workload: String,
+        generation: u64,
+        distance_km: f64,
+        radius_km: f64,
+        outcome: String,
+        replacement: Option<String>,
+        replacement_name: Option<String>,
+        reason: Option<String>,
+    },
+    /// A move that was `waiting` found a node inside the radius: a replacement for the
+    /// instance on the node (the record's) was placed on `replacement`.
+    Following {
+        workload: String,
+        generation: u64,
+        replacement: String,
+        replacement_name: String,
+    },
+    /// The replacement on `to` reported running: the instance on `from` (the record's node,
+    /// which left the radius) was unassigned. The move is over.
+    Followed {
+        workload: String,
+        generation: u64,
+        from: String,
+        from_name: String,
+        to: String,
+        to_name: String,
+    },
+    /// The node (the record's), which had left the radius, is back inside it (`distance_km`
+    /// from the point) and still holds its instance. A move not finished is cancelled:
+    /// `stopped` is the node whose replacement was unassigned, if one was placed.
+    BackNear {
+        workload: String,
+        generation: u64,
+        distance_km: f64,
+        radius_km: f64,
         stopped: Option<String>,
         stopped_name: Option<String>,
     },

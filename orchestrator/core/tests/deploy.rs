@@ -424,6 +424,7 @@ fn a_damaged_record_is_a_load_error_naming_it() {
         image: None,
         nodes: Vec::new(),
         replaced: Vec::new(),
+        left_near: Vec::new(),
     };
     let err = Deployments::load(vec![bad], [(node(0), true)]).expect_err("refused");
     assert_eq!(err.name, "broken");

@@ -225,7 +225,7 @@ fn keep_replacement_stops_the_original_on_its_node() {
 
 #[test]
 fn a_replaced_node_reporting_its_instance_is_not_told_to_stop_before_the_rule() {
-    let (d, away, _, _) = replaced("keep_original");
+    let (mut d, away, _, _) = replaced("keep_original");
     let report = WorkloadReport {
         workload: text("web"),
         generation: 1,

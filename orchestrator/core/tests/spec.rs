@@ -487,7 +487,8 @@ fn the_json_shape_is_stable_and_parses_back() {
             "arch": ["x86_64", "aarch64"],
             "labels": {"site": "berlin"},
             "devices": ["gpu", "/dev/video0"],
-            "near": {"lat": 52.52, "lon": 13.4, "radius_km": 50.0}
+            "near": {"lat": 52.52, "lon": 13.4, "radius_km": 50.0},
+            "follow_near": false
         },
         "restart": {"policy": "on-failure"},
         "health": {
@@ -1021,6 +1022,67 @@ fn near_bounds() {
         base_toml()
     ));
     assert_field(&e, "requirements.near.radius_km", "not a finite number");
+}
+
+#[test]
+fn follow_near_needs_near_and_shows_back() {
+    let near = json!({"lat": 52.52, "lon": 13.40, "radius_km": 50});
+    let mut v = with("requirements.near", near.clone());
+    set(&mut v, "requirements.follow_near", json!(true));
+    let spec = json_ok(&v);
+    assert!(spec.requirements().follow_near);
+    let shown = serde_json::to_value(&spec).expect("serializes");
+    assert_eq!(shown["requirements"]["follow_near"], json!(true));
+    assert_eq!(json_ok(&shown), spec, "our own JSON parses back");
+
+    let toml = format!(
+        "{}[requirements]\nnear = {{ lat = 52.52, lon = 13.40, radius_km = 50 }}\n\
+         follow_near = true\n",
+        base_toml()
+    );
+    assert_eq!(WorkloadSpec::from_toml(&toml).expect("toml"), spec);
+
+    // Off by default, and off or null is fine without `near`.
+    assert!(!json_ok(&base()).requirements().follow_near);
+    assert!(
+        !json_ok(&with("requirements.near", near))
+            .requirements()
+            .follow_near
+    );
+    assert!(
+        !json_ok(&with("requirements.follow_near", json!(false)))
+            .requirements()
+            .follow_near
+    );
+    assert!(
+        !json_ok(&with("requirements.follow_near", Value::Null))
+            .requirements()
+            .follow_near
+    );
+    let minimal = serde_json::to_value(json_ok(&base())).expect("serializes");
+    assert_eq!(minimal["requirements"]["follow_near"], json!(false));
+
+    refuses(
+        with("requirements.follow_near", json!(true)),
+        "requirements.follow_near",
+        "only with requirements.near",
+    );
+    for bad in [json!("yes"), json!(1), json!([true]), json!({})] {
+        refuses(
+            with("requirements.follow_near", bad),
+            "requirements.follow_near",
+            "invalid type",
+        );
+    }
+    let e = toml_err(&format!(
+        "{}[requirements]\nfollow_near = true\n",
+        base_toml()
+    ));
+    assert_field(
+        &e,
+        "requirements.follow_near",
+        "only with requirements.near",
+    );
 }
 
 #[test]
@@ -1671,7 +1733,8 @@ proptest! {
             Just("ports"), Just("replicas"), Just("placement"), Just("resources.cpu_millis"),
             Just("resources.memory_bytes"), Just("resources.disk_bytes"),
             Just("requirements.arch"), Just("requirements.labels"), Just("requirements.devices"),
-            Just("requirements.near"), Just("requirements.near.lat"), Just("restart.policy"),
+            Just("requirements.near"), Just("requirements.near.lat"),
+            Just("requirements.follow_near"), Just("restart.policy"),
             Just("health"), Just("health.http"), Just("health.interval_secs"),
             Just("expose"), Just("scale_to_zero"),
         ],

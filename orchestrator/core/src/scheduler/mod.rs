@@ -60,6 +60,38 @@ pub fn haversine_km(a: LatLon, b: LatLon) -> f64 {
     2.0 * EARTH_RADIUS_KM * h.clamp(0.0, 1.0).sqrt().asin()
 }
 
+/// Where a point stands with a workload's `near`, by the rule placing uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reach {
+    /// No location, or one off the globe: what placing calls "location unknown".
+    Unknown,
+    /// Within the radius, this far from its centre.
+    Inside { km: f64 },
+    /// Beyond the radius, this far from its centre.
+    Outside { km: f64 },
+}
+
+/// Where `location` stands with `near`: inside or outside by the same chord comparison that
+/// [`Scheduler::place`] filters with, so that a node placing would take is never called
+/// outside, nor the reverse; the distance by [`haversine_km`], as "km away" is shown.
+pub fn reach(near: Near, location: Option<LatLon>) -> Reach {
+    let Some(point) = location.filter(|p| valid_location(*p)) else {
+        return Reach::Unknown;
+    };
+    let km = haversine_km(
+        point,
+        LatLon {
+            lat: near.lat,
+            lon: near.lon,
+        },
+    );
+    if Target::new(near).closeness(unit_vector(point)).is_some() {
+        Reach::Inside { km }
+    } else {
+        Reach::Outside { km }
+    }
+}
+
 /// One candidate node as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeView {
@@ -497,7 +529,12 @@ impl Target {
     /// `Some(closeness in [0, 1])` if the point is within the radius, 1 at the centre.
     #[inline(always)]
     fn proximity(&self, node: &Hot) -> Option<f64> {
-        let u = node.unit?;
+        self.closeness(node.unit?)
+    }
+
+    /// [`Target::proximity`] of a point given as its unit vector.
+    #[inline(always)]
+    fn closeness(&self, u: [f64; 3]) -> Option<f64> {
         let d = [
             u[0] - self.unit[0],
             u[1] - self.unit[1],
@@ -825,6 +862,19 @@ impl<S: Score> Scheduler<S> {
     /// edge node keeps running its instances); for `per-node`, one on every node that matches
     /// the requirements and runs none. Never removes instances.
     pub fn place(&mut self, spec: &WorkloadSpec) -> Outcome {
+        self.place_within(spec, None)
+    }
+
+    /// Places `more` instances of a replicated `spec` beside those it has, whatever its
+    /// `replicas` say, with the same filters and score as [`Scheduler::place`] (so never on a
+    /// node that runs one). For an instance that takes over from another still running (its
+    /// node left the workload's `near` radius): the caller counts the two as one until the
+    /// old one is released. A per-node workload is placed as by [`Scheduler::place`].
+    pub fn place_more(&mut self, spec: &WorkloadSpec, more: u32) -> Outcome {
+        self.place_within(spec, Some(more))
+    }
+
+    fn place_within(&mut self, spec: &WorkloadSpec, more: Option<u32>) -> Outcome {
         let want = spec.resources();
         let ports = spec.ports();
         let target = spec.requirements().near.map(Target::new);
@@ -871,7 +921,7 @@ impl<S: Score> Scheduler<S> {
         match spec.placement() {
             Placement::Replicas(replicas) => {
                 let missing = u64::from(replicas).saturating_sub(ws.total);
-                let k = u32::try_from(missing).unwrap_or(u32::MAX);
+                let k = more.unwrap_or_else(|| u32::try_from(missing).unwrap_or(u32::MAX));
                 out.wanted = k;
                 if k == 1 {
                     let mut best: Option<Candidate> = None;

@@ -260,6 +260,10 @@ pub struct Requirements {
     pub devices: Vec<DeviceRequirement>,
     /// Within this distance of a point.
     pub near: Option<Near>,
+    /// Only with `near`: an instance whose node moves out of the radius moves too, to a node
+    /// inside it (make-before-break; see `deploy`). Without it, a node leaving the radius is
+    /// only told of (an event), and its instance stays.
+    pub follow_near: bool,
 }
 
 /// A CPU architecture, named as Rust's `std::env::consts::ARCH` (and so the node) names it.

@@ -160,6 +160,8 @@ struct RawRequirements {
     devices: Vec<String>,
     #[serde(default)]
     near: Option<Table<RawNear>>,
+    #[serde(default)]
+    follow_near: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -778,11 +780,19 @@ fn validate_requirements(raw: RawRequirements) -> Result<Requirements, SpecError
         devices.push(device);
     }
     let near = raw.near.map(|t| validate_near(t.0)).transpose()?;
+    let follow_near = raw.follow_near.unwrap_or(false);
+    if follow_near && near.is_none() {
+        return Err(SpecError::invalid(
+            "requirements.follow_near",
+            "only with requirements.near: without a radius there is nothing to follow",
+        ));
+    }
     Ok(Requirements {
         arch,
         labels,
         devices,
         near,
+        follow_near,
     })
 }
 
