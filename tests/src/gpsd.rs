@@ -177,6 +177,15 @@ impl FakeGps {
         }
     }
 
+    /// gpsd comes back on the same port with the receiver playing `drive` as `replay`
+    /// says: the next leg of a journey, for a client that keeps its address.
+    pub fn play(&mut self, drive: &Drive, replay: Replay) {
+        self.stop_gpsd();
+        std::fs::write(self.dir.path().join("drive.nmea"), drive.to_log()).expect("write the log");
+        self.replay = replay;
+        self.restart();
+    }
+
     /// Starts gpsfake on `self.port` and waits until its gpsd listens on 127.0.0.1 there.
     fn launch(&mut self, deadline: Instant) -> Result<(), StartError> {
         let gpsfake = crate::installed("gpsfake", "gpsd-clients");
