@@ -60,18 +60,7 @@ fn parse_query(query: &BTreeMap<String, String>) -> Result<EventQuery, ApiError>
             "node" => parsed.node = Some(value.clone()),
             "since" => parsed.since_ms = since_ms("since", value)?,
             "received_since" => parsed.received_since_ms = Some(since_ms("received_since", value)?),
-            "limit" => {
-                parsed.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_QUERY).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "limit: {} is not a number from 1 to {MAX_QUERY}",
-                            edge_proto::field::shown(value)
-                        ))
-                    })?;
-            }
+            "limit" => parsed.limit = limit(value)?,
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "{}: unknown query parameter; use node, since, received_since or limit",
@@ -85,6 +74,20 @@ fn parse_query(query: &BTreeMap<String, String>) -> Result<EventQuery, ApiError>
 
 /// The largest `since` the API takes: what a JSON number holds exactly.
 const MAX_SINCE_MS: u64 = (1 << 53) - 1;
+
+/// A query's `limit`: 1 to [`MAX_QUERY`].
+pub(super) fn limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_QUERY).contains(n))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "limit: {} is not a number from 1 to {MAX_QUERY}",
+                edge_proto::field::shown(value)
+            ))
+        })
+}
 
 pub(super) fn since_ms(name: &str, value: &str) -> Result<u64, ApiError> {
     value

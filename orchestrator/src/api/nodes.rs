@@ -49,18 +49,7 @@ fn parse_track_query(query: &BTreeMap<String, String>) -> Result<(u64, usize), A
     for (key, value) in query {
         match key.as_str() {
             "since" => since = super::events::since_ms("since", value)?,
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_QUERY).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "limit: {} is not a number from 1 to {MAX_QUERY}",
-                            edge_proto::field::shown(value)
-                        ))
-                    })?;
-            }
+            "limit" => limit = super::events::limit(value)?,
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "{}: unknown query parameter; use since or limit",
