@@ -251,6 +251,27 @@ fn left_near(outcome: &str, replacement: Option<u8>, at: Option<(f64, f64)>) -> 
     }
 }
 
+/// The one `left_near` of `events`: its node, outcome, replacement and reason.
+fn only_left_near(
+    events: &[(NodeId, What)],
+) -> (&NodeId, &String, &Option<String>, &Option<String>) {
+    let [
+        (
+            node,
+            What::LeftNear {
+                outcome,
+                replacement,
+                reason,
+                ..
+            },
+        ),
+    ] = events
+    else {
+        panic!("one left_near: {events:?}");
+    };
+    (node, outcome, replacement, reason)
+}
+
 #[test]
 fn the_places_of_these_tests_are_where_they_say() {
     let near = near_spec(json!({})).requirements().near.expect("near");
@@ -366,20 +387,7 @@ fn with_no_node_inside_the_instance_waits_and_moves_once_one_comes() {
     let mut f = Fleet::new(&[INSIDE, OUTSIDE, NO_FIX], json!({"follow_near": true}));
     f.all_run();
     let events = f.moves(0, FARTHER);
-    let [
-        (
-            node,
-            What::LeftNear {
-                outcome,
-                replacement,
-                reason,
-                ..
-            },
-        ),
-    ] = &events[..]
-    else {
-        panic!("one left_near: {events:?}");
-    };
+    let (node, outcome, replacement, reason) = only_left_near(&events);
     assert_eq!(
         (*node, outcome.as_str(), replacement),
         (id(0), "waiting", &None)
@@ -523,20 +531,7 @@ fn a_per_node_instance_stops_once_its_node_leaves_and_returns_with_it() {
     f.floor = 1;
 
     let events = f.moves(0, FARTHER);
-    let [
-        (
-            node,
-            What::LeftNear {
-                outcome,
-                replacement,
-                reason,
-                ..
-            },
-        ),
-    ] = &events[..]
-    else {
-        panic!("one left_near: {events:?}");
-    };
+    let (node, outcome, replacement, reason) = only_left_near(&events);
     assert_eq!(
         (*node, outcome.as_str(), replacement),
         (id(0), "stopped", &None)
