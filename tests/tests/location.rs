@@ -2,10 +2,12 @@
 //! drive into Debian's gpsd) drives out of a workload's `near` radius. The orchestrator
 //! follows where the node is (its record, its fix, its track, with the fix lost for a
 //! while on the way), and a workload with `follow_near` moves to a node inside the radius,
-//! the original kept until the new one runs.
+//! the original kept until the new one runs. Then the van drives on with its link cut: the
+//! leg reaches the track when the link returns, with the times it was driven.
 
 use edge_tests::gpsd::{FakeGps, Replay};
 use edge_tests::nmea::Drive;
+use edge_tests::relay::Relay;
 use edge_tests::{PATIENCE, TestNode, TestOrchestrator, eventually, node_config};
 use serde_json::{Value, json};
 use std::future::Future;
@@ -91,10 +93,12 @@ async fn a_node_that_drives_away_is_followed_and_its_workload_moves_to_a_node_in
     // The van waits at the start, its receiver reporting a fix every (played) second.
     let waiting = Drive::from(START.0, START.1).parked_jittering(600, 3.0);
     let mut gps = FakeGps::start(&waiting, Replay::faster(PACE).looping());
-    let van = TestNode::spawn(node_config(
+    // The van's link, to cut.
+    let link = Relay::start(orch.orch.quic_addr).await;
+    let (van, van_board) = TestNode::spawn_with_board(node_config(
         "van",
         van_dir.path(),
-        orch.orch.quic_addr,
+        link.addr,
         Some((&token, &orch.ca_hash())),
         &format!(
             "location = {{ source = \"gpsd\", gpsd = \"{}\", report_min_secs = 1 }}",
@@ -228,6 +232,72 @@ async fn a_node_that_drives_away_is_followed_and_its_workload_moves_to_a_node_in
     let van_now = node(&orch, "van").await;
     assert!(east_m(&van_now["location"]) > 3_500.0, "{van_now}");
     assert_eq!(van_now["location_fix"]["quality"], "3d", "{van_now}");
+    let shown = van_board
+        .get()
+        .location
+        .expect("the van's /status location");
+    assert_eq!((shown.source, shown.quality), ("gpsd", "3d"));
+
+    // Out of coverage: the link is cut, and the van drives 1 km north.
+    let end = *journey.positions().last().expect("a drive");
+    link.link.cut();
+    assert!(
+        eventually(PATIENCE, || !orch.online("van")).await.is_some(),
+        "the van offline"
+    );
+    let cut_ms = edge_tests::now_ms();
+    let north = Drive::from(end.lat, end.lon)
+        .straight(0.0, 50.0, 72)
+        .parked(600);
+    gps.play(&north, Replay::faster(PACE));
+    let far_north = end.lat + 0.008;
+    assert!(
+        eventually(PATIENCE, || van_board
+            .get()
+            .location
+            .is_some_and(|l| l.lat > far_north))
+        .await
+        .is_some(),
+        "the van drove north: {:?}",
+        van_board.get().location
+    );
+    let heal_ms = edge_tests::now_ms();
+    link.link.heal();
+    // Back in coverage: the leg arrives with the times it was driven.
+    let synced = until(2 * PATIENCE, || async {
+        track(&orch, "van")
+            .await
+            .iter()
+            .any(|p| p["lat"].as_f64().is_some_and(|lat| lat > far_north))
+    })
+    .await;
+    let points = track(&orch, "van").await;
+    assert!(synced, "the offline leg on the track: {points:#?}");
+    let offline: Vec<&Value> = points
+        .iter()
+        .filter(|p| {
+            p["at_ms"]
+                .as_u64()
+                .is_some_and(|t| (cut_ms..=heal_ms).contains(&t))
+        })
+        .collect();
+    assert!(
+        offline.len() >= 3,
+        "points recorded while the link was cut, with their own times: {points:#?}"
+    );
+    assert!(
+        offline
+            .windows(2)
+            .all(|w| w[1]["lat"].as_f64() >= w[0]["lat"].as_f64()),
+        "northwards, in order: {offline:#?}"
+    );
+    let van_now = node(&orch, "van").await;
+    assert!(
+        van_now["location"]["lat"]
+            .as_f64()
+            .is_some_and(|lat| lat > far_north),
+        "{van_now}"
+    );
     drop(gps);
     for n in [van, shop] {
         tokio::time::timeout(Duration::from_secs(30), n.stop())
