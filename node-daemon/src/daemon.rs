@@ -488,11 +488,8 @@ pub async fn run_with(
             report = crate::location::next_report(location.as_mut()) => {
                 let wire = report.to_wire();
                 if let Some(proxy) = proxy.as_ref() {
-                    // A receiver without a fix may be anywhere: no peer is nearer than
-                    // another. The config's point (before a first fix) is where it says.
-                    let known = wire.quality != edge_proto::FixQuality::None
-                        || wire.source == edge_proto::LocationSource::Fixed;
-                    proxy.moved(known.then_some(wire.location));
+                    // Without a fix, no peer is nearer than another.
+                    proxy.moved(report.is_current().then_some(wire.location));
                 }
                 if let Some(outbox) = outbox.as_ref() {
                     outbox.record_location(wire);

@@ -597,11 +597,9 @@ impl Workloads {
                 failure: fetched.as_ref().err(),
                 retry_in,
             });
+            // No space is never retried: `retryable` says so.
             match (fetched, retry_in) {
                 (Ok(path), _) => return Ok(path),
-                (Err(FetchError::NoSpace { need, free }), _) => {
-                    return Err(FetchError::NoSpace { need, free });
-                }
                 (Err(_), Some(delay)) => tokio::time::sleep(delay).await,
                 (Err(e), None) => return Err(e),
             }

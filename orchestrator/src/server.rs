@@ -368,8 +368,6 @@ pub fn move_to_next_ca(
     renewed(registry, metrics, node, &issued)
 }
 
-/// Records that `node` holds a certificate of the next CA: it said it stored one, or it
-/// presented one. Off the async workers: it may write to the store.
 /// A node reported where it is: its record follows when the position is its newest, and
 /// so do placement and routing.
 async fn moved(
@@ -390,6 +388,8 @@ async fn moved(
     }
 }
 
+/// Records that `node` holds a certificate of the next CA: it said it stored one, or it
+/// presented one. Off the async workers: it may write to the store.
 pub fn mark_moved(registry: &Arc<Registry>, node: NodeId) {
     let registry = registry.clone();
     tokio::task::spawn_blocking(move || {

@@ -112,6 +112,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether the node is where the report says: a fix, or the config's point. A receiver
+    /// without a fix may have moved anywhere since its last one.
+    pub fn is_current(&self) -> bool {
+        self.fix.quality.has_fix() || self.source == Source::Fixed
+    }
+
     /// The report as a point of the node's track on the wire.
     pub fn to_wire(&self) -> edge_proto::LocationReport {
         let f = &self.fix;
