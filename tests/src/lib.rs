@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod gpsd;
+pub mod images;
 pub mod lazyfs;
 pub mod nmea;
 pub mod relay;

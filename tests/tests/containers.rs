@@ -9,8 +9,9 @@
 
 use edge_oci::build::{LayerTar, PlatformImage};
 use edge_tests::cli::{Edgectl, node_config, run_proxy_node};
+use edge_tests::images::{busybox_layer, httpd_image};
 use edge_tests::{PATIENCE, free_port, installed, start_orchestrator};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,21 +34,11 @@ async fn until_within(within: Duration, what: &str, check: impl FnMut() -> bool)
 /// The base layer: busybox with the applets the tests call, and the accounts it runs as.
 fn base_layer() -> Vec<u8> {
     let busybox = std::fs::read(installed("busybox", "busybox-static")).expect("busybox");
-    let mut tar = LayerTar::new()
-        .dir("bin/", 0o755)
-        .file("bin/busybox", 0o755, &busybox)
-        .dir("etc/", 0o755)
-        .file(
-            "etc/passwd",
-            0o644,
-            b"root:x:0:0:root:/:/bin/sh\nwww:x:1000:1000:www:/www:/bin/sh\n",
-        )
-        .file("etc/group", 0o644, b"root:x:0:\nwww:x:1000:\n")
-        .dir("tmp/", 0o1777);
-    for applet in ["sh", "head", "tr", "httpd", "sleep", "cat"] {
-        tar = tar.symlink(&format!("bin/{applet}"), "busybox");
-    }
-    tar.finish()
+    busybox_layer(
+        &busybox,
+        &["sh", "head", "tr", "httpd", "sleep", "cat"],
+        None,
+    )
 }
 
 /// The site: its page, and a log of starts that the container appends to (a file of the
@@ -60,20 +51,8 @@ fn site_layer(text: &str) -> Vec<u8> {
         .finish()
 }
 
-/// An amd64 image of `layers` that serves `/www` with busybox's httpd as user `www`.
 fn image(layers: Vec<Vec<u8>>) -> PlatformImage {
-    PlatformImage::with_config(
-        "amd64",
-        None,
-        layers,
-        json!({
-            "Entrypoint": ["/bin/busybox"],
-            "Cmd": ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"],
-            "Env": ["PATH=/bin"],
-            "User": "www",
-            "WorkingDir": "/www"
-        }),
-    )
+    httpd_image(layers)
 }
 
 /// Pushes `image` with `edgectl image push` and returns its digest.

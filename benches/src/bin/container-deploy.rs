@@ -43,6 +43,7 @@ use edge_oci::build::{LayerTar, PlatformImage};
 use edge_oci::{Compression, Digest, LayerLimits, UnpackOptions};
 use edge_proto::WorkloadState;
 use edge_proto::digest::to_prefixed;
+use edge_tests::images::{busybox_layer, httpd_image};
 use node_daemon::config::Config;
 use orchestrator::app::Orchestrator;
 use orchestrator::artifacts::ArtifactStore;
@@ -296,22 +297,7 @@ impl Kind {
 /// The base layer: busybox, the accounts, a line of its own in `/etc/motd` (so that a new
 /// `marker` is a new layer), and the applets' links.
 fn base_layer(busybox: &[u8], marker: &str) -> Vec<u8> {
-    let mut tar = LayerTar::new()
-        .dir("bin/", 0o755)
-        .file("bin/busybox", 0o755, busybox)
-        .dir("etc/", 0o755)
-        .file(
-            "etc/passwd",
-            0o644,
-            b"root:x:0:0:root:/:/bin/sh\nwww:x:1000:1000:www:/www:/bin/sh\n",
-        )
-        .file("etc/group", 0o644, b"root:x:0:\nwww:x:1000:\n")
-        .file("etc/motd", 0o644, marker.as_bytes())
-        .dir("tmp/", 0o1777);
-    for applet in ["sh", "httpd", "sleep", "cat"] {
-        tar = tar.symlink(&format!("bin/{applet}"), "busybox");
-    }
-    tar.finish()
+    busybox_layer(busybox, &["sh", "httpd", "sleep", "cat"], Some(marker))
 }
 
 fn site_layer(text: &str) -> Vec<u8> {
@@ -321,20 +307,8 @@ fn site_layer(text: &str) -> Vec<u8> {
         .finish()
 }
 
-/// An amd64 image of `layers` that serves `/www` with busybox's httpd as user `www`.
 fn image(layers: Vec<Vec<u8>>) -> PlatformImage {
-    PlatformImage::with_config(
-        "amd64",
-        None,
-        layers,
-        json!({
-            "Entrypoint": ["/bin/busybox"],
-            "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"],
-            "Env": ["PATH=/bin"],
-            "User": "www",
-            "WorkingDir": "/www"
-        }),
-    )
+    httpd_image(layers)
 }
 
 fn image_bytes(image: &PlatformImage) -> u64 {
