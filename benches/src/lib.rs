@@ -5,6 +5,7 @@
 //! `benches/`.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod fixtures;
 pub mod fleet;
 pub mod in_process;

@@ -37,6 +37,7 @@
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
+use edge_benches::api::Api;
 use edge_benches::stats::{self, percentile};
 use edge_benches::{in_process, pause};
 use edge_oci::build::{LayerTar, PlatformImage};
@@ -47,7 +48,7 @@ use edge_tests::images::{busybox_layer, httpd_image};
 use node_daemon::config::Config;
 use orchestrator::app::Orchestrator;
 use orchestrator::artifacts::ArtifactStore;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -368,60 +369,16 @@ fn gone(pid: u32) -> bool {
 // ---------------------------------------------------------------------------------------
 // The operator API.
 
-/// The operator API over one keep-alive connection, as `edgectl` would use it.
-struct Api {
-    agent: ureq::Agent,
-    base: String,
-    bearer: String,
-}
-
-impl Api {
-    fn new(orch: &Orchestrator) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(WAIT))
-            .build()
-            .into();
-        Self {
-            agent,
-            base: format!("http://{}", orch.api_addr),
-            bearer: format!("Bearer {}", orch.admin_token),
-        }
+/// Pushes `image` (`POST /v1/images`) and returns its digest.
+fn push(api: &Api, image: &PlatformImage) -> anyhow::Result<String> {
+    let (status, answer) = api.post("/v1/images", "application/x-tar", &image.archive())?;
+    if status != 201 && status != 200 {
+        bail!("POST /v1/images: {status} {answer}");
     }
-
-    fn post(&self, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<(u16, Value)> {
-        let mut response = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("authorization", &self.bearer)
-            .content_type(content_type)
-            .send(body)?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string()?;
-        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, json))
-    }
-
-    fn delete(&self, path: &str) -> anyhow::Result<u16> {
-        let response = self
-            .agent
-            .delete(format!("{}{path}", self.base))
-            .header("authorization", &self.bearer)
-            .call()?;
-        Ok(response.status().as_u16())
-    }
-
-    /// Pushes `image` (`POST /v1/images`) and returns its digest.
-    fn push(&self, image: &PlatformImage) -> anyhow::Result<String> {
-        let (status, answer) = self.post("/v1/images", "application/x-tar", &image.archive())?;
-        if status != 201 && status != 200 {
-            bail!("POST /v1/images: {status} {answer}");
-        }
-        answer["digest"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("POST /v1/images answered no digest: {answer}"))
-    }
+    answer["digest"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("POST /v1/images answered no digest: {answer}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -727,7 +684,7 @@ fn deploy_part(b: &Bench, args: &Args, dir: &Path) -> anyhow::Result<()> {
         base_layer(&b.busybox, "cached\n"),
         site_layer("cached site\n"),
     ]);
-    let image_digest = b.api.push(&warm_image)?;
+    let image_digest = push(&b.api, &warm_image)?;
     let artifact_digest = b.put_artifact(&exec_artifact(&b.busybox_path, size, "cached"))?;
     let (_, warm_c) = b.deploy(Kind::Container, "warm-c", &image_digest)?;
     let (_, warm_x) = b.deploy(Kind::Exec, "warm-x", &artifact_digest)?;
@@ -748,10 +705,13 @@ fn deploy_part(b: &Bench, args: &Args, dir: &Path) -> anyhow::Result<()> {
         args.uncached_samples,
         args.warmup.min(1),
         |b, kind, i| match kind {
-            Kind::Container => b.api.push(&image(vec![
-                base_layer(&b.busybox, &format!("run {run} sample {i}\n")),
-                site_layer(&format!("site of sample {i}\n")),
-            ])),
+            Kind::Container => push(
+                &b.api,
+                &image(vec![
+                    base_layer(&b.busybox, &format!("run {run} sample {i}\n")),
+                    site_layer(&format!("site of sample {i}\n")),
+                ]),
+            ),
             Kind::Exec => b.put_artifact(&exec_artifact(
                 &b.busybox_path,
                 size,
@@ -853,10 +813,13 @@ struct Memory {
 
 fn measure_memory(b: &Bench, kind: Kind, round: usize, n: usize) -> anyhow::Result<Memory> {
     let digest = match kind {
-        Kind::Container => b.api.push(&image(vec![
-            base_layer(&b.busybox, "memory\n"),
-            site_layer("memory\n"),
-        ]))?,
+        Kind::Container => push(
+            &b.api,
+            &image(vec![
+                base_layer(&b.busybox, "memory\n"),
+                site_layer("memory\n"),
+            ]),
+        )?,
         Kind::Exec => b.put_artifact(&exec_artifact(&b.busybox_path, b.busybox.len(), "memory"))?,
     };
     // The image or artifact on the node first, off the figures: one instance, kept.
@@ -1000,7 +963,7 @@ fn shared_part(b: &Bench) -> anyhow::Result<()> {
     );
     let a = image(vec![base.clone(), site_layer("site A\n")]);
     let bb = image(vec![base, site_layer("site B, another page\n")]);
-    let (da, db) = (b.api.push(&a)?, b.api.push(&bb)?);
+    let (da, db) = (push(&b.api, &a)?, push(&b.api, &bb)?);
     let (sa, ia) = b.deploy(Kind::Container, "shared-a", &da)?;
     let (sb, ib) = b.deploy(Kind::Container, "shared-b", &db)?;
     let (la, lb) = (
@@ -1299,7 +1262,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         pause(Duration::from_millis(5));
     }
-    let api = Api::new(&orch);
+    let api = Api::new(&orch, WAIT);
     let mut b = Bench {
         orch_rt,
         orch,

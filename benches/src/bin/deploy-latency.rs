@@ -32,6 +32,7 @@
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
+use edge_benches::api::Api;
 use edge_benches::stats::{self, percentile};
 use edge_benches::{in_process, pause};
 use edge_proto::digest::to_prefixed;
@@ -39,7 +40,7 @@ use edge_proto::{NodeId, WorkloadState};
 use node_daemon::config::Config;
 use orchestrator::app::Orchestrator;
 use orchestrator::artifacts::ArtifactStore;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -86,58 +87,6 @@ struct Args {
     /// Untimed samples of each subject before each case.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
-}
-
-/// The operator API over one keep-alive connection, as `edgectl` would use it.
-struct Api {
-    agent: ureq::Agent,
-    base: String,
-    bearer: String,
-}
-
-impl Api {
-    fn new(orch: &Orchestrator) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(WAIT))
-            .build()
-            .into();
-        Self {
-            agent,
-            base: format!("http://{}", orch.api_addr),
-            bearer: format!("Bearer {}", orch.admin_token),
-        }
-    }
-
-    fn post(&self, path: &str, body: &[u8]) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("authorization", &self.bearer)
-            .content_type("application/json")
-            .send(body)?;
-        read(response)
-    }
-
-    fn delete(&self, path: &str) -> anyhow::Result<u16> {
-        let response = self
-            .agent
-            .delete(format!("{}{path}", self.base))
-            .header("authorization", &self.bearer)
-            .call()?;
-        Ok(read(response)?.0)
-    }
-}
-
-fn read(mut response: ureq::http::Response<ureq::Body>) -> anyhow::Result<(u16, Value)> {
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string()?;
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    Ok((status, json))
 }
 
 /// A node daemon on its own thread and current-thread runtime, as `edge-node run` has it.
@@ -297,7 +246,7 @@ impl Bench {
             let api = &me.api;
             let body = &body;
             let post = s.spawn(move || {
-                let r = api.post("/v1/workloads", body);
+                let r = api.post("/v1/workloads", "application/json", body);
                 (r, t0.elapsed())
             });
             let polled = me.wait_running(name, t0);
@@ -761,7 +710,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         pause(Duration::from_millis(5));
     }
-    let api = Api::new(&orch);
+    let api = Api::new(&orch, WAIT);
     let mut b = Bench {
         orch_rt,
         floor_rt,
@@ -789,9 +738,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let digest = b.put_artifact(SCRIPT)?;
     let script = b.write_script("script.sh", SCRIPT)?;
     let warm = "warm";
-    let (status, answer) = b
-        .api
-        .post("/v1/workloads", &Bench::spec(warm, &digest, args.nodes)?)?;
+    let (status, answer) = b.api.post(
+        "/v1/workloads",
+        "application/json",
+        &Bench::spec(warm, &digest, args.nodes)?,
+    )?;
     if status != 201 {
         bail!("warm-up deploy: {status} {answer}");
     }
