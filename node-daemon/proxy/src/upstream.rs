@@ -369,6 +369,8 @@ struct InFlight<'a> {
     forward: &'a Forward,
     addr: &'a BackendAddr,
     started: Instant,
+    /// What the route's chooser predicted for it, to be checked against what happens.
+    predicted_ms: Option<f32>,
     ended: bool,
 }
 
@@ -381,13 +383,17 @@ impl InFlight<'_> {
         let Some(b) = state.get_mut(self.addr) else {
             return;
         };
-        b.load.end(now, now.saturating_duration_since(self.started));
+        let rtt = now.saturating_duration_since(self.started);
+        b.load.end(now, rtt, ok);
         let change = if ok {
             b.breaker.on_success(now)
         } else {
             b.breaker.on_failure(now)
         };
         drop(state);
+        if let Some(predicted_ms) = self.predicted_ms {
+            self.forward.chooser().observe(predicted_ms, rtt, ok);
+        }
         if change == Some(BreakerState::Open) {
             upstreams.events.breaker_opened(&self.forward.route);
         }
@@ -423,14 +429,14 @@ impl Forward {
         self.budget(|b| b.deposit(now));
         let mut attempt = 0u32;
         loop {
-            let Some(backend) = self.choose() else {
+            let Some((backend, predicted_ms)) = self.choose() else {
                 return Err(OriginError::Unreachable);
             };
             let body = match body.take() {
                 Some(body) => body,
                 None => body::empty(),
             };
-            let outcome = self.attempt(&parts, body, &backend).await;
+            let outcome = self.attempt(&parts, body, &backend, predicted_ms).await;
             let retry = match &outcome {
                 Attempt::Answered(response) => {
                     // A backend that answers 502-504 is as good as down for this request.
@@ -465,10 +471,15 @@ impl Forward {
         f(budget)
     }
 
+    fn chooser(&self) -> MutexGuard<'_, Box<dyn Choose + Send>> {
+        // A chooser's state is a cursor or a model's bookkeeping: whole after any panic.
+        self.chooser.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The backend for the next attempt, marked as started, if any is available: of the
     /// first tier with an available backend ([`tiers::eligible`]), the one the route's
-    /// strategy chooses.
-    fn choose(&self) -> Option<BackendAddr> {
+    /// strategy chooses, with the latency the chooser predicted for it if it predicts.
+    fn choose(&self) -> Option<(BackendAddr, Option<f32>)> {
         let now = Instant::now();
         let mut state = self.upstreams.state();
         for backend in &self.backends {
@@ -482,14 +493,14 @@ impl Forward {
         let places: Vec<Place> = self.backends.iter().map(|b| b.place).collect();
         // Whether each breaker would let a request through, asked without taking a half-open
         // probe slot: only the chosen backend takes one, below.
-        let mut available: Vec<bool> = self
+        let breakers: Vec<Option<BreakerState>> = self
             .backends
             .iter()
-            .map(|b| {
-                state
-                    .get(&b.addr)
-                    .is_some_and(|s| s.breaker.state(now) != BreakerState::Open)
-            })
+            .map(|b| state.get(&b.addr).map(|s| s.breaker.state(now)))
+            .collect();
+        let mut available: Vec<bool> = breakers
+            .iter()
+            .map(|b| b.is_some_and(|b| b != BreakerState::Open))
             .collect();
         let mut draw = || fastrand::u64(..);
         // Each round either returns or shuts one more backend out: at most one per backend.
@@ -499,27 +510,30 @@ impl Forward {
                 .backends
                 .iter()
                 .zip(&eligible)
-                .filter_map(|(backend, eligible)| {
+                .zip(&breakers)
+                .filter_map(|((backend, eligible), breaker)| {
                     let b = state.get(&backend.addr)?;
                     Some(Candidate {
                         load: &b.load,
                         available: *eligible,
+                        half_open: *breaker == Some(BreakerState::HalfOpen),
                         distance_km: backend.distance_km(),
                         local: backend.addr.is_local(),
+                        host: None,
                     })
                 })
                 .collect();
-            let chosen = self
-                .chooser
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .choose(&candidates, now, &mut draw)?;
+            let (chosen, predicted_ms) = {
+                let mut chooser = self.chooser();
+                let chosen = chooser.choose(&candidates, now, &mut draw)?;
+                (chosen, chooser.predicted_ms())
+            };
             drop(candidates);
             let addr = self.backends.get(chosen)?.addr.clone();
             let b = state.get_mut(&addr)?;
             if b.breaker.allow(now) {
                 b.load.start(now);
-                return Some(addr);
+                return Some((addr, predicted_ms));
             }
             // Half-open with every probe slot taken: not this one, this time.
             if let Some(a) = available.get_mut(chosen) {
@@ -534,11 +548,13 @@ impl Forward {
         parts: &http::request::Parts,
         body: Body,
         addr: &BackendAddr,
+        predicted_ms: Option<f32>,
     ) -> Attempt {
         let in_flight = InFlight {
             forward: self,
             addr,
             started: Instant::now(),
+            predicted_ms,
             ended: false,
         };
         let request = match self.request(parts, body, addr) {

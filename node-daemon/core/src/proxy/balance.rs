@@ -109,6 +109,14 @@ impl Default for LoadConfig {
 /// docs. The shell keeps one per backend and calls [`start`](Self::start) when it sends a
 /// request there and [`end`](Self::end) (or [`cancel`](Self::cancel)) when that request is
 /// over, whatever its outcome.
+///
+/// Beside the peak-EWMA estimate that [`PeakEwmaP2c`] uses, it keeps what a learned model
+/// reads about the backend ([`crate::proxy::learned::route_features`]): a plain EWMA of the
+/// latency, a decaying tail (the slowest recent response, forgotten at the same rate), a
+/// floor (the mirror image of the peak estimate: a faster response is taken at once, a
+/// slower one pulls it up gradually; the network's round trip plus the backend's quickest
+/// work) and the share of recent requests that failed. All of them are weighted by time
+/// like the estimate, with the same `decay`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Load {
     config: LoadConfig,
@@ -116,6 +124,14 @@ pub struct Load {
     /// The estimate in nanoseconds as of `stamp`; before the first response, the default RTT
     /// as of the backend's creation.
     estimate_ns: f64,
+    /// A plain EWMA of the latency, as of `stamp`.
+    mean_ns: f64,
+    /// The slowest recent response, as of `stamp`.
+    tail_ns: f64,
+    /// The floor: see the type's docs.
+    floor_ns: f64,
+    /// The share of failed requests, an EWMA of 0 (success) and 1 (failure).
+    failure_rate: f64,
     stamp: Instant,
     observed: bool,
 }
@@ -132,6 +148,10 @@ impl Load {
             config,
             pending: 0,
             estimate_ns: nanos(config.default_rtt),
+            mean_ns: 0.0,
+            tail_ns: 0.0,
+            floor_ns: 0.0,
+            failure_rate: 0.0,
             stamp: now,
             observed: false,
         }
@@ -153,19 +173,39 @@ impl Load {
     }
 
     /// A request to this backend is over after `rtt` (from sending it to the response's
-    /// head, or to the failure): one fewer in flight, and `rtt` observed. A failure is
-    /// observed like any response: a backend that fails slowly looks slow, one that refuses
-    /// at once is the breaker's business.
-    pub fn end(&mut self, now: Instant, rtt: Duration) {
+    /// head, or to the failure), and `ok` says whether it succeeded: one fewer in flight, and
+    /// `rtt` observed. A failure is observed like any response: a backend that fails slowly
+    /// looks slow, one that refuses at once is the breaker's business (and counts in
+    /// [`failure_rate`](Self::failure_rate)).
+    pub fn end(&mut self, now: Instant, rtt: Duration, ok: bool) {
         self.pending = self.pending.saturating_sub(1);
         let rtt = nanos(rtt);
-        self.estimate_ns = if !self.observed || rtt > self.estimate_ns {
-            // The first observation replaces the default; a peak is taken at once.
-            rtt
-        } else {
+        let failed = if ok { 0.0 } else { 1.0 };
+        if self.observed {
             let w = self.weight_of_old(now);
-            self.estimate_ns * w + rtt * (1.0 - w)
-        };
+            let blend = |old: f64| old * w + rtt * (1.0 - w);
+            // A peak is taken at once; a dip at once for the floor.
+            self.estimate_ns = if rtt > self.estimate_ns {
+                rtt
+            } else {
+                blend(self.estimate_ns)
+            };
+            self.floor_ns = if rtt < self.floor_ns {
+                rtt
+            } else {
+                blend(self.floor_ns)
+            };
+            self.mean_ns = blend(self.mean_ns);
+            self.tail_ns = rtt.max(self.tail_ns * w);
+            self.failure_rate = self.failure_rate * w + failed * (1.0 - w);
+        } else {
+            // The first observation replaces the default and is everything known.
+            self.estimate_ns = rtt;
+            self.floor_ns = rtt;
+            self.mean_ns = rtt;
+            self.tail_ns = rtt;
+            self.failure_rate = failed;
+        }
         self.stamp = self.stamp.max(now);
         self.observed = true;
     }
@@ -180,6 +220,32 @@ impl Load {
     /// the time since.
     pub fn estimate_ns(&self, now: Instant) -> f64 {
         self.estimate_ns * self.weight_of_old(now)
+    }
+
+    /// The plain EWMA of the latency, in nanoseconds (0 before the first response). Unlike
+    /// the estimate it does not decay while the backend is idle: it is the last thing known.
+    pub fn mean_ns(&self) -> f64 {
+        self.mean_ns
+    }
+
+    /// The slowest recent response at `now`, in nanoseconds, forgotten at the decay's rate.
+    pub fn tail_ns(&self, now: Instant) -> f64 {
+        self.tail_ns * self.weight_of_old(now)
+    }
+
+    /// The floor, in nanoseconds: see the type's docs (0 before the first response).
+    pub fn floor_ns(&self) -> f64 {
+        self.floor_ns
+    }
+
+    /// The share of recent requests that failed, 0 to 1 (0 before the first response).
+    pub fn failure_rate(&self) -> f64 {
+        self.failure_rate
+    }
+
+    /// The time since the last response, or since the backend was added before its first.
+    pub fn idle(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stamp)
     }
 
     /// What sending one more request here costs: `estimate * (pending + 1)`, in nanoseconds.
@@ -218,10 +284,21 @@ pub struct Candidate<'a> {
     pub load: &'a Load,
     /// Its breaker lets a request through ([`crate::proxy::breaker::Breaker::allow`]).
     pub available: bool,
+    /// Its breaker is half-open: it is being probed after failures.
+    pub half_open: bool,
     /// How far away it runs, if known.
     pub distance_km: Option<f64>,
     /// It runs on this node.
     pub local: bool,
+    /// The load of the node it runs on, if known (this node's own, for a local backend).
+    pub host: Option<HostLoad>,
+}
+
+/// How busy a node is: the share of its CPU and of its memory in use, each 0 to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HostLoad {
+    pub cpu: f32,
+    pub memory: f32,
 }
 
 /// Chooses a backend. One trait so that a learned model can replace a strategy, keeping one
@@ -236,6 +313,18 @@ pub trait Choose: fmt::Debug {
         now: Instant,
         draws: &mut dyn FnMut() -> u64,
     ) -> Option<usize>;
+
+    /// The latency, in milliseconds, predicted for the backend the last
+    /// [`choose`](Self::choose) returned, if this chooser predicts. The shell keeps it with
+    /// the request and hands it back to [`observe`](Self::observe) when the request is over.
+    fn predicted_ms(&self) -> Option<f32> {
+        None
+    }
+
+    /// A request the shell sent where [`choose`](Self::choose) said, predicted to take
+    /// `predicted_ms`, took `rtt` and succeeded or not: what a learned chooser checks its
+    /// predictions against. The fixed strategies learn nothing here.
+    fn observe(&mut self, _predicted_ms: f32, _rtt: Duration, _ok: bool) {}
 }
 
 /// The chooser for `strategy`, fresh (a round-robin starts at the first backend).
@@ -378,8 +467,10 @@ mod tests {
         Candidate {
             load,
             available: true,
+            half_open: false,
             distance_km: None,
             local: true,
+            host: None,
         }
     }
 
@@ -391,7 +482,7 @@ mod tests {
     fn observed(now: Instant, rtt: Duration) -> Load {
         let mut load = Load::new(now);
         load.start(now);
-        load.end(now, rtt);
+        load.end(now, rtt, true);
         load
     }
 
@@ -432,16 +523,16 @@ mod tests {
         assert_eq!(load.estimate_ns(t0), 10e6);
 
         load.start(t0);
-        load.end(t0, ms(500));
+        load.end(t0, ms(500), true);
         assert_eq!(load.estimate_ns(t0), 500e6, "a peak is taken at once");
 
         // A fast response right after barely moves it; one a decay later moves it by 1 - 1/e.
         load.start(t0);
-        load.end(t0 + ms(1), ms(10));
+        load.end(t0 + ms(1), ms(10), true);
         assert!(load.estimate_ns(t0 + ms(1)) > 499e6);
         let mut later = observed(t0, ms(500));
         later.start(t0);
-        later.end(t0 + Duration::from_secs(10), ms(10));
+        later.end(t0 + Duration::from_secs(10), ms(10), true);
         let expected = 500e6 / std::f64::consts::E + 10e6 * (1.0 - 1.0 / std::f64::consts::E);
         let got = later.estimate_ns(t0 + Duration::from_secs(10));
         assert!((got - expected).abs() < 1.0, "{got} vs {expected}");
@@ -480,9 +571,45 @@ mod tests {
         load.start(t0);
         assert_eq!(load.cost(t0), 2e9, "a burst does not herd onto it");
         load.cancel();
-        load.end(t0 + ms(5), ms(5));
+        load.end(t0 + ms(5), ms(5), true);
         assert!(load.observed());
         assert_eq!(load.estimate_ns(t0 + ms(5)), 5e6, "the default is replaced");
+    }
+
+    #[test]
+    fn mean_tail_floor_and_failure_rate_follow_the_responses() {
+        let t0 = Instant::now();
+        let mut load = Load::new(t0);
+        assert_eq!(
+            (load.mean_ns(), load.tail_ns(t0), load.floor_ns()),
+            (0.0, 0.0, 0.0)
+        );
+        load.start(t0);
+        load.end(t0, ms(20), false);
+        assert_eq!((load.mean_ns(), load.floor_ns()), (20e6, 20e6));
+        assert_eq!(
+            load.failure_rate(),
+            1.0,
+            "the first answer is all that is known"
+        );
+
+        // A decay later, a fast success: the floor drops to it at once, the mean and the
+        // failure rate move by 1 - 1/e, the tail keeps the slow one, decayed.
+        let t1 = t0 + Duration::from_secs(10);
+        load.start(t1);
+        load.end(t1, ms(5), true);
+        let keep = 1.0 / std::f64::consts::E;
+        assert_eq!(load.floor_ns(), 5e6);
+        assert!((load.mean_ns() - (20e6 * keep + 5e6 * (1.0 - keep))).abs() < 1.0);
+        assert!((load.failure_rate() - keep).abs() < 1e-9);
+        assert!((load.tail_ns(t1) - 20e6 * keep).abs() < 1.0);
+        assert_eq!(load.idle(t1 + ms(7)), ms(7));
+
+        // A slow one raises the tail at once and the floor only gradually.
+        load.start(t1);
+        load.end(t1, ms(300), true);
+        assert_eq!(load.tail_ns(t1), 300e6);
+        assert_eq!(load.floor_ns(), 5e6, "no time has passed: the floor holds");
     }
 
     #[test]
@@ -497,8 +624,8 @@ mod tests {
         );
         assert!(load.cost(t0).is_finite());
         load.start(t0);
-        load.end(t0, Duration::MAX);
-        load.end(t0, Duration::ZERO);
+        load.end(t0, Duration::MAX, true);
+        load.end(t0, Duration::ZERO, true);
         for now in [t0, t0 + Duration::from_secs(1_000_000)] {
             let cost = load.cost(now);
             assert!(cost.is_finite() && cost >= 0.0, "{cost}");
@@ -566,7 +693,7 @@ mod tests {
             let now = t0 + ms(5) * n;
             in_flight.retain(|&(done, i)| {
                 if done <= now {
-                    loads[i].end(done, rtts[i]);
+                    loads[i].end(done, rtts[i], true);
                 }
                 done > now
             });

@@ -9,6 +9,8 @@
 //!   longest match first, weighted splits between versions.
 //! - [`balance`]: the backend choice behind one trait ([`balance::Choose`]): power of two
 //!   choices over peak-EWMA latency by default, round-robin, least requests.
+//! - [`learned`]: the backend choice by a routing model (the features it reads, what its
+//!   predictions decide, when it steps aside for peak-EWMA P2C).
 //! - [`breaker`]: a circuit breaker per backend (consecutive failures or error rate,
 //!   half-open probes).
 //! - [`tiers`]: where a workload's request may go beyond its instances here: the nearest
@@ -26,6 +28,7 @@ pub mod breaker;
 pub mod cache;
 pub mod cache_status;
 pub mod headers;
+pub mod learned;
 pub mod retry;
 pub mod route;
 pub mod tiers;
