@@ -2,7 +2,9 @@
 //!
 //! A routing model is a function from what the proxy knows about one backend (its
 //! [`route_features`], in the order and units of [`ROUTE_FEATURES`]) to what a request sent
-//! there now will meet: its latency and the chance that it fails ([`ROUTE_OUTPUTS`]). The
+//! there now will meet: the natural log of its latency in milliseconds (latencies span four
+//! orders of magnitude, and a model fits their logarithm far better) and the chance that it
+//! fails ([`ROUTE_OUTPUTS`]; [`Prediction::from_outputs`] reads them). The
 //! model itself runs elsewhere (crate `edge-ai`, behind [`Predict`]); this module decides what
 //! to do with its answers:
 //!
@@ -74,7 +76,7 @@ pub const ROUTE_FEATURES: [Feature; ROUTE_WIDTH] = [
 
 /// The outputs of a routing model per candidate, in order.
 pub const ROUTE_OUTPUTS: [Feature; 2] = [
-    feature("latency_ms", "ms"),
+    feature("ln_latency_ms", "ln(ms)"),
     feature("failure", "probability"),
 ];
 
@@ -124,6 +126,16 @@ pub struct Prediction {
 }
 
 impl Prediction {
+    /// A prediction from a routing model's outputs ([`ROUTE_OUTPUTS`]): the log of the
+    /// latency in milliseconds (held to `[-10, 20]`, so that no output overflows) and the
+    /// failure probability.
+    pub fn from_outputs(ln_latency_ms: f32, failure: f32) -> Self {
+        Self {
+            latency_ms: ln_latency_ms.clamp(-10.0, 20.0).exp(),
+            failure,
+        }
+    }
+
     /// The expected time to a success, in milliseconds: `latency / (1 - failure)`, with the
     /// failure probability held to `[0, 0.99]` and a latency below zero read as zero. A
     /// prediction that is not a number costs infinitely much.

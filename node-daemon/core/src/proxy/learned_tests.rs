@@ -362,6 +362,19 @@ fn a_new_model_takes_over_at_once_and_is_judged_afresh() {
 }
 
 #[test]
+fn outputs_are_read_as_the_log_of_the_latency() {
+    let p = Prediction::from_outputs(10f32.ln(), 0.25);
+    assert!((p.latency_ms - 10.0).abs() < 1e-4, "{p:?}");
+    assert_eq!(p.failure, 0.25);
+    assert_eq!(Prediction::from_outputs(1e30, 0.0).latency_ms, 20f32.exp());
+    assert!(
+        Prediction::from_outputs(f32::NAN, 0.0)
+            .cost_ms()
+            .is_infinite()
+    );
+}
+
+#[test]
 fn costs_are_finite_for_finite_predictions_and_never_negative() {
     for (latency_ms, failure, want) in [
         (10.0, 0.0, 10.0),
