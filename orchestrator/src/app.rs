@@ -109,6 +109,9 @@ impl Handles {
             images: artifacts
                 .as_ref()
                 .map(|a| Arc::new(crate::images::ImageStore::new(a.clone()))),
+            models: artifacts
+                .as_ref()
+                .map(|a| Arc::new(crate::models::ModelStore::new(a.clone()))),
             artifacts,
             auth,
         }

@@ -137,9 +137,15 @@ impl ArtifactStore {
 
     /// Where the image store keeps its records: beside the artifacts, in the same data dir.
     pub fn images_dir(&self) -> PathBuf {
+        self.sibling_dir("images")
+    }
+
+    /// A directory named `name` beside the artifacts, in the same data dir: where the image
+    /// and model stores keep their records.
+    pub fn sibling_dir(&self, name: &str) -> PathBuf {
         self.dir
             .parent()
-            .map_or_else(|| self.dir.join("images"), |p| p.join("images"))
+            .map_or_else(|| self.dir.join(name), |p| p.join(name))
     }
 
     /// Moves `staged`, a file whose bytes the caller hashed to `digest` (an image push's

@@ -20,6 +20,7 @@ pub mod images;
 pub mod links;
 pub mod logs;
 pub mod metrics;
+pub mod models;
 pub mod node_admin;
 pub mod pki;
 pub mod purge;

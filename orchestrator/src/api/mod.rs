@@ -45,6 +45,7 @@ pub mod error;
 mod events;
 mod extract;
 mod images;
+pub mod models;
 mod nodes;
 pub mod time;
 mod tokens;
@@ -84,6 +85,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/images"),
     ("POST", "/v1/images"),
     ("GET", "/v1/images/{digest}"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/models"),
     ("GET", "/v1/workloads"),
     ("POST", "/v1/workloads"),
     ("GET", "/v1/workloads/{name}"),
@@ -117,6 +120,8 @@ pub struct ApiState {
     pub artifacts: Option<Arc<ArtifactStore>>,
     /// Container images, whose blobs live in `artifacts`; `None` with it.
     pub images: Option<Arc<crate::images::ImageStore>>,
+    /// Routing and placement models, whose bytes live in `artifacts`; `None` with it.
+    pub models: Option<Arc<crate::models::ModelStore>>,
     pub auth: Arc<ApiAuth>,
 }
 
@@ -125,6 +130,7 @@ pub fn router(state: ApiState) -> axum::Router {
     // Merged after the layers below: uploads stream past the 64 KiB body buffer.
     let artifact_routes = artifacts::router(state.clone());
     let image_routes = images::router(state.clone());
+    let model_routes = models::router(state.clone());
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -141,6 +147,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .with_state(state)
         .merge(artifact_routes)
         .merge(image_routes)
+        .merge(model_routes)
 }
 
 /// Serves the API over `state` on an already-bound listener, within [`LIMITS`].

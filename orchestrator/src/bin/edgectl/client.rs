@@ -123,6 +123,28 @@ impl Client {
         )
     }
 
+    /// POSTs the model at `path` to `/v1/models`, for `purpose` if given.
+    pub(crate) fn push_model(
+        &self,
+        path: &std::path::Path,
+        purpose: Option<&str>,
+    ) -> Result<String, CliError> {
+        let file = std::fs::File::open(path).map_err(|e| CliError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let target = match purpose {
+            Some(purpose) => format!("/v1/models?purpose={}", percent_encode(purpose)),
+            None => "/v1/models".to_owned(),
+        };
+        self.upload(
+            &target,
+            "application/octet-stream",
+            file,
+            Duration::from_secs(60),
+        )
+    }
+
     /// POSTs `file` to `path`. An upload may be hundreds of MiB over a slow link: no
     /// deadline for the whole call, only for connecting and for the answer once the body is
     /// sent (`answer_within`).

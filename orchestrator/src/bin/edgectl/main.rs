@@ -27,8 +27,8 @@ mod render;
 use client::{Client, percent_encode};
 use render::{
     api_token_created, api_tokens_table, artifact_pushed, artifacts_table, deployed, drained,
-    events_table, image_pushed, images_table, node_summary, nodes_table, token_created,
-    tokens_table, workload_summary, workloads_table,
+    events_table, image_pushed, images_table, model_pushed, models_table, node_summary,
+    nodes_table, token_created, tokens_table, workload_summary, workloads_table,
 };
 
 #[derive(Debug, Parser)]
@@ -88,6 +88,11 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// ONNX models the fleet routes and places with: checked, stored and sent to the nodes.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
     },
     /// Deploy a workload from a spec file (TOML), or change a deployed one.
     Deploy {
@@ -187,6 +192,22 @@ enum ImageCommand {
         path: PathBuf,
     },
     /// List the stored images and the architectures each runs on.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Upload an ONNX model. Both the nodes' reader and tract-onnx must load it and agree on
+    /// its outputs, and on its golden rows when it carries them; then it becomes the fleet's
+    /// model for its purpose.
+    Push {
+        /// The model file (.onnx).
+        path: PathBuf,
+        /// What the fleet uses it for (route, place); by default what the model declares.
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// List the stored models and which one serves each purpose.
     List,
 }
 
@@ -481,6 +502,18 @@ fn run(cli: &Cli) -> Result<String, CliError> {
         } => {
             let body = client.push_image(path)?;
             client.show(cli.json, &body, image_pushed)
+        }
+        Command::Model {
+            command: ModelCommand::Push { path, purpose },
+        } => {
+            let body = client.push_model(path, purpose.as_deref())?;
+            client.show(cli.json, &body, model_pushed)
+        }
+        Command::Model {
+            command: ModelCommand::List,
+        } => {
+            let body = client.get("/v1/models")?;
+            client.show(cli.json, &body, models_table)
         }
         Command::Image {
             command: ImageCommand::List,

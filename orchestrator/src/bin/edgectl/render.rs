@@ -1,10 +1,12 @@
 //! Tables and summaries of the API's views, for people; `--json` bypasses all of this.
 
+use orchestrator::api::models::ModelList;
 use orchestrator::api::views::{
     ApiTokenCreated, ApiTokenView, ArtifactView, NodeView, TokenCreated, TokenView,
     TrafficCountsView, WorkloadView,
 };
 use orchestrator::images::{ImageRecord, PushedView};
+use orchestrator::models::PushedModel;
 use std::fmt::Write as _;
 
 /// Columns padded to their widest cell; the last column is not padded.
@@ -303,6 +305,84 @@ pub(crate) fn artifact_pushed(a: &ArtifactView) -> String {
         human = human_bytes(a.size),
         digest_toml = toml_string(&a.digest),
     )
+}
+
+pub(crate) fn model_pushed(p: &PushedModel) -> String {
+    let m = &p.model;
+    let ports = |ports: &[orchestrator::models::PortRecord]| {
+        ports
+            .iter()
+            .map(|p| {
+                let schema = if p.features.is_some() {
+                    ", schema declared"
+                } else {
+                    ""
+                };
+                format!("{} [{}{schema}]", p.name, p.width)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = format!(
+        "Digest:    {digest}\n\
+         Size:      {size}\n\
+         Inputs:    {inputs}\n\
+         Outputs:   {outputs}\n\
+         Operators: {operators}\n\
+         Golden:    {golden}\n",
+        digest = m.digest,
+        size = human_bytes(m.size),
+        inputs = ports(&m.inputs),
+        outputs = ports(&m.outputs),
+        operators = m.operators.join(", "),
+        golden = if m.golden_rows == 0 {
+            "none declared; both readers agree on rows of their own".to_owned()
+        } else {
+            format!("{} rows, reproduced by both readers", m.golden_rows)
+        },
+    );
+    let _ = match &p.active_for {
+        Some(purpose) => writeln!(out, "\nThe fleet now uses it to {purpose}."),
+        None => writeln!(
+            out,
+            "\nStored; it declares no purpose: push it with --purpose route|place to use it."
+        ),
+    };
+    out
+}
+
+pub(crate) fn models_table(list: &ModelList) -> String {
+    let mut rows = vec![vec![
+        "DIGEST".to_owned(),
+        "PURPOSE".to_owned(),
+        "SIZE".to_owned(),
+        "INPUTS".to_owned(),
+        "ACTIVE".to_owned(),
+    ]];
+    for m in &list.models {
+        let active: Vec<&str> = list
+            .active
+            .iter()
+            .filter(|(_, digest)| **digest == m.digest)
+            .map(|(purpose, _)| purpose.as_str())
+            .collect();
+        rows.push(vec![
+            m.digest.clone(),
+            m.purpose.clone().unwrap_or_else(|| "-".to_owned()),
+            human_bytes(m.size),
+            m.inputs
+                .iter()
+                .map(|p| format!("{}[{}]", p.name, p.width))
+                .collect::<Vec<_>>()
+                .join(" "),
+            if active.is_empty() {
+                "-".to_owned()
+            } else {
+                active.join(",")
+            },
+        ]);
+    }
+    table(&rows)
 }
 
 pub(crate) fn image_pushed(p: &PushedView) -> String {

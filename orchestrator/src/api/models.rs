@@ -1,0 +1,128 @@
+//! `/v1/models`: operators push the ONNX models the fleet routes and places with.
+//!
+//! `POST /v1/models[?purpose=route|place]` (role operator) takes a model's bytes
+//! (`application/octet-stream`, at most [`edge_ai::MAX_MODEL_BYTES`]), checks it with both
+//! readers ([`crate::models::check`]), stores it and makes it the fleet's model for its
+//! purpose (the one asked for, else the one the model declares): 201 when the model is new,
+//! 200 when the store had it. A refused model is a 400 that names what failed. `GET
+//! /v1/models` (role viewer) lists the models and which one serves each purpose.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+
+use crate::models::{ModelRecord, ModelStore, PushError};
+
+use super::ApiState;
+use super::artifacts::finish;
+use super::error::{ApiError, error_response, internal};
+use super::extract::{Authed, Operator, Viewer};
+
+/// The model routes over `state.models`, merged into the operator API by [`super::router`].
+pub(super) fn router(state: ApiState) -> axum::Router {
+    let limit = usize::try_from(edge_ai::MAX_MODEL_BYTES).unwrap_or(usize::MAX);
+    axum::Router::new()
+        .route(
+            "/v1/models",
+            post(push).layer(DefaultBodyLimit::max(limit)).get(list),
+        )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), finish))
+        .with_state(state)
+}
+
+fn store(state: &ApiState) -> Result<Arc<ModelStore>, Response> {
+    state.models.clone().ok_or_else(|| {
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this orchestrator has no model store".into(),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushQuery {
+    purpose: Option<String>,
+}
+
+async fn push(
+    caller: Authed<Operator>,
+    State(state): State<ApiState>,
+    Query(query): Query<PushQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let store = match store(&state) {
+        Ok(store) => store,
+        Err(response) => return response,
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if content_type.as_deref() != Some("application/octet-stream") {
+        return ApiError::UnsupportedMediaType(
+            "expected content-type application/octet-stream: the body is an ONNX model".into(),
+        )
+        .into_response();
+    }
+    match store
+        .push(body, query.purpose.as_deref(), crate::clock::now_unix())
+        .await
+    {
+        Ok(pushed) => {
+            tracing::info!(
+                model = %pushed.model.digest,
+                created = pushed.created,
+                purpose = pushed.active_for.as_deref().unwrap_or("none"),
+                by = %caller.0.sub,
+                "model pushed"
+            );
+            let status = if pushed.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(pushed)).into_response()
+        }
+        Err(PushError::Io(e)) => internal(e).into_response(),
+        Err(e) => ApiError::BadRequest(format!("model: {e}")).into_response(),
+    }
+}
+
+/// `GET /v1/models`: every model, and the one each purpose uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub models: Vec<ModelRecord>,
+    /// Purpose to `sha256:...`.
+    pub active: BTreeMap<String, String>,
+}
+
+async fn list(
+    _: Authed<Viewer>,
+    State(state): State<ApiState>,
+) -> Result<Json<ModelList>, Response> {
+    let store = store(&state)?;
+    let models = store
+        .list()
+        .await
+        .map_err(|e| internal(e).into_response())?;
+    let active = store
+        .active()
+        .await
+        .map_err(|e| internal(e).into_response())?;
+    Ok(Json(ModelList { models, active }))
+}

@@ -1,0 +1,275 @@
+//! The model store: ONNX models pushed with `edgectl model push`, checked ([`check`]), kept
+//! as artifacts (content-addressed, so nodes fetch them like any artifact, resumable and
+//! hash-verified) with one record each under `DATA_DIR/artifacts/models/<64 hex>.json`, and
+//! which model the fleet uses for each purpose, in `DATA_DIR/artifacts/models/active.json`.
+//!
+//! A push checks the model on a blocking thread, stores its bytes, then writes its record and
+//! the active choice (each a temporary file, fsync, rename): a crash leaves an artifact
+//! without a record, which a push of the same model adopts, never a record without its bytes.
+//! A model over [`edge_ai::MAX_MODEL_BYTES`] is refused before anything is checked.
+
+pub mod check;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifacts::{ArtifactStore, PutError};
+use check::{CheckError, Checked};
+
+/// The purposes a fleet model may serve: what the nodes' proxies and the scheduler ask for.
+/// A fixed set, so that a purpose is fit for a metric label and a file key.
+pub const PURPOSES: [&str; 2] = ["route", "place"];
+
+/// One stored model, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// `sha256:...` of the model's bytes.
+    pub digest: String,
+    pub size: u64,
+    /// What the model declares it is for (`edge.purpose`), if it does.
+    pub purpose: Option<String>,
+    pub inputs: Vec<PortRecord>,
+    pub outputs: Vec<PortRecord>,
+    /// The ONNX operators it uses.
+    pub operators: Vec<String>,
+    /// The golden rows both readers reproduced.
+    pub golden_rows: usize,
+    /// When it was first pushed, seconds since the Unix epoch.
+    pub pushed_unix: u64,
+}
+
+/// One input or output of a stored model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortRecord {
+    pub name: String,
+    pub width: usize,
+    /// The declared features, each `name:unit`, when the model declares them.
+    pub features: Option<Vec<String>>,
+}
+
+/// What a push answers: the model, whether it was new, and what the fleet now uses it for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushedModel {
+    #[serde(flatten)]
+    pub model: ModelRecord,
+    pub created: bool,
+    /// The purpose the fleet now uses it for, if any.
+    pub active_for: Option<String>,
+}
+
+/// Why a push was not stored. In every case nothing of it is left in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The model failed a check: the pusher's to fix.
+    #[error("{0}")]
+    Refused(#[from] CheckError),
+    /// The model is too large to be one the nodes run.
+    #[error("the model is {len} bytes, over the {max} byte limit")]
+    TooLarge { len: u64, max: u64 },
+    /// A purpose that is not one of [`PURPOSES`], or that the model declares otherwise.
+    #[error("{0}")]
+    Purpose(String),
+    /// Our disk failed. Ours to fix; retryable later.
+    #[error("model storage: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The models, over the artifact store that holds their bytes.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    artifacts: Arc<ArtifactStore>,
+    records: PathBuf,
+}
+
+impl ModelStore {
+    /// The models beside `artifacts`; the records' directory is made by the first push.
+    pub fn new(artifacts: Arc<ArtifactStore>) -> Self {
+        Self {
+            records: artifacts.sibling_dir("models"),
+            artifacts,
+        }
+    }
+
+    /// Checks `bytes`, stores the model, and makes it the fleet's model for `purpose` (the
+    /// one given, else the one the model declares, if it is one of [`PURPOSES`]).
+    pub async fn push(
+        &self,
+        bytes: axum::body::Bytes,
+        purpose: Option<&str>,
+        now_unix: u64,
+    ) -> Result<PushedModel, PushError> {
+        let len = bytes.len() as u64;
+        if len > edge_ai::MAX_MODEL_BYTES {
+            return Err(PushError::TooLarge {
+                len,
+                max: edge_ai::MAX_MODEL_BYTES,
+            });
+        }
+        let checking = bytes.clone();
+        let checked = tokio::task::spawn_blocking(move || check::check(&checking))
+            .await
+            .map_err(|e| {
+                // A panic in a reader: the model is what made it panic.
+                CheckError::TractOnnx(format!("a reader failed on it: {e}"))
+            })??;
+        let active_for = match (purpose, checked.purpose.as_deref()) {
+            (Some(given), declared) => {
+                if !PURPOSES.contains(&given) {
+                    return Err(PushError::Purpose(format!(
+                        "purpose {} is not one of {}",
+                        edge_proto::field::shown(given),
+                        PURPOSES.join(", ")
+                    )));
+                }
+                if declared.is_some_and(|d| d != given) {
+                    return Err(PushError::Purpose(format!(
+                        "the model declares it is for {}, not {given}",
+                        edge_proto::field::shown(declared.unwrap_or_default())
+                    )));
+                }
+                Some(given.to_owned())
+            }
+            (None, Some(declared)) if PURPOSES.contains(&declared) => Some(declared.to_owned()),
+            (None, _) => None,
+        };
+
+        let digest = edge_proto::digest::sha256(&bytes);
+        let mut upload = self
+            .artifacts
+            .begin(Some(digest))
+            .await
+            .map_err(put_error)?;
+        upload.write(&bytes).await.map_err(put_error)?;
+        upload.finish().await.map_err(put_error)?;
+
+        let hex = edge_proto::digest::to_hex(&digest);
+        let (model, created) = match self.get(&digest).await? {
+            Some(record) => (record, false),
+            None => {
+                let record = record_of(&checked, &digest, len, now_unix);
+                write_json(&self.records, &format!("{hex}.json"), &record).await?;
+                (record, true)
+            }
+        };
+        if let Some(purpose) = &active_for {
+            let mut active = self.active().await?;
+            active.insert(purpose.clone(), model.digest.clone());
+            write_json(&self.records, ACTIVE_FILE, &active).await?;
+        }
+        Ok(PushedModel {
+            model,
+            created,
+            active_for,
+        })
+    }
+
+    /// The model named `digest`, if pushed.
+    pub async fn get(&self, digest: &[u8; 32]) -> io::Result<Option<ModelRecord>> {
+        let name = format!("{}.json", edge_proto::digest::to_hex(digest));
+        read_json(&self.records.join(name)).await
+    }
+
+    /// Every model, ordered by digest.
+    pub async fn list(&self) -> io::Result<Vec<ModelRecord>> {
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&self.records).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            let name = entry.file_name();
+            let Some(digest) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(edge_proto::digest::from_hex)
+            else {
+                continue;
+            };
+            if let Some(record) = self.get(&digest).await? {
+                out.push(record);
+            }
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(out)
+    }
+
+    /// Which model the fleet uses for each purpose: purpose to `sha256:...`.
+    pub async fn active(&self) -> io::Result<BTreeMap<String, String>> {
+        Ok(read_json(&self.records.join(ACTIVE_FILE))
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+const ACTIVE_FILE: &str = "active.json";
+
+fn put_error(e: PutError) -> PushError {
+    match e {
+        PutError::Io(e) => PushError::Io(e),
+        other => PushError::Io(io::Error::other(other.to_string())),
+    }
+}
+
+fn record_of(checked: &Checked, digest: &[u8; 32], size: u64, now_unix: u64) -> ModelRecord {
+    let ports = |ports: &[check::Port]| {
+        ports
+            .iter()
+            .map(|p| PortRecord {
+                name: p.name.clone(),
+                width: p.width,
+                features: p.features.as_ref().map(|f| {
+                    f.iter()
+                        .map(|(name, unit)| format!("{name}:{unit}"))
+                        .collect()
+                }),
+            })
+            .collect()
+    };
+    ModelRecord {
+        digest: edge_proto::digest::to_prefixed(digest),
+        size,
+        purpose: checked.purpose.clone(),
+        inputs: ports(&checked.inputs),
+        outputs: ports(&checked.outputs),
+        operators: checked.operators.clone(),
+        golden_rows: checked.golden_rows,
+        pushed_unix: now_unix,
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` as `dir/name`: a temporary file, fsync, rename, directory fsync.
+async fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    let dir = dir.to_owned();
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir)?;
+        let temp = dir.join(format!(".{name}.{:016x}", fastrand::u64(..)));
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, dir.join(&name))?;
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .map_err(io::Error::other)?
+}
