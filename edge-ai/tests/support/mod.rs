@@ -42,3 +42,39 @@ pub fn expected(name: &str) -> Expected {
 pub fn close(got: f32, want: f32) -> bool {
     (got - want).abs() <= TOLERANCE * want.abs().max(1.0)
 }
+
+/// A model's ports and batches of fixed inputs with the outputs the reference computed, from a
+/// batch model's `.expected.json`.
+#[derive(Debug, Deserialize)]
+pub struct BatchExpected {
+    pub inputs: Vec<ExpectedPort>,
+    pub outputs: Vec<ExpectedPort>,
+    pub batches: Vec<ExpectedBatch>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExpectedPort {
+    pub name: String,
+    pub width: usize,
+}
+
+/// One batch: per port name, `rows` rows of values.
+#[derive(Debug, Deserialize)]
+pub struct ExpectedBatch {
+    pub rows: usize,
+    pub inputs: std::collections::BTreeMap<String, Vec<Vec<f32>>>,
+    pub outputs: std::collections::BTreeMap<String, Vec<Vec<f32>>>,
+}
+
+/// Reads `models/NAME`, a batch model's `.expected.json` file.
+pub fn batch_expected(name: &str) -> BatchExpected {
+    let json = std::fs::read_to_string(models_dir().join(name))
+        .unwrap_or_else(|error| panic!("{name} ships with the crate: {error}"));
+    serde_json::from_str(&json).unwrap_or_else(|error| panic!("{name} is valid: {error}"))
+}
+
+/// Reads `models/NAME`, a model file shipped with the crate.
+pub fn model_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(models_dir().join(name))
+        .unwrap_or_else(|error| panic!("{name} ships with the crate: {error}"))
+}
