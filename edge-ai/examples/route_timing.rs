@@ -13,10 +13,17 @@ use edge_ai::Model;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/route-mlp.onnx");
+    let start = Instant::now();
     let model = Model::load(&path)?;
+    println!(
+        "load, golden check included: {} us",
+        start.elapsed().as_micros()
+    );
     const ROWS: usize = 8;
     let width = model.inputs()[0].width();
+    let start = Instant::now();
     let mut batch = model.batch(ROWS)?;
+    println!("Model::batch({ROWS}): {} us", start.elapsed().as_micros());
     // Deterministic, varied features.
     let features: Vec<f32> = (0..ROWS * width)
         .map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0)

@@ -23,11 +23,12 @@ use crate::{Direction, Model, ModelError, Port};
 /// `[r * w..(r + 1) * w]`. Input rows stay as written between runs, so a caller may rewrite
 /// only the rows that changed.
 ///
-/// A `Batch` is `Send`, not `Sync`: give each thread its own. Make it once and keep it: tract
+/// A `Batch` is `Send`, and runs through `&mut`: give each thread its own. Make it once and
+/// keep it. tract
 /// keeps a little scratch memory per batch and per thread that runs it, freed when the batch is
-/// dropped on that thread, so a batch that hops threads leaves the scratch of the other threads
-/// until then. Keep it on one thread where possible (a dedicated thread rather than a blocking
-/// pool).
+/// dropped on that thread or the thread ends: a batch that runs on several threads holds one
+/// per thread, and batches made and dropped over and over on hopping threads leak them. Keep a
+/// batch on one thread where possible (a dedicated thread rather than a blocking pool).
 pub struct Batch {
     model: Model,
     state: TypedSimpleState,

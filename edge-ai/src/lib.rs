@@ -1,7 +1,8 @@
-//! On-device inference: load an ONNX model once, then run it on `f32` inputs.
+//! On-device inference: load an ONNX model once, then run it on rows of `f32` features.
 //!
 //! This crate is the fleet's boundary around [tract]: the node daemon hands it model bytes and
-//! input vectors, and gets back output vectors or a [`ModelError`].
+//! input rows, and gets back output rows or a [`ModelError`]. Routing and placement score many
+//! candidates per decision: they keep a [`Batch`] and run all candidates in one call.
 //!
 //! # Invariants
 //!
@@ -12,14 +13,19 @@
 //!   rather than followed to other files.
 //! - **Inference is a pure function of model and input.** A [`Model`] is immutable once loaded;
 //!   every [`Model::run`] starts from fresh state, so calls do not influence each other and a
-//!   `Model` can be shared between threads.
+//!   `Model` can be shared between threads. A [`Batch`] keeps buffers and scratch memory between
+//!   runs, never values: a run's outputs depend on that run's input rows alone.
 //! - **A bad model file is an error, not a panic.** Files larger than [`MAX_MODEL_BYTES`] are
 //!   refused before parsing. The file is decoded by this crate (`proto.rs`), with every length
 //!   checked and the number of decoded items capped, then translated node by node into a tract
 //!   graph (`onnx.rs`); anything malformed, unsupported or inconsistent becomes
-//!   [`ModelError::Invalid`] naming the node or field. tract only ever sees a graph built
-//!   through its typed API. A model of up to 1024 nodes may still ask for large tensors while it
-//!   is optimised: load only models from a source the node trusts.
+//!   [`ModelError::Invalid`] naming the node, field or metadata key. tract only ever sees a
+//!   graph built through its typed API. A model of up to 1024 nodes may still ask for large
+//!   tensors while it is optimised: load only models from a source the node trusts.
+//! - **A model that loads reproduces its golden rows.** When a model declares golden rows, they
+//!   run through the loaded plan inside [`Model::from_bytes`]; a model that computes something
+//!   else does not load.
+//! - **A batch run allocates nothing of ours.** See [the hot path](#the-hot-path).
 //!
 //! Inference runs on the caller's thread and blocks it: async callers with large models should
 //! use a blocking-task pool.
@@ -32,9 +38,71 @@
 //! is what keeps tract's ONNX front end and its hundreds of operators out of the node binary
 //! (4.3 MB of the aarch64 binary; see `benches/RESULTS.md`).
 //!
-//! One `f32` input of shape `[1, N]` (the batch dimension may be declared as `1` or left
-//! symbolic; it is fixed to 1 at load time) and one `f32` output whose shape is fully known
-//! after that, returned flattened.
+//! One or more inputs and one or more outputs (at most 64 of each), the [`Port`]s, all `f32` of
+//! shape `[batch, width]` with a fixed width. The batch dimension is declared either symbolic
+//! (a name, or left unknown) by every input, and then a [`Batch`] runs up to
+//! [`MAX_BATCH_ROWS`] rows per call, or as `1` by every input, and then the model runs one row
+//! at a time. A numeric batch other than 1 (a model exported for batches of exactly 4, say) is
+//! refused: export it with a symbolic batch. Each output must come out as `[batch, width]`:
+//! one output row per input row.
+//!
+//! [`Model::run`] keeps the single-row interface of the first models: one row of every input
+//! concatenated in port order, [`Model::input_len`] values in all, and one row of every output
+//! back, [`Model::output_len`] values. For a one-input, one-output model that is just its row.
+//!
+//! # Declared metadata
+//!
+//! A model may describe itself in its ONNX `metadata_props` (string key, string value). Keys
+//! starting `edge.` are edge-ai's; a key in that space not listed here is refused, so a typo
+//! does not silently disable a check. Other keys are ignored.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `edge.purpose` | what the model is for, one word: `route`, `place`. [`Model::purpose`] |
+//! | `edge.input.NAME` | the columns of input `NAME`: `feature:unit,feature:unit,...`, one per column (`peak_ewma_ms:ms,in_flight:requests`) |
+//! | `edge.output.NAME` | the same for output `NAME` |
+//! | `edge.golden.input.NAME` | rows for input `NAME`: values by `,`, rows by `;` (`0.5,1,-2;3,0,1e-3`) |
+//! | `edge.golden.output.NAME` | the rows output `NAME` must give for them |
+//! | `edge.golden.tolerance` | relative tolerance of the golden check, default `1e-4` |
+//!
+//! Feature names and units are printable ASCII without spaces, `,`, `:` or `;`; a plain number
+//! has unit `1`. A port's feature count must equal its width. Features are declared for every
+//! port or for none, and so are golden rows, all with the same row count (at most
+//! [`MAX_GOLDEN_ROWS`]) and finite values. At load, every golden output must be within
+//! `tolerance * max(1, |expected|)` of what the plan computes, or the load fails naming the
+//! port, row, column, expected and computed value.
+//!
+//! A caller checks that a model is the one it was written for with [`Model::expect_schema`]:
+//! purpose, ports in order, widths, then each column's feature and unit, reporting the first
+//! difference as a [`SchemaMismatch`]. What a model does not declare is not compared: a model
+//! without features (the built-in tiny MLP) passes on port names and widths alone, and one
+//! without `edge.purpose` on any purpose.
+//!
+//! The metadata is bounded before it is read: at most [`MAX_METADATA_ENTRIES`] entries, keys up
+//! to [`MAX_METADATA_KEY_BYTES`], values up to [`MAX_METADATA_VALUE_BYTES`].
+//!
+//! # The hot path
+//!
+//! [`Model::batch`] optimises the graph for exactly `max_rows` rows and spawns one tract run
+//! state, with an input tensor and an output buffer per port, all kept by the [`Batch`]. A
+//! [`Batch::run`] copies the caller's rows into the input tensors (rows past the count asked
+//! for are zero), has tract evaluate the plan, and copies each output's rows out; edge-ai
+//! allocates nothing there (`tests/alloc.rs` checks it on a graph with no operator: 0).
+//!
+//! tract's operators still allocate their results: per matrix product (a Gemm with its bias
+//! and Relu fused), 6 allocations to repack the activations into the kernel's layout and 2
+//! for the product, freed within the run. The 13 -> 16 -> 16 -> 2 routing MLP makes 24 per run,
+//! about 5 KB; tract 0.23 has no way to hand an operator a buffer for its result. What it does
+//! reuse, the matrix kernels' scratch space, lives as long as the batch's run state. Fixing the
+//! row count rather than leaving it symbolic saves 4 more per run (tract binds the symbol
+//! anew on every run) and lets tract pick its kernels for that size; the price is that a run of
+//! fewer rows costs as much as `max_rows`, so size a batch to the usual candidate count.
+//!
+//! That scratch space is kept per thread and per run state (a few KB): keep a batch on one
+//! thread where you can. A batch run on another thread allocates scratch there on its next run,
+//! and the scratch it leaves on a thread is freed when the batch is dropped on that thread or
+//! when the thread ends, not before: a batch made once and run from a pool of `n` threads holds
+//! up to `n` of them; batches made and dropped over and over on hopping threads leak them.
 //!
 //! [tract]: https://github.com/sonos/tract
 
