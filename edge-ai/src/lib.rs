@@ -150,6 +150,14 @@ pub const MAX_GOLDEN_ROWS: usize = 64;
 /// the cap bounds the buffers a caller can ask for.
 pub const MAX_BATCH_ROWS: usize = 65_536;
 
+/// The widest port a model may have, in values per row. Routing and placement models have
+/// tens of features; the cap keeps a batch's buffer sizes (rows x widths) far from overflow.
+pub const MAX_PORT_WIDTH: usize = 65_536;
+
+/// The most values a [`Batch`]'s rows may hold, all ports together: 16 Mi `f32`, 64 MiB. A
+/// model with wide ports gets fewer rows ([`Model::max_batch_rows`]).
+pub const MAX_BATCH_VALUES: usize = 1 << 24;
+
 /// The model a node loads when nothing else is configured: the tiny MLP in `models/` (8 inputs,
 /// one output; see `models/make_tiny_mlp.py`). Shipping it inside the binary means every node
 /// starts with a working model and the same load path as a trained one, so its cost in size,
@@ -418,11 +426,14 @@ impl Model {
         self.inner.output_len
     }
 
-    /// The most rows a [`Batch`] of this model may hold: [`MAX_BATCH_ROWS`] when its inputs
-    /// declare a symbolic batch dimension, 1 when they declare `1`.
+    /// The most rows a [`Batch`] of this model may hold: 1 when its inputs declare a batch of
+    /// `1`; with a symbolic batch, [`MAX_BATCH_ROWS`], or fewer for ports so wide that more rows
+    /// would hold over [`MAX_BATCH_VALUES`].
     pub fn max_batch_rows(&self) -> usize {
         if self.inner.batched.is_some() {
-            MAX_BATCH_ROWS
+            // At most 64 ports of MAX_PORT_WIDTH a side: a row holds at most 2^23 values.
+            let row = (self.inner.input_len + self.inner.output_len).max(1);
+            (MAX_BATCH_VALUES / row).clamp(1, MAX_BATCH_ROWS)
         } else {
             1
         }

@@ -6,7 +6,6 @@
 //! it describes, and anything that does not parse is an error naming the key, never a panic.
 //! Running the golden rows is the loader's job (`lib.rs`), since it needs the plan.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use crate::Port;
@@ -301,12 +300,16 @@ pub(crate) fn parse(
     inputs: &[Port],
     outputs: &[Port],
 ) -> Result<Declared, String> {
-    let mut entries: HashMap<&str, &str> = HashMap::new();
-    for (key, value) in metadata {
-        if !key.starts_with(PREFIX) {
-            continue;
-        }
-        if entries.insert(key, value).is_some() {
+    // In file order, so that of several faults the same one is reported every time. At most
+    // MAX_METADATA_ENTRIES entries: a quadratic look for duplicates is cheaper in code than a
+    // map, and code is what the node's 8 MiB are short of.
+    let entries: Vec<(&str, &str)> = metadata
+        .iter()
+        .filter(|(key, _)| key.starts_with(PREFIX))
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    for (index, (key, _)) in entries.iter().enumerate() {
+        if entries[..index].iter().any(|(earlier, _)| earlier == key) {
             return Err(format!("metadata key {key:?} is declared twice"));
         }
     }
@@ -317,11 +320,7 @@ pub(crate) fn parse(
     let mut golden: [Vec<Option<Vec<Vec<f32>>>>; 2] =
         [vec![None; inputs.len()], vec![None; outputs.len()]];
     let mut tolerance = None;
-    // Sorted, so that of several faults the same one is reported every time.
-    let mut keys: Vec<&str> = entries.keys().copied().collect();
-    keys.sort_unstable();
-    for key in keys {
-        let value = entries.get(key).copied().unwrap_or_default();
+    for (key, value) in entries {
         let port = |prefix: &str, direction: Direction| -> Result<Option<usize>, String> {
             let Some(name) = key.strip_prefix(prefix) else {
                 return Ok(None);

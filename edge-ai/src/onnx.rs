@@ -6,6 +6,7 @@
 //! panics. Nodes must come in graph order (ONNX requires it), so a cycle cannot be expressed.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use tract_core::internal::*;
 use tract_core::ops::change_axes::{wire_rank_broadcast, wire_with_rank_broadcast};
@@ -221,7 +222,8 @@ fn input_shape(input: &proto::ValueInfo) -> Result<(BatchDim, usize), String> {
             },
         );
         format!(
-            "input {:?} must have shape [1, N] or [batch, N], the model's is {shape}",
+            "input {:?} must have shape [1, N] or [batch, N] (export batches with a symbolic \
+             batch dimension), the model's is {shape}",
             input.name
         )
     };
@@ -229,18 +231,27 @@ fn input_shape(input: &proto::ValueInfo) -> Result<(BatchDim, usize), String> {
         return Err(shape_error());
     };
     // A numeric batch dimension other than 1 means the model was exported for batches of
-    // exactly that size, which edge-ai does not run: export it with a symbolic one.
+    // exactly that size, which edge-ai does not run: export it with a symbolic one (the
+    // message says so).
     let batch = match batch {
         Dim::Value(1) => BatchDim::One,
         Dim::Value(_) => return Err(shape_error()),
         Dim::Param(_) | Dim::Unknown => BatchDim::Symbolic,
     };
     match len {
-        Dim::Value(len) if *len > 0 => usize::try_from(*len)
-            .map(|len| (batch, len))
-            .map_err(|_| shape_error()),
+        Dim::Value(len) if *len > 0 => match usize::try_from(*len) {
+            Ok(len) if len <= crate::MAX_PORT_WIDTH => Ok((batch, len)),
+            _ => Err(too_wide("input", &input.name, *len)),
+        },
         _ => Err(shape_error()),
     }
+}
+
+fn too_wide(direction: &str, name: &str, width: impl fmt::Display) -> String {
+    format!(
+        "{direction} {name:?} is {width} values wide; edge-ai runs ports of at most {}",
+        crate::MAX_PORT_WIDTH
+    )
 }
 
 /// Checks that an output's computed shape is `[rows, width]` and returns the width.
@@ -259,6 +270,7 @@ fn output_width(name: &str, fact: &TypedFact, rows: &TDim) -> Result<usize, Stri
         return Err(shape_error());
     }
     match width.to_usize() {
+        Ok(width) if width > crate::MAX_PORT_WIDTH => Err(too_wide("output", name, width)),
         Ok(width) if width > 0 => Ok(width),
         _ => Err(shape_error()),
     }

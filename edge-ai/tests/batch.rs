@@ -6,7 +6,9 @@
 
 mod support;
 
-use edge_ai::{Batch, Direction, MAX_BATCH_ROWS, Model, ModelError};
+use edge_ai::{
+    Batch, Direction, MAX_BATCH_ROWS, MAX_BATCH_VALUES, MAX_PORT_WIDTH, Model, ModelError,
+};
 use support::{BatchExpected, ExpectedBatch, batch_expected, close, model_bytes};
 
 const MODELS: [(&str, &str); 2] = [
@@ -280,6 +282,38 @@ fn row_counts_and_ports_outside_the_batch_are_refused() {
     assert!(runner.run(5).is_err());
     assert_eq!(runner.rows(), 0);
     assert!(runner.output(0).expect("the port exists").is_empty());
+}
+
+#[test]
+fn port_widths_are_capped_and_wide_ports_get_fewer_rows() {
+    let widest = u64::try_from(MAX_PORT_WIDTH).expect("fits");
+    let model = Model::from_bytes(&support::identity_model(widest)).expect("the widest port");
+    // A row is 2^16 values in and 2^16 out: 2^24 / 2^17 rows.
+    assert_eq!(
+        model.max_batch_rows(),
+        MAX_BATCH_VALUES / (2 * MAX_PORT_WIDTH)
+    );
+    assert_eq!(model.max_batch_rows(), 128);
+    assert!(matches!(
+        model.batch(129),
+        Err(ModelError::Rows {
+            rows: 129,
+            max_rows: 128
+        })
+    ));
+    let input: Vec<f32> = (0..MAX_PORT_WIDTH).map(|v| v as f32).collect();
+    assert_eq!(model.run(&input).expect("runs"), input);
+
+    for width in [widest + 1, 1 << 40, u64::MAX >> 1] {
+        match Model::from_bytes(&support::identity_model(width)) {
+            Err(ModelError::Invalid(message)) => {
+                assert!(message.contains("at most 65536"), "{message}");
+            }
+            other => panic!("an input {width} wide: expected Invalid, got {other:?}"),
+        }
+    }
+    let narrow = Model::from_bytes(&support::identity_model(4)).expect("4 wide");
+    assert_eq!(narrow.max_batch_rows(), MAX_BATCH_ROWS);
 }
 
 #[test]

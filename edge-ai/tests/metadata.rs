@@ -12,7 +12,7 @@ use edge_ai::{
     BUILTIN_MODEL, Direction, MAX_GOLDEN_ROWS, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES,
     MAX_METADATA_VALUE_BYTES, Model, ModelError, SchemaMismatch,
 };
-use support::{batch_expected, model_bytes};
+use support::{batch_expected, field, model_bytes};
 
 /// The schema `route-mlp.onnx` declares, as its caller writes it.
 const ROUTE_INPUT: &[(&str, &str)] = &[
@@ -34,21 +34,6 @@ const ROUTE_OUTPUT: &[(&str, &str)] = &[("score", "1"), ("p_fail", "ratio")];
 
 fn route_mlp() -> Model {
     Model::from_bytes(&model_bytes("route-mlp.onnx")).expect("route-mlp.onnx loads")
-}
-
-fn varint(mut value: usize) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    while value >= 0x80 {
-        bytes.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    bytes.push(value as u8);
-    bytes
-}
-
-/// A length-delimited protobuf field.
-fn field(number: usize, value: &[u8]) -> Vec<u8> {
-    [varint(number << 3 | 2), varint(value.len()), value.to_vec()].concat()
 }
 
 /// `ModelProto.metadata_props` (field 14): a `StringStringEntryProto` {key = 1, value = 2}.
