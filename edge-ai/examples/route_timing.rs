@@ -62,6 +62,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_decision_ns[ROUNDS - 1]
     );
 
+    // The same loop on a graph where tract runs no operator: edge-ai's copies and tract's plan
+    // bookkeeping, without the arithmetic.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/passthrough.onnx");
+    let passthrough = Model::load(&path)?;
+    let mut empty = passthrough.batch(ROWS)?;
+    let rows = vec![0.5; ROWS * passthrough.inputs()[0].width()];
+    let mut per_run_ns = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..PER_ROUND {
+            empty.input_mut(0, ROWS)?.copy_from_slice(&rows);
+            empty.run(ROWS)?;
+            std::hint::black_box(empty.output(0)?);
+        }
+        per_run_ns.push(start.elapsed().as_nanos() as f64 / f64::from(PER_ROUND));
+    }
+    per_run_ns.sort_by(f64::total_cmp);
+    println!(
+        "the same without operators (passthrough.onnx): median {:.0} ns, min {:.0} ns",
+        per_run_ns[ROUNDS / 2],
+        per_run_ns[0]
+    );
+
     // The single-row convenience path, for comparison: a fresh run state per call.
     let row = &features[..width];
     let start = Instant::now();

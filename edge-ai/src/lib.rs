@@ -39,7 +39,7 @@
 //! (4.3 MB of the aarch64 binary; see `benches/RESULTS.md`).
 //!
 //! One or more inputs and one or more outputs (at most 64 of each), the [`Port`]s, all `f32` of
-//! shape `[batch, width]` with a fixed width. The batch dimension is declared either symbolic
+//! shape `[batch, width]` with a fixed width of at most [`MAX_PORT_WIDTH`]. The batch dimension is declared either symbolic
 //! (a name, or left unknown) by every input, and then a [`Batch`] runs up to
 //! [`MAX_BATCH_ROWS`] rows per call, or as `1` by every input, and then the model runs one row
 //! at a time. A numeric batch other than 1 (a model exported for batches of exactly 4, say) is
