@@ -9,8 +9,9 @@ Writes, next to this script:
 
 and two variants with the same weights that differ only in the declared input
 shape, to test how edge-ai treats the batch dimension:
-  tiny-mlp.symbolic-batch.onnx  input ["batch", 8]: loads, batch fixed to 1
-  tiny-mlp.batch4.onnx          input [4, 8]: refused, edge-ai runs one row
+  tiny-mlp.symbolic-batch.onnx  input ["batch", 8]: loads, runs batches
+  tiny-mlp.batch4.onnx          input [4, 8]: refused, edge-ai runs a batch
+                                of 1 or a symbolic one
 
 and two malformed copies that crashed tract's ONNX parser when edge-ai used it,
 which edge-ai must refuse (not valid ONNX: the checker is not run):
