@@ -9,8 +9,9 @@ Writes, next to this script:
 
 and two variants with the same weights that differ only in the declared input
 shape, to test how edge-ai treats the batch dimension:
-  tiny-mlp.symbolic-batch.onnx  input ["batch", 8]: loads, batch fixed to 1
-  tiny-mlp.batch4.onnx          input [4, 8]: refused, edge-ai runs one row
+  tiny-mlp.symbolic-batch.onnx  input ["batch", 8]: loads, runs batches
+  tiny-mlp.batch4.onnx          input [4, 8]: refused, edge-ai runs a batch
+                                of 1 or a symbolic one
 
 and two malformed copies that crashed tract's ONNX parser when edge-ai used it,
 which edge-ai must refuse (not valid ONNX: the checker is not run):
@@ -34,14 +35,30 @@ and two valid models that edge-ai must refuse:
                            model; the file is deliberately not written, and
                            edge-ai never reads files other than the model
 
+and, for batches, several ports and the edge.* metadata (edge-ai/tests/batch.rs,
+edge-ai/tests/metadata.rs, edge-ai/tests/alloc.rs):
+  two-port.onnx            inputs "a" [batch, 3] and "b" [batch, 2], outputs
+                           "u" [batch, 4] and "v" [batch, 1]; no metadata
+  two-port.expected.json   batches of fixed inputs and the reference's outputs
+  route-mlp.onnx           a 13 -> 16 -> 16 -> 2 routing MLP, input "candidates"
+                           [batch, 13], output "score" [batch, 2], declaring
+                           edge.purpose, its feature schema and 4 golden rows
+  route-mlp.expected.json  batches of fixed inputs and the reference's outputs
+  route-mlp.wrong-golden.onnx     the same, one golden output off by 0.5:
+                                  refused at load
+  route-mlp.schema-mismatch.onnx  the same, 12 features declared for the 13
+                                  columns of "candidates": refused at load
+  passthrough.onnx         "y" = Identity("x"), both [batch, 4]: tract runs no
+                           operator, so what a run allocates is edge-ai's own
+
 The weights come from fixed seeds, so running the script again rewrites
 byte-identical files. Regenerate them all together, never by hand:
 
-    pip install onnx numpy
+    pip install onnx==1.23.2 numpy==2.4.6
     python3 edge-ai/models/make_tiny_mlp.py
 
-The Rust tests (edge-ai/tests/tiny_mlp.rs and edge-ai/tests/ops.rs) load the
-.onnx files with edge-ai and check them against the outputs in the .json files.
+The Rust tests (edge-ai/tests/*.rs) load the .onnx files with edge-ai and check
+them against the outputs in the .json files.
 """
 
 import json
@@ -422,10 +439,244 @@ def write_ops_models():
     (HERE / "external-data.onnx").write_bytes(make_external_data_model().SerializeToString())
 
 
+# The batch models draw from their own seeds too, so adding them left the others unchanged.
+TWO_PORT_SEED = 20261207
+ROUTE_SEED = 20261208
+ROUTE_HIDDEN_LEN = 16
+# Routing features a node scores each candidate on, in column order, with their units: the
+# schema route-mlp.onnx declares and the caller checks with Model::expect_schema.
+ROUTE_FEATURES = [
+    ("peak_ewma_ms", "ms"),
+    ("p99_ms", "ms"),
+    ("in_flight", "requests"),
+    ("queue_depth", "requests"),
+    ("error_rate", "ratio"),
+    ("cpu_util", "ratio"),
+    ("mem_free", "MiB"),
+    ("rtt_ms", "ms"),
+    ("link", "Mbit/s"),
+    ("battery", "ratio"),
+    ("hops", "1"),
+    ("same_site", "bool"),
+    ("age", "s"),
+]
+ROUTE_OUTPUTS = [("score", "1"), ("p_fail", "ratio")]
+ROUTE_GOLDEN_ROWS = 4
+# Row counts of the expected batches: a full routing decision, one row, and an odd count.
+BATCH_ROWS = [8, 1, 5]
+
+
+def value_info(name, width):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])
+
+
+def make_two_port_weights(rng):
+    return {
+        "wa": rng.normal(0.0, 0.5, size=(4, 3)).astype(np.float32),
+        "wb": rng.normal(0.0, 0.5, size=(4, 2)).astype(np.float32),
+        "bu": rng.normal(0.0, 0.1, size=(4,)).astype(np.float32),
+        "wv": rng.normal(0.0, 0.5, size=(1, 2)).astype(np.float32),
+        "bv": rng.normal(0.0, 0.1, size=(1,)).astype(np.float32),
+    }
+
+
+def make_two_port_model(w):
+    """u = Relu(a Wa' + b Wb' + bu), v = Sigmoid(b Wv' + bv): outputs that mix the inputs."""
+    nodes = [
+        helper.make_node("Gemm", ["a", "wa", "bu"], ["ua"], name="fc_a", transB=1),
+        helper.make_node("Gemm", ["b", "wb"], ["ub"], name="fc_b", transB=1),
+        helper.make_node("Add", ["ua", "ub"], ["u_pre"], name="mix"),
+        helper.make_node("Relu", ["u_pre"], ["u"], name="relu"),
+        helper.make_node("Gemm", ["b", "wv", "bv"], ["v_pre"], name="fc_v", transB=1),
+        helper.make_node("Sigmoid", ["v_pre"], ["v"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_port",
+        inputs=[value_info("a", 3), value_info("b", 2)],
+        outputs=[value_info("u", 4), value_info("v", 1)],
+        initializer=[numpy_helper.from_array(v, name) for name, v in w.items()],
+    )
+    return finish_model(graph)
+
+
+def two_port_forward(inputs, w):
+    f = np.float32
+    a, b = inputs["a"], inputs["b"]
+    u = np.maximum(a @ w["wa"].T + w["bu"] + b @ w["wb"].T, f(0.0))
+    v = f(1.0) / (f(1.0) + np.exp(-(b @ w["wv"].T + w["bv"])))
+    return {"u": u.astype(np.float32), "v": v.astype(np.float32)}
+
+
+def make_route_weights(rng):
+    n, h = len(ROUTE_FEATURES), ROUTE_HIDDEN_LEN
+    return {
+        "w1": rng.normal(0.0, 0.4, size=(h, n)).astype(np.float32),
+        "b1": rng.normal(0.0, 0.1, size=(h,)).astype(np.float32),
+        "w2": rng.normal(0.0, 0.4, size=(h, h)).astype(np.float32),
+        "b2": rng.normal(0.0, 0.1, size=(h,)).astype(np.float32),
+        "w3": rng.normal(0.0, 0.4, size=(len(ROUTE_OUTPUTS), h)).astype(np.float32),
+        "b3": rng.normal(0.0, 0.1, size=(len(ROUTE_OUTPUTS),)).astype(np.float32),
+    }
+
+
+def make_route_model(w):
+    nodes = [
+        helper.make_node("Gemm", ["candidates", "w1", "b1"], ["h1_pre"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h1_pre"], ["h1"], name="relu1"),
+        helper.make_node("Gemm", ["h1", "w2", "b2"], ["h2_pre"], name="fc2", transB=1),
+        helper.make_node("Relu", ["h2_pre"], ["h2"], name="relu2"),
+        helper.make_node("Gemm", ["h2", "w3", "b3"], ["score"], name="fc3", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "route_mlp",
+        inputs=[value_info("candidates", len(ROUTE_FEATURES))],
+        outputs=[value_info("score", len(ROUTE_OUTPUTS))],
+        initializer=[numpy_helper.from_array(v, name) for name, v in w.items()],
+    )
+    return finish_model(graph)
+
+
+def route_forward(inputs, w):
+    f = np.float32
+    h = np.maximum(inputs["candidates"] @ w["w1"].T + w["b1"], f(0.0))
+    h = np.maximum(h @ w["w2"].T + w["b2"], f(0.0))
+    return {"score": (h @ w["w3"].T + w["b3"]).astype(np.float32)}
+
+
+def decimal_rows(rows):
+    """Rows as edge.golden.* text; float(np.float32) prints so that it parses back exactly."""
+    return ";".join(",".join(repr(float(v)) for v in row) for row in rows)
+
+
+def features_text(features):
+    return ",".join(f"{name}:{unit}" for name, unit in features)
+
+
+def with_metadata(model, entries):
+    """A copy of `model` with `entries` (key, value) as its metadata_props, in order."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.helper.set_model_props(copy, dict(entries))
+    onnx.checker.check_model(copy, full_check=True)
+    return copy
+
+
+def draw_batches(rng, widths):
+    """One dict of input name -> [rows, width] float32 per row count of BATCH_ROWS."""
+    return [
+        {
+            name: rng.uniform(-2.0, 2.0, size=(rows, width)).astype(np.float32)
+            for name, width in widths.items()
+        }
+        for rows in BATCH_ROWS
+    ]
+
+
+def batch_cases(model, batches, forward_fn):
+    """The reference evaluator's outputs for each batch, checked against numpy."""
+    reference = ReferenceEvaluator(model)
+    names = [output.name for output in model.graph.output]
+    cases = []
+    for inputs in batches:
+        got = dict(zip(names, reference.run(None, inputs)))
+        want = forward_fn(inputs)
+        for name in names:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+        cases.append(
+            {
+                "rows": int(next(iter(inputs.values())).shape[0]),
+                "inputs": {name: v.tolist() for name, v in inputs.items()},
+                "outputs": {name: v.astype(np.float32).tolist() for name, v in got.items()},
+            }
+        )
+    return cases
+
+
+def write_batch_expected(path, model_name, seed, model, cases):
+    def ports(values):
+        return [
+            {"name": v.name, "width": v.type.tensor_type.shape.dim[1].dim_value} for v in values
+        ]
+
+    expected = {
+        "model": model_name,
+        "generator": "make_tiny_mlp.py",
+        "seed": seed,
+        "inputs": ports(model.graph.input),
+        "outputs": ports(model.graph.output),
+        "batches": cases,
+    }
+    path.write_text(json.dumps(expected, indent=2) + "\n")
+
+
+def write_batch_models():
+    rng = np.random.default_rng(TWO_PORT_SEED)
+    w = make_two_port_weights(rng)
+    model = make_two_port_model(w)
+    (HERE / "two-port.onnx").write_bytes(model.SerializeToString())
+    batches = draw_batches(rng, {"a": 3, "b": 2})
+    cases = batch_cases(model, batches, lambda inputs: two_port_forward(inputs, w))
+    write_batch_expected(
+        HERE / "two-port.expected.json", "two-port.onnx", TWO_PORT_SEED, model, cases
+    )
+
+    rng = np.random.default_rng(ROUTE_SEED)
+    w = make_route_weights(rng)
+    bare = make_route_model(w)
+    golden_in = rng.uniform(-2.0, 2.0, size=(ROUTE_GOLDEN_ROWS, len(ROUTE_FEATURES)))
+    golden_in = golden_in.astype(np.float32)
+    golden_out = route_forward({"candidates": golden_in}, w)["score"]
+    (reference_out,) = ReferenceEvaluator(bare).run(None, {"candidates": golden_in})
+    np.testing.assert_allclose(reference_out, golden_out, rtol=1e-6, atol=1e-6)
+
+    def metadata(features, outputs):
+        return [
+            ("edge.purpose", "route"),
+            ("edge.input.candidates", features_text(features)),
+            ("edge.output.score", features_text(ROUTE_OUTPUTS)),
+            ("edge.golden.input.candidates", decimal_rows(golden_in)),
+            ("edge.golden.output.score", decimal_rows(outputs)),
+        ]
+
+    model = with_metadata(bare, metadata(ROUTE_FEATURES, golden_out))
+    (HERE / "route-mlp.onnx").write_bytes(model.SerializeToString())
+    batches = draw_batches(rng, {"candidates": len(ROUTE_FEATURES)})
+    cases = batch_cases(model, batches, lambda inputs: route_forward(inputs, w))
+    write_batch_expected(
+        HERE / "route-mlp.expected.json", "route-mlp.onnx", ROUTE_SEED, model, cases
+    )
+
+    wrong = golden_out.copy()
+    wrong[2, 1] += np.float32(0.5)
+    variant = with_metadata(bare, metadata(ROUTE_FEATURES, wrong))
+    (HERE / "route-mlp.wrong-golden.onnx").write_bytes(variant.SerializeToString())
+    variant = with_metadata(bare, metadata(ROUTE_FEATURES[:-1], golden_out))
+    (HERE / "route-mlp.schema-mismatch.onnx").write_bytes(variant.SerializeToString())
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"], name="identity")],
+        "passthrough",
+        inputs=[value_info("x", 4)],
+        outputs=[value_info("y", 4)],
+    )
+    (HERE / "passthrough.onnx").write_bytes(finish_model(graph).SerializeToString())
+
+
 def main():
     write_tiny_mlp()
     write_ops_models()
-    for pattern in ["tiny-mlp*", "ops*", "unsupported-*", "external-data*"]:
+    write_batch_models()
+    for pattern in [
+        "tiny-mlp*",
+        "ops*",
+        "unsupported-*",
+        "external-data*",
+        "two-port*",
+        "route-mlp*",
+        "passthrough*",
+    ]:
         for path in sorted(HERE.glob(pattern)):
             print(f"wrote {path} ({path.stat().st_size} bytes)")
 

@@ -1,7 +1,8 @@
-//! On-device inference: load an ONNX model once, then run it on `f32` inputs.
+//! On-device inference: load an ONNX model once, then run it on rows of `f32` features.
 //!
 //! This crate is the fleet's boundary around [tract]: the node daemon hands it model bytes and
-//! input vectors, and gets back output vectors or a [`ModelError`].
+//! input rows, and gets back output rows or a [`ModelError`]. Routing and placement score many
+//! candidates per decision: they keep a [`Batch`] and run all candidates in one call.
 //!
 //! # Invariants
 //!
@@ -12,14 +13,19 @@
 //!   rather than followed to other files.
 //! - **Inference is a pure function of model and input.** A [`Model`] is immutable once loaded;
 //!   every [`Model::run`] starts from fresh state, so calls do not influence each other and a
-//!   `Model` can be shared between threads.
+//!   `Model` can be shared between threads. A [`Batch`] keeps buffers and scratch memory between
+//!   runs, never values: a run's outputs depend on that run's input rows alone.
 //! - **A bad model file is an error, not a panic.** Files larger than [`MAX_MODEL_BYTES`] are
 //!   refused before parsing. The file is decoded by this crate (`proto.rs`), with every length
 //!   checked and the number of decoded items capped, then translated node by node into a tract
 //!   graph (`onnx.rs`); anything malformed, unsupported or inconsistent becomes
-//!   [`ModelError::Invalid`] naming the node or field. tract only ever sees a graph built
-//!   through its typed API. A model of up to 1024 nodes may still ask for large tensors while it
-//!   is optimised: load only models from a source the node trusts.
+//!   [`ModelError::Invalid`] naming the node, field or metadata key. tract only ever sees a
+//!   graph built through its typed API. A model of up to 1024 nodes may still ask for large
+//!   tensors while it is optimised: load only models from a source the node trusts.
+//! - **A model that loads reproduces its golden rows.** When a model declares golden rows, they
+//!   run through the loaded plan inside [`Model::from_bytes`]; a model that computes something
+//!   else does not load.
+//! - **A batch run allocates nothing of ours.** See [the hot path](#the-hot-path).
 //!
 //! Inference runs on the caller's thread and blocks it: async callers with large models should
 //! use a blocking-task pool.
@@ -32,25 +38,93 @@
 //! is what keeps tract's ONNX front end and its hundreds of operators out of the node binary
 //! (4.3 MB of the aarch64 binary; see `benches/RESULTS.md`).
 //!
-//! One `f32` input of shape `[1, N]` (the batch dimension may be declared as `1` or left
-//! symbolic; it is fixed to 1 at load time) and one `f32` output whose shape is fully known
-//! after that, returned flattened.
+//! One or more inputs and one or more outputs (at most 64 of each), the [`Port`]s, all `f32` of
+//! shape `[batch, width]` with a fixed width of at most [`MAX_PORT_WIDTH`]. The batch dimension is declared either symbolic
+//! (a name, or left unknown) by every input, and then a [`Batch`] runs up to
+//! [`MAX_BATCH_ROWS`] rows per call, or as `1` by every input, and then the model runs one row
+//! at a time. A numeric batch other than 1 (a model exported for batches of exactly 4, say) is
+//! refused: export it with a symbolic batch. Each output must come out as `[batch, width]`:
+//! one output row per input row.
+//!
+//! [`Model::run`] keeps the single-row interface of the first models: one row of every input
+//! concatenated in port order, [`Model::input_len`] values in all, and one row of every output
+//! back, [`Model::output_len`] values. For a one-input, one-output model that is just its row.
+//!
+//! # Declared metadata
+//!
+//! A model may describe itself in its ONNX `metadata_props` (string key, string value). Keys
+//! starting `edge.` are edge-ai's; a key in that space not listed here is refused, so a typo
+//! does not silently disable a check. Other keys are ignored.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `edge.purpose` | what the model is for, one word: `route`, `place`. [`Model::purpose`] |
+//! | `edge.input.NAME` | the columns of input `NAME`: `feature:unit,feature:unit,...`, one per column (`peak_ewma_ms:ms,in_flight:requests`) |
+//! | `edge.output.NAME` | the same for output `NAME` |
+//! | `edge.golden.input.NAME` | rows for input `NAME`: values by `,`, rows by `;` (`0.5,1,-2;3,0,1e-3`) |
+//! | `edge.golden.output.NAME` | the rows output `NAME` must give for them |
+//! | `edge.golden.tolerance` | relative tolerance of the golden check, default `1e-4` |
+//!
+//! Feature names and units are printable ASCII without spaces, `,`, `:` or `;`; a plain number
+//! has unit `1`. A port's feature count must equal its width. Features are declared for every
+//! port or for none, and so are golden rows, all with the same row count (at most
+//! [`MAX_GOLDEN_ROWS`]) and finite values. At load, every golden output must be within
+//! `tolerance * max(1, |expected|)` of what the plan computes, or the load fails naming the
+//! port, row, column, expected and computed value.
+//!
+//! A caller checks that a model is the one it was written for with [`Model::expect_schema`]:
+//! purpose, ports in order, widths, then each column's feature and unit, reporting the first
+//! difference as a [`SchemaMismatch`]. What a model does not declare is not compared: a model
+//! without features (the built-in tiny MLP) passes on port names and widths alone, and one
+//! without `edge.purpose` on any purpose.
+//!
+//! The metadata is bounded before it is read: at most [`MAX_METADATA_ENTRIES`] entries, keys up
+//! to [`MAX_METADATA_KEY_BYTES`], values up to [`MAX_METADATA_VALUE_BYTES`].
+//!
+//! # The hot path
+//!
+//! [`Model::batch`] optimises the graph for exactly `max_rows` rows and spawns one tract run
+//! state, with an input tensor and an output buffer per port, all kept by the [`Batch`]. A
+//! [`Batch::run`] copies the caller's rows into the input tensors (rows past the count asked
+//! for are zero), has tract evaluate the plan, and copies each output's rows out; edge-ai
+//! allocates nothing there (`tests/alloc.rs` checks it on a graph with no operator: 0).
+//!
+//! tract's operators still allocate their results: per matrix product (a Gemm with its bias
+//! and Relu fused), 6 allocations to repack the activations into the kernel's layout and 2
+//! for the product, freed within the run. The 13 -> 16 -> 16 -> 2 routing MLP makes 24 per run,
+//! about 5 KB; tract 0.23 has no way to hand an operator a buffer for its result. What it does
+//! reuse, the matrix kernels' scratch space, lives as long as the batch's run state. Fixing the
+//! row count rather than leaving it symbolic saves 4 more per run (tract binds the symbol
+//! anew on every run) and lets tract pick its kernels for that size; the price is that a run of
+//! fewer rows costs as much as `max_rows`, so size a batch to the usual candidate count.
+//!
+//! That scratch space is kept per thread and per run state (a few KB): keep a batch on one
+//! thread where you can. A batch run on another thread allocates scratch there on its next run,
+//! and the scratch it leaves on a thread is freed when the batch is dropped on that thread or
+//! when the thread ends, not before: a batch made once and run from a pool of `n` threads holds
+//! up to `n` of them; batches made and dropped over and over on hopping threads leak them.
 //!
 //! [tract]: https://github.com/sonos/tract
 
 #![forbid(unsafe_code)]
 
+mod batch;
+mod metadata;
 mod onnx;
 mod proto;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tract_core::prelude::{
-    DatumType, IntoRunnable as _, IntoTValue as _, Tensor, TractError, TypedRunnableModel, tvec,
+    DatumType, IntoRunnable as _, Symbol, TDim, TractError, TypedModel, TypedRunnableModel,
 };
+
+pub use batch::Batch;
+pub use metadata::{Direction, ExpectedPort, Feature, PortSchema, Schema, SchemaMismatch};
 
 /// The largest model file, in bytes, that [`Model::load`] and [`Model::from_bytes`] accept.
 ///
@@ -58,6 +132,31 @@ use tract_core::prelude::{
 /// 16 MiB is far above the small models meant for edge nodes (the shipped test model is under
 /// 1 KiB) and far below what would strain a node's memory.
 pub const MAX_MODEL_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The most `metadata_props` entries a model may have, `edge.*` or not.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+
+/// The longest `metadata_props` key, in bytes.
+pub const MAX_METADATA_KEY_BYTES: usize = 1024;
+
+/// The longest `metadata_props` value, in bytes: room for 64 golden rows of a few hundred
+/// columns.
+pub const MAX_METADATA_VALUE_BYTES: usize = 64 * 1024;
+
+/// The most golden rows (`edge.golden.*`) a model may declare; they all run at every load.
+pub const MAX_GOLDEN_ROWS: usize = 64;
+
+/// The most rows a [`Batch`] may hold. Placement scores every node of a fleet in one call;
+/// the cap bounds the buffers a caller can ask for.
+pub const MAX_BATCH_ROWS: usize = 65_536;
+
+/// The widest port a model may have, in values per row. Routing and placement models have
+/// tens of features; the cap keeps a batch's buffer sizes (rows x widths) far from overflow.
+pub const MAX_PORT_WIDTH: usize = 65_536;
+
+/// The most values a [`Batch`]'s rows may hold, all ports together: 16 Mi `f32`, 64 MiB. A
+/// model with wide ports gets fewer rows ([`Model::max_batch_rows`]).
+pub const MAX_BATCH_VALUES: usize = 1 << 24;
 
 /// The model a node loads when nothing else is configured: the tiny MLP in `models/` (8 inputs,
 /// one output; see `models/make_tiny_mlp.py`). Shipping it inside the binary means every node
@@ -91,8 +190,9 @@ pub enum ModelError {
     },
 
     /// The bytes are not a model this crate can run: not valid ONNX, an operator outside the
-    /// supported set, a graph that does not type-check, or not one `[1, N]` `f32` input and one `f32`
-    /// output. Loading the same bytes again fails the same way.
+    /// supported set, a graph that does not type-check, ports that are not `f32` `[batch,
+    /// width]`, `edge.*` metadata that does not parse or does not fit the ports, or golden rows
+    /// the model does not reproduce. Loading the same bytes again fails the same way.
     #[error("invalid model: {0}")]
     Invalid(String),
 
@@ -106,28 +206,88 @@ pub enum ModelError {
         got: usize,
     },
 
-    /// tract failed while running a model that loaded fine. Not expected for a model that passed
-    /// load-time checks; the message is tract's.
+    /// A row count outside what the model or the [`Batch`] takes: 0, more than
+    /// [`Batch::max_rows`], or a batch larger than [`Model::max_batch_rows`]. The caller's
+    /// mistake: nothing was run.
+    #[error("{rows} rows asked for; 1 to {max_rows} are possible")]
+    Rows {
+        /// The row count asked for.
+        rows: usize,
+        /// The most rows possible there.
+        max_rows: usize,
+    },
+
+    /// A port index the model does not have. The caller's mistake: nothing was run.
+    #[error("the model has no {direction} port {port}; it has {ports}")]
+    Port {
+        /// Inputs or outputs.
+        direction: Direction,
+        /// The index asked for.
+        port: usize,
+        /// How many ports the model has on that side.
+        ports: usize,
+    },
+
+    /// tract failed while preparing or running a model that loaded fine. Not expected for a
+    /// model that passed load-time checks; the message is tract's.
     #[error("inference failed: {0}")]
     Inference(String),
 }
 
-/// An ONNX model, parsed, type-checked and optimised into a runnable plan.
+/// A graph input or output: a name and a width. Every port is `f32` of shape `[rows, width]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    name: String,
+    width: usize,
+}
+
+impl Port {
+    pub(crate) fn new(name: String, width: usize) -> Port {
+        Port { name, width }
+    }
+
+    /// The port's name in the graph.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The number of `f32` values in one row of this port.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+}
+
+/// An ONNX model, parsed, type-checked, checked against its golden rows and optimised into a
+/// runnable plan.
 ///
-/// Loading does all the expensive work once; [`Model::run`] then only executes the plan.
-/// `Model` is immutable, `Send` and `Sync`: share it with an `Arc` rather than loading it twice.
+/// Loading does all the expensive work once; [`Model::run`] then only executes the plan, and
+/// [`Model::batch`] prepares a plan for many rows. `Model` is immutable, `Send` and `Sync`, and
+/// a clone shares the loaded plan: clone it rather than loading it twice.
 #[derive(Clone)]
 pub struct Model {
-    plan: Arc<TypedRunnableModel>,
+    inner: Arc<Loaded>,
+}
+
+struct Loaded {
+    /// The graph with its batch dimension symbolic, decluttered, from which batch plans are
+    /// made; `None` when the model runs one row at a time.
+    batched: Option<(TypedModel, Symbol)>,
+    /// The optimised plan for one row.
+    single: Arc<TypedRunnableModel>,
+    inputs: Vec<Port>,
+    outputs: Vec<Port>,
     input_len: usize,
     output_len: usize,
+    declared: metadata::Declared,
 }
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Model")
-            .field("input_len", &self.input_len)
-            .field("output_len", &self.output_len)
+            .field("inputs", &self.inner.inputs)
+            .field("outputs", &self.inner.outputs)
+            .field("max_batch_rows", &self.max_batch_rows())
+            .field("purpose", &self.purpose())
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +319,10 @@ impl Model {
     }
 
     /// Loads an ONNX model from its serialized bytes.
+    ///
+    /// When the model declares golden rows (`edge.golden.*`), they are run through the loaded
+    /// plan before this returns, and a model that does not reproduce them is
+    /// [`ModelError::Invalid`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelError> {
         let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         if len > MAX_MODEL_BYTES {
@@ -172,52 +336,185 @@ impl Model {
         let proto = proto::decode_model(bytes).map_err(|error| {
             ModelError::Invalid(format!("not an ONNX model edge-ai reads: {error}"))
         })?;
-        let onnx::Translated { model, input_len } =
-            onnx::translate(&proto).map_err(ModelError::Invalid)?;
-        let model = model.into_optimized().map_err(invalid)?;
+        let translated = onnx::translate(&proto).map_err(ModelError::Invalid)?;
+        let ports = |ports: Vec<onnx::TranslatedPort>| -> Vec<Port> {
+            ports
+                .into_iter()
+                .map(|port| Port::new(port.name, port.width))
+                .collect()
+        };
+        let inputs = ports(translated.inputs);
+        let outputs = ports(translated.outputs);
+        // The declarations are checked before the graph is optimised: it is the cheaper check.
+        let declared =
+            metadata::parse(&proto.metadata, &inputs, &outputs).map_err(ModelError::Invalid)?;
 
-        let output = model.output_fact(0).map_err(invalid)?;
-        if output.datum_type != DatumType::F32 {
-            return Err(ModelError::Invalid(format!(
-                "output must be f32, the model's is {:?}",
-                output.datum_type
-            )));
+        let (batched, single) = match translated.batch {
+            Some(symbol) => {
+                let graph = translated.model.into_decluttered().map_err(invalid)?;
+                let single = plan_for_rows(&graph, &symbol, 1).map_err(invalid)?;
+                (Some((graph, symbol)), single)
+            }
+            None => {
+                let single = translated
+                    .model
+                    .into_optimized()
+                    .and_then(|model| model.into_runnable())
+                    .map_err(invalid)?;
+                (None, single)
+            }
+        };
+        for (index, port) in outputs.iter().enumerate() {
+            let fact = single.model().output_fact(index).map_err(invalid)?;
+            if fact.datum_type != DatumType::F32 {
+                return Err(ModelError::Invalid(format!(
+                    "output {:?} must be f32, the model's is {:?}",
+                    port.name, fact.datum_type
+                )));
+            }
         }
-        let output_len = output
-            .shape
-            .as_concrete()
-            .map(|dims| dims.iter().product::<usize>())
-            .ok_or_else(|| {
-                ModelError::Invalid(format!(
-                    "output shape {:?} is not fully known for a [1, {input_len}] input",
-                    output.shape
-                ))
-            })?;
 
-        let plan = model.into_runnable().map_err(invalid)?;
-        Ok(Model {
-            plan,
-            input_len,
-            output_len,
-        })
+        let golden = declared.golden.clone();
+        let model = Model {
+            inner: Arc::new(Loaded {
+                batched,
+                single,
+                input_len: inputs.iter().map(Port::width).sum(),
+                output_len: outputs.iter().map(Port::width).sum(),
+                inputs,
+                outputs,
+                declared,
+            }),
+        };
+        if let Some(golden) = golden {
+            model.check_golden(&golden)?;
+        }
+        Ok(model)
     }
 
-    /// The number of `f32` values [`Model::run`] takes: `N` in the input shape `[1, N]`.
+    /// The graph's inputs, in the order the model file lists them. [`Batch::input_mut`] takes
+    /// an index into this slice.
+    pub fn inputs(&self) -> &[Port] {
+        &self.inner.inputs
+    }
+
+    /// The graph's outputs, in the order the model file lists them. [`Batch::output`] takes an
+    /// index into this slice.
+    pub fn outputs(&self) -> &[Port] {
+        &self.inner.outputs
+    }
+
+    /// The index of the input named `name`, if the model has one.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inner.inputs.iter().position(|port| port.name == name)
+    }
+
+    /// The index of the output named `name`, if the model has one.
+    pub fn output_index(&self, name: &str) -> Option<usize> {
+        self.inner.outputs.iter().position(|port| port.name == name)
+    }
+
+    /// The number of `f32` values [`Model::run`] takes: one row of every input, in port order.
+    /// For a single-input model, `N` in its shape `[1, N]`.
     pub fn input_len(&self) -> usize {
-        self.input_len
+        self.inner.input_len
     }
 
-    /// The number of `f32` values [`Model::run`] returns: the output shape, flattened.
+    /// The number of `f32` values [`Model::run`] returns: one row of every output, in port
+    /// order.
     pub fn output_len(&self) -> usize {
-        self.output_len
+        self.inner.output_len
     }
 
-    /// Runs the model on one input row and returns the flattened output.
+    /// The most rows a [`Batch`] of this model may hold: 1 when its inputs declare a batch of
+    /// `1`; with a symbolic batch, [`MAX_BATCH_ROWS`], or fewer for ports so wide that more rows
+    /// would hold over [`MAX_BATCH_VALUES`].
+    pub fn max_batch_rows(&self) -> usize {
+        if self.inner.batched.is_some() {
+            // At most 64 ports of MAX_PORT_WIDTH a side: a row holds at most 2^23 values.
+            let row = (self.inner.input_len + self.inner.output_len).max(1);
+            (MAX_BATCH_VALUES / row).clamp(1, MAX_BATCH_ROWS)
+        } else {
+            1
+        }
+    }
+
+    /// What the model is for, from its `edge.purpose` metadata (`route`, `place`, ...).
+    pub fn purpose(&self) -> Option<&str> {
+        self.inner.declared.purpose.as_deref()
+    }
+
+    /// The features behind every port's columns, from its `edge.input.*` and `edge.output.*`
+    /// metadata; `None` when the model declares none.
+    pub fn schema(&self) -> Option<&Schema> {
+        self.inner.declared.schema.as_ref()
+    }
+
+    /// Checks that this model is the one the caller was written for: its purpose (when the
+    /// model declares one), its input and output ports in order, their widths and, when the
+    /// model declares a schema, every column's feature name and unit. Returns the first
+    /// difference.
     ///
-    /// `input` must hold exactly [`Model::input_len`] values, or [`ModelError::InputShape`] is
-    /// returned and nothing runs.
+    /// A model that declares no schema passes on its port names and widths alone, and one
+    /// without `edge.purpose` on any `purpose`: what the model does not declare cannot be
+    /// compared. The built-in tiny MLP declares neither.
+    ///
+    /// ```
+    /// # let model = edge_ai::Model::from_bytes(edge_ai::BUILTIN_MODEL)?;
+    /// let features: &[(&str, &str)] = &[("f0", "1"); 8];
+    /// model.expect_schema("route", &[("x", features)], &[("y", &[("score", "1")])])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn expect_schema(
+        &self,
+        purpose: &str,
+        inputs: &[ExpectedPort<'_>],
+        outputs: &[ExpectedPort<'_>],
+    ) -> Result<(), SchemaMismatch> {
+        metadata::expect(
+            &self.inner.declared,
+            [&self.inner.inputs, &self.inner.outputs],
+            purpose,
+            [inputs, outputs],
+        )
+    }
+
+    /// Prepares a [`Batch`] that runs up to `max_rows` rows per call without allocating.
+    ///
+    /// This optimises the graph for exactly `max_rows` rows (about a millisecond for a small
+    /// MLP), so make a batch once and keep it. A run of fewer rows computes `max_rows` rows all
+    /// the same, the missing ones zero: pick `max_rows` close to the usual number of
+    /// candidates. `max_rows` must be from 1 to [`Model::max_batch_rows`], or this is
+    /// [`ModelError::Rows`].
+    pub fn batch(&self, max_rows: usize) -> Result<Batch, ModelError> {
+        let limit = self.max_batch_rows();
+        if max_rows == 0 || max_rows > limit {
+            return Err(ModelError::Rows {
+                rows: max_rows,
+                max_rows: limit,
+            });
+        }
+        let plan = match &self.inner.batched {
+            Some((graph, symbol)) if max_rows > 1 => plan_for_rows(graph, symbol, max_rows)
+                .map_err(|error| {
+                    ModelError::Inference(format!("preparing {max_rows} rows: {error:#}"))
+                })?,
+            _ => Arc::clone(&self.inner.single),
+        };
+        Batch::new(self.clone(), plan, max_rows)
+    }
+
+    /// Runs the model on one row and returns the output row.
+    ///
+    /// `input` holds one row of every input port, concatenated in port order: for a
+    /// single-input model, exactly that input's row. It must hold [`Model::input_len`] values,
+    /// or [`ModelError::InputShape`] is returned and nothing runs. The output is one row of
+    /// every output port, concatenated the same way.
+    ///
+    /// Each call prepares its own run state, which allocates: code that runs a model in a loop
+    /// keeps a [`Batch`] instead.
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let mut out = Vec::with_capacity(self.output_len);
+        let mut out = Vec::with_capacity(self.inner.output_len);
         self.run_into(input, &mut out)?;
         Ok(out)
     }
@@ -226,33 +523,90 @@ impl Model {
     /// its allocation. On error `out` is left empty.
     pub fn run_into(&self, input: &[f32], out: &mut Vec<f32>) -> Result<(), ModelError> {
         out.clear();
-        if input.len() != self.input_len {
+        if input.len() != self.inner.input_len {
             return Err(ModelError::InputShape {
-                expected: self.input_len,
+                expected: self.inner.input_len,
                 got: input.len(),
             });
         }
-        let inference = |error: TractError| ModelError::Inference(format!("{error:#}"));
-        let input = Tensor::from_shape(&[1, self.input_len], input).map_err(inference)?;
-        let outputs = self
-            .plan
-            .run(tvec![input.into_tvalue()])
-            .map_err(inference)?;
-        let output = outputs
-            .first()
-            .ok_or_else(|| ModelError::Inference("the plan produced no output".to_owned()))?;
-        let values = output
-            .try_as_plain_ram()
-            .and_then(|view| view.as_slice::<f32>())
-            .map_err(inference)?;
-        if values.len() != self.output_len {
-            return Err(ModelError::Inference(format!(
-                "the plan produced {} values, the model declares {}",
-                values.len(),
-                self.output_len
-            )));
+        let mut batch = self.batch(1)?;
+        let mut rest = input;
+        for (index, port) in self.inner.inputs.iter().enumerate() {
+            let (row, after) = rest.split_at(port.width);
+            batch.input_mut(index, 1)?.copy_from_slice(row);
+            rest = after;
         }
-        out.extend_from_slice(values);
+        batch.run(1)?;
+        for index in 0..self.inner.outputs.len() {
+            out.extend_from_slice(batch.output(index)?);
+        }
         Ok(())
     }
+
+    /// Runs the golden rows and compares every output with what the model declares.
+    fn check_golden(&self, golden: &metadata::Golden) -> Result<(), ModelError> {
+        let failed = |message: String| ModelError::Invalid(format!("golden check: {message}"));
+        // A model that runs one row at a time runs its golden rows one by one.
+        let chunk = golden.rows.min(self.max_batch_rows());
+        let mut batch = self.batch(chunk)?;
+        let mut first = 0;
+        while first < golden.rows {
+            let rows = chunk.min(golden.rows - first);
+            for (index, port) in self.inner.inputs.iter().enumerate() {
+                let values = golden
+                    .inputs
+                    .get(index)
+                    .and_then(|values| values.get(first * port.width..(first + rows) * port.width));
+                let values = values
+                    .ok_or_else(|| failed(format!("no golden rows for input {:?}", port.name)))?;
+                batch.input_mut(index, rows)?.copy_from_slice(values);
+            }
+            batch
+                .run(rows)
+                .map_err(|error| failed(format!("the golden rows do not run: {error}")))?;
+            for (index, port) in self.inner.outputs.iter().enumerate() {
+                let got = batch.output(index)?;
+                let expected = golden
+                    .outputs
+                    .get(index)
+                    .and_then(|values| values.get(first * port.width..(first + rows) * port.width));
+                let expected = expected
+                    .ok_or_else(|| failed(format!("no golden rows for output {:?}", port.name)))?;
+                for (position, (got, expected)) in got.iter().zip(expected).enumerate() {
+                    let allowed = golden.tolerance * expected.abs().max(1.0);
+                    // Expected values are finite: a NaN or infinite output never matches one.
+                    if !got.is_finite() || (got - expected).abs() > allowed {
+                        return Err(failed(format!(
+                            "output {:?} row {} column {}: expected {expected}, got {got} \
+                             (tolerance {} x max(1, |expected|))",
+                            port.name,
+                            first + position / port.width,
+                            position % port.width,
+                            golden.tolerance
+                        )));
+                    }
+                }
+            }
+            first += rows;
+        }
+        Ok(())
+    }
+}
+
+/// The optimised plan for `graph` with its batch dimension `symbol` fixed to `rows`.
+///
+/// A concrete row count is what keeps a run from allocating for its shapes: with the dimension
+/// left symbolic, tract binds it anew on every run (a map insertion, and shape arithmetic in
+/// each operator).
+fn plan_for_rows(
+    graph: &TypedModel,
+    symbol: &Symbol,
+    rows: usize,
+) -> Result<Arc<TypedRunnableModel>, TractError> {
+    let rows = i64::try_from(rows)?;
+    let values = HashMap::from([(symbol.clone(), TDim::Val(rows))]);
+    graph
+        .set_symbols(&values)?
+        .into_optimized()?
+        .into_runnable()
 }

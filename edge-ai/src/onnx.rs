@@ -6,6 +6,7 @@
 //! panics. Nodes must come in graph order (ONNX requires it), so a cycle cannot be expressed.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use tract_core::internal::*;
 use tract_core::ops::change_axes::{wire_rank_broadcast, wire_with_rank_broadcast};
@@ -25,11 +26,25 @@ const MIN_OPSET: i64 = 7;
 /// work a file can ask of the optimiser.
 pub(crate) const MAX_NODES: usize = 1024;
 
-/// The graph's single input, `[1, N]` `f32`, and the tract graph computing its single output.
+/// A graph input or output as edge-ai runs it: `f32` of shape `[batch, width]`.
+pub(crate) struct TranslatedPort {
+    pub(crate) name: String,
+    pub(crate) width: usize,
+}
+
+/// The tract graph for a model, with its ports in the order the file lists them.
 pub(crate) struct Translated {
     pub(crate) model: TypedModel,
-    pub(crate) input_len: usize,
+    pub(crate) inputs: Vec<TranslatedPort>,
+    pub(crate) outputs: Vec<TranslatedPort>,
+    /// The symbol standing for the number of rows when every input declares a symbolic batch
+    /// dimension; `None` when every input declares `1`, so the graph runs one row at a time.
+    pub(crate) batch: Option<Symbol>,
 }
+
+/// The most inputs, and the most outputs, a model may have. Routing models have a few; the
+/// cap keeps messages and per-port buffers small.
+pub(crate) const MAX_PORTS: usize = 64;
 
 /// Builds the tract graph for `proto`.
 pub(crate) fn translate(proto: &proto::Model) -> Result<Translated, String> {
@@ -78,59 +93,123 @@ pub(crate) fn translate(proto: &proto::Model) -> Result<Translated, String> {
         .iter()
         .filter(|input| !builder.values.contains_key(&input.name))
         .collect();
-    if inputs.len() != 1 || graph.outputs.len() != 1 {
+    if inputs.is_empty() || graph.outputs.is_empty() {
         return Err(format!(
-            "expected 1 input and 1 output, the model has {} and {}",
+            "expected at least 1 input and 1 output, the model has {} and {}",
             inputs.len(),
             graph.outputs.len()
         ));
     }
-    let input_len = single_row_input_len(inputs[0])?;
-    let source = builder
-        .model
-        .add_source(
-            format!("input.{}", inputs[0].name),
-            f32::fact([1, input_len]),
-        )
-        .map_err(|error| format!("{error:#}"))?;
-    builder.define(&inputs[0].name, source)?;
+    if inputs.len() > MAX_PORTS || graph.outputs.len() > MAX_PORTS {
+        return Err(format!(
+            "the model has {} inputs and {} outputs; edge-ai runs at most {MAX_PORTS} of each",
+            inputs.len(),
+            graph.outputs.len()
+        ));
+    }
+    let declared: Vec<(BatchDim, usize)> = inputs
+        .iter()
+        .map(|input| input_shape(input))
+        .collect::<Result<_, _>>()?;
+    // Rows of different inputs are rows of the same candidates, so either every input is
+    // batched or none is.
+    let batched = declared
+        .iter()
+        .filter(|(batch, _)| *batch == BatchDim::Symbolic)
+        .count();
+    if batched != 0 && batched != declared.len() {
+        return Err(format!(
+            "{batched} of the model's {} inputs have a symbolic batch dimension and the others \
+             1; edge-ai needs all of them one way or the other",
+            declared.len()
+        ));
+    }
+    let batch = (batched != 0).then(|| builder.model.symbols.sym("batch"));
+    let rows = batch
+        .clone()
+        .map_or_else(|| 1.to_dim(), |batch| batch.to_dim());
+    let mut input_ports = Vec::with_capacity(inputs.len());
+    for (input, (_, width)) in inputs.iter().zip(declared) {
+        let source = builder
+            .model
+            .add_source(
+                format!("input.{}", input.name),
+                f32::fact([rows.clone(), width.to_dim()]),
+            )
+            .map_err(|error| format!("input {:?}: {error:#}", input.name))?;
+        builder.define(&input.name, source)?;
+        input_ports.push(TranslatedPort {
+            name: input.name.clone(),
+            width,
+        });
+    }
 
     for (index, node) in graph.nodes.iter().enumerate() {
         builder.node(index, node)?;
     }
 
-    let output = &graph.outputs[0];
-    if let Some(elem_type) = output.elem_type
-        && elem_type != FLOAT
-    {
-        return Err(format!(
-            "output must be f32, the model's is {}",
-            proto::data_type_name(elem_type)
-        ));
+    let mut outlets = Vec::with_capacity(graph.outputs.len());
+    let mut output_ports: Vec<TranslatedPort> = Vec::with_capacity(graph.outputs.len());
+    for output in &graph.outputs {
+        if let Some(elem_type) = output.elem_type
+            && elem_type != FLOAT
+        {
+            return Err(format!(
+                "output {:?} must be f32, the model's is {}",
+                output.name,
+                proto::data_type_name(elem_type)
+            ));
+        }
+        if output_ports.iter().any(|port| port.name == output.name) {
+            return Err(format!("the graph lists output {:?} twice", output.name));
+        }
+        let outlet = *builder.values.get(&output.name).ok_or_else(|| {
+            format!(
+                "the graph output {:?} is a value no input, initializer or node defines",
+                output.name
+            )
+        })?;
+        let fact = builder
+            .model
+            .outlet_fact(outlet)
+            .map_err(|error| format!("output {:?}: {error:#}", output.name))?;
+        let width = output_width(&output.name, fact, &rows)?;
+        outlets.push(outlet);
+        output_ports.push(TranslatedPort {
+            name: output.name.clone(),
+            width,
+        });
     }
-    let outlet = *builder.values.get(&output.name).ok_or_else(|| {
-        format!(
-            "the graph output {:?} is a value no input, initializer or node defines",
-            output.name
-        )
-    })?;
     builder
         .model
-        .select_output_outlets(&[outlet])
+        .select_output_outlets(&outlets)
         .map_err(|error| format!("{error:#}"))?;
     Ok(Translated {
         model: builder.model,
-        input_len,
+        inputs: input_ports,
+        outputs: output_ports,
+        batch,
     })
 }
 
-/// Checks that the input is a single row of `f32`, `[1, N]` or `[batch, N]`, and returns `N`.
-fn single_row_input_len(input: &proto::ValueInfo) -> Result<usize, String> {
+/// How an input declares its first (batch) dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchDim {
+    /// `1`: the graph runs one row.
+    One,
+    /// A name or nothing: the graph runs any number of rows.
+    Symbolic,
+}
+
+/// Checks that `input` is `f32` of shape `[1, N]` or `[batch, N]`, and returns how it declares
+/// its batch dimension and `N`.
+fn input_shape(input: &proto::ValueInfo) -> Result<(BatchDim, usize), String> {
     if let Some(elem_type) = input.elem_type
         && elem_type != FLOAT
     {
         return Err(format!(
-            "input must be f32, the model's is {}",
+            "input {:?} must be f32, the model's is {}",
+            input.name,
             proto::data_type_name(elem_type)
         ));
     }
@@ -142,18 +221,57 @@ fn single_row_input_len(input: &proto::ValueInfo) -> Result<usize, String> {
                 format!("[{}]", dims.join(", "))
             },
         );
-        format!("input must have shape [1, N], the model's is {shape}")
+        format!(
+            "input {:?} must have shape [1, N] or [batch, N] (export batches with a symbolic \
+             batch dimension), the model's is {shape}",
+            input.name
+        )
     };
     let [batch, len] = input.shape.as_deref().ok_or_else(shape_error)? else {
         return Err(shape_error());
     };
-    // A symbolic batch dimension is fixed to 1; a numeric one other than 1 means the model was
-    // built for batches, which `run` does not pass.
-    if matches!(batch, Dim::Value(batch) if *batch != 1) {
+    // A numeric batch dimension other than 1 means the model was exported for batches of
+    // exactly that size, which edge-ai does not run: export it with a symbolic one (the
+    // message says so).
+    let batch = match batch {
+        Dim::Value(1) => BatchDim::One,
+        Dim::Value(_) => return Err(shape_error()),
+        Dim::Param(_) | Dim::Unknown => BatchDim::Symbolic,
+    };
+    match len {
+        Dim::Value(len) if *len > 0 => match usize::try_from(*len) {
+            Ok(len) if len <= crate::MAX_PORT_WIDTH => Ok((batch, len)),
+            _ => Err(too_wide("input", &input.name, *len)),
+        },
+        _ => Err(shape_error()),
+    }
+}
+
+fn too_wide(direction: &str, name: &str, width: impl fmt::Display) -> String {
+    format!(
+        "{direction} {name:?} is {width} values wide; edge-ai runs ports of at most {}",
+        crate::MAX_PORT_WIDTH
+    )
+}
+
+/// Checks that an output's computed shape is `[rows, width]` and returns the width.
+fn output_width(name: &str, fact: &TypedFact, rows: &TDim) -> Result<usize, String> {
+    let shape_error = || {
+        format!(
+            "output {name:?} has shape {:?}; edge-ai runs outputs of shape [{rows}, width], one \
+             row per input row",
+            fact.shape
+        )
+    };
+    let [batch, width] = fact.shape.dims() else {
+        return Err(shape_error());
+    };
+    if batch != rows {
         return Err(shape_error());
     }
-    match len {
-        Dim::Value(len) if *len > 0 => usize::try_from(*len).map_err(|_| shape_error()),
+    match width.to_usize() {
+        Ok(width) if width > crate::MAX_PORT_WIDTH => Err(too_wide("output", name, width)),
+        Ok(width) if width > 0 => Ok(width),
         _ => Err(shape_error()),
     }
 }

@@ -1,8 +1,9 @@
 //! A protobuf decoder for the part of the ONNX schema that edge-ai runs.
 //!
 //! ONNX files are protobuf messages (`onnx.proto3`). Rather than generated code for the whole
-//! schema, this reads the fields a dense model needs into plain structs and skips the others
-//! (documentation strings, metadata, training information). Whatever could change the meaning of
+//! schema, this reads the fields a dense model needs, and the model's `metadata_props` (where
+//! edge-ai's feature schema and golden values live), into plain structs and skips the others
+//! (documentation strings, training information). Whatever could change the meaning of
 //! the model and is not understood here (subgraphs, sparse or external tensors, model-local
 //! functions, reference attributes) is refused rather than skipped.
 //!
@@ -45,6 +46,9 @@ pub(crate) struct Model {
     /// `opset_import`: (domain, version) pairs.
     pub(crate) opsets: Vec<(String, i64)>,
     pub(crate) graph: Option<Graph>,
+    /// `metadata_props`: (key, value) pairs in file order, at most
+    /// [`MAX_METADATA_ENTRIES`](crate::MAX_METADATA_ENTRIES), each key and value within its cap.
+    pub(crate) metadata: Vec<(String, String)>,
 }
 
 /// `GraphProto`.
@@ -365,6 +369,17 @@ impl Decoder {
                     let opset = opset(bytes_of(value, M, "opset_import")?)?;
                     model.opsets.push(opset);
                 }
+                14 => {
+                    if model.metadata.len() == crate::MAX_METADATA_ENTRIES {
+                        return error(format!(
+                            "the model has more than {} metadata_props entries",
+                            crate::MAX_METADATA_ENTRIES
+                        ));
+                    }
+                    self.spend(1)?;
+                    let entry = metadata_entry(bytes_of(value, M, "metadata_props")?)?;
+                    model.metadata.push(entry);
+                }
                 25 => {
                     return error(
                         "the model defines its own functions, which edge-ai does not run",
@@ -599,6 +614,41 @@ impl Decoder {
     }
 }
 
+/// `StringStringEntryProto`, with its key and value held to their caps before they are copied.
+fn metadata_entry(bytes: &[u8]) -> Result<(String, String)> {
+    const M: &str = "StringStringEntryProto";
+    let (mut key, mut value) = (String::new(), String::new());
+    let mut fields = Fields::new(bytes, M);
+    while let Some((number, field)) = fields.next_field()? {
+        match number {
+            1 => {
+                let bytes = bytes_of(field, M, "key")?;
+                if bytes.len() > crate::MAX_METADATA_KEY_BYTES {
+                    return error(format!(
+                        "a metadata_props key is {} bytes, over the {} byte limit",
+                        bytes.len(),
+                        crate::MAX_METADATA_KEY_BYTES
+                    ));
+                }
+                key = string_of(field, M, "key")?;
+            }
+            2 => {
+                let bytes = bytes_of(field, M, "value")?;
+                if bytes.len() > crate::MAX_METADATA_VALUE_BYTES {
+                    return error(format!(
+                        "the value of metadata_props {key:?} is {} bytes, over the {} byte limit",
+                        bytes.len(),
+                        crate::MAX_METADATA_VALUE_BYTES
+                    ));
+                }
+                value = string_of(field, M, "value")?;
+            }
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
 fn opset(bytes: &[u8]) -> Result<(String, i64)> {
     const M: &str = "OperatorSetIdProto";
     let (mut domain, mut version) = (String::new(), 0);
@@ -705,6 +755,38 @@ mod tests {
         bytes.extend_from_slice(&graph);
         let message = decode_model(&bytes).expect_err("refused").0;
         assert!(message.contains("more than 100000"), "{message}");
+    }
+
+    /// `ModelProto.metadata_props` entries: {key = 1, value = 2}, in field 14.
+    fn metadata_entry_bytes(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let inner = [
+            &[0x0a, key.len() as u8][..],
+            key,
+            &[0x12, value.len() as u8],
+            value,
+        ]
+        .concat();
+        [&[0x72, inner.len() as u8][..], &inner].concat()
+    }
+
+    #[test]
+    fn metadata_entries_decode_in_file_order() {
+        let bytes = [
+            metadata_entry_bytes(b"edge.purpose", b"route"),
+            metadata_entry_bytes(b"author", b""),
+        ]
+        .concat();
+        let model = decode_model(&bytes).expect("accepted");
+        assert_eq!(
+            model.metadata,
+            [
+                ("edge.purpose".to_owned(), "route".to_owned()),
+                ("author".to_owned(), String::new())
+            ]
+        );
+        let many = metadata_entry_bytes(b"k", b"v").repeat(crate::MAX_METADATA_ENTRIES + 1);
+        let message = decode_model(&many).expect_err("refused").0;
+        assert!(message.contains("more than 64"), "{message}");
     }
 
     #[test]
