@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use node_core::proxy::balance::{Choose, chooser};
 use node_core::proxy::cache_status::{CacheName, CacheStatus, Fwd};
 use node_core::proxy::headers::{self, TraceParent, ViaName};
+use node_core::proxy::learned::{Fallback, Mode, Predictor};
 use node_core::proxy::route::{Route, RouteTable, Target};
 use node_core::proxy::tiers;
 use std::collections::HashMap;
@@ -84,18 +85,32 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn new(routing: Routing) -> Self {
+    fn new(routing: Routing, model: &RouteModel) -> Self {
         let choosers = routing
             .table
             .routes()
             .iter()
             .map(|r| {
-                let chooser = Arc::new(Mutex::new(chooser(r.settings.balance)));
+                let chooser = Arc::new(Mutex::new(chooser(r.settings.balance, model())));
                 (r.name.clone(), chooser)
             })
             .collect();
         Self { routing, choosers }
     }
+}
+
+/// The node's routing model, as each route takes it: a call makes one route's predictor
+/// (each holds buffers of its own), or says why there is none.
+pub type RouteModel = Arc<dyn Fn() -> Predictor + Send + Sync>;
+
+/// No routing model: the routes that would use one choose by peak-EWMA P2C.
+pub fn no_route_model() -> RouteModel {
+    Arc::new(|| Err(Fallback::NoModel))
+}
+
+fn lock(chooser: &Chooser) -> std::sync::MutexGuard<'_, Box<dyn Choose + Send>> {
+    // A chooser's state is a cursor or a model's bookkeeping: whole after any panic.
+    chooser.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The proxy's settings that are not routes.
@@ -122,6 +137,7 @@ struct Inner {
     upstreams: Arc<Upstreams>,
     metrics: ProxyMetrics,
     waker: RwLock<Option<Arc<dyn Waker>>>,
+    route_model: RwLock<RouteModel>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -140,11 +156,15 @@ impl Proxy {
         Self {
             inner: Arc::new(Inner {
                 settings,
-                snapshot: RwLock::new(Arc::new(Snapshot::new(Routing::default()))),
+                snapshot: RwLock::new(Arc::new(Snapshot::new(
+                    Routing::default(),
+                    &no_route_model(),
+                ))),
                 cache,
                 upstreams,
                 metrics,
                 waker: RwLock::new(None),
+                route_model: RwLock::new(no_route_model()),
             }),
         }
     }
@@ -171,13 +191,53 @@ impl Proxy {
     /// they started with.
     pub fn set_routing(&self, routing: Routing) {
         let keep = backends_of(&routing);
-        let snapshot = Arc::new(Snapshot::new(routing));
+        // Held until the new table is in place: see `set_route_model`.
+        let model = self
+            .inner
+            .route_model
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let snapshot = Arc::new(Snapshot::new(routing, &model));
         *self
             .inner
             .snapshot
             .write()
             .unwrap_or_else(PoisonError::into_inner) = snapshot;
+        drop(model);
         self.inner.upstreams.retain(&keep);
+    }
+
+    /// Routes with `model` from the next choice on, without a request lost: each route's
+    /// chooser takes the new model between two choices, and requests in flight are observed
+    /// by the chooser that sent them.
+    pub fn set_route_model(&self, model: RouteModel) {
+        // Held while the current routes take it, so that a routing table set meanwhile is
+        // built with the new model, not the old.
+        let mut current = self
+            .inner
+            .route_model
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *current = model.clone();
+        for chooser in self.snapshot().choosers.values() {
+            lock(chooser).set_predictor(model());
+        }
+    }
+
+    /// Who chooses on each route that may use a model: how many routes the model serves
+    /// and how many its fallback serves, by reason.
+    pub fn route_modes(&self) -> Vec<(Mode, usize)> {
+        let mut modes: Vec<(Mode, usize)> = Vec::new();
+        for chooser in self.snapshot().choosers.values() {
+            let Some(mode) = lock(chooser).mode() else {
+                continue;
+            };
+            match modes.iter_mut().find(|(m, _)| *m == mode) {
+                Some((_, n)) => *n += 1,
+                None => modes.push((mode, 1)),
+            }
+        }
+        modes
     }
 
     pub fn cache(&self) -> &Cache {

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use edge_proxy::cache::{Cache, CacheConfig, Clock};
+use edge_proxy::proxy::RouteModel;
 use edge_proxy::{Limits, Proxy, ProxyMetrics, Routing, Settings};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -10,6 +11,7 @@ use hyper::body::Incoming;
 use node_core::proxy::balance::Strategy;
 use node_core::proxy::cache_status::CacheName;
 use node_core::proxy::headers::ViaName;
+use node_core::proxy::learned::{Fallback, Mode, Predict, PredictError, Prediction, ROUTE_WIDTH};
 use node_core::proxy::route::{Origin, Route, RouteSettings, RouteTable, Target, WeightedTarget};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -912,4 +914,115 @@ async fn a_route_change_does_not_drop_a_request_in_flight() {
         404,
         "the new table has no route"
     );
+}
+
+/// A routing model that prefers the slowest measured backend (cost `100 - mean_ms`): the
+/// opposite of what P2C does, so its traffic shows who chose.
+#[derive(Debug)]
+struct PrefersSlow;
+
+impl Predict for PrefersSlow {
+    fn predict(&mut self, features: &[f32], out: &mut [Prediction]) -> Result<(), PredictError> {
+        for (row, p) in features.chunks_exact(ROUTE_WIDTH).zip(out) {
+            *p = Prediction {
+                latency_ms: 100.0 - row[1],
+                failure: 0.0,
+            };
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Broken;
+
+impl Predict for Broken {
+    fn predict(&mut self, _: &[f32], _: &mut [Prediction]) -> Result<(), PredictError> {
+        Err(PredictError("broken on purpose".into()))
+    }
+}
+
+fn prefers_slow() -> RouteModel {
+    Arc::new(|| Ok(Box::new(PrefersSlow) as Box<dyn Predict>))
+}
+
+fn broken() -> RouteModel {
+    Arc::new(|| Ok(Box::new(Broken) as Box<dyn Predict>))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_model_chooses_and_is_swapped_under_load_without_a_failed_request() {
+    let slow = Behaviour {
+        delay: Duration::from_millis(15),
+        ..Behaviour::default()
+    };
+    let (backends, port) = instances(&[Behaviour::default(), slow, Behaviour::default()]).await;
+    let proxy = workload_proxy(&backends, port, RouteSettings::default()).await;
+    let modes = |p: &TestProxy| p.proxy.route_modes();
+    assert_eq!(modes(&proxy), [(Mode::Fallback(Fallback::NoModel), 1)]);
+
+    // The model chooses: once each backend is measured, the slow one gets the traffic.
+    proxy.proxy.set_route_model(prefers_slow());
+    assert_eq!(modes(&proxy), [(Mode::Model, 1)]);
+    for _ in 0..60 {
+        assert_eq!(proxy.get("x", "/").await.0, 200);
+    }
+    let slow_hits = backends[1].hits();
+    assert!(slow_hits >= 50, "the model's choice: {slow_hits} of 60");
+
+    // Without a model, P2C: the fast ones.
+    proxy
+        .proxy
+        .set_route_model(edge_proxy::proxy::no_route_model());
+    let before: Vec<usize> = backends.iter().map(Backend::hits).collect();
+    for _ in 0..60 {
+        assert_eq!(proxy.get("x", "/").await.0, 200);
+    }
+    let slow_now = backends[1].hits() - before[1];
+    assert!(
+        slow_now <= 10,
+        "P2C's choice: {slow_now} of 60 to the slow one"
+    );
+
+    // A broken model steps aside at its first choice, and the request still goes through.
+    proxy.proxy.set_route_model(broken());
+    assert_eq!(proxy.get("x", "/").await.0, 200);
+    assert_eq!(modes(&proxy), [(Mode::Fallback(Fallback::Broken), 1)]);
+
+    // Models swapped while four clients keep sending: not one request fails.
+    let proxy = Arc::new(proxy);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..50 {
+                    statuses.push(proxy.get("x", "/").await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let swapper = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let models = [
+                prefers_slow(),
+                edge_proxy::proxy::no_route_model(),
+                broken(),
+            ];
+            let mut swaps = 0;
+            for model in models.iter().cycle().take(300) {
+                proxy.proxy.set_route_model(model.clone());
+                swaps += 1;
+                tokio::task::yield_now().await;
+            }
+            swaps
+        })
+    };
+    for client in clients {
+        let statuses = client.await.expect("a client");
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    }
+    assert_eq!(swapper.await.expect("the swapper"), 300);
 }

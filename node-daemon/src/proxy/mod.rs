@@ -15,6 +15,7 @@
 
 pub mod peers;
 pub mod purge;
+pub mod route_model;
 pub mod traffic;
 
 use crate::supervisor::{InstanceStatus, State, Supervisor, WorkloadSpec};
@@ -122,6 +123,17 @@ impl NodeProxy {
             max_body_bytes: config.max_body_bytes(),
         };
         let proxy = Proxy::new(settings, cache, metrics);
+        // Reads and checks a file: off the runtime's threads.
+        let models = data_dir.to_owned();
+        let (route_model, _) = tokio::task::spawn_blocking(move || route_model::load(&models))
+            .await
+            .unwrap_or_else(|_| {
+                (
+                    route_model::refused(),
+                    node_core::proxy::learned::Fallback::Refused,
+                )
+            });
+        proxy.set_route_model(route_model);
         let limits = Limits {
             max_connections: usize::try_from(config.max_connections()).unwrap_or(usize::MAX),
             header_timeout: config.header_timeout(),

@@ -8,7 +8,6 @@
 //! /v1/models` (role viewer) lists the models and which one serves each purpose.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 
-use crate::models::{ModelRecord, ModelStore, PushError};
+use crate::models::{ModelRecord, PushError};
 
 use super::ApiState;
 use super::artifacts::finish;
@@ -37,13 +36,11 @@ pub(super) fn router(state: ApiState) -> axum::Router {
         .with_state(state)
 }
 
-fn store(state: &ApiState) -> Result<Arc<ModelStore>, Response> {
-    state.models.clone().ok_or_else(|| {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this orchestrator has no model store".into(),
-        )
-    })
+fn unavailable() -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this orchestrator has no model store".into(),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,9 +56,8 @@ async fn push(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let store = match store(&state) {
-        Ok(store) => store,
-        Err(response) => return response,
+    let Some(store) = state.models.clone() else {
+        return unavailable();
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -115,7 +111,7 @@ async fn list(
     _: Authed<Viewer>,
     State(state): State<ApiState>,
 ) -> Result<Json<ModelList>, Response> {
-    let store = store(&state)?;
+    let store = state.models.clone().ok_or_else(unavailable)?;
     let models = store
         .list()
         .await

@@ -325,12 +325,26 @@ pub trait Choose: fmt::Debug {
     /// `predicted_ms`, took `rtt` and succeeded or not: what a learned chooser checks its
     /// predictions against. The fixed strategies learn nothing here.
     fn observe(&mut self, _predicted_ms: f32, _rtt: Duration, _ok: bool) {}
+
+    /// A new routing model (or none, and why) for a chooser that uses one; the fixed
+    /// strategies ignore it.
+    fn set_predictor(&mut self, _predictor: crate::proxy::learned::Predictor) {}
+
+    /// Who chooses, for a chooser that uses a model: the model, or its fallback and why.
+    fn mode(&self) -> Option<crate::proxy::learned::Mode> {
+        None
+    }
 }
 
-/// The chooser for `strategy`, fresh (a round-robin starts at the first backend).
-pub fn chooser(strategy: Strategy) -> Box<dyn Choose + Send> {
+/// The chooser for `strategy`, fresh (a round-robin starts at the first backend). Peak-EWMA
+/// routes ask the node's routing model, `predictor`, with P2C as the fallback
+/// ([`crate::proxy::learned::Learned`]); the other strategies do what they say.
+pub fn chooser(
+    strategy: Strategy,
+    predictor: crate::proxy::learned::Predictor,
+) -> Box<dyn Choose + Send> {
     match strategy {
-        Strategy::PeakEwma => Box::new(PeakEwmaP2c),
+        Strategy::PeakEwma => Box::new(crate::proxy::learned::Learned::new(predictor)),
         Strategy::RoundRobin => Box::new(RoundRobin::default()),
         Strategy::LeastRequests => Box::new(LeastRequests),
     }
@@ -744,7 +758,7 @@ mod tests {
             observed(now, ms(1)),
         ];
         for strategy in Strategy::ALL {
-            let mut chooser = chooser(strategy);
+            let mut chooser = chooser(strategy, Err(crate::proxy::learned::Fallback::NoModel));
             let mut draws = || 0u64;
             assert_eq!(chooser.choose(&[], now, &mut draws), None, "{strategy}");
 
@@ -840,7 +854,7 @@ mod tests {
                 ..candidate(load)
             }).collect();
             let any_available = candidates.iter().any(|c| c.available);
-            let mut chooser = chooser(strategy);
+            let mut chooser = chooser(strategy, Err(crate::proxy::learned::Fallback::NoModel));
             let mut rng = fastrand::Rng::with_seed(seed);
             for _ in 0..20 {
                 let got = chooser.choose(&candidates, now, &mut || rng.u64(..));

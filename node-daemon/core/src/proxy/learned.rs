@@ -14,6 +14,9 @@
 //!   backends not yet measured, are broken at random. A request in flight raises its
 //!   backend's `in_flight` feature at once, so the model sees its own choices pile up and
 //!   spreads a burst without the random pairs P2C needs.
+//! - **First measures.** A backend with no response yet and nothing in flight is chosen
+//!   before any prediction, as P2C does: what a model predicts for a backend it knows
+//!   nothing about decides nothing, and one request teaches the features what it is.
 //! - **Probes.** A backend that the model shuns is never measured again, so a slow backend
 //!   that recovers would be shunned for ever. One request in [`PROBE_EVERY`] goes to the
 //!   available backend idle for the longest, if it has been idle for [`PROBE_IDLE`].
@@ -159,6 +162,9 @@ pub trait Predict: fmt::Debug + Send {
     fn predict(&mut self, features: &[f32], out: &mut [Prediction]) -> Result<(), PredictError>;
 }
 
+/// A routing model for [`Learned`], or why there is none.
+pub type Predictor = Result<Box<dyn Predict>, Fallback>;
+
 /// Why the fallback chooses instead of the model. A fixed set: fit for a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fallback {
@@ -265,8 +271,8 @@ impl Drift {
 /// A [`Choose`] that asks a routing model, with [`PeakEwmaP2c`] as its fallback. See the
 /// module docs.
 #[derive(Debug)]
-pub struct Learned<P> {
-    model: Option<P>,
+pub struct Learned {
+    model: Option<Box<dyn Predict>>,
     mode: Mode,
     bound: DriftBound,
     drift: Drift,
@@ -282,9 +288,9 @@ pub struct Learned<P> {
     since_probe: u32,
 }
 
-impl<P: Predict> Learned<P> {
+impl Learned {
     /// Chooses with `model`, or with the fallback for `reason` when there is none.
-    pub fn new(model: Result<P, Fallback>) -> Self {
+    pub fn new(model: Predictor) -> Self {
         let (model, mode) = match model {
             Ok(model) => (Some(model), Mode::Model),
             Err(reason) => (None, Mode::Fallback(reason)),
@@ -327,7 +333,7 @@ impl<P: Predict> Learned<P> {
     /// new one, and its drift is measured afresh. In-flight requests predicted by the old one
     /// are still observed; for a few requests, the new model answers for the old one's
     /// predictions, which the drift's `min_samples` absorbs.
-    pub fn replace(&mut self, model: Result<P, Fallback>) {
+    pub fn replace(&mut self, model: Predictor) {
         *self = Self::new(model).with_drift_bound(self.bound);
     }
 
@@ -397,13 +403,22 @@ impl<P: Predict> Learned<P> {
             .map(|(row, _)| row)
     }
 
+    /// The row of the first available candidate never measured with nothing in flight.
+    fn unmeasured(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
+        self.rows.iter().position(|&i| {
+            candidates
+                .get(i)
+                .is_some_and(|c| !c.load.observed() && c.load.pending() == 0)
+        })
+    }
+
     fn step_aside(&mut self, reason: Fallback) {
         self.mode = Mode::Fallback(reason);
         self.drift = Drift::default();
     }
 }
 
-impl<P: Predict> Choose for Learned<P> {
+impl Choose for Learned {
     fn choose(
         &mut self,
         candidates: &[Candidate<'_>],
@@ -434,6 +449,10 @@ impl<P: Predict> Choose for Learned<P> {
             self.step_aside(Fallback::Broken);
             return self.fallback.choose(candidates, now, draws);
         }
+        if let Some(row) = self.unmeasured(candidates) {
+            self.last = self.predictions.get(row).map(|p| p.latency_ms);
+            return self.rows.get(row).copied();
+        }
         self.since_probe += 1;
         let probe = if self.since_probe >= PROBE_EVERY {
             self.since_probe = 0;
@@ -448,6 +467,14 @@ impl<P: Predict> Choose for Learned<P> {
 
     fn predicted_ms(&self) -> Option<f32> {
         self.last
+    }
+
+    fn set_predictor(&mut self, predictor: Predictor) {
+        self.replace(predictor);
+    }
+
+    fn mode(&self) -> Option<Mode> {
+        Some(self.mode)
     }
 
     fn observe(&mut self, predicted_ms: f32, rtt: Duration, ok: bool) {

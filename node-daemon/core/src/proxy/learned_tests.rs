@@ -8,8 +8,16 @@ use crate::proxy::balance::{HostLoad, Load};
 /// A model written as a function of one row's features, counting its calls.
 struct Fake {
     f: fn(&[f32]) -> Prediction,
-    calls: usize,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     fail: bool,
+}
+
+fn fake(f: fn(&[f32]) -> Prediction, fail: bool) -> Predictor {
+    Ok(Box::new(Fake {
+        f,
+        calls: Default::default(),
+        fail,
+    }))
 }
 
 impl fmt::Debug for Fake {
@@ -20,7 +28,8 @@ impl fmt::Debug for Fake {
 
 impl Predict for Fake {
     fn predict(&mut self, features: &[f32], out: &mut [Prediction]) -> Result<(), PredictError> {
-        self.calls += 1;
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.fail {
             return Err(PredictError("the model is broken".to_owned()));
         }
@@ -32,12 +41,8 @@ impl Predict for Fake {
     }
 }
 
-fn model(f: fn(&[f32]) -> Prediction) -> Learned<Fake> {
-    Learned::new(Ok(Fake {
-        f,
-        calls: 0,
-        fail: false,
-    }))
+fn model(f: fn(&[f32]) -> Prediction) -> Learned {
+    Learned::new(fake(f, false))
 }
 
 /// Latency: the mean plus 10 ms per request in flight; never fails.
@@ -180,13 +185,13 @@ fn a_likely_failure_costs_its_retries_and_ties_are_broken_at_random() {
     let candidates: Vec<_> = loads.iter().map(candidate).collect();
     assert_eq!(choose(&mut chooser, &candidates, now), 2);
 
-    let fresh = [
-        Load::new(now),
-        Load::new(now),
-        Load::new(now),
-        Load::new(now),
+    let alike = [
+        observed(now, ms(7)),
+        observed(now, ms(7)),
+        observed(now, ms(7)),
+        observed(now, ms(7)),
     ];
-    let candidates: Vec<_> = fresh.iter().map(candidate).collect();
+    let candidates: Vec<_> = alike.iter().map(candidate).collect();
     let mut chooser = model(|_| Prediction {
         latency_ms: 1.0,
         failure: 0.0,
@@ -231,24 +236,25 @@ fn without_a_model_or_with_a_broken_one_p2c_chooses_and_the_mode_says_why() {
     let loads = [observed(now, ms(200)), observed(now, ms(10))];
     let candidates: Vec<_> = loads.iter().map(candidate).collect();
     for reason in [Fallback::NoModel, Fallback::Refused] {
-        let mut chooser = Learned::<Fake>::new(Err(reason));
+        let mut chooser = Learned::new(Err(reason));
         assert_eq!(chooser.mode(), Mode::Fallback(reason));
         // P2C over two: the fast one, always.
         assert_eq!(choose(&mut chooser, &candidates, now), 1);
         assert_eq!(chooser.predicted_ms(), None);
     }
 
-    let mut chooser = Learned::new(Ok(Fake {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut chooser = Learned::new(Ok(Box::new(Fake {
         f: queueing,
-        calls: 0,
+        calls: calls.clone(),
         fail: true,
-    }));
+    })));
     assert_eq!(choose(&mut chooser, &candidates, now), 1);
     assert_eq!(chooser.mode(), Mode::Fallback(Fallback::Broken));
     assert_eq!(choose(&mut chooser, &candidates, now), 1);
     assert_eq!(
-        chooser.model.as_ref().map(|m| m.calls),
-        Some(1),
+        calls.load(std::sync::atomic::Ordering::Relaxed),
+        1,
         "a broken model is not asked again"
     );
 
@@ -344,16 +350,16 @@ fn a_new_model_takes_over_at_once_and_is_judged_afresh() {
     let now = Instant::now();
     let loads = [observed(now, ms(10)), observed(now, ms(20))];
     let candidates: Vec<_> = loads.iter().map(candidate).collect();
-    let mut chooser = Learned::<Fake>::new(Err(Fallback::NoModel));
-    chooser.replace(Ok(Fake {
-        f: |row| Prediction {
+    let mut chooser = Learned::new(Err(Fallback::NoModel));
+    chooser.set_predictor(fake(
+        |row| Prediction {
             // Prefers the slower one: proof that this model chooses.
             latency_ms: 100.0 - row[1],
             failure: 0.0,
         },
-        calls: 0,
-        fail: false,
-    }));
+        false,
+    ));
+    assert_eq!(Choose::mode(&chooser), Some(Mode::Model));
     assert_eq!(chooser.mode(), Mode::Model);
     assert_eq!(choose(&mut chooser, &candidates, now), 1);
     chooser.replace(Err(Fallback::Refused));
@@ -396,4 +402,25 @@ fn costs_are_finite_for_finite_predictions_and_never_negative() {
         failure: 0.0,
     };
     assert_eq!(nan.cost_ms(), f32::INFINITY);
+}
+
+#[test]
+fn a_backend_never_measured_is_measured_before_the_model_is_trusted_on_it() {
+    let now = Instant::now();
+    let known = observed(now, ms(5));
+    let mut fresh = Load::new(now);
+    // Predicts the unmeasured one (mean 0) slower than anything measured.
+    let mut chooser = model(|row| Prediction {
+        latency_ms: if row[7] > 0.0 { 1000.0 } else { row[1] },
+        failure: 0.0,
+    });
+    let pick = {
+        let candidates = [candidate(&known), candidate(&fresh)];
+        choose(&mut chooser, &candidates, now)
+    };
+    assert_eq!(pick, 1, "measured first");
+    // With its first request in flight, the model decides again.
+    fresh.start(now);
+    let candidates = [candidate(&known), candidate(&fresh)];
+    assert_eq!(choose(&mut chooser, &candidates, now), 0);
 }

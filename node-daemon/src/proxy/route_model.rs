@@ -1,0 +1,144 @@
+//! The node's routing model: loaded with `edge-ai`, held to node-core's routing schema, and
+//! handed to the proxy as a maker of one predictor per route.
+//!
+//! The model comes from `DATA_DIR/models/route.onnx` when the node starts. A model that does
+//! not load, or that declares a schema other than [`ROUTE_FEATURES`] in and
+//! [`ROUTE_OUTPUTS`] out, is refused with a log line naming why, and the routes choose by
+//! peak-EWMA P2C; so do they with no model at all. Without the `ai` feature the node has no
+//! model runtime, and every route falls back.
+
+use std::path::{Path, PathBuf};
+
+use edge_proxy::proxy::{RouteModel, no_route_model};
+use node_core::proxy::learned::Fallback;
+#[cfg(feature = "ai")]
+use node_core::proxy::learned::{
+    Predict, PredictError, Prediction, ROUTE_FEATURES, ROUTE_OUTPUTS, ROUTE_PURPOSE, ROUTE_WIDTH,
+};
+use tracing::{info, warn};
+
+/// Where a node keeps the routing model it runs, under its data dir.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join("models").join("route.onnx")
+}
+
+/// How many candidates one model run scores; a route with more runs the model again.
+#[cfg(feature = "ai")]
+const BATCH_ROWS: usize = 8;
+
+/// The routing model in `data_dir`, or the fallback's reason: [`Fallback::NoModel`] when
+/// there is none, [`Fallback::Refused`] when it does not load or does not fit.
+pub fn load(data_dir: &Path) -> (RouteModel, Fallback) {
+    let path = path(data_dir);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!(path = %path.display(), "no routing model: routes choose by peak-EWMA P2C");
+            (no_route_model(), Fallback::NoModel)
+        }
+        _ => match from_file(&path) {
+            Ok(model) => {
+                info!(path = %path.display(), "routing model loaded");
+                (model, Fallback::NoModel)
+            }
+            Err(why) => {
+                warn!(path = %path.display(), error = %why,
+                    "routing model refused: routes choose by peak-EWMA P2C");
+                (refused(), Fallback::Refused)
+            }
+        },
+    }
+}
+
+/// Routes that fall back because the model was refused.
+pub fn refused() -> RouteModel {
+    std::sync::Arc::new(|| Err(Fallback::Refused))
+}
+
+#[cfg(not(feature = "ai"))]
+fn from_file(_path: &Path) -> Result<RouteModel, String> {
+    Err("this build has no model runtime (feature `ai`)".to_owned())
+}
+
+#[cfg(feature = "ai")]
+fn from_file(path: &Path) -> Result<RouteModel, String> {
+    let model = edge_ai::Model::load(path).map_err(|e| e.to_string())?;
+    from_model(model)
+}
+
+/// `model` as the proxy takes it, once it is known to fit the routing schema.
+#[cfg(feature = "ai")]
+pub fn from_model(model: edge_ai::Model) -> Result<RouteModel, String> {
+    let features: Vec<(&str, &str)> = ROUTE_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
+    let outputs: Vec<(&str, &str)> = ROUTE_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
+    let (input, output) = (model.inputs(), model.outputs());
+    let shape_fits = input.len() == 1
+        && output.len() == 1
+        && input.first().is_some_and(|p| p.width() == ROUTE_WIDTH)
+        && output
+            .first()
+            .is_some_and(|p| p.width() == ROUTE_OUTPUTS.len());
+    if !shape_fits {
+        return Err(format!(
+            "a routing model takes one input of {ROUTE_WIDTH} features and gives one output of {}",
+            ROUTE_OUTPUTS.len()
+        ));
+    }
+    let names = (input[0].name().to_owned(), output[0].name().to_owned());
+    model
+        .expect_schema(
+            ROUTE_PURPOSE,
+            &[(names.0.as_str(), &features)],
+            &[(names.1.as_str(), &outputs)],
+        )
+        .map_err(|e| e.to_string())?;
+    let rows = BATCH_ROWS.min(model.max_batch_rows()).max(1);
+    // Each route's batch is made on its first use of a new model, off the request path: a
+    // first batch that fails to build is a broken model.
+    model.batch(rows).map_err(|e| e.to_string())?;
+    let model = std::sync::Arc::new(model);
+    Ok(std::sync::Arc::new(move || {
+        model
+            .batch(rows)
+            .map(|batch| Box::new(BatchPredictor { batch }) as Box<dyn Predict>)
+            .map_err(|_| Fallback::Broken)
+    }))
+}
+
+/// A routing model's batch, reused for every choice of one route.
+#[cfg(feature = "ai")]
+struct BatchPredictor {
+    batch: edge_ai::Batch,
+}
+
+#[cfg(feature = "ai")]
+impl std::fmt::Debug for BatchPredictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchPredictor")
+            .field("rows", &self.batch.max_rows())
+            .finish()
+    }
+}
+
+#[cfg(feature = "ai")]
+impl Predict for BatchPredictor {
+    fn predict(&mut self, features: &[f32], out: &mut [Prediction]) -> Result<(), PredictError> {
+        let error = |e: edge_ai::ModelError| PredictError(e.to_string());
+        let step = self.batch.max_rows();
+        for (rows, predictions) in features
+            .chunks(step * ROUTE_WIDTH)
+            .zip(out.chunks_mut(step))
+        {
+            let n = predictions.len();
+            self.batch
+                .input_mut(0, n)
+                .map_err(error)?
+                .copy_from_slice(rows);
+            self.batch.run(n).map_err(error)?;
+            let values = self.batch.output(0).map_err(error)?;
+            for (p, pair) in predictions.iter_mut().zip(values.chunks_exact(2)) {
+                *p = Prediction::from_outputs(pair[0], pair[1]);
+            }
+        }
+        Ok(())
+    }
+}
