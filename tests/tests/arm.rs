@@ -289,6 +289,8 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
 
+    // Installed before the node starts: a node learns its container runtimes at start.
+    let runc = edge_tests::installed("runc", "runc");
     let orch = TestOrchestrator::start().await;
     let dir = tempfile::tempdir().expect("tmp");
     let name = format!("{profile_name}-qemu");
@@ -298,10 +300,12 @@ async fn a_board_runs_the_sample(profile_name: &'static str, arch: &str, address
         format!(
             "version = 1\nname = \"{name}\"\ndata_dir = \"{}\"\nstatus_interval_secs = 1\n\
              labels = {{ board = \"{profile_name}\" }}\n\
+             [containers]\nruntime = \"{}\"\n\
              [orchestrator]\naddress = \"{}\"\nlocal_address = \"{address}\"\n\
              [join]\ntoken = \"{}\"\nca_hash = \"{}\"\n\
              [proxy]\nlisten = \"{address}:0\"\n",
             dir.path().join("data").display(),
+            runc.display(),
             orch.orch.quic_addr,
             orch.token(1),
             orch.ca_hash(),
