@@ -175,6 +175,9 @@ pub async fn run_with(
         }
         None => None,
     };
+    let _routing = proxy
+        .as_ref()
+        .map(|p| crate::proxy::route_model::watch(p.proxy().clone(), board.clone()));
     let mut traffic = proxy
         .as_ref()
         .map(|_| crate::proxy::traffic::Traffic::new(metrics.proxy(), fastrand::u64(..)));

@@ -11,6 +11,7 @@ use crate::status::State;
 use edge_proto::RejectCode;
 use edge_shell::exposition::{self, Format};
 use node_core::admission::Rejection;
+use node_core::proxy::learned::{Fallback, Mode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +30,12 @@ pub struct StateLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+/// Who chooses a route's backend: `model`, or the fallback's reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
 }
 
 /// How a connection's TLS handshake went: `full` or `resumed`.
@@ -262,6 +269,7 @@ struct Inner {
     instance_restarts: Family<ReasonLabel, Counter>,
     workloads_running: Gauge,
     clock_offset: Gauge,
+    route_choosers: Family<ModeLabel, Gauge>,
     proxy: edge_proxy::ProxyMetrics,
     location: Arc<crate::location::LocationCounters>,
 }
@@ -290,6 +298,7 @@ impl NodeMetrics {
             instance_restarts: Family::default(),
             workloads_running: Gauge::default(),
             clock_offset: Gauge::default(),
+            route_choosers: Family::default(),
             proxy: edge_proxy::ProxyMetrics::default(),
             location: Arc::default(),
         };
@@ -366,6 +375,13 @@ impl NodeMetrics {
              the node (0 before that)",
             inner.clock_offset.clone(),
         );
+        r.register(
+            "edge_node_route_choosers",
+            "Proxy routes whose backend choice may use the routing model, by who chooses now: \
+             the model, or peak-EWMA P2C because there is no model (no_model), it was refused \
+             (refused), it failed to run (broken) or its predictions drifted (drift)",
+            inner.route_choosers.clone(),
+        );
         inner.proxy.register(&mut inner.registry);
         inner.location.register(&mut inner.registry);
         let metrics = Self(Arc::new(inner));
@@ -407,6 +423,25 @@ impl NodeMetrics {
         }
         for reason in RestartReason::all() {
             zero(&m.instance_restarts, reason);
+        }
+        self.route_choosers(&[]);
+    }
+
+    /// How many routes each [`Mode`] chooses for, every mode of the fixed set written (0 for
+    /// those absent).
+    pub fn route_choosers(&self, modes: &[(Mode, usize)]) {
+        let all = std::iter::once(Mode::Model).chain(Fallback::ALL.map(Mode::Fallback));
+        for mode in all {
+            let n = modes
+                .iter()
+                .find(|(m, _)| *m == mode)
+                .map_or(0, |(_, n)| *n);
+            self.0
+                .route_choosers
+                .get_or_create(&ModeLabel {
+                    mode: mode.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

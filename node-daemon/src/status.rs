@@ -68,6 +68,10 @@ pub struct Status {
     pub join_file: Option<String>,
     /// The model the node loaded (`ai` builds).
     pub model: Option<String>,
+    /// Who chooses the backends of the proxy's routes that may use the routing model: how
+    /// many routes `model` serves, and how many peak-EWMA P2C serves instead, by why
+    /// (`no_model`, `refused`, `broken`, `drift`). `null` without a proxy.
+    pub routing: Option<std::collections::BTreeMap<&'static str, usize>>,
     /// Where the proxy listens, when the config has a `[proxy]` table.
     pub proxy: Option<String>,
     /// The orchestrator's wall clock minus this node's, in milliseconds, as of the last
@@ -137,6 +141,7 @@ impl StatusBoard {
             orchestrator: None,
             join_file: None,
             model: None,
+            routing: None,
             proxy: None,
             clock_offset_ms: None,
             certificate_not_after_ms: None,

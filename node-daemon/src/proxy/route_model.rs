@@ -142,3 +142,125 @@ impl Predict for BatchPredictor {
         Ok(())
     }
 }
+
+/// How often [`watch`] looks at who chooses on each route.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps the node's status and metrics saying who chooses on each route (the model, or
+/// peak-EWMA P2C and why), and logs each change: a model stepping aside for drift or a
+/// failure is the operator's to know. Stops when dropped.
+pub fn watch(proxy: edge_proxy::Proxy, board: crate::status::StatusBoard) -> Watch {
+    Watch(tokio::spawn(async move {
+        let mut every = tokio::time::interval(WATCH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Vec<(node_core::proxy::learned::Mode, usize)> = Vec::new();
+        loop {
+            every.tick().await;
+            let mut modes = proxy.route_modes();
+            modes.sort_by_key(|(mode, _)| mode.as_str());
+            if modes == last {
+                continue;
+            }
+            for (mode, routes) in &modes {
+                match mode {
+                    node_core::proxy::learned::Mode::Model => {
+                        info!(routes, "the routing model chooses")
+                    }
+                    node_core::proxy::learned::Mode::Fallback(reason) => {
+                        warn!(
+                            routes,
+                            reason = reason.as_str(),
+                            "peak-EWMA P2C chooses instead of the routing model"
+                        )
+                    }
+                }
+            }
+            board.metrics().route_choosers(&modes);
+            let view: std::collections::BTreeMap<&'static str, usize> =
+                modes.iter().map(|(m, n)| (m.as_str(), *n)).collect();
+            board.update(|s| s.routing = Some(view));
+            last = modes;
+        }
+    }))
+}
+
+/// The task of [`watch`]; aborted when dropped.
+#[derive(Debug)]
+pub struct Watch(tokio::task::JoinHandle<()>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(all(test, feature = "ai"))]
+mod tests {
+    use super::*;
+
+    fn models() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-ai/models")
+    }
+
+    fn with_model(bytes: &[u8]) -> (tempfile::TempDir, (RouteModel, Fallback)) {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("models")).expect("mkdir");
+        std::fs::write(path(dir.path()), bytes).expect("write");
+        let loaded = load(dir.path());
+        (dir, loaded)
+    }
+
+    #[test]
+    fn no_model_or_one_that_does_not_fit_leaves_the_routes_on_p2c() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (model, reason) = load(dir.path());
+        assert_eq!(reason, Fallback::NoModel);
+        assert!(matches!(model(), Err(Fallback::NoModel)));
+
+        for name in [
+            // Eight inputs and one output: the built-in runtime check, not a routing model.
+            "tiny-mlp.onnx",
+            // Thirteen inputs and two outputs, but features of its own naming.
+            "route-mlp.onnx",
+            "unsupported-conv.onnx",
+        ] {
+            let bytes = std::fs::read(models().join(name)).expect("a shipped model");
+            let (_dir, (model, reason)) = with_model(&bytes);
+            assert_eq!(reason, Fallback::Refused, "{name}");
+            assert!(matches!(model(), Err(Fallback::Refused)), "{name}");
+        }
+        let (_dir, (_, reason)) = with_model(b"not a model");
+        assert_eq!(reason, Fallback::Refused);
+    }
+
+    #[test]
+    fn a_model_of_the_routing_schema_scores_any_number_of_candidates() {
+        let Ok(bytes) = std::fs::read(models().join("route.onnx")) else {
+            panic!("edge-ai/models/route.onnx ships with the workspace");
+        };
+        let (_dir, (model, _)) = with_model(&bytes);
+        let mut predictor = model().expect("the trained model fits the schema");
+        // Twenty candidates: more than one batch.
+        let rows = 20;
+        let mut features = Vec::with_capacity(rows * ROUTE_WIDTH);
+        for i in 0..rows {
+            let ms = 1.0 + i as f32 * 10.0;
+            features.extend_from_slice(&[
+                ms, ms, ms * 2.0, ms / 2.0, 1.0, 0.0, 0.0, 0.0, 100.0, 0.0, 1.0, 0.2, 0.3,
+            ]);
+        }
+        let mut out = vec![Prediction::default(); rows];
+        predictor.predict(&features, &mut out).expect("it runs");
+        for p in &out {
+            assert!(p.latency_ms.is_finite() && p.latency_ms > 0.0, "{p:?}");
+            assert!((0.0..=1.0).contains(&p.failure), "{p:?}");
+        }
+        // The same row gives the same answer in either batch.
+        let first = out[0];
+        let mut again = vec![Prediction::default(); 1];
+        predictor
+            .predict(&features[..ROUTE_WIDTH], &mut again)
+            .expect("it runs");
+        assert!((again[0].latency_ms - first.latency_ms).abs() <= 1e-3 * first.latency_ms);
+    }
+}
