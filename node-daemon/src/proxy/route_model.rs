@@ -246,7 +246,19 @@ mod tests {
         for i in 0..rows {
             let ms = 1.0 + i as f32 * 10.0;
             features.extend_from_slice(&[
-                ms, ms, ms * 2.0, ms / 2.0, 1.0, 0.0, 0.0, 0.0, 100.0, 0.0, 1.0, 0.2, 0.3,
+                ms,
+                ms,
+                ms * 2.0,
+                ms / 2.0,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
+                100.0,
+                0.0,
+                1.0,
+                0.2,
+                0.3,
             ]);
         }
         let mut out = vec![Prediction::default(); rows];

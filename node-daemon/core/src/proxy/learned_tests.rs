@@ -147,7 +147,7 @@ fn features_are_in_the_declared_order_and_units() {
 fn the_cheapest_prediction_wins_and_requests_in_flight_spread_a_burst() {
     let now = Instant::now();
     let mut loads = [
-        observed(now, ms(55)),
+        observed(now, ms(56)),
         observed(now, ms(10)),
         observed(now, ms(33)),
     ];
@@ -161,12 +161,68 @@ fn the_cheapest_prediction_wins_and_requests_in_flight_spread_a_burst() {
         loads[i].start(now);
         picks.push(i);
     }
-    // Costs 10, 20, 30, 40, 50 for the fast one, 33, 43, 53 for the next, 55 for the slow
-    // one: the fast one until its queue makes the next one cheaper, the eight cheapest.
-    assert_eq!(picks, [1, 1, 1, 2, 1, 2, 1, 2]);
-    assert_eq!(loads.map(|l| l.pending()), [0, 5, 3]);
+    // Costs 10, 20, 30, 40, 50 for the fast one, 33, 43, 53 for the next, 56 then 66 for the
+    // slow one (TIE_RATIO is 1.3). The fast one while it is clearly the cheapest; once the
+    // next is within TIE_RATIO (30 against 33), the one with fewer in flight; the slow one
+    // once, when its 56 is within TIE_RATIO of the best (50) and it has nothing in flight.
+    assert_eq!(picks, [1, 1, 2, 1, 2, 1, 0, 2]);
+    assert_eq!(loads.map(|l| l.pending()), [1, 4, 3]);
     assert_eq!(chooser.mode(), Mode::Model);
     assert!(chooser.predicted_ms().is_some());
+}
+
+#[test]
+fn costs_within_the_tie_ratio_go_to_the_backend_with_fewer_in_flight() {
+    let now = Instant::now();
+    // Predicted 10 ms, a little under 10 * TIE_RATIO and a little over: the first two are a
+    // tie, the third is not.
+    let mut loads = [
+        observed(now, ms(10)),
+        observed(now, ms(12)),
+        observed(now, ms(13)),
+    ];
+    let mut chooser = model(|row| Prediction {
+        latency_ms: match row[1] as u32 {
+            10 => 10.0,
+            12 => 10.0 * TIE_RATIO - 0.1,
+            _ => 10.0 * TIE_RATIO + 0.1,
+        },
+        failure: 0.0,
+    });
+    for _ in 0..3 {
+        loads[0].start(now);
+    }
+    let candidates: Vec<_> = loads.iter().map(candidate).collect();
+    assert_eq!(
+        choose(&mut chooser, &candidates, now),
+        1,
+        "within TIE_RATIO of the cheapest, with nothing in flight"
+    );
+    assert_eq!(chooser.predicted_ms(), Some(10.0 * TIE_RATIO - 0.1));
+    // Nothing else in flight anywhere: the cheapest wins among equals in flight.
+    let idle = [
+        observed(now, ms(10)),
+        observed(now, ms(12)),
+        observed(now, ms(13)),
+    ];
+    let candidates: Vec<_> = idle.iter().map(candidate).collect();
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut counts = [0; 3];
+    for _ in 0..1000 {
+        let i = chooser
+            .choose(&candidates, now, &mut || rng.u64(..))
+            .expect("available");
+        counts[i] += 1;
+    }
+    // The first two are tied in cost and in flight: either, at random; never the third,
+    // past 10 * TIE_RATIO.
+    assert_eq!(counts[2], 0, "{counts:?}");
+    assert!(counts[0] > 400 && counts[1] > 400, "{counts:?}");
+    // A clearly cheaper backend wins however busy the others are not.
+    let mut busy = [observed(now, ms(10)), observed(now, ms(13))];
+    busy[0].start(now);
+    let candidates: Vec<_> = busy.iter().map(candidate).collect();
+    assert_eq!(choose(&mut chooser, &candidates, now), 0);
 }
 
 #[test]

@@ -1,0 +1,183 @@
+//! `edge-sim`: see the crate docs, and `edge-sim --help`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use edge_sim::scenario::Scenario;
+use edge_sim::sim::Policy;
+
+const HELP: &str = "\
+edge-sim: the proxy's choice of backend, simulated
+
+  edge-sim route eval --scenario FILE... --seeds A..B
+                      [--strategies round-robin,least-requests,peak-ewma,model]
+                      [--model FILE.onnx] [--json FILE|-]
+      Runs every strategy on every scenario and seed (A included, B not) and prints, per
+      scenario, p50, p99 and p99.9 latency, the error rate, each backend's share of the
+      attempts, and the model's p99 against peak-ewma's. --json also writes the figures.
+
+  edge-sim route record --scenario FILE... --seeds A..B --out FILE.csv
+                        [--base STRATEGY [--epsilon X] [--model FILE.onnx]]
+      Writes a training row per attempt (see the crate docs for the format), choosing with
+      the exploration policy (a fixed strategy that changes with the seed, and a share of
+      random choices), or with STRATEGY and a share X (default 0.2) of random choices.
+";
+
+#[derive(Debug, Default)]
+struct Args {
+    command: Vec<String>,
+    scenarios: Vec<PathBuf>,
+    seeds: Vec<u64>,
+    strategies: Vec<String>,
+    model: Option<PathBuf>,
+    json: Option<String>,
+    out: Option<PathBuf>,
+    base: Option<String>,
+    epsilon: Option<f64>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut args = Args::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("scenario") => {
+                for value in parser.values()? {
+                    args.scenarios.push(PathBuf::from(value));
+                }
+            }
+            Long("seeds") => args.seeds = seeds(&parser.value()?.string()?)?,
+            Long("strategies") => {
+                args.strategies = parser
+                    .value()?
+                    .string()?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+            }
+            Long("model") => args.model = Some(parser.value()?.into()),
+            Long("json") => args.json = Some(parser.value()?.string()?),
+            Long("out") => args.out = Some(parser.value()?.into()),
+            Long("base") => args.base = Some(parser.value()?.string()?),
+            Long("epsilon") => args.epsilon = Some(parser.value()?.parse()?),
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            Value(value) => args.command.push(value.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(args)
+}
+
+/// `A..B` (A included, B not) or a single seed.
+fn seeds(text: &str) -> anyhow::Result<Vec<u64>> {
+    let seeds: Vec<u64> = match text.split_once("..") {
+        Some((a, b)) => {
+            let a: u64 = a.parse().context("--seeds: A in A..B")?;
+            let b: u64 = b.parse().context("--seeds: B in A..B")?;
+            (a..b).collect()
+        }
+        None => vec![text.parse().context("--seeds: a number or A..B")?],
+    };
+    if seeds.is_empty() || seeds.len() > 10_000 {
+        bail!("--seeds: 1 to 10000 seeds");
+    }
+    Ok(seeds)
+}
+
+fn policy(name: &str, model: Option<&edge_ai::Model>) -> anyhow::Result<Policy> {
+    Ok(match name {
+        "round-robin" => Policy::RoundRobin,
+        "least-requests" => Policy::LeastRequests,
+        "peak-ewma" => Policy::PeakEwma,
+        "model" => Policy::Model(model.context("strategy model: --model FILE.onnx")?.clone()),
+        other => bail!(
+            "unknown strategy {other:?}: expected round-robin, least-requests, peak-ewma or model"
+        ),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let command: Vec<&str> = args.command.iter().map(String::as_str).collect();
+    let model = args
+        .model
+        .as_deref()
+        .map(|path| {
+            edge_ai::Model::load(path).with_context(|| format!("loading {}", path.display()))
+        })
+        .transpose()?;
+    if args.scenarios.is_empty() {
+        bail!("--scenario FILE...: at least one\n\n{HELP}");
+    }
+    if args.seeds.is_empty() {
+        bail!("--seeds A..B is required\n\n{HELP}");
+    }
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|path| Scenario::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    match command.as_slice() {
+        ["route", "eval"] => {
+            let names = if args.strategies.is_empty() {
+                let mut names = vec!["round-robin", "least-requests", "peak-ewma"];
+                if model.is_some() {
+                    names.push("model");
+                }
+                names.into_iter().map(str::to_owned).collect()
+            } else {
+                args.strategies.clone()
+            };
+            let policies = names
+                .iter()
+                .map(|name| policy(name, model.as_ref()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut all = Vec::new();
+            for scenario in &scenarios {
+                let figures = edge_sim::eval(scenario, &args.seeds, &policies);
+                if args.json.as_deref() != Some("-") {
+                    println!("{}", figures.table());
+                }
+                all.push(figures);
+            }
+            if let Some(json) = &args.json {
+                let text = serde_json::to_string_pretty(&all)?;
+                if json == "-" {
+                    println!("{text}");
+                } else {
+                    std::fs::write(json, text + "\n").with_context(|| format!("writing {json}"))?;
+                }
+            }
+        }
+        ["route", "record"] => {
+            let out = args.out.as_deref().context("--out FILE.csv is required")?;
+            let fixed = args
+                .base
+                .as_deref()
+                .map(|base| -> anyhow::Result<Policy> {
+                    Ok(Policy::Explore {
+                        base: Box::new(policy(base, model.as_ref())?),
+                        epsilon: args.epsilon.unwrap_or(0.2).clamp(0.0, 1.0),
+                    })
+                })
+                .transpose()?;
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut file = std::io::BufWriter::new(file);
+            writeln!(file, "{}", edge_sim::csv_header())?;
+            let mut rows = 0;
+            for scenario in &scenarios {
+                rows += edge_sim::record(scenario, &args.seeds, fixed.as_ref(), &mut file)?;
+            }
+            file.flush()?;
+            eprintln!("{rows} rows written to {}", out.display());
+        }
+        _ => bail!("expected `route eval` or `route record`\n\n{HELP}"),
+    }
+    Ok(())
+}
