@@ -525,5 +525,4 @@ impl Choose for Learned {
 }
 
 #[cfg(test)]
-#[path = "learned_tests.rs"]
 mod tests;
