@@ -227,7 +227,7 @@ fn load_model(board: &StatusBoard) -> Option<edge_ai::Model> {
                 model.input_len(),
                 model.output_len()
             );
-            info!(model = %summary, purpose = "runtime check, reported in /status; not yet used for routing or placement", load_ms = started.elapsed().as_millis(), "model loaded");
+            info!(model = %summary, purpose = "runtime check, reported in /status; routing uses DATA_DIR/models/route.onnx", load_ms = started.elapsed().as_millis(), "model loaded");
             board.update(|s| s.model = Some(summary));
             Some(model)
         }
