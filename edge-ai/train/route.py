@@ -213,7 +213,9 @@ def graph(params, consts):
     }
     node = helper.make_node
     nodes = [
-        node("MatMul", ["x", "expand"], ["xe"], name="expand"),
+        # No node shares a name with an initializer: tract-onnx, which checks every pushed
+        # model, refuses a graph where one does.
+        node("MatMul", ["x", "expand"], ["xe"], name="lift_x"),
         node("Relu", ["xe"], ["xr"], name="positive"),
         node("Add", ["xr", "scale"], ["xd"], name="plus_scale"),
         node("Div", ["xr", "xd"], ["xs"], name="saturate"),

@@ -14,13 +14,14 @@
 //! ([`ImageRecord`], [`ImageStore::facts`]). It never holds an archive in memory.
 
 use crate::artifacts::ArtifactStore;
+use crate::records::{read_json, write_json};
 use axum::body::Bytes;
 use edge_oci::archive::{ImportError, Imported, Limits};
 use orchestrator_core::image::{ArtifactFacts, ImageFacts, PlatformFacts};
 use orchestrator_core::workload::{Arch, ArtifactDigest};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -203,7 +204,7 @@ impl ImageStore {
             Some(record) => (record, false),
             None => {
                 let record = record_of(&imported, now_unix);
-                write_record(&self.records, &digest.hex(), &record).await?;
+                write_json(&self.records, &format!("{}.json", digest.hex()), &record).await?;
                 (record, true)
             }
         };
@@ -221,19 +222,8 @@ impl ImageStore {
 
     /// The image named `digest`, if pushed.
     pub async fn get(&self, digest: &[u8; 32]) -> io::Result<Option<ImageRecord>> {
-        let path = self
-            .records
-            .join(format!("{}.json", edge_proto::digest::to_hex(digest)));
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let name = format!("{}.json", edge_proto::digest::to_hex(digest));
+        read_json(&self.records.join(name)).await
     }
 
     /// Every image, ordered by digest.
@@ -325,25 +315,6 @@ fn record_of(imported: &Imported, now_unix: u64) -> ImageRecord {
             .collect(),
         pushed_unix: now_unix,
     }
-}
-
-/// Writes `record` as `dir/<hex>.json`: a temporary file, fsync, rename, directory fsync.
-async fn write_record(dir: &Path, hex: &str, record: &ImageRecord) -> io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-    let dir = dir.to_owned();
-    let hex = hex.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        std::fs::create_dir_all(&dir)?;
-        let temp = dir.join(format!(".{hex}.{:016x}", fastrand::u64(..)));
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, dir.join(format!("{hex}.json")))?;
-        std::fs::File::open(&dir)?.sync_all()
-    })
-    .await
-    .map_err(io::Error::other)?
 }
 
 /// The request body as a `Read` for the importer's blocking thread.

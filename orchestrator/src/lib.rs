@@ -24,6 +24,7 @@ pub mod models;
 pub mod node_admin;
 pub mod pki;
 pub mod purge;
+mod records;
 pub mod registry;
 pub mod reports;
 pub mod server;

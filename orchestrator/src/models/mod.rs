@@ -12,12 +12,13 @@ pub mod check;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{ArtifactStore, PutError};
+use crate::records::{read_json, write_json};
 use check::{CheckError, Checked};
 
 /// The purposes a fleet model may serve: what the nodes' proxies and the scheduler ask for.
@@ -240,36 +241,4 @@ fn record_of(checked: &Checked, digest: &[u8; 32], size: u64, now_unix: u64) -> 
         golden_rows: checked.golden_rows,
         pushed_unix: now_unix,
     }
-}
-
-async fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
-    match tokio::fs::read(path).await {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `value` as `dir/name`: a temporary file, fsync, rename, directory fsync.
-async fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    let dir = dir.to_owned();
-    let name = name.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        std::fs::create_dir_all(&dir)?;
-        let temp = dir.join(format!(".{name}.{:016x}", fastrand::u64(..)));
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, dir.join(&name))?;
-        std::fs::File::open(&dir)?.sync_all()
-    })
-    .await
-    .map_err(io::Error::other)?
 }
