@@ -916,8 +916,9 @@ async fn a_route_change_does_not_drop_a_request_in_flight() {
     );
 }
 
-/// A routing model that prefers the slowest measured backend (cost `100 - mean_ms`): the
-/// opposite of what P2C does, so its traffic shows who chose.
+/// A routing model that prefers the slowest measured backend (cost `1000 / (1 + mean_ms)`,
+/// far apart enough for `Learned` not to call them a tie): the opposite of what P2C does, so
+/// its traffic shows who chose.
 #[derive(Debug)]
 struct PrefersSlow;
 
@@ -925,7 +926,7 @@ impl Predict for PrefersSlow {
     fn predict(&mut self, features: &[f32], out: &mut [Prediction]) -> Result<(), PredictError> {
         for (row, p) in features.chunks_exact(ROUTE_WIDTH).zip(out) {
             *p = Prediction {
-                latency_ms: 100.0 - row[1],
+                latency_ms: 1000.0 / (1.0 + row[1]),
                 failure: 0.0,
             };
         }
@@ -953,7 +954,7 @@ fn broken() -> RouteModel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_model_chooses_and_is_swapped_under_load_without_a_failed_request() {
     let slow = Behaviour {
-        delay: Duration::from_millis(15),
+        delay: Duration::from_millis(30),
         ..Behaviour::default()
     };
     let (backends, port) = instances(&[Behaviour::default(), slow, Behaviour::default()]).await;
