@@ -7,6 +7,21 @@
 # passwordless sudo, and the network to the distribution's mirrors. Without one of them it
 # names the packages and the missing piece and fails; a caller under `set -e` stops there.
 apt_install() {
+  # Tests that run at once may each need a package: one install at a time (dpkg refuses a
+  # second while one runs), each deciding what is missing once it holds the lock, so that
+  # what another just installed is not installed again.
+  local lock="${TMPDIR:-/tmp}/edge-apt.lock"
+  if command -v flock >/dev/null 2>&1; then
+    (
+      flock -w 1800 9 || { echo "${0##*/}: waited 30 min for another install to finish" >&2; exit 1; }
+      apt_install_now "$@"
+    ) 9>"$lock"
+  else
+    apt_install_now "$@"
+  fi
+}
+
+apt_install_now() {
   local missing=() pkg sudo=() me="${0##*/}"
   for pkg in "$@"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
