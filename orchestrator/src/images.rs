@@ -14,7 +14,7 @@
 //! ([`ImageRecord`], [`ImageStore::facts`]). It never holds an archive in memory.
 
 use crate::artifacts::ArtifactStore;
-use crate::records::{read_json, write_json};
+use crate::records::{list_json, read_json, write_json};
 use axum::body::Bytes;
 use edge_oci::archive::{ImportError, Imported, Limits};
 use orchestrator_core::image::{ArtifactFacts, ImageFacts, PlatformFacts};
@@ -228,24 +228,7 @@ impl ImageStore {
 
     /// Every image, ordered by digest.
     pub async fn list(&self) -> io::Result<Vec<ImageRecord>> {
-        let mut out = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&self.records).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            let Some(digest) = edge_proto::digest::from_hex(hex) else {
-                continue;
-            };
-            if let Some(record) = self.get(&digest).await? {
-                out.push(record);
-            }
-        }
+        let mut out: Vec<ImageRecord> = list_json(&self.records).await?;
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(out)
     }

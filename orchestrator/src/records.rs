@@ -41,3 +41,26 @@ pub(crate) async fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) 
     .await
     .map_err(io::Error::other)?
 }
+
+/// Every record in `dir` named `<64 hex>.json` (a digest's record; other files, such as
+/// temporary ones, are not records), in no particular order; none if `dir` is not there.
+pub(crate) async fn list_json<T: serde::de::DeserializeOwned>(dir: &Path) -> io::Result<Vec<T>> {
+    let mut out = Vec::new();
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    while let Some(entry) = entries.next_entry().await? {
+        let name = entry.file_name();
+        let is_record = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(edge_proto::digest::from_hex)
+            .is_some();
+        if is_record && let Some(record) = read_json(&entry.path()).await? {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{ArtifactStore, PutError};
-use crate::records::{read_json, write_json};
+use crate::records::{list_json, read_json, write_json};
 use check::{CheckError, Checked};
 
 /// The purposes a fleet model may serve: what the nodes' proxies and the scheduler ask for.
@@ -176,25 +176,7 @@ impl ModelStore {
 
     /// Every model, ordered by digest.
     pub async fn list(&self) -> io::Result<Vec<ModelRecord>> {
-        let mut out = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&self.records).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name();
-            let Some(digest) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(edge_proto::digest::from_hex)
-            else {
-                continue;
-            };
-            if let Some(record) = self.get(&digest).await? {
-                out.push(record);
-            }
-        }
+        let mut out: Vec<ModelRecord> = list_json(&self.records).await?;
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(out)
     }
