@@ -32,7 +32,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use node_core::proxy::balance::{
-    Candidate, Choose, HostLoad, LeastRequests, Load, PeakEwmaP2c, RoundRobin,
+    Candidate, Choose, HostLoad, LeastRequests, Load, PeakEwmaP2c, RoundRobin, below,
 };
 use node_core::proxy::breaker::{Breaker, BreakerConfig, BreakerState};
 use node_core::proxy::learned::{
@@ -635,11 +635,6 @@ fn normal(rng: &mut fastrand::Rng) -> f64 {
 /// A draw in `[0, 1)`.
 fn unit(draw: u64) -> f64 {
     (draw >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// A draw scaled onto `0..n`.
-fn below(draw: u64, n: usize) -> usize {
-    ((u128::from(draw) * n as u128) >> 64) as usize
 }
 
 /// SplitMix64 over `words`: a seed for one stream of random numbers.

@@ -463,7 +463,8 @@ pub(crate) fn below_u64(draw: u64, n: u64) -> u64 {
     u64::try_from((u128::from(draw) * u128::from(n)) >> 64).unwrap_or(0)
 }
 
-fn below(draw: u64, n: usize) -> usize {
+/// [`below_u64`] for an index: a uniformly random draw scaled onto `0..n` (`0` for `n == 0`).
+pub fn below(draw: u64, n: usize) -> usize {
     let n64 = u64::try_from(n).unwrap_or(u64::MAX);
     // Below `n`, so it fits a usize.
     usize::try_from(below_u64(draw, n64)).unwrap_or(0)

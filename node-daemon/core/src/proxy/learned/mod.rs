@@ -411,7 +411,7 @@ impl Learned {
         let chosen = |row: &usize| tied(*row) && pending(*row) == least;
         let ties = (0..self.predictions.len()).filter(chosen).count();
         let pick = if ties > 1 {
-            super::balance::below_u64(draws(), ties as u64) as usize
+            super::balance::below(draws(), ties)
         } else {
             0
         };
