@@ -124,6 +124,7 @@ use tract_core::prelude::{
 };
 
 pub use batch::Batch;
+pub use onnx::OPERATORS;
 pub use metadata::{Direction, ExpectedPort, Feature, PortSchema, Schema, SchemaMismatch};
 
 /// The largest model file, in bytes, that [`Model::load`] and [`Model::from_bytes`] accept.

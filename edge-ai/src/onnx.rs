@@ -15,9 +15,12 @@ use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
 use crate::proto::{self, Dim, FLOAT};
 
-/// The operators edge-ai runs, from the default ONNX domain.
-pub(crate) const OPERATORS: &str = "Gemm, MatMul, Add, Sub, Mul, Div, Relu, Sigmoid, Tanh, \
-                                    Softmax, Identity, Constant";
+/// The operators edge-ai runs, from the default ONNX domain. Nodes report them, so that the
+/// orchestrator sends a model only to nodes whose reader runs every operator it uses.
+pub const OPERATORS: [&str; 12] = [
+    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Softmax",
+    "Identity", "Constant",
+];
 
 /// The oldest ONNX operator set whose semantics for [`OPERATORS`] this translation follows.
 const MIN_OPSET: i64 = 7;
@@ -486,7 +489,10 @@ impl Builder {
                 model.wire_node(name, EinSum::new(axes, DatumType::F32), &wires)?[0]
             }
             "Gemm" => self.gemm(name, node, inputs)?,
-            other => bail!("operator {other} is not supported; edge-ai runs {OPERATORS}"),
+            other => bail!(
+                "operator {other} is not supported; edge-ai runs {}",
+                OPERATORS.join(", ")
+            ),
         };
         Ok(outlet)
     }

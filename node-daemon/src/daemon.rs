@@ -178,6 +178,13 @@ pub async fn run_with(
     let _routing = proxy
         .as_ref()
         .map(|p| crate::proxy::route_model::watch(p.proxy().clone(), board.clone()));
+    let models = crate::models::FleetModels::start(
+        data_dir.clone(),
+        proxy.as_ref().map(|p| p.proxy().clone()),
+        workloads.clone(),
+        board.clone(),
+    )
+    .await;
     let mut traffic = proxy
         .as_ref()
         .map(|_| crate::proxy::traffic::Traffic::new(metrics.proxy(), fastrand::u64(..)));
@@ -200,6 +207,7 @@ pub async fn run_with(
             .take(RuntimeInfo::MAX_RUNTIMES)
             .map(|r| text(&r.name))
             .collect(),
+        model_operators: crate::models::reader_operators(),
     });
     // When to renew the certificate: decided by the core, on the orchestrator's clock.
     let mut renewal = identity.as_ref().and_then(|i| renewal_of(&board, &i.cert));
@@ -412,6 +420,7 @@ pub async fn run_with(
                         }
                     }
                 }
+                Action::Model(model) => models.offered(&model),
                 Action::RenewRefused(refused) => {
                     warn!(
                         reason = %refused.reason,

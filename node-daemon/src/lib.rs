@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod identity;
 pub mod location;
 pub mod metrics;
+pub mod models;
 pub mod notify;
 pub mod oci;
 pub mod outbox;

@@ -365,6 +365,7 @@ mod tests {
         outbox.record(&NodeMsg::Runtime(edge_proto::RuntimeInfo {
             limits: edge_proto::LimitsKind::Rlimit,
             container_runtimes: Default::default(),
+            model_operators: Default::default(),
         }));
         outbox.record_operator(OperatorVerb::Stop, "till", Some(0));
         assert_eq!(

@@ -68,6 +68,9 @@ pub struct Status {
     pub join_file: Option<String>,
     /// The model the node loaded (`ai` builds).
     pub model: Option<String>,
+    /// The routing model the proxy uses, `sha256:...`: the fleet's, or one installed by
+    /// hand in `DATA_DIR/models/route.onnx`. `null`: none, or it was refused.
+    pub route_model: Option<String>,
     /// Who chooses the backends of the proxy's routes that may use the routing model: how
     /// many routes `model` serves, and how many peak-EWMA P2C serves instead, by why
     /// (`no_model`, `refused`, `broken`, `drift`). `null` without a proxy.
@@ -141,6 +144,7 @@ impl StatusBoard {
             orchestrator: None,
             join_file: None,
             model: None,
+            route_model: None,
             routing: None,
             proxy: None,
             clock_offset_ms: None,

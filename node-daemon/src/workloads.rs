@@ -85,6 +85,12 @@ impl Book {
     }
 }
 
+/// Keeps the artifact cache's collection away while held (see [`Workloads::fetch_artifact`]).
+#[derive(Debug)]
+pub struct ArtifactInUse {
+    _guard: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
 /// The agent. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Workloads {
@@ -481,7 +487,7 @@ impl Workloads {
                 if self.cache.missing_bytes(&a.artifact, a.artifact_size) > 0 {
                     self.send_state(&a, WorkloadState::Downloading, "").await;
                 }
-                match self.fetch(&a, a.artifact, a.artifact_size).await {
+                match self.fetch(a.workload.as_str(), a.artifact, a.artifact_size).await {
                     Ok(path) => spec_for(&a, &path, &self.node_env),
                     Err(e) => return self.fetch_failed(&a, e, in_use).await,
                 }
@@ -570,15 +576,35 @@ impl Workloads {
         self.containers.prepare(&source, request).await
     }
 
-    /// Fetches blob `digest` of `size` bytes for `a` over the current connection, waiting
+    /// Fetches artifact `digest` of `size` bytes for `what` (a name for the logs) as a
+    /// workload's artifact is fetched, and returns its verified path with a guard that keeps
+    /// the cache's collection from deleting it while held.
+    pub async fn fetch_artifact(
+        &self,
+        what: &str,
+        digest: crate::artifacts::Digest,
+        size: u64,
+    ) -> Result<(std::path::PathBuf, ArtifactInUse), FetchError> {
+        loop {
+            // Not held while fetching: a fetch waits for a connection, and a collection
+            // waiting behind it would hold back every workload's start.
+            self.fetch(what, digest, size).await?;
+            let in_use = self.cache_use.clone().read_owned().await;
+            if let Some(path) = self.cache.path(&digest) {
+                return Ok((path, ArtifactInUse { _guard: in_use }));
+            }
+            // Collected between the two: fetch it again.
+        }
+    }
+
+    /// Fetches blob `digest` of `size` bytes for `name` over the current connection, waiting
     /// for one, and retrying what may succeed when tried again. Every attempt is counted.
     async fn fetch(
         &self,
-        a: &Assignment,
+        name: &str,
         digest: crate::artifacts::Digest,
         size: u64,
     ) -> Result<std::path::PathBuf, FetchError> {
-        let name = a.workload.as_str();
         let mut retry = FetchRetry::new();
         loop {
             let Some(conn) = self.wait_for_connection().await else {
@@ -696,7 +722,7 @@ impl BlobSource for Blobs<'_> {
         digest: [u8; 32],
         size: u64,
     ) -> impl Future<Output = Result<std::path::PathBuf, FetchError>> + Send {
-        self.agent.fetch(self.a, digest, size)
+        self.agent.fetch(self.a.workload.as_str(), digest, size)
     }
 }
 

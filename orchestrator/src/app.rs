@@ -93,6 +93,9 @@ impl Handles {
             links: self.links.clone(),
             reports: self.reports.clone(),
             metrics: self.metrics.clone(),
+            models: artifacts
+                .as_ref()
+                .map(|a| Arc::new(crate::models::ModelStore::new(a.clone()))),
             artifacts,
             pacing: Arc::new(Gate::new(PacingPolicy::default())),
         }

@@ -52,6 +52,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// Where nodes fetch artifacts from; `None` answers every fetch with `NotFound`.
     pub artifacts: Option<Arc<ArtifactStore>>,
+    /// The fleet's models, offered to each node its reader can run; `None`: no models.
+    pub models: Option<Arc<crate::models::ModelStore>>,
     /// Paces hellos when many nodes reconnect at once.
     pub pacing: Arc<Gate>,
 }
@@ -662,6 +664,25 @@ fn node_up(server: &Server, node: NodeId, said: Option<SyncState>) {
     server.deployments.node_up(record, said.as_ref(), &stored);
 }
 
+/// The offers of the fleet's models that `node`'s model reader can run.
+async fn models_for(server: &Server, node: NodeId) -> Vec<edge_proto::OrchMsg> {
+    let (Some(models), Some((record, _))) = (&server.models, server.registry.node(node)) else {
+        return Vec::new();
+    };
+    match models.for_nodes().await {
+        Ok(active) => active
+            .iter()
+            .filter(|m| m.runs_on(&record.info.model_operators))
+            .map(|m| m.offer())
+            .collect(),
+        Err(error) => {
+            // The node keeps the model it has, and is offered the fleet's at its next session.
+            warn!(node = %node, %error, "could not read the fleet's models");
+            Vec::new()
+        }
+    }
+}
+
 /// Frames from the control stream: how many may wait for the connection loop before
 /// the reader stops reading (and QUIC flow control holds the node back).
 const INBOUND_DEPTH: usize = 4;
@@ -882,6 +903,14 @@ async fn flush_actions(
                     && node_id_from_cert(cert) == Some(node)
                 {
                     mark_moved(&server.registry, node);
+                }
+            }
+            Action::OfferModels(node) => {
+                for offer in models_for(server, node).await {
+                    server.metrics.frame("tx");
+                    if let Err(error) = write_msg(send, &offer).await {
+                        debug!(%error, "send failed");
+                    }
                 }
             }
             Action::Traffic(node, report) => {

@@ -517,6 +517,7 @@ fn nodes_are_listed_found_and_deleted() {
         "load",
         "cordoned",
         "container_runtimes",
+        "model_operators",
     ]
     .into_iter()
     .collect();

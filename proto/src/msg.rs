@@ -432,6 +432,27 @@ pub enum OrchMsg {
     Renewed(Box<Renewed>),
     /// A [`NodeMsg::Renew`] refused; nothing else about the session changes.
     RenewRefused(Box<RenewRefused>),
+    /// The model the fleet uses for a purpose: the node fetches it like an artifact (by
+    /// digest, resumable, hash-verified) and uses it in place of the one it had. Sent after
+    /// the node's [`NodeMsg::Runtime`] when the node's model reader runs every operator the
+    /// model uses, and to every such node when an operator pushes a new one.
+    Model(Box<FleetModel>),
+}
+
+/// One of the fleet's models, as a node fetches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetModel {
+    pub purpose: ModelPurpose,
+    /// sha256 of the model's bytes: what the node fetches it by and checks it against.
+    pub digest: [u8; 32],
+    pub size: u64,
+}
+
+/// What a fleet model is for on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelPurpose {
+    /// The proxy's choice among a route's backends.
+    Route,
 }
 
 /// How the orchestrator answered a node's [`SyncState`].
@@ -638,10 +659,13 @@ pub struct RuntimeInfo {
     /// The OCI runtimes the node can run containers with (`runc`, `crun`), best first; empty:
     /// no containers here.
     pub container_runtimes: List<Text<16>, { RuntimeInfo::MAX_RUNTIMES }>,
+    /// The ONNX operators the node's model reader runs; empty: the node runs no models.
+    pub model_operators: List<Text<16>, { RuntimeInfo::MAX_MODEL_OPERATORS }>,
 }
 
 impl RuntimeInfo {
     pub const MAX_RUNTIMES: usize = 4;
+    pub const MAX_MODEL_OPERATORS: usize = 64;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -476,9 +476,10 @@ fn golden_bytes_of_workload_messages() {
             encode(&NodeMsg::Runtime(RuntimeInfo {
                 limits: LimitsKind::CgroupV1,
                 container_runtimes: [text("runc")].into_iter().collect(),
+                model_operators: [text("Gemm"), text("Relu")].into_iter().collect(),
             })),
-            // cgroup v1, then one runtime: runc.
-            "000000080401010472756e63",
+            // cgroup v1, then one runtime: runc, then two model operators.
+            "000000130401010472756e63020447656d6d0452656c75",
         ),
     ];
     for (bytes, want) in cases {
@@ -806,6 +807,15 @@ fn golden_bytes_of_every_other_variant() {
         (
             encode(&ArtifactReply::BadOffset { size: 10 }),
             "00000002020a",
+        ),
+        (
+            encode(&OrchMsg::Model(Box::new(FleetModel {
+                purpose: ModelPurpose::Route,
+                digest: [0xab; 32],
+                size: 4096,
+            }))),
+            // Variant 12, the purpose, the 32 digest bytes as they are, the size as a varint.
+            "000000240c00abababababababababababababababababababababababababababababababab8020",
         ),
     ];
     for (bytes, want) in cases {

@@ -76,6 +76,8 @@ pub enum Action {
     Renewed(Box<edge_proto::Renewed>),
     /// The orchestrator refused a renewal; the session goes on.
     RenewRefused(Box<edge_proto::RenewRefused>),
+    /// The fleet's model for a purpose: fetch it and use it in place of the one before.
+    Model(Box<edge_proto::FleetModel>),
 }
 
 /// Why the node stopped trying.
@@ -343,6 +345,9 @@ impl NodeSession {
             (State::Established { .. }, OrchMsg::RenewRefused(refused)) => {
                 self.actions.push_back(Action::RenewRefused(refused));
             }
+            (State::Established { .. }, OrchMsg::Model(model)) => {
+                self.actions.push_back(Action::Model(model));
+            }
             (State::AwaitAnswer { .. }, OrchMsg::Enrolled(e)) if self.node_id.is_none() => {
                 self.state = State::Saving;
                 self.actions.push_back(Action::SaveIdentity(e));
@@ -559,6 +564,7 @@ mod tests {
         let runtime = RuntimeInfo {
             limits: edge_proto::LimitsKind::CgroupV2,
             container_runtimes: [text("crun"), text("runc")].into_iter().collect(),
+            model_operators: [text("Gemm")].into_iter().collect(),
         };
         let mut s = enrolled(2, t0).with_runtime(runtime.clone());
         s.handle_timeout(t0);
@@ -592,6 +598,13 @@ mod tests {
         };
         s.handle_msg(OrchMsg::Unroute(unroute.clone()), t0);
         assert_eq!(drain(&mut s), vec![Action::Unroute(unroute)]);
+        let model = Box::new(edge_proto::FleetModel {
+            purpose: edge_proto::ModelPurpose::Route,
+            digest: [7; 32],
+            size: 1024,
+        });
+        s.handle_msg(OrchMsg::Model(model.clone()), t0);
+        assert_eq!(drain(&mut s), vec![Action::Model(model)]);
         assert!(s.is_established(), "workload messages keep the session");
     }
 

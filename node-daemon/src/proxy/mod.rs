@@ -122,18 +122,8 @@ impl NodeProxy {
             cache_name,
             max_body_bytes: config.max_body_bytes(),
         };
+        // Its routing model comes from `crate::models`, which the daemon starts next.
         let proxy = Proxy::new(settings, cache, metrics);
-        // Reads and checks a file: off the runtime's threads.
-        let models = data_dir.to_owned();
-        let (route_model, _) = tokio::task::spawn_blocking(move || route_model::load(&models))
-            .await
-            .unwrap_or_else(|_| {
-                (
-                    route_model::refused(),
-                    node_core::proxy::learned::Fallback::Refused,
-                )
-            });
-        proxy.set_route_model(route_model);
         let limits = Limits {
             max_connections: usize::try_from(config.max_connections()).unwrap_or(usize::MAX),
             header_timeout: config.header_timeout(),

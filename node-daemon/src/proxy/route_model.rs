@@ -1,14 +1,16 @@
 //! The node's routing model: loaded with `edge-ai`, held to node-core's routing schema, and
 //! handed to the proxy as a maker of one predictor per route.
 //!
-//! The model comes from `DATA_DIR/models/route.onnx` when the node starts. A model that does
-//! not load, or that declares a schema other than [`ROUTE_FEATURES`] in and
-//! [`ROUTE_OUTPUTS`] out, is refused with a log line naming why, and the routes choose by
-//! peak-EWMA P2C; so do they with no model at all. Without the `ai` feature the node has no
-//! model runtime, and every route falls back.
+//! The model comes from `DATA_DIR/models/route.onnx` when the node starts, and from the
+//! fleet later (`crate::models` installs it there). A model that does not load, or that
+//! declares a schema other than [`ROUTE_FEATURES`] in and [`ROUTE_OUTPUTS`] out, is refused
+//! with a log line naming why, and the routes choose by peak-EWMA P2C; so do they with no
+//! model at all. Without the `ai` feature the node has no model runtime, and every route
+//! falls back.
 
 use std::path::{Path, PathBuf};
 
+use edge_proto::digest::{Digest, sha256, to_prefixed};
 use edge_proxy::proxy::{RouteModel, no_route_model};
 use node_core::proxy::learned::Fallback;
 #[cfg(feature = "ai")]
@@ -26,26 +28,29 @@ pub fn path(data_dir: &Path) -> PathBuf {
 #[cfg(feature = "ai")]
 const BATCH_ROWS: usize = 8;
 
-/// The routing model in `data_dir`, or the fallback's reason: [`Fallback::NoModel`] when
-/// there is none, [`Fallback::Refused`] when it does not load or does not fit.
-pub fn load(data_dir: &Path) -> (RouteModel, Fallback) {
+/// The routing model in `data_dir` and the digest of its bytes, or the fallback's reason:
+/// [`Fallback::NoModel`] when there is none, [`Fallback::Refused`] when it does not load or
+/// does not fit.
+pub fn load(data_dir: &Path) -> (RouteModel, Result<Digest, Fallback>) {
     let path = path(data_dir);
-    match std::fs::metadata(&path) {
+    let bytes = match std::fs::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             info!(path = %path.display(), "no routing model: routes choose by peak-EWMA P2C");
-            (no_route_model(), Fallback::NoModel)
+            return (no_route_model(), Err(Fallback::NoModel));
         }
-        _ => match from_file(&path) {
-            Ok(model) => {
-                info!(path = %path.display(), "routing model loaded");
-                (model, Fallback::NoModel)
-            }
-            Err(why) => {
-                warn!(path = %path.display(), error = %why,
-                    "routing model refused: routes choose by peak-EWMA P2C");
-                (refused(), Fallback::Refused)
-            }
-        },
+        Err(e) => Err(e.to_string()),
+        Ok(bytes) => Ok(bytes),
+    };
+    match bytes.and_then(|bytes| Ok((from_bytes(&bytes)?, sha256(&bytes)))) {
+        Ok((model, digest)) => {
+            info!(path = %path.display(), model = %to_prefixed(&digest), "routing model loaded");
+            (model, Ok(digest))
+        }
+        Err(why) => {
+            warn!(path = %path.display(), error = %why,
+                "routing model refused: routes choose by peak-EWMA P2C");
+            (refused(), Err(Fallback::Refused))
+        }
     }
 }
 
@@ -54,14 +59,16 @@ pub fn refused() -> RouteModel {
     std::sync::Arc::new(|| Err(Fallback::Refused))
 }
 
+/// The routing model in `bytes`, once it loads and fits the routing schema; else why not.
 #[cfg(not(feature = "ai"))]
-fn from_file(_path: &Path) -> Result<RouteModel, String> {
+pub fn from_bytes(_bytes: &[u8]) -> Result<RouteModel, String> {
     Err("this build has no model runtime (feature `ai`)".to_owned())
 }
 
+/// The routing model in `bytes`, once it loads and fits the routing schema; else why not.
 #[cfg(feature = "ai")]
-fn from_file(path: &Path) -> Result<RouteModel, String> {
-    let model = edge_ai::Model::load(path).map_err(|e| e.to_string())?;
+pub fn from_bytes(bytes: &[u8]) -> Result<RouteModel, String> {
+    let model = edge_ai::Model::from_bytes(bytes).map_err(|e| e.to_string())?;
     from_model(model)
 }
 
@@ -202,7 +209,7 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-ai/models")
     }
 
-    fn with_model(bytes: &[u8]) -> (tempfile::TempDir, (RouteModel, Fallback)) {
+    fn with_model(bytes: &[u8]) -> (tempfile::TempDir, (RouteModel, Result<Digest, Fallback>)) {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(dir.path().join("models")).expect("mkdir");
         std::fs::write(path(dir.path()), bytes).expect("write");
@@ -214,7 +221,7 @@ mod tests {
     fn no_model_or_one_that_does_not_fit_leaves_the_routes_on_p2c() {
         let dir = tempfile::tempdir().expect("tmp");
         let (model, reason) = load(dir.path());
-        assert_eq!(reason, Fallback::NoModel);
+        assert_eq!(reason, Err(Fallback::NoModel));
         assert!(matches!(model(), Err(Fallback::NoModel)));
 
         for name in [
@@ -226,11 +233,11 @@ mod tests {
         ] {
             let bytes = std::fs::read(models().join(name)).expect("a shipped model");
             let (_dir, (model, reason)) = with_model(&bytes);
-            assert_eq!(reason, Fallback::Refused, "{name}");
+            assert_eq!(reason, Err(Fallback::Refused), "{name}");
             assert!(matches!(model(), Err(Fallback::Refused)), "{name}");
         }
         let (_dir, (_, reason)) = with_model(b"not a model");
-        assert_eq!(reason, Fallback::Refused);
+        assert_eq!(reason, Err(Fallback::Refused));
     }
 
     #[test]
@@ -238,7 +245,8 @@ mod tests {
         let Ok(bytes) = std::fs::read(models().join("route.onnx")) else {
             panic!("edge-ai/models/route.onnx ships with the workspace");
         };
-        let (_dir, (model, _)) = with_model(&bytes);
+        let (_dir, (model, digest)) = with_model(&bytes);
+        assert_eq!(digest, Ok(sha256(&bytes)), "the digest of what was loaded");
         let mut predictor = model().expect("the trained model fits the schema");
         // Twenty candidates: more than one batch.
         let rows = 20;

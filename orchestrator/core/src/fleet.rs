@@ -40,6 +40,9 @@ pub struct NodeInfo {
     /// The OCI runtimes the node runs containers with (`runc`, `crun`), best first.
     #[serde(default)]
     pub container_runtimes: Vec<String>,
+    /// The ONNX operators the node's model reader runs; empty: it runs no models.
+    #[serde(default)]
+    pub model_operators: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +362,7 @@ impl Fleet {
         let info = NodeInfo {
             limits: node.info.limits.clone(),
             container_runtimes: node.info.container_runtimes.clone(),
+            model_operators: node.info.model_operators.clone(),
             // A node that reports positions is where it last said, not where its config's
             // fallback puts it.
             location: match &node.position {
@@ -397,8 +401,8 @@ impl Fleet {
         self.node_change(id)
     }
 
-    /// How the node enforces limits and which container runtimes it has. A change is
-    /// returned for persisting.
+    /// How the node enforces limits, which container runtimes it has and which model
+    /// operators it runs. A change is returned for persisting.
     pub fn update_runtime(&mut self, id: NodeId, info: RuntimeInfo) -> Option<Change> {
         let node = self.nodes.get_mut(&id)?;
         let limits = Some(
@@ -414,11 +418,20 @@ impl Fleet {
             .iter()
             .map(|r| r.as_str().to_owned())
             .collect();
-        if node.info.limits == limits && node.info.container_runtimes == runtimes {
+        let operators: Vec<String> = info
+            .model_operators
+            .iter()
+            .map(|o| o.as_str().to_owned())
+            .collect();
+        if node.info.limits == limits
+            && node.info.container_runtimes == runtimes
+            && node.info.model_operators == operators
+        {
             return None;
         }
         node.info.limits = limits;
         node.info.container_runtimes = runtimes;
+        node.info.model_operators = operators;
         self.node_change(id)
     }
 
@@ -534,6 +547,7 @@ impl From<&Capabilities> for NodeInfo {
             }),
             limits: None,
             container_runtimes: Vec::new(),
+            model_operators: Vec::new(),
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod deploy;
 pub mod events;
 pub mod fleet;
 pub mod image;
+pub mod models;
 pub mod pacing;
 pub mod purge;
 pub mod routes;

@@ -88,6 +88,9 @@ pub enum Action {
     /// `node` stored the certificate of an `OrchMsg::Renewed`: during a CA rotation, count it
     /// as moved if that certificate is the new CA's and names it.
     CertificateStored(NodeId, Box<edge_proto::CertificateStored>),
+    /// The node said which model operators it runs (after every welcome): send it the
+    /// fleet's models it can run (see [`crate::models`]).
+    OfferModels(NodeId),
 }
 
 /// Operator-facing outcomes of a connection. See `events` for the log lines and metrics.
@@ -329,6 +332,7 @@ impl ServerSession {
                 if let Some(change) = ctx.fleet.update_runtime(node, info) {
                     self.actions.push_back(Action::Persist(change));
                 }
+                self.actions.push_back(Action::OfferModels(node));
             }
             (State::Established { node }, NodeMsg::Admission(reply)) => {
                 self.actions.push_back(Action::Admission(node, *reply));

@@ -334,11 +334,12 @@ fn a_node_deleted_during_its_session_gets_no_certificate() {
 }
 
 #[test]
-fn a_node_s_container_runtimes_are_kept_through_its_capability_reports() {
+fn a_node_s_container_runtimes_and_model_operators_are_kept_through_its_capability_reports() {
     let mut fleet = fleet();
     let runtime = RuntimeInfo {
         limits: LimitsKind::CgroupV2,
         container_runtimes: [text("crun"), text("runc")].into_iter().collect(),
+        model_operators: [text("Gemm"), text("Relu")].into_iter().collect(),
     };
     assert!(
         fleet.update_runtime(NODE, runtime.clone()).is_some(),
@@ -346,6 +347,7 @@ fn a_node_s_container_runtimes_are_kept_through_its_capability_reports() {
     );
     let info = |f: &Fleet| f.node(NODE).expect("known").info.clone();
     assert_eq!(info(&fleet).container_runtimes, ["crun", "runc"]);
+    assert_eq!(info(&fleet).model_operators, ["Gemm", "Relu"]);
     assert_eq!(info(&fleet).limits.as_deref(), Some("cgroup-v2"));
     assert!(
         fleet.update_runtime(NODE, runtime).is_none(),
@@ -355,12 +357,15 @@ fn a_node_s_container_runtimes_are_kept_through_its_capability_reports() {
         .update_capabilities(NODE, &caps(), T0 + 10)
         .expect("valid capabilities");
     assert_eq!(info(&fleet).container_runtimes, ["crun", "runc"]);
+    assert_eq!(info(&fleet).model_operators, ["Gemm", "Relu"]);
     let none = RuntimeInfo {
         limits: LimitsKind::CgroupV2,
         container_runtimes: List::new(),
+        model_operators: List::new(),
     };
     assert!(fleet.update_runtime(NODE, none).is_some());
     assert!(info(&fleet).container_runtimes.is_empty());
+    assert!(info(&fleet).model_operators.is_empty());
 }
 
 /// A moving node's positions, from its outbox: the newest wins whatever order they arrive

@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 
-use crate::models::{ModelRecord, PushError};
+use crate::models::{ModelRecord, PushError, PushedModel};
+use edge_proto::NodeId;
+use orchestrator_core::models::ActiveModel;
 
 use super::ApiState;
 use super::artifacts::finish;
@@ -79,11 +81,14 @@ async fn push(
         .push(body, query.purpose.as_deref(), crate::clock::now_unix())
         .await
     {
-        Ok(pushed) => {
+        Ok(mut pushed) => {
+            offer(&state, &mut pushed);
             tracing::info!(
                 model = %pushed.model.digest,
                 created = pushed.created,
                 purpose = pushed.active_for.as_deref().unwrap_or("none"),
+                offered_nodes = pushed.offered_nodes,
+                cannot_run = pushed.cannot_run.len(),
                 by = %caller.0.sub,
                 "model pushed"
             );
@@ -97,6 +102,50 @@ async fn push(
         Err(PushError::Io(e)) => internal(e).into_response(),
         Err(e) => ApiError::BadRequest(format!("model: {e}")).into_response(),
     }
+}
+
+/// Sends a model the fleet now uses for a purpose nodes serve to every online node whose
+/// reader runs it, and says in `pushed` how many got it and which could not.
+fn offer(state: &ApiState, pushed: &mut PushedModel) {
+    let model = &pushed.model;
+    let Some(purpose) = pushed
+        .active_for
+        .as_deref()
+        .and_then(orchestrator_core::models::node_purpose)
+    else {
+        return;
+    };
+    let Some(digest) = edge_proto::digest::from_prefixed(&model.digest) else {
+        return;
+    };
+    let active = ActiveModel {
+        purpose,
+        digest,
+        size: model.size,
+        operators: model.operators.clone(),
+    };
+    let online: Vec<(NodeId, String, bool)> = {
+        let fleet = state.registry.fleet();
+        fleet
+            .nodes()
+            .filter(|n| fleet.is_online(n.id))
+            .map(|n| (n.id, n.name.clone(), active.runs_on(&n.info.model_operators)))
+            .collect()
+    };
+    let (mut offered, mut cannot_run) = (0, Vec::new());
+    for (id, name, runs) in online {
+        if runs {
+            // A node whose session is gone or whose queue is full is offered it at its next
+            // session: what it says after the welcome asks for it.
+            if state.links.send(id, active.offer()) {
+                offered += 1;
+            }
+        } else if cannot_run.len() < crate::models::MAX_NAMED {
+            cannot_run.push(name);
+        }
+    }
+    pushed.offered_nodes = offered;
+    pushed.cannot_run = cannot_run;
 }
 
 /// `GET /v1/models`: every model, and the one each purpose uses.

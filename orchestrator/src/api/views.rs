@@ -50,6 +50,9 @@ pub struct NodeView {
     /// The OCI runtimes the node runs containers with, best first; empty: none.
     #[serde(default)]
     pub container_runtimes: Vec<String>,
+    /// The ONNX operators the node's model reader runs; empty: it runs no models.
+    #[serde(default)]
+    pub model_operators: Vec<String>,
     /// Another machine presents this node's identity; absent when none did lately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<ConflictView>,
@@ -183,6 +186,7 @@ impl NodeView {
             }),
             cordoned: node.cordoned,
             container_runtimes: info.container_runtimes.clone(),
+            model_operators: info.model_operators.clone(),
             conflict: None,
             proxy: None,
         }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::artifacts::{ArtifactStore, PutError};
 use crate::records::{list_json, read_json, write_json};
 use check::{CheckError, Checked};
+use orchestrator_core::models::ActiveModel;
 
 /// The purposes a fleet model may serve: what the nodes' proxies and the scheduler ask for.
 /// A fixed set, so that a purpose is fit for a metric label and a file key.
@@ -60,7 +61,18 @@ pub struct PushedModel {
     pub created: bool,
     /// The purpose the fleet now uses it for, if any.
     pub active_for: Option<String>,
+    /// How many online nodes it was sent to (a routing model goes to the nodes whose reader
+    /// runs it; the others it reaches at their next session).
+    #[serde(default)]
+    pub offered_nodes: usize,
+    /// Online nodes whose model reader lacks an operator the model uses: they keep the
+    /// model they have. At most [`MAX_NAMED`] are named.
+    #[serde(default)]
+    pub cannot_run: Vec<String>,
 }
+
+/// The most nodes a push's answer names.
+pub const MAX_NAMED: usize = 64;
 
 /// Why a push was not stored. In every case nothing of it is left in the store.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +177,8 @@ impl ModelStore {
             model,
             created,
             active_for,
+            offered_nodes: 0,
+            cannot_run: Vec::new(),
         })
     }
 
@@ -186,6 +200,31 @@ impl ModelStore {
         Ok(read_json(&self.records.join(ACTIVE_FILE))
             .await?
             .unwrap_or_default())
+    }
+
+    /// The models the fleet uses for purposes that nodes serve, as they are offered to them.
+    pub async fn for_nodes(&self) -> io::Result<Vec<ActiveModel>> {
+        let mut out = Vec::new();
+        for (purpose, digest) in self.active().await? {
+            let Some(purpose) = orchestrator_core::models::node_purpose(&purpose) else {
+                continue;
+            };
+            let Some(digest) = edge_proto::digest::from_prefixed(&digest) else {
+                return Err(io::Error::other(format!("{ACTIVE_FILE} names {digest}")));
+            };
+            let Some(record) = self.get(&digest).await? else {
+                return Err(io::Error::other(format!(
+                    "{ACTIVE_FILE} names a model without a record"
+                )));
+            };
+            out.push(ActiveModel {
+                purpose,
+                digest,
+                size: record.size,
+                operators: record.operators,
+            });
+        }
+        Ok(out)
     }
 }
 
