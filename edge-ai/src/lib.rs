@@ -124,8 +124,8 @@ use tract_core::prelude::{
 };
 
 pub use batch::Batch;
-pub use onnx::OPERATORS;
 pub use metadata::{Direction, ExpectedPort, Feature, PortSchema, Schema, SchemaMismatch};
+pub use onnx::OPERATORS;
 
 /// The largest model file, in bytes, that [`Model::load`] and [`Model::from_bytes`] accept.
 ///

@@ -18,8 +18,8 @@ use crate::proto::{self, Dim, FLOAT};
 /// The operators edge-ai runs, from the default ONNX domain. Nodes report them, so that the
 /// orchestrator sends a model only to nodes whose reader runs every operator it uses.
 pub const OPERATORS: [&str; 12] = [
-    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Softmax",
-    "Identity", "Constant",
+    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Softmax", "Identity",
+    "Constant",
 ];
 
 /// The oldest ONNX operator set whose semantics for [`OPERATORS`] this translation follows.

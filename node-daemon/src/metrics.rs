@@ -32,6 +32,36 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// How an offer of one of the fleet's models ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// How an offer of one of the fleet's models ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelOutcome {
+    /// Fetched, loaded, installed and in use.
+    Installed,
+    /// It does not load or does not fit its user's schema: the node keeps the one it has.
+    Refused,
+    /// It could not be fetched (or installed): the node keeps the one it has, and tries again
+    /// when it is next offered.
+    Failed,
+}
+
+impl ModelOutcome {
+    pub const ALL: [Self; 3] = [Self::Installed, Self::Refused, Self::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Installed => "installed",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// Who chooses a route's backend: `model`, or the fallback's reason.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabel {
@@ -246,6 +276,13 @@ pub enum NodeEvent<'a> {
         failure: Option<&'a FetchError>,
         retry_in: Option<Duration>,
     },
+    /// An offer of the fleet's routing model (`model`, `sha256:...`) ended; `error` says why
+    /// when it was not installed.
+    RouteModelOffer {
+        model: &'a str,
+        outcome: ModelOutcome,
+        error: Option<&'a str>,
+    },
 }
 
 /// Every metric the node exports. Cheap to clone; every clone counts into the same registry.
@@ -270,6 +307,7 @@ struct Inner {
     workloads_running: Gauge,
     clock_offset: Gauge,
     route_choosers: Family<ModeLabel, Gauge>,
+    route_model_offers: Family<OutcomeLabel, Counter>,
     proxy: edge_proxy::ProxyMetrics,
     location: Arc<crate::location::LocationCounters>,
 }
@@ -299,6 +337,7 @@ impl NodeMetrics {
             workloads_running: Gauge::default(),
             clock_offset: Gauge::default(),
             route_choosers: Family::default(),
+            route_model_offers: Family::default(),
             proxy: edge_proxy::ProxyMetrics::default(),
             location: Arc::default(),
         };
@@ -382,6 +421,13 @@ impl NodeMetrics {
              (refused), it failed to run (broken) or its predictions drifted (drift)",
             inner.route_choosers.clone(),
         );
+        r.register(
+            "edge_node_route_model_offers",
+            "Offers of the fleet's routing model, by how they ended: installed and in use, \
+             refused (it does not load or fit the routing schema) or failed (not fetched or \
+             not installed); the node keeps the model it has unless installed",
+            inner.route_model_offers.clone(),
+        );
         inner.proxy.register(&mut inner.registry);
         inner.location.register(&mut inner.registry);
         let metrics = Self(Arc::new(inner));
@@ -417,6 +463,13 @@ impl NodeMetrics {
         }
         for reason in FETCH_FAILURES {
             zero(&m.artifact_fetch_failures, reason);
+        }
+        for outcome in ModelOutcome::ALL {
+            m.route_model_offers
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str(),
+                })
+                .inc_by(0);
         }
         for reason in ExitReason::ALL {
             zero(&m.instance_exits, reason.as_str());
@@ -559,6 +612,34 @@ impl NodeMetrics {
                             None => warn!(workload, error = %e, "artifact cannot be fetched"),
                         }
                     }
+                }
+            }
+            NodeEvent::RouteModelOffer {
+                model,
+                outcome,
+                error,
+            } => {
+                m.route_model_offers
+                    .get_or_create(&OutcomeLabel {
+                        outcome: outcome.as_str(),
+                    })
+                    .inc();
+                let error = error.unwrap_or_default();
+                match outcome {
+                    ModelOutcome::Installed => {
+                        info!(model, "the fleet's routing model is installed and in use")
+                    }
+                    ModelOutcome::Refused => warn!(
+                        model,
+                        error,
+                        "the fleet's routing model was refused; the node keeps the one it has"
+                    ),
+                    ModelOutcome::Failed => warn!(
+                        model,
+                        error,
+                        "the fleet's routing model could not be fetched or installed; the node \
+                         keeps the one it has"
+                    ),
                 }
             }
         }

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use edge_proto::digest::{Digest, to_prefixed};
 use edge_proto::{FleetModel, List, ModelPurpose, RuntimeInfo, Text};
-use tracing::{debug, info, warn};
+use tracing::debug;
+
+use crate::metrics::{ModelOutcome, NodeEvent};
 
 use crate::proxy::route_model;
 use crate::status::StatusBoard;
@@ -113,7 +115,6 @@ impl FleetModels {
     }
 
     async fn install(&self, proxy: edge_proxy::Proxy, digest: Digest, size: u64) {
-        let shown = to_prefixed(&digest);
         let fetched = self
             .0
             .workloads
@@ -122,9 +123,7 @@ impl FleetModels {
         let (path, in_use) = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
-                warn!(model = %shown, %error,
-                    "could not fetch the fleet's routing model; the node keeps the one it has");
-                self.settle(digest, None);
+                self.settle(digest, Err((ModelOutcome::Failed, error.to_string())));
                 return;
             }
         };
@@ -135,27 +134,18 @@ impl FleetModels {
         let target = route_model::path(&self.0.data_dir);
         // Reading, loading and the fsyncs of the install: off the runtime's threads.
         let loaded = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            let failed = |e: String| (ModelOutcome::Failed, e);
+            let bytes = std::fs::read(&path).map_err(|e| failed(e.to_string()))?;
             drop(in_use);
-            let model = route_model::from_bytes(&bytes)?;
+            let model = route_model::from_bytes(&bytes).map_err(|e| (ModelOutcome::Refused, e))?;
             crate::private_fs::write_atomic(&target, &bytes)
-                .map_err(|e| format!("installing it: {e}"))?;
-            Ok::<_, String>(model)
+                .map_err(|e| failed(format!("installing it: {e}")))?;
+            Ok(model)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the model's loader failed: {e}")));
-        match loaded {
-            Ok(model) => {
-                proxy.set_route_model(model);
-                info!(model = %shown, "the fleet's routing model is installed and in use");
-                self.settle(digest, Some(digest));
-            }
-            Err(error) => {
-                warn!(model = %shown, %error,
-                    "the fleet's routing model was refused; the node keeps the one it has");
-                self.settle(digest, None);
-            }
-        }
+        .unwrap_or_else(|e| Err((ModelOutcome::Refused, format!("its loader failed: {e}"))));
+        let installed = loaded.map(|model| proxy.set_route_model(model));
+        self.settle(digest, installed);
     }
 
     fn still_wanted(&self, digest: Digest) -> bool {
@@ -163,17 +153,34 @@ impl FleetModels {
         route.wanted == Some(digest)
     }
 
-    /// The offer of `digest` is over; `installed` is what it installed, if anything.
-    fn settle(&self, digest: Digest, installed: Option<Digest>) {
+    /// The offer of `digest` is over: it was installed, or not for the reason given.
+    fn settle(&self, digest: Digest, installed: Result<(), (ModelOutcome, String)>) {
+        let shown = to_prefixed(&digest);
+        let (outcome, error) = match &installed {
+            Ok(()) => (ModelOutcome::Installed, None),
+            Err((outcome, error)) => (*outcome, Some(error.as_str())),
+        };
+        self.0.board.metrics().emit(&NodeEvent::RouteModelOffer {
+            model: &shown,
+            outcome,
+            error,
+        });
         let mut route = self.0.route.lock().unwrap_or_else(PoisonError::into_inner);
         if route.wanted == Some(digest) {
             route.wanted = None;
         }
-        if installed.is_some() {
-            route.installed = installed;
-            self.0
-                .board
-                .update(|s| s.route_model = installed.as_ref().map(to_prefixed));
+        match installed {
+            Ok(()) => {
+                route.installed = Some(digest);
+                self.0.board.update(|s| {
+                    s.route_model = Some(shown);
+                    s.route_model_refused = None;
+                });
+            }
+            Err((ModelOutcome::Refused, error)) => self.0.board.update(|s| {
+                s.route_model_refused = Some(format!("{shown}: {error}"));
+            }),
+            Err(_) => {}
         }
     }
 }

@@ -362,11 +362,11 @@ mod tests {
         outbox.record(&report(WorkloadState::Running));
         outbox.record(&admission(None));
         outbox.record(&admission(Some("no room")));
-        outbox.record(&NodeMsg::Runtime(edge_proto::RuntimeInfo {
+        outbox.record(&NodeMsg::Runtime(Box::new(edge_proto::RuntimeInfo {
             limits: edge_proto::LimitsKind::Rlimit,
             container_runtimes: Default::default(),
             model_operators: Default::default(),
-        }));
+        })));
         outbox.record_operator(OperatorVerb::Stop, "till", Some(0));
         assert_eq!(
             outbox.summary().events,

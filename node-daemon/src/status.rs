@@ -71,6 +71,9 @@ pub struct Status {
     /// The routing model the proxy uses, `sha256:...`: the fleet's, or one installed by
     /// hand in `DATA_DIR/models/route.onnx`. `null`: none, or it was refused.
     pub route_model: Option<String>,
+    /// The last routing model the fleet offered that this node refused, and why, until one
+    /// is installed: `sha256:...: reason`.
+    pub route_model_refused: Option<String>,
     /// Who chooses the backends of the proxy's routes that may use the routing model: how
     /// many routes `model` serves, and how many peak-EWMA P2C serves instead, by why
     /// (`no_model`, `refused`, `broken`, `drift`). `null` without a proxy.
@@ -145,6 +148,7 @@ impl StatusBoard {
             join_file: None,
             model: None,
             route_model: None,
+            route_model_refused: None,
             routing: None,
             proxy: None,
             clock_offset_ms: None,

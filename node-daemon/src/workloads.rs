@@ -487,7 +487,10 @@ impl Workloads {
                 if self.cache.missing_bytes(&a.artifact, a.artifact_size) > 0 {
                     self.send_state(&a, WorkloadState::Downloading, "").await;
                 }
-                match self.fetch(a.workload.as_str(), a.artifact, a.artifact_size).await {
+                match self
+                    .fetch(a.workload.as_str(), a.artifact, a.artifact_size)
+                    .await
+                {
                     Ok(path) => spec_for(&a, &path, &self.node_env),
                     Err(e) => return self.fetch_failed(&a, e, in_use).await,
                 }

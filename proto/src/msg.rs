@@ -182,8 +182,9 @@ pub enum NodeMsg {
     Capabilities(Box<Capabilities>),
     /// Live load, every status interval.
     Status(Status),
-    /// How the node enforces workload limits; sent after every `Welcome`.
-    Runtime(RuntimeInfo),
+    /// How the node enforces workload limits and what it runs; sent after every `Welcome`.
+    /// Boxed to keep the enum small.
+    Runtime(Box<RuntimeInfo>),
     /// The answer to an [`OrchMsg::Assign`].
     Admission(Box<AdmissionReply>),
     /// A workload instance changed state.

@@ -473,11 +473,11 @@ fn golden_bytes_of_workload_messages() {
             "00000023050568656c6c6f0301196e65656473203332204d69422c203230204d69422066726565",
         ),
         (
-            encode(&NodeMsg::Runtime(RuntimeInfo {
+            encode(&NodeMsg::Runtime(Box::new(RuntimeInfo {
                 limits: LimitsKind::CgroupV1,
                 container_runtimes: [text("runc")].into_iter().collect(),
                 model_operators: [text("Gemm"), text("Relu")].into_iter().collect(),
-            })),
+            }))),
             // cgroup v1, then one runtime: runc, then two model operators.
             "000000130401010472756e63020447656d6d0452656c75",
         ),

@@ -306,7 +306,8 @@ impl Sim {
             | node::Action::EventsStored(_)
             | node::Action::Synced(_)
             | node::Action::Renewed(_)
-            | node::Action::RenewRefused(_) => {}
+            | node::Action::RenewRefused(_)
+            | node::Action::Model(_) => {}
         }
     }
 
@@ -355,7 +356,8 @@ impl Sim {
             | server::Action::Traffic(..)
             | server::Action::StoreEvents(..)
             | server::Action::Renew(..)
-            | server::Action::CertificateStored(..) => {}
+            | server::Action::CertificateStored(..)
+            | server::Action::OfferModels(..) => {}
         }
     }
 

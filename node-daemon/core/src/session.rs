@@ -316,7 +316,7 @@ impl NodeSession {
                 self.state = State::Established { next_status: now };
                 self.send_caps_if_changed();
                 if let Some(runtime) = self.runtime.clone() {
-                    self.send(NodeMsg::Runtime(runtime));
+                    self.send(NodeMsg::Runtime(Box::new(runtime)));
                 }
                 // Report load at once, then every interval.
                 self.handle_timeout(now);
@@ -579,7 +579,7 @@ mod tests {
             t0,
         );
         let acts = drain(&mut s);
-        assert!(acts.contains(&Action::Send(NodeMsg::Runtime(runtime))));
+        assert!(acts.contains(&Action::Send(NodeMsg::Runtime(Box::new(runtime)))));
         let unassign = Unassign {
             workload: text("hello"),
         };

@@ -329,7 +329,7 @@ impl ServerSession {
                 ctx.fleet.update_status(node, &status, ctx.now_unix());
             }
             (State::Established { node }, NodeMsg::Runtime(info)) => {
-                if let Some(change) = ctx.fleet.update_runtime(node, info) {
+                if let Some(change) = ctx.fleet.update_runtime(node, *info) {
                     self.actions.push_back(Action::Persist(change));
                 }
                 self.actions.push_back(Action::OfferModels(node));

@@ -129,7 +129,13 @@ fn offer(state: &ApiState, pushed: &mut PushedModel) {
         fleet
             .nodes()
             .filter(|n| fleet.is_online(n.id))
-            .map(|n| (n.id, n.name.clone(), active.runs_on(&n.info.model_operators)))
+            .map(|n| {
+                (
+                    n.id,
+                    n.name.clone(),
+                    active.runs_on(&n.info.model_operators),
+                )
+            })
             .collect()
     };
     let (mut offered, mut cannot_run) = (0, Vec::new());

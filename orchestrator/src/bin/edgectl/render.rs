@@ -348,6 +348,20 @@ pub(crate) fn model_pushed(p: &PushedModel) -> String {
             "\nStored; it declares no purpose: push it with --purpose route|place to use it."
         ),
     };
+    if p.active_for.as_deref() == Some("route") {
+        let _ = writeln!(
+            out,
+            "Sent to {} online node(s); the others get it when they next connect.",
+            p.offered_nodes
+        );
+        if !p.cannot_run.is_empty() {
+            let _ = writeln!(
+                out,
+                "Their model reader cannot run it, so they keep the model they have: {}",
+                p.cannot_run.join(", ")
+            );
+        }
+    }
     out
 }
 
