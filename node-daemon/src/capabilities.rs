@@ -168,6 +168,21 @@ impl StatusSampler {
             uptime_secs: System::uptime().unwrap_or(0),
         }
     }
+
+    /// `status` as a share of the machine: CPU busy and memory used, each 0 to 1, as the
+    /// routing model takes a backend host's load.
+    pub fn host_load(&self, status: &Status) -> node_core::proxy::balance::HostLoad {
+        let total = self.system.total_memory();
+        let memory = if total == 0 {
+            0.0
+        } else {
+            (status.memory_used_bytes as f64 / total as f64).clamp(0.0, 1.0) as f32
+        };
+        node_core::proxy::balance::HostLoad {
+            cpu: (status.cpu_percent / 100.0).clamp(0.0, 1.0),
+            memory,
+        }
+    }
 }
 
 /// Size and free space (for unprivileged users) of one filesystem.

@@ -314,6 +314,9 @@ pub async fn run_with(
                     if let Some(s) = sampler.as_mut() {
                         let status = s.sample();
                         load.sampled(&status, None);
+                        if let Some(proxy) = &proxy {
+                            proxy.proxy().set_local_load(s.host_load(&status));
+                        }
                         session.handle_status(status);
                     }
                     if let Some(msg) = traffic.as_mut().and_then(|t| t.report(Instant::now())) {
@@ -489,7 +492,11 @@ pub async fn run_with(
                     && session.node_id().is_some()
                     && let Some(s) = sampler.as_mut()
                 {
-                    load.sampled(&s.sample(), outbox.as_ref());
+                    let status = s.sample();
+                    load.sampled(&status, outbox.as_ref());
+                    if let Some(proxy) = &proxy {
+                        proxy.proxy().set_local_load(s.host_load(&status));
+                    }
                 }
                 let caps = tokio::task::spawn_blocking(caps_now.clone()).await;
                 if let Ok(caps) = caps {

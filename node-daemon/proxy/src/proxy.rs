@@ -270,6 +270,12 @@ impl Proxy {
         self.inner.upstreams.set_peer_tls(peer_tls);
     }
 
+    /// This node's CPU and memory load, each 0 to 1: the host load the routing model is told
+    /// for the backends that run here, from the next choice on.
+    pub fn set_local_load(&self, load: node_core::proxy::balance::HostLoad) {
+        self.inner.upstreams.set_local_load(load);
+    }
+
     /// The handler for the peer listener: the same proxy, serving only what runs here.
     pub fn from_peers(&self) -> FromPeers {
         FromPeers(self.clone())

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use node_core::proxy::balance::{Candidate, Choose, Load};
+use node_core::proxy::balance::{Candidate, Choose, HostLoad, Load};
 use node_core::proxy::breaker::{Breaker, BreakerConfig, BreakerState};
 use node_core::proxy::retry::{RetryBudget, may_retry};
 use node_core::proxy::route::{Origin as OriginAddr, RouteSettings};
@@ -279,6 +279,8 @@ pub struct Upstreams {
     budgets: Mutex<HashMap<String, RetryBudget>>,
     breaker: BreakerConfig,
     events: Arc<dyn UpstreamEvents>,
+    /// This node's own load, the host load of its local backends; `None` until measured.
+    local_load: Mutex<Option<HostLoad>>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -303,7 +305,17 @@ impl Upstreams {
             budgets: Mutex::new(HashMap::new()),
             breaker: BreakerConfig::default(),
             events,
+            local_load: Mutex::new(None),
         }
+    }
+
+    /// This node's load as of now: what the routing model is told of the host of every
+    /// backend that runs here. (A peer's load is not known here, and stays unknown.)
+    pub fn set_local_load(&self, load: HostLoad) {
+        *self
+            .local_load
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(load);
     }
 
     /// Reaches peers from now on as the node `tls` holds the identity of.
@@ -481,6 +493,11 @@ impl Forward {
     /// strategy chooses, with the latency the chooser predicted for it if it predicts.
     fn choose(&self) -> Option<(BackendAddr, Option<f32>)> {
         let now = Instant::now();
+        let local_load = *self
+            .upstreams
+            .local_load
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut state = self.upstreams.state();
         for backend in &self.backends {
             state
@@ -519,7 +536,7 @@ impl Forward {
                         half_open: *breaker == Some(BreakerState::HalfOpen),
                         distance_km: backend.distance_km(),
                         local: backend.addr.is_local(),
-                        host: None,
+                        host: local_load.filter(|_| backend.addr.is_local()),
                     })
                 })
                 .collect();

@@ -8,10 +8,12 @@ use edge_proxy::{Limits, Proxy, ProxyMetrics, Routing, Settings};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use node_core::proxy::balance::Strategy;
+use node_core::proxy::balance::{HostLoad, Strategy};
 use node_core::proxy::cache_status::CacheName;
 use node_core::proxy::headers::ViaName;
-use node_core::proxy::learned::{Fallback, Mode, Predict, PredictError, Prediction, ROUTE_WIDTH};
+use node_core::proxy::learned::{
+    Fallback, Mode, Predict, PredictError, Prediction, ROUTE_FEATURES, ROUTE_WIDTH,
+};
 use node_core::proxy::route::{Origin, Route, RouteSettings, RouteTable, Target, WeightedTarget};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -1026,4 +1028,57 @@ async fn a_route_model_chooses_and_is_swapped_under_load_without_a_failed_reques
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     }
     assert_eq!(swapper.await.expect("the swapper"), 300);
+}
+
+/// A routing model that keeps the features of its last run and finds every backend alike.
+#[derive(Debug)]
+struct Recorder(Arc<std::sync::Mutex<Vec<f32>>>);
+
+impl Predict for Recorder {
+    fn predict(&mut self, features: &[f32], out: &mut [Prediction]) -> Result<(), PredictError> {
+        *self.0.lock().expect("not poisoned") = features.to_vec();
+        out.fill(Prediction {
+            latency_ms: 1.0,
+            failure: 0.0,
+        });
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_model_is_told_this_node_s_load_for_the_backends_that_run_here() {
+    let (backends, port) = instances(&[Behaviour::default(), Behaviour::default()]).await;
+    let proxy = workload_proxy(&backends, port, RouteSettings::default()).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shown = seen.clone();
+    proxy.proxy.set_route_model(Arc::new(move || {
+        Ok(Box::new(Recorder(shown.clone())) as Box<dyn Predict>)
+    }));
+    let column = |name: &str| {
+        ROUTE_FEATURES
+            .iter()
+            .position(|f| f.name == name)
+            .expect("a routing feature")
+    };
+    let (local, cpu, memory) = (column("local"), column("host_cpu"), column("host_memory"));
+    let host = || -> Vec<(f32, f32, f32)> {
+        seen.lock()
+            .expect("not poisoned")
+            .chunks_exact(ROUTE_WIDTH)
+            .map(|row| (row[local], row[cpu], row[memory]))
+            .collect()
+    };
+
+    // The first requests measure each backend; then the model scores both, load unknown.
+    for _ in 0..4 {
+        assert_eq!(proxy.get("x", "/").await.0, 200);
+    }
+    assert_eq!(host(), [(1.0, 0.0, 0.0); 2], "local, load not yet measured");
+
+    proxy.proxy.set_local_load(HostLoad {
+        cpu: 0.25,
+        memory: 0.5,
+    });
+    assert_eq!(proxy.get("x", "/").await.0, 200);
+    assert_eq!(host(), [(1.0, 0.25, 0.5); 2], "this node's load, for both");
 }
