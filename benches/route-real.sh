@@ -11,7 +11,7 @@
 # scenarios, at most 5% worse on the homogeneous one. The simulator's figures for the same
 # scenarios: benches/route-eval.sh.
 #
-# 6 scenarios x 4 strategies x 2 rounds x 12 s: about 11 minutes.
+# 6 scenarios x 4 strategies x 2 rounds x 12 s: about 10 minutes (582 s on 2 cores).
 #
 #   benches/route-real.sh [--duration-secs S] [--warmup-secs S] [--rounds N]
 #                         [--rate-scale X] [--seed N] [--model FILE.onnx] [--json FILE]
