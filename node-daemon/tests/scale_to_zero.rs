@@ -266,10 +266,12 @@ async fn wakes_at_once_start_it_once_and_answer_when_its_port_accepts() {
 #[tokio::test]
 async fn a_sleep_stops_it_and_the_next_wake_starts_it_afresh() {
     let fx = Fixture::new("sleep").await;
-    let port = free_port();
-    let _listening = TcpListener::bind(("127.0.0.1", port))
+    // Bound here, on a port the kernel picks: a port found free and bound later may be
+    // taken in between by a test running beside this one.
+    let listening = TcpListener::bind(("127.0.0.1", 0))
         .await
-        .expect("the workload's port");
+        .expect("a port for the workload");
+    let port = listening.local_addr().expect("bound").port();
     fx.sup
         .apply(fx.spec("nap", port, "exec sleep 600"))
         .await
@@ -301,10 +303,12 @@ async fn a_sleep_stops_it_and_the_next_wake_starts_it_afresh() {
 #[tokio::test]
 async fn a_restarted_supervisor_brings_it_back_dormant() {
     let mut fx = Fixture::new("restart").await;
-    let port = free_port();
-    let _listening = TcpListener::bind(("127.0.0.1", port))
+    // Bound here, on a port the kernel picks: a port found free and bound later may be
+    // taken in between by a test running beside this one.
+    let listening = TcpListener::bind(("127.0.0.1", 0))
         .await
-        .expect("the workload's port");
+        .expect("a port for the workload");
+    let port = listening.local_addr().expect("bound").port();
     fx.sup
         .apply(fx.spec("back", port, "exec sleep 600"))
         .await
