@@ -774,13 +774,12 @@ impl BackendState {
         let b = &self.spec;
         // The same draws, in the same order, as the simulator's `send`.
         let mut rng = fastrand::Rng::with_seed(mix(&[self.seed, id, self.index]));
-        let base_ms = if b.local { 0.02 } else { 0.2 } + b.distance_km / 100.0;
-        let one_way = Duration::from_secs_f64(base_ms * (1.0 + 0.2 * rng.f64()) / 1000.0);
-        let refused = rng.f64() < b.failure;
-        let service_ms = b.service.median_ms * (b.service.sigma * normal(&mut rng)).exp();
+        let draw = b.draw(&mut rng);
+        let (refused, service_ms) = (draw.refused, draw.service_ms);
+        let one_way = Duration::from_secs_f64(draw.one_way_ms / 1000.0);
 
         tokio::time::sleep(one_way).await;
-        match down_at(b, clocks.scenario_secs(Instant::now())) {
+        match b.down_at(clocks.scenario_secs(Instant::now())) {
             Some(DownMode::Hang) => {
                 // Past the proxy's timeout: it has given up on this attempt by then.
                 tokio::time::sleep(self.timeout * 3).await;
@@ -828,21 +827,4 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = code;
     response
-}
-
-/// Whether `b` is down at `t` scenario seconds, and how: `edge_sim::sim`'s rule.
-fn down_at(b: &BackendSpec, t: f64) -> Option<DownMode> {
-    if let Some(down) = b.down.iter().find(|d| d.from_secs <= t && t < d.until_secs) {
-        return Some(down.mode);
-    }
-    let flap = b.flap?;
-    let phase = (t - flap.offset_secs).rem_euclid(flap.period_secs);
-    (phase < flap.down_secs).then_some(flap.mode)
-}
-
-/// A standard normal draw (Box-Muller), as the simulator draws one.
-fn normal(rng: &mut fastrand::Rng) -> f64 {
-    let u1 = 1.0 - rng.f64();
-    let u2 = rng.f64();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }

@@ -325,7 +325,46 @@ impl Scenario {
     }
 }
 
+/// What one attempt on a backend meets, drawn before it is sent: the simulator and the
+/// real-proxy bench draw the same, in the same order, from the same seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    /// The network's delay each way, milliseconds.
+    pub one_way_ms: f64,
+    /// The backend refuses it at once.
+    pub refused: bool,
+    /// The work it takes once a worker has it, milliseconds.
+    pub service_ms: f64,
+}
+
 impl Backend {
+    /// One attempt's draws, from `rng`.
+    pub fn draw(&self, rng: &mut fastrand::Rng) -> Draw {
+        let base_ms = if self.local { 0.02 } else { 0.2 } + self.distance_km / 100.0;
+        let one_way_ms = base_ms * (1.0 + 0.2 * rng.f64());
+        let refused = rng.f64() < self.failure;
+        let service_ms = self.service.median_ms * (self.service.sigma * normal(rng)).exp();
+        Draw {
+            one_way_ms,
+            refused,
+            service_ms,
+        }
+    }
+
+    /// Whether it is down at `t` scenario seconds, and how.
+    pub fn down_at(&self, t: f64) -> Option<DownMode> {
+        if let Some(down) = self
+            .down
+            .iter()
+            .find(|d| d.from_secs <= t && t < d.until_secs)
+        {
+            return Some(down.mode);
+        }
+        let flap = self.flap?;
+        let phase = (t - flap.offset_secs).rem_euclid(flap.period_secs);
+        (phase < flap.down_secs).then_some(flap.mode)
+    }
+
     fn validate(&self, at: &str) -> Result<(), (String, String)> {
         if self.name.is_empty() || self.name.len() > 100 {
             return Err((format!("{at}.name"), "1 to 100 characters".to_owned()));
@@ -442,4 +481,11 @@ fn steps(field: &str, len: usize) -> Result<(), (String, String)> {
         return Err((field.to_owned(), format!("more than {MAX_STEPS} entries")));
     }
     Ok(())
+}
+
+/// A standard normal draw (Box-Muller).
+fn normal(rng: &mut fastrand::Rng) -> f64 {
+    let u1 = 1.0 - rng.f64();
+    let u2 = rng.f64();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }

@@ -411,10 +411,11 @@ impl<'a> Engine<'a> {
             backend as u64,
             u64::from(number),
         ]));
-        let base_ms = if b.local { 0.02 } else { 0.2 } + b.distance_km / 100.0;
-        let one_way_ms = base_ms * (1.0 + 0.2 * rng.f64());
-        let refused = rng.f64() < b.failure;
-        let service_ms = b.service.median_ms * (b.service.sigma * normal(&mut rng)).exp();
+        let crate::scenario::Draw {
+            one_way_ms,
+            refused,
+            service_ms,
+        } = b.draw(&mut rng);
         let one_way_ns = ms_to_ns(one_way_ms);
         let attempt = self.attempts.len();
         self.attempts.push(Attempt {
@@ -434,7 +435,7 @@ impl<'a> Engine<'a> {
             Event::Timeout(attempt),
         );
         let reach_ns = self.now_ns + one_way_ns;
-        match down_at(b, reach_ns as f64 / 1e9) {
+        match b.down_at(reach_ns as f64 / 1e9) {
             Some(DownMode::Hang) => {}
             Some(DownMode::Refuse) => {
                 self.at(reach_ns + MS + one_way_ns, Event::Answer(attempt, false))
@@ -599,16 +600,6 @@ impl<'a> Engine<'a> {
 
 const MS: u64 = 1_000_000;
 
-/// Whether `b` is down at `t` seconds, and how.
-fn down_at(b: &Backend, t: f64) -> Option<DownMode> {
-    if let Some(down) = b.down.iter().find(|d| d.from_secs <= t && t < d.until_secs) {
-        return Some(down.mode);
-    }
-    let flap = b.flap?;
-    let phase = (t - flap.offset_secs).rem_euclid(flap.period_secs);
-    (phase < flap.down_secs).then_some(flap.mode)
-}
-
 fn host(b: &Backend) -> Option<HostLoad> {
     (b.host_cpu.is_some() || b.host_memory.is_some()).then(|| HostLoad {
         cpu: b.host_cpu.unwrap_or(0.0),
@@ -623,13 +614,6 @@ fn ms_to_ns(ms: f64) -> u64 {
 
 fn secs_to_ns(secs: f64) -> u64 {
     ms_to_ns(secs * 1000.0)
-}
-
-/// A standard normal draw (Box-Muller).
-fn normal(rng: &mut fastrand::Rng) -> f64 {
-    let u1 = 1.0 - rng.f64();
-    let u2 = rng.f64();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// A draw in `[0, 1)`.
