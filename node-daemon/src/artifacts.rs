@@ -346,7 +346,13 @@ impl ArtifactCache {
                     "the orchestrator sent more than the artifact's {size} bytes"
                 )));
             }
-            file.write_all(&buf[..n]).await?;
+            if let Err(e) = file.write_all(&buf[..n]).await {
+                // Closed here, before the caller deletes the part: a tokio file dropped after a
+                // failed write closes later, on a blocking thread, and a full disk stays full
+                // until then.
+                drop(file.into_std().await);
+                return Err(e.into());
+            }
             have += n as u64;
         };
         // Keep what arrived, even after a cut: the next fetch resumes after it.
