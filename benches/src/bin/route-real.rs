@@ -796,15 +796,7 @@ impl BackendState {
             .workers
             .saturating_sub(u32::try_from(self.workers.available_permits()).unwrap_or(0));
         let t = clocks.scenario_secs(Instant::now());
-        let speed = b
-            .speed
-            .iter()
-            .rfind(|s| s.at_secs <= t)
-            .map_or(1.0, |s| s.multiplier);
-        let degrade = b.degrade.map_or(1.0, |d| {
-            1.0 + d.per_request * f64::from(busy.saturating_sub(d.knee))
-        });
-        let served = (service_ms * speed * degrade / 1000.0).clamp(0.0, 3600.0);
+        let served = (b.served_ms(service_ms, t, busy) / 1000.0).clamp(0.0, 3600.0);
         tokio::time::sleep(Duration::from_secs_f64(served)).await;
         drop(worker);
         tokio::time::sleep(one_way).await;

@@ -351,6 +351,21 @@ impl Backend {
         }
     }
 
+    /// How long the work of an attempt drawn at `service_ms` takes when a worker starts it at
+    /// `t` scenario seconds with `busy` workers busy, itself included: scaled by the speed step
+    /// then and by the slowdown under load.
+    pub fn served_ms(&self, service_ms: f64, t: f64, busy: u32) -> f64 {
+        let speed = self
+            .speed
+            .iter()
+            .rfind(|s| s.at_secs <= t)
+            .map_or(1.0, |s| s.multiplier);
+        let degrade = self.degrade.map_or(1.0, |d| {
+            1.0 + d.per_request * f64::from(busy.saturating_sub(d.knee))
+        });
+        service_ms * speed * degrade
+    }
+
     /// Whether it is down at `t` scenario seconds, and how.
     pub fn down_at(&self, t: f64) -> Option<DownMode> {
         if let Some(down) = self

@@ -515,18 +515,8 @@ impl<'a> Engine<'a> {
         let b = &self.scenario.backends[a.backend];
         let state = &mut self.backends[a.backend];
         state.busy += 1;
-        let t = self.now_ns as f64 / 1e9;
-        let speed = b
-            .speed
-            .iter()
-            .rfind(|s| s.at_secs <= t)
-            .map_or(1.0, |s| s.multiplier);
-        let degrade = b.degrade.map_or(1.0, |d| {
-            1.0 + d.per_request * f64::from(state.busy.saturating_sub(d.knee))
-        });
-        let done = self
-            .now_ns
-            .saturating_add(ms_to_ns(a.service_ms * speed * degrade));
+        let served_ms = b.served_ms(a.service_ms, self.now_ns as f64 / 1e9, state.busy);
+        let done = self.now_ns.saturating_add(ms_to_ns(served_ms));
         self.at(done, Event::Served(attempt));
     }
 
