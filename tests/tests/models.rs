@@ -26,10 +26,7 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn edgectl(orch: &TestOrchestrator) -> Edgectl {
-    Edgectl {
-        api: format!("http://{}", orch.orch.api_addr),
-        token: orch.orch.admin_token.clone(),
-    }
+    Edgectl::admin(&format!("http://{}", orch.orch.api_addr), orch.dir.path())
 }
 
 /// `edgectl model push FILE [--purpose P] --json`.

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::models::{ModelRecord, PushError, PushedModel};
 use edge_proto::NodeId;
-use orchestrator_core::models::ActiveModel;
 
 use super::ApiState;
 use super::artifacts::finish;
@@ -107,22 +106,12 @@ async fn push(
 /// Sends a model the fleet now uses for a purpose nodes serve to every online node whose
 /// reader runs it, and says in `pushed` how many got it and which could not.
 fn offer(state: &ApiState, pushed: &mut PushedModel) {
-    let model = &pushed.model;
-    let Some(purpose) = pushed
+    let Some(active) = pushed
         .active_for
         .as_deref()
-        .and_then(orchestrator_core::models::node_purpose)
+        .and_then(|purpose| pushed.model.offered_for(purpose))
     else {
         return;
-    };
-    let Some(digest) = edge_proto::digest::from_prefixed(&model.digest) else {
-        return;
-    };
-    let active = ActiveModel {
-        purpose,
-        digest,
-        size: model.size,
-        operators: model.operators.clone(),
     };
     let online: Vec<(NodeId, String, bool)> = {
         let fleet = state.registry.fleet();

@@ -44,6 +44,19 @@ pub struct ModelRecord {
     pub pushed_unix: u64,
 }
 
+impl ModelRecord {
+    /// This model as nodes are offered it for `purpose`; `None` for a purpose nodes do not
+    /// serve.
+    pub fn offered_for(&self, purpose: &str) -> Option<ActiveModel> {
+        Some(ActiveModel {
+            purpose: orchestrator_core::models::node_purpose(purpose)?,
+            digest: edge_proto::digest::from_prefixed(&self.digest)?,
+            size: self.size,
+            operators: self.operators.clone(),
+        })
+    }
+}
+
 /// One input or output of a stored model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortRecord {
@@ -206,9 +219,9 @@ impl ModelStore {
     pub async fn for_nodes(&self) -> io::Result<Vec<ActiveModel>> {
         let mut out = Vec::new();
         for (purpose, digest) in self.active().await? {
-            let Some(purpose) = orchestrator_core::models::node_purpose(&purpose) else {
+            if orchestrator_core::models::node_purpose(&purpose).is_none() {
                 continue;
-            };
+            }
             let Some(digest) = edge_proto::digest::from_prefixed(&digest) else {
                 return Err(io::Error::other(format!("{ACTIVE_FILE} names {digest}")));
             };
@@ -217,12 +230,7 @@ impl ModelStore {
                     "{ACTIVE_FILE} names a model without a record"
                 )));
             };
-            out.push(ActiveModel {
-                purpose,
-                digest,
-                size: record.size,
-                operators: record.operators,
-            });
+            out.extend(record.offered_for(&purpose));
         }
         Ok(out)
     }
