@@ -56,6 +56,39 @@ pub enum EventKind {
     /// Where the node was at the event's time: a point of its track. Of the metrics class:
     /// under pressure a long track is thinned evenly.
     Location(LocationReport),
+    /// A sample of the proxy's attempts on its backends over a window that ended at the
+    /// event's time: what routing models are trained on. Of the metrics class. Boxed: at
+    /// over a kilobyte, it would make every event of a batch as large.
+    RouteSamples(alloc::boxed::Box<RouteSamples>),
+}
+
+/// Up to [`RouteSamples::MAX_SAMPLES`] attempts drawn at random (each equally likely) from the
+/// `attempts` the proxy made in the `window_secs` before the event's time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSamples {
+    pub window_secs: u32,
+    pub attempts: u64,
+    pub samples: List<RouteSample, { RouteSamples::MAX_SAMPLES }>,
+}
+
+impl RouteSamples {
+    /// The most samples in one event: eight attempts a window are plenty to learn from across
+    /// a fleet, and cost an idle uplink little.
+    pub const MAX_SAMPLES: usize = 8;
+    /// The most features per sample: room for the node's routing schema to grow.
+    pub const MAX_FEATURES: usize = 32;
+}
+
+/// One attempt: the chosen backend's features at the moment it was chosen, in the order and
+/// units of the node's routing schema (node-core's `ROUTE_FEATURES`, which only ever grows at
+/// its end), and how the attempt went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSample {
+    pub features: List<f32, { RouteSamples::MAX_FEATURES }>,
+    /// From sending the attempt to its answer's head or its failure, in milliseconds.
+    pub latency_ms: f32,
+    /// Refused, reset, timed out, or answered 502-504.
+    pub failed: bool,
 }
 
 /// The node's load over `window_secs` up to the event's time, from `samples` status samples.

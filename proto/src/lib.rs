@@ -32,7 +32,7 @@ mod traffic;
 pub use bounded::{Seq, Str};
 pub use events::{
     EventBatch, EventGap, EventKind, EventsStored, MetricSummary, NodeEvent, OperatorAction,
-    OperatorVerb,
+    OperatorVerb, RouteSample, RouteSamples,
 };
 pub use frame::{DecodeError, FrameDecoder, MAX_FRAME_LEN, decode, encode, try_encode};
 pub use msg::*;

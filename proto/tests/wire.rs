@@ -1735,6 +1735,71 @@ fn golden_bytes_of_location_events() {
     }
 }
 
+/// A window of the proxy's attempts in the outbox: two samples (a fast success with two
+/// features, a failure with one), of 1,000 attempts over a minute. A sample with more
+/// features than the bound does not decode.
+#[test]
+fn golden_bytes_of_route_samples() {
+    let samples = RouteSamples {
+        window_secs: 60,
+        attempts: 1_000,
+        samples: List::from_iter([
+            RouteSample {
+                features: List::from_iter([1.0, 2.5]),
+                latency_ms: 4.0,
+                failed: false,
+            },
+            RouteSample {
+                features: List::from_iter([0.5]),
+                latency_ms: 1_000.0,
+                failed: true,
+            },
+        ]),
+    };
+    let batch = EventBatch {
+        events: List::from_iter([NodeEvent {
+            seq: 14,
+            at_ms: 5_000,
+            kind: EventKind::RouteSamples(Box::new(samples.clone())),
+        }]),
+        gaps: List::new(),
+    };
+    let bytes = encode(&NodeMsg::Events(Box::new(batch)));
+    assert_eq!(
+        hex(&bytes),
+        concat!(
+            "00000023",   // frame length
+            "09010e8827", // Events, one event, seq 14, at 5000 ms
+            "06",         // RouteSamples
+            "3ce80702",   // 60 s, 1000 attempts, two samples
+            "020000803f00002040",
+            "0000804000", // [1.0, 2.5], 4 ms, ok
+            "010000003f",
+            "00007a4401", // [0.5], 1000 ms, failed
+            "00",         // no gaps
+        )
+    );
+    let NodeMsg::Events(back) = decode::<NodeMsg>(&bytes[4..]).expect("decodes") else {
+        panic!("an event batch");
+    };
+    assert_eq!(
+        back.events.as_slice()[0].kind,
+        EventKind::RouteSamples(Box::new(samples))
+    );
+    // 33 features: one over the bound.
+    let mut long = postcard::to_allocvec(&EventKind::RouteSamples(Box::new(RouteSamples {
+        window_secs: 60,
+        attempts: 1,
+        samples: List::new(),
+    })))
+    .expect("encodes");
+    long.pop();
+    long.push(1);
+    long.push(33);
+    long.extend(std::iter::repeat_n(0u8, 33 * 4 + 5));
+    assert!(postcard::from_bytes::<EventKind>(&long).is_err());
+}
+
 /// Certificate renewal on an established session: the request (no node id: the session's
 /// certificate names the node), the new certificate with the CAs to trust, and a refusal.
 #[test]

@@ -276,6 +276,20 @@ impl Proxy {
         self.inner.upstreams.set_local_load(load);
     }
 
+    /// Starts (or stops) keeping a fair sample of the attempts on every route's backends,
+    /// with each backend's routing features when it was chosen: what routing models are
+    /// trained on. Off until called.
+    pub fn set_route_sampling(&self, on: bool) {
+        self.inner.upstreams.set_route_sampling(on);
+    }
+
+    /// The attempts sampled since the last call: at most
+    /// [`RouteSampler::CAPACITY`](node_core::proxy::samples::RouteSampler::CAPACITY), each
+    /// attempt of the window as likely to be among them, and how many there were.
+    pub fn take_route_samples(&self) -> node_core::proxy::samples::RouteWindow {
+        self.inner.upstreams.take_route_samples()
+    }
+
     /// The handler for the peer listener: the same proxy, serving only what runs here.
     pub fn from_peers(&self) -> FromPeers {
         FromPeers(self.clone())

@@ -25,13 +25,16 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use node_core::proxy::balance::{Candidate, Choose, HostLoad, Load};
 use node_core::proxy::breaker::{Breaker, BreakerConfig, BreakerState};
+use node_core::proxy::learned::{ROUTE_WIDTH, route_features};
 use node_core::proxy::retry::{RetryBudget, may_retry};
 use node_core::proxy::route::{Origin as OriginAddr, RouteSettings};
+use node_core::proxy::samples::{RouteSample, RouteSampler, RouteWindow};
 use node_core::proxy::tiers::{self, Place};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -281,6 +284,9 @@ pub struct Upstreams {
     events: Arc<dyn UpstreamEvents>,
     /// This node's own load, the host load of its local backends; `None` until measured.
     local_load: Mutex<Option<HostLoad>>,
+    /// Attempts with their features, for routing models; offered only while `sampling`.
+    samples: Mutex<RouteSampler>,
+    sampling: AtomicBool,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -306,7 +312,24 @@ impl Upstreams {
             breaker: BreakerConfig::default(),
             events,
             local_load: Mutex::new(None),
+            samples: Mutex::new(RouteSampler::default()),
+            sampling: AtomicBool::new(false),
         }
+    }
+
+    /// Starts (or stops) sampling attempts with their features for
+    /// [`take_route_samples`](Self::take_route_samples). Off until called: each sampled
+    /// attempt costs its backend's features and a lock.
+    pub fn set_route_sampling(&self, on: bool) {
+        self.sampling.store(on, Ordering::Relaxed);
+    }
+
+    /// The attempts sampled since the last call ([`RouteSampler`]).
+    pub fn take_route_samples(&self) -> RouteWindow {
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// This node's load as of now: what the routing model is told of the host of every
@@ -383,6 +406,8 @@ struct InFlight<'a> {
     started: Instant,
     /// What the route's chooser predicted for it, to be checked against what happens.
     predicted_ms: Option<f32>,
+    /// The backend's features when it was chosen, while attempts are sampled.
+    features: Option<[f32; ROUTE_WIDTH]>,
     ended: bool,
 }
 
@@ -406,6 +431,18 @@ impl InFlight<'_> {
         if let Some(predicted_ms) = self.predicted_ms {
             self.forward.chooser().observe(predicted_ms, rtt, ok);
         }
+        if let Some(features) = self.features {
+            let sample = RouteSample {
+                features,
+                latency_ms: rtt.as_secs_f32() * 1000.0,
+                failed: !ok,
+            };
+            upstreams
+                .samples
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .offer(sample, fastrand::u64(..));
+        }
         if change == Some(BreakerState::Open) {
             upstreams.events.breaker_opened(&self.forward.route);
         }
@@ -425,6 +462,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The backend [`Forward::choose`] chose for an attempt, and what came with the choice.
+struct Chosen {
+    addr: BackendAddr,
+    predicted_ms: Option<f32>,
+    features: Option<[f32; ROUTE_WIDTH]>,
+}
+
 /// How one attempt ended.
 enum Attempt {
     Answered(Response<Body>),
@@ -441,14 +485,14 @@ impl Forward {
         self.budget(|b| b.deposit(now));
         let mut attempt = 0u32;
         loop {
-            let Some((backend, predicted_ms)) = self.choose() else {
+            let Some(chosen) = self.choose() else {
                 return Err(OriginError::Unreachable);
             };
             let body = match body.take() {
                 Some(body) => body,
                 None => body::empty(),
             };
-            let outcome = self.attempt(&parts, body, &backend, predicted_ms).await;
+            let outcome = self.attempt(&parts, body, chosen).await;
             let retry = match &outcome {
                 Attempt::Answered(response) => {
                     // A backend that answers 502-504 is as good as down for this request.
@@ -491,8 +535,9 @@ impl Forward {
     /// The backend for the next attempt, marked as started, if any is available: of the
     /// first tier with an available backend ([`tiers::eligible`]), the one the route's
     /// strategy chooses, with the latency the chooser predicted for it if it predicts.
-    fn choose(&self) -> Option<(BackendAddr, Option<f32>)> {
+    fn choose(&self) -> Option<Chosen> {
         let now = Instant::now();
+        let sampling = self.upstreams.sampling.load(Ordering::Relaxed);
         let local_load = *self
             .upstreams
             .local_load
@@ -545,12 +590,22 @@ impl Forward {
                 let chosen = chooser.choose(&candidates, now, &mut draw)?;
                 (chosen, chooser.predicted_ms())
             };
+            // As the model saw it: before this attempt counts in its load.
+            let features = candidates.get(chosen).filter(|_| sampling).map(|c| {
+                let mut row = [0.0; ROUTE_WIDTH];
+                route_features(c, now, &mut row);
+                row
+            });
             drop(candidates);
             let addr = self.backends.get(chosen)?.addr.clone();
             let b = state.get_mut(&addr)?;
             if b.breaker.allow(now) {
                 b.load.start(now);
-                return Some((addr, predicted_ms));
+                return Some(Chosen {
+                    addr,
+                    predicted_ms,
+                    features,
+                });
             }
             // Half-open with every probe slot taken: not this one, this time.
             if let Some(a) = available.get_mut(chosen) {
@@ -560,18 +615,14 @@ impl Forward {
         None
     }
 
-    async fn attempt(
-        &self,
-        parts: &http::request::Parts,
-        body: Body,
-        addr: &BackendAddr,
-        predicted_ms: Option<f32>,
-    ) -> Attempt {
+    async fn attempt(&self, parts: &http::request::Parts, body: Body, chosen: Chosen) -> Attempt {
+        let addr = &chosen.addr;
         let in_flight = InFlight {
             forward: self,
             addr,
             started: Instant::now(),
-            predicted_ms,
+            predicted_ms: chosen.predicted_ms,
+            features: chosen.features,
             ended: false,
         };
         let request = match self.request(parts, body, addr) {

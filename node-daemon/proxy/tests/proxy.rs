@@ -1082,3 +1082,81 @@ async fn the_route_model_is_told_this_node_s_load_for_the_backends_that_run_here
     assert_eq!(proxy.get("x", "/").await.0, 200);
     assert_eq!(host(), [(1.0, 0.25, 0.5); 2], "this node's load, for both");
 }
+
+/// Sampling attempts for training: each sample is the chosen backend's features as the proxy
+/// saw them and how the attempt went, read from real backends (one slow, one failing). Off
+/// until the node turns it on; a taken window is gone.
+#[tokio::test]
+async fn sampled_attempts_carry_the_backend_s_features_and_what_happened() {
+    let slow = Behaviour {
+        delay: Duration::from_millis(20),
+        ..Behaviour::default()
+    };
+    let failing = Behaviour {
+        status: 503,
+        ..Behaviour::default()
+    };
+    let (backends, port) = instances(&[slow, failing]).await;
+    // Taken in turn, so both are sampled; the features do not depend on the strategy.
+    let settings = RouteSettings {
+        balance: Strategy::RoundRobin,
+        ..RouteSettings::default()
+    };
+    let proxy = workload_proxy(&backends, port, settings).await;
+    proxy.get("x", "/").await;
+    assert_eq!(
+        proxy.proxy.take_route_samples().attempts,
+        0,
+        "nothing is sampled until the node asks"
+    );
+
+    proxy.proxy.set_route_sampling(true);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(proxy.get("x", "/").await.0);
+    }
+    let window = proxy.proxy.take_route_samples();
+    assert!(
+        (4..=8).contains(&window.attempts),
+        "four requests, each tried once or twice: {}",
+        window.attempts
+    );
+    assert_eq!(
+        window.samples.len() as u64,
+        window.attempts,
+        "a quiet window keeps all"
+    );
+    let column = |name: &str| {
+        ROUTE_FEATURES
+            .iter()
+            .position(|f| f.name == name)
+            .expect("a routing feature")
+    };
+    for sample in &window.samples {
+        assert_eq!(sample.features[column("local")], 1.0, "{sample:?}");
+        assert_eq!(sample.features[column("in_flight")], 0.0, "{sample:?}");
+        if sample.failed {
+            assert!(
+                sample.latency_ms < 20.0,
+                "the failing one answers at once: {sample:?}"
+            );
+        } else {
+            assert!(sample.latency_ms >= 20.0, "the slow one: {sample:?}");
+        }
+    }
+    let answered = answers.iter().filter(|&&status| status == 200).count();
+    assert_eq!(
+        window.samples.iter().filter(|s| !s.failed).count(),
+        answered,
+        "one successful attempt per answered request: {answers:?}"
+    );
+    assert!(answered > 0, "the slow one answered: {answers:?}");
+    assert!(
+        window.samples.iter().any(|s| s.failed),
+        "the failing one was tried"
+    );
+    assert!(
+        proxy.proxy.take_route_samples().samples.is_empty(),
+        "a taken window is gone"
+    );
+}

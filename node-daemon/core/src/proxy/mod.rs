@@ -11,6 +11,8 @@
 //!   choices over peak-EWMA latency by default, round-robin, least requests.
 //! - [`learned`]: the backend choice by a routing model (the features it reads, what its
 //!   predictions decide, when it steps aside for peak-EWMA P2C).
+//! - [`samples`]: a fair sample of the proxy's attempts (features and outcomes) between two
+//!   reports: what routing models are trained on.
 //! - [`breaker`]: a circuit breaker per backend (consecutive failures or error rate,
 //!   half-open probes).
 //! - [`tiers`]: where a workload's request may go beyond its instances here: the nearest
@@ -31,4 +33,5 @@ pub mod headers;
 pub mod learned;
 pub mod retry;
 pub mod route;
+pub mod samples;
 pub mod tiers;
