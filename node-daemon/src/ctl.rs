@@ -18,6 +18,7 @@
 use crate::outbox::EventOutbox;
 use crate::status::StatusBoard;
 use crate::supervisor::Supervisor;
+use crate::task::AbortOnDrop;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
@@ -148,16 +149,6 @@ pub fn start(settings: &crate::config::CtlSettings, ctl: Ctl) -> Option<AbortOnD
             warn!(path = %settings.socket.display(), %error, "no ctl socket: edge-node ctl will not reach this node");
             None
         }
-    }
-}
-
-/// Ends the socket's task when dropped.
-#[derive(Debug)]
-pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

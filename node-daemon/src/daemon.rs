@@ -178,6 +178,18 @@ pub async fn run_with(
     let _routing = proxy
         .as_ref()
         .map(|p| crate::proxy::route_model::watch(p.proxy().clone(), board.clone()));
+    let _route_samples = match (
+        proxy.as_ref(),
+        outbox.clone(),
+        config.proxy().and_then(|p| p.route_samples_interval()),
+    ) {
+        (Some(proxy), Some(outbox), Some(every)) => Some(crate::proxy::samples::start(
+            proxy.proxy().clone(),
+            outbox,
+            every,
+        )),
+        _ => None,
+    };
     let models = crate::models::FleetModels::start(
         data_dir.clone(),
         proxy.as_ref().map(|p| p.proxy().clone()),
@@ -763,10 +775,6 @@ fn identity_conflict(
     )
 }
 
-/// How long the session waits before it dials again, to the millisecond; `None` unless it is
-/// backing off.
-/// Sends the outbox's next batches of events, as many as its window lets go: only on an
-/// established session (before the welcome the orchestrator takes nothing else).
 /// The node's load, as the outbox keeps it: a summary per window always, and each sample
 /// taken while there is no session.
 struct LoadRecorder {
@@ -827,6 +835,8 @@ fn sync_state(
     )
 }
 
+/// Sends the outbox's next batches of events, as many as its window lets go: only on an
+/// established session (before the welcome the orchestrator takes nothing else).
 async fn send_events(
     outbox: &mut Option<crate::outbox::EventOutbox>,
     current: &mut Option<(quinn::Connection, quinn::SendStream)>,

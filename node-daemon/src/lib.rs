@@ -21,5 +21,6 @@ pub mod service;
 pub mod status;
 pub mod streams;
 pub mod supervisor;
+pub mod task;
 pub mod tls;
 pub mod workloads;

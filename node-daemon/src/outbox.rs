@@ -11,7 +11,7 @@
 use edge_outbox::{OutboxStore, StoreError};
 use edge_proto::{
     EventBatch, EventGap, EventKind, EventsStored, List, LocationReport, MetricSummary, NodeEvent,
-    NodeMsg, OperatorAction, OperatorVerb, Status, WorkloadReport, text,
+    NodeMsg, OperatorAction, OperatorVerb, RouteSamples, Status, WorkloadReport, text,
 };
 use node_core::config::OutboxSettings;
 use node_core::outbox::{Class, Drain, Outbox, Pacer};
@@ -32,6 +32,8 @@ pub const WINDOW: usize = Drain::WINDOW;
 const LOAD_KEY: &str = "node";
 /// The key of the node's track points.
 const LOCATION_KEY: &str = "location";
+/// The key of the proxy's sampled attempts.
+const ROUTE_SAMPLES_KEY: &str = "route-samples";
 
 /// The outbox and its log, behind a handle the daemon's loop and `ctl` share.
 #[derive(Debug, Clone)]
@@ -148,6 +150,16 @@ impl EventOutbox {
     /// a long track evenly rather than keeping only its end.
     pub fn record_location(&self, report: LocationReport) {
         self.push_as(Class::Metric, LOCATION_KEY, &EventKind::Location(report));
+    }
+
+    /// Records a window's sample of the proxy's attempts, for training routing models: the
+    /// metrics class, thinned first when the outbox runs short of room.
+    pub fn record_route_samples(&self, samples: RouteSamples) {
+        self.push_as(
+            Class::Metric,
+            ROUTE_SAMPLES_KEY,
+            &EventKind::RouteSamples(Box::new(samples)),
+        );
     }
 
     fn push(&self, key: &str, kind: &EventKind) {

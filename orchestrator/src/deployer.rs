@@ -378,6 +378,7 @@ fn log_decisions(metrics: &Metrics, effects: &[Effect]) {
             | What::Status { .. }
             | What::Metrics { .. }
             | What::Location(_)
+            | What::RouteSamples { .. }
             | What::Gap { .. } => {}
         }
     }

@@ -323,6 +323,11 @@ impl Registry {
         self.store.events(node)
     }
 
+    /// The stored windows of sampled proxy attempts of `node` (hex id), or of every node.
+    pub fn route_samples(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
+        self.store.route_samples(node)
+    }
+
     pub fn persist(&self, change: &Change) -> Result<(), StoreError> {
         if let Change::NodeDeleted(_) = change {
             // A deleted node no longer holds a rotation up.

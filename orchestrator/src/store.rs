@@ -19,7 +19,7 @@
 use edge_proto::NodeId;
 use orchestrator_core::access::ApiTokenRecord;
 use orchestrator_core::deploy::DeploymentRecord;
-use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE, MAX_SAMPLES_PER_NODE, Origin};
+use orchestrator_core::events::{EventRecord, MAX_EVENTS_PER_NODE, Origin, Shelf};
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError, StoredSeqs};
 use orchestrator_core::tokens::TokenRecord;
@@ -51,6 +51,9 @@ pub struct SledStore {
     /// apart with a bound of their own, so that weeks of samples never push events out.
     samples: sled::Tree,
     held_samples: std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
+    /// Nodes' sampled proxy attempts, for training: a shelf of their own too.
+    route_samples: sled::Tree,
+    held_route_samples: std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
     /// sled's log (`DIR/db`), opened again to sync it: sled keeps its own handle private.
     log: File,
     /// `DIR/blobs/`, where sled puts items too large for its log, and the blob files synced
@@ -59,8 +62,9 @@ pub struct SledStore {
     synced_blobs: Mutex<HashSet<OsString>>,
 }
 
-/// A node's events may run this far past [`MAX_EVENTS_PER_NODE`] before the oldest go, so
-/// that trimming happens once per this many events rather than with every batch.
+/// A node's events may run this far past their shelf's bound (or a quarter of it, if less)
+/// before the oldest go, so that trimming happens once per this many events rather than with
+/// every batch.
 const TRIM_SLACK: usize = 1_000;
 
 impl SledStore {
@@ -98,6 +102,8 @@ impl SledStore {
             held: std::sync::Mutex::default(),
             samples: db.open_tree("node_samples").map_err(backend)?,
             held_samples: std::sync::Mutex::default(),
+            route_samples: db.open_tree("route_samples").map_err(backend)?,
+            held_route_samples: std::sync::Mutex::default(),
             db,
             log,
             blobs: dir.join("blobs"),
@@ -251,16 +257,22 @@ impl Store for SledStore {
     }
 
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
-        let (mut held, mut held_samples) = (counts(&self.held), counts(&self.held_samples));
+        let (mut held, mut held_samples, mut held_route_samples) = (
+            counts(&self.held),
+            counts(&self.held_samples),
+            counts(&self.held_route_samples),
+        );
         for event in events {
             let Some(node) = NodeId::parse(&event.node) else {
                 return Err(StoreError::Backend(format!("no node id: {:?}", event.node)));
             };
-            let (tree, held, cap) = if event.what.is_sample() {
-                (&self.samples, &mut held_samples, MAX_SAMPLES_PER_NODE)
-            } else {
-                (&self.events, &mut held, MAX_EVENTS_PER_NODE)
+            let shelf = event.what.shelf();
+            let (tree, held) = match shelf {
+                Shelf::Events => (&self.events, &mut held),
+                Shelf::Samples => (&self.samples, &mut held_samples),
+                Shelf::RouteSamples => (&self.route_samples, &mut held_route_samples),
             };
+            let cap = shelf.bound();
             let bytes = serde_json::to_vec(event).map_err(backend)?;
             let count = held
                 .entry(node)
@@ -271,11 +283,11 @@ impl Store for SledStore {
             if before.is_none() {
                 *count += 1;
             }
-            if *count > cap + TRIM_SLACK {
+            if *count > cap + TRIM_SLACK.min(cap / 4) {
                 *count -= trim(tree, node, *count - cap)?;
             }
         }
-        drop((held, held_samples));
+        drop((held, held_samples, held_route_samples));
         self.durable()?;
         Ok(())
     }
@@ -304,6 +316,25 @@ impl Store for SledStore {
         Ok(all)
     }
 
+    fn route_samples(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
+        let Some(hex) = node else {
+            return scan_json(&self.route_samples);
+        };
+        let Some(node) = NodeId::parse(hex) else {
+            return Ok(Vec::new());
+        };
+        self.route_samples
+            .scan_prefix(node.0)
+            .values()
+            .map(|v| {
+                serde_json::from_slice(&v.map_err(backend)?).map_err(|e| StoreError::Corrupt {
+                    key: format!("route_samples/{hex}"),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     fn node_event_seqs(
         &self,
         node: NodeId,
@@ -320,7 +351,7 @@ impl Store for SledStore {
         };
         let mut from_keys = Vec::new();
         let mut highest = None;
-        for tree in [&self.events, &self.samples] {
+        for tree in [&self.events, &self.samples, &self.route_samples] {
             for key in tree
                 .range(event_key(node, from)..=event_key(node, u64::MAX))
                 .keys()
@@ -486,6 +517,60 @@ mod tests {
                 last_at_ms: seq,
             },
         }
+    }
+
+    /// Sampled proxy attempts sit on a shelf of their own: bounded by theirs, never listed
+    /// among the node's events nor pushing them out, and still known to the sync at
+    /// reconnect, so that a node does not send them again.
+    #[test]
+    fn sampled_attempts_are_kept_apart_within_their_own_bound() {
+        use orchestrator_core::events::{MAX_ROUTE_SAMPLES_PER_NODE, What};
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SledStore::open(dir.path()).expect("open");
+        let node = NodeId([6; 16]);
+        let hex = node.to_string();
+        store
+            .put_events(&[node_event(node, 1), node_event(node, 2)])
+            .expect("events");
+        let window = |seq: u64| EventRecord {
+            what: What::RouteSamples {
+                window_secs: 60,
+                attempts: seq,
+                samples: Vec::new(),
+            },
+            ..node_event(node, seq)
+        };
+        let total = 3 * MAX_ROUTE_SAMPLES_PER_NODE as u64;
+        let windows: Vec<EventRecord> = (3..3 + total).map(window).collect();
+        for batch in windows.chunks(64) {
+            store.put_events(batch).expect("put");
+        }
+        let kept = store.route_samples(Some(&hex)).expect("read");
+        assert!(
+            (MAX_ROUTE_SAMPLES_PER_NODE..=MAX_ROUTE_SAMPLES_PER_NODE * 5 / 4).contains(&kept.len()),
+            "{} kept",
+            kept.len()
+        );
+        assert_eq!(
+            kept.last().map(|e| e.seq),
+            Some(2 + total),
+            "the newest stay"
+        );
+        assert_eq!(store.route_samples(None).expect("all").len(), kept.len());
+        let events = store.events(Some(&hex)).expect("events");
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2],
+            "the node's events, untouched and alone"
+        );
+        let seqs = store.node_event_seqs(node, 0, 10).expect("seqs");
+        assert_eq!(seqs.highest, Some(2 + total));
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.route_samples(Some(&hex)).expect("read").len(),
+            kept.len()
+        );
     }
 
     /// A node's oldest events go once it has sent well past the most kept, the newest stay,

@@ -77,6 +77,24 @@ impl RouteSamples {
     pub const MAX_SAMPLES: usize = 8;
     /// The most features per sample: room for the node's routing schema to grow.
     pub const MAX_FEATURES: usize = 32;
+    /// The names of the features a sample carries, in order: node-core's `ROUTE_FEATURES`
+    /// (a test there keeps the two the same), for whoever reads samples without the node's
+    /// crates. Only ever grows at its end, as the schema does.
+    pub const FEATURE_NAMES: [&'static str; 13] = [
+        "peak_ewma_ms",
+        "mean_ms",
+        "tail_ms",
+        "floor_ms",
+        "in_flight",
+        "failure_rate",
+        "half_open",
+        "unmeasured",
+        "idle_ms",
+        "distance_km",
+        "local",
+        "host_cpu",
+        "host_memory",
+    ];
 }
 
 /// One attempt: the chosen backend's features at the moment it was chosen, in the order and

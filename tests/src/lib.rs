@@ -9,6 +9,7 @@ pub mod gpsd;
 pub mod images;
 pub mod lazyfs;
 pub mod nmea;
+pub mod origin;
 pub mod relay;
 
 use node_daemon::config::Config;

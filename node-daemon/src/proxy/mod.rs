@@ -16,6 +16,7 @@
 pub mod peers;
 pub mod purge;
 pub mod route_model;
+pub mod samples;
 pub mod traffic;
 
 use crate::supervisor::{InstanceStatus, State, Supervisor, WorkloadSpec};

@@ -19,6 +19,8 @@ use node_core::proxy::learned::{
 };
 use tracing::{info, warn};
 
+use crate::task::AbortOnDrop;
+
 /// Where a node keeps the routing model it runs, under its data dir.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("models").join("route.onnx")
@@ -156,8 +158,8 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Keeps the node's status and metrics saying who chooses on each route (the model, or
 /// peak-EWMA P2C and why), and logs each change: a model stepping aside for drift or a
 /// failure is the operator's to know. Stops when dropped.
-pub fn watch(proxy: edge_proxy::Proxy, board: crate::status::StatusBoard) -> Watch {
-    Watch(tokio::spawn(async move {
+pub fn watch(proxy: edge_proxy::Proxy, board: crate::status::StatusBoard) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(WATCH_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last: Vec<(node_core::proxy::learned::Mode, usize)> = Vec::new();
@@ -189,16 +191,6 @@ pub fn watch(proxy: edge_proxy::Proxy, board: crate::status::StatusBoard) -> Wat
             last = modes;
         }
     }))
-}
-
-/// The task of [`watch`]; aborted when dropped.
-#[derive(Debug)]
-pub struct Watch(tokio::task::JoinHandle<()>);
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(all(test, feature = "ai"))]

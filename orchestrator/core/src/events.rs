@@ -21,6 +21,10 @@ pub const MAX_EVENTS_PER_NODE: usize = 10_000;
 /// The most load samples (statuses, metric summaries) kept per node, apart from its events:
 /// a week of five-minute summaries, with room for statuses.
 pub const MAX_SAMPLES_PER_NODE: usize = 4_000;
+/// The most windows of sampled proxy attempts kept per node, apart from its events and load
+/// samples: at most 8 attempts each, so up to 2,048 attempts per node (four hours of
+/// one-minute windows), about 300 KiB.
+pub const MAX_ROUTE_SAMPLES_PER_NODE: usize = 256;
 /// The most events one query returns.
 pub const MAX_QUERY: usize = 1_000;
 
@@ -98,6 +102,13 @@ pub enum What {
     },
     /// Where the node was at the event's time: a point of its track.
     Location(TrackPoint),
+    /// A sample of the node proxy's attempts over the `window_secs` before the event's
+    /// time, of `attempts` in all: what routing models are trained on (see [`RouteRows`]).
+    RouteSamples {
+        window_secs: u32,
+        attempts: u64,
+        samples: Vec<RouteSampleRecord>,
+    },
     /// Events the node dropped: sequence numbers `seq..=last`, `count` of them events.
     Gap {
         last: u64,
@@ -176,6 +187,31 @@ pub enum What {
     },
 }
 
+/// One sampled attempt: the chosen backend's features when it was chosen, named by
+/// [`edge_proto::RouteSamples::FEATURE_NAMES`] in order, and how the attempt went. Every
+/// value is finite and the latency is not negative: a sample that is not is never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSampleRecord {
+    pub features: Vec<f32>,
+    pub latency_ms: f32,
+    pub failed: bool,
+}
+
+impl RouteSampleRecord {
+    /// `sample` as it is kept; `None` for one with a value that is not finite or a negative
+    /// latency, which a well-behaved node never sends and JSON cannot hold.
+    pub fn from_wire(sample: &edge_proto::RouteSample) -> Option<Self> {
+        let finite = sample.latency_ms.is_finite()
+            && sample.latency_ms >= 0.0
+            && sample.features.iter().all(|v| v.is_finite());
+        finite.then(|| Self {
+            features: sample.features.to_vec(),
+            latency_ms: sample.latency_ms,
+            failed: sample.failed,
+        })
+    }
+}
+
 /// A node's position as its location source reported it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrackPoint {
@@ -224,15 +260,38 @@ pub struct Spread<T> {
     pub max: T,
 }
 
+/// Where the store keeps an event, each shelf with its own bound per node, so that one kind
+/// arriving in bulk never pushes another out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shelf {
+    /// Things that happened: [`MAX_EVENTS_PER_NODE`].
+    Events,
+    /// Samples of the node's load and position: [`MAX_SAMPLES_PER_NODE`].
+    Samples,
+    /// Sampled proxy attempts, for training: [`MAX_ROUTE_SAMPLES_PER_NODE`]. Not listed
+    /// among the node's events; read as [`RouteRows`].
+    RouteSamples,
+}
+
+impl Shelf {
+    /// The most records a node keeps on this shelf; the oldest go first.
+    pub fn bound(self) -> usize {
+        match self {
+            Self::Events => MAX_EVENTS_PER_NODE,
+            Self::Samples => MAX_SAMPLES_PER_NODE,
+            Self::RouteSamples => MAX_ROUTE_SAMPLES_PER_NODE,
+        }
+    }
+}
+
 impl What {
-    /// Whether this is a sample of the node's load (a status or a metric summary) rather
-    /// than something that happened: the store keeps samples apart, so that a node away for
-    /// weeks does not push its events out with them.
-    pub fn is_sample(&self) -> bool {
-        matches!(
-            self,
-            Self::Status { .. } | Self::Metrics { .. } | Self::Location(_)
-        )
+    /// Where the store keeps this event.
+    pub fn shelf(&self) -> Shelf {
+        match self {
+            Self::Status { .. } | Self::Metrics { .. } | Self::Location(_) => Shelf::Samples,
+            Self::RouteSamples { .. } => Shelf::RouteSamples,
+            _ => Shelf::Events,
+        }
     }
 }
 
@@ -263,6 +322,15 @@ pub fn records(node: NodeId, batch: &EventBatch, received_ms: u64) -> Vec<EventR
                 // A point off the globe is dropped (and acknowledged: sending it again would not
                 // make it right).
                 EventKind::Location(report) => What::Location(TrackPoint::from_report(report)?),
+                EventKind::RouteSamples(window) => What::RouteSamples {
+                    window_secs: window.window_secs,
+                    attempts: window.attempts,
+                    samples: window
+                        .samples
+                        .iter()
+                        .filter_map(RouteSampleRecord::from_wire)
+                        .collect(),
+                },
                 EventKind::Instance(report) => What::Instance {
                     workload: report.workload.to_string(),
                     generation: report.generation,
@@ -377,6 +445,83 @@ pub fn select_arrived(
     events
 }
 
+/// Sampled proxy attempts as rows for training: the answer of
+/// `GET /v1/telemetry/route-samples`, and what `edgectl telemetry export` writes as CSV.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteRows {
+    /// [`edge_proto::RouteSamples::FEATURE_NAMES`], then `latency_ms` and `failed`.
+    pub columns: Vec<String>,
+    /// One per attempt, oldest window first, a value per column; `failed` is 0 or 1.
+    pub rows: Vec<Vec<f32>>,
+    /// Samples left out for having another number of features than the columns name (a
+    /// node of another version).
+    pub skipped: u64,
+    /// More rows matched than the query's limit: these are the oldest; ask again from the
+    /// last window's time for the rest.
+    pub truncated: bool,
+}
+
+/// The most rows one query of sampled attempts returns.
+pub const MAX_ROUTE_ROWS: usize = 1_000_000;
+
+impl RouteRows {
+    /// The attempts of the windows in `records` at or after `since_ms`, oldest first, at most
+    /// `limit` rows (and [`MAX_ROUTE_ROWS`]), whole windows only.
+    pub fn select(mut records: Vec<EventRecord>, since_ms: u64, limit: usize) -> Self {
+        records.retain(|e| e.at_ms >= since_ms);
+        records.sort_by(|a, b| (a.at_ms, &a.node, a.seq).cmp(&(b.at_ms, &b.node, b.seq)));
+        let width = edge_proto::RouteSamples::FEATURE_NAMES.len();
+        let limit = limit.min(MAX_ROUTE_ROWS);
+        let mut columns: Vec<String> = edge_proto::RouteSamples::FEATURE_NAMES
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect();
+        columns.extend(["latency_ms".to_owned(), "failed".to_owned()]);
+        let mut out = Self {
+            columns,
+            rows: Vec::new(),
+            skipped: 0,
+            truncated: false,
+        };
+        for record in &records {
+            let What::RouteSamples { samples, .. } = &record.what else {
+                continue;
+            };
+            if out.rows.len() + samples.len() > limit {
+                out.truncated = true;
+                break;
+            }
+            for sample in samples {
+                if sample.features.len() != width {
+                    out.skipped += 1;
+                    continue;
+                }
+                let mut row = sample.features.clone();
+                row.extend([sample.latency_ms, f32::from(u8::from(sample.failed))]);
+                out.rows.push(row);
+            }
+        }
+        out
+    }
+
+    /// The rows as the training CSV that `edge-sim route record` writes too (edge-sim's
+    /// crate docs): the columns as the header line, then a line per row, each value as Rust
+    /// prints it (the shortest form that reads back the same).
+    pub fn to_csv(&self) -> String {
+        use std::fmt::Write as _;
+        let mut csv = self.columns.join(",");
+        csv.push('\n');
+        for row in &self.rows {
+            for (i, value) in row.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(csv, "{sep}{value}");
+            }
+            csv.push('\n');
+        }
+        csv
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,6 +587,111 @@ mod tests {
             gaps: List::new(),
         };
         assert_eq!(acknowledgement(&empty).gaps_through, 0);
+    }
+
+    fn route_batch(samples: Vec<edge_proto::RouteSample>, seq: u64, at_ms: u64) -> EventBatch {
+        EventBatch {
+            events: [NodeEvent {
+                seq,
+                at_ms,
+                kind: EventKind::RouteSamples(Box::new(edge_proto::RouteSamples {
+                    window_secs: 60,
+                    attempts: 100,
+                    samples: samples.into_iter().collect(),
+                })),
+            }]
+            .into_iter()
+            .collect(),
+            gaps: List::new(),
+        }
+    }
+
+    fn sample(first: f32, width: usize, latency_ms: f32, failed: bool) -> edge_proto::RouteSample {
+        let mut features: List<f32, 32> = List::new();
+        for i in 0..width {
+            let _ = features.push(if i == 0 { first } else { i as f32 * 0.5 });
+        }
+        edge_proto::RouteSample {
+            features,
+            latency_ms,
+            failed,
+        }
+    }
+
+    /// A node's sampled attempts are kept on a shelf of their own, without what JSON cannot
+    /// hold (a hostile or broken node's NaN, infinity or negative latency), and come out as
+    /// the training CSV, which leaves out and counts a sample of another width.
+    #[test]
+    fn sampled_attempts_are_kept_apart_clean_and_export_as_the_training_csv() {
+        let node = NodeId([2; 16]);
+        let good = sample(12.5, 13, 14.25, false);
+        let batch = route_batch(
+            vec![
+                good.clone(),
+                sample(f32::NAN, 13, 1.0, false),
+                sample(1.0, 13, f32::INFINITY, false),
+                sample(1.0, 13, -1.0, true),
+                sample(3.0, 14, 2.0, true),
+            ],
+            5,
+            2_000,
+        );
+        let stored = records(node, &batch, 3_000);
+        let [record] = stored.as_slice() else {
+            panic!("one record: {stored:?}");
+        };
+        assert_eq!(record.what.shelf(), Shelf::RouteSamples);
+        let What::RouteSamples {
+            window_secs,
+            attempts,
+            samples,
+        } = &record.what
+        else {
+            panic!("route samples: {record:?}");
+        };
+        assert_eq!((*window_secs, *attempts, samples.len()), (60, 100, 2));
+        let json = serde_json::to_string(record).expect("encodes");
+        let back: EventRecord = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(&back, record);
+
+        let earlier = records(
+            node,
+            &route_batch(vec![sample(1.0, 13, 3.0, true)], 4, 1_000),
+            0,
+        );
+        let both = vec![record.clone(), earlier[0].clone()];
+        let rows = RouteRows::select(both.clone(), 0, 100);
+        assert_eq!(
+            (rows.skipped, rows.truncated),
+            (1, false),
+            "the 14-feature sample"
+        );
+        let csv = rows.to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "peak_ewma_ms,mean_ms,tail_ms,floor_ms,in_flight,failure_rate,half_open,unmeasured,\
+             idle_ms,distance_km,local,host_cpu,host_memory,latency_ms,failed"
+        );
+        assert_eq!(
+            lines[1..],
+            [
+                "1,0.5,1,1.5,2,2.5,3,3.5,4,4.5,5,5.5,6,3,1",
+                "12.5,0.5,1,1.5,2,2.5,3,3.5,4,4.5,5,5.5,6,14.25,0",
+            ],
+            "oldest first"
+        );
+        let later = RouteRows::select(both.clone(), 1_500, 100);
+        assert_eq!(later.rows.len(), 1, "the later window");
+        assert_eq!(later.rows[0][0], 12.5);
+        let first = RouteRows::select(both, 0, 1);
+        assert_eq!(
+            (first.rows.len(), first.truncated),
+            (1, true),
+            "whole windows, oldest first"
+        );
+        assert_eq!(first.rows[0][0], 1.0);
+        assert_eq!(good.features.len(), 13);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use crate::access::ApiTokenRecord;
 use crate::deploy::DeploymentRecord;
-use crate::events::{EventRecord, MAX_EVENTS_PER_NODE, MAX_SAMPLES_PER_NODE, Origin};
+use crate::events::{EventRecord, MAX_EVENTS_PER_NODE, Origin, Shelf};
 use crate::fleet::NodeRecord;
 use crate::tokens::TokenRecord;
 use edge_proto::NodeId;
@@ -59,8 +59,12 @@ pub trait Store: Send + Sync + 'static {
     /// sequence numbers going first. The orchestrator's own events are kept apart (see
     /// [`Store::write_deployments`]): a node's numbers never overwrite them.
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;
-    /// The stored events of `node` (hex id), or of every node, of both origins.
+    /// The stored events of `node` (hex id), or of every node, of both origins, but for the
+    /// sampled proxy attempts ([`Store::route_samples`]).
     fn events(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError>;
+    /// The stored windows of sampled proxy attempts ([`Shelf::RouteSamples`]) of `node` (hex
+    /// id), or of every node.
+    fn route_samples(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError>;
     /// Which of `node`'s outbox sequence numbers the store holds from `from` on (an event's,
     /// a gap's first), ascending, at most `limit` of them, and the highest it holds: what a
     /// sync at reconnect asks (see [`crate::sync`]).
@@ -103,6 +107,7 @@ struct MemInner {
     deployments: BTreeMap<String, DeploymentRecord>,
     events: BTreeMap<(String, u64), EventRecord>,
     samples: BTreeMap<(String, u64), EventRecord>,
+    route_samples: BTreeMap<(String, u64), EventRecord>,
     orchestrator_events: BTreeMap<(String, u64), EventRecord>,
 }
 
@@ -202,11 +207,13 @@ impl Store for MemStore {
     fn put_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for event in events {
-            if event.what.is_sample() {
-                insert_bounded(&mut inner.samples, event.clone(), MAX_SAMPLES_PER_NODE);
-            } else {
-                insert_bounded(&mut inner.events, event.clone(), MAX_EVENTS_PER_NODE);
-            }
+            let shelf = event.what.shelf();
+            let map = match shelf {
+                Shelf::Events => &mut inner.events,
+                Shelf::Samples => &mut inner.samples,
+                Shelf::RouteSamples => &mut inner.route_samples,
+            };
+            insert_bounded(map, event.clone(), shelf.bound());
         }
         Ok(())
     }
@@ -217,6 +224,15 @@ impl Store for MemStore {
             .values()
             .chain(inner.samples.values())
             .chain(inner.orchestrator_events.values())
+            .filter(|e| node.is_none_or(|n| e.node == n))
+            .cloned()
+            .collect())
+    }
+    fn route_samples(&self, node: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .route_samples
+            .values()
             .filter(|e| node.is_none_or(|n| e.node == n))
             .cloned()
             .collect())
@@ -235,6 +251,7 @@ impl Store for MemStore {
                 .events
                 .range(range.clone())
                 .chain(inner.samples.range(range.clone()))
+                .chain(inner.route_samples.range(range.clone()))
                 .map(|((_, seq), _)| *seq)
         };
         let mut from_seqs: Vec<u64> = held().filter(|seq| *seq >= from).collect();

@@ -47,6 +47,7 @@ mod extract;
 mod images;
 pub mod models;
 mod nodes;
+mod telemetry;
 pub mod time;
 mod tokens;
 pub mod views;
@@ -98,6 +99,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/nodes/{name_or_id}/track"),
     ("POST", "/v1/cache/purge"),
     ("GET", "/v1/events"),
+    ("GET", "/v1/telemetry/route-samples"),
     ("GET", "/v1/ca"),
     ("POST", "/v1/ca/rotate"),
 ];
@@ -140,6 +142,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(workloads::routes())
         .merge(cache::routes())
         .merge(events::routes())
+        .merge(telemetry::routes())
         .merge(ca::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -55,6 +55,10 @@ pub const DEFAULT_CACHE_MAX_OBJECT_BYTES: u64 = 8 << 20;
 const CACHE_MEMORY_BYTES: RangeInclusive<i64> = 0..=1 << 40;
 const CACHE_DISK_BYTES: RangeInclusive<i64> = 0..=16 << 40;
 const CACHE_MAX_OBJECT_BYTES: RangeInclusive<i64> = 1..=1 << 40;
+/// `route_samples_interval_secs` when the table leaves it out, and its bounds (0: off). Each
+/// window with attempts is one small write to the outbox.
+pub const DEFAULT_ROUTE_SAMPLES_INTERVAL_SECS: u32 = 60;
+const ROUTE_SAMPLES_INTERVAL_SECS: RangeInclusive<i64> = 0..=86_400;
 
 /// The node's proxy, as the `[proxy]` table sets it. Built only by validation, so every value
 /// is within the bounds its accessor states.
@@ -66,6 +70,7 @@ pub struct ProxyConfig {
     max_connections: u32,
     header_timeout: Duration,
     max_body_bytes: u64,
+    route_samples_interval_secs: u32,
     cache: ProxyCache,
     upstreams: Vec<Upstream>,
 }
@@ -136,6 +141,14 @@ impl ProxyConfig {
     /// The largest request body taken: up to 1 TiB, default 16 MiB.
     pub fn max_body_bytes(&self) -> u64 {
         self.max_body_bytes
+    }
+
+    /// How often a sample of the proxy's attempts (at most eight, with their backends'
+    /// routing features) goes into the outbox, for training routing models; `None`: never
+    /// (`route_samples_interval_secs = 0`). Up to a day, default a minute.
+    pub fn route_samples_interval(&self) -> Option<Duration> {
+        (self.route_samples_interval_secs > 0)
+            .then(|| Duration::from_secs(u64::from(self.route_samples_interval_secs)))
     }
 
     pub fn cache(&self) -> ProxyCache {
@@ -251,6 +264,12 @@ pub(super) fn validate_proxy(
         &HEADER_TIMEOUT_SECS,
         DEFAULT_HEADER_TIMEOUT.as_secs(),
     )?;
+    let route_samples_interval_secs: u32 = number(
+        &at.field("route_samples_interval_secs"),
+        raw.route_samples_interval_secs,
+        &ROUTE_SAMPLES_INTERVAL_SECS,
+        DEFAULT_ROUTE_SAMPLES_INTERVAL_SECS,
+    )?;
     let max_body_bytes = number(
         &at.field("max_body_bytes"),
         raw.max_body_bytes,
@@ -270,6 +289,7 @@ pub(super) fn validate_proxy(
         max_connections,
         header_timeout: Duration::from_secs(header_timeout_secs),
         max_body_bytes,
+        route_samples_interval_secs,
         cache,
         upstreams,
     })

@@ -133,6 +133,7 @@ pub(super) struct RawProxy {
     pub max_connections: Option<i64>,
     pub header_timeout_secs: Option<i64>,
     pub max_body_bytes: Option<i64>,
+    pub route_samples_interval_secs: Option<i64>,
     pub cache: Option<RawProxyCache>,
     pub upstream: Option<Vec<RawUpstream>>,
 }

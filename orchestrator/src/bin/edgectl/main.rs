@@ -143,6 +143,11 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// What the fleet recorded to train its models on.
+    Telemetry {
+        #[command(subcommand)]
+        command: TelemetryCommand,
+    },
     /// The nodes' proxy caches.
     Cache {
         #[command(subcommand)]
@@ -209,6 +214,27 @@ enum ModelCommand {
     },
     /// List the stored models and which one serves each purpose.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TelemetryCommand {
+    /// Write the attempts nodes' proxies sampled (each chosen backend's routing features
+    /// and how the attempt went) as the training CSV that `edge-ai/train/train.sh --data`
+    /// takes, oldest first; `--json` prints the API's rows instead.
+    Export {
+        /// Only this node (name or id).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only windows since: a duration back from now (`1h`, `7d`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many rows (1 to 1000000; the API's default is 100000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Write the CSV to this file (replaced) instead of standard output.
+        #[arg(short = 'o', long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -509,6 +535,40 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             let body = client.push_model(path, purpose.as_deref())?;
             client.show(cli.json, &body, model_pushed)
         }
+        Command::Telemetry {
+            command:
+                TelemetryCommand::Export {
+                    node,
+                    since,
+                    limit,
+                    out,
+                },
+        } => {
+            let mut query = Vec::new();
+            if let Some(node) = node {
+                query.push(format!("node={}", percent_encode(node)));
+            }
+            if let Some(since) = since {
+                query.push(format!("since={}", since_ms(since, now_unix())?));
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            let mut path = "/v1/telemetry/route-samples".to_owned();
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            let body = client.get(&path)?;
+            if cli.json {
+                return Ok(body);
+            }
+            let rows: orchestrator_core::events::RouteRows =
+                serde_json::from_str(&body).map_err(|e| CliError::BadResponse {
+                    api: cli.api.clone(),
+                    reason: e.to_string(),
+                })?;
+            export_rows(&rows, out.as_deref())
+        }
         Command::Model {
             command: ModelCommand::List,
         } => {
@@ -674,6 +734,39 @@ fn completions(shell: ShellArg) -> String {
 /// `drain` a node, and say what became of each instance it ran: the workloads before and
 /// after show where a replicated one went (or why it found no node) and that a per-node one
 /// stopped.
+/// `rows` as CSV: the answer itself, or written to `out` with a line that says so. What
+/// was left out, or is still to fetch, goes to standard error.
+fn export_rows(
+    rows: &orchestrator_core::events::RouteRows,
+    out: Option<&std::path::Path>,
+) -> Result<String, CliError> {
+    if rows.skipped > 0 {
+        eprintln!(
+            "edgectl: {} samples of another feature count (nodes of another version) left out",
+            rows.skipped
+        );
+    }
+    if rows.truncated {
+        eprintln!(
+            "edgectl: more rows than the limit: these are the oldest; raise --limit or export \
+             again with a later --since"
+        );
+    }
+    let csv = rows.to_csv();
+    let Some(out) = out else {
+        return Ok(csv);
+    };
+    std::fs::write(out, csv).map_err(|e| CliError::File {
+        path: out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(format!(
+        "wrote {} attempts to {}\n",
+        rows.rows.len(),
+        out.display()
+    ))
+}
+
 fn drain(cli: &Cli, client: &Client, node: &str) -> Result<String, CliError> {
     let before: Vec<WorkloadView> = client.parse(&client.get("/v1/workloads")?)?;
     let body = client.post(

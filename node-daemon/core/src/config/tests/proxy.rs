@@ -46,6 +46,7 @@ fn a_listen_address_alone_takes_every_default() {
     assert_eq!(p.max_connections(), 1024);
     assert_eq!(p.header_timeout(), Duration::from_secs(10));
     assert_eq!(p.max_body_bytes(), 16 << 20);
+    assert_eq!(p.route_samples_interval(), Some(Duration::from_secs(60)));
     let cache = p.cache();
     assert_eq!(
         (cache.memory_bytes, cache.disk_bytes, cache.max_object_bytes),
@@ -66,6 +67,7 @@ stale_if_offline_secs = 0
 max_connections = 64
 header_timeout_secs = 5
 max_body_bytes = 1048576
+route_samples_interval_secs = 0
 [proxy.cache]
 memory_bytes = 4194304
 disk_bytes = 0
@@ -89,6 +91,7 @@ path_prefix = "/"
     assert_eq!(p.max_connections(), 64);
     assert_eq!(p.header_timeout(), Duration::from_secs(5));
     assert_eq!(p.max_body_bytes(), 1 << 20);
+    assert_eq!(p.route_samples_interval(), None, "0: no samples");
     assert_eq!(p.cache().disk_bytes, 0, "no disk store");
     let [shop, rest] = p.upstreams() else {
         panic!("two upstreams: {:?}", p.upstreams());
@@ -190,6 +193,16 @@ fn bad_values_name_their_field() {
         (
             proxy("max_connections = 65537"),
             "proxy.max_connections",
+            "out of range",
+        ),
+        (
+            proxy("route_samples_interval_secs = 86401"),
+            "proxy.route_samples_interval_secs",
+            "out of range 0..=86400",
+        ),
+        (
+            proxy("route_samples_interval_secs = -1"),
+            "proxy.route_samples_interval_secs",
             "out of range",
         ),
         (

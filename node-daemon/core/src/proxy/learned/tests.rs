@@ -480,3 +480,12 @@ fn a_backend_never_measured_is_measured_before_the_model_is_trusted_on_it() {
     let candidates = [candidate(&known), candidate(&fresh)];
     assert_eq!(choose(&mut chooser, &candidates, now), 0);
 }
+
+/// What a node's sampled attempts are named by on the wire and in every export is this
+/// schema, in this order.
+#[test]
+fn the_wire_names_the_route_features_as_the_schema_does() {
+    let names: Vec<&str> = ROUTE_FEATURES.iter().map(|f| f.name).collect();
+    assert_eq!(names, edge_proto::RouteSamples::FEATURE_NAMES);
+    const { assert!(ROUTE_WIDTH <= edge_proto::RouteSamples::MAX_FEATURES) };
+}
