@@ -21,7 +21,8 @@
 //!
 //! # The training CSV
 //!
-//! `edge-sim route record` writes, and a node's telemetry export is to write the same:
+//! `edge-sim route record` writes it, and so does `edgectl telemetry export` from a fleet's
+//! sampled attempts (orchestrator-core's `RouteRows`):
 //! one header line, then one line per attempt (not per request: a retry is a line of its
 //! own), comma-separated, no quoting:
 //!
