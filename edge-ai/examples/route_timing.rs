@@ -4,15 +4,22 @@
 //! A quick loop, not a benchmark harness: build it as the node ships it and read the median.
 //!
 //! ```text
-//! cargo run --release -p edge-ai --example route_timing
+//! cargo run --release -p edge-ai --example route_timing [MODEL.onnx]
 //! ```
+//!
+//! `MODEL.onnx` (default `models/route-mlp.onnx`) takes rows of 13 features and answers two
+//! values per row, as the trained `models/route.onnx` does.
 
 use std::time::Instant;
 
 use edge_ai::Model;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/route-mlp.onnx");
+    let path = std::env::args_os().nth(1).map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/route-mlp.onnx"),
+        std::path::PathBuf::from,
+    );
+    println!("{}", path.display());
     let start = Instant::now();
     let model = Model::load(&path)?;
     println!(

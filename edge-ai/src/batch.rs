@@ -1,11 +1,13 @@
 //! A reusable runner for many rows at a time: the routing and placement hot path.
 //!
-//! A [`Batch`] owns everything a run needs, made once: the plan for `max_rows` rows, tract's
-//! run state (whose operators keep their scratch space between runs), one input tensor per
-//! port that tract reads without copying, and one output buffer per port. A run copies the
-//! caller's rows into the input tensors, lets tract evaluate the plan, and copies the outputs
-//! out; none of that allocates on our side. What tract allocates inside its operators is
-//! counted by `tests/alloc.rs` and explained in the crate docs.
+//! A [`Batch`] owns everything a run needs, made once, and one output buffer per port. For a
+//! dense row-wise model (see `dense.rs`) that is a buffer per value of the graph, and a run
+//! allocates nothing at all. For any other, it is tract's plan for `max_rows` rows, its run
+//! state (whose operators keep their scratch space between runs) and one input tensor per
+//! port that tract reads without copying: a run copies the caller's rows into the input
+//! tensors, lets tract evaluate the plan, and copies the outputs out, and what tract
+//! allocates inside its operators is counted by `tests/alloc.rs` and explained in the crate
+//! docs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tract_core::prelude::{
     IntoTValue as _, Tensor, TractError, TractResult, TypedRunnableModel, TypedSimpleState,
 };
 
+use crate::dense::Scratch;
 use crate::{Direction, Model, ModelError, Port};
 
 /// Runs a [`Model`] on up to [`Batch::max_rows`] rows per call, reusing its buffers.
@@ -31,7 +34,7 @@ use crate::{Direction, Model, ModelError, Port};
 /// batch on one thread where possible (a dedicated thread rather than a blocking pool).
 pub struct Batch {
     model: Model,
-    state: TypedSimpleState,
+    engine: Engine,
     max_rows: usize,
     inputs: Vec<Staged>,
     /// One `max_rows * width` buffer per output port.
@@ -40,13 +43,22 @@ pub struct Batch {
     rows: usize,
 }
 
-/// One input port: the rows the caller writes, and the tensor tract reads them from.
+/// Who runs the rows.
+enum Engine {
+    /// The model's dense plan, over these buffers.
+    Dense(Scratch),
+    /// tract, with one tensor per input port, `[max_rows, width]`: shared with tract only
+    /// during a run, so ours to write (without a copy) between runs.
+    Tract {
+        state: Box<TypedSimpleState>,
+        tensors: Vec<Arc<Tensor>>,
+    },
+}
+
+/// One input port: the rows the caller writes.
 struct Staged {
     /// `max_rows * width` values, written by the caller.
     values: Vec<f32>,
-    /// `[max_rows, width]`. Shared with tract only during a run, so it is ours to write (without
-    /// a copy) between runs.
-    tensor: Arc<Tensor>,
     width: usize,
 }
 
@@ -56,13 +68,45 @@ impl fmt::Debug for Batch {
             .field("model", &self.model)
             .field("max_rows", &self.max_rows)
             .field("rows", &self.rows)
+            .field("dense", &matches!(self.engine, Engine::Dense(_)))
             .finish_non_exhaustive()
     }
 }
 
 impl Batch {
-    /// A batch running `plan`, made for exactly `max_rows` rows of `model`.
-    pub(crate) fn new(
+    /// A batch running `model`'s dense plan, which it has, for up to `max_rows` rows.
+    pub(crate) fn dense(model: Model, scratch: Scratch, max_rows: usize) -> Batch {
+        Batch {
+            inputs: Self::staged(&model, max_rows),
+            outputs: Self::output_buffers(&model, max_rows),
+            model,
+            engine: Engine::Dense(scratch),
+            max_rows,
+            rows: 0,
+        }
+    }
+
+    fn staged(model: &Model, max_rows: usize) -> Vec<Staged> {
+        model
+            .inputs()
+            .iter()
+            .map(|port| Staged {
+                values: vec![0.0; max_rows * port.width()],
+                width: port.width(),
+            })
+            .collect()
+    }
+
+    fn output_buffers(model: &Model, max_rows: usize) -> Vec<Vec<f32>> {
+        model
+            .outputs()
+            .iter()
+            .map(|port| vec![0.0; max_rows * port.width()])
+            .collect()
+    }
+
+    /// A batch running tract's `plan`, made for exactly `max_rows` rows of `model`.
+    pub(crate) fn tract(
         model: Model,
         plan: Arc<TypedRunnableModel>,
         max_rows: usize,
@@ -92,30 +136,21 @@ impl Batch {
                 )));
             }
         }
-        let inputs = model
+        let tensors = model
             .inputs()
             .iter()
             .map(|port| {
                 let tensor = Tensor::zero::<f32>(&[max_rows, port.width()]).map_err(prepare)?;
-                Ok(Staged {
-                    values: vec![0.0; max_rows * port.width()],
-                    tensor: Arc::new(tensor),
-                    width: port.width(),
-                })
+                Ok(Arc::new(tensor))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let outputs = model
-            .outputs()
-            .iter()
-            .map(|port| vec![0.0; max_rows * port.width()])
-            .collect();
-        let state = plan.spawn().map_err(prepare)?;
+        let state = Box::new(plan.spawn().map_err(prepare)?);
         Ok(Batch {
+            inputs: Self::staged(&model, max_rows),
+            outputs: Self::output_buffers(&model, max_rows),
             model,
-            state,
+            engine: Engine::Tract { state, tensors },
             max_rows,
-            inputs,
-            outputs,
             rows: 0,
         })
     }
@@ -123,6 +158,12 @@ impl Batch {
     /// The model this batch runs.
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Whether this batch runs the model's dense plan (nothing allocated per run), rather
+    /// than tract's.
+    pub fn is_dense(&self) -> bool {
+        matches!(self.engine, Engine::Dense(_))
     }
 
     /// The most rows one run takes, as given to [`Model::batch`].
@@ -161,13 +202,35 @@ impl Batch {
     pub fn run(&mut self, rows: usize) -> Result<(), ModelError> {
         self.rows = 0;
         self.check_rows(rows)?;
-        let result = self.execute(rows);
-        // Whatever happened, drop the turn's values: the next run starts clean, and the input
-        // tensors are ours alone again.
-        let reset = self.state.reset_turn();
-        result
-            .and(reset)
-            .map_err(|error| ModelError::Inference(format!("{error:#}")))?;
+        match &mut self.engine {
+            Engine::Dense(scratch) => {
+                let dense = self.model.dense().ok_or_else(|| {
+                    ModelError::Inference("a dense batch of a model without a dense plan".into())
+                })?;
+                dense.run(
+                    scratch,
+                    rows,
+                    self.inputs.iter().map(|staged| &staged.values[..]),
+                    self.outputs.iter_mut().map(|output| &mut output[..]),
+                );
+            }
+            Engine::Tract { state, tensors } => {
+                let result = execute(
+                    state,
+                    tensors,
+                    &self.inputs,
+                    &mut self.outputs,
+                    &self.model,
+                    rows,
+                );
+                // Whatever happened, drop the turn's values: the next run starts clean, and the
+                // input tensors are ours alone again.
+                let reset = state.reset_turn();
+                result
+                    .and(reset)
+                    .map_err(|error| ModelError::Inference(format!("{error:#}")))?;
+            }
+        }
         self.rows = rows;
         Ok(())
     }
@@ -193,40 +256,47 @@ impl Batch {
         }
         Ok(())
     }
+}
 
-    fn execute(&mut self, rows: usize) -> TractResult<()> {
-        for (index, staged) in self.inputs.iter_mut().enumerate() {
-            let len = rows * staged.width;
-            // Between runs tract holds no reference to the tensor, so this writes it in place;
-            // should an operator ever keep one, this copies it rather than change what it sees.
-            let tensor = Arc::make_mut(&mut staged.tensor);
-            let mut view = tensor.try_as_plain_ram_mut()?;
-            let target = view.as_slice_mut::<f32>()?;
-            tract_core::internal::ensure!(
-                target.len() >= len && staged.values.len() >= len,
-                "input {index} holds {} values, {len} needed",
-                target.len()
-            );
-            let (filled, padding) = target.split_at_mut(len);
-            filled.copy_from_slice(&staged.values[..len]);
-            padding.fill(0.0);
-            self.state
-                .set_input(index, Arc::clone(&staged.tensor).into_tvalue())?;
-        }
-        self.state.exec()?;
-        for (index, buffer) in self.outputs.iter_mut().enumerate() {
-            let width = self.model.outputs().get(index).map_or(0, Port::width);
-            let len = rows * width;
-            let value = self.state.output(index)?;
-            let view = value.try_as_plain_ram()?;
-            let computed = view.as_slice::<f32>()?;
-            tract_core::internal::ensure!(
-                computed.len() >= len && buffer.len() >= len,
-                "output {index} holds {} values, {len} needed",
-                computed.len()
-            );
-            buffer[..len].copy_from_slice(&computed[..len]);
-        }
-        Ok(())
+/// One run of tract's plan over the first `rows` rows of `inputs`, into `outputs`.
+fn execute(
+    state: &mut TypedSimpleState,
+    tensors: &mut [Arc<Tensor>],
+    inputs: &[Staged],
+    outputs: &mut [Vec<f32>],
+    model: &Model,
+    rows: usize,
+) -> TractResult<()> {
+    for (index, (staged, tensor)) in inputs.iter().zip(tensors.iter_mut()).enumerate() {
+        let len = rows * staged.width;
+        // Between runs tract holds no reference to the tensor, so this writes it in place;
+        // should an operator ever keep one, this copies it rather than change what it sees.
+        let target_tensor = Arc::make_mut(tensor);
+        let mut view = target_tensor.try_as_plain_ram_mut()?;
+        let target = view.as_slice_mut::<f32>()?;
+        tract_core::internal::ensure!(
+            target.len() >= len && staged.values.len() >= len,
+            "input {index} holds {} values, {len} needed",
+            target.len()
+        );
+        let (filled, padding) = target.split_at_mut(len);
+        filled.copy_from_slice(&staged.values[..len]);
+        padding.fill(0.0);
+        state.set_input(index, Arc::clone(tensor).into_tvalue())?;
     }
+    state.exec()?;
+    for (index, buffer) in outputs.iter_mut().enumerate() {
+        let width = model.outputs().get(index).map_or(0, Port::width);
+        let len = rows * width;
+        let value = state.output(index)?;
+        let view = value.try_as_plain_ram()?;
+        let computed = view.as_slice::<f32>()?;
+        tract_core::internal::ensure!(
+            computed.len() >= len && buffer.len() >= len,
+            "output {index} holds {} values, {len} needed",
+            computed.len()
+        );
+        buffer[..len].copy_from_slice(&computed[..len]);
+    }
+    Ok(())
 }

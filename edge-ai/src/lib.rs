@@ -109,6 +109,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod dense;
 mod metadata;
 mod onnx;
 mod proto;
@@ -275,6 +276,9 @@ struct Loaded {
     batched: Option<(TypedModel, Symbol)>,
     /// The optimised plan for one row.
     single: Arc<TypedRunnableModel>,
+    /// The graph as dense row-wise steps, when it is one and agrees with tract (`dense.rs`):
+    /// what batches run.
+    dense: Option<dense::Dense>,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
     input_len: usize,
@@ -338,6 +342,17 @@ impl Model {
             ModelError::Invalid(format!("not an ONNX model edge-ai reads: {error}"))
         })?;
         let translated = onnx::translate(&proto).map_err(ModelError::Invalid)?;
+        let named = |ports: &[onnx::TranslatedPort]| -> Vec<(String, usize)> {
+            ports.iter().map(|p| (p.name.clone(), p.width)).collect()
+        };
+        let dense = proto.graph.as_ref().and_then(|graph| {
+            dense::Dense::build(
+                graph,
+                translated.opset,
+                &named(&translated.inputs),
+                &named(&translated.outputs),
+            )
+        });
         let ports = |ports: Vec<onnx::TranslatedPort>| -> Vec<Port> {
             ports
                 .into_iter()
@@ -376,10 +391,11 @@ impl Model {
         }
 
         let golden = declared.golden.clone();
-        let model = Model {
+        let mut model = Model {
             inner: Arc::new(Loaded {
                 batched,
                 single,
+                dense: None,
                 input_len: inputs.iter().map(Port::width).sum(),
                 output_len: outputs.iter().map(Port::width).sum(),
                 inputs,
@@ -387,6 +403,12 @@ impl Model {
                 declared,
             }),
         };
+        if let Some(dense) = dense
+            && model.agrees_with_tract(&dense, golden.as_ref())
+            && let Some(loaded) = Arc::get_mut(&mut model.inner)
+        {
+            loaded.dense = Some(dense);
+        }
         if let Some(golden) = golden {
             model.check_golden(&golden)?;
         }
@@ -495,6 +517,29 @@ impl Model {
                 max_rows: limit,
             });
         }
+        if let Some(dense) = &self.inner.dense {
+            return Ok(Batch::dense(
+                self.clone(),
+                dense.scratch(max_rows),
+                max_rows,
+            ));
+        }
+        self.tract_batch(max_rows)
+    }
+
+    /// Whether batches of this model run its dense plan, allocating nothing per run, rather
+    /// than tract's (see [`Batch`]).
+    pub fn is_dense(&self) -> bool {
+        self.inner.dense.is_some()
+    }
+
+    pub(crate) fn dense(&self) -> Option<&dense::Dense> {
+        self.inner.dense.as_ref()
+    }
+
+    /// A batch that runs tract's plan even for a model the dense path takes: the reference,
+    /// for comparisons and benchmarks. Otherwise as [`Model::batch`].
+    pub fn tract_batch(&self, max_rows: usize) -> Result<Batch, ModelError> {
         let plan = match &self.inner.batched {
             Some((graph, symbol)) if max_rows > 1 => plan_for_rows(graph, symbol, max_rows)
                 .map_err(|error| {
@@ -502,7 +547,7 @@ impl Model {
                 })?,
             _ => Arc::clone(&self.inner.single),
         };
-        Batch::new(self.clone(), plan, max_rows)
+        Batch::tract(self.clone(), plan, max_rows)
     }
 
     /// Runs the model on one row and returns the output row.
@@ -545,6 +590,80 @@ impl Model {
     }
 
     /// Runs the golden rows and compares every output with what the model declares.
+    /// Whether `dense` computes what tract does for this model, on its golden inputs (if it
+    /// has them) and on rows of values from -1000 to 1000: within 1e-3 of tract's value (times
+    /// its magnitude, when over 1), and not a number exactly where tract's is not. The two sum
+    /// in different orders and tract approximates its sigmoid, so they differ in the last
+    /// digits (up to about 1.5e-4 on the trained routing model); a difference of meaning (a
+    /// transposed weight, a broadcast the wrong way) is far larger. The golden rows are
+    /// checked on the dense path after this, at the model's own tolerance.
+    fn agrees_with_tract(&self, dense: &dense::Dense, golden: Option<&metadata::Golden>) -> bool {
+        const ROWS: usize = 8;
+        let rows = ROWS.min(self.max_batch_rows());
+        let Ok(mut tract) = self.tract_batch(rows) else {
+            return false;
+        };
+        let mut scratch = dense.scratch(rows);
+        let mut outputs: Vec<Vec<f32>> = self
+            .inner
+            .outputs
+            .iter()
+            .map(|port| vec![0.0; rows * port.width()])
+            .collect();
+        // Probes: the golden rows, then values of growing size and both signs.
+        let probes = 3;
+        for probe in 0..probes {
+            let mut inputs = Vec::with_capacity(self.inner.inputs.len());
+            for (index, port) in self.inner.inputs.iter().enumerate() {
+                let len = rows * port.width();
+                let values: Vec<f32> = match golden.and_then(|g| g.inputs.get(index)) {
+                    Some(g) if probe == 0 && !g.is_empty() => {
+                        g.iter().copied().cycle().take(len).collect()
+                    }
+                    _ => (0..len)
+                        .map(|i| {
+                            let scale = [1.0, 30.0, 1000.0][probe];
+                            let x = ((i * 7919 + probe * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+                            x * scale
+                        })
+                        .collect(),
+                };
+                match tract.input_mut(index, rows) {
+                    Ok(target) => target.copy_from_slice(&values),
+                    Err(_) => return false,
+                }
+                inputs.push(values);
+            }
+            if tract.run(rows).is_err() {
+                return false;
+            }
+            dense.run(
+                &mut scratch,
+                rows,
+                inputs.iter().map(|v| &v[..]),
+                outputs.iter_mut().map(|o| &mut o[..]),
+            );
+            for (index, ours) in outputs.iter().enumerate() {
+                let Ok(theirs) = tract.output(index) else {
+                    return false;
+                };
+                let close = |a: f32, b: f32| {
+                    if b.is_finite() {
+                        (a - b).abs() <= 1e-3 * b.abs().max(1.0)
+                    } else {
+                        a == b || (a.is_nan() && b.is_nan())
+                    }
+                };
+                if theirs.len() != ours.len()
+                    || !ours.iter().zip(theirs).all(|(a, b)| close(*a, *b))
+                {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     fn check_golden(&self, golden: &metadata::Golden) -> Result<(), ModelError> {
         let failed = |message: String| ModelError::Invalid(format!("golden check: {message}"));
         // A model that runs one row at a time runs its golden rows one by one.

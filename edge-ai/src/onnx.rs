@@ -43,6 +43,8 @@ pub(crate) struct Translated {
     /// The symbol standing for the number of rows when every input declares a symbolic batch
     /// dimension; `None` when every input declares `1`, so the graph runs one row at a time.
     pub(crate) batch: Option<Symbol>,
+    /// The ONNX operator set the graph's operators follow.
+    pub(crate) opset: i64,
 }
 
 /// The most inputs, and the most outputs, a model may have. Routing models have a few; the
@@ -192,6 +194,7 @@ pub(crate) fn translate(proto: &proto::Model) -> Result<Translated, String> {
         inputs: input_ports,
         outputs: output_ports,
         batch,
+        opset,
     })
 }
 
@@ -280,7 +283,7 @@ fn output_width(name: &str, fact: &TypedFact, rows: &TDim) -> Result<usize, Stri
 }
 
 /// Converts a float `TensorProto` into a tract tensor, checking its size against its data.
-fn float_tensor(tensor: &proto::TensorProto, what: &str) -> Result<Tensor, String> {
+pub(crate) fn float_tensor(tensor: &proto::TensorProto, what: &str) -> Result<Tensor, String> {
     if tensor.data_type != FLOAT {
         return Err(format!(
             "{what} holds {} values; edge-ai runs float (f32) tensors only",
@@ -595,16 +598,16 @@ fn attribute<T>(
     }
 }
 
-fn int_attribute(node: &proto::Node, name: &str) -> TractResult<Option<i64>> {
+pub(crate) fn int_attribute(node: &proto::Node, name: &str) -> TractResult<Option<i64>> {
     attribute(node, name, "an integer", |attribute| attribute.i)
 }
 
-fn float_attribute(node: &proto::Node, name: &str) -> TractResult<Option<f32>> {
+pub(crate) fn float_attribute(node: &proto::Node, name: &str) -> TractResult<Option<f32>> {
     attribute(node, name, "a float", |attribute| attribute.f)
 }
 
 /// The value of a `Constant` node: a float tensor, or one float or a list of them.
-fn constant_value(node: &proto::Node) -> TractResult<Tensor> {
+pub(crate) fn constant_value(node: &proto::Node) -> TractResult<Tensor> {
     let [attribute] = &node.attributes[..] else {
         bail!("a Constant takes exactly one attribute");
     };
