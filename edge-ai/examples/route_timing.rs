@@ -36,38 +36,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0)
         .collect();
 
-    let mut decide = || -> Result<usize, edge_ai::ModelError> {
-        batch.input_mut(0, ROWS)?.copy_from_slice(&features);
-        batch.run(ROWS)?;
-        let scores = batch.output(0)?;
-        // Column 0 of each row is the candidate's score.
-        let best = (0..ROWS)
-            .max_by(|a, b| scores[a * 2].total_cmp(&scores[b * 2]))
-            .unwrap_or(0);
-        Ok(best)
-    };
-
-    for _ in 0..10_000 {
-        std::hint::black_box(decide()?);
-    }
     const ROUNDS: usize = 50;
     const PER_ROUND: u32 = 2_000;
-    let mut per_decision_ns = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let start = Instant::now();
-        for _ in 0..PER_ROUND {
+    // The batch as nodes run it (the dense path, for this model), then tract's plan.
+    let mut tract = model.tract_batch(ROWS)?;
+    for (what, batch) in [
+        ("8-row routing decision", &mut batch),
+        ("the same through tract", &mut tract),
+    ] {
+        let mut decide = || -> Result<usize, edge_ai::ModelError> {
+            batch.input_mut(0, ROWS)?.copy_from_slice(&features);
+            batch.run(ROWS)?;
+            let scores = batch.output(0)?;
+            // Column 0 of each row is the candidate's score.
+            let best = (0..ROWS)
+                .max_by(|a, b| scores[a * 2].total_cmp(&scores[b * 2]))
+                .unwrap_or(0);
+            Ok(best)
+        };
+        for _ in 0..10_000 {
             std::hint::black_box(decide()?);
         }
-        per_decision_ns.push(start.elapsed().as_nanos() as f64 / f64::from(PER_ROUND));
+        let mut per_decision_ns = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            for _ in 0..PER_ROUND {
+                std::hint::black_box(decide()?);
+            }
+            per_decision_ns.push(start.elapsed().as_nanos() as f64 / f64::from(PER_ROUND));
+        }
+        per_decision_ns.sort_by(f64::total_cmp);
+        println!(
+            "{what}: median {:.0} ns, min {:.0} ns, max {:.0} ns ({ROUNDS} rounds of {PER_ROUND})",
+            per_decision_ns[ROUNDS / 2],
+            per_decision_ns[0],
+            per_decision_ns[ROUNDS - 1]
+        );
     }
-    per_decision_ns.sort_by(f64::total_cmp);
-    println!(
-        "8-row routing decision: median {:.0} ns, min {:.0} ns, max {:.0} ns ({ROUNDS} rounds of \
-         {PER_ROUND})",
-        per_decision_ns[ROUNDS / 2],
-        per_decision_ns[0],
-        per_decision_ns[ROUNDS - 1]
-    );
 
     // The same loop on a graph where tract runs no operator: edge-ai's copies and tract's plan
     // bookkeeping, without the arithmetic.

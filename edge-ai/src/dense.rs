@@ -38,12 +38,15 @@ pub(crate) struct Dense {
 
 #[derive(Debug, Clone)]
 enum Step {
-    /// `dst = src · weights + bias`; `weights` is `[k, n]`, row-major.
+    /// `dst = src · weights + bias`, `weights` being `[k, n]`, kept as [`affine`] reads it.
     Affine {
         src: usize,
         dst: usize,
-        weights: Vec<f32>,
+        /// The weights by tiles of [`TILE_COLUMNS`] columns: `[tile, k, TILE_COLUMNS]`.
+        tiles: Vec<f32>,
         bias: Vec<f32>,
+        /// The columns past the last whole tile, transposed: `[c, k]`.
+        tail: Vec<f32>,
     },
     /// `dst[c] = src[columns[c]]`: a product by a matrix of ones that each pick one column.
     Gather {
@@ -214,20 +217,14 @@ impl Dense {
         let rows_of = |buffer: usize| &buffers[buffer][..rows * self.widths[buffer]];
         match step {
             Step::Affine {
-                src, weights, bias, ..
+                src,
+                tiles,
+                bias,
+                tail,
+                ..
             } => {
                 let k = self.widths[*src];
-                for (x, y) in rows_of(*src)
-                    .chunks_exact(k)
-                    .zip(out_rows.chunks_exact_mut(width))
-                {
-                    y.copy_from_slice(bias);
-                    for (&xv, w) in x.iter().zip(weights.chunks_exact(width)) {
-                        for (yv, &wv) in y.iter_mut().zip(w) {
-                            *yv += xv * wv;
-                        }
-                    }
-                }
+                affine(rows_of(*src), k, tiles, bias, tail, out_rows, width);
             }
             Step::Gather { src, columns, .. } => {
                 let k = self.widths[*src];
@@ -241,27 +238,20 @@ impl Dense {
                 }
             }
             Step::Binary { op, a, b, .. } => {
-                let f = match op {
-                    Binary::Add => |a: f32, b: f32| a + b,
-                    Binary::Sub => |a: f32, b: f32| a - b,
-                    Binary::Mul => |a: f32, b: f32| a * b,
-                    Binary::Div => |a: f32, b: f32| a / b,
-                };
-                for (r, y) in out_rows.chunks_exact_mut(width).enumerate() {
-                    let (a, b) = (a.row(buffers, r, width), b.row(buffers, r, width));
-                    for ((yv, &av), &bv) in y.iter_mut().zip(a).zip(b) {
-                        *yv = f(av, bv);
-                    }
+                // One loop per operator, so that each is compiled with its operation inline.
+                match op {
+                    Binary::Add => binary(out_rows, width, buffers, a, b, |a, b| a + b),
+                    Binary::Sub => binary(out_rows, width, buffers, a, b, |a, b| a - b),
+                    Binary::Mul => binary(out_rows, width, buffers, a, b, |a, b| a * b),
+                    Binary::Div => binary(out_rows, width, buffers, a, b, |a, b| a / b),
                 }
             }
             Step::Unary { op, src, .. } => {
-                let f = match op {
-                    Unary::Relu => |v: f32| v.max(0.0),
-                    Unary::Sigmoid => |v: f32| 1.0 / (1.0 + (-v).exp()),
-                    Unary::Tanh => f32::tanh,
-                };
-                for (yv, &v) in out_rows.iter_mut().zip(rows_of(*src)) {
-                    *yv = f(v);
+                let x = rows_of(*src);
+                match op {
+                    Unary::Relu => unary(out_rows, x, |v| v.max(0.0)),
+                    Unary::Sigmoid => unary(out_rows, x, |v| 1.0 / (1.0 + (-v).exp())),
+                    Unary::Tanh => unary(out_rows, x, f32::tanh),
                 }
             }
             Step::Softmax { src, .. } => {
@@ -448,14 +438,144 @@ impl Dense {
             Some(columns) if bias.iter().all(|b| *b == 0.0) => {
                 self.steps.push(Step::Gather { src, dst, columns })
             }
-            _ => self.steps.push(Step::Affine {
-                src,
-                dst,
-                weights,
-                bias,
-            }),
+            _ => {
+                let tiled = n - n % TILE_COLUMNS;
+                let tiles = (0..tiled)
+                    .step_by(TILE_COLUMNS)
+                    .flat_map(|column| (0..k).map(move |r| (r, column)))
+                    .flat_map(|(r, column)| (column..column + TILE_COLUMNS).map(move |c| (r, c)))
+                    .map(|(r, c)| weights[r * n + c])
+                    .collect();
+                let tail = (tiled..n)
+                    .flat_map(|c| (0..k).map(move |r| (r, c)))
+                    .map(|(r, c)| weights[r * n + c])
+                    .collect();
+                self.steps.push(Step::Affine {
+                    src,
+                    dst,
+                    tiles,
+                    bias,
+                    tail,
+                })
+            }
         }
         Some(Value::Rows(dst))
+    }
+}
+
+/// Columns of a tile of [`affine`]: two SSE or NEON registers of `f32`.
+const TILE_COLUMNS: usize = 8;
+
+/// `y = x · w + bias`: `x` is rows of `k`, `y` rows of `n`, and the weights `w` (`[k, n]`) are
+/// given as `tiles`, each [`TILE_COLUMNS`] of its columns, `k` rows of them one after the
+/// other, then as `tail`, its columns past the last whole tile, transposed.
+///
+/// In tiles of 4 rows by [`TILE_COLUMNS`] columns whose sums stay in registers while `k` runs,
+/// each weight read once per 4 rows: summing straight into `y` would store and load it again
+/// for every `k`. The columns left over (all of them, for a narrow output) are dot products
+/// along `k`, in [`TILE_COLUMNS`] lanes.
+fn affine(
+    x: &[f32],
+    k: usize,
+    tiles: &[f32],
+    bias: &[f32],
+    tail: &[f32],
+    y: &mut [f32],
+    n: usize,
+) {
+    let rows = y.len() / n;
+    let mut first = 0;
+    while first + 4 <= rows {
+        affine_rows::<4>(x, k, tiles, bias, y, n, first);
+        first += 4;
+    }
+    while first < rows {
+        affine_rows::<1>(x, k, tiles, bias, y, n, first);
+        first += 1;
+    }
+    let tiled = n - n % TILE_COLUMNS;
+    for (c, column) in (tiled..n).zip(tail.chunks_exact(k)) {
+        for (x, y) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+            y[c] = bias[c] + dot(x, column);
+        }
+    }
+}
+
+/// `a · b`, summed in [`TILE_COLUMNS`] lanes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; TILE_COLUMNS];
+    let (a_tiles, b_tiles) = (a.chunks_exact(TILE_COLUMNS), b.chunks_exact(TILE_COLUMNS));
+    let (a_rest, b_rest) = (a_tiles.remainder(), b_tiles.remainder());
+    for (a, b) in a_tiles.zip(b_tiles) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += a * b;
+        }
+    }
+    let rest: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// [`affine`]'s tiles for rows `first..first + R`.
+#[inline(always)]
+fn affine_rows<const R: usize>(
+    x: &[f32],
+    k: usize,
+    tiles: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    n: usize,
+    first: usize,
+) {
+    // Each exactly `k` long, so that reading one at `kk < k` needs no check.
+    let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(first + i) * k..][..k]);
+    for (tile, (weights, bias)) in tiles
+        .chunks_exact(k * TILE_COLUMNS)
+        .zip(bias.chunks_exact(TILE_COLUMNS))
+        .enumerate()
+    {
+        let mut sums = [[0.0f32; TILE_COLUMNS]; R];
+        for sum in &mut sums {
+            sum.copy_from_slice(bias);
+        }
+        for (kk, weights) in (0..k).zip(weights.chunks_exact(TILE_COLUMNS)) {
+            for (sum, x) in sums.iter_mut().zip(&xs) {
+                let xv = x[kk];
+                for (s, &wv) in sum.iter_mut().zip(weights) {
+                    *s += xv * wv;
+                }
+            }
+        }
+        for (i, sum) in sums.iter().enumerate() {
+            let start = (first + i) * n + tile * TILE_COLUMNS;
+            y[start..start + TILE_COLUMNS].copy_from_slice(sum);
+        }
+    }
+}
+
+/// `y = f(a, b)` row by row, each operand a buffer of `width`-wide rows or one row.
+#[inline(always)]
+fn binary(
+    out: &mut [f32],
+    width: usize,
+    buffers: &[Vec<f32>],
+    a: &Operand,
+    b: &Operand,
+    f: impl Fn(f32, f32) -> f32,
+) {
+    for (r, y) in out.chunks_exact_mut(width).enumerate() {
+        let (a, b) = (a.row(buffers, r, width), b.row(buffers, r, width));
+        for ((yv, &av), &bv) in y.iter_mut().zip(a).zip(b) {
+            *yv = f(av, bv);
+        }
+    }
+}
+
+/// `y = f(x)` for every value.
+#[inline(always)]
+fn unary(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
+    for (yv, &v) in out.iter_mut().zip(x) {
+        *yv = f(v);
     }
 }
 

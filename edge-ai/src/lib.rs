@@ -23,8 +23,10 @@
 //!   graph built through its typed API. A model of up to 1024 nodes may still ask for large
 //!   tensors while it is optimised: load only models from a source the node trusts.
 //! - **A model that loads reproduces its golden rows.** When a model declares golden rows, they
-//!   run through the loaded plan inside [`Model::from_bytes`]; a model that computes something
-//!   else does not load.
+//!   run through the loaded plan inside [`Model::from_bytes`] (the dense path, if the model
+//!   takes it); a model that computes something else does not load.
+//! - **tract is the reference.** The dense path (below) runs a model only when it computes
+//!   what tract does on the rows checked at load.
 //! - **A batch run allocates nothing of ours.** See [the hot path](#the-hot-path).
 //!
 //! Inference runs on the caller's thread and blocks it: async callers with large models should
@@ -83,7 +85,20 @@
 //!
 //! # The hot path
 //!
-//! [`Model::batch`] optimises the graph for exactly `max_rows` rows and spawns one tract run
+//! Routing and placement models are dense and row-wise: products of the rows by constant
+//! weights, element-wise arithmetic with constants, activations. For such a graph (the list
+//! is in `dense.rs`; every model shipped here is one) a [`Batch`] does not use tract at all:
+//! it runs the graph step by step over buffers it made once, and a run allocates nothing.
+//! tract's plan costs a fixed amount per operator on top of the arithmetic (the routing model
+//! is 31 plan steps for a few thousand multiply-adds per candidate), which was nearly all of a
+//! routing decision. At load, the dense path runs the golden inputs and rows of values up to
+//! ±1000 next to tract, and is used only if the two agree within 1e-3 (relative, over 1):
+//! they sum in different orders and tract approximates its sigmoid, so they differ in the
+//! last digits. [`Model::is_dense`] and [`Batch::is_dense`] say which path runs;
+//! [`Model::tract_batch`] runs tract's plan anyway, for comparison (`tests/dense.rs` compares
+//! the two on every model that loads).
+//!
+//! For any other graph, [`Model::batch`] optimises the graph for exactly `max_rows` rows and spawns one tract run
 //! state, with an input tensor and an output buffer per port, all kept by the [`Batch`]. A
 //! [`Batch::run`] copies the caller's rows into the input tensors (rows past the count asked
 //! for are zero), has tract evaluate the plan, and copies each output's rows out; edge-ai
@@ -91,7 +106,8 @@
 //!
 //! tract's operators still allocate their results: per matrix product (a Gemm with its bias
 //! and Relu fused), 6 allocations to repack the activations into the kernel's layout and 2
-//! for the product, freed within the run. The 13 -> 16 -> 16 -> 2 routing MLP makes 24 per run,
+//! for the product, freed within the run. The 13 -> 16 -> 16 -> 2 routing MLP run by tract
+//! makes 24 per run,
 //! about 5 KB; tract 0.23 has no way to hand an operator a buffer for its result. What it does
 //! reuse, the matrix kernels' scratch space, lives as long as the batch's run state. Fixing the
 //! row count rather than leaving it symbolic saves 4 more per run (tract binds the symbol
