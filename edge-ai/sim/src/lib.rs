@@ -46,6 +46,7 @@
 pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod warm;
 
 use node_core::proxy::learned::ROUTE_FEATURES;
 
