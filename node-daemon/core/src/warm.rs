@@ -17,8 +17,9 @@
 //! - **Fallback**: with no model, a model refused at load, one that fails to run, or one
 //!   whose predictions drift from what happens, the rule is today's: never start a workload
 //!   before a request, and sleep after `idle_secs`. [`Prewarm::mode`] says who decides.
-//! - **The shadow check.** One prediction per workload at a time is held until its horizon
-//!   ends, then compared with what happened (a request or none): the drift is a moving mean
+//! - **The shadow check.** At decision points (a workload without a request for its
+//!   `idle_secs`: what a model is trained on), one prediction per workload at a time is held
+//!   until its horizon ends, then compared with what happened (a request or none): the drift is a moving mean
 //!   of the squared error (the Brier score) set against the Brier score of the moving base
 //!   rate, what a constant guess would score. A model worse than that guess by
 //!   [`WarmDriftBound::margin`] (once it has [`WarmDriftBound::min_samples`]) steps aside,
@@ -322,6 +323,14 @@ impl WarmWorkload {
         ];
     }
 
+    /// Whether a decision is made for it at `now`: no request for its `idle_secs` (asleep, or
+    /// due to sleep by today's rule). Only there are predictions judged: that is what a model
+    /// is trained on, and what it decides.
+    fn decision_point(&self, now: Instant) -> bool {
+        self.last_request
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.profile.idle)
+    }
+
     /// Whether it has been idle for its `idle_secs` at `now`.
     fn idle_done(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.active_at) >= self.profile.idle
@@ -501,7 +510,7 @@ impl Prewarm {
         let predicted = self.model.is_some() && self.predict(workloads, now, wall_secs);
         if predicted {
             for (workload, &p) in workloads.iter_mut().zip(&self.predictions) {
-                if workload.pending.is_none() {
+                if workload.pending.is_none() && workload.decision_point(now) {
                     workload.pending = Some(Pending {
                         at: now,
                         p,

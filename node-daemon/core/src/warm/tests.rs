@@ -196,11 +196,24 @@ fn a_model_whose_requests_never_come_steps_aside_for_drift_and_returns_when_righ
     let (brier, guess, samples) = prewarm.drift();
     assert!(brier > guess + 0.05 && samples >= 100);
 
-    // In the shadow it goes on predicting; once requests come every 20 s it is right again.
-    let requests: Vec<u64> = (0..20_000).step_by(20).collect();
-    let log = drive(&mut prewarm, &requests, 20_000);
+    // In the shadow it goes on predicting; once requests come every 70 s (10 s after each
+    // decision point) it is right again.
+    let requests: Vec<u64> = (0..40_000).step_by(70).collect();
+    let log = drive(&mut prewarm, &requests, 40_000);
     assert_eq!(prewarm.mode(), Mode::Model);
     assert_eq!(log.first(), Some(&(0, Action::Wake)));
+}
+
+#[test]
+fn predictions_for_a_busy_workload_are_not_judged() {
+    // A model that sees no request coming, for a workload called every 5 s: it never has to
+    // decide (the workload is never idle for its idle_secs), so it is never found wrong.
+    let mut prewarm = Prewarm::new(model(0.01), WarmSettings::default());
+    let requests: Vec<u64> = (0..20_000).step_by(5).collect();
+    let log = drive(&mut prewarm, &requests, 20_000);
+    assert_eq!(log, vec![(0, Action::Wake)]);
+    assert_eq!(prewarm.mode(), Mode::Model);
+    assert_eq!(prewarm.drift().2, 0);
 }
 
 #[test]
