@@ -3,12 +3,12 @@
 
     warm.py DATA.csv OUT.onnx
 
-DATA.csv is what `edge-sim warm record` writes (see edge-ai/sim/src/warm/mod.rs): the 16
+DATA.csv is what `edge-sim warm record` writes (see edge-ai/sim/src/warm/mod.rs): the 17
 warm features of one workload at a decision point, in WARM_FEATURES order, then
 request_within_horizon (1 when a request came within the next minute, else 0).
 
 The model maps those features to the probability of a request within the horizon:
-  x [batch, 16] -> expand -> MLP (Gemm, Relu, Gemm, Relu, Gemm) -> Sigmoid -> y [batch, 1]
+  x [batch, 17] -> expand -> MLP (Gemm, Relu, Gemm, Relu, Gemm) -> Sigmoid -> y [batch, 1]
 The expansion is part of the graph and uses only operators the node's reader supports
 (MatMul, Add, Relu, Div, Mul): each feature standardised; each time and count also as
 v / (v + c) for a ladder of scales c (a saturating stand-in for the logarithm the reader
@@ -52,6 +52,7 @@ FEATURES = [
     ("cold_start_s", "s"),
     ("memory_mib", "MiB"),
     ("idle_secs", "s"),
+    ("day_ago_due_s", "s"),
 ]
 OUTPUTS = [("request_within_horizon", "probability")]
 WIDTH = len(FEATURES)
@@ -73,6 +74,7 @@ SATURATE = {
     COL["day_ago_next_60m"]: COUNT_SCALES,
     COL["cold_start_s"]: [5.0, 20.0],
     COL["idle_secs"]: [60.0, 300.0],
+    COL["day_ago_due_s"]: [60.0, 120.0, 300.0, 900.0, 3600.0],
 }
 # Due-time hinges: seconds until due (gap - since), and its negation, shifted.
 DUE_SHIFTS = [-600.0, -120.0, -60.0, -30.0, -10.0, 0.0, 10.0, 30.0, 60.0, 120.0, 600.0]
@@ -100,7 +102,7 @@ def load(path):
 
 
 def expansion(x):
-    """The expansion's constants: E [16, K], SHIFT, C, A, B, M [K]."""
+    """The expansion's constants: E [17, K], SHIFT, C, A, B, M [K]."""
     columns = []  # (coefficients over the features, kind, shift, scale)
     for i in range(WIDTH):
         unit = np.zeros(WIDTH)

@@ -256,9 +256,9 @@ fn recorded_rows_label_whether_a_request_came_within_the_horizon() {
     edge_sim::warm::record(&scenario, &[1], 6, &mut csv).expect("written");
     let text = String::from_utf8(csv).expect("UTF-8");
     let line = text.lines().next().expect("a row");
-    assert_eq!(line.split(',').count(), 17);
+    assert_eq!(line.split(',').count(), 18);
     assert!(
-        edge_sim::warm::csv_header().ends_with(",idle_secs,request_within_horizon"),
+        edge_sim::warm::csv_header().ends_with(",idle_secs,day_ago_due_s,request_within_horizon"),
         "{}",
         edge_sim::warm::csv_header()
     );

@@ -41,7 +41,7 @@ pub use crate::proxy::learned::{Fallback, Feature, Mode, PredictError};
 pub const WARM_PURPOSE: &str = "warm";
 
 /// The number of features per workload.
-pub const WARM_WIDTH: usize = 16;
+pub const WARM_WIDTH: usize = 17;
 
 /// The features of one workload, in order: what a warming model's input declares. Append,
 /// never reorder.
@@ -116,6 +116,13 @@ pub const WARM_FEATURES: [Feature; WARM_WIDTH] = [
     },
     Feature {
         name: "idle_secs",
+        unit: "s",
+    },
+    // From this time of day to the first request a day ago after it, to the minute; an hour
+    // when none came in that hour: when a daily caller is due, which `day_ago_next_10m`
+    // places only within ten minutes.
+    Feature {
+        name: "day_ago_due_s",
         unit: "s",
     },
 ];
@@ -275,6 +282,14 @@ impl WarmWorkload {
             .sum()
     }
 
+    /// Seconds from minute `from` to the first minute within the hour after it that had a
+    /// request, an hour when none had (or the ring holds none of it).
+    fn day_ago_due(&self, from: i64) -> f32 {
+        (0..=60)
+            .find(|k| self.count(from + k, from + k) > 0.0)
+            .map_or(3600.0, |k| (k * 60) as f32)
+    }
+
     /// Writes the workload's features at `now` into `row`, in the order of [`WARM_FEATURES`].
     /// `wall_secs` is the wall-clock time at `now` in seconds since the Unix epoch (UTC; the
     /// caller may shift it to the site's zone), for the time of day.
@@ -320,6 +335,7 @@ impl WarmWorkload {
             self.profile.cold_start.as_secs_f32(),
             (self.profile.memory_bytes as f64 / (1024.0 * 1024.0)) as f32,
             self.profile.idle.as_secs_f32(),
+            self.day_ago_due(m - day),
         ];
     }
 

@@ -26,7 +26,7 @@
 //! 412,380,395.5,20.1,1.04,0,0,4,96,1,4,0.5,0.87,4,64,120,1
 //! ```
 //!
-//! the 16 columns of [`WARM_FEATURES`] in order, then `1` when a request for the workload came
+//! the 17 columns of [`WARM_FEATURES`] in order, then `1` when a request for the workload came
 //! within [`WARM_HORIZON`] after the tick, else `0`.
 
 pub mod cli;

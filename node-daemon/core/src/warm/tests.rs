@@ -89,12 +89,15 @@ fn features_describe_the_rhythm_of_requests_and_the_workload() {
     w.features(t, 0, &mut row);
     assert_eq!(row[index("day_ago_next_10m")], 4.0);
     assert_eq!(row[index("day_ago_next_60m")], 4.0);
+    // The first of them was five minutes on from this time of day.
+    assert_eq!(row[index("day_ago_due_s")], 300.0);
     assert_eq!(row[index("requests_1h")], 0.0);
     assert_eq!(row[index("requests_24h")], 4.0);
     // Two days on, they are forgotten.
     w.features(secs(base, 2 * 86_400), 0, &mut row);
     assert_eq!(row[index("requests_24h")], 0.0);
     assert_eq!(row[index("day_ago_next_60m")], 0.0);
+    assert_eq!(row[index("day_ago_due_s")], 3600.0);
     assert!(row.iter().all(|v| v.is_finite()));
 }
 
