@@ -5,7 +5,8 @@
 //! traffic sent to them; [`sim::run`] plays it on a virtual clock with node-core's own
 //! [`Load`](node_core::proxy::balance::Load), [`Breaker`](node_core::proxy::breaker::Breaker)
 //! and choosers, exactly as the proxy drives them; [`eval`] compares strategies over seeds
-//! ([`report`]); [`record`] writes training rows.
+//! ([`report`]); [`record`] writes training rows. [`warm`] does the same for pre-warming
+//! workloads that scale to zero (`edge-sim warm record|eval`).
 //!
 //! # Invariants
 //!
@@ -46,6 +47,7 @@
 pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod warm;
 
 use node_core::proxy::learned::ROUTE_FEATURES;
 

@@ -22,6 +22,9 @@ edge-sim: the proxy's choice of backend, simulated
       Writes a training row per attempt (see the crate docs for the format), choosing with
       the exploration policy (a fixed strategy that changes with the seed, and a share of
       random choices), or with STRATEGY and a share X (default 0.2) of random choices.
+
+  edge-sim warm eval|record ...
+      Pre-warming workloads that scale to zero: see `edge-sim warm --help`.
 ";
 
 #[derive(Debug, Default)]
@@ -102,6 +105,10 @@ fn policy(name: &str, model: Option<&edge_ai::Model>) -> anyhow::Result<Policy> 
 }
 
 fn main() -> anyhow::Result<()> {
+    // `edge-sim warm ...`: pre-warming, with its own arguments (edge_sim::warm::cli).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "warm") {
+        return edge_sim::warm::cli::main(std::env::args_os().skip(2));
+    }
     let args = parse_args()?;
     let command: Vec<&str> = args.command.iter().map(String::as_str).collect();
     let model = args

@@ -23,6 +23,9 @@
 //! - [`location`]: where the node is, live: gpsd's JSON lines parsed, implausible fixes
 //!   refused ([`Filter`](location::Filter)), and when a move is worth reporting
 //!   ([`Reporter`](location::Reporter)).
+//! - [`warm`]: [`Prewarm`](warm::Prewarm), whether to start a workload that scales to zero
+//!   before its predicted first request, or keep an idle one up: a model's prediction, or
+//!   today's rule (never early, asleep after `idle_secs`) without one.
 //!
 //! **Invariant.** Nothing here does I/O or reads the clock: the crate depends on no runtime,
 //! socket, TLS, database or HTTP crate (tokio, quinn, sled, axum, hyper), time comes in as
@@ -45,3 +48,4 @@ pub mod session;
 pub mod spec;
 pub mod summary;
 pub mod sync;
+pub mod warm;
