@@ -474,15 +474,7 @@ const TILE_COLUMNS: usize = 8;
 /// each weight read once per 4 rows: summing straight into `y` would store and load it again
 /// for every `k`. The columns left over (all of them, for a narrow output) are dot products
 /// along `k`, in [`TILE_COLUMNS`] lanes.
-fn affine(
-    x: &[f32],
-    k: usize,
-    tiles: &[f32],
-    bias: &[f32],
-    tail: &[f32],
-    y: &mut [f32],
-    n: usize,
-) {
+fn affine(x: &[f32], k: usize, tiles: &[f32], bias: &[f32], tail: &[f32], y: &mut [f32], n: usize) {
     let rows = y.len() / n;
     let mut first = 0;
     while first + 4 <= rows {

@@ -109,16 +109,7 @@ async fn list_events(
 ) -> Result<Json<Vec<EventView>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let query = parse_query(&query)?;
-    let node_id = match &query.node {
-        None => None,
-        Some(name_or_id) => {
-            let fleet = state.registry.fleet();
-            let node = fleet
-                .find(name_or_id)
-                .ok_or_else(|| no_such_node(name_or_id))?;
-            Some(node.id.to_string())
-        }
-    };
+    let node_id = node_id_of(&state, query.node.as_deref())?;
     let registry = state.registry.clone();
     let stored = tokio::task::spawn_blocking(move || registry.events(node_id.as_deref()))
         .await
@@ -134,6 +125,22 @@ async fn list_events(
         .map(|n| (n.id.to_string(), n.name.clone()))
         .collect();
     Ok(Json(events.into_iter().map(|e| view(e, &names)).collect()))
+}
+
+/// The id (hex) of the node a query names by name or id; `None` when it names none, 404 when
+/// no such node is registered.
+pub(super) fn node_id_of(
+    state: &ApiState,
+    name_or_id: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(name_or_id) = name_or_id else {
+        return Ok(None);
+    };
+    let fleet = state.registry.fleet();
+    let node = fleet
+        .find(name_or_id)
+        .ok_or_else(|| no_such_node(name_or_id))?;
+    Ok(Some(node.id.to_string()))
 }
 
 fn view(e: EventRecord, names: &BTreeMap<String, String>) -> EventView {

@@ -12,9 +12,8 @@ use std::collections::BTreeMap;
 
 use super::ApiState;
 use super::error::{ApiError, internal};
-use super::events::since_ms;
+use super::events::{node_id_of, since_ms};
 use super::extract::{Authed, Viewer};
-use super::nodes::no_such_node;
 
 /// Rows one answer holds unless the query says otherwise.
 const DEFAULT_ROWS: usize = 100_000;
@@ -70,16 +69,7 @@ async fn route_samples(
 ) -> Result<Json<RouteRows>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let query = parse_query(&query)?;
-    let node_id = match &query.node {
-        None => None,
-        Some(name_or_id) => {
-            let fleet = state.registry.fleet();
-            let node = fleet
-                .find(name_or_id)
-                .ok_or_else(|| no_such_node(name_or_id))?;
-            Some(node.id.to_string())
-        }
-    };
+    let node_id = node_id_of(&state, query.node.as_deref())?;
     let registry = state.registry.clone();
     let rows = tokio::task::spawn_blocking(move || {
         registry

@@ -419,21 +419,7 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             limit,
             follow,
         } => {
-            let mut query = Vec::new();
-            if let Some(node) = node {
-                query.push(format!("node={}", percent_encode(node)));
-            }
-            if let Some(since) = since {
-                query.push(format!("since={}", since_ms(since, now_unix())?));
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
-            }
-            let path = if query.is_empty() {
-                "/v1/events".to_owned()
-            } else {
-                format!("/v1/events?{}", query.join("&"))
-            };
+            let path = node_since_limit("/v1/events", node, since, *limit)?;
             let body = client.get(&path)?;
             let shown = client.show(cli.json, &body, |events: &Vec<serde_json::Value>| {
                 events_table(events)
@@ -544,20 +530,7 @@ fn run(cli: &Cli) -> Result<String, CliError> {
                     out,
                 },
         } => {
-            let mut query = Vec::new();
-            if let Some(node) = node {
-                query.push(format!("node={}", percent_encode(node)));
-            }
-            if let Some(since) = since {
-                query.push(format!("since={}", since_ms(since, now_unix())?));
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
-            }
-            let mut path = "/v1/telemetry/route-samples".to_owned();
-            if !query.is_empty() {
-                path = format!("{path}?{}", query.join("&"));
-            }
+            let path = node_since_limit("/v1/telemetry/route-samples", node, since, *limit)?;
             let body = client.get(&path)?;
             if cli.json {
                 return Ok(body);
@@ -734,6 +707,30 @@ fn completions(shell: ShellArg) -> String {
 /// `drain` a node, and say what became of each instance it ran: the workloads before and
 /// after show where a replicated one went (or why it found no node) and that a per-node one
 /// stopped.
+/// `path` with the query `--node`, `--since` and `--limit` make, as far as they are given.
+fn node_since_limit(
+    path: &str,
+    node: &Option<String>,
+    since: &Option<String>,
+    limit: Option<u32>,
+) -> Result<String, CliError> {
+    let mut query = Vec::new();
+    if let Some(node) = node {
+        query.push(format!("node={}", percent_encode(node)));
+    }
+    if let Some(since) = since {
+        query.push(format!("since={}", since_ms(since, now_unix())?));
+    }
+    if let Some(limit) = limit {
+        query.push(format!("limit={limit}"));
+    }
+    Ok(if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    })
+}
+
 /// `rows` as CSV: the answer itself, or written to `out` with a line that says so. What
 /// was left out, or is still to fetch, goes to standard error.
 fn export_rows(
