@@ -4,11 +4,13 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use edge_sim::place::scenario::PlaceScenario;
+use edge_sim::place::sim::PlacePolicy;
 use edge_sim::scenario::Scenario;
 use edge_sim::sim::Policy;
 
 const HELP: &str = "\
-edge-sim: the proxy's choice of backend, simulated
+edge-sim: the proxy's choice of backend and the orchestrator's placement, simulated
 
   edge-sim route eval --scenario FILE... --seeds A..B
                       [--strategies round-robin,least-requests,peak-ewma,model]
@@ -22,6 +24,20 @@ edge-sim: the proxy's choice of backend, simulated
       Writes a training row per attempt (see the crate docs for the format), choosing with
       the exploration policy (a fixed strategy that changes with the seed, and a share of
       random choices), or with STRATEGY and a share X (default 0.2) of random choices.
+
+  edge-sim place eval --scenario FILE... --seeds A..B
+                      [--strategies least-allocated,random,model]
+                      [--model FILE.onnx] [--json FILE|-]
+      Places every scenario's workloads with every strategy and seed and prints, per
+      scenario, the time from placing to running (p50, p99, mean), the share of instances
+      restarted soon after starting, refused admissions per instance, the share that
+      fetched their artifact, the distance to `near`, and the model's figures over
+      least-allocated's. --json also writes the figures.
+
+  edge-sim place record --scenario FILE... --seeds A..B --out FILE.csv [--epsilon X]
+      Writes a training row per placement attempt (see edge-ai/sim/src/place/mod.rs),
+      placing with least-allocated and a share of random placements that changes with the
+      seed, or the share X when given.
 ";
 
 #[derive(Debug, Default)]
@@ -117,6 +133,9 @@ fn main() -> anyhow::Result<()> {
     if args.seeds.is_empty() {
         bail!("--seeds A..B is required\n\n{HELP}");
     }
+    if command.first() == Some(&"place") {
+        return place(&command, &args, model);
+    }
     let scenarios = args
         .scenarios
         .iter()
@@ -177,7 +196,83 @@ fn main() -> anyhow::Result<()> {
             file.flush()?;
             eprintln!("{rows} rows written to {}", out.display());
         }
-        _ => bail!("expected `route eval` or `route record`\n\n{HELP}"),
+        _ => {
+            bail!("expected `route eval`, `route record`, `place eval` or `place record`\n\n{HELP}")
+        }
+    }
+    Ok(())
+}
+
+fn place_policy(name: &str, model: Option<&edge_ai::Model>) -> anyhow::Result<PlacePolicy> {
+    Ok(match name {
+        "least-allocated" => PlacePolicy::LeastAllocated,
+        "random" => PlacePolicy::Random,
+        "model" => {
+            let model = model.context("strategy model: --model FILE.onnx")?;
+            edge_sim::place::onnx::check(model)
+                .map_err(|why| anyhow::anyhow!("the model is not a placement model: {why}"))?;
+            PlacePolicy::Model(model.clone())
+        }
+        other => bail!("unknown strategy {other:?}: expected least-allocated, random or model"),
+    })
+}
+
+/// `place eval` and `place record`.
+fn place(command: &[&str], args: &Args, model: Option<edge_ai::Model>) -> anyhow::Result<()> {
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|path| PlaceScenario::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    match command {
+        ["place", "eval"] => {
+            let names = if args.strategies.is_empty() {
+                let mut names = vec!["least-allocated", "random"];
+                if model.is_some() {
+                    names.push("model");
+                }
+                names.into_iter().map(str::to_owned).collect()
+            } else {
+                args.strategies.clone()
+            };
+            let policies = names
+                .iter()
+                .map(|name| place_policy(name, model.as_ref()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut all = Vec::new();
+            for scenario in &scenarios {
+                let figures = edge_sim::place::eval(scenario, &args.seeds, &policies);
+                if args.json.as_deref() != Some("-") {
+                    println!("{}", figures.table());
+                }
+                all.push(figures);
+            }
+            if let Some(json) = &args.json {
+                let text = serde_json::to_string_pretty(&all)?;
+                if json == "-" {
+                    println!("{text}");
+                } else {
+                    std::fs::write(json, text + "\n").with_context(|| format!("writing {json}"))?;
+                }
+            }
+        }
+        ["place", "record"] => {
+            let out = args.out.as_deref().context("--out FILE.csv is required")?;
+            let fixed = args.epsilon.map(|epsilon| PlacePolicy::Explore {
+                epsilon: epsilon.clamp(0.0, 1.0),
+            });
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut file = std::io::BufWriter::new(file);
+            writeln!(file, "{}", edge_sim::place::csv_header())?;
+            let mut rows = 0;
+            for scenario in &scenarios {
+                rows += edge_sim::place::record(scenario, &args.seeds, fixed.as_ref(), &mut file)?;
+            }
+            file.flush()?;
+            eprintln!("{rows} rows written to {}", out.display());
+        }
+        _ => bail!("expected `place eval` or `place record`\n\n{HELP}"),
     }
     Ok(())
 }
