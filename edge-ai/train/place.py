@@ -4,12 +4,12 @@
     place.py DATA.csv OUT.onnx
 
 DATA.csv is the CSV that `edge-sim place record` writes (see edge-ai/sim/src/place/mod.rs):
-the 11 placement features of the chosen node in PLACE_FEATURES order, then startup_ms,
+the 15 placement features of the chosen node in PLACE_FEATURES order, then startup_ms,
 refused and restarted.
 
 The model maps one (node, instance) pair's features to [ln(startup in ms), failure
 probability], failure being a refused admission or a crash soon after starting:
-  x [batch, 11] -> expand -> MLP (Gemm, Relu, Gemm, Relu, Gemm) -> y [batch, 2]
+  x [batch, 15] -> expand -> MLP (Gemm, Relu, Gemm, Relu, Gemm) -> y [batch, 2]
 The startup is fitted on the rows that started (a refusal has none). The expansion is part
 of the graph and uses only operators edge-ai's reader supports (MatMul, Relu, Add, Mul,
 Div): each feature standardised, and the counts and the size also as v / (v + c) for a
@@ -46,6 +46,10 @@ FEATURES = [
     ("cached", "bool"),
     ("restarts", "count"),
     ("refusals", "count"),
+    ("artifact_mb", "MB"),
+    ("fetch_mbps", "Mbit/s"),
+    ("start_ms", "ms"),
+    ("cache_rank", "count"),
 ]
 OUTPUTS = [("ln_startup_ms", "ln(ms)"), ("failure", "probability")]
 WIDTH = len(FEATURES)
@@ -57,6 +61,10 @@ SATURATE = {
     2: [2.0, 4.0, 8.0, 16.0],
     9: COUNT_SCALES,
     10: COUNT_SCALES,
+    11: [5.0, 20.0, 50.0, 100.0],
+    12: [2.0, 5.0, 20.0, 50.0, 200.0],
+    13: [200.0, 500.0, 1000.0, 3000.0],
+    14: COUNT_SCALES,
 }
 
 # Features the model does not read.
@@ -271,7 +279,7 @@ def golden_inputs(x):
     """A few rows from the data: empty, full, busy, cached, restarts, refusals."""
     picks = [
         # An empty 4-core node, nothing known of it.
-        np.array([1, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0]),
+        np.array([1, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0]),
         x[np.argmax(x[:, 0])],
         x[np.argmin(x[:, 0])],
         x[np.argmax(x[:, 3])],

@@ -10,6 +10,7 @@ work="$repo/target/place-train"
 venv="$repo/target/train-venv"
 # Training seeds; the evaluation (benches/place-eval.sh) uses others, on other scenarios.
 seeds="${TRAIN_SEEDS:-1..9}"
+model_seeds="${TRAIN_MODEL_SEEDS:-10..19}"
 
 echo "== building edge-sim (release)"
 cargo build --release -p edge-sim
@@ -21,12 +22,21 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r edge-ai/train/requirements.txt
 
-echo "== recording placements from edge-ai/train/place-scenarios, seeds $seeds"
+python=("env" "OPENBLAS_NUM_THREADS=1" "OMP_NUM_THREADS=1" "MKL_NUM_THREADS=1" "$venv/bin/python")
 mkdir -p "$work"
-"$sim" place record --scenario edge-ai/train/place-scenarios/*.toml --seeds "$seeds" \
-    --out "$work/placements.csv"
 
-echo "== training"
+echo "== round 1: recording least-allocated with random placements, seeds $seeds"
+"$sim" place record --scenario edge-ai/train/place-scenarios/*.toml --seeds "$seeds" \
+    --out "$work/explore.csv"
 # One thread: floating-point sums in one order, so the same data gives the same weights.
-OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-    "$venv/bin/python" edge-ai/train/place.py "$work/placements.csv" edge-ai/models/place.onnx
+"${python[@]}" edge-ai/train/place.py "$work/explore.csv" "$work/round1.onnx"
+
+echo "== round 2: recording the round-1 model with 30% random placements, seeds $model_seeds"
+# The model packs instances where the fixed rule spreads them: these rows show where its
+# own placements lead (busier nodes, longer caches), which the first round rarely saw.
+"$sim" place record --scenario edge-ai/train/place-scenarios/*.toml --seeds "$model_seeds" \
+    --model "$work/round1.onnx" --epsilon 0.3 --out "$work/model.csv"
+
+echo "== training on both rounds"
+{ cat "$work/explore.csv"; tail -n +2 "$work/model.csv"; } > "$work/placements.csv"
+"${python[@]}" edge-ai/train/place.py "$work/placements.csv" edge-ai/models/place.onnx

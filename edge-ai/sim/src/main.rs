@@ -8,6 +8,7 @@ use edge_sim::place::scenario::PlaceScenario;
 use edge_sim::place::sim::PlacePolicy;
 use edge_sim::scenario::Scenario;
 use edge_sim::sim::Policy;
+use orchestrator_core::scheduler::learned::Weights;
 
 const HELP: &str = "\
 edge-sim: the proxy's choice of backend and the orchestrator's placement, simulated
@@ -27,17 +28,21 @@ edge-sim: the proxy's choice of backend and the orchestrator's placement, simula
 
   edge-sim place eval --scenario FILE... --seeds A..B
                       [--strategies least-allocated,random,model]
-                      [--model FILE.onnx] [--json FILE|-]
+                      [--model FILE.onnx [--tie-ratio R] [--failure-step F]] [--json FILE|-]
       Places every scenario's workloads with every strategy and seed and prints, per
       scenario, the time from placing to running (p50, p99, mean), the share of instances
       restarted soon after starting, refused admissions per instance, the share that
       fetched their artifact, the distance to `near`, and the model's figures over
-      least-allocated's. --json also writes the figures.
+      least-allocated's. --json also writes the figures. --tie-ratio and --failure-step
+      set the model's weights against the fixed rule (orchestrator-core's
+      scheduler::learned::Weights; defaults 1.5 and 0.1).
 
-  edge-sim place record --scenario FILE... --seeds A..B --out FILE.csv [--epsilon X]
+  edge-sim place record --scenario FILE... --seeds A..B --out FILE.csv
+                        [--epsilon X] [--model FILE.onnx]
       Writes a training row per placement attempt (see edge-ai/sim/src/place/mod.rs),
       placing with least-allocated and a share of random placements that changes with the
-      seed, or the share X when given.
+      seed, or the share X (default 0.3) when given; with --model, the model places
+      instead of least-allocated, so that the rows show where its own placements lead.
 ";
 
 #[derive(Debug, Default)]
@@ -51,6 +56,8 @@ struct Args {
     out: Option<PathBuf>,
     base: Option<String>,
     epsilon: Option<f64>,
+    tie_ratio: Option<f64>,
+    failure_step: Option<f64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -78,6 +85,8 @@ fn parse_args() -> anyhow::Result<Args> {
             Long("out") => args.out = Some(parser.value()?.into()),
             Long("base") => args.base = Some(parser.value()?.string()?),
             Long("epsilon") => args.epsilon = Some(parser.value()?.parse()?),
+            Long("tie-ratio") => args.tie_ratio = Some(parser.value()?.parse()?),
+            Long("failure-step") => args.failure_step = Some(parser.value()?.parse()?),
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -203,7 +212,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn place_policy(name: &str, model: Option<&edge_ai::Model>) -> anyhow::Result<PlacePolicy> {
+fn place_policy(
+    name: &str,
+    model: Option<&edge_ai::Model>,
+    weights: Weights,
+) -> anyhow::Result<PlacePolicy> {
     Ok(match name {
         "least-allocated" => PlacePolicy::LeastAllocated,
         "random" => PlacePolicy::Random,
@@ -211,7 +224,7 @@ fn place_policy(name: &str, model: Option<&edge_ai::Model>) -> anyhow::Result<Pl
             let model = model.context("strategy model: --model FILE.onnx")?;
             edge_sim::place::onnx::check(model)
                 .map_err(|why| anyhow::anyhow!("the model is not a placement model: {why}"))?;
-            PlacePolicy::Model(model.clone())
+            PlacePolicy::Model(model.clone(), weights)
         }
         other => bail!("unknown strategy {other:?}: expected least-allocated, random or model"),
     })
@@ -224,6 +237,14 @@ fn place(command: &[&str], args: &Args, model: Option<edge_ai::Model>) -> anyhow
         .iter()
         .map(|path| PlaceScenario::load(path))
         .collect::<Result<Vec<_>, _>>()?;
+    let defaults = Weights::default();
+    let weights = Weights {
+        tie_ratio: args.tie_ratio.unwrap_or(defaults.tie_ratio),
+        failure_step: args.failure_step.unwrap_or(defaults.failure_step),
+    };
+    if !(weights.tie_ratio > 1.0 && weights.failure_step > 0.0) {
+        bail!("--tie-ratio must be over 1 and --failure-step over 0");
+    }
     match command {
         ["place", "eval"] => {
             let names = if args.strategies.is_empty() {
@@ -237,7 +258,7 @@ fn place(command: &[&str], args: &Args, model: Option<edge_ai::Model>) -> anyhow
             };
             let policies = names
                 .iter()
-                .map(|name| place_policy(name, model.as_ref()))
+                .map(|name| place_policy(name, model.as_ref(), weights))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut all = Vec::new();
             for scenario in &scenarios {
@@ -258,8 +279,9 @@ fn place(command: &[&str], args: &Args, model: Option<edge_ai::Model>) -> anyhow
         }
         ["place", "record"] => {
             let out = args.out.as_deref().context("--out FILE.csv is required")?;
-            let fixed = args.epsilon.map(|epsilon| PlacePolicy::Explore {
-                epsilon: epsilon.clamp(0.0, 1.0),
+            let fixed = (args.epsilon.is_some() || model.is_some()).then(|| PlacePolicy::Explore {
+                epsilon: args.epsilon.unwrap_or(0.3).clamp(0.0, 1.0),
+                model: model.map(|model| (model, weights)),
             });
             let file = std::fs::File::create(out)
                 .with_context(|| format!("creating {}", out.display()))?;

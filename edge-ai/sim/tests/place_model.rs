@@ -115,7 +115,8 @@ start_ms = 400
 cache_artifacts = 3
 "#;
     let scenario = PlaceScenario::parse(text, "t.toml").expect("valid");
-    let model = run(&scenario, 1, &PlacePolicy::Model(load("place.onnx")), false);
+    let policy = PlacePolicy::Model(load("place.onnx"), Default::default());
+    let model = run(&scenario, 1, &policy, false);
     let fixed = run(&scenario, 1, &PlacePolicy::LeastAllocated, false);
     assert!(model.model_placements > 0);
     assert_eq!(model.fallback_placements, 0);

@@ -166,8 +166,11 @@ fn the_features_are_what_the_scheduler_knows_of_the_pair() {
         artifacts: Vec::new(),
         restarts: 3,
         refusals: 2,
+        fetch_mbps: Some(20.0),
+        start_ms: Some(450.0),
     };
     let mut s = Scheduler::with_score(Learned::new(Ok(Box::new(Recorder(rows.clone())))), nodes);
+    s.set_artifact_size(w.artifact(), 12_000_000);
     s.place(&w);
     let rows = rows.lock().expect("not poisoned").clone();
     assert_eq!(rows.len(), 2, "one row per feasible node");
@@ -180,7 +183,12 @@ fn the_features_are_what_the_scheduler_knows_of_the_pair() {
     assert_eq!(&busy[3..6], &[0.0, 0.0, 0.0], "no load reported");
     assert_eq!(&empty[3..6], &[0.25, 0.5, 1.0], "the load reported");
     assert_eq!(&busy[6..8], &[0.0, 0.0], "no near");
-    assert_eq!(&empty[RESTARTS..], &[3.0, 2.0]);
+    assert_eq!(&empty[RESTARTS..], &[3.0, 2.0, 12.0, 20.0, 450.0, 0.0]);
+    assert_eq!(
+        &busy[RESTARTS..],
+        &[0.0, 0.0, 12.0, 0.0, 0.0, 0.0],
+        "nothing measured; the artifact was the last one started"
+    );
 }
 
 #[test]

@@ -16,11 +16,11 @@
 //! refused admission is a line, and the next node another), comma-separated:
 //!
 //! ```text
-//! free_cpu_after,free_memory_after,cpus,load_cpu,load_memory,load_known,near,proximity,cached,restarts,refusals,startup_ms,refused,restarted
-//! 0.6,0.7,4,0.35,0.2,1,0,0,1,0,0,412.5,0,0
+//! free_cpu_after,free_memory_after,cpus,load_cpu,load_memory,load_known,near,proximity,cached,restarts,refusals,artifact_mb,fetch_mbps,start_ms,cache_rank,startup_ms,refused,restarted
+//! 0.6,0.7,4,0.35,0.2,1,0,0,1,0,0,24.5,18.2,480,2,412.5,0,0
 //! ```
 //!
-//! - the first 11 columns are the chosen node's features when it was chosen: exactly
+//! - the first 15 columns are the chosen node's features when it was chosen: exactly
 //!   `placement_features`, named and ordered as `PLACE_FEATURES`, in their units;
 //! - `startup_ms`: from bind to running on that node (0 for a refused admission);
 //! - `refused`: `1` when the node refused the admission;
@@ -70,6 +70,7 @@ pub fn eval(scenario: &PlaceScenario, seeds: &[u64], policies: &[PlacePolicy]) -
 pub fn exploration(seed: u64) -> PlacePolicy {
     PlacePolicy::Explore {
         epsilon: [0.3, 0.6, 1.0][(seed % 3) as usize],
+        model: None,
     }
 }
 

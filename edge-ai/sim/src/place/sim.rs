@@ -13,7 +13,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use edge_proto::NodeId;
 use orchestrator_core::scheduler::learned::{
-    Learned, Mode, PLACE_WIDTH, PlacePrediction, placement_features,
+    Learned, Mode, PLACE_WIDTH, PlacePrediction, Weights, placement_features,
 };
 use orchestrator_core::scheduler::{
     Fit, LatLon, LeastAllocated, LoadShare, NodeHistory, NodeView, Resources, Scheduler, Score,
@@ -34,10 +34,14 @@ pub enum PlacePolicy {
     LeastAllocated,
     /// A node drawn at random among the feasible ones.
     Random,
-    /// orchestrator-core's [`Learned`] score over this model.
-    Model(edge_ai::Model),
-    /// For training: least-allocated, with a share `epsilon` of placements at random.
-    Explore { epsilon: f64 },
+    /// orchestrator-core's [`Learned`] score over this model, with these weights.
+    Model(edge_ai::Model, Weights),
+    /// For training: least-allocated (or the model, when given), with a share `epsilon` of
+    /// placements at random.
+    Explore {
+        epsilon: f64,
+        model: Option<(edge_ai::Model, Weights)>,
+    },
 }
 
 impl PlacePolicy {
@@ -46,7 +50,7 @@ impl PlacePolicy {
         match self {
             PlacePolicy::LeastAllocated => "least-allocated",
             PlacePolicy::Random => "random",
-            PlacePolicy::Model(_) => "model",
+            PlacePolicy::Model(..) => "model",
             PlacePolicy::Explore { .. } => "explore",
         }
     }
@@ -67,7 +71,7 @@ enum Kind {
     Fixed,
     Random,
     Model(Box<Learned>),
-    Explore(f64),
+    Explore(f64, Option<Box<Learned>>),
 }
 
 impl Score for Strategy {
@@ -88,12 +92,13 @@ impl Score for Strategy {
         }
         let random = match &self.kind {
             Kind::Random => true,
-            Kind::Explore(epsilon) => self.rng.f64() < *epsilon,
+            Kind::Explore(epsilon, _) => self.rng.f64() < *epsilon,
             _ => false,
         };
         match &mut self.kind {
             Kind::Model(learned) => learned.score_batch(fits, out),
             _ if random => out.extend(fits.iter().map(|_| self.rng.f64())),
+            Kind::Explore(_, Some(learned)) => learned.score_batch(fits, out),
             _ => out.extend(fits.iter().map(|fit| LeastAllocated.score(fit))),
         }
     }
@@ -151,6 +156,20 @@ struct SimNode {
     /// When (s) instances here crashed, and admissions were refused.
     restarts: Vec<f64>,
     refusals: Vec<f64>,
+    /// What the orchestrator measured of its fetches (Mbit/s) and starts (ms), as moving
+    /// means.
+    fetch_mbps: Option<f64>,
+    start_ms: Option<f64>,
+}
+
+/// The weight of each new measure in [`SimNode`]'s moving means.
+const MEASURE_ALPHA: f64 = 0.5;
+
+fn measure(mean: &mut Option<f64>, value: f64) {
+    *mean = Some(match *mean {
+        Some(m) => m + MEASURE_ALPHA * (value - m),
+        None => value,
+    });
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +236,8 @@ fn fleet(s: &PlaceScenario, seed: u64) -> Vec<SimNode> {
                 ran: Vec::new(),
                 restarts: Vec::new(),
                 refusals: Vec::new(),
+                fetch_mbps: None,
+                start_ms: None,
             });
         }
     }
@@ -309,15 +330,18 @@ pub fn run(
     let kind = match policy {
         PlacePolicy::LeastAllocated => Kind::Fixed,
         PlacePolicy::Random => Kind::Random,
-        PlacePolicy::Explore { epsilon } => Kind::Explore(*epsilon),
-        PlacePolicy::Model(model) => Kind::Model(Box::new(Learned::new(
-            OnnxPlacePredict::new(model.clone()).map(|p| Box::new(p) as _),
-        ))),
+        PlacePolicy::Explore { epsilon, model } => Kind::Explore(
+            *epsilon,
+            model
+                .as_ref()
+                .map(|(model, weights)| Box::new(learned(model, *weights))),
+        ),
+        PlacePolicy::Model(model, weights) => Kind::Model(Box::new(learned(model, *weights))),
     };
     let strategy = Strategy {
         kind,
         rng: fastrand::Rng::with_seed(seed ^ 0x7a4d_0111),
-        record: record || matches!(policy, PlacePolicy::Model(_)),
+        record: record || matches!(policy, PlacePolicy::Model(..)),
         rows: Vec::new(),
     };
     let views = nodes.iter().map(|n| {
@@ -366,10 +390,15 @@ pub fn run(
             let cpu = busy(s, n, now, allocated);
             let memory = allocated.memory_bytes as f64 / (g.memory_mb * 1024 * 1024) as f64;
             n.ran.retain(|(_, t)| now - t <= window);
-            let mut artifacts: Vec<ArtifactDigest> =
-                n.ran.iter().map(|(a, _)| digest(*a)).collect();
-            artifacts.sort_unstable();
-            artifacts.dedup();
+            // Each once, the most recently started last.
+            let mut artifacts: Vec<ArtifactDigest> = Vec::new();
+            for (a, _) in n.ran.iter().rev() {
+                let d = digest(*a);
+                if !artifacts.contains(&d) {
+                    artifacts.push(d);
+                }
+            }
+            artifacts.reverse();
             let recent = |times: &[f64]| {
                 times
                     .iter()
@@ -386,12 +415,15 @@ pub fn run(
                     artifacts,
                     restarts: recent(&n.restarts),
                     refusals: recent(&n.refusals),
+                    fetch_mbps: n.fetch_mbps.map(|v| v as f32),
+                    start_ms: n.start_ms.map(|v| v as f32),
                 },
             );
         }
         let Some(spec) = spec(s, index, a) else {
             continue;
         };
+        scheduler.set_artifact_size(spec.artifact(), (a.artifact_mb * 1e6) as u64);
         let counted = now >= s.warmup_secs;
         let outcome = scheduler.place(&spec);
         if counted {
@@ -467,6 +499,10 @@ pub fn run(
                 n.cache.drain(..drop);
             }
             n.ran.push((a.artifact, now));
+            if fetch_ms > 0.0 {
+                measure(&mut n.fetch_mbps, a.artifact_mb * 8.0 / (fetch_ms / 1000.0));
+            }
+            measure(&mut n.start_ms, start_ms);
             if let (Some(p), Kind::Model(learned)) = (predicted, &mut scheduler.score_mut().kind) {
                 learned.observe(p, startup_ms);
             }
@@ -535,6 +571,11 @@ fn capture(
         .collect();
     out.reverse();
     out
+}
+
+fn learned(model: &edge_ai::Model, weights: Weights) -> Learned {
+    Learned::new(OnnxPlacePredict::new(model.clone()).map(|p| Box::new(p) as _))
+        .with_weights(weights)
 }
 
 /// A node's CPU busy share at `now`: its background load and its instances' use.

@@ -9,12 +9,11 @@
 //! this module decides what to do with its answers:
 //!
 //! - **Score.** Every feasible node is predicted in one batch ([`Score::BATCHED`]). A node's
-//!   cost is the expected time to an instance that stays up, `startup / (1 - failure)` (a
-//!   failed instance is placed again, and on average `1 / (1 - failure)` tries are needed).
-//!   Its score is [`LeastAllocated`]'s plus `-ln(cost) / ln(TIE_RATIO)`: a factor of
-//!   [`TIE_RATIO`] in predicted cost weighs as much as the whole range of the fixed rule, so
-//!   the model decides where it sees a real difference, and among nodes it calls alike the
-//!   fixed rule still spreads load and prefers the closest.
+//!   score is [`LeastAllocated`]'s, less `ln(startup) / ln(tie_ratio)`, less
+//!   `failure / failure_step` ([`Weights`]): a factor of `tie_ratio` in predicted startup, or
+//!   `failure_step` more chance of a refusal or an early crash, weighs as much as the whole
+//!   range of the fixed rule. So the model decides where it sees a real difference, and
+//!   among nodes it calls alike the fixed rule still spreads load and prefers the closest.
 //! - **Fallback.** With no model, a model refused at load, a model that fails to run or
 //!   predicts something that is not a number, or one whose predictions drift too far from
 //!   what then happens, [`LeastAllocated`] scores alone and [`Learned::mode`] says why, for
@@ -52,7 +51,7 @@ const fn feature(name: &'static str, unit: &'static str) -> Feature {
 pub const PLACE_PURPOSE: &str = "place";
 
 /// The number of features per (node, instance) pair.
-pub const PLACE_WIDTH: usize = 11;
+pub const PLACE_WIDTH: usize = 15;
 
 /// The features of one feasible node for one instance, in order: what a placement model's
 /// input declares.
@@ -74,6 +73,13 @@ pub const PLACE_FEATURES: [Feature; PLACE_WIDTH] = [
     // Restarts of instances and refused admissions on the node, all workloads.
     feature("restarts", "count"),
     feature("refusals", "count"),
+    // The workload's artifact, and how fast the node fetched and started instances lately
+    // (0 when unknown): what a fetch and a start will cost.
+    feature("artifact_mb", "MB"),
+    feature("fetch_mbps", "Mbit/s"),
+    feature("start_ms", "ms"),
+    // For a cached artifact, how many others the node started since (0 otherwise).
+    feature("cache_rank", "count"),
 ];
 
 /// The outputs of a placement model per row, in order.
@@ -82,9 +88,25 @@ pub const PLACE_OUTPUTS: [Feature; 2] = [
     feature("failure", "probability"),
 ];
 
-/// A factor of this in predicted cost weighs as much as the fixed rule's whole range (the
-/// module docs). Measured with `benches/place-eval.sh`.
-pub const TIE_RATIO: f64 = 1.5;
+/// How [`Learned`] weighs the model's predictions against the fixed rule (the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    /// A factor of this in predicted startup weighs as much as the fixed rule's range.
+    pub tie_ratio: f64,
+    /// This much more failure probability weighs as much as the fixed rule's range.
+    pub failure_step: f64,
+}
+
+impl Default for Weights {
+    /// Chosen on the training scenarios (`edge-ai/train/place-scenarios`, training seeds),
+    /// never on the evaluation ones: see `edge-ai/train/README.md`.
+    fn default() -> Self {
+        Self {
+            tie_ratio: 1.5,
+            failure_step: 0.1,
+        }
+    }
+}
 
 /// Writes `fit`'s features into `row`, in the order of [`PLACE_FEATURES`].
 pub fn placement_features(fit: &Fit<'_>, row: &mut [f32; PLACE_WIDTH]) {
@@ -108,6 +130,10 @@ pub fn placement_features(fit: &Fit<'_>, row: &mut [f32; PLACE_WIDTH]) {
         flag(fit.cached()),
         history.map_or(0, |h| h.restarts) as f32,
         history.map_or(0, |h| h.refusals) as f32,
+        (fit.artifact_bytes() as f64 / 1e6) as f32,
+        history.and_then(|h| h.fetch_mbps).unwrap_or(0.0),
+        history.and_then(|h| h.start_ms).unwrap_or(0.0),
+        fit.cache_rank().unwrap_or(0) as f32,
     ];
 }
 
@@ -129,14 +155,12 @@ impl PlacePrediction {
         }
     }
 
-    /// The expected time to an instance that stays up, in milliseconds: `startup / (1 -
-    /// failure)`, the failure held to `[0, 0.99]`, a startup below 1 ms read as 1 ms. A
-    /// prediction that is not a number costs infinitely much.
-    pub fn cost_ms(self) -> f64 {
-        if !(self.startup_ms.is_finite() && self.failure.is_finite()) {
-            return f64::INFINITY;
-        }
-        f64::from(self.startup_ms.max(1.0)) / (1.0 - f64::from(self.failure.clamp(0.0, 0.99)))
+    /// What it costs under `weights`, in units of the fixed rule's range (the module docs):
+    /// `ln(startup) / ln(tie_ratio) + failure / failure_step`, a startup below 1 ms read as
+    /// 1 ms and the failure held to `[0, 1]`.
+    pub fn cost(self, weights: Weights) -> f64 {
+        f64::from(self.startup_ms.max(1.0)).ln() / weights.tie_ratio.max(1.0001).ln()
+            + f64::from(self.failure.clamp(0.0, 1.0)) / weights.failure_step.max(1e-6)
     }
 }
 
@@ -277,6 +301,7 @@ pub struct Learned {
     model: Option<Box<dyn PlacePredict>>,
     mode: Mode,
     bound: DriftBound,
+    weights: Weights,
     drift: Drift,
     /// Reused for every batch.
     features: Vec<f32>,
@@ -296,6 +321,7 @@ impl Learned {
             model,
             mode,
             bound: DriftBound::default(),
+            weights: Weights::default(),
             drift: Drift::default(),
             features: Vec::new(),
             predictions: Vec::new(),
@@ -309,6 +335,12 @@ impl Learned {
             resume: bound.resume.min(bound.max),
             ..bound
         };
+        self
+    }
+
+    /// With `weights` instead of the default [`Weights`].
+    pub fn with_weights(mut self, weights: Weights) -> Self {
+        self.weights = weights;
         self
     }
 
@@ -326,7 +358,9 @@ impl Learned {
     /// Replaces the model (a new one was pushed), or removes it: the next placement uses the
     /// new one, and its drift is measured afresh.
     pub fn replace(&mut self, model: Predictor) {
-        *self = Self::new(model).with_drift_bound(self.bound);
+        *self = Self::new(model)
+            .with_drift_bound(self.bound)
+            .with_weights(self.weights);
     }
 
     /// What the model predicted for `node` in the last placement it scored (also in the
@@ -422,11 +456,11 @@ impl Score for Learned {
                     out.extend(fixed);
                     return;
                 }
-                let weight = 1.0 / TIE_RATIO.ln();
+                let weights = self.weights;
                 out.extend(
                     fixed
                         .zip(&self.predictions)
-                        .map(|(s, p)| s - p.cost_ms().ln() * weight),
+                        .map(|(s, p)| s - p.cost(weights)),
                 );
             }
         }

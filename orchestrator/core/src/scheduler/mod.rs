@@ -128,19 +128,33 @@ pub struct NodeHistory {
     /// The node's last reported load as shares of the whole machine, `None` before its first
     /// report.
     pub load: Option<LoadShare>,
-    /// Artifacts (executables or images) that instances on the node ran or run: likely in its
-    /// cache, so an instance of them starts without a fetch. Any order.
+    /// Artifacts (executables or images) that instances on the node ran or run, each once,
+    /// the one started most recently last: likely in its cache (so an instance of them starts
+    /// without a fetch) the more so the later it comes.
     pub artifacts: Vec<ArtifactDigest>,
     /// Restarts of instances on the node, all workloads, as reported.
     pub restarts: u32,
     /// Admissions the node refused, all workloads ([`Scheduler::reject`] counts them too).
     pub refusals: u32,
+    /// The node's download rate for artifacts as last measured, in Mbit/s.
+    pub fetch_mbps: Option<f32>,
+    /// How long the node takes to start an instance once its artifact is there, as last
+    /// measured, in milliseconds.
+    pub start_ms: Option<f32>,
 }
 
 impl NodeHistory {
     /// Whether `artifact` is among [`NodeHistory::artifacts`].
     pub fn has_artifact(&self, artifact: ArtifactDigest) -> bool {
         self.artifacts.contains(&artifact)
+    }
+
+    /// How many other artifacts the node started since `artifact` (0: it was the last one),
+    /// `None` when it is not among [`NodeHistory::artifacts`]: how far down a cache that drops
+    /// the least recently used it would be.
+    pub fn artifact_rank(&self, artifact: ArtifactDigest) -> Option<u32> {
+        let at = self.artifacts.iter().rposition(|a| *a == artifact)?;
+        u32::try_from(self.artifacts.len() - 1 - at).ok()
     }
 }
 
@@ -332,6 +346,8 @@ pub struct Scheduler<S = LeastAllocated> {
     by_id: HashMap<NodeId, usize>,
     index: Index,
     workloads: HashMap<String, WorkloadState>,
+    /// Artifact sizes in bytes, for a batched score ([`Scheduler::set_artifact_size`]).
+    artifact_bytes: HashMap<ArtifactDigest, u64>,
     scratch: Scratch,
     score: S,
 }
@@ -511,7 +527,8 @@ fn candidate<S: Score>(
             want,
             proximity,
             history: None,
-            cached: false,
+            cache_rank: None,
+            artifact_bytes: 0,
         }),
         id: h.id,
         slot,
@@ -528,7 +545,7 @@ fn batch_candidates<S: Score>(
     want: &Want,
     ports: &[u16],
     target: Option<&Target>,
-    artifact: ArtifactDigest,
+    (artifact, artifact_bytes): (ArtifactDigest, u64),
     out: &mut Vec<Candidate>,
 ) {
     let mut fits = Vec::new();
@@ -545,7 +562,8 @@ fn batch_candidates<S: Score>(
             want,
             proximity,
             history: Some(&node.history),
-            cached: node.history.has_artifact(artifact),
+            cache_rank: node.history.artifact_rank(artifact),
+            artifact_bytes,
         });
         slots.push(slot);
     }
@@ -768,6 +786,7 @@ impl<S: Score> Scheduler<S> {
             by_id: HashMap::new(),
             index: Index::default(),
             workloads: HashMap::new(),
+            artifact_bytes: HashMap::new(),
             scratch: Scratch::default(),
             score,
         };
@@ -952,6 +971,11 @@ impl<S: Score> Scheduler<S> {
         self.update(id, |n| n.history = history)
     }
 
+    /// How many bytes `artifact` is, for a score that weighs fetching it.
+    pub fn set_artifact_size(&mut self, artifact: ArtifactDigest, bytes: u64) {
+        self.artifact_bytes.insert(artifact, bytes);
+    }
+
     /// What ranks the candidates, to tell it what happened (a learned score's outcomes).
     pub fn score_mut(&mut self) -> &mut S {
         &mut self.score
@@ -1008,6 +1032,7 @@ impl<S: Score> Scheduler<S> {
             workloads,
             index,
             score,
+            artifact_bytes,
             ..
         } = self;
         let Some(ws) = workloads.get_mut(spec.name()) else {
@@ -1052,7 +1077,10 @@ impl<S: Score> Scheduler<S> {
                         &want,
                         ports,
                         target,
-                        spec.artifact(),
+                        (
+                            spec.artifact(),
+                            artifact_bytes.get(&spec.artifact()).copied().unwrap_or(0),
+                        ),
                         candidates,
                     );
                     out.bound.reserve(k as usize);

@@ -25,7 +25,8 @@ pub struct Fit<'a> {
     pub(super) proximity: Option<f64>,
     /// Only for a [`Score::BATCHED`] score.
     pub(super) history: Option<&'a NodeHistory>,
-    pub(super) cached: bool,
+    pub(super) cache_rank: Option<u32>,
+    pub(super) artifact_bytes: u64,
 }
 
 impl Fit<'_> {
@@ -79,7 +80,22 @@ impl Fit<'_> {
     /// only to a [`Score::BATCHED`] score (false otherwise).
     #[inline(always)]
     pub fn cached(&self) -> bool {
-        self.cached
+        self.cache_rank.is_some()
+    }
+
+    /// For an artifact the node ran, how many others it started since
+    /// ([`NodeHistory::artifact_rank`]). Known only to a [`Score::BATCHED`] score.
+    #[inline(always)]
+    pub fn cache_rank(&self) -> Option<u32> {
+        self.cache_rank
+    }
+
+    /// The size of the workload's artifact in bytes, 0 when unknown
+    /// ([`Scheduler::set_artifact_size`](super::Scheduler::set_artifact_size)). Known only to
+    /// a [`Score::BATCHED`] score.
+    #[inline(always)]
+    pub fn artifact_bytes(&self) -> u64 {
+        self.artifact_bytes
     }
 
     /// Closeness to the spec's `near` point in `[0, 1]`, 1 at the centre and 0 at the edge of
@@ -98,7 +114,7 @@ impl fmt::Debug for Fit<'_> {
             .field("want", &self.want())
             .field("proximity", &self.proximity)
             .field("history", &self.history)
-            .field("cached", &self.cached)
+            .field("cache_rank", &self.cache_rank)
             .finish()
     }
 }
