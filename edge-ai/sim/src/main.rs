@@ -35,7 +35,7 @@ edge-sim: the proxy's choice of backend and the orchestrator's placement, simula
       fetched their artifact, the distance to `near`, and the model's figures over
       least-allocated's. --json also writes the figures. --tie-ratio and --failure-step
       set the model's weights against the fixed rule (orchestrator-core's
-      scheduler::learned::Weights; defaults 1.5 and 0.1).
+      scheduler::learned::Weights; defaults 3 and 0.1).
 
   edge-sim place record --scenario FILE... --seeds A..B --out FILE.csv
                         [--epsilon X] [--model FILE.onnx]
