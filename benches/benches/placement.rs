@@ -144,6 +144,7 @@ fn fleet(rng: &mut Lcg) -> Vec<NodeView> {
                 allocated,
                 instances,
                 ports_in_use,
+                history: Default::default(),
             }
         })
         .collect()

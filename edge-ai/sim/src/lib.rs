@@ -44,6 +44,7 @@
 //! back the same). A reader must take the header as the column order and refuse a file
 //! whose names differ from `ROUTE_FEATURES`.
 
+pub mod place;
 pub mod report;
 pub mod scenario;
 pub mod sim;

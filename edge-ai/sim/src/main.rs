@@ -4,11 +4,14 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use edge_sim::place::scenario::PlaceScenario;
+use edge_sim::place::sim::PlacePolicy;
 use edge_sim::scenario::Scenario;
 use edge_sim::sim::Policy;
+use orchestrator_core::scheduler::learned::Weights;
 
 const HELP: &str = "\
-edge-sim: the proxy's choice of backend, simulated
+edge-sim: the proxy's choice of backend and the orchestrator's placement, simulated
 
   edge-sim route eval --scenario FILE... --seeds A..B
                       [--strategies round-robin,least-requests,peak-ewma,model]
@@ -22,6 +25,24 @@ edge-sim: the proxy's choice of backend, simulated
       Writes a training row per attempt (see the crate docs for the format), choosing with
       the exploration policy (a fixed strategy that changes with the seed, and a share of
       random choices), or with STRATEGY and a share X (default 0.2) of random choices.
+
+  edge-sim place eval --scenario FILE... --seeds A..B
+                      [--strategies least-allocated,random,model]
+                      [--model FILE.onnx [--tie-ratio R] [--failure-step F]] [--json FILE|-]
+      Places every scenario's workloads with every strategy and seed and prints, per
+      scenario, the time from placing to running (p50, p99, mean), the share of instances
+      restarted soon after starting, refused admissions per instance, the share that
+      fetched their artifact, the distance to `near`, and the model's figures over
+      least-allocated's. --json also writes the figures. --tie-ratio and --failure-step
+      set the model's weights against the fixed rule (orchestrator-core's
+      scheduler::learned::Weights; defaults 3 and 0.1).
+
+  edge-sim place record --scenario FILE... --seeds A..B --out FILE.csv
+                        [--epsilon X] [--model FILE.onnx]
+      Writes a training row per placement attempt (see edge-ai/sim/src/place/mod.rs),
+      placing with least-allocated and a share of random placements that changes with the
+      seed, or the share X (default 0.3) when given; with --model, the model places
+      instead of least-allocated, so that the rows show where its own placements lead.
 
   edge-sim warm eval|record ...
       Pre-warming workloads that scale to zero: see `edge-sim warm --help`.
@@ -38,6 +59,8 @@ struct Args {
     out: Option<PathBuf>,
     base: Option<String>,
     epsilon: Option<f64>,
+    tie_ratio: Option<f64>,
+    failure_step: Option<f64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -65,6 +88,8 @@ fn parse_args() -> anyhow::Result<Args> {
             Long("out") => args.out = Some(parser.value()?.into()),
             Long("base") => args.base = Some(parser.value()?.string()?),
             Long("epsilon") => args.epsilon = Some(parser.value()?.parse()?),
+            Long("tie-ratio") => args.tie_ratio = Some(parser.value()?.parse()?),
+            Long("failure-step") => args.failure_step = Some(parser.value()?.parse()?),
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -123,6 +148,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.seeds.is_empty() {
         bail!("--seeds A..B is required\n\n{HELP}");
+    }
+    if command.first() == Some(&"place") {
+        return place(&command, &args, model);
     }
     let scenarios = args
         .scenarios
@@ -184,7 +212,96 @@ fn main() -> anyhow::Result<()> {
             file.flush()?;
             eprintln!("{rows} rows written to {}", out.display());
         }
-        _ => bail!("expected `route eval` or `route record`\n\n{HELP}"),
+        _ => {
+            bail!("expected `route eval`, `route record`, `place eval` or `place record`\n\n{HELP}")
+        }
+    }
+    Ok(())
+}
+
+fn place_policy(
+    name: &str,
+    model: Option<&edge_ai::Model>,
+    weights: Weights,
+) -> anyhow::Result<PlacePolicy> {
+    Ok(match name {
+        "least-allocated" => PlacePolicy::LeastAllocated,
+        "random" => PlacePolicy::Random,
+        "model" => {
+            let model = model.context("strategy model: --model FILE.onnx")?;
+            edge_sim::place::onnx::check(model)
+                .map_err(|why| anyhow::anyhow!("the model is not a placement model: {why}"))?;
+            PlacePolicy::Model(model.clone(), weights)
+        }
+        other => bail!("unknown strategy {other:?}: expected least-allocated, random or model"),
+    })
+}
+
+/// `place eval` and `place record`.
+fn place(command: &[&str], args: &Args, model: Option<edge_ai::Model>) -> anyhow::Result<()> {
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|path| PlaceScenario::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let defaults = Weights::default();
+    let weights = Weights {
+        tie_ratio: args.tie_ratio.unwrap_or(defaults.tie_ratio),
+        failure_step: args.failure_step.unwrap_or(defaults.failure_step),
+    };
+    if !(weights.tie_ratio > 1.0 && weights.failure_step > 0.0) {
+        bail!("--tie-ratio must be over 1 and --failure-step over 0");
+    }
+    match command {
+        ["place", "eval"] => {
+            let names = if args.strategies.is_empty() {
+                let mut names = vec!["least-allocated", "random"];
+                if model.is_some() {
+                    names.push("model");
+                }
+                names.into_iter().map(str::to_owned).collect()
+            } else {
+                args.strategies.clone()
+            };
+            let policies = names
+                .iter()
+                .map(|name| place_policy(name, model.as_ref(), weights))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut all = Vec::new();
+            for scenario in &scenarios {
+                let figures = edge_sim::place::eval(scenario, &args.seeds, &policies);
+                if args.json.as_deref() != Some("-") {
+                    println!("{}", figures.table());
+                }
+                all.push(figures);
+            }
+            if let Some(json) = &args.json {
+                let text = serde_json::to_string_pretty(&all)?;
+                if json == "-" {
+                    println!("{text}");
+                } else {
+                    std::fs::write(json, text + "\n").with_context(|| format!("writing {json}"))?;
+                }
+            }
+        }
+        ["place", "record"] => {
+            let out = args.out.as_deref().context("--out FILE.csv is required")?;
+            let fixed = (args.epsilon.is_some() || model.is_some()).then(|| PlacePolicy::Explore {
+                epsilon: args.epsilon.unwrap_or(0.3).clamp(0.0, 1.0),
+                model: model.map(|model| (model, weights)),
+            });
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut file = std::io::BufWriter::new(file);
+            writeln!(file, "{}", edge_sim::place::csv_header())?;
+            let mut rows = 0;
+            for scenario in &scenarios {
+                rows += edge_sim::place::record(scenario, &args.seeds, fixed.as_ref(), &mut file)?;
+            }
+            file.flush()?;
+            eprintln!("{rows} rows written to {}", out.display());
+        }
+        _ => bail!("expected `place eval` or `place record`\n\n{HELP}"),
     }
     Ok(())
 }

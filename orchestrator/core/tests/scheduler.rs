@@ -57,6 +57,7 @@ fn node(i: u32) -> NodeView {
         allocated: Resources::default(),
         instances: BTreeMap::new(),
         ports_in_use: Vec::new(),
+        history: Default::default(),
     }
 }
 

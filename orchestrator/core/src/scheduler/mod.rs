@@ -33,10 +33,11 @@ use edge_proto::NodeId;
 use serde::{Serialize, Serializer};
 
 use crate::fleet::NodeRecord;
-use crate::workload::{Arch, Near, Placement, WorkloadSpec};
+use crate::workload::{Arch, ArtifactDigest, Near, Placement, WorkloadSpec};
 
 pub use crate::workload::Resources;
 
+pub mod learned;
 mod score;
 
 pub use score::{Fit, LeastAllocated, Score};
@@ -116,6 +117,54 @@ pub struct NodeView {
     pub instances: BTreeMap<String, u32>,
     /// TCP ports the instances already on the node listen on.
     pub ports_in_use: Vec<u16>,
+    /// What is known of the node's past, for a score that reads it (a learned one).
+    pub history: NodeHistory,
+}
+
+/// What the scheduler may know of a node's past beside what it holds now: what a learned
+/// score ([`learned::Learned`]) reads, and the default one ignores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeHistory {
+    /// The node's last reported load as shares of the whole machine, `None` before its first
+    /// report.
+    pub load: Option<LoadShare>,
+    /// Artifacts (executables or images) that instances on the node ran or run, each once,
+    /// the one started most recently last: likely in its cache (so an instance of them starts
+    /// without a fetch) the more so the later it comes.
+    pub artifacts: Vec<ArtifactDigest>,
+    /// Restarts of instances on the node, all workloads, as reported.
+    pub restarts: u32,
+    /// Admissions the node refused, all workloads ([`Scheduler::reject`] counts them too).
+    pub refusals: u32,
+    /// The node's download rate for artifacts as last measured, in Mbit/s.
+    pub fetch_mbps: Option<f32>,
+    /// How long the node takes to start an instance once its artifact is there, as last
+    /// measured, in milliseconds.
+    pub start_ms: Option<f32>,
+}
+
+impl NodeHistory {
+    /// Whether `artifact` is among [`NodeHistory::artifacts`].
+    pub fn has_artifact(&self, artifact: ArtifactDigest) -> bool {
+        self.artifacts.contains(&artifact)
+    }
+
+    /// How many other artifacts the node started since `artifact` (0: it was the last one),
+    /// `None` when it is not among [`NodeHistory::artifacts`]: how far down a cache that drops
+    /// the least recently used it would be.
+    pub fn artifact_rank(&self, artifact: ArtifactDigest) -> Option<u32> {
+        let at = self.artifacts.iter().rposition(|a| *a == artifact)?;
+        u32::try_from(self.artifacts.len() - 1 - at).ok()
+    }
+}
+
+/// A node's load as shares of the whole machine, each in `[0, 1]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadShare {
+    /// Busy CPU time over the last sample.
+    pub cpu: f32,
+    /// Memory in use.
+    pub memory: f32,
 }
 
 impl NodeView {
@@ -150,6 +199,18 @@ impl NodeView {
             allocated: Resources::default(),
             instances: BTreeMap::new(),
             ports_in_use: Vec::new(),
+            history: NodeHistory {
+                load: record.load.as_ref().map(|l| LoadShare {
+                    cpu: (l.cpu_percent / 100.0).clamp(0.0, 1.0),
+                    memory: if info.memory_bytes == 0 {
+                        0.0
+                    } else {
+                        (l.memory_used_bytes as f64 / info.memory_bytes as f64).clamp(0.0, 1.0)
+                            as f32
+                    },
+                }),
+                ..NodeHistory::default()
+            },
         }
     }
 
@@ -285,6 +346,8 @@ pub struct Scheduler<S = LeastAllocated> {
     by_id: HashMap<NodeId, usize>,
     index: Index,
     workloads: HashMap<String, WorkloadState>,
+    /// Artifact sizes in bytes, for a batched score ([`Scheduler::set_artifact_size`]).
+    artifact_bytes: HashMap<ArtifactDigest, u64>,
     scratch: Scratch,
     score: S,
 }
@@ -318,6 +381,7 @@ struct Node {
     allocated: Resources,
     /// Sorted; a port appears once per instance that listens on it.
     ports: Vec<u16>,
+    history: NodeHistory,
     label_syms: Vec<(Sym, Sym)>,
     device_syms: Vec<Sym>,
 }
@@ -408,18 +472,17 @@ impl Candidate {
     }
 }
 
-/// The dynamic checks (free resources, ports, distance) and the score of one more instance
-/// on `slot`, which passed the static ones.
+/// The dynamic checks (free resources, ports, distance) of one more instance on `slot`,
+/// which passed the static ones: `Some(proximity)` when it fits.
 #[inline(always)]
-fn candidate<S: Score>(
-    score: &S,
+fn feasible(
     hot: &[Hot],
     nodes: &[Option<Node>],
     slot: usize,
     want: &Want,
     ports: &[u16],
     target: Option<&Target>,
-) -> Option<Candidate> {
+) -> Option<Option<f64>> {
     let h = &hot[slot];
     // A workload's instances never share a node: they would share its ports and data.
     if !h.present || h.count > 0 {
@@ -439,19 +502,81 @@ fn candidate<S: Score>(
             return None;
         }
     }
-    let proximity = match target {
+    Some(match target {
         Some(t) => Some(t.proximity(h)?),
         None => None,
-    };
+    })
+}
+
+/// [`feasible`], and the score of one more instance on `slot`.
+#[inline(always)]
+fn candidate<S: Score>(
+    score: &S,
+    hot: &[Hot],
+    nodes: &[Option<Node>],
+    slot: usize,
+    want: &Want,
+    ports: &[u16],
+    target: Option<&Target>,
+) -> Option<Candidate> {
+    let proximity = feasible(hot, nodes, slot, want, ports, target)?;
+    let h = &hot[slot];
     Some(Candidate {
         score: score.score(&Fit {
             node: h,
             want,
             proximity,
+            history: None,
+            cache_rank: None,
+            artifact_bytes: 0,
         }),
         id: h.id,
         slot,
     })
+}
+
+/// Every feasible slot of `mask` as a [`Candidate`], scored in one [`Score::score_batch`].
+#[allow(clippy::too_many_arguments)]
+fn batch_candidates<S: Score>(
+    score: &mut S,
+    hot: &[Hot],
+    nodes: &[Option<Node>],
+    mask: &[u64],
+    want: &Want,
+    ports: &[u16],
+    target: Option<&Target>,
+    (artifact, artifact_bytes): (ArtifactDigest, u64),
+    out: &mut Vec<Candidate>,
+) {
+    let mut fits = Vec::new();
+    let mut slots = Vec::new();
+    for slot in set_bits(mask) {
+        let Some(proximity) = feasible(hot, nodes, slot, want, ports, target) else {
+            continue;
+        };
+        let Some(node) = nodes[slot].as_ref() else {
+            continue;
+        };
+        fits.push(Fit {
+            node: &hot[slot],
+            want,
+            proximity,
+            history: Some(&node.history),
+            cache_rank: node.history.artifact_rank(artifact),
+            artifact_bytes,
+        });
+        slots.push(slot);
+    }
+    let mut scores = Vec::with_capacity(fits.len());
+    score.score_batch(&fits, &mut scores);
+    out.extend(slots.iter().enumerate().map(|(i, &slot)| {
+        let s = scores.get(i).copied().unwrap_or(f64::MIN);
+        Candidate {
+            score: if s.is_finite() { s } else { f64::MIN },
+            id: hot[slot].id,
+            slot,
+        }
+    }));
 }
 
 /// What one instance asks for, with the CPU and memory as floats for scoring.
@@ -661,6 +786,7 @@ impl<S: Score> Scheduler<S> {
             by_id: HashMap::new(),
             index: Index::default(),
             workloads: HashMap::new(),
+            artifact_bytes: HashMap::new(),
             scratch: Scratch::default(),
             score,
         };
@@ -729,6 +855,7 @@ impl<S: Score> Scheduler<S> {
             capacity: view.capacity,
             allocated: view.allocated,
             ports,
+            history: view.history,
             label_syms: Vec::new(),
             device_syms: Vec::new(),
         };
@@ -835,7 +962,23 @@ impl<S: Score> Scheduler<S> {
             allocated: n.allocated,
             instances,
             ports_in_use: n.ports.clone(),
+            history: n.history.clone(),
         })
+    }
+
+    /// Replaces what the snapshot knows of a node's past. Returns whether the node is known.
+    pub fn set_history(&mut self, id: NodeId, history: NodeHistory) -> bool {
+        self.update(id, |n| n.history = history)
+    }
+
+    /// How many bytes `artifact` is, for a score that weighs fetching it.
+    pub fn set_artifact_size(&mut self, artifact: ArtifactDigest, bytes: u64) {
+        self.artifact_bytes.insert(artifact, bytes);
+    }
+
+    /// What ranks the candidates, to tell it what happened (a learned score's outcomes).
+    pub fn score_mut(&mut self) -> &mut S {
+        &mut self.score
     }
 
     /// What is taken on a node, placements included.
@@ -889,9 +1032,9 @@ impl<S: Score> Scheduler<S> {
             workloads,
             index,
             score,
+            artifact_bytes,
             ..
         } = self;
-        let score = &*score;
         let Some(ws) = workloads.get_mut(spec.name()) else {
             // Inserted above.
             self.scratch = scratch;
@@ -923,7 +1066,35 @@ impl<S: Score> Scheduler<S> {
                 let missing = u64::from(replicas).saturating_sub(ws.total);
                 let k = more.unwrap_or_else(|| u32::try_from(missing).unwrap_or(u32::MAX));
                 out.wanted = k;
-                if k == 1 {
+                if S::BATCHED && k >= 1 {
+                    let candidates = &mut scratch.candidates;
+                    candidates.clear();
+                    batch_candidates(
+                        score,
+                        hot,
+                        nodes,
+                        &scratch.mask,
+                        &want,
+                        ports,
+                        target,
+                        (
+                            spec.artifact(),
+                            artifact_bytes.get(&spec.artifact()).copied().unwrap_or(0),
+                        ),
+                        candidates,
+                    );
+                    out.bound.reserve(k as usize);
+                    let mut heap = BinaryHeap::from(std::mem::take(candidates));
+                    while out.bound.len() < k as usize {
+                        let Some(best) = heap.pop() else { break };
+                        let Some(id) = bind_at(best.slot, hot, nodes, ws) else {
+                            continue;
+                        };
+                        out.bound.push(id);
+                    }
+                    *candidates = heap.into_vec();
+                } else if k == 1 {
+                    let score = &*score;
                     let mut best: Option<Candidate> = None;
                     for slot in set_bits(&scratch.mask) {
                         if let Some(c) = candidate(score, hot, nodes, slot, &want, ports, target)
@@ -938,6 +1109,7 @@ impl<S: Score> Scheduler<S> {
                         out.bound.push(id);
                     }
                 } else if k > 1 {
+                    let score = &*score;
                     let candidates = &mut scratch.candidates;
                     candidates.clear();
                     for slot in set_bits(&scratch.mask) {
@@ -967,7 +1139,7 @@ impl<S: Score> Scheduler<S> {
                         continue;
                     }
                     wanted += 1;
-                    if candidate(score, hot, nodes, slot, &want, ports, target).is_some()
+                    if feasible(hot, nodes, slot, &want, ports, target).is_some()
                         && let Some(id) = bind_at(slot, hot, nodes, ws)
                     {
                         out.bound.push(id);
@@ -1065,6 +1237,9 @@ impl<S: Score> Scheduler<S> {
         self.release(spec, node);
         if let Some(&slot) = self.by_id.get(&node) {
             self.workload_mut(spec.name()).refused.set(slot);
+            if let Some(n) = self.nodes[slot].as_mut() {
+                n.history.refusals = n.history.refusals.saturating_add(1);
+            }
         }
         self.place(spec)
     }

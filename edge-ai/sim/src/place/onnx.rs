@@ -1,0 +1,80 @@
+//! A placement model in an ONNX file as orchestrator-core's [`Learned`] score runs it: the
+//! schema checked against [`PLACE_FEATURES`] and [`PLACE_OUTPUTS`], then batches of rows.
+//!
+//! [`Learned`]: orchestrator_core::scheduler::learned::Learned
+
+use orchestrator_core::scheduler::learned::{
+    Fallback, PLACE_FEATURES, PLACE_OUTPUTS, PLACE_PURPOSE, PLACE_WIDTH, PlacePredict,
+    PlacePrediction, PredictError,
+};
+
+/// How many rows one run scores; more candidates run the model again.
+pub const BATCH_ROWS: usize = 64;
+
+/// Why a model is not a placement model: its shape or its declared schema.
+pub fn check(model: &edge_ai::Model) -> Result<(), String> {
+    let features: Vec<(&str, &str)> = PLACE_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
+    let outputs: Vec<(&str, &str)> = PLACE_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
+    let (input, output) = (model.inputs(), model.outputs());
+    let fits = input.len() == 1
+        && output.len() == 1
+        && input[0].width() == PLACE_WIDTH
+        && output[0].width() == PLACE_OUTPUTS.len();
+    if !fits {
+        return Err(format!(
+            "a placement model takes one input of {PLACE_WIDTH} features and gives one output of {}",
+            PLACE_OUTPUTS.len()
+        ));
+    }
+    model
+        .expect_schema(
+            PLACE_PURPOSE,
+            &[(input[0].name(), &features)],
+            &[(output[0].name(), &outputs)],
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// A placement model's batch, reused for every placement.
+#[derive(Debug)]
+pub struct OnnxPlacePredict {
+    batch: edge_ai::Batch,
+}
+
+impl OnnxPlacePredict {
+    /// `model` as the score runs it, or [`Fallback::Refused`] when it is not a placement
+    /// model (see [`check`]) or its batch cannot be built.
+    pub fn new(model: edge_ai::Model) -> Result<Self, Fallback> {
+        check(&model).map_err(|_| Fallback::Refused)?;
+        let rows = BATCH_ROWS.min(model.max_batch_rows()).max(1);
+        let batch = model.batch(rows).map_err(|_| Fallback::Refused)?;
+        Ok(Self { batch })
+    }
+}
+
+impl PlacePredict for OnnxPlacePredict {
+    fn predict(
+        &mut self,
+        features: &[f32],
+        out: &mut [PlacePrediction],
+    ) -> Result<(), PredictError> {
+        let max = self.batch.max_rows();
+        let error = |e: edge_ai::ModelError| PredictError(e.to_string());
+        for (rows, preds) in features.chunks(max * PLACE_WIDTH).zip(out.chunks_mut(max)) {
+            let n = preds.len();
+            let rows = rows
+                .get(..n * PLACE_WIDTH)
+                .ok_or_else(|| PredictError(format!("fewer than {n} rows of features")))?;
+            self.batch
+                .input_mut(0, n)
+                .map_err(error)?
+                .copy_from_slice(rows);
+            self.batch.run(n).map_err(error)?;
+            let y = self.batch.output(0).map_err(error)?;
+            for (p, o) in preds.iter_mut().zip(y.chunks_exact(2)) {
+                *p = PlacePrediction::from_outputs(o[0], o[1]);
+            }
+        }
+        Ok(())
+    }
+}
