@@ -30,7 +30,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let width = model.inputs()[0].width();
     let start = Instant::now();
     let mut batch = model.batch(ROWS)?;
-    println!("Model::batch({ROWS}): {} us", start.elapsed().as_micros());
+    println!(
+        "Model::batch({ROWS}): {} us, {}",
+        start.elapsed().as_micros(),
+        if batch.is_dense() {
+            "the dense path"
+        } else {
+            "through tract"
+        }
+    );
     // Deterministic, varied features.
     let features: Vec<f32> = (0..ROWS * width)
         .map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0)
