@@ -203,11 +203,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(node_daemon::service::run(
-                config,
-                Notifier::from_env(),
-                shutdown_signal(),
-            ))?;
+            runtime.block_on(async {
+                // Before anything is said to be ready: a signal from then on is not lost.
+                let shutdown = edge_shell::shutdown::Shutdown::listen();
+                node_daemon::service::run(config, Notifier::from_env(), shutdown.wait()).await
+            })?;
             Ok(())
         }
     }
@@ -334,21 +334,6 @@ impl fmt::Display for Summary<'_> {
             line(f, "join_file", &files.join(", "))?;
         }
         Ok(())
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 

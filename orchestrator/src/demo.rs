@@ -573,18 +573,3 @@ async fn binaries(options: &Options, stop: &mut StopRequest) -> anyhow::Result<O
         edgectl: beside("edgectl", "orchestrator").ok(),
     }))
 }
-
-/// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}

@@ -124,6 +124,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 burst: admit_burst,
                 ..PacingPolicy::default()
             };
+            // Before the banner: a supervisor may stop us as soon as it reads it.
+            let shutdown = edge_shell::shutdown::Shutdown::listen();
             let orch = Orchestrator::bind(
                 &data_dir,
                 quic_listen,
@@ -145,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 orch.registry.ca().hash()
             );
             let _ = std::io::stderr().write_all(banner.as_bytes());
-            orchestrator::demo::shutdown_signal().await;
+            shutdown.wait().await;
             orch.shutdown().await;
             Ok(())
         }
