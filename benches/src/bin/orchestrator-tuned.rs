@@ -29,6 +29,8 @@ struct Args {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Before the banner: the benchmark stops it as soon as it has read it.
+    let shutdown = edge_shell::shutdown::Shutdown::listen();
     let udp = std::net::UdpSocket::bind(args.quic_listen).context("binding the QUIC socket")?;
     let state = quinn::udp::UdpSocketState::new((&udp).into()).context("UDP socket state")?;
     let before = state.recv_buffer_size((&udp).into())?;
@@ -47,7 +49,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
          edge-orchestrator: nodes dial {}, operators use http://{}",
         orch.quic_addr, orch.api_addr
     );
-    orchestrator::demo::shutdown_signal().await;
+    shutdown.wait().await;
     orch.shutdown().await;
     Ok(())
 }
