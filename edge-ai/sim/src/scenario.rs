@@ -198,51 +198,13 @@ pub struct Flap {
 impl Scenario {
     /// Reads and checks the scenario at `path`.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        use std::io::Read as _;
-        let shown = path.display().to_string();
-        let io = |source| ScenarioError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SCENARIO_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_SCENARIO_BYTES {
-            return Err(ScenarioError::TooLarge {
-                path: shown,
-                max: MAX_SCENARIO_BYTES,
-            });
-        }
-        let text = String::from_utf8(bytes).map_err(|_| ScenarioError::Parse {
-            path: shown.clone(),
-            message: "not UTF-8".to_owned(),
-        })?;
+        let (text, shown) = read(path)?;
         Scenario::parse(&text, &shown)
     }
 
     /// Parses and checks a scenario; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
-        if text.len() as u64 > MAX_SCENARIO_BYTES {
-            return Err(ScenarioError::TooLarge {
-                path: path.to_owned(),
-                max: MAX_SCENARIO_BYTES,
-            });
-        }
-        let scenario: Scenario = toml::from_str(text).map_err(|error| ScenarioError::Parse {
-            path: path.to_owned(),
-            // toml's message quotes the offending line: keep it short.
-            message: error.to_string().chars().take(500).collect(),
-        })?;
-        scenario
-            .validate()
-            .map_err(|(field, reason)| ScenarioError::Invalid {
-                path: path.to_owned(),
-                field,
-                reason,
-            })?;
-        Ok(scenario)
+        parse_checked(text, path, Scenario::validate)
     }
 
     /// The highest arrival rate of the scenario.
@@ -503,4 +465,57 @@ fn normal(rng: &mut fastrand::Rng) -> f64 {
     let u1 = 1.0 - rng.f64();
     let u2 = rng.f64();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// The text of the scenario file at `path`, at most [`MAX_SCENARIO_BYTES`] of it read, and the
+/// path as errors name it.
+pub(crate) fn read(path: &Path) -> Result<(String, String), ScenarioError> {
+    use std::io::Read as _;
+    let shown = path.display().to_string();
+    let io = |source| ScenarioError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SCENARIO_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(ScenarioError::TooLarge {
+            path: shown,
+            max: MAX_SCENARIO_BYTES,
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| ScenarioError::Parse {
+        path: shown.clone(),
+        message: "not UTF-8".to_owned(),
+    })?;
+    Ok((text, shown))
+}
+
+/// A scenario of any kind from `text`, checked by `validate` (which names the field it
+/// refuses); `path` names it in errors.
+pub(crate) fn parse_checked<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &str,
+    validate: impl FnOnce(&T) -> Result<(), (String, String)>,
+) -> Result<T, ScenarioError> {
+    if text.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(ScenarioError::TooLarge {
+            path: path.to_owned(),
+            max: MAX_SCENARIO_BYTES,
+        });
+    }
+    let scenario: T = toml::from_str(text).map_err(|error| ScenarioError::Parse {
+        path: path.to_owned(),
+        // toml's message quotes the offending line: keep it short.
+        message: error.to_string().chars().take(500).collect(),
+    })?;
+    validate(&scenario).map_err(|(field, reason)| ScenarioError::Invalid {
+        path: path.to_owned(),
+        field,
+        reason,
+    })?;
+    Ok(scenario)
 }

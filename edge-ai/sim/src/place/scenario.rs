@@ -43,7 +43,7 @@
 use serde::Deserialize;
 use std::path::Path;
 
-use crate::scenario::{MAX_SCENARIO_BYTES, ScenarioError};
+use crate::scenario::ScenarioError;
 
 /// The most nodes in a scenario.
 pub const MAX_NODES: u32 = 2000;
@@ -172,45 +172,13 @@ impl Default for LoadCurve {
 impl PlaceScenario {
     /// Reads and checks the scenario at `path`.
     pub fn load(path: &Path) -> Result<PlaceScenario, ScenarioError> {
-        use std::io::Read as _;
-        let shown = path.display().to_string();
-        let io = |source| ScenarioError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SCENARIO_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        let text = String::from_utf8(bytes).map_err(|_| ScenarioError::Parse {
-            path: shown.clone(),
-            message: "not UTF-8".to_owned(),
-        })?;
+        let (text, shown) = crate::scenario::read(path)?;
         PlaceScenario::parse(&text, &shown)
     }
 
     /// Parses and checks a scenario; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<PlaceScenario, ScenarioError> {
-        if text.len() as u64 > MAX_SCENARIO_BYTES {
-            return Err(ScenarioError::TooLarge {
-                path: path.to_owned(),
-                max: MAX_SCENARIO_BYTES,
-            });
-        }
-        let scenario: PlaceScenario =
-            toml::from_str(text).map_err(|error| ScenarioError::Parse {
-                path: path.to_owned(),
-                message: error.to_string().chars().take(500).collect(),
-            })?;
-        scenario
-            .validate()
-            .map_err(|(field, reason)| ScenarioError::Invalid {
-                path: path.to_owned(),
-                field,
-                reason,
-            })?;
-        Ok(scenario)
+        crate::scenario::parse_checked(text, path, PlaceScenario::validate)
     }
 
     /// How many nodes the groups hold.

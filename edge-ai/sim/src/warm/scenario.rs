@@ -40,7 +40,7 @@
 use serde::Deserialize;
 use std::path::Path;
 
-use crate::scenario::{MAX_SCENARIO_BYTES, ScenarioError};
+use crate::scenario::ScenarioError;
 
 /// The longest scenario, in days.
 pub const MAX_DAYS: f64 = 60.0;
@@ -158,51 +158,13 @@ impl Source {
 impl WarmScenario {
     /// Reads and checks the scenario at `path`.
     pub fn load(path: &Path) -> Result<WarmScenario, ScenarioError> {
-        use std::io::Read as _;
-        let shown = path.display().to_string();
-        let io = |source| ScenarioError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SCENARIO_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_SCENARIO_BYTES {
-            return Err(ScenarioError::TooLarge {
-                path: shown,
-                max: MAX_SCENARIO_BYTES,
-            });
-        }
-        let text = String::from_utf8(bytes).map_err(|_| ScenarioError::Parse {
-            path: shown.clone(),
-            message: "not UTF-8".to_owned(),
-        })?;
+        let (text, shown) = crate::scenario::read(path)?;
         WarmScenario::parse(&text, &shown)
     }
 
     /// Parses and checks a scenario; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<WarmScenario, ScenarioError> {
-        if text.len() as u64 > MAX_SCENARIO_BYTES {
-            return Err(ScenarioError::TooLarge {
-                path: path.to_owned(),
-                max: MAX_SCENARIO_BYTES,
-            });
-        }
-        let scenario: WarmScenario =
-            toml::from_str(text).map_err(|error| ScenarioError::Parse {
-                path: path.to_owned(),
-                message: error.to_string().chars().take(500).collect(),
-            })?;
-        scenario
-            .validate()
-            .map_err(|(field, reason)| ScenarioError::Invalid {
-                path: path.to_owned(),
-                field,
-                reason,
-            })?;
-        Ok(scenario)
+        crate::scenario::parse_checked(text, path, WarmScenario::validate)
     }
 
     /// The simulated time, in seconds.
