@@ -111,8 +111,10 @@ start_node() {
   PIDS+=("$NODE_PID")
 }
 
-# idle NAME PROFILE BINARY PROXY: provisions a node (with a [proxy] table when PROXY=proxy),
-# lets it enroll and idle, then restarts it with its stored identity and lets it idle again.
+# idle NAME PROFILE BINARY PROXY [MODELS]: provisions a node (with a [proxy] table when
+# PROXY=proxy), lets it enroll and idle, then restarts it with its stored identity and lets it
+# idle again; with MODELS=models, the trained routing model is installed in its data dir (as
+# `edgectl model push` leaves it) before the restart, so that the node loads it at start.
 # Prints "RSS HWM RSS_FIRST_BOOT PORTS" (KiB, and how many TCP ports it listens on), the
 # first two for the restarted node: the state a node spends its life in.
 idle() {
@@ -129,6 +131,10 @@ idle() {
   kill -TERM "$NODE_PID"
   wait "$NODE_PID" 2>/dev/null || true
   expect_node "$name" offline "$dir/node.log"
+  if [ "${5:-}" = models ]; then
+    install -d -m 0700 "$dir/data/models"
+    install -m 0600 edge-ai/models/route.onnx "$dir/data/models/route.onnx"
+  fi
 
   start_node "$dir" "$binary"
   expect_node "$name" online "$dir/node.log"
@@ -141,19 +147,20 @@ idle() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "| profile (x86_64 musl build, its packaged config with its \`[proxy]\`, a join file) | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot | listening ports | budget (rss_bytes) | anchor: same binary, no \`[proxy]\` | ratio | anchor: without \`ai\`, with \`[proxy]\` | ratio |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| profile (x86_64 musl build, its packaged config with its \`[proxy]\`, a join file) | idle VmRSS, restarted enrolled | VmHWM | idle VmRSS on first boot | listening ports | budget (rss_bytes) | with the routing model installed | anchor: same binary, no \`[proxy]\` | ratio | anchor: without \`ai\`, with \`[proxy]\` | ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for profile in ${PROFILES:-targets/*.toml}; do
   name="$(basename "$profile" .toml)"
   name="${name//_/-}" # node names take no underscores
   read -r rss hwm first ports < <(idle "$name" "$profile" "$WORK/bin/edge-node-ai" proxy)
+  read -r rssm _ _ _ < <(idle "$name-models" "$profile" "$WORK/bin/edge-node-ai" proxy models)
   read -r rssp _ _ portsp < <(idle "$name-no-proxy" "$profile" "$WORK/bin/edge-node-ai" none)
   read -r rss0 _ _ _ < <(idle "$name-no-ai" "$profile" "$WORK/bin/edge-node-no-ai" proxy)
   # idle runs in a subshell: a failure there leaves the figures empty.
-  [ -n "${rss:-}" ] && [ -n "${rssp:-}" ] && [ -n "${rss0:-}" ] || exit 1
+  [ -n "${rss:-}" ] && [ -n "${rssm:-}" ] && [ -n "${rssp:-}" ] && [ -n "${rss0:-}" ] || exit 1
   want="$(budget "$profile" rss_bytes)"
   [ "$name" != x86-64-gateway ] || gateway_rss="$rss"
-  echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib $((first * 1024))) MiB | $ports (without \`[proxy]\`: $portsp) | $(mib "$want") MiB | $(mib $((rssp * 1024))) MiB | $(ratio "$rss" "$rssp") | $(mib $((rss0 * 1024))) MiB | $(ratio "$rss" "$rss0") |"
+  echo "| $name | $(mib $((rss * 1024))) MiB | $(mib $((hwm * 1024))) MiB | $(mib $((first * 1024))) MiB | $ports (without \`[proxy]\`: $portsp) | $(mib "$want") MiB | $(mib $((rssm * 1024))) MiB | $(mib $((rssp * 1024))) MiB | $(ratio "$rss" "$rssp") | $(mib $((rss0 * 1024))) MiB | $(ratio "$rss" "$rss0") |"
 done
 
 if [ "$PLAIN" = 1 ]; then

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use node_core::proxy::balance::{Candidate, Choose, HostLoad, Load, PeakEwmaP2c};
-use node_core::proxy::learned::Learned;
+use node_core::proxy::learned::{Learned, Prediction, ROUTE_WIDTH, route_features};
 
 fn loads(now: Instant) -> Vec<Load> {
     (0..8u32)
@@ -71,9 +71,40 @@ fn main() {
         "the model chooses, not its fallback"
     );
 
+    // The decision's two halves, each alone: the candidates' features, and one batched run
+    // of the model over them (the dense path where the model allows, as on a node).
+    let mut rows = vec![0.0f32; candidates.len() * ROUTE_WIDTH];
+    let mut predictor = make().expect("a predictor");
+    let mut predictions = [Prediction::default(); 8];
+    let features = |rows: &mut [f32]| {
+        for (candidate, row) in candidates.iter().zip(rows.chunks_exact_mut(ROUTE_WIDTH)) {
+            let row: &mut [f32; ROUTE_WIDTH] = row.try_into().expect("a row is ROUTE_WIDTH wide");
+            route_features(candidate, at, row);
+        }
+    };
+    features(&mut rows);
+    let dense = edge_ai::Model::load(std::path::Path::new(model_path))
+        .and_then(|m| m.batch(8))
+        .expect("a batch")
+        .is_dense();
+    println!(
+        "route.onnx runs {}",
+        if dense {
+            "the dense path"
+        } else {
+            "through tract"
+        }
+    );
+
     let mut group = criterion.benchmark_group("routing decision, 8 candidates");
     group.bench_function("model (Learned, batched)", |b| {
         b.iter(|| black_box(model.choose(black_box(&candidates), at, &mut || rng.u64(..))))
+    });
+    group.bench_function("features alone", |b| {
+        b.iter(|| features(black_box(&mut rows)))
+    });
+    group.bench_function("model run alone", |b| {
+        b.iter(|| black_box(predictor.predict(black_box(&rows), &mut predictions)))
     });
     group.bench_function("peak-EWMA P2C", |b| {
         b.iter(|| black_box(p2c.choose(black_box(&candidates), at, &mut || rng.u64(..))))
