@@ -225,3 +225,92 @@ async fn a_node_whose_reader_lacks_an_operator_is_named_and_sent_the_model_once_
     assert_eq!(edge_proto::digest::to_prefixed(&offered.digest), want);
     assert_eq!(offered.size, pushed["size"].as_u64().expect("a size"));
 }
+
+/// `POST /v1/models` with the bytes of `file`, as admin: the push's answer. (Over HTTP, not
+/// with `edgectl`, whose binary would build the whole workspace first.)
+async fn push_over_http(orch: &TestOrchestrator, file: &Path) -> Value {
+    let bytes = std::fs::read(file).expect("the model ships with edge-ai");
+    let url = format!("http://{}/v1/models", orch.orch.api_addr);
+    let token = orch.orch.admin_token.clone();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(PATIENCE))
+            .build()
+            .into();
+        let mut response = agent
+            .post(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", "application/octet-stream")
+            .send(&bytes[..])
+            .expect("the API answers");
+        let status = response.status().as_u16();
+        let body: Value = response.body_mut().read_json().expect("a JSON answer");
+        assert_eq!(status, 201, "{body}");
+        body
+    })
+    .await
+    .expect("the push finished")
+}
+
+/// `GET /v1/models`'s `placement`, and the `edge_orchestrator_place_mode` series at 1.
+async fn placement(orch: &TestOrchestrator) -> (Value, Vec<String>) {
+    let (status, list) = orch.api("GET", "/v1/models", None).await;
+    assert_eq!(status, 200, "{list}");
+    let on: Vec<String> = ["model", "no_model", "refused", "broken", "drift"]
+        .into_iter()
+        .filter(|m| orch.metric(&format!("edge_orchestrator_place_mode{{mode=\"{m}\"}}")) == 1.0)
+        .map(str::to_owned)
+        .collect();
+    (list["placement"].clone(), on)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placement_model_pushed_before_a_restart_places_after_it_and_a_damaged_one_falls_back()
+{
+    let orch = TestOrchestrator::start().await;
+    let (before, on) = placement(&orch).await;
+    assert_eq!(
+        (before["mode"].as_str(), on),
+        (Some("fallback"), vec!["no_model".to_owned()])
+    );
+
+    let pushed = push_over_http(&orch, &model("place.onnx")).await;
+    assert_eq!(pushed["active_for"], "place", "{pushed:#}");
+    let digest = pushed["digest"].as_str().expect("a digest").to_owned();
+    let (now, on) = placement(&orch).await;
+    assert_eq!(
+        (now["mode"].as_str(), on),
+        (Some("model"), vec!["model".to_owned()])
+    );
+    assert_eq!(now["model"], digest.as_str());
+
+    // Restarted: the stored model places from the start.
+    let orch = orch.restart().await;
+    let (after, on) = placement(&orch).await;
+    assert_eq!(
+        (after["mode"].as_str(), on),
+        (Some("model"), vec!["model".to_owned()]),
+        "{after}"
+    );
+    assert_eq!(after["model"], digest.as_str());
+
+    // Its bytes damaged on disk: at the next start it is refused, and the fallback places.
+    let stored = orch
+        .dir
+        .path()
+        .join("artifacts/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    std::fs::write(&stored, b"not the model any more").expect("overwrite the stored model");
+    let orch = orch.restart().await;
+    let (damaged, on) = placement(&orch).await;
+    assert_eq!(damaged["mode"], "fallback", "{damaged}");
+    assert_eq!(damaged["reason"], "refused", "{damaged}");
+    assert_eq!(on, vec!["refused".to_owned()]);
+    assert!(
+        damaged["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("do not match their digest")),
+        "{damaged}"
+    );
+}
