@@ -460,6 +460,26 @@ fn pushing_the_placement_model_switches_placement_to_it_and_a_broken_one_is_refu
     assert_eq!(list["placement"]["mode"], "model", "{list}");
     assert_eq!(list["placement"]["model"], digest.as_str(), "{list}");
     assert_eq!(s.place_mode_gauge("model").as_deref(), Some("1"));
+
+    // `edgectl model list` says it too.
+    let out = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .env_remove("EDGE_API")
+        .env_remove("EDGE_TOKEN")
+        .args([
+            "--api",
+            &s.api.base(),
+            "--token",
+            &s.viewer,
+            "model",
+            "list",
+        ])
+        .output()
+        .expect("run edgectl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("Placement: model {digest}")),
+        "{table}"
+    );
 }
 
 #[test]
