@@ -314,3 +314,49 @@ async fn the_placement_model_pushed_before_a_restart_places_after_it_and_a_damag
         "{damaged}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_placed_by_the_model_on_a_real_node_is_its_shadow_check_once_it_runs() {
+    let orch = TestOrchestrator::start().await;
+    let pushed = push_over_http(&orch, &model("place.onnx")).await;
+    assert_eq!(pushed["active_for"], "place", "{pushed:#}");
+    let data = tempfile::tempdir().expect("tmp");
+    let (node, _board) = start_node(&orch, "placed", data.path(), true).await;
+
+    let script = b"#!/bin/sh\nexec sleep 600\n";
+    let stored = orch
+        .orch
+        .artifacts
+        .put(&script[..], None)
+        .await
+        .expect("put");
+    let spec = serde_json::json!({
+        "name": "placed",
+        "version": "1",
+        "artifact": edge_proto::digest::to_prefixed(&stored.digest),
+        "replicas": 1,
+        "resources": {"cpu_millis": 100, "memory_bytes": 32 << 20},
+    });
+    let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Once it runs, its startup from bind to running is measured against the prediction.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        poll.tick().await;
+        let (placement, on) = placement(&orch).await;
+        if placement["drift_samples"] == 1 {
+            assert_eq!(placement["mode"], "model", "{placement}");
+            assert_eq!(on, vec!["model".to_owned()]);
+            assert!(orch.running_instance("placed").await.is_some());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no startup observed in time: {placement}; the workload is {:#}",
+            orch.api("GET", "/v1/workloads/placed", None).await.1
+        );
+    }
+    node.stop().await.expect("clean stop");
+}
