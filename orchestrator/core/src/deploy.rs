@@ -422,12 +422,12 @@ impl Deployments {
             .map(|d| (d.spec.name(), d.generation));
         let plan = crate::sync::plan(said, held);
         for name in &plan.current {
-            if let Some(admission) = self
-                .deployments
-                .get_mut(name)
-                .and_then(|d| d.nodes.get_mut(&id))
+            if let Some(d) = self.deployments.get_mut(name)
+                && let Some(admission) = d.nodes.get_mut(&id)
             {
                 *admission = Admission::Admitted;
+                // It holds the artifact: likely in its cache, for a placement model.
+                self.scheduler.holds(id, d.spec.artifact());
             }
         }
         for name in &plan.assign {

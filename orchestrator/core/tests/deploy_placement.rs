@@ -371,3 +371,51 @@ fn a_model_whose_startups_drift_steps_aside_for_the_fixed_rule() {
         "judged once it has seen 50 startups, not before: {after}"
     );
 }
+
+#[test]
+fn what_a_node_says_it_holds_at_its_session_counts_as_cached_after_a_restart() {
+    // Deployed, then the orchestrator restarted: it loads the record, and knows no history.
+    let mut before = fleet(3);
+    let [holder] = deploy(&mut before, small("one", 'a'), 1_000)[..] else {
+        panic!("one instance")
+    };
+    let stored = orchestrator_core::deploy::DeploymentRecord {
+        spec: serde_json::to_value(small("one", 'a')).expect("json"),
+        generation: 1,
+        artifact_size: 4 * MIB,
+        image: None,
+        nodes: vec![holder.to_string()],
+        replaced: Vec::new(),
+        left_near: Vec::new(),
+    };
+    let stub = Stub::default();
+    let mut d = Deployments::load(vec![stored], (0..3).map(|i| (node(i), false))).expect("loads");
+    d.set_place_model(Ok(Box::new(stub.clone())));
+    // Its node comes back and says it holds it.
+    let said = edge_proto::SyncState {
+        applied: [edge_proto::Applied {
+            workload: text("one"),
+            generation: 1,
+        }]
+        .into_iter()
+        .collect(),
+        complete: true,
+        outbox_next: 1,
+        outbox_oldest: 1,
+        outbox_fresh: false,
+    };
+    for i in 0..3 {
+        let said = (id(i) == holder).then_some(&said);
+        let _ = d.node_up(node(i), said, 2_000);
+    }
+    let [second] = deploy(&mut d, small("two", 'a'), 3_000)[..] else {
+        panic!("one instance")
+    };
+    assert_eq!(second, holder, "the node that holds the artifact");
+    let cached = column("cached");
+    assert_eq!(
+        stub.rows().iter().filter(|r| r[cached] == 1.0).count(),
+        1,
+        "one node has it"
+    );
+}

@@ -345,6 +345,18 @@ impl Placer {
         }
     }
 
+    /// `node` said at its session's start that it holds an instance of `artifact`: it ran it
+    /// (what this process may not have seen, if it started since).
+    pub(super) fn holds(&mut self, node: NodeId, artifact: ArtifactDigest) {
+        let now_ms = self.now_ms;
+        if let Some(log) = self.logs.get_mut(&node)
+            && !log.has_artifact(artifact)
+        {
+            log.ran(artifact, now_ms);
+            self.sync(node);
+        }
+    }
+
     /// The shell measured `node` fetching `bytes` of an artifact in `elapsed_ms`.
     pub(super) fn fetched(&mut self, node: NodeId, bytes: u64, elapsed_ms: u64) {
         if bytes < MIN_FETCH_BYTES || elapsed_ms == 0 {
