@@ -1,6 +1,6 @@
 //! Deployments: the workloads the operator asked for, and which node holds each instance.
 //!
-//! [`Deployments`] owns the [`Scheduler`] snapshot and keeps it in step with the registry
+//! [`Deployments`] owns the [`Scheduler`](crate::scheduler::Scheduler) snapshot and keeps it in step with the registry
 //! (nodes coming, going, cordoned, drained, deleted) and with the nodes' answers (a refused
 //! admission moves the instance to the next best node). Every input returns [`Effect`]s: the
 //! records to persist and the messages to send, in order. The caller persists before it sends,
@@ -162,7 +162,7 @@ pub struct DeploymentView {
 
 /// Every deployment and the scheduler snapshot they are placed on, ranked by the learned
 /// score ([`crate::scheduler::learned::Learned`]): with no model (the default) it places
-/// exactly as [`crate::scheduler::LeastAllocated`] does. See [`placer`] for what it remembers
+/// exactly as [`crate::scheduler::LeastAllocated`] does. Module `deploy::placer` says what it remembers
 /// of each node for a model.
 #[derive(Debug, Default)]
 pub struct Deployments {

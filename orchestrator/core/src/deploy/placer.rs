@@ -48,7 +48,7 @@ pub const MIN_FETCH_BYTES: u64 = 256 * 1024;
 /// simulation's, which the model was trained on).
 const MEASURE_ALPHA: f32 = 0.5;
 
-/// Who places and how, for the operator: see [`Placer::status`].
+/// Who places and how, for the operator ([`super::Deployments::placement`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlacementStatus {
     pub mode: Mode,
