@@ -21,6 +21,14 @@
 //! been away longer than a workload's `max_disconnect_secs` with no message arriving. The
 //! events it decides (a replacement, a reconcile) are stored by the committer in the same
 //! flush as the deployments they explain, before anything is sent.
+//!
+//! Placement ranks nodes with the learned score: the place model is handed in with
+//! [`Deployer::set_place_model`] (at start from the model store, on a push of a place model;
+//! see [`crate::placement`]), and every decision is stamped with the wall clock first, so an
+//! instance's time from bind to running is measured. Whenever the mode changes (a model
+//! loaded or refused, one that failed to run or drifted stepping aside), one log line and
+//! the `edge_orchestrator_place_mode` gauge say so; [`Deployer::placement_view`] is what
+//! `GET /v1/models` shows.
 
 use crate::links::NodeLinks;
 use crate::metrics::{Metrics, PlaceModeChanged, WorkloadEvent};
