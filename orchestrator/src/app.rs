@@ -206,6 +206,12 @@ impl Orchestrator {
             .map_err(|e| StartError::Endpoint(EndpointError::Bind(e)))?;
         let api_addr = api_listener.local_addr().map_err(StartError::Io)?;
         let artifacts = Arc::new(ArtifactStore::open(data_dir).map_err(StartError::Io)?);
+        // The place model pushed before, if any: placement uses it from the first deploy.
+        crate::placement::load_stored(
+            &crate::models::ModelStore::new(artifacts.clone()),
+            &handles.deployments,
+        )
+        .await;
         let api_state = handles.api(auth.clone(), Some(artifacts.clone()));
         let server = Arc::new(Server {
             pacing: Arc::new(Gate::new(pacing)),

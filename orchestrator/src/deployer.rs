@@ -21,17 +21,28 @@
 //! been away longer than a workload's `max_disconnect_secs` with no message arriving. The
 //! events it decides (a replacement, a reconcile) are stored by the committer in the same
 //! flush as the deployments they explain, before anything is sent.
+//!
+//! Placement ranks nodes with the learned score: the place model is handed in with
+//! [`Deployer::set_place_model`] (at start from the model store, on a push of a place model;
+//! see [`crate::placement`]), and every decision is stamped with the wall clock first, so an
+//! instance's time from bind to running is measured. Whenever the mode changes (a model
+//! loaded or refused, one that failed to run or drifted stepping aside), one log line and
+//! the `edge_orchestrator_place_mode` gauge say so; [`Deployer::placement_view`] is what
+//! `GET /v1/models` shows.
 
 use crate::links::NodeLinks;
-use crate::metrics::{Metrics, WorkloadEvent};
+use crate::metrics::{Metrics, PlaceModeChanged, WorkloadEvent};
+use crate::placement::Unusable;
 use edge_proto::{NodeId, OrchMsg, ProxyAdvert, SyncState, WorkloadReport, WorkloadState};
 use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
 use orchestrator_core::events::What;
 use orchestrator_core::fleet::NodeRecord;
 use orchestrator_core::routes::{self, RouteBook};
+use orchestrator_core::scheduler::learned::{Fallback, Mode, PlacePredict};
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError, StoredSeqs};
 use orchestrator_core::sync;
 use orchestrator_core::workload::{SpecError, WorkloadSpec};
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -53,6 +64,42 @@ pub struct Deployer {
     committer: Committer,
     /// Where the replacements and reconciles it decides are logged and counted.
     metrics: Arc<Metrics>,
+    /// Which place model the deployments were handed and who placed last: locked only
+    /// while `deployments` is, after it.
+    placement: Mutex<PlaceModel>,
+}
+
+/// The place model the deployments were handed, as the status shows it.
+#[derive(Debug, Clone, PartialEq)]
+struct PlaceModel {
+    /// The mode last reported (log line and gauge).
+    mode: Mode,
+    /// `sha256:...` of the model loaded or refused.
+    digest: Option<String>,
+    /// Why it was refused.
+    detail: Option<String>,
+}
+
+/// Whether placement uses the model or the fallback, and why: what `GET /v1/models` shows
+/// as `placement`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacementView {
+    /// `model`, or `fallback` (least allocated).
+    pub mode: String,
+    /// Why the fallback places: `no_model`, `refused`, `broken` or `drift`; absent when the
+    /// model does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The place model (`sha256:...`) handed to the scheduler, loaded or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// What failed, for a model refused at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The mean `|ln(observed / predicted)|` of startups since the model was loaded or
+    /// stepped aside, and how many startups it rests on.
+    pub drift: f64,
+    pub drift_samples: u32,
 }
 
 impl Deployer {
@@ -83,7 +130,84 @@ impl Deployer {
             routes: Mutex::new(routes),
             committer,
             metrics,
+            placement: Mutex::new(PlaceModel {
+                mode: Mode::Fallback(Fallback::NoModel),
+                digest: None,
+                detail: None,
+            }),
         })
+    }
+
+    /// Places with `model` from now on (`digest` names it), or with the fallback when it
+    /// could not be loaded; says so with one log line and the `edge_orchestrator_place_mode`
+    /// gauge.
+    pub fn set_place_model(
+        &self,
+        model: Result<Box<dyn PlacePredict>, Unusable>,
+        digest: Option<String>,
+    ) {
+        let mut deployments = self.lock();
+        let mut placement = self.placement();
+        let detail = model.as_ref().err().map(|e| e.detail.clone());
+        deployments.set_place_model(model.map_err(|e| e.reason));
+        let from = placement.mode;
+        *placement = PlaceModel {
+            mode: deployments.placement().mode,
+            digest,
+            detail,
+        };
+        self.metrics.place_mode_changed(&PlaceModeChanged {
+            from,
+            to: placement.mode,
+            model: placement.digest.as_deref(),
+            detail: placement.detail.as_deref(),
+        });
+    }
+
+    /// Whether placement uses the model or the fallback, and why.
+    pub fn placement_view(&self) -> PlacementView {
+        let status = self.lock().placement();
+        let placement = self.placement().clone();
+        let (mode, reason) = match status.mode {
+            Mode::Model => ("model", None),
+            Mode::Fallback(reason) => ("fallback", Some(reason.as_str().to_owned())),
+        };
+        PlacementView {
+            mode: mode.to_owned(),
+            reason,
+            model: placement.digest,
+            detail: placement.detail,
+            drift: status.drift,
+            drift_samples: status.drift_samples,
+        }
+    }
+
+    /// The QUIC server sent `node` `bytes` of an artifact in `elapsed_ms`: its download
+    /// rate, for the placement model.
+    pub fn artifact_fetched(&self, node: NodeId, bytes: u64, elapsed_ms: u64) {
+        self.lock().artifact_fetched(node, bytes, elapsed_ms);
+    }
+
+    fn placement(&self) -> MutexGuard<'_, PlaceModel> {
+        // Plain data, replaced whole: a poisoned lock holds a consistent value.
+        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A model that failed to run, or whose predictions drifted, stepped aside (or one
+    /// that drifted took over again) during a decision: one log line and the gauge.
+    fn note_mode(&self, deployments: &Deployments) {
+        let now = deployments.placement().mode;
+        let mut placement = self.placement();
+        if placement.mode != now {
+            let from = placement.mode;
+            placement.mode = now;
+            self.metrics.place_mode_changed(&PlaceModeChanged {
+                from,
+                to: now,
+                model: placement.digest.as_deref(),
+                detail: None,
+            });
+        }
     }
 
     /// The deployments, to read. Never hold the guard across an await; change them through
@@ -229,7 +353,11 @@ impl Deployer {
     ) -> (R, Committed) {
         let mut deployments = self.lock();
         let mut book = self.book();
+        // What a deploy, an admission or a report is stamped with: an instance's time from
+        // bind to running is measured by it.
+        deployments.advance(crate::clock::now_ms());
         let (r, mut effects) = f(&mut deployments, &mut book);
+        self.note_mode(&deployments);
         let changed: Vec<String> = effects
             .iter()
             .filter_map(|e| match e {

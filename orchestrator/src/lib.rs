@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod models;
 pub mod node_admin;
 pub mod pki;
+pub mod placement;
 pub mod purge;
 mod records;
 pub mod registry;

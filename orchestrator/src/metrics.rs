@@ -13,6 +13,7 @@
 use edge_proto::RejectCode;
 use edge_proto::field::shown_max;
 use edge_shell::exposition::{self, Format};
+use orchestrator_core::scheduler::learned::{Fallback, Mode};
 use orchestrator_core::session::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -188,6 +189,25 @@ fn instance_states() -> [&'static str; 8] {
     .map(orchestrator_core::deploy::state_name)
 }
 
+/// Who places workloads, each a series of `edge_orchestrator_place_mode`: the model, or the
+/// fallback's reason (`no_model`, `refused`, `broken`, `drift`). A fixed set, from the core's
+/// enum: never a model's or a peer's text.
+pub fn place_modes() -> [Mode; 5] {
+    let [a, b, c, d] = Fallback::ALL.map(Mode::Fallback);
+    [Mode::Model, a, b, c, d]
+}
+
+/// Placement changed who scores, or was handed another model: the log line and the gauge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaceModeChanged<'a> {
+    pub from: Mode,
+    pub to: Mode,
+    /// The place model loaded (`sha256:...`), if any.
+    pub model: Option<&'a str>,
+    /// What failed, for a model refused at load.
+    pub detail: Option<&'a str>,
+}
+
 /// The directions of `edge_frames`.
 const DIRECTIONS: [&str; 2] = ["rx", "tx"];
 
@@ -279,6 +299,7 @@ pub struct Metrics {
     pub fleet_proxy_answers: Family<CacheLabel, Counter>,
     pub fleet_proxy_errors: Counter,
     pub syncs: Family<ModeLabel, Counter>,
+    pub place_mode: Family<ModeLabel, Gauge>,
     pub sync_messages: Family<KindLabel, Counter>,
     pub renewals: Counter,
     pub renewal_refusals: Family<ReasonLabel, Counter>,
@@ -359,6 +380,11 @@ impl Metrics {
             "edge_syncs",
             "Syncs at the start of a node's session, by whether they sent changes or a snapshot",
             m.syncs.clone(),
+        );
+        r.register(
+            "edge_orchestrator_place_mode",
+            "Who places workloads: 1 for the mode in use (model, or the fallback's reason), 0 for the others",
+            m.place_mode.clone(),
         );
         r.register(
             "edge_sync_messages",
@@ -445,10 +471,44 @@ impl Metrics {
         for mode in SYNC_MODES {
             self.syncs.get_or_create(&ModeLabel { mode }).inc_by(0);
         }
+        self.set_place_mode(Mode::Fallback(Fallback::NoModel));
         for kind in SYNC_MESSAGES {
             self.sync_messages
                 .get_or_create(&KindLabel { kind })
                 .inc_by(0);
+        }
+    }
+
+    fn set_place_mode(&self, now: Mode) {
+        for mode in place_modes() {
+            self.place_mode
+                .get_or_create(&ModeLabel {
+                    mode: mode.as_str(),
+                })
+                .set(i64::from(mode == now));
+        }
+    }
+
+    /// Placement changed who scores (or got another model): one log line, and the gauge.
+    pub fn place_mode_changed(&self, event: &PlaceModeChanged<'_>) {
+        self.set_place_mode(event.to);
+        let model = event.model.unwrap_or("-");
+        let detail = shown_max(event.detail.unwrap_or("-"), 300);
+        match event.to {
+            Mode::Model => info!(
+                from = %event.from,
+                mode = %event.to,
+                model,
+                "placement uses the model"
+            ),
+            Mode::Fallback(reason) => warn!(
+                from = %event.from,
+                mode = %event.to,
+                %reason,
+                model,
+                %detail,
+                "placement uses the fallback (least allocated)"
+            ),
         }
     }
 

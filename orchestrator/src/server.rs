@@ -633,8 +633,14 @@ async fn serve_stream(
         let _ = send.finish();
         return;
     };
+    let started = tokio::time::Instant::now();
     match serve_artifact_stream(store, req, &mut send).await {
-        Ok(Served::Sent { bytes }) => debug!(node = %node, bytes, "artifact sent"),
+        Ok(Served::Sent { bytes }) => {
+            // Sent and finished: the node's download rate, as near as this side sees it.
+            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            server.deployments.artifact_fetched(node, bytes, elapsed_ms);
+            debug!(node = %node, bytes, elapsed_ms, "artifact sent");
+        }
         Ok(other) => debug!(node = %node, outcome = ?other, "artifact not sent"),
         Err(ServeError::Local(error)) => warn!(node = %node, %error, "reading an artifact failed"),
         Err(error) => debug!(node = %node, %error, "artifact transfer ended early"),

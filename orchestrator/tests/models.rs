@@ -402,6 +402,86 @@ fn refused_pushes_leave_nothing_and_say_why() {
     assert_eq!(status, 401);
 }
 
+impl Server {
+    /// `/metrics` as Prometheus reads it.
+    fn metrics(&self) -> String {
+        let mut response = self
+            .agent
+            .get(format!("{}/metrics", self.api.base()))
+            .call()
+            .expect("the server answers");
+        response.body_mut().read_to_string().expect("body")
+    }
+
+    /// The value of the `edge_orchestrator_place_mode` series for `mode`.
+    fn place_mode_gauge(&self, mode: &str) -> Option<String> {
+        let series = format!("edge_orchestrator_place_mode{{mode=\"{mode}\"}} ");
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_owned))
+    }
+}
+
+#[test]
+fn pushing_the_placement_model_switches_placement_to_it_and_a_broken_one_is_refused() {
+    let s = start();
+    // Nothing pushed: the fixed rule places, and says why.
+    let placement = &s.list()["placement"];
+    assert_eq!(placement["mode"], "fallback", "{placement}");
+    assert_eq!(placement["reason"], "no_model", "{placement}");
+    assert_eq!(s.place_mode_gauge("no_model").as_deref(), Some("1"));
+    assert_eq!(s.place_mode_gauge("model").as_deref(), Some("0"));
+
+    // The trained model declares it is for placement: it places from now on, no restart.
+    let (status, pushed) = s.push("/v1/models", model("place.onnx"));
+    assert_eq!(status, 201, "{pushed}");
+    assert_eq!(pushed["active_for"], "place");
+    let digest = pushed["digest"].as_str().expect("digest").to_owned();
+    let placement = &s.list()["placement"];
+    assert_eq!(placement["mode"], "model", "{placement}");
+    assert_eq!(placement["reason"], Value::Null, "{placement}");
+    assert_eq!(placement["model"], digest.as_str(), "{placement}");
+    assert_eq!(placement["drift_samples"], 0, "{placement}");
+    assert_eq!(s.place_mode_gauge("model").as_deref(), Some("1"));
+    assert_eq!(s.place_mode_gauge("no_model").as_deref(), Some("0"));
+
+    // A model of the wrong shape pushed for placement is refused, and changes nothing.
+    let before = s.stored();
+    let (status, refused) = s.push("/v1/models?purpose=place", model("tiny-mlp.onnx"));
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not a placement model") && message.contains("15 features"),
+        "{refused}"
+    );
+    assert_eq!(s.stored(), before, "nothing of it is stored");
+    let list = s.list();
+    assert_eq!(list["active"]["place"], digest.as_str());
+    assert_eq!(list["placement"]["mode"], "model", "{list}");
+    assert_eq!(list["placement"]["model"], digest.as_str(), "{list}");
+    assert_eq!(s.place_mode_gauge("model").as_deref(), Some("1"));
+
+    // `edgectl model list` says it too.
+    let out = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .env_remove("EDGE_API")
+        .env_remove("EDGE_TOKEN")
+        .args([
+            "--api",
+            &s.api.base(),
+            "--token",
+            &s.viewer,
+            "model",
+            "list",
+        ])
+        .output()
+        .expect("run edgectl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("Placement: model {digest}")),
+        "{table}"
+    );
+}
+
 #[test]
 fn edgectl_pushes_a_model_and_lists_the_active_one() {
     let s = start();

@@ -225,3 +225,138 @@ async fn a_node_whose_reader_lacks_an_operator_is_named_and_sent_the_model_once_
     assert_eq!(edge_proto::digest::to_prefixed(&offered.digest), want);
     assert_eq!(offered.size, pushed["size"].as_u64().expect("a size"));
 }
+
+/// `POST /v1/models` with the bytes of `file`, as admin: the push's answer. (Over HTTP, not
+/// with `edgectl`, whose binary would build the whole workspace first.)
+async fn push_over_http(orch: &TestOrchestrator, file: &Path) -> Value {
+    let bytes = std::fs::read(file).expect("the model ships with edge-ai");
+    let url = format!("http://{}/v1/models", orch.orch.api_addr);
+    let token = orch.orch.admin_token.clone();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(PATIENCE))
+            .build()
+            .into();
+        let mut response = agent
+            .post(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", "application/octet-stream")
+            .send(&bytes[..])
+            .expect("the API answers");
+        let status = response.status().as_u16();
+        let body: Value = response.body_mut().read_json().expect("a JSON answer");
+        assert_eq!(status, 201, "{body}");
+        body
+    })
+    .await
+    .expect("the push finished")
+}
+
+/// `GET /v1/models`'s `placement`, and the `edge_orchestrator_place_mode` series at 1.
+async fn placement(orch: &TestOrchestrator) -> (Value, Vec<String>) {
+    let (status, list) = orch.api("GET", "/v1/models", None).await;
+    assert_eq!(status, 200, "{list}");
+    let on: Vec<String> = ["model", "no_model", "refused", "broken", "drift"]
+        .into_iter()
+        .filter(|m| orch.metric(&format!("edge_orchestrator_place_mode{{mode=\"{m}\"}}")) == 1.0)
+        .map(str::to_owned)
+        .collect();
+    (list["placement"].clone(), on)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placement_model_pushed_before_a_restart_places_after_it_and_a_damaged_one_falls_back()
+{
+    let orch = TestOrchestrator::start().await;
+    let (before, on) = placement(&orch).await;
+    assert_eq!(
+        (before["mode"].as_str(), on),
+        (Some("fallback"), vec!["no_model".to_owned()])
+    );
+
+    let pushed = push_over_http(&orch, &model("place.onnx")).await;
+    assert_eq!(pushed["active_for"], "place", "{pushed:#}");
+    let digest = pushed["digest"].as_str().expect("a digest").to_owned();
+    let (now, on) = placement(&orch).await;
+    assert_eq!(
+        (now["mode"].as_str(), on),
+        (Some("model"), vec!["model".to_owned()])
+    );
+    assert_eq!(now["model"], digest.as_str());
+
+    // Restarted: the stored model places from the start.
+    let orch = orch.restart().await;
+    let (after, on) = placement(&orch).await;
+    assert_eq!(
+        (after["mode"].as_str(), on),
+        (Some("model"), vec!["model".to_owned()]),
+        "{after}"
+    );
+    assert_eq!(after["model"], digest.as_str());
+
+    // Its bytes damaged on disk: at the next start it is refused, and the fallback places.
+    let stored = orch
+        .dir
+        .path()
+        .join("artifacts/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    std::fs::write(&stored, b"not the model any more").expect("overwrite the stored model");
+    let orch = orch.restart().await;
+    let (damaged, on) = placement(&orch).await;
+    assert_eq!(damaged["mode"], "fallback", "{damaged}");
+    assert_eq!(damaged["reason"], "refused", "{damaged}");
+    assert_eq!(on, vec!["refused".to_owned()]);
+    assert!(
+        damaged["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("do not match their digest")),
+        "{damaged}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_placed_by_the_model_on_a_real_node_is_its_shadow_check_once_it_runs() {
+    let orch = TestOrchestrator::start().await;
+    let pushed = push_over_http(&orch, &model("place.onnx")).await;
+    assert_eq!(pushed["active_for"], "place", "{pushed:#}");
+    let data = tempfile::tempdir().expect("tmp");
+    let (node, _board) = start_node(&orch, "placed", data.path(), true).await;
+
+    let script = b"#!/bin/sh\nexec sleep 600\n";
+    let stored = orch
+        .orch
+        .artifacts
+        .put(&script[..], None)
+        .await
+        .expect("put");
+    let spec = serde_json::json!({
+        "name": "placed",
+        "version": "1",
+        "artifact": edge_proto::digest::to_prefixed(&stored.digest),
+        "replicas": 1,
+        "resources": {"cpu_millis": 100, "memory_bytes": 32 << 20},
+    });
+    let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Once it runs, its startup from bind to running is measured against the prediction.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        poll.tick().await;
+        let (placement, on) = placement(&orch).await;
+        if placement["drift_samples"] == 1 {
+            assert_eq!(placement["mode"], "model", "{placement}");
+            assert_eq!(on, vec!["model".to_owned()]);
+            assert!(orch.running_instance("placed").await.is_some());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no startup observed in time: {placement}; the workload is {:#}",
+            orch.api("GET", "/v1/workloads/placed", None).await.1
+        );
+    }
+    node.stop().await.expect("clean stop");
+}

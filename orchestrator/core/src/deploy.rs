@@ -1,6 +1,6 @@
 //! Deployments: the workloads the operator asked for, and which node holds each instance.
 //!
-//! [`Deployments`] owns the [`Scheduler`] snapshot and keeps it in step with the registry
+//! [`Deployments`] owns the [`Scheduler`](crate::scheduler::Scheduler) snapshot and keeps it in step with the registry
 //! (nodes coming, going, cordoned, drained, deleted) and with the nodes' answers (a refused
 //! admission moves the instance to the next best node). Every input returns [`Effect`]s: the
 //! records to persist and the messages to send, in order. The caller persists before it sends,
@@ -28,7 +28,8 @@
 use crate::events::{What, orchestrator_event};
 use crate::fleet::NodeRecord;
 pub use crate::image::{ArtifactFacts, ImageFacts};
-use crate::scheduler::{NodeReject, NodeView, Outcome, RejectReason, Resources, Scheduler};
+use crate::scheduler::learned::Predictor;
+use crate::scheduler::{NodeReject, NodeView, Outcome, RejectReason, Resources};
 use crate::workload::{
     Balance, Driver, Expose, HealthCheck, Placement, Probe, Reconcile, RestartPolicy, SpecError,
     WorkloadSpec,
@@ -40,6 +41,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 mod follow;
+mod placer;
+
+use placer::Placer;
+pub use placer::{
+    HISTORY_WINDOW_MS, MAX_ARTIFACTS, MAX_EVENTS, MAX_TRACKED, MIN_FETCH_BYTES, PlacementStatus,
+};
 
 /// Something the caller must do, in order.
 // Effects live only until the caller carries them out; boxing the message would cost an
@@ -153,10 +160,13 @@ pub struct DeploymentView {
     pub left_near: Vec<(edge_proto::NodeId, Option<edge_proto::NodeId>)>,
 }
 
-/// Every deployment and the scheduler snapshot they are placed on.
+/// Every deployment and the scheduler snapshot they are placed on, ranked by the learned
+/// score ([`crate::scheduler::learned::Learned`]): with no model (the default) it places
+/// exactly as [`crate::scheduler::LeastAllocated`] does. Module `deploy::placer` says what it remembers
+/// of each node for a model.
 #[derive(Debug, Default)]
 pub struct Deployments {
-    scheduler: Scheduler,
+    scheduler: Placer,
     deployments: BTreeMap<String, Deployment>,
     /// What the registry says of each node, to rebuild its view after changes.
     nodes: BTreeMap<edge_proto::NodeId, NodeRecord>,
@@ -277,7 +287,11 @@ impl Deployments {
             .values()
             .map(|r| me.view(r, online.get(&r.id).copied().unwrap_or(false)))
             .collect();
-        me.scheduler = Scheduler::new(views);
+        me.scheduler = Placer::new(views);
+        for d in me.deployments.values() {
+            me.scheduler
+                .set_artifact_size(d.spec.artifact(), d.artifact.size);
+        }
         Ok(me)
     }
 
@@ -301,6 +315,8 @@ impl Deployments {
             None => 1,
         };
         let new_assignment = assignment(&spec, generation, &artifact)?;
+        self.scheduler
+            .set_artifact_size(spec.artifact(), artifact.size);
         // The old instances are released and the new spec placed from scratch: the placement
         // is deterministic, so a change that still fits stays where it was.
         let before: Vec<edge_proto::NodeId> = match self.deployments.remove(&name) {
@@ -347,6 +363,13 @@ impl Deployments {
     pub fn delete(&mut self, name: &str) -> Option<Vec<Effect>> {
         let d = self.deployments.remove(name)?;
         self.scheduler.remove_workload(&d.spec);
+        if !self
+            .deployments
+            .values()
+            .any(|o| o.spec.artifact() == d.spec.artifact())
+        {
+            self.scheduler.forget_artifact_size(d.spec.artifact());
+        }
         let mut effects = vec![Effect::Forget(name.to_owned())];
         effects.extend(d.nodes.keys().map(|id| unassign(*id, name)));
         Some(effects)
@@ -368,7 +391,7 @@ impl Deployments {
         now_ms: u64,
     ) -> (crate::sync::Plan, Vec<Effect>) {
         let id = record.id;
-        self.now_ms = self.now_ms.max(now_ms);
+        self.advance(now_ms);
         self.online.insert(id);
         self.offline_since.remove(&id);
         let returning: Vec<String> = self
@@ -399,12 +422,12 @@ impl Deployments {
             .map(|d| (d.spec.name(), d.generation));
         let plan = crate::sync::plan(said, held);
         for name in &plan.current {
-            if let Some(admission) = self
-                .deployments
-                .get_mut(name)
-                .and_then(|d| d.nodes.get_mut(&id))
+            if let Some(d) = self.deployments.get_mut(name)
+                && let Some(admission) = d.nodes.get_mut(&id)
             {
                 *admission = Admission::Admitted;
+                // It holds the artifact: likely in its cache, for a placement model.
+                self.scheduler.holds(id, d.spec.artifact());
             }
         }
         for name in &plan.assign {
@@ -429,7 +452,7 @@ impl Deployments {
     /// A node's session ended at `now_ms`. Its instances stay where they are; a workload
     /// with `max_disconnect_secs` gets a replacement if the node stays away that long.
     pub fn node_down(&mut self, id: edge_proto::NodeId, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+        self.advance(now_ms);
         self.scheduler.set_online(id, false);
         self.online.remove(&id);
         self.offline_since.entry(id).or_insert(now_ms);
@@ -443,7 +466,8 @@ impl Deployments {
     /// is replaced: the move ends when its replacement runs, or is given up when its original
     /// is back inside.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
-        self.now_ms = self.now_ms.max(now_ms);
+        self.advance(now_ms);
+        self.scheduler.expire();
         for id in self.nodes.keys() {
             if !self.online.contains(id) {
                 self.offline_since.entry(*id).or_insert(now_ms);
@@ -689,6 +713,18 @@ impl Deployments {
     /// replacement placed after a `near` exit that reports running ends its move: the
     /// original is unassigned ([`follow`]).
     pub fn report(&mut self, node: edge_proto::NodeId, report: &WorkloadReport) -> Vec<Effect> {
+        if let Some(d) = self.deployments.get(report.workload.as_str())
+            && d.nodes.contains_key(&node)
+        {
+            self.scheduler.reported(
+                node,
+                &d.spec,
+                d.artifact.size,
+                report.generation == d.generation,
+                report.state,
+                report.restarts,
+            );
+        }
         let held = self
             .deployments
             .get(report.workload.as_str())
@@ -700,6 +736,32 @@ impl Deployments {
         } else {
             vec![unassign(node, report.workload.as_str())]
         }
+    }
+
+    /// The time is `now_ms` (milliseconds since the Unix epoch, never going back): what the
+    /// decisions that carry no time of their own (a deploy, an admission, a report) are
+    /// stamped with, and what an instance's time from bind to running is measured by. The
+    /// shell hands it in before each of them.
+    pub fn advance(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.scheduler.now_ms = self.now_ms;
+    }
+
+    /// Places with `model` from now on (a placement model was pushed, or one loaded at
+    /// start), or with the fallback for the reason given; its drift is measured afresh.
+    pub fn set_place_model(&mut self, model: Predictor) {
+        self.scheduler.set_model(model);
+    }
+
+    /// Whether placement uses the model or the fallback and why, with the model's drift.
+    pub fn placement(&self) -> PlacementStatus {
+        self.scheduler.status()
+    }
+
+    /// The shell saw `node` fetch `bytes` of an artifact in `elapsed_ms`: its download rate,
+    /// for a placement model (transfers under [`MIN_FETCH_BYTES`] are ignored).
+    pub fn artifact_fetched(&mut self, node: edge_proto::NodeId, bytes: u64, elapsed_ms: u64) {
+        self.scheduler.fetched(node, bytes, elapsed_ms);
     }
 
     /// Places what every incomplete deployment is missing.
@@ -822,7 +884,7 @@ fn fits_but_full(reason: &RejectReason) -> bool {
 
 /// Places what `d` is missing (a move's two instances counted once), after dropping what no
 /// longer holds of its moves.
-fn fill(scheduler: &mut Scheduler, d: &mut Deployment) -> Vec<Effect> {
+fn fill(scheduler: &mut Placer, d: &mut Deployment) -> Vec<Effect> {
     d.settle();
     // The common case after a reconnect: nothing missing, nothing to ask.
     if let Placement::Replicas(n) = d.spec.placement()

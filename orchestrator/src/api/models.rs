@@ -17,8 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 
+use crate::deployer::PlacementView;
 use crate::models::{ModelRecord, PushError, PushedModel};
 use edge_proto::NodeId;
+use orchestrator_core::scheduler::learned::PLACE_PURPOSE;
 
 use super::ApiState;
 use super::artifacts::finish;
@@ -76,11 +78,36 @@ async fn push(
         )
         .into_response();
     }
+    // A model for placement must fit the scheduler's features before it is stored: one
+    // that cannot place is refused, and placement keeps what it had.
+    let place = {
+        let (bytes, purpose) = (body.clone(), query.purpose.clone());
+        tokio::task::spawn_blocking(move || crate::placement::for_push(&bytes, purpose.as_deref()))
+            .await
+            .ok()
+            .flatten()
+    };
+    let place = match place {
+        Some(Err(unusable)) => {
+            tracing::info!(detail = %unusable, by = %caller.0.sub, "placement model refused");
+            return ApiError::BadRequest(format!("model: {unusable}")).into_response();
+        }
+        Some(Ok(predictor)) => Some(predictor),
+        None => None,
+    };
     match store
         .push(body, query.purpose.as_deref(), crate::clock::now_unix())
         .await
     {
         Ok(mut pushed) => {
+            if pushed.active_for.as_deref() == Some(PLACE_PURPOSE)
+                && let Some(predictor) = place
+            {
+                // Swapped in at once: the next placement uses it.
+                state
+                    .deployments
+                    .set_place_model(Ok(predictor), Some(pushed.model.digest.clone()));
+            }
             offer(&state, &mut pushed);
             tracing::info!(
                 model = %pushed.model.digest,
@@ -149,6 +176,10 @@ pub struct ModelList {
     pub models: Vec<ModelRecord>,
     /// Purpose to `sha256:...`.
     pub active: BTreeMap<String, String>,
+    /// Whether placement uses the place model or the fallback (least allocated), and why.
+    /// Absent from an orchestrator older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementView>,
 }
 
 async fn list(
@@ -164,5 +195,9 @@ async fn list(
         .active()
         .await
         .map_err(|e| internal(e).into_response())?;
-    Ok(Json(ModelList { models, active }))
+    Ok(Json(ModelList {
+        models,
+        active,
+        placement: Some(state.deployments.placement_view()),
+    }))
 }

@@ -215,6 +215,33 @@ impl ModelStore {
             .unwrap_or_default())
     }
 
+    /// The bytes of the model the fleet uses for `purpose`, with its `sha256:...`; `None`
+    /// when none was pushed for it. At most [`edge_ai::MAX_MODEL_BYTES`] are read.
+    pub async fn active_bytes(&self, purpose: &str) -> io::Result<Option<(String, Vec<u8>)>> {
+        use tokio::io::AsyncReadExt;
+        let Some(prefixed) = self.active().await?.remove(purpose) else {
+            return Ok(None);
+        };
+        let Some(digest) = edge_proto::digest::from_prefixed(&prefixed) else {
+            return Err(io::Error::other(format!("{ACTIVE_FILE} names {prefixed}")));
+        };
+        let (file, _) = self
+            .artifacts
+            .open_at(&digest, 0)
+            .await
+            .map_err(|e| io::Error::other(format!("model {prefixed}: {e}")))?;
+        let mut bytes = Vec::new();
+        file.take(edge_ai::MAX_MODEL_BYTES)
+            .read_to_end(&mut bytes)
+            .await?;
+        if edge_proto::digest::sha256(&bytes) != digest {
+            return Err(io::Error::other(format!(
+                "model {prefixed}: the stored bytes do not match their digest"
+            )));
+        }
+        Ok(Some((prefixed, bytes)))
+    }
+
     /// The models the fleet uses for purposes that nodes serve, as they are offered to them.
     pub async fn for_nodes(&self) -> io::Result<Vec<ActiveModel>> {
         let mut out = Vec::new();

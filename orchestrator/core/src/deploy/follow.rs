@@ -6,7 +6,7 @@
 //! - **Outside** and not yet told: one [`What::LeftNear`], and the holder is kept in
 //!   `Deployment::left_near` so that further positions outside say nothing. Without
 //!   `follow_near` that is all (`stays`). With it, a replicated instance moves,
-//!   make-before-break: a replacement is placed beside it ([`Scheduler::place_more`]: the
+//!   make-before-break: a replacement is placed beside it ([`crate::scheduler::Scheduler::place_more`]: the
 //!   scheduler's usual choice among the nodes inside the radius, never one that runs an
 //!   instance), `left_near` maps the holder to it (`moving`), and the original runs on until
 //!   the replacement reports `running` ([`Deployments::follow_report`]); then the original is
@@ -33,9 +33,10 @@
 //! and nothing is told twice. An exit whose event was never stored (the node's position was,
 //! the deployment's batch not) is told when that node's session opens again.
 
+use super::placer::Placer;
 use super::{Deployment, Deployments, Effect, assign, name_of, record, unassign};
 use crate::events::{What, orchestrator_event};
-use crate::scheduler::{LatLon, Outcome, Reach, RejectReason, Scheduler, reach};
+use crate::scheduler::{LatLon, Outcome, Reach, RejectReason, reach};
 use crate::workload::Placement;
 use edge_proto::{NodeId, WorkloadReport, WorkloadState};
 
@@ -73,7 +74,7 @@ impl Deployment {
 /// Places what `d` is missing, counting a move's original and replacement once;
 /// `released` more of its instances were released from the scheduler and are still in
 /// `d.nodes`.
-pub(super) fn place_missing(scheduler: &mut Scheduler, d: &Deployment, released: usize) -> Outcome {
+pub(super) fn place_missing(scheduler: &mut Placer, d: &Deployment, released: usize) -> Outcome {
     let moving = d.moving();
     match d.spec.placement() {
         Placement::Replicas(n) if moving > 0 => {

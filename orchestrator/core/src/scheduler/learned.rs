@@ -311,6 +311,13 @@ pub struct Learned {
     last: Vec<(NodeId, PlacePrediction)>,
 }
 
+impl Default for Learned {
+    /// No model: the fallback scores, as [`LeastAllocated`] alone would.
+    fn default() -> Self {
+        Self::new(Err(Fallback::NoModel))
+    }
+}
+
 impl Learned {
     /// Scores with `model`, or with the fallback for `reason` when there is none.
     pub fn new(model: Predictor) -> Self {

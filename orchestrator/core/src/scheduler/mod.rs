@@ -976,6 +976,11 @@ impl<S: Score> Scheduler<S> {
         self.artifact_bytes.insert(artifact, bytes);
     }
 
+    /// Forgets the size of `artifact` (no workload uses it any more).
+    pub fn forget_artifact_size(&mut self, artifact: ArtifactDigest) {
+        self.artifact_bytes.remove(&artifact);
+    }
+
     /// What ranks the candidates, to tell it what happened (a learned score's outcomes).
     pub fn score_mut(&mut self) -> &mut S {
         &mut self.score

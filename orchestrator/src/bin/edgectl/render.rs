@@ -396,7 +396,29 @@ pub(crate) fn models_table(list: &ModelList) -> String {
             },
         ]);
     }
-    table(&rows)
+    let mut out = table(&rows);
+    if let Some(p) = &list.placement {
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&placement_line(p));
+    }
+    out
+}
+
+/// Who places workloads: `Placement: model sha256:...`, or the fallback and why.
+fn placement_line(p: &orchestrator::deployer::PlacementView) -> String {
+    match p.reason.as_deref() {
+        None => format!("Placement: model {}\n", p.model.as_deref().unwrap_or("-")),
+        Some(reason) => {
+            let detail = p
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({})", edge_proto::field::shown_max(d, 200)))
+                .unwrap_or_default();
+            format!("Placement: fallback (least allocated), because {reason}{detail}\n")
+        }
+    }
 }
 
 pub(crate) fn image_pushed(p: &PushedView) -> String {
