@@ -14,10 +14,12 @@
 //! first, and the proxy reaches peers as this node.
 
 pub mod peers;
+pub mod prewarm;
 pub mod purge;
 pub mod route_model;
 pub mod samples;
 pub mod traffic;
+pub mod warm_model;
 
 use crate::supervisor::{InstanceStatus, State, Supervisor, WorkloadSpec};
 use edge_proto::{Location, NodeId, WorkloadRoutes};
@@ -80,6 +82,10 @@ pub struct NodeProxy {
     peers_changed: Arc<Notify>,
     stop: Vec<oneshot::Sender<()>>,
     follow: JoinHandle<()>,
+    /// Wakes and sleeps the workloads that scale to zero; the routing task holds it too.
+    activator: wake::Activator,
+    /// Pre-warming, once started ([`NodeProxy::start_prewarm`]).
+    prewarm: Option<(crate::task::AbortOnDrop, prewarm::ModelSwap)>,
 }
 
 impl NodeProxy {
@@ -151,7 +157,7 @@ impl NodeProxy {
             let _ = stopped.await;
         }));
         let follow = tokio::spawn(follow(
-            activator,
+            activator.clone(),
             events,
             Follow {
                 members,
@@ -169,7 +175,40 @@ impl NodeProxy {
             peers_changed,
             stop: vec![stop],
             follow,
+            activator,
+            prewarm: None,
         })
+    }
+
+    /// Starts pre-warming the workloads that scale to zero, as `config` says (`prewarm`,
+    /// `prewarm_threshold_percent`), with the warming model in `data_dir` or the built-in
+    /// one; shows who decides on `board`. A second call changes nothing. The handle through
+    /// which a new model replaces the one in use; `None` when pre-warming is off.
+    pub async fn start_prewarm(
+        &mut self,
+        config: &ProxyConfig,
+        data_dir: &Path,
+        board: &crate::status::StatusBoard,
+    ) -> Option<prewarm::ModelSwap> {
+        if let Some((_, swap)) = &self.prewarm {
+            return Some(swap.clone());
+        }
+        if !config.prewarm() {
+            prewarm::show_off(board);
+            return None;
+        }
+        let dir = data_dir.to_owned();
+        // Reading the file and running its golden rows: off the runtime's threads.
+        let loaded = tokio::task::spawn_blocking(move || warm_model::load(&dir))
+            .await
+            .unwrap_or_else(|_| warm_model::Loaded {
+                predictor: Err(node_core::warm::Fallback::Refused),
+                model: None,
+            });
+        let threshold = f32::from(config.prewarm_threshold_percent()) / 100.0;
+        let (task, swap) = prewarm::start(self.activator.clone(), loaded, threshold, board.clone());
+        self.prewarm = Some((task, swap.clone()));
+        Some(swap)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
