@@ -467,3 +467,171 @@ mod tests {
         assert_eq!(decisions.tracked, vec![("a".to_owned(), 7)]);
     }
 }
+
+/// The tick task on a real node proxy, activator and supervisor, with a real process.
+#[cfg(test)]
+mod node {
+    use super::*;
+    use crate::config::Config;
+    use crate::proxy::NodeProxy;
+    use crate::supervisor::spec::{Balance, Expose, ScaleToZero};
+    use crate::supervisor::{
+        LimitsBackend, LogLimits, Readiness, RestartTuning, Supervisor, SupervisorOptions,
+        WorkloadSpec,
+    };
+    use node_core::warm::{PredictError, PredictWarm};
+    use std::path::Path;
+
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    /// A model that always expects a request: wakes what sleeps, keeps what is up.
+    #[derive(Debug)]
+    struct Always;
+
+    impl PredictWarm for Always {
+        fn predict(&mut self, _: &[f32], out: &mut [f32]) -> Result<(), PredictError> {
+            out.fill(1.0);
+            Ok(())
+        }
+    }
+
+    async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            poll.tick().await;
+            if ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited {DEADLINE:?} for {what}"
+            );
+        }
+    }
+
+    /// A workload that scales to zero after a second, exposing `port` (which the test binds:
+    /// it is ready once started), that writes each start to `starts`.
+    fn spec(dir: &Path, port: u16) -> WorkloadSpec {
+        let script = dir.join("poll.sh");
+        let starts = dir.join("poll.starts");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho $$ >> {}\nexec sleep 600\n",
+                starts.display()
+            ),
+        )
+        .expect("script");
+        let mut spec = WorkloadSpec::new("poll", "1", "/bin/sh");
+        spec.args = vec![script.display().to_string()];
+        spec.stop_grace_ms = 2000;
+        spec.expose = vec![Expose {
+            port,
+            host: None,
+            path_prefix: Some("/".into()),
+            weight: 100,
+            timeout_secs: 30,
+            retries: 0,
+            cache: false,
+            stale_if_offline_secs: 0,
+            balance: Balance::RoundRobin,
+        }];
+        spec.scale_to_zero = Some(ScaleToZero { idle_secs: 1 });
+        spec
+    }
+
+    #[tokio::test]
+    async fn a_workload_the_model_expects_a_request_for_is_started_without_one_and_sleeps_once_nobody_keeps_it()
+     {
+        let data = tempfile::tempdir().expect("data dir");
+        let scripts = tempfile::tempdir().expect("scripts dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        // Bound by the test: the workload is ready as soon as it runs.
+        let _listening = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the workload's port");
+        let options = SupervisorOptions {
+            cgroup_parent: format!("edge-node-prewarm-{}", std::process::id()),
+            restart: RestartTuning::default(),
+            logs: LogLimits::default(),
+        };
+        let sup = Supervisor::open_with(data.path(), LimitsBackend::detect(), options)
+            .await
+            .expect("supervisor");
+        let config = Config::from_toml(&format!(
+            "version = 1\nname = \"n1\"\ndata_dir = \"{}\"\n[orchestrator]\n\
+             address = \"127.0.0.1:7443\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n\
+             [proxy.cache]\ndisk_bytes = 0\n",
+            data.path().display()
+        ))
+        .expect("config");
+        let proxy_config = config.proxy().expect("[proxy]");
+        let node = NodeProxy::start(
+            proxy_config,
+            "n1",
+            data.path(),
+            sup.clone(),
+            edge_proxy::ProxyMetrics::default(),
+            None,
+        )
+        .await
+        .expect("proxy");
+        sup.apply(spec(scripts.path(), port)).await.expect("apply");
+        until("the activator knows it, asleep", || {
+            node.activator
+                .sleepers()
+                .iter()
+                .any(|s| s.name == "poll" && !s.awake)
+        })
+        .await;
+        assert_eq!(sup.readiness("poll"), Some(Readiness::Dormant));
+
+        let board = StatusBoard::new();
+        let loaded = Loaded {
+            predictor: Ok(Box::new(Always)),
+            model: Some("sha256:test".to_owned()),
+        };
+        let (task, _swap) = start(node.activator.clone(), loaded, 0.5, board.clone());
+        // The first tick is at once: started with no request, counted, shown.
+        until("pre-warmed", || board.metrics().prewarms() == 1).await;
+        let up = Instant::now();
+        assert_eq!(sup.readiness("poll"), Some(Readiness::Ready));
+        let sleeper = node
+            .activator
+            .sleepers()
+            .into_iter()
+            .find(|s| s.name == "poll")
+            .expect("still there");
+        assert!(
+            !sleeper.activity.is_closed(),
+            "a request now goes straight in, no cold start"
+        );
+        assert_eq!(sleeper.activity.arrivals(), 0, "no request woke it");
+        let shown = board.get().prewarm.expect("shown");
+        assert_eq!(
+            (shown.mode, shown.model.as_deref(), shown.prewarms),
+            ("model", Some("sha256:test"), 1)
+        );
+        let starts =
+            std::fs::read_to_string(scripts.path().join("poll.starts")).unwrap_or_default();
+        assert_eq!(starts.lines().count(), 1, "one start");
+
+        // Pre-warming stops: its keep runs out, and the idle watcher puts it to sleep.
+        drop(task);
+        until("asleep again", || {
+            sup.readiness("poll") == Some(Readiness::Dormant)
+        })
+        .await;
+        assert!(
+            up.elapsed() >= Duration::from_secs(5),
+            "kept well past its idle_secs (1) while the model expected a request: {:?}",
+            up.elapsed()
+        );
+        drop(node);
+        sup.shutdown().await;
+    }
+}
