@@ -7,7 +7,9 @@
 //! state (an instance is a backend while it runs) or the peer routes change. It never holds a
 //! request: a new routing applies from the next request on. A workload that scales to zero
 //! is woken by a request and put back to sleep when idle by [`wake`], which also sets every
-//! routing.
+//! routing; [`prewarm`] may wake it before a request the warming model ([`warm_model`])
+//! expects, through the same wake, and keep it up past its idle time
+//! ([`NodeProxy::start_prewarm`], on unless `[proxy] prewarm = false`).
 //!
 //! With `peer_listen`, once the node has its identity ([`NodeProxy::serve_peers`]), a second
 //! listener serves other nodes over mutual TLS (`edge_proxy::peer_tls`), bounded as the
