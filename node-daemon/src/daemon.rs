@@ -159,10 +159,10 @@ pub async fn run_with(
             outbox: outbox.clone(),
         },
     );
-    let mut proxy = match config.proxy() {
-        Some(proxy) => {
-            let proxy = NodeProxy::start(
-                proxy,
+    let (mut proxy, warm_swap) = match config.proxy() {
+        Some(proxy_config) => {
+            let mut proxy = NodeProxy::start(
+                proxy_config,
                 config.name(),
                 &data_dir,
                 workloads.supervisor().clone(),
@@ -171,9 +171,10 @@ pub async fn run_with(
             )
             .await?;
             board.update(|s| s.proxy = Some(proxy.local_addr().to_string()));
-            Some(proxy)
+            let warm_swap = proxy.start_prewarm(proxy_config, &data_dir, &board).await;
+            (Some(proxy), warm_swap)
         }
-        None => None,
+        None => (None, None),
     };
     let _routing = proxy
         .as_ref()
@@ -193,6 +194,7 @@ pub async fn run_with(
     let models = crate::models::FleetModels::start(
         data_dir.clone(),
         proxy.as_ref().map(|p| p.proxy().clone()),
+        warm_swap,
         workloads.clone(),
         board.clone(),
     )

@@ -68,6 +68,34 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+/// Who decides when the workloads that scale to zero start: the warming model, today's rule
+/// because there is no model, it was refused, it failed or it drifted (the fallback's
+/// reason), or nobody because pre-warming is off (`[proxy] prewarm = false`, or no proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrewarmMode {
+    Off,
+    On(Mode),
+}
+
+impl PrewarmMode {
+    pub const ALL: [Self; 6] = [
+        Self::Off,
+        Self::On(Mode::Model),
+        Self::On(Mode::Fallback(Fallback::NoModel)),
+        Self::On(Mode::Fallback(Fallback::Refused)),
+        Self::On(Mode::Fallback(Fallback::Broken)),
+        Self::On(Mode::Fallback(Fallback::Drift)),
+    ];
+
+    /// `off`, `model`, `no_model`, `refused`, `broken`, `drift`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::On(mode) => mode.as_str(),
+        }
+    }
+}
+
 /// How a connection's TLS handshake went: `full` or `resumed`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabel {
@@ -283,6 +311,20 @@ pub enum NodeEvent<'a> {
         outcome: ModelOutcome,
         error: Option<&'a str>,
     },
+    /// Who decides pre-warming changed (or was first set): `model` names the warming model
+    /// (`sha256:...` or `built-in`), if one is loaded.
+    PrewarmMode {
+        mode: PrewarmMode,
+        model: Option<&'a str>,
+    },
+    /// An offer of the fleet's warming model ended, as [`NodeEvent::RouteModelOffer`].
+    WarmModelOffer {
+        model: &'a str,
+        outcome: ModelOutcome,
+        error: Option<&'a str>,
+    },
+    /// Pre-warming started `workload` before a request.
+    Prewarmed { workload: &'a str },
 }
 
 /// Every metric the node exports. Cheap to clone; every clone counts into the same registry.
@@ -308,6 +350,9 @@ struct Inner {
     clock_offset: Gauge,
     route_choosers: Family<ModeLabel, Gauge>,
     route_model_offers: Family<OutcomeLabel, Counter>,
+    prewarm_mode: Family<ModeLabel, Gauge>,
+    prewarms: Counter,
+    warm_model_offers: Family<OutcomeLabel, Counter>,
     proxy: edge_proxy::ProxyMetrics,
     location: Arc<crate::location::LocationCounters>,
 }
@@ -338,6 +383,9 @@ impl NodeMetrics {
             clock_offset: Gauge::default(),
             route_choosers: Family::default(),
             route_model_offers: Family::default(),
+            prewarm_mode: Family::default(),
+            prewarms: Counter::default(),
+            warm_model_offers: Family::default(),
             proxy: edge_proxy::ProxyMetrics::default(),
             location: Arc::default(),
         };
@@ -428,6 +476,26 @@ impl NodeMetrics {
              not installed); the node keeps the model it has unless installed",
             inner.route_model_offers.clone(),
         );
+        r.register(
+            "edge_node_prewarm_mode",
+            "Who decides when workloads that scale to zero start (1 for the one that does): the \
+             warming model, or today's rule (start on a request) because there is no model \
+             (no_model), it was refused (refused), it failed to run (broken) or its \
+             predictions drifted (drift); off: pre-warming is turned off",
+            inner.prewarm_mode.clone(),
+        );
+        r.register(
+            "edge_node_prewarms",
+            "Workloads that scale to zero started by pre-warming, before a request",
+            inner.prewarms.clone(),
+        );
+        r.register(
+            "edge_node_warm_model_offers",
+            "Offers of the fleet's warming model, by how they ended: installed and in use, \
+             refused (it does not load or fit the warming schema) or failed (not fetched or \
+             not installed); the node keeps the model it has unless installed",
+            inner.warm_model_offers.clone(),
+        );
         inner.proxy.register(&mut inner.registry);
         inner.location.register(&mut inner.registry);
         let metrics = Self(Arc::new(inner));
@@ -465,11 +533,13 @@ impl NodeMetrics {
             zero(&m.artifact_fetch_failures, reason);
         }
         for outcome in ModelOutcome::ALL {
-            m.route_model_offers
-                .get_or_create(&OutcomeLabel {
-                    outcome: outcome.as_str(),
-                })
-                .inc_by(0);
+            for family in [&m.route_model_offers, &m.warm_model_offers] {
+                family
+                    .get_or_create(&OutcomeLabel {
+                        outcome: outcome.as_str(),
+                    })
+                    .inc_by(0);
+            }
         }
         for reason in ExitReason::ALL {
             zero(&m.instance_exits, reason.as_str());
@@ -478,6 +548,24 @@ impl NodeMetrics {
             zero(&m.instance_restarts, reason);
         }
         self.route_choosers(&[]);
+        self.prewarm_mode(PrewarmMode::Off);
+    }
+
+    /// Sets `edge_node_prewarm_mode`: 1 for `now`, 0 for every other mode of the fixed set.
+    fn prewarm_mode(&self, now: PrewarmMode) {
+        for mode in PrewarmMode::ALL {
+            self.0
+                .prewarm_mode
+                .get_or_create(&ModeLabel {
+                    mode: mode.as_str(),
+                })
+                .set(i64::from(mode == now));
+        }
+    }
+
+    /// Workloads started by pre-warming so far.
+    pub fn prewarms(&self) -> u64 {
+        self.0.prewarms.get()
     }
 
     /// How many routes each [`Mode`] chooses for, every mode of the fixed set written (0 for
@@ -642,6 +730,52 @@ impl NodeMetrics {
                     ),
                 }
             }
+            NodeEvent::PrewarmMode { mode, model } => {
+                self.prewarm_mode(*mode);
+                let model = model.unwrap_or_default();
+                match mode {
+                    PrewarmMode::Off => info!("pre-warming is off"),
+                    PrewarmMode::On(Mode::Model) => {
+                        info!(model, "the warming model decides when workloads start")
+                    }
+                    PrewarmMode::On(Mode::Fallback(reason)) => warn!(
+                        reason = reason.as_str(),
+                        model, "workloads start on a request only, instead of by the warming model"
+                    ),
+                }
+            }
+            NodeEvent::WarmModelOffer {
+                model,
+                outcome,
+                error,
+            } => {
+                m.warm_model_offers
+                    .get_or_create(&OutcomeLabel {
+                        outcome: outcome.as_str(),
+                    })
+                    .inc();
+                let error = error.unwrap_or_default();
+                match outcome {
+                    ModelOutcome::Installed => {
+                        info!(model, "the fleet's warming model is installed and in use")
+                    }
+                    ModelOutcome::Refused => warn!(
+                        model,
+                        error,
+                        "the fleet's warming model was refused; the node keeps the one it has"
+                    ),
+                    ModelOutcome::Failed => warn!(
+                        model,
+                        error,
+                        "the fleet's warming model could not be fetched or installed; the node \
+                         keeps the one it has"
+                    ),
+                }
+            }
+            NodeEvent::Prewarmed { workload } => {
+                m.prewarms.inc();
+                debug!(workload, "pre-warmed before a request");
+            }
         }
     }
 
@@ -740,6 +874,50 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == series), "{series}:\n{text}");
         }
+    }
+
+    #[test]
+    fn pre_warming_shows_one_mode_of_a_fixed_set_and_counts_its_starts() {
+        let metrics = NodeMetrics::new();
+        let text = metrics.encode(Format::Text004);
+        for series in [
+            r#"edge_node_prewarm_mode{mode="off"} 1"#,
+            r#"edge_node_prewarm_mode{mode="model"} 0"#,
+            r#"edge_node_prewarm_mode{mode="refused"} 0"#,
+            "edge_node_prewarms_total 0",
+            r#"edge_node_warm_model_offers_total{outcome="refused"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series}:\n{text}");
+        }
+        metrics.emit(&NodeEvent::PrewarmMode {
+            mode: PrewarmMode::On(Mode::Fallback(Fallback::Refused)),
+            model: None,
+        });
+        metrics.emit(&NodeEvent::Prewarmed { workload: "a" });
+        metrics.emit(&NodeEvent::Prewarmed { workload: "b" });
+        let text = metrics.encode(Format::Text004);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("edge_node_prewarm"))
+            .collect();
+        assert!(
+            lines.contains(&r#"edge_node_prewarm_mode{mode="refused"} 1"#),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&r#"edge_node_prewarm_mode{mode="off"} 0"#),
+            "{text}"
+        );
+        assert!(lines.contains(&"edge_node_prewarms_total 2"), "{text}");
+        assert_eq!(metrics.prewarms(), 2);
+        // One series per mode of the fixed set, whatever a workload is called.
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("edge_node_prewarm_mode{"))
+                .count(),
+            PrewarmMode::ALL.len()
+        );
     }
 
     #[test]

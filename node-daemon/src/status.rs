@@ -78,6 +78,9 @@ pub struct Status {
     /// many routes `model` serves, and how many peak-EWMA P2C serves instead, by why
     /// (`no_model`, `refused`, `broken`, `drift`). `null` without a proxy.
     pub routing: Option<std::collections::BTreeMap<&'static str, usize>>,
+    /// Who decides when the proxy's workloads that scale to zero start, and how many it has
+    /// started before a request. `null` without a proxy.
+    pub prewarm: Option<PrewarmView>,
     /// Where the proxy listens, when the config has a `[proxy]` table.
     pub proxy: Option<String>,
     /// The orchestrator's wall clock minus this node's, in milliseconds, as of the last
@@ -91,6 +94,19 @@ pub struct Status {
     pub location: Option<LocationView>,
     pub version: &'static str,
     pub arch: &'static str,
+}
+
+/// Pre-warming, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrewarmView {
+    /// `model`; or today's rule (start on a request) and why: `no_model`, `refused`,
+    /// `broken`, `drift`; or `off` (`[proxy] prewarm = false`).
+    pub mode: &'static str,
+    /// The warming model loaded: `sha256:...` of `DATA_DIR/models/warm.onnx`, or `built-in`;
+    /// `null`: none.
+    pub model: Option<String>,
+    /// Workloads started by pre-warming since the node started.
+    pub prewarms: u64,
 }
 
 /// Where the node is, as `/status` shows it.
@@ -150,6 +166,7 @@ impl StatusBoard {
             route_model: None,
             route_model_refused: None,
             routing: None,
+            prewarm: None,
             proxy: None,
             clock_offset_ms: None,
             certificate_not_after_ms: None,

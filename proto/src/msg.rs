@@ -454,6 +454,8 @@ pub struct FleetModel {
 pub enum ModelPurpose {
     /// The proxy's choice among a route's backends.
     Route,
+    /// When a workload that scales to zero starts before a request (pre-warming).
+    Warm,
 }
 
 /// How the orchestrator answered a node's [`SyncState`].

@@ -817,6 +817,15 @@ fn golden_bytes_of_every_other_variant() {
             // Variant 12, the purpose, the 32 digest bytes as they are, the size as a varint.
             "000000240c00abababababababababababababababababababababababababababababababab8020",
         ),
+        (
+            encode(&OrchMsg::Model(Box::new(FleetModel {
+                purpose: ModelPurpose::Warm,
+                digest: [0xab; 32],
+                size: 4096,
+            }))),
+            // The same with purpose 1.
+            "000000240c01abababababababababababababababababababababababababababababababab8020",
+        ),
     ];
     for (bytes, want) in cases {
         assert_eq!(hex(&bytes), want);

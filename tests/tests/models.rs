@@ -4,7 +4,8 @@
 //! connects later is sent it at its session; a model the nodes refuse leaves them with the
 //! one they had; a node restarted with no uplink routes with what it installed; and a node
 //! whose reader lacks an operator the model uses is named in the push's answer and sent
-//! nothing until it says its reader runs them.
+//! nothing until it says its reader runs them. The fleet's warming model replaces the
+//! built-in one the same way, and a restart offline keeps it.
 //!
 //! Nothing sleeps to wait: the board, the API and the control stream are polled with a
 //! deadline.
@@ -359,4 +360,75 @@ async fn an_instance_placed_by_the_model_on_a_real_node_is_its_shadow_check_once
         );
     }
     node.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_s_warming_model_replaces_the_built_in_one_without_a_restart() {
+    let orch = TestOrchestrator::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (node, board) = start_node(&orch, "warm-1", dir.path(), true).await;
+    let shown = board.get().prewarm.expect("a proxy shows its pre-warming");
+    assert_eq!(
+        (shown.mode, shown.model.as_deref()),
+        ("model", Some("built-in")),
+        "the built-in warming model decides before one is pushed"
+    );
+    wait_reader(&orch, "warm-1").await;
+
+    // Pushed: it declares it is for pre-warming, the node installs it and uses it at once.
+    let bytes = std::fs::read(model("warm.onnx")).expect("the trained warming model");
+    let pushed = push(&orch, &model("warm.onnx"), None);
+    assert_eq!(pushed["active_for"], "warm", "{pushed:#}");
+    assert_eq!(pushed["offered_nodes"], 1, "{pushed:#}");
+    let digest = pushed["digest"].as_str().expect("a digest").to_owned();
+    assert!(
+        eventually(PATIENCE, in_use_on(&board, &digest))
+            .await
+            .is_some(),
+        "/status never named {digest}: {:?}",
+        board.get().prewarm
+    );
+    let installed = node_daemon::proxy::warm_model::path(dir.path());
+    assert_eq!(std::fs::read(&installed).expect("installed"), bytes);
+    let mode = std::fs::metadata(&installed)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the model file is the node's own");
+    assert_eq!(
+        board.get().route_model,
+        None,
+        "a warming model is not a routing model"
+    );
+
+    // Restarted with no uplink: it pre-warms with what it installed.
+    node.stop().await.expect("clean stop");
+    let gone = orch.orch.quic_addr;
+    let _stopped = orch.stop().await;
+    let config = node_config(
+        "warm-1",
+        dir.path(),
+        gone,
+        None,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.cache]\ndisk_bytes = 0\n",
+    );
+    let (again, board) = TestNode::spawn_with_board(config);
+    assert!(
+        eventually(PATIENCE, in_use_on(&board, &digest))
+            .await
+            .is_some(),
+        "after a restart offline: {:?}",
+        board.get().prewarm
+    );
+    again.stop().await.expect("clean stop");
+}
+
+/// Whether `board` says pre-warming runs the model `digest`.
+fn in_use_on<'a>(board: &'a StatusBoard, digest: &'a str) -> impl FnMut() -> bool + 'a {
+    move || {
+        board
+            .get()
+            .prewarm
+            .is_some_and(|p| p.mode == "model" && p.model.as_deref() == Some(digest))
+    }
 }

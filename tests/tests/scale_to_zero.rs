@@ -5,6 +5,9 @@
 //! `idle_secs` without requests, and no sooner; and a daemon restarted while it runs brings
 //! it back dormant.
 //!
+//! With pre-warming on and a warming model refused (a broken `DATA_DIR/models/warm.onnx`),
+//! the node says so on its status and metrics and runs by the same rule.
+//!
 //! Starts are counted from the workload's own log (`edge-hello listening on ...` once per
 //! start), as an operator would read them. Nothing sleeps to wait: conditions are polled with
 //! a deadline.
@@ -117,20 +120,9 @@ async fn get_all(proxy: &str, n: usize) -> Vec<Option<String>> {
     answers
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workload_scaled_to_zero_starts_on_the_first_request_and_stops_when_idle() {
-    let orch = TestOrchestrator::start().await;
-    let token = orch.token(1);
-    let data = tempfile::tempdir().expect("tmp");
-    let config = node_config(
-        "sleepy",
-        data.path(),
-        orch.orch.quic_addr,
-        Some((&token, &orch.ca_hash())),
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.cache]\ndisk_bytes = 0\n",
-    );
-    let (node, _board, proxy) = start_node(&orch, &config).await;
-
+/// Deploys `lazy`, the sample service scaled to zero after `IDLE_SECS`, onto `sleepy`; the
+/// port it listens on.
+async fn deploy_lazy(orch: &TestOrchestrator) -> u16 {
     let hello = std::fs::read(binary("edge-hello")).expect("the sample service");
     let stored = orch
         .orch
@@ -156,6 +148,26 @@ async fn a_workload_scaled_to_zero_starts_on_the_first_request_and_stops_when_id
     });
     let (status, body) = orch.api("POST", "/v1/workloads", Some(spec)).await;
     assert_eq!(status, 201, "{body}");
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_scaled_to_zero_starts_on_the_first_request_and_stops_when_idle() {
+    let orch = TestOrchestrator::start().await;
+    let token = orch.token(1);
+    let data = tempfile::tempdir().expect("tmp");
+    // Today's rule alone: no start but a request's.
+    let config = node_config(
+        "sleepy",
+        data.path(),
+        orch.orch.quic_addr,
+        Some((&token, &orch.ca_hash())),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nprewarm = false\n[proxy.cache]\ndisk_bytes = 0\n",
+    );
+    let (node, board, proxy) = start_node(&orch, &config).await;
+    let prewarm = board.get().prewarm.expect("a proxy shows its pre-warming");
+    assert_eq!(prewarm.mode, "off");
+    let port = deploy_lazy(&orch).await;
 
     // Assigned, admitted, fetched, and not started: reported dormant, nothing listening.
     wait_instance(&orch, "reported dormant", dormant).await;
@@ -203,6 +215,44 @@ async fn a_workload_scaled_to_zero_starts_on_the_first_request_and_stops_when_id
     assert_eq!(starts(&orch).await, 0, "nothing started since the restart");
     assert_eq!(http_get_root(&proxy).as_deref(), Some("hi from sleepy\n"));
     wait_starts(&orch, 1).await;
+    node.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_warming_model_leaves_workloads_to_start_on_a_request_and_sleep_when_idle() {
+    let orch = TestOrchestrator::start().await;
+    let token = orch.token(1);
+    let data = tempfile::tempdir().expect("tmp");
+    // An operator's model that is not one: a truncated file.
+    std::fs::create_dir_all(data.path().join("models")).expect("models dir");
+    std::fs::write(data.path().join("models/warm.onnx"), b"\x08\x07not onnx").expect("write");
+    let config = node_config(
+        "sleepy",
+        data.path(),
+        orch.orch.quic_addr,
+        Some((&token, &orch.ca_hash())),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.cache]\ndisk_bytes = 0\n",
+    );
+    let (node, board, proxy) = start_node(&orch, &config).await;
+    let shown = board.get().prewarm.expect("the status shows pre-warming");
+    assert_eq!(shown.mode, "refused", "{shown:?}");
+    assert_eq!(
+        shown.model, None,
+        "the built-in model does not stand in for a refused one"
+    );
+
+    let port = deploy_lazy(&orch).await;
+    wait_instance(&orch, "reported dormant", dormant).await;
+    assert!(!listening(port), "nothing started it before a request");
+    // The node still serves: a request starts it, and it sleeps after idle_secs.
+    assert_eq!(http_get_root(&proxy).as_deref(), Some("hi from sleepy\n"));
+    let last_request = Instant::now();
+    wait_starts(&orch, 1).await;
+    wait_instance(&orch, "scaled back to zero", dormant).await;
+    assert!(last_request.elapsed() >= Duration::from_secs(IDLE_SECS));
+    assert!(!listening(port));
+    let shown = board.get().prewarm.expect("still shown");
+    assert_eq!((shown.mode, shown.prewarms), ("refused", 0));
     node.stop().await.expect("clean stop");
 }
 

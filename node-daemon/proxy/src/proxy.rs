@@ -606,6 +606,8 @@ impl Origin for Waking {
 
 impl Waking {
     async fn send(&self, request: Request<Body>) -> Result<Response<Body>, OriginError> {
+        // Counted for pre-warming whether it finds the workload awake or wakes it.
+        self.activity.arrived();
         let in_flight = match self.admit().await {
             Ok(token) => token,
             Err(answer) => return Ok(answer),

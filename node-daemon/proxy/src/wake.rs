@@ -13,6 +13,10 @@
 //! the last request is updated when a token is taken and when it is given back, so "idle"
 //! counts from the end of the last answer.
 //!
+//! Each request that reaches a workload's way in (a cache miss, whether it finds the workload
+//! awake or wakes it) also bumps a plain counter ([`Activity::arrived`]), which the node's
+//! pre-warming reads every few seconds: one relaxed atomic add, no lock, no allocation.
+//!
 //! This module never starts or stops a workload: the [`Waker`] the node sets does that.
 
 use std::future::Future;
@@ -63,6 +67,8 @@ pub struct Activity {
     epoch: Instant,
     /// The last request's arrival or end, in milliseconds after `epoch`.
     last: AtomicU64,
+    /// Requests that arrived, awake or not (wrapping).
+    arrivals: AtomicU64,
 }
 
 impl Activity {
@@ -72,7 +78,21 @@ impl Activity {
             state: AtomicU64::new(CLOSED),
             epoch: now,
             last: AtomicU64::new(0),
+            arrivals: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a request for the workload, whether it finds it awake or has to wake it. Call
+    /// it once per request, before [`enter`](Self::enter).
+    pub fn arrived(&self) {
+        // Only a count, read on its own: no order with anything else is needed.
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests counted by [`arrived`](Self::arrived) since the activity was made (wrapping):
+    /// a reader takes the difference between two reads.
+    pub fn arrivals(&self) -> u64 {
+        self.arrivals.load(Ordering::Relaxed)
     }
 
     /// Whether requests are kept out: the workload is dormant, or being woken or put to
@@ -263,6 +283,20 @@ mod tests {
         drop(token);
         assert_eq!(activity.in_flight(), 0);
         assert!(activity.is_closed());
+    }
+
+    #[test]
+    fn every_arrival_is_counted_awake_or_not() {
+        let t0 = Instant::now();
+        let activity = Arc::new(Activity::dormant(t0));
+        activity.arrived();
+        assert!(activity.enter(t0).is_none(), "dormant: this one wakes it");
+        activity.open();
+        activity.arrived();
+        let token = activity.enter(t0).expect("awake");
+        drop(token);
+        assert_eq!(activity.arrivals(), 2);
+        assert_eq!(activity.in_flight(), 0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The proxy's side of scale to zero, against real sockets: a request for a dormant workload
 //! waits for the waker and goes to the instance the wake routed; a wake that fails or takes
 //! longer than the route's timeout is a 503; a fresh cached answer wakes nothing; and the
-//! workload counts as busy until an answer's body has been passed on.
+//! workload counts as busy until an answer's body has been passed on. Every request that
+//! reaches the workload's way in is counted for pre-warming, one the cache answers is not.
 //!
 //! The waker here plays the node: it starts a backend on the workload's port, sets the
 //! routing that has it, and opens the workload's activity, in that order.
@@ -308,6 +309,11 @@ async fn a_request_for_a_dormant_workload_wakes_it_and_goes_to_the_instance_the_
     assert_eq!(get(s.addr, "/").await.0, 200);
     assert_eq!(s.waker.calls.load(Ordering::SeqCst), calls);
     assert_eq!(s.waker.activity.in_flight(), 0);
+    assert_eq!(
+        s.waker.activity.arrivals(),
+        6,
+        "pre-warming sees every request, those that woke it and the one that found it up"
+    );
 }
 
 #[tokio::test]
@@ -384,9 +390,15 @@ async fn a_fresh_cached_answer_does_not_wake_the_workload() {
         "served from the cache"
     );
     assert_eq!(s.waker.hits(), 1);
+    assert_eq!(
+        s.waker.activity.arrivals(),
+        1,
+        "an answer from the cache is no request for the workload"
+    );
     // A miss wakes it.
     assert_eq!(get(s.addr, "/other").await.0, 200);
     assert_eq!(s.waker.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(s.waker.activity.arrivals(), 2);
 }
 
 #[tokio::test]

@@ -7,17 +7,21 @@
 //! state (an instance is a backend while it runs) or the peer routes change. It never holds a
 //! request: a new routing applies from the next request on. A workload that scales to zero
 //! is woken by a request and put back to sleep when idle by [`wake`], which also sets every
-//! routing.
+//! routing; [`prewarm`] may wake it before a request the warming model ([`warm_model`])
+//! expects, through the same wake, and keep it up past its idle time
+//! ([`NodeProxy::start_prewarm`], on unless `[proxy] prewarm = false`).
 //!
 //! With `peer_listen`, once the node has its identity ([`NodeProxy::serve_peers`]), a second
 //! listener serves other nodes over mutual TLS (`edge_proxy::peer_tls`), bounded as the
 //! first, and the proxy reaches peers as this node.
 
 pub mod peers;
+pub mod prewarm;
 pub mod purge;
 pub mod route_model;
 pub mod samples;
 pub mod traffic;
+pub mod warm_model;
 
 use crate::supervisor::{InstanceStatus, State, Supervisor, WorkloadSpec};
 use edge_proto::{Location, NodeId, WorkloadRoutes};
@@ -80,6 +84,10 @@ pub struct NodeProxy {
     peers_changed: Arc<Notify>,
     stop: Vec<oneshot::Sender<()>>,
     follow: JoinHandle<()>,
+    /// Wakes and sleeps the workloads that scale to zero; the routing task holds it too.
+    activator: wake::Activator,
+    /// Pre-warming, once started ([`NodeProxy::start_prewarm`]).
+    prewarm: Option<(crate::task::AbortOnDrop, prewarm::ModelSwap)>,
 }
 
 impl NodeProxy {
@@ -151,7 +159,7 @@ impl NodeProxy {
             let _ = stopped.await;
         }));
         let follow = tokio::spawn(follow(
-            activator,
+            activator.clone(),
             events,
             Follow {
                 members,
@@ -169,7 +177,40 @@ impl NodeProxy {
             peers_changed,
             stop: vec![stop],
             follow,
+            activator,
+            prewarm: None,
         })
+    }
+
+    /// Starts pre-warming the workloads that scale to zero, as `config` says (`prewarm`,
+    /// `prewarm_threshold_percent`), with the warming model in `data_dir` or the built-in
+    /// one; shows who decides on `board`. A second call changes nothing. The handle through
+    /// which a new model replaces the one in use; `None` when pre-warming is off.
+    pub async fn start_prewarm(
+        &mut self,
+        config: &ProxyConfig,
+        data_dir: &Path,
+        board: &crate::status::StatusBoard,
+    ) -> Option<prewarm::ModelSwap> {
+        if let Some((_, swap)) = &self.prewarm {
+            return Some(swap.clone());
+        }
+        if !config.prewarm() {
+            prewarm::show_off(board);
+            return None;
+        }
+        let dir = data_dir.to_owned();
+        // Reading the file and running its golden rows: off the runtime's threads.
+        let loaded = tokio::task::spawn_blocking(move || warm_model::load(&dir))
+            .await
+            .unwrap_or_else(|_| warm_model::Loaded {
+                predictor: Err(node_core::warm::Fallback::Refused),
+                model: None,
+            });
+        let threshold = f32::from(config.prewarm_threshold_percent()) / 100.0;
+        let (task, swap) = prewarm::start(self.activator.clone(), loaded, threshold, board.clone());
+        self.prewarm = Some((task, swap.clone()));
+        Some(swap)
     }
 
     pub fn local_addr(&self) -> SocketAddr {

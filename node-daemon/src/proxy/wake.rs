@@ -16,6 +16,10 @@
 //! - **Sleep**: a watcher per awake workload waits until no request has come or ended for
 //!   `idle_secs`, then closes the activity, which succeeds only while no request is in
 //!   flight, and has the supervisor stop the workload (gracefully) and leave it dormant.
+//!   While pre-warming holds the workload up ([`Activator::keep`], until a time that ends
+//!   on its own should pre-warming stop), the watcher waits instead.
+//! - **Pre-warm** ([`Activator::prewarm`]): the same wake as a request's, asked for by
+//!   `super::prewarm` before the request it expects; it takes the same turn.
 //!
 //! It never forwards a request and never starts or signals a process itself.
 
@@ -24,7 +28,7 @@ use edge_proxy::{Activity, Proxy, Routing, WakeError, Waker};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -34,6 +38,9 @@ pub type BuildRouting = Box<dyn Fn(&[(WorkloadSpec, InstanceStatus)]) -> Routing
 
 /// The shortest a wake may take before it is given up: below the shortest route timeout.
 const MIN_WAKE_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long a start is taken to last until one is measured: a typical small service on a Pi.
+const COLD_START_GUESS: Duration = Duration::from_secs(4);
 
 /// Wakes and sleeps the node's workloads that scale to zero, and sets the proxy's routing.
 /// Cheap to clone; the proxy's waker and the idle watchers hold it weakly, so it ends with
@@ -69,6 +76,25 @@ struct Entry {
     idle: Duration,
     /// How long a wake may take before the workload is stopped again.
     wake_within: Duration,
+    /// The spec's memory, for pre-warming's view of what an instance costs.
+    memory_bytes: u64,
+    /// How long its last wake took to be ready, in milliseconds; 0 before the first.
+    cold_start_ms: Arc<AtomicU64>,
+    /// Until when pre-warming keeps it up past its idle time; `None`: it does not.
+    kept_until: Arc<Mutex<Option<Instant>>>,
+}
+
+/// A workload that scales to zero, as pre-warming sees it.
+#[derive(Debug, Clone)]
+pub struct Sleeper {
+    pub name: String,
+    pub activity: Arc<Activity>,
+    /// Up or starting (by a request or a pre-warm), as the supervisor says.
+    pub awake: bool,
+    pub idle: Duration,
+    pub memory_bytes: u64,
+    /// Its last start's time to ready, or a guess before the first.
+    pub cold_start: Duration,
 }
 
 impl Entry {
@@ -79,7 +105,17 @@ impl Entry {
             watched: Arc::new(AtomicBool::new(false)),
             idle: Duration::MAX,
             wake_within: MIN_WAKE_WITHIN,
+            memory_bytes: 0,
+            cold_start_ms: Arc::new(AtomicU64::new(0)),
+            kept_until: Arc::new(Mutex::new(None)),
         }
+    }
+
+    fn kept_until(&self) -> Option<Instant> {
+        *self
+            .kept_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -104,6 +140,58 @@ impl Activator {
     /// Sets the proxy's routing from what the supervisor runs now. Call it on every change.
     pub fn refresh(&self) {
         self.shared.refresh();
+    }
+
+    /// Every workload that scales to zero, now.
+    pub fn sleepers(&self) -> Vec<Sleeper> {
+        let entries: Vec<(String, Entry)> = self
+            .shared
+            .workloads()
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .collect();
+        entries
+            .into_iter()
+            .map(|(name, entry)| {
+                let awake = matches!(
+                    self.shared.supervisor.readiness(&name),
+                    Some(Readiness::Waking | Readiness::Ready)
+                );
+                let measured = entry.cold_start_ms.load(Ordering::Relaxed);
+                Sleeper {
+                    awake,
+                    activity: entry.activity.clone(),
+                    idle: entry.idle,
+                    memory_bytes: entry.memory_bytes,
+                    cold_start: if measured == 0 {
+                        COLD_START_GUESS
+                    } else {
+                        Duration::from_millis(measured)
+                    },
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// Wakes `name` before a request, through the wake a request takes (and its turn).
+    /// Resolves to whether this call started it (not: it was up already, or another wake
+    /// did).
+    pub fn prewarm(&self, name: &str) -> impl Future<Output = Result<bool, WakeError>> + use<> {
+        let shared = self.shared.clone();
+        let name = name.to_owned();
+        async move { shared.wake(name).await }
+    }
+
+    /// Keeps `name` up past its idle time until `until` (`None`: no longer); the idle
+    /// watcher looks again then.
+    pub fn keep(&self, name: &str, until: Option<Instant>) {
+        if let Some(entry) = self.shared.entry(name) {
+            *entry
+                .kept_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = until;
+        }
     }
 }
 
@@ -144,6 +232,7 @@ impl Shared {
                     .or_insert_with(|| Entry::new(now));
                 entry.idle = scale.idle();
                 entry.wake_within = wake_within(spec);
+                entry.memory_bytes = spec.resources.memory_bytes.unwrap_or(0);
                 routing
                     .scale_to_zero
                     .insert(spec.name.clone(), entry.activity.clone());
@@ -169,16 +258,17 @@ impl Shared {
         }
     }
 
-    /// Wakes `name`; see the module docs.
-    async fn wake(self: Arc<Self>, name: String) -> Result<(), WakeError> {
+    /// Wakes `name`; see the module docs. Whether this call started it.
+    async fn wake(self: Arc<Self>, name: String) -> Result<bool, WakeError> {
         let entry = self.entry(&name).ok_or(WakeError::Unknown)?;
         // A wake is the start of a request: the idle time counts from here.
         entry.activity.touch(Instant::now());
         let _turn = entry.turn.clone().lock_owned().await;
         if !entry.activity.is_closed() {
             // Another wake finished while this one waited its turn.
-            return Ok(());
+            return Ok(false);
         }
+        let started = Instant::now();
         let woke = tokio::time::timeout(entry.wake_within, self.supervisor.wake(&name)).await;
         let error = match woke {
             Ok(Ok(())) => None,
@@ -194,6 +284,8 @@ impl Shared {
             }
             return Err(error);
         }
+        let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        entry.cold_start_ms.store(took.max(1), Ordering::Relaxed);
         self.refresh();
         entry.activity.touch(Instant::now());
         entry.activity.open();
@@ -204,7 +296,7 @@ impl Shared {
                 entry.activity.clone(),
             ));
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -244,6 +336,11 @@ async fn watch_idle(shared: Weak<Shared>, name: String, activity: Arc<Activity>)
             .unwrap_or(now + Duration::from_secs(86_400));
         if due > now {
             tokio::time::sleep_until(due.into()).await;
+            continue;
+        }
+        if let Some(until) = entry.kept_until().filter(|&until| until > now) {
+            // Pre-warming expects a request soon; it says again before `until`.
+            tokio::time::sleep_until(until.into()).await;
             continue;
         }
         let turn = entry.turn.clone().lock_owned().await;
@@ -286,6 +383,7 @@ impl Waker for NodeWaker {
         Box::pin(async move {
             task.await
                 .unwrap_or_else(|error| Err(WakeError::NotReady(error.to_string())))
+                .map(|_| ())
         })
     }
 }

@@ -36,6 +36,7 @@ impl ActiveModel {
 pub fn node_purpose(name: &str) -> Option<ModelPurpose> {
     match name {
         "route" => Some(ModelPurpose::Route),
+        "warm" => Some(ModelPurpose::Warm),
         _ => None,
     }
 }
@@ -77,8 +78,10 @@ mod tests {
     }
 
     #[test]
-    fn only_routing_models_are_the_nodes_business() {
+    fn only_routing_and_warming_models_are_the_nodes_business() {
         assert_eq!(node_purpose("route"), Some(ModelPurpose::Route));
+        assert_eq!(node_purpose("warm"), Some(ModelPurpose::Warm));
+        assert_eq!(node_purpose("WARM"), None);
         assert_eq!(node_purpose("place"), None);
         assert_eq!(node_purpose("ROUTE"), None);
     }

@@ -24,7 +24,7 @@ use orchestrator_core::models::ActiveModel;
 
 /// The purposes a fleet model may serve: what the nodes' proxies and the scheduler ask for.
 /// A fixed set, so that a purpose is fit for a metric label and a file key.
-pub const PURPOSES: [&str; 2] = ["route", "place"];
+pub const PURPOSES: [&str; 3] = ["route", "place", "warm"];
 
 /// One stored model, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -134,6 +134,8 @@ pub(super) struct RawProxy {
     pub header_timeout_secs: Option<i64>,
     pub max_body_bytes: Option<i64>,
     pub route_samples_interval_secs: Option<i64>,
+    pub prewarm: Option<bool>,
+    pub prewarm_threshold_percent: Option<i64>,
     pub cache: Option<RawProxyCache>,
     pub upstream: Option<Vec<RawUpstream>>,
 }

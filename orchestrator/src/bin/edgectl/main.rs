@@ -208,7 +208,7 @@ enum ModelCommand {
     Push {
         /// The model file (.onnx).
         path: PathBuf,
-        /// What the fleet uses it for (route, place); by default what the model declares.
+        /// What the fleet uses it for (route, place, warm); by default what the model declares.
         #[arg(long)]
         purpose: Option<String>,
     },

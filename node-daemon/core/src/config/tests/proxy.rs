@@ -47,6 +47,8 @@ fn a_listen_address_alone_takes_every_default() {
     assert_eq!(p.header_timeout(), Duration::from_secs(10));
     assert_eq!(p.max_body_bytes(), 16 << 20);
     assert_eq!(p.route_samples_interval(), Some(Duration::from_secs(60)));
+    assert!(p.prewarm(), "pre-warming is on unless turned off");
+    assert_eq!(p.prewarm_threshold_percent(), 50);
     let cache = p.cache();
     assert_eq!(
         (cache.memory_bytes, cache.disk_bytes, cache.max_object_bytes),
@@ -68,6 +70,8 @@ max_connections = 64
 header_timeout_secs = 5
 max_body_bytes = 1048576
 route_samples_interval_secs = 0
+prewarm = false
+prewarm_threshold_percent = 30
 [proxy.cache]
 memory_bytes = 4194304
 disk_bytes = 0
@@ -92,6 +96,8 @@ path_prefix = "/"
     assert_eq!(p.header_timeout(), Duration::from_secs(5));
     assert_eq!(p.max_body_bytes(), 1 << 20);
     assert_eq!(p.route_samples_interval(), None, "0: no samples");
+    assert!(!p.prewarm());
+    assert_eq!(p.prewarm_threshold_percent(), 30);
     assert_eq!(p.cache().disk_bytes, 0, "no disk store");
     let [shop, rest] = p.upstreams() else {
         panic!("two upstreams: {:?}", p.upstreams());
@@ -204,6 +210,16 @@ fn bad_values_name_their_field() {
             proxy("route_samples_interval_secs = -1"),
             "proxy.route_samples_interval_secs",
             "out of range",
+        ),
+        (
+            proxy("prewarm_threshold_percent = 0"),
+            "proxy.prewarm_threshold_percent",
+            "out of range 1..=99",
+        ),
+        (
+            proxy("prewarm_threshold_percent = 100"),
+            "proxy.prewarm_threshold_percent",
+            "out of range 1..=99",
         ),
         (
             proxy("header_timeout_secs = 0"),
@@ -521,6 +537,10 @@ fn unknown_keys_and_missing_ones_are_refused() {
     let msg = parse_error(&upstream("host = \"a\""));
     assert!(msg.contains("origin"), "{msg}");
     parse_error(&proxy("max_connections = \"many\""));
+    let msg = parse_error(&proxy("prewarm = \"yes\""));
+    assert!(msg.contains("prewarm"), "{msg}");
+    parse_error(&proxy("prewarm = 1"));
+    parse_error(&proxy("prewarm_threshold_percent = 0.5"));
     parse_error(&upstream(
         "origin = \"http://a\"\nhost = \"a\"\ncache = \"yes\"",
     ));
