@@ -706,30 +706,7 @@ impl NodeMetrics {
                 model,
                 outcome,
                 error,
-            } => {
-                m.route_model_offers
-                    .get_or_create(&OutcomeLabel {
-                        outcome: outcome.as_str(),
-                    })
-                    .inc();
-                let error = error.unwrap_or_default();
-                match outcome {
-                    ModelOutcome::Installed => {
-                        info!(model, "the fleet's routing model is installed and in use")
-                    }
-                    ModelOutcome::Refused => warn!(
-                        model,
-                        error,
-                        "the fleet's routing model was refused; the node keeps the one it has"
-                    ),
-                    ModelOutcome::Failed => warn!(
-                        model,
-                        error,
-                        "the fleet's routing model could not be fetched or installed; the node \
-                         keeps the one it has"
-                    ),
-                }
-            }
+            } => model_offer(&m.route_model_offers, "routing", model, *outcome, error),
             NodeEvent::PrewarmMode { mode, model } => {
                 self.prewarm_mode(*mode);
                 let model = model.unwrap_or_default();
@@ -748,30 +725,7 @@ impl NodeMetrics {
                 model,
                 outcome,
                 error,
-            } => {
-                m.warm_model_offers
-                    .get_or_create(&OutcomeLabel {
-                        outcome: outcome.as_str(),
-                    })
-                    .inc();
-                let error = error.unwrap_or_default();
-                match outcome {
-                    ModelOutcome::Installed => {
-                        info!(model, "the fleet's warming model is installed and in use")
-                    }
-                    ModelOutcome::Refused => warn!(
-                        model,
-                        error,
-                        "the fleet's warming model was refused; the node keeps the one it has"
-                    ),
-                    ModelOutcome::Failed => warn!(
-                        model,
-                        error,
-                        "the fleet's warming model could not be fetched or installed; the node \
-                         keeps the one it has"
-                    ),
-                }
-            }
+            } => model_offer(&m.warm_model_offers, "warming", model, *outcome, error),
             NodeEvent::Prewarmed { workload } => {
                 m.prewarms.inc();
                 debug!(workload, "pre-warmed before a request");
@@ -829,6 +783,38 @@ impl Drop for Running {
 }
 
 /// A state as `/status` names it.
+/// A model the fleet offered the node (`which`: "routing" or "warming"): counted by outcome
+/// and logged, with why when it was not installed.
+fn model_offer(
+    offers: &Family<OutcomeLabel, Counter>,
+    which: &'static str,
+    model: &str,
+    outcome: ModelOutcome,
+    error: &Option<&str>,
+) {
+    offers
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.as_str(),
+        })
+        .inc();
+    let error = error.unwrap_or_default();
+    match outcome {
+        ModelOutcome::Installed => {
+            info!(model, which, "the fleet's model is installed and in use")
+        }
+        ModelOutcome::Refused => warn!(
+            model,
+            which, error, "the fleet's model was refused; the node keeps the one it has"
+        ),
+        ModelOutcome::Failed => warn!(
+            model,
+            which,
+            error,
+            "the fleet's model could not be fetched or installed; the node keeps the one it has"
+        ),
+    }
+}
+
 fn state_name(state: State) -> &'static str {
     match state {
         State::Starting => "starting",
