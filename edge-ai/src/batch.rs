@@ -247,6 +247,34 @@ impl Batch {
         Ok(values.get(..self.rows * width).unwrap_or_default())
     }
 
+    /// Runs a model of one input and one output over any number of rows: `input` holds them
+    /// row-major (a whole number of rows of the input's width), run [`Batch::max_rows`] at a
+    /// time. After each run, `each` gets the index of that run's first row and its output rows.
+    ///
+    /// An `input` that is not a whole number of rows is [`ModelError::InputShape`], and
+    /// nothing runs. An empty one runs nothing.
+    pub fn run_rows(
+        &mut self,
+        input: &[f32],
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        let width = self.model.inputs().first().map_or(0, Port::width);
+        if width == 0 || !input.len().is_multiple_of(width) {
+            return Err(ModelError::InputShape {
+                expected: width,
+                got: input.len(),
+            });
+        }
+        let step = self.max_rows;
+        for (chunk, rows) in input.chunks(step * width).enumerate() {
+            let n = rows.len() / width;
+            self.input_mut(0, n)?.copy_from_slice(rows);
+            self.run(n)?;
+            each(chunk * step, self.output(0)?);
+        }
+        Ok(())
+    }
+
     fn check_rows(&self, rows: usize) -> Result<(), ModelError> {
         if rows == 0 || rows > self.max_rows {
             return Err(ModelError::Rows {

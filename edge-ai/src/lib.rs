@@ -214,11 +214,13 @@ pub enum ModelError {
     #[error("invalid model: {0}")]
     Invalid(String),
 
-    /// The input passed to [`Model::run`] does not have the model's input length. The caller's
-    /// mistake: nothing was run.
-    #[error("model takes {expected} input values, got {got}")]
+    /// The input passed to [`Model::run`] does not have the model's input length, or the one
+    /// passed to [`Batch::run_rows`] is not a whole number of rows. The caller's mistake:
+    /// nothing was run.
+    #[error("model takes {expected} input values (or a multiple, by rows), got {got}")]
     InputShape {
-        /// The model's input length, [`Model::input_len`].
+        /// The model's input length, [`Model::input_len`]; for [`Batch::run_rows`], the width
+        /// of one row.
         expected: usize,
         /// The length of the slice that was passed.
         got: usize,

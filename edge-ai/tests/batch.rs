@@ -358,3 +358,48 @@ fn a_batch_moves_to_another_thread() {
     .expect("no panic");
     assert_outputs(&runner, &expected, batch, "after a move");
 }
+
+#[test]
+fn run_rows_runs_any_number_of_rows_in_batches_and_refuses_a_partial_row() {
+    let model = load("route-mlp.onnx");
+    let width = model.inputs()[0].width();
+    let out_width = model.outputs()[0].width();
+    // 11 rows through a batch of 4: runs of 4, 4 and 3, each handed over at its first row.
+    let rows = 11;
+    let input: Vec<f32> = (0..rows * width)
+        .map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0)
+        .collect();
+    let mut runner = model.batch(4).expect("a batch of 4");
+    let mut outputs = vec![f32::NAN; rows * out_width];
+    let mut firsts = Vec::new();
+    runner
+        .run_rows(&input, |first, values| {
+            firsts.push(first);
+            outputs[first * out_width..][..values.len()].copy_from_slice(values);
+        })
+        .expect("whole rows run");
+    assert_eq!(firsts, [0, 4, 8]);
+    for (row, features) in input.chunks_exact(width).enumerate() {
+        let single = model.run(features).expect("one row runs");
+        for (single, batched) in single.iter().zip(&outputs[row * out_width..][..out_width]) {
+            assert!(
+                close(*single, *batched),
+                "row {row}: alone {single:?}, through run_rows {batched:?}"
+            );
+        }
+    }
+
+    // A partial row is the caller's mistake: refused, and nothing is handed over.
+    let mut called = false;
+    let error = runner
+        .run_rows(&input[..width + 1], |_, _| called = true)
+        .expect_err("a row and one value is no whole number of rows");
+    assert!(
+        matches!(error, ModelError::InputShape { expected, got } if expected == width && got == width + 1),
+        "{error:?}"
+    );
+    assert!(!called);
+    // No rows: nothing runs.
+    runner.run_rows(&[], |_, _| called = true).expect("no rows");
+    assert!(!called);
+}

@@ -131,25 +131,23 @@ impl std::fmt::Debug for BatchPredictor {
 #[cfg(feature = "ai")]
 impl Predict for BatchPredictor {
     fn predict(&mut self, features: &[f32], out: &mut [Prediction]) -> Result<(), PredictError> {
-        let error = |e: edge_ai::ModelError| PredictError(e.to_string());
-        let step = self.batch.max_rows();
-        for (rows, predictions) in features
-            .chunks(step * ROUTE_WIDTH)
-            .zip(out.chunks_mut(step))
-        {
-            let n = predictions.len();
-            self.batch
-                .input_mut(0, n)
-                .map_err(error)?
-                .copy_from_slice(rows);
-            self.batch.run(n).map_err(error)?;
-            let values = self.batch.output(0).map_err(error)?;
-            for (p, pair) in predictions.iter_mut().zip(values.chunks_exact(2)) {
-                *p = Prediction::from_outputs(pair[0], pair[1]);
-            }
-        }
-        Ok(())
+        let features = rows_of(features, out.len(), ROUTE_WIDTH)?;
+        self.batch
+            .run_rows(features, |first, values| {
+                for (p, pair) in out.iter_mut().skip(first).zip(values.chunks_exact(2)) {
+                    *p = Prediction::from_outputs(pair[0], pair[1]);
+                }
+            })
+            .map_err(|e| PredictError(e.to_string()))
     }
+}
+
+/// The first `rows` rows of `width` features, or why there are fewer.
+#[cfg(feature = "ai")]
+pub(crate) fn rows_of(features: &[f32], rows: usize, width: usize) -> Result<&[f32], PredictError> {
+    features
+        .get(..rows * width)
+        .ok_or_else(|| PredictError(format!("fewer than {rows} rows of features")))
 }
 
 /// How often [`watch`] looks at who chooses on each route.

@@ -158,25 +158,14 @@ impl std::fmt::Debug for BatchWarm {
 #[cfg(feature = "ai")]
 impl PredictWarm for BatchWarm {
     fn predict(&mut self, features: &[f32], out: &mut [f32]) -> Result<(), PredictError> {
-        let error = |e: edge_ai::ModelError| PredictError(e.to_string());
-        let step = self.batch.max_rows();
-        for (rows, outs) in features.chunks(step * WARM_WIDTH).zip(out.chunks_mut(step)) {
-            let n = outs.len();
-            self.batch
-                .input_mut(0, n)
-                .map_err(error)?
-                .copy_from_slice(rows);
-            self.batch.run(n).map_err(error)?;
-            let values = self.batch.output(0).map_err(error)?;
-            if values.len() != n {
-                return Err(PredictError(format!(
-                    "{} outputs for {n} workloads",
-                    values.len()
-                )));
-            }
-            outs.copy_from_slice(values);
-        }
-        Ok(())
+        let features = crate::proxy::route_model::rows_of(features, out.len(), WARM_WIDTH)?;
+        self.batch
+            .run_rows(features, |first, values| {
+                for (o, &v) in out.iter_mut().skip(first).zip(values) {
+                    *o = v;
+                }
+            })
+            .map_err(|e| PredictError(e.to_string()))
     }
 }
 

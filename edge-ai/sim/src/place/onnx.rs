@@ -58,23 +58,16 @@ impl PlacePredict for OnnxPlacePredict {
         features: &[f32],
         out: &mut [PlacePrediction],
     ) -> Result<(), PredictError> {
-        let max = self.batch.max_rows();
-        let error = |e: edge_ai::ModelError| PredictError(e.to_string());
-        for (rows, preds) in features.chunks(max * PLACE_WIDTH).zip(out.chunks_mut(max)) {
-            let n = preds.len();
-            let rows = rows
-                .get(..n * PLACE_WIDTH)
-                .ok_or_else(|| PredictError(format!("fewer than {n} rows of features")))?;
-            self.batch
-                .input_mut(0, n)
-                .map_err(error)?
-                .copy_from_slice(rows);
-            self.batch.run(n).map_err(error)?;
-            let y = self.batch.output(0).map_err(error)?;
-            for (p, o) in preds.iter_mut().zip(y.chunks_exact(2)) {
-                *p = PlacePrediction::from_outputs(o[0], o[1]);
-            }
-        }
-        Ok(())
+        let rows = out.len();
+        let features = features
+            .get(..rows * PLACE_WIDTH)
+            .ok_or_else(|| PredictError(format!("fewer than {rows} rows of features")))?;
+        self.batch
+            .run_rows(features, |first, values| {
+                for (p, o) in out.iter_mut().skip(first).zip(values.chunks_exact(2)) {
+                    *p = PlacePrediction::from_outputs(o[0], o[1]);
+                }
+            })
+            .map_err(|e| PredictError(e.to_string()))
     }
 }

@@ -126,18 +126,17 @@ impl OnnxWarm {
 
 impl PredictWarm for OnnxWarm {
     fn predict(&mut self, features: &[f32], out: &mut [f32]) -> Result<(), PredictError> {
-        let error = |e: edge_ai::ModelError| PredictError(e.to_string());
-        let max = self.batch.max_rows();
-        for (rows, outs) in features.chunks(max * WARM_WIDTH).zip(out.chunks_mut(max)) {
-            let n = outs.len();
-            self.batch
-                .input_mut(0, n)
-                .map_err(error)?
-                .copy_from_slice(rows);
-            self.batch.run(n).map_err(error)?;
-            outs.copy_from_slice(self.batch.output(0).map_err(error)?);
-        }
-        Ok(())
+        let rows = out.len();
+        let features = features
+            .get(..rows * WARM_WIDTH)
+            .ok_or_else(|| PredictError(format!("fewer than {rows} rows of features")))?;
+        self.batch
+            .run_rows(features, |first, values| {
+                for (o, &v) in out.iter_mut().skip(first).zip(values) {
+                    *o = v;
+                }
+            })
+            .map_err(|e| PredictError(e.to_string()))
     }
 }
 
