@@ -616,9 +616,16 @@ mod node {
             (shown.mode, shown.model.as_deref(), shown.prewarms),
             ("model", Some("sha256:test"), 1)
         );
-        let starts =
-            std::fs::read_to_string(scripts.path().join("poll.starts")).unwrap_or_default();
-        assert_eq!(starts.lines().count(), 1, "one start");
+        // Ready means spawned (the test holds its port): the script writes its start a moment
+        // later.
+        let starts = || {
+            std::fs::read_to_string(scripts.path().join("poll.starts"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        until("its start written", || starts() >= 1).await;
+        assert_eq!(starts(), 1, "one start");
 
         // Pre-warming stops: its keep runs out, and the idle watcher puts it to sleep.
         drop(task);
