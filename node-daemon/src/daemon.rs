@@ -27,7 +27,7 @@ use node_core::session::{
     ANSWER_TIMEOUT, Action, BackoffPolicy, ConnectFailure, Fatal, Join, NodeSession,
 };
 use node_core::summary::MetricWindow;
-use node_core::sync::Resync;
+use node_core::sync::{ANSWER_DEADLINE, AnswerWatch, Resync};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -233,6 +233,8 @@ pub async fn run_with(
 
     // Follows the sync after each welcome; events wait until it is over.
     let mut resync = Resync::default();
+    // A live session that stops answering the sync or the outbox's batches is dialled again.
+    let mut answers = AnswerWatch::default();
     let mut load = LoadRecorder::new(config.outbox().metrics_window_secs, outbox.clone());
     let endpoint = client_endpoint(&config)?;
     let (tx, mut rx) = mpsc::channel::<Event>(64);
@@ -339,6 +341,22 @@ pub async fn run_with(
                     // Events wait for a reason to go (a new one, an acknowledgement, a
                     // welcome); this is one more, so that none waits past an interval.
                     send_events(&mut outbox, &mut current, resync.is_done()).await;
+                    let waiting = !resync.is_done()
+                        || outbox.as_ref().is_some_and(|o| o.batches_in_flight() > 0);
+                    if answers.stalled(waiting, Instant::now())
+                        && let Some((conn, _)) = current.as_ref()
+                    {
+                        warn!(
+                            synced = resync.is_done(),
+                            deadline_secs = ANSWER_DEADLINE.as_secs(),
+                            "the orchestrator has left the sync or the outbox's batches \
+                             unanswered past the deadline; dialling again"
+                        );
+                        // The read loop reports the close, and the session backs off and
+                        // dials as after any lost connection.
+                        conn.close(0u32.into(), b"no answer to the sync or the events");
+                        answers.answered();
+                    }
                 }
                 Action::Assign(a) => {
                     resync.assigned(a.workload.as_str());
@@ -372,6 +390,7 @@ pub async fn run_with(
                             outbox.synced(finish.events_through);
                         }
                     }
+                    answers.answered();
                     send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
                 Action::Routes(routes) => {
@@ -388,6 +407,7 @@ pub async fn run_with(
                     if let Some(outbox) = outbox.as_mut() {
                         outbox.stored(&stored);
                     }
+                    answers.answered();
                     send_events(&mut outbox, &mut current, resync.is_done()).await;
                 }
                 Action::Renewed(renewed) => {
@@ -612,6 +632,7 @@ pub async fn run_with(
                     }
                     if !was_established && session.is_established() {
                         resync.welcomed();
+                        answers.answered();
                         board.set(State::Online, format!("connected to {orchestrator}"));
                         // The orchestrator sends every workload's peer routes after the
                         // welcome; what this node knew may be stale by now.

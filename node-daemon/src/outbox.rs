@@ -204,6 +204,11 @@ impl EventOutbox {
         }
     }
 
+    /// Batches out, waiting for the orchestrator's acknowledgement.
+    pub fn batches_in_flight(&self) -> usize {
+        self.lock().drain.in_flight()
+    }
+
     /// The next batch to send, unless [`WINDOW`] batches are out already or nothing waits.
     pub fn next_batch(&self) -> Option<NodeMsg> {
         let inner = &mut *self.lock();

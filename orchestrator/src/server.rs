@@ -889,8 +889,17 @@ async fn flush_actions(
                             debug!(%error, "send failed");
                         }
                     }
-                    // Not acknowledged: the node keeps the events and sends them again.
-                    Err(error) => warn!(node = %node, %error, "could not store a node's events"),
+                    // Not acknowledged: the node keeps the events. It sends them again on
+                    // its next session, so this one ends now rather than leave it waiting.
+                    Err(error) => {
+                        warn!(node = %node, %error, "could not store a node's events; closing its session");
+                        let _ = send.finish();
+                        conn.close(
+                            close_code(Some(RejectCode::Internal)),
+                            b"orchestrator storage failed; retry later",
+                        );
+                        return true;
+                    }
                 }
             }
             Action::Renew(node, req) => {

@@ -571,6 +571,25 @@ pub fn start_orchestrator_with(
     quic_listen: &str,
     args: &[&str],
 ) -> (Proc, String, String) {
+    start_orchestrator_logging(data, quic_listen, args, None)
+}
+
+/// As [`start_orchestrator_on`], appending what the orchestrator logs (warnings and
+/// errors) to `log`, for a failing test to show.
+pub fn start_orchestrator_logged(
+    data: &Path,
+    quic_listen: &str,
+    log: &Path,
+) -> (Proc, String, String) {
+    start_orchestrator_logging(data, quic_listen, &[], Some(log))
+}
+
+fn start_orchestrator_logging(
+    data: &Path,
+    quic_listen: &str,
+    args: &[&str],
+    log: Option<&Path>,
+) -> (Proc, String, String) {
     // Built first: the deadline is for the start, not for a build.
     let exe = binary("edge-orchestrator");
     let deadline = Instant::now() + PATIENCE;
@@ -604,7 +623,21 @@ pub fn start_orchestrator_with(
         };
         // Keep reading: once nobody reads its stderr, the orchestrator's next log line fails
         // to write, and tracing's report of that failure panics whatever task was logging.
-        std::thread::spawn(move || lines.into_iter().for_each(drop));
+        let mut log = log.and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        });
+        std::thread::spawn(move || {
+            for line in lines {
+                if let Some(file) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         let quic = banner
             .split("nodes dial ")
             .nth(1)

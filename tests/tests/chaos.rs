@@ -13,7 +13,7 @@
 
 use edge_tests::cli::{Edgectl, node_config};
 use edge_tests::relay::Relay;
-use edge_tests::{PATIENCE, Proc, alive, binary, eventually, start_orchestrator_on};
+use edge_tests::{PATIENCE, Proc, alive, binary, eventually, start_orchestrator_logged};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -107,7 +107,8 @@ struct Orchestrator {
 
 impl Orchestrator {
     fn start(dir: &Path, quic_listen: &str) -> Self {
-        let (proc, quic, api) = start_orchestrator_on(dir, quic_listen);
+        let (proc, quic, api) =
+            start_orchestrator_logged(dir, quic_listen, &dir.with_extension("log"));
         Self {
             proc,
             dir: dir.to_owned(),
@@ -502,16 +503,29 @@ async fn events_survive_partitions_loss_and_kills_and_reconnects_restart_nothing
     })
     .await;
     if drained.is_none() {
+        // What did not drain first: a long report is cut in the middle.
         for node in &nodes {
-            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
             println!(
-                "{}'s log, last lines first:\n{}",
+                "{}: outbox {}; status {}",
                 node.name,
-                tail.join("\n")
+                outboxes
+                    .get(&node.name)
+                    .map_or("unanswered".into(), Value::to_string),
+                node.ctl_json(&["status"])
+                    .map_or("unanswered".into(), |s| s.to_string())
             );
         }
-        panic!("every outbox drains once healed (seed {seed}): {outboxes:#?}");
+        let orchestrator_log = orch.dir.with_extension("log");
+        for (name, log) in nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.log.as_path()))
+            .chain([("the orchestrator", orchestrator_log.as_path())])
+        {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            println!("{name}'s log, last lines first:\n{}", tail.join("\n"));
+        }
+        panic!("every outbox drains once healed (seed {seed}): {outboxes:?}");
     }
 
     // Every sequence number each node gave out is stored (or in a gap), once.
@@ -574,6 +588,19 @@ async fn events_survive_partitions_loss_and_kills_and_reconnects_restart_nothing
         node.observe_steady(&mut totals);
         let changes = node.steady.len() as u64 - 1;
         totals.reconnect_restarts += changes.saturating_sub(u64::from(node.kills));
+        // Sessions the node gave up on because the orchestrator stopped answering: each
+        // one is a message the orchestrator lost, which the log says.
+        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+        let unanswered = log
+            .lines()
+            .filter(|l| l.contains("unanswered past"))
+            .count();
+        if unanswered > 0 {
+            println!(
+                "{}: {unanswered} sessions left unanswered and dialled again",
+                node.name
+            );
+        }
     }
     println!(
         "chaos totals: seed {seed}, {} cycles, {NODES} nodes, {} node kills, {} orchestrator \

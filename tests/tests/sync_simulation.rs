@@ -16,22 +16,30 @@
 //! its outbox (or was in an outbox that was lost). After the link heals for good, everything
 //! converges: the outboxes empty, every event stored. A failing run prints its seed;
 //! `SYNC_SIM_SEED=N` replays it.
+//!
+//! Now and then the orchestrator leaves an answer out on a live connection (a batch stored
+//! but not acknowledged, a sync never finished), which a connection that stays up would
+//! never bring back: the node's real `AnswerWatch`, checked on the daemon's status tick,
+//! dials again, and the run must converge all the same.
 
 use edge_proto::{
     EventBatch, EventGap, EventKind, EventsStored, List, NodeEvent, NodeId, SyncMode, SyncState,
     Synced, WorkloadReport, WorkloadState, text,
 };
 use node_core::outbox::{Batch, Class, Drain, Outbox};
-use node_core::sync::{OutboxMarks, Resync};
+use node_core::sync::{AnswerWatch, OutboxMarks, Resync};
 use orchestrator_core::events::{acknowledgement, records};
 use orchestrator_core::store::{MemStore, Store};
 use orchestrator_core::sync::{MAX_RESENT_ACKS, resent_acks};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 const NODES: usize = 16;
 const MINUTE: u64 = 60_000;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
+/// The daemon's status tick, on which it checks its session's answers.
+const TICK: u64 = 10_000;
 
 /// Something the link or a process does at a time.
 #[derive(Debug, Clone)]
@@ -60,6 +68,8 @@ enum Ev {
     Crash(usize),
     /// The node's outbox log is lost (its identity is kept), and its process starts again.
     Wipe(usize),
+    /// The node's status tick on `conn`, while it waits on an answer.
+    Tick(usize, u64),
     /// The orchestrator dies, and starts again a while later.
     OrchestratorDown,
     OrchestratorUp,
@@ -78,6 +88,9 @@ struct Node {
     /// The outbox's log was made anew and not yet placed after what the orchestrator holds.
     fresh: bool,
     resync: Resync,
+    answers: AnswerWatch,
+    /// The connection whose status tick is due, while one is.
+    ticking: Option<u64>,
 }
 
 struct Sim {
@@ -102,6 +115,11 @@ struct Sim {
     /// what the orchestrator held: to show the run went through both.
     resent: u64,
     moved: u64,
+    /// Answers the orchestrator left out, and sessions the node's watch gave up on.
+    unanswered: u64,
+    redialled: u64,
+    /// What `Instant` the virtual clock's 0 is.
+    origin: Instant,
     /// Until when faults are injected; after it, the link only heals.
     faults_until: u64,
 }
@@ -162,6 +180,8 @@ impl Sim {
                     made: 0,
                     fresh: true,
                     resync: Resync::default(),
+                    answers: AnswerWatch::default(),
+                    ticking: None,
                 })
                 .collect(),
             store: MemStore::default(),
@@ -172,6 +192,9 @@ impl Sim {
             held: vec![BTreeMap::new(); NODES],
             resent: 0,
             moved: 0,
+            unanswered: 0,
+            redialled: 0,
+            origin: Instant::now(),
             faults_until: 2 * DAY,
         };
         for i in 0..NODES {
@@ -189,6 +212,29 @@ impl Sim {
     fn at(&mut self, t: u64, ev: Ev) {
         self.seq += 1;
         self.queue.insert((t, self.seq), ev);
+    }
+
+    /// Whether the orchestrator leaves this answer out (while faults are injected).
+    fn leaves_out(&mut self) -> bool {
+        let out = self.now < self.faults_until && self.rng.u8(..) < 3;
+        self.unanswered += u64::from(out);
+        out
+    }
+
+    /// Starts the node's status tick on its connection, unless one is due already.
+    fn watch(&mut self, i: usize) {
+        // A week after the faults end, every wait is over; a run whose node still waits
+        // then has not converged, and the check says so rather than tick for ever.
+        let over = self.now > self.faults_until + 7 * DAY;
+        let node = &mut self.nodes[i];
+        if let Some(conn) = node.conn
+            && node.ticking != Some(conn)
+            && !over
+        {
+            node.ticking = Some(conn);
+            let at = self.now + TICK;
+            self.at(at, Ev::Tick(i, conn));
+        }
     }
 
     fn latency(&mut self) -> u64 {
@@ -271,6 +317,7 @@ impl Sim {
             };
             let at = self.now + self.latency();
             self.at(at, Ev::Batch(i, conn, wire(batch)));
+            self.watch(i);
         }
     }
 
@@ -337,6 +384,9 @@ impl Sim {
                     }
                 }
                 self.store.put_events(&records).expect("mem store");
+                if self.leaves_out() {
+                    return;
+                }
                 let ack = acknowledgement(&batch);
                 let at = self.now + self.latency();
                 self.at(at, Ev::Ack(i, conn, Box::new(ack)));
@@ -349,6 +399,7 @@ impl Sim {
                 let node = &mut self.nodes[i];
                 node.mem.ack_gaps(ack.gaps_through);
                 node.drain.acked();
+                node.answers.answered();
                 self.pump(i);
             }
             Ev::Hello(i, conn, said) => {
@@ -366,6 +417,9 @@ impl Sim {
                     unassigned: 0,
                     events_through: stored.highest,
                 };
+                if self.leaves_out() {
+                    return;
+                }
                 let at = self.now + self.latency();
                 self.at(at, Ev::Synced(i, conn, acks, synced));
             }
@@ -377,6 +431,7 @@ impl Sim {
                     self.resent += self.forget(i, ack.seqs.iter().copied()) as u64;
                 }
                 let node = &mut self.nodes[i];
+                node.answers.answered();
                 let Some(finish) = node.resync.finish(&synced, []) else {
                     self.fail("a second end of one sync");
                 };
@@ -406,6 +461,7 @@ impl Sim {
                 let node = &mut self.nodes[i];
                 node.conn = Some(conn);
                 node.resync.welcomed();
+                node.answers.answered();
                 let said = node_core::sync::state(
                     [],
                     true,
@@ -417,6 +473,25 @@ impl Sim {
                 );
                 let at = self.now + self.latency();
                 self.at(at, Ev::Hello(i, conn, Box::new(said)));
+                self.watch(i);
+            }
+            Ev::Tick(i, conn) => {
+                let now = self.origin + Duration::from_millis(self.now);
+                let node = &mut self.nodes[i];
+                if node.ticking == Some(conn) {
+                    node.ticking = None;
+                }
+                if node.conn != Some(conn) {
+                    return;
+                }
+                let waiting = !node.resync.is_done() || node.drain.in_flight() > 0;
+                if node.answers.stalled(waiting, now) {
+                    node.answers.answered();
+                    self.redialled += 1;
+                    self.disconnect(i);
+                } else if waiting {
+                    self.watch(i);
+                }
             }
             Ev::Partition(i) => {
                 if !faults {
@@ -552,6 +627,8 @@ struct Run {
     wiped: usize,
     resent: u64,
     moved: u64,
+    unanswered: u64,
+    redialled: u64,
 }
 
 fn check(seed: u64) -> Run {
@@ -584,6 +661,8 @@ fn check(seed: u64) -> Run {
         wiped: sim.wiped.len(),
         resent: sim.resent,
         moved: sim.moved,
+        unanswered: sim.unanswered,
+        redialled: sim.redialled,
     }
 }
 
@@ -593,7 +672,7 @@ fn outbox_sync_loses_nothing_through_days_of_partitions_crashes_and_restarts() {
         Ok(seed) => vec![seed.parse().expect("SYNC_SIM_SEED is a number")],
         Err(_) => (1..=5).collect(),
     };
-    let (mut resent, mut moved, mut wiped) = (0, 0, 0);
+    let (mut resent, mut moved, mut wiped, mut unanswered, mut redialled) = (0, 0, 0, 0, 0);
     for seed in &seeds {
         let run = check(*seed);
         // Every event left its outbox once: acknowledged, or lost with the outbox.
@@ -604,12 +683,15 @@ fn outbox_sync_loses_nothing_through_days_of_partitions_crashes_and_restarts() {
         resent += run.resent;
         moved += run.moved;
         wiped += run.wiped;
+        unanswered += run.unanswered;
+        redialled += run.redialled;
     }
     if seeds.len() > 1 {
         assert!(
-            resent > 0 && moved > 0 && wiped > 0,
+            resent > 0 && moved > 0 && wiped > 0 && unanswered > 0 && redialled > 0,
             "the runs went through acknowledgements sent again ({resent}), outboxes moved \
-             above what was stored ({moved}) and lost outboxes ({wiped})"
+             above what was stored ({moved}), lost outboxes ({wiped}), and answers left out \
+             ({unanswered}) that the node's watch dialled again for ({redialled})"
         );
     }
 }

@@ -9,11 +9,50 @@
 //! the identity was kept) the outbox numbers above them. Until the sync is over the node
 //! sends no events, so none goes out under a number that is about to move.
 //!
-//! **Invariant.** No I/O and no clock: the shell reads what it holds and carries out
-//! [`Finish`].
+//! A live session whose orchestrator stops answering (no [`Synced`], no acknowledgement of a
+//! batch: a store that failed, a message lost inside the orchestrator) would hold the
+//! outbox back for as long as the connection lives, since QUIC keeps a silent but running
+//! peer's connection open. [`AnswerWatch`] says when to take such a session as broken and
+//! dial again: a new session syncs from scratch, and nothing is sent twice into the store.
+//!
+//! **Invariant.** No I/O and no clock: the shell reads what it holds, passes `now`, and
+//! carries out [`Finish`].
 
 use edge_proto::{Applied, List, SyncMode, SyncState, Synced, text};
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// How long a live session may leave the node waiting for an answer (its [`Synced`], or an
+/// acknowledgement of a batch out) before the node takes the session as broken and dials
+/// again. An orchestrator stores a batch in milliseconds; this covers a slow, lossy link.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Watches a session for answers the node waits on; see the module's docs.
+#[derive(Debug, Default, Clone)]
+pub struct AnswerWatch {
+    /// Since when the node has waited without an answer.
+    since: Option<Instant>,
+}
+
+impl AnswerWatch {
+    /// Whether the session has left the node waiting past [`ANSWER_DEADLINE`]. `waiting`
+    /// says whether it waits on an answer now (a sync not finished, batches out); a wait
+    /// starts at the first check that sees it.
+    pub fn stalled(&mut self, waiting: bool, now: Instant) -> bool {
+        if !waiting {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_duration_since(since) >= ANSWER_DEADLINE
+    }
+
+    /// An answer came (a [`Synced`], an acknowledgement), or the session ended: any wait
+    /// starts again.
+    pub fn answered(&mut self) {
+        self.since = None;
+    }
+}
 
 /// Where a node's outbox stands, as a hello says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +178,26 @@ impl Resync {
 mod tests {
     use super::*;
     use crate::outbox::{Class, Outbox};
+
+    #[test]
+    fn a_session_that_leaves_the_node_waiting_past_the_deadline_is_stalled() {
+        let t0 = Instant::now();
+        let mut w = AnswerWatch::default();
+        assert!(!w.stalled(false, t0));
+        assert!(
+            !w.stalled(true, t0 + Duration::from_secs(5)),
+            "the wait starts here"
+        );
+        assert!(!w.stalled(true, t0 + Duration::from_secs(34)));
+        assert!(w.stalled(true, t0 + Duration::from_secs(35)));
+        // An answer restarts the wait; so does having nothing to wait for.
+        w.answered();
+        assert!(!w.stalled(true, t0 + Duration::from_secs(40)));
+        assert!(!w.stalled(true, t0 + Duration::from_secs(69)));
+        assert!(!w.stalled(false, t0 + Duration::from_secs(70)));
+        assert!(!w.stalled(true, t0 + Duration::from_secs(71)));
+        assert!(w.stalled(true, t0 + Duration::from_secs(101)));
+    }
 
     fn synced(mode: SyncMode, events_through: Option<u64>) -> Synced {
         Synced {
