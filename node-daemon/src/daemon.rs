@@ -341,8 +341,8 @@ pub async fn run_with(
                     // Events wait for a reason to go (a new one, an acknowledgement, a
                     // welcome); this is one more, so that none waits past an interval.
                     send_events(&mut outbox, &mut current, resync.is_done()).await;
-                    let waiting = !resync.is_done()
-                        || outbox.as_ref().is_some_and(|o| o.batches_in_flight() > 0);
+                    let waiting =
+                        !resync.is_done() || outbox.as_ref().is_some_and(|o| o.awaiting_ack());
                     if answers.stalled(waiting, Instant::now())
                         && let Some((conn, _)) = current.as_ref()
                     {

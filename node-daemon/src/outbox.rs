@@ -204,9 +204,10 @@ impl EventOutbox {
         }
     }
 
-    /// Batches out, waiting for the orchestrator's acknowledgement.
-    pub fn batches_in_flight(&self) -> usize {
-        self.lock().drain.in_flight()
+    /// Whether anything sent on this session waits for the orchestrator's acknowledgement.
+    pub fn awaiting_ack(&self) -> bool {
+        let inner = self.lock();
+        inner.drain.awaiting(&inner.outbox)
     }
 
     /// The next batch to send, unless [`WINDOW`] batches are out already or nothing waits.

@@ -36,7 +36,7 @@ use crate::placement::Unusable;
 use edge_proto::{NodeId, OrchMsg, ProxyAdvert, SyncState, WorkloadReport, WorkloadState};
 use orchestrator_core::deploy::{DeploymentView, Deployments, Effect};
 use orchestrator_core::events::What;
-use orchestrator_core::fleet::NodeRecord;
+use orchestrator_core::fleet::{NodeRecord, SessionId};
 use orchestrator_core::routes::{self, RouteBook};
 use orchestrator_core::scheduler::learned::{Fallback, Mode, PlacePredict};
 use orchestrator_core::store::{DeploymentWrite, Store, StoreError, StoredSeqs};
@@ -231,17 +231,19 @@ impl Deployer {
     /// changed of its assignments (or all of them, see [`orchestrator_core::sync`]), then
     /// the routes of every exposed workload, then the acknowledgements of events it still
     /// holds that `stored` says are stored, then [`OrchMsg::Synced`] with the highest of
-    /// its sequence numbers stored.
+    /// its sequence numbers stored. All of it goes to `session` only: a session of the node
+    /// opened meanwhile gets its own.
     pub fn node_up(
         &self,
         record: NodeRecord,
+        session: SessionId,
         said: Option<&SyncState>,
         stored: &StoredSeqs,
     ) -> Committed {
         let id = record.id;
         let location = routes::location(&record);
         let now_ms = crate::clock::now_ms();
-        self.decide(|d, book| {
+        self.decide_in(Some((id, session)), |d, book| {
             let (plan, mut effects) = d.node_up(record, said, now_ms);
             log_decisions(&self.metrics, &effects);
             let unassigned = effects
@@ -351,6 +353,15 @@ impl Deployer {
         &self,
         f: impl FnOnce(&mut Deployments, &mut RouteBook) -> (R, Vec<Effect>),
     ) -> (R, Committed) {
+        self.decide_in(None, f)
+    }
+
+    /// As [`Deployer::decide`]; messages to `session`'s node go to that session only.
+    fn decide_in<R>(
+        &self,
+        session: Option<(NodeId, SessionId)>,
+        f: impl FnOnce(&mut Deployments, &mut RouteBook) -> (R, Vec<Effect>),
+    ) -> (R, Committed) {
         let mut deployments = self.lock();
         let mut book = self.book();
         // What a deploy, an admission or a report is stamped with: an instance's time from
@@ -373,7 +384,7 @@ impl Deployer {
             };
             effects.extend(broadcast(&book, routes));
         }
-        let committed = self.committer.submit(effects);
+        let committed = self.committer.submit(effects, session);
         (r, committed)
     }
 
@@ -560,6 +571,8 @@ impl Committed {
 
 struct Batch {
     effects: Vec<Effect>,
+    /// Messages to this node go to this session of it only (see [`NodeLinks::send_in`]).
+    session: Option<(NodeId, SessionId)>,
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -603,9 +616,19 @@ impl Committer {
                     drop(writes);
                     match &result {
                         Ok(()) => {
-                            for e in batches.iter_mut().flat_map(|b| b.effects.drain(..)) {
-                                if let Effect::Send(node, msg) = e {
-                                    links.send(node, msg);
+                            for b in &mut batches {
+                                for e in b.effects.drain(..) {
+                                    match (e, b.session) {
+                                        (Effect::Send(node, msg), Some((to, session)))
+                                            if node == to =>
+                                        {
+                                            links.send_in(node, session, msg);
+                                        }
+                                        (Effect::Send(node, msg), _) => {
+                                            links.send(node, msg);
+                                        }
+                                        _ => {}
+                                    }
                                 }
                             }
                         }
@@ -623,14 +646,18 @@ impl Committer {
         })
     }
 
-    fn submit(&self, effects: Vec<Effect>) -> Committed {
+    fn submit(&self, effects: Vec<Effect>, session: Option<(NodeId, SessionId)>) -> Committed {
         if effects.is_empty() {
             return Committed(None);
         }
         let (done, rx) = tokio::sync::oneshot::channel();
         if let Some(tx) = &self.tx {
             // The thread lives as long as `self`; if it died, `rx` reports it.
-            let _ = tx.send(Batch { effects, done });
+            let _ = tx.send(Batch {
+                effects,
+                session,
+                done,
+            });
         }
         Committed(Some(rx))
     }

@@ -103,9 +103,57 @@ impl NodeLinks {
             .is_some_and(|(_, tx)| tx.try_send(msg).is_ok())
     }
 
+    /// As [`NodeLinks::send`], only if `session` is still `node`'s live session: what
+    /// answers one session's hello (its sync's end above all) means nothing to the next,
+    /// and taken by it would end that one's sync before its own answer came.
+    pub fn send_in(&self, node: NodeId, session: SessionId, msg: OrchMsg) -> bool {
+        self.outboxes()
+            .get(&node)
+            .is_some_and(|(s, tx)| *s == session && tx.try_send(msg).is_ok())
+    }
+
     /// The connection of `node`'s live session, to open streams on (logs).
     pub fn connection(&self, node: NodeId) -> Option<quinn::Connection> {
         let session = self.outboxes().get(&node).map(|(s, _)| *s)?;
         self.conns().get(&session).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::{SyncMode, Synced};
+
+    fn synced() -> OrchMsg {
+        OrchMsg::Synced(Synced {
+            mode: SyncMode::Snapshot,
+            assigned: 0,
+            unassigned: 0,
+            events_through: None,
+        })
+    }
+
+    #[test]
+    fn what_answers_one_session_never_reaches_the_next() {
+        let links = NodeLinks::default();
+        let node = NodeId([7; 16]);
+        let (first, mut first_rx) = mpsc::channel(4);
+        let (second, mut second_rx) = mpsc::channel(4);
+        links.set_outbox(node, 1, first);
+        assert!(links.send_in(node, 1, synced()));
+        assert!(first_rx.try_recv().is_ok());
+        // The node dialled again before the first session's answer was sent.
+        links.set_outbox(node, 2, second);
+        assert!(!links.send_in(node, 1, synced()), "session 1 is gone");
+        assert!(
+            second_rx.try_recv().is_err(),
+            "and session 2 got nothing of it"
+        );
+        assert!(links.send_in(node, 2, synced()));
+        assert!(
+            links.send(node, synced()),
+            "unscoped messages go to the live session"
+        );
+        assert_eq!(std::iter::from_fn(|| second_rx.try_recv().ok()).count(), 2);
     }
 }

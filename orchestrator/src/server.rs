@@ -446,7 +446,7 @@ async fn run_connection(conn: quinn::Connection, server: Arc<Server>) {
             server.links.set_outbox(node, id, tx.clone());
             outbox_tx = None;
             active = Some(server.metrics.session_active());
-            node_up(&server, node, session.take_sync());
+            node_up(&server, node, id, session.take_sync());
             // A CA rotation under way: the node gets a certificate of the new CA now.
             // It counts as moved once it says it stored the certificate.
             if let (Some(msg), Some(send)) = (
@@ -650,7 +650,7 @@ async fn serve_stream(
 /// A node's session is ready for messages, and it said `said` at hello: it gets what
 /// changed since (see [`Deployer::node_up`](crate::deployer::Deployer::node_up)), with what
 /// the store holds of its outbox.
-fn node_up(server: &Server, node: NodeId, said: Option<SyncState>) {
+fn node_up(server: &Server, node: NodeId, session: SessionId, said: Option<SyncState>) {
     let Some((record, _)) = server.registry.node(node) else {
         return;
     };
@@ -667,7 +667,9 @@ fn node_up(server: &Server, node: NodeId, said: Option<SyncState>) {
             warn!(node = %node, %error, "could not read a node's stored events");
             StoredSeqs::default()
         });
-    server.deployments.node_up(record, said.as_ref(), &stored);
+    server
+        .deployments
+        .node_up(record, session, said.as_ref(), &stored);
 }
 
 /// The offers of the fleet's models that `node`'s model reader can run.

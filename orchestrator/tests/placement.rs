@@ -75,7 +75,7 @@ fn handles(stub: Stub) -> Handles {
         drop(
             handles
                 .deployments
-                .node_up(node(i), None, &StoredSeqs::default()),
+                .node_up(node(i), 1, None, &StoredSeqs::default()),
         );
     }
     handles

@@ -484,7 +484,7 @@ impl Sim {
                 if node.conn != Some(conn) {
                     return;
                 }
-                let waiting = !node.resync.is_done() || node.drain.in_flight() > 0;
+                let waiting = !node.resync.is_done() || node.drain.awaiting(&node.mem);
                 if node.answers.stalled(waiting, now) {
                     node.answers.answered();
                     self.redialled += 1;

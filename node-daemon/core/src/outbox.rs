@@ -287,6 +287,11 @@ impl Outbox {
         self.in_flight.clear();
     }
 
+    /// Records sent on this connection and not acknowledged yet.
+    pub fn records_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// The gaps the orchestrator has not acknowledged.
     pub fn gaps(&self) -> &[Gap] {
         &self.gaps
@@ -550,6 +555,12 @@ impl Drain {
     /// Batches out now.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Whether anything sent on this connection waits for its acknowledgement: a batch out,
+    /// or a record whose batch's count an unrelated acknowledgement already took.
+    pub fn awaiting(&self, outbox: &Outbox) -> bool {
+        self.in_flight > 0 || outbox.records_in_flight() > 0
     }
 }
 

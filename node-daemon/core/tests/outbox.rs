@@ -2,7 +2,7 @@
 //! resends, what gives way when the budget is full, and the uplink's pacing.
 
 use node_core::outbox::{
-    Class, Gap, Outbox, Pacer, PushError, RECORD_OVERHEAD_BYTES, Record, Shed,
+    Class, Drain, Gap, Outbox, Pacer, PushError, RECORD_OVERHEAD_BYTES, Record, Shed,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -91,6 +91,32 @@ fn acknowledged_records_go_and_unacknowledged_ones_are_sent_again_after_a_reconn
     outbox.ack([b]);
     assert!(outbox.is_empty());
     assert_eq!(outbox.used(), 0);
+}
+
+#[test]
+fn a_record_sent_and_not_acknowledged_is_awaited_whatever_acknowledgements_said() {
+    let mut outbox = Outbox::new(1 << 20, 1);
+    let mut drain = Drain::default();
+    assert!(!drain.awaiting(&outbox), "nothing sent");
+    let a = push(&mut outbox, Class::Event, "", 1);
+    let batch = drain.next(&mut outbox, u64::MAX, 100, 8).expect("a batch");
+    assert_eq!(seqs(&batch.records), [a]);
+    assert!(drain.awaiting(&outbox));
+    // An acknowledgement of something else (stored before this session) takes the batch's
+    // count, but `a` still waits for its own.
+    outbox.ack([999]);
+    drain.acked();
+    assert_eq!(drain.in_flight(), 0);
+    assert!(drain.awaiting(&outbox), "a is still out");
+    outbox.ack([a]);
+    assert!(!drain.awaiting(&outbox));
+    // A lost session: what was out goes again, and nothing is awaited until it does.
+    let b = push(&mut outbox, Class::Event, "", 2);
+    drain.next(&mut outbox, u64::MAX, 100, 8).expect("b");
+    drain.disconnected(&mut outbox);
+    assert!(!drain.awaiting(&outbox));
+    let again = drain.next(&mut outbox, u64::MAX, 100, 8).expect("b again");
+    assert_eq!(seqs(&again.records), [b]);
 }
 
 #[test]
