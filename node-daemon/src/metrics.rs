@@ -74,12 +74,15 @@ pub struct ModeLabel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrewarmMode {
     Off,
+    /// On, and no workload scales to zero yet: the model loads when one does.
+    Waiting,
     On(Mode),
 }
 
 impl PrewarmMode {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Off,
+        Self::Waiting,
         Self::On(Mode::Model),
         Self::On(Mode::Fallback(Fallback::NoModel)),
         Self::On(Mode::Fallback(Fallback::Refused)),
@@ -87,10 +90,11 @@ impl PrewarmMode {
         Self::On(Mode::Fallback(Fallback::Drift)),
     ];
 
-    /// `off`, `model`, `no_model`, `refused`, `broken`, `drift`.
+    /// `off`, `waiting`, `model`, `no_model`, `refused`, `broken`, `drift`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Off => "off",
+            Self::Waiting => "waiting",
             Self::On(mode) => mode.as_str(),
         }
     }
@@ -481,7 +485,8 @@ impl NodeMetrics {
             "Who decides when workloads that scale to zero start (1 for the one that does): the \
              warming model, or today's rule (start on a request) because there is no model \
              (no_model), it was refused (refused), it failed to run (broken) or its \
-             predictions drifted (drift); off: pre-warming is turned off",
+             predictions drifted (drift); waiting: no workload scales to zero yet, and the \
+             model loads when one does; off: pre-warming is turned off",
             inner.prewarm_mode.clone(),
         );
         r.register(
@@ -712,6 +717,10 @@ impl NodeMetrics {
                 let model = model.unwrap_or_default();
                 match mode {
                     PrewarmMode::Off => info!("pre-warming is off"),
+                    PrewarmMode::Waiting => info!(
+                        model,
+                        "pre-warming loads its model when a workload first scales to zero"
+                    ),
                     PrewarmMode::On(Mode::Model) => {
                         info!(model, "the warming model decides when workloads start")
                     }

@@ -100,10 +100,11 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PrewarmView {
     /// `model`; or today's rule (start on a request) and why: `no_model`, `refused`,
-    /// `broken`, `drift`; or `off` (`[proxy] prewarm = false`).
+    /// `broken`, `drift`; `waiting` (no workload scales to zero yet, and the model is not
+    /// loaded until one does); or `off` (`[proxy] prewarm = false`).
     pub mode: &'static str,
-    /// The warming model loaded: `sha256:...` of `DATA_DIR/models/warm.onnx`, or `built-in`;
-    /// `null`: none.
+    /// The warming model loaded (while `waiting`, the one that will load):
+    /// `sha256:...` of `DATA_DIR/models/warm.onnx`, or `built-in`; `null`: none.
     pub model: Option<String>,
     /// Workloads started by pre-warming since the node started.
     pub prewarms: u64,

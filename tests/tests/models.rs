@@ -370,8 +370,9 @@ async fn the_fleet_s_warming_model_replaces_the_built_in_one_without_a_restart()
     let shown = board.get().prewarm.expect("a proxy shows its pre-warming");
     assert_eq!(
         (shown.mode, shown.model.as_deref()),
-        ("model", Some("built-in")),
-        "the built-in warming model decides before one is pushed"
+        ("waiting", Some("built-in")),
+        "the built-in warming model will decide once a workload scales to zero; nothing \
+         is loaded before"
     );
     wait_reader(&orch, "warm-1").await;
 
@@ -401,7 +402,8 @@ async fn the_fleet_s_warming_model_replaces_the_built_in_one_without_a_restart()
         "a warming model is not a routing model"
     );
 
-    // Restarted with no uplink: it pre-warms with what it installed.
+    // Restarted with no uplink: it will pre-warm with what it installed, once a workload
+    // scales to zero.
     node.stop().await.expect("clean stop");
     let gone = orch.orch.quic_addr;
     let _stopped = orch.stop().await;
@@ -413,10 +415,14 @@ async fn the_fleet_s_warming_model_replaces_the_built_in_one_without_a_restart()
         "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.cache]\ndisk_bytes = 0\n",
     );
     let (again, board) = TestNode::spawn_with_board(config);
+    let waits_with = || {
+        board
+            .get()
+            .prewarm
+            .is_some_and(|p| p.mode == "waiting" && p.model.as_deref() == Some(digest.as_str()))
+    };
     assert!(
-        eventually(PATIENCE, in_use_on(&board, &digest))
-            .await
-            .is_some(),
+        eventually(PATIENCE, waits_with).await.is_some(),
         "after a restart offline: {:?}",
         board.get().prewarm
     );

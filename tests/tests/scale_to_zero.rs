@@ -235,14 +235,25 @@ async fn a_refused_warming_model_leaves_workloads_to_start_on_a_request_and_slee
     );
     let (node, board, proxy) = start_node(&orch, &config).await;
     let shown = board.get().prewarm.expect("the status shows pre-warming");
-    assert_eq!(shown.mode, "refused", "{shown:?}");
     assert_eq!(
-        shown.model, None,
-        "the built-in model does not stand in for a refused one"
+        shown.mode, "waiting",
+        "no workload scales to zero yet: {shown:?}"
     );
 
     let port = deploy_lazy(&orch).await;
     wait_instance(&orch, "reported dormant", dormant).await;
+    // The first tick that sees the workload loads the model, and refuses it.
+    let refused = || board.get().prewarm.is_some_and(|p| p.mode == "refused");
+    assert!(
+        eventually(PATIENCE, refused).await.is_some(),
+        "{:?}",
+        board.get().prewarm
+    );
+    assert_eq!(
+        board.get().prewarm.and_then(|p| p.model),
+        None,
+        "the built-in model does not stand in for a refused one"
+    );
     assert!(!listening(port), "nothing started it before a request");
     // The node still serves: a request starts it, and it sleeps after idle_secs.
     assert_eq!(http_get_root(&proxy).as_deref(), Some("hi from sleepy\n"));

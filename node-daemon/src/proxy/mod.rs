@@ -184,7 +184,8 @@ impl NodeProxy {
 
     /// Starts pre-warming the workloads that scale to zero, as `config` says (`prewarm`,
     /// `prewarm_threshold_percent`), with the warming model in `data_dir` or the built-in
-    /// one; shows who decides on `board`. A second call changes nothing. The handle through
+    /// one, loaded when the first workload that scales to zero appears; shows who decides
+    /// on `board`. A second call changes nothing. The handle through
     /// which a new model replaces the one in use; `None` when pre-warming is off.
     pub async fn start_prewarm(
         &mut self,
@@ -199,16 +200,14 @@ impl NodeProxy {
             prewarm::show_off(board);
             return None;
         }
-        let dir = data_dir.to_owned();
-        // Reading the file and running its golden rows: off the runtime's threads.
-        let loaded = tokio::task::spawn_blocking(move || warm_model::load(&dir))
-            .await
-            .unwrap_or_else(|_| warm_model::Loaded {
-                predictor: Err(node_core::warm::Fallback::Refused),
-                model: None,
-            });
         let threshold = f32::from(config.prewarm_threshold_percent()) / 100.0;
-        let (task, swap) = prewarm::start(self.activator.clone(), loaded, threshold, board.clone());
+        let (task, swap) = prewarm::start(
+            self.activator.clone(),
+            data_dir.to_owned(),
+            threshold,
+            board.clone(),
+        )
+        .await;
         self.prewarm = Some((task, swap.clone()));
         Some(swap)
     }

@@ -16,9 +16,13 @@
 //! - **Who decides** is on `/status` (`prewarm`) and `/metrics`
 //!   (`edge_node_prewarm_mode`, `edge_node_prewarms_total`), with a log line when it changes.
 //!
-//! A new model (`crate::models`) comes in through [`ModelSwap`] and replaces the one in use
-//! between two ticks, its drift judged afresh.
+//! The model loads when the first workload that scales to zero appears, not at start: most
+//! nodes have none, and tract's loading code and the model's plan cost every one of them
+//! memory they would never use. Until then `/status` says `waiting`, with the model that
+//! will load. A new model (`crate::models`) comes in through [`ModelSwap`] and replaces the
+//! one in use between two ticks, its drift judged afresh.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use node_core::warm::{
@@ -28,7 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::wake::{Activator, Sleeper};
-use super::warm_model::Loaded;
+use super::warm_model::{self, Loaded};
 use crate::metrics::{NodeEvent, PrewarmMode};
 use crate::status::{PrewarmView, StatusBoard};
 use crate::task::AbortOnDrop;
@@ -186,11 +190,34 @@ impl ModelSwap {
     }
 }
 
-/// Starts pre-warming the workloads of `activator` with `loaded`, at `threshold`, reporting
-/// on `board`. Stops when dropped.
-pub fn start(
+/// Starts pre-warming the workloads of `activator` at `threshold`, with the warming model
+/// in `data_dir` (else the built-in one) once the first of them appears, reporting on
+/// `board`. Stops when dropped.
+pub async fn start(
     activator: Activator,
-    loaded: Loaded,
+    data_dir: PathBuf,
+    threshold: f32,
+    board: StatusBoard,
+) -> (AbortOnDrop, ModelSwap) {
+    let dir = data_dir.clone();
+    let pending = tokio::task::spawn_blocking(move || warm_model::pending(&dir))
+        .await
+        .unwrap_or(None);
+    start_loading(
+        activator,
+        move || warm_model::load(&data_dir),
+        pending.as_deref(),
+        threshold,
+        board,
+    )
+}
+
+/// As [`start`], with the model `load` gives (once, off the runtime's threads), which is
+/// `pending` until then.
+fn start_loading(
+    activator: Activator,
+    load: impl FnOnce() -> Loaded + Send + 'static,
+    pending: Option<&str>,
     threshold: f32,
     board: StatusBoard,
 ) -> (AbortOnDrop, ModelSwap) {
@@ -201,13 +228,14 @@ pub fn start(
         threshold,
         ..WarmSettings::default()
     };
-    let mut model = loaded.model;
-    let mut decisions = Decisions::new(loaded.predictor, settings);
-    // Shown before the node goes on: `/status` names who decides from the start.
-    let mut shown = None;
-    show(&board, &mut shown, decisions.mode(), model.as_deref());
+    // Shown before the node goes on: `/status` names what will decide from the start.
+    show_waiting(&board, pending);
+    let mut load = Some(load);
     let task = tokio::spawn(async move {
         let _own = own;
+        // The model in use and which it is, once loaded.
+        let mut running: Option<(Decisions, Option<String>)> = None;
+        let mut shown = None;
         let mut every = tokio::time::interval(TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -215,15 +243,43 @@ pub fn start(
             tokio::select! {
                 _ = every.tick() => {}
                 Some(loaded) = swaps.recv() => {
-                    model = loaded.model;
-                    decisions.replace(loaded.predictor);
+                    match running.as_mut() {
+                        Some((decisions, model)) => {
+                            decisions.replace(loaded.predictor);
+                            *model = loaded.model;
+                        }
+                        None => {
+                            running = Some((Decisions::new(loaded.predictor, settings), loaded.model));
+                        }
+                    }
                     // Shown even when the mode stays: the model is another.
                     shown = None;
-                    show(&board, &mut shown, decisions.mode(), model.as_deref());
+                    if let Some((decisions, model)) = &running {
+                        show(&board, &mut shown, decisions.mode(), model.as_deref());
+                    }
                     continue;
                 }
             }
             let sleepers = activator.sleepers();
+            if running.is_none() {
+                if sleepers.is_empty() {
+                    continue;
+                }
+                let Some(load) = load.take() else {
+                    continue;
+                };
+                // Reading the file and running its golden rows: off the runtime's threads.
+                let loaded = tokio::task::spawn_blocking(load)
+                    .await
+                    .unwrap_or_else(|_| Loaded {
+                        predictor: Err(node_core::warm::Fallback::Refused),
+                        model: None,
+                    });
+                running = Some((Decisions::new(loaded.predictor, settings), loaded.model));
+            }
+            let Some((decisions, model)) = running.as_mut() else {
+                continue;
+            };
             let seen: Vec<Seen<'_>> = sleepers.iter().map(seen_of).collect();
             let now = Instant::now();
             let wall_secs = SystemTime::now()
@@ -301,14 +357,24 @@ fn show(board: &StatusBoard, shown: &mut Option<Mode>, mode: Mode, model: Option
 
 /// Shows on `board` that pre-warming is off.
 pub fn show_off(board: &StatusBoard) {
-    board.metrics().emit(&NodeEvent::PrewarmMode {
-        mode: PrewarmMode::Off,
-        model: None,
-    });
+    show_idle(board, PrewarmMode::Off, None);
+}
+
+/// Shows on `board` that pre-warming waits for a workload that scales to zero, and will
+/// load `model` then.
+fn show_waiting(board: &StatusBoard, model: Option<&str>) {
+    show_idle(board, PrewarmMode::Waiting, model);
+}
+
+/// Shows a mode in which no model runs.
+fn show_idle(board: &StatusBoard, mode: PrewarmMode, model: Option<&str>) {
+    board
+        .metrics()
+        .emit(&NodeEvent::PrewarmMode { mode, model });
     board.update(|s| {
         s.prewarm = Some(PrewarmView {
-            mode: PrewarmMode::Off.as_str(),
-            model: None,
+            mode: mode.as_str(),
+            model: model.map(str::to_owned),
             prewarms: 0,
         })
     });
@@ -481,6 +547,8 @@ mod node {
     };
     use node_core::warm::{PredictError, PredictWarm};
     use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -580,6 +648,30 @@ mod node {
         )
         .await
         .expect("proxy");
+        // Started before any workload scales to zero: it waits, and loads nothing.
+        let board = StatusBoard::new();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counted = loads.clone();
+        let load = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Loaded {
+                predictor: Ok(Box::new(Always) as Box<dyn PredictWarm>),
+                model: Some("sha256:test".to_owned()),
+            }
+        };
+        let (task, _swap) = start_loading(
+            node.activator.clone(),
+            load,
+            Some("sha256:test"),
+            0.5,
+            board.clone(),
+        );
+        let shown = board.get().prewarm.expect("shown");
+        assert_eq!(
+            (shown.mode, shown.model.as_deref()),
+            ("waiting", Some("sha256:test"))
+        );
+
         sup.apply(spec(scripts.path(), port)).await.expect("apply");
         until("the activator knows it, asleep", || {
             node.activator
@@ -588,16 +680,9 @@ mod node {
                 .any(|s| s.name == "poll" && !s.awake)
         })
         .await;
-        assert_eq!(sup.readiness("poll"), Some(Readiness::Dormant));
-
-        let board = StatusBoard::new();
-        let loaded = Loaded {
-            predictor: Ok(Box::new(Always)),
-            model: Some("sha256:test".to_owned()),
-        };
-        let (task, _swap) = start(node.activator.clone(), loaded, 0.5, board.clone());
-        // The first tick is at once: started with no request, counted, shown.
+        // The first tick that sees it loads the model, and starts it with no request.
         until("pre-warmed", || board.metrics().prewarms() == 1).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "loaded once");
         let up = Instant::now();
         assert_eq!(sup.readiness("poll"), Some(Readiness::Ready));
         let sleeper = node

@@ -45,6 +45,19 @@ pub struct Loaded {
     pub model: Option<String>,
 }
 
+/// Which model [`load`] would load from `data_dir`, for the status before it is loaded:
+/// `sha256:...` of the file there, else [`BUILT_IN`] (`None` without a runtime). Hashes a
+/// small file and loads nothing: call it off the runtime's threads.
+pub fn pending(data_dir: &Path) -> Option<String> {
+    match std::fs::read(path(data_dir)) {
+        Ok(bytes) => Some(to_prefixed(&sha256(&bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            cfg!(feature = "ai").then(|| BUILT_IN.to_owned())
+        }
+        Err(_) => None,
+    }
+}
+
 /// The warming model in `data_dir`, else the built-in one; see the module docs. Reads a file
 /// and runs the model's golden rows: call it off the runtime's threads.
 pub fn load(data_dir: &Path) -> Loaded {
