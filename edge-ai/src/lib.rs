@@ -520,6 +520,65 @@ impl Model {
         )
     }
 
+    /// As [`Model::expect_schema`] for a model of one input and one output, whatever their
+    /// names: the shape the routing, warming and placement models share. A declared purpose
+    /// that differs is said first (the most telling difference: a model made for another
+    /// job), then a shape that differs ([`SchemaMismatch::PortCount`], then
+    /// [`SchemaMismatch::Width`]), then the declared columns.
+    ///
+    /// ```
+    /// # let model = edge_ai::Model::from_bytes(edge_ai::BUILTIN_MODEL)?;
+    /// let features: &[(&str, &str)] = &[("f0", "1"); 8];
+    /// model.expect_one_to_one("route", features, &[("score", "1")])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn expect_one_to_one(
+        &self,
+        purpose: &str,
+        features: &[(&str, &str)],
+        outputs: &[(&str, &str)],
+    ) -> Result<(), SchemaMismatch> {
+        if let Some(declared) = self.purpose()
+            && declared != purpose
+        {
+            return Err(SchemaMismatch::Purpose {
+                expected: purpose.to_owned(),
+                declared: declared.to_owned(),
+            });
+        }
+        let (ins, outs) = (self.inputs(), self.outputs());
+        let ([input], [output]) = (ins, outs) else {
+            let (direction, got) = if ins.len() == 1 {
+                (Direction::Output, outs.len())
+            } else {
+                (Direction::Input, ins.len())
+            };
+            return Err(SchemaMismatch::PortCount {
+                direction,
+                expected: 1,
+                got,
+            });
+        };
+        for (direction, port, expected) in [
+            (Direction::Input, input, features.len()),
+            (Direction::Output, output, outputs.len()),
+        ] {
+            if port.width() != expected {
+                return Err(SchemaMismatch::Width {
+                    direction,
+                    port: port.name().to_owned(),
+                    expected,
+                    got: port.width(),
+                });
+            }
+        }
+        self.expect_schema(
+            purpose,
+            &[(input.name(), features)],
+            &[(output.name(), outputs)],
+        )
+    }
+
     /// Prepares a [`Batch`] that runs up to `max_rows` rows per call without allocating.
     ///
     /// This optimises the graph for exactly `max_rows` rows (about a millisecond for a small

@@ -233,6 +233,54 @@ fn expect_schema_names_the_first_difference() {
     );
 }
 
+/// One input and one output, whatever their names: the shape is checked before anything
+/// the model declares, then the schema as `expect_schema` checks it.
+#[test]
+fn expect_one_to_one_checks_the_shape_then_the_schema_under_the_model_s_own_port_names() {
+    let model = route_mlp();
+    model
+        .expect_one_to_one("route", ROUTE_INPUT, ROUTE_OUTPUT)
+        .expect("route-mlp is a routing model");
+    // A declared purpose that differs is said first, then a shape.
+    let error = model
+        .expect_one_to_one("place", &ROUTE_INPUT[..12], ROUTE_OUTPUT)
+        .expect_err("another purpose and width");
+    assert!(matches!(error, SchemaMismatch::Purpose { .. }), "{error}");
+    let error = model
+        .expect_one_to_one("route", &ROUTE_INPUT[..12], ROUTE_OUTPUT)
+        .expect_err("another width");
+    assert_eq!(
+        error,
+        SchemaMismatch::Width {
+            direction: Direction::Input,
+            port: "candidates".to_owned(),
+            expected: 12,
+            got: 13
+        }
+    );
+    let error = model
+        .expect_one_to_one("route", ROUTE_INPUT, &ROUTE_OUTPUT[..1])
+        .expect_err("another output width");
+    assert_eq!(
+        error.to_string(),
+        "output \"score\" has width 2, expected 1"
+    );
+    let error = model
+        .expect_one_to_one("place", ROUTE_INPUT, ROUTE_OUTPUT)
+        .expect_err("another purpose");
+    assert!(matches!(error, SchemaMismatch::Purpose { .. }), "{error}");
+
+    // Two inputs are not one.
+    let two = Model::from_bytes(&model_bytes("two-port.onnx")).expect("two-port loads");
+    let error = two
+        .expect_one_to_one("route", ROUTE_INPUT, ROUTE_OUTPUT)
+        .expect_err("two ports");
+    assert!(
+        matches!(error, SchemaMismatch::PortCount { expected: 1, .. }),
+        "{error}"
+    );
+}
+
 /// The built-in model declares nothing: it loads, runs, and passes on its widths alone.
 #[test]
 fn a_model_without_a_schema_is_checked_on_its_ports_and_widths_only() {

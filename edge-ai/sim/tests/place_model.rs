@@ -81,7 +81,10 @@ fn edge_ai_computes_the_golden_outputs() {
 fn a_model_of_another_schema_is_refused_and_the_fixed_rule_places() {
     let route = load("route.onnx");
     let why = check(&route).expect_err("not a placement model");
-    assert!(why.contains("placement model"), "{why}");
+    assert_eq!(why, "the model's purpose is \"route\", expected \"place\"");
+    let two = load("two-port.onnx");
+    let why = check(&two).expect_err("two inputs");
+    assert!(why.contains("a placement model takes one input"), "{why}");
     let refused = OnnxPlacePredict::new(route).map(|p| Box::new(p) as _);
     assert!(matches!(refused, Err(Fallback::Refused)));
     let learned = Learned::new(refused);

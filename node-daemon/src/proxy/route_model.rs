@@ -79,27 +79,18 @@ pub fn from_bytes(bytes: &[u8]) -> Result<RouteModel, String> {
 pub fn from_model(model: edge_ai::Model) -> Result<RouteModel, String> {
     let features: Vec<(&str, &str)> = ROUTE_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
     let outputs: Vec<(&str, &str)> = ROUTE_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
-    let (input, output) = (model.inputs(), model.outputs());
-    let shape_fits = input.len() == 1
-        && output.len() == 1
-        && input.first().is_some_and(|p| p.width() == ROUTE_WIDTH)
-        && output
-            .first()
-            .is_some_and(|p| p.width() == ROUTE_OUTPUTS.len());
-    if !shape_fits {
-        return Err(format!(
-            "a routing model takes one input of {ROUTE_WIDTH} features and gives one output of {}",
-            ROUTE_OUTPUTS.len()
-        ));
-    }
-    let names = (input[0].name().to_owned(), output[0].name().to_owned());
     model
-        .expect_schema(
-            ROUTE_PURPOSE,
-            &[(names.0.as_str(), &features)],
-            &[(names.1.as_str(), &outputs)],
-        )
-        .map_err(|e| e.to_string())?;
+        .expect_one_to_one(ROUTE_PURPOSE, &features, &outputs)
+        .map_err(|e| match e {
+            edge_ai::SchemaMismatch::PortCount { .. } | edge_ai::SchemaMismatch::Width { .. } => {
+                format!(
+                    "a routing model takes one input of {ROUTE_WIDTH} features and gives one \
+                 output of {}",
+                    ROUTE_OUTPUTS.len()
+                )
+            }
+            other => other.to_string(),
+        })?;
     let rows = BATCH_ROWS.min(model.max_batch_rows()).max(1);
     // Each route's batch is made on its first use of a new model, off the request path: a
     // first batch that fails to build is a broken model.
@@ -115,17 +106,9 @@ pub fn from_model(model: edge_ai::Model) -> Result<RouteModel, String> {
 
 /// A routing model's batch, reused for every choice of one route.
 #[cfg(feature = "ai")]
+#[derive(Debug)]
 struct BatchPredictor {
     batch: edge_ai::Batch,
-}
-
-#[cfg(feature = "ai")]
-impl std::fmt::Debug for BatchPredictor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchPredictor")
-            .field("rows", &self.batch.max_rows())
-            .finish()
-    }
 }
 
 #[cfg(feature = "ai")]

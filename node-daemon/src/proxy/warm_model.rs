@@ -124,30 +124,24 @@ pub fn from_bytes(_bytes: &[u8]) -> Result<Box<dyn node_core::warm::PredictWarm>
 /// warming schema; else why not.
 #[cfg(feature = "ai")]
 pub fn from_bytes(bytes: &[u8]) -> Result<Box<dyn PredictWarm>, String> {
+    use edge_ai::SchemaMismatch;
     let model = edge_ai::Model::from_bytes(bytes).map_err(|e| e.to_string())?;
-    let (inputs, outputs) = (model.inputs(), model.outputs());
-    let ([input], [output]) = (inputs, outputs) else {
-        return Err(format!(
-            "a warming model has one input and one output, this one {} and {}",
-            inputs.len(),
-            outputs.len()
-        ));
-    };
-    if input.width() != WARM_WIDTH || output.width() != WARM_OUTPUTS.len() {
-        return Err(format!(
-            "a warming model takes {WARM_WIDTH} features and gives {}",
-            WARM_OUTPUTS.len()
-        ));
-    }
     let features: Vec<(&str, &str)> = WARM_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
     let out: Vec<(&str, &str)> = WARM_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
     model
-        .expect_schema(
-            WARM_PURPOSE,
-            &[(input.name(), &features)],
-            &[(output.name(), &out)],
-        )
-        .map_err(|e| e.to_string())?;
+        .expect_one_to_one(WARM_PURPOSE, &features, &out)
+        .map_err(|e| match e {
+            SchemaMismatch::PortCount { .. } => format!(
+                "a warming model has one input and one output, this one {} and {}",
+                model.inputs().len(),
+                model.outputs().len()
+            ),
+            SchemaMismatch::Width { .. } => format!(
+                "a warming model takes {WARM_WIDTH} features and gives {}",
+                WARM_OUTPUTS.len()
+            ),
+            other => other.to_string(),
+        })?;
     let rows = BATCH_ROWS.min(model.max_batch_rows()).max(1);
     let batch = model.batch(rows).map_err(|e| e.to_string())?;
     Ok(Box::new(BatchWarm { batch }))
@@ -155,17 +149,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Box<dyn PredictWarm>, String> {
 
 /// A warming model's batch, reused at every tick.
 #[cfg(feature = "ai")]
+#[derive(Debug)]
 struct BatchWarm {
     batch: edge_ai::Batch,
-}
-
-#[cfg(feature = "ai")]
-impl std::fmt::Debug for BatchWarm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchWarm")
-            .field("rows", &self.batch.max_rows())
-            .finish()
-    }
 }
 
 #[cfg(feature = "ai")]

@@ -15,24 +15,18 @@ pub const BATCH_ROWS: usize = 64;
 pub fn check(model: &edge_ai::Model) -> Result<(), String> {
     let features: Vec<(&str, &str)> = PLACE_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
     let outputs: Vec<(&str, &str)> = PLACE_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
-    let (input, output) = (model.inputs(), model.outputs());
-    let fits = input.len() == 1
-        && output.len() == 1
-        && input[0].width() == PLACE_WIDTH
-        && output[0].width() == PLACE_OUTPUTS.len();
-    if !fits {
-        return Err(format!(
-            "a placement model takes one input of {PLACE_WIDTH} features and gives one output of {}",
-            PLACE_OUTPUTS.len()
-        ));
-    }
     model
-        .expect_schema(
-            PLACE_PURPOSE,
-            &[(input[0].name(), &features)],
-            &[(output[0].name(), &outputs)],
-        )
-        .map_err(|e| e.to_string())
+        .expect_one_to_one(PLACE_PURPOSE, &features, &outputs)
+        .map_err(|e| match e {
+            edge_ai::SchemaMismatch::PortCount { .. } | edge_ai::SchemaMismatch::Width { .. } => {
+                format!(
+                    "a placement model takes one input of {PLACE_WIDTH} features and gives one \
+                     output of {}",
+                    PLACE_OUTPUTS.len()
+                )
+            }
+            other => other.to_string(),
+        })
 }
 
 /// A placement model's batch, reused for every placement.

@@ -85,32 +85,21 @@ pub enum WarmModelError {
 /// Checks that `model` is a warming model: [`WARM_PURPOSE`], [`WARM_FEATURES`] in,
 /// [`WARM_OUTPUTS`] out, in order and in their units.
 pub fn check_model(model: &edge_ai::Model) -> Result<(), WarmModelError> {
-    let (inputs, outputs) = (model.inputs(), model.outputs());
-    let ([input], [output]) = (inputs, outputs) else {
-        return Err(WarmModelError::Ports {
-            inputs: inputs.len(),
-            outputs: outputs.len(),
-        });
-    };
     let features: Vec<(&str, &str)> = WARM_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
     let out: Vec<(&str, &str)> = WARM_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
-    model.expect_schema(
-        WARM_PURPOSE,
-        &[(input.name(), &features)],
-        &[(output.name(), &out)],
-    )?;
-    Ok(())
+    match model.expect_one_to_one(WARM_PURPOSE, &features, &out) {
+        Err(edge_ai::SchemaMismatch::PortCount { .. }) => Err(WarmModelError::Ports {
+            inputs: model.inputs().len(),
+            outputs: model.outputs().len(),
+        }),
+        other => Ok(other?),
+    }
 }
 
 /// A warming model run by edge-ai, a batch of up to `rows` workloads at a time.
+#[derive(Debug)]
 pub struct OnnxWarm {
     batch: edge_ai::Batch,
-}
-
-impl std::fmt::Debug for OnnxWarm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnnxWarm").finish_non_exhaustive()
-    }
 }
 
 impl OnnxWarm {
