@@ -677,10 +677,11 @@ async fn models_for(server: &Server, node: NodeId) -> Vec<edge_proto::OrchMsg> {
     let (Some(models), Some((record, _))) = (&server.models, server.registry.node(node)) else {
         return Vec::new();
     };
+    let protocol = server.registry.fleet().protocol(node);
     match models.for_nodes().await {
         Ok(active) => active
             .iter()
-            .filter(|m| m.runs_on(&record.info.model_operators))
+            .filter(|m| m.offered_to(&record.info.model_operators, protocol))
             .map(|m| m.offer())
             .collect(),
         Err(error) => {

@@ -43,8 +43,11 @@ pub use traffic::{LATENCY_BUCKETS_US, RouteTraffic, TrafficReport};
 /// [`Welcome::version`] negotiate the exact message set.
 pub const ALPN: &[u8] = b"edge/1";
 
-/// Protocol versions this build speaks, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+/// Protocol versions this build speaks, newest first. What each added:
+/// - 1: the message set up to [`ModelPurpose::Route`] models.
+/// - 2: [`ModelPurpose::Warm`] in `OrchMsg::Model`: a node of version 1 cannot decode such
+///   an offer, so it is never sent one (see [`ModelPurpose::since`]).
+pub const SUPPORTED_VERSIONS: &[u16] = &[2, 1];
 
 /// The server name every orchestrator certificate carries and every node verifies. Nodes pin
 /// the orchestrator's CA, so the name does not depend on the address a node dials.

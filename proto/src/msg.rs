@@ -458,6 +458,17 @@ pub enum ModelPurpose {
     Warm,
 }
 
+impl ModelPurpose {
+    /// The first protocol version whose nodes can decode an offer of a model of this
+    /// purpose: a node that negotiated an older one is never offered it.
+    pub const fn since(self) -> u16 {
+        match self {
+            Self::Route => 1,
+            Self::Warm => 2,
+        }
+    }
+}
+
 /// How the orchestrator answered a node's [`SyncState`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Synced {

@@ -320,7 +320,22 @@ fn node_id_text_round_trips() {
 #[test]
 fn versions_negotiate_to_the_highest_common() {
     assert_eq!(negotiate_version(&[1, 7]), Some(1));
-    assert_eq!(negotiate_version(&[2, 3]), None);
+    assert_eq!(negotiate_version(&[1, 2]), Some(2));
+    assert_eq!(negotiate_version(&[2]), Some(2));
+    assert_eq!(negotiate_version(&[3, 4]), None);
+}
+
+#[test]
+fn a_model_purpose_is_offered_only_on_versions_that_decode_it() {
+    use edge_proto::ModelPurpose;
+    assert_eq!(ModelPurpose::Route.since(), 1);
+    assert_eq!(ModelPurpose::Warm.since(), 2);
+    for purpose in [ModelPurpose::Route, ModelPurpose::Warm] {
+        assert!(
+            edge_proto::SUPPORTED_VERSIONS.contains(&purpose.since()),
+            "{purpose:?} needs a version this build speaks"
+        );
+    }
 }
 
 #[test]

@@ -225,6 +225,27 @@ async fn a_node_whose_reader_lacks_an_operator_is_named_and_sent_the_model_once_
     assert_eq!(offered.purpose, edge_proto::ModelPurpose::Route);
     assert_eq!(edge_proto::digest::to_prefixed(&offered.digest), want);
     assert_eq!(offered.size, pushed["size"].as_u64().expect("a size"));
+
+    // This session negotiated protocol version 1 (`hello_as`), which cannot decode an offer
+    // of a warming model: however able its reader, it is not offered one, and is named.
+    let all = edge_ai::OPERATORS;
+    send.write_all(&runtime(&all)).await.expect("runtime");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while wait_reader(&orch, "old-reader").await.len() != all.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader's operators"
+        );
+        tokio::task::yield_now().await;
+    }
+    let pushed = push(&orch, &model("warm.onnx"), None);
+    assert_eq!(pushed["active_for"], "warm", "{pushed:#}");
+    assert_eq!(pushed["offered_nodes"], 0, "{pushed:#}");
+    assert_eq!(
+        pushed["cannot_run"],
+        serde_json::json!(["old-reader"]),
+        "{pushed:#}"
+    );
 }
 
 /// `POST /v1/models` with the bytes of `file`, as admin: the push's answer. (Over HTTP, not

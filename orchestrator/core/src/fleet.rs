@@ -177,6 +177,8 @@ pub struct Fleet {
     names: HashMap<String, NodeId>,
     tokens: BTreeMap<String, TokenRecord>,
     sessions: HashMap<NodeId, SessionId>,
+    /// The protocol version each live session negotiated.
+    protocols: HashMap<NodeId, u16>,
     conflicts: HashMap<NodeId, IdentityConflict>,
     /// Grows with every change; stamped on the record the change carries.
     rev: u64,
@@ -294,6 +296,18 @@ impl Fleet {
         Ok(self.sessions.insert(id, session))
     }
 
+    /// The protocol version `id`'s live session negotiated (set by [`Fleet::set_protocol`]).
+    pub fn protocol(&self, id: NodeId) -> Option<u16> {
+        self.protocols.get(&id).copied()
+    }
+
+    /// `id`'s session, just opened, negotiated `version`.
+    pub fn set_protocol(&mut self, id: NodeId, version: u16) {
+        if self.sessions.contains_key(&id) {
+            self.protocols.insert(id, version);
+        }
+    }
+
     /// The session ended. The node goes offline unless a newer session already replaced this
     /// one. Returns the record to persist (its last-seen time).
     pub fn close_session(
@@ -306,6 +320,7 @@ impl Fleet {
             return None;
         }
         self.sessions.remove(&id);
+        self.protocols.remove(&id);
         self.nodes.get_mut(&id)?.last_seen_unix = now_unix;
         self.node_change(id)
     }
@@ -456,6 +471,7 @@ impl Fleet {
         let node = self.nodes.remove(&id)?;
         self.names.remove(&node.name);
         self.conflicts.remove(&id);
+        self.protocols.remove(&id);
         Some((Change::NodeDeleted(id), self.sessions.remove(&id)))
     }
 

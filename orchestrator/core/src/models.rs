@@ -2,6 +2,9 @@
 //! runs every operator the model uses, as the node reported in its `RuntimeInfo`. A node
 //! with no reader (built without one, or too old to say) gets none, and a model pushed with
 //! an operator some nodes lack reaches the others only; the push's answer names the rest.
+//! A model of a purpose added after the protocol version a node's session negotiated
+//! (`ModelPurpose::since`) is never offered to it: the node could not decode the offer, and
+//! would drop its session on it, again at every reconnect.
 
 use edge_proto::{FleetModel, ModelPurpose, OrchMsg};
 
@@ -21,6 +24,12 @@ impl ActiveModel {
         !reader.is_empty() && self.operators.iter().all(|op| reader.contains(op))
     }
 
+    /// Whether a node whose reader runs `reader`, on a session of protocol `protocol`, is
+    /// offered this model: it runs it, and it can decode the offer.
+    pub fn offered_to(&self, reader: &[String], protocol: Option<u16>) -> bool {
+        self.runs_on(reader) && protocol.is_some_and(|v| v >= self.purpose.since())
+    }
+
     /// The message that hands the model to a node.
     pub fn offer(&self) -> OrchMsg {
         OrchMsg::Model(Box::new(FleetModel {
@@ -38,6 +47,32 @@ pub fn node_purpose(name: &str) -> Option<ModelPurpose> {
         "route" => Some(ModelPurpose::Route),
         "warm" => Some(ModelPurpose::Warm),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod offers {
+    use super::*;
+
+    #[test]
+    fn a_warming_model_is_offered_only_to_sessions_that_can_decode_it() {
+        let model = |purpose| ActiveModel {
+            purpose,
+            digest: [0; 32],
+            size: 1,
+            operators: vec!["Gemm".to_owned()],
+        };
+        let reader = vec!["Gemm".to_owned(), "Relu".to_owned()];
+        let warm = model(ModelPurpose::Warm);
+        assert!(warm.offered_to(&reader, Some(2)));
+        assert!(
+            !warm.offered_to(&reader, Some(1)),
+            "a version-1 node cannot decode it"
+        );
+        assert!(!warm.offered_to(&reader, None), "no session, no offer");
+        let route = model(ModelPurpose::Route);
+        assert!(route.offered_to(&reader, Some(1)));
+        assert!(!route.offered_to(&[], Some(2)), "a node without a reader");
     }
 }
 

@@ -531,6 +531,7 @@ impl ServerSession {
     fn open(&mut self, node: NodeId, version: u16, ctx: &mut Ctx<'_>) {
         match ctx.fleet.open_session(node, self.id, ctx.now_unix()) {
             Ok(replaced) => {
+                ctx.fleet.set_protocol(node, version);
                 if let Some(old) = replaced {
                     self.actions.push_back(Action::CloseReplaced(old));
                 }

@@ -149,7 +149,7 @@ fn offer(state: &ApiState, pushed: &mut PushedModel) {
                 (
                     n.id,
                     n.name.clone(),
-                    active.runs_on(&n.info.model_operators),
+                    active.offered_to(&n.info.model_operators, fleet.protocol(n.id)),
                 )
             })
             .collect()
