@@ -78,7 +78,8 @@ pub struct PushedModel {
     /// runs it; the others it reaches at their next session).
     #[serde(default)]
     pub offered_nodes: usize,
-    /// Online nodes whose model reader lacks an operator the model uses: they keep the
+    /// Online nodes whose model reader lacks an operator the model uses, or whose session's
+    /// protocol version is older than the purpose (`ModelPurpose::since`): they keep the
     /// model they have. At most [`MAX_NAMED`] are named.
     #[serde(default)]
     pub cannot_run: Vec<String>,
