@@ -579,6 +579,27 @@ impl Model {
         )
     }
 
+    /// [`Model::expect_one_to_one`] with the difference said for an operator: a shape that
+    /// differs as "a `what` takes one input of N features and gives one output of M", the
+    /// rest as [`SchemaMismatch`] says it.
+    pub fn check_one_to_one(
+        &self,
+        what: &str,
+        purpose: &str,
+        features: &[(&str, &str)],
+        outputs: &[(&str, &str)],
+    ) -> Result<(), String> {
+        self.expect_one_to_one(purpose, features, outputs)
+            .map_err(|e| match e {
+                SchemaMismatch::PortCount { .. } | SchemaMismatch::Width { .. } => format!(
+                    "a {what} takes one input of {} features and gives one output of {}",
+                    features.len(),
+                    outputs.len()
+                ),
+                other => other.to_string(),
+            })
+    }
+
     /// Prepares a [`Batch`] that runs up to `max_rows` rows per call without allocating.
     ///
     /// This optimises the graph for exactly `max_rows` rows (about a millisecond for a small

@@ -79,18 +79,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<RouteModel, String> {
 pub fn from_model(model: edge_ai::Model) -> Result<RouteModel, String> {
     let features: Vec<(&str, &str)> = ROUTE_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
     let outputs: Vec<(&str, &str)> = ROUTE_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
-    model
-        .expect_one_to_one(ROUTE_PURPOSE, &features, &outputs)
-        .map_err(|e| match e {
-            edge_ai::SchemaMismatch::PortCount { .. } | edge_ai::SchemaMismatch::Width { .. } => {
-                format!(
-                    "a routing model takes one input of {ROUTE_WIDTH} features and gives one \
-                 output of {}",
-                    ROUTE_OUTPUTS.len()
-                )
-            }
-            other => other.to_string(),
-        })?;
+    model.check_one_to_one("routing model", ROUTE_PURPOSE, &features, &outputs)?;
     let rows = BATCH_ROWS.min(model.max_batch_rows()).max(1);
     // Each route's batch is made on its first use of a new model, off the request path: a
     // first batch that fails to build is a broken model.

@@ -15,18 +15,7 @@ pub const BATCH_ROWS: usize = 64;
 pub fn check(model: &edge_ai::Model) -> Result<(), String> {
     let features: Vec<(&str, &str)> = PLACE_FEATURES.iter().map(|f| (f.name, f.unit)).collect();
     let outputs: Vec<(&str, &str)> = PLACE_OUTPUTS.iter().map(|f| (f.name, f.unit)).collect();
-    model
-        .expect_one_to_one(PLACE_PURPOSE, &features, &outputs)
-        .map_err(|e| match e {
-            edge_ai::SchemaMismatch::PortCount { .. } | edge_ai::SchemaMismatch::Width { .. } => {
-                format!(
-                    "a placement model takes one input of {PLACE_WIDTH} features and gives one \
-                     output of {}",
-                    PLACE_OUTPUTS.len()
-                )
-            }
-            other => other.to_string(),
-        })
+    model.check_one_to_one("placement model", PLACE_PURPOSE, &features, &outputs)
 }
 
 /// A placement model's batch, reused for every placement.
