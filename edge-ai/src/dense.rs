@@ -260,12 +260,12 @@ impl Dense {
                 let x = rows_of(*src);
                 match op {
                     Unary::Relu => {
-                        let mut ys = out_rows.chunks_exact_mut(TILE_COLUMNS);
-                        let mut xs = x.chunks_exact(TILE_COLUMNS);
-                        for (y, x) in (&mut ys).zip(&mut xs) {
-                            y.copy_from_slice(&simd(x).fast_max(f32x8::ZERO).to_array());
+                        let (ys, y_rest) = out_rows.as_chunks_mut::<TILE_COLUMNS>();
+                        let (xs, x_rest) = x.as_chunks::<TILE_COLUMNS>();
+                        for (y, x) in ys.iter_mut().zip(xs) {
+                            *y = f32x8::new(*x).fast_max(f32x8::ZERO).to_array();
                         }
-                        unary(ys.into_remainder(), xs.remainder(), |v| v.max(0.0));
+                        unary(y_rest, x_rest, |v| v.max(0.0));
                     }
                     Unary::Sigmoid => unary(out_rows, x, |v| 1.0 / (1.0 + (-v).exp())),
                     Unary::Tanh => unary(out_rows, x, f32::tanh),
@@ -514,23 +514,13 @@ fn affine(x: &[f32], k: usize, tiles: &[f32], bias: &[f32], tail: &[f32], y: &mu
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = f32x8::ZERO;
-    let (a_tiles, b_tiles) = (a.chunks_exact(TILE_COLUMNS), b.chunks_exact(TILE_COLUMNS));
-    let (a_rest, b_rest) = (a_tiles.remainder(), b_tiles.remainder());
-    for (a, b) in a_tiles.zip(b_tiles) {
-        lanes = simd(a).mul_add(simd(b), lanes);
+    let ((a_tiles, a_rest), (b_tiles, b_rest)) =
+        (a.as_chunks::<TILE_COLUMNS>(), b.as_chunks::<TILE_COLUMNS>());
+    for (a, b) in a_tiles.iter().zip(b_tiles) {
+        lanes = f32x8::new(*a).mul_add(f32x8::new(*b), lanes);
     }
     let rest: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
     lanes.reduce_add() + rest
-}
-
-/// A tile's worth of values as one SIMD value: two SSE registers on x86_64, two NEON ones on
-/// aarch64. Written as vectors rather than left to the compiler's vectoriser, which a node's
-/// build (optimised for size, the model linked in at fat LTO) does not run.
-#[inline(always)]
-fn simd(values: &[f32]) -> f32x8 {
-    // Every caller passes a chunk of exactly `TILE_COLUMNS`: the fallback is never taken,
-    // and reading the chunk as an array is one unaligned load, with no copy through the stack.
-    f32x8::new(values.try_into().unwrap_or([0.0; TILE_COLUMNS]))
 }
 
 /// [`affine`]'s tiles for rows `first..first + R`.
@@ -544,23 +534,26 @@ fn affine_rows<const R: usize>(
     n: usize,
     first: usize,
 ) {
-    // Each exactly `k` long, so that reading one at `kk < k` needs no check.
+    // Each exactly `k` long, as is each tile's run of weights below, so that reading one at
+    // `kk < k` needs no check.
     let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(first + i) * k..][..k]);
-    for (tile, (weights, bias)) in tiles
-        .chunks_exact(k * TILE_COLUMNS)
-        .zip(bias.chunks_exact(TILE_COLUMNS))
-        .enumerate()
-    {
-        let mut sums = [simd(bias); R];
-        for (kk, weights) in (0..k).zip(weights.chunks_exact(TILE_COLUMNS)) {
-            let weights = simd(weights);
+    let (tile_weights, _) = tiles.as_chunks::<TILE_COLUMNS>();
+    let (biases, _) = bias.as_chunks::<TILE_COLUMNS>();
+    for (tile, (weights, bias)) in tile_weights.chunks_exact(k).zip(biases).enumerate() {
+        let weights = &weights[..k];
+        let mut sums = [f32x8::new(*bias); R];
+        for kk in 0..k {
+            let w = f32x8::new(weights[kk]);
             for (sum, x) in sums.iter_mut().zip(&xs) {
-                *sum = f32x8::splat(x[kk]).mul_add(weights, *sum);
+                *sum = f32x8::splat(x[kk]).mul_add(w, *sum);
             }
         }
         for (i, sum) in sums.iter().enumerate() {
             let start = (first + i) * n + tile * TILE_COLUMNS;
-            y[start..start + TILE_COLUMNS].copy_from_slice(&sum.to_array());
+            let (out, _) = y[start..start + TILE_COLUMNS].as_chunks_mut::<TILE_COLUMNS>();
+            if let Some(out) = out.first_mut() {
+                *out = sum.to_array();
+            }
         }
     }
 }
@@ -579,14 +572,13 @@ fn binary(
 ) {
     for (r, y) in out.chunks_exact_mut(width).enumerate() {
         let (a, b) = (a.row(buffers, r, width), b.row(buffers, r, width));
-        let mut ys = y.chunks_exact_mut(TILE_COLUMNS);
-        let (mut a_tiles, mut b_tiles) =
-            (a.chunks_exact(TILE_COLUMNS), b.chunks_exact(TILE_COLUMNS));
-        for ((y, a), b) in (&mut ys).zip(&mut a_tiles).zip(&mut b_tiles) {
-            y.copy_from_slice(&f(simd(a), simd(b)).to_array());
+        let (ys, y_rest) = y.as_chunks_mut::<TILE_COLUMNS>();
+        let ((a_tiles, a_rest), (b_tiles, b_rest)) =
+            (a.as_chunks::<TILE_COLUMNS>(), b.as_chunks::<TILE_COLUMNS>());
+        for ((y, a), b) in ys.iter_mut().zip(a_tiles).zip(b_tiles) {
+            *y = f(f32x8::new(*a), f32x8::new(*b)).to_array();
         }
-        let rest = ys.into_remainder().iter_mut();
-        for ((yv, &av), &bv) in rest.zip(a_tiles.remainder()).zip(b_tiles.remainder()) {
+        for ((yv, &av), &bv) in y_rest.iter_mut().zip(a_rest).zip(b_rest) {
             *yv = f1(av, bv);
         }
     }
