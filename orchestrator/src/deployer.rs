@@ -618,17 +618,13 @@ impl Committer {
                         Ok(()) => {
                             for b in &mut batches {
                                 for e in b.effects.drain(..) {
-                                    match (e, b.session) {
-                                        (Effect::Send(node, msg), Some((to, session)))
-                                            if node == to =>
-                                        {
-                                            links.send_in(node, session, msg);
+                                    let Effect::Send(node, msg) = e else { continue };
+                                    match b.session {
+                                        Some((to, session)) if to == node => {
+                                            links.send_in(node, session, msg)
                                         }
-                                        (Effect::Send(node, msg), _) => {
-                                            links.send(node, msg);
-                                        }
-                                        _ => {}
-                                    }
+                                        _ => links.send(node, msg),
+                                    };
                                 }
                             }
                         }

@@ -94,7 +94,7 @@ impl Server {
                 .enroll(&token, name, &caps, id, now, |_| Ok(()))
                 .expect("enroll");
             fleet
-                .open_session(id, u64::from(id.0[0]), now)
+                .open_session(id, u64::from(id.0[0]), 1, now)
                 .expect("session");
             fleet.node(id).cloned().expect("enrolled")
         };

@@ -229,8 +229,9 @@ fn start_loading(
         ..WarmSettings::default()
     };
     // Shown before the node goes on: `/status` names what will decide from the start.
-    show_waiting(&board, pending);
+    show_idle(&board, PrewarmMode::Waiting, pending);
     let mut load = Some(load);
+    let decide = move |loaded: Loaded| (Decisions::new(loaded.predictor, settings), loaded.model);
     let task = tokio::spawn(async move {
         let _own = own;
         // The model in use and which it is, once loaded.
@@ -248,9 +249,7 @@ fn start_loading(
                             decisions.replace(loaded.predictor);
                             *model = loaded.model;
                         }
-                        None => {
-                            running = Some((Decisions::new(loaded.predictor, settings), loaded.model));
-                        }
+                        None => running = Some(decide(loaded)),
                     }
                     // Shown even when the mode stays: the model is another.
                     shown = None;
@@ -261,21 +260,20 @@ fn start_loading(
                 }
             }
             let sleepers = activator.sleepers();
-            if running.is_none() {
-                if sleepers.is_empty() {
-                    continue;
-                }
-                let Some(load) = load.take() else {
-                    continue;
-                };
-                // Reading the file and running its golden rows: off the runtime's threads.
+            // The first tick that sees a workload that scales to zero loads the model (unless
+            // one was pushed first). Reading the file and running its golden rows: off the
+            // runtime's threads.
+            if running.is_none()
+                && !sleepers.is_empty()
+                && let Some(load) = load.take()
+            {
                 let loaded = tokio::task::spawn_blocking(load)
                     .await
                     .unwrap_or_else(|_| Loaded {
                         predictor: Err(node_core::warm::Fallback::Refused),
                         model: None,
                     });
-                running = Some((Decisions::new(loaded.predictor, settings), loaded.model));
+                running = Some(decide(loaded));
             }
             let Some((decisions, model)) = running.as_mut() else {
                 continue;
@@ -360,13 +358,8 @@ pub fn show_off(board: &StatusBoard) {
     show_idle(board, PrewarmMode::Off, None);
 }
 
-/// Shows on `board` that pre-warming waits for a workload that scales to zero, and will
-/// load `model` then.
-fn show_waiting(board: &StatusBoard, model: Option<&str>) {
-    show_idle(board, PrewarmMode::Waiting, model);
-}
-
-/// Shows a mode in which no model runs.
+/// Shows a mode in which no model runs: off, or waiting for a workload that scales to zero
+/// (and `model` will load then).
 fn show_idle(board: &StatusBoard, mode: PrewarmMode, model: Option<&str>) {
     board
         .metrics()

@@ -176,9 +176,8 @@ pub struct Fleet {
     nodes: BTreeMap<NodeId, NodeRecord>,
     names: HashMap<String, NodeId>,
     tokens: BTreeMap<String, TokenRecord>,
-    sessions: HashMap<NodeId, SessionId>,
-    /// The protocol version each live session negotiated.
-    protocols: HashMap<NodeId, u16>,
+    /// Each live session, and the protocol version it negotiated.
+    sessions: HashMap<NodeId, (SessionId, u16)>,
     conflicts: HashMap<NodeId, IdentityConflict>,
     /// Grows with every change; stamped on the record the change carries.
     rev: u64,
@@ -279,33 +278,31 @@ impl Fleet {
 
     /// The node's live session, if it has one.
     pub fn session_of(&self, id: NodeId) -> Option<SessionId> {
-        self.sessions.get(&id).copied()
+        self.sessions.get(&id).map(|(session, _)| *session)
     }
 
     /// A node with a valid certificate opened a session. Returns the session it replaces, which
     /// the caller must close: one process per identity. The caller decides first whether the
-    /// node's live session, if any, may be replaced (see `session`).
+    /// node's live session, if any, may be replaced (see `session`). `version` is the
+    /// protocol version the session negotiated ([`Fleet::protocol`]).
     pub fn open_session(
         &mut self,
         id: NodeId,
         session: SessionId,
+        version: u16,
         now_unix: u64,
     ) -> Result<Option<SessionId>, RejectCode> {
         let node = self.nodes.get_mut(&id).ok_or(RejectCode::UnknownNode)?;
         node.last_seen_unix = now_unix;
-        Ok(self.sessions.insert(id, session))
+        Ok(self
+            .sessions
+            .insert(id, (session, version))
+            .map(|(old, _)| old))
     }
 
-    /// The protocol version `id`'s live session negotiated (set by [`Fleet::set_protocol`]).
+    /// The protocol version `id`'s live session negotiated.
     pub fn protocol(&self, id: NodeId) -> Option<u16> {
-        self.protocols.get(&id).copied()
-    }
-
-    /// `id`'s session, just opened, negotiated `version`.
-    pub fn set_protocol(&mut self, id: NodeId, version: u16) {
-        if self.sessions.contains_key(&id) {
-            self.protocols.insert(id, version);
-        }
+        self.sessions.get(&id).map(|(_, version)| *version)
     }
 
     /// The session ended. The node goes offline unless a newer session already replaced this
@@ -316,11 +313,10 @@ impl Fleet {
         session: SessionId,
         now_unix: u64,
     ) -> Option<Change> {
-        if self.sessions.get(&id) != Some(&session) {
+        if self.sessions.get(&id).map(|(s, _)| *s) != Some(session) {
             return None;
         }
         self.sessions.remove(&id);
-        self.protocols.remove(&id);
         self.nodes.get_mut(&id)?.last_seen_unix = now_unix;
         self.node_change(id)
     }
@@ -471,8 +467,8 @@ impl Fleet {
         let node = self.nodes.remove(&id)?;
         self.names.remove(&node.name);
         self.conflicts.remove(&id);
-        self.protocols.remove(&id);
-        Some((Change::NodeDeleted(id), self.sessions.remove(&id)))
+        let session = self.sessions.remove(&id).map(|(session, _)| session);
+        Some((Change::NodeDeleted(id), session))
     }
 
     /// Cordons or uncordons a node. Returns the record to persist; `None` if there is no such

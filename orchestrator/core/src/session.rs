@@ -529,9 +529,11 @@ impl ServerSession {
 
     /// Opens the node's session on this connection, replacing any other.
     fn open(&mut self, node: NodeId, version: u16, ctx: &mut Ctx<'_>) {
-        match ctx.fleet.open_session(node, self.id, ctx.now_unix()) {
+        match ctx
+            .fleet
+            .open_session(node, self.id, version, ctx.now_unix())
+        {
             Ok(replaced) => {
-                ctx.fleet.set_protocol(node, version);
                 if let Some(old) = replaced {
                     self.actions.push_back(Action::CloseReplaced(old));
                 }
